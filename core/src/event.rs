@@ -1,0 +1,294 @@
+//! Events: the immutable facts every region replicates (SPEC §2), and the compensations the
+//! settled fold derives from them (SPEC §5).
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{check_idempotency_key, check_reference, AccountId, EventId, Hlc};
+use crate::money::{Amount, Currency};
+use crate::policy::Policy;
+
+/// The kinds of client transaction. Compensations are not client kinds: see [`CompKind`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    /// Money in (+).
+    Deposit,
+    /// Money out to a merchant (−). Reversible by default.
+    Purchase,
+    /// Money out to the account holder (−).
+    Withdrawal,
+    /// Money back from a merchant (+). Not the same thing as a reversal.
+    Refund,
+}
+
+impl Kind {
+    /// All kinds, in a fixed order.
+    pub const ALL: [Kind; 4] = [
+        Kind::Deposit,
+        Kind::Purchase,
+        Kind::Withdrawal,
+        Kind::Refund,
+    ];
+
+    /// True for kinds that take money out.
+    pub fn is_debit(self) -> bool {
+        matches!(self, Kind::Purchase | Kind::Withdrawal)
+    }
+
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deposit => "deposit",
+            Kind::Purchase => "purchase",
+            Kind::Withdrawal => "withdrawal",
+            Kind::Refund => "refund",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The signed effect of `amount` of this kind on a balance.
+    pub fn signed(self, amount: Decimal) -> Decimal {
+        if self.is_debit() {
+            -amount
+        } else {
+            amount
+        }
+    }
+}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A client transaction on one account in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tx {
+    /// The account.
+    pub account: AccountId,
+    /// What kind of transaction.
+    pub kind: Kind,
+    /// Magnitude; the sign comes from `kind`.
+    pub amount: Amount,
+    /// Currency of `amount`.
+    pub currency: Currency,
+    /// Client idempotency key, scoped to the account.
+    pub idempotency_key: Option<Box<str>>,
+    /// Free text from the client.
+    pub reference: Option<Box<str>>,
+}
+
+impl Tx {
+    /// The signed effect on the balance.
+    pub fn delta(&self) -> Decimal {
+        self.kind.signed(self.amount.value())
+    }
+
+    /// True if `other` has the same body as far as idempotency is concerned: same kind,
+    /// amount, currency and reference.
+    pub fn same_body(&self, other: &Tx) -> bool {
+        self.kind == other.kind
+            && self.amount == other.amount
+            && self.currency == other.currency
+            && self.reference == other.reference
+    }
+}
+
+/// What an event says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// A client transaction.
+    Tx(Tx),
+    /// A new overdraft policy, in force for events after this one in the total order.
+    Policy(Box<Policy>),
+}
+
+/// An immutable event, as issued by its origin and replicated to every region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `(origin, seq)`.
+    pub id: EventId,
+    /// Assigned at the origin; strictly increasing with `seq` per origin.
+    pub hlc: Hlc,
+    /// The content.
+    pub body: Body,
+    /// The origin's signature over [`Event::signing_bytes`]; empty where no signer is used
+    /// (the simulator).
+    pub sig: Box<[u8]>,
+}
+
+/// Position of an event in the total order `(hlc, origin, seq)`.
+pub type OrderKey = (Hlc, crate::id::RegionId, u64);
+
+/// Why an event's content is invalid (the peer lied or the bytes are corrupt).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidEvent {
+    /// seq is 0.
+    #[error("seq must start at 1")]
+    ZeroSeq,
+    /// Region name bytes are not a valid name.
+    #[error("origin is not a valid region name")]
+    Origin,
+    /// Account id is not valid.
+    #[error("account id is not valid")]
+    Account,
+    /// Unknown currency code.
+    #[error("unknown currency")]
+    Currency,
+    /// Amount not positive, over scale or over the limit.
+    #[error("amount is not valid for its currency: {0}")]
+    Amount(String),
+    /// Idempotency key or reference malformed.
+    #[error("idempotency key or reference is not valid")]
+    Text,
+    /// A policy that does not validate.
+    #[error("policy is not valid: {0}")]
+    Policy(String),
+}
+
+impl Event {
+    /// The order key `(hlc, origin, seq)`.
+    pub fn key(&self) -> OrderKey {
+        (self.hlc, self.id.origin, self.id.seq)
+    }
+
+    /// The transaction, if this is one.
+    pub fn tx(&self) -> Option<&Tx> {
+        match &self.body {
+            Body::Tx(t) => Some(t),
+            Body::Policy(_) => None,
+        }
+    }
+
+    /// Canonical bytes a signature covers: a domain tag, the cluster id and every field
+    /// of the event but the signature.
+    pub fn signing_bytes(&self, cluster: &str) -> Vec<u8> {
+        let mut out = b"wallet-event-v1\0".to_vec();
+        // Serializing plain data into a Vec cannot fail.
+        let body =
+            postcard::to_stdvec(&(cluster, &self.id, &self.hlc, &self.body)).unwrap_or_default();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Checks every field of an event decoded from untrusted bytes.
+    pub fn validate(&self) -> Result<(), InvalidEvent> {
+        if self.id.seq == 0 {
+            return Err(InvalidEvent::ZeroSeq);
+        }
+        if !self.id.origin.is_valid() {
+            return Err(InvalidEvent::Origin);
+        }
+        match &self.body {
+            Body::Tx(tx) => {
+                if !tx.account.is_valid() {
+                    return Err(InvalidEvent::Account);
+                }
+                if !tx.currency.is_known() {
+                    return Err(InvalidEvent::Currency);
+                }
+                Amount::new(tx.amount.value(), tx.currency)
+                    .map_err(|e| InvalidEvent::Amount(e.to_string()))
+                    .and_then(|a| {
+                        if a.value().scale() == tx.amount.value().scale() {
+                            Ok(())
+                        } else {
+                            Err(InvalidEvent::Amount("not in canonical scale".into()))
+                        }
+                    })?;
+                if let Some(k) = &tx.idempotency_key {
+                    check_idempotency_key(k).map_err(|_| InvalidEvent::Text)?;
+                }
+                if let Some(r) = &tx.reference {
+                    check_reference(r).map_err(|_| InvalidEvent::Text)?;
+                }
+                Ok(())
+            }
+            Body::Policy(p) => p
+                .validate()
+                .map_err(|e| InvalidEvent::Policy(e.to_string())),
+        }
+    }
+}
+
+/// What a feed entry does.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CompKind {
+    /// An overdraft fee (−) charged because of `cause`.
+    OverdraftFee,
+    /// Cancels `cause` with the opposite sign.
+    Reversal,
+    /// Not a compensation: the same idempotency key with a different body was accepted in
+    /// two regions; both stand and this entry reports it (amount zero).
+    IdempotencyConflict,
+}
+
+impl CompKind {
+    /// API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompKind::OverdraftFee => "overdraft_fee",
+            CompKind::Reversal => "reversal",
+            CompKind::IdempotencyConflict => "idempotency_conflict",
+        }
+    }
+
+    /// Prefix of the derived id.
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            CompKind::OverdraftFee => "fee",
+            CompKind::Reversal => "rev",
+            CompKind::IdempotencyConflict => "conflict",
+        }
+    }
+}
+
+impl fmt::Debug for CompKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A compensation (or conflict report) derived by the settled fold. Every region derives the
+/// same ones, in the same order, with the same ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compensation {
+    /// What it does.
+    pub kind: CompKind,
+    /// The event that caused it; the id is derived from it.
+    pub cause: EventId,
+    /// The cause's HLC: a compensation sits right after its cause in the total order.
+    pub hlc: Hlc,
+    /// The account.
+    pub account: AccountId,
+    /// The currency.
+    pub currency: Currency,
+    /// Signed effect on the balance (zero for a conflict report).
+    pub delta: Decimal,
+    /// The policy version that produced it.
+    pub policy_version: u32,
+    /// For conflicts: the earlier event with the same key.
+    pub related: Option<EventId>,
+    /// Position in the feed, from 0.
+    pub position: u64,
+}
+
+impl Compensation {
+    /// The derived id, e.g. `fee:eu:12`.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.kind.id_prefix(), self.cause)
+    }
+
+    /// Magnitude of the effect, rendered in the currency's minor units.
+    pub fn amount_str(&self) -> String {
+        self.currency.render(self.delta.abs())
+    }
+}

@@ -1,0 +1,641 @@
+//! Overdraft policy (SPEC §6): what the settled fold does when a debit takes a balance below
+//! the floor.
+//!
+//! A policy is a list of rules. The rule for an (account, currency) is the most specific
+//! match: `(tier, currency)`, then `(tier, any)`, then `(any, currency)`, then the default.
+//! Fields a rule leaves out are taken from `[default]`. Amounts in a rule without a currency
+//! are rounded (half away from zero) to the minor units of the currency they are applied to.
+//!
+//! ```toml
+//! [default]
+//! action = "fee"              # "fee" or "reverse"
+//! overdraft_line = "0"        # local acceptance may go this far below zero
+//! reversible = ["purchase"]   # kinds "reverse" may cancel; others fall back to a fee
+//! fee = { flat = "5.00", percent = "0", minimum = "0", cap = "35.00", grace = "0", per = "debit" }
+//!
+//! [[rule]]
+//! currency = "JPY"
+//! fee = { flat = "500", cap = "3500" }
+//!
+//! [tiers]
+//! premium = ["vip-"]          # account id prefixes
+//!
+//! [[rule]]
+//! tier = "premium"
+//! overdraft_line = "500.00"
+//! action = "reverse"
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::event::Kind;
+use crate::money::Currency;
+
+/// Errors in a policy file or a policy received from a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The file is not valid TOML or has unknown or mistyped fields.
+    #[error("policy file is not valid: {0}")]
+    Syntax(String),
+    /// A field has a value out of range.
+    #[error("policy field `{field}`: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+    PolicyError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// What to do with a debit that takes the settled balance below the floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Charge an overdraft fee.
+    Fee,
+    /// Reverse the debit when its kind is reversible, else charge a fee.
+    Reverse,
+}
+
+/// When a fee is charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeePer {
+    /// On every overdrawing debit whose overdrawn amount exceeds the grace.
+    Debit,
+    /// Once per overdraft episode, on its first debit whose overdrawn amount exceeds the grace.
+    Episode,
+}
+
+/// Fee arithmetic: `fee = flat + percent/100 × overdrawn`, rounded half away from zero to the
+/// currency's minor units, raised to `minimum`, lowered to `cap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fee {
+    /// Fixed part.
+    pub flat: Decimal,
+    /// Percent of the overdrawn amount (`1.5` means 1.5 %).
+    pub percent: Decimal,
+    /// Lower bound of a charged fee.
+    pub minimum: Decimal,
+    /// Upper bound of a charged fee, if any.
+    pub cap: Option<Decimal>,
+    /// No fee when the overdrawn amount is at or below this.
+    pub grace: Decimal,
+    /// Per debit or per episode.
+    pub per: FeePer,
+}
+
+/// One resolved rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Tier this rule is for, or every tier.
+    pub tier: Option<String>,
+    /// Currency this rule is for, or every currency.
+    pub currency: Option<Currency>,
+    /// What to do below the floor.
+    pub action: Action,
+    /// How far below zero local acceptance may go (the floor is its negation).
+    pub overdraft_line: Decimal,
+    /// Kinds `reverse` may cancel.
+    pub reversible: Vec<Kind>,
+    /// Fee arithmetic.
+    pub fee: Fee,
+}
+
+/// A rule made concrete for one currency: amounts at the currency's scale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// What to do below the floor.
+    pub action: Action,
+    /// The floor (zero or negative).
+    pub floor: Decimal,
+    /// Kinds `reverse` may cancel.
+    pub reversible: Vec<Kind>,
+    /// Fee arithmetic, amounts rounded to the currency.
+    pub fee: Fee,
+    /// The currency.
+    pub currency: Currency,
+}
+
+impl Applied {
+    /// The fee for an overdrawn amount, by the fixed arithmetic of SPEC §6. Zero means none.
+    /// `None` on arithmetic overflow.
+    pub fn fee_for(&self, overdrawn: Decimal) -> Option<Decimal> {
+        let pct = self
+            .fee
+            .percent
+            .checked_mul(overdrawn)?
+            .checked_div(Decimal::ONE_HUNDRED)?;
+        let mut fee = self.currency.round(self.fee.flat.checked_add(pct)?);
+        if fee < self.fee.minimum {
+            fee = self.fee.minimum;
+        }
+        if let Some(cap) = self.fee.cap {
+            if fee > cap {
+                fee = cap;
+            }
+        }
+        Some(fee)
+    }
+}
+
+/// An overdraft policy: rules plus the account-prefix tiers they refer to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Rules, default first, then in file order.
+    pub rules: Vec<Rule>,
+    /// Tier name → account id prefixes, first matching tier (by name order) wins.
+    pub tiers: BTreeMap<String, Vec<String>>,
+}
+
+/// A stable digest of a policy's content.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PolicyHash(pub [u8; 32]);
+
+impl fmt::Display for PolicyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+impl fmt::Debug for PolicyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+// ---- TOML representation --------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FeeFile {
+    flat: Option<String>,
+    percent: Option<String>,
+    minimum: Option<String>,
+    cap: Option<String>,
+    grace: Option<String>,
+    per: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    tier: Option<String>,
+    currency: Option<String>,
+    action: Option<String>,
+    overdraft_line: Option<String>,
+    reversible: Option<Vec<String>>,
+    fee: Option<FeeFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    default: RuleFile,
+    #[serde(default)]
+    rule: Vec<RuleFile>,
+    #[serde(default)]
+    tiers: BTreeMap<String, Vec<String>>,
+}
+
+fn dec(field: &str, v: &str) -> Result<Decimal, PolicyError> {
+    let d = Decimal::from_str_exact(v.trim())
+        .map_err(|_| invalid(field, format!("{v:?} is not a decimal number")))?;
+    if d < Decimal::ZERO {
+        return Err(invalid(field, "must not be negative"));
+    }
+    if d > Decimal::from(crate::money::AMOUNT_MAX_UNITS) {
+        return Err(invalid(field, "is too large"));
+    }
+    Ok(d.normalize())
+}
+
+impl Policy {
+    /// A policy that charges nothing and reverses nothing, with a zero floor.
+    pub fn zero() -> Policy {
+        Policy {
+            rules: vec![Rule {
+                tier: None,
+                currency: None,
+                action: Action::Fee,
+                overdraft_line: Decimal::ZERO,
+                reversible: vec![Kind::Purchase],
+                fee: Fee {
+                    flat: Decimal::ZERO,
+                    percent: Decimal::ZERO,
+                    minimum: Decimal::ZERO,
+                    cap: None,
+                    grace: Decimal::ZERO,
+                    per: FeePer::Debit,
+                },
+            }],
+            tiers: BTreeMap::new(),
+        }
+    }
+
+    /// Parses a policy file.
+    pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string().trim().into()))?;
+        let base = Policy::zero().rules.remove(0);
+        let default = resolve("default", &file.default, &base)?;
+        if default.tier.is_some() || default.currency.is_some() {
+            return Err(invalid(
+                "default",
+                "the default rule applies to every tier and currency; move tier/currency to a [[rule]]",
+            ));
+        }
+        let mut rules = vec![default.clone()];
+        for (i, r) in file.rule.iter().enumerate() {
+            let path = format!("rule[{i}]");
+            let rule = resolve(&path, r, &default)?;
+            if rule.tier.is_none() && rule.currency.is_none() {
+                return Err(invalid(path, "a rule needs a tier, a currency or both"));
+            }
+            if rules
+                .iter()
+                .any(|x| x.tier == rule.tier && x.currency == rule.currency)
+            {
+                return Err(invalid(path, "another rule has the same tier and currency"));
+            }
+            rules.push(rule);
+        }
+        let policy = Policy {
+            rules,
+            tiers: file.tiers,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Checks internal consistency (also run on policies received from peers).
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let Some(first) = self.rules.first() else {
+            return Err(invalid("default", "missing"));
+        };
+        if first.tier.is_some() || first.currency.is_some() {
+            return Err(invalid("default", "must apply to every tier and currency"));
+        }
+        for (name, prefixes) in &self.tiers {
+            if name.is_empty() || name.len() > 64 {
+                return Err(invalid(
+                    format!("tiers.{name}"),
+                    "name must be 1 to 64 chars",
+                ));
+            }
+            if prefixes.is_empty() || prefixes.iter().any(|p| p.is_empty() || p.len() > 64) {
+                return Err(invalid(
+                    format!("tiers.{name}"),
+                    "needs one or more non-empty account id prefixes",
+                ));
+            }
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            let path = if i == 0 {
+                "default".to_string()
+            } else {
+                format!("rule[{}]", i - 1)
+            };
+            if let Some(t) = &r.tier {
+                if !self.tiers.contains_key(t) {
+                    return Err(invalid(
+                        format!("{path}.tier"),
+                        format!("tier {t:?} is not defined in [tiers]"),
+                    ));
+                }
+            }
+            if let Some(c) = r.currency {
+                let max = c.minor_units();
+                for (f, v) in [
+                    ("overdraft_line", Some(r.overdraft_line)),
+                    ("fee.flat", Some(r.fee.flat)),
+                    ("fee.minimum", Some(r.fee.minimum)),
+                    ("fee.cap", r.fee.cap),
+                    ("fee.grace", Some(r.fee.grace)),
+                ] {
+                    if let Some(v) = v {
+                        if v.normalize().scale() > max {
+                            return Err(invalid(
+                                format!("{path}.{f}"),
+                                format!("{v} has more decimal places than {c} allows ({max})"),
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some(cap) = r.fee.cap {
+                if cap < r.fee.minimum {
+                    return Err(invalid(
+                        format!("{path}.fee.cap"),
+                        "must be at least fee.minimum",
+                    ));
+                }
+            }
+            if r.fee.percent > Decimal::ONE_HUNDRED {
+                return Err(invalid(
+                    format!("{path}.fee.percent"),
+                    "must be at most 100",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A stable digest: SHA-256 of the canonical postcard encoding.
+    pub fn hash(&self) -> PolicyHash {
+        let bytes = postcard::to_stdvec(self).unwrap_or_default();
+        PolicyHash(Sha256::digest(&bytes).into())
+    }
+
+    /// The tier of an account: the first tier (by name) one of whose prefixes it starts with.
+    pub fn tier_of(&self, account: &str) -> Option<&str> {
+        self.tiers
+            .iter()
+            .find(|(_, ps)| ps.iter().any(|p| account.starts_with(p.as_str())))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The rule for an account and currency, made concrete for that currency.
+    pub fn applied(&self, account: &str, currency: Currency) -> Applied {
+        let tier = self.tier_of(account);
+        let score = |r: &Rule| -> Option<u8> {
+            let t = match (&r.tier, tier) {
+                (None, _) => 0,
+                (Some(a), Some(b)) if a == b => 2,
+                _ => return None,
+            };
+            let c = match r.currency {
+                None => 0,
+                Some(c) if c == currency => 1,
+                _ => return None,
+            };
+            Some(t + c)
+        };
+        // The default (index 0) always matches with score 0; ties cannot happen between
+        // distinct rules because (tier, currency) pairs are unique.
+        let mut best = &self.rules[0];
+        let mut best_score = 0;
+        for r in &self.rules[1..] {
+            if let Some(s) = score(r) {
+                if s > best_score {
+                    best = r;
+                    best_score = s;
+                }
+            }
+        }
+        let round = |d: Decimal| currency.round(d);
+        Applied {
+            action: best.action,
+            floor: -round(best.overdraft_line),
+            reversible: best.reversible.clone(),
+            fee: Fee {
+                flat: round(best.fee.flat),
+                percent: best.fee.percent,
+                minimum: round(best.fee.minimum),
+                cap: best.fee.cap.map(round),
+                grace: round(best.fee.grace),
+                per: best.fee.per,
+            },
+            currency,
+        }
+    }
+}
+
+fn resolve(path: &str, r: &RuleFile, base: &Rule) -> Result<Rule, PolicyError> {
+    let currency = match &r.currency {
+        Some(c) => Some(
+            Currency::parse(c).map_err(|e| invalid(format!("{path}.currency"), e.to_string()))?,
+        ),
+        None => None,
+    };
+    let action = match r.action.as_deref() {
+        None => base.action,
+        Some("fee") => Action::Fee,
+        Some("reverse") => Action::Reverse,
+        Some(o) => {
+            return Err(invalid(
+                format!("{path}.action"),
+                format!("{o:?} is not one of \"fee\", \"reverse\""),
+            ))
+        }
+    };
+    let overdraft_line = match &r.overdraft_line {
+        Some(v) => dec(&format!("{path}.overdraft_line"), v)?,
+        None => base.overdraft_line,
+    };
+    let reversible = match &r.reversible {
+        None => base.reversible.clone(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for k in list {
+                let kind = Kind::parse(k).ok_or_else(|| {
+                    invalid(
+                        format!("{path}.reversible"),
+                        format!("{k:?} is not a transaction type"),
+                    )
+                })?;
+                if !kind.is_debit() {
+                    return Err(invalid(
+                        format!("{path}.reversible"),
+                        format!("{k:?} is a credit; only debits can be reversed"),
+                    ));
+                }
+                if !out.contains(&kind) {
+                    out.push(kind);
+                }
+            }
+            out.sort();
+            out
+        }
+    };
+    let empty = FeeFile::default();
+    let f = r.fee.as_ref().unwrap_or(&empty);
+    let fp = |n: &str| format!("{path}.fee.{n}");
+    let fee = Fee {
+        flat: f
+            .flat
+            .as_deref()
+            .map(|v| dec(&fp("flat"), v))
+            .transpose()?
+            .unwrap_or(base.fee.flat),
+        percent: f
+            .percent
+            .as_deref()
+            .map(|v| dec(&fp("percent"), v))
+            .transpose()?
+            .unwrap_or(base.fee.percent),
+        minimum: f
+            .minimum
+            .as_deref()
+            .map(|v| dec(&fp("minimum"), v))
+            .transpose()?
+            .unwrap_or(base.fee.minimum),
+        cap: match f.cap.as_deref() {
+            Some(v) => Some(dec(&fp("cap"), v)?),
+            None => base.fee.cap,
+        },
+        grace: f
+            .grace
+            .as_deref()
+            .map(|v| dec(&fp("grace"), v))
+            .transpose()?
+            .unwrap_or(base.fee.grace),
+        per: match f.per.as_deref() {
+            None => base.fee.per,
+            Some("debit") => FeePer::Debit,
+            Some("episode") => FeePer::Episode,
+            Some(o) => {
+                return Err(invalid(
+                    fp("per"),
+                    format!("{o:?} is not one of \"debit\", \"episode\""),
+                ))
+            }
+        },
+    };
+    Ok(Rule {
+        tier: r.tier.clone(),
+        currency,
+        action,
+        overdraft_line,
+        reversible,
+        fee,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str_exact(s).unwrap()
+    }
+
+    fn fee_policy(fee: &str) -> Policy {
+        Policy::from_toml(&format!("[default]\naction = \"fee\"\nfee = {{ {fee} }}\n")).unwrap()
+    }
+
+    #[test]
+    fn flat_fee() {
+        let p = fee_policy(r#"flat = "5.00""#);
+        let a = p.applied("alice", Currency::USD);
+        assert_eq!(a.fee_for(d("100")), Some(d("5.00")));
+        assert_eq!(a.fee_for(d("0.01")), Some(d("5.00")));
+    }
+
+    #[test]
+    fn percent_fee_rounds_half_away_from_zero() {
+        let p = fee_policy(r#"percent = "2.5""#);
+        let a = p.applied("alice", Currency::USD);
+        // 2.5% of 0.50 = 0.0125 -> 0.01; of 0.70 = 0.0175 -> 0.02; of 1.00 = 0.025 -> 0.03
+        assert_eq!(a.fee_for(d("0.50")), Some(d("0.01")));
+        assert_eq!(a.fee_for(d("0.70")), Some(d("0.02")));
+        assert_eq!(a.fee_for(d("1.00")), Some(d("0.03")));
+        // 2.5% of 100 = 2.50
+        assert_eq!(a.fee_for(d("100")), Some(d("2.50")));
+    }
+
+    #[test]
+    fn flat_plus_percent_then_minimum_then_cap() {
+        let p = fee_policy(r#"flat = "1.00", percent = "10", minimum = "3.00", cap = "20.00""#);
+        let a = p.applied("alice", Currency::USD);
+        assert_eq!(a.fee_for(d("10")), Some(d("3.00"))); // 1 + 1 = 2 -> raised to 3
+        assert_eq!(a.fee_for(d("50")), Some(d("6.00"))); // 1 + 5
+        assert_eq!(a.fee_for(d("1000")), Some(d("20.00"))); // 1 + 100 -> capped
+    }
+
+    #[test]
+    fn jpy_wildcard_amounts_round_to_currency() {
+        let p = fee_policy(r#"flat = "2.50""#);
+        let a = p.applied("alice", Currency::JPY);
+        assert_eq!(a.fee_for(d("100")), Some(d("3"))); // 2.50 -> 3 half away from zero
+    }
+
+    #[test]
+    fn grace_and_per_episode_parse() {
+        let p = fee_policy(r#"flat = "5", grace = "10.00", per = "episode""#);
+        let a = p.applied("x", Currency::USD);
+        assert_eq!(a.fee.grace, d("10.00"));
+        assert_eq!(a.fee.per, FeePer::Episode);
+    }
+
+    #[test]
+    fn rule_precedence_by_tier_and_currency() {
+        let p = Policy::from_toml(
+            r#"
+[default]
+fee = { flat = "1" }
+[tiers]
+gold = ["vip-"]
+[[rule]]
+currency = "EUR"
+fee = { flat = "2" }
+[[rule]]
+tier = "gold"
+fee = { flat = "3" }
+overdraft_line = "50"
+[[rule]]
+tier = "gold"
+currency = "EUR"
+action = "reverse"
+fee = { flat = "4" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.applied("bob", Currency::USD).fee.flat, d("1"));
+        assert_eq!(p.applied("bob", Currency::EUR).fee.flat, d("2"));
+        assert_eq!(p.applied("vip-1", Currency::USD).fee.flat, d("3"));
+        assert_eq!(p.applied("vip-1", Currency::USD).floor, d("-50"));
+        let ge = p.applied("vip-1", Currency::EUR);
+        assert_eq!(ge.fee.flat, d("4"));
+        assert_eq!(ge.action, Action::Reverse);
+        // Inherited from default, not from the tier rule.
+        assert_eq!(ge.floor, d("0"));
+    }
+
+    #[test]
+    fn hash_is_stable_and_content_sensitive() {
+        let a = fee_policy(r#"flat = "5.00""#);
+        let b = fee_policy(r#"flat = "5""#); // same value, normalized
+        let c = fee_policy(r#"flat = "6""#);
+        assert_eq!(a.hash(), b.hash());
+        assert_ne!(a.hash(), c.hash());
+        assert_eq!(a.hash().to_string().len(), 16);
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let err = |t: &str| Policy::from_toml(t).unwrap_err().to_string();
+        assert!(err("").contains("default"));
+        assert!(err("[default]\naction = \"refuse\"").contains("default.action"));
+        assert!(err("[default]\nfee = { flat = \"abc\" }").contains("default.fee.flat"));
+        assert!(err("[default]\nfee = { flat = \"-1\" }").contains("negative"));
+        assert!(err("[default]\nfee = { per = \"week\" }").contains("default.fee.per"));
+        assert!(err("[default]\nfee = { minimum = \"5\", cap = \"1\" }").contains("fee.cap"));
+        assert!(err("[default]\nfee = { percent = \"101\" }").contains("percent"));
+        assert!(err("[default]\nbogus = 1").contains("bogus"));
+        assert!(err("[default]\nreversible = [\"deposit\"]").contains("credit"));
+        assert!(err("[default]\nreversible = [\"loan\"]").contains("reversible"));
+        assert!(err("[default]\n[[rule]]\ntier = \"x\"").contains("not defined"));
+        assert!(err("[default]\n[[rule]]\nfee = { flat = \"1\" }").contains("rule[0]"));
+        assert!(
+            err("[default]\n[[rule]]\ncurrency = \"JPY\"\nfee = { flat = \"1.5\" }")
+                .contains("decimal places")
+        );
+        assert!(err("[default]\n[[rule]]\ncurrency = \"XYZ\"").contains("rule[0].currency"));
+        assert!(err("[default]\ncurrency = \"USD\"").contains("default"));
+        assert!(err("[default\n").contains("not valid"));
+    }
+}

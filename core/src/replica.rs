@@ -1,0 +1,1543 @@
+//! The replica state machine (SPEC §3–§6).
+//!
+//! Inputs: client commands ([`Replica::submit`]), peer messages ([`Replica::handle_message`]),
+//! durability acknowledgements ([`Replica::handle_persisted`]) and time
+//! ([`Replica::handle_timeout`]). Outputs are drained with [`Replica::poll_output`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crdts::{CmRDT, Dot, VClock};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Body, CompKind, Compensation, Event, Kind, OrderKey, Tx};
+use crate::id::{AccountId, Clock, EventId, Hlc, RegionId};
+use crate::money::{Amount, Currency};
+use crate::policy::{Action, FeePer, Policy, PolicyHash};
+
+/// Most out-of-order events buffered per origin; beyond it they are dropped and fetched
+/// again by anti-entropy.
+pub const PENDING_PER_ORIGIN_MAX: usize = 100_000;
+/// Most own events in one push batch.
+pub const GOSSIP_BATCH_EVENTS_MAX: usize = 1024;
+/// Default heartbeat period.
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 250;
+/// How far ahead of the announced HLC the durable clock ceiling is placed.
+pub const CEILING_MARGIN_MS: u64 = 2_000;
+/// Most equivocation evidence pairs kept.
+pub const EVIDENCE_MAX: usize = 64;
+
+/// Signs and verifies events. The node uses ed25519 keys; the simulator uses [`NoAuth`].
+pub trait Authenticator: Send {
+    /// Signs bytes as this region.
+    fn sign(&self, bytes: &[u8]) -> Vec<u8>;
+    /// Checks a signature by `origin` over bytes.
+    fn verify(&self, origin: RegionId, bytes: &[u8], sig: &[u8]) -> bool;
+}
+
+/// No signatures: for the simulator and tests, where peers are trusted by construction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoAuth;
+
+impl Authenticator for NoAuth {
+    fn sign(&self, _: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+    fn verify(&self, _: RegionId, _: &[u8], sig: &[u8]) -> bool {
+        sig.is_empty()
+    }
+}
+
+/// Static configuration of a replica.
+pub struct Config {
+    /// This region.
+    pub region: RegionId,
+    /// Every member, this region included.
+    pub members: Vec<RegionId>,
+    /// Cluster id, covered by every signature.
+    pub cluster: String,
+    /// The policy file: version 1 of the policy history.
+    pub policy: Policy,
+    /// Largest tolerated lead of a remote HLC over local physical time.
+    pub max_clock_skew_ms: u64,
+    /// Heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Signer/verifier.
+    pub auth: Box<dyn Authenticator>,
+    /// The seed policy hash recorded in this region's storage, if any. A different file
+    /// is reported and nothing settles.
+    pub recorded_policy: Option<PolicyHash>,
+    /// Started on an empty disk in an existing cluster: accept nothing until this region's
+    /// own history has been pulled back from every peer.
+    pub restore: bool,
+}
+
+impl Config {
+    /// A configuration with defaults and no signatures.
+    pub fn new(region: RegionId, members: Vec<RegionId>, policy: Policy) -> Config {
+        Config {
+            region,
+            members,
+            cluster: "default".into(),
+            policy,
+            max_clock_skew_ms: 60_000,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
+            auth: Box::new(NoAuth),
+            recorded_policy: None,
+            restore: false,
+        }
+    }
+}
+
+/// A region's periodic announcement: its HLC, its version vector, its seed policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The announcing region.
+    pub origin: RegionId,
+    /// It will never issue an event at or below this HLC again.
+    pub hlc: Hlc,
+    /// Its own last seq at the time.
+    pub seq: u64,
+    /// What it holds from every origin.
+    pub vv: VClock<RegionId>,
+    /// Hash of its seed policy (version 1).
+    pub policy: PolicyHash,
+}
+
+/// Peer-to-peer messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Events, pushed or sent in answer to a pull.
+    Events(Vec<Event>),
+    /// A heartbeat.
+    Heartbeat(Heartbeat),
+    /// "Send me what I miss": the sender's version vector and a batch limit.
+    Pull {
+        /// What the requester holds.
+        vv: VClock<RegionId>,
+        /// Most events to answer with.
+        limit: u32,
+    },
+}
+
+/// Things the host must write durably, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// An event (own or remote).
+    Event(Event),
+    /// The clock ceiling: after a restart no HLC at or below it is issued.
+    Ceiling(Hlc),
+    /// Everything at or below this HLC is settled (written after the events it covers).
+    Watermark(Hlc),
+}
+
+/// Outputs, drained with [`Replica::poll_output`] after every input.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub enum Output {
+    /// Write this record durably, then call [`Replica::handle_persisted`] with its index.
+    Persist {
+        /// Monotonic persistence index.
+        index: u64,
+        /// What to write.
+        record: Record,
+    },
+    /// Send this message to every connected member.
+    Broadcast(Message),
+    /// A compensation settled (in feed order).
+    Compensation(Compensation),
+    /// Something a operator must hear about.
+    Report(Report),
+}
+
+/// Reports of peer misbehaviour, conflicts and stalls. Never panics, never silent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Report {
+    /// An event failed validation or its signature.
+    Rejected {
+        /// The event.
+        id: EventId,
+        /// Who sent it.
+        from: RegionId,
+        /// Why.
+        reason: String,
+    },
+    /// A remote HLC too far in the future.
+    ClockSkew {
+        /// Who.
+        from: RegionId,
+        /// Its HLC, in ms.
+        remote_ms: u64,
+        /// Local physical time, in ms.
+        local_ms: u64,
+    },
+    /// Two different events under one id: the origin is frozen.
+    Equivocation {
+        /// The id.
+        id: EventId,
+    },
+    /// A peer's seed policy differs from ours: nothing settles.
+    PolicyMismatch {
+        /// The peer (or this region, against its recorded history).
+        region: RegionId,
+        /// Its hash.
+        theirs: PolicyHash,
+        /// Ours.
+        ours: PolicyHash,
+    },
+    /// A settled sum overflowed: that (account, currency) is frozen.
+    Overflow {
+        /// Account.
+        account: AccountId,
+        /// Currency.
+        currency: Currency,
+        /// The event that would overflow.
+        at: EventId,
+    },
+    /// A message from a non-member.
+    UnknownMember {
+        /// Who.
+        from: RegionId,
+    },
+}
+
+/// Why a client command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The debit would take the provisional balance below the floor.
+    #[error("insufficient funds: available {available} {currency}, requested {requested}")]
+    InsufficientFunds {
+        /// Provisional balance minus floor, rendered.
+        available: String,
+        /// The amount asked for, rendered.
+        requested: String,
+        /// Currency.
+        currency: Currency,
+    },
+    /// The idempotency key was used with a different body.
+    #[error("idempotency key already used for {existing} with a different request body")]
+    IdempotencyConflict {
+        /// The event holding the key.
+        existing: EventId,
+    },
+    /// The region is restoring its own history from peers.
+    #[error("region is restoring its history from peers and accepts nothing yet")]
+    Restoring,
+    /// The (account, currency) is frozen after an overflow.
+    #[error("account {account} in {currency} is frozen after an arithmetic overflow")]
+    Frozen {
+        /// Account.
+        account: AccountId,
+        /// Currency.
+        currency: Currency,
+    },
+    /// The balance would overflow.
+    #[error("the balance would overflow")]
+    Overflow,
+}
+
+/// The result of an accepted command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new event.
+    New(EventId),
+    /// A retry of an event already known (maybe from another region).
+    Existing(EventId),
+}
+
+impl Submitted {
+    /// The event id either way.
+    pub fn id(self) -> EventId {
+        match self {
+            Submitted::New(i) | Submitted::Existing(i) => i,
+        }
+    }
+}
+
+/// A client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxRequest {
+    /// Account.
+    pub account: AccountId,
+    /// Kind.
+    pub kind: Kind,
+    /// Amount (already scale-checked for `currency`).
+    pub amount: Amount,
+    /// Currency.
+    pub currency: Currency,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Reference.
+    pub reference: Option<String>,
+}
+
+/// Provisional and settled balance of one (account, currency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Balance {
+    /// Sum of every event known, settled compensations included.
+    pub provisional: Decimal,
+    /// Sum over the settled prefix, compensations included.
+    pub settled: Decimal,
+}
+
+#[derive(Debug, Clone, Default)]
+struct BalanceState {
+    bal: Balance,
+    in_episode: bool,
+    episode_fee_charged: bool,
+    frozen: bool,
+}
+
+#[derive(Debug, Default)]
+struct AccountState {
+    balances: BTreeMap<Currency, BalanceState>,
+    /// Events (sub 0) and feed entries (sub 1) of the account in total order.
+    entries: BTreeSet<(OrderKey, u8)>,
+    /// Idempotency key -> first event known with it.
+    keys: BTreeMap<Box<str>, EventId>,
+    /// Idempotency key -> first event with it in the settled order.
+    settled_keys: BTreeMap<Box<str>, EventId>,
+}
+
+#[derive(Debug, Default)]
+struct Member {
+    log: Vec<Event>,
+    pending: BTreeMap<u64, Event>,
+    /// Highest announced heartbeat (hlc, seq): the promise checked on later events.
+    promise: Option<(Hlc, u64)>,
+    /// Latest heartbeat not yet covered by the log.
+    pending_hb: Option<(Hlc, u64)>,
+    /// This member's contribution to the watermark.
+    covered: Hlc,
+    /// Last version vector it announced.
+    vv: VClock<RegionId>,
+    /// Its seed policy, once heard.
+    policy: Option<PolicyHash>,
+    heard: bool,
+    equivocated: bool,
+}
+
+/// One entry of an account's history, for the transaction list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry<'a> {
+    /// A client event.
+    Event {
+        /// The event.
+        event: &'a Event,
+        /// In the settled prefix.
+        settled: bool,
+    },
+    /// A feed entry (compensation or conflict report), always settled.
+    Compensation(&'a Compensation),
+}
+
+/// Cursor into an account's history: its order key and sub-position.
+pub type EntryKey = (OrderKey, u8);
+
+/// A transaction's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Not yet settled.
+    Provisional,
+    /// Settled, stands.
+    Settled,
+    /// Settled and reversed by the fold.
+    Reversed,
+}
+
+/// Per-member view for status pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Region.
+    pub region: RegionId,
+    /// Events held from it without gaps.
+    pub held: u64,
+    /// Its contribution to the watermark.
+    pub covered: Hlc,
+    /// Heard from it at all.
+    pub heard: bool,
+    /// Seed policy matches ours (None: not heard yet).
+    pub policy_matches: Option<bool>,
+    /// Caught equivocating.
+    pub equivocated: bool,
+    /// Buffered out-of-order events.
+    pub pending: u64,
+}
+
+/// Counters, monotonic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events applied from peers.
+    pub remote_applied: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Events rejected (invalid, forged, skewed, broken promise).
+    pub rejected: u64,
+    /// Events dropped because a pending buffer was full.
+    pub dropped: u64,
+    /// Events settled.
+    pub settled: u64,
+    /// Bytes not counted here: the host counts wire bytes.
+    pub compensations: u64,
+}
+
+#[derive(Debug, Clone)]
+struct PolicyVersion {
+    version: u32,
+    policy: Policy,
+}
+
+/// The replica: one region's entire ledger state.
+pub struct Replica {
+    cfg: Config,
+    seed_hash: PolicyHash,
+    clock: Clock,
+    vv: VClock<RegionId>,
+    members: BTreeMap<RegionId, Member>,
+    accounts: BTreeMap<AccountId, AccountState>,
+    unsettled: BTreeSet<OrderKey>,
+    settled_upto: Option<OrderKey>,
+    watermark: Hlc,
+    persisted_watermark: Hlc,
+    feed: Vec<Compensation>,
+    comp_by_cause: BTreeMap<EventId, u32>,
+    conflict_by_cause: BTreeMap<EventId, u32>,
+    policies: Vec<PolicyVersion>,
+    outputs: VecDeque<Output>,
+    persist_index: u64,
+    persist_durable: u64,
+    /// (persist index, own seq or 0 for a ceiling, ceiling hlc)
+    awaiting: VecDeque<(u64, u64, Hlc)>,
+    own_durable_seq: u64,
+    own_gossiped_seq: u64,
+    ceiling_requested: Hlc,
+    ceiling_durable: Hlc,
+    announced: Hlc,
+    next_heartbeat_ms: u64,
+    restoring: bool,
+    policy_broken: bool,
+    evidence: Vec<(Event, Event)>,
+    stats: Stats,
+}
+
+impl Replica {
+    /// A replica with empty state. `ceiling` is the durable clock ceiling recovered from
+    /// storage (zero on a new disk): no HLC at or below it will be issued.
+    pub fn new(cfg: Config, ceiling: Hlc) -> Replica {
+        let seed_hash = cfg.policy.hash();
+        let mut members = BTreeMap::new();
+        for m in &cfg.members {
+            members.insert(*m, Member::default());
+        }
+        members.entry(cfg.region).or_default();
+        let policy_broken = matches!(cfg.recorded_policy, Some(h) if h != seed_hash);
+        let mut r = Replica {
+            restoring: cfg.restore,
+            policies: vec![PolicyVersion {
+                version: 1,
+                policy: cfg.policy.clone(),
+            }],
+            seed_hash,
+            clock: Clock::new(ceiling),
+            vv: VClock::new(),
+            members,
+            accounts: BTreeMap::new(),
+            unsettled: BTreeSet::new(),
+            settled_upto: None,
+            watermark: Hlc::ZERO,
+            persisted_watermark: Hlc::ZERO,
+            feed: Vec::new(),
+            comp_by_cause: BTreeMap::new(),
+            conflict_by_cause: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            persist_index: 0,
+            persist_durable: 0,
+            awaiting: VecDeque::new(),
+            own_durable_seq: 0,
+            own_gossiped_seq: 0,
+            ceiling_requested: ceiling,
+            ceiling_durable: ceiling,
+            announced: Hlc::ZERO,
+            next_heartbeat_ms: 0,
+            policy_broken,
+            evidence: Vec::new(),
+            stats: Stats::default(),
+            cfg,
+        };
+        if let Some(h) = r.cfg.recorded_policy {
+            if h != r.seed_hash {
+                let region = r.cfg.region;
+                r.report(Report::PolicyMismatch {
+                    region,
+                    theirs: h,
+                    ours: r.seed_hash,
+                });
+            }
+        }
+        r
+    }
+
+    // ---- getters ------------------------------------------------------------------------
+
+    /// This region.
+    pub fn region(&self) -> RegionId {
+        self.cfg.region
+    }
+
+    /// Hash of the seed policy (the file).
+    pub fn policy_hash(&self) -> PolicyHash {
+        self.seed_hash
+    }
+
+    /// The policy in force at the end of the settled prefix, and its version.
+    pub fn current_policy(&self) -> (u32, &Policy) {
+        let p = self.policies.last().unwrap_or_else(|| unreachable_policy());
+        (p.version, &p.policy)
+    }
+
+    /// The version vector: per origin, the highest seq held without gaps.
+    pub fn version_vector(&self) -> &VClock<RegionId> {
+        &self.vv
+    }
+
+    /// The stability watermark: every event at or below it is settled.
+    pub fn watermark(&self) -> Hlc {
+        self.watermark
+    }
+
+    /// The last HLC issued or observed.
+    pub fn clock(&self) -> Hlc {
+        self.clock.last()
+    }
+
+    /// Settlement lag: local clock minus watermark, in ms.
+    pub fn settlement_lag_ms(&self) -> u64 {
+        self.clock
+            .last()
+            .millis()
+            .saturating_sub(self.watermark.millis())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// True while restoring own history from peers.
+    pub fn is_restoring(&self) -> bool {
+        self.restoring
+    }
+
+    /// True if a policy mismatch or an equivocation stops settlement.
+    pub fn settlement_blocked(&self) -> bool {
+        self.policy_broken || self.members.values().any(|m| m.equivocated)
+    }
+
+    /// Equivocation evidence held.
+    pub fn evidence(&self) -> &[(Event, Event)] {
+        &self.evidence
+    }
+
+    /// Number of events held (all origins, gap-free).
+    pub fn event_count(&self) -> u64 {
+        self.members.values().map(|m| m.log.len() as u64).sum()
+    }
+
+    /// Balance of one (account, currency). O(log accounts), independent of history length.
+    pub fn balance(&self, account: &AccountId, currency: Currency) -> Balance {
+        self.accounts
+            .get(account)
+            .and_then(|a| a.balances.get(&currency))
+            .map(|b| b.bal)
+            .unwrap_or_default()
+    }
+
+    /// Every currency balance of an account, by currency code.
+    pub fn balances(&self, account: &AccountId) -> Vec<(Currency, Balance)> {
+        self.accounts
+            .get(account)
+            .map(|a| a.balances.iter().map(|(c, b)| (*c, b.bal)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every (account, currency) balance, in order. For checkers and snapshots.
+    pub fn all_balances(&self) -> Vec<(AccountId, Currency, Balance)> {
+        let mut out = Vec::new();
+        for (a, s) in &self.accounts {
+            for (c, b) in &s.balances {
+                out.push((a.clone(), *c, b.bal));
+            }
+        }
+        out
+    }
+
+    /// Settled balances below the floor of the policy in force: debt left by fees or
+    /// non-reversible debits.
+    pub fn debts(&self) -> Vec<(AccountId, Currency, Decimal)> {
+        let (_, policy) = self.current_policy();
+        let mut out = Vec::new();
+        for (a, s) in &self.accounts {
+            for (c, b) in &s.balances {
+                if b.bal.settled < policy.applied(a.as_str(), *c).floor {
+                    out.push((a.clone(), *c, b.bal.settled));
+                }
+            }
+        }
+        out
+    }
+
+    /// An event by id.
+    pub fn event(&self, id: EventId) -> Option<&Event> {
+        let m = self.members.get(&id.origin)?;
+        let i = usize::try_from(id.seq.checked_sub(1)?).ok()?;
+        m.log.get(i)
+    }
+
+    /// Events of one origin after `after_seq`, in seq order.
+    pub fn origin_events(&self, origin: RegionId, after_seq: u64) -> &[Event] {
+        let Some(m) = self.members.get(&origin) else {
+            return &[];
+        };
+        let from = usize::try_from(after_seq)
+            .unwrap_or(usize::MAX)
+            .min(m.log.len());
+        &m.log[from..]
+    }
+
+    /// Is the event at this order key settled?
+    pub fn is_settled(&self, key: &OrderKey) -> bool {
+        matches!(&self.settled_upto, Some(s) if key <= s)
+    }
+
+    /// Status of an event by id.
+    pub fn status(&self, id: EventId) -> Option<(Status, Option<&Compensation>)> {
+        let e = self.event(id)?;
+        let comp = self
+            .comp_by_cause
+            .get(&id)
+            .and_then(|i| self.feed.get(*i as usize));
+        if !self.is_settled(&e.key()) {
+            return Some((Status::Provisional, None));
+        }
+        match comp {
+            Some(c) if c.kind == CompKind::Reversal => Some((Status::Reversed, Some(c))),
+            other => Some((Status::Settled, other)),
+        }
+    }
+
+    /// The event holding an idempotency key on an account, if any.
+    pub fn find_key(&self, account: &AccountId, key: &str) -> Option<EventId> {
+        self.accounts.get(account)?.keys.get(key).copied()
+    }
+
+    /// An account's history (events and feed entries) in total order after `after`.
+    pub fn entries(
+        &self,
+        account: &AccountId,
+        after: Option<EntryKey>,
+        limit: usize,
+    ) -> Vec<(EntryKey, Entry<'_>)> {
+        let Some(a) = self.accounts.get(account) else {
+            return Vec::new();
+        };
+        let range: Box<dyn Iterator<Item = &(OrderKey, u8)>> = match after {
+            Some(k) => Box::new(
+                a.entries
+                    .range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+            ),
+            None => Box::new(a.entries.iter()),
+        };
+        range
+            .filter_map(|k| {
+                let (key, sub) = *k;
+                let id = EventId {
+                    origin: key.1,
+                    seq: key.2,
+                };
+                if sub == 0 {
+                    let event = self.event(id)?;
+                    Some((
+                        *k,
+                        Entry::Event {
+                            event,
+                            settled: self.is_settled(&key),
+                        },
+                    ))
+                } else {
+                    let map = if sub == 1 {
+                        &self.comp_by_cause
+                    } else {
+                        &self.conflict_by_cause
+                    };
+                    let i = *map.get(&id)?;
+                    Some((*k, Entry::Compensation(self.feed.get(i as usize)?)))
+                }
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// The compensation feed from position `after` (exclusive), in settled order.
+    pub fn feed(&self, from: u64, limit: usize) -> &[Compensation] {
+        let start = usize::try_from(from)
+            .unwrap_or(usize::MAX)
+            .min(self.feed.len());
+        let end = start.saturating_add(limit).min(self.feed.len());
+        &self.feed[start..end]
+    }
+
+    /// Length of the feed.
+    pub fn feed_len(&self) -> u64 {
+        self.feed.len() as u64
+    }
+
+    /// Per-member status.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        self.members
+            .iter()
+            .map(|(r, m)| MemberStatus {
+                region: *r,
+                held: m.log.len() as u64,
+                covered: if *r == self.cfg.region {
+                    self.announced
+                } else {
+                    m.covered
+                },
+                heard: m.heard || *r == self.cfg.region,
+                policy_matches: if *r == self.cfg.region {
+                    Some(!self.policy_broken)
+                } else {
+                    m.policy.map(|p| p == self.seed_hash)
+                },
+                equivocated: m.equivocated,
+                pending: m.pending.len() as u64,
+            })
+            .collect()
+    }
+
+    /// Anti-entropy: the events a peer with version vector `theirs` is missing, origin by
+    /// origin, at most `limit`.
+    pub fn missing_for(&self, theirs: &VClock<RegionId>, limit: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (r, m) in &self.members {
+            if out.len() >= limit {
+                break;
+            }
+            // Only durable own events leave this region.
+            let held = if *r == self.cfg.region {
+                self.own_durable_seq
+            } else {
+                m.log.len() as u64
+            };
+            let have = theirs.get(r);
+            if have >= held {
+                continue;
+            }
+            let from = usize::try_from(have).unwrap_or(usize::MAX);
+            let to = usize::try_from(held).unwrap_or(usize::MAX);
+            let room = limit - out.len();
+            out.extend(m.log[from..to].iter().take(room).cloned());
+        }
+        out
+    }
+
+    /// Builds a pull request for the peers.
+    pub fn pull_request(&self, limit: u32) -> Message {
+        Message::Pull {
+            vv: self.vv.clone(),
+            limit,
+        }
+    }
+
+    // ---- outputs and timers ------------------------------------------------------------
+
+    /// The next output, if any. Drain after every input.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to call [`Replica::handle_timeout`] next, in physical ms.
+    #[must_use]
+    pub fn poll_timeout(&self) -> u64 {
+        self.next_heartbeat_ms
+    }
+
+    /// Time passes: issues a heartbeat when one is due (and the clock ceiling allows).
+    /// A spurious call does nothing harmful.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if now_ms < self.next_heartbeat_ms {
+            return;
+        }
+        self.next_heartbeat_ms = now_ms.saturating_add(self.cfg.heartbeat_interval_ms);
+        self.heartbeat(now_ms);
+    }
+
+    fn heartbeat(&mut self, now_ms: u64) {
+        let own_seq = self.own_log_len();
+        // A heartbeat promises that every event below it is durable.
+        if self.own_durable_seq < own_seq {
+            return;
+        }
+        let h = self.clock.tick(now_ms);
+        let wanted = Hlc::from_millis(h.millis().saturating_add(CEILING_MARGIN_MS));
+        if h.millis().saturating_add(CEILING_MARGIN_MS / 2) > self.ceiling_requested.millis() {
+            self.ceiling_requested = wanted;
+            let idx = self.persist(Record::Ceiling(wanted));
+            self.awaiting.push_back((idx, 0, wanted));
+        }
+        if h > self.ceiling_durable {
+            return; // retried once the ceiling is durable
+        }
+        self.announced = h;
+        let hb = Heartbeat {
+            origin: self.cfg.region,
+            hlc: h,
+            seq: own_seq,
+            vv: self.vv.clone(),
+            policy: self.seed_hash,
+        };
+        self.outputs
+            .push_back(Output::Broadcast(Message::Heartbeat(hb)));
+        self.advance();
+    }
+
+    /// The host made every record with index `<= index` durable.
+    pub fn handle_persisted(&mut self, index: u64) {
+        if index <= self.persist_durable {
+            return;
+        }
+        self.persist_durable = index.min(self.persist_index);
+        let mut ceiling_moved = false;
+        while let Some(&(i, seq, h)) = self.awaiting.front() {
+            if i > self.persist_durable {
+                break;
+            }
+            self.awaiting.pop_front();
+            if seq > 0 {
+                self.own_durable_seq = self.own_durable_seq.max(seq);
+            } else if h > self.ceiling_durable {
+                self.ceiling_durable = h;
+                ceiling_moved = true;
+            }
+        }
+        self.push_own();
+        if ceiling_moved && self.announced == Hlc::ZERO {
+            // First ceiling after start: announce at once rather than a period later.
+            self.next_heartbeat_ms = 0;
+        }
+    }
+
+    fn push_own(&mut self) {
+        while self.own_gossiped_seq < self.own_durable_seq {
+            let me = self.cfg.region;
+            let from = self.own_gossiped_seq;
+            let to = self
+                .own_durable_seq
+                .min(from.saturating_add(GOSSIP_BATCH_EVENTS_MAX as u64));
+            let batch: Vec<Event> = self
+                .members
+                .get(&me)
+                .map(|m| {
+                    m.log[usize::try_from(from).unwrap_or(0)..usize::try_from(to).unwrap_or(0)]
+                        .to_vec()
+                })
+                .unwrap_or_default();
+            self.own_gossiped_seq = to;
+            self.outputs
+                .push_back(Output::Broadcast(Message::Events(batch)));
+        }
+    }
+
+    fn persist(&mut self, record: Record) -> u64 {
+        self.persist_index += 1;
+        self.outputs.push_back(Output::Persist {
+            index: self.persist_index,
+            record,
+        });
+        self.persist_index
+    }
+
+    fn report(&mut self, r: Report) {
+        self.outputs.push_back(Output::Report(r));
+    }
+
+    fn own_log_len(&self) -> u64 {
+        self.members
+            .get(&self.cfg.region)
+            .map(|m| m.log.len() as u64)
+            .unwrap_or(0)
+    }
+
+    // ---- commands --------------------------------------------------------------------------
+
+    /// Accepts or refuses a client transaction against the local provisional balance.
+    ///
+    /// A retry (same account and key, same body) returns the event already known, wherever
+    /// it was issued. A new event is emitted as [`Output::Persist`]; acknowledge the client
+    /// only after [`Replica::handle_persisted`] covers it.
+    pub fn submit(&mut self, now_ms: u64, req: TxRequest) -> Result<Submitted, SubmitError> {
+        if self.restoring {
+            return Err(SubmitError::Restoring);
+        }
+        let applied = self
+            .current_policy()
+            .1
+            .applied(req.account.as_str(), req.currency);
+        if let (Some(key), Some(acct)) = (&req.idempotency_key, self.accounts.get(&req.account)) {
+            if let Some(id) = acct.keys.get(key.as_str()).copied() {
+                let tx = self.event(id).and_then(Event::tx);
+                let same = tx.is_some_and(|t| {
+                    t.kind == req.kind
+                        && t.amount == req.amount
+                        && t.currency == req.currency
+                        && t.reference.as_deref() == req.reference.as_deref()
+                });
+                return if same {
+                    Ok(Submitted::Existing(id))
+                } else {
+                    Err(SubmitError::IdempotencyConflict { existing: id })
+                };
+            }
+        }
+        let state = self
+            .accounts
+            .get(&req.account)
+            .and_then(|a| a.balances.get(&req.currency));
+        if state.is_some_and(|s| s.frozen) {
+            return Err(SubmitError::Frozen {
+                account: req.account,
+                currency: req.currency,
+            });
+        }
+        let provisional = state.map(|s| s.bal.provisional).unwrap_or_default();
+        let after = provisional
+            .checked_add(req.kind.signed(req.amount.value()))
+            .ok_or(SubmitError::Overflow)?;
+        if req.kind.is_debit() && after < applied.floor {
+            let available = (provisional - applied.floor).max(Decimal::ZERO);
+            return Err(SubmitError::InsufficientFunds {
+                available: req.currency.render(available),
+                requested: req.currency.render(req.amount.value()),
+                currency: req.currency,
+            });
+        }
+        let hlc = self.clock.tick(now_ms);
+        let id = EventId {
+            origin: self.cfg.region,
+            seq: self.own_log_len() + 1,
+        };
+        let account = self.intern(req.account);
+        let mut event = Event {
+            id,
+            hlc,
+            body: Body::Tx(Tx {
+                account,
+                kind: req.kind,
+                amount: req.amount,
+                currency: req.currency,
+                idempotency_key: req.idempotency_key.map(Into::into),
+                reference: req.reference.map(Into::into),
+            }),
+            sig: Box::new([]),
+        };
+        event.sig = self
+            .cfg
+            .auth
+            .sign(&event.signing_bytes(&self.cfg.cluster))
+            .into();
+        self.apply_own(event);
+        Ok(Submitted::New(id))
+    }
+
+    /// Issues a policy change: it applies to events after it in the total order, once settled.
+    pub fn submit_policy(&mut self, now_ms: u64, policy: Policy) -> Result<EventId, SubmitError> {
+        if self.restoring {
+            return Err(SubmitError::Restoring);
+        }
+        let hlc = self.clock.tick(now_ms);
+        let id = EventId {
+            origin: self.cfg.region,
+            seq: self.own_log_len() + 1,
+        };
+        let mut event = Event {
+            id,
+            hlc,
+            body: Body::Policy(Box::new(policy)),
+            sig: Box::new([]),
+        };
+        event.sig = self
+            .cfg
+            .auth
+            .sign(&event.signing_bytes(&self.cfg.cluster))
+            .into();
+        self.apply_own(event);
+        Ok(id)
+    }
+
+    fn apply_own(&mut self, event: Event) {
+        let seq = event.id.seq;
+        let idx = self.persist(Record::Event(event.clone()));
+        self.awaiting.push_back((idx, seq, Hlc::ZERO));
+        self.insert(event);
+    }
+
+    /// Reloads durable events from storage after a restart (own and remote, any order).
+    /// Own events are durable by definition.
+    pub fn load(&mut self, events: Vec<Event>) {
+        let mut sorted = events;
+        sorted.sort_by_key(|e| (e.id.origin, e.id.seq));
+        for e in sorted {
+            let origin = e.id.origin;
+            let Some(m) = self.members.get(&origin) else {
+                continue;
+            };
+            if e.id.seq != m.log.len() as u64 + 1 {
+                continue;
+            }
+            if let Some(prev) = m.log.last() {
+                if e.hlc <= prev.hlc {
+                    continue;
+                }
+            }
+            self.clock.observe(e.hlc);
+            if let Some(m) = self.members.get_mut(&origin) {
+                m.covered = m.covered.max(e.hlc);
+            }
+            self.insert(e);
+        }
+        self.own_durable_seq = self.own_log_len();
+        self.own_gossiped_seq = self.own_durable_seq;
+    }
+
+    /// After [`Replica::load`]: settles up to the watermark recorded before the restart, so
+    /// nothing settled is ever shown as unsettled again.
+    pub fn restore_watermark(&mut self, watermark: Hlc) {
+        self.persisted_watermark = self.persisted_watermark.max(watermark);
+        if watermark > self.watermark {
+            self.watermark = watermark;
+            self.clock.observe(watermark);
+            self.settle();
+        }
+    }
+
+    fn intern(&mut self, account: AccountId) -> AccountId {
+        match self.accounts.get_key_value(&account) {
+            Some((k, _)) => k.clone(),
+            None => {
+                self.accounts
+                    .insert(account.clone(), AccountState::default());
+                account
+            }
+        }
+    }
+
+    /// Adds an event to the log and indexes (already validated, gap-free).
+    fn insert(&mut self, mut event: Event) {
+        let key = event.key();
+        let origin = event.id.origin;
+        if let Body::Tx(tx) = &mut event.body {
+            tx.account = self.intern(tx.account.clone());
+            let acct = self.accounts.entry(tx.account.clone()).or_default();
+            acct.entries.insert((key, 0));
+            if let Some(k) = &tx.idempotency_key {
+                acct.keys.entry(k.clone()).or_insert(event.id);
+            }
+            let st = acct.balances.entry(tx.currency).or_default();
+            if !st.frozen {
+                match st.bal.provisional.checked_add(tx.delta()) {
+                    Some(v) => st.bal.provisional = v,
+                    None => st.frozen = true,
+                }
+            }
+        }
+        self.vv.apply(Dot::new(origin, event.id.seq));
+        self.unsettled.insert(key);
+        if let Some(m) = self.members.get_mut(&origin) {
+            m.log.push(event);
+        }
+    }
+
+    // ---- merge ---------------------------------------------------------------------------
+
+    /// A message from peer `from`, at local physical time `now_ms`.
+    pub fn handle_message(&mut self, now_ms: u64, from: RegionId, msg: Message) {
+        if !self.members.contains_key(&from) || from == self.cfg.region {
+            self.report(Report::UnknownMember { from });
+            return;
+        }
+        match msg {
+            Message::Events(events) => self.handle_events(now_ms, from, events),
+            Message::Heartbeat(hb) => self.handle_heartbeat(now_ms, from, hb),
+            Message::Pull { .. } => {} // answered by the host with `missing_for`
+        }
+    }
+
+    /// Merges a batch of events (push or anti-entropy answer).
+    pub fn handle_events(&mut self, now_ms: u64, from: RegionId, events: Vec<Event>) {
+        for e in events {
+            self.merge_one(now_ms, from, e);
+        }
+        self.advance();
+    }
+
+    fn reject(&mut self, id: EventId, from: RegionId, reason: String) {
+        self.stats.rejected += 1;
+        self.report(Report::Rejected { id, from, reason });
+    }
+
+    fn merge_one(&mut self, now_ms: u64, from: RegionId, e: Event) {
+        let id = e.id;
+        let origin = id.origin;
+        if !self.members.contains_key(&origin) {
+            self.reject(id, from, "origin is not a member".into());
+            return;
+        }
+        if let Err(err) = e.validate() {
+            self.reject(id, from, err.to_string());
+            return;
+        }
+        // Already held: a duplicate, or two events under one id.
+        if let Some(held) = self.event(id) {
+            if held.hlc == e.hlc && held.body == e.body {
+                self.stats.duplicates += 1;
+                return;
+            }
+            if !self
+                .cfg
+                .auth
+                .verify(origin, &e.signing_bytes(&self.cfg.cluster), &e.sig)
+            {
+                self.reject(id, from, "bad signature".into());
+                return;
+            }
+            let held = held.clone();
+            self.equivocation(held, e);
+            return;
+        }
+        if e.hlc.millis() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
+            self.stats.rejected += 1;
+            self.report(Report::ClockSkew {
+                from,
+                remote_ms: e.hlc.millis(),
+                local_ms: now_ms,
+            });
+            return;
+        }
+        if !self
+            .cfg
+            .auth
+            .verify(origin, &e.signing_bytes(&self.cfg.cluster), &e.sig)
+        {
+            self.reject(id, from, "bad signature".into());
+            return;
+        }
+        let Some(m) = self.members.get_mut(&origin) else {
+            return;
+        };
+        let next = m.log.len() as u64 + 1;
+        if id.seq > next {
+            if let Some(p) = m.pending.get(&id.seq) {
+                if p.hlc == e.hlc && p.body == e.body {
+                    self.stats.duplicates += 1;
+                    return;
+                }
+                // Two different events buffered under one id: keep the first as pending,
+                // report the second; the gap-free apply checks it again.
+                let p = p.clone();
+                self.equivocation(p, e);
+                return;
+            }
+            if m.pending.len() >= PENDING_PER_ORIGIN_MAX {
+                self.stats.dropped += 1;
+                return;
+            }
+            m.pending.insert(id.seq, e);
+            return;
+        }
+        self.apply_remote(from, e);
+        // Drain whatever the gap was holding back.
+        loop {
+            let Some(m) = self.members.get_mut(&origin) else {
+                break;
+            };
+            let next = m.log.len() as u64 + 1;
+            let Some(p) = m.pending.remove(&next) else {
+                break;
+            };
+            if !self.apply_remote(from, p) {
+                break;
+            }
+        }
+    }
+
+    /// Applies the next gap-free event of an origin, checking its HLC against the origin's
+    /// previous event and last heartbeat promise. Returns false if refused.
+    fn apply_remote(&mut self, from: RegionId, e: Event) -> bool {
+        let origin = e.id.origin;
+        let Some(m) = self.members.get(&origin) else {
+            return false;
+        };
+        if m.equivocated {
+            return false;
+        }
+        if let Some(prev) = m.log.last() {
+            if e.hlc <= prev.hlc {
+                self.reject(e.id, from, "HLC does not increase with seq".into());
+                return false;
+            }
+        }
+        if let Some((h, s)) = m.promise {
+            if e.id.seq > s && e.hlc <= h {
+                self.reject(
+                    e.id,
+                    from,
+                    format!(
+                        "HLC {:?} at or below heartbeat {:?} that covered seq {}",
+                        e.hlc, h, s
+                    ),
+                );
+                return false;
+            }
+        }
+        if origin == self.cfg.region {
+            // Our own history coming back after a disk loss.
+            self.own_durable_seq = self.own_durable_seq.max(e.id.seq);
+            self.own_gossiped_seq = self.own_durable_seq;
+        }
+        self.clock.observe(e.hlc);
+        let seq = e.id.seq;
+        let hlc = e.hlc;
+        self.persist(Record::Event(e.clone()));
+        self.insert(e);
+        self.stats.remote_applied += 1;
+        if let Some(m) = self.members.get_mut(&origin) {
+            m.covered = m.covered.max(hlc);
+            if let Some((h, s)) = m.pending_hb {
+                if s <= seq {
+                    m.covered = m.covered.max(h);
+                    m.pending_hb = None;
+                }
+            }
+        }
+        true
+    }
+
+    fn equivocation(&mut self, held: Event, other: Event) {
+        let id = held.id;
+        if let Some(m) = self.members.get_mut(&id.origin) {
+            m.equivocated = true;
+        }
+        if self.evidence.len() < EVIDENCE_MAX {
+            self.evidence.push((held, other));
+        }
+        self.stats.rejected += 1;
+        self.report(Report::Equivocation { id });
+    }
+
+    /// A heartbeat from a peer.
+    pub fn handle_heartbeat(&mut self, now_ms: u64, from: RegionId, hb: Heartbeat) {
+        if hb.origin != from {
+            self.reject(
+                EventId {
+                    origin: hb.origin,
+                    seq: hb.seq.max(1),
+                },
+                from,
+                "heartbeat relayed for another region".into(),
+            );
+            return;
+        }
+        if hb.hlc.millis() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
+            self.report(Report::ClockSkew {
+                from,
+                remote_ms: hb.hlc.millis(),
+                local_ms: now_ms,
+            });
+            return;
+        }
+        let ours = self.seed_hash;
+        let Some(m) = self.members.get_mut(&from) else {
+            return;
+        };
+        m.heard = true;
+        let first_policy = m.policy.is_none() || m.policy != Some(hb.policy);
+        m.policy = Some(hb.policy);
+        if hb.policy != ours && first_policy {
+            self.report(Report::PolicyMismatch {
+                region: from,
+                theirs: hb.policy,
+                ours,
+            });
+        }
+        let Some(m) = self.members.get_mut(&from) else {
+            return;
+        };
+        if m.promise.is_none_or(|(h, _)| hb.hlc > h) {
+            m.promise = Some((hb.hlc, hb.seq));
+        }
+        if (m.log.len() as u64) >= hb.seq {
+            m.covered = m.covered.max(hb.hlc);
+        } else if m.pending_hb.is_none_or(|(h, _)| hb.hlc > h) {
+            m.pending_hb = Some((hb.hlc, hb.seq));
+        }
+        m.vv = hb.vv;
+        self.clock.observe(hb.hlc);
+        if self.restoring {
+            self.check_restored();
+        }
+        self.advance();
+    }
+
+    fn check_restored(&mut self) {
+        let me = self.cfg.region;
+        let mine = self.vv.get(&me);
+        let done = self
+            .members
+            .iter()
+            .filter(|(r, _)| **r != me)
+            .all(|(_, m)| m.heard && m.vv.get(&me) <= mine);
+        if done {
+            self.restoring = false;
+        }
+    }
+
+    // ---- watermark and settled fold --------------------------------------------------------
+
+    fn compute_watermark(&self) -> Hlc {
+        if self.settlement_blocked() {
+            return self.watermark;
+        }
+        let mut w = self.announced;
+        for (r, m) in &self.members {
+            if *r == self.cfg.region {
+                continue;
+            }
+            if m.policy != Some(self.seed_hash) {
+                return self.watermark;
+            }
+            w = w.min(m.covered);
+        }
+        w.max(self.watermark)
+    }
+
+    fn advance(&mut self) {
+        let w = self.compute_watermark();
+        if w > self.watermark {
+            self.watermark = w;
+            self.settle();
+        }
+        if self.watermark > self.persisted_watermark {
+            self.persisted_watermark = self.watermark;
+            self.persist(Record::Watermark(self.watermark));
+        }
+    }
+
+    fn settle(&mut self) {
+        while let Some(first) = self.unsettled.first().copied() {
+            if first.0 > self.watermark {
+                break;
+            }
+            self.unsettled.pop_first();
+            self.settled_upto = Some(first);
+            self.stats.settled += 1;
+            self.fold(first);
+        }
+    }
+
+    fn fold(&mut self, key: OrderKey) {
+        let id = EventId {
+            origin: key.1,
+            seq: key.2,
+        };
+        let Some(event) = self.event(id) else {
+            return;
+        };
+        let tx = match &event.body {
+            Body::Policy(p) => {
+                let version = self.policies.len() as u32 + 1;
+                let policy = (**p).clone();
+                self.policies.push(PolicyVersion { version, policy });
+                return;
+            }
+            Body::Tx(tx) => tx.clone(),
+        };
+        let (version, policy) = self.current_policy();
+        let applied = policy.applied(tx.account.as_str(), tx.currency);
+        let hlc = event.hlc;
+
+        let Some(acct) = self.accounts.get_mut(&tx.account) else {
+            return;
+        };
+        // Duplicate check before the floor check.
+        let mut conflict_with = None;
+        let mut duplicate = false;
+        if let Some(k) = &tx.idempotency_key {
+            match acct.settled_keys.get(k) {
+                None => {
+                    acct.settled_keys.insert(k.clone(), id);
+                }
+                Some(first) => {
+                    let first = *first;
+                    let same = self
+                        .members
+                        .get(&first.origin)
+                        .and_then(|m| m.log.get(first.seq as usize - 1))
+                        .and_then(Event::tx)
+                        .is_some_and(|t| t.same_body(&tx));
+                    if same {
+                        duplicate = true;
+                    } else {
+                        conflict_with = Some(first);
+                    }
+                }
+            }
+        }
+        let Some(acct) = self.accounts.get_mut(&tx.account) else {
+            return;
+        };
+        let st = acct.balances.entry(tx.currency).or_default();
+        if st.frozen {
+            return;
+        }
+        let Some(after) = st.bal.settled.checked_add(tx.delta()) else {
+            st.frozen = true;
+            self.report(Report::Overflow {
+                account: tx.account.clone(),
+                currency: tx.currency,
+                at: id,
+            });
+            return;
+        };
+        st.bal.settled = after;
+
+        let mut comp: Option<(CompKind, Decimal)> = None;
+        if duplicate {
+            comp = Some((CompKind::Reversal, -tx.delta()));
+        } else if tx.kind.is_debit() && after < applied.floor {
+            let overdrawn = (applied.floor - after).min(tx.amount.value());
+            let reversible = applied.reversible.contains(&tx.kind);
+            if applied.action == Action::Reverse && reversible {
+                comp = Some((CompKind::Reversal, tx.amount.value()));
+            } else {
+                let first_in_episode = !st.in_episode;
+                if first_in_episode {
+                    st.in_episode = true;
+                    st.episode_fee_charged = false;
+                }
+                let charge = overdrawn > applied.fee.grace
+                    && match applied.fee.per {
+                        FeePer::Debit => true,
+                        FeePer::Episode => !st.episode_fee_charged,
+                    };
+                if charge {
+                    match applied.fee_for(overdrawn) {
+                        Some(fee) if fee > Decimal::ZERO => {
+                            st.episode_fee_charged = true;
+                            comp = Some((CompKind::OverdraftFee, -fee));
+                        }
+                        Some(_) => {}
+                        None => {
+                            st.frozen = true;
+                        }
+                    }
+                }
+            }
+        } else if after >= applied.floor {
+            st.in_episode = false;
+        }
+        if let Some(first) = conflict_with {
+            self.emit(
+                id,
+                hlc,
+                &tx,
+                version,
+                CompKind::IdempotencyConflict,
+                Decimal::ZERO,
+                Some(first),
+            );
+        }
+        if let Some((kind, delta)) = comp {
+            self.emit(id, hlc, &tx, version, kind, delta, None);
+        }
+        // Conservation check on the settled fold for this pair.
+        debug_assert!(self
+            .accounts
+            .get(&tx.account)
+            .and_then(|a| a.balances.get(&tx.currency))
+            .is_some());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        cause: EventId,
+        hlc: Hlc,
+        tx: &Tx,
+        version: u32,
+        kind: CompKind,
+        delta: Decimal,
+        related: Option<EventId>,
+    ) {
+        // Exactly once per cause (a conflict report and a compensation may share a cause:
+        // the report is keyed apart by sub-position 2).
+        let sub = if kind == CompKind::IdempotencyConflict {
+            2
+        } else {
+            1
+        };
+        if sub == 1 && self.comp_by_cause.contains_key(&cause) {
+            return;
+        }
+        let position = self.feed.len() as u64;
+        let comp = Compensation {
+            kind,
+            cause,
+            hlc,
+            account: tx.account.clone(),
+            currency: tx.currency,
+            delta,
+            policy_version: version,
+            related,
+            position,
+        };
+        let Some(acct) = self.accounts.get_mut(&tx.account) else {
+            return;
+        };
+        let st = acct.balances.entry(tx.currency).or_default();
+        match (
+            st.bal.settled.checked_add(delta),
+            st.bal.provisional.checked_add(delta),
+        ) {
+            (Some(s), Some(p)) => {
+                st.bal.settled = s;
+                st.bal.provisional = p;
+            }
+            _ => {
+                st.frozen = true;
+                return;
+            }
+        }
+        let key = (hlc, cause.origin, cause.seq);
+        if sub == 1 {
+            acct.entries.insert((key, 1));
+            self.comp_by_cause.insert(cause, position as u32);
+        } else {
+            acct.entries.insert((key, 2));
+            self.conflict_by_cause.insert(cause, position as u32);
+        }
+        self.stats.compensations += 1;
+        self.feed.push(comp.clone());
+        self.outputs.push_back(Output::Compensation(comp));
+    }
+}
+
+fn unreachable_policy() -> &'static PolicyVersion {
+    // `policies` always holds version 1; this exists only to avoid a panic path.
+    static ZERO: std::sync::OnceLock<PolicyVersion> = std::sync::OnceLock::new();
+    ZERO.get_or_init(|| PolicyVersion {
+        version: 1,
+        policy: Policy::zero(),
+    })
+}

@@ -1,0 +1,95 @@
+//! The versioned wire and disk encoding (postcard). Every encoded value starts with a format
+//! version byte; a later release adds a decoder for its own version and keeps the old ones, so
+//! bytes written today stay readable.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::event::Event;
+use crate::replica::Message;
+
+/// The format version this release writes.
+pub const WIRE_VERSION: u8 = 1;
+/// Largest message accepted from a peer, in bytes.
+pub const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Decoding failures: corrupt, truncated, oversized or from an unknown future version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// No bytes.
+    #[error("empty input")]
+    Empty,
+    /// A version this release cannot read.
+    #[error("unsupported format version {0} (this release reads version {WIRE_VERSION})")]
+    Version(u8),
+    /// Too large.
+    #[error("message of {0} bytes exceeds the limit of {MESSAGE_BYTES_MAX}")]
+    TooLarge(usize),
+    /// Postcard failed, or bytes were left over.
+    #[error("malformed bytes: {0}")]
+    Malformed(String),
+    /// Decoded, but a field is invalid.
+    #[error("invalid event: {0}")]
+    Invalid(String),
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![WIRE_VERSION];
+    // Encoding plain owned data into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(v).unwrap_or_default());
+    out
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    if bytes.len() > MESSAGE_BYTES_MAX {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let (&version, rest) = bytes.split_first().ok_or(WireError::Empty)?;
+    match version {
+        1 => {
+            let (v, left) =
+                postcard::take_from_bytes(rest).map_err(|e| WireError::Malformed(e.to_string()))?;
+            if !left.is_empty() {
+                return Err(WireError::Malformed(format!(
+                    "{} trailing bytes",
+                    left.len()
+                )));
+            }
+            Ok(v)
+        }
+        v => Err(WireError::Version(v)),
+    }
+}
+
+/// Encodes one event (disk record and wire).
+pub fn encode_event(e: &Event) -> Vec<u8> {
+    encode(e)
+}
+
+/// Decodes and validates one event.
+pub fn decode_event(bytes: &[u8]) -> Result<Event, WireError> {
+    let e: Event = decode(bytes)?;
+    e.validate()
+        .map_err(|err| WireError::Invalid(err.to_string()))?;
+    Ok(e)
+}
+
+/// Encodes a peer message.
+pub fn encode_message(m: &Message) -> Vec<u8> {
+    encode(m)
+}
+
+/// Decodes a peer message. Events inside are validated by the replica on merge.
+pub fn decode_message(bytes: &[u8]) -> Result<Message, WireError> {
+    decode(bytes)
+}
+
+/// Encodes any serializable value in the versioned format (host-side records).
+pub fn encode_value<T: Serialize>(v: &T) -> Vec<u8> {
+    encode(v)
+}
+
+/// Decodes any value in the versioned format.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    decode(bytes)
+}
