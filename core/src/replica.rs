@@ -432,8 +432,9 @@ impl Replica {
         }
         members.entry(cfg.region).or_default();
         let policy_broken = matches!(cfg.recorded_policy, Some(h) if h != seed_hash);
+        let has_peers = cfg.members.iter().any(|m| *m != cfg.region);
         let mut r = Replica {
-            restoring: cfg.restore,
+            restoring: cfg.restore && has_peers,
             policies: vec![PolicyVersion {
                 version: 1,
                 policy: cfg.policy.clone(),
