@@ -317,7 +317,43 @@ impl Policy {
                     ));
                 }
             }
+            if i > 0 && r.tier.is_none() && r.currency.is_none() {
+                return Err(invalid(path, "a rule needs a tier, a currency or both"));
+            }
+            if self.rules[..i]
+                .iter()
+                .any(|x| x.tier == r.tier && x.currency == r.currency)
+            {
+                return Err(invalid(path, "another rule has the same tier and currency"));
+            }
+            let limit = Decimal::from(crate::money::AMOUNT_MAX_UNITS);
+            for (f, v) in [
+                ("overdraft_line", Some(r.overdraft_line)),
+                ("fee.flat", Some(r.fee.flat)),
+                ("fee.percent", Some(r.fee.percent)),
+                ("fee.minimum", Some(r.fee.minimum)),
+                ("fee.cap", r.fee.cap),
+                ("fee.grace", Some(r.fee.grace)),
+            ] {
+                if let Some(v) = v {
+                    if v < Decimal::ZERO {
+                        return Err(invalid(format!("{path}.{f}"), "must not be negative"));
+                    }
+                    if v > limit {
+                        return Err(invalid(format!("{path}.{f}"), "is too large"));
+                    }
+                }
+            }
+            if let Some(k) = r.reversible.iter().find(|k| !k.is_debit()) {
+                return Err(invalid(
+                    format!("{path}.reversible"),
+                    format!("{:?} is a credit; only debits can be reversed", k.as_str()),
+                ));
+            }
             if let Some(c) = r.currency {
+                if !c.is_known() {
+                    return Err(invalid(format!("{path}.currency"), "unknown currency"));
+                }
                 let max = c.minor_units();
                 for (f, v) in [
                     ("overdraft_line", Some(r.overdraft_line)),
@@ -386,9 +422,17 @@ impl Policy {
         };
         // The default (index 0) always matches with score 0; ties cannot happen between
         // distinct rules because (tier, currency) pairs are unique.
-        let mut best = &self.rules[0];
+        let zero;
+        let mut best = match self.rules.first() {
+            Some(r) => r,
+            None => {
+                // Only a policy that skipped `validate` has no default; treat it as zero.
+                zero = Policy::zero();
+                &zero.rules[0]
+            }
+        };
         let mut best_score = 0;
-        for r in &self.rules[1..] {
+        for r in self.rules.iter().skip(1) {
             if let Some(s) = score(r) {
                 if s > best_score {
                     best = r;

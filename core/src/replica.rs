@@ -26,6 +26,8 @@ pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 250;
 pub const CEILING_MARGIN_MS: u64 = 2_000;
 /// Most equivocation evidence pairs kept.
 pub const EVIDENCE_MAX: usize = 64;
+/// Most heartbeats per member remembered while the log has not reached their seq.
+pub const PENDING_HEARTBEATS_MAX: usize = 32;
 
 /// Signs and verifies events. The node uses ed25519 keys; the simulator uses [`NoAuth`].
 pub trait Authenticator: Send {
@@ -235,6 +237,16 @@ pub enum SubmitError {
     /// The balance would overflow.
     #[error("the balance would overflow")]
     Overflow,
+    /// The amount is not valid for the currency (scale, sign or limit): peers would refuse
+    /// the event, so it is never issued.
+    #[error("invalid amount: {0}")]
+    Amount(#[from] crate::money::AmountError),
+    /// The idempotency key or the reference is malformed.
+    #[error("invalid request: {0}")]
+    Invalid(#[from] crate::id::IdError),
+    /// A policy change that does not validate.
+    #[error("invalid policy: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// The result of an accepted command.
@@ -284,9 +296,17 @@ pub struct Balance {
 #[derive(Debug, Clone, Default)]
 struct BalanceState {
     bal: Balance,
+    /// An overdraft episode is open (settled fold).
     in_episode: bool,
+    /// The episode's fee was charged (per-episode fees).
     episode_fee_charged: bool,
+    /// Fees charged in the open episode: they never extend it, so the episode closes when
+    /// `settled + episode_fees` is back at or above the floor.
+    episode_fees: Decimal,
+    /// The settled sum overflowed: deterministic, the same on every region.
     frozen: bool,
+    /// The provisional sum overflowed: local only, never consulted by the settled fold.
+    provisional_frozen: bool,
 }
 
 #[derive(Debug, Default)]
@@ -306,8 +326,9 @@ struct Member {
     pending: BTreeMap<u64, Event>,
     /// Highest announced heartbeat (hlc, seq): the promise checked on later events.
     promise: Option<(Hlc, u64)>,
-    /// Latest heartbeat not yet covered by the log.
-    pending_hb: Option<(Hlc, u64)>,
+    /// Heartbeats not yet covered by the log: seq -> hlc (at most
+    /// [`PENDING_HEARTBEATS_MAX`], the lowest seq evicted first).
+    pending_hb: BTreeMap<u64, Hlc>,
     /// This member's contribution to the watermark.
     covered: Hlc,
     /// Last version vector it announced.
@@ -401,8 +422,8 @@ pub struct Replica {
     watermark: Hlc,
     persisted_watermark: Hlc,
     feed: Vec<Compensation>,
-    comp_by_cause: BTreeMap<EventId, u32>,
-    conflict_by_cause: BTreeMap<EventId, u32>,
+    comp_by_cause: BTreeMap<EventId, u64>,
+    conflict_by_cause: BTreeMap<EventId, u64>,
     policies: Vec<PolicyVersion>,
     outputs: VecDeque<Output>,
     persist_index: u64,
@@ -617,7 +638,7 @@ impl Replica {
         let comp = self
             .comp_by_cause
             .get(&id)
-            .and_then(|i| self.feed.get(*i as usize));
+            .and_then(|i| self.feed.get(usize::try_from(*i).ok()?));
         if !self.is_settled(&e.key()) {
             return Some((Status::Provisional, None));
         }
@@ -672,7 +693,8 @@ impl Replica {
                         &self.conflict_by_cause
                     };
                     let i = *map.get(&id)?;
-                    Some((*k, Entry::Compensation(self.feed.get(i as usize)?)))
+                    let i = usize::try_from(i).ok()?;
+                    Some((*k, Entry::Compensation(self.feed.get(i)?)))
                 }
             })
             .take(limit)
@@ -717,6 +739,90 @@ impl Replica {
             .collect()
     }
 
+    /// Recomputes everything derived from the logs and the feed and compares it with the
+    /// incremental state: gap-free logs with strictly increasing HLCs, the version vector,
+    /// provisional and settled balances (conservation), feed positions and the
+    /// one-compensation-per-cause index. O(history): for tests and the simulator's checker,
+    /// never for the hot path. `Err` names the first broken invariant.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        type Sums = BTreeMap<(AccountId, Currency), (Decimal, Decimal)>;
+        let mut sums: Sums = BTreeMap::new();
+        let add = |sums: &mut Sums, a: &AccountId, c: Currency, d: Decimal, settled: bool| {
+            let e = sums.entry((a.clone(), c)).or_default();
+            e.0 = e.0.checked_add(d).unwrap_or(Decimal::MAX);
+            if settled {
+                e.1 = e.1.checked_add(d).unwrap_or(Decimal::MAX);
+            }
+        };
+        let mut unsettled = 0usize;
+        for (r, m) in &self.members {
+            let mut prev: Option<Hlc> = None;
+            for (i, e) in m.log.iter().enumerate() {
+                if e.id.origin != *r || e.id.seq != i as u64 + 1 {
+                    return Err(format!("log of {r} has {} at position {}", e.id, i + 1));
+                }
+                if prev.is_some_and(|p| e.hlc <= p) {
+                    return Err(format!("HLC of {} does not increase with seq", e.id));
+                }
+                prev = Some(e.hlc);
+                let settled = self.is_settled(&e.key());
+                if !settled {
+                    unsettled += 1;
+                    if !self.unsettled.contains(&e.key()) {
+                        return Err(format!("{} is neither settled nor pending", e.id));
+                    }
+                }
+                if settled && e.hlc > self.watermark {
+                    return Err(format!("{} is settled above the watermark", e.id));
+                }
+                if let Some(tx) = e.tx() {
+                    add(&mut sums, &tx.account, tx.currency, tx.delta(), settled);
+                }
+            }
+            if self.vv.get(r) != m.log.len() as u64 {
+                return Err(format!("version vector of {r} differs from its log"));
+            }
+        }
+        if unsettled != self.unsettled.len() {
+            return Err("unsettled index differs from the logs".into());
+        }
+        for (i, c) in self.feed.iter().enumerate() {
+            if c.position != i as u64 {
+                return Err(format!("feed entry {i} has position {}", c.position));
+            }
+            let map = if c.kind == CompKind::IdempotencyConflict {
+                &self.conflict_by_cause
+            } else {
+                &self.comp_by_cause
+            };
+            if map.get(&c.cause) != Some(&(i as u64)) {
+                return Err(format!("{} is not indexed by its cause", c.id()));
+            }
+            add(&mut sums, &c.account, c.currency, c.delta, true);
+        }
+        if self.comp_by_cause.len() + self.conflict_by_cause.len() != self.feed.len() {
+            return Err("more compensations indexed than in the feed".into());
+        }
+        for ((a, c), (prov, settled)) in &sums {
+            let Some(st) = self.accounts.get(a).and_then(|s| s.balances.get(c)) else {
+                return Err(format!("no balance for {a} {c}"));
+            };
+            if !st.provisional_frozen && st.bal.provisional != *prov {
+                return Err(format!(
+                    "provisional balance of {a} {c} is {} but its events sum to {prov}",
+                    st.bal.provisional
+                ));
+            }
+            if !st.frozen && st.bal.settled != *settled {
+                return Err(format!(
+                    "settled balance of {a} {c} is {} but its settled events sum to {settled}",
+                    st.bal.settled
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Anti-entropy: the events a peer with version vector `theirs` is missing, origin by
     /// origin, at most `limit`.
     pub fn missing_for(&self, theirs: &VClock<RegionId>, limit: usize) -> Vec<Event> {
@@ -727,7 +833,7 @@ impl Replica {
             }
             // Only durable own events leave this region.
             let held = if *r == self.cfg.region {
-                self.own_durable_seq
+                self.own_durable_seq.min(m.log.len() as u64)
             } else {
                 m.log.len() as u64
             };
@@ -737,8 +843,10 @@ impl Replica {
             }
             let from = usize::try_from(have).unwrap_or(usize::MAX);
             let to = usize::try_from(held).unwrap_or(usize::MAX);
-            let room = limit - out.len();
-            out.extend(m.log[from..to].iter().take(room).cloned());
+            let room = limit.saturating_sub(out.len());
+            if let Some(slice) = m.log.get(from..to) {
+                out.extend(slice.iter().take(room).cloned());
+            }
         }
         out
     }
@@ -776,12 +884,32 @@ impl Replica {
     }
 
     fn heartbeat(&mut self, now_ms: u64) {
-        let own_seq = self.own_log_len();
-        // A heartbeat promises that every event below it is durable.
-        if self.own_durable_seq < own_seq {
+        // A region restoring its history from peers promises nothing: its clock may still
+        // be below HLCs its previous incarnation issued.
+        if self.restoring {
             return;
         }
-        let h = self.clock.tick(now_ms);
+        let own_seq = self.own_log_len();
+        // A heartbeat (h, seq) promises that every own event at or below h is durable and
+        // has a seq at or below `seq`. With writes in flight, announce just below the first
+        // event that is not durable yet, so a busy region still advances the watermark.
+        let durable = self.own_durable_seq.min(own_seq);
+        let h = if durable == own_seq {
+            self.clock.tick(now_ms)
+        } else {
+            let next = self.event(EventId {
+                origin: self.cfg.region,
+                seq: durable + 1,
+            });
+            match next {
+                Some(e) if e.hlc.0 > 0 => Hlc(e.hlc.0 - 1),
+                _ => return,
+            }
+        };
+        if h <= self.announced {
+            return;
+        }
+        let own_seq = durable;
         let wanted = Hlc::from_millis(h.millis().saturating_add(CEILING_MARGIN_MS));
         if h.millis().saturating_add(CEILING_MARGIN_MS / 2) > self.ceiling_requested.millis() {
             self.ceiling_requested = wanted;
@@ -840,9 +968,10 @@ impl Replica {
             let batch: Vec<Event> = self
                 .members
                 .get(&me)
-                .map(|m| {
-                    m.log[usize::try_from(from).unwrap_or(0)..usize::try_from(to).unwrap_or(0)]
-                        .to_vec()
+                .and_then(|m| {
+                    let a = usize::try_from(from).ok()?;
+                    let b = usize::try_from(to).ok()?;
+                    m.log.get(a..b).map(<[Event]>::to_vec)
                 })
                 .unwrap_or_default();
             self.own_gossiped_seq = to;
@@ -882,6 +1011,24 @@ impl Replica {
         if self.restoring {
             return Err(SubmitError::Restoring);
         }
+        // Everything a peer checks in `Event::validate`, checked before anything is issued.
+        let canonical = Amount::new(req.amount.value(), req.currency)?;
+        if canonical.value().scale() != req.amount.value().scale() {
+            return Err(SubmitError::Amount(
+                crate::money::AmountError::ScaleExceeded {
+                    amount: req.amount.to_string(),
+                    scale: req.amount.value().scale(),
+                    currency: req.currency,
+                    max: req.currency.minor_units(),
+                },
+            ));
+        }
+        if let Some(k) = &req.idempotency_key {
+            crate::id::check_idempotency_key(k)?;
+        }
+        if let Some(r) = &req.reference {
+            crate::id::check_reference(r)?;
+        }
         let applied = self
             .current_policy()
             .1
@@ -906,7 +1053,7 @@ impl Replica {
             .accounts
             .get(&req.account)
             .and_then(|a| a.balances.get(&req.currency));
-        if state.is_some_and(|s| s.frozen) {
+        if state.is_some_and(|s| s.frozen || s.provisional_frozen) {
             return Err(SubmitError::Frozen {
                 account: req.account,
                 currency: req.currency,
@@ -917,7 +1064,10 @@ impl Replica {
             .checked_add(req.kind.signed(req.amount.value()))
             .ok_or(SubmitError::Overflow)?;
         if req.kind.is_debit() && after < applied.floor {
-            let available = (provisional - applied.floor).max(Decimal::ZERO);
+            let available = provisional
+                .checked_sub(applied.floor)
+                .unwrap_or(Decimal::ZERO)
+                .max(Decimal::ZERO);
             return Err(SubmitError::InsufficientFunds {
                 available: req.currency.render(available),
                 requested: req.currency.render(req.amount.value()),
@@ -957,6 +1107,7 @@ impl Replica {
         if self.restoring {
             return Err(SubmitError::Restoring);
         }
+        policy.validate()?;
         let hlc = self.clock.tick(now_ms);
         let id = EventId {
             origin: self.cfg.region,
@@ -985,7 +1136,9 @@ impl Replica {
     }
 
     /// Reloads durable events from storage after a restart (own and remote, any order).
-    /// Own events are durable by definition.
+    /// Own events are durable by definition. Call it once, on a fresh replica, before any
+    /// other input. Events that do not validate, duplicates and anything after a gap are
+    /// skipped (a second check of what was checked before it was persisted).
     pub fn load(&mut self, events: Vec<Event>) {
         let mut sorted = events;
         sorted.sort_by_key(|e| (e.id.origin, e.id.seq));
@@ -994,7 +1147,7 @@ impl Replica {
             let Some(m) = self.members.get(&origin) else {
                 continue;
             };
-            if e.id.seq != m.log.len() as u64 + 1 {
+            if e.id.seq != m.log.len() as u64 + 1 || e.validate().is_err() {
                 continue;
             }
             if let Some(prev) = m.log.last() {
@@ -1016,6 +1169,11 @@ impl Replica {
     /// nothing settled is ever shown as unsettled again.
     pub fn restore_watermark(&mut self, watermark: Hlc) {
         self.persisted_watermark = self.persisted_watermark.max(watermark);
+        // A region whose policy file disagrees with its recorded history settles nothing,
+        // not even what it had settled before: the fold would rewrite it.
+        if self.policy_broken {
+            return;
+        }
         if watermark > self.watermark {
             self.watermark = watermark;
             self.clock.observe(watermark);
@@ -1038,22 +1196,42 @@ impl Replica {
     fn insert(&mut self, mut event: Event) {
         let key = event.key();
         let origin = event.id.origin;
+        let Some(held) = self.members.get(&origin).map(|m| m.log.len() as u64) else {
+            return;
+        };
+        // Gap-free per origin: a bug, not an input, if it does not hold.
+        debug_assert_eq!(event.id.seq, held + 1, "gap in the log of {origin}");
+        if event.id.seq != held + 1 {
+            return;
+        }
         if let Body::Tx(tx) = &mut event.body {
             tx.account = self.intern(tx.account.clone());
+            // The key maps to the first event holding it in the total order, so a retry
+            // finds the same event on every region once both are known.
+            let earlier = tx.idempotency_key.as_ref().and_then(|k| {
+                let have = *self.accounts.get(&tx.account)?.keys.get(k)?;
+                let e = self.event(have)?;
+                Some(e.key() < key)
+            });
             let acct = self.accounts.entry(tx.account.clone()).or_default();
             acct.entries.insert((key, 0));
             if let Some(k) = &tx.idempotency_key {
-                acct.keys.entry(k.clone()).or_insert(event.id);
+                if earlier != Some(true) {
+                    acct.keys.insert(k.clone(), event.id);
+                }
             }
             let st = acct.balances.entry(tx.currency).or_default();
-            if !st.frozen {
+            if !st.provisional_frozen {
                 match st.bal.provisional.checked_add(tx.delta()) {
                     Some(v) => st.bal.provisional = v,
-                    None => st.frozen = true,
+                    None => st.provisional_frozen = true,
                 }
             }
         }
+        let before = self.vv.get(&origin);
         self.vv.apply(Dot::new(origin, event.id.seq));
+        // The version vector never goes down, and moves by exactly one.
+        debug_assert_eq!(self.vv.get(&origin), before.max(event.id.seq));
         self.unsettled.insert(key);
         if let Some(m) = self.members.get_mut(&origin) {
             m.log.push(event);
@@ -1064,10 +1242,6 @@ impl Replica {
 
     /// A message from peer `from`, at local physical time `now_ms`.
     pub fn handle_message(&mut self, now_ms: u64, from: RegionId, msg: Message) {
-        if !self.members.contains_key(&from) || from == self.cfg.region {
-            self.report(Report::UnknownMember { from });
-            return;
-        }
         match msg {
             Message::Events(events) => self.handle_events(now_ms, from, events),
             Message::Heartbeat(hb) => self.handle_heartbeat(now_ms, from, hb),
@@ -1077,10 +1251,19 @@ impl Replica {
 
     /// Merges a batch of events (push or anti-entropy answer).
     pub fn handle_events(&mut self, now_ms: u64, from: RegionId, events: Vec<Event>) {
+        if !self.is_peer(from) {
+            self.report(Report::UnknownMember { from });
+            return;
+        }
         for e in events {
             self.merge_one(now_ms, from, e);
         }
         self.advance();
+    }
+
+    /// A configured member other than this region.
+    fn is_peer(&self, from: RegionId) -> bool {
+        from != self.cfg.region && self.members.contains_key(&from)
     }
 
     fn reject(&mut self, id: EventId, from: RegionId, reason: String) {
@@ -1159,14 +1342,10 @@ impl Replica {
         }
         self.apply_remote(from, e);
         // Drain whatever the gap was holding back.
-        loop {
-            let Some(m) = self.members.get_mut(&origin) else {
-                break;
-            };
+        while let Some(p) = self.members.get_mut(&origin).and_then(|m| {
             let next = m.log.len() as u64 + 1;
-            let Some(p) = m.pending.remove(&next) else {
-                break;
-            };
+            m.pending.remove(&next)
+        }) {
             if !self.apply_remote(from, p) {
                 break;
             }
@@ -1188,6 +1367,20 @@ impl Replica {
                 self.reject(e.id, from, "HLC does not increase with seq".into());
                 return false;
             }
+        }
+        // Never below what this region already counts as complete for the origin: it may
+        // be settled here already.
+        if e.hlc <= m.covered {
+            let covered = m.covered;
+            self.reject(
+                e.id,
+                from,
+                format!(
+                    "HLC {:?} at or below {:?}, which a heartbeat already covered",
+                    e.hlc, covered
+                ),
+            );
+            return false;
         }
         if let Some((h, s)) = m.promise {
             if e.id.seq > s && e.hlc <= h {
@@ -1215,11 +1408,12 @@ impl Replica {
         self.stats.remote_applied += 1;
         if let Some(m) = self.members.get_mut(&origin) {
             m.covered = m.covered.max(hlc);
-            if let Some((h, s)) = m.pending_hb {
-                if s <= seq {
-                    m.covered = m.covered.max(h);
-                    m.pending_hb = None;
+            while let Some(entry) = m.pending_hb.first_entry() {
+                if *entry.key() > seq {
+                    break;
                 }
+                let h = entry.remove();
+                m.covered = m.covered.max(h);
             }
         }
         true
@@ -1239,6 +1433,10 @@ impl Replica {
 
     /// A heartbeat from a peer.
     pub fn handle_heartbeat(&mut self, now_ms: u64, from: RegionId, hb: Heartbeat) {
+        if !self.is_peer(from) {
+            self.report(Report::UnknownMember { from });
+            return;
+        }
         if hb.origin != from {
             self.reject(
                 EventId {
@@ -1280,8 +1478,12 @@ impl Replica {
         }
         if (m.log.len() as u64) >= hb.seq {
             m.covered = m.covered.max(hb.hlc);
-        } else if m.pending_hb.is_none_or(|(h, _)| hb.hlc > h) {
-            m.pending_hb = Some((hb.hlc, hb.seq));
+        } else {
+            let slot = m.pending_hb.entry(hb.seq).or_insert(hb.hlc);
+            *slot = (*slot).max(hb.hlc);
+            if m.pending_hb.len() > PENDING_HEARTBEATS_MAX {
+                m.pending_hb.pop_first();
+            }
         }
         m.vv = hb.vv;
         self.clock.observe(hb.hlc);
@@ -1341,6 +1543,8 @@ impl Replica {
                 break;
             }
             self.unsettled.pop_first();
+            // The settled prefix only grows, in total order.
+            debug_assert!(self.settled_upto.is_none_or(|s| s < first));
             self.settled_upto = Some(first);
             self.stats.settled += 1;
             self.fold(first);
@@ -1355,9 +1559,12 @@ impl Replica {
         let Some(event) = self.event(id) else {
             return;
         };
+        let hlc = event.hlc;
         let tx = match &event.body {
             Body::Policy(p) => {
-                let version = self.policies.len() as u32 + 1;
+                let version = u32::try_from(self.policies.len())
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(1);
                 let policy = (**p).clone();
                 self.policies.push(PolicyVersion { version, policy });
                 return;
@@ -1366,25 +1573,32 @@ impl Replica {
         };
         let (version, policy) = self.current_policy();
         let applied = policy.applied(tx.account.as_str(), tx.currency);
-        let hlc = event.hlc;
 
-        let Some(acct) = self.accounts.get_mut(&tx.account) else {
+        let frozen = self
+            .accounts
+            .get(&tx.account)
+            .and_then(|a| a.balances.get(&tx.currency))
+            .is_some_and(|st| st.frozen);
+        if frozen {
             return;
-        };
+        }
         // Duplicate check before the floor check.
         let mut conflict_with = None;
         let mut duplicate = false;
         if let Some(k) = &tx.idempotency_key {
-            match acct.settled_keys.get(k) {
+            let first = self
+                .accounts
+                .get(&tx.account)
+                .and_then(|a| a.settled_keys.get(k).copied());
+            match first {
                 None => {
-                    acct.settled_keys.insert(k.clone(), id);
+                    if let Some(acct) = self.accounts.get_mut(&tx.account) {
+                        acct.settled_keys.insert(k.clone(), id);
+                    }
                 }
                 Some(first) => {
-                    let first = *first;
                     let same = self
-                        .members
-                        .get(&first.origin)
-                        .and_then(|m| m.log.get(first.seq as usize - 1))
+                        .event(first)
                         .and_then(Event::tx)
                         .is_some_and(|t| t.same_body(&tx));
                     if same {
@@ -1399,33 +1613,40 @@ impl Replica {
             return;
         };
         let st = acct.balances.entry(tx.currency).or_default();
-        if st.frozen {
-            return;
-        }
-        let Some(after) = st.bal.settled.checked_add(tx.delta()) else {
-            st.frozen = true;
-            self.report(Report::Overflow {
+        let before = st.bal.settled;
+        let overflow = |r: &mut Replica| {
+            r.report(Report::Overflow {
                 account: tx.account.clone(),
                 currency: tx.currency,
                 at: id,
             });
+        };
+        let Some(after) = before.checked_add(tx.delta()) else {
+            st.frozen = true;
+            overflow(self);
             return;
         };
         st.bal.settled = after;
 
         let mut comp: Option<(CompKind, Decimal)> = None;
         if duplicate {
+            // A reversed duplicate does not count against the floor, opens no episode.
             comp = Some((CompKind::Reversal, -tx.delta()));
         } else if tx.kind.is_debit() && after < applied.floor {
-            let overdrawn = (applied.floor - after).min(tx.amount.value());
+            let Some(below) = applied.floor.checked_sub(after) else {
+                st.frozen = true;
+                overflow(self);
+                return;
+            };
+            let overdrawn = below.min(tx.amount.value());
             let reversible = applied.reversible.contains(&tx.kind);
             if applied.action == Action::Reverse && reversible {
                 comp = Some((CompKind::Reversal, tx.amount.value()));
             } else {
-                let first_in_episode = !st.in_episode;
-                if first_in_episode {
+                if !st.in_episode {
                     st.in_episode = true;
                     st.episode_fee_charged = false;
+                    st.episode_fees = Decimal::ZERO;
                 }
                 let charge = overdrawn > applied.fee.grace
                     && match applied.fee.per {
@@ -1436,17 +1657,31 @@ impl Replica {
                     match applied.fee_for(overdrawn) {
                         Some(fee) if fee > Decimal::ZERO => {
                             st.episode_fee_charged = true;
+                            st.episode_fees = st.episode_fees.checked_add(fee).unwrap_or(fee);
                             comp = Some((CompKind::OverdraftFee, -fee));
                         }
                         Some(_) => {}
                         None => {
                             st.frozen = true;
+                            overflow(self);
+                            return;
                         }
                     }
                 }
             }
-        } else if after >= applied.floor {
-            st.in_episode = false;
+        } else if st.in_episode {
+            // Fees never extend an episode: it closes once the balance without them is back
+            // at or above the floor.
+            let without_fees = after.checked_add(st.episode_fees);
+            if without_fees.is_none_or(|b| b >= applied.floor) {
+                st.in_episode = false;
+                st.episode_fee_charged = false;
+                st.episode_fees = Decimal::ZERO;
+            }
+        }
+        let comp_delta = comp.map(|(_, d)| d).unwrap_or_default();
+        if let Some((kind, delta)) = comp {
+            self.emit(id, hlc, &tx, version, kind, delta, None);
         }
         if let Some(first) = conflict_with {
             self.emit(
@@ -1459,15 +1694,21 @@ impl Replica {
                 Some(first),
             );
         }
-        if let Some((kind, delta)) = comp {
-            self.emit(id, hlc, &tx, version, kind, delta, None);
-        }
-        // Conservation check on the settled fold for this pair.
-        debug_assert!(self
+        // Conservation: the settled balance moved by exactly the event and its compensation.
+        if let Some(st) = self
             .accounts
             .get(&tx.account)
             .and_then(|a| a.balances.get(&tx.currency))
-            .is_some());
+        {
+            debug_assert!(
+                st.frozen
+                    || Some(st.bal.settled)
+                        == before
+                            .checked_add(tx.delta())
+                            .and_then(|b| b.checked_add(comp_delta)),
+                "settled fold does not conserve money at {id}"
+            );
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1481,14 +1722,15 @@ impl Replica {
         delta: Decimal,
         related: Option<EventId>,
     ) {
-        // Exactly once per cause (a conflict report and a compensation may share a cause:
-        // the report is keyed apart by sub-position 2).
-        let sub = if kind == CompKind::IdempotencyConflict {
-            2
+        // Exactly once per cause. A conflict report and a compensation may share a cause:
+        // the report is keyed apart, by sub-position 2.
+        let conflict = kind == CompKind::IdempotencyConflict;
+        let by_cause = if conflict {
+            &self.conflict_by_cause
         } else {
-            1
+            &self.comp_by_cause
         };
-        if sub == 1 && self.comp_by_cause.contains_key(&cause) {
+        if by_cause.contains_key(&cause) {
             return;
         }
         let position = self.feed.len() as u64;
@@ -1507,26 +1749,29 @@ impl Replica {
             return;
         };
         let st = acct.balances.entry(tx.currency).or_default();
-        match (
-            st.bal.settled.checked_add(delta),
-            st.bal.provisional.checked_add(delta),
-        ) {
-            (Some(s), Some(p)) => {
-                st.bal.settled = s;
-                st.bal.provisional = p;
-            }
-            _ => {
-                st.frozen = true;
-                return;
+        let Some(settled) = st.bal.settled.checked_add(delta) else {
+            st.frozen = true;
+            self.report(Report::Overflow {
+                account: tx.account.clone(),
+                currency: tx.currency,
+                at: cause,
+            });
+            return;
+        };
+        st.bal.settled = settled;
+        if !st.provisional_frozen {
+            match st.bal.provisional.checked_add(delta) {
+                Some(p) => st.bal.provisional = p,
+                None => st.provisional_frozen = true,
             }
         }
         let key = (hlc, cause.origin, cause.seq);
-        if sub == 1 {
-            acct.entries.insert((key, 1));
-            self.comp_by_cause.insert(cause, position as u32);
-        } else {
+        if conflict {
             acct.entries.insert((key, 2));
-            self.conflict_by_cause.insert(cause, position as u32);
+            self.conflict_by_cause.insert(cause, position);
+        } else {
+            acct.entries.insert((key, 1));
+            self.comp_by_cause.insert(cause, position);
         }
         self.stats.compensations += 1;
         self.feed.push(comp.clone());
