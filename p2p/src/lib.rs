@@ -1,15 +1,27 @@
 //! libp2p transport for wallet regions.
 //!
-//! STUB: the API below is the contract between the node (`walletd`) and the transport.
-//! The implementation is being written; today `spawn` returns a handle that sends nothing.
+//! TCP (and QUIC) with noise and yamux; only configured members may connect (allowlist of
+//! peer ids); replica messages travel on a direct request-response stream per member
+//! (`/wallet/<cluster>/msg/1`, length-prefixed frames with hard limits, see [`codec`]); the
+//! sender of a delivered message is the region of the authenticated peer id of the connection.
+//! Members that go away are redialed with exponential backoff. `set_isolated` cuts traffic for
+//! fault injection. See docs/protocol.md.
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
+use wallet_core::wire::{encode_message, MESSAGE_BYTES_MAX};
 use wallet_core::{Authenticator, Message, RegionId};
+
+pub mod codec;
+mod net;
+
+use net::{Command, Shared};
+pub use net::{BACKOFF_INITIAL, BACKOFF_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX};
 
 /// One configured member region.
 #[derive(Debug, Clone)]
@@ -88,35 +100,83 @@ pub struct NetStats {
     pub dropped_messages: u64,
 }
 
-/// Handle to the running transport. Cheap to clone.
+/// Handle to the running transport. Cheap to clone. The transport stops when every handle
+/// is dropped, or on [`NetHandle::shutdown`].
 #[derive(Clone)]
 pub struct NetHandle {
-    _tx: mpsc::Sender<()>,
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
 }
 
 impl NetHandle {
+    /// Encodes a message; refuses (and counts) one over the wire limit.
+    fn encode(&self, msg: &Message) -> Option<Arc<Vec<u8>>> {
+        let bytes = encode_message(msg);
+        if bytes.len() > MESSAGE_BYTES_MAX {
+            tracing::warn!(
+                bytes = bytes.len(),
+                limit = MESSAGE_BYTES_MAX,
+                "outgoing message over the limit: dropped"
+            );
+            self.shared.dropped(1);
+            return None;
+        }
+        Some(Arc::new(bytes))
+    }
+
+    async fn command(&self, c: Command, messages: usize) {
+        if self.tx.send(c).await.is_err() {
+            // The transport has stopped.
+            self.shared.dropped(messages);
+        }
+    }
+
     /// Sends to every connected member (dropped for isolated ones).
-    pub async fn broadcast(&self, _msg: Message) {}
+    pub async fn broadcast(&self, msg: Message) {
+        if let Some(bytes) = self.encode(&msg) {
+            self.command(Command::Broadcast(bytes), 1).await;
+        }
+    }
     /// Sends to one member.
-    pub async fn send(&self, _to: RegionId, _msg: Message) {}
+    pub async fn send(&self, to: RegionId, msg: Message) {
+        if let Some(bytes) = self.encode(&msg) {
+            self.command(Command::Send(to, bytes), 1).await;
+        }
+    }
     /// Fault injection: stop exchanging traffic with these regions (this region's own id in
     /// the set cuts it off from all). An empty set heals.
-    pub async fn set_isolated(&self, _regions: BTreeSet<RegionId>) {}
+    pub async fn set_isolated(&self, regions: BTreeSet<RegionId>) {
+        self.command(Command::Isolate(regions), 0).await;
+    }
     /// Members currently connected.
     pub fn connected(&self) -> BTreeSet<RegionId> {
-        BTreeSet::new()
+        self.shared.connected()
     }
     /// Counters.
     pub fn stats(&self) -> NetStats {
-        NetStats::default()
+        self.shared.stats()
+    }
+    /// The addresses the transport listens on so far (known once the listeners are up; with
+    /// port 0 this is how to learn the port).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.shared.listen_addrs()
+    }
+    /// Stops the transport: listeners and connections close.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+    }
+    /// Fault injection for tests: writes `bytes` verbatim as a request on a new stream to a
+    /// member (see [`codec`] for the framing the receiver expects).
+    #[doc(hidden)]
+    pub async fn send_raw_frame(&self, to: RegionId, bytes: Vec<u8>) {
+        self.command(Command::Raw(to, bytes), 0).await;
     }
 }
 
-/// Starts the transport on the current tokio runtime.
-pub fn spawn(_cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
-    let (tx, _rx) = mpsc::channel(1);
-    let (_etx, erx) = mpsc::channel(1024);
-    Ok((NetHandle { _tx: tx }, erx))
+/// Starts the transport on the current tokio runtime: listens on `cfg.listen` and dials every
+/// member. Fails outside a tokio runtime, on a bad listen address or a duplicate member.
+pub fn spawn(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
+    net::start(cfg)
 }
 
 /// Loads an ed25519 identity from a file (protobuf encoding), or creates one there.
@@ -144,20 +204,42 @@ pub struct Ed25519Auth {
     members: Vec<(RegionId, libp2p::identity::PublicKey)>,
 }
 
+/// The ed25519 public key embedded in a peer id (identity multihash of the protobuf-encoded
+/// key), if it embeds one.
+pub fn ed25519_public_key_of(peer: &PeerId) -> Option<libp2p::identity::PublicKey> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    // Multihash code 0 is "identity": the digest is the key itself.
+    if mh.code() != 0 {
+        return None;
+    }
+    let pk = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    let ed = pk.clone().try_into_ed25519().ok()?;
+    let pk = libp2p::identity::PublicKey::from(ed);
+    (pk.to_peer_id() == *peer).then_some(pk)
+}
+
 impl Ed25519Auth {
     /// From this region's keypair and the members' peer ids. Fails if a peer id does not
-    /// embed its public key (only ed25519 ids do).
+    /// embed its public key (only ed25519 ids do), or if the keypair is not ed25519.
     pub fn new(keypair: Keypair, members: &[(RegionId, PeerId)]) -> Result<Ed25519Auth, NetError> {
+        if keypair.key_type() != libp2p::identity::KeyType::Ed25519 {
+            return Err(NetError::Key {
+                path: "own keypair".into(),
+                reason: format!("{:?} key, expected ed25519", keypair.key_type()),
+            });
+        }
         let mut out = Vec::new();
         for (r, p) in members {
-            let pk = libp2p::identity::PublicKey::try_decode_protobuf(&p.to_bytes()[2..])
-                .map_err(|e| NetError::Key {
-                    path: format!("peer id of {r}"),
-                    reason: format!("{p} does not embed an ed25519 public key: {e}"),
-                })?;
+            let pk = ed25519_public_key_of(p).ok_or_else(|| NetError::Key {
+                path: format!("peer id of {r}"),
+                reason: format!("{p} does not embed an ed25519 public key"),
+            })?;
             out.push((*r, pk));
         }
-        Ok(Ed25519Auth { keypair, members: out })
+        Ok(Ed25519Auth {
+            keypair,
+            members: out,
+        })
     }
 }
 

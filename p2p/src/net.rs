@@ -1,0 +1,700 @@
+//! The swarm task: one tokio task owns the libp2p swarm and every piece of transport state;
+//! the [`crate::NetHandle`] talks to it through a bounded command channel and reads counters
+//! and the connected set from [`Shared`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::allow_block_list::{self, AllowedPeers};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionError, DialError, ListenError, NetworkBehaviour, SwarmEvent};
+use libp2p::{noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use wallet_core::wire::{decode_message, MESSAGE_BYTES_MAX};
+use wallet_core::RegionId;
+
+use crate::codec::{Frame, MsgCodec, ACK_DROPPED, ACK_OK, BATCH_MESSAGES_MAX};
+use crate::{NetConfig, NetError, NetEvent, NetHandle, NetStats};
+
+/// First redial delay after a member went away or a dial failed.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
+/// Redial delays double up to this.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Messages queued per peer while the previous batch is in flight; the oldest are dropped.
+pub const QUEUE_MESSAGES_MAX: usize = 4096;
+/// Bytes queued per peer; the oldest messages are dropped beyond it.
+pub const QUEUE_BYTES_MAX: usize = 4 * MESSAGE_BYTES_MAX;
+/// Events waiting for the node before the swarm stops being polled (back-pressure).
+const PENDING_EVENTS_MAX: usize = 1024;
+/// A batch (up to `MESSAGE_BYTES_MAX`) must be read and acknowledged within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent streams per connection (bounds memory: each may hold `MESSAGE_BYTES_MAX`).
+const STREAMS_PER_CONNECTION_MAX: usize = 8;
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+const TICK: Duration = Duration::from_millis(50);
+
+/// Commands from the handle.
+pub(crate) enum Command {
+    Broadcast(Arc<Vec<u8>>),
+    Send(RegionId, Arc<Vec<u8>>),
+    Isolate(BTreeSet<RegionId>),
+    Raw(RegionId, Vec<u8>),
+    Shutdown,
+}
+
+/// State shared with the handles.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub refused_peers: AtomicU64,
+    pub dropped_messages: AtomicU64,
+    pub connected: Mutex<BTreeSet<RegionId>>,
+    pub listen: Mutex<Vec<Multiaddr>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub fn stats(&self) -> NetStats {
+        NetStats {
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            messages_received: self.messages_received.load(Ordering::Relaxed),
+            refused_peers: self.refused_peers.load(Ordering::Relaxed),
+            dropped_messages: self.dropped_messages.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn connected(&self) -> BTreeSet<RegionId> {
+        lock(&self.connected).clone()
+    }
+
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        lock(&self.listen).clone()
+    }
+
+    pub fn dropped(&self, n: usize) {
+        self.dropped_messages.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn refused(&self) {
+        self.refused_peers.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    allow: allow_block_list::Behaviour<AllowedPeers>,
+    ping: ping::Behaviour,
+    msg: request_response::Behaviour<MsgCodec>,
+}
+
+struct InFlight {
+    id: OutboundRequestId,
+    messages: usize,
+    bytes: usize,
+}
+
+/// One member as the transport sees it.
+struct Peer {
+    region: RegionId,
+    addrs: Vec<Multiaddr>,
+    /// Established connections.
+    conns: u32,
+    dialing: bool,
+    next_dial: Option<Instant>,
+    backoff: Duration,
+    queue: VecDeque<Arc<Vec<u8>>>,
+    queued_bytes: usize,
+    in_flight: Option<InFlight>,
+}
+
+struct Task {
+    swarm: Swarm<Behaviour>,
+    region: RegionId,
+    peers: BTreeMap<PeerId, Peer>,
+    by_region: BTreeMap<RegionId, PeerId>,
+    /// As last set by `set_isolated`.
+    isolated: BTreeSet<RegionId>,
+    shared: Arc<Shared>,
+    pending: VecDeque<NetEvent>,
+    events_open: bool,
+}
+
+/// Builds the swarm, starts listening and dialing, and spawns the task.
+pub(crate) fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
+    let terr = |e: String| NetError::Transport(e);
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|e| terr(format!("spawn needs a tokio runtime: {e}")))?;
+    let local = cfg.keypair.public().to_peer_id();
+    let protocol = StreamProtocol::try_from_owned(format!("/wallet/{}/msg/1", cfg.cluster))
+        .map_err(|e| terr(format!("cluster id {:?}: {e}", cfg.cluster)))?;
+
+    let mut peers = BTreeMap::new();
+    let mut by_region = BTreeMap::new();
+    for m in &cfg.members {
+        if m.region == cfg.region || m.peer_id == local {
+            continue;
+        }
+        if by_region.insert(m.region, m.peer_id).is_some() {
+            return Err(terr(format!("region {} is listed twice", m.region)));
+        }
+        let peer = Peer {
+            region: m.region,
+            addrs: m.addrs.clone(),
+            conns: 0,
+            dialing: false,
+            next_dial: None,
+            backoff: BACKOFF_INITIAL,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            in_flight: None,
+        };
+        if peers.insert(m.peer_id, peer).is_some() {
+            return Err(terr(format!(
+                "peer id {} is listed for two regions",
+                m.peer_id
+            )));
+        }
+    }
+
+    let mut allow = allow_block_list::Behaviour::<AllowedPeers>::default();
+    for p in peers.keys() {
+        allow.allow_peer(*p);
+    }
+    let msg = request_response::Behaviour::with_codec(
+        MsgCodec,
+        [(protocol, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(STREAMS_PER_CONNECTION_MAX),
+    );
+    let ping = ping::Behaviour::new(
+        ping::Config::new()
+            .with_interval(PING_INTERVAL)
+            .with_timeout(PING_TIMEOUT),
+    );
+
+    let mut swarm = {
+        let _guard = rt.enter();
+        libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| terr(format!("tcp transport: {e}")))?
+            .with_quic()
+            .with_behaviour(|_| Behaviour { allow, ping, msg })
+            .map_err(|e| terr(format!("behaviour: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .build()
+    };
+    for a in &cfg.listen {
+        swarm
+            .listen_on(a.clone())
+            .map_err(|e| terr(format!("listen on {a}: {e}")))?;
+    }
+
+    let shared = Arc::new(Shared::default());
+    let (ctx, crx) = mpsc::channel(1024);
+    let (etx, erx) = mpsc::channel(1024);
+    let mut task = Task {
+        swarm,
+        region: cfg.region,
+        peers,
+        by_region,
+        isolated: BTreeSet::new(),
+        shared: shared.clone(),
+        pending: VecDeque::new(),
+        events_open: true,
+    };
+    let now = Instant::now();
+    for p in task.peers.values_mut() {
+        p.next_dial = Some(now);
+    }
+    task.redial();
+    rt.spawn(task.run(crx, etx));
+    Ok((NetHandle { tx: ctx, shared }, erx))
+}
+
+impl Task {
+    async fn run(mut self, mut crx: mpsc::Receiver<Command>, etx: mpsc::Sender<NetEvent>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = crx.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break,
+                    Some(c) => self.on_command(c),
+                },
+                ev = self.swarm.select_next_some(), if self.pending.len() < PENDING_EVENTS_MAX => {
+                    self.on_swarm(ev);
+                }
+                permit = etx.reserve(), if !self.pending.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(e) = self.pending.pop_front() {
+                            permit.send(e);
+                        }
+                    }
+                    Err(_) => {
+                        // The node dropped its receiver: keep serving, tell nobody.
+                        self.events_open = false;
+                        self.pending.clear();
+                    }
+                },
+                _ = tick.tick() => self.redial(),
+            }
+        }
+        tracing::debug!(region = %self.region, "p2p transport stopped");
+    }
+
+    fn emit(&mut self, e: NetEvent) {
+        if self.events_open {
+            self.pending.push_back(e);
+        }
+    }
+
+    fn self_isolated(&self) -> bool {
+        self.isolated.contains(&self.region)
+    }
+
+    fn is_isolated(&self, r: RegionId) -> bool {
+        self.self_isolated() || self.isolated.contains(&r)
+    }
+
+    /// Members connected and not isolated.
+    fn visible(&self) -> BTreeSet<RegionId> {
+        self.peers
+            .values()
+            .filter(|p| p.conns > 0 && !self.is_isolated(p.region))
+            .map(|p| p.region)
+            .collect()
+    }
+
+    fn publish_connected(&self) {
+        *lock(&self.shared.connected) = self.visible();
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Broadcast(bytes) => {
+                let targets: Vec<PeerId> = self.peers.keys().copied().collect();
+                for p in targets {
+                    self.enqueue(p, bytes.clone(), false);
+                }
+            }
+            Command::Send(to, bytes) => match self.by_region.get(&to).copied() {
+                Some(p) => self.enqueue(p, bytes, true),
+                None => {
+                    tracing::warn!(%to, "send to a region that is not a member: dropped");
+                    self.shared.dropped(1);
+                }
+            },
+            Command::Isolate(set) => self.isolate(set),
+            Command::Raw(to, bytes) => {
+                if let Some(p) = self.by_region.get(&to) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .msg
+                        .send_request(p, Frame::Raw(bytes));
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Queues one message for a member; `counted` says whether a message that cannot go
+    /// (not connected, isolated) counts as dropped (a broadcast only reaches who is there).
+    fn enqueue(&mut self, pid: PeerId, bytes: Arc<Vec<u8>>, counted: bool) {
+        let Some(p) = self.peers.get(&pid) else {
+            return;
+        };
+        let isolated = self.is_isolated(p.region);
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if isolated || p.conns == 0 {
+            if counted || isolated {
+                self.shared.dropped(1);
+            }
+            return;
+        }
+        p.queued_bytes += bytes.len();
+        p.queue.push_back(bytes);
+        let mut overflow = 0;
+        while p.queue.len() > QUEUE_MESSAGES_MAX || p.queued_bytes > QUEUE_BYTES_MAX {
+            match p.queue.pop_front() {
+                Some(old) => {
+                    p.queued_bytes -= old.len();
+                    overflow += 1;
+                }
+                None => break,
+            }
+        }
+        if overflow > 0 {
+            tracing::warn!(to = %p.region, overflow, "slow peer: oldest queued messages dropped");
+            self.shared.dropped(overflow);
+        }
+        self.pump(pid);
+    }
+
+    /// Sends the next batch to a member if nothing is in flight (one batch at a time keeps
+    /// per-peer order).
+    fn pump(&mut self, pid: PeerId) {
+        let Some(p) = self.peers.get(&pid) else {
+            return;
+        };
+        if p.in_flight.is_some() || p.queue.is_empty() || p.conns == 0 {
+            return;
+        }
+        if self.is_isolated(p.region) {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(m) = p.queue.front() {
+            if batch.len() == BATCH_MESSAGES_MAX
+                || (!batch.is_empty() && bytes + m.len() > MESSAGE_BYTES_MAX)
+            {
+                break;
+            }
+            let Some(m) = p.queue.pop_front() else { break };
+            bytes += m.len();
+            batch.push(m);
+        }
+        p.queued_bytes -= bytes;
+        let messages = batch.len();
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .msg
+            .send_request(&pid, Frame::Batch(batch));
+        if let Some(p) = self.peers.get_mut(&pid) {
+            p.in_flight = Some(InFlight {
+                id,
+                messages,
+                bytes,
+            });
+        }
+    }
+
+    fn drop_queue(&mut self, pid: PeerId) {
+        if let Some(p) = self.peers.get_mut(&pid) {
+            let n = p.queue.len();
+            p.queue.clear();
+            p.queued_bytes = 0;
+            self.shared.dropped(n);
+        }
+    }
+
+    fn isolate(&mut self, set: BTreeSet<RegionId>) {
+        let before = self.visible();
+        self.isolated = set;
+        let after = self.visible();
+        tracing::info!(region = %self.region, isolated = ?self.isolated, "fault injection: isolation set");
+        let cut: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| self.is_isolated(p.region))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in cut {
+            self.drop_queue(pid);
+        }
+        for r in before.difference(&after) {
+            self.emit(NetEvent::Disconnected(*r));
+        }
+        for r in after.difference(&before) {
+            self.emit(NetEvent::Connected(*r));
+        }
+        self.publish_connected();
+    }
+
+    fn schedule_redial(&mut self, pid: PeerId) {
+        if let Some(p) = self.peers.get_mut(&pid) {
+            p.next_dial = Some(Instant::now() + p.backoff);
+            p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Dials every member that is down and whose backoff has expired.
+    fn redial(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.conns == 0 && !p.dialing && p.next_dial.is_some_and(|t| t <= now))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in due {
+            let Some(p) = self.peers.get_mut(&pid) else {
+                continue;
+            };
+            p.next_dial = None;
+            if p.addrs.is_empty() {
+                // Nowhere to dial: it dials us.
+                continue;
+            }
+            let opts = DialOpts::peer_id(pid)
+                .addresses(p.addrs.clone())
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    if let Some(p) = self.peers.get_mut(&pid) {
+                        p.dialing = true;
+                    }
+                }
+                Err(DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => {
+                    tracing::debug!(peer = %pid, error = %e, "dial failed");
+                    self.schedule_redial(pid);
+                }
+            }
+        }
+    }
+
+    fn region_of(&self, pid: &PeerId) -> Option<RegionId> {
+        self.peers.get(pid).map(|p| p.region)
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(region = %self.region, %address, "p2p listening");
+                lock(&self.shared.listen).push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                lock(&self.shared.listen).retain(|a| *a != address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let Some(p) = self.peers.get_mut(&peer_id) else {
+                    // The allowlist refuses these; never talk to one that slipped through.
+                    tracing::warn!(peer = %peer_id, "connection from a non-member: closed");
+                    self.shared.refused();
+                    let _ = self.swarm.close_connection(connection_id);
+                    return;
+                };
+                let was_down = p.conns == 0;
+                p.conns = num_established.get();
+                p.backoff = BACKOFF_INITIAL;
+                p.next_dial = None;
+                if endpoint.is_dialer() {
+                    p.dialing = false;
+                }
+                let region = p.region;
+                if was_down {
+                    tracing::info!(region = %self.region, peer = %region, "member connected");
+                    if !self.is_isolated(region) {
+                        self.emit(NetEvent::Connected(region));
+                    }
+                    self.publish_connected();
+                }
+                self.pump(peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                let Some(p) = self.peers.get_mut(&peer_id) else {
+                    return;
+                };
+                p.conns = num_established;
+                if num_established > 0 {
+                    return;
+                }
+                let region = p.region;
+                let why = cause.as_ref().map(ConnectionError::to_string);
+                tracing::info!(region = %self.region, peer = %region, cause = ?why, "member disconnected");
+                self.drop_queue(peer_id);
+                self.schedule_redial(peer_id);
+                if !self.is_isolated(region) {
+                    self.emit(NetEvent::Disconnected(region));
+                }
+                self.publish_connected();
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let DialError::WrongPeerId { obtained, .. } = &error {
+                    tracing::warn!(expected = ?peer_id, %obtained, "dialed address answered with another key: refused");
+                    self.shared.refused();
+                }
+                if let Some(pid) = peer_id {
+                    if let Some(p) = self.peers.get_mut(&pid) {
+                        p.dialing = false;
+                        if p.conns == 0 {
+                            tracing::debug!(peer = %p.region, %error, "dial failed, backing off");
+                            self.schedule_redial(pid);
+                        }
+                    }
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                error,
+                peer_id,
+                send_back_addr,
+                ..
+            } => match error {
+                ListenError::Denied { cause } => {
+                    tracing::warn!(peer = ?peer_id, from = %send_back_addr, %cause, "connection from a non-member refused");
+                    self.shared.refused();
+                }
+                ListenError::WrongPeerId { obtained, .. } => {
+                    tracing::warn!(%obtained, from = %send_back_addr, "connection refused: unexpected peer id");
+                    self.shared.refused();
+                }
+                other => {
+                    tracing::debug!(from = %send_back_addr, error = %other, "incoming connection failed");
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            })) => {
+                tracing::info!(peer = %peer, error = %e, "ping failed: closing the connection");
+                let _ = self.swarm.close_connection(connection);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Msg(ev)) => self.on_msg(ev),
+            _ => {}
+        }
+    }
+
+    fn on_msg(&mut self, ev: request_response::Event<Frame, u8>) {
+        use request_response::{Event, InboundFailure, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let ack = self.on_batch(peer, request);
+                let _ = self.swarm.behaviour_mut().msg.send_response(channel, ack);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if p.in_flight.as_ref().is_some_and(|f| f.id == request_id) {
+                    if let Some(f) = p.in_flight.take() {
+                        self.shared
+                            .messages_sent
+                            .fetch_add(f.messages as u64, Ordering::Relaxed);
+                        self.shared
+                            .bytes_sent
+                            .fetch_add(f.bytes as u64, Ordering::Relaxed);
+                    }
+                    if response != ACK_OK {
+                        tracing::debug!(peer = %p.region, "peer dropped (part of) a batch");
+                    }
+                    self.pump(peer);
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if p.in_flight.as_ref().is_some_and(|f| f.id == request_id) {
+                    if let Some(f) = p.in_flight.take() {
+                        tracing::info!(peer = %p.region, %error, messages = f.messages, "batch not delivered");
+                        self.shared.dropped(f.messages);
+                    }
+                    self.pump(peer);
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => match error {
+                InboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::warn!(peer = ?self.region_of(&peer), error = %e, "malformed or oversized frame dropped");
+                    self.shared.dropped(1);
+                }
+                other => {
+                    tracing::debug!(peer = ?self.region_of(&peer), error = %other, "inbound stream failed");
+                }
+            },
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Hands a received batch to the node; returns the acknowledgement.
+    fn on_batch(&mut self, peer: PeerId, frame: Frame) -> u8 {
+        let msgs = match frame {
+            Frame::Batch(msgs) => msgs,
+            // Never produced by the decoder.
+            Frame::Raw(_) => return ACK_DROPPED,
+        };
+        let Some(from) = self.region_of(&peer) else {
+            self.shared.dropped(msgs.len());
+            return ACK_DROPPED;
+        };
+        if self.is_isolated(from) {
+            self.shared.dropped(msgs.len());
+            return ACK_DROPPED;
+        }
+        let mut ack = ACK_OK;
+        for raw in msgs {
+            match decode_message(&raw) {
+                Ok(msg) => {
+                    self.shared
+                        .messages_received
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .bytes_received
+                        .fetch_add(raw.len() as u64, Ordering::Relaxed);
+                    self.emit(NetEvent::Message {
+                        from,
+                        msg,
+                        bytes: raw.len(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(%from, error = %e, bytes = raw.len(), "malformed message dropped");
+                    self.shared.dropped(1);
+                    ack = ACK_DROPPED;
+                }
+            }
+        }
+        ack
+    }
+}
