@@ -1,0 +1,467 @@
+//! The region configuration file (TOML), validated field by field.
+//!
+//! Every error names the field and the reason, e.g.
+//! `config error: members[1].peer_id: "xyz" is not a valid peer id`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use libp2p::{Multiaddr, PeerId};
+use serde::Deserialize;
+use wallet_core::{Policy, RegionId};
+
+/// Default largest request body, in bytes.
+pub const BODY_LIMIT_BYTES_DEFAULT: usize = 16 * 1024;
+/// Largest request body one may configure, in bytes.
+pub const BODY_LIMIT_BYTES_MAX: usize = 1024 * 1024;
+/// Default most records per group commit.
+pub const COMMIT_BATCH_RECORDS_DEFAULT: usize = 8192;
+/// Shortest accepted token, in characters.
+pub const TOKEN_LEN_MIN: usize = 16;
+
+/// A configuration problem: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("config error: cannot read {path}: {reason}")]
+    Read {
+        /// File.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Not valid TOML, or unknown/mistyped fields.
+    #[error("config error: {path}: {reason}")]
+    Syntax {
+        /// File.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A field has a bad value.
+    #[error("config error: {field}: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    region: String,
+    cluster: String,
+    identity_key: String,
+    data_dir: String,
+    #[serde(default)]
+    restore: bool,
+    max_clock_skew_ms: Option<u64>,
+    heartbeat_interval_ms: Option<u64>,
+    http: RawHttp,
+    p2p: RawP2p,
+    members: Vec<RawMember>,
+    policy: RawPolicy,
+    auth: RawAuth,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    faults: RawFaults,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    body_limit_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawP2p {
+    listen: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    region: String,
+    peer_id: String,
+    #[serde(default)]
+    addrs: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    file: Option<String>,
+    inline: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    tokens: Vec<String>,
+    #[serde(default)]
+    admin_tokens: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    group_commit: Option<bool>,
+    batch_records_max: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFaults {
+    #[serde(default)]
+    enabled: bool,
+}
+
+/// One member region.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Region id.
+    pub region: RegionId,
+    /// libp2p peer id (ed25519).
+    pub peer_id: PeerId,
+    /// Where to dial it.
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// A validated region configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// This region.
+    pub region: RegionId,
+    /// Cluster id (signed into every event; part of the p2p protocol name).
+    pub cluster: String,
+    /// ed25519 identity key file (protobuf encoding).
+    pub identity_key: PathBuf,
+    /// Storage directory.
+    pub data_dir: PathBuf,
+    /// Restore this region's history from its peers when started on an empty disk.
+    pub restore: bool,
+    /// Largest tolerated lead of a remote HLC over local time.
+    pub max_clock_skew_ms: u64,
+    /// Heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Largest request body.
+    pub body_limit_bytes: usize,
+    /// p2p listen multiaddrs.
+    pub p2p_listen: Vec<Multiaddr>,
+    /// Every member, this region included.
+    pub members: Vec<Member>,
+    /// The seed policy (version 1).
+    pub policy: Policy,
+    /// Where the policy came from (file path or "inline").
+    pub policy_source: String,
+    /// Client bearer tokens.
+    pub tokens: Vec<String>,
+    /// Admin bearer tokens.
+    pub admin_tokens: Vec<String>,
+    /// Group commit on (default) or one commit per record.
+    pub group_commit: bool,
+    /// Most records per group commit.
+    pub commit_batch_records_max: usize,
+    /// Fault injection endpoint enabled.
+    pub faults_enabled: bool,
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
+fn check_token(field: &str, t: &str) -> Result<(), ConfigError> {
+    if t.len() < TOKEN_LEN_MIN || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            field,
+            format!("tokens must be at least {TOKEN_LEN_MIN} visible ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn multiaddr(field: &str, s: &str) -> Result<Multiaddr, ConfigError> {
+    s.parse::<Multiaddr>()
+        .map_err(|e| invalid(field, format!("{s:?} is not a valid multiaddr: {e}")))
+}
+
+impl NodeConfig {
+    /// Reads and validates a config file. Relative paths are relative to the file's directory.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        NodeConfig::parse(&text, path, &base)
+    }
+
+    /// Parses and validates config text; `base` resolves relative paths.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<NodeConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.display().to_string(),
+            reason: e.to_string().trim().replace('\n', " "),
+        })?;
+        let region = RegionId::new(&raw.region).map_err(|e| invalid("region", e.to_string()))?;
+        if raw.cluster.is_empty()
+            || raw.cluster.len() > 64
+            || !raw
+                .cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "cluster",
+                format!(
+                    "{:?} must be 1 to 64 characters of A-Z a-z 0-9 - _",
+                    raw.cluster
+                ),
+            ));
+        }
+        if raw.identity_key.is_empty() {
+            return Err(invalid("identity_key", "must name a key file"));
+        }
+        if raw.data_dir.is_empty() {
+            return Err(invalid("data_dir", "must name a directory"));
+        }
+        let http_listen: SocketAddr = raw.http.listen.parse().map_err(|_| {
+            invalid(
+                "http.listen",
+                format!(
+                    "{:?} is not a socket address like 127.0.0.1:8080",
+                    raw.http.listen
+                ),
+            )
+        })?;
+        let body_limit_bytes = raw
+            .http
+            .body_limit_bytes
+            .unwrap_or(BODY_LIMIT_BYTES_DEFAULT);
+        if !(256..=BODY_LIMIT_BYTES_MAX).contains(&body_limit_bytes) {
+            return Err(invalid(
+                "http.body_limit_bytes",
+                format!("must be between 256 and {BODY_LIMIT_BYTES_MAX}"),
+            ));
+        }
+        let mut p2p_listen = Vec::new();
+        for (i, a) in raw.p2p.listen.iter().enumerate() {
+            p2p_listen.push(multiaddr(&format!("p2p.listen[{i}]"), a)?);
+        }
+        let mut members = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, m) in raw.members.iter().enumerate() {
+            let r = RegionId::new(&m.region)
+                .map_err(|e| invalid(format!("members[{i}].region"), e.to_string()))?;
+            if !seen.insert(r) {
+                return Err(invalid(
+                    format!("members[{i}].region"),
+                    format!("region {r} is listed twice"),
+                ));
+            }
+            let peer_id: PeerId = m.peer_id.parse().map_err(|_| {
+                invalid(
+                    format!("members[{i}].peer_id"),
+                    format!("{:?} is not a valid peer id", m.peer_id),
+                )
+            })?;
+            let mut addrs = Vec::new();
+            for (j, a) in m.addrs.iter().enumerate() {
+                addrs.push(multiaddr(&format!("members[{i}].addrs[{j}]"), a)?);
+            }
+            if r != region && addrs.is_empty() {
+                return Err(invalid(
+                    format!("members[{i}].addrs"),
+                    "a peer region needs at least one address to dial",
+                ));
+            }
+            members.push(Member {
+                region: r,
+                peer_id,
+                addrs,
+            });
+        }
+        if !seen.contains(&region) {
+            return Err(invalid(
+                "members",
+                format!("this region ({region}) must be listed among the members"),
+            ));
+        }
+        let (policy_text, policy_source) = match (&raw.policy.file, &raw.policy.inline) {
+            (Some(f), None) => {
+                let p = resolve(base, f);
+                let t = std::fs::read_to_string(&p).map_err(|e| {
+                    invalid("policy.file", format!("cannot read {}: {e}", p.display()))
+                })?;
+                (t, p.display().to_string())
+            }
+            (None, Some(t)) => (t.clone(), "inline".to_string()),
+            _ => {
+                return Err(invalid(
+                    "policy",
+                    "set exactly one of policy.file or policy.inline",
+                ))
+            }
+        };
+        let policy = Policy::from_toml(&policy_text).map_err(|e| {
+            let field = if raw.policy.file.is_some() {
+                "policy.file"
+            } else {
+                "policy.inline"
+            };
+            invalid(field, e.to_string())
+        })?;
+        if raw.auth.tokens.is_empty() {
+            return Err(invalid(
+                "auth.tokens",
+                "at least one client token is required",
+            ));
+        }
+        for (i, t) in raw.auth.tokens.iter().enumerate() {
+            check_token(&format!("auth.tokens[{i}]"), t)?;
+        }
+        for (i, t) in raw.auth.admin_tokens.iter().enumerate() {
+            check_token(&format!("auth.admin_tokens[{i}]"), t)?;
+        }
+        let commit_batch_records_max = raw
+            .storage
+            .batch_records_max
+            .unwrap_or(COMMIT_BATCH_RECORDS_DEFAULT);
+        if !(1..=1_000_000).contains(&commit_batch_records_max) {
+            return Err(invalid(
+                "storage.batch_records_max",
+                "must be between 1 and 1000000",
+            ));
+        }
+        let max_clock_skew_ms = raw.max_clock_skew_ms.unwrap_or(60_000);
+        if !(1..=86_400_000).contains(&max_clock_skew_ms) {
+            return Err(invalid(
+                "max_clock_skew_ms",
+                "must be between 1 and 86400000",
+            ));
+        }
+        let heartbeat_interval_ms = raw
+            .heartbeat_interval_ms
+            .unwrap_or(wallet_core::replica::HEARTBEAT_INTERVAL_MS_DEFAULT);
+        if !(10..=60_000).contains(&heartbeat_interval_ms) {
+            return Err(invalid(
+                "heartbeat_interval_ms",
+                "must be between 10 and 60000",
+            ));
+        }
+        Ok(NodeConfig {
+            path: path.to_path_buf(),
+            region,
+            cluster: raw.cluster,
+            identity_key: resolve(base, &raw.identity_key),
+            data_dir: resolve(base, &raw.data_dir),
+            restore: raw.restore,
+            max_clock_skew_ms,
+            heartbeat_interval_ms,
+            http_listen,
+            body_limit_bytes,
+            p2p_listen,
+            members,
+            policy,
+            policy_source,
+            tokens: raw.auth.tokens,
+            admin_tokens: raw.auth.admin_tokens,
+            group_commit: raw.storage.group_commit.unwrap_or(true),
+            commit_batch_records_max,
+            faults_enabled: raw.faults.enabled,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "[default]\naction = \"fee\"\n";
+
+    fn pid() -> String {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+            .to_string()
+    }
+
+    fn text(peer: &str) -> String {
+        let me = pid();
+        format!(
+            r#"
+region = "eu"
+cluster = "c1"
+identity_key = "eu.key"
+data_dir = "data/eu"
+[http]
+listen = "127.0.0.1:0"
+[p2p]
+listen = ["/ip4/127.0.0.1/tcp/0"]
+[[members]]
+region = "eu"
+peer_id = "{me}"
+[[members]]
+region = "us"
+peer_id = "{peer}"
+addrs = ["/ip4/127.0.0.1/tcp/1"]
+[policy]
+inline = '''{POLICY}'''
+[auth]
+tokens = ["0123456789abcdef0123"]
+"#
+        )
+    }
+
+    #[test]
+    fn good_config_parses() {
+        let c = NodeConfig::parse(&text(&pid()), Path::new("x.toml"), Path::new("/base")).unwrap();
+        assert_eq!(c.region.as_str(), "eu");
+        assert_eq!(c.members.len(), 2);
+        assert_eq!(c.data_dir, PathBuf::from("/base/data/eu"));
+        assert!(c.group_commit);
+    }
+
+    #[test]
+    fn bad_peer_id_names_the_field() {
+        let e = NodeConfig::parse(&text("xyz"), Path::new("x.toml"), Path::new("/")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config error: members[1].peer_id: \"xyz\" is not a valid peer id"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_a_syntax_error() {
+        let t = text(&pid()) + "\nbogus = 1\n";
+        let e = NodeConfig::parse(&t, Path::new("x.toml"), Path::new("/")).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,631 @@
+//! The HTTP API (axum): validation, auth, error shapes, metrics per route.
+//!
+//! Handlers validate input and hand a [`Command`] to the actor; the actor answers with a
+//! ready-made JSON [`Reply`]. Every error, including unknown routes and methods and oversized
+//! bodies, has the shape `{"error":{"code":"...","message":"..."}}`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use wallet_core::id::check_reference;
+use wallet_core::{AccountId, Amount, AmountError, Currency, Kind, RegionId, TxRequest};
+
+use crate::config::NodeConfig;
+use crate::metrics::{Metrics, Refusal};
+use crate::node::{Command, Reply, Shared, SubmitCmd, PAGE_LIMIT_MAX};
+use crate::render;
+
+/// The OpenAPI document served at `/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
+/// Default page size of lists.
+pub const PAGE_LIMIT_DEFAULT: usize = 100;
+
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    tokens: Vec<String>,
+    admin_tokens: Vec<String>,
+    faults_enabled: bool,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    body_limit_bytes: usize,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// From the config and the running node.
+    pub fn new(
+        cfg: &NodeConfig,
+        commands: mpsc::Sender<Command>,
+        shared: Arc<Shared>,
+        metrics: Arc<Metrics>,
+    ) -> AppState {
+        AppState(Arc::new(Inner {
+            commands,
+            tokens: cfg.tokens.clone(),
+            admin_tokens: cfg.admin_tokens.clone(),
+            faults_enabled: cfg.faults_enabled,
+            metrics,
+            shared,
+            body_limit_bytes: cfg.body_limit_bytes,
+        }))
+    }
+}
+
+fn json_response(status: u16, body: impl Into<axum::body::Body>) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: u16, code: &str, message: &str) -> Response {
+    json_response(status, render::error_body(code, message))
+}
+
+fn reply_response(r: Reply) -> Response {
+    let replayed = r.replayed;
+    let mut resp = json_response(r.status, r.body);
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+async fn ask(st: &AppState, make: impl FnOnce(oneshot::Sender<Reply>) -> Command) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if st.0.commands.send(make(tx)).await.is_err() {
+        return error(503, "unavailable", "the region is shutting down");
+    }
+    match rx.await {
+        Ok(r) => reply_response(r),
+        Err(_) => error(503, "unavailable", "the region stopped before answering"),
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(token.trim())
+}
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let admin_route = req.uri().path().starts_with("/v1/admin/");
+    let token = bearer(req.headers()).map(str::as_bytes);
+    let is_admin = token.is_some_and(|t| st.0.admin_tokens.iter().any(|a| ct_eq(a.as_bytes(), t)));
+    let is_client = token.is_some_and(|t| st.0.tokens.iter().any(|a| ct_eq(a.as_bytes(), t)));
+    if !is_admin && !is_client {
+        let mut r = error(
+            401,
+            "unauthorized",
+            "missing or invalid bearer token (Authorization: Bearer <token>)",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    if admin_route && !is_admin {
+        return error(403, "forbidden", "this route needs an admin token");
+    }
+    next.run(req).await
+}
+
+fn route_name(path: Option<&str>) -> &'static str {
+    match path {
+        Some("/v1/accounts/{account}/transactions") => "/v1/accounts/{account}/transactions",
+        Some("/v1/accounts/{account}/balances") => "/v1/accounts/{account}/balances",
+        Some("/v1/transactions/{id}") => "/v1/transactions/{id}",
+        Some("/v1/compensations") => "/v1/compensations",
+        Some("/v1/status") => "/v1/status",
+        Some("/v1/admin/faults") => "/v1/admin/faults",
+        Some("/metrics") => "/metrics",
+        Some("/healthz") => "/healthz",
+        Some("/readyz") => "/readyz",
+        Some("/openapi.json") => "/openapi.json",
+        _ => "unmatched",
+    }
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = route_name(
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let method = method_name(req.method());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    st.0.metrics
+        .observe_http(route, method, status, started.elapsed());
+    resp
+}
+
+/// The router with every route, auth, limits and metrics.
+pub fn router(st: AppState) -> Router {
+    let limit = st.0.body_limit_bytes;
+    let v1 = Router::new()
+        .route(
+            "/v1/accounts/{account}/transactions",
+            post(post_transaction).get(list_transactions),
+        )
+        .route("/v1/accounts/{account}/balances", get(balances))
+        .route("/v1/transactions/{id}", get(get_transaction))
+        .route("/v1/compensations", get(compensations))
+        .route("/v1/status", get(status))
+        .route("/v1/admin/faults", post(faults))
+        .route_layer(axum::middleware::from_fn_with_state(st.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(st.clone(), observe))
+        .with_state(st)
+}
+
+async fn not_found(req: Request) -> Response {
+    error(
+        404,
+        "not_found",
+        &format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    error(
+        405,
+        "method_not_allowed",
+        &format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+fn account_of(p: Result<Path<String>, PathRejection>) -> Result<AccountId, Response> {
+    let Path(a) = p.map_err(|e| error(400, "invalid_account", &e.body_text()))?;
+    AccountId::new(&a).map_err(|e| error(400, "invalid_account", &e.to_string()))
+}
+
+/// Validated transaction body.
+struct TxBody {
+    kind: Kind,
+    amount: Amount,
+    currency: Currency,
+    reference: Option<String>,
+}
+
+fn parse_tx_body(bytes: &[u8]) -> Result<TxBody, Response> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+        error(
+            400,
+            "invalid_json",
+            &format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(m) = v else {
+        return Err(error(
+            400,
+            "invalid_json",
+            "request body must be a JSON object",
+        ));
+    };
+    for k in m.keys() {
+        if !matches!(k.as_str(), "type" | "amount" | "currency" | "reference") {
+            return Err(error(
+                400,
+                "invalid_json",
+                &format!("unknown field {k:?}: expected type, amount, currency, reference"),
+            ));
+        }
+    }
+    let string_field = |name: &str| -> Result<&str, Response> {
+        match m.get(name) {
+            None | Some(Value::Null) => Err(error(
+                400,
+                "invalid_json",
+                &format!("missing field {name:?}"),
+            )),
+            Some(Value::String(s)) => Ok(s.as_str()),
+            Some(_) => Err(error(
+                400,
+                "invalid_json",
+                &format!("field {name:?} must be a JSON string"),
+            )),
+        }
+    };
+    let kind_s = string_field("type")?;
+    let kind = Kind::parse(kind_s).ok_or_else(|| {
+        error(
+            400,
+            "invalid_type",
+            &format!("type {kind_s:?} is not one of deposit, purchase, withdrawal, refund"),
+        )
+    })?;
+    let cur_s = string_field("currency")?;
+    let currency =
+        Currency::parse(cur_s).map_err(|e| error(400, "unknown_currency", &e.to_string()))?;
+    let amount_s = match m.get("amount") {
+        Some(Value::Number(n)) => {
+            return Err(error(
+                400,
+                "invalid_amount",
+                &format!("amount must be a JSON string such as \"100.00\", not the number {n}"),
+            ))
+        }
+        _ => string_field("amount")?,
+    };
+    let amount = Amount::parse(amount_s, currency).map_err(|e| match e {
+        AmountError::ScaleExceeded { .. } => error(400, "amount_scale", &e.to_string()),
+        AmountError::UnknownCurrency(_) => error(400, "unknown_currency", &e.to_string()),
+        _ => error(400, "invalid_amount", &e.to_string()),
+    })?;
+    let reference = match m.get("reference") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            check_reference(s).map_err(|e| error(400, "invalid_reference", &e.to_string()))?;
+            Some(s.clone())
+        }
+        Some(_) => {
+            return Err(error(
+                400,
+                "invalid_json",
+                "field \"reference\" must be a JSON string",
+            ))
+        }
+    };
+    Ok(TxBody {
+        kind,
+        amount,
+        currency,
+        reference,
+    })
+}
+
+fn fingerprint(b: &TxBody) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b.kind.as_str().as_bytes());
+    h.update([0]);
+    h.update(b.currency.render(b.amount.value()).as_bytes());
+    h.update([0]);
+    h.update(b.currency.as_str().as_bytes());
+    h.update([0]);
+    match &b.reference {
+        Some(r) => {
+            h.update([1]);
+            h.update(r.as_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.finalize().into()
+}
+
+async fn post_transaction(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let refused = |r: Response| {
+        st.0.metrics.refused(Refusal::Invalid);
+        r
+    };
+    let account = match account_of(path) {
+        Ok(a) => a,
+        Err(r) => return refused(r),
+    };
+    let bytes = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refused(error(
+                413,
+                "payload_too_large",
+                &format!(
+                    "request body exceeds the limit of {} bytes",
+                    st.0.body_limit_bytes
+                ),
+            ))
+        }
+        Err(e) => return refused(error(400, "invalid_json", &e.body_text())),
+    };
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if wallet_core::id::check_idempotency_key(k).is_ok() => Some(k.to_string()),
+            _ => {
+                return refused(error(
+                    400,
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                ))
+            }
+        },
+    };
+    let b = match parse_tx_body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return refused(r),
+    };
+    let fp = fingerprint(&b);
+    let req = TxRequest {
+        account,
+        kind: b.kind,
+        amount: b.amount,
+        currency: b.currency,
+        idempotency_key: key,
+        reference: b.reference,
+    };
+    ask(&st, |reply| {
+        Command::Submit(Box::new(SubmitCmd {
+            req,
+            fingerprint: fp,
+            reply,
+        }))
+    })
+    .await
+}
+
+type Params = Result<Query<BTreeMap<String, String>>, QueryRejection>;
+
+fn page_params(
+    q: Params,
+    cursor: impl Fn(&str) -> bool,
+) -> Result<(Option<String>, usize), Response> {
+    let Query(q) = q.map_err(|e| error(400, "invalid_query", &e.body_text()))?;
+    let mut after = None;
+    let mut limit = PAGE_LIMIT_DEFAULT;
+    for (k, v) in q {
+        match k.as_str() {
+            "after" => {
+                if !v.is_empty() {
+                    if !cursor(&v) {
+                        return Err(error(
+                            400,
+                            "invalid_cursor",
+                            "the cursor is not one this API returned",
+                        ));
+                    }
+                    after = Some(v);
+                }
+            }
+            "limit" => {
+                limit = match v.parse::<usize>() {
+                    Ok(n) if (1..=PAGE_LIMIT_MAX).contains(&n) => n,
+                    _ => {
+                        return Err(error(
+                            400,
+                            "invalid_limit",
+                            &format!("limit must be an integer from 1 to {PAGE_LIMIT_MAX}"),
+                        ))
+                    }
+                }
+            }
+            other => {
+                return Err(error(
+                    400,
+                    "invalid_query",
+                    &format!("unknown query parameter {other:?}: expected after, limit"),
+                ))
+            }
+        }
+    }
+    Ok((after, limit))
+}
+
+async fn list_transactions(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    q: Params,
+) -> Response {
+    let account = match account_of(path) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (after, limit) = match page_params(q, |c| render::parse_entry_cursor(c).is_some()) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let after = after.and_then(|c| render::parse_entry_cursor(&c));
+    ask(&st, |reply| Command::Transactions {
+        account,
+        after,
+        limit,
+        reply,
+    })
+    .await
+}
+
+async fn balances(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let account = match account_of(path) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    ask(&st, |reply| Command::Balances { account, reply }).await
+}
+
+async fn get_transaction(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match path {
+        Ok(Path(id)) => id,
+        Err(e) => return error(400, "invalid_transaction_id", &e.body_text()),
+    };
+    ask(&st, |reply| Command::Transaction { id, reply }).await
+}
+
+async fn compensations(State(st): State<AppState>, q: Params) -> Response {
+    let (after, limit) = match page_params(q, |c| render::parse_feed_cursor(c).is_some()) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let after = after
+        .and_then(|c| render::parse_feed_cursor(&c))
+        .unwrap_or(0);
+    ask(&st, |reply| Command::Compensations {
+        after,
+        limit,
+        reply,
+    })
+    .await
+}
+
+async fn status(State(st): State<AppState>) -> Response {
+    ask(&st, |reply| Command::Status { reply }).await
+}
+
+async fn faults(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    if !st.0.faults_enabled {
+        return error(
+            404,
+            "not_found",
+            "fault injection is disabled on this region ([faults] enabled = false)",
+        );
+    }
+    let bytes = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(413, "payload_too_large", "request body too large")
+        }
+        Err(e) => return error(400, "invalid_json", &e.body_text()),
+    };
+    let v: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                400,
+                "invalid_json",
+                &format!("request body is not valid JSON: {e}"),
+            )
+        }
+    };
+    let usage = "expected {\"isolate\":[\"<region>\",...]} or {\"heal\":true}";
+    let mut set = BTreeSet::new();
+    match (v.get("isolate"), v.get("heal")) {
+        (Some(Value::Array(list)), None) => {
+            for r in list {
+                let Some(s) = r.as_str() else {
+                    return error(400, "invalid_json", usage);
+                };
+                match RegionId::new(s) {
+                    Ok(r) => {
+                        set.insert(r);
+                    }
+                    Err(e) => return error(400, "invalid_region", &e.to_string()),
+                }
+            }
+        }
+        (None, Some(Value::Bool(true))) => {}
+        _ => return error(400, "invalid_json", usage),
+    }
+    ask(&st, |reply| Command::Faults {
+        isolate: set,
+        reply,
+    })
+    .await
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let mut text = String::with_capacity(8192);
+    if st
+        .0
+        .commands
+        .send(Command::Metrics { reply: tx })
+        .await
+        .is_ok()
+    {
+        if let Ok(s) = rx.await {
+            text.push_str(&s);
+        }
+    }
+    st.0.metrics.render(&mut text);
+    let mut r = Response::new(axum::body::Body::from(text));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn healthz() -> Response {
+    json_response(200, "{\"status\":\"ok\"}")
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let sh = &st.0.shared;
+    if sh.storage_failed.load(Ordering::Acquire) {
+        return error(503, "storage_unavailable", "storage failed");
+    }
+    if sh.restoring.load(Ordering::Acquire) {
+        return error(
+            503,
+            "restoring",
+            "restoring this region's history from its peers",
+        );
+    }
+    if !sh.ready.load(Ordering::Acquire) {
+        return error(503, "not_ready", "storage is still loading");
+    }
+    json_response(200, "{\"ready\":true}")
+}
+
+async fn openapi() -> Response {
+    json_response(200, OPENAPI_JSON)
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        reply_response(self)
+    }
+}

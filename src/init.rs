@@ -1,0 +1,251 @@
+//! `walletd init`: writes everything a local cluster on 127.0.0.1 needs.
+//!
+//! For each region: a TOML config, an ed25519 identity key and a data directory; shared: a
+//! default fee policy, random client and admin tokens, and `cluster.json` so scripts and tests
+//! can drive the cluster without parsing TOML.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use wallet_core::RegionId;
+
+/// The default seed policy written by `init`: a flat overdraft fee, capped, per debit.
+pub const DEFAULT_POLICY: &str = r#"# Overdraft policy (SPEC §6). Must be identical on every region.
+[default]
+action = "fee"               # "fee" or "reverse"
+overdraft_line = "0"         # local acceptance may go this far below zero
+reversible = ["purchase"]
+fee = { flat = "5.00", percent = "0", minimum = "0", cap = "35.00", grace = "0", per = "debit" }
+
+[[rule]]
+currency = "JPY"
+fee = { flat = "500", percent = "0", minimum = "0", cap = "3500", grace = "0", per = "debit" }
+"#;
+
+/// Most regions `init` writes.
+pub const INIT_REGIONS_MAX: usize = 16;
+
+/// One region in `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterRegion {
+    /// Region id.
+    pub region: String,
+    /// Absolute path of its config file.
+    pub config: String,
+    /// Base URL of its HTTP API.
+    pub http: String,
+}
+
+/// `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// Every region.
+    pub regions: Vec<ClusterRegion>,
+    /// A client token valid on every region.
+    pub token: String,
+    /// An admin token valid on every region.
+    pub admin_token: String,
+}
+
+/// Options of `walletd init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Region ids.
+    pub regions: Vec<RegionId>,
+    /// Output directory.
+    pub dir: PathBuf,
+    /// Enable the fault-injection endpoint.
+    pub faults: bool,
+    /// Group commit setting written to every config.
+    pub group_commit: bool,
+}
+
+/// What can go wrong in `init`.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// Bad arguments.
+    #[error("init: {0}")]
+    Args(String),
+    /// File system.
+    #[error("init: {path}: {reason}")]
+    Io {
+        /// Path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Key generation.
+    #[error("init: {0}")]
+    Key(String),
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> InitError {
+    InitError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bind port 0, read it, release it).
+pub fn free_port() -> Result<u16, InitError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| InitError::Args(e.to_string()))?;
+    let port = l
+        .local_addr()
+        .map_err(|e| InitError::Args(e.to_string()))?
+        .port();
+    Ok(port)
+}
+
+/// A random token, hex encoded (32 bytes of OS randomness).
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Parses `eu,us,ap`.
+pub fn parse_regions(s: &str) -> Result<Vec<RegionId>, InitError> {
+    let mut out: Vec<RegionId> = Vec::new();
+    for part in s.split(',') {
+        let r = RegionId::new(part.trim()).map_err(|e| InitError::Args(e.to_string()))?;
+        if out.contains(&r) {
+            return Err(InitError::Args(format!("region {r} is listed twice")));
+        }
+        out.push(r);
+    }
+    if out.is_empty() || out.len() > INIT_REGIONS_MAX {
+        return Err(InitError::Args(format!(
+            "give 1 to {INIT_REGIONS_MAX} regions"
+        )));
+    }
+    Ok(out)
+}
+
+fn toml_str(s: &str) -> String {
+    // Paths and ids here never hold quotes or control characters, but escape anyway.
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Writes a local cluster into `opts.dir` and returns its `cluster.json` content.
+pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
+    std::fs::create_dir_all(&opts.dir).map_err(|e| io_err(&opts.dir, e))?;
+    let dir = opts.dir.canonicalize().map_err(|e| io_err(&opts.dir, e))?;
+    let cluster_json = dir.join("cluster.json");
+    if cluster_json.exists() {
+        return Err(InitError::Args(format!(
+            "{} already exists; choose an empty directory",
+            cluster_json.display()
+        )));
+    }
+    let token = random_token();
+    let admin_token = random_token();
+    let cluster = format!("local-{}", &random_token()[..12]);
+    let policy_path = dir.join("policy.toml");
+    std::fs::write(&policy_path, DEFAULT_POLICY).map_err(|e| io_err(&policy_path, e))?;
+
+    struct R {
+        region: RegionId,
+        peer: String,
+        key: PathBuf,
+        http: u16,
+        p2p: u16,
+    }
+    let mut rs = Vec::new();
+    for r in &opts.regions {
+        let key = dir.join(format!("{r}.key"));
+        let kp =
+            wallet_p2p::load_or_create_keypair(&key).map_err(|e| InitError::Key(e.to_string()))?;
+        let peer = wallet_p2p::peer_id_of(&kp).to_string();
+        rs.push(R {
+            region: *r,
+            peer,
+            key,
+            http: free_port()?,
+            p2p: free_port()?,
+        });
+    }
+    let mut regions = Vec::new();
+    for r in &rs {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "# walletd config for region {} (written by walletd init)",
+            r.region
+        );
+        let _ = writeln!(t, "region = {}", toml_str(r.region.as_str()));
+        let _ = writeln!(t, "cluster = {}", toml_str(&cluster));
+        let _ = writeln!(
+            t,
+            "identity_key = {}",
+            toml_str(&r.key.display().to_string())
+        );
+        let data = dir.join("data").join(r.region.as_str());
+        let _ = writeln!(t, "data_dir = {}", toml_str(&data.display().to_string()));
+        let _ = writeln!(t, "restore = false");
+        let _ = writeln!(t, "max_clock_skew_ms = 60000");
+        let _ = writeln!(t, "heartbeat_interval_ms = 250");
+        let _ = writeln!(
+            t,
+            "\n[http]\nlisten = \"127.0.0.1:{}\"\nbody_limit_bytes = 16384",
+            r.http
+        );
+        let _ = writeln!(t, "\n[p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]", r.p2p);
+        for m in &rs {
+            let _ = writeln!(
+                t,
+                "\n[[members]]\nregion = {}\npeer_id = {}\naddrs = [\"/ip4/127.0.0.1/tcp/{}\"]",
+                toml_str(m.region.as_str()),
+                toml_str(&m.peer),
+                m.p2p
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\n[policy]\nfile = {}",
+            toml_str(&policy_path.display().to_string())
+        );
+        let _ = writeln!(
+            t,
+            "\n[auth]\ntokens = [{}]\nadmin_tokens = [{}]",
+            toml_str(&token),
+            toml_str(&admin_token)
+        );
+        let _ = writeln!(
+            t,
+            "\n[storage]\ngroup_commit = {}\nbatch_records_max = {}",
+            opts.group_commit,
+            crate::config::COMMIT_BATCH_RECORDS_DEFAULT
+        );
+        let _ = writeln!(t, "\n[faults]\nenabled = {}", opts.faults);
+        let path = dir.join(format!("{}.toml", r.region));
+        std::fs::write(&path, t).map_err(|e| io_err(&path, e))?;
+        regions.push(ClusterRegion {
+            region: r.region.to_string(),
+            config: path.display().to_string(),
+            http: format!("http://127.0.0.1:{}", r.http),
+        });
+    }
+    let file = ClusterFile {
+        regions,
+        token,
+        admin_token,
+    };
+    let json = serde_json::to_string_pretty(&file).map_err(|e| io_err(&cluster_json, e))?;
+    std::fs::write(&cluster_json, json + "\n").map_err(|e| io_err(&cluster_json, e))?;
+    Ok(file)
+}

@@ -1,0 +1,303 @@
+//! Prometheus metrics, rendered in the text exposition format by hand (no registry crate).
+//!
+//! Counters and histograms updated by the HTTP layer and the storage writer live here; gauges
+//! derived from the replica (events by origin, watermark lag, ...) are rendered by the actor
+//! on each scrape and appended.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Latency bucket bounds, in microseconds.
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+/// Group-commit batch size bucket bounds, in records.
+pub const BATCH_BUCKETS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 8192];
+
+/// A fixed-bucket histogram of u64 observations.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [u64],
+    counts: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    /// Empty histogram over the given bucket bounds.
+    pub fn new(bounds: &'static [u64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one value.
+    pub fn observe(&self, v: u64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            if let Some(c) = self.counts.get(i) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(v, Ordering::Relaxed);
+    }
+
+    /// Renders `name_bucket`, `name_sum`, `name_count` lines; `scale` divides bounds and sum
+    /// (1e6 turns microseconds into seconds).
+    fn render(&self, out: &mut String, name: &str, labels: &str, scale: u64) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cum += c.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cum}",
+                fmt_scaled(*b, scale)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let lb = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{lb} {}",
+            fmt_scaled(self.sum.load(Ordering::Relaxed), scale)
+        );
+        let _ = writeln!(out, "{name}_count{lb} {count}");
+    }
+}
+
+fn fmt_scaled(v: u64, scale: u64) -> String {
+    if scale <= 1 {
+        return v.to_string();
+    }
+    let digits = scale.ilog10() as usize;
+    format!("{}.{:0digits$}", v / scale, v % scale)
+}
+
+/// Why a transaction was refused (label values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// 422.
+    InsufficientFunds,
+    /// 409 key reused with another body.
+    IdempotencyConflict,
+    /// 503 restoring.
+    Restoring,
+    /// 409 frozen.
+    Frozen,
+    /// 409 overflow.
+    Overflow,
+    /// 400/413 invalid request.
+    Invalid,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::InsufficientFunds => "insufficient_funds",
+            Refusal::IdempotencyConflict => "idempotency_conflict",
+            Refusal::Restoring => "restoring",
+            Refusal::Frozen => "account_frozen",
+            Refusal::Overflow => "balance_overflow",
+            Refusal::Invalid => "invalid_request",
+        }
+    }
+}
+
+/// Process-wide counters.
+#[derive(Debug)]
+pub struct Metrics {
+    http: Mutex<BTreeMap<(&'static str, &'static str, u16), Histogram>>,
+    accepted: AtomicU64,
+    replayed: AtomicU64,
+    refused: Mutex<BTreeMap<Refusal, u64>>,
+    commit_batch: Histogram,
+    commit_latency: Histogram,
+    commits: AtomicU64,
+    compensations: Mutex<BTreeMap<&'static str, u64>>,
+    reports: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a metrics lock cannot leave counters inconsistent in a way that
+    // matters: keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Metrics {
+    /// All zero.
+    pub fn new() -> Metrics {
+        Metrics {
+            http: Mutex::new(BTreeMap::new()),
+            accepted: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            refused: Mutex::new(BTreeMap::new()),
+            commit_batch: Histogram::new(&BATCH_BUCKETS),
+            commit_latency: Histogram::new(&LATENCY_BUCKETS_US),
+            commits: AtomicU64::new(0),
+            compensations: Mutex::new(BTreeMap::new()),
+            reports: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// One HTTP request served.
+    pub fn observe_http(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let mut m = lock(&self.http);
+        m.entry((route, method, status))
+            .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS_US))
+            .observe(us);
+    }
+
+    /// A new transaction accepted (durable).
+    pub fn accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An idempotent retry answered with the original result.
+    pub fn replayed(&self) {
+        self.replayed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A transaction refused.
+    pub fn refused(&self, why: Refusal) {
+        *lock(&self.refused).entry(why).or_insert(0) += 1;
+    }
+
+    /// One durable commit of `records` records.
+    pub fn observe_commit(&self, records: usize, elapsed: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_batch.observe(records as u64);
+        self.commit_latency
+            .observe(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// A compensation settled.
+    pub fn compensation(&self, kind: &'static str) {
+        *lock(&self.compensations).entry(kind).or_insert(0) += 1;
+    }
+
+    /// A replica report.
+    pub fn report(&self, kind: &'static str) {
+        *lock(&self.reports).entry(kind).or_insert(0) += 1;
+    }
+
+    /// Renders the process counters.
+    pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP walletd_http_request_duration_seconds HTTP requests by route, method and status.\n");
+        out.push_str("# TYPE walletd_http_request_duration_seconds histogram\n");
+        for ((route, method, status), h) in lock(&self.http).iter() {
+            let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+            h.render(
+                out,
+                "walletd_http_request_duration_seconds",
+                &labels,
+                1_000_000,
+            );
+        }
+        out.push_str(
+            "# HELP walletd_http_requests_total HTTP requests by route, method and status.\n",
+        );
+        out.push_str("# TYPE walletd_http_requests_total counter\n");
+        for ((route, method, status), h) in lock(&self.http).iter() {
+            let _ = writeln!(
+                out,
+                "walletd_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {}",
+                h.count.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP walletd_transactions_accepted_total New transactions acknowledged (durable).\n",
+        );
+        out.push_str("# TYPE walletd_transactions_accepted_total counter\n");
+        let _ = writeln!(
+            out,
+            "walletd_transactions_accepted_total {}",
+            self.accepted.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP walletd_transactions_replayed_total Idempotent retries answered with the original result.\n");
+        out.push_str("# TYPE walletd_transactions_replayed_total counter\n");
+        let _ = writeln!(
+            out,
+            "walletd_transactions_replayed_total {}",
+            self.replayed.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP walletd_transactions_refused_total Transactions refused, by reason.\n",
+        );
+        out.push_str("# TYPE walletd_transactions_refused_total counter\n");
+        for (r, n) in lock(&self.refused).iter() {
+            let _ = writeln!(
+                out,
+                "walletd_transactions_refused_total{{reason=\"{}\"}} {n}",
+                r.as_str()
+            );
+        }
+        out.push_str("# HELP walletd_storage_commit_records Records per durable commit (group commit batch size).\n");
+        out.push_str("# TYPE walletd_storage_commit_records histogram\n");
+        self.commit_batch
+            .render(out, "walletd_storage_commit_records", "", 1);
+        out.push_str("# HELP walletd_storage_commit_duration_seconds Duration of a durable commit (fsync included).\n");
+        out.push_str("# TYPE walletd_storage_commit_duration_seconds histogram\n");
+        self.commit_latency.render(
+            out,
+            "walletd_storage_commit_duration_seconds",
+            "",
+            1_000_000,
+        );
+        out.push_str("# HELP walletd_compensations_total Compensations settled, by kind.\n");
+        out.push_str("# TYPE walletd_compensations_total counter\n");
+        for (k, n) in lock(&self.compensations).iter() {
+            let _ = writeln!(out, "walletd_compensations_total{{kind=\"{k}\"}} {n}");
+        }
+        out.push_str("# HELP walletd_reports_total Replica reports (rejections, skew, equivocation, policy mismatch, overflow).\n");
+        out.push_str("# TYPE walletd_reports_total counter\n");
+        for (k, n) in lock(&self.reports).iter() {
+            let _ = writeln!(out, "walletd_reports_total{{kind=\"{k}\"}} {n}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_renders_cumulative_buckets() {
+        let h = Histogram::new(&BATCH_BUCKETS);
+        h.observe(1);
+        h.observe(3);
+        h.observe(100_000);
+        let mut s = String::new();
+        h.render(&mut s, "x", "", 1);
+        assert!(s.contains("x_bucket{le=\"1\"} 1\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"4\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"), "{s}");
+        assert!(s.contains("x_sum 100004\n"), "{s}");
+        assert_eq!(fmt_scaled(1_500, 1_000_000), "0.001500");
+    }
+}

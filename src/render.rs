@@ -1,0 +1,224 @@
+//! JSON rendering of events, compensations and errors, and the opaque cursors.
+//!
+//! Amounts are strings with the currency's minor units (`Currency::render`); HLCs are strings
+//! (`<ms>.<logical>`), so no JSON number ever loses precision.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Map, Value};
+use wallet_core::{Balance, Compensation, EntryKey, Event, EventId, Hlc, RegionId, Status};
+
+/// Writes `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `{"error":{"code":..,"message":..}}`.
+pub fn error_body(code: &str, message: &str) -> String {
+    let mut s = String::with_capacity(48 + message.len());
+    s.push_str("{\"error\":{\"code\":");
+    push_json_str(&mut s, code);
+    s.push_str(",\"message\":");
+    push_json_str(&mut s, message);
+    s.push_str("}}");
+    s
+}
+
+/// The `201` body of a new (or replayed) transaction.
+pub fn created_body(event: &Event, bal: Balance) -> String {
+    let mut s = String::with_capacity(256);
+    let Some(tx) = event.tx() else {
+        return "{}".into();
+    };
+    let c = tx.currency;
+    s.push_str("{\"id\":\"");
+    let _ = write!(s, "{}", event.id);
+    s.push_str("\",\"account\":");
+    push_json_str(&mut s, tx.account.as_str());
+    let _ = write!(
+        s,
+        ",\"type\":\"{}\",\"amount\":\"{}\",\"currency\":\"{}\",\"hlc\":\"{}\"",
+        tx.kind.as_str(),
+        c.render(tx.amount.value()),
+        c,
+        event.hlc
+    );
+    if let Some(r) = &tx.reference {
+        s.push_str(",\"reference\":");
+        push_json_str(&mut s, r);
+    }
+    let _ = write!(
+        s,
+        ",\"balance\":{{\"provisional\":\"{}\",\"settled\":\"{}\"}}}}",
+        c.render(bal.provisional),
+        c.render(bal.settled)
+    );
+    s
+}
+
+/// Status name.
+pub fn status_str(s: Status) -> &'static str {
+    match s {
+        Status::Provisional => "provisional",
+        Status::Settled => "settled",
+        Status::Reversed => "reversed",
+    }
+}
+
+/// A client event in a list or by id.
+pub fn event_json(
+    event: &Event,
+    status: Option<(Status, Option<&Compensation>)>,
+    with_account: bool,
+) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), Value::String(event.id.to_string()));
+    match &event.body {
+        wallet_core::Body::Tx(tx) => {
+            if with_account {
+                m.insert("account".into(), Value::String(tx.account.to_string()));
+            }
+            m.insert("type".into(), Value::String(tx.kind.as_str().into()));
+            m.insert(
+                "amount".into(),
+                Value::String(tx.currency.render(tx.amount.value())),
+            );
+            m.insert("currency".into(), Value::String(tx.currency.to_string()));
+            if let Some(r) = &tx.reference {
+                m.insert("reference".into(), Value::String(r.to_string()));
+            }
+            if let Some(k) = &tx.idempotency_key {
+                m.insert("idempotency_key".into(), Value::String(k.to_string()));
+            }
+        }
+        wallet_core::Body::Policy(_) => {
+            m.insert("type".into(), Value::String("policy".into()));
+        }
+    }
+    m.insert("hlc".into(), Value::String(event.hlc.to_string()));
+    let (st, comp) = status.unwrap_or((Status::Provisional, None));
+    m.insert("settled".into(), Value::Bool(st != Status::Provisional));
+    m.insert("status".into(), Value::String(status_str(st).into()));
+    if let Some(c) = comp {
+        if st == Status::Reversed {
+            m.insert("reversed_by".into(), Value::String(c.id()));
+        } else {
+            m.insert("compensation".into(), Value::String(c.id()));
+        }
+    }
+    Value::Object(m)
+}
+
+/// A compensation (or conflict report) in a list, by id, or in the feed.
+pub fn comp_json(c: &Compensation, with_account: bool) -> Value {
+    let mut v = json!({
+        "id": c.id(),
+        "type": c.kind.as_str(),
+        "amount": c.amount_str(),
+        "delta": c.currency.render(c.delta),
+        "currency": c.currency.to_string(),
+        "hlc": c.hlc.to_string(),
+        "settled": true,
+        "status": "settled",
+        "cause": c.cause.to_string(),
+        "policy_version": c.policy_version,
+        "position": c.position,
+    });
+    if let Value::Object(m) = &mut v {
+        if with_account {
+            m.insert("account".into(), Value::String(c.account.to_string()));
+        }
+        if let Some(r) = c.related {
+            m.insert("related".into(), Value::String(r.to_string()));
+        }
+    }
+    v
+}
+
+/// Account-history cursor: the entry key, opaque (hex of `hlc.origin.seq.sub`).
+pub fn entry_cursor(k: &EntryKey) -> String {
+    let ((hlc, origin, seq), sub) = k;
+    hex::encode(format!("e1.{}.{}.{}.{}", hlc.0, origin, seq, sub))
+}
+
+/// Parses an account-history cursor.
+pub fn parse_entry_cursor(s: &str) -> Option<EntryKey> {
+    let bytes = hex::decode(s).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let mut it = text.split('.');
+    if it.next()? != "e1" {
+        return None;
+    }
+    let hlc: u64 = it.next()?.parse().ok()?;
+    let origin = RegionId::new(it.next()?).ok()?;
+    let seq: u64 = it.next()?.parse().ok()?;
+    let sub: u8 = it.next()?.parse().ok()?;
+    if it.next().is_some() || sub > 2 {
+        return None;
+    }
+    Some(((Hlc(hlc), origin, seq), sub))
+}
+
+/// Feed cursor: a feed position, opaque.
+pub fn feed_cursor(position: u64) -> String {
+    hex::encode(format!("f1.{position}"))
+}
+
+/// Parses a feed cursor.
+pub fn parse_feed_cursor(s: &str) -> Option<u64> {
+    let bytes = hex::decode(s).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    text.strip_prefix("f1.")?.parse().ok()
+}
+
+/// Parses a compensation id `fee:<region>:<seq>` / `rev:..` / `conflict:..` into its prefix and cause.
+pub fn parse_comp_id(s: &str) -> Option<(&str, EventId)> {
+    let (prefix, rest) = s.split_once(':')?;
+    if !matches!(prefix, "fee" | "rev" | "conflict") {
+        return None;
+    }
+    Some((prefix, EventId::parse(rest).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let k = ((Hlc(123456), RegionId::new("eu").unwrap(), 7), 1);
+        assert_eq!(parse_entry_cursor(&entry_cursor(&k)), Some(k));
+        assert_eq!(parse_feed_cursor(&feed_cursor(42)), Some(42));
+        for bad in [
+            "",
+            "zz",
+            "00",
+            &hex::encode("e1.1.EU.1.0"),
+            &hex::encode("f1.x"),
+        ] {
+            assert_eq!(parse_entry_cursor(bad), None, "{bad}");
+            assert_eq!(parse_feed_cursor(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_body_escapes() {
+        let b = error_body("invalid_json", "bad \"x\"\n");
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["error"]["message"], "bad \"x\"\n");
+    }
+}
