@@ -1,0 +1,560 @@
+//! A small deterministic multi-replica harness (the N-region version of scenario.rs) and a
+//! naive reference model of the settled fold. Shared by the test files of this directory.
+//!
+//! Every region has a simulated disk: records are buffered until the test persists them and
+//! are lost by a crash. Links can be cut; messages can be delivered in any order, duplicated
+//! or dropped. Time is a number the test advances; each region sees it shifted by its skew.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+use wallet_core::policy::FeePer;
+use wallet_core::*;
+
+pub fn region(name: &str) -> RegionId {
+    RegionId::new(name).unwrap()
+}
+
+pub fn acct(name: &str) -> AccountId {
+    AccountId::new(name).unwrap()
+}
+
+pub fn dec(s: &str) -> Decimal {
+    Decimal::from_str_exact(s).unwrap()
+}
+
+pub fn req(account: &str, kind: Kind, amount: &str, currency: Currency) -> TxRequest {
+    TxRequest {
+        account: acct(account),
+        kind,
+        amount: Amount::parse(amount, currency).unwrap(),
+        currency,
+        idempotency_key: None,
+        reference: None,
+    }
+}
+
+pub fn keyed(mut r: TxRequest, key: &str) -> TxRequest {
+    r.idempotency_key = Some(key.to_string());
+    r
+}
+
+/// One region: its replica and its disk.
+pub struct Node {
+    pub replica: Replica,
+    pub name: RegionId,
+    /// Durable records.
+    pub disk_events: Vec<Event>,
+    pub disk_ceiling: Hlc,
+    pub disk_watermark: Hlc,
+    /// Records written but not yet durable: (index, record).
+    pub buffered: Vec<(u64, Record)>,
+    /// Own events acknowledged to the client (durable).
+    pub acked: BTreeSet<EventId>,
+    /// Requests acknowledged here that carry an idempotency key.
+    pub acked_requests: Vec<(TxRequest, EventId)>,
+    /// Own events submitted but not yet durable, with their request.
+    pub unacked: BTreeMap<EventId, TxRequest>,
+    pub reports: Vec<Report>,
+    pub skew_ms: u64,
+    /// Longest feed seen, to check that the feed never retracts.
+    pub feed_seen: Vec<Compensation>,
+    /// Statuses of settled events seen: they must never change.
+    pub settled_seen: BTreeMap<EventId, (Status, Option<String>)>,
+}
+
+pub struct Cluster {
+    pub names: Vec<RegionId>,
+    pub nodes: Vec<Node>,
+    pub seed: Policy,
+    /// (to, from, message)
+    pub inflight: Vec<(usize, usize, Message)>,
+    /// side[i]: regions on different sides cannot talk.
+    pub side: Vec<u8>,
+    pub now: u64,
+    /// Extra members that exist in the configuration but have no node (observers).
+    pub extra: Vec<RegionId>,
+    pub crashes: u64,
+}
+
+impl Cluster {
+    pub fn new(names: &[&str], seed: Policy) -> Cluster {
+        Cluster::with(names, &[], &[], seed)
+    }
+
+    /// `extra` members are configured everywhere but have no node; `skews` shift each
+    /// region's physical clock.
+    pub fn with(names: &[&str], extra: &[&str], skews: &[u64], seed: Policy) -> Cluster {
+        let ids: Vec<RegionId> = names.iter().map(|n| region(n)).collect();
+        let extra: Vec<RegionId> = extra.iter().map(|n| region(n)).collect();
+        let mut c = Cluster {
+            names: ids.clone(),
+            nodes: Vec::new(),
+            seed,
+            inflight: Vec::new(),
+            side: vec![0; ids.len()],
+            now: 1_000,
+            extra,
+            crashes: 0,
+        };
+        for (i, me) in ids.iter().enumerate() {
+            let replica = Replica::new(c.config(*me), Hlc::ZERO);
+            c.nodes.push(Node {
+                replica,
+                name: *me,
+                disk_events: Vec::new(),
+                disk_ceiling: Hlc::ZERO,
+                disk_watermark: Hlc::ZERO,
+                buffered: Vec::new(),
+                acked: BTreeSet::new(),
+                acked_requests: Vec::new(),
+                unacked: BTreeMap::new(),
+                reports: Vec::new(),
+                skew_ms: skews.get(i).copied().unwrap_or(0),
+                feed_seen: Vec::new(),
+                settled_seen: BTreeMap::new(),
+            });
+        }
+        c
+    }
+
+    pub fn config(&self, me: RegionId) -> Config {
+        let mut members = self.names.clone();
+        members.extend(self.extra.iter().copied());
+        Config::new(me, members, self.seed.clone())
+    }
+
+    pub fn local_now(&self, i: usize) -> u64 {
+        self.now + self.nodes[i].skew_ms
+    }
+
+    /// Drains the outputs of node `i`.
+    pub fn drain(&mut self, i: usize) {
+        while let Some(out) = self.nodes[i].replica.poll_output() {
+            match out {
+                Output::Persist { index, record } => {
+                    self.nodes[i].buffered.push((index, record));
+                }
+                Output::Broadcast(m) => {
+                    for j in 0..self.nodes.len() {
+                        if j != i {
+                            self.inflight.push((j, i, m.clone()));
+                        }
+                    }
+                }
+                Output::Compensation(_) => {}
+                Output::Report(r) => self.nodes[i].reports.push(r),
+            }
+        }
+    }
+
+    /// Makes the first `count` buffered records of node `i` durable.
+    pub fn persist(&mut self, i: usize, count: usize) {
+        let n = &mut self.nodes[i];
+        let count = count.min(n.buffered.len());
+        if count == 0 {
+            return;
+        }
+        let done: Vec<(u64, Record)> = n.buffered.drain(..count).collect();
+        let mut last = 0;
+        for (index, record) in done {
+            last = index;
+            match record {
+                Record::Event(e) => {
+                    if e.id.origin == n.name {
+                        if let Some(r) = n.unacked.remove(&e.id) {
+                            if r.idempotency_key.is_some() {
+                                n.acked_requests.push((r, e.id));
+                            }
+                        }
+                        n.acked.insert(e.id);
+                    }
+                    n.disk_events.push(e);
+                }
+                Record::Ceiling(h) => n.disk_ceiling = n.disk_ceiling.max(h),
+                Record::Watermark(h) => n.disk_watermark = n.disk_watermark.max(h),
+            }
+        }
+        n.replica.handle_persisted(last);
+        self.drain(i);
+    }
+
+    pub fn persist_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.persist(i, usize::MAX);
+        }
+    }
+
+    pub fn submit(&mut self, i: usize, r: TxRequest) -> Result<Submitted, SubmitError> {
+        let now = self.local_now(i);
+        let out = self.nodes[i].replica.submit(now, r.clone());
+        if let Ok(Submitted::New(id)) = out {
+            self.nodes[i].unacked.insert(id, r);
+        }
+        self.drain(i);
+        out
+    }
+
+    pub fn connected(&self, a: usize, b: usize) -> bool {
+        self.side[a] == self.side[b]
+    }
+
+    /// Delivers in-flight message `k` (dropped if the link is cut).
+    pub fn deliver(&mut self, k: usize) {
+        if self.inflight.is_empty() {
+            return;
+        }
+        let (to, from, m) = self.inflight.remove(k % self.inflight.len());
+        if !self.connected(to, from) {
+            return;
+        }
+        let now = self.local_now(to);
+        let name = self.names[from];
+        self.nodes[to].replica.handle_message(now, name, m);
+        self.drain(to);
+    }
+
+    /// Delivers everything in flight (and what that causes), oldest first.
+    pub fn deliver_all(&mut self) {
+        for _ in 0..100_000 {
+            if self.inflight.is_empty() {
+                return;
+            }
+            self.deliver(0);
+        }
+    }
+
+    pub fn duplicate(&mut self, k: usize) {
+        if self.inflight.is_empty() {
+            return;
+        }
+        let m = self.inflight[k % self.inflight.len()].clone();
+        self.inflight.push(m);
+    }
+
+    pub fn tick(&mut self, ms: u64) {
+        self.now += ms;
+        for i in 0..self.nodes.len() {
+            let now = self.local_now(i);
+            self.nodes[i].replica.handle_timeout(now);
+            self.drain(i);
+        }
+    }
+
+    /// `to` pulls what it misses from `from`.
+    pub fn anti_entropy(&mut self, from: usize, to: usize) {
+        if from == to || !self.connected(from, to) {
+            return;
+        }
+        let vv = self.nodes[to].replica.version_vector().clone();
+        let events = self.nodes[from].replica.missing_for(&vv, 10_000);
+        let now = self.local_now(to);
+        let name = self.names[from];
+        self.nodes[to].replica.handle_events(now, name, events);
+        self.drain(to);
+    }
+
+    pub fn partition(&mut self, mask: u8) {
+        for i in 0..self.side.len() {
+            self.side[i] = (mask >> i) & 1;
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.side.iter_mut().for_each(|s| *s = 0);
+    }
+
+    /// Crash and restart from the disk: buffered records and messages to it are lost.
+    pub fn crash(&mut self, i: usize) {
+        self.crashes += 1;
+        let cfg = self.config(self.names[i]);
+        let n = &mut self.nodes[i];
+        n.buffered.clear();
+        n.unacked.clear();
+        let mut replica = Replica::new(cfg, n.disk_ceiling);
+        replica.load(n.disk_events.clone());
+        replica.restore_watermark(n.disk_watermark);
+        n.replica = replica;
+        // A restarted region may reuse the seq of an event it never made durable.
+        self.inflight.retain(|(to, _, _)| *to != i);
+        self.drain(i);
+    }
+
+    pub fn max_hlc(&self) -> Hlc {
+        self.nodes
+            .iter()
+            .flat_map(|n| all_events(&n.replica))
+            .map(|e| e.hlc)
+            .max()
+            .unwrap_or(Hlc::ZERO)
+    }
+
+    /// Heals, persists, gossips and heartbeats until every region holds and has settled
+    /// every event. Returns false if that did not happen in a bounded number of rounds.
+    pub fn settle_all(&mut self) -> bool {
+        self.heal();
+        for _ in 0..60 {
+            self.persist_all();
+            self.deliver_all();
+            for a in 0..self.nodes.len() {
+                for b in 0..self.nodes.len() {
+                    self.anti_entropy(a, b);
+                }
+            }
+            self.persist_all();
+            self.deliver_all();
+            self.tick(300);
+            self.persist_all();
+            self.deliver_all();
+            let target = self.max_hlc();
+            let count = self.nodes[0].replica.event_count();
+            if self
+                .nodes
+                .iter()
+                .all(|n| n.replica.watermark() >= target && n.replica.event_count() == count)
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Checks that the feed never retracted and settled statuses never changed, then
+    /// remembers the current ones.
+    pub fn check_never_retracts(&mut self) -> Result<(), String> {
+        for n in &mut self.nodes {
+            let r = &n.replica;
+            let feed = r.feed(0, usize::MAX).to_vec();
+            let common = feed.len().min(n.feed_seen.len());
+            if feed[..common] != n.feed_seen[..common] {
+                return Err(format!("{}: the feed changed an entry", n.name));
+            }
+            if feed.len() > n.feed_seen.len() {
+                n.feed_seen = feed;
+            }
+            for e in all_events(r) {
+                let Some((status, comp)) = r.status(e.id) else {
+                    return Err(format!("{}: lost {}", n.name, e.id));
+                };
+                if status == Status::Provisional {
+                    continue;
+                }
+                let now = (status, comp.map(Compensation::id));
+                match n.settled_seen.get(&e.id) {
+                    Some(before) if *before != now => {
+                        return Err(format!(
+                            "{}: settled {} went from {:?} to {:?}",
+                            n.name, e.id, before, now
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        n.settled_seen.insert(e.id, now);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every event a replica holds, in total order.
+pub fn all_events(r: &Replica) -> Vec<Event> {
+    let mut v: Vec<Event> = r
+        .members()
+        .iter()
+        .flat_map(|m| r.origin_events(m.region, 0).to_vec())
+        .collect();
+    v.sort_by_key(Event::key);
+    v
+}
+
+#[derive(Serialize)]
+struct Snapshot {
+    events: Vec<Event>,
+    balances: Vec<(String, String, String, String)>,
+    feed: Vec<Compensation>,
+    statuses: Vec<(EventId, String, Option<String>)>,
+}
+
+/// Canonical bytes of a replica's ledger: events in total order, every balance, the feed
+/// and every status (postcard).
+pub fn snapshot(r: &Replica) -> Vec<u8> {
+    let events = all_events(r);
+    let statuses = events
+        .iter()
+        .map(|e| {
+            let (s, c) = r.status(e.id).unwrap();
+            (e.id, format!("{s:?}"), c.map(Compensation::id))
+        })
+        .collect();
+    let snap = Snapshot {
+        events,
+        balances: r
+            .all_balances()
+            .into_iter()
+            .map(|(a, c, b)| {
+                (
+                    a.to_string(),
+                    c.to_string(),
+                    b.provisional.to_string(),
+                    b.settled.to_string(),
+                )
+            })
+            .collect(),
+        feed: r.feed(0, usize::MAX).to_vec(),
+        statuses,
+    };
+    postcard::to_stdvec(&snap).unwrap()
+}
+
+// ---- naive model ---------------------------------------------------------------------------
+
+/// A compensation as the model derives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelComp {
+    pub kind: CompKind,
+    pub cause: EventId,
+    pub delta: Decimal,
+    pub version: u32,
+    pub related: Option<EventId>,
+}
+
+#[derive(Default, Clone)]
+struct Pair {
+    bal: Decimal,
+    in_episode: bool,
+    charged: bool,
+    episode_fees: Decimal,
+}
+
+/// Recomputes the settled fold from scratch over the full event set, in total order, the
+/// plain way: no indexes, no incremental state. Returns the feed and every balance.
+pub fn model(
+    seed: &Policy,
+    events: &[Event],
+) -> (Vec<ModelComp>, BTreeMap<(AccountId, Currency), Decimal>) {
+    let mut events = events.to_vec();
+    events.sort_by_key(Event::key);
+    let mut policies = vec![seed.clone()];
+    let mut pairs: BTreeMap<(AccountId, Currency), Pair> = BTreeMap::new();
+    let mut feed = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let tx = match &e.body {
+            Body::Policy(p) => {
+                policies.push((**p).clone());
+                continue;
+            }
+            Body::Tx(tx) => tx,
+        };
+        let version = policies.len() as u32;
+        let rule = policies
+            .last()
+            .unwrap()
+            .applied(tx.account.as_str(), tx.currency);
+        // The first earlier event with the same account and key.
+        let first = tx.idempotency_key.as_ref().and_then(|k| {
+            events[..i].iter().find(|o| {
+                o.tx().is_some_and(|t| {
+                    t.account == tx.account && t.idempotency_key.as_ref() == Some(k)
+                })
+            })
+        });
+        let p = pairs.entry((tx.account.clone(), tx.currency)).or_default();
+        let delta = tx.kind.signed(tx.amount.value());
+        p.bal += delta;
+        let mut comp = None;
+        let mut conflict = None;
+        match first {
+            Some(f) if f.tx().unwrap().same_body(tx) => {
+                comp = Some((CompKind::Reversal, -delta));
+            }
+            other => {
+                if let Some(f) = other {
+                    conflict = Some(f.id);
+                }
+                if tx.kind.is_debit() && p.bal < rule.floor {
+                    let overdrawn = (rule.floor - p.bal).min(tx.amount.value());
+                    if rule.action == Action::Reverse && rule.reversible.contains(&tx.kind) {
+                        comp = Some((CompKind::Reversal, tx.amount.value()));
+                    } else {
+                        if !p.in_episode {
+                            p.in_episode = true;
+                            p.charged = false;
+                            p.episode_fees = Decimal::ZERO;
+                        }
+                        let charge = overdrawn > rule.fee.grace
+                            && (rule.fee.per == FeePer::Debit || !p.charged);
+                        if charge {
+                            let fee = rule.fee_for(overdrawn).unwrap();
+                            if fee > Decimal::ZERO {
+                                p.charged = true;
+                                p.episode_fees += fee;
+                                comp = Some((CompKind::OverdraftFee, -fee));
+                            }
+                        }
+                    }
+                } else if p.in_episode && p.bal + p.episode_fees >= rule.floor {
+                    p.in_episode = false;
+                }
+            }
+        }
+        if let Some((kind, d)) = comp {
+            p.bal += d;
+            feed.push(ModelComp {
+                kind,
+                cause: e.id,
+                delta: d,
+                version,
+                related: None,
+            });
+        }
+        if let Some(f) = conflict {
+            feed.push(ModelComp {
+                kind: CompKind::IdempotencyConflict,
+                cause: e.id,
+                delta: Decimal::ZERO,
+                version,
+                related: Some(f),
+            });
+        }
+    }
+    let balances = pairs.into_iter().map(|(k, p)| (k, p.bal)).collect();
+    (feed, balances)
+}
+
+/// Compares a fully settled replica with the model.
+pub fn check_against_model(seed: &Policy, r: &Replica) -> Result<(), String> {
+    let events = all_events(r);
+    let (feed, balances) = model(seed, &events);
+    let got: Vec<ModelComp> = r
+        .feed(0, usize::MAX)
+        .iter()
+        .map(|c| ModelComp {
+            kind: c.kind,
+            cause: c.cause,
+            delta: c.delta,
+            version: c.policy_version,
+            related: c.related,
+        })
+        .collect();
+    if got != feed {
+        return Err(format!(
+            "{}: feed differs from the model\n got {got:?}\nwant {feed:?}",
+            r.region()
+        ));
+    }
+    for ((a, c), bal) in balances {
+        let b = r.balance(&a, c);
+        if b.settled != bal || b.provisional != bal {
+            return Err(format!(
+                "{}: balance of {a} {c} is {b:?}, the model says {bal}",
+                r.region()
+            ));
+        }
+    }
+    Ok(())
+}
