@@ -12,11 +12,13 @@
 //! The response is one byte: [`ACK_OK`] or [`ACK_DROPPED`]. Every limit is checked on a header
 //! before the bytes it announces are read, so a peer cannot make the reader allocate more than
 //! `MESSAGE_BYTES_MAX` per stream. A violation is an `InvalidData` I/O error: the stream is
-//! dropped and the transport counts one dropped message.
+//! reset, the batch is dropped and counted once in the codec's `dropped` counter (libp2p does
+//! not report failed request reads to the behaviour, so the codec counts them itself).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -41,8 +43,11 @@ pub enum Frame {
 }
 
 /// The request-response codec.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MsgCodec;
+#[derive(Debug, Clone, Default)]
+pub struct MsgCodec {
+    /// Counts batches refused by the framing limits.
+    pub dropped: Arc<AtomicU64>,
+}
 
 fn invalid(reason: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason)
@@ -133,7 +138,17 @@ impl request_response::Codec for MsgCodec {
         'life2: 'async_trait,
         Self: 'async_trait,
     {
-        Box::pin(async move { read_batch(io).await.map(Frame::Batch) })
+        let dropped = self.dropped.clone();
+        Box::pin(async move {
+            let read = read_batch(io).await;
+            if let Err(e) = &read {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    tracing::warn!(error = %e, "malformed or oversized frame dropped");
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            read.map(Frame::Batch)
+        })
     }
 
     fn read_response<'life0, 'life1, 'life2, 'async_trait, T>(

@@ -57,7 +57,7 @@ pub(crate) struct Shared {
     pub messages_sent: AtomicU64,
     pub messages_received: AtomicU64,
     pub refused_peers: AtomicU64,
-    pub dropped_messages: AtomicU64,
+    pub dropped_messages: Arc<AtomicU64>,
     pub connected: Mutex<BTreeSet<RegionId>>,
     pub listen: Mutex<Vec<Multiaddr>>,
 }
@@ -175,8 +175,11 @@ pub(crate) fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEven
     for p in peers.keys() {
         allow.allow_peer(*p);
     }
+    let shared = Arc::new(Shared::default());
     let msg = request_response::Behaviour::with_codec(
-        MsgCodec,
+        MsgCodec {
+            dropped: shared.dropped_messages.clone(),
+        },
         [(protocol, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)
@@ -210,7 +213,6 @@ pub(crate) fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEven
             .map_err(|e| terr(format!("listen on {a}: {e}")))?;
     }
 
-    let shared = Arc::new(Shared::default());
     let (ctx, crx) = mpsc::channel(1024);
     let (etx, erx) = mpsc::channel(1024);
     let mut task = Task {
@@ -587,7 +589,7 @@ impl Task {
     }
 
     fn on_msg(&mut self, ev: request_response::Event<Frame, u8>) {
-        use request_response::{Event, InboundFailure, Message};
+        use request_response::{Event, Message};
         match ev {
             Event::Message {
                 peer,
@@ -644,15 +646,10 @@ impl Task {
                     self.pump(peer);
                 }
             }
-            Event::InboundFailure { peer, error, .. } => match error {
-                InboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    tracing::warn!(peer = ?self.region_of(&peer), error = %e, "malformed or oversized frame dropped");
-                    self.shared.dropped(1);
-                }
-                other => {
-                    tracing::debug!(peer = ?self.region_of(&peer), error = %other, "inbound stream failed");
-                }
-            },
+            Event::InboundFailure { peer, error, .. } => {
+                // Framing violations are counted by the codec (libp2p does not report them).
+                tracing::debug!(peer = ?self.region_of(&peer), %error, "inbound stream failed");
+            }
             Event::ResponseSent { .. } => {}
         }
     }
