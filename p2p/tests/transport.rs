@@ -268,3 +268,84 @@ async fn malformed_and_oversized_frames_are_dropped_and_counted() {
         Err(tokio::sync::mpsc::error::TryRecvError::Empty)
     ));
 }
+
+#[tokio::test]
+async fn a_slow_peer_gets_a_bounded_queue_that_drops_the_oldest() {
+    use wallet_p2p::QUEUE_MESSAGES_MAX;
+    let (specs, mut n) = cluster(&["eu", "us"]).await;
+    let (eu, us) = (specs[0].region, specs[1].region);
+    // us's node does not read its events: us stops acknowledging, eu's queue fills up.
+    let total = 2 * QUEUE_MESSAGES_MAX as u32;
+    for i in 0..total {
+        n[0].net.send(us, tagged(i)).await;
+    }
+    wait_until("eu drops the oldest queued messages", || {
+        n[0].net.stats().dropped_messages > 0
+    })
+    .await;
+    // us reads again: whatever was not dropped arrives, in order, ending with the newest.
+    let mut last = None;
+    let mut received = 0u64;
+    loop {
+        let (from, tag, _) = n[1].next_message().await;
+        assert_eq!(from, eu);
+        assert!(last.is_none_or(|l| tag > l), "{tag} after {last:?}");
+        last = Some(tag);
+        received += 1;
+        if tag == total - 1 {
+            break;
+        }
+    }
+    let s = n[0].net.stats();
+    assert!(s.dropped_messages > 0);
+    assert_eq!(s.dropped_messages + received, u64::from(total));
+    wait_until("eu's last batch acknowledged", || {
+        n[0].net.stats().messages_sent == received
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quic_members_exchange_messages() {
+    let free_udp = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let quic = |port: u16| -> libp2p::Multiaddr {
+        format!("/ip4/127.0.0.1/udp/{port}/quic-v1").parse().unwrap()
+    };
+    let specs = [Spec::new("eu"), Spec::new("us")];
+    let ports = [free_udp(), free_udp()];
+    let members: Vec<wallet_p2p::MemberAddr> = specs
+        .iter()
+        .zip(ports)
+        .map(|(s, p)| wallet_p2p::MemberAddr {
+            addrs: vec![quic(p)],
+            ..s.member()
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for (s, p) in specs.iter().zip(ports) {
+        let (net, rx) = wallet_p2p::spawn(wallet_p2p::NetConfig {
+            region: s.region,
+            keypair: s.key.clone(),
+            listen: vec![quic(p)],
+            members: members.clone(),
+            cluster: "test".into(),
+        })
+        .unwrap();
+        nodes.push(Node {
+            region: s.region,
+            net,
+            rx,
+        });
+    }
+    nodes[0].wait_connected(&[specs[1].region]).await;
+    nodes[1].wait_connected(&[specs[0].region]).await;
+    assert!(nodes[0].net.listen_addrs().contains(&quic(ports[0])));
+    nodes[0].net.broadcast(tagged(9)).await;
+    assert_eq!(nodes[1].next_message().await.0, specs[0].region);
+}
