@@ -1,0 +1,424 @@
+//! Every endpoint and every error code, against a real `walletd` process.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_and_error_codes() {
+    let c = Cluster::init("eu");
+    let node = c.start(0);
+    let api = Api::new(&node.url, &c.token());
+    let raw = reqwest::Client::new();
+
+    // Health, readiness, OpenAPI, metrics need no token.
+    for p in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {
+        let r = raw.get(format!("{}{p}", node.url)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{p}");
+    }
+    let oa: Value = raw
+        .get(format!("{}/openapi.json", node.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(oa["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(oa["paths"]["/v1/accounts/{account}/transactions"].is_object());
+
+    // Auth: none, wrong, client token on an admin route.
+    let r = raw
+        .get(format!("{}/v1/status", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(j["error"]["code"], "unauthorized");
+    let bad = Api::new(&node.url, "wrong-token-wrong-token");
+    let r = bad.get("/v1/accounts/a/balances").await;
+    assert_eq!((r.status, error_code(&r).as_str()), (401, "unauthorized"));
+    let r = api
+        .post_raw("/v1/admin/faults", r#"{"heal":true}"#, None)
+        .await;
+    assert_eq!((r.status, error_code(&r).as_str()), (403, "forbidden"));
+    let admin = Api::new(&node.url, &c.admin_token());
+    let r = admin
+        .post_raw("/v1/admin/faults", r#"{"isolate":["eu"]}"#, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["isolated"][0], "eu");
+    let r = admin
+        .post_raw("/v1/admin/faults", r#"{"heal":true}"#, None)
+        .await;
+    assert_eq!(r.status, 200);
+    let r = admin
+        .post_raw("/v1/admin/faults", r#"{"isolate":["EU"]}"#, None)
+        .await;
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_region"));
+    let r = admin
+        .post_raw("/v1/admin/faults", r#"{"what":1}"#, None)
+        .await;
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_json"));
+
+    // Unknown route and method: JSON errors.
+    let r = api.get("/v1/nope").await;
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "not_found"));
+    let r = api.post_raw("/v1/status", "{}", None).await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (405, "method_not_allowed")
+    );
+
+    // An account with no events: empty balances and history.
+    let r = api.get("/v1/accounts/nobody/balances").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["balances"], serde_json::json!([]));
+    let r = api.get("/v1/accounts/nobody/transactions").await;
+    assert_eq!(r.json["transactions"], serde_json::json!([]));
+    assert!(r.json["next"].is_null());
+
+    // 201 with the documented shape, amounts rendered with minor units.
+    let r = api.tx("alice", "deposit", "100", None).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["id"], "eu:1");
+    assert_eq!(r.json["account"], "alice");
+    assert_eq!(r.json["type"], "deposit");
+    assert_eq!(r.json["amount"], "100.00");
+    assert_eq!(r.json["currency"], "USD");
+    assert!(r.json["hlc"].is_string());
+    assert_eq!(r.json["balance"]["provisional"], "100.00");
+    let r = api
+        .post_raw(
+            "/v1/accounts/alice/transactions",
+            r#"{"type":"deposit","amount":"5000","currency":"JPY","reference":"order 7"}"#,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["amount"], "5000");
+    assert_eq!(r.json["reference"], "order 7");
+    let r = api.tx("alice", "purchase", "30.10", None).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json["balance"]["provisional"], "69.90");
+
+    // 422 means insufficient funds, and only that.
+    let r = api.tx("alice", "withdrawal", "69.91", None).await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (422, "insufficient_funds")
+    );
+
+    // Validation errors: each has its own code.
+    let p = "/v1/accounts/alice/transactions";
+    let cases: &[(&str, u16, &str)] = &[
+        (
+            r#"{"type":"deposit","amount":"1.001","currency":"USD"}"#,
+            400,
+            "amount_scale",
+        ),
+        (
+            r#"{"type":"deposit","amount":"1.5","currency":"JPY"}"#,
+            400,
+            "amount_scale",
+        ),
+        (
+            r#"{"type":"deposit","amount":"abc","currency":"USD"}"#,
+            400,
+            "invalid_amount",
+        ),
+        (
+            r#"{"type":"deposit","amount":"0","currency":"USD"}"#,
+            400,
+            "invalid_amount",
+        ),
+        (
+            r#"{"type":"deposit","amount":"-5","currency":"USD"}"#,
+            400,
+            "invalid_amount",
+        ),
+        (
+            r#"{"type":"deposit","amount":"1e3","currency":"USD"}"#,
+            400,
+            "invalid_amount",
+        ),
+        (
+            r#"{"type":"deposit","amount":"10000000000000","currency":"USD"}"#,
+            400,
+            "invalid_amount",
+        ),
+        (
+            r#"{"type":"deposit","amount":100,"currency":"USD"}"#,
+            400,
+            "invalid_amount",
+        ),
+        (
+            r#"{"type":"deposit","amount":"1","currency":"XXX"}"#,
+            400,
+            "unknown_currency",
+        ),
+        (
+            r#"{"type":"deposit","amount":"1","currency":"usd"}"#,
+            400,
+            "unknown_currency",
+        ),
+        (
+            r#"{"type":"gift","amount":"1","currency":"USD"}"#,
+            400,
+            "invalid_type",
+        ),
+        (
+            r#"{"type":"reversal","amount":"1","currency":"USD"}"#,
+            400,
+            "invalid_type",
+        ),
+        (
+            r#"{"type":5,"amount":"1","currency":"USD"}"#,
+            400,
+            "invalid_json",
+        ),
+        (r#"{"amount":"1","currency":"USD"}"#, 400, "invalid_json"),
+        (
+            r#"{"type":"deposit","amount":"1","currency":"USD","extra":1}"#,
+            400,
+            "invalid_json",
+        ),
+        (
+            r#"{"type":"deposit","amount":"1","currency":"USD""#,
+            400,
+            "invalid_json",
+        ),
+        (r#"[1,2]"#, 400, "invalid_json"),
+        ("", 400, "invalid_json"),
+        (
+            r#"{"type":"deposit","amount":"1","currency":"USD","reference":"a\u0001b"}"#,
+            400,
+            "invalid_reference",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let r = api.post_raw(p, body, None).await;
+        assert_eq!(
+            (r.status, error_code(&r).as_str()),
+            (*status, *code),
+            "{body}"
+        );
+        assert!(r.json["error"]["message"].as_str().unwrap().len() > 3);
+    }
+    // Body over the limit (16 KiB by default).
+    let big = format!(
+        r#"{{"type":"deposit","amount":"1","currency":"USD","reference":"{}"}}"#,
+        "x".repeat(20_000)
+    );
+    let r = api.post_raw(p, &big, None).await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (413, "payload_too_large")
+    );
+    // Account ids.
+    let long = "a".repeat(65);
+    for bad in [long.as_str(), "a%20b", "a$b"] {
+        let r = api
+            .post_raw(
+                &format!("/v1/accounts/{bad}/transactions"),
+                r#"{"type":"deposit","amount":"1","currency":"USD"}"#,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (r.status, error_code(&r).as_str()),
+            (400, "invalid_account"),
+            "{bad}"
+        );
+        let r = api.get(&format!("/v1/accounts/{bad}/balances")).await;
+        assert_eq!(
+            (r.status, error_code(&r).as_str()),
+            (400, "invalid_account"),
+            "{bad}"
+        );
+    }
+    let ok = "A.b_c:d-9";
+    let r = api.tx(ok, "deposit", "1", None).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    // Idempotency keys.
+    let r = api
+        .post_raw(
+            p,
+            r#"{"type":"deposit","amount":"1","currency":"USD"}"#,
+            Some(&"k".repeat(256)),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (400, "invalid_idempotency_key")
+    );
+
+    // Balances list both currencies.
+    let r = api.get("/v1/accounts/alice/balances").await;
+    assert_eq!(r.json["account"], "alice");
+    let b = r.json["balances"].as_array().unwrap();
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[0]["currency"], "JPY");
+    assert_eq!(b[0]["provisional"], "5000");
+    assert_eq!(b[1]["currency"], "USD");
+    assert_eq!(b[1]["provisional"], "69.90");
+    assert!(b[1]["settled"].is_string());
+
+    // History: pages with opaque cursors, total order, status fields.
+    let r = api.get("/v1/accounts/alice/transactions?limit=2").await;
+    assert_eq!(r.status, 200);
+    let page1 = r.json["transactions"].as_array().unwrap().clone();
+    assert_eq!(page1.len(), 2);
+    let next = r.json["next"].as_str().unwrap().to_string();
+    let r = api
+        .get(&format!(
+            "/v1/accounts/alice/transactions?limit=2&after={next}"
+        ))
+        .await;
+    let page2 = r.json["transactions"].as_array().unwrap().clone();
+    assert_eq!(page2.len(), 1);
+    assert!(r.json["next"].is_null());
+    let ids: Vec<&str> = page1
+        .iter()
+        .chain(&page2)
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["eu:1", "eu:2", "eu:3"]);
+    for t in page1.iter().chain(&page2) {
+        assert!(
+            t["status"] == "provisional" || t["status"] == "settled",
+            "{t}"
+        );
+        assert!(t["settled"].is_boolean());
+        assert!(t["hlc"].is_string());
+    }
+    for q in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "after=zz",
+        "after=00",
+        "bogus=1",
+    ] {
+        let r = api
+            .get(&format!("/v1/accounts/alice/transactions?{q}"))
+            .await;
+        assert_eq!(r.status, 400, "{q}");
+        let code = error_code(&r);
+        assert!(
+            ["invalid_limit", "invalid_cursor", "invalid_query"].contains(&code.as_str()),
+            "{q}: {code}"
+        );
+    }
+
+    // One transaction by id; its status settles (single region: the watermark follows the clock).
+    let mut settled = false;
+    for _ in 0..100 {
+        let r = api.get("/v1/transactions/eu:1").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json["account"], "alice");
+        assert_eq!(r.json["amount"], "100.00");
+        if r.json["status"] == "settled" {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(settled, "eu:1 never settled");
+    let r = api.get("/v1/transactions/eu:999").await;
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "not_found"));
+    let r = api.get("/v1/transactions/nonsense").await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (400, "invalid_transaction_id")
+    );
+
+    // Compensations feed: empty, but `next` is always a cursor to resume from.
+    let r = api.get("/v1/compensations").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["compensations"], serde_json::json!([]));
+    let next = r.json["next"].as_str().unwrap().to_string();
+    let r = api
+        .get(&format!("/v1/compensations?after={next}&limit=10"))
+        .await;
+    assert_eq!(r.status, 200);
+    let r = api.get("/v1/compensations?after=nope").await;
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_cursor"));
+
+    // Status.
+    let r = api.get("/v1/status").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["region"], "eu");
+    assert_eq!(r.json["restoring"], false);
+    assert_eq!(r.json["members"][0]["region"], "eu");
+    assert_eq!(r.json["members"][0]["held"], 4);
+    assert!(r.json["watermark"].is_string());
+    assert!(r.json["settlement_lag_ms"].is_u64());
+    assert_eq!(r.json["policy_hash"].as_str().unwrap().len(), 64);
+
+    // Metrics mention the routes and the accepted count.
+    let m = raw
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "walletd_http_requests_total{route=\"/v1/accounts/{account}/transactions\",method=\"POST\",status=\"201\"} 4",
+        "walletd_transactions_accepted_total 4",
+        "walletd_transactions_refused_total{reason=\"insufficient_funds\"} 1",
+        "walletd_events{origin=\"eu\"} 4",
+        "walletd_storage_commit_records_bucket",
+        "walletd_replication_bytes_total{direction=\"sent\"}",
+        "walletd_watermark_lag_ms",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_endpoint_is_off_unless_enabled() {
+    let c = Cluster::init("eu");
+    let (url, config) = c.region(0);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[faults]\nenabled = true", "[faults]\nenabled = false"),
+    )
+    .unwrap();
+    let _node = Node::start(&config, url.clone(), c.token(), &[]);
+    let admin = Api::new(&url, &c.admin_token());
+    let r = admin
+        .post_raw("/v1/admin/faults", r#"{"heal":true}"#, None)
+        .await;
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "not_found"));
+}
+
+#[test]
+fn bad_config_fails_with_field_and_reason() {
+    let c = Cluster::init("eu");
+    let (_, config) = c.region(0);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let start = text.find("peer_id = \"").unwrap() + "peer_id = \"".len();
+    let end = start + text[start..].find('"').unwrap();
+    let bad = format!("{}xyz{}", &text[..start], &text[end..]);
+    std::fs::write(&config, bad).unwrap();
+    let (st, err) = run_expect_failure(&config);
+    assert!(!st.success());
+    assert!(
+        err.contains("config error: members[0].peer_id: \"xyz\" is not a valid peer id"),
+        "{err}"
+    );
+    std::fs::write(
+        &config,
+        text.replace("listen = \"127.0.0.1:", "listen = \"nowhere:"),
+    )
+    .unwrap();
+    let (st, err) = run_expect_failure(&config);
+    assert!(!st.success());
+    assert!(err.contains("config error: http.listen"), "{err}");
+}

@@ -1,0 +1,112 @@
+//! Two real regions over the libp2p transport: replication, partition via the fault
+//! endpoint, heal, and the same compensation on both sides.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_regions_replicate_partition_heal_and_agree_on_the_fee() {
+    let c = Cluster::init("eu,us");
+    let eu_node = c.start(0);
+    let us_node = c.start(1);
+    let eu = Api::new(&eu_node.url, &c.token());
+    let us = Api::new(&us_node.url, &c.token());
+    let eu_admin = Api::new(&eu_node.url, &c.admin_token());
+
+    assert_eq!(eu.tx("dana", "deposit", "100", None).await.status, 201);
+    wait_for(
+        "the deposit to reach us",
+        Duration::from_secs(30),
+        || async { us.balance("dana", "USD").await.map(|b| b.0) == Some("100.00".into()) },
+    )
+    .await;
+
+    // Partition: eu cuts itself off; both regions keep accepting.
+    let r = eu_admin
+        .post_raw("/v1/admin/faults", r#"{"isolate":["eu"]}"#, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a = eu.tx("dana", "purchase", "100", None).await;
+    let b = us.tx("dana", "purchase", "100", None).await;
+    assert_eq!((a.status, b.status), (201, 201), "{} {}", a.json, b.json);
+
+    // Heal: both converge on the same events and exactly one fee with the same id.
+    let r = eu_admin
+        .post_raw("/v1/admin/faults", r#"{"heal":true}"#, None)
+        .await;
+    assert_eq!(r.status, 200);
+    let feed = |api: &Api| {
+        let api = Api::new(&api.url, &api.token);
+        async move {
+            let r = api.get("/v1/compensations?limit=100").await;
+            r.json["compensations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    wait_for(
+        "one compensation on both regions",
+        Duration::from_secs(60),
+        || async { feed(&eu).await.len() == 1 && feed(&us).await.len() == 1 },
+    )
+    .await;
+    let fe: Vec<Value> = feed(&eu).await;
+    let fu: Vec<Value> = feed(&us).await;
+    assert_eq!(fe, fu);
+    assert_eq!(fe[0]["type"], "overdraft_fee");
+    assert_eq!(fe[0]["amount"], "5.00");
+    assert_eq!(fe[0]["account"], "dana");
+    let cause = fe[0]["cause"].as_str().unwrap().to_string();
+    assert_eq!(fe[0]["id"], format!("fee:{cause}"));
+    wait_for(
+        "settled balances to agree",
+        Duration::from_secs(30),
+        || async {
+            let x = eu.balance("dana", "USD").await;
+            x.is_some()
+                && x == us.balance("dana", "USD").await
+                && x.as_ref().map(|b| b.1.as_str()) == Some("-105.00")
+        },
+    )
+    .await;
+    // The compensation is readable by id and listed in the account history after its cause.
+    let r = us.get(&format!("/v1/transactions/fee:{cause}")).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["cause"], cause.as_str());
+    let h = us.history("dana").await;
+    let pos_cause = h.iter().position(|t| t["id"] == cause.as_str()).unwrap();
+    assert_eq!(h[pos_cause + 1]["id"], format!("fee:{cause}"));
+    assert_eq!(h[pos_cause]["compensation"], format!("fee:{cause}"));
+    assert_eq!(h.len(), 4);
+    let s = eu.get("/v1/status").await;
+    let us_member = s.json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["region"] == "us")
+        .cloned()
+        .unwrap();
+    assert_eq!(us_member["connected"], true);
+    assert_eq!(us_member["policy_matches"], true);
+}
