@@ -315,7 +315,9 @@ async fn quic_members_exchange_messages() {
             .port()
     };
     let quic = |port: u16| -> libp2p::Multiaddr {
-        format!("/ip4/127.0.0.1/udp/{port}/quic-v1").parse().unwrap()
+        format!("/ip4/127.0.0.1/udp/{port}/quic-v1")
+            .parse()
+            .unwrap()
     };
     let specs = [Spec::new("eu"), Spec::new("us")];
     let ports = [free_udp(), free_udp()];
