@@ -1,0 +1,603 @@
+//! The SPEC §9 invariants, checked on the final state of every region, with an independent
+//! naive re-fold of the settled history (written from the SPEC, not from the core's code) to
+//! cross-check the compensations.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::Serialize;
+use wallet_core::{
+    policy::Applied, AccountId, Action, Body, CompKind, Compensation, Currency, Entry, Event,
+    EventId, FeePer, Policy, Replica, Status,
+};
+
+use crate::engine::Sim;
+
+/// The six invariants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Invariants {
+    /// Identical events, balances and feed everywhere.
+    pub convergence: bool,
+    /// Every acknowledged event in every region's log.
+    pub no_loss: bool,
+    /// One compensation per cause, the expected ones, the same everywhere.
+    pub exactly_once: bool,
+    /// The policy's arithmetic and `reverse` guarantee hold on the settled fold.
+    pub policy_holds: bool,
+    /// Every balance is the signed sum of its events and compensations.
+    pub conservation: bool,
+    /// No second event per key at one region; at most one survives unreversed.
+    pub idempotency: bool,
+}
+
+impl Invariants {
+    /// All hold.
+    pub fn all(&self) -> bool {
+        self.convergence
+            && self.no_loss
+            && self.exactly_once
+            && self.policy_holds
+            && self.conservation
+            && self.idempotency
+    }
+}
+
+/// Outcome figures of the settled fold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Non-duplicate debits that took the settled balance below the floor.
+    pub overdrafts: u64,
+    /// Overdraft fees charged.
+    pub fees: u64,
+    /// Sum of the fees.
+    pub fee_total: Decimal,
+    /// Overdrawing debits reversed.
+    pub reversals: u64,
+    /// Duplicates (same key, same body, two regions) reversed.
+    pub duplicate_reversals: u64,
+    /// Same key, different body: reported, both stand.
+    pub conflicts: u64,
+    /// Sum of negative settled balances (money customers owe).
+    pub debt: Decimal,
+    /// Accounts with a negative settled balance.
+    pub debt_accounts: u64,
+}
+
+/// What the checker found.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    /// The invariants.
+    pub invariants: Invariants,
+    /// Failures: (invariant, detail).
+    pub failures: Vec<(&'static str, String)>,
+    /// Outcome figures.
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Expected {
+    kind: CompKind,
+    cause: EventId,
+    delta: Decimal,
+    related: Option<EventId>,
+    version: u32,
+    account: AccountId,
+    currency: Currency,
+    duplicate: bool,
+}
+
+#[derive(Default)]
+struct PairState {
+    bal: Decimal,
+    in_episode: bool,
+    episode_fee: bool,
+}
+
+/// The fee by SPEC §6: flat + percent × overdrawn, rounded half away from zero to the
+/// currency's minor units, raised to the minimum, lowered to the cap.
+fn naive_fee(a: &Applied, overdrawn: Decimal, currency: Currency) -> Decimal {
+    let raw = a.fee.flat + a.fee.percent * overdrawn / Decimal::ONE_HUNDRED;
+    let mut fee =
+        raw.round_dp_with_strategy(currency.minor_units(), RoundingStrategy::MidpointAwayFromZero);
+    if fee < a.fee.minimum {
+        fee = a.fee.minimum;
+    }
+    if let Some(cap) = a.fee.cap {
+        if fee > cap {
+            fee = cap;
+        }
+    }
+    fee
+}
+
+/// The naive re-fold: every event in total order, one (account, currency) at a time, the way
+/// SPEC §5-§6 describe it. Returns the expected feed and the number of overdrafts.
+fn naive_fold(events: &[&Event], seed: &Policy) -> (Vec<Expected>, u64) {
+    let mut order: Vec<&Event> = events.to_vec();
+    order.sort_by_key(|e| e.key());
+    let mut policies: Vec<Policy> = vec![seed.clone()];
+    let mut pairs: BTreeMap<(AccountId, Currency), PairState> = BTreeMap::new();
+    let mut first_by_key: BTreeMap<(AccountId, Box<str>), &Event> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut overdrafts = 0;
+    for e in order {
+        let tx = match &e.body {
+            Body::Policy(p) => {
+                policies.push((**p).clone());
+                continue;
+            }
+            Body::Tx(tx) => tx,
+        };
+        let version = policies.len() as u32;
+        let policy = policies.last().unwrap_or(seed);
+        let a = policy.applied(tx.account.as_str(), tx.currency);
+        let mut duplicate = false;
+        let mut conflict = None;
+        if let Some(k) = &tx.idempotency_key {
+            match first_by_key.get(&(tx.account.clone(), k.clone())) {
+                None => {
+                    first_by_key.insert((tx.account.clone(), k.clone()), e);
+                }
+                Some(first) => match first.tx() {
+                    Some(ft)
+                        if ft.kind == tx.kind
+                            && ft.amount == tx.amount
+                            && ft.currency == tx.currency
+                            && ft.reference == tx.reference =>
+                    {
+                        duplicate = true
+                    }
+                    _ => conflict = Some(first.id),
+                },
+            }
+        }
+        let st = pairs.entry((tx.account.clone(), tx.currency)).or_default();
+        let delta = if tx.kind.is_debit() {
+            -tx.amount.value()
+        } else {
+            tx.amount.value()
+        };
+        st.bal += delta;
+        let mut comp = None;
+        if duplicate {
+            comp = Some((CompKind::Reversal, -delta));
+        } else if tx.kind.is_debit() && st.bal < a.floor {
+            overdrafts += 1;
+            let overdrawn = (a.floor - st.bal).min(tx.amount.value());
+            if a.action == Action::Reverse && a.reversible.contains(&tx.kind) {
+                comp = Some((CompKind::Reversal, tx.amount.value()));
+            } else {
+                if !st.in_episode {
+                    st.in_episode = true;
+                    st.episode_fee = false;
+                }
+                let due = overdrawn > a.fee.grace
+                    && (a.fee.per == FeePer::Debit || !st.episode_fee);
+                if due {
+                    let fee = naive_fee(&a, overdrawn, tx.currency);
+                    if fee > Decimal::ZERO {
+                        st.episode_fee = true;
+                        comp = Some((CompKind::OverdraftFee, -fee));
+                    }
+                }
+            }
+        } else if st.bal >= a.floor {
+            st.in_episode = false;
+        }
+        if let Some(related) = conflict {
+            out.push(Expected {
+                kind: CompKind::IdempotencyConflict,
+                cause: e.id,
+                delta: Decimal::ZERO,
+                related: Some(related),
+                version,
+                account: tx.account.clone(),
+                currency: tx.currency,
+                duplicate: false,
+            });
+        }
+        if let Some((kind, d)) = comp {
+            st.bal += d;
+            out.push(Expected {
+                kind,
+                cause: e.id,
+                delta: d,
+                related: None,
+                version,
+                account: tx.account.clone(),
+                currency: tx.currency,
+                duplicate,
+            });
+        }
+    }
+    (out, overdrafts)
+}
+
+fn all_events<'a>(r: &'a Replica, regions: &[wallet_core::RegionId]) -> Vec<&'a Event> {
+    let mut v = Vec::new();
+    for o in regions {
+        v.extend(r.origin_events(*o, 0).iter());
+    }
+    v
+}
+
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    events: Vec<&'a Event>,
+    balances: Vec<(AccountId, Currency, Decimal, Decimal)>,
+    feed: &'a [Compensation],
+}
+
+fn snapshot_bytes(r: &Replica, regions: &[wallet_core::RegionId]) -> Vec<u8> {
+    let snap = Snapshot {
+        events: all_events(r, regions),
+        balances: r
+            .all_balances()
+            .into_iter()
+            .map(|(a, c, b)| (a, c, b.provisional, b.settled))
+            .collect(),
+        feed: r.feed(0, usize::MAX),
+    };
+    wallet_core::wire::encode_value(&snap)
+}
+
+struct Failures {
+    list: Vec<(&'static str, String)>,
+}
+
+impl Failures {
+    fn add(&mut self, name: &'static str, detail: String) {
+        // Keep the first few per invariant.
+        if self.list.iter().filter(|(n, _)| *n == name).count() < 5 {
+            self.list.push((name, detail));
+        } else if self.list.iter().filter(|(n, _)| *n == name).count() == 5 {
+            self.list.push((name, "(more failures not shown)".into()));
+        }
+    }
+    fn ok(&self, name: &str) -> bool {
+        !self.list.iter().any(|(n, _)| *n == name)
+    }
+}
+
+/// Checks every invariant on the final state of a finished run.
+pub fn check(sim: &Sim) -> CheckResult {
+    let regions = &sim.cfg.regions;
+    let mut f = Failures { list: Vec::new() };
+    let Some(first) = sim.nodes.first() else {
+        return CheckResult {
+            invariants: Invariants {
+                convergence: true,
+                no_loss: true,
+                exactly_once: true,
+                policy_holds: true,
+                conservation: true,
+                idempotency: true,
+            },
+            failures: Vec::new(),
+            outcome: Outcome::default(),
+        };
+    };
+    let r0 = &first.replica;
+
+    // 1. Convergence.
+    if sim.converged_at.is_none() {
+        let wm: Vec<String> = sim
+            .nodes
+            .iter()
+            .map(|n| format!("{}={:?}/up={}", n.id, n.replica.watermark(), n.up))
+            .collect();
+        f.add(
+            "convergence",
+            format!(
+                "regions did not converge within {} s of healing (watermarks {})",
+                crate::engine::QUIESCE_MAX_MS / 1000,
+                wm.join(" ")
+            ),
+        );
+    }
+    let base = snapshot_bytes(r0, regions);
+    for n in &sim.nodes[1..] {
+        let b = snapshot_bytes(&n.replica, regions);
+        if b != base {
+            f.add(
+                "convergence",
+                format!(
+                    "{} differs from {}: {} vs {} events, {} vs {} feed entries, snapshot {} vs {} bytes",
+                    n.id,
+                    first.id,
+                    n.replica.event_count(),
+                    r0.event_count(),
+                    n.replica.feed_len(),
+                    r0.feed_len(),
+                    b.len(),
+                    base.len()
+                ),
+            );
+        }
+    }
+    drop(base);
+    for n in &sim.nodes {
+        if n.disk.out_of_order > 0 {
+            f.add(
+                "no_loss",
+                format!(
+                    "{}: {} persisted events broke per-origin order (durable prefix assumption)",
+                    n.id, n.disk.out_of_order
+                ),
+            );
+        }
+    }
+
+    // 2. No loss.
+    let w = &sim.workload;
+    for (id, logical) in &sim.acked {
+        let key = w.keys.get(*logical as usize).and_then(|k| k.as_deref());
+        for n in &sim.nodes {
+            match n.replica.event(*id).and_then(Event::tx) {
+                None => f.add(
+                    "no_loss",
+                    format!("acknowledged {id} (request {logical}) is missing at {}", n.id),
+                ),
+                Some(tx) if tx.idempotency_key.as_deref() != key => f.add(
+                    "no_loss",
+                    format!(
+                        "acknowledged {id} (request {logical}) was replaced at {} by another event",
+                        n.id
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    // 3 and 4. Exactly-once and policy, against the naive re-fold.
+    let events0 = all_events(r0, regions);
+    let (expected, overdrafts) = naive_fold(&events0, &sim.cfg.policy);
+    let feed0 = r0.feed(0, usize::MAX);
+    for n in &sim.nodes {
+        let feed = n.replica.feed(0, usize::MAX);
+        let mut per_cause: BTreeMap<(EventId, bool), u32> = BTreeMap::new();
+        for c in feed {
+            let k = (c.cause, c.kind == CompKind::IdempotencyConflict);
+            let e = per_cause.entry(k).or_default();
+            *e += 1;
+            if *e > 1 {
+                f.add(
+                    "exactly_once",
+                    format!("{}: two compensations for cause {}", n.id, c.cause),
+                );
+            }
+        }
+        let ids: Vec<String> = feed.iter().map(Compensation::id).collect();
+        let ids0: Vec<String> = feed0.iter().map(Compensation::id).collect();
+        if ids != ids0 {
+            f.add(
+                "exactly_once",
+                format!(
+                    "{} has compensation ids different from {} ({} vs {})",
+                    n.id,
+                    first.id,
+                    ids.len(),
+                    ids0.len()
+                ),
+            );
+        }
+        if feed.len() != expected.len() {
+            f.add(
+                "exactly_once",
+                format!(
+                    "{}: {} feed entries, the naive re-fold expects {}",
+                    n.id,
+                    feed.len(),
+                    expected.len()
+                ),
+            );
+        }
+        for (i, (c, x)) in feed.iter().zip(&expected).enumerate() {
+            if c.kind != x.kind || c.cause != x.cause || c.related != x.related {
+                f.add(
+                    "exactly_once",
+                    format!(
+                        "{}: feed[{i}] is {} ({:?}), the naive re-fold expects {}:{} ({:?})",
+                        n.id,
+                        c.id(),
+                        c.kind,
+                        x.kind.id_prefix(),
+                        x.cause,
+                        x.kind
+                    ),
+                );
+                break;
+            }
+            if c.delta != x.delta
+                || c.account != x.account
+                || c.currency != x.currency
+                || c.policy_version != x.version
+                || c.position != i as u64
+            {
+                f.add(
+                    "policy_holds",
+                    format!(
+                        "{}: {} changes the balance by {} (policy v{}), the policy says {} (v{})",
+                        n.id,
+                        c.id(),
+                        c.delta,
+                        c.policy_version,
+                        x.delta,
+                        x.version
+                    ),
+                );
+            }
+        }
+    }
+    // The `reverse` guarantee, on the core's own ordered history.
+    let (_, policy) = r0.current_policy();
+    let mut accounts: Vec<AccountId> = r0.all_balances().into_iter().map(|(a, _, _)| a).collect();
+    accounts.dedup();
+    for acct in &accounts {
+        let entries = r0.entries(acct, None, usize::MAX);
+        let mut bal: BTreeMap<Currency, Decimal> = BTreeMap::new();
+        for (k, (_, e)) in entries.iter().enumerate() {
+            match e {
+                Entry::Event { event, settled } => {
+                    let Some(tx) = event.tx() else { continue };
+                    let b = bal.entry(tx.currency).or_default();
+                    *b += tx.delta();
+                    if !*settled {
+                        continue;
+                    }
+                    let a = policy.applied(acct.as_str(), tx.currency);
+                    let reversible = a.action == Action::Reverse && a.reversible.contains(&tx.kind);
+                    if tx.kind.is_debit() && reversible && *b < a.floor {
+                        let reversed = matches!(
+                            entries.get(k + 1),
+                            Some((_, Entry::Compensation(c)))
+                                if c.kind == CompKind::Reversal && c.cause == event.id
+                        );
+                        if !reversed {
+                            f.add(
+                                "policy_holds",
+                                format!(
+                                    "{} {} left the settled balance of {acct} at {} below the floor {} without a reversal",
+                                    tx.kind.as_str(),
+                                    event.id,
+                                    b,
+                                    a.floor
+                                ),
+                            );
+                        }
+                    }
+                }
+                Entry::Compensation(c) => {
+                    *bal.entry(c.currency).or_default() += c.delta;
+                }
+            }
+        }
+    }
+
+    // 5. Conservation.
+    for n in &sim.nodes {
+        let r = &n.replica;
+        let mut sums: BTreeMap<(AccountId, Currency), (Decimal, Decimal)> = BTreeMap::new();
+        for e in all_events(r, regions) {
+            if let Some(tx) = e.tx() {
+                let s = sums.entry((tx.account.clone(), tx.currency)).or_default();
+                s.0 += tx.delta();
+                if r.is_settled(&e.key()) {
+                    s.1 += tx.delta();
+                }
+            }
+        }
+        for c in r.feed(0, usize::MAX) {
+            let s = sums.entry((c.account.clone(), c.currency)).or_default();
+            s.0 += c.delta;
+            s.1 += c.delta;
+        }
+        let mut held: BTreeMap<(AccountId, Currency), (Decimal, Decimal)> = BTreeMap::new();
+        for (a, c, b) in r.all_balances() {
+            held.insert((a, c), (b.provisional, b.settled));
+        }
+        let keys: std::collections::BTreeSet<_> = sums.keys().chain(held.keys()).cloned().collect();
+        for k in keys {
+            let s = sums.get(&k).copied().unwrap_or_default();
+            let h = held.get(&k).copied().unwrap_or_default();
+            if s != h {
+                f.add(
+                    "conservation",
+                    format!(
+                        "{}: {} {} balance provisional {} settled {}, its events and compensations sum to {} / {}",
+                        n.id, k.0, k.1.as_str(), h.0, h.1, s.0, s.1
+                    ),
+                );
+            }
+        }
+    }
+
+    // 6. Idempotency.
+    let mut by_key: BTreeMap<(AccountId, Box<str>), Vec<&Event>> = BTreeMap::new();
+    for e in &events0 {
+        if let Some(tx) = e.tx() {
+            if let Some(k) = &tx.idempotency_key {
+                by_key
+                    .entry((tx.account.clone(), k.clone()))
+                    .or_default()
+                    .push(e);
+            }
+        }
+    }
+    for ((acct, key), evs) in &by_key {
+        let mut origins: Vec<_> = evs.iter().map(|e| e.id.origin).collect();
+        origins.sort();
+        if origins.windows(2).any(|w| w[0] == w[1]) {
+            let ids: Vec<String> = evs.iter().map(|e| e.id.to_string()).collect();
+            f.add(
+                "idempotency",
+                format!(
+                    "key {key:?} of {acct} has two events at one region: {}",
+                    ids.join(", ")
+                ),
+            );
+        }
+        let standing: Vec<&&Event> = evs
+            .iter()
+            .filter(|e| !matches!(r0.status(e.id), Some((Status::Reversed, _))))
+            .collect();
+        let same_body = evs.windows(2).all(|w| match (w[0].tx(), w[1].tx()) {
+            (Some(a), Some(b)) => a.same_body(b),
+            _ => false,
+        });
+        if same_body && standing.len() > 1 {
+            let ids: Vec<String> = standing.iter().map(|e| e.id.to_string()).collect();
+            f.add(
+                "idempotency",
+                format!(
+                    "key {key:?} of {acct}: {} events with the same body stand unreversed ({})",
+                    standing.len(),
+                    ids.join(", ")
+                ),
+            );
+        }
+    }
+
+    // Outcome figures from the settled fold.
+    let mut out = Outcome {
+        overdrafts,
+        ..Outcome::default()
+    };
+    let dup_causes: std::collections::BTreeSet<EventId> = expected
+        .iter()
+        .filter(|x| x.duplicate)
+        .map(|x| x.cause)
+        .collect();
+    for c in feed0 {
+        match c.kind {
+            CompKind::OverdraftFee => {
+                out.fees += 1;
+                out.fee_total += -c.delta;
+            }
+            CompKind::Reversal if dup_causes.contains(&c.cause) => out.duplicate_reversals += 1,
+            CompKind::Reversal => out.reversals += 1,
+            CompKind::IdempotencyConflict => out.conflicts += 1,
+        }
+    }
+    for (_, _, b) in r0.all_balances() {
+        if b.settled < Decimal::ZERO {
+            out.debt -= b.settled;
+            out.debt_accounts += 1;
+        }
+    }
+    let invariants = Invariants {
+        convergence: f.ok("convergence"),
+        no_loss: f.ok("no_loss"),
+        exactly_once: f.ok("exactly_once"),
+        policy_holds: f.ok("policy_holds"),
+        conservation: f.ok("conservation"),
+        idempotency: f.ok("idempotency"),
+    };
+    CheckResult {
+        invariants,
+        failures: f.list,
+        outcome: out,
+    }
+}
+

@@ -1,0 +1,259 @@
+//! Run configuration: workload shape, faults, policy. Every field has a sensible default.
+
+use rust_decimal::Decimal;
+use wallet_core::{Policy, RegionId};
+
+use crate::rng::PPM;
+use crate::scenario::Scenario;
+
+/// Region names given to `--regions N`, in order; beyond these, `r<N>`.
+pub const REGION_NAMES: [&str; 8] = ["eu", "us", "ap", "sa", "af", "me", "oc", "ca"];
+
+/// Most regions a run may have.
+pub const REGIONS_MAX: usize = 16;
+
+/// What the clients send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Number of accounts.
+    pub accounts: u32,
+    /// Number of client transactions (logical requests; retries are extra).
+    pub transactions: u64,
+    /// Client transactions per simulated second (all regions together).
+    pub rate: u64,
+    /// Shares of deposit, purchase, withdrawal, refund (any positive weights).
+    pub mix: [u32; 4],
+    /// Smallest and largest amount, in cents.
+    pub amount_cents: (u64, u64),
+    /// Deposits are drawn this many times larger (accounts need money to spend).
+    pub deposit_multiplier: u64,
+    /// Number of hot accounts (the first ones).
+    pub hot_accounts: u32,
+    /// Share of traffic that goes to the hot accounts, ppm.
+    pub hot_share_ppm: u32,
+    /// Share of requests the client sends again with the same key to the same region, ppm.
+    pub retry_ppm: u32,
+    /// Share of requests whose key is also sent to a second region, ppm.
+    pub two_region_ppm: u32,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            accounts: 100,
+            transactions: 10_000,
+            rate: 200,
+            mix: [40, 40, 12, 8],
+            amount_cents: (100, 20_000),
+            deposit_multiplier: 2,
+            hot_accounts: 5,
+            hot_share_ppm: 300_000,
+            retry_ppm: 50_000,
+            two_region_ppm: 20_000,
+        }
+    }
+}
+
+/// Network, disk and clock faults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Faults {
+    /// Master switch for random faults (`--faults none` turns it off).
+    pub enabled: bool,
+    /// One-way message delay range, ms.
+    pub delay_ms: (u64, u64),
+    /// Message loss, ppm.
+    pub loss_ppm: u32,
+    /// Message duplication, ppm.
+    pub duplicate_ppm: u32,
+    /// Share of messages held back by up to `reorder_extra_ms` so later ones overtake, ppm.
+    pub reorder_ppm: u32,
+    /// Extra delay of a reordered message, ms.
+    pub reorder_extra_ms: u64,
+    /// Random partitions (None: about one per 40 simulated seconds, at least one).
+    pub partitions: Option<u32>,
+    /// Random crashes (None: about one per 60 simulated seconds, at least one, at most 4).
+    pub crashes: Option<u32>,
+    /// Largest random clock skew, ms (each region draws one in ±this).
+    pub max_skew_ms: u64,
+    /// fsync latency range, ms.
+    pub fsync_ms: (u64, u64),
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            enabled: true,
+            delay_ms: (5, 120),
+            loss_ppm: 10_000,
+            duplicate_ppm: 10_000,
+            reorder_ppm: 20_000,
+            reorder_extra_ms: 400,
+            partitions: None,
+            crashes: None,
+            max_skew_ms: 200,
+            fsync_ms: (1, 8),
+        }
+    }
+}
+
+impl Faults {
+    /// No random faults: fixed small delay, no loss, no duplication, no partitions.
+    pub fn none() -> Self {
+        Faults {
+            enabled: false,
+            delay_ms: (5, 5),
+            loss_ppm: 0,
+            duplicate_ppm: 0,
+            reorder_ppm: 0,
+            reorder_extra_ms: 0,
+            partitions: Some(0),
+            crashes: Some(0),
+            max_skew_ms: 0,
+            fsync_ms: (1, 1),
+        }
+    }
+}
+
+/// Everything one run needs.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The seed.
+    pub seed: u64,
+    /// Regions.
+    pub regions: Vec<RegionId>,
+    /// Workload.
+    pub workload: Workload,
+    /// Faults.
+    pub faults: Faults,
+    /// Scripted steps.
+    pub scenario: Scenario,
+    /// The overdraft policy (as the node reads it).
+    pub policy: Policy,
+    /// Label of the policy (file name) for output.
+    pub policy_name: String,
+    /// Anti-entropy period, ms.
+    pub anti_entropy_ms: u64,
+    /// Most events per anti-entropy answer.
+    pub pull_limit: u32,
+    /// Record the time series the HTML report draws (costs memory on long runs).
+    pub record_series: bool,
+    /// Account to chart (None: the hottest).
+    pub chart_account: Option<String>,
+}
+
+impl SimConfig {
+    /// Defaults: 3 regions, 100 accounts, 10,000 transactions, random faults, zero policy.
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            regions: region_names(3),
+            workload: Workload::default(),
+            faults: Faults::default(),
+            scenario: Scenario::default(),
+            policy: Policy::zero(),
+            policy_name: "zero".into(),
+            anti_entropy_ms: 1_000,
+            pull_limit: 4_096,
+            record_series: false,
+            chart_account: None,
+        }
+    }
+}
+
+/// Names for `n` regions.
+pub fn region_names(n: usize) -> Vec<RegionId> {
+    (0..n)
+        .filter_map(|i| match REGION_NAMES.get(i) {
+            Some(name) => RegionId::new(name).ok(),
+            None => RegionId::new(&format!("r{i}")).ok(),
+        })
+        .collect()
+}
+
+/// Parses a share: `5`, `5%`, `0.5%` (percent) into parts per million.
+pub fn parse_ppm(text: &str) -> Result<u32, String> {
+    let t = text.strip_suffix('%').unwrap_or(text);
+    let d = Decimal::from_str_exact(t).map_err(|_| format!("{text:?} is not a percentage"))?;
+    if d.is_sign_negative() || d > Decimal::ONE_HUNDRED {
+        return Err(format!("{text:?} is not between 0 and 100 percent"));
+    }
+    let ppm = d * Decimal::from(PPM / 100);
+    if !ppm.fract().is_zero() {
+        return Err(format!("{text:?} is finer than one part per million"));
+    }
+    u32::try_from(ppm).map_err(|_| format!("{text:?} is out of range"))
+}
+
+/// Parses `A..B` (inclusive) of unsigned integers; a single number means `A..A`.
+pub fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (a, b) = text.split_once("..").unwrap_or((text, text));
+    let a: u64 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: expected A..B with whole numbers"))?;
+    let b: u64 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: expected A..B with whole numbers"))?;
+    if b < a {
+        return Err(format!("{text:?}: the end is below the start"));
+    }
+    Ok((a, b))
+}
+
+/// Parses `A..B` of USD amounts (e.g. `1.00..200.00`) into cents.
+pub fn parse_amount_range(text: &str) -> Result<(u64, u64), String> {
+    let (a, b) = text
+        .split_once("..")
+        .ok_or_else(|| format!("{text:?}: expected MIN..MAX, e.g. 1.00..200.00"))?;
+    let cents = |s: &str| -> Result<u64, String> {
+        let d = Decimal::from_str_exact(s.trim()).map_err(|_| format!("{s:?} is not an amount"))?;
+        let c = d * Decimal::ONE_HUNDRED;
+        if !c.fract().is_zero() || c <= Decimal::ZERO {
+            return Err(format!("{s:?}: amounts are positive with at most 2 decimals"));
+        }
+        u64::try_from(c).map_err(|_| format!("{s:?} is too large"))
+    };
+    let (a, b) = (cents(a)?, cents(b)?);
+    if b < a {
+        return Err(format!("{text:?}: MAX is below MIN"));
+    }
+    if b > 100_000_000_000 {
+        return Err(format!("{text:?}: amounts above 1,000,000,000.00 are not simulated"));
+    }
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppm_parsing() {
+        assert_eq!(parse_ppm("5"), Ok(50_000));
+        assert_eq!(parse_ppm("5%"), Ok(50_000));
+        assert_eq!(parse_ppm("0.5%"), Ok(5_000));
+        assert_eq!(parse_ppm("100"), Ok(1_000_000));
+        assert!(parse_ppm("101").is_err());
+        assert!(parse_ppm("-1").is_err());
+        assert!(parse_ppm("x").is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("3..7"), Ok((3, 7)));
+        assert_eq!(parse_range("5"), Ok((5, 5)));
+        assert!(parse_range("7..3").is_err());
+        assert_eq!(parse_amount_range("1.00..2.5"), Ok((100, 250)));
+        assert!(parse_amount_range("0..1").is_err());
+        assert!(parse_amount_range("1.001..2").is_err());
+    }
+
+    #[test]
+    fn names() {
+        let r = region_names(10);
+        assert_eq!(r.len(), 10);
+        assert_eq!(r[0].as_str(), "eu");
+        assert_eq!(r[9].as_str(), "r9");
+    }
+}

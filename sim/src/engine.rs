@@ -1,0 +1,996 @@
+//! The simulation engine: real [`Replica`]s on a seeded, simulated network, disk and clock.
+//!
+//! One thread, one PRNG seed, one binary heap of timed events ordered by `(time, sequence)`:
+//! the same seed replays the same run bit for bit. Nothing here reads the wall clock or
+//! iterates a hash map.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use wallet_core::{
+    AccountId, CompKind, Config, EventId, Hlc, Message, Output, Record, RegionId, Replica, Report,
+    SubmitError, Submitted, TxRequest,
+};
+
+use crate::config::SimConfig;
+use crate::rng::Rng;
+use crate::scenario::Action;
+use crate::workload::{Workload, CURRENCY};
+
+/// Local clocks start here so that a negative skew never goes below zero.
+pub const CLOCK_BASE_MS: u64 = 1_000_000;
+/// Longest the final phase may take to converge, simulated ms.
+pub const QUIESCE_MAX_MS: u64 = 600_000;
+
+/// What happens at a point in simulated time.
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: u8,
+        from: u8,
+        inc: u32,
+        msg: Message,
+    },
+    Fsync {
+        node: u8,
+        inc: u32,
+        upto: u64,
+    },
+    Timer {
+        node: u8,
+        inc: u32,
+    },
+    AntiEntropy {
+        node: u8,
+        inc: u32,
+    },
+    Fault(Action),
+    Sample,
+}
+
+struct Item {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Item {
+    // Reversed: BinaryHeap is a max-heap, we want the earliest first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pend {
+    Event(usize, u64),
+    Ceiling(Hlc),
+    Watermark(Hlc),
+}
+
+/// The simulated disk of one region: what is durable, and what is written but not yet.
+///
+/// Events are persisted per origin in seq order (the replica merges gap-free), so the durable
+/// events of an origin are always a prefix of the replica's log for it: the disk keeps the
+/// durable count per origin instead of a second copy of every event.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    /// Durable events per origin (index as in the region list).
+    pub durable: Vec<u64>,
+    written: Vec<u64>,
+    /// Durable clock ceiling.
+    pub ceiling: Hlc,
+    /// Durable watermark.
+    pub watermark: Hlc,
+    pending: VecDeque<(u64, Pend)>,
+    fsync_in_flight: bool,
+    /// Persist records that broke the per-origin order (a core bug if ever non-zero).
+    pub out_of_order: u64,
+}
+
+/// One simulated region.
+pub struct Node {
+    /// Its name.
+    pub id: RegionId,
+    /// The real replica (while down: the image its disk is rebuilt from).
+    pub replica: Replica,
+    /// Running.
+    pub up: bool,
+    /// Incremented by every crash: stale timers, fsyncs and messages are dropped.
+    pub inc: u32,
+    /// Clock skew, ms.
+    pub skew: i64,
+    /// Its disk.
+    pub disk: Disk,
+    timer_at: Option<u64>,
+    acks: VecDeque<(u64, u32, EventId)>,
+    lag_q: VecDeque<(u64, Hlc, u64)>,
+    just_submitted: Option<(EventId, u32)>,
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Submissions sent (first sends, retries, second-region copies).
+    pub submissions: u64,
+    /// New events created.
+    pub new_events: u64,
+    /// Submissions answered with an existing event.
+    pub existing: u64,
+    /// Refused for insufficient funds.
+    pub refused_funds: u64,
+    /// Refused for an idempotency conflict.
+    pub refused_conflict: u64,
+    /// Refused otherwise (restoring, frozen, overflow).
+    pub refused_other: u64,
+    /// Sent to a region that was down.
+    pub unavailable: u64,
+    /// Created but lost in a crash before it was durable (the client saw no ack).
+    pub lost_unacked: u64,
+    /// Messages sent (copies per recipient, duplicates included).
+    pub messages: u64,
+    /// Messages lost by the network fault model.
+    pub messages_lost: u64,
+    /// Messages dropped by a partition or a down region.
+    pub messages_cut: u64,
+    /// Bytes replicated (real wire encoding, per copy sent).
+    pub bytes: u64,
+    /// Partitions started.
+    pub partitions: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Pull requests sent.
+    pub pulls: u64,
+    /// Reports by kind: rejected, clock skew, equivocation, policy mismatch, overflow, unknown.
+    pub reports: [u64; 6],
+}
+
+/// Time series for the HTML report.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    /// The charted account.
+    pub account: Option<AccountId>,
+    /// (time ms, per region (provisional, settled) in cents, None while down).
+    pub balances: Vec<(u64, Vec<Option<(i64, i64)>>)>,
+    /// Partitions: (start, end, label).
+    pub partitions: Vec<(u64, u64, String)>,
+    /// Crashes: (region, start, end).
+    pub downtime: Vec<(usize, u64, u64)>,
+    /// Compensations on the charted account: (time, region, kind, cents, id), first emission.
+    pub comps: Vec<(u64, usize, CompKind, i64, String)>,
+    /// Settlement lag samples: (submit time, lag ms).
+    pub lags: Vec<(u64, u64)>,
+}
+
+/// The simulator state.
+pub struct Sim {
+    /// Configuration.
+    pub cfg: SimConfig,
+    /// The workload.
+    pub workload: Workload,
+    /// Regions.
+    pub nodes: Vec<Node>,
+    /// Simulated time, ms.
+    pub now: u64,
+    queue: BinaryHeap<Item>,
+    seq: u64,
+    next_sub: usize,
+    group: Vec<u32>,
+    net: Rng,
+    disk_rng: Rng,
+    faults_on: bool,
+    /// Acknowledged events: (id, logical request).
+    pub acked: Vec<(EventId, u32)>,
+    /// Per logical request: acknowledged (new durable event or an existing one).
+    pub logical_acked: Vec<bool>,
+    /// Per logical request: refused by a replica at least once.
+    pub logical_refused: Vec<bool>,
+    /// Settlement lags (ms from submission to settled at the origin), acked events only.
+    pub lags: Vec<u64>,
+    /// Counters.
+    pub counters: Counters,
+    /// Report series (if recorded).
+    pub series: Series,
+    chart: Option<AccountId>,
+    sample_ms: u64,
+    partition_open: Option<(u64, String)>,
+    down_since: Vec<Option<u64>>,
+    seen_comps: Vec<std::collections::BTreeSet<String>>,
+    out_buf: Vec<Output>,
+    /// When the final phase began (all healed).
+    pub quiesce_start: u64,
+    /// When every region had converged (None: never).
+    pub converged_at: Option<u64>,
+}
+
+fn local(now: u64, skew: i64) -> u64 {
+    let t = CLOCK_BASE_MS.saturating_add(now);
+    if skew >= 0 {
+        t.saturating_add(skew.unsigned_abs())
+    } else {
+        t.saturating_sub(skew.unsigned_abs())
+    }
+}
+
+/// Decimal to cents (for charts only).
+pub fn to_cents(d: Decimal) -> i64 {
+    (d * Decimal::ONE_HUNDRED).trunc().to_i64().unwrap_or(0)
+}
+
+fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
+    let mut c = Config::new(me, cfg.regions.clone(), cfg.policy.clone());
+    c.cluster = "wallet-sim".into();
+    c
+}
+
+impl Sim {
+    /// Builds a run: regions, workload and fault schedule, all from the seed.
+    pub fn new(cfg: SimConfig) -> Sim {
+        let workload = Workload::generate(&cfg);
+        let n = cfg.regions.len();
+        let mut fault_rng = Rng::new(cfg.seed, b"faults");
+        let nodes: Vec<Node> = cfg
+            .regions
+            .iter()
+            .map(|me| {
+                let skew = if cfg.faults.enabled && cfg.faults.max_skew_ms > 0 {
+                    let m = cfg.faults.max_skew_ms;
+                    fault_rng.range(0, 2 * m) as i64 - m as i64
+                } else {
+                    0
+                };
+                Node {
+                    id: *me,
+                    replica: Replica::new(make_config(&cfg, *me), Hlc::ZERO),
+                    up: true,
+                    inc: 0,
+                    skew,
+                    disk: Disk {
+                        durable: vec![0; n],
+                        written: vec![0; n],
+                        ceiling: Hlc::ZERO,
+                        watermark: Hlc::ZERO,
+                        pending: VecDeque::new(),
+                        fsync_in_flight: false,
+                        out_of_order: 0,
+                    },
+                    timer_at: None,
+                    acks: VecDeque::new(),
+                    lag_q: VecDeque::new(),
+                    just_submitted: None,
+                }
+            })
+            .collect();
+        let chart = if cfg.record_series {
+            match &cfg.chart_account {
+                Some(a) => AccountId::new(a).ok(),
+                None => workload
+                    .hottest()
+                    .and_then(|i| workload.accounts.get(i as usize).cloned()),
+            }
+        } else {
+            None
+        };
+        let logical = workload.logical as usize;
+        let mut sim = Sim {
+            net: Rng::new(cfg.seed, b"network"),
+            disk_rng: Rng::new(cfg.seed, b"disk"),
+            faults_on: true,
+            nodes,
+            now: 0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            next_sub: 0,
+            group: vec![0; n],
+            acked: Vec::new(),
+            logical_acked: vec![false; logical],
+            logical_refused: vec![false; logical],
+            lags: Vec::new(),
+            counters: Counters::default(),
+            series: Series {
+                account: chart.clone(),
+                ..Series::default()
+            },
+            chart,
+            sample_ms: (workload.end_ms / 600).max(50),
+            partition_open: None,
+            down_since: vec![None; n],
+            seen_comps: vec![Default::default(); n],
+            out_buf: Vec::new(),
+            quiesce_start: 0,
+            converged_at: None,
+            workload,
+            cfg,
+        };
+        sim.schedule_faults(&mut fault_rng);
+        for i in 0..n {
+            let inc = sim.nodes[i].inc;
+            // Spread anti-entropy rounds over the period.
+            let offset = fault_rng.below(sim.cfg.anti_entropy_ms.max(1));
+            sim.push(offset, Ev::AntiEntropy { node: i as u8, inc });
+            sim.arm_timer(i);
+        }
+        if sim.cfg.record_series {
+            sim.push(0, Ev::Sample);
+        }
+        sim
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Item {
+            at,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn schedule_faults(&mut self, rng: &mut Rng) {
+        let steps: Vec<(u64, Action)> = self
+            .cfg
+            .scenario
+            .steps
+            .iter()
+            .filter(|s| !matches!(s.action, Action::Tx { .. }))
+            .map(|s| (s.at_ms, s.action.clone()))
+            .collect();
+        for (at, a) in steps {
+            self.push(at, Ev::Fault(a));
+        }
+        let f = self.cfg.faults.clone();
+        if !f.enabled {
+            // Explicit counts still apply with --faults none.
+        }
+        let n = self.cfg.regions.len();
+        let dur = self.workload.end_ms.max(1_000);
+        let scripted = self.cfg.scenario.has_faults();
+        let default_random = f.enabled && !scripted;
+        let partitions = f
+            .partitions
+            .unwrap_or(if default_random { (dur / 40_000).max(1) as u32 } else { 0 });
+        if n >= 2 && partitions > 0 {
+            let slot = dur / u64::from(partitions);
+            for k in 0..u64::from(partitions) {
+                let start = slot * k + rng.below(slot / 2 + 1);
+                let len = rng.range((slot / 4).min(1_000), (slot / 2).max(1));
+                let mut groups = vec![Vec::new(), Vec::new()];
+                for r in 0..n {
+                    groups[rng.below(2) as usize].push(r);
+                }
+                if groups[0].is_empty() || groups[1].is_empty() {
+                    let lone = rng.below(n as u64) as usize;
+                    groups = vec![vec![lone], (0..n).filter(|r| *r != lone).collect()];
+                }
+                self.push(start, Ev::Fault(Action::Split(groups)));
+                self.push(start + len, Ev::Fault(Action::Heal));
+            }
+        }
+        let crashes = f.crashes.unwrap_or(if default_random {
+            (dur / 60_000).clamp(1, 4) as u32
+        } else {
+            0
+        });
+        if n >= 1 && crashes > 0 {
+            let slot = dur / u64::from(crashes);
+            for k in 0..u64::from(crashes) {
+                let at = slot * k + rng.below(slot / 2 + 1);
+                let down = rng.range(300.min(slot / 2), (slot / 2).clamp(1, 8_000));
+                let r = rng.below(n as u64) as usize;
+                self.push(at, Ev::Fault(Action::Crash(r)));
+                self.push(at + down, Ev::Fault(Action::Restart(r)));
+            }
+        }
+        if default_random && f.max_skew_ms > 0 && n > 0 {
+            let at = rng.below(dur);
+            let r = rng.below(n as u64) as usize;
+            let m = f.max_skew_ms;
+            let s = rng.range(0, 2 * m) as i64 - m as i64;
+            self.push(at, Ev::Fault(Action::Skew(r, s)));
+        }
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        self.nodes[a].up && self.nodes[b].up && self.group[a] == self.group[b]
+    }
+
+    fn region_index(&self, r: RegionId) -> Option<usize> {
+        self.cfg.regions.iter().position(|x| *x == r)
+    }
+
+    /// Sends one copy of a message (already encoded to `bytes` long) over a link.
+    fn send(&mut self, from: usize, to: usize, msg: Message, bytes: usize) {
+        if !self.connected(from, to) {
+            self.counters.messages_cut += 1;
+            return;
+        }
+        let f = &self.cfg.faults;
+        let (dmin, dmax) = f.delay_ms;
+        let (loss, dup, reorder, extra) = if self.faults_on {
+            (f.loss_ppm, f.duplicate_ppm, f.reorder_ppm, f.reorder_extra_ms)
+        } else {
+            (0, 0, 0, 0)
+        };
+        self.counters.messages += 1;
+        self.counters.bytes += bytes as u64;
+        if self.net.chance(loss) {
+            self.counters.messages_lost += 1;
+            return;
+        }
+        let mut delay = self.net.range(dmin, dmax);
+        if self.net.chance(reorder) {
+            delay += self.net.range(0, extra);
+        }
+        let inc = self.nodes[to].inc;
+        if self.net.chance(dup) {
+            let d2 = self.net.range(dmin, dmax);
+            self.counters.messages += 1;
+            self.counters.bytes += bytes as u64;
+            self.push(
+                self.now + d2,
+                Ev::Deliver {
+                    to: to as u8,
+                    from: from as u8,
+                    inc,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        self.push(
+            self.now + delay,
+            Ev::Deliver {
+                to: to as u8,
+                from: from as u8,
+                inc,
+                msg,
+            },
+        );
+    }
+
+    fn broadcast(&mut self, from: usize, msg: Message) {
+        let peers: Vec<usize> = (0..self.nodes.len())
+            .filter(|j| *j != from && self.connected(from, *j))
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let bytes = wallet_core::wire::encode_message(&msg).len();
+        let last = peers.len() - 1;
+        let mut msg = Some(msg);
+        for (k, j) in peers.into_iter().enumerate() {
+            let m = if k == last {
+                msg.take()
+            } else {
+                msg.clone()
+            };
+            if let Some(m) = m {
+                self.send(from, j, m, bytes);
+            }
+        }
+    }
+
+    fn pull(&mut self, i: usize) {
+        if !self.nodes[i].up {
+            return;
+        }
+        let limit = self.cfg.pull_limit;
+        for j in 0..self.nodes.len() {
+            if j != i && self.connected(i, j) {
+                let m = Message::Pull {
+                    vv: self.nodes[i].replica.version_vector().clone(),
+                    limit,
+                };
+                let bytes = wallet_core::wire::encode_message(&m).len();
+                self.counters.pulls += 1;
+                self.send(i, j, m, bytes);
+            }
+        }
+    }
+
+    fn arm_timer(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        if !node.up {
+            return;
+        }
+        let deadline_local = node.replica.poll_timeout();
+        let base = local(0, node.skew);
+        let at = deadline_local.saturating_sub(base).max(self.now);
+        if node.timer_at.is_none_or(|t| at < t) {
+            let inc = node.inc;
+            self.nodes[i].timer_at = Some(at);
+            self.push(at, Ev::Timer { node: i as u8, inc });
+        }
+    }
+
+    /// Drains a replica's outputs: persist to the simulated disk, send, record.
+    fn drain(&mut self, i: usize) {
+        let mut outs = std::mem::take(&mut self.out_buf);
+        while let Some(o) = self.nodes[i].replica.poll_output() {
+            outs.push(o);
+        }
+        for o in outs.drain(..) {
+            match o {
+                Output::Persist { index, record } => {
+                    let p = match record {
+                        Record::Event(e) => {
+                            let o = self.region_index(e.id.origin).unwrap_or(0);
+                            let node = &mut self.nodes[i];
+                            if e.id.seq != node.disk.written[o] + 1 {
+                                node.disk.out_of_order += 1;
+                            }
+                            node.disk.written[o] = e.id.seq;
+                            if let Some((id, logical)) = node.just_submitted {
+                                if id == e.id {
+                                    node.acks.push_back((index, logical, id));
+                                    node.lag_q.push_back((id.seq, e.hlc, self.now));
+                                    node.just_submitted = None;
+                                }
+                            }
+                            Pend::Event(o, e.id.seq)
+                        }
+                        Record::Ceiling(h) => Pend::Ceiling(h),
+                        Record::Watermark(h) => Pend::Watermark(h),
+                    };
+                    self.nodes[i].disk.pending.push_back((index, p));
+                }
+                Output::Broadcast(m) => self.broadcast(i, m),
+                Output::Compensation(c) => {
+                    if self.chart.as_ref() == Some(&c.account) {
+                        let id = c.id();
+                        if self.seen_comps[i].insert(id.clone()) {
+                            self.series.comps.push((
+                                self.now,
+                                i,
+                                c.kind,
+                                to_cents(c.delta),
+                                id,
+                            ));
+                        }
+                    }
+                }
+                Output::Report(r) => {
+                    let k = match r {
+                        Report::Rejected { .. } => 0,
+                        Report::ClockSkew { .. } => 1,
+                        Report::Equivocation { .. } => 2,
+                        Report::PolicyMismatch { .. } => 3,
+                        Report::Overflow { .. } => 4,
+                        _ => 5,
+                    };
+                    self.counters.reports[k] += 1;
+                }
+            }
+        }
+        self.out_buf = outs;
+        let node = &mut self.nodes[i];
+        if !node.disk.fsync_in_flight {
+            if let Some(&(upto, _)) = node.disk.pending.back() {
+                node.disk.fsync_in_flight = true;
+                let inc = node.inc;
+                let (a, b) = self.cfg.faults.fsync_ms;
+                let d = self.disk_rng.range(a, b);
+                self.push(
+                    self.now + d,
+                    Ev::Fsync {
+                        node: i as u8,
+                        inc,
+                        upto,
+                    },
+                );
+            }
+        }
+        // Settlement lag of own events now below the watermark.
+        let node = &mut self.nodes[i];
+        let w = node.replica.watermark();
+        while let Some(&(_, h, t)) = node.lag_q.front() {
+            if h > w {
+                break;
+            }
+            node.lag_q.pop_front();
+            let lag = self.now - t;
+            self.lags.push(lag);
+            if self.cfg.record_series {
+                self.series.lags.push((t, lag));
+            }
+        }
+        self.arm_timer(i);
+    }
+
+    fn submit(&mut self, k: usize) {
+        let Some(s) = self.workload.submissions.get(k) else {
+            return;
+        };
+        let (region, logical, attempt) = (s.region, s.logical as usize, s.attempt);
+        self.counters.submissions += 1;
+        let req = TxRequest {
+            account: self.workload.accounts[s.account as usize].clone(),
+            kind: s.kind,
+            amount: s.amount,
+            currency: CURRENCY,
+            idempotency_key: self
+                .workload
+                .keys
+                .get(logical)
+                .and_then(|k| k.as_deref().map(str::to_string)),
+            reference: None,
+        };
+        let _ = attempt;
+        let node = &mut self.nodes[region];
+        if !node.up {
+            self.counters.unavailable += 1;
+            return;
+        }
+        let now_l = local(self.now, node.skew);
+        match node.replica.submit(now_l, req) {
+            Ok(Submitted::New(id)) => {
+                self.counters.new_events += 1;
+                node.just_submitted = Some((id, logical as u32));
+            }
+            Ok(Submitted::Existing(_)) => {
+                self.counters.existing += 1;
+                if let Some(a) = self.logical_acked.get_mut(logical) {
+                    *a = true;
+                }
+            }
+            Err(e) => {
+                match e {
+                    SubmitError::InsufficientFunds { .. } => self.counters.refused_funds += 1,
+                    SubmitError::IdempotencyConflict { .. } => {
+                        self.counters.refused_conflict += 1
+                    }
+                    _ => self.counters.refused_other += 1,
+                }
+                if let Some(a) = self.logical_refused.get_mut(logical) {
+                    *a = true;
+                }
+            }
+        }
+        self.drain(region);
+        self.nodes[region].just_submitted = None;
+    }
+
+    fn fault(&mut self, a: Action) {
+        match a {
+            Action::Split(groups) => {
+                for (g, members) in groups.iter().enumerate() {
+                    for r in members {
+                        if let Some(x) = self.group.get_mut(*r) {
+                            *x = g as u32;
+                        }
+                    }
+                }
+                let label = groups
+                    .iter()
+                    .map(|g| {
+                        let names: Vec<&str> =
+                            g.iter().map(|r| self.cfg.regions[*r].as_str()).collect();
+                        format!("{{{}}}", names.join(","))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" | ");
+                self.counters.partitions += 1;
+                if let Some((s, l)) = self.partition_open.take() {
+                    self.series.partitions.push((s, self.now, l));
+                }
+                self.partition_open = Some((self.now, label));
+            }
+            Action::Heal => self.heal(),
+            Action::Crash(r) => self.crash(r),
+            Action::Restart(r) => self.restart(r),
+            Action::Skew(r, ms) => {
+                if let Some(n) = self.nodes.get_mut(r) {
+                    n.skew = ms;
+                    n.timer_at = None;
+                }
+                self.arm_timer(r);
+            }
+            Action::Tx { .. } => {}
+        }
+    }
+
+    fn heal(&mut self) {
+        for g in &mut self.group {
+            *g = 0;
+        }
+        if let Some((s, l)) = self.partition_open.take() {
+            self.series.partitions.push((s, self.now, l));
+        }
+        for i in 0..self.nodes.len() {
+            self.pull(i);
+        }
+    }
+
+    fn crash(&mut self, r: usize) {
+        let Some(node) = self.nodes.get_mut(r) else {
+            return;
+        };
+        if !node.up {
+            return;
+        }
+        node.up = false;
+        node.inc += 1;
+        node.timer_at = None;
+        node.disk.pending.clear();
+        node.disk.fsync_in_flight = false;
+        node.disk.written = node.disk.durable.clone();
+        self.counters.lost_unacked += node.acks.len() as u64;
+        node.acks.clear();
+        let durable_own = node.disk.durable[r];
+        node.lag_q.retain(|(seq, _, _)| *seq <= durable_own);
+        self.counters.crashes += 1;
+        self.down_since[r] = Some(self.now);
+    }
+
+    fn restart(&mut self, r: usize) {
+        if self.nodes.get(r).is_none_or(|n| n.up) {
+            return;
+        }
+        let cfg = make_config(&self.cfg, self.cfg.regions[r]);
+        let node = &self.nodes[r];
+        let mut events = Vec::new();
+        for (o, origin) in self.cfg.regions.iter().enumerate() {
+            let log = node.replica.origin_events(*origin, 0);
+            let n = usize::try_from(node.disk.durable[o])
+                .unwrap_or(usize::MAX)
+                .min(log.len());
+            events.extend_from_slice(&log[..n]);
+        }
+        let mut replica = Replica::new(cfg, node.disk.ceiling);
+        replica.load(events);
+        replica.restore_watermark(node.disk.watermark);
+        let node = &mut self.nodes[r];
+        node.replica = replica;
+        node.up = true;
+        node.timer_at = None;
+        if let Some(s) = self.down_since[r].take() {
+            self.series.downtime.push((r, s, self.now));
+        }
+        self.drain(r);
+        self.pull(r);
+    }
+
+    fn fsync(&mut self, i: usize, upto: u64) {
+        let node = &mut self.nodes[i];
+        node.disk.fsync_in_flight = false;
+        while let Some(&(idx, p)) = node.disk.pending.front() {
+            if idx > upto {
+                break;
+            }
+            node.disk.pending.pop_front();
+            match p {
+                Pend::Event(o, seq) => node.disk.durable[o] = node.disk.durable[o].max(seq),
+                Pend::Ceiling(h) => node.disk.ceiling = node.disk.ceiling.max(h),
+                Pend::Watermark(h) => node.disk.watermark = node.disk.watermark.max(h),
+            }
+        }
+        node.replica.handle_persisted(upto);
+        while let Some(&(idx, logical, id)) = node.acks.front() {
+            if idx > upto {
+                break;
+            }
+            node.acks.pop_front();
+            self.acked.push((id, logical));
+            if let Some(a) = self.logical_acked.get_mut(logical as usize) {
+                *a = true;
+            }
+        }
+        self.drain(i);
+    }
+
+    fn deliver(&mut self, to: usize, from: usize, inc: u32, msg: Message) {
+        if self.nodes[to].inc != inc || !self.connected(from, to) {
+            self.counters.messages_cut += 1;
+            return;
+        }
+        let now_l = local(self.now, self.nodes[to].skew);
+        let from_id = self.cfg.regions[from];
+        match msg {
+            Message::Pull { vv, limit } => {
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                let events = self.nodes[to].replica.missing_for(&vv, limit);
+                if !events.is_empty() {
+                    let m = Message::Events(events);
+                    let bytes = wallet_core::wire::encode_message(&m).len();
+                    self.send(to, from, m, bytes);
+                }
+            }
+            Message::Events(events) => {
+                let full = events.len() >= self.cfg.pull_limit as usize;
+                self.nodes[to]
+                    .replica
+                    .handle_message(now_l, from_id, Message::Events(events));
+                self.drain(to);
+                if full {
+                    // A full answer: there is more to fetch.
+                    let m = Message::Pull {
+                        vv: self.nodes[to].replica.version_vector().clone(),
+                        limit: self.cfg.pull_limit,
+                    };
+                    let bytes = wallet_core::wire::encode_message(&m).len();
+                    self.counters.pulls += 1;
+                    self.send(to, from, m, bytes);
+                }
+            }
+            m @ Message::Heartbeat(_) => {
+                self.nodes[to].replica.handle_message(now_l, from_id, m);
+                self.drain(to);
+            }
+        }
+    }
+
+    fn sample(&mut self) {
+        let Some(acct) = self.chart.clone() else {
+            return;
+        };
+        let row: Vec<Option<(i64, i64)>> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.up.then(|| {
+                    let b = n.replica.balance(&acct, CURRENCY);
+                    (to_cents(b.provisional), to_cents(b.settled))
+                })
+            })
+            .collect();
+        self.series.balances.push((self.now, row));
+    }
+
+    fn step(&mut self, item: Item) {
+        match item.ev {
+            Ev::Deliver { to, from, inc, msg } => {
+                self.deliver(to as usize, from as usize, inc, msg)
+            }
+            Ev::Fsync { node, inc, upto } => {
+                let i = node as usize;
+                if self.nodes[i].inc == inc && self.nodes[i].up {
+                    self.fsync(i, upto);
+                }
+            }
+            Ev::Timer { node, inc } => {
+                let i = node as usize;
+                let n = &mut self.nodes[i];
+                if n.inc == inc && n.up && n.timer_at == Some(item.at) {
+                    n.timer_at = None;
+                    let now_l = local(self.now, n.skew);
+                    n.replica.handle_timeout(now_l);
+                    self.drain(i);
+                }
+            }
+            Ev::AntiEntropy { node, inc } => {
+                let i = node as usize;
+                if self.nodes[i].inc == inc {
+                    self.pull(i);
+                }
+                let next_inc = self.nodes[i].inc;
+                self.push(
+                    self.now + self.cfg.anti_entropy_ms.max(1),
+                    Ev::AntiEntropy {
+                        node,
+                        inc: next_inc,
+                    },
+                );
+            }
+            Ev::Fault(a) => self.fault(a),
+            Ev::Sample => {
+                self.sample();
+                self.push(self.now + self.sample_ms, Ev::Sample);
+            }
+        }
+    }
+
+    /// Runs every event and submission up to simulated time `t` (inclusive).
+    pub fn run_until(&mut self, t: u64) {
+        loop {
+            let next_item = self.queue.peek().map(|i| i.at);
+            let next_sub = self
+                .workload
+                .submissions
+                .get(self.next_sub)
+                .map(|s| s.at_ms);
+            let take_sub = match (next_item, next_sub) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(a), Some(b)) => b < a,
+            };
+            if take_sub {
+                let at = next_sub.unwrap_or(u64::MAX);
+                if at > t {
+                    break;
+                }
+                self.now = self.now.max(at);
+                let k = self.next_sub;
+                self.next_sub += 1;
+                self.submit(k);
+            } else {
+                match next_item {
+                    Some(at) if at <= t => {
+                        if let Some(item) = self.queue.pop() {
+                            self.now = self.now.max(item.at);
+                            self.step(item);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.now = self.now.max(t);
+    }
+
+    /// True when every region is up, holds the same events, and its watermark passes every
+    /// event.
+    pub fn converged(&self) -> bool {
+        if self.nodes.iter().any(|n| !n.up) {
+            return false;
+        }
+        let Some(first) = self.nodes.first() else {
+            return true;
+        };
+        let vv = first.replica.version_vector();
+        if self
+            .nodes
+            .iter()
+            .any(|n| n.replica.version_vector() != vv)
+        {
+            return false;
+        }
+        let mut max_hlc = Hlc::ZERO;
+        for o in &self.cfg.regions {
+            if let Some(e) = first.replica.origin_events(*o, 0).last() {
+                max_hlc = max_hlc.max(e.hlc);
+            }
+        }
+        self.nodes
+            .iter()
+            .all(|n| n.replica.watermark() >= max_hlc && n.lag_q.is_empty() && n.acks.is_empty())
+    }
+
+    /// Runs the whole thing: workload with faults, then heal everything and quiesce until
+    /// converged (or [`QUIESCE_MAX_MS`] passes).
+    pub fn run(&mut self) {
+        let fault_end = self
+            .queue
+            .iter()
+            .filter(|i| matches!(i.ev, Ev::Fault(_)))
+            .map(|i| i.at)
+            .max()
+            .unwrap_or(0);
+        let end = self
+            .workload
+            .end_ms
+            .max(self.cfg.scenario.end_ms())
+            .max(fault_end)
+            + 1;
+        self.run_until(end);
+        // Final phase: no more faults, everything heals and restarts.
+        self.quiesce_start = self.now;
+        self.faults_on = false;
+        self.heal();
+        for r in 0..self.nodes.len() {
+            self.restart(r);
+        }
+        let deadline = self.now + QUIESCE_MAX_MS;
+        while self.now < deadline {
+            let t = self.now + 250;
+            self.run_until(t);
+            if self.converged() {
+                self.converged_at = Some(self.now);
+                break;
+            }
+        }
+        if self.cfg.record_series {
+            self.sample();
+        }
+    }
+}

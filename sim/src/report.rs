@@ -1,0 +1,628 @@
+//! Human summary and the self-contained HTML report (inline SVG, no scripts, no external
+//! files).
+
+use std::fmt::Write as _;
+
+use wallet_core::CompKind;
+
+use crate::run::RunResult;
+
+/// Formats a byte count.
+pub fn human_bytes(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{}.{:02} GiB", b >> 30, ((b % (1 << 30)) * 100) >> 30)
+    } else if b >= 1 << 20 {
+        format!("{}.{:02} MiB", b >> 20, ((b % (1 << 20)) * 100) >> 20)
+    } else if b >= 1 << 10 {
+        format!("{}.{:02} KiB", b >> 10, ((b % (1 << 10)) * 100) >> 10)
+    } else {
+        format!("{b} B")
+    }
+}
+
+fn ms(t: u64) -> String {
+    if t >= 1_000 {
+        format!("{}.{:01} s", t / 1000, (t % 1000) / 100)
+    } else {
+        format!("{t} ms")
+    }
+}
+
+/// The human summary of one run.
+pub fn summary(r: &RunResult) -> String {
+    let m = &r.metrics;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "seed {} · policy {} · regions {} · workload {:016x}",
+        r.seed,
+        r.policy,
+        r.regions.join(","),
+        r.workload_digest
+    );
+    let _ = writeln!(
+        s,
+        "  transactions {} ({} submissions: {} retries, {} to a second region)",
+        m.transactions, m.submissions, m.retries, m.second_region
+    );
+    let _ = writeln!(
+        s,
+        "  accepted {}  refused {}  unacked {}  (lost before durable: {})",
+        m.accepted, m.refused, m.unacked, m.lost_before_durable
+    );
+    let _ = writeln!(
+        s,
+        "  faults: partitions {}  crashes {}  messages {} (lost {})  replicated {} ({} bytes)",
+        m.partitions,
+        m.crashes,
+        m.messages,
+        m.messages_lost,
+        human_bytes(m.bytes_replicated),
+        m.bytes_replicated
+    );
+    let _ = writeln!(
+        s,
+        "  settled: overdrafts {}  fees {} (total {} USD)  reversals {}  duplicate reversals {}  conflicts {}  debt {} USD in {} accounts",
+        m.overdrafts,
+        m.fees,
+        m.fee_total,
+        m.reversals,
+        m.duplicate_reversals,
+        m.conflicts,
+        m.debt,
+        m.debt_accounts
+    );
+    let _ = writeln!(
+        s,
+        "  settle lag p50 {}  p99 {}  max {}  · converged {} after the final heal · simulated {}",
+        ms(m.settle_lag_p50_ms),
+        ms(m.settle_lag_p99_ms),
+        ms(m.settle_lag_max_ms),
+        m.quiesce_ms.map(ms).unwrap_or_else(|| "NEVER".into()),
+        ms(m.simulated_ms)
+    );
+    let _ = writeln!(
+        s,
+        "  wall {:.3} s · {} simulated transactions per wall second",
+        r.wall.as_secs_f64(),
+        r.tx_per_wall_second()
+    );
+    let inv = r.check.invariants;
+    let mark = |b: bool| if b { "ok" } else { "FAILED" };
+    let _ = writeln!(
+        s,
+        "  invariants: convergence {} · no_loss {} · exactly_once {} · policy_holds {} · conservation {} · idempotency {}",
+        mark(inv.convergence),
+        mark(inv.no_loss),
+        mark(inv.exactly_once),
+        mark(inv.policy_holds),
+        mark(inv.conservation),
+        mark(inv.idempotency)
+    );
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+];
+
+struct Frame {
+    w: f64,
+    h: f64,
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+    t0: f64,
+    t1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+impl Frame {
+    fn x(&self, t: u64) -> f64 {
+        let span = (self.t1 - self.t0).max(1.0);
+        self.left + (t as f64 - self.t0) / span * (self.w - self.left - self.right)
+    }
+    fn y(&self, v: f64) -> f64 {
+        let span = (self.y1 - self.y0).max(1.0);
+        self.h - self.bottom - (v - self.y0) / span * (self.h - self.top - self.bottom)
+    }
+}
+
+fn nice_step(span: f64, ticks: f64) -> f64 {
+    let raw = (span / ticks).max(1e-9);
+    let mag = 10f64.powf(raw.log10().floor());
+    let n = raw / mag;
+    let s = if n < 1.5 {
+        1.0
+    } else if n < 3.5 {
+        2.0
+    } else if n < 7.5 {
+        5.0
+    } else {
+        10.0
+    };
+    s * mag
+}
+
+fn axes(out: &mut String, f: &Frame, y_label: &str, y_fmt: &dyn Fn(f64) -> String) {
+    let step_t = nice_step((f.t1 - f.t0) / 1000.0, 8.0) * 1000.0;
+    let mut t = (f.t0 / step_t).ceil() * step_t;
+    while t <= f.t1 {
+        let x = f.x(t as u64);
+        let _ = write!(
+            out,
+            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#555">{}s</text>"##,
+            f.top,
+            f.h - f.bottom,
+            f.h - f.bottom + 14.0,
+            t / 1000.0
+        );
+        t += step_t;
+    }
+    let step_y = nice_step(f.y1 - f.y0, 6.0);
+    let mut v = (f.y0 / step_y).ceil() * step_y;
+    while v <= f.y1 {
+        let y = f.y(v);
+        let _ = write!(
+            out,
+            r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" fill="#555">{}</text>"##,
+            f.left,
+            f.w - f.right,
+            f.left - 6.0,
+            y + 4.0,
+            y_fmt(v)
+        );
+        v += step_y;
+    }
+    let _ = write!(
+        out,
+        r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#999"/><text x="14" y="{:.1}" font-size="12" fill="#333" transform="rotate(-90 14 {:.1})" text-anchor="middle">{}</text><text x="{:.1}" y="{:.1}" font-size="12" fill="#333" text-anchor="middle">simulated time</text>"##,
+        f.left,
+        f.top,
+        f.w - f.left - f.right,
+        f.h - f.top - f.bottom,
+        (f.h - f.bottom + f.top) / 2.0,
+        (f.h - f.bottom + f.top) / 2.0,
+        esc(y_label),
+        (f.left + f.w - f.right) / 2.0,
+        f.h - 4.0
+    );
+}
+
+fn shade_partitions(out: &mut String, f: &Frame, r: &RunResult, labels: bool) {
+    let Some(s) = &r.series else { return };
+    for (a, b, label) in &s.partitions {
+        let (x0, x1) = (f.x(*a), f.x(*b));
+        let _ = write!(
+            out,
+            r##"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#f4b183" fill-opacity="0.25"><title>partition {} from {} to {}</title></rect>"##,
+            f.top,
+            (x1 - x0).max(1.0),
+            f.h - f.top - f.bottom,
+            esc(label),
+            ms(*a),
+            ms(*b)
+        );
+        if labels {
+            let _ = write!(
+                out,
+                r##"<text x="{:.1}" y="{:.1}" font-size="10" fill="#a0522d">{}</text>"##,
+                x0 + 2.0,
+                f.top + 11.0,
+                esc(label)
+            );
+        }
+    }
+    for (region, a, b) in &s.downtime {
+        let (x0, x1) = (f.x(*a), f.x(*b));
+        let y = f.h - f.bottom - 6.0 - (*region as f64) * 5.0;
+        let name = r.regions.get(*region).map(String::as_str).unwrap_or("?");
+        let _ = write!(
+            out,
+            r##"<rect x="{x0:.1}" y="{y:.1}" width="{:.1}" height="4" fill="{}"><title>{} down from {} to {}</title></rect>"##,
+            (x1 - x0).max(2.0),
+            COLORS[region % COLORS.len()],
+            esc(name),
+            ms(*a),
+            ms(*b)
+        );
+    }
+}
+
+fn balance_chart(r: &RunResult) -> String {
+    let Some(s) = &r.series else {
+        return String::new();
+    };
+    let t1 = r.metrics.simulated_ms.max(1) as f64;
+    let mut lo = 0i64;
+    let mut hi = 100i64;
+    for (_, row) in &s.balances {
+        for (p, st) in row.iter().flatten() {
+            lo = lo.min(*p).min(*st);
+            hi = hi.max(*p).max(*st);
+        }
+    }
+    let pad = ((hi - lo) / 20).max(100);
+    let f = Frame {
+        w: 1100.0,
+        h: 460.0,
+        left: 80.0,
+        right: 20.0,
+        top: 20.0,
+        bottom: 40.0,
+        t0: 0.0,
+        t1,
+        y0: (lo - pad) as f64,
+        y1: (hi + pad) as f64,
+    };
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif">"##,
+        f.w, f.h
+    );
+    axes(&mut out, &f, "balance (USD)", &|v| format!("{:.0}", v / 100.0));
+    shade_partitions(&mut out, &f, r, true);
+    let zero = f.y(0.0);
+    let _ = write!(
+        out,
+        r##"<line x1="{:.1}" y1="{zero:.1}" x2="{:.1}" y2="{zero:.1}" stroke="#000" stroke-width="1" stroke-dasharray="2,2"/>"##,
+        f.left,
+        f.w - f.right
+    );
+    for (i, name) in r.regions.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        for (which, dash, width) in [(0usize, "", 1.4), (1usize, "6,3", 2.2)] {
+            let mut seg = String::new();
+            let flush = |seg: &mut String, out: &mut String| {
+                if !seg.is_empty() {
+                    let _ = write!(
+                        out,
+                        r##"<polyline fill="none" stroke="{color}" stroke-width="{width}" stroke-dasharray="{dash}" stroke-opacity="{}" points="{}"><title>{} {}</title></polyline>"##,
+                        if which == 0 { "0.55" } else { "0.95" },
+                        seg.trim_end(),
+                        esc(name),
+                        if which == 0 { "provisional" } else { "settled" }
+                    );
+                    seg.clear();
+                }
+            };
+            for (t, row) in &s.balances {
+                match row.get(i).copied().flatten() {
+                    Some((p, st)) => {
+                        let v = if which == 0 { p } else { st };
+                        let _ = write!(seg, "{:.1},{:.1} ", f.x(*t), f.y(v as f64));
+                    }
+                    None => flush(&mut seg, &mut out),
+                }
+            }
+            flush(&mut seg, &mut out);
+        }
+    }
+    // Compensations: one marker per compensation (at its first emission anywhere).
+    let mut seen = std::collections::BTreeSet::new();
+    for (t, region, kind, cents, id) in &s.comps {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let x = f.x(*t);
+        let (color, label) = match kind {
+            CompKind::OverdraftFee => ("#e67e00", "fee"),
+            CompKind::Reversal => ("#7b2cbf", "reversal"),
+            CompKind::IdempotencyConflict => ("#555", "conflict"),
+        };
+        let y = f.top + 18.0;
+        let _ = write!(
+            out,
+            r##"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{:.1}" stroke="{color}" stroke-opacity="0.35"/><path d="M{:.1},{:.1} l5,-8 l-10,0 z" fill="{color}"><title>{} {} {}.{:02} USD, first settled at {} at {}</title></path>"##,
+            f.h - f.bottom,
+            x,
+            y,
+            label,
+            esc(id),
+            cents.abs() / 100,
+            cents.abs() % 100,
+            esc(r.regions.get(*region).map(String::as_str).unwrap_or("?")),
+            ms(*t)
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
+fn lag_chart(r: &RunResult) -> String {
+    let Some(s) = &r.series else {
+        return String::new();
+    };
+    let t1 = r.metrics.simulated_ms.max(1);
+    const BUCKETS: u64 = 240;
+    let width = (t1 / BUCKETS).max(1);
+    let mut buckets: Vec<Vec<u64>> = vec![Vec::new(); BUCKETS as usize + 1];
+    for (t, lag) in &s.lags {
+        let b = ((t / width) as usize).min(BUCKETS as usize);
+        buckets[b].push(*lag);
+    }
+    let mut hi = 1000u64;
+    for b in &buckets {
+        if let Some(m) = b.iter().max() {
+            hi = hi.max(*m);
+        }
+    }
+    let f = Frame {
+        w: 1100.0,
+        h: 300.0,
+        left: 80.0,
+        right: 20.0,
+        top: 20.0,
+        bottom: 40.0,
+        t0: 0.0,
+        t1: t1 as f64,
+        y0: 0.0,
+        y1: hi as f64 * 1.05,
+    };
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif">"##,
+        f.w, f.h
+    );
+    axes(&mut out, &f, "settlement lag (s)", &|v| format!("{:.1}", v / 1000.0));
+    shade_partitions(&mut out, &f, r, false);
+    for (pct, color, wdt) in [(100usize, "#d62728", 1.2), (50usize, "#1f77b4", 2.0)] {
+        let mut pts = String::new();
+        for (i, b) in buckets.iter_mut().enumerate() {
+            if b.is_empty() {
+                continue;
+            }
+            b.sort_unstable();
+            let v = b[(b.len() - 1) * pct / 100];
+            let t = i as u64 * width + width / 2;
+            let _ = write!(pts, "{:.1},{:.1} ", f.x(t), f.y(v as f64));
+        }
+        let _ = write!(
+            out,
+            r##"<polyline fill="none" stroke="{color}" stroke-width="{wdt}" points="{}"><title>{}</title></polyline>"##,
+            pts.trim_end(),
+            if pct == 50 { "median" } else { "maximum" }
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
+/// The HTML report: the first result's charts, and a comparison table when there are more.
+pub fn html(results: &[RunResult], command: &str) -> String {
+    let mut h = String::new();
+    let Some(r) = results.first() else {
+        return h;
+    };
+    let account = r
+        .series
+        .as_ref()
+        .and_then(|s| s.account.as_ref())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "-".into());
+    let _ = write!(
+        h,
+        r##"<!doctype html><html><head><meta charset="utf-8"><title>wallet-sim seed {}</title><style>
+body{{font-family:sans-serif;margin:24px;color:#222;max-width:1160px}}
+h1{{font-size:22px;margin-bottom:4px}} h2{{font-size:17px;margin-top:28px}}
+table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+th{{background:#f3f3f3}} td.l,th.l{{text-align:left}} .ok{{color:#137333;font-weight:bold}} .bad{{color:#c5221f;font-weight:bold}}
+code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-size:13px}}
+</style></head><body>"##,
+        r.seed
+    );
+    let _ = write!(
+        h,
+        "<h1>wallet-sim report · seed {} · policy {}</h1><p>Regions {} · <code>{}</code></p>",
+        r.seed,
+        esc(&r.policy),
+        esc(&r.regions.join(", ")),
+        esc(command)
+    );
+    h.push_str("<h2>Invariants (SPEC §9)</h2><table><tr>");
+    let inv = r.check.invariants;
+    let items = [
+        ("convergence", inv.convergence),
+        ("no_loss", inv.no_loss),
+        ("exactly_once", inv.exactly_once),
+        ("policy_holds", inv.policy_holds),
+        ("conservation", inv.conservation),
+        ("idempotency", inv.idempotency),
+    ];
+    for (n, _) in items {
+        let _ = write!(h, "<th>{n}</th>");
+    }
+    h.push_str("</tr><tr>");
+    for (_, ok) in items {
+        let _ = write!(
+            h,
+            "<td class=\"{}\">{}</td>",
+            if ok { "ok" } else { "bad" },
+            if ok { "holds" } else { "FAILED" }
+        );
+    }
+    h.push_str("</tr></table>");
+    for (n, d) in &r.check.failures {
+        let _ = write!(h, "<p class=\"bad\">{}: {}</p>", n, esc(d));
+    }
+    let m = &r.metrics;
+    h.push_str("<h2>Figures</h2><table>");
+    let rows: Vec<(&str, String)> = vec![
+        ("transactions", m.transactions.to_string()),
+        ("accepted", m.accepted.to_string()),
+        ("refused", m.refused.to_string()),
+        ("unacked", m.unacked.to_string()),
+        ("overdrafts (settled)", m.overdrafts.to_string()),
+        ("fees", format!("{} ({} USD)", m.fees, m.fee_total)),
+        ("reversals", m.reversals.to_string()),
+        ("duplicate reversals", m.duplicate_reversals.to_string()),
+        ("debt left", format!("{} USD in {} accounts", m.debt, m.debt_accounts)),
+        (
+            "settle lag p50 / p99 / max",
+            format!(
+                "{} / {} / {}",
+                ms(m.settle_lag_p50_ms),
+                ms(m.settle_lag_p99_ms),
+                ms(m.settle_lag_max_ms)
+            ),
+        ),
+        (
+            "replicated",
+            format!("{} in {} messages", human_bytes(m.bytes_replicated), m.messages),
+        ),
+        ("partitions / crashes", format!("{} / {}", m.partitions, m.crashes)),
+        ("simulated time", ms(m.simulated_ms)),
+    ];
+    for (k, v) in rows {
+        let _ = write!(h, "<tr><th class=\"l\">{k}</th><td>{}</td></tr>", esc(&v));
+    }
+    h.push_str("</table>");
+    if results.len() > 1 {
+        h.push_str("<h2>Policies compared (identical workload and faults)</h2>");
+        h.push_str(&compare_table_html(results));
+    }
+    let _ = write!(
+        h,
+        "<h2>Balance of <code>{}</code> per region</h2><p class=\"legend\">",
+        esc(&account)
+    );
+    for (i, name) in r.regions.iter().enumerate() {
+        let _ = write!(
+            h,
+            "<span style=\"color:{}\">■ {}</span>",
+            COLORS[i % COLORS.len()],
+            esc(name)
+        );
+    }
+    h.push_str("<span>thin line: provisional · thick dashed: settled</span><span style=\"color:#e6a070\">■ partition</span><span style=\"color:#e67e00\">▼ fee</span><span style=\"color:#7b2cbf\">▼ reversal</span><span>bars at the bottom: region down</span></p>");
+    h.push_str(&balance_chart(r));
+    h.push_str("<h2>Settlement lag by submission time</h2><p class=\"legend\"><span style=\"color:#1f77b4\">■ median</span><span style=\"color:#d62728\">■ maximum</span><span style=\"color:#e6a070\">■ partition</span></p>");
+    h.push_str(&lag_chart(r));
+    if let Some(s) = &r.series {
+        if !s.comps.is_empty() {
+            let _ = write!(
+                h,
+                "<h2>Compensations on <code>{}</code></h2><table><tr><th class=\"l\">id</th><th>amount (USD)</th><th class=\"l\">first settled at</th><th>time</th></tr>",
+                esc(&account)
+            );
+            let mut seen = std::collections::BTreeSet::new();
+            for (t, region, _, cents, id) in s.comps.iter().take(400) {
+                if !seen.insert(id.clone()) {
+                    continue;
+                }
+                let _ = write!(
+                    h,
+                    "<tr><td class=\"l\">{}</td><td>{}{}.{:02}</td><td class=\"l\">{}</td><td>{}</td></tr>",
+                    esc(id),
+                    if *cents < 0 { "-" } else { "+" },
+                    cents.abs() / 100,
+                    cents.abs() % 100,
+                    esc(r.regions.get(*region).map(String::as_str).unwrap_or("?")),
+                    ms(*t)
+                );
+            }
+            h.push_str("</table>");
+        }
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn compare_rows(results: &[RunResult]) -> Vec<[String; 11]> {
+    results
+        .iter()
+        .map(|r| {
+            let m = &r.metrics;
+            [
+                r.policy.clone(),
+                m.accepted.to_string(),
+                m.refused.to_string(),
+                m.overdrafts.to_string(),
+                m.fees.to_string(),
+                m.fee_total.clone(),
+                m.reversals.to_string(),
+                m.debt.clone(),
+                m.settle_lag_p50_ms.to_string(),
+                m.settle_lag_p99_ms.to_string(),
+                if r.check.invariants.all() {
+                    "ok".into()
+                } else {
+                    "FAILED".into()
+                },
+            ]
+        })
+        .collect()
+}
+
+const COMPARE_HEAD: [&str; 11] = [
+    "policy",
+    "accepted",
+    "refused",
+    "overdrafts",
+    "fees",
+    "fee total",
+    "reversals",
+    "debt left",
+    "lag p50 ms",
+    "lag p99 ms",
+    "invariants",
+];
+
+/// The comparison table as text.
+pub fn compare_table(results: &[RunResult]) -> String {
+    let rows = compare_rows(results);
+    let mut widths: Vec<usize> = COMPARE_HEAD.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let mut s = String::new();
+    for (i, h) in COMPARE_HEAD.iter().enumerate() {
+        if i == 0 {
+            let _ = write!(s, "{:<w$}", h, w = widths[i]);
+        } else {
+            let _ = write!(s, "  {:>w$}", h, w = widths[i]);
+        }
+    }
+    s.push('\n');
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if i == 0 {
+                let _ = write!(s, "{:<w$}", c, w = widths[i]);
+            } else {
+                let _ = write!(s, "  {:>w$}", c, w = widths[i]);
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn compare_table_html(results: &[RunResult]) -> String {
+    let mut s = String::from("<table><tr>");
+    for (i, h) in COMPARE_HEAD.iter().enumerate() {
+        let _ = write!(s, "<th{}>{h}</th>", if i == 0 { " class=\"l\"" } else { "" });
+    }
+    s.push_str("</tr>");
+    for r in compare_rows(results) {
+        s.push_str("<tr>");
+        for (i, c) in r.iter().enumerate() {
+            let _ = write!(s, "<td{}>{}</td>", if i == 0 { " class=\"l\"" } else { "" }, esc(c));
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</table>");
+    s
+}

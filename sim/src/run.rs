@@ -1,0 +1,219 @@
+//! One run end to end: simulate, check, measure.
+
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::check::{check, CheckResult, Invariants};
+use crate::config::SimConfig;
+use crate::engine::{Counters, Series, Sim};
+use crate::workload::{Attempt, CURRENCY};
+
+/// Figures of one run (the JSON `metrics` object).
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    /// Client transactions (logical requests).
+    pub transactions: u64,
+    /// Acknowledged to the client.
+    pub accepted: u64,
+    /// Refused by the replica and never acknowledged.
+    pub refused: u64,
+    /// Neither: sent to a down region, or lost in a crash before durable (and not retried).
+    pub unacked: u64,
+    /// Submissions including retries and second-region copies.
+    pub submissions: u64,
+    /// Client retries (same key, same region).
+    pub retries: u64,
+    /// Same key sent to a second region.
+    pub second_region: u64,
+    /// Debits that took the settled balance below the floor.
+    pub overdrafts: u64,
+    /// Overdraft fees.
+    pub fees: u64,
+    /// Sum of overdraft fees (USD).
+    pub fee_total: String,
+    /// Overdrawing debits reversed.
+    pub reversals: u64,
+    /// Duplicates reversed.
+    pub duplicate_reversals: u64,
+    /// Idempotency conflicts reported.
+    pub conflicts: u64,
+    /// Money owed: sum of negative settled balances (USD).
+    pub debt: String,
+    /// Accounts with a negative settled balance.
+    pub debt_accounts: u64,
+    /// Median ms from submission to settled at the origin.
+    pub settle_lag_p50_ms: u64,
+    /// 99th percentile of the same.
+    pub settle_lag_p99_ms: u64,
+    /// Largest.
+    pub settle_lag_max_ms: u64,
+    /// Bytes sent between regions (real wire encoding, every copy).
+    pub bytes_replicated: u64,
+    /// Messages sent between regions.
+    pub messages: u64,
+    /// Messages lost by the fault model.
+    pub messages_lost: u64,
+    /// Partitions.
+    pub partitions: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Events created and lost in a crash before durable (never acknowledged).
+    pub lost_before_durable: u64,
+    /// Reports raised by replicas: rejected events, clock skew, equivocation.
+    pub reports: u64,
+    /// Simulated ms until every region converged after the final heal (None: never).
+    pub quiesce_ms: Option<u64>,
+    /// Simulated duration, ms.
+    pub simulated_ms: u64,
+    /// Wall-clock seconds (null unless --timing: the only non-deterministic field).
+    pub wall_seconds: Option<f64>,
+}
+
+/// The result of one run.
+pub struct RunResult {
+    /// Seed.
+    pub seed: u64,
+    /// Policy label.
+    pub policy: String,
+    /// Invariants and outcome.
+    pub check: CheckResult,
+    /// Figures.
+    pub metrics: Metrics,
+    /// Raw counters.
+    pub counters: Counters,
+    /// Report series (if recorded).
+    pub series: Option<Series>,
+    /// Wall time.
+    pub wall: Duration,
+    /// Digest of the request stream.
+    pub workload_digest: u64,
+    /// Region names.
+    pub regions: Vec<String>,
+}
+
+/// The JSON object of one run.
+#[derive(Serialize)]
+pub struct JsonRun<'a> {
+    /// Seed.
+    pub seed: u64,
+    /// Policy label.
+    pub policy: &'a str,
+    /// Workload digest (hex): equal digests, identical request streams.
+    pub workload: String,
+    /// Invariants.
+    pub invariants: Invariants,
+    /// Failures, "invariant: detail".
+    pub failures: Vec<String>,
+    /// Figures.
+    pub metrics: &'a Metrics,
+}
+
+impl RunResult {
+    /// The JSON object (`wall_seconds` already decided by the caller).
+    pub fn json(&self) -> JsonRun<'_> {
+        JsonRun {
+            seed: self.seed,
+            policy: &self.policy,
+            workload: format!("{:016x}", self.workload_digest),
+            invariants: self.check.invariants,
+            failures: self
+                .check
+                .failures
+                .iter()
+                .map(|(n, d)| format!("{n}: {d}"))
+                .collect(),
+            metrics: &self.metrics,
+        }
+    }
+
+    /// Simulated transactions per wall second.
+    pub fn tx_per_wall_second(&self) -> u64 {
+        let us = self.wall.as_micros().max(1);
+        (u128::from(self.metrics.transactions) * 1_000_000 / us) as u64
+    }
+}
+
+fn percentile(sorted: &[u64], p: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = (sorted.len() - 1) * p / 100;
+    sorted[i]
+}
+
+/// Runs one seed.
+pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
+    let started = Instant::now();
+    let seed = cfg.seed;
+    let policy = cfg.policy_name.clone();
+    let record = cfg.record_series;
+    let regions = cfg.regions.iter().map(|r| r.to_string()).collect();
+    let mut sim = Sim::new(cfg);
+    sim.run();
+    let check = check(&sim);
+    let wall = started.elapsed();
+    let w = &sim.workload;
+    let transactions = u64::from(w.logical);
+    let accepted = sim.logical_acked.iter().filter(|a| **a).count() as u64;
+    let refused = sim
+        .logical_acked
+        .iter()
+        .zip(&sim.logical_refused)
+        .filter(|(a, r)| !**a && **r)
+        .count() as u64;
+    let mut lags = std::mem::take(&mut sim.lags);
+    lags.sort_unstable();
+    let c = &sim.counters;
+    let render = |d: Decimal| CURRENCY.render(d);
+    let metrics = Metrics {
+        transactions,
+        accepted,
+        refused,
+        unacked: transactions - accepted - refused,
+        submissions: c.submissions,
+        retries: w
+            .submissions
+            .iter()
+            .filter(|s| s.attempt == Attempt::Retry)
+            .count() as u64,
+        second_region: w
+            .submissions
+            .iter()
+            .filter(|s| s.attempt == Attempt::SecondRegion)
+            .count() as u64,
+        overdrafts: check.outcome.overdrafts,
+        fees: check.outcome.fees,
+        fee_total: render(check.outcome.fee_total),
+        reversals: check.outcome.reversals,
+        duplicate_reversals: check.outcome.duplicate_reversals,
+        conflicts: check.outcome.conflicts,
+        debt: render(check.outcome.debt),
+        debt_accounts: check.outcome.debt_accounts,
+        settle_lag_p50_ms: percentile(&lags, 50),
+        settle_lag_p99_ms: percentile(&lags, 99),
+        settle_lag_max_ms: lags.last().copied().unwrap_or(0),
+        bytes_replicated: c.bytes,
+        messages: c.messages,
+        messages_lost: c.messages_lost,
+        partitions: c.partitions,
+        crashes: c.crashes,
+        lost_before_durable: c.lost_unacked,
+        reports: c.reports.iter().sum(),
+        quiesce_ms: sim.converged_at.map(|t| t - sim.quiesce_start),
+        simulated_ms: sim.now,
+        wall_seconds: timing.then(|| wall.as_secs_f64()),
+    };
+    RunResult {
+        seed,
+        policy,
+        check,
+        metrics,
+        counters: sim.counters.clone(),
+        series: record.then(|| std::mem::take(&mut sim.series)),
+        wall,
+        workload_digest: sim.workload.digest,
+        regions,
+    }
+}

@@ -1,0 +1,329 @@
+//! Scripted scenarios: a small line-oriented text format.
+//!
+//! ```text
+//! # comment
+//! t=1s    deposit  eu alice 100.00          # client transaction (optional key=K)
+//! t=10s   split {eu} | {us, ap}             # partition into groups
+//! t=20s   crash us                          # loses whatever us had not made durable
+//! t=25s   restart us
+//! t=40s   heal                              # every link back
+//! t=5s    skew ap +300ms                    # ap's clock runs 300 ms ahead from now on
+//! t=12s   isolate ap                        # shorthand for split {ap} | {everyone else}
+//! ```
+//!
+//! Times are `ms`, `s` or `m`, decimals allowed (`1.5s`) if they land on a whole millisecond.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use wallet_core::{AccountId, Amount, Currency, Kind, RegionId};
+
+/// A parse error: the line (from 1) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct ScenarioError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// One scripted action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Partition into groups (indices into the region list).
+    Split(Vec<Vec<usize>>),
+    /// Every link back.
+    Heal,
+    /// The region crashes.
+    Crash(usize),
+    /// The region restarts from its durable disk.
+    Restart(usize),
+    /// The region's clock is `ms` ahead (negative: behind) of simulated time from now on.
+    Skew(usize, i64),
+    /// A client transaction.
+    Tx {
+        /// Region it is sent to.
+        region: usize,
+        /// Account.
+        account: AccountId,
+        /// Kind.
+        kind: Kind,
+        /// Amount in the scenario currency.
+        amount: Amount,
+        /// Idempotency key, if given.
+        key: Option<String>,
+    },
+}
+
+/// A scripted step: when, what, and the line it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Simulated time, ms.
+    pub at_ms: u64,
+    /// What happens.
+    pub action: Action,
+    /// Source line (for messages).
+    pub line: usize,
+}
+
+/// A parsed scenario, steps sorted by time (stable in file order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scenario {
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+impl Scenario {
+    /// True if the scenario scripts any fault (split, crash, skew).
+    pub fn has_faults(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| !matches!(s.action, Action::Tx { .. }))
+    }
+
+    /// Latest step time.
+    pub fn end_ms(&self) -> u64 {
+        self.steps.iter().map(|s| s.at_ms).max().unwrap_or(0)
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} steps", self.steps.len())
+    }
+}
+
+fn err(line: usize, reason: impl Into<String>) -> ScenarioError {
+    ScenarioError {
+        line,
+        reason: reason.into(),
+    }
+}
+
+/// Parses a duration such as `250ms`, `10s`, `1.5s`, `2m` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let (num, mult) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1u64)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        return Err(format!(
+            "{text:?} has no unit: write e.g. 250ms, 10s or 2m"
+        ));
+    };
+    let d = Decimal::from_str_exact(num)
+        .map_err(|_| format!("{text:?} is not a number followed by ms, s or m"))?;
+    if d.is_sign_negative() {
+        return Err(format!("{text:?} is negative"));
+    }
+    let ms = d
+        .checked_mul(Decimal::from(mult))
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if !ms.fract().is_zero() {
+        return Err(format!("{text:?} is not a whole number of milliseconds"));
+    }
+    u64::try_from(ms).map_err(|_| format!("{text:?} is too large"))
+}
+
+fn parse_signed_ms(text: &str) -> Result<i64, String> {
+    let (neg, rest) = match text.as_bytes().first() {
+        Some(b'+') => (false, &text[1..]),
+        Some(b'-') => (true, &text[1..]),
+        _ => return Err(format!("{text:?}: a skew needs a sign, e.g. +300ms or -1s")),
+    };
+    let ms = parse_duration_ms(rest)?;
+    let ms = i64::try_from(ms).map_err(|_| format!("{text:?} is too large"))?;
+    if ms > 3_600_000 {
+        return Err(format!("{text:?}: skews beyond one hour are not simulated"));
+    }
+    Ok(if neg { -ms } else { ms })
+}
+
+fn region_index(regions: &[RegionId], name: &str, line: usize) -> Result<usize, ScenarioError> {
+    regions
+        .iter()
+        .position(|r| r.as_str() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = regions.iter().map(|r| r.as_str()).collect();
+            err(
+                line,
+                format!(
+                    "unknown region {name:?} (this run has {})",
+                    names.join(", ")
+                ),
+            )
+        })
+}
+
+fn parse_groups(
+    regions: &[RegionId],
+    spec: &str,
+    line: usize,
+) -> Result<Vec<Vec<usize>>, ScenarioError> {
+    let mut groups = Vec::new();
+    let mut seen = vec![false; regions.len()];
+    for part in spec.split('|') {
+        let p = part.trim();
+        let inner = p
+            .strip_prefix('{')
+            .and_then(|x| x.strip_suffix('}'))
+            .ok_or_else(|| {
+                err(
+                    line,
+                    format!("group {p:?} must be written in braces, e.g. {{eu, us}}"),
+                )
+            })?;
+        let mut g = Vec::new();
+        for name in inner.split(',') {
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(err(line, format!("empty region name in group {p:?}")));
+            }
+            let i = region_index(regions, name, line)?;
+            if seen[i] {
+                return Err(err(line, format!("region {name:?} is in two groups")));
+            }
+            seen[i] = true;
+            g.push(i);
+        }
+        groups.push(g);
+    }
+    if groups.len() < 2 {
+        return Err(err(line, "a split needs at least two groups: {a} | {b}"));
+    }
+    if let Some(i) = seen.iter().position(|s| !s) {
+        return Err(err(
+            line,
+            format!(
+                "region {:?} is in no group: list every region in a split",
+                regions[i].as_str()
+            ),
+        ));
+    }
+    Ok(groups)
+}
+
+/// Parses scenario text for a run with these regions. Errors name the line and the reason.
+pub fn parse(text: &str, regions: &[RegionId], currency: Currency) -> Result<Scenario, ScenarioError> {
+    let mut steps = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = n + 1;
+        let content = raw.split('#').next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        let (t, rest) = content
+            .split_once(char::is_whitespace)
+            .unwrap_or((content, ""));
+        let t = t.strip_prefix("t=").ok_or_else(|| {
+            err(
+                line,
+                format!("expected a time such as t=10s at the start, found {t:?}"),
+            )
+        })?;
+        let at_ms = parse_duration_ms(t).map_err(|r| err(line, r))?;
+        let rest = rest.trim();
+        let (verb, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let args = args.trim();
+        let words: Vec<&str> = args.split_whitespace().collect();
+        let one_region = |what: &str| -> Result<usize, ScenarioError> {
+            match words.as_slice() {
+                [r] => region_index(regions, r, line),
+                _ => Err(err(line, format!("expected `{what} <region>`"))),
+            }
+        };
+        let action = match verb {
+            "split" => Action::Split(parse_groups(regions, args, line)?),
+            "isolate" => {
+                let i = one_region("isolate")?;
+                let others: Vec<usize> = (0..regions.len()).filter(|j| *j != i).collect();
+                if others.is_empty() {
+                    return Err(err(line, "cannot isolate the only region"));
+                }
+                Action::Split(vec![vec![i], others])
+            }
+            "heal" => {
+                if !words.is_empty() {
+                    return Err(err(line, "`heal` takes no arguments"));
+                }
+                Action::Heal
+            }
+            "crash" => Action::Crash(one_region("crash")?),
+            "restart" => Action::Restart(one_region("restart")?),
+            "skew" => match words.as_slice() {
+                [r, s] => Action::Skew(
+                    region_index(regions, r, line)?,
+                    parse_signed_ms(s).map_err(|r| err(line, r))?,
+                ),
+                _ => return Err(err(line, "expected `skew <region> +300ms`")),
+            },
+            "deposit" | "purchase" | "withdrawal" | "refund" => {
+                let kind = Kind::parse(verb).ok_or_else(|| err(line, "unknown kind"))?;
+                let (r, a, amt, key) = match words.as_slice() {
+                    [r, a, amt] => (r, a, amt, None),
+                    [r, a, amt, k] => {
+                        let key = k.strip_prefix("key=").ok_or_else(|| {
+                            err(line, format!("expected key=<idempotency key>, found {k:?}"))
+                        })?;
+                        wallet_core::id::check_idempotency_key(key)
+                            .map_err(|e| err(line, e.to_string()))?;
+                        (r, a, amt, Some(key.to_string()))
+                    }
+                    _ => {
+                        return Err(err(
+                            line,
+                            format!("expected `{verb} <region> <account> <amount> [key=K]`"),
+                        ))
+                    }
+                };
+                Action::Tx {
+                    region: region_index(regions, r, line)?,
+                    account: AccountId::new(a).map_err(|e| err(line, e.to_string()))?,
+                    kind,
+                    amount: Amount::parse(amt, currency).map_err(|e| err(line, e.to_string()))?,
+                    key,
+                }
+            }
+            "" => return Err(err(line, "missing action after the time")),
+            other => {
+                return Err(err(
+                    line,
+                    format!(
+                        "unknown action {other:?}: expected split, isolate, heal, crash, restart, skew, deposit, purchase, withdrawal or refund"
+                    ),
+                ))
+            }
+        };
+        steps.push(Step {
+            at_ms,
+            action,
+            line,
+        });
+    }
+    steps.sort_by_key(|s| s.at_ms);
+    // Replay crash/restart in time order to reject impossible sequences.
+    let mut down = vec![false; regions.len()];
+    for s in &steps {
+        match s.action {
+            Action::Crash(r) if down[r] => {
+                return Err(err(
+                    s.line,
+                    format!("crash {}: it is already down", regions[r]),
+                ))
+            }
+            Action::Crash(r) => down[r] = true,
+            Action::Restart(r) if !down[r] => {
+                return Err(err(
+                    s.line,
+                    format!("restart {}: it is not down (crash it first)", regions[r]),
+                ))
+            }
+            Action::Restart(r) => down[r] = false,
+            _ => {}
+        }
+    }
+    Ok(Scenario { steps })
+}

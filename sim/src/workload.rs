@@ -1,0 +1,218 @@
+//! The client workload, generated up front from its own PRNG stream so that it is identical
+//! whatever the policy or the network does (`--compare-policies` depends on this).
+
+use rust_decimal::Decimal;
+use wallet_core::{AccountId, Amount, Currency, Kind};
+
+use crate::config::SimConfig;
+use crate::rng::Rng;
+use crate::scenario::Action;
+
+/// Why a submission is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The first send.
+    First,
+    /// The client sends it again with the same key to the same region.
+    Retry,
+    /// The same key sent to a second region.
+    SecondRegion,
+}
+
+/// One client submission.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// Simulated time, ms.
+    pub at_ms: u64,
+    /// Target region index.
+    pub region: usize,
+    /// Account index into [`Workload::accounts`].
+    pub account: u32,
+    /// Kind.
+    pub kind: Kind,
+    /// Amount.
+    pub amount: Amount,
+    /// Logical request number (retries share it).
+    pub logical: u32,
+    /// Why it is sent.
+    pub attempt: Attempt,
+}
+
+/// The generated workload.
+#[derive(Debug, Clone, Default)]
+pub struct Workload {
+    /// Accounts by index.
+    pub accounts: Vec<AccountId>,
+    /// Submissions in time order.
+    pub submissions: Vec<Submission>,
+    /// Idempotency key per logical request (None: sent without a key).
+    pub keys: Vec<Option<Box<str>>>,
+    /// Number of logical requests.
+    pub logical: u32,
+    /// Time of the last submission, ms.
+    pub end_ms: u64,
+    /// A digest of the request stream (equal digests: identical workloads).
+    pub digest: u64,
+}
+
+/// The currency every generated transaction uses.
+pub const CURRENCY: Currency = Currency::USD;
+
+fn cents(c: u64) -> Option<Amount> {
+    Amount::new(Decimal::new(i64::try_from(c).ok()?, 2), CURRENCY).ok()
+}
+
+impl Workload {
+    /// Generates the workload of a run.
+    pub fn generate(cfg: &SimConfig) -> Workload {
+        let w = &cfg.workload;
+        let mut rng = Rng::new(cfg.seed, b"workload");
+        let mut accounts: Vec<AccountId> = (0..w.accounts)
+            .filter_map(|i| AccountId::new(&format!("acct-{i:04}")).ok())
+            .collect();
+        let mut subs = Vec::new();
+        let mut keys = Vec::new();
+        let mut logical: u32 = 0;
+        // Scripted transactions first.
+        for step in &cfg.scenario.steps {
+            if let Action::Tx {
+                region,
+                account,
+                kind,
+                amount,
+                key,
+            } = &step.action
+            {
+                let idx = match accounts.iter().position(|a| a == account) {
+                    Some(i) => i,
+                    None => {
+                        accounts.push(account.clone());
+                        accounts.len() - 1
+                    }
+                };
+                subs.push(Submission {
+                    at_ms: step.at_ms,
+                    region: *region,
+                    account: idx as u32,
+                    kind: *kind,
+                    amount: *amount,
+                    logical,
+                    attempt: Attempt::First,
+                });
+                keys.push(key.as_deref().map(Box::from));
+                logical += 1;
+            }
+        }
+        let regions = cfg.regions.len().max(1) as u64;
+        let total_mix: u64 = w.mix.iter().map(|m| u64::from(*m)).sum::<u64>().max(1);
+        let n_accounts = u64::from(w.accounts);
+        let hot = u64::from(w.hot_accounts.min(w.accounts));
+        for i in 0..w.transactions {
+            if n_accounts == 0 {
+                break;
+            }
+            let at_ms = i.saturating_mul(1_000) / w.rate.max(1);
+            let region = rng.below(regions) as usize;
+            let account = if hot > 0 && rng.chance(w.hot_share_ppm) {
+                rng.below(hot)
+            } else {
+                rng.below(n_accounts)
+            } as u32;
+            let mut pick = rng.below(total_mix);
+            let mut kind = Kind::Deposit;
+            for (k, share) in Kind::ALL.iter().zip(w.mix) {
+                if pick < u64::from(share) {
+                    kind = *k;
+                    break;
+                }
+                pick -= u64::from(share);
+            }
+            let (lo, hi) = w.amount_cents;
+            // Mostly small amounts, some up to the maximum.
+            let mut c = if rng.chance(600_000) {
+                rng.range(lo, lo + (hi - lo) / 10)
+            } else {
+                rng.range(lo, hi)
+            };
+            if kind == Kind::Deposit {
+                c = c.saturating_mul(w.deposit_multiplier.max(1));
+            }
+            let Some(amount) = cents(c) else { continue };
+            let retry = rng.chance(w.retry_ppm);
+            let retry_after = rng.range(100, 3_000);
+            let second = regions > 1 && rng.chance(w.two_region_ppm);
+            let second_region = (region as u64 + 1 + rng.below(regions - 1)) as usize % regions as usize;
+            let second_after = rng.range(0, 80);
+            let base = Submission {
+                at_ms,
+                region,
+                account,
+                kind,
+                amount,
+                logical,
+                attempt: Attempt::First,
+            };
+            if retry {
+                subs.push(Submission {
+                    at_ms: at_ms + retry_after,
+                    attempt: Attempt::Retry,
+                    ..base.clone()
+                });
+            }
+            if second {
+                subs.push(Submission {
+                    at_ms: at_ms + second_after,
+                    region: second_region,
+                    attempt: Attempt::SecondRegion,
+                    ..base.clone()
+                });
+            }
+            subs.push(base);
+            keys.push(Some(format!("k{logical}").into()));
+            logical += 1;
+        }
+        // Stable: same time keeps generation order (first sends before their copies).
+        subs.sort_by_key(|s| (s.at_ms, s.logical, s.attempt as u8));
+        let end_ms = subs.last().map(|s| s.at_ms).unwrap_or(0);
+        let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |v: u64| {
+            for b in v.to_le_bytes() {
+                digest ^= u64::from(b);
+                digest = digest.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for s in &subs {
+            mix(s.at_ms);
+            mix(s.region as u64);
+            mix(u64::from(s.account));
+            mix(s.kind as u64);
+            mix(u64::try_from(s.amount.value().mantissa()).unwrap_or(0));
+            mix(u64::from(s.logical));
+        }
+        Workload {
+            accounts,
+            submissions: subs,
+            keys,
+            logical,
+            end_ms,
+            digest,
+        }
+    }
+
+    /// The account with the most submissions (lowest index on ties).
+    pub fn hottest(&self) -> Option<u32> {
+        let mut counts = vec![0u64; self.accounts.len()];
+        for s in &self.submissions {
+            if let Some(c) = counts.get_mut(s.account as usize) {
+                *c += 1;
+            }
+        }
+        let mut best: Option<(u64, u32)> = None;
+        for (i, c) in counts.iter().enumerate() {
+            if best.is_none_or(|(bc, _)| *c > bc) {
+                best = Some((*c, i as u32));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+}
