@@ -1,1 +1,229 @@
-fn main() {}
+//! wallet-core benchmark: merge throughput, settled-fold throughput, balance reads at 10 vs
+//! 1,000,000 events of history, and resident memory per event held.
+//!
+//! Run with `cargo bench -p wallet-core --bench core_bench`. `CORE_BENCH_EVENTS=N` changes
+//! the history length (default 1,000,000); `CORE_BENCH_SIG=64` gives every event a 64-byte
+//! signature, as with ed25519 on the node (default: none, as in the simulator).
+//!
+//! Figures are printed, never asserted: timing goals live here, not in tests.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use rust_decimal::Decimal;
+use wallet_core::*;
+
+const ACCOUNTS: usize = 10;
+const BATCH: usize = 1024;
+const READS: usize = 1_000_000;
+
+/// Accepts any signature (the bench measures the core, not ed25519).
+struct AnySig;
+impl Authenticator for AnySig {
+    fn sign(&self, _: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+    fn verify(&self, _: RegionId, _: &[u8], _: &[u8]) -> bool {
+        true
+    }
+}
+
+fn vm_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+struct Setup {
+    eu: RegionId,
+    us: RegionId,
+    accounts: Vec<AccountId>,
+    sig_len: usize,
+}
+
+impl Setup {
+    fn replica(&self) -> Replica {
+        let mut cfg = Config::new(self.eu, vec![self.eu, self.us], Policy::zero());
+        cfg.auth = Box::new(AnySig);
+        let mut r = Replica::new(cfg, Hlc::ZERO);
+        // The peer's policy must be known before anything settles; its promise is below
+        // every event of the history.
+        let hb = Heartbeat {
+            origin: self.us,
+            hlc: Hlc(1),
+            seq: 0,
+            vv: VClock::new(),
+            policy: Policy::zero().hash(),
+        };
+        r.handle_heartbeat(2_000, self.us, hb);
+        drain(&mut r);
+        r
+    }
+
+    /// Event `seq` of origin `us`: deposits, purchases and refunds spread over the accounts,
+    /// every tenth with an idempotency key.
+    fn event(&self, seq: u64) -> Event {
+        let i = seq as usize;
+        let kind = match i % 4 {
+            0 | 1 => Kind::Deposit,
+            2 => Kind::Purchase,
+            _ => Kind::Refund,
+        };
+        let cents = 100 + (i as i64 * 7919) % 10_000;
+        Event {
+            id: EventId {
+                origin: self.us,
+                seq,
+            },
+            hlc: Hlc(Hlc::from_millis(1_000).0 + seq),
+            body: Body::Tx(Tx {
+                account: self.accounts[i % self.accounts.len()].clone(),
+                kind,
+                amount: Amount::new(Decimal::new(cents, 2), Currency::USD).unwrap(),
+                currency: Currency::USD,
+                idempotency_key: (i % 10 == 0).then(|| format!("k-{i}").into()),
+                reference: None,
+            }),
+            sig: vec![7u8; self.sig_len].into(),
+        }
+    }
+}
+
+fn drain(r: &mut Replica) {
+    while let Some(o) = r.poll_output() {
+        if let Output::Persist { index, .. } = o {
+            r.handle_persisted(index);
+        }
+    }
+}
+
+/// Merges `n` remote events in batches; returns the replica and the seconds spent inside
+/// `handle_events`. With `settle_as_we_go`, the replica also announces a heartbeat after
+/// every batch, so the watermark follows the merge as on a live node.
+fn merge(s: &Setup, n: u64, settle_as_we_go: bool) -> (Replica, f64) {
+    let mut r = s.replica();
+    if settle_as_we_go {
+        r.handle_timeout(2_000); // clock ceiling requested
+        drain(&mut r);
+    }
+    let mut spent = 0.0;
+    let mut seq = 1;
+    let mut now = 2_000;
+    while seq <= n {
+        let end = (seq + BATCH as u64).min(n + 1);
+        let batch: Vec<Event> = (seq..end).map(|q| s.event(q)).collect();
+        let t = Instant::now();
+        r.handle_events(now, s.us, batch);
+        spent += t.elapsed().as_secs_f64();
+        // The host drains outputs after every input (persist records, dropped here).
+        drain(&mut r);
+        if settle_as_we_go {
+            now += 1_000;
+            r.handle_timeout(now);
+            drain(&mut r);
+        }
+        seq = end;
+    }
+    (r, spent)
+}
+
+/// Lets the replica announce its own heartbeat, which settles everything; returns seconds.
+fn settle(r: &mut Replica) -> f64 {
+    r.handle_timeout(3_000); // requests a clock ceiling
+    drain(r); // ceiling durable
+    let t = Instant::now();
+    r.handle_timeout(3_000); // announces, the watermark passes every event, the fold runs
+    let spent = t.elapsed().as_secs_f64();
+    drain(r);
+    spent
+}
+
+fn balance_read_ns(r: &Replica, accounts: &[AccountId]) -> f64 {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let t = Instant::now();
+    for _ in 0..READS {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let a = &accounts[(x % accounts.len() as u64) as usize];
+        black_box(r.balance(black_box(a), Currency::USD));
+    }
+    t.elapsed().as_secs_f64() * 1e9 / READS as f64
+}
+
+fn main() {
+    let n: u64 = std::env::var("CORE_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let sig_len: usize = std::env::var("CORE_BENCH_SIG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let s = Setup {
+        eu: RegionId::new("eu").unwrap(),
+        us: RegionId::new("us").unwrap(),
+        accounts: (0..ACCOUNTS)
+            .map(|i| AccountId::new(&format!("acct-{i:04}")).unwrap())
+            .collect(),
+        sig_len,
+    };
+    println!(
+        "wallet-core bench: {n} events, {ACCOUNTS} accounts, {sig_len}-byte signatures, \
+         size_of::<Event>() = {} bytes",
+        std::mem::size_of::<Event>()
+    );
+
+    // Memory first, in a fresh heap: merge with settlement following, as on a live node.
+    let rss_before = vm_rss_bytes();
+    let (mut held, _) = merge(&s, n, true);
+    settle(&mut held);
+    let rss_after = vm_rss_bytes();
+    assert_eq!(held.stats().settled, n);
+    drop(held);
+
+    // Throughput: merge alone (nothing settles), then the fold of the whole history at once.
+    let (mut big, merge_s) = merge(&s, n, false);
+    let fold_s = settle(&mut big);
+    assert_eq!(big.event_count(), n);
+    assert_eq!(big.stats().settled, n);
+
+    // Balance reads: same accounts, 10 vs n events; alternate and keep the best of 5.
+    let (mut small, _) = merge(&s, 10, false);
+    settle(&mut small);
+    assert_eq!(small.event_count(), 10);
+    let (mut small_ns, mut big_ns) = (f64::MAX, f64::MAX);
+    for _ in 0..5 {
+        small_ns = small_ns.min(balance_read_ns(&small, &s.accounts));
+        big_ns = big_ns.min(balance_read_ns(&big, &s.accounts));
+    }
+
+    println!(
+        "merge (handle_events, remote events): {:>12.0} events/s  ({n} events in {:.3} s)",
+        n as f64 / merge_s,
+        merge_s
+    );
+    println!(
+        "settled fold:                         {:>12.0} events/s  ({n} events in {:.3} s)",
+        n as f64 / fold_s,
+        fold_s
+    );
+    println!("balance read at 10 events:            {small_ns:>12.1} ns");
+    println!("balance read at {n} events:     {big_ns:>12.1} ns");
+    println!(
+        "balance read ratio (big/small):       {:>12.2}",
+        big_ns / small_ns
+    );
+    let per_event = rss_after.saturating_sub(rss_before) as f64 / n as f64;
+    println!(
+        "resident memory: {} MiB before, {} MiB after -> {:.1} bytes per event held (target <= 256)",
+        rss_before / (1 << 20),
+        rss_after / (1 << 20),
+        per_event
+    );
+    black_box(&big);
+}

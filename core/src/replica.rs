@@ -312,12 +312,18 @@ struct BalanceState {
 #[derive(Debug, Default)]
 struct AccountState {
     balances: BTreeMap<Currency, BalanceState>,
-    /// Events (sub 0) and feed entries (sub 1) of the account in total order.
-    entries: BTreeSet<(OrderKey, u8)>,
-    /// Idempotency key -> first event known with it.
+    /// Per origin, the seqs of this account's events, ascending. Within one origin seq
+    /// order is total order, so this only ever appends: 8 bytes per event, where an
+    /// ordered set of order keys cost about 64. [`Replica::entries`] merges the lists.
+    events: BTreeMap<RegionId, Vec<u64>>,
+    /// Feed positions of this account's feed entries. The feed is in total order of the
+    /// causes (a compensation before a conflict report of the same cause), so this is too.
+    comps: Vec<u64>,
+    /// Idempotency key -> the first event holding it in the total order, among those known.
+    /// Every event below the watermark is known, so when the fold reaches an event with a
+    /// key, this names the first settled event with that key: it serves both the retry
+    /// lookup and the settled duplicate check.
     keys: BTreeMap<Box<str>, EventId>,
-    /// Idempotency key -> first event with it in the settled order.
-    settled_keys: BTreeMap<Box<str>, EventId>,
 }
 
 #[derive(Debug, Default)]
@@ -654,6 +660,7 @@ impl Replica {
     }
 
     /// An account's history (events and feed entries) in total order after `after`.
+    /// O(origins × (log history + limit)): a merge of the account's per-origin lists.
     pub fn entries(
         &self,
         account: &AccountId,
@@ -663,42 +670,75 @@ impl Replica {
         let Some(a) = self.accounts.get(account) else {
             return Vec::new();
         };
-        let range: Box<dyn Iterator<Item = &(OrderKey, u8)>> = match after {
-            Some(k) => Box::new(
-                a.entries
-                    .range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
-            ),
-            None => Box::new(a.entries.iter()),
+        let event_key = |origin: RegionId, seq: u64| -> Option<EntryKey> {
+            Some((self.event(EventId { origin, seq })?.key(), 0))
         };
-        range
-            .filter_map(|k| {
-                let (key, sub) = *k;
-                let id = EventId {
-                    origin: key.1,
-                    seq: key.2,
-                };
-                if sub == 0 {
-                    let event = self.event(id)?;
-                    Some((
-                        *k,
-                        Entry::Event {
-                            event,
-                            settled: self.is_settled(&key),
-                        },
-                    ))
-                } else {
-                    let map = if sub == 1 {
-                        &self.comp_by_cause
-                    } else {
-                        &self.conflict_by_cause
-                    };
-                    let i = *map.get(&id)?;
-                    let i = usize::try_from(i).ok()?;
-                    Some((*k, Entry::Compensation(self.feed.get(i)?)))
-                }
+        let comp_key = |position: u64| -> Option<EntryKey> {
+            let c = self.feed.get(usize::try_from(position).ok()?)?;
+            let sub = if c.kind == CompKind::IdempotencyConflict {
+                2
+            } else {
+                1
+            };
+            Some(((c.hlc, c.cause.origin, c.cause.seq), sub))
+        };
+        let past = |k: Option<EntryKey>| match (k, after) {
+            (Some(k), Some(a)) => k <= a,
+            _ => false,
+        };
+        // One cursor per origin, and one for the feed entries.
+        let mut heads: Vec<(RegionId, &[u64])> = a
+            .events
+            .iter()
+            .map(|(r, seqs)| {
+                let start = seqs.partition_point(|&q| past(event_key(*r, q)));
+                (*r, seqs.get(start..).unwrap_or(&[]))
             })
-            .take(limit)
-            .collect()
+            .collect();
+        let start = a.comps.partition_point(|&p| past(comp_key(p)));
+        let mut comps = a.comps.get(start..).unwrap_or(&[]);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            // (key, which cursor: an origin index, or None for the feed)
+            let mut best: Option<(EntryKey, Option<usize>)> = None;
+            for (i, (r, seqs)) in heads.iter().enumerate() {
+                if let Some(k) = seqs.first().and_then(|&q| event_key(*r, q)) {
+                    if best.is_none_or(|(b, _)| k < b) {
+                        best = Some((k, Some(i)));
+                    }
+                }
+            }
+            if let Some(k) = comps.first().and_then(|&p| comp_key(p)) {
+                if best.is_none_or(|(b, _)| k < b) {
+                    best = Some((k, None));
+                }
+            }
+            let Some((k, cursor)) = best else {
+                break;
+            };
+            match cursor {
+                Some(i) => {
+                    let (r, seqs) = &mut heads[i];
+                    let id = EventId {
+                        origin: *r,
+                        seq: seqs.first().copied().unwrap_or(0),
+                    };
+                    *seqs = seqs.get(1..).unwrap_or(&[]);
+                    if let Some(event) = self.event(id) {
+                        let settled = self.is_settled(&k.0);
+                        out.push((k, Entry::Event { event, settled }));
+                    }
+                }
+                None => {
+                    let p = comps.first().copied().unwrap_or(u64::MAX);
+                    comps = comps.get(1..).unwrap_or(&[]);
+                    if let Some(c) = usize::try_from(p).ok().and_then(|p| self.feed.get(p)) {
+                        out.push((k, Entry::Compensation(c)));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The compensation feed from position `after` (exclusive), in settled order.
@@ -1214,7 +1254,9 @@ impl Replica {
                 Some(e.key() < key)
             });
             let acct = self.accounts.entry(tx.account.clone()).or_default();
-            acct.entries.insert((key, 0));
+            let seqs = acct.events.entry(origin).or_default();
+            debug_assert!(seqs.last().is_none_or(|&q| q < event.id.seq));
+            seqs.push(event.id.seq);
             if let Some(k) = &tx.idempotency_key {
                 if earlier != Some(true) {
                     acct.keys.insert(k.clone(), event.id);
@@ -1586,16 +1628,18 @@ impl Replica {
         let mut conflict_with = None;
         let mut duplicate = false;
         if let Some(k) = &tx.idempotency_key {
+            // The first event with this key in the total order; when it is not this one it
+            // is earlier, hence settled.
             let first = self
                 .accounts
                 .get(&tx.account)
-                .and_then(|a| a.settled_keys.get(k).copied());
+                .and_then(|a| a.keys.get(k).copied())
+                .filter(|first| *first != id);
+            debug_assert!(first
+                .and_then(|f| self.event(f))
+                .is_none_or(|f| f.key() < key));
             match first {
-                None => {
-                    if let Some(acct) = self.accounts.get_mut(&tx.account) {
-                        acct.settled_keys.insert(k.clone(), id);
-                    }
-                }
+                None => {}
                 Some(first) => {
                     let same = self
                         .event(first)
@@ -1765,12 +1809,10 @@ impl Replica {
                 None => st.provisional_frozen = true,
             }
         }
-        let key = (hlc, cause.origin, cause.seq);
+        acct.comps.push(position);
         if conflict {
-            acct.entries.insert((key, 2));
             self.conflict_by_cause.insert(cause, position);
         } else {
-            acct.entries.insert((key, 1));
             self.comp_by_cause.insert(cause, position);
         }
         self.stats.compensations += 1;

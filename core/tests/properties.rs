@@ -267,6 +267,9 @@ proptest! {
             if let Err(e) = check_against_model(&c.seed, &n.replica) {
                 prop_assert!(false, "{}", e);
             }
+            if let Err(e) = check_entries(&n.replica, 1 + skews[0] as usize % 4) {
+                prop_assert!(false, "{}", e);
+            }
         }
         let r = &c.nodes[0].replica;
         // No loss: every acknowledged event is everywhere.

@@ -558,3 +558,59 @@ pub fn check_against_model(seed: &Policy, r: &Replica) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Checks `entries` for every account: the full listing equals a naive sort of the
+/// account's events and feed entries, and pages of `page` concatenate to it.
+pub fn check_entries(r: &Replica, page: usize) -> Result<(), String> {
+    let mut accounts: BTreeSet<AccountId> = BTreeSet::new();
+    for e in all_events(r) {
+        if let Some(tx) = e.tx() {
+            accounts.insert(tx.account.clone());
+        }
+    }
+    for a in accounts {
+        let mut want: Vec<(EntryKey, String)> = Vec::new();
+        for e in all_events(r) {
+            if e.tx().is_some_and(|t| t.account == a) {
+                want.push(((e.key(), 0), format!("event {}", e.id)));
+            }
+        }
+        for c in r.feed(0, usize::MAX) {
+            if c.account == a {
+                let sub = if c.kind == CompKind::IdempotencyConflict {
+                    2
+                } else {
+                    1
+                };
+                want.push((((c.hlc, c.cause.origin, c.cause.seq), sub), c.id()));
+            }
+        }
+        want.sort();
+        let name = |e: &Entry| match e {
+            Entry::Event { event, .. } => format!("event {}", event.id),
+            Entry::Compensation(c) => c.id(),
+        };
+        let full: Vec<(EntryKey, String)> = r
+            .entries(&a, None, usize::MAX)
+            .iter()
+            .map(|(k, e)| (*k, name(e)))
+            .collect();
+        if full != want {
+            return Err(format!("entries of {a}: got {full:?}, want {want:?}"));
+        }
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let p = r.entries(&a, after, page);
+            if p.is_empty() {
+                break;
+            }
+            after = Some(p[p.len() - 1].0);
+            paged.extend(p.iter().map(|(k, e)| (*k, name(e))));
+        }
+        if paged != want {
+            return Err(format!("paged entries of {a} differ from the full listing"));
+        }
+    }
+    Ok(())
+}
