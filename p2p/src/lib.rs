@@ -94,9 +94,12 @@ pub struct NetStats {
     pub messages_sent: u64,
     /// Messages received.
     pub messages_received: u64,
-    /// Connections refused because the peer is not a member.
+    /// Connections refused because the peer is not a member (or an address answered with a
+    /// key that is not the expected member's).
     pub refused_peers: u64,
-    /// Messages dropped: malformed, oversized or while isolated.
+    /// Messages dropped: malformed, oversized, while isolated, oldest of an overflowing
+    /// per-peer queue, or undeliverable (peer not connected, connection lost, not
+    /// acknowledged in time). Anti-entropy repairs every gap this leaves.
     pub dropped_messages: u64,
 }
 
