@@ -1209,6 +1209,11 @@ impl Replica {
         if watermark > self.watermark {
             self.watermark = watermark;
             self.clock.observe(watermark);
+            // Every event at or below the watermark of every member was held (and made
+            // durable before the watermark record): nothing may arrive at or below it.
+            for m in self.members.values_mut() {
+                m.covered = m.covered.max(watermark);
+            }
             self.settle();
         }
     }

@@ -22,6 +22,14 @@ const POLICIES: [&str; 5] = [
     "[default]\naction = \"fee\"\nfee = { flat = \"2\", percent = \"1.5\" }\n[tiers]\nvip = [\"vip-\"]\n[[rule]]\ntier = \"vip\"\naction = \"reverse\"\noverdraft_line = \"100\"\n[[rule]]\ncurrency = \"JPY\"\nfee = { flat = \"500\", cap = \"900\", per = \"episode\" }\n",
 ];
 
+/// Case counts keep `cargo test` fast; `CORE_PROPTEST_CASES=N` runs more (a soak).
+fn cases(default: u32) -> u32 {
+    std::env::var("CORE_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn policy(i: usize) -> Policy {
     Policy::from_toml(POLICIES[i % POLICIES.len()]).unwrap()
 }
@@ -246,7 +254,7 @@ fn run_and_check(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, max_shrink_iters: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(96), max_shrink_iters: 2_000, ..ProptestConfig::default() })]
 
     /// §9.1, 2, 3, 5, 6 on random histories with partitions, reordering, duplicates, drops,
     /// partial persistence and crashes: every region ends byte-identical, agrees with a
@@ -421,7 +429,7 @@ fn observe(seed: usize, items: Vec<Item>, now: u64) -> Result<Replica, TestCaseE
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, max_shrink_iters: 1_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(40), max_shrink_iters: 1_000, ..ProptestConfig::default() })]
 
     /// Merge is commutative, associative and idempotent: the same event set delivered in
     /// different orders, groupings, relays and with duplicates (plus the heartbeats that

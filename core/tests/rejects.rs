@@ -590,3 +590,38 @@ fn arbitrary_bytes_never_panic() {
     }
     r.check_invariants().unwrap();
 }
+
+#[test]
+fn after_a_restart_nothing_lands_below_the_restored_watermark() {
+    let mut r = replica("eu");
+    r.load(vec![us_event(1, 1_000, "5")]);
+    r.restore_watermark(Hlc::from_millis(5_000));
+    assert_eq!(r.stats().settled, 1);
+    // us:2 at 3.000 s is above us:1 but below what was settled before the restart.
+    r.handle_events(6_000, region("us"), vec![us_event(2, 3_000, "5")]);
+    let got = rejected(&reports(&mut r));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(r.event_count(), 1);
+    r.handle_events(6_000, region("us"), vec![us_event(2, 5_001, "5")]);
+    assert!(reports(&mut r).is_empty());
+    assert_eq!(r.event_count(), 2);
+    r.check_invariants().unwrap();
+}
+
+#[test]
+fn load_skips_invalid_duplicate_and_gapped_events() {
+    let mut r = replica("eu");
+    let mut zero = us_event(1, 500, "5");
+    zero.id.seq = 0;
+    r.load(vec![
+        us_event(2, 2_000, "5"),
+        us_event(1, 1_000, "5"),
+        us_event(1, 1_000, "5"),
+        zero,
+        us_event(4, 4_000, "5"),
+        event("zz", 1, 1_000, "5", "zz", CLUSTER),
+    ]);
+    assert_eq!(r.event_count(), 2);
+    assert_eq!(r.version_vector().get(&region("us")), 2);
+    r.check_invariants().unwrap();
+}
