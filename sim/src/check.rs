@@ -91,6 +91,8 @@ struct PairState {
     bal: Decimal,
     in_episode: bool,
     episode_fee: bool,
+    /// Fees charged in the open episode: they never extend it.
+    episode_fees: Decimal,
 }
 
 /// The fee by SPEC §6: flat + percent × overdrawn, rounded half away from zero to the
@@ -170,6 +172,7 @@ fn naive_fold(events: &[&Event], seed: &Policy) -> (Vec<Expected>, u64) {
                 if !st.in_episode {
                     st.in_episode = true;
                     st.episode_fee = false;
+                    st.episode_fees = Decimal::ZERO;
                 }
                 let due = overdrawn > a.fee.grace
                     && (a.fee.per == FeePer::Debit || !st.episode_fee);
@@ -177,24 +180,17 @@ fn naive_fold(events: &[&Event], seed: &Policy) -> (Vec<Expected>, u64) {
                     let fee = naive_fee(&a, overdrawn, tx.currency);
                     if fee > Decimal::ZERO {
                         st.episode_fee = true;
+                        st.episode_fees += fee;
                         comp = Some((CompKind::OverdraftFee, -fee));
                     }
                 }
             }
-        } else if st.bal >= a.floor {
+        } else if st.in_episode && st.bal + st.episode_fees >= a.floor {
+            // SPEC §6: "fees never extend or reopen it": the episode closes once the
+            // balance without the episode's fees is back at or above the floor.
             st.in_episode = false;
-        }
-        if let Some(related) = conflict {
-            out.push(Expected {
-                kind: CompKind::IdempotencyConflict,
-                cause: e.id,
-                delta: Decimal::ZERO,
-                related: Some(related),
-                version,
-                account: tx.account.clone(),
-                currency: tx.currency,
-                duplicate: false,
-            });
+            st.episode_fee = false;
+            st.episode_fees = Decimal::ZERO;
         }
         if let Some((kind, d)) = comp {
             st.bal += d;
@@ -207,6 +203,18 @@ fn naive_fold(events: &[&Event], seed: &Policy) -> (Vec<Expected>, u64) {
                 account: tx.account.clone(),
                 currency: tx.currency,
                 duplicate,
+            });
+        }
+        if let Some(related) = conflict {
+            out.push(Expected {
+                kind: CompKind::IdempotencyConflict,
+                cause: e.id,
+                delta: Decimal::ZERO,
+                related: Some(related),
+                version,
+                account: tx.account.clone(),
+                currency: tx.currency,
+                duplicate: false,
             });
         }
     }

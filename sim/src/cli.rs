@@ -82,7 +82,9 @@ Faults (random ones drawn from the seed; on by default):
   --scenario FILE          scripted steps (split/isolate/heal/crash/restart/skew/transactions);
                            with a scenario, random partitions, crashes and skews are off unless
                            --partitions/--crashes are given
-  --anti-entropy MS        pull period (default 1000)
+  --anti-entropy MS        anti-entropy period (default 500): pull from peers whose heartbeat
+                           showed, a period ago, events this region still lacks; on heal and
+                           restart, pull from every peer at once
 Output:
   --json PATH              JSON results (an object for one run, a list otherwise)
   --timing                 put wall_seconds in the JSON (otherwise null: same seed, same bytes)

@@ -152,7 +152,7 @@ impl SimConfig {
             scenario: Scenario::default(),
             policy: Policy::zero(),
             policy_name: "zero".into(),
-            anti_entropy_ms: 1_000,
+            anti_entropy_ms: 500,
             pull_limit: 4_096,
             record_series: false,
             chart_account: None,

@@ -119,6 +119,10 @@ pub struct Node {
     acks: VecDeque<(u64, u32, EventId)>,
     lag_q: VecDeque<(u64, Hlc, u64)>,
     just_submitted: Option<(EventId, u32)>,
+    /// Per peer, per origin: what the peer's last heartbeat said it holds.
+    peer_vv: Vec<Vec<u64>>,
+    /// The same, as of the previous anti-entropy round.
+    peer_vv_prev: Vec<Vec<u64>>,
 }
 
 /// Counters of a run.
@@ -271,6 +275,8 @@ impl Sim {
                     acks: VecDeque::new(),
                     lag_q: VecDeque::new(),
                     just_submitted: None,
+                    peer_vv: vec![vec![0; n]; n],
+                    peer_vv_prev: vec![vec![0; n]; n],
                 }
             })
             .collect();
@@ -497,6 +503,36 @@ impl Sim {
                 self.send(i, j, m, bytes);
             }
         }
+    }
+
+    /// The periodic round: pull from each connected peer whose heartbeat showed, a full
+    /// period ago, events this region still lacks (what is merely in flight is not asked
+    /// for twice).
+    fn periodic_pull(&mut self, i: usize) {
+        if !self.nodes[i].up {
+            return;
+        }
+        let n = self.nodes.len();
+        let limit = self.cfg.pull_limit;
+        for j in 0..n {
+            if j == i || !self.connected(i, j) {
+                continue;
+            }
+            let node = &self.nodes[i];
+            let vv = node.replica.version_vector();
+            let behind = (0..n).any(|o| node.peer_vv_prev[j][o] > vv.get(&self.cfg.regions[o]));
+            if behind {
+                let m = Message::Pull {
+                    vv: vv.clone(),
+                    limit,
+                };
+                let bytes = wallet_core::wire::encode_message(&m).len();
+                self.counters.pulls += 1;
+                self.send(i, j, m, bytes);
+            }
+        }
+        let node = &mut self.nodes[i];
+        node.peer_vv_prev.clone_from(&node.peer_vv);
     }
 
     fn arm_timer(&mut self, i: usize) {
@@ -823,8 +859,13 @@ impl Sim {
                     self.send(to, from, m, bytes);
                 }
             }
-            m @ Message::Heartbeat(_) => {
-                self.nodes[to].replica.handle_message(now_l, from_id, m);
+            Message::Heartbeat(hb) => {
+                for (o, r) in self.cfg.regions.iter().enumerate() {
+                    self.nodes[to].peer_vv[from][o] = hb.vv.get(r);
+                }
+                self.nodes[to]
+                    .replica
+                    .handle_message(now_l, from_id, Message::Heartbeat(hb));
                 self.drain(to);
             }
         }
@@ -871,7 +912,7 @@ impl Sim {
             Ev::AntiEntropy { node, inc } => {
                 let i = node as usize;
                 if self.nodes[i].inc == inc {
-                    self.pull(i);
+                    self.periodic_pull(i);
                 }
                 let next_inc = self.nodes[i].inc;
                 self.push(

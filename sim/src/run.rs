@@ -205,15 +205,22 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         simulated_ms: sim.now,
         wall_seconds: timing.then(|| wall.as_secs_f64()),
     };
+    let counters = sim.counters.clone();
+    let series = record.then(|| std::mem::take(&mut sim.series));
+    let workload_digest = sim.workload.digest;
+    // Freeing millions of small allocations takes a while: let another thread do it.
+    let _ = std::thread::Builder::new()
+        .name("wallet-sim-drop".into())
+        .spawn(move || drop(sim));
     RunResult {
         seed,
         policy,
         check,
         metrics,
-        counters: sim.counters.clone(),
-        series: record.then(|| std::mem::take(&mut sim.series)),
+        counters,
+        series,
         wall,
-        workload_digest: sim.workload.digest,
+        workload_digest,
         regions,
     }
 }
