@@ -99,8 +99,10 @@ struct PairState {
 /// currency's minor units, raised to the minimum, lowered to the cap.
 fn naive_fee(a: &Applied, overdrawn: Decimal, currency: Currency) -> Decimal {
     let raw = a.fee.flat + a.fee.percent * overdrawn / Decimal::ONE_HUNDRED;
-    let mut fee =
-        raw.round_dp_with_strategy(currency.minor_units(), RoundingStrategy::MidpointAwayFromZero);
+    let mut fee = raw.round_dp_with_strategy(
+        currency.minor_units(),
+        RoundingStrategy::MidpointAwayFromZero,
+    );
     if fee < a.fee.minimum {
         fee = a.fee.minimum;
     }
@@ -174,8 +176,8 @@ fn naive_fold(events: &[&Event], seed: &Policy) -> (Vec<Expected>, u64) {
                     st.episode_fee = false;
                     st.episode_fees = Decimal::ZERO;
                 }
-                let due = overdrawn > a.fee.grace
-                    && (a.fee.per == FeePer::Debit || !st.episode_fee);
+                let due =
+                    overdrawn > a.fee.grace && (a.fee.per == FeePer::Debit || !st.episode_fee);
                 if due {
                     let fee = naive_fee(&a, overdrawn, tx.currency);
                     if fee > Decimal::ZERO {
@@ -344,7 +346,10 @@ pub fn check(sim: &Sim) -> CheckResult {
             match n.replica.event(*id).and_then(Event::tx) {
                 None => f.add(
                     "no_loss",
-                    format!("acknowledged {id} (request {logical}) is missing at {}", n.id),
+                    format!(
+                        "acknowledged {id} (request {logical}) is missing at {}",
+                        n.id
+                    ),
                 ),
                 Some(tx) if tx.idempotency_key.as_deref() != key => f.add(
                     "no_loss",
@@ -608,4 +613,3 @@ pub fn check(sim: &Sim) -> CheckResult {
         outcome: out,
     }
 }
-

@@ -91,6 +91,9 @@ Output:
   --report PATH            self-contained HTML report with SVG charts (first seed)
   --account ID             account to chart (default: the hottest)
   --quiet                  sweep: print only failures and the totals
+  --inject-bug early-ack|no-pull-answers
+                           make the simulated host deliberately wrong (acknowledge before
+                           fsync; ignore pulls) to see the checker catch it
   -h, --help               this text
 
 Exit status: 0 when every invariant holds, 1 when one fails, 2 on a usage error.
@@ -182,7 +185,9 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                     policies.push((label(p), Some(p.to_string()), load_policy(p)?));
                 }
                 if policies.is_empty() {
-                    return Err(CliError("--compare-policies needs A.toml,B.toml,...".into()));
+                    return Err(CliError(
+                        "--compare-policies needs A.toml,B.toml,...".into(),
+                    ));
                 }
                 compare = true;
                 shapes = false;
@@ -218,7 +223,9 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                     base.workload.mix[k] = num(p.trim(), flag)?;
                 }
                 if base.workload.mix.iter().all(|m| *m == 0) {
-                    return Err(CliError("--mix: at least one weight must be positive".into()));
+                    return Err(CliError(
+                        "--mix: at least one weight must be positive".into(),
+                    ));
                 }
             }
             "--amount" => {
@@ -241,11 +248,7 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
             "--faults" => match value(args, &mut i, flag)? {
                 "none" => faults_mode = Some(false),
                 "random" | "on" | "default" => faults_mode = Some(true),
-                o => {
-                    return Err(CliError(format!(
-                        "--faults {o:?}: expected random or none"
-                    )))
-                }
+                o => return Err(CliError(format!("--faults {o:?}: expected random or none"))),
             },
             "--delay" | "--loss" | "--duplicate" | "--reorder" | "--reorder-extra"
             | "--partitions" | "--crashes" | "--max-skew" | "--fsync" => {
@@ -273,6 +276,17 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                 base.chart_account = Some(a.to_string());
                 shapes = false;
             }
+            "--inject-bug" => {
+                base.inject = match value(args, &mut i, flag)? {
+                    "early-ack" => Some(crate::config::Inject::EarlyAck),
+                    "no-pull-answers" => Some(crate::config::Inject::NoPullAnswers),
+                    o => {
+                        return Err(CliError(format!(
+                            "--inject-bug {o:?}: expected early-ack or no-pull-answers"
+                        )))
+                    }
+                };
+            }
             "--timing" => {
                 timing = true;
                 shapes = false;
@@ -281,11 +295,7 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                 quiet = true;
                 shapes = false;
             }
-            other => {
-                return Err(CliError(format!(
-                    "unknown argument {other:?} (see --help)"
-                )))
-            }
+            other => return Err(CliError(format!("unknown argument {other:?} (see --help)"))),
         }
         if shapes {
             shaping.extend_from_slice(&args[start..=i]);

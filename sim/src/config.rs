@@ -139,6 +139,19 @@ pub struct SimConfig {
     pub record_series: bool,
     /// Account to chart (None: the hottest).
     pub chart_account: Option<String>,
+    /// Deliberately broken host behaviour, to show the checker catches it (`--inject-bug`).
+    pub inject: Option<Inject>,
+}
+
+/// Bugs the simulated host can be told to have, to prove the invariant checker catches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inject {
+    /// Acknowledge the client before the event is durable: a crash then loses acked events
+    /// (caught by no_loss).
+    EarlyAck,
+    /// Forget to answer anti-entropy pulls: a lost push is never repaired (caught by
+    /// convergence).
+    NoPullAnswers,
 }
 
 impl SimConfig {
@@ -156,6 +169,7 @@ impl SimConfig {
             pull_limit: 4_096,
             record_series: false,
             chart_account: None,
+            inject: None,
         }
     }
 }
@@ -210,7 +224,9 @@ pub fn parse_amount_range(text: &str) -> Result<(u64, u64), String> {
         let d = Decimal::from_str_exact(s.trim()).map_err(|_| format!("{s:?} is not an amount"))?;
         let c = d * Decimal::ONE_HUNDRED;
         if !c.fract().is_zero() || c <= Decimal::ZERO {
-            return Err(format!("{s:?}: amounts are positive with at most 2 decimals"));
+            return Err(format!(
+                "{s:?}: amounts are positive with at most 2 decimals"
+            ));
         }
         u64::try_from(c).map_err(|_| format!("{s:?} is too large"))
     };
@@ -219,7 +235,9 @@ pub fn parse_amount_range(text: &str) -> Result<(u64, u64), String> {
         return Err(format!("{text:?}: MAX is below MIN"));
     }
     if b > 100_000_000_000 {
-        return Err(format!("{text:?}: amounts above 1,000,000,000.00 are not simulated"));
+        return Err(format!(
+            "{text:?}: amounts above 1,000,000,000.00 are not simulated"
+        ));
     }
     Ok((a, b))
 }

@@ -14,7 +14,7 @@ use wallet_core::{
     SubmitError, Submitted, TxRequest,
 };
 
-use crate::config::SimConfig;
+use crate::config::{Inject, SimConfig};
 use crate::rng::Rng;
 use crate::scenario::Action;
 use crate::workload::{Workload, CURRENCY};
@@ -162,13 +162,16 @@ pub struct Counters {
     pub reports: [u64; 6],
 }
 
+/// Per region: (provisional, settled) in cents, None while the region is down.
+pub type BalanceRow = Vec<Option<(i64, i64)>>;
+
 /// Time series for the HTML report.
 #[derive(Debug, Clone, Default)]
 pub struct Series {
     /// The charted account.
     pub account: Option<AccountId>,
     /// (time ms, per region (provisional, settled) in cents, None while down).
-    pub balances: Vec<(u64, Vec<Option<(i64, i64)>>)>,
+    pub balances: Vec<(u64, BalanceRow)>,
     /// Partitions: (start, end, label).
     pub partitions: Vec<(u64, u64, String)>,
     /// Crashes: (region, start, end).
@@ -364,9 +367,11 @@ impl Sim {
         let dur = self.workload.end_ms.max(1_000);
         let scripted = self.cfg.scenario.has_faults();
         let default_random = f.enabled && !scripted;
-        let partitions = f
-            .partitions
-            .unwrap_or(if default_random { (dur / 40_000).max(1) as u32 } else { 0 });
+        let partitions = f.partitions.unwrap_or(if default_random {
+            (dur / 40_000).max(1) as u32
+        } else {
+            0
+        });
         if n >= 2 && partitions > 0 {
             let slot = dur / u64::from(partitions);
             for k in 0..u64::from(partitions) {
@@ -425,7 +430,12 @@ impl Sim {
         let f = &self.cfg.faults;
         let (dmin, dmax) = f.delay_ms;
         let (loss, dup, reorder, extra) = if self.faults_on {
-            (f.loss_ppm, f.duplicate_ppm, f.reorder_ppm, f.reorder_extra_ms)
+            (
+                f.loss_ppm,
+                f.duplicate_ppm,
+                f.reorder_ppm,
+                f.reorder_extra_ms,
+            )
         } else {
             (0, 0, 0, 0)
         };
@@ -476,11 +486,7 @@ impl Sim {
         let last = peers.len() - 1;
         let mut msg = Some(msg);
         for (k, j) in peers.into_iter().enumerate() {
-            let m = if k == last {
-                msg.take()
-            } else {
-                msg.clone()
-            };
+            let m = if k == last { msg.take() } else { msg.clone() };
             if let Some(m) = m {
                 self.send(from, j, m, bytes);
             }
@@ -569,7 +575,12 @@ impl Sim {
                             node.disk.written[o] = e.id.seq;
                             if let Some((id, logical)) = node.just_submitted {
                                 if id == e.id {
-                                    node.acks.push_back((index, logical, id));
+                                    let ack_at = if self.cfg.inject == Some(Inject::EarlyAck) {
+                                        0
+                                    } else {
+                                        index
+                                    };
+                                    node.acks.push_back((ack_at, logical, id));
                                     node.lag_q.push_back((id.seq, e.hlc, self.now));
                                     node.just_submitted = None;
                                 }
@@ -586,13 +597,9 @@ impl Sim {
                     if self.chart.as_ref() == Some(&c.account) {
                         let id = c.id();
                         if self.seen_comps[i].insert(id.clone()) {
-                            self.series.comps.push((
-                                self.now,
-                                i,
-                                c.kind,
-                                to_cents(c.delta),
-                                id,
-                            ));
+                            self.series
+                                .comps
+                                .push((self.now, i, c.kind, to_cents(c.delta), id));
                         }
                     }
                 }
@@ -610,6 +617,14 @@ impl Sim {
             }
         }
         self.out_buf = outs;
+        // (Only with --inject-bug early-ack: acknowledge before durable.)
+        while let Some(&(0, logical, id)) = self.nodes[i].acks.front() {
+            self.nodes[i].acks.pop_front();
+            self.acked.push((id, logical));
+            if let Some(a) = self.logical_acked.get_mut(logical as usize) {
+                *a = true;
+            }
+        }
         let node = &mut self.nodes[i];
         if !node.disk.fsync_in_flight {
             if let Some(&(upto, _)) = node.disk.pending.back() {
@@ -683,9 +698,7 @@ impl Sim {
             Err(e) => {
                 match e {
                     SubmitError::InsufficientFunds { .. } => self.counters.refused_funds += 1,
-                    SubmitError::IdempotencyConflict { .. } => {
-                        self.counters.refused_conflict += 1
-                    }
+                    SubmitError::IdempotencyConflict { .. } => self.counters.refused_conflict += 1,
                     _ => self.counters.refused_other += 1,
                 }
                 if let Some(a) = self.logical_refused.get_mut(logical) {
@@ -833,6 +846,7 @@ impl Sim {
         let now_l = local(self.now, self.nodes[to].skew);
         let from_id = self.cfg.regions[from];
         match msg {
+            Message::Pull { .. } if self.cfg.inject == Some(Inject::NoPullAnswers) => {}
             Message::Pull { vv, limit } => {
                 let limit = usize::try_from(limit).unwrap_or(usize::MAX);
                 let events = self.nodes[to].replica.missing_for(&vv, limit);
@@ -979,11 +993,7 @@ impl Sim {
             return true;
         };
         let vv = first.replica.version_vector();
-        if self
-            .nodes
-            .iter()
-            .any(|n| n.replica.version_vector() != vv)
-        {
+        if self.nodes.iter().any(|n| n.replica.version_vector() != vv) {
             return false;
         }
         let mut max_hlc = Hlc::ZERO;

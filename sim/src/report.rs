@@ -270,7 +270,9 @@ fn balance_chart(r: &RunResult) -> String {
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif">"##,
         f.w, f.h
     );
-    axes(&mut out, &f, "balance (USD)", &|v| format!("{:.0}", v / 100.0));
+    axes(&mut out, &f, "balance (USD)", &|v| {
+        format!("{:.0}", v / 100.0)
+    });
     shade_partitions(&mut out, &f, r, true);
     let zero = f.y(0.0);
     let _ = write!(
@@ -375,7 +377,9 @@ fn lag_chart(r: &RunResult) -> String {
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif">"##,
         f.w, f.h
     );
-    axes(&mut out, &f, "settlement lag (s)", &|v| format!("{:.1}", v / 1000.0));
+    axes(&mut out, &f, "settlement lag (s)", &|v| {
+        format!("{:.1}", v / 1000.0)
+    });
     shade_partitions(&mut out, &f, r, false);
     for (pct, color, wdt) in [(100usize, "#d62728", 1.2), (50usize, "#1f77b4", 2.0)] {
         let mut pts = String::new();
@@ -467,7 +471,10 @@ code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-
         ("fees", format!("{} ({} USD)", m.fees, m.fee_total)),
         ("reversals", m.reversals.to_string()),
         ("duplicate reversals", m.duplicate_reversals.to_string()),
-        ("debt left", format!("{} USD in {} accounts", m.debt, m.debt_accounts)),
+        (
+            "debt left",
+            format!("{} USD in {} accounts", m.debt, m.debt_accounts),
+        ),
         (
             "settle lag p50 / p99 / max",
             format!(
@@ -479,9 +486,16 @@ code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-
         ),
         (
             "replicated",
-            format!("{} in {} messages", human_bytes(m.bytes_replicated), m.messages),
+            format!(
+                "{} in {} messages",
+                human_bytes(m.bytes_replicated),
+                m.messages
+            ),
         ),
-        ("partitions / crashes", format!("{} / {}", m.partitions, m.crashes)),
+        (
+            "partitions / crashes",
+            format!("{} / {}", m.partitions, m.crashes),
+        ),
         ("simulated time", ms(m.simulated_ms)),
     ];
     for (k, v) in rows {
@@ -613,13 +627,22 @@ pub fn compare_table(results: &[RunResult]) -> String {
 fn compare_table_html(results: &[RunResult]) -> String {
     let mut s = String::from("<table><tr>");
     for (i, h) in COMPARE_HEAD.iter().enumerate() {
-        let _ = write!(s, "<th{}>{h}</th>", if i == 0 { " class=\"l\"" } else { "" });
+        let _ = write!(
+            s,
+            "<th{}>{h}</th>",
+            if i == 0 { " class=\"l\"" } else { "" }
+        );
     }
     s.push_str("</tr>");
     for r in compare_rows(results) {
         s.push_str("<tr>");
         for (i, c) in r.iter().enumerate() {
-            let _ = write!(s, "<td{}>{}</td>", if i == 0 { " class=\"l\"" } else { "" }, esc(c));
+            let _ = write!(
+                s,
+                "<td{}>{}</td>",
+                if i == 0 { " class=\"l\"" } else { "" },
+                esc(c)
+            );
         }
         s.push_str("</tr>");
     }

@@ -203,7 +203,7 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         reports: c.reports.iter().sum(),
         quiesce_ms: sim.converged_at.map(|t| t - sim.quiesce_start),
         simulated_ms: sim.now,
-        wall_seconds: timing.then(|| wall.as_secs_f64()),
+        wall_seconds: timing.then_some(wall.as_secs_f64()),
     };
     let counters = sim.counters.clone();
     let series = record.then(|| std::mem::take(&mut sim.series));

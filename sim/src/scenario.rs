@@ -110,9 +110,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     } else if let Some(n) = text.strip_suffix('m') {
         (n, 60_000)
     } else {
-        return Err(format!(
-            "{text:?} has no unit: write e.g. 250ms, 10s or 2m"
-        ));
+        return Err(format!("{text:?} has no unit: write e.g. 250ms, 10s or 2m"));
     };
     let d = Decimal::from_str_exact(num)
         .map_err(|_| format!("{text:?} is not a number followed by ms, s or m"))?;
@@ -207,7 +205,11 @@ fn parse_groups(
 }
 
 /// Parses scenario text for a run with these regions. Errors name the line and the reason.
-pub fn parse(text: &str, regions: &[RegionId], currency: Currency) -> Result<Scenario, ScenarioError> {
+pub fn parse(
+    text: &str,
+    regions: &[RegionId],
+    currency: Currency,
+) -> Result<Scenario, ScenarioError> {
     let mut steps = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = n + 1;

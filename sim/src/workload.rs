@@ -141,7 +141,8 @@ impl Workload {
             let retry = rng.chance(w.retry_ppm);
             let retry_after = rng.range(100, 3_000);
             let second = regions > 1 && rng.chance(w.two_region_ppm);
-            let second_region = (region as u64 + 1 + rng.below(regions - 1)) as usize % regions as usize;
+            let second_region =
+                (region as u64 + 1 + rng.below(regions - 1)) as usize % regions as usize;
             let second_after = rng.range(0, 80);
             let base = Submission {
                 at_ms,
