@@ -148,7 +148,7 @@ pub enum Output {
     Broadcast(Message),
     /// A compensation settled (in feed order).
     Compensation(Compensation),
-    /// Something a operator must hear about.
+    /// Something an operator must hear about.
     Report(Report),
 }
 
@@ -324,6 +324,9 @@ struct AccountState {
     /// key, this names the first settled event with that key: it serves both the retry
     /// lookup and the settled duplicate check.
     keys: BTreeMap<Box<str>, EventId>,
+    /// Other events holding a key already in `keys` (duplicates and conflicts), so that a
+    /// retry finds its own original whatever the order.
+    more_keys: BTreeMap<Box<str>, Vec<EventId>>,
 }
 
 #[derive(Debug, Default)]
@@ -405,7 +408,7 @@ pub struct Stats {
     pub dropped: u64,
     /// Events settled.
     pub settled: u64,
-    /// Bytes not counted here: the host counts wire bytes.
+    /// Feed entries emitted (compensations and conflict reports).
     pub compensations: u64,
 }
 
@@ -1066,18 +1069,29 @@ impl Replica {
             .1
             .applied(req.account.as_str(), req.currency);
         if let (Some(key), Some(acct)) = (&req.idempotency_key, self.accounts.get(&req.account)) {
-            if let Some(id) = acct.keys.get(key.as_str()).copied() {
-                let tx = self.event(id).and_then(Event::tx);
-                let same = tx.is_some_and(|t| {
-                    t.kind == req.kind
-                        && t.amount == req.amount
-                        && t.currency == req.currency
-                        && t.reference.as_deref() == req.reference.as_deref()
-                });
-                return if same {
-                    Ok(Submitted::Existing(id))
-                } else {
-                    Err(SubmitError::IdempotencyConflict { existing: id })
+            if let Some(first) = acct.keys.get(key.as_str()).copied() {
+                let same = |id: &EventId| {
+                    self.event(*id).and_then(Event::tx).is_some_and(|t| {
+                        t.kind == req.kind
+                            && t.amount == req.amount
+                            && t.currency == req.currency
+                            && t.reference.as_deref() == req.reference.as_deref()
+                    })
+                };
+                // The first holder in total order, else (after a cross-region conflict) any
+                // other holder with this very body: a retry gets its own original back.
+                let hit = std::iter::once(first)
+                    .chain(
+                        acct.more_keys
+                            .get(key.as_str())
+                            .into_iter()
+                            .flatten()
+                            .copied(),
+                    )
+                    .find(same);
+                return match hit {
+                    Some(id) => Ok(Submitted::Existing(id)),
+                    None => Err(SubmitError::IdempotencyConflict { existing: first }),
                 };
             }
         }
@@ -1255,8 +1269,18 @@ impl Replica {
             debug_assert!(seqs.last().is_none_or(|&q| q < event.id.seq));
             seqs.push(event.id.seq);
             if let Some(k) = &tx.idempotency_key {
-                if earlier != Some(true) {
-                    acct.keys.insert(k.clone(), event.id);
+                // The first holder in total order goes to `keys`, any other to `more_keys`
+                // (only duplicates and conflicts, which are rare).
+                let other = match earlier {
+                    Some(true) => Some(event.id),
+                    Some(false) => acct.keys.insert(k.clone(), event.id),
+                    None => {
+                        acct.keys.insert(k.clone(), event.id);
+                        None
+                    }
+                };
+                if let Some(other) = other {
+                    acct.more_keys.entry(k.clone()).or_default().push(other);
                 }
             }
             let st = acct.balances.entry(tx.currency).or_default();

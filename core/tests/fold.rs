@@ -446,6 +446,25 @@ fn same_key_different_body_in_two_regions_is_a_conflict_not_a_reversal() {
     assert_eq!(feed[0].amount_str(), "0.00");
     // Both stand.
     assert_eq!(settled(&c, "alice", Currency::USD), "70.00");
+    // A retry at either region returns that region's own original; a third body is refused.
+    let mut c = c;
+    let out = c.submit(US, keyed(usd("alice", Kind::Purchase, "20"), "k"));
+    assert_eq!(
+        out,
+        Ok(Submitted::Existing(EventId::parse("us:1").unwrap()))
+    );
+    let out = c.submit(EU, keyed(usd("alice", Kind::Purchase, "10"), "k"));
+    assert_eq!(
+        out,
+        Ok(Submitted::Existing(EventId::parse("eu:2").unwrap()))
+    );
+    let out = c.submit(US, keyed(usd("alice", Kind::Purchase, "30"), "k"));
+    assert_eq!(
+        out,
+        Err(SubmitError::IdempotencyConflict {
+            existing: EventId::parse("eu:2").unwrap()
+        })
+    );
     for id in ["eu:2", "us:1"] {
         let (s, _) = c.nodes[EU]
             .replica
