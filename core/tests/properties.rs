@@ -107,11 +107,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The body a key stands for: a key reused on an account always carries the same body, so
-/// every reuse is a duplicate (conflicts are covered by unit tests).
-fn keyed_request(account: usize, key: u8) -> TxRequest {
+/// The body a key stands for. Keys 0 to 3 always carry the same body on an account, so a
+/// reuse is a duplicate; keys 4 and 5 carry a body that depends on the region, so reuses in
+/// two regions are conflicts.
+fn keyed_request(account: usize, key: u8, region: usize) -> TxRequest {
     let kind = [Kind::Purchase, Kind::Deposit, Kind::Withdrawal][key as usize % 3];
-    let amount = format!("{}", 30 + 7 * u32::from(key));
+    let varies = if key >= 4 { region as u32 } else { 0 };
+    let amount = format!("{}", 30 + 7 * u32::from(key) + varies);
     keyed(
         req(ACCOUNTS[account], kind, &amount, Currency::USD),
         &format!("k{key}"),
@@ -140,7 +142,7 @@ fn apply(c: &mut Cluster, op: &Op) -> Result<(), TestCaseError> {
             let i = region as usize % n;
             let a = account as usize % ACCOUNTS.len();
             let r = match key {
-                Some(k) => keyed_request(a, k),
+                Some(k) => keyed_request(a, k, i),
                 None => {
                     // Mostly USD, mostly deposits and purchases, so pairs collide and debits
                     // find money to overdraw.
@@ -164,6 +166,8 @@ fn apply(c: &mut Cluster, op: &Op) -> Result<(), TestCaseError> {
                     prop_assert_eq!(c.nodes[i].replica.event_count(), before)
                 }
                 Err(SubmitError::InsufficientFunds { .. }) => {}
+                // The region already knows the key with another region's body.
+                Err(SubmitError::IdempotencyConflict { .. }) if key.is_some_and(|k| k >= 4) => {}
                 Err(e) => prop_assert!(false, "unexpected refusal {e}"),
             }
         }
@@ -296,13 +300,15 @@ proptest! {
             }
         }
         prop_assert!(per_cause.values().all(|n| *n == 1));
-        // Idempotency across regions: at most one event per (account, key) stands.
-        let mut standing: BTreeMap<(AccountId, String), u32> = BTreeMap::new();
+        // Idempotency across regions: at most one event per (account, key, body) stands
+        // (the same key with different bodies is a reported conflict, not reversed).
+        let mut standing: BTreeMap<(AccountId, String, String), u32> = BTreeMap::new();
         for e in all_events(r) {
             let Some(tx) = e.tx() else { continue };
             let Some(k) = &tx.idempotency_key else { continue };
             if r.status(e.id).unwrap().0 != Status::Reversed {
-                *standing.entry((tx.account.clone(), k.to_string())).or_default() += 1;
+                let body = format!("{:?} {} {}", tx.kind, tx.amount, tx.currency);
+                *standing.entry((tx.account.clone(), k.to_string(), body)).or_default() += 1;
             }
         }
         prop_assert!(standing.values().all(|n| *n <= 1), "{:?}", standing);
