@@ -271,7 +271,7 @@ fn balance_chart(r: &RunResult) -> String {
         f.w, f.h
     );
     axes(&mut out, &f, "balance (USD)", &|v| {
-        format!("{:.0}", v / 100.0)
+        format!("{:.0}", (v / 100.0).round() + 0.0)
     });
     shade_partitions(&mut out, &f, r, true);
     let zero = f.y(0.0);
