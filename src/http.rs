@@ -77,8 +77,26 @@ fn json_response(status: u16, body: impl Into<axum::body::Body>) -> Response {
     r
 }
 
-fn error(status: u16, code: &str, message: &str) -> Response {
-    json_response(status, render::error_body(code, message))
+/// An API error: status, stable code, human message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: u16,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(self.status, render::error_body(self.code, &self.message))
+    }
+}
+
+fn error(status: u16, code: &'static str, message: &str) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.to_string(),
+    }
 }
 
 fn reply_response(r: Reply) -> Response {
@@ -94,11 +112,11 @@ fn reply_response(r: Reply) -> Response {
 async fn ask(st: &AppState, make: impl FnOnce(oneshot::Sender<Reply>) -> Command) -> Response {
     let (tx, rx) = oneshot::channel();
     if st.0.commands.send(make(tx)).await.is_err() {
-        return error(503, "unavailable", "the region is shutting down");
+        return error(503, "unavailable", "the region is shutting down").into_response();
     }
     match rx.await {
         Ok(r) => reply_response(r),
-        Err(_) => error(503, "unavailable", "the region stopped before answering"),
+        Err(_) => error(503, "unavailable", "the region stopped before answering").into_response(),
     }
 }
 
@@ -128,13 +146,14 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
             401,
             "unauthorized",
             "missing or invalid bearer token (Authorization: Bearer <token>)",
-        );
+        )
+        .into_response();
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
     if admin_route && !is_admin {
-        return error(403, "forbidden", "this route needs an admin token");
+        return error(403, "forbidden", "this route needs an admin token").into_response();
     }
     next.run(req).await
 }
@@ -210,7 +229,7 @@ pub fn router(st: AppState) -> Router {
         .with_state(st)
 }
 
-async fn not_found(req: Request) -> Response {
+async fn not_found(req: Request) -> ApiError {
     error(
         404,
         "not_found",
@@ -218,7 +237,7 @@ async fn not_found(req: Request) -> Response {
     )
 }
 
-async fn method_not_allowed(req: Request) -> Response {
+async fn method_not_allowed(req: Request) -> ApiError {
     error(
         405,
         "method_not_allowed",
@@ -230,7 +249,7 @@ async fn method_not_allowed(req: Request) -> Response {
     )
 }
 
-fn account_of(p: Result<Path<String>, PathRejection>) -> Result<AccountId, Response> {
+fn account_of(p: Result<Path<String>, PathRejection>) -> Result<AccountId, ApiError> {
     let Path(a) = p.map_err(|e| error(400, "invalid_account", &e.body_text()))?;
     AccountId::new(&a).map_err(|e| error(400, "invalid_account", &e.to_string()))
 }
@@ -243,7 +262,62 @@ struct TxBody {
     reference: Option<String>,
 }
 
-fn parse_tx_body(bytes: &[u8]) -> Result<TxBody, Response> {
+/// The common, well-formed body, deserialized without building a JSON tree. Anything that
+/// does not fit goes through [`parse_tx_body_slow`] for a precise error.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastBody<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    amount: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    currency: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    reference: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn parse_tx_body(bytes: &[u8]) -> Result<TxBody, ApiError> {
+    let Ok(f) = serde_json::from_slice::<FastBody<'_>>(bytes) else {
+        return parse_tx_body_slow(bytes);
+    };
+    let kind = Kind::parse(&f.kind).ok_or_else(|| {
+        error(
+            400,
+            "invalid_type",
+            &format!(
+                "type {:?} is not one of deposit, purchase, withdrawal, refund",
+                f.kind
+            ),
+        )
+    })?;
+    let currency =
+        Currency::parse(&f.currency).map_err(|e| error(400, "unknown_currency", &e.to_string()))?;
+    let amount = Amount::parse(&f.amount, currency).map_err(amount_error)?;
+    let reference = match f.reference {
+        None => None,
+        Some(r) => {
+            check_reference(&r).map_err(|e| error(400, "invalid_reference", &e.to_string()))?;
+            Some(r.into_owned())
+        }
+    };
+    Ok(TxBody {
+        kind,
+        amount,
+        currency,
+        reference,
+    })
+}
+
+fn amount_error(e: AmountError) -> ApiError {
+    match e {
+        AmountError::ScaleExceeded { .. } => error(400, "amount_scale", &e.to_string()),
+        AmountError::UnknownCurrency(_) => error(400, "unknown_currency", &e.to_string()),
+        _ => error(400, "invalid_amount", &e.to_string()),
+    }
+}
+
+fn parse_tx_body_slow(bytes: &[u8]) -> Result<TxBody, ApiError> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| {
         error(
             400,
@@ -267,7 +341,7 @@ fn parse_tx_body(bytes: &[u8]) -> Result<TxBody, Response> {
             ));
         }
     }
-    let string_field = |name: &str| -> Result<&str, Response> {
+    let string_field = |name: &str| -> Result<&str, ApiError> {
         match m.get(name) {
             None | Some(Value::Null) => Err(error(
                 400,
@@ -303,11 +377,7 @@ fn parse_tx_body(bytes: &[u8]) -> Result<TxBody, Response> {
         }
         _ => string_field("amount")?,
     };
-    let amount = Amount::parse(amount_s, currency).map_err(|e| match e {
-        AmountError::ScaleExceeded { .. } => error(400, "amount_scale", &e.to_string()),
-        AmountError::UnknownCurrency(_) => error(400, "unknown_currency", &e.to_string()),
-        _ => error(400, "invalid_amount", &e.to_string()),
-    })?;
+    let amount = Amount::parse(amount_s, currency).map_err(amount_error)?;
     let reference = match m.get("reference") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
@@ -354,34 +424,38 @@ async fn post_transaction(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let refused = |r: Response| {
-        st.0.metrics.refused(Refusal::Invalid);
-        r
-    };
-    let account = match account_of(path) {
-        Ok(a) => a,
-        Err(r) => return refused(r),
-    };
-    let bytes = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refused(error(
-                413,
-                "payload_too_large",
-                &format!(
-                    "request body exceeds the limit of {} bytes",
-                    st.0.body_limit_bytes
-                ),
-            ))
+    match submit_request(&st, path, &headers, body) {
+        Ok(cmd) => {
+            ask(&st, |reply| {
+                Command::Submit(Box::new(SubmitCmd {
+                    req: cmd.0,
+                    fingerprint: cmd.1,
+                    reply,
+                }))
+            })
+            .await
         }
-        Err(e) => return refused(error(400, "invalid_json", &e.body_text())),
-    };
+        Err(e) => {
+            st.0.metrics.refused(Refusal::Invalid);
+            e.into_response()
+        }
+    }
+}
+
+fn submit_request(
+    st: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(TxRequest, [u8; 32]), ApiError> {
+    let account = account_of(path)?;
+    let bytes = body.map_err(|e| body_error(st, e))?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
             Ok(k) if wallet_core::id::check_idempotency_key(k).is_ok() => Some(k.to_string()),
             _ => {
-                return refused(error(
+                return Err(error(
                     400,
                     "invalid_idempotency_key",
                     "Idempotency-Key must be 1 to 255 visible ASCII characters",
@@ -389,11 +463,13 @@ async fn post_transaction(
             }
         },
     };
-    let b = match parse_tx_body(&bytes) {
-        Ok(b) => b,
-        Err(r) => return refused(r),
+    let b = parse_tx_body(&bytes)?;
+    // The fingerprint matters only for idempotency.
+    let fp = if key.is_some() {
+        fingerprint(&b)
+    } else {
+        [0; 32]
     };
-    let fp = fingerprint(&b);
     let req = TxRequest {
         account,
         kind: b.kind,
@@ -402,14 +478,22 @@ async fn post_transaction(
         idempotency_key: key,
         reference: b.reference,
     };
-    ask(&st, |reply| {
-        Command::Submit(Box::new(SubmitCmd {
-            req,
-            fingerprint: fp,
-            reply,
-        }))
-    })
-    .await
+    Ok((req, fp))
+}
+
+fn body_error(st: &AppState, e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        error(
+            413,
+            "payload_too_large",
+            &format!(
+                "request body exceeds the limit of {} bytes",
+                st.0.body_limit_bytes
+            ),
+        )
+    } else {
+        error(400, "invalid_json", &e.body_text())
+    }
 }
 
 type Params = Result<Query<BTreeMap<String, String>>, QueryRejection>;
@@ -417,7 +501,7 @@ type Params = Result<Query<BTreeMap<String, String>>, QueryRejection>;
 fn page_params(
     q: Params,
     cursor: impl Fn(&str) -> bool,
-) -> Result<(Option<String>, usize), Response> {
+) -> Result<(Option<String>, usize), ApiError> {
     let Query(q) = q.map_err(|e| error(400, "invalid_query", &e.body_text()))?;
     let mut after = None;
     let mut limit = PAGE_LIMIT_DEFAULT;
@@ -463,116 +547,92 @@ async fn list_transactions(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     q: Params,
-) -> Response {
-    let account = match account_of(path) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let (after, limit) = match page_params(q, |c| render::parse_entry_cursor(c).is_some()) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+) -> Result<Response, ApiError> {
+    let account = account_of(path)?;
+    let (after, limit) = page_params(q, |c| render::parse_entry_cursor(c).is_some())?;
     let after = after.and_then(|c| render::parse_entry_cursor(&c));
-    ask(&st, |reply| Command::Transactions {
+    Ok(ask(&st, |reply| Command::Transactions {
         account,
         after,
         limit,
         reply,
     })
-    .await
+    .await)
 }
 
 async fn balances(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Response {
-    let account = match account_of(path) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    ask(&st, |reply| Command::Balances { account, reply }).await
+) -> Result<Response, ApiError> {
+    let account = account_of(path)?;
+    Ok(ask(&st, |reply| Command::Balances { account, reply }).await)
 }
 
 async fn get_transaction(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Response {
-    let id = match path {
-        Ok(Path(id)) => id,
-        Err(e) => return error(400, "invalid_transaction_id", &e.body_text()),
-    };
-    ask(&st, |reply| Command::Transaction { id, reply }).await
+) -> Result<Response, ApiError> {
+    let Path(id) = path.map_err(|e| error(400, "invalid_transaction_id", &e.body_text()))?;
+    Ok(ask(&st, |reply| Command::Transaction { id, reply }).await)
 }
 
-async fn compensations(State(st): State<AppState>, q: Params) -> Response {
-    let (after, limit) = match page_params(q, |c| render::parse_feed_cursor(c).is_some()) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+async fn compensations(State(st): State<AppState>, q: Params) -> Result<Response, ApiError> {
+    let (after, limit) = page_params(q, |c| render::parse_feed_cursor(c).is_some())?;
     let after = after
         .and_then(|c| render::parse_feed_cursor(&c))
         .unwrap_or(0);
-    ask(&st, |reply| Command::Compensations {
+    Ok(ask(&st, |reply| Command::Compensations {
         after,
         limit,
         reply,
     })
-    .await
+    .await)
 }
 
 async fn status(State(st): State<AppState>) -> Response {
     ask(&st, |reply| Command::Status { reply }).await
 }
 
-async fn faults(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn faults(
+    State(st): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     if !st.0.faults_enabled {
-        return error(
+        return Err(error(
             404,
             "not_found",
             "fault injection is disabled on this region ([faults] enabled = false)",
-        );
+        ));
     }
-    let bytes = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(413, "payload_too_large", "request body too large")
-        }
-        Err(e) => return error(400, "invalid_json", &e.body_text()),
-    };
-    let v: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                400,
-                "invalid_json",
-                &format!("request body is not valid JSON: {e}"),
-            )
-        }
-    };
+    let bytes = body.map_err(|e| body_error(&st, e))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            400,
+            "invalid_json",
+            &format!("request body is not valid JSON: {e}"),
+        )
+    })?;
     let usage = "expected {\"isolate\":[\"<region>\",...]} or {\"heal\":true}";
     let mut set = BTreeSet::new();
     match (v.get("isolate"), v.get("heal")) {
         (Some(Value::Array(list)), None) => {
             for r in list {
-                let Some(s) = r.as_str() else {
-                    return error(400, "invalid_json", usage);
-                };
-                match RegionId::new(s) {
-                    Ok(r) => {
-                        set.insert(r);
-                    }
-                    Err(e) => return error(400, "invalid_region", &e.to_string()),
-                }
+                let s = r
+                    .as_str()
+                    .ok_or_else(|| error(400, "invalid_json", usage))?;
+                let r =
+                    RegionId::new(s).map_err(|e| error(400, "invalid_region", &e.to_string()))?;
+                set.insert(r);
             }
         }
         (None, Some(Value::Bool(true))) => {}
-        _ => return error(400, "invalid_json", usage),
+        _ => return Err(error(400, "invalid_json", usage)),
     }
-    ask(&st, |reply| Command::Faults {
+    Ok(ask(&st, |reply| Command::Faults {
         isolate: set,
         reply,
     })
-    .await
+    .await)
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
@@ -602,22 +662,22 @@ async fn healthz() -> Response {
     json_response(200, "{\"status\":\"ok\"}")
 }
 
-async fn readyz(State(st): State<AppState>) -> Response {
+async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
     let sh = &st.0.shared;
     if sh.storage_failed.load(Ordering::Acquire) {
-        return error(503, "storage_unavailable", "storage failed");
+        return Err(error(503, "storage_unavailable", "storage failed"));
     }
     if sh.restoring.load(Ordering::Acquire) {
-        return error(
+        return Err(error(
             503,
             "restoring",
             "restoring this region's history from its peers",
-        );
+        ));
     }
     if !sh.ready.load(Ordering::Acquire) {
-        return error(503, "not_ready", "storage is still loading");
+        return Err(error(503, "not_ready", "storage is still loading"));
     }
-    json_response(200, "{\"ready\":true}")
+    Ok(json_response(200, "{\"ready\":true}"))
 }
 
 async fn openapi() -> Response {

@@ -350,12 +350,13 @@ impl Actor {
 
     fn store_idem(
         &mut self,
-        req: &TxRequest,
+        account: &AccountId,
+        key: Option<&str>,
         fingerprint: [u8; 32],
         answer: &Reply,
         now: u64,
     ) -> u64 {
-        let Some(key) = req.idempotency_key.as_deref() else {
+        let Some(key) = key else {
             return self.op_seq;
         };
         let rec = Arc::new(IdemRecord {
@@ -366,19 +367,19 @@ impl Actor {
         });
         let key: Box<str> = key.into();
         let seq = self.push_op(WriteOp::Idem {
-            account: req.account.clone(),
+            account: account.clone(),
             key: key.clone(),
             rec: rec.clone(),
         });
         let prev = self
             .idem
-            .entry(req.account.clone())
+            .entry(account.clone())
             .or_default()
             .insert(key.clone(), IdemEntry { rec, seq });
         if prev.is_none() {
             self.idem_count += 1;
         }
-        self.idem_expiry.push_back((now, req.account.clone(), key));
+        self.idem_expiry.push_back((now, account.clone(), key));
         seq
     }
 
@@ -424,7 +425,8 @@ impl Actor {
         }
         let account = req.account.clone();
         let currency = req.currency;
-        let result = self.replica.submit(now, req.clone());
+        let key = req.idempotency_key.clone();
+        let result = self.replica.submit(now, req);
         match result {
             Ok(s) => {
                 // Queue the event's record before the idempotency record.
@@ -447,7 +449,7 @@ impl Actor {
                 if answer.replayed {
                     self.metrics.replayed();
                 }
-                let seq = self.store_idem(&req, fingerprint, &answer, now);
+                let seq = self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
                 let new = matches!(s, Submitted::New(_));
                 self.answer_after(seq, reply, answer, new);
             }
@@ -465,9 +467,9 @@ impl Actor {
                 };
                 self.metrics.refused(why);
                 let answer = Reply::error(status, code, &e.to_string());
-                if status == 422 && req.idempotency_key.is_some() {
+                if status == 422 && key.is_some() {
                     // A refusal is a result too: a retry gets the same 422, durably.
-                    let seq = self.store_idem(&req, fingerprint, &answer, now);
+                    let seq = self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
                     self.answer_after(seq, reply, answer, false);
                 } else {
                     let _ = reply.send(answer);

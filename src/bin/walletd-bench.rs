@@ -1,0 +1,375 @@
+//! HTTP benchmark of a real `walletd`: durable accepted transactions per second and latency
+//! percentiles with N concurrent keep-alive clients, on one hot account and on many accounts,
+//! with group commit on and off.
+//!
+//! ```text
+//! cargo build --release --bin walletd --bin walletd-bench
+//! target/release/walletd-bench [--seconds 5] [--clients 64] [--walletd target/release/walletd]
+//! ```
+//!
+//! Not a test: it prints figures. The client is a minimal HTTP/1.1 keep-alive client so the
+//! measurement spends its CPU in the server, not in the load generator.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::io::{BufRead, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Clone)]
+struct Args {
+    seconds: u64,
+    clients: usize,
+    walletd: PathBuf,
+    accounts: Vec<usize>,
+    modes: Vec<bool>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        seconds: 5,
+        clients: 64,
+        walletd: std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("walletd")))
+            .unwrap_or_else(|| PathBuf::from("walletd")),
+        accounts: vec![1, 1000],
+        modes: vec![true, false],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seconds" => a.seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--clients" => a.clients = val()?.parse().map_err(|e| format!("--clients: {e}"))?,
+            "--walletd" => a.walletd = PathBuf::from(val()?),
+            "--accounts" => {
+                a.accounts = val()?
+                    .split(',')
+                    .map(|s| s.parse::<usize>().map_err(|e| format!("--accounts: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--group-commit" => {
+                a.modes = match val()?.as_str() {
+                    "on" => vec![true],
+                    "off" => vec![false],
+                    "both" => vec![true, false],
+                    o => return Err(format!("--group-commit on|off|both, not {o}")),
+                }
+            }
+            "-h" | "--help" => {
+                return Err("usage: walletd-bench [--seconds N] [--clients N] [--walletd PATH] [--accounts 1,1000] [--group-commit on|off|both]".into())
+            }
+            o => return Err(format!("unknown argument {o}")),
+        }
+    }
+    if a.clients == 0 || a.seconds == 0 {
+        return Err("--clients and --seconds must be positive".into());
+    }
+    Ok(a)
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    token: String,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Server {
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(walletd: &PathBuf, group_commit: bool) -> Result<Server, String> {
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("walletd-bench-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let region = wallet_core::RegionId::new("eu").map_err(|e| e.to_string())?;
+    let cluster = wallet::init::init(&wallet::init::InitOptions {
+        regions: vec![region],
+        dir: dir.clone(),
+        faults: false,
+        group_commit,
+    })
+    .map_err(|e| e.to_string())?;
+    let r = cluster.regions.first().ok_or("no region")?;
+    let mut child = Command::new(walletd)
+        .args(["run", "--config", &r.config, "--group-commit"])
+        .arg(if group_commit { "true" } else { "false" })
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", walletd.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains(" ready ") => break,
+            Some(Ok(_)) => {}
+            _ => return Err("walletd exited before it was ready".into()),
+        }
+    }
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Ok(Server {
+        child,
+        addr: r.http.trim_start_matches("http://").to_string(),
+        token: cluster.token,
+        dir,
+    })
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            s,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends one request and reads one response; returns the status.
+    async fn request(&mut self, req: &[u8]) -> std::io::Result<u16> {
+        self.s.write_all(req).await?;
+        self.buf.clear();
+        let mut tmp = [0u8; 4096];
+        loop {
+            let n = self.s.read(&mut tmp).await?;
+            if n == 0 {
+                return Err(std::io::Error::other("connection closed"));
+            }
+            self.buf.extend_from_slice(&tmp[..n]);
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).map_err(std::io::Error::other)?;
+                let status: u16 = head
+                    .get(9..12)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| std::io::Error::other("bad status line"))?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let want = end + 4 + len;
+                while self.buf.len() < want {
+                    let n = self.s.read(&mut tmp).await?;
+                    if n == 0 {
+                        return Err(std::io::Error::other("connection closed"));
+                    }
+                    self.buf.extend_from_slice(&tmp[..n]);
+                }
+                return Ok(status);
+            }
+        }
+    }
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+fn post(addr: &str, token: &str, account: &str, kind: &str, amount: &str) -> Vec<u8> {
+    let body = format!(r#"{{"type":"{kind}","amount":"{amount}","currency":"USD"}}"#);
+    format!(
+        "POST /v1/accounts/{account}/transactions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+struct Outcome {
+    ok: u64,
+    other: u64,
+    lat_us: Vec<u32>,
+}
+
+async fn load(
+    server: &Server,
+    accounts: usize,
+    clients: usize,
+    seconds: u64,
+) -> Result<(Outcome, Duration), String> {
+    // Fund every account so purchases are accepted for the whole run.
+    let mut c = Conn::open(&server.addr).await.map_err(|e| e.to_string())?;
+    for a in 0..accounts {
+        let req = post(
+            &server.addr,
+            &server.token,
+            &format!("acct{a}"),
+            "deposit",
+            "1000000000.00",
+        );
+        let s = c.request(&req).await.map_err(|e| e.to_string())?;
+        if s != 201 {
+            return Err(format!("funding deposit got {s}"));
+        }
+    }
+    let reqs: Vec<Vec<u8>> = (0..accounts)
+        .map(|a| {
+            post(
+                &server.addr,
+                &server.token,
+                &format!("acct{a}"),
+                "purchase",
+                "0.01",
+            )
+        })
+        .collect();
+    let reqs = std::sync::Arc::new(reqs);
+    let warmup = Duration::from_millis(500);
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let end = measure_from + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..clients {
+        let addr = server.addr.clone();
+        let reqs = reqs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome {
+                ok: 0,
+                other: 0,
+                lat_us: Vec::with_capacity(200_000),
+            };
+            let Ok(mut c) = Conn::open(&addr).await else {
+                return out;
+            };
+            let mut i = w;
+            loop {
+                let t = Instant::now();
+                if t >= end {
+                    break;
+                }
+                let req = &reqs[i % reqs.len()];
+                i = i.wrapping_add(clients);
+                let Ok(status) = c.request(req).await else {
+                    break;
+                };
+                if t >= measure_from {
+                    let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+                    if status == 201 {
+                        out.ok += 1;
+                        out.lat_us.push(us);
+                    } else {
+                        out.other += 1;
+                    }
+                }
+            }
+            out
+        }));
+    }
+    let mut total = Outcome {
+        ok: 0,
+        other: 0,
+        lat_us: Vec::new(),
+    };
+    for t in tasks {
+        let o = t.await.map_err(|e| e.to_string())?;
+        total.ok += o.ok;
+        total.other += o.other;
+        total.lat_us.extend(o.lat_us);
+    }
+    Ok((total, Duration::from_secs(seconds)))
+}
+
+fn pct(sorted: &[u32], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = (sorted.len() * p / 100).min(sorted.len() - 1);
+    f64::from(sorted[i]) / 1000.0
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "walletd-bench: {} clients, {} s per run (after 0.5 s warm-up), purchases of 0.01 USD, walletd={}",
+        args.clients,
+        args.seconds,
+        args.walletd.display()
+    );
+    println!(
+        "{:<14} {:>9} {:>12} {:>9} {:>9} {:>9} {:>8}",
+        "group_commit", "accounts", "accepted/s", "p50 ms", "p99 ms", "max ms", "errors"
+    );
+    for &gc in &args.modes {
+        for &accounts in &args.accounts {
+            let server = match start_server(&args.walletd, gc) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            };
+            match rt.block_on(load(&server, accounts, args.clients, args.seconds)) {
+                Ok((mut o, d)) => {
+                    o.lat_us.sort_unstable();
+                    let rate = o.ok as f64 / d.as_secs_f64();
+                    println!(
+                        "{:<14} {:>9} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>8}",
+                        if gc { "on" } else { "off" },
+                        accounts,
+                        rate,
+                        pct(&o.lat_us, 50),
+                        pct(&o.lat_us, 99),
+                        o.lat_us
+                            .last()
+                            .map(|v| f64::from(*v) / 1000.0)
+                            .unwrap_or(0.0),
+                        o.other
+                    );
+                }
+                Err(e) => eprintln!("run failed: {e}"),
+            }
+            drop(server);
+        }
+    }
+}
