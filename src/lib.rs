@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod init;
 pub mod metrics;

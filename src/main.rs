@@ -42,6 +42,15 @@ enum Cmd {
         #[arg(long)]
         group_commit: Option<bool>,
     },
+    /// Three regions on 127.0.0.1: partition, double spend, heal, settle; exit 0 if all agree.
+    Demo {
+        /// Policy file (default examples/demo-policy.toml, else an embedded copy).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Keep the cluster (configs, data, logs) in this new directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Write configs, keys, a policy, tokens and cluster.json for a local cluster.
     Init {
         /// Comma-separated region ids, e.g. eu,us,ap.
@@ -75,6 +84,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
+        Cmd::Demo { policy, keep } => {
+            wallet::demo::main(wallet::demo::DemoOptions { policy, keep })
+        }
         Cmd::Init {
             regions,
             dir,
