@@ -2,16 +2,16 @@
 //! naive re-fold of the settled history (written from the SPEC, not from the core's code) to
 //! cross-check the compensations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Serialize;
 use wallet_core::{
     policy::Applied, AccountId, Action, Body, CompKind, Compensation, Currency, Entry, Event,
-    EventId, FeePer, Policy, Replica, Status,
+    EventId, FeePer, Policy, RegionId, Replica, Status,
 };
 
-use crate::engine::Sim;
+use crate::engine::{Node, Sim};
 
 /// The six invariants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -256,6 +256,14 @@ struct Failures {
 }
 
 impl Failures {
+    fn new() -> Failures {
+        Failures { list: Vec::new() }
+    }
+    fn extend(&mut self, other: Failures) {
+        for (n, d) in other.list {
+            self.add(n, d);
+        }
+    }
     fn add(&mut self, name: &'static str, detail: String) {
         // Keep the first few per invariant.
         if self.list.iter().filter(|(n, _)| *n == name).count() < 5 {
@@ -269,11 +277,204 @@ impl Failures {
     }
 }
 
-/// Checks every invariant on the final state of a finished run.
-pub fn check(sim: &Sim) -> CheckResult {
-    let regions = &sim.cfg.regions;
-    let mut f = Failures { list: Vec::new() };
-    let Some(first) = sim.nodes.first() else {
+/// What the checks of one region need from the run (shared, read-only, across threads).
+struct Ctx<'a> {
+    regions: &'a [RegionId],
+    acked: &'a [(EventId, u32)],
+    keys: &'a [Option<Box<str>>],
+    policy: &'a Policy,
+}
+
+/// Per-region checks: durable-prefix order, no loss, conservation, one compensation per
+/// cause, and the canonical snapshot bytes for the convergence comparison.
+fn node_checks(n: &Node, ctx: &Ctx<'_>) -> (Vec<u8>, Failures) {
+    let mut f = Failures::new();
+    let r = &n.replica;
+    if n.disk.out_of_order > 0 {
+        f.add(
+            "no_loss",
+            format!(
+                "{}: {} persisted events broke per-origin order (durable prefix assumption)",
+                n.id, n.disk.out_of_order
+            ),
+        );
+    }
+    // No loss.
+    for (id, logical) in ctx.acked {
+        let key = ctx.keys.get(*logical as usize).and_then(|k| k.as_deref());
+        match r.event(*id).and_then(Event::tx) {
+            None => f.add(
+                "no_loss",
+                format!(
+                    "acknowledged {id} (request {logical}) is missing at {}",
+                    n.id
+                ),
+            ),
+            Some(tx) if tx.idempotency_key.as_deref() != key => f.add(
+                "no_loss",
+                format!(
+                    "acknowledged {id} (request {logical}) was replaced at {} by another event",
+                    n.id
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    // At most one compensation per cause.
+    let mut per_cause: BTreeMap<(EventId, bool), u32> = BTreeMap::new();
+    for c in r.feed(0, usize::MAX) {
+        let e = per_cause
+            .entry((c.cause, c.kind == CompKind::IdempotencyConflict))
+            .or_default();
+        *e += 1;
+        if *e > 1 {
+            f.add(
+                "exactly_once",
+                format!("{}: two compensations for cause {}", n.id, c.cause),
+            );
+        }
+    }
+    // Conservation.
+    let mut sums: BTreeMap<(AccountId, Currency), (Decimal, Decimal)> = BTreeMap::new();
+    for e in all_events(r, ctx.regions) {
+        if let Some(tx) = e.tx() {
+            let s = sums.entry((tx.account.clone(), tx.currency)).or_default();
+            s.0 += tx.delta();
+            if r.is_settled(&e.key()) {
+                s.1 += tx.delta();
+            }
+        }
+    }
+    for c in r.feed(0, usize::MAX) {
+        let s = sums.entry((c.account.clone(), c.currency)).or_default();
+        s.0 += c.delta;
+        s.1 += c.delta;
+    }
+    let mut held: BTreeMap<(AccountId, Currency), (Decimal, Decimal)> = BTreeMap::new();
+    for (a, c, b) in r.all_balances() {
+        held.insert((a, c), (b.provisional, b.settled));
+    }
+    let keys: BTreeSet<_> = sums.keys().chain(held.keys()).cloned().collect();
+    for k in keys {
+        let s = sums.get(&k).copied().unwrap_or_default();
+        let h = held.get(&k).copied().unwrap_or_default();
+        if s != h {
+            f.add(
+                "conservation",
+                format!(
+                    "{}: {} {} balance provisional {} settled {}, its events and compensations sum to {} / {}",
+                    n.id, k.0, k.1.as_str(), h.0, h.1, s.0, s.1
+                ),
+            );
+        }
+    }
+    (snapshot_bytes(r, ctx.regions), f)
+}
+
+/// Checks on the first region's history that need no comparison: the naive re-fold, the
+/// `reverse` guarantee on the core's ordered entries, idempotency.
+fn history_checks(n: &Node, ctx: &Ctx<'_>) -> (Vec<Expected>, u64, Failures) {
+    let mut f = Failures::new();
+    let r0 = &n.replica;
+    let events0 = all_events(r0, ctx.regions);
+    let (expected, overdrafts) = naive_fold(&events0, ctx.policy);
+    // The `reverse` guarantee, on the core's own ordered history.
+    let (_, policy) = r0.current_policy();
+    let mut accounts: Vec<AccountId> = r0.all_balances().into_iter().map(|(a, _, _)| a).collect();
+    accounts.dedup();
+    for acct in &accounts {
+        let entries = r0.entries(acct, None, usize::MAX);
+        let mut bal: BTreeMap<Currency, Decimal> = BTreeMap::new();
+        for (k, (_, e)) in entries.iter().enumerate() {
+            match e {
+                Entry::Event { event, settled } => {
+                    let Some(tx) = event.tx() else { continue };
+                    let b = bal.entry(tx.currency).or_default();
+                    *b += tx.delta();
+                    if !*settled {
+                        continue;
+                    }
+                    let a = policy.applied(acct.as_str(), tx.currency);
+                    let reversible = a.action == Action::Reverse && a.reversible.contains(&tx.kind);
+                    if tx.kind.is_debit() && reversible && *b < a.floor {
+                        let reversed = matches!(
+                            entries.get(k + 1),
+                            Some((_, Entry::Compensation(c)))
+                                if c.kind == CompKind::Reversal && c.cause == event.id
+                        );
+                        if !reversed {
+                            f.add(
+                                "policy_holds",
+                                format!(
+                                    "{} {} left the settled balance of {acct} at {} below the floor {} without a reversal",
+                                    tx.kind.as_str(),
+                                    event.id,
+                                    b,
+                                    a.floor
+                                ),
+                            );
+                        }
+                    }
+                }
+                Entry::Compensation(c) => {
+                    *bal.entry(c.currency).or_default() += c.delta;
+                }
+            }
+        }
+    }
+    // Idempotency.
+    let mut by_key: BTreeMap<(AccountId, Box<str>), Vec<&Event>> = BTreeMap::new();
+    for e in &events0 {
+        if let Some(tx) = e.tx() {
+            if let Some(k) = &tx.idempotency_key {
+                by_key
+                    .entry((tx.account.clone(), k.clone()))
+                    .or_default()
+                    .push(e);
+            }
+        }
+    }
+    for ((acct, key), evs) in &by_key {
+        let mut origins: Vec<_> = evs.iter().map(|e| e.id.origin).collect();
+        origins.sort();
+        if origins.windows(2).any(|w| w[0] == w[1]) {
+            let ids: Vec<String> = evs.iter().map(|e| e.id.to_string()).collect();
+            f.add(
+                "idempotency",
+                format!(
+                    "key {key:?} of {acct} has two events at one region: {}",
+                    ids.join(", ")
+                ),
+            );
+        }
+        let standing: Vec<&&Event> = evs
+            .iter()
+            .filter(|e| !matches!(r0.status(e.id), Some((Status::Reversed, _))))
+            .collect();
+        let same_body = evs.windows(2).all(|w| match (w[0].tx(), w[1].tx()) {
+            (Some(a), Some(b)) => a.same_body(b),
+            _ => false,
+        });
+        if same_body && standing.len() > 1 {
+            let ids: Vec<String> = standing.iter().map(|e| e.id.to_string()).collect();
+            f.add(
+                "idempotency",
+                format!(
+                    "key {key:?} of {acct}: {} events with the same body stand unreversed ({})",
+                    standing.len(),
+                    ids.join(", ")
+                ),
+            );
+        }
+    }
+    (expected, overdrafts, f)
+}
+
+/// Checks every invariant on the final state of a finished run. The per-region work runs
+/// on two threads (the regions are moved out of the simulator for it and put back).
+pub fn check(sim: &mut Sim) -> CheckResult {
+    let mut nodes = std::mem::take(&mut sim.nodes);
+    if nodes.is_empty() {
         return CheckResult {
             invariants: Invariants {
                 convergence: true,
@@ -286,8 +487,40 @@ pub fn check(sim: &Sim) -> CheckResult {
             failures: Vec::new(),
             outcome: Outcome::default(),
         };
+    }
+    let rest: Vec<Node> = nodes.split_off(1);
+    let ctx = Ctx {
+        regions: &sim.cfg.regions,
+        acked: &sim.acked,
+        keys: &sim.workload.keys,
+        policy: &sim.cfg.policy,
     };
-    let r0 = &first.replica;
+    let first = &nodes[0];
+    let (rest, per_rest, first_check, history) = std::thread::scope(|s| {
+        let ctx = &ctx;
+        let h = s.spawn(move || {
+            let per: Vec<(Vec<u8>, Failures)> = rest.iter().map(|n| node_checks(n, ctx)).collect();
+            (rest, per)
+        });
+        let first_check = node_checks(first, ctx);
+        let history = history_checks(first, ctx);
+        match h.join() {
+            Ok((rest, per)) => (rest, Some(per), first_check, history),
+            // A panic in a checker is a bug; report it as a failed check, never hang.
+            Err(_) => (Vec::new(), None, first_check, history),
+        }
+    });
+    nodes.extend(rest);
+    sim.nodes = nodes;
+    let mut f = Failures::new();
+    let Some(per_rest) = per_rest else {
+        f.add("convergence", "the checker thread panicked".into());
+        return finish(sim, f, Vec::new(), 0);
+    };
+    let (base, f0) = first_check;
+    f.extend(f0);
+    let (expected, overdrafts, fh) = history;
+    f.extend(fh);
 
     // 1. Convergence.
     if sim.converged_at.is_none() {
@@ -305,91 +538,40 @@ pub fn check(sim: &Sim) -> CheckResult {
             ),
         );
     }
-    let base = snapshot_bytes(r0, regions);
-    for n in &sim.nodes[1..] {
-        let b = snapshot_bytes(&n.replica, regions);
-        if b != base {
+    let r0 = &sim.nodes[0].replica;
+    for (n, (bytes, fi)) in sim.nodes[1..].iter().zip(per_rest) {
+        f.extend(fi);
+        if bytes != base {
             f.add(
                 "convergence",
                 format!(
                     "{} differs from {}: {} vs {} events, {} vs {} feed entries, snapshot {} vs {} bytes",
                     n.id,
-                    first.id,
+                    sim.nodes[0].id,
                     n.replica.event_count(),
                     r0.event_count(),
                     n.replica.feed_len(),
                     r0.feed_len(),
-                    b.len(),
+                    bytes.len(),
                     base.len()
                 ),
             );
         }
     }
-    drop(base);
-    for n in &sim.nodes {
-        if n.disk.out_of_order > 0 {
-            f.add(
-                "no_loss",
-                format!(
-                    "{}: {} persisted events broke per-origin order (durable prefix assumption)",
-                    n.id, n.disk.out_of_order
-                ),
-            );
-        }
-    }
 
-    // 2. No loss.
-    let w = &sim.workload;
-    for (id, logical) in &sim.acked {
-        let key = w.keys.get(*logical as usize).and_then(|k| k.as_deref());
-        for n in &sim.nodes {
-            match n.replica.event(*id).and_then(Event::tx) {
-                None => f.add(
-                    "no_loss",
-                    format!(
-                        "acknowledged {id} (request {logical}) is missing at {}",
-                        n.id
-                    ),
-                ),
-                Some(tx) if tx.idempotency_key.as_deref() != key => f.add(
-                    "no_loss",
-                    format!(
-                        "acknowledged {id} (request {logical}) was replaced at {} by another event",
-                        n.id
-                    ),
-                ),
-                Some(_) => {}
-            }
-        }
-    }
-
-    // 3 and 4. Exactly-once and policy, against the naive re-fold.
-    let events0 = all_events(r0, regions);
-    let (expected, overdrafts) = naive_fold(&events0, &sim.cfg.policy);
+    // 3 and 4. The feed against the naive re-fold, and the same ids everywhere.
     let feed0 = r0.feed(0, usize::MAX);
+    let ids0: Vec<String> = feed0.iter().map(Compensation::id).collect();
     for n in &sim.nodes {
         let feed = n.replica.feed(0, usize::MAX);
-        let mut per_cause: BTreeMap<(EventId, bool), u32> = BTreeMap::new();
-        for c in feed {
-            let k = (c.cause, c.kind == CompKind::IdempotencyConflict);
-            let e = per_cause.entry(k).or_default();
-            *e += 1;
-            if *e > 1 {
-                f.add(
-                    "exactly_once",
-                    format!("{}: two compensations for cause {}", n.id, c.cause),
-                );
-            }
-        }
         let ids: Vec<String> = feed.iter().map(Compensation::id).collect();
-        let ids0: Vec<String> = feed0.iter().map(Compensation::id).collect();
         if ids != ids0 {
             f.add(
                 "exactly_once",
                 format!(
                     "{} has compensation ids different from {} ({} vs {})",
                     n.id,
-                    first.id,
+                    sim.nodes[0].id,
                     ids.len(),
                     ids0.len()
                 ),
@@ -443,160 +625,37 @@ pub fn check(sim: &Sim) -> CheckResult {
             }
         }
     }
-    // The `reverse` guarantee, on the core's own ordered history.
-    let (_, policy) = r0.current_policy();
-    let mut accounts: Vec<AccountId> = r0.all_balances().into_iter().map(|(a, _, _)| a).collect();
-    accounts.dedup();
-    for acct in &accounts {
-        let entries = r0.entries(acct, None, usize::MAX);
-        let mut bal: BTreeMap<Currency, Decimal> = BTreeMap::new();
-        for (k, (_, e)) in entries.iter().enumerate() {
-            match e {
-                Entry::Event { event, settled } => {
-                    let Some(tx) = event.tx() else { continue };
-                    let b = bal.entry(tx.currency).or_default();
-                    *b += tx.delta();
-                    if !*settled {
-                        continue;
-                    }
-                    let a = policy.applied(acct.as_str(), tx.currency);
-                    let reversible = a.action == Action::Reverse && a.reversible.contains(&tx.kind);
-                    if tx.kind.is_debit() && reversible && *b < a.floor {
-                        let reversed = matches!(
-                            entries.get(k + 1),
-                            Some((_, Entry::Compensation(c)))
-                                if c.kind == CompKind::Reversal && c.cause == event.id
-                        );
-                        if !reversed {
-                            f.add(
-                                "policy_holds",
-                                format!(
-                                    "{} {} left the settled balance of {acct} at {} below the floor {} without a reversal",
-                                    tx.kind.as_str(),
-                                    event.id,
-                                    b,
-                                    a.floor
-                                ),
-                            );
-                        }
-                    }
-                }
-                Entry::Compensation(c) => {
-                    *bal.entry(c.currency).or_default() += c.delta;
-                }
-            }
-        }
-    }
+    finish(sim, f, expected, overdrafts)
+}
 
-    // 5. Conservation.
-    for n in &sim.nodes {
-        let r = &n.replica;
-        let mut sums: BTreeMap<(AccountId, Currency), (Decimal, Decimal)> = BTreeMap::new();
-        for e in all_events(r, regions) {
-            if let Some(tx) = e.tx() {
-                let s = sums.entry((tx.account.clone(), tx.currency)).or_default();
-                s.0 += tx.delta();
-                if r.is_settled(&e.key()) {
-                    s.1 += tx.delta();
-                }
-            }
-        }
-        for c in r.feed(0, usize::MAX) {
-            let s = sums.entry((c.account.clone(), c.currency)).or_default();
-            s.0 += c.delta;
-            s.1 += c.delta;
-        }
-        let mut held: BTreeMap<(AccountId, Currency), (Decimal, Decimal)> = BTreeMap::new();
-        for (a, c, b) in r.all_balances() {
-            held.insert((a, c), (b.provisional, b.settled));
-        }
-        let keys: std::collections::BTreeSet<_> = sums.keys().chain(held.keys()).cloned().collect();
-        for k in keys {
-            let s = sums.get(&k).copied().unwrap_or_default();
-            let h = held.get(&k).copied().unwrap_or_default();
-            if s != h {
-                f.add(
-                    "conservation",
-                    format!(
-                        "{}: {} {} balance provisional {} settled {}, its events and compensations sum to {} / {}",
-                        n.id, k.0, k.1.as_str(), h.0, h.1, s.0, s.1
-                    ),
-                );
-            }
-        }
-    }
-
-    // 6. Idempotency.
-    let mut by_key: BTreeMap<(AccountId, Box<str>), Vec<&Event>> = BTreeMap::new();
-    for e in &events0 {
-        if let Some(tx) = e.tx() {
-            if let Some(k) = &tx.idempotency_key {
-                by_key
-                    .entry((tx.account.clone(), k.clone()))
-                    .or_default()
-                    .push(e);
-            }
-        }
-    }
-    for ((acct, key), evs) in &by_key {
-        let mut origins: Vec<_> = evs.iter().map(|e| e.id.origin).collect();
-        origins.sort();
-        if origins.windows(2).any(|w| w[0] == w[1]) {
-            let ids: Vec<String> = evs.iter().map(|e| e.id.to_string()).collect();
-            f.add(
-                "idempotency",
-                format!(
-                    "key {key:?} of {acct} has two events at one region: {}",
-                    ids.join(", ")
-                ),
-            );
-        }
-        let standing: Vec<&&Event> = evs
-            .iter()
-            .filter(|e| !matches!(r0.status(e.id), Some((Status::Reversed, _))))
-            .collect();
-        let same_body = evs.windows(2).all(|w| match (w[0].tx(), w[1].tx()) {
-            (Some(a), Some(b)) => a.same_body(b),
-            _ => false,
-        });
-        if same_body && standing.len() > 1 {
-            let ids: Vec<String> = standing.iter().map(|e| e.id.to_string()).collect();
-            f.add(
-                "idempotency",
-                format!(
-                    "key {key:?} of {acct}: {} events with the same body stand unreversed ({})",
-                    standing.len(),
-                    ids.join(", ")
-                ),
-            );
-        }
-    }
-
-    // Outcome figures from the settled fold.
+fn finish(sim: &Sim, f: Failures, expected: Vec<Expected>, overdrafts: u64) -> CheckResult {
     let mut out = Outcome {
         overdrafts,
         ..Outcome::default()
     };
-    let dup_causes: std::collections::BTreeSet<EventId> = expected
-        .iter()
-        .filter(|x| x.duplicate)
-        .map(|x| x.cause)
-        .collect();
-    for c in feed0 {
-        match c.kind {
-            CompKind::OverdraftFee => {
-                out.fees += 1;
-                out.fee_total += -c.delta;
+    if let Some(first) = sim.nodes.first() {
+        let r0 = &first.replica;
+        let dup_causes: BTreeSet<EventId> = expected
+            .iter()
+            .filter(|x| x.duplicate)
+            .map(|x| x.cause)
+            .collect();
+        for c in r0.feed(0, usize::MAX) {
+            match c.kind {
+                CompKind::OverdraftFee => {
+                    out.fees += 1;
+                    out.fee_total += -c.delta;
+                }
+                CompKind::Reversal if dup_causes.contains(&c.cause) => out.duplicate_reversals += 1,
+                CompKind::Reversal => out.reversals += 1,
+                CompKind::IdempotencyConflict => out.conflicts += 1,
             }
-            CompKind::Reversal if dup_causes.contains(&c.cause) => out.duplicate_reversals += 1,
-            CompKind::Reversal => out.reversals += 1,
-            CompKind::IdempotencyConflict => out.conflicts += 1,
         }
-    }
-    for (_, _, b) in r0.all_balances() {
-        if b.settled < Decimal::ZERO {
-            out.debt -= b.settled;
-            out.debt_accounts += 1;
+        for (_, _, b) in r0.all_balances() {
+            if b.settled < Decimal::ZERO {
+                out.debt -= b.settled;
+                out.debt_accounts += 1;
+            }
         }
     }
     let invariants = Invariants {

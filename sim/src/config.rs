@@ -131,10 +131,13 @@ pub struct SimConfig {
     pub policy: Policy,
     /// Label of the policy (file name) for output.
     pub policy_name: String,
-    /// Anti-entropy period, ms.
+    /// Anti-entropy period, ms (walletd: `ANTI_ENTROPY_INTERVAL_MS` = 2000).
     pub anti_entropy_ms: u64,
-    /// Most events per anti-entropy answer.
+    /// Most events per anti-entropy answer (walletd: `PULL_BATCH_EVENTS_MAX` = 2048).
     pub pull_limit: u32,
+    /// Periodic pulls only from peers whose heartbeat showed a gap a period ago (an
+    /// alternative to walletd's unconditional periodic pull, to compare the bytes).
+    pub pull_on_gap_only: bool,
     /// Record the time series the HTML report draws (costs memory on long runs).
     pub record_series: bool,
     /// Account to chart (None: the hottest).
@@ -165,8 +168,9 @@ impl SimConfig {
             scenario: Scenario::default(),
             policy: Policy::zero(),
             policy_name: "zero".into(),
-            anti_entropy_ms: 500,
-            pull_limit: 4_096,
+            anti_entropy_ms: 2_000,
+            pull_limit: 2_048,
+            pull_on_gap_only: false,
             record_series: false,
             chart_account: None,
             inject: None,

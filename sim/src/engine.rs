@@ -160,6 +160,10 @@ pub struct Counters {
     pub pulls: u64,
     /// Reports by kind: rejected, clock skew, equivocation, policy mismatch, overflow, unknown.
     pub reports: [u64; 6],
+    /// Events delivered to replicas in `Message::Events` (every copy).
+    pub events_delivered: u64,
+    /// Of those, already held by the receiver (replica stats, summed over incarnations).
+    pub events_duplicate: u64,
 }
 
 /// Per region: (provisional, settled) in cents, None while the region is down.
@@ -197,6 +201,9 @@ pub struct Sim {
     next_sub: usize,
     group: Vec<u32>,
     net: Rng,
+    /// Per link (from * n + to): when the last in-order message arrives (links are FIFO
+    /// streams, like the node's; only "reordered" messages overtake).
+    link_last: Vec<u64>,
     disk_rng: Rng,
     faults_on: bool,
     /// Acknowledged events: (id, logical request).
@@ -296,6 +303,7 @@ impl Sim {
         let logical = workload.logical as usize;
         let mut sim = Sim {
             net: Rng::new(cfg.seed, b"network"),
+            link_last: vec![0; n * n],
             disk_rng: Rng::new(cfg.seed, b"disk"),
             faults_on: true,
             nodes,
@@ -445,10 +453,16 @@ impl Sim {
             self.counters.messages_lost += 1;
             return;
         }
-        let mut delay = self.net.range(dmin, dmax);
-        if self.net.chance(reorder) {
-            delay += self.net.range(0, extra);
-        }
+        let delay = self.net.range(dmin, dmax);
+        let link = from * self.nodes.len() + to;
+        let at = if self.net.chance(reorder) {
+            // Held back: later messages on the link overtake it.
+            self.now + delay + self.net.range(0, extra)
+        } else {
+            let at = (self.now + delay).max(self.link_last[link]);
+            self.link_last[link] = at;
+            at
+        };
         let inc = self.nodes[to].inc;
         if self.net.chance(dup) {
             let d2 = self.net.range(dmin, dmax);
@@ -465,7 +479,7 @@ impl Sim {
             );
         }
         self.push(
-            self.now + delay,
+            at,
             Ev::Deliver {
                 to: to as u8,
                 from: from as u8,
@@ -511,9 +525,9 @@ impl Sim {
         }
     }
 
-    /// The periodic round: pull from each connected peer whose heartbeat showed, a full
-    /// period ago, events this region still lacks (what is merely in flight is not asked
-    /// for twice).
+    /// The periodic round. Like walletd: pull from every connected peer. With
+    /// `pull_on_gap_only`: only from peers whose heartbeat showed, a full period ago, events
+    /// this region still lacks (what is merely in flight is not asked for twice).
     fn periodic_pull(&mut self, i: usize) {
         if !self.nodes[i].up {
             return;
@@ -526,7 +540,8 @@ impl Sim {
             }
             let node = &self.nodes[i];
             let vv = node.replica.version_vector();
-            let behind = (0..n).any(|o| node.peer_vv_prev[j][o] > vv.get(&self.cfg.regions[o]));
+            let behind = !self.cfg.pull_on_gap_only
+                || (0..n).any(|o| node.peer_vv_prev[j][o] > vv.get(&self.cfg.regions[o]));
             if behind {
                 let m = Message::Pull {
                     vv: vv.clone(),
@@ -770,6 +785,7 @@ impl Sim {
         }
         node.up = false;
         node.inc += 1;
+        self.counters.events_duplicate += node.replica.stats().duplicates;
         node.timer_at = None;
         node.disk.pending.clear();
         node.disk.fsync_in_flight = false;
@@ -858,6 +874,7 @@ impl Sim {
             }
             Message::Events(events) => {
                 let full = events.len() >= self.cfg.pull_limit as usize;
+                self.counters.events_delivered += events.len() as u64;
                 self.nodes[to]
                     .replica
                     .handle_message(now_l, from_id, Message::Events(events));
@@ -1042,6 +1059,9 @@ impl Sim {
         }
         if self.cfg.record_series {
             self.sample();
+        }
+        for n in &self.nodes {
+            self.counters.events_duplicate += n.replica.stats().duplicates;
         }
     }
 }

@@ -52,13 +52,15 @@ pub fn summary(r: &RunResult) -> String {
     );
     let _ = writeln!(
         s,
-        "  faults: partitions {}  crashes {}  messages {} (lost {})  replicated {} ({} bytes)",
+        "  faults: partitions {}  crashes {}  messages {} (lost {})  replicated {} ({} bytes)  events delivered {} ({} already held)",
         m.partitions,
         m.crashes,
         m.messages,
         m.messages_lost,
         human_bytes(m.bytes_replicated),
-        m.bytes_replicated
+        m.bytes_replicated,
+        m.events_delivered,
+        m.events_duplicate
     );
     let _ = writeln!(
         s,

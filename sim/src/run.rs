@@ -55,6 +55,10 @@ pub struct Metrics {
     pub messages: u64,
     /// Messages lost by the fault model.
     pub messages_lost: u64,
+    /// Events delivered between regions (every copy, push and anti-entropy).
+    pub events_delivered: u64,
+    /// Of those, already held by the receiver (in flight twice, duplicated, re-pulled).
+    pub events_duplicate: u64,
     /// Partitions.
     pub partitions: u64,
     /// Crashes.
@@ -152,7 +156,7 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
     let regions = cfg.regions.iter().map(|r| r.to_string()).collect();
     let mut sim = Sim::new(cfg);
     sim.run();
-    let check = check(&sim);
+    let check = check(&mut sim);
     let wall = started.elapsed();
     let w = &sim.workload;
     let transactions = u64::from(w.logical);
@@ -197,6 +201,8 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         bytes_replicated: c.bytes,
         messages: c.messages,
         messages_lost: c.messages_lost,
+        events_delivered: c.events_delivered,
+        events_duplicate: c.events_duplicate,
         partitions: c.partitions,
         crashes: c.crashes,
         lost_before_durable: c.lost_unacked,

@@ -21,7 +21,7 @@ fn run(policy_file: &str) -> Sim {
     cfg.policy = Policy::from_toml(&ptext).expect("valid policy");
     let mut sim = Sim::new(cfg);
     sim.run();
-    let c = check(&sim);
+    let c = check(&mut sim);
     assert!(c.invariants.all(), "{:?}", c.failures);
     assert_eq!(
         sim.acked.len(),
@@ -82,7 +82,7 @@ fn without_the_partition_the_second_purchase_is_refused_and_nothing_is_compensat
     cfg.scenario = scenario::parse(&healed, &cfg.regions, Currency::USD).expect("valid");
     let mut sim = Sim::new(cfg);
     sim.run();
-    assert!(check(&sim).invariants.all());
+    assert!(check(&mut sim).invariants.all());
     assert_eq!(sim.counters.refused_funds, 1);
     assert_eq!(sim.nodes[0].replica.feed_len(), 0);
 }
