@@ -136,8 +136,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     Some(token.trim())
 }
 
-async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let admin_route = req.uri().path().starts_with("/v1/admin/");
+/// Checks the bearer token of a `/v1/*` request; `None` lets it through.
+fn check_auth(st: &AppState, req: &Request) -> Option<Response> {
+    let path = req.uri().path();
+    if !path.starts_with("/v1/") {
+        return None;
+    }
+    let admin_route = path.starts_with("/v1/admin/");
     let token = bearer(req.headers()).map(str::as_bytes);
     let is_admin = token.is_some_and(|t| st.0.admin_tokens.iter().any(|a| ct_eq(a.as_bytes(), t)));
     let is_client = token.is_some_and(|t| st.0.tokens.iter().any(|a| ct_eq(a.as_bytes(), t)));
@@ -150,12 +155,12 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
         .into_response();
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+        return Some(r);
     }
     if admin_route && !is_admin {
-        return error(403, "forbidden", "this route needs an admin token").into_response();
+        return Some(error(403, "forbidden", "this route needs an admin token").into_response());
     }
-    next.run(req).await
+    None
 }
 
 fn route_name(path: Option<&str>) -> &'static str {
@@ -187,7 +192,8 @@ fn method_name(m: &Method) -> &'static str {
     }
 }
 
-async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
+/// The one middleware: bearer auth on `/v1/*`, then per-route metrics.
+async fn front(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = route_name(
         req.extensions()
@@ -195,7 +201,10 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
             .map(MatchedPath::as_str),
     );
     let method = method_name(req.method());
-    let resp = next.run(req).await;
+    let resp = match check_auth(&st, &req) {
+        Some(denied) => denied,
+        None => next.run(req).await,
+    };
     let status = resp.status().as_u16();
     st.0.metrics
         .observe_http(route, method, status, started.elapsed());
@@ -214,8 +223,7 @@ pub fn router(st: AppState) -> Router {
         .route("/v1/transactions/{id}", get(get_transaction))
         .route("/v1/compensations", get(compensations))
         .route("/v1/status", get(status))
-        .route("/v1/admin/faults", post(faults))
-        .route_layer(axum::middleware::from_fn_with_state(st.clone(), auth));
+        .route("/v1/admin/faults", post(faults));
     Router::new()
         .merge(v1)
         .route("/metrics", get(metrics))
@@ -225,7 +233,7 @@ pub fn router(st: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(st.clone(), observe))
+        .layer(axum::middleware::from_fn_with_state(st.clone(), front))
         .with_state(st)
 }
 

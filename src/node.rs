@@ -1098,6 +1098,10 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let _ = std::io::stdout().flush();
     tracing::info!(region = %cfg.region, http = %http_addr, "ready");
 
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
     if let Err(e) = serve.await {
         tracing::error!(error = %e, "http server error");
