@@ -84,8 +84,6 @@ Faults (random ones drawn from the seed; on by default):
                            --partitions/--crashes are given
   --anti-entropy MS        anti-entropy period (default 2000, as walletd): pull from every
                            connected peer; on heal and restart, at once
-  --pull-mode node|gap     node (default): walletd's unconditional periodic pull; gap: pull
-                           only from peers whose heartbeat showed a gap a period ago
   --pull-limit N           events per pull answer (default 2048, as walletd)
 Output:
   --json PATH              JSON results (an object for one run, a list otherwise)
@@ -262,13 +260,6 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                 base.anti_entropy_ms = num(value(args, &mut i, flag)?, flag)?;
                 if base.anti_entropy_ms == 0 {
                     return Err(CliError("--anti-entropy must be at least 1 ms".into()));
-                }
-            }
-            "--pull-mode" => {
-                base.pull_on_gap_only = match value(args, &mut i, flag)? {
-                    "node" => false,
-                    "gap" => true,
-                    o => return Err(CliError(format!("--pull-mode {o:?}: expected node or gap"))),
                 }
             }
             "--pull-limit" => {

@@ -135,9 +135,6 @@ pub struct SimConfig {
     pub anti_entropy_ms: u64,
     /// Most events per anti-entropy answer (walletd: `PULL_BATCH_EVENTS_MAX` = 2048).
     pub pull_limit: u32,
-    /// Periodic pulls only from peers whose heartbeat showed a gap a period ago (an
-    /// alternative to walletd's unconditional periodic pull, to compare the bytes).
-    pub pull_on_gap_only: bool,
     /// Record the time series the HTML report draws (costs memory on long runs).
     pub record_series: bool,
     /// Account to chart (None: the hottest).
@@ -170,7 +167,6 @@ impl SimConfig {
             policy_name: "zero".into(),
             anti_entropy_ms: 2_000,
             pull_limit: 2_048,
-            pull_on_gap_only: false,
             record_series: false,
             chart_account: None,
             inject: None,

@@ -119,10 +119,6 @@ pub struct Node {
     acks: VecDeque<(u64, u32, EventId)>,
     lag_q: VecDeque<(u64, Hlc, u64)>,
     just_submitted: Option<(EventId, u32)>,
-    /// Per peer, per origin: what the peer's last heartbeat said it holds.
-    peer_vv: Vec<Vec<u64>>,
-    /// The same, as of the previous anti-entropy round.
-    peer_vv_prev: Vec<Vec<u64>>,
 }
 
 /// Counters of a run.
@@ -285,8 +281,6 @@ impl Sim {
                     acks: VecDeque::new(),
                     lag_q: VecDeque::new(),
                     just_submitted: None,
-                    peer_vv: vec![vec![0; n]; n],
-                    peer_vv_prev: vec![vec![0; n]; n],
                 }
             })
             .collect();
@@ -507,53 +501,13 @@ impl Sim {
         }
     }
 
+    /// Pulls from every connected peer.
     fn pull(&mut self, i: usize) {
-        if !self.nodes[i].up {
-            return;
-        }
-        let limit = self.cfg.pull_limit;
         for j in 0..self.nodes.len() {
-            if j != i && self.connected(i, j) {
-                let m = Message::Pull {
-                    vv: self.nodes[i].replica.version_vector().clone(),
-                    limit,
-                };
-                let bytes = wallet_core::wire::encode_message(&m).len();
-                self.counters.pulls += 1;
-                self.send(i, j, m, bytes);
+            if j != i {
+                self.pull_from(i, j);
             }
         }
-    }
-
-    /// The periodic round. Like walletd: pull from every connected peer. With
-    /// `pull_on_gap_only`: only from peers whose heartbeat showed, a full period ago, events
-    /// this region still lacks (what is merely in flight is not asked for twice).
-    fn periodic_pull(&mut self, i: usize) {
-        if !self.nodes[i].up {
-            return;
-        }
-        let n = self.nodes.len();
-        let limit = self.cfg.pull_limit;
-        for j in 0..n {
-            if j == i || !self.connected(i, j) {
-                continue;
-            }
-            let node = &self.nodes[i];
-            let vv = node.replica.version_vector();
-            let behind = !self.cfg.pull_on_gap_only
-                || (0..n).any(|o| node.peer_vv_prev[j][o] > vv.get(&self.cfg.regions[o]));
-            if behind {
-                let m = Message::Pull {
-                    vv: vv.clone(),
-                    limit,
-                };
-                let bytes = wallet_core::wire::encode_message(&m).len();
-                self.counters.pulls += 1;
-                self.send(i, j, m, bytes);
-            }
-        }
-        let node = &mut self.nodes[i];
-        node.peer_vv_prev.clone_from(&node.peer_vv);
     }
 
     fn arm_timer(&mut self, i: usize) {
@@ -728,13 +682,15 @@ impl Sim {
     fn fault(&mut self, a: Action) {
         match a {
             Action::Split(groups) => {
+                let mut assign = self.group.clone();
                 for (g, members) in groups.iter().enumerate() {
                     for r in members {
-                        if let Some(x) = self.group.get_mut(*r) {
-                            *x = g as u32;
+                        if let Some(x) = assign.get_mut(*r) {
+                            *x = g as u32 + 1;
                         }
                     }
                 }
+                self.set_groups(assign);
                 let label = groups
                     .iter()
                     .map(|g| {
@@ -765,15 +721,37 @@ impl Sim {
     }
 
     fn heal(&mut self) {
-        for g in &mut self.group {
-            *g = 0;
-        }
+        self.set_groups(vec![0; self.nodes.len()]);
         if let Some((s, l)) = self.partition_open.take() {
             self.series.partitions.push((s, self.now, l));
         }
-        for i in 0..self.nodes.len() {
-            self.pull(i);
+    }
+
+    /// Changes the partition; every link that comes back is a reconnect, on which both ends
+    /// pull from each other (walletd pulls on `NetEvent::Connected`).
+    fn set_groups(&mut self, groups: Vec<u32>) {
+        let old = std::mem::replace(&mut self.group, groups);
+        let n = self.nodes.len();
+        for i in 0..n {
+            for j in 0..n {
+                if i != j && old[i] != old[j] && self.group[i] == self.group[j] {
+                    self.pull_from(i, j);
+                }
+            }
         }
+    }
+
+    fn pull_from(&mut self, i: usize, j: usize) {
+        if !self.connected(i, j) {
+            return;
+        }
+        let m = Message::Pull {
+            vv: self.nodes[i].replica.version_vector().clone(),
+            limit: self.cfg.pull_limit,
+        };
+        let bytes = wallet_core::wire::encode_message(&m).len();
+        self.counters.pulls += 1;
+        self.send(i, j, m, bytes);
     }
 
     fn crash(&mut self, r: usize) {
@@ -823,7 +801,13 @@ impl Sim {
             self.series.downtime.push((r, s, self.now));
         }
         self.drain(r);
-        self.pull(r);
+        // Reconnect: the restarted region pulls from every peer, and every peer from it.
+        for j in 0..self.nodes.len() {
+            if j != r {
+                self.pull_from(r, j);
+                self.pull_from(j, r);
+            }
+        }
     }
 
     fn fsync(&mut self, i: usize, upto: u64) {
@@ -891,9 +875,6 @@ impl Sim {
                 }
             }
             Message::Heartbeat(hb) => {
-                for (o, r) in self.cfg.regions.iter().enumerate() {
-                    self.nodes[to].peer_vv[from][o] = hb.vv.get(r);
-                }
                 self.nodes[to]
                     .replica
                     .handle_message(now_l, from_id, Message::Heartbeat(hb));
@@ -943,7 +924,8 @@ impl Sim {
             Ev::AntiEntropy { node, inc } => {
                 let i = node as usize;
                 if self.nodes[i].inc == inc {
-                    self.periodic_pull(i);
+                    // Like walletd: every period, pull from every connected member.
+                    self.pull(i);
                 }
                 let next_inc = self.nodes[i].inc;
                 self.push(
