@@ -311,3 +311,68 @@ async fn truncated_file_refuses_to_start() {
     assert!(err.contains(&file.display().to_string()), "{err}");
     eprintln!("refusal: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
+    let c = Cluster::init("eu");
+    let mut node = c.start(0);
+    let api = Arc::new(Api::new(&node.url, &c.token()));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (api, acked) = (api.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let sent = api
+                    .http
+                    .post(format!("{}/v1/accounts/term/transactions", api.url))
+                    .bearer_auth(&api.token)
+                    .body(r#"{"type":"deposit","amount":"1.00","currency":"USD"}"#)
+                    .send()
+                    .await;
+                let Ok(resp) = sent else { break };
+                if resp.status().as_u16() != 201 {
+                    break;
+                }
+                let Ok(j) = resp.json::<serde_json::Value>().await else {
+                    break;
+                };
+                acked
+                    .lock()
+                    .unwrap()
+                    .push(j["id"].as_str().unwrap().to_string());
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = node.term();
+        (s, node)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.success(),
+        "graceful shutdown must exit 0: {:?}",
+        status.0
+    );
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 50, "{}", acked.len());
+    let node = c.start(0);
+    let api = Api::new(&node.url, &c.token());
+    let ids: std::collections::BTreeSet<String> = api
+        .history("term")
+        .await
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &acked {
+        assert!(
+            ids.contains(id),
+            "acknowledged {id} lost by a graceful shutdown"
+        );
+    }
+}

@@ -110,3 +110,59 @@ async fn two_regions_replicate_partition_heal_and_agree_on_the_fee() {
     assert_eq!(us_member["connected"], true);
     assert_eq!(us_member["policy_matches"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_restores_its_history_from_peers_after_losing_its_disk() {
+    let c = Cluster::init("eu,us");
+    let mut eu_node = c.start(0);
+    let us_node = c.start(1);
+    let eu = Api::new(&eu_node.url, &c.token());
+    let us = Api::new(&us_node.url, &c.token());
+    for i in 0..5 {
+        let r = eu
+            .tx(
+                "erin",
+                "deposit",
+                &format!("{}.00", i + 1),
+                Some(&format!("d{i}")),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    wait_for(
+        "eu's events to reach us",
+        Duration::from_secs(30),
+        || async { us.balance("erin", "USD").await.map(|b| b.0) == Some("15.00".into()) },
+    )
+    .await;
+    // eu loses its disk.
+    eu_node.kill9();
+    std::fs::remove_dir_all(c.data_file("eu").parent().unwrap()).unwrap();
+    let (url, config) = c.region(0);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("restore = false", "restore = true")).unwrap();
+    let eu_node = Node::start(&config, url, c.token(), &[]);
+    let eu = Api::new(&eu_node.url, &c.token());
+    // It pulls its own history back, then accepts again, continuing its own sequence.
+    wait_for(
+        "eu to finish restoring",
+        Duration::from_secs(60),
+        || async {
+            let r = reqwest::get(format!("{}/readyz", eu.url)).await;
+            r.is_ok_and(|r| r.status().as_u16() == 200)
+        },
+    )
+    .await;
+    assert_eq!(eu.balance("erin", "USD").await.unwrap().0, "15.00");
+    let r = eu.tx("erin", "purchase", "1.00", None).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["id"], "eu:6", "a restored region never reuses a seq");
+    // A retry of an event issued before the disk loss finds the original.
+    let r = eu.tx("erin", "deposit", "1.00", Some("d0")).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json["id"], "eu:1");
+    wait_for("us to see eu:6", Duration::from_secs(30), || async {
+        us.get("/v1/transactions/eu:6").await.status == 200
+    })
+    .await;
+}
