@@ -166,3 +166,24 @@ async fn a_region_restores_its_history_from_peers_after_losing_its_disk() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restoring_region_refuses_transactions_and_is_not_ready() {
+    // Restore from an empty disk while the only peer is down: the region must wait.
+    let c = Cluster::init("eu,us");
+    let (url, config) = c.region(0);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("restore = false", "restore = true")).unwrap();
+    let node = Node::start(&config, url, c.token(), &[]);
+    let eu = Api::new(&node.url, &c.token());
+    let r = reqwest::get(format!("{}/readyz", eu.url)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(j["error"]["code"], "restoring");
+    let r = eu.tx("fay", "deposit", "1", None).await;
+    assert_eq!((r.status, error_code(&r).as_str()), (503, "restoring"));
+    let s = eu.get("/v1/status").await;
+    assert_eq!(s.json["restoring"], true);
+    // Reads still work.
+    assert_eq!(eu.get("/v1/accounts/fay/balances").await.status, 200);
+}
