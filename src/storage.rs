@@ -236,6 +236,16 @@ impl Store {
     /// Opens (or creates) the store and reads everything back, verifying every checksum.
     /// A corrupt file is an error, never a partial load.
     pub fn open(dir: &Path) -> Result<(Store, Loaded), StorageError> {
+        // Silence the default panic report while reading: a panic inside redb on a damaged
+        // file becomes the clear corruption error instead of a backtrace.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let result = Store::open_inner(dir);
+        std::panic::set_hook(hook);
+        result
+    }
+
+    fn open_inner(dir: &Path) -> Result<(Store, Loaded), StorageError> {
         let path = Store::file_path(dir);
         let pstr = path.display().to_string();
         std::fs::create_dir_all(dir).map_err(|e| StorageError::Open {
