@@ -340,6 +340,7 @@ fn main() {
         "{:<14} {:>9} {:>12} {:>9} {:>9} {:>9} {:>8}",
         "group_commit", "accounts", "accepted/s", "p50 ms", "p99 ms", "max ms", "errors"
     );
+    let mut rates: Vec<(bool, usize, f64)> = Vec::new();
     for &gc in &args.modes {
         for &accounts in &args.accounts {
             let server = match start_server(&args.walletd, gc) {
@@ -353,6 +354,7 @@ fn main() {
                 Ok((mut o, d)) => {
                     o.lat_us.sort_unstable();
                     let rate = o.ok as f64 / d.as_secs_f64();
+                    rates.push((gc, accounts, rate));
                     println!(
                         "{:<14} {:>9} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>8}",
                         if gc { "on" } else { "off" },
@@ -370,6 +372,18 @@ fn main() {
                 Err(e) => eprintln!("run failed: {e}"),
             }
             drop(server);
+        }
+    }
+    for &accounts in &args.accounts {
+        let on = rates.iter().find(|r| r.0 && r.1 == accounts).map(|r| r.2);
+        let off = rates.iter().find(|r| !r.0 && r.1 == accounts).map(|r| r.2);
+        if let (Some(on), Some(off)) = (on, off) {
+            if off > 0.0 {
+                println!(
+                    "group commit gain on {accounts} account(s): {:.1}x",
+                    on / off
+                );
+            }
         }
     }
 }
