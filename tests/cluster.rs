@@ -615,3 +615,58 @@ async fn a_policy_mismatch_is_reported_and_settles_nothing() {
         assert_eq!(hlc(&s["watermark"]), watermark_before[i], "{s}");
     }
 }
+
+#[test]
+fn walletd_demo_settles_the_double_spend_and_exits_zero() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(BIN)
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn walletd demo");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("walletd demo did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    // One fee, the same id in every region's row, and the settled balance it implies.
+    let fee_rows: Vec<&str> = out.lines().filter(|l| l.contains("fee:")).collect();
+    assert_eq!(fee_rows.len(), 4, "{out}"); // three regions and the verdict
+    let id = fee_rows[0]
+        .split_whitespace()
+        .find(|w| w.starts_with("fee:"))
+        .unwrap();
+    assert!(id == "fee:eu:2" || id == "fee:us:1", "{out}");
+    assert!(fee_rows.iter().all(|l| l.contains(id)), "{out}");
+    for r in ["eu", "us", "ap"] {
+        let row = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{r} ")))
+            .unwrap_or_else(|| panic!("no row for {r}: {out}"));
+        assert_eq!(row.split_whitespace().nth(1), Some("-105.00"), "{row}");
+        assert_eq!(row.split_whitespace().nth(2), Some("-105.00"), "{row}");
+    }
+    assert!(out.contains("OK: all 3 regions agree"), "{out}");
+}
