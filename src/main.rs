@@ -152,7 +152,11 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("walletd: {e}");
                     tracing::error!(error = %e, "walletd failed to start");
-                    ExitCode::FAILURE
+                    if matches!(e, wallet::node::NodeError::Config(_)) {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }
