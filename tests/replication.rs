@@ -187,3 +187,95 @@ async fn a_restoring_region_refuses_transactions_and_is_not_ready() {
     // Reads still work.
     assert_eq!(eu.get("/v1/accounts/fay/balances").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_policy_and_cross_region_duplicates_show_reversed_status() {
+    let c = Cluster::init("eu,us");
+    let policy = c.dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[default]\naction = \"reverse\"\noverdraft_line = \"0\"\nreversible = [\"purchase\"]\n",
+    )
+    .unwrap();
+    let eu_node = c.start(0);
+    let us_node = c.start(1);
+    let eu = Api::new(&eu_node.url, &c.token());
+    let us = Api::new(&us_node.url, &c.token());
+    let eu_admin = Api::new(&eu_node.url, &c.admin_token());
+    assert_eq!(eu.tx("gus", "deposit", "100", None).await.status, 201);
+    wait_for(
+        "the deposit to reach us",
+        Duration::from_secs(30),
+        || async { us.balance("gus", "USD").await.is_some() },
+    )
+    .await;
+    let r = eu_admin
+        .post_raw("/v1/admin/faults", r#"{"isolate":["eu"]}"#, None)
+        .await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A double spend, and the same keyed deposit accepted by both sides of the partition.
+    assert_eq!(eu.tx("gus", "purchase", "100", None).await.status, 201);
+    assert_eq!(us.tx("gus", "purchase", "100", None).await.status, 201);
+    let a = eu.tx("hal", "deposit", "50", Some("dup-1")).await;
+    let b = us.tx("hal", "deposit", "50", Some("dup-1")).await;
+    assert_eq!((a.status, b.status), (201, 201));
+    assert_ne!(a.json["id"], b.json["id"], "two regions, two events");
+    eu_admin
+        .post_raw("/v1/admin/faults", r#"{"heal":true}"#, None)
+        .await;
+    wait_for(
+        "two reversals everywhere",
+        Duration::from_secs(60),
+        || async {
+            let n = |api: &Api| {
+                let api = Api::new(&api.url, &api.token);
+                async move {
+                    api.get("/v1/compensations").await.json["compensations"]
+                        .as_array()
+                        .map(|v| v.len())
+                        .unwrap_or(0)
+                }
+            };
+            n(&eu).await == 2 && n(&us).await == 2
+        },
+    )
+    .await;
+    let fe = eu.get("/v1/compensations").await.json;
+    let fu = us.get("/v1/compensations").await.json;
+    assert_eq!(
+        fe["compensations"], fu["compensations"],
+        "same feed, same order"
+    );
+    for c in fe["compensations"].as_array().unwrap() {
+        assert_eq!(c["type"], "reversal");
+        let cause = c["cause"].as_str().unwrap();
+        let t = us.get(&format!("/v1/transactions/{cause}")).await;
+        assert_eq!(t.json["status"], "reversed", "{}", t.json);
+        assert_eq!(t.json["reversed_by"], format!("rev:{cause}"));
+    }
+    // The settled balances: the later purchase and the later duplicate are reversed.
+    wait_for("settled balances", Duration::from_secs(30), || async {
+        eu.balance("gus", "USD").await.map(|b| b.1) == Some("0.00".into())
+            && us.balance("hal", "USD").await.map(|b| b.1) == Some("50.00".into())
+    })
+    .await;
+    // Replication traffic shows up in the metrics.
+    let m = reqwest::get(format!("{}/metrics", eu.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sent: u64 = m
+        .lines()
+        .find(|l| l.starts_with("walletd_replication_bytes_total{direction=\"sent\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(sent > 0);
+    assert!(
+        m.contains("walletd_compensations_total{kind=\"reversal\"} 2"),
+        "{m}"
+    );
+}
