@@ -130,7 +130,7 @@ impl Workload {
             let (lo, hi) = w.amount_cents;
             // Mostly small amounts, some up to the maximum.
             let mut c = if rng.chance(600_000) {
-                rng.range(lo, lo + (hi - lo) / 10)
+                rng.range(lo, lo + hi.saturating_sub(lo) / 10)
             } else {
                 rng.range(lo, hi)
             };
