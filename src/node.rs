@@ -29,6 +29,9 @@ use crate::storage::{self, DiskDone, IdemRecord, Store, WriteBatch, WriteOp};
 pub const ANTI_ENTROPY_INTERVAL_MS: u64 = 2_000;
 /// Most events asked for / answered in one pull.
 pub const PULL_BATCH_EVENTS_MAX: usize = 2_048;
+/// Least time between two pulls from one member triggered by its heartbeats showing events we
+/// lack (a full answer pulls again at once regardless).
+pub const HEARTBEAT_PULL_SPACING_MS: u64 = 1_000;
 /// Most HTTP commands the actor takes per loop iteration (one write batch).
 pub const COMMANDS_PER_BATCH_MAX: usize = 1_024;
 /// Capacity of the command channel from HTTP handlers to the actor.
@@ -203,6 +206,7 @@ pub struct Actor {
     restoring: bool,
     failed: bool,
     deferred: VecDeque<Output>,
+    last_pull_ms: BTreeMap<wallet_core::RegionId, u64>,
 }
 
 fn report_kind(r: &Report) -> &'static str {
@@ -719,6 +723,7 @@ impl Actor {
     }
 
     async fn pull_from(&mut self, r: wallet_core::RegionId) {
+        self.last_pull_ms.insert(r, now_ms());
         let msg = Message::Pull {
             vv: self.replica.version_vector().clone(),
             limit: PULL_BATCH_EVENTS_MAX as u32,
@@ -751,7 +756,21 @@ impl Actor {
                         self.pull_from(from).await;
                     }
                 }
-                other => self.replica.handle_message(now, from, other),
+                Message::Heartbeat(hb) => {
+                    // A heartbeat whose version vector is ahead of ours shows a gap (a push was
+                    // lost): pull from that member now rather than at the next periodic pull.
+                    let mine = self.replica.version_vector();
+                    let behind = hb.vv.dots.iter().any(|(o, s)| *s > mine.get(o));
+                    self.replica
+                        .handle_message(now, from, Message::Heartbeat(hb));
+                    let recent = self
+                        .last_pull_ms
+                        .get(&from)
+                        .is_some_and(|t| now < t.saturating_add(HEARTBEAT_PULL_SPACING_MS));
+                    if behind && !recent {
+                        self.pull_from(from).await;
+                    }
+                }
             },
         }
     }
@@ -1030,6 +1049,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         restoring,
         failed: false,
         deferred: VecDeque::new(),
+        last_pull_ms: BTreeMap::new(),
     };
     if restoring && loaded.fresh {
         actor.push_op(WriteOp::Restore(true));
