@@ -960,6 +960,10 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
             .into());
         }
     }
+    storage::check_data_dir(
+        &cfg.data_dir,
+        &format!("region={} cluster={}", cfg.region, cfg.cluster),
+    )?;
     let (store, loaded) = Store::open(&cfg.data_dir)?;
     let seed = cfg.policy.hash();
     if loaded.recorded_policy.is_none() {

@@ -34,6 +34,8 @@ const IDEM: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempot
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "wallet.redb";
+/// Name of the marker file that says which region and cluster own a data directory.
+pub const MARKER_FILE_NAME: &str = "walletd.marker";
 /// Storage format version written in `meta`.
 pub const STORAGE_FORMAT: u8 = 1;
 /// Bytes of the per-value checksum.
@@ -224,6 +226,58 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "internal panic while reading the file".into()
+    }
+}
+
+/// Checks that a data directory belongs to this region and cluster, and that a directory
+/// that once held a database still does: a missing or emptied `wallet.redb` next to a marker
+/// means lost data, and starting afresh would reuse sequence numbers. Writes the marker on
+/// first use.
+pub fn check_data_dir(dir: &Path, owner: &str) -> Result<(), StorageError> {
+    let db = Store::file_path(dir);
+    let marker = dir.join(MARKER_FILE_NAME);
+    let db_len = std::fs::metadata(&db).map(|m| m.len()).ok();
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => {
+            if text.trim() != owner {
+                return Err(StorageError::Corrupt {
+                    path: marker.display().to_string(),
+                    what: format!(
+                        "this data dir belongs to {:?}, not {owner:?} (wrong data_dir in the config?)",
+                        text.trim()
+                    ),
+                });
+            }
+            if db_len.unwrap_or(0) == 0 {
+                return Err(StorageError::Corrupt {
+                    path: db.display().to_string(),
+                    what: "the database file is missing or empty although this data dir was in use (see walletd.marker): its events are lost".into(),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| StorageError::Open {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let write = || -> std::io::Result<()> {
+                use std::io::Write as _;
+                let mut f = std::fs::File::create(&marker)?;
+                f.write_all(owner.as_bytes())?;
+                f.write_all(b"\n")?;
+                f.sync_all()?;
+                std::fs::File::open(dir)?.sync_all()
+            };
+            write().map_err(|e| StorageError::Write {
+                path: marker.display().to_string(),
+                reason: e.to_string(),
+            })
+        }
+        Err(e) => Err(StorageError::Open {
+            path: marker.display().to_string(),
+            reason: e.to_string(),
+        }),
     }
 }
 

@@ -376,3 +376,29 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_file_or_a_foreign_data_dir_refuses_to_start() {
+    let c = Cluster::init("eu");
+    let mut node = c.start(0);
+    let api = Api::new(&node.url, &c.token());
+    assert_eq!(api.tx("m", "deposit", "1", None).await.status, 201);
+    assert!(node.term().success());
+    let (_, config) = c.region(0);
+    let file = c.data_file("eu");
+    // Emptied (or deleted) database next to the marker: starting afresh would reuse seqs.
+    std::fs::write(&file, b"").unwrap();
+    let (st, err) = run_expect_failure(&config);
+    assert!(!st.success());
+    assert!(err.contains("missing or empty"), "{err}");
+    std::fs::remove_file(&file).unwrap();
+    let (st, err) = run_expect_failure(&config);
+    assert!(!st.success());
+    assert!(err.contains("missing or empty"), "{err}");
+    // A data dir that belongs to another region or cluster.
+    let marker = file.parent().unwrap().join("walletd.marker");
+    std::fs::write(&marker, "region=us cluster=other\n").unwrap();
+    let (st, err) = run_expect_failure(&config);
+    assert!(!st.success());
+    assert!(err.contains("belongs to"), "{err}");
+}
