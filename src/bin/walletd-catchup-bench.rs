@@ -68,7 +68,10 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 .cloned()
                 .ok_or_else(|| format!("{flag} needs a value"))
         };
-        let num = |s: String| s.parse::<u64>().map_err(|_| format!("{flag}: {s:?} is not a number"));
+        let num = |s: String| {
+            s.parse::<u64>()
+                .map_err(|_| format!("{flag}: {s:?} is not a number"))
+        };
         match flag.as_str() {
             "--events" => a.events = num(value()?)?,
             "--history" => a.history = num(value()?)?,
@@ -313,10 +316,14 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
     }
     // Everyone holds the history before the partition.
     let cr = &c;
-    wallet::demo::wait_until("the history to reach every region", SYNC_TIMEOUT_MS, || async move {
-        let a = vv_of(&cr.status(eu).await?);
-        Ok(a == vv_of(&cr.status(us).await?) && a == vv_of(&cr.status(ap).await?))
-    })
+    wallet::demo::wait_until(
+        "the history to reach every region",
+        SYNC_TIMEOUT_MS,
+        || async move {
+            let a = vv_of(&cr.status(eu).await?);
+            Ok(a == vv_of(&cr.status(us).await?) && a == vv_of(&cr.status(ap).await?))
+        },
+    )
     .await?;
 
     c.isolate("us").await?;
@@ -329,9 +336,11 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
         rate(args.events, d)
     );
     let cr = &c;
-    let synced = wallet::demo::wait_until("eu and ap to hold each other's events", SYNC_TIMEOUT_MS, || async move {
-        Ok(vv_of(&cr.status(eu).await?) == vv_of(&cr.status(ap).await?))
-    })
+    let synced = wallet::demo::wait_until(
+        "eu and ap to hold each other's events",
+        SYNC_TIMEOUT_MS,
+        || async move { Ok(vv_of(&cr.status(eu).await?) == vv_of(&cr.status(ap).await?)) },
+    )
     .await?;
     let target = vv_of(&c.status(eu).await?);
     let us_now = vv_of(&c.status(us).await?);
@@ -347,8 +356,12 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
     let recv = "walletd_replication_bytes_total{direction=\"received\"}";
     let sent = "walletd_replication_bytes_total{direction=\"sent\"}";
     let recv_msgs = "walletd_replication_messages_total{direction=\"received\"}";
+    let dups = "walletd_events_duplicate_total";
+    let applied = "walletd_events_remote_applied_total";
     let us_recv0 = metric(&m_us, recv).unwrap_or(0);
     let us_msgs0 = metric(&m_us, recv_msgs).unwrap_or(0);
+    let us_dups0 = metric(&m_us, dups).unwrap_or(0);
+    let us_applied0 = metric(&m_us, applied).unwrap_or(0);
     let others_sent0 = metric(&m_eu, sent).unwrap_or(0) + metric(&m_ap, sent).unwrap_or(0);
 
     let heal_clock = hlc(&c.status(eu).await?["clock"]);
@@ -372,7 +385,13 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
     let m_eu = c.metrics(eu).await?;
     let m_ap = c.metrics(ap).await?;
     let us_recv = metric(&m_us, recv).unwrap_or(0).saturating_sub(us_recv0);
-    let us_msgs = metric(&m_us, recv_msgs).unwrap_or(0).saturating_sub(us_msgs0);
+    let us_msgs = metric(&m_us, recv_msgs)
+        .unwrap_or(0)
+        .saturating_sub(us_msgs0);
+    let us_dups = metric(&m_us, dups).unwrap_or(0).saturating_sub(us_dups0);
+    let us_applied = metric(&m_us, applied)
+        .unwrap_or(0)
+        .saturating_sub(us_applied0);
     let others_sent = (metric(&m_eu, sent).unwrap_or(0) + metric(&m_ap, sent).unwrap_or(0))
         .saturating_sub(others_sent0);
     // Settlement: us's watermark passes eu's clock at the heal (every partition write).
@@ -417,6 +436,7 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
         "  sent to us   {us_recv:>11} B in {us_msgs} messages (received by us, heal to catch-up, heartbeats included)"
     );
     println!("  sent by eu+ap {others_sent:>10} B (to us and to each other, same interval)");
+    println!("  merged by us {us_applied:>11} events applied, {us_dups} duplicates dropped");
     println!(
         "  missed raw   {missed:>11} B = {missed_n} events x {} B average encode_event",
         missed / missed_n.max(1)
