@@ -214,6 +214,27 @@ struct Outcome {
     ok: u64,
     other: u64,
     lat_us: Vec<u32>,
+    /// CPU time of the walletd process (all threads) during the measured window.
+    server_cpu: Duration,
+    /// CPU time of this load generator during the measured window.
+    client_cpu: Duration,
+}
+
+/// CPU time used so far by every thread of a process (`/proc/<pid>/task/*/schedstat`, ns).
+fn cpu_time(pid: &str) -> Duration {
+    let mut ns = 0u64;
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in dir.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_nanos(ns)
 }
 
 async fn load(
@@ -262,6 +283,8 @@ async fn load(
                 ok: 0,
                 other: 0,
                 lat_us: Vec::with_capacity(200_000),
+                server_cpu: Duration::ZERO,
+                client_cpu: Duration::ZERO,
             };
             let Ok(mut c) = Conn::open(&addr).await else {
                 return out;
@@ -290,10 +313,17 @@ async fn load(
             out
         }));
     }
+    let pid = server.child.id().to_string();
+    tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
+    let (s0, c0) = (cpu_time(&pid), cpu_time("self"));
+    tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
+    let (s1, c1) = (cpu_time(&pid), cpu_time("self"));
     let mut total = Outcome {
         ok: 0,
         other: 0,
         lat_us: Vec::new(),
+        server_cpu: s1.saturating_sub(s0),
+        client_cpu: c1.saturating_sub(c0),
     };
     for t in tasks {
         let o = t.await.map_err(|e| e.to_string())?;
@@ -337,8 +367,16 @@ fn main() {
         args.walletd.display()
     );
     println!(
-        "{:<14} {:>9} {:>12} {:>9} {:>9} {:>9} {:>8}",
-        "group_commit", "accounts", "accepted/s", "p50 ms", "p99 ms", "max ms", "errors"
+        "{:<14} {:>9} {:>12} {:>9} {:>9} {:>9} {:>8} {:>14} {:>14}",
+        "group_commit",
+        "accounts",
+        "accepted/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "server cpu/tx",
+        "client cpu/tx"
     );
     let mut rates: Vec<(bool, usize, f64)> = Vec::new();
     for &gc in &args.modes {
@@ -355,8 +393,15 @@ fn main() {
                     o.lat_us.sort_unstable();
                     let rate = o.ok as f64 / d.as_secs_f64();
                     rates.push((gc, accounts, rate));
+                    let per_tx = |d: Duration| {
+                        if o.ok == 0 {
+                            0.0
+                        } else {
+                            d.as_secs_f64() * 1e6 / o.ok as f64
+                        }
+                    };
                     println!(
-                        "{:<14} {:>9} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>8}",
+                        "{:<14} {:>9} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>11.1} us {:>11.1} us",
                         if gc { "on" } else { "off" },
                         accounts,
                         rate,
@@ -366,7 +411,9 @@ fn main() {
                             .last()
                             .map(|v| f64::from(*v) / 1000.0)
                             .unwrap_or(0.0),
-                        o.other
+                        o.other,
+                        per_tx(o.server_cpu),
+                        per_tx(o.client_cpu),
                     );
                 }
                 Err(e) => eprintln!("run failed: {e}"),
@@ -374,6 +421,10 @@ fn main() {
             drop(server);
         }
     }
+    println!(
+        "server cpu/tx: CPU time of walletd (all threads) per accepted transaction; \
+         2 cores / that bounds what the server could sustain on 2 cores of its own"
+    );
     for &accounts in &args.accounts {
         let on = rates.iter().find(|r| r.0 && r.1 == accounts).map(|r| r.2);
         let off = rates.iter().find(|r| !r.0 && r.1 == accounts).map(|r| r.2);
