@@ -180,6 +180,8 @@ pub struct Series {
     pub comps: Vec<(u64, usize, CompKind, i64, String)>,
     /// Settlement lag samples: (submit time, lag ms).
     pub lags: Vec<(u64, u64)>,
+    /// The charted account's floor under the policy, cents (0, or minus the overdraft line).
+    pub floor_cents: i64,
 }
 
 /// The simulator state.
@@ -256,7 +258,11 @@ impl Sim {
             .regions
             .iter()
             .map(|me| {
-                let skew = if cfg.faults.enabled && cfg.faults.max_skew_ms > 0 {
+                // Random skew only when the faults are random (a scenario scripts its own).
+                let skew = if cfg.faults.enabled
+                    && cfg.faults.max_skew_ms > 0
+                    && !cfg.scenario.has_faults()
+                {
                     let m = cfg.faults.max_skew_ms;
                     fault_rng.range(0, 2 * m) as i64 - m as i64
                 } else {
@@ -312,6 +318,10 @@ impl Sim {
             lags: Vec::new(),
             counters: Counters::default(),
             series: Series {
+                floor_cents: chart
+                    .as_ref()
+                    .map(|a| to_cents(cfg.policy.applied(a.as_str(), CURRENCY).floor))
+                    .unwrap_or(0),
                 account: chart.clone(),
                 ..Series::default()
             },

@@ -283,6 +283,42 @@ fn balance_chart(r: &RunResult) -> String {
         f.left,
         f.w - f.right
     );
+    if s.floor_cents != 0 {
+        let y = f.y(s.floor_cents as f64);
+        let _ = write!(
+            out,
+            r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#c5221f" stroke-width="1" stroke-dasharray="4,3"><title>floor {}.{:02}</title></line>"##,
+            f.left,
+            f.w - f.right,
+            s.floor_cents / 100,
+            (s.floor_cents % 100).abs()
+        );
+    }
+    // Overdrafts: where a region's provisional balance first drops below the floor (events
+    // accepted concurrently elsewhere have arrived), one red ring per dip.
+    for (i, name) in r.regions.iter().enumerate() {
+        let mut below = false;
+        for (t, row) in &s.balances {
+            match row.get(i).copied().flatten() {
+                Some((p, _)) if p < s.floor_cents => {
+                    if !below {
+                        let _ = write!(
+                            out,
+                            r##"<circle cx="{:.1}" cy="{:.1}" r="5" fill="none" stroke="#c5221f" stroke-width="2"><title>overdraft: {} provisional {}.{:02} USD at {}</title></circle>"##,
+                            f.x(*t),
+                            f.y(p as f64),
+                            esc(name),
+                            p / 100,
+                            (p % 100).abs(),
+                            ms(*t)
+                        );
+                    }
+                    below = true;
+                }
+                _ => below = false,
+            }
+        }
+    }
     for (i, name) in r.regions.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         for (which, dash, width) in [(0usize, "", 1.4), (1usize, "6,3", 2.2)] {
@@ -521,7 +557,7 @@ code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-
             esc(name)
         );
     }
-    h.push_str("<span>thin line: provisional · thick dashed: settled</span><span style=\"color:#e6a070\">■ partition</span><span style=\"color:#e67e00\">▼ fee</span><span style=\"color:#7b2cbf\">▼ reversal</span><span>bars at the bottom: region down</span></p>");
+    h.push_str("<span>thin line: provisional · thick dashed: settled</span><span style=\"color:#e6a070\">■ partition</span><span style=\"color:#e67e00\">▼ fee</span><span style=\"color:#7b2cbf\">▼ reversal</span><span style=\"color:#c5221f\">○ overdraft (provisional below the floor)</span><span>bars at the bottom: region down</span></p>");
     h.push_str(&balance_chart(r));
     h.push_str("<h2>Settlement lag by submission time</h2><p class=\"legend\"><span style=\"color:#1f77b4\">■ median</span><span style=\"color:#d62728\">■ maximum</span><span style=\"color:#e6a070\">■ partition</span></p>");
     h.push_str(&lag_chart(r));
