@@ -146,46 +146,48 @@ async fn restart_keeps_balances_and_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_under_load_loses_no_acknowledged_event() {
     let c = Cluster::init("eu");
-    let mut node = c.start(0);
-    let api = Arc::new(Api::new(&node.url, &c.token()));
     let acked: Arc<Mutex<Vec<(String, String, i64)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for w in 0..32 {
-        let (api, acked, stop) = (api.clone(), acked.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let account = format!("k{}", w % 8);
-                let amount = format!("{}.{:02}", 1 + i % 50, i % 100);
-                let body =
-                    serde_json::json!({"type": "deposit", "amount": amount, "currency": "USD"});
-                let sent = api
-                    .http
-                    .post(format!("{}/v1/accounts/{account}/transactions", api.url))
-                    .bearer_auth(&api.token)
-                    .body(body.to_string())
-                    .send()
-                    .await;
-                let Ok(resp) = sent else { break };
-                if resp.status().as_u16() != 201 {
-                    continue;
+    // Three rounds: start, load with 32 concurrent writers, SIGKILL in the middle of it.
+    for round in 0..3u64 {
+        let mut node = c.start(0);
+        let api = Arc::new(Api::new(&node.url, &c.token()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..32 {
+            let (api, acked, stop) = (api.clone(), acked.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = round * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let account = format!("k{}", w % 8);
+                    let amount = format!("{}.{:02}", 1 + i % 50, i % 100);
+                    let body =
+                        serde_json::json!({"type": "deposit", "amount": amount, "currency": "USD"});
+                    let sent = api
+                        .http
+                        .post(format!("{}/v1/accounts/{account}/transactions", api.url))
+                        .bearer_auth(&api.token)
+                        .body(body.to_string())
+                        .send()
+                        .await;
+                    let Ok(resp) = sent else { break };
+                    if resp.status().as_u16() != 201 {
+                        continue;
+                    }
+                    let Ok(j) = resp.json::<serde_json::Value>().await else {
+                        break;
+                    };
+                    let id = j["id"].as_str().unwrap().to_string();
+                    acked.lock().unwrap().push((id, account, cents(&amount)));
                 }
-                let Ok(j) = resp.json::<serde_json::Value>().await else {
-                    break;
-                };
-                let id = j["id"].as_str().unwrap().to_string();
-                acked.lock().unwrap().push((id, account, cents(&amount)));
-            }
-        }));
-    }
-    // Let load build up, then SIGKILL in the middle of it.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    node.kill9();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(600 + 300 * round)).await;
+        node.kill9();
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
     }
     let acked = acked.lock().unwrap().clone();
     assert!(
