@@ -160,6 +160,12 @@ pub struct Counters {
     pub events_delivered: u64,
     /// Of those, already held by the receiver (replica stats, summed over incarnations).
     pub events_duplicate: u64,
+    /// Restarts after which the region's feed was shorter than before the crash.
+    pub restart_feed_regressions: u64,
+    /// Feed entries shown before a crash and missing right after the restart.
+    pub restart_feed_entries_hidden: u64,
+    /// Restarts after which the region's watermark was lower than before the crash.
+    pub restart_watermark_regressions: u64,
 }
 
 /// Per region: (provisional, settled) in cents, None while the region is down.
@@ -803,6 +809,16 @@ impl Sim {
         let mut replica = Replica::new(cfg, node.disk.ceiling);
         replica.load(events);
         replica.restore_watermark(node.disk.watermark);
+        // What the region showed before the crash and no longer shows after the restart
+        // (re-derived later, with the same ids, once the watermark passes them again).
+        let (feed_before, wm_before) = (node.replica.feed_len(), node.replica.watermark());
+        if replica.feed_len() < feed_before {
+            self.counters.restart_feed_regressions += 1;
+            self.counters.restart_feed_entries_hidden += feed_before - replica.feed_len();
+        }
+        if replica.watermark() < wm_before {
+            self.counters.restart_watermark_regressions += 1;
+        }
         let node = &mut self.nodes[r];
         node.replica = replica;
         node.up = true;

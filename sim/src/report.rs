@@ -83,6 +83,13 @@ pub fn summary(r: &RunResult) -> String {
         m.quiesce_ms.map(ms).unwrap_or_else(|| "NEVER".into()),
         ms(m.simulated_ms)
     );
+    if m.restart_watermark_regressions > 0 || m.restart_feed_entries_hidden > 0 {
+        let _ = writeln!(
+            s,
+            "  restarts: {} came back with a lower watermark than before the crash; {} compensations shown before a crash were missing right after the restart (derived again later)",
+            m.restart_watermark_regressions, m.restart_feed_entries_hidden
+        );
+    }
     let _ = writeln!(
         s,
         "  wall {:.3} s · {} simulated transactions per wall second",

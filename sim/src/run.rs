@@ -67,6 +67,12 @@ pub struct Metrics {
     pub lost_before_durable: u64,
     /// Reports raised by replicas: rejected events, clock skew, equivocation.
     pub reports: u64,
+    /// Restarts after which the watermark was lower than before the crash (the durable
+    /// watermark lags the one in memory by an fsync).
+    pub restart_watermark_regressions: u64,
+    /// Compensations a region had emitted before a crash and did not show right after its
+    /// restart (derived again, same ids, once settlement catches up).
+    pub restart_feed_entries_hidden: u64,
     /// Simulated ms until every region converged after the final heal (None: never).
     pub quiesce_ms: Option<u64>,
     /// Simulated duration, ms.
@@ -207,6 +213,8 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         crashes: c.crashes,
         lost_before_durable: c.lost_unacked,
         reports: c.reports.iter().sum(),
+        restart_watermark_regressions: c.restart_watermark_regressions,
+        restart_feed_entries_hidden: c.restart_feed_entries_hidden,
         quiesce_ms: sim.converged_at.map(|t| t - sim.quiesce_start),
         simulated_ms: sim.now,
         wall_seconds: timing.then_some(wall.as_secs_f64()),
