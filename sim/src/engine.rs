@@ -377,10 +377,8 @@ impl Sim {
         for (at, a) in steps {
             self.push(at, Ev::Fault(a));
         }
+        // Explicit --partitions/--crashes counts apply even with --faults none.
         let f = self.cfg.faults.clone();
-        if !f.enabled {
-            // Explicit counts still apply with --faults none.
-        }
         let n = self.cfg.regions.len();
         let dur = self.workload.end_ms.max(1_000);
         let scripted = self.cfg.scenario.has_faults();
@@ -648,7 +646,7 @@ impl Sim {
         let Some(s) = self.workload.submissions.get(k) else {
             return;
         };
-        let (region, logical, attempt) = (s.region, s.logical as usize, s.attempt);
+        let (region, logical) = (s.region, s.logical as usize);
         self.counters.submissions += 1;
         let req = TxRequest {
             account: self.workload.accounts[s.account as usize].clone(),
@@ -662,7 +660,6 @@ impl Sim {
                 .and_then(|k| k.as_deref().map(str::to_string)),
             reference: None,
         };
-        let _ = attempt;
         let node = &mut self.nodes[region];
         if !node.up {
             self.counters.unavailable += 1;
