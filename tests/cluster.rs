@@ -15,6 +15,9 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 use wallet_core::{AccountId, Amount, Body, Currency, Event, EventId, Hlc, Kind, Message, Tx};
 
+/// Acknowledged events: id, traffic phase, HLC.
+type Acked = Vec<(String, &'static str, Value)>;
+
 const EU: usize = 0;
 const US: usize = 1;
 const AP: usize = 2;
@@ -434,7 +437,7 @@ async fn a_region_stopped_during_traffic_catches_up_and_its_watermark_advances()
     // Traffic at eu and us until told to stop; every 201 is recorded with its phase.
     let stop = Arc::new(AtomicBool::new(false));
     let phase = Arc::new(Mutex::new("before"));
-    let acked: Arc<Mutex<Vec<(String, &'static str, Value)>>> = Arc::default();
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let http = reqwest::Client::new();
     let urls = [c.regions[EU].http.clone(), c.regions[US].http.clone()];
     let traffic = {

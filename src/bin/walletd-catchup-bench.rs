@@ -396,10 +396,11 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
         .saturating_sub(others_sent0);
     // Settlement: us's watermark passes eu's clock at the heal (every partition write).
     let cr = &c;
-    let settled = wallet::demo::wait_until("us to settle everything", CATCHUP_TIMEOUT_MS, || {
-        let heal_clock = heal_clock;
-        async move { Ok(hlc(&cr.status(us).await?["watermark"]) >= heal_clock) }
-    })
+    let settled = wallet::demo::wait_until(
+        "us to settle everything",
+        CATCHUP_TIMEOUT_MS,
+        || async move { Ok(hlc(&cr.status(us).await?["watermark"]) >= heal_clock) },
+    )
     .await;
     let settle_ms = healed.elapsed().as_millis();
 
