@@ -492,52 +492,68 @@ pub fn check(sim: &mut Sim) -> CheckResult {
             outcome: Outcome::default(),
         };
     }
-    let rest: Vec<Node> = nodes.split_off(1);
+    // Two threads, each owning every other region (a replica may move between threads but
+    // not be shared). Thread 1 (even regions) also runs the naive re-fold on the first
+    // region; thread 2 (odd regions) the history checks on the second region.
+    let n_nodes = nodes.len();
+    let mut even: Vec<(usize, Node)> = Vec::new();
+    let mut odd: Vec<(usize, Node)> = Vec::new();
+    for (i, n) in nodes.drain(..).enumerate() {
+        if i % 2 == 0 {
+            even.push((i, n));
+        } else {
+            odd.push((i, n));
+        }
+    }
     let ctx = Ctx {
         regions: &sim.cfg.regions,
         acked: &sim.acked,
         keys: &sim.workload.keys,
         policy: &sim.cfg.policy,
     };
-    let first = &nodes[0];
-    // Thread 1: the first region's own checks and the naive re-fold. Thread 2: every other
-    // region's checks and the history checks (on the second region, or the first if alone).
-    let (rest, per_rest, first_check, folded, history) = std::thread::scope(|s| {
+    type PerNode = Vec<(usize, (Vec<u8>, Failures))>;
+    let (even, odd, per_even, per_odd, folded, history) = std::thread::scope(|s| {
         let ctx = &ctx;
-        let alone = rest.is_empty();
         let h = s.spawn(move || {
-            let per: Vec<(Vec<u8>, Failures)> = rest.iter().map(|n| node_checks(n, ctx)).collect();
-            let history = rest.first().map(|n| history_checks(n, ctx));
-            (rest, per, history)
+            let per: PerNode = odd.iter().map(|(i, n)| (*i, node_checks(n, ctx))).collect();
+            let history = odd.first().map(|(_, n)| history_checks(n, ctx));
+            (odd, per, history)
         });
-        let first_check = node_checks(first, ctx);
+        let per: PerNode = even
+            .iter()
+            .map(|(i, n)| (*i, node_checks(n, ctx)))
+            .collect();
+        let first = &even[0].1;
         let folded = fold_check(first, ctx);
-        let own_history = alone.then(|| history_checks(first, ctx));
         match h.join() {
-            Ok((rest, per, history)) => (
-                rest,
-                Some(per),
-                first_check,
-                folded,
-                history.or(own_history),
-            ),
+            Ok((odd, per_odd, history)) => {
+                let history = history.unwrap_or_else(|| history_checks(first, ctx));
+                (even, odd, per, Some(per_odd), folded, history)
+            }
             // A panic in a checker is a bug; report it as a failed check, never hang.
-            Err(_) => (Vec::new(), None, first_check, folded, own_history),
+            Err(_) => (even, Vec::new(), per, None, folded, Failures::new()),
         }
     });
-    nodes.extend(rest);
-    sim.nodes = nodes;
+    let mut slots: Vec<Option<Node>> = (0..n_nodes).map(|_| None).collect();
+    for (i, n) in even.into_iter().chain(odd) {
+        slots[i] = Some(n);
+    }
+    sim.nodes = slots.into_iter().flatten().collect();
     let mut f = Failures::new();
-    let Some(per_rest) = per_rest else {
+    let Some(per_odd) = per_odd else {
         f.add("convergence", "the checker thread panicked".into());
         return finish(sim, f, Vec::new(), 0);
     };
-    let (base, f0) = first_check;
+    let mut per: PerNode = per_even.into_iter().chain(per_odd).collect();
+    per.sort_by_key(|(i, _)| *i);
+    let mut per = per.into_iter().map(|(_, r)| r);
+    let Some((base, f0)) = per.next() else {
+        return finish(sim, f, Vec::new(), 0);
+    };
     f.extend(f0);
     let (expected, overdrafts) = folded;
-    if let Some(fh) = history {
-        f.extend(fh);
-    }
+    f.extend(history);
+    let per_rest: Vec<(Vec<u8>, Failures)> = per.collect();
 
     // 1. Convergence.
     if sim.converged_at.is_none() {

@@ -92,8 +92,9 @@ pub fn summary(r: &RunResult) -> String {
     }
     let _ = writeln!(
         s,
-        "  wall {:.3} s · {} simulated transactions per wall second",
+        "  wall {:.3} s (checks {:.3} s) · {} simulated transactions per wall second",
         r.wall.as_secs_f64(),
+        r.check_wall.as_secs_f64(),
         r.tx_per_wall_second()
     );
     let inv = r.check.invariants;

@@ -97,6 +97,8 @@ pub struct RunResult {
     pub series: Option<Series>,
     /// Wall time.
     pub wall: Duration,
+    /// Of which checking the invariants.
+    pub check_wall: Duration,
     /// Digest of the request stream.
     pub workload_digest: u64,
     /// Region names.
@@ -162,7 +164,9 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
     let regions = cfg.regions.iter().map(|r| r.to_string()).collect();
     let mut sim = Sim::new(cfg);
     sim.run();
+    let check_started = Instant::now();
     let check = check(&mut sim);
+    let check_wall = check_started.elapsed();
     let wall = started.elapsed();
     let w = &sim.workload;
     let transactions = u64::from(w.logical);
@@ -234,6 +238,7 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         counters,
         series,
         wall,
+        check_wall,
         workload_digest,
         regions,
     }
