@@ -125,6 +125,14 @@ pub enum DemoError {
     Runtime(String),
 }
 
+/// `println!` that ignores a closed stdout (`walletd demo | head` must not panic).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 fn io_err(path: &Path, e: impl std::fmt::Display) -> DemoError {
     DemoError::Io {
         path: path.display().to_string(),
@@ -333,13 +341,10 @@ impl LocalCluster {
         let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
         loop {
             let tail = self.log_tail(i);
-            let r = self
-                .regions
-                .get_mut(i)
-                .ok_or_else(|| DemoError::Region {
-                    region: format!("#{i}"),
-                    reason: "no such region".into(),
-                })?;
+            let r = self.regions.get_mut(i).ok_or_else(|| DemoError::Region {
+                region: format!("#{i}"),
+                reason: "no such region".into(),
+            })?;
             let out = std::fs::read_to_string(&r.out).unwrap_or_default();
             if out.lines().any(|l| l.contains(" ready ")) {
                 return Ok(());
@@ -433,11 +438,7 @@ impl LocalCluster {
         }
     }
 
-    async fn send(
-        &self,
-        what: String,
-        rb: reqwest::RequestBuilder,
-    ) -> Result<Answer, DemoError> {
+    async fn send(&self, what: String, rb: reqwest::RequestBuilder) -> Result<Answer, DemoError> {
         let r = rb.send().await.map_err(|e| DemoError::Request {
             what: what.clone(),
             reason: e.to_string(),
@@ -577,15 +578,22 @@ impl LocalCluster {
                 continue;
             }
             let a = self.post(i, "/v1/admin/faults", body, None, true).await?;
-            expect(a, 200, || format!("POST {} /v1/admin/faults {body}", r.region))?;
+            expect(a, 200, || {
+                format!("POST {} /v1/admin/faults {body}", r.region)
+            })?;
         }
         Ok(())
     }
 
     /// Every entry of an account's history on region `i` (all pages).
     pub async fn history(&self, i: usize, account: &str) -> Result<Vec<Value>, DemoError> {
-        self.pages(i, &format!("/v1/accounts/{account}/transactions"), "transactions", true)
-            .await
+        self.pages(
+            i,
+            &format!("/v1/accounts/{account}/transactions"),
+            "transactions",
+            true,
+        )
+        .await
     }
 
     /// The whole compensation feed of region `i`.
@@ -663,7 +671,11 @@ pub fn metric(text: &str, name: &str) -> Option<u64> {
 }
 
 /// Polls `f` every [`POLL_INTERVAL_MS`] until it returns true; returns how long it took.
-pub async fn wait_until<F, Fut>(what: &str, timeout_ms: u64, mut f: F) -> Result<Duration, DemoError>
+pub async fn wait_until<F, Fut>(
+    what: &str,
+    timeout_ms: u64,
+    mut f: F,
+) -> Result<Duration, DemoError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool, DemoError>>,
@@ -696,9 +708,10 @@ pub fn all_members_up(status: &Value) -> bool {
 
 /// True when no peer in a status body is connected.
 pub fn no_peer_connected(status: &Value) -> bool {
-    status["members"]
-        .as_array()
-        .is_some_and(|ms| ms.iter().all(|m| m["self"] == true || m["connected"] == false))
+    status["members"].as_array().is_some_and(|ms| {
+        ms.iter()
+            .all(|m| m["self"] == true || m["connected"] == false)
+    })
 }
 
 /// Options of `walletd demo`.
@@ -788,7 +801,10 @@ fn disagreement(views: &[View], names: &[String], ids: &[String]) -> Option<Stri
             return Some(format!("{n}'s history differs from {}'s", names[0]));
         }
         if v.feed != first.feed {
-            return Some(format!("{n}'s compensation feed differs from {}'s", names[0]));
+            return Some(format!(
+                "{n}'s compensation feed differs from {}'s",
+                names[0]
+            ));
         }
         if (&v.provisional, &v.settled) != (&first.provisional, &first.settled) {
             return Some(format!(
@@ -821,8 +837,8 @@ fn comp_summary(feed: &[Value]) -> String {
 
 fn step(label: &str, text: &str, ms: Option<u128>) {
     match ms {
-        Some(ms) => println!("  {label:<12} {text:<62} {ms:>6} ms"),
-        None => println!("  {label:<12} {text}"),
+        Some(ms) => out!("  {label:<12} {text:<62} {ms:>6} ms"),
+        None => out!("  {label:<12} {text}"),
     }
 }
 
@@ -839,12 +855,12 @@ pub async fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     let mut c = LocalCluster::init(copts)?;
     let names: Vec<String> = c.regions.iter().map(|r| r.region.clone()).collect();
     let (eu, us) = (0usize, 1usize);
-    println!(
+    out!(
         "walletd demo: regions {} on 127.0.0.1, policy {source}",
         names.join(", ")
     );
     if opts.keep.is_some() {
-        println!("  cluster dir  {} (logs: <region>.log)", c.dir.display());
+        out!("  cluster dir  {} (logs: <region>.log)", c.dir.display());
     }
 
     // 1. Start and wait until every region sees every other one.
@@ -852,14 +868,18 @@ pub async fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     c.start_all().await?;
     let cr = &c;
     let n = names.len();
-    wait_until("every region to connect to every other", REPLICATION_TIMEOUT_MS, || async move {
-        for i in 0..n {
-            if !all_members_up(&cr.status(i).await?) {
-                return Ok(false);
+    wait_until(
+        "every region to connect to every other",
+        REPLICATION_TIMEOUT_MS,
+        || async move {
+            for i in 0..n {
+                if !all_members_up(&cr.status(i).await?) {
+                    return Ok(false);
+                }
             }
-        }
-        Ok(true)
-    })
+            Ok(true)
+        },
+    )
     .await?;
     step(
         "start",
@@ -870,29 +890,40 @@ pub async fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     // 2. Deposit and wait until every region holds it, settled.
     let t = Instant::now();
     let a = c
-        .tx(eu, DEMO_ACCOUNT, "deposit", DEMO_AMOUNT, "USD", Some("demo-deposit"))
+        .tx(
+            eu,
+            DEMO_ACCOUNT,
+            "deposit",
+            DEMO_AMOUNT,
+            "USD",
+            Some("demo-deposit"),
+        )
         .await?;
     let dep = expect(a, 201, || "deposit at eu".into())?;
     let dep_id = dep["id"].as_str().unwrap_or("?").to_string();
     let cr = &c;
-    wait_until("every region to see the deposit", REPLICATION_TIMEOUT_MS, || async move {
-        for i in 0..n {
-            let b = cr
-                .get_ok(i, &format!("/v1/accounts/{DEMO_ACCOUNT}/balances"))
-                .await?;
-            let ok = b["balances"].as_array().is_some_and(|l| {
-                l.iter().any(|x| {
-                    x["currency"] == "USD"
-                        && x["provisional"] == DEMO_AMOUNT
-                        && x["settled"] == DEMO_AMOUNT
-                })
-            });
-            if !ok {
-                return Ok(false);
+    wait_until(
+        "every region to see the deposit",
+        REPLICATION_TIMEOUT_MS,
+        || async move {
+            for i in 0..n {
+                let b = cr
+                    .get_ok(i, &format!("/v1/accounts/{DEMO_ACCOUNT}/balances"))
+                    .await?;
+                let ok = b["balances"].as_array().is_some_and(|l| {
+                    l.iter().any(|x| {
+                        x["currency"] == "USD"
+                            && x["provisional"] == DEMO_AMOUNT
+                            && x["settled"] == DEMO_AMOUNT
+                    })
+                });
+                if !ok {
+                    return Ok(false);
+                }
             }
-        }
-        Ok(true)
-    })
+            Ok(true)
+        },
+    )
     .await?;
     step(
         "deposit",
@@ -926,15 +957,33 @@ pub async fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         }
     })
     .await?;
-    step("partition", "us cut off from eu and ap (POST /v1/admin/faults)", None);
+    step(
+        "partition",
+        "us cut off from eu and ap (POST /v1/admin/faults)",
+        None,
+    );
 
     // 4. The double spend.
     let a = c
-        .tx(eu, DEMO_ACCOUNT, "purchase", DEMO_AMOUNT, "USD", Some("demo-eu"))
+        .tx(
+            eu,
+            DEMO_ACCOUNT,
+            "purchase",
+            DEMO_AMOUNT,
+            "USD",
+            Some("demo-eu"),
+        )
         .await?;
     let pe = expect(a, 201, || "purchase at eu during the partition".into())?;
     let a = c
-        .tx(us, DEMO_ACCOUNT, "purchase", DEMO_AMOUNT, "USD", Some("demo-us"))
+        .tx(
+            us,
+            DEMO_ACCOUNT,
+            "purchase",
+            DEMO_AMOUNT,
+            "USD",
+            Some("demo-us"),
+        )
         .await?;
     let pu = expect(a, 201, || "purchase at us during the partition".into())?;
     let ids = vec![
@@ -985,15 +1034,22 @@ pub async fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     );
 
     // 6. The table.
-    println!();
-    println!(
+    out!();
+    out!(
         "  {:<6} {:>11} {:>9}  {:<22} {:>6} {:>7} {:>10} {:>10}",
-        "region", "provisional", "settled", "compensation", "events", "applied", "sent B", "recv B"
+        "region",
+        "provisional",
+        "settled",
+        "compensation",
+        "events",
+        "applied",
+        "sent B",
+        "recv B"
     );
     for (i, v) in views.iter().enumerate() {
         let m = c.metrics(i).await?;
         let get = |k: &str| metric(&m, k).map(|x| x.to_string()).unwrap_or("-".into());
-        println!(
+        out!(
             "  {:<6} {:>11} {:>9}  {:<22} {:>6} {:>7} {:>10} {:>10}",
             names[i],
             v.provisional,
@@ -1005,7 +1061,7 @@ pub async fn run(opts: &DemoOptions) -> Result<(), DemoError> {
             get("walletd_replication_bytes_total{direction=\"received\"}"),
         );
     }
-    println!("  (events: held; applied: merged from peers; bytes: p2p messages incl. heartbeats)");
+    out!("  (events: held; applied: merged from peers; bytes: p2p messages incl. heartbeats)");
     // Final check on the very values printed.
     if let Some(why) = disagreement(&views, &names, &ids) {
         return Err(DemoError::Disagree(why));
@@ -1018,7 +1074,7 @@ pub async fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         first.settled,
         comp_summary(&first.feed)
     );
-    println!("\n{verdict}");
+    out!("\n{verdict}");
     c.kill_all();
     Ok(())
 }
