@@ -435,11 +435,11 @@ async fn post_transaction(
     match submit_request(&st, path, &headers, body) {
         Ok(cmd) => {
             ask(&st, |reply| {
-                Command::Submit(Box::new(SubmitCmd {
+                Command::Submit(SubmitCmd {
                     req: cmd.0,
                     fingerprint: cmd.1,
                     reply,
-                }))
+                })
             })
             .await
         }

@@ -96,7 +96,7 @@ pub struct SubmitCmd {
 #[derive(Debug)]
 pub enum Command {
     /// POST a transaction.
-    Submit(Box<SubmitCmd>),
+    Submit(SubmitCmd),
     /// Balances of an account.
     Balances {
         /// Account.
@@ -270,7 +270,9 @@ impl Actor {
     async fn flush(&mut self) {
         self.drain().await;
         if !self.pending_ops.is_empty() {
-            let ops = std::mem::take(&mut self.pending_ops);
+            // The next batch starts with room for as many ops as this one had.
+            let room = self.pending_ops.len();
+            let ops = std::mem::replace(&mut self.pending_ops, Vec::with_capacity(room));
             let batch = WriteBatch {
                 seq: self.op_seq,
                 ops,
@@ -685,7 +687,7 @@ impl Actor {
 
     async fn on_command(&mut self, c: Command) {
         match c {
-            Command::Submit(cmd) => self.submit(*cmd),
+            Command::Submit(cmd) => self.submit(cmd),
             Command::Balances { account, reply } => {
                 let _ = reply.send(self.balances(&account));
             }
