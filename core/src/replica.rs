@@ -447,6 +447,7 @@ pub struct Replica {
     next_heartbeat_ms: u64,
     restoring: bool,
     policy_broken: bool,
+    history_policy_adopted: bool,
     evidence: Vec<(Event, Event)>,
     stats: Stats,
 }
@@ -492,6 +493,7 @@ impl Replica {
             announced: Hlc::ZERO,
             next_heartbeat_ms: 0,
             policy_broken,
+            history_policy_adopted: false,
             evidence: Vec::new(),
             stats: Stats::default(),
             cfg,
@@ -562,7 +564,27 @@ impl Replica {
 
     /// True if a policy mismatch or an equivocation stops settlement.
     pub fn settlement_blocked(&self) -> bool {
-        self.policy_broken || self.members.values().any(|m| m.equivocated)
+        self.policy_broken
+            || self
+                .members
+                .values()
+                .any(|m| m.equivocated || m.policy.is_some_and(|p| p != self.seed_hash))
+    }
+
+    /// After a restart whose policy file differs from the recorded history
+    /// (`Config::recorded_policy`): folds the history with the recorded seed policy instead of
+    /// the file, so what was settled before stays exactly as it was. Settlement still does not
+    /// advance until the file matches again. Ignored unless `recorded` hashes to the recorded
+    /// hash. Call before [`Replica::load`].
+    pub fn adopt_recorded_policy(&mut self, recorded: Policy) -> bool {
+        if !self.policy_broken || self.cfg.recorded_policy != Some(recorded.hash()) {
+            return false;
+        }
+        if let Some(first) = self.policies.first_mut() {
+            first.policy = recorded;
+        }
+        self.history_policy_adopted = true;
+        true
     }
 
     /// Equivocation evidence held.
@@ -1216,8 +1238,9 @@ impl Replica {
     pub fn restore_watermark(&mut self, watermark: Hlc) {
         self.persisted_watermark = self.persisted_watermark.max(watermark);
         // A region whose policy file disagrees with its recorded history settles nothing,
-        // not even what it had settled before: the fold would rewrite it.
-        if self.policy_broken {
+        // not even what it had settled before, unless it folds with the recorded policy
+        // (`adopt_recorded_policy`): with the file the fold would rewrite history.
+        if self.policy_broken && !self.history_policy_adopted {
             return;
         }
         if watermark > self.watermark {
