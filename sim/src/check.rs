@@ -120,27 +120,30 @@ fn naive_fold(events: &[&Event], seed: &Policy) -> (Vec<Expected>, u64) {
     let mut order: Vec<&Event> = events.to_vec();
     order.sort_by_key(|e| e.key());
     let mut policies: Vec<Policy> = vec![seed.clone()];
-    let mut pairs: BTreeMap<(AccountId, Currency), PairState> = BTreeMap::new();
-    let mut first_by_key: BTreeMap<(AccountId, Box<str>), &Event> = BTreeMap::new();
+    // Per (account, currency): the fold state, and the rule in force (the rule lookup is the
+    // policy's own code, cached; the cache is emptied by a policy event).
+    let mut pairs: BTreeMap<(&str, Currency), PairState> = BTreeMap::new();
+    let mut rules: BTreeMap<(&str, Currency), Applied> = BTreeMap::new();
+    let mut first_by_key: BTreeMap<(&str, &str), &Event> = BTreeMap::new();
     let mut out = Vec::new();
     let mut overdrafts = 0;
     for e in order {
         let tx = match &e.body {
             Body::Policy(p) => {
                 policies.push((**p).clone());
+                rules.clear();
                 continue;
             }
             Body::Tx(tx) => tx,
         };
         let version = policies.len() as u32;
         let policy = policies.last().unwrap_or(seed);
-        let a = policy.applied(tx.account.as_str(), tx.currency);
         let mut duplicate = false;
         let mut conflict = None;
         if let Some(k) = &tx.idempotency_key {
-            match first_by_key.get(&(tx.account.clone(), k.clone())) {
+            match first_by_key.get(&(tx.account.as_str(), &**k)) {
                 None => {
-                    first_by_key.insert((tx.account.clone(), k.clone()), e);
+                    first_by_key.insert((tx.account.as_str(), &**k), e);
                 }
                 Some(first) => match first.tx() {
                     Some(ft)
@@ -155,7 +158,10 @@ fn naive_fold(events: &[&Event], seed: &Policy) -> (Vec<Expected>, u64) {
                 },
             }
         }
-        let st = pairs.entry((tx.account.clone(), tx.currency)).or_default();
+        let a = rules
+            .entry((tx.account.as_str(), tx.currency))
+            .or_insert_with(|| policy.applied(tx.account.as_str(), tx.currency));
+        let st = pairs.entry((tx.account.as_str(), tx.currency)).or_default();
         let delta = if tx.kind.is_debit() {
             -tx.amount.value()
         } else {
@@ -179,7 +185,7 @@ fn naive_fold(events: &[&Event], seed: &Policy) -> (Vec<Expected>, u64) {
                 let due =
                     overdrawn > a.fee.grace && (a.fee.per == FeePer::Debit || !st.episode_fee);
                 if due {
-                    let fee = naive_fee(&a, overdrawn, tx.currency);
+                    let fee = naive_fee(a, overdrawn, tx.currency);
                     if fee > Decimal::ZERO {
                         st.episode_fee = true;
                         st.episode_fees += fee;
@@ -383,12 +389,17 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     let r0 = &n.replica;
     let events0 = all_events(r0, ctx.regions);
     // The `reverse` guarantee, on the core's own ordered history.
+    // (The simulator issues no policy events, so the policy in force is the seed policy.)
     let (_, policy) = r0.current_policy();
     let mut accounts: Vec<AccountId> = r0.all_balances().into_iter().map(|(a, _, _)| a).collect();
     accounts.dedup();
+    if !policy.rules.iter().any(|r| r.action == Action::Reverse) {
+        accounts.clear();
+    }
     for acct in &accounts {
         let entries = r0.entries(acct, None, usize::MAX);
         let mut bal: BTreeMap<Currency, Decimal> = BTreeMap::new();
+        let mut rules: BTreeMap<Currency, Applied> = BTreeMap::new();
         for (k, (_, e)) in entries.iter().enumerate() {
             match e {
                 Entry::Event { event, settled } => {
@@ -398,7 +409,9 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
                     if !*settled {
                         continue;
                     }
-                    let a = policy.applied(acct.as_str(), tx.currency);
+                    let a = rules
+                        .entry(tx.currency)
+                        .or_insert_with(|| policy.applied(acct.as_str(), tx.currency));
                     let reversible = a.action == Action::Reverse && a.reversible.contains(&tx.kind);
                     if tx.kind.is_debit() && reversible && *b < a.floor {
                         let reversed = matches!(
@@ -427,18 +440,18 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
         }
     }
     // Idempotency.
-    let mut by_key: BTreeMap<(AccountId, Box<str>), Vec<&Event>> = BTreeMap::new();
+    let mut by_key: BTreeMap<(&str, &str), Vec<&Event>> = BTreeMap::new();
     for e in &events0 {
         if let Some(tx) = e.tx() {
             if let Some(k) = &tx.idempotency_key {
-                by_key
-                    .entry((tx.account.clone(), k.clone()))
-                    .or_default()
-                    .push(e);
+                by_key.entry((tx.account.as_str(), k)).or_default().push(e);
             }
         }
     }
     for ((acct, key), evs) in &by_key {
+        if evs.len() < 2 {
+            continue;
+        }
         let mut origins: Vec<_> = evs.iter().map(|e| e.id.origin).collect();
         origins.sort();
         if origins.windows(2).any(|w| w[0] == w[1]) {

@@ -86,3 +86,25 @@ fn without_the_partition_the_second_purchase_is_refused_and_nothing_is_compensat
     assert_eq!(sim.counters.refused_funds, 1);
     assert_eq!(sim.nodes[0].replica.feed_len(), 0);
 }
+
+#[test]
+fn the_checker_notices_a_feed_the_policy_does_not_explain() {
+    // Run under the fee policy, then check against the reverse policy: the naive re-fold
+    // expects a reversal where the replicas charged a fee.
+    let mut sim = run("fee.toml");
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let reverse = std::fs::read_to_string(format!("{dir}/policies/reverse.toml")).expect("policy");
+    sim.cfg.policy = Policy::from_toml(&reverse).expect("valid");
+    let c = check(&mut sim);
+    assert!(!c.invariants.exactly_once, "{:?}", c.failures);
+    assert!(c
+        .failures
+        .iter()
+        .any(|(n, d)| *n == "exactly_once" && d.contains("fee:us:1") && d.contains("rev:us:1")));
+    // Against a fee policy with a different amount, the ids match but the amount does not.
+    let other = "[default]\naction = \"fee\"\nfee = { flat = \"7.00\" }\n";
+    sim.cfg.policy = Policy::from_toml(other).expect("valid");
+    let c = check(&mut sim);
+    assert!(c.invariants.exactly_once);
+    assert!(!c.invariants.policy_holds, "{:?}", c.failures);
+}
