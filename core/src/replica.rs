@@ -985,11 +985,19 @@ impl Replica {
             return; // retried once the ceiling is durable
         }
         self.announced = h;
+        // Own events leave this region only once durable: the announced version vector says
+        // so too, so peers do not pull what they cannot get yet.
+        let mut vv = self.vv.clone();
+        if own_seq == 0 {
+            vv.dots.remove(&self.cfg.region);
+        } else {
+            vv.dots.insert(self.cfg.region, own_seq);
+        }
         let hb = Heartbeat {
             origin: self.cfg.region,
             hlc: h,
             seq: own_seq,
-            vv: self.vv.clone(),
+            vv,
             policy: self.seed_hash,
         };
         self.outputs
