@@ -32,6 +32,9 @@ pub const PULL_BATCH_EVENTS_MAX: usize = 2_048;
 /// Least time between two pulls from one member triggered by its heartbeats showing events we
 /// lack (a full answer pulls again at once regardless).
 pub const HEARTBEAT_PULL_SPACING_MS: u64 = 1_000;
+/// A pull not answered within this long no longer blocks the next one (the answer was lost or
+/// the member went away).
+pub const PULL_TIMEOUT_MS: u64 = 2_000;
 /// Most HTTP commands the actor takes per loop iteration (one write batch).
 pub const COMMANDS_PER_BATCH_MAX: usize = 1_024;
 /// Capacity of the command channel from HTTP handlers to the actor.
@@ -207,6 +210,13 @@ pub struct Actor {
     failed: bool,
     deferred: VecDeque<Output>,
     last_pull_ms: BTreeMap<wallet_core::RegionId, u64>,
+    /// The one pull in flight (member, sent at): catch-up runs as a single chain of bounded
+    /// batches from one member at a time, so no event is fetched twice from two members.
+    pull_outstanding: Option<(wallet_core::RegionId, u64)>,
+    /// Each member's version vector from its last heartbeat.
+    peer_vv: BTreeMap<wallet_core::RegionId, wallet_core::VClock<wallet_core::RegionId>>,
+    /// Round-robin position of the periodic pull.
+    pull_rr: usize,
 }
 
 fn report_kind(r: &Report) -> &'static str {
@@ -724,8 +734,35 @@ impl Actor {
         }
     }
 
+    /// True while a pull is in flight and not timed out.
+    fn pull_busy(&self, now: u64) -> bool {
+        matches!(self.pull_outstanding, Some((_, t)) if now < t.saturating_add(PULL_TIMEOUT_MS))
+    }
+
+    /// The connected member whose last heartbeat shows the most events we lack, if any.
+    fn peer_ahead(&self) -> Option<wallet_core::RegionId> {
+        let mine = self.replica.version_vector();
+        let connected = self.net.connected();
+        self.peer_vv
+            .iter()
+            .filter(|(r, _)| connected.contains(r))
+            .map(|(r, vv)| {
+                let lack: u64 = vv
+                    .dots
+                    .iter()
+                    .map(|(o, s)| s.saturating_sub(mine.get(o)))
+                    .sum();
+                (lack, *r)
+            })
+            .filter(|(lack, _)| *lack > 0)
+            .max_by_key(|(lack, r)| (*lack, std::cmp::Reverse(*r)))
+            .map(|(_, r)| r)
+    }
+
     async fn pull_from(&mut self, r: wallet_core::RegionId) {
-        self.last_pull_ms.insert(r, now_ms());
+        let now = now_ms();
+        self.last_pull_ms.insert(r, now);
+        self.pull_outstanding = Some((r, now));
         let msg = Message::Pull {
             vv: self.replica.version_vector().clone(),
             limit: PULL_BATCH_EVENTS_MAX as u32,
@@ -738,24 +775,32 @@ impl Actor {
         match ev {
             NetEvent::Connected(r) => {
                 tracing::info!(region = %r, "member connected");
-                self.pull_from(r).await;
+                if !self.pull_busy(now) {
+                    self.pull_from(r).await;
+                }
             }
             NetEvent::Disconnected(r) => tracing::info!(region = %r, "member disconnected"),
             NetEvent::Message { from, msg, .. } => match msg {
                 Message::Pull { vv, limit } => {
                     let n = (limit as usize).min(PULL_BATCH_EVENTS_MAX);
                     let events = self.replica.missing_for(&vv, n);
-                    if !events.is_empty() {
-                        self.net.send(from, Message::Events(events)).await;
-                    }
+                    // Always answer, even with nothing: the answer ends the requester's chain.
+                    self.net.send(from, Message::Events(events)).await;
                 }
                 Message::Events(events) => {
                     let full = events.len() >= PULL_BATCH_EVENTS_MAX;
+                    let answer = matches!(self.pull_outstanding, Some((r, _)) if r == from);
                     self.replica
                         .handle_message(now, from, Message::Events(events));
-                    if full {
-                        // A full answer: more is missing; ask again at once.
-                        self.pull_from(from).await;
+                    if answer {
+                        self.pull_outstanding = None;
+                        if full {
+                            // A full answer: more is missing; ask the same member again at once.
+                            self.pull_from(from).await;
+                        } else if let Some(next) = self.peer_ahead() {
+                            // Another member still holds events we lack.
+                            self.pull_from(next).await;
+                        }
                     }
                 }
                 Message::Heartbeat(hb) => {
@@ -763,13 +808,14 @@ impl Actor {
                     // lost): pull from that member now rather than at the next periodic pull.
                     let mine = self.replica.version_vector();
                     let behind = hb.vv.dots.iter().any(|(o, s)| *s > mine.get(o));
+                    self.peer_vv.insert(from, hb.vv.clone());
                     self.replica
                         .handle_message(now, from, Message::Heartbeat(hb));
                     let recent = self
                         .last_pull_ms
                         .get(&from)
                         .is_some_and(|t| now < t.saturating_add(HEARTBEAT_PULL_SPACING_MS));
-                    if behind && !recent {
+                    if behind && !recent && !self.pull_busy(now) {
                         self.pull_from(from).await;
                     }
                 }
@@ -778,9 +824,23 @@ impl Actor {
     }
 
     async fn on_anti_entropy(&mut self) {
+        // One pull per period, unless a chain is running: to the member furthest ahead by its
+        // heartbeats, else round-robin (a safety net for lost pushes and heartbeats).
         let me = self.replica.region();
-        for r in self.net.connected() {
-            if r != me {
+        if !self.pull_busy(now_ms()) {
+            let peers: Vec<_> = self
+                .net
+                .connected()
+                .into_iter()
+                .filter(|r| *r != me)
+                .collect();
+            let target = self.peer_ahead().or_else(|| {
+                (!peers.is_empty()).then(|| {
+                    self.pull_rr = self.pull_rr.wrapping_add(1);
+                    peers[self.pull_rr % peers.len()]
+                })
+            });
+            if let Some(r) = target {
                 self.pull_from(r).await;
             }
         }
@@ -969,7 +1029,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
     let (store, loaded) = Store::open(&cfg.data_dir)?;
     let seed = cfg.policy.hash();
     if loaded.recorded_policy.is_none() {
-        store.record_policy(seed)?;
+        store.record_policy(&cfg.policy)?;
     }
     let restore = if loaded.fresh {
         cfg.restore
@@ -998,6 +1058,16 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
     };
     let n_events = loaded.events.len();
     let mut replica = Replica::new(rcfg, loaded.ceiling);
+    if let Some(doc) = loaded.recorded_policy_doc {
+        if replica.adopt_recorded_policy(doc) {
+            tracing::error!(
+                file = %seed,
+                "the policy file differs from the policy recorded in this region's history: \
+                 the settled history keeps the recorded policy; nothing new settles until the \
+                 file is restored"
+            );
+        }
+    }
     replica.load(loaded.events);
     replica.restore_watermark(loaded.watermark);
     if replica.event_count() != n_events as u64 {
@@ -1056,6 +1126,9 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         failed: false,
         deferred: VecDeque::new(),
         last_pull_ms: BTreeMap::new(),
+        pull_outstanding: None,
+        peer_vv: BTreeMap::new(),
+        pull_rr: 0,
     };
     if restoring && loaded.fresh {
         actor.push_op(WriteOp::Restore(true));

@@ -97,6 +97,9 @@ pub struct Loaded {
     pub watermark: Hlc,
     /// Seed policy hash recorded at first start.
     pub recorded_policy: Option<PolicyHash>,
+    /// The seed policy itself, recorded at first start: after a restart with an edited
+    /// policy file, the settled history is still folded with it.
+    pub recorded_policy_doc: Option<wallet_core::Policy>,
     /// A restore from peers was started and has not finished.
     pub restore_pending: bool,
     /// No events and no meta: a brand new disk.
@@ -435,6 +438,16 @@ impl Store {
             })?;
             out.recorded_policy = Some(PolicyHash(a));
         }
+        if let Some(v) = meta_map.get("policy_doc") {
+            let doc: wallet_core::Policy =
+                decode_value(v).map_err(|w| self.corrupt(format!("meta[policy_doc]: {w}")))?;
+            if Some(doc.hash()) != out.recorded_policy {
+                return Err(self.corrupt(
+                    "meta[policy_doc] does not match the recorded policy hash".to_string(),
+                ));
+            }
+            out.recorded_policy_doc = Some(doc);
+        }
 
         let events = txn
             .open_table(EVENTS)
@@ -480,12 +493,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Records the seed policy hash (first start only).
-    pub fn record_policy(&self, h: PolicyHash) -> Result<(), StorageError> {
+    /// Records the seed policy and its hash (first start only).
+    pub fn record_policy(&self, policy: &wallet_core::Policy) -> Result<(), StorageError> {
+        let h = policy.hash();
+        let doc = wallet_core::wire::encode_value(policy);
         let txn = self.db.begin_write().map_err(|e| self.write_err(e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.write_err(e))?;
             meta.insert("policy", seal("meta", b"policy", &h.0).as_slice())
+                .map_err(|e| self.write_err(e))?;
+            meta.insert("policy_doc", seal("meta", b"policy_doc", &doc).as_slice())
                 .map_err(|e| self.write_err(e))?;
         }
         txn.commit().map_err(|e| self.write_err(e))

@@ -572,8 +572,9 @@ async fn a_policy_mismatch_is_reported_and_settles_nothing() {
     }
     assert_eq!(metric_of(&c, US, "walletd_settlement_blocked").await, 1);
     assert_eq!(member(&status(&c, EU).await, "ap")["policy_matches"], true);
-    // What each region shows as settled now (us, whose file disagrees with its own recorded
-    // history, settles nothing at all, not even what it had settled before) must not move.
+    // What each region shows as settled now must not move. us, whose file disagrees with its
+    // own recorded history, keeps what it had settled (folded with the recorded policy) and
+    // settles nothing new.
     let mut settled_before = Vec::new();
     let mut watermark_before = Vec::new();
     for i in [EU, US, AP] {
@@ -582,6 +583,10 @@ async fn a_policy_mismatch_is_reported_and_settles_nothing() {
     }
     assert_eq!(settled_before[EU], "100.00");
     assert_eq!(settled_before[AP], "100.00");
+    assert_eq!(
+        settled_before[US], "100.00",
+        "a restart never retracts what was settled"
+    );
 
     // Provisional balances still move everywhere; nothing settles.
     let r = c
