@@ -83,6 +83,14 @@ pub fn summary(r: &RunResult) -> String {
         m.quiesce_ms.map(ms).unwrap_or_else(|| "NEVER".into()),
         ms(m.simulated_ms)
     );
+    let rep = &r.counters.reports;
+    if rep.iter().any(|c| *c > 0) {
+        let _ = writeln!(
+            s,
+            "  replica reports: rejected {}  clock skew {}  equivocation {}  policy mismatch {}  overflow {}  other {}",
+            rep[0], rep[1], rep[2], rep[3], rep[4], rep[5]
+        );
+    }
     if m.restart_watermark_regressions > 0 || m.restart_feed_entries_hidden > 0 {
         let _ = writeln!(
             s,

@@ -96,6 +96,7 @@ fn shipped_scenarios_parse() {
         ("same-100-usd.txt", 2),
         ("eu-isolated.txt", 3),
         ("split-brain.txt", 5),
+        ("bad-clock.txt", 3),
     ] {
         let text = std::fs::read_to_string(format!("{dir}/{file}")).expect("read");
         parse(&text, &region_names(regions), Currency::USD)
