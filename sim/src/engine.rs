@@ -23,6 +23,11 @@ use crate::workload::{Workload, CURRENCY};
 pub const CLOCK_BASE_MS: u64 = 1_000_000;
 /// Longest the final phase may take to converge, simulated ms.
 pub const QUIESCE_MAX_MS: u64 = 600_000;
+/// As walletd's `HEARTBEAT_PULL_SPACING_MS`: least time between two heartbeat-triggered pulls
+/// from one member.
+pub const HEARTBEAT_PULL_SPACING_MS: u64 = 1_000;
+/// As walletd's `PULL_TIMEOUT_MS`: an unanswered pull stops blocking the next one after this.
+pub const PULL_TIMEOUT_MS: u64 = 2_000;
 
 /// What happens at a point in simulated time.
 #[derive(Debug)]
@@ -119,6 +124,14 @@ pub struct Node {
     acks: VecDeque<(u64, u32, EventId)>,
     lag_q: VecDeque<(u64, Hlc, u64)>,
     just_submitted: Option<(EventId, u32)>,
+    /// walletd's pull state (reset by a restart): the one pull in flight (peer, local ms).
+    pull_outstanding: Option<(usize, u64)>,
+    /// Per peer: when this region last pulled from it (local ms).
+    last_pull: Vec<Option<u64>>,
+    /// Per peer, per origin: what its last heartbeat said it holds.
+    peer_vv: Vec<Option<Vec<u64>>>,
+    /// Round-robin position of the periodic pull.
+    pull_rr: usize,
 }
 
 /// Counters of a run.
@@ -293,6 +306,10 @@ impl Sim {
                     acks: VecDeque::new(),
                     lag_q: VecDeque::new(),
                     just_submitted: None,
+                    pull_outstanding: None,
+                    last_pull: vec![None; n],
+                    peer_vv: vec![None; n],
+                    pull_rr: 0,
                 }
             })
             .collect();
@@ -515,15 +532,6 @@ impl Sim {
         }
     }
 
-    /// Pulls from every connected peer.
-    fn pull(&mut self, i: usize) {
-        for j in 0..self.nodes.len() {
-            if j != i {
-                self.pull_from(i, j);
-            }
-        }
-    }
-
     fn arm_timer(&mut self, i: usize) {
         let node = &self.nodes[i];
         if !node.up {
@@ -740,31 +748,106 @@ impl Sim {
         }
     }
 
-    /// Changes the partition; every link that comes back is a reconnect, on which both ends
-    /// pull from each other (walletd pulls on `NetEvent::Connected`).
+    /// Changes the partition; every link that comes back is a reconnect: both ends see
+    /// `NetEvent::Connected` and, like walletd, pull from the other unless a pull is already
+    /// in flight.
     fn set_groups(&mut self, groups: Vec<u32>) {
         let old = std::mem::replace(&mut self.group, groups);
         let n = self.nodes.len();
         for i in 0..n {
             for j in 0..n {
                 if i != j && old[i] != old[j] && self.group[i] == self.group[j] {
-                    self.pull_from(i, j);
+                    self.on_connected(i, j);
                 }
             }
         }
     }
 
-    fn pull_from(&mut self, i: usize, j: usize) {
-        if !self.connected(i, j) {
-            return;
+    fn local_now(&self, i: usize) -> u64 {
+        local(self.now, self.nodes[i].skew)
+    }
+
+    /// walletd `pull_busy`: a pull is in flight and has not timed out.
+    fn pull_busy(&self, i: usize) -> bool {
+        let now = self.local_now(i);
+        matches!(self.nodes[i].pull_outstanding, Some((_, t)) if now < t.saturating_add(PULL_TIMEOUT_MS))
+    }
+
+    /// walletd `on_net(Connected(j))` at region i.
+    fn on_connected(&mut self, i: usize, j: usize) {
+        if self.nodes[i].up && !self.pull_busy(i) {
+            self.pull_from(i, j);
         }
+    }
+
+    /// walletd `peer_ahead`: the connected member whose last heartbeat shows the most events
+    /// this region lacks (ties: the lowest region name).
+    fn peer_ahead(&self, i: usize) -> Option<usize> {
+        let node = &self.nodes[i];
+        let mine = node.replica.version_vector();
+        let mut best: Option<(u64, usize)> = None;
+        for (j, vv) in node.peer_vv.iter().enumerate() {
+            let Some(vv) = vv else { continue };
+            if j == i || !self.connected(i, j) {
+                continue;
+            }
+            let lack: u64 = vv
+                .iter()
+                .zip(&self.cfg.regions)
+                .map(|(s, o)| s.saturating_sub(mine.get(o)))
+                .sum();
+            if lack == 0 {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some((bl, bj)) => {
+                    lack > bl || (lack == bl && self.cfg.regions[j] < self.cfg.regions[bj])
+                }
+            };
+            if better {
+                best = Some((lack, j));
+            }
+        }
+        best.map(|(_, j)| j)
+    }
+
+    /// walletd `pull_from`: records the pull as the one in flight and sends it.
+    fn pull_from(&mut self, i: usize, j: usize) {
+        let now = self.local_now(i);
+        let node = &mut self.nodes[i];
+        node.last_pull[j] = Some(now);
+        node.pull_outstanding = Some((j, now));
         let m = Message::Pull {
-            vv: self.nodes[i].replica.version_vector().clone(),
+            vv: node.replica.version_vector().clone(),
             limit: self.cfg.pull_limit,
         };
         let bytes = wallet_core::wire::encode_message(&m).len();
         self.counters.pulls += 1;
         self.send(i, j, m, bytes);
+    }
+
+    /// walletd `on_anti_entropy`: one pull per period unless a chain is running, to the
+    /// member furthest ahead by its heartbeats, else round-robin.
+    fn periodic_pull(&mut self, i: usize) {
+        if !self.nodes[i].up || self.pull_busy(i) {
+            return;
+        }
+        let target = self.peer_ahead(i).or_else(|| {
+            let mut peers: Vec<usize> = (0..self.nodes.len())
+                .filter(|j| *j != i && self.connected(i, *j))
+                .collect();
+            peers.sort_by_key(|j| self.cfg.regions[*j]);
+            if peers.is_empty() {
+                return None;
+            }
+            let node = &mut self.nodes[i];
+            node.pull_rr = node.pull_rr.wrapping_add(1);
+            Some(peers[node.pull_rr % peers.len()])
+        });
+        if let Some(j) = target {
+            self.pull_from(i, j);
+        }
     }
 
     fn crash(&mut self, r: usize) {
@@ -816,19 +899,24 @@ impl Sim {
         if replica.watermark() < wm_before {
             self.counters.restart_watermark_regressions += 1;
         }
+        let n = self.nodes.len();
         let node = &mut self.nodes[r];
         node.replica = replica;
         node.up = true;
         node.timer_at = None;
+        node.pull_outstanding = None;
+        node.last_pull = vec![None; n];
+        node.peer_vv = vec![None; n];
+        node.pull_rr = 0;
         if let Some(s) = self.down_since[r].take() {
             self.series.downtime.push((r, s, self.now));
         }
         self.drain(r);
-        // Reconnect: the restarted region pulls from every peer, and every peer from it.
+        // Reconnect: the restarted region and every reachable peer see each other connect.
         for j in 0..self.nodes.len() {
-            if j != r {
-                self.pull_from(r, j);
-                self.pull_from(j, r);
+            if j != r && self.connected(r, j) {
+                self.on_connected(r, j);
+                self.on_connected(j, r);
             }
         }
     }
@@ -871,37 +959,51 @@ impl Sim {
         match msg {
             Message::Pull { .. } if self.cfg.inject == Some(Inject::NoPullAnswers) => {}
             Message::Pull { vv, limit } => {
-                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                // walletd always answers, even with nothing: the answer ends the chain.
+                let limit = (limit as usize).min(self.cfg.pull_limit as usize);
                 let events = self.nodes[to].replica.missing_for(&vv, limit);
-                if !events.is_empty() {
-                    let m = Message::Events(events);
-                    let bytes = wallet_core::wire::encode_message(&m).len();
-                    self.send(to, from, m, bytes);
-                }
+                let m = Message::Events(events);
+                let bytes = wallet_core::wire::encode_message(&m).len();
+                self.send(to, from, m, bytes);
             }
             Message::Events(events) => {
                 let full = events.len() >= self.cfg.pull_limit as usize;
+                let answer = matches!(self.nodes[to].pull_outstanding, Some((r, _)) if r == from);
                 self.counters.events_delivered += events.len() as u64;
                 self.nodes[to]
                     .replica
                     .handle_message(now_l, from_id, Message::Events(events));
                 self.drain(to);
-                if full {
-                    // A full answer: there is more to fetch.
-                    let m = Message::Pull {
-                        vv: self.nodes[to].replica.version_vector().clone(),
-                        limit: self.cfg.pull_limit,
-                    };
-                    let bytes = wallet_core::wire::encode_message(&m).len();
-                    self.counters.pulls += 1;
-                    self.send(to, from, m, bytes);
+                if answer {
+                    self.nodes[to].pull_outstanding = None;
+                    if full {
+                        // A full answer: more is missing; ask the same member again at once.
+                        self.pull_from(to, from);
+                    } else if let Some(next) = self.peer_ahead(to) {
+                        // Another member still holds events this region lacks.
+                        self.pull_from(to, next);
+                    }
                 }
             }
             Message::Heartbeat(hb) => {
-                self.nodes[to]
-                    .replica
+                // A heartbeat whose version vector is ahead shows a gap: pull from that member
+                // now (at most once per spacing) rather than at the next periodic pull.
+                let vv: Vec<u64> = self.cfg.regions.iter().map(|o| hb.vv.get(o)).collect();
+                let node = &mut self.nodes[to];
+                let mine = node.replica.version_vector();
+                let behind = vv
+                    .iter()
+                    .zip(&self.cfg.regions)
+                    .any(|(s, o)| *s > mine.get(o));
+                node.peer_vv[from] = Some(vv);
+                node.replica
                     .handle_message(now_l, from_id, Message::Heartbeat(hb));
+                let recent = node.last_pull[from]
+                    .is_some_and(|t| now_l < t.saturating_add(HEARTBEAT_PULL_SPACING_MS));
                 self.drain(to);
+                if behind && !recent && !self.pull_busy(to) {
+                    self.pull_from(to, from);
+                }
             }
         }
     }
@@ -947,8 +1049,7 @@ impl Sim {
             Ev::AntiEntropy { node, inc } => {
                 let i = node as usize;
                 if self.nodes[i].inc == inc {
-                    // Like walletd: every period, pull from every connected member.
-                    self.pull(i);
+                    self.periodic_pull(i);
                 }
                 let next_inc = self.nodes[i].inc;
                 self.push(
