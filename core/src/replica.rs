@@ -412,6 +412,17 @@ pub struct Stats {
     pub compensations: u64,
 }
 
+/// What a persisted record unblocks once durable.
+#[derive(Debug, Clone, Copy)]
+enum Awaiting {
+    /// An own event: it may leave the region.
+    Own(u64),
+    /// A clock ceiling: heartbeats up to it may be announced.
+    Ceiling(Hlc),
+    /// A watermark: events up to it may settle.
+    Watermark(Hlc),
+}
+
 #[derive(Debug, Clone)]
 struct PolicyVersion {
     version: u32,
@@ -437,8 +448,8 @@ pub struct Replica {
     outputs: VecDeque<Output>,
     persist_index: u64,
     persist_durable: u64,
-    /// (persist index, own seq or 0 for a ceiling, ceiling hlc)
-    awaiting: VecDeque<(u64, u64, Hlc)>,
+    /// Records whose durability something waits for, by persist index.
+    awaiting: VecDeque<(u64, Awaiting)>,
     own_durable_seq: u64,
     own_gossiped_seq: u64,
     ceiling_requested: Hlc,
@@ -979,7 +990,7 @@ impl Replica {
         if h.millis().saturating_add(CEILING_MARGIN_MS / 2) > self.ceiling_requested.millis() {
             self.ceiling_requested = wanted;
             let idx = self.persist(Record::Ceiling(wanted));
-            self.awaiting.push_back((idx, 0, wanted));
+            self.awaiting.push_back((idx, Awaiting::Ceiling(wanted)));
         }
         if h > self.ceiling_durable {
             return; // retried once the ceiling is durable
@@ -1012,19 +1023,32 @@ impl Replica {
         }
         self.persist_durable = index.min(self.persist_index);
         let mut ceiling_moved = false;
-        while let Some(&(i, seq, h)) = self.awaiting.front() {
+        let mut settle_to = None;
+        while let Some(&(i, what)) = self.awaiting.front() {
             if i > self.persist_durable {
                 break;
             }
             self.awaiting.pop_front();
-            if seq > 0 {
-                self.own_durable_seq = self.own_durable_seq.max(seq);
-            } else if h > self.ceiling_durable {
-                self.ceiling_durable = h;
-                ceiling_moved = true;
+            match what {
+                Awaiting::Own(seq) => self.own_durable_seq = self.own_durable_seq.max(seq),
+                Awaiting::Ceiling(h) => {
+                    if h > self.ceiling_durable {
+                        self.ceiling_durable = h;
+                        ceiling_moved = true;
+                    }
+                }
+                Awaiting::Watermark(w) => settle_to = Some(w),
             }
         }
         self.push_own();
+        // Settle only once the watermark record is durable (it is written after the events it
+        // covers): a crash can then never take back a settled event or a compensation.
+        if let Some(w) = settle_to {
+            if w > self.watermark {
+                self.watermark = w;
+                self.settle();
+            }
+        }
         if ceiling_moved && self.announced == Hlc::ZERO {
             // First ceiling after start: announce at once rather than a period later.
             self.next_heartbeat_ms = 0;
@@ -1207,7 +1231,7 @@ impl Replica {
     fn apply_own(&mut self, event: Event) {
         let seq = event.id.seq;
         let idx = self.persist(Record::Event(event.clone()));
-        self.awaiting.push_back((idx, seq, Hlc::ZERO));
+        self.awaiting.push_back((idx, Awaiting::Own(seq)));
         self.insert(event);
     }
 
@@ -1619,15 +1643,14 @@ impl Replica {
         w.max(self.watermark)
     }
 
+    /// Computes the watermark and asks the host to persist it; settlement follows in
+    /// [`Replica::handle_persisted`] once that record is durable.
     fn advance(&mut self) {
         let w = self.compute_watermark();
-        if w > self.watermark {
-            self.watermark = w;
-            self.settle();
-        }
-        if self.watermark > self.persisted_watermark {
-            self.persisted_watermark = self.watermark;
-            self.persist(Record::Watermark(self.watermark));
+        if w > self.persisted_watermark {
+            self.persisted_watermark = w;
+            let idx = self.persist(Record::Watermark(w));
+            self.awaiting.push_back((idx, Awaiting::Watermark(w)));
         }
     }
 

@@ -332,6 +332,15 @@ impl Cluster {
             if feed[..common] != n.feed_seen[..common] {
                 return Err(format!("{}: the feed changed an entry", n.name));
             }
+            // Not even a crash may shorten it: settlement waits for the durable watermark.
+            if feed.len() < n.feed_seen.len() {
+                return Err(format!(
+                    "{}: the feed shrank from {} to {} entries",
+                    n.name,
+                    n.feed_seen.len(),
+                    feed.len()
+                ));
+            }
             if feed.len() > n.feed_seen.len() {
                 n.feed_seen = feed;
             }
@@ -340,6 +349,9 @@ impl Cluster {
                     return Err(format!("{}: lost {}", n.name, e.id));
                 };
                 if status == Status::Provisional {
+                    if n.settled_seen.contains_key(&e.id) {
+                        return Err(format!("{}: settled {} became provisional", n.name, e.id));
+                    }
                     continue;
                 }
                 let now = (status, comp.map(Compensation::id));
