@@ -35,6 +35,10 @@ pub const HEARTBEAT_PULL_SPACING_MS: u64 = 1_000;
 /// A pull not answered within this long no longer blocks the next one (the answer was lost or
 /// the member went away).
 pub const PULL_TIMEOUT_MS: u64 = 2_000;
+/// A pull is taken as lost (dropped during a partition that was healing, say) once this many
+/// heartbeats came from the member after it without an answer: the member answers in order,
+/// so a live member's answer would have come before them.
+pub const PULL_LOST_AFTER_HEARTBEATS: u32 = 2;
 /// Most HTTP commands the actor takes per loop iteration (one write batch).
 pub const COMMANDS_PER_BATCH_MAX: usize = 1_024;
 /// Capacity of the command channel from HTTP handlers to the actor.
@@ -213,6 +217,8 @@ pub struct Actor {
     /// The one pull in flight (member, sent at): catch-up runs as a single chain of bounded
     /// batches from one member at a time, so no event is fetched twice from two members.
     pull_outstanding: Option<(wallet_core::RegionId, u64)>,
+    /// Heartbeats received from the member of `pull_outstanding` since the pull was sent.
+    pull_heartbeats: u32,
     /// Each member's version vector from its last heartbeat.
     peer_vv: BTreeMap<wallet_core::RegionId, wallet_core::VClock<wallet_core::RegionId>>,
     /// Round-robin position of the periodic pull.
@@ -763,6 +769,7 @@ impl Actor {
         let now = now_ms();
         self.last_pull_ms.insert(r, now);
         self.pull_outstanding = Some((r, now));
+        self.pull_heartbeats = 0;
         let msg = Message::Pull {
             vv: self.replica.version_vector().clone(),
             limit: PULL_BATCH_EVENTS_MAX as u32,
@@ -775,11 +782,18 @@ impl Actor {
         match ev {
             NetEvent::Connected(r) => {
                 tracing::info!(region = %r, "member connected");
-                if !self.pull_busy(now) {
+                // A pull to a member that went away was lost with its connection.
+                let lost = matches!(self.pull_outstanding, Some((p, _)) if p == r);
+                if lost || !self.pull_busy(now) {
                     self.pull_from(r).await;
                 }
             }
-            NetEvent::Disconnected(r) => tracing::info!(region = %r, "member disconnected"),
+            NetEvent::Disconnected(r) => {
+                tracing::info!(region = %r, "member disconnected");
+                if matches!(self.pull_outstanding, Some((p, _)) if p == r) {
+                    self.pull_outstanding = None;
+                }
+            }
             NetEvent::Message { from, msg, .. } => match msg {
                 Message::Pull { vv, limit } => {
                     let n = (limit as usize).min(PULL_BATCH_EVENTS_MAX);
@@ -815,7 +829,12 @@ impl Actor {
                         .last_pull_ms
                         .get(&from)
                         .is_some_and(|t| now < t.saturating_add(HEARTBEAT_PULL_SPACING_MS));
-                    if behind && !recent && !self.pull_busy(now) {
+                    let mut lost = false;
+                    if matches!(self.pull_outstanding, Some((p, _)) if p == from) {
+                        self.pull_heartbeats += 1;
+                        lost = self.pull_heartbeats >= PULL_LOST_AFTER_HEARTBEATS;
+                    }
+                    if behind && (lost || (!recent && !self.pull_busy(now))) {
                         self.pull_from(from).await;
                     }
                 }
@@ -1127,6 +1146,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         deferred: VecDeque::new(),
         last_pull_ms: BTreeMap::new(),
         pull_outstanding: None,
+        pull_heartbeats: 0,
         peer_vv: BTreeMap::new(),
         pull_rr: 0,
     };
