@@ -258,7 +258,7 @@ fn run_and_check(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(96), max_shrink_iters: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), max_shrink_iters: 2_000, ..ProptestConfig::default() })]
 
     /// §9.1, 2, 3, 5, 6 on random histories with partitions, reordering, duplicates, drops,
     /// partial persistence and crashes: every region ends byte-identical, agrees with a
@@ -435,7 +435,7 @@ fn observe(seed: usize, items: Vec<Item>, now: u64) -> Result<Replica, TestCaseE
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(40), max_shrink_iters: 1_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(128), max_shrink_iters: 1_000, ..ProptestConfig::default() })]
 
     /// Merge is commutative, associative and idempotent: the same event set delivered in
     /// different orders, groupings, relays and with duplicates (plus the heartbeats that
