@@ -39,8 +39,22 @@ pub enum IdError {
 /// A region name, stored inline: up to 8 bytes of `a-z 0-9 -`, zero padded.
 ///
 /// Ordering is byte order of the name, which is the `origin` component of the total order.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RegionId([u8; REGION_NAME_LEN_MAX]);
+
+// Byte-wise (lexicographic) order, as a derive would give, but compared as one big-endian
+// integer: a derived order on `[u8; 8]` calls `memcmp`, and region ids are compared in every
+// map and order-key lookup.
+impl Ord for RegionId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        u64::from_be_bytes(self.0).cmp(&u64::from_be_bytes(other.0))
+    }
+}
+impl PartialOrd for RegionId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl RegionId {
     /// Parses and checks a region name.
@@ -123,8 +137,35 @@ impl fmt::Display for EventId {
 }
 
 /// An account id: 1 to 64 characters of `A-Z a-z 0-9 . _ : -`. Cheap to clone.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Eq, Serialize, Deserialize)]
 pub struct AccountId(Arc<str>);
+
+impl std::hash::Hash for AccountId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+// The derived comparisons, with a shortcut for two handles of one interned string (the
+// replica shares one allocation per account): no byte comparison then.
+impl PartialEq for AccountId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+impl Ord for AccountId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.0.cmp(&other.0)
+    }
+}
+impl PartialOrd for AccountId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl AccountId {
     /// Parses and checks an account id.

@@ -60,6 +60,23 @@ const CURRENCIES: &[(&str, u8)] = &[
     ("ZAR", 2),
 ];
 
+/// The table entry of a code: a binary search, the table being sorted by code (a test checks
+/// it). O(log n) rather than a scan: the fold and validation ask for minor units per event.
+fn lookup(code: &[u8]) -> Option<&'static (&'static str, u8)> {
+    // Codes are compared as integers (big-endian, so in byte order): no `memcmp` per step.
+    let num = |b: &[u8]| -> Option<u32> {
+        match *b {
+            [x, y, z] => Some(u32::from_be_bytes([0, x, y, z])),
+            _ => None,
+        }
+    };
+    let want = num(code)?;
+    CURRENCIES
+        .binary_search_by(|(c, _)| num(c.as_bytes()).unwrap_or(0).cmp(&want))
+        .ok()
+        .and_then(|i| CURRENCIES.get(i))
+}
+
 /// Errors about amounts and currencies. These are caller or peer mistakes, never bugs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -91,8 +108,21 @@ pub enum AmountError {
 }
 
 /// An ISO-4217 currency code, three upper-case ASCII letters, known to this build.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Currency([u8; 3]);
+
+// Byte-wise order, as a derive would give, compared as one integer rather than by `memcmp`.
+impl Ord for Currency {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let n = |c: &[u8; 3]| u32::from_be_bytes([c[0], c[1], c[2], 0]);
+        n(&self.0).cmp(&n(&other.0))
+    }
+}
+impl PartialOrd for Currency {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Currency {
     /// US dollar.
@@ -106,9 +136,7 @@ impl Currency {
 
     /// Parses and checks a currency code.
     pub fn parse(code: &str) -> Result<Currency, AmountError> {
-        CURRENCIES
-            .iter()
-            .find(|(c, _)| *c == code)
+        lookup(code.as_bytes())
             .map(|(c, _)| {
                 let b = c.as_bytes();
                 Currency([b[0], b[1], b[2]])
@@ -124,16 +152,12 @@ impl Currency {
 
     /// Number of minor units (decimal places) of this currency.
     pub fn minor_units(&self) -> u32 {
-        CURRENCIES
-            .iter()
-            .find(|(c, _)| c.as_bytes() == self.0)
-            .map(|(_, m)| u32::from(*m))
-            .unwrap_or(2)
+        lookup(&self.0).map(|(_, m)| u32::from(*m)).unwrap_or(2)
     }
 
     /// True if the code is in this build's table (used when decoding untrusted bytes).
     pub fn is_known(&self) -> bool {
-        CURRENCIES.iter().any(|(c, _)| c.as_bytes() == self.0)
+        lookup(&self.0).is_some()
     }
 
     /// Renders a signed decimal with exactly this currency's minor units (`100.00` USD,
@@ -306,6 +330,16 @@ mod tests {
             Amount::parse("99999999999999999999999999999999", Currency::USD),
             Err(Malformed(_)) | Err(OverLimit(_))
         ));
+    }
+
+    #[test]
+    fn currency_table_is_sorted_for_binary_search() {
+        assert!(CURRENCIES.windows(2).all(|w| w[0].0 < w[1].0));
+        for (c, m) in CURRENCIES {
+            let cur = Currency::parse(c).unwrap();
+            assert_eq!(cur.minor_units(), u32::from(*m));
+            assert!(cur.is_known());
+        }
     }
 
     #[test]

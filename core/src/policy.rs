@@ -396,6 +396,14 @@ impl Policy {
         PolicyHash(Sha256::digest(&bytes).into())
     }
 
+    /// The position (by name) of the tier of an account, as [`Policy::tier_of`] finds it: with
+    /// the currency, all that [`Policy::applied`] depends on, so a cache key for it.
+    pub(crate) fn tier_index(&self, account: &str) -> Option<usize> {
+        self.tiers
+            .iter()
+            .position(|(_, ps)| ps.iter().any(|p| account.starts_with(p.as_str())))
+    }
+
     /// The tier of an account: the first tier (by name) one of whose prefixes it starts with.
     pub fn tier_of(&self, account: &str) -> Option<&str> {
         self.tiers

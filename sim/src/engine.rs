@@ -521,7 +521,7 @@ impl Sim {
         if peers.is_empty() {
             return;
         }
-        let bytes = wallet_core::wire::encode_message(&msg).len();
+        let bytes = wallet_core::wire::encoded_message_len(&msg);
         let last = peers.len() - 1;
         let mut msg = Some(msg);
         for (k, j) in peers.into_iter().enumerate() {
@@ -822,7 +822,7 @@ impl Sim {
             vv: node.replica.version_vector().clone(),
             limit: self.cfg.pull_limit,
         };
-        let bytes = wallet_core::wire::encode_message(&m).len();
+        let bytes = wallet_core::wire::encoded_message_len(&m);
         self.counters.pulls += 1;
         self.send(i, j, m, bytes);
     }
@@ -877,21 +877,30 @@ impl Sim {
             return;
         }
         let cfg = make_config(&self.cfg, self.cfg.regions[r]);
+        // The image the disk is rebuilt from: its events move into the new replica (the
+        // durable prefix of each origin), no copy.
+        let mut replica = Replica::new(cfg, self.nodes[r].disk.ceiling);
+        std::mem::swap(&mut self.nodes[r].replica, &mut replica);
+        let old = replica;
+        // What the region showed before the crash and no longer shows after the restart
+        // (re-derived later, with the same ids, once the watermark passes them again).
+        let (feed_before, wm_before) = (old.feed_len(), old.watermark());
         let node = &self.nodes[r];
         let mut events = Vec::new();
-        for (o, origin) in self.cfg.regions.iter().enumerate() {
-            let log = node.replica.origin_events(*origin, 0);
+        for (origin, mut log) in old.into_logs() {
+            let Some(o) = self.region_index(origin) else {
+                continue;
+            };
             let n = usize::try_from(node.disk.durable[o])
                 .unwrap_or(usize::MAX)
                 .min(log.len());
-            events.extend_from_slice(&log[..n]);
+            log.truncate(n);
+            events.append(&mut log);
         }
-        let mut replica = Replica::new(cfg, node.disk.ceiling);
+        let node = &mut self.nodes[r];
+        let replica = &mut node.replica;
         replica.load(events);
         replica.restore_watermark(node.disk.watermark);
-        // What the region showed before the crash and no longer shows after the restart
-        // (re-derived later, with the same ids, once the watermark passes them again).
-        let (feed_before, wm_before) = (node.replica.feed_len(), node.replica.watermark());
         if replica.feed_len() < feed_before {
             self.counters.restart_feed_regressions += 1;
             self.counters.restart_feed_entries_hidden += feed_before - replica.feed_len();
@@ -901,7 +910,6 @@ impl Sim {
         }
         let n = self.nodes.len();
         let node = &mut self.nodes[r];
-        node.replica = replica;
         node.up = true;
         node.timer_at = None;
         node.pull_outstanding = None;
@@ -963,7 +971,7 @@ impl Sim {
                 let limit = (limit as usize).min(self.cfg.pull_limit as usize);
                 let events = self.nodes[to].replica.missing_for(&vv, limit);
                 let m = Message::Events(events);
-                let bytes = wallet_core::wire::encode_message(&m).len();
+                let bytes = wallet_core::wire::encoded_message_len(&m);
                 self.send(to, from, m, bytes);
             }
             Message::Events(events) => {
