@@ -142,28 +142,7 @@ fn main() -> ExitCode {
             if let Some(g) = group_commit {
                 cfg.group_commit = g;
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(wallet::node::run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("walletd: {e}");
-                    tracing::error!(error = %e, "walletd failed to start");
-                    if matches!(e, wallet::node::NodeError::Config(_)) {
-                        ExitCode::from(2)
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-            }
+            wallet::node::run_blocking(cfg)
         }
     }
 }

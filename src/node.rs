@@ -1256,3 +1256,31 @@ async fn shutdown_signal() {
     }
     tracing::info!("signal received");
 }
+
+/// Runs a region on a new multi-threaded runtime until it shuts down, and returns the process
+/// exit code: 0 after a clean shutdown, 2 for a configuration error found at start, 1 when it
+/// could not start otherwise. `walletd run` and the benchmarks' embedded regions share it.
+pub fn run_blocking(cfg: NodeConfig) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walletd: {e}");
+            tracing::error!(error = %e, "walletd failed to start");
+            if matches!(e, NodeError::Config(_)) {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+}

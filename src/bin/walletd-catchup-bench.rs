@@ -117,23 +117,7 @@ fn node(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(wallet::node::run(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("walletd: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    wallet::node::run_blocking(cfg)
 }
 
 fn main() -> ExitCode {
