@@ -163,16 +163,6 @@ pub async fn converged(c: &LocalCluster, idx: &[usize], accounts: &[String]) -> 
     true
 }
 
-/// Cents from a USD string like "12.34" or "-0.50".
-pub fn cents(s: &str) -> i64 {
-    let neg = s.starts_with('-');
-    let t = s.trim_start_matches('-');
-    let (a, b) = t.split_once('.').expect("two decimals");
-    assert_eq!(b.len(), 2, "{s}");
-    let v = a.parse::<i64>().expect("int") * 100 + b.parse::<i64>().expect("cents");
-    if neg {
-        -v
-    } else {
-        v
-    }
-}
+#[path = "../common/cents.rs"]
+mod cents;
+pub use cents::cents;
