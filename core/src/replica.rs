@@ -368,9 +368,10 @@ fn key_of(members: &BTreeMap<RegionId, Member>, id: EventId) -> Option<&str> {
 
 impl KeyIndex {
     fn code(key: &str) -> u128 {
+        let bytes = key.as_bytes();
         let mut prefix = [0u8; 8];
-        for (p, b) in prefix.iter_mut().zip(key.bytes()) {
-            *p = b;
+        for (i, p) in prefix.iter_mut().enumerate() {
+            *p = bytes.get(i).copied().unwrap_or(0);
         }
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in key.bytes() {
@@ -402,24 +403,46 @@ impl KeyIndex {
             .copied()
     }
 
-    fn get_mut(&mut self, members: &BTreeMap<RegionId, Member>, key: &str) -> Option<&mut EventId> {
+    /// The event holding `key`, or, when none does, `id` is added as its holder (for an
+    /// event about to be in the logs) and None is returned. One search of the map when the
+    /// code is new.
+    fn holder_or_insert(
+        &mut self,
+        members: &BTreeMap<RegionId, Member>,
+        key: &str,
+        id: EventId,
+    ) -> Option<&mut EventId> {
         let code = KeyIndex::code(key);
         let holds = |id: &EventId| key_of(members, *id) == Some(key);
-        let first = self.map.get_mut(&code)?;
-        if holds(first) {
-            return Some(first);
+        match self.map.entry(code) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(id);
+                None
+            }
+            std::collections::btree_map::Entry::Occupied(o) => {
+                let first = o.into_mut();
+                if holds(first) {
+                    return Some(first);
+                }
+                let others = self.collided.entry(code).or_default();
+                match others.iter().position(holds) {
+                    Some(i) => others.get_mut(i),
+                    None => {
+                        others.push(id);
+                        None
+                    }
+                }
+            }
         }
-        self.collided
-            .get_mut(&code)?
-            .iter_mut()
-            .find(|id| holds(id))
     }
 
     /// Adds a key not held yet, for an event that is, or is about to be, in the logs.
+    #[cfg(test)]
     fn insert(&mut self, members: &BTreeMap<RegionId, Member>, key: &str, id: EventId) {
         self.insert_at(members, KeyIndex::code(key), key, id);
     }
 
+    #[cfg(test)]
     fn insert_at(
         &mut self,
         members: &BTreeMap<RegionId, Member>,
@@ -1354,6 +1377,12 @@ impl Replica {
         // The order keys go into the unsettled index at the end, in one sorted bulk build,
         // rather than one tree insert per event.
         let mut keys = Vec::with_capacity(sorted.len());
+        // Each log grows once, not by doublings.
+        for (r, m) in self.members.iter_mut() {
+            let from = sorted.partition_point(|e| e.id.origin < *r);
+            let to = sorted.partition_point(|e| e.id.origin <= *r);
+            m.log.reserve(to.saturating_sub(from));
+        }
         for e in sorted {
             let origin = e.id.origin;
             let Some(m) = self.members.get(&origin) else {
@@ -1458,11 +1487,8 @@ impl Replica {
                 // finds the same event on every region once both are known. The first holder
                 // goes to `keys`, any other to `more_keys` (only duplicates and conflicts,
                 // which are rare).
-                let other = match acct.keys.get_mut(members, k) {
-                    None => {
-                        acct.keys.insert(members, k, event.id);
-                        None
-                    }
+                let other = match acct.keys.holder_or_insert(members, k, event.id) {
+                    None => None,
                     Some(have) => match log_event(members, *have).map(|e| e.key() < key) {
                         Some(true) => Some(event.id),
                         Some(false) => Some(std::mem::replace(have, event.id)),
@@ -2144,6 +2170,11 @@ mod tests {
         assert_eq!(idx.get_at(m, 7, "c"), Some(id(3)));
         assert_eq!(idx.get_at(m, 7, "d"), None);
         assert_ne!(KeyIndex::code("k1"), KeyIndex::code("k2"));
+        let mut idx = KeyIndex::default();
+        assert_eq!(idx.holder_or_insert(m, "a", id(1)), None);
+        assert_eq!(idx.holder_or_insert(m, "a", id(2)).copied(), Some(id(1)));
+        assert_eq!(idx.holder_or_insert(m, "k1", id(4)), None);
+        assert_eq!(idx.get(m, "k1"), Some(id(4)));
         // The replica's own index finds every key.
         let alice = AccountId::new("alice").unwrap();
         for (seq, key) in [(1, "a"), (2, "b"), (3, "c"), (4, "k1")] {
