@@ -770,10 +770,7 @@ impl Actor {
         self.last_pull_ms.insert(r, now);
         self.pull_outstanding = Some((r, now));
         self.pull_heartbeats = 0;
-        let msg = Message::Pull {
-            vv: self.replica.version_vector().clone(),
-            limit: PULL_BATCH_EVENTS_MAX as u32,
-        };
+        let msg = self.replica.pull_request(PULL_BATCH_EVENTS_MAX as u32);
         self.net.send(r, msg).await;
     }
 
@@ -801,6 +798,12 @@ impl Actor {
                     // Always answer, even with nothing: the answer ends the requester's chain.
                     self.net.send(from, Message::Events(events)).await;
                 }
+                Message::PullGaps { vv, upto, limit } => {
+                    let n = (limit as usize).min(PULL_BATCH_EVENTS_MAX);
+                    let events = self.replica.missing_for_gaps(&vv, &upto, n);
+                    // Always answer, even with nothing: the answer ends the requester's chain.
+                    self.net.send(from, Message::Events(events)).await;
+                }
                 Message::Events(events) => {
                     let full = events.len() >= PULL_BATCH_EVENTS_MAX;
                     let answer = matches!(self.pull_outstanding, Some((r, _)) if r == from);
@@ -820,8 +823,14 @@ impl Actor {
                 Message::Heartbeat(hb) => {
                     // A heartbeat whose version vector is ahead of ours shows a gap (a push was
                     // lost): pull from that member now rather than at the next periodic pull.
+                    // The gap must show in the member's PREVIOUS heartbeat (a heartbeat period
+                    // ago): what it announces now may still be in flight as pushes, and pulling
+                    // it would fetch those events twice.
                     let mine = self.replica.version_vector();
-                    let behind = hb.vv.dots.iter().any(|(o, s)| *s > mine.get(o));
+                    let behind = self
+                        .peer_vv
+                        .get(&from)
+                        .is_some_and(|prev| prev.dots.iter().any(|(o, s)| *s > mine.get(o)));
                     self.peer_vv.insert(from, hb.vv.clone());
                     self.replica
                         .handle_message(now, from, Message::Heartbeat(hb));

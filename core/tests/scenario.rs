@@ -133,3 +133,53 @@ fn reverse_policy_reverses_the_later_purchase() {
         assert_eq!(r.balance(&alice, Currency::USD).settled.to_string(), "0.00");
     }
 }
+
+#[test]
+fn a_pull_does_not_fetch_again_what_is_buffered_out_of_order() {
+    let eu = RegionId::new("eu").unwrap();
+    let us = RegionId::new("us").unwrap();
+    let mk = |me| Replica::new(Config::new(me, vec![eu, us], Policy::zero()), Hlc::ZERO);
+    let (mut a, mut b) = (mk(eu), mk(us));
+    let mut events = Vec::new();
+    for i in 0..5u64 {
+        a.submit(1_000 + i, req(Kind::Deposit, "1")).unwrap();
+    }
+    while let Some(o) = a.poll_output() {
+        if let Output::Persist { index, record } = o {
+            if let Record::Event(e) = record {
+                events.push(e);
+            }
+            a.handle_persisted(index);
+        }
+    }
+    assert_eq!(events.len(), 5);
+    // Nothing buffered: a plain pull.
+    assert!(matches!(b.pull_request(100), Message::Pull { .. }));
+    // eu:2 is lost; eu:3..5 arrive and wait in the buffer.
+    b.handle_events(
+        2_000,
+        eu,
+        vec![
+            events[0].clone(),
+            events[2].clone(),
+            events[3].clone(),
+            events[4].clone(),
+        ],
+    );
+    assert_eq!(b.version_vector().get(&eu), 1);
+    let Message::PullGaps { vv, upto, limit } = b.pull_request(100) else {
+        panic!("expected PullGaps");
+    };
+    assert_eq!(upto.get(&eu), 3);
+    let answer = a.missing_for_gaps(&vv, &upto, limit as usize);
+    let ids: Vec<String> = answer.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(ids, vec!["eu:2"], "only the gap, not the buffered events");
+    // A plain pull would have sent everything from the gap on.
+    assert_eq!(a.missing_for(&vv, 100).len(), 4);
+    // Round trip through the wire format.
+    let m = Message::PullGaps { vv, upto, limit };
+    assert_eq!(wire::decode_message(&wire::encode_message(&m)).unwrap(), m);
+    b.handle_events(2_001, eu, answer);
+    assert_eq!(b.version_vector().get(&eu), 5);
+    assert!(matches!(b.pull_request(100), Message::Pull { .. }));
+}

@@ -11,7 +11,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use wallet_core::{
     AccountId, CompKind, Config, EventId, Hlc, Message, Output, Record, RegionId, Replica, Report,
-    SubmitError, Submitted, TxRequest,
+    SubmitError, Submitted, TxRequest, VClock,
 };
 
 use crate::config::{Inject, SimConfig};
@@ -818,10 +818,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.last_pull[j] = Some(now);
         node.pull_outstanding = Some((j, now));
-        let m = Message::Pull {
-            vv: node.replica.version_vector().clone(),
-            limit: self.cfg.pull_limit,
-        };
+        let m = node.replica.pull_request(self.cfg.pull_limit);
         let bytes = wallet_core::wire::encoded_message_len(&m);
         self.counters.pulls += 1;
         self.send(i, j, m, bytes);
@@ -957,6 +954,22 @@ impl Sim {
         self.drain(i);
     }
 
+    /// walletd always answers a pull, even with nothing: the answer ends the chain.
+    fn answer_pull(
+        &mut self,
+        to: usize,
+        from: usize,
+        vv: &VClock<RegionId>,
+        upto: &VClock<RegionId>,
+        limit: u32,
+    ) {
+        let limit = (limit as usize).min(self.cfg.pull_limit as usize);
+        let events = self.nodes[to].replica.missing_for_gaps(vv, upto, limit);
+        let m = Message::Events(events);
+        let bytes = wallet_core::wire::encoded_message_len(&m);
+        self.send(to, from, m, bytes);
+    }
+
     fn deliver(&mut self, to: usize, from: usize, inc: u32, msg: Message) {
         if self.nodes[to].inc != inc || !self.connected(from, to) {
             self.counters.messages_cut += 1;
@@ -965,14 +978,13 @@ impl Sim {
         let now_l = local(self.now, self.nodes[to].skew);
         let from_id = self.cfg.regions[from];
         match msg {
-            Message::Pull { .. } if self.cfg.inject == Some(Inject::NoPullAnswers) => {}
+            Message::Pull { .. } | Message::PullGaps { .. }
+                if self.cfg.inject == Some(Inject::NoPullAnswers) => {}
             Message::Pull { vv, limit } => {
-                // walletd always answers, even with nothing: the answer ends the chain.
-                let limit = (limit as usize).min(self.cfg.pull_limit as usize);
-                let events = self.nodes[to].replica.missing_for(&vv, limit);
-                let m = Message::Events(events);
-                let bytes = wallet_core::wire::encoded_message_len(&m);
-                self.send(to, from, m, bytes);
+                self.answer_pull(to, from, &vv, &VClock::new(), limit);
+            }
+            Message::PullGaps { vv, upto, limit } => {
+                self.answer_pull(to, from, &vv, &upto, limit);
             }
             Message::Events(events) => {
                 let full = events.len() >= self.cfg.pull_limit as usize;
@@ -996,13 +1008,16 @@ impl Sim {
             Message::Heartbeat(hb) => {
                 // A heartbeat whose version vector is ahead shows a gap: pull from that member
                 // now (at most once per spacing) rather than at the next periodic pull.
+                // The gap must show in the member's PREVIOUS heartbeat (a heartbeat period
+                // ago): events it announces now may still be in flight as pushes.
                 let vv: Vec<u64> = self.cfg.regions.iter().map(|o| hb.vv.get(o)).collect();
                 let node = &mut self.nodes[to];
                 let mine = node.replica.version_vector();
-                let behind = vv
-                    .iter()
-                    .zip(&self.cfg.regions)
-                    .any(|(s, o)| *s > mine.get(o));
+                let behind = node.peer_vv[from].as_ref().is_some_and(|prev| {
+                    prev.iter()
+                        .zip(&self.cfg.regions)
+                        .any(|(s, o)| *s > mine.get(o))
+                });
                 node.peer_vv[from] = Some(vv);
                 node.replica
                     .handle_message(now_l, from_id, Message::Heartbeat(hb));
