@@ -745,21 +745,28 @@ impl Actor {
         matches!(self.pull_outstanding, Some((_, t)) if now < t.saturating_add(PULL_TIMEOUT_MS))
     }
 
+    /// True while the pull in flight (timed out or not) is to `r`.
+    fn pulling_from(&self, r: wallet_core::RegionId) -> bool {
+        matches!(self.pull_outstanding, Some((p, _)) if p == r)
+    }
+
+    /// How many events a member's version vector holds that we lack.
+    fn lacking(&self, theirs: &wallet_core::VClock<wallet_core::RegionId>) -> u64 {
+        let mine = self.replica.version_vector();
+        theirs
+            .dots
+            .iter()
+            .map(|(o, s)| s.saturating_sub(mine.get(o)))
+            .sum()
+    }
+
     /// The connected member whose last heartbeat shows the most events we lack, if any.
     fn peer_ahead(&self) -> Option<wallet_core::RegionId> {
-        let mine = self.replica.version_vector();
         let connected = self.net.connected();
         self.peer_vv
             .iter()
             .filter(|(r, _)| connected.contains(r))
-            .map(|(r, vv)| {
-                let lack: u64 = vv
-                    .dots
-                    .iter()
-                    .map(|(o, s)| s.saturating_sub(mine.get(o)))
-                    .sum();
-                (lack, *r)
-            })
+            .map(|(r, vv)| (self.lacking(vv), *r))
             .filter(|(lack, _)| *lack > 0)
             .max_by_key(|(lack, r)| (*lack, std::cmp::Reverse(*r)))
             .map(|(_, r)| r)
@@ -780,14 +787,14 @@ impl Actor {
             NetEvent::Connected(r) => {
                 tracing::info!(region = %r, "member connected");
                 // A pull to a member that went away was lost with its connection.
-                let lost = matches!(self.pull_outstanding, Some((p, _)) if p == r);
+                let lost = self.pulling_from(r);
                 if lost || !self.pull_busy(now) {
                     self.pull_from(r).await;
                 }
             }
             NetEvent::Disconnected(r) => {
                 tracing::info!(region = %r, "member disconnected");
-                if matches!(self.pull_outstanding, Some((p, _)) if p == r) {
+                if self.pulling_from(r) {
                     self.pull_outstanding = None;
                 }
             }
@@ -806,7 +813,7 @@ impl Actor {
                 }
                 Message::Events(events) => {
                     let full = events.len() >= PULL_BATCH_EVENTS_MAX;
-                    let answer = matches!(self.pull_outstanding, Some((r, _)) if r == from);
+                    let answer = self.pulling_from(from);
                     self.replica
                         .handle_message(now, from, Message::Events(events));
                     if answer {
@@ -826,11 +833,10 @@ impl Actor {
                     // The gap must show in the member's PREVIOUS heartbeat (a heartbeat period
                     // ago): what it announces now may still be in flight as pushes, and pulling
                     // it would fetch those events twice.
-                    let mine = self.replica.version_vector();
                     let behind = self
                         .peer_vv
                         .get(&from)
-                        .is_some_and(|prev| prev.dots.iter().any(|(o, s)| *s > mine.get(o)));
+                        .is_some_and(|prev| self.lacking(prev) > 0);
                     self.peer_vv.insert(from, hb.vv.clone());
                     self.replica
                         .handle_message(now, from, Message::Heartbeat(hb));
@@ -839,7 +845,7 @@ impl Actor {
                         .get(&from)
                         .is_some_and(|t| now < t.saturating_add(HEARTBEAT_PULL_SPACING_MS));
                     let mut lost = false;
-                    if matches!(self.pull_outstanding, Some((p, _)) if p == from) {
+                    if self.pulling_from(from) {
                         self.pull_heartbeats += 1;
                         lost = self.pull_heartbeats >= PULL_LOST_AFTER_HEARTBEATS;
                     }
