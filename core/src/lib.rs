@@ -65,6 +65,7 @@ pub use id::{AccountId, Clock, EventId, Hlc, IdError, RegionId};
 pub use money::{Amount, AmountError, Currency};
 pub use policy::{Action, FeePer, Policy, PolicyError, PolicyHash};
 pub use replica::{
-    Authenticator, Balance, Config, Entry, EntryKey, Heartbeat, MemberStatus, Message, NoAuth,
-    Output, Record, Replica, Report, Stats, Status, SubmitError, Submitted, TxRequest,
+    Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, MemberStatus, Message,
+    NoAuth, Output, Record, Replica, Report, SignedHeartbeat, Stats, Status, SubmitError,
+    Submitted, TxRequest,
 };

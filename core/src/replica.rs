@@ -28,6 +28,8 @@ pub const CEILING_MARGIN_MS: u64 = 2_000;
 pub const EVIDENCE_MAX: usize = 64;
 /// Most heartbeats per member remembered while the log has not reached their seq.
 pub const PENDING_HEARTBEATS_MAX: usize = 32;
+/// Evidence held is sent to peers again every this many heartbeats.
+pub const EVIDENCE_RESEND_HEARTBEATS: u32 = 8;
 
 /// Signs and verifies events. The node uses ed25519 keys; the simulator uses [`NoAuth`].
 pub trait Authenticator: Send {
@@ -45,6 +47,14 @@ pub trait Authenticator: Send {
     /// them; the answer must be the same.
     fn verify_event(&self, origin: RegionId, event: &Event, cluster: &str) -> bool {
         self.verify(origin, &event.signing_bytes(cluster), &event.sig)
+    }
+    /// Signs a heartbeat as this region, over [`Heartbeat::signing_bytes`].
+    fn sign_heartbeat(&self, hb: &Heartbeat, cluster: &str) -> Vec<u8> {
+        self.sign(&hb.signing_bytes(cluster))
+    }
+    /// Checks a heartbeat's signature by its origin.
+    fn verify_heartbeat(&self, shb: &SignedHeartbeat, cluster: &str) -> bool {
+        self.verify(shb.hb.origin, &shb.hb.signing_bytes(cluster), &shb.sig)
     }
 }
 
@@ -65,6 +75,12 @@ impl Authenticator for NoAuth {
     }
     fn verify_event(&self, _: RegionId, event: &Event, _: &str) -> bool {
         event.sig.is_empty()
+    }
+    fn sign_heartbeat(&self, _: &Heartbeat, _: &str) -> Vec<u8> {
+        Vec::new()
+    }
+    fn verify_heartbeat(&self, shb: &SignedHeartbeat, _: &str) -> bool {
+        shb.sig.is_empty()
     }
 }
 
@@ -124,6 +140,84 @@ pub struct Heartbeat {
     pub policy: PolicyHash,
 }
 
+impl Heartbeat {
+    /// Canonical bytes a heartbeat signature covers: a domain tag (distinct from events'),
+    /// the cluster id and every field.
+    pub fn signing_bytes(&self, cluster: &str) -> Vec<u8> {
+        let mut out = b"wallet-heartbeat-v1\0".to_vec();
+        // Serializing plain data into a Vec cannot fail.
+        out.extend(postcard::to_stdvec(&(cluster, self)).unwrap_or_default());
+        out
+    }
+}
+
+/// A heartbeat with its origin's signature: a promise any region can hold against it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHeartbeat {
+    /// The heartbeat.
+    pub hb: Heartbeat,
+    /// The origin's signature over [`Heartbeat::signing_bytes`] (empty without a signer).
+    pub sig: Box<[u8]>,
+}
+
+/// Proof that a region broke the protocol, made of items it signed itself: any region can
+/// check it ([`Evidence::proves`]) without trusting whoever relays it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Evidence {
+    /// Two different events under one id.
+    Conflicting(Event, Event),
+    /// A heartbeat `(h, s)` and an event of the same origin with a seq above `s` and an HLC
+    /// at or below `h`: the heartbeat promised that no such event would ever exist.
+    BrokenPromise {
+        /// The promise.
+        heartbeat: SignedHeartbeat,
+        /// The event that breaks it.
+        event: Event,
+    },
+}
+
+impl Evidence {
+    /// The region the evidence is against.
+    pub fn origin(&self) -> RegionId {
+        match self {
+            Evidence::Conflicting(a, _) => a.id.origin,
+            Evidence::BrokenPromise { heartbeat, .. } => heartbeat.hb.origin,
+        }
+    }
+
+    /// The event id concerned.
+    pub fn id(&self) -> EventId {
+        match self {
+            Evidence::Conflicting(a, _) => a.id,
+            Evidence::BrokenPromise { event, .. } => event.id,
+        }
+    }
+
+    /// True when the items really contradict each other and both carry the origin's valid
+    /// signature for this cluster.
+    pub fn proves(&self, auth: &dyn Authenticator, cluster: &str) -> bool {
+        match self {
+            Evidence::Conflicting(a, b) => {
+                a.id == b.id
+                    && (a.hlc != b.hlc || a.body != b.body)
+                    && a.validate().is_ok()
+                    && b.validate().is_ok()
+                    && auth.verify_event(a.id.origin, a, cluster)
+                    && auth.verify_event(b.id.origin, b, cluster)
+            }
+            Evidence::BrokenPromise { heartbeat, event } => {
+                let hb = &heartbeat.hb;
+                event.id.origin == hb.origin
+                    && event.id.seq > hb.seq
+                    && event.hlc <= hb.hlc
+                    && event.validate().is_ok()
+                    && auth.verify_heartbeat(heartbeat, cluster)
+                    && auth.verify_event(event.id.origin, event, cluster)
+            }
+        }
+    }
+}
+
 /// Peer-to-peer messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -150,6 +244,12 @@ pub enum Message {
         /// Most events to answer with.
         limit: u32,
     },
+    /// A signed heartbeat: what every region sends. An unsigned [`Message::Heartbeat`] is
+    /// handled as one with an empty signature, which only [`NoAuth`] accepts.
+    SignedHeartbeat(SignedHeartbeat),
+    /// Proof that a member broke the protocol: the receiver checks it and freezes that
+    /// origin as if it had caught it itself.
+    Evidence(Evidence),
 }
 
 /// Things the host must write durably, in order.
@@ -161,6 +261,9 @@ pub enum Record {
     Ceiling(Hlc),
     /// Everything at or below this HLC is settled (written after the events it covers).
     Watermark(Hlc),
+    /// Equivocation evidence: after a restart, hand every one back with
+    /// [`Replica::restore_evidence`] so the origin stays frozen.
+    Evidence(Evidence),
 }
 
 /// Outputs, drained with [`Replica::poll_output`] after every input.
@@ -478,8 +581,9 @@ impl KeyIndex {
 struct Member {
     log: Vec<Event>,
     pending: BTreeMap<u64, Event>,
-    /// Highest announced heartbeat (hlc, seq): the promise checked on later events.
-    promise: Option<(Hlc, u64)>,
+    /// Highest announced heartbeat, signed: the promise checked on later events, and half of
+    /// the evidence when one breaks it.
+    promise: Option<SignedHeartbeat>,
     /// Heartbeats not yet covered by the log: seq -> hlc (at most
     /// [`PENDING_HEARTBEATS_MAX`], the lowest seq evicted first).
     pending_hb: BTreeMap<u64, Hlc>,
@@ -566,6 +670,8 @@ enum Awaiting {
     Ceiling(Hlc),
     /// A watermark: events up to it may settle.
     Watermark(Hlc),
+    /// Evidence (its position in `evidence`): once durable, reported and sent to peers.
+    Evidence(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -607,7 +713,11 @@ pub struct Replica {
     restoring: bool,
     policy_broken: bool,
     history_policy_adopted: bool,
-    evidence: Vec<(Event, Event)>,
+    evidence: Vec<Evidence>,
+    /// Heartbeats issued since evidence was last sent to peers.
+    evidence_resend_heartbeats: u32,
+    /// Re-folding the settled prefix after a restart: what it derives was emitted before.
+    replaying: bool,
     stats: Stats,
 }
 
@@ -655,6 +765,8 @@ impl Replica {
             policy_broken,
             history_policy_adopted: false,
             evidence: Vec::new(),
+            evidence_resend_heartbeats: 0,
+            replaying: false,
             stats: Stats::default(),
             cfg,
         };
@@ -748,9 +860,32 @@ impl Replica {
         true
     }
 
-    /// Equivocation evidence held.
-    pub fn evidence(&self) -> &[(Event, Event)] {
+    /// Equivocation evidence held (durable or about to be).
+    pub fn evidence(&self) -> &[Evidence] {
         &self.evidence
+    }
+
+    /// After a restart, before [`Replica::load`]: the evidence records found in storage. Each
+    /// one that still proves misbehaviour freezes its origin again, silently (it was reported
+    /// before the crash). Returns how many were restored.
+    pub fn restore_evidence(&mut self, list: Vec<Evidence>) -> usize {
+        let mut n = 0;
+        for ev in list {
+            if self.evidence.len() >= EVIDENCE_MAX || self.evidence.contains(&ev) {
+                continue;
+            }
+            if !self.members.contains_key(&ev.origin())
+                || !ev.proves(self.cfg.auth.as_ref(), &self.cfg.cluster)
+            {
+                continue;
+            }
+            if let Some(m) = self.members.get_mut(&ev.origin()) {
+                m.equivocated = true;
+            }
+            self.evidence.push(ev);
+            n += 1;
+        }
+        n
     }
 
     /// Number of events held (all origins, gap-free).
@@ -1097,6 +1232,24 @@ impl Replica {
         out
     }
 
+    /// How many events a member's version vector (from its last heartbeat) holds that this
+    /// region lacks and could apply: origins that are not members, or frozen after
+    /// equivocation, count nothing (a pull could never bring them). Saturating: peer-supplied
+    /// counts never overflow.
+    pub fn events_lacking(&self, theirs: &VClock<RegionId>) -> u64 {
+        theirs
+            .dots
+            .iter()
+            .filter(|(o, _)| self.members.get(o).is_some_and(|m| !m.equivocated))
+            .map(|(o, s)| s.saturating_sub(self.vv.get(o)))
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// The version vector a member announced in its last accepted heartbeat.
+    pub fn member_vv(&self, member: RegionId) -> Option<&VClock<RegionId>> {
+        self.members.get(&member).filter(|m| m.heard).map(|m| &m.vv)
+    }
+
     /// Builds a pull request for the peers: a [`Message::PullGaps`] when events are buffered
     /// out of order (so they are not fetched again), else a plain [`Message::Pull`].
     pub fn pull_request(&self, limit: u32) -> Message {
@@ -1196,8 +1349,24 @@ impl Replica {
             vv,
             policy: self.seed_hash,
         };
+        let sig = self.cfg.auth.sign_heartbeat(&hb, &self.cfg.cluster).into();
         self.outputs
-            .push_back(Output::Broadcast(Message::Heartbeat(hb)));
+            .push_back(Output::Broadcast(Message::SignedHeartbeat(SignedHeartbeat {
+                hb,
+                sig,
+            })));
+        // Evidence travels again now and then: a peer that was away when it was first sent
+        // (or a crash between making it durable and sending it) still learns of it.
+        if !self.evidence.is_empty() {
+            self.evidence_resend_heartbeats += 1;
+            if self.evidence_resend_heartbeats >= EVIDENCE_RESEND_HEARTBEATS {
+                self.evidence_resend_heartbeats = 0;
+                for ev in self.evidence.clone() {
+                    self.outputs
+                        .push_back(Output::Broadcast(Message::Evidence(ev)));
+                }
+            }
+        }
         self.advance();
     }
 
@@ -1223,6 +1392,14 @@ impl Replica {
                     }
                 }
                 Awaiting::Watermark(w) => settle_to = Some(w),
+                Awaiting::Evidence(i) => {
+                    // Durable: now it may be reported and shown to peers.
+                    if let Some(ev) = self.evidence.get(i).cloned() {
+                        self.report(Report::Equivocation { id: ev.id() });
+                        self.outputs
+                            .push_back(Output::Broadcast(Message::Evidence(ev)));
+                    }
+                }
             }
         }
         self.push_own();
@@ -1474,7 +1651,11 @@ impl Replica {
             for m in self.members.values_mut() {
                 m.covered = m.covered.max(watermark);
             }
+            // Everything up to a durable watermark was settled, and its compensations emitted,
+            // before the restart: rebuild the feed without emitting them again.
+            self.replaying = true;
             self.settle();
+            self.replaying = false;
         }
     }
 
@@ -1568,7 +1749,16 @@ impl Replica {
     pub fn handle_message(&mut self, now_ms: u64, from: RegionId, msg: Message) {
         match msg {
             Message::Events(events) => self.handle_events(now_ms, from, events),
-            Message::Heartbeat(hb) => self.handle_heartbeat(now_ms, from, hb),
+            Message::Heartbeat(hb) => self.handle_heartbeat(
+                now_ms,
+                from,
+                SignedHeartbeat {
+                    hb,
+                    sig: Box::new([]),
+                },
+            ),
+            Message::SignedHeartbeat(shb) => self.handle_heartbeat(now_ms, from, shb),
+            Message::Evidence(ev) => self.handle_evidence(from, ev),
             // Answered by the host with `missing_for` / `missing_for_gaps`.
             Message::Pull { .. } | Message::PullGaps { .. } => {}
         }
@@ -1604,16 +1794,22 @@ impl Replica {
             return;
         }
         // The common case first: an exact copy of an event of another origin already held,
-        // which was validated when it was accepted, so the copy validates too (validation
-        // reads only the id and the body). Own events were never validated as remote ones:
-        // their copies take the full path below.
+        // which was checked when it was accepted, so the copy checks too (the signature and
+        // validation read only the id, the HLC and the body). Own events were never checked
+        // as remote ones: their copies take the full path below.
         if origin != self.cfg.region {
             if let Some(held) = self.event(id) {
-                if held.hlc == e.hlc && held.body == e.body {
+                if held.hlc == e.hlc && held.body == e.body && held.sig == e.sig {
                     self.stats.duplicates += 1;
                     return;
                 }
             }
+        }
+        // The signature first: validation of a forged event (a policy with many rules, say)
+        // must cost nothing beyond the signature check.
+        if !self.cfg.auth.verify_event(origin, &e, &self.cfg.cluster) {
+            self.reject(id, from, "bad signature".into());
+            return;
         }
         if let Err(err) = e.validate() {
             self.reject(id, from, err.to_string());
@@ -1625,12 +1821,8 @@ impl Replica {
                 self.stats.duplicates += 1;
                 return;
             }
-            if !self.cfg.auth.verify_event(origin, &e, &self.cfg.cluster) {
-                self.reject(id, from, "bad signature".into());
-                return;
-            }
             let held = held.clone();
-            self.equivocation(held, e);
+            self.equivocation(Evidence::Conflicting(held, e));
             return;
         }
         if e.hlc.millis() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
@@ -1640,10 +1832,6 @@ impl Replica {
                 remote_ms: e.hlc.millis(),
                 local_ms: now_ms,
             });
-            return;
-        }
-        if !self.cfg.auth.verify_event(origin, &e, &self.cfg.cluster) {
-            self.reject(id, from, "bad signature".into());
             return;
         }
         let Some(m) = self.members.get_mut(&origin) else {
@@ -1659,8 +1847,19 @@ impl Replica {
                 // Two different events buffered under one id: keep the first as pending,
                 // report the second; the gap-free apply checks it again.
                 let p = p.clone();
-                self.equivocation(p, e);
+                self.equivocation(Evidence::Conflicting(p, e));
                 return;
+            }
+            // A buffered event that breaks a promise already held is evidence now.
+            if let Some(shb) = m.promise.as_ref() {
+                if id.seq > shb.hb.seq && e.hlc <= shb.hb.hlc {
+                    let heartbeat = shb.clone();
+                    self.equivocation(Evidence::BrokenPromise {
+                        heartbeat,
+                        event: e,
+                    });
+                    return;
+                }
             }
             if m.pending.len() >= PENDING_PER_ORIGIN_MAX {
                 self.stats.dropped += 1;
@@ -1697,6 +1896,19 @@ impl Replica {
                 return false;
             }
         }
+        // A signed heartbeat promised that no event above its seq has an HLC at or below
+        // its HLC: the two signed items prove the origin lied, to this region and to any
+        // other, whatever order they arrived in (`handle_heartbeat` checks the other order).
+        if let Some(shb) = &m.promise {
+            if e.id.seq > shb.hb.seq && e.hlc <= shb.hb.hlc {
+                let heartbeat = shb.clone();
+                self.equivocation(Evidence::BrokenPromise {
+                    heartbeat,
+                    event: e,
+                });
+                return false;
+            }
+        }
         // Never below what this region already counts as complete for the origin: it may
         // be settled here already.
         if e.hlc <= m.covered {
@@ -1710,19 +1922,6 @@ impl Replica {
                 ),
             );
             return false;
-        }
-        if let Some((h, s)) = m.promise {
-            if e.id.seq > s && e.hlc <= h {
-                self.reject(
-                    e.id,
-                    from,
-                    format!(
-                        "HLC {:?} at or below heartbeat {:?} that covered seq {}",
-                        e.hlc, h, s
-                    ),
-                );
-                return false;
-            }
         }
         if origin == self.cfg.region {
             // Our own history coming back after a disk loss.
@@ -1748,24 +1947,60 @@ impl Replica {
         true
     }
 
-    fn equivocation(&mut self, held: Event, other: Event) {
-        let id = held.id;
-        if let Some(m) = self.members.get_mut(&id.origin) {
+    /// Records proof that an origin broke the protocol: the origin is frozen at once (nothing
+    /// more of it is applied, nothing more settles), the evidence is persisted, and only once
+    /// it is durable is it reported and sent to peers ([`Replica::handle_persisted`]), so a
+    /// restart finds the block again ([`Replica::restore_evidence`]).
+    fn equivocation(&mut self, ev: Evidence) {
+        self.stats.rejected += 1;
+        if let Some(m) = self.members.get_mut(&ev.origin()) {
             m.equivocated = true;
         }
-        if self.evidence.len() < EVIDENCE_MAX {
-            self.evidence.push((held, other));
+        if self.evidence.contains(&ev) {
+            return;
         }
-        self.stats.rejected += 1;
-        self.report(Report::Equivocation { id });
+        // Evidence that restates a pair already held (the same two items, the other way
+        // round) adds nothing.
+        if let Evidence::Conflicting(a, b) = &ev {
+            let swapped = Evidence::Conflicting(b.clone(), a.clone());
+            if self.evidence.contains(&swapped) {
+                return;
+            }
+        }
+        if self.evidence.len() >= EVIDENCE_MAX {
+            // The origin is frozen all the same; only the proof is not kept.
+            self.report(Report::Equivocation { id: ev.id() });
+            return;
+        }
+        let at = self.evidence.len();
+        self.evidence.push(ev.clone());
+        let idx = self.persist(Record::Evidence(ev));
+        self.awaiting.push_back((idx, Awaiting::Evidence(at)));
     }
 
-    /// A heartbeat from a peer.
-    pub fn handle_heartbeat(&mut self, now_ms: u64, from: RegionId, hb: Heartbeat) {
+    /// Evidence sent by a peer: checked (both items signed by the origin, and contradicting
+    /// each other), then handled as if caught here.
+    pub fn handle_evidence(&mut self, from: RegionId, ev: Evidence) {
         if !self.is_peer(from) {
             self.report(Report::UnknownMember { from });
             return;
         }
+        if !self.members.contains_key(&ev.origin())
+            || !ev.proves(self.cfg.auth.as_ref(), &self.cfg.cluster)
+        {
+            self.reject(ev.id(), from, "evidence that proves nothing".into());
+            return;
+        }
+        self.equivocation(ev);
+    }
+
+    /// A heartbeat from a peer.
+    pub fn handle_heartbeat(&mut self, now_ms: u64, from: RegionId, shb: SignedHeartbeat) {
+        if !self.is_peer(from) {
+            self.report(Report::UnknownMember { from });
+            return;
+        }
+        let hb = &shb.hb;
         if hb.origin != from {
             self.reject(
                 EventId {
@@ -1775,6 +2010,20 @@ impl Replica {
                 from,
                 "heartbeat relayed for another region".into(),
             );
+            return;
+        }
+        let hb_id = EventId {
+            origin: from,
+            seq: hb.seq.max(1),
+        };
+        if !self.cfg.auth.verify_heartbeat(&shb, &self.cfg.cluster) {
+            self.reject(hb_id, from, "heartbeat with a bad signature".into());
+            return;
+        }
+        // A version vector naming a non-member would make that member look ahead forever.
+        if let Some(o) = hb.vv.dots.keys().find(|o| !self.members.contains_key(o)) {
+            let reason = format!("heartbeat names {o}, which is not a member");
+            self.reject(hb_id, from, reason);
             return;
         }
         if hb.hlc.millis() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
@@ -1799,23 +2048,46 @@ impl Replica {
                 ours,
             });
         }
+        // An event already held (in the log or buffered) above the heartbeat's seq with an
+        // HLC at or below it: the promise is broken, whichever came first.
+        let broken = {
+            let Some(m) = self.members.get(&from) else {
+                return;
+            };
+            let after = usize::try_from(hb.seq).unwrap_or(usize::MAX);
+            m.log
+                .get(after..)
+                .and_then(|rest| rest.first())
+                .or_else(|| m.pending.range(hb.seq.saturating_add(1)..).next().map(|(_, e)| e))
+                .filter(|e| e.hlc <= hb.hlc)
+                .cloned()
+        };
+        if let Some(event) = broken {
+            self.equivocation(Evidence::BrokenPromise {
+                heartbeat: shb,
+                event,
+            });
+            return;
+        }
         let Some(m) = self.members.get_mut(&from) else {
             return;
         };
-        if m.promise.is_none_or(|(h, _)| hb.hlc > h) {
-            m.promise = Some((hb.hlc, hb.seq));
+        let hb_hlc = shb.hb.hlc;
+        let hb_seq = shb.hb.seq;
+        m.vv = shb.hb.vv.clone();
+        if m.promise.as_ref().is_none_or(|p| hb_hlc > p.hb.hlc) {
+            m.promise = Some(shb);
         }
-        if (m.log.len() as u64) >= hb.seq {
-            m.covered = m.covered.max(hb.hlc);
+        if (m.log.len() as u64) >= hb_seq {
+            m.covered = m.covered.max(hb_hlc);
         } else {
-            let slot = m.pending_hb.entry(hb.seq).or_insert(hb.hlc);
-            *slot = (*slot).max(hb.hlc);
+            let slot = m.pending_hb.entry(hb_seq).or_insert(hb_hlc);
+            *slot = (*slot).max(hb_hlc);
             if m.pending_hb.len() > PENDING_HEARTBEATS_MAX {
                 m.pending_hb.pop_first();
             }
         }
-        m.vv = hb.vv;
-        self.clock.observe(hb.hlc);
+        self.clock.observe(hb_hlc);
         if self.restoring {
             self.check_restored();
         }
@@ -2121,8 +2393,12 @@ impl Replica {
             self.comp_by_cause.insert(cause, position);
         }
         self.stats.compensations += 1;
-        self.feed.push(comp.clone());
-        self.outputs.push_back(Output::Compensation(comp));
+        if self.replaying {
+            self.feed.push(comp);
+        } else {
+            self.feed.push(comp.clone());
+            self.outputs.push_back(Output::Compensation(comp));
+        }
     }
 }
 
