@@ -36,6 +36,21 @@ use sha2::{Digest, Sha256};
 use crate::event::Kind;
 use crate::money::Currency;
 
+/// Most rules in a policy (the default included).
+pub const POLICY_RULES_MAX: usize = 1_000;
+/// Most tiers in a policy.
+pub const POLICY_TIERS_MAX: usize = 1_000;
+/// Most account id prefixes over all tiers of a policy.
+pub const POLICY_PREFIXES_MAX: usize = 1_000;
+/// Most decimal places of `fee.percent`.
+pub const POLICY_PERCENT_SCALE_MAX: u32 = 6;
+/// Most decimal places of any policy amount (a rule for one currency is held to that
+/// currency's minor units, which are fewer).
+pub const POLICY_AMOUNT_SCALE_MAX: u32 = 6;
+// With these bounds `flat + percent × overdrawn / 100` is exact in a Decimal (28 digits):
+// amounts up to 10^12 at scale 6, percent up to 100 at scale 6, overdrawn at scale <= 3.
+const _: () = assert!(POLICY_PERCENT_SCALE_MAX + 3 + 2 + 15 <= 28);
+
 /// Errors in a policy file or a policy received from a peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -78,8 +93,8 @@ pub enum FeePer {
     Episode,
 }
 
-/// Fee arithmetic: `fee = flat + percent/100 × overdrawn`, rounded half away from zero to the
-/// currency's minor units, raised to `minimum`, lowered to `cap`.
+/// Fee arithmetic: `fee = flat + percent/100 × overdrawn`, computed exactly, then rounded once
+/// half away from zero to the currency's minor units, raised to `minimum`, lowered to `cap`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fee {
     /// Fixed part.
@@ -113,7 +128,8 @@ pub struct Rule {
     pub fee: Fee,
 }
 
-/// A rule made concrete for one currency: amounts at the currency's scale.
+/// A rule made concrete for one currency: amounts at the currency's scale, except `fee.flat`,
+/// which is kept exact because it is added to the percent part before the one rounding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// What to do below the floor.
@@ -132,12 +148,16 @@ impl Applied {
     /// The fee for an overdrawn amount, by the fixed arithmetic of SPEC §6. Zero means none.
     /// `None` on arithmetic overflow.
     pub fn fee_for(&self, overdrawn: Decimal) -> Option<Decimal> {
+        // Exact: the scales are bounded (POLICY_*_SCALE_MAX), so neither the product nor the
+        // division by 100 (a shift of the scale by two) nor the sum rounds.
         let pct = self
             .fee
             .percent
             .checked_mul(overdrawn)?
             .checked_div(Decimal::ONE_HUNDRED)?;
-        let mut fee = self.currency.round(self.fee.flat.checked_add(pct)?);
+        let exact = self.fee.flat.checked_add(pct)?;
+        // Rounded once, half away from zero, to the currency's minor units.
+        let mut fee = self.currency.round(exact);
         if fee < self.fee.minimum {
             fee = self.fee.minimum;
         }
@@ -157,7 +177,23 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Tier name → account id prefixes, first matching tier (by name order) wins.
     pub tiers: BTreeMap<String, Vec<String>>,
+    /// Prefix → position of the first tier (by name) that lists it, built on first use:
+    /// finding an account's tier costs one lookup per prefix length of its id, not a scan
+    /// of every prefix of every tier. Derived from `tiers`; not serialized, not compared.
+    #[serde(skip)]
+    lookup: TierLookup,
 }
+
+/// See [`Policy`]'s `lookup`.
+#[derive(Debug, Clone, Default)]
+struct TierLookup(std::sync::OnceLock<BTreeMap<Box<str>, usize>>);
+
+impl PartialEq for TierLookup {
+    fn eq(&self, _: &Self) -> bool {
+        true // derived data: two policies with the same tiers have the same lookup
+    }
+}
+impl Eq for TierLookup {}
 
 /// A stable digest of a policy's content.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -196,6 +232,7 @@ struct RuleFile {
     tier: Option<String>,
     currency: Option<String>,
     action: Option<String>,
+    beyond_line: Option<String>,
     overdraft_line: Option<String>,
     reversible: Option<Vec<String>>,
     fee: Option<FeeFile>,
@@ -243,6 +280,16 @@ impl Policy {
                 },
             }],
             tiers: BTreeMap::new(),
+            lookup: TierLookup::default(),
+        }
+    }
+
+    /// A policy from its parts (checked with [`Policy::validate`] by the caller).
+    pub fn new(rules: Vec<Rule>, tiers: BTreeMap<String, Vec<String>>) -> Policy {
+        Policy {
+            rules,
+            tiers,
+            lookup: TierLookup::default(),
         }
     }
 
@@ -250,8 +297,14 @@ impl Policy {
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
         let file: PolicyFile =
             toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string().trim().into()))?;
+        if file.rule.len() >= POLICY_RULES_MAX {
+            return Err(invalid(
+                "rule",
+                format!("at most {} rules besides [default]", POLICY_RULES_MAX - 1),
+            ));
+        }
         let base = Policy::zero().rules.remove(0);
-        let default = resolve("default", &file.default, &base)?;
+        let default = resolve("default", &file.default, &base, &RuleFile::default())?;
         if default.tier.is_some() || default.currency.is_some() {
             return Err(invalid(
                 "default",
@@ -261,7 +314,7 @@ impl Policy {
         let mut rules = vec![default.clone()];
         for (i, r) in file.rule.iter().enumerate() {
             let path = format!("rule[{i}]");
-            let rule = resolve(&path, r, &default)?;
+            let rule = resolve(&path, r, &default, &file.default)?;
             if rule.tier.is_none() && rule.currency.is_none() {
                 return Err(invalid(path, "a rule needs a tier, a currency or both"));
             }
@@ -273,10 +326,7 @@ impl Policy {
             }
             rules.push(rule);
         }
-        let policy = Policy {
-            rules,
-            tiers: file.tiers,
-        };
+        let policy = Policy::new(rules, file.tiers);
         policy.validate()?;
         Ok(policy)
     }
@@ -288,6 +338,29 @@ impl Policy {
         };
         if first.tier.is_some() || first.currency.is_some() {
             return Err(invalid("default", "must apply to every tier and currency"));
+        }
+        // Limits first, so a policy from a peer (or a file) costs bounded work to check.
+        if self.rules.len() > POLICY_RULES_MAX {
+            return Err(invalid(
+                "rule",
+                format!("{} rules; at most {POLICY_RULES_MAX}", self.rules.len()),
+            ));
+        }
+        if self.tiers.len() > POLICY_TIERS_MAX {
+            return Err(invalid(
+                "tiers",
+                format!("{} tiers; at most {POLICY_TIERS_MAX}", self.tiers.len()),
+            ));
+        }
+        let prefixes = self
+            .tiers
+            .values()
+            .fold(0usize, |n, ps| n.saturating_add(ps.len()));
+        if prefixes > POLICY_PREFIXES_MAX {
+            return Err(invalid(
+                "tiers",
+                format!("{prefixes} account id prefixes; at most {POLICY_PREFIXES_MAX}"),
+            ));
         }
         for (name, prefixes) in &self.tiers {
             if name.is_empty() || name.len() > 64 {
@@ -303,6 +376,7 @@ impl Policy {
                 ));
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             let path = if i == 0 {
                 "default".to_string()
@@ -320,10 +394,7 @@ impl Policy {
             if i > 0 && r.tier.is_none() && r.currency.is_none() {
                 return Err(invalid(path, "a rule needs a tier, a currency or both"));
             }
-            if self.rules[..i]
-                .iter()
-                .any(|x| x.tier == r.tier && x.currency == r.currency)
-            {
+            if !seen.insert((r.tier.as_deref(), r.currency)) {
                 return Err(invalid(path, "another rule has the same tier and currency"));
             }
             let limit = Decimal::from(crate::money::AMOUNT_MAX_UNITS);
@@ -341,6 +412,17 @@ impl Policy {
                     }
                     if v > limit {
                         return Err(invalid(format!("{path}.{f}"), "is too large"));
+                    }
+                    let max = if f == "fee.percent" {
+                        POLICY_PERCENT_SCALE_MAX
+                    } else {
+                        POLICY_AMOUNT_SCALE_MAX
+                    };
+                    if v.normalize().scale() > max {
+                        return Err(invalid(
+                            format!("{path}.{f}"),
+                            format!("{v} has more than {max} decimal places"),
+                        ));
                     }
                 }
             }
@@ -399,17 +481,32 @@ impl Policy {
     /// The position (by name) of the tier of an account, as [`Policy::tier_of`] finds it: with
     /// the currency, all that [`Policy::applied`] depends on, so a cache key for it.
     pub(crate) fn tier_index(&self, account: &str) -> Option<usize> {
-        self.tiers
-            .iter()
-            .position(|(_, ps)| ps.iter().any(|p| account.starts_with(p.as_str())))
+        let lookup = self.lookup.0.get_or_init(|| {
+            let mut m: BTreeMap<Box<str>, usize> = BTreeMap::new();
+            for (i, (_, ps)) in self.tiers.iter().enumerate() {
+                for p in ps {
+                    // Tiers are visited by name: the first to list a prefix keeps it.
+                    m.entry(p.as_str().into()).or_insert(i);
+                }
+            }
+            m
+        });
+        if lookup.is_empty() {
+            return None;
+        }
+        // One lookup per prefix of the id (ids are at most 64 bytes), the lowest tier wins.
+        account
+            .char_indices()
+            .map(|(i, c)| i + c.len_utf8())
+            .filter_map(|end| account.get(..end).and_then(|p| lookup.get(p)))
+            .min()
+            .copied()
     }
 
     /// The tier of an account: the first tier (by name) one of whose prefixes it starts with.
     pub fn tier_of(&self, account: &str) -> Option<&str> {
-        self.tiers
-            .iter()
-            .find(|(_, ps)| ps.iter().any(|p| account.starts_with(p.as_str())))
-            .map(|(n, _)| n.as_str())
+        let i = self.tier_index(account)?;
+        self.tiers.keys().nth(i).map(String::as_str)
     }
 
     /// The rule for an account and currency, made concrete for that currency.
@@ -454,7 +551,8 @@ impl Policy {
             floor: -round(best.overdraft_line),
             reversible: best.reversible.clone(),
             fee: Fee {
-                flat: round(best.fee.flat),
+                // Exact: added to the percent part before the one rounding (SPEC §6).
+                flat: best.fee.flat,
                 percent: best.fee.percent,
                 minimum: round(best.fee.minimum),
                 cap: best.fee.cap.map(round),
@@ -466,27 +564,61 @@ impl Policy {
     }
 }
 
-fn resolve(path: &str, r: &RuleFile, base: &Rule) -> Result<Rule, PolicyError> {
+fn parse_action(field: String, v: &str) -> Result<Action, PolicyError> {
+    match v {
+        "fee" => Ok(Action::Fee),
+        "reverse" => Ok(Action::Reverse),
+        o => Err(invalid(
+            field,
+            format!("{o:?} is not one of \"fee\", \"reverse\""),
+        )),
+    }
+}
+
+/// A rule from its file section: fields it leaves out come from `base` (the resolved default)
+/// and, for `action` and `beyond_line`, from the default's file section `defaults`.
+///
+/// The resolved `action` is what happens when a debit takes the settled balance below the
+/// floor. With no overdraft line that is the file's `action`; with a line it is the file's
+/// `beyond_line` (SPEC §6: `reverse` unless the file says `fee`). A section that asks for
+/// `action = "fee"` with a line but says nothing of `beyond_line` is refused: it is ambiguous.
+fn resolve(
+    path: &str,
+    r: &RuleFile,
+    base: &Rule,
+    defaults: &RuleFile,
+) -> Result<Rule, PolicyError> {
     let currency = match &r.currency {
         Some(c) => Some(
             Currency::parse(c).map_err(|e| invalid(format!("{path}.currency"), e.to_string()))?,
         ),
         None => None,
     };
-    let action = match r.action.as_deref() {
-        None => base.action,
-        Some("fee") => Action::Fee,
-        Some("reverse") => Action::Reverse,
-        Some(o) => {
-            return Err(invalid(
-                format!("{path}.action"),
-                format!("{o:?} is not one of \"fee\", \"reverse\""),
-            ))
-        }
-    };
     let overdraft_line = match &r.overdraft_line {
         Some(v) => dec(&format!("{path}.overdraft_line"), v)?,
         None => base.overdraft_line,
+    };
+    let action_text = r.action.as_deref().or(defaults.action.as_deref());
+    let beyond_text = r.beyond_line.as_deref().or(defaults.beyond_line.as_deref());
+    let at_floor = match action_text {
+        Some(v) => parse_action(format!("{path}.action"), v)?,
+        None => Action::Fee,
+    };
+    let beyond = match beyond_text {
+        Some(v) => parse_action(format!("{path}.beyond_line"), v)?,
+        None => Action::Reverse,
+    };
+    let action = if overdraft_line > Decimal::ZERO {
+        if at_floor == Action::Fee && action_text.is_some() && beyond_text.is_none() {
+            return Err(invalid(
+                format!("{path}.beyond_line"),
+                "an overdraft_line with action = \"fee\": say what happens to a debit beyond \
+                 the line, beyond_line = \"reverse\" (the default) or \"fee\"",
+            ));
+        }
+        beyond
+    } else {
+        at_floor
     };
     let reversible = match &r.reversible {
         None => base.reversible.clone(),

@@ -1351,10 +1351,9 @@ impl Replica {
         };
         let sig = self.cfg.auth.sign_heartbeat(&hb, &self.cfg.cluster).into();
         self.outputs
-            .push_back(Output::Broadcast(Message::SignedHeartbeat(SignedHeartbeat {
-                hb,
-                sig,
-            })));
+            .push_back(Output::Broadcast(Message::SignedHeartbeat(
+                SignedHeartbeat { hb, sig },
+            )));
         // Evidence travels again now and then: a peer that was away when it was first sent
         // (or a crash between making it durable and sending it) still learns of it.
         if !self.evidence.is_empty() {
@@ -2058,7 +2057,12 @@ impl Replica {
             m.log
                 .get(after..)
                 .and_then(|rest| rest.first())
-                .or_else(|| m.pending.range(hb.seq.saturating_add(1)..).next().map(|(_, e)| e))
+                .or_else(|| {
+                    m.pending
+                        .range(hb.seq.saturating_add(1)..)
+                        .next()
+                        .map(|(_, e)| e)
+                })
                 .filter(|e| e.hlc <= hb.hlc)
                 .cloned()
         };
@@ -2190,25 +2194,37 @@ impl Replica {
         if acct.balances.get(&tx.currency).is_some_and(|st| st.frozen) {
             return;
         }
-        // Duplicate check before the floor check.
+        // Duplicate check before the floor check. Every event with this key that is earlier
+        // in the total order is settled already (it is below the watermark and held). The
+        // event is a duplicate when ANY of them has the same body (a retry of B at a third
+        // region after A took the key with another body is a duplicate of B, not a conflict
+        // with A); otherwise, when one exists, a conflict with the first of them.
         let mut conflict_with = None;
         let mut duplicate = false;
         if let Some(k) = &tx.idempotency_key {
-            // The first event with this key in the total order; when it is not this one it
-            // is earlier, hence settled.
-            let first = acct.keys.get(&self.members, k).filter(|first| *first != id);
-            debug_assert!(first
-                .and_then(|f| log_event(&self.members, f))
-                .is_none_or(|f| f.key() < key));
-            if let Some(first) = first {
-                let same = log_event(&self.members, first)
-                    .and_then(Event::tx)
-                    .is_some_and(|t| t.same_body(tx));
-                if same {
-                    duplicate = true;
-                } else {
-                    conflict_with = Some(first);
+            let first = acct.keys.get(&self.members, k);
+            let others = acct.more_keys.get(&**k).map(Vec::as_slice).unwrap_or(&[]);
+            let mut earliest: Option<(OrderKey, EventId)> = None;
+            for other in first.into_iter().chain(others.iter().copied()) {
+                if other == id {
+                    continue;
                 }
+                let Some(o) = log_event(&self.members, other) else {
+                    continue;
+                };
+                if o.key() >= key {
+                    continue; // later in the total order: not settled yet
+                }
+                if o.tx().is_some_and(|t| t.same_body(tx)) {
+                    duplicate = true;
+                    break;
+                }
+                if earliest.is_none_or(|(ek, _)| o.key() < ek) {
+                    earliest = Some((o.key(), other));
+                }
+            }
+            if !duplicate {
+                conflict_with = earliest.map(|(_, other)| other);
             }
         }
         let account = tx.account.clone();

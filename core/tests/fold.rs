@@ -317,15 +317,35 @@ fn overdraft_line_local_acceptance_and_settlement() {
     let c = overdraw(p, "100", "120", "50");
     assert_eq!(feed(&c), vec![f("rev:us:1", "50.00")]);
     assert_eq!(settled(&c, "alice", Currency::USD), "-20.00");
-    // With fees: overdrawn = floor - balance = -50 - (-70) = 20; 10 % -> 2.00.
+    // With fees beyond the line (said explicitly): overdrawn = floor - balance
+    // = -50 - (-70) = 20; 10 % -> 2.00.
     let c = overdraw(
-        "[default]\noverdraft_line = \"50\"\nfee = { percent = \"10\" }\n",
+        "[default]\noverdraft_line = \"50\"\nbeyond_line = \"fee\"\nfee = { percent = \"10\" }\n",
         "100",
         "120",
         "50",
     );
     assert_eq!(feed(&c), vec![f("fee:us:1", "2.00")]);
     assert_eq!(settled(&c, "alice", Currency::USD), "-72.00");
+    // Saying nothing of what happens beyond the line means SPEC §6's default: reverse.
+    let c = overdraw(
+        "[default]\noverdraft_line = \"50\"\nfee = { percent = \"10\" }\n",
+        "100",
+        "120",
+        "50",
+    );
+    assert_eq!(feed(&c), vec![f("rev:us:1", "50.00")]);
+    // A line with `action = "fee"` and no `beyond_line` is ambiguous: refused, by name.
+    let err = Policy::from_toml("[default]\naction = \"fee\"\noverdraft_line = \"50\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("default.beyond_line"), "{err}");
+    // A tier rule that sets a line inherits the default's explicit `beyond_line`.
+    let p = Policy::from_toml(
+        "[default]\naction = \"fee\"\nbeyond_line = \"fee\"\n[tiers]\ngold = [\"vip-\"]\n[[rule]]\ntier = \"gold\"\noverdraft_line = \"10\"\n",
+    )
+    .unwrap();
+    assert_eq!(p.applied("vip-1", Currency::USD).action, Action::Fee);
 }
 
 #[test]
@@ -547,7 +567,7 @@ fn pump_disk(r: &mut Replica, disk: &mut Vec<Event>, wm: &mut Hlc) {
             match record {
                 Record::Event(e) => disk.push(e),
                 Record::Watermark(w) => *wm = w,
-                Record::Ceiling(_) => {}
+                Record::Ceiling(_) | Record::Evidence(_) => {}
             }
             r.handle_persisted(index);
         }

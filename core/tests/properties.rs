@@ -353,7 +353,10 @@ proptest! {
 
 /// Events and final heartbeats of a random history among ap/eu/us, with `obs` configured as
 /// a member that never speaks (so the source itself settles nothing).
-fn history(seed: usize, ops: &[Op]) -> Result<(Vec<Event>, Vec<Heartbeat>, u64), TestCaseError> {
+fn history(
+    seed: usize,
+    ops: &[Op],
+) -> Result<(Vec<Event>, Vec<SignedHeartbeat>, u64), TestCaseError> {
     let mut c = Cluster::with(&["ap", "eu", "us"], &["obs"], &[0, 0, 0], policy(seed));
     for op in ops {
         if matches!(op, Op::Crash { .. }) {
@@ -370,10 +373,10 @@ fn history(seed: usize, ops: &[Op]) -> Result<(Vec<Event>, Vec<Heartbeat>, u64),
     c.tick(1_000);
     c.persist_all();
     c.tick(1_000);
-    let mut hbs: BTreeMap<RegionId, Heartbeat> = BTreeMap::new();
+    let mut hbs: BTreeMap<RegionId, SignedHeartbeat> = BTreeMap::new();
     for (_, _, m) in &c.inflight {
-        if let Message::Heartbeat(h) = m {
-            hbs.insert(h.origin, h.clone());
+        if let Message::SignedHeartbeat(h) = m {
+            hbs.insert(h.hb.origin, h.clone());
         }
     }
     let mut events: BTreeMap<EventId, Event> = BTreeMap::new();
@@ -392,7 +395,7 @@ fn history(seed: usize, ops: &[Op]) -> Result<(Vec<Event>, Vec<Heartbeat>, u64),
 
 enum Item {
     Events(Vec<Event>, RegionId),
-    Heartbeat(Heartbeat),
+    Heartbeat(SignedHeartbeat),
     Timeout,
 }
 
@@ -416,7 +419,7 @@ fn observe(seed: usize, items: Vec<Item>, now: u64) -> Result<Replica, TestCaseE
         match item {
             Item::Events(ev, from) => r.handle_events(t, from, ev),
             Item::Heartbeat(h) => {
-                let from = h.origin;
+                let from = h.hb.origin;
                 r.handle_heartbeat(t, from, h)
             }
             Item::Timeout => r.handle_timeout(t),

@@ -94,7 +94,7 @@ fn rejected(reports: &[Report]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn heartbeat(origin: &str, ms: u64, seq: u64) -> Heartbeat {
+fn unsigned_heartbeat(origin: &str, ms: u64, seq: u64) -> Heartbeat {
     Heartbeat {
         origin: region(origin),
         hlc: Hlc::from_millis(ms),
@@ -102,6 +102,16 @@ fn heartbeat(origin: &str, ms: u64, seq: u64) -> Heartbeat {
         vv: VClock::new(),
         policy: Policy::zero().hash(),
     }
+}
+
+/// Signs a heartbeat as its origin.
+fn sign_hb(hb: Heartbeat) -> SignedHeartbeat {
+    let sig = tag(hb.origin, &hb.signing_bytes(CLUSTER)).into();
+    SignedHeartbeat { hb, sig }
+}
+
+fn heartbeat(origin: &str, ms: u64, seq: u64) -> SignedHeartbeat {
+    sign_hb(unsigned_heartbeat(origin, ms, seq))
 }
 
 // ---- submit ----------------------------------------------------------------------------
@@ -254,7 +264,10 @@ fn restoring_region_accepts_nothing_until_its_history_is_back() {
     reports(&mut fresh);
     fresh.handle_timeout(2_001);
     while let Some(o) = fresh.poll_output() {
-        assert!(!matches!(o, Output::Broadcast(Message::Heartbeat(_))));
+        assert!(!matches!(
+            o,
+            Output::Broadcast(Message::Heartbeat(_) | Message::SignedHeartbeat(_))
+        ));
         if let Output::Persist { index, .. } = o {
             fresh.handle_persisted(index);
         }
@@ -266,9 +279,9 @@ fn restoring_region_accepts_nothing_until_its_history_is_back() {
     let mut vv = VClock::new();
     vv.apply(vv.inc(region("eu")));
     vv.apply(vv.inc(region("eu")));
-    let mut hb = heartbeat("us", 2_003, 0);
+    let mut hb = unsigned_heartbeat("us", 2_003, 0);
     hb.vv = vv;
-    fresh.handle_heartbeat(2_003, region("us"), hb);
+    fresh.handle_heartbeat(2_003, region("us"), sign_hb(hb));
     reports(&mut fresh);
     assert!(!fresh.is_restoring());
     // The next event continues the sequence.
@@ -376,19 +389,37 @@ fn hlc_must_increase_with_seq() {
 
 #[test]
 fn an_event_issued_after_a_heartbeat_must_be_above_it() {
+    // Above the promise is fine.
     let mut r = replica("eu");
     r.handle_events(5_000, region("us"), vec![us_event(1, 2_000, "5")]);
-    // us promised: nothing at or below 3.000 s after seq 1.
     r.handle_heartbeat(5_000, region("us"), heartbeat("us", 3_000, 1));
-    r.handle_events(5_000, region("us"), vec![us_event(2, 3_000, "5")]);
-    let got = rejected(&reports(&mut r));
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].0, "us:2");
-    assert_eq!(r.event_count(), 1);
-    // Above it is fine.
     r.handle_events(5_000, region("us"), vec![us_event(2, 3_001, "5")]);
     assert!(reports(&mut r).is_empty());
     assert_eq!(r.event_count(), 2);
+    // At or below it, the signed heartbeat and the signed event prove that us lied: kept as
+    // evidence, us frozen.
+    let mut r = replica("eu");
+    r.handle_events(5_000, region("us"), vec![us_event(1, 2_000, "5")]);
+    // us promised: nothing at or below 3.000 s after seq 1.
+    let hb = heartbeat("us", 3_000, 1);
+    r.handle_heartbeat(5_000, region("us"), hb.clone());
+    let broken = us_event(2, 3_000, "5");
+    r.handle_events(5_000, region("us"), vec![broken.clone()]);
+    assert_eq!(
+        reports(&mut r),
+        vec![Report::Equivocation {
+            id: EventId::parse("us:2").unwrap()
+        }]
+    );
+    assert_eq!(r.event_count(), 1);
+    assert_eq!(
+        r.evidence(),
+        &[Evidence::BrokenPromise {
+            heartbeat: hb,
+            event: broken
+        }]
+    );
+    assert!(r.settlement_blocked());
 }
 
 #[test]
@@ -400,16 +431,25 @@ fn a_promise_that_arrives_before_the_events_it_covers_is_kept() {
     r.handle_events(
         5_000,
         region("us"),
-        vec![
-            us_event(3, 2_500, "5"),
-            us_event(2, 2_000, "5"),
-            us_event(1, 1_000, "5"),
-        ],
+        vec![us_event(2, 2_000, "5"), us_event(1, 1_000, "5")],
     );
-    let got = rejected(&reports(&mut r));
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].0, "us:3");
+    assert!(reports(&mut r).is_empty());
     assert_eq!(r.event_count(), 2);
+    // us:3 at 2.500 s breaks the promise, even arriving out of order (buffered).
+    let mut r2 = replica("eu");
+    r2.handle_heartbeat(5_000, region("us"), heartbeat("us", 3_000, 2));
+    for r in [&mut r, &mut r2] {
+        r.handle_events(5_000, region("us"), vec![us_event(3, 2_500, "5")]);
+        assert_eq!(
+            reports(r),
+            vec![Report::Equivocation {
+                id: EventId::parse("us:3").unwrap()
+            }]
+        );
+        assert!(r.settlement_blocked());
+    }
+    assert_eq!(r.event_count(), 2);
+    assert_eq!(r2.event_count(), 0);
 }
 
 #[test]
@@ -426,7 +466,7 @@ fn equivocation_is_kept_as_evidence_and_freezes_the_origin() {
             id: EventId::parse("us:1").unwrap()
         }]
     );
-    assert_eq!(r.evidence(), &[(a, b)]);
+    assert_eq!(r.evidence(), &[Evidence::Conflicting(a, b)]);
     assert!(r.settlement_blocked());
     let us = r.members().into_iter().find(|m| m.region == region("us"));
     assert!(us.unwrap().equivocated);

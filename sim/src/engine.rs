@@ -79,11 +79,12 @@ impl Ord for Item {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Pend {
     Event(usize, u64),
     Ceiling(Hlc),
     Watermark(Hlc),
+    Evidence(Box<wallet_core::Evidence>),
 }
 
 /// The simulated disk of one region: what is durable, and what is written but not yet.
@@ -100,6 +101,8 @@ pub struct Disk {
     pub ceiling: Hlc,
     /// Durable watermark.
     pub watermark: Hlc,
+    /// Durable equivocation evidence (handed back to the replica on restart).
+    pub evidence: Vec<wallet_core::Evidence>,
     pending: VecDeque<(u64, Pend)>,
     fsync_in_flight: bool,
     /// Persist records that broke the per-origin order (a core bug if ever non-zero).
@@ -298,6 +301,7 @@ impl Sim {
                         written: vec![0; n],
                         ceiling: Hlc::ZERO,
                         watermark: Hlc::ZERO,
+                        evidence: Vec::new(),
                         pending: VecDeque::new(),
                         fsync_in_flight: false,
                         out_of_order: 0,
@@ -580,6 +584,7 @@ impl Sim {
                         }
                         Record::Ceiling(h) => Pend::Ceiling(h),
                         Record::Watermark(h) => Pend::Watermark(h),
+                        Record::Evidence(ev) => Pend::Evidence(Box::new(ev)),
                     };
                     self.nodes[i].disk.pending.push_back((index, p));
                 }
@@ -896,6 +901,7 @@ impl Sim {
         }
         let node = &mut self.nodes[r];
         let replica = &mut node.replica;
+        replica.restore_evidence(node.disk.evidence.clone());
         replica.load(events);
         replica.restore_watermark(node.disk.watermark);
         if replica.feed_len() < feed_before {
@@ -929,15 +935,20 @@ impl Sim {
     fn fsync(&mut self, i: usize, upto: u64) {
         let node = &mut self.nodes[i];
         node.disk.fsync_in_flight = false;
-        while let Some(&(idx, p)) = node.disk.pending.front() {
-            if idx > upto {
+        while node
+            .disk
+            .pending
+            .front()
+            .is_some_and(|(idx, _)| *idx <= upto)
+        {
+            let Some((_, p)) = node.disk.pending.pop_front() else {
                 break;
-            }
-            node.disk.pending.pop_front();
+            };
             match p {
                 Pend::Event(o, seq) => node.disk.durable[o] = node.disk.durable[o].max(seq),
                 Pend::Ceiling(h) => node.disk.ceiling = node.disk.ceiling.max(h),
                 Pend::Watermark(h) => node.disk.watermark = node.disk.watermark.max(h),
+                Pend::Evidence(ev) => node.disk.evidence.push(*ev),
             }
         }
         node.replica.handle_persisted(upto);
@@ -1006,6 +1017,20 @@ impl Sim {
                 }
             }
             Message::Heartbeat(hb) => {
+                let shb = wallet_core::SignedHeartbeat {
+                    hb,
+                    sig: Box::new([]),
+                };
+                self.deliver(to, from, inc, Message::SignedHeartbeat(shb));
+            }
+            Message::Evidence(ev) => {
+                self.nodes[to]
+                    .replica
+                    .handle_message(now_l, from_id, Message::Evidence(ev));
+                self.drain(to);
+            }
+            Message::SignedHeartbeat(shb) => {
+                let hb = &shb.hb;
                 // A heartbeat whose version vector is ahead shows a gap: pull from that member
                 // now (at most once per spacing) rather than at the next periodic pull.
                 // The gap must show in the member's PREVIOUS heartbeat (a heartbeat period
@@ -1020,7 +1045,7 @@ impl Sim {
                 });
                 node.peer_vv[from] = Some(vv);
                 node.replica
-                    .handle_message(now_l, from_id, Message::Heartbeat(hb));
+                    .handle_message(now_l, from_id, Message::SignedHeartbeat(shb));
                 let recent = node.last_pull[from]
                     .is_some_and(|t| now_l < t.saturating_add(HEARTBEAT_PULL_SPACING_MS));
                 self.drain(to);

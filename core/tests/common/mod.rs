@@ -50,6 +50,7 @@ pub struct Node {
     pub disk_events: Vec<Event>,
     pub disk_ceiling: Hlc,
     pub disk_watermark: Hlc,
+    pub disk_evidence: Vec<Evidence>,
     /// Records written but not yet durable: (index, record).
     pub buffered: Vec<(u64, Record)>,
     /// Own events acknowledged to the client (durable).
@@ -108,6 +109,7 @@ impl Cluster {
                 disk_events: Vec::new(),
                 disk_ceiling: Hlc::ZERO,
                 disk_watermark: Hlc::ZERO,
+                disk_evidence: Vec::new(),
                 buffered: Vec::new(),
                 acked: BTreeSet::new(),
                 acked_requests: Vec::new(),
@@ -176,6 +178,7 @@ impl Cluster {
                 }
                 Record::Ceiling(h) => n.disk_ceiling = n.disk_ceiling.max(h),
                 Record::Watermark(h) => n.disk_watermark = n.disk_watermark.max(h),
+                Record::Evidence(ev) => n.disk_evidence.push(ev),
             }
         }
         n.replica.handle_persisted(last);
@@ -275,6 +278,7 @@ impl Cluster {
         n.buffered.clear();
         n.unacked.clear();
         let mut replica = Replica::new(cfg, n.disk_ceiling);
+        replica.restore_evidence(n.disk_evidence.clone());
         replica.load(n.disk_events.clone());
         replica.restore_watermark(n.disk_watermark);
         n.replica = replica;
