@@ -13,13 +13,16 @@ use wallet_core::*;
 const ACCOUNTS: [&str; 3] = ["alice", "bob", "vip-carol"];
 const CURRENCIES: [Currency; 2] = [Currency::USD, Currency::JPY];
 
-/// Seed policies the tests draw from: every action, fee mode, line and tier.
-const POLICIES: [&str; 5] = [
+/// Seed policies the tests draw from: every action, fee mode, line and tier, and wildcard
+/// amounts finer than a currency's minor units (flat added exactly, then one rounding).
+const POLICIES: [&str; 7] = [
     "[default]\naction = \"fee\"\nfee = { flat = \"5.00\", percent = \"10\", cap = \"35.00\" }\n",
     "[default]\naction = \"fee\"\nfee = { flat = \"1\", percent = \"5\", minimum = \"2\", grace = \"10\", per = \"episode\" }\n",
     "[default]\naction = \"reverse\"\n",
     "[default]\naction = \"reverse\"\noverdraft_line = \"50\"\nfee = { flat = \"3\" }\n",
     "[default]\naction = \"fee\"\nfee = { flat = \"2\", percent = \"1.5\" }\n[tiers]\nvip = [\"vip-\"]\n[[rule]]\ntier = \"vip\"\naction = \"reverse\"\noverdraft_line = \"100\"\n[[rule]]\ncurrency = \"JPY\"\nfee = { flat = \"500\", cap = \"900\", per = \"episode\" }\n",
+    "[default]\naction = \"fee\"\nfee = { flat = \"1.004\", percent = \"0.3\" }\n",
+    "[default]\naction = \"fee\"\nbeyond_line = \"fee\"\noverdraft_line = \"0.5\"\nfee = { flat = \"2.4\", percent = \"1\", grace = \"0.5\", minimum = \"0.995\" }\n",
 ];
 
 /// Case counts keep `cargo test` fast; `CORE_PROPTEST_CASES=N` runs more (a soak).
@@ -77,6 +80,14 @@ enum Op {
         region: u8,
         which: u8,
     },
+    /// Every region at once submits a request with the same idempotency key on one account,
+    /// each with one of two bodies (bit i of `bodies` for region i): a retry sent to several
+    /// regions during a partition, mixed with a reuse of the key for another request.
+    KeyedSpend {
+        account: u8,
+        key: u8,
+        bodies: u8,
+    },
     /// Every region at once debits `pct` % of the balance it sees (a concurrent spend).
     Spend {
         account: u8,
@@ -102,6 +113,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<u8>(), any::<u8>()).prop_map(|(from, to)| Op::AntiEntropy { from, to }),
         1 => any::<u8>().prop_map(|region| Op::Crash { region }),
         1 => (any::<u8>(), any::<u8>()).prop_map(|(region, which)| Op::PolicyChange { region, which }),
+        3 => (any::<u8>(), 0u8..4, any::<u8>())
+            .prop_map(|(account, key, bodies)| Op::KeyedSpend { account, key, bodies }),
         5 => (any::<u8>(), 30u8..=100, prop::bool::weighted(0.3))
             .prop_map(|(account, pct, withdrawal)| Op::Spend { account, pct, withdrawal }),
     ]
@@ -214,6 +227,29 @@ fn apply(c: &mut Cluster, op: &Op) -> Result<(), TestCaseError> {
                 if want > rust_decimal::Decimal::ZERO {
                     let out = c.submit(i, req(a, kind, &want.to_string(), Currency::USD));
                     prop_assert!(out.is_ok(), "{:?}", out);
+                }
+            }
+        }
+        Op::KeyedSpend {
+            account,
+            key,
+            bodies,
+        } => {
+            let a = ACCOUNTS[account as usize % ACCOUNTS.len()];
+            for i in 0..n {
+                // Purchases of 20.00 or 10.00 (body 1 also carries a reference), so both
+                // duplicates and conflicts come with money to overdraw.
+                let other = (bodies >> i) & 1 == 1;
+                let amount = if other { "10.00" } else { "20.00" };
+                let mut r = keyed(req(a, Kind::Purchase, amount, Currency::USD), &format!("m{key}"));
+                if other {
+                    r.reference = Some("other".into());
+                }
+                match c.submit(i, r) {
+                    Ok(_) | Err(SubmitError::InsufficientFunds { .. }) => {}
+                    // The region already holds the key with the other body.
+                    Err(SubmitError::IdempotencyConflict { .. }) => {}
+                    Err(e) => prop_assert!(false, "unexpected refusal {e}"),
                 }
             }
         }
