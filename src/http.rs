@@ -171,6 +171,7 @@ fn route_name(path: Option<&str>) -> &'static str {
         Some("/v1/compensations") => "/v1/compensations",
         Some("/v1/status") => "/v1/status",
         Some("/v1/admin/faults") => "/v1/admin/faults",
+        Some("/v1/admin/evidence") => "/v1/admin/evidence",
         Some("/metrics") => "/metrics",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
@@ -223,7 +224,8 @@ pub fn router(st: AppState) -> Router {
         .route("/v1/transactions/{id}", get(get_transaction))
         .route("/v1/compensations", get(compensations))
         .route("/v1/status", get(status))
-        .route("/v1/admin/faults", post(faults));
+        .route("/v1/admin/faults", post(faults))
+        .route("/v1/admin/evidence", get(evidence));
     Router::new()
         .merge(v1)
         .route("/metrics", get(metrics))
@@ -599,6 +601,10 @@ async fn compensations(State(st): State<AppState>, q: Params) -> Result<Response
 
 async fn status(State(st): State<AppState>) -> Response {
     ask(&st, |reply| Command::Status { reply }).await
+}
+
+async fn evidence(State(st): State<AppState>) -> Response {
+    ask(&st, |reply| Command::Evidence { reply }).await
 }
 
 async fn faults(

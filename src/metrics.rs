@@ -198,7 +198,16 @@ impl Metrics {
 
     /// A compensation settled.
     pub fn compensation(&self, kind: &'static str) {
-        *lock(&self.compensations).entry(kind).or_insert(0) += 1;
+        self.compensations_settled(kind, 1);
+    }
+
+    /// `n` compensations of one kind settled: at start, those of the feed rebuilt from storage
+    /// (settled before the restart, and not emitted again), so the counter continues where it
+    /// was instead of starting from zero.
+    pub fn compensations_settled(&self, kind: &'static str, n: u64) {
+        let mut m = lock(&self.compensations);
+        let c = m.entry(kind).or_insert(0);
+        *c = c.saturating_add(n);
     }
 
     /// A replica report.

@@ -143,6 +143,11 @@ pub enum Command {
         /// Answer.
         reply: oneshot::Sender<Reply>,
     },
+    /// Evidence that members broke the protocol (admin).
+    Evidence {
+        /// Answer.
+        reply: oneshot::Sender<Reply>,
+    },
     /// Replica-derived metrics text.
     Metrics {
         /// Answer.
@@ -158,6 +163,9 @@ pub enum Command {
 }
 
 /// The closed set of things that make the actor work.
+// One value at a time on the actor's stack, never queued: its size does not matter, and
+// boxing the network event would allocate per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Input {
     /// HTTP commands (a batch).
@@ -660,6 +668,23 @@ impl Actor {
         )
     }
 
+    fn evidence(&self) -> Reply {
+        let items: Vec<Value> = self
+            .replica
+            .evidence()
+            .iter()
+            .map(render::evidence_json)
+            .collect();
+        Reply::json(
+            200,
+            json!({
+                "evidence": items,
+                "settlement_blocked": self.replica.settlement_blocked(),
+            })
+            .to_string(),
+        )
+    }
+
     fn metrics_text(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
@@ -727,6 +752,9 @@ impl Actor {
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Command::Evidence { reply } => {
+                let _ = reply.send(self.evidence());
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics_text());
@@ -827,7 +855,18 @@ impl Actor {
                         }
                     }
                 }
-                Message::Heartbeat(hb) => {
+                Message::Evidence(ev) => {
+                    // Checked by the replica (both items signed by the origin); a proof
+                    // freezes the origin here too.
+                    self.replica
+                        .handle_message(now, from, Message::Evidence(ev));
+                }
+                hb @ (Message::Heartbeat(_) | Message::SignedHeartbeat(_)) => {
+                    let vv = match &hb {
+                        Message::Heartbeat(h) => h.vv.clone(),
+                        Message::SignedHeartbeat(s) => s.hb.vv.clone(),
+                        _ => return,
+                    };
                     // A heartbeat whose version vector is ahead of ours shows a gap (a push was
                     // lost): pull from that member now rather than at the next periodic pull.
                     // The gap must show in the member's PREVIOUS heartbeat (a heartbeat period
@@ -837,9 +876,8 @@ impl Actor {
                         .peer_vv
                         .get(&from)
                         .is_some_and(|prev| self.lacking(prev) > 0);
-                    self.peer_vv.insert(from, hb.vv.clone());
-                    self.replica
-                        .handle_message(now, from, Message::Heartbeat(hb));
+                    self.peer_vv.insert(from, vv);
+                    self.replica.handle_message(now, from, hb);
                     let recent = self
                         .last_pull_ms
                         .get(&from)
@@ -1092,6 +1130,23 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
     };
     let n_events = loaded.events.len();
     let mut replica = Replica::new(rcfg, loaded.ceiling);
+    // Evidence first: its origins stay frozen, so nothing of theirs settles on load.
+    let n_evidence = loaded.evidence.len();
+    let restored = replica.restore_evidence(loaded.evidence);
+    if restored != n_evidence {
+        tracing::warn!(
+            stored = n_evidence,
+            restored,
+            "some stored evidence no longer proves anything (origin no longer a member?)"
+        );
+    }
+    if restored > 0 {
+        tracing::error!(
+            evidence = restored,
+            "this region holds evidence that a member broke the protocol: settlement stays \
+             stopped until an operator acts (GET /v1/admin/evidence)"
+        );
+    }
     if let Some(doc) = loaded.recorded_policy_doc {
         if replica.adopt_recorded_policy(doc) {
             tracing::error!(
@@ -1115,6 +1170,16 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         restoring = replica.is_restoring(), policy = %seed, "storage loaded");
 
     let metrics = Arc::new(Metrics::new());
+    // The feed rebuilt from storage was settled (and counted) before the restart; the replica
+    // does not emit it again, so the counters start from it. Only compensations settled from
+    // now on are counted as they are emitted.
+    let mut restored_comps: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for c in replica.feed(0, usize::MAX) {
+        *restored_comps.entry(c.kind.as_str()).or_insert(0) += 1;
+    }
+    for (kind, n) in restored_comps {
+        metrics.compensations_settled(kind, n);
+    }
     let shared = Arc::new(Shared::default());
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (writer_tx, writer) = storage::spawn_writer(

@@ -6,7 +6,9 @@
 use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
-use wallet_core::{Balance, Compensation, EntryKey, Event, EventId, Hlc, RegionId, Status};
+use wallet_core::{
+    Balance, Compensation, EntryKey, Event, EventId, Evidence, Hlc, RegionId, Status,
+};
 
 /// Writes `s` as a JSON string literal.
 pub fn push_json_str(out: &mut String, s: &str) {
@@ -79,12 +81,9 @@ pub fn status_str(s: Status) -> &'static str {
     }
 }
 
-/// A client event in a list or by id.
-pub fn event_json(
-    event: &Event,
-    status: Option<(Status, Option<&Compensation>)>,
-    with_account: bool,
-) -> Value {
+/// The fields of an event that do not depend on this region's view of it (id, account,
+/// type, amount, currency, reference, idempotency key, HLC).
+fn event_fields(event: &Event, with_account: bool) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("id".into(), Value::String(event.id.to_string()));
     match &event.body {
@@ -110,6 +109,16 @@ pub fn event_json(
         }
     }
     m.insert("hlc".into(), Value::String(event.hlc.to_string()));
+    m
+}
+
+/// A client event in a list or by id.
+pub fn event_json(
+    event: &Event,
+    status: Option<(Status, Option<&Compensation>)>,
+    with_account: bool,
+) -> Value {
+    let mut m = event_fields(event, with_account);
     let (st, comp) = status.unwrap_or((Status::Provisional, None));
     m.insert("settled".into(), Value::Bool(st != Status::Provisional));
     m.insert("status".into(), Value::String(status_str(st).into()));
@@ -118,6 +127,47 @@ pub fn event_json(
             m.insert("reversed_by".into(), Value::String(c.id()));
         } else {
             m.insert("compensation".into(), Value::String(c.id()));
+        }
+    }
+    Value::Object(m)
+}
+
+/// An event as an item of evidence: its fields as clients see them elsewhere, plus the
+/// origin's signature (hex); no status (the item may never have been applied here).
+fn signed_event_json(event: &Event) -> Value {
+    let mut m = event_fields(event, true);
+    m.insert("signature".into(), Value::String(hex::encode(&event.sig)));
+    Value::Object(m)
+}
+
+/// One piece of evidence that a member broke the protocol (`GET /v1/admin/evidence`).
+pub fn evidence_json(ev: &Evidence) -> Value {
+    let mut m = Map::new();
+    let kind = match ev {
+        Evidence::Conflicting(..) => "conflicting_events",
+        Evidence::BrokenPromise { .. } => "broken_promise",
+    };
+    m.insert("kind".into(), Value::String(kind.into()));
+    m.insert("origin".into(), Value::String(ev.origin().to_string()));
+    m.insert("id".into(), Value::String(ev.id().to_string()));
+    match ev {
+        Evidence::Conflicting(a, b) => {
+            m.insert(
+                "events".into(),
+                Value::Array(vec![signed_event_json(a), signed_event_json(b)]),
+            );
+        }
+        Evidence::BrokenPromise { heartbeat, event } => {
+            m.insert(
+                "heartbeat".into(),
+                json!({
+                    "origin": heartbeat.hb.origin.to_string(),
+                    "hlc": heartbeat.hb.hlc.to_string(),
+                    "seq": heartbeat.hb.seq,
+                    "signature": hex::encode(&heartbeat.sig),
+                }),
+            );
+            m.insert("event".into(), signed_event_json(event));
         }
     }
     Value::Object(m)

@@ -1,10 +1,14 @@
 //! Durable storage on redb, with a group-commit writer thread.
 //!
-//! One file, `<data_dir>/wallet.redb`, three tables:
+//! One file, `<data_dir>/wallet.redb`, four tables:
 //! - `events`: `(origin, seq)` -> checksum ‖ `wire::encode_event(event)`;
 //! - `meta`: `"ceiling"`, `"watermark"`, `"policy"` (seed policy hash recorded at first
 //!   start), `"restore"` (a restore from peers is in progress), `"format"`;
-//! - `idempotency`: `(account, key)` -> checksum ‖ encoded [`IdemRecord`].
+//! - `idempotency`: `(account, key)` -> checksum ‖ encoded [`IdemRecord`];
+//! - `evidence`: `(origin, seq, SHA-256 of the payload)` -> checksum ‖
+//!   `wire::encode_value(evidence)`: proof that a member broke the protocol
+//!   ([`wallet_core::Evidence`]), handed back to the replica at start so the origin stays
+//!   frozen across restarts.
 //!
 //! Every value carries its own checksum (the first 8 bytes of SHA-256 over the table name, the
 //! key and the payload) on top of redb's page checksums, verified on load: a corrupted or
@@ -24,13 +28,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use wallet_core::wire::{decode_event, decode_value, encode_event, encode_value};
-use wallet_core::{AccountId, Event, Hlc, PolicyHash, Record, RegionId};
+use wallet_core::{AccountId, Event, Evidence, Hlc, PolicyHash, Record, RegionId};
 
 use crate::metrics::Metrics;
 
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const IDEM: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
+const EVIDENCE: TableDefinition<(&str, u64, &[u8]), &[u8]> = TableDefinition::new("evidence");
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "wallet.redb";
@@ -106,6 +111,9 @@ pub struct Loaded {
     pub fresh: bool,
     /// Idempotency results.
     pub idem: Vec<(AccountId, String, IdemRecord)>,
+    /// Evidence of protocol violations, by (origin, seq): hand it to
+    /// [`wallet_core::Replica::restore_evidence`] before `load`.
+    pub evidence: Vec<Evidence>,
 }
 
 /// One write.
@@ -200,6 +208,16 @@ fn event_key_bytes(origin: &str, seq: u64) -> Vec<u8> {
     let mut k = origin.as_bytes().to_vec();
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn evidence_digest(payload: &[u8]) -> [u8; 32] {
+    Sha256::digest(payload).into()
+}
+
+fn evidence_key_bytes(origin: &str, seq: u64, digest: &[u8]) -> Vec<u8> {
+    let mut k = event_key_bytes(origin, seq);
+    k.extend_from_slice(digest);
     k
 }
 
@@ -379,6 +397,7 @@ impl Store {
             {
                 txn.open_table(EVENTS).map_err(|e| self.write_err(e))?;
                 txn.open_table(IDEM).map_err(|e| self.write_err(e))?;
+                txn.open_table(EVIDENCE).map_err(|e| self.write_err(e))?;
                 let mut meta = txn.open_table(META).map_err(|e| self.write_err(e))?;
                 let has = meta
                     .get("format")
@@ -488,6 +507,30 @@ impl Store {
                 AccountId::new(account).map_err(|w| self.corrupt(format!("{where_}: {w}")))?;
             out.idem.push((acct, key.to_string(), rec));
         }
+        let evidence = txn
+            .open_table(EVIDENCE)
+            .map_err(|e| self.corrupt(e.to_string()))?;
+        for item in evidence.iter().map_err(c)? {
+            let (k, v) = item.map_err(c)?;
+            let (origin, seq, digest) = k.value();
+            let where_ = format!("evidence[{origin}:{seq}]");
+            let payload = unseal(
+                "evidence",
+                &evidence_key_bytes(origin, seq, digest),
+                v.value(),
+            )
+            .map_err(|w| self.corrupt(format!("{where_}: {w}")))?;
+            if evidence_digest(payload).as_slice() != digest {
+                return Err(self.corrupt(format!("{where_}: digest does not match the value")));
+            }
+            let ev: Evidence =
+                decode_value(payload).map_err(|w| self.corrupt(format!("{where_}: {w}")))?;
+            let id = ev.id();
+            if id.origin.as_str() != origin || id.seq != seq {
+                return Err(self.corrupt(format!("{where_}: holds evidence about {id}")));
+            }
+            out.evidence.push(ev);
+        }
         out.fresh =
             out.events.is_empty() && out.recorded_policy.is_none() && out.ceiling == Hlc::ZERO;
         Ok(out)
@@ -524,6 +567,7 @@ impl Store {
         let mut events = txn.open_table(EVENTS).map_err(w)?;
         let mut meta = txn.open_table(META).map_err(w)?;
         let mut idem = txn.open_table(IDEM).map_err(w)?;
+        let mut evidence = txn.open_table(EVIDENCE).map_err(w)?;
         for op in ops {
             match op {
                 WriteOp::Record { record, .. } => match record {
@@ -540,6 +584,20 @@ impl Store {
                     Record::Watermark(h) => {
                         let v = seal("meta", b"watermark", &h.0.to_be_bytes());
                         meta.insert("watermark", v.as_slice()).map_err(s)?;
+                    }
+                    Record::Evidence(ev) => {
+                        let id = ev.id();
+                        let origin = id.origin.as_str();
+                        let payload = encode_value(ev);
+                        let digest = evidence_digest(&payload);
+                        let v = seal(
+                            "evidence",
+                            &evidence_key_bytes(origin, id.seq, &digest),
+                            &payload,
+                        );
+                        evidence
+                            .insert((origin, id.seq, digest.as_slice()), v.as_slice())
+                            .map_err(s)?;
                     }
                 },
                 WriteOp::Idem { account, key, rec } => {
@@ -735,6 +793,75 @@ mod tests {
         }
         let err = Store::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("gap"), "{err}");
+    }
+
+    #[test]
+    fn evidence_round_trips_and_a_damaged_one_refuses_to_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = one_event();
+        let mut b = a.clone();
+        b.hlc = Hlc(a.hlc.0 + 1);
+        let ev = Evidence::Conflicting(a.clone(), b);
+        {
+            let (store, loaded) = Store::open(dir.path()).unwrap();
+            assert!(loaded.evidence.is_empty());
+            let ops = [
+                WriteOp::Record {
+                    index: 1,
+                    record: Record::Event(a),
+                },
+                WriteOp::Record {
+                    index: 2,
+                    record: Record::Evidence(ev.clone()),
+                },
+                // Written twice (a retry): kept once.
+                WriteOp::Record {
+                    index: 3,
+                    record: Record::Evidence(ev.clone()),
+                },
+            ];
+            store.commit(&ops.iter().collect::<Vec<_>>()).unwrap();
+        }
+        let payload = encode_value(&ev);
+        let digest = evidence_digest(&payload);
+        {
+            let (store, loaded) = Store::open(dir.path()).unwrap();
+            assert_eq!(loaded.evidence, vec![ev.clone()]);
+            assert!(!loaded.fresh);
+            // Validly sealed bytes stored under another id.
+            let key = evidence_key_bytes("eu", 2, &digest);
+            let v = seal("evidence", &key, &payload);
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(EVIDENCE).unwrap();
+                t.insert(("eu", 2, digest.as_slice()), v.as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("evidence[eu:2]: holds evidence about eu:1"),
+            "{err}"
+        );
+        {
+            // A flipped bit under the right key fails its checksum.
+            let db = Database::create(Store::file_path(dir.path())).unwrap();
+            let key = evidence_key_bytes("eu", 1, &digest);
+            let mut v = seal("evidence", &key, &payload);
+            let last = v.len() - 1;
+            v[last] ^= 1;
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(EVIDENCE).unwrap();
+                t.remove(("eu", 2, digest.as_slice())).unwrap();
+                t.insert(("eu", 1, digest.as_slice()), v.as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("evidence[eu:1]: checksum mismatch"), "{err}");
     }
 
     #[test]

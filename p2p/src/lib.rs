@@ -66,6 +66,9 @@ pub enum NetError {
 }
 
 /// What the transport tells the node.
+// Nearly every event is a `Message`: boxing it to shrink the rare connection events would
+// cost an allocation per message received.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum NetEvent {
     /// A message from an authenticated member.
