@@ -241,7 +241,10 @@ fn apply(c: &mut Cluster, op: &Op) -> Result<(), TestCaseError> {
                 // duplicates and conflicts come with money to overdraw.
                 let other = (bodies >> i) & 1 == 1;
                 let amount = if other { "10.00" } else { "20.00" };
-                let mut r = keyed(req(a, Kind::Purchase, amount, Currency::USD), &format!("m{key}"));
+                let mut r = keyed(
+                    req(a, Kind::Purchase, amount, Currency::USD),
+                    &format!("m{key}"),
+                );
                 if other {
                     r.reference = Some("other".into());
                 }

@@ -82,7 +82,8 @@ fn i1_duplicate_behind_an_idempotency_conflict_is_reversed() {
 #[test]
 fn i2_wildcard_flat_fee_is_added_exactly_then_rounded_once() {
     let d = |s: &str| rust_decimal::Decimal::from_str_exact(s).unwrap();
-    let p = Policy::from_toml("[default]\nfee = { flat = \"1.004\", percent = \"0.3\" }\n").unwrap();
+    let p =
+        Policy::from_toml("[default]\nfee = { flat = \"1.004\", percent = \"0.3\" }\n").unwrap();
     // 1.004 + 0.3 % x 1.00 = 1.007 -> 1.01 (rounding the flat part first gave 1.00).
     assert_eq!(
         p.applied("alice", Currency::USD).fee_for(d("1.00")),
@@ -105,7 +106,10 @@ fn i2_wildcard_flat_fee_is_added_exactly_then_rounded_once() {
     assert!(c.settle_all());
     let feed = c.nodes[0].replica.feed(0, 10);
     assert_eq!(feed.len(), 1);
-    assert_eq!((feed[0].id(), feed[0].amount_str()), ("fee:us:1".into(), "3".into()));
+    assert_eq!(
+        (feed[0].id(), feed[0].amount_str()),
+        ("fee:us:1".into(), "3".into())
+    );
 }
 
 // ---- 3. percent rounded twice at Decimal's 28-digit limit ------------------------------------
@@ -274,7 +278,12 @@ fn i5_broken_promise_blocks_the_origin_in_either_arrival_order() {
     c.persist_all();
     c.deliver_all();
     for n in &c.nodes {
-        assert_eq!(n.replica.evidence(), std::slice::from_ref(&want), "{}", n.name);
+        assert_eq!(
+            n.replica.evidence(),
+            std::slice::from_ref(&want),
+            "{}",
+            n.name
+        );
         assert!(n.replica.settlement_blocked(), "{}", n.name);
         let xs = n.replica.members().into_iter().find(|m| m.region == x);
         assert!(xs.unwrap().equivocated, "{}", n.name);
@@ -295,10 +304,9 @@ fn i5_broken_promise_blocks_the_origin_in_either_arrival_order() {
     let bogus = Evidence::Conflicting(e1.clone(), e1);
     c.nodes[C].replica.handle_evidence(region("a"), bogus);
     c.drain(C);
-    assert!(c.nodes[C]
-        .reports
-        .iter()
-        .any(|r| matches!(r, Report::Rejected { reason, .. } if reason.contains("proves nothing"))));
+    assert!(c.nodes[C].reports.iter().any(
+        |r| matches!(r, Report::Rejected { reason, .. } if reason.contains("proves nothing"))
+    ));
 }
 
 // ---- 6. a member that always looks ahead ----------------------------------------------------
@@ -335,7 +343,10 @@ fn i6_heartbeat_naming_a_non_member_is_refused_and_frozen_origins_count_for_noth
         ),
         "{reports:?}"
     );
-    assert!(r.member_vv(us).is_none(), "a refused heartbeat is not remembered");
+    assert!(
+        r.member_vv(us).is_none(),
+        "a refused heartbeat is not remembered"
+    );
     // Counting what a member holds never overflows, and ignores non-members.
     let mut two = VClock::new();
     two.dots.insert(us, u64::MAX);
@@ -364,7 +375,11 @@ fn i7_forged_policy_event_is_refused_by_signature_before_validation() {
             sig == origin.as_str().as_bytes()
         }
     }
-    let mut cfg = Config::new(region("eu"), vec![region("eu"), region("us")], Policy::zero());
+    let mut cfg = Config::new(
+        region("eu"),
+        vec![region("eu"), region("us")],
+        Policy::zero(),
+    );
     cfg.auth = Box::new(Strict);
     let mut r = Replica::new(cfg, Hlc::ZERO);
     // A policy with 20,000 rules, far beyond the limit, not signed by us.

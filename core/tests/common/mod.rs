@@ -456,7 +456,10 @@ const MODEL_SCALE: u32 = 12;
 
 fn units(d: Decimal) -> i128 {
     let (m, s) = (d.mantissa(), d.scale());
-    assert!(s <= MODEL_SCALE, "model: scale {s} of {d} beyond the model's");
+    assert!(
+        s <= MODEL_SCALE,
+        "model: scale {s} of {d} beyond the model's"
+    );
     m.checked_mul(10i128.pow(MODEL_SCALE - s))
         .expect("model: magnitude beyond i128")
 }
@@ -470,7 +473,11 @@ fn from_units(u: i128) -> Decimal {
 fn round_units(u: i128, dp: u32) -> i128 {
     let step = 10i128.pow(MODEL_SCALE - dp);
     let (q, r) = (u / step, u % step);
-    let q = if 2 * r.abs() >= step { q + u.signum() } else { q };
+    let q = if 2 * r.abs() >= step {
+        q + u.signum()
+    } else {
+        q
+    };
     q * step
 }
 
@@ -510,7 +517,10 @@ fn model_fee(rule: &Rule, currency: Currency, overdrawn: Decimal) -> Decimal {
     let (pm, ps) = (rule.fee.percent.mantissa(), rule.fee.percent.scale());
     let (om, os) = (overdrawn.mantissa(), overdrawn.scale());
     let scale = ps + os + 2;
-    assert!(scale <= MODEL_SCALE, "model: percent part has {scale} places");
+    assert!(
+        scale <= MODEL_SCALE,
+        "model: percent part has {scale} places"
+    );
     let pct = (pm * om)
         .checked_mul(10i128.pow(MODEL_SCALE - scale))
         .expect("model: percent part beyond i128");
