@@ -231,6 +231,8 @@ pub struct Actor {
     peer_vv: BTreeMap<wallet_core::RegionId, wallet_core::VClock<wallet_core::RegionId>>,
     /// Round-robin position of the periodic pull.
     pull_rr: usize,
+    /// Pulls sent, per member (a metric: the pull rate shows a catch-up that cannot end).
+    pulls_sent: BTreeMap<wallet_core::RegionId, u64>,
 }
 
 fn report_kind(r: &Report) -> &'static str {
@@ -706,6 +708,13 @@ impl Actor {
                 );
             }
         }
+        s.push_str("# HELP walletd_pulls_sent_total Anti-entropy pulls sent, by member.\n# TYPE walletd_pulls_sent_total counter\n");
+        for m in r.members() {
+            if m.region != r.region() {
+                let n = self.pulls_sent.get(&m.region).copied().unwrap_or(0);
+                let _ = writeln!(s, "walletd_pulls_sent_total{{member=\"{}\"}} {n}", m.region);
+            }
+        }
         let _ = writeln!(s, "# HELP walletd_watermark_lag_ms Local clock minus the settled watermark.\n# TYPE walletd_watermark_lag_ms gauge\nwalletd_watermark_lag_ms {}", r.settlement_lag_ms());
         let _ = writeln!(s, "# HELP walletd_watermark_ms Settled watermark (physical ms).\n# TYPE walletd_watermark_ms gauge\nwalletd_watermark_ms {}", r.watermark().millis());
         let _ = writeln!(s, "# HELP walletd_restoring Restoring own history from peers.\n# TYPE walletd_restoring gauge\nwalletd_restoring {}", u8::from(r.is_restoring()));
@@ -805,6 +814,8 @@ impl Actor {
         self.last_pull_ms.insert(r, now);
         self.pull_outstanding = Some((r, now));
         self.pull_heartbeats = 0;
+        let n = self.pulls_sent.entry(r).or_insert(0);
+        *n = n.saturating_add(1);
         let msg = self.replica.pull_request(PULL_BATCH_EVENTS_MAX as u32);
         self.net.send(r, msg).await;
     }
@@ -1229,6 +1240,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         pull_heartbeats: 0,
         peer_vv: BTreeMap::new(),
         pull_rr: 0,
+        pulls_sent: BTreeMap::new(),
     };
     if restoring && loaded.fresh {
         actor.push_op(WriteOp::Restore(true));
