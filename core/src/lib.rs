@@ -57,6 +57,8 @@ pub mod id;
 pub mod money;
 pub mod policy;
 pub mod replica;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 pub use crdts::VClock;
