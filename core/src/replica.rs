@@ -2359,6 +2359,12 @@ impl Replica {
         delta: Decimal,
         related: Option<EventId>,
     ) {
+        // Every compensation is at the currency's scale, so that adding it to a balance gives
+        // the same bytes whatever that balance is (Decimal's sum of a zero and a value keeps the
+        // value's scale: `0.00 + 0` would be `0` on a region whose provisional balance happened
+        // to be zero, `5.00` elsewhere).
+        let mut delta = delta;
+        delta.rescale(currency.minor_units());
         // Exactly once per cause. A conflict report and a compensation may share a cause:
         // the report is keyed apart, by sub-position 2.
         let conflict = kind == CompKind::IdempotencyConflict;
