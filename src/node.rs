@@ -60,7 +60,6 @@ pub const PAGE_LIMIT_MAX: usize = 1_000;
 const _: () = assert!(PULL_BATCH_EVENTS_MAX != wallet_core::replica::GOSSIP_BATCH_EVENTS_MAX);
 const _: () = assert!(COMMANDS_PER_BATCH_MAX <= COMMAND_QUEUE_MAX);
 const _: () = assert!(PULL_BACKOFF_MS_MIN <= PULL_BACKOFF_MS_MAX);
-const _: () = assert!(PULL_TIMEOUT_MS <= PULL_BACKOFF_MS_MAX);
 
 /// Wall-clock milliseconds since the Unix epoch (read only here, never in the core).
 pub fn now_ms() -> u64 {
