@@ -33,7 +33,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::event::Kind;
+use crate::kind::Kind;
 use crate::money::Currency;
 
 /// Most rules in a policy (the default included).

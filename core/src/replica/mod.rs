@@ -10,7 +10,21 @@ use crdts::{CmRDT, Dot, VClock};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+mod accounts;
+mod durability;
+mod keys;
+mod log;
+mod settle;
+
+pub use accounts::Balance;
+use accounts::Accounts;
+use durability::{Awaiting, Durability};
+use log::Logs;
+use settle::{unreachable_policy, Settlement};
+
+pub use crate::auth::{Authenticator, NoAuth};
 use crate::event::{Body, CompKind, Compensation, Event, Kind, OrderKey, Tx};
+pub use crate::message::{Evidence, Heartbeat, Message, SignedHeartbeat};
 use crate::id::{AccountId, Clock, EventId, Hlc, RegionId};
 use crate::money::{Amount, Currency};
 use crate::policy::{Action, Applied, FeePer, Policy, PolicyHash};
@@ -30,59 +44,6 @@ pub const EVIDENCE_MAX: usize = 64;
 pub const PENDING_HEARTBEATS_MAX: usize = 32;
 /// Evidence held is sent to peers again every this many heartbeats.
 pub const EVIDENCE_RESEND_HEARTBEATS: u32 = 8;
-
-/// Signs and verifies events. The node uses ed25519 keys; the simulator uses [`NoAuth`].
-pub trait Authenticator: Send {
-    /// Signs bytes as this region.
-    fn sign(&self, bytes: &[u8]) -> Vec<u8>;
-    /// Checks a signature by `origin` over bytes.
-    fn verify(&self, origin: RegionId, bytes: &[u8], sig: &[u8]) -> bool;
-    /// Signs an event as this region: by default [`Authenticator::sign`] over
-    /// [`Event::signing_bytes`]. An authenticator that ignores the bytes may skip encoding them.
-    fn sign_event(&self, event: &Event, cluster: &str) -> Vec<u8> {
-        self.sign(&event.signing_bytes(cluster))
-    }
-    /// Checks an event's signature by `origin`: by default [`Authenticator::verify`] over
-    /// [`Event::signing_bytes`]. An authenticator that ignores the bytes may skip encoding
-    /// them; the answer must be the same.
-    fn verify_event(&self, origin: RegionId, event: &Event, cluster: &str) -> bool {
-        self.verify(origin, &event.signing_bytes(cluster), &event.sig)
-    }
-    /// Signs a heartbeat as this region, over [`Heartbeat::signing_bytes`].
-    fn sign_heartbeat(&self, hb: &Heartbeat, cluster: &str) -> Vec<u8> {
-        self.sign(&hb.signing_bytes(cluster))
-    }
-    /// Checks a heartbeat's signature by its origin.
-    fn verify_heartbeat(&self, shb: &SignedHeartbeat, cluster: &str) -> bool {
-        self.verify(shb.hb.origin, &shb.hb.signing_bytes(cluster), &shb.sig)
-    }
-}
-
-/// No signatures: for the simulator and tests, where peers are trusted by construction.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoAuth;
-
-impl Authenticator for NoAuth {
-    fn sign(&self, _: &[u8]) -> Vec<u8> {
-        Vec::new()
-    }
-    fn verify(&self, _: RegionId, _: &[u8], sig: &[u8]) -> bool {
-        sig.is_empty()
-    }
-    // The same answers as the defaults, without encoding the signing bytes per event.
-    fn sign_event(&self, _: &Event, _: &str) -> Vec<u8> {
-        Vec::new()
-    }
-    fn verify_event(&self, _: RegionId, event: &Event, _: &str) -> bool {
-        event.sig.is_empty()
-    }
-    fn sign_heartbeat(&self, _: &Heartbeat, _: &str) -> Vec<u8> {
-        Vec::new()
-    }
-    fn verify_heartbeat(&self, shb: &SignedHeartbeat, _: &str) -> bool {
-        shb.sig.is_empty()
-    }
-}
 
 /// Static configuration of a replica.
 pub struct Config {
@@ -123,133 +84,6 @@ impl Config {
             restore: false,
         }
     }
-}
-
-/// A region's periodic announcement: its HLC, its version vector, its seed policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// The announcing region.
-    pub origin: RegionId,
-    /// It will never issue an event at or below this HLC again.
-    pub hlc: Hlc,
-    /// Its own last seq at the time.
-    pub seq: u64,
-    /// What it holds from every origin.
-    pub vv: VClock<RegionId>,
-    /// Hash of its seed policy (version 1).
-    pub policy: PolicyHash,
-}
-
-impl Heartbeat {
-    /// Canonical bytes a heartbeat signature covers: a domain tag (distinct from events'),
-    /// the cluster id and every field.
-    pub fn signing_bytes(&self, cluster: &str) -> Vec<u8> {
-        let mut out = b"wallet-heartbeat-v1\0".to_vec();
-        // Serializing plain data into a Vec cannot fail.
-        out.extend(postcard::to_stdvec(&(cluster, self)).unwrap_or_default());
-        out
-    }
-}
-
-/// A heartbeat with its origin's signature: a promise any region can hold against it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedHeartbeat {
-    /// The heartbeat.
-    pub hb: Heartbeat,
-    /// The origin's signature over [`Heartbeat::signing_bytes`] (empty without a signer).
-    pub sig: Box<[u8]>,
-}
-
-/// Proof that a region broke the protocol, made of items it signed itself: any region can
-/// check it ([`Evidence::proves`]) without trusting whoever relays it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Evidence {
-    /// Two different events under one id.
-    Conflicting(Event, Event),
-    /// A heartbeat `(h, s)` and an event of the same origin with a seq above `s` and an HLC
-    /// at or below `h`: the heartbeat promised that no such event would ever exist.
-    BrokenPromise {
-        /// The promise.
-        heartbeat: SignedHeartbeat,
-        /// The event that breaks it.
-        event: Event,
-    },
-}
-
-impl Evidence {
-    /// The region the evidence is against.
-    pub fn origin(&self) -> RegionId {
-        match self {
-            Evidence::Conflicting(a, _) => a.id.origin,
-            Evidence::BrokenPromise { heartbeat, .. } => heartbeat.hb.origin,
-        }
-    }
-
-    /// The event id concerned.
-    pub fn id(&self) -> EventId {
-        match self {
-            Evidence::Conflicting(a, _) => a.id,
-            Evidence::BrokenPromise { event, .. } => event.id,
-        }
-    }
-
-    /// True when the items really contradict each other and both carry the origin's valid
-    /// signature for this cluster.
-    pub fn proves(&self, auth: &dyn Authenticator, cluster: &str) -> bool {
-        match self {
-            Evidence::Conflicting(a, b) => {
-                a.id == b.id
-                    && (a.hlc != b.hlc || a.body != b.body)
-                    && a.validate().is_ok()
-                    && b.validate().is_ok()
-                    && auth.verify_event(a.id.origin, a, cluster)
-                    && auth.verify_event(b.id.origin, b, cluster)
-            }
-            Evidence::BrokenPromise { heartbeat, event } => {
-                let hb = &heartbeat.hb;
-                event.id.origin == hb.origin
-                    && event.id.seq > hb.seq
-                    && event.hlc <= hb.hlc
-                    && event.validate().is_ok()
-                    && auth.verify_heartbeat(heartbeat, cluster)
-                    && auth.verify_event(event.id.origin, event, cluster)
-            }
-        }
-    }
-}
-
-/// Peer-to-peer messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Message {
-    /// Events, pushed or sent in answer to a pull.
-    Events(Vec<Event>),
-    /// A heartbeat.
-    Heartbeat(Heartbeat),
-    /// "Send me what I miss": the sender's version vector and a batch limit.
-    Pull {
-        /// What the requester holds.
-        vv: VClock<RegionId>,
-        /// Most events to answer with.
-        limit: u32,
-    },
-    /// "Send me what I miss, but not what I already hold out of order": like `Pull`, and for
-    /// each origin in `upto` the answer stops before that seq (the first event the requester
-    /// holds beyond its gap, buffered). Added after `Pull`, so version-1 bytes of the other
-    /// messages decode unchanged.
-    PullGaps {
-        /// What the requester holds without gaps.
-        vv: VClock<RegionId>,
-        /// Per origin, the first seq already held out of order.
-        upto: VClock<RegionId>,
-        /// Most events to answer with.
-        limit: u32,
-    },
-    /// A signed heartbeat: what every region sends. An unsigned [`Message::Heartbeat`] is
-    /// handled as one with an empty signature, which only [`NoAuth`] accepts.
-    SignedHeartbeat(SignedHeartbeat),
-    /// Proof that a member broke the protocol: the receiver checks it and freezes that
-    /// origin as if it had caught it itself.
-    Evidence(Evidence),
 }
 
 /// Things the host must write durably, in order.
@@ -417,186 +251,6 @@ pub struct TxRequest {
     pub reference: Option<String>,
 }
 
-/// Provisional and settled balance of one (account, currency).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Balance {
-    /// Sum of every event known, settled compensations included.
-    pub provisional: Decimal,
-    /// Sum over the settled prefix, compensations included.
-    pub settled: Decimal,
-}
-
-#[derive(Debug, Clone, Default)]
-struct BalanceState {
-    bal: Balance,
-    /// An overdraft episode is open (settled fold).
-    in_episode: bool,
-    /// The episode's fee was charged (per-episode fees).
-    episode_fee_charged: bool,
-    /// Fees charged in the open episode: they never extend it, so the episode closes when
-    /// `settled + episode_fees` is back at or above the floor.
-    episode_fees: Decimal,
-    /// The settled sum overflowed: deterministic, the same on every region.
-    frozen: bool,
-    /// The provisional sum overflowed: local only, never consulted by the settled fold.
-    provisional_frozen: bool,
-}
-
-#[derive(Debug, Default)]
-struct AccountState {
-    balances: BTreeMap<Currency, BalanceState>,
-    /// Per origin, the seqs of this account's events, ascending. Within one origin seq
-    /// order is total order, so this only ever appends: 8 bytes per event, where an
-    /// ordered set of order keys cost about 64. [`Replica::entries`] merges the lists.
-    events: BTreeMap<RegionId, Vec<u64>>,
-    /// Feed positions of this account's feed entries. The feed is in total order of the
-    /// causes (a compensation before a conflict report of the same cause), so this is too.
-    comps: Vec<u64>,
-    /// Idempotency key -> the first event holding it in the total order, among those known.
-    /// Every event below the watermark is known, so when the fold reaches an event with a
-    /// key, this names the first settled event with that key: it serves both the retry
-    /// lookup and the settled duplicate check.
-    keys: KeyIndex,
-    /// Other events holding a key already in `keys` (duplicates and conflicts), so that a
-    /// retry finds its own original whatever the order.
-    more_keys: BTreeMap<Box<str>, Vec<EventId>>,
-}
-
-/// An account's idempotency keys: key -> event, in an ordered map by a fixed 128-bit code of
-/// the key: its first 8 bytes (big-endian, zero-padded), then a 64-bit hash (FNV-1a) of all
-/// of it. A lookup compares integers in the map's nodes and reads one key at the end,
-/// instead of comparing strings all the way down (a third of the merge time with ten thousand
-/// keys per account); keys that differ early keep their order, so keys issued in sequence
-/// stay near each other in the tree. The key strings are not copied: they are read from the
-/// events, in the logs. Distinct keys with one code (rare) go to `collided`. Nothing iterates
-/// either map.
-#[derive(Debug, Default)]
-struct KeyIndex {
-    map: BTreeMap<u128, EventId>,
-    collided: BTreeMap<u128, Vec<EventId>>,
-}
-
-/// The idempotency key of an event held in the logs.
-fn key_of(members: &BTreeMap<RegionId, Member>, id: EventId) -> Option<&str> {
-    log_event(members, id)?.tx()?.idempotency_key.as_deref()
-}
-
-impl KeyIndex {
-    fn code(key: &str) -> u128 {
-        let bytes = key.as_bytes();
-        let mut prefix = [0u8; 8];
-        for (i, p) in prefix.iter_mut().enumerate() {
-            *p = bytes.get(i).copied().unwrap_or(0);
-        }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in key.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        (u128::from(u64::from_be_bytes(prefix)) << 64) | u128::from(h)
-    }
-
-    fn get(&self, members: &BTreeMap<RegionId, Member>, key: &str) -> Option<EventId> {
-        self.get_at(members, KeyIndex::code(key), key)
-    }
-
-    fn get_at(
-        &self,
-        members: &BTreeMap<RegionId, Member>,
-        code: u128,
-        key: &str,
-    ) -> Option<EventId> {
-        let holds = |id: &EventId| key_of(members, *id) == Some(key);
-        let first = self.map.get(&code)?;
-        if holds(first) {
-            return Some(*first);
-        }
-        self.collided
-            .get(&code)?
-            .iter()
-            .find(|id| holds(id))
-            .copied()
-    }
-
-    /// The event holding `key`, or, when none does, `id` is added as its holder (for an
-    /// event about to be in the logs) and None is returned. One search of the map when the
-    /// code is new.
-    fn holder_or_insert(
-        &mut self,
-        members: &BTreeMap<RegionId, Member>,
-        key: &str,
-        id: EventId,
-    ) -> Option<&mut EventId> {
-        let code = KeyIndex::code(key);
-        let holds = |id: &EventId| key_of(members, *id) == Some(key);
-        match self.map.entry(code) {
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(id);
-                None
-            }
-            std::collections::btree_map::Entry::Occupied(o) => {
-                let first = o.into_mut();
-                if holds(first) {
-                    return Some(first);
-                }
-                let others = self.collided.entry(code).or_default();
-                match others.iter().position(holds) {
-                    Some(i) => others.get_mut(i),
-                    None => {
-                        others.push(id);
-                        None
-                    }
-                }
-            }
-        }
-    }
-
-    /// Adds a key not held yet, for an event that is, or is about to be, in the logs.
-    #[cfg(test)]
-    fn insert(&mut self, members: &BTreeMap<RegionId, Member>, key: &str, id: EventId) {
-        self.insert_at(members, KeyIndex::code(key), key, id);
-    }
-
-    #[cfg(test)]
-    fn insert_at(
-        &mut self,
-        members: &BTreeMap<RegionId, Member>,
-        code: u128,
-        key: &str,
-        id: EventId,
-    ) {
-        debug_assert!(self.get_at(members, code, key).is_none());
-        match self.map.entry(code) {
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(id);
-            }
-            std::collections::btree_map::Entry::Occupied(_) => {
-                self.collided.entry(code).or_default().push(id);
-            }
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Member {
-    log: Vec<Event>,
-    pending: BTreeMap<u64, Event>,
-    /// Highest announced heartbeat, signed: the promise checked on later events, and half of
-    /// the evidence when one breaks it.
-    promise: Option<SignedHeartbeat>,
-    /// Heartbeats not yet covered by the log: seq -> hlc (at most
-    /// [`PENDING_HEARTBEATS_MAX`], the lowest seq evicted first).
-    pending_hb: BTreeMap<u64, Hlc>,
-    /// This member's contribution to the watermark.
-    covered: Hlc,
-    /// Last version vector it announced.
-    vv: VClock<RegionId>,
-    /// Its seed policy, once heard.
-    policy: Option<PolicyHash>,
-    heard: bool,
-    equivocated: bool,
-}
-
 /// One entry of an account's history, for the transaction list.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry<'a> {
@@ -661,63 +315,26 @@ pub struct Stats {
     pub compensations: u64,
 }
 
-/// What a persisted record unblocks once durable.
-#[derive(Debug, Clone, Copy)]
-enum Awaiting {
-    /// An own event: it may leave the region.
-    Own(u64),
-    /// A clock ceiling: heartbeats up to it may be announced.
-    Ceiling(Hlc),
-    /// A watermark: events up to it may settle.
-    Watermark(Hlc),
-    /// Evidence (its position in `evidence`): once durable, reported and sent to peers.
-    Evidence(usize),
-}
-
-#[derive(Debug, Clone)]
-struct PolicyVersion {
-    version: u32,
-    policy: Policy,
-}
-
-/// The replica: one region's entire ledger state.
+/// The replica: one region's entire ledger state, as parts with one job each.
 pub struct Replica {
     cfg: Config,
     seed_hash: PolicyHash,
     clock: Clock,
-    vv: VClock<RegionId>,
-    members: BTreeMap<RegionId, Member>,
-    accounts: BTreeMap<AccountId, AccountState>,
-    unsettled: BTreeSet<OrderKey>,
-    settled_upto: Option<OrderKey>,
-    watermark: Hlc,
-    persisted_watermark: Hlc,
-    feed: Vec<Compensation>,
-    comp_by_cause: BTreeMap<EventId, u64>,
-    conflict_by_cause: BTreeMap<EventId, u64>,
-    policies: Vec<PolicyVersion>,
-    /// The rule of the policy in force per (tier position, currency), as
-    /// [`Policy::applied`] computes it: emptied whenever the policy in force changes.
-    applied_cache: BTreeMap<(Option<usize>, Currency), Applied>,
+    /// Per-origin logs, out-of-order buffers, what each member announced.
+    logs: Logs,
+    /// Balances, per-account histories and idempotency keys.
+    accounts: Accounts,
+    /// Watermark, settled fold, feed, policy history.
+    settle: Settlement,
+    /// Persist indexes, durable own events, clock ceilings, heartbeats.
+    dur: Durability,
     outputs: VecDeque<Output>,
-    persist_index: u64,
-    persist_durable: u64,
-    /// Records whose durability something waits for, by persist index.
-    awaiting: VecDeque<(u64, Awaiting)>,
-    own_durable_seq: u64,
-    own_gossiped_seq: u64,
-    ceiling_requested: Hlc,
-    ceiling_durable: Hlc,
-    announced: Hlc,
-    next_heartbeat_ms: u64,
     restoring: bool,
     policy_broken: bool,
     history_policy_adopted: bool,
     evidence: Vec<Evidence>,
     /// Heartbeats issued since evidence was last sent to peers.
     evidence_resend_heartbeats: u32,
-    /// Re-folding the settled prefix after a restart: what it derives was emitted before.
-    replaying: bool,
     stats: Stats,
 }
 
@@ -726,47 +343,21 @@ impl Replica {
     /// storage (zero on a new disk): no HLC at or below it will be issued.
     pub fn new(cfg: Config, ceiling: Hlc) -> Replica {
         let seed_hash = cfg.policy.hash();
-        let mut members = BTreeMap::new();
-        for m in &cfg.members {
-            members.insert(*m, Member::default());
-        }
-        members.entry(cfg.region).or_default();
         let policy_broken = matches!(cfg.recorded_policy, Some(h) if h != seed_hash);
         let has_peers = cfg.members.iter().any(|m| *m != cfg.region);
         let mut r = Replica {
             restoring: cfg.restore && has_peers,
-            policies: vec![PolicyVersion {
-                version: 1,
-                policy: cfg.policy.clone(),
-            }],
-            applied_cache: BTreeMap::new(),
+            settle: Settlement::new(cfg.policy.clone()),
             seed_hash,
             clock: Clock::new(ceiling),
-            vv: VClock::new(),
-            members,
-            accounts: BTreeMap::new(),
-            unsettled: BTreeSet::new(),
-            settled_upto: None,
-            watermark: Hlc::ZERO,
-            persisted_watermark: Hlc::ZERO,
-            feed: Vec::new(),
-            comp_by_cause: BTreeMap::new(),
-            conflict_by_cause: BTreeMap::new(),
+            logs: Logs::new(cfg.region, &cfg.members),
+            accounts: Accounts::default(),
             outputs: VecDeque::new(),
-            persist_index: 0,
-            persist_durable: 0,
-            awaiting: VecDeque::new(),
-            own_durable_seq: 0,
-            own_gossiped_seq: 0,
-            ceiling_requested: ceiling,
-            ceiling_durable: ceiling,
-            announced: Hlc::ZERO,
-            next_heartbeat_ms: 0,
+            dur: Durability::new(ceiling),
             policy_broken,
             history_policy_adopted: false,
             evidence: Vec::new(),
             evidence_resend_heartbeats: 0,
-            replaying: false,
             stats: Stats::default(),
             cfg,
         };
@@ -797,18 +388,17 @@ impl Replica {
 
     /// The policy in force at the end of the settled prefix, and its version.
     pub fn current_policy(&self) -> (u32, &Policy) {
-        let p = self.policies.last().unwrap_or_else(|| unreachable_policy());
-        (p.version, &p.policy)
+        self.settle.current_policy()
     }
 
     /// The version vector: per origin, the highest seq held without gaps.
     pub fn version_vector(&self) -> &VClock<RegionId> {
-        &self.vv
+        &self.logs.vv
     }
 
     /// The stability watermark: every event at or below it is settled.
     pub fn watermark(&self) -> Hlc {
-        self.watermark
+        self.settle.watermark
     }
 
     /// The last HLC issued or observed.
@@ -821,12 +411,16 @@ impl Replica {
         self.clock
             .last()
             .millis()
-            .saturating_sub(self.watermark.millis())
+            .saturating_sub(self.settle.watermark.millis())
     }
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            settled: self.settle.settled_count,
+            compensations: self.settle.compensations_count,
+            ..self.stats
+        }
     }
 
     /// True while restoring own history from peers.
@@ -838,7 +432,7 @@ impl Replica {
     pub fn settlement_blocked(&self) -> bool {
         self.policy_broken
             || self
-                .members
+                .logs.members
                 .values()
                 .any(|m| m.equivocated || m.policy.is_some_and(|p| p != self.seed_hash))
     }
@@ -852,10 +446,10 @@ impl Replica {
         if !self.policy_broken || self.cfg.recorded_policy != Some(recorded.hash()) {
             return false;
         }
-        if let Some(first) = self.policies.first_mut() {
+        if let Some(first) = self.settle.policies.first_mut() {
             first.policy = recorded;
         }
-        self.applied_cache.clear();
+        self.settle.applied_cache.clear();
         self.history_policy_adopted = true;
         true
     }
@@ -874,12 +468,12 @@ impl Replica {
             if self.evidence.len() >= EVIDENCE_MAX || self.evidence.contains(&ev) {
                 continue;
             }
-            if !self.members.contains_key(&ev.origin())
-                || !ev.proves(self.cfg.auth.as_ref(), &self.cfg.cluster)
+            if !self.logs.members.contains_key(&ev.origin())
+                || !self.cfg.auth.verify_evidence(&ev, &self.cfg.cluster)
             {
                 continue;
             }
-            if let Some(m) = self.members.get_mut(&ev.origin()) {
+            if let Some(m) = self.logs.members.get_mut(&ev.origin()) {
                 m.equivocated = true;
             }
             self.evidence.push(ev);
@@ -890,12 +484,12 @@ impl Replica {
 
     /// Number of events held (all origins, gap-free).
     pub fn event_count(&self) -> u64 {
-        self.members.values().map(|m| m.log.len() as u64).sum()
+        self.logs.members.values().map(|m| m.log.len() as u64).sum()
     }
 
     /// Balance of one (account, currency). O(log accounts), independent of history length.
     pub fn balance(&self, account: &AccountId, currency: Currency) -> Balance {
-        self.accounts
+        self.accounts.map
             .get(account)
             .and_then(|a| a.balances.get(&currency))
             .map(|b| b.bal)
@@ -904,7 +498,7 @@ impl Replica {
 
     /// Every currency balance of an account, by currency code.
     pub fn balances(&self, account: &AccountId) -> Vec<(Currency, Balance)> {
-        self.accounts
+        self.accounts.map
             .get(account)
             .map(|a| a.balances.iter().map(|(c, b)| (*c, b.bal)).collect())
             .unwrap_or_default()
@@ -913,7 +507,7 @@ impl Replica {
     /// Every (account, currency) balance, in order. For checkers and snapshots.
     pub fn all_balances(&self) -> Vec<(AccountId, Currency, Balance)> {
         let mut out = Vec::new();
-        for (a, s) in &self.accounts {
+        for (a, s) in &self.accounts.map {
             for (c, b) in &s.balances {
                 out.push((a.clone(), *c, b.bal));
             }
@@ -926,7 +520,7 @@ impl Replica {
     pub fn debts(&self) -> Vec<(AccountId, Currency, Decimal)> {
         let (_, policy) = self.current_policy();
         let mut out = Vec::new();
-        for (a, s) in &self.accounts {
+        for (a, s) in &self.accounts.map {
             for (c, b) in &s.balances {
                 if b.bal.settled < policy.applied(a.as_str(), *c).floor {
                     out.push((a.clone(), *c, b.bal.settled));
@@ -938,12 +532,12 @@ impl Replica {
 
     /// An event by id.
     pub fn event(&self, id: EventId) -> Option<&Event> {
-        log_event(&self.members, id)
+        self.logs.event(id)
     }
 
     /// Events of one origin after `after_seq`, in seq order.
     pub fn origin_events(&self, origin: RegionId, after_seq: u64) -> &[Event] {
-        let Some(m) = self.members.get(&origin) else {
+        let Some(m) = self.logs.members.get(&origin) else {
             return &[];
         };
         let from = usize::try_from(after_seq)
@@ -956,21 +550,21 @@ impl Replica {
     /// seq order: for a host that keeps a crashed replica's events in memory and reloads a
     /// prefix of them with [`Replica::load`], without copying them.
     pub fn into_logs(self) -> Vec<(RegionId, Vec<Event>)> {
-        self.members.into_iter().map(|(r, m)| (r, m.log)).collect()
+        self.logs.members.into_iter().map(|(r, m)| (r, m.log)).collect()
     }
 
     /// Is the event at this order key settled?
     pub fn is_settled(&self, key: &OrderKey) -> bool {
-        matches!(&self.settled_upto, Some(s) if key <= s)
+        self.settle.is_settled(key)
     }
 
     /// Status of an event by id.
     pub fn status(&self, id: EventId) -> Option<(Status, Option<&Compensation>)> {
         let e = self.event(id)?;
         let comp = self
-            .comp_by_cause
+            .settle.comp_by_cause
             .get(&id)
-            .and_then(|i| self.feed.get(usize::try_from(*i).ok()?));
+            .and_then(|i| self.settle.feed.get(usize::try_from(*i).ok()?));
         if !self.is_settled(&e.key()) {
             return Some((Status::Provisional, None));
         }
@@ -982,7 +576,7 @@ impl Replica {
 
     /// The event holding an idempotency key on an account, if any.
     pub fn find_key(&self, account: &AccountId, key: &str) -> Option<EventId> {
-        self.accounts.get(account)?.keys.get(&self.members, key)
+        self.accounts.map.get(account)?.keys.get(&self.logs.members, key)
     }
 
     /// An account's history (events and feed entries) in total order after `after`.
@@ -993,14 +587,14 @@ impl Replica {
         after: Option<EntryKey>,
         limit: usize,
     ) -> Vec<(EntryKey, Entry<'_>)> {
-        let Some(a) = self.accounts.get(account) else {
+        let Some(a) = self.accounts.map.get(account) else {
             return Vec::new();
         };
         let event_key = |origin: RegionId, seq: u64| -> Option<EntryKey> {
             Some((self.event(EventId { origin, seq })?.key(), 0))
         };
         let comp_key = |position: u64| -> Option<EntryKey> {
-            let c = self.feed.get(usize::try_from(position).ok()?)?;
+            let c = self.settle.feed.get(usize::try_from(position).ok()?)?;
             let sub = if c.kind == CompKind::IdempotencyConflict {
                 2
             } else {
@@ -1058,7 +652,7 @@ impl Replica {
                 None => {
                     let p = comps.first().copied().unwrap_or(u64::MAX);
                     comps = comps.get(1..).unwrap_or(&[]);
-                    if let Some(c) = usize::try_from(p).ok().and_then(|p| self.feed.get(p)) {
+                    if let Some(c) = usize::try_from(p).ok().and_then(|p| self.settle.feed.get(p)) {
                         out.push((k, Entry::Compensation(c)));
                     }
                 }
@@ -1071,25 +665,25 @@ impl Replica {
     pub fn feed(&self, from: u64, limit: usize) -> &[Compensation] {
         let start = usize::try_from(from)
             .unwrap_or(usize::MAX)
-            .min(self.feed.len());
-        let end = start.saturating_add(limit).min(self.feed.len());
-        &self.feed[start..end]
+            .min(self.settle.feed.len());
+        let end = start.saturating_add(limit).min(self.settle.feed.len());
+        &self.settle.feed[start..end]
     }
 
     /// Length of the feed.
     pub fn feed_len(&self) -> u64 {
-        self.feed.len() as u64
+        self.settle.feed.len() as u64
     }
 
     /// Per-member status.
     pub fn members(&self) -> Vec<MemberStatus> {
-        self.members
+        self.logs.members
             .iter()
             .map(|(r, m)| MemberStatus {
                 region: *r,
                 held: m.log.len() as u64,
                 covered: if *r == self.cfg.region {
-                    self.announced
+                    self.dur.announced
                 } else {
                     m.covered
                 },
@@ -1121,7 +715,7 @@ impl Replica {
             }
         };
         let mut unsettled = 0usize;
-        for (r, m) in &self.members {
+        for (r, m) in &self.logs.members {
             let mut prev: Option<Hlc> = None;
             for (i, e) in m.log.iter().enumerate() {
                 if e.id.origin != *r || e.id.seq != i as u64 + 1 {
@@ -1134,43 +728,43 @@ impl Replica {
                 let settled = self.is_settled(&e.key());
                 if !settled {
                     unsettled += 1;
-                    if !self.unsettled.contains(&e.key()) {
+                    if !self.settle.unsettled.contains(&e.key()) {
                         return Err(format!("{} is neither settled nor pending", e.id));
                     }
                 }
-                if settled && e.hlc > self.watermark {
+                if settled && e.hlc > self.settle.watermark {
                     return Err(format!("{} is settled above the watermark", e.id));
                 }
                 if let Some(tx) = e.tx() {
                     add(&mut sums, &tx.account, tx.currency, tx.delta(), settled);
                 }
             }
-            if self.vv.get(r) != m.log.len() as u64 {
+            if self.logs.vv.get(r) != m.log.len() as u64 {
                 return Err(format!("version vector of {r} differs from its log"));
             }
         }
-        if unsettled != self.unsettled.len() {
+        if unsettled != self.settle.unsettled.len() {
             return Err("unsettled index differs from the logs".into());
         }
-        for (i, c) in self.feed.iter().enumerate() {
+        for (i, c) in self.settle.feed.iter().enumerate() {
             if c.position != i as u64 {
                 return Err(format!("feed entry {i} has position {}", c.position));
             }
             let map = if c.kind == CompKind::IdempotencyConflict {
-                &self.conflict_by_cause
+                &self.settle.conflict_by_cause
             } else {
-                &self.comp_by_cause
+                &self.settle.comp_by_cause
             };
             if map.get(&c.cause) != Some(&(i as u64)) {
                 return Err(format!("{} is not indexed by its cause", c.id()));
             }
             add(&mut sums, &c.account, c.currency, c.delta, true);
         }
-        if self.comp_by_cause.len() + self.conflict_by_cause.len() != self.feed.len() {
+        if self.settle.comp_by_cause.len() + self.settle.conflict_by_cause.len() != self.settle.feed.len() {
             return Err("more compensations indexed than in the feed".into());
         }
         for ((a, c), (prov, settled)) in &sums {
-            let Some(st) = self.accounts.get(a).and_then(|s| s.balances.get(c)) else {
+            let Some(st) = self.accounts.map.get(a).and_then(|s| s.balances.get(c)) else {
                 return Err(format!("no balance for {a} {c}"));
             };
             if !st.provisional_frozen && st.bal.provisional != *prov {
@@ -1204,13 +798,13 @@ impl Replica {
         limit: usize,
     ) -> Vec<Event> {
         let mut out = Vec::new();
-        for (r, m) in &self.members {
+        for (r, m) in &self.logs.members {
             if out.len() >= limit {
                 break;
             }
             // Only durable own events leave this region.
             let held = if *r == self.cfg.region {
-                self.own_durable_seq.min(m.log.len() as u64)
+                self.dur.own_durable_seq.min(m.log.len() as u64)
             } else {
                 m.log.len() as u64
             };
@@ -1240,33 +834,33 @@ impl Replica {
         theirs
             .dots
             .iter()
-            .filter(|(o, _)| self.members.get(o).is_some_and(|m| !m.equivocated))
-            .map(|(o, s)| s.saturating_sub(self.vv.get(o)))
+            .filter(|(o, _)| self.logs.members.get(o).is_some_and(|m| !m.equivocated))
+            .map(|(o, s)| s.saturating_sub(self.logs.vv.get(o)))
             .fold(0u64, u64::saturating_add)
     }
 
     /// The version vector a member announced in its last accepted heartbeat.
     pub fn member_vv(&self, member: RegionId) -> Option<&VClock<RegionId>> {
-        self.members.get(&member).filter(|m| m.heard).map(|m| &m.vv)
+        self.logs.members.get(&member).filter(|m| m.heard).map(|m| &m.vv)
     }
 
     /// Builds a pull request for the peers: a [`Message::PullGaps`] when events are buffered
     /// out of order (so they are not fetched again), else a plain [`Message::Pull`].
     pub fn pull_request(&self, limit: u32) -> Message {
         let mut upto = VClock::new();
-        for (r, m) in &self.members {
+        for (r, m) in &self.logs.members {
             if let Some((&first, _)) = m.pending.first_key_value() {
                 upto.dots.insert(*r, first);
             }
         }
         if upto.dots.is_empty() {
             Message::Pull {
-                vv: self.vv.clone(),
+                vv: self.logs.vv.clone(),
                 limit,
             }
         } else {
             Message::PullGaps {
-                vv: self.vv.clone(),
+                vv: self.logs.vv.clone(),
                 upto,
                 limit,
             }
@@ -1284,16 +878,16 @@ impl Replica {
     /// When to call [`Replica::handle_timeout`] next, in physical ms.
     #[must_use]
     pub fn poll_timeout(&self) -> u64 {
-        self.next_heartbeat_ms
+        self.dur.next_heartbeat_ms
     }
 
     /// Time passes: issues a heartbeat when one is due (and the clock ceiling allows).
     /// A spurious call does nothing harmful.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        if now_ms < self.next_heartbeat_ms {
+        if now_ms < self.dur.next_heartbeat_ms {
             return;
         }
-        self.next_heartbeat_ms = now_ms.saturating_add(self.cfg.heartbeat_interval_ms);
+        self.dur.next_heartbeat_ms = now_ms.saturating_add(self.cfg.heartbeat_interval_ms);
         self.heartbeat(now_ms);
     }
 
@@ -1307,7 +901,7 @@ impl Replica {
         // A heartbeat (h, seq) promises that every own event at or below h is durable and
         // has a seq at or below `seq`. With writes in flight, announce just below the first
         // event that is not durable yet, so a busy region still advances the watermark.
-        let durable = self.own_durable_seq.min(own_seq);
+        let durable = self.dur.own_durable_seq.min(own_seq);
         let h = if durable == own_seq {
             self.clock.tick(now_ms)
         } else {
@@ -1320,23 +914,23 @@ impl Replica {
                 _ => return,
             }
         };
-        if h <= self.announced {
+        if h <= self.dur.announced {
             return;
         }
         let own_seq = durable;
         let wanted = Hlc::from_millis(h.millis().saturating_add(CEILING_MARGIN_MS));
-        if h.millis().saturating_add(CEILING_MARGIN_MS / 2) > self.ceiling_requested.millis() {
-            self.ceiling_requested = wanted;
+        if h.millis().saturating_add(CEILING_MARGIN_MS / 2) > self.dur.ceiling_requested.millis() {
+            self.dur.ceiling_requested = wanted;
             let idx = self.persist(Record::Ceiling(wanted));
-            self.awaiting.push_back((idx, Awaiting::Ceiling(wanted)));
+            self.dur.awaiting.push_back((idx, Awaiting::Ceiling(wanted)));
         }
-        if h > self.ceiling_durable {
+        if h > self.dur.ceiling_durable {
             return; // retried once the ceiling is durable
         }
-        self.announced = h;
+        self.dur.announced = h;
         // Own events leave this region only once durable: the announced version vector says
         // so too, so peers do not pull what they cannot get yet.
-        let mut vv = self.vv.clone();
+        let mut vv = self.logs.vv.clone();
         if own_seq == 0 {
             vv.dots.remove(&self.cfg.region);
         } else {
@@ -1371,25 +965,11 @@ impl Replica {
 
     /// The host made every record with index `<= index` durable.
     pub fn handle_persisted(&mut self, index: u64) {
-        if index <= self.persist_durable {
-            return;
-        }
-        self.persist_durable = index.min(self.persist_index);
-        let mut ceiling_moved = false;
+        let ceiling_before = self.dur.ceiling_durable;
         let mut settle_to = None;
-        while let Some(&(i, what)) = self.awaiting.front() {
-            if i > self.persist_durable {
-                break;
-            }
-            self.awaiting.pop_front();
+        for what in self.dur.acknowledge(index) {
             match what {
-                Awaiting::Own(seq) => self.own_durable_seq = self.own_durable_seq.max(seq),
-                Awaiting::Ceiling(h) => {
-                    if h > self.ceiling_durable {
-                        self.ceiling_durable = h;
-                        ceiling_moved = true;
-                    }
-                }
+                Awaiting::Own(_) | Awaiting::Ceiling(_) => {}
                 Awaiting::Watermark(w) => settle_to = Some(w),
                 Awaiting::Evidence(i) => {
                     // Durable: now it may be reported and shown to peers.
@@ -1401,30 +981,31 @@ impl Replica {
                 }
             }
         }
+        let ceiling_moved = self.dur.ceiling_durable > ceiling_before;
         self.push_own();
         // Settle only once the watermark record is durable (it is written after the events it
         // covers): a crash can then never take back a settled event or a compensation.
         if let Some(w) = settle_to {
-            if w > self.watermark {
-                self.watermark = w;
-                self.settle();
+            if w > self.settle.watermark {
+                self.settle.watermark = w;
+                self.settle_now();
             }
         }
-        if ceiling_moved && self.announced == Hlc::ZERO {
+        if ceiling_moved && self.dur.announced == Hlc::ZERO {
             // First ceiling after start: announce at once rather than a period later.
-            self.next_heartbeat_ms = 0;
+            self.dur.next_heartbeat_ms = 0;
         }
     }
 
     fn push_own(&mut self) {
-        while self.own_gossiped_seq < self.own_durable_seq {
+        while self.dur.own_gossiped_seq < self.dur.own_durable_seq {
             let me = self.cfg.region;
-            let from = self.own_gossiped_seq;
+            let from = self.dur.own_gossiped_seq;
             let to = self
-                .own_durable_seq
+                .dur.own_durable_seq
                 .min(from.saturating_add(GOSSIP_BATCH_EVENTS_MAX as u64));
             let batch: Vec<Event> = self
-                .members
+                .logs.members
                 .get(&me)
                 .and_then(|m| {
                     let a = usize::try_from(from).ok()?;
@@ -1432,19 +1013,20 @@ impl Replica {
                     m.log.get(a..b).map(<[Event]>::to_vec)
                 })
                 .unwrap_or_default();
-            self.own_gossiped_seq = to;
+            self.dur.own_gossiped_seq = to;
             self.outputs
                 .push_back(Output::Broadcast(Message::Events(batch)));
         }
     }
 
     fn persist(&mut self, record: Record) -> u64 {
-        self.persist_index += 1;
-        self.outputs.push_back(Output::Persist {
-            index: self.persist_index,
-            record,
-        });
-        self.persist_index
+        self.dur.persist(&mut self.outputs, record)
+    }
+
+    /// Settles everything up to the watermark (which the caller just raised).
+    fn settle_now(&mut self) {
+        self.settle
+            .settle(&self.logs, &mut self.accounts, &mut self.outputs);
     }
 
     fn report(&mut self, r: Report) {
@@ -1452,7 +1034,7 @@ impl Replica {
     }
 
     fn own_log_len(&self) -> u64 {
-        self.members
+        self.logs.members
             .get(&self.cfg.region)
             .map(|m| m.log.len() as u64)
             .unwrap_or(0)
@@ -1479,9 +1061,9 @@ impl Replica {
         if let Some(r) = &req.reference {
             crate::id::check_reference(r)?;
         }
-        let floor = self.applied(&req.account, req.currency).floor;
-        if let (Some(key), Some(acct)) = (&req.idempotency_key, self.accounts.get(&req.account)) {
-            if let Some(first) = acct.keys.get(&self.members, key.as_str()) {
+        let floor = self.settle.applied(&req.account, req.currency).floor;
+        if let (Some(key), Some(acct)) = (&req.idempotency_key, self.accounts.map.get(&req.account)) {
+            if let Some(first) = acct.keys.get(&self.logs.members, key.as_str()) {
                 let same = |id: &EventId| {
                     self.event(*id).and_then(Event::tx).is_some_and(|t| {
                         t.kind == req.kind
@@ -1508,7 +1090,7 @@ impl Replica {
             }
         }
         let state = self
-            .accounts
+            .accounts.map
             .get(&req.account)
             .and_then(|a| a.balances.get(&req.currency));
         if state.is_some_and(|s| s.frozen || s.provisional_frozen) {
@@ -1581,7 +1163,7 @@ impl Replica {
     fn apply_own(&mut self, event: Event) {
         let seq = event.id.seq;
         let idx = self.persist(Record::Event(event.clone()));
-        self.awaiting.push_back((idx, Awaiting::Own(seq)));
+        self.dur.awaiting.push_back((idx, Awaiting::Own(seq)));
         self.insert(event);
     }
 
@@ -1596,14 +1178,14 @@ impl Replica {
         // rather than one tree insert per event.
         let mut keys = Vec::with_capacity(sorted.len());
         // Each log grows once, not by doublings.
-        for (r, m) in self.members.iter_mut() {
+        for (r, m) in self.logs.members.iter_mut() {
             let from = sorted.partition_point(|e| e.id.origin < *r);
             let to = sorted.partition_point(|e| e.id.origin <= *r);
             m.log.reserve(to.saturating_sub(from));
         }
         for e in sorted {
             let origin = e.id.origin;
-            let Some(m) = self.members.get(&origin) else {
+            let Some(m) = self.logs.members.get(&origin) else {
                 continue;
             };
             if e.id.seq != m.log.len() as u64 + 1 || e.validate().is_err() {
@@ -1615,7 +1197,7 @@ impl Replica {
                 }
             }
             self.clock.observe(e.hlc);
-            if let Some(m) = self.members.get_mut(&origin) {
+            if let Some(m) = self.logs.members.get_mut(&origin) {
                 m.covered = m.covered.max(e.hlc);
             }
             let key = e.key();
@@ -1623,47 +1205,47 @@ impl Replica {
                 keys.push(key);
             }
         }
-        if self.unsettled.is_empty() {
-            self.unsettled = keys.into_iter().collect();
+        if self.settle.unsettled.is_empty() {
+            self.settle.unsettled = keys.into_iter().collect();
         } else {
-            self.unsettled.extend(keys);
+            self.settle.unsettled.extend(keys);
         }
-        self.own_durable_seq = self.own_log_len();
-        self.own_gossiped_seq = self.own_durable_seq;
+        self.dur.own_durable_seq = self.own_log_len();
+        self.dur.own_gossiped_seq = self.dur.own_durable_seq;
     }
 
     /// After [`Replica::load`]: settles up to the watermark recorded before the restart, so
     /// nothing settled is ever shown as unsettled again.
     pub fn restore_watermark(&mut self, watermark: Hlc) {
-        self.persisted_watermark = self.persisted_watermark.max(watermark);
+        self.settle.persisted_watermark = self.settle.persisted_watermark.max(watermark);
         // A region whose policy file disagrees with its recorded history settles nothing,
         // not even what it had settled before, unless it folds with the recorded policy
         // (`adopt_recorded_policy`): with the file the fold would rewrite history.
         if self.policy_broken && !self.history_policy_adopted {
             return;
         }
-        if watermark > self.watermark {
-            self.watermark = watermark;
+        if watermark > self.settle.watermark {
+            self.settle.watermark = watermark;
             self.clock.observe(watermark);
             // Every event at or below the watermark of every member was held (and made
             // durable before the watermark record): nothing may arrive at or below it.
-            for m in self.members.values_mut() {
+            for m in self.logs.members.values_mut() {
                 m.covered = m.covered.max(watermark);
             }
             // Everything up to a durable watermark was settled, and its compensations emitted,
             // before the restart: rebuild the feed without emitting them again.
-            self.replaying = true;
-            self.settle();
-            self.replaying = false;
+            self.settle.replaying = true;
+            self.settle_now();
+            self.settle.replaying = false;
         }
     }
 
     fn intern(&mut self, account: AccountId) -> AccountId {
-        match self.accounts.get_key_value(&account) {
+        match self.accounts.map.get_key_value(&account) {
             Some((k, _)) => k.clone(),
             None => {
-                self.accounts
-                    .insert(account.clone(), AccountState::default());
+                self.accounts.map
+                    .insert(account.clone(), accounts::AccountState::default());
                 account
             }
         }
@@ -1673,7 +1255,7 @@ impl Replica {
     fn insert(&mut self, event: Event) {
         let key = event.key();
         if self.insert_unindexed(event) {
-            self.unsettled.insert(key);
+            self.settle.unsettled.insert(key);
         }
     }
 
@@ -1682,7 +1264,7 @@ impl Replica {
     fn insert_unindexed(&mut self, mut event: Event) -> bool {
         let key = event.key();
         let origin = event.id.origin;
-        let Some(held) = self.members.get(&origin).map(|m| m.log.len() as u64) else {
+        let Some(held) = self.logs.members.get(&origin).map(|m| m.log.len() as u64) else {
             return false;
         };
         // Gap-free per origin: a bug, not an input, if it does not hold.
@@ -1691,15 +1273,15 @@ impl Replica {
             return false;
         }
         if let Body::Tx(tx) = &mut event.body {
-            let members = &self.members;
+            let members = &self.logs.members;
             // One lookup of the account: its state, and the map's own handle of the id (one
             // shared allocation per account).
-            let acct = match self.accounts.entry(tx.account.clone()) {
+            let acct = match self.accounts.map.entry(tx.account.clone()) {
                 std::collections::btree_map::Entry::Occupied(o) => {
                     tx.account = o.key().clone();
                     o.into_mut()
                 }
-                std::collections::btree_map::Entry::Vacant(v) => v.insert(AccountState::default()),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(accounts::AccountState::default()),
             };
             let seqs = acct.events.entry(origin).or_default();
             debug_assert!(seqs.last().is_none_or(|&q| q < event.id.seq));
@@ -1711,7 +1293,7 @@ impl Replica {
                 // which are rare).
                 let other = match acct.keys.holder_or_insert(members, k, event.id) {
                     None => None,
-                    Some(have) => match log_event(members, *have).map(|e| e.key() < key) {
+                    Some(have) => match log::log_event(members, *have).map(|e| e.key() < key) {
                         Some(true) => Some(event.id),
                         Some(false) => Some(std::mem::replace(have, event.id)),
                         None => {
@@ -1732,11 +1314,11 @@ impl Replica {
                 }
             }
         }
-        let before = self.vv.get(&origin);
-        self.vv.apply(Dot::new(origin, event.id.seq));
+        let before = self.logs.vv.get(&origin);
+        self.logs.vv.apply(Dot::new(origin, event.id.seq));
         // The version vector never goes down, and moves by exactly one.
-        debug_assert_eq!(self.vv.get(&origin), before.max(event.id.seq));
-        if let Some(m) = self.members.get_mut(&origin) {
+        debug_assert_eq!(self.logs.vv.get(&origin), before.max(event.id.seq));
+        if let Some(m) = self.logs.members.get_mut(&origin) {
             m.log.push(event);
         }
         true
@@ -1777,7 +1359,7 @@ impl Replica {
 
     /// A configured member other than this region.
     fn is_peer(&self, from: RegionId) -> bool {
-        from != self.cfg.region && self.members.contains_key(&from)
+        from != self.cfg.region && self.logs.members.contains_key(&from)
     }
 
     fn reject(&mut self, id: EventId, from: RegionId, reason: String) {
@@ -1788,7 +1370,7 @@ impl Replica {
     fn merge_one(&mut self, now_ms: u64, from: RegionId, e: Event) {
         let id = e.id;
         let origin = id.origin;
-        if !self.members.contains_key(&origin) {
+        if !self.logs.members.contains_key(&origin) {
             self.reject(id, from, "origin is not a member".into());
             return;
         }
@@ -1833,7 +1415,7 @@ impl Replica {
             });
             return;
         }
-        let Some(m) = self.members.get_mut(&origin) else {
+        let Some(m) = self.logs.members.get_mut(&origin) else {
             return;
         };
         let next = m.log.len() as u64 + 1;
@@ -1869,7 +1451,7 @@ impl Replica {
         }
         self.apply_remote(from, e);
         // Drain whatever the gap was holding back.
-        while let Some(p) = self.members.get_mut(&origin).and_then(|m| {
+        while let Some(p) = self.logs.members.get_mut(&origin).and_then(|m| {
             let next = m.log.len() as u64 + 1;
             m.pending.remove(&next)
         }) {
@@ -1883,7 +1465,7 @@ impl Replica {
     /// previous event and last heartbeat promise. Returns false if refused.
     fn apply_remote(&mut self, from: RegionId, e: Event) -> bool {
         let origin = e.id.origin;
-        let Some(m) = self.members.get(&origin) else {
+        let Some(m) = self.logs.members.get(&origin) else {
             return false;
         };
         if m.equivocated {
@@ -1924,8 +1506,8 @@ impl Replica {
         }
         if origin == self.cfg.region {
             // Our own history coming back after a disk loss.
-            self.own_durable_seq = self.own_durable_seq.max(e.id.seq);
-            self.own_gossiped_seq = self.own_durable_seq;
+            self.dur.own_durable_seq = self.dur.own_durable_seq.max(e.id.seq);
+            self.dur.own_gossiped_seq = self.dur.own_durable_seq;
         }
         self.clock.observe(e.hlc);
         let seq = e.id.seq;
@@ -1933,7 +1515,7 @@ impl Replica {
         self.persist(Record::Event(e.clone()));
         self.insert(e);
         self.stats.remote_applied += 1;
-        if let Some(m) = self.members.get_mut(&origin) {
+        if let Some(m) = self.logs.members.get_mut(&origin) {
             m.covered = m.covered.max(hlc);
             while let Some(entry) = m.pending_hb.first_entry() {
                 if *entry.key() > seq {
@@ -1952,7 +1534,7 @@ impl Replica {
     /// restart finds the block again ([`Replica::restore_evidence`]).
     fn equivocation(&mut self, ev: Evidence) {
         self.stats.rejected += 1;
-        if let Some(m) = self.members.get_mut(&ev.origin()) {
+        if let Some(m) = self.logs.members.get_mut(&ev.origin()) {
             m.equivocated = true;
         }
         if self.evidence.contains(&ev) {
@@ -1974,7 +1556,7 @@ impl Replica {
         let at = self.evidence.len();
         self.evidence.push(ev.clone());
         let idx = self.persist(Record::Evidence(ev));
-        self.awaiting.push_back((idx, Awaiting::Evidence(at)));
+        self.dur.awaiting.push_back((idx, Awaiting::Evidence(at)));
     }
 
     /// Evidence sent by a peer: checked (both items signed by the origin, and contradicting
@@ -1984,8 +1566,8 @@ impl Replica {
             self.report(Report::UnknownMember { from });
             return;
         }
-        if !self.members.contains_key(&ev.origin())
-            || !ev.proves(self.cfg.auth.as_ref(), &self.cfg.cluster)
+        if !self.logs.members.contains_key(&ev.origin())
+            || !self.cfg.auth.verify_evidence(&ev, &self.cfg.cluster)
         {
             self.reject(ev.id(), from, "evidence that proves nothing".into());
             return;
@@ -2020,7 +1602,7 @@ impl Replica {
             return;
         }
         // A version vector naming a non-member would make that member look ahead forever.
-        if let Some(o) = hb.vv.dots.keys().find(|o| !self.members.contains_key(o)) {
+        if let Some(o) = hb.vv.dots.keys().find(|o| !self.logs.members.contains_key(o)) {
             let reason = format!("heartbeat names {o}, which is not a member");
             self.reject(hb_id, from, reason);
             return;
@@ -2034,7 +1616,7 @@ impl Replica {
             return;
         }
         let ours = self.seed_hash;
-        let Some(m) = self.members.get_mut(&from) else {
+        let Some(m) = self.logs.members.get_mut(&from) else {
             return;
         };
         m.heard = true;
@@ -2050,7 +1632,7 @@ impl Replica {
         // An event already held (in the log or buffered) above the heartbeat's seq with an
         // HLC at or below it: the promise is broken, whichever came first.
         let broken = {
-            let Some(m) = self.members.get(&from) else {
+            let Some(m) = self.logs.members.get(&from) else {
                 return;
             };
             let after = usize::try_from(hb.seq).unwrap_or(usize::MAX);
@@ -2073,7 +1655,7 @@ impl Replica {
             });
             return;
         }
-        let Some(m) = self.members.get_mut(&from) else {
+        let Some(m) = self.logs.members.get_mut(&from) else {
             return;
         };
         let hb_hlc = shb.hb.hlc;
@@ -2100,9 +1682,9 @@ impl Replica {
 
     fn check_restored(&mut self) {
         let me = self.cfg.region;
-        let mine = self.vv.get(&me);
+        let mine = self.logs.vv.get(&me);
         let done = self
-            .members
+            .logs.members
             .iter()
             .filter(|(r, _)| **r != me)
             .all(|(_, m)| m.heard && m.vv.get(&me) <= mine);
@@ -2115,323 +1697,32 @@ impl Replica {
 
     fn compute_watermark(&self) -> Hlc {
         if self.settlement_blocked() {
-            return self.watermark;
+            return self.settle.watermark;
         }
-        let mut w = self.announced;
-        for (r, m) in &self.members {
+        let mut w = self.dur.announced;
+        for (r, m) in &self.logs.members {
             if *r == self.cfg.region {
                 continue;
             }
             if m.policy != Some(self.seed_hash) {
-                return self.watermark;
+                return self.settle.watermark;
             }
             w = w.min(m.covered);
         }
-        w.max(self.watermark)
+        w.max(self.settle.watermark)
     }
 
     /// Computes the watermark and asks the host to persist it; settlement follows in
     /// [`Replica::handle_persisted`] once that record is durable.
     fn advance(&mut self) {
         let w = self.compute_watermark();
-        if w > self.persisted_watermark {
-            self.persisted_watermark = w;
+        if w > self.settle.persisted_watermark {
+            self.settle.persisted_watermark = w;
             let idx = self.persist(Record::Watermark(w));
-            self.awaiting.push_back((idx, Awaiting::Watermark(w)));
+            self.dur.awaiting.push_back((idx, Awaiting::Watermark(w)));
         }
     }
 
-    fn settle(&mut self) {
-        while let Some(first) = self.unsettled.first().copied() {
-            if first.0 > self.watermark {
-                break;
-            }
-            self.unsettled.pop_first();
-            // The settled prefix only grows, in total order.
-            debug_assert!(self.settled_upto.is_none_or(|s| s < first));
-            self.settled_upto = Some(first);
-            self.stats.settled += 1;
-            self.fold(first);
-        }
-    }
-
-    /// The rule of the policy in force for an (account, currency), from the cache.
-    fn applied(&mut self, account: &AccountId, currency: Currency) -> &Applied {
-        let policy = match self.policies.last() {
-            Some(p) => &p.policy,
-            None => &unreachable_policy().policy,
-        };
-        self.applied_cache
-            .entry((policy.tier_index(account.as_str()), currency))
-            .or_insert_with(|| policy.applied(account.as_str(), currency))
-    }
-
-    fn fold(&mut self, key: OrderKey) {
-        let id = EventId {
-            origin: key.1,
-            seq: key.2,
-        };
-        let Some(event) = log_event(&self.members, id) else {
-            return;
-        };
-        let hlc = event.hlc;
-        let tx = match &event.body {
-            Body::Policy(p) => {
-                let version = u32::try_from(self.policies.len())
-                    .unwrap_or(u32::MAX)
-                    .saturating_add(1);
-                let policy = (**p).clone();
-                self.policies.push(PolicyVersion { version, policy });
-                self.applied_cache.clear();
-                return;
-            }
-            Body::Tx(tx) => tx,
-        };
-        // An account always exists once an event of it is held.
-        let Some(acct) = self.accounts.get(&tx.account) else {
-            return;
-        };
-        if acct.balances.get(&tx.currency).is_some_and(|st| st.frozen) {
-            return;
-        }
-        // Duplicate check before the floor check. Every event with this key that is earlier
-        // in the total order is settled already (it is below the watermark and held). The
-        // event is a duplicate when ANY of them has the same body (a retry of B at a third
-        // region after A took the key with another body is a duplicate of B, not a conflict
-        // with A); otherwise, when one exists, a conflict with the first of them.
-        let mut conflict_with = None;
-        let mut duplicate = false;
-        if let Some(k) = &tx.idempotency_key {
-            let first = acct.keys.get(&self.members, k);
-            let others = acct.more_keys.get(&**k).map(Vec::as_slice).unwrap_or(&[]);
-            let mut earliest: Option<(OrderKey, EventId)> = None;
-            for other in first.into_iter().chain(others.iter().copied()) {
-                if other == id {
-                    continue;
-                }
-                let Some(o) = log_event(&self.members, other) else {
-                    continue;
-                };
-                if o.key() >= key {
-                    continue; // later in the total order: not settled yet
-                }
-                if o.tx().is_some_and(|t| t.same_body(tx)) {
-                    duplicate = true;
-                    break;
-                }
-                if earliest.is_none_or(|(ek, _)| o.key() < ek) {
-                    earliest = Some((o.key(), other));
-                }
-            }
-            if !duplicate {
-                conflict_with = earliest.map(|(_, other)| other);
-            }
-        }
-        let account = tx.account.clone();
-        let (kind, amount, currency, delta) = (tx.kind, tx.amount.value(), tx.currency, tx.delta());
-        let version = self.current_policy().0;
-        self.applied(&account, currency);
-        let policy = match self.policies.last() {
-            Some(p) => &p.policy,
-            None => &unreachable_policy().policy,
-        };
-        let Some(applied) = self
-            .applied_cache
-            .get(&(policy.tier_index(account.as_str()), currency))
-        else {
-            return;
-        };
-        let Some(acct) = self.accounts.get_mut(&account) else {
-            return;
-        };
-        let st = acct.balances.entry(currency).or_default();
-        let before = st.bal.settled;
-        // Some(compensation) or None on an overflow.
-        let step: Option<Option<(CompKind, Decimal)>> = 'step: {
-            let Some(after) = before.checked_add(delta) else {
-                st.frozen = true;
-                break 'step None;
-            };
-            st.bal.settled = after;
-            let mut comp: Option<(CompKind, Decimal)> = None;
-            if duplicate {
-                // A reversed duplicate does not count against the floor, opens no episode.
-                comp = Some((CompKind::Reversal, -delta));
-            } else if kind.is_debit() && after < applied.floor {
-                let Some(below) = applied.floor.checked_sub(after) else {
-                    st.frozen = true;
-                    break 'step None;
-                };
-                let overdrawn = below.min(amount);
-                let reversible = applied.reversible.contains(&kind);
-                if applied.action == Action::Reverse && reversible {
-                    comp = Some((CompKind::Reversal, amount));
-                } else {
-                    if !st.in_episode {
-                        st.in_episode = true;
-                        st.episode_fee_charged = false;
-                        st.episode_fees = Decimal::ZERO;
-                    }
-                    let charge = overdrawn > applied.fee.grace
-                        && match applied.fee.per {
-                            FeePer::Debit => true,
-                            FeePer::Episode => !st.episode_fee_charged,
-                        };
-                    if charge {
-                        match applied.fee_for(overdrawn) {
-                            Some(fee) if fee > Decimal::ZERO => {
-                                st.episode_fee_charged = true;
-                                st.episode_fees = st.episode_fees.checked_add(fee).unwrap_or(fee);
-                                comp = Some((CompKind::OverdraftFee, -fee));
-                            }
-                            Some(_) => {}
-                            None => {
-                                st.frozen = true;
-                                break 'step None;
-                            }
-                        }
-                    }
-                }
-            } else if st.in_episode {
-                // Fees never extend an episode: it closes once the balance without them is
-                // back at or above the floor.
-                let without_fees = after.checked_add(st.episode_fees);
-                if without_fees.is_none_or(|b| b >= applied.floor) {
-                    st.in_episode = false;
-                    st.episode_fee_charged = false;
-                    st.episode_fees = Decimal::ZERO;
-                }
-            }
-            Some(comp)
-        };
-        let Some(comp) = step else {
-            self.report(Report::Overflow {
-                account,
-                currency,
-                at: id,
-            });
-            return;
-        };
-        let comp_delta = comp.map(|(_, d)| d).unwrap_or_default();
-        if let Some((kind, delta)) = comp {
-            self.emit(id, hlc, &account, currency, version, kind, delta, None);
-        }
-        if let Some(first) = conflict_with {
-            self.emit(
-                id,
-                hlc,
-                &account,
-                currency,
-                version,
-                CompKind::IdempotencyConflict,
-                Decimal::ZERO,
-                Some(first),
-            );
-        }
-        // Conservation: the settled balance moved by exactly the event and its compensation.
-        if cfg!(debug_assertions) {
-            if let Some(st) = self
-                .accounts
-                .get(&account)
-                .and_then(|a| a.balances.get(&currency))
-            {
-                debug_assert!(
-                    st.frozen
-                        || Some(st.bal.settled)
-                            == before
-                                .checked_add(delta)
-                                .and_then(|b| b.checked_add(comp_delta)),
-                    "settled fold does not conserve money at {id}"
-                );
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &mut self,
-        cause: EventId,
-        hlc: Hlc,
-        account: &AccountId,
-        currency: Currency,
-        version: u32,
-        kind: CompKind,
-        delta: Decimal,
-        related: Option<EventId>,
-    ) {
-        // Exactly once per cause. A conflict report and a compensation may share a cause:
-        // the report is keyed apart, by sub-position 2.
-        let conflict = kind == CompKind::IdempotencyConflict;
-        let by_cause = if conflict {
-            &self.conflict_by_cause
-        } else {
-            &self.comp_by_cause
-        };
-        if by_cause.contains_key(&cause) {
-            return;
-        }
-        let position = self.feed.len() as u64;
-        let comp = Compensation {
-            kind,
-            cause,
-            hlc,
-            account: account.clone(),
-            currency,
-            delta,
-            policy_version: version,
-            related,
-            position,
-        };
-        let Some(acct) = self.accounts.get_mut(account) else {
-            return;
-        };
-        let st = acct.balances.entry(currency).or_default();
-        let Some(settled) = st.bal.settled.checked_add(delta) else {
-            st.frozen = true;
-            self.report(Report::Overflow {
-                account: account.clone(),
-                currency,
-                at: cause,
-            });
-            return;
-        };
-        st.bal.settled = settled;
-        if !st.provisional_frozen {
-            match st.bal.provisional.checked_add(delta) {
-                Some(p) => st.bal.provisional = p,
-                None => st.provisional_frozen = true,
-            }
-        }
-        acct.comps.push(position);
-        if conflict {
-            self.conflict_by_cause.insert(cause, position);
-        } else {
-            self.comp_by_cause.insert(cause, position);
-        }
-        self.stats.compensations += 1;
-        if self.replaying {
-            self.feed.push(comp);
-        } else {
-            self.feed.push(comp.clone());
-            self.outputs.push_back(Output::Compensation(comp));
-        }
-    }
-}
-
-/// An event by id in the members' logs (a free function, so that it borrows only `members`).
-fn log_event(members: &BTreeMap<RegionId, Member>, id: EventId) -> Option<&Event> {
-    let m = members.get(&id.origin)?;
-    let i = usize::try_from(id.seq.checked_sub(1)?).ok()?;
-    m.log.get(i)
-}
-
-fn unreachable_policy() -> &'static PolicyVersion {
-    // `policies` always holds version 1; this exists only to avoid a panic path.
-    static ZERO: std::sync::OnceLock<PolicyVersion> = std::sync::OnceLock::new();
-    ZERO.get_or_init(|| PolicyVersion {
-        version: 1,
-        policy: Policy::zero(),
-    })
 }
 
 #[cfg(test)]
@@ -2465,8 +1756,8 @@ mod tests {
     }
 
     fn settle_everything(r: &mut Replica) -> Vec<Report> {
-        r.watermark = Hlc(u64::MAX >> 1);
-        r.settle();
+        r.settle.watermark = Hlc(u64::MAX >> 1);
+        r.settle_now();
         let mut reports = Vec::new();
         while let Some(o) = r.poll_output() {
             if let Output::Report(x) = o {
@@ -2491,8 +1782,8 @@ mod tests {
             origin: region("us"),
             seq,
         };
-        let m = &r.members;
-        let mut idx = KeyIndex::default();
+        let m = &r.logs.members;
+        let mut idx = keys::KeyIndex::default();
         idx.insert(m, "k1", id(4));
         // Three distinct keys forced under one code.
         idx.insert_at(m, 7, "a", id(1));
@@ -2504,8 +1795,8 @@ mod tests {
         assert_eq!(idx.get_at(m, 7, "b"), Some(id(2)));
         assert_eq!(idx.get_at(m, 7, "c"), Some(id(3)));
         assert_eq!(idx.get_at(m, 7, "d"), None);
-        assert_ne!(KeyIndex::code("k1"), KeyIndex::code("k2"));
-        let mut idx = KeyIndex::default();
+        assert_ne!(keys::KeyIndex::code("k1"), keys::KeyIndex::code("k2"));
+        let mut idx = keys::KeyIndex::default();
         assert_eq!(idx.holder_or_insert(m, "a", id(1)), None);
         assert_eq!(idx.holder_or_insert(m, "a", id(2)).copied(), Some(id(1)));
         assert_eq!(idx.holder_or_insert(m, "k1", id(4)), None);
@@ -2553,7 +1844,7 @@ mod tests {
             let bal = r.balance(&alice, Currency::USD);
             // Frozen at the last representable settled sum; later events are not folded.
             assert_eq!(bal.settled.to_string(), MAX);
-            let st = &r.accounts[&alice].balances[&Currency::USD];
+            let st = &r.accounts.map[&alice].balances[&Currency::USD];
             assert!(st.frozen);
             // Other pairs are untouched.
             let bob = AccountId::new("bob").unwrap();
@@ -2601,7 +1892,7 @@ mod tests {
         assert_eq!(r.submit(2_000, req).unwrap_err(), SubmitError::Overflow);
         // A remote event that overflows the provisional sum freezes only the local view.
         r.insert(crafted("us", 2, 1_001, "alice", "100"));
-        let st = &r.accounts[&alice].balances[&Currency::USD];
+        let st = &r.accounts.map[&alice].balances[&Currency::USD];
         assert!(st.provisional_frozen && !st.frozen);
     }
 }
