@@ -75,4 +75,3 @@ impl Authenticator for NoAuth {
         shb.sig.is_empty()
     }
 }
-

@@ -7,8 +7,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{check_idempotency_key, check_reference, AccountId, EventId, Hlc};
-use crate::money::{Amount, Currency};
 pub use crate::kind::Kind;
+use crate::money::{Amount, Currency};
 use crate::policy::Policy;
 
 /// A client transaction on one account in one currency.

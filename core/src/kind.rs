@@ -63,4 +63,3 @@ impl fmt::Debug for Kind {
         f.write_str(self.as_str())
     }
 }
-

@@ -129,5 +129,13 @@ pub enum Message {
     /// Proof that a member broke the protocol: the receiver checks it and freezes that
     /// origin as if it had caught it itself.
     Evidence(Evidence),
+    /// The answer to a `Pull` or `PullGaps`, sent to the requester only: what it lacks, and
+    /// whether more follows (the requester then pulls again at once). Added after
+    /// `Evidence`, so earlier variants' bytes are unchanged.
+    PullAnswer {
+        /// Events, origin by origin, in seq order.
+        events: Vec<Event>,
+        /// More is missing than fitted.
+        more: bool,
+    },
 }
-

@@ -166,6 +166,8 @@ impl Applied {
                 fee = cap;
             }
         }
+        // At the currency's scale (a minimum of "2" is 2.00 USD): the same bytes everywhere.
+        fee.rescale(self.currency.minor_units());
         Some(fee)
     }
 }

@@ -1,6 +1,7 @@
 //! Accounts: per (account, currency) balances and fold state, each account's history (its
 //! events per origin and its feed entries) and its idempotency keys (SPEC §4).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
@@ -8,7 +9,10 @@ use rust_decimal::Decimal;
 use crate::id::{AccountId, EventId, RegionId};
 use crate::money::Currency;
 
+use crate::event::{Body, Event};
+
 use super::keys::KeyIndex;
+use super::log::Logs;
 
 /// Provisional and settled balance of one (account, currency).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,6 +74,53 @@ impl Accounts {
             None => {
                 self.map.insert(account.clone(), AccountState::default());
                 account
+            }
+        }
+    }
+
+    /// Indexes an event about to be appended to its log (`logs` holds every earlier one):
+    /// its account's history and idempotency key, and its effect on the provisional balance.
+    /// The event's account id becomes the map's own handle (one allocation per account).
+    pub(crate) fn index(&mut self, logs: &Logs, event: &mut Event) {
+        let key = event.key();
+        let id = event.id;
+        let Body::Tx(tx) = &mut event.body else {
+            return;
+        };
+        let acct = match self.map.entry(tx.account.clone()) {
+            Entry::Occupied(o) => {
+                tx.account = o.key().clone();
+                o.into_mut()
+            }
+            Entry::Vacant(v) => v.insert(AccountState::default()),
+        };
+        let seqs = acct.events.entry(id.origin).or_default();
+        debug_assert!(seqs.last().is_none_or(|&q| q < id.seq));
+        seqs.push(id.seq);
+        if let Some(k) = &tx.idempotency_key {
+            // The key maps to the first event holding it in the total order, so a retry finds
+            // the same event on every region once both are known. The first holder goes to
+            // `keys`, any other to `more_keys` (only duplicates and conflicts, which are rare).
+            let other = match acct.keys.holder_or_insert(&logs.members, k, id) {
+                None => None,
+                Some(have) => match logs.event(*have).map(|e| e.key() < key) {
+                    Some(true) => Some(id),
+                    Some(false) => Some(std::mem::replace(have, id)),
+                    None => {
+                        *have = id;
+                        None
+                    }
+                },
+            };
+            if let Some(other) = other {
+                acct.more_keys.entry(k.clone()).or_default().push(other);
+            }
+        }
+        let st = acct.balances.entry(tx.currency).or_default();
+        if !st.provisional_frozen {
+            match st.bal.provisional.checked_add(tx.delta()) {
+                Some(v) => st.bal.provisional = v,
+                None => st.provisional_frozen = true,
             }
         }
     }

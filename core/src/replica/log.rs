@@ -89,7 +89,11 @@ impl Logs {
             return false;
         };
         // Gap-free per origin: a bug, not an input, if it does not hold.
-        debug_assert_eq!(event.id.seq, m.log.len() as u64 + 1, "gap in the log of {origin}");
+        debug_assert_eq!(
+            event.id.seq,
+            m.log.len() as u64 + 1,
+            "gap in the log of {origin}"
+        );
         if event.id.seq != m.log.len() as u64 + 1 {
             return false;
         }
@@ -173,4 +177,3 @@ pub(crate) fn log_event(members: &BTreeMap<RegionId, Member>, id: EventId) -> Op
     let i = usize::try_from(id.seq.checked_sub(1)?).ok()?;
     m.log.get(i)
 }
-

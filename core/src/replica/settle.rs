@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rust_decimal::Decimal;
 
-use crate::event::{Body, CompKind, Compensation, Event, OrderKey};
+use crate::event::{Body, CompKind, Compensation, OrderKey};
 use crate::id::{AccountId, EventId, Hlc};
 use crate::money::Currency;
 use crate::policy::{Action, Applied, FeePer, Policy};
@@ -81,7 +81,12 @@ impl Settlement {
     }
 
     /// Folds every unsettled event at or below the watermark, in total order, exactly once.
-    pub(crate) fn settle(&mut self, logs: &Logs, accounts: &mut Accounts, out: &mut VecDeque<Output>) {
+    pub(crate) fn settle(
+        &mut self,
+        logs: &Logs,
+        accounts: &mut Accounts,
+        out: &mut VecDeque<Output>,
+    ) {
         while let Some(first) = self.unsettled.first().copied() {
             if first.0 > self.watermark {
                 break;
@@ -260,7 +265,9 @@ impl Settlement {
         };
         let comp_delta = comp.map(|(_, d)| d).unwrap_or_default();
         if let Some((kind, delta)) = comp {
-            self.emit(accounts, out, id, hlc, &account, currency, version, kind, delta, None);
+            self.emit(
+                accounts, out, id, hlc, &account, currency, version, kind, delta, None,
+            );
         }
         if let Some(first) = conflict_with {
             self.emit(
@@ -309,6 +316,12 @@ impl Settlement {
         delta: Decimal,
         related: Option<EventId>,
     ) {
+        // Every compensation is at the currency's scale, so that adding it to a balance gives
+        // the same bytes whatever that balance is (Decimal's sum of a zero and a value keeps the
+        // value's scale: `0.00 + 0` would be `0` on a region whose provisional balance happened
+        // to be zero, `5.00` elsewhere).
+        let mut delta = delta;
+        delta.rescale(currency.minor_units());
         // Exactly once per cause. A conflict report and a compensation may share a cause:
         // the report is keyed apart, by sub-position 2.
         let conflict = kind == CompKind::IdempotencyConflict;
@@ -376,4 +389,3 @@ pub(crate) fn unreachable_policy() -> &'static PolicyVersion {
         policy: Policy::zero(),
     })
 }
-
