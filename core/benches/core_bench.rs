@@ -59,7 +59,8 @@ impl Setup {
             vv: VClock::new(),
             policy: Policy::zero().hash(),
         };
-        r.handle_heartbeat(2_000, self.us, hb);
+        let sig = Box::new([]);
+        r.handle_heartbeat(2_000, self.us, SignedHeartbeat { hb, sig });
         drain(&mut r);
         r
     }

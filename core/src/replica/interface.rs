@@ -101,6 +101,39 @@ pub enum Report {
     },
 }
 
+impl Report {
+    /// Every kind, in a fixed order: for metrics that list each one, even at zero.
+    pub const KINDS: [&'static str; 6] = [
+        "rejected",
+        "clock_skew",
+        "equivocation",
+        "policy_mismatch",
+        "overflow",
+        "unknown_member",
+    ];
+
+    /// A short stable name of the kind (a metric label). A new variant gets a new name here,
+    /// never someone else's.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Report::Rejected { .. } => "rejected",
+            Report::ClockSkew { .. } => "clock_skew",
+            Report::Equivocation { .. } => "equivocation",
+            Report::PolicyMismatch { .. } => "policy_mismatch",
+            Report::Overflow { .. } => "overflow",
+            Report::UnknownMember { .. } => "unknown_member",
+        }
+    }
+
+    /// True for what an operator must act on (logged as errors, alerted on).
+    pub fn is_severe(&self) -> bool {
+        matches!(
+            self,
+            Report::Equivocation { .. } | Report::PolicyMismatch { .. } | Report::Overflow { .. }
+        )
+    }
+}
+
 /// Why a client command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
