@@ -465,6 +465,19 @@ impl LocalCluster {
         .await
     }
 
+    /// `GET path` on region `i` with the admin token.
+    pub async fn get_admin(&self, i: usize, path: &str) -> Result<Answer, DemoError> {
+        let r = self.region(i)?;
+        let what = format!("GET {} {path} (admin)", r.region);
+        self.send(
+            what,
+            self.http
+                .get(format!("{}{path}", r.http))
+                .bearer_auth(&self.admin_token),
+        )
+        .await
+    }
+
     /// `GET path` on region `i`: status and the body exactly as sent (for byte comparisons).
     pub async fn get_raw(&self, i: usize, path: &str) -> Result<(u16, String), DemoError> {
         let r = self.region(i)?;

@@ -39,6 +39,13 @@ pub const PULL_TIMEOUT_MS: u64 = 2_000;
 /// heartbeats came from the member after it without an answer: the member answers in order,
 /// so a live member's answer would have come before them.
 pub const PULL_LOST_AFTER_HEARTBEATS: u32 = 2;
+/// Least first back-off of pulls from a member whose pull answer brought nothing applicable
+/// although its last heartbeat announced events this region lacks. The first back-off is one
+/// heartbeat interval, at least this; each further fruitless answer doubles it.
+pub const PULL_BACKOFF_MS_MIN: u64 = 100;
+/// Most back-off of pulls from one member: a member that keeps announcing events it cannot
+/// deliver (or that this region refuses) is still asked this often.
+pub const PULL_BACKOFF_MS_MAX: u64 = 30_000;
 /// Most HTTP commands the actor takes per loop iteration (one write batch).
 pub const COMMANDS_PER_BATCH_MAX: usize = 1_024;
 /// Capacity of the command channel from HTTP handlers to the actor.
@@ -52,6 +59,8 @@ pub const PAGE_LIMIT_MAX: usize = 1_000;
 
 const _: () = assert!(PULL_BATCH_EVENTS_MAX != wallet_core::replica::GOSSIP_BATCH_EVENTS_MAX);
 const _: () = assert!(COMMANDS_PER_BATCH_MAX <= COMMAND_QUEUE_MAX);
+const _: () = assert!(PULL_BACKOFF_MS_MIN <= PULL_BACKOFF_MS_MAX);
+const _: () = assert!(PULL_TIMEOUT_MS <= PULL_BACKOFF_MS_MAX);
 
 /// Wall-clock milliseconds since the Unix epoch (read only here, never in the core).
 pub fn now_ms() -> u64 {
@@ -196,6 +205,15 @@ struct IdemEntry {
     seq: u64,
 }
 
+/// Pulls from one member held back after fruitless answers.
+#[derive(Debug, Clone, Copy)]
+struct PullBackoff {
+    /// Current back-off.
+    delay_ms: u64,
+    /// No pull to the member before this wall-clock time.
+    until_ms: u64,
+}
+
 struct Waiter {
     seq: u64,
     reply: oneshot::Sender<Reply>,
@@ -227,10 +245,15 @@ pub struct Actor {
     pull_outstanding: Option<(wallet_core::RegionId, u64)>,
     /// Heartbeats received from the member of `pull_outstanding` since the pull was sent.
     pull_heartbeats: u32,
-    /// Each member's version vector from its last heartbeat.
-    peer_vv: BTreeMap<wallet_core::RegionId, wallet_core::VClock<wallet_core::RegionId>>,
+    /// Members whose last pull answer brought nothing applicable although they looked
+    /// ahead: not pulled from again before their back-off ends.
+    pull_backoff: BTreeMap<wallet_core::RegionId, PullBackoff>,
+    /// First back-off: one heartbeat interval, within the bounds.
+    pull_backoff_first_ms: u64,
     /// Round-robin position of the periodic pull.
     pull_rr: usize,
+    /// Pulls sent, per member (a metric: the pull rate shows a catch-up that cannot end).
+    pulls_sent: BTreeMap<wallet_core::RegionId, u64>,
 }
 
 fn report_kind(r: &Report) -> &'static str {
@@ -706,6 +729,25 @@ impl Actor {
                 );
             }
         }
+        s.push_str("# HELP walletd_pulls_sent_total Anti-entropy pulls sent, by member.\n# TYPE walletd_pulls_sent_total counter\n");
+        for m in r.members() {
+            if m.region != r.region() {
+                let n = self.pulls_sent.get(&m.region).copied().unwrap_or(0);
+                let _ = writeln!(s, "walletd_pulls_sent_total{{member=\"{}\"}} {n}", m.region);
+            }
+        }
+        s.push_str("# HELP walletd_pull_backoff_ms Current back-off of pulls from a member whose answers bring nothing applicable (0: none).\n# TYPE walletd_pull_backoff_ms gauge\n");
+        let now = now_ms();
+        for m in r.members() {
+            if m.region != r.region() {
+                let ms = self
+                    .pull_backoff
+                    .get(&m.region)
+                    .filter(|b| now < b.until_ms)
+                    .map_or(0, |b| b.delay_ms);
+                let _ = writeln!(s, "walletd_pull_backoff_ms{{member=\"{}\"}} {ms}", m.region);
+            }
+        }
         let _ = writeln!(s, "# HELP walletd_watermark_lag_ms Local clock minus the settled watermark.\n# TYPE walletd_watermark_lag_ms gauge\nwalletd_watermark_lag_ms {}", r.settlement_lag_ms());
         let _ = writeln!(s, "# HELP walletd_watermark_ms Settled watermark (physical ms).\n# TYPE walletd_watermark_ms gauge\nwalletd_watermark_ms {}", r.watermark().millis());
         let _ = writeln!(s, "# HELP walletd_restoring Restoring own history from peers.\n# TYPE walletd_restoring gauge\nwalletd_restoring {}", u8::from(r.is_restoring()));
@@ -778,23 +820,54 @@ impl Actor {
         matches!(self.pull_outstanding, Some((p, _)) if p == r)
     }
 
-    /// How many events a member's version vector holds that we lack.
-    fn lacking(&self, theirs: &wallet_core::VClock<wallet_core::RegionId>) -> u64 {
-        let mine = self.replica.version_vector();
-        theirs
-            .dots
-            .iter()
-            .map(|(o, s)| s.saturating_sub(mine.get(o)))
-            .sum()
+    /// How many events member `r` announced in its last heartbeat the replica accepted that
+    /// this region lacks and could apply (origins frozen after equivocation, and anything a
+    /// refused heartbeat claimed, count nothing).
+    fn lacking_from(&self, r: wallet_core::RegionId) -> u64 {
+        self.replica
+            .member_vv(r)
+            .map_or(0, |vv| self.replica.events_lacking(vv))
     }
 
-    /// The connected member whose last heartbeat shows the most events we lack, if any.
-    fn peer_ahead(&self) -> Option<wallet_core::RegionId> {
-        let connected = self.net.connected();
-        self.peer_vv
-            .iter()
-            .filter(|(r, _)| connected.contains(r))
-            .map(|(r, vv)| (self.lacking(vv), *r))
+    /// True while pulls from `r` are held back.
+    fn backed_off(&self, r: wallet_core::RegionId, now: u64) -> bool {
+        self.pull_backoff.get(&r).is_some_and(|b| now < b.until_ms)
+    }
+
+    /// A pull answer from `r` brought nothing applicable although `r` still looks ahead:
+    /// hold pulls from it back, one heartbeat interval the first time, then twice as long
+    /// each time, up to [`PULL_BACKOFF_MS_MAX`].
+    fn back_off(&mut self, r: wallet_core::RegionId, now: u64, lacking: u64) {
+        let first = self.pull_backoff_first_ms;
+        let b = self.pull_backoff.entry(r).or_insert(PullBackoff {
+            delay_ms: 0,
+            until_ms: 0,
+        });
+        let started = b.delay_ms == 0;
+        b.delay_ms = if started {
+            first
+        } else {
+            b.delay_ms.saturating_mul(2).min(PULL_BACKOFF_MS_MAX)
+        };
+        b.until_ms = now.saturating_add(b.delay_ms);
+        let delay_ms = b.delay_ms;
+        if started {
+            tracing::warn!(region = %r, lacking, "member announces events this region lacks, \
+                but its pull answer brought none it could apply; pulling from it with back-off");
+        } else {
+            tracing::debug!(region = %r, lacking, delay_ms, "pull back-off");
+        }
+    }
+
+    /// The connected member, not in back-off, whose last accepted heartbeat shows the most
+    /// events we lack and could apply, if any.
+    fn peer_ahead(&self, now: u64) -> Option<wallet_core::RegionId> {
+        let me = self.replica.region();
+        self.net
+            .connected()
+            .into_iter()
+            .filter(|r| *r != me && !self.backed_off(*r, now))
+            .map(|r| (self.lacking_from(r), r))
             .filter(|(lack, _)| *lack > 0)
             .max_by_key(|(lack, r)| (*lack, std::cmp::Reverse(*r)))
             .map(|(_, r)| r)
@@ -805,6 +878,8 @@ impl Actor {
         self.last_pull_ms.insert(r, now);
         self.pull_outstanding = Some((r, now));
         self.pull_heartbeats = 0;
+        let n = self.pulls_sent.entry(r).or_insert(0);
+        *n = n.saturating_add(1);
         let msg = self.replica.pull_request(PULL_BATCH_EVENTS_MAX as u32);
         self.net.send(r, msg).await;
     }
@@ -842,15 +917,27 @@ impl Actor {
                 Message::Events(events) => {
                     let full = events.len() >= PULL_BATCH_EVENTS_MAX;
                     let answer = self.pulling_from(from);
+                    let held = self.replica.event_count();
                     self.replica
                         .handle_message(now, from, Message::Events(events));
                     if answer {
                         self.pull_outstanding = None;
-                        if full {
+                        let progress = self.replica.event_count() > held;
+                        if progress {
+                            self.pull_backoff.remove(&from);
+                        } else {
+                            // Nothing applied (refused, or of a frozen origin): if the member
+                            // still looks ahead, pulling again at once would bring the same.
+                            let lacking = self.lacking_from(from);
+                            if lacking > 0 {
+                                self.back_off(from, now, lacking);
+                            }
+                        }
+                        if full && progress {
                             // A full answer: more is missing; ask the same member again at once.
                             self.pull_from(from).await;
-                        } else if let Some(next) = self.peer_ahead() {
-                            // Another member still holds events we lack.
+                        } else if let Some(next) = self.peer_ahead(now) {
+                            // A member (not in back-off) still holds events we lack.
                             self.pull_from(next).await;
                         }
                     }
@@ -862,21 +949,13 @@ impl Actor {
                         .handle_message(now, from, Message::Evidence(ev));
                 }
                 hb @ (Message::Heartbeat(_) | Message::SignedHeartbeat(_)) => {
-                    let vv = match &hb {
-                        Message::Heartbeat(h) => h.vv.clone(),
-                        Message::SignedHeartbeat(s) => s.hb.vv.clone(),
-                        _ => return,
-                    };
                     // A heartbeat whose version vector is ahead of ours shows a gap (a push was
                     // lost): pull from that member now rather than at the next periodic pull.
                     // The gap must show in the member's PREVIOUS heartbeat (a heartbeat period
                     // ago): what it announces now may still be in flight as pushes, and pulling
-                    // it would fetch those events twice.
-                    let behind = self
-                        .peer_vv
-                        .get(&from)
-                        .is_some_and(|prev| self.lacking(prev) > 0);
-                    self.peer_vv.insert(from, vv);
+                    // it would fetch those events twice. Only heartbeats the replica accepted
+                    // count (`member_vv`): a forged or refused one announces nothing.
+                    let behind = self.lacking_from(from) > 0;
                     self.replica.handle_message(now, from, hb);
                     let recent = self
                         .last_pull_ms
@@ -887,7 +966,11 @@ impl Actor {
                         self.pull_heartbeats += 1;
                         lost = self.pull_heartbeats >= PULL_LOST_AFTER_HEARTBEATS;
                     }
-                    if behind && (lost || (!recent && !self.pull_busy(now))) {
+                    if lost {
+                        self.pull_outstanding = None;
+                    }
+                    let backed_off = self.backed_off(from, now);
+                    if behind && !backed_off && (lost || (!recent && !self.pull_busy(now))) {
                         self.pull_from(from).await;
                     }
                 }
@@ -899,14 +982,15 @@ impl Actor {
         // One pull per period, unless a chain is running: to the member furthest ahead by its
         // heartbeats, else round-robin (a safety net for lost pushes and heartbeats).
         let me = self.replica.region();
-        if !self.pull_busy(now_ms()) {
+        let now = now_ms();
+        if !self.pull_busy(now) {
             let peers: Vec<_> = self
                 .net
                 .connected()
                 .into_iter()
-                .filter(|r| *r != me)
+                .filter(|r| *r != me && !self.backed_off(*r, now))
                 .collect();
-            let target = self.peer_ahead().or_else(|| {
+            let target = self.peer_ahead(now).or_else(|| {
                 (!peers.is_empty()).then(|| {
                     self.pull_rr = self.pull_rr.wrapping_add(1);
                     peers[self.pull_rr % peers.len()]
@@ -1227,8 +1311,12 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         last_pull_ms: BTreeMap::new(),
         pull_outstanding: None,
         pull_heartbeats: 0,
-        peer_vv: BTreeMap::new(),
+        pull_backoff: BTreeMap::new(),
+        pull_backoff_first_ms: cfg
+            .heartbeat_interval_ms
+            .clamp(PULL_BACKOFF_MS_MIN, PULL_BACKOFF_MS_MAX),
         pull_rr: 0,
+        pulls_sent: BTreeMap::new(),
     };
     if restoring && loaded.fresh {
         actor.push_op(WriteOp::Restore(true));

@@ -62,6 +62,21 @@ async fn endpoints_and_error_codes() {
         .post_raw("/v1/admin/faults", r#"{"what":1}"#, None)
         .await;
     assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_json"));
+    // Evidence: admins only, read-only, empty on a region that caught nobody.
+    let r = api.get("/v1/admin/evidence").await;
+    assert_eq!((r.status, error_code(&r).as_str()), (403, "forbidden"));
+    let r = admin.get("/v1/admin/evidence").await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(
+        r.json,
+        serde_json::json!({"evidence": [], "settlement_blocked": false})
+    );
+    let r = admin.post_raw("/v1/admin/evidence", "{}", None).await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (405, "method_not_allowed")
+    );
+    assert!(oa["paths"]["/v1/admin/evidence"]["get"].is_object());
 
     // Unknown route and method: JSON errors.
     let r = api.get("/v1/nope").await;

@@ -283,6 +283,83 @@ fn sign(e: &mut Event, key: &libp2p::identity::Keypair, cluster: &str) {
         .into_boxed_slice();
 }
 
+/// ap as a member that misbehaves on purpose: ap's real key and config driven by the test
+/// through the transport crate (ap's walletd is not running).
+struct Rogue {
+    net: wallet_p2p::NetHandle,
+    rx: tokio::sync::mpsc::Receiver<wallet_p2p::NetEvent>,
+    key: libp2p::identity::Keypair,
+    cluster: String,
+    auth: wallet_p2p::Ed25519Auth,
+    policy: wallet_core::PolicyHash,
+}
+
+/// Starts the rogue ap and waits until it is connected to every region of `peers`.
+async fn rogue_ap(c: &LocalCluster, peers: &[usize]) -> Rogue {
+    let cfg = wallet::config::NodeConfig::load(&c.regions[AP].config).unwrap();
+    let key = wallet_p2p::load_or_create_keypair(&cfg.identity_key).unwrap();
+    let members: Vec<_> = cfg.members.iter().map(|m| (m.region, m.peer_id)).collect();
+    let auth = wallet_p2p::Ed25519Auth::new(key.clone(), &members).unwrap();
+    let (net, rx) = wallet_p2p::spawn(wallet_p2p::NetConfig {
+        region: cfg.region,
+        keypair: key.clone(),
+        listen: cfg.p2p_listen.clone(),
+        members: cfg
+            .members
+            .iter()
+            .map(|m| wallet_p2p::MemberAddr {
+                region: m.region,
+                peer_id: m.peer_id,
+                addrs: m.addrs.clone(),
+            })
+            .collect(),
+        cluster: cfg.cluster.clone(),
+    })
+    .unwrap();
+    let want: Vec<wallet_core::RegionId> = peers
+        .iter()
+        .map(|i| c.regions[*i].region.parse().unwrap())
+        .collect();
+    eventually(c, "the rogue ap to connect", WAIT, || {
+        let (net, want) = (net.clone(), want.clone());
+        async move {
+            let conn = net.connected();
+            want.iter().all(|r| conn.contains(r))
+        }
+    })
+    .await;
+    Rogue {
+        net,
+        rx,
+        key,
+        cluster: cfg.cluster.clone(),
+        auth,
+        policy: cfg.policy.hash(),
+    }
+}
+
+/// Reads and drops everything the rogue receives.
+fn drain(mut rx: tokio::sync::mpsc::Receiver<wallet_p2p::NetEvent>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { while rx.recv().await.is_some() {} })
+}
+
+/// `ap:seq` deposits `from..=to` of `amount` into `account`, signed with ap's key, HLCs
+/// increasing from now.
+fn ap_chain(
+    r: &Rogue,
+    seqs: std::ops::RangeInclusive<u64>,
+    account: &str,
+    amount: &str,
+) -> Vec<Event> {
+    let now = wallet::node::now_ms();
+    seqs.map(|seq| {
+        let mut e = deposit_event("ap", seq, Hlc::from_millis(now + seq), account, amount);
+        sign(&mut e, &r.key, &r.cluster);
+        e
+    })
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_events_from_a_member_impostor_are_rejected() {
     let mut c = cluster(&["eu", "us", "ap"]);
@@ -302,36 +379,16 @@ async fn forged_events_from_a_member_impostor_are_rejected() {
 
     // The impostor: ap's real key and config (ap's walletd is not running), the transport
     // crate used directly.
-    let ap_cfg = wallet::config::NodeConfig::load(&c.regions[AP].config).unwrap();
-    let key = wallet_p2p::load_or_create_keypair(&ap_cfg.identity_key).unwrap();
-    let cluster_id = ap_cfg.cluster.clone();
-    let (net, mut rx) = wallet_p2p::spawn(wallet_p2p::NetConfig {
-        region: ap_cfg.region,
-        keypair: key.clone(),
-        listen: ap_cfg.p2p_listen.clone(),
-        members: ap_cfg
-            .members
-            .iter()
-            .map(|m| wallet_p2p::MemberAddr {
-                region: m.region,
-                peer_id: m.peer_id,
-                addrs: m.addrs.clone(),
-            })
-            .collect(),
-        cluster: cluster_id.clone(),
-    })
-    .unwrap();
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let Rogue {
+        net,
+        rx,
+        key,
+        cluster: cluster_id,
+        ..
+    } = rogue_ap(&c, &[EU, US]).await;
+    let drain = drain(rx);
     let eu_id: wallet_core::RegionId = "eu".parse().unwrap();
     let us_id: wallet_core::RegionId = "us".parse().unwrap();
-    eventually(&c, "the impostor to connect to eu and us", WAIT, || {
-        let net = net.clone();
-        async move {
-            let conn = net.connected();
-            conn.contains(&eu_id) && conn.contains(&us_id)
-        }
-    })
-    .await;
 
     let now = Hlc::from_millis(wallet::node::now_ms());
     // 1. An event claiming origin eu (the next eu seq), signed with ap's key.
@@ -677,4 +734,258 @@ fn walletd_demo_settles_the_double_spend_and_exits_zero() {
         assert_eq!(row.split_whitespace().nth(2), Some("-105.00"), "{row}");
     }
     assert!(out.contains("OK: all 3 regions agree"), "{out}");
+}
+
+/// The `/v1/admin/evidence` list of region `i`.
+async fn evidence(c: &LocalCluster, i: usize) -> Vec<Value> {
+    let a = c.get_admin(i, "/v1/admin/evidence").await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.json);
+    a.json["evidence"]
+        .as_array()
+        .expect("evidence list")
+        .clone()
+}
+
+/// Most pulls to one member in the 3 s the pull-rate tests watch: the periodic pull (every
+/// 2 s) and a back-off of at least one heartbeat interval doubling per fruitless answer allow a
+/// few; a chain of back-to-back pulls makes dozens to hundreds.
+const PULLS_IN_3_S_MAX: u64 = 10;
+
+/// A sample of a region's pull counter towards `member`.
+async fn pulls_to(c: &LocalCluster, i: usize, member: &str) -> u64 {
+    metric_of(
+        c,
+        i,
+        &format!("walletd_pulls_sent_total{{member=\"{member}\"}}"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_survives_a_restart_and_keeps_settlement_blocked() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start(EU).await.unwrap();
+    c.start(US).await.unwrap();
+    wait_connected(&c, &[EU, US]).await;
+    let rogue = rogue_ap(&c, &[EU, US]).await;
+    let eu_id: wallet_core::RegionId = "eu".parse().unwrap();
+    // ap signs two different events under ap:1 and sends both to eu.
+    let a = ap_chain(&rogue, 1..=1, "erin", "10");
+    let b = ap_chain(&rogue, 1..=1, "erin", "20");
+    rogue
+        .net
+        .send(eu_id, Message::Events(vec![a[0].clone(), b[0].clone()]))
+        .await;
+    eventually(&c, "eu and us to hold the evidence", WAIT, || async {
+        evidence(&c, EU).await.len() == 1
+            && evidence(&c, US).await.len() == 1
+            && status(&c, EU).await["settlement_blocked"] == true
+    })
+    .await;
+    let before = evidence(&c, EU).await;
+    let ev = &before[0];
+    assert_eq!(ev["kind"], "conflicting_events", "{ev}");
+    assert_eq!(ev["origin"], "ap", "{ev}");
+    assert_eq!(ev["id"], "ap:1", "{ev}");
+    let items = ev["events"].as_array().expect("events");
+    assert_eq!(items.len(), 2, "{ev}");
+    assert_eq!(items[0]["amount"], "10.00", "{ev}");
+    assert_eq!(items[1]["amount"], "20.00", "{ev}");
+    for (item, e) in items.iter().zip([&a[0], &b[0]]) {
+        assert_eq!(item["id"], "ap:1", "{ev}");
+        assert_eq!(item["account"], "erin", "{ev}");
+        assert_eq!(item["hlc"], e.hlc.to_string(), "{ev}");
+        assert_eq!(item["signature"], hex::encode(&e.sig), "{ev}");
+    }
+    // us got the proof from eu (it never saw ap's second event) and checked it.
+    assert_eq!(evidence(&c, US).await[0]["id"], "ap:1");
+    assert_eq!(status(&c, US).await["settlement_blocked"], true);
+    // Admins only.
+    let denied = c.get(EU, "/v1/admin/evidence").await.unwrap();
+    assert_eq!(denied.status, 403, "{}", denied.json);
+    rogue.net.shutdown().await;
+
+    // eu restarts: the block and the proof are still there.
+    assert_eq!(c.stop(EU).await, Some(0));
+    c.start(EU).await.expect("restart eu");
+    let s = status(&c, EU).await;
+    println!(
+        "after the restart: settlement_blocked={} ap.equivocated={} evidence={}",
+        s["settlement_blocked"],
+        member(&s, "ap")["equivocated"],
+        evidence(&c, EU).await.len()
+    );
+    assert_eq!(s["settlement_blocked"], true, "{s}");
+    assert_eq!(member(&s, "ap")["equivocated"], true, "{s}");
+    assert_eq!(metric_of(&c, EU, "walletd_settlement_blocked").await, 1);
+    assert_eq!(evidence(&c, EU).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_holding_events_of_a_frozen_origin_is_not_pulled_back_to_back() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start(EU).await.unwrap();
+    c.start(US).await.unwrap();
+    wait_connected(&c, &[EU, US]).await;
+    let rogue = rogue_ap(&c, &[EU, US]).await;
+    let (eu_id, us_id): (wallet_core::RegionId, wallet_core::RegionId) =
+        ("eu".parse().unwrap(), "us".parse().unwrap());
+    // ap equivocates. While eu and us are cut off from each other, us gets ap:1..5 and eu
+    // gets another ap:1 and then us's ap:1: eu freezes ap holding only its own ap:1.
+    let isolate = |i: usize, r: &str| {
+        let c = &c;
+        let body = json!({ "isolate": [r] });
+        async move {
+            let a = c
+                .post(i, "/v1/admin/faults", &body, None, true)
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200, "{}", a.json);
+        }
+    };
+    isolate(EU, "us").await;
+    isolate(US, "eu").await;
+    eventually(&c, "eu and us to be cut off", WAIT, || async {
+        member(&status(&c, EU).await, "us")["connected"] == false
+            && member(&status(&c, US).await, "eu")["connected"] == false
+    })
+    .await;
+    let to_us = ap_chain(&rogue, 1..=5, "frank", "2");
+    let mut to_eu = ap_chain(&rogue, 1..=1, "frank", "1");
+    to_eu.push(to_us[0].clone());
+    rogue.net.send(us_id, Message::Events(to_us)).await;
+    eventually(&c, "us to hold ap:1..5", WAIT, || async {
+        status(&c, US).await["version_vector"]["ap"] == 5
+    })
+    .await;
+    rogue.net.send(eu_id, Message::Events(to_eu)).await;
+    eventually(&c, "eu to freeze ap", WAIT, || async {
+        member(&status(&c, EU).await, "ap")["equivocated"] == true
+    })
+    .await;
+    rogue.net.shutdown().await;
+    for i in [EU, US] {
+        let a = c
+            .post(i, "/v1/admin/faults", &json!({"heal": true}), None, true)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{}", a.json);
+    }
+    // eu sends its proof again after the heal: us freezes ap too, keeping ap:1..5.
+    eventually(&c, "us to freeze ap", WAIT, || async {
+        member(&status(&c, US).await, "ap")["equivocated"] == true
+    })
+    .await;
+    assert_eq!(status(&c, US).await["version_vector"]["ap"], 5);
+    assert_eq!(status(&c, EU).await["version_vector"]["ap"], 1);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let p0 = pulls_to(&c, EU, "us").await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let p1 = pulls_to(&c, EU, "us").await;
+    println!("eu pulled from us {} times in 3 s", p1 - p0);
+    assert!(
+        p1 - p0 < PULLS_IN_3_S_MAX,
+        "eu pulled from us {} times in 3 s for events of a frozen origin",
+        p1 - p0
+    );
+    // Nothing of ap moved meanwhile.
+    assert_eq!(status(&c, EU).await["version_vector"]["ap"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_events_are_refused_is_pulled_with_back_off() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start(EU).await.unwrap();
+    c.start(US).await.unwrap();
+    wait_connected(&c, &[EU, US]).await;
+    let Rogue {
+        net,
+        mut rx,
+        key,
+        cluster: cluster_id,
+        auth,
+        policy,
+    } = rogue_ap(&c, &[EU, US]).await;
+    // ap announces five events in validly signed heartbeats, and answers every pull with
+    // five events eu refuses (signed by another key): eu's version vector can never catch
+    // up with what ap announces.
+    let ap_id: wallet_core::RegionId = "ap".parse().unwrap();
+    let other = libp2p::identity::Keypair::generate_ed25519();
+    let answer: Vec<Event> = (1..=5)
+        .map(|seq| {
+            let mut e = deposit_event(
+                "ap",
+                seq,
+                Hlc::from_millis(wallet::node::now_ms() + seq),
+                "gina",
+                "3",
+            );
+            sign(&mut e, &other, &cluster_id);
+            e
+        })
+        .collect();
+    let pulls_answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let responder = {
+        let (net, answered) = (net.clone(), pulls_answered.clone());
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if let wallet_p2p::NetEvent::Message { from, msg, .. } = ev {
+                    if matches!(msg, Message::Pull { .. } | Message::PullGaps { .. }) {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        net.send(from, Message::Events(answer.clone())).await;
+                    }
+                }
+            }
+        })
+    };
+    let heartbeats = {
+        let net = net.clone();
+        tokio::spawn(async move {
+            use wallet_core::replica::Authenticator as _;
+            loop {
+                let mut vv = wallet_core::VClock::new();
+                vv.dots.insert(ap_id, 5);
+                let hb = wallet_core::replica::Heartbeat {
+                    origin: ap_id,
+                    hlc: Hlc::from_millis(wallet::node::now_ms()),
+                    seq: 5,
+                    vv,
+                    policy,
+                };
+                let sig = auth.sign_heartbeat(&hb, &cluster_id).into_boxed_slice();
+                net.broadcast(Message::SignedHeartbeat(
+                    wallet_core::replica::SignedHeartbeat { hb, sig },
+                ))
+                .await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    eventually(&c, "eu to hear ap and refuse its events", WAIT, || async {
+        member(&status(&c, EU).await, "ap")["heard"] == true
+            && metric_of(&c, EU, "walletd_events_rejected_total").await >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let p0 = pulls_to(&c, EU, "ap").await;
+    let u0 = pulls_to(&c, EU, "us").await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let p1 = pulls_to(&c, EU, "ap").await;
+    let u1 = pulls_to(&c, EU, "us").await;
+    println!(
+        "eu pulled from ap {} times and from us {} times in 3 s (ap answered {} pulls in all)",
+        p1 - p0,
+        u1 - u0,
+        pulls_answered.load(Ordering::Relaxed)
+    );
+    assert!(
+        p1 - p0 < PULLS_IN_3_S_MAX,
+        "eu pulled from ap {} times in 3 s although no answer ever advanced its version vector",
+        p1 - p0
+    );
+    assert_eq!(status(&c, EU).await["version_vector"]["ap"], 0);
+    heartbeats.abort();
+    responder.abort();
+    net.shutdown().await;
+    drop(key);
 }

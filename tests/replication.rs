@@ -279,3 +279,74 @@ async fn reverse_policy_and_cross_region_duplicates_show_reversed_status() {
         "{m}"
     );
 }
+
+/// A sample of a region's `/metrics` (0 when absent).
+async fn metric_sample(api: &Api, name: &str) -> u64 {
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    wallet::demo::metric(&text, name).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compensation_counters_survive_a_restart_unchanged() {
+    const FEES: &str = "walletd_compensations_total{kind=\"overdraft_fee\"}";
+    let c = Cluster::init("eu,us");
+    let mut eu_node = c.start(0);
+    let us_node = c.start(1);
+    let eu = Api::new(&eu_node.url, &c.token());
+    let us = Api::new(&us_node.url, &c.token());
+    let eu_admin = Api::new(&eu_node.url, &c.admin_token());
+    // Two accounts overdrawn during a partition: two fees once healed and settled.
+    for a in ["kim", "lou"] {
+        assert_eq!(eu.tx(a, "deposit", "100", None).await.status, 201);
+    }
+    wait_for(
+        "the deposits to reach us",
+        Duration::from_secs(30),
+        || async { us.balance("lou", "USD").await.map(|b| b.0) == Some("100.00".into()) },
+    )
+    .await;
+    let r = eu_admin
+        .post_raw("/v1/admin/faults", r#"{"isolate":["eu"]}"#, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for a in ["kim", "lou"] {
+        assert_eq!(eu.tx(a, "purchase", "100", None).await.status, 201);
+        assert_eq!(us.tx(a, "purchase", "100", None).await.status, 201);
+    }
+    let r = eu_admin
+        .post_raw("/v1/admin/faults", r#"{"heal":true}"#, None)
+        .await;
+    assert_eq!(r.status, 200);
+    wait_for(
+        "two fees counted at eu",
+        Duration::from_secs(60),
+        || async { metric_sample(&eu, FEES).await >= 2 },
+    )
+    .await;
+    // Settling goes on in the background: let it finish, then read the counter.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = metric_sample(&eu, FEES).await;
+    assert_eq!(before, 2);
+    assert!(eu_node.term().success());
+
+    let eu_node = c.start(0);
+    let eu = Api::new(&eu_node.url, &c.token());
+    // Many heartbeat periods: anything counted again (or not at all) would show by now.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after = metric_sample(&eu, FEES).await;
+    println!(
+        "walletd_compensations_total{{kind=\"overdraft_fee\"}} at eu: {before} before the restart, {after} after"
+    );
+    assert_eq!(after, before);
+    let feed = eu.get("/v1/compensations").await;
+    assert_eq!(feed.json["compensations"].as_array().map(Vec::len), Some(2));
+}

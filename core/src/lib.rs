@@ -60,6 +60,8 @@ pub mod message;
 pub mod money;
 pub mod policy;
 pub mod replica;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 pub use crdts::VClock;

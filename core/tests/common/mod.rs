@@ -1,5 +1,6 @@
-//! A small deterministic multi-replica harness (the N-region version of scenario.rs) and a
-//! naive reference model of the settled fold. Shared by the test files of this directory.
+//! A small deterministic multi-replica harness (the N-region version of scenario.rs) and the
+//! comparison of a replica with the reference model of the settled fold
+//! (`wallet_core::testing`). Shared by the test files of this directory.
 //!
 //! Every region has a simulated disk: records are buffered until the test persists them and
 //! are lost by a crash. Links can be cut; messages can be delivered in any order, duplicated
@@ -11,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
 use serde::Serialize;
-use wallet_core::policy::{FeePer, Rule};
+use wallet_core::testing;
 use wallet_core::*;
 
 pub fn region(name: &str) -> RegionId {
@@ -488,248 +489,74 @@ pub fn snapshot(r: &Replica) -> Vec<u8> {
     postcard::to_stdvec(&snap).unwrap()
 }
 
-// ---- naive model ---------------------------------------------------------------------------
+// ---- the reference model ------------------------------------------------------------------
 
-/// A compensation as the model derives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelComp {
-    pub kind: CompKind,
-    pub cause: EventId,
-    pub delta: Decimal,
-    pub version: u32,
-    pub related: Option<EventId>,
-}
+// The model itself is `wallet_core::testing` (written from the SPEC, shared with the
+// simulator's checker); this compares a replica with it.
 
-#[derive(Default, Clone)]
-struct Pair {
-    bal: Decimal,
-    in_episode: bool,
-    charged: bool,
-    episode_fees: Decimal,
-}
-
-// The model is written from SPEC §5 and §6 and docs/reconciliation.md, not from the code it
-// checks: its own rule resolution, tier matching, rounding and fee arithmetic (exact integers,
-// not `Applied::fee_for`), and its own duplicate rule. Only the parsed policy data is shared.
-
-/// An exact decimal as an integer count of 10^-MODEL_SCALE.
-const MODEL_SCALE: u32 = 12;
-
-fn units(d: Decimal) -> i128 {
-    let (m, s) = (d.mantissa(), d.scale());
-    assert!(
-        s <= MODEL_SCALE,
-        "model: scale {s} of {d} beyond the model's"
-    );
-    m.checked_mul(10i128.pow(MODEL_SCALE - s))
-        .expect("model: magnitude beyond i128")
-}
-
-fn from_units(u: i128) -> Decimal {
-    // Normalized so that equal values compare equal whatever their scale.
-    Decimal::from_i128_with_scale(u, MODEL_SCALE).normalize()
-}
-
-/// Rounds an exact number of units half away from zero to `dp` decimal places.
-fn round_units(u: i128, dp: u32) -> i128 {
-    let step = 10i128.pow(MODEL_SCALE - dp);
-    let (q, r) = (u / step, u % step);
-    let q = if 2 * r.abs() >= step {
-        q + u.signum()
-    } else {
-        q
-    };
-    q * step
-}
-
-/// The rule for an (account, currency), per SPEC §6 and docs/reconciliation.md §5: the
-/// account's tier is the first tier by name one of whose prefixes starts its id; the most
-/// specific rule wins: (tier, currency), (tier, any), (any, currency), the default.
-fn model_rule<'p>(policy: &'p Policy, account: &str, currency: Currency) -> &'p Rule {
-    let mut tier: Option<&str> = None;
-    for (name, prefixes) in &policy.tiers {
-        if prefixes.iter().any(|p| account.starts_with(p.as_str())) {
-            tier = Some(name);
-            break;
-        }
-    }
-    let find = |t: Option<&str>, c: Option<Currency>| {
-        policy
-            .rules
-            .iter()
-            .skip(1)
-            .find(|r| r.tier.as_deref() == t && r.currency == c)
-    };
-    let specific = match tier {
-        Some(t) => find(Some(t), Some(currency)).or_else(|| find(Some(t), None)),
-        None => None,
-    };
-    specific
-        .or_else(|| find(None, Some(currency)))
-        .unwrap_or(&policy.rules[0])
-}
-
-/// SPEC §6 fee arithmetic: flat + percent × overdrawn / 100, exact; rounded once, half away
-/// from zero, to the currency's minor units; raised to the minimum (itself at the currency's
-/// scale), lowered to the cap.
-fn model_fee(rule: &Rule, currency: Currency, overdrawn: Decimal) -> Decimal {
-    let dp = currency.minor_units();
-    // percent × overdrawn / 100 from the mantissas: (pm × om) × 10^-(ps + os + 2), exact.
-    let (pm, ps) = (rule.fee.percent.mantissa(), rule.fee.percent.scale());
-    let (om, os) = (overdrawn.mantissa(), overdrawn.scale());
-    let scale = ps + os + 2;
-    assert!(
-        scale <= MODEL_SCALE,
-        "model: percent part has {scale} places"
-    );
-    let pct = (pm * om)
-        .checked_mul(10i128.pow(MODEL_SCALE - scale))
-        .expect("model: percent part beyond i128");
-    let exact = units(rule.fee.flat) + pct;
-    let mut fee = round_units(exact, dp);
-    let minimum = round_units(units(rule.fee.minimum), dp);
-    if fee < minimum {
-        fee = minimum;
-    }
-    if let Some(cap) = rule.fee.cap {
-        let cap = round_units(units(cap), dp);
-        if fee > cap {
-            fee = cap;
-        }
-    }
-    from_units(fee)
-}
-
-/// Recomputes the settled fold from scratch over the full event set, in total order, the
-/// plain way: no indexes, no incremental state. Returns the feed and every balance.
-pub fn model(
-    seed: &Policy,
-    events: &[Event],
-) -> (Vec<ModelComp>, BTreeMap<(AccountId, Currency), Decimal>) {
-    let mut events = events.to_vec();
-    events.sort_by_key(Event::key);
-    let mut policies = vec![seed.clone()];
-    let mut pairs: BTreeMap<(AccountId, Currency), Pair> = BTreeMap::new();
-    let mut feed = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        let tx = match &e.body {
-            Body::Policy(p) => {
-                policies.push((**p).clone());
-                continue;
-            }
-            Body::Tx(tx) => tx,
-        };
-        let version = policies.len() as u32;
-        let policy = policies.last().unwrap();
-        let rule = model_rule(policy, tx.account.as_str(), tx.currency);
-        let dp = tx.currency.minor_units();
-        let floor = -from_units(round_units(units(rule.overdraft_line), dp));
-        let grace = from_units(round_units(units(rule.fee.grace), dp));
-        // SPEC §5: a duplicate when ANY earlier event of the account with the key has the
-        // same body (kind, amount, currency, reference); otherwise a conflict with the first
-        // earlier holder of the key, if there is one.
-        let same_key: Vec<&Event> = match &tx.idempotency_key {
-            Some(k) => events[..i]
-                .iter()
-                .filter(|o| {
-                    o.tx().is_some_and(|t| {
-                        t.account == tx.account && t.idempotency_key.as_ref() == Some(k)
-                    })
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        let duplicate = same_key.iter().any(|o| {
-            let t = o.tx().unwrap();
-            t.kind == tx.kind
-                && t.amount.value() == tx.amount.value()
-                && t.currency == tx.currency
-                && t.reference == tx.reference
-        });
-        let p = pairs.entry((tx.account.clone(), tx.currency)).or_default();
-        let delta = if tx.kind.is_debit() {
-            -tx.amount.value()
-        } else {
-            tx.amount.value()
-        };
-        p.bal += delta;
-        let mut comp = None;
-        let mut conflict = None;
-        if duplicate {
-            comp = Some((CompKind::Reversal, -delta));
-        } else {
-            conflict = same_key.first().map(|f| f.id);
-            if tx.kind.is_debit() && p.bal < floor {
-                let overdrawn = (floor - p.bal).min(tx.amount.value());
-                if rule.action == Action::Reverse && rule.reversible.contains(&tx.kind) {
-                    comp = Some((CompKind::Reversal, tx.amount.value()));
-                } else {
-                    if !p.in_episode {
-                        p.in_episode = true;
-                        p.charged = false;
-                        p.episode_fees = Decimal::ZERO;
-                    }
-                    // Not charged when the overdrawn amount is at or below the grace.
-                    let charge = overdrawn > grace && (rule.fee.per == FeePer::Debit || !p.charged);
-                    if charge {
-                        let fee = model_fee(rule, tx.currency, overdrawn);
-                        if fee > Decimal::ZERO {
-                            p.charged = true;
-                            p.episode_fees += fee;
-                            comp = Some((CompKind::OverdraftFee, -fee));
-                        }
-                    }
-                }
-            } else if p.in_episode && p.bal + p.episode_fees >= floor {
-                p.in_episode = false;
-            }
-        }
-        if let Some((kind, d)) = comp {
-            p.bal += d;
-            feed.push(ModelComp {
-                kind,
-                cause: e.id,
-                delta: d,
-                version,
-                related: None,
-            });
-        }
-        if let Some(f) = conflict {
-            feed.push(ModelComp {
-                kind: CompKind::IdempotencyConflict,
-                cause: e.id,
-                delta: Decimal::ZERO,
-                version,
-                related: Some(f),
-            });
-        }
-    }
-    let balances = pairs.into_iter().map(|(k, p)| (k, p.bal)).collect();
-    (feed, balances)
-}
-
-/// Compares a fully settled replica with the model.
+/// Compares a fully settled replica with the model: the feed entry by entry (kind, cause,
+/// delta, related, policy version, account, currency, position) and every balance.
 pub fn check_against_model(seed: &Policy, r: &Replica) -> Result<(), String> {
     let events = all_events(r);
-    let (feed, balances) = model(seed, &events);
-    let got: Vec<ModelComp> = r
-        .feed(0, usize::MAX)
+    let m = testing::model(seed, &events);
+    type Row = (
+        CompKind,
+        EventId,
+        Decimal,
+        Option<EventId>,
+        u32,
+        AccountId,
+        Currency,
+    );
+    let want: Vec<Row> = m
+        .feed
         .iter()
-        .map(|c| ModelComp {
-            kind: c.kind,
-            cause: c.cause,
-            delta: c.delta,
-            version: c.policy_version,
-            related: c.related,
+        .map(|c| {
+            (
+                c.kind,
+                c.cause,
+                c.delta,
+                c.related,
+                c.version,
+                c.account.clone(),
+                c.currency,
+            )
         })
         .collect();
-    if got != feed {
+    let feed = r.feed(0, usize::MAX);
+    let got: Vec<Row> = feed
+        .iter()
+        .map(|c| {
+            (
+                c.kind,
+                c.cause,
+                c.delta,
+                c.related,
+                c.policy_version,
+                c.account.clone(),
+                c.currency,
+            )
+        })
+        .collect();
+    if got != want {
         return Err(format!(
-            "{}: feed differs from the model\n got {got:?}\nwant {feed:?}",
+            "{}: feed differs from the model\n got {got:?}\nwant {want:?}",
             r.region()
         ));
     }
-    for ((a, c), bal) in balances {
+    if let Some((i, c)) = feed
+        .iter()
+        .enumerate()
+        .find(|(i, c)| c.position != *i as u64)
+    {
+        return Err(format!(
+            "{}: feed[{i}] {} has position {}",
+            r.region(),
+            c.id(),
+            c.position
+        ));
+    }
+    for ((a, c), bal) in m.balances {
         let b = r.balance(&a, c);
         if b.settled != bal || b.provisional != bal {
             return Err(format!(
