@@ -120,6 +120,9 @@ fn round_units(u: i128, dp: u32) -> i128 {
 
 /// `d` rounded half away from zero to `dp` places.
 fn round_dp(d: Decimal, dp: u32) -> Decimal {
+    if d.scale() <= dp {
+        return d; // nothing to round
+    }
     from_units(round_units(units(d), dp))
 }
 
@@ -257,7 +260,7 @@ where
         panic!("model: event {} given twice", w[0].id);
     }
     let mut policies: Vec<&Policy> = vec![seed];
-    let mut pairs: BTreeMap<(AccountId, Currency), Pair> = BTreeMap::new();
+    let mut pairs: BTreeMap<(&AccountId, Currency), Pair> = BTreeMap::new();
     // Every earlier event holding each (account, key), in total order: the SPEC's `earlier`.
     let mut holders: BTreeMap<(&str, &str), Vec<&Event>> = BTreeMap::new();
     let mut out = ModelFold::default();
@@ -288,7 +291,7 @@ where
         } else {
             earlier.first().map(|f| f.id)
         };
-        let p = pairs.entry((tx.account.clone(), tx.currency)).or_default();
+        let p = pairs.entry((&tx.account, tx.currency)).or_default();
         let amount = tx.amount.value();
         let delta = if tx.kind.is_debit() { -amount } else { amount };
         p.bal = add(p.bal, delta);
@@ -346,7 +349,10 @@ where
             });
         }
     }
-    out.balances = pairs.into_iter().map(|(k, p)| (k, p.bal)).collect();
+    out.balances = pairs
+        .into_iter()
+        .map(|((a, c), p)| ((a.clone(), c), p.bal))
+        .collect();
     out
 }
 

@@ -1,14 +1,16 @@
-//! The SPEC §9 invariants, checked on the final state of every region, with an independent
-//! naive re-fold of the settled history (written from the SPEC, not from the core's code) to
-//! cross-check the compensations.
+//! The SPEC §9 invariants, checked on the final state of every region, with the reference
+//! model of the settled fold (`wallet_core::testing`: a naive re-fold written from the SPEC,
+//! not from the core's code, shared with the core's property tests) to cross-check the
+//! compensations and the settled balances.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use serde::Serialize;
+use wallet_core::testing::{self, ModelFold, ModelRule};
 use wallet_core::{
-    policy::Applied, AccountId, Action, Body, CompKind, Compensation, Currency, Entry, Event,
-    EventId, FeePer, Policy, RegionId, Replica, Status,
+    AccountId, Action, Body, CompKind, Compensation, Currency, Entry, Event, EventId, Policy,
+    RegionId, Replica, Status,
 };
 
 use crate::engine::{Node, Sim};
@@ -72,161 +74,6 @@ pub struct CheckResult {
     pub failures: Vec<(&'static str, String)>,
     /// Outcome figures.
     pub outcome: Outcome,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Expected {
-    kind: CompKind,
-    cause: EventId,
-    delta: Decimal,
-    related: Option<EventId>,
-    version: u32,
-    account: AccountId,
-    currency: Currency,
-    duplicate: bool,
-}
-
-#[derive(Default)]
-struct PairState {
-    bal: Decimal,
-    in_episode: bool,
-    episode_fee: bool,
-    /// Fees charged in the open episode: they never extend it.
-    episode_fees: Decimal,
-}
-
-/// The fee by SPEC §6: flat + percent × overdrawn, rounded half away from zero to the
-/// currency's minor units, raised to the minimum, lowered to the cap.
-fn naive_fee(a: &Applied, overdrawn: Decimal, currency: Currency) -> Decimal {
-    let raw = a.fee.flat + a.fee.percent * overdrawn / Decimal::ONE_HUNDRED;
-    let mut fee = raw.round_dp_with_strategy(
-        currency.minor_units(),
-        RoundingStrategy::MidpointAwayFromZero,
-    );
-    if fee < a.fee.minimum {
-        fee = a.fee.minimum;
-    }
-    if let Some(cap) = a.fee.cap {
-        if fee > cap {
-            fee = cap;
-        }
-    }
-    fee
-}
-
-/// The naive re-fold: every event in total order, one (account, currency) at a time, the way
-/// SPEC §5-§6 describe it. Returns the expected feed and the number of overdrafts.
-fn naive_fold(events: &[&Event], seed: &Policy) -> (Vec<Expected>, u64) {
-    let mut order: Vec<&Event> = events.to_vec();
-    order.sort_by_key(|e| e.key());
-    let mut policies: Vec<Policy> = vec![seed.clone()];
-    // Per (account, currency): the fold state, and the rule in force (the rule lookup is the
-    // policy's own code, cached; the cache is emptied by a policy event).
-    let mut pairs: BTreeMap<(&str, Currency), PairState> = BTreeMap::new();
-    let mut rules: BTreeMap<(&str, Currency), Applied> = BTreeMap::new();
-    let mut first_by_key: BTreeMap<(&str, &str), &Event> = BTreeMap::new();
-    let mut out = Vec::new();
-    let mut overdrafts = 0;
-    for e in order {
-        let tx = match &e.body {
-            Body::Policy(p) => {
-                policies.push((**p).clone());
-                rules.clear();
-                continue;
-            }
-            Body::Tx(tx) => tx,
-        };
-        let version = policies.len() as u32;
-        let policy = policies.last().unwrap_or(seed);
-        let mut duplicate = false;
-        let mut conflict = None;
-        if let Some(k) = &tx.idempotency_key {
-            match first_by_key.get(&(tx.account.as_str(), &**k)) {
-                None => {
-                    first_by_key.insert((tx.account.as_str(), &**k), e);
-                }
-                Some(first) => match first.tx() {
-                    Some(ft)
-                        if ft.kind == tx.kind
-                            && ft.amount == tx.amount
-                            && ft.currency == tx.currency
-                            && ft.reference == tx.reference =>
-                    {
-                        duplicate = true
-                    }
-                    _ => conflict = Some(first.id),
-                },
-            }
-        }
-        let a = rules
-            .entry((tx.account.as_str(), tx.currency))
-            .or_insert_with(|| policy.applied(tx.account.as_str(), tx.currency));
-        let st = pairs.entry((tx.account.as_str(), tx.currency)).or_default();
-        let delta = if tx.kind.is_debit() {
-            -tx.amount.value()
-        } else {
-            tx.amount.value()
-        };
-        st.bal += delta;
-        let mut comp = None;
-        if duplicate {
-            comp = Some((CompKind::Reversal, -delta));
-        } else if tx.kind.is_debit() && st.bal < a.floor {
-            overdrafts += 1;
-            let overdrawn = (a.floor - st.bal).min(tx.amount.value());
-            if a.action == Action::Reverse && a.reversible.contains(&tx.kind) {
-                comp = Some((CompKind::Reversal, tx.amount.value()));
-            } else {
-                if !st.in_episode {
-                    st.in_episode = true;
-                    st.episode_fee = false;
-                    st.episode_fees = Decimal::ZERO;
-                }
-                let due =
-                    overdrawn > a.fee.grace && (a.fee.per == FeePer::Debit || !st.episode_fee);
-                if due {
-                    let fee = naive_fee(a, overdrawn, tx.currency);
-                    if fee > Decimal::ZERO {
-                        st.episode_fee = true;
-                        st.episode_fees += fee;
-                        comp = Some((CompKind::OverdraftFee, -fee));
-                    }
-                }
-            }
-        } else if st.in_episode && st.bal + st.episode_fees >= a.floor {
-            // SPEC §6: "fees never extend or reopen it": the episode closes once the
-            // balance without the episode's fees is back at or above the floor.
-            st.in_episode = false;
-            st.episode_fee = false;
-            st.episode_fees = Decimal::ZERO;
-        }
-        if let Some((kind, d)) = comp {
-            st.bal += d;
-            out.push(Expected {
-                kind,
-                cause: e.id,
-                delta: d,
-                related: None,
-                version,
-                account: tx.account.clone(),
-                currency: tx.currency,
-                duplicate,
-            });
-        }
-        if let Some(related) = conflict {
-            out.push(Expected {
-                kind: CompKind::IdempotencyConflict,
-                cause: e.id,
-                delta: Decimal::ZERO,
-                related: Some(related),
-                version,
-                account: tx.account.clone(),
-                currency: tx.currency,
-                duplicate: false,
-            });
-        }
-    }
-    (out, overdrafts)
 }
 
 fn all_events<'a>(r: &'a Replica, regions: &[wallet_core::RegionId]) -> Vec<&'a Event> {
@@ -427,9 +274,9 @@ fn node_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     f
 }
 
-/// The naive re-fold of one region's history.
-fn fold_check(n: &Node, ctx: &Ctx<'_>) -> (Vec<Expected>, u64) {
-    naive_fold(&all_events(&n.replica, ctx.regions), ctx.policy)
+/// The reference model's re-fold of one region's history.
+fn fold_check(n: &Node, ctx: &Ctx<'_>) -> ModelFold {
+    testing::model(ctx.policy, all_events(&n.replica, ctx.regions))
 }
 
 /// Checks on one region's history that need no comparison (the regions are compared byte
@@ -449,7 +296,8 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     for acct in &accounts {
         let entries = r0.entries(acct, None, usize::MAX);
         let mut bal: BTreeMap<Currency, Decimal> = BTreeMap::new();
-        let mut rules: BTreeMap<Currency, Applied> = BTreeMap::new();
+        // The rule by the model's own resolution (not the core's `Policy::applied`).
+        let mut rules: BTreeMap<Currency, ModelRule<'_>> = BTreeMap::new();
         for (k, (_, e)) in entries.iter().enumerate() {
             match e {
                 Entry::Event { event, settled } => {
@@ -461,7 +309,7 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
                     }
                     let a = rules
                         .entry(tx.currency)
-                        .or_insert_with(|| policy.applied(acct.as_str(), tx.currency));
+                        .or_insert_with(|| testing::model_rule(policy, acct.as_str(), tx.currency));
                     let reversible = a.action == Action::Reverse && a.reversible.contains(&tx.kind);
                     if tx.kind.is_debit() && reversible && *b < a.floor {
                         let reversed = matches!(
@@ -556,7 +404,7 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         };
     }
     // Two threads, each owning every other region (a replica may move between threads but
-    // not be shared). Thread 1 (even regions) also runs the naive re-fold on the first
+    // not be shared). Thread 1 (even regions) also runs the reference model on the first
     // region; thread 2 (odd regions) the history checks on the second region.
     let n_nodes = nodes.len();
     let mut even: Vec<(usize, Node)> = Vec::new();
@@ -605,16 +453,16 @@ pub fn check(sim: &mut Sim) -> CheckResult {
     let mut f = Failures::new();
     let Some(per_odd) = per_odd else {
         f.add("convergence", "the checker thread panicked".into());
-        return finish(sim, f, Vec::new(), 0);
+        return finish(sim, f, &ModelFold::default());
     };
     let mut per: PerNode = per_even.into_iter().chain(per_odd).collect();
     per.sort_by_key(|(i, _)| *i);
     let mut per = per.into_iter().map(|(_, r)| r);
     let Some(f0) = per.next() else {
-        return finish(sim, f, Vec::new(), 0);
+        return finish(sim, f, &ModelFold::default());
     };
     f.extend(f0);
-    let (expected, overdrafts) = folded;
+    let expected = &folded.feed;
     f.extend(history);
     let per_rest: Vec<Failures> = per.collect();
 
@@ -660,7 +508,7 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         }
     }
 
-    // 3 and 4. The feed against the naive re-fold, and the same ids everywhere.
+    // 3 and 4. The feed against the reference model, and the same ids everywhere.
     let feed0 = r0.feed(0, usize::MAX);
     let ids0: Vec<String> = feed0.iter().map(Compensation::id).collect();
     for n in &sim.nodes {
@@ -682,19 +530,19 @@ pub fn check(sim: &mut Sim) -> CheckResult {
             f.add(
                 "exactly_once",
                 format!(
-                    "{}: {} feed entries, the naive re-fold expects {}",
+                    "{}: {} feed entries, the reference model expects {}",
                     n.id,
                     feed.len(),
                     expected.len()
                 ),
             );
         }
-        for (i, (c, x)) in feed.iter().zip(&expected).enumerate() {
+        for (i, (c, x)) in feed.iter().zip(expected).enumerate() {
             if c.kind != x.kind || c.cause != x.cause || c.related != x.related {
                 f.add(
                     "exactly_once",
                     format!(
-                        "{}: feed[{i}] is {} ({:?}), the naive re-fold expects {}:{} ({:?})",
+                        "{}: feed[{i}] is {} ({:?}), the reference model expects {}:{} ({:?})",
                         n.id,
                         c.id(),
                         c.kind,
@@ -725,18 +573,37 @@ pub fn check(sim: &mut Sim) -> CheckResult {
                 );
             }
         }
+        // 5. Once every event is settled, each settled balance is the model's (its events
+        // plus the compensations the SPEC derives). Before that the two differ by design and
+        // convergence already failed.
+        if sim.converged_at.is_some() {
+            for ((a, c), bal) in &folded.balances {
+                let settled = n.replica.balance(a, *c).settled;
+                if settled != *bal {
+                    f.add(
+                        "conservation",
+                        format!(
+                            "{}: settled balance of {a} {} is {settled}, the reference model says {bal}",
+                            n.id,
+                            c.as_str()
+                        ),
+                    );
+                }
+            }
+        }
     }
-    finish(sim, f, expected, overdrafts)
+    finish(sim, f, &folded)
 }
 
-fn finish(sim: &Sim, f: Failures, expected: Vec<Expected>, overdrafts: u64) -> CheckResult {
+fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
     let mut out = Outcome {
-        overdrafts,
+        overdrafts: model.overdrafts,
         ..Outcome::default()
     };
     if let Some(first) = sim.nodes.first() {
         let r0 = &first.replica;
-        let dup_causes: BTreeSet<EventId> = expected
+        let dup_causes: BTreeSet<EventId> = model
+            .feed
             .iter()
             .filter(|x| x.duplicate)
             .map(|x| x.cause)

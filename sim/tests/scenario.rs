@@ -89,7 +89,7 @@ fn without_the_partition_the_second_purchase_is_refused_and_nothing_is_compensat
 
 #[test]
 fn the_checker_notices_a_feed_the_policy_does_not_explain() {
-    // Run under the fee policy, then check against the reverse policy: the naive re-fold
+    // Run under the fee policy, then check against the reverse policy: the reference model
     // expects a reversal where the replicas charged a fee.
     let mut sim = run("fee.toml");
     let dir = env!("CARGO_MANIFEST_DIR");
