@@ -15,8 +15,7 @@ use axum::body::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use wallet_core::{
-    AccountId, EntryKey, EventId, Message, Output, Replica, Report, SubmitError, Submitted,
-    TxRequest,
+    AccountId, EntryKey, EventId, Message, Output, Replica, SubmitError, Submitted, TxRequest,
 };
 use wallet_p2p::{MemberAddr, NetConfig, NetEvent, NetHandle};
 
@@ -25,42 +24,24 @@ use crate::metrics::{Metrics, Refusal};
 use crate::render;
 use crate::storage::{self, DiskDone, IdemRecord, Store, WriteBatch, WriteOp};
 
-/// Anti-entropy period: pull from every connected member this often.
-pub const ANTI_ENTROPY_INTERVAL_MS: u64 = 2_000;
-/// Most events asked for / answered in one pull.
-pub const PULL_BATCH_EVENTS_MAX: usize = 2_048;
-/// Least time between two pulls from one member triggered by its heartbeats showing events we
-/// lack (a full answer pulls again at once regardless).
-pub const HEARTBEAT_PULL_SPACING_MS: u64 = 1_000;
-/// A pull not answered within this long no longer blocks the next one (the answer was lost or
-/// the member went away).
-pub const PULL_TIMEOUT_MS: u64 = 2_000;
-/// A pull is taken as lost (dropped during a partition that was healing, say) once this many
-/// heartbeats came from the member after it without an answer: the member answers in order,
-/// so a live member's answer would have come before them.
-pub const PULL_LOST_AFTER_HEARTBEATS: u32 = 2;
-/// Least first back-off of pulls from a member whose pull answer brought nothing applicable
-/// although its last heartbeat announced events this region lacks. The first back-off is one
-/// heartbeat interval, at least this; each further fruitless answer doubles it.
-pub const PULL_BACKOFF_MS_MIN: u64 = 100;
-/// Most back-off of pulls from one member: a member that keeps announcing events it cannot
-/// deliver (or that this region refuses) is still asked this often.
-pub const PULL_BACKOFF_MS_MAX: u64 = 30_000;
 /// Most HTTP commands the actor takes per loop iteration (one write batch).
 pub const COMMANDS_PER_BATCH_MAX: usize = 1_024;
 /// Capacity of the command channel from HTTP handlers to the actor.
 pub const COMMAND_QUEUE_MAX: usize = 8_192;
 /// How long an idempotency result is kept, by wall clock.
 pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1_000;
-/// Most expired idempotency results dropped per anti-entropy tick.
-pub const IDEMPOTENCY_EXPIRE_PER_TICK_MAX: usize = 10_000;
+/// Most expired idempotency results dropped per expiry pass (the next pass follows at once
+/// when more are due, so other inputs are served in between).
+pub const IDEMPOTENCY_EXPIRE_PER_PASS_MAX: usize = 10_000;
 /// Most transactions per list page.
 pub const PAGE_LIMIT_MAX: usize = 1_000;
 
-const _: () = assert!(PULL_BATCH_EVENTS_MAX != wallet_core::replica::GOSSIP_BATCH_EVENTS_MAX);
 const _: () = assert!(COMMANDS_PER_BATCH_MAX <= COMMAND_QUEUE_MAX);
-const _: () = assert!(PULL_BACKOFF_MS_MIN <= PULL_BACKOFF_MS_MAX);
-const _: () = assert!(PULL_TIMEOUT_MS <= PULL_BACKOFF_MS_MAX);
+
+/// The tokio instant of wall-clock time `at_ms` (now, when it is past).
+fn instant_at(at_ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms()))
+}
 
 /// Wall-clock milliseconds since the Unix epoch (read only here, never in the core).
 pub fn now_ms() -> u64 {
@@ -181,10 +162,13 @@ pub enum Input {
     Http,
     /// A transport event.
     Net(NetEvent),
-    /// The replica's timer is due.
+    /// The transport stopped: no more network events.
+    NetClosed,
+    /// The replica's timer is due (`Replica::poll_timeout`: heartbeat, periodic pull, pull
+    /// time-out).
     Timer,
-    /// Periodic anti-entropy and housekeeping.
-    AntiEntropy,
+    /// The oldest idempotency result is due to expire (a host timer: the cache is host state).
+    ExpireIdempotency,
     /// The storage writer's report.
     Disk(DiskDone),
 }
@@ -203,15 +187,6 @@ pub struct Shared {
 struct IdemEntry {
     rec: Arc<IdemRecord>,
     seq: u64,
-}
-
-/// Pulls from one member held back after fruitless answers.
-#[derive(Debug, Clone, Copy)]
-struct PullBackoff {
-    /// Current back-off.
-    delay_ms: u64,
-    /// No pull to the member before this wall-clock time.
-    until_ms: u64,
 }
 
 struct Waiter {
@@ -239,32 +214,9 @@ pub struct Actor {
     restoring: bool,
     failed: bool,
     deferred: VecDeque<Output>,
-    last_pull_ms: BTreeMap<wallet_core::RegionId, u64>,
-    /// The one pull in flight (member, sent at): catch-up runs as a single chain of bounded
-    /// batches from one member at a time, so no event is fetched twice from two members.
-    pull_outstanding: Option<(wallet_core::RegionId, u64)>,
-    /// Heartbeats received from the member of `pull_outstanding` since the pull was sent.
-    pull_heartbeats: u32,
-    /// Members whose last pull answer brought nothing applicable although they looked
-    /// ahead: not pulled from again before their back-off ends.
-    pull_backoff: BTreeMap<wallet_core::RegionId, PullBackoff>,
-    /// First back-off: one heartbeat interval, within the bounds.
-    pull_backoff_first_ms: u64,
-    /// Round-robin position of the periodic pull.
-    pull_rr: usize,
-    /// Pulls sent, per member (a metric: the pull rate shows a catch-up that cannot end).
+    /// Pulls the replica sent, per member, counted as they leave (a metric: the pull rate
+    /// shows a catch-up that cannot end; their sum is the core's `PullStats::sent`).
     pulls_sent: BTreeMap<wallet_core::RegionId, u64>,
-}
-
-fn report_kind(r: &Report) -> &'static str {
-    match r {
-        Report::Rejected { .. } => "rejected",
-        Report::ClockSkew { .. } => "clock_skew",
-        Report::Equivocation { .. } => "equivocation",
-        Report::PolicyMismatch { .. } => "policy_mismatch",
-        Report::Overflow { .. } => "overflow",
-        Report::UnknownMember { .. } => "unknown_member",
-    }
 }
 
 impl Actor {
@@ -286,6 +238,13 @@ impl Actor {
                     self.push_op(WriteOp::Record { index, record });
                 }
                 Output::Broadcast(m) => self.net.broadcast(m).await,
+                Output::Send { to, msg } => {
+                    if matches!(msg, Message::Pull { .. } | Message::PullGaps { .. }) {
+                        let n = self.pulls_sent.entry(to).or_insert(0);
+                        *n = n.saturating_add(1);
+                    }
+                    self.net.send(to, msg).await;
+                }
                 Output::Compensation(c) => {
                     self.metrics.compensation(c.kind.as_str());
                     tracing::info!(id = %c.id(), account = %c.account, currency = %c.currency,
@@ -293,14 +252,11 @@ impl Actor {
                         position = c.position, "compensation settled");
                 }
                 Output::Report(r) => {
-                    self.metrics.report(report_kind(&r));
-                    match &r {
-                        Report::Equivocation { .. }
-                        | Report::PolicyMismatch { .. }
-                        | Report::Overflow { .. } => {
-                            tracing::error!(report = ?r, "replica report")
-                        }
-                        _ => tracing::warn!(report = ?r, "replica report"),
+                    self.metrics.report(r.kind());
+                    if r.is_severe() {
+                        tracing::error!(report = ?r, "replica report");
+                    } else {
+                        tracing::warn!(report = ?r, "replica report");
                     }
                 }
             }
@@ -736,17 +692,21 @@ impl Actor {
                 let _ = writeln!(s, "walletd_pulls_sent_total{{member=\"{}\"}} {n}", m.region);
             }
         }
-        s.push_str("# HELP walletd_pull_backoff_ms Current back-off of pulls from a member whose answers bring nothing applicable (0: none).\n# TYPE walletd_pull_backoff_ms gauge\n");
-        let now = now_ms();
-        for m in r.members() {
-            if m.region != r.region() {
-                let ms = self
-                    .pull_backoff
-                    .get(&m.region)
-                    .filter(|b| now < b.until_ms)
-                    .map_or(0, |b| b.delay_ms);
-                let _ = writeln!(s, "walletd_pull_backoff_ms{{member=\"{}\"}} {ms}", m.region);
-            }
+        let ps = r.pull_stats();
+        s.push_str("# HELP walletd_pull_scheduler_total Anti-entropy scheduler counters of the core, by event (wallet_core PullStats).\n# TYPE walletd_pull_scheduler_total counter\n");
+        for (event, n) in [
+            ("sent", ps.sent),
+            ("answered", ps.answered),
+            ("served", ps.served),
+            ("on_connect", ps.on_connect),
+            ("cleared_on_disconnect", ps.cleared_on_disconnect),
+            ("given_up", ps.given_up),
+            ("timed_out", ps.timed_out),
+            ("on_heartbeat", ps.on_heartbeat),
+            ("periodic", ps.periodic),
+            ("backoffs", ps.backoffs),
+        ] {
+            let _ = writeln!(s, "walletd_pull_scheduler_total{{event=\"{event}\"}} {n}");
         }
         let _ = writeln!(s, "# HELP walletd_watermark_lag_ms Local clock minus the settled watermark.\n# TYPE walletd_watermark_lag_ms gauge\nwalletd_watermark_lag_ms {}", r.settlement_lag_ms());
         let _ = writeln!(s, "# HELP walletd_watermark_ms Settled watermark (physical ms).\n# TYPE walletd_watermark_ms gauge\nwalletd_watermark_ms {}", r.watermark().millis());
@@ -810,201 +770,35 @@ impl Actor {
         }
     }
 
-    /// True while a pull is in flight and not timed out.
-    fn pull_busy(&self, now: u64) -> bool {
-        matches!(self.pull_outstanding, Some((_, t)) if now < t.saturating_add(PULL_TIMEOUT_MS))
-    }
-
-    /// True while the pull in flight (timed out or not) is to `r`.
-    fn pulling_from(&self, r: wallet_core::RegionId) -> bool {
-        matches!(self.pull_outstanding, Some((p, _)) if p == r)
-    }
-
-    /// How many events member `r` announced in its last heartbeat the replica accepted that
-    /// this region lacks and could apply (origins frozen after equivocation, and anything a
-    /// refused heartbeat claimed, count nothing).
-    fn lacking_from(&self, r: wallet_core::RegionId) -> u64 {
-        self.replica
-            .member_vv(r)
-            .map_or(0, |vv| self.replica.events_lacking(vv))
-    }
-
-    /// True while pulls from `r` are held back.
-    fn backed_off(&self, r: wallet_core::RegionId, now: u64) -> bool {
-        self.pull_backoff.get(&r).is_some_and(|b| now < b.until_ms)
-    }
-
-    /// A pull answer from `r` brought nothing applicable although `r` still looks ahead:
-    /// hold pulls from it back, one heartbeat interval the first time, then twice as long
-    /// each time, up to [`PULL_BACKOFF_MS_MAX`].
-    fn back_off(&mut self, r: wallet_core::RegionId, now: u64, lacking: u64) {
-        let first = self.pull_backoff_first_ms;
-        let b = self.pull_backoff.entry(r).or_insert(PullBackoff {
-            delay_ms: 0,
-            until_ms: 0,
-        });
-        let started = b.delay_ms == 0;
-        b.delay_ms = if started {
-            first
-        } else {
-            b.delay_ms.saturating_mul(2).min(PULL_BACKOFF_MS_MAX)
-        };
-        b.until_ms = now.saturating_add(b.delay_ms);
-        let delay_ms = b.delay_ms;
-        if started {
-            tracing::warn!(region = %r, lacking, "member announces events this region lacks, \
-                but its pull answer brought none it could apply; pulling from it with back-off");
-        } else {
-            tracing::debug!(region = %r, lacking, delay_ms, "pull back-off");
-        }
-    }
-
-    /// The connected member, not in back-off, whose last accepted heartbeat shows the most
-    /// events we lack and could apply, if any.
-    fn peer_ahead(&self, now: u64) -> Option<wallet_core::RegionId> {
-        let me = self.replica.region();
-        self.net
-            .connected()
-            .into_iter()
-            .filter(|r| *r != me && !self.backed_off(*r, now))
-            .map(|r| (self.lacking_from(r), r))
-            .filter(|(lack, _)| *lack > 0)
-            .max_by_key(|(lack, r)| (*lack, std::cmp::Reverse(*r)))
-            .map(|(_, r)| r)
-    }
-
-    async fn pull_from(&mut self, r: wallet_core::RegionId) {
-        let now = now_ms();
-        self.last_pull_ms.insert(r, now);
-        self.pull_outstanding = Some((r, now));
-        self.pull_heartbeats = 0;
-        let n = self.pulls_sent.entry(r).or_insert(0);
-        *n = n.saturating_add(1);
-        let msg = self.replica.pull_request(PULL_BATCH_EVENTS_MAX as u32);
-        self.net.send(r, msg).await;
-    }
-
-    async fn on_net(&mut self, ev: NetEvent) {
+    fn on_net(&mut self, ev: NetEvent) {
         let now = now_ms();
         match ev {
             NetEvent::Connected(r) => {
                 tracing::info!(region = %r, "member connected");
-                // A pull to a member that went away was lost with its connection.
-                let lost = self.pulling_from(r);
-                if lost || !self.pull_busy(now) {
-                    self.pull_from(r).await;
-                }
+                self.replica.handle_connected(now, r);
             }
             NetEvent::Disconnected(r) => {
                 tracing::info!(region = %r, "member disconnected");
-                if self.pulling_from(r) {
-                    self.pull_outstanding = None;
-                }
+                self.replica.handle_disconnected(now, r);
             }
-            NetEvent::Message { from, msg, .. } => match msg {
-                Message::Pull { vv, limit } => {
-                    let n = (limit as usize).min(PULL_BATCH_EVENTS_MAX);
-                    let events = self.replica.missing_for(&vv, n);
-                    // Always answer, even with nothing: the answer ends the requester's chain.
-                    self.net.send(from, Message::Events(events)).await;
-                }
-                Message::PullGaps { vv, upto, limit } => {
-                    let n = (limit as usize).min(PULL_BATCH_EVENTS_MAX);
-                    let events = self.replica.missing_for_gaps(&vv, &upto, n);
-                    // Always answer, even with nothing: the answer ends the requester's chain.
-                    self.net.send(from, Message::Events(events)).await;
-                }
-                Message::Events(events) => {
-                    let full = events.len() >= PULL_BATCH_EVENTS_MAX;
-                    let answer = self.pulling_from(from);
-                    let held = self.replica.event_count();
-                    self.replica
-                        .handle_message(now, from, Message::Events(events));
-                    if answer {
-                        self.pull_outstanding = None;
-                        let progress = self.replica.event_count() > held;
-                        if progress {
-                            self.pull_backoff.remove(&from);
-                        } else {
-                            // Nothing applied (refused, or of a frozen origin): if the member
-                            // still looks ahead, pulling again at once would bring the same.
-                            let lacking = self.lacking_from(from);
-                            if lacking > 0 {
-                                self.back_off(from, now, lacking);
-                            }
-                        }
-                        if full && progress {
-                            // A full answer: more is missing; ask the same member again at once.
-                            self.pull_from(from).await;
-                        } else if let Some(next) = self.peer_ahead(now) {
-                            // A member (not in back-off) still holds events we lack.
-                            self.pull_from(next).await;
-                        }
-                    }
-                }
-                Message::Evidence(ev) => {
-                    // Checked by the replica (both items signed by the origin); a proof
-                    // freezes the origin here too.
-                    self.replica
-                        .handle_message(now, from, Message::Evidence(ev));
-                }
-                hb @ (Message::Heartbeat(_) | Message::SignedHeartbeat(_)) => {
-                    // A heartbeat whose version vector is ahead of ours shows a gap (a push was
-                    // lost): pull from that member now rather than at the next periodic pull.
-                    // The gap must show in the member's PREVIOUS heartbeat (a heartbeat period
-                    // ago): what it announces now may still be in flight as pushes, and pulling
-                    // it would fetch those events twice. Only heartbeats the replica accepted
-                    // count (`member_vv`): a forged or refused one announces nothing.
-                    let behind = self.lacking_from(from) > 0;
-                    self.replica.handle_message(now, from, hb);
-                    let recent = self
-                        .last_pull_ms
-                        .get(&from)
-                        .is_some_and(|t| now < t.saturating_add(HEARTBEAT_PULL_SPACING_MS));
-                    let mut lost = false;
-                    if self.pulling_from(from) {
-                        self.pull_heartbeats += 1;
-                        lost = self.pull_heartbeats >= PULL_LOST_AFTER_HEARTBEATS;
-                    }
-                    if lost {
-                        self.pull_outstanding = None;
-                    }
-                    let backed_off = self.backed_off(from, now);
-                    if behind && !backed_off && (lost || (!recent && !self.pull_busy(now))) {
-                        self.pull_from(from).await;
-                    }
-                }
-            },
+            NetEvent::Message { from, msg, .. } => self.replica.handle_message(now, from, msg),
         }
     }
 
-    async fn on_anti_entropy(&mut self) {
-        // One pull per period, unless a chain is running: to the member furthest ahead by its
-        // heartbeats, else round-robin (a safety net for lost pushes and heartbeats).
-        let me = self.replica.region();
-        let now = now_ms();
-        if !self.pull_busy(now) {
-            let peers: Vec<_> = self
-                .net
-                .connected()
-                .into_iter()
-                .filter(|r| *r != me && !self.backed_off(*r, now))
-                .collect();
-            let target = self.peer_ahead(now).or_else(|| {
-                (!peers.is_empty()).then(|| {
-                    self.pull_rr = self.pull_rr.wrapping_add(1);
-                    peers[self.pull_rr % peers.len()]
-                })
-            });
-            if let Some(r) = target {
-                self.pull_from(r).await;
-            }
-        }
-        // Expire idempotency results older than the TTL (by wall clock, at the edge).
+    /// When the oldest idempotency result expires, if any is held.
+    fn next_idem_expiry(&self) -> Option<u64> {
+        self.idem_expiry
+            .front()
+            .map(|(created, _, _)| created.saturating_add(IDEMPOTENCY_TTL_MS))
+    }
+
+    /// Drops idempotency results older than the TTL (by wall clock, at the edge), at most
+    /// [`IDEMPOTENCY_EXPIRE_PER_PASS_MAX`] per pass.
+    fn expire_idempotency(&mut self) {
         let now = now_ms();
         let mut n = 0;
         while let Some((created, _, _)) = self.idem_expiry.front() {
-            if n >= IDEMPOTENCY_EXPIRE_PER_TICK_MAX
+            if n >= IDEMPOTENCY_EXPIRE_PER_PASS_MAX
                 || now < created.saturating_add(IDEMPOTENCY_TTL_MS)
             {
                 break;
@@ -1054,24 +848,31 @@ async fn actor_loop(
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let mut cmds: Vec<Command> = Vec::with_capacity(COMMANDS_PER_BATCH_MAX);
-    let mut ae = tokio::time::interval(Duration::from_millis(ANTI_ENTROPY_INTERVAL_MS));
-    ae.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut net_open = true;
     let mut cmds_open = true;
     let mut stopping = false;
     let mut disk_open = true;
-    let sleep = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(sleep);
-    let mut armed_for = u64::MAX;
+    // The replica's timer: armed for `poll_timeout()` (wall-clock ms).
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut timer_at = u64::MAX;
+    // The idempotency cache's expiry: armed for its oldest result.
+    let expiry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(expiry);
+    let mut expiry_at = None;
     a.flush().await;
     loop {
         let due = a.replica.poll_timeout();
-        if due != armed_for {
-            armed_for = due;
-            let wait = due.saturating_sub(now_ms());
-            sleep
-                .as_mut()
-                .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
+        if due != timer_at {
+            timer_at = due;
+            timer.as_mut().reset(instant_at(due));
+        }
+        let next_expiry = a.next_idem_expiry();
+        if next_expiry != expiry_at {
+            expiry_at = next_expiry;
+            if let Some(at) = next_expiry {
+                expiry.as_mut().reset(instant_at(at));
+            }
         }
         let input = tokio::select! {
             biased;
@@ -1090,10 +891,13 @@ async fn actor_loop(
             }
             ev = net_rx.recv(), if net_open => match ev {
                 Some(ev) => Input::Net(ev),
-                None => { net_open = false; Input::Timer }
+                None => { net_open = false; Input::NetClosed }
             },
-            _ = &mut sleep => { armed_for = u64::MAX; Input::Timer }
-            _ = ae.tick() => Input::AntiEntropy,
+            _ = &mut timer => { timer_at = u64::MAX; Input::Timer }
+            _ = &mut expiry, if expiry_at.is_some() => {
+                expiry_at = None;
+                Input::ExpireIdempotency
+            }
         };
         match input {
             Input::Http => {
@@ -1101,9 +905,12 @@ async fn actor_loop(
                     a.on_command(c).await;
                 }
             }
-            Input::Net(ev) => a.on_net(ev).await,
+            Input::Net(ev) => a.on_net(ev),
+            Input::NetClosed => {
+                tracing::error!("the transport stopped: this region no longer replicates");
+            }
             Input::Timer => a.replica.handle_timeout(now_ms()),
-            Input::AntiEntropy => a.on_anti_entropy().await,
+            Input::ExpireIdempotency => a.expire_idempotency(),
             Input::Disk(d) => a.on_disk(d),
         }
         a.flush().await;
@@ -1201,16 +1008,20 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         cfg.members.iter().map(|m| (m.region, m.peer_id)).collect();
     let auth = wallet_p2p::Ed25519Auth::new(keypair.clone(), &member_ids)
         .map_err(|e| NodeError::Net(format!("config error: members: {e}")))?;
+    // Anti-entropy settings (periodic pull, pull batch) are the core's defaults: the scheduler
+    // is the core's, and walletd only moves its messages, time and connection events.
     let rcfg = wallet_core::Config {
-        region: cfg.region,
-        members: cfg.members.iter().map(|m| m.region).collect(),
         cluster: cfg.cluster.clone(),
-        policy: cfg.policy.clone(),
         max_clock_skew_ms: cfg.max_clock_skew_ms,
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         auth: Box::new(auth),
         recorded_policy: loaded.recorded_policy,
         restore,
+        ..wallet_core::Config::new(
+            cfg.region,
+            cfg.members.iter().map(|m| m.region).collect(),
+            cfg.policy.clone(),
+        )
     };
     let n_events = loaded.events.len();
     let mut replica = Replica::new(rcfg, loaded.ceiling);
@@ -1308,14 +1119,6 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         restoring,
         failed: false,
         deferred: VecDeque::new(),
-        last_pull_ms: BTreeMap::new(),
-        pull_outstanding: None,
-        pull_heartbeats: 0,
-        pull_backoff: BTreeMap::new(),
-        pull_backoff_first_ms: cfg
-            .heartbeat_interval_ms
-            .clamp(PULL_BACKOFF_MS_MIN, PULL_BACKOFF_MS_MAX),
-        pull_rr: 0,
         pulls_sent: BTreeMap::new(),
     };
     if restoring && loaded.fresh {

@@ -746,9 +746,9 @@ async fn evidence(c: &LocalCluster, i: usize) -> Vec<Value> {
         .clone()
 }
 
-/// Most pulls to one member in the 3 s the pull-rate tests watch: the periodic pull (every
-/// 2 s) and a back-off of at least one heartbeat interval doubling per fruitless answer allow a
-/// few; a chain of back-to-back pulls makes dozens to hundreds.
+/// Most pulls to one member in the 3 s the pull-rate tests watch: the core's periodic pull
+/// (every 2 s) and its back-off (250 ms doubling per fruitless answer) allow a few; a chain of
+/// back-to-back pulls makes dozens to hundreds.
 const PULLS_IN_3_S_MAX: u64 = 10;
 
 /// A sample of a region's pull counter towards `member`.
@@ -932,7 +932,15 @@ async fn a_member_whose_events_are_refused_is_pulled_with_back_off() {
                 if let wallet_p2p::NetEvent::Message { from, msg, .. } = ev {
                     if matches!(msg, Message::Pull { .. } | Message::PullGaps { .. }) {
                         answered.fetch_add(1, Ordering::Relaxed);
-                        net.send(from, Message::Events(answer.clone())).await;
+                        let events = answer.clone();
+                        net.send(
+                            from,
+                            Message::PullAnswer {
+                                events,
+                                more: false,
+                            },
+                        )
+                        .await;
                     }
                 }
             }
@@ -984,6 +992,27 @@ async fn a_member_whose_events_are_refused_is_pulled_with_back_off() {
         p1 - p0
     );
     assert_eq!(status(&c, EU).await["version_vector"]["ap"], 0);
+    // The core's back-off rule fired, and walletd's per-member count is the core's count.
+    let text = c.metrics(EU).await.unwrap();
+    let scheduler = |event: &str| {
+        metric(
+            &text,
+            &format!("walletd_pull_scheduler_total{{event=\"{event}\"}}"),
+        )
+        .unwrap_or(0)
+    };
+    assert!(scheduler("backoffs") >= 1, "{text}");
+    let per_member: u64 = ["us", "ap"]
+        .iter()
+        .map(|m| {
+            metric(
+                &text,
+                &format!("walletd_pulls_sent_total{{member=\"{m}\"}}"),
+            )
+            .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(per_member, scheduler("sent"), "{text}");
     heartbeats.abort();
     responder.abort();
     net.shutdown().await;
