@@ -68,6 +68,8 @@ Workload:
   --hot-share PCT          share of traffic on the hot set (default 30%)
   --retry-share PCT        requests re-sent with the same key to the same region (default 5%)
   --two-region-share PCT   requests whose key is also sent to a second region (default 2%)
+  --conflict-share PCT     requests sent during a partition whose key is sent again with
+                           another body across it, then retried at a third region (default 1%)
 Faults (random ones drawn from the seed; on by default):
   --faults random|none     none: fixed 5 ms delay, no loss, no partitions, crashes or skew
   --delay MIN..MAX         one-way message delay, ms (default 5..120)
@@ -248,6 +250,9 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
             }
             "--two-region-share" => {
                 base.workload.two_region_ppm = ctx(parse_ppm(value(args, &mut i, flag)?), flag)?
+            }
+            "--conflict-share" => {
+                base.workload.conflict_ppm = ctx(parse_ppm(value(args, &mut i, flag)?), flag)?
             }
             "--faults" => match value(args, &mut i, flag)? {
                 "none" => faults_mode = Some(false),

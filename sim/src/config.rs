@@ -35,6 +35,9 @@ pub struct Workload {
     pub retry_ppm: u32,
     /// Share of requests whose key is also sent to a second region, ppm.
     pub two_region_ppm: u32,
+    /// Share of requests sent during a partition whose key is sent again with another body
+    /// to a region across it, then retried at a third region, ppm.
+    pub conflict_ppm: u32,
 }
 
 impl Default for Workload {
@@ -50,6 +53,7 @@ impl Default for Workload {
             hot_share_ppm: 300_000,
             retry_ppm: 50_000,
             two_region_ppm: 20_000,
+            conflict_ppm: 10_000,
         }
     }
 }

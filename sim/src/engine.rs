@@ -314,48 +314,153 @@ fn add_pull_stats(sum: &mut PullStats, s: PullStats) {
     sum.backoffs += s.backoffs;
 }
 
+/// The fault schedule (scripted steps, then random partitions, crashes and a skew change), in
+/// the order the events are queued.
+fn fault_schedule(cfg: &SimConfig, end_ms: u64, rng: &mut Rng) -> Vec<(u64, Action)> {
+    let mut out: Vec<(u64, Action)> = cfg
+        .scenario
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.action, Action::Tx { .. }))
+        .map(|s| (s.at_ms, s.action.clone()))
+        .collect();
+    // Explicit --partitions/--crashes counts apply even with --faults none.
+    let f = cfg.faults.clone();
+    let n = cfg.regions.len();
+    let dur = end_ms.max(1_000);
+    let scripted = cfg.scenario.has_faults();
+    let default_random = f.enabled && !scripted;
+    let partitions = f.partitions.unwrap_or(if default_random {
+        (dur / 40_000).max(1) as u32
+    } else {
+        0
+    });
+    if n >= 2 && partitions > 0 {
+        let slot = dur / u64::from(partitions);
+        for k in 0..u64::from(partitions) {
+            let start = slot * k + rng.below(slot / 2 + 1);
+            let len = rng.range((slot / 4).min(1_000), (slot / 2).max(1));
+            let mut groups = vec![Vec::new(), Vec::new()];
+            for r in 0..n {
+                groups[rng.below(2) as usize].push(r);
+            }
+            if groups[0].is_empty() || groups[1].is_empty() {
+                let lone = rng.below(n as u64) as usize;
+                groups = vec![vec![lone], (0..n).filter(|r| *r != lone).collect()];
+            }
+            out.push((start, Action::Split(groups)));
+            out.push((start + len, Action::Heal));
+        }
+    }
+    let crashes = f.crashes.unwrap_or(if default_random {
+        (dur / 60_000).clamp(1, 4) as u32
+    } else {
+        0
+    });
+    if n >= 1 && crashes > 0 {
+        let slot = dur / u64::from(crashes);
+        for k in 0..u64::from(crashes) {
+            let at = slot * k + rng.below(slot / 2 + 1);
+            let down = rng.range(300.min(slot / 2), (slot / 2).clamp(1, 8_000));
+            let r = rng.below(n as u64) as usize;
+            out.push((at, Action::Crash(r)));
+            out.push((at + down, Action::Restart(r)));
+        }
+    }
+    if default_random && f.max_skew_ms > 0 && n > 0 {
+        let at = rng.below(dur);
+        let r = rng.below(n as u64) as usize;
+        let m = f.max_skew_ms;
+        let s = rng.range(0, 2 * m) as i64 - m as i64;
+        out.push((at, Action::Skew(r, s)));
+    }
+    out
+}
+
+/// Partition windows of a fault schedule: (start, end, group of each region), in time order.
+/// A window still open at the end of the schedule ends at `u64::MAX`.
+pub fn partition_windows(n: usize, schedule: &[(u64, Action)]) -> Vec<(u64, u64, Vec<u32>)> {
+    // Queue order: by time, then by position in the schedule.
+    let mut steps: Vec<&(u64, Action)> = schedule.iter().collect();
+    steps.sort_by_key(|(at, _)| *at);
+    let mut out = Vec::new();
+    let mut group = vec![0u32; n];
+    let mut open: Option<u64> = None;
+    for (at, a) in steps {
+        match a {
+            Action::Split(groups) => {
+                if let Some(s) = open.take() {
+                    out.push((s, *at, group.clone()));
+                }
+                for (g, members) in groups.iter().enumerate() {
+                    for r in members {
+                        if let Some(x) = group.get_mut(*r) {
+                            *x = g as u32 + 1;
+                        }
+                    }
+                }
+                open = Some(*at);
+            }
+            Action::Heal => {
+                if let Some(s) = open.take() {
+                    out.push((s, *at, group.clone()));
+                }
+                group.iter_mut().for_each(|g| *g = 0);
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = open {
+        out.push((s, u64::MAX, group));
+    }
+    out
+}
+
 impl Sim {
     /// Builds a run: regions, workload and fault schedule, all from the seed.
     pub fn new(cfg: SimConfig) -> Sim {
-        let workload = Workload::generate(&cfg);
+        let mut workload = Workload::generate(&cfg);
         let n = cfg.regions.len();
         let mut fault_rng = Rng::new(cfg.seed, b"faults");
-        let nodes: Vec<Node> = cfg
-            .regions
-            .iter()
-            .map(|me| {
+        let skews: Vec<i64> = (0..n)
+            .map(|_| {
                 // Random skew only when the faults are random (a scenario scripts its own).
-                let skew = if cfg.faults.enabled
-                    && cfg.faults.max_skew_ms > 0
-                    && !cfg.scenario.has_faults()
-                {
+                if cfg.faults.enabled && cfg.faults.max_skew_ms > 0 && !cfg.scenario.has_faults() {
                     let m = cfg.faults.max_skew_ms;
                     fault_rng.range(0, 2 * m) as i64 - m as i64
                 } else {
                     0
-                };
-                Node {
-                    id: *me,
-                    replica: Replica::new(make_config(&cfg, *me), Hlc::ZERO),
-                    up: true,
-                    inc: 0,
-                    skew,
-                    disk: Disk {
-                        durable: vec![0; n],
-                        written: vec![0; n],
-                        ceiling: Hlc::ZERO,
-                        watermark: Hlc::ZERO,
-                        evidence: Vec::new(),
-                        pending: VecDeque::new(),
-                        fsync_in_flight: false,
-                        out_of_order: 0,
-                    },
-                    timer_at: None,
-                    acks: VecDeque::new(),
-                    lag_q: VecDeque::new(),
-                    just_submitted: None,
-                    told: vec![false; n],
                 }
+            })
+            .collect();
+        let faults = fault_schedule(&cfg, workload.end_ms, &mut fault_rng);
+        // Requests that reuse a key with another body go where partitions are.
+        workload.add_conflicts(&cfg, &partition_windows(n, &faults));
+        let nodes: Vec<Node> = cfg
+            .regions
+            .iter()
+            .zip(skews)
+            .map(|(me, skew)| Node {
+                id: *me,
+                replica: Replica::new(make_config(&cfg, *me), Hlc::ZERO),
+                up: true,
+                inc: 0,
+                skew,
+                disk: Disk {
+                    durable: vec![0; n],
+                    written: vec![0; n],
+                    ceiling: Hlc::ZERO,
+                    watermark: Hlc::ZERO,
+                    evidence: Vec::new(),
+                    pending: VecDeque::new(),
+                    fsync_in_flight: false,
+                    out_of_order: 0,
+                },
+                timer_at: None,
+                acks: VecDeque::new(),
+                lag_q: VecDeque::new(),
+                just_submitted: None,
+                told: vec![false; n],
             })
             .collect();
         let chart = if cfg.record_series {
@@ -406,7 +511,9 @@ impl Sim {
             workload,
             cfg,
         };
-        sim.schedule_faults(&mut fault_rng);
+        for (at, a) in faults {
+            sim.push(at, Ev::Fault(a));
+        }
         // At start every pair is connected.
         for a in 0..n {
             for b in a + 1..n {
@@ -437,70 +544,6 @@ impl Sim {
             seq: self.seq,
             ev,
         });
-    }
-
-    fn schedule_faults(&mut self, rng: &mut Rng) {
-        let steps: Vec<(u64, Action)> = self
-            .cfg
-            .scenario
-            .steps
-            .iter()
-            .filter(|s| !matches!(s.action, Action::Tx { .. }))
-            .map(|s| (s.at_ms, s.action.clone()))
-            .collect();
-        for (at, a) in steps {
-            self.push(at, Ev::Fault(a));
-        }
-        // Explicit --partitions/--crashes counts apply even with --faults none.
-        let f = self.cfg.faults.clone();
-        let n = self.cfg.regions.len();
-        let dur = self.workload.end_ms.max(1_000);
-        let scripted = self.cfg.scenario.has_faults();
-        let default_random = f.enabled && !scripted;
-        let partitions = f.partitions.unwrap_or(if default_random {
-            (dur / 40_000).max(1) as u32
-        } else {
-            0
-        });
-        if n >= 2 && partitions > 0 {
-            let slot = dur / u64::from(partitions);
-            for k in 0..u64::from(partitions) {
-                let start = slot * k + rng.below(slot / 2 + 1);
-                let len = rng.range((slot / 4).min(1_000), (slot / 2).max(1));
-                let mut groups = vec![Vec::new(), Vec::new()];
-                for r in 0..n {
-                    groups[rng.below(2) as usize].push(r);
-                }
-                if groups[0].is_empty() || groups[1].is_empty() {
-                    let lone = rng.below(n as u64) as usize;
-                    groups = vec![vec![lone], (0..n).filter(|r| *r != lone).collect()];
-                }
-                self.push(start, Ev::Fault(Action::Split(groups)));
-                self.push(start + len, Ev::Fault(Action::Heal));
-            }
-        }
-        let crashes = f.crashes.unwrap_or(if default_random {
-            (dur / 60_000).clamp(1, 4) as u32
-        } else {
-            0
-        });
-        if n >= 1 && crashes > 0 {
-            let slot = dur / u64::from(crashes);
-            for k in 0..u64::from(crashes) {
-                let at = slot * k + rng.below(slot / 2 + 1);
-                let down = rng.range(300.min(slot / 2), (slot / 2).clamp(1, 8_000));
-                let r = rng.below(n as u64) as usize;
-                self.push(at, Ev::Fault(Action::Crash(r)));
-                self.push(at + down, Ev::Fault(Action::Restart(r)));
-            }
-        }
-        if default_random && f.max_skew_ms > 0 && n > 0 {
-            let at = rng.below(dur);
-            let r = rng.below(n as u64) as usize;
-            let m = f.max_skew_ms;
-            let s = rng.range(0, 2 * m) as i64 - m as i64;
-            self.push(at, Ev::Fault(Action::Skew(r, s)));
-        }
     }
 
     /// Whether the network lets `a` and `b` reach each other (both up, same side of every

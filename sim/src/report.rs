@@ -42,8 +42,13 @@ pub fn summary(r: &RunResult) -> String {
     );
     let _ = writeln!(
         s,
-        "  transactions {} ({} submissions: {} retries, {} to a second region)",
-        m.transactions, m.submissions, m.retries, m.second_region
+        "  transactions {} ({} submissions: {} retries, {} to a second region, {} same key with another body, {} retried at a third region)",
+        m.transactions,
+        m.submissions,
+        m.retries,
+        m.second_region,
+        m.conflicting_bodies,
+        m.conflict_retries
     );
     let _ = writeln!(
         s,

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub retries: u64,
     /// Same key sent to a second region.
     pub second_region: u64,
+    /// Same key sent with another body to a region across a partition.
+    pub conflicting_bodies: u64,
+    /// Those second bodies retried at a third region.
+    pub conflict_retries: u64,
     /// Debits that took the settled balance below the floor.
     pub overdrafts: u64,
     /// Overdraft fees.
@@ -254,6 +258,16 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
             .submissions
             .iter()
             .filter(|s| s.attempt == Attempt::SecondRegion)
+            .count() as u64,
+        conflicting_bodies: w
+            .submissions
+            .iter()
+            .filter(|s| s.attempt == Attempt::Conflict)
+            .count() as u64,
+        conflict_retries: w
+            .submissions
+            .iter()
+            .filter(|s| s.attempt == Attempt::ConflictRetry)
             .count() as u64,
         overdrafts: check.outcome.overdrafts,
         fees: check.outcome.fees,
