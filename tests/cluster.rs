@@ -351,7 +351,7 @@ fn ap_chain(
     account: &str,
     amount: &str,
 ) -> Vec<Event> {
-    let now = wallet::node::now_ms();
+    let now = wallet::clock::now_ms();
     seqs.map(|seq| {
         let mut e = deposit_event("ap", seq, Hlc::from_millis(now + seq), account, amount);
         sign(&mut e, &r.key, &r.cluster);
@@ -390,7 +390,7 @@ async fn forged_events_from_a_member_impostor_are_rejected() {
     let eu_id: wallet_core::RegionId = "eu".parse().unwrap();
     let us_id: wallet_core::RegionId = "us".parse().unwrap();
 
-    let now = Hlc::from_millis(wallet::node::now_ms());
+    let now = Hlc::from_millis(wallet::clock::now_ms());
     // 1. An event claiming origin eu (the next eu seq), signed with ap's key.
     let mut f1 = deposit_event("eu", 2, now, "carol", "1000");
     sign(&mut f1, &key, &cluster_id);
@@ -463,7 +463,7 @@ async fn forged_events_from_a_member_impostor_are_rejected() {
     let mut ok = deposit_event(
         "ap",
         1,
-        Hlc::from_millis(wallet::node::now_ms()),
+        Hlc::from_millis(wallet::clock::now_ms()),
         "dave",
         "7",
     );
@@ -916,7 +916,7 @@ async fn a_member_whose_events_are_refused_is_pulled_with_back_off() {
             let mut e = deposit_event(
                 "ap",
                 seq,
-                Hlc::from_millis(wallet::node::now_ms() + seq),
+                Hlc::from_millis(wallet::clock::now_ms() + seq),
                 "gina",
                 "3",
             );
@@ -955,7 +955,7 @@ async fn a_member_whose_events_are_refused_is_pulled_with_back_off() {
                 vv.dots.insert(ap_id, 5);
                 let hb = wallet_core::replica::Heartbeat {
                     origin: ap_id,
-                    hlc: Hlc::from_millis(wallet::node::now_ms()),
+                    hlc: Hlc::from_millis(wallet::clock::now_ms()),
                     seq: 5,
                     vv,
                     policy,
