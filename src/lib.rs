@@ -19,7 +19,8 @@
 //! actor's requests and replies (imported by [`http`] and [`actor`], which do not import each
 //! other); [`waiters`] holds replies until their commit is durable; [`idempotency`] is the HTTP
 //! response cache for retries; [`render`] the JSON views; [`metrics`] the Prometheus text;
-//! [`storage`] the redb store and its writer thread; [`demo`] the local cluster harness.
+//! [`storage`] the redb store and its writer thread; [`cluster`] the local cluster harness
+//! (real region processes) used by [`demo`], the benchmarks and the tests.
 //!
 //! Architecture invariants:
 //! - Exactly one task (the actor in [`actor`]) touches the `Replica`; everything else talks to
@@ -33,6 +34,7 @@
 
 pub mod actor;
 pub mod clock;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod demo;

@@ -4,13 +4,13 @@
 //! transport used directly with ap's real key), restart catch-up under traffic, and a policy
 //! mismatch that is reported and settles nothing.
 
-mod cluster_common;
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster_common::*;
+use common::*;
 use futures::future::join_all;
 use serde_json::{json, Value};
 use wallet_core::{AccountId, Amount, Body, Currency, Event, EventId, Hlc, Kind, Message, Tx};
@@ -102,7 +102,7 @@ async fn three_regions_converge_after_a_partition_with_concurrent_overdrafts() {
     }
     eventually(&c, "every region to be alone", WAIT, || async {
         for i in [EU, US, AP] {
-            if !wallet::demo::no_peer_connected(&status(&c, i).await) {
+            if !wallet::cluster::no_peer_connected(&status(&c, i).await) {
                 return false;
             }
         }
