@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use wallet_core::id::check_reference;
 use wallet_core::{AccountId, Amount, AmountError, Currency, Kind, RegionId, TxRequest};
 
+use crate::command::{Command, Reply, Shared, SubmitCmd, PAGE_LIMIT_MAX};
 use crate::config::NodeConfig;
 use crate::metrics::{Metrics, Refusal};
-use crate::node::{Command, Reply, Shared, SubmitCmd, PAGE_LIMIT_MAX};
 use crate::render;
 
 /// The OpenAPI document served at `/openapi.json`.

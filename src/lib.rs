@@ -3,29 +3,46 @@
 //! A region is one long-running process wrapping the sans-IO replica (`wallet_core::Replica`)
 //! with durable storage (redb), an HTTP API (axum), metrics, and the libp2p transport
 //! (`wallet_p2p`). The modules are usable as a library so other front-ends (a `walletd demo`
-//! launcher, the benchmark) reuse configuration, `init` and the node itself.
+//! launcher, the benchmarks, the tests) reuse configuration, `init`, the node and the local
+//! cluster harness.
 //!
 //! ```text
 //!   HTTP (axum) ──Command──┐                          ┌──> storage writer (group commit, fsync)
 //!   NetEvent (p2p) ────────┼──> actor (owns Replica) ──┼──> NetHandle::broadcast / send
-//!   timer (poll_timeout) ──┤     drains poll_output()  └──> metrics, tracing reports
+//!   timers (poll_timeout,  ┤     drains poll_output()  └──> metrics, tracing reports
+//!     idempotency expiry)  │
 //!   DiskDone (writer) ─────┘
 //! ```
 //!
+//! Modules by job: [`node`] wires a process (start, run, signals); [`actor`] owns the replica
+//! and moves bytes, time and connection events between it and the world; [`command`] holds the
+//! actor's requests and replies (imported by [`http`] and [`actor`], which do not import each
+//! other); [`waiters`] holds replies until their commit is durable; [`idempotency`] is the HTTP
+//! response cache for retries; [`render`] the JSON views; [`metrics`] the Prometheus text;
+//! [`storage`] the redb store and its writer thread; [`cluster`] the local cluster harness
+//! (real region processes) used by [`demo`], the benchmarks and the tests.
+//!
 //! Architecture invariants:
-//! - Exactly one task (the actor in [`node`]) touches the `Replica`; everything else talks to
+//! - Exactly one task (the actor in [`actor`]) touches the `Replica`; everything else talks to
 //!   it with messages on bounded channels.
 //! - A client is answered `201` only after the storage writer reported its event durable.
-//! - Only the node reads the wall clock; the replica gets time as an argument.
+//! - Only the host reads the wall clock ([`clock`]); the replica gets time as an argument.
+//! - walletd makes no replication decision: whom to pull from and when is the core's.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod actor;
+pub mod clock;
+pub mod cluster;
+pub mod command;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod idempotency;
 pub mod init;
 pub mod metrics;
 pub mod node;
 pub mod render;
 pub mod storage;
+pub mod waiters;

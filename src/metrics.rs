@@ -1,14 +1,18 @@
 //! Prometheus metrics, rendered in the text exposition format by hand (no registry crate).
 //!
-//! Counters and histograms updated by the HTTP layer and the storage writer live here; gauges
-//! derived from the replica (events by origin, watermark lag, ...) are rendered by the actor
-//! on each scrape and appended.
+//! Counters and histograms updated by the HTTP layer and the storage writer live in
+//! [`Metrics`]; what the replica and the actor hold (events by origin, watermark lag, the
+//! core's anti-entropy counters, ...) is rendered by [`render_node`] on each scrape, in the
+//! actor, and appended.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use wallet_core::{RegionId, Replica};
+use wallet_p2p::NetStats;
 
 /// Latency bucket bounds, in microseconds.
 pub const LATENCY_BUCKETS_US: [u64; 14] = [
@@ -291,6 +295,167 @@ impl Metrics {
     }
 }
 
+/// What the actor knows besides the replica, for a scrape.
+#[derive(Debug)]
+pub struct NodeGauges<'a> {
+    /// Members connected over the transport.
+    pub connected: &'a BTreeSet<RegionId>,
+    /// Transport counters.
+    pub net: NetStats,
+    /// Pulls sent, by member (counted as the replica's pulls leave).
+    pub pulls_sent: &'a BTreeMap<RegionId, u64>,
+    /// Idempotency results held.
+    pub idempotency_keys: u64,
+    /// Replies held until their commit is durable.
+    pub awaiting_durability: usize,
+}
+
+/// One unlabelled sample with its HELP and TYPE lines.
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// Renders the replica-derived and actor-held samples.
+pub fn render_node(out: &mut String, r: &Replica, g: &NodeGauges<'_>) {
+    let me = r.region();
+    let members = r.members();
+    out.push_str("# HELP walletd_events Events held, by origin.\n# TYPE walletd_events gauge\n");
+    for m in &members {
+        let _ = writeln!(out, "walletd_events{{origin=\"{}\"}} {}", m.region, m.held);
+    }
+    out.push_str("# HELP walletd_member_connected Member connected over p2p.\n# TYPE walletd_member_connected gauge\n");
+    for m in members.iter().filter(|m| m.region != me) {
+        let up = u8::from(g.connected.contains(&m.region));
+        let _ = writeln!(
+            out,
+            "walletd_member_connected{{region=\"{}\"}} {up}",
+            m.region
+        );
+    }
+    out.push_str("# HELP walletd_pulls_sent_total Anti-entropy pulls sent, by member.\n# TYPE walletd_pulls_sent_total counter\n");
+    for m in members.iter().filter(|m| m.region != me) {
+        let n = g.pulls_sent.get(&m.region).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "walletd_pulls_sent_total{{member=\"{}\"}} {n}",
+            m.region
+        );
+    }
+    let ps = r.pull_stats();
+    out.push_str("# HELP walletd_pull_scheduler_total The core's anti-entropy scheduler, by event (wallet_core PullStats).\n# TYPE walletd_pull_scheduler_total counter\n");
+    for (event, n) in [
+        ("sent", ps.sent),
+        ("answered", ps.answered),
+        ("served", ps.served),
+        ("on_connect", ps.on_connect),
+        ("cleared_on_disconnect", ps.cleared_on_disconnect),
+        ("given_up", ps.given_up),
+        ("timed_out", ps.timed_out),
+        ("on_heartbeat", ps.on_heartbeat),
+        ("periodic", ps.periodic),
+        ("backoffs", ps.backoffs),
+    ] {
+        let _ = writeln!(out, "walletd_pull_scheduler_total{{event=\"{event}\"}} {n}");
+    }
+    let st = r.stats();
+    for (name, kind, help, value) in [
+        (
+            "walletd_watermark_lag_ms",
+            "gauge",
+            "Local clock minus the settled watermark.",
+            r.settlement_lag_ms(),
+        ),
+        (
+            "walletd_watermark_ms",
+            "gauge",
+            "Settled watermark (physical ms).",
+            r.watermark().millis(),
+        ),
+        (
+            "walletd_restoring",
+            "gauge",
+            "Restoring own history from peers.",
+            u64::from(r.is_restoring()),
+        ),
+        (
+            "walletd_settlement_blocked",
+            "gauge",
+            "Settlement stopped (policy mismatch or equivocation).",
+            u64::from(r.settlement_blocked()),
+        ),
+        (
+            "walletd_events_rejected_total",
+            "counter",
+            "Remote events rejected (invalid, forged, skewed, broken promise).",
+            st.rejected,
+        ),
+        (
+            "walletd_events_remote_applied_total",
+            "counter",
+            "Remote events merged.",
+            st.remote_applied,
+        ),
+        (
+            "walletd_events_duplicate_total",
+            "counter",
+            "Duplicate remote events dropped.",
+            st.duplicates,
+        ),
+        (
+            "walletd_events_dropped_total",
+            "counter",
+            "Out-of-order events dropped (buffer full).",
+            st.dropped,
+        ),
+        (
+            "walletd_events_settled_total",
+            "counter",
+            "Events settled.",
+            st.settled,
+        ),
+        (
+            "walletd_feed_length",
+            "gauge",
+            "Compensation feed length.",
+            r.feed_len(),
+        ),
+        (
+            "walletd_idempotency_keys",
+            "gauge",
+            "Idempotency results held.",
+            g.idempotency_keys,
+        ),
+        (
+            "walletd_requests_awaiting_durability",
+            "gauge",
+            "Requests waiting for their commit.",
+            g.awaiting_durability as u64,
+        ),
+    ] {
+        scalar(out, name, kind, help, value);
+    }
+    let ns = &g.net;
+    let _ = writeln!(out, "# HELP walletd_replication_bytes_total Replication bytes, by direction.\n# TYPE walletd_replication_bytes_total counter\nwalletd_replication_bytes_total{{direction=\"sent\"}} {}\nwalletd_replication_bytes_total{{direction=\"received\"}} {}", ns.bytes_sent, ns.bytes_received);
+    let _ = writeln!(out, "# HELP walletd_replication_messages_total Replication messages, by direction.\n# TYPE walletd_replication_messages_total counter\nwalletd_replication_messages_total{{direction=\"sent\"}} {}\nwalletd_replication_messages_total{{direction=\"received\"}} {}", ns.messages_sent, ns.messages_received);
+    scalar(
+        out,
+        "walletd_p2p_refused_peers_total",
+        "counter",
+        "Connections refused (not a member).",
+        ns.refused_peers,
+    );
+    scalar(
+        out,
+        "walletd_p2p_dropped_messages_total",
+        "counter",
+        "Messages dropped (malformed, oversized, isolated).",
+        ns.dropped_messages,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +473,66 @@ mod tests {
         assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"), "{s}");
         assert!(s.contains("x_sum 100004\n"), "{s}");
         assert_eq!(fmt_scaled(1_500, 1_000_000), "0.001500");
+    }
+
+    #[test]
+    fn node_samples_cover_members_and_the_core_pull_counters() {
+        let (eu, us): (RegionId, RegionId) = ("eu".parse().unwrap(), "us".parse().unwrap());
+        let policy = wallet_core::Policy::from_toml("[default]\naction = \"fee\"\n").unwrap();
+        let mut r = Replica::new(
+            wallet_core::Config::new(eu, vec![eu, us], policy),
+            wallet_core::Hlc(0),
+        );
+        r.handle_connected(1_000, us);
+        let connected = BTreeSet::from([us]);
+        let pulls = BTreeMap::from([(us, 3)]);
+        let mut s = String::new();
+        render_node(
+            &mut s,
+            &r,
+            &NodeGauges {
+                connected: &connected,
+                net: NetStats::default(),
+                pulls_sent: &pulls,
+                idempotency_keys: 4,
+                awaiting_durability: 5,
+            },
+        );
+        assert!(
+            s.contains("walletd_member_connected{region=\"us\"} 1\n"),
+            "{s}"
+        );
+        assert!(!s.contains("region=\"eu\""), "{s}");
+        assert!(
+            s.contains("walletd_pulls_sent_total{member=\"us\"} 3\n"),
+            "{s}"
+        );
+        // The connect made the core pull once.
+        assert!(
+            s.contains("walletd_pull_scheduler_total{event=\"sent\"} 1\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("walletd_pull_scheduler_total{event=\"on_connect\"} 1\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("# TYPE walletd_idempotency_keys gauge\nwalletd_idempotency_keys 4\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("walletd_requests_awaiting_durability 5\n"),
+            "{s}"
+        );
+        // Every sample has its HELP and TYPE.
+        let families: BTreeSet<&str> = s
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        for f in families {
+            assert!(s.contains(&format!("# HELP {f} ")), "{f}");
+            assert!(s.contains(&format!("# TYPE {f} ")), "{f}");
+        }
     }
 }

@@ -1,13 +1,17 @@
-//! JSON rendering of events, compensations and errors, and the opaque cursors.
+//! The JSON views of the API: events, compensations, balances, history pages, the feed, the
+//! region status, evidence and errors, and the opaque cursors. Pure functions of the replica's
+//! read side (and what the host adds to the status); the actor wraps them in replies.
 //!
 //! Amounts are strings with the currency's minor units (`Currency::render`); HLCs are strings
 //! (`<ms>.<logical>`), so no JSON number ever loses precision.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 use wallet_core::{
-    Balance, Compensation, EntryKey, Event, EventId, Evidence, Hlc, RegionId, Status,
+    AccountId, Balance, Compensation, Entry, EntryKey, Event, EventId, Evidence, Hlc, RegionId,
+    Replica, Status,
 };
 
 /// Writes `s` as a JSON string literal.
@@ -197,6 +201,129 @@ pub fn comp_json(c: &Compensation, with_account: bool) -> Value {
         }
     }
     v
+}
+
+/// `GET /v1/accounts/{id}/balances`.
+pub fn balances_body(r: &Replica, account: &AccountId) -> String {
+    let list: Vec<Value> = r
+        .balances(account)
+        .into_iter()
+        .map(|(c, b)| {
+            json!({
+                "currency": c.to_string(),
+                "provisional": c.render(b.provisional),
+                "settled": c.render(b.settled),
+            })
+        })
+        .collect();
+    json!({"account": account.to_string(), "balances": list}).to_string()
+}
+
+/// An entry of an account's history: an event with its status, or a compensation.
+pub fn entry_json(r: &Replica, e: &Entry<'_>, with_account: bool) -> Value {
+    match e {
+        Entry::Event { event, .. } => event_json(event, r.status(event.id), with_account),
+        Entry::Compensation(c) => comp_json(c, with_account),
+    }
+}
+
+/// `GET /v1/accounts/{id}/transactions`: at most `limit` entries after the cursor, and the
+/// cursor of the next page (`null` on the last).
+pub fn transactions_body(
+    r: &Replica,
+    account: &AccountId,
+    after: Option<EntryKey>,
+    limit: usize,
+) -> String {
+    let mut page = r.entries(account, after, limit.saturating_add(1));
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = if more {
+        page.last().map(|(k, _)| Value::String(entry_cursor(k)))
+    } else {
+        None
+    };
+    let list: Vec<Value> = page.iter().map(|(_, e)| entry_json(r, e, false)).collect();
+    json!({
+        "account": account.to_string(),
+        "transactions": list,
+        "next": next.unwrap_or(Value::Null),
+    })
+    .to_string()
+}
+
+/// `GET /v1/compensations`: at most `limit` feed items from position `after`, and the cursor
+/// of the next position (always a cursor: the feed only grows).
+pub fn compensations_body(r: &Replica, after: u64, limit: usize) -> String {
+    let list = r.feed(after, limit);
+    let next = after.saturating_add(list.len() as u64);
+    let items: Vec<Value> = list.iter().map(|c| comp_json(c, true)).collect();
+    json!({"compensations": items, "next": feed_cursor(next)}).to_string()
+}
+
+/// `GET /v1/status`: the replica's view, with what the host knows (cluster id, members
+/// connected over the transport, storage failure).
+pub fn status_body(
+    r: &Replica,
+    cluster: &str,
+    connected: &BTreeSet<RegionId>,
+    storage_failed: bool,
+) -> String {
+    let me = r.region();
+    let members: Vec<Value> = r
+        .members()
+        .into_iter()
+        .map(|m| {
+            json!({
+                "region": m.region.to_string(),
+                "self": m.region == me,
+                "connected": m.region == me || connected.contains(&m.region),
+                "held": m.held,
+                "watermark_contribution": m.covered.to_string(),
+                "heard": m.heard,
+                "policy_matches": m.policy_matches,
+                "equivocated": m.equivocated,
+                "pending": m.pending,
+            })
+        })
+        .collect();
+    let vv: BTreeMap<String, u64> = r
+        .members()
+        .into_iter()
+        .map(|m| (m.region.to_string(), r.version_vector().get(&m.region)))
+        .collect();
+    json!({
+        "region": me.to_string(),
+        "cluster": cluster,
+        "members": members,
+        "version_vector": vv,
+        "watermark": r.watermark().to_string(),
+        "clock": r.clock().to_string(),
+        "settlement_lag_ms": r.settlement_lag_ms(),
+        "settlement_blocked": r.settlement_blocked(),
+        "policy_hash": hex::encode(r.policy_hash().0),
+        "policy_version": r.current_policy().0,
+        "restoring": r.is_restoring(),
+        "events": r.event_count(),
+        "compensations": r.feed_len(),
+        "storage_failed": storage_failed,
+    })
+    .to_string()
+}
+
+/// `GET /v1/admin/evidence`.
+pub fn evidence_body(r: &Replica) -> String {
+    let items: Vec<Value> = r.evidence().iter().map(evidence_json).collect();
+    json!({
+        "evidence": items,
+        "settlement_blocked": r.settlement_blocked(),
+    })
+    .to_string()
+}
+
+/// `POST /v1/admin/faults`: the regions now cut off.
+pub fn faults_body(isolated: &[String]) -> String {
+    json!({ "isolated": isolated }).to_string()
 }
 
 /// Account-history cursor: the entry key, opaque (hex of `hlc.origin.seq.sub`).

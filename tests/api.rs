@@ -7,18 +7,18 @@ use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_and_error_codes() {
-    let c = Cluster::init("eu");
-    let node = c.start(0);
-    let api = Api::new(&node.url, &c.token());
+    let mut c = cluster(&["eu"]);
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
     let raw = reqwest::Client::new();
 
     // Health, readiness, OpenAPI, metrics need no token.
     for p in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {
-        let r = raw.get(format!("{}{p}", node.url)).send().await.unwrap();
+        let r = raw.get(format!("{}{p}", api.url())).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{p}");
     }
     let oa: Value = raw
-        .get(format!("{}/openapi.json", node.url))
+        .get(format!("{}/openapi.json", api.url()))
         .send()
         .await
         .unwrap()
@@ -30,21 +30,21 @@ async fn endpoints_and_error_codes() {
 
     // Auth: none, wrong, client token on an admin route.
     let r = raw
-        .get(format!("{}/v1/status", node.url))
+        .get(format!("{}/v1/status", api.url()))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let j: Value = r.json().await.unwrap();
     assert_eq!(j["error"]["code"], "unauthorized");
-    let bad = Api::new(&node.url, "wrong-token-wrong-token");
+    let bad = api.with_token("wrong-token-wrong-token");
     let r = bad.get("/v1/accounts/a/balances").await;
     assert_eq!((r.status, error_code(&r).as_str()), (401, "unauthorized"));
     let r = api
         .post_raw("/v1/admin/faults", r#"{"heal":true}"#, None)
         .await;
     assert_eq!((r.status, error_code(&r).as_str()), (403, "forbidden"));
-    let admin = Api::new(&node.url, &c.admin_token());
+    let admin = region_admin(&c, 0);
     let r = admin
         .post_raw("/v1/admin/faults", r#"{"isolate":["eu"]}"#, None)
         .await;
@@ -375,7 +375,7 @@ async fn endpoints_and_error_codes() {
 
     // Metrics mention the routes and the accepted count.
     let m = raw
-        .get(format!("{}/metrics", node.url))
+        .get(format!("{}/metrics", api.url()))
         .send()
         .await
         .unwrap()
@@ -397,16 +397,16 @@ async fn endpoints_and_error_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_endpoint_is_off_unless_enabled() {
-    let c = Cluster::init("eu");
-    let (url, config) = c.region(0);
+    let mut c = cluster(&["eu"]);
+    let config = c.regions[0].config.clone();
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
         text.replace("[faults]\nenabled = true", "[faults]\nenabled = false"),
     )
     .unwrap();
-    let _node = Node::start(&config, url.clone(), c.token(), &[]);
-    let admin = Api::new(&url, &c.admin_token());
+    start(&mut c, 0).await;
+    let admin = region_admin(&c, 0);
     let r = admin
         .post_raw("/v1/admin/faults", r#"{"heal":true}"#, None)
         .await;
@@ -415,15 +415,15 @@ async fn faults_endpoint_is_off_unless_enabled() {
 
 #[test]
 fn bad_config_fails_with_field_and_reason() {
-    let c = Cluster::init("eu");
-    let (_, config) = c.region(0);
+    let mut c = cluster(&["eu"]);
+    let config = c.regions[0].config.clone();
     let text = std::fs::read_to_string(&config).unwrap();
     let start = text.find("peer_id = \"").unwrap() + "peer_id = \"".len();
     let end = start + text[start..].find('"').unwrap();
     let bad = format!("{}xyz{}", &text[..start], &text[end..]);
     std::fs::write(&config, bad).unwrap();
-    let (st, err) = run_expect_failure(&config);
-    assert!(!st.success());
+    let (st, err) = run_expect_failure(&mut c, 0);
+    assert_ne!(st, Some(0));
     assert!(
         err.contains("config error: members[0].peer_id: \"xyz\" is not a valid peer id"),
         "{err}"
@@ -433,7 +433,48 @@ fn bad_config_fails_with_field_and_reason() {
         text.replace("listen = \"127.0.0.1:", "listen = \"nowhere:"),
     )
     .unwrap();
-    let (st, err) = run_expect_failure(&config);
-    assert!(!st.success());
+    let (st, err) = run_expect_failure(&mut c, 0);
+    assert_ne!(st, Some(0));
     assert!(err.contains("config error: http.listen"), "{err}");
+}
+
+#[test]
+fn walletd_init_writes_a_cluster_file_and_configs_that_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(BIN)
+        .args(["init", "--regions", "eu,us", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run walletd init");
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("cluster.json")).expect("cluster.json");
+    let json: Value = serde_json::from_str(&text).expect("cluster.json is JSON");
+    assert!(
+        json["token"].as_str().is_some_and(|t| t.len() >= 16),
+        "{json}"
+    );
+    assert!(json["admin_token"].is_string(), "{json}");
+    let regions = json["regions"].as_array().expect("regions");
+    assert_eq!(regions.len(), 2, "{json}");
+    for (r, name) in regions.iter().zip(["eu", "us"]) {
+        assert_eq!(r["region"], name);
+        let cfg = wallet::config::NodeConfig::load(std::path::Path::new(
+            r["config"].as_str().expect("config path"),
+        ))
+        .expect("the written config loads");
+        assert_eq!(cfg.region.as_str(), name);
+        assert_eq!(cfg.members.len(), 2);
+        assert!(cfg.faults_enabled);
+    }
+    // A second init into the same directory refuses to overwrite it.
+    let again = std::process::Command::new(BIN)
+        .args(["init", "--regions", "eu", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run walletd init");
+    assert!(!again.status.success());
 }

@@ -4,13 +4,13 @@
 //! transport used directly with ap's real key), restart catch-up under traffic, and a policy
 //! mismatch that is reported and settles nothing.
 
-mod cluster_common;
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster_common::*;
+use common::*;
 use futures::future::join_all;
 use serde_json::{json, Value};
 use wallet_core::{AccountId, Amount, Body, Currency, Event, EventId, Hlc, Kind, Message, Tx};
@@ -102,7 +102,7 @@ async fn three_regions_converge_after_a_partition_with_concurrent_overdrafts() {
     }
     eventually(&c, "every region to be alone", WAIT, || async {
         for i in [EU, US, AP] {
-            if !wallet::demo::no_peer_connected(&status(&c, i).await) {
+            if !wallet::cluster::no_peer_connected(&status(&c, i).await) {
                 return false;
             }
         }
@@ -351,7 +351,7 @@ fn ap_chain(
     account: &str,
     amount: &str,
 ) -> Vec<Event> {
-    let now = wallet::node::now_ms();
+    let now = wallet::clock::now_ms();
     seqs.map(|seq| {
         let mut e = deposit_event("ap", seq, Hlc::from_millis(now + seq), account, amount);
         sign(&mut e, &r.key, &r.cluster);
@@ -390,7 +390,7 @@ async fn forged_events_from_a_member_impostor_are_rejected() {
     let eu_id: wallet_core::RegionId = "eu".parse().unwrap();
     let us_id: wallet_core::RegionId = "us".parse().unwrap();
 
-    let now = Hlc::from_millis(wallet::node::now_ms());
+    let now = Hlc::from_millis(wallet::clock::now_ms());
     // 1. An event claiming origin eu (the next eu seq), signed with ap's key.
     let mut f1 = deposit_event("eu", 2, now, "carol", "1000");
     sign(&mut f1, &key, &cluster_id);
@@ -463,7 +463,7 @@ async fn forged_events_from_a_member_impostor_are_rejected() {
     let mut ok = deposit_event(
         "ap",
         1,
-        Hlc::from_millis(wallet::node::now_ms()),
+        Hlc::from_millis(wallet::clock::now_ms()),
         "dave",
         "7",
     );
@@ -746,9 +746,9 @@ async fn evidence(c: &LocalCluster, i: usize) -> Vec<Value> {
         .clone()
 }
 
-/// Most pulls to one member in the 3 s the pull-rate tests watch: the periodic pull (every
-/// 2 s) and a back-off of at least one heartbeat interval doubling per fruitless answer allow a
-/// few; a chain of back-to-back pulls makes dozens to hundreds.
+/// Most pulls to one member in the 3 s the pull-rate tests watch: the core's periodic pull
+/// (every 2 s) and its back-off (250 ms doubling per fruitless answer) allow a few; a chain of
+/// back-to-back pulls makes dozens to hundreds.
 const PULLS_IN_3_S_MAX: u64 = 10;
 
 /// A sample of a region's pull counter towards `member`.
@@ -916,7 +916,7 @@ async fn a_member_whose_events_are_refused_is_pulled_with_back_off() {
             let mut e = deposit_event(
                 "ap",
                 seq,
-                Hlc::from_millis(wallet::node::now_ms() + seq),
+                Hlc::from_millis(wallet::clock::now_ms() + seq),
                 "gina",
                 "3",
             );
@@ -932,7 +932,15 @@ async fn a_member_whose_events_are_refused_is_pulled_with_back_off() {
                 if let wallet_p2p::NetEvent::Message { from, msg, .. } = ev {
                     if matches!(msg, Message::Pull { .. } | Message::PullGaps { .. }) {
                         answered.fetch_add(1, Ordering::Relaxed);
-                        net.send(from, Message::Events(answer.clone())).await;
+                        let events = answer.clone();
+                        net.send(
+                            from,
+                            Message::PullAnswer {
+                                events,
+                                more: false,
+                            },
+                        )
+                        .await;
                     }
                 }
             }
@@ -947,7 +955,7 @@ async fn a_member_whose_events_are_refused_is_pulled_with_back_off() {
                 vv.dots.insert(ap_id, 5);
                 let hb = wallet_core::replica::Heartbeat {
                     origin: ap_id,
-                    hlc: Hlc::from_millis(wallet::node::now_ms()),
+                    hlc: Hlc::from_millis(wallet::clock::now_ms()),
                     seq: 5,
                     vv,
                     policy,
@@ -984,6 +992,27 @@ async fn a_member_whose_events_are_refused_is_pulled_with_back_off() {
         p1 - p0
     );
     assert_eq!(status(&c, EU).await["version_vector"]["ap"], 0);
+    // The core's back-off rule fired, and walletd's per-member count is the core's count.
+    let text = c.metrics(EU).await.unwrap();
+    let scheduler = |event: &str| {
+        metric(
+            &text,
+            &format!("walletd_pull_scheduler_total{{event=\"{event}\"}}"),
+        )
+        .unwrap_or(0)
+    };
+    assert!(scheduler("backoffs") >= 1, "{text}");
+    let per_member: u64 = ["us", "ap"]
+        .iter()
+        .map(|m| {
+            metric(
+                &text,
+                &format!("walletd_pulls_sent_total{{member=\"{m}\"}}"),
+            )
+            .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(per_member, scheduler("sent"), "{text}");
     heartbeats.abort();
     responder.abort();
     net.shutdown().await;

@@ -10,9 +10,9 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_retry_and_conflict() {
-    let c = Cluster::init("eu");
-    let node = c.start(0);
-    let api = Api::new(&node.url, &c.token());
+    let mut c = cluster(&["eu"]);
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
     let r = api.tx("bob", "deposit", "50", Some("dep-1")).await;
     assert_eq!(r.status, 201);
     let first = r.json.clone();
@@ -48,10 +48,9 @@ async fn idempotent_retry_and_conflict() {
     assert_eq!(api.history("bob").await.len(), 2);
     // The results survive a restart.
     drop(api);
-    let mut node = node;
-    assert!(node.term().success());
-    let node = c.start(0);
-    let api = Api::new(&node.url, &c.token());
+    assert!(term(&mut c, 0).await);
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
     let r = api.tx("bob", "deposit", "50", Some("dep-1")).await;
     assert_eq!((r.status, &r.json), (201, &first));
     let r = api.tx("bob", "purchase", "80", Some("buy-1")).await;
@@ -63,9 +62,9 @@ async fn idempotent_retry_and_conflict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_purchases_never_break_the_floor() {
-    let c = Cluster::init("eu");
-    let node = c.start(0);
-    let api = Arc::new(Api::new(&node.url, &c.token()));
+    let mut c = cluster(&["eu"]);
+    start(&mut c, 0).await;
+    let api = Arc::new(region_api(&c, 0));
     assert_eq!(api.tx("hot", "deposit", "100.00", None).await.status, 201);
     let mut tasks = Vec::new();
     for _ in 0..64 {
@@ -103,9 +102,9 @@ async fn concurrent_purchases_never_break_the_floor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_balances_and_events() {
-    let c = Cluster::init("eu");
-    let mut node = c.start(0);
-    let api = Api::new(&node.url, &c.token());
+    let mut c = cluster(&["eu"]);
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
     for i in 0..20 {
         let r = api
             .tx(&format!("acct{}", i % 3), "deposit", "10.25", None)
@@ -118,9 +117,9 @@ async fn restart_keeps_balances_and_events() {
         before.push(api.history(&format!("acct{i}")).await);
     }
     let bal0 = api.balance("acct0", "USD").await;
-    assert!(node.term().success(), "SIGTERM must exit 0");
-    let node = c.start(0);
-    let api = Api::new(&node.url, &c.token());
+    assert!(term(&mut c, 0).await, "SIGTERM must exit 0");
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
     let mut after = Vec::new();
     for i in 0..3 {
         after.push(api.history(&format!("acct{i}")).await);
@@ -145,12 +144,12 @@ async fn restart_keeps_balances_and_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_under_load_loses_no_acknowledged_event() {
-    let c = Cluster::init("eu");
+    let mut c = cluster(&["eu"]);
     let acked: Arc<Mutex<Vec<(String, String, i64)>>> = Arc::default();
     // Three rounds: start, load with 32 concurrent writers, SIGKILL in the middle of it.
     for round in 0..3u64 {
-        let mut node = c.start(0);
-        let api = Arc::new(Api::new(&node.url, &c.token()));
+        start(&mut c, 0).await;
+        let api = Arc::new(region_api(&c, 0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for w in 0..32 {
@@ -164,9 +163,9 @@ async fn kill9_under_load_loses_no_acknowledged_event() {
                     let body =
                         serde_json::json!({"type": "deposit", "amount": amount, "currency": "USD"});
                     let sent = api
-                        .http
-                        .post(format!("{}/v1/accounts/{account}/transactions", api.url))
-                        .bearer_auth(&api.token)
+                        .http()
+                        .post(format!("{}/v1/accounts/{account}/transactions", api.url()))
+                        .bearer_auth(api.token())
                         .body(body.to_string())
                         .send()
                         .await;
@@ -183,7 +182,7 @@ async fn kill9_under_load_loses_no_acknowledged_event() {
             }));
         }
         tokio::time::sleep(Duration::from_millis(600 + 300 * round)).await;
-        node.kill9();
+        c.kill(0);
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             let _ = t.await;
@@ -196,8 +195,8 @@ async fn kill9_under_load_loses_no_acknowledged_event() {
         acked.len()
     );
 
-    let node = c.start(0);
-    let api = Api::new(&node.url, &c.token());
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
     let mut by_account = std::collections::BTreeMap::<String, Vec<serde_json::Value>>::new();
     for a in 0..8 {
         let account = format!("k{a}");
@@ -263,9 +262,9 @@ fn flip_marker(file: &std::path::Path, marker: &[u8]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_file_refuses_to_start() {
-    let c = Cluster::init("eu");
-    let mut node = c.start(0);
-    let api = Api::new(&node.url, &c.token());
+    let mut c = cluster(&["eu"]);
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
     let body =
         r#"{"type":"deposit","amount":"12.00","currency":"USD","reference":"MARKER-corrupt-me"}"#;
     let r = api
@@ -275,13 +274,12 @@ async fn corrupted_file_refuses_to_start() {
     for _ in 0..5 {
         assert_eq!(api.tx("other", "deposit", "1", None).await.status, 201);
     }
-    assert!(node.term().success());
-    let file = c.data_file("eu");
+    assert!(term(&mut c, 0).await);
+    let file = c.data_file(0).unwrap();
     let n = flip_marker(&file, b"MARKER-corrupt-me");
     assert!(n >= 1, "marker not found in {}", file.display());
-    let (_, config) = c.region(0);
-    let (st, err) = run_expect_failure(&config);
-    assert!(!st.success());
+    let (st, err) = run_expect_failure(&mut c, 0);
+    assert_ne!(st, Some(0));
     assert!(
         err.contains(&file.display().to_string()),
         "message must name the file: {err}"
@@ -295,30 +293,29 @@ async fn corrupted_file_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_file_refuses_to_start() {
-    let c = Cluster::init("eu");
-    let mut node = c.start(0);
-    let api = Api::new(&node.url, &c.token());
+    let mut c = cluster(&["eu"]);
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
     for _ in 0..50 {
         assert_eq!(api.tx("t", "deposit", "1", None).await.status, 201);
     }
-    assert!(node.term().success());
-    let file = c.data_file("eu");
+    assert!(term(&mut c, 0).await);
+    let file = c.data_file(0).unwrap();
     let len = std::fs::metadata(&file).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
     f.set_len(len / 3).unwrap();
     drop(f);
-    let (_, config) = c.region(0);
-    let (st, err) = run_expect_failure(&config);
-    assert!(!st.success());
+    let (st, err) = run_expect_failure(&mut c, 0);
+    assert_ne!(st, Some(0));
     assert!(err.contains(&file.display().to_string()), "{err}");
     eprintln!("refusal: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
-    let c = Cluster::init("eu");
-    let mut node = c.start(0);
-    let api = Arc::new(Api::new(&node.url, &c.token()));
+    let mut c = cluster(&["eu"]);
+    start(&mut c, 0).await;
+    let api = Arc::new(region_api(&c, 0));
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -326,9 +323,9 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
         tasks.push(tokio::spawn(async move {
             loop {
                 let sent = api
-                    .http
-                    .post(format!("{}/v1/accounts/term/transactions", api.url))
-                    .bearer_auth(&api.token)
+                    .http()
+                    .post(format!("{}/v1/accounts/term/transactions", api.url()))
+                    .bearer_auth(api.token())
                     .body(r#"{"type":"deposit","amount":"1.00","currency":"USD"}"#)
                     .send()
                     .await;
@@ -347,24 +344,15 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let status = tokio::task::spawn_blocking(move || {
-        let s = node.term();
-        (s, node)
-    })
-    .await
-    .unwrap();
-    assert!(
-        status.0.success(),
-        "graceful shutdown must exit 0: {:?}",
-        status.0
-    );
+    let code = c.stop(0).await;
+    assert_eq!(code, Some(0), "graceful shutdown must exit 0");
     for t in tasks {
         let _ = t.await;
     }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 50, "{}", acked.len());
-    let node = c.start(0);
-    let api = Api::new(&node.url, &c.token());
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
     let ids: std::collections::BTreeSet<String> = api
         .history("term")
         .await
@@ -381,26 +369,25 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_database_file_or_a_foreign_data_dir_refuses_to_start() {
-    let c = Cluster::init("eu");
-    let mut node = c.start(0);
-    let api = Api::new(&node.url, &c.token());
+    let mut c = cluster(&["eu"]);
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
     assert_eq!(api.tx("m", "deposit", "1", None).await.status, 201);
-    assert!(node.term().success());
-    let (_, config) = c.region(0);
-    let file = c.data_file("eu");
+    assert!(term(&mut c, 0).await);
+    let file = c.data_file(0).unwrap();
     // Emptied (or deleted) database next to the marker: starting afresh would reuse seqs.
     std::fs::write(&file, b"").unwrap();
-    let (st, err) = run_expect_failure(&config);
-    assert!(!st.success());
+    let (st, err) = run_expect_failure(&mut c, 0);
+    assert_ne!(st, Some(0));
     assert!(err.contains("missing or empty"), "{err}");
     std::fs::remove_file(&file).unwrap();
-    let (st, err) = run_expect_failure(&config);
-    assert!(!st.success());
+    let (st, err) = run_expect_failure(&mut c, 0);
+    assert_ne!(st, Some(0));
     assert!(err.contains("missing or empty"), "{err}");
     // A data dir that belongs to another region or cluster.
     let marker = file.parent().unwrap().join("walletd.marker");
     std::fs::write(&marker, "region=us cluster=other\n").unwrap();
-    let (st, err) = run_expect_failure(&config);
-    assert!(!st.success());
+    let (st, err) = run_expect_failure(&mut c, 0);
+    assert_ne!(st, Some(0));
     assert!(err.contains("belongs to"), "{err}");
 }

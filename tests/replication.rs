@@ -23,14 +23,18 @@ where
     panic!("timed out waiting for {what}");
 }
 
+/// eu and us started, with clients of both and eu's admin client.
+async fn eu_and_us() -> (LocalCluster, Api, Api, Api) {
+    let mut c = cluster(&["eu", "us"]);
+    start(&mut c, 0).await;
+    start(&mut c, 1).await;
+    let (eu, us, eu_admin) = (region_api(&c, 0), region_api(&c, 1), region_admin(&c, 0));
+    (c, eu, us, eu_admin)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_regions_replicate_partition_heal_and_agree_on_the_fee() {
-    let c = Cluster::init("eu,us");
-    let eu_node = c.start(0);
-    let us_node = c.start(1);
-    let eu = Api::new(&eu_node.url, &c.token());
-    let us = Api::new(&us_node.url, &c.token());
-    let eu_admin = Api::new(&eu_node.url, &c.admin_token());
+    let (_cluster, eu, us, eu_admin) = eu_and_us().await;
 
     assert_eq!(eu.tx("dana", "deposit", "100", None).await.status, 201);
     wait_for(
@@ -56,7 +60,7 @@ async fn two_regions_replicate_partition_heal_and_agree_on_the_fee() {
         .await;
     assert_eq!(r.status, 200);
     let feed = |api: &Api| {
-        let api = Api::new(&api.url, &api.token);
+        let api = api.clone();
         async move {
             let r = api.get("/v1/compensations?limit=100").await;
             r.json["compensations"]
@@ -113,11 +117,11 @@ async fn two_regions_replicate_partition_heal_and_agree_on_the_fee() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_restores_its_history_from_peers_after_losing_its_disk() {
-    let c = Cluster::init("eu,us");
-    let mut eu_node = c.start(0);
-    let us_node = c.start(1);
-    let eu = Api::new(&eu_node.url, &c.token());
-    let us = Api::new(&us_node.url, &c.token());
+    let mut c = cluster(&["eu", "us"]);
+    start(&mut c, 0).await;
+    start(&mut c, 1).await;
+    let eu = region_api(&c, 0);
+    let us = region_api(&c, 1);
     for i in 0..5 {
         let r = eu
             .tx(
@@ -136,19 +140,19 @@ async fn a_region_restores_its_history_from_peers_after_losing_its_disk() {
     )
     .await;
     // eu loses its disk.
-    eu_node.kill9();
-    std::fs::remove_dir_all(c.data_file("eu").parent().unwrap()).unwrap();
-    let (url, config) = c.region(0);
+    c.kill(0);
+    std::fs::remove_dir_all(c.data_file(0).unwrap().parent().unwrap()).unwrap();
+    let config = c.regions[0].config.clone();
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("restore = false", "restore = true")).unwrap();
-    let eu_node = Node::start(&config, url, c.token(), &[]);
-    let eu = Api::new(&eu_node.url, &c.token());
+    start(&mut c, 0).await;
+    let eu = region_api(&c, 0);
     // It pulls its own history back, then accepts again, continuing its own sequence.
     wait_for(
         "eu to finish restoring",
         Duration::from_secs(60),
         || async {
-            let r = reqwest::get(format!("{}/readyz", eu.url)).await;
+            let r = reqwest::get(format!("{}/readyz", eu.url())).await;
             r.is_ok_and(|r| r.status().as_u16() == 200)
         },
     )
@@ -170,13 +174,13 @@ async fn a_region_restores_its_history_from_peers_after_losing_its_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restoring_region_refuses_transactions_and_is_not_ready() {
     // Restore from an empty disk while the only peer is down: the region must wait.
-    let c = Cluster::init("eu,us");
-    let (url, config) = c.region(0);
+    let mut c = cluster(&["eu", "us"]);
+    let config = c.regions[0].config.clone();
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("restore = false", "restore = true")).unwrap();
-    let node = Node::start(&config, url, c.token(), &[]);
-    let eu = Api::new(&node.url, &c.token());
-    let r = reqwest::get(format!("{}/readyz", eu.url)).await.unwrap();
+    start(&mut c, 0).await;
+    let eu = region_api(&c, 0);
+    let r = reqwest::get(format!("{}/readyz", eu.url())).await.unwrap();
     assert_eq!(r.status().as_u16(), 503);
     let j: Value = r.json().await.unwrap();
     assert_eq!(j["error"]["code"], "restoring");
@@ -190,18 +194,18 @@ async fn a_restoring_region_refuses_transactions_and_is_not_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reverse_policy_and_cross_region_duplicates_show_reversed_status() {
-    let c = Cluster::init("eu,us");
-    let policy = c.dir.path().join("policy.toml");
+    let mut c = cluster(&["eu", "us"]);
+    let policy = c.dir.join("policy.toml");
     std::fs::write(
         &policy,
         "[default]\naction = \"reverse\"\noverdraft_line = \"0\"\nreversible = [\"purchase\"]\n",
     )
     .unwrap();
-    let eu_node = c.start(0);
-    let us_node = c.start(1);
-    let eu = Api::new(&eu_node.url, &c.token());
-    let us = Api::new(&us_node.url, &c.token());
-    let eu_admin = Api::new(&eu_node.url, &c.admin_token());
+    start(&mut c, 0).await;
+    start(&mut c, 1).await;
+    let eu = region_api(&c, 0);
+    let us = region_api(&c, 1);
+    let eu_admin = region_admin(&c, 0);
     assert_eq!(eu.tx("gus", "deposit", "100", None).await.status, 201);
     wait_for(
         "the deposit to reach us",
@@ -229,7 +233,7 @@ async fn reverse_policy_and_cross_region_duplicates_show_reversed_status() {
         Duration::from_secs(60),
         || async {
             let n = |api: &Api| {
-                let api = Api::new(&api.url, &api.token);
+                let api = api.clone();
                 async move {
                     api.get("/v1/compensations").await.json["compensations"]
                         .as_array()
@@ -261,7 +265,7 @@ async fn reverse_policy_and_cross_region_duplicates_show_reversed_status() {
     })
     .await;
     // Replication traffic shows up in the metrics.
-    let m = reqwest::get(format!("{}/metrics", eu.url))
+    let m = reqwest::get(format!("{}/metrics", eu.url()))
         .await
         .unwrap()
         .text()
@@ -280,29 +284,10 @@ async fn reverse_policy_and_cross_region_duplicates_show_reversed_status() {
     );
 }
 
-/// A sample of a region's `/metrics` (0 when absent).
-async fn metric_sample(api: &Api, name: &str) -> u64 {
-    let text = api
-        .http
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    wallet::demo::metric(&text, name).unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compensation_counters_survive_a_restart_unchanged() {
     const FEES: &str = "walletd_compensations_total{kind=\"overdraft_fee\"}";
-    let c = Cluster::init("eu,us");
-    let mut eu_node = c.start(0);
-    let us_node = c.start(1);
-    let eu = Api::new(&eu_node.url, &c.token());
-    let us = Api::new(&us_node.url, &c.token());
-    let eu_admin = Api::new(&eu_node.url, &c.admin_token());
+    let (mut c, eu, us, eu_admin) = eu_and_us().await;
     // Two accounts overdrawn during a partition: two fees once healed and settled.
     for a in ["kim", "lou"] {
         assert_eq!(eu.tx(a, "deposit", "100", None).await.status, 201);
@@ -329,20 +314,20 @@ async fn compensation_counters_survive_a_restart_unchanged() {
     wait_for(
         "two fees counted at eu",
         Duration::from_secs(60),
-        || async { metric_sample(&eu, FEES).await >= 2 },
+        || async { eu.metric(FEES).await >= 2 },
     )
     .await;
     // Settling goes on in the background: let it finish, then read the counter.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = metric_sample(&eu, FEES).await;
+    let before = eu.metric(FEES).await;
     assert_eq!(before, 2);
-    assert!(eu_node.term().success());
+    assert!(term(&mut c, 0).await);
 
-    let eu_node = c.start(0);
-    let eu = Api::new(&eu_node.url, &c.token());
+    start(&mut c, 0).await;
+    let eu = region_api(&c, 0);
     // Many heartbeat periods: anything counted again (or not at all) would show by now.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let after = metric_sample(&eu, FEES).await;
+    let after = eu.metric(FEES).await;
     println!(
         "walletd_compensations_total{{kind=\"overdraft_fee\"}} at eu: {before} before the restart, {after} after"
     );

@@ -52,8 +52,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod event;
 pub mod id;
+pub mod kind;
+pub mod message;
 pub mod money;
 pub mod policy;
 pub mod replica;

@@ -362,24 +362,37 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
                 ),
             );
         }
+        // Per body (events with this key and the same body as an earlier one), at most one
+        // stands unreversed, whatever other bodies took the key before it.
         let standing: Vec<&&Event> = evs
             .iter()
             .filter(|e| !matches!(r0.status(e.id), Some((Status::Reversed, _))))
             .collect();
-        let same_body = evs.windows(2).all(|w| match (w[0].tx(), w[1].tx()) {
-            (Some(a), Some(b)) => a.same_body(b),
-            _ => false,
-        });
-        if same_body && standing.len() > 1 {
-            let ids: Vec<String> = standing.iter().map(|e| e.id.to_string()).collect();
-            f.add(
-                "idempotency",
-                format!(
-                    "key {key:?} of {acct}: {} events with the same body stand unreversed ({})",
-                    standing.len(),
-                    ids.join(", ")
-                ),
-            );
+        let mut done = vec![false; standing.len()];
+        for i in 0..standing.len() {
+            if done[i] {
+                continue;
+            }
+            let same: Vec<usize> = (i..standing.len())
+                .filter(|j| match (standing[i].tx(), standing[*j].tx()) {
+                    (Some(a), Some(b)) => a.same_body(b),
+                    _ => false,
+                })
+                .collect();
+            for j in &same {
+                done[*j] = true;
+            }
+            if same.len() > 1 {
+                let ids: Vec<String> = same.iter().map(|j| standing[*j].id.to_string()).collect();
+                f.add(
+                    "idempotency",
+                    format!(
+                        "key {key:?} of {acct}: {} events with the same body stand unreversed ({})",
+                        same.len(),
+                        ids.join(", ")
+                    ),
+                );
+            }
         }
     }
     f

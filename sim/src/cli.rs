@@ -68,6 +68,8 @@ Workload:
   --hot-share PCT          share of traffic on the hot set (default 30%)
   --retry-share PCT        requests re-sent with the same key to the same region (default 5%)
   --two-region-share PCT   requests whose key is also sent to a second region (default 2%)
+  --conflict-share PCT     requests sent during a partition whose key is sent again with
+                           another body across it, then retried at a third region (default 1%)
 Faults (random ones drawn from the seed; on by default):
   --faults random|none     none: fixed 5 ms delay, no loss, no partitions, crashes or skew
   --delay MIN..MAX         one-way message delay, ms (default 5..120)
@@ -82,9 +84,13 @@ Faults (random ones drawn from the seed; on by default):
   --scenario FILE          scripted steps (split/isolate/heal/crash/restart/skew/transactions);
                            with a scenario, random partitions, crashes and skews are off unless
                            --partitions/--crashes are given
-  --anti-entropy MS        anti-entropy period (default 2000, as walletd): pull from every
-                           connected peer; on heal and restart, at once
-  --pull-limit N           events per pull answer (default 2048, as walletd)
+  --pull-answer-loss PCT   pull answers lost (on top of --loss; default 0)
+  --detect MIN..MAX        ms until each end of a cut link notices (default 500..4000)
+  --reconnect MIN..MAX     ms from a link's return to its reconnection (default 250..1000)
+Replica (wallet_core::Config):
+  --anti-entropy MS        anti_entropy_interval_ms: period of the core's safety-net pull
+                           (default 2000)
+  --pull-limit N           pull_batch_events: events asked for in one pull (default 2048)
 Output:
   --json PATH              JSON results (an object for one run, a list otherwise)
   --timing                 put wall_seconds in the JSON (otherwise null: same seed, same bytes)
@@ -245,18 +251,27 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
             "--two-region-share" => {
                 base.workload.two_region_ppm = ctx(parse_ppm(value(args, &mut i, flag)?), flag)?
             }
+            "--conflict-share" => {
+                base.workload.conflict_ppm = ctx(parse_ppm(value(args, &mut i, flag)?), flag)?
+            }
             "--faults" => match value(args, &mut i, flag)? {
                 "none" => faults_mode = Some(false),
                 "random" | "on" | "default" => faults_mode = Some(true),
                 o => return Err(CliError(format!("--faults {o:?}: expected random or none"))),
             },
             "--delay" | "--loss" | "--duplicate" | "--reorder" | "--reorder-extra"
-            | "--partitions" | "--crashes" | "--max-skew" | "--fsync" => {
+            | "--partitions" | "--crashes" | "--max-skew" | "--fsync" | "--pull-answer-loss" => {
                 let v = value(args, &mut i, flag)?.to_string();
                 fault_overrides.push((flag.to_string(), v));
             }
             "--scenario" => scenario_path = Some(value(args, &mut i, flag)?.to_string()),
-            "--anti-entropy" => {
+            "--detect" => {
+                base.links.detect_ms = ctx(parse_range(value(args, &mut i, flag)?), flag)?
+            }
+            "--reconnect" => {
+                base.links.reconnect_ms = ctx(parse_range(value(args, &mut i, flag)?), flag)?
+            }
+            "--anti-entropy" | "--anti-entropy-ms" => {
                 base.anti_entropy_ms = num(value(args, &mut i, flag)?, flag)?;
                 if base.anti_entropy_ms == 0 {
                     return Err(CliError("--anti-entropy must be at least 1 ms".into()));
@@ -332,6 +347,7 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                 }
             }
             "--fsync" => f.fsync_ms = ctx(parse_range(v), flag)?,
+            "--pull-answer-loss" => f.pull_answer_loss_ppm = ctx(parse_ppm(v), flag)?,
             _ => {}
         }
     }

@@ -35,6 +35,9 @@ pub struct Workload {
     pub retry_ppm: u32,
     /// Share of requests whose key is also sent to a second region, ppm.
     pub two_region_ppm: u32,
+    /// Share of requests sent during a partition whose key is sent again with another body
+    /// to a region across it, then retried at a third region, ppm.
+    pub conflict_ppm: u32,
 }
 
 impl Default for Workload {
@@ -50,6 +53,7 @@ impl Default for Workload {
             hot_share_ppm: 300_000,
             retry_ppm: 50_000,
             two_region_ppm: 20_000,
+            conflict_ppm: 10_000,
         }
     }
 }
@@ -77,6 +81,9 @@ pub struct Faults {
     pub max_skew_ms: u64,
     /// fsync latency range, ms.
     pub fsync_ms: (u64, u64),
+    /// Loss of pull answers only (on top of `loss_ppm`), ppm: the pulls arrive, their answers
+    /// do not, so the scheduler's give-up and time-out rules must recover.
+    pub pull_answer_loss_ppm: u32,
 }
 
 impl Default for Faults {
@@ -92,6 +99,7 @@ impl Default for Faults {
             crashes: None,
             max_skew_ms: 200,
             fsync_ms: (1, 8),
+            pull_answer_loss_ppm: 0,
         }
     }
 }
@@ -110,6 +118,7 @@ impl Faults {
             crashes: Some(0),
             max_skew_ms: 0,
             fsync_ms: (1, 1),
+            pull_answer_loss_ppm: 0,
         }
     }
 }
@@ -131,10 +140,12 @@ pub struct SimConfig {
     pub policy: Policy,
     /// Label of the policy (file name) for output.
     pub policy_name: String,
-    /// Anti-entropy period, ms (walletd: `ANTI_ENTROPY_INTERVAL_MS` = 2000).
+    /// The replicas' `Config::anti_entropy_interval_ms` (period of the core's safety-net pull).
     pub anti_entropy_ms: u64,
-    /// Most events per anti-entropy answer (walletd: `PULL_BATCH_EVENTS_MAX` = 2048).
+    /// The replicas' `Config::pull_batch_events` (events asked for in one pull).
     pub pull_limit: u32,
+    /// How connections come and go.
+    pub links: Links,
     /// Record the time series the HTML report draws (costs memory on long runs).
     pub record_series: bool,
     /// Account to chart (None: the hottest).
@@ -149,9 +160,29 @@ pub enum Inject {
     /// Acknowledge the client before the event is durable: a crash then loses acked events
     /// (caught by no_loss).
     EarlyAck,
-    /// Forget to answer anti-entropy pulls: a lost push is never repaired (caught by
-    /// convergence).
+    /// Never hand pulls to the replica (so they are never answered): a lost push is never
+    /// repaired (caught by convergence).
     NoPullAnswers,
+}
+
+/// The connection model: when each end of a link is told that it went down or came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Links {
+    /// After a link is cut (partition, crash), each end notices after a delay drawn from
+    /// this range, ms (a transport notices a dead connection by a keep-alive time-out).
+    pub detect_ms: (u64, u64),
+    /// After a link is back (heal, restart), and after both ends noticed it was cut, the
+    /// connection is up again after a delay drawn from this range, ms (redial and handshake).
+    pub reconnect_ms: (u64, u64),
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Links {
+            detect_ms: (500, 4_000),
+            reconnect_ms: (250, 1_000),
+        }
+    }
 }
 
 impl SimConfig {
@@ -165,8 +196,9 @@ impl SimConfig {
             scenario: Scenario::default(),
             policy: Policy::zero(),
             policy_name: "zero".into(),
-            anti_entropy_ms: 2_000,
-            pull_limit: 2_048,
+            anti_entropy_ms: wallet_core::replica::pull::ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
+            pull_limit: wallet_core::replica::pull::PULL_BATCH_EVENTS_DEFAULT,
+            links: Links::default(),
             record_series: false,
             chart_account: None,
             inject: None,

@@ -3,15 +3,23 @@
 //! One thread, one PRNG seed, one binary heap of timed events ordered by `(time, sequence)`:
 //! the same seed replays the same run bit for bit. Nothing here reads the wall clock or
 //! iterates a hash map.
+//!
+//! The engine only moves bytes, time and connection events: every protocol decision
+//! (pushes, heartbeats, which member to pull from and when, answering pulls, giving a pull
+//! up) is the replica's own (`wallet_core::Replica`, `replica::pull`). Links between regions
+//! are connections: a partition or a crash cuts them (what is in flight on them is lost),
+//! each end is told `handle_disconnected` once it notices (after a detection delay), and
+//! `handle_connected` once the link is back and reconnected.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
+use wallet_core::replica::pull::PullStats;
 use wallet_core::{
     AccountId, CompKind, Config, EventId, Hlc, Message, Output, Record, RegionId, Replica, Report,
-    SubmitError, Submitted, TxRequest, VClock,
+    SubmitError, Submitted, TxRequest,
 };
 
 use crate::config::{Inject, SimConfig};
@@ -23,19 +31,15 @@ use crate::workload::{Workload, CURRENCY};
 pub const CLOCK_BASE_MS: u64 = 1_000_000;
 /// Longest the final phase may take to converge, simulated ms.
 pub const QUIESCE_MAX_MS: u64 = 600_000;
-/// As walletd's `HEARTBEAT_PULL_SPACING_MS`: least time between two heartbeat-triggered pulls
-/// from one member.
-pub const HEARTBEAT_PULL_SPACING_MS: u64 = 1_000;
-/// As walletd's `PULL_TIMEOUT_MS`: an unanswered pull stops blocking the next one after this.
-pub const PULL_TIMEOUT_MS: u64 = 2_000;
 
 /// What happens at a point in simulated time.
 #[derive(Debug)]
 enum Ev {
+    /// A message arrives, unless its link was cut since it was sent (`epoch` changed).
     Deliver {
         to: u8,
         from: u8,
-        inc: u32,
+        epoch: u32,
         msg: Message,
     },
     Fsync {
@@ -47,9 +51,17 @@ enum Ev {
         node: u8,
         inc: u32,
     },
-    AntiEntropy {
+    /// One end of a cut link notices: `handle_disconnected` (unless it crashed since).
+    LinkDown {
         node: u8,
+        peer: u8,
         inc: u32,
+    },
+    /// A link is reconnected: both ends get `handle_connected` (unless it was cut again).
+    LinkUp {
+        a: u8,
+        b: u8,
+        epoch: u32,
     },
     Fault(Action),
     Sample,
@@ -127,14 +139,20 @@ pub struct Node {
     acks: VecDeque<(u64, u32, EventId)>,
     lag_q: VecDeque<(u64, Hlc, u64)>,
     just_submitted: Option<(EventId, u32)>,
-    /// walletd's pull state (reset by a restart): the one pull in flight (peer, local ms).
-    pull_outstanding: Option<(usize, u64)>,
-    /// Per peer: when this region last pulled from it (local ms).
-    last_pull: Vec<Option<u64>>,
-    /// Per peer, per origin: what its last heartbeat said it holds.
-    peer_vv: Vec<Option<Vec<u64>>>,
-    /// Round-robin position of the periodic pull.
-    pull_rr: usize,
+    /// Per peer: this incarnation's replica was told the member is connected (and not yet
+    /// that it disconnected).
+    told: Vec<bool>,
+}
+
+/// The connection between two regions (one per unordered pair).
+#[derive(Debug, Clone, Copy, Default)]
+struct Link {
+    /// Incremented by every cut: a message or a reconnect from an older epoch is void.
+    epoch: u32,
+    /// Connected: messages can be sent.
+    established: bool,
+    /// The latest time an end of this link is told it was cut (a reconnect comes after it).
+    notice_at: u64,
 }
 
 /// Counters of a run.
@@ -168,10 +186,16 @@ pub struct Counters {
     pub partitions: u64,
     /// Crashes.
     pub crashes: u64,
-    /// Pull requests sent.
-    pub pulls: u64,
-    /// Reports by kind: rejected, clock skew, equivocation, policy mismatch, overflow, unknown.
-    pub reports: [u64; 6],
+    /// The replicas' anti-entropy counters, summed over regions and incarnations.
+    pub pull: PullStats,
+    /// Links cut (by partitions and crashes), per unordered pair.
+    pub link_cuts: u64,
+    /// `handle_disconnected` calls (one per end that noticed a cut).
+    pub disconnects: u64,
+    /// `handle_connected` calls (one per end, at start and after every reconnect).
+    pub connects: u64,
+    /// Reports by kind, in the order of `Report::KINDS`.
+    pub reports: [u64; Report::KINDS.len()],
     /// Events delivered to replicas in `Message::Events` (every copy).
     pub events_delivered: u64,
     /// Of those, already held by the receiver (replica stats, summed over incarnations).
@@ -221,6 +245,10 @@ pub struct Sim {
     next_sub: usize,
     group: Vec<u32>,
     net: Rng,
+    /// Draws of the connection model (detection and reconnect delays).
+    link_rng: Rng,
+    /// Per unordered pair (`link_index`): the connection.
+    links: Vec<Link>,
     /// Per link (from * n + to): when the last in-order message arrives (links are FIFO
     /// streams, like the node's; only "reordered" messages overtake).
     link_last: Vec<u64>,
@@ -267,54 +295,172 @@ pub fn to_cents(d: Decimal) -> i64 {
 fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
     let mut c = Config::new(me, cfg.regions.clone(), cfg.policy.clone());
     c.cluster = "wallet-sim".into();
+    c.anti_entropy_interval_ms = cfg.anti_entropy_ms;
+    c.pull_batch_events = cfg.pull_limit;
     c
+}
+
+/// Adds the counters of one replica incarnation to a sum.
+fn add_pull_stats(sum: &mut PullStats, s: PullStats) {
+    sum.sent += s.sent;
+    sum.answered += s.answered;
+    sum.served += s.served;
+    sum.on_connect += s.on_connect;
+    sum.cleared_on_disconnect += s.cleared_on_disconnect;
+    sum.given_up += s.given_up;
+    sum.timed_out += s.timed_out;
+    sum.on_heartbeat += s.on_heartbeat;
+    sum.periodic += s.periodic;
+    sum.backoffs += s.backoffs;
+}
+
+/// The fault schedule (scripted steps, then random partitions, crashes and a skew change), in
+/// the order the events are queued.
+fn fault_schedule(cfg: &SimConfig, end_ms: u64, rng: &mut Rng) -> Vec<(u64, Action)> {
+    let mut out: Vec<(u64, Action)> = cfg
+        .scenario
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.action, Action::Tx { .. }))
+        .map(|s| (s.at_ms, s.action.clone()))
+        .collect();
+    // Explicit --partitions/--crashes counts apply even with --faults none.
+    let f = cfg.faults.clone();
+    let n = cfg.regions.len();
+    let dur = end_ms.max(1_000);
+    let scripted = cfg.scenario.has_faults();
+    let default_random = f.enabled && !scripted;
+    let partitions = f.partitions.unwrap_or(if default_random {
+        (dur / 40_000).max(1) as u32
+    } else {
+        0
+    });
+    if n >= 2 && partitions > 0 {
+        let slot = dur / u64::from(partitions);
+        for k in 0..u64::from(partitions) {
+            let start = slot * k + rng.below(slot / 2 + 1);
+            let len = rng.range((slot / 4).min(1_000), (slot / 2).max(1));
+            let mut groups = vec![Vec::new(), Vec::new()];
+            for r in 0..n {
+                groups[rng.below(2) as usize].push(r);
+            }
+            if groups[0].is_empty() || groups[1].is_empty() {
+                let lone = rng.below(n as u64) as usize;
+                groups = vec![vec![lone], (0..n).filter(|r| *r != lone).collect()];
+            }
+            out.push((start, Action::Split(groups)));
+            out.push((start + len, Action::Heal));
+        }
+    }
+    let crashes = f.crashes.unwrap_or(if default_random {
+        (dur / 60_000).clamp(1, 4) as u32
+    } else {
+        0
+    });
+    if n >= 1 && crashes > 0 {
+        let slot = dur / u64::from(crashes);
+        for k in 0..u64::from(crashes) {
+            let at = slot * k + rng.below(slot / 2 + 1);
+            let down = rng.range(300.min(slot / 2), (slot / 2).clamp(1, 8_000));
+            let r = rng.below(n as u64) as usize;
+            out.push((at, Action::Crash(r)));
+            out.push((at + down, Action::Restart(r)));
+        }
+    }
+    if default_random && f.max_skew_ms > 0 && n > 0 {
+        let at = rng.below(dur);
+        let r = rng.below(n as u64) as usize;
+        let m = f.max_skew_ms;
+        let s = rng.range(0, 2 * m) as i64 - m as i64;
+        out.push((at, Action::Skew(r, s)));
+    }
+    out
+}
+
+/// Partition windows of a fault schedule: (start, end, group of each region), in time order.
+/// A window still open at the end of the schedule ends at `u64::MAX`.
+pub fn partition_windows(n: usize, schedule: &[(u64, Action)]) -> Vec<(u64, u64, Vec<u32>)> {
+    // Queue order: by time, then by position in the schedule.
+    let mut steps: Vec<&(u64, Action)> = schedule.iter().collect();
+    steps.sort_by_key(|(at, _)| *at);
+    let mut out = Vec::new();
+    let mut group = vec![0u32; n];
+    let mut open: Option<u64> = None;
+    for (at, a) in steps {
+        match a {
+            Action::Split(groups) => {
+                if let Some(s) = open.take() {
+                    out.push((s, *at, group.clone()));
+                }
+                for (g, members) in groups.iter().enumerate() {
+                    for r in members {
+                        if let Some(x) = group.get_mut(*r) {
+                            *x = g as u32 + 1;
+                        }
+                    }
+                }
+                open = Some(*at);
+            }
+            Action::Heal => {
+                if let Some(s) = open.take() {
+                    out.push((s, *at, group.clone()));
+                }
+                group.iter_mut().for_each(|g| *g = 0);
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = open {
+        out.push((s, u64::MAX, group));
+    }
+    out
 }
 
 impl Sim {
     /// Builds a run: regions, workload and fault schedule, all from the seed.
     pub fn new(cfg: SimConfig) -> Sim {
-        let workload = Workload::generate(&cfg);
+        let mut workload = Workload::generate(&cfg);
         let n = cfg.regions.len();
         let mut fault_rng = Rng::new(cfg.seed, b"faults");
-        let nodes: Vec<Node> = cfg
-            .regions
-            .iter()
-            .map(|me| {
+        let skews: Vec<i64> = (0..n)
+            .map(|_| {
                 // Random skew only when the faults are random (a scenario scripts its own).
-                let skew = if cfg.faults.enabled
-                    && cfg.faults.max_skew_ms > 0
-                    && !cfg.scenario.has_faults()
-                {
+                if cfg.faults.enabled && cfg.faults.max_skew_ms > 0 && !cfg.scenario.has_faults() {
                     let m = cfg.faults.max_skew_ms;
                     fault_rng.range(0, 2 * m) as i64 - m as i64
                 } else {
                     0
-                };
-                Node {
-                    id: *me,
-                    replica: Replica::new(make_config(&cfg, *me), Hlc::ZERO),
-                    up: true,
-                    inc: 0,
-                    skew,
-                    disk: Disk {
-                        durable: vec![0; n],
-                        written: vec![0; n],
-                        ceiling: Hlc::ZERO,
-                        watermark: Hlc::ZERO,
-                        evidence: Vec::new(),
-                        pending: VecDeque::new(),
-                        fsync_in_flight: false,
-                        out_of_order: 0,
-                    },
-                    timer_at: None,
-                    acks: VecDeque::new(),
-                    lag_q: VecDeque::new(),
-                    just_submitted: None,
-                    pull_outstanding: None,
-                    last_pull: vec![None; n],
-                    peer_vv: vec![None; n],
-                    pull_rr: 0,
                 }
+            })
+            .collect();
+        let faults = fault_schedule(&cfg, workload.end_ms, &mut fault_rng);
+        // Requests that reuse a key with another body go where partitions are.
+        workload.add_conflicts(&cfg, &partition_windows(n, &faults));
+        let nodes: Vec<Node> = cfg
+            .regions
+            .iter()
+            .zip(skews)
+            .map(|(me, skew)| Node {
+                id: *me,
+                replica: Replica::new(make_config(&cfg, *me), Hlc::ZERO),
+                up: true,
+                inc: 0,
+                skew,
+                disk: Disk {
+                    durable: vec![0; n],
+                    written: vec![0; n],
+                    ceiling: Hlc::ZERO,
+                    watermark: Hlc::ZERO,
+                    evidence: Vec::new(),
+                    pending: VecDeque::new(),
+                    fsync_in_flight: false,
+                    out_of_order: 0,
+                },
+                timer_at: None,
+                acks: VecDeque::new(),
+                lag_q: VecDeque::new(),
+                just_submitted: None,
+                told: vec![false; n],
             })
             .collect();
         let chart = if cfg.record_series {
@@ -330,6 +476,8 @@ impl Sim {
         let logical = workload.logical as usize;
         let mut sim = Sim {
             net: Rng::new(cfg.seed, b"network"),
+            link_rng: Rng::new(cfg.seed, b"links"),
+            links: vec![Link::default(); n * n],
             link_last: vec![0; n * n],
             disk_rng: Rng::new(cfg.seed, b"disk"),
             faults_on: true,
@@ -363,12 +511,24 @@ impl Sim {
             workload,
             cfg,
         };
-        sim.schedule_faults(&mut fault_rng);
+        for (at, a) in faults {
+            sim.push(at, Ev::Fault(a));
+        }
+        // At start every pair is connected.
+        for a in 0..n {
+            for b in a + 1..n {
+                let li = sim.link_index(a, b);
+                sim.links[li].established = true;
+            }
+        }
+        for a in 0..n {
+            for b in 0..n {
+                if a != b {
+                    sim.tell_connected(a, b);
+                }
+            }
+        }
         for i in 0..n {
-            let inc = sim.nodes[i].inc;
-            // Spread anti-entropy rounds over the period.
-            let offset = fault_rng.below(sim.cfg.anti_entropy_ms.max(1));
-            sim.push(offset, Ev::AntiEntropy { node: i as u8, inc });
             sim.arm_timer(i);
         }
         if sim.cfg.record_series {
@@ -386,99 +546,127 @@ impl Sim {
         });
     }
 
-    fn schedule_faults(&mut self, rng: &mut Rng) {
-        let steps: Vec<(u64, Action)> = self
-            .cfg
-            .scenario
-            .steps
-            .iter()
-            .filter(|s| !matches!(s.action, Action::Tx { .. }))
-            .map(|s| (s.at_ms, s.action.clone()))
-            .collect();
-        for (at, a) in steps {
-            self.push(at, Ev::Fault(a));
-        }
-        // Explicit --partitions/--crashes counts apply even with --faults none.
-        let f = self.cfg.faults.clone();
-        let n = self.cfg.regions.len();
-        let dur = self.workload.end_ms.max(1_000);
-        let scripted = self.cfg.scenario.has_faults();
-        let default_random = f.enabled && !scripted;
-        let partitions = f.partitions.unwrap_or(if default_random {
-            (dur / 40_000).max(1) as u32
-        } else {
-            0
-        });
-        if n >= 2 && partitions > 0 {
-            let slot = dur / u64::from(partitions);
-            for k in 0..u64::from(partitions) {
-                let start = slot * k + rng.below(slot / 2 + 1);
-                let len = rng.range((slot / 4).min(1_000), (slot / 2).max(1));
-                let mut groups = vec![Vec::new(), Vec::new()];
-                for r in 0..n {
-                    groups[rng.below(2) as usize].push(r);
-                }
-                if groups[0].is_empty() || groups[1].is_empty() {
-                    let lone = rng.below(n as u64) as usize;
-                    groups = vec![vec![lone], (0..n).filter(|r| *r != lone).collect()];
-                }
-                self.push(start, Ev::Fault(Action::Split(groups)));
-                self.push(start + len, Ev::Fault(Action::Heal));
-            }
-        }
-        let crashes = f.crashes.unwrap_or(if default_random {
-            (dur / 60_000).clamp(1, 4) as u32
-        } else {
-            0
-        });
-        if n >= 1 && crashes > 0 {
-            let slot = dur / u64::from(crashes);
-            for k in 0..u64::from(crashes) {
-                let at = slot * k + rng.below(slot / 2 + 1);
-                let down = rng.range(300.min(slot / 2), (slot / 2).clamp(1, 8_000));
-                let r = rng.below(n as u64) as usize;
-                self.push(at, Ev::Fault(Action::Crash(r)));
-                self.push(at + down, Ev::Fault(Action::Restart(r)));
-            }
-        }
-        if default_random && f.max_skew_ms > 0 && n > 0 {
-            let at = rng.below(dur);
-            let r = rng.below(n as u64) as usize;
-            let m = f.max_skew_ms;
-            let s = rng.range(0, 2 * m) as i64 - m as i64;
-            self.push(at, Ev::Fault(Action::Skew(r, s)));
-        }
+    /// Whether the network lets `a` and `b` reach each other (both up, same side of every
+    /// partition). The connection follows with a delay: see [`Sim::cut`] and [`Sim::restore`].
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        self.nodes[a].up && self.nodes[b].up && self.group[a] == self.group[b]
     }
 
-    fn connected(&self, a: usize, b: usize) -> bool {
-        self.nodes[a].up && self.nodes[b].up && self.group[a] == self.group[b]
+    fn link_index(&self, a: usize, b: usize) -> usize {
+        a.min(b) * self.nodes.len() + a.max(b)
     }
 
     fn region_index(&self, r: RegionId) -> Option<usize> {
         self.cfg.regions.iter().position(|x| *x == r)
     }
 
+    /// The link between `a` and `b` stops carrying bytes (a partition, or a crash of one
+    /// end): what is in flight on it is lost, and each end still up that believes it is
+    /// connected is told after its own detection delay.
+    fn cut(&mut self, a: usize, b: usize) {
+        let li = self.link_index(a, b);
+        self.links[li].epoch = self.links[li].epoch.wrapping_add(1);
+        self.links[li].established = false;
+        self.counters.link_cuts += 1;
+        let (dmin, dmax) = self.cfg.links.detect_ms;
+        for (x, y) in [(a, b), (b, a)] {
+            if self.nodes[x].up && self.nodes[x].told[y] {
+                let at = self.now + self.link_rng.range(dmin, dmax);
+                self.links[li].notice_at = self.links[li].notice_at.max(at);
+                let inc = self.nodes[x].inc;
+                self.push(
+                    at,
+                    Ev::LinkDown {
+                        node: x as u8,
+                        peer: y as u8,
+                        inc,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The network lets `a` and `b` reach each other again (a heal, or a restart): the
+    /// connection is re-established after both ends noticed the cut and a reconnect delay.
+    fn restore(&mut self, a: usize, b: usize) {
+        let li = self.link_index(a, b);
+        let (rmin, rmax) = self.cfg.links.reconnect_ms;
+        let at = self.now.max(self.links[li].notice_at) + self.link_rng.range(rmin, rmax);
+        let epoch = self.links[li].epoch;
+        self.push(
+            at,
+            Ev::LinkUp {
+                a: a as u8,
+                b: b as u8,
+                epoch,
+            },
+        );
+    }
+
+    fn link_up(&mut self, a: usize, b: usize, epoch: u32) {
+        let li = self.link_index(a, b);
+        let link = self.links[li];
+        if link.epoch != epoch || link.established || !self.reachable(a, b) {
+            return; // cut again since it was scheduled
+        }
+        self.links[li].established = true;
+        self.tell_connected(a, b);
+        self.tell_connected(b, a);
+    }
+
+    fn tell_connected(&mut self, i: usize, j: usize) {
+        if !self.nodes[i].up || self.nodes[i].told[j] {
+            return;
+        }
+        self.nodes[i].told[j] = true;
+        self.counters.connects += 1;
+        let now_l = self.local_now(i);
+        let peer = self.cfg.regions[j];
+        self.nodes[i].replica.handle_connected(now_l, peer);
+        self.drain(i);
+    }
+
+    fn link_down(&mut self, i: usize, j: usize, inc: u32) {
+        let node = &mut self.nodes[i];
+        if node.inc != inc || !node.up || !node.told[j] {
+            return;
+        }
+        node.told[j] = false;
+        self.counters.disconnects += 1;
+        let now_l = self.local_now(i);
+        let peer = self.cfg.regions[j];
+        self.nodes[i].replica.handle_disconnected(now_l, peer);
+        self.drain(i);
+    }
+
     /// Sends one copy of a message (already encoded to `bytes` long) over a link.
     fn send(&mut self, from: usize, to: usize, msg: Message, bytes: usize) {
-        if !self.connected(from, to) {
+        let li = self.link_index(from, to);
+        if !self.links[li].established {
             self.counters.messages_cut += 1;
             return;
         }
+        let epoch = self.links[li].epoch;
         let f = &self.cfg.faults;
         let (dmin, dmax) = f.delay_ms;
-        let (loss, dup, reorder, extra) = if self.faults_on {
+        let (loss, dup, reorder, extra, answer_loss) = if self.faults_on {
             (
                 f.loss_ppm,
                 f.duplicate_ppm,
                 f.reorder_ppm,
                 f.reorder_extra_ms,
+                f.pull_answer_loss_ppm,
             )
         } else {
-            (0, 0, 0, 0)
+            (0, 0, 0, 0, 0)
         };
         self.counters.messages += 1;
         self.counters.bytes += bytes as u64;
-        if self.net.chance(loss) {
+        if self.net.chance(loss)
+            || (answer_loss > 0
+                && matches!(msg, Message::PullAnswer { .. })
+                && self.net.chance(answer_loss))
+        {
             self.counters.messages_lost += 1;
             return;
         }
@@ -492,7 +680,6 @@ impl Sim {
             self.link_last[link] = at;
             at
         };
-        let inc = self.nodes[to].inc;
         if self.net.chance(dup) {
             let d2 = self.net.range(dmin, dmax);
             self.counters.messages += 1;
@@ -502,7 +689,7 @@ impl Sim {
                 Ev::Deliver {
                     to: to as u8,
                     from: from as u8,
-                    inc,
+                    epoch,
                     msg: msg.clone(),
                 },
             );
@@ -512,28 +699,27 @@ impl Sim {
             Ev::Deliver {
                 to: to as u8,
                 from: from as u8,
-                inc,
+                epoch,
                 msg,
             },
         );
     }
 
+    /// `Output::Broadcast`: one copy to every member this region is connected to.
     fn broadcast(&mut self, from: usize, msg: Message) {
-        let peers: Vec<usize> = (0..self.nodes.len())
-            .filter(|j| *j != from && self.connected(from, *j))
-            .collect();
-        if peers.is_empty() {
+        let n = self.nodes.len();
+        let connected =
+            |sim: &Sim, j: usize| j != from && sim.links[sim.link_index(from, j)].established;
+        let Some(last) = (0..n).rev().find(|j| connected(self, *j)) else {
             return;
-        }
+        };
         let bytes = wallet_core::wire::encoded_message_len(&msg);
-        let last = peers.len() - 1;
-        let mut msg = Some(msg);
-        for (k, j) in peers.into_iter().enumerate() {
-            let m = if k == last { msg.take() } else { msg.clone() };
-            if let Some(m) = m {
-                self.send(from, j, m, bytes);
+        for j in 0..last {
+            if connected(self, j) {
+                self.send(from, j, msg.clone(), bytes);
             }
         }
+        self.send(from, last, msg, bytes);
     }
 
     fn arm_timer(&mut self, i: usize) {
@@ -589,6 +775,12 @@ impl Sim {
                     self.nodes[i].disk.pending.push_back((index, p));
                 }
                 Output::Broadcast(m) => self.broadcast(i, m),
+                Output::Send { to, msg } => {
+                    if let Some(j) = self.region_index(to) {
+                        let bytes = wallet_core::wire::encoded_message_len(&msg);
+                        self.send(i, j, msg, bytes);
+                    }
+                }
                 Output::Compensation(c) => {
                     if self.chart.as_ref() == Some(&c.account) {
                         let id = c.id();
@@ -600,15 +792,10 @@ impl Sim {
                     }
                 }
                 Output::Report(r) => {
-                    let k = match r {
-                        Report::Rejected { .. } => 0,
-                        Report::ClockSkew { .. } => 1,
-                        Report::Equivocation { .. } => 2,
-                        Report::PolicyMismatch { .. } => 3,
-                        Report::Overflow { .. } => 4,
-                        _ => 5,
-                    };
-                    self.counters.reports[k] += 1;
+                    let kind = r.kind();
+                    if let Some(k) = Report::KINDS.iter().position(|x| *x == kind) {
+                        self.counters.reports[k] += 1;
+                    }
                 }
             }
         }
@@ -753,16 +940,17 @@ impl Sim {
         }
     }
 
-    /// Changes the partition; every link that comes back is a reconnect: both ends see
-    /// `NetEvent::Connected` and, like walletd, pull from the other unless a pull is already
-    /// in flight.
+    /// Changes the partition: links it splits are cut, links it joins are restored.
     fn set_groups(&mut self, groups: Vec<u32>) {
-        let old = std::mem::replace(&mut self.group, groups);
         let n = self.nodes.len();
-        for i in 0..n {
-            for j in 0..n {
-                if i != j && old[i] != old[j] && self.group[i] == self.group[j] {
-                    self.on_connected(i, j);
+        let before: Vec<bool> = (0..n * n).map(|k| self.reachable(k / n, k % n)).collect();
+        self.group = groups;
+        for a in 0..n {
+            for b in a + 1..n {
+                match (before[a * n + b], self.reachable(a, b)) {
+                    (true, false) => self.cut(a, b),
+                    (false, true) => self.restore(a, b),
+                    _ => {}
                 }
             }
         }
@@ -770,86 +958,6 @@ impl Sim {
 
     fn local_now(&self, i: usize) -> u64 {
         local(self.now, self.nodes[i].skew)
-    }
-
-    /// walletd `pull_busy`: a pull is in flight and has not timed out.
-    fn pull_busy(&self, i: usize) -> bool {
-        let now = self.local_now(i);
-        matches!(self.nodes[i].pull_outstanding, Some((_, t)) if now < t.saturating_add(PULL_TIMEOUT_MS))
-    }
-
-    /// walletd `on_net(Connected(j))` at region i.
-    fn on_connected(&mut self, i: usize, j: usize) {
-        if self.nodes[i].up && !self.pull_busy(i) {
-            self.pull_from(i, j);
-        }
-    }
-
-    /// walletd `peer_ahead`: the connected member whose last heartbeat shows the most events
-    /// this region lacks (ties: the lowest region name).
-    fn peer_ahead(&self, i: usize) -> Option<usize> {
-        let node = &self.nodes[i];
-        let mine = node.replica.version_vector();
-        let mut best: Option<(u64, usize)> = None;
-        for (j, vv) in node.peer_vv.iter().enumerate() {
-            let Some(vv) = vv else { continue };
-            if j == i || !self.connected(i, j) {
-                continue;
-            }
-            let lack: u64 = vv
-                .iter()
-                .zip(&self.cfg.regions)
-                .map(|(s, o)| s.saturating_sub(mine.get(o)))
-                .sum();
-            if lack == 0 {
-                continue;
-            }
-            let better = match best {
-                None => true,
-                Some((bl, bj)) => {
-                    lack > bl || (lack == bl && self.cfg.regions[j] < self.cfg.regions[bj])
-                }
-            };
-            if better {
-                best = Some((lack, j));
-            }
-        }
-        best.map(|(_, j)| j)
-    }
-
-    /// walletd `pull_from`: records the pull as the one in flight and sends it.
-    fn pull_from(&mut self, i: usize, j: usize) {
-        let now = self.local_now(i);
-        let node = &mut self.nodes[i];
-        node.last_pull[j] = Some(now);
-        node.pull_outstanding = Some((j, now));
-        let m = node.replica.pull_request(self.cfg.pull_limit);
-        let bytes = wallet_core::wire::encoded_message_len(&m);
-        self.counters.pulls += 1;
-        self.send(i, j, m, bytes);
-    }
-
-    /// walletd `on_anti_entropy`: one pull per period unless a chain is running, to the
-    /// member furthest ahead by its heartbeats, else round-robin.
-    fn periodic_pull(&mut self, i: usize) {
-        if !self.nodes[i].up || self.pull_busy(i) {
-            return;
-        }
-        let target = self.peer_ahead(i).or_else(|| {
-            let mut peers: Vec<usize> = (0..self.nodes.len())
-                .filter(|j| *j != i && self.connected(i, *j))
-                .collect();
-            peers.sort_by_key(|j| self.cfg.regions[*j]);
-            if peers.is_empty() {
-                return None;
-            }
-            let node = &mut self.nodes[i];
-            node.pull_rr = node.pull_rr.wrapping_add(1);
-            Some(peers[node.pull_rr % peers.len()])
-        });
-        if let Some(j) = target {
-            self.pull_from(i, j);
-        }
     }
 
     fn crash(&mut self, r: usize) {
@@ -862,6 +970,7 @@ impl Sim {
         node.up = false;
         node.inc += 1;
         self.counters.events_duplicate += node.replica.stats().duplicates;
+        add_pull_stats(&mut self.counters.pull, node.replica.pull_stats());
         node.timer_at = None;
         node.disk.pending.clear();
         node.disk.fsync_in_flight = false;
@@ -872,6 +981,12 @@ impl Sim {
         node.lag_q.retain(|(seq, _, _)| *seq <= durable_own);
         self.counters.crashes += 1;
         self.down_since[r] = Some(self.now);
+        // Every link of the crashed region is cut: its peers notice after the detection delay.
+        for j in 0..self.nodes.len() {
+            if j != r && self.nodes[j].up && self.group[j] == self.group[r] {
+                self.cut(r, j);
+            }
+        }
     }
 
     fn restart(&mut self, r: usize) {
@@ -911,23 +1026,19 @@ impl Sim {
         if replica.watermark() < wm_before {
             self.counters.restart_watermark_regressions += 1;
         }
-        let n = self.nodes.len();
         let node = &mut self.nodes[r];
         node.up = true;
         node.timer_at = None;
-        node.pull_outstanding = None;
-        node.last_pull = vec![None; n];
-        node.peer_vv = vec![None; n];
-        node.pull_rr = 0;
+        // A new incarnation knows of no connection.
+        node.told.iter_mut().for_each(|t| *t = false);
         if let Some(s) = self.down_since[r].take() {
             self.series.downtime.push((r, s, self.now));
         }
         self.drain(r);
-        // Reconnect: the restarted region and every reachable peer see each other connect.
+        // Every reachable peer reconnects (after its own notice of the crash).
         for j in 0..self.nodes.len() {
-            if j != r && self.connected(r, j) {
-                self.on_connected(r, j);
-                self.on_connected(j, r);
+            if j != r && self.reachable(r, j) {
+                self.restore(r, j);
             }
         }
     }
@@ -965,95 +1076,29 @@ impl Sim {
         self.drain(i);
     }
 
-    /// walletd always answers a pull, even with nothing: the answer ends the chain.
-    fn answer_pull(
-        &mut self,
-        to: usize,
-        from: usize,
-        vv: &VClock<RegionId>,
-        upto: &VClock<RegionId>,
-        limit: u32,
-    ) {
-        let limit = (limit as usize).min(self.cfg.pull_limit as usize);
-        let events = self.nodes[to].replica.missing_for_gaps(vv, upto, limit);
-        let m = Message::Events(events);
-        let bytes = wallet_core::wire::encoded_message_len(&m);
-        self.send(to, from, m, bytes);
-    }
-
-    fn deliver(&mut self, to: usize, from: usize, inc: u32, msg: Message) {
-        if self.nodes[to].inc != inc || !self.connected(from, to) {
+    /// A message arrives: the replica handles it (pulls are answered by the replica
+    /// itself, with an `Output::Send`).
+    fn deliver(&mut self, to: usize, from: usize, epoch: u32, msg: Message) {
+        let li = self.link_index(from, to);
+        if self.links[li].epoch != epoch || !self.nodes[to].up {
             self.counters.messages_cut += 1;
             return;
         }
+        match &msg {
+            Message::Pull { .. } | Message::PullGaps { .. }
+                if self.cfg.inject == Some(Inject::NoPullAnswers) =>
+            {
+                return;
+            }
+            Message::Events(events) | Message::PullAnswer { events, .. } => {
+                self.counters.events_delivered += events.len() as u64;
+            }
+            _ => {}
+        }
         let now_l = local(self.now, self.nodes[to].skew);
         let from_id = self.cfg.regions[from];
-        match msg {
-            Message::Pull { .. } | Message::PullGaps { .. }
-                if self.cfg.inject == Some(Inject::NoPullAnswers) => {}
-            Message::Pull { vv, limit } => {
-                self.answer_pull(to, from, &vv, &VClock::new(), limit);
-            }
-            Message::PullGaps { vv, upto, limit } => {
-                self.answer_pull(to, from, &vv, &upto, limit);
-            }
-            Message::Events(events) => {
-                let full = events.len() >= self.cfg.pull_limit as usize;
-                let answer = matches!(self.nodes[to].pull_outstanding, Some((r, _)) if r == from);
-                self.counters.events_delivered += events.len() as u64;
-                self.nodes[to]
-                    .replica
-                    .handle_message(now_l, from_id, Message::Events(events));
-                self.drain(to);
-                if answer {
-                    self.nodes[to].pull_outstanding = None;
-                    if full {
-                        // A full answer: more is missing; ask the same member again at once.
-                        self.pull_from(to, from);
-                    } else if let Some(next) = self.peer_ahead(to) {
-                        // Another member still holds events this region lacks.
-                        self.pull_from(to, next);
-                    }
-                }
-            }
-            Message::Heartbeat(hb) => {
-                let shb = wallet_core::SignedHeartbeat {
-                    hb,
-                    sig: Box::new([]),
-                };
-                self.deliver(to, from, inc, Message::SignedHeartbeat(shb));
-            }
-            Message::Evidence(ev) => {
-                self.nodes[to]
-                    .replica
-                    .handle_message(now_l, from_id, Message::Evidence(ev));
-                self.drain(to);
-            }
-            Message::SignedHeartbeat(shb) => {
-                let hb = &shb.hb;
-                // A heartbeat whose version vector is ahead shows a gap: pull from that member
-                // now (at most once per spacing) rather than at the next periodic pull.
-                // The gap must show in the member's PREVIOUS heartbeat (a heartbeat period
-                // ago): events it announces now may still be in flight as pushes.
-                let vv: Vec<u64> = self.cfg.regions.iter().map(|o| hb.vv.get(o)).collect();
-                let node = &mut self.nodes[to];
-                let mine = node.replica.version_vector();
-                let behind = node.peer_vv[from].as_ref().is_some_and(|prev| {
-                    prev.iter()
-                        .zip(&self.cfg.regions)
-                        .any(|(s, o)| *s > mine.get(o))
-                });
-                node.peer_vv[from] = Some(vv);
-                node.replica
-                    .handle_message(now_l, from_id, Message::SignedHeartbeat(shb));
-                let recent = node.last_pull[from]
-                    .is_some_and(|t| now_l < t.saturating_add(HEARTBEAT_PULL_SPACING_MS));
-                self.drain(to);
-                if behind && !recent && !self.pull_busy(to) {
-                    self.pull_from(to, from);
-                }
-            }
-        }
+        self.nodes[to].replica.handle_message(now_l, from_id, msg);
+        self.drain(to);
     }
 
     fn sample(&mut self) {
@@ -1075,9 +1120,12 @@ impl Sim {
 
     fn step(&mut self, item: Item) {
         match item.ev {
-            Ev::Deliver { to, from, inc, msg } => {
-                self.deliver(to as usize, from as usize, inc, msg)
-            }
+            Ev::Deliver {
+                to,
+                from,
+                epoch,
+                msg,
+            } => self.deliver(to as usize, from as usize, epoch, msg),
             Ev::Fsync { node, inc, upto } => {
                 let i = node as usize;
                 if self.nodes[i].inc == inc && self.nodes[i].up {
@@ -1094,20 +1142,8 @@ impl Sim {
                     self.drain(i);
                 }
             }
-            Ev::AntiEntropy { node, inc } => {
-                let i = node as usize;
-                if self.nodes[i].inc == inc {
-                    self.periodic_pull(i);
-                }
-                let next_inc = self.nodes[i].inc;
-                self.push(
-                    self.now + self.cfg.anti_entropy_ms.max(1),
-                    Ev::AntiEntropy {
-                        node,
-                        inc: next_inc,
-                    },
-                );
-            }
+            Ev::LinkDown { node, peer, inc } => self.link_down(node as usize, peer as usize, inc),
+            Ev::LinkUp { a, b, epoch } => self.link_up(a as usize, b as usize, epoch),
             Ev::Fault(a) => self.fault(a),
             Ev::Sample => {
                 self.sample();
@@ -1216,6 +1252,7 @@ impl Sim {
         }
         for n in &self.nodes {
             self.counters.events_duplicate += n.replica.stats().duplicates;
+            add_pull_stats(&mut self.counters.pull, n.replica.pull_stats());
         }
     }
 }

@@ -4,8 +4,11 @@
 //! a simulated network, disk and clock, all driven by one seed (TigerBeetle VOPR style):
 //! message delay, loss, duplication and reordering; scripted and random partitions; region
 //! crashes that lose whatever was not yet durable, and restarts from the durable disk; clock
-//! skew per region. After the workload it heals everything, lets anti-entropy and heartbeats
-//! settle every event, and checks the SPEC §9 invariants on every region.
+//! skew per region; connections that partitions and crashes cut (each end told after a
+//! detection delay) and that reconnect when the link is back. The replicas' own anti-entropy
+//! (the core's pull scheduler) does the repair: the simulator only moves bytes, time and
+//! connection events. After the workload it heals everything, lets anti-entropy and
+//! heartbeats settle every event, and checks the SPEC §9 invariants on every region.
 //!
 //! Same seed, same run, same bytes: one PRNG per concern derived from the seed, one binary
 //! heap of timed events ordered by `(time, sequence)`, only ordered maps, no wall clock in

@@ -42,8 +42,13 @@ pub fn summary(r: &RunResult) -> String {
     );
     let _ = writeln!(
         s,
-        "  transactions {} ({} submissions: {} retries, {} to a second region)",
-        m.transactions, m.submissions, m.retries, m.second_region
+        "  transactions {} ({} submissions: {} retries, {} to a second region, {} same key with another body, {} retried at a third region)",
+        m.transactions,
+        m.submissions,
+        m.retries,
+        m.second_region,
+        m.conflicting_bodies,
+        m.conflict_retries
     );
     let _ = writeln!(
         s,
@@ -83,13 +88,36 @@ pub fn summary(r: &RunResult) -> String {
         m.quiesce_ms.map(ms).unwrap_or_else(|| "NEVER".into()),
         ms(m.simulated_ms)
     );
+    let a = &m.anti_entropy;
+    let c = &m.connections;
+    let _ = writeln!(
+        s,
+        "  anti-entropy: pulls {} (on connect {}, on heartbeat {}, periodic {}, chained or next {})  answered {}  served {}  cleared on disconnect {}  given up {}  timed out {}  back-offs {}",
+        a.sent,
+        a.on_connect,
+        a.on_heartbeat,
+        a.periodic,
+        a.sent.saturating_sub(a.on_connect + a.on_heartbeat + a.periodic + a.given_up),
+        a.answered,
+        a.served,
+        a.cleared_on_disconnect,
+        a.given_up,
+        a.timed_out,
+        a.backoffs
+    );
+    let _ = writeln!(
+        s,
+        "  connections: {} links cut  {} disconnects noticed  {} connects",
+        c.cuts, c.disconnects, c.connects
+    );
     let rep = &r.counters.reports;
     if rep.iter().any(|c| *c > 0) {
-        let _ = writeln!(
-            s,
-            "  replica reports: rejected {}  clock skew {}  equivocation {}  policy mismatch {}  overflow {}  other {}",
-            rep[0], rep[1], rep[2], rep[3], rep[4], rep[5]
-        );
+        let list: Vec<String> = wallet_core::Report::KINDS
+            .iter()
+            .zip(rep)
+            .map(|(k, n)| format!("{} {n}", k.replace('_', " ")))
+            .collect();
+        let _ = writeln!(s, "  replica reports: {}", list.join("  "));
     }
     if m.restart_watermark_regressions > 0 || m.restart_feed_entries_hidden > 0 {
         let _ = writeln!(

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub retries: u64,
     /// Same key sent to a second region.
     pub second_region: u64,
+    /// Same key sent with another body to a region across a partition.
+    pub conflicting_bodies: u64,
+    /// Those second bodies retried at a third region.
+    pub conflict_retries: u64,
     /// Debits that took the settled balance below the floor.
     pub overdrafts: u64,
     /// Overdraft fees.
@@ -67,6 +71,11 @@ pub struct Metrics {
     pub lost_before_durable: u64,
     /// Reports raised by replicas: rejected events, clock skew, equivocation.
     pub reports: u64,
+    /// The replicas' anti-entropy counters (`Replica::pull_stats`), summed over regions and
+    /// incarnations.
+    pub anti_entropy: AntiEntropy,
+    /// Connections: links cut, and `handle_disconnected` / `handle_connected` calls.
+    pub connections: Connections,
     /// Restarts after which the watermark was lower than before the crash (the durable
     /// watermark lags the one in memory by an fsync).
     pub restart_watermark_regressions: u64,
@@ -79,6 +88,59 @@ pub struct Metrics {
     pub simulated_ms: u64,
     /// Wall-clock seconds (null unless --timing: the only non-deterministic field).
     pub wall_seconds: Option<f64>,
+}
+
+/// The replicas' pull scheduler counters (`wallet_core::replica::pull::PullStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AntiEntropy {
+    /// Pulls sent.
+    pub sent: u64,
+    /// Pulls answered (the answer reached the puller while the pull was its one in flight).
+    pub answered: u64,
+    /// Pulls answered by a region (answers sent).
+    pub served: u64,
+    /// Pulls sent because a member connected.
+    pub on_connect: u64,
+    /// Pulls in flight cleared because their member disconnected.
+    pub cleared_on_disconnect: u64,
+    /// Pulls given up after heartbeats from their member with no answer (and sent again).
+    pub given_up: u64,
+    /// Pulls dropped after the core's pull time-out.
+    pub timed_out: u64,
+    /// Pulls sent because a heartbeat showed a gap.
+    pub on_heartbeat: u64,
+    /// Periodic (safety-net) pulls.
+    pub periodic: u64,
+    /// Back-offs from members whose answers brought nothing applicable.
+    pub backoffs: u64,
+}
+
+impl From<wallet_core::replica::pull::PullStats> for AntiEntropy {
+    fn from(s: wallet_core::replica::pull::PullStats) -> Self {
+        AntiEntropy {
+            sent: s.sent,
+            answered: s.answered,
+            served: s.served,
+            on_connect: s.on_connect,
+            cleared_on_disconnect: s.cleared_on_disconnect,
+            given_up: s.given_up,
+            timed_out: s.timed_out,
+            on_heartbeat: s.on_heartbeat,
+            periodic: s.periodic,
+            backoffs: s.backoffs,
+        }
+    }
+}
+
+/// Connection events of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Connections {
+    /// Links cut by partitions and crashes (per pair of regions).
+    pub cuts: u64,
+    /// `handle_disconnected` calls (one per end that noticed a cut).
+    pub disconnects: u64,
+    /// `handle_connected` calls (both ends, at start and at every reconnect).
+    pub connects: u64,
 }
 
 /// The result of one run.
@@ -197,6 +259,16 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
             .iter()
             .filter(|s| s.attempt == Attempt::SecondRegion)
             .count() as u64,
+        conflicting_bodies: w
+            .submissions
+            .iter()
+            .filter(|s| s.attempt == Attempt::Conflict)
+            .count() as u64,
+        conflict_retries: w
+            .submissions
+            .iter()
+            .filter(|s| s.attempt == Attempt::ConflictRetry)
+            .count() as u64,
         overdrafts: check.outcome.overdrafts,
         fees: check.outcome.fees,
         fee_total: render(check.outcome.fee_total),
@@ -217,6 +289,12 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         crashes: c.crashes,
         lost_before_durable: c.lost_unacked,
         reports: c.reports.iter().sum(),
+        anti_entropy: c.pull.into(),
+        connections: Connections {
+            cuts: c.link_cuts,
+            disconnects: c.disconnects,
+            connects: c.connects,
+        },
         restart_watermark_regressions: c.restart_watermark_regressions,
         restart_feed_entries_hidden: c.restart_feed_entries_hidden,
         quiesce_ms: sim.converged_at.map(|t| t - sim.quiesce_start),

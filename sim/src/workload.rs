@@ -1,6 +1,7 @@
 //! The client workload, generated up front from its own PRNG stream so that it is identical
 //! whatever the policy or the network does (`--compare-policies` depends on this).
 
+use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use wallet_core::{AccountId, Amount, Currency, Kind};
 
@@ -17,6 +18,11 @@ pub enum Attempt {
     Retry,
     /// The same key sent to a second region.
     SecondRegion,
+    /// The key of an earlier request sent with another body to a region across a partition
+    /// (a new logical request: a client bug, or two clients sharing a key).
+    Conflict,
+    /// That second body retried at a third region.
+    ConflictRetry,
 }
 
 /// One client submission.
@@ -172,9 +178,24 @@ impl Workload {
             keys.push(Some(format!("k{logical}").into()));
             logical += 1;
         }
+        let mut w = Workload {
+            accounts,
+            submissions: subs,
+            keys,
+            logical,
+            end_ms: 0,
+            digest: 0,
+        };
+        w.seal();
+        w
+    }
+
+    /// Sorts the submissions by time and computes `end_ms` and the digest.
+    fn seal(&mut self) {
         // Stable: same time keeps generation order (first sends before their copies).
-        subs.sort_by_key(|s| (s.at_ms, s.logical, s.attempt as u8));
-        let end_ms = subs.last().map(|s| s.at_ms).unwrap_or(0);
+        self.submissions
+            .sort_by_key(|s| (s.at_ms, s.logical, s.attempt as u8));
+        self.end_ms = self.submissions.last().map(|s| s.at_ms).unwrap_or(0);
         let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
         let mut mix = |v: u64| {
             for b in v.to_le_bytes() {
@@ -182,22 +203,102 @@ impl Workload {
                 digest = digest.wrapping_mul(0x0100_0000_01b3);
             }
         };
-        for s in &subs {
+        for s in &self.submissions {
             mix(s.at_ms);
             mix(s.region as u64);
             mix(u64::from(s.account));
             mix(s.kind as u64);
             mix(u64::try_from(s.amount.value().mantissa()).unwrap_or(0));
             mix(u64::from(s.logical));
+            if matches!(s.attempt, Attempt::Conflict | Attempt::ConflictRetry) {
+                // Which key it reuses.
+                let key = self.keys.get(s.logical as usize).and_then(|k| k.as_deref());
+                for b in key.unwrap_or("").bytes() {
+                    mix(u64::from(b));
+                }
+            }
         }
-        Workload {
-            accounts,
-            submissions: subs,
-            keys,
-            logical,
-            end_ms,
-            digest,
+        self.digest = digest;
+    }
+
+    /// Adds key conflicts during partitions (`Workload::conflict_ppm` of the generated
+    /// requests sent while a partition is on, from their own PRNG stream): the request's key
+    /// is sent again with another amount (a different body) to a region on the other side of
+    /// the partition 0-100 ms later, as a new logical request, and that second body is retried
+    /// with the same key at a third region (the first one with two regions) 0-300 ms after
+    /// that. Depending on what has arrived where, the second and third sends are refused as
+    /// a conflict, answered with the existing event, or issued as new events: then the settled
+    /// fold must reverse the third as a duplicate of the second, although the first holder of
+    /// the key has another body.
+    ///
+    /// `windows`: the partitions of the run, (start, end, group of each region).
+    pub fn add_conflicts(&mut self, cfg: &SimConfig, windows: &[(u64, u64, Vec<u32>)]) {
+        let ppm = cfg.workload.conflict_ppm;
+        let n = cfg.regions.len();
+        if ppm == 0 || n < 2 || windows.is_empty() {
+            return;
         }
+        let mut rng = Rng::new(cfg.seed, b"conflicts");
+        let mut added = Vec::new();
+        let mut logical = self.logical;
+        let mut w = 0;
+        for s in &self.submissions {
+            if s.attempt != Attempt::First {
+                continue;
+            }
+            while windows.get(w).is_some_and(|(_, end, _)| *end <= s.at_ms) {
+                w += 1;
+            }
+            let Some((start, _, group)) = windows.get(w) else {
+                break;
+            };
+            if s.at_ms < *start || !rng.chance(ppm) {
+                continue;
+            }
+            let Some(key) = self.keys.get(s.logical as usize).cloned().flatten() else {
+                continue;
+            };
+            let mine = group.get(s.region).copied();
+            let across: Vec<usize> = (0..n).filter(|r| group.get(*r).copied() != mine).collect();
+            let Some(&second) = across.get(rng.below(across.len() as u64) as usize) else {
+                continue;
+            };
+            let third = if n >= 3 {
+                let others: Vec<usize> =
+                    (0..n).filter(|r| *r != s.region && *r != second).collect();
+                others[rng.below(others.len() as u64) as usize]
+            } else {
+                s.region
+            };
+            let was = (s.amount.value() * Decimal::ONE_HUNDRED).trunc().to_u64();
+            let Some(amount) = was.and_then(|c| cents(c.saturating_add(rng.range(1, 100)))) else {
+                continue;
+            };
+            let at = s.at_ms + rng.range(0, 100);
+            let body = Submission {
+                at_ms: at,
+                region: second,
+                amount,
+                logical,
+                attempt: Attempt::Conflict,
+                ..s.clone()
+            };
+            added.push(Submission {
+                at_ms: at + rng.range(0, 300),
+                region: third,
+                attempt: Attempt::ConflictRetry,
+                ..body.clone()
+            });
+            added.push(body);
+            self.keys.push(Some(key));
+            logical += 1;
+        }
+        if added.is_empty() {
+            return;
+        }
+        self.logical = logical;
+        self.submissions.append(&mut added);
+        self.seal();
     }
 
     /// The account with the most submissions (lowest index on ties).

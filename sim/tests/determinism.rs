@@ -74,6 +74,30 @@ fn same_seed_gives_byte_identical_json() {
         assert!(v["metrics"].get(k).is_some(), "metrics.{k} missing");
     }
     assert!(v["metrics"]["fee_total"].is_string());
+    for k in [
+        "sent",
+        "answered",
+        "served",
+        "on_connect",
+        "cleared_on_disconnect",
+        "given_up",
+        "timed_out",
+        "on_heartbeat",
+        "periodic",
+        "backoffs",
+    ] {
+        assert!(
+            v["metrics"]["anti_entropy"][k].is_u64(),
+            "metrics.anti_entropy.{k}"
+        );
+    }
+    assert!(v["metrics"]["anti_entropy"]["sent"].as_u64() > Some(0));
+    for k in ["cuts", "disconnects", "connects"] {
+        assert!(
+            v["metrics"]["connections"][k].is_u64(),
+            "metrics.connections.{k}"
+        );
+    }
     // A different seed gives a different run.
     let c = tmp("c.json");
     let out = bin()

@@ -108,3 +108,34 @@ fn the_checker_notices_a_feed_the_policy_does_not_explain() {
     assert!(c.invariants.exactly_once);
     assert!(!c.invariants.policy_holds, "{:?}", c.failures);
 }
+
+#[test]
+fn a_retry_of_a_second_body_at_a_third_region_is_reversed_as_its_duplicate() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let text =
+        std::fs::read_to_string(format!("{dir}/scenarios/key-conflict.txt")).expect("scenario");
+    let mut cfg = SimConfig::new(1);
+    cfg.regions = region_names(3);
+    cfg.workload.transactions = 0;
+    cfg.faults = Faults::none();
+    cfg.scenario = scenario::parse(&text, &cfg.regions, Currency::USD).expect("valid scenario");
+    let mut sim = Sim::new(cfg);
+    sim.run();
+    let c = check(&mut sim);
+    assert!(c.invariants.all(), "{:?}", c.failures);
+    // All three purchases were accepted where they were sent: nobody held the key yet.
+    assert_eq!(sim.acked.len(), 4);
+    let alice = AccountId::new("alice").expect("id");
+    for n in &sim.nodes {
+        // eu:2 holds the key first; us:1 (another body) is a conflict with it and stands;
+        // ap:1 (us:1's body) is us:1's duplicate and is reversed.
+        let feed = n.replica.feed(0, 10);
+        let ids: Vec<String> = feed.iter().map(|c| c.id()).collect();
+        assert_eq!(ids, ["conflict:us:1", "rev:ap:1"], "{}", n.id);
+        assert_eq!(feed[1].kind, CompKind::Reversal);
+        assert_eq!(feed[1].amount_str(), "20.00");
+        // 100 - 10 - 20 (ap's 20 reversed).
+        let b = n.replica.balance(&alice, Currency::USD);
+        assert_eq!(Currency::USD.render(b.settled), "70.00", "{}", n.id);
+    }
+}

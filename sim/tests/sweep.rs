@@ -95,4 +95,25 @@ fn two_hundred_seeds_with_random_faults_keep_every_invariant() {
     assert!(partitions >= SEEDS, "every seed has at least one partition");
     assert!(crashes >= SEEDS, "every seed has at least one crash");
     assert!(lost > 0 && overdrafts > 0 && fees > 0 && reversals > 0 && dups > 0);
+    // Every rule of the core's pull scheduler ran (back-off needs a member whose answers
+    // bring nothing applicable: rare in random runs, so it is not required here).
+    let ae =
+        |f: &dyn Fn(&wallet_sim::run::AntiEntropy) -> u64| sum(&|r| f(&r.metrics.anti_entropy));
+    let on_connect = ae(&|a| a.on_connect);
+    let cleared = ae(&|a| a.cleared_on_disconnect);
+    let given_up = ae(&|a| a.given_up);
+    let timed_out = ae(&|a| a.timed_out);
+    let on_heartbeat = ae(&|a| a.on_heartbeat);
+    let periodic = ae(&|a| a.periodic);
+    let backoffs = ae(&|a| a.backoffs);
+    let disconnects = sum(&|r| r.metrics.connections.disconnects);
+    println!(
+        "pulls: on connect {on_connect}, cleared on disconnect {cleared}, given up {given_up}, timed out {timed_out}, on heartbeat {on_heartbeat}, periodic {periodic}, back-offs {backoffs}; disconnects {disconnects}"
+    );
+    assert!(
+        disconnects >= SEEDS,
+        "every seed has a partition or a crash"
+    );
+    assert!(on_connect > 0 && cleared > 0 && given_up > 0 && timed_out > 0);
+    assert!(on_heartbeat > 0 && periodic > 0);
 }

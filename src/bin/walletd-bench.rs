@@ -10,13 +10,12 @@
 //! Not a test: it prints figures. The client is a minimal HTTP/1.1 keep-alive client so the
 //! measurement spends its CPU in the server, not in the load generator.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use std::io::{BufRead, BufReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use wallet::cluster::{ClusterOptions, LocalCluster};
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -71,74 +70,28 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// One region (the walletd under test) of a [`LocalCluster`], in a temp dir removed with it.
 struct Server {
-    child: Child,
+    cluster: LocalCluster,
     addr: String,
     token: String,
-    dir: PathBuf,
+    pid: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Server {
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(walletd: &PathBuf, group_commit: bool) -> Result<Server, String> {
-    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("walletd-bench-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let region = wallet_core::RegionId::new("eu").map_err(|e| e.to_string())?;
-    let cluster = wallet::init::init(&wallet::init::InitOptions {
-        regions: vec![region],
-        dir: dir.clone(),
-        faults: false,
-        group_commit,
-    })
-    .map_err(|e| e.to_string())?;
+async fn start_server(walletd: &Path, group_commit: bool) -> Result<Server, String> {
+    let mut opts =
+        ClusterOptions::new(walletd.to_path_buf(), &["eu"]).map_err(|e| e.to_string())?;
+    opts.group_commit = group_commit;
+    opts.faults = false;
+    let mut cluster = LocalCluster::init(opts).map_err(|e| e.to_string())?;
+    cluster.start(0).await.map_err(|e| e.to_string())?;
     let r = cluster.regions.first().ok_or("no region")?;
-    let mut child = Command::new(walletd)
-        .args(["run", "--config", &r.config, "--group-commit"])
-        .arg(if group_commit { "true" } else { "false" })
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", walletd.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains(" ready ") => break,
-            Some(Ok(_)) => {}
-            _ => return Err("walletd exited before it was ready".into()),
-        }
-    }
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let pid = r.pid().ok_or("walletd is not running")?.to_string();
     Ok(Server {
-        child,
         addr: r.http.trim_start_matches("http://").to_string(),
-        token: cluster.token,
-        dir,
+        token: cluster.token.clone(),
+        pid,
+        cluster,
     })
 }
 
@@ -313,11 +266,11 @@ async fn load(
             out
         }));
     }
-    let pid = server.child.id().to_string();
+    let pid = &server.pid;
     tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
-    let (s0, c0) = (cpu_time(&pid), cpu_time("self"));
+    let (s0, c0) = (cpu_time(pid), cpu_time("self"));
     tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
-    let (s1, c1) = (cpu_time(&pid), cpu_time("self"));
+    let (s1, c1) = (cpu_time(pid), cpu_time("self"));
     let mut total = Outcome {
         ok: 0,
         other: 0,
@@ -381,7 +334,7 @@ fn main() {
     let mut rates: Vec<(bool, usize, f64)> = Vec::new();
     for &gc in &args.modes {
         for &accounts in &args.accounts {
-            let server = match start_server(&args.walletd, gc) {
+            let server = match rt.block_on(start_server(&args.walletd, gc)) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{e}");
@@ -418,7 +371,9 @@ fn main() {
                 }
                 Err(e) => eprintln!("run failed: {e}"),
             }
-            drop(server);
+            let mut server = server;
+            // SIGTERM, as an operator would stop it (the temp dir goes with the cluster).
+            rt.block_on(server.cluster.stop(0));
         }
     }
     println!(

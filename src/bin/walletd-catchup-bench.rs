@@ -24,7 +24,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wallet::demo::{metric, ClusterOptions, DemoError, LocalCluster};
+use wallet::cluster::{
+    all_members_up, metric, wait_until, ClusterError, ClusterOptions, LocalCluster,
+};
+
+/// Why a benchmark run failed.
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    /// Driving the cluster failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The run itself went wrong.
+    #[error("{0}")]
+    Failed(String),
+    /// Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
+}
 
 /// Hidden first argument: run one region (`__node --config FILE`).
 const NODE_ARG: &str = "__node";
@@ -145,7 +161,7 @@ fn main() -> ExitCode {
     let res = rt.block_on(async {
         tokio::select! {
             r = bench(&args) => r,
-            _ = tokio::signal::ctrl_c() => Err(DemoError::Interrupted),
+            _ = tokio::signal::ctrl_c() => Err(BenchError::Interrupted),
         }
     });
     match res {
@@ -157,8 +173,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn err(what: impl Into<String>) -> DemoError {
-    DemoError::Disagree(what.into())
+fn err(what: impl Into<String>) -> BenchError {
+    BenchError::Failed(what.into())
 }
 
 /// Writes `total` deposits spread over `targets` with `clients` concurrent clients.
@@ -168,7 +184,7 @@ async fn write_load(
     total: u64,
     clients: u64,
     tag: &str,
-) -> Result<Duration, DemoError> {
+) -> Result<Duration, BenchError> {
     let next = Arc::new(AtomicU64::new(0));
     let urls: Vec<String> = targets
         .iter()
@@ -266,7 +282,7 @@ fn ratio_x100(a: u64, b: u64) -> String {
     format!("{}.{:02}", r / 100, r % 100)
 }
 
-async fn bench(args: &Args) -> Result<(), DemoError> {
+async fn bench(args: &Args) -> Result<(), BenchError> {
     let exe = std::env::current_exe().map_err(|e| err(e.to_string()))?;
     let mut opts = ClusterOptions::new(exe, &["eu", "us", "ap"])?;
     opts.run_args = vec![NODE_ARG.into(), "--config".into()];
@@ -275,9 +291,9 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
     let (eu, us, ap) = (0usize, 1usize, 2usize);
     c.start_all().await?;
     let cr = &c;
-    wallet::demo::wait_until("every member connected", 60_000, || async move {
+    wait_until("every member connected", 60_000, || async move {
         for i in 0..3 {
-            if !wallet::demo::all_members_up(&cr.status(i).await?) {
+            if !all_members_up(&cr.status(i).await?) {
                 return Ok(false);
             }
         }
@@ -300,7 +316,7 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
     }
     // Everyone holds the history before the partition.
     let cr = &c;
-    wallet::demo::wait_until(
+    wait_until(
         "the history to reach every region",
         SYNC_TIMEOUT_MS,
         || async move {
@@ -320,7 +336,7 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
         rate(args.events, d)
     );
     let cr = &c;
-    let synced = wallet::demo::wait_until(
+    let synced = wait_until(
         "eu and ap to hold each other's events",
         SYNC_TIMEOUT_MS,
         || async move { Ok(vv_of(&cr.status(eu).await?) == vv_of(&cr.status(ap).await?)) },
@@ -358,10 +374,11 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
             break healed.elapsed();
         }
         if Instant::now() > deadline {
-            return Err(DemoError::Timeout {
+            return Err(ClusterError::Timeout {
                 what: "us to catch up".into(),
                 ms: CATCHUP_TIMEOUT_MS,
-            });
+            }
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(CATCHUP_POLL_MS)).await;
     };
@@ -380,7 +397,7 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
         .saturating_sub(others_sent0);
     // Settlement: us's watermark passes eu's clock at the heal (every partition write).
     let cr = &c;
-    let settled = wallet::demo::wait_until(
+    let settled = wait_until(
         "us to settle everything",
         CATCHUP_TIMEOUT_MS,
         || async move { Ok(hlc(&cr.status(us).await?["watermark"]) >= heal_clock) },
@@ -392,7 +409,7 @@ async fn bench(args: &Args) -> Result<(), DemoError> {
     for i in 0..3 {
         c.stop(i).await;
     }
-    let data = c.dir.join("data").join("eu");
+    let data = c.data_dir(eu)?;
     let (_store, loaded) = wallet::storage::Store::open(&data).map_err(|e| err(e.to_string()))?;
     let mut whole = 0u64;
     let mut whole_n = 0u64;

@@ -1,310 +1,276 @@
-//! Helpers: `walletd init` into a temp dir, start real `walletd` processes, talk HTTP.
+//! Test helpers over the one process harness, [`wallet::cluster::LocalCluster`] (real
+//! `walletd` processes, the binary under test): a cluster in a temp dir, bounded waits that
+//! panic with the regions' logs, readers of status, metrics and raw JSON bodies, and [`Api`],
+//! a region client whose requests panic on transport errors.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+pub use wallet::cluster::{metric, Answer, Client, ClusterOptions, LocalCluster};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_walletd");
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default bound of a wait.
+pub const WAIT: Duration = Duration::from_secs(45);
 
-pub struct Cluster {
-    pub dir: tempfile::TempDir,
-    pub json: Value,
+/// `walletd init` for `regions` into a temp dir (removed when the cluster is dropped, which
+/// also kills every region).
+pub fn cluster(regions: &[&str]) -> LocalCluster {
+    let mut o = ClusterOptions::new(BIN.into(), regions).expect("options");
+    o.log_filter = "warn".into();
+    LocalCluster::init(o).expect("init")
 }
 
-impl Cluster {
-    /// `walletd init --regions <regions>` into a fresh temp dir.
-    pub fn init(regions: &str) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = Command::new(BIN)
-            .args(["init", "--regions", regions, "--dir"])
-            .arg(dir.path())
-            .output()
-            .expect("run walletd init");
-        assert!(
-            out.status.success(),
-            "init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = std::fs::read_to_string(dir.path().join("cluster.json")).expect("cluster.json");
-        let json: Value = serde_json::from_str(&text).expect("cluster.json is JSON");
-        Cluster { dir, json }
-    }
-
-    pub fn token(&self) -> String {
-        self.json["token"].as_str().expect("token").to_string()
-    }
-
-    pub fn admin_token(&self) -> String {
-        self.json["admin_token"]
-            .as_str()
-            .expect("admin")
-            .to_string()
-    }
-
-    pub fn region(&self, i: usize) -> (String, PathBuf) {
-        let r = &self.json["regions"][i];
-        (
-            r["http"].as_str().expect("http").to_string(),
-            PathBuf::from(r["config"].as_str().expect("config")),
-        )
-    }
-
-    pub fn data_file(&self, region: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("data")
-            .join(region)
-            .join("wallet.redb")
-    }
-
-    /// Starts region `i` and waits for its ready line.
-    pub fn start(&self, i: usize) -> Node {
-        let (url, config) = self.region(i);
-        Node::start(&config, url, self.token(), &[])
-    }
+/// Starts region `i` and waits for its ready line.
+pub async fn start(c: &mut LocalCluster, i: usize) {
+    c.start(i).await.expect("start");
 }
 
-pub struct Node {
-    pub child: Child,
-    pub url: String,
-    pub token: String,
-    pub config: PathBuf,
-    pub stderr: mpsc::Receiver<String>,
+/// SIGTERM to region `i`; true when it exited with 0.
+pub async fn term(c: &mut LocalCluster, i: usize) -> bool {
+    c.stop(i).await == Some(0)
 }
 
-impl Node {
-    pub fn start(config: &Path, url: String, token: String, extra: &[&str]) -> Node {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn walletd");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (etx, erx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = etx.send(line);
-            }
-        });
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(" ready ") => break,
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = child.kill();
-                    let err: Vec<String> = erx.try_iter().collect();
-                    panic!("walletd did not become ready: {}", err.join("\n"));
-                }
-            }
-        }
-        Node {
-            child,
-            url,
-            token,
-            config: config.to_path_buf(),
-            stderr: erx,
-        }
-    }
-
-    /// SIGKILL.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM and wait for the exit.
-    pub fn term(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let st = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        assert!(st.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "walletd did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// Runs region `i` expecting it to refuse to start: (exit code, stderr).
+pub fn run_expect_failure(c: &mut LocalCluster, i: usize) -> (Option<i32>, String) {
+    let (code, err) = c.run_to_exit(i).expect("run to exit");
+    assert_ne!(
+        code,
+        Some(0),
+        "walletd exited 0 although it should have refused to start"
+    );
+    (code, err)
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Region `i`'s client with the client token.
+pub fn region_api(c: &LocalCluster, i: usize) -> Api {
+    Api(c.client(i).expect("region"))
 }
 
-/// Runs `walletd run --config` expecting it to fail; returns (exit status, stderr).
-pub fn run_expect_failure(config: &Path) -> (ExitStatus, String) {
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn walletd");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return (s, err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("walletd started although it should have refused to");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Region `i`'s client with the admin token.
+pub fn region_admin(c: &LocalCluster, i: usize) -> Api {
+    Api(c.admin(i).expect("region"))
 }
 
-pub struct Api {
-    pub http: reqwest::Client,
-    pub url: String,
-    pub token: String,
-}
-
-pub struct Resp {
-    pub status: u16,
-    pub json: Value,
-    pub headers: reqwest::header::HeaderMap,
-}
+/// A region client for tests: every request must get an answer.
+#[derive(Clone)]
+pub struct Api(pub Client);
 
 impl Api {
-    pub fn new(url: &str, token: &str) -> Api {
-        Api {
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(128)
-                .build()
-                .expect("client"),
-            url: url.to_string(),
-            token: token.to_string(),
-        }
+    pub fn url(&self) -> &str {
+        self.0.url()
     }
 
-    async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
-        let r = rb.send().await.expect("request");
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let text = r.text().await.expect("body");
-        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Resp {
-            status,
-            json,
-            headers,
-        }
+    pub fn token(&self) -> &str {
+        self.0.token()
     }
 
-    pub async fn get(&self, path: &str) -> Resp {
-        self.send(
-            self.http
-                .get(format!("{}{}", self.url, path))
-                .bearer_auth(&self.token),
-        )
-        .await
+    pub fn http(&self) -> &reqwest::Client {
+        self.0.http()
     }
 
-    pub async fn post_raw(&self, path: &str, body: &str, key: Option<&str>) -> Resp {
-        let mut rb = self
-            .http
-            .post(format!("{}{}", self.url, path))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        if let Some(k) = key {
-            rb = rb.header("Idempotency-Key", k);
-        }
-        self.send(rb).await
+    /// The same region with another token.
+    pub fn with_token(&self, token: &str) -> Api {
+        Api(self.0.with_token(token))
     }
 
-    pub async fn tx(&self, account: &str, kind: &str, amount: &str, key: Option<&str>) -> Resp {
-        let body = serde_json::json!({"type": kind, "amount": amount, "currency": "USD"});
-        self.post_raw(
-            &format!("/v1/accounts/{account}/transactions"),
-            &body.to_string(),
-            key,
-        )
-        .await
+    pub async fn get(&self, path: &str) -> Answer {
+        self.0.get(path).await.expect("request")
     }
 
+    pub async fn post_raw(&self, path: &str, body: &str, key: Option<&str>) -> Answer {
+        self.0.post(path, body, key).await.expect("request")
+    }
+
+    /// A USD transaction.
+    pub async fn tx(&self, account: &str, kind: &str, amount: &str, key: Option<&str>) -> Answer {
+        self.0
+            .tx(account, kind, amount, "USD", key)
+            .await
+            .expect("request")
+    }
+
+    /// (provisional, settled) of an account in `currency`, if it has events in it.
     pub async fn balance(&self, account: &str, currency: &str) -> Option<(String, String)> {
         let r = self.get(&format!("/v1/accounts/{account}/balances")).await;
         assert_eq!(r.status, 200, "{}", r.json);
-        r.json["balances"]
-            .as_array()
-            .expect("balances")
-            .iter()
-            .find(|b| b["currency"] == currency)
-            .map(|b| {
-                (
-                    b["provisional"].as_str().expect("p").to_string(),
-                    b["settled"].as_str().expect("s").to_string(),
-                )
-            })
+        balance_in(&r.json, currency)
     }
 
     /// Every entry of an account's history, following cursors.
     pub async fn history(&self, account: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let path = match &after {
-                Some(c) => format!("/v1/accounts/{account}/transactions?limit=1000&after={c}"),
-                None => format!("/v1/accounts/{account}/transactions?limit=1000"),
-            };
-            let r = self.get(&path).await;
-            assert_eq!(r.status, 200, "{}", r.json);
-            out.extend(
-                r.json["transactions"]
-                    .as_array()
-                    .expect("list")
-                    .iter()
-                    .cloned(),
-            );
-            match r.json["next"].as_str() {
-                Some(c) => after = Some(c.to_string()),
-                None => return out,
+        self.0.history(account).await.expect("history")
+    }
+
+    /// A sample of the region's `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (status, text) = self
+            .0
+            .with_token("")
+            .get_raw("/metrics")
+            .await
+            .expect("metrics");
+        assert_eq!(status, 200, "{text}");
+        metric(&text, name).unwrap_or(0)
+    }
+}
+
+/// (provisional, settled) in `currency` from a balances body.
+pub fn balance_in(balances: &Value, currency: &str) -> Option<(String, String)> {
+    balances["balances"].as_array().and_then(|l| {
+        l.iter().find(|b| b["currency"] == currency).map(|b| {
+            (
+                b["provisional"].as_str().unwrap_or("").to_string(),
+                b["settled"].as_str().unwrap_or("").to_string(),
+            )
+        })
+    })
+}
+
+pub fn error_code(r: &Answer) -> String {
+    r.json["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {} {}", r.status, r.json))
+        .to_string()
+}
+
+/// Polls `f` every 50 ms until it is true; panics with the regions' logs after `timeout`.
+pub async fn eventually<F, Fut>(c: &LocalCluster, what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            let mut logs = String::new();
+            for (i, r) in c.regions.iter().enumerate() {
+                logs.push_str(&format!("--- {} ---\n{}\n", r.region, c.log_tail(i)));
+            }
+            panic!("timed out after {timeout:?} waiting for {what}\n{logs}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn status(c: &LocalCluster, i: usize) -> Value {
+    c.status(i).await.expect("status")
+}
+
+/// The entry of `region` in a status body's members.
+pub fn member(status: &Value, region: &str) -> Value {
+    status["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["region"] == region).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// A metric sample (0 when absent).
+pub async fn metric_of(c: &LocalCluster, i: usize, name: &str) -> u64 {
+    metric(&c.metrics(i).await.expect("metrics"), name).unwrap_or(0)
+}
+
+/// (provisional, settled) of an account in USD, if it has USD events.
+pub async fn balance(c: &LocalCluster, i: usize, account: &str) -> Option<(String, String)> {
+    let v = c
+        .get_ok(i, &format!("/v1/accounts/{account}/balances"))
+        .await
+        .expect("balances");
+    balance_in(&v, "USD")
+}
+
+/// True when region `i` sees every region of `peers` (names) connected, heard and with the
+/// same policy.
+pub async fn sees(c: &LocalCluster, i: usize, peers: &[&str]) -> bool {
+    let s = status(c, i).await;
+    peers.iter().all(|p| {
+        let m = member(&s, p);
+        m["self"] == true
+            || (m["connected"] == true && m["heard"] == true && m["policy_matches"] == true)
+    })
+}
+
+/// Waits until every region in `idx` sees every other one in `idx`.
+pub async fn wait_connected(c: &LocalCluster, idx: &[usize]) {
+    let names: Vec<String> = idx.iter().map(|i| c.regions[*i].region.clone()).collect();
+    eventually(c, "the regions to connect", WAIT, || {
+        let names = names.clone();
+        async move {
+            let peers: Vec<&str> = names.iter().map(String::as_str).collect();
+            for i in idx {
+                if !sees(c, *i, &peers).await {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+}
+
+/// An HLC string `"<ms>.<logical>"` as a comparable pair.
+pub fn hlc(v: &Value) -> (u64, u64) {
+    let s = v.as_str().unwrap_or_else(|| panic!("not an HLC: {v}"));
+    let (a, b) = s.split_once('.').expect("ms.logical");
+    (a.parse().expect("ms"), b.parse().expect("logical"))
+}
+
+/// The raw bodies a client would compare: each account's transaction list and balances,
+/// and the compensation feed.
+pub async fn raw_state(c: &LocalCluster, i: usize, accounts: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in accounts {
+        for p in [
+            format!("/v1/accounts/{a}/transactions?limit=1000"),
+            format!("/v1/accounts/{a}/balances"),
+        ] {
+            let (st, body) = c.get_raw(i, &p).await.expect("get");
+            assert_eq!(st, 200, "{p}: {body}");
+            out.push(body);
+        }
+    }
+    let (st, body) = c
+        .get_raw(i, "/v1/compensations?limit=1000")
+        .await
+        .expect("feed");
+    assert_eq!(st, 200, "{body}");
+    out.push(body);
+    out
+}
+
+/// True when every region in `idx` holds the same version vector, every listed event is
+/// settled, and the raw bodies are identical.
+pub async fn converged(c: &LocalCluster, idx: &[usize], accounts: &[String]) -> bool {
+    let mut first: Option<(Value, Vec<String>)> = None;
+    for i in idx {
+        let vv = status(c, *i).await["version_vector"].clone();
+        let raw = raw_state(c, *i, accounts).await;
+        for body in raw.iter().take(raw.len().saturating_sub(1)).step_by(2) {
+            let v: Value = serde_json::from_str(body).expect("json");
+            let all_settled = v["transactions"]
+                .as_array()
+                .is_some_and(|l| l.iter().all(|t| t["settled"] == true));
+            if !all_settled {
+                return false;
+            }
+        }
+        match &first {
+            None => first = Some((vv, raw)),
+            Some((v0, r0)) => {
+                if *v0 != vv || *r0 != raw {
+                    return false;
+                }
             }
         }
     }
+    true
 }
 
 #[path = "cents.rs"]
 mod cents;
 #[allow(unused_imports)]
 pub use cents::cents;
-
-pub fn error_code(r: &Resp) -> String {
-    r.json["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an error body: {} {}", r.status, r.json))
-        .to_string()
-}

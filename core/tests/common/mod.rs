@@ -121,6 +121,7 @@ impl Cluster {
                 settled_seen: BTreeMap::new(),
             });
         }
+        c.connect_all(None);
         c
     }
 
@@ -146,6 +147,11 @@ impl Cluster {
                         if j != i {
                             self.inflight.push((j, i, m.clone()));
                         }
+                    }
+                }
+                Output::Send { to, msg } => {
+                    if let Some(j) = self.names.iter().position(|n| *n == to) {
+                        self.inflight.push((j, i, msg));
                     }
                 }
                 Output::Compensation(_) => {}
@@ -262,13 +268,58 @@ impl Cluster {
     }
 
     pub fn partition(&mut self, mask: u8) {
+        let before = self.side.clone();
         for i in 0..self.side.len() {
             self.side[i] = (mask >> i) & 1;
         }
+        self.links_changed(&before);
     }
 
     pub fn heal(&mut self) {
+        let before = self.side.clone();
         self.side.iter_mut().for_each(|s| *s = 0);
+        self.links_changed(&before);
+    }
+
+    /// Tells both ends of every link that went down or came up.
+    fn links_changed(&mut self, before: &[u8]) {
+        for a in 0..self.nodes.len() {
+            for b in 0..self.nodes.len() {
+                if a == b {
+                    continue;
+                }
+                let was = before[a] == before[b];
+                let is = self.side[a] == self.side[b];
+                if was != is {
+                    let now = self.local_now(a);
+                    let peer = self.names[b];
+                    if is {
+                        self.nodes[a].replica.handle_connected(now, peer);
+                    } else {
+                        self.nodes[a].replica.handle_disconnected(now, peer);
+                    }
+                    self.drain(a);
+                }
+            }
+        }
+    }
+
+    /// Every pair of connected regions learns of its link (at start and after a restart).
+    pub fn connect_all(&mut self, only: Option<usize>) {
+        for a in 0..self.nodes.len() {
+            for b in 0..self.nodes.len() {
+                if a == b || !self.connected(a, b) {
+                    continue;
+                }
+                if only.is_some_and(|i| a != i && b != i) {
+                    continue;
+                }
+                let now = self.local_now(a);
+                let peer = self.names[b];
+                self.nodes[a].replica.handle_connected(now, peer);
+                self.drain(a);
+            }
+        }
     }
 
     /// Crash and restart from the disk: buffered records and messages to it are lost.
@@ -286,6 +337,16 @@ impl Cluster {
         // A restarted region may reuse the seq of an event it never made durable.
         self.inflight.retain(|(to, _, _)| *to != i);
         self.drain(i);
+        // Its peers saw the connection drop and come back.
+        for j in 0..self.nodes.len() {
+            if j != i && self.connected(i, j) {
+                let now = self.local_now(j);
+                let peer = self.names[i];
+                self.nodes[j].replica.handle_disconnected(now, peer);
+                self.drain(j);
+            }
+        }
+        self.connect_all(Some(i));
     }
 
     pub fn max_hlc(&self) -> Hlc {

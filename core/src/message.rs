@@ -1,0 +1,141 @@
+//! What regions say to each other (SPEC §3, §5): events, signed heartbeats, pulls and their
+//! answers, and evidence of a member breaking the protocol. Encoded by [`crate::wire`].
+
+use crdts::VClock;
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::id::{EventId, Hlc, RegionId};
+use crate::policy::PolicyHash;
+
+/// A region's periodic announcement: its HLC, its version vector, its seed policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The announcing region.
+    pub origin: RegionId,
+    /// It will never issue an event at or below this HLC again.
+    pub hlc: Hlc,
+    /// Its own last seq at the time.
+    pub seq: u64,
+    /// What it holds from every origin.
+    pub vv: VClock<RegionId>,
+    /// Hash of its seed policy (version 1).
+    pub policy: PolicyHash,
+}
+
+impl Heartbeat {
+    /// Canonical bytes a heartbeat signature covers: a domain tag (distinct from events'),
+    /// the cluster id and every field.
+    pub fn signing_bytes(&self, cluster: &str) -> Vec<u8> {
+        let mut out = b"wallet-heartbeat-v1\0".to_vec();
+        // Serializing plain data into a Vec cannot fail.
+        out.extend(postcard::to_stdvec(&(cluster, self)).unwrap_or_default());
+        out
+    }
+}
+
+/// A heartbeat with its origin's signature: a promise any region can hold against it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHeartbeat {
+    /// The heartbeat.
+    pub hb: Heartbeat,
+    /// The origin's signature over [`Heartbeat::signing_bytes`] (empty without a signer).
+    pub sig: Box<[u8]>,
+}
+
+/// Proof that a region broke the protocol, made of items it signed itself: any region can
+/// check it ([`Evidence::proves`]) without trusting whoever relays it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Evidence {
+    /// Two different events under one id.
+    Conflicting(Event, Event),
+    /// A heartbeat `(h, s)` and an event of the same origin with a seq above `s` and an HLC
+    /// at or below `h`: the heartbeat promised that no such event would ever exist.
+    BrokenPromise {
+        /// The promise.
+        heartbeat: SignedHeartbeat,
+        /// The event that breaks it.
+        event: Event,
+    },
+}
+
+impl Evidence {
+    /// The region the evidence is against.
+    pub fn origin(&self) -> RegionId {
+        match self {
+            Evidence::Conflicting(a, _) => a.id.origin,
+            Evidence::BrokenPromise { heartbeat, .. } => heartbeat.hb.origin,
+        }
+    }
+
+    /// The event id concerned.
+    pub fn id(&self) -> EventId {
+        match self {
+            Evidence::Conflicting(a, _) => a.id,
+            Evidence::BrokenPromise { event, .. } => event.id,
+        }
+    }
+
+    /// True when the items really contradict each other (signatures aside: see
+    /// [`crate::Authenticator::verify_evidence`]).
+    pub fn contradicts(&self) -> bool {
+        match self {
+            Evidence::Conflicting(a, b) => {
+                a.id == b.id
+                    && (a.hlc != b.hlc || a.body != b.body)
+                    && a.validate().is_ok()
+                    && b.validate().is_ok()
+            }
+            Evidence::BrokenPromise { heartbeat, event } => {
+                let hb = &heartbeat.hb;
+                event.id.origin == hb.origin
+                    && event.id.seq > hb.seq
+                    && event.hlc <= hb.hlc
+                    && event.validate().is_ok()
+            }
+        }
+    }
+}
+
+/// Peer-to-peer messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Events, pushed or sent in answer to a pull.
+    Events(Vec<Event>),
+    /// A heartbeat.
+    Heartbeat(Heartbeat),
+    /// "Send me what I miss": the sender's version vector and a batch limit.
+    Pull {
+        /// What the requester holds.
+        vv: VClock<RegionId>,
+        /// Most events to answer with.
+        limit: u32,
+    },
+    /// "Send me what I miss, but not what I already hold out of order": like `Pull`, and for
+    /// each origin in `upto` the answer stops before that seq (the first event the requester
+    /// holds beyond its gap, buffered). Added after `Pull`, so version-1 bytes of the other
+    /// messages decode unchanged.
+    PullGaps {
+        /// What the requester holds without gaps.
+        vv: VClock<RegionId>,
+        /// Per origin, the first seq already held out of order.
+        upto: VClock<RegionId>,
+        /// Most events to answer with.
+        limit: u32,
+    },
+    /// A signed heartbeat: what every region sends. An unsigned [`Message::Heartbeat`] is
+    /// handled as one with an empty signature, which only [`NoAuth`] accepts.
+    SignedHeartbeat(SignedHeartbeat),
+    /// Proof that a member broke the protocol: the receiver checks it and freezes that
+    /// origin as if it had caught it itself.
+    Evidence(Evidence),
+    /// The answer to a `Pull` or `PullGaps`, sent to the requester only: what it lacks, and
+    /// whether more follows (the requester then pulls again at once). Added after
+    /// `Evidence`, so earlier variants' bytes are unchanged.
+    PullAnswer {
+        /// Events, origin by origin, in seq order.
+        events: Vec<Event>,
+        /// More is missing than fitted.
+        more: bool,
+    },
+}

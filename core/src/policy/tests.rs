@@ -1,0 +1,123 @@
+//! Policy parsing, resolution and fee arithmetic.
+
+use super::*;
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str_exact(s).unwrap()
+}
+
+fn fee_policy(fee: &str) -> Policy {
+    Policy::from_toml(&format!("[default]\naction = \"fee\"\nfee = {{ {fee} }}\n")).unwrap()
+}
+
+#[test]
+fn flat_fee() {
+    let p = fee_policy(r#"flat = "5.00""#);
+    let a = p.applied("alice", Currency::USD);
+    assert_eq!(a.fee_for(d("100")), Some(d("5.00")));
+    assert_eq!(a.fee_for(d("0.01")), Some(d("5.00")));
+}
+
+#[test]
+fn percent_fee_rounds_half_away_from_zero() {
+    let p = fee_policy(r#"percent = "2.5""#);
+    let a = p.applied("alice", Currency::USD);
+    // 2.5% of 0.50 = 0.0125 -> 0.01; of 0.70 = 0.0175 -> 0.02; of 1.00 = 0.025 -> 0.03
+    assert_eq!(a.fee_for(d("0.50")), Some(d("0.01")));
+    assert_eq!(a.fee_for(d("0.70")), Some(d("0.02")));
+    assert_eq!(a.fee_for(d("1.00")), Some(d("0.03")));
+    // 2.5% of 100 = 2.50
+    assert_eq!(a.fee_for(d("100")), Some(d("2.50")));
+}
+
+#[test]
+fn flat_plus_percent_then_minimum_then_cap() {
+    let p = fee_policy(r#"flat = "1.00", percent = "10", minimum = "3.00", cap = "20.00""#);
+    let a = p.applied("alice", Currency::USD);
+    assert_eq!(a.fee_for(d("10")), Some(d("3.00"))); // 1 + 1 = 2 -> raised to 3
+    assert_eq!(a.fee_for(d("50")), Some(d("6.00"))); // 1 + 5
+    assert_eq!(a.fee_for(d("1000")), Some(d("20.00"))); // 1 + 100 -> capped
+}
+
+#[test]
+fn jpy_wildcard_amounts_round_to_currency() {
+    let p = fee_policy(r#"flat = "2.50""#);
+    let a = p.applied("alice", Currency::JPY);
+    assert_eq!(a.fee_for(d("100")), Some(d("3"))); // 2.50 -> 3 half away from zero
+}
+
+#[test]
+fn grace_and_per_episode_parse() {
+    let p = fee_policy(r#"flat = "5", grace = "10.00", per = "episode""#);
+    let a = p.applied("x", Currency::USD);
+    assert_eq!(a.fee.grace, d("10.00"));
+    assert_eq!(a.fee.per, FeePer::Episode);
+}
+
+#[test]
+fn rule_precedence_by_tier_and_currency() {
+    let p = Policy::from_toml(
+        r#"
+[default]
+fee = { flat = "1" }
+[tiers]
+gold = ["vip-"]
+[[rule]]
+currency = "EUR"
+fee = { flat = "2" }
+[[rule]]
+tier = "gold"
+fee = { flat = "3" }
+overdraft_line = "50"
+[[rule]]
+tier = "gold"
+currency = "EUR"
+action = "reverse"
+fee = { flat = "4" }
+"#,
+    )
+    .unwrap();
+    assert_eq!(p.applied("bob", Currency::USD).fee.flat, d("1"));
+    assert_eq!(p.applied("bob", Currency::EUR).fee.flat, d("2"));
+    assert_eq!(p.applied("vip-1", Currency::USD).fee.flat, d("3"));
+    assert_eq!(p.applied("vip-1", Currency::USD).floor, d("-50"));
+    let ge = p.applied("vip-1", Currency::EUR);
+    assert_eq!(ge.fee.flat, d("4"));
+    assert_eq!(ge.action, Action::Reverse);
+    // Inherited from default, not from the tier rule.
+    assert_eq!(ge.floor, d("0"));
+}
+
+#[test]
+fn hash_is_stable_and_content_sensitive() {
+    let a = fee_policy(r#"flat = "5.00""#);
+    let b = fee_policy(r#"flat = "5""#); // same value, normalized
+    let c = fee_policy(r#"flat = "6""#);
+    assert_eq!(a.hash(), b.hash());
+    assert_ne!(a.hash(), c.hash());
+    assert_eq!(a.hash().to_string().len(), 16);
+}
+
+#[test]
+fn bad_files_say_what_is_wrong() {
+    let err = |t: &str| Policy::from_toml(t).unwrap_err().to_string();
+    assert!(err("").contains("default"));
+    assert!(err("[default]\naction = \"refuse\"").contains("default.action"));
+    assert!(err("[default]\nfee = { flat = \"abc\" }").contains("default.fee.flat"));
+    assert!(err("[default]\nfee = { flat = \"-1\" }").contains("negative"));
+    assert!(err("[default]\nfee = { per = \"week\" }").contains("default.fee.per"));
+    assert!(err("[default]\nfee = { minimum = \"5\", cap = \"1\" }").contains("fee.cap"));
+    assert!(err("[default]\nfee = { percent = \"101\" }").contains("percent"));
+    assert!(err("[default]\nbogus = 1").contains("bogus"));
+    assert!(err("[default]\nreversible = [\"deposit\"]").contains("credit"));
+    assert!(err("[default]\nreversible = [\"loan\"]").contains("reversible"));
+    assert!(err("[default]\n[[rule]]\ntier = \"x\"").contains("not defined"));
+    assert!(err("[default]\n[[rule]]\nfee = { flat = \"1\" }").contains("rule[0]"));
+    assert!(
+        err("[default]\n[[rule]]\ncurrency = \"JPY\"\nfee = { flat = \"1.5\" }")
+            .contains("decimal places")
+    );
+    assert!(err("[default]\n[[rule]]\ncurrency = \"XYZ\"").contains("rule[0].currency"));
+    assert!(err("[default]\ncurrency = \"USD\"").contains("default"));
+    assert!(err("[default\n").contains("not valid"));
+}

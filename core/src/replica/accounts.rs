@@ -1,0 +1,139 @@
+//! Accounts: per (account, currency) balances and fold state, each account's history (its
+//! events per origin and its feed entries) and its idempotency keys (SPEC §4).
+
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+
+use crate::id::{AccountId, EventId, RegionId};
+use crate::money::Currency;
+
+use crate::event::{Body, Event};
+
+use super::keys::KeyIndex;
+use super::log::Logs;
+
+/// Provisional and settled balance of one (account, currency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Balance {
+    /// Sum of every event known, settled compensations included.
+    pub provisional: Decimal,
+    /// Sum over the settled prefix, compensations included.
+    pub settled: Decimal,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BalanceState {
+    pub(crate) bal: Balance,
+    /// An overdraft episode is open (settled fold).
+    pub(crate) in_episode: bool,
+    /// The episode's fee was charged (per-episode fees).
+    pub(crate) episode_fee_charged: bool,
+    /// Fees charged in the open episode: they never extend it, so the episode closes when
+    /// `settled + episode_fees` is back at or above the floor.
+    pub(crate) episode_fees: Decimal,
+    /// The settled sum overflowed: deterministic, the same on every region.
+    pub(crate) frozen: bool,
+    /// The provisional sum overflowed: local only, never consulted by the settled fold.
+    pub(crate) provisional_frozen: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct AccountState {
+    pub(crate) balances: BTreeMap<Currency, BalanceState>,
+    /// Per origin, the seqs of this account's events, ascending. Within one origin seq
+    /// order is total order, so this only ever appends: 8 bytes per event, where an
+    /// ordered set of order keys cost about 64. [`Replica::entries`] merges the lists.
+    pub(crate) events: BTreeMap<RegionId, Vec<u64>>,
+    /// Feed positions of this account's feed entries. The feed is in total order of the
+    /// causes (a compensation before a conflict report of the same cause), so this is too.
+    pub(crate) comps: Vec<u64>,
+    /// Idempotency key -> the first event holding it in the total order, among those known.
+    /// Every event below the watermark is known, so when the fold reaches an event with a
+    /// key, this names the first settled event with that key: it serves both the retry
+    /// lookup and the settled duplicate check.
+    pub(crate) keys: KeyIndex,
+    /// Other events holding a key already in `keys` (duplicates and conflicts), so that a
+    /// retry finds its own original whatever the order.
+    pub(crate) more_keys: BTreeMap<Box<str>, Vec<EventId>>,
+}
+
+/// Every account.
+#[derive(Debug, Default)]
+pub(crate) struct Accounts {
+    pub(crate) map: BTreeMap<AccountId, AccountState>,
+}
+
+impl Accounts {
+    /// The map's own handle of an account id (one shared allocation per account), creating
+    /// the account if new.
+    pub(crate) fn intern(&mut self, account: AccountId) -> AccountId {
+        match self.map.get_key_value(&account) {
+            Some((k, _)) => k.clone(),
+            None => {
+                self.map.insert(account.clone(), AccountState::default());
+                account
+            }
+        }
+    }
+
+    /// Indexes an event about to be appended to its log (`logs` holds every earlier one):
+    /// its account's history and idempotency key, and its effect on the provisional balance.
+    /// The event's account id becomes the map's own handle (one allocation per account).
+    pub(crate) fn index(&mut self, logs: &Logs, event: &mut Event) {
+        let key = event.key();
+        let id = event.id;
+        let Body::Tx(tx) = &mut event.body else {
+            return;
+        };
+        let acct = match self.map.entry(tx.account.clone()) {
+            Entry::Occupied(o) => {
+                tx.account = o.key().clone();
+                o.into_mut()
+            }
+            Entry::Vacant(v) => v.insert(AccountState::default()),
+        };
+        let seqs = acct.events.entry(id.origin).or_default();
+        debug_assert!(seqs.last().is_none_or(|&q| q < id.seq));
+        seqs.push(id.seq);
+        if let Some(k) = &tx.idempotency_key {
+            // The key maps to the first event holding it in the total order, so a retry finds
+            // the same event on every region once both are known. The first holder goes to
+            // `keys`, any other to `more_keys` (only duplicates and conflicts, which are rare).
+            let other = match acct.keys.holder_or_insert(&logs.members, k, id) {
+                None => None,
+                Some(have) => match logs.event(*have).map(|e| e.key() < key) {
+                    Some(true) => Some(id),
+                    Some(false) => Some(std::mem::replace(have, id)),
+                    None => {
+                        *have = id;
+                        None
+                    }
+                },
+            };
+            if let Some(other) = other {
+                acct.more_keys.entry(k.clone()).or_default().push(other);
+            }
+        }
+        let st = acct.balances.entry(tx.currency).or_default();
+        if !st.provisional_frozen {
+            match st.bal.provisional.checked_add(tx.delta()) {
+                Some(v) => st.bal.provisional = v,
+                None => st.provisional_frozen = true,
+            }
+        }
+    }
+
+    /// The state of one (account, currency), if any.
+    pub(crate) fn state(&self, account: &AccountId, currency: Currency) -> Option<&BalanceState> {
+        self.map.get(account)?.balances.get(&currency)
+    }
+
+    /// Balance of one (account, currency). O(log accounts).
+    pub(crate) fn balance(&self, account: &AccountId, currency: Currency) -> Balance {
+        self.state(account, currency)
+            .map(|b| b.bal)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,179 @@
+//! Per-origin logs (SPEC §3): each origin's events in seq order without gaps, the events
+//! buffered out of order behind a gap, and what each member last announced. The version vector
+//! is derived from the logs' lengths and kept beside them.
+
+use std::collections::BTreeMap;
+
+use crdts::{CmRDT, Dot, VClock};
+
+use crate::event::Event;
+use crate::id::{EventId, Hlc, RegionId};
+use crate::message::SignedHeartbeat;
+use crate::policy::PolicyHash;
+
+#[derive(Debug, Default)]
+pub(crate) struct Member {
+    pub(crate) log: Vec<Event>,
+    pub(crate) pending: BTreeMap<u64, Event>,
+    /// Highest announced heartbeat, signed: the promise checked on later events, and half of
+    /// the evidence when one breaks it.
+    pub(crate) promise: Option<SignedHeartbeat>,
+    /// Heartbeats not yet covered by the log: seq -> hlc (at most
+    /// [`PENDING_HEARTBEATS_MAX`], the lowest seq evicted first).
+    pub(crate) pending_hb: BTreeMap<u64, Hlc>,
+    /// This member's contribution to the watermark.
+    pub(crate) covered: Hlc,
+    /// Last version vector it announced.
+    pub(crate) vv: VClock<RegionId>,
+    /// Its seed policy, once heard.
+    pub(crate) policy: Option<PolicyHash>,
+    pub(crate) heard: bool,
+    pub(crate) equivocated: bool,
+}
+
+/// Every member's log.
+#[derive(Debug, Default)]
+pub(crate) struct Logs {
+    pub(crate) members: BTreeMap<RegionId, Member>,
+    /// Per origin, the highest seq held without gaps.
+    pub(crate) vv: VClock<RegionId>,
+}
+
+impl Logs {
+    pub(crate) fn new(me: RegionId, members: &[RegionId]) -> Logs {
+        let mut map = BTreeMap::new();
+        for m in members {
+            map.insert(*m, Member::default());
+        }
+        map.entry(me).or_default();
+        Logs {
+            members: map,
+            vv: VClock::new(),
+        }
+    }
+
+    /// An event by id.
+    pub(crate) fn event(&self, id: EventId) -> Option<&Event> {
+        log_event(&self.members, id)
+    }
+
+    /// Events held of one origin, without gaps.
+    pub(crate) fn len_of(&self, origin: RegionId) -> u64 {
+        self.members
+            .get(&origin)
+            .map(|m| m.log.len() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Events held, all origins.
+    pub(crate) fn event_count(&self) -> u64 {
+        self.members.values().map(|m| m.log.len() as u64).sum()
+    }
+
+    /// Events of one origin after `after_seq`, in seq order.
+    pub(crate) fn origin_events(&self, origin: RegionId, after_seq: u64) -> &[Event] {
+        let Some(m) = self.members.get(&origin) else {
+            return &[];
+        };
+        let from = usize::try_from(after_seq)
+            .unwrap_or(usize::MAX)
+            .min(m.log.len());
+        &m.log[from..]
+    }
+
+    /// Appends the next gap-free event of its origin and advances the version vector.
+    /// False (and nothing changes) for a non-member or an event that is not the next one.
+    pub(crate) fn push(&mut self, event: Event) -> bool {
+        let origin = event.id.origin;
+        let Some(m) = self.members.get_mut(&origin) else {
+            return false;
+        };
+        // Gap-free per origin: a bug, not an input, if it does not hold.
+        debug_assert_eq!(
+            event.id.seq,
+            m.log.len() as u64 + 1,
+            "gap in the log of {origin}"
+        );
+        if event.id.seq != m.log.len() as u64 + 1 {
+            return false;
+        }
+        let before = self.vv.get(&origin);
+        self.vv.apply(Dot::new(origin, event.id.seq));
+        // The version vector never goes down, and moves by exactly one.
+        assert_eq!(
+            self.vv.get(&origin),
+            before.saturating_add(1),
+            "version vector of {origin} did not move by one"
+        );
+        m.log.push(event);
+        true
+    }
+
+    /// The events a peer with version vector `theirs` is missing, origin by origin, at most
+    /// `limit`: for each origin in `upto` only those below that seq (the peer holds the
+    /// rest), and of `me` only the first `own_durable` (only durable own events leave).
+    pub(crate) fn missing_for_gaps(
+        &self,
+        me: RegionId,
+        own_durable: u64,
+        theirs: &VClock<RegionId>,
+        upto: &VClock<RegionId>,
+        limit: usize,
+    ) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (r, m) in &self.members {
+            if out.len() >= limit {
+                break;
+            }
+            let held = if *r == me {
+                own_durable.min(m.log.len() as u64)
+            } else {
+                m.log.len() as u64
+            };
+            let held = match upto.get(r) {
+                0 => held,
+                first_buffered => held.min(first_buffered - 1),
+            };
+            let have = theirs.get(r);
+            if have >= held {
+                continue;
+            }
+            let from = usize::try_from(have).unwrap_or(usize::MAX);
+            let to = usize::try_from(held).unwrap_or(usize::MAX);
+            let room = limit.saturating_sub(out.len());
+            if let Some(slice) = m.log.get(from..to) {
+                out.extend(slice.iter().take(room).cloned());
+            }
+        }
+        out
+    }
+
+    /// How many events `theirs` holds that these logs lack and could apply: origins that are
+    /// not members, or frozen after equivocation, count nothing. Saturating.
+    pub(crate) fn events_lacking(&self, theirs: &VClock<RegionId>) -> u64 {
+        theirs
+            .dots
+            .iter()
+            .filter(|(o, _)| self.members.get(o).is_some_and(|m| !m.equivocated))
+            .map(|(o, s)| s.saturating_sub(self.vv.get(o)))
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Per origin, the first seq buffered out of order (what a pull need not bring).
+    pub(crate) fn buffered_from(&self) -> VClock<RegionId> {
+        let mut upto = VClock::new();
+        for (r, m) in &self.members {
+            if let Some((&first, _)) = m.pending.first_key_value() {
+                upto.dots.insert(*r, first);
+            }
+        }
+        upto
+    }
+}
+
+/// An event by id in the members' logs (a free function, so that it borrows only `members`).
+pub(crate) fn log_event(members: &BTreeMap<RegionId, Member>, id: EventId) -> Option<&Event> {
+    let m = members.get(&id.origin)?;
+    let i = usize::try_from(id.seq.checked_sub(1)?).ok()?;
+    m.log.get(i)
+}

@@ -1,0 +1,402 @@
+//! Merging what peers send (SPEC §3, §5): events (gap-free per origin, buffered out of order),
+//! signed heartbeats (promises that feed the watermark) and evidence of equivocation.
+
+use crate::event::Event;
+use crate::id::{EventId, RegionId};
+use crate::message::{Evidence, Message, SignedHeartbeat};
+
+use super::durability::Awaiting;
+use super::{
+    Record, Replica, Report, EVIDENCE_MAX, PENDING_HEARTBEATS_MAX, PENDING_PER_ORIGIN_MAX,
+};
+
+impl Replica {
+    // ---- merge ---------------------------------------------------------------------------
+
+    /// A message from peer `from`, at local physical time `now_ms`.
+    pub fn handle_message(&mut self, now_ms: u64, from: RegionId, msg: Message) {
+        match msg {
+            Message::Events(events) => self.handle_events(now_ms, from, events),
+            Message::Heartbeat(hb) => self.handle_heartbeat(
+                now_ms,
+                from,
+                SignedHeartbeat {
+                    hb,
+                    sig: Box::new([]),
+                },
+            ),
+            Message::SignedHeartbeat(shb) => self.handle_heartbeat(now_ms, from, shb),
+            Message::Evidence(ev) => self.handle_evidence(from, ev),
+            // Answered by the host with `missing_for` / `missing_for_gaps`.
+            Message::Pull { vv, limit } => {
+                self.answer_pull(from, &vv, &crdts::VClock::new(), limit)
+            }
+            Message::PullGaps { vv, upto, limit } => self.answer_pull(from, &vv, &upto, limit),
+            Message::PullAnswer { events, more } => {
+                self.handle_pull_answer(now_ms, from, events, more)
+            }
+        }
+    }
+
+    /// Merges a batch of events (push or anti-entropy answer).
+    pub fn handle_events(&mut self, now_ms: u64, from: RegionId, events: Vec<Event>) {
+        if !self.is_peer(from) {
+            self.report(Report::UnknownMember { from });
+            return;
+        }
+        for e in events {
+            self.merge_one(now_ms, from, e);
+        }
+        self.advance();
+    }
+
+    /// A configured member other than this region.
+    pub(super) fn is_peer(&self, from: RegionId) -> bool {
+        from != self.cfg.region && self.logs.members.contains_key(&from)
+    }
+
+    pub(super) fn reject(&mut self, id: EventId, from: RegionId, reason: String) {
+        self.stats.rejected += 1;
+        self.report(Report::Rejected { id, from, reason });
+    }
+
+    pub(super) fn merge_one(&mut self, now_ms: u64, from: RegionId, e: Event) {
+        let id = e.id;
+        let origin = id.origin;
+        if !self.logs.members.contains_key(&origin) {
+            self.reject(id, from, "origin is not a member".into());
+            return;
+        }
+        // The common case first: an exact copy of an event of another origin already held,
+        // which was checked when it was accepted, so the copy checks too (the signature and
+        // validation read only the id, the HLC and the body). Own events were never checked
+        // as remote ones: their copies take the full path below.
+        if origin != self.cfg.region {
+            if let Some(held) = self.event(id) {
+                if held.hlc == e.hlc && held.body == e.body && held.sig == e.sig {
+                    self.stats.duplicates += 1;
+                    return;
+                }
+            }
+        }
+        // The signature first: validation of a forged event (a policy with many rules, say)
+        // must cost nothing beyond the signature check.
+        if !self.cfg.auth.verify_event(origin, &e, &self.cfg.cluster) {
+            self.reject(id, from, "bad signature".into());
+            return;
+        }
+        if let Err(err) = e.validate() {
+            self.reject(id, from, err.to_string());
+            return;
+        }
+        // Already held: a duplicate, or two events under one id.
+        if let Some(held) = self.event(id) {
+            if held.hlc == e.hlc && held.body == e.body {
+                self.stats.duplicates += 1;
+                return;
+            }
+            let held = held.clone();
+            self.equivocation(Evidence::Conflicting(held, e));
+            return;
+        }
+        if e.hlc.millis() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
+            self.stats.rejected += 1;
+            self.report(Report::ClockSkew {
+                from,
+                remote_ms: e.hlc.millis(),
+                local_ms: now_ms,
+            });
+            return;
+        }
+        let Some(m) = self.logs.members.get_mut(&origin) else {
+            return;
+        };
+        let next = m.log.len() as u64 + 1;
+        if id.seq > next {
+            if let Some(p) = m.pending.get(&id.seq) {
+                if p.hlc == e.hlc && p.body == e.body {
+                    self.stats.duplicates += 1;
+                    return;
+                }
+                // Two different events buffered under one id: keep the first as pending,
+                // report the second; the gap-free apply checks it again.
+                let p = p.clone();
+                self.equivocation(Evidence::Conflicting(p, e));
+                return;
+            }
+            // A buffered event that breaks a promise already held is evidence now.
+            if let Some(shb) = m.promise.as_ref() {
+                if id.seq > shb.hb.seq && e.hlc <= shb.hb.hlc {
+                    let heartbeat = shb.clone();
+                    self.equivocation(Evidence::BrokenPromise {
+                        heartbeat,
+                        event: e,
+                    });
+                    return;
+                }
+            }
+            if m.pending.len() >= PENDING_PER_ORIGIN_MAX {
+                self.stats.dropped += 1;
+                return;
+            }
+            m.pending.insert(id.seq, e);
+            return;
+        }
+        self.apply_remote(from, e);
+        // Drain whatever the gap was holding back.
+        while let Some(p) = self.logs.members.get_mut(&origin).and_then(|m| {
+            let next = m.log.len() as u64 + 1;
+            m.pending.remove(&next)
+        }) {
+            if !self.apply_remote(from, p) {
+                break;
+            }
+        }
+    }
+
+    /// Applies the next gap-free event of an origin, checking its HLC against the origin's
+    /// previous event and last heartbeat promise. Returns false if refused.
+    pub(super) fn apply_remote(&mut self, from: RegionId, e: Event) -> bool {
+        let origin = e.id.origin;
+        let Some(m) = self.logs.members.get(&origin) else {
+            return false;
+        };
+        if m.equivocated {
+            return false;
+        }
+        if let Some(prev) = m.log.last() {
+            if e.hlc <= prev.hlc {
+                self.reject(e.id, from, "HLC does not increase with seq".into());
+                return false;
+            }
+        }
+        // A signed heartbeat promised that no event above its seq has an HLC at or below
+        // its HLC: the two signed items prove the origin lied, to this region and to any
+        // other, whatever order they arrived in (`handle_heartbeat` checks the other order).
+        if let Some(shb) = &m.promise {
+            if e.id.seq > shb.hb.seq && e.hlc <= shb.hb.hlc {
+                let heartbeat = shb.clone();
+                self.equivocation(Evidence::BrokenPromise {
+                    heartbeat,
+                    event: e,
+                });
+                return false;
+            }
+        }
+        // Never below what this region already counts as complete for the origin: it may
+        // be settled here already.
+        if e.hlc <= m.covered {
+            let covered = m.covered;
+            self.reject(
+                e.id,
+                from,
+                format!(
+                    "HLC {:?} at or below {:?}, which a heartbeat already covered",
+                    e.hlc, covered
+                ),
+            );
+            return false;
+        }
+        if origin == self.cfg.region {
+            // Our own history coming back after a disk loss.
+            self.dur.own_durable_seq = self.dur.own_durable_seq.max(e.id.seq);
+            self.dur.own_gossiped_seq = self.dur.own_durable_seq;
+        }
+        self.clock.observe(e.hlc);
+        let seq = e.id.seq;
+        let hlc = e.hlc;
+        self.persist(Record::Event(e.clone()));
+        self.insert(e);
+        self.stats.remote_applied += 1;
+        if let Some(m) = self.logs.members.get_mut(&origin) {
+            m.covered = m.covered.max(hlc);
+            while let Some(entry) = m.pending_hb.first_entry() {
+                if *entry.key() > seq {
+                    break;
+                }
+                let h = entry.remove();
+                m.covered = m.covered.max(h);
+            }
+        }
+        true
+    }
+
+    /// Records proof that an origin broke the protocol: the origin is frozen at once (nothing
+    /// more of it is applied, nothing more settles), the evidence is persisted, and only once
+    /// it is durable is it reported and sent to peers ([`Replica::handle_persisted`]), so a
+    /// restart finds the block again ([`Replica::restore_evidence`]).
+    pub(super) fn equivocation(&mut self, ev: Evidence) {
+        self.stats.rejected += 1;
+        if let Some(m) = self.logs.members.get_mut(&ev.origin()) {
+            m.equivocated = true;
+        }
+        if self.evidence.contains(&ev) {
+            return;
+        }
+        // Evidence that restates a pair already held (the same two items, the other way
+        // round) adds nothing.
+        if let Evidence::Conflicting(a, b) = &ev {
+            let swapped = Evidence::Conflicting(b.clone(), a.clone());
+            if self.evidence.contains(&swapped) {
+                return;
+            }
+        }
+        if self.evidence.len() >= EVIDENCE_MAX {
+            // The origin is frozen all the same; only the proof is not kept.
+            self.report(Report::Equivocation { id: ev.id() });
+            return;
+        }
+        let at = self.evidence.len();
+        self.evidence.push(ev.clone());
+        self.dur.persist_then(
+            &mut self.outputs,
+            Record::Evidence(ev),
+            Awaiting::Evidence(at),
+        );
+    }
+
+    /// Evidence sent by a peer: checked (both items signed by the origin, and contradicting
+    /// each other), then handled as if caught here.
+    pub fn handle_evidence(&mut self, from: RegionId, ev: Evidence) {
+        if !self.is_peer(from) {
+            self.report(Report::UnknownMember { from });
+            return;
+        }
+        if !self.logs.members.contains_key(&ev.origin())
+            || !self.cfg.auth.verify_evidence(&ev, &self.cfg.cluster)
+        {
+            self.reject(ev.id(), from, "evidence that proves nothing".into());
+            return;
+        }
+        self.equivocation(ev);
+    }
+
+    /// A heartbeat from a peer.
+    pub fn handle_heartbeat(&mut self, now_ms: u64, from: RegionId, shb: SignedHeartbeat) {
+        if !self.is_peer(from) {
+            self.report(Report::UnknownMember { from });
+            return;
+        }
+        let hb = &shb.hb;
+        if hb.origin != from {
+            self.reject(
+                EventId {
+                    origin: hb.origin,
+                    seq: hb.seq.max(1),
+                },
+                from,
+                "heartbeat relayed for another region".into(),
+            );
+            return;
+        }
+        let hb_id = EventId {
+            origin: from,
+            seq: hb.seq.max(1),
+        };
+        if !self.cfg.auth.verify_heartbeat(&shb, &self.cfg.cluster) {
+            self.reject(hb_id, from, "heartbeat with a bad signature".into());
+            return;
+        }
+        // A version vector naming a non-member would make that member look ahead forever.
+        if let Some(o) = hb
+            .vv
+            .dots
+            .keys()
+            .find(|o| !self.logs.members.contains_key(o))
+        {
+            let reason = format!("heartbeat names {o}, which is not a member");
+            self.reject(hb_id, from, reason);
+            return;
+        }
+        if hb.hlc.millis() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
+            self.report(Report::ClockSkew {
+                from,
+                remote_ms: hb.hlc.millis(),
+                local_ms: now_ms,
+            });
+            return;
+        }
+        // Did its PREVIOUS heartbeat show events this region lacks? (For the pull scheduler.)
+        let behind = self
+            .member_vv(from)
+            .is_some_and(|vv| self.logs.events_lacking(vv) > 0);
+        let ours = self.seed_hash;
+        let Some(m) = self.logs.members.get_mut(&from) else {
+            return;
+        };
+        m.heard = true;
+        let first_policy = m.policy.is_none() || m.policy != Some(hb.policy);
+        m.policy = Some(hb.policy);
+        if hb.policy != ours && first_policy {
+            self.report(Report::PolicyMismatch {
+                region: from,
+                theirs: hb.policy,
+                ours,
+            });
+        }
+        // An event already held (in the log or buffered) above the heartbeat's seq with an
+        // HLC at or below it: the promise is broken, whichever came first.
+        let broken = {
+            let Some(m) = self.logs.members.get(&from) else {
+                return;
+            };
+            let after = usize::try_from(hb.seq).unwrap_or(usize::MAX);
+            m.log
+                .get(after..)
+                .and_then(|rest| rest.first())
+                .or_else(|| {
+                    m.pending
+                        .range(hb.seq.saturating_add(1)..)
+                        .next()
+                        .map(|(_, e)| e)
+                })
+                .filter(|e| e.hlc <= hb.hlc)
+                .cloned()
+        };
+        if let Some(event) = broken {
+            self.equivocation(Evidence::BrokenPromise {
+                heartbeat: shb,
+                event,
+            });
+            return;
+        }
+        let Some(m) = self.logs.members.get_mut(&from) else {
+            return;
+        };
+        let hb_hlc = shb.hb.hlc;
+        let hb_seq = shb.hb.seq;
+        m.vv = shb.hb.vv.clone();
+        if m.promise.as_ref().is_none_or(|p| hb_hlc > p.hb.hlc) {
+            m.promise = Some(shb);
+        }
+        if (m.log.len() as u64) >= hb_seq {
+            m.covered = m.covered.max(hb_hlc);
+        } else {
+            let slot = m.pending_hb.entry(hb_seq).or_insert(hb_hlc);
+            *slot = (*slot).max(hb_hlc);
+            if m.pending_hb.len() > PENDING_HEARTBEATS_MAX {
+                m.pending_hb.pop_first();
+            }
+        }
+        self.clock.observe(hb_hlc);
+        if self.restoring {
+            self.check_restored();
+        }
+        self.advance();
+        self.pull_on_heartbeat(now_ms, from, behind);
+    }
+
+    pub(super) fn check_restored(&mut self) {
+        let me = self.cfg.region;
+        let mine = self.logs.vv.get(&me);
+        let done = self
+            .logs
+            .members
+            .iter()
+            .filter(|(r, _)| **r != me)
+            .all(|(_, m)| m.heard && m.vv.get(&me) <= mine);
+        if done {
+            self.restoring = false;
+        }
+    }
+}

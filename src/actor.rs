@@ -1,0 +1,604 @@
+//! The actor: one task owns the [`Replica`]; everything else sends it messages.
+//!
+//! Its loop takes a closed set of inputs ([`Input`]): commands ([`Command`], the HTTP layer's
+//! requests and the process's `Shutdown`), transport events, the replica's timer
+//! (`poll_timeout`: heartbeat, periodic pull, pull time-out), the idempotency cache's expiry
+//! and the storage writer's durability reports. After every input it drains `poll_output()`:
+//! records go to the writer (group commit), messages to the transport, compensations and
+//! reports to metrics and logs. The actor decides nothing about replication: connection
+//! events, messages and time go to the replica, and what it emits goes out.
+//! A client hears `201` only once the writer reported its event durable ([`Waiters`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use wallet_core::{EventId, Message, Output, Replica, SubmitError, Submitted};
+use wallet_p2p::{NetEvent, NetHandle};
+
+use crate::clock::{instant_at, now_ms};
+use crate::command::{Command, Reply, Shared, SubmitCmd};
+use crate::idempotency::{IdemCache, Lookup};
+use crate::metrics::{self, Metrics, NodeGauges, Refusal};
+use crate::render;
+use crate::storage::{DiskDone, WriteBatch, WriteOp};
+use crate::waiters::Waiters;
+
+/// Most commands the actor takes per loop iteration (one write batch).
+pub const COMMANDS_PER_BATCH_MAX: usize = 1_024;
+/// How long the actor lets the 503 answers leave before it exits after a storage failure.
+pub const STORAGE_FAILURE_EXIT_DELAY_MS: u64 = 200;
+/// Exit code after a storage failure (EX_SOFTWARE).
+pub const STORAGE_FAILURE_EXIT_CODE: i32 = 70;
+
+const _: () = assert!(COMMANDS_PER_BATCH_MAX <= crate::command::COMMAND_QUEUE_MAX);
+
+/// The closed set of things that make the actor work.
+// One value at a time on the actor's stack, never queued: its size does not matter, and
+// boxing the network event would allocate per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Input {
+    /// A batch of commands (in the loop's buffer).
+    Commands,
+    /// Every command sender is gone (or the channel was closed for shutdown and drained).
+    CommandsClosed,
+    /// A transport event.
+    Net(NetEvent),
+    /// The transport stopped: no more network events.
+    NetClosed,
+    /// The replica's timer is due.
+    Timer,
+    /// The oldest idempotency result is due to expire (a host timer: the cache is host state).
+    ExpireIdempotency,
+    /// The storage writer's report.
+    Disk(DiskDone),
+    /// The storage writer is gone.
+    DiskClosed,
+}
+
+/// The actor: owns the replica and the host state around it.
+pub struct Actor {
+    replica: Replica,
+    net: NetHandle,
+    writer: Option<mpsc::Sender<WriteBatch>>,
+    pending_ops: Vec<WriteOp>,
+    op_seq: u64,
+    waiters: Waiters,
+    idem: IdemCache,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    cluster: String,
+    restoring: bool,
+    failed: bool,
+    stopping: bool,
+    /// Outputs drained early (during a submit) and not acted on yet.
+    deferred: VecDeque<Output>,
+    /// Pulls the replica sent, per member, counted as they leave (a metric: the pull rate
+    /// shows a catch-up that cannot end; their sum is the core's `PullStats::sent`).
+    pulls_sent: BTreeMap<wallet_core::RegionId, u64>,
+}
+
+/// What the actor starts from.
+pub struct ActorParts {
+    /// The replica, loaded from storage.
+    pub replica: Replica,
+    /// The transport.
+    pub net: NetHandle,
+    /// The storage writer's queue.
+    pub writer: mpsc::Sender<WriteBatch>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Flags shared with the HTTP layer.
+    pub shared: Arc<Shared>,
+    /// Cluster id (shown in the status).
+    pub cluster: String,
+    /// Idempotency results read back from storage.
+    pub idem: IdemCache,
+    /// A restore from peers starts now on an empty disk: record that it is pending.
+    pub record_restore: bool,
+}
+
+impl Actor {
+    /// An actor over a loaded replica.
+    pub fn new(p: ActorParts) -> Actor {
+        let restoring = p.replica.is_restoring();
+        p.shared.restoring.store(restoring, Ordering::Release);
+        let mut a = Actor {
+            replica: p.replica,
+            net: p.net,
+            writer: Some(p.writer),
+            pending_ops: Vec::new(),
+            op_seq: 0,
+            waiters: Waiters::new(p.metrics.clone()),
+            idem: p.idem,
+            metrics: p.metrics,
+            shared: p.shared,
+            cluster: p.cluster,
+            restoring,
+            failed: false,
+            stopping: false,
+            deferred: VecDeque::new(),
+            pulls_sent: BTreeMap::new(),
+        };
+        if restoring && p.record_restore {
+            a.push_op(WriteOp::Restore(true));
+        }
+        a
+    }
+
+    fn push_op(&mut self, op: WriteOp) -> u64 {
+        self.op_seq += 1;
+        self.pending_ops.push(op);
+        self.op_seq
+    }
+
+    /// Acts on the replica's outputs.
+    async fn drain(&mut self) {
+        while let Some(out) = self
+            .deferred
+            .pop_front()
+            .or_else(|| self.replica.poll_output())
+        {
+            match out {
+                Output::Persist { index, record } => {
+                    self.push_op(WriteOp::Record { index, record });
+                }
+                Output::Broadcast(m) => self.net.broadcast(m).await,
+                Output::Send { to, msg } => {
+                    if matches!(msg, Message::Pull { .. } | Message::PullGaps { .. }) {
+                        let n = self.pulls_sent.entry(to).or_insert(0);
+                        *n = n.saturating_add(1);
+                    }
+                    self.net.send(to, msg).await;
+                }
+                Output::Compensation(c) => {
+                    self.metrics.compensation(c.kind.as_str());
+                    tracing::info!(id = %c.id(), account = %c.account, currency = %c.currency,
+                        delta = %c.currency.render(c.delta), policy_version = c.policy_version,
+                        position = c.position, "compensation settled");
+                }
+                Output::Report(r) => {
+                    self.metrics.report(r.kind());
+                    if r.is_severe() {
+                        tracing::error!(report = ?r, "replica report");
+                    } else {
+                        tracing::warn!(report = ?r, "replica report");
+                    }
+                }
+            }
+        }
+        if self.restoring && !self.replica.is_restoring() {
+            self.restoring = false;
+            self.shared.restoring.store(false, Ordering::Release);
+            self.push_op(WriteOp::Restore(false));
+            tracing::info!("restore complete: own history pulled back from every peer");
+        }
+    }
+
+    /// Acts on the outputs and sends the queued writes to the writer.
+    async fn flush(&mut self) {
+        self.drain().await;
+        if !self.pending_ops.is_empty() {
+            // The next batch starts with room for as many ops as this one had.
+            let room = self.pending_ops.len();
+            let ops = std::mem::replace(&mut self.pending_ops, Vec::with_capacity(room));
+            let batch = WriteBatch {
+                seq: self.op_seq,
+                ops,
+            };
+            let sent = match &self.writer {
+                Some(w) => w.send(batch).await.is_ok(),
+                None => false,
+            };
+            if !sent {
+                self.storage_failed();
+            }
+        }
+    }
+
+    fn storage_failed(&mut self) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        self.shared.storage_failed.store(true, Ordering::Release);
+        self.shared.ready.store(false, Ordering::Release);
+        tracing::error!("storage failed: answering 503 to every pending request and stopping");
+        self.waiters.fail_all(&Reply::error(
+            503,
+            "storage_unavailable",
+            "the region could not make the request durable",
+        ));
+        self.writer = None;
+    }
+
+    fn on_disk(&mut self, d: DiskDone) {
+        match d {
+            DiskDone::Committed { seq, index } => {
+                self.waiters.durable(seq);
+                if index > 0 {
+                    self.replica.handle_persisted(index);
+                }
+            }
+            DiskDone::Failed => self.storage_failed(),
+        }
+    }
+
+    /// Queues the idempotency record of `answer` (when the request had a key); returns the
+    /// write sequence number the answer must wait for.
+    fn store_idem(
+        &mut self,
+        account: &wallet_core::AccountId,
+        key: Option<&str>,
+        fingerprint: [u8; 32],
+        answer: &Reply,
+        now: u64,
+    ) -> u64 {
+        let Some(key) = key else {
+            return self.op_seq;
+        };
+        let rec = IdemCache::record(fingerprint, answer, now);
+        let key: Box<str> = key.into();
+        let seq = self.push_op(WriteOp::Idem {
+            account: account.clone(),
+            key: key.clone(),
+            rec: rec.clone(),
+        });
+        self.idem.insert(account.clone(), key, rec, seq);
+        seq
+    }
+
+    fn submit(&mut self, cmd: SubmitCmd) {
+        let SubmitCmd {
+            req,
+            fingerprint,
+            reply,
+        } = cmd;
+        if self.failed {
+            let _ = reply.send(Reply::error(
+                503,
+                "storage_unavailable",
+                "storage failed; this region acknowledges nothing",
+            ));
+            return;
+        }
+        let now = now_ms();
+        // Idempotency at the node edge: the stored result of the first request wins.
+        if let Some(key) = req.idempotency_key.as_deref() {
+            match self.idem.lookup(&req.account, key, &fingerprint, now) {
+                Lookup::Miss => {}
+                Lookup::Replay { answer, seq } => {
+                    self.metrics.replayed();
+                    self.waiters.answer_after(seq, reply, answer, false);
+                    return;
+                }
+                Lookup::Conflict => {
+                    self.metrics.refused(Refusal::IdempotencyConflict);
+                    let _ = reply.send(Reply::error(
+                        409,
+                        "idempotency_conflict",
+                        "this Idempotency-Key was already used on this account with a different request body",
+                    ));
+                    return;
+                }
+            }
+        }
+        let account = req.account.clone();
+        let currency = req.currency;
+        let key = req.idempotency_key.clone();
+        let result = self.replica.submit(now, req);
+        match result {
+            Ok(s) => {
+                // Queue the event's record before the idempotency record.
+                while let Some(out) = self.replica.poll_output() {
+                    match out {
+                        Output::Persist { index, record } => {
+                            self.push_op(WriteOp::Record { index, record });
+                        }
+                        other => self.deferred.push_back(other),
+                    }
+                }
+                let id = s.id();
+                let bal = self.replica.balance(&account, currency);
+                let body = match self.replica.event(id) {
+                    Some(e) => render::created_body(e, bal),
+                    None => render::error_body("internal", "event not found after submit"),
+                };
+                let mut answer = Reply::json(201, body);
+                answer.replayed = matches!(s, Submitted::Existing(_));
+                if answer.replayed {
+                    self.metrics.replayed();
+                }
+                let seq = self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
+                let new = matches!(s, Submitted::New(_));
+                self.waiters.answer_after(seq, reply, answer, new);
+            }
+            Err(e) => {
+                let (status, code, why) = match &e {
+                    SubmitError::InsufficientFunds { .. } => {
+                        (422, "insufficient_funds", Refusal::InsufficientFunds)
+                    }
+                    SubmitError::IdempotencyConflict { .. } => {
+                        (409, "idempotency_conflict", Refusal::IdempotencyConflict)
+                    }
+                    SubmitError::Restoring => (503, "restoring", Refusal::Restoring),
+                    SubmitError::Frozen { .. } => (409, "account_frozen", Refusal::Frozen),
+                    _ => (409, "balance_overflow", Refusal::Overflow),
+                };
+                self.metrics.refused(why);
+                let answer = Reply::error(status, code, &e.to_string());
+                if status == 422 && key.is_some() {
+                    // A refusal is a result too: a retry gets the same 422, durably.
+                    let seq = self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
+                    self.waiters.answer_after(seq, reply, answer, false);
+                } else {
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+
+    /// One transaction or compensation by the id a client gave.
+    fn transaction(&self, id: &str) -> Reply {
+        let not_found = || {
+            Reply::error(
+                404,
+                "not_found",
+                &format!("no transaction {id:?} in this region"),
+            )
+        };
+        if let Ok(eid) = EventId::parse(id) {
+            return match self.replica.event(eid) {
+                Some(e) => Reply::json(
+                    200,
+                    render::event_json(e, self.replica.status(eid), true).to_string(),
+                ),
+                None => not_found(),
+            };
+        }
+        let Some((prefix, cause)) = render::parse_comp_id(id) else {
+            return Reply::error(
+                400,
+                "invalid_transaction_id",
+                "transaction ids look like <region>:<seq> (e.g. eu:12) or fee:/rev:/conflict:<region>:<seq>",
+            );
+        };
+        let Some(ev) = self.replica.event(cause) else {
+            return not_found();
+        };
+        let Some(tx) = ev.tx() else {
+            return not_found();
+        };
+        let sub = if prefix == "conflict" { 2 } else { 1 };
+        let key = ev.key();
+        let found = self
+            .replica
+            .entries(&tx.account, Some((key, sub - 1)), 2)
+            .into_iter()
+            .find(|(k, _)| *k == (key, sub));
+        match found {
+            Some((_, wallet_core::Entry::Compensation(c))) if c.id() == id => {
+                Reply::json(200, render::comp_json(c, true).to_string())
+            }
+            _ => not_found(),
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut s = String::new();
+        metrics::render_node(
+            &mut s,
+            &self.replica,
+            &NodeGauges {
+                connected: &self.net.connected(),
+                net: self.net.stats(),
+                pulls_sent: &self.pulls_sent,
+                idempotency_keys: self.idem.len(),
+                awaiting_durability: self.waiters.len(),
+            },
+        );
+        s
+    }
+
+    async fn on_command(&mut self, c: Command) {
+        let r = &self.replica;
+        match c {
+            Command::Submit(cmd) => self.submit(cmd),
+            Command::Balances { account, reply } => {
+                let _ = reply.send(Reply::json(200, render::balances_body(r, &account)));
+            }
+            Command::Transactions {
+                account,
+                after,
+                limit,
+                reply,
+            } => {
+                let body = render::transactions_body(r, &account, after, limit);
+                let _ = reply.send(Reply::json(200, body));
+            }
+            Command::Transaction { id, reply } => {
+                let _ = reply.send(self.transaction(&id));
+            }
+            Command::Compensations {
+                after,
+                limit,
+                reply,
+            } => {
+                let body = render::compensations_body(r, after, limit);
+                let _ = reply.send(Reply::json(200, body));
+            }
+            Command::Status { reply } => {
+                let body =
+                    render::status_body(r, &self.cluster, &self.net.connected(), self.failed);
+                let _ = reply.send(Reply::json(200, body));
+            }
+            Command::Evidence { reply } => {
+                let _ = reply.send(Reply::json(200, render::evidence_body(r)));
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(self.metrics_text());
+            }
+            Command::Faults { isolate, reply } => {
+                let list: Vec<String> = isolate.iter().map(|r| r.to_string()).collect();
+                tracing::warn!(isolated = ?list, "fault injection: replication isolation changed");
+                self.net.set_isolated(isolate).await;
+                let _ = reply.send(Reply::json(200, render::faults_body(&list)));
+            }
+            Command::Shutdown => {
+                tracing::info!("shutting down: finishing in-flight commits");
+                self.stopping = true;
+            }
+        }
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        let now = now_ms();
+        match ev {
+            NetEvent::Connected(r) => {
+                tracing::info!(region = %r, "member connected");
+                self.replica.handle_connected(now, r);
+            }
+            NetEvent::Disconnected(r) => {
+                tracing::info!(region = %r, "member disconnected");
+                self.replica.handle_disconnected(now, r);
+            }
+            NetEvent::Message { from, msg, .. } => self.replica.handle_message(now, from, msg),
+        }
+    }
+
+    fn expire_idempotency(&mut self) {
+        for (account, key) in self.idem.expire(now_ms()) {
+            self.push_op(WriteOp::IdemDelete { account, key });
+        }
+    }
+
+    /// Nothing queued, in flight or held.
+    fn idle(&self) -> bool {
+        self.waiters.is_empty()
+            && self.pending_ops.is_empty()
+            && self.waiters.durable_seq() >= self.op_seq
+    }
+}
+
+/// Handles to a running actor.
+pub struct ActorHandle {
+    /// Commands (the HTTP layer holds clones).
+    pub commands: mpsc::Sender<Command>,
+    /// The actor task.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl ActorHandle {
+    /// Asks the actor to stop (behind the commands already queued) and waits until it has
+    /// finished the commits in flight and answered their waiters.
+    pub async fn shutdown(self) {
+        let ActorHandle { commands, task } = self;
+        // A closed channel means the actor has stopped already.
+        let _ = commands.send(Command::Shutdown).await;
+        drop(commands);
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "the actor task failed");
+        }
+    }
+}
+
+/// Runs `actor` on its own task.
+pub fn spawn(
+    actor: Actor,
+    net_rx: mpsc::Receiver<NetEvent>,
+    disk_rx: mpsc::UnboundedReceiver<DiskDone>,
+) -> ActorHandle {
+    let (commands, cmd_rx) = mpsc::channel(crate::command::COMMAND_QUEUE_MAX);
+    let task = tokio::spawn(run(actor, cmd_rx, net_rx, disk_rx));
+    ActorHandle { commands, task }
+}
+
+async fn run(
+    mut a: Actor,
+    mut cmd_rx: mpsc::Receiver<Command>,
+    mut net_rx: mpsc::Receiver<NetEvent>,
+    mut disk_rx: mpsc::UnboundedReceiver<DiskDone>,
+) {
+    let mut cmds: Vec<Command> = Vec::with_capacity(COMMANDS_PER_BATCH_MAX);
+    let (mut cmds_open, mut net_open, mut disk_open) = (true, true, true);
+    // The replica's timer, armed for `poll_timeout()` (wall-clock ms).
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut timer_at = u64::MAX;
+    // The idempotency cache's expiry, armed for its oldest result.
+    let expiry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(expiry);
+    let mut expiry_at = None;
+    a.flush().await;
+    loop {
+        let due = a.replica.poll_timeout();
+        if due != timer_at {
+            timer_at = due;
+            timer.as_mut().reset(instant_at(due));
+        }
+        let next_expiry = a.idem.next_expiry();
+        if next_expiry != expiry_at {
+            expiry_at = next_expiry;
+            if let Some(at) = next_expiry {
+                expiry.as_mut().reset(instant_at(at));
+            }
+        }
+        let input = tokio::select! {
+            biased;
+            d = disk_rx.recv(), if disk_open => d.map_or(Input::DiskClosed, Input::Disk),
+            n = cmd_rx.recv_many(&mut cmds, COMMANDS_PER_BATCH_MAX), if cmds_open => {
+                if n == 0 { Input::CommandsClosed } else { Input::Commands }
+            }
+            ev = net_rx.recv(), if net_open => ev.map_or(Input::NetClosed, Input::Net),
+            _ = &mut timer => Input::Timer,
+            _ = &mut expiry, if expiry_at.is_some() => Input::ExpireIdempotency,
+        };
+        match input {
+            Input::Commands => {
+                for c in cmds.drain(..) {
+                    a.on_command(c).await;
+                }
+                if a.stopping {
+                    // Commands already queued are still taken; no new ones are accepted.
+                    cmd_rx.close();
+                }
+            }
+            Input::CommandsClosed => cmds_open = false,
+            Input::Net(ev) => a.on_net(ev),
+            Input::NetClosed => {
+                net_open = false;
+                tracing::error!("the transport stopped: this region no longer replicates");
+            }
+            Input::Timer => {
+                timer_at = u64::MAX;
+                a.replica.handle_timeout(now_ms());
+            }
+            Input::ExpireIdempotency => {
+                expiry_at = None;
+                a.expire_idempotency();
+            }
+            Input::Disk(d) => a.on_disk(d),
+            Input::DiskClosed => {
+                disk_open = false;
+                a.on_disk(DiskDone::Failed);
+            }
+        }
+        a.flush().await;
+        if a.failed {
+            // Crash-only: nothing unacknowledged is lost by exiting, and a restart re-reads
+            // what is durable. Give the 503 answers a moment to leave.
+            tracing::error!("exiting after a storage failure");
+            tokio::time::sleep(Duration::from_millis(STORAGE_FAILURE_EXIT_DELAY_MS)).await;
+            std::process::exit(STORAGE_FAILURE_EXIT_CODE);
+        }
+        if (a.stopping || !cmds_open) && a.idle() {
+            break;
+        }
+    }
+    // Dropping the writer sender lets the writer thread finish its queue and stop.
+    a.writer = None;
+    tracing::info!("actor stopped");
+}

@@ -1,0 +1,854 @@
+//! A local cluster of real region processes on 127.0.0.1: the one harness that starts
+//! `walletd` processes, used by `walletd demo`, the benchmarks in `src/bin` and the tests.
+//!
+//! [`LocalCluster`] writes the configs with `init`'s library function, spawns each region
+//! (any executable that runs a region from `<run_args> <config>`), waits for its ready line,
+//! stops it with SIGTERM or SIGKILL, runs it to its exit (a start that must fail), and talks
+//! to it over HTTP ([`Client`]). Its children are killed when it is dropped, so an error, a
+//! panic or Ctrl-C never leaves a region behind.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wallet_core::RegionId;
+
+use crate::init::{self, InitError, InitOptions};
+
+/// Longest wait for a region's ready line.
+pub const READY_TIMEOUT_MS: u64 = 60_000;
+/// Longest wait for a region to stop after SIGTERM before it is killed.
+pub const STOP_TIMEOUT_MS: u64 = 30_000;
+/// Longest wait for a region that must not start to exit.
+pub const EXIT_TIMEOUT_MS: u64 = 30_000;
+/// Poll period while waiting.
+pub const POLL_INTERVAL_MS: u64 = 20;
+/// Timeout of one HTTP request.
+pub const HTTP_TIMEOUT_MS: u64 = 30_000;
+/// Idle HTTP connections kept per region (load tests run many clients).
+pub const HTTP_IDLE_PER_HOST_MAX: usize = 256;
+/// Most log lines quoted in an error.
+pub const LOG_TAIL_LINES_MAX: usize = 20;
+/// Page size used to read lists.
+pub const PAGE_LIMIT: usize = 1_000;
+/// Most pages read for one list (bounds every loop).
+pub const PAGES_MAX: usize = 10_000;
+
+/// What can go wrong driving a [`LocalCluster`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// `init` failed.
+    #[error(transparent)]
+    Init(#[from] InitError),
+    /// File system.
+    #[error("{path}: {reason}")]
+    Io {
+        /// Path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A region could not be started or died.
+    #[error("region {region}: {reason}")]
+    Region {
+        /// Region id.
+        region: String,
+        /// Why (with the end of its log).
+        reason: String,
+    },
+    /// A request could not be sent or its answer read.
+    #[error("{what}: {reason}")]
+    Request {
+        /// The request.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// A request got an unexpected status.
+    #[error("{what}: expected HTTP {expected}, got {status}: {body}")]
+    Status {
+        /// The request.
+        what: String,
+        /// Expected status.
+        expected: u16,
+        /// Actual status.
+        status: u16,
+        /// Body.
+        body: String,
+    },
+    /// A bounded wait ran out.
+    #[error("timed out after {ms} ms waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        ms: u64,
+    },
+    /// The HTTP client could not be built.
+    #[error("runtime: {0}")]
+    Runtime(String),
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// How to build a [`LocalCluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Executable to spawn for a region.
+    pub exe: PathBuf,
+    /// Arguments before the config path (`["run", "--config"]` for `walletd`).
+    pub run_args: Vec<String>,
+    /// Regions.
+    pub regions: Vec<RegionId>,
+    /// Directory to init into and keep; `None`: a fresh temp dir, removed on drop.
+    pub dir: Option<PathBuf>,
+    /// Policy text written to `DIR/policy.toml` (every region's policy file); `None` keeps
+    /// `init`'s default.
+    pub policy: Option<String>,
+    /// `RUST_LOG` of the regions (their stderr goes to `DIR/<region>.log`).
+    pub log_filter: String,
+    /// Group commit in the configs written.
+    pub group_commit: bool,
+    /// Fault-injection endpoint enabled in the configs written.
+    pub faults: bool,
+}
+
+impl ClusterOptions {
+    /// `walletd run --config` children of `exe` for `regions`, in a temp dir.
+    pub fn new(exe: PathBuf, regions: &[&str]) -> Result<ClusterOptions, ClusterError> {
+        let regions = init::parse_regions(&regions.join(","))?;
+        Ok(ClusterOptions {
+            exe,
+            run_args: vec!["run".into(), "--config".into()],
+            regions,
+            dir: None,
+            policy: None,
+            log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            group_commit: true,
+            faults: true,
+        })
+    }
+}
+
+/// One region of a [`LocalCluster`].
+#[derive(Debug)]
+pub struct RegionProc {
+    /// Region id.
+    pub region: String,
+    /// Base URL of its HTTP API.
+    pub http: String,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its stderr log.
+    pub log: PathBuf,
+    out: PathBuf,
+    child: Option<Child>,
+}
+
+impl RegionProc {
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// True while the process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A local cluster of real region processes on 127.0.0.1, initialised with `walletd init`'s
+/// library function. Dropping it kills every region (and removes a temp dir).
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The cluster directory (configs, keys, policy, data, logs).
+    pub dir: PathBuf,
+    /// A client token.
+    pub token: String,
+    /// An admin token.
+    pub admin_token: String,
+    /// The regions, in the order given.
+    pub regions: Vec<RegionProc>,
+    exe: PathBuf,
+    run_args: Vec<String>,
+    log_filter: String,
+    remove_dir: bool,
+    http: reqwest::Client,
+}
+
+/// An HTTP answer: status, headers and JSON body (a JSON string if the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Body.
+    pub json: Value,
+    /// Response headers.
+    pub headers: reqwest::header::HeaderMap,
+}
+
+/// An HTTP client of one region with one bearer token (cheap to clone: the connection pool
+/// is shared).
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    region: String,
+    url: String,
+    token: String,
+}
+
+impl Client {
+    /// The region's base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The bearer token it sends.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The same region with another token (empty: none).
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: token.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The underlying HTTP client (for requests built by hand, e.g. under load).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Adds the bearer token (none when it is empty: health, readiness, metrics).
+    fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if self.token.is_empty() {
+            rb
+        } else {
+            rb.bearer_auth(&self.token)
+        }
+    }
+
+    async fn send(
+        &self,
+        what: String,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<Answer, ClusterError> {
+        let r = rb.send().await.map_err(|e| ClusterError::Request {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.map_err(|e| ClusterError::Request {
+            what,
+            reason: e.to_string(),
+        })?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Answer {
+            status,
+            json,
+            headers,
+        })
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Result<Answer, ClusterError> {
+        let what = format!("GET {} {path}", self.region);
+        let rb = self.authed(self.http.get(format!("{}{path}", self.url)));
+        self.send(what, rb).await
+    }
+
+    /// `GET path`: status and the body exactly as sent (for byte comparisons and text).
+    pub async fn get_raw(&self, path: &str) -> Result<(u16, String), ClusterError> {
+        let what = format!("GET {} {path}", self.region);
+        let a = self
+            .authed(self.http.get(format!("{}{path}", self.url)))
+            .send()
+            .await
+            .map_err(|e| ClusterError::Request {
+                what: what.clone(),
+                reason: e.to_string(),
+            })?;
+        let status = a.status().as_u16();
+        let text = a.text().await.map_err(|e| ClusterError::Request {
+            what,
+            reason: e.to_string(),
+        })?;
+        Ok((status, text))
+    }
+
+    /// `POST path` with `body` as JSON, and an `Idempotency-Key` if given.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &str,
+        key: Option<&str>,
+    ) -> Result<Answer, ClusterError> {
+        let what = format!("POST {} {path}", self.region);
+        let mut rb = self
+            .authed(self.http.post(format!("{}{path}", self.url)))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(k) = key {
+            rb = rb.header("Idempotency-Key", k);
+        }
+        self.send(what, rb).await
+    }
+
+    /// Submits a transaction.
+    pub async fn tx(
+        &self,
+        account: &str,
+        kind: &str,
+        amount: &str,
+        currency: &str,
+        key: Option<&str>,
+    ) -> Result<Answer, ClusterError> {
+        let body = json!({"type": kind, "amount": amount, "currency": currency});
+        self.post(
+            &format!("/v1/accounts/{account}/transactions"),
+            &body.to_string(),
+            key,
+        )
+        .await
+    }
+
+    /// `GET path` expecting 200.
+    pub async fn get_ok(&self, path: &str) -> Result<Value, ClusterError> {
+        let a = self.get(path).await?;
+        expect(a, 200, || format!("GET {} {path}", self.region))
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<Value, ClusterError> {
+        self.get_ok("/v1/status").await
+    }
+
+    /// Every entry of an account's history (all pages).
+    pub async fn history(&self, account: &str) -> Result<Vec<Value>, ClusterError> {
+        self.pages(
+            &format!("/v1/accounts/{account}/transactions"),
+            "transactions",
+            true,
+        )
+        .await
+    }
+
+    /// The whole compensation feed.
+    pub async fn feed(&self) -> Result<Vec<Value>, ClusterError> {
+        self.pages("/v1/compensations", "compensations", false)
+            .await
+    }
+
+    async fn pages(
+        &self,
+        path: &str,
+        field: &str,
+        null_ends: bool,
+    ) -> Result<Vec<Value>, ClusterError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..PAGES_MAX {
+            let p = match &after {
+                Some(c) => format!("{path}?limit={PAGE_LIMIT}&after={c}"),
+                None => format!("{path}?limit={PAGE_LIMIT}"),
+            };
+            let v = self.get_ok(&p).await?;
+            let list = v[field].as_array().cloned().unwrap_or_default();
+            let n = list.len();
+            out.extend(list);
+            // A list's `next` is null on its last page; the feed's is always a cursor, and a
+            // short page is its last.
+            let last = if null_ends { false } else { n < PAGE_LIMIT };
+            match v["next"].as_str() {
+                Some(c) if !last => after = Some(c.to_string()),
+                _ => return Ok(out),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl LocalCluster {
+    /// Writes configs, keys, policy and tokens; starts nothing.
+    pub fn init(opts: ClusterOptions) -> Result<LocalCluster, ClusterError> {
+        let (dir, remove_dir) = match opts.dir {
+            Some(d) => (d, false),
+            None => {
+                let d = std::env::temp_dir().join(format!(
+                    "walletd-cluster-{}-{}",
+                    std::process::id(),
+                    &init::random_token()[..12]
+                ));
+                (d, true)
+            }
+        };
+        let file = init::init(&InitOptions {
+            regions: opts.regions,
+            dir: dir.clone(),
+            faults: opts.faults,
+            group_commit: opts.group_commit,
+        })?;
+        let dir = dir.canonicalize().map_err(|e| io_err(&dir, e))?;
+        if let Some(p) = &opts.policy {
+            let path = dir.join("policy.toml");
+            std::fs::write(&path, p).map_err(|e| io_err(&path, e))?;
+        }
+        let regions = file
+            .regions
+            .iter()
+            .map(|r| RegionProc {
+                region: r.region.clone(),
+                http: r.http.clone(),
+                config: PathBuf::from(&r.config),
+                log: dir.join(format!("{}.log", r.region)),
+                out: dir.join(format!("{}.out", r.region)),
+                child: None,
+            })
+            .collect();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
+            .pool_max_idle_per_host(HTTP_IDLE_PER_HOST_MAX)
+            .build()
+            .map_err(|e| ClusterError::Runtime(e.to_string()))?;
+        Ok(LocalCluster {
+            dir,
+            token: file.token,
+            admin_token: file.admin_token,
+            regions,
+            exe: opts.exe,
+            run_args: opts.run_args,
+            log_filter: opts.log_filter,
+            remove_dir,
+            http,
+        })
+    }
+
+    /// Index of a region by name.
+    pub fn index(&self, region: &str) -> Option<usize> {
+        self.regions.iter().position(|r| r.region == region)
+    }
+
+    fn region(&self, i: usize) -> Result<&RegionProc, ClusterError> {
+        self.regions.get(i).ok_or_else(|| ClusterError::Region {
+            region: format!("#{i}"),
+            reason: "no such region".into(),
+        })
+    }
+
+    /// The last lines of a region's log.
+    pub fn log_tail(&self, i: usize) -> String {
+        let Some(r) = self.regions.get(i) else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(&r.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(LOG_TAIL_LINES_MAX);
+        lines.get(from..).unwrap_or_default().join("\n")
+    }
+
+    /// Spawns region `i` (does not wait for it).
+    pub fn spawn(&mut self, i: usize) -> Result<(), ClusterError> {
+        let r = self.region(i)?;
+        if r.running() {
+            return Ok(());
+        }
+        let out = std::fs::File::create(&r.out).map_err(|e| io_err(&r.out, e))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&r.log)
+            .map_err(|e| io_err(&r.log, e))?;
+        let child = Command::new(&self.exe)
+            .args(&self.run_args)
+            .arg(&r.config)
+            .env("RUST_LOG", &self.log_filter)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| ClusterError::Region {
+                region: r.region.clone(),
+                reason: format!("cannot spawn {}: {e}", self.exe.display()),
+            })?;
+        if let Some(r) = self.regions.get_mut(i) {
+            r.child = Some(child);
+        }
+        Ok(())
+    }
+
+    /// Waits for region `i`'s ready line; fails if it exits first or the wait runs out.
+    pub async fn wait_ready(&mut self, i: usize) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
+        loop {
+            let r = self.region(i)?;
+            let out = std::fs::read_to_string(&r.out).unwrap_or_default();
+            if out.lines().any(|l| l.contains(" ready ")) {
+                return Ok(());
+            }
+            if !r.running() {
+                return Err(ClusterError::Region {
+                    region: r.region.clone(),
+                    reason: "not started".into(),
+                });
+            }
+            let region = r.region.clone();
+            if let Some(st) = self.reap(i) {
+                let tail = self.log_tail(i);
+                return Err(ClusterError::Region {
+                    region,
+                    reason: format!("exited before it was ready ({st}); log:\n{tail}"),
+                });
+            }
+            if Instant::now() > deadline {
+                let tail = self.log_tail(i);
+                return Err(ClusterError::Region {
+                    region,
+                    reason: format!("not ready after {READY_TIMEOUT_MS} ms; log:\n{tail}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Spawns region `i` and waits until it is ready.
+    pub async fn start(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.spawn(i)?;
+        self.wait_ready(i).await
+    }
+
+    /// Spawns every region, then waits until each is ready.
+    pub async fn start_all(&mut self) -> Result<(), ClusterError> {
+        for i in 0..self.regions.len() {
+            self.spawn(i)?;
+        }
+        for i in 0..self.regions.len() {
+            self.wait_ready(i).await?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL region `i` and reap it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(c) = self.regions.get_mut(i).and_then(|r| r.child.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(r) = self.regions.get_mut(i) {
+            r.child = None;
+        }
+    }
+
+    /// SIGTERM region `i` and wait for it to exit (SIGKILL after [`STOP_TIMEOUT_MS`]).
+    /// Returns its exit code if it exited by itself.
+    pub async fn stop(&mut self, i: usize) -> Option<i32> {
+        let pid = self.regions.get(i).and_then(|r| r.pid())?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_millis(STOP_TIMEOUT_MS);
+        while Instant::now() < deadline {
+            if let Some(st) = self.reap(i) {
+                return st.code();
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+        self.kill(i);
+        None
+    }
+
+    /// The exit status of region `i` if its process has exited (it is then no longer
+    /// running); `None` while it runs or when it was not started.
+    fn reap(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let r = self.regions.get_mut(i)?;
+        let st = r.child.as_mut()?.try_wait().ok().flatten()?;
+        r.child = None;
+        Some(st)
+    }
+
+    /// Kills every region.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.regions.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Region `i`'s storage directory, as its config names it.
+    pub fn data_dir(&self, i: usize) -> Result<PathBuf, ClusterError> {
+        let r = self.region(i)?;
+        let cfg = crate::config::NodeConfig::load(&r.config).map_err(|e| ClusterError::Region {
+            region: r.region.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(cfg.data_dir)
+    }
+
+    /// Region `i`'s database file.
+    pub fn data_file(&self, i: usize) -> Result<PathBuf, ClusterError> {
+        Ok(self.data_dir(i)?.join(crate::storage::DB_FILE_NAME))
+    }
+
+    /// Runs region `i` until it exits by itself (a start that must fail): its exit code
+    /// (`None` if a signal ended it) and what it wrote to stderr. Kills it and fails if it is
+    /// still running after [`EXIT_TIMEOUT_MS`].
+    pub fn run_to_exit(&mut self, i: usize) -> Result<(Option<i32>, String), ClusterError> {
+        let r = self.region(i)?;
+        if r.running() {
+            return Err(ClusterError::Region {
+                region: r.region.clone(),
+                reason: "already running".into(),
+            });
+        }
+        let log = r.log.clone();
+        let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        self.spawn(i)?;
+        let deadline = Instant::now() + Duration::from_millis(EXIT_TIMEOUT_MS);
+        loop {
+            if let Some(st) = self.reap(i) {
+                let bytes = std::fs::read(&log).map_err(|e| io_err(&log, e))?;
+                let start = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+                let err = String::from_utf8_lossy(bytes.get(start..).unwrap_or_default());
+                return Ok((st.code(), err.into_owned()));
+            }
+            if Instant::now() > deadline {
+                self.kill(i);
+                return Err(ClusterError::Region {
+                    region: self
+                        .regions
+                        .get(i)
+                        .map(|r| r.region.clone())
+                        .unwrap_or_default(),
+                    reason: format!("still running after {EXIT_TIMEOUT_MS} ms"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+        }
+    }
+
+    /// A client of region `i` with `token`.
+    pub fn client_with_token(&self, i: usize, token: &str) -> Result<Client, ClusterError> {
+        let r = self.region(i)?;
+        Ok(Client {
+            http: self.http.clone(),
+            region: r.region.clone(),
+            url: r.http.clone(),
+            token: token.to_string(),
+        })
+    }
+
+    /// A client of region `i` with the client token.
+    pub fn client(&self, i: usize) -> Result<Client, ClusterError> {
+        self.client_with_token(i, &self.token)
+    }
+
+    /// A client of region `i` with the admin token.
+    pub fn admin(&self, i: usize) -> Result<Client, ClusterError> {
+        self.client_with_token(i, &self.admin_token)
+    }
+
+    /// `GET path` on region `i` with the client token.
+    pub async fn get(&self, i: usize, path: &str) -> Result<Answer, ClusterError> {
+        self.client(i)?.get(path).await
+    }
+
+    /// `GET path` on region `i` with the admin token.
+    pub async fn get_admin(&self, i: usize, path: &str) -> Result<Answer, ClusterError> {
+        self.admin(i)?.get(path).await
+    }
+
+    /// `GET path` on region `i`: status and the body exactly as sent (for byte comparisons).
+    pub async fn get_raw(&self, i: usize, path: &str) -> Result<(u16, String), ClusterError> {
+        self.client(i)?.get_raw(path).await
+    }
+
+    /// `GET path` expecting 200.
+    pub async fn get_ok(&self, i: usize, path: &str) -> Result<Value, ClusterError> {
+        let a = self.get(i, path).await?;
+        expect(a, 200, || format!("GET {path} on #{i}"))
+    }
+
+    /// `POST path` with a JSON body on region `i`; `admin` picks the admin token.
+    pub async fn post(
+        &self,
+        i: usize,
+        path: &str,
+        body: &Value,
+        key: Option<&str>,
+        admin: bool,
+    ) -> Result<Answer, ClusterError> {
+        let c = if admin {
+            self.admin(i)?
+        } else {
+            self.client(i)?
+        };
+        c.post(path, &body.to_string(), key).await
+    }
+
+    /// Submits a transaction on region `i`.
+    pub async fn tx(
+        &self,
+        i: usize,
+        account: &str,
+        kind: &str,
+        amount: &str,
+        currency: &str,
+        key: Option<&str>,
+    ) -> Result<Answer, ClusterError> {
+        self.client(i)?
+            .tx(account, kind, amount, currency, key)
+            .await
+    }
+
+    /// `GET /metrics` on region `i` (no token needed).
+    pub async fn metrics(&self, i: usize) -> Result<String, ClusterError> {
+        let (_, text) = self.client(i)?.with_token("").get_raw("/metrics").await?;
+        Ok(text)
+    }
+
+    /// Cuts `region` off: every running region gets `{"isolate":[region]}` (the region
+    /// itself thereby cuts itself off from all).
+    pub async fn isolate(&self, region: &str) -> Result<(), ClusterError> {
+        self.faults(&json!({ "isolate": [region] })).await
+    }
+
+    /// Heals every running region.
+    pub async fn heal(&self) -> Result<(), ClusterError> {
+        self.faults(&json!({"heal": true})).await
+    }
+
+    async fn faults(&self, body: &Value) -> Result<(), ClusterError> {
+        for (i, r) in self.regions.iter().enumerate() {
+            if !r.running() {
+                continue;
+            }
+            let a = self.post(i, "/v1/admin/faults", body, None, true).await?;
+            expect(a, 200, || {
+                format!("POST {} /v1/admin/faults {body}", r.region)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every entry of an account's history on region `i` (all pages).
+    pub async fn history(&self, i: usize, account: &str) -> Result<Vec<Value>, ClusterError> {
+        self.client(i)?.history(account).await
+    }
+
+    /// The whole compensation feed of region `i`.
+    pub async fn feed(&self, i: usize) -> Result<Vec<Value>, ClusterError> {
+        self.client(i)?.feed().await
+    }
+
+    /// `GET /v1/status` on region `i`.
+    pub async fn status(&self, i: usize) -> Result<Value, ClusterError> {
+        self.client(i)?.status().await
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Checks an answer's status; returns its body.
+pub fn expect(
+    a: Answer,
+    status: u16,
+    what: impl FnOnce() -> String,
+) -> Result<Value, ClusterError> {
+    if a.status == status {
+        Ok(a.json)
+    } else {
+        Err(ClusterError::Status {
+            what: what(),
+            expected: status,
+            status: a.status,
+            body: a.json.to_string(),
+        })
+    }
+}
+
+/// The value of one sample in Prometheus text (`name` includes its labels exactly as
+/// rendered, e.g. `walletd_replication_bytes_total{direction="sent"}`). Integers only.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let v = rest.strip_prefix(' ')?;
+        v.trim().parse().ok()
+    })
+}
+
+/// Polls `f` every [`POLL_INTERVAL_MS`] until it returns true; returns how long it took.
+pub async fn wait_until<F, Fut>(
+    what: &str,
+    timeout_ms: u64,
+    mut f: F,
+) -> Result<Duration, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, ClusterError>>,
+{
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(timeout_ms);
+    loop {
+        if f().await? {
+            return Ok(start.elapsed());
+        }
+        if Instant::now() > deadline {
+            return Err(ClusterError::Timeout {
+                what: what.to_string(),
+                ms: timeout_ms,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+}
+
+/// True when every member in a status body is connected, heard and runs our policy.
+pub fn all_members_up(status: &Value) -> bool {
+    status["members"].as_array().is_some_and(|ms| {
+        ms.iter().all(|m| {
+            m["self"] == true
+                || (m["connected"] == true && m["heard"] == true && m["policy_matches"] == true)
+        })
+    })
+}
+
+/// True when no peer in a status body is connected.
+pub fn no_peer_connected(status: &Value) -> bool {
+    status["members"].as_array().is_some_and(|ms| {
+        ms.iter()
+            .all(|m| m["self"] == true || m["connected"] == false)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_reads_exact_samples() {
+        let t = "# HELP x\nwalletd_a 3\nwalletd_ab 4\nwalletd_b{direction=\"sent\"} 17\n";
+        assert_eq!(metric(t, "walletd_a"), Some(3));
+        assert_eq!(metric(t, "walletd_ab"), Some(4));
+        assert_eq!(metric(t, "walletd_b{direction=\"sent\"}"), Some(17));
+        assert_eq!(metric(t, "walletd_b"), None);
+        assert_eq!(metric(t, "walletd_c"), None);
+    }
+}
