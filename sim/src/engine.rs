@@ -300,20 +300,6 @@ fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
     c
 }
 
-/// Adds the counters of one replica incarnation to a sum.
-fn add_pull_stats(sum: &mut PullStats, s: PullStats) {
-    sum.sent += s.sent;
-    sum.answered += s.answered;
-    sum.served += s.served;
-    sum.on_connect += s.on_connect;
-    sum.cleared_on_disconnect += s.cleared_on_disconnect;
-    sum.given_up += s.given_up;
-    sum.timed_out += s.timed_out;
-    sum.on_heartbeat += s.on_heartbeat;
-    sum.periodic += s.periodic;
-    sum.backoffs += s.backoffs;
-}
-
 /// The fault schedule (scripted steps, then random partitions, crashes and a skew change), in
 /// the order the events are queued.
 fn fault_schedule(cfg: &SimConfig, end_ms: u64, rng: &mut Rng) -> Vec<(u64, Action)> {
@@ -970,7 +956,7 @@ impl Sim {
         node.up = false;
         node.inc += 1;
         self.counters.events_duplicate += node.replica.stats().duplicates;
-        add_pull_stats(&mut self.counters.pull, node.replica.pull_stats());
+        self.counters.pull.add(&node.replica.pull_stats());
         node.timer_at = None;
         node.disk.pending.clear();
         node.disk.fsync_in_flight = false;
@@ -1252,7 +1238,7 @@ impl Sim {
         }
         for n in &self.nodes {
             self.counters.events_duplicate += n.replica.stats().duplicates;
-            add_pull_stats(&mut self.counters.pull, n.replica.pull_stats());
+            self.counters.pull.add(&n.replica.pull_stats());
         }
     }
 }

@@ -90,47 +90,8 @@ pub struct Metrics {
     pub wall_seconds: Option<f64>,
 }
 
-/// The replicas' pull scheduler counters (`wallet_core::replica::pull::PullStats`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct AntiEntropy {
-    /// Pulls sent.
-    pub sent: u64,
-    /// Pulls answered (the answer reached the puller while the pull was its one in flight).
-    pub answered: u64,
-    /// Pulls answered by a region (answers sent).
-    pub served: u64,
-    /// Pulls sent because a member connected.
-    pub on_connect: u64,
-    /// Pulls in flight cleared because their member disconnected.
-    pub cleared_on_disconnect: u64,
-    /// Pulls given up after heartbeats from their member with no answer (and sent again).
-    pub given_up: u64,
-    /// Pulls dropped after the core's pull time-out.
-    pub timed_out: u64,
-    /// Pulls sent because a heartbeat showed a gap.
-    pub on_heartbeat: u64,
-    /// Periodic (safety-net) pulls.
-    pub periodic: u64,
-    /// Back-offs from members whose answers brought nothing applicable.
-    pub backoffs: u64,
-}
-
-impl From<wallet_core::replica::pull::PullStats> for AntiEntropy {
-    fn from(s: wallet_core::replica::pull::PullStats) -> Self {
-        AntiEntropy {
-            sent: s.sent,
-            answered: s.answered,
-            served: s.served,
-            on_connect: s.on_connect,
-            cleared_on_disconnect: s.cleared_on_disconnect,
-            given_up: s.given_up,
-            timed_out: s.timed_out,
-            on_heartbeat: s.on_heartbeat,
-            periodic: s.periodic,
-            backoffs: s.backoffs,
-        }
-    }
-}
+/// The replicas' pull scheduler counters, summed over regions and restarts.
+pub type AntiEntropy = wallet_core::replica::pull::PullStats;
 
 /// Connection events of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -289,7 +250,7 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         crashes: c.crashes,
         lost_before_durable: c.lost_unacked,
         reports: c.reports.iter().sum(),
-        anti_entropy: c.pull.into(),
+        anti_entropy: c.pull,
         connections: Connections {
             cuts: c.link_cuts,
             disconnects: c.disconnects,

@@ -49,7 +49,7 @@ const _: () = assert!(PULL_BACKOFF_MS_MIN <= PULL_BACKOFF_MS_MAX);
 const _: () = assert!(PULL_BATCH_EVENTS_DEFAULT <= PULL_ANSWER_EVENTS_MAX);
 
 /// Anti-entropy counters (monotonic), to see each rule fire.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PullStats {
     /// Pulls sent.
     pub sent: u64,
@@ -71,6 +71,36 @@ pub struct PullStats {
     pub periodic: u64,
     /// Back-offs started (answers that brought nothing applicable).
     pub backoffs: u64,
+}
+
+impl PullStats {
+    /// Adds another set of counters (another region, or an earlier incarnation), saturating.
+    pub fn add(&mut self, o: &PullStats) {
+        let PullStats {
+            sent,
+            answered,
+            served,
+            on_connect,
+            cleared_on_disconnect,
+            given_up,
+            timed_out,
+            on_heartbeat,
+            periodic,
+            backoffs,
+        } = *o;
+        self.sent = self.sent.saturating_add(sent);
+        self.answered = self.answered.saturating_add(answered);
+        self.served = self.served.saturating_add(served);
+        self.on_connect = self.on_connect.saturating_add(on_connect);
+        self.cleared_on_disconnect = self
+            .cleared_on_disconnect
+            .saturating_add(cleared_on_disconnect);
+        self.given_up = self.given_up.saturating_add(given_up);
+        self.timed_out = self.timed_out.saturating_add(timed_out);
+        self.on_heartbeat = self.on_heartbeat.saturating_add(on_heartbeat);
+        self.periodic = self.periodic.saturating_add(periodic);
+        self.backoffs = self.backoffs.saturating_add(backoffs);
+    }
 }
 
 /// The pull in flight.
