@@ -18,11 +18,12 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use wallet_core::replica::pull::PullStats;
 use wallet_core::{
-    AccountId, CompKind, Config, EventId, Hlc, Message, Output, Record, RegionId, Replica, Report,
-    SubmitError, Submitted, TxRequest,
+    AccountId, Amount, CompKind, Config, Currency, EventId, Hlc, Message, Output, Record, RegionId,
+    Replica, Report, SubmitError, Submitted, TxRequest,
 };
 
 use crate::config::{Inject, SimConfig};
+use crate::policygen::{ChangeOutcome, PlannedChange};
 use crate::rng::Rng;
 use crate::scenario::Action;
 use crate::workload::{Workload, CURRENCY};
@@ -64,6 +65,8 @@ enum Ev {
         epoch: u32,
     },
     Fault(Action),
+    /// A planned policy change (index into `Sim::policy_plan`).
+    Policy(usize),
     Sample,
 }
 
@@ -206,6 +209,8 @@ pub struct Counters {
     pub restart_feed_entries_hidden: u64,
     /// Restarts after which the region's watermark was lower than before the crash.
     pub restart_watermark_regressions: u64,
+    /// Debits sent to the floor whose amount was sized to reach it (the region had room).
+    pub floor_sized: u64,
 }
 
 /// Per region: (provisional, settled) in cents, None while the region is down.
@@ -276,6 +281,28 @@ pub struct Sim {
     pub quiesce_start: u64,
     /// When every region had converged (None: never).
     pub converged_at: Option<u64>,
+    /// The policy changes of the run (scripted and random), in time order.
+    pub policy_plan: Vec<PlannedChange>,
+    /// What became of each.
+    pub policy_outcomes: Vec<ChangeOutcome>,
+    /// Per logical request sent to the floor: the amount its first send that reached a region
+    /// used (retries and copies send the same body).
+    pub floor_amounts: Vec<Option<Amount>>,
+    /// New events of debits sent to the floor.
+    pub floor_landings: Vec<FloorLanding>,
+}
+
+/// A debit sent to the floor that became a new event.
+#[derive(Debug, Clone)]
+pub struct FloorLanding {
+    /// The event.
+    pub id: EventId,
+    /// Its account.
+    pub account: AccountId,
+    /// Its currency.
+    pub currency: Currency,
+    /// The floor the region aimed at (its provisional balance minus the amount).
+    pub floor: rust_decimal::Decimal,
 }
 
 fn local(now: u64, skew: i64) -> u64 {
@@ -307,7 +334,7 @@ fn fault_schedule(cfg: &SimConfig, end_ms: u64, rng: &mut Rng) -> Vec<(u64, Acti
         .scenario
         .steps
         .iter()
-        .filter(|s| !matches!(s.action, Action::Tx { .. }))
+        .filter(|s| !matches!(s.action, Action::Tx { .. } | Action::Policy(..)))
         .map(|s| (s.at_ms, s.action.clone()))
         .collect();
     // Explicit --partitions/--crashes counts apply even with --faults none.
@@ -422,6 +449,7 @@ impl Sim {
         let faults = fault_schedule(&cfg, workload.end_ms, &mut fault_rng);
         // Requests that reuse a key with another body go where partitions are.
         workload.add_conflicts(&cfg, &partition_windows(n, &faults));
+        let policy_plan = crate::policygen::plan_changes(&cfg, workload.end_ms);
         let nodes: Vec<Node> = cfg
             .regions
             .iter()
@@ -494,11 +522,18 @@ impl Sim {
             out_buf: Vec::new(),
             quiesce_start: 0,
             converged_at: None,
+            policy_outcomes: vec![ChangeOutcome::NotYet; policy_plan.len()],
+            policy_plan,
+            floor_amounts: vec![None; logical],
+            floor_landings: Vec::new(),
             workload,
             cfg,
         };
         for (at, a) in faults {
             sim.push(at, Ev::Fault(a));
+        }
+        for k in 0..sim.policy_plan.len() {
+            sim.push(sim.policy_plan[k].at_ms, Ev::Policy(k));
         }
         // At start every pair is connected.
         for a in 0..n {
@@ -768,7 +803,7 @@ impl Sim {
                     }
                 }
                 Output::Compensation(c) => {
-                    if self.chart.as_ref() == Some(&c.account) {
+                    if self.chart.as_ref() == Some(&c.account) && c.currency == CURRENCY {
                         let id = c.id();
                         if self.seen_comps[i].insert(id.clone()) {
                             self.series
@@ -833,12 +868,40 @@ impl Sim {
             return;
         };
         let (region, logical) = (s.region, s.logical as usize);
+        let (currency, mut amount, to_floor) = (s.currency, s.amount, s.to_floor);
         self.counters.submissions += 1;
+        let account = self.workload.accounts[s.account as usize].clone();
+        // A debit sent to the floor: the provisional balance the region sees minus its floor
+        // (under the policy in force there), decided by its first send that reaches a region.
+        let mut floor = None;
+        if to_floor {
+            match self.floor_amounts.get(logical).copied().flatten() {
+                Some(a) => amount = a,
+                None if self.nodes[region].up => {
+                    let r = &self.nodes[region].replica;
+                    let f = r
+                        .current_policy()
+                        .1
+                        .applied(account.as_str(), currency)
+                        .floor;
+                    let room = r.balance(&account, currency).provisional - f;
+                    if let Ok(a) = Amount::new(room, currency) {
+                        amount = a;
+                        floor = Some(f);
+                        self.counters.floor_sized += 1;
+                    }
+                    if let Some(slot) = self.floor_amounts.get_mut(logical) {
+                        *slot = Some(amount);
+                    }
+                }
+                None => {}
+            }
+        }
         let req = TxRequest {
-            account: self.workload.accounts[s.account as usize].clone(),
+            account: account.clone(),
             kind: s.kind,
-            amount: s.amount,
-            currency: CURRENCY,
+            amount,
+            currency,
             idempotency_key: self
                 .workload
                 .keys
@@ -856,6 +919,14 @@ impl Sim {
             Ok(Submitted::New(id)) => {
                 self.counters.new_events += 1;
                 node.just_submitted = Some((id, logical as u32));
+                if let Some(floor) = floor {
+                    self.floor_landings.push(FloorLanding {
+                        id,
+                        account,
+                        currency,
+                        floor,
+                    });
+                }
             }
             Ok(Submitted::Existing(_)) => {
                 self.counters.existing += 1;
@@ -915,8 +986,34 @@ impl Sim {
                 }
                 self.arm_timer(r);
             }
-            Action::Tx { .. } => {}
+            // Queued as `Ev::Policy` (see `Sim::policy_plan`).
+            Action::Tx { .. } | Action::Policy(..) => {}
         }
+    }
+
+    /// Issues a planned policy change at its region (`Replica::submit_policy`); it is
+    /// replicated like any event and applies from its place in the total order.
+    fn change_policy(&mut self, k: usize) {
+        let Some(change) = self.policy_plan.get(k) else {
+            return;
+        };
+        let r = change.region;
+        let outcome = match (&change.policy, self.nodes.get(r)) {
+            (None, _) => ChangeOutcome::NotLoaded,
+            (Some(_), None) => ChangeOutcome::RegionDown,
+            (Some(_), Some(node)) if !node.up => ChangeOutcome::RegionDown,
+            (Some(p), Some(_)) => {
+                let (p, now_l) = (p.clone(), self.local_now(r));
+                match self.nodes[r].replica.submit_policy(now_l, p) {
+                    Ok(id) => ChangeOutcome::Issued(id),
+                    Err(e) => ChangeOutcome::Refused(e.to_string()),
+                }
+            }
+        };
+        if matches!(outcome, ChangeOutcome::Issued(_)) {
+            self.drain(r);
+        }
+        self.policy_outcomes[k] = outcome;
     }
 
     fn heal(&mut self) {
@@ -1131,6 +1228,7 @@ impl Sim {
             Ev::LinkDown { node, peer, inc } => self.link_down(node as usize, peer as usize, inc),
             Ev::LinkUp { a, b, epoch } => self.link_up(a as usize, b as usize, epoch),
             Ev::Fault(a) => self.fault(a),
+            Ev::Policy(k) => self.change_policy(k),
             Ev::Sample => {
                 self.sample();
                 self.push(self.now + self.sample_ms, Ev::Sample);

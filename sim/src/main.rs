@@ -60,6 +60,17 @@ fn main() -> ExitCode {
         print!("{}", cli::USAGE);
         return ExitCode::SUCCESS;
     }
+    if opts.print_policy {
+        if !opts.draw {
+            eprintln!("wallet-sim: --print-policy prints drawn policies: leave --policy out");
+            return ExitCode::from(2);
+        }
+        for seed in opts.seeds.0..=opts.seeds.1 {
+            let d = wallet_sim::policygen::draw_seed_policy(seed, opts.base.workload.accounts);
+            println!("# seed {seed}: {}\n{}", d.name, d.toml);
+        }
+        return ExitCode::SUCCESS;
+    }
     match execute(&opts, &args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -95,8 +106,12 @@ fn execute(opts: &Options, args: &[String]) -> Result<bool, String> {
         let (label, _, policy) = &opts.policies[j % np];
         let mut cfg = opts.base.clone();
         cfg.seed = seed;
-        cfg.policy = policy.clone();
-        cfg.policy_name = label.clone();
+        if opts.draw {
+            cfg.draw_policy();
+        } else {
+            cfg.policy = policy.clone();
+            cfg.policy_name = label.clone();
+        }
         cfg.record_series = opts.report.is_some() && j / np == 0;
         let r = run(cfg, opts.timing);
         if let Ok(mut v) = results.lock() {
@@ -188,6 +203,12 @@ fn execute(opts: &Options, args: &[String]) -> Result<bool, String> {
             );
         }
         println!("  reproduce: {}", cli::repro(opts, r.seed, path));
+        if opts.draw {
+            println!(
+                "  policy {} was drawn from the seed (its TOML: policy_toml in --json, or --print-policy)",
+                r.policy
+            );
+        }
     }
     if let Some(path) = &opts.json {
         let text = if single {

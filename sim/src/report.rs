@@ -67,18 +67,54 @@ pub fn summary(r: &RunResult) -> String {
         m.events_delivered,
         m.events_duplicate
     );
+    let per = |f: &dyn Fn(&crate::analysis::CurrencyFigures) -> String| {
+        m.currencies
+            .iter()
+            .map(|(c, x)| format!("{} {c}", f(x)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let _ = writeln!(
         s,
-        "  settled: overdrafts {}  fees {} (total {} USD)  reversals {}  duplicate reversals {}  conflicts {}  debt {} USD in {} accounts",
+        "  settled: overdrafts {}  fees {} ({})  reversals {}  duplicate reversals {}  conflicts {}  debt {} in {} accounts",
         m.overdrafts,
         m.fees,
-        m.fee_total,
+        per(&|x| x.fee_total.clone()),
         m.reversals,
         m.duplicate_reversals,
         m.conflicts,
-        m.debt,
+        per(&|x| x.debt.clone()),
         m.debt_accounts
     );
+    let fc = &m.fee_cases;
+    let fl = &m.floor_debits;
+    let _ = writeln!(
+        s,
+        "  fees at a tie {}  raised to the minimum {}  lowered to the cap {}  · floor debits {} (sized {}, events {}: settled at the floor {}, below {}, above {})",
+        fc.ties,
+        fc.at_minimum,
+        fc.at_cap,
+        fl.requests,
+        fl.sized,
+        fl.events,
+        fl.settled_at_floor,
+        fl.settled_below,
+        fl.settled_above
+    );
+    if !r.policy_changes.is_empty() {
+        let list: Vec<String> = r
+            .policy_changes
+            .iter()
+            .map(|c| format!("{} ms {} {} ({})", c.at_ms, c.region, c.policy, c.outcome))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  policy changes: {} · versions settled {} · compensations under a later version {}",
+            list.join("; "),
+            m.policy_versions,
+            m.compensations_after_change
+        );
+    }
     let _ = writeln!(
         s,
         "  settle lag p50 {}  p99 {}  max {}  · converged {} after the final heal · simulated {}",
@@ -550,12 +586,31 @@ code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-
         ("refused", m.refused.to_string()),
         ("unacked", m.unacked.to_string()),
         ("overdrafts (settled)", m.overdrafts.to_string()),
-        ("fees", format!("{} ({} USD)", m.fees, m.fee_total)),
+        (
+            "fees",
+            format!(
+                "{} ({})",
+                m.fees,
+                m.currencies
+                    .iter()
+                    .map(|(c, x)| format!("{} {c}", x.fee_total))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
         ("reversals", m.reversals.to_string()),
         ("duplicate reversals", m.duplicate_reversals.to_string()),
         (
             "debt left",
-            format!("{} USD in {} accounts", m.debt, m.debt_accounts),
+            format!(
+                "{} in {} accounts",
+                m.currencies
+                    .iter()
+                    .map(|(c, x)| format!("{} {c}", x.debt))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                m.debt_accounts
+            ),
         ),
         (
             "settle lag p50 / p99 / max",
@@ -667,9 +722,9 @@ const COMPARE_HEAD: [&str; 11] = [
     "refused",
     "overdrafts",
     "fees",
-    "fee total",
+    "fee total USD",
     "reversals",
-    "debt left",
+    "debt left USD",
     "lag p50 ms",
     "lag p99 ms",
     "invariants",
