@@ -108,6 +108,10 @@ Replica (wallet_core::Config):
   --anti-entropy MS        anti_entropy_interval_ms: period of the core's safety-net pull
                            (default 2000)
   --pull-limit N           pull_batch_events: events asked for in one pull (default 2048)
+Checks during the run:
+  --self-check-every N     run the replica's own check_invariants() every N inputs, on the
+                           region that took the input (default 2000; 0: only after restarts
+                           and at the end)
 Output:
   --json PATH              JSON results (an object for one run, a list otherwise)
   --timing                 put wall_seconds in the JSON (otherwise null: same seed, same bytes)
@@ -313,6 +317,9 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                 if base.pull_limit == 0 {
                     return Err(CliError("--pull-limit must be at least 1".into()));
                 }
+            }
+            "--self-check-every" => {
+                base.self_check_every = num(value(args, &mut i, flag)?, flag)?;
             }
             "--json" => {
                 json = Some(PathBuf::from(value(args, &mut i, flag)?));

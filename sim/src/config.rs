@@ -169,6 +169,9 @@ pub struct SimConfig {
     pub chart_account: Option<String>,
     /// Deliberately broken host behaviour, to show the checker catches it (`--inject-bug`).
     pub inject: Option<Inject>,
+    /// The replica's own `check_invariants()` runs every this many inputs, on the region
+    /// that took the input (`--self-check-every`; 0: only after restarts and at the end).
+    pub self_check_every: u64,
 }
 
 /// Bugs the simulated host can be told to have, to prove the invariant checker catches them.
@@ -221,6 +224,7 @@ impl SimConfig {
             record_series: false,
             chart_account: None,
             inject: None,
+            self_check_every: crate::check::SELF_CHECK_EVERY_DEFAULT,
         }
     }
 }

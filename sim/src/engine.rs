@@ -281,6 +281,8 @@ pub struct Sim {
     pub quiesce_start: u64,
     /// When every region had converged (None: never).
     pub converged_at: Option<u64>,
+    /// The checks made while the run goes on (`crate::check::DuringRun`).
+    pub during: crate::check::DuringRun,
     /// The policy changes of the run (scripted and random), in time order.
     pub policy_plan: Vec<PlannedChange>,
     /// What became of each.
@@ -522,6 +524,7 @@ impl Sim {
             out_buf: Vec::new(),
             quiesce_start: 0,
             converged_at: None,
+            during: crate::check::DuringRun::new(n),
             policy_outcomes: vec![ChangeOutcome::NotYet; policy_plan.len()],
             policy_plan,
             floor_amounts: vec![None; logical],
@@ -795,7 +798,12 @@ impl Sim {
                     };
                     self.nodes[i].disk.pending.push_back((index, p));
                 }
-                Output::Broadcast(m) => self.broadcast(i, m),
+                Output::Broadcast(m) => {
+                    if let Message::SignedHeartbeat(h) = &m {
+                        crate::check::heartbeat_announced(self, i, &h.hb);
+                    }
+                    self.broadcast(i, m)
+                }
                 Output::Send { to, msg } => {
                     if let Some(j) = self.region_index(to) {
                         let bytes = wallet_core::wire::encoded_message_len(&msg);
@@ -861,6 +869,7 @@ impl Sim {
             }
         }
         self.arm_timer(i);
+        crate::check::after_input(self, i);
     }
 
     fn submit(&mut self, k: usize) {
@@ -1082,6 +1091,7 @@ impl Sim {
         let mut replica = Replica::new(cfg, self.nodes[r].disk.ceiling);
         std::mem::swap(&mut self.nodes[r].replica, &mut replica);
         let old = replica;
+        let before = crate::check::RestartView::capture(&old, &self.cfg.regions);
         // What the region showed before the crash and no longer shows after the restart
         // (re-derived later, with the same ids, once the watermark passes them again).
         let (feed_before, wm_before) = (old.feed_len(), old.watermark());
@@ -1109,6 +1119,7 @@ impl Sim {
         if replica.watermark() < wm_before {
             self.counters.restart_watermark_regressions += 1;
         }
+        crate::check::after_restart(self, r, before);
         let node = &mut self.nodes[r];
         node.up = true;
         node.timer_at = None;

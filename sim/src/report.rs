@@ -169,18 +169,15 @@ pub fn summary(r: &RunResult) -> String {
         r.check_wall.as_secs_f64(),
         r.tx_per_wall_second()
     );
-    let inv = r.check.invariants;
     let mark = |b: bool| if b { "ok" } else { "FAILED" };
-    let _ = writeln!(
-        s,
-        "  invariants: convergence {} · no_loss {} · exactly_once {} · policy_holds {} · conservation {} · idempotency {}",
-        mark(inv.convergence),
-        mark(inv.no_loss),
-        mark(inv.exactly_once),
-        mark(inv.policy_holds),
-        mark(inv.conservation),
-        mark(inv.idempotency)
-    );
+    let list: Vec<String> = r
+        .check
+        .invariants
+        .named()
+        .iter()
+        .map(|(n, ok)| format!("{n} {}", mark(*ok)))
+        .collect();
+    let _ = writeln!(s, "  invariants: {}", list.join(" · "));
     s
 }
 
@@ -553,15 +550,7 @@ code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-
         esc(command)
     );
     h.push_str("<h2>Invariants (SPEC §9)</h2><table><tr>");
-    let inv = r.check.invariants;
-    let items = [
-        ("convergence", inv.convergence),
-        ("no_loss", inv.no_loss),
-        ("exactly_once", inv.exactly_once),
-        ("policy_holds", inv.policy_holds),
-        ("conservation", inv.conservation),
-        ("idempotency", inv.idempotency),
-    ];
+    let items = r.check.invariants.named();
     for (n, _) in items {
         let _ = write!(h, "<th>{n}</th>");
     }

@@ -94,6 +94,8 @@ pub struct Metrics {
     /// Compensations a region had emitted before a crash and did not show right after its
     /// restart (derived again, same ids, once settlement catches up).
     pub restart_feed_entries_hidden: u64,
+    /// How many checks ran during the run (restarts, self-checks, heartbeats, watermarks).
+    pub checks_during_run: crate::check::DuringCounts,
     /// Simulated ms until every region converged after the final heal (None: never).
     pub quiesce_ms: Option<u64>,
     /// Simulated duration, ms.
@@ -337,6 +339,7 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         },
         restart_watermark_regressions: c.restart_watermark_regressions,
         restart_feed_entries_hidden: c.restart_feed_entries_hidden,
+        checks_during_run: sim.during.counts,
         quiesce_ms: sim.converged_at.map(|t| t - sim.quiesce_start),
         simulated_ms: sim.now,
         wall_seconds: timing.then_some(wall.as_secs_f64()),
