@@ -879,6 +879,9 @@ pub struct DuringRun {
     pub failures: Vec<(&'static str, String)>,
     /// Per region: the highest HLC it announced in a heartbeat (over every incarnation).
     announced: Vec<Hlc>,
+    /// Per region: the highest HLC of an own event that was durable on its disk (kept when
+    /// the disk is lost later: what peers hold of it stays a promise).
+    durable_event: Vec<Hlc>,
     /// Per region: its watermark when the bounds were last checked.
     checked_wm: Vec<Hlc>,
     /// How many checks ran.
@@ -901,10 +904,16 @@ pub struct DuringCounts {
 }
 
 impl DuringRun {
+    /// The highest HLC region `i` announced in a heartbeat so far (over every incarnation).
+    pub fn announced(&self, i: usize) -> Hlc {
+        self.announced.get(i).copied().unwrap_or(Hlc::ZERO)
+    }
+
     /// For a run of `n` regions.
     pub fn new(n: usize) -> DuringRun {
         DuringRun {
             announced: vec![Hlc::ZERO; n],
+            durable_event: vec![Hlc::ZERO; n],
             checked_wm: vec![Hlc::ZERO; n],
             ..DuringRun::default()
         }
@@ -971,27 +980,32 @@ pub fn heartbeat_announced(sim: &mut Sim, i: usize, hb: &Heartbeat) {
 }
 
 /// The highest HLC region `x` has durably promised: the highest heartbeat it announced, and
-/// the HLC of its last durable own event (it never issues an event at or below either again,
-/// whatever crashes). Both read from the engine's view.
+/// the HLC of its last own event that was durable on its disk (it never issues an event at
+/// or below either again, whatever crashes). Both from the engine's view.
 fn promised(sim: &Sim, x: usize) -> (Hlc, Hlc) {
-    let node = &sim.nodes[x];
-    let durable = node.disk.durable.get(x).copied().unwrap_or(0);
-    let event = match durable.checked_sub(1) {
-        Some(before) => node
-            .replica
-            .origin_events(node.id, before)
-            .first()
-            .map(|e| e.hlc)
-            .unwrap_or(Hlc::ZERO),
-        None => Hlc::ZERO,
-    };
-    (sim.during.announced[x], event)
+    (sim.during.announced[x], sim.during.durable_event[x])
+}
+
+/// Records the HLC of region `i`'s last durable own event (its disk only grows between
+/// inputs; every fsync is followed by an input).
+fn note_durable(sim: &mut Sim, i: usize) {
+    let node = &sim.nodes[i];
+    let durable = node.disk.durable.get(i).copied().unwrap_or(0);
+    if let Some(before) = durable.checked_sub(1) {
+        if let Some(e) = node.replica.origin_events(node.id, before).first() {
+            let h = e.hlc;
+            if let Some(d) = sim.during.durable_event.get_mut(i) {
+                *d = (*d).max(h);
+            }
+        }
+    }
 }
 
 /// After every input a replica handled (`Sim::drain`): the self-check every N inputs, and the
 /// watermark bounds of SPEC §5 on the region that took the input.
 pub fn after_input(sim: &mut Sim, i: usize) {
     sim.during.counts.inputs += 1;
+    note_durable(sim, i);
     let every = sim.cfg.self_check_every;
     if every > 0 && sim.during.counts.inputs.is_multiple_of(every) && sim.nodes[i].up {
         sim.during.counts.self_checks += 1;

@@ -235,6 +235,17 @@ pub struct Series {
     pub floor_cents: i64,
 }
 
+/// What scripted disk and link steps changed (`fsync`, `hold-events`, `wipe`).
+#[derive(Debug, Clone, Default)]
+struct Scripted {
+    /// Per region: every fsync takes this long, ms (None: drawn from `--fsync`).
+    fsync_ms: Vec<Option<u64>>,
+    /// Per link (from * n + to): messages carrying events are held back this long, ms.
+    hold_ms: Vec<u64>,
+    /// Per region: its disk was lost; the next start is a restore (`Config::restore`).
+    wiped: Vec<bool>,
+}
+
 /// The simulator state.
 pub struct Sim {
     /// Configuration.
@@ -283,6 +294,8 @@ pub struct Sim {
     pub converged_at: Option<u64>,
     /// The checks made while the run goes on (`crate::check::DuringRun`).
     pub during: crate::check::DuringRun,
+    /// Scripted disk and link steps in force.
+    script: Scripted,
     /// The policy changes of the run (scripted and random), in time order.
     pub policy_plan: Vec<PlannedChange>,
     /// What became of each.
@@ -525,6 +538,11 @@ impl Sim {
             quiesce_start: 0,
             converged_at: None,
             during: crate::check::DuringRun::new(n),
+            script: Scripted {
+                fsync_ms: vec![None; n],
+                hold_ms: vec![0; n * n],
+                wiped: vec![false; n],
+            },
             policy_outcomes: vec![ChangeOutcome::NotYet; policy_plan.len()],
             policy_plan,
             floor_amounts: vec![None; logical],
@@ -696,7 +714,14 @@ impl Sim {
         }
         let delay = self.net.range(dmin, dmax);
         let link = from * self.nodes.len() + to;
-        let at = if self.net.chance(reorder) {
+        let hold = match msg {
+            Message::Events(_) | Message::PullAnswer { .. } => self.script.hold_ms[link],
+            _ => 0,
+        };
+        let at = if hold > 0 {
+            // Held back by a scripted step: later messages on the link overtake it.
+            self.now + delay + hold
+        } else if self.net.chance(reorder) {
             // Held back: later messages on the link overtake it.
             self.now + delay + self.net.range(0, extra)
         } else {
@@ -844,6 +869,7 @@ impl Sim {
                 let inc = node.inc;
                 let (a, b) = self.cfg.faults.fsync_ms;
                 let d = self.disk_rng.range(a, b);
+                let d = self.script.fsync_ms.get(i).copied().flatten().unwrap_or(d);
                 self.push(
                     self.now + d,
                     Ev::Fsync {
@@ -996,6 +1022,19 @@ impl Sim {
                 self.arm_timer(r);
             }
             // Queued as `Ev::Policy` (see `Sim::policy_plan`).
+            Action::Fsync(r, ms) => {
+                if let Some(x) = self.script.fsync_ms.get_mut(r) {
+                    *x = ms;
+                }
+            }
+            Action::HoldEvents(from, to, ms) => {
+                let k = from * self.nodes.len() + to;
+                if let Some(x) = self.script.hold_ms.get_mut(k) {
+                    *x = ms;
+                }
+            }
+            Action::Wipe(r) => self.wipe(r),
+            Action::Restore(r) => self.restart(r),
             Action::Tx { .. } | Action::Policy(..) => {}
         }
     }
@@ -1052,6 +1091,21 @@ impl Sim {
         local(self.now, self.nodes[i].skew)
     }
 
+    /// A crash that also loses the disk: the next start is a restore from the peers.
+    fn wipe(&mut self, r: usize) {
+        if self.nodes.get(r).is_none_or(|n| !n.up) {
+            return;
+        }
+        self.crash(r);
+        let disk = &mut self.nodes[r].disk;
+        disk.durable.iter_mut().for_each(|d| *d = 0);
+        disk.written.iter_mut().for_each(|d| *d = 0);
+        disk.ceiling = Hlc::ZERO;
+        disk.watermark = Hlc::ZERO;
+        disk.evidence.clear();
+        self.script.wiped[r] = true;
+    }
+
     fn crash(&mut self, r: usize) {
         let Some(node) = self.nodes.get_mut(r) else {
             return;
@@ -1085,13 +1139,16 @@ impl Sim {
         if self.nodes.get(r).is_none_or(|n| n.up) {
             return;
         }
-        let cfg = make_config(&self.cfg, self.cfg.regions[r]);
+        let mut cfg = make_config(&self.cfg, self.cfg.regions[r]);
+        // A lost disk: start empty and pull the region's own history back first.
+        let wiped = std::mem::take(&mut self.script.wiped[r]);
+        cfg.restore = wiped;
         // The image the disk is rebuilt from: its events move into the new replica (the
         // durable prefix of each origin), no copy.
         let mut replica = Replica::new(cfg, self.nodes[r].disk.ceiling);
         std::mem::swap(&mut self.nodes[r].replica, &mut replica);
         let old = replica;
-        let before = crate::check::RestartView::capture(&old, &self.cfg.regions);
+        let before = (!wiped).then(|| crate::check::RestartView::capture(&old, &self.cfg.regions));
         // What the region showed before the crash and no longer shows after the restart
         // (re-derived later, with the same ids, once the watermark passes them again).
         let (feed_before, wm_before) = (old.feed_len(), old.watermark());
@@ -1119,7 +1176,9 @@ impl Sim {
         if replica.watermark() < wm_before {
             self.counters.restart_watermark_regressions += 1;
         }
-        crate::check::after_restart(self, r, before);
+        if let Some(before) = before {
+            crate::check::after_restart(self, r, before);
+        }
         let node = &mut self.nodes[r];
         node.up = true;
         node.timer_at = None;

@@ -9,6 +9,10 @@
 //! t=40s   heal                              # every link back
 //! t=5s    skew ap +300ms                    # ap's clock runs 300 ms ahead from now on
 //! t=12s   isolate ap                        # shorthand for split {ap} | {everyone else}
+//! t=3s    fsync us 400ms                    # us's fsyncs take 400 ms from now on (`normal`: back)
+//! t=3s    hold-events us eu 1500ms          # us's event messages to eu are held back 1.5 s
+//! t=30s   wipe us                           # us crashes and loses its disk
+//! t=31s   restore us                        # us starts on an empty disk, pulls its history back
 //! t=15s   policy us ../policies/fee.toml    # us issues a policy change (a file, relative
 //! t=30s   policy eu generated               #   to the scenario's directory, or drawn)
 //! t=2s    purchase eu alice 500 JPY         # another currency than the scenario's
@@ -61,6 +65,18 @@ pub enum Action {
     },
     /// The region issues a policy change (`Replica::submit_policy`).
     Policy(usize, PolicyChange),
+    /// From now on the region's fsyncs take this long, ms (`None`: the run's `--fsync` range
+    /// again): `fsync us 400ms`, `fsync us normal`.
+    Fsync(usize, Option<u64>),
+    /// From now on, messages carrying events (pushes and pull answers) from the first region
+    /// to the second are held back this many ms, so later messages on the link (heartbeats)
+    /// overtake them (0: no longer): `hold-events us eu 1500ms`.
+    HoldEvents(usize, usize, u64),
+    /// The region crashes and loses its disk: `wipe us`.
+    Wipe(usize),
+    /// The region starts again on an empty disk and first pulls its own history back from
+    /// its peers (`Config::restore`): `restore us`.
+    Restore(usize),
 }
 
 /// The policy a scripted change issues.
@@ -296,6 +312,26 @@ pub fn parse(
                 Action::Heal
             }
             "crash" => Action::Crash(one_region("crash")?),
+            "wipe" => Action::Wipe(one_region("wipe")?),
+            "restore" => Action::Restore(one_region("restore")?),
+            "fsync" => match words.as_slice() {
+                [r, "normal"] => Action::Fsync(region_index(regions, r, line)?, None),
+                [r, d] => Action::Fsync(
+                    region_index(regions, r, line)?,
+                    Some(parse_duration_ms(d).map_err(|r| err(line, r))?),
+                ),
+                _ => return Err(err(line, "expected `fsync <region> 400ms` or `fsync <region> normal`")),
+            },
+            "hold-events" => match words.as_slice() {
+                [a, b, d] => {
+                    let (from, to) = (region_index(regions, a, line)?, region_index(regions, b, line)?);
+                    if from == to {
+                        return Err(err(line, "hold-events needs two different regions"));
+                    }
+                    Action::HoldEvents(from, to, parse_duration_ms(d).map_err(|r| err(line, r))?)
+                }
+                _ => return Err(err(line, "expected `hold-events <from> <to> 1500ms`")),
+            },
             "restart" => Action::Restart(one_region("restart")?),
             "skew" => match words.as_slice() {
                 [r, s] => Action::Skew(
@@ -362,7 +398,7 @@ pub fn parse(
                 return Err(err(
                     line,
                     format!(
-                        "unknown action {other:?}: expected split, isolate, heal, crash, restart, skew, policy, deposit, purchase, withdrawal or refund"
+                        "unknown action {other:?}: expected split, isolate, heal, crash, restart, wipe, restore, skew, fsync, hold-events, policy, deposit, purchase, withdrawal or refund"
                     ),
                 ))
             }
@@ -378,20 +414,20 @@ pub fn parse(
     let mut down = vec![false; regions.len()];
     for s in &steps {
         match s.action {
-            Action::Crash(r) if down[r] => {
+            Action::Crash(r) | Action::Wipe(r) if down[r] => {
                 return Err(err(
                     s.line,
                     format!("crash {}: it is already down", regions[r]),
                 ))
             }
-            Action::Crash(r) => down[r] = true,
-            Action::Restart(r) if !down[r] => {
+            Action::Crash(r) | Action::Wipe(r) => down[r] = true,
+            Action::Restart(r) | Action::Restore(r) if !down[r] => {
                 return Err(err(
                     s.line,
                     format!("restart {}: it is not down (crash it first)", regions[r]),
                 ))
             }
-            Action::Restart(r) => down[r] = false,
+            Action::Restart(r) | Action::Restore(r) => down[r] = false,
             _ => {}
         }
     }
