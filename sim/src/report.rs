@@ -67,23 +67,29 @@ pub fn summary(r: &RunResult) -> String {
         m.events_delivered,
         m.events_duplicate
     );
-    let per = |f: &dyn Fn(&crate::analysis::CurrencyFigures) -> String| {
-        m.currencies
+    // Per currency, the ones with something to show.
+    let per = |f: &dyn Fn(&crate::analysis::CurrencyFigures) -> Option<String>| {
+        let list: Vec<String> = m
+            .currencies
             .iter()
-            .map(|(c, x)| format!("{} {c}", f(x)))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .filter_map(|(c, x)| f(x).map(|v| format!("{v} {c}")))
+            .collect();
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
     };
     let _ = writeln!(
         s,
-        "  settled: overdrafts {}  fees {} ({})  reversals {}  duplicate reversals {}  conflicts {}  debt {} in {} accounts",
+        "  settled: overdrafts {}  fees {} ({})  reversals {}  duplicate reversals {}  conflicts {}  debt {} ({} balances)",
         m.overdrafts,
         m.fees,
-        per(&|x| x.fee_total.clone()),
+        per(&|x| (x.fees > 0).then(|| x.fee_total.clone())),
         m.reversals,
         m.duplicate_reversals,
         m.conflicts,
-        per(&|x| x.debt.clone()),
+        per(&|x| (x.debt_accounts > 0).then(|| x.debt.clone())),
         m.debt_accounts
     );
     let fc = &m.fee_cases;
