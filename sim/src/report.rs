@@ -634,6 +634,29 @@ code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-
         let _ = write!(h, "<tr><th class=\"l\">{k}</th><td>{}</td></tr>", esc(&v));
     }
     h.push_str("</table>");
+    if let Some(toml) = &r.policy_toml {
+        let _ = write!(
+            h,
+            "<h2>Policy <code>{}</code> (drawn from the seed)</h2><pre>{}</pre>",
+            esc(&r.policy),
+            esc(toml)
+        );
+    }
+    if !r.policy_changes.is_empty() {
+        h.push_str("<h2>Policy changes</h2><table><tr><th>time</th><th class=\"l\">region</th><th class=\"l\">policy</th><th class=\"l\">source</th><th class=\"l\">outcome</th></tr>");
+        for c in &r.policy_changes {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+                ms(c.at_ms),
+                esc(&c.region),
+                esc(&c.policy),
+                c.source,
+                esc(&c.outcome)
+            );
+        }
+        h.push_str("</table>");
+    }
     if results.len() > 1 {
         h.push_str("<h2>Policies compared (identical workload and faults)</h2>");
         h.push_str(&compare_table_html(results));
