@@ -24,6 +24,9 @@ pub struct FeeCases {
     pub at_minimum: u64,
     /// Fees lowered to the rule's cap.
     pub at_cap: u64,
+    /// Client debits that took the settled balance below the floor by no more than the
+    /// rule's grace (above zero) and were charged nothing.
+    pub within_grace: u64,
 }
 
 /// Debits sent to the floor (`--floor-share`).
@@ -116,7 +119,17 @@ pub fn analyse(sim: &Sim) -> Analysis {
         let mut bal: BTreeMap<Currency, Decimal> = BTreeMap::new();
         // The last settled event: (id, amount, balance right after it).
         let mut last: Option<(EventId, Decimal, Decimal)> = None;
+        // The last settled debit, until the next entry shows whether a compensation follows:
+        // (its order key, amount, currency, balance right after it).
+        let mut debit: Option<(wallet_core::OrderKey, Decimal, Currency, Decimal)> = None;
         for (_, e) in r.entries(acct, None, usize::MAX) {
+            let compensated =
+                matches!(&e, Entry::Compensation(c) if Some(c.cause) == last.map(|l| l.0));
+            if let Some(d) = debit.take() {
+                if !compensated {
+                    uncompensated(&mut a.fee_cases, &changes, &versions, acct, d);
+                }
+            }
             match e {
                 Entry::Event { event, settled } => {
                     let Some(tx) = event.tx() else { continue };
@@ -130,6 +143,9 @@ pub fn analyse(sim: &Sim) -> Analysis {
                     let b = bal.entry(tx.currency).or_default();
                     *b += tx.delta();
                     last = Some((event.id, tx.amount.value(), *b));
+                    if tx.kind.is_debit() {
+                        debit = Some((event.key(), tx.amount.value(), tx.currency, *b));
+                    }
                     if let Some(floor) = landings.get(&event.id) {
                         seen_landings += 1;
                         match (*b).cmp(floor) {
@@ -159,6 +175,9 @@ pub fn analyse(sim: &Sim) -> Analysis {
                     *bal.entry(c.currency).or_default() += c.delta;
                 }
             }
+        }
+        if let Some(d) = debit.take() {
+            uncompensated(&mut a.fee_cases, &changes, &versions, acct, d);
         }
     }
     // Landings whose account is unknown to the first region (it never converged).
@@ -195,6 +214,27 @@ pub fn analyse(sim: &Sim) -> Analysis {
         );
     }
     a
+}
+
+/// A settled client debit with no compensation after it: counted when it went below the
+/// floor of the rule in force (the version of its place in the order) by no more than the
+/// grace.
+fn uncompensated(
+    cases: &mut FeeCases,
+    changes: &[(wallet_core::OrderKey, &Policy)],
+    versions: &[&Policy],
+    account: &wallet_core::AccountId,
+    (key, amount, currency, after): (wallet_core::OrderKey, Decimal, Currency, Decimal),
+) {
+    let v = changes.partition_point(|(k, _)| *k < key);
+    let Some(policy) = versions.get(v) else {
+        return;
+    };
+    let rule = model_rule(policy, account.as_str(), currency);
+    let overdrawn = (rule.floor - after).min(amount);
+    if overdrawn > Decimal::ZERO && overdrawn <= rule.grace {
+        cases.within_grace += 1;
+    }
 }
 
 /// Classifies one fee: `after` is the settled balance right after its cause (an `amount`

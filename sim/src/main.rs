@@ -202,13 +202,17 @@ fn execute(opts: &Options, args: &[String]) -> Result<bool, String> {
                 r.seed, r.policy
             );
         }
-        println!("  reproduce: {}", cli::repro(opts, r.seed, path));
-        if opts.draw {
-            println!(
-                "  policy {} was drawn from the seed (its TOML: policy_toml in --json, or --print-policy)",
+        // A drawn policy is a function of the seed: the command reproduces it; the comment
+        // names it (its TOML: policy_toml in --json, or the same command with --print-policy).
+        let drawn = if opts.draw {
+            format!(
+                "  # policy {} drawn from the seed (TOML: add --print-policy)",
                 r.policy
-            );
-        }
+            )
+        } else {
+            String::new()
+        };
+        println!("  reproduce: {}{drawn}", cli::repro(opts, r.seed, path));
     }
     if let Some(path) = &opts.json {
         let text = if single {

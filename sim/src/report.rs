@@ -96,10 +96,11 @@ pub fn summary(r: &RunResult) -> String {
     let fl = &m.floor_debits;
     let _ = writeln!(
         s,
-        "  fees at a tie {}  raised to the minimum {}  lowered to the cap {}  · floor debits {} (sized {}, events {}: settled at the floor {}, below {}, above {})",
+        "  fees at a tie {}  raised to the minimum {}  lowered to the cap {}  overdrafts within the grace {}  · floor debits {} (sized {}, events {}: settled at the floor {}, below {}, above {})",
         fc.ties,
         fc.at_minimum,
         fc.at_cap,
+        fc.within_grace,
         fl.requests,
         fl.sized,
         fl.events,

@@ -117,6 +117,7 @@ fn drawn_policies_charge_ties_minimums_and_caps_in_every_currency() {
     let ties = sum(&|r| r.metrics.fee_cases.ties);
     let at_minimum = sum(&|r| r.metrics.fee_cases.at_minimum);
     let at_cap = sum(&|r| r.metrics.fee_cases.at_cap);
+    let within_grace = sum(&|r| r.metrics.fee_cases.within_grace);
     let fees = sum(&|r| r.metrics.fees);
     let reversals = sum(&|r| r.metrics.reversals);
     let debt = sum(&|r| r.metrics.debt_accounts);
@@ -129,14 +130,14 @@ fn drawn_policies_charge_ties_minimums_and_caps_in_every_currency() {
     let names: std::collections::BTreeSet<&str> =
         results.iter().map(|r| r.policy.as_str()).collect();
     println!(
-        "40 drawn policies ({} distinct): fees {fees} (USD {usd}, JPY {jpy}, BHD {bhd}), ties {ties}, raised to the minimum {at_minimum}, lowered to the cap {at_cap}, reversals {reversals}, accounts in debt {debt}",
+        "40 drawn policies ({} distinct): fees {fees} (USD {usd}, JPY {jpy}, BHD {bhd}), ties {ties}, raised to the minimum {at_minimum}, lowered to the cap {at_cap}, overdrafts within the grace {within_grace}, reversals {reversals}, accounts in debt {debt}",
         names.len()
     );
     assert_eq!(names.len(), 40, "every seed draws its own policy");
     assert!(fees > 0 && reversals > 0 && debt > 0);
     assert!(usd > 0 && jpy > 0 && bhd > 0, "fees in every currency");
     assert!(ties > 0, "no fee fell on a tie at half a minor unit");
-    assert!(at_minimum > 0 && at_cap > 0);
+    assert!(at_minimum > 0 && at_cap > 0 && within_grace > 0);
 }
 
 #[test]
