@@ -201,3 +201,21 @@ fn a_partition_heals_during_a_restore_and_the_history_comes_back() {
         );
     }
 }
+
+/// A region restores its history from peers on a slow disk and crashes before the pulled-back
+/// events are on it. Found by `watermark_promised`: the core counted its own events pulled back
+/// as durable before they were persisted, so a heartbeat covered seqs the disk did not hold
+/// (`us announced heartbeat (1008000.0, seq 2): it covers own seq 2 but only 0 are durable`).
+#[test]
+fn a_restored_history_counts_as_durable_only_once_it_is_on_disk() {
+    let text = scenario_text("restore-crash-before-fsync.txt");
+    let mut sim = Sim::new(config(&text, 3));
+    let c = finish(&mut sim);
+    assert!(c.invariants.watermark_promised);
+    assert!(c.invariants.no_loss);
+    assert_eq!(reports(&sim, "equivocation"), 0);
+    for n in 0..3 {
+        assert_eq!(key_of(&sim, n, id("us", 1)).as_deref(), Some("dep-1"));
+        assert_eq!(key_of(&sim, n, id("us", 2)).as_deref(), Some("buy-1"));
+    }
+}
