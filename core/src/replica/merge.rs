@@ -205,8 +205,11 @@ impl Replica {
             // be announced in a heartbeat, or sent in a pull answer) only once it is on this
             // disk again, like any own event; it need not be pushed, peers hold it.
             self.dur.own_gossiped_seq = self.dur.own_gossiped_seq.max(seq);
-            self.dur
-                .persist_then(&mut self.outputs, Record::Event(e.clone()), Awaiting::Own(seq));
+            self.dur.persist_then(
+                &mut self.outputs,
+                Record::Event(e.clone()),
+                Awaiting::Own(seq),
+            );
         } else {
             self.persist(Record::Event(e.clone()));
         }
