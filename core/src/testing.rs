@@ -2,23 +2,72 @@
 //! only with the `testing` feature).
 //!
 //! [`model`] re-folds a full event set from scratch, in the total order `(hlc, origin, seq)`,
-//! the plain way: no incremental state, no watermark, nothing shared with the replica's fold.
-//! It is written from SPEC §5 and §6 and docs/reconciliation.md §2, §4 and §5, not from the
-//! code it checks: its own rule resolution and tier matching ([`model_rule`]), its own exact
-//! integer fee arithmetic ([`model_fee`], not `Applied::fee_for`), and its own duplicate rule.
-//! Only the parsed policy data (`Policy`, `Rule`) and the event types are shared.
+//! the plain way: no incremental state, nothing shared with the replica's fold.
+//! [`model_at`] does the same for one region's view: the events it holds and its watermark
+//! (SPEC §5: the events at or below the watermark are settled, the others provisional). It is
+//! the one oracle of the project: the core's property tests and the simulator's checker both
+//! compare the replica with it.
+//!
+//! # Written from the SPEC, not from the code it checks
+//!
+//! A model that calls the code it checks shares that code's mistakes and finds none of them.
+//! So the model computes, itself, from SPEC §2, §5, §6 and docs/reconciliation.md §2, §4, §5:
+//!
+//! - **the total order**: it sorts by `(hlc as u64, origin region name bytes, seq)` with the
+//!   standard library's integer and byte-slice comparisons, never with `Event::key`,
+//!   `OrderKey` or the `Ord` of `Hlc` or `RegionId` (the core compares region ids as
+//!   big-endian integers for speed: a mistake there, or a reversed tie-break in the key, would
+//!   otherwise be shared and every region would still agree);
+//! - **the settled prefix** of a region: every held event whose HLC is at or below the
+//!   watermark ([`model_at`]), not the core's `is_settled`;
+//! - **signs and minor units**: its own table of which kinds are debits (SPEC §2) and its own
+//!   ISO-4217 table of minor units ([`model_minor_units`]), not `Kind::is_debit` or
+//!   `Currency::minor_units`;
+//! - **rule resolution**: its own tier matching ([`model_tier`]: first tier by name with a
+//!   matching prefix) and most-specific-rule search ([`model_rule`]), not `Policy::applied`
+//!   or `Policy::tier_of`;
+//! - **fee arithmetic**: exact integer arithmetic on the decimals' mantissas ([`model_fee`]):
+//!   flat + percent × overdrawn / 100 exact, one rounding half away from zero to the minor
+//!   units, then the minimum, then the cap; line, minimum, cap and grace rounded half away
+//!   from zero to the currency by the same integer rounding. Not `Applied::fee_for`,
+//!   `Currency::round` or `rust_decimal`'s rounding;
+//! - **the fold**: overdrawn = min(floor − balance after, amount); `reverse` when the rule
+//!   says so and the kind is reversible, else the fee rules; episodes opened by an overdrawing
+//!   non-duplicate debit and closed when the balance without the episode's fees is back at
+//!   or above the floor; a policy event is the next version, in force after it;
+//! - **duplicates and conflicts**: the same (account, key) with the same body (kind, amount
+//!   value, currency, reference, compared field by field here, not with `Tx::same_body`) as
+//!   any earlier event is a duplicate and reversed; else a conflict with the first earlier
+//!   holder is reported;
+//! - **ids and statuses**: compensation ids `fee:<origin>:<seq>`, `rev:..`, `conflict:..`
+//!   formatted here ([`ModelComp::id`]), and each event's status ([`ModelStatus`]):
+//!   provisional, settled (with the id of the fee it caused, if any), or reversed with the id
+//!   of its reversal.
+//!
+//! What it shares with the core is data, not logic: the event types (`Event`, `Tx`, `Body`,
+//! `EventId`, `Hlc`, `Kind`, `Amount`, `Currency`, `AccountId`, `CompKind`; only their
+//! fields and names are read) and the **parsed** policy (`Policy`, `Rule`, `Fee`): the TOML
+//! parser's resolution of a `[[rule]]` against `[default]` (inherited fields, and
+//! `beyond_line` folded into `action` when a rule has an overdraft line) is not re-done
+//! here. That is safe because a policy reaches the replica and the model as the same parsed
+//! value (a file parsed once, or a replicated policy event): a parser mistake changes what
+//! both are given, not how either folds it, and the parser has its own tests
+//! (core/src/policy/tests.rs). Everything the fold decides from that data is decided here
+//! independently. `rust_decimal::Decimal` is used as a value type for inputs and outputs
+//! (and for balance sums, which are exact), never for rounding.
 //!
 //! What it leaves out: the overflow freeze (docs/reconciliation.md §6). A settled sum that
 //! would overflow panics here; the generators that feed the model stay far below it.
 //!
 //! Everything is deterministic: ordered maps only, exact decimals and integers, no floats.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
 
-use crate::event::{Body, CompKind, Event, Kind};
-use crate::id::{AccountId, EventId};
+use crate::event::{Body, CompKind, Event, Kind, Tx};
+use crate::id::{AccountId, EventId, Hlc};
 use crate::money::Currency;
 use crate::policy::{Action, FeePer, Policy, Rule};
 
@@ -29,6 +78,8 @@ pub struct ModelComp {
     pub kind: CompKind,
     /// The event that caused it.
     pub cause: EventId,
+    /// The cause's HLC (a compensation sits right after its cause in the total order).
+    pub hlc: Hlc,
     /// Signed effect on the settled balance (zero for a conflict report).
     pub delta: Decimal,
     /// For a conflict report: the first earlier event holding the key.
@@ -43,16 +94,60 @@ pub struct ModelComp {
     pub duplicate: bool,
 }
 
-/// What the model derives from a full event set.
+impl ModelComp {
+    /// The id SPEC §5 derives from the cause: `fee:<origin>:<seq>`, `rev:<origin>:<seq>`,
+    /// `conflict:<origin>:<seq>` (formatted here, not by `Compensation::id`).
+    pub fn id(&self) -> String {
+        model_comp_id(self.kind, self.cause)
+    }
+}
+
+/// `<prefix>:<origin name>:<seq>` for a compensation kind and its cause.
+pub fn model_comp_id(kind: CompKind, cause: EventId) -> String {
+    let prefix = match kind {
+        CompKind::OverdraftFee => "fee",
+        CompKind::Reversal => "rev",
+        CompKind::IdempotencyConflict => "conflict",
+    };
+    format!("{prefix}:{}:{}", cause.origin.as_str(), cause.seq)
+}
+
+/// An event's status as the model derives it (SPEC §5: "provisional, settled, or reversed
+/// (with the id of the reversal)").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelStatus {
+    /// Above the watermark: not settled yet.
+    Provisional,
+    /// Settled and stands; `fee` is the id of the overdraft fee it caused, if any.
+    Settled {
+        /// `fee:<origin>:<seq>` when the fold charged a fee because of it.
+        fee: Option<String>,
+    },
+    /// Settled and reversed by the fold.
+    Reversed {
+        /// `rev:<origin>:<seq>`.
+        reversal: String,
+    },
+}
+
+/// What the model derives from an event set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelFold {
     /// The feed, in order: position `i` is `feed[i]`.
     pub feed: Vec<ModelComp>,
     /// The settled balance of every (account, currency) that has a transaction, after every
-    /// event and compensation.
+    /// settled event and compensation (zero for a pair with provisional events only).
     pub balances: BTreeMap<(AccountId, Currency), Decimal>,
-    /// Non-duplicate debits that took the settled balance below the floor (reversed or not).
+    /// The provisional balance of every (account, currency) that has a transaction: the
+    /// settled balance plus every provisional event (SPEC §4).
+    pub provisional: BTreeMap<(AccountId, Currency), Decimal>,
+    /// Every event's status, by id.
+    pub statuses: BTreeMap<EventId, ModelStatus>,
+    /// Non-duplicate settled debits that took the settled balance below the floor (reversed
+    /// or not).
     pub overdrafts: u64,
+    /// How many events are settled (at or below the watermark).
+    pub settled: u64,
 }
 
 /// The rule in force for one (account, currency), made concrete for the currency: the line,
@@ -64,6 +159,8 @@ pub struct ModelRule<'p> {
     pub rule: &'p Rule,
     /// The currency it is applied to.
     pub currency: Currency,
+    /// The currency's minor units, from the model's own table.
+    pub minor_units: u32,
     /// `fee` or `reverse` below the floor (`beyond_line` is already folded in by the parser).
     pub action: Action,
     /// Minus the overdraft line.
@@ -78,6 +175,45 @@ pub struct ModelRule<'p> {
     pub reversible: &'p [Kind],
     /// Per debit or per episode.
     pub per: FeePer,
+}
+
+/// Minor units of an ISO-4217 currency, from the standard's list (SPEC §2 names USD 2,
+/// JPY 0, BHD 3): the model's own table, not `Currency::minor_units`. Codes with other than
+/// two minor units are listed; every other code has two.
+pub fn model_minor_units(currency: Currency) -> u32 {
+    match currency.as_str() {
+        // Zero decimals.
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        // Three decimals.
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        // Four decimals.
+        "CLF" | "UYW" => 4,
+        _ => 2,
+    }
+}
+
+/// SPEC §2: purchase and withdrawal take money out; deposit and refund put it in.
+pub fn model_is_debit(kind: Kind) -> bool {
+    match kind {
+        Kind::Purchase | Kind::Withdrawal => true,
+        Kind::Deposit | Kind::Refund => false,
+    }
+}
+
+/// The total order of SPEC §2, `(hlc, origin, seq)`, compared the plain way: the HLC as the
+/// `u64` it is, the origin by the bytes of its name, the seq as an integer.
+pub fn model_order(a: &Event, b: &Event) -> Ordering {
+    a.hlc
+        .0
+        .cmp(&b.hlc.0)
+        .then_with(|| {
+            a.id.origin
+                .as_str()
+                .as_bytes()
+                .cmp(b.id.origin.as_str().as_bytes())
+        })
+        .then_with(|| a.id.seq.cmp(&b.id.seq))
 }
 
 /// An exact decimal as an integer count of 10^-MODEL_SCALE. Every amount the model meets has
@@ -118,21 +254,22 @@ fn round_units(u: i128, dp: u32) -> i128 {
     q * step
 }
 
-/// `d` rounded half away from zero to `dp` places.
+/// `d` rounded half away from zero to `dp` places (by the model's integer rounding).
 fn round_dp(d: Decimal, dp: u32) -> Decimal {
-    if d.scale() <= dp {
-        return d; // nothing to round
-    }
     from_units(round_units(units(d), dp))
 }
 
 /// The tier of an account: the first tier, by name, one of whose prefixes starts its id.
 pub fn model_tier<'p>(policy: &'p Policy, account: &str) -> Option<&'p str> {
-    // `tiers` is a BTreeMap: iterated in name order.
+    // `tiers` is a BTreeMap of Strings: iterated in name (byte) order.
     policy
         .tiers
         .iter()
-        .find(|(_, prefixes)| prefixes.iter().any(|p| account.starts_with(p.as_str())))
+        .find(|(_, prefixes)| {
+            prefixes
+                .iter()
+                .any(|p| account.as_bytes().starts_with(p.as_bytes()))
+        })
         .map(|(name, _)| name.as_str())
 }
 
@@ -147,24 +284,26 @@ pub fn model_rule<'p>(policy: &'p Policy, account: &str, currency: Currency) -> 
         .first()
         .expect("model: a policy without its default rule");
     let tier = model_tier(policy, account);
-    let find = |t: Option<&str>, c: Option<Currency>| {
+    let code = currency.as_str();
+    let find = |t: Option<&str>, c: Option<&str>| {
         policy
             .rules
             .iter()
             .skip(1)
-            .find(|r| r.tier.as_deref() == t && r.currency == c)
+            .find(|r| r.tier.as_deref() == t && r.currency.as_ref().map(|x| x.as_str()) == c)
     };
     let specific = match tier {
-        Some(t) => find(Some(t), Some(currency)).or_else(|| find(Some(t), None)),
+        Some(t) => find(Some(t), Some(code)).or_else(|| find(Some(t), None)),
         None => None,
     };
     let rule = specific
-        .or_else(|| find(None, Some(currency)))
+        .or_else(|| find(None, Some(code)))
         .unwrap_or(default);
-    let dp = currency.minor_units();
+    let dp = model_minor_units(currency);
     ModelRule {
         rule,
         currency,
+        minor_units: dp,
         action: rule.action,
         floor: -round_dp(rule.overdraft_line, dp),
         grace: round_dp(rule.fee.grace, dp),
@@ -179,7 +318,7 @@ pub fn model_rule<'p>(policy: &'p Policy, account: &str, currency: Currency) -> 
 /// from zero, to the currency's minor units; raised to the minimum, lowered to the cap. Zero
 /// means no fee. (Whether a fee is due at all, the grace, is the fold's business.)
 pub fn model_fee(rule: &ModelRule<'_>, overdrawn: Decimal) -> Decimal {
-    let dp = rule.currency.minor_units();
+    let dp = rule.minor_units;
     // percent × overdrawn / 100 from the mantissas: (pm × om) × 10^-(ps + os + 2), exact.
     let percent = rule.rule.fee.percent;
     let (pm, ps) = (percent.mantissa(), percent.scale());
@@ -196,22 +335,26 @@ pub fn model_fee(rule: &ModelRule<'_>, overdrawn: Decimal) -> Decimal {
     let exact = units(rule.rule.fee.flat)
         .checked_add(pct)
         .unwrap_or_else(|| panic!("model: fee for {overdrawn} beyond i128"));
-    let mut fee = from_units(round_units(exact, dp));
-    if fee < rule.minimum {
-        fee = rule.minimum;
+    let mut fee = round_units(exact, dp);
+    let minimum = units(rule.minimum);
+    if fee < minimum {
+        fee = minimum;
     }
-    if let Some(cap) = rule.cap {
+    if let Some(cap) = rule.cap.map(units) {
         if fee > cap {
             fee = cap;
         }
     }
-    fee
+    from_units(fee)
 }
 
 /// Fold state of one (account, currency).
 #[derive(Default, Clone)]
 struct Pair {
+    /// Settled balance.
     bal: Decimal,
+    /// Sum of the provisional events.
+    pending: Decimal,
     in_episode: bool,
     /// A fee was charged in the open episode.
     charged: bool,
@@ -226,18 +369,38 @@ fn add(a: Decimal, b: Decimal) -> Decimal {
 }
 
 /// Same body for idempotency (SPEC §5): kind, amount, currency, reference.
-fn same_body(a: &crate::event::Tx, b: &crate::event::Tx) -> bool {
+fn same_body(a: &Tx, b: &Tx) -> bool {
     a.kind == b.kind
         && a.amount.value() == b.amount.value()
-        && a.currency == b.currency
-        && a.reference == b.reference
+        && a.currency.as_str() == b.currency.as_str()
+        && a.reference.as_deref() == b.reference.as_deref()
 }
 
-/// Re-folds the full event set from scratch in total order `(hlc, origin, seq)` with the seed
-/// policy as version 1 (each policy event is the next version, in force after it). Every
-/// event is treated as settled: give it a fully settled history.
+/// The signed effect of a transaction on its balance.
+fn signed(tx: &Tx) -> Decimal {
+    let amount = tx.amount.value();
+    if model_is_debit(tx.kind) {
+        -amount
+    } else {
+        amount
+    }
+}
+
+/// [`model_at`] with every event settled: the fold of a fully settled history.
+pub fn model<'a, I>(seed: &Policy, events: I) -> ModelFold
+where
+    I: IntoIterator<Item = &'a Event>,
+{
+    model_at(seed, events, None)
+}
+
+/// Folds one region's view from scratch: `events` are the events it holds (any order),
+/// `watermark` its stability watermark (`None`: everything is settled). The events at or
+/// below the watermark are settled (SPEC §5) and folded in total order `(hlc, origin, seq)`
+/// with the seed policy as version 1 (each settled policy event is the next version, in force
+/// after it); the others are provisional: they count in the provisional balance only.
 ///
-/// For each transaction, in order (docs/reconciliation.md §2):
+/// For each settled transaction, in order (docs/reconciliation.md §2):
 /// - a **duplicate** when any earlier event of its account with the same idempotency key has
 ///   the same body: reversed (−delta), never counts against the floor;
 /// - otherwise, if an earlier holder of the key exists, a **conflict** reported against the
@@ -250,55 +413,73 @@ fn same_body(a: &crate::event::Tx, b: &crate::event::Tx) -> bool {
 ///   (per debit, or no fee yet in the episode), and is charged when it is above zero.
 ///
 /// Panics on impossible input: two events with the same id, a policy without a default.
-pub fn model<'a, I>(seed: &Policy, events: I) -> ModelFold
+pub fn model_at<'a, I>(seed: &Policy, events: I, watermark: Option<Hlc>) -> ModelFold
 where
     I: IntoIterator<Item = &'a Event>,
 {
     let mut order: Vec<&Event> = events.into_iter().collect();
-    order.sort_by_key(|e| (e.hlc, e.id.origin, e.id.seq));
-    if let Some(w) = order.windows(2).find(|w| w[0].id == w[1].id) {
-        panic!("model: event {} given twice", w[0].id);
+    order.sort_by(|a, b| model_order(a, b));
+    let mut ids: BTreeSet<(&[u8], u64)> = BTreeSet::new();
+    for e in &order {
+        if !ids.insert((e.id.origin.as_str().as_bytes(), e.id.seq)) {
+            panic!("model: event {} given twice", e.id);
+        }
     }
+    let settled_upto = watermark.map(|w| w.0);
     let mut policies: Vec<&Policy> = vec![seed];
-    let mut pairs: BTreeMap<(&AccountId, Currency), Pair> = BTreeMap::new();
+    // Keyed by the account id's text and the currency code.
+    let mut pairs: BTreeMap<(&str, &str), (&Tx, Pair)> = BTreeMap::new();
     // Every earlier event holding each (account, key), in total order: the SPEC's `earlier`.
-    let mut holders: BTreeMap<(&str, &str), Vec<&Event>> = BTreeMap::new();
+    let mut holders: BTreeMap<(&str, &str), Vec<&Tx>> = BTreeMap::new();
+    let mut first_holder: BTreeMap<(&str, &str), EventId> = BTreeMap::new();
     let mut out = ModelFold::default();
     for e in order {
+        let settled = settled_upto.is_none_or(|w| e.hlc.0 <= w);
         let tx = match &e.body {
             Body::Policy(p) => {
-                policies.push(p);
+                if settled {
+                    policies.push(p);
+                    out.settled += 1;
+                    out.statuses
+                        .insert(e.id, ModelStatus::Settled { fee: None });
+                } else {
+                    out.statuses.insert(e.id, ModelStatus::Provisional);
+                }
                 continue;
             }
             Body::Tx(tx) => tx,
         };
+        let delta = signed(tx);
+        let (_, p) = pairs
+            .entry((tx.account.as_str(), tx.currency.as_str()))
+            .or_insert_with(|| (tx, Pair::default()));
+        if !settled {
+            p.pending = add(p.pending, delta);
+            out.statuses.insert(e.id, ModelStatus::Provisional);
+            continue;
+        }
+        out.settled += 1;
         let version = u32::try_from(policies.len()).expect("model: policy versions beyond u32");
         let policy = policies[policies.len() - 1];
         let rule = model_rule(policy, tx.account.as_str(), tx.currency);
-        let earlier: &[&Event] = match &tx.idempotency_key {
+        let (duplicate, conflict) = match &tx.idempotency_key {
             Some(k) => {
-                let list = holders.entry((tx.account.as_str(), k)).or_default();
-                list.push(e);
-                &list[..list.len() - 1]
+                let slot = (tx.account.as_str(), &**k);
+                let earlier = holders.entry(slot).or_default();
+                let duplicate = earlier.iter().any(|o| same_body(o, tx));
+                earlier.push(tx);
+                let first = *first_holder.entry(slot).or_insert(e.id);
+                let conflict = (!duplicate && first != e.id).then_some(first);
+                (duplicate, conflict)
             }
-            None => &[],
+            None => (false, None),
         };
-        let duplicate = earlier
-            .iter()
-            .any(|o| o.tx().is_some_and(|t| same_body(t, tx)));
-        let conflict = if duplicate {
-            None
-        } else {
-            earlier.first().map(|f| f.id)
-        };
-        let p = pairs.entry((&tx.account, tx.currency)).or_default();
         let amount = tx.amount.value();
-        let delta = if tx.kind.is_debit() { -amount } else { amount };
         p.bal = add(p.bal, delta);
         let mut comp = None;
         if duplicate {
             comp = Some((CompKind::Reversal, -delta));
-        } else if tx.kind.is_debit() && p.bal < rule.floor {
+        } else if model_is_debit(tx.kind) && p.bal < rule.floor {
             out.overdrafts += 1;
             let overdrawn = (rule.floor - p.bal).min(amount);
             if rule.action == Action::Reverse && rule.reversible.contains(&tx.kind) {
@@ -323,11 +504,22 @@ where
         } else if p.in_episode && add(p.bal, p.episode_fees) >= rule.floor {
             p.in_episode = false;
         }
+        let status = match comp {
+            Some((CompKind::Reversal, _)) => ModelStatus::Reversed {
+                reversal: model_comp_id(CompKind::Reversal, e.id),
+            },
+            Some((CompKind::OverdraftFee, _)) => ModelStatus::Settled {
+                fee: Some(model_comp_id(CompKind::OverdraftFee, e.id)),
+            },
+            _ => ModelStatus::Settled { fee: None },
+        };
+        out.statuses.insert(e.id, status);
         if let Some((kind, d)) = comp {
             p.bal = add(p.bal, d);
             out.feed.push(ModelComp {
                 kind,
                 cause: e.id,
+                hlc: e.hlc,
                 delta: d,
                 related: None,
                 version,
@@ -340,6 +532,7 @@ where
             out.feed.push(ModelComp {
                 kind: CompKind::IdempotencyConflict,
                 cause: e.id,
+                hlc: e.hlc,
                 delta: Decimal::ZERO,
                 related: Some(first),
                 version,
@@ -349,18 +542,18 @@ where
             });
         }
     }
-    out.balances = pairs
-        .into_iter()
-        .map(|((a, c), p)| ((a.clone(), c), p.bal))
-        .collect();
+    for (tx, p) in pairs.into_values() {
+        let key = (tx.account.clone(), tx.currency);
+        out.provisional.insert(key.clone(), add(p.bal, p.pending));
+        out.balances.insert(key, p.bal);
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Tx;
-    use crate::id::{Hlc, RegionId};
+    use crate::id::RegionId;
     use crate::money::Amount;
 
     fn d(s: &str) -> Decimal {
@@ -420,10 +613,11 @@ mod tests {
         Policy::from_toml(toml).unwrap()
     }
 
-    fn comp(kind: CompKind, cause: EventId, delta: &str) -> ModelComp {
+    fn comp(kind: CompKind, cause: &Event, delta: &str) -> ModelComp {
         ModelComp {
             kind,
-            cause,
+            cause: cause.id,
+            hlc: cause.hlc,
             delta: d(delta),
             related: None,
             version: 1,
@@ -458,9 +652,9 @@ mod tests {
         let dep = usd("eu", 1, 5, Kind::Deposit, "100");
         // Given out of order: the model sorts.
         let m = model(&Policy::zero(), [&c, &a, &dep, &b]);
-        let mut conflict = comp(CompKind::IdempotencyConflict, b.id, "0");
+        let mut conflict = comp(CompKind::IdempotencyConflict, &b, "0");
         conflict.related = Some(a.id);
-        let mut rev = comp(CompKind::Reversal, c.id, "20.00");
+        let mut rev = comp(CompKind::Reversal, &c, "20.00");
         rev.duplicate = true;
         assert_eq!(m.feed, vec![conflict, rev]);
         assert_eq!(balance(&m, "alice", Currency::USD), d("70"));
@@ -482,7 +676,7 @@ mod tests {
         let b = keyed(id("us", 1), 10, Kind::Deposit, "5.00");
         let m = model(&Policy::zero(), [&b, &a]);
         // Same HLC: eu < us by origin.
-        let mut rev = comp(CompKind::Reversal, b.id, "-5");
+        let mut rev = comp(CompKind::Reversal, &b, "-5");
         rev.duplicate = true;
         assert_eq!(m.feed, vec![rev]);
         assert_eq!(balance(&m, "alice", Currency::USD), d("5"));
@@ -495,7 +689,7 @@ mod tests {
         let a = keyed(id("eu", 2), 10, Kind::Purchase, "8");
         let b = keyed(id("us", 1), 20, Kind::Purchase, "8");
         let m = model(&p, [&dep, &a, &b]);
-        let mut rev = comp(CompKind::Reversal, b.id, "8");
+        let mut rev = comp(CompKind::Reversal, &b, "8");
         rev.duplicate = true;
         assert_eq!(m.feed, vec![rev]);
         assert_eq!(m.overdrafts, 0);
@@ -511,7 +705,7 @@ mod tests {
         assert_eq!(model_fee(&r, d("1.00")), d("1.01"));
         let e = usd("eu", 1, 1, Kind::Purchase, "1.00");
         let m = model(&p, [&e]);
-        assert_eq!(m.feed, vec![comp(CompKind::OverdraftFee, e.id, "-1.01")]);
+        assert_eq!(m.feed, vec![comp(CompKind::OverdraftFee, &e, "-1.01")]);
         assert_eq!(balance(&m, "alice", Currency::USD), d("-2.01"));
         assert_eq!(m.overdrafts, 1);
         // flat 2.4 + 1 % of 40 JPY = 2.8 -> 3.
@@ -557,7 +751,7 @@ mod tests {
         let cover = usd("eu", 3, 3, Kind::Deposit, "10.00");
         let beyond = usd("eu", 4, 4, Kind::Purchase, "10.01"); // overdrawn 10.01: fee
         let m = model(&p, [&dep, &at, &cover, &beyond]);
-        assert_eq!(m.feed, vec![comp(CompKind::OverdraftFee, beyond.id, "-1")]);
+        assert_eq!(m.feed, vec![comp(CompKind::OverdraftFee, &beyond, "-1")]);
         assert_eq!(m.overdrafts, 2);
         assert_eq!(balance(&m, "alice", Currency::USD), d("-11.01"));
     }
@@ -572,8 +766,8 @@ mod tests {
         assert_eq!(
             m.feed,
             vec![
-                comp(CompKind::OverdraftFee, a.id, "-50"),
-                comp(CompKind::OverdraftFee, b.id, "-1"),
+                comp(CompKind::OverdraftFee, &a, "-50"),
+                comp(CompKind::OverdraftFee, &b, "-1"),
             ]
         );
     }
@@ -588,8 +782,8 @@ mod tests {
         assert_eq!(
             m.feed,
             vec![
-                comp(CompKind::Reversal, buy.id, "15"),
-                comp(CompKind::OverdraftFee, out.id, "-2"),
+                comp(CompKind::Reversal, &buy, "15"),
+                comp(CompKind::OverdraftFee, &out, "-2"),
             ]
         );
         assert_eq!(m.overdrafts, 2);
@@ -604,7 +798,7 @@ mod tests {
         let a = usd("eu", 1, 1, Kind::Purchase, "20");
         let b = usd("eu", 2, 2, Kind::Purchase, "0.01");
         let m = model(&p, [&a, &b]);
-        assert_eq!(m.feed, vec![comp(CompKind::Reversal, b.id, "0.01")]);
+        assert_eq!(m.feed, vec![comp(CompKind::Reversal, &b, "0.01")]);
         assert_eq!(balance(&m, "alice", Currency::USD), d("-20"));
     }
 
@@ -619,8 +813,8 @@ mod tests {
         assert_eq!(
             m.feed,
             vec![
-                comp(CompKind::OverdraftFee, e1.id, "-5"),
-                comp(CompKind::OverdraftFee, e4.id, "-5"),
+                comp(CompKind::OverdraftFee, &e1, "-5"),
+                comp(CompKind::OverdraftFee, &e4, "-5"),
             ]
         );
         assert_eq!(m.overdrafts, 3);
@@ -680,11 +874,97 @@ fee = { flat = "4" }
         };
         let after = usd("eu", 3, 3, Kind::Withdrawal, "1");
         let m = model(&fee("3"), [&before, &change, &after]);
-        let mut second = comp(CompKind::OverdraftFee, after.id, "-7");
+        let mut second = comp(CompKind::OverdraftFee, &after, "-7");
         second.version = 2;
         assert_eq!(
             m.feed,
-            vec![comp(CompKind::OverdraftFee, before.id, "-3"), second]
+            vec![comp(CompKind::OverdraftFee, &before, "-3"), second]
+        );
+    }
+
+    #[test]
+    fn the_order_is_hlc_then_origin_name_bytes_then_seq() {
+        // Same HLC: "ap" < "eu" < "eu2" < "us" by the bytes of the name (a prefix first).
+        let dep = usd("us", 1, 5, Kind::Deposit, "10");
+        let a = usd("us", 2, 10, Kind::Purchase, "10");
+        let b = usd("eu2", 1, 10, Kind::Purchase, "10");
+        let c = usd("eu", 1, 10, Kind::Purchase, "10");
+        let d_ = usd("ap", 1, 10, Kind::Purchase, "10");
+        let mut sorted = [&a, &b, &c, &d_, &dep];
+        sorted.sort_by(|x, y| model_order(x, y));
+        let ids: Vec<String> = sorted.iter().map(|e| e.id.to_string()).collect();
+        assert_eq!(ids, ["us:1", "ap:1", "eu:1", "eu2:1", "us:2"]);
+        // Under `reverse` only the first purchase in that order stands.
+        let p = policy("[default]\naction = \"reverse\"\n");
+        let m = model(&p, [&a, &b, &c, &d_, &dep]);
+        let reversed: Vec<String> = m.feed.iter().map(ModelComp::id).collect();
+        assert_eq!(reversed, ["rev:eu:1", "rev:eu2:1", "rev:us:2"]);
+        assert_eq!(m.statuses[&d_.id], ModelStatus::Settled { fee: None });
+        assert_eq!(
+            m.statuses[&c.id],
+            ModelStatus::Reversed {
+                reversal: "rev:eu:1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn seq_breaks_a_tie_of_hlc_and_origin_only_as_an_integer() {
+        // Not a real history (HLCs increase with seq), but the order must still be total.
+        let a = usd("eu", 10, 7, Kind::Deposit, "1");
+        let b = usd("eu", 9, 7, Kind::Deposit, "1");
+        assert_eq!(model_order(&b, &a), Ordering::Less);
+    }
+
+    #[test]
+    fn above_the_watermark_is_provisional_and_only_in_the_provisional_balance() {
+        let p = policy("[default]\naction = \"fee\"\nfee = { flat = \"1\" }\n");
+        let dep = usd("eu", 1, 10, Kind::Deposit, "5");
+        let buy = usd("us", 1, 20, Kind::Purchase, "8"); // overdraws once settled
+        let m = model_at(&p, [&dep, &buy], Some(Hlc(10)));
+        assert!(m.feed.is_empty());
+        assert_eq!(m.settled, 1);
+        assert_eq!(m.statuses[&buy.id], ModelStatus::Provisional);
+        assert_eq!(m.statuses[&dep.id], ModelStatus::Settled { fee: None });
+        let key = (AccountId::new("alice").unwrap(), Currency::USD);
+        assert_eq!(m.balances[&key], d("5"));
+        assert_eq!(m.provisional[&key], d("-3"));
+        // At the purchase's HLC it settles (at or below the watermark) and pays its fee.
+        let m = model_at(&p, [&dep, &buy], Some(Hlc(20)));
+        assert_eq!(
+            m.statuses[&buy.id],
+            ModelStatus::Settled {
+                fee: Some("fee:us:1".into())
+            }
+        );
+        assert_eq!(m.balances[&key], d("-4"));
+        assert_eq!(m.provisional[&key], d("-4"));
+    }
+
+    #[test]
+    fn minor_units_come_from_the_models_own_table() {
+        assert_eq!(model_minor_units(Currency::USD), 2);
+        assert_eq!(model_minor_units(Currency::JPY), 0);
+        assert_eq!(model_minor_units(Currency::BHD), 3);
+        // 1.5 % of 0.033 BHD = 0.000495, + flat 0.0005 = 0.000995 -> 0.001 (half away).
+        let p =
+            policy("[default]\naction = \"fee\"\nfee = { flat = \"0.0005\", percent = \"1.5\" }\n");
+        let r = model_rule(&p, "alice", Currency::BHD);
+        assert_eq!(model_fee(&r, d("0.033")), d("0.001"));
+        // flat 0.0004 alone: 0.0004 -> 0.000, no fee.
+        let p = policy("[default]\naction = \"fee\"\nfee = { flat = \"0.0004\" }\n");
+        let r = model_rule(&p, "alice", Currency::BHD);
+        assert_eq!(model_fee(&r, d("1")), d("0"));
+    }
+
+    #[test]
+    fn compensation_ids_are_derived_from_the_cause() {
+        let cause = id("eu", 12);
+        assert_eq!(model_comp_id(CompKind::OverdraftFee, cause), "fee:eu:12");
+        assert_eq!(model_comp_id(CompKind::Reversal, cause), "rev:eu:12");
+        assert_eq!(
+            model_comp_id(CompKind::IdempotencyConflict, cause),
+            "conflict:eu:12"
         );
     }
 

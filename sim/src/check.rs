@@ -1,16 +1,19 @@
-//! The SPEC §9 invariants, checked on the final state of every region, with the reference
-//! model of the settled fold (`wallet_core::testing`: a naive re-fold written from the SPEC,
-//! not from the core's code, shared with the core's property tests) to cross-check the
-//! compensations and the settled balances.
+//! The SPEC §9 invariants, checked on the final state of every region against the reference
+//! model of the settled fold (`wallet_core::testing`: a re-fold written from the SPEC, not from
+//! the core's code, with its own total order, fee arithmetic and duplicate rule, shared with
+//! the core's property tests): the feed (ids, kinds, amounts, policy versions, related ids,
+//! order), every event's status, and the settled and provisional balances. And checks made
+//! while the run goes on ([`DuringRun`]): after every restart, after every watermark advance
+//! and heartbeat, and the replica's own self-check every N inputs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
 use serde::Serialize;
-use wallet_core::testing::{self, ModelFold, ModelRule};
+use wallet_core::testing::{self, ModelFold, ModelRule, ModelStatus};
 use wallet_core::{
-    AccountId, Action, Body, CompKind, Compensation, Currency, Entry, Event, EventId, Policy,
-    RegionId, Replica, Status,
+    AccountId, Action, Body, CompKind, Compensation, Currency, Entry, Event, EventId, Heartbeat,
+    Hlc, Policy, RegionId, Replica, Status,
 };
 
 use crate::engine::{Node, Sim};
@@ -30,6 +33,21 @@ pub struct Invariants {
     pub conservation: bool,
     /// No second event per key at one region; at most one survives unreversed.
     pub idempotency: bool,
+    /// Every event's status (provisional, settled, reversed with the reversal's id) on every
+    /// region is the one the reference model derives.
+    pub statuses: bool,
+    /// Across every crash and restart: nothing settled before is unsettled after, with the
+    /// same status; the feed never shrinks or changes; the watermark never goes back.
+    pub restart_monotonic: bool,
+    /// The replica's own `check_invariants()` passed every time it ran (every N inputs,
+    /// after every restart, at the end).
+    pub replica_self_check: bool,
+    /// Every heartbeat was a durable promise (at or below the durable ceiling, own events up
+    /// to its seq durable), and no region's watermark ever passed what every member had
+    /// durably promised.
+    pub watermark_promised: bool,
+    /// No region's watermark ever passed an event of a member it did not hold.
+    pub watermark_complete: bool,
 }
 
 impl Invariants {
@@ -41,6 +59,28 @@ impl Invariants {
             && self.policy_holds
             && self.conservation
             && self.idempotency
+            && self.statuses
+            && self.restart_monotonic
+            && self.replica_self_check
+            && self.watermark_promised
+            && self.watermark_complete
+    }
+
+    /// Every invariant by name, in JSON order.
+    pub fn named(&self) -> [(&'static str, bool); 11] {
+        [
+            ("convergence", self.convergence),
+            ("no_loss", self.no_loss),
+            ("exactly_once", self.exactly_once),
+            ("policy_holds", self.policy_holds),
+            ("conservation", self.conservation),
+            ("idempotency", self.idempotency),
+            ("statuses", self.statuses),
+            ("restart_monotonic", self.restart_monotonic),
+            ("replica_self_check", self.replica_self_check),
+            ("watermark_promised", self.watermark_promised),
+            ("watermark_complete", self.watermark_complete),
+        ]
     }
 }
 
@@ -257,6 +297,10 @@ fn node_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     for (a, c, b) in r.all_balances() {
         held.insert((a, c), (b.provisional, b.settled));
     }
+    // The replica's own whole-state self-check.
+    if let Err(e) = r.check_invariants() {
+        f.add("replica_self_check", format!("{} at the end: {e}", n.id));
+    }
     let keys: BTreeSet<_> = sums.keys().chain(held.keys()).cloned().collect();
     for k in keys {
         let s = sums.get(&k).copied().unwrap_or_default();
@@ -274,9 +318,156 @@ fn node_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     f
 }
 
-/// The reference model's re-fold of one region's history.
+/// One region's view as the oracle sees it: its watermark and version vector. Regions with
+/// the same view hold the same events and settled prefix, so one fold serves them all.
+type View = (Hlc, Vec<u64>);
+
+fn view(n: &Node, ctx: &Ctx<'_>) -> View {
+    let vv = n.replica.version_vector();
+    (
+        n.replica.watermark(),
+        ctx.regions.iter().map(|r| vv.get(r)).collect(),
+    )
+}
+
+/// The reference model's re-fold of one region's view: the events it holds, settled up to
+/// its watermark.
 fn fold_check(n: &Node, ctx: &Ctx<'_>) -> ModelFold {
-    testing::model(ctx.policy, all_events(&n.replica, ctx.regions))
+    testing::model_at(
+        ctx.policy,
+        all_events(&n.replica, ctx.regions),
+        Some(n.replica.watermark()),
+    )
+}
+
+/// One region against the oracle's fold of its own view (`shared` when the view is the
+/// first region's, else folded here): the feed entry by entry (kind, cause, id, amount,
+/// account, currency, policy version, related id, HLC, position), every event's status, and
+/// every settled and provisional balance.
+fn oracle_checks(n: &Node, ctx: &Ctx<'_>, shared: &ModelFold, shared_view: &View) -> Failures {
+    let own;
+    let model = if view(n, ctx) == *shared_view {
+        shared
+    } else {
+        own = fold_check(n, ctx);
+        &own
+    };
+    let mut f = Failures::new();
+    let r = &n.replica;
+    let feed = r.feed(0, usize::MAX);
+    if feed.len() != model.feed.len() {
+        f.add(
+            "exactly_once",
+            format!(
+                "{}: {} feed entries, the reference model expects {}",
+                n.id,
+                feed.len(),
+                model.feed.len()
+            ),
+        );
+    }
+    for (i, (c, x)) in feed.iter().zip(&model.feed).enumerate() {
+        if c.kind != x.kind || c.cause != x.cause || c.related != x.related || c.id() != x.id() {
+            f.add(
+                "exactly_once",
+                format!(
+                    "{}: feed[{i}] is {} ({:?}, related {:?}), the reference model expects {} ({:?}, related {:?})",
+                    n.id,
+                    c.id(),
+                    c.kind,
+                    c.related,
+                    x.id(),
+                    x.kind,
+                    x.related
+                ),
+            );
+            break;
+        }
+        if c.delta != x.delta
+            || c.account != x.account
+            || c.currency != x.currency
+            || c.policy_version != x.version
+            || c.hlc != x.hlc
+            || c.position != i as u64
+        {
+            f.add(
+                "policy_holds",
+                format!(
+                    "{}: {} changes {} {} by {} (policy v{}, position {}), the policy says {} {} by {} (v{}, position {i})",
+                    n.id,
+                    c.id(),
+                    c.account,
+                    c.currency.as_str(),
+                    c.delta,
+                    c.policy_version,
+                    c.position,
+                    x.account,
+                    x.currency.as_str(),
+                    x.delta,
+                    x.version
+                ),
+            );
+        }
+    }
+    // Statuses.
+    let mut held = 0usize;
+    for e in all_events(r, ctx.regions) {
+        held += 1;
+        let want = model.statuses.get(&e.id);
+        let got = r.status(e.id);
+        let ok = match (want, got) {
+            (Some(ModelStatus::Provisional), Some((Status::Provisional, None))) => true,
+            (Some(ModelStatus::Settled { fee }), Some((Status::Settled, c))) => {
+                c.map(Compensation::id) == *fee
+            }
+            (Some(ModelStatus::Reversed { reversal }), Some((Status::Reversed, Some(c)))) => {
+                c.id() == *reversal
+            }
+            _ => false,
+        };
+        if !ok {
+            f.add(
+                "statuses",
+                format!(
+                    "{}: {} is {:?}, the reference model says {:?}",
+                    n.id,
+                    e.id,
+                    got.map(|(s, c)| (s, c.map(Compensation::id))),
+                    want
+                ),
+            );
+        }
+    }
+    if held != model.statuses.len() {
+        f.add(
+            "statuses",
+            format!(
+                "{}: {held} events, the reference model has statuses for {}",
+                n.id,
+                model.statuses.len()
+            ),
+        );
+    }
+    // Balances: settled (events at or below the watermark plus the compensations the SPEC
+    // derives) and provisional (plus every event above it).
+    for ((a, c), bal) in &model.balances {
+        let b = r.balance(a, *c);
+        let prov = model.provisional.get(&(a.clone(), *c)).copied();
+        if b.settled != *bal || Some(b.provisional) != prov {
+            f.add(
+                "conservation",
+                format!(
+                    "{}: balance of {a} {} is settled {} provisional {}, the reference model says {bal} / {}",
+                    n.id,
+                    c.as_str(),
+                    b.settled,
+                    b.provisional,
+                    prov.map(|p| p.to_string()).unwrap_or_default()
+                ),
+            );
+        }
+    }
+    f
 }
 
 /// Checks on one region's history that need no comparison (the regions are compared byte
@@ -285,33 +476,63 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     let mut f = Failures::new();
     let r0 = &n.replica;
     let events0 = all_events(r0, ctx.regions);
-    // The `reverse` guarantee, on the core's own ordered history.
-    // (The simulator issues no policy events, so the policy in force is the seed policy.)
-    let (_, policy) = r0.current_policy();
+    // The `reverse` guarantee, on the core's own ordered history. The policy in force at an
+    // event is the seed, or the last settled policy event before it in the total order (the
+    // model's order, not the core's).
+    let mut changes: Vec<&Event> = events0
+        .iter()
+        .copied()
+        .filter(|e| matches!(e.body, Body::Policy(_)) && r0.is_settled(&e.key()))
+        .collect();
+    changes.sort_by(|a, b| testing::model_order(a, b));
+    let policy_at = |e: &Event| -> (usize, &Policy) {
+        let v = changes.partition_point(|p| testing::model_order(p, e).is_lt());
+        match v
+            .checked_sub(1)
+            .and_then(|k| changes.get(k))
+            .map(|p| &p.body)
+        {
+            Some(Body::Policy(p)) => (v, &**p),
+            _ => (0, ctx.policy),
+        }
+    };
+    let any_reverse = std::iter::once(ctx.policy)
+        .chain(changes.iter().filter_map(|e| match &e.body {
+            Body::Policy(p) => Some(&**p),
+            Body::Tx(_) => None,
+        }))
+        .any(|p| p.rules.iter().any(|r| r.action == Action::Reverse));
     let mut accounts: Vec<AccountId> = r0.all_balances().into_iter().map(|(a, _, _)| a).collect();
     accounts.dedup();
-    if !policy.rules.iter().any(|r| r.action == Action::Reverse) {
+    if !any_reverse {
         accounts.clear();
     }
     for acct in &accounts {
         let entries = r0.entries(acct, None, usize::MAX);
         let mut bal: BTreeMap<Currency, Decimal> = BTreeMap::new();
-        // The rule by the model's own resolution (not the core's `Policy::applied`).
-        let mut rules: BTreeMap<Currency, ModelRule<'_>> = BTreeMap::new();
+        // The rule by the model's own resolution (not the core's `Policy::applied`), per
+        // policy version and currency.
+        let mut rules: BTreeMap<(usize, Currency), ModelRule<'_>> = BTreeMap::new();
         for (k, (_, e)) in entries.iter().enumerate() {
             match e {
                 Entry::Event { event, settled } => {
                     let Some(tx) = event.tx() else { continue };
+                    let debit = testing::model_is_debit(tx.kind);
                     let b = bal.entry(tx.currency).or_default();
-                    *b += tx.delta();
+                    if debit {
+                        *b -= tx.amount.value();
+                    } else {
+                        *b += tx.amount.value();
+                    }
                     if !*settled {
                         continue;
                     }
+                    let (v, policy) = policy_at(event);
                     let a = rules
-                        .entry(tx.currency)
+                        .entry((v, tx.currency))
                         .or_insert_with(|| testing::model_rule(policy, acct.as_str(), tx.currency));
                     let reversible = a.action == Action::Reverse && a.reversible.contains(&tx.kind);
-                    if tx.kind.is_debit() && reversible && *b < a.floor {
+                    if debit && reversible && *b < a.floor {
                         let reversed = matches!(
                             entries.get(k + 1),
                             Some((_, Entry::Compensation(c)))
@@ -398,27 +619,23 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     f
 }
 
-/// Checks every invariant on the final state of a finished run. The per-region work runs
-/// on two threads (the regions are moved out of the simulator for it and put back).
+/// Checks every invariant on the final state of a finished run, and gathers what the checks
+/// during the run found. The per-region work runs on two threads (the regions are moved out
+/// of the simulator for it and put back).
 pub fn check(sim: &mut Sim) -> CheckResult {
     let mut nodes = std::mem::take(&mut sim.nodes);
     if nodes.is_empty() {
-        return CheckResult {
-            invariants: Invariants {
-                convergence: true,
-                no_loss: true,
-                exactly_once: true,
-                policy_holds: true,
-                conservation: true,
-                idempotency: true,
-            },
-            failures: Vec::new(),
-            outcome: Outcome::default(),
-        };
+        let mut f = Failures::new();
+        for (n, d) in std::mem::take(&mut sim.during.failures) {
+            f.add(n, d);
+        }
+        return finish(sim, f, &ModelFold::default());
     }
     // Two threads, each owning every other region (a replica may move between threads but
-    // not be shared). Thread 1 (even regions) also runs the reference model on the first
-    // region; thread 2 (odd regions) the history checks on the second region.
+    // not be shared). Thread 1 (even regions) folds the reference model of the first region's
+    // view first, then checks its regions against it; thread 2 (odd regions) runs the checks
+    // that need no model and the history checks on the second region; its regions are
+    // checked against the model after it joins.
     let n_nodes = nodes.len();
     let mut even: Vec<(usize, Node)> = Vec::new();
     let mut odd: Vec<(usize, Node)> = Vec::new();
@@ -436,27 +653,41 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         policy: &sim.cfg.policy,
     };
     type PerNode = Vec<(usize, Failures)>;
-    let (even, odd, per_even, per_odd, folded, history) = std::thread::scope(|s| {
+    let (even, odd, per_even, per_odd, folded, view0, history) = std::thread::scope(|s| {
         let ctx = &ctx;
         let h = s.spawn(move || {
             let per: PerNode = odd.iter().map(|(i, n)| (*i, node_checks(n, ctx))).collect();
             let history = odd.first().map(|(_, n)| history_checks(n, ctx));
             (odd, per, history)
         });
-        let per: PerNode = even
-            .iter()
-            .map(|(i, n)| (*i, node_checks(n, ctx)))
-            .collect();
         let first = &even[0].1;
         let folded = fold_check(first, ctx);
+        let view0 = view(first, ctx);
+        let per: PerNode = even
+            .iter()
+            .map(|(i, n)| {
+                let mut f = node_checks(n, ctx);
+                f.extend(oracle_checks(n, ctx, &folded, &view0));
+                (*i, f)
+            })
+            .collect();
         match h.join() {
             Ok((odd, per_odd, history)) => {
                 let history = history.unwrap_or_else(|| history_checks(first, ctx));
-                (even, odd, per, Some(per_odd), folded, history)
+                (even, odd, per, Some(per_odd), folded, view0, history)
             }
             // A panic in a checker is a bug; report it as a failed check, never hang.
-            Err(_) => (even, Vec::new(), per, None, folded, Failures::new()),
+            Err(_) => (even, Vec::new(), per, None, folded, view0, Failures::new()),
         }
+    });
+    let per_odd = per_odd.map(|v| {
+        v.into_iter()
+            .zip(&odd)
+            .map(|((i, mut f), (_, n))| {
+                f.extend(oracle_checks(n, &ctx, &folded, &view0));
+                (i, f)
+            })
+            .collect::<PerNode>()
     });
     let mut slots: Vec<Option<Node>> = (0..n_nodes).map(|_| None).collect();
     for (i, n) in even.into_iter().chain(odd) {
@@ -464,18 +695,21 @@ pub fn check(sim: &mut Sim) -> CheckResult {
     }
     sim.nodes = slots.into_iter().flatten().collect();
     let mut f = Failures::new();
+    // What the checks during the run found, first.
+    for (n, d) in std::mem::take(&mut sim.during.failures) {
+        f.add(n, d);
+    }
     let Some(per_odd) = per_odd else {
         f.add("convergence", "the checker thread panicked".into());
-        return finish(sim, f, &ModelFold::default());
+        return finish(sim, f, &folded);
     };
     let mut per: PerNode = per_even.into_iter().chain(per_odd).collect();
     per.sort_by_key(|(i, _)| *i);
     let mut per = per.into_iter().map(|(_, r)| r);
     let Some(f0) = per.next() else {
-        return finish(sim, f, &ModelFold::default());
+        return finish(sim, f, &folded);
     };
     f.extend(f0);
-    let expected = &folded.feed;
     f.extend(history);
     let per_rest: Vec<Failures> = per.collect();
 
@@ -521,9 +755,13 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         }
     }
 
-    // 3 and 4. The feed against the reference model, and the same ids everywhere.
-    let feed0 = r0.feed(0, usize::MAX);
-    let ids0: Vec<String> = feed0.iter().map(Compensation::id).collect();
+    // 3. The same compensation ids everywhere (each region was compared with the model of
+    // its own view above).
+    let ids0: Vec<String> = r0
+        .feed(0, usize::MAX)
+        .iter()
+        .map(Compensation::id)
+        .collect();
     for n in &sim.nodes {
         let feed = n.replica.feed(0, usize::MAX);
         let ids: Vec<String> = feed.iter().map(Compensation::id).collect();
@@ -538,71 +776,6 @@ pub fn check(sim: &mut Sim) -> CheckResult {
                     ids0.len()
                 ),
             );
-        }
-        if feed.len() != expected.len() {
-            f.add(
-                "exactly_once",
-                format!(
-                    "{}: {} feed entries, the reference model expects {}",
-                    n.id,
-                    feed.len(),
-                    expected.len()
-                ),
-            );
-        }
-        for (i, (c, x)) in feed.iter().zip(expected).enumerate() {
-            if c.kind != x.kind || c.cause != x.cause || c.related != x.related {
-                f.add(
-                    "exactly_once",
-                    format!(
-                        "{}: feed[{i}] is {} ({:?}), the reference model expects {}:{} ({:?})",
-                        n.id,
-                        c.id(),
-                        c.kind,
-                        x.kind.id_prefix(),
-                        x.cause,
-                        x.kind
-                    ),
-                );
-                break;
-            }
-            if c.delta != x.delta
-                || c.account != x.account
-                || c.currency != x.currency
-                || c.policy_version != x.version
-                || c.position != i as u64
-            {
-                f.add(
-                    "policy_holds",
-                    format!(
-                        "{}: {} changes the balance by {} (policy v{}), the policy says {} (v{})",
-                        n.id,
-                        c.id(),
-                        c.delta,
-                        c.policy_version,
-                        x.delta,
-                        x.version
-                    ),
-                );
-            }
-        }
-        // 5. Once every event is settled, each settled balance is the model's (its events
-        // plus the compensations the SPEC derives). Before that the two differ by design and
-        // convergence already failed.
-        if sim.converged_at.is_some() {
-            for ((a, c), bal) in &folded.balances {
-                let settled = n.replica.balance(a, *c).settled;
-                if settled != *bal {
-                    f.add(
-                        "conservation",
-                        format!(
-                            "{}: settled balance of {a} {} is {settled}, the reference model says {bal}",
-                            n.id,
-                            c.as_str()
-                        ),
-                    );
-                }
-            }
         }
     }
     finish(sim, f, &folded)
@@ -646,10 +819,326 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
         policy_holds: f.ok("policy_holds"),
         conservation: f.ok("conservation"),
         idempotency: f.ok("idempotency"),
+        statuses: f.ok("statuses"),
+        restart_monotonic: f.ok("restart_monotonic"),
+        replica_self_check: f.ok("replica_self_check"),
+        watermark_promised: f.ok("watermark_promised"),
+        watermark_complete: f.ok("watermark_complete"),
     };
     CheckResult {
         invariants,
         failures: f.list,
         outcome: out,
+    }
+}
+
+// ---- checks during the run -------------------------------------------------------------
+
+/// Default of `--self-check-every`: the replica's own `check_invariants()` runs on the region
+/// that just handled an input every this many inputs (O(history) each).
+pub const SELF_CHECK_EVERY_DEFAULT: u64 = 2_000;
+
+/// What a region showed before a crash: checked against what it shows after the restart.
+pub struct RestartView {
+    /// Watermark before the crash.
+    watermark: Hlc,
+    /// Every settled event: its id, status and the feed position of its compensation.
+    settled: Vec<(EventId, Status, Option<u64>)>,
+    /// The whole feed.
+    feed: Vec<Compensation>,
+}
+
+impl RestartView {
+    /// The crashed replica's image (what the region showed when it went down).
+    pub fn capture(old: &Replica, regions: &[RegionId]) -> RestartView {
+        let mut settled = Vec::new();
+        for o in regions {
+            for e in old.origin_events(*o, 0) {
+                if let Some((st, c)) = old.status(e.id) {
+                    if st != Status::Provisional {
+                        settled.push((e.id, st, c.map(|c| c.position)));
+                    }
+                }
+            }
+        }
+        RestartView {
+            watermark: old.watermark(),
+            settled,
+            feed: old.feed(0, usize::MAX).to_vec(),
+        }
+    }
+}
+
+/// The checks made while a run goes on (each a named invariant of the JSON): the restart
+/// check (`restart_monotonic`), the replicas' own self-check every N inputs
+/// (`replica_self_check`), and the watermark bounds (`watermark_promised`,
+/// `watermark_complete`).
+#[derive(Debug, Default)]
+pub struct DuringRun {
+    /// Failures found so far: (invariant, detail).
+    pub failures: Vec<(&'static str, String)>,
+    /// Per region: the highest HLC it announced in a heartbeat (over every incarnation).
+    announced: Vec<Hlc>,
+    /// Per region: the highest HLC of an own event that was durable on its disk (kept when
+    /// the disk is lost later: what peers hold of it stays a promise).
+    durable_event: Vec<Hlc>,
+    /// Per region: its watermark when the bounds were last checked.
+    checked_wm: Vec<Hlc>,
+    /// How many checks ran.
+    pub counts: DuringCounts,
+}
+
+/// How many checks ran during a run (the JSON `checks_during_run` object).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DuringCounts {
+    /// Inputs handled by replicas (each is followed by the watermark checks).
+    pub inputs: u64,
+    /// `check_invariants()` calls (every N inputs, after every restart).
+    pub self_checks: u64,
+    /// Restarts checked against the state before the crash.
+    pub restarts: u64,
+    /// Heartbeats checked against the announcing region's disk.
+    pub heartbeats: u64,
+    /// Watermark advances checked against the members' promises and logs.
+    pub watermark_advances: u64,
+}
+
+impl DuringRun {
+    /// The highest HLC region `i` announced in a heartbeat so far (over every incarnation).
+    pub fn announced(&self, i: usize) -> Hlc {
+        self.announced.get(i).copied().unwrap_or(Hlc::ZERO)
+    }
+
+    /// For a run of `n` regions.
+    pub fn new(n: usize) -> DuringRun {
+        DuringRun {
+            announced: vec![Hlc::ZERO; n],
+            durable_event: vec![Hlc::ZERO; n],
+            checked_wm: vec![Hlc::ZERO; n],
+            ..DuringRun::default()
+        }
+    }
+
+    fn fail(&mut self, name: &'static str, now: u64, detail: String) {
+        if self.failures.iter().filter(|(n, _)| *n == name).count() < 5 {
+            self.failures.push((
+                name,
+                format!("at {}.{:03} s: {detail}", now / 1000, now % 1000),
+            ));
+        }
+    }
+}
+
+/// Region `i` broadcasts a heartbeat (a promise, SPEC §5): checked against its simulated disk
+/// (the engine's own record of what is durable, not the replica's bookkeeping): the HLC is at
+/// or below the durable clock ceiling, every own event up to the heartbeat's seq is durable,
+/// and the next own event, if any, is above the HLC.
+pub fn heartbeat_announced(sim: &mut Sim, i: usize, hb: &Heartbeat) {
+    let node = &sim.nodes[i];
+    let me = node.id;
+    let mut bad = Vec::new();
+    if hb.origin != me {
+        bad.push(format!("it names {} as its origin", hb.origin));
+    }
+    if hb.hlc > node.disk.ceiling {
+        bad.push(format!(
+            "its HLC {:?} is above the durable clock ceiling {:?}",
+            hb.hlc, node.disk.ceiling
+        ));
+    }
+    let durable = node.disk.durable.get(i).copied().unwrap_or(0);
+    if hb.seq > durable {
+        bad.push(format!(
+            "it covers own seq {} but only {durable} are durable",
+            hb.seq
+        ));
+    }
+    if let Some(next) = node.replica.origin_events(me, hb.seq).first() {
+        if next.hlc <= hb.hlc {
+            bad.push(format!(
+                "own event {} at {:?} is above its seq but not above its HLC",
+                next.id, next.hlc
+            ));
+        }
+    }
+    let now = sim.now;
+    let d = &mut sim.during;
+    d.counts.heartbeats += 1;
+    if let Some(a) = d.announced.get_mut(i) {
+        *a = (*a).max(hb.hlc);
+    }
+    for b in bad {
+        d.fail(
+            "watermark_promised",
+            now,
+            format!(
+                "{me} announced heartbeat ({:?}, seq {}): {b}",
+                hb.hlc, hb.seq
+            ),
+        );
+    }
+}
+
+/// The highest HLC region `x` has durably promised: the highest heartbeat it announced, and
+/// the HLC of its last own event that was durable on its disk (it never issues an event at
+/// or below either again, whatever crashes). Both from the engine's view.
+fn promised(sim: &Sim, x: usize) -> (Hlc, Hlc) {
+    (sim.during.announced[x], sim.during.durable_event[x])
+}
+
+/// Records the HLC of region `i`'s last durable own event (its disk only grows between
+/// inputs; every fsync is followed by an input).
+fn note_durable(sim: &mut Sim, i: usize) {
+    let node = &sim.nodes[i];
+    let durable = node.disk.durable.get(i).copied().unwrap_or(0);
+    if let Some(before) = durable.checked_sub(1) {
+        if let Some(e) = node.replica.origin_events(node.id, before).first() {
+            let h = e.hlc;
+            if let Some(d) = sim.during.durable_event.get_mut(i) {
+                *d = (*d).max(h);
+            }
+        }
+    }
+}
+
+/// After every input a replica handled (`Sim::drain`): the self-check every N inputs, and the
+/// watermark bounds of SPEC §5 on the region that took the input.
+pub fn after_input(sim: &mut Sim, i: usize) {
+    sim.during.counts.inputs += 1;
+    note_durable(sim, i);
+    let every = sim.cfg.self_check_every;
+    if every > 0 && sim.during.counts.inputs.is_multiple_of(every) && sim.nodes[i].up {
+        sim.during.counts.self_checks += 1;
+        if let Err(e) = sim.nodes[i].replica.check_invariants() {
+            let (now, id) = (sim.now, sim.nodes[i].id);
+            sim.during
+                .fail("replica_self_check", now, format!("{id}: {e}"));
+        }
+    }
+    let n = sim.nodes.len();
+    let w = sim.nodes[i].replica.watermark();
+    if w > sim.during.checked_wm[i] {
+        sim.during.checked_wm[i] = w;
+        sim.during.counts.watermark_advances += 1;
+        // No region settles past what every member durably promised.
+        for x in 0..n {
+            let (hb, ev) = promised(sim, x);
+            if w > hb.max(ev) {
+                let (now, me, them) = (sim.now, sim.nodes[i].id, sim.nodes[x].id);
+                sim.during.fail(
+                    "watermark_promised",
+                    now,
+                    format!(
+                        "{me}'s watermark {w:?} is above what {them} durably promised (heartbeat {hb:?}, last durable own event {ev:?})"
+                    ),
+                );
+            }
+        }
+        // It holds every event of every member at or below it.
+        for x in 0..n {
+            if x != i {
+                check_complete(sim, i, x);
+            }
+        }
+    }
+    // A new own event of `i` must not fall at or below a watermark that passed it.
+    for r in 0..n {
+        if r != i {
+            check_complete(sim, r, i);
+        }
+    }
+}
+
+/// SPEC §5: region `r`'s watermark is at most the HLC of the first event of `x` it lacks.
+fn check_complete(sim: &mut Sim, r: usize, x: usize) {
+    let w = sim.nodes[r].replica.watermark();
+    if w == Hlc::ZERO {
+        return;
+    }
+    let origin = sim.nodes[x].id;
+    let held = sim.nodes[r].replica.version_vector().get(&origin);
+    let Some(next) = sim.nodes[x].replica.origin_events(origin, held).first() else {
+        return;
+    };
+    if next.hlc <= w {
+        let (now, me, id, h) = (sim.now, sim.nodes[r].id, next.id, next.hlc);
+        sim.during.fail(
+            "watermark_complete",
+            now,
+            format!("{me}'s watermark {w:?} passes {id} at {h:?}, which it does not hold"),
+        );
+    }
+}
+
+/// After a restart (`Sim::restart`): nothing settled before the crash is unsettled after it,
+/// with the same status and compensation; the feed is the same prefix or longer; the
+/// watermark is not lower; and the replica's own self-check passes.
+pub fn after_restart(sim: &mut Sim, r: usize, before: RestartView) {
+    let now = sim.now;
+    let node = &sim.nodes[r];
+    let (me, rep) = (node.id, &node.replica);
+    let mut bad: Vec<(&'static str, String)> = Vec::new();
+    if rep.watermark() < before.watermark {
+        bad.push((
+            "restart_monotonic",
+            format!(
+                "{me} restarted with watermark {:?}, below {:?} before the crash",
+                rep.watermark(),
+                before.watermark
+            ),
+        ));
+    }
+    let feed = rep.feed(0, usize::MAX);
+    if feed.len() < before.feed.len() {
+        bad.push((
+            "restart_monotonic",
+            format!(
+                "{me}'s feed shrank from {} to {} entries across a restart",
+                before.feed.len(),
+                feed.len()
+            ),
+        ));
+    } else if let Some((k, c)) = before
+        .feed
+        .iter()
+        .enumerate()
+        .find(|(k, c)| feed.get(*k) != Some(*c))
+    {
+        bad.push((
+            "restart_monotonic",
+            format!(
+                "{me}'s feed[{k}] was {} before the crash and is {:?} after",
+                c.id(),
+                feed.get(k).map(Compensation::id)
+            ),
+        ));
+    }
+    let mut unsettled = 0u64;
+    let mut first: Option<String> = None;
+    for (id, st, pos) in &before.settled {
+        let now_st = rep.status(*id).map(|(s, c)| (s, c.map(|c| c.position)));
+        if now_st != Some((*st, *pos)) {
+            unsettled += 1;
+            if first.is_none() {
+                first = Some(format!(
+                    "{id} was {st:?} (compensation at {pos:?}) and is {now_st:?}"
+                ));
+            }
+        }
+    }
+    if let Some(f) = first {
+        bad.push((
+            "restart_monotonic",
+            format!("{me}: {unsettled} events settled before the crash are not after it, e.g. {f}"),
+        ));
+    }
+    if let Err(e) = rep.check_invariants() {
+        bad.push(("replica_self_check", format!("{me} after its restart: {e}")));
+    }
+    let d = &mut sim.during;
+    d.counts.restarts += 1;
+    d.counts.self_checks += 1;
+    for (n, b) in bad {
+        d.fail(n, now, b);
     }
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use wallet_core::Policy;
 
 use crate::config::{
-    parse_amount_range, parse_ppm, parse_range, region_names, Faults, SimConfig, REGIONS_MAX,
+    parse_amount_range, parse_currencies, parse_ppm, parse_range, region_names, Faults, SimConfig,
+    REGIONS_MAX,
 };
 use crate::scenario;
 use crate::workload::CURRENCY;
@@ -28,6 +29,11 @@ pub struct Options {
     pub policies: Vec<(String, Option<String>, Policy)>,
     /// True with --compare-policies.
     pub compare: bool,
+    /// No --policy or --compare-policies: every seed draws its policy from the generator
+    /// (`policies` then holds one placeholder entry).
+    pub draw: bool,
+    /// --print-policy: print the drawn policy of each seed and exit.
+    pub print_policy: bool,
     /// --json PATH.
     pub json: Option<PathBuf>,
     /// --report PATH.
@@ -54,15 +60,25 @@ Runs:
   --seed N                 one run (default 1)
   --seeds A..B             a sweep of seeds A to B inclusive, in parallel, printed in order
   --threads N              worker threads for sweeps (default: available cores)
-  --policy FILE            overdraft policy TOML, as the node reads it (default: zero policy)
+  --policy FILE            overdraft policy TOML, as the node reads it (default: every seed
+                           draws one from the policy generator, named drawn-<hash>)
   --compare-policies A,B   run the identical workload and faults under each policy
+  --policy-changes N       policy changes issued at random times and regions, drawn from the
+                           generator (default: 0 to 2 with a drawn policy, 0 with --policy)
+  --print-policy           print the policy each seed draws (TOML) and exit
 Workload:
   --regions N              regions (default 3: eu, us, ap, then sa, af, me, oc, ca, r8..)
   --accounts N             accounts (default 100)
   --transactions N         client transactions (default 10000)
   --rate N                 transactions per simulated second, all regions (default 200)
   --mix D,P,W,R            weights of deposit, purchase, withdrawal, refund (default 40,40,12,8)
-  --amount MIN..MAX        amount range in USD (default 1.00..200.00; mostly small)
+  --amount MIN..MAX        amount range in USD (default 1.00..200.00; mostly small); a JPY
+                           amount has as many yen as this has cents, a BHD amount as many
+                           hundredths of a dinar plus 0-9 fils
+  --currencies LIST        currencies and weights, e.g. USD or USD:8,JPY:1,BHD:1
+                           (default USD:80,JPY:10,BHD:10)
+  --floor-share PCT        debits whose amount is the region's provisional balance minus its
+                           floor when sent (default 3%)
   --deposit-multiplier N   deposits are drawn N times larger (default 2)
   --hot-accounts N         size of the hot set (default 5)
   --hot-share PCT          share of traffic on the hot set (default 30%)
@@ -81,7 +97,8 @@ Faults (random ones drawn from the seed; on by default):
   --crashes N              random crash/restart pairs (default: one per 60 s, 1 to 4)
   --max-skew MS            random clock skew bound per region (default 200)
   --fsync MIN..MAX         fsync latency, ms (default 1..8)
-  --scenario FILE          scripted steps (split/isolate/heal/crash/restart/skew/transactions);
+  --scenario FILE          scripted steps (split/isolate/heal/crash/restart/skew/policy/
+                           transactions);
                            with a scenario, random partitions, crashes and skews are off unless
                            --partitions/--crashes are given
   --pull-answer-loss PCT   pull answers lost (on top of --loss; default 0)
@@ -91,6 +108,10 @@ Replica (wallet_core::Config):
   --anti-entropy MS        anti_entropy_interval_ms: period of the core's safety-net pull
                            (default 2000)
   --pull-limit N           pull_batch_events: events asked for in one pull (default 2048)
+Checks during the run:
+  --self-check-every N     run the replica's own check_invariants() every N inputs, on the
+                           region that took the input (default 2000; 0: only after restarts
+                           and at the end)
 Output:
   --json PATH              JSON results (an object for one run, a list otherwise)
   --timing                 put wall_seconds in the JSON (otherwise null: same seed, same bytes)
@@ -150,6 +171,7 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
         .unwrap_or(1);
     let mut quiet = false;
     let mut help = false;
+    let mut print_policy = false;
     let mut scenario_path: Option<String> = None;
     let mut regions = 3usize;
     let mut shaping = Vec::new();
@@ -254,6 +276,19 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
             "--conflict-share" => {
                 base.workload.conflict_ppm = ctx(parse_ppm(value(args, &mut i, flag)?), flag)?
             }
+            "--floor-share" => {
+                base.workload.floor_ppm = ctx(parse_ppm(value(args, &mut i, flag)?), flag)?
+            }
+            "--currencies" => {
+                base.workload.currencies = ctx(parse_currencies(value(args, &mut i, flag)?), flag)?
+            }
+            "--policy-changes" => {
+                base.policy_changes = Some(num(value(args, &mut i, flag)?, flag)?);
+            }
+            "--print-policy" => {
+                print_policy = true;
+                shapes = false;
+            }
             "--faults" => match value(args, &mut i, flag)? {
                 "none" => faults_mode = Some(false),
                 "random" | "on" | "default" => faults_mode = Some(true),
@@ -282,6 +317,9 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                 if base.pull_limit == 0 {
                     return Err(CliError("--pull-limit must be at least 1".into()));
                 }
+            }
+            "--self-check-every" => {
+                base.self_check_every = num(value(args, &mut i, flag)?, flag)?;
             }
             "--json" => {
                 json = Some(PathBuf::from(value(args, &mut i, flag)?));
@@ -356,9 +394,16 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
             .map_err(|e| CliError(format!("scenario {p}: cannot read: {e}")))?;
         base.scenario = scenario::parse(&text, &base.regions, CURRENCY)
             .map_err(|e| CliError(format!("scenario {p}: {e}")))?;
+        let dir = std::path::Path::new(p)
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        base.scenario
+            .load_policies(dir)
+            .map_err(|e| CliError(format!("scenario {p}: {e}")))?;
     }
-    if policies.is_empty() {
-        policies.push(("zero".into(), None, Policy::zero()));
+    let draw = policies.is_empty();
+    if draw {
+        policies.push(("drawn".into(), None, Policy::zero()));
     }
     Ok(Options {
         seeds,
@@ -366,6 +411,8 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
         base,
         policies,
         compare,
+        draw,
+        print_policy,
         json,
         report,
         timing,

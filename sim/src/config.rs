@@ -1,7 +1,7 @@
 //! Run configuration: workload shape, faults, policy. Every field has a sensible default.
 
 use rust_decimal::Decimal;
-use wallet_core::{Policy, RegionId};
+use wallet_core::{Currency, Policy, RegionId};
 
 use crate::rng::PPM;
 use crate::scenario::Scenario;
@@ -23,8 +23,11 @@ pub struct Workload {
     pub rate: u64,
     /// Shares of deposit, purchase, withdrawal, refund (any positive weights).
     pub mix: [u32; 4],
-    /// Smallest and largest amount, in cents.
+    /// Smallest and largest amount, in cents (of USD; a JPY amount is as many yen, a BHD
+    /// amount as many hundredths of a dinar plus a random thousandth).
     pub amount_cents: (u64, u64),
+    /// Currencies of the generated transactions and their weights.
+    pub currencies: Vec<(Currency, u32)>,
     /// Deposits are drawn this many times larger (accounts need money to spend).
     pub deposit_multiplier: u64,
     /// Number of hot accounts (the first ones).
@@ -38,6 +41,9 @@ pub struct Workload {
     /// Share of requests sent during a partition whose key is sent again with another body
     /// to a region across it, then retried at a third region, ppm.
     pub conflict_ppm: u32,
+    /// Share of generated debits sent "to the floor": their amount is decided when they are
+    /// sent, as the provisional balance the region sees minus its floor, ppm.
+    pub floor_ppm: u32,
 }
 
 impl Default for Workload {
@@ -48,12 +54,18 @@ impl Default for Workload {
             rate: 200,
             mix: [40, 40, 12, 8],
             amount_cents: (100, 20_000),
+            currencies: vec![
+                (Currency::USD, 80),
+                (Currency::JPY, 10),
+                (Currency::BHD, 10),
+            ],
             deposit_multiplier: 2,
             hot_accounts: 5,
             hot_share_ppm: 300_000,
             retry_ppm: 50_000,
             two_region_ppm: 20_000,
             conflict_ppm: 10_000,
+            floor_ppm: 30_000,
         }
     }
 }
@@ -138,8 +150,13 @@ pub struct SimConfig {
     pub scenario: Scenario,
     /// The overdraft policy (as the node reads it).
     pub policy: Policy,
-    /// Label of the policy (file name) for output.
+    /// Label of the policy (file name, `zero`, or `drawn-<hash>`) for output.
     pub policy_name: String,
+    /// The policy's TOML text when it was drawn by the generator (None: from a file or zero).
+    pub policy_toml: Option<String>,
+    /// Random policy changes during the run, drawn from the generator (None: 0 to 2 when the
+    /// seed policy is drawn, none when it is pinned).
+    pub policy_changes: Option<u32>,
     /// The replicas' `Config::anti_entropy_interval_ms` (period of the core's safety-net pull).
     pub anti_entropy_ms: u64,
     /// The replicas' `Config::pull_batch_events` (events asked for in one pull).
@@ -152,6 +169,9 @@ pub struct SimConfig {
     pub chart_account: Option<String>,
     /// Deliberately broken host behaviour, to show the checker catches it (`--inject-bug`).
     pub inject: Option<Inject>,
+    /// The replica's own `check_invariants()` runs every this many inputs, on the region
+    /// that took the input (`--self-check-every`; 0: only after restarts and at the end).
+    pub self_check_every: u64,
 }
 
 /// Bugs the simulated host can be told to have, to prove the invariant checker catches them.
@@ -196,14 +216,59 @@ impl SimConfig {
             scenario: Scenario::default(),
             policy: Policy::zero(),
             policy_name: "zero".into(),
+            policy_toml: None,
+            policy_changes: None,
             anti_entropy_ms: wallet_core::replica::pull::ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
             pull_limit: wallet_core::replica::pull::PULL_BATCH_EVENTS_DEFAULT,
             links: Links::default(),
             record_series: false,
             chart_account: None,
             inject: None,
+            self_check_every: crate::check::SELF_CHECK_EVERY_DEFAULT,
         }
     }
+}
+
+impl SimConfig {
+    /// Draws the seed policy of this run from the policy generator (its own stream of the
+    /// seed, see [`crate::policygen`]): sets `policy`, `policy_name` (`drawn-<hash>`) and
+    /// `policy_toml`. Call it after the seed and the account count are set.
+    pub fn draw_policy(&mut self) {
+        let d = crate::policygen::draw_seed_policy(self.seed, self.workload.accounts);
+        self.policy = d.policy;
+        self.policy_name = d.name;
+        self.policy_toml = Some(d.toml);
+    }
+
+    /// True when the seed policy was drawn by the generator.
+    pub fn policy_drawn(&self) -> bool {
+        self.policy_toml.is_some()
+    }
+}
+
+/// Parses `--currencies`: `USD`, `USD,JPY` (equal weights) or `USD:8,JPY:1,BHD:1`.
+pub fn parse_currencies(text: &str) -> Result<Vec<(Currency, u32)>, String> {
+    let mut out: Vec<(Currency, u32)> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (code, w) = part.split_once(':').unwrap_or((part, "1"));
+        let c = Currency::parse(code.trim()).map_err(|e| format!("{part:?}: {e}"))?;
+        let w: u32 = w
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?}: the weight must be a whole number"))?;
+        if out.iter().any(|(x, _)| *x == c) {
+            return Err(format!("{code} is listed twice"));
+        }
+        if w > 0 {
+            out.push((c, w));
+        }
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "{text:?}: list at least one currency with a positive weight"
+        ));
+    }
+    Ok(out)
 }
 
 /// Names for `n` regions.

@@ -18,11 +18,12 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use wallet_core::replica::pull::PullStats;
 use wallet_core::{
-    AccountId, CompKind, Config, EventId, Hlc, Message, Output, Record, RegionId, Replica, Report,
-    SubmitError, Submitted, TxRequest,
+    AccountId, Amount, CompKind, Config, Currency, EventId, Hlc, Message, Output, Record, RegionId,
+    Replica, Report, SubmitError, Submitted, TxRequest,
 };
 
 use crate::config::{Inject, SimConfig};
+use crate::policygen::{ChangeOutcome, PlannedChange};
 use crate::rng::Rng;
 use crate::scenario::Action;
 use crate::workload::{Workload, CURRENCY};
@@ -64,6 +65,8 @@ enum Ev {
         epoch: u32,
     },
     Fault(Action),
+    /// A planned policy change (index into `Sim::policy_plan`).
+    Policy(usize),
     Sample,
 }
 
@@ -206,6 +209,8 @@ pub struct Counters {
     pub restart_feed_entries_hidden: u64,
     /// Restarts after which the region's watermark was lower than before the crash.
     pub restart_watermark_regressions: u64,
+    /// Debits sent to the floor whose amount was sized to reach it (the region had room).
+    pub floor_sized: u64,
 }
 
 /// Per region: (provisional, settled) in cents, None while the region is down.
@@ -228,6 +233,17 @@ pub struct Series {
     pub lags: Vec<(u64, u64)>,
     /// The charted account's floor under the policy, cents (0, or minus the overdraft line).
     pub floor_cents: i64,
+}
+
+/// What scripted disk and link steps changed (`fsync`, `hold-events`, `wipe`).
+#[derive(Debug, Clone, Default)]
+struct Scripted {
+    /// Per region: every fsync takes this long, ms (None: drawn from `--fsync`).
+    fsync_ms: Vec<Option<u64>>,
+    /// Per link (from * n + to): messages carrying events are held back this long, ms.
+    hold_ms: Vec<u64>,
+    /// Per region: its disk was lost; the next start is a restore (`Config::restore`).
+    wiped: Vec<bool>,
 }
 
 /// The simulator state.
@@ -276,6 +292,32 @@ pub struct Sim {
     pub quiesce_start: u64,
     /// When every region had converged (None: never).
     pub converged_at: Option<u64>,
+    /// The checks made while the run goes on (`crate::check::DuringRun`).
+    pub during: crate::check::DuringRun,
+    /// Scripted disk and link steps in force.
+    script: Scripted,
+    /// The policy changes of the run (scripted and random), in time order.
+    pub policy_plan: Vec<PlannedChange>,
+    /// What became of each.
+    pub policy_outcomes: Vec<ChangeOutcome>,
+    /// Per logical request sent to the floor: the amount its first send that reached a region
+    /// used (retries and copies send the same body).
+    pub floor_amounts: Vec<Option<Amount>>,
+    /// New events of debits sent to the floor.
+    pub floor_landings: Vec<FloorLanding>,
+}
+
+/// A debit sent to the floor that became a new event.
+#[derive(Debug, Clone)]
+pub struct FloorLanding {
+    /// The event.
+    pub id: EventId,
+    /// Its account.
+    pub account: AccountId,
+    /// Its currency.
+    pub currency: Currency,
+    /// The floor the region aimed at (its provisional balance minus the amount).
+    pub floor: rust_decimal::Decimal,
 }
 
 fn local(now: u64, skew: i64) -> u64 {
@@ -307,7 +349,7 @@ fn fault_schedule(cfg: &SimConfig, end_ms: u64, rng: &mut Rng) -> Vec<(u64, Acti
         .scenario
         .steps
         .iter()
-        .filter(|s| !matches!(s.action, Action::Tx { .. }))
+        .filter(|s| !matches!(s.action, Action::Tx { .. } | Action::Policy(..)))
         .map(|s| (s.at_ms, s.action.clone()))
         .collect();
     // Explicit --partitions/--crashes counts apply even with --faults none.
@@ -422,6 +464,7 @@ impl Sim {
         let faults = fault_schedule(&cfg, workload.end_ms, &mut fault_rng);
         // Requests that reuse a key with another body go where partitions are.
         workload.add_conflicts(&cfg, &partition_windows(n, &faults));
+        let policy_plan = crate::policygen::plan_changes(&cfg, workload.end_ms);
         let nodes: Vec<Node> = cfg
             .regions
             .iter()
@@ -494,11 +537,24 @@ impl Sim {
             out_buf: Vec::new(),
             quiesce_start: 0,
             converged_at: None,
+            during: crate::check::DuringRun::new(n),
+            script: Scripted {
+                fsync_ms: vec![None; n],
+                hold_ms: vec![0; n * n],
+                wiped: vec![false; n],
+            },
+            policy_outcomes: vec![ChangeOutcome::NotYet; policy_plan.len()],
+            policy_plan,
+            floor_amounts: vec![None; logical],
+            floor_landings: Vec::new(),
             workload,
             cfg,
         };
         for (at, a) in faults {
             sim.push(at, Ev::Fault(a));
+        }
+        for k in 0..sim.policy_plan.len() {
+            sim.push(sim.policy_plan[k].at_ms, Ev::Policy(k));
         }
         // At start every pair is connected.
         for a in 0..n {
@@ -658,7 +714,14 @@ impl Sim {
         }
         let delay = self.net.range(dmin, dmax);
         let link = from * self.nodes.len() + to;
-        let at = if self.net.chance(reorder) {
+        let hold = match msg {
+            Message::Events(_) | Message::PullAnswer { .. } => self.script.hold_ms[link],
+            _ => 0,
+        };
+        let at = if hold > 0 {
+            // Held back by a scripted step: later messages on the link overtake it.
+            self.now + delay + hold
+        } else if self.net.chance(reorder) {
             // Held back: later messages on the link overtake it.
             self.now + delay + self.net.range(0, extra)
         } else {
@@ -760,7 +823,12 @@ impl Sim {
                     };
                     self.nodes[i].disk.pending.push_back((index, p));
                 }
-                Output::Broadcast(m) => self.broadcast(i, m),
+                Output::Broadcast(m) => {
+                    if let Message::SignedHeartbeat(h) = &m {
+                        crate::check::heartbeat_announced(self, i, &h.hb);
+                    }
+                    self.broadcast(i, m)
+                }
                 Output::Send { to, msg } => {
                     if let Some(j) = self.region_index(to) {
                         let bytes = wallet_core::wire::encoded_message_len(&msg);
@@ -768,7 +836,7 @@ impl Sim {
                     }
                 }
                 Output::Compensation(c) => {
-                    if self.chart.as_ref() == Some(&c.account) {
+                    if self.chart.as_ref() == Some(&c.account) && c.currency == CURRENCY {
                         let id = c.id();
                         if self.seen_comps[i].insert(id.clone()) {
                             self.series
@@ -801,6 +869,7 @@ impl Sim {
                 let inc = node.inc;
                 let (a, b) = self.cfg.faults.fsync_ms;
                 let d = self.disk_rng.range(a, b);
+                let d = self.script.fsync_ms.get(i).copied().flatten().unwrap_or(d);
                 self.push(
                     self.now + d,
                     Ev::Fsync {
@@ -826,6 +895,7 @@ impl Sim {
             }
         }
         self.arm_timer(i);
+        crate::check::after_input(self, i);
     }
 
     fn submit(&mut self, k: usize) {
@@ -833,12 +903,40 @@ impl Sim {
             return;
         };
         let (region, logical) = (s.region, s.logical as usize);
+        let (currency, mut amount, to_floor) = (s.currency, s.amount, s.to_floor);
         self.counters.submissions += 1;
+        let account = self.workload.accounts[s.account as usize].clone();
+        // A debit sent to the floor: the provisional balance the region sees minus its floor
+        // (under the policy in force there), decided by its first send that reaches a region.
+        let mut floor = None;
+        if to_floor {
+            match self.floor_amounts.get(logical).copied().flatten() {
+                Some(a) => amount = a,
+                None if self.nodes[region].up => {
+                    let r = &self.nodes[region].replica;
+                    let f = r
+                        .current_policy()
+                        .1
+                        .applied(account.as_str(), currency)
+                        .floor;
+                    let room = r.balance(&account, currency).provisional - f;
+                    if let Ok(a) = Amount::new(room, currency) {
+                        amount = a;
+                        floor = Some(f);
+                        self.counters.floor_sized += 1;
+                    }
+                    if let Some(slot) = self.floor_amounts.get_mut(logical) {
+                        *slot = Some(amount);
+                    }
+                }
+                None => {}
+            }
+        }
         let req = TxRequest {
-            account: self.workload.accounts[s.account as usize].clone(),
+            account: account.clone(),
             kind: s.kind,
-            amount: s.amount,
-            currency: CURRENCY,
+            amount,
+            currency,
             idempotency_key: self
                 .workload
                 .keys
@@ -856,6 +954,14 @@ impl Sim {
             Ok(Submitted::New(id)) => {
                 self.counters.new_events += 1;
                 node.just_submitted = Some((id, logical as u32));
+                if let Some(floor) = floor {
+                    self.floor_landings.push(FloorLanding {
+                        id,
+                        account,
+                        currency,
+                        floor,
+                    });
+                }
             }
             Ok(Submitted::Existing(_)) => {
                 self.counters.existing += 1;
@@ -915,8 +1021,47 @@ impl Sim {
                 }
                 self.arm_timer(r);
             }
-            Action::Tx { .. } => {}
+            // Queued as `Ev::Policy` (see `Sim::policy_plan`).
+            Action::Fsync(r, ms) => {
+                if let Some(x) = self.script.fsync_ms.get_mut(r) {
+                    *x = ms;
+                }
+            }
+            Action::HoldEvents(from, to, ms) => {
+                let k = from * self.nodes.len() + to;
+                if let Some(x) = self.script.hold_ms.get_mut(k) {
+                    *x = ms;
+                }
+            }
+            Action::Wipe(r) => self.wipe(r),
+            Action::Restore(r) => self.restart(r),
+            Action::Tx { .. } | Action::Policy(..) => {}
         }
+    }
+
+    /// Issues a planned policy change at its region (`Replica::submit_policy`); it is
+    /// replicated like any event and applies from its place in the total order.
+    fn change_policy(&mut self, k: usize) {
+        let Some(change) = self.policy_plan.get(k) else {
+            return;
+        };
+        let r = change.region;
+        let outcome = match (&change.policy, self.nodes.get(r)) {
+            (None, _) => ChangeOutcome::NotLoaded,
+            (Some(_), None) => ChangeOutcome::RegionDown,
+            (Some(_), Some(node)) if !node.up => ChangeOutcome::RegionDown,
+            (Some(p), Some(_)) => {
+                let (p, now_l) = (p.clone(), self.local_now(r));
+                match self.nodes[r].replica.submit_policy(now_l, p) {
+                    Ok(id) => ChangeOutcome::Issued(id),
+                    Err(e) => ChangeOutcome::Refused(e.to_string()),
+                }
+            }
+        };
+        if matches!(outcome, ChangeOutcome::Issued(_)) {
+            self.drain(r);
+        }
+        self.policy_outcomes[k] = outcome;
     }
 
     fn heal(&mut self) {
@@ -944,6 +1089,21 @@ impl Sim {
 
     fn local_now(&self, i: usize) -> u64 {
         local(self.now, self.nodes[i].skew)
+    }
+
+    /// A crash that also loses the disk: the next start is a restore from the peers.
+    fn wipe(&mut self, r: usize) {
+        if self.nodes.get(r).is_none_or(|n| !n.up) {
+            return;
+        }
+        self.crash(r);
+        let disk = &mut self.nodes[r].disk;
+        disk.durable.iter_mut().for_each(|d| *d = 0);
+        disk.written.iter_mut().for_each(|d| *d = 0);
+        disk.ceiling = Hlc::ZERO;
+        disk.watermark = Hlc::ZERO;
+        disk.evidence.clear();
+        self.script.wiped[r] = true;
     }
 
     fn crash(&mut self, r: usize) {
@@ -979,12 +1139,16 @@ impl Sim {
         if self.nodes.get(r).is_none_or(|n| n.up) {
             return;
         }
-        let cfg = make_config(&self.cfg, self.cfg.regions[r]);
+        let mut cfg = make_config(&self.cfg, self.cfg.regions[r]);
+        // A lost disk: start empty and pull the region's own history back first.
+        let wiped = std::mem::take(&mut self.script.wiped[r]);
+        cfg.restore = wiped;
         // The image the disk is rebuilt from: its events move into the new replica (the
         // durable prefix of each origin), no copy.
         let mut replica = Replica::new(cfg, self.nodes[r].disk.ceiling);
         std::mem::swap(&mut self.nodes[r].replica, &mut replica);
         let old = replica;
+        let before = (!wiped).then(|| crate::check::RestartView::capture(&old, &self.cfg.regions));
         // What the region showed before the crash and no longer shows after the restart
         // (re-derived later, with the same ids, once the watermark passes them again).
         let (feed_before, wm_before) = (old.feed_len(), old.watermark());
@@ -1011,6 +1175,9 @@ impl Sim {
         }
         if replica.watermark() < wm_before {
             self.counters.restart_watermark_regressions += 1;
+        }
+        if let Some(before) = before {
+            crate::check::after_restart(self, r, before);
         }
         let node = &mut self.nodes[r];
         node.up = true;
@@ -1131,6 +1298,7 @@ impl Sim {
             Ev::LinkDown { node, peer, inc } => self.link_down(node as usize, peer as usize, inc),
             Ev::LinkUp { a, b, epoch } => self.link_up(a as usize, b as usize, epoch),
             Ev::Fault(a) => self.fault(a),
+            Ev::Policy(k) => self.change_policy(k),
             Ev::Sample => {
                 self.sample();
                 self.push(self.now + self.sample_ms, Ev::Sample);

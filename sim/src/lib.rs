@@ -26,10 +26,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod analysis;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod policygen;
 pub mod report;
 pub mod rng;
 pub mod run;

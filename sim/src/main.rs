@@ -60,6 +60,17 @@ fn main() -> ExitCode {
         print!("{}", cli::USAGE);
         return ExitCode::SUCCESS;
     }
+    if opts.print_policy {
+        if !opts.draw {
+            eprintln!("wallet-sim: --print-policy prints drawn policies: leave --policy out");
+            return ExitCode::from(2);
+        }
+        for seed in opts.seeds.0..=opts.seeds.1 {
+            let d = wallet_sim::policygen::draw_seed_policy(seed, opts.base.workload.accounts);
+            println!("# seed {seed}: {}\n{}", d.name, d.toml);
+        }
+        return ExitCode::SUCCESS;
+    }
     match execute(&opts, &args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -95,8 +106,12 @@ fn execute(opts: &Options, args: &[String]) -> Result<bool, String> {
         let (label, _, policy) = &opts.policies[j % np];
         let mut cfg = opts.base.clone();
         cfg.seed = seed;
-        cfg.policy = policy.clone();
-        cfg.policy_name = label.clone();
+        if opts.draw {
+            cfg.draw_policy();
+        } else {
+            cfg.policy = policy.clone();
+            cfg.policy_name = label.clone();
+        }
         cfg.record_series = opts.report.is_some() && j / np == 0;
         let r = run(cfg, opts.timing);
         if let Ok(mut v) = results.lock() {
@@ -187,7 +202,17 @@ fn execute(opts: &Options, args: &[String]) -> Result<bool, String> {
                 r.seed, r.policy
             );
         }
-        println!("  reproduce: {}", cli::repro(opts, r.seed, path));
+        // A drawn policy is a function of the seed: the command reproduces it; the comment
+        // names it (its TOML: policy_toml in --json, or the same command with --print-policy).
+        let drawn = if opts.draw {
+            format!(
+                "  # policy {} drawn from the seed (TOML: add --print-policy)",
+                r.policy
+            )
+        } else {
+            String::new()
+        };
+        println!("  reproduce: {}{drawn}", cli::repro(opts, r.seed, path));
     }
     if let Some(path) = &opts.json {
         let text = if single {

@@ -67,18 +67,61 @@ pub fn summary(r: &RunResult) -> String {
         m.events_delivered,
         m.events_duplicate
     );
+    // Per currency, the ones with something to show.
+    let per = |f: &dyn Fn(&crate::analysis::CurrencyFigures) -> Option<String>| {
+        let list: Vec<String> = m
+            .currencies
+            .iter()
+            .filter_map(|(c, x)| f(x).map(|v| format!("{v} {c}")))
+            .collect();
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
     let _ = writeln!(
         s,
-        "  settled: overdrafts {}  fees {} (total {} USD)  reversals {}  duplicate reversals {}  conflicts {}  debt {} USD in {} accounts",
+        "  settled: overdrafts {}  fees {} ({})  reversals {}  duplicate reversals {}  conflicts {}  debt {} ({} balances)",
         m.overdrafts,
         m.fees,
-        m.fee_total,
+        per(&|x| (x.fees > 0).then(|| x.fee_total.clone())),
         m.reversals,
         m.duplicate_reversals,
         m.conflicts,
-        m.debt,
+        per(&|x| (x.debt_accounts > 0).then(|| x.debt.clone())),
         m.debt_accounts
     );
+    let fc = &m.fee_cases;
+    let fl = &m.floor_debits;
+    let _ = writeln!(
+        s,
+        "  fees at a tie {}  raised to the minimum {}  lowered to the cap {}  overdrafts within the grace {}  · floor debits {} (sized {}, events {}: settled at the floor {}, below {}, above {})",
+        fc.ties,
+        fc.at_minimum,
+        fc.at_cap,
+        fc.within_grace,
+        fl.requests,
+        fl.sized,
+        fl.events,
+        fl.settled_at_floor,
+        fl.settled_below,
+        fl.settled_above
+    );
+    if !r.policy_changes.is_empty() {
+        let list: Vec<String> = r
+            .policy_changes
+            .iter()
+            .map(|c| format!("{} ms {} {} ({})", c.at_ms, c.region, c.policy, c.outcome))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  policy changes: {} · versions settled {} · compensations under a later version {}",
+            list.join("; "),
+            m.policy_versions,
+            m.compensations_after_change
+        );
+    }
     let _ = writeln!(
         s,
         "  settle lag p50 {}  p99 {}  max {}  · converged {} after the final heal · simulated {}",
@@ -133,18 +176,15 @@ pub fn summary(r: &RunResult) -> String {
         r.check_wall.as_secs_f64(),
         r.tx_per_wall_second()
     );
-    let inv = r.check.invariants;
     let mark = |b: bool| if b { "ok" } else { "FAILED" };
-    let _ = writeln!(
-        s,
-        "  invariants: convergence {} · no_loss {} · exactly_once {} · policy_holds {} · conservation {} · idempotency {}",
-        mark(inv.convergence),
-        mark(inv.no_loss),
-        mark(inv.exactly_once),
-        mark(inv.policy_holds),
-        mark(inv.conservation),
-        mark(inv.idempotency)
-    );
+    let list: Vec<String> = r
+        .check
+        .invariants
+        .named()
+        .iter()
+        .map(|(n, ok)| format!("{n} {}", mark(*ok)))
+        .collect();
+    let _ = writeln!(s, "  invariants: {}", list.join(" · "));
     s
 }
 
@@ -517,15 +557,7 @@ code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-
         esc(command)
     );
     h.push_str("<h2>Invariants (SPEC §9)</h2><table><tr>");
-    let inv = r.check.invariants;
-    let items = [
-        ("convergence", inv.convergence),
-        ("no_loss", inv.no_loss),
-        ("exactly_once", inv.exactly_once),
-        ("policy_holds", inv.policy_holds),
-        ("conservation", inv.conservation),
-        ("idempotency", inv.idempotency),
-    ];
+    let items = r.check.invariants.named();
     for (n, _) in items {
         let _ = write!(h, "<th>{n}</th>");
     }
@@ -550,12 +582,31 @@ code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-
         ("refused", m.refused.to_string()),
         ("unacked", m.unacked.to_string()),
         ("overdrafts (settled)", m.overdrafts.to_string()),
-        ("fees", format!("{} ({} USD)", m.fees, m.fee_total)),
+        (
+            "fees",
+            format!(
+                "{} ({})",
+                m.fees,
+                m.currencies
+                    .iter()
+                    .map(|(c, x)| format!("{} {c}", x.fee_total))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
         ("reversals", m.reversals.to_string()),
         ("duplicate reversals", m.duplicate_reversals.to_string()),
         (
             "debt left",
-            format!("{} USD in {} accounts", m.debt, m.debt_accounts),
+            format!(
+                "{} in {} accounts",
+                m.currencies
+                    .iter()
+                    .map(|(c, x)| format!("{} {c}", x.debt))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                m.debt_accounts
+            ),
         ),
         (
             "settle lag p50 / p99 / max",
@@ -584,6 +635,29 @@ code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-
         let _ = write!(h, "<tr><th class=\"l\">{k}</th><td>{}</td></tr>", esc(&v));
     }
     h.push_str("</table>");
+    if let Some(toml) = &r.policy_toml {
+        let _ = write!(
+            h,
+            "<h2>Policy <code>{}</code> (drawn from the seed)</h2><pre>{}</pre>",
+            esc(&r.policy),
+            esc(toml)
+        );
+    }
+    if !r.policy_changes.is_empty() {
+        h.push_str("<h2>Policy changes</h2><table><tr><th>time</th><th class=\"l\">region</th><th class=\"l\">policy</th><th class=\"l\">source</th><th class=\"l\">outcome</th></tr>");
+        for c in &r.policy_changes {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+                ms(c.at_ms),
+                esc(&c.region),
+                esc(&c.policy),
+                c.source,
+                esc(&c.outcome)
+            );
+        }
+        h.push_str("</table>");
+    }
     if results.len() > 1 {
         h.push_str("<h2>Policies compared (identical workload and faults)</h2>");
         h.push_str(&compare_table_html(results));
@@ -667,9 +741,9 @@ const COMPARE_HEAD: [&str; 11] = [
     "refused",
     "overdrafts",
     "fees",
-    "fee total",
+    "fee total USD",
     "reversals",
-    "debt left",
+    "debt left USD",
     "lag p50 ms",
     "lag p99 ms",
     "invariants",

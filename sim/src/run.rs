@@ -1,10 +1,12 @@
 //! One run end to end: simulate, check, measure.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use crate::analysis::{analyse, CurrencyFigures, FeeCases, FloorDebits};
 use crate::check::{check, CheckResult, Invariants};
 use crate::config::SimConfig;
 use crate::engine::{Counters, Series, Sim};
@@ -35,7 +37,7 @@ pub struct Metrics {
     pub overdrafts: u64,
     /// Overdraft fees.
     pub fees: u64,
-    /// Sum of overdraft fees (USD).
+    /// Sum of the USD overdraft fees (every currency: `currencies`).
     pub fee_total: String,
     /// Overdrawing debits reversed.
     pub reversals: u64,
@@ -43,10 +45,20 @@ pub struct Metrics {
     pub duplicate_reversals: u64,
     /// Idempotency conflicts reported.
     pub conflicts: u64,
-    /// Money owed: sum of negative settled balances (USD).
+    /// Money owed: sum of negative USD settled balances (every currency: `currencies`).
     pub debt: String,
-    /// Accounts with a negative settled balance.
+    /// Accounts with a negative settled balance (any currency).
     pub debt_accounts: u64,
+    /// Fees, fee total and debt per currency.
+    pub currencies: BTreeMap<String, CurrencyFigures>,
+    /// How the fees came out: ties at half a minor unit, minimums and caps that bound.
+    pub fee_cases: FeeCases,
+    /// Debits sent to the floor and where they settled.
+    pub floor_debits: FloorDebits,
+    /// Policy versions in the settled history (1: no change settled).
+    pub policy_versions: u32,
+    /// Feed entries produced under a policy version above 1.
+    pub compensations_after_change: u64,
     /// Median ms from submission to settled at the origin.
     pub settle_lag_p50_ms: u64,
     /// 99th percentile of the same.
@@ -82,6 +94,8 @@ pub struct Metrics {
     /// Compensations a region had emitted before a crash and did not show right after its
     /// restart (derived again, same ids, once settlement catches up).
     pub restart_feed_entries_hidden: u64,
+    /// How many checks ran during the run (restarts, self-checks, heartbeats, watermarks).
+    pub checks_during_run: crate::check::DuringCounts,
     /// Simulated ms until every region converged after the final heal (None: never).
     pub quiesce_ms: Option<u64>,
     /// Simulated duration, ms.
@@ -126,6 +140,29 @@ pub struct RunResult {
     pub workload_digest: u64,
     /// Region names.
     pub regions: Vec<String>,
+    /// The seed policy's hash.
+    pub policy_hash: String,
+    /// The drawn policy's TOML.
+    pub policy_toml: Option<String>,
+    /// Policy changes.
+    pub policy_changes: Vec<JsonChange>,
+}
+
+/// A policy change of a run, in the JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct JsonChange {
+    /// Simulated time, ms.
+    pub at_ms: u64,
+    /// The region that issued it.
+    pub region: String,
+    /// `drawn-<hash>`, or the file name and hash.
+    pub policy: String,
+    /// `scenario` or `random`.
+    pub source: &'static str,
+    /// `issued <event id>`, `region down`, `refused: ...`, `not reached`.
+    pub outcome: String,
+    /// The TOML text of a drawn policy.
+    pub toml: Option<String>,
 }
 
 /// The JSON object of one run.
@@ -133,8 +170,15 @@ pub struct RunResult {
 pub struct JsonRun<'a> {
     /// Seed.
     pub seed: u64,
-    /// Policy label.
+    /// Policy label: the file name, `zero`, or `drawn-<hash>` (the first 8 bytes of the
+    /// policy's hash).
     pub policy: &'a str,
+    /// The seed policy's hash (`Policy::hash`, first 8 bytes).
+    pub policy_hash: String,
+    /// The drawn policy's TOML text (null for a file or the zero policy).
+    pub policy_toml: Option<&'a str>,
+    /// Policy changes issued during the run.
+    pub policy_changes: &'a [JsonChange],
     /// Workload digest (hex): equal digests, identical request streams.
     pub workload: String,
     /// Invariants.
@@ -151,6 +195,9 @@ impl RunResult {
         JsonRun {
             seed: self.seed,
             policy: &self.policy,
+            policy_hash: self.policy_hash.clone(),
+            policy_toml: self.policy_toml.as_deref(),
+            policy_changes: &self.policy_changes,
             workload: format!("{:016x}", self.workload_digest),
             invariants: self.check.invariants,
             failures: self
@@ -183,6 +230,8 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
     let started = Instant::now();
     let seed = cfg.seed;
     let policy = cfg.policy_name.clone();
+    let policy_hash = cfg.policy.hash().to_string();
+    let policy_toml = cfg.policy_toml.clone();
     let record = cfg.record_series;
     let regions = cfg.regions.iter().map(|r| r.to_string()).collect();
     let mut sim = Sim::new(cfg);
@@ -190,6 +239,25 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
     let check_started = Instant::now();
     let check = check(&mut sim);
     let check_wall = check_started.elapsed();
+    let analysis = analyse(&sim);
+    let policy_changes: Vec<JsonChange> = sim
+        .policy_plan
+        .iter()
+        .zip(&sim.policy_outcomes)
+        .map(|(c, o)| JsonChange {
+            at_ms: c.at_ms,
+            region: sim
+                .cfg
+                .regions
+                .get(c.region)
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            policy: c.name.clone(),
+            source: if c.scripted { "scenario" } else { "random" },
+            outcome: o.to_string(),
+            toml: c.toml.clone(),
+        })
+        .collect();
     let wall = started.elapsed();
     let w = &sim.workload;
     let transactions = u64::from(w.logical);
@@ -232,12 +300,25 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
             .count() as u64,
         overdrafts: check.outcome.overdrafts,
         fees: check.outcome.fees,
-        fee_total: render(check.outcome.fee_total),
+        fee_total: analysis
+            .currencies
+            .get(CURRENCY.as_str())
+            .map(|c| c.fee_total.clone())
+            .unwrap_or_else(|| render(Decimal::ZERO)),
         reversals: check.outcome.reversals,
         duplicate_reversals: check.outcome.duplicate_reversals,
         conflicts: check.outcome.conflicts,
-        debt: render(check.outcome.debt),
+        debt: analysis
+            .currencies
+            .get(CURRENCY.as_str())
+            .map(|c| c.debt.clone())
+            .unwrap_or_else(|| render(Decimal::ZERO)),
         debt_accounts: check.outcome.debt_accounts,
+        currencies: analysis.currencies.clone(),
+        fee_cases: analysis.fee_cases,
+        floor_debits: analysis.floor,
+        policy_versions: analysis.policy_versions,
+        compensations_after_change: analysis.compensations_after_change,
         settle_lag_p50_ms: percentile(&lags, 50),
         settle_lag_p99_ms: percentile(&lags, 99),
         settle_lag_max_ms: lags.last().copied().unwrap_or(0),
@@ -258,6 +339,7 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         },
         restart_watermark_regressions: c.restart_watermark_regressions,
         restart_feed_entries_hidden: c.restart_feed_entries_hidden,
+        checks_during_run: sim.during.counts,
         quiesce_ms: sim.converged_at.map(|t| t - sim.quiesce_start),
         simulated_ms: sim.now,
         wall_seconds: timing.then_some(wall.as_secs_f64()),
@@ -280,5 +362,8 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         check_wall,
         workload_digest,
         regions,
+        policy_hash,
+        policy_toml,
+        policy_changes,
     }
 }

@@ -9,6 +9,13 @@
 //! t=40s   heal                              # every link back
 //! t=5s    skew ap +300ms                    # ap's clock runs 300 ms ahead from now on
 //! t=12s   isolate ap                        # shorthand for split {ap} | {everyone else}
+//! t=3s    fsync us 400ms                    # us's fsyncs take 400 ms from now on (`normal`: back)
+//! t=3s    hold-events us eu 1500ms          # us's event messages to eu are held back 1.5 s
+//! t=30s   wipe us                           # us crashes and loses its disk
+//! t=31s   restore us                        # us starts on an empty disk, pulls its history back
+//! t=15s   policy us ../policies/fee.toml    # us issues a policy change (a file, relative
+//! t=30s   policy eu generated               #   to the scenario's directory, or drawn)
+//! t=2s    purchase eu alice 500 JPY         # another currency than the scenario's
 //! ```
 //!
 //! Times are `ms`, `s` or `m`, decimals allowed (`1.5s`) if they land on a whole millisecond.
@@ -16,7 +23,7 @@
 use std::fmt;
 
 use rust_decimal::Decimal;
-use wallet_core::{AccountId, Amount, Currency, Kind, RegionId};
+use wallet_core::{AccountId, Amount, Currency, Kind, Policy, RegionId};
 
 /// A parse error: the line (from 1) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,11 +56,37 @@ pub enum Action {
         account: AccountId,
         /// Kind.
         kind: Kind,
-        /// Amount in the scenario currency.
+        /// Amount (at the currency's scale).
         amount: Amount,
+        /// Currency: the scenario's, or the one named on the line.
+        currency: Currency,
         /// Idempotency key, if given.
         key: Option<String>,
     },
+    /// The region issues a policy change (`Replica::submit_policy`).
+    Policy(usize, PolicyChange),
+    /// From now on the region's fsyncs take this long, ms (`None`: the run's `--fsync` range
+    /// again): `fsync us 400ms`, `fsync us normal`.
+    Fsync(usize, Option<u64>),
+    /// From now on, messages carrying events (pushes and pull answers) from the first region
+    /// to the second are held back this many ms, so later messages on the link (heartbeats)
+    /// overtake them (0: no longer): `hold-events us eu 1500ms`.
+    HoldEvents(usize, usize, u64),
+    /// The region crashes and loses its disk: `wipe us`.
+    Wipe(usize),
+    /// The region starts again on an empty disk and first pulls its own history back from
+    /// its peers (`Config::restore`): `restore us`.
+    Restore(usize),
+}
+
+/// The policy a scripted change issues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// A policy file: the path as written, and the policy once loaded
+    /// ([`Scenario::load_policies`]).
+    File(String, Option<Box<Policy>>),
+    /// Drawn from the policy generator (the run's seed, one stream per scripted change).
+    Generated,
 }
 
 /// A scripted step: when, what, and the line it came from.
@@ -79,7 +112,32 @@ impl Scenario {
     pub fn has_faults(&self) -> bool {
         self.steps
             .iter()
-            .any(|s| !matches!(s.action, Action::Tx { .. }))
+            .any(|s| !matches!(s.action, Action::Tx { .. } | Action::Policy(..)))
+    }
+
+    /// Loads the policy files of `policy` steps: a relative path is taken from `dir` (the
+    /// scenario file's directory). Errors name the line.
+    pub fn load_policies(&mut self, dir: &std::path::Path) -> Result<(), ScenarioError> {
+        for s in &mut self.steps {
+            if let Action::Policy(_, PolicyChange::File(path, slot)) = &mut s.action {
+                let p = std::path::Path::new(path.as_str());
+                let full = if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    dir.join(p)
+                };
+                let text = std::fs::read_to_string(&full).map_err(|e| {
+                    err(
+                        s.line,
+                        format!("policy {}: cannot read: {e}", full.display()),
+                    )
+                })?;
+                let policy = Policy::from_toml(&text)
+                    .map_err(|e| err(s.line, format!("policy {}: {e}", full.display())))?;
+                *slot = Some(Box::new(policy));
+            }
+        }
+        Ok(())
     }
 
     /// Latest step time.
@@ -254,6 +312,26 @@ pub fn parse(
                 Action::Heal
             }
             "crash" => Action::Crash(one_region("crash")?),
+            "wipe" => Action::Wipe(one_region("wipe")?),
+            "restore" => Action::Restore(one_region("restore")?),
+            "fsync" => match words.as_slice() {
+                [r, "normal"] => Action::Fsync(region_index(regions, r, line)?, None),
+                [r, d] => Action::Fsync(
+                    region_index(regions, r, line)?,
+                    Some(parse_duration_ms(d).map_err(|r| err(line, r))?),
+                ),
+                _ => return Err(err(line, "expected `fsync <region> 400ms` or `fsync <region> normal`")),
+            },
+            "hold-events" => match words.as_slice() {
+                [a, b, d] => {
+                    let (from, to) = (region_index(regions, a, line)?, region_index(regions, b, line)?);
+                    if from == to {
+                        return Err(err(line, "hold-events needs two different regions"));
+                    }
+                    Action::HoldEvents(from, to, parse_duration_ms(d).map_err(|r| err(line, r))?)
+                }
+                _ => return Err(err(line, "expected `hold-events <from> <to> 1500ms`")),
+            },
             "restart" => Action::Restart(one_region("restart")?),
             "skew" => match words.as_slice() {
                 [r, s] => Action::Skew(
@@ -262,8 +340,31 @@ pub fn parse(
                 ),
                 _ => return Err(err(line, "expected `skew <region> +300ms`")),
             },
+            "policy" => match words.as_slice() {
+                [r, "generated"] => {
+                    Action::Policy(region_index(regions, r, line)?, PolicyChange::Generated)
+                }
+                [r, file] => Action::Policy(
+                    region_index(regions, r, line)?,
+                    PolicyChange::File(file.to_string(), None),
+                ),
+                _ => {
+                    return Err(err(
+                        line,
+                        "expected `policy <region> <file.toml>` or `policy <region> generated`",
+                    ))
+                }
+            },
             "deposit" | "purchase" | "withdrawal" | "refund" => {
                 let kind = Kind::parse(verb).ok_or_else(|| err(line, "unknown kind"))?;
+                // An optional currency code after the amount.
+                let mut words = words.clone();
+                let mut currency = currency;
+                let code = |w: &str| w.len() == 3 && w.bytes().all(|b| b.is_ascii_uppercase());
+                if words.len() >= 4 && code(words[3]) {
+                    currency = Currency::parse(words[3]).map_err(|e| err(line, e.to_string()))?;
+                    words.remove(3);
+                }
                 let (r, a, amt, key) = match words.as_slice() {
                     [r, a, amt] => (r, a, amt, None),
                     [r, a, amt, k] => {
@@ -277,7 +378,9 @@ pub fn parse(
                     _ => {
                         return Err(err(
                             line,
-                            format!("expected `{verb} <region> <account> <amount> [key=K]`"),
+                            format!(
+                                "expected `{verb} <region> <account> <amount> [CURRENCY] [key=K]`"
+                            ),
                         ))
                     }
                 };
@@ -286,6 +389,7 @@ pub fn parse(
                     account: AccountId::new(a).map_err(|e| err(line, e.to_string()))?,
                     kind,
                     amount: Amount::parse(amt, currency).map_err(|e| err(line, e.to_string()))?,
+                    currency,
                     key,
                 }
             }
@@ -294,7 +398,7 @@ pub fn parse(
                 return Err(err(
                     line,
                     format!(
-                        "unknown action {other:?}: expected split, isolate, heal, crash, restart, skew, deposit, purchase, withdrawal or refund"
+                        "unknown action {other:?}: expected split, isolate, heal, crash, restart, wipe, restore, skew, fsync, hold-events, policy, deposit, purchase, withdrawal or refund"
                     ),
                 ))
             }
@@ -310,20 +414,20 @@ pub fn parse(
     let mut down = vec![false; regions.len()];
     for s in &steps {
         match s.action {
-            Action::Crash(r) if down[r] => {
+            Action::Crash(r) | Action::Wipe(r) if down[r] => {
                 return Err(err(
                     s.line,
                     format!("crash {}: it is already down", regions[r]),
                 ))
             }
-            Action::Crash(r) => down[r] = true,
-            Action::Restart(r) if !down[r] => {
+            Action::Crash(r) | Action::Wipe(r) => down[r] = true,
+            Action::Restart(r) | Action::Restore(r) if !down[r] => {
                 return Err(err(
                     s.line,
                     format!("restart {}: it is not down (crash it first)", regions[r]),
                 ))
             }
-            Action::Restart(r) => down[r] = false,
+            Action::Restart(r) | Action::Restore(r) => down[r] = false,
             _ => {}
         }
     }

@@ -1,7 +1,6 @@
 //! The client workload, generated up front from its own PRNG stream so that it is identical
 //! whatever the policy or the network does (`--compare-policies` depends on this).
 
-use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use wallet_core::{AccountId, Amount, Currency, Kind};
 
@@ -36,8 +35,14 @@ pub struct Submission {
     pub account: u32,
     /// Kind.
     pub kind: Kind,
-    /// Amount.
+    /// Amount (for a debit sent to the floor: the amount it would have had; the amount sent
+    /// is decided when it is sent).
     pub amount: Amount,
+    /// Currency.
+    pub currency: Currency,
+    /// A debit sent "to the floor": its amount is the provisional balance the region sees
+    /// minus its floor when the request is first sent (retries and copies send the same).
+    pub to_floor: bool,
     /// Logical request number (retries share it).
     pub logical: u32,
     /// Why it is sent.
@@ -61,11 +66,32 @@ pub struct Workload {
     pub digest: u64,
 }
 
-/// The currency every generated transaction uses.
+/// The currency of the charts and of scripted transactions (scenario lines may name
+/// another).
 pub const CURRENCY: Currency = Currency::USD;
 
-fn cents(c: u64) -> Option<Amount> {
-    Amount::new(Decimal::new(i64::try_from(c).ok()?, 2), CURRENCY).ok()
+/// An amount of `units` minor units of `currency` (cents, yen, fils).
+pub fn from_minor(units: u64, currency: Currency) -> Option<Amount> {
+    Amount::new(
+        Decimal::new(i64::try_from(units).ok()?, currency.minor_units()),
+        currency,
+    )
+    .ok()
+}
+
+/// The amount in minor units of its currency (amounts are held at the currency's scale).
+pub fn minor(amount: Amount) -> Option<u64> {
+    u64::try_from(amount.value().mantissa()).ok()
+}
+
+/// A generated amount of `c` USD cents in `currency`: as many cents, yen, or hundredths of
+/// a dinar plus `thousandth` fils (0 to 9).
+fn generated(c: u64, currency: Currency, thousandth: u64) -> Option<Amount> {
+    match currency.minor_units() {
+        0 => from_minor(c, currency),
+        3 => from_minor(c.checked_mul(10)?.checked_add(thousandth)?, currency),
+        _ => from_minor(c, currency),
+    }
 }
 
 impl Workload {
@@ -86,6 +112,7 @@ impl Workload {
                 account,
                 kind,
                 amount,
+                currency,
                 key,
             } = &step.action
             {
@@ -102,6 +129,8 @@ impl Workload {
                     account: idx as u32,
                     kind: *kind,
                     amount: *amount,
+                    currency: *currency,
+                    to_floor: false,
                     logical,
                     attempt: Attempt::First,
                 });
@@ -113,6 +142,11 @@ impl Workload {
         let total_mix: u64 = w.mix.iter().map(|m| u64::from(*m)).sum::<u64>().max(1);
         let n_accounts = u64::from(w.accounts);
         let hot = u64::from(w.hot_accounts.min(w.accounts));
+        // Currencies and floor debits come from their own streams: with one currency and no
+        // floor share the request stream is the one of earlier versions.
+        let mut cur_rng = Rng::new(cfg.seed, b"currencies");
+        let mut floor_rng = Rng::new(cfg.seed, b"floor");
+        let cur_total: u64 = w.currencies.iter().map(|(_, x)| u64::from(*x)).sum();
         for i in 0..w.transactions {
             if n_accounts == 0 {
                 break;
@@ -143,7 +177,23 @@ impl Workload {
             if kind == Kind::Deposit {
                 c = c.saturating_mul(w.deposit_multiplier.max(1));
             }
-            let Some(amount) = cents(c) else { continue };
+            let mut currency = w.currencies.first().map(|(c, _)| *c).unwrap_or(CURRENCY);
+            let mut thousandth = 0;
+            if w.currencies.len() > 1 {
+                let mut pick = cur_rng.below(cur_total.max(1));
+                for (cur, weight) in &w.currencies {
+                    if pick < u64::from(*weight) {
+                        currency = *cur;
+                        break;
+                    }
+                    pick -= u64::from(*weight);
+                }
+                thousandth = cur_rng.below(10);
+            }
+            let to_floor = kind.is_debit() && floor_rng.chance(w.floor_ppm);
+            let Some(amount) = generated(c, currency, thousandth) else {
+                continue;
+            };
             let retry = rng.chance(w.retry_ppm);
             let retry_after = rng.range(100, 3_000);
             let second = regions > 1 && rng.chance(w.two_region_ppm);
@@ -156,6 +206,8 @@ impl Workload {
                 account,
                 kind,
                 amount,
+                currency,
+                to_floor,
                 logical,
                 attempt: Attempt::First,
             };
@@ -210,6 +262,15 @@ impl Workload {
             mix(s.kind as u64);
             mix(u64::try_from(s.amount.value().mantissa()).unwrap_or(0));
             mix(u64::from(s.logical));
+            // (Only what earlier versions did not have, so that their digests still hold.)
+            if s.currency != CURRENCY {
+                for b in s.currency.as_str().bytes() {
+                    mix(u64::from(b));
+                }
+            }
+            if s.to_floor {
+                mix(0xf1);
+            }
             if matches!(s.attempt, Attempt::Conflict | Attempt::ConflictRetry) {
                 // Which key it reuses.
                 let key = self.keys.get(s.logical as usize).and_then(|k| k.as_deref());
@@ -270,8 +331,12 @@ impl Workload {
             } else {
                 s.region
             };
-            let was = (s.amount.value() * Decimal::ONE_HUNDRED).trunc().to_u64();
-            let Some(amount) = was.and_then(|c| cents(c.saturating_add(rng.range(1, 100)))) else {
+            // Another body: 1 to 100 minor units more (of a debit sent to the floor, more
+            // than the amount it was drawn with; sent as drawn, not to the floor).
+            let was = minor(s.amount);
+            let Some(amount) =
+                was.and_then(|c| from_minor(c.saturating_add(rng.range(1, 100)), s.currency))
+            else {
                 continue;
             };
             let at = s.at_ms + rng.range(0, 100);
@@ -279,6 +344,7 @@ impl Workload {
                 at_ms: at,
                 region: second,
                 amount,
+                to_floor: false,
                 logical,
                 attempt: Attempt::Conflict,
                 ..s.clone()

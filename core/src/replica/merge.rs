@@ -197,15 +197,22 @@ impl Replica {
             );
             return false;
         }
-        if origin == self.cfg.region {
-            // Our own history coming back after a disk loss.
-            self.dur.own_durable_seq = self.dur.own_durable_seq.max(e.id.seq);
-            self.dur.own_gossiped_seq = self.dur.own_durable_seq;
-        }
         self.clock.observe(e.hlc);
         let seq = e.id.seq;
         let hlc = e.hlc;
-        self.persist(Record::Event(e.clone()));
+        if origin == self.cfg.region {
+            // Our own history coming back after a disk loss: it counts as durable (and may
+            // be announced in a heartbeat, or sent in a pull answer) only once it is on this
+            // disk again, like any own event; it need not be pushed, peers hold it.
+            self.dur.own_gossiped_seq = self.dur.own_gossiped_seq.max(seq);
+            self.dur.persist_then(
+                &mut self.outputs,
+                Record::Event(e.clone()),
+                Awaiting::Own(seq),
+            );
+        } else {
+            self.persist(Record::Event(e.clone()));
+        }
         self.insert(e);
         self.stats.remote_applied += 1;
         if let Some(m) = self.logs.members.get_mut(&origin) {

@@ -565,6 +565,31 @@ pub fn check_against_model(seed: &Policy, r: &Replica) -> Result<(), String> {
             ));
         }
     }
+    // Every event's status (all settled here): settled with its fee, or reversed.
+    for e in &events {
+        let Some(want) = m.statuses.get(&e.id) else {
+            continue; // policy events have no status in the model
+        };
+        let got = match r.status(e.id) {
+            Some((Status::Provisional, _)) => testing::ModelStatus::Provisional,
+            Some((Status::Reversed, c)) => testing::ModelStatus::Reversed {
+                reversal: c.map(Compensation::id).unwrap_or_default(),
+            },
+            Some((Status::Settled, c)) => testing::ModelStatus::Settled {
+                fee: c
+                    .filter(|c| c.kind == CompKind::OverdraftFee)
+                    .map(Compensation::id),
+            },
+            None => return Err(format!("{}: no status for {}", r.region(), e.id)),
+        };
+        if &got != want {
+            return Err(format!(
+                "{}: status of {} is {got:?}, the model says {want:?}",
+                r.region(),
+                e.id
+            ));
+        }
+    }
     Ok(())
 }
 
