@@ -884,6 +884,10 @@ pub struct DuringRun {
     durable_event: Vec<Hlc>,
     /// Per region: its watermark when the bounds were last checked.
     checked_wm: Vec<Hlc>,
+    /// Per region: every compensation it emitted (`Output::Compensation`), over every
+    /// incarnation: each must be emitted once per region lifetime (a restart rebuilds the
+    /// feed without emitting it again).
+    emitted: Vec<BTreeSet<(EventId, CompKind)>>,
     /// How many checks ran.
     pub counts: DuringCounts,
 }
@@ -915,7 +919,23 @@ impl DuringRun {
             announced: vec![Hlc::ZERO; n],
             durable_event: vec![Hlc::ZERO; n],
             checked_wm: vec![Hlc::ZERO; n],
+            emitted: vec![BTreeSet::new(); n],
             ..DuringRun::default()
+        }
+    }
+
+    /// Region `i` emitted a compensation: a second emission of the same one (same cause and
+    /// kind) in its lifetime breaks exactly-once for whoever acts on the outputs.
+    pub fn compensation_emitted(&mut self, i: usize, now: u64, c: &Compensation) {
+        let Some(set) = self.emitted.get_mut(i) else {
+            return;
+        };
+        if !set.insert((c.cause, c.kind)) {
+            self.fail(
+                "exactly_once",
+                now,
+                format!("region {i} emitted {} a second time", c.id()),
+            );
         }
     }
 

@@ -836,6 +836,7 @@ impl Sim {
                     }
                 }
                 Output::Compensation(c) => {
+                    self.during.compensation_emitted(i, self.now, &c);
                     if self.chart.as_ref() == Some(&c.account) && c.currency == CURRENCY {
                         let id = c.id();
                         if self.seen_comps[i].insert(id.clone()) {
