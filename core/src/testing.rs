@@ -148,6 +148,12 @@ pub struct ModelFold {
     pub overdrafts: u64,
     /// How many events are settled (at or below the watermark).
     pub settled: u64,
+    /// Every (account, currency) with an open overdraft episode at the end of the settled
+    /// fold, with the fees charged in it (the episode closes when the settled balance plus
+    /// these fees is back at or above the floor, SPEC §6).
+    pub open_episodes: BTreeMap<(AccountId, Currency), Decimal>,
+    /// Episodes that closed on a balance (without their fees) exactly at the floor.
+    pub closed_at_floor: u64,
 }
 
 /// The rule in force for one (account, currency), made concrete for the currency: the line,
@@ -503,6 +509,9 @@ where
             }
         } else if p.in_episode && add(p.bal, p.episode_fees) >= rule.floor {
             p.in_episode = false;
+            if add(p.bal, p.episode_fees) == rule.floor {
+                out.closed_at_floor += 1;
+            }
         }
         let status = match comp {
             Some((CompKind::Reversal, _)) => ModelStatus::Reversed {
@@ -544,6 +553,9 @@ where
     }
     for (tx, p) in pairs.into_values() {
         let key = (tx.account.clone(), tx.currency);
+        if p.in_episode {
+            out.open_episodes.insert(key.clone(), p.episode_fees);
+        }
         out.provisional.insert(key.clone(), add(p.bal, p.pending));
         out.balances.insert(key, p.bal);
     }

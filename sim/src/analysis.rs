@@ -106,7 +106,7 @@ pub fn analyse(sim: &Sim) -> Analysis {
     a.floor.requests = w
         .submissions
         .iter()
-        .filter(|s| s.to_floor && s.attempt == crate::workload::Attempt::First)
+        .filter(|s| s.to_floor && s.kind.is_debit() && s.attempt == crate::workload::Attempt::First)
         .count() as u64;
     a.floor.sized = sim.counters.floor_sized;
     a.floor.events = landings.len() as u64;

@@ -13,7 +13,7 @@ use serde::Serialize;
 use wallet_core::testing::{self, ModelFold, ModelRule, ModelStatus};
 use wallet_core::{
     AccountId, Action, Body, CompKind, Compensation, Currency, Entry, Event, EventId, Heartbeat,
-    Hlc, Policy, RegionId, Replica, Status,
+    Hlc, Policy, RegionId, Replica, Status, SubmitError, Submitted, TxRequest,
 };
 
 use crate::engine::{Node, Sim};
@@ -48,6 +48,15 @@ pub struct Invariants {
     pub watermark_promised: bool,
     /// No region's watermark ever passed an event of a member it did not hold.
     pub watermark_complete: bool,
+    /// Every drawn policy file parses to the policy the generator meant (its own resolution
+    /// of defaults and inheritance, docs/reconciliation.md §5), for the seed and every change.
+    pub policy_file: bool,
+    /// Every local decision on a client request is the one SPEC §4 and §2 prescribe, judged
+    /// from the region's provisional balance and the model's floor: a debit is refused for
+    /// funds exactly when it would land below the floor; an amount is refused exactly when
+    /// it has more places than the currency's minor units; an accepted event carries the
+    /// requested amount at the currency's scale.
+    pub acceptance: bool,
 }
 
 impl Invariants {
@@ -64,10 +73,12 @@ impl Invariants {
             && self.replica_self_check
             && self.watermark_promised
             && self.watermark_complete
+            && self.policy_file
+            && self.acceptance
     }
 
     /// Every invariant by name, in JSON order.
-    pub fn named(&self) -> [(&'static str, bool); 11] {
+    pub fn named(&self) -> [(&'static str, bool); 13] {
         [
             ("convergence", self.convergence),
             ("no_loss", self.no_loss),
@@ -80,6 +91,8 @@ impl Invariants {
             ("replica_self_check", self.replica_self_check),
             ("watermark_promised", self.watermark_promised),
             ("watermark_complete", self.watermark_complete),
+            ("policy_file", self.policy_file),
+            ("acceptance", self.acceptance),
         ]
     }
 }
@@ -713,6 +726,25 @@ pub fn check(sim: &mut Sim) -> CheckResult {
     f.extend(history);
     let per_rest: Vec<Failures> = per.collect();
 
+    // The drawn policy files against what the generator meant.
+    let drawn = sim
+        .cfg
+        .policy_meant
+        .iter()
+        .map(|m| ("the seed policy", &sim.cfg.policy, m));
+    let changes = sim
+        .policy_plan
+        .iter()
+        .filter_map(|c| Some(("a policy change", c.policy.as_ref()?, c.meant.as_ref()?)));
+    for (what, parsed, meant) in drawn.chain(changes) {
+        if parsed != meant {
+            f.add(
+                "policy_file",
+                format!("{what}'s file parsed to {parsed:?}, the generator meant {meant:?}"),
+            );
+        }
+    }
+
     // 1. Convergence.
     if sim.converged_at.is_none() {
         let wm: Vec<String> = sim
@@ -824,6 +856,8 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
         replica_self_check: f.ok("replica_self_check"),
         watermark_promised: f.ok("watermark_promised"),
         watermark_complete: f.ok("watermark_complete"),
+        policy_file: f.ok("policy_file"),
+        acceptance: f.ok("acceptance"),
     };
     CheckResult {
         invariants,
@@ -946,6 +980,115 @@ impl DuringRun {
                 format!("at {}.{:03} s: {detail}", now / 1000, now % 1000),
             ));
         }
+    }
+}
+
+/// What a region's state was just before it was given a client request (for the
+/// `acceptance` check): its provisional balance and the floor the model derives for the
+/// policy in force there.
+pub struct Before {
+    provisional: Decimal,
+    floor: Decimal,
+}
+
+impl Before {
+    /// Reads `r` before it handles `req`.
+    pub fn of(r: &Replica, req: &TxRequest) -> Before {
+        Before {
+            provisional: r.balance(&req.account, req.currency).provisional,
+            floor: testing::model_rule(r.current_policy().1, req.account.as_str(), req.currency)
+                .floor,
+        }
+    }
+}
+
+/// Region `i` decided on a client request: checked against SPEC §2 (an amount has at most
+/// the currency's minor units, and is carried at that scale) and §4 (a debit is accepted
+/// when provisional − amount ≥ floor). Requests answered from the idempotency index, and
+/// refusals for another reason (restoring, frozen, overflow), are not judged here.
+pub fn submitted(
+    during: &mut DuringRun,
+    now: u64,
+    i: usize,
+    r: &Replica,
+    req: &TxRequest,
+    before: &Before,
+    result: &Result<Submitted, SubmitError>,
+) {
+    let what = format!(
+        "region {i}: {} {} {} on {}",
+        req.kind.as_str(),
+        req.amount.value(),
+        req.currency.as_str(),
+        req.account
+    );
+    let new = match result {
+        Ok(Submitted::New(id)) => Some(*id),
+        Err(SubmitError::InsufficientFunds { .. } | SubmitError::Amount(_)) => None,
+        _ => return,
+    };
+    let v = req.amount.value();
+    let units = testing::model_minor_units(req.currency);
+    if v.normalize().scale() > units {
+        if let Some(id) = new {
+            during.fail(
+                "acceptance",
+                now,
+                format!("{what}: more places than the currency has, accepted as {id}"),
+            );
+        } else if !matches!(result, Err(SubmitError::Amount(_))) {
+            during.fail(
+                "acceptance",
+                now,
+                format!("{what}: more places than the currency has, refused for funds"),
+            );
+        }
+        return;
+    }
+    if let Err(SubmitError::Amount(e)) = result {
+        during.fail(
+            "acceptance",
+            now,
+            format!("{what}: a valid amount refused ({e})"),
+        );
+        return;
+    }
+    let debit = testing::model_is_debit(req.kind);
+    let after = if debit {
+        before.provisional.checked_sub(v)
+    } else {
+        before.provisional.checked_add(v)
+    };
+    let Some(after) = after else { return };
+    let short = debit && after < before.floor;
+    match new {
+        None if !short => during.fail(
+            "acceptance",
+            now,
+            format!(
+                "{what}: refused for funds, but provisional {} - {v} = {after} is not below the floor {}",
+                before.provisional, before.floor
+            ),
+        ),
+        Some(id) if short => during.fail(
+            "acceptance",
+            now,
+            format!(
+                "{what}: accepted as {id}, but provisional {} - {v} = {after} is below the floor {}",
+                before.provisional, before.floor
+            ),
+        ),
+        Some(id) => {
+            let held = r.event(id).and_then(Event::tx).map(|t| t.amount.value());
+            if held != Some(v) || held.is_some_and(|h| h.scale() != units) {
+                during.fail(
+                    "acceptance",
+                    now,
+                    format!("{what}: accepted as {id} with amount {held:?}, not {v} at {units} places"),
+                );
+            }
+        }
+        None => {}
     }
 }
 

@@ -44,6 +44,15 @@ pub struct Workload {
     /// Share of generated debits sent "to the floor": their amount is decided when they are
     /// sent, as the provisional balance the region sees minus its floor, ppm.
     pub floor_ppm: u32,
+    /// Share of generated deposits sent "to the floor", ppm: sent to an account the region
+    /// sees in an overdraft episode, sized to bring its balance without the episode's fees
+    /// back exactly to the floor (the boundary where the episode must close).
+    pub floor_credit_ppm: u32,
+    /// Share of generated requests whose amount is written at another currency's scale,
+    /// ppm: finer than the currency's minor units with trailing zeros (`12.340` USD:
+    /// accepted as `12.34`) or with a digit beyond them (`12.345` USD, `1234.50` JPY:
+    /// refused as an invalid amount).
+    pub odd_scale_ppm: u32,
 }
 
 impl Default for Workload {
@@ -66,6 +75,8 @@ impl Default for Workload {
             two_region_ppm: 20_000,
             conflict_ppm: 10_000,
             floor_ppm: 30_000,
+            floor_credit_ppm: 60_000,
+            odd_scale_ppm: 10_000,
         }
     }
 }
@@ -154,6 +165,8 @@ pub struct SimConfig {
     pub policy_name: String,
     /// The policy's TOML text when it was drawn by the generator (None: from a file or zero).
     pub policy_toml: Option<String>,
+    /// A drawn seed policy as the generator meant it (see `policygen::Drawn::meant`).
+    pub policy_meant: Option<Policy>,
     /// Random policy changes during the run, drawn from the generator (None: 0 to 2 when the
     /// seed policy is drawn, none when it is pinned).
     pub policy_changes: Option<u32>,
@@ -217,6 +230,7 @@ impl SimConfig {
             policy: Policy::zero(),
             policy_name: "zero".into(),
             policy_toml: None,
+            policy_meant: None,
             policy_changes: None,
             anti_entropy_ms: wallet_core::replica::pull::ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
             pull_limit: wallet_core::replica::pull::PULL_BATCH_EVENTS_DEFAULT,
@@ -238,6 +252,7 @@ impl SimConfig {
         self.policy = d.policy;
         self.policy_name = d.name;
         self.policy_toml = Some(d.toml);
+        self.policy_meant = Some(d.meant);
     }
 
     /// True when the seed policy was drawn by the generator.

@@ -211,6 +211,8 @@ pub struct Counters {
     pub restart_watermark_regressions: u64,
     /// Debits sent to the floor whose amount was sized to reach it (the region had room).
     pub floor_sized: u64,
+    /// Credits sent to the floor that found an account in an episode to bring back to it.
+    pub floor_credits: u64,
 }
 
 /// Per region: (provisional, settled) in cents, None while the region is down.
@@ -305,6 +307,9 @@ pub struct Sim {
     pub floor_amounts: Vec<Option<Amount>>,
     /// New events of debits sent to the floor.
     pub floor_landings: Vec<FloorLanding>,
+    /// Per logical credit sent to the floor: the account, currency and amount its first
+    /// send that reached a region chose (retries and copies send the same body).
+    pub floor_credits: Vec<Option<(AccountId, Currency, Amount)>>,
 }
 
 /// A debit sent to the floor that became a new event.
@@ -547,6 +552,7 @@ impl Sim {
             policy_plan,
             floor_amounts: vec![None; logical],
             floor_landings: Vec::new(),
+            floor_credits: vec![None; logical],
             workload,
             cfg,
         };
@@ -904,13 +910,30 @@ impl Sim {
             return;
         };
         let (region, logical) = (s.region, s.logical as usize);
-        let (currency, mut amount, to_floor) = (s.currency, s.amount, s.to_floor);
+        let (mut currency, mut amount, to_floor) = (s.currency, s.amount, s.to_floor);
+        let kind = s.kind;
         self.counters.submissions += 1;
-        let account = self.workload.accounts[s.account as usize].clone();
+        let mut account = self.workload.accounts[s.account as usize].clone();
+        if to_floor && !kind.is_debit() {
+            match self.floor_credits.get(logical).cloned().flatten() {
+                Some((a, c, x)) => (account, currency, amount) = (a, c, x),
+                None if self.nodes[region].up => {
+                    let chosen = self.credit_to_floor(region);
+                    if let Some((a, c, x)) = &chosen {
+                        (account, currency, amount) = (a.clone(), *c, *x);
+                        self.counters.floor_credits += 1;
+                    }
+                    if let Some(slot) = self.floor_credits.get_mut(logical) {
+                        *slot = chosen.or(Some((account.clone(), currency, amount)));
+                    }
+                }
+                None => {}
+            }
+        }
         // A debit sent to the floor: the provisional balance the region sees minus its floor
         // (under the policy in force there), decided by its first send that reaches a region.
         let mut floor = None;
-        if to_floor {
+        if to_floor && kind.is_debit() {
             match self.floor_amounts.get(logical).copied().flatten() {
                 Some(a) => amount = a,
                 None if self.nodes[region].up => {
@@ -935,7 +958,7 @@ impl Sim {
         }
         let req = TxRequest {
             account: account.clone(),
-            kind: s.kind,
+            kind,
             amount,
             currency,
             idempotency_key: self
@@ -951,7 +974,18 @@ impl Sim {
             return;
         }
         let now_l = local(self.now, node.skew);
-        match node.replica.submit(now_l, req) {
+        let before = crate::check::Before::of(&node.replica, &req);
+        let result = node.replica.submit(now_l, req.clone());
+        crate::check::submitted(
+            &mut self.during,
+            self.now,
+            region,
+            &node.replica,
+            &req,
+            &before,
+            &result,
+        );
+        match result {
             Ok(Submitted::New(id)) => {
                 self.counters.new_events += 1;
                 node.just_submitted = Some((id, logical as u32));
@@ -983,6 +1017,47 @@ impl Sim {
         }
         self.drain(region);
         self.nodes[region].just_submitted = None;
+    }
+
+    /// A credit to the floor at `region`: the first (account, currency), in order, that its
+    /// settled view (by the reference model, which tracks the episodes) has in an overdraft
+    /// episode with fees charged, and the amount that brings the provisional balance without
+    /// those fees exactly back to the floor of the policy in force there. None when there
+    /// is none (or the amount would not be positive).
+    fn credit_to_floor(&self, region: usize) -> Option<(AccountId, Currency, Amount)> {
+        let r = &self.nodes[region].replica;
+        let policy = r.current_policy().1;
+        // Candidates: settled below the floor (an open episode needs it). The model folds
+        // each candidate's events alone (with the policy events): pairs fold independently.
+        for (a, c, b) in r.all_balances() {
+            let floor = wallet_core::testing::model_rule(policy, a.as_str(), c).floor;
+            if b.settled >= floor {
+                continue;
+            }
+            let mut events = Vec::new();
+            for o in &self.cfg.regions {
+                events.extend(r.origin_events(*o, 0).iter().filter(|e| match &e.body {
+                    wallet_core::Body::Tx(t) => t.account == a && t.currency == c,
+                    wallet_core::Body::Policy(_) => true,
+                }));
+            }
+            let m = wallet_core::testing::model_at(&self.cfg.policy, events, Some(r.watermark()));
+            let key = (a, c);
+            let Some(fees) = m.open_episodes.get(&key).copied() else {
+                continue;
+            };
+            if fees <= Decimal::ZERO {
+                continue;
+            }
+            let provisional = m.provisional.get(&key).copied()?;
+            let want = floor.checked_sub(provisional)?.checked_sub(fees)?;
+            if want > Decimal::ZERO {
+                if let Ok(x) = Amount::new(want, c) {
+                    return Some((key.0, c, x));
+                }
+            }
+        }
+        None
     }
 
     fn fault(&mut self, a: Action) {

@@ -31,6 +31,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use rust_decimal::Decimal;
+use wallet_core::policy::{Fee, Rule};
 use wallet_core::{Action, Currency, EventId, FeePer, Kind, Policy};
 
 use crate::rng::Rng;
@@ -172,6 +173,12 @@ pub struct Drawn {
     pub toml: String,
     /// The parsed policy.
     pub policy: Policy,
+    /// The policy the generator meant to write, built from its own sections by the rules of
+    /// docs/reconciliation.md §5 (defaults, inheritance from `[default]`, `action` against
+    /// `beyond_line`), without the node's parser. The run checks `policy == meant`
+    /// (invariant `policy_file`): a parser that resolves a field wrongly is caught there,
+    /// although the replicas and the oracle, which both use the parsed policy, agree.
+    pub meant: Policy,
     /// What it uses.
     pub features: BTreeSet<Feature>,
 }
@@ -432,8 +439,8 @@ pub fn draw(seed: u64, tag: &[u8], accounts: u32) -> Drawn {
         rng: Rng::new(seed, tag),
         accounts,
     };
-    let toml = if g.chance(ZERO_PPM) {
-        "[default]\n".to_string()
+    let (toml, meant) = if g.chance(ZERO_PPM) {
+        ("[default]\n".to_string(), Policy::zero())
     } else {
         text(&mut g)
     };
@@ -444,6 +451,7 @@ pub fn draw(seed: u64, tag: &[u8], accounts: u32) -> Drawn {
         name: name("drawn", &policy),
         toml,
         policy,
+        meant,
         features,
     }
 }
@@ -453,7 +461,56 @@ pub fn draw_seed_policy(seed: u64, accounts: u32) -> Drawn {
     draw(seed, b"policy", accounts)
 }
 
-fn text(g: &mut Gen) -> String {
+/// What a section means, resolved against the default's section `d` (None: it is the
+/// default), by docs/reconciliation.md §5 and SPEC §6, written apart from the node's parser:
+/// a field left out comes from `[default]` (the default's own left-out fields are: `action`
+/// fee, no line, `beyond_line` reverse, `reversible` purchase, every fee part zero, no cap,
+/// per debit); with a line above zero the rule's action is `beyond_line`, else `action`.
+fn meaning(s: &Section, d: Option<&Section>) -> Rule {
+    let pick = |own: Option<Decimal>, base: Option<Decimal>| own.or(base).unwrap_or_default();
+    let base = |f: fn(&Section) -> Option<Decimal>| d.and_then(f);
+    let line = pick(s.line, base(|d| d.line));
+    let action_text = s.action.or(d.and_then(|d| d.action)).unwrap_or("fee");
+    let beyond_text = s.beyond.or(d.and_then(|d| d.beyond)).unwrap_or("reverse");
+    let chosen = if line > Decimal::ZERO {
+        beyond_text
+    } else {
+        action_text
+    };
+    let action = if chosen == "reverse" {
+        Action::Reverse
+    } else {
+        Action::Fee
+    };
+    let names = s
+        .reversible
+        .or(d.and_then(|d| d.reversible))
+        .unwrap_or(&["purchase"]);
+    let mut reversible: Vec<Kind> = names.iter().filter_map(|n| Kind::parse(n)).collect();
+    reversible.sort();
+    reversible.dedup();
+    let per = match s.per.or(d.and_then(|d| d.per)) {
+        Some("episode") => FeePer::Episode,
+        _ => FeePer::Debit,
+    };
+    Rule {
+        tier: s.tier.clone(),
+        currency: s.currency,
+        action,
+        overdraft_line: line,
+        reversible,
+        fee: Fee {
+            flat: pick(s.flat, base(|d| d.flat)),
+            percent: pick(s.percent, base(|d| d.percent)),
+            minimum: pick(s.minimum, base(|d| d.minimum)),
+            cap: s.cap.or(base(|d| d.cap)),
+            grace: pick(s.grace, base(|d| d.grace)),
+            per,
+        },
+    }
+}
+
+fn text(g: &mut Gen) -> (String, Policy) {
     // The default section: every field sometimes left out (the parser's defaults).
     let mut d = Section::default();
     g.behaviour(&mut d, 850_000);
@@ -530,7 +587,10 @@ fn text(g: &mut Gen) -> String {
         out.push_str("\n[[rule]]\n");
         r.render(&mut out);
     }
-    out
+    let mut meant_rules = vec![meaning(&d, None)];
+    meant_rules.extend(rules.iter().map(|r| meaning(r, Some(&d))));
+    let meant = Policy::new(meant_rules, tiers.into_iter().collect());
+    (out, meant)
 }
 
 /// A currency rule inherits the default's amounts: those with more places than the currency
@@ -691,6 +751,8 @@ pub struct PlannedChange {
     /// The policy (None: a scripted file that was not loaded, see
     /// [`crate::scenario::Scenario::load_policies`]).
     pub policy: Option<Policy>,
+    /// A drawn policy as the generator meant it ([`Drawn::meant`]).
+    pub meant: Option<Policy>,
     /// From the scenario (else drawn at random).
     pub scripted: bool,
 }
@@ -740,7 +802,7 @@ pub fn plan_changes(cfg: &crate::config::SimConfig, end_ms: u64) -> Vec<PlannedC
         let Step::Policy(region, change) = &s.action else {
             continue;
         };
-        let (name, toml, policy) = match change {
+        let (name, toml, policy, meant) = match change {
             PolicyChange::File(path, p) => {
                 let label = std::path::Path::new(path.as_str())
                     .file_name()
@@ -751,13 +813,13 @@ pub fn plan_changes(cfg: &crate::config::SimConfig, end_ms: u64) -> Vec<PlannedC
                     Some(p) => name(&label, p),
                     None => label,
                 };
-                (name, None, policy)
+                (name, None, policy, None)
             }
             PolicyChange::Generated => {
                 let tag = format!("policy-scripted-{generated}");
                 generated += 1;
                 let d = draw(cfg.seed, tag.as_bytes(), accounts);
-                (d.name, Some(d.toml), Some(d.policy))
+                (d.name, Some(d.toml), Some(d.policy), Some(d.meant))
             }
         };
         out.push(PlannedChange {
@@ -766,6 +828,7 @@ pub fn plan_changes(cfg: &crate::config::SimConfig, end_ms: u64) -> Vec<PlannedC
             name,
             toml,
             policy,
+            meant,
             scripted: true,
         });
     }
@@ -799,6 +862,7 @@ pub fn plan_changes(cfg: &crate::config::SimConfig, end_ms: u64) -> Vec<PlannedC
                 name: d.name,
                 toml: Some(d.toml),
                 policy: Some(d.policy),
+                meant: Some(d.meant),
                 scripted: false,
             });
         }
@@ -826,7 +890,8 @@ mod tests {
         for seed in 0..1000 {
             let d = draw(seed, b"policy", 100);
             assert!(d.name.starts_with("drawn-"));
-            assert_eq!(Policy::from_toml(&d.toml).ok(), Some(d.policy));
+            assert_eq!(Policy::from_toml(&d.toml).ok(), Some(d.policy.clone()));
+            assert_eq!(d.policy, d.meant, "seed {seed}:\n{}", d.toml);
         }
     }
 }

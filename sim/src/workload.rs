@@ -42,6 +42,10 @@ pub struct Submission {
     pub currency: Currency,
     /// A debit sent "to the floor": its amount is the provisional balance the region sees
     /// minus its floor when the request is first sent (retries and copies send the same).
+    /// A credit sent "to the floor": its account, currency and amount are decided when it is
+    /// first sent: an (account, currency) the region's settled view has in an overdraft
+    /// episode with fees, and the amount that brings its balance without those fees exactly
+    /// back to the floor (else it is sent as drawn).
     pub to_floor: bool,
     /// Logical request number (retries share it).
     pub logical: u32,
@@ -92,6 +96,22 @@ fn generated(c: u64, currency: Currency, thousandth: u64) -> Option<Amount> {
         3 => from_minor(c.checked_mul(10)?.checked_add(thousandth)?, currency),
         _ => from_minor(c, currency),
     }
+}
+
+/// `amount` written at the scale of a currency with more minor units than `currency` has:
+/// `12.34` USD as `12.340`, `1234` JPY as `1234.00`; with `extra`, one more digit in the
+/// finer place (`12.341`, `1234.01`), which `currency` cannot carry. None for a currency
+/// without a finer one here.
+fn odd_scale(amount: Amount, currency: Currency, extra: bool) -> Option<Amount> {
+    let finer = [Currency::USD, Currency::BHD]
+        .into_iter()
+        .find(|f| f.minor_units() > currency.minor_units())?;
+    let mut v = amount.value();
+    v.rescale(finer.minor_units());
+    if extra {
+        v = v.checked_add(Decimal::new(1, finer.minor_units()))?;
+    }
+    Amount::new(v, finer).ok()
 }
 
 impl Workload {
@@ -146,6 +166,8 @@ impl Workload {
         // floor share the request stream is the one of earlier versions.
         let mut cur_rng = Rng::new(cfg.seed, b"currencies");
         let mut floor_rng = Rng::new(cfg.seed, b"floor");
+        let mut credit_rng = Rng::new(cfg.seed, b"floor-credit");
+        let mut scale_rng = Rng::new(cfg.seed, b"odd-scale");
         let cur_total: u64 = w.currencies.iter().map(|(_, x)| u64::from(*x)).sum();
         for i in 0..w.transactions {
             if n_accounts == 0 {
@@ -190,10 +212,19 @@ impl Workload {
                 }
                 thousandth = cur_rng.below(10);
             }
-            let to_floor = kind.is_debit() && floor_rng.chance(w.floor_ppm);
-            let Some(amount) = generated(c, currency, thousandth) else {
+            let to_floor = if kind.is_debit() {
+                floor_rng.chance(w.floor_ppm)
+            } else {
+                kind == Kind::Deposit && credit_rng.chance(w.floor_credit_ppm)
+            };
+            let Some(mut amount) = generated(c, currency, thousandth) else {
                 continue;
             };
+            if !to_floor && scale_rng.chance(w.odd_scale_ppm) {
+                if let Some(a) = odd_scale(amount, currency, scale_rng.chance(500_000)) {
+                    amount = a;
+                }
+            }
             let retry = rng.chance(w.retry_ppm);
             let retry_after = rng.range(100, 3_000);
             let second = regions > 1 && rng.chance(w.two_region_ppm);
