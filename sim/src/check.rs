@@ -116,6 +116,8 @@ pub struct Outcome {
     pub debt: Decimal,
     /// Accounts with a negative settled balance.
     pub debt_accounts: u64,
+    /// Overdraft episodes that closed on a balance without their fees exactly at the floor.
+    pub closed_at_floor: u64,
 }
 
 /// What the checker found.
@@ -816,6 +818,7 @@ pub fn check(sim: &mut Sim) -> CheckResult {
 fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
     let mut out = Outcome {
         overdrafts: model.overdrafts,
+        closed_at_floor: model.closed_at_floor,
         ..Outcome::default()
     };
     if let Some(first) = sim.nodes.first() {
@@ -1303,5 +1306,87 @@ pub fn after_restart(sim: &mut Sim, r: usize, before: RestartView) {
     d.counts.self_checks += 1;
     for (n, b) in bad {
         d.fail(n, now, b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wallet_core::{Amount, Config, Kind};
+
+    fn replica() -> Replica {
+        let regions = crate::config::region_names(2);
+        Replica::new(Config::new(regions[0], regions, Policy::zero()), Hlc::ZERO)
+    }
+
+    fn req(kind: Kind, amount: Amount, currency: Currency) -> TxRequest {
+        TxRequest {
+            account: AccountId::new("acct-0001").unwrap(),
+            kind,
+            amount,
+            currency,
+            idempotency_key: None,
+            reference: None,
+        }
+    }
+
+    fn judged(
+        req: &TxRequest,
+        provisional: &str,
+        result: Result<Submitted, SubmitError>,
+    ) -> Vec<String> {
+        let mut d = DuringRun::new(2);
+        let before = Before {
+            provisional: Decimal::from_str_exact(provisional).unwrap(),
+            floor: Decimal::ZERO,
+        };
+        submitted(&mut d, 0, 0, &replica(), req, &before, &result);
+        d.failures
+            .into_iter()
+            .map(|(n, x)| format!("{n}: {x}"))
+            .collect()
+    }
+
+    fn funds() -> SubmitError {
+        SubmitError::InsufficientFunds {
+            available: String::new(),
+            requested: String::new(),
+            currency: Currency::USD,
+        }
+    }
+
+    #[test]
+    fn a_debit_landing_exactly_on_the_floor_must_be_accepted() {
+        let usd = |s: &str| Amount::parse(s, Currency::USD).unwrap();
+        let r = req(Kind::Purchase, usd("10.00"), Currency::USD);
+        // Refused with 10.00 available: the off-by-one a mutant makes.
+        let f = judged(&r, "10.00", Err(funds()));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].starts_with("acceptance: ") && f[0].contains("not below the floor"));
+        // Refused with 9.99 available: right.
+        assert!(judged(&r, "9.99", Err(funds())).is_empty());
+    }
+
+    #[test]
+    fn an_amount_finer_than_the_currency_must_be_refused_as_an_amount() {
+        // 12.341 written for BHD, sent as USD.
+        let fine = Amount::parse("12.341", Currency::BHD).unwrap();
+        let r = req(Kind::Deposit, fine, Currency::USD);
+        let f = judged(&r, "0", Err(funds()));
+        assert!(f.len() == 1 && f[0].contains("refused for funds"), "{f:?}");
+        let bad = Amount::parse("1.5", Currency::USD).unwrap();
+        let e = SubmitError::Amount(Amount::new(bad.value(), Currency::JPY).unwrap_err());
+        assert!(judged(&r, "0", Err(e.clone())).is_empty());
+        // A valid amount refused as invalid.
+        let ok = req(
+            Kind::Deposit,
+            Amount::parse("12.340", Currency::BHD).unwrap(),
+            Currency::USD,
+        );
+        let f = judged(&ok, "0", Err(e));
+        assert!(
+            f.len() == 1 && f[0].contains("a valid amount refused"),
+            "{f:?}"
+        );
     }
 }

@@ -79,6 +79,10 @@ Workload:
                            (default USD:80,JPY:10,BHD:10)
   --floor-share PCT        debits whose amount is the region's provisional balance minus its
                            floor when sent (default 3%)
+  --floor-credit-share PCT deposits sent to an account the region sees in an overdraft episode
+                           with fees, sized to bring it back exactly to the floor (default 6%)
+  --odd-scale-share PCT    requests whose amount is written at a finer currency's scale:
+                           12.340 USD (accepted as 12.34) or 12.341 USD (refused) (default 1%)
   --deposit-multiplier N   deposits are drawn N times larger (default 2)
   --hot-accounts N         size of the hot set (default 5)
   --hot-share PCT          share of traffic on the hot set (default 30%)
@@ -278,6 +282,12 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
             }
             "--floor-share" => {
                 base.workload.floor_ppm = ctx(parse_ppm(value(args, &mut i, flag)?), flag)?
+            }
+            "--floor-credit-share" => {
+                base.workload.floor_credit_ppm = ctx(parse_ppm(value(args, &mut i, flag)?), flag)?
+            }
+            "--odd-scale-share" => {
+                base.workload.odd_scale_ppm = ctx(parse_ppm(value(args, &mut i, flag)?), flag)?
             }
             "--currencies" => {
                 base.workload.currencies = ctx(parse_currencies(value(args, &mut i, flag)?), flag)?

@@ -145,6 +145,9 @@ pub struct Node {
     /// Per peer: this incarnation's replica was told the member is connected (and not yet
     /// that it disconnected).
     told: Vec<bool>,
+    /// A `crash-after-pull` is armed: the region crashes right after it answers a pull while
+    /// own events are written but not durable.
+    crash_armed: bool,
 }
 
 /// The connection between two regions (one per unordered pair).
@@ -213,6 +216,8 @@ pub struct Counters {
     pub floor_sized: u64,
     /// Credits sent to the floor that found an account in an episode to bring back to it.
     pub floor_credits: u64,
+    /// Armed crashes that fired (a pull answered while own events were not durable).
+    pub crashes_after_pull: u64,
 }
 
 /// Per region: (provisional, settled) in cents, None while the region is down.
@@ -347,6 +352,9 @@ fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
     c
 }
 
+/// Share of the random crashes that are `crash-after-pull`, ppm.
+pub const CRASH_AFTER_PULL_PPM: u32 = 333_333;
+
 /// The fault schedule (scripted steps, then random partitions, crashes and a skew change), in
 /// the order the events are queued.
 fn fault_schedule(cfg: &SimConfig, end_ms: u64, rng: &mut Rng) -> Vec<(u64, Action)> {
@@ -390,13 +398,21 @@ fn fault_schedule(cfg: &SimConfig, end_ms: u64, rng: &mut Rng) -> Vec<(u64, Acti
     } else {
         0
     });
+    let mut armed = Rng::new(cfg.seed, b"crash-after-pull");
     if n >= 1 && crashes > 0 {
         let slot = dur / u64::from(crashes);
         for k in 0..u64::from(crashes) {
             let at = slot * k + rng.below(slot / 2 + 1);
             let down = rng.range(300.min(slot / 2), (slot / 2).clamp(1, 8_000));
             let r = rng.below(n as u64) as usize;
-            out.push((at, Action::Crash(r)));
+            // A third of the random crashes wait for the window of a pull answered while own
+            // events are still being written (their own stream: the other draws stay).
+            let crash = if armed.chance(CRASH_AFTER_PULL_PPM) {
+                Action::CrashAfterPull(r)
+            } else {
+                Action::Crash(r)
+            };
+            out.push((at, crash));
             out.push((at + down, Action::Restart(r)));
         }
     }
@@ -495,6 +511,7 @@ impl Sim {
                 lag_q: VecDeque::new(),
                 just_submitted: None,
                 told: vec![false; n],
+                crash_armed: false,
             })
             .collect();
         let chart = if cfg.record_series {
@@ -794,6 +811,7 @@ impl Sim {
 
     /// Drains a replica's outputs: persist to the simulated disk, send, record.
     fn drain(&mut self, i: usize) {
+        let mut crash_now = false;
         let mut outs = std::mem::take(&mut self.out_buf);
         while let Some(o) = self.nodes[i].replica.poll_output() {
             outs.push(o);
@@ -836,9 +854,14 @@ impl Sim {
                     self.broadcast(i, m)
                 }
                 Output::Send { to, msg } => {
+                    let answer = matches!(msg, Message::PullAnswer { .. });
                     if let Some(j) = self.region_index(to) {
                         let bytes = wallet_core::wire::encoded_message_len(&msg);
                         self.send(i, j, msg, bytes);
+                    }
+                    let node = &self.nodes[i];
+                    if answer && node.crash_armed && node.disk.written[i] > node.disk.durable[i] {
+                        crash_now = true;
                     }
                 }
                 Output::Compensation(c) => {
@@ -861,6 +884,12 @@ impl Sim {
             }
         }
         self.out_buf = outs;
+        if crash_now {
+            // The armed crash: the answer is on its way, the own writes are not durable.
+            self.counters.crashes_after_pull += 1;
+            self.crash(i);
+            return;
+        }
         // (Only with --inject-bug early-ack: acknowledge before durable.)
         while let Some(&(0, logical, id)) = self.nodes[i].acks.front() {
             self.nodes[i].acks.pop_front();
@@ -1089,6 +1118,11 @@ impl Sim {
             }
             Action::Heal => self.heal(),
             Action::Crash(r) => self.crash(r),
+            Action::CrashAfterPull(r) => {
+                if let Some(node) = self.nodes.get_mut(r).filter(|n| n.up) {
+                    node.crash_armed = true;
+                }
+            }
             Action::Restart(r) => self.restart(r),
             Action::Skew(r, ms) => {
                 if let Some(n) = self.nodes.get_mut(r) {
@@ -1190,6 +1224,7 @@ impl Sim {
             return;
         }
         node.up = false;
+        node.crash_armed = false;
         node.inc += 1;
         self.counters.events_duplicate += node.replica.stats().duplicates;
         self.counters.pull.add(&node.replica.pull_stats());
@@ -1212,6 +1247,10 @@ impl Sim {
     }
 
     fn restart(&mut self, r: usize) {
+        if let Some(n) = self.nodes.get_mut(r).filter(|n| n.up) {
+            // A `crash-after-pull` that never found its window is disarmed.
+            n.crash_armed = false;
+        }
         if self.nodes.get(r).is_none_or(|n| n.up) {
             return;
         }

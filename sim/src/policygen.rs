@@ -886,6 +886,31 @@ mod tests {
     }
 
     #[test]
+    fn meaning_follows_the_docs_table() {
+        // A line with `action = "fee"` and `beyond_line = "reverse"`: reverse beyond the line.
+        let d = Section {
+            action: Some("fee"),
+            beyond: Some("reverse"),
+            line: Some(Decimal::new(50, 0)),
+            ..Section::default()
+        };
+        assert_eq!(meaning(&d, None).action, Action::Reverse);
+        // A rule without a line inherits the default's line, and with it `beyond_line`.
+        let r = Section {
+            currency: Some(Currency::JPY),
+            ..Section::default()
+        };
+        let m = meaning(&r, Some(&d));
+        assert_eq!(
+            (m.action, m.overdraft_line),
+            (Action::Reverse, Decimal::new(50, 0))
+        );
+        // Without a line: the action; left out: fee, purchase reversible, per debit.
+        let z = meaning(&Section::default(), None);
+        assert_eq!(z, Policy::zero().rules[0]);
+    }
+
+    #[test]
     fn a_thousand_draws_parse() {
         for seed in 0..1000 {
             let d = draw(seed, b"policy", 100);

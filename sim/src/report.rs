@@ -57,9 +57,10 @@ pub fn summary(r: &RunResult) -> String {
     );
     let _ = writeln!(
         s,
-        "  faults: partitions {}  crashes {}  messages {} (lost {})  replicated {} ({} bytes)  events delivered {} ({} already held)",
+        "  faults: partitions {}  crashes {} ({} after a pull)  messages {} (lost {})  replicated {} ({} bytes)  events delivered {} ({} already held)",
         m.partitions,
         m.crashes,
+        m.crashes_after_pull,
         m.messages,
         m.messages_lost,
         human_bytes(m.bytes_replicated),

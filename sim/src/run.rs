@@ -79,6 +79,14 @@ pub struct Metrics {
     pub partitions: u64,
     /// Crashes.
     pub crashes: u64,
+    /// Of those, `crash-after-pull` crashes that found their window (a pull answered while
+    /// own events were written and not yet durable).
+    pub crashes_after_pull: u64,
+    /// Credits sent to the floor that found an account in an episode to bring back to it.
+    pub floor_credits: u64,
+    /// Overdraft episodes that closed on a balance without their fees exactly at the floor
+    /// (by the reference model of the first region).
+    pub episodes_closed_at_floor: u64,
     /// Events created and lost in a crash before durable (never acknowledged).
     pub lost_before_durable: u64,
     /// Reports raised by replicas: rejected events, clock skew, equivocation.
@@ -329,6 +337,9 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         events_duplicate: c.events_duplicate,
         partitions: c.partitions,
         crashes: c.crashes,
+        crashes_after_pull: c.crashes_after_pull,
+        floor_credits: c.floor_credits,
+        episodes_closed_at_floor: check.outcome.closed_at_floor,
         lost_before_durable: c.lost_unacked,
         reports: c.reports.iter().sum(),
         anti_entropy: c.pull,
