@@ -120,6 +120,8 @@ pub struct Disk {
     pub evidence: Vec<wallet_core::Evidence>,
     pending: VecDeque<(u64, Pend)>,
     fsync_in_flight: bool,
+    /// The disk stalls until the next crash: an fsync in flight never completes.
+    stalled: bool,
     /// Persist records that broke the per-origin order (a core bug if ever non-zero).
     pub out_of_order: u64,
 }
@@ -504,6 +506,7 @@ impl Sim {
                     evidence: Vec::new(),
                     pending: VecDeque::new(),
                     fsync_in_flight: false,
+                    stalled: false,
                     out_of_order: 0,
                 },
                 timer_at: None,
@@ -885,10 +888,18 @@ impl Sim {
         }
         self.out_buf = outs;
         if crash_now {
-            // The armed crash: the answer is on its way, the own writes are not durable.
+            // The armed crash fires: the answer is on its way while own writes are not
+            // durable. The disk stalls (the fsync in flight never completes: a slow disk)
+            // and the region crashes once the answer has arrived (a message that left the
+            // process before the crash is delivered; one still in flight when the link is
+            // cut would be lost).
             self.counters.crashes_after_pull += 1;
-            self.crash(i);
-            return;
+            let node = &mut self.nodes[i];
+            node.crash_armed = false;
+            node.disk.stalled = true;
+            let f = &self.cfg.faults;
+            let after = f.delay_ms.1 + f.reorder_extra_ms + 1;
+            self.push(self.now + after, Ev::Fault(Action::Crash(i)));
         }
         // (Only with --inject-bug early-ack: acknowledge before durable.)
         while let Some(&(0, logical, id)) = self.nodes[i].acks.front() {
@@ -1231,6 +1242,7 @@ impl Sim {
         node.timer_at = None;
         node.disk.pending.clear();
         node.disk.fsync_in_flight = false;
+        node.disk.stalled = false;
         node.disk.written = node.disk.durable.clone();
         self.counters.lost_unacked += node.acks.len() as u64;
         node.acks.clear();
@@ -1396,7 +1408,7 @@ impl Sim {
             } => self.deliver(to as usize, from as usize, epoch, msg),
             Ev::Fsync { node, inc, upto } => {
                 let i = node as usize;
-                if self.nodes[i].inc == inc && self.nodes[i].up {
+                if self.nodes[i].inc == inc && self.nodes[i].up && !self.nodes[i].disk.stalled {
                     self.fsync(i, upto);
                 }
             }
