@@ -1248,6 +1248,10 @@ impl Sim {
         node.acks.clear();
         let durable_own = node.disk.durable[r];
         node.lag_q.retain(|(seq, _, _)| *seq <= durable_own);
+        // Floor debits lost before durable never happened (their seqs are issued again).
+        let me = node.id;
+        self.floor_landings
+            .retain(|l| l.id.origin != me || l.id.seq <= durable_own);
         self.counters.crashes += 1;
         self.down_since[r] = Some(self.now);
         // Every link of the crashed region is cut: its peers notice after the detection delay.
