@@ -327,6 +327,9 @@ pub struct FloorLanding {
 
 /// Period of the Byzantine member's re-sends of a forged second version, simulated ms.
 pub const BYZANTINE_RESEND_MS: u64 = 1_000;
+/// Most events a promise-breaking member sends ahead of the denied one to a peer that lacks
+/// them.
+pub const FORGED_CATCH_UP_MAX: u64 = 1_024;
 /// Most crashes the Byzantine mode adds (honest regions right after they write evidence).
 pub const BYZANTINE_BIAS_CRASHES_MAX: u32 = 3;
 
@@ -1608,7 +1611,25 @@ impl Sim {
         let mut out = Vec::new();
         if let Some((hb, e)) = &byz.forged_promise {
             out.push(Message::SignedHeartbeat(hb.clone()));
-            out.push(Message::Events(vec![e.clone()]));
+            // Then its events from the first the peer lacks up to the denied one, so that the
+            // peer applies that one in order (a peer that lacks more takes it out of order).
+            let b = byz.plan.region;
+            let origin = self.cfg.regions[b];
+            let held = self.nodes[j].replica.version_vector().get(&origin);
+            let mut evs: Vec<Event> = Vec::new();
+            if e.id.seq.saturating_sub(held) <= FORGED_CATCH_UP_MAX {
+                evs = self.nodes[b]
+                    .replica
+                    .origin_events(origin, held)
+                    .iter()
+                    .take_while(|x| x.id.seq <= e.id.seq)
+                    .cloned()
+                    .collect();
+            }
+            if evs.last() != Some(e) {
+                evs = vec![e.clone()];
+            }
+            out.push(Message::Events(evs));
         }
         if let Some((e, f)) = &byz.forged_event {
             if holds(&self.nodes[j], e) {
