@@ -348,6 +348,9 @@ pub struct Byz {
     pub forged_promise: Option<(SignedHeartbeat, Event)>,
     /// Its last real heartbeat (the forged one copies its version vector and policy).
     last_hb: Option<Heartbeat>,
+    /// The highest seq of its own events it ever sent (pushes and pull answers): a promise
+    /// is only broken for an event no peer can hold yet.
+    sent_max: u64,
     /// Per region: was handed a forged item, or evidence against the member.
     pub handed: Vec<bool>,
     /// Forged messages sent and delivered.
@@ -540,6 +543,7 @@ impl Sim {
             forged_event: None,
             forged_promise: None,
             last_hb: None,
+            sent_max: 0,
             handed: vec![false; n],
             forged_sent: 0,
             forged_delivered: 0,
@@ -926,6 +930,9 @@ impl Sim {
                     self.broadcast(i, m)
                 }
                 Output::Send { to, msg } => {
+                    if self.byz.as_ref().is_some_and(|b| b.plan.region == i) {
+                        self.byz_outgoing(&msg);
+                    }
                     if let Some(j) = self.region_index(to) {
                         let bytes = wallet_core::wire::encoded_message_len(&msg);
                         self.send(i, j, msg, bytes);
@@ -1706,13 +1713,27 @@ impl Sim {
             return;
         };
         let b = byz.plan.region;
+        let origin = self.cfg.regions[b];
+        let own_max = |evs: &[Event]| {
+            evs.iter()
+                .filter(|e| e.id.origin == origin)
+                .map(|e| e.id.seq)
+                .max()
+                .unwrap_or(0)
+        };
         match m {
             Message::SignedHeartbeat(h) => byz.last_hb = Some(h.hb.clone()),
+            Message::PullAnswer { events, .. } => byz.sent_max = byz.sent_max.max(own_max(events)),
             Message::Events(evs)
-                if byz.plan.behaviour == Behaviour::BreakPromise
-                    && byz.forged_promise.is_none()
-                    && self.now >= byz.plan.at_ms =>
+                if byz.plan.behaviour != Behaviour::BreakPromise
+                    || byz.forged_promise.is_some()
+                    || self.now < byz.plan.at_ms
+                    || evs.first().is_none_or(|e| e.id.seq <= byz.sent_max) =>
             {
+                byz.sent_max = byz.sent_max.max(own_max(evs));
+            }
+            Message::Events(evs) => {
+                byz.sent_max = byz.sent_max.max(own_max(evs));
                 let (Some(e), Some(last)) = (evs.first(), byz.last_hb.as_ref()) else {
                     return;
                 };
