@@ -338,7 +338,7 @@ pub const BYZANTINE_BIAS_CRASHES_MAX: u32 = 3;
 pub struct Byz {
     /// Who, how, from when.
     pub plan: ByzantinePlan,
-    /// Its own stream of the seed (delays of forged messages, the crash bias).
+    /// Its own stream of the seed (the crash bias).
     rng: Rng,
     /// The member's signing key (the simulator holds every region's).
     auth: Box<dyn Authenticator>,
@@ -924,14 +924,16 @@ impl Sim {
                     if let Message::Evidence(ev) = &m {
                         self.during.evidence_announced(i, ev.origin());
                     }
-                    if self.byz.as_ref().is_some_and(|b| b.plan.region == i) {
-                        self.byz_outgoing(&m);
+                    if self.byz.as_ref().is_some_and(|b| b.plan.region == i)
+                        && self.byz_outgoing(&m)
+                    {
+                        continue; // sent by the member itself, after its lie
                     }
                     self.broadcast(i, m)
                 }
                 Output::Send { to, msg } => {
                     if self.byz.as_ref().is_some_and(|b| b.plan.region == i) {
-                        self.byz_outgoing(&msg);
+                        let _ = self.byz_outgoing(&msg);
                     }
                     if let Some(j) = self.region_index(to) {
                         let bytes = wallet_core::wire::encoded_message_len(&msg);
@@ -1588,8 +1590,8 @@ impl Sim {
         let Some(byz) = self.byz.as_mut() else {
             return;
         };
-        let (dmin, dmax) = self.cfg.faults.delay_ms;
-        let delay = byz.rng.range(dmin, dmax);
+        // The shortest delay: nothing the member sends later can overtake it.
+        let delay = self.cfg.faults.delay_ms.0;
         byz.forged_sent += 1;
         let bytes = wallet_core::wire::encoded_message_len(&msg);
         self.counters.messages += 1;
@@ -1706,11 +1708,12 @@ impl Sim {
     /// A broadcast of the Byzantine member: its real heartbeats are remembered; once the
     /// plan has started, a member that breaks a promise takes the first event of its next
     /// push, signs a heartbeat that promises no new event at or below that event's HLC
-    /// (above every promise it made before, so peers adopt it), and sends the heartbeat and
-    /// then the event to every connected peer, before the push itself.
-    fn byz_outgoing(&mut self, m: &Message) {
+    /// (above every promise it made before, so peers adopt it), and sends the heartbeat, its
+    /// events up to that one, and the rest of the push to every connected peer, in that order
+    /// and never reordered (returns true: the push is sent).
+    fn byz_outgoing(&mut self, m: &Message) -> bool {
         let Some(byz) = self.byz.as_mut() else {
-            return;
+            return false;
         };
         let b = byz.plan.region;
         let origin = self.cfg.regions[b];
@@ -1735,7 +1738,7 @@ impl Sim {
             Message::Events(evs) => {
                 byz.sent_max = byz.sent_max.max(own_max(evs));
                 let (Some(e), Some(last)) = (evs.first(), byz.last_hb.as_ref()) else {
-                    return;
+                    return false;
                 };
                 let above = Hlc(self.during.announced(b).0.saturating_add(1));
                 let hb = Heartbeat {
@@ -1750,16 +1753,24 @@ impl Sim {
                 byz.forged_promise = Some((SignedHeartbeat { hb, sig }, e.clone()));
                 self.during.note_announced(b, h);
                 self.during.note_forged_promise(b, seq, h);
+                // The lie, then the push itself (sent the same way, so it cannot overtake
+                // the lie).
+                let rest: Vec<Event> = evs.iter().skip(1).cloned().collect();
                 for j in 0..self.nodes.len() {
                     if j != b {
                         for m in self.forged_for(j) {
                             self.send_forged(b, j, m);
                         }
+                        if !rest.is_empty() {
+                            self.send_forged(b, j, Message::Events(rest.clone()));
+                        }
                     }
                 }
+                return true;
             }
             _ => {}
         }
+        false
     }
 
     /// A message reaches region `to`: note whether it is a forged item of the member or
