@@ -57,6 +57,13 @@ pub struct Invariants {
     /// it has more places than the currency's minor units; an accepted event carries the
     /// requested amount at the currency's scale.
     pub acceptance: bool,
+    /// Byzantine seeds: every honest region that was handed a forged item (or evidence)
+    /// ends holding evidence against the Byzantine member, and none holds a forged event or
+    /// an event its forged promise denied.
+    pub detection: bool,
+    /// A region that reported equivocation of an origin (or sent evidence against it) still
+    /// holds that evidence after every later restart.
+    pub evidence_durable: bool,
 }
 
 impl Invariants {
@@ -75,10 +82,12 @@ impl Invariants {
             && self.watermark_complete
             && self.policy_file
             && self.acceptance
+            && self.detection
+            && self.evidence_durable
     }
 
     /// Every invariant by name, in JSON order.
-    pub fn named(&self) -> [(&'static str, bool); 13] {
+    pub fn named(&self) -> [(&'static str, bool); 15] {
         [
             ("convergence", self.convergence),
             ("no_loss", self.no_loss),
@@ -93,6 +102,8 @@ impl Invariants {
             ("watermark_complete", self.watermark_complete),
             ("policy_file", self.policy_file),
             ("acceptance", self.acceptance),
+            ("detection", self.detection),
+            ("evidence_durable", self.evidence_durable),
         ]
     }
 }
@@ -159,12 +170,13 @@ fn snapshot_bytes(r: &Replica, regions: &[wallet_core::RegionId]) -> Vec<u8> {
     wallet_core::wire::encode_value(&snap)
 }
 
-/// True if two replicas' snapshots are the same values down to every decimal's internal
-/// representation, so that [`snapshot_bytes`] of both would be the same bytes (the encoding is a
-/// function of those values). False does not prove the bytes differ: the caller compares the
-/// bytes then. Much cheaper than encoding every region's whole history.
-fn same_snapshot(a: &Replica, b: &Replica, regions: &[wallet_core::RegionId]) -> bool {
-    let raw = |x: &Decimal, y: &Decimal| x.serialize() == y.serialize();
+/// Two decimals with the same internal representation (so the same encoded bytes).
+fn raw(x: &Decimal, y: &Decimal) -> bool {
+    x.serialize() == y.serialize()
+}
+
+/// Two events are the same values (see [`same_snapshot`]).
+fn same_event(x: &Event, y: &Event) -> bool {
     let same_body = |x: &Body, y: &Body| match (x, y) {
         (Body::Tx(x), Body::Tx(y)) => {
             x.account == y.account
@@ -179,20 +191,27 @@ fn same_snapshot(a: &Replica, b: &Replica, regions: &[wallet_core::RegionId]) ->
         }
         _ => false,
     };
-    let same_event = |x: &Event, y: &Event| {
-        x.id == y.id && x.hlc == y.hlc && x.sig == y.sig && same_body(&x.body, &y.body)
-    };
-    let same_comp = |x: &Compensation, y: &Compensation| {
-        x.kind == y.kind
-            && x.cause == y.cause
-            && x.hlc == y.hlc
-            && x.account == y.account
-            && x.currency == y.currency
-            && raw(&x.delta, &y.delta)
-            && x.policy_version == y.policy_version
-            && x.related == y.related
-            && x.position == y.position
-    };
+    x.id == y.id && x.hlc == y.hlc && x.sig == y.sig && same_body(&x.body, &y.body)
+}
+
+/// Two compensations are the same values (see [`same_snapshot`]).
+fn same_comp(x: &Compensation, y: &Compensation) -> bool {
+    x.kind == y.kind
+        && x.cause == y.cause
+        && x.hlc == y.hlc
+        && x.account == y.account
+        && x.currency == y.currency
+        && raw(&x.delta, &y.delta)
+        && x.policy_version == y.policy_version
+        && x.related == y.related
+        && x.position == y.position
+}
+
+/// True if two replicas' snapshots are the same values down to every decimal's internal
+/// representation, so that [`snapshot_bytes`] of both would be the same bytes (the encoding is a
+/// function of those values). False does not prove the bytes differ: the caller compares the
+/// bytes then. Much cheaper than encoding every region's whole history.
+fn same_snapshot(a: &Replica, b: &Replica, regions: &[wallet_core::RegionId]) -> bool {
     let (ea, eb) = (all_events(a, regions), all_events(b, regions));
     let (ba, bb) = (a.all_balances(), b.all_balances());
     let (fa, fb) = (a.feed(0, usize::MAX), b.feed(0, usize::MAX));
@@ -241,6 +260,10 @@ struct Ctx<'a> {
     acked: &'a [(EventId, u32)],
     keys: &'a [Option<Box<str>>],
     policy: &'a Policy,
+    /// In a Byzantine seed once its lie reached an honest region: the member (its acknowledged
+    /// events need not reach honest regions, which froze it; idempotency judges settled
+    /// events only, as settlement is frozen).
+    byzantine: Option<RegionId>,
 }
 
 /// Per-region checks: durable-prefix order, no loss, conservation, one compensation per
@@ -259,6 +282,9 @@ fn node_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     }
     // No loss.
     for (id, logical) in ctx.acked {
+        if ctx.byzantine.is_some_and(|b| b == id.origin && b != n.id) {
+            continue;
+        }
         let key = ctx.keys.get(*logical as usize).and_then(|k| k.as_deref());
         match r.event(*id).and_then(Event::tx) {
             None => f.add(
@@ -602,7 +628,12 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
         // stands unreversed, whatever other bodies took the key before it.
         let standing: Vec<&&Event> = evs
             .iter()
-            .filter(|e| !matches!(r0.status(e.id), Some((Status::Reversed, _))))
+            .filter(|e| match r0.status(e.id) {
+                Some((Status::Reversed, _)) => false,
+                // Frozen settlement (Byzantine seeds): provisional events are not judged.
+                Some((Status::Provisional, _)) => ctx.byzantine.is_none(),
+                _ => true,
+            })
             .collect();
         let mut done = vec![false; standing.len()];
         for i in 0..standing.len() {
@@ -661,18 +692,29 @@ pub fn check(sim: &mut Sim) -> CheckResult {
             odd.push((i, n));
         }
     }
+    let active = sim.byzantine_active();
     let ctx = Ctx {
         regions: &sim.cfg.regions,
         acked: &sim.acked,
         keys: &sim.workload.keys,
         policy: &sim.cfg.policy,
+        byzantine: active.map(|b| sim.cfg.regions[b]),
+    };
+    // The history checks run on the second region, or the first honest one.
+    let hist = if active == Some(1) || n_nodes < 2 {
+        usize::from(active == Some(0))
+    } else {
+        1
     };
     type PerNode = Vec<(usize, Failures)>;
     let (even, odd, per_even, per_odd, folded, view0, history) = std::thread::scope(|s| {
         let ctx = &ctx;
         let h = s.spawn(move || {
             let per: PerNode = odd.iter().map(|(i, n)| (*i, node_checks(n, ctx))).collect();
-            let history = odd.first().map(|(_, n)| history_checks(n, ctx));
+            let history = odd
+                .iter()
+                .find(|(i, _)| *i == hist)
+                .map(|(_, n)| history_checks(n, ctx));
             (odd, per, history)
         });
         let first = &even[0].1;
@@ -688,7 +730,13 @@ pub fn check(sim: &mut Sim) -> CheckResult {
             .collect();
         match h.join() {
             Ok((odd, per_odd, history)) => {
-                let history = history.unwrap_or_else(|| history_checks(first, ctx));
+                let history = history.unwrap_or_else(|| {
+                    let n = even
+                        .iter()
+                        .find(|(i, _)| *i == hist)
+                        .map_or(first, |(_, n)| n);
+                    history_checks(n, ctx)
+                });
                 (even, odd, per, Some(per_odd), folded, view0, history)
             }
             // A panic in a checker is a bug; report it as a failed check, never hang.
@@ -763,9 +811,16 @@ pub fn check(sim: &mut Sim) -> CheckResult {
             ),
         );
     }
-    let r0 = &sim.nodes[0].replica;
-    for (n, fi) in sim.nodes[1..].iter().zip(per_rest) {
+    for fi in per_rest {
         f.extend(fi);
+    }
+    byzantine_checks(sim, &mut f);
+    if let Some(b) = active {
+        settled_prefixes_agree(sim, b, &mut f);
+        return finish(sim, f, &folded);
+    }
+    let r0 = &sim.nodes[0].replica;
+    for n in &sim.nodes[1..] {
         if same_snapshot(&n.replica, r0, &sim.cfg.regions) {
             continue;
         }
@@ -815,6 +870,136 @@ pub fn check(sim: &mut Sim) -> CheckResult {
     finish(sim, f, &folded)
 }
 
+/// `detection` (Byzantine seeds): every honest region that was handed a forged item or
+/// evidence against the member holds evidence against it at the end, and no honest region
+/// holds the forged second version or an event the forged promise denied.
+fn byzantine_checks(sim: &Sim, f: &mut Failures) {
+    let Some(byz) = &sim.byz else {
+        return;
+    };
+    let b = byz.plan.region;
+    let bid = sim.cfg.regions[b];
+    for (i, n) in sim.nodes.iter().enumerate() {
+        if i == b {
+            continue;
+        }
+        if byz.handed[i] && !sim.holds_evidence(i, b) {
+            f.add(
+                "detection",
+                format!(
+                    "{} was handed a forged item of {bid} (or evidence against it) and holds no evidence against it",
+                    n.id
+                ),
+            );
+        }
+        if let Some((_, forged)) = &byz.forged_event {
+            if n.replica.event(forged.id) == Some(forged) {
+                f.add(
+                    "detection",
+                    format!(
+                        "{} holds {bid}'s forged second version of {}",
+                        n.id, forged.id
+                    ),
+                );
+            }
+        }
+        if let Some((hb, _)) = &byz.forged_promise {
+            let denied = n
+                .replica
+                .origin_events(bid, hb.hb.seq)
+                .iter()
+                .find(|e| e.hlc <= hb.hb.hlc);
+            if let Some(e) = denied {
+                f.add(
+                    "detection",
+                    format!(
+                        "{} holds {} at {:?}, which {bid}'s signed promise ({:?}, seq {}) denied",
+                        n.id, e.id, e.hlc, hb.hb.hlc, hb.hb.seq
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Byzantine seeds, once the lie reached an honest region (settlement of the member is then
+/// frozen, at a different point on each region): every pair of honest regions holds the same
+/// events of every honest origin and logs of the member one of which extends the other
+/// (`convergence`), the same settled events up to the lower of their watermarks
+/// (`convergence`), and feeds one of which extends the other (`exactly_once`). Each region
+/// was compared with the oracle's fold of its own view.
+fn settled_prefixes_agree(sim: &Sim, b: usize, f: &mut Failures) {
+    let regions = &sim.cfg.regions;
+    let bid = regions[b];
+    let honest: Vec<&Node> = (0..sim.nodes.len())
+        .filter(|i| *i != b)
+        .map(|i| &sim.nodes[i])
+        .collect();
+    let Some((h0, rest)) = honest.split_first() else {
+        return;
+    };
+    let r0 = &h0.replica;
+    for n in rest {
+        let r = &n.replica;
+        for o in regions {
+            let (x, y) = (r0.origin_events(*o, 0), r.origin_events(*o, 0));
+            // The member's logs are frozen at different points: one extends the other.
+            let differ = (*o != bid && x.len() != y.len())
+                || x.iter().zip(y).any(|(a, c)| !same_event(a, c));
+            if differ {
+                f.add(
+                    "convergence",
+                    format!(
+                        "{} and {} hold different events of {o} ({} vs {})",
+                        n.id,
+                        h0.id,
+                        y.len(),
+                        x.len()
+                    ),
+                );
+            }
+        }
+        let w = r0.watermark().min(r.watermark());
+        let settled = |r: &Replica| -> Vec<EventId> {
+            all_events(r, regions)
+                .into_iter()
+                .filter(|e| e.hlc <= w && r.is_settled(&e.key()))
+                .map(|e| e.id)
+                .collect()
+        };
+        let (s0, s1) = (settled(r0), settled(r));
+        if s0 != s1 {
+            f.add(
+                "convergence",
+                format!(
+                    "{} and {} settled different events up to {w:?} ({} vs {})",
+                    n.id,
+                    h0.id,
+                    s1.len(),
+                    s0.len()
+                ),
+            );
+        }
+        let (fa, fb) = (r0.feed(0, usize::MAX), r.feed(0, usize::MAX));
+        if let Some((k, (x, _))) = fa
+            .iter()
+            .zip(fb)
+            .enumerate()
+            .find(|(_, (x, y))| !same_comp(x, y))
+        {
+            f.add(
+                "exactly_once",
+                format!(
+                    "the feeds of {} and {} differ at [{k}] ({} there), so neither extends the other",
+                    n.id,
+                    h0.id,
+                    x.id()
+                ),
+            );
+        }
+    }
+}
+
 fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
     let mut out = Outcome {
         overdrafts: model.overdrafts,
@@ -861,6 +1046,8 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
         watermark_complete: f.ok("watermark_complete"),
         policy_file: f.ok("policy_file"),
         acceptance: f.ok("acceptance"),
+        detection: f.ok("detection"),
+        evidence_durable: f.ok("evidence_durable"),
     };
     CheckResult {
         invariants,
@@ -925,6 +1112,13 @@ pub struct DuringRun {
     /// incarnation: each must be emitted once per region lifetime (a restart rebuilds the
     /// feed without emitting it again).
     emitted: Vec<BTreeSet<(EventId, CompKind)>>,
+    /// Per region: the origins it reported equivocation of (`Report::Equivocation`) or sent
+    /// evidence against (`Message::Evidence`), over every incarnation since its disk was
+    /// last lost: it must hold that evidence after every restart.
+    evidence_announced: Vec<BTreeSet<RegionId>>,
+    /// Per region: the forged promises it made (the Byzantine member's: seq, HLC); its events
+    /// above the seq and at or below the HLC are the ones the promise denied.
+    forged_promises: Vec<Vec<(u64, Hlc)>>,
     /// How many checks ran.
     pub counts: DuringCounts,
 }
@@ -957,7 +1151,39 @@ impl DuringRun {
             durable_event: vec![Hlc::ZERO; n],
             checked_wm: vec![Hlc::ZERO; n],
             emitted: vec![BTreeSet::new(); n],
+            evidence_announced: vec![BTreeSet::new(); n],
+            forged_promises: vec![Vec::new(); n],
             ..DuringRun::default()
+        }
+    }
+
+    /// Region `i` reported equivocation of `origin`, or sent evidence against it.
+    pub fn evidence_announced(&mut self, i: usize, origin: RegionId) {
+        if let Some(set) = self.evidence_announced.get_mut(i) {
+            set.insert(origin);
+        }
+    }
+
+    /// Region `i` lost its disk: what it announced before is gone with it, legitimately.
+    pub fn disk_lost(&mut self, i: usize) {
+        if let Some(set) = self.evidence_announced.get_mut(i) {
+            set.clear();
+        }
+    }
+
+    /// The Byzantine region `i` signed a heartbeat `(seq, hlc)` that its own events
+    /// contradict: it counts as announced (peers settle on it), and the events it denies are
+    /// exempt from `watermark_complete` (a lie lets honest watermarks pass them).
+    pub fn note_announced(&mut self, i: usize, hlc: Hlc) {
+        if let Some(a) = self.announced.get_mut(i) {
+            *a = (*a).max(hlc);
+        }
+    }
+
+    /// Records a forged promise of region `i` (see [`DuringRun::note_announced`]).
+    pub fn note_forged_promise(&mut self, i: usize, seq: u64, hlc: Hlc) {
+        if let Some(v) = self.forged_promises.get_mut(i) {
+            v.push((seq, hlc));
         }
     }
 
@@ -1227,6 +1453,13 @@ fn check_complete(sim: &mut Sim, r: usize, x: usize) {
         return;
     };
     if next.hlc <= w {
+        // An event the Byzantine member's forged promise denied: the lie, not the region.
+        let denied = sim.during.forged_promises[x]
+            .iter()
+            .any(|(s, h)| next.id.seq > *s && next.hlc <= *h);
+        if denied {
+            return;
+        }
         let (now, me, id, h) = (sim.now, sim.nodes[r].id, next.id, next.hlc);
         sim.during.fail(
             "watermark_complete",
@@ -1300,6 +1533,17 @@ pub fn after_restart(sim: &mut Sim, r: usize, before: RestartView) {
     }
     if let Err(e) = rep.check_invariants() {
         bad.push(("replica_self_check", format!("{me} after its restart: {e}")));
+    }
+    // Evidence it announced (reported, or sent to peers) survives the crash.
+    for o in &sim.during.evidence_announced[r] {
+        if !rep.evidence().iter().any(|e| e.origin() == *o) {
+            bad.push((
+                "evidence_durable",
+                format!(
+                    "{me} announced evidence against {o} before its crash and holds none after its restart"
+                ),
+            ));
+        }
     }
     let d = &mut sim.during;
     d.counts.restarts += 1;

@@ -112,6 +112,10 @@ Replica (wallet_core::Config):
   --anti-entropy MS        anti_entropy_interval_ms: period of the core's safety-net pull
                            (default 2000)
   --pull-limit N           pull_batch_events: events asked for in one pull (default 2048)
+Byzantine member:
+  --byzantine SHARE        share of seeds in which one region misbehaves with its own key
+                           (equivocates, or breaks a signed heartbeat promise), drawn from
+                           the seed; only with random faults (default 12.5%; 0: never)
 Checks during the run:
   --self-check-every N     run the replica's own check_invariants() every N inputs, on the
                            region that took the input (default 2000; 0: only after restarts
@@ -122,9 +126,10 @@ Output:
   --report PATH            self-contained HTML report with SVG charts (first seed)
   --account ID             account to chart (default: the hottest)
   --quiet                  sweep: print only failures and the totals
-  --inject-bug early-ack|no-pull-answers
+  --inject-bug early-ack|no-pull-answers|forget-evidence
                            make the simulated host deliberately wrong (acknowledge before
-                           fsync; ignore pulls) to see the checker catch it
+                           fsync; ignore pulls; do not hand stored evidence back on a
+                           restart) to see the checker catch it
   -h, --help               this text
 
 Exit status: 0 when every invariant holds, 1 when one fails, 2 on a usage error.
@@ -331,6 +336,9 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
             "--self-check-every" => {
                 base.self_check_every = num(value(args, &mut i, flag)?, flag)?;
             }
+            "--byzantine" => {
+                base.byzantine_ppm = ctx(parse_ppm(value(args, &mut i, flag)?), flag)?;
+            }
             "--json" => {
                 json = Some(PathBuf::from(value(args, &mut i, flag)?));
                 shapes = false;
@@ -349,9 +357,10 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                 base.inject = match value(args, &mut i, flag)? {
                     "early-ack" => Some(crate::config::Inject::EarlyAck),
                     "no-pull-answers" => Some(crate::config::Inject::NoPullAnswers),
+                    "forget-evidence" => Some(crate::config::Inject::ForgetEvidence),
                     o => {
                         return Err(CliError(format!(
-                            "--inject-bug {o:?}: expected early-ack or no-pull-answers"
+                            "--inject-bug {o:?}: expected early-ack, no-pull-answers or forget-evidence"
                         )))
                     }
                 };

@@ -185,6 +185,46 @@ pub struct SimConfig {
     /// The replica's own `check_invariants()` runs every this many inputs, on the region
     /// that took the input (`--self-check-every`; 0: only after restarts and at the end).
     pub self_check_every: u64,
+    /// Share of seeds with a Byzantine member, ppm (`--byzantine`; drawn from the seed's own
+    /// `byzantine` stream, only in runs with random faults and no scripted faults).
+    pub byzantine_ppm: u32,
+    /// A Byzantine member pinned by the caller (tests), whatever the share.
+    pub byzantine: Option<ByzantinePlan>,
+}
+
+/// Default share of seeds with a Byzantine member: 1 in 8.
+pub const BYZANTINE_PPM_DEFAULT: u32 = 125_000;
+
+/// How the Byzantine member misbehaves (with its own signing key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Sends a second, different signed event under an id it already used, to the peers that
+    /// hold the first one.
+    Equivocate,
+    /// Signs a heartbeat promising no new event at or below an HLC, although it just issued
+    /// one below it, and sends both.
+    BreakPromise,
+}
+
+impl Behaviour {
+    /// The name in the JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Behaviour::Equivocate => "equivocate",
+            Behaviour::BreakPromise => "break-promise",
+        }
+    }
+}
+
+/// Which region misbehaves, how, and from when (simulated ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByzantinePlan {
+    /// The region (index into the region list).
+    pub region: usize,
+    /// What it does.
+    pub behaviour: Behaviour,
+    /// When it starts.
+    pub at_ms: u64,
 }
 
 /// Bugs the simulated host can be told to have, to prove the invariant checker catches them.
@@ -193,6 +233,10 @@ pub enum Inject {
     /// Acknowledge the client before the event is durable: a crash then loses acked events
     /// (caught by no_loss).
     EarlyAck,
+    /// On a restart, do not hand the stored evidence back to the replica
+    /// (`Replica::restore_evidence`): a region forgets the block it announced (caught by
+    /// evidence_durable).
+    ForgetEvidence,
     /// Never hand pulls to the replica (so they are never answered): a lost push is never
     /// repaired (caught by convergence).
     NoPullAnswers,
@@ -239,6 +283,8 @@ impl SimConfig {
             chart_account: None,
             inject: None,
             self_check_every: crate::check::SELF_CHECK_EVERY_DEFAULT,
+            byzantine_ppm: BYZANTINE_PPM_DEFAULT,
+            byzantine: None,
         }
     }
 }

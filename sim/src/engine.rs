@@ -18,11 +18,12 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use wallet_core::replica::pull::PullStats;
 use wallet_core::{
-    AccountId, Amount, CompKind, Config, Currency, EventId, Hlc, Message, Output, Record, RegionId,
-    Replica, Report, SubmitError, Submitted, TxRequest,
+    AccountId, Amount, Authenticator, Body, CompKind, Config, Currency, Event, EventId, Heartbeat,
+    Hlc, Message, Output, Record, RegionId, Replica, Report, SignedHeartbeat, SubmitError,
+    Submitted, TxRequest,
 };
 
-use crate::config::{Inject, SimConfig};
+use crate::config::{Behaviour, ByzantinePlan, Inject, SimConfig};
 use crate::policygen::{ChangeOutcome, PlannedChange};
 use crate::rng::Rng;
 use crate::scenario::Action;
@@ -65,6 +66,8 @@ enum Ev {
         epoch: u32,
     },
     Fault(Action),
+    /// The Byzantine member acts (starts, or sends its forged items again).
+    Byz,
     /// A planned policy change (index into `Sim::policy_plan`).
     Policy(usize),
     Sample,
@@ -317,6 +320,8 @@ pub struct Sim {
     /// Per logical credit sent to the floor: the account, currency and amount its first
     /// send that reached a region chose (retries and copies send the same body).
     pub floor_credits: Vec<Option<(AccountId, Currency, Amount)>>,
+    /// The Byzantine member, in a Byzantine seed.
+    pub byz: Option<Byz>,
 }
 
 /// A debit sent to the floor that became a new event.
@@ -330,6 +335,71 @@ pub struct FloorLanding {
     pub currency: Currency,
     /// The floor the region aimed at (its provisional balance minus the amount).
     pub floor: rust_decimal::Decimal,
+}
+
+/// Period of the Byzantine member's re-sends of a forged second version, simulated ms.
+pub const BYZANTINE_RESEND_MS: u64 = 1_000;
+/// Most events a promise-breaking member sends ahead of the denied one to a peer that lacks
+/// them.
+pub const FORGED_CATCH_UP_MAX: u64 = 1_024;
+/// Most crashes the Byzantine mode adds (honest regions right after they write evidence).
+pub const BYZANTINE_BIAS_CRASHES_MAX: u32 = 3;
+
+/// The Byzantine member of a run (see `docs/simulator.md`): a real replica whose signing key
+/// the simulator also uses to forge items in its name, and what became of them.
+pub struct Byz {
+    /// Who, how, from when.
+    pub plan: ByzantinePlan,
+    /// Its own stream of the seed (the crash bias).
+    rng: Rng,
+    /// The member's signing key (the simulator holds every region's).
+    auth: Box<dyn Authenticator>,
+    /// Equivocate: the event it issued and the forged second version under the same id.
+    pub forged_event: Option<(Event, Event)>,
+    /// Break-promise: the forged heartbeat and the event of its own that contradicts it.
+    pub forged_promise: Option<(SignedHeartbeat, Event)>,
+    /// Its last real heartbeat (the forged one copies its version vector and policy).
+    last_hb: Option<Heartbeat>,
+    /// The highest seq of its own events it ever sent (pushes and pull answers): a promise
+    /// is only broken for an event no peer can hold yet.
+    sent_max: u64,
+    /// Per region: was handed a forged item, or evidence against the member.
+    pub handed: Vec<bool>,
+    /// Forged messages sent and delivered.
+    pub forged_sent: u64,
+    /// Of those, delivered.
+    pub forged_delivered: u64,
+    /// Crashes added right after an honest region wrote evidence.
+    pub bias_crashes: u32,
+}
+
+/// Draws the Byzantine member of a run from the seed's own `byzantine` stream (one draw for
+/// a seed without one): only with random faults and no scripted faults, unless pinned.
+pub fn draw_byzantine(cfg: &SimConfig, end_ms: u64) -> (Option<ByzantinePlan>, Rng) {
+    let mut rng = Rng::new(cfg.seed, b"byzantine");
+    let n = cfg.regions.len();
+    if let Some(p) = cfg.byzantine {
+        return ((p.region < n).then_some(p), rng);
+    }
+    let eligible = cfg.faults.enabled && !cfg.scenario.has_faults() && n >= 2;
+    if !eligible || !rng.chance(cfg.byzantine_ppm) {
+        return (None, rng);
+    }
+    let region = rng.below(n as u64) as usize;
+    let behaviour = if rng.below(2) == 0 {
+        Behaviour::Equivocate
+    } else {
+        Behaviour::BreakPromise
+    };
+    let at_ms = rng.range(end_ms / 8, end_ms * 3 / 4);
+    (
+        Some(ByzantinePlan {
+            region,
+            behaviour,
+            at_ms,
+        }),
+        rng,
+    )
 }
 
 fn local(now: u64, skew: i64) -> u64 {
@@ -488,6 +558,20 @@ impl Sim {
         // Requests that reuse a key with another body go where partitions are.
         workload.add_conflicts(&cfg, &partition_windows(n, &faults));
         let policy_plan = crate::policygen::plan_changes(&cfg, workload.end_ms);
+        let (byz_plan, byz_rng) = draw_byzantine(&cfg, workload.end_ms);
+        let byz = byz_plan.map(|plan| Byz {
+            plan,
+            rng: byz_rng,
+            auth: make_config(&cfg, cfg.regions[plan.region]).auth,
+            forged_event: None,
+            forged_promise: None,
+            last_hb: None,
+            sent_max: 0,
+            handed: vec![false; n],
+            forged_sent: 0,
+            forged_delivered: 0,
+            bias_crashes: 0,
+        });
         let nodes: Vec<Node> = cfg
             .regions
             .iter()
@@ -573,9 +657,13 @@ impl Sim {
             floor_amounts: vec![None; logical],
             floor_landings: Vec::new(),
             floor_credits: vec![None; logical],
+            byz,
             workload,
             cfg,
         };
+        if let Some(at) = sim.byz.as_ref().map(|b| b.plan.at_ms) {
+            sim.push(at, Ev::Byz);
+        }
         for (at, a) in faults {
             sim.push(at, Ev::Fault(a));
         }
@@ -678,6 +766,9 @@ impl Sim {
             return; // cut again since it was scheduled
         }
         self.links[li].established = true;
+        // The Byzantine member tells its lie again first, on a new connection.
+        self.byz_resend(a, b);
+        self.byz_resend(b, a);
         self.tell_connected(a, b);
         self.tell_connected(b, a);
     }
@@ -846,7 +937,10 @@ impl Sim {
                         }
                         Record::Ceiling(h) => Pend::Ceiling(h),
                         Record::Watermark(h) => Pend::Watermark(h),
-                        Record::Evidence(ev) => Pend::Evidence(Box::new(ev)),
+                        Record::Evidence(ev) => {
+                            self.byz_bias_crash(i);
+                            Pend::Evidence(Box::new(ev))
+                        }
                     };
                     self.nodes[i].disk.pending.push_back((index, p));
                 }
@@ -854,10 +948,21 @@ impl Sim {
                     if let Message::SignedHeartbeat(h) = &m {
                         crate::check::heartbeat_announced(self, i, &h.hb);
                     }
+                    if let Message::Evidence(ev) = &m {
+                        self.during.evidence_announced(i, ev.origin());
+                    }
+                    if self.byz.as_ref().is_some_and(|b| b.plan.region == i)
+                        && self.byz_outgoing(&m)
+                    {
+                        continue; // sent by the member itself, after its lie
+                    }
                     self.broadcast(i, m)
                 }
                 Output::Send { to, msg } => {
                     let answer = matches!(msg, Message::PullAnswer { .. });
+                    if self.byz.as_ref().is_some_and(|b| b.plan.region == i) {
+                        let _ = self.byz_outgoing(&msg);
+                    }
                     if let Some(j) = self.region_index(to) {
                         let bytes = wallet_core::wire::encoded_message_len(&msg);
                         self.send(i, j, msg, bytes);
@@ -879,6 +984,9 @@ impl Sim {
                     }
                 }
                 Output::Report(r) => {
+                    if let Report::Equivocation { id } = &r {
+                        self.during.evidence_announced(i, id.origin);
+                    }
                     let kind = r.kind();
                     if let Some(k) = Report::KINDS.iter().position(|x| *x == kind) {
                         self.counters.reports[k] += 1;
@@ -1225,6 +1333,7 @@ impl Sim {
         disk.watermark = Hlc::ZERO;
         disk.evidence.clear();
         self.script.wiped[r] = true;
+        self.during.disk_lost(r);
     }
 
     fn crash(&mut self, r: usize) {
@@ -1297,7 +1406,9 @@ impl Sim {
         }
         let node = &mut self.nodes[r];
         let replica = &mut node.replica;
-        replica.restore_evidence(node.disk.evidence.clone());
+        if self.cfg.inject != Some(Inject::ForgetEvidence) {
+            replica.restore_evidence(node.disk.evidence.clone());
+        }
         replica.load(events);
         replica.restore_watermark(node.disk.watermark);
         if replica.feed_len() < feed_before {
@@ -1379,6 +1490,9 @@ impl Sim {
             }
             _ => {}
         }
+        if self.byz.is_some() {
+            self.byz_delivered(to, from, &msg);
+        }
         let now_l = local(self.now, self.nodes[to].skew);
         let from_id = self.cfg.regions[from];
         self.nodes[to].replica.handle_message(now_l, from_id, msg);
@@ -1429,6 +1543,7 @@ impl Sim {
             Ev::LinkDown { node, peer, inc } => self.link_down(node as usize, peer as usize, inc),
             Ev::LinkUp { a, b, epoch } => self.link_up(a as usize, b as usize, epoch),
             Ev::Fault(a) => self.fault(a),
+            Ev::Byz => self.byz_tick(),
             Ev::Policy(k) => self.change_policy(k),
             Ev::Sample => {
                 self.sample();
@@ -1480,6 +1595,9 @@ impl Sim {
     pub fn converged(&self) -> bool {
         if self.nodes.iter().any(|n| !n.up) {
             return false;
+        }
+        if let Some(b) = self.byzantine_active() {
+            return self.converged_byzantine(b);
         }
         let Some(first) = self.nodes.first() else {
             return true;
@@ -1539,5 +1657,301 @@ impl Sim {
             self.counters.events_duplicate += n.replica.stats().duplicates;
             self.counters.pull.add(&n.replica.pull_stats());
         }
+    }
+}
+
+// ---- the Byzantine member ---------------------------------------------------------------
+
+/// True if region `j` holds exactly `e`.
+fn holds(node: &Node, e: &Event) -> bool {
+    node.replica.event(e.id).is_some_and(|h| h == e)
+}
+
+impl Sim {
+    /// The Byzantine region, once a forged item or evidence against it reached an honest
+    /// region (from then on its settlement is frozen there: the checks compare settled
+    /// prefixes instead of whole states).
+    pub fn byzantine_active(&self) -> Option<usize> {
+        self.byz
+            .as_ref()
+            .filter(|b| b.handed.iter().any(|h| *h))
+            .map(|b| b.plan.region)
+    }
+
+    /// True when honest region `i` holds evidence against region `b`.
+    pub fn holds_evidence(&self, i: usize, b: usize) -> bool {
+        let o = self.cfg.regions[b];
+        self.nodes[i]
+            .replica
+            .evidence()
+            .iter()
+            .any(|e| e.origin() == o)
+    }
+
+    /// Convergence in a Byzantine seed: every region holds the same events of every honest
+    /// origin, no client waits for an acknowledgement, and every honest region holds
+    /// evidence against the Byzantine one (settlement stays frozen at different points).
+    fn converged_byzantine(&self, b: usize) -> bool {
+        let Some(first) = self.nodes.first() else {
+            return true;
+        };
+        let vv = first.replica.version_vector();
+        for (o, origin) in self.cfg.regions.iter().enumerate() {
+            if o != b
+                && self
+                    .nodes
+                    .iter()
+                    .any(|n| n.replica.version_vector().get(origin) != vv.get(origin))
+            {
+                return false;
+            }
+        }
+        (0..self.nodes.len())
+            .all(|i| self.nodes[i].acks.is_empty() && (i == b || self.holds_evidence(i, b)))
+    }
+
+    /// Sends a forged message of the Byzantine member: it makes sure its lie arrives (no loss,
+    /// duplication or reordering; the link's FIFO order holds), over an established link only.
+    fn send_forged(&mut self, from: usize, to: usize, msg: Message) {
+        let li = self.link_index(from, to);
+        if !self.links[li].established {
+            return;
+        }
+        let Some(byz) = self.byz.as_mut() else {
+            return;
+        };
+        // The shortest delay: nothing the member sends later can overtake it.
+        let delay = self.cfg.faults.delay_ms.0;
+        byz.forged_sent += 1;
+        let bytes = wallet_core::wire::encoded_message_len(&msg);
+        self.counters.messages += 1;
+        self.counters.bytes += bytes as u64;
+        let link = from * self.nodes.len() + to;
+        let at = (self.now + delay).max(self.link_last[link]);
+        self.link_last[link] = at;
+        let epoch = self.links[li].epoch;
+        self.push(
+            at,
+            Ev::Deliver {
+                to: to as u8,
+                from: from as u8,
+                epoch,
+                msg,
+            },
+        );
+    }
+
+    /// The member's forged items for honest region `j`: the forged heartbeat and the event
+    /// that breaks it, and the forged second version if `j` holds the first.
+    fn forged_for(&self, j: usize) -> Vec<Message> {
+        let Some(byz) = &self.byz else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let Some((hb, e)) = &byz.forged_promise {
+            out.push(Message::SignedHeartbeat(hb.clone()));
+            // Then its events from the first the peer lacks up to the denied one, so that the
+            // peer applies that one in order (a peer that lacks more takes it out of order).
+            let b = byz.plan.region;
+            let origin = self.cfg.regions[b];
+            let held = self.nodes[j].replica.version_vector().get(&origin);
+            let mut evs: Vec<Event> = Vec::new();
+            if e.id.seq.saturating_sub(held) <= FORGED_CATCH_UP_MAX {
+                evs = self.nodes[b]
+                    .replica
+                    .origin_events(origin, held)
+                    .iter()
+                    .take_while(|x| x.id.seq <= e.id.seq)
+                    .cloned()
+                    .collect();
+            }
+            if evs.last() != Some(e) {
+                evs = vec![e.clone()];
+            }
+            out.push(Message::Events(evs));
+        }
+        if let Some((e, f)) = &byz.forged_event {
+            if holds(&self.nodes[j], e) {
+                out.push(Message::Events(vec![f.clone()]));
+            }
+        }
+        out
+    }
+
+    /// A link from `from` to `to` is (re)connected: if `from` is the Byzantine member, it
+    /// sends its forged items first (a restarted peer forgot the promise it was shown).
+    fn byz_resend(&mut self, from: usize, to: usize) {
+        if self.byz.as_ref().is_none_or(|b| b.plan.region != from) || from == to {
+            return;
+        }
+        for m in self.forged_for(to) {
+            self.send_forged(from, to, m);
+        }
+    }
+
+    /// The member's timer: at the planned time it starts; an equivocating member takes its
+    /// last durable event, forges a second version and sends it to every peer that holds
+    /// the first, again every [`BYZANTINE_RESEND_MS`] (a member that breaks a promise waits
+    /// for its next push, [`Sim::byz_outgoing`]).
+    fn byz_tick(&mut self) {
+        let Some((b, behaviour, started)) = self
+            .byz
+            .as_ref()
+            .map(|z| (z.plan.region, z.plan.behaviour, z.forged_event.is_some()))
+        else {
+            return;
+        };
+        self.push(self.now + BYZANTINE_RESEND_MS, Ev::Byz);
+        if behaviour != Behaviour::Equivocate || !self.nodes[b].up {
+            return;
+        }
+        if !started {
+            let node = &self.nodes[b];
+            let durable = node.disk.durable[b];
+            let Some(e) = durable
+                .checked_sub(1)
+                .and_then(|k| node.replica.origin_events(node.id, k).first())
+                .cloned()
+            else {
+                return;
+            };
+            let mut f = e.clone();
+            match &mut f.body {
+                Body::Tx(tx) => tx.reference = Some("byzantine second version".into()),
+                Body::Policy(_) => f.hlc = Hlc(f.hlc.0 + 1),
+            }
+            let Some(byz) = self.byz.as_mut() else {
+                return;
+            };
+            f.sig = byz.auth.sign_event(&f, "wallet-sim").into();
+            byz.forged_event = Some((e, f));
+        }
+        for j in 0..self.nodes.len() {
+            if j != b && self.nodes[j].up {
+                for m in self.forged_for(j) {
+                    self.send_forged(b, j, m);
+                }
+            }
+        }
+    }
+
+    /// A broadcast of the Byzantine member: its real heartbeats are remembered; once the
+    /// plan has started, a member that breaks a promise takes the first event of its next
+    /// push, signs a heartbeat that promises no new event at or below that event's HLC
+    /// (above every promise it made before, so peers adopt it), and sends the heartbeat, its
+    /// events up to that one, and the rest of the push to every connected peer, in that order
+    /// and never reordered (returns true: the push is sent).
+    fn byz_outgoing(&mut self, m: &Message) -> bool {
+        let Some(byz) = self.byz.as_mut() else {
+            return false;
+        };
+        let b = byz.plan.region;
+        let origin = self.cfg.regions[b];
+        let own_max = |evs: &[Event]| {
+            evs.iter()
+                .filter(|e| e.id.origin == origin)
+                .map(|e| e.id.seq)
+                .max()
+                .unwrap_or(0)
+        };
+        match m {
+            Message::SignedHeartbeat(h) => byz.last_hb = Some(h.hb.clone()),
+            Message::PullAnswer { events, .. } => byz.sent_max = byz.sent_max.max(own_max(events)),
+            Message::Events(evs)
+                if byz.plan.behaviour != Behaviour::BreakPromise
+                    || byz.forged_promise.is_some()
+                    || self.now < byz.plan.at_ms
+                    || evs.first().is_none_or(|e| e.id.seq <= byz.sent_max) =>
+            {
+                byz.sent_max = byz.sent_max.max(own_max(evs));
+            }
+            Message::Events(evs) => {
+                byz.sent_max = byz.sent_max.max(own_max(evs));
+                let (Some(e), Some(last)) = (evs.first(), byz.last_hb.as_ref()) else {
+                    return false;
+                };
+                let above = Hlc(self.during.announced(b).0.saturating_add(1));
+                let hb = Heartbeat {
+                    origin: last.origin,
+                    hlc: e.hlc.max(above),
+                    seq: e.id.seq - 1,
+                    vv: last.vv.clone(),
+                    policy: last.policy,
+                };
+                let sig = byz.auth.sign_heartbeat(&hb, "wallet-sim").into();
+                let (h, seq) = (hb.hlc, hb.seq);
+                byz.forged_promise = Some((SignedHeartbeat { hb, sig }, e.clone()));
+                self.during.note_announced(b, h);
+                self.during.note_forged_promise(b, seq, h);
+                // The lie, then the push itself (sent the same way, so it cannot overtake
+                // the lie).
+                let rest: Vec<Event> = evs.iter().skip(1).cloned().collect();
+                for j in 0..self.nodes.len() {
+                    if j != b {
+                        for m in self.forged_for(j) {
+                            self.send_forged(b, j, m);
+                        }
+                        if !rest.is_empty() {
+                            self.send_forged(b, j, Message::Events(rest.clone()));
+                        }
+                    }
+                }
+                return true;
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// A message reaches region `to`: note whether it is a forged item of the member or
+    /// evidence against it.
+    fn byz_delivered(&mut self, to: usize, from: usize, msg: &Message) {
+        let Some(byz) = self.byz.as_mut() else {
+            return;
+        };
+        let b = byz.plan.region;
+        if to == b {
+            return;
+        }
+        let forged = from == b
+            && match msg {
+                Message::SignedHeartbeat(h) => {
+                    byz.forged_promise.as_ref().is_some_and(|(f, _)| f == h)
+                }
+                Message::Events(v) => {
+                    v.len() == 1 && byz.forged_event.as_ref().is_some_and(|(_, f)| *f == v[0])
+                }
+                _ => false,
+            };
+        if forged {
+            byz.forged_delivered += 1;
+        }
+        let evidence = matches!(msg, Message::Evidence(ev) if ev.origin() == self.cfg.regions[b]);
+        if forged || evidence {
+            byz.handed[to] = true;
+        }
+    }
+
+    /// An honest region just wrote evidence (not yet durable): in a Byzantine seed, crash it
+    /// at once or within an fsync, now and then (at most [`BYZANTINE_BIAS_CRASHES_MAX`]), so
+    /// that the window between writing the evidence and its fsync is hit.
+    fn byz_bias_crash(&mut self, i: usize) {
+        if !self.faults_on {
+            return;
+        }
+        let Some(byz) = self.byz.as_mut() else {
+            return;
+        };
+        if i == byz.plan.region || byz.bias_crashes >= BYZANTINE_BIAS_CRASHES_MAX {
+            return;
+        }
+        if !byz.rng.chance(500_000) {
+            return;
+        }
+        byz.bias_crashes += 1;
+        let at = self.now + byz.rng.range(0, self.cfg.faults.fsync_ms.1);
+        let down = byz.rng.range(300, 2_000);
+        self.push(at, Ev::Fault(Action::Crash(i)));
+        self.push(at + down, Ev::Fault(Action::Restart(i)));
     }
 }

@@ -104,12 +104,37 @@ pub struct Metrics {
     pub restart_feed_entries_hidden: u64,
     /// How many checks ran during the run (restarts, self-checks, heartbeats, watermarks).
     pub checks_during_run: crate::check::DuringCounts,
+    /// The Byzantine member of a Byzantine seed (null otherwise).
+    pub byzantine: Option<ByzantineMetrics>,
     /// Simulated ms until every region converged after the final heal (None: never).
     pub quiesce_ms: Option<u64>,
     /// Simulated duration, ms.
     pub simulated_ms: u64,
     /// Wall-clock seconds (null unless --timing: the only non-deterministic field).
     pub wall_seconds: Option<f64>,
+}
+
+/// What the Byzantine member of a run did and what became of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ByzantineMetrics {
+    /// The region.
+    pub region: String,
+    /// `equivocate` or `break-promise`.
+    pub behaviour: &'static str,
+    /// When it started, simulated ms.
+    pub at_ms: u64,
+    /// The forged item exists (the member had an event to contradict).
+    pub forged: bool,
+    /// Forged messages sent and delivered.
+    pub forged_sent: u64,
+    /// Of those, delivered.
+    pub forged_delivered: u64,
+    /// Honest regions handed a forged item or evidence.
+    pub regions_handed: u64,
+    /// Regions holding evidence against the member at the end.
+    pub regions_with_evidence: u64,
+    /// Crashes added right after an honest region wrote evidence.
+    pub bias_crashes: u32,
 }
 
 /// The replicas' pull scheduler counters, summed over regions and restarts.
@@ -351,6 +376,22 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         restart_watermark_regressions: c.restart_watermark_regressions,
         restart_feed_entries_hidden: c.restart_feed_entries_hidden,
         checks_during_run: sim.during.counts,
+        byzantine: sim.byz.as_ref().map(|b| {
+            let r = b.plan.region;
+            ByzantineMetrics {
+                region: sim.cfg.regions[r].to_string(),
+                behaviour: b.plan.behaviour.as_str(),
+                at_ms: b.plan.at_ms,
+                forged: b.forged_event.is_some() || b.forged_promise.is_some(),
+                forged_sent: b.forged_sent,
+                forged_delivered: b.forged_delivered,
+                regions_handed: b.handed.iter().filter(|h| **h).count() as u64,
+                regions_with_evidence: (0..sim.nodes.len())
+                    .filter(|i| sim.holds_evidence(*i, r))
+                    .count() as u64,
+                bias_crashes: b.bias_crashes,
+            }
+        }),
         quiesce_ms: sim.converged_at.map(|t| t - sim.quiesce_start),
         simulated_ms: sim.now,
         wall_seconds: timing.then_some(wall.as_secs_f64()),

@@ -15,6 +15,8 @@ fn config(seed: u64) -> SimConfig {
     cfg.workload.transactions = 3_000;
     cfg.workload.accounts = 30;
     cfg.record_series = true;
+    // These runs check what settles: no Byzantine member (it freezes settlement).
+    cfg.byzantine_ppm = 0;
     cfg
 }
 
