@@ -98,6 +98,9 @@ pub struct Metrics {
     pub checks_during_run: crate::check::DuringCounts,
     /// Simulated ms until every region converged after the final heal (None: never).
     pub quiesce_ms: Option<u64>,
+    /// Events asked for in one pull (`Config::pull_batch_events`: `--pull-limit`, or drawn
+    /// per seed).
+    pub pull_limit: u32,
     /// Simulated duration, ms.
     pub simulated_ms: u64,
     /// Wall-clock seconds (null unless --timing: the only non-deterministic field).
@@ -341,6 +344,7 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         restart_feed_entries_hidden: c.restart_feed_entries_hidden,
         checks_during_run: sim.during.counts,
         quiesce_ms: sim.converged_at.map(|t| t - sim.quiesce_start),
+        pull_limit: sim.cfg.pull_limit,
         simulated_ms: sim.now,
         wall_seconds: timing.then_some(wall.as_secs_f64()),
     };
