@@ -358,8 +358,8 @@ pub fn after_drain(sim: &mut Sim, to: usize, from: usize, b: &Before, connected:
             if !accepted {
                 return;
             }
-            let pulled = pulled_from(sim);
-            if !pulled {
+            // Counted on the pull it was sent for, unless another pull replaced it.
+            if sim.watch.pulls[to] == b.pulls {
                 if let Some(Some(x)) = sim.watch.inflight.get_mut(to) {
                     x.heartbeats = x.heartbeats.saturating_add(1);
                 }
