@@ -918,7 +918,6 @@ impl Sim {
             }
         }
         self.arm_timer(i);
-        crate::liveness::input_done(self, i);
         crate::check::after_input(self, i);
     }
 

@@ -70,8 +70,6 @@ pub struct PullWatch {
     received: Vec<BTreeMap<RegionId, BTreeSet<u64>>>,
     /// Per region: events rejected or dropped by the replica when last looked at.
     discarded: Vec<u64>,
-    /// Per region: events held after its last input.
-    held: Vec<u64>,
     /// A region is being told that a member connected.
     in_connect: bool,
     scratch: Vec<(RegionId, u64)>,
@@ -104,7 +102,6 @@ impl PullWatch {
             backoff_until: vec![vec![0; n]; n],
             received: vec![BTreeMap::new(); n],
             discarded: vec![0; n],
-            held: vec![0; n],
             ..PullWatch::default()
         }
     }
@@ -132,12 +129,7 @@ pub fn reset(sim: &mut Sim, i: usize) {
     if let Some(m) = w.received.get_mut(i) {
         m.clear();
     }
-    let (d, h) = (
-        discarded(&sim.nodes[i].replica),
-        sim.nodes[i].replica.event_count(),
-    );
-    sim.watch.discarded[i] = d;
-    sim.watch.held[i] = h;
+    sim.watch.discarded[i] = discarded(&sim.nodes[i].replica);
 }
 
 /// Region `i` is told about a connection (`handle_connected`): pulls it sends meanwhile are
@@ -153,11 +145,6 @@ pub fn disconnected(sim: &mut Sim, i: usize, j: usize) {
             *x = None;
         }
     }
-}
-
-/// End of an input of region `i` (`Sim::drain`).
-pub fn input_done(sim: &mut Sim, i: usize) {
-    sim.watch.held[i] = sim.nodes[i].replica.event_count();
 }
 
 /// Region `i` sends a pull request to `j` (before the network takes it): checked against the
