@@ -18,7 +18,7 @@ use wallet_core::{
 
 use crate::engine::{Node, Sim};
 
-/// The six invariants.
+/// The invariants (SPEC §9, and the liveness of anti-entropy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Invariants {
     /// Identical events, balances and feed everywhere.
@@ -64,6 +64,18 @@ pub struct Invariants {
     /// A region that reported equivocation of an origin (or sent evidence against it) still
     /// holds that evidence after every later restart.
     pub evidence_durable: bool,
+    /// No pull asked for an event its region had been handed and kept (buffered out of
+    /// order) in the same incarnation ([`crate::liveness`]).
+    pub no_refetch: bool,
+    /// Every answer that said more follows and brought events was followed at once by the
+    /// next pull to the same member.
+    pub pull_chain: bool,
+    /// No pull went to a member within `PULL_BACKOFF_MS_MIN` of an answer of it that brought
+    /// nothing while it still looked ahead (reconnects excepted).
+    pub pull_backoff: bool,
+    /// Every pull the network lost was replaced by the time `2 × PULL_LOST_AFTER_HEARTBEATS`
+    /// heartbeats of its member showing a gap had arrived.
+    pub pull_given_up: bool,
 }
 
 impl Invariants {
@@ -84,10 +96,14 @@ impl Invariants {
             && self.acceptance
             && self.detection
             && self.evidence_durable
+            && self.no_refetch
+            && self.pull_chain
+            && self.pull_backoff
+            && self.pull_given_up
     }
 
     /// Every invariant by name, in JSON order.
-    pub fn named(&self) -> [(&'static str, bool); 15] {
+    pub fn named(&self) -> [(&'static str, bool); 19] {
         [
             ("convergence", self.convergence),
             ("no_loss", self.no_loss),
@@ -104,6 +120,10 @@ impl Invariants {
             ("acceptance", self.acceptance),
             ("detection", self.detection),
             ("evidence_durable", self.evidence_durable),
+            ("no_refetch", self.no_refetch),
+            ("pull_chain", self.pull_chain),
+            ("pull_backoff", self.pull_backoff),
+            ("pull_given_up", self.pull_given_up),
         ]
     }
 }
@@ -1048,6 +1068,10 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
         acceptance: f.ok("acceptance"),
         detection: f.ok("detection"),
         evidence_durable: f.ok("evidence_durable"),
+        no_refetch: f.ok("no_refetch"),
+        pull_chain: f.ok("pull_chain"),
+        pull_backoff: f.ok("pull_backoff"),
+        pull_given_up: f.ok("pull_given_up"),
     };
     CheckResult {
         invariants,
@@ -1136,6 +1160,8 @@ pub struct DuringCounts {
     pub heartbeats: u64,
     /// Watermark advances checked against the members' promises and logs.
     pub watermark_advances: u64,
+    /// The anti-entropy liveness checks ([`crate::liveness`]).
+    pub liveness: crate::liveness::LivenessCounts,
 }
 
 impl DuringRun {
@@ -1202,7 +1228,7 @@ impl DuringRun {
         }
     }
 
-    fn fail(&mut self, name: &'static str, now: u64, detail: String) {
+    pub(crate) fn fail(&mut self, name: &'static str, now: u64, detail: String) {
         if self.failures.iter().filter(|(n, _)| *n == name).count() < 5 {
             self.failures.push((
                 name,

@@ -32,6 +32,9 @@ pub struct Options {
     /// No --policy or --compare-policies: every seed draws its policy from the generator
     /// (`policies` then holds one placeholder entry).
     pub draw: bool,
+    /// Each seed draws its pull limit (`config::draw_pull_limit`): no `--pull-limit`, no
+    /// `--scenario`.
+    pub draw_pull_limit: bool,
     /// --print-policy: print the drawn policy of each seed and exit.
     pub print_policy: bool,
     /// --json PATH.
@@ -111,7 +114,9 @@ Faults (random ones drawn from the seed; on by default):
 Replica (wallet_core::Config):
   --anti-entropy MS        anti_entropy_interval_ms: period of the core's safety-net pull
                            (default 2000)
-  --pull-limit N           pull_batch_events: events asked for in one pull (default 2048)
+  --pull-limit N           pull_batch_events: events asked for in one pull (default: drawn
+                           per seed, 2048 in half the seeds, else 16..512; 2048 with
+                           --scenario)
 Byzantine member:
   --byzantine SHARE        share of seeds in which one region misbehaves with its own key
                            (equivocates, or breaks a signed heartbeat promise), drawn from
@@ -179,6 +184,7 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
         .map(|n| n.get())
         .unwrap_or(1);
     let mut quiet = false;
+    let mut pull_limit_given = false;
     let mut help = false;
     let mut print_policy = false;
     let mut scenario_path: Option<String> = None;
@@ -328,6 +334,7 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                 }
             }
             "--pull-limit" => {
+                pull_limit_given = true;
                 base.pull_limit = num(value(args, &mut i, flag)?, flag)?;
                 if base.pull_limit == 0 {
                     return Err(CliError("--pull-limit must be at least 1".into()));
@@ -431,6 +438,7 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
         policies,
         compare,
         draw,
+        draw_pull_limit: !pull_limit_given && scenario_path.is_none(),
         print_policy,
         json,
         report,

@@ -289,6 +289,20 @@ impl SimConfig {
     }
 }
 
+/// The pull limit (`Config::pull_batch_events`) a seed runs with when `--pull-limit` is not
+/// given (and no scenario): the core's default (2048) in half the seeds, else a power of two
+/// from 16 to 512, so that many seeds catch up after a partition or a crash in chains of
+/// answers that say more follows (from a PRNG stream of its own, `pull-limit`: no other draw
+/// changes with it).
+pub fn draw_pull_limit(seed: u64) -> u32 {
+    let mut rng = crate::rng::Rng::new(seed, b"pull-limit");
+    if rng.below(2) == 0 {
+        wallet_core::replica::pull::PULL_BATCH_EVENTS_DEFAULT
+    } else {
+        16 << rng.below(6)
+    }
+}
+
 impl SimConfig {
     /// Draws the seed policy of this run from the policy generator (its own stream of the
     /// seed, see [`crate::policygen`]): sets `policy`, `policy_name` (`drawn-<hash>`) and

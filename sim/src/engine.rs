@@ -149,7 +149,7 @@ pub struct Node {
     just_submitted: Option<(EventId, u32)>,
     /// Per peer: this incarnation's replica was told the member is connected (and not yet
     /// that it disconnected).
-    told: Vec<bool>,
+    pub(crate) told: Vec<bool>,
     /// A `crash-after-pull` is armed: the region crashes right after it answers a pull while
     /// own events are written but not durable.
     crash_armed: bool,
@@ -306,6 +306,8 @@ pub struct Sim {
     pub converged_at: Option<u64>,
     /// The checks made while the run goes on (`crate::check::DuringRun`).
     pub during: crate::check::DuringRun,
+    /// What the anti-entropy liveness checks watch (`crate::liveness`).
+    pub watch: crate::liveness::PullWatch,
     /// Scripted disk and link steps in force.
     script: Scripted,
     /// The policy changes of the run (scripted and random), in time order.
@@ -647,6 +649,7 @@ impl Sim {
             quiesce_start: 0,
             converged_at: None,
             during: crate::check::DuringRun::new(n),
+            watch: crate::liveness::PullWatch::new(n),
             script: Scripted {
                 fsync_ms: vec![None; n],
                 hold_ms: vec![0; n * n],
@@ -782,7 +785,9 @@ impl Sim {
         let now_l = self.local_now(i);
         let peer = self.cfg.regions[j];
         self.nodes[i].replica.handle_connected(now_l, peer);
+        crate::liveness::connecting(self, true);
         self.drain(i);
+        crate::liveness::connecting(self, false);
     }
 
     fn link_down(&mut self, i: usize, j: usize, inc: u32) {
@@ -795,6 +800,7 @@ impl Sim {
         let now_l = self.local_now(i);
         let peer = self.cfg.regions[j];
         self.nodes[i].replica.handle_disconnected(now_l, peer);
+        crate::liveness::disconnected(self, i, j);
         self.drain(i);
     }
 
@@ -965,7 +971,23 @@ impl Sim {
                     }
                     if let Some(j) = self.region_index(to) {
                         let bytes = wallet_core::wire::encoded_message_len(&msg);
+                        let (pull, answer) = match msg {
+                            Message::Pull { .. } | Message::PullGaps { .. } => (true, false),
+                            Message::PullAnswer { .. } => (false, true),
+                            _ => (false, false),
+                        };
+                        if pull {
+                            crate::liveness::pull_sent(self, i, j, &msg);
+                        }
+                        let lost = self.counters.messages_lost + self.counters.messages_cut;
                         self.send(i, j, msg, bytes);
+                        if self.counters.messages_lost + self.counters.messages_cut > lost {
+                            if pull {
+                                crate::liveness::pull_lost(self, i, j);
+                            } else if answer {
+                                crate::liveness::pull_lost(self, j, i);
+                            }
+                        }
                     }
                     let node = &self.nodes[i];
                     if answer && node.crash_armed && node.disk.written[i] > node.disk.durable[i] {
@@ -1320,6 +1342,11 @@ impl Sim {
         local(self.now, self.nodes[i].skew)
     }
 
+    /// Region `i`'s local clock now (what its replica is handed as `now_ms`).
+    pub(crate) fn local_time(&self, i: usize) -> u64 {
+        self.local_now(i)
+    }
+
     /// A crash that also loses the disk: the next start is a restore from the peers.
     fn wipe(&mut self, r: usize) {
         if self.nodes.get(r).is_none_or(|n| !n.up) {
@@ -1362,6 +1389,7 @@ impl Sim {
         self.floor_landings
             .retain(|l| l.id.origin != me || l.id.seq <= durable_own);
         self.counters.crashes += 1;
+        crate::liveness::reset(self, r);
         self.down_since[r] = Some(self.now);
         // Every link of the crashed region is cut: its peers notice after the detection delay.
         for j in 0..self.nodes.len() {
@@ -1429,6 +1457,7 @@ impl Sim {
         if let Some(s) = self.down_since[r].take() {
             self.series.downtime.push((r, s, self.now));
         }
+        crate::liveness::reset(self, r);
         self.drain(r);
         // Every reachable peer reconnects (after its own notice of the crash).
         for j in 0..self.nodes.len() {
@@ -1495,8 +1524,12 @@ impl Sim {
         }
         let now_l = local(self.now, self.nodes[to].skew);
         let from_id = self.cfg.regions[from];
+        let before = crate::liveness::before_delivery(self, to, from, &msg);
         self.nodes[to].replica.handle_message(now_l, from_id, msg);
+        crate::liveness::after_handling(self, to, from, &before);
         self.drain(to);
+        let connected = self.nodes[to].told[from];
+        crate::liveness::after_drain(self, to, from, &before, connected);
     }
 
     fn sample(&mut self) {

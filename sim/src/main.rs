@@ -106,6 +106,9 @@ fn execute(opts: &Options, args: &[String]) -> Result<bool, String> {
         let (label, _, policy) = &opts.policies[j % np];
         let mut cfg = opts.base.clone();
         cfg.seed = seed;
+        if opts.draw_pull_limit {
+            cfg.pull_limit = wallet_sim::config::draw_pull_limit(seed);
+        }
         if opts.draw {
             cfg.draw_policy();
         } else {

@@ -108,6 +108,9 @@ pub struct Metrics {
     pub byzantine: Option<ByzantineMetrics>,
     /// Simulated ms until every region converged after the final heal (None: never).
     pub quiesce_ms: Option<u64>,
+    /// Events asked for in one pull (`Config::pull_batch_events`: `--pull-limit`, or drawn
+    /// per seed).
+    pub pull_limit: u32,
     /// Simulated duration, ms.
     pub simulated_ms: u64,
     /// Wall-clock seconds (null unless --timing: the only non-deterministic field).
@@ -393,6 +396,7 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
             }
         }),
         quiesce_ms: sim.converged_at.map(|t| t - sim.quiesce_start),
+        pull_limit: sim.cfg.pull_limit,
         simulated_ms: sim.now,
         wall_seconds: timing.then_some(wall.as_secs_f64()),
     };
