@@ -14,12 +14,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use wallet_core::{EventId, Message, Output, Replica, SubmitError, Submitted};
 use wallet_p2p::{NetEvent, NetHandle};
 
 use crate::clock::{instant_at, now_ms};
-use crate::command::{Command, Reply, Shared, SubmitCmd};
+use crate::command::{Command, PolicyFileIgnored, Reply, Shared, SubmitCmd};
 use crate::idempotency::{IdemCache, Lookup};
 use crate::metrics::{self, Metrics, NodeGauges, Refusal};
 use crate::render;
@@ -79,6 +79,8 @@ pub struct Actor {
     /// Pulls the replica sent, per member, counted as they leave (a metric: the pull rate
     /// shows a catch-up that cannot end; their sum is the core's `PullStats::sent`).
     pulls_sent: BTreeMap<wallet_core::RegionId, u64>,
+    /// The policy file was ignored in favour of the recorded seed (shown in the status).
+    policy_file_ignored: Option<PolicyFileIgnored>,
 }
 
 /// What the actor starts from.
@@ -99,6 +101,8 @@ pub struct ActorParts {
     pub idem: IdemCache,
     /// A restore from peers starts now on an empty disk: record that it is pending.
     pub record_restore: bool,
+    /// The config's policy file differs from the recorded seed policy (which is in force).
+    pub policy_file_ignored: Option<PolicyFileIgnored>,
 }
 
 impl Actor {
@@ -122,6 +126,7 @@ impl Actor {
             stopping: false,
             deferred: VecDeque::new(),
             pulls_sent: BTreeMap::new(),
+            policy_file_ignored: p.policy_file_ignored,
         };
         if restoring && p.record_restore {
             a.push_op(WriteOp::Restore(true));
@@ -341,6 +346,49 @@ impl Actor {
         }
     }
 
+    /// A policy change: a replicated policy event, answered once it is durable here (like a
+    /// transaction). It applies from its place in the total order once settled.
+    fn submit_policy(&mut self, policy: wallet_core::Policy, reply: oneshot::Sender<Reply>) {
+        if self.failed {
+            let _ = reply.send(Reply::error(
+                503,
+                "storage_unavailable",
+                "storage failed; this region acknowledges nothing",
+            ));
+            return;
+        }
+        let hash = policy.hash();
+        match self.replica.submit_policy(now_ms(), policy) {
+            Ok(id) => {
+                while let Some(out) = self.replica.poll_output() {
+                    match out {
+                        Output::Persist { index, record } => {
+                            self.push_op(WriteOp::Record { index, record });
+                        }
+                        other => self.deferred.push_back(other),
+                    }
+                }
+                let hlc = self.replica.event(id).map(|e| e.hlc);
+                tracing::info!(id = %id, hash = %hex::encode(hash.0), "policy change submitted");
+                let answer = Reply::json(201, render::policy_submitted_body(id, hash, hlc));
+                self.waiters.answer_after(self.op_seq, reply, answer, false);
+            }
+            Err(SubmitError::Policy(e)) => {
+                let _ = reply.send(Reply::error(400, "invalid_policy", &e.to_string()));
+            }
+            Err(SubmitError::Restoring) => {
+                let _ = reply.send(Reply::error(
+                    503,
+                    "restoring",
+                    "restoring this region's history from its peers",
+                ));
+            }
+            Err(e) => {
+                let _ = reply.send(Reply::error(409, "policy_refused", &e.to_string()));
+            }
+        }
+    }
+
     /// One transaction or compensation by the id a client gave.
     fn transaction(&self, id: &str) -> Reply {
         let not_found = || {
@@ -431,8 +479,14 @@ impl Actor {
                 let _ = reply.send(Reply::json(200, body));
             }
             Command::Status { reply } => {
-                let body =
-                    render::status_body(r, &self.cluster, &self.net.connected(), self.failed);
+                let body = render::status_body(
+                    r,
+                    &self.cluster,
+                    &self.net.connected(),
+                    self.failed,
+                    self.policy_file_ignored
+                        .map(|p| (p.file_hash, p.recorded_hash)),
+                );
                 let _ = reply.send(Reply::json(200, body));
             }
             Command::Evidence { reply } => {
@@ -440,6 +494,15 @@ impl Actor {
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics_text());
+            }
+            Command::SubmitPolicy { policy, reply } => self.submit_policy(policy, reply),
+            Command::Policy { reply } => {
+                let body = render::policy_body(
+                    r,
+                    self.policy_file_ignored
+                        .map(|p| (p.file_hash, p.recorded_hash)),
+                );
+                let _ = reply.send(Reply::json(200, body));
             }
             Command::Faults { isolate, reply } => {
                 let list: Vec<String> = isolate.iter().map(|r| r.to_string()).collect();

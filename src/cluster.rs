@@ -305,6 +305,24 @@ impl Client {
         self.send(what, rb).await
     }
 
+    /// `POST path` with `body` sent as is with this `Content-Type` (none if empty): e.g. a
+    /// policy file to `/v1/admin/policy`.
+    pub async fn post_typed(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Result<Answer, ClusterError> {
+        let what = format!("POST {} {path}", self.region);
+        let mut rb = self
+            .authed(self.http.post(format!("{}{path}", self.url)))
+            .body(body.to_string());
+        if !content_type.is_empty() {
+            rb = rb.header("content-type", content_type);
+        }
+        self.send(what, rb).await
+    }
+
     /// Submits a transaction.
     pub async fn tx(
         &self,

@@ -108,6 +108,18 @@ pub enum Command {
         /// Answer.
         reply: oneshot::Sender<String>,
     },
+    /// A policy change (admin): a replicated policy event, answered once durable.
+    SubmitPolicy {
+        /// The policy, parsed and validated.
+        policy: wallet_core::Policy,
+        /// Answer.
+        reply: oneshot::Sender<Reply>,
+    },
+    /// The policy in force and its history.
+    Policy {
+        /// Answer.
+        reply: oneshot::Sender<Reply>,
+    },
     /// Fault injection: isolate regions (empty heals).
     Faults {
         /// Regions to cut off.
@@ -118,6 +130,16 @@ pub enum Command {
     /// Stop: take no more commands, finish the commits in flight, answer their waiters, exit.
     /// Queued behind the commands sent before it.
     Shutdown,
+}
+
+/// The policy file differs from the seed policy recorded in storage: the recorded one is in
+/// force as version 1 (shown in `/v1/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyFileIgnored {
+    /// Hash of the policy file of the config.
+    pub file_hash: wallet_core::PolicyHash,
+    /// Hash of the seed policy recorded at the first start (in force as version 1).
+    pub recorded_hash: wallet_core::PolicyHash,
 }
 
 /// State shared with the HTTP layer (read-only there).

@@ -172,6 +172,8 @@ fn route_name(path: Option<&str>) -> &'static str {
         Some("/v1/status") => "/v1/status",
         Some("/v1/admin/faults") => "/v1/admin/faults",
         Some("/v1/admin/evidence") => "/v1/admin/evidence",
+        Some("/v1/admin/policy") => "/v1/admin/policy",
+        Some("/v1/policy") => "/v1/policy",
         Some("/metrics") => "/metrics",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
@@ -225,7 +227,9 @@ pub fn router(st: AppState) -> Router {
         .route("/v1/compensations", get(compensations))
         .route("/v1/status", get(status))
         .route("/v1/admin/faults", post(faults))
-        .route("/v1/admin/evidence", get(evidence));
+        .route("/v1/admin/evidence", get(evidence))
+        .route("/v1/admin/policy", post(post_policy))
+        .route("/v1/policy", get(get_policy));
     Router::new()
         .merge(v1)
         .route("/metrics", get(metrics))
@@ -605,6 +609,75 @@ async fn status(State(st): State<AppState>) -> Response {
 
 async fn evidence(State(st): State<AppState>) -> Response {
     ask(&st, |reply| Command::Evidence { reply }).await
+}
+
+async fn get_policy(State(st): State<AppState>) -> Response {
+    ask(&st, |reply| Command::Policy { reply }).await
+}
+
+async fn post_policy(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body.map_err(|e| body_error(&st, e))?;
+    let policy = parse_policy_body(&headers, &bytes)?;
+    Ok(ask(&st, |reply| Command::SubmitPolicy { policy, reply }).await)
+}
+
+/// A policy change body: the policy file as TOML (`text/plain`, `application/toml`), or
+/// the same fields as JSON (`application/json`). Without a content type (or curl's default
+/// form type), a body starting with `{` is JSON, anything else TOML. The core parses and
+/// checks it; its error names the field.
+fn parse_policy_body(headers: &HeaderMap, bytes: &[u8]) -> Result<wallet_core::Policy, ApiError> {
+    let invalid = |m: String| error(400, "invalid_policy", &m);
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let sniff = || bytes.trim_ascii_start().first() == Some(&b'{');
+    let json = match ct.as_deref() {
+        Some("application/json") => true,
+        Some("text/plain" | "application/toml" | "text/toml" | "text/x-toml") => false,
+        None | Some("" | "application/x-www-form-urlencoded" | "application/octet-stream") => {
+            sniff()
+        }
+        Some(other) => {
+            return Err(error(
+                415,
+                "unsupported_media_type",
+                &format!(
+                    "Content-Type {other:?}: send the policy as TOML (text/plain or \
+                     application/toml) or as JSON (application/json)"
+                ),
+            ))
+        }
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| invalid("the policy body is not UTF-8 text".into()))?;
+    let policy = if json {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let doc: wallet_core::PolicyDocument =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                invalid(format!(
+                    "policy JSON is not valid at `{path}`: {}",
+                    e.inner()
+                ))
+            })?;
+        de.end()
+            .map_err(|e| invalid(format!("policy JSON is not valid: {e}")))?;
+        wallet_core::Policy::from_document(doc)
+    } else {
+        wallet_core::Policy::from_toml(text)
+    };
+    policy.map_err(|e| invalid(e.to_string()))
 }
 
 async fn faults(

@@ -43,6 +43,7 @@ pub mod idempotency;
 pub mod init;
 pub mod metrics;
 pub mod node;
+pub mod policycheck;
 pub mod render;
 pub mod storage;
 pub mod waiters;

@@ -56,6 +56,11 @@ enum Cmd {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
     /// Write configs, keys, a policy, tokens and cluster.json for a local cluster.
     Init {
         /// Comma-separated region ids, e.g. eu,us,ap.
@@ -70,6 +75,28 @@ enum Cmd {
         /// Group commit setting written to the configs.
         #[arg(long, default_value_t = true)]
         group_commit: bool,
+    },
+}
+
+/// `walletd policy ...`.
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Validate a policy file and show what it would change (fees on sample overdrafts per
+    /// tier and currency, floors, actions). Exit 0 valid, 2 invalid, 1 if the policy to
+    /// compare with cannot be read.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+        /// Compare with the policy in force at this region (GET /v1/policy), e.g.
+        /// http://127.0.0.1:8080.
+        #[arg(long, conflicts_with = "config")]
+        url: Option<String>,
+        /// Bearer token for --url (default: the WALLETD_TOKEN environment variable).
+        #[arg(long, requires = "url")]
+        token: Option<String>,
+        /// Compare with the policy file of this region config (its seed policy).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -91,6 +118,28 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Demo { policy, keep } => {
             wallet::demo::main(wallet::demo::DemoOptions { policy, keep })
+        }
+        Cmd::Policy {
+            command:
+                PolicyCmd::Check {
+                    file,
+                    url,
+                    token,
+                    config,
+                },
+        } => {
+            use wallet::policycheck::{self, Against};
+            let against = match (url, config) {
+                (Some(url), _) => Against::Url {
+                    url,
+                    token: token
+                        .or_else(|| std::env::var("WALLETD_TOKEN").ok())
+                        .unwrap_or_default(),
+                },
+                (None, Some(c)) => Against::Config(c),
+                (None, None) => Against::Nothing,
+            };
+            policycheck::main(&file, against)
         }
         Cmd::Init {
             regions,

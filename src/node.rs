@@ -11,7 +11,7 @@ use wallet_core::Replica;
 use wallet_p2p::{MemberAddr, NetConfig, NetHandle};
 
 use crate::actor::{self, Actor, ActorHandle, ActorParts};
-use crate::command::Shared;
+use crate::command::{PolicyFileIgnored, Shared};
 use crate::config::NodeConfig;
 use crate::idempotency::IdemCache;
 use crate::metrics::Metrics;
@@ -77,10 +77,33 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         &format!("region={} cluster={}", cfg.region, cfg.cluster),
     )?;
     let (store, loaded) = Store::open(&cfg.data_dir)?;
-    let seed = cfg.policy.hash();
+    let file_hash = cfg.policy.hash();
     if loaded.recorded_policy.is_none() {
         store.record_policy(&cfg.policy)?;
     }
+    // The policy history wins over the file (SPEC §6, issue 12): version 1 is the seed
+    // recorded at the first start. A file edited since is ignored, loudly; settlement goes on.
+    // (A store from before the seed document was recorded has only its hash: then the core
+    // reports the mismatch and settles nothing new until the file matches again.)
+    let (seed_policy, policy_file_ignored) = match loaded.recorded_policy_doc {
+        Some(doc) if doc.hash() != file_hash => {
+            let ignored = PolicyFileIgnored {
+                file_hash,
+                recorded_hash: doc.hash(),
+            };
+            tracing::warn!(
+                file = %cfg.policy_source,
+                file_hash = %hex::encode(ignored.file_hash.0),
+                recorded_hash = %hex::encode(ignored.recorded_hash.0),
+                "the policy file differs from the seed policy recorded in this region's history: \
+                 the recorded seed stays version 1 and settlement continues; the file is ignored \
+                 (change the policy with POST /v1/admin/policy, see docs/operations.md)"
+            );
+            (doc, Some(ignored))
+        }
+        _ => (cfg.policy.clone(), None),
+    };
+    let seed = seed_policy.hash();
     let restore = if loaded.fresh {
         cfg.restore
     } else {
@@ -107,7 +130,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         ..wallet_core::Config::new(
             cfg.region,
             cfg.members.iter().map(|m| m.region).collect(),
-            cfg.policy.clone(),
+            seed_policy,
         )
     };
     let n_events = loaded.events.len();
@@ -128,16 +151,6 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
             "this region holds evidence that a member broke the protocol: settlement stays \
              stopped until an operator acts (GET /v1/admin/evidence)"
         );
-    }
-    if let Some(doc) = loaded.recorded_policy_doc {
-        if replica.adopt_recorded_policy(doc) {
-            tracing::error!(
-                file = %seed,
-                "the policy file differs from the policy recorded in this region's history: \
-                 the settled history keeps the recorded policy; nothing new settles until the \
-                 file is restored"
-            );
-        }
     }
     replica.load(loaded.events);
     replica.restore_watermark(loaded.watermark);
@@ -196,6 +209,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         cluster: cfg.cluster.clone(),
         idem: IdemCache::restore(loaded.idem),
         record_restore: loaded.fresh,
+        policy_file_ignored,
     });
     let actor = actor::spawn(actor, net_rx, done_rx);
     shared.ready.store(true, Ordering::Release);

@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 use wallet_core::{
-    AccountId, Balance, Compensation, Entry, EntryKey, Event, EventId, Evidence, Hlc, RegionId,
-    Replica, Status,
+    AccountId, Balance, Compensation, Entry, EntryKey, Event, EventId, Evidence, Hlc, Policy,
+    PolicyHash, RegionId, Replica, Status,
 };
 
 /// Writes `s` as a JSON string literal.
@@ -268,6 +268,7 @@ pub fn status_body(
     cluster: &str,
     connected: &BTreeSet<RegionId>,
     storage_failed: bool,
+    policy_file_ignored: Option<(PolicyHash, PolicyHash)>,
 ) -> String {
     let me = r.region();
     let members: Vec<Value> = r
@@ -307,6 +308,69 @@ pub fn status_body(
         "events": r.event_count(),
         "compensations": r.feed_len(),
         "storage_failed": storage_failed,
+        "policy_file_ignored": ignored_json(policy_file_ignored),
+    })
+    .to_string()
+}
+
+/// `{file_hash, recorded_hash}` when the policy file was ignored for the recorded seed.
+fn ignored_json(ignored: Option<(PolicyHash, PolicyHash)>) -> Value {
+    match ignored {
+        Some((file, recorded)) => json!({
+            "file_hash": hex::encode(file.0),
+            "recorded_hash": hex::encode(recorded.0),
+        }),
+        None => Value::Null,
+    }
+}
+
+/// A policy as JSON: the policy file's fields (`default`, `rule`, `tiers`), every field of
+/// every rule explicit; a body `POST /v1/admin/policy` accepts back.
+pub fn policy_json(p: &Policy) -> Value {
+    serde_json::to_value(p.to_document()).unwrap_or(Value::Null)
+}
+
+/// `GET /v1/policy`: the version in force and the history (version 1 = the seed).
+pub fn policy_body(r: &Replica, policy_file_ignored: Option<(PolicyHash, PolicyHash)>) -> String {
+    let history = r.policy_history();
+    let list: Vec<Value> = history
+        .iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "hash": hex::encode(v.hash.0),
+                "hlc": v.hlc.map(|h| h.to_string()),
+                "origin": v.event.map(|e| e.origin.to_string()),
+                "event": v.event.map(|e| e.to_string()),
+            })
+        })
+        .collect();
+    let current = match history.last() {
+        Some(v) => json!({
+            "version": v.version,
+            "hash": hex::encode(v.hash.0),
+            "policy": policy_json(v.policy),
+        }),
+        None => Value::Null,
+    };
+    json!({
+        "version": current["version"],
+        "hash": current["hash"],
+        "policy": current["policy"],
+        "history": list,
+        "policy_file_ignored": ignored_json(policy_file_ignored),
+    })
+    .to_string()
+}
+
+/// `POST /v1/admin/policy`: the policy event, once durable here.
+pub fn policy_submitted_body(id: EventId, hash: PolicyHash, hlc: Option<Hlc>) -> String {
+    json!({
+        "id": id.to_string(),
+        "origin": id.origin.to_string(),
+        "hash": hex::encode(hash.0),
+        "hlc": hlc.map(|h| h.to_string()),
+        "status": "provisional",
     })
     .to_string()
 }

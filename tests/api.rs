@@ -478,3 +478,192 @@ fn walletd_init_writes_a_cluster_file_and_configs_that_load() {
         .expect("run walletd init");
     assert!(!again.status.success());
 }
+
+const FEE_7: &str = "[default]\naction = \"fee\"\nfee = { flat = \"7.00\", cap = \"35.00\" }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_routes_refuse_bad_bodies_and_apply_a_change() {
+    let mut c = cluster(&["eu"]);
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
+    let admin = region_admin(&c, 0);
+
+    // GET /v1/policy with a client token: version 1, the seed, as JSON in the file's shape.
+    let r = api.get("/v1/policy").await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["version"], 1);
+    let seed_hash = r.json["hash"].as_str().unwrap().to_string();
+    assert_eq!(seed_hash.len(), 64);
+    assert_eq!(r.json["policy"]["default"]["fee"]["flat"], "5");
+    assert_eq!(r.json["history"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json["history"][0]["event"], Value::Null);
+    assert_eq!(r.json["policy_file_ignored"], Value::Null);
+
+    // A client token may not change it.
+    let r = api
+        .post_typed("/v1/admin/policy", "application/toml", FEE_7)
+        .await;
+    assert_eq!((r.status, error_code(&r).as_str()), (403, "forbidden"));
+    // Invalid TOML.
+    let r = admin
+        .post_typed(
+            "/v1/admin/policy",
+            "application/toml",
+            "[default\naction = ",
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (400, "invalid_policy"),
+        "{}",
+        r.json
+    );
+    println!("invalid TOML: {}", r.json);
+    // An invalid field: the error names it.
+    let r = admin
+        .post_typed(
+            "/v1/admin/policy",
+            "text/plain",
+            "[default]\nfee = { percent = \"101\" }\n",
+        )
+        .await;
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_policy"));
+    let msg = r.json["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("default.fee.percent"), "{msg}");
+    // JSON: an unknown field, a wrong type, an invalid value; each named.
+    for (body, field) in [
+        (r#"{"default":{"fee":{"flatt":"1"}}}"#, "flatt"),
+        (r#"{"default":{"fee":{"flat":5}}}"#, "default.fee.flat"),
+        (r#"{"default":{"action":"refund"}}"#, "default.action"),
+        (
+            r#"{"default":{},"rule":[{"currency":"XXX"}]}"#,
+            "rule[0].currency",
+        ),
+    ] {
+        let r = admin
+            .post_typed("/v1/admin/policy", "application/json", body)
+            .await;
+        assert_eq!(
+            (r.status, error_code(&r).as_str()),
+            (400, "invalid_policy"),
+            "{body}"
+        );
+        let msg = r.json["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(field), "{body}: {msg}");
+    }
+    // Not JSON at all with a JSON type; an unsupported type; a body over the limit.
+    let r = admin
+        .post_typed("/v1/admin/policy", "application/json", "{not json")
+        .await;
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_policy"));
+    let r = admin
+        .post_typed("/v1/admin/policy", "image/png", FEE_7)
+        .await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (415, "unsupported_media_type")
+    );
+    let big = format!("{FEE_7}# {}\n", "x".repeat(20_000));
+    let r = admin
+        .post_typed("/v1/admin/policy", "text/plain", &big)
+        .await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (413, "payload_too_large")
+    );
+    // Nothing was written.
+    assert_eq!(api.get("/v1/policy").await.json["version"], 1);
+
+    // A valid change as TOML: 201 with the event id, hash and HLC, once durable.
+    let r = admin
+        .post_typed("/v1/admin/policy", "application/toml", FEE_7)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let id = r.json["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("eu:"), "{id}");
+    let hash = r.json["hash"].as_str().unwrap().to_string();
+    assert_ne!(hash, seed_hash);
+    hlc(&r.json["hlc"]);
+    eventually(&c, "the change to be in force", WAIT, || async {
+        api.get("/v1/policy").await.json["version"] == 2
+    })
+    .await;
+    let p = api.get("/v1/policy").await.json;
+    assert_eq!(p["hash"], hash.as_str());
+    assert_eq!(p["history"][1]["event"], id.as_str());
+    assert_eq!(p["history"][1]["origin"], "eu");
+    assert_eq!(p["history"][1]["hlc"], r.json["hlc"]);
+    assert_eq!(p["policy"]["default"]["fee"]["flat"], "7");
+    // The JSON it shows is accepted back (same fields): the same policy, the same hash.
+    let r = admin
+        .post_typed(
+            "/v1/admin/policy",
+            "application/json",
+            &p["policy"].to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["hash"], hash.as_str());
+    // The policy event is readable by id; the status shows the version.
+    let t = api.get(&format!("/v1/transactions/{id}")).await;
+    assert_eq!(t.status, 200, "{}", t.json);
+    assert_eq!(t.json["type"], "policy");
+    eventually(&c, "version 3 to be in force", WAIT, || async {
+        api.get("/v1/status").await.json["policy_version"] == 3
+    })
+    .await;
+}
+
+#[test]
+fn policy_check_validates_and_shows_what_changes() {
+    let mut c = cluster(&["eu"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(start(&mut c, 0));
+    let good = c.dir.join("fee7.toml");
+    std::fs::write(&good, FEE_7).unwrap();
+    let bad = c.dir.join("bad.toml");
+    std::fs::write(&bad, "[default]\nfee = { cap = \"1\", minimum = \"2\" }\n").unwrap();
+    let url = c.regions[0].http.clone();
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "check"])
+        .arg(&good)
+        .args(["--url", &url, "--token", &c.token])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("version 1"), "{stdout}");
+    // 10, 100, 1000 USD overdrawn: 5.00 today, 7.00 after. (JPY loses its own rule: the new
+    // file has none, so it moves from 500 to 7 yen.)
+    assert!(
+        stdout.contains("5.00 / 5.00 / 5.00 -> 7.00 / 7.00 / 7.00"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("500 / 500 / 500 -> 7 / 7 / 7"), "{stdout}");
+    assert!(stdout.contains("4 line(s) change"), "{stdout}");
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("default.fee.cap"), "{stderr}");
+    // Against a config (its seed file).
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "check"])
+        .arg(&good)
+        .arg("--config")
+        .arg(&c.regions[0].config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-> 7.00"));
+}

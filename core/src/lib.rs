@@ -68,9 +68,9 @@ pub use crdts::VClock;
 pub use event::{Body, CompKind, Compensation, Event, Kind, OrderKey, Tx};
 pub use id::{AccountId, Clock, EventId, Hlc, IdError, RegionId};
 pub use money::{Amount, AmountError, Currency};
-pub use policy::{Action, FeePer, Policy, PolicyError, PolicyHash};
+pub use policy::{Action, FeePer, Overdraft, Policy, PolicyDocument, PolicyError, PolicyHash};
 pub use replica::{
     Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, MemberStatus, Message,
-    NoAuth, Output, Record, Replica, Report, SignedHeartbeat, Stats, Status, SubmitError,
-    Submitted, TxRequest,
+    NoAuth, Output, PolicyVersionInfo, Record, Replica, Report, SignedHeartbeat, Stats, Status,
+    SubmitError, Submitted, TxRequest,
 };

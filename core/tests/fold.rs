@@ -634,3 +634,84 @@ fn restart_with_edited_file_keeps_settled_history_with_the_recorded_policy() {
     );
     assert_eq!(r2.stats().settled, settled_before);
 }
+
+#[test]
+fn policy_history_records_version_hash_event_and_hlc_identically_everywhere() {
+    let seed = "[default]\nfee = { flat = \"5\" }\n";
+    let change = "[default]\nfee = { flat = \"7\" }\n";
+    let c = run(
+        seed,
+        vec![
+            At(EU, usd("alice", Kind::Deposit, "100")),
+            PolicyAt(US, change),
+            At(EU, usd("alice", Kind::Purchase, "10")),
+        ],
+    );
+    let view = |i: usize| -> Vec<_> {
+        c.nodes[i]
+            .replica
+            .policy_history()
+            .into_iter()
+            .map(|p| (p.version, p.hash, p.event, p.hlc, p.policy.clone()))
+            .collect()
+    };
+    let h = view(EU);
+    assert_eq!(h, view(US));
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].0, 1);
+    assert_eq!(h[0].1, Policy::from_toml(seed).unwrap().hash());
+    assert_eq!((h[0].2, h[0].3), (None, None));
+    assert_eq!(h[1].0, 2);
+    assert_eq!(h[1].1, Policy::from_toml(change).unwrap().hash());
+    let id = h[1].2.expect("the policy event");
+    assert_eq!(id.origin.to_string(), "us");
+    let ev = c.nodes[EU].replica.event(id).expect("held");
+    assert_eq!(h[1].3, Some(ev.hlc));
+}
+
+/// `Applied::first_overdraft` (what `walletd policy check` shows) states the fold's rule for
+/// one debit: run the fold on the same shapes and compare.
+#[test]
+fn first_overdraft_agrees_with_the_fold() {
+    let policies = [
+        "[default]\nfee = { flat = \"5\" }\n",
+        "[default]\nfee = { flat = \"1\", percent = \"10\", minimum = \"3\", cap = \"20\" }\n",
+        "[default]\nfee = { flat = \"2\", grace = \"15\" }\n",
+        "[default]\naction = \"reverse\"\n",
+        "[default]\naction = \"reverse\"\nreversible = [\"withdrawal\"]\nfee = { percent = \"2.5\" }\n",
+        "[default]\n",
+    ];
+    for p in policies {
+        let applied = Policy::from_toml(p)
+            .unwrap()
+            .applied("alice", Currency::USD);
+        for (a, b) in [
+            ("60", "40.01"),
+            ("60", "50"),
+            ("60", "55"),
+            ("60", "100"),
+            ("100", "0.01"),
+            ("100", "33.33"),
+            ("100", "99.99"),
+        ] {
+            let c = overdraw(p, "100", a, b);
+            let left = dec("100") - dec(a);
+            let overdrawn = (dec(b) - left).min(dec(b));
+            let want = match applied.first_overdraft(Kind::Purchase, overdrawn) {
+                Some(Overdraft::Reversal) => vec![f("rev:us:1", b)],
+                Some(Overdraft::Fee(x)) => vec![f("fee:us:1", &x.to_string())],
+                Some(Overdraft::Nothing) => vec![],
+                None => panic!("overflow"),
+            };
+            let got: Vec<_> = feed(&c)
+                .into_iter()
+                .map(|(id, amount, v)| (id, dec(&amount).normalize().to_string(), v))
+                .collect();
+            let want: Vec<_> = want
+                .into_iter()
+                .map(|(id, amount, v)| (id, dec(&amount).normalize().to_string(), v))
+                .collect();
+            assert_eq!(got, want, "policy {p:?}, second purchase {b}");
+        }
+    }
+}

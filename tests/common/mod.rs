@@ -83,6 +83,14 @@ impl Api {
         self.0.post(path, body, key).await.expect("request")
     }
 
+    /// `POST path` with a body of this `Content-Type` (none if empty).
+    pub async fn post_typed(&self, path: &str, content_type: &str, body: &str) -> Answer {
+        self.0
+            .post_typed(path, content_type, body)
+            .await
+            .expect("request")
+    }
+
     /// A USD transaction.
     pub async fn tx(&self, account: &str, kind: &str, amount: &str, key: Option<&str>) -> Answer {
         self.0

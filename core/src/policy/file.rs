@@ -4,36 +4,49 @@
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{invalid, Action, Fee, FeePer, Policy, PolicyError, Rule, POLICY_RULES_MAX};
 use crate::kind::Kind;
 use crate::money::Currency;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 struct FeeFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
     flat: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     percent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     minimum: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cap: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     grace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     per: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 struct RuleFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
     tier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     action: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     beyond_line: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     overdraft_line: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     reversible: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     fee: Option<FeeFile>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     default: RuleFile,
@@ -41,6 +54,56 @@ struct PolicyFile {
     rule: Vec<RuleFile>,
     #[serde(default)]
     tiers: BTreeMap<String, Vec<String>>,
+}
+
+/// A policy in the shape of the policy file (`[default]`, `[[rule]]`, `[tiers]`; every
+/// amount a decimal string), before its sections are resolved against `[default]`.
+/// Deserialize it from any self-describing format (TOML, or JSON with the same fields) and
+/// resolve it with [`Policy::from_document`]; [`Policy::to_document`] gives it back for a
+/// resolved policy, every field of every rule explicit.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct PolicyDocument(PolicyFile);
+
+fn action_name(a: Action) -> String {
+    match a {
+        Action::Fee => "fee".into(),
+        Action::Reverse => "reverse".into(),
+    }
+}
+
+/// A resolved rule as a file section with every field explicit: read back with
+/// [`resolve`], it gives the same rule (the amounts are normalized, as `dec` makes them).
+fn rule_file(r: &Rule) -> RuleFile {
+    let line = r.overdraft_line > Decimal::ZERO;
+    RuleFile {
+        tier: r.tier.clone(),
+        currency: r.currency.map(|c| c.as_str().to_string()),
+        action: Some(action_name(r.action)),
+        // With a line the resolved action is what happens beyond it: say both.
+        beyond_line: line.then(|| action_name(r.action)),
+        overdraft_line: Some(r.overdraft_line.normalize().to_string()),
+        reversible: Some(
+            r.reversible
+                .iter()
+                .map(|k| k.as_str().to_string())
+                .collect(),
+        ),
+        fee: Some(FeeFile {
+            flat: Some(r.fee.flat.normalize().to_string()),
+            percent: Some(r.fee.percent.normalize().to_string()),
+            minimum: Some(r.fee.minimum.normalize().to_string()),
+            cap: r.fee.cap.map(|c| c.normalize().to_string()),
+            grace: Some(r.fee.grace.normalize().to_string()),
+            per: Some(
+                match r.fee.per {
+                    FeePer::Debit => "debit",
+                    FeePer::Episode => "episode",
+                }
+                .into(),
+            ),
+        }),
+    }
 }
 
 fn dec(field: &str, v: &str) -> Result<Decimal, PolicyError> {
@@ -58,8 +121,34 @@ fn dec(field: &str, v: &str) -> Result<Decimal, PolicyError> {
 impl Policy {
     /// Parses a policy file.
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
-        let file: PolicyFile =
+        let file: PolicyDocument =
             toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string().trim().into()))?;
+        Policy::from_document(file)
+    }
+
+    /// The policy as a file document, every field of every rule explicit (a rule's `cap` is
+    /// left out when it has none). `Policy::from_document(p.to_document())` is `p` for every
+    /// policy the file format can express (a rule without a cap under a `[default]` with
+    /// one cannot be written).
+    pub fn to_document(&self) -> PolicyDocument {
+        let mut rules = self.rules.iter().map(rule_file);
+        let default = rules.next().unwrap_or_default();
+        PolicyDocument(PolicyFile {
+            default,
+            rule: rules.collect(),
+            tiers: self.tiers.clone(),
+        })
+    }
+
+    /// The policy as a TOML policy file ([`Policy::to_document`]).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.to_document()).unwrap_or_default()
+    }
+
+    /// Resolves a policy document (a parsed policy file): each `[[rule]]` inherits what it
+    /// leaves out from `[default]`; every field is checked, and an error names it.
+    pub fn from_document(doc: PolicyDocument) -> Result<Policy, PolicyError> {
+        let PolicyDocument(file) = doc;
         if file.rule.len() >= POLICY_RULES_MAX {
             return Err(invalid(
                 "rule",

@@ -37,6 +37,7 @@ use crate::kind::Kind;
 
 mod file;
 use crate::money::Currency;
+pub use file::PolicyDocument;
 
 /// Most rules in a policy (the default included).
 pub const POLICY_RULES_MAX: usize = 1_000;
@@ -171,6 +172,40 @@ impl Applied {
         // At the currency's scale (a minimum of "2" is 2.00 USD): the same bytes everywhere.
         fee.rescale(self.currency.minor_units());
         Some(fee)
+    }
+}
+
+/// What the settled fold does with a client debit that opens an overdraft episode (SPEC §6):
+/// see [`Applied::first_overdraft`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overdraft {
+    /// The debit is reversed (`rev:`).
+    Reversal,
+    /// An overdraft fee of this amount (`fee:`), at the currency's scale.
+    Fee(Decimal),
+    /// Nothing: within the grace, or a zero fee.
+    Nothing,
+}
+
+impl Applied {
+    /// The compensation the settled fold gives a debit of `kind` that takes a balance at or
+    /// above the floor below it, overdrawing it by `overdrawn` (floor − balance after the
+    /// debit, at most the debit's amount). The fold's own rule (`replica/settle.rs`), stated
+    /// for one debit so that tools can show what a policy does (`walletd policy check`);
+    /// `core/tests/fold.rs` checks the two agree. `None` on arithmetic overflow.
+    pub fn first_overdraft(&self, kind: Kind, overdrawn: Decimal) -> Option<Overdraft> {
+        if self.action == Action::Reverse && self.reversible.contains(&kind) {
+            return Some(Overdraft::Reversal);
+        }
+        if overdrawn <= self.fee.grace {
+            return Some(Overdraft::Nothing);
+        }
+        let fee = self.fee_for(overdrawn)?;
+        Some(if fee > Decimal::ZERO {
+            Overdraft::Fee(fee)
+        } else {
+            Overdraft::Nothing
+        })
     }
 }
 

@@ -121,3 +121,46 @@ fn bad_files_say_what_is_wrong() {
     assert!(err("[default]\ncurrency = \"USD\"").contains("default"));
     assert!(err("[default\n").contains("not valid"));
 }
+
+#[test]
+fn document_round_trips_to_the_same_policy() {
+    let files = [
+        include_str!("../../../examples/demo-policy.toml"),
+        "[default]\n",
+        "[default]\naction = \"fee\"\noverdraft_line = \"50\"\nbeyond_line = \"fee\"\nfee = { flat = \"1.5\", percent = \"2.25\", minimum = \"1\", cap = \"30\", grace = \"0.5\", per = \"episode\" }\n\
+         [tiers]\npremium = [\"vip-\", \"corp-\"]\nbasic = [\"b-\"]\n\
+         [[rule]]\ntier = \"premium\"\noverdraft_line = \"500\"\naction = \"reverse\"\nreversible = [\"purchase\", \"withdrawal\"]\n\
+         [[rule]]\ncurrency = \"JPY\"\nfee = { flat = \"500\", minimum = \"1\", cap = \"3500\", grace = \"0\" }\n\
+         [[rule]]\ntier = \"basic\"\ncurrency = \"BHD\"\noverdraft_line = \"0\"\nfee = { flat = \"0.125\" }\n",
+    ];
+    for f in files {
+        let p = Policy::from_toml(f).unwrap();
+        let toml = p.to_toml();
+        let back = Policy::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        assert_eq!(back, p, "{toml}");
+        assert_eq!(back.hash(), p.hash());
+        let doc = p.to_document();
+        assert_eq!(Policy::from_document(doc).unwrap().hash(), p.hash());
+    }
+}
+
+#[test]
+fn first_overdraft_reverse_fee_grace() {
+    let p = Policy::from_toml(
+        "[default]\naction = \"reverse\"\nfee = { flat = \"2\", grace = \"5\" }\n",
+    )
+    .unwrap();
+    let a = p.applied("x", Currency::USD);
+    assert_eq!(
+        a.first_overdraft(Kind::Purchase, d("10")),
+        Some(Overdraft::Reversal)
+    );
+    assert_eq!(
+        a.first_overdraft(Kind::Withdrawal, d("10")),
+        Some(Overdraft::Fee(d("2.00")))
+    );
+    assert_eq!(
+        a.first_overdraft(Kind::Withdrawal, d("5")),
+        Some(Overdraft::Nothing)
+    );
+}

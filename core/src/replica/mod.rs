@@ -28,7 +28,7 @@ use durability::{Awaiting, Durability};
 pub use interface::{Output, Record, Report, SubmitError, Submitted, TxRequest};
 use log::Logs;
 use pull::PullScheduler;
-pub use query::{Entry, EntryKey, MemberStatus, Stats, Status};
+pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
 use settle::Settlement;
 
 pub use crate::auth::{Authenticator, NoAuth};
@@ -237,7 +237,7 @@ impl Replica {
             return false;
         }
         if let Some(first) = self.settle.policies.first_mut() {
-            first.policy = recorded;
+            *first = settle::PolicyVersion::seed(recorded);
         }
         self.settle.applied_cache.clear();
         self.history_policy_adopted = true;

@@ -56,6 +56,22 @@ pub struct MemberStatus {
     pub pending: u64,
 }
 
+/// One version of the policy history (SPEC §6): version 1 is the seed (the policy file
+/// recorded at the first start); each later one is a settled policy event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyVersionInfo<'a> {
+    /// Version number, from 1.
+    pub version: u32,
+    /// Its hash.
+    pub hash: crate::policy::PolicyHash,
+    /// The policy event that made it (its origin is `event.origin`); `None` for the seed.
+    pub event: Option<EventId>,
+    /// The HLC of that event (its place in the total order); `None` for the seed.
+    pub hlc: Option<Hlc>,
+    /// The policy.
+    pub policy: &'a crate::policy::Policy,
+}
+
 /// Counters, monotonic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -74,6 +90,22 @@ pub struct Stats {
 }
 
 impl Replica {
+    /// The policy history as settled here, oldest first: the version in force is the last.
+    /// The same list on every region that settled the same prefix. O(versions).
+    pub fn policy_history(&self) -> Vec<PolicyVersionInfo<'_>> {
+        self.settle
+            .policies
+            .iter()
+            .map(|p| PolicyVersionInfo {
+                version: p.version,
+                hash: p.hash,
+                event: p.event.map(|(id, _)| id),
+                hlc: p.event.map(|(_, h)| h),
+                policy: &p.policy,
+            })
+            .collect()
+    }
+
     /// Number of events held (all origins, gap-free).
     pub fn event_count(&self) -> u64 {
         self.logs.event_count()

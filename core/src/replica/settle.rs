@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use crate::event::{Body, CompKind, Compensation, OrderKey};
 use crate::id::{AccountId, EventId, Hlc};
 use crate::money::Currency;
-use crate::policy::{Action, Applied, FeePer, Policy};
+use crate::policy::{Action, Applied, FeePer, Policy, PolicyHash};
 
 use super::accounts::Accounts;
 use super::log::Logs;
@@ -18,6 +18,20 @@ use super::{Output, Report};
 pub(crate) struct PolicyVersion {
     pub(crate) version: u32,
     pub(crate) policy: Policy,
+    pub(crate) hash: PolicyHash,
+    /// The policy event and its HLC; `None` for version 1, the seed.
+    pub(crate) event: Option<(EventId, Hlc)>,
+}
+
+impl PolicyVersion {
+    pub(crate) fn seed(policy: Policy) -> PolicyVersion {
+        PolicyVersion {
+            version: 1,
+            hash: policy.hash(),
+            policy,
+            event: None,
+        }
+    }
 }
 
 /// The settled prefix and what the fold derived from it.
@@ -58,10 +72,7 @@ impl Settlement {
             feed: Vec::new(),
             comp_by_cause: BTreeMap::new(),
             conflict_by_cause: BTreeMap::new(),
-            policies: vec![PolicyVersion {
-                version: 1,
-                policy: seed,
-            }],
+            policies: vec![PolicyVersion::seed(seed)],
             applied_cache: BTreeMap::new(),
             replaying: false,
             settled_count: 0,
@@ -137,7 +148,12 @@ impl Settlement {
                     .unwrap_or(u32::MAX)
                     .saturating_add(1);
                 let policy = (**p).clone();
-                self.policies.push(PolicyVersion { version, policy });
+                self.policies.push(PolicyVersion {
+                    version,
+                    hash: policy.hash(),
+                    policy,
+                    event: Some((id, hlc)),
+                });
                 self.applied_cache.clear();
                 return;
             }
@@ -389,8 +405,5 @@ impl Settlement {
 pub(crate) fn unreachable_policy() -> &'static PolicyVersion {
     // `policies` always holds version 1; this exists only to avoid a panic path.
     static ZERO: std::sync::OnceLock<PolicyVersion> = std::sync::OnceLock::new();
-    ZERO.get_or_init(|| PolicyVersion {
-        version: 1,
-        policy: Policy::zero(),
-    })
+    ZERO.get_or_init(|| PolicyVersion::seed(Policy::zero()))
 }
