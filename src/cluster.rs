@@ -119,6 +119,9 @@ pub struct ClusterOptions {
     pub group_commit: bool,
     /// Fault-injection endpoint enabled in the configs written.
     pub faults: bool,
+    /// On drop, panic if a region's log or stdout holds a token (the tests turn it on: every
+    /// test run greps its regions' output for the secrets).
+    pub scan_secrets_on_drop: bool,
 }
 
 impl ClusterOptions {
@@ -134,6 +137,7 @@ impl ClusterOptions {
             log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             group_commit: true,
             faults: true,
+            scan_secrets_on_drop: false,
         })
     }
 }
@@ -166,8 +170,8 @@ impl RegionProc {
 }
 
 /// A local cluster of real region processes on 127.0.0.1, initialised with `walletd init`'s
-/// library function. Dropping it kills every region (and removes a temp dir).
-#[derive(Debug)]
+/// library function. Dropping it kills every region (and removes a temp dir). `Debug` does
+/// not show the tokens.
 pub struct LocalCluster {
     /// The cluster directory (configs, keys, policy, data, logs).
     pub dir: PathBuf,
@@ -182,6 +186,7 @@ pub struct LocalCluster {
     log_filter: String,
     remove_dir: bool,
     http: reqwest::Client,
+    scan_secrets_on_drop: bool,
 }
 
 /// An HTTP answer: status, headers and JSON body (a JSON string if the body is not JSON).
@@ -195,14 +200,33 @@ pub struct Answer {
     pub headers: reqwest::header::HeaderMap,
 }
 
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster")
+            .field("dir", &self.dir)
+            .field("regions", &self.regions)
+            .field("exe", &self.exe)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An HTTP client of one region with one bearer token (cheap to clone: the connection pool
-/// is shared).
-#[derive(Debug, Clone)]
+/// is shared). `Debug` does not show the token.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     region: String,
     url: String,
     token: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("region", &self.region)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -431,6 +455,7 @@ impl LocalCluster {
             log_filter: opts.log_filter,
             remove_dir,
             http,
+            scan_secrets_on_drop: opts.scan_secrets_on_drop,
         })
     }
 
@@ -757,9 +782,36 @@ impl LocalCluster {
     }
 }
 
+impl LocalCluster {
+    /// The files (region logs and stdouts) in which `secret` appears.
+    pub fn files_holding(&self, secret: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for r in &self.regions {
+            for p in [&r.log, &r.out] {
+                let bytes = std::fs::read(p).unwrap_or_default();
+                if !secret.is_empty() && bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
+                {
+                    out.push(p.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.kill_all();
+        if self.scan_secrets_on_drop && !std::thread::panicking() {
+            let leaks: Vec<PathBuf> = [self.token.clone(), self.admin_token.clone()]
+                .iter()
+                .flat_map(|t| self.files_holding(t))
+                .collect();
+            if !leaks.is_empty() {
+                // Keep the directory for inspection.
+                panic!("a token appears in region output: {leaks:?}");
+            }
+        }
         if self.remove_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -27,16 +27,32 @@ use crate::command::{Command, Reply, Shared, SubmitCmd, PAGE_LIMIT_MAX};
 use crate::config::NodeConfig;
 use crate::metrics::{Metrics, Refusal};
 use crate::render;
+use crate::secret::{self, TokenSet};
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
 /// Default page size of lists.
 pub const PAGE_LIMIT_DEFAULT: usize = 100;
 
+/// The valid tokens, as digests; swapped whole on reload (SIGHUP).
+#[derive(Debug, Default)]
+struct Auth {
+    client: TokenSet,
+    admin: TokenSet,
+}
+
+impl Auth {
+    fn of(cfg: &NodeConfig) -> Auth {
+        Auth {
+            client: TokenSet::new(&cfg.tokens),
+            admin: TokenSet::new(&cfg.admin_tokens),
+        }
+    }
+}
+
 struct Inner {
     commands: mpsc::Sender<Command>,
-    tokens: Vec<String>,
-    admin_tokens: Vec<String>,
+    auth: std::sync::RwLock<Arc<Auth>>,
     faults_enabled: bool,
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
@@ -57,13 +73,36 @@ impl AppState {
     ) -> AppState {
         AppState(Arc::new(Inner {
             commands,
-            tokens: cfg.tokens.clone(),
-            admin_tokens: cfg.admin_tokens.clone(),
+            auth: std::sync::RwLock::new(Arc::new(Auth::of(cfg))),
             faults_enabled: cfg.faults_enabled,
             metrics,
             shared,
             body_limit_bytes: cfg.body_limit_bytes,
         }))
+    }
+}
+
+impl AppState {
+    /// Replaces the valid tokens with those of `cfg` (token rotation: SIGHUP re-reads the
+    /// config). Returns (client, admin) token counts.
+    pub fn reload_tokens(&self, cfg: &NodeConfig) -> (usize, usize) {
+        let a = Auth::of(cfg);
+        let n = (a.client.len(), a.admin.len());
+        let mut g = self
+            .0
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g = Arc::new(a);
+        n
+    }
+
+    fn auth(&self) -> Arc<Auth> {
+        self.0
+            .auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -120,13 +159,6 @@ async fn ask(st: &AppState, make: impl FnOnce(oneshot::Sender<Reply>) -> Command
     }
 }
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
@@ -143,9 +175,11 @@ fn check_auth(st: &AppState, req: &Request) -> Option<Response> {
         return None;
     }
     let admin_route = path.starts_with("/v1/admin/");
-    let token = bearer(req.headers()).map(str::as_bytes);
-    let is_admin = token.is_some_and(|t| st.0.admin_tokens.iter().any(|a| ct_eq(a.as_bytes(), t)));
-    let is_client = token.is_some_and(|t| st.0.tokens.iter().any(|a| ct_eq(a.as_bytes(), t)));
+    // Compared as SHA-256 digests in constant time against every token (crate::secret).
+    let presented = bearer(req.headers()).map(|t| secret::digest(t.as_bytes()));
+    let auth = st.auth();
+    let is_admin = presented.is_some_and(|d| auth.admin.contains(&d));
+    let is_client = presented.is_some_and(|d| auth.client.contains(&d));
     if !is_admin && !is_client {
         let mut r = error(
             401,

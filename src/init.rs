@@ -12,6 +12,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use wallet_core::RegionId;
 
+use crate::secret;
+
 /// The default seed policy written by `init`: a flat overdraft fee, capped, per debit.
 pub const DEFAULT_POLICY: &str = r#"# Overdraft policy (SPEC §6). Must be identical on every region.
 [default]
@@ -39,8 +41,8 @@ pub struct ClusterRegion {
     pub http: String,
 }
 
-/// `cluster.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `cluster.json` (written 0600: it holds the tokens; `Debug` does not show them).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ClusterFile {
     /// Every region.
     pub regions: Vec<ClusterRegion>,
@@ -48,6 +50,16 @@ pub struct ClusterFile {
     pub token: String,
     /// An admin token valid on every region.
     pub admin_token: String,
+}
+
+impl std::fmt::Debug for ClusterFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterFile")
+            .field("regions", &self.regions)
+            .field("token", &"<redacted>")
+            .field("admin_token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Options of `walletd init`.
@@ -143,7 +155,8 @@ fn toml_str(s: &str) -> String {
 
 /// Writes a local cluster into `opts.dir` and returns its `cluster.json` content.
 pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
-    std::fs::create_dir_all(&opts.dir).map_err(|e| io_err(&opts.dir, e))?;
+    // The directory holds keys and tokens: 0700; every secret file in it is 0600.
+    secret::create_private_dir(&opts.dir).map_err(|e| io_err(&opts.dir, e))?;
     let dir = opts.dir.canonicalize().map_err(|e| io_err(&opts.dir, e))?;
     let cluster_json = dir.join("cluster.json");
     if cluster_json.exists() {
@@ -233,7 +246,7 @@ pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
         );
         let _ = writeln!(t, "\n[faults]\nenabled = {}", opts.faults);
         let path = dir.join(format!("{}.toml", r.region));
-        std::fs::write(&path, t).map_err(|e| io_err(&path, e))?;
+        secret::write_private(&path, t.as_bytes()).map_err(|e| io_err(&path, e))?;
         regions.push(ClusterRegion {
             region: r.region.to_string(),
             config: path.display().to_string(),
@@ -246,6 +259,7 @@ pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
         admin_token,
     };
     let json = serde_json::to_string_pretty(&file).map_err(|e| io_err(&cluster_json, e))?;
-    std::fs::write(&cluster_json, json + "\n").map_err(|e| io_err(&cluster_json, e))?;
+    secret::write_private(&cluster_json, (json + "\n").as_bytes())
+        .map_err(|e| io_err(&cluster_json, e))?;
     Ok(file)
 }

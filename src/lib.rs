@@ -44,5 +44,6 @@ pub mod init;
 pub mod metrics;
 pub mod node;
 pub mod render;
+pub mod secret;
 pub mod storage;
 pub mod waiters;

@@ -56,6 +56,13 @@ pub struct Started {
 
 /// Opens storage, rebuilds the replica, starts the writer, the transport and the actor.
 pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
+    // Whoever reads the identity key can sign events every region accepts.
+    crate::secret::check_private(&cfg.identity_key, "identity key").map_err(|e| {
+        crate::config::ConfigError::Invalid {
+            field: "identity_key".into(),
+            reason: e.to_string(),
+        }
+    })?;
     let keypair = wallet_p2p::load_or_create_keypair(&cfg.identity_key)
         .map_err(|e| NodeError::Net(format!("config error: identity_key: {e}")))?;
     let my_peer = wallet_p2p::peer_id_of(&keypair);
@@ -222,12 +229,14 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         .map(|a| a.to_string())
         .unwrap_or_else(|_| cfg.http_listen.to_string());
     let started = start(&cfg)?;
-    let app = crate::http::router(crate::http::AppState::new(
+    let state = crate::http::AppState::new(
         &cfg,
         started.actor.commands.clone(),
         started.shared.clone(),
         started.metrics.clone(),
-    ));
+    );
+    spawn_reloader(&cfg, state.clone())?;
+    let app = crate::http::router(state);
     let p2p: Vec<String> = cfg.p2p_listen.iter().map(|a| a.to_string()).collect();
     println!(
         "walletd {} ready http={} p2p={}",
@@ -251,6 +260,40 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     actor.shutdown().await;
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP re-reads the config file and swaps in its tokens (rotation: list the new token next
+/// to the old, SIGHUP, move the clients, remove the old, SIGHUP). A config that no longer
+/// loads is reported and the running settings stay. The handler is installed before the
+/// ready line, so a SIGHUP never kills a ready region.
+fn spawn_reloader(cfg: &NodeConfig, state: crate::http::AppState) -> Result<(), NodeError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())
+            .map_err(|e| NodeError::Net(format!("SIGHUP handler: {e}")))?;
+        let path = cfg.path.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match NodeConfig::load(&path) {
+                    Ok(c) => {
+                        let (client, admin) = state.reload_tokens(&c);
+                        tracing::info!(
+                            client_tokens = client,
+                            admin_tokens = admin,
+                            "SIGHUP: tokens reloaded"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: config does not load; keeping the running settings");
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (cfg, state);
     Ok(())
 }
 

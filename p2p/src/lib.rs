@@ -196,7 +196,7 @@ pub fn load_or_create_keypair(path: &Path) -> Result<Keypair, NetError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let kp = Keypair::generate_ed25519();
             let bytes = kp.to_protobuf_encoding().map_err(|e| kerr(e.to_string()))?;
-            std::fs::write(path, bytes).map_err(|e| kerr(e.to_string()))?;
+            write_private(path, &bytes).map_err(|e| kerr(e.to_string()))?;
             Ok(kp)
         }
         Err(e) => Err(kerr(e.to_string())),
@@ -264,4 +264,19 @@ impl Authenticator for Ed25519Auth {
 /// Maps a key file's public key to its peer id.
 pub fn peer_id_of(keypair: &Keypair) -> PeerId {
     keypair.public().to_peer_id()
+}
+
+/// Writes a secret file created 0600 (never readable by others, not even for an instant).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    let mut f = o.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
