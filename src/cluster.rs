@@ -27,6 +27,9 @@ pub const EXIT_TIMEOUT_MS: u64 = 30_000;
 pub const POLL_INTERVAL_MS: u64 = 20;
 /// Timeout of one HTTP request.
 pub const HTTP_TIMEOUT_MS: u64 = 30_000;
+/// Idle pooled connections are dropped after this (below the regions' header-read time-out,
+/// which closes idle keep-alive connections).
+pub const HTTP_POOL_IDLE_MS: u64 = 4_000;
 /// Idle HTTP connections kept per region (load tests run many clients).
 pub const HTTP_IDLE_PER_HOST_MAX: usize = 256;
 /// Most log lines quoted in an error.
@@ -119,6 +122,11 @@ pub struct ClusterOptions {
     pub group_commit: bool,
     /// Fault-injection endpoint enabled in the configs written.
     pub faults: bool,
+    /// Serve HTTPS with `init --tls`'s local CA (the default: the tests and the demo run
+    /// over TLS); the harness's client trusts that CA.
+    pub tls: bool,
+    /// `http.rate_per_second` in the configs (None: the default; Some(0): no limit).
+    pub rate_per_second: Option<u32>,
     /// On drop, panic if a region's log or stdout holds a token (the tests turn it on: every
     /// test run greps its regions' output for the secrets).
     pub scan_secrets_on_drop: bool,
@@ -138,6 +146,8 @@ impl ClusterOptions {
             group_commit: true,
             faults: true,
             scan_secrets_on_drop: false,
+            tls: true,
+            rate_per_second: None,
         })
     }
 }
@@ -179,6 +189,10 @@ pub struct LocalCluster {
     pub token: String,
     /// An admin token.
     pub admin_token: String,
+    /// With TLS: the local CA certificate the regions' certificates chain to.
+    pub ca: Option<PathBuf>,
+    /// With TLS: a client certificate and key signed by the CA (for mutual TLS).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
     /// The regions, in the order given.
     pub regions: Vec<RegionProc>,
     exe: PathBuf,
@@ -422,6 +436,8 @@ impl LocalCluster {
             dir: dir.clone(),
             faults: opts.faults,
             group_commit: opts.group_commit,
+            tls: opts.tls,
+            rate_per_second: opts.rate_per_second,
         })?;
         let dir = dir.canonicalize().map_err(|e| io_err(&dir, e))?;
         if let Some(p) = &opts.policy {
@@ -440,15 +456,17 @@ impl LocalCluster {
                 child: None,
             })
             .collect();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
-            .pool_max_idle_per_host(HTTP_IDLE_PER_HOST_MAX)
-            .build()
-            .map_err(|e| ClusterError::Runtime(e.to_string()))?;
+        let http = http_client(file.ca.as_deref().map(Path::new), None)?;
         Ok(LocalCluster {
             dir,
             token: file.token,
             admin_token: file.admin_token,
+            ca: file.ca.as_ref().map(PathBuf::from),
+            client_identity: file
+                .client_cert
+                .as_ref()
+                .zip(file.client_key.as_ref())
+                .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
             regions,
             exe: opts.exe,
             run_args: opts.run_args,
@@ -816,6 +834,33 @@ impl Drop for LocalCluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The harness's HTTP client: trusts `ca` (PEM) when given, presents `identity` (PEM
+/// certificate and key) when given, and drops idle connections before the regions'
+/// header-read time-out closes them.
+pub fn http_client(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<reqwest::Client, ClusterError> {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
+        .pool_max_idle_per_host(HTTP_IDLE_PER_HOST_MAX)
+        .pool_idle_timeout(Duration::from_millis(HTTP_POOL_IDLE_MS));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| io_err(ca, e))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| ClusterError::Runtime(format!("{}: {e}", ca.display())))?;
+        b = b.add_root_certificate(cert).https_only(true);
+    }
+    if let Some((cert, key)) = identity {
+        let mut pem = std::fs::read(cert).map_err(|e| io_err(cert, e))?;
+        pem.extend(std::fs::read(key).map_err(|e| io_err(key, e))?);
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| ClusterError::Runtime(format!("client identity: {e}")))?;
+        b = b.identity(id);
+    }
+    b.build().map_err(|e| ClusterError::Runtime(e.to_string()))
 }
 
 /// Checks an answer's status; returns its body.

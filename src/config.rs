@@ -86,6 +86,85 @@ struct RawConfig {
 struct RawHttp {
     listen: String,
     body_limit_bytes: Option<usize>,
+    metrics_listen: Option<String>,
+    request_timeout_ms: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    header_bytes_max: Option<usize>,
+    concurrency_max: Option<usize>,
+    connections_max: Option<usize>,
+    rate_per_second: Option<u32>,
+    rate_burst: Option<u32>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
+}
+
+/// Default request time-out (whole request, body and handler), ms.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+/// Default header-read time-out (also bounds idle keep-alive connections), ms.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default largest request head, bytes.
+pub const HEADER_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Default most `/v1` requests served at once (more wait, up to the request time-out).
+pub const CONCURRENCY_MAX_DEFAULT: usize = 512;
+/// Default most open HTTP connections.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// Default sustained requests per second per token.
+pub const RATE_PER_SECOND_DEFAULT: u32 = 5_000;
+/// Default burst per token.
+pub const RATE_BURST_DEFAULT: u32 = 10_000;
+
+/// HTTP limits (docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Whole request (body read and handler), ms; then 503 `timeout`.
+    pub request_timeout_ms: u64,
+    /// A request head must arrive within this, ms; then the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Largest request head, bytes; larger gets 431.
+    pub header_bytes_max: usize,
+    /// Most `/v1` requests served at once.
+    pub concurrency_max: usize,
+    /// Most open connections.
+    pub connections_max: usize,
+    /// Sustained requests per second per token (token bucket); 0: no limit.
+    pub rate_per_second: u32,
+    /// Bucket size per token.
+    pub rate_burst: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+            header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
+            concurrency_max: CONCURRENCY_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            rate_per_second: RATE_PER_SECOND_DEFAULT,
+            rate_burst: RATE_BURST_DEFAULT,
+        }
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &str,
+    v: Option<T>,
+    default: T,
+    lo: T,
+    hi: T,
+) -> Result<T, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v < lo || v > hi {
+        return Err(invalid(field, format!("must be between {lo} and {hi}")));
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +267,12 @@ pub struct NodeConfig {
     pub http_listen: SocketAddr,
     /// Largest request body.
     pub body_limit_bytes: usize,
+    /// A second listener serving only `/metrics`, `/healthz`, `/readyz` (plain HTTP).
+    pub metrics_listen: Option<SocketAddr>,
+    /// HTTP limits.
+    pub http_limits: HttpLimits,
+    /// TLS of the HTTP API (`None`: plain HTTP).
+    pub tls: Option<crate::serve::TlsFiles>,
     /// p2p listen multiaddrs.
     pub p2p_listen: Vec<Multiaddr>,
     /// Every member, this region included.
@@ -367,6 +452,72 @@ impl NodeConfig {
                 format!("must be between 256 and {BODY_LIMIT_BYTES_MAX}"),
             ));
         }
+        let h = &raw.http;
+        let metrics_listen = match &h.metrics_listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "http.metrics_listen",
+                    format!("{a:?} is not a socket address like 127.0.0.1:9100"),
+                )
+            })?),
+        };
+        let http_limits = HttpLimits {
+            request_timeout_ms: in_range(
+                "http.request_timeout_ms",
+                h.request_timeout_ms,
+                REQUEST_TIMEOUT_MS_DEFAULT,
+                100,
+                600_000,
+            )?,
+            header_read_timeout_ms: in_range(
+                "http.header_read_timeout_ms",
+                h.header_read_timeout_ms,
+                HEADER_READ_TIMEOUT_MS_DEFAULT,
+                100,
+                600_000,
+            )?,
+            header_bytes_max: in_range(
+                "http.header_bytes_max",
+                h.header_bytes_max,
+                HEADER_BYTES_MAX_DEFAULT,
+                1024,
+                1024 * 1024,
+            )?,
+            concurrency_max: in_range(
+                "http.concurrency_max",
+                h.concurrency_max,
+                CONCURRENCY_MAX_DEFAULT,
+                1,
+                1_000_000,
+            )?,
+            connections_max: in_range(
+                "http.connections_max",
+                h.connections_max,
+                CONNECTIONS_MAX_DEFAULT,
+                1,
+                1_000_000,
+            )?,
+            rate_per_second: in_range(
+                "http.rate_per_second",
+                h.rate_per_second,
+                RATE_PER_SECOND_DEFAULT,
+                0,
+                100_000_000,
+            )?,
+            rate_burst: in_range(
+                "http.rate_burst",
+                h.rate_burst,
+                RATE_BURST_DEFAULT,
+                1,
+                100_000_000,
+            )?,
+        };
+        let tls = h.tls.as_ref().map(|t| crate::serve::TlsFiles {
+            cert: resolve(base, &t.cert),
+            key: resolve(base, &t.key),
+            client_ca: t.client_ca.as_deref().map(|c| resolve(base, c)),
+        });
         let mut p2p_listen = Vec::new();
         for (i, a) in raw.p2p.listen.iter().enumerate() {
             p2p_listen.push(multiaddr(&format!("p2p.listen[{i}]"), a)?);
@@ -493,6 +644,9 @@ impl NodeConfig {
             heartbeat_interval_ms,
             http_listen,
             body_limit_bytes,
+            metrics_listen,
+            http_limits,
+            tls,
             p2p_listen,
             members,
             policy,

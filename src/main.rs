@@ -85,6 +85,10 @@ enum Cmd {
         /// Same as `--group-commit=false`.
         #[arg(long, overrides_with = "group_commit")]
         no_group_commit: bool,
+        /// Also write a local CA (`ca.crt`, `ca.key`) and per-region certificates, and serve
+        /// the HTTP API over HTTPS (docs/security.md).
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
             no_faults,
             group_commit,
             no_group_commit,
+            tls,
         } => {
             let faults = flag(faults, no_faults, false);
             let group_commit = flag(group_commit, no_group_commit, true);
@@ -139,11 +144,16 @@ fn main() -> ExitCode {
                 dir,
                 faults,
                 group_commit,
+                tls,
+                rate_per_second: None,
             };
             match init::init(&opts) {
                 Ok(c) => {
                     for r in &c.regions {
                         println!("{} {} {}", r.region, r.http, r.config);
+                    }
+                    if let Some(ca) = &c.ca {
+                        println!("HTTPS: trust the local CA {ca}");
                     }
                     println!(
                         "cluster.json written to {}",
@@ -218,6 +228,20 @@ mod tests {
     #[test]
     fn init_faults_are_off_by_default() {
         assert_eq!(init_flags(&[]), (false, true));
+    }
+
+    #[test]
+    fn init_tls_flag() {
+        let tls = |extra: &[&str]| {
+            let mut args = vec!["init", "--regions", "eu", "--dir", "/tmp/x"];
+            args.extend_from_slice(extra);
+            match parse(&args).command {
+                Cmd::Init { tls, .. } => tls,
+                c => panic!("{c:?}"),
+            }
+        };
+        assert!(!tls(&[]));
+        assert!(tls(&["--tls"]));
     }
 
     #[test]

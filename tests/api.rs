@@ -10,7 +10,7 @@ async fn endpoints_and_error_codes() {
     let mut c = cluster(&["eu"]);
     start(&mut c, 0).await;
     let api = region_api(&c, 0);
-    let raw = reqwest::Client::new();
+    let raw = api.http().clone();
 
     // Health, readiness, OpenAPI, metrics need no token.
     for p in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {

@@ -179,3 +179,92 @@ async fn no_token_in_any_region_output() {
         assert!(c.files_holding(t).is_empty(), "{:?}", c.files_holding(t));
     }
 }
+
+/// The HTTP API speaks only TLS (init --tls's local CA), and SIGHUP swaps the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_only_and_the_certificate_reloads_on_sighup() {
+    let mut c = cluster(&["eu"]);
+    assert!(
+        c.regions[0].http.starts_with("https://"),
+        "{}",
+        c.regions[0].http
+    );
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
+    assert_eq!(api.tx("alice", "deposit", "1.00", None).await.status, 201);
+    // Plain HTTP to the same port gets no HTTP answer.
+    let plain_url = c.regions[0].http.replace("https://", "http://");
+    let plain = wallet::cluster::http_client(None, None).expect("client");
+    let r = plain.get(format!("{plain_url}/healthz")).send().await;
+    assert!(
+        r.is_err(),
+        "plain HTTP answered: {:?}",
+        r.map(|r| r.status())
+    );
+    // A client that does not trust the local CA is refused.
+    let r = plain.get(format!("{}/healthz", api.url())).send().await;
+    assert!(r.is_err(), "untrusted certificate accepted");
+
+    // Another CA's certificate for the same names, swapped in on SIGHUP.
+    let mut o = ClusterOptions::new(BIN.into(), &["eu"]).expect("options");
+    o.tls = true;
+    let other = LocalCluster::init(o).expect("init");
+    for f in ["eu.crt", "eu.tls.key"] {
+        let bytes = std::fs::read(other.dir.join(f)).expect("read");
+        wallet::secret::write_private(&c.dir.join(f), &bytes).expect("write");
+    }
+    hup(&c, 0);
+    let new_ca = other.ca.clone().expect("ca");
+    let old_ca = c.ca.clone().expect("ca");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        // Fresh clients: new connections, new handshakes.
+        let trusts_new = wallet::cluster::http_client(Some(&new_ca), None).expect("client");
+        let r = trusts_new
+            .get(format!("{}/healthz", api.url()))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().as_u16() == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let trusts_old = wallet::cluster::http_client(Some(&old_ca), None).expect("client");
+    let r = trusts_old
+        .get(format!("{}/healthz", api.url()))
+        .send()
+        .await;
+    assert!(r.is_err(), "the old certificate is still served");
+}
+
+/// With `http.tls.client_ca`, a client without a certificate from that CA is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_clients_without_a_certificate() {
+    let mut c = cluster(&["eu"]);
+    let config = c.regions[0].config.clone();
+    let text = std::fs::read_to_string(&config).expect("config");
+    let new = text.replace("# client_ca = ", "client_ca = ");
+    assert_ne!(text, new);
+    std::fs::write(&config, new).expect("write");
+    start(&mut c, 0).await;
+    let ca = c.ca.clone().expect("ca");
+    let (cert, key) = c.client_identity.clone().expect("client identity");
+    let anonymous = wallet::cluster::http_client(Some(&ca), None).expect("client");
+    let r = anonymous
+        .get(format!("{}/healthz", c.regions[0].http))
+        .send()
+        .await;
+    assert!(r.is_err(), "a client without a certificate was served");
+    let with_cert = wallet::cluster::http_client(Some(&ca), Some((&cert, &key))).expect("client");
+    let r = with_cert
+        .get(format!("{}/v1/status", c.regions[0].http))
+        .bearer_auth(&c.token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+}
