@@ -510,6 +510,13 @@ pub fn render_node(out: &mut String, r: &Replica, g: &NodeGauges<'_>) {
     );
     scalar(
         out,
+        "walletd_p2p_limited_connections_total",
+        "counter",
+        "Inbound p2p connections refused by the connection limits (before the handshake).",
+        ns.limited_connections,
+    );
+    scalar(
+        out,
         "walletd_p2p_dropped_messages_total",
         "counter",
         "Messages dropped (malformed, oversized, isolated).",

@@ -21,7 +21,10 @@ pub mod codec;
 mod net;
 
 use net::{Command, Shared};
-pub use net::{BACKOFF_INITIAL, BACKOFF_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX};
+pub use net::{
+    BACKOFF_INITIAL, BACKOFF_MAX, CONNECTIONS_PER_PEER_MAX, PEER_INBOUND_BYTES_MAX,
+    PENDING_INCOMING_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX, STREAMS_PER_CONNECTION_MAX,
+};
 
 /// One configured member region.
 #[derive(Debug, Clone)]
@@ -100,6 +103,9 @@ pub struct NetStats {
     /// Connections refused because the peer is not a member (or an address answered with a
     /// key that is not the expected member's).
     pub refused_peers: u64,
+    /// Inbound connections refused by the connection limits (pending handshakes, per peer,
+    /// total), before any handshake work.
+    pub limited_connections: u64,
     /// Messages dropped: malformed, oversized, while isolated, oldest of an overflowing
     /// per-peer queue, or undeliverable (peer not connected, connection lost, not
     /// acknowledged in time). Anti-entropy repairs every gap this leaves.
