@@ -203,8 +203,21 @@ async fn burst_beyond_the_rate_limit_gets_429_with_retry_after() {
     assert!(api.metric("walletd_http_rate_limited_total").await >= 50);
 }
 
-/// Raises this test process's open-file limit to its hard limit (the children inherit it).
+/// Raises this test process's open-file limit to `need` (root may raise the hard limit too;
+/// others get the hard limit); the regions it starts inherit it.
 fn raise_fd_limit(need: u64) -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let cur = getrlimit(Resource::Nofile);
+    if cur.current.is_some_and(|c| c < need) {
+        let max = cur.maximum.map(|m| m.max(need));
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(need),
+                maximum: max,
+            },
+        );
+    }
     let got = wallet::serve::raise_fd_limit().unwrap_or(0);
     assert!(
         got >= need,
