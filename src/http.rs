@@ -844,3 +844,26 @@ impl IntoResponse for Reply {
         reply_response(self)
     }
 }
+
+/// Fuzzing entry point (fuzz/fuzz_targets/http_body.rs): parses `bytes` as a transaction body
+/// with the fast path (and its fallback) and with the precise slow path; panics if the fast
+/// path accepts a body the slow path reads differently.
+#[doc(hidden)]
+pub fn fuzz_tx_body(bytes: &[u8]) {
+    let fast = parse_tx_body(bytes);
+    let slow = parse_tx_body_slow(bytes);
+    if let (Ok(f), Ok(s)) = (&fast, &slow) {
+        assert_eq!(
+            fingerprint(f),
+            fingerprint(s),
+            "fast and slow parsers disagree"
+        );
+    }
+    if let Err(e) = &fast {
+        assert!(
+            e.status == 400,
+            "a body error must be a 400, got {}",
+            e.status
+        );
+    }
+}
