@@ -14,6 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Shortest period between two metrics snapshots.
+const METRICS_PUBLISH_MIN: Duration = Duration::from_millis(5);
+
 use tokio::sync::{mpsc, oneshot};
 use wallet_core::{EventId, Message, Output, Replica, SubmitError, Submitted};
 use wallet_p2p::{NetEvent, NetHandle};
@@ -53,6 +56,8 @@ pub enum Input {
     Timer,
     /// The oldest idempotency result is due to expire (a host timer: the cache is host state).
     ExpireIdempotency,
+    /// Time to publish the metrics snapshot (`/metrics` reads it without asking the actor).
+    PublishMetrics,
     /// The storage writer's report.
     Disk(DiskDone),
     /// The storage writer is gone.
@@ -591,6 +596,10 @@ async fn run(
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut timer_at = u64::MAX;
+    // The gauges `/metrics` serves, published after inputs at most every
+    // METRICS_PUBLISH_MIN_MS, and once more when the actor goes quiet.
+    let mut metrics_dirty = true;
+    let mut metrics_at = tokio::time::Instant::now();
     // The idempotency cache's expiry, armed for its oldest result.
     let expiry = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(expiry);
@@ -618,7 +627,11 @@ async fn run(
             ev = net_rx.recv(), if net_open => ev.map_or(Input::NetClosed, Input::Net),
             _ = &mut timer => Input::Timer,
             _ = &mut expiry, if expiry_at.is_some() => Input::ExpireIdempotency,
+            _ = tokio::time::sleep_until(metrics_at + METRICS_PUBLISH_MIN), if metrics_dirty => {
+                Input::PublishMetrics
+            }
         };
+        let publish = matches!(input, Input::PublishMetrics);
         match input {
             Input::Commands => {
                 for c in cmds.drain(..) {
@@ -643,6 +656,7 @@ async fn run(
                 expiry_at = None;
                 a.expire_idempotency();
             }
+            Input::PublishMetrics => {}
             Input::Disk(d) => a.on_disk(d),
             Input::DiskClosed => {
                 disk_open = false;
@@ -650,6 +664,15 @@ async fn run(
             }
         }
         a.flush().await;
+        if !publish {
+            metrics_dirty = true;
+        }
+        let now = tokio::time::Instant::now();
+        if metrics_dirty && now >= metrics_at + METRICS_PUBLISH_MIN {
+            a.metrics.publish_node(a.metrics_text());
+            metrics_dirty = false;
+            metrics_at = now;
+        }
         if a.failed {
             // Crash-only: nothing unacknowledged is lost by exiting, and a restart re-reads
             // what is durable. Give the 503 answers a moment to leave.

@@ -27,6 +27,9 @@ pub const EXIT_TIMEOUT_MS: u64 = 30_000;
 pub const POLL_INTERVAL_MS: u64 = 20;
 /// Timeout of one HTTP request.
 pub const HTTP_TIMEOUT_MS: u64 = 30_000;
+/// Idle pooled connections are dropped after this (below the regions' header-read time-out,
+/// which closes idle keep-alive connections).
+pub const HTTP_POOL_IDLE_MS: u64 = 4_000;
 /// Idle HTTP connections kept per region (load tests run many clients).
 pub const HTTP_IDLE_PER_HOST_MAX: usize = 256;
 /// Most log lines quoted in an error.
@@ -119,6 +122,14 @@ pub struct ClusterOptions {
     pub group_commit: bool,
     /// Fault-injection endpoint enabled in the configs written.
     pub faults: bool,
+    /// Serve HTTPS with `init --tls`'s local CA (the default: the tests and the demo run
+    /// over TLS); the harness's client trusts that CA.
+    pub tls: bool,
+    /// `http.rate_per_second` in the configs (None: the default; Some(0): no limit).
+    pub rate_per_second: Option<u32>,
+    /// On drop, panic if a region's log or stdout holds a token (the tests turn it on: every
+    /// test run greps its regions' output for the secrets).
+    pub scan_secrets_on_drop: bool,
 }
 
 impl ClusterOptions {
@@ -134,6 +145,9 @@ impl ClusterOptions {
             log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             group_commit: true,
             faults: true,
+            scan_secrets_on_drop: false,
+            tls: true,
+            rate_per_second: None,
         })
     }
 }
@@ -166,8 +180,8 @@ impl RegionProc {
 }
 
 /// A local cluster of real region processes on 127.0.0.1, initialised with `walletd init`'s
-/// library function. Dropping it kills every region (and removes a temp dir).
-#[derive(Debug)]
+/// library function. Dropping it kills every region (and removes a temp dir). `Debug` does
+/// not show the tokens.
 pub struct LocalCluster {
     /// The cluster directory (configs, keys, policy, data, logs).
     pub dir: PathBuf,
@@ -175,6 +189,10 @@ pub struct LocalCluster {
     pub token: String,
     /// An admin token.
     pub admin_token: String,
+    /// With TLS: the local CA certificate the regions' certificates chain to.
+    pub ca: Option<PathBuf>,
+    /// With TLS: a client certificate and key signed by the CA (for mutual TLS).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
     /// The regions, in the order given.
     pub regions: Vec<RegionProc>,
     exe: PathBuf,
@@ -182,6 +200,7 @@ pub struct LocalCluster {
     log_filter: String,
     remove_dir: bool,
     http: reqwest::Client,
+    scan_secrets_on_drop: bool,
 }
 
 /// An HTTP answer: status, headers and JSON body (a JSON string if the body is not JSON).
@@ -195,14 +214,33 @@ pub struct Answer {
     pub headers: reqwest::header::HeaderMap,
 }
 
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster")
+            .field("dir", &self.dir)
+            .field("regions", &self.regions)
+            .field("exe", &self.exe)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An HTTP client of one region with one bearer token (cheap to clone: the connection pool
-/// is shared).
-#[derive(Debug, Clone)]
+/// is shared). `Debug` does not show the token.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     region: String,
     url: String,
     token: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("region", &self.region)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -416,6 +454,8 @@ impl LocalCluster {
             dir: dir.clone(),
             faults: opts.faults,
             group_commit: opts.group_commit,
+            tls: opts.tls,
+            rate_per_second: opts.rate_per_second,
         })?;
         let dir = dir.canonicalize().map_err(|e| io_err(&dir, e))?;
         if let Some(p) = &opts.policy {
@@ -434,21 +474,24 @@ impl LocalCluster {
                 child: None,
             })
             .collect();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
-            .pool_max_idle_per_host(HTTP_IDLE_PER_HOST_MAX)
-            .build()
-            .map_err(|e| ClusterError::Runtime(e.to_string()))?;
+        let http = http_client(file.ca.as_deref().map(Path::new), None)?;
         Ok(LocalCluster {
             dir,
             token: file.token,
             admin_token: file.admin_token,
+            ca: file.ca.as_ref().map(PathBuf::from),
+            client_identity: file
+                .client_cert
+                .as_ref()
+                .zip(file.client_key.as_ref())
+                .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
             regions,
             exe: opts.exe,
             run_args: opts.run_args,
             log_filter: opts.log_filter,
             remove_dir,
             http,
+            scan_secrets_on_drop: opts.scan_secrets_on_drop,
         })
     }
 
@@ -775,13 +818,67 @@ impl LocalCluster {
     }
 }
 
+impl LocalCluster {
+    /// The files (region logs and stdouts) in which `secret` appears.
+    pub fn files_holding(&self, secret: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for r in &self.regions {
+            for p in [&r.log, &r.out] {
+                let bytes = std::fs::read(p).unwrap_or_default();
+                if !secret.is_empty() && bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
+                {
+                    out.push(p.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.kill_all();
+        if self.scan_secrets_on_drop && !std::thread::panicking() {
+            let leaks: Vec<PathBuf> = [self.token.clone(), self.admin_token.clone()]
+                .iter()
+                .flat_map(|t| self.files_holding(t))
+                .collect();
+            if !leaks.is_empty() {
+                // Keep the directory for inspection.
+                panic!("a token appears in region output: {leaks:?}");
+            }
+        }
         if self.remove_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The harness's HTTP client: trusts `ca` (PEM) when given, presents `identity` (PEM
+/// certificate and key) when given, and drops idle connections before the regions'
+/// header-read time-out closes them.
+pub fn http_client(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<reqwest::Client, ClusterError> {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
+        .pool_max_idle_per_host(HTTP_IDLE_PER_HOST_MAX)
+        .pool_idle_timeout(Duration::from_millis(HTTP_POOL_IDLE_MS));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| io_err(ca, e))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| ClusterError::Runtime(format!("{}: {e}", ca.display())))?;
+        b = b.add_root_certificate(cert).https_only(true);
+    }
+    if let Some((cert, key)) = identity {
+        let mut pem = std::fs::read(cert).map_err(|e| io_err(cert, e))?;
+        pem.extend(std::fs::read(key).map_err(|e| io_err(key, e))?);
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| ClusterError::Runtime(format!("client identity: {e}")))?;
+        b = b.identity(id);
+    }
+    b.build().map_err(|e| ClusterError::Runtime(e.to_string()))
 }
 
 /// Checks an answer's status; returns its body.

@@ -11,6 +11,8 @@ use libp2p::{Multiaddr, PeerId};
 use serde::Deserialize;
 use wallet_core::{Policy, RegionId};
 
+use crate::secret::{check_private, Secret};
+
 /// Default largest request body, in bytes.
 pub const BODY_LIMIT_BYTES_DEFAULT: usize = 16 * 1024;
 /// Largest request body one may configure, in bytes.
@@ -84,6 +86,85 @@ struct RawConfig {
 struct RawHttp {
     listen: String,
     body_limit_bytes: Option<usize>,
+    metrics_listen: Option<String>,
+    request_timeout_ms: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    header_bytes_max: Option<usize>,
+    concurrency_max: Option<usize>,
+    connections_max: Option<usize>,
+    rate_per_second: Option<u32>,
+    rate_burst: Option<u32>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
+}
+
+/// Default request time-out (whole request, body and handler), ms.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+/// Default header-read time-out (also bounds idle keep-alive connections), ms.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default largest request head, bytes.
+pub const HEADER_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Default most `/v1` requests served at once (more wait, up to the request time-out).
+pub const CONCURRENCY_MAX_DEFAULT: usize = 512;
+/// Default most open HTTP connections.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// Default sustained requests per second per token.
+pub const RATE_PER_SECOND_DEFAULT: u32 = 5_000;
+/// Default burst per token.
+pub const RATE_BURST_DEFAULT: u32 = 10_000;
+
+/// HTTP limits (docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Whole request (body read and handler), ms; then 503 `timeout`.
+    pub request_timeout_ms: u64,
+    /// A request head must arrive within this, ms; then the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Largest request head, bytes; larger gets 431.
+    pub header_bytes_max: usize,
+    /// Most `/v1` requests served at once.
+    pub concurrency_max: usize,
+    /// Most open connections.
+    pub connections_max: usize,
+    /// Sustained requests per second per token (token bucket); 0: no limit.
+    pub rate_per_second: u32,
+    /// Bucket size per token.
+    pub rate_burst: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+            header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
+            concurrency_max: CONCURRENCY_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            rate_per_second: RATE_PER_SECOND_DEFAULT,
+            rate_burst: RATE_BURST_DEFAULT,
+        }
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &str,
+    v: Option<T>,
+    default: T,
+    lo: T,
+    hi: T,
+) -> Result<T, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v < lo || v > hi {
+        return Err(invalid(field, format!("must be between {lo} and {hi}")));
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,12 +189,34 @@ struct RawPolicy {
     inline: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
+    #[serde(default)]
     tokens: Vec<String>,
     #[serde(default)]
     admin_tokens: Vec<String>,
+    /// A file of client tokens, one a line (`#` comments); must be 0600.
+    tokens_file: Option<String>,
+    /// A file of admin tokens, one a line; must be 0600.
+    admin_tokens_file: Option<String>,
+    /// An environment variable holding client tokens (separated by commas or whitespace).
+    tokens_env: Option<String>,
+    /// An environment variable holding admin tokens.
+    admin_tokens_env: Option<String>,
+}
+
+impl std::fmt::Debug for RawAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAuth")
+            .field("tokens", &self.tokens.len())
+            .field("admin_tokens", &self.admin_tokens.len())
+            .field("tokens_file", &self.tokens_file)
+            .field("admin_tokens_file", &self.admin_tokens_file)
+            .field("tokens_env", &self.tokens_env)
+            .field("admin_tokens_env", &self.admin_tokens_env)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +267,12 @@ pub struct NodeConfig {
     pub http_listen: SocketAddr,
     /// Largest request body.
     pub body_limit_bytes: usize,
+    /// A second listener serving only `/metrics`, `/healthz`, `/readyz` (plain HTTP).
+    pub metrics_listen: Option<SocketAddr>,
+    /// HTTP limits.
+    pub http_limits: HttpLimits,
+    /// TLS of the HTTP API (`None`: plain HTTP).
+    pub tls: Option<crate::serve::TlsFiles>,
     /// p2p listen multiaddrs.
     pub p2p_listen: Vec<Multiaddr>,
     /// Every member, this region included.
@@ -172,16 +281,20 @@ pub struct NodeConfig {
     pub policy: Policy,
     /// Where the policy came from (file path or "inline").
     pub policy_source: String,
-    /// Client bearer tokens.
-    pub tokens: Vec<String>,
+    /// Client bearer tokens (every source: config, file, environment). Several may be valid
+    /// at once (rotation); `Debug` never shows them.
+    pub tokens: Vec<Secret>,
     /// Admin bearer tokens.
-    pub admin_tokens: Vec<String>,
+    pub admin_tokens: Vec<Secret>,
     /// Group commit on (default) or one commit per record.
     pub group_commit: bool,
     /// Most records per group commit.
     pub commit_batch_records_max: usize,
     /// Fault injection endpoint enabled.
     pub faults_enabled: bool,
+    /// The config file itself holds tokens (`auth.tokens` or `auth.admin_tokens`): it must
+    /// then be private (0600).
+    pub holds_secrets: bool,
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -203,6 +316,71 @@ fn check_token(field: &str, t: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The reason of a TOML error without the quoted source line (it may hold a token): the
+/// parser's message and the line and column.
+fn syntax_reason(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// Client or admin tokens from every source: the config's list, a token file (one a line,
+/// `#` comments, must be 0600) and an environment variable (separated by commas or
+/// whitespace). Errors name the source, never the token.
+fn gather_tokens(
+    base: &Path,
+    name: &str,
+    inline: &[String],
+    file: Option<&str>,
+    env: Option<&str>,
+) -> Result<Vec<Secret>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, t) in inline.iter().enumerate() {
+        check_token(&format!("auth.{name}[{i}]"), t)?;
+        out.push(Secret::new(t.clone()));
+    }
+    if let Some(f) = file {
+        let field = format!("auth.{name}_file");
+        let p = resolve(base, f);
+        check_private(&p, "token file").map_err(|e| invalid(&field, e.to_string()))?;
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| invalid(&field, format!("cannot read {}: {e}", p.display())))?;
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            check_token(&format!("{field} ({} line {})", p.display(), i + 1), t)?;
+            out.push(Secret::new(t));
+        }
+    }
+    if let Some(var) = env {
+        let field = format!("auth.{name}_env");
+        let v = std::env::var(var).map_err(|_| {
+            invalid(
+                &field,
+                format!("environment variable {var} is not set (or not UTF-8)"),
+            )
+        })?;
+        for (i, t) in v
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .enumerate()
+        {
+            check_token(&format!("{field} ({var} token {})", i + 1), t)?;
+            out.push(Secret::new(t));
+        }
+    }
+    Ok(out)
+}
+
 fn multiaddr(field: &str, s: &str) -> Result<Multiaddr, ConfigError> {
     s.parse::<Multiaddr>()
         .map_err(|e| invalid(field, format!("{s:?} is not a valid multiaddr: {e}")))
@@ -220,14 +398,18 @@ impl NodeConfig {
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from("."));
-        NodeConfig::parse(&text, path, &base)
+        let cfg = NodeConfig::parse(&text, path, &base)?;
+        if cfg.holds_secrets {
+            check_private(path, "config file").map_err(|e| invalid("auth", e.to_string()))?;
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates config text; `base` resolves relative paths.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<NodeConfig, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.display().to_string(),
-            reason: e.to_string().trim().replace('\n', " "),
+            reason: syntax_reason(text, &e),
         })?;
         let region = RegionId::new(&raw.region).map_err(|e| invalid("region", e.to_string()))?;
         if raw.cluster.is_empty()
@@ -270,6 +452,72 @@ impl NodeConfig {
                 format!("must be between 256 and {BODY_LIMIT_BYTES_MAX}"),
             ));
         }
+        let h = &raw.http;
+        let metrics_listen = match &h.metrics_listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "http.metrics_listen",
+                    format!("{a:?} is not a socket address like 127.0.0.1:9100"),
+                )
+            })?),
+        };
+        let http_limits = HttpLimits {
+            request_timeout_ms: in_range(
+                "http.request_timeout_ms",
+                h.request_timeout_ms,
+                REQUEST_TIMEOUT_MS_DEFAULT,
+                100,
+                600_000,
+            )?,
+            header_read_timeout_ms: in_range(
+                "http.header_read_timeout_ms",
+                h.header_read_timeout_ms,
+                HEADER_READ_TIMEOUT_MS_DEFAULT,
+                100,
+                600_000,
+            )?,
+            header_bytes_max: in_range(
+                "http.header_bytes_max",
+                h.header_bytes_max,
+                HEADER_BYTES_MAX_DEFAULT,
+                1024,
+                1024 * 1024,
+            )?,
+            concurrency_max: in_range(
+                "http.concurrency_max",
+                h.concurrency_max,
+                CONCURRENCY_MAX_DEFAULT,
+                1,
+                1_000_000,
+            )?,
+            connections_max: in_range(
+                "http.connections_max",
+                h.connections_max,
+                CONNECTIONS_MAX_DEFAULT,
+                1,
+                1_000_000,
+            )?,
+            rate_per_second: in_range(
+                "http.rate_per_second",
+                h.rate_per_second,
+                RATE_PER_SECOND_DEFAULT,
+                0,
+                100_000_000,
+            )?,
+            rate_burst: in_range(
+                "http.rate_burst",
+                h.rate_burst,
+                RATE_BURST_DEFAULT,
+                1,
+                100_000_000,
+            )?,
+        };
+        let tls = h.tls.as_ref().map(|t| crate::serve::TlsFiles {
+            cert: resolve(base, &t.cert),
+            key: resolve(base, &t.key),
+            client_ca: t.client_ca.as_deref().map(|c| resolve(base, c)),
+        });
         let mut p2p_listen = Vec::new();
         for (i, a) in raw.p2p.listen.iter().enumerate() {
             p2p_listen.push(multiaddr(&format!("p2p.listen[{i}]"), a)?);
@@ -337,17 +585,27 @@ impl NodeConfig {
             };
             invalid(field, e.to_string())
         })?;
-        if raw.auth.tokens.is_empty() {
+        let holds_secrets = !raw.auth.tokens.is_empty() || !raw.auth.admin_tokens.is_empty();
+        let tokens = gather_tokens(
+            base,
+            "tokens",
+            &raw.auth.tokens,
+            raw.auth.tokens_file.as_deref(),
+            raw.auth.tokens_env.as_deref(),
+        )?;
+        let admin_tokens = gather_tokens(
+            base,
+            "admin_tokens",
+            &raw.auth.admin_tokens,
+            raw.auth.admin_tokens_file.as_deref(),
+            raw.auth.admin_tokens_env.as_deref(),
+        )?;
+        if tokens.is_empty() {
             return Err(invalid(
                 "auth.tokens",
-                "at least one client token is required",
+                "at least one client token is required (auth.tokens, auth.tokens_file or \
+                 auth.tokens_env)",
             ));
-        }
-        for (i, t) in raw.auth.tokens.iter().enumerate() {
-            check_token(&format!("auth.tokens[{i}]"), t)?;
-        }
-        for (i, t) in raw.auth.admin_tokens.iter().enumerate() {
-            check_token(&format!("auth.admin_tokens[{i}]"), t)?;
         }
         let commit_batch_records_max = raw
             .storage
@@ -386,15 +644,19 @@ impl NodeConfig {
             heartbeat_interval_ms,
             http_listen,
             body_limit_bytes,
+            metrics_listen,
+            http_limits,
+            tls,
             p2p_listen,
             members,
             policy,
             policy_source,
-            tokens: raw.auth.tokens,
-            admin_tokens: raw.auth.admin_tokens,
+            tokens,
+            admin_tokens,
             group_commit: raw.storage.group_commit.unwrap_or(true),
             commit_batch_records_max,
             faults_enabled: raw.faults.enabled,
+            holds_secrets,
         })
     }
 }
@@ -455,6 +717,63 @@ tokens = ["0123456789abcdef0123"]
             e.to_string(),
             "config error: members[1].peer_id: \"xyz\" is not a valid peer id"
         );
+    }
+
+    #[test]
+    fn debug_and_syntax_errors_never_show_a_token() {
+        let c = NodeConfig::parse(&text(&pid()), Path::new("x.toml"), Path::new("/")).unwrap();
+        assert_eq!(c.tokens.len(), 1);
+        assert!(c.holds_secrets);
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+        // A syntax error on the token's line: the message gives line and column, not the line.
+        let broken = text(&pid()).replace(
+            "tokens = [\"0123456789abcdef0123\"]",
+            "tokens = [\"0123456789abcdef0123\" oops]",
+        );
+        let e = NodeConfig::parse(&broken, Path::new("x.toml"), Path::new("/")).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+        assert!(!e.to_string().contains("0123456789abcdef"), "{e}");
+        assert!(e.to_string().contains("line "), "{e}");
+        let short = text(&pid()).replace("0123456789abcdef0123", "tiny-secret");
+        let e = NodeConfig::parse(&short, Path::new("x.toml"), Path::new("/")).unwrap_err();
+        assert!(!e.to_string().contains("tiny-secret"), "{e}");
+    }
+
+    #[test]
+    fn tokens_from_a_file_and_the_environment() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("tokens");
+        crate::secret::write_private(
+            &f,
+            b"# rotated 2026-11\nfile-token-aaaaaaaaaaaa\n\nfile-token-bbbbbbbbbbbb\n",
+        )
+        .unwrap();
+        let var = format!("WALLETD_TEST_TOKENS_{}", std::process::id());
+        std::env::set_var(&var, "env-token-cccccccccccc, env-token-dddddddddddd");
+        let t = text(&pid()).replace(
+            "tokens = [\"0123456789abcdef0123\"]",
+            &format!("tokens_file = \"tokens\"\ntokens_env = \"{var}\""),
+        );
+        let c = NodeConfig::parse(&t, Path::new("x.toml"), d.path()).unwrap();
+        let got: Vec<&str> = c.tokens.iter().map(Secret::expose).collect();
+        assert_eq!(
+            got,
+            [
+                "file-token-aaaaaaaaaaaa",
+                "file-token-bbbbbbbbbbbb",
+                "env-token-cccccccccccc",
+                "env-token-dddddddddddd"
+            ]
+        );
+        assert!(!c.holds_secrets);
+        // A token file others may read is refused, naming the file, not the tokens.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = NodeConfig::parse(&t, Path::new("x.toml"), d.path()).unwrap_err();
+        assert!(e.to_string().contains("auth.tokens_file"), "{e}");
+        assert!(e.to_string().contains("readable by group or others"), "{e}");
+        assert!(!e.to_string().contains("file-token"), "{e}");
+        std::env::remove_var(&var);
     }
 
     #[test]

@@ -24,23 +24,92 @@ use wallet_core::id::check_reference;
 use wallet_core::{AccountId, Amount, AmountError, Currency, Kind, RegionId, TxRequest};
 
 use crate::command::{Command, Reply, Shared, SubmitCmd, PAGE_LIMIT_MAX};
-use crate::config::NodeConfig;
+use crate::config::{HttpLimits, NodeConfig};
 use crate::metrics::{Metrics, Refusal};
 use crate::render;
+use crate::secret::{self, TokenDigest, TokenSet};
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
 /// Default page size of lists.
 pub const PAGE_LIMIT_DEFAULT: usize = 100;
 
+/// The valid tokens, as digests; swapped whole on reload (SIGHUP).
+#[derive(Debug, Default)]
+struct Auth {
+    client: TokenSet,
+    admin: TokenSet,
+}
+
+impl Auth {
+    fn of(cfg: &NodeConfig) -> Auth {
+        Auth {
+            client: TokenSet::new(&cfg.tokens),
+            admin: TokenSet::new(&cfg.admin_tokens),
+        }
+    }
+}
+
 struct Inner {
     commands: mpsc::Sender<Command>,
-    tokens: Vec<String>,
-    admin_tokens: Vec<String>,
+    auth: std::sync::RwLock<Arc<Auth>>,
     faults_enabled: bool,
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
     body_limit_bytes: usize,
+    limits: HttpLimits,
+    /// `/v1` requests being served (at most `limits.concurrency_max`; more wait).
+    in_flight: Arc<tokio::sync::Semaphore>,
+    rate: RateLimiter,
+}
+
+/// Per-token token buckets: `rate_per_second` sustained, `rate_burst` at once. Keyed by the
+/// digest of valid tokens only, so the map is as small as the token list.
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: std::sync::Mutex<std::collections::HashMap<TokenDigest, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn new(l: &HttpLimits) -> RateLimiter {
+        RateLimiter {
+            rate: f64::from(l.rate_per_second),
+            burst: f64::from(l.rate_burst),
+            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `key`'s bucket; `Err(seconds)` to wait when it is empty.
+    fn take(&self, key: &TokenDigest) -> Result<(), u64> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut m = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, at) = m.entry(*key).or_insert((self.burst, now));
+        let refill = now.duration_since(*at).as_secs_f64() * self.rate;
+        *tokens = (*tokens + refill).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - *tokens) / self.rate;
+            // Whole seconds, at least 1 (Retry-After has no fractions).
+            Err((wait.ceil() as u64).max(1))
+        }
+    }
+
+    fn clear(&self) {
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
 }
 
 /// Shared state of the handlers.
@@ -57,13 +126,41 @@ impl AppState {
     ) -> AppState {
         AppState(Arc::new(Inner {
             commands,
-            tokens: cfg.tokens.clone(),
-            admin_tokens: cfg.admin_tokens.clone(),
+            auth: std::sync::RwLock::new(Arc::new(Auth::of(cfg))),
             faults_enabled: cfg.faults_enabled,
             metrics,
             shared,
             body_limit_bytes: cfg.body_limit_bytes,
+            limits: cfg.http_limits,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.http_limits.concurrency_max)),
+            rate: RateLimiter::new(&cfg.http_limits),
         }))
+    }
+}
+
+impl AppState {
+    /// Replaces the valid tokens with those of `cfg` (token rotation: SIGHUP re-reads the
+    /// config). Returns (client, admin) token counts.
+    pub fn reload_tokens(&self, cfg: &NodeConfig) -> (usize, usize) {
+        let a = Auth::of(cfg);
+        let n = (a.client.len(), a.admin.len());
+        let mut g = self
+            .0
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g = Arc::new(a);
+        drop(g);
+        self.0.rate.clear();
+        n
+    }
+
+    fn auth(&self) -> Arc<Auth> {
+        self.0
+            .auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -120,13 +217,6 @@ async fn ask(st: &AppState, make: impl FnOnce(oneshot::Sender<Reply>) -> Command
     }
 }
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
@@ -136,16 +226,19 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     Some(token.trim())
 }
 
-/// Checks the bearer token of a `/v1/*` request; `None` lets it through.
-fn check_auth(st: &AppState, req: &Request) -> Option<Response> {
+/// Checks the bearer token of a `/v1/*` request: `Ok(Some(digest))` for a valid token,
+/// `Ok(None)` for routes without auth, `Err` with the 401/403 answer.
+fn check_auth(st: &AppState, req: &Request) -> Result<Option<TokenDigest>, Box<Response>> {
     let path = req.uri().path();
     if !path.starts_with("/v1/") {
-        return None;
+        return Ok(None);
     }
     let admin_route = path.starts_with("/v1/admin/");
-    let token = bearer(req.headers()).map(str::as_bytes);
-    let is_admin = token.is_some_and(|t| st.0.admin_tokens.iter().any(|a| ct_eq(a.as_bytes(), t)));
-    let is_client = token.is_some_and(|t| st.0.tokens.iter().any(|a| ct_eq(a.as_bytes(), t)));
+    // Compared as SHA-256 digests in constant time against every token (crate::secret).
+    let presented = bearer(req.headers()).map(|t| secret::digest(t.as_bytes()));
+    let auth = st.auth();
+    let is_admin = presented.is_some_and(|d| auth.admin.contains(&d));
+    let is_client = presented.is_some_and(|d| auth.client.contains(&d));
     if !is_admin && !is_client {
         let mut r = error(
             401,
@@ -155,12 +248,60 @@ fn check_auth(st: &AppState, req: &Request) -> Option<Response> {
         .into_response();
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Some(r);
+        return Err(Box::new(r));
     }
     if admin_route && !is_admin {
-        return Some(error(403, "forbidden", "this route needs an admin token").into_response());
+        return Err(Box::new(
+            error(403, "forbidden", "this route needs an admin token").into_response(),
+        ));
     }
-    None
+    Ok(presented)
+}
+
+/// Auth, the per-token rate limit and the concurrency limit of `/v1` requests, then the
+/// request itself (under the request time-out).
+async fn limited(st: &AppState, req: Request, next: Next) -> Response {
+    let key = match check_auth(st, &req) {
+        Err(denied) => return *denied,
+        Ok(None) => return next.run(req).await,
+        Ok(Some(k)) => k,
+    };
+    if let Err(secs) = st.0.rate.take(&key) {
+        st.0.metrics.http_rate_limited();
+        let mut r = error(
+            429,
+            "rate_limited",
+            &format!("too many requests with this token: retry after {secs} s"),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let deadline = std::time::Duration::from_millis(st.0.limits.request_timeout_ms);
+    let work = async {
+        let Ok(_permit) = st.0.in_flight.acquire().await else {
+            return error(503, "unavailable", "the region is shutting down").into_response();
+        };
+        next.run(req).await
+    };
+    match tokio::time::timeout(deadline, work).await {
+        Ok(r) => r,
+        Err(_) => timeout_response(),
+    }
+}
+
+fn timeout_response() -> Response {
+    let mut r = error(
+        503,
+        "timeout",
+        "the request did not complete within http.request_timeout_ms",
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 fn route_name(path: Option<&str>) -> &'static str {
@@ -204,10 +345,7 @@ async fn front(State(st): State<AppState>, req: Request, next: Next) -> Response
             .map(MatchedPath::as_str),
     );
     let method = method_name(req.method());
-    let resp = match check_auth(&st, &req) {
-        Some(denied) => denied,
-        None => next.run(req).await,
-    };
+    let resp = limited(&st, req, next).await;
     let status = resp.status().as_u16();
     st.0.metrics
         .observe_http(route, method, status, started.elapsed());
@@ -240,6 +378,17 @@ pub fn router(st: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(st.clone(), front))
+        .with_state(st)
+}
+
+/// The router of `http.metrics_listen`: `/metrics`, `/healthz`, `/readyz` only.
+pub fn metrics_router(st: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(st)
 }
 
@@ -722,20 +871,12 @@ async fn faults(
     .await)
 }
 
+/// `/metrics`: the HTTP counters and the actor's latest published gauges; never waits for
+/// the actor, so a flood of scrapes cannot queue ahead of payments.
 async fn metrics(State(st): State<AppState>) -> Response {
-    let (tx, rx) = oneshot::channel();
-    let mut text = String::with_capacity(8192);
-    if st
-        .0
-        .commands
-        .send(Command::Metrics { reply: tx })
-        .await
-        .is_ok()
-    {
-        if let Ok(s) = rx.await {
-            text.push_str(&s);
-        }
-    }
+    let node = st.0.metrics.node_snapshot();
+    let mut text = String::with_capacity(node.len() + 8192);
+    text.push_str(&node);
     st.0.metrics.render(&mut text);
     let mut r = Response::new(axum::body::Body::from(text));
     r.headers_mut().insert(
@@ -774,5 +915,28 @@ async fn openapi() -> Response {
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         reply_response(self)
+    }
+}
+
+/// Fuzzing entry point (fuzz/fuzz_targets/http_body.rs): parses `bytes` as a transaction body
+/// with the fast path (and its fallback) and with the precise slow path; panics if the fast
+/// path accepts a body the slow path reads differently.
+#[doc(hidden)]
+pub fn fuzz_tx_body(bytes: &[u8]) {
+    let fast = parse_tx_body(bytes);
+    let slow = parse_tx_body_slow(bytes);
+    if let (Ok(f), Ok(s)) = (&fast, &slow) {
+        assert_eq!(
+            fingerprint(f),
+            fingerprint(s),
+            "fast and slow parsers disagree"
+        );
+    }
+    if let Err(e) = &fast {
+        assert!(
+            e.status == 400,
+            "a body error must be a 400, got {}",
+            e.status
+        );
     }
 }

@@ -12,6 +12,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use wallet_core::RegionId;
 
+use crate::secret;
+
 /// The default seed policy written by `init`: a flat overdraft fee, capped, per debit.
 pub const DEFAULT_POLICY: &str = r#"# Overdraft policy (SPEC §6). Must be identical on every region.
 [default]
@@ -39,8 +41,8 @@ pub struct ClusterRegion {
     pub http: String,
 }
 
-/// `cluster.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `cluster.json` (written 0600: it holds the tokens; `Debug` does not show them).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ClusterFile {
     /// Every region.
     pub regions: Vec<ClusterRegion>,
@@ -48,6 +50,28 @@ pub struct ClusterFile {
     pub token: String,
     /// An admin token valid on every region.
     pub admin_token: String,
+    /// With `--tls`: the local CA certificate (PEM) that signed every region's certificate;
+    /// clients trust it for the `https://` URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// With `--tls`: a client certificate and key (PEM) signed by the CA, for mutual TLS
+    /// (`http.tls.client_ca`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// The client certificate's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterFile")
+            .field("regions", &self.regions)
+            .field("token", &"<redacted>")
+            .field("admin_token", &"<redacted>")
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Options of `walletd init`.
@@ -61,6 +85,10 @@ pub struct InitOptions {
     pub faults: bool,
     /// Group commit setting written to every config.
     pub group_commit: bool,
+    /// Write a local CA and per-region certificates; serve HTTPS.
+    pub tls: bool,
+    /// `http.rate_per_second` written (None: the default).
+    pub rate_per_second: Option<u32>,
 }
 
 /// What can go wrong in `init`.
@@ -143,7 +171,8 @@ fn toml_str(s: &str) -> String {
 
 /// Writes a local cluster into `opts.dir` and returns its `cluster.json` content.
 pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
-    std::fs::create_dir_all(&opts.dir).map_err(|e| io_err(&opts.dir, e))?;
+    // The directory holds keys and tokens: 0700; every secret file in it is 0600.
+    secret::create_private_dir(&opts.dir).map_err(|e| io_err(&opts.dir, e))?;
     let dir = opts.dir.canonicalize().map_err(|e| io_err(&opts.dir, e))?;
     let cluster_json = dir.join("cluster.json");
     if cluster_json.exists() {
@@ -179,6 +208,11 @@ pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
             p2p: free_port()?,
         });
     }
+    let ca = if opts.tls {
+        Some(LocalCa::new(&dir)?)
+    } else {
+        None
+    };
     let mut regions = Vec::new();
     for r in &rs {
         let mut t = String::new();
@@ -204,6 +238,19 @@ pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
             "\n[http]\nlisten = \"127.0.0.1:{}\"\nbody_limit_bytes = 16384",
             r.http
         );
+        if let Some(n) = opts.rate_per_second {
+            let _ = writeln!(t, "rate_per_second = {n}");
+        }
+        if let Some(ca) = &ca {
+            let (cert, key) = ca.issue(&dir, r.region.as_str(), &["127.0.0.1", "localhost"])?;
+            let _ = writeln!(
+                t,
+                "\n[http.tls]\ncert = {}\nkey = {}\n# client_ca = {}   # uncomment for mutual TLS",
+                toml_str(&cert.display().to_string()),
+                toml_str(&key.display().to_string()),
+                toml_str(&ca.cert.display().to_string())
+            );
+        }
         let _ = writeln!(t, "\n[p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]", r.p2p);
         for m in &rs {
             let _ = writeln!(
@@ -233,19 +280,91 @@ pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
         );
         let _ = writeln!(t, "\n[faults]\nenabled = {}", opts.faults);
         let path = dir.join(format!("{}.toml", r.region));
-        std::fs::write(&path, t).map_err(|e| io_err(&path, e))?;
+        secret::write_private(&path, t.as_bytes()).map_err(|e| io_err(&path, e))?;
         regions.push(ClusterRegion {
             region: r.region.to_string(),
             config: path.display().to_string(),
-            http: format!("http://127.0.0.1:{}", r.http),
+            http: format!(
+                "{}://127.0.0.1:{}",
+                if ca.is_some() { "https" } else { "http" },
+                r.http
+            ),
         });
     }
+    let (client_cert, client_key) = match &ca {
+        Some(ca) => {
+            let (c, k) = ca.issue(&dir, "client", &["client.local"])?;
+            (Some(c.display().to_string()), Some(k.display().to_string()))
+        }
+        None => (None, None),
+    };
     let file = ClusterFile {
         regions,
         token,
         admin_token,
+        ca: ca.as_ref().map(|c| c.cert.display().to_string()),
+        client_cert,
+        client_key,
     };
     let json = serde_json::to_string_pretty(&file).map_err(|e| io_err(&cluster_json, e))?;
-    std::fs::write(&cluster_json, json + "\n").map_err(|e| io_err(&cluster_json, e))?;
+    secret::write_private(&cluster_json, (json + "\n").as_bytes())
+        .map_err(|e| io_err(&cluster_json, e))?;
     Ok(file)
+}
+
+/// A local certificate authority for `init --tls`: `ca.crt` (public) and `ca.key` (0600).
+struct LocalCa {
+    cert: PathBuf,
+    issuer: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+fn tls_err(e: impl std::fmt::Display) -> InitError {
+    InitError::Key(format!("tls: {e}"))
+}
+
+impl LocalCa {
+    fn new(dir: &Path) -> Result<LocalCa, InitError> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+        let key = rcgen::KeyPair::generate().map_err(tls_err)?;
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+        p.distinguished_name
+            .push(DnType::CommonName, "walletd local CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = p.self_signed(&key).map_err(tls_err)?;
+        let cert = dir.join("ca.crt");
+        std::fs::write(&cert, issuer.pem()).map_err(|e| io_err(&cert, e))?;
+        let kpath = dir.join("ca.key");
+        secret::write_private(&kpath, key.serialize_pem().as_bytes())
+            .map_err(|e| io_err(&kpath, e))?;
+        Ok(LocalCa { cert, issuer, key })
+    }
+
+    /// `<name>.crt` and `<name>.tls.key` (0600) for `names` (IP addresses or DNS names).
+    fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        names: &[&str],
+    ) -> Result<(PathBuf, PathBuf), InitError> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose};
+        let key = rcgen::KeyPair::generate().map_err(tls_err)?;
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .map_err(tls_err)?;
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let c = p
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(tls_err)?;
+        let cert = dir.join(format!("{name}.crt"));
+        std::fs::write(&cert, c.pem() + &self.issuer.pem()).map_err(|e| io_err(&cert, e))?;
+        let kpath = dir.join(format!("{name}.tls.key"));
+        secret::write_private(&kpath, key.serialize_pem().as_bytes())
+            .map_err(|e| io_err(&kpath, e))?;
+        Ok((cert, kpath))
+    }
 }

@@ -45,5 +45,7 @@ pub mod metrics;
 pub mod node;
 pub mod policycheck;
 pub mod render;
+pub mod secret;
+pub mod serve;
 pub mod storage;
 pub mod waiters;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use wallet::config::NodeConfig;
 use wallet::init::{self, InitOptions};
 
@@ -43,9 +43,14 @@ enum Cmd {
         /// The region's config file.
         #[arg(long)]
         config: PathBuf,
-        /// Override `storage.group_commit` (false: one commit, one fsync per record).
-        #[arg(long)]
+        /// Override `storage.group_commit` (false: one commit, one fsync per record):
+        /// `--group-commit`, `--group-commit=false`, `--group-commit false`, `--no-group-commit`.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set,
+              overrides_with = "no_group_commit")]
         group_commit: Option<bool>,
+        /// Same as `--group-commit=false`.
+        #[arg(long, overrides_with = "group_commit")]
+        no_group_commit: bool,
     },
     /// Three regions on 127.0.0.1: partition, double spend, heal, settle; exit 0 if all agree.
     Demo {
@@ -69,12 +74,26 @@ enum Cmd {
         /// Output directory.
         #[arg(long)]
         dir: PathBuf,
-        /// Enable the fault-injection endpoint (POST /v1/admin/faults).
-        #[arg(long, default_value_t = true)]
-        faults: bool,
-        /// Group commit setting written to the configs.
-        #[arg(long, default_value_t = true)]
-        group_commit: bool,
+        /// Enable the fault-injection endpoint (POST /v1/admin/faults); off unless given:
+        /// `--faults`, `--faults=true|false`, `--faults true|false`, `--no-faults`.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set,
+              overrides_with = "no_faults")]
+        faults: Option<bool>,
+        /// Same as `--faults=false` (the default).
+        #[arg(long, overrides_with = "faults")]
+        no_faults: bool,
+        /// Group commit setting written to the configs (default on): `--group-commit=false`,
+        /// `--group-commit false` or `--no-group-commit` turn it off.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set,
+              overrides_with = "no_group_commit")]
+        group_commit: Option<bool>,
+        /// Same as `--group-commit=false`.
+        #[arg(long, overrides_with = "group_commit")]
+        no_group_commit: bool,
+        /// Also write a local CA (`ca.crt`, `ca.key`) and per-region certificates, and serve
+        /// the HTTP API over HTTPS (docs/security.md).
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -98,6 +117,16 @@ enum PolicyCmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+/// A `--x[=bool]` / `--no-x` pair: the last one given wins (clap's `overrides_with`), else
+/// `default`.
+fn flag(value: Option<bool>, negated: bool, default: bool) -> bool {
+    if negated {
+        false
+    } else {
+        value.unwrap_or(default)
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -145,8 +174,13 @@ fn main() -> ExitCode {
             regions,
             dir,
             faults,
+            no_faults,
             group_commit,
+            no_group_commit,
+            tls,
         } => {
+            let faults = flag(faults, no_faults, false);
+            let group_commit = flag(group_commit, no_group_commit, true);
             let regions = match init::parse_regions(&regions) {
                 Ok(r) => r,
                 Err(e) => {
@@ -159,11 +193,16 @@ fn main() -> ExitCode {
                 dir,
                 faults,
                 group_commit,
+                tls,
+                rate_per_second: None,
             };
             match init::init(&opts) {
                 Ok(c) => {
                     for r in &c.regions {
                         println!("{} {} {}", r.region, r.http, r.config);
+                    }
+                    if let Some(ca) = &c.ca {
+                        println!("HTTPS: trust the local CA {ca}");
                     }
                     println!(
                         "cluster.json written to {}",
@@ -180,7 +219,13 @@ fn main() -> ExitCode {
         Cmd::Run {
             config,
             group_commit,
+            no_group_commit,
         } => {
+            let group_commit = if no_group_commit {
+                Some(false)
+            } else {
+                group_commit
+            };
             let mut cfg = match NodeConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -193,5 +238,144 @@ fn main() -> ExitCode {
             }
             wallet::node::run_blocking(cfg)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One test per flag documented in docs/operations.md (the command table).
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut v = vec!["walletd"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v) {
+            Ok(c) => c,
+            Err(e) => panic!("{args:?} rejected: {e}"),
+        }
+    }
+
+    /// (faults, group_commit) as `init` resolves them.
+    fn init_flags(extra: &[&str]) -> (bool, bool) {
+        let mut args = vec!["init", "--regions", "eu", "--dir", "/tmp/x"];
+        args.extend_from_slice(extra);
+        match parse(&args).command {
+            Cmd::Init {
+                faults,
+                no_faults,
+                group_commit,
+                no_group_commit,
+                ..
+            } => (
+                flag(faults, no_faults, false),
+                flag(group_commit, no_group_commit, true),
+            ),
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn init_faults_are_off_by_default() {
+        assert_eq!(init_flags(&[]), (false, true));
+    }
+
+    #[test]
+    fn init_tls_flag() {
+        let tls = |extra: &[&str]| {
+            let mut args = vec!["init", "--regions", "eu", "--dir", "/tmp/x"];
+            args.extend_from_slice(extra);
+            match parse(&args).command {
+                Cmd::Init { tls, .. } => tls,
+                c => panic!("{c:?}"),
+            }
+        };
+        assert!(!tls(&[]));
+        assert!(tls(&["--tls"]));
+    }
+
+    #[test]
+    fn init_faults_flag_every_spelling() {
+        assert!(init_flags(&["--faults"]).0);
+        assert!(init_flags(&["--faults=true"]).0);
+        assert!(init_flags(&["--faults", "true"]).0);
+        assert!(!init_flags(&["--faults=false"]).0);
+        assert!(!init_flags(&["--faults", "false"]).0);
+        assert!(!init_flags(&["--no-faults"]).0);
+        assert!(!init_flags(&["--faults", "--no-faults"]).0);
+        assert!(init_flags(&["--no-faults", "--faults"]).0);
+        assert!(Cli::try_parse_from([
+            "walletd",
+            "init",
+            "--regions",
+            "eu",
+            "--dir",
+            "d",
+            "--faults=maybe"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn init_group_commit_flag_every_spelling() {
+        assert!(init_flags(&["--group-commit"]).1);
+        assert!(init_flags(&["--group-commit=true"]).1);
+        assert!(!init_flags(&["--group-commit=false"]).1);
+        assert!(!init_flags(&["--group-commit", "false"]).1);
+        assert!(!init_flags(&["--no-group-commit"]).1);
+        assert!(init_flags(&["--no-group-commit", "--group-commit"]).1);
+    }
+
+    fn run_group_commit(extra: &[&str]) -> Option<bool> {
+        let mut args = vec!["run", "--config", "eu.toml"];
+        args.extend_from_slice(extra);
+        match parse(&args).command {
+            Cmd::Run {
+                config,
+                group_commit,
+                no_group_commit,
+            } => {
+                assert_eq!(config, PathBuf::from("eu.toml"));
+                if no_group_commit {
+                    Some(false)
+                } else {
+                    group_commit
+                }
+            }
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn run_group_commit_override() {
+        assert_eq!(run_group_commit(&[]), None);
+        assert_eq!(run_group_commit(&["--group-commit", "true"]), Some(true));
+        assert_eq!(run_group_commit(&["--group-commit", "false"]), Some(false));
+        assert_eq!(run_group_commit(&["--group-commit=false"]), Some(false));
+        assert_eq!(run_group_commit(&["--group-commit"]), Some(true));
+        assert_eq!(run_group_commit(&["--no-group-commit"]), Some(false));
+    }
+
+    #[test]
+    fn demo_flags() {
+        match parse(&["demo", "--policy", "p.toml", "--keep", "/tmp/d"]).command {
+            Cmd::Demo { policy, keep, .. } => {
+                assert_eq!(policy, Some(PathBuf::from("p.toml")));
+                assert_eq!(keep, Some(PathBuf::from("/tmp/d")));
+            }
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn log_format_is_global() {
+        assert!(matches!(
+            parse(&["--log-format", "json", "demo"]).log_format,
+            LogFormat::Json
+        ));
+        assert!(matches!(
+            parse(&["demo", "--log-format", "pretty"]).log_format,
+            LogFormat::Pretty
+        ));
+        assert!(Cli::try_parse_from(["walletd", "--log-format", "xml", "demo"]).is_err());
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wallet_core::{RegionId, Replica};
@@ -132,6 +132,12 @@ pub struct Metrics {
     commits: AtomicU64,
     compensations: Mutex<BTreeMap<&'static str, u64>>,
     reports: Mutex<BTreeMap<&'static str, u64>>,
+    http_open: AtomicU64,
+    http_conn_refused: AtomicU64,
+    http_rate_limited: AtomicU64,
+    /// The actor's gauges, rendered by the actor after its inputs (at most every few ms), so
+    /// `/metrics` never waits for the actor.
+    node_snapshot: Mutex<Arc<String>>,
 }
 
 impl Default for Metrics {
@@ -159,7 +165,41 @@ impl Metrics {
             commits: AtomicU64::new(0),
             compensations: Mutex::new(BTreeMap::new()),
             reports: Mutex::new(BTreeMap::new()),
+            http_open: AtomicU64::new(0),
+            http_conn_refused: AtomicU64::new(0),
+            http_rate_limited: AtomicU64::new(0),
+            node_snapshot: Mutex::new(Arc::new(String::new())),
         }
+    }
+
+    /// An HTTP connection was accepted.
+    pub fn http_connection_opened(&self) {
+        self.http_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An HTTP connection ended.
+    pub fn http_connection_closed(&self) {
+        self.http_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// An HTTP connection was closed at once: `connections_max` reached.
+    pub fn http_connection_refused(&self) {
+        self.http_conn_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request got a 429.
+    pub fn http_rate_limited(&self) {
+        self.http_rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stores the actor's latest gauges.
+    pub fn publish_node(&self, text: String) {
+        *lock(&self.node_snapshot) = Arc::new(text);
+    }
+
+    /// The actor's latest gauges.
+    pub fn node_snapshot(&self) -> Arc<String> {
+        lock(&self.node_snapshot).clone()
     }
 
     /// One HTTP request served.
@@ -221,6 +261,27 @@ impl Metrics {
 
     /// Renders the process counters.
     pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP walletd_http_connections Open HTTP connections.\n");
+        out.push_str("# TYPE walletd_http_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "walletd_http_connections {}",
+            self.http_open.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP walletd_http_connections_refused_total HTTP connections closed at once (http.connections_max reached).\n");
+        out.push_str("# TYPE walletd_http_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "walletd_http_connections_refused_total {}",
+            self.http_conn_refused.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP walletd_http_rate_limited_total Requests answered 429 (per-token rate limit).\n");
+        out.push_str("# TYPE walletd_http_rate_limited_total counter\n");
+        let _ = writeln!(
+            out,
+            "walletd_http_rate_limited_total {}",
+            self.http_rate_limited.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP walletd_http_request_duration_seconds HTTP requests by route, method and status.\n");
         out.push_str("# TYPE walletd_http_request_duration_seconds histogram\n");
         for ((route, method, status), h) in lock(&self.http).iter() {
@@ -446,6 +507,13 @@ pub fn render_node(out: &mut String, r: &Replica, g: &NodeGauges<'_>) {
         "counter",
         "Connections refused (not a member).",
         ns.refused_peers,
+    );
+    scalar(
+        out,
+        "walletd_p2p_limited_connections_total",
+        "counter",
+        "Inbound p2p connections refused by the connection limits (before the handshake).",
+        ns.limited_connections,
     );
     scalar(
         out,

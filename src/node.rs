@@ -56,6 +56,13 @@ pub struct Started {
 
 /// Opens storage, rebuilds the replica, starts the writer, the transport and the actor.
 pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
+    // Whoever reads the identity key can sign events every region accepts.
+    crate::secret::check_private(&cfg.identity_key, "identity key").map_err(|e| {
+        crate::config::ConfigError::Invalid {
+            field: "identity_key".into(),
+            reason: e.to_string(),
+        }
+    })?;
     let keypair = wallet_p2p::load_or_create_keypair(&cfg.identity_key)
         .map_err(|e| NodeError::Net(format!("config error: identity_key: {e}")))?;
     let my_peer = wallet_p2p::peer_id_of(&keypair);
@@ -225,6 +232,16 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
 /// Runs a region until SIGTERM/SIGINT: start, serve HTTP, then shut down gracefully
 /// (stop accepting, finish in-flight commits, stop the writer).
 pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
+    let fds = crate::serve::raise_fd_limit();
+    let tls = match &cfg.tls {
+        None => None,
+        Some(files) => Some(crate::serve::TlsState::new(files.clone()).map_err(|e| {
+            crate::config::ConfigError::Invalid {
+                field: "http.tls".into(),
+                reason: e.to_string(),
+            }
+        })?),
+    };
     let listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .map_err(|e| NodeError::Http {
@@ -235,14 +252,51 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| cfg.http_listen.to_string());
+    let metrics_listener = match cfg.metrics_listen {
+        None => None,
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| NodeError::Http {
+                    addr: a.to_string(),
+                    reason: e.to_string(),
+                })?,
+        ),
+    };
     let started = start(&cfg)?;
-    let app = crate::http::router(crate::http::AppState::new(
+    let state = crate::http::AppState::new(
         &cfg,
         started.actor.commands.clone(),
         started.shared.clone(),
         started.metrics.clone(),
-    ));
+    );
+    spawn_reloader(&cfg, state.clone(), tls.clone())?;
+    let app = crate::http::router(state.clone());
+    let limits = crate::serve::ConnLimits {
+        connections_max: cfg.http_limits.connections_max,
+        header_read_timeout: std::time::Duration::from_millis(
+            cfg.http_limits.header_read_timeout_ms,
+        ),
+        header_bytes_max: cfg.http_limits.header_bytes_max,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = metrics_listener.map(|l| {
+        let app = crate::http::metrics_router(state.clone());
+        let metrics = started.metrics.clone();
+        let mut stop = stop_rx.clone();
+        let limits = crate::serve::ConnLimits {
+            connections_max: 64,
+            ..limits
+        };
+        tokio::spawn(async move {
+            crate::serve::serve(l, app, None, limits, metrics, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        })
+    });
     let p2p: Vec<String> = cfg.p2p_listen.iter().map(|a| a.to_string()).collect();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
         "walletd {} ready http={} p2p={}",
         cfg.region,
@@ -251,20 +305,72 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    tracing::info!(region = %cfg.region, http = %http_addr, "ready");
+    tracing::info!(region = %cfg.region, http = %http_addr, scheme, open_files_max = ?fds, "ready");
 
-    use axum::serve::ListenerExt as _;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
-    if let Err(e) = serve.await {
-        tracing::error!(error = %e, "http server error");
+    crate::serve::serve(
+        listener,
+        app,
+        tls,
+        limits,
+        started.metrics.clone(),
+        shutdown_signal(),
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = metrics_task {
+        let _ = t.await;
     }
     let Started { actor, writer, .. } = started;
     actor.shutdown().await;
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP re-reads the config file and swaps in its tokens (rotation: list the new token next
+/// to the old, SIGHUP, move the clients, remove the old, SIGHUP). A config that no longer
+/// loads is reported and the running settings stay. The handler is installed before the
+/// ready line, so a SIGHUP never kills a ready region.
+fn spawn_reloader(
+    cfg: &NodeConfig,
+    state: crate::http::AppState,
+    tls: Option<crate::serve::TlsState>,
+) -> Result<(), NodeError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())
+            .map_err(|e| NodeError::Net(format!("SIGHUP handler: {e}")))?;
+        let path = cfg.path.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match NodeConfig::load(&path) {
+                    Ok(c) => {
+                        let (client, admin) = state.reload_tokens(&c);
+                        tracing::info!(
+                            client_tokens = client,
+                            admin_tokens = admin,
+                            "SIGHUP: tokens reloaded"
+                        );
+                        if let Some(t) = &tls {
+                            match t.reload(c.tls.as_ref()) {
+                                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                                Err(e) => tracing::error!(
+                                    error = %e,
+                                    "SIGHUP: TLS reload failed; keeping the running certificate"
+                                ),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: config does not load; keeping the running settings");
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (cfg, state, tls);
     Ok(())
 }
 

@@ -204,6 +204,38 @@ fn unseal<'a>(table: &str, key: &[u8], value: &'a [u8]) -> Result<&'a [u8], Stri
     Ok(payload)
 }
 
+/// Fuzzing entry point (fuzz/fuzz_targets/storage_value.rs): `data[0]` picks the table,
+/// the rest is a stored value. It is unsealed (checksum envelope) and, sealed or not, decoded
+/// as that table's record; every outcome must be a value or an error, never a panic.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) {
+    let Some((&table, value)) = data.split_first() else {
+        return;
+    };
+    let key = event_key_bytes("eu", 1);
+    let _ = unseal("events", &key, value);
+    let sealed = seal("events", &key, value);
+    assert_eq!(unseal("events", &key, &sealed), Ok(value));
+    match table % 4 {
+        0 => {
+            let _ = decode_event(value);
+        }
+        1 => {
+            let _ = decode_value::<IdemRecord>(value);
+        }
+        2 => {
+            if let Ok(ev) = decode_value::<Evidence>(value) {
+                let _ = ev.id();
+            }
+        }
+        _ => {
+            if let Ok(p) = decode_value::<wallet_core::Policy>(value) {
+                let _ = p.hash();
+            }
+        }
+    }
+}
+
 fn event_key_bytes(origin: &str, seq: u64) -> Vec<u8> {
     let mut k = origin.as_bytes().to_vec();
     k.push(0);

@@ -10,7 +10,7 @@ async fn endpoints_and_error_codes() {
     let mut c = cluster(&["eu"]);
     start(&mut c, 0).await;
     let api = region_api(&c, 0);
-    let raw = reqwest::Client::new();
+    let raw = api.http().clone();
 
     // Health, readiness, OpenAPI, metrics need no token.
     for p in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {
@@ -468,7 +468,37 @@ fn walletd_init_writes_a_cluster_file_and_configs_that_load() {
         .expect("the written config loads");
         assert_eq!(cfg.region.as_str(), name);
         assert_eq!(cfg.members.len(), 2);
-        assert!(cfg.faults_enabled);
+        // Fault injection is off unless asked for (`--faults`).
+        assert!(!cfg.faults_enabled);
+    }
+    // `--faults` (and `--faults=true`) turn it on; `--no-faults` and `--faults=false` keep it off.
+    for (flag, on) in [
+        ("--faults", true),
+        ("--faults=true", true),
+        ("--faults=false", false),
+        ("--no-faults", false),
+    ] {
+        let d = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(BIN)
+            .args([
+                "init",
+                "--regions",
+                "eu",
+                flag,
+                "--no-group-commit",
+                "--dir",
+            ])
+            .arg(d.path())
+            .output()
+            .expect("run walletd init");
+        assert!(
+            out.status.success(),
+            "init {flag} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cfg = wallet::config::NodeConfig::load(&d.path().join("eu.toml")).expect("loads");
+        assert_eq!(cfg.faults_enabled, on, "{flag}");
+        assert!(!cfg.group_commit, "--no-group-commit");
     }
     // A second init into the same directory refuses to overwrite it.
     let again = std::process::Command::new(BIN)

@@ -495,7 +495,7 @@ async fn a_region_stopped_during_traffic_catches_up_and_its_watermark_advances()
     let stop = Arc::new(AtomicBool::new(false));
     let phase = Arc::new(Mutex::new("before"));
     let acked: Arc<Mutex<Acked>> = Arc::default();
-    let http = reqwest::Client::new();
+    let http = c.client(EU).expect("client").http().clone();
     let urls = [c.regions[EU].http.clone(), c.regions[US].http.clone()];
     let traffic = {
         let (stop, phase, acked, token) =

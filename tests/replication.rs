@@ -152,7 +152,7 @@ async fn a_region_restores_its_history_from_peers_after_losing_its_disk() {
         "eu to finish restoring",
         Duration::from_secs(60),
         || async {
-            let r = reqwest::get(format!("{}/readyz", eu.url())).await;
+            let r = eu.http().get(format!("{}/readyz", eu.url())).send().await;
             r.is_ok_and(|r| r.status().as_u16() == 200)
         },
     )
@@ -180,7 +180,12 @@ async fn a_restoring_region_refuses_transactions_and_is_not_ready() {
     std::fs::write(&config, text.replace("restore = false", "restore = true")).unwrap();
     start(&mut c, 0).await;
     let eu = region_api(&c, 0);
-    let r = reqwest::get(format!("{}/readyz", eu.url())).await.unwrap();
+    let r = eu
+        .http()
+        .get(format!("{}/readyz", eu.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     let j: Value = r.json().await.unwrap();
     assert_eq!(j["error"]["code"], "restoring");
@@ -265,7 +270,10 @@ async fn reverse_policy_and_cross_region_duplicates_show_reversed_status() {
     })
     .await;
     // Replication traffic shows up in the metrics.
-    let m = reqwest::get(format!("{}/metrics", eu.url()))
+    let m = eu
+        .http()
+        .get(format!("{}/metrics", eu.url()))
+        .send()
         .await
         .unwrap()
         .text()

@@ -21,7 +21,10 @@ pub mod codec;
 mod net;
 
 use net::{Command, Shared};
-pub use net::{BACKOFF_INITIAL, BACKOFF_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX};
+pub use net::{
+    BACKOFF_INITIAL, BACKOFF_MAX, CONNECTIONS_PER_PEER_MAX, PEER_INBOUND_BYTES_MAX,
+    PENDING_INCOMING_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX, STREAMS_PER_CONNECTION_MAX,
+};
 
 /// One configured member region.
 #[derive(Debug, Clone)]
@@ -100,6 +103,9 @@ pub struct NetStats {
     /// Connections refused because the peer is not a member (or an address answered with a
     /// key that is not the expected member's).
     pub refused_peers: u64,
+    /// Inbound connections refused by the connection limits (pending handshakes, per peer,
+    /// total), before any handshake work.
+    pub limited_connections: u64,
     /// Messages dropped: malformed, oversized, while isolated, oldest of an overflowing
     /// per-peer queue, or undeliverable (peer not connected, connection lost, not
     /// acknowledged in time). Anti-entropy repairs every gap this leaves.
@@ -196,7 +202,7 @@ pub fn load_or_create_keypair(path: &Path) -> Result<Keypair, NetError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let kp = Keypair::generate_ed25519();
             let bytes = kp.to_protobuf_encoding().map_err(|e| kerr(e.to_string()))?;
-            std::fs::write(path, bytes).map_err(|e| kerr(e.to_string()))?;
+            write_private(path, &bytes).map_err(|e| kerr(e.to_string()))?;
             Ok(kp)
         }
         Err(e) => Err(kerr(e.to_string())),
@@ -264,4 +270,19 @@ impl Authenticator for Ed25519Auth {
 /// Maps a key file's public key to its peer id.
 pub fn peer_id_of(keypair: &Keypair) -> PeerId {
     keypair.public().to_peer_id()
+}
+
+/// Writes a secret file created 0600 (never readable by others, not even for an instant).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    let mut f = o.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }

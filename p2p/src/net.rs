@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::allow_block_list::{self, AllowedPeers};
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionError, DialError, ListenError, NetworkBehaviour, SwarmEvent};
@@ -33,8 +34,18 @@ pub const QUEUE_BYTES_MAX: usize = 4 * MESSAGE_BYTES_MAX;
 const PENDING_EVENTS_MAX: usize = 1024;
 /// A batch (up to `MESSAGE_BYTES_MAX`) must be read and acknowledged within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Concurrent streams per connection (bounds memory: each may hold `MESSAGE_BYTES_MAX`).
-const STREAMS_PER_CONNECTION_MAX: usize = 8;
+/// Concurrent streams per connection (bounds memory: each may hold `MESSAGE_BYTES_MAX`). A
+/// member sends one batch at a time; one more for each direction and a spare.
+pub const STREAMS_PER_CONNECTION_MAX: usize = 3;
+/// Connections in handshake (noise) at once, all peers together; more are refused before
+/// any cryptography.
+pub const PENDING_INCOMING_MAX: u32 = 16;
+/// Established connections per peer (two when both sides dial at once).
+pub const CONNECTIONS_PER_PEER_MAX: u32 = 2;
+/// The most inbound frame bytes one peer can make this region hold at once: its connections
+/// times their streams times the largest batch.
+pub const PEER_INBOUND_BYTES_MAX: usize =
+    CONNECTIONS_PER_PEER_MAX as usize * STREAMS_PER_CONNECTION_MAX * MESSAGE_BYTES_MAX;
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -57,6 +68,7 @@ pub(crate) struct Shared {
     pub messages_sent: AtomicU64,
     pub messages_received: AtomicU64,
     pub refused_peers: AtomicU64,
+    pub limited_connections: AtomicU64,
     pub dropped_messages: Arc<AtomicU64>,
     pub connected: Mutex<BTreeSet<RegionId>>,
     pub listen: Mutex<Vec<Multiaddr>>,
@@ -74,6 +86,7 @@ impl Shared {
             messages_sent: self.messages_sent.load(Ordering::Relaxed),
             messages_received: self.messages_received.load(Ordering::Relaxed),
             refused_peers: self.refused_peers.load(Ordering::Relaxed),
+            limited_connections: self.limited_connections.load(Ordering::Relaxed),
             dropped_messages: self.dropped_messages.load(Ordering::Relaxed),
         }
     }
@@ -93,10 +106,19 @@ impl Shared {
     fn refused(&self) {
         self.refused_peers.fetch_add(1, Ordering::Relaxed);
     }
+
+    fn limited(&self) {
+        self.limited_connections.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Pending and established connection limits: checked before the noise handshake for
+    /// pending connections (the earliest point: a peer id is only known after it).
+    limits: connection_limits::Behaviour,
+    /// Members only: a connection from any other peer id is denied as soon as the handshake
+    /// has authenticated it, before any protocol stream is opened.
     allow: allow_block_list::Behaviour<AllowedPeers>,
     ping: ping::Behaviour,
     msg: request_response::Behaviour<MsgCodec>,
@@ -175,6 +197,19 @@ pub(crate) fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEven
     for p in peers.keys() {
         allow.allow_peer(*p);
     }
+    let members = u32::try_from(peers.len()).unwrap_or(u32::MAX);
+    let limits = connection_limits::Behaviour::new(
+        ConnectionLimits::default()
+            .with_max_pending_incoming(Some(PENDING_INCOMING_MAX))
+            .with_max_pending_outgoing(Some(members.saturating_mul(2).max(2)))
+            .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
+            .with_max_established_incoming(Some(
+                members.saturating_mul(CONNECTIONS_PER_PEER_MAX).max(1),
+            ))
+            .with_max_established(Some(
+                members.saturating_mul(2 * CONNECTIONS_PER_PEER_MAX).max(2),
+            )),
+    );
     let shared = Arc::new(Shared::default());
     let msg = request_response::Behaviour::with_codec(
         MsgCodec {
@@ -202,7 +237,12 @@ pub(crate) fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEven
             )
             .map_err(|e| terr(format!("tcp transport: {e}")))?
             .with_quic()
-            .with_behaviour(|_| Behaviour { allow, ping, msg })
+            .with_behaviour(|_| Behaviour {
+                limits,
+                allow,
+                ping,
+                msg,
+            })
             .map_err(|e| terr(format!("behaviour: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
             .build()
@@ -564,8 +604,18 @@ impl Task {
                 ..
             } => match error {
                 ListenError::Denied { cause } => {
-                    tracing::warn!(peer = ?peer_id, from = %send_back_addr, %cause, "connection from a non-member refused");
-                    self.shared.refused();
+                    if cause
+                        .downcast_ref::<connection_limits::Exceeded>()
+                        .is_some()
+                    {
+                        // A flood of handshakes: refused before any cryptography; debug only,
+                        // the count is in the stats.
+                        tracing::debug!(from = %send_back_addr, %cause, "connection over the limits refused");
+                        self.shared.limited();
+                    } else {
+                        tracing::warn!(peer = ?peer_id, from = %send_back_addr, %cause, "connection from a non-member refused");
+                        self.shared.refused();
+                    }
                 }
                 ListenError::WrongPeerId { obtained, .. } => {
                     tracing::warn!(%obtained, from = %send_back_addr, "connection refused: unexpected peer id");

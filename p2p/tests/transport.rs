@@ -242,29 +242,34 @@ async fn malformed_and_oversized_frames_are_dropped_and_counted() {
         }
         out
     };
+    // Each bad frame is sent once the previous one is counted: a member sends one batch at a
+    // time, and eu accepts only STREAMS_PER_CONNECTION_MAX streams per connection at once.
     // A header announcing more than the limit (refused before reading the body).
     let mut oversized = 1u32.to_be_bytes().to_vec();
     oversized.extend((MESSAGE_BYTES_MAX as u32 + 1).to_be_bytes());
     oversized.extend([1u8; 64]);
-    n[1].net.send_raw_frame(eu, oversized).await;
-    // Too many messages in one batch.
-    n[1].net
-        .send_raw_frame(eu, u32::MAX.to_be_bytes().to_vec())
-        .await;
-    // An unknown format version, and postcard garbage.
-    n[1].net.send_raw_frame(eu, frame(&[&[9, 9, 9, 9]])).await;
-    n[1].net
-        .send_raw_frame(eu, frame(&[&[1, 0xff, 0xff, 0xff, 0xff, 0xff]]))
-        .await;
-    // An empty message breaks the framing: the whole batch is dropped (counted once).
     let good = encode_message(&tagged(41));
-    n[1].net.send_raw_frame(eu, frame(&[&[], &good])).await;
-    // A good message after an undecodable one in the same batch is still delivered.
-    n[1].net.send_raw_frame(eu, frame(&[&[7], &good])).await;
-    wait_until("eu counts the bad frames", || {
-        n[0].net.stats().dropped_messages == 6
-    })
-    .await;
+    let frames: Vec<Vec<u8>> = vec![
+        oversized,
+        // Too many messages in one batch.
+        u32::MAX.to_be_bytes().to_vec(),
+        // An unknown format version, and postcard garbage.
+        frame(&[&[9, 9, 9, 9]]),
+        frame(&[&[1, 0xff, 0xff, 0xff, 0xff, 0xff]]),
+        // An empty message breaks the framing: the whole batch is dropped (counted once).
+        frame(&[&[], &good]),
+        // A good message after an undecodable one in the same batch is still delivered.
+        frame(&[&[7], &good]),
+    ];
+    for (i, f) in frames.into_iter().enumerate() {
+        n[1].net.send_raw_frame(eu, f).await;
+        let want = i as u64 + 1;
+        wait_until("eu counts the bad frame", || {
+            n[0].net.stats().dropped_messages == want
+        })
+        .await;
+    }
+    assert_eq!(n[0].net.stats().dropped_messages, 6);
     assert_eq!(n[0].next_message().await, (us, 41, good.len()));
 
     // The connection still works.

@@ -83,6 +83,9 @@ async fn start_server(walletd: &Path, group_commit: bool) -> Result<Server, Stri
         ClusterOptions::new(walletd.to_path_buf(), &["eu"]).map_err(|e| e.to_string())?;
     opts.group_commit = group_commit;
     opts.faults = false;
+    // The benchmark measures the node: plain HTTP, no per-token rate limit.
+    opts.tls = false;
+    opts.rate_per_second = Some(0);
     let mut cluster = LocalCluster::init(opts).map_err(|e| e.to_string())?;
     cluster.start(0).await.map_err(|e| e.to_string())?;
     let r = cluster.regions.first().ok_or("no region")?;

@@ -287,6 +287,9 @@ async fn bench(args: &Args) -> Result<(), BenchError> {
     let mut opts = ClusterOptions::new(exe, &["eu", "us", "ap"])?;
     opts.run_args = vec![NODE_ARG.into(), "--config".into()];
     opts.dir = args.keep.clone();
+    // Plain HTTP and no per-token rate limit: the benchmark measures replication.
+    opts.tls = false;
+    opts.rate_per_second = Some(0);
     let mut c = LocalCluster::init(opts)?;
     let (eu, us, ap) = (0usize, 1usize, 2usize);
     c.start_all().await?;

@@ -19,6 +19,7 @@ pub const WAIT: Duration = Duration::from_secs(45);
 pub fn cluster(regions: &[&str]) -> LocalCluster {
     let mut o = ClusterOptions::new(BIN.into(), regions).expect("options");
     o.log_filter = "warn".into();
+    o.scan_secrets_on_drop = true;
     LocalCluster::init(o).expect("init")
 }
 
