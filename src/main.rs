@@ -113,6 +113,10 @@ enum PolicyCmd {
         /// Bearer token for --url (default: the WALLETD_TOKEN environment variable).
         #[arg(long, requires = "url")]
         token: Option<String>,
+        /// CA certificate (PEM) to trust for an https:// --url (e.g. the ca.crt written by
+        /// `walletd init --tls`).
+        #[arg(long, requires = "url")]
+        ca: Option<PathBuf>,
         /// Compare with the policy file of this region config (its seed policy).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
                     file,
                     url,
                     token,
+                    ca,
                     config,
                 },
         } => {
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
                     token: token
                         .or_else(|| std::env::var("WALLETD_TOKEN").ok())
                         .unwrap_or_default(),
+                    ca,
                 },
                 (None, Some(c)) => Against::Config(c),
                 (None, None) => Against::Nothing,

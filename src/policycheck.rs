@@ -43,6 +43,9 @@ pub enum Against {
         url: String,
         /// A client (or admin) token.
         token: String,
+        /// A CA certificate (PEM) to trust for an `https://` URL (e.g. the `ca.crt` that
+        /// `walletd init --tls` writes); the system roots otherwise.
+        ca: Option<PathBuf>,
     },
     /// A region's config: its policy file (the seed, version 1 as configured).
     Config(PathBuf),
@@ -63,9 +66,19 @@ fn read_file(path: &Path) -> Result<Policy, CheckError> {
     Policy::from_toml(&text).map_err(|e| invalid(e.to_string()))
 }
 
-async fn fetch(url: &str, token: &str) -> Result<Current, CheckError> {
+async fn fetch(url: &str, token: &str, ca: Option<&Path>) -> Result<Current, CheckError> {
     let base = url.trim_end_matches('/');
-    let http = reqwest::Client::new();
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| CheckError::Against(format!("--ca {}: {e}", ca.display())))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| CheckError::Against(format!("--ca {}: {e}", ca.display())))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let http = builder
+        .build()
+        .map_err(|e| CheckError::Against(format!("HTTP client: {e}")))?;
     let resp = http
         .get(format!("{base}/v1/policy"))
         .bearer_auth(token)
@@ -258,11 +271,11 @@ pub fn main(file: &Path, against: Against) -> std::process::ExitCode {
                 })
             })
             .map_err(|e| CheckError::Against(e.to_string())),
-        Against::Url { url, token } => match tokio::runtime::Builder::new_current_thread()
+        Against::Url { url, token, ca } => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(fetch(&url, &token)).map(Some),
+            Ok(rt) => rt.block_on(fetch(&url, &token, ca.as_deref())).map(Some),
             Err(e) => Err(CheckError::Against(format!("runtime: {e}"))),
         },
     };

@@ -654,12 +654,14 @@ fn policy_check_validates_and_shows_what_changes() {
     let bad = c.dir.join("bad.toml");
     std::fs::write(&bad, "[default]\nfee = { cap = \"1\", minimum = \"2\" }\n").unwrap();
     let url = c.regions[0].http.clone();
-    let out = std::process::Command::new(BIN)
-        .args(["policy", "check"])
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["policy", "check"])
         .arg(&good)
-        .args(["--url", &url, "--token", &c.token])
-        .output()
-        .unwrap();
+        .args(["--url", &url, "--token", &c.token]);
+    if let Some(ca) = &c.ca {
+        cmd.arg("--ca").arg(ca);
+    }
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     assert_eq!(
