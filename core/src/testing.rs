@@ -49,10 +49,10 @@
 //! fields and names are read) and the **parsed** policy (`Policy`, `Rule`, `Fee`): the TOML
 //! parser's resolution of a `[[rule]]` against `[default]` (inherited fields, and
 //! `beyond_line` folded into `action` when a rule has an overdraft line) is not re-done
-//! here. That is safe because a policy reaches the replica and the model as the same parsed
-//! value (a file parsed once, or a replicated policy event): a parser mistake changes what
-//! both are given, not how either folds it, and the parser has its own tests
-//! (core/src/policy/tests.rs). Everything the fold decides from that data is decided here
+//! here. A policy reaches the replica and the model as the same parsed value (a file parsed
+//! once, or a replicated policy event): a parser mistake changes what both are given, not how
+//! either folds it. The parser has its own tests (core/src/policy/tests.rs), and the
+//! simulator checks every drawn file against what its generator meant (`policy_file`). Everything the fold decides from that data is decided here
 //! independently. `rust_decimal::Decimal` is used as a value type for inputs and outputs
 //! (and for balance sums, which are exact), never for rounding.
 //!
