@@ -117,8 +117,21 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> InitError {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bind port 0, read it, release it).
+/// Ports handed out by [`free_port`]: below Linux's default ephemeral range (32768-60999),
+/// so that no outgoing connection of any process takes a region's port as its source port
+/// while the region is down (a restart would then fail with "address in use").
+const LOCAL_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A free TCP port on 127.0.0.1, outside the ephemeral range where one is free (bind it,
+/// release it); else any port the OS picks.
 pub fn free_port() -> Result<u16, InitError> {
+    for _ in 0..256 {
+        let span = u32::from(LOCAL_PORTS.end - LOCAL_PORTS.start);
+        let port = LOCAL_PORTS.start + (rand::rngs::OsRng.next_u32() % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| InitError::Args(e.to_string()))?;
     let port = l
         .local_addr()
