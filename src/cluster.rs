@@ -5,7 +5,9 @@
 //! (any executable that runs a region from `<run_args> <config>`), waits for its ready line,
 //! stops it with SIGTERM or SIGKILL, runs it to its exit (a start that must fail), and talks
 //! to it over HTTP ([`Client`]). Its children are killed when it is dropped, so an error, a
-//! panic or Ctrl-C never leaves a region behind.
+//! panic or Ctrl-C never leaves a region behind. With [`ClusterOptions::netns`] each region
+//! runs in its own network namespace ([`crate::netns`]) and faults are injected from outside
+//! ([`LocalCluster::fabric_mut`], [`LocalCluster::kill`], [`LocalCluster::pause`]).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use serde_json::{json, Value};
 use wallet_core::RegionId;
 
 use crate::init::{self, InitError, InitOptions};
+use crate::netns::NetnsFabric;
 
 /// Longest wait for a region's ready line.
 pub const READY_TIMEOUT_MS: u64 = 60_000;
@@ -93,6 +96,9 @@ pub enum ClusterError {
     /// The HTTP client could not be built.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// The network-namespace fabric ([`crate::netns`]).
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> ClusterError {
@@ -130,6 +136,9 @@ pub struct ClusterOptions {
     /// On drop, panic if a region's log or stdout holds a token (the tests turn it on: every
     /// test run greps its regions' output for the secrets).
     pub scan_secrets_on_drop: bool,
+    /// Run each region in its own network namespace ([`crate::netns`]; needs root): faults
+    /// are then injected from outside through [`LocalCluster::fabric_mut`].
+    pub netns: bool,
 }
 
 impl ClusterOptions {
@@ -148,6 +157,7 @@ impl ClusterOptions {
             scan_secrets_on_drop: false,
             tls: true,
             rate_per_second: None,
+            netns: false,
         })
     }
 }
@@ -201,6 +211,8 @@ pub struct LocalCluster {
     remove_dir: bool,
     http: reqwest::Client,
     scan_secrets_on_drop: bool,
+    /// Declared last: dropped after the regions are killed.
+    fabric: Option<NetnsFabric>,
 }
 
 /// An HTTP answer: status, headers and JSON body (a JSON string if the body is not JSON).
@@ -449,7 +461,13 @@ impl LocalCluster {
                 (d, true)
             }
         };
+        let fabric = if opts.netns {
+            Some(NetnsFabric::create(opts.regions.len())?)
+        } else {
+            None
+        };
         let file = init::init(&InitOptions {
+            hosts: fabric.as_ref().map(NetnsFabric::hosts),
             regions: opts.regions,
             dir: dir.clone(),
             faults: opts.faults,
@@ -492,6 +510,7 @@ impl LocalCluster {
             remove_dir,
             http,
             scan_secrets_on_drop: opts.scan_secrets_on_drop,
+            fabric,
         })
     }
 
@@ -530,7 +549,17 @@ impl LocalCluster {
             .append(true)
             .open(&r.log)
             .map_err(|e| io_err(&r.log, e))?;
-        let child = Command::new(&self.exe)
+        let mut cmd = match &self.fabric {
+            // `ip netns exec` enters the namespace and execs the region: the child's pid is
+            // the region's.
+            Some(f) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", f.ns(i)?]).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
+        let child = cmd
             .args(&self.run_args)
             .arg(&r.config)
             .env("RUST_LOG", &self.log_filter)
@@ -610,6 +639,55 @@ impl LocalCluster {
         }
     }
 
+    /// SIGSTOP region `i` (it keeps its sockets but answers nothing) until [`Self::resume`].
+    pub fn pause(&self, i: usize) -> Result<(), ClusterError> {
+        self.signal(i, "-STOP")
+    }
+
+    /// SIGCONT region `i`.
+    pub fn resume(&self, i: usize) -> Result<(), ClusterError> {
+        self.signal(i, "-CONT")
+    }
+
+    fn signal(&self, i: usize, sig: &str) -> Result<(), ClusterError> {
+        let r = self.region(i)?;
+        let pid = r.pid().ok_or_else(|| ClusterError::Region {
+            region: r.region.clone(),
+            reason: "not running".into(),
+        })?;
+        let st = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| ClusterError::Region {
+                region: r.region.clone(),
+                reason: format!("kill {sig}: {e}"),
+            })?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(ClusterError::Region {
+                region: r.region.clone(),
+                reason: format!("kill {sig} {pid}: {st}"),
+            })
+        }
+    }
+
+    /// The network-namespace fabric, when the cluster runs in namespaces.
+    pub fn fabric(&self) -> Option<&NetnsFabric> {
+        self.fabric.as_ref()
+    }
+
+    /// The fabric, to inject network faults; an error when the cluster has none.
+    pub fn fabric_mut(&mut self) -> Result<&mut NetnsFabric, ClusterError> {
+        self.fabric.as_mut().ok_or_else(|| {
+            ClusterError::Netns(crate::netns::NetnsError::Args(
+                "the cluster does not run in network namespaces".into(),
+            ))
+        })
+    }
+
     /// SIGTERM region `i` and wait for it to exit (SIGKILL after [`STOP_TIMEOUT_MS`]).
     /// Returns its exit code if it exited by itself.
     pub async fn stop(&mut self, i: usize) -> Option<i32> {
@@ -654,6 +732,25 @@ impl LocalCluster {
             reason: e.to_string(),
         })?;
         Ok(cfg.data_dir)
+    }
+
+    /// Region `i`'s first libp2p listen port, as its config names it.
+    pub fn p2p_port(&self, i: usize) -> Result<u16, ClusterError> {
+        let r = self.region(i)?;
+        let bad = |reason: String| ClusterError::Region {
+            region: r.region.clone(),
+            reason,
+        };
+        let cfg = crate::config::NodeConfig::load(&r.config).map_err(|e| bad(e.to_string()))?;
+        let addr = cfg
+            .p2p_listen
+            .first()
+            .map(|a| a.to_string())
+            .ok_or_else(|| bad("no p2p.listen".into()))?;
+        addr.rsplit('/')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| bad(format!("no TCP port in {addr}")))
     }
 
     /// Region `i`'s database file.

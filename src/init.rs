@@ -89,6 +89,20 @@ pub struct InitOptions {
     pub tls: bool,
     /// `http.rate_per_second` written (None: the default).
     pub rate_per_second: Option<u32>,
+    /// Per-region addresses, in the order of `regions` (the network-namespace harness,
+    /// [`crate::netns`]); `None`: every region on 127.0.0.1. Not a CLI option.
+    pub hosts: Option<Vec<RegionHost>>,
+}
+
+/// Where one region listens when it does not run on 127.0.0.1: its HTTP API on `http`
+/// (the address clients reach; its TLS certificate names it) and libp2p on `p2p` (the
+/// address its peers dial; the other regions' configs list it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionHost {
+    /// HTTP listen and client address.
+    pub http: std::net::Ipv4Addr,
+    /// libp2p listen and member address.
+    pub p2p: std::net::Ipv4Addr,
 }
 
 /// What can go wrong in `init`.
@@ -202,19 +216,39 @@ pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
 
     struct R {
         region: RegionId,
+        host: RegionHost,
         peer: String,
         key: PathBuf,
         http: u16,
         p2p: u16,
     }
+    let loopback = RegionHost {
+        http: std::net::Ipv4Addr::LOCALHOST,
+        p2p: std::net::Ipv4Addr::LOCALHOST,
+    };
+    if let Some(h) = &opts.hosts {
+        if h.len() != opts.regions.len() {
+            return Err(InitError::Args(format!(
+                "{} host addresses for {} regions",
+                h.len(),
+                opts.regions.len()
+            )));
+        }
+    }
     let mut rs = Vec::new();
-    for r in &opts.regions {
+    for (k, r) in opts.regions.iter().enumerate() {
+        let host = opts
+            .hosts
+            .as_ref()
+            .and_then(|h| h.get(k).copied())
+            .unwrap_or(loopback);
         let key = dir.join(format!("{r}.key"));
         let kp =
             wallet_p2p::load_or_create_keypair(&key).map_err(|e| InitError::Key(e.to_string()))?;
         let peer = wallet_p2p::peer_id_of(&kp).to_string();
         rs.push(R {
             region: *r,
+            host,
             peer,
             key,
             http: free_port()?,
@@ -248,14 +282,15 @@ pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
         let _ = writeln!(t, "heartbeat_interval_ms = 250");
         let _ = writeln!(
             t,
-            "\n[http]\nlisten = \"127.0.0.1:{}\"\nbody_limit_bytes = 16384",
-            r.http
+            "\n[http]\nlisten = \"{}:{}\"\nbody_limit_bytes = 16384",
+            r.host.http, r.http
         );
         if let Some(n) = opts.rate_per_second {
             let _ = writeln!(t, "rate_per_second = {n}");
         }
         if let Some(ca) = &ca {
-            let (cert, key) = ca.issue(&dir, r.region.as_str(), &["127.0.0.1", "localhost"])?;
+            let ip = r.host.http.to_string();
+            let (cert, key) = ca.issue(&dir, r.region.as_str(), &[&ip, "localhost"])?;
             let _ = writeln!(
                 t,
                 "\n[http.tls]\ncert = {}\nkey = {}\n# client_ca = {}   # uncomment for mutual TLS",
@@ -264,13 +299,18 @@ pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
                 toml_str(&ca.cert.display().to_string())
             );
         }
-        let _ = writeln!(t, "\n[p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]", r.p2p);
+        let _ = writeln!(
+            t,
+            "\n[p2p]\nlisten = [\"/ip4/{}/tcp/{}\"]",
+            r.host.p2p, r.p2p
+        );
         for m in &rs {
             let _ = writeln!(
                 t,
-                "\n[[members]]\nregion = {}\npeer_id = {}\naddrs = [\"/ip4/127.0.0.1/tcp/{}\"]",
+                "\n[[members]]\nregion = {}\npeer_id = {}\naddrs = [\"/ip4/{}/tcp/{}\"]",
                 toml_str(m.region.as_str()),
                 toml_str(&m.peer),
+                m.host.p2p,
                 m.p2p
             );
         }
@@ -298,8 +338,9 @@ pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
             region: r.region.to_string(),
             config: path.display().to_string(),
             http: format!(
-                "{}://127.0.0.1:{}",
+                "{}://{}:{}",
                 if ca.is_some() { "https" } else { "http" },
+                r.host.http,
                 r.http
             ),
         });

@@ -20,7 +20,9 @@
 //! other); [`waiters`] holds replies until their commit is durable; [`idempotency`] is the HTTP
 //! response cache for retries; [`render`] the JSON views; [`metrics`] the Prometheus text;
 //! [`storage`] the redb store and its writer thread; [`cluster`] the local cluster harness
-//! (real region processes) used by [`demo`], the benchmarks and the tests.
+//! (real region processes) used by [`demo`], the benchmarks and the tests; [`netns`] runs
+//! its regions in network namespaces for faults injected from outside; [`bank`] a
+//! Jepsen-bank-style workload and checker over the HTTP API.
 //!
 //! Architecture invariants:
 //! - Exactly one task (the actor in [`actor`]) touches the `Replica`; everything else talks to
@@ -33,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod actor;
+pub mod bank;
 pub mod clock;
 pub mod cluster;
 pub mod command;
@@ -42,6 +45,7 @@ pub mod http;
 pub mod idempotency;
 pub mod init;
 pub mod metrics;
+pub mod netns;
 pub mod node;
 pub mod policycheck;
 pub mod render;

@@ -201,6 +201,7 @@ fn main() -> ExitCode {
                 group_commit,
                 tls,
                 rate_per_second: None,
+                hosts: None,
             };
             match init::init(&opts) {
                 Ok(c) => {
