@@ -41,6 +41,7 @@ pub mod demo;
 pub mod http;
 pub mod idempotency;
 pub mod init;
+pub mod keygen;
 pub mod metrics;
 pub mod node;
 pub mod policycheck;
