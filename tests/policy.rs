@@ -98,7 +98,8 @@ struct Load {
 fn load(c: &LocalCluster, accts: &[String]) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let http = reqwest::Client::new();
+    // The harness's client: it trusts the cluster's local CA (the regions serve HTTPS).
+    let http = c.client(0).expect("region").http().clone();
     let urls: Vec<String> = c.regions.iter().map(|r| r.http.clone()).collect();
     let token = c.token.clone();
     let accts = accts.to_vec();
