@@ -44,6 +44,7 @@ pub mod demo;
 pub mod http;
 pub mod idempotency;
 pub mod init;
+pub mod keygen;
 pub mod metrics;
 pub mod netns;
 pub mod node;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! walletd init --regions eu,us,ap --dir DIR      # a local cluster on 127.0.0.1
+//! walletd keygen --out FILE                      # a new identity key; prints its peer id
 //! walletd run --config DIR/eu.toml               # one region
 //! ```
 
@@ -65,6 +66,13 @@ enum Cmd {
     Policy {
         #[command(subcommand)]
         command: PolicyCmd,
+    },
+    /// Write a new ed25519 identity key (0600, in a 0700 directory) and print its peer id;
+    /// refuses to overwrite an existing file.
+    Keygen {
+        /// The key file to create, e.g. /etc/walletd/eu.key.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write configs, keys, a policy, tokens and cluster.json for a local cluster.
     Init {
@@ -176,6 +184,16 @@ fn main() -> ExitCode {
             };
             policycheck::main(&file, against)
         }
+        Cmd::Keygen { out } => match wallet::keygen::keygen(&out) {
+            Ok(peer) => {
+                println!("{peer}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("walletd keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Init {
             regions,
             dir,
@@ -360,6 +378,15 @@ mod tests {
         assert_eq!(run_group_commit(&["--group-commit=false"]), Some(false));
         assert_eq!(run_group_commit(&["--group-commit"]), Some(true));
         assert_eq!(run_group_commit(&["--no-group-commit"]), Some(false));
+    }
+
+    #[test]
+    fn keygen_flags() {
+        match parse(&["keygen", "--out", "k/eu.key"]).command {
+            Cmd::Keygen { out } => assert_eq!(out, PathBuf::from("k/eu.key")),
+            c => panic!("{c:?}"),
+        }
+        assert!(Cli::try_parse_from(["walletd", "keygen"]).is_err());
     }
 
     #[test]

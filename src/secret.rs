@@ -124,9 +124,23 @@ pub fn check_private(path: &Path, what: &str) -> Result<(), PermissionError> {
 /// Writes a secret file: created 0600 (never readable by others, not even for an instant),
 /// truncated if it exists, then forced to 0600.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_secret(path, bytes, false)
+}
+
+/// Creates a new secret file 0600; fails with `ErrorKind::AlreadyExists` if the path exists
+/// (nothing is overwritten, not even in a race with another writer).
+pub fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_secret(path, bytes, true)
+}
+
+fn write_secret(path: &Path, bytes: &[u8], new: bool) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
+    if new {
+        o.write(true).create_new(true);
+    } else {
+        o.write(true).create(true).truncate(true);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -199,5 +213,11 @@ mod tests {
         write_private(&f, b"y").unwrap();
         assert_eq!(mode(&f), 0o600);
         check_private(&f, "token file").unwrap();
+        let e = create_private(&f, b"z").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&f).unwrap(), b"y");
+        let g = dir.join("new");
+        create_private(&g, b"n").unwrap();
+        assert_eq!(mode(&g), 0o600);
     }
 }

@@ -47,19 +47,19 @@ impl Progress {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match cli::parse(&args) {
+    let opts = match cli::parse(std::env::args_os().skip(1)) {
         Ok(o) => o,
+        Err(cli::CliError::Clap(e)) => {
+            // --help (exit 0), or a flag or value the parser refused (exit 2).
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
         Err(e) => {
             eprintln!("wallet-sim: {e}");
             eprintln!("try `wallet-sim --help`");
             return ExitCode::from(2);
         }
     };
-    if opts.help {
-        print!("{}", cli::USAGE);
-        return ExitCode::SUCCESS;
-    }
     if opts.print_policy {
         if !opts.draw {
             eprintln!("wallet-sim: --print-policy prints drawn policies: leave --policy out");
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    match execute(&opts, &args) {
+    match execute(&opts) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn execute(opts: &Options, args: &[String]) -> Result<bool, String> {
+fn execute(opts: &Options) -> Result<bool, String> {
     let (a, b) = opts.seeds;
     let seeds: Vec<u64> = (a..=b).collect();
     let np = opts.policies.len();
@@ -229,7 +229,7 @@ fn execute(opts: &Options, args: &[String]) -> Result<bool, String> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     if let Some(path) = &opts.report {
-        let cmd = format!("wallet-sim {}", args.join(" "));
+        let cmd = cli::command_line(opts);
         let html = report::html(&results[..np.min(results.len())], &cmd);
         std::fs::write(path, html).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
