@@ -460,3 +460,44 @@ fn i8_restart_emits_no_compensation_again() {
         .count();
     assert_eq!(again, 0, "a restart emitted {again} compensations again");
 }
+
+/// Found by the simulator's Byzantine member (by reading): the replica kept only the highest
+/// promise, so a promise replaced by a later one before the event it denies arrived left no
+/// proof; the event was refused as "below covered" and the origin's log stuck there, silently.
+/// The promise that raised `covered` is kept: the event is evidence.
+#[test]
+fn i9_broken_promise_is_proved_after_a_later_promise_replaced_it() {
+    let mut c = Cluster::with(&["a", "b"], &["x"], &[], Policy::zero());
+    let x = region("x");
+    let hb = |ms: u64, seq: u64| SignedHeartbeat {
+        hb: Heartbeat {
+            origin: x,
+            hlc: Hlc::from_millis(ms),
+            seq,
+            vv: {
+                let mut vv = VClock::new();
+                vv.dots.insert(x, seq);
+                vv
+            },
+            policy: Policy::zero().hash(),
+        },
+        sig: Box::new([]),
+    };
+    // x:1 at 1 s; a promise (3 s, seq 1); a later promise (6 s, seq 3); then x:2 at 2 s,
+    // which contradicts the first promise (a seq above 1 at or below 3 s) but not the second.
+    let (p1, p2) = (hb(3_000, 1), hb(6_000, 3));
+    let (x1, x2) = (x_event(1, 1_000), x_event(2, 2_000));
+    let r = &mut c.nodes[0].replica;
+    r.handle_events(7_000, x, vec![x1]);
+    r.handle_heartbeat(7_000, x, p1.clone());
+    r.handle_heartbeat(7_000, x, p2);
+    r.handle_events(7_000, x, vec![x2.clone()]);
+    c.drain(0);
+    c.persist(0, usize::MAX);
+    let want = Evidence::BrokenPromise {
+        heartbeat: p1,
+        event: x2,
+    };
+    assert_eq!(c.nodes[0].replica.evidence(), std::slice::from_ref(&want));
+    assert!(c.nodes[0].replica.settlement_blocked());
+}

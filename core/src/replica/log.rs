@@ -23,6 +23,10 @@ pub(crate) struct Member {
     pub(crate) pending_hb: BTreeMap<u64, Hlc>,
     /// This member's contribution to the watermark.
     pub(crate) covered: Hlc,
+    /// The signed heartbeat that raised `covered` to its HLC, kept while a later promise
+    /// replaces `promise`: an event below `covered` that contradicts it is proof (a broken
+    /// promise), not just a late event.
+    pub(crate) covering: Option<SignedHeartbeat>,
     /// Last version vector it announced.
     pub(crate) vv: VClock<RegionId>,
     /// Its seed policy, once heard.

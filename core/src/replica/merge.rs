@@ -186,6 +186,18 @@ impl Replica {
         // Never below what this region already counts as complete for the origin: it may
         // be settled here already.
         if e.hlc <= m.covered {
+            // Below a signed promise that it contradicts (a later seq at or below its HLC):
+            // proof, whatever promise replaced that one since.
+            if let Some(c) = m.covering.as_ref() {
+                if e.id.seq > c.hb.seq && e.hlc <= c.hb.hlc {
+                    let heartbeat = c.clone();
+                    self.equivocation(Evidence::BrokenPromise {
+                        heartbeat,
+                        event: e,
+                    });
+                    return false;
+                }
+            }
             let covered = m.covered;
             self.reject(
                 e.id,
@@ -373,6 +385,9 @@ impl Replica {
         let hb_hlc = shb.hb.hlc;
         let hb_seq = shb.hb.seq;
         m.vv = shb.hb.vv.clone();
+        if (m.log.len() as u64) >= hb_seq && hb_hlc > m.covered {
+            m.covering = Some(shb.clone());
+        }
         if m.promise.as_ref().is_none_or(|p| hb_hlc > p.hb.hlc) {
             m.promise = Some(shb);
         }
