@@ -180,6 +180,10 @@ pub struct WorkloadArgs {
     /// 12.34) or 12.341 USD (refused) [default: 1%]
     #[arg(long, value_name = "PCT", value_parser = parse_ppm)]
     pub odd_scale_share: Option<u32>,
+    /// Debits with a round amount (1.00, 5.00, 10.00, 20.00: the figures grace amounts are
+    /// drawn from) [default: 10%]
+    #[arg(long, value_name = "PCT", value_parser = parse_ppm)]
+    pub round_share: Option<u32>,
     /// Deposits are drawn N times larger [default: 2]
     #[arg(long, value_name = "N")]
     pub deposit_multiplier: Option<u64>,
@@ -465,6 +469,7 @@ impl Args {
         put("--floor-share", w.floor_share.map(render_ppm));
         put("--floor-credit-share", w.floor_credit_share.map(render_ppm));
         put("--odd-scale-share", w.odd_scale_share.map(render_ppm));
+        put("--round-share", w.round_share.map(render_ppm));
         put(
             "--deposit-multiplier",
             w.deposit_multiplier.map(|n| n.to_string()),
@@ -589,6 +594,7 @@ pub fn build(a: Args) -> Result<Options, CliError> {
         (&mut wl.floor_ppm, w.floor_share),
         (&mut wl.floor_credit_ppm, w.floor_credit_share),
         (&mut wl.odd_scale_ppm, w.odd_scale_share),
+        (&mut wl.round_ppm, w.round_share),
     ] {
         if let Some(v) = v {
             *slot = v;

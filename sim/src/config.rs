@@ -53,6 +53,8 @@ pub struct Workload {
     /// accepted as `12.34`) or with a digit beyond them (`12.345` USD, `1234.50` JPY:
     /// refused as an invalid amount).
     pub odd_scale_ppm: u32,
+    /// Share of generated debits with a round amount (1.00, 5.00, 10.00, 20.00), ppm.
+    pub round_ppm: u32,
 }
 
 impl Default for Workload {
@@ -77,6 +79,7 @@ impl Default for Workload {
             floor_ppm: 30_000,
             floor_credit_ppm: 60_000,
             odd_scale_ppm: 10_000,
+            round_ppm: 100_000,
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct Workload {
     pub digest: u64,
 }
 
+/// Round debit amounts, in cents (or yen, or hundredths of a dinar): the figures the policy
+/// generator also draws its grace amounts from.
+pub const ROUND_CENTS: [u64; 4] = [100, 500, 1000, 2000];
+
 /// The currency of the charts and of scripted transactions (scenario lines may name
 /// another).
 pub const CURRENCY: Currency = Currency::USD;
@@ -168,6 +172,7 @@ impl Workload {
         let mut floor_rng = Rng::new(cfg.seed, b"floor");
         let mut credit_rng = Rng::new(cfg.seed, b"floor-credit");
         let mut scale_rng = Rng::new(cfg.seed, b"odd-scale");
+        let mut round_rng = Rng::new(cfg.seed, b"round-amounts");
         let cur_total: u64 = w.currencies.iter().map(|(_, x)| u64::from(*x)).sum();
         for i in 0..w.transactions {
             if n_accounts == 0 {
@@ -198,6 +203,12 @@ impl Workload {
             };
             if kind == Kind::Deposit {
                 c = c.saturating_mul(w.deposit_multiplier.max(1));
+            } else if round_rng.chance(w.round_ppm) {
+                // A round amount, as people pay: the policy generator draws its grace (and
+                // other amounts) from the same round figures, so an overdraft of exactly the
+                // grace happens (the second of two concurrent debits, the first landing on the
+                // floor, overdraws by its own amount).
+                c = ROUND_CENTS[round_rng.below(ROUND_CENTS.len() as u64) as usize];
             }
             let mut currency = w.currencies.first().map(|(c, _)| *c).unwrap_or(CURRENCY);
             let mut thousandth = 0;
