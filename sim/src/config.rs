@@ -307,6 +307,29 @@ pub fn draw_pull_limit(seed: u64) -> u32 {
 }
 
 impl SimConfig {
+    /// A scripted run (seed 1): `regions` regions, no random faults (fixed 5 ms links, 1 ms
+    /// fsyncs), no generated workload, the zero policy, a cut link noticed after `detect_ms`
+    /// and re-established `reconnect_ms` later, and the steps of `script` (in USD where a
+    /// line names no currency).
+    pub fn scripted(
+        regions: usize,
+        script: &str,
+        detect_ms: u64,
+        reconnect_ms: u64,
+    ) -> Result<SimConfig, crate::scenario::ScenarioError> {
+        let mut cfg = SimConfig::new(1);
+        cfg.regions = region_names(regions);
+        cfg.workload.transactions = 0;
+        cfg.faults = Faults::none();
+        cfg.links = Links {
+            detect_ms: (detect_ms, detect_ms),
+            reconnect_ms: (reconnect_ms, reconnect_ms),
+        };
+        cfg.scenario = crate::scenario::parse(script, &cfg.regions, Currency::USD)?;
+        cfg.policy = Policy::zero();
+        Ok(cfg)
+    }
+
     /// Draws the seed policy of this run from the policy generator (its own stream of the
     /// seed, see [`crate::policygen`]): sets `policy`, `policy_name` (`drawn-<hash>`) and
     /// `policy_toml`. Call it after the seed and the account count are set.

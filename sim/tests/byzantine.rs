@@ -3,13 +3,10 @@
 //! the share of default seeds that draw it, and runs showing that each new invariant
 //! (`detection`, `evidence_durable`) can fail.
 
-use wallet_core::{Config, Currency, Evidence, Hlc, Policy, Replica, Report};
+use wallet_core::{Config, Evidence, Hlc, Policy, Replica, Report};
 use wallet_sim::check::{check, CheckResult};
-use wallet_sim::config::{
-    region_names, Behaviour, ByzantinePlan, Faults, Inject, Links, SimConfig,
-};
+use wallet_sim::config::{Behaviour, ByzantinePlan, Inject, SimConfig};
 use wallet_sim::engine::{draw_byzantine, Sim};
-use wallet_sim::scenario;
 
 const EU: usize = 0;
 const US: usize = 1;
@@ -33,16 +30,7 @@ t=12s    deposit  us bob 2.00 key=dep-6
 
 /// Three regions, no random faults (5 ms links, 1 ms fsyncs), us Byzantine from 3 s.
 fn config(behaviour: Behaviour) -> SimConfig {
-    let mut cfg = SimConfig::new(1);
-    cfg.regions = region_names(3);
-    cfg.workload.transactions = 0;
-    cfg.faults = Faults::none();
-    cfg.links = Links {
-        detect_ms: (500, 500),
-        reconnect_ms: (250, 250),
-    };
-    cfg.scenario = scenario::parse(SCRIPT, &cfg.regions, Currency::USD).expect("valid scenario");
-    cfg.policy = Policy::zero();
+    let mut cfg = SimConfig::scripted(3, SCRIPT, 500, 250).expect("valid scenario");
     cfg.self_check_every = 1;
     cfg.byzantine = Some(ByzantinePlan {
         region: US,

@@ -4,12 +4,11 @@
 //! and the honest run of the same script passes every one of them.
 
 use wallet_core::replica::pull::PULL_BACKOFF_MS_MIN;
-use wallet_core::{Currency, Heartbeat, Hlc, Message, Policy, VClock};
+use wallet_core::{Heartbeat, Hlc, Message, Policy, VClock};
 use wallet_sim::check::check;
-use wallet_sim::config::{region_names, Faults, Links, SimConfig};
+use wallet_sim::config::SimConfig;
 use wallet_sim::engine::{Sim, CLOCK_BASE_MS};
 use wallet_sim::liveness::{self, GIVE_UP_HEARTBEATS};
-use wallet_sim::scenario;
 
 const EU: usize = 0;
 const US: usize = 1;
@@ -25,16 +24,7 @@ t=6s     hold-events eu us 0ms
 ";
 
 fn sim() -> Sim {
-    let mut cfg = SimConfig::new(1);
-    cfg.regions = region_names(2);
-    cfg.workload.transactions = 0;
-    cfg.faults = Faults::none();
-    cfg.links = Links {
-        detect_ms: (100, 100),
-        reconnect_ms: (100, 100),
-    };
-    cfg.scenario = scenario::parse(HELD, &cfg.regions, Currency::USD).expect("valid scenario");
-    cfg.policy = Policy::zero();
+    let mut cfg = SimConfig::scripted(2, HELD, 100, 100).expect("valid scenario");
     cfg.self_check_every = 1;
     let mut sim = Sim::new(cfg);
     sim.run_until(2_700);

@@ -4,11 +4,10 @@
 //! the window is really open (so a change of timing cannot turn the test into a no-op), then
 //! runs to the end: every invariant, those checked during the run included, must hold.
 
-use wallet_core::{AccountId, Currency, EventId, Policy, Report};
+use wallet_core::{AccountId, Currency, EventId, Report};
 use wallet_sim::check::{check, CheckResult};
-use wallet_sim::config::{region_names, Faults, Links, SimConfig};
+use wallet_sim::config::SimConfig;
 use wallet_sim::engine::Sim;
-use wallet_sim::scenario;
 
 const EU: usize = 0;
 const US: usize = 1;
@@ -22,16 +21,7 @@ fn scenario_text(name: &str) -> String {
 /// `regions` regions, no random faults (5 ms links, 1 ms fsyncs), detection in 500 ms and
 /// reconnection in 250 ms, the zero policy unless a test says otherwise.
 fn config(text: &str, regions: usize) -> SimConfig {
-    let mut cfg = SimConfig::new(1);
-    cfg.regions = region_names(regions);
-    cfg.workload.transactions = 0;
-    cfg.faults = Faults::none();
-    cfg.links = Links {
-        detect_ms: (500, 500),
-        reconnect_ms: (250, 250),
-    };
-    cfg.scenario = scenario::parse(text, &cfg.regions, Currency::USD).expect("valid scenario");
-    cfg.policy = Policy::zero();
+    let mut cfg = SimConfig::scripted(regions, text, 500, 250).expect("valid scenario");
     // The replica's own self-check after every input: these runs are short.
     cfg.self_check_every = 1;
     cfg

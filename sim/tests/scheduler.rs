@@ -4,9 +4,9 @@
 //! invariant holding.
 
 use wallet_core::replica::pull::PullStats;
-use wallet_core::{Currency, Policy};
+use wallet_core::Currency;
 use wallet_sim::check::check;
-use wallet_sim::config::{region_names, Faults, Links, SimConfig};
+use wallet_sim::config::SimConfig;
 use wallet_sim::engine::Sim;
 use wallet_sim::run::run;
 use wallet_sim::scenario;
@@ -16,17 +16,7 @@ const US: usize = 1;
 
 /// Two regions, no random faults, a fixed 5 ms link, detection and reconnection in 100 ms.
 fn two_regions(script: &str) -> SimConfig {
-    let mut cfg = SimConfig::new(1);
-    cfg.regions = region_names(2);
-    cfg.workload.transactions = 0;
-    cfg.faults = Faults::none();
-    cfg.links = Links {
-        detect_ms: (100, 100),
-        reconnect_ms: (100, 100),
-    };
-    cfg.scenario = scenario::parse(script, &cfg.regions, Currency::USD).expect("valid scenario");
-    cfg.policy = Policy::zero();
-    cfg
+    SimConfig::scripted(2, script, 100, 100).expect("valid scenario")
 }
 
 fn stats(sim: &Sim, i: usize) -> PullStats {
