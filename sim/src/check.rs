@@ -1270,13 +1270,16 @@ pub fn submitted(
     before: &Before,
     result: &Result<Submitted, SubmitError>,
 ) {
-    let what = format!(
-        "region {i}: {} {} {} on {}",
-        req.kind.as_str(),
-        req.amount.value(),
-        req.currency.as_str(),
-        req.account
-    );
+    // Built only for a failure: this runs at every client request.
+    let what = || {
+        format!(
+            "region {i}: {} {} {} on {}",
+            req.kind.as_str(),
+            req.amount.value(),
+            req.currency.as_str(),
+            req.account
+        )
+    };
     let new = match result {
         Ok(Submitted::New(id)) => Some(*id),
         Err(SubmitError::InsufficientFunds { .. } | SubmitError::Amount(_)) => None,
@@ -1289,13 +1292,19 @@ pub fn submitted(
             during.fail(
                 "acceptance",
                 now,
-                format!("{what}: more places than the currency has, accepted as {id}"),
+                format!(
+                    "{}: more places than the currency has, accepted as {id}",
+                    what()
+                ),
             );
         } else if !matches!(result, Err(SubmitError::Amount(_))) {
             during.fail(
                 "acceptance",
                 now,
-                format!("{what}: more places than the currency has, refused for funds"),
+                format!(
+                    "{}: more places than the currency has, refused for funds",
+                    what()
+                ),
             );
         }
         return;
@@ -1304,7 +1313,7 @@ pub fn submitted(
         during.fail(
             "acceptance",
             now,
-            format!("{what}: a valid amount refused ({e})"),
+            format!("{}: a valid amount refused ({e})", what()),
         );
         return;
     }
@@ -1321,7 +1330,8 @@ pub fn submitted(
             "acceptance",
             now,
             format!(
-                "{what}: refused for funds, but provisional {} - {v} = {after} is not below the floor {}",
+                "{}: refused for funds, but provisional {} - {v} = {after} is not below the floor {}",
+                what(),
                 before.provisional, before.floor
             ),
         ),
@@ -1329,7 +1339,8 @@ pub fn submitted(
             "acceptance",
             now,
             format!(
-                "{what}: accepted as {id}, but provisional {} - {v} = {after} is below the floor {}",
+                "{}: accepted as {id}, but provisional {} - {v} = {after} is below the floor {}",
+                what(),
                 before.provisional, before.floor
             ),
         ),
@@ -1339,7 +1350,7 @@ pub fn submitted(
                 during.fail(
                     "acceptance",
                     now,
-                    format!("{what}: accepted as {id} with amount {held:?}, not {v} at {units} places"),
+                    format!("{}: accepted as {id} with amount {held:?}, not {v} at {units} places", what()),
                 );
             }
         }
