@@ -87,28 +87,7 @@ async fn three_regions_converge_after_a_partition_with_concurrent_overdrafts() {
     .await;
 
     // Full partition: every region cuts itself off from all.
-    for (i, r) in ["eu", "us", "ap"].iter().enumerate() {
-        let a = c
-            .post(
-                i,
-                "/v1/admin/faults",
-                &json!({ "isolate": [r] }),
-                None,
-                true,
-            )
-            .await
-            .unwrap();
-        assert_eq!(a.status, 200, "{}", a.json);
-    }
-    eventually(&c, "every region to be alone", WAIT, || async {
-        for i in [EU, US, AP] {
-            if !wallet::cluster::no_peer_connected(&status(&c, i).await) {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    cut_off_every_region(&c).await;
 
     // Concurrently, in every region, 60.00 out of every account (each region still sees
     // 100.00), plus a 40.00 withdrawal from acct-0 at eu and a purchase in two regions only

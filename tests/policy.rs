@@ -48,28 +48,7 @@ async fn fund(c: &LocalCluster, accts: &[String]) {
 /// Every region cut off from all; each spends 60.00 from every account (each sees 100.00);
 /// heal. Two of the three purchases per account overdraw once settled.
 async fn double_spend(c: &LocalCluster, accts: &[String]) {
-    for (i, r) in ["eu", "us", "ap"].iter().enumerate() {
-        let a = c
-            .post(
-                i,
-                "/v1/admin/faults",
-                &json!({ "isolate": [r] }),
-                None,
-                true,
-            )
-            .await
-            .unwrap();
-        assert_eq!(a.status, 200, "{}", a.json);
-    }
-    eventually(c, "every region to be alone", WAIT, || async {
-        for i in ALL {
-            if !wallet::cluster::no_peer_connected(&status(c, i).await) {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    cut_off_every_region(c).await;
     let mut reqs = Vec::new();
     for a in accts {
         for i in ALL {

@@ -283,3 +283,25 @@ pub async fn converged(c: &LocalCluster, idx: &[usize], accounts: &[String]) -> 
 mod cents;
 #[allow(unused_imports)]
 pub use cents::cents;
+
+/// Full partition through each region's own fault endpoint: every region cuts itself off from
+/// all (`{"isolate": [itself]}`); returns once no region sees a peer connected.
+pub async fn cut_off_every_region(c: &LocalCluster) {
+    for (i, r) in c.regions.iter().enumerate() {
+        let body = serde_json::json!({ "isolate": [r.region] });
+        let a = c
+            .post(i, "/v1/admin/faults", &body, None, true)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{}", a.json);
+    }
+    eventually(c, "every region to be alone", WAIT, || async {
+        for i in 0..c.regions.len() {
+            if !wallet::cluster::no_peer_connected(&status(c, i).await) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
