@@ -24,7 +24,7 @@ use wallet_p2p::{NetEvent, NetHandle};
 use crate::clock::{instant_at, now_ms};
 use crate::command::{Command, PolicyFileIgnored, Reply, Shared, SubmitCmd};
 use crate::idempotency::{IdemCache, Lookup};
-use crate::metrics::{self, Metrics, NodeGauges, Refusal};
+use crate::metrics::{Metrics, NodeGauges, NodeSnapshot, Refusal};
 use crate::render;
 use crate::storage::{DiskDone, WriteBatch, WriteOp};
 use crate::waiters::Waiters;
@@ -440,10 +440,8 @@ impl Actor {
         }
     }
 
-    fn metrics_text(&self) -> String {
-        let mut s = String::new();
-        metrics::render_node(
-            &mut s,
+    fn metrics_snapshot(&self) -> NodeSnapshot {
+        NodeSnapshot::new(
             &self.replica,
             &NodeGauges {
                 connected: &self.net.connected(),
@@ -451,9 +449,10 @@ impl Actor {
                 pulls_sent: &self.pulls_sent,
                 idempotency_keys: self.idem.len(),
                 awaiting_durability: self.waiters.len(),
+                storage_failed: self.failed,
+                policy_file_ignored: self.policy_file_ignored.is_some(),
             },
-        );
-        s
+        )
     }
 
     async fn on_command(&mut self, c: Command) {
@@ -496,9 +495,6 @@ impl Actor {
             }
             Command::Evidence { reply } => {
                 let _ = reply.send(Reply::json(200, render::evidence_body(r)));
-            }
-            Command::Metrics { reply } => {
-                let _ = reply.send(self.metrics_text());
             }
             Command::SubmitPolicy { policy, reply } => self.submit_policy(policy, reply),
             Command::Policy { reply } => {
@@ -668,8 +664,9 @@ async fn run(
             metrics_dirty = true;
         }
         let now = tokio::time::Instant::now();
-        if metrics_dirty && now >= metrics_at + METRICS_PUBLISH_MIN {
-            a.metrics.publish_node(a.metrics_text());
+        // A storage failure is published at once: the process exits below.
+        if metrics_dirty && (now >= metrics_at + METRICS_PUBLISH_MIN || a.failed) {
+            a.metrics.publish_node(a.metrics_snapshot());
             metrics_dirty = false;
             metrics_at = now;
         }

@@ -103,11 +103,6 @@ pub enum Command {
         /// Answer.
         reply: oneshot::Sender<Reply>,
     },
-    /// Replica-derived metrics text.
-    Metrics {
-        /// Answer.
-        reply: oneshot::Sender<String>,
-    },
     /// A policy change (admin): a replicated policy event, answered once durable.
     SubmitPolicy {
         /// The policy, parsed and validated.

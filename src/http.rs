@@ -871,19 +871,20 @@ async fn faults(
     .await)
 }
 
-/// `/metrics`: the HTTP counters and the actor's latest published gauges; never waits for
-/// the actor, so a flood of scrapes cannot queue ahead of payments.
-async fn metrics(State(st): State<AppState>) -> Response {
-    let node = st.0.metrics.node_snapshot();
-    let mut text = String::with_capacity(node.len() + 8192);
-    text.push_str(&node);
-    st.0.metrics.render(&mut text);
+/// `/metrics`: the registry (HTTP and storage metrics, libp2p's, process) and the actor's
+/// latest published snapshot, in the OpenMetrics text format; never waits for the actor, so
+/// a flood of scrapes cannot queue ahead of payments.
+async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let text =
+        st.0.metrics
+            .encode()
+            .map_err(|_| error(500, "internal", "metrics could not be encoded"))?;
     let mut r = Response::new(axum::body::Body::from(text));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
-    r
+    Ok(r)
 }
 
 async fn healthz() -> Response {

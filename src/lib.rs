@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod policycheck;
+pub mod procstat;
 pub mod render;
 pub mod secret;
 pub mod serve;

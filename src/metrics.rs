@@ -1,94 +1,51 @@
-//! Prometheus metrics, rendered in the text exposition format by hand (no registry crate).
+//! Prometheus metrics with the `prometheus-client` crate, in one [`Registry`]: walletd's own,
+//! libp2p's (registered by the transport, [`Metrics::with_registry`]), build info and process
+//! metrics. `/metrics` serves it in the OpenMetrics text format.
 //!
-//! Counters and histograms updated by the HTTP layer and the storage writer live in
-//! [`Metrics`]; what the replica and the actor hold (events by origin, watermark lag, the
-//! core's anti-entropy counters, ...) is rendered by [`render_node`] on each scrape, in the
-//! actor, and appended.
+//! Counters, gauges and histograms updated by the HTTP layer and the storage writer are
+//! prometheus-client metrics: each is updated and read as a whole (a histogram's buckets, sum
+//! and count sit behind one lock), so a scrape never sees one half-updated. What the replica
+//! and the actor hold (events by origin, watermark lag, the core's anti-entropy counters, ...)
+//! is a [`NodeSnapshot`] the actor publishes after its inputs (at most every few ms); a
+//! collector encodes the latest one on each scrape, so `/metrics` never waits for the actor.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use wallet_core::{RegionId, Replica};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use wallet_core::{CompKind, RegionId, Replica};
 use wallet_p2p::NetStats;
 
-/// Latency bucket bounds, in microseconds.
-pub const LATENCY_BUCKETS_US: [u64; 14] = [
-    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 5_000_000,
+/// `Content-Type` of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Latency bucket bounds, in seconds (100 µs to 5 s).
+pub const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 /// Group-commit batch size bucket bounds, in records.
-pub const BATCH_BUCKETS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 8192];
+pub const BATCH_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 8192.0,
+];
 
-/// A fixed-bucket histogram of u64 observations.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [u64],
-    counts: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum: AtomicU64,
-}
-
-impl Histogram {
-    /// Empty histogram over the given bucket bounds.
-    pub fn new(bounds: &'static [u64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one value.
-    pub fn observe(&self, v: u64) {
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            if let Some(c) = self.counts.get(i) {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(v, Ordering::Relaxed);
-    }
-
-    /// Renders `name_bucket`, `name_sum`, `name_count` lines; `scale` divides bounds and sum
-    /// (1e6 turns microseconds into seconds).
-    fn render(&self, out: &mut String, name: &str, labels: &str, scale: u64) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cum = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cum += c.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cum}",
-                fmt_scaled(*b, scale)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let lb = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(
-            out,
-            "{name}_sum{lb} {}",
-            fmt_scaled(self.sum.load(Ordering::Relaxed), scale)
-        );
-        let _ = writeln!(out, "{name}_count{lb} {count}");
-    }
-}
-
-fn fmt_scaled(v: u64, scale: u64) -> String {
-    if scale <= 1 {
-        return v.to_string();
-    }
-    let digits = scale.ilog10() as usize;
-    format!("{}.{:0digits$}", v / scale, v % scale)
-}
+/// The core's replica report kinds (`wallet_core::Report::kind`), counted from 0.
+const REPORT_KINDS: [&str; 6] = [
+    "rejected",
+    "clock_skew",
+    "equivocation",
+    "policy_mismatch",
+    "overflow",
+    "unknown_member",
+];
 
 /// Why a transaction was refused (label values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -108,6 +65,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason, counted from 0.
+    const ALL: [Refusal; 6] = [
+        Refusal::InsufficientFunds,
+        Refusal::IdempotencyConflict,
+        Refusal::Restoring,
+        Refusal::Frozen,
+        Refusal::Overflow,
+        Refusal::Invalid,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Refusal::InsufficientFunds => "insufficient_funds",
@@ -120,24 +87,53 @@ impl Refusal {
     }
 }
 
-/// Process-wide counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_S)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a metrics lock cannot leave anything inconsistent that matters:
+    // keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The process's metrics: the registry and handles to walletd's own metrics in it.
 #[derive(Debug)]
 pub struct Metrics {
-    http: Mutex<BTreeMap<(&'static str, &'static str, u16), Histogram>>,
-    accepted: AtomicU64,
-    replayed: AtomicU64,
-    refused: Mutex<BTreeMap<Refusal, u64>>,
-    commit_batch: Histogram,
-    commit_latency: Histogram,
-    commits: AtomicU64,
-    compensations: Mutex<BTreeMap<&'static str, u64>>,
-    reports: Mutex<BTreeMap<&'static str, u64>>,
-    http_open: AtomicU64,
-    http_conn_refused: AtomicU64,
-    http_rate_limited: AtomicU64,
-    /// The actor's gauges, rendered by the actor after its inputs (at most every few ms), so
-    /// `/metrics` never waits for the actor.
-    node_snapshot: Mutex<Arc<String>>,
+    /// Written only while the node starts (the transport registers libp2p's metrics); read
+    /// by every scrape.
+    registry: RwLock<Registry>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    accepted: Counter,
+    replayed: Counter,
+    refused: Family<ReasonLabels, Counter>,
+    commit_records: Histogram,
+    commit_duration: Histogram,
+    compensations: Family<KindLabels, Counter>,
+    reports: Family<KindLabels, Counter>,
+    http_open: Gauge,
+    http_conn_refused: Counter,
+    http_rate_limited: Counter,
+    /// The actor's latest snapshot, encoded by [`NodeCollector`].
+    node: Arc<Mutex<Option<Arc<NodeSnapshot>>>>,
 }
 
 impl Default for Metrics {
@@ -146,60 +142,164 @@ impl Default for Metrics {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding a metrics lock cannot leave counters inconsistent in a way that
-    // matters: keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Metrics {
-    /// All zero.
+    /// All zero; registers walletd's metrics, build info and process metrics.
     pub fn new() -> Metrics {
-        Metrics {
-            http: Mutex::new(BTreeMap::new()),
-            accepted: AtomicU64::new(0),
-            replayed: AtomicU64::new(0),
-            refused: Mutex::new(BTreeMap::new()),
-            commit_batch: Histogram::new(&BATCH_BUCKETS),
-            commit_latency: Histogram::new(&LATENCY_BUCKETS_US),
-            commits: AtomicU64::new(0),
-            compensations: Mutex::new(BTreeMap::new()),
-            reports: Mutex::new(BTreeMap::new()),
-            http_open: AtomicU64::new(0),
-            http_conn_refused: AtomicU64::new(0),
-            http_rate_limited: AtomicU64::new(0),
-            node_snapshot: Mutex::new(Arc::new(String::new())),
+        let mut reg = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        reg.register(
+            "walletd_http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
+        let http_duration: Family<HttpLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        reg.register(
+            "walletd_http_request_duration_seconds",
+            "HTTP request latency by route, method and status (durability wait included)",
+            http_duration.clone(),
+        );
+        let http_open = Gauge::default();
+        reg.register(
+            "walletd_http_connections",
+            "Open HTTP connections (both listeners)",
+            http_open.clone(),
+        );
+        let http_conn_refused = Counter::default();
+        reg.register(
+            "walletd_http_connections_refused",
+            "HTTP connections closed at once (http.connections_max reached)",
+            http_conn_refused.clone(),
+        );
+        let http_rate_limited = Counter::default();
+        reg.register(
+            "walletd_http_rate_limited",
+            "Requests answered 429 (per-token rate limit)",
+            http_rate_limited.clone(),
+        );
+        let accepted = Counter::default();
+        reg.register(
+            "walletd_transactions_accepted",
+            "New transactions acknowledged (durable)",
+            accepted.clone(),
+        );
+        let replayed = Counter::default();
+        reg.register(
+            "walletd_transactions_replayed",
+            "Idempotent retries answered with the original result",
+            replayed.clone(),
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        reg.register(
+            "walletd_transactions_refused",
+            "Transactions refused, by reason",
+            refused.clone(),
+        );
+        let commit_records = Histogram::new(BATCH_BUCKETS);
+        reg.register(
+            "walletd_storage_commit_records",
+            "Records per durable commit (group commit batch size)",
+            commit_records.clone(),
+        );
+        let commit_duration = latency_histogram();
+        reg.register(
+            "walletd_storage_commit_duration_seconds",
+            "Duration of a durable commit (fsync included)",
+            commit_duration.clone(),
+        );
+        let compensations = Family::<KindLabels, Counter>::default();
+        reg.register(
+            "walletd_compensations",
+            "Compensations settled, by kind",
+            compensations.clone(),
+        );
+        let reports = Family::<KindLabels, Counter>::default();
+        reg.register(
+            "walletd_reports",
+            "Replica reports (rejections, skew, equivocation, policy mismatch, overflow, unknown member)",
+            reports.clone(),
+        );
+        // Label values known in advance start at 0: a first refusal is then an increase, and
+        // alerts and dashboards find the series before anything happened.
+        for r in Refusal::ALL {
+            let _ = refused.get_or_create(&ReasonLabels { reason: r.as_str() });
         }
+        for k in [
+            CompKind::OverdraftFee,
+            CompKind::Reversal,
+            CompKind::IdempotencyConflict,
+        ] {
+            let _ = compensations.get_or_create(&KindLabels { kind: k.as_str() });
+        }
+        for kind in REPORT_KINDS {
+            let _ = reports.get_or_create(&KindLabels { kind });
+        }
+        reg.register(
+            "walletd_build",
+            "walletd's version and the git commit it was built from (WALLETD_GIT_COMMIT at build time)",
+            Info::new([
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", option_env!("WALLETD_GIT_COMMIT").unwrap_or("unknown")),
+            ]),
+        );
+        reg.register_collector(Box::new(crate::procstat::ProcessCollector));
+        let node = Arc::new(Mutex::new(None));
+        reg.register_collector(Box::new(NodeCollector(node.clone())));
+        Metrics {
+            registry: RwLock::new(reg),
+            http_requests,
+            http_duration,
+            accepted,
+            replayed,
+            refused,
+            commit_records,
+            commit_duration,
+            compensations,
+            reports,
+            http_open,
+            http_conn_refused,
+            http_rate_limited,
+            node,
+        }
+    }
+
+    /// Lets the caller register more metrics (the transport's) in the registry.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut reg)
+    }
+
+    /// The whole registry in the OpenMetrics text format (ends with `# EOF`).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::with_capacity(32 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &reg)?;
+        Ok(out)
     }
 
     /// An HTTP connection was accepted.
     pub fn http_connection_opened(&self) {
-        self.http_open.fetch_add(1, Ordering::Relaxed);
+        self.http_open.inc();
     }
 
     /// An HTTP connection ended.
     pub fn http_connection_closed(&self) {
-        self.http_open.fetch_sub(1, Ordering::Relaxed);
+        self.http_open.dec();
     }
 
     /// An HTTP connection was closed at once: `connections_max` reached.
     pub fn http_connection_refused(&self) {
-        self.http_conn_refused.fetch_add(1, Ordering::Relaxed);
+        self.http_conn_refused.inc();
     }
 
     /// A request got a 429.
     pub fn http_rate_limited(&self) {
-        self.http_rate_limited.fetch_add(1, Ordering::Relaxed);
+        self.http_rate_limited.inc();
     }
 
-    /// Stores the actor's latest gauges.
-    pub fn publish_node(&self, text: String) {
-        *lock(&self.node_snapshot) = Arc::new(text);
-    }
-
-    /// The actor's latest gauges.
-    pub fn node_snapshot(&self) -> Arc<String> {
-        lock(&self.node_snapshot).clone()
+    /// Stores the actor's latest snapshot.
+    pub fn publish_node(&self, snapshot: NodeSnapshot) {
+        *lock(&self.node) = Some(Arc::new(snapshot));
     }
 
     /// One HTTP request served.
@@ -210,34 +310,40 @@ impl Metrics {
         status: u16,
         elapsed: Duration,
     ) {
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let mut m = lock(&self.http);
-        m.entry((route, method, status))
-            .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS_US))
-            .observe(us);
+        let labels = HttpLabels {
+            route,
+            method,
+            status,
+        };
+        self.http_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        self.http_requests.get_or_create(&labels).inc();
     }
 
     /// A new transaction accepted (durable).
     pub fn accepted(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.accepted.inc();
     }
 
     /// An idempotent retry answered with the original result.
     pub fn replayed(&self) {
-        self.replayed.fetch_add(1, Ordering::Relaxed);
+        self.replayed.inc();
     }
 
     /// A transaction refused.
     pub fn refused(&self, why: Refusal) {
-        *lock(&self.refused).entry(why).or_insert(0) += 1;
+        self.refused
+            .get_or_create(&ReasonLabels {
+                reason: why.as_str(),
+            })
+            .inc();
     }
 
     /// One durable commit of `records` records.
     pub fn observe_commit(&self, records: usize, elapsed: Duration) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.commit_batch.observe(records as u64);
-        self.commit_latency
-            .observe(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+        self.commit_records.observe(records as f64);
+        self.commit_duration.observe(elapsed.as_secs_f64());
     }
 
     /// A compensation settled.
@@ -249,114 +355,18 @@ impl Metrics {
     /// (settled before the restart, and not emitted again), so the counter continues where it
     /// was instead of starting from zero.
     pub fn compensations_settled(&self, kind: &'static str, n: u64) {
-        let mut m = lock(&self.compensations);
-        let c = m.entry(kind).or_insert(0);
-        *c = c.saturating_add(n);
+        self.compensations
+            .get_or_create(&KindLabels { kind })
+            .inc_by(n);
     }
 
     /// A replica report.
     pub fn report(&self, kind: &'static str) {
-        *lock(&self.reports).entry(kind).or_insert(0) += 1;
-    }
-
-    /// Renders the process counters.
-    pub fn render(&self, out: &mut String) {
-        out.push_str("# HELP walletd_http_connections Open HTTP connections.\n");
-        out.push_str("# TYPE walletd_http_connections gauge\n");
-        let _ = writeln!(
-            out,
-            "walletd_http_connections {}",
-            self.http_open.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP walletd_http_connections_refused_total HTTP connections closed at once (http.connections_max reached).\n");
-        out.push_str("# TYPE walletd_http_connections_refused_total counter\n");
-        let _ = writeln!(
-            out,
-            "walletd_http_connections_refused_total {}",
-            self.http_conn_refused.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP walletd_http_rate_limited_total Requests answered 429 (per-token rate limit).\n");
-        out.push_str("# TYPE walletd_http_rate_limited_total counter\n");
-        let _ = writeln!(
-            out,
-            "walletd_http_rate_limited_total {}",
-            self.http_rate_limited.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP walletd_http_request_duration_seconds HTTP requests by route, method and status.\n");
-        out.push_str("# TYPE walletd_http_request_duration_seconds histogram\n");
-        for ((route, method, status), h) in lock(&self.http).iter() {
-            let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
-            h.render(
-                out,
-                "walletd_http_request_duration_seconds",
-                &labels,
-                1_000_000,
-            );
-        }
-        out.push_str(
-            "# HELP walletd_http_requests_total HTTP requests by route, method and status.\n",
-        );
-        out.push_str("# TYPE walletd_http_requests_total counter\n");
-        for ((route, method, status), h) in lock(&self.http).iter() {
-            let _ = writeln!(
-                out,
-                "walletd_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {}",
-                h.count.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str(
-            "# HELP walletd_transactions_accepted_total New transactions acknowledged (durable).\n",
-        );
-        out.push_str("# TYPE walletd_transactions_accepted_total counter\n");
-        let _ = writeln!(
-            out,
-            "walletd_transactions_accepted_total {}",
-            self.accepted.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP walletd_transactions_replayed_total Idempotent retries answered with the original result.\n");
-        out.push_str("# TYPE walletd_transactions_replayed_total counter\n");
-        let _ = writeln!(
-            out,
-            "walletd_transactions_replayed_total {}",
-            self.replayed.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP walletd_transactions_refused_total Transactions refused, by reason.\n",
-        );
-        out.push_str("# TYPE walletd_transactions_refused_total counter\n");
-        for (r, n) in lock(&self.refused).iter() {
-            let _ = writeln!(
-                out,
-                "walletd_transactions_refused_total{{reason=\"{}\"}} {n}",
-                r.as_str()
-            );
-        }
-        out.push_str("# HELP walletd_storage_commit_records Records per durable commit (group commit batch size).\n");
-        out.push_str("# TYPE walletd_storage_commit_records histogram\n");
-        self.commit_batch
-            .render(out, "walletd_storage_commit_records", "", 1);
-        out.push_str("# HELP walletd_storage_commit_duration_seconds Duration of a durable commit (fsync included).\n");
-        out.push_str("# TYPE walletd_storage_commit_duration_seconds histogram\n");
-        self.commit_latency.render(
-            out,
-            "walletd_storage_commit_duration_seconds",
-            "",
-            1_000_000,
-        );
-        out.push_str("# HELP walletd_compensations_total Compensations settled, by kind.\n");
-        out.push_str("# TYPE walletd_compensations_total counter\n");
-        for (k, n) in lock(&self.compensations).iter() {
-            let _ = writeln!(out, "walletd_compensations_total{{kind=\"{k}\"}} {n}");
-        }
-        out.push_str("# HELP walletd_reports_total Replica reports (rejections, skew, equivocation, policy mismatch, overflow).\n");
-        out.push_str("# TYPE walletd_reports_total counter\n");
-        for (k, n) in lock(&self.reports).iter() {
-            let _ = writeln!(out, "walletd_reports_total{{kind=\"{k}\"}} {n}");
-        }
+        self.reports.get_or_create(&KindLabels { kind }).inc();
     }
 }
 
-/// What the actor knows besides the replica, for a scrape.
+/// What the actor knows besides the replica, for a snapshot.
 #[derive(Debug)]
 pub struct NodeGauges<'a> {
     /// Members connected over the transport.
@@ -369,182 +379,418 @@ pub struct NodeGauges<'a> {
     pub idempotency_keys: u64,
     /// Replies held until their commit is durable.
     pub awaiting_durability: usize,
+    /// A commit failed (the process exits shortly).
+    pub storage_failed: bool,
+    /// The policy file differs from the recorded seed policy and was ignored.
+    pub policy_file_ignored: bool,
 }
 
-/// One unlabelled sample with its HELP and TYPE lines.
-fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
+/// One member as a snapshot sees it.
+#[derive(Debug, Clone)]
+struct MemberSample {
+    region: String,
+    is_self: bool,
+    held: u64,
+    connected: bool,
+    /// Heard, and its seed policy differs from ours.
+    policy_mismatch: bool,
+    pulls_sent: u64,
 }
 
-/// Renders the replica-derived and actor-held samples.
-pub fn render_node(out: &mut String, r: &Replica, g: &NodeGauges<'_>) {
-    let me = r.region();
-    let members = r.members();
-    out.push_str("# HELP walletd_events Events held, by origin.\n# TYPE walletd_events gauge\n");
-    for m in &members {
-        let _ = writeln!(out, "walletd_events{{origin=\"{}\"}} {}", m.region, m.held);
+/// The replica-derived and actor-held values, copied by the actor; encoded on each scrape.
+#[derive(Debug, Clone)]
+pub struct NodeSnapshot {
+    members: Vec<MemberSample>,
+    pull_scheduler: [(&'static str, u64); 10],
+    gauges: [(&'static str, &'static str, u64); 12],
+    counters: [(&'static str, &'static str, u64); 8],
+    replication_bytes: [(&'static str, u64); 2],
+    replication_messages: [(&'static str, u64); 2],
+    policy_version: u32,
+    policy_hash: String,
+}
+
+impl NodeSnapshot {
+    /// Copies what a scrape shows from the replica and the actor.
+    pub fn new(r: &Replica, g: &NodeGauges<'_>) -> NodeSnapshot {
+        let me = r.region();
+        let members = r
+            .members()
+            .into_iter()
+            .map(|m| MemberSample {
+                region: m.region.to_string(),
+                is_self: m.region == me,
+                held: m.held,
+                connected: g.connected.contains(&m.region),
+                policy_mismatch: m.policy_matches == Some(false),
+                pulls_sent: g.pulls_sent.get(&m.region).copied().unwrap_or(0),
+            })
+            .collect();
+        let ps = r.pull_stats();
+        let st = r.stats();
+        let ns = &g.net;
+        NodeSnapshot {
+            members,
+            pull_scheduler: [
+                ("sent", ps.sent),
+                ("answered", ps.answered),
+                ("served", ps.served),
+                ("on_connect", ps.on_connect),
+                ("cleared_on_disconnect", ps.cleared_on_disconnect),
+                ("given_up", ps.given_up),
+                ("timed_out", ps.timed_out),
+                ("on_heartbeat", ps.on_heartbeat),
+                ("periodic", ps.periodic),
+                ("backoffs", ps.backoffs),
+            ],
+            gauges: [
+                (
+                    "walletd_watermark_lag_ms",
+                    "Local clock minus the settled watermark",
+                    r.settlement_lag_ms(),
+                ),
+                (
+                    "walletd_watermark_ms",
+                    "Settled watermark (physical ms)",
+                    r.watermark().millis(),
+                ),
+                (
+                    "walletd_restoring",
+                    "Restoring own history from peers (0/1)",
+                    u64::from(r.is_restoring()),
+                ),
+                (
+                    "walletd_settlement_blocked",
+                    "Settlement stopped: policy mismatch or equivocation (0/1)",
+                    u64::from(r.settlement_blocked()),
+                ),
+                (
+                    "walletd_storage_failed",
+                    "A durable commit failed; the process exits with code 70 (0/1)",
+                    u64::from(g.storage_failed),
+                ),
+                (
+                    "walletd_policy_file_ignored",
+                    "The policy file differs from the recorded seed policy and was ignored (0/1; \
+                     hashes in /v1/status)",
+                    u64::from(g.policy_file_ignored),
+                ),
+                (
+                    "walletd_policy_version",
+                    "Policy version in force (1 = the seed)",
+                    u64::from(r.current_policy().0),
+                ),
+                (
+                    "walletd_feed_length",
+                    "Compensation feed length",
+                    r.feed_len(),
+                ),
+                (
+                    "walletd_idempotency_keys",
+                    "Idempotency results held",
+                    g.idempotency_keys,
+                ),
+                (
+                    "walletd_requests_awaiting_durability",
+                    "Requests waiting for their commit",
+                    g.awaiting_durability as u64,
+                ),
+                (
+                    "walletd_events_pending",
+                    "Out-of-order remote events buffered, all origins",
+                    r.members().iter().map(|m| m.pending).sum(),
+                ),
+                (
+                    "walletd_members",
+                    "Members of the cluster, this region included",
+                    r.members().len() as u64,
+                ),
+            ],
+            counters: [
+                (
+                    "walletd_events_rejected",
+                    "Remote events rejected (invalid, forged, skewed, broken promise)",
+                    st.rejected,
+                ),
+                (
+                    "walletd_events_remote_applied",
+                    "Remote events merged",
+                    st.remote_applied,
+                ),
+                (
+                    "walletd_events_duplicate",
+                    "Duplicate remote events dropped",
+                    st.duplicates,
+                ),
+                (
+                    "walletd_events_dropped",
+                    "Out-of-order events dropped (buffer full)",
+                    st.dropped,
+                ),
+                ("walletd_events_settled", "Events settled", st.settled),
+                (
+                    "walletd_p2p_refused_peers",
+                    "p2p connections refused (not a member)",
+                    ns.refused_peers,
+                ),
+                (
+                    "walletd_p2p_limited_connections",
+                    "Inbound p2p connections refused by the connection limits (before the handshake)",
+                    ns.limited_connections,
+                ),
+                (
+                    "walletd_p2p_dropped_messages",
+                    "Replication messages dropped (malformed, oversized, isolated, undeliverable)",
+                    ns.dropped_messages,
+                ),
+            ],
+            replication_bytes: [("sent", ns.bytes_sent), ("received", ns.bytes_received)],
+            replication_messages: [
+                ("sent", ns.messages_sent),
+                ("received", ns.messages_received),
+            ],
+            policy_version: r.current_policy().0,
+            policy_hash: hex::encode(r.policy_hash().0),
+        }
     }
-    out.push_str("# HELP walletd_member_connected Member connected over p2p.\n# TYPE walletd_member_connected gauge\n");
-    for m in members.iter().filter(|m| m.region != me) {
-        let up = u8::from(g.connected.contains(&m.region));
-        let _ = writeln!(
-            out,
-            "walletd_member_connected{{region=\"{}\"}} {up}",
-            m.region
-        );
+}
+
+/// A gauge value as prometheus-client encodes it (i64: it refuses `u64::MAX`).
+fn gauge(v: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// Encodes the latest [`NodeSnapshot`] (nothing before the actor's first).
+#[derive(Debug)]
+struct NodeCollector(Arc<Mutex<Option<Arc<NodeSnapshot>>>>);
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(s) = lock(&self.0).clone() else {
+            return Ok(());
+        };
+        {
+            let mut f = enc.encode_descriptor(
+                "walletd_events",
+                "Events held, by origin (the version vector)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for m in &s.members {
+                gauge(m.held).encode(f.encode_family(&[("origin", m.region.as_str())])?)?;
+            }
+        }
+        let peers = || s.members.iter().filter(|m| !m.is_self);
+        {
+            let mut f = enc.encode_descriptor(
+                "walletd_member_connected",
+                "Member connected over p2p (0/1)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for m in peers() {
+                gauge(u64::from(m.connected))
+                    .encode(f.encode_family(&[("region", m.region.as_str())])?)?;
+            }
+        }
+        {
+            let mut f = enc.encode_descriptor(
+                "walletd_member_policy_mismatch",
+                "Member heard with a seed policy that differs from ours (0/1)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for m in peers() {
+                gauge(u64::from(m.policy_mismatch))
+                    .encode(f.encode_family(&[("region", m.region.as_str())])?)?;
+            }
+        }
+        {
+            let mut f = enc.encode_descriptor(
+                "walletd_pulls_sent",
+                "Anti-entropy pulls sent, by member",
+                None,
+                MetricType::Counter,
+            )?;
+            for m in peers() {
+                ConstCounter::new(m.pulls_sent)
+                    .encode(f.encode_family(&[("member", m.region.as_str())])?)?;
+            }
+        }
+        {
+            let mut f = enc.encode_descriptor(
+                "walletd_pull_scheduler",
+                "The core's anti-entropy scheduler, by event (wallet_core PullStats)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (event, n) in s.pull_scheduler {
+                ConstCounter::new(n).encode(f.encode_family(&[("event", event)])?)?;
+            }
+        }
+        for (name, help, v) in s.gauges {
+            gauge(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        for (name, help, v) in s.counters {
+            ConstCounter::new(v).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        for (name, help, values) in [
+            (
+                "walletd_replication_bytes",
+                "Replication bytes, by direction",
+                s.replication_bytes,
+            ),
+            (
+                "walletd_replication_messages",
+                "Replication messages, by direction",
+                s.replication_messages,
+            ),
+        ] {
+            let mut f = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (direction, n) in values {
+                ConstCounter::new(n).encode(f.encode_family(&[("direction", direction)])?)?;
+            }
+        }
+        let version = s.policy_version.to_string();
+        Info::new([
+            ("version", version.as_str()),
+            ("hash", s.policy_hash.as_str()),
+        ])
+        .encode(enc.encode_descriptor(
+            "walletd_policy",
+            "The policy in force: version and hash (as in /v1/status)",
+            None,
+            MetricType::Info,
+        )?)?;
+        Ok(())
     }
-    out.push_str("# HELP walletd_pulls_sent_total Anti-entropy pulls sent, by member.\n# TYPE walletd_pulls_sent_total counter\n");
-    for m in members.iter().filter(|m| m.region != me) {
-        let n = g.pulls_sent.get(&m.region).copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "walletd_pulls_sent_total{{member=\"{}\"}} {n}",
-            m.region
-        );
-    }
-    let ps = r.pull_stats();
-    out.push_str("# HELP walletd_pull_scheduler_total The core's anti-entropy scheduler, by event (wallet_core PullStats).\n# TYPE walletd_pull_scheduler_total counter\n");
-    for (event, n) in [
-        ("sent", ps.sent),
-        ("answered", ps.answered),
-        ("served", ps.served),
-        ("on_connect", ps.on_connect),
-        ("cleared_on_disconnect", ps.cleared_on_disconnect),
-        ("given_up", ps.given_up),
-        ("timed_out", ps.timed_out),
-        ("on_heartbeat", ps.on_heartbeat),
-        ("periodic", ps.periodic),
-        ("backoffs", ps.backoffs),
-    ] {
-        let _ = writeln!(out, "walletd_pull_scheduler_total{{event=\"{event}\"}} {n}");
-    }
-    let st = r.stats();
-    for (name, kind, help, value) in [
-        (
-            "walletd_watermark_lag_ms",
-            "gauge",
-            "Local clock minus the settled watermark.",
-            r.settlement_lag_ms(),
-        ),
-        (
-            "walletd_watermark_ms",
-            "gauge",
-            "Settled watermark (physical ms).",
-            r.watermark().millis(),
-        ),
-        (
-            "walletd_restoring",
-            "gauge",
-            "Restoring own history from peers.",
-            u64::from(r.is_restoring()),
-        ),
-        (
-            "walletd_settlement_blocked",
-            "gauge",
-            "Settlement stopped (policy mismatch or equivocation).",
-            u64::from(r.settlement_blocked()),
-        ),
-        (
-            "walletd_events_rejected_total",
-            "counter",
-            "Remote events rejected (invalid, forged, skewed, broken promise).",
-            st.rejected,
-        ),
-        (
-            "walletd_events_remote_applied_total",
-            "counter",
-            "Remote events merged.",
-            st.remote_applied,
-        ),
-        (
-            "walletd_events_duplicate_total",
-            "counter",
-            "Duplicate remote events dropped.",
-            st.duplicates,
-        ),
-        (
-            "walletd_events_dropped_total",
-            "counter",
-            "Out-of-order events dropped (buffer full).",
-            st.dropped,
-        ),
-        (
-            "walletd_events_settled_total",
-            "counter",
-            "Events settled.",
-            st.settled,
-        ),
-        (
-            "walletd_feed_length",
-            "gauge",
-            "Compensation feed length.",
-            r.feed_len(),
-        ),
-        (
-            "walletd_idempotency_keys",
-            "gauge",
-            "Idempotency results held.",
-            g.idempotency_keys,
-        ),
-        (
-            "walletd_requests_awaiting_durability",
-            "gauge",
-            "Requests waiting for their commit.",
-            g.awaiting_durability as u64,
-        ),
-    ] {
-        scalar(out, name, kind, help, value);
-    }
-    let ns = &g.net;
-    let _ = writeln!(out, "# HELP walletd_replication_bytes_total Replication bytes, by direction.\n# TYPE walletd_replication_bytes_total counter\nwalletd_replication_bytes_total{{direction=\"sent\"}} {}\nwalletd_replication_bytes_total{{direction=\"received\"}} {}", ns.bytes_sent, ns.bytes_received);
-    let _ = writeln!(out, "# HELP walletd_replication_messages_total Replication messages, by direction.\n# TYPE walletd_replication_messages_total counter\nwalletd_replication_messages_total{{direction=\"sent\"}} {}\nwalletd_replication_messages_total{{direction=\"received\"}} {}", ns.messages_sent, ns.messages_received);
-    scalar(
-        out,
-        "walletd_p2p_refused_peers_total",
-        "counter",
-        "Connections refused (not a member).",
-        ns.refused_peers,
-    );
-    scalar(
-        out,
-        "walletd_p2p_limited_connections_total",
-        "counter",
-        "Inbound p2p connections refused by the connection limits (before the handshake).",
-        ns.limited_connections,
-    );
-    scalar(
-        out,
-        "walletd_p2p_dropped_messages_total",
-        "counter",
-        "Messages dropped (malformed, oversized, isolated).",
-        ns.dropped_messages,
-    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn histogram_renders_cumulative_buckets() {
-        let h = Histogram::new(&BATCH_BUCKETS);
-        h.observe(1);
-        h.observe(3);
-        h.observe(100_000);
-        let mut s = String::new();
-        h.render(&mut s, "x", "", 1);
-        assert!(s.contains("x_bucket{le=\"1\"} 1\n"), "{s}");
-        assert!(s.contains("x_bucket{le=\"4\"} 2\n"), "{s}");
-        assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"), "{s}");
-        assert!(s.contains("x_sum 100004\n"), "{s}");
-        assert_eq!(fmt_scaled(1_500, 1_000_000), "0.001500");
+    /// The value of one sample line.
+    fn sample(text: &str, name: &str) -> Option<String> {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(' '))
+                .map(str::to_string)
+        })
     }
 
     #[test]
-    fn node_samples_cover_members_and_the_core_pull_counters() {
+    fn histograms_render_cumulative_buckets_in_seconds() {
+        let m = Metrics::new();
+        m.observe_commit(1, Duration::from_micros(150));
+        m.observe_commit(3, Duration::from_micros(1_500));
+        m.observe_commit(100_000, Duration::from_secs(9));
+        let s = m.encode().unwrap();
+        let b = "walletd_storage_commit_records_bucket";
+        assert_eq!(
+            sample(&s, &format!("{b}{{le=\"1.0\"}}")).as_deref(),
+            Some("1"),
+            "{s}"
+        );
+        assert_eq!(
+            sample(&s, &format!("{b}{{le=\"4.0\"}}")).as_deref(),
+            Some("2"),
+            "{s}"
+        );
+        assert_eq!(
+            sample(&s, &format!("{b}{{le=\"+Inf\"}}")).as_deref(),
+            Some("3"),
+            "{s}"
+        );
+        assert_eq!(
+            sample(&s, "walletd_storage_commit_records_sum").as_deref(),
+            Some("100004.0"),
+            "{s}"
+        );
+        let d = "walletd_storage_commit_duration_seconds_bucket";
+        assert_eq!(
+            sample(&s, &format!("{d}{{le=\"0.0001\"}}")).as_deref(),
+            Some("0"),
+            "{s}"
+        );
+        assert_eq!(
+            sample(&s, &format!("{d}{{le=\"0.00025\"}}")).as_deref(),
+            Some("1"),
+            "{s}"
+        );
+        assert_eq!(
+            sample(&s, &format!("{d}{{le=\"0.002\"}}")).as_deref(),
+            Some("2"),
+            "{s}"
+        );
+        assert_eq!(
+            sample(&s, &format!("{d}{{le=\"5.0\"}}")).as_deref(),
+            Some("2"),
+            "{s}"
+        );
+        assert_eq!(
+            sample(&s, &format!("{d}{{le=\"+Inf\"}}")).as_deref(),
+            Some("3"),
+            "{s}"
+        );
+        assert!(s.ends_with("# EOF\n"), "{s}");
+    }
+
+    #[test]
+    fn http_and_transaction_counters_keep_their_names() {
+        let m = Metrics::new();
+        m.observe_http("/v1/x", "POST", 201, Duration::from_millis(3));
+        m.observe_http("/v1/x", "POST", 201, Duration::from_millis(4));
+        m.accepted();
+        m.refused(Refusal::Frozen);
+        m.compensations_settled("reversal", 5);
+        m.compensation("reversal");
+        m.report("equivocation");
+        m.http_connection_opened();
+        m.http_connection_opened();
+        m.http_connection_closed();
+        m.http_rate_limited();
+        let s = m.encode().unwrap();
+        for (name, v) in [
+            (
+                "walletd_http_requests_total{route=\"/v1/x\",method=\"POST\",status=\"201\"}",
+                "2",
+            ),
+            (
+                "walletd_http_request_duration_seconds_count{route=\"/v1/x\",method=\"POST\",status=\"201\"}",
+                "2",
+            ),
+            ("walletd_transactions_accepted_total", "1"),
+            ("walletd_transactions_replayed_total", "0"),
+            ("walletd_transactions_refused_total{reason=\"account_frozen\"}", "1"),
+            // Known label values are there from the start.
+            ("walletd_transactions_refused_total{reason=\"insufficient_funds\"}", "0"),
+            ("walletd_compensations_total{kind=\"reversal\"}", "6"),
+            ("walletd_compensations_total{kind=\"overdraft_fee\"}", "0"),
+            ("walletd_reports_total{kind=\"equivocation\"}", "1"),
+            ("walletd_reports_total{kind=\"policy_mismatch\"}", "0"),
+            ("walletd_http_connections", "1"),
+            ("walletd_http_rate_limited_total", "1"),
+            ("walletd_http_connections_refused_total", "0"),
+        ] {
+            assert_eq!(sample(&s, name).as_deref(), Some(v), "{name}:\n{s}");
+        }
+        let build = format!(
+            "walletd_build_info{{version=\"{}\",commit=\"",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(s.contains(&build), "{s}");
+        // Nothing from the actor before its first snapshot.
+        assert!(!s.contains("walletd_events"), "{s}");
+    }
+
+    #[test]
+    fn node_samples_cover_members_policy_and_the_core_pull_counters() {
         let (eu, us): (RegionId, RegionId) = ("eu".parse().unwrap(), "us".parse().unwrap());
         let policy = wallet_core::Policy::from_toml("[default]\naction = \"fee\"\n").unwrap();
         let mut r = Replica::new(
@@ -554,53 +800,88 @@ mod tests {
         r.handle_connected(1_000, us);
         let connected = BTreeSet::from([us]);
         let pulls = BTreeMap::from([(us, 3)]);
-        let mut s = String::new();
-        render_node(
-            &mut s,
+        let m = Metrics::new();
+        m.publish_node(NodeSnapshot::new(
             &r,
             &NodeGauges {
                 connected: &connected,
-                net: NetStats::default(),
+                net: NetStats {
+                    bytes_sent: 7,
+                    ..NetStats::default()
+                },
                 pulls_sent: &pulls,
                 idempotency_keys: 4,
                 awaiting_durability: 5,
+                storage_failed: false,
+                policy_file_ignored: true,
             },
-        );
+        ));
+        let s = m.encode().unwrap();
+        for (name, v) in [
+            ("walletd_member_connected{region=\"us\"}", "1"),
+            ("walletd_member_policy_mismatch{region=\"us\"}", "0"),
+            ("walletd_pulls_sent_total{member=\"us\"}", "3"),
+            // The connect made the core pull once.
+            ("walletd_pull_scheduler_total{event=\"sent\"}", "1"),
+            ("walletd_pull_scheduler_total{event=\"on_connect\"}", "1"),
+            ("walletd_idempotency_keys", "4"),
+            ("walletd_requests_awaiting_durability", "5"),
+            ("walletd_events{origin=\"eu\"}", "0"),
+            ("walletd_events{origin=\"us\"}", "0"),
+            ("walletd_replication_bytes_total{direction=\"sent\"}", "7"),
+            ("walletd_settlement_blocked", "0"),
+            ("walletd_storage_failed", "0"),
+            ("walletd_policy_file_ignored", "1"),
+            ("walletd_policy_version", "1"),
+            ("walletd_members", "2"),
+        ] {
+            assert_eq!(sample(&s, name).as_deref(), Some(v), "{name}:\n{s}");
+        }
+        let hash = hex::encode(r.policy_hash().0);
         assert!(
-            s.contains("walletd_member_connected{region=\"us\"} 1\n"),
+            s.contains(&format!(
+                "walletd_policy_info{{version=\"1\",hash=\"{hash}\"}} 1\n"
+            )),
             "{s}"
         );
+        // Only peers get member samples.
         assert!(!s.contains("region=\"eu\""), "{s}");
-        assert!(
-            s.contains("walletd_pulls_sent_total{member=\"us\"} 3\n"),
-            "{s}"
-        );
-        // The connect made the core pull once.
-        assert!(
-            s.contains("walletd_pull_scheduler_total{event=\"sent\"} 1\n"),
-            "{s}"
-        );
-        assert!(
-            s.contains("walletd_pull_scheduler_total{event=\"on_connect\"} 1\n"),
-            "{s}"
-        );
-        assert!(
-            s.contains("# TYPE walletd_idempotency_keys gauge\nwalletd_idempotency_keys 4\n"),
-            "{s}"
-        );
-        assert!(
-            s.contains("walletd_requests_awaiting_durability 5\n"),
-            "{s}"
-        );
-        // Every sample has its HELP and TYPE.
+        // Every sample belongs to a family with HELP and TYPE.
         let families: BTreeSet<&str> = s
             .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split(['{', ' ']).next())
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
             .collect();
+        for l in s.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            assert!(
+                families.iter().any(|f| name.starts_with(f)),
+                "{name} has no TYPE:\n{s}"
+            );
+        }
         for f in families {
             assert!(s.contains(&format!("# HELP {f} ")), "{f}");
-            assert!(s.contains(&format!("# TYPE {f} ")), "{f}");
         }
+    }
+
+    #[test]
+    fn gauges_that_do_not_fit_an_i64_saturate_instead_of_failing_the_scrape() {
+        let mut s = String::new();
+        let mut reg = Registry::default();
+        #[derive(Debug)]
+        struct Big;
+        impl Collector for Big {
+            fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                gauge(u64::MAX).encode(enc.encode_descriptor(
+                    "big",
+                    "h",
+                    None,
+                    MetricType::Gauge,
+                )?)
+            }
+        }
+        reg.register_collector(Box::new(Big));
+        prometheus_client::encoding::text::encode(&mut s, &reg).unwrap();
+        assert!(s.contains(&format!("big {}\n", i64::MAX)), "{s}");
     }
 }

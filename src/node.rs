@@ -206,7 +206,9 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
             .collect(),
         cluster: cfg.cluster.clone(),
     };
-    let (net, net_rx) = wallet_p2p::spawn(net_cfg).map_err(|e| NodeError::Net(e.to_string()))?;
+    let (net, net_rx) = metrics
+        .with_registry(|reg| wallet_p2p::spawn_with_metrics(net_cfg, reg))
+        .map_err(|e| NodeError::Net(e.to_string()))?;
     let actor = Actor::new(ActorParts {
         replica,
         net: net.clone(),

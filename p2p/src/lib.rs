@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use libp2p::identity::Keypair;
+pub use libp2p::metrics::Registry;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use wallet_core::wire::{encode_message, MESSAGE_BYTES_MAX};
@@ -186,9 +187,22 @@ impl NetHandle {
 }
 
 /// Starts the transport on the current tokio runtime: listens on `cfg.listen` and dials every
-/// member. Fails outside a tokio runtime, on a bad listen address or a duplicate member.
+/// member. Fails outside a tokio runtime, on a bad listen address or a duplicate member. Its
+/// metrics go nowhere: see [`spawn_with_metrics`].
 pub fn spawn(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
-    net::start(cfg)
+    net::start(cfg, &mut Registry::default())
+}
+
+/// [`spawn`], registering the transport's metrics in `registry`: libp2p's own
+/// (`libp2p_swarm_*`: connections, dials and their errors; `libp2p_ping_*`: round trips and
+/// failures; `libp2p_bandwidth_bytes_total` by transport and direction) and the
+/// request-response outcomes (`walletd_p2p_requests_total{direction,outcome}`,
+/// `walletd_p2p_batch_duration_seconds`). The [`NetStats`] counters stay where they are.
+pub fn spawn_with_metrics(
+    cfg: NetConfig,
+    registry: &mut Registry,
+) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
+    net::start(cfg, registry)
 }
 
 /// Loads an ed25519 identity from a file (protobuf encoding), or creates one there.

@@ -10,10 +10,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::allow_block_list::{self, AllowedPeers};
 use libp2p::connection_limits::{self, ConnectionLimits};
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::metrics::{Metrics as Libp2pMetrics, Recorder as _, Registry};
+use libp2p::request_response::ProtocolSupport;
+use libp2p::request_response::{self, InboundFailure, OutboundFailure, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionError, DialError, ListenError, NetworkBehaviour, SwarmEvent};
 use libp2p::{noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use wallet_core::wire::{decode_message, MESSAGE_BYTES_MAX};
@@ -128,6 +132,99 @@ struct InFlight {
     id: OutboundRequestId,
     messages: usize,
     bytes: usize,
+    sent_at: Instant,
+}
+
+/// Bucket bounds (seconds) of the batch round trip: sent until acknowledged.
+const BATCH_DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Labels of `walletd_p2p_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    direction: &'static str,
+    outcome: &'static str,
+}
+
+/// The transport's metrics, in the node's registry: libp2p's own (libp2p-metrics: swarm
+/// connections and errors, ping round trips) and the request-response outcomes, which
+/// libp2p-metrics does not record.
+struct NetMetrics {
+    libp2p: Libp2pMetrics,
+    requests: Family<RequestLabels, Counter>,
+    batch_duration: Histogram,
+}
+
+impl NetMetrics {
+    fn new(registry: &mut Registry) -> NetMetrics {
+        let libp2p = Libp2pMetrics::new(registry);
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "walletd_p2p_requests",
+            "Replication requests (message batches) on the request-response protocol, by \
+             direction and outcome",
+            requests.clone(),
+        );
+        let batch_duration = Histogram::new(BATCH_DURATION_BUCKETS);
+        registry.register(
+            "walletd_p2p_batch_duration_seconds",
+            "Round trip of a replication batch: sent until the member acknowledged it",
+            batch_duration.clone(),
+        );
+        // Every outcome from the start (at 0), so rates and alerts see the first one.
+        for (direction, outcome) in REQUEST_OUTCOMES {
+            let _ = requests.get_or_create(&RequestLabels { direction, outcome });
+        }
+        NetMetrics {
+            libp2p,
+            requests,
+            batch_duration,
+        }
+    }
+
+    fn request(&self, direction: &'static str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels { direction, outcome })
+            .inc();
+    }
+}
+
+/// Every (direction, outcome) of `walletd_p2p_requests_total`.
+const REQUEST_OUTCOMES: [(&str, &str); 12] = [
+    ("outbound", "acknowledged"),
+    ("outbound", "dropped_by_peer"),
+    ("outbound", "dial_failure"),
+    ("outbound", "timeout"),
+    ("outbound", "connection_closed"),
+    ("outbound", "unsupported_protocols"),
+    ("outbound", "io"),
+    ("inbound", "received"),
+    ("inbound", "timeout"),
+    ("inbound", "connection_closed"),
+    ("inbound", "unsupported_protocols"),
+    ("inbound", "io"),
+];
+
+fn outbound_outcome(e: &OutboundFailure) -> &'static str {
+    match e {
+        OutboundFailure::DialFailure => "dial_failure",
+        OutboundFailure::Timeout => "timeout",
+        OutboundFailure::ConnectionClosed => "connection_closed",
+        OutboundFailure::UnsupportedProtocols => "unsupported_protocols",
+        OutboundFailure::Io(_) => "io",
+    }
+}
+
+fn inbound_outcome(e: &InboundFailure) -> &'static str {
+    match e {
+        InboundFailure::Timeout => "timeout",
+        InboundFailure::ConnectionClosed => "connection_closed",
+        InboundFailure::UnsupportedProtocols => "unsupported_protocols",
+        // We always answer (an ack byte): an omission means the connection went first.
+        InboundFailure::ResponseOmission => "connection_closed",
+        InboundFailure::Io(_) => "io",
+    }
 }
 
 /// One member as the transport sees it.
@@ -154,10 +251,14 @@ struct Task {
     shared: Arc<Shared>,
     pending: VecDeque<NetEvent>,
     events_open: bool,
+    metrics: NetMetrics,
 }
 
 /// Builds the swarm, starts listening and dialing, and spawns the task.
-pub(crate) fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
+pub(crate) fn start(
+    cfg: NetConfig,
+    registry: &mut Registry,
+) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
     let terr = |e: String| NetError::Transport(e);
     let rt = tokio::runtime::Handle::try_current()
         .map_err(|e| terr(format!("spawn needs a tokio runtime: {e}")))?;
@@ -237,6 +338,7 @@ pub(crate) fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEven
             )
             .map_err(|e| terr(format!("tcp transport: {e}")))?
             .with_quic()
+            .with_bandwidth_metrics(registry)
             .with_behaviour(|_| Behaviour {
                 limits,
                 allow,
@@ -264,6 +366,7 @@ pub(crate) fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEven
         shared: shared.clone(),
         pending: VecDeque::new(),
         events_open: true,
+        metrics: NetMetrics::new(registry),
     };
     let now = Instant::now();
     for p in task.peers.values_mut() {
@@ -435,6 +538,7 @@ impl Task {
                 id,
                 messages,
                 bytes,
+                sent_at: Instant::now(),
             });
         }
     }
@@ -520,6 +624,10 @@ impl Task {
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        self.metrics.libp2p.record(&ev);
+        if let SwarmEvent::Behaviour(BehaviourEvent::Ping(p)) = &ev {
+            self.metrics.libp2p.record(p);
+        }
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(region = %self.region, %address, "p2p listening");
@@ -649,6 +757,7 @@ impl Task {
                     },
                 ..
             } => {
+                self.metrics.request("inbound", "received");
                 let ack = self.on_batch(peer, request);
                 let _ = self.swarm.behaviour_mut().msg.send_response(channel, ack);
             }
@@ -661,11 +770,22 @@ impl Task {
                     },
                 ..
             } => {
+                self.metrics.request(
+                    "outbound",
+                    if response == ACK_OK {
+                        "acknowledged"
+                    } else {
+                        "dropped_by_peer"
+                    },
+                );
                 let Some(p) = self.peers.get_mut(&peer) else {
                     return;
                 };
                 if p.in_flight.as_ref().is_some_and(|f| f.id == request_id) {
                     if let Some(f) = p.in_flight.take() {
+                        self.metrics
+                            .batch_duration
+                            .observe(f.sent_at.elapsed().as_secs_f64());
                         self.shared
                             .messages_sent
                             .fetch_add(f.messages as u64, Ordering::Relaxed);
@@ -685,6 +805,7 @@ impl Task {
                 error,
                 ..
             } => {
+                self.metrics.request("outbound", outbound_outcome(&error));
                 let Some(p) = self.peers.get_mut(&peer) else {
                     return;
                 };
@@ -697,6 +818,7 @@ impl Task {
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
+                self.metrics.request("inbound", inbound_outcome(&error));
                 // Framing violations are counted by the codec (libp2p does not report them).
                 tracing::debug!(peer = ?self.region_of(&peer), %error, "inbound stream failed");
             }
