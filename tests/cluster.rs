@@ -600,6 +600,26 @@ async fn a_peer_with_another_seed_policy_is_reported_and_nothing_settles() {
     }
     assert_eq!(metric_of(&c, AP, "walletd_settlement_blocked").await, 1);
     assert_eq!(member(&status(&c, EU).await, "us")["policy_matches"], true);
+    // What the policy alerts read: the mismatching member, and two policy hashes.
+    eventually(&c, "walletd_member_policy_mismatch", WAIT, || async {
+        metric_of(&c, EU, "walletd_member_policy_mismatch{region=\"ap\"}").await == 1
+            && metric_of(&c, AP, "walletd_member_policy_mismatch{region=\"eu\"}").await == 1
+    })
+    .await;
+    assert_eq!(
+        metric_of(&c, EU, "walletd_member_policy_mismatch{region=\"us\"}").await,
+        0
+    );
+    let info = |s: &Value| {
+        format!(
+            "walletd_policy_info{{version=\"1\",hash=\"{}\"}}",
+            s["policy_hash"].as_str().unwrap_or("")
+        )
+    };
+    let (eu_info, ap_info) = (info(&status(&c, EU).await), info(&status(&c, AP).await));
+    assert_ne!(eu_info, ap_info);
+    assert_eq!(metric_of(&c, EU, &eu_info).await, 1, "{eu_info}");
+    assert_eq!(metric_of(&c, AP, &ap_info).await, 1, "{ap_info}");
 
     // Provisional balances move everywhere; nothing settles.
     let r = c

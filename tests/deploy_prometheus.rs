@@ -66,11 +66,17 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     }
     let rules = alert_names(&alerts_yml()).len();
     let out = promtool(&["check", "rules", "alerts.yml"]);
-    assert!(out.contains(&format!("SUCCESS: {rules} rules found")), "{out}");
+    assert!(
+        out.contains(&format!("SUCCESS: {rules} rules found")),
+        "{out}"
+    );
     let out = promtool(&["test", "rules", "alerts_test.yml"]);
     assert!(out.contains("SUCCESS"), "{out}");
     let out = promtool(&["check", "config", "prometheus.yml"]);
-    assert!(out.contains("is valid prometheus config file syntax"), "{out}");
+    assert!(
+        out.contains("is valid prometheus config file syntax"),
+        "{out}"
+    );
 }
 
 /// The `- alert:` names of a rule file.
@@ -137,7 +143,10 @@ fn rule_exprs(yaml: &str) -> Vec<String> {
         } else if let Some(q) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
             out.push(q.replace("''", "'"));
         } else {
-            assert!(!v.starts_with('"'), "double-quoted expr: use a block scalar: {l}");
+            assert!(
+                !v.starts_with('"'),
+                "double-quoted expr: use a block scalar: {l}"
+            );
             out.push(v.to_string());
         }
     }
@@ -250,7 +259,9 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
                     i += 1;
                 }
             }
-            c if c.is_ascii_digit() || (c == '.' && b.get(i + 1).is_some_and(char::is_ascii_digit)) => {
+            c if c.is_ascii_digit()
+                || (c == '.' && b.get(i + 1).is_some_and(char::is_ascii_digit)) =>
+            {
                 while i < b.len() && (ident(b[i]) || b[i] == '.') {
                     i += 1;
                 }
@@ -266,11 +277,20 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
                     j += 1;
                 }
                 let before_paren = b.get(j) == Some(&'(');
+                // `sum by (l) (...)`: an aggregation whose modifier comes first.
+                let rest: String = b[j..].iter().take(8).collect();
+                let before_modifier = ["by", "without"].iter().any(|m| {
+                    rest.strip_prefix(m)
+                        .is_some_and(|r| r.trim_start().starts_with('('))
+                });
                 if LABEL_LISTS.contains(&word.as_str()) {
                     if before_paren {
                         i = skip_group(j, ')');
                     }
-                } else if KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) || before_paren {
+                } else if KEYWORDS.contains(&word.to_ascii_lowercase().as_str())
+                    || before_paren
+                    || before_modifier
+                {
                     // A keyword, or a function or aggregation called here.
                 } else {
                     out.insert(word);
@@ -307,6 +327,10 @@ fn promql_metric_names_finds_selectors_only() {
         ["w", "x", "y", "z"]
     );
     assert_eq!(names("a:b:rate5m # a comment naming c\n"), ["a:b:rate5m"]);
+    assert_eq!(
+        names("sum without(le) (rate(a[1m])) + topk by (x) (3, b) + by_c"),
+        ["a", "b", "by_c"]
+    );
 }
 
 #[test]
@@ -342,7 +366,8 @@ async fn dashboard_and_alert_queries_name_metrics_a_live_region_serves() {
     let mut c = cluster(&["eu", "us"]);
     c.start_all().await.expect("start");
     eventually(&c, "eu and us connected", WAIT, || async {
-        all_members_up(&status(&c, 0).await) && all_members_up(&status(&c, 1).await)
+        wallet::cluster::all_members_up(&status(&c, 0).await)
+            && wallet::cluster::all_members_up(&status(&c, 1).await)
     })
     .await;
     let (eu, us) = (region_api(&c, 0), region_api(&c, 1));

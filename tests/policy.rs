@@ -289,6 +289,16 @@ async fn an_edited_policy_file_is_ignored_at_restart_and_settlement_continues() 
     let p = c.get_ok(US, "/v1/policy").await.unwrap();
     assert_eq!(p["policy_file_ignored"], *ignored);
     assert_eq!(p["history"][0]["hash"], recorded_hash.as_str());
+    // The metrics say so too (what WalletdPolicyFileIgnored alerts on), on us only.
+    eventually(&c, "walletd_policy_file_ignored on us", WAIT, || async {
+        metric_of(&c, US, "walletd_policy_file_ignored").await == 1
+    })
+    .await;
+    assert_eq!(metric_of(&c, EU, "walletd_policy_file_ignored").await, 0);
+    let info = format!("walletd_policy_info{{version=\"1\",hash=\"{recorded_hash}\"}}");
+    for i in ALL {
+        assert_eq!(metric_of(&c, i, &info).await, 1, "region {i}: {info}");
+    }
     // The warning names both hashes.
     let log = c.log_tail(US);
     assert!(
