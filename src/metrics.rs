@@ -14,15 +14,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
-use wallet_core::{CompKind, RegionId, Replica};
+use prometheus_client::registry::{Metric, Registry};
+use wallet_core::{CompKind, RegionId, Replica, Report};
 use wallet_p2p::NetStats;
 
 /// `Content-Type` of `/metrics`.
@@ -35,16 +35,6 @@ pub const LATENCY_BUCKETS_S: [f64; 14] = [
 /// Group-commit batch size bucket bounds, in records.
 pub const BATCH_BUCKETS: [f64; 12] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 8192.0,
-];
-
-/// The core's replica report kinds (`wallet_core::Report::kind`), counted from 0.
-const REPORT_KINDS: [&str; 6] = [
-    "rejected",
-    "clock_skew",
-    "equivocation",
-    "policy_mismatch",
-    "overflow",
-    "unknown_member",
 ];
 
 /// Why a transaction was refused (label values).
@@ -104,6 +94,12 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// Registers `metric` and returns it (a handle to the registered one).
+fn registered<M: Metric + Clone>(reg: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    reg.register(name, help, metric.clone());
+    metric
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS_S)
 }
@@ -146,79 +142,68 @@ impl Metrics {
     /// All zero; registers walletd's metrics, build info and process metrics.
     pub fn new() -> Metrics {
         let mut reg = Registry::default();
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        reg.register(
+        let http_requests = registered(
+            &mut reg,
             "walletd_http_requests",
             "HTTP requests by route, method and status",
-            http_requests.clone(),
+            Family::<HttpLabels, Counter>::default(),
         );
-        let http_duration: Family<HttpLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(latency_histogram);
-        reg.register(
+        let http_duration: Family<HttpLabels, Histogram, fn() -> Histogram> = registered(
+            &mut reg,
             "walletd_http_request_duration_seconds",
             "HTTP request latency by route, method and status (durability wait included)",
-            http_duration.clone(),
+            Family::new_with_constructor(latency_histogram),
         );
-        let http_open = Gauge::default();
-        reg.register(
+        let http_open = registered(
+            &mut reg,
             "walletd_http_connections",
             "Open HTTP connections (both listeners)",
-            http_open.clone(),
+            Gauge::default(),
         );
-        let http_conn_refused = Counter::default();
-        reg.register(
-            "walletd_http_connections_refused",
-            "HTTP connections closed at once (http.connections_max reached)",
-            http_conn_refused.clone(),
-        );
-        let http_rate_limited = Counter::default();
-        reg.register(
-            "walletd_http_rate_limited",
-            "Requests answered 429 (per-token rate limit)",
-            http_rate_limited.clone(),
-        );
-        let accepted = Counter::default();
-        reg.register(
-            "walletd_transactions_accepted",
-            "New transactions acknowledged (durable)",
-            accepted.clone(),
-        );
-        let replayed = Counter::default();
-        reg.register(
-            "walletd_transactions_replayed",
-            "Idempotent retries answered with the original result",
-            replayed.clone(),
-        );
-        let refused = Family::<ReasonLabels, Counter>::default();
-        reg.register(
+        let [http_conn_refused, http_rate_limited, accepted, replayed] = [
+            (
+                "walletd_http_connections_refused",
+                "HTTP connections closed at once (http.connections_max reached)",
+            ),
+            (
+                "walletd_http_rate_limited",
+                "Requests answered 429 (per-token rate limit)",
+            ),
+            (
+                "walletd_transactions_accepted",
+                "New transactions acknowledged (durable)",
+            ),
+            (
+                "walletd_transactions_replayed",
+                "Idempotent retries answered with the original result",
+            ),
+        ]
+        .map(|(name, help)| registered(&mut reg, name, help, Counter::default()));
+        let refused = registered(
+            &mut reg,
             "walletd_transactions_refused",
             "Transactions refused, by reason",
-            refused.clone(),
+            Family::<ReasonLabels, Counter>::default(),
         );
-        let commit_records = Histogram::new(BATCH_BUCKETS);
-        reg.register(
+        let commit_records = registered(
+            &mut reg,
             "walletd_storage_commit_records",
             "Records per durable commit (group commit batch size)",
-            commit_records.clone(),
+            Histogram::new(BATCH_BUCKETS),
         );
-        let commit_duration = latency_histogram();
-        reg.register(
+        let commit_duration = registered(
+            &mut reg,
             "walletd_storage_commit_duration_seconds",
             "Duration of a durable commit (fsync included)",
-            commit_duration.clone(),
+            latency_histogram(),
         );
-        let compensations = Family::<KindLabels, Counter>::default();
-        reg.register(
+        let compensations = registered(
+            &mut reg,
             "walletd_compensations",
             "Compensations settled, by kind",
-            compensations.clone(),
+            Family::<KindLabels, Counter>::default(),
         );
-        let reports = Family::<KindLabels, Counter>::default();
-        reg.register(
-            "walletd_reports",
-            "Replica reports (rejections, skew, equivocation, policy mismatch, overflow, unknown member)",
-            reports.clone(),
-        );
+        let reports = registered(&mut reg, "walletd_reports", "Replica reports (rejections, skew, equivocation, policy mismatch, overflow, unknown member)", Family::<KindLabels, Counter>::default());
         // Label values known in advance start at 0: a first refusal is then an increase, and
         // alerts and dashboards find the series before anything happened.
         for r in Refusal::ALL {
@@ -231,7 +216,7 @@ impl Metrics {
         ] {
             let _ = compensations.get_or_create(&KindLabels { kind: k.as_str() });
         }
-        for kind in REPORT_KINDS {
+        for kind in Report::KINDS {
             let _ = reports.get_or_create(&KindLabels { kind });
         }
         reg.register(
@@ -560,6 +545,56 @@ fn gauge(v: u64) -> ConstGauge<i64> {
     ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
+/// How a collected sample is encoded.
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// A family's name, help and kind.
+type Desc<'a> = (&'a str, &'a str, Kind);
+
+/// A 0/1 property of a member.
+type MemberFlag = fn(&MemberSample) -> bool;
+
+fn sample(kind: Kind, n: u64, m: MetricEncoder) -> Result<(), std::fmt::Error> {
+    match kind {
+        Kind::Gauge => gauge(n).encode(m),
+        Kind::Counter => ConstCounter::new(n).encode(m),
+    }
+}
+
+fn descriptor<'s>(
+    enc: &'s mut DescriptorEncoder,
+    (name, help, kind): Desc<'s>,
+) -> Result<MetricEncoder<'s>, std::fmt::Error> {
+    let ty = match kind {
+        Kind::Gauge => MetricType::Gauge,
+        Kind::Counter => MetricType::Counter,
+    };
+    enc.encode_descriptor(name, help, None, ty)
+}
+
+/// One unlabelled sample.
+fn scalar(enc: &mut DescriptorEncoder, desc: Desc<'_>, n: u64) -> Result<(), std::fmt::Error> {
+    sample(desc.2, n, descriptor(enc, desc)?)
+}
+
+/// One family of samples with one label (`label="value"`).
+fn family<'a>(
+    enc: &mut DescriptorEncoder,
+    desc: Desc<'_>,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut f = descriptor(enc, desc)?;
+    for (value, n) in samples {
+        sample(desc.2, n, f.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
 /// Encodes the latest [`NodeSnapshot`] (nothing before the actor's first).
 #[derive(Debug)]
 struct NodeCollector(Arc<Mutex<Option<Arc<NodeSnapshot>>>>);
@@ -569,93 +604,85 @@ impl Collector for NodeCollector {
         let Some(s) = lock(&self.0).clone() else {
             return Ok(());
         };
-        {
-            let mut f = enc.encode_descriptor(
+        let peers = || s.members.iter().filter(|m| !m.is_self);
+        family(
+            &mut enc,
+            (
                 "walletd_events",
                 "Events held, by origin (the version vector)",
-                None,
-                MetricType::Gauge,
-            )?;
-            for m in &s.members {
-                gauge(m.held).encode(f.encode_family(&[("origin", m.region.as_str())])?)?;
-            }
+                Kind::Gauge,
+            ),
+            "origin",
+            s.members.iter().map(|m| (m.region.as_str(), m.held)),
+        )?;
+        let member_gauges: [(Desc<'_>, MemberFlag); 2] = [
+            (
+                (
+                    "walletd_member_connected",
+                    "Member connected over p2p (0/1)",
+                    Kind::Gauge,
+                ),
+                |m| m.connected,
+            ),
+            (
+                (
+                    "walletd_member_policy_mismatch",
+                    "Member heard with a seed policy that differs from ours (0/1)",
+                    Kind::Gauge,
+                ),
+                |m| m.policy_mismatch,
+            ),
+        ];
+        for (desc, value) in member_gauges {
+            let samples = peers().map(|m| (m.region.as_str(), u64::from(value(m))));
+            family(&mut enc, desc, "region", samples)?;
         }
-        let peers = || s.members.iter().filter(|m| !m.is_self);
-        {
-            let mut f = enc.encode_descriptor(
-                "walletd_member_connected",
-                "Member connected over p2p (0/1)",
-                None,
-                MetricType::Gauge,
-            )?;
-            for m in peers() {
-                gauge(u64::from(m.connected))
-                    .encode(f.encode_family(&[("region", m.region.as_str())])?)?;
-            }
-        }
-        {
-            let mut f = enc.encode_descriptor(
-                "walletd_member_policy_mismatch",
-                "Member heard with a seed policy that differs from ours (0/1)",
-                None,
-                MetricType::Gauge,
-            )?;
-            for m in peers() {
-                gauge(u64::from(m.policy_mismatch))
-                    .encode(f.encode_family(&[("region", m.region.as_str())])?)?;
-            }
-        }
-        {
-            let mut f = enc.encode_descriptor(
+        family(
+            &mut enc,
+            (
                 "walletd_pulls_sent",
                 "Anti-entropy pulls sent, by member",
-                None,
-                MetricType::Counter,
-            )?;
-            for m in peers() {
-                ConstCounter::new(m.pulls_sent)
-                    .encode(f.encode_family(&[("member", m.region.as_str())])?)?;
-            }
-        }
-        {
-            let mut f = enc.encode_descriptor(
+                Kind::Counter,
+            ),
+            "member",
+            peers().map(|m| (m.region.as_str(), m.pulls_sent)),
+        )?;
+        family(
+            &mut enc,
+            (
                 "walletd_pull_scheduler",
                 "The core's anti-entropy scheduler, by event (wallet_core PullStats)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (event, n) in s.pull_scheduler {
-                ConstCounter::new(n).encode(f.encode_family(&[("event", event)])?)?;
-            }
-        }
+                Kind::Counter,
+            ),
+            "event",
+            s.pull_scheduler,
+        )?;
         for (name, help, v) in s.gauges {
-            gauge(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+            scalar(&mut enc, (name, help, Kind::Gauge), v)?;
         }
         for (name, help, v) in s.counters {
-            ConstCounter::new(v).encode(enc.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
+            scalar(&mut enc, (name, help, Kind::Counter), v)?;
         }
-        for (name, help, values) in [
+        family(
+            &mut enc,
             (
                 "walletd_replication_bytes",
                 "Replication bytes, by direction",
-                s.replication_bytes,
+                Kind::Counter,
             ),
+            "direction",
+            s.replication_bytes,
+        )?;
+        family(
+            &mut enc,
             (
                 "walletd_replication_messages",
                 "Replication messages, by direction",
-                s.replication_messages,
+                Kind::Counter,
             ),
-        ] {
-            let mut f = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (direction, n) in values {
-                ConstCounter::new(n).encode(f.encode_family(&[("direction", direction)])?)?;
-            }
-        }
+            "direction",
+            s.replication_messages,
+        )?;
         let version = s.policy_version.to_string();
         Info::new([
             ("version", version.as_str()),
@@ -691,53 +718,22 @@ mod tests {
         m.observe_commit(3, Duration::from_micros(1_500));
         m.observe_commit(100_000, Duration::from_secs(9));
         let s = m.encode().unwrap();
-        let b = "walletd_storage_commit_records_bucket";
-        assert_eq!(
-            sample(&s, &format!("{b}{{le=\"1.0\"}}")).as_deref(),
-            Some("1"),
-            "{s}"
-        );
-        assert_eq!(
-            sample(&s, &format!("{b}{{le=\"4.0\"}}")).as_deref(),
-            Some("2"),
-            "{s}"
-        );
-        assert_eq!(
-            sample(&s, &format!("{b}{{le=\"+Inf\"}}")).as_deref(),
-            Some("3"),
-            "{s}"
-        );
-        assert_eq!(
-            sample(&s, "walletd_storage_commit_records_sum").as_deref(),
-            Some("100004.0"),
-            "{s}"
-        );
-        let d = "walletd_storage_commit_duration_seconds_bucket";
-        assert_eq!(
-            sample(&s, &format!("{d}{{le=\"0.0001\"}}")).as_deref(),
-            Some("0"),
-            "{s}"
-        );
-        assert_eq!(
-            sample(&s, &format!("{d}{{le=\"0.00025\"}}")).as_deref(),
-            Some("1"),
-            "{s}"
-        );
-        assert_eq!(
-            sample(&s, &format!("{d}{{le=\"0.002\"}}")).as_deref(),
-            Some("2"),
-            "{s}"
-        );
-        assert_eq!(
-            sample(&s, &format!("{d}{{le=\"5.0\"}}")).as_deref(),
-            Some("2"),
-            "{s}"
-        );
-        assert_eq!(
-            sample(&s, &format!("{d}{{le=\"+Inf\"}}")).as_deref(),
-            Some("3"),
-            "{s}"
-        );
+        let b = "walletd_storage_commit_records";
+        let d = "walletd_storage_commit_duration_seconds";
+        for (name, want) in [
+            (format!("{b}_bucket{{le=\"1.0\"}}"), "1"),
+            (format!("{b}_bucket{{le=\"4.0\"}}"), "2"),
+            (format!("{b}_bucket{{le=\"+Inf\"}}"), "3"),
+            (format!("{b}_sum"), "100004.0"),
+            (format!("{d}_bucket{{le=\"0.0001\"}}"), "0"),
+            (format!("{d}_bucket{{le=\"0.00025\"}}"), "1"),
+            (format!("{d}_bucket{{le=\"0.002\"}}"), "2"),
+            (format!("{d}_bucket{{le=\"5.0\"}}"), "2"),
+            (format!("{d}_bucket{{le=\"+Inf\"}}"), "3"),
+            (format!("{d}_count"), "3"),
+        ] {
+            assert_eq!(sample(&s, &name).as_deref(), Some(want), "{name}:\n{s}");
+        }
         assert!(s.ends_with("# EOF\n"), "{s}");
     }
 

@@ -403,7 +403,8 @@ async fn dashboard_and_alert_queries_name_metrics_a_live_region_serves() {
         let missing: Vec<String> = wanted
             .iter()
             .filter(|(n, from, _)| {
-                !present.contains(n) && !(*from == "alerts.yml" && SYNTHETIC.contains(&n.as_str()))
+                let synthetic = *from == "alerts.yml" && SYNTHETIC.contains(&n.as_str());
+                !present.contains(n) && !synthetic
             })
             .map(|(n, from, e)| format!("{n} ({from}: {e})"))
             .collect();
