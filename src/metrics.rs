@@ -738,6 +738,52 @@ mod tests {
     }
 
     #[test]
+    fn a_scrape_never_sees_a_histogram_half_updated() {
+        // Writers observe 1 ms commits of 2 records while scrapes run: in every scrape the
+        // +Inf bucket equals the count, and the sums are exactly count x value (the former
+        // hand-written histograms updated buckets, count and sum one after the other).
+        let m = Arc::new(Metrics::new());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let (m, stop) = (m.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        m.observe_commit(2, Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        let num = |s: &str, name: &str| -> f64 {
+            sample(s, name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing:\n{s}"))
+        };
+        let mut seen = 0.0;
+        for _ in 0..300 {
+            let s = m.encode().unwrap();
+            for (h, value) in [
+                ("walletd_storage_commit_records", 2.0),
+                ("walletd_storage_commit_duration_seconds", 0.001),
+            ] {
+                let count = num(&s, &format!("{h}_count"));
+                assert_eq!(num(&s, &format!("{h}_bucket{{le=\"+Inf\"}}")), count, "{h}");
+                let sum = num(&s, &format!("{h}_sum"));
+                assert!(
+                    (sum - count * value).abs() <= 1e-9 * count.max(1.0),
+                    "{h}: {sum} vs {count}"
+                );
+                seen = f64::max(seen, count);
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(seen > 0.0, "no observation was scraped");
+    }
+
+    #[test]
     fn http_and_transaction_counters_keep_their_names() {
         let m = Metrics::new();
         m.observe_http("/v1/x", "POST", 201, Duration::from_millis(3));
