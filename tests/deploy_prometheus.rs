@@ -413,6 +413,44 @@ async fn dashboard_and_alert_queries_name_metrics_a_live_region_serves() {
             "region {i}: names queried but not in /metrics:\n{}\n--- /metrics ---\n{text}",
             missing.join("\n")
         );
+        // The transport's figures move: both regions sent and received a deposit.
+        let total = |prefix: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        };
+        for (name, at_least) in [
+            (
+                "walletd_p2p_requests_total{direction=\"outbound\",outcome=\"acknowledged\"}",
+                1,
+            ),
+            (
+                "walletd_p2p_requests_total{direction=\"inbound\",outcome=\"received\"}",
+                1,
+            ),
+            ("walletd_p2p_batch_duration_seconds_count", 1),
+            ("libp2p_swarm_connections_established_total{", 1),
+            ("libp2p_bandwidth_bytes_total{", 1_000),
+            (
+                "walletd_transactions_refused_total{reason=\"insufficient_funds\"}",
+                i,
+            ),
+            ("process_resident_memory_bytes", 1_000_000),
+        ] {
+            let n = total(name);
+            assert!(
+                n >= at_least as u64,
+                "region {i}: {name} = {n}, want >= {at_least}"
+            );
+        }
+        assert!(
+            text.contains(&format!(
+                "walletd_build_info{{version=\"{}\",commit=\"",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
         println!(
             "region {i}: {} metric names queried by the dashboard and the alerts, all among the {} in /metrics",
             wanted.iter().map(|w| &w.0).collect::<BTreeSet<_>>().len(),
