@@ -372,3 +372,80 @@ fn every_operation_has_bearer_auth_and_the_middleware_answers() {
     }
     assert_eq!(n, 15, "operations");
 }
+
+/// The check the integration tests run on every answer refuses what it must.
+#[test]
+fn the_contract_check_refuses_what_the_document_does_not_allow() {
+    let c = contract();
+    let json = Some("application/json");
+    let ok = |r: Result<(), String>| r.expect("allowed");
+    let bad = |r: Result<(), String>, what: &str| {
+        let e = r.expect_err(what);
+        assert!(!e.is_empty(), "{what}");
+    };
+    let balances = r#"{"account":"a","balances":[{"currency":"USD","provisional":"-5.00","settled":"0.00"}]}"#;
+    ok(c.check("GET", "/v1/accounts/a/balances", None, "", 200, json, balances));
+    bad(
+        c.check("GET", "/v1/accounts/a/balances", None, "", 418, json, balances),
+        "an undocumented status",
+    );
+    bad(
+        c.check("GET", "/v1/accounts/a/balances", None, "", 200, Some("text/plain"), balances),
+        "an undocumented content type",
+    );
+    bad(
+        c.check(
+            "GET",
+            "/v1/accounts/a/balances",
+            None,
+            "",
+            200,
+            json,
+            r#"{"account":"a","balances":[{"currency":"USD","provisional":-5,"settled":"0.00"}]}"#,
+        ),
+        "an amount as a number",
+    );
+    bad(
+        c.check(
+            "GET",
+            "/v1/accounts/a/balances",
+            None,
+            "",
+            200,
+            json,
+            r#"{"account":"a","balances":[],"extra":1}"#,
+        ),
+        "an undocumented field",
+    );
+    let error = r#"{"error":{"code":"not_found","message":"no route"}}"#;
+    ok(c.check("GET", "/v1/nope", None, "", 404, json, error));
+    bad(c.check("GET", "/v1/nope", None, "", 200, json, error), "an undocumented path answered 200");
+    ok(c.check("PUT", "/v1/status", None, "", 405, json, r#"{"error":{"code":"method_not_allowed","message":"m"}}"#));
+    bad(
+        c.check("GET", "/v1/status", None, "", 500, json, error),
+        "a 500",
+    );
+    bad(
+        c.check("GET", "/v1/status", None, "", 404, json, r#"{"error":{"code":"no_such_code","message":"m"}}"#),
+        "an unknown error code",
+    );
+    let created = r#"{"id":"eu:1","account":"a","type":"deposit","amount":"100.00","currency":"USD","hlc":"1795652809994.00000","balance":{"provisional":"100.00","settled":"0.00"}}"#;
+    let path = "/v1/accounts/a/transactions";
+    ok(c.check("POST", path, json, r#"{"type":"deposit","amount":"100","currency":"USD"}"#, 201, json, created));
+    bad(
+        c.check("POST", path, json, r#"{"type":"deposit","amount":100,"currency":"USD"}"#, 201, json, created),
+        "the server accepted a body the document refuses",
+    );
+    bad(
+        c.check(
+            "POST",
+            path,
+            json,
+            r#"{"type":"deposit","amount":"100","currency":"USD"}"#,
+            400,
+            json,
+            r#"{"error":{"code":"invalid_amount","message":"m"}}"#,
+        ),
+        "the server refused a body the document allows",
+    );
+}

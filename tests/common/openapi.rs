@@ -42,7 +42,6 @@ const BODY_ERRORS: &[(&str, &str, &[&str])] = &[
 /// The document and compiled validators (by JSON pointer), shared across threads.
 pub struct Contract {
     doc: Value,
-    root: Arc<Value>,
     validators: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
 }
 
@@ -53,17 +52,8 @@ fn escape(token: &str) -> String {
 impl Contract {
     /// From the document.
     pub fn new(doc: Value) -> Contract {
-        // The document itself is the root resource, so `#/components/schemas/X` resolves.
-        let mut root = doc.clone();
-        if let Value::Object(m) = &mut root {
-            m.insert(
-                "$schema".into(),
-                Value::String("https://json-schema.org/draft/2020-12/schema".into()),
-            );
-        }
         Contract {
             doc,
-            root: Arc::new(root),
             validators: Mutex::new(HashMap::new()),
         }
     }
@@ -81,13 +71,18 @@ impl Contract {
         if let Some(v) = cache.get(pointer) {
             return Ok(v.clone());
         }
-        if self.doc.pointer(pointer).is_none() {
+        let Some(Value::Object(at)) = self.doc.pointer(pointer) else {
             return Err(format!("no schema at {pointer}"));
-        }
-        let mut schema = (*self.root).clone();
-        if let Value::Object(m) = &mut schema {
-            m.insert("$ref".into(), Value::String(format!("#{pointer}")));
-        }
+        };
+        // The schema itself at the root, beside the document's components, so that its
+        // `#/components/schemas/X` references resolve.
+        let mut schema = at.clone();
+        schema.insert(
+            "$schema".into(),
+            Value::String("https://json-schema.org/draft/2020-12/schema".into()),
+        );
+        schema.insert("components".into(), self.doc["components"].clone());
+        let schema = Value::Object(schema);
         let v = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
             .build(&schema)
