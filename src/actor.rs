@@ -405,10 +405,7 @@ impl Actor {
         };
         if let Ok(eid) = EventId::parse(id) {
             return match self.replica.event(eid) {
-                Some(e) => Reply::json(
-                    200,
-                    render::event_json(e, self.replica.status(eid), true),
-                ),
+                Some(e) => Reply::json(200, render::event_json(e, self.replica.status(eid), true)),
                 None => not_found(),
             };
         }

@@ -12,8 +12,8 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wallet_core::RegionId;
@@ -383,9 +383,7 @@ impl Client {
         body: &str,
         rb: reqwest::RequestBuilder,
     ) -> Result<Answer, ClusterError> {
-        let (status, headers, text) = self
-            .exchange(method, path, content_type, body, rb)
-            .await?;
+        let (status, headers, text) = self.exchange(method, path, content_type, body, rb).await?;
         let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok(Answer {
             status,

@@ -236,7 +236,9 @@ impl PartialSchema for TransactionRequest {
                      the same as leaving it out",
                 ));
             let object = ObjectBuilder::new()
-                .title(Some(format!("TransactionRequest (currencies with {m} minor units)")))
+                .title(Some(format!(
+                    "TransactionRequest (currencies with {m} minor units)"
+                )))
                 .schema_type(Type::Object)
                 .property("type", kind)
                 .required("type")
@@ -245,7 +247,9 @@ impl PartialSchema for TransactionRequest {
                 .property("currency", currency_enum(Some(m)))
                 .required("currency")
                 .property("reference", reference)
-                .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false)));
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ));
             one_of = one_of.item(object);
         }
         one_of
@@ -437,7 +441,11 @@ fn error_answer(description: &str, retry_after: bool) -> RefOr<utoipa::openapi::
         b = b.header(
             "Retry-After",
             HeaderBuilder::new()
-                .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+                .schema(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1)),
+                )
                 .description(Some("Seconds to wait before retrying"))
                 .build(),
         );
@@ -469,7 +477,12 @@ pub fn add_middleware_answers(doc: &mut OpenApi) {
                 false,
             );
             if admin {
-                add_answer(op, "403", "`forbidden`: this route needs an admin token", false);
+                add_answer(
+                    op,
+                    "403",
+                    "`forbidden`: this route needs an admin token",
+                    false,
+                );
             }
             if method == HttpMethod::Post {
                 add_answer(
@@ -512,9 +525,7 @@ pub fn add_middleware_answers(doc: &mut OpenApi) {
 }
 
 /// The operations of a path item with their methods.
-pub fn operations_mut(
-    item: &mut utoipa::openapi::PathItem,
-) -> Vec<(HttpMethod, &mut Operation)> {
+pub fn operations_mut(item: &mut utoipa::openapi::PathItem) -> Vec<(HttpMethod, &mut Operation)> {
     let mut out = Vec::new();
     for (m, op) in [
         (HttpMethod::Get, &mut item.get),

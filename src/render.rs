@@ -16,9 +16,9 @@ use wallet_core::{
 };
 
 use crate::openapi::{
-    AccountId as AccountIdText, Amount, CompensationId, CurrencyCode, Cursor, EventId as EventIdText,
-    Hlc as HlcText, PolicyDocument, RegionId as RegionIdText, Sha256Hex, SignatureHex,
-    SignedAmount,
+    AccountId as AccountIdText, Amount, CompensationId, CurrencyCode, Cursor,
+    EventId as EventIdText, Hlc as HlcText, PolicyDocument, RegionId as RegionIdText, Sha256Hex,
+    SignatureHex, SignedAmount,
 };
 
 fn to_json<T: Serialize>(v: &T) -> String {

@@ -319,6 +319,7 @@ async fn endpoints_and_error_codes() {
         "limit=0",
         "limit=1001",
         "limit=x",
+        "limit=+5",
         "after=zz",
         "after=00",
         "bogus=1",

@@ -57,12 +57,16 @@ fn refs(v: &Value, out: &mut Vec<String>) {
 #[test]
 fn every_reference_resolves_and_every_schema_compiles() {
     let doc = doc_value();
-    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")));
+    assert!(doc["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.1")));
     let mut all = Vec::new();
     refs(&doc, &mut all);
     assert!(all.len() > 20, "{all:?}");
     for r in &all {
-        let p = r.strip_prefix('#').unwrap_or_else(|| panic!("external ref {r}"));
+        let p = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("external ref {r}"));
         assert!(doc.pointer(p).is_some(), "unresolved {r}");
     }
     let c = contract();
@@ -132,7 +136,8 @@ fn amounts_are_decimal_strings() {
         assert!(s["pattern"].is_string(), "{name}");
     }
     let c = contract();
-    c.validate_schema("Amount", &json!("100.00")).expect("string");
+    c.validate_schema("Amount", &json!("100.00"))
+        .expect("string");
     assert!(c.validate_schema("Amount", &json!(100)).is_err());
     assert!(c.validate_schema("SignedAmount", &json!("-5.00")).is_ok());
     assert!(c.validate_schema("Amount", &json!("-5.00")).is_err());
@@ -202,7 +207,15 @@ fn transaction_schema_accepts_what_the_server_accepts() {
     ] {
         bodies.push(tx("deposit", amount, currency));
     }
-    for kind in ["deposit", "purchase", "withdrawal", "refund", "gift", "Deposit", ""] {
+    for kind in [
+        "deposit",
+        "purchase",
+        "withdrawal",
+        "refund",
+        "gift",
+        "Deposit",
+        "",
+    ] {
         bodies.push(tx(kind, "1", "USD"));
     }
     let long = "r".repeat(255);
@@ -247,12 +260,24 @@ fn transaction_schema_accepts_what_the_server_accepts() {
         d.is_empty(),
         "(body, schema accepts, server accepts): {d:#?}"
     );
+    // The one known gap: `reference` is limited in bytes, `maxLength` counts characters.
+    let wide = format!(
+        r#"{{"type":"deposit","amount":"1","currency":"USD","reference":"{}"}}"#,
+        "é".repeat(200)
+    );
+    let v: Value = serde_json::from_str(&wide).expect("json");
+    assert!(c.validate_schema("TransactionRequest", &v).is_ok());
+    assert!(crate::http::parse_tx_body(wide.as_bytes()).is_err());
     // And the schema is not trivially permissive or strict.
     let ok = bodies
         .iter()
         .filter(|b| crate::http::parse_tx_body(b.as_bytes()).is_ok())
         .count();
-    assert!(ok >= 15 && ok < bodies.len() - 20, "{ok} of {}", bodies.len());
+    assert!(
+        ok >= 15 && ok < bodies.len() - 20,
+        "{ok} of {}",
+        bodies.len()
+    );
 }
 
 #[test]
@@ -299,7 +324,8 @@ fn json_headers() -> HeaderMap {
 
 #[test]
 fn policy_schema_accepts_what_the_server_accepts() {
-    let full = crate::render::policy_json(&wallet_core::Policy::from_toml("[default]\n").expect("policy"));
+    let full =
+        crate::render::policy_json(&wallet_core::Policy::from_toml("[default]\n").expect("policy"));
     let mut bodies: Vec<String> = vec![full.to_string()];
     for raw in [
         r#"{"default":{}}"#,
@@ -346,9 +372,11 @@ fn policy_schema_accepts_what_the_server_accepts() {
         r#"{"default":{"overdraft_line":"100","action":"fee"}}"#,
     ] {
         let v: Value = serde_json::from_str(semantic).expect("json");
-        assert!(c.validate_schema("PolicyDocument", &v).is_ok(), "{semantic}");
-        let e = crate::http::parse_policy_body(&headers, semantic.as_bytes())
-            .expect_err(semantic);
+        assert!(
+            c.validate_schema("PolicyDocument", &v).is_ok(),
+            "{semantic}"
+        );
+        let e = crate::http::parse_policy_body(&headers, semantic.as_bytes()).expect_err(semantic);
         assert_eq!(e.code, "invalid_policy", "{semantic}");
     }
 }
@@ -365,9 +393,17 @@ fn every_operation_has_bearer_auth_and_the_middleware_answers() {
             let v1 = path.starts_with("/v1/") && path != V1_PATH;
             assert_eq!(op.security.is_some(), v1, "{path}");
             for c in ["401", "429", "503"] {
-                assert_eq!(codes.contains(&c), v1 || (c == "503" && path == "/readyz"), "{path} {c}");
+                assert_eq!(
+                    codes.contains(&c),
+                    v1 || (c == "503" && path == "/readyz"),
+                    "{path} {c}"
+                );
             }
-            assert_eq!(codes.contains(&"403"), path.starts_with("/v1/admin/"), "{path}");
+            assert_eq!(
+                codes.contains(&"403"),
+                path.starts_with("/v1/admin/"),
+                "{path}"
+            );
         }
     }
     assert_eq!(n, 15, "operations");
@@ -383,14 +419,39 @@ fn the_contract_check_refuses_what_the_document_does_not_allow() {
         let e = r.expect_err(what);
         assert!(!e.is_empty(), "{what}");
     };
-    let balances = r#"{"account":"a","balances":[{"currency":"USD","provisional":"-5.00","settled":"0.00"}]}"#;
-    ok(c.check("GET", "/v1/accounts/a/balances", None, "", 200, json, balances));
+    let balances =
+        r#"{"account":"a","balances":[{"currency":"USD","provisional":"-5.00","settled":"0.00"}]}"#;
+    ok(c.check(
+        "GET",
+        "/v1/accounts/a/balances",
+        None,
+        "",
+        200,
+        json,
+        balances,
+    ));
     bad(
-        c.check("GET", "/v1/accounts/a/balances", None, "", 418, json, balances),
+        c.check(
+            "GET",
+            "/v1/accounts/a/balances",
+            None,
+            "",
+            418,
+            json,
+            balances,
+        ),
         "an undocumented status",
     );
     bad(
-        c.check("GET", "/v1/accounts/a/balances", None, "", 200, Some("text/plain"), balances),
+        c.check(
+            "GET",
+            "/v1/accounts/a/balances",
+            None,
+            "",
+            200,
+            Some("text/plain"),
+            balances,
+        ),
         "an undocumented content type",
     );
     bad(
@@ -417,23 +478,94 @@ fn the_contract_check_refuses_what_the_document_does_not_allow() {
         ),
         "an undocumented field",
     );
+    let page = r#"{"account":"a","transactions":[],"next":null}"#;
+    let list = "/v1/accounts/a/transactions";
+    ok(c.check(
+        "GET",
+        &format!("{list}?limit=5&after="),
+        None,
+        "",
+        200,
+        json,
+        page,
+    ));
+    for q in [
+        "limit=0",
+        "limit=1001",
+        "limit=+5",
+        "limit=x",
+        "x=1",
+        "after=zz",
+    ] {
+        bad(
+            c.check("GET", &format!("{list}?{q}"), None, "", 200, json, page),
+            &format!("answered a query the document refuses: {q}"),
+        );
+    }
+    bad(
+        c.check(
+            "GET",
+            &format!("{list}?limit=5"),
+            None,
+            "",
+            400,
+            json,
+            r#"{"error":{"code":"invalid_limit","message":"m"}}"#,
+        ),
+        "refused a query the document allows",
+    );
     let error = r#"{"error":{"code":"not_found","message":"no route"}}"#;
     ok(c.check("GET", "/v1/nope", None, "", 404, json, error));
-    bad(c.check("GET", "/v1/nope", None, "", 200, json, error), "an undocumented path answered 200");
-    ok(c.check("PUT", "/v1/status", None, "", 405, json, r#"{"error":{"code":"method_not_allowed","message":"m"}}"#));
+    bad(
+        c.check("GET", "/v1/nope", None, "", 200, json, error),
+        "an undocumented path answered 200",
+    );
+    ok(c.check(
+        "PUT",
+        "/v1/status",
+        None,
+        "",
+        405,
+        json,
+        r#"{"error":{"code":"method_not_allowed","message":"m"}}"#,
+    ));
     bad(
         c.check("GET", "/v1/status", None, "", 500, json, error),
         "a 500",
     );
     bad(
-        c.check("GET", "/v1/status", None, "", 404, json, r#"{"error":{"code":"no_such_code","message":"m"}}"#),
+        c.check(
+            "GET",
+            "/v1/status",
+            None,
+            "",
+            404,
+            json,
+            r#"{"error":{"code":"no_such_code","message":"m"}}"#,
+        ),
         "an unknown error code",
     );
     let created = r#"{"id":"eu:1","account":"a","type":"deposit","amount":"100.00","currency":"USD","hlc":"1795652809994.00000","balance":{"provisional":"100.00","settled":"0.00"}}"#;
     let path = "/v1/accounts/a/transactions";
-    ok(c.check("POST", path, json, r#"{"type":"deposit","amount":"100","currency":"USD"}"#, 201, json, created));
+    ok(c.check(
+        "POST",
+        path,
+        json,
+        r#"{"type":"deposit","amount":"100","currency":"USD"}"#,
+        201,
+        json,
+        created,
+    ));
     bad(
-        c.check("POST", path, json, r#"{"type":"deposit","amount":100,"currency":"USD"}"#, 201, json, created),
+        c.check(
+            "POST",
+            path,
+            json,
+            r#"{"type":"deposit","amount":100,"currency":"USD"}"#,
+            201,
+            json,
+            created,
+        ),
         "the server accepted a body the document refuses",
     );
     bad(

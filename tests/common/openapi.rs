@@ -36,7 +36,11 @@ const BODY_ERRORS: &[(&str, &str, &[&str])] = &[
             "invalid_reference",
         ],
     ),
-    ("post", "/v1/admin/faults", &["invalid_json", "invalid_region"]),
+    (
+        "post",
+        "/v1/admin/faults",
+        &["invalid_json", "invalid_region"],
+    ),
 ];
 
 /// The document and compiled validators (by JSON pointer), shared across threads.
@@ -190,7 +194,9 @@ impl Contract {
         match resp.get("content").and_then(Value::as_object) {
             None => {
                 if !answer.is_empty() {
-                    return Err(format!("{method} {t} {status}: documented without a body, got {answer}"));
+                    return Err(format!(
+                        "{method} {t} {status}: documented without a body, got {answer}"
+                    ));
                 }
             }
             Some(content) => {
@@ -211,12 +217,81 @@ impl Contract {
                         "{op_ptr}/responses/{code}/content/{}/schema",
                         escape(&media)
                     );
-                    self.validate_at(&ptr, &v)
-                        .map_err(|e| format!("{method} {t} {status}: body {v} does not match: {e}"))?;
+                    self.validate_at(&ptr, &v).map_err(|e| {
+                        format!("{method} {t} {status}: body {v} does not match: {e}")
+                    })?;
                 }
             }
         }
+        self.check_query(&m, &t, op, path, status, answer)?;
         self.check_request(&m, &t, &op_ptr, content_type, body, status, answer)
+    }
+
+    /// The query parameters against the operation's: an answered (2xx) query has only
+    /// documented parameters with valid values; a refused one (`invalid_limit`,
+    /// `invalid_query`) does not.
+    fn check_query(
+        &self,
+        m: &str,
+        t: &str,
+        op: &Value,
+        path: &str,
+        status: u16,
+        answer: &str,
+    ) -> Result<(), String> {
+        let Some((_, query)) = path.split_once('?') else {
+            return Ok(());
+        };
+        let params: Vec<&Value> = op["parameters"]
+            .as_array()
+            .map(|l| l.iter().filter(|p| p["in"] == "query").collect())
+            .unwrap_or_default();
+        let mut problems = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let Some(p) = params.iter().find(|p| p["name"] == k) else {
+                problems.push(format!("undocumented query parameter {k:?}"));
+                continue;
+            };
+            let schema = &p["schema"];
+            let value = if schema["type"] == "integer" {
+                match v.parse::<i64>() {
+                    Ok(n) if v.bytes().all(|b| b.is_ascii_digit()) => Value::from(n),
+                    _ => {
+                        problems.push(format!("{k}={v:?} is not an integer"));
+                        continue;
+                    }
+                }
+            } else {
+                Value::String(v.to_string())
+            };
+            let v = jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .build(schema)
+                .map_err(|e| format!("the schema of {k} does not compile: {e}"))?;
+            if let Err(e) = v.validate(&value) {
+                problems.push(format!("{k}={value}: {e}"));
+            }
+        }
+        if (200..300).contains(&status) && !problems.is_empty() {
+            return Err(format!(
+                "{m} {t}: the server answered {status} to a query the document refuses: {}",
+                problems.join("; ")
+            ));
+        }
+        let code = serde_json::from_str::<Value>(answer)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        if status == 400
+            && problems.is_empty()
+            && ["invalid_limit", "invalid_query"].contains(&code.as_str())
+        {
+            return Err(format!(
+                "{m} {t}: the document allows a query the server refused ({code}): {query}"
+            ));
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
