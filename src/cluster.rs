@@ -133,7 +133,10 @@ pub struct Exchange<'a> {
 /// A check every request of a cluster's clients goes through (see
 /// [`ClusterOptions::check`]); its error fails the request with [`ClusterError::Contract`].
 #[derive(Clone)]
-pub struct AnswerCheck(pub Arc<dyn Fn(&Exchange<'_>) -> Result<(), String> + Send + Sync>);
+pub struct AnswerCheck(pub Arc<CheckFn>);
+
+/// The function of an [`AnswerCheck`]: `Err` says what does not match.
+pub type CheckFn = dyn Fn(&Exchange<'_>) -> Result<(), String> + Send + Sync;
 
 impl std::fmt::Debug for AnswerCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -432,7 +432,8 @@ pub enum EvidenceView {
         /// The signed promise.
         heartbeat: HeartbeatView,
         /// The event that breaks it.
-        event: SignedEventView,
+        #[schema(value_type = SignedEventView)]
+        event: Box<SignedEventView>,
     },
 }
 
@@ -470,7 +471,7 @@ pub fn evidence_view(ev: &Evidence) -> EvidenceView {
                 seq: heartbeat.hb.seq,
                 signature: hex::encode(&heartbeat.sig),
             },
-            event: signed_event(event),
+            event: Box::new(signed_event(event)),
         },
     }
 }
