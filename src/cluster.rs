@@ -378,27 +378,21 @@ impl Client {
         Ok((status, headers, text))
     }
 
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: Option<&str>,
-        body: &str,
-        rb: reqwest::RequestBuilder,
-    ) -> Result<Answer, ClusterError> {
-        let (status, headers, text) = self.exchange(method, path, content_type, body, rb).await?;
+    fn answer((status, headers, text): (u16, reqwest::header::HeaderMap, String)) -> Answer {
         let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(Answer {
+        Answer {
             status,
             json,
             headers,
-        })
+        }
     }
 
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Result<Answer, ClusterError> {
         let rb = self.authed(self.http.get(format!("{}{path}", self.url)));
-        self.send("GET", path, None, "", rb).await
+        self.exchange("GET", path, None, "", rb)
+            .await
+            .map(Client::answer)
     }
 
     /// `GET path`: status and the body exactly as sent (for byte comparisons and text).
@@ -422,8 +416,9 @@ impl Client {
         if let Some(k) = key {
             rb = rb.header("Idempotency-Key", k);
         }
-        self.send("POST", path, Some("application/json"), body, rb)
+        self.exchange("POST", path, Some("application/json"), body, rb)
             .await
+            .map(Client::answer)
     }
 
     /// `POST path` with `body` sent as is with this `Content-Type` (none if empty): e.g. a
@@ -441,7 +436,9 @@ impl Client {
         if let Some(ct) = ct {
             rb = rb.header("content-type", ct);
         }
-        self.send("POST", path, ct, body, rb).await
+        self.exchange("POST", path, ct, body, rb)
+            .await
+            .map(Client::answer)
     }
 
     /// Submits a transaction.

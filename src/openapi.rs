@@ -160,6 +160,16 @@ pub fn known_currencies() -> &'static [(String, u32)] {
     })
 }
 
+/// An object that takes no other property than those it lists.
+fn closed_object(title: String) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .title(Some(title))
+        .schema_type(Type::Object)
+        .additional_properties(Some(
+            utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+        ))
+}
+
 fn currency_enum(minor_units: Option<u32>) -> ObjectBuilder {
     let codes = known_currencies()
         .iter()
@@ -235,21 +245,16 @@ impl PartialSchema for TransactionRequest {
                     "Free text, at most 255 bytes of UTF-8, no control characters; null is \
                      the same as leaving it out",
                 ));
-            let object = ObjectBuilder::new()
-                .title(Some(format!(
-                    "TransactionRequest (currencies with {m} minor units)"
-                )))
-                .schema_type(Type::Object)
-                .property("type", kind)
-                .required("type")
-                .property("amount", amount)
-                .required("amount")
-                .property("currency", currency_enum(Some(m)))
-                .required("currency")
-                .property("reference", reference)
-                .additional_properties(Some(
-                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
-                ));
+            let object = closed_object(format!(
+                "TransactionRequest (currencies with {m} minor units)"
+            ))
+            .property("type", kind)
+            .required("type")
+            .property("amount", amount)
+            .required("amount")
+            .property("currency", currency_enum(Some(m)))
+            .required("currency")
+            .property("reference", reference);
             one_of = one_of.item(object);
         }
         one_of
@@ -265,9 +270,7 @@ impl ToSchema for TransactionRequest {}
 pub struct FaultsRequest;
 impl PartialSchema for FaultsRequest {
     fn schema() -> RefOr<Schema> {
-        let isolate = ObjectBuilder::new()
-            .title(Some("isolate"))
-            .schema_type(Type::Object)
+        let isolate = closed_object("isolate".into())
             .property(
                 "isolate",
                 ArrayBuilder::new()
@@ -276,13 +279,8 @@ impl PartialSchema for FaultsRequest {
                         "Regions to cut replication off with (this region itself: all)",
                     )),
             )
-            .required("isolate")
-            .additional_properties(Some(
-                utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
-            ));
-        let heal = ObjectBuilder::new()
-            .title(Some("heal"))
-            .schema_type(Type::Object)
+            .required("isolate");
+        let heal = closed_object("heal".into())
             .property(
                 "heal",
                 ObjectBuilder::new()
@@ -290,10 +288,7 @@ impl PartialSchema for FaultsRequest {
                     .enum_values(Some([true]))
                     .description(Some("Restores every connection")),
             )
-            .required("heal")
-            .additional_properties(Some(
-                utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
-            ));
+            .required("heal");
         OneOfBuilder::new()
             .item(isolate)
             .item(heal)

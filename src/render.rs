@@ -225,90 +225,91 @@ fn tx_status(s: Status) -> TxStatus {
     }
 }
 
-/// An event (a client transaction or a policy change) in an account's history or by id.
-#[derive(Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EventView {
-    /// `<origin region>:<seq>`.
-    #[schema(value_type = EventIdText)]
-    pub id: String,
-    /// The account (by id; not in an account's own history). No account for a policy event.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<AccountIdText>, nullable = false)]
-    pub account: Option<String>,
-    /// The type.
-    #[serde(rename = "type")]
-    pub kind: EventType,
-    /// The amount (client transactions only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Amount>, nullable = false)]
-    pub amount: Option<String>,
-    /// The currency (client transactions only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<CurrencyCode>, nullable = false)]
-    pub currency: Option<String>,
-    /// As submitted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub reference: Option<String>,
-    /// As submitted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub idempotency_key: Option<String>,
-    /// The event's HLC: its place in the total order.
-    #[schema(value_type = HlcText)]
-    pub hlc: String,
-    /// In the settled prefix.
-    pub settled: bool,
-    /// `provisional`, `settled`, or `reversed`.
-    pub status: TxStatus,
-    /// On a reversed event: the reversal's id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<CompensationId>, nullable = false)]
-    pub reversed_by: Option<String>,
-    /// On a settled event that caused a fee: the fee's id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<CompensationId>, nullable = false)]
-    pub compensation: Option<String>,
+/// A view of an event: the fields that do not depend on this region's view of it, then
+/// `$extra`; and `$name::new(fields, extra..)`. Two closed schemas (no other property), which
+/// JSON Schema composition (`allOf`) could not keep closed.
+macro_rules! event_view {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Serialize, ToSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// `<origin region>:<seq>`.
+            #[schema(value_type = EventIdText)]
+            pub id: String,
+            /// The account (not in an account's own history; none for a policy event).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(value_type = Option<AccountIdText>, nullable = false)]
+            pub account: Option<String>,
+            /// The type.
+            #[serde(rename = "type")]
+            pub kind: EventType,
+            /// The amount (client transactions only).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(value_type = Option<Amount>, nullable = false)]
+            pub amount: Option<String>,
+            /// The currency (client transactions only).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(value_type = Option<CurrencyCode>, nullable = false)]
+            pub currency: Option<String>,
+            /// As submitted.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(nullable = false)]
+            pub reference: Option<String>,
+            /// As submitted.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(nullable = false)]
+            pub idempotency_key: Option<String>,
+            /// The event's HLC: its place in the total order.
+            #[schema(value_type = HlcText)]
+            pub hlc: String,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            fn new(f: EventFields, $($field: $ty,)*) -> $name {
+                $name {
+                    id: f.id,
+                    account: f.account,
+                    kind: f.kind,
+                    amount: f.amount,
+                    currency: f.currency,
+                    reference: f.reference,
+                    idempotency_key: f.idempotency_key,
+                    hlc: f.hlc,
+                    $($field,)*
+                }
+            }
+        }
+    };
 }
 
-/// An event as an item of evidence: its fields and the origin's signature, no status.
-#[derive(Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SignedEventView {
-    /// `<origin region>:<seq>`.
-    #[schema(value_type = EventIdText)]
-    pub id: String,
-    /// The account (none for a policy event).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<AccountIdText>, nullable = false)]
-    pub account: Option<String>,
-    /// The type.
-    #[serde(rename = "type")]
-    pub kind: EventType,
-    /// The amount (client transactions only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Amount>, nullable = false)]
-    pub amount: Option<String>,
-    /// The currency (client transactions only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<CurrencyCode>, nullable = false)]
-    pub currency: Option<String>,
-    /// As submitted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub reference: Option<String>,
-    /// As submitted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub idempotency_key: Option<String>,
-    /// The event's HLC.
-    #[schema(value_type = HlcText)]
-    pub hlc: String,
-    /// The origin's ed25519 signature.
-    #[schema(value_type = SignatureHex)]
-    pub signature: String,
-}
+event_view!(
+    /// An event (a client transaction or a policy change) in an account's history or by id.
+    EventView {
+        /// In the settled prefix.
+        settled: bool,
+        /// `provisional`, `settled`, or `reversed`.
+        status: TxStatus,
+        /// On a reversed event: the reversal's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<CompensationId>, nullable = false)]
+        reversed_by: Option<String>,
+        /// On a settled event that caused a fee: the fee's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<CompensationId>, nullable = false)]
+        compensation: Option<String>,
+    }
+);
+
+event_view!(
+    /// An event as an item of evidence: its fields and the origin's signature, no status.
+    SignedEventView {
+        /// The origin's ed25519 signature.
+        #[schema(value_type = SignatureHex)]
+        signature: String,
+    }
+);
 
 /// The fields of an event that do not depend on this region's view of it.
 struct EventFields {
@@ -357,27 +358,19 @@ pub fn event_view(
     status: Option<(Status, Option<&Compensation>)>,
     with_account: bool,
 ) -> EventView {
-    let f = event_fields(event, with_account);
     let (st, comp) = status.unwrap_or((Status::Provisional, None));
     let (reversed_by, compensation) = match comp {
         Some(c) if st == Status::Reversed => (Some(c.id()), None),
         Some(c) => (None, Some(c.id())),
         None => (None, None),
     };
-    EventView {
-        id: f.id,
-        account: f.account,
-        kind: f.kind,
-        amount: f.amount,
-        currency: f.currency,
-        reference: f.reference,
-        idempotency_key: f.idempotency_key,
-        hlc: f.hlc,
-        settled: st != Status::Provisional,
-        status: tx_status(st),
+    EventView::new(
+        event_fields(event, with_account),
+        st != Status::Provisional,
+        tx_status(st),
         reversed_by,
         compensation,
-    }
+    )
 }
 
 /// A client event in a list or by id, as JSON text.
@@ -390,18 +383,7 @@ pub fn event_json(
 }
 
 fn signed_event(event: &Event) -> SignedEventView {
-    let f = event_fields(event, true);
-    SignedEventView {
-        id: f.id,
-        account: f.account,
-        kind: f.kind,
-        amount: f.amount,
-        currency: f.currency,
-        reference: f.reference,
-        idempotency_key: f.idempotency_key,
-        hlc: f.hlc,
-        signature: hex::encode(&event.sig),
-    }
+    SignedEventView::new(event_fields(event, true), hex::encode(&event.sig))
 }
 
 /// One piece of evidence that a member broke the protocol.

@@ -414,81 +414,70 @@ fn every_operation_has_bearer_auth_and_the_middleware_answers() {
 fn the_contract_check_refuses_what_the_document_does_not_allow() {
     let c = contract();
     let json = Some("application/json");
-    let ok = |r: Result<(), String>| r.expect("allowed");
-    let bad = |r: Result<(), String>, what: &str| {
-        let e = r.expect_err(what);
-        assert!(!e.is_empty(), "{what}");
+    let get = |path: &str, status: u16, ct: Option<&str>, answer: &str| {
+        c.check("GET", path, None, "", status, ct, answer)
     };
-    let balances =
+    let balances = "/v1/accounts/a/balances";
+    let body =
         r#"{"account":"a","balances":[{"currency":"USD","provisional":"-5.00","settled":"0.00"}]}"#;
-    ok(c.check(
-        "GET",
-        "/v1/accounts/a/balances",
-        None,
-        "",
-        200,
-        json,
-        balances,
-    ));
-    bad(
-        c.check(
-            "GET",
-            "/v1/accounts/a/balances",
-            None,
-            "",
-            418,
-            json,
+    get(balances, 200, json, body).expect("allowed");
+    let refused = [
+        (balances, 418, json, body, "an undocumented status"),
+        (
             balances,
-        ),
-        "an undocumented status",
-    );
-    bad(
-        c.check(
-            "GET",
-            "/v1/accounts/a/balances",
-            None,
-            "",
             200,
             Some("text/plain"),
-            balances,
+            body,
+            "an undocumented content type",
         ),
-        "an undocumented content type",
-    );
-    bad(
-        c.check(
-            "GET",
-            "/v1/accounts/a/balances",
-            None,
-            "",
+        (
+            balances,
             200,
             json,
             r#"{"account":"a","balances":[{"currency":"USD","provisional":-5,"settled":"0.00"}]}"#,
+            "an amount as a number",
         ),
-        "an amount as a number",
-    );
-    bad(
-        c.check(
-            "GET",
-            "/v1/accounts/a/balances",
-            None,
-            "",
+        (
+            balances,
             200,
             json,
             r#"{"account":"a","balances":[],"extra":1}"#,
+            "an undocumented field",
         ),
-        "an undocumented field",
-    );
-    let page = r#"{"account":"a","transactions":[],"next":null}"#;
-    let list = "/v1/accounts/a/transactions";
-    ok(c.check(
-        "GET",
-        &format!("{list}?limit=5&after="),
+        ("/v1/status", 500, json, NOT_FOUND, "a 500"),
+        (
+            "/v1/status",
+            404,
+            json,
+            r#"{"error":{"code":"no_such_code","message":"m"}}"#,
+            "an unknown error code",
+        ),
+        (
+            "/v1/nope",
+            200,
+            json,
+            NOT_FOUND,
+            "an undocumented path answered 200",
+        ),
+    ];
+    for (path, status, ct, answer, what) in refused {
+        assert!(get(path, status, ct, answer).is_err(), "{what}");
+    }
+    get("/v1/nope", 404, json, NOT_FOUND).expect("404 on an unknown path");
+    c.check(
+        "PUT",
+        "/v1/status",
         None,
         "",
-        200,
+        405,
         json,
-        page,
-    ));
+        r#"{"error":{"code":"method_not_allowed","message":"m"}}"#,
+    )
+    .expect("405 for an undocumented method");
+
+    let page = r#"{"account":"a","transactions":[],"next":null}"#;
+    let list = "/v1/accounts/a/transactions";
+    get(&format!("{list}?limit=5&after="), 200, json, page).expect("a documented query");
     for q in [
         "limit=0",
         "limit=1001",
@@ -497,87 +486,41 @@ fn the_contract_check_refuses_what_the_document_does_not_allow() {
         "x=1",
         "after=zz",
     ] {
-        bad(
-            c.check("GET", &format!("{list}?{q}"), None, "", 200, json, page),
-            &format!("answered a query the document refuses: {q}"),
-        );
+        let r = get(&format!("{list}?{q}"), 200, json, page);
+        assert!(r.is_err(), "answered a query the document refuses: {q}");
     }
-    bad(
-        c.check(
-            "GET",
-            &format!("{list}?limit=5"),
-            None,
-            "",
-            400,
-            json,
-            r#"{"error":{"code":"invalid_limit","message":"m"}}"#,
-        ),
-        "refused a query the document allows",
-    );
-    let error = r#"{"error":{"code":"not_found","message":"no route"}}"#;
-    ok(c.check("GET", "/v1/nope", None, "", 404, json, error));
-    bad(
-        c.check("GET", "/v1/nope", None, "", 200, json, error),
-        "an undocumented path answered 200",
-    );
-    ok(c.check(
-        "PUT",
-        "/v1/status",
-        None,
-        "",
-        405,
-        json,
-        r#"{"error":{"code":"method_not_allowed","message":"m"}}"#,
-    ));
-    bad(
-        c.check("GET", "/v1/status", None, "", 500, json, error),
-        "a 500",
-    );
-    bad(
-        c.check(
-            "GET",
-            "/v1/status",
-            None,
-            "",
-            404,
-            json,
-            r#"{"error":{"code":"no_such_code","message":"m"}}"#,
-        ),
-        "an unknown error code",
-    );
+    let invalid_limit = r#"{"error":{"code":"invalid_limit","message":"m"}}"#;
+    let r = get(&format!("{list}?limit=5"), 400, json, invalid_limit);
+    assert!(r.is_err(), "refused a query the document allows");
+
     let created = r#"{"id":"eu:1","account":"a","type":"deposit","amount":"100.00","currency":"USD","hlc":"1795652809994.00000","balance":{"provisional":"100.00","settled":"0.00"}}"#;
-    let path = "/v1/accounts/a/transactions";
-    ok(c.check(
-        "POST",
-        path,
-        json,
-        r#"{"type":"deposit","amount":"100","currency":"USD"}"#,
+    let post = |body: &str, status: u16, answer: &str| {
+        c.check(
+            "POST",
+            "/v1/accounts/a/transactions",
+            json,
+            body,
+            status,
+            json,
+            answer,
+        )
+    };
+    let good = r#"{"type":"deposit","amount":"100","currency":"USD"}"#;
+    post(good, 201, created).expect("allowed");
+    let r = post(
+        r#"{"type":"deposit","amount":100,"currency":"USD"}"#,
         201,
-        json,
         created,
-    ));
-    bad(
-        c.check(
-            "POST",
-            path,
-            json,
-            r#"{"type":"deposit","amount":100,"currency":"USD"}"#,
-            201,
-            json,
-            created,
-        ),
-        "the server accepted a body the document refuses",
     );
-    bad(
-        c.check(
-            "POST",
-            path,
-            json,
-            r#"{"type":"deposit","amount":"100","currency":"USD"}"#,
-            400,
-            json,
-            r#"{"error":{"code":"invalid_amount","message":"m"}}"#,
-        ),
-        "the server refused a body the document allows",
+    assert!(
+        r.is_err(),
+        "the server accepted a body the document refuses"
+    );
+    let invalid_amount = r#"{"error":{"code":"invalid_amount","message":"m"}}"#;
+    assert!(
+        post(good, 400, invalid_amount).is_err(),
+        "the server refused a body the document allows"
     );
 }
+
+const NOT_FOUND: &str = r#"{"error":{"code":"not_found","message":"no route"}}"#;
