@@ -135,6 +135,10 @@ pub struct Metrics {
     http_open: AtomicU64,
     http_conn_refused: AtomicU64,
     http_rate_limited: AtomicU64,
+    http_shed: AtomicU64,
+    http_timed_out: AtomicU64,
+    /// `/v1` requests being served (set by the HTTP layer's concurrency limit).
+    http_in_flight: AtomicU64,
     /// The actor's gauges, rendered by the actor after its inputs (at most every few ms), so
     /// `/metrics` never waits for the actor.
     node_snapshot: Mutex<Arc<String>>,
@@ -168,6 +172,9 @@ impl Metrics {
             http_open: AtomicU64::new(0),
             http_conn_refused: AtomicU64::new(0),
             http_rate_limited: AtomicU64::new(0),
+            http_shed: AtomicU64::new(0),
+            http_timed_out: AtomicU64::new(0),
+            http_in_flight: AtomicU64::new(0),
             node_snapshot: Mutex::new(Arc::new(String::new())),
         }
     }
@@ -190,6 +197,21 @@ impl Metrics {
     /// A request got a 429.
     pub fn http_rate_limited(&self) {
         self.http_rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `/v1` request was shed (503 `overloaded`): `concurrency_max` requests in flight.
+    pub fn http_shed(&self) {
+        self.http_shed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `/v1` request ran past `request_timeout_ms` (503 `timeout`).
+    pub fn http_timed_out(&self) {
+        self.http_timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the number of `/v1` requests being served.
+    pub fn set_http_in_flight(&self, n: u64) {
+        self.http_in_flight.store(n, Ordering::Relaxed);
     }
 
     /// Stores the actor's latest gauges.
@@ -281,6 +303,27 @@ impl Metrics {
             out,
             "walletd_http_rate_limited_total {}",
             self.http_rate_limited.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP walletd_http_shed_total Requests answered 503 overloaded (http.concurrency_max reached).\n");
+        out.push_str("# TYPE walletd_http_shed_total counter\n");
+        let _ = writeln!(
+            out,
+            "walletd_http_shed_total {}",
+            self.http_shed.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP walletd_http_timeouts_total Requests answered 503 timeout (http.request_timeout_ms passed).\n");
+        out.push_str("# TYPE walletd_http_timeouts_total counter\n");
+        let _ = writeln!(
+            out,
+            "walletd_http_timeouts_total {}",
+            self.http_timed_out.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP walletd_http_requests_in_flight /v1 requests being served (at most http.concurrency_max).\n");
+        out.push_str("# TYPE walletd_http_requests_in_flight gauge\n");
+        let _ = writeln!(
+            out,
+            "walletd_http_requests_in_flight {}",
+            self.http_in_flight.load(Ordering::Relaxed)
         );
         out.push_str("# HELP walletd_http_request_duration_seconds HTTP requests by route, method and status.\n");
         out.push_str("# TYPE walletd_http_request_duration_seconds histogram\n");
@@ -521,6 +564,13 @@ pub fn render_node(out: &mut String, r: &Replica, g: &NodeGauges<'_>) {
         "counter",
         "Messages dropped (malformed, oversized, isolated).",
         ns.dropped_messages,
+    );
+    scalar(
+        out,
+        "walletd_p2p_over_budget_batches_total",
+        "counter",
+        "Inbound p2p batches refused: their peer was over p2p.peer_inbound_bytes_max.",
+        ns.over_budget_batches,
     );
 }
 

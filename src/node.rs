@@ -205,6 +205,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
             })
             .collect(),
         cluster: cfg.cluster.clone(),
+        peer_inbound_bytes_max: cfg.peer_inbound_bytes_max,
     };
     let (net, net_rx) = wallet_p2p::spawn(net_cfg).map_err(|e| NodeError::Net(e.to_string()))?;
     let actor = Actor::new(ActorParts {
