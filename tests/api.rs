@@ -436,6 +436,18 @@ fn bad_config_fails_with_field_and_reason() {
     let (st, err) = run_expect_failure(&mut c, 0);
     assert_ne!(st, Some(0));
     assert!(err.contains("config error: http.listen"), "{err}");
+    // A p2p budget below what a member's largest batch needs on each connection.
+    std::fs::write(
+        &config,
+        text.replace("\n[p2p]\n", "\n[p2p]\npeer_inbound_bytes_max = 1048576\n"),
+    )
+    .unwrap();
+    let (st, err) = run_expect_failure(&mut c, 0);
+    assert_ne!(st, Some(0));
+    assert!(
+        err.contains("config error: p2p.peer_inbound_bytes_max: must be between 33554432 and"),
+        "{err}"
+    );
 }
 
 #[test]
