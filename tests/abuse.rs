@@ -27,6 +27,7 @@ fn one_region(extra: &str, tls: bool) -> LocalCluster {
     o.log_filter = "warn".into();
     o.scan_secrets_on_drop = true;
     o.tls = tls;
+    o.check = Some(contract_check());
     let c = LocalCluster::init(o).expect("init");
     let config = c.regions[0].config.clone();
     let text = std::fs::read_to_string(&config).expect("config");
