@@ -12,6 +12,7 @@ docs/security.md was made). Takes about a minute (it waits out the default time-
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -256,6 +257,7 @@ def main():
     logtext = open(os.path.join(d, "eu.log")).read()
     report("no token in the region's debug log", token not in logtext,
            f"{len(logtext)} bytes of log scanned")
+    shutil.rmtree(d, ignore_errors=True)
     failed = [n for n, ok in results if not ok]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
 
