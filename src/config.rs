@@ -171,6 +171,7 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
 #[serde(deny_unknown_fields)]
 struct RawP2p {
     listen: Vec<String>,
+    peer_inbound_bytes_max: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +276,9 @@ pub struct NodeConfig {
     pub tls: Option<crate::serve::TlsFiles>,
     /// p2p listen multiaddrs.
     pub p2p_listen: Vec<Multiaddr>,
+    /// Inbound budget of each peer, bytes (`p2p.peer_inbound_bytes_max`; see
+    /// [`wallet_p2p::NetConfig::peer_inbound_bytes_max`]).
+    pub peer_inbound_bytes_max: usize,
     /// Every member, this region included.
     pub members: Vec<Member>,
     /// The seed policy (version 1).
@@ -518,6 +522,14 @@ impl NodeConfig {
             key: resolve(base, &t.key),
             client_ca: t.client_ca.as_deref().map(|c| resolve(base, c)),
         });
+        // Never below what a member's largest batch needs on each of its connections.
+        let peer_inbound_bytes_max = in_range(
+            "p2p.peer_inbound_bytes_max",
+            raw.p2p.peer_inbound_bytes_max,
+            wallet_p2p::PEER_INBOUND_BYTES_DEFAULT,
+            wallet_p2p::PEER_INBOUND_BYTES_DEFAULT,
+            wallet_p2p::PEER_INBOUND_BYTES_MAX,
+        )?;
         let mut p2p_listen = Vec::new();
         for (i, a) in raw.p2p.listen.iter().enumerate() {
             p2p_listen.push(multiaddr(&format!("p2p.listen[{i}]"), a)?);
@@ -648,6 +660,7 @@ impl NodeConfig {
             http_limits,
             tls,
             p2p_listen,
+            peer_inbound_bytes_max,
             members,
             policy,
             policy_source,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -58,7 +59,8 @@ struct Inner {
     shared: Arc<Shared>,
     body_limit_bytes: usize,
     limits: HttpLimits,
-    /// `/v1` requests being served (at most `limits.concurrency_max`; more wait).
+    /// Slots of the `/v1` concurrency limit (`limits.concurrency_max`; when none is free, a
+    /// request is shed with 503 `overloaded`).
     in_flight: Arc<tokio::sync::Semaphore>,
     rate: RateLimiter,
 }
@@ -258,8 +260,8 @@ fn check_auth(st: &AppState, req: &Request) -> Result<Option<TokenDigest>, Box<R
     Ok(presented)
 }
 
-/// Auth, the per-token rate limit and the concurrency limit of `/v1` requests, then the
-/// request itself (under the request time-out).
+/// Auth and the per-token rate limit of `/v1` requests, then the request (the `/v1` routes
+/// add the concurrency limit and the time-out: [`router`]).
 async fn limited(st: &AppState, req: Request, next: Next) -> Response {
     let key = match check_auth(st, &req) {
         Err(denied) => return *denied,
@@ -279,26 +281,28 @@ async fn limited(st: &AppState, req: Request, next: Next) -> Response {
         }
         return r;
     }
-    let deadline = std::time::Duration::from_millis(st.0.limits.request_timeout_ms);
-    let work = async {
-        let Ok(_permit) = st.0.in_flight.acquire().await else {
-            return error(503, "unavailable", "the region is shutting down").into_response();
-        };
-        next.run(req).await
-    };
-    match tokio::time::timeout(deadline, work).await {
-        Ok(r) => r,
-        Err(_) => timeout_response(),
-    }
+    next.run(req).await
 }
 
-fn timeout_response() -> Response {
-    let mut r = error(
-        503,
-        "timeout",
-        "the request did not complete within http.request_timeout_ms",
-    )
-    .into_response();
+/// The JSON answer to an error of the `/v1` limit layers.
+fn layer_error(metrics: &Metrics, e: &tower::BoxError) -> Response {
+    let (code, message) = if e.is::<tower::timeout::error::Elapsed>() {
+        metrics.http_timed_out();
+        (
+            "timeout",
+            "the request did not complete within http.request_timeout_ms".to_string(),
+        )
+    } else if e.is::<tower::load_shed::error::Overloaded>() {
+        metrics.http_shed();
+        (
+            "overloaded",
+            "http.concurrency_max requests are in flight: retry after 1 s".to_string(),
+        )
+    } else {
+        // The routes below the layers never fail (their error type is Infallible).
+        ("unavailable", format!("request failed: {e}"))
+    };
+    let mut r = error(503, code, &message).into_response();
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
@@ -358,6 +362,13 @@ async fn front(State(st): State<AppState>, req: Request, next: Next) -> Response
 /// served undocumented: add it here, with its `#[utoipa::path]`.
 pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::base())
+        .merge(v1_routes())
+        .merge(ops_routes())
+}
+
+/// The `/v1` routes: bearer auth, rate limit, concurrency limit and request time-out.
+fn v1_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(post_transaction, list_transactions))
         .routes(routes!(balances))
         .routes(routes!(get_transaction))
@@ -367,6 +378,11 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(evidence))
         .routes(routes!(post_policy))
         .routes(routes!(get_policy))
+}
+
+/// The unauthenticated routes, outside the `/v1` limits.
+fn ops_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(metrics))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -377,13 +393,37 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
 /// The router with every route, auth, limits and metrics.
 pub fn router(st: AppState) -> Router {
     let limit = st.0.body_limit_bytes;
-    let (routes, _doc) = api_routes().split_for_parts();
-    routes
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(st.clone(), front))
-        .with_state(st)
+    let counters = st.0.metrics.clone();
+    let (v1, _) = v1_routes().split_for_parts();
+    let (ops, _) = ops_routes().split_for_parts();
+    // The limits of the `/v1` routes, tower layers (outermost first): the errors of the
+    // layers below become JSON answers ([`layer_error`]); the request time-out (tower
+    // `Timeout`: body read and handler); load shedding (tower `LoadShed`): when
+    // `concurrency_max` requests are in flight, a new one is answered at once with 503
+    // `overloaded` rather than queued; the concurrency limit itself (tower
+    // `GlobalConcurrencyLimit`: one semaphore for every `/v1` route). Auth and the rate
+    // limit run before them (`front`), so a refused request takes no slot; `/metrics`,
+    // `/healthz`, `/readyz` and `/openapi.json` are outside them.
+    v1.route_layer(
+        tower::ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(move |e: tower::BoxError| {
+                let counters = counters.clone();
+                async move { layer_error(&counters, &e) }
+            }))
+            .layer(tower::timeout::TimeoutLayer::new(
+                std::time::Duration::from_millis(st.0.limits.request_timeout_ms),
+            ))
+            .layer(tower::load_shed::LoadShedLayer::new())
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
+                st.0.in_flight.clone(),
+            )),
+    )
+    .merge(ops)
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(DefaultBodyLimit::max(limit))
+    .layer(axum::middleware::from_fn_with_state(st.clone(), front))
+    .with_state(st)
 }
 
 /// The router of `http.metrics_listen`: `/metrics`, `/healthz`, `/readyz` only.
@@ -1049,6 +1089,10 @@ pub(crate) fn parse_faults_body(bytes: &[u8]) -> Result<BTreeSet<RegionId>, ApiE
     )
 )]
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let free = st.0.in_flight.available_permits();
+    st.0.metrics.set_http_in_flight(
+        u64::try_from(st.0.limits.concurrency_max.saturating_sub(free)).unwrap_or(u64::MAX),
+    );
     let text =
         st.0.metrics
             .encode()

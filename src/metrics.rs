@@ -128,6 +128,10 @@ pub struct Metrics {
     http_open: Gauge,
     http_conn_refused: Counter,
     http_rate_limited: Counter,
+    http_shed: Counter,
+    http_timed_out: Counter,
+    /// `/v1` requests being served (set by the HTTP layer's concurrency limit).
+    http_in_flight: Gauge,
     /// The actor's latest snapshot, encoded by [`NodeCollector`].
     node: Arc<Mutex<Option<Arc<NodeSnapshot>>>>,
 }
@@ -160,25 +164,40 @@ impl Metrics {
             "Open HTTP connections (both listeners)",
             Gauge::default(),
         );
-        let [http_conn_refused, http_rate_limited, accepted, replayed] = [
-            (
-                "walletd_http_connections_refused",
-                "HTTP connections closed at once (http.connections_max reached)",
-            ),
-            (
-                "walletd_http_rate_limited",
-                "Requests answered 429 (per-token rate limit)",
-            ),
-            (
-                "walletd_transactions_accepted",
-                "New transactions acknowledged (durable)",
-            ),
-            (
-                "walletd_transactions_replayed",
-                "Idempotent retries answered with the original result",
-            ),
-        ]
-        .map(|(name, help)| registered(&mut reg, name, help, Counter::default()));
+        let http_in_flight = registered(
+            &mut reg,
+            "walletd_http_requests_in_flight",
+            "/v1 requests being served (at most http.concurrency_max)",
+            Gauge::default(),
+        );
+        let [http_conn_refused, http_rate_limited, http_shed, http_timed_out, accepted, replayed] =
+            [
+                (
+                    "walletd_http_connections_refused",
+                    "HTTP connections closed at once (http.connections_max reached)",
+                ),
+                (
+                    "walletd_http_rate_limited",
+                    "Requests answered 429 (per-token rate limit)",
+                ),
+                (
+                    "walletd_http_shed",
+                    "Requests answered 503 overloaded (http.concurrency_max reached)",
+                ),
+                (
+                    "walletd_http_timeouts",
+                    "Requests answered 503 timeout (http.request_timeout_ms passed)",
+                ),
+                (
+                    "walletd_transactions_accepted",
+                    "New transactions acknowledged (durable)",
+                ),
+                (
+                    "walletd_transactions_replayed",
+                    "Idempotent retries answered with the original result",
+                ),
+            ]
+            .map(|(name, help)| registered(&mut reg, name, help, Counter::default()));
         let refused = registered(
             &mut reg,
             "walletd_transactions_refused",
@@ -244,6 +263,9 @@ impl Metrics {
             http_open,
             http_conn_refused,
             http_rate_limited,
+            http_shed,
+            http_timed_out,
+            http_in_flight,
             node,
         }
     }
@@ -280,6 +302,22 @@ impl Metrics {
     /// A request got a 429.
     pub fn http_rate_limited(&self) {
         self.http_rate_limited.inc();
+    }
+
+    /// A `/v1` request was shed (503 `overloaded`): `concurrency_max` requests in flight.
+    pub fn http_shed(&self) {
+        self.http_shed.inc();
+    }
+
+    /// A `/v1` request ran past `request_timeout_ms` (503 `timeout`).
+    pub fn http_timed_out(&self) {
+        self.http_timed_out.inc();
+    }
+
+    /// Sets the number of `/v1` requests being served.
+    pub fn set_http_in_flight(&self, n: u64) {
+        self.http_in_flight
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Stores the actor's latest snapshot.
@@ -388,7 +426,7 @@ pub struct NodeSnapshot {
     members: Vec<MemberSample>,
     pull_scheduler: [(&'static str, u64); 10],
     gauges: [(&'static str, &'static str, u64); 12],
-    counters: [(&'static str, &'static str, u64); 8],
+    counters: [(&'static str, &'static str, u64); 9],
     replication_bytes: [(&'static str, u64); 2],
     replication_messages: [(&'static str, u64); 2],
     policy_version: u32,
@@ -527,6 +565,11 @@ impl NodeSnapshot {
                     "walletd_p2p_dropped_messages",
                     "Replication messages dropped (malformed, oversized, isolated, undeliverable)",
                     ns.dropped_messages,
+                ),
+                (
+                    "walletd_p2p_over_budget_batches",
+                    "Inbound p2p batches refused: their peer was over p2p.peer_inbound_bytes_max",
+                    ns.over_budget_batches,
                 ),
             ],
             replication_bytes: [("sent", ns.bytes_sent), ("received", ns.bytes_received)],

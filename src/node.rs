@@ -205,6 +205,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
             })
             .collect(),
         cluster: cfg.cluster.clone(),
+        peer_inbound_bytes_max: cfg.peer_inbound_bytes_max,
     };
     let (net, net_rx) = metrics
         .with_registry(|reg| wallet_p2p::spawn_with_metrics(net_cfg, reg))

@@ -497,8 +497,9 @@ pub fn add_middleware_answers(doc: &mut OpenApi) {
                 op,
                 "503",
                 "`timeout` (the request did not complete within http.request_timeout_ms, \
-                 Retry-After: 1), `unavailable` (shutting down), `restoring`, \
-                 `storage_unavailable`",
+                 Retry-After: 1), `overloaded` (http.concurrency_max requests in flight: \
+                 answered at once, Retry-After: 1), `unavailable` (shutting down), \
+                 `restoring`, `storage_unavailable`",
                 true,
             );
         }

@@ -80,6 +80,7 @@ pub enum ErrorCode {
     StorageUnavailable,
     Unavailable,
     Timeout,
+    Overloaded,
     NotReady,
     Internal,
 }

@@ -18,10 +18,15 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A one-region plain-HTTP cluster with `extra` lines added to its `[http]` table.
 fn plain(extra: &str) -> LocalCluster {
+    one_region(extra, false)
+}
+
+/// A one-region cluster (HTTPS when `tls`) with `extra` lines added to its `[http]` table.
+fn one_region(extra: &str, tls: bool) -> LocalCluster {
     let mut o = ClusterOptions::new(BIN.into(), &["eu"]).expect("options");
     o.log_filter = "warn".into();
     o.scan_secrets_on_drop = true;
-    o.tls = false;
+    o.tls = tls;
     o.check = Some(contract_check());
     let c = LocalCluster::init(o).expect("init");
     let config = c.regions[0].config.clone();
@@ -36,7 +41,11 @@ fn plain(extra: &str) -> LocalCluster {
 }
 
 fn addr(c: &LocalCluster) -> String {
-    c.regions[0].http.trim_start_matches("http://").to_string()
+    c.regions[0]
+        .http
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .to_string()
 }
 
 /// Reads until the peer closes (Ok(bytes)) or `within` passes (Err).
@@ -507,4 +516,324 @@ async fn metrics_on_their_own_listener() {
         let r = http.get(format!("{m}{p}")).send().await.expect("request");
         assert_eq!(r.status().as_u16(), want, "{p}");
     }
+}
+
+/// A raw HTTP/1.1 answer: status, head (lower-cased), body.
+struct RawAnswer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then_some(v.trim())
+        })
+    }
+
+    fn error_code(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("not a JSON error: {}", self.body))
+    }
+}
+
+/// Reads one answer (head, then a `Content-Length` body) from `s`, within `within`.
+async fn read_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> RawAnswer {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                let status = status_of(&buf).expect("status line");
+                return RawAnswer { status, head, body };
+            }
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+            Err(_) => panic!(
+                "no whole answer within {within:?}: {}",
+                String::from_utf8_lossy(&buf)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => panic!(
+                "connection closed before a whole answer: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+            Ok(Ok(n)) => buf.extend_from_slice(&b[..n]),
+        }
+    }
+}
+
+/// A payment whose head is sent whole but whose body stops after its first bytes: the
+/// handler waits for the body (under the request time-out, holding a concurrency slot).
+/// Returns the connection and the rest of the body.
+async fn stalled_payment(c: &LocalCluster, account: &str) -> (TcpStream, &'static [u8]) {
+    const BODY: &[u8] = br#"{"type":"deposit","amount":"1.00","currency":"EUR"}"#;
+    let mut s = TcpStream::connect(addr(c)).await.expect("connect");
+    let head = format!(
+        "POST /v1/accounts/{account}/transactions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        c.token,
+        BODY.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    s.write_all(&BODY[..10]).await.expect("first body bytes");
+    (s, &BODY[10..])
+}
+
+/// `walletd_http_requests_in_flight` reaches `want` (read from `/metrics`, which is outside
+/// the `/v1` limits).
+async fn wait_in_flight(api: &Api, want: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = api.metric("walletd_http_requests_in_flight").await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{got} requests in flight, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_request_timeout_answers_503_timeout_as_json() {
+    let _serial = SERIAL.lock().await;
+    let mut c = plain("request_timeout_ms = 500");
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
+    let t0 = Instant::now();
+    let (mut s, _rest) = stalled_payment(&c, "slow").await;
+    let r = read_answer(&mut s, Duration::from_secs(30)).await;
+    let took = t0.elapsed();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.error_code(), "timeout");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // Never before the configured time-out (an upper bound would be a timing goal).
+    assert!(
+        took >= Duration::from_millis(500),
+        "answered after {took:?}"
+    );
+    println!("request time-out: stalled body answered 503 timeout after {took:?} (request_timeout_ms = 500)");
+    // The payment was never made; the region goes on.
+    assert_eq!(api.tx("fast", "deposit", "1.00", None).await.status, 201);
+    assert_eq!(api.balance("slow", "EUR").await, None);
+    assert!(api.metric("walletd_http_timeouts_total").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_concurrency_sheds_the_excess_at_once_with_503_json() {
+    let _serial = SERIAL.lock().await;
+    let mut c = plain("concurrency_max = 2\nrequest_timeout_ms = 60000");
+    start(&mut c, 0).await;
+    let api = region_api(&c, 0);
+    // Two payments hold both slots: their bodies are not finished.
+    let mut held = Vec::new();
+    for k in 0..2 {
+        held.push(stalled_payment(&c, &format!("held{k}")).await);
+    }
+    wait_in_flight(&api, 2).await;
+    // Every request beyond the limit is answered at once (the client's own time-out is far
+    // below the 60 s request time-out: a queued request would fail the test).
+    let mut tasks = Vec::new();
+    for k in 0..10 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            if k % 2 == 0 {
+                api.get("/v1/status").await
+            } else {
+                api.tx("excess", "deposit", "1.00", None).await
+            }
+        }));
+    }
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!(r.status, 503, "{}", r.json);
+        assert_eq!(error_code(&r), "overloaded", "{}", r.json);
+        assert_eq!(
+            r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+    }
+    // The unauthenticated routes are outside the limit.
+    for p in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(api.with_token("").get(p).await.status, 200, "{p}");
+    }
+    assert!(api.metric("walletd_http_shed_total").await >= 10);
+    // The held payments finish and are made; the slots come back.
+    for (mut s, rest) in held {
+        s.write_all(rest).await.expect("rest of the body");
+        let r = read_answer(&mut s, WAIT).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    wait_in_flight(&api, 0).await;
+    assert_eq!(api.get("/v1/status").await.status, 200);
+    assert_eq!(api.balance("excess", "EUR").await, None);
+    assert!(api.balance("held0", "EUR").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_max_connections_closes_the_extra_ones_at_once() {
+    let _serial = SERIAL.lock().await;
+    let mport = wallet::init::free_port().expect("port");
+    let mut c = plain(&format!(
+        "connections_max = 4\nheader_read_timeout_ms = 60000\nmetrics_listen = \"127.0.0.1:{mport}\""
+    ));
+    start(&mut c, 0).await;
+    let a = addr(&c);
+    let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Four kept-alive connections, each served once: they hold the four slots.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(&a).await.expect("connect");
+        s.write_all(get).await.expect("write");
+        assert_eq!(read_answer(&mut s, WAIT).await.status, 200);
+        open.push(s);
+    }
+    // A fifth is accepted and closed without an answer.
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(&a).await.expect("connect");
+        let _ = s.write_all(get).await;
+        let got = read_to_close(&mut s, WAIT)
+            .await
+            .expect("the extra connection is closed");
+        assert!(
+            got.is_empty(),
+            "over connections_max, answered: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let text = scrape(mport).await;
+    assert!(
+        metric(&text, "walletd_http_connections_refused_total").unwrap_or(0) >= 3,
+        "{text}"
+    );
+    // The open ones are still served; once one goes, a new connection is served.
+    let mut s0 = open.pop().expect("one");
+    s0.write_all(get).await.expect("write");
+    assert_eq!(read_answer(&mut s0, WAIT).await.status, 200);
+    drop(s0);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut s = TcpStream::connect(&a).await.expect("connect");
+        let _ = s.write_all(get).await;
+        let got = read_to_close_or_answer(&mut s).await;
+        if status_of(&got) == Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads until a whole head arrives or the peer closes.
+async fn read_to_close_or_answer(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+/// What a half-sent head gets: the connection closed (a 408 before the close is fine) after
+/// the time-out, never before.
+fn check_cut_off(what: &str, got: &[u8], took: Duration, timeout: Duration) {
+    assert!(
+        got.is_empty() || status_of(got) == Some(408),
+        "{what}: {}",
+        String::from_utf8_lossy(got)
+    );
+    assert!(took >= timeout, "{what}: closed after {took:?}");
+    println!("header-read time-out: {what}: closed after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_header_read_timeout_cuts_off_half_a_head_plain_and_tls() {
+    let _serial = SERIAL.lock().await;
+    let timeout = Duration::from_millis(500);
+    let extra = "header_read_timeout_ms = 500";
+    let half: &[u8] = b"GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthoriz";
+
+    // Plain HTTP: half a head, and a connection that sends nothing.
+    let mut c = plain(extra);
+    start(&mut c, 0).await;
+    for (what, bytes) in [
+        ("plain, half a head", half),
+        ("plain, nothing sent", b"".as_slice()),
+    ] {
+        let t0 = Instant::now();
+        let mut s = TcpStream::connect(addr(&c)).await.expect("connect");
+        s.write_all(bytes).await.expect("write");
+        let got = read_to_close(&mut s, WAIT).await.expect("closed");
+        check_cut_off(what, &got, t0.elapsed(), timeout);
+    }
+    assert_eq!(region_api(&c, 0).get("/v1/status").await.status, 200);
+    drop(c);
+
+    // HTTPS: the same after the TLS handshake.
+    let mut c = one_region(extra, true);
+    start(&mut c, 0).await;
+    let ca = c.ca.clone().expect("ca");
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&ca).expect("ca");
+    for cert in rustls_pemfile_certs(&pem) {
+        roots.add(cert).expect("ca cert");
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    for (what, bytes) in [
+        ("TLS, half a head", half),
+        ("TLS, nothing sent", b"".as_slice()),
+    ] {
+        let tcp = TcpStream::connect(addr(&c)).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut s = connector.connect(name, tcp).await.expect("TLS handshake");
+        let t0 = Instant::now();
+        s.write_all(bytes).await.expect("write");
+        s.flush().await.expect("flush");
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+                Err(_) => panic!("{what}: still open after {WAIT:?}"),
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&b[..n]),
+            }
+        }
+        check_cut_off(what, &got, t0.elapsed(), timeout);
+    }
+    assert_eq!(region_api(&c, 0).get("/v1/status").await.status, 200);
+}
+
+/// The certificates of a PEM file.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
 }

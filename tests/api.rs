@@ -443,6 +443,18 @@ fn bad_config_fails_with_field_and_reason() {
     let (st, err) = run_expect_failure(&mut c, 0);
     assert_ne!(st, Some(0));
     assert!(err.contains("config error: http.listen"), "{err}");
+    // A p2p budget below what a member's largest batch needs on each connection.
+    std::fs::write(
+        &config,
+        text.replace("\n[p2p]\n", "\n[p2p]\npeer_inbound_bytes_max = 1048576\n"),
+    )
+    .unwrap();
+    let (st, err) = run_expect_failure(&mut c, 0);
+    assert_ne!(st, Some(0));
+    assert!(
+        err.contains("config error: p2p.peer_inbound_bytes_max: must be between 33554432 and"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -478,34 +490,29 @@ fn walletd_init_writes_a_cluster_file_and_configs_that_load() {
         // Fault injection is off unless asked for (`--faults`).
         assert!(!cfg.faults_enabled);
     }
-    // `--faults` (and `--faults=true`) turn it on; `--no-faults` and `--faults=false` keep it off.
-    for (flag, on) in [
-        ("--faults", true),
-        ("--faults=true", true),
-        ("--faults=false", false),
-        ("--no-faults", false),
+    // `--faults` (and `--faults=true`) turn it on; `--no-faults` and `--faults=false` keep it
+    // off; `--group-commit=false` and `--no-group-commit` turn group commit off (each spelling
+    // documented in docs/operations.md, through the binary).
+    for (flag, on, gc_flag, gc_on) in [
+        ("--faults", true, "--group-commit=false", false),
+        ("--faults=true", true, "--no-group-commit", false),
+        ("--faults=false", false, "--group-commit=true", true),
+        ("--no-faults", false, "--group-commit", true),
     ] {
         let d = tempfile::tempdir().expect("tempdir");
         let out = std::process::Command::new(BIN)
-            .args([
-                "init",
-                "--regions",
-                "eu",
-                flag,
-                "--no-group-commit",
-                "--dir",
-            ])
+            .args(["init", "--regions", "eu", flag, gc_flag, "--dir"])
             .arg(d.path())
             .output()
             .expect("run walletd init");
         assert!(
             out.status.success(),
-            "init {flag} failed: {}",
+            "init {flag} {gc_flag} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let cfg = wallet::config::NodeConfig::load(&d.path().join("eu.toml")).expect("loads");
         assert_eq!(cfg.faults_enabled, on, "{flag}");
-        assert!(!cfg.group_commit, "--no-group-commit");
+        assert_eq!(cfg.group_commit, gc_on, "{gc_flag}");
     }
     // A second init into the same directory refuses to overwrite it.
     let again = std::process::Command::new(BIN)

@@ -293,6 +293,7 @@ async fn rogue_ap(c: &LocalCluster, peers: &[usize]) -> Rogue {
             })
             .collect(),
         cluster: cfg.cluster.clone(),
+        peer_inbound_bytes_max: cfg.peer_inbound_bytes_max,
     })
     .unwrap();
     let want: Vec<wallet_core::RegionId> = peers

@@ -49,6 +49,7 @@ fn start(me: &Member, all: &[&Member]) -> Res<(NetHandle, Receiver<NetEvent>)> {
             })
             .collect(),
         cluster: "bench".into(),
+        peer_inbound_bytes_max: wallet_p2p::PEER_INBOUND_BYTES_DEFAULT,
     })?)
 }
 

@@ -14,17 +14,27 @@
 //! `MESSAGE_BYTES_MAX` per stream. A violation is an `InvalidData` I/O error: the stream is
 //! reset, the batch is dropped and counted once in the codec's `dropped` counter (libp2p does
 //! not report failed request reads to the behaviour, so the codec counts them itself).
+//!
+//! Every connection also has an inbound byte budget ([`InboundBudget`]) that all its
+//! streams share: each message's announced length is reserved before its bytes are read,
+//! and held until the received batch is dropped (after the transport has decoded it). A
+//! batch that would take the connection over its budget is refused the same way (counted
+//! in `over_budget`), so a peer cannot make the region hold more than its budget, however
+//! many streams it opens; other peers' connections have their own budgets.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response;
 use libp2p::StreamProtocol;
 use wallet_core::wire::MESSAGE_BYTES_MAX;
+
+/// Encoded messages of one batch.
+pub type Messages = Vec<Arc<Vec<u8>>>;
 
 /// Most messages in one batch (one stream).
 pub const BATCH_MESSAGES_MAX: usize = 256;
@@ -36,17 +46,170 @@ pub const ACK_DROPPED: u8 = 1;
 /// What travels on one stream.
 #[derive(Debug, Clone)]
 pub enum Frame {
-    /// Encoded messages, in the order they were queued.
+    /// Encoded messages, in the order they were queued (sent).
     Batch(Vec<Arc<Vec<u8>>>),
     /// Bytes written verbatim (fault injection in tests: malformed and oversized frames).
     Raw(Vec<u8>),
+    /// Encoded messages read from a peer; their bytes count against the connection's
+    /// budget until this is dropped.
+    Received(Vec<Arc<Vec<u8>>>, Arc<Reservation>),
+}
+
+/// Bytes of inbound frames one connection may make this region hold at once.
+#[derive(Debug)]
+pub struct InboundBudget {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+impl InboundBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<InboundBudget> {
+        Arc::new(InboundBudget {
+            limit,
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Takes `n` more bytes for `r`; false (nothing taken) if that would exceed the limit.
+    fn take(&self, r: &mut Reservation, n: usize) -> bool {
+        let mut cur = self.held.load(Ordering::Acquire);
+        loop {
+            let Some(next) = cur.checked_add(n).filter(|&t| t <= self.limit) else {
+                return false;
+            };
+            match self
+                .held
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    r.bytes += n;
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+/// Bytes taken from an [`InboundBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<InboundBudget>,
+    bytes: usize,
+}
+
+impl Reservation {
+    fn new(budget: Arc<InboundBudget>) -> Reservation {
+        Reservation { budget, bytes: 0 }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// The request-response codec.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct MsgCodec {
     /// Counts batches refused by the framing limits.
     pub dropped: Arc<AtomicU64>,
+    /// Counts batches refused because the connection was over its inbound budget.
+    pub over_budget: Arc<AtomicU64>,
+    /// Inbound budget of each connection, bytes.
+    pub connection_budget: usize,
+    /// This connection's budget (`None` in the behaviour's own codec, which reads nothing).
+    budget: Option<Arc<InboundBudget>>,
+}
+
+impl MsgCodec {
+    /// The behaviour's codec: each connection gets a budget of `connection_budget` bytes.
+    pub fn new(
+        dropped: Arc<AtomicU64>,
+        over_budget: Arc<AtomicU64>,
+        connection_budget: usize,
+    ) -> MsgCodec {
+        MsgCodec {
+            dropped,
+            over_budget,
+            connection_budget,
+            budget: None,
+        }
+    }
+
+    fn budget(&mut self) -> Arc<InboundBudget> {
+        self.budget
+            .get_or_insert_with(|| InboundBudget::new(self.connection_budget))
+            .clone()
+    }
+}
+
+/// libp2p's request-response clones the behaviour's codec once for each connection (its
+/// handler), and the handler's once for each stream. So a clone of the behaviour's codec
+/// (no budget yet) starts a new connection budget, and a clone of a connection's codec
+/// shares that connection's budget among its streams.
+impl Clone for MsgCodec {
+    fn clone(&self) -> MsgCodec {
+        MsgCodec {
+            dropped: self.dropped.clone(),
+            over_budget: self.over_budget.clone(),
+            connection_budget: self.connection_budget,
+            budget: Some(match &self.budget {
+                Some(b) => b.clone(),
+                None => InboundBudget::new(self.connection_budget),
+            }),
+        }
+    }
+}
+
+/// Why a batch was refused.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Malformed or over the framing limits (or the stream failed).
+    Io(io::Error),
+    /// Its messages would take the connection over its inbound budget.
+    OverBudget {
+        /// Bytes the connection holds already.
+        held: usize,
+        /// Bytes the next message announced.
+        wanted: usize,
+        /// The budget.
+        limit: usize,
+    },
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> ReadError {
+        ReadError::Io(e)
+    }
+}
+
+impl From<ReadError> for io::Error {
+    fn from(e: ReadError) -> io::Error {
+        match e {
+            ReadError::Io(e) => e,
+            ReadError::OverBudget {
+                held,
+                wanted,
+                limit,
+            } => invalid(format!(
+                "over the connection's inbound budget: {held} bytes held, {wanted} more \
+                 announced, budget {limit}"
+            )),
+        }
+    }
 }
 
 fn invalid(reason: String) -> io::Error {
@@ -68,13 +231,19 @@ async fn read_u32<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<u32> {
     Ok(u32::from_be_bytes(b))
 }
 
-/// Reads one batch, checking every header against the limits before reading on.
-pub async fn read_batch<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Vec<Arc<Vec<u8>>>> {
+/// Reads one batch, checking every header against the limits, and reserving each message's
+/// bytes from the connection's budget `conn`, before reading on.
+pub async fn read_batch<T: AsyncRead + Unpin>(
+    io: &mut T,
+    conn: &Arc<InboundBudget>,
+) -> Result<(Messages, Reservation), ReadError> {
+    let mut held = Reservation::new(conn.clone());
     let count = read_u32(io).await? as usize;
     if count == 0 || count > BATCH_MESSAGES_MAX {
         return Err(invalid(format!(
             "batch of {count} messages (limit 1..={BATCH_MESSAGES_MAX})"
-        )));
+        ))
+        .into());
     }
     let mut budget = MESSAGE_BYTES_MAX;
     let mut out = Vec::with_capacity(count);
@@ -83,21 +252,26 @@ pub async fn read_batch<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Vec<Arc<
         if len == 0 || len > budget {
             return Err(invalid(format!(
                 "message of {len} bytes (limit 1..={budget} left of {MESSAGE_BYTES_MAX} per batch)"
-            )));
+            ))
+            .into());
         }
         budget -= len;
+        if !conn.take(&mut held, len) {
+            return Err(ReadError::OverBudget {
+                held: conn.held(),
+                wanted: len,
+                limit: conn.limit,
+            });
+        }
         // Grows with the bytes that really arrive: a header alone allocates nothing.
         let mut buf = Vec::new();
         (&mut *io).take(len as u64).read_to_end(&mut buf).await?;
         if buf.len() != len {
-            return Err(invalid(format!(
-                "truncated message: {} of {len} bytes",
-                buf.len()
-            )));
+            return Err(invalid(format!("truncated message: {} of {len} bytes", buf.len())).into());
         }
         out.push(Arc::new(buf));
     }
-    Ok(out)
+    Ok((out, held))
 }
 
 /// Writes one frame.
@@ -113,6 +287,7 @@ pub async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, frame: &Frame) -> io
             }
         }
         Frame::Raw(bytes) => io.write_all(bytes).await?,
+        Frame::Received(..) => return Err(invalid("a received batch is not sent".into())),
     }
     io.flush().await
 }
@@ -139,15 +314,27 @@ impl request_response::Codec for MsgCodec {
         Self: 'async_trait,
     {
         let dropped = self.dropped.clone();
+        let over_budget = self.over_budget.clone();
+        let budget = self.budget();
         Box::pin(async move {
-            let read = read_batch(io).await;
-            if let Err(e) = &read {
-                if e.kind() == io::ErrorKind::InvalidData {
-                    tracing::warn!(error = %e, "malformed or oversized frame dropped");
-                    dropped.fetch_add(1, Ordering::Relaxed);
+            match read_batch(io, &budget).await {
+                Ok((msgs, held)) => Ok(Frame::Received(msgs, Arc::new(held))),
+                Err(e) => {
+                    let counter = match &e {
+                        ReadError::OverBudget { .. } => Some(&over_budget),
+                        ReadError::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            Some(&dropped)
+                        }
+                        ReadError::Io(_) => None,
+                    };
+                    let e = io::Error::from(e);
+                    if let Some(c) = counter {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "malformed, oversized or over-budget frame dropped");
+                    }
+                    Err(e)
                 }
             }
-            read.map(Frame::Batch)
         })
     }
 
@@ -220,8 +407,60 @@ mod tests {
     }
 
     fn read(bytes: &[u8]) -> io::Result<Vec<Arc<Vec<u8>>>> {
+        read_within(bytes, &InboundBudget::new(usize::MAX))
+            .map(|(m, _)| m)
+            .map_err(io::Error::from)
+    }
+
+    fn read_within(
+        bytes: &[u8],
+        budget: &Arc<InboundBudget>,
+    ) -> Result<(Messages, Reservation), ReadError> {
         let mut cur = futures::io::Cursor::new(bytes.to_vec());
-        futures::executor::block_on(read_batch(&mut cur))
+        futures::executor::block_on(read_batch(&mut cur, budget))
+    }
+
+    #[test]
+    fn a_connection_budget_is_shared_by_its_streams_and_given_back() {
+        // The behaviour's codec; a clone per connection, a clone per stream.
+        let root = MsgCodec::new(Default::default(), Default::default(), 100);
+        let mut conn_a = root.clone();
+        let mut conn_b = root.clone();
+        let mut stream_1 = conn_a.clone();
+        let mut stream_2 = conn_a.clone();
+        let (a, b) = (conn_a.budget(), conn_b.budget());
+        assert!(Arc::ptr_eq(&a, &stream_1.budget()));
+        assert!(Arc::ptr_eq(&a, &stream_2.budget()));
+        assert!(!Arc::ptr_eq(&a, &b), "each connection has its own budget");
+
+        let sixty = batch(&[&[1u8; 30], &[2u8; 30]]);
+        let (_, held) = read_within(&sixty, &stream_1.budget()).unwrap();
+        assert_eq!((held.bytes(), a.held()), (60, 60));
+        // A second batch on another stream of the same connection does not fit while the
+        // first is held: refused on the header that goes over, before its bytes are read.
+        match read_within(&sixty, &stream_2.budget()) {
+            Err(ReadError::OverBudget {
+                held,
+                wanted,
+                limit,
+            }) => assert_eq!((held, wanted, limit), (90, 30, 100)),
+            other => panic!("{other:?}"),
+        }
+        // The refused batch gave its part back; another connection is not affected.
+        assert_eq!(a.held(), 60);
+        let (_, on_b) = read_within(&sixty, &b).unwrap();
+        assert_eq!(b.held(), 60);
+        drop(on_b);
+        // Once the first batch is dropped, the budget is free again.
+        drop(held);
+        assert_eq!(a.held(), 0);
+        let (_, again) = read_within(&sixty, &stream_2.budget()).unwrap();
+        assert_eq!(again.bytes(), 60);
+        // A single message larger than the whole budget never fits.
+        assert!(matches!(
+            read_within(&batch(&[&[0u8; 101]]), &InboundBudget::new(100)),
+            Err(ReadError::OverBudget { .. })
+        ));
     }
 
     #[test]

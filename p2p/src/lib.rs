@@ -23,8 +23,9 @@ mod net;
 
 use net::{Command, Shared};
 pub use net::{
-    BACKOFF_INITIAL, BACKOFF_MAX, CONNECTIONS_PER_PEER_MAX, PEER_INBOUND_BYTES_MAX,
-    PENDING_INCOMING_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX, STREAMS_PER_CONNECTION_MAX,
+    BACKOFF_INITIAL, BACKOFF_MAX, CONNECTIONS_PER_PEER_MAX, PEER_INBOUND_BYTES_DEFAULT,
+    PEER_INBOUND_BYTES_MAX, PENDING_INCOMING_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX,
+    STREAMS_PER_CONNECTION_MAX,
 };
 
 /// One configured member region.
@@ -51,6 +52,14 @@ pub struct NetConfig {
     pub members: Vec<MemberAddr>,
     /// Cluster id (part of the protocol name, so clusters never talk to each other).
     pub cluster: String,
+    /// Inbound budget of each peer, bytes: the frames a peer sends count against it from
+    /// the moment their headers announce them until the transport has decoded them; a batch
+    /// that does not fit is refused (reset, counted in [`NetStats::over_budget_batches`])
+    /// and the peer's sender retries later (anti-entropy). Split evenly over the peer's
+    /// connections (at most [`CONNECTIONS_PER_PEER_MAX`]). Below
+    /// `CONNECTIONS_PER_PEER_MAX × MESSAGE_BYTES_MAX` ([`PEER_INBOUND_BYTES_DEFAULT`]) a
+    /// member's largest legitimate batch may not fit.
+    pub peer_inbound_bytes_max: usize,
 }
 
 /// Transport errors at start-up.
@@ -111,6 +120,9 @@ pub struct NetStats {
     /// per-peer queue, or undeliverable (peer not connected, connection lost, not
     /// acknowledged in time). Anti-entropy repairs every gap this leaves.
     pub dropped_messages: u64,
+    /// Inbound batches refused because their peer's connection was over its inbound budget
+    /// ([`NetConfig::peer_inbound_bytes_max`]).
+    pub over_budget_batches: u64,
 }
 
 /// Handle to the running transport. Cheap to clone. The transport stops when every handle

@@ -46,10 +46,14 @@ pub const STREAMS_PER_CONNECTION_MAX: usize = 3;
 pub const PENDING_INCOMING_MAX: u32 = 16;
 /// Established connections per peer (two when both sides dial at once).
 pub const CONNECTIONS_PER_PEER_MAX: u32 = 2;
-/// The most inbound frame bytes one peer can make this region hold at once: its connections
-/// times their streams times the largest batch.
+/// The most inbound frame bytes one peer could make this region hold at once without a
+/// budget: its connections times their streams times the largest batch. The budget
+/// ([`crate::NetConfig::peer_inbound_bytes_max`]) is what bounds it.
 pub const PEER_INBOUND_BYTES_MAX: usize =
     CONNECTIONS_PER_PEER_MAX as usize * STREAMS_PER_CONNECTION_MAX * MESSAGE_BYTES_MAX;
+/// Default inbound budget of a peer: a member sends one batch (at most `MESSAGE_BYTES_MAX`)
+/// at a time, so each of its connections can always take its largest batch.
+pub const PEER_INBOUND_BYTES_DEFAULT: usize = CONNECTIONS_PER_PEER_MAX as usize * MESSAGE_BYTES_MAX;
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -74,6 +78,7 @@ pub(crate) struct Shared {
     pub refused_peers: AtomicU64,
     pub limited_connections: AtomicU64,
     pub dropped_messages: Arc<AtomicU64>,
+    pub over_budget: Arc<AtomicU64>,
     pub connected: Mutex<BTreeSet<RegionId>>,
     pub listen: Mutex<Vec<Multiaddr>>,
 }
@@ -92,6 +97,7 @@ impl Shared {
             refused_peers: self.refused_peers.load(Ordering::Relaxed),
             limited_connections: self.limited_connections.load(Ordering::Relaxed),
             dropped_messages: self.dropped_messages.load(Ordering::Relaxed),
+            over_budget_batches: self.over_budget.load(Ordering::Relaxed),
         }
     }
 
@@ -313,9 +319,12 @@ pub(crate) fn start(
     );
     let shared = Arc::new(Shared::default());
     let msg = request_response::Behaviour::with_codec(
-        MsgCodec {
-            dropped: shared.dropped_messages.clone(),
-        },
+        MsgCodec::new(
+            shared.dropped_messages.clone(),
+            shared.over_budget.clone(),
+            // Per connection: a peer has at most CONNECTIONS_PER_PEER_MAX.
+            (cfg.peer_inbound_bytes_max / CONNECTIONS_PER_PEER_MAX as usize).max(1),
+        ),
         [(protocol, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)
@@ -828,10 +837,11 @@ impl Task {
 
     /// Hands a received batch to the node; returns the acknowledgement.
     fn on_batch(&mut self, peer: PeerId, frame: Frame) -> u8 {
-        let msgs = match frame {
-            Frame::Batch(msgs) => msgs,
+        // The reservation is held until the batch is decoded (end of this function).
+        let (msgs, _held) = match frame {
+            Frame::Received(msgs, held) => (msgs, held),
             // Never produced by the decoder.
-            Frame::Raw(_) => return ACK_DROPPED,
+            Frame::Batch(_) | Frame::Raw(_) => return ACK_DROPPED,
         };
         let Some(from) = self.region_of(&peer) else {
             self.shared.dropped(msgs.len());

@@ -1,6 +1,7 @@
 //! Connection limits (issue 14): a flood of TCP connections that never finish the handshake
 //! is refused before any cryptography, beyond `PENDING_INCOMING_MAX`, and the members keep
-//! exchanging messages; the per-peer memory bound is what the constants say.
+//! exchanging messages; a member that sends more than its inbound budget is refused while
+//! another member's messages go through.
 
 mod common;
 
@@ -71,4 +72,61 @@ async fn a_handshake_flood_is_refused_before_noise_and_members_keep_talking() {
     n[1].net.send(eu, tagged(8)).await;
     assert_eq!(n[0].next_message().await.1, 8);
     drop(socks);
+}
+
+/// A raw batch of messages of the given sizes (any bytes: the budget is checked on the
+/// headers, before the bytes are read).
+fn raw_batch(sizes: &[usize]) -> Vec<u8> {
+    let mut out = (sizes.len() as u32).to_be_bytes().to_vec();
+    for &n in sizes {
+        out.extend((n as u32).to_be_bytes());
+        out.extend(vec![0xAB; n]);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_over_its_inbound_budget_is_refused_and_another_is_not_affected() {
+    // eu gives each peer 64 KiB: 32 KiB on each of its (at most 2) connections.
+    const BUDGET: usize = 64 * 1024;
+    let specs: Vec<Spec> = ["eu", "us", "ap"].iter().map(|n| Spec::new(n)).collect();
+    let mut eu = start_with_budget(&specs[0], &specs, "test", BUDGET);
+    let mut us = start(&specs[1], &specs, "test");
+    let mut ap = start(&specs[2], &specs, "test");
+    let (r_eu, r_us, r_ap) = (specs[0].region, specs[1].region, specs[2].region);
+    eu.wait_connected(&[r_us, r_ap]).await;
+    us.wait_connected(&[r_eu, r_ap]).await;
+    ap.wait_connected(&[r_eu, r_us]).await;
+    assert_eq!(eu.net.stats().over_budget_batches, 0);
+
+    // us (a member gone bad) announces one message larger than a connection's budget, then
+    // two that fit alone but not together: both batches refused on a header.
+    us.net.send_raw_frame(r_eu, raw_batch(&[40 * 1024])).await;
+    wait_until("the first batch refused", || {
+        eu.net.stats().over_budget_batches == 1
+    })
+    .await;
+    us.net
+        .send_raw_frame(r_eu, raw_batch(&[20 * 1024, 20 * 1024]))
+        .await;
+    wait_until("the second batch refused", || {
+        eu.net.stats().over_budget_batches == 2
+    })
+    .await;
+    // ap's messages go through meanwhile, and so do us's own once it stays within budget.
+    ap.net.send(r_eu, tagged(1)).await;
+    assert_eq!(eu.next_message().await.0, r_ap);
+    us.net.send(r_eu, tagged(2)).await;
+    let (from, tag, _) = eu.next_message().await;
+    assert_eq!((from, tag), (r_us, 2));
+    // A batch within the budget is read (and dropped as malformed, its bytes being junk):
+    // the refusals above were the budget's, not a size limit's.
+    let dropped = eu.net.stats().dropped_messages;
+    us.net.send_raw_frame(r_eu, raw_batch(&[24 * 1024])).await;
+    wait_until("the junk batch read and dropped", || {
+        eu.net.stats().dropped_messages > dropped
+    })
+    .await;
+    assert_eq!(eu.net.stats().over_budget_batches, 2);
+    println!("inbound budget: {:?}", eu.net.stats());
 }

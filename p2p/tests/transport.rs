@@ -205,6 +205,7 @@ async fn a_restarted_member_is_reconnected() {
                 })
                 .collect(),
             cluster: "test".into(),
+            peer_inbound_bytes_max: wallet_p2p::PEER_INBOUND_BYTES_DEFAULT,
         };
         match wallet_p2p::spawn(cfg) {
             Ok((net, rx)) => {
@@ -352,6 +353,7 @@ async fn quic_members_exchange_messages() {
             listen: vec![quic(p)],
             members: members.clone(),
             cluster: "test".into(),
+            peer_inbound_bytes_max: wallet_p2p::PEER_INBOUND_BYTES_DEFAULT,
         })
         .unwrap();
         nodes.push(Node {

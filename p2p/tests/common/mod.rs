@@ -64,12 +64,23 @@ pub struct Node {
 
 /// Starts `me` with `members` as its member list (it may be in it).
 pub fn start(me: &Spec, members: &[Spec], cluster: &str) -> Node {
+    start_with_budget(me, members, cluster, wallet_p2p::PEER_INBOUND_BYTES_DEFAULT)
+}
+
+/// [`start`] with an inbound budget of `peer_inbound_bytes_max` per peer.
+pub fn start_with_budget(
+    me: &Spec,
+    members: &[Spec],
+    cluster: &str,
+    peer_inbound_bytes_max: usize,
+) -> Node {
     let cfg = NetConfig {
         region: me.region,
         keypair: me.key.clone(),
         listen: vec![tcp(me.port)],
         members: members.iter().map(Spec::member).collect(),
         cluster: cluster.into(),
+        peer_inbound_bytes_max,
     };
     let (net, rx) = spawn(cfg).unwrap();
     Node {
