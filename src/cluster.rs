@@ -162,6 +162,27 @@ impl ClusterOptions {
     }
 }
 
+/// What [`LocalCluster::adopt`] takes: files written elsewhere.
+#[derive(Debug)]
+pub struct Adopt {
+    /// Executable to spawn for a region.
+    pub exe: PathBuf,
+    /// Arguments before the config path (`["run", "--config"]` for `walletd`).
+    pub run_args: Vec<String>,
+    /// Where the regions' logs go.
+    pub dir: PathBuf,
+    /// Remove `dir` on drop.
+    pub remove_dir: bool,
+    /// The regions (config paths as they are now), tokens and CA.
+    pub file: init::ClusterFile,
+    /// `RUST_LOG` of the regions.
+    pub log_filter: String,
+    /// See [`ClusterOptions::scan_secrets_on_drop`].
+    pub scan_secrets_on_drop: bool,
+    /// Region `i` runs in the fabric's namespace `i`.
+    pub fabric: Option<NetnsFabric>,
+}
+
 /// One region of a [`LocalCluster`].
 #[derive(Debug)]
 pub struct RegionProc {
@@ -474,11 +495,49 @@ impl LocalCluster {
             group_commit: opts.group_commit,
             tls: opts.tls,
             rate_per_second: opts.rate_per_second,
+            per_host: None,
         })?;
         let dir = dir.canonicalize().map_err(|e| io_err(&dir, e))?;
         if let Some(p) = &opts.policy {
             let path = dir.join("policy.toml");
             std::fs::write(&path, p).map_err(|e| io_err(&path, e))?;
+        }
+        LocalCluster::adopt(Adopt {
+            exe: opts.exe,
+            run_args: opts.run_args,
+            dir,
+            remove_dir,
+            file,
+            log_filter: opts.log_filter,
+            scan_secrets_on_drop: opts.scan_secrets_on_drop,
+            fabric,
+        })
+    }
+
+    /// A cluster whose files are already written (by [`LocalCluster::init`], or by
+    /// `walletd init --region ...` and copied to each host's directory: the deployment test).
+    /// Logs go to `DIR/<region>.log`; starts nothing.
+    pub fn adopt(a: Adopt) -> Result<LocalCluster, ClusterError> {
+        let Adopt {
+            exe,
+            run_args,
+            dir,
+            remove_dir,
+            file,
+            log_filter,
+            scan_secrets_on_drop,
+            fabric,
+        } = a;
+        if let Some(f) = &fabric {
+            if f.regions.len() != file.regions.len() {
+                return Err(ClusterError::Netns(crate::netns::NetnsError::Args(
+                    format!(
+                        "{} namespaces for {} regions",
+                        f.regions.len(),
+                        file.regions.len()
+                    ),
+                )));
+            }
         }
         let regions = file
             .regions
@@ -504,12 +563,12 @@ impl LocalCluster {
                 .zip(file.client_key.as_ref())
                 .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
             regions,
-            exe: opts.exe,
-            run_args: opts.run_args,
-            log_filter: opts.log_filter,
+            exe,
+            run_args,
+            log_filter,
             remove_dir,
             http,
-            scan_secrets_on_drop: opts.scan_secrets_on_drop,
+            scan_secrets_on_drop,
             fabric,
         })
     }

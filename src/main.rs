@@ -74,11 +74,31 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write configs, keys, a policy, tokens and cluster.json for a local cluster.
+    /// Write configs, keys, a policy, tokens and cluster.json: a local cluster on 127.0.0.1
+    /// (`--regions`), or one directory per host to copy over (`--region eu=HOST`, repeated;
+    /// docs/deployment.md).
     Init {
-        /// Comma-separated region ids, e.g. eu,us,ap.
-        #[arg(long)]
-        regions: String,
+        /// Comma-separated region ids, e.g. eu,us,ap: a local cluster on 127.0.0.1.
+        #[arg(long, required_unless_present = "region", conflicts_with = "region")]
+        regions: Option<String>,
+        /// A region and the address or host name its peers and clients reach it at, e.g.
+        /// `--region eu=10.0.0.1` (repeat per region): writes DIR/<region>/ for that host.
+        #[arg(long = "region", value_name = "REGION=HOST")]
+        region: Vec<String>,
+        /// With --region: the address every region binds (default 0.0.0.0, or :: for an IPv6
+        /// host); peers and clients are still told the host's address.
+        #[arg(long, conflicts_with = "regions")]
+        bind: Option<std::net::IpAddr>,
+        /// With --region: the HTTP API port on every host [default: 8443].
+        #[arg(long, conflicts_with = "regions")]
+        http_port: Option<u16>,
+        /// With --region: the libp2p port on every host, TCP and UDP for QUIC [default: 4001].
+        #[arg(long, conflicts_with = "regions")]
+        p2p_port: Option<u16>,
+        /// With --region: the `data_dir` written to every config (default `data`, next to the
+        /// config; under the systemd unit `/var/lib/walletd`).
+        #[arg(long, conflicts_with = "regions")]
+        data_dir: Option<PathBuf>,
         /// Output directory.
         #[arg(long)]
         dir: PathBuf,
@@ -196,6 +216,11 @@ fn main() -> ExitCode {
         },
         Cmd::Init {
             regions,
+            region,
+            bind,
+            http_port,
+            p2p_port,
+            data_dir,
             dir,
             faults,
             no_faults,
@@ -205,8 +230,26 @@ fn main() -> ExitCode {
         } => {
             let faults = flag(faults, no_faults, false);
             let group_commit = flag(group_commit, no_group_commit, true);
-            let regions = match init::parse_regions(&regions) {
-                Ok(r) => r,
+            let parsed = match &regions {
+                Some(r) => init::parse_regions(r).map(|r| (r, None, None)),
+                None => init::parse_region_hosts(&region).and_then(|(r, h)| {
+                    let http_port = http_port.unwrap_or(init::HTTP_PORT_DEFAULT);
+                    let p2p_port = p2p_port.unwrap_or(init::P2P_PORT_DEFAULT);
+                    let ports = [("--http-port", http_port), ("--p2p-port", p2p_port)];
+                    if let Some((flag, _)) = ports.iter().find(|(_, p)| *p == 0) {
+                        return Err(init::InitError::Args(format!("{flag} must not be 0")));
+                    }
+                    let per_host = init::PerHost {
+                        bind,
+                        http_port,
+                        p2p_port,
+                        data_dir,
+                    };
+                    Ok((r, Some(h), Some(per_host)))
+                }),
+            };
+            let (regions, hosts, per_host) = match parsed {
+                Ok(p) => p,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(2);
@@ -219,12 +262,20 @@ fn main() -> ExitCode {
                 group_commit,
                 tls,
                 rate_per_second: None,
-                hosts: None,
+                hosts,
+                per_host,
             };
             match init::init(&opts) {
                 Ok(c) => {
                     for r in &c.regions {
                         println!("{} {} {}", r.region, r.http, r.config);
+                    }
+                    if opts.per_host.is_some() {
+                        println!(
+                            "copy each region's directory to its host, then run \
+                             `walletd run --config <copied dir>/{}` there (docs/deployment.md)",
+                            init::HOST_CONFIG_NAME
+                        );
                     }
                     if let Some(ca) = &c.ca {
                         println!("HTTPS: trust the local CA {ca}");
@@ -378,6 +429,58 @@ mod tests {
         assert_eq!(run_group_commit(&["--group-commit=false"]), Some(false));
         assert_eq!(run_group_commit(&["--group-commit"]), Some(true));
         assert_eq!(run_group_commit(&["--no-group-commit"]), Some(false));
+    }
+
+    #[test]
+    fn init_region_hosts_flags() {
+        match parse(&[
+            "init",
+            "--dir",
+            "d",
+            "--region",
+            "eu=10.0.0.1",
+            "--region",
+            "us=us.example",
+            "--bind",
+            "10.0.0.9",
+            "--http-port",
+            "443",
+            "--p2p-port",
+            "9000",
+            "--data-dir",
+            "/var/lib/walletd",
+        ])
+        .command
+        {
+            Cmd::Init {
+                regions,
+                region,
+                bind,
+                http_port,
+                p2p_port,
+                data_dir,
+                ..
+            } => {
+                assert_eq!(regions, None);
+                assert_eq!(region, vec!["eu=10.0.0.1", "us=us.example"]);
+                assert_eq!(bind, Some("10.0.0.9".parse().unwrap()));
+                assert_eq!((http_port, p2p_port), (Some(443), Some(9000)));
+                assert_eq!(data_dir, Some(PathBuf::from("/var/lib/walletd")));
+            }
+            c => panic!("{c:?}"),
+        }
+        let refused = |args: &[&str]| {
+            let mut v = vec!["walletd", "init", "--dir", "d"];
+            v.extend_from_slice(args);
+            assert!(Cli::try_parse_from(&v).is_err(), "{args:?} accepted");
+        };
+        refused(&[]);
+        refused(&["--regions", "eu", "--region", "eu=10.0.0.1"]);
+        refused(&["--regions", "eu", "--http-port", "443"]);
+        refused(&["--regions", "eu", "--p2p-port", "4001"]);
+        refused(&["--regions", "eu", "--bind", "0.0.0.0"]);
+        refused(&["--regions", "eu", "--data-dir", "x"]);
+        refused(&["--region", "eu=10.0.0.1", "--bind", "nowhere"]);
     }
 
     #[test]

@@ -27,7 +27,7 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use crate::init::RegionHost;
+use crate::init::{Host, RegionHost};
 
 /// Most regions a fabric holds (the address plan has room for more; this bounds names).
 pub const FABRIC_REGIONS_MAX: usize = 16;
@@ -224,10 +224,25 @@ impl NetnsFabric {
         self.regions
             .iter()
             .map(|r| RegionHost {
-                http: r.client_ip,
-                p2p: r.peer_ip,
+                http: Host::Ip(r.client_ip.into()),
+                p2p: Host::Ip(r.peer_ip.into()),
             })
             .collect()
+    }
+
+    /// Puts the root namespace on the region network, as an operator's machine on the
+    /// hosts' network: the bridge gets `10.B.0.1/24`, so this process reaches every region at
+    /// its region-network address (the multi-host walk-through, tests/deployment.rs).
+    /// Returns that address. Removed with the bridge.
+    pub fn join_region_network(&self) -> Result<Ipv4Addr, NetnsError> {
+        let first = self
+            .regions
+            .first()
+            .ok_or_else(|| NetnsError::Args("no region".into()))?;
+        let [a, b, c, _] = first.peer_ip.octets();
+        let me = Ipv4Addr::new(a, b, c, 1);
+        ip(&["addr", "add", &format!("{me}/24"), "dev", &self.bridge])?;
+        Ok(me)
     }
 
     fn get(&self, i: usize) -> Result<&NsRegion, NetnsError> {
