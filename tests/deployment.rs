@@ -167,12 +167,11 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
         converged(&c, &[0, 1, 2], &accounts).await
     })
     .await;
-    for k in 0..REGIONS.len() {
+    for (k, r) in REGIONS.iter().enumerate() {
         assert_eq!(
             balance(&c, k, "dep-alice").await,
             Some(("70.00".into(), "70.00".into())),
-            "{}: provisional and settled",
-            REGIONS[k]
+            "{r}: provisional and settled"
         );
         let h = c.history(k, "dep-alice").await.expect("history");
         assert_eq!(h.len(), 2, "{h:?}");
