@@ -319,6 +319,9 @@ fn route_name(path: Option<&str>) -> &'static str {
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/openapi.json") => "/openapi.json",
+        Some("/ui") => "/ui",
+        Some("/ui/app.js") => "/ui/app.js",
+        Some("/ui/app.css") => "/ui/app.css",
         _ => "unmatched",
     }
 }
@@ -374,6 +377,9 @@ pub fn router(st: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .route("/ui", get(crate::console::index))
+        .route("/ui/app.js", get(crate::console::app_js))
+        .route("/ui/app.css", get(crate::console::app_css))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
