@@ -1,8 +1,10 @@
-//! `walletd init`: writes everything a local cluster on 127.0.0.1 needs.
+//! `walletd init`: writes everything a cluster needs, on 127.0.0.1 or on one host per region.
 //!
 //! For each region: a TOML config, an ed25519 identity key and a data directory; shared: a
 //! default fee policy, random client and admin tokens, and `cluster.json` so scripts and tests
-//! can drive the cluster without parsing TOML.
+//! can drive the cluster without parsing TOML. With [`InitOptions::per_host`]
+//! (`walletd init --region eu=HOST ...`) each region's files go to their own directory, with
+//! relative paths, to be copied to its host (docs/deployment.md).
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! walletd init --regions eu,us,ap --dir DIR      # a local cluster on 127.0.0.1
+//! walletd init --region eu=10.0.0.1 --region us=10.0.0.2 --dir DIR   # one directory per host
 //! walletd keygen --out FILE                      # a new identity key; prints its peer id
 //! walletd run --config DIR/eu.toml               # one region
 //! ```

@@ -340,7 +340,16 @@ async fn console_follows_a_partition_and_its_heal_in_a_real_browser() {
         converged(&c, &[0, 1, 2], &accounts).await
     })
     .await;
-    b.goto(&format!("{base}/ui#token={}&account=carol", c.admin_token))
+    b.goto(&format!("{base}/ui#token={}", c.admin_token)).await;
+    b.wait_for("the console without an account", |h| {
+        settlement_is(h, "flowing")?;
+        let (_, t) = by_id(h, "div", "account")?;
+        need(t.contains("Enter an account id"), || t.clone())
+    })
+    .await;
+    // The account lookup, as an operator uses it: type the id, submit the form.
+    b.js("document.getElementById('account-input').value = 'carol'; \
+          document.getElementById('account-form').requestSubmit(); return true")
         .await;
     let h = b
         .wait_for("a healthy cluster", |h| {
@@ -428,6 +437,21 @@ async fn console_follows_a_partition_and_its_heal_in_a_real_browser() {
     })
     .await;
     let healed = b.screenshot("console-healed.png").await;
+    // "Forget token": the form again, nothing kept.
+    b.js("document.getElementById('forget').click(); return true")
+        .await;
+    b.wait_for("the token forgotten", |h| {
+        let (_, t) = by_id(h, "p", "login-error")?;
+        need(
+            t.contains("Token forgotten") && h.contains("<main id=\"main\" hidden"),
+            || t.clone(),
+        )
+    })
+    .await;
+    let kept = b
+        .js(&format!("return sessionStorage.getItem('{TOKEN_KEY}')"))
+        .await;
+    assert_eq!(kept, Value::Null);
     b.quit().await;
     println!(
         "one console page followed the cluster through a partition and a heal in {:.1}s; \

@@ -76,8 +76,12 @@ async function api(path) {
 const feed = { cursor: null, latest: [], total: 0 };
 let account = fragmentParams().get("account") || "";
 let timer = null;
+// Bumped by every restart and by the token form: a poll still in flight from before then
+// renders nothing and schedules nothing.
+let generation = 0;
 
 function showLogin(message) {
+  generation++;
   $("main").hidden = true;
   $("forget").hidden = true;
   $("login").hidden = false;
@@ -200,8 +204,15 @@ function renderPolicy(p) {
     hist);
 }
 
-/** Reads the compensation feed from where the last poll stopped; keeps the latest entries. */
-async function pollFeed() {
+/** Reads the compensation feed from where the last poll stopped; keeps the latest entries.
+ *  One read at a time: a poll started while another reads waits for that read. */
+let feedRead = null;
+function pollFeed() {
+  if (!feedRead) feedRead = readFeed().finally(() => { feedRead = null; });
+  return feedRead;
+}
+
+async function readFeed() {
   for (let i = 0; i < FEED_PAGES_PER_POLL; i++) {
     const q = `/v1/compensations?limit=${FEED_PAGE}` + (feed.cursor ? `&after=${encodeURIComponent(feed.cursor)}` : "");
     const page = await api(q);
@@ -274,10 +285,12 @@ function renderAccount(r) {
 async function poll() {
   timer = null;
   if (!token()) return showLogin();
+  const mine = generation;
   try {
     const [st, pol, ev] = await Promise.all([api("/v1/status"), api("/v1/policy"), api("/v1/admin/evidence")]);
     await pollFeed();
     const acc = await pollAccount();
+    if (mine !== generation) return;
     $("login").hidden = true;
     $("main").hidden = false;
     $("forget").hidden = false;
@@ -288,6 +301,7 @@ async function poll() {
     setLive("live", "live");
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
+    if (mine !== generation) return;
     if (e instanceof HttpError && (e.status === 401 || e.status === 403)) {
       sessionStorage.removeItem(TOKEN_KEY);
       return showLogin(e.status === 403 ? "This token is not an admin token." : "The token was refused.");
@@ -298,6 +312,7 @@ async function poll() {
 }
 
 function restart() {
+  generation++;
   if (timer) clearTimeout(timer);
   poll();
 }
