@@ -181,6 +181,9 @@ pub struct Adopt {
     pub scan_secrets_on_drop: bool,
     /// Region `i` runs in the fabric's namespace `i`.
     pub fabric: Option<NetnsFabric>,
+    /// Host names this process resolves itself (name, address), as the operator machine's
+    /// `/etc/hosts` would: for regions whose URL names a host.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// One region of a [`LocalCluster`].
@@ -511,6 +514,7 @@ impl LocalCluster {
             log_filter: opts.log_filter,
             scan_secrets_on_drop: opts.scan_secrets_on_drop,
             fabric,
+            resolve: Vec::new(),
         })
     }
 
@@ -527,6 +531,7 @@ impl LocalCluster {
             log_filter,
             scan_secrets_on_drop,
             fabric,
+            resolve,
         } = a;
         if let Some(f) = &fabric {
             if f.regions.len() != file.regions.len() {
@@ -551,7 +556,7 @@ impl LocalCluster {
                 child: None,
             })
             .collect();
-        let http = http_client(file.ca.as_deref().map(Path::new), None)?;
+        let http = http_client_resolving(file.ca.as_deref().map(Path::new), None, &resolve)?;
         Ok(LocalCluster {
             dir,
             token: file.token,
@@ -1017,10 +1022,22 @@ pub fn http_client(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> Result<reqwest::Client, ClusterError> {
+    http_client_resolving(ca, identity, &[])
+}
+
+/// [`http_client`] that also resolves `names` itself (name, address).
+pub fn http_client_resolving(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+    names: &[(String, std::net::SocketAddr)],
+) -> Result<reqwest::Client, ClusterError> {
     let mut b = reqwest::Client::builder()
         .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
         .pool_max_idle_per_host(HTTP_IDLE_PER_HOST_MAX)
         .pool_idle_timeout(Duration::from_millis(HTTP_POOL_IDLE_MS));
+    for (name, addr) in names {
+        b = b.resolve(name, *addr);
+    }
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).map_err(|e| io_err(ca, e))?;
         let cert = reqwest::Certificate::from_pem(&pem)

@@ -116,7 +116,12 @@ pub struct NetnsFabric {
     pub regions: Vec<NsRegion>,
     /// One-way blocks in force: (from, to).
     blocks: Vec<(usize, usize)>,
+    /// `/etc/netns/<ns>` directories written by [`NetnsFabric::set_hosts`].
+    etc_dirs: Vec<std::path::PathBuf>,
 }
+
+/// Where `ip netns exec` finds per-namespace files to mount over `/etc`.
+const NETNS_ETC: &str = "/etc/netns";
 
 impl NetnsFabric {
     /// Creates `n` namespaces joined by a bridge, each with a client link to the root
@@ -146,6 +151,7 @@ impl NetnsFabric {
             bridge: format!("w{tag}br"),
             regions: Vec::new(),
             blocks: Vec::new(),
+            etc_dirs: Vec::new(),
         };
         ip(&["link", "add", &f.bridge, "type", "bridge"])?;
         ip(&["link", "set", &f.bridge, "up"])?;
@@ -228,6 +234,27 @@ impl NetnsFabric {
                 p2p: Host::Ip(r.peer_ip.into()),
             })
             .collect()
+    }
+
+    /// Gives every namespace a hosts file (`/etc/netns/<ns>/hosts`, which `ip netns exec`
+    /// mounts on `/etc/hosts` for the processes it starts) naming `entries`: host names for
+    /// the regions, as DNS would on real hosts. Removed on drop.
+    pub fn set_hosts(&mut self, entries: &[(String, Ipv4Addr)]) -> Result<(), NetnsError> {
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for (name, addr) in entries {
+            text.push_str(&format!("{addr} {name}\n"));
+        }
+        for r in &self.regions {
+            let dir = std::path::Path::new(NETNS_ETC).join(&r.ns);
+            let io = |e: std::io::Error| NetnsError::Command {
+                cmd: format!("write {}/hosts", dir.display()),
+                reason: e.to_string(),
+            };
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            self.etc_dirs.push(dir.clone());
+            std::fs::write(dir.join("hosts"), &text).map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Puts the root namespace on the region network, as an operator's machine on the
@@ -330,5 +357,8 @@ impl Drop for NetnsFabric {
             let _ = ip(&["link", "del", &r.client_port]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
+        for d in &self.etc_dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! operator's machine on their network. `walletd init --tls --region eu=ADDR ...` (the binary,
 //! as the guide runs it) writes one directory per host; each is copied (`cp -a`) to a different
 //! path, as a copy to another machine would; each region runs in its namespace from its copy.
-//! Checked: the configs carry no path of the machine that wrote them; every region binds
-//! 0.0.0.0 (TCP and QUIC) and advertises its host's address; the three connect; a deposit at
+//! ap is named by host name (a hosts file in each namespace stands in for DNS). Checked: the
+//! configs carry no path of the machine that wrote them; every region binds 0.0.0.0 (TCP and
+//! QUIC) and advertises its host's address or name; the three connect (ap dialed by name); a deposit at
 //! eu and a purchase at us replicate to every region and settle with the same balances.
 //! Skips, saying why, where network namespaces are not permitted.
 
@@ -19,6 +20,8 @@ use wallet::init::{ClusterFile, HOST_CONFIG_NAME, HTTP_PORT_DEFAULT, P2P_PORT_DE
 use wallet::netns::NetnsFabric;
 
 const REGIONS: [&str; 3] = ["eu", "us", "ap"];
+/// ap's host name (the others are given by address).
+const AP_HOST: &str = "ap-1.wallet.test";
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -38,16 +41,23 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
         println!("SKIPPED: {e}");
         return;
     }
-    let fabric = NetnsFabric::create(REGIONS.len()).expect("three namespaces");
+    let mut fabric = NetnsFabric::create(REGIONS.len()).expect("three namespaces");
     // The operator's machine (this process) on the hosts' network.
     let me = fabric
         .join_region_network()
         .expect("join the region network");
-    let addrs: Vec<String> = fabric
-        .regions
-        .iter()
-        .map(|r| r.peer_ip.to_string())
-        .collect();
+    let ips: Vec<std::net::Ipv4Addr> = fabric.regions.iter().map(|r| r.peer_ip).collect();
+    // eu and us are given by address, ap by host name: the hosts resolve it (a hosts file
+    // in every namespace, as DNS would), and so does this process.
+    fabric
+        .set_hosts(&[(AP_HOST.to_string(), ips[2])])
+        .expect("hosts files");
+    let addrs: Vec<String> = vec![ips[0].to_string(), ips[1].to_string(), AP_HOST.to_string()];
+    let advertised: Vec<String> = vec![
+        format!("/ip4/{}", ips[0]),
+        format!("/ip4/{}", ips[1]),
+        format!("/dns/{AP_HOST}"),
+    ];
     let work = tempfile::tempdir().expect("temp dir");
 
     // 1. On the operator's machine: one directory per host.
@@ -81,7 +91,11 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
             format!("listen = \"0.0.0.0:{HTTP_PORT_DEFAULT}\""),
             format!("\"/ip4/0.0.0.0/tcp/{P2P_PORT_DEFAULT}\""),
             format!("\"/ip4/0.0.0.0/udp/{P2P_PORT_DEFAULT}/quic-v1\""),
-            format!("\"/ip4/{}/tcp/{P2P_PORT_DEFAULT}\"", addrs[k]),
+            format!("\"{}/tcp/{P2P_PORT_DEFAULT}\"", advertised[(k + 1) % 3]),
+            format!(
+                "\"{}/udp/{P2P_PORT_DEFAULT}/quic-v1\"",
+                advertised[(k + 2) % 3]
+            ),
         ] {
             assert!(cfg.contains(&needle), "{r}: no {needle} in\n{cfg}");
         }
@@ -112,13 +126,20 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
     // 3. Start each region on its "host" from its copy.
     let mut c = LocalCluster::adopt(Adopt {
         exe: BIN.into(),
-        run_args: vec!["run".into(), "--config".into()],
+        // JSON logs with libp2p's DNS resolution traced: they show who resolved ap's name.
+        run_args: ["run", "--log-format", "json", "--config"]
+            .map(String::from)
+            .to_vec(),
         dir: work.path().to_path_buf(),
         remove_dir: false,
         file,
-        log_filter: "warn".into(),
+        log_filter: "warn,libp2p_dns=trace".into(),
         scan_secrets_on_drop: true,
         fabric: Some(fabric),
+        resolve: vec![(
+            AP_HOST.to_string(),
+            std::net::SocketAddr::from((ips[2], HTTP_PORT_DEFAULT)),
+        )],
     })
     .expect("adopt the copied hosts");
     c.start_all().await.expect("start the three hosts");
@@ -146,6 +167,16 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
         );
     }
     wait_connected(&c, &[0, 1, 2]).await;
+    // eu and us dialed ap by its name, resolved on their hosts.
+    let resolved = format!("\"resolved\":\"/ip4/{}\"", ips[2]);
+    for k in [0, 1] {
+        let log = std::fs::read_to_string(&c.regions[k].log).expect("log");
+        assert!(
+            log.contains(&resolved) && log.contains(&format!("/dns/{AP_HOST}")),
+            "{}: no {resolved} for {AP_HOST} in its log:\n{log}",
+            REGIONS[k]
+        );
+    }
 
     // 4. A payment: a deposit at eu, then a purchase at us once us has the deposit.
     let a = c
