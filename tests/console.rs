@@ -1,7 +1,8 @@
 //! The operator console (`GET /ui`) in a real browser: headless Chromium (Debian's `chromium`,
 //! driven over WebDriver by Debian's `chromium-driver`, with plain HTTP requests) keeps one
 //! page open on a running three-region cluster through a partition and a heal, and the test
-//! reads what the page shows as it refreshes itself; screenshots go to `target/tmp/`. Also:
+//! reads what the page shows as it refreshes itself; then a cluster whose settlement is blocked
+//! by a policy mismatch, and why; screenshots go to `target/tmp/`. Also:
 //! the page is served without a token but shows nothing without one; a refused or non-admin
 //! token brings the token form back. Skips, saying why, without Chromium or its driver.
 
@@ -19,6 +20,8 @@ const EU: usize = 0;
 const AP: usize = 2;
 /// Longest wait for the page to show something.
 const PAGE_WAIT: Duration = Duration::from_secs(40);
+/// Navigations tried before giving up on a browser error page.
+const NAVIGATION_TRIES: u32 = 5;
 /// The page's sessionStorage key (src/console/app.js).
 const TOKEN_KEY: &str = "walletd-console-token";
 
@@ -125,9 +128,28 @@ impl Browser {
         v["value"].clone()
     }
 
+    /// Navigates to a console URL; retries (a few times, saying why) when the browser shows
+    /// its own error page instead of the console.
     async fn goto(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
-            .await;
+        for attempt in 1..=NAVIGATION_TRIES {
+            self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+                .await;
+            let ours = self
+                .js("return document.getElementById('live') !== null")
+                .await;
+            if ours == json!(true) {
+                return;
+            }
+            let shown = self
+                .js("return document.body ? document.body.innerText.slice(0, 300) : ''")
+                .await;
+            assert!(
+                attempt < NAVIGATION_TRIES,
+                "the browser did not load the console: {shown}"
+            );
+            eprintln!("navigation {attempt}: not the console ({shown}); again");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     async fn js(&self, script: &str) -> Value {
@@ -437,6 +459,41 @@ async fn console_follows_a_partition_and_its_heal_in_a_real_browser() {
     })
     .await;
     let healed = b.screenshot("console-healed.png").await;
+    // Blocked, and why: a second cluster whose us was first started with another seed policy.
+    let mut m = cluster(&["eu", "us"]);
+    let policy = std::fs::read_to_string(m.dir.join("policy.toml")).expect("policy");
+    std::fs::write(
+        m.dir.join("policy-b.toml"),
+        policy.replace("flat = \"5.00\"", "flat = \"7.00\""),
+    )
+    .expect("policy b");
+    let cfg = m.regions[1].config.clone();
+    let text = std::fs::read_to_string(&cfg).expect("us config");
+    assert_eq!(text.matches("policy.toml\"").count(), 1);
+    std::fs::write(&cfg, text.replace("policy.toml\"", "policy-b.toml\"")).expect("us config");
+    m.start_all().await.expect("start the mismatched cluster");
+    b.goto(&format!(
+        "{}/ui#token={}",
+        m.regions[EU].http, m.admin_token
+    ))
+    .await;
+    b.wait_for("settlement blocked by the policy mismatch", |h| {
+        settlement_is(h, "blocked")?;
+        let (_, reasons) = by_id(h, "ul", "reasons")?;
+        need(
+            reasons.contains("policy mismatch: us was first started with another seed policy"),
+            || reasons.clone(),
+        )?;
+        let (_, us) = row(h, "region", "us")?;
+        need(us.contains("MISMATCH"), || us.clone())?;
+        need(h.contains("nothing settled yet"), || {
+            "lag: nothing settled yet".into()
+        })
+    })
+    .await;
+    let blocked = b.screenshot("console-blocked.png").await;
+    drop(m);
+
     // "Forget token": the form again, nothing kept.
     b.js("document.getElementById('forget').click(); return true")
         .await;
@@ -454,10 +511,11 @@ async fn console_follows_a_partition_and_its_heal_in_a_real_browser() {
     assert_eq!(kept, Value::Null);
     b.quit().await;
     println!(
-        "one console page followed the cluster through a partition and a heal in {:.1}s; \
-         screenshots: {}, {}",
+        "one console page followed the cluster through a partition and a heal, then showed a \
+         blocked cluster, in {:.1}s; screenshots: {}, {}, {}",
         t0.elapsed().as_secs_f64(),
         partitioned.display(),
-        healed.display()
+        healed.display(),
+        blocked.display()
     );
 }

@@ -113,7 +113,9 @@ function fmtMs(ms) {
   if (ms === null || ms === undefined) return "—";
   if (ms < 1000) return ms + " ms";
   if (ms < 120000) return (ms / 1000).toFixed(1) + " s";
-  return Math.round(ms / 60000) + " min";
+  if (ms < 2 * 3600000) return Math.round(ms / 60000) + " min";
+  if (ms < 2 * 86400000) return Math.round(ms / 3600000) + " h";
+  return Math.round(ms / 86400000) + " days";
 }
 
 function card(key, value, cls, field) {
@@ -121,23 +123,24 @@ function card(key, value, cls, field) {
     h("div", { class: "k" }, key), h("div", { class: "v " + (cls || "") }, value));
 }
 
-/** Why settlement is blocked or waiting, from /v1/status and /v1/admin/evidence. */
+/** Why settlement is blocked or waiting, from /v1/status and /v1/admin/evidence:
+ *  [css class, text, whether it holds settlement back]. */
 function reasons(st, evidence) {
   const out = [];
-  if (st.storage_failed) out.push(["bad", "storage failed: this region answers 503 and exits (code 70)"]);
-  if (st.restoring) out.push(["warn", "restoring this region's history from its peers"]);
+  if (st.storage_failed) out.push(["bad", "storage failed: this region answers 503 and exits (code 70)", true]);
+  if (st.restoring) out.push(["warn", "restoring this region's history from its peers", true]);
   for (const m of st.members || []) {
     if (m.self) continue;
     if (m.policy_matches === false)
-      out.push(["bad", `policy mismatch: ${m.region} was first started with another seed policy`]);
-    if (m.equivocated) out.push(["bad", `equivocation: ${m.region} broke the protocol (evidence below)`]);
-    if (!m.connected) out.push(["warn", `waiting for ${m.region}: not connected`]);
-    else if (!m.heard) out.push(["warn", `waiting for ${m.region}: no heartbeat heard yet`]);
+      out.push(["bad", `policy mismatch: ${m.region} was first started with another seed policy`, true]);
+    if (m.equivocated) out.push(["bad", `equivocation: ${m.region} broke the protocol (evidence below)`, true]);
+    if (!m.connected) out.push(["warn", `waiting for ${m.region}: not connected`, true]);
+    else if (!m.heard) out.push(["warn", `waiting for ${m.region}: no heartbeat heard yet`, true]);
   }
   for (const e of (evidence && evidence.evidence) || [])
-    out.push(["bad", `evidence ${e.kind} against ${e.origin} (${e.id})`]);
+    out.push(["bad", `evidence ${e.kind} against ${e.origin} (${e.id})`, true]);
   if (st.policy_file_ignored)
-    out.push(["warn", "the policy file differs from the recorded seed policy (the recorded one is in force)"]);
+    out.push(["muted", "note: the policy file differs from the recorded seed policy (the recorded one is in force)", false]);
   return out;
 }
 
@@ -148,13 +151,15 @@ function renderStatus(st, evidence) {
   const lag = st.settlement_lag_ms;
   const blocked = !!st.settlement_blocked;
   const rs = reasons(st, evidence);
-  const waiting = !blocked && rs.some(([k]) => k !== "ok");
+  const waiting = !blocked && rs.some(([, , holds]) => holds);
   const state = blocked ? "blocked" : waiting ? "waiting" : "flowing";
   const s = $("settlement");
   s.dataset.state = state;
   s.replaceChildren(
     card("settlement", state, blocked ? "bad" : waiting ? "warn" : "ok", "settlement"),
-    card("settlement lag", fmtMs(lag), lag > 5000 ? "warn" : "", "lag"),
+    // A watermark of 0 means nothing has settled since this region started its history.
+    card("settlement lag", hlcMs(st.watermark) === 0 ? "nothing settled yet" : fmtMs(lag),
+      lag > 5000 ? "warn" : "", "lag"),
     card("watermark", st.watermark, "mono", "watermark"),
     card("clock", st.clock, "mono", "clock"),
     card("events", st.events, "", "events"),
