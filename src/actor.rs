@@ -405,10 +405,7 @@ impl Actor {
         };
         if let Ok(eid) = EventId::parse(id) {
             return match self.replica.event(eid) {
-                Some(e) => Reply::json(
-                    200,
-                    render::event_json(e, self.replica.status(eid), true).to_string(),
-                ),
+                Some(e) => Reply::json(200, render::event_json(e, self.replica.status(eid), true)),
                 None => not_found(),
             };
         }
@@ -434,7 +431,7 @@ impl Actor {
             .find(|(k, _)| *k == (key, sub));
         match found {
             Some((_, wallet_core::Entry::Compensation(c))) if c.id() == id => {
-                Reply::json(200, render::comp_json(c, true).to_string())
+                Reply::json(200, render::comp_json(c, true))
             }
             _ => not_found(),
         }

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -99,6 +100,48 @@ pub enum ClusterError {
     /// The network-namespace fabric ([`crate::netns`]).
     #[error(transparent)]
     Netns(#[from] crate::netns::NetnsError),
+    /// An answer (or the request it answers) broke the API contract that the cluster's
+    /// [`AnswerCheck`] holds it to (the tests: the OpenAPI document).
+    #[error("{what}: breaks the API contract: {reason}")]
+    Contract {
+        /// The request.
+        what: String,
+        /// What does not match.
+        reason: String,
+    },
+}
+
+/// One request and its answer, as an [`AnswerCheck`] sees them.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    /// `GET`, `POST`.
+    pub method: &'a str,
+    /// Path and query, as sent.
+    pub path: &'a str,
+    /// The request's `Content-Type`, if any.
+    pub content_type: Option<&'a str>,
+    /// The request body (empty for none).
+    pub body: &'a str,
+    /// The answer's status.
+    pub status: u16,
+    /// The answer's `Content-Type`, if any.
+    pub answer_content_type: Option<&'a str>,
+    /// The answer's body.
+    pub answer: &'a str,
+}
+
+/// A check every request of a cluster's clients goes through (see
+/// [`ClusterOptions::check`]); its error fails the request with [`ClusterError::Contract`].
+#[derive(Clone)]
+pub struct AnswerCheck(pub Arc<CheckFn>);
+
+/// The function of an [`AnswerCheck`]: `Err` says what does not match.
+pub type CheckFn = dyn Fn(&Exchange<'_>) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for AnswerCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnswerCheck")
+    }
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> ClusterError {
@@ -139,6 +182,9 @@ pub struct ClusterOptions {
     /// Run each region in its own network namespace ([`crate::netns`]; needs root): faults
     /// are then injected from outside through [`LocalCluster::fabric_mut`].
     pub netns: bool,
+    /// Every answer the cluster's [`Client`]s receive goes through this check (the tests:
+    /// against the OpenAPI document, tests/common/openapi.rs).
+    pub check: Option<AnswerCheck>,
 }
 
 impl ClusterOptions {
@@ -158,6 +204,7 @@ impl ClusterOptions {
             tls: true,
             rate_per_second: None,
             netns: false,
+            check: None,
         })
     }
 }
@@ -181,6 +228,8 @@ pub struct Adopt {
     pub scan_secrets_on_drop: bool,
     /// Region `i` runs in the fabric's namespace `i`.
     pub fabric: Option<NetnsFabric>,
+    /// See [`ClusterOptions::check`].
+    pub check: Option<AnswerCheck>,
     /// Host names this process resolves itself (name, address), as the operator machine's
     /// `/etc/hosts` would: for regions whose URL names a host.
     pub resolve: Vec<(String, std::net::SocketAddr)>,
@@ -235,6 +284,7 @@ pub struct LocalCluster {
     remove_dir: bool,
     http: reqwest::Client,
     scan_secrets_on_drop: bool,
+    check: Option<AnswerCheck>,
     /// Declared last: dropped after the regions are killed.
     fabric: Option<NetnsFabric>,
 }
@@ -268,6 +318,7 @@ pub struct Client {
     region: String,
     url: String,
     token: String,
+    check: Option<AnswerCheck>,
 }
 
 impl std::fmt::Debug for Client {
@@ -312,52 +363,68 @@ impl Client {
         }
     }
 
-    async fn send(
+    /// Sends the request (`method path`, with `content_type` and `body` as given to the
+    /// builder) and reads the answer: status, headers, body; the cluster's check sees both.
+    async fn exchange(
         &self,
-        what: String,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &str,
         rb: reqwest::RequestBuilder,
-    ) -> Result<Answer, ClusterError> {
+    ) -> Result<(u16, reqwest::header::HeaderMap, String), ClusterError> {
+        let what = || format!("{method} {} {path}", self.region);
         let r = rb.send().await.map_err(|e| ClusterError::Request {
-            what: what.clone(),
+            what: what(),
             reason: e.to_string(),
         })?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().await.map_err(|e| ClusterError::Request {
-            what,
+            what: what(),
             reason: e.to_string(),
         })?;
+        if let Some(check) = &self.check {
+            let exchange = Exchange {
+                method,
+                path,
+                content_type,
+                body,
+                status,
+                answer_content_type: headers
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok()),
+                answer: &text,
+            };
+            (check.0)(&exchange).map_err(|reason| ClusterError::Contract {
+                what: what(),
+                reason,
+            })?;
+        }
+        Ok((status, headers, text))
+    }
+
+    fn answer((status, headers, text): (u16, reqwest::header::HeaderMap, String)) -> Answer {
         let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(Answer {
+        Answer {
             status,
             json,
             headers,
-        })
+        }
     }
 
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Result<Answer, ClusterError> {
-        let what = format!("GET {} {path}", self.region);
         let rb = self.authed(self.http.get(format!("{}{path}", self.url)));
-        self.send(what, rb).await
+        self.exchange("GET", path, None, "", rb)
+            .await
+            .map(Client::answer)
     }
 
     /// `GET path`: status and the body exactly as sent (for byte comparisons and text).
     pub async fn get_raw(&self, path: &str) -> Result<(u16, String), ClusterError> {
-        let what = format!("GET {} {path}", self.region);
-        let a = self
-            .authed(self.http.get(format!("{}{path}", self.url)))
-            .send()
-            .await
-            .map_err(|e| ClusterError::Request {
-                what: what.clone(),
-                reason: e.to_string(),
-            })?;
-        let status = a.status().as_u16();
-        let text = a.text().await.map_err(|e| ClusterError::Request {
-            what,
-            reason: e.to_string(),
-        })?;
+        let rb = self.authed(self.http.get(format!("{}{path}", self.url)));
+        let (status, _, text) = self.exchange("GET", path, None, "", rb).await?;
         Ok((status, text))
     }
 
@@ -368,7 +435,6 @@ impl Client {
         body: &str,
         key: Option<&str>,
     ) -> Result<Answer, ClusterError> {
-        let what = format!("POST {} {path}", self.region);
         let mut rb = self
             .authed(self.http.post(format!("{}{path}", self.url)))
             .header("content-type", "application/json")
@@ -376,7 +442,9 @@ impl Client {
         if let Some(k) = key {
             rb = rb.header("Idempotency-Key", k);
         }
-        self.send(what, rb).await
+        self.exchange("POST", path, Some("application/json"), body, rb)
+            .await
+            .map(Client::answer)
     }
 
     /// `POST path` with `body` sent as is with this `Content-Type` (none if empty): e.g. a
@@ -387,14 +455,16 @@ impl Client {
         content_type: &str,
         body: &str,
     ) -> Result<Answer, ClusterError> {
-        let what = format!("POST {} {path}", self.region);
         let mut rb = self
             .authed(self.http.post(format!("{}{path}", self.url)))
             .body(body.to_string());
-        if !content_type.is_empty() {
-            rb = rb.header("content-type", content_type);
+        let ct = (!content_type.is_empty()).then_some(content_type);
+        if let Some(ct) = ct {
+            rb = rb.header("content-type", ct);
         }
-        self.send(what, rb).await
+        self.exchange("POST", path, ct, body, rb)
+            .await
+            .map(Client::answer)
     }
 
     /// Submits a transaction.
@@ -514,6 +584,7 @@ impl LocalCluster {
             log_filter: opts.log_filter,
             scan_secrets_on_drop: opts.scan_secrets_on_drop,
             fabric,
+            check: opts.check,
             resolve: Vec::new(),
         })
     }
@@ -531,6 +602,7 @@ impl LocalCluster {
             log_filter,
             scan_secrets_on_drop,
             fabric,
+            check,
             resolve,
         } = a;
         if let Some(f) = &fabric {
@@ -574,6 +646,7 @@ impl LocalCluster {
             remove_dir,
             http,
             scan_secrets_on_drop,
+            check,
             fabric,
         })
     }
@@ -867,6 +940,7 @@ impl LocalCluster {
             region: r.region.clone(),
             url: r.http.clone(),
             token: token.to_string(),
+            check: self.check.clone(),
         })
     }
 

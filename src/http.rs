@@ -15,22 +15,22 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use wallet_core::id::check_reference;
 use wallet_core::{AccountId, Amount, AmountError, Currency, Kind, RegionId, TxRequest};
 
 use crate::command::{Command, Reply, Shared, SubmitCmd, PAGE_LIMIT_MAX};
 use crate::config::{HttpLimits, NodeConfig};
 use crate::metrics::{Metrics, Refusal};
-use crate::render;
+use crate::render::{self, ErrorBody};
 use crate::secret::{self, TokenDigest, TokenSet};
 
-/// The OpenAPI document served at `/openapi.json`.
-pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
 /// Default page size of lists.
 pub const PAGE_LIMIT_DEFAULT: usize = 100;
 
@@ -177,8 +177,8 @@ fn json_response(status: u16, body: impl Into<axum::body::Body>) -> Response {
 /// An API error: status, stable code, human message.
 #[derive(Debug)]
 pub struct ApiError {
-    status: u16,
-    code: &'static str,
+    pub(crate) status: u16,
+    pub(crate) code: &'static str,
     message: String,
 }
 
@@ -230,7 +230,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// `Ok(None)` for routes without auth, `Err` with the 401/403 answer.
 fn check_auth(st: &AppState, req: &Request) -> Result<Option<TokenDigest>, Box<Response>> {
     let path = req.uri().path();
-    if !path.starts_with("/v1/") {
+    if !path.starts_with("/v1/") || path == crate::openapi::V1_PATH {
         return Ok(None);
     }
     let admin_route = path.starts_with("/v1/admin/");
@@ -319,6 +319,7 @@ fn route_name(path: Option<&str>) -> &'static str {
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/openapi.json") => "/openapi.json",
+        Some("/v1/openapi.json") => "/v1/openapi.json",
         Some("/ui") => "/ui",
         Some("/ui/app.js") => "/ui/app.js",
         Some("/ui/app.css") => "/ui/app.css",
@@ -355,28 +356,35 @@ async fn front(State(st): State<AppState>, req: Request, next: Next) -> Response
     resp
 }
 
+/// Every route with its handler: the one list both the router and the OpenAPI document
+/// ([`crate::openapi`]) are built from. A route added with `.route(..)` elsewhere would be
+/// served undocumented: add it here, with its `#[utoipa::path]`. (The one exception is the
+/// operator console's page, `/ui` in [`router`]: not JSON, not part of the API.)
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(post_transaction, list_transactions))
+        .routes(routes!(balances))
+        .routes(routes!(get_transaction))
+        .routes(routes!(compensations))
+        .routes(routes!(status))
+        .routes(routes!(faults))
+        .routes(routes!(evidence))
+        .routes(routes!(post_policy))
+        .routes(routes!(get_policy))
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi))
+        .routes(routes!(openapi_legacy))
+}
+
 /// The router with every route, auth, limits and metrics.
 pub fn router(st: AppState) -> Router {
     let limit = st.0.body_limit_bytes;
-    let v1 = Router::new()
-        .route(
-            "/v1/accounts/{account}/transactions",
-            post(post_transaction).get(list_transactions),
-        )
-        .route("/v1/accounts/{account}/balances", get(balances))
-        .route("/v1/transactions/{id}", get(get_transaction))
-        .route("/v1/compensations", get(compensations))
-        .route("/v1/status", get(status))
-        .route("/v1/admin/faults", post(faults))
-        .route("/v1/admin/evidence", get(evidence))
-        .route("/v1/admin/policy", post(post_policy))
-        .route("/v1/policy", get(get_policy));
-    Router::new()
-        .merge(v1)
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/openapi.json", get(openapi))
+    let (routes, _doc) = api_routes().split_for_parts();
+    routes
+        // The operator console's page and assets: HTML, CSS and JavaScript for a browser, not
+        // the JSON API, so outside the OpenAPI document (docs/api.md, docs/security.md).
         .route("/ui", get(crate::console::index))
         .route("/ui/app.js", get(crate::console::app_js))
         .route("/ui/app.css", get(crate::console::app_css))
@@ -424,7 +432,7 @@ fn account_of(p: Result<Path<String>, PathRejection>) -> Result<AccountId, ApiEr
 }
 
 /// Validated transaction body.
-struct TxBody {
+pub(crate) struct TxBody {
     kind: Kind,
     amount: Amount,
     currency: Currency,
@@ -446,7 +454,7 @@ struct FastBody<'a> {
     reference: Option<std::borrow::Cow<'a, str>>,
 }
 
-fn parse_tx_body(bytes: &[u8]) -> Result<TxBody, ApiError> {
+pub(crate) fn parse_tx_body(bytes: &[u8]) -> Result<TxBody, ApiError> {
     let Ok(f) = serde_json::from_slice::<FastBody<'_>>(bytes) else {
         return parse_tx_body_slow(bytes);
     };
@@ -587,6 +595,35 @@ fn fingerprint(b: &TxBody) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Submits a transaction; answered once the event is durable on this region's disk.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{account}/transactions",
+    tag = "transactions",
+    params(
+        ("account" = crate::openapi::AccountId, Path, description = "The account (needs no creation)"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+            pattern = "^[!-~]+$",
+            description = "Optional, recommended: 1 to 255 visible ASCII characters, scoped per \
+                account. A retry with the same key and body returns the original answer."),
+    ),
+    request_body(content = crate::openapi::TransactionRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created (or replayed: `Idempotent-Replayed: true`)",
+            body = render::TransactionCreated,
+            headers(("Idempotent-Replayed" = String,
+                description = "`true` when this is the stored answer of an earlier request with the same key"))),
+        (status = 400, description = "`invalid_json`, `invalid_amount`, `amount_scale`, \
+            `unknown_currency`, `invalid_type`, `invalid_account`, `invalid_reference`, \
+            `invalid_idempotency_key`", body = ErrorBody),
+        (status = 409, description = "`idempotency_conflict`, `account_frozen`, `balance_overflow`",
+            body = ErrorBody),
+        (status = 422, description = "`insufficient_funds` (and only that); replayed with \
+            `Idempotent-Replayed: true` on a retry with the same key",
+            body = ErrorBody,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+    )
+)]
 async fn post_transaction(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -689,8 +726,14 @@ fn page_params(
                 }
             }
             "limit" => {
+                // Digits only: `usize::from_str` would also take "+5".
                 limit = match v.parse::<usize>() {
-                    Ok(n) if (1..=PAGE_LIMIT_MAX).contains(&n) => n,
+                    Ok(n)
+                        if v.bytes().all(|b| b.is_ascii_digit())
+                            && (1..=PAGE_LIMIT_MAX).contains(&n) =>
+                    {
+                        n
+                    }
                     _ => {
                         return Err(error(
                             400,
@@ -712,6 +755,24 @@ fn page_params(
     Ok((after, limit))
 }
 
+/// The account's events in the total order, compensations included.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account}/transactions",
+    tag = "transactions",
+    params(
+        ("account" = crate::openapi::AccountId, Path, description = "The account"),
+        ("after" = Option<String>, Query, pattern = "^([0-9a-f]{2})*$",
+            description = "A `next` this API returned (empty: from the start)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
+            description = "Page size, 1 to 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page", body = render::TransactionsPage),
+        (status = 400, description = "`invalid_account`, `invalid_cursor`, `invalid_limit`, \
+            `invalid_query`", body = ErrorBody),
+    )
+)]
 async fn list_transactions(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -729,6 +790,17 @@ async fn list_transactions(
     .await)
 }
 
+/// The account's balance in each currency it has events in.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account}/balances",
+    tag = "transactions",
+    params(("account" = crate::openapi::AccountId, Path, description = "The account")),
+    responses(
+        (status = 200, description = "Balances", body = render::BalancesBody),
+        (status = 400, description = "`invalid_account`", body = ErrorBody),
+    )
+)]
 async fn balances(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -737,6 +809,18 @@ async fn balances(
     Ok(ask(&st, |reply| Command::Balances { account, reply }).await)
 }
 
+/// One event or compensation with its status.
+#[utoipa::path(
+    get,
+    path = "/v1/transactions/{id}",
+    tag = "transactions",
+    params(("id" = crate::openapi::TransactionId, Path, description = "An event or compensation id")),
+    responses(
+        (status = 200, description = "The event or compensation", body = render::EntryView),
+        (status = 400, description = "`invalid_transaction_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`: this region does not hold it (yet)", body = ErrorBody),
+    )
+)]
 async fn get_transaction(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -745,6 +829,22 @@ async fn get_transaction(
     Ok(ask(&st, |reply| Command::Transaction { id, reply }).await)
 }
 
+/// The compensation feed in feed order (the same on every region).
+#[utoipa::path(
+    get,
+    path = "/v1/compensations",
+    tag = "feed",
+    params(
+        ("after" = Option<String>, Query, pattern = "^([0-9a-f]{2})*$",
+            description = "A `next` this API returned (empty: from the start)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
+            description = "Page size, 1 to 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of the feed", body = render::CompensationsPage),
+        (status = 400, description = "`invalid_cursor`, `invalid_limit`, `invalid_query`", body = ErrorBody),
+    )
+)]
 async fn compensations(State(st): State<AppState>, q: Params) -> Result<Response, ApiError> {
     let (after, limit) = page_params(q, |c| render::parse_feed_cursor(c).is_some())?;
     let after = after
@@ -758,18 +858,61 @@ async fn compensations(State(st): State<AppState>, q: Params) -> Result<Response
     .await)
 }
 
+/// This region's view: members, watermark, settlement lag, policy.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "region",
+    responses((status = 200, description = "Status", body = render::StatusBody))
+)]
 async fn status(State(st): State<AppState>) -> Response {
     ask(&st, |reply| Command::Status { reply }).await
 }
 
+/// Proof held that a member broke the protocol.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/evidence",
+    tag = "admin",
+    responses((status = 200, description = "Evidence", body = render::EvidenceBody))
+)]
 async fn evidence(State(st): State<AppState>) -> Response {
     ask(&st, |reply| Command::Evidence { reply }).await
 }
 
+/// The policy in force and the policy history.
+#[utoipa::path(
+    get,
+    path = "/v1/policy",
+    tag = "region",
+    responses((status = 200, description = "Policy", body = render::PolicyBody))
+)]
 async fn get_policy(State(st): State<AppState>) -> Response {
     ask(&st, |reply| Command::Policy { reply }).await
 }
 
+/// Changes the overdraft policy of the whole cluster (a replicated policy event).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/policy",
+    tag = "admin",
+    request_body(
+        description = "The policy file as TOML (application/toml, text/plain), or the same \
+            fields as JSON (application/json). Without a Content-Type, a body starting with \
+            `{` is JSON, anything else TOML.",
+        content(
+            (crate::openapi::PolicyDocument = "application/json"),
+            (String = "application/toml"),
+            (String = "text/plain"),
+        )
+    ),
+    responses(
+        (status = 201, description = "The policy event, durable here", body = render::PolicySubmitted),
+        (status = 400, description = "`invalid_policy`: the message names the field", body = ErrorBody),
+        (status = 409, description = "`policy_refused`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    )
+)]
 async fn post_policy(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -784,7 +927,10 @@ async fn post_policy(
 /// the same fields as JSON (`application/json`). Without a content type (or curl's default
 /// form type), a body starting with `{` is JSON, anything else TOML. The core parses and
 /// checks it; its error names the field.
-fn parse_policy_body(headers: &HeaderMap, bytes: &[u8]) -> Result<wallet_core::Policy, ApiError> {
+pub(crate) fn parse_policy_body(
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<wallet_core::Policy, ApiError> {
     let invalid = |m: String| error(400, "invalid_policy", &m);
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -835,6 +981,18 @@ fn parse_policy_body(headers: &HeaderMap, bytes: &[u8]) -> Result<wallet_core::P
     policy.map_err(|e| invalid(e.to_string()))
 }
 
+/// Cuts replication with regions off, or heals (only with `[faults] enabled = true`).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/faults",
+    tag = "admin",
+    request_body(content = crate::openapi::FaultsRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The regions now cut off", body = render::FaultsBody),
+        (status = 400, description = "`invalid_json`, `invalid_region`", body = ErrorBody),
+        (status = 404, description = "`not_found`: fault injection is disabled", body = ErrorBody),
+    )
+)]
 async fn faults(
     State(st): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -847,7 +1005,17 @@ async fn faults(
         ));
     }
     let bytes = body.map_err(|e| body_error(&st, e))?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    let set = parse_faults_body(&bytes)?;
+    Ok(ask(&st, |reply| Command::Faults {
+        isolate: set,
+        reply,
+    })
+    .await)
+}
+
+/// `{"isolate":[regions]}` or `{"heal":true}`, nothing else (no other field).
+pub(crate) fn parse_faults_body(bytes: &[u8]) -> Result<BTreeSet<RegionId>, ApiError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
         error(
             400,
             "invalid_json",
@@ -855,9 +1023,12 @@ async fn faults(
         )
     })?;
     let usage = "expected {\"isolate\":[\"<region>\",...]} or {\"heal\":true}";
+    let Value::Object(m) = &v else {
+        return Err(error(400, "invalid_json", usage));
+    };
     let mut set = BTreeSet::new();
-    match (v.get("isolate"), v.get("heal")) {
-        (Some(Value::Array(list)), None) => {
+    match (m.get("isolate"), m.get("heal"), m.len()) {
+        (Some(Value::Array(list)), None, 1) => {
             for r in list {
                 let s = r
                     .as_str()
@@ -867,18 +1038,21 @@ async fn faults(
                 set.insert(r);
             }
         }
-        (None, Some(Value::Bool(true))) => {}
+        (None, Some(Value::Bool(true)), 1) => {}
         _ => return Err(error(400, "invalid_json", usage)),
     }
-    Ok(ask(&st, |reply| Command::Faults {
-        isolate: set,
-        reply,
-    })
-    .await)
+    Ok(set)
 }
 
 /// `/metrics`: the HTTP counters and the actor's latest published gauges; never waits for
 /// the actor, so a flood of scrapes cannot queue ahead of payments.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format",
+        body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(st): State<AppState>) -> Response {
     let node = st.0.metrics.node_snapshot();
     let mut text = String::with_capacity(node.len() + 8192);
@@ -892,10 +1066,27 @@ async fn metrics(State(st): State<AppState>) -> Response {
     r
 }
 
+/// Liveness: 200 while the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive", body = render::HealthBody))
+)]
 async fn healthz() -> Response {
     json_response(200, "{\"status\":\"ok\"}")
 }
 
+/// Readiness: storage loaded and not restoring.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = render::ReadyBody),
+        (status = 503, description = "`not_ready`, `restoring`, `storage_unavailable`", body = ErrorBody),
+    )
+)]
 async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
     let sh = &st.0.shared;
     if sh.storage_failed.load(Ordering::Acquire) {
@@ -914,8 +1105,26 @@ async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
     Ok(json_response(200, "{\"ready\":true}"))
 }
 
+/// This document (no token needed).
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
 async fn openapi() -> Response {
-    json_response(200, OPENAPI_JSON)
+    json_response(200, crate::openapi::document_json())
+}
+
+/// This document at its first address (use `/v1/openapi.json`).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+async fn openapi_legacy() -> Response {
+    json_response(200, crate::openapi::document_json())
 }
 
 impl IntoResponse for Reply {

@@ -50,6 +50,7 @@ pub mod keygen;
 pub mod metrics;
 pub mod netns;
 pub mod node;
+pub mod openapi;
 pub mod policycheck;
 pub mod render;
 pub mod secret;

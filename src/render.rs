@@ -6,74 +6,206 @@
 //! (`<ms>.<logical>`), so no JSON number ever loses precision.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 use wallet_core::{
     AccountId, Balance, Compensation, Entry, EntryKey, Event, EventId, Evidence, Hlc, Policy,
     PolicyHash, RegionId, Replica, Status,
 };
 
-/// Writes `s` as a JSON string literal.
-pub fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+use crate::openapi::{
+    AccountId as AccountIdText, Amount, CompensationId, CurrencyCode, Cursor,
+    EventId as EventIdText, Hlc as HlcText, PolicyDocument, RegionId as RegionIdText, Sha256Hex,
+    SignatureHex, SignedAmount,
+};
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    // Serializing these plain structs (strings, numbers, maps with string keys) cannot fail.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Every error body: `{"error":{"code":..,"message":..}}`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody<'a> {
+    /// The error.
+    pub error: ErrorDetail<'a>,
+}
+
+/// The code (stable, for programs) and message (for humans, may change) of an error.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail<'a> {
+    /// Stable code.
+    #[schema(value_type = ErrorCode)]
+    pub code: &'a str,
+    /// Human-readable message.
+    pub message: &'a str,
+}
+
+/// Every error code the API sends (docs/api.md#error-codes).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidAmount,
+    AmountScale,
+    UnknownCurrency,
+    InvalidType,
+    InvalidAccount,
+    InvalidReference,
+    InvalidIdempotencyKey,
+    InvalidCursor,
+    InvalidLimit,
+    InvalidQuery,
+    InvalidTransactionId,
+    InvalidRegion,
+    InvalidPolicy,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    IdempotencyConflict,
+    AccountFrozen,
+    BalanceOverflow,
+    PolicyRefused,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    InsufficientFunds,
+    RateLimited,
+    Restoring,
+    StorageUnavailable,
+    Unavailable,
+    Timeout,
+    NotReady,
+    Internal,
 }
 
 /// `{"error":{"code":..,"message":..}}`.
 pub fn error_body(code: &str, message: &str) -> String {
-    let mut s = String::with_capacity(48 + message.len());
-    s.push_str("{\"error\":{\"code\":");
-    push_json_str(&mut s, code);
-    s.push_str(",\"message\":");
-    push_json_str(&mut s, message);
-    s.push_str("}}");
-    s
+    to_json(&ErrorBody {
+        error: ErrorDetail { code, message },
+    })
+}
+
+/// A balance of one (account, currency).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceView {
+    /// Every event this region holds.
+    #[schema(value_type = SignedAmount)]
+    pub provisional: String,
+    /// The settled prefix only.
+    #[schema(value_type = SignedAmount)]
+    pub settled: String,
 }
 
 /// The `201` body of a new (or replayed) transaction.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionCreated {
+    /// `<origin region>:<seq>`.
+    #[schema(value_type = EventIdText)]
+    pub id: String,
+    /// The account.
+    #[schema(value_type = AccountIdText)]
+    pub account: String,
+    /// The transaction type.
+    #[serde(rename = "type")]
+    pub kind: TxType,
+    /// The amount, with the currency's minor units.
+    #[schema(value_type = Amount)]
+    pub amount: String,
+    /// The currency.
+    #[schema(value_type = CurrencyCode)]
+    pub currency: String,
+    /// The event's HLC.
+    #[schema(value_type = HlcText)]
+    pub hlc: String,
+    /// As submitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reference: Option<String>,
+    /// This (account, currency) right after the event.
+    pub balance: BalanceView,
+}
+
+/// A client transaction type.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum TxType {
+    Deposit,
+    Purchase,
+    Withdrawal,
+    Refund,
+}
+
+impl TxType {
+    fn of(k: wallet_core::Kind) -> TxType {
+        match k {
+            wallet_core::Kind::Deposit => TxType::Deposit,
+            wallet_core::Kind::Purchase => TxType::Purchase,
+            wallet_core::Kind::Withdrawal => TxType::Withdrawal,
+            wallet_core::Kind::Refund => TxType::Refund,
+        }
+    }
+}
+
+/// The type of an event: a client transaction, or a policy change.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum EventType {
+    Deposit,
+    Purchase,
+    Withdrawal,
+    Refund,
+    Policy,
+}
+
+/// The status of an event.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum TxStatus {
+    Provisional,
+    Settled,
+    Reversed,
+}
+
+/// The type of a compensation.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum CompensationType {
+    OverdraftFee,
+    Reversal,
+    IdempotencyConflict,
+}
+
+/// `201 Created`.
 pub fn created_body(event: &Event, bal: Balance) -> String {
-    let mut s = String::with_capacity(256);
     let Some(tx) = event.tx() else {
         return "{}".into();
     };
     let c = tx.currency;
-    s.push_str("{\"id\":\"");
-    let _ = write!(s, "{}", event.id);
-    s.push_str("\",\"account\":");
-    push_json_str(&mut s, tx.account.as_str());
-    let _ = write!(
-        s,
-        ",\"type\":\"{}\",\"amount\":\"{}\",\"currency\":\"{}\",\"hlc\":\"{}\"",
-        tx.kind.as_str(),
-        c.render(tx.amount.value()),
-        c,
-        event.hlc
-    );
-    if let Some(r) = &tx.reference {
-        s.push_str(",\"reference\":");
-        push_json_str(&mut s, r);
-    }
-    let _ = write!(
-        s,
-        ",\"balance\":{{\"provisional\":\"{}\",\"settled\":\"{}\"}}}}",
-        c.render(bal.provisional),
-        c.render(bal.settled)
-    );
-    s
+    to_json(&TransactionCreated {
+        id: event.id.to_string(),
+        account: tx.account.to_string(),
+        kind: TxType::of(tx.kind),
+        amount: c.render(tx.amount.value()),
+        currency: c.to_string(),
+        hlc: event.hlc.to_string(),
+        reference: tx.reference.as_ref().map(|r| r.to_string()),
+        balance: BalanceView {
+            provisional: c.render(bal.provisional),
+            settled: c.render(bal.settled),
+        },
+    })
 }
 
 /// Status name.
@@ -85,146 +217,393 @@ pub fn status_str(s: Status) -> &'static str {
     }
 }
 
-/// The fields of an event that do not depend on this region's view of it (id, account,
-/// type, amount, currency, reference, idempotency key, HLC).
-fn event_fields(event: &Event, with_account: bool) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("id".into(), Value::String(event.id.to_string()));
-    match &event.body {
-        wallet_core::Body::Tx(tx) => {
-            if with_account {
-                m.insert("account".into(), Value::String(tx.account.to_string()));
-            }
-            m.insert("type".into(), Value::String(tx.kind.as_str().into()));
-            m.insert(
-                "amount".into(),
-                Value::String(tx.currency.render(tx.amount.value())),
-            );
-            m.insert("currency".into(), Value::String(tx.currency.to_string()));
-            if let Some(r) = &tx.reference {
-                m.insert("reference".into(), Value::String(r.to_string()));
-            }
-            if let Some(k) = &tx.idempotency_key {
-                m.insert("idempotency_key".into(), Value::String(k.to_string()));
-            }
-        }
-        wallet_core::Body::Policy(_) => {
-            m.insert("type".into(), Value::String("policy".into()));
-        }
+fn tx_status(s: Status) -> TxStatus {
+    match s {
+        Status::Provisional => TxStatus::Provisional,
+        Status::Settled => TxStatus::Settled,
+        Status::Reversed => TxStatus::Reversed,
     }
-    m.insert("hlc".into(), Value::String(event.hlc.to_string()));
-    m
+}
+
+/// A view of an event: the fields that do not depend on this region's view of it, then
+/// `$extra`; and `$name::new(fields, extra..)`. Two closed schemas (no other property), which
+/// JSON Schema composition (`allOf`) could not keep closed.
+macro_rules! event_view {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Serialize, ToSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// `<origin region>:<seq>`.
+            #[schema(value_type = EventIdText)]
+            pub id: String,
+            /// The account (not in an account's own history; none for a policy event).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(value_type = Option<AccountIdText>, nullable = false)]
+            pub account: Option<String>,
+            /// The type.
+            #[serde(rename = "type")]
+            pub kind: EventType,
+            /// The amount (client transactions only).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(value_type = Option<Amount>, nullable = false)]
+            pub amount: Option<String>,
+            /// The currency (client transactions only).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(value_type = Option<CurrencyCode>, nullable = false)]
+            pub currency: Option<String>,
+            /// As submitted.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(nullable = false)]
+            pub reference: Option<String>,
+            /// As submitted.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(nullable = false)]
+            pub idempotency_key: Option<String>,
+            /// The event's HLC: its place in the total order.
+            #[schema(value_type = HlcText)]
+            pub hlc: String,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            fn new(f: EventFields, $($field: $ty,)*) -> $name {
+                $name {
+                    id: f.id,
+                    account: f.account,
+                    kind: f.kind,
+                    amount: f.amount,
+                    currency: f.currency,
+                    reference: f.reference,
+                    idempotency_key: f.idempotency_key,
+                    hlc: f.hlc,
+                    $($field,)*
+                }
+            }
+        }
+    };
+}
+
+event_view!(
+    /// An event (a client transaction or a policy change) in an account's history or by id.
+    EventView {
+        /// In the settled prefix.
+        settled: bool,
+        /// `provisional`, `settled`, or `reversed`.
+        status: TxStatus,
+        /// On a reversed event: the reversal's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<CompensationId>, nullable = false)]
+        reversed_by: Option<String>,
+        /// On a settled event that caused a fee: the fee's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<CompensationId>, nullable = false)]
+        compensation: Option<String>,
+    }
+);
+
+event_view!(
+    /// An event as an item of evidence: its fields and the origin's signature, no status.
+    SignedEventView {
+        /// The origin's ed25519 signature.
+        #[schema(value_type = SignatureHex)]
+        signature: String,
+    }
+);
+
+/// The fields of an event that do not depend on this region's view of it.
+struct EventFields {
+    id: String,
+    account: Option<String>,
+    kind: EventType,
+    amount: Option<String>,
+    currency: Option<String>,
+    reference: Option<String>,
+    idempotency_key: Option<String>,
+    hlc: String,
+}
+
+fn event_fields(event: &Event, with_account: bool) -> EventFields {
+    let mut f = EventFields {
+        id: event.id.to_string(),
+        account: None,
+        kind: EventType::Policy,
+        amount: None,
+        currency: None,
+        reference: None,
+        idempotency_key: None,
+        hlc: event.hlc.to_string(),
+    };
+    if let wallet_core::Body::Tx(tx) = &event.body {
+        if with_account {
+            f.account = Some(tx.account.to_string());
+        }
+        f.kind = match TxType::of(tx.kind) {
+            TxType::Deposit => EventType::Deposit,
+            TxType::Purchase => EventType::Purchase,
+            TxType::Withdrawal => EventType::Withdrawal,
+            TxType::Refund => EventType::Refund,
+        };
+        f.amount = Some(tx.currency.render(tx.amount.value()));
+        f.currency = Some(tx.currency.to_string());
+        f.reference = tx.reference.as_ref().map(|r| r.to_string());
+        f.idempotency_key = tx.idempotency_key.as_ref().map(|k| k.to_string());
+    }
+    f
 }
 
 /// A client event in a list or by id.
+pub fn event_view(
+    event: &Event,
+    status: Option<(Status, Option<&Compensation>)>,
+    with_account: bool,
+) -> EventView {
+    let (st, comp) = status.unwrap_or((Status::Provisional, None));
+    let (reversed_by, compensation) = match comp {
+        Some(c) if st == Status::Reversed => (Some(c.id()), None),
+        Some(c) => (None, Some(c.id())),
+        None => (None, None),
+    };
+    EventView::new(
+        event_fields(event, with_account),
+        st != Status::Provisional,
+        tx_status(st),
+        reversed_by,
+        compensation,
+    )
+}
+
+/// A client event in a list or by id, as JSON text.
 pub fn event_json(
     event: &Event,
     status: Option<(Status, Option<&Compensation>)>,
     with_account: bool,
-) -> Value {
-    let mut m = event_fields(event, with_account);
-    let (st, comp) = status.unwrap_or((Status::Provisional, None));
-    m.insert("settled".into(), Value::Bool(st != Status::Provisional));
-    m.insert("status".into(), Value::String(status_str(st).into()));
-    if let Some(c) = comp {
-        if st == Status::Reversed {
-            m.insert("reversed_by".into(), Value::String(c.id()));
-        } else {
-            m.insert("compensation".into(), Value::String(c.id()));
-        }
-    }
-    Value::Object(m)
+) -> String {
+    to_json(&event_view(event, status, with_account))
 }
 
-/// An event as an item of evidence: its fields as clients see them elsewhere, plus the
-/// origin's signature (hex); no status (the item may never have been applied here).
-fn signed_event_json(event: &Event) -> Value {
-    let mut m = event_fields(event, true);
-    m.insert("signature".into(), Value::String(hex::encode(&event.sig)));
-    Value::Object(m)
+fn signed_event(event: &Event) -> SignedEventView {
+    SignedEventView::new(event_fields(event, true), hex::encode(&event.sig))
 }
 
-/// One piece of evidence that a member broke the protocol (`GET /v1/admin/evidence`).
-pub fn evidence_json(ev: &Evidence) -> Value {
-    let mut m = Map::new();
-    let kind = match ev {
-        Evidence::Conflicting(..) => "conflicting_events",
-        Evidence::BrokenPromise { .. } => "broken_promise",
-    };
-    m.insert("kind".into(), Value::String(kind.into()));
-    m.insert("origin".into(), Value::String(ev.origin().to_string()));
-    m.insert("id".into(), Value::String(ev.id().to_string()));
+/// One piece of evidence that a member broke the protocol.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EvidenceView {
+    /// Two different events under one id.
+    ConflictingEvents {
+        /// The member the proof is against.
+        #[schema(value_type = RegionIdText)]
+        origin: String,
+        /// The id both events carry.
+        #[schema(value_type = EventIdText)]
+        id: String,
+        /// Both events, each signed by the origin.
+        #[schema(min_items = 2, max_items = 2)]
+        events: Vec<SignedEventView>,
+    },
+    /// A signed heartbeat promising no event above `seq` at or below `hlc`, and an event
+    /// that breaks it.
+    BrokenPromise {
+        /// The member the proof is against.
+        #[schema(value_type = RegionIdText)]
+        origin: String,
+        /// The event's id.
+        #[schema(value_type = EventIdText)]
+        id: String,
+        /// The signed promise.
+        heartbeat: HeartbeatView,
+        /// The event that breaks it.
+        #[schema(value_type = SignedEventView)]
+        event: Box<SignedEventView>,
+    },
+}
+
+/// A signed heartbeat.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatView {
+    /// The member that signed it.
+    #[schema(value_type = RegionIdText)]
+    pub origin: String,
+    /// Promised: no event above `seq` at or below this HLC.
+    #[schema(value_type = HlcText)]
+    pub hlc: String,
+    /// The highest seq the origin had issued.
+    pub seq: u64,
+    /// The origin's ed25519 signature.
+    #[schema(value_type = SignatureHex)]
+    pub signature: String,
+}
+
+/// One piece of evidence (`GET /v1/admin/evidence`).
+pub fn evidence_view(ev: &Evidence) -> EvidenceView {
     match ev {
-        Evidence::Conflicting(a, b) => {
-            m.insert(
-                "events".into(),
-                Value::Array(vec![signed_event_json(a), signed_event_json(b)]),
-            );
-        }
-        Evidence::BrokenPromise { heartbeat, event } => {
-            m.insert(
-                "heartbeat".into(),
-                json!({
-                    "origin": heartbeat.hb.origin.to_string(),
-                    "hlc": heartbeat.hb.hlc.to_string(),
-                    "seq": heartbeat.hb.seq,
-                    "signature": hex::encode(&heartbeat.sig),
-                }),
-            );
-            m.insert("event".into(), signed_event_json(event));
-        }
+        Evidence::Conflicting(a, b) => EvidenceView::ConflictingEvents {
+            origin: ev.origin().to_string(),
+            id: ev.id().to_string(),
+            events: vec![signed_event(a), signed_event(b)],
+        },
+        Evidence::BrokenPromise { heartbeat, event } => EvidenceView::BrokenPromise {
+            origin: ev.origin().to_string(),
+            id: ev.id().to_string(),
+            heartbeat: HeartbeatView {
+                origin: heartbeat.hb.origin.to_string(),
+                hlc: heartbeat.hb.hlc.to_string(),
+                seq: heartbeat.hb.seq,
+                signature: hex::encode(&heartbeat.sig),
+            },
+            event: Box::new(signed_event(event)),
+        },
     }
-    Value::Object(m)
 }
 
 /// A compensation (or conflict report) in a list, by id, or in the feed.
-pub fn comp_json(c: &Compensation, with_account: bool) -> Value {
-    let mut v = json!({
-        "id": c.id(),
-        "type": c.kind.as_str(),
-        "amount": c.amount_str(),
-        "delta": c.currency.render(c.delta),
-        "currency": c.currency.to_string(),
-        "hlc": c.hlc.to_string(),
-        "settled": true,
-        "status": "settled",
-        "cause": c.cause.to_string(),
-        "policy_version": c.policy_version,
-        "position": c.position,
-    });
-    if let Value::Object(m) = &mut v {
-        if with_account {
-            m.insert("account".into(), Value::String(c.account.to_string()));
-        }
-        if let Some(r) = c.related {
-            m.insert("related".into(), Value::String(r.to_string()));
-        }
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompensationView {
+    /// `fee:`, `rev:` or `conflict:` and the cause's id.
+    #[schema(value_type = CompensationId)]
+    pub id: String,
+    /// The account (in the feed and by id; not in an account's own history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<AccountIdText>, nullable = false)]
+    pub account: Option<String>,
+    /// The type.
+    #[serde(rename = "type")]
+    pub kind: CompensationType,
+    /// The magnitude.
+    #[schema(value_type = Amount)]
+    pub amount: String,
+    /// The signed effect on the balance.
+    #[schema(value_type = SignedAmount)]
+    pub delta: String,
+    /// The currency.
+    #[schema(value_type = CurrencyCode)]
+    pub currency: String,
+    /// The cause's HLC.
+    #[schema(value_type = HlcText)]
+    pub hlc: String,
+    /// Always true: compensations come from the settled prefix.
+    pub settled: bool,
+    /// Always `settled`.
+    pub status: TxStatus,
+    /// The event that caused it.
+    #[schema(value_type = EventIdText)]
+    pub cause: String,
+    /// The policy version that produced it.
+    pub policy_version: u32,
+    /// Its position in the feed.
+    pub position: u64,
+    /// Conflicts: the other event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<EventIdText>, nullable = false)]
+    pub related: Option<String>,
+}
+
+/// A compensation (or conflict report) in a list, by id, or in the feed.
+pub fn comp_view(c: &Compensation, with_account: bool) -> CompensationView {
+    CompensationView {
+        id: c.id(),
+        account: with_account.then(|| c.account.to_string()),
+        kind: match c.kind {
+            wallet_core::CompKind::OverdraftFee => CompensationType::OverdraftFee,
+            wallet_core::CompKind::Reversal => CompensationType::Reversal,
+            wallet_core::CompKind::IdempotencyConflict => CompensationType::IdempotencyConflict,
+        },
+        amount: c.amount_str(),
+        delta: c.currency.render(c.delta),
+        currency: c.currency.to_string(),
+        hlc: c.hlc.to_string(),
+        settled: true,
+        status: TxStatus::Settled,
+        cause: c.cause.to_string(),
+        policy_version: c.policy_version,
+        position: c.position,
+        related: c.related.map(|r| r.to_string()),
     }
-    v
+}
+
+/// A compensation as JSON text.
+pub fn comp_json(c: &Compensation, with_account: bool) -> String {
+    to_json(&comp_view(c, with_account))
+}
+
+/// A transaction or a compensation (`GET /v1/transactions/{id}`, account history).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EntryView {
+    /// An event with its status.
+    Event(EventView),
+    /// A compensation.
+    Compensation(CompensationView),
+}
+
+/// The balances of an account.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BalancesBody {
+    /// The account.
+    #[schema(value_type = AccountIdText)]
+    pub account: String,
+    /// One per currency the account has events in, by currency code.
+    pub balances: Vec<CurrencyBalance>,
+}
+
+/// The balance of an account in one currency.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CurrencyBalance {
+    /// The currency.
+    #[schema(value_type = CurrencyCode)]
+    pub currency: String,
+    /// Every event this region holds.
+    #[schema(value_type = SignedAmount)]
+    pub provisional: String,
+    /// The settled prefix only.
+    #[schema(value_type = SignedAmount)]
+    pub settled: String,
 }
 
 /// `GET /v1/accounts/{id}/balances`.
 pub fn balances_body(r: &Replica, account: &AccountId) -> String {
-    let list: Vec<Value> = r
+    let balances = r
         .balances(account)
         .into_iter()
-        .map(|(c, b)| {
-            json!({
-                "currency": c.to_string(),
-                "provisional": c.render(b.provisional),
-                "settled": c.render(b.settled),
-            })
+        .map(|(c, b)| CurrencyBalance {
+            currency: c.to_string(),
+            provisional: c.render(b.provisional),
+            settled: c.render(b.settled),
         })
         .collect();
-    json!({"account": account.to_string(), "balances": list}).to_string()
+    to_json(&BalancesBody {
+        account: account.to_string(),
+        balances,
+    })
 }
 
 /// An entry of an account's history: an event with its status, or a compensation.
-pub fn entry_json(r: &Replica, e: &Entry<'_>, with_account: bool) -> Value {
+pub fn entry_view(r: &Replica, e: &Entry<'_>, with_account: bool) -> EntryView {
     match e {
-        Entry::Event { event, .. } => event_json(event, r.status(event.id), with_account),
-        Entry::Compensation(c) => comp_json(c, with_account),
+        Entry::Event { event, .. } => {
+            EntryView::Event(event_view(event, r.status(event.id), with_account))
+        }
+        Entry::Compensation(c) => EntryView::Compensation(comp_view(c, with_account)),
     }
+}
+
+/// A page of an account's history.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionsPage {
+    /// The account.
+    #[schema(value_type = AccountIdText)]
+    pub account: String,
+    /// Events in the total order, each compensation right after its cause.
+    pub transactions: Vec<EntryView>,
+    /// The cursor of the next page; null on the last page.
+    #[schema(value_type = Option<Cursor>, required = true)]
+    pub next: Option<String>,
 }
 
 /// `GET /v1/accounts/{id}/transactions`: at most `limit` entries after the cursor, and the
@@ -239,17 +618,27 @@ pub fn transactions_body(
     let more = page.len() > limit;
     page.truncate(limit);
     let next = if more {
-        page.last().map(|(k, _)| Value::String(entry_cursor(k)))
+        page.last().map(|(k, _)| entry_cursor(k))
     } else {
         None
     };
-    let list: Vec<Value> = page.iter().map(|(_, e)| entry_json(r, e, false)).collect();
-    json!({
-        "account": account.to_string(),
-        "transactions": list,
-        "next": next.unwrap_or(Value::Null),
+    let transactions = page.iter().map(|(_, e)| entry_view(r, e, false)).collect();
+    to_json(&TransactionsPage {
+        account: account.to_string(),
+        transactions,
+        next,
     })
-    .to_string()
+}
+
+/// A page of the compensation feed.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompensationsPage {
+    /// Feed items in feed order.
+    pub compensations: Vec<CompensationView>,
+    /// Always a cursor to resume from (the feed only grows).
+    #[schema(value_type = Cursor)]
+    pub next: String,
 }
 
 /// `GET /v1/compensations`: at most `limit` feed items from position `after`, and the cursor
@@ -257,8 +646,97 @@ pub fn transactions_body(
 pub fn compensations_body(r: &Replica, after: u64, limit: usize) -> String {
     let list = r.feed(after, limit);
     let next = after.saturating_add(list.len() as u64);
-    let items: Vec<Value> = list.iter().map(|c| comp_json(c, true)).collect();
-    json!({"compensations": items, "next": feed_cursor(next)}).to_string()
+    to_json(&CompensationsPage {
+        compensations: list.iter().map(|c| comp_view(c, true)).collect(),
+        next: feed_cursor(next),
+    })
+}
+
+/// A member as this region sees it.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberView {
+    /// The member.
+    #[schema(value_type = RegionIdText)]
+    pub region: String,
+    /// This region.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    /// Connected over the transport (always true for this region).
+    pub connected: bool,
+    /// Events held from it without gaps (its version-vector entry here).
+    pub held: u64,
+    /// How far it has covered the watermark.
+    #[schema(value_type = HlcText)]
+    pub watermark_contribution: String,
+    /// A heartbeat from it was received.
+    pub heard: bool,
+    /// Its seed policy matches ours; null until its first heartbeat.
+    pub policy_matches: Option<bool>,
+    /// Evidence holds that it equivocated.
+    pub equivocated: bool,
+    /// Events received from it and waiting for a gap to fill.
+    pub pending: u64,
+}
+
+/// The hashes when the policy file was ignored for the recorded seed.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFileIgnored {
+    /// The config's policy file.
+    #[schema(value_type = Sha256Hex)]
+    pub file_hash: String,
+    /// The seed recorded at the first start.
+    #[schema(value_type = Sha256Hex)]
+    pub recorded_hash: String,
+}
+
+/// `GET /v1/status`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusBody {
+    /// This region.
+    #[schema(value_type = RegionIdText)]
+    pub region: String,
+    /// The cluster id.
+    pub cluster: String,
+    /// Every member, this region included.
+    pub members: Vec<MemberView>,
+    /// Region to the events held from it without gaps.
+    pub version_vector: BTreeMap<String, u64>,
+    /// Everything at or below it is settled.
+    #[schema(value_type = HlcText)]
+    pub watermark: String,
+    /// This region's clock.
+    #[schema(value_type = HlcText)]
+    pub clock: String,
+    /// The clock minus the watermark.
+    pub settlement_lag_ms: u64,
+    /// After a policy mismatch or an equivocation.
+    pub settlement_blocked: bool,
+    /// The hash of this region's seed policy (version 1).
+    #[schema(value_type = Sha256Hex)]
+    pub policy_hash: String,
+    /// The policy version in force at the end of the settled prefix.
+    pub policy_version: u32,
+    /// Restoring its own history from its peers.
+    pub restoring: bool,
+    /// Events held.
+    pub events: u64,
+    /// Feed length.
+    pub compensations: u64,
+    /// The disk failed.
+    pub storage_failed: bool,
+    /// Set when the config's policy file differs from the recorded seed.
+    #[schema(required = true)]
+    pub policy_file_ignored: Option<PolicyFileIgnored>,
+}
+
+fn ignored_view(ignored: Option<(PolicyHash, PolicyHash)>) -> Option<PolicyFileIgnored> {
+    ignored.map(|(file, recorded)| PolicyFileIgnored {
+        file_hash: hex::encode(file.0),
+        recorded_hash: hex::encode(recorded.0),
+    })
 }
 
 /// `GET /v1/status`: the replica's view, with what the host knows (cluster id, members
@@ -271,57 +749,42 @@ pub fn status_body(
     policy_file_ignored: Option<(PolicyHash, PolicyHash)>,
 ) -> String {
     let me = r.region();
-    let members: Vec<Value> = r
-        .members()
-        .into_iter()
-        .map(|m| {
-            json!({
-                "region": m.region.to_string(),
-                "self": m.region == me,
-                "connected": m.region == me || connected.contains(&m.region),
-                "held": m.held,
-                "watermark_contribution": m.covered.to_string(),
-                "heard": m.heard,
-                "policy_matches": m.policy_matches,
-                "equivocated": m.equivocated,
-                "pending": m.pending,
-            })
+    let all = r.members();
+    let members = all
+        .iter()
+        .map(|m| MemberView {
+            region: m.region.to_string(),
+            is_self: m.region == me,
+            connected: m.region == me || connected.contains(&m.region),
+            held: m.held,
+            watermark_contribution: m.covered.to_string(),
+            heard: m.heard,
+            policy_matches: m.policy_matches,
+            equivocated: m.equivocated,
+            pending: m.pending,
         })
         .collect();
-    let vv: BTreeMap<String, u64> = r
-        .members()
-        .into_iter()
+    let version_vector = all
+        .iter()
         .map(|m| (m.region.to_string(), r.version_vector().get(&m.region)))
         .collect();
-    json!({
-        "region": me.to_string(),
-        "cluster": cluster,
-        "members": members,
-        "version_vector": vv,
-        "watermark": r.watermark().to_string(),
-        "clock": r.clock().to_string(),
-        "settlement_lag_ms": r.settlement_lag_ms(),
-        "settlement_blocked": r.settlement_blocked(),
-        "policy_hash": hex::encode(r.policy_hash().0),
-        "policy_version": r.current_policy().0,
-        "restoring": r.is_restoring(),
-        "events": r.event_count(),
-        "compensations": r.feed_len(),
-        "storage_failed": storage_failed,
-        "policy_file_ignored": ignored_json(policy_file_ignored),
+    to_json(&StatusBody {
+        region: me.to_string(),
+        cluster: cluster.to_string(),
+        members,
+        version_vector,
+        watermark: r.watermark().to_string(),
+        clock: r.clock().to_string(),
+        settlement_lag_ms: r.settlement_lag_ms(),
+        settlement_blocked: r.settlement_blocked(),
+        policy_hash: hex::encode(r.policy_hash().0),
+        policy_version: r.current_policy().0,
+        restoring: r.is_restoring(),
+        events: r.event_count(),
+        compensations: r.feed_len(),
+        storage_failed,
+        policy_file_ignored: ignored_view(policy_file_ignored),
     })
-    .to_string()
-}
-
-/// `{file_hash, recorded_hash}` when the policy file was ignored for the recorded seed.
-fn ignored_json(ignored: Option<(PolicyHash, PolicyHash)>) -> Value {
-    match ignored {
-        Some((file, recorded)) => json!({
-            "file_hash": hex::encode(file.0),
-            "recorded_hash": hex::encode(recorded.0),
-        }),
-        None => Value::Null,
-    }
 }
 
 /// A policy as JSON: the policy file's fields (`default`, `rule`, `tiers`), every field of
@@ -330,64 +793,149 @@ pub fn policy_json(p: &Policy) -> Value {
     serde_json::to_value(p.to_document()).unwrap_or(Value::Null)
 }
 
+/// A version of the policy history.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyVersionView {
+    /// From 1 (the seed).
+    pub version: u32,
+    /// The policy's hash.
+    #[schema(value_type = Sha256Hex)]
+    pub hash: String,
+    /// The policy event's HLC (null for the seed).
+    #[schema(value_type = Option<HlcText>, required = true)]
+    pub hlc: Option<String>,
+    /// The region it was posted at (null for the seed).
+    #[schema(value_type = Option<RegionIdText>, required = true)]
+    pub origin: Option<String>,
+    /// The policy event's id (null for the seed).
+    #[schema(value_type = Option<EventIdText>, required = true)]
+    pub event: Option<String>,
+}
+
+/// `GET /v1/policy`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    /// The version in force at the end of the settled prefix.
+    #[schema(required = true)]
+    pub version: Option<u32>,
+    /// Its hash.
+    #[schema(value_type = Option<Sha256Hex>, required = true)]
+    pub hash: Option<String>,
+    /// The policy, every field of every rule explicit.
+    #[schema(value_type = Option<PolicyDocument>, required = true)]
+    pub policy: Option<Value>,
+    /// Every version, from the seed.
+    pub history: Vec<PolicyVersionView>,
+    /// Set when the config's policy file differs from the recorded seed.
+    #[schema(required = true)]
+    pub policy_file_ignored: Option<PolicyFileIgnored>,
+}
+
 /// `GET /v1/policy`: the version in force and the history (version 1 = the seed).
 pub fn policy_body(r: &Replica, policy_file_ignored: Option<(PolicyHash, PolicyHash)>) -> String {
     let history = r.policy_history();
-    let list: Vec<Value> = history
+    let list = history
         .iter()
-        .map(|v| {
-            json!({
-                "version": v.version,
-                "hash": hex::encode(v.hash.0),
-                "hlc": v.hlc.map(|h| h.to_string()),
-                "origin": v.event.map(|e| e.origin.to_string()),
-                "event": v.event.map(|e| e.to_string()),
-            })
+        .map(|v| PolicyVersionView {
+            version: v.version,
+            hash: hex::encode(v.hash.0),
+            hlc: v.hlc.map(|h| h.to_string()),
+            origin: v.event.map(|e| e.origin.to_string()),
+            event: v.event.map(|e| e.to_string()),
         })
         .collect();
-    let current = match history.last() {
-        Some(v) => json!({
-            "version": v.version,
-            "hash": hex::encode(v.hash.0),
-            "policy": policy_json(v.policy),
-        }),
-        None => Value::Null,
-    };
-    json!({
-        "version": current["version"],
-        "hash": current["hash"],
-        "policy": current["policy"],
-        "history": list,
-        "policy_file_ignored": ignored_json(policy_file_ignored),
+    let current = history.last();
+    to_json(&PolicyBody {
+        version: current.map(|v| v.version),
+        hash: current.map(|v| hex::encode(v.hash.0)),
+        policy: current.map(|v| policy_json(v.policy)),
+        history: list,
+        policy_file_ignored: ignored_view(policy_file_ignored),
     })
-    .to_string()
+}
+
+/// `201` of `POST /v1/admin/policy`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySubmitted {
+    /// The policy event's id.
+    #[schema(value_type = EventIdText)]
+    pub id: String,
+    /// This region.
+    #[schema(value_type = RegionIdText)]
+    pub origin: String,
+    /// The policy's hash.
+    #[schema(value_type = Sha256Hex)]
+    pub hash: String,
+    /// The event's HLC.
+    #[schema(value_type = Option<HlcText>, required = true)]
+    pub hlc: Option<String>,
+    /// Always `provisional`: it applies once settled.
+    pub status: TxStatus,
 }
 
 /// `POST /v1/admin/policy`: the policy event, once durable here.
 pub fn policy_submitted_body(id: EventId, hash: PolicyHash, hlc: Option<Hlc>) -> String {
-    json!({
-        "id": id.to_string(),
-        "origin": id.origin.to_string(),
-        "hash": hex::encode(hash.0),
-        "hlc": hlc.map(|h| h.to_string()),
-        "status": "provisional",
+    to_json(&PolicySubmitted {
+        id: id.to_string(),
+        origin: id.origin.to_string(),
+        hash: hex::encode(hash.0),
+        hlc: hlc.map(|h| h.to_string()),
+        status: TxStatus::Provisional,
     })
-    .to_string()
+}
+
+/// `GET /v1/admin/evidence`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceBody {
+    /// In the order this region recorded it.
+    pub evidence: Vec<EvidenceView>,
+    /// True while any evidence is held.
+    pub settlement_blocked: bool,
 }
 
 /// `GET /v1/admin/evidence`.
 pub fn evidence_body(r: &Replica) -> String {
-    let items: Vec<Value> = r.evidence().iter().map(evidence_json).collect();
-    json!({
-        "evidence": items,
-        "settlement_blocked": r.settlement_blocked(),
+    to_json(&EvidenceBody {
+        evidence: r.evidence().iter().map(evidence_view).collect(),
+        settlement_blocked: r.settlement_blocked(),
     })
-    .to_string()
+}
+
+/// `200` of `POST /v1/admin/faults`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsBody {
+    /// The regions now cut off.
+    #[schema(value_type = Vec<RegionIdText>)]
+    pub isolated: Vec<String>,
 }
 
 /// `POST /v1/admin/faults`: the regions now cut off.
 pub fn faults_body(isolated: &[String]) -> String {
-    json!({ "isolated": isolated }).to_string()
+    to_json(&FaultsBody {
+        isolated: isolated.to_vec(),
+    })
+}
+
+/// `200` of `/healthz`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthBody {
+    /// Always `ok`.
+    #[schema(pattern = "^ok$")]
+    pub status: &'static str,
+}
+
+/// `200` of `/readyz`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadyBody {
+    /// Always true.
+    pub ready: bool,
 }
 
 /// Account-history cursor: the entry key, opaque (hex of `hlc.origin.seq.sub`).

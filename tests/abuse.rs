@@ -22,6 +22,7 @@ fn plain(extra: &str) -> LocalCluster {
     o.log_filter = "warn".into();
     o.scan_secrets_on_drop = true;
     o.tls = false;
+    o.check = Some(contract_check());
     let c = LocalCluster::init(o).expect("init");
     let config = c.regions[0].config.clone();
     let text = std::fs::read_to_string(&config).expect("config");

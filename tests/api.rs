@@ -13,7 +13,13 @@ async fn endpoints_and_error_codes() {
     let raw = api.http().clone();
 
     // Health, readiness, OpenAPI, metrics need no token.
-    for p in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {
+    for p in [
+        "/healthz",
+        "/readyz",
+        "/v1/openapi.json",
+        "/openapi.json",
+        "/metrics",
+    ] {
         let r = raw.get(format!("{}{p}", api.url())).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{p}");
     }
@@ -313,6 +319,7 @@ async fn endpoints_and_error_codes() {
         "limit=0",
         "limit=1001",
         "limit=x",
+        "limit=+5",
         "after=zz",
         "after=00",
         "bogus=1",
@@ -698,4 +705,83 @@ fn policy_check_validates_and_shows_what_changes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("-> 7.00"));
+}
+
+/// One request by hand (any method), checked against the contract like every other answer.
+async fn request(api: &Api, method: &str, path: &str) -> (u16, String) {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut rb = api
+        .http()
+        .request(m, format!("{}{path}", api.url()))
+        .bearer_auth(api.token());
+    let body = if method == "GET" { "" } else { "{}" };
+    let ct = (!body.is_empty()).then_some("application/json");
+    if let Some(ct) = ct {
+        rb = rb.header("content-type", ct).body(body);
+    }
+    let r = rb.send().await.expect("request");
+    let status = r.status().as_u16();
+    let answer_ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = r.text().await.expect("body");
+    if let Err(e) = contract().check(method, path, ct, body, status, answer_ct.as_deref(), &text) {
+        panic!("{method} {path}: {e}");
+    }
+    (status, text)
+}
+
+/// The OpenAPI document against the running router: every documented (path, method) is
+/// served, every other method on a documented path is `405`, an unknown path `404`; the
+/// document is served without a token, and it is the generated one and the checked-in one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_and_router_agree() {
+    let mut c = cluster(&["eu"]);
+    start(&mut c, 0).await;
+    let admin = region_admin(&c, 0);
+    let anon = admin.with_token("");
+    for p in ["/v1/openapi.json", "/openapi.json"] {
+        let (status, body) = anon.0.get_raw(p).await.expect("get");
+        assert_eq!(status, 200, "{p}: {body}");
+        assert!(
+            body == wallet::openapi::document_json(),
+            "{p} is not the generated document"
+        );
+    }
+    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
+        .expect("docs/openapi.json");
+    assert!(
+        file == wallet::openapi::document_json(),
+        "docs/openapi.json is stale: UPDATE_OPENAPI=1 cargo test -p wallet --lib openapi"
+    );
+
+    let paths = contract().doc()["paths"]
+        .as_object()
+        .expect("paths")
+        .clone();
+    let mut served = Vec::new();
+    for (template, item) in &paths {
+        let path = template
+            .replace("{account}", "probe")
+            .replace("{id}", "eu:1");
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            let documented = item.get(method.to_ascii_lowercase()).is_some();
+            let (status, body) = request(&admin, method, &path).await;
+            let routed = status != 405 && !(status == 404 && body.contains("no route for"));
+            assert_eq!(
+                routed, documented,
+                "{method} {path}: documented {documented}, answered {status} {body}"
+            );
+            if documented {
+                served.push(format!("{method} {template}"));
+            }
+        }
+    }
+    assert_eq!(served.len(), 15, "{served:?}");
+    for p in ["/v1/nope", "/nope", "/v1/accounts/a/nope", "/v1/accounts/a"] {
+        let (status, body) = request(&admin, "GET", p).await;
+        assert_eq!(status, 404, "{p}: {body}");
+    }
 }

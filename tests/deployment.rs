@@ -136,6 +136,9 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
         log_filter: "warn,libp2p_dns=trace".into(),
         scan_secrets_on_drop: true,
         fabric: Some(fabric),
+        // Every answer the test receives is checked against the OpenAPI document, as in every
+        // cluster test (tests/common).
+        check: Some(contract_check()),
         resolve: vec![(
             AP_HOST.to_string(),
             std::net::SocketAddr::from((ips[2], HTTP_PORT_DEFAULT)),

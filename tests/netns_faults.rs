@@ -30,6 +30,7 @@ async fn bank_survives_link_down_partition_kill9_and_pause_in_namespaces() {
     o.faults = false;
     o.log_filter = "warn".into();
     o.scan_secrets_on_drop = true;
+    o.check = Some(contract_check());
     let mut c = LocalCluster::init(o).expect("init in namespaces");
     c.start_all().await.expect("start");
     wait_connected(&c, &[EU, US, AP]).await;

@@ -125,6 +125,7 @@ async fn no_token_in_any_region_output() {
     let mut o = ClusterOptions::new(BIN.into(), &["eu", "us"]).expect("options");
     o.log_filter = "debug,libp2p=info,yamux=info,multistream_select=info".into();
     o.scan_secrets_on_drop = true;
+    o.check = Some(contract_check());
     let mut c = LocalCluster::init(o).expect("init");
     let token = c.token.clone();
     let admin = c.admin_token.clone();

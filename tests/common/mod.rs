@@ -2,13 +2,48 @@
 //! `walletd` processes, the binary under test): a cluster in a temp dir, bounded waits that
 //! panic with the regions' logs, readers of status, metrics and raw JSON bodies, and [`Api`],
 //! a region client whose requests panic on transport errors.
+//!
+//! Every answer a cluster's clients receive is checked against the OpenAPI document
+//! ([`contract_check`], tests/common/openapi.rs): status, content type and body schema, and
+//! the request body against its schema; a mismatch fails the request.
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-pub use wallet::cluster::{metric, Answer, Client, ClusterOptions, LocalCluster};
+pub use wallet::cluster::{metric, Answer, AnswerCheck, Client, ClusterOptions, LocalCluster};
+
+#[path = "openapi.rs"]
+mod openapi;
+pub use openapi::Contract;
+
+/// The API contract: the OpenAPI document the code generates (the one walletd serves; a unit
+/// test keeps docs/openapi.json equal to it).
+pub fn contract() -> &'static Contract {
+    static C: OnceLock<Contract> = OnceLock::new();
+    C.get_or_init(|| {
+        Contract::new(
+            serde_json::from_str(wallet::openapi::document_json()).expect("the document is JSON"),
+        )
+    })
+}
+
+/// The check [`cluster`] installs: every request and answer against [`contract`].
+pub fn contract_check() -> AnswerCheck {
+    AnswerCheck(Arc::new(|x| {
+        contract().check(
+            x.method,
+            x.path,
+            x.content_type,
+            x.body,
+            x.status,
+            x.answer_content_type,
+            x.answer,
+        )
+    }))
+}
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_walletd");
 /// Default bound of a wait.
@@ -20,6 +55,7 @@ pub fn cluster(regions: &[&str]) -> LocalCluster {
     let mut o = ClusterOptions::new(BIN.into(), regions).expect("options");
     o.log_filter = "warn".into();
     o.scan_secrets_on_drop = true;
+    o.check = Some(contract_check());
     LocalCluster::init(o).expect("init")
 }
 
