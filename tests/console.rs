@@ -358,10 +358,7 @@ async fn console_follows_a_partition_and_its_heal_in_a_real_browser() {
         .expect("tx");
     assert_eq!(a.status, 201, "{}", a.json);
     let accounts = vec!["carol".to_string()];
-    eventually(&c, "the deposit to settle", WAIT, || async {
-        converged(&c, &[0, 1, 2], &accounts).await
-    })
-    .await;
+    wait_converged(&c, "the deposit to settle", &[0, 1, 2], &accounts).await;
     b.goto(&format!("{base}/ui#token={}", c.admin_token)).await;
     b.wait_for("the console without an account", |h| {
         settlement_is(h, "flowing")?;
@@ -436,10 +433,7 @@ async fn console_follows_a_partition_and_its_heal_in_a_real_browser() {
 
     // Heal: both purchases settle, the later one overdraws and gets the 5.00 fee.
     c.heal().await.expect("heal");
-    eventually(&c, "the double spend to settle", WAIT, || async {
-        converged(&c, &[0, 1, 2], &accounts).await
-    })
-    .await;
+    wait_converged(&c, "the double spend to settle", &[0, 1, 2], &accounts).await;
     let feed = c.feed(EU).await.expect("feed");
     assert_eq!(feed.len(), 1, "{feed:?}");
     let fee = feed[0]["id"].as_str().expect("fee id").to_string();

@@ -197,9 +197,12 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
         .expect("purchase");
     assert_eq!(a.status, 201, "{}", a.json);
     let accounts = vec!["dep-alice".to_string()];
-    eventually(&c, "every host to settle the payment", WAIT, || async {
-        converged(&c, &[0, 1, 2], &accounts).await
-    })
+    wait_converged(
+        &c,
+        "every host to settle the payment",
+        &[0, 1, 2],
+        &accounts,
+    )
     .await;
     for (k, r) in REGIONS.iter().enumerate() {
         assert_eq!(
