@@ -246,6 +246,10 @@ pub(crate) fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEven
             )
             .map_err(|e| terr(format!("tcp transport: {e}")))?
             .with_quic()
+            // Members may be named by host name (`/dns/eu.example/tcp/4001`), resolved by
+            // the system resolver at each dial.
+            .with_dns()
+            .map_err(|e| terr(format!("dns resolver: {e}")))?
             .with_behaviour(|_| Behaviour {
                 limits,
                 allow,
