@@ -209,6 +209,32 @@ impl ClusterOptions {
     }
 }
 
+/// What [`LocalCluster::adopt`] takes: files written elsewhere.
+#[derive(Debug)]
+pub struct Adopt {
+    /// Executable to spawn for a region.
+    pub exe: PathBuf,
+    /// Arguments before the config path (`["run", "--config"]` for `walletd`).
+    pub run_args: Vec<String>,
+    /// Where the regions' logs go.
+    pub dir: PathBuf,
+    /// Remove `dir` on drop.
+    pub remove_dir: bool,
+    /// The regions (config paths as they are now), tokens and CA.
+    pub file: init::ClusterFile,
+    /// `RUST_LOG` of the regions.
+    pub log_filter: String,
+    /// See [`ClusterOptions::scan_secrets_on_drop`].
+    pub scan_secrets_on_drop: bool,
+    /// Region `i` runs in the fabric's namespace `i`.
+    pub fabric: Option<NetnsFabric>,
+    /// See [`ClusterOptions::check`].
+    pub check: Option<AnswerCheck>,
+    /// Host names this process resolves itself (name, address), as the operator machine's
+    /// `/etc/hosts` would: for regions whose URL names a host.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
+}
+
 /// One region of a [`LocalCluster`].
 #[derive(Debug)]
 pub struct RegionProc {
@@ -542,11 +568,53 @@ impl LocalCluster {
             group_commit: opts.group_commit,
             tls: opts.tls,
             rate_per_second: opts.rate_per_second,
+            per_host: None,
         })?;
         let dir = dir.canonicalize().map_err(|e| io_err(&dir, e))?;
         if let Some(p) = &opts.policy {
             let path = dir.join("policy.toml");
             std::fs::write(&path, p).map_err(|e| io_err(&path, e))?;
+        }
+        LocalCluster::adopt(Adopt {
+            exe: opts.exe,
+            run_args: opts.run_args,
+            dir,
+            remove_dir,
+            file,
+            log_filter: opts.log_filter,
+            scan_secrets_on_drop: opts.scan_secrets_on_drop,
+            fabric,
+            check: opts.check,
+            resolve: Vec::new(),
+        })
+    }
+
+    /// A cluster whose files are already written (by [`LocalCluster::init`], or by
+    /// `walletd init --region ...` and copied to each host's directory: the deployment test).
+    /// Logs go to `DIR/<region>.log`; starts nothing.
+    pub fn adopt(a: Adopt) -> Result<LocalCluster, ClusterError> {
+        let Adopt {
+            exe,
+            run_args,
+            dir,
+            remove_dir,
+            file,
+            log_filter,
+            scan_secrets_on_drop,
+            fabric,
+            check,
+            resolve,
+        } = a;
+        if let Some(f) = &fabric {
+            if f.regions.len() != file.regions.len() {
+                return Err(ClusterError::Netns(crate::netns::NetnsError::Args(
+                    format!(
+                        "{} namespaces for {} regions",
+                        f.regions.len(),
+                        file.regions.len()
+                    ),
+                )));
+            }
         }
         let regions = file
             .regions
@@ -560,7 +628,7 @@ impl LocalCluster {
                 child: None,
             })
             .collect();
-        let http = http_client(file.ca.as_deref().map(Path::new), None)?;
+        let http = http_client_resolving(file.ca.as_deref().map(Path::new), None, &resolve)?;
         Ok(LocalCluster {
             dir,
             token: file.token,
@@ -572,13 +640,13 @@ impl LocalCluster {
                 .zip(file.client_key.as_ref())
                 .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
             regions,
-            exe: opts.exe,
-            run_args: opts.run_args,
-            log_filter: opts.log_filter,
+            exe,
+            run_args,
+            log_filter,
             remove_dir,
             http,
-            scan_secrets_on_drop: opts.scan_secrets_on_drop,
-            check: opts.check,
+            scan_secrets_on_drop,
+            check,
             fabric,
         })
     }
@@ -1028,10 +1096,22 @@ pub fn http_client(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> Result<reqwest::Client, ClusterError> {
+    http_client_resolving(ca, identity, &[])
+}
+
+/// [`http_client`] that also resolves `names` itself (name, address).
+pub fn http_client_resolving(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+    names: &[(String, std::net::SocketAddr)],
+) -> Result<reqwest::Client, ClusterError> {
     let mut b = reqwest::Client::builder()
         .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
         .pool_max_idle_per_host(HTTP_IDLE_PER_HOST_MAX)
         .pool_idle_timeout(Duration::from_millis(HTTP_POOL_IDLE_MS));
+    for (name, addr) in names {
+        b = b.resolve(name, *addr);
+    }
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).map_err(|e| io_err(ca, e))?;
         let cert = reqwest::Certificate::from_pem(&pem)

@@ -324,6 +324,9 @@ fn route_name(path: Option<&str>) -> &'static str {
         Some("/readyz") => "/readyz",
         Some("/openapi.json") => "/openapi.json",
         Some("/v1/openapi.json") => "/v1/openapi.json",
+        Some("/ui") => "/ui",
+        Some("/ui/app.js") => "/ui/app.js",
+        Some("/ui/app.css") => "/ui/app.css",
         _ => "unmatched",
     }
 }
@@ -359,7 +362,8 @@ async fn front(State(st): State<AppState>, req: Request, next: Next) -> Response
 
 /// Every route with its handler: the one list both the router and the OpenAPI document
 /// ([`crate::openapi`]) are built from. A route added with `.route(..)` elsewhere would be
-/// served undocumented: add it here, with its `#[utoipa::path]`.
+/// served undocumented: add it here, with its `#[utoipa::path]`. (The one exception is the
+/// operator console's page, `/ui` in [`router`]: not JSON, not part of the API.)
 pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::base())
         .merge(v1_routes())
@@ -419,6 +423,11 @@ pub fn router(st: AppState) -> Router {
             )),
     )
     .merge(ops)
+    // The operator console's page and assets: HTML, CSS and JavaScript for a browser, not
+    // the JSON API, so outside the OpenAPI document (docs/api.md, docs/security.md).
+    .route("/ui", get(crate::console::index))
+    .route("/ui/app.js", get(crate::console::app_js))
+    .route("/ui/app.css", get(crate::console::app_css))
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
     .layer(DefaultBodyLimit::max(limit))

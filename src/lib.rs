@@ -22,7 +22,8 @@
 //! [`storage`] the redb store and its writer thread; [`cluster`] the local cluster harness
 //! (real region processes) used by [`demo`], the benchmarks and the tests; [`netns`] runs
 //! its regions in network namespaces for faults injected from outside; [`bank`] a
-//! Jepsen-bank-style workload and checker over the HTTP API.
+//! Jepsen-bank-style workload and checker over the HTTP API; [`console`] the operator console
+//! page (`GET /ui`).
 //!
 //! Architecture invariants:
 //! - Exactly one task (the actor in [`actor`]) touches the `Replica`; everything else talks to
@@ -40,6 +41,7 @@ pub mod clock;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod http;
 pub mod idempotency;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! walletd init --regions eu,us,ap --dir DIR      # a local cluster on 127.0.0.1
+//! walletd init --region eu=10.0.0.1 --region us=10.0.0.2 --dir DIR   # one directory per host
 //! walletd keygen --out FILE                      # a new identity key; prints its peer id
 //! walletd run --config DIR/eu.toml               # one region
 //! ```
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
-use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use wallet::config::NodeConfig;
 use wallet::init::{self, InitOptions};
 
@@ -74,35 +75,97 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write configs, keys, a policy, tokens and cluster.json for a local cluster.
-    Init {
-        /// Comma-separated region ids, e.g. eu,us,ap.
-        #[arg(long)]
-        regions: String,
-        /// Output directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Enable the fault-injection endpoint (POST /v1/admin/faults); off unless given:
-        /// `--faults`, `--faults=true|false`, `--faults true|false`, `--no-faults`.
-        #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set,
-              overrides_with = "no_faults")]
-        faults: Option<bool>,
-        /// Same as `--faults=false` (the default).
-        #[arg(long, overrides_with = "faults")]
-        no_faults: bool,
-        /// Group commit setting written to the configs (default on): `--group-commit=false`,
-        /// `--group-commit false` or `--no-group-commit` turn it off.
-        #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set,
-              overrides_with = "no_group_commit")]
-        group_commit: Option<bool>,
-        /// Same as `--group-commit=false`.
-        #[arg(long, overrides_with = "group_commit")]
-        no_group_commit: bool,
-        /// Also write a local CA (`ca.crt`, `ca.key`) and per-region certificates, and serve
-        /// the HTTP API over HTTPS (docs/security.md).
-        #[arg(long)]
-        tls: bool,
-    },
+    /// Write configs, keys, a policy, tokens and cluster.json: a local cluster on 127.0.0.1
+    /// (`--regions`), or one directory per host to copy over (`--region eu=HOST`, repeated;
+    /// docs/deployment.md).
+    Init(InitArgs),
+}
+
+/// `walletd init ...`.
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Comma-separated region ids, e.g. eu,us,ap: a local cluster on 127.0.0.1.
+    #[arg(long, required_unless_present = "region", conflicts_with = "region")]
+    regions: Option<String>,
+    /// A region and the address or host name its peers and clients reach it at, e.g.
+    /// `--region eu=10.0.0.1` (repeat per region): writes DIR/<region>/ for that host.
+    #[arg(long = "region", value_name = "REGION=HOST")]
+    region: Vec<String>,
+    /// With --region: the address every region binds (default 0.0.0.0, or :: for an IPv6
+    /// host); peers and clients are still told the host's address.
+    #[arg(long, conflicts_with = "regions")]
+    bind: Option<std::net::IpAddr>,
+    /// With --region: the HTTP API port on every host [default: 8443].
+    #[arg(long, conflicts_with = "regions")]
+    http_port: Option<u16>,
+    /// With --region: the libp2p port on every host, TCP and UDP for QUIC [default: 4001].
+    #[arg(long, conflicts_with = "regions")]
+    p2p_port: Option<u16>,
+    /// With --region: the `data_dir` written to every config (default `data`, next to the
+    /// config; under the systemd unit `/var/lib/walletd`).
+    #[arg(long, conflicts_with = "regions")]
+    data_dir: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Enable the fault-injection endpoint (POST /v1/admin/faults); off unless given:
+    /// `--faults`, `--faults=true|false`, `--faults true|false`, `--no-faults`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set,
+          overrides_with = "no_faults")]
+    faults: Option<bool>,
+    /// Same as `--faults=false` (the default).
+    #[arg(long, overrides_with = "faults")]
+    no_faults: bool,
+    /// Group commit setting written to the configs (default on): `--group-commit=false`,
+    /// `--group-commit false` or `--no-group-commit` turn it off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set,
+          overrides_with = "no_group_commit")]
+    group_commit: Option<bool>,
+    /// Same as `--group-commit=false`.
+    #[arg(long, overrides_with = "group_commit")]
+    no_group_commit: bool,
+    /// Also write a local CA (`ca.crt`, `ca.key`) and per-region certificates, and serve
+    /// the HTTP API over HTTPS (docs/security.md).
+    #[arg(long)]
+    tls: bool,
+}
+
+impl InitArgs {
+    /// What `init` is to write: a local cluster (`--regions`) or one directory per host
+    /// (`--region`, repeated).
+    fn options(self) -> Result<InitOptions, init::InitError> {
+        let faults = flag(self.faults, self.no_faults, false);
+        let group_commit = flag(self.group_commit, self.no_group_commit, true);
+        let (regions, hosts, per_host) = match &self.regions {
+            Some(r) => (init::parse_regions(r)?, None, None),
+            None => {
+                let (r, h) = init::parse_region_hosts(&self.region)?;
+                let http_port = self.http_port.unwrap_or(init::HTTP_PORT_DEFAULT);
+                let p2p_port = self.p2p_port.unwrap_or(init::P2P_PORT_DEFAULT);
+                let ports = [("--http-port", http_port), ("--p2p-port", p2p_port)];
+                if let Some((flag, _)) = ports.iter().find(|(_, p)| *p == 0) {
+                    return Err(init::InitError::Args(format!("{flag} must not be 0")));
+                }
+                let per_host = init::PerHost {
+                    bind: self.bind,
+                    http_port,
+                    p2p_port,
+                    data_dir: self.data_dir,
+                };
+                (r, Some(h), Some(per_host))
+            }
+        };
+        Ok(InitOptions {
+            regions,
+            dir: self.dir,
+            faults,
+            group_commit,
+            tls: self.tls,
+            rate_per_second: None,
+            hosts,
+            per_host,
+        })
+    }
 }
 
 /// `walletd policy ...`.
@@ -194,37 +257,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Init {
-            regions,
-            dir,
-            faults,
-            no_faults,
-            group_commit,
-            no_group_commit,
-            tls,
-        } => {
-            let faults = flag(faults, no_faults, false);
-            let group_commit = flag(group_commit, no_group_commit, true);
-            let regions = match init::parse_regions(&regions) {
-                Ok(r) => r,
+        Cmd::Init(args) => {
+            let opts = match args.options() {
+                Ok(o) => o,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(2);
                 }
             };
-            let opts = InitOptions {
-                regions,
-                dir,
-                faults,
-                group_commit,
-                tls,
-                rate_per_second: None,
-                hosts: None,
-            };
             match init::init(&opts) {
                 Ok(c) => {
                     for r in &c.regions {
                         println!("{} {} {}", r.region, r.http, r.config);
+                    }
+                    if opts.per_host.is_some() {
+                        println!(
+                            "copy each region's directory to its host, then run \
+                             `walletd run --config <copied dir>/{}` there (docs/deployment.md)",
+                            init::HOST_CONFIG_NAME
+                        );
                     }
                     if let Some(ca) = &c.ca {
                         println!("HTTPS: trust the local CA {ca}");
@@ -285,16 +336,10 @@ mod tests {
         let mut args = vec!["init", "--regions", "eu", "--dir", "/tmp/x"];
         args.extend_from_slice(extra);
         match parse(&args).command {
-            Cmd::Init {
-                faults,
-                no_faults,
-                group_commit,
-                no_group_commit,
-                ..
-            } => (
-                flag(faults, no_faults, false),
-                flag(group_commit, no_group_commit, true),
-            ),
+            Cmd::Init(a) => {
+                let o = a.options().unwrap_or_else(|e| panic!("{e}"));
+                (o.faults, o.group_commit)
+            }
             c => panic!("{c:?}"),
         }
     }
@@ -310,7 +355,7 @@ mod tests {
             let mut args = vec!["init", "--regions", "eu", "--dir", "/tmp/x"];
             args.extend_from_slice(extra);
             match parse(&args).command {
-                Cmd::Init { tls, .. } => tls,
+                Cmd::Init(a) => a.tls,
                 c => panic!("{c:?}"),
             }
         };
@@ -378,6 +423,79 @@ mod tests {
         assert_eq!(run_group_commit(&["--group-commit=false"]), Some(false));
         assert_eq!(run_group_commit(&["--group-commit"]), Some(true));
         assert_eq!(run_group_commit(&["--no-group-commit"]), Some(false));
+    }
+
+    #[test]
+    fn init_region_hosts_flags() {
+        let o = match parse(&[
+            "init",
+            "--dir",
+            "d",
+            "--region",
+            "eu=10.0.0.1",
+            "--region",
+            "us=us.example",
+            "--bind",
+            "10.0.0.9",
+            "--http-port",
+            "443",
+            "--p2p-port",
+            "9000",
+            "--data-dir",
+            "/var/lib/walletd",
+        ])
+        .command
+        {
+            Cmd::Init(a) => a.options().unwrap_or_else(|e| panic!("{e}")),
+            c => panic!("{c:?}"),
+        };
+        let names: Vec<&str> = o.regions.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, ["eu", "us"]);
+        let hosts = o.hosts.expect("hosts");
+        assert_eq!(hosts[0].p2p, init::Host::Ip("10.0.0.1".parse().unwrap()));
+        assert_eq!(hosts[1].http, init::Host::Name("us.example".into()));
+        let p = o.per_host.expect("per host");
+        assert_eq!(p.bind, Some("10.0.0.9".parse().unwrap()));
+        assert_eq!((p.http_port, p.p2p_port), (443, 9000));
+        assert_eq!(p.data_dir, Some(PathBuf::from("/var/lib/walletd")));
+        // Without --region: the local layout.
+        match parse(&["init", "--dir", "d", "--regions", "eu,us"]).command {
+            Cmd::Init(a) => {
+                let o = a.options().unwrap_or_else(|e| panic!("{e}"));
+                assert!(o.hosts.is_none() && o.per_host.is_none());
+            }
+            c => panic!("{c:?}"),
+        }
+        // Port 0 and a bad host are refused, naming what is wrong.
+        for (args, says) in [
+            (
+                &["--region", "eu=10.0.0.1", "--http-port", "0"][..],
+                "--http-port",
+            ),
+            (&["--region", "eu=bad_host"][..], "bad_host"),
+        ] {
+            let mut v = vec!["init", "--dir", "d"];
+            v.extend_from_slice(args);
+            match parse(&v).command {
+                Cmd::Init(a) => {
+                    let e = a.options().expect_err("refused").to_string();
+                    assert!(e.contains(says), "{e}");
+                }
+                c => panic!("{c:?}"),
+            }
+        }
+        let refused = |args: &[&str]| {
+            let mut v = vec!["walletd", "init", "--dir", "d"];
+            v.extend_from_slice(args);
+            assert!(Cli::try_parse_from(&v).is_err(), "{args:?} accepted");
+        };
+        refused(&[]);
+        refused(&["--regions", "eu", "--region", "eu=10.0.0.1"]);
+        refused(&["--regions", "eu", "--http-port", "443"]);
+        refused(&["--regions", "eu", "--p2p-port", "4001"]);
+        refused(&["--regions", "eu", "--bind", "0.0.0.0"]);
+        refused(&["--regions", "eu", "--data-dir", "x"]);
+        refused(&["--region", "eu=10.0.0.1", "--bind", "nowhere"]);
     }
 
     #[test]

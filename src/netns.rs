@@ -27,7 +27,7 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use crate::init::RegionHost;
+use crate::init::{Host, RegionHost};
 
 /// Most regions a fabric holds (the address plan has room for more; this bounds names).
 pub const FABRIC_REGIONS_MAX: usize = 16;
@@ -116,7 +116,12 @@ pub struct NetnsFabric {
     pub regions: Vec<NsRegion>,
     /// One-way blocks in force: (from, to).
     blocks: Vec<(usize, usize)>,
+    /// `/etc/netns/<ns>` directories written by [`NetnsFabric::set_hosts`].
+    etc_dirs: Vec<std::path::PathBuf>,
 }
+
+/// Where `ip netns exec` finds per-namespace files to mount over `/etc`.
+const NETNS_ETC: &str = "/etc/netns";
 
 impl NetnsFabric {
     /// Creates `n` namespaces joined by a bridge, each with a client link to the root
@@ -146,6 +151,7 @@ impl NetnsFabric {
             bridge: format!("w{tag}br"),
             regions: Vec::new(),
             blocks: Vec::new(),
+            etc_dirs: Vec::new(),
         };
         ip(&["link", "add", &f.bridge, "type", "bridge"])?;
         ip(&["link", "set", &f.bridge, "up"])?;
@@ -224,10 +230,46 @@ impl NetnsFabric {
         self.regions
             .iter()
             .map(|r| RegionHost {
-                http: r.client_ip,
-                p2p: r.peer_ip,
+                http: Host::Ip(r.client_ip.into()),
+                p2p: Host::Ip(r.peer_ip.into()),
             })
             .collect()
+    }
+
+    /// Gives every namespace a hosts file (`/etc/netns/<ns>/hosts`, which `ip netns exec`
+    /// mounts on `/etc/hosts` for the processes it starts) naming `entries`: host names for
+    /// the regions, as DNS would on real hosts. Removed on drop.
+    pub fn set_hosts(&mut self, entries: &[(String, Ipv4Addr)]) -> Result<(), NetnsError> {
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for (name, addr) in entries {
+            text.push_str(&format!("{addr} {name}\n"));
+        }
+        for r in &self.regions {
+            let dir = std::path::Path::new(NETNS_ETC).join(&r.ns);
+            let io = |e: std::io::Error| NetnsError::Command {
+                cmd: format!("write {}/hosts", dir.display()),
+                reason: e.to_string(),
+            };
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            self.etc_dirs.push(dir.clone());
+            std::fs::write(dir.join("hosts"), &text).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the root namespace on the region network, as an operator's machine on the
+    /// hosts' network: the bridge gets `10.B.0.1/24`, so this process reaches every region at
+    /// its region-network address (the multi-host walk-through, tests/deployment.rs).
+    /// Returns that address. Removed with the bridge.
+    pub fn join_region_network(&self) -> Result<Ipv4Addr, NetnsError> {
+        let first = self
+            .regions
+            .first()
+            .ok_or_else(|| NetnsError::Args("no region".into()))?;
+        let [a, b, c, _] = first.peer_ip.octets();
+        let me = Ipv4Addr::new(a, b, c, 1);
+        ip(&["addr", "add", &format!("{me}/24"), "dev", &self.bridge])?;
+        Ok(me)
     }
 
     fn get(&self, i: usize) -> Result<&NsRegion, NetnsError> {
@@ -315,5 +357,8 @@ impl Drop for NetnsFabric {
             let _ = ip(&["link", "del", &r.client_port]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
+        for d in &self.etc_dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

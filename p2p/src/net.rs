@@ -347,6 +347,10 @@ pub(crate) fn start(
             )
             .map_err(|e| terr(format!("tcp transport: {e}")))?
             .with_quic()
+            // Members may be named by host name (`/dns/eu.example/tcp/4001`), resolved by
+            // the system resolver at each dial.
+            .with_dns()
+            .map_err(|e| terr(format!("dns resolver: {e}")))?
             .with_bandwidth_metrics(registry)
             .with_behaviour(|_| Behaviour {
                 limits,

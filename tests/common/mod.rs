@@ -287,6 +287,15 @@ pub async fn raw_state(c: &LocalCluster, i: usize, accounts: &[String]) -> Vec<S
     out
 }
 
+/// Waits until [`converged`] holds for `idx` and `accounts`; panics with the regions' logs
+/// after [`WAIT`].
+pub async fn wait_converged(c: &LocalCluster, what: &str, idx: &[usize], accounts: &[String]) {
+    eventually(c, what, WAIT, || async {
+        converged(c, idx, accounts).await
+    })
+    .await;
+}
+
 /// True when every region in `idx` holds the same version vector, every listed event is
 /// settled, and the raw bodies are identical.
 pub async fn converged(c: &LocalCluster, idx: &[usize], accounts: &[String]) -> bool {
