@@ -125,6 +125,26 @@ impl Accounts {
         }
     }
 
+    /// Takes back a voided event (above a retired region's cut, never settled): its effect
+    /// on the provisional balance and its place in its account's history. Its idempotency
+    /// key's index entry names an event no longer held, which every lookup skips.
+    pub(crate) fn unapply(&mut self, id: EventId, tx: &crate::event::Tx) {
+        let Some(acct) = self.map.get_mut(&tx.account) else {
+            return;
+        };
+        if let Some(seqs) = acct.events.get_mut(&id.origin) {
+            seqs.retain(|q| *q != id.seq);
+        }
+        if let Some(st) = acct.balances.get_mut(&tx.currency) {
+            if !st.provisional_frozen {
+                match st.bal.provisional.checked_sub(tx.delta()) {
+                    Some(v) => st.bal.provisional = v,
+                    None => st.provisional_frozen = true,
+                }
+            }
+        }
+    }
+
     /// The state of one (account, currency), if any.
     pub(crate) fn state(&self, account: &AccountId, currency: Currency) -> Option<&BalanceState> {
         self.map.get(account)?.balances.get(&currency)
