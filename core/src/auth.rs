@@ -93,3 +93,45 @@ impl Authenticator for NoAuth {
         shb.sig.is_empty()
     }
 }
+
+/// Keys by region and by the HLC from which they apply (SPEC §10): what an
+/// [`Authenticator`] keeps to verify an event against the key valid at its HLC. A key set
+/// `from` h applies to everything signed at an HLC above h; a founding key is set from
+/// [`Hlc::ZERO`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyHistory {
+    keys: std::collections::BTreeMap<RegionId, std::collections::BTreeMap<Hlc, Box<[u8]>>>,
+}
+
+impl KeyHistory {
+    /// An empty history.
+    pub fn new() -> KeyHistory {
+        KeyHistory::default()
+    }
+
+    /// Binds `key` to `region` above `from`. Setting the same point again keeps the first
+    /// key: a replayed membership event changes nothing.
+    pub fn set(&mut self, region: RegionId, from: Hlc, key: &[u8]) {
+        self.keys
+            .entry(region)
+            .or_default()
+            .entry(from)
+            .or_insert_with(|| key.into());
+    }
+
+    /// The key of `region` valid at `hlc`: the one set at the highest point below it.
+    pub fn at(&self, region: RegionId, hlc: Hlc) -> Option<&[u8]> {
+        self.keys
+            .get(&region)?
+            .range(..hlc)
+            .next_back()
+            .map(|(_, k)| &**k)
+    }
+
+    /// Every region's keys, oldest first.
+    pub fn regions(&self) -> impl Iterator<Item = (RegionId, Vec<(Hlc, &[u8])>)> {
+        self.keys
+            .iter()
+            .map(|(r, m)| (*r, m.iter().map(|(h, k)| (*h, &**k)).collect()))
+    }
+}

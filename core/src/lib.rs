@@ -71,6 +71,6 @@ pub use money::{Amount, AmountError, Currency};
 pub use policy::{Action, FeePer, Overdraft, Policy, PolicyDocument, PolicyError, PolicyHash};
 pub use replica::{
     Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, MemberStatus,
-    MembershipError, MembershipStats, Message, NoAuth, Output, RetireInfo, PolicyVersionInfo, Record, Replica, Report, SignedHeartbeat, Stats, Status,
+    KeyHistory, MembershipError, MembershipStats, Message, NoAuth, Output, RetireInfo, PolicyVersionInfo, Record, Replica, Report, SignedHeartbeat, Stats, Status,
     SubmitError, Submitted, TxRequest,
 };

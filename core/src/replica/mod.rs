@@ -34,7 +34,7 @@ use pull::PullScheduler;
 pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
 use settle::Settlement;
 
-pub use crate::auth::{Authenticator, NoAuth};
+pub use crate::auth::{Authenticator, KeyHistory, NoAuth};
 use crate::event::{Body, Event, Tx};
 use crate::id::{Clock, EventId, Hlc, RegionId};
 pub use crate::message::{Evidence, Heartbeat, Message, SignedHeartbeat};
