@@ -1646,11 +1646,15 @@ pub fn after_input(sim: &mut Sim, i: usize) {
         // No region settles past what every member durably promised.
         for x in 0..n {
             let (hb, ev) = promised(sim, x);
-            // A retired member whose log up to its cut is held counts no more.
-            if retired_and_held(sim, i, x) {
+            // A retired member whose log up to its cut is held counts no more; one not a
+            // member here yet does not count; a joined one is complete up to its join.
+            let xid = sim.nodes[x].id;
+            let r = &sim.nodes[i].replica;
+            if retired_and_held(sim, i, x) || !r.is_member(xid) {
                 continue;
             }
-            if w > hb.max(ev) {
+            let joined = r.joined_at(xid).unwrap_or(Hlc::ZERO);
+            if w > hb.max(ev).max(joined) {
                 let (now, me, them) = (sim.now, sim.nodes[i].id, sim.nodes[x].id);
                 sim.during.fail(
                     "watermark_promised",

@@ -435,7 +435,9 @@ pub fn draw_byzantine(cfg: &SimConfig, end_ms: u64) -> (Option<ByzantinePlan>, R
     if let Some(p) = cfg.byzantine {
         return ((p.region < n).then_some(p), rng);
     }
-    let eligible = cfg.faults.enabled && !cfg.scenario.has_faults() && n >= 2;
+    let scripted_membership = cfg.scenario.steps.iter().any(|s| s.action.is_membership());
+    let eligible =
+        cfg.faults.enabled && !cfg.scenario.has_faults() && !scripted_membership && n >= 2;
     if !eligible || !rng.chance(cfg.byzantine_ppm) {
         return (None, rng);
     }
@@ -470,8 +472,38 @@ pub fn to_cents(d: Decimal) -> i64 {
     (d * Decimal::ONE_HUNDRED).trunc().to_i64().unwrap_or(0)
 }
 
+/// Regions a scenario `join` line adds: not founding members; each starts down and joining.
+pub fn late_regions(cfg: &SimConfig) -> Vec<usize> {
+    let mut out: Vec<usize> = cfg
+        .scenario
+        .steps
+        .iter()
+        .filter_map(|s| match s.action {
+            Action::Join(_, r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
-    let mut c = Config::new(me, cfg.regions.clone(), cfg.policy.clone());
+    // The founding members leave out the regions a scenario joins later; a joining region
+    // names the founding members and itself, and learns of the others from the history.
+    let late: Vec<RegionId> = late_regions(cfg)
+        .into_iter()
+        .filter_map(|i| cfg.regions.get(i).copied())
+        .collect();
+    let joining = late.contains(&me);
+    let members: Vec<RegionId> = cfg
+        .regions
+        .iter()
+        .copied()
+        .filter(|r| *r == me || !late.contains(r))
+        .collect();
+    let mut c = Config::new(me, members, cfg.policy.clone());
+    c.joining = joining;
     c.cluster = "wallet-sim".into();
     c.anti_entropy_interval_ms = cfg.anti_entropy_ms;
     c.pull_batch_events = cfg.pull_limit;
@@ -739,6 +771,17 @@ impl Sim {
             for b in 0..n {
                 if a != b {
                     sim.tell_connected(a, b);
+                }
+            }
+        }
+        // Regions a scenario joins later start down, their links cut (not a crash).
+        for r in late_regions(&sim.cfg) {
+            sim.nodes[r].up = false;
+            sim.nodes[r].inc += 1;
+            sim.down_since[r] = Some(0);
+            for j in 0..n {
+                if j != r {
+                    sim.cut(r, j);
                 }
             }
         }
@@ -1391,6 +1434,10 @@ impl Sim {
         };
         if outcome.is_ok() {
             self.drain(issuer);
+        }
+        // The joined region starts now (joining: it pulls the history, its join included).
+        if let (Ok(_), Action::Join(_, j)) = (&outcome, &a) {
+            self.restart(*j);
         }
         self.membership.push(MembershipChange {
             at_ms: self.now,

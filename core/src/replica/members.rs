@@ -510,6 +510,18 @@ impl Replica {
             .collect()
     }
 
+    /// Is `region` a member here (in force or retired): founding, or joined by an event
+    /// this region applied.
+    pub fn is_member(&self, region: RegionId) -> bool {
+        self.logs.members.contains_key(&region)
+    }
+
+    /// The HLC of `region`'s join, if it joined by an event this region applied (`None`
+    /// for a founding member or a stranger).
+    pub fn joined_at(&self, region: RegionId) -> Option<Hlc> {
+        self.logs.members.get(&region).and_then(|m| m.joined)
+    }
+
     /// The cut of a retired region, once known.
     pub fn cut(&self, region: RegionId) -> Option<u64> {
         self.logs.members.get(&region).and_then(|m| m.cut)
