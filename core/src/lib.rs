@@ -70,7 +70,7 @@ pub use id::{AccountId, Clock, EventId, Hlc, IdError, RegionId};
 pub use money::{Amount, AmountError, Currency};
 pub use policy::{Action, FeePer, Overdraft, Policy, PolicyDocument, PolicyError, PolicyHash};
 pub use replica::{
-    Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, MemberStatus,
-    KeyHistory, MembershipError, MembershipStats, Message, NoAuth, Output, RetireInfo, PolicyVersionInfo, Record, Replica, Report, SignedHeartbeat, Stats, Status,
-    SubmitError, Submitted, TxRequest,
+    Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, KeyHistory, MemberStatus,
+    MembershipError, MembershipStats, Message, NoAuth, Output, PolicyVersionInfo, Record, Replica,
+    Report, RetireInfo, SignedHeartbeat, Stats, Status, SubmitError, Submitted, TxRequest,
 };

@@ -107,7 +107,10 @@ fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
     purchase(&mut c, us, "alice", "5").unwrap();
     run(&mut c, &[eu, us], 3);
     assert!(c.nodes[eu].replica.watermark() >= max_hlc_of(&c, &[eu, us]));
-    assert_eq!(snapshot(&c.nodes[eu].replica), snapshot(&c.nodes[us].replica));
+    assert_eq!(
+        snapshot(&c.nodes[eu].replica),
+        snapshot(&c.nodes[us].replica)
+    );
     // ap comes back: its events above the cut are refused everywhere and counted; it
     // learns it is retired and takes nothing more.
     c.heal();
@@ -117,7 +120,10 @@ fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
         assert_eq!(r.version_vector().get(&region("ap")), ap_held);
         assert!(r.membership_stats().refused_above_cut > 0);
     }
-    assert_eq!(snapshot(&c.nodes[eu].replica), snapshot(&c.nodes[us].replica));
+    assert_eq!(
+        snapshot(&c.nodes[eu].replica),
+        snapshot(&c.nodes[us].replica)
+    );
     assert!(c.nodes[ap].replica.is_retired());
     assert!(matches!(
         c.submit(ap, req("bob", Kind::Deposit, "1", Currency::USD)),
@@ -155,7 +161,10 @@ fn the_cut_is_the_highest_seq_any_remaining_member_held() {
         assert_eq!(r.version_vector().get(&region("ap")), us_held);
         assert!(r.watermark() >= max_hlc_of(&c, &[eu, us]));
     }
-    assert_eq!(snapshot(&c.nodes[eu].replica), snapshot(&c.nodes[us].replica));
+    assert_eq!(
+        snapshot(&c.nodes[eu].replica),
+        snapshot(&c.nodes[us].replica)
+    );
 }
 
 #[test]
@@ -203,8 +212,14 @@ fn a_region_that_joins_catches_up_and_takes_traffic() {
         r.check_invariants().unwrap();
         check_against_model(&fee_policy(), r).unwrap();
     }
-    assert_eq!(snapshot(&c.nodes[eu].replica), snapshot(&c.nodes[ap].replica));
-    assert_eq!(snapshot(&c.nodes[us].replica), snapshot(&c.nodes[ap].replica));
+    assert_eq!(
+        snapshot(&c.nodes[eu].replica),
+        snapshot(&c.nodes[ap].replica)
+    );
+    assert_eq!(
+        snapshot(&c.nodes[us].replica),
+        snapshot(&c.nodes[ap].replica)
+    );
     // An event of ap at or below its join HLC is refused.
     let early = Event {
         id: EventId {
@@ -380,7 +395,10 @@ fn after_a_rotation_events_verify_against_the_new_key_only() {
     let target = max_hlc_of(&c, &[eu, us]);
     assert!(c.nodes[us].replica.watermark() >= target);
     assert_eq!(c.nodes[us].replica.stats().rejected, 0);
-    assert_eq!(snapshot(&c.nodes[eu].replica), snapshot(&c.nodes[us].replica));
+    assert_eq!(
+        snapshot(&c.nodes[eu].replica),
+        snapshot(&c.nodes[us].replica)
+    );
     // A forgery above the rotation signed with the old (compromised) key is refused; the
     // same event signed with the new key is accepted.
     let next = c.nodes[us].replica.version_vector().get(&region("eu")) + 1;
@@ -406,11 +424,17 @@ fn after_a_rotation_events_verify_against_the_new_key_only() {
     replica_of(&mut c, us).handle_events(now, region("eu"), vec![forged]);
     c.drain(us);
     assert_eq!(c.nodes[us].replica.stats().rejected, 1);
-    assert_eq!(c.nodes[us].replica.version_vector().get(&region("eu")), next - 1);
+    assert_eq!(
+        c.nodes[us].replica.version_vector().get(&region("eu")),
+        next - 1
+    );
     let genuine = signed_with(b"eu-key-2", e);
     replica_of(&mut c, us).handle_events(now, region("eu"), vec![genuine]);
     c.drain(us);
-    assert_eq!(c.nodes[us].replica.version_vector().get(&region("eu")), next);
+    assert_eq!(
+        c.nodes[us].replica.version_vector().get(&region("eu")),
+        next
+    );
 }
 
 #[test]
@@ -444,7 +468,10 @@ fn a_restarted_region_verifies_with_the_key_history_it_reloads() {
     deposit(&mut c, eu, "alice", "4");
     run(&mut c, &[eu, us], 3);
     assert_eq!(c.nodes[us].replica.stats().rejected, 0);
-    assert_eq!(snapshot(&c.nodes[eu].replica), snapshot(&c.nodes[us].replica));
+    assert_eq!(
+        snapshot(&c.nodes[eu].replica),
+        snapshot(&c.nodes[us].replica)
+    );
 }
 
 #[test]
@@ -489,7 +516,10 @@ fn an_equivocating_region_is_resolved_by_retiring_it() {
         assert!(!r.evidence().is_empty(), "the evidence stays readable");
         r.check_invariants().unwrap();
     }
-    assert_eq!(snapshot(&c.nodes[eu].replica), snapshot(&c.nodes[us].replica));
+    assert_eq!(
+        snapshot(&c.nodes[eu].replica),
+        snapshot(&c.nodes[us].replica)
+    );
 }
 
 #[test]
@@ -521,13 +551,30 @@ fn membership_events_round_trip_and_old_variants_keep_their_bytes() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Submit { region: u8, account: u8, debit: bool, cents: u16 },
-    Deliver { nth: u16 },
-    Partition { mask: u8 },
+    Submit {
+        region: u8,
+        account: u8,
+        debit: bool,
+        cents: u16,
+    },
+    Deliver {
+        nth: u16,
+    },
+    Partition {
+        mask: u8,
+    },
     Heal,
-    Persist { region: u8 },
+    Persist {
+        region: u8,
+    },
     Tick,
-    AntiEntropy { from: u8, to: u8 },
+    AntiEntropy {
+        from: u8,
+        to: u8,
+    },
+    Crash {
+        region: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -540,6 +587,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..4).prop_map(|region| Op::Persist { region }),
         2 => Just(Op::Tick),
         1 => (0u8..4, 0u8..4).prop_map(|(from, to)| Op::AntiEntropy { from, to }),
+        1 => (0u8..4).prop_map(|region| Op::Crash { region }),
     ]
 }
 
@@ -553,7 +601,11 @@ fn apply(c: &mut Cluster, op: &Op) {
             cents,
         } => {
             let i = *region as usize % n;
-            let kind = if *debit { Kind::Purchase } else { Kind::Deposit };
+            let kind = if *debit {
+                Kind::Purchase
+            } else {
+                Kind::Deposit
+            };
             let amount = format!("{}.{:02}", cents / 100, cents % 100);
             let account = ["alice", "bob"][*account as usize % 2];
             let _ = c.submit(i, req(account, kind, &amount, Currency::USD));
@@ -564,6 +616,7 @@ fn apply(c: &mut Cluster, op: &Op) {
         Op::Persist { region } => c.persist(*region as usize % n, usize::MAX),
         Op::Tick => c.tick(100),
         Op::AntiEntropy { from, to } => c.anti_entropy(*from as usize % n, *to as usize % n),
+        Op::Crash { region } => c.crash(*region as usize % n),
     }
 }
 
@@ -587,30 +640,44 @@ proptest! {
         after in prop::collection::vec(op(), 0..60),
         retired in 0usize..4,
         issuer_offset in 1usize..4,
+        two in any::<bool>(),
     ) {
         let mut c = Cluster::new(&["eu", "us", "ap", "sa"], fee_policy());
         let issuer = (retired + issuer_offset) % 4;
+        // Sometimes a second region (neither the first nor the issuer) is retired with it.
+        let second = (0..4).find(|i| *i != retired && *i != issuer).filter(|_| two);
         for o in &before {
             apply(&mut c, o);
             c.check_never_retracts().map_err(TestCaseError::fail)?;
         }
         let now = c.local_now(issuer);
         let retired_name = c.names[retired];
+        let mut names = BTreeSet::from([retired_name]);
+        names.extend(second.map(|s| c.names[s]));
         c.nodes[issuer]
             .replica
-            .retire(now, BTreeSet::from([retired_name]), "property".into())
+            .retire(now, names, "property".into())
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         c.drain(issuer);
+        // Answered (like any admin call) once durable: a crash does not take it back.
+        c.persist(issuer, usize::MAX);
         for o in &after {
             apply(&mut c, o);
             c.check_never_retracts().map_err(TestCaseError::fail)?;
         }
-        // The retired region is gone for good; the others heal.
-        isolate(&mut c, retired);
-        let live: Vec<usize> = (0..4).filter(|i| *i != retired).collect();
+        // The retired regions are gone for good; the others heal.
+        let gone: u8 = (1u8 << retired) | second.map_or(0, |s| 1u8 << s);
+        c.partition(gone);
+        let live: Vec<usize> = (0..4).filter(|i| gone & (1u8 << i) == 0).collect();
         for _ in 0..8 {
             run(&mut c, &live, 1);
             c.check_never_retracts().map_err(TestCaseError::fail)?;
+        }
+        if let Some(s) = second {
+            let other = c.names[s];
+            let cuts: Vec<Option<u64>> =
+                live.iter().map(|&i| c.nodes[i].replica.cut(other)).collect();
+            prop_assert!(cuts[0].is_some() && cuts.iter().all(|k| *k == cuts[0]), "{cuts:?}");
         }
         let cuts: Vec<Option<u64>> =
             live.iter().map(|&i| c.nodes[i].replica.cut(retired_name)).collect();

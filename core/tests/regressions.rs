@@ -342,9 +342,7 @@ fn i6_heartbeat_naming_a_non_member_is_kept_without_it_and_frozen_origins_count_
         })
         .collect();
     assert!(
-        !reports
-            .iter()
-            .any(|x| matches!(x, Report::Rejected { .. })),
+        !reports.iter().any(|x| matches!(x, Report::Rejected { .. })),
         "{reports:?}"
     );
     let kept = r.member_vv(us).expect("the heartbeat is remembered");

@@ -323,10 +323,13 @@ pub fn reference_cuts(r: &Replica, regions: &[RegionId]) -> BTreeMap<RegionId, u
         };
         let mut acks = Vec::new();
         for a in remaining {
-            let first = r.origin_events(*a, 0).iter().find_map(|x| match x.change() {
-                Some(Change::RetireAck { retire, held }) if *retire == e.id => Some(held),
-                _ => None,
-            });
+            let first = r
+                .origin_events(*a, 0)
+                .iter()
+                .find_map(|x| match x.change() {
+                    Some(Change::RetireAck { retire, held }) if *retire == e.id => Some(held),
+                    _ => None,
+                });
             match first {
                 Some(held) => acks.push(held),
                 None => break,
@@ -815,7 +818,11 @@ pub fn check(sim: &mut Sim) -> CheckResult {
     } else {
         1
     };
-    let hist = if retired_idx.contains(&hist) { live0 } else { hist };
+    let hist = if retired_idx.contains(&hist) {
+        live0
+    } else {
+        hist
+    };
     type PerNode = Vec<(usize, Failures)>;
     let (even, odd, per_even, per_odd, folded, view0, history) = std::thread::scope(|s| {
         let ctx = &ctx;
@@ -1701,7 +1708,11 @@ fn check_complete(sim: &mut Sim, r: usize, x: usize) {
     };
     if next.hlc <= w {
         // An event of a retired member above its cut: refused everywhere.
-        if sim.nodes[r].replica.cut(origin).is_some_and(|c| next.id.seq > c) {
+        if sim.nodes[r]
+            .replica
+            .cut(origin)
+            .is_some_and(|c| next.id.seq > c)
+        {
             return;
         }
         // An event the Byzantine member's forged promise denied: the lie, not the region.

@@ -1420,12 +1420,9 @@ impl Sim {
                     r.rotate_key(now_l, key.into_bytes())
                 }
                 Action::Join(_, j) => match regions.get(*j) {
-                    Some(name) => r.join(
-                        now_l,
-                        *name,
-                        format!("{name}-key").into_bytes(),
-                        Vec::new(),
-                    ),
+                    Some(name) => {
+                        r.join(now_l, *name, format!("{name}-key").into_bytes(), Vec::new())
+                    }
                     None => return,
                 },
                 _ => return,
@@ -1818,10 +1815,10 @@ impl Sim {
         if live.iter().any(|n| n.replica.version_vector() != vv) {
             return false;
         }
-        if retired
-            .iter()
-            .any(|r| live.iter().any(|n| n.replica.cut(self.cfg.regions[*r]).is_none()))
-        {
+        if retired.iter().any(|r| {
+            live.iter()
+                .any(|n| n.replica.cut(self.cfg.regions[*r]).is_none())
+        }) {
             return false;
         }
         let mut max_hlc = Hlc::ZERO;

@@ -137,12 +137,9 @@ pub struct Scenario {
 impl Scenario {
     /// True if the scenario scripts any fault (split, crash, skew).
     pub fn has_faults(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| {
-                !matches!(s.action, Action::Tx { .. } | Action::Policy(..))
-                    && !s.action.is_membership()
-            })
+        self.steps.iter().any(|s| {
+            !matches!(s.action, Action::Tx { .. } | Action::Policy(..)) && !s.action.is_membership()
+        })
     }
 
     /// Loads the policy files of `policy` steps: a relative path is taken from `dir` (the

@@ -53,7 +53,11 @@ fn a_scripted_join_retire_and_rotation_hold_every_invariant() {
         assert!(!n.replica.settlement_blocked(), "{}", n.id);
         assert_eq!(n.replica.members_in_force().len(), 3, "{}", n.id);
         // sa's events were taken and settled everywhere.
-        assert!(n.replica.version_vector().get(&region("sa")) >= 2, "{}", n.id);
+        assert!(
+            n.replica.version_vector().get(&region("sa")) >= 2,
+            "{}",
+            n.id
+        );
     }
     let ap_node = sim.nodes.iter().find(|n| n.id == ap).expect("ap");
     assert!(ap_node.replica.is_retired());
@@ -71,7 +75,12 @@ fn the_checker_catches_a_cut_that_voids_a_settled_event() {
     // The same run, then one remaining region is made to look as if it had settled more of
     // ap than the cut: the membership invariant fails.
     let mut sim = scripted();
-    let ap = sim.cfg.regions.iter().position(|r| *r == region("ap")).expect("ap");
+    let ap = sim
+        .cfg
+        .regions
+        .iter()
+        .position(|r| *r == region("ap"))
+        .expect("ap");
     sim.max_settled[0][ap] = 5;
     let c = check(&mut sim);
     assert!(!c.invariants.membership);
@@ -99,8 +108,16 @@ fn retire_rotate_key_and_join_lines_parse() {
             Action::Join(0, 2)
         ]
     );
-    for bad in ["t=1s retire eu eu", "t=1s retire eu", "t=1s join eu eu", "t=1s rotate-key"] {
-        assert!(scenario::parse(bad, &regions, Currency::USD).is_err(), "{bad}");
+    for bad in [
+        "t=1s retire eu eu",
+        "t=1s retire eu",
+        "t=1s join eu eu",
+        "t=1s rotate-key",
+    ] {
+        assert!(
+            scenario::parse(bad, &regions, Currency::USD).is_err(),
+            "{bad}"
+        );
     }
 }
 
@@ -115,7 +132,10 @@ fn random_membership_changes_are_drawn_per_seed_and_hold_every_invariant() {
         cfg.byzantine_ppm = 0;
         cfg.workload.transactions = 1_500;
         let plan = wallet_sim::engine::membership_plan(&cfg, 30_000, false);
-        assert_eq!(plan, wallet_sim::engine::membership_plan(&cfg, 30_000, false));
+        assert_eq!(
+            plan,
+            wallet_sim::engine::membership_plan(&cfg, 30_000, false)
+        );
         if !plan.iter().any(|(_, a)| matches!(a, Action::Retire(..))) {
             continue;
         }
@@ -128,7 +148,9 @@ fn random_membership_changes_are_drawn_per_seed_and_hold_every_invariant() {
         let c = check(&mut sim);
         assert!(c.invariants.all(), "seed {seed}: {:?}", c.failures);
         assert!(
-            sim.membership.iter().any(|m| matches!(m.action, Action::Retire(..))),
+            sim.membership
+                .iter()
+                .any(|m| matches!(m.action, Action::Retire(..))),
             "seed {seed}"
         );
     }

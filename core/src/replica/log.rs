@@ -190,7 +190,10 @@ impl Logs {
                 if m.equivocated && m.cut.is_none() {
                     return None;
                 }
-                Some((*s).min(m.cap.unwrap_or(u64::MAX)).saturating_sub(self.vv.get(o)))
+                Some(
+                    (*s).min(m.cap.unwrap_or(u64::MAX))
+                        .saturating_sub(self.vv.get(o)),
+                )
             })
             .fold(0u64, u64::saturating_add)
     }

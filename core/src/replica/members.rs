@@ -230,10 +230,8 @@ impl Replica {
             .map(|(id, st)| (*id, st.regions.clone()))
             .collect();
         for (retire, regions) in owed {
-            let held: BTreeMap<RegionId, u64> = regions
-                .iter()
-                .map(|r| (*r, self.ack_held(*r)))
-                .collect();
+            let held: BTreeMap<RegionId, u64> =
+                regions.iter().map(|r| (*r, self.ack_held(*r))).collect();
             // Cannot fail: the fields were checked when the retire was applied.
             let _ = self.issue_change(now_ms, Change::RetireAck { retire, held });
         }
