@@ -64,6 +64,45 @@ fn purchase(c: &mut Cluster, i: usize, account: &str, amount: &str) -> Option<Ev
         .map(Submitted::id)
 }
 
+/// An unsigned deposit of 1.00 USD to alice, as `origin`'s event `seq` at `hlc`.
+fn unsigned_deposit(origin: &str, seq: u64, hlc: Hlc) -> Event {
+    Event {
+        id: EventId {
+            origin: region(origin),
+            seq,
+        },
+        hlc,
+        body: Body::Tx(Tx {
+            account: acct("alice"),
+            kind: Kind::Deposit,
+            amount: Amount::parse("1", Currency::USD).unwrap(),
+            currency: Currency::USD,
+            idempotency_key: None,
+            reference: None,
+        }),
+        sig: Box::new([]),
+    }
+}
+
+/// Regions `a` and `b` hold byte-identical ledgers.
+fn same(c: &Cluster, a: usize, b: usize) {
+    assert_eq!(
+        snapshot(&c.nodes[a].replica),
+        snapshot(&c.nodes[b].replica),
+        "{} and {} differ",
+        c.names[a],
+        c.names[b]
+    );
+}
+
+/// eu, us and ap, with ap's deposit of 50 to bob settled everywhere.
+fn three_settled() -> Cluster {
+    let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
+    deposit(&mut c, 2, "bob", "50");
+    assert!(c.settle_all());
+    c
+}
+
 fn replica_of(c: &mut Cluster, i: usize) -> &mut Replica {
     &mut c.nodes[i].replica
 }
@@ -107,10 +146,7 @@ fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
     purchase(&mut c, us, "alice", "5").unwrap();
     run(&mut c, &[eu, us], 3);
     assert!(c.nodes[eu].replica.watermark() >= max_hlc_of(&c, &[eu, us]));
-    assert_eq!(
-        snapshot(&c.nodes[eu].replica),
-        snapshot(&c.nodes[us].replica)
-    );
+    same(&c, eu, us);
     // ap comes back: its events above the cut are refused everywhere and counted; it
     // learns it is retired and takes nothing more.
     c.heal();
@@ -120,10 +156,7 @@ fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
         assert_eq!(r.version_vector().get(&region("ap")), ap_held);
         assert!(r.membership_stats().refused_above_cut > 0);
     }
-    assert_eq!(
-        snapshot(&c.nodes[eu].replica),
-        snapshot(&c.nodes[us].replica)
-    );
+    same(&c, eu, us);
     assert!(c.nodes[ap].replica.is_retired());
     assert!(matches!(
         c.submit(ap, req("bob", Kind::Deposit, "1", Currency::USD)),
@@ -135,10 +168,8 @@ fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
 fn the_cut_is_the_highest_seq_any_remaining_member_held() {
     // us holds more of ap than eu does; eu retires ap; the cut is us's, and eu fetches the
     // rest from us (relayed, signed by ap).
-    let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
+    let mut c = three_settled();
     let (eu, us, ap) = (0, 1, 2);
-    deposit(&mut c, ap, "bob", "50");
-    assert!(c.settle_all());
     // ap and us together, eu alone.
     isolate(&mut c, eu);
     for _ in 0..4 {
@@ -161,10 +192,7 @@ fn the_cut_is_the_highest_seq_any_remaining_member_held() {
         assert_eq!(r.version_vector().get(&region("ap")), us_held);
         assert!(r.watermark() >= max_hlc_of(&c, &[eu, us]));
     }
-    assert_eq!(
-        snapshot(&c.nodes[eu].replica),
-        snapshot(&c.nodes[us].replica)
-    );
+    same(&c, eu, us);
 }
 
 #[test]
@@ -212,31 +240,14 @@ fn a_region_that_joins_catches_up_and_takes_traffic() {
         r.check_invariants().unwrap();
         check_against_model(&fee_policy(), r).unwrap();
     }
-    assert_eq!(
-        snapshot(&c.nodes[eu].replica),
-        snapshot(&c.nodes[ap].replica)
-    );
-    assert_eq!(
-        snapshot(&c.nodes[us].replica),
-        snapshot(&c.nodes[ap].replica)
-    );
+    same(&c, eu, ap);
+    same(&c, us, ap);
     // An event of ap at or below its join HLC is refused.
-    let early = Event {
-        id: EventId {
-            origin: region("ap"),
-            seq: c.nodes[us].replica.version_vector().get(&region("ap")) + 1,
-        },
-        hlc: join_hlc,
-        body: Body::Tx(Tx {
-            account: acct("alice"),
-            kind: Kind::Deposit,
-            amount: Amount::parse("1", Currency::USD).unwrap(),
-            currency: Currency::USD,
-            idempotency_key: None,
-            reference: None,
-        }),
-        sig: Box::new([]),
-    };
+    let early = unsigned_deposit(
+        "ap",
+        c.nodes[us].replica.version_vector().get(&region("ap")) + 1,
+        join_hlc,
+    );
     let before = c.nodes[us].replica.stats().rejected;
     let now = c.local_now(us);
     replica_of(&mut c, us).handle_events(now, region("ap"), vec![early]);
@@ -252,10 +263,8 @@ fn a_region_that_joins_catches_up_and_takes_traffic() {
 
 #[test]
 fn a_retire_survives_a_crash_of_every_member() {
-    let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
+    let mut c = three_settled();
     let (eu, us, ap) = (0, 1, 2);
-    deposit(&mut c, ap, "bob", "50");
-    assert!(c.settle_all());
     isolate(&mut c, ap);
     purchase(&mut c, ap, "bob", "1").unwrap();
     let now = c.local_now(us);
@@ -395,29 +404,11 @@ fn after_a_rotation_events_verify_against_the_new_key_only() {
     let target = max_hlc_of(&c, &[eu, us]);
     assert!(c.nodes[us].replica.watermark() >= target);
     assert_eq!(c.nodes[us].replica.stats().rejected, 0);
-    assert_eq!(
-        snapshot(&c.nodes[eu].replica),
-        snapshot(&c.nodes[us].replica)
-    );
+    same(&c, eu, us);
     // A forgery above the rotation signed with the old (compromised) key is refused; the
     // same event signed with the new key is accepted.
     let next = c.nodes[us].replica.version_vector().get(&region("eu")) + 1;
-    let e = Event {
-        id: EventId {
-            origin: region("eu"),
-            seq: next,
-        },
-        hlc: Hlc::from_millis(c.local_now(us) + 1_000),
-        body: Body::Tx(Tx {
-            account: acct("alice"),
-            kind: Kind::Deposit,
-            amount: Amount::parse("1", Currency::USD).unwrap(),
-            currency: Currency::USD,
-            idempotency_key: None,
-            reference: None,
-        }),
-        sig: Box::new([]),
-    };
+    let e = unsigned_deposit("eu", next, Hlc::from_millis(c.local_now(us) + 1_000));
     assert!(e.hlc > rot_hlc);
     let now = c.local_now(us);
     let forged = signed_with(b"eu-key-1", e.clone());
@@ -468,10 +459,7 @@ fn a_restarted_region_verifies_with_the_key_history_it_reloads() {
     deposit(&mut c, eu, "alice", "4");
     run(&mut c, &[eu, us], 3);
     assert_eq!(c.nodes[us].replica.stats().rejected, 0);
-    assert_eq!(
-        snapshot(&c.nodes[eu].replica),
-        snapshot(&c.nodes[us].replica)
-    );
+    same(&c, eu, us);
 }
 
 #[test]
@@ -516,10 +504,7 @@ fn an_equivocating_region_is_resolved_by_retiring_it() {
         assert!(!r.evidence().is_empty(), "the evidence stays readable");
         r.check_invariants().unwrap();
     }
-    assert_eq!(
-        snapshot(&c.nodes[eu].replica),
-        snapshot(&c.nodes[us].replica)
-    );
+    same(&c, eu, us);
 }
 
 #[test]

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::event::{Body, Change, Event};
+use crate::event::{Body, Change};
 use crate::id::{EventId, Hlc, RegionId};
 
 use super::log::Member;
@@ -121,7 +121,7 @@ impl Replica {
         key: Vec<u8>,
         meta: Vec<u8>,
     ) -> Result<EventId, SubmitError> {
-        self.can_issue_membership()?;
+        self.can_issue()?;
         if self.logs.members.contains_key(&region) {
             return Err(MembershipError::AlreadyMember(region).into());
         }
@@ -141,7 +141,7 @@ impl Replica {
         regions: BTreeSet<RegionId>,
         reason: String,
     ) -> Result<EventId, SubmitError> {
-        self.can_issue_membership()?;
+        self.can_issue()?;
         let pending = self.retiring();
         for r in &regions {
             if *r == self.cfg.region {
@@ -173,38 +173,15 @@ impl Replica {
     /// signed with the new key (the host's [`Authenticator`](crate::Authenticator) must sign
     /// with it from then on) and verify against it everywhere.
     pub fn rotate_key(&mut self, now_ms: u64, key: Vec<u8>) -> Result<EventId, SubmitError> {
-        self.can_issue_membership()?;
+        self.can_issue()?;
         self.issue_change(now_ms, Change::RotateKey { key: key.into() })
-    }
-
-    fn can_issue_membership(&self) -> Result<(), SubmitError> {
-        if self.restoring || self.joining {
-            return Err(SubmitError::Restoring);
-        }
-        if self.membership.retired_self {
-            return Err(MembershipError::Retired.into());
-        }
-        Ok(())
     }
 
     fn issue_change(&mut self, now_ms: u64, change: Change) -> Result<EventId, SubmitError> {
         change
             .validate(self.cfg.region)
             .map_err(|e| MembershipError::Invalid(e.to_string()))?;
-        let hlc = self.clock.tick(now_ms);
-        let id = EventId {
-            origin: self.cfg.region,
-            seq: self.own_log_len() + 1,
-        };
-        let mut event = Event {
-            id,
-            hlc,
-            body: Body::Membership(change),
-            sig: Box::new([]),
-        };
-        event.sig = self.cfg.auth.sign_event(&event, &self.cfg.cluster).into();
-        self.apply_own(event);
-        Ok(id)
+        Ok(self.issue_own(now_ms, Body::Membership(change)))
     }
 
     /// Acknowledges every retire this region must acknowledge and has not yet: called after

@@ -472,12 +472,7 @@ impl Replica {
     /// it was issued. A new event is emitted as [`Output::Persist`]; acknowledge the client
     /// only after [`Replica::handle_persisted`] covers it.
     pub fn submit(&mut self, now_ms: u64, req: TxRequest) -> Result<Submitted, SubmitError> {
-        if self.restoring || self.joining {
-            return Err(SubmitError::Restoring);
-        }
-        if self.membership.retired_self {
-            return Err(MembershipError::Retired.into());
-        }
+        self.can_issue()?;
         // Everything a peer checks in `Event::validate`, checked before anything is issued;
         // the event carries the amount at the currency's scale (`100` parsed without minor
         // units becomes `100.00` in USD), as peers require.
@@ -543,16 +538,10 @@ impl Replica {
                 currency: req.currency,
             });
         }
-        let hlc = self.clock.tick(now_ms);
-        let id = EventId {
-            origin: self.cfg.region,
-            seq: self.own_log_len() + 1,
-        };
         let account = self.accounts.intern(req.account);
-        let mut event = Event {
-            id,
-            hlc,
-            body: Body::Tx(Tx {
+        let id = self.issue_own(
+            now_ms,
+            Body::Tx(Tx {
                 account,
                 kind: req.kind,
                 amount: canonical,
@@ -560,22 +549,30 @@ impl Replica {
                 idempotency_key: req.idempotency_key.map(Into::into),
                 reference: req.reference.map(Into::into),
             }),
-            sig: Box::new([]),
-        };
-        event.sig = self.cfg.auth.sign_event(&event, &self.cfg.cluster).into();
-        self.apply_own(event);
+        );
         Ok(Submitted::New(id))
     }
 
     /// Issues a policy change: it applies to events after it in the total order, once settled.
     pub fn submit_policy(&mut self, now_ms: u64, policy: Policy) -> Result<EventId, SubmitError> {
+        self.can_issue()?;
+        policy.validate()?;
+        Ok(self.issue_own(now_ms, Body::Policy(Box::new(policy))))
+    }
+
+    /// Refuses to issue anything while restoring or joining, or once retired.
+    fn can_issue(&self) -> Result<(), SubmitError> {
         if self.restoring || self.joining {
             return Err(SubmitError::Restoring);
         }
         if self.membership.retired_self {
             return Err(MembershipError::Retired.into());
         }
-        policy.validate()?;
+        Ok(())
+    }
+
+    /// Issues the next own event with this body: stamped, signed, applied, to be persisted.
+    fn issue_own(&mut self, now_ms: u64, body: Body) -> EventId {
         let hlc = self.clock.tick(now_ms);
         let id = EventId {
             origin: self.cfg.region,
@@ -584,12 +581,12 @@ impl Replica {
         let mut event = Event {
             id,
             hlc,
-            body: Body::Policy(Box::new(policy)),
+            body,
             sig: Box::new([]),
         };
         event.sig = self.cfg.auth.sign_event(&event, &self.cfg.cluster).into();
         self.apply_own(event);
-        Ok(id)
+        id
     }
 
     fn apply_own(&mut self, event: Event) {
