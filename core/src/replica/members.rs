@@ -429,12 +429,18 @@ impl Replica {
                 return;
             }
             let voided = self.logs.truncate(region, cut);
-            for e in voided {
+            for e in &voided {
                 self.settle.unsettled.remove(&e.key());
                 if let Some(tx) = e.tx() {
                     self.accounts.unapply(e.id, tx);
                 }
                 self.membership.stats.voided += 1;
+            }
+            for e in &voided {
+                if let Some(tx) = e.tx() {
+                    self.accounts
+                        .forget_if_unused(&self.logs, &tx.account, tx.currency);
+                }
             }
         }
         if let Some(m) = self.logs.members.get_mut(&region) {
