@@ -111,6 +111,9 @@ fn event_fields(event: &Event, with_account: bool) -> Map<String, Value> {
         wallet_core::Body::Policy(_) => {
             m.insert("type".into(), Value::String("policy".into()));
         }
+        wallet_core::Body::Membership(_) => {
+            m.insert("type".into(), Value::String("membership".into()));
+        }
     }
     m.insert("hlc".into(), Value::String(event.hlc.to_string()));
     m

@@ -53,8 +53,9 @@ pub enum Body {
     /// A new overdraft policy, in force for events after this one in the total order.
     Policy(Box<Policy>),
     /// A membership change (SPEC §10, docs/design/membership.md). Added after `Policy`, so
-    /// the bytes of the earlier variants are unchanged.
-    Membership(Change),
+    /// the bytes of the earlier variants are unchanged. Boxed: rare, and larger than a
+    /// transaction, it must not make every event bigger.
+    Membership(Box<Change>),
 }
 
 /// Most regions one retire names, and most regions an acknowledgement or a remaining set

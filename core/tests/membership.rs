@@ -517,13 +517,13 @@ fn membership_events_round_trip_and_old_variants_keep_their_bytes() {
             seq: 3,
         },
         hlc: Hlc(7),
-        body: Body::Membership(Change::RetireAck {
+        body: Body::Membership(Box::new(Change::RetireAck {
             retire: EventId {
                 origin: region("us"),
                 seq: 2,
             },
             held: BTreeMap::from([(region("ap"), 9)]),
-        }),
+        })),
         sig: Box::new([]),
     };
     let bytes = postcard::to_stdvec(&e).unwrap();
@@ -750,7 +750,7 @@ proptest! {
         // A fresh replica given eu's log with event j re-signed by another key of the
         // history refuses exactly that event (and so holds j events).
         for j in 0..held.len() {
-            let valid = keys.iter().filter(|(h, _)| *h < held[j].hlc).next_back().unwrap();
+            let valid = keys.iter().rfind(|(h, _)| *h < held[j].hlc).unwrap();
             for (_, k) in keys.iter().filter(|(_, k)| *k != valid.1) {
                 let mut fresh = toy_replica("us");
                 let mut batch = held[..j].to_vec();

@@ -181,7 +181,7 @@ impl Replica {
         change
             .validate(self.cfg.region)
             .map_err(|e| MembershipError::Invalid(e.to_string()))?;
-        Ok(self.issue_own(now_ms, Body::Membership(change)))
+        Ok(self.issue_own(now_ms, Body::Membership(Box::new(change))))
     }
 
     /// Acknowledges every retire this region must acknowledge and has not yet: called after

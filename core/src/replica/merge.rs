@@ -183,7 +183,7 @@ impl Replica {
         };
         // A frozen origin applies nothing more, except, once it is retired, its history up to
         // the cut (which counts no contested seq).
-        if m.equivocated && !m.cut.is_some_and(|c| e.id.seq <= c) {
+        if m.equivocated && m.cut.is_none_or(|c| e.id.seq > c) {
             return false;
         }
         if let Some(prev) = m.log.last() {
