@@ -1092,20 +1092,7 @@ fn byzantine_checks(sim: &Sim, f: &mut Failures) {
         if i == b {
             continue;
         }
-        // Once the member is retired, a forged item above its cut is refused unread (no
-        // evidence needed: it can never be applied); one at or below the cut still proves.
-        let lie_seq = byz
-            .forged_event
-            .as_ref()
-            .map(|(_, e)| e.id.seq)
-            .into_iter()
-            .chain(byz.forged_promise.as_ref().map(|(_, e)| e.id.seq))
-            .min();
-        let moot = n
-            .replica
-            .cut(bid)
-            .is_some_and(|c| lie_seq.is_some_and(|s| s > c));
-        if byz.handed[i] && !moot && !sim.holds_evidence(i, b) {
+        if byz.handed[i] && !sim.holds_evidence(i, b) {
             f.add(
                 "detection",
                 format!(

@@ -1444,6 +1444,11 @@ impl Sim {
         });
     }
 
+    /// The retire that ends a Byzantine seed was tried.
+    fn byzantine_retire_tried(&self) -> bool {
+        self.membership.iter().any(|m| m.source == "byzantine")
+    }
+
     /// Regions named by a retire that was issued (whether or not its cut is known yet).
     pub fn retired_regions(&self) -> std::collections::BTreeSet<usize> {
         self.membership
@@ -1802,7 +1807,9 @@ impl Sim {
         }
         let retired = self.retired_regions();
         if let Some(b) = self.byzantine_active().filter(|b| !retired.contains(b)) {
-            return self.converged_byzantine(b);
+            // Not until the retire that ends the seed was tried (if it could not be issued,
+            // the member stays frozen and the adapted checks apply).
+            return self.byzantine_retire_tried() && self.converged_byzantine(b);
         }
         let live: Vec<&Node> = (0..self.nodes.len())
             .filter(|i| !retired.contains(i))
@@ -1855,20 +1862,21 @@ impl Sim {
         for r in 0..self.nodes.len() {
             self.restart(r);
         }
-        // A Byzantine seed ends the way an operator ends it: an honest region retires the
-        // member, and settlement resumes without it.
-        if let Some(b) = self.byzantine_active() {
-            if !self.retired_regions().contains(&b) {
-                let n = self.nodes.len();
-                if let Some(issuer) = (0..n).find(|i| *i != b) {
-                    self.change_membership(Action::Retire(issuer, vec![b]), "byzantine");
-                }
-            }
-        }
         let deadline = self.now + QUIESCE_MAX_MS;
         while self.now < deadline {
             let t = self.now + 250;
             self.run_until(t);
+            // A Byzantine seed ends the way an operator ends it: once every honest region
+            // holds the evidence, an honest region retires the member, and settlement
+            // resumes without it.
+            if let Some(b) = self.byzantine_active() {
+                if !self.byzantine_retire_tried() && self.converged_byzantine(b) {
+                    if let Some(issuer) = (0..self.nodes.len()).find(|i| *i != b) {
+                        self.change_membership(Action::Retire(issuer, vec![b]), "byzantine");
+                    }
+                    continue;
+                }
+            }
             if self.converged() {
                 self.converged_at = Some(self.now);
                 break;
