@@ -288,7 +288,7 @@ impl Actor {
         }
         if defects::is(Defect::Spurious503) {
             self.spurious = self.spurious.wrapping_add(1);
-            if self.spurious % defects::SPURIOUS_503_EVERY == 0 {
+            if self.spurious.is_multiple_of(defects::SPURIOUS_503_EVERY) {
                 let _ = reply.send(Reply::error(503, "chaos_defect", "spurious_503"));
                 return;
             }
@@ -556,8 +556,23 @@ impl Actor {
                 {
                     return;
                 }
+                let mut msg = msg;
+                if defects::is(Defect::DropLateEvents) {
+                    let late = |e: &wallet_core::Event| {
+                        now.saturating_sub(e.hlc.millis()) > defects::LATE_EVENT_MS
+                    };
+                    match &mut msg {
+                        Message::Events(evs) | Message::PullAnswer { events: evs, .. } => {
+                            evs.retain(|e| !late(e));
+                        }
+                        _ => {}
+                    }
+                }
                 let now = if defects::is(Defect::IgnoreClockSkew) {
                     now.saturating_add(86_400_000)
+                } else if defects::is(Defect::StrictClock) {
+                    let bound = crate::chaos::CHAOS_MAX_CLOCK_SKEW_MS;
+                    now.saturating_sub(bound.saturating_sub(defects::STRICT_SKEW_MS))
                 } else {
                     now
                 };

@@ -564,13 +564,13 @@ impl FakeClock {
 async fn skew_reports(clients: &[Client]) -> Vec<Option<u64>> {
     let mut out = Vec::new();
     for c in clients {
-        let text = tokio::time::timeout(
-            Duration::from_secs(2),
-            c.with_token("").get_raw("/metrics"),
-        )
-        .await;
+        let text =
+            tokio::time::timeout(Duration::from_secs(2), c.with_token("").get_raw("/metrics"))
+                .await;
         out.push(match text {
-            Ok(Ok((200, t))) => Some(metric(&t, "walletd_reports_total{kind=\"clock_skew\"}").unwrap_or(0)),
+            Ok(Ok((200, t))) => {
+                Some(metric(&t, "walletd_reports_total{kind=\"clock_skew\"}").unwrap_or(0))
+            }
             _ => None,
         });
     }
@@ -714,7 +714,9 @@ impl Run {
             } else {
                 Vec::new()
             };
-            self.note(format!("{name} beyond the bound: peers' clock_skew reports {grew:?}"));
+            self.note(format!(
+                "{name} beyond the bound: peers' clock_skew reports {grew:?}"
+            ));
             self.check("clock_skew_refused", p);
         } else {
             let p = if grew.is_empty() {
@@ -1238,7 +1240,10 @@ mod tests {
             };
             if let Some(b) = clock_at(Fault::SkewBeyond).min() {
                 for f in [Fault::SkewWithin, Fault::ClockStep] {
-                    assert!(clock_at(f).all(|t| t < b), "seed {seed}: {f:?} after beyond");
+                    assert!(
+                        clock_at(f).all(|t| t < b),
+                        "seed {seed}: {f:?} after beyond"
+                    );
                 }
             }
         }

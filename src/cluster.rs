@@ -7,7 +7,9 @@
 //! to it over HTTP ([`Client`]). Its children are killed when it is dropped, so an error, a
 //! panic or Ctrl-C never leaves a region behind. With [`ClusterOptions::netns`] each region
 //! runs in its own network namespace ([`crate::netns`]) and faults are injected from outside
-//! ([`LocalCluster::fabric_mut`], [`LocalCluster::kill`], [`LocalCluster::pause`]).
+//! ([`LocalCluster::fabric_mut`], [`LocalCluster::kill`], [`LocalCluster::pause`]);
+//! [`LocalCluster::route_through_proxies`] adds latency ([`crate::latency`]) and
+//! [`LocalCluster::set_env`] starts a region under libfaketime ([`crate::chaos`]).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

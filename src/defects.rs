@@ -10,6 +10,11 @@
 pub const DEFECT_ENV: &str = "WALLETD_CHAOS_DEFECT";
 /// `spurious_503` answers every this many-th transaction with 503.
 pub const SPURIOUS_503_EVERY: u64 = 40;
+/// `drop_late_events` drops remote events older than this on arrival.
+pub const LATE_EVENT_MS: u64 = 100;
+/// `strict_clock` refuses remote HLCs more than this far ahead (in the chaos configs, whose
+/// bound is 3 s: it shifts the local time it merges at back by the difference).
+pub const STRICT_SKEW_MS: u64 = 300;
 /// `ack_before_fsync` holds each write batch this long after acknowledging it.
 pub const ACK_BEFORE_FSYNC_DELAY_MS: u64 = 300;
 
@@ -31,6 +36,12 @@ pub enum Defect {
     /// Merge remote messages as if the local clock were a day ahead, so no event is ever
     /// refused for clock skew (`clock_skew_refused`).
     IgnoreClockSkew,
+    /// Refuse remote HLCs more than [`STRICT_SKEW_MS`] ahead, a tenth of the chaos configs'
+    /// bound (`clock_within_bound_accepted`).
+    StrictClock,
+    /// Drop remote events older than [`LATE_EVENT_MS`] on arrival, live or pulled, as if the
+    /// network were a LAN: fine without latency, a permanent loss with it (`convergence`).
+    DropLateEvents,
 }
 
 impl Defect {
@@ -42,16 +53,20 @@ impl Defect {
             Defect::Spurious503 => "spurious_503",
             Defect::AckOnStorageFailure => "ack_on_storage_failure",
             Defect::IgnoreClockSkew => "ignore_clock_skew",
+            Defect::StrictClock => "strict_clock",
+            Defect::DropLateEvents => "drop_late_events",
         }
     }
 
     /// Every defect.
-    pub const ALL: [Defect; 5] = [
+    pub const ALL: [Defect; 7] = [
         Defect::AckBeforeFsync,
         Defect::DropPullAnswers,
         Defect::Spurious503,
         Defect::AckOnStorageFailure,
         Defect::IgnoreClockSkew,
+        Defect::StrictClock,
+        Defect::DropLateEvents,
     ];
 
     /// The defect named `s`.
