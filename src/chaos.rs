@@ -37,6 +37,9 @@ pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so
 /// `max_clock_skew_ms` in the chaos configs (`init` writes 60 s; a small bound lets a run
 /// skew beyond it and recover within seconds).
 pub const CHAOS_MAX_CLOCK_SKEW_MS: u64 = 3_000;
+/// What [`ChaosOptions::long_partitions`] adds to a partition: past the ping time-out
+/// (10 s) plus a ping interval (5 s) after the last exchange.
+pub const LONG_PARTITION_EXTRA_MS: u64 = 12_000;
 /// Size of the tmpfs holding the disk-fault region's data dir.
 pub const DISK_TMPFS_MB: u64 = 64;
 /// A long pause: past libp2p's ping time-out (10 s, `p2p/src/net.rs`), so peers drop the
@@ -138,6 +141,12 @@ pub struct ChaosOptions {
     pub short: bool,
     /// Only these kinds (empty: drawn by the seed).
     pub only: Vec<Fault>,
+    /// Partitions (link down, one-way, bridge, flap) last [`LONG_PARTITION_EXTRA_MS`] more,
+    /// past libp2p's ping time-out, so the TCP connections across them are dropped (a
+    /// shorter partition only delays TCP, which retransmits once the link is back); a flap
+    /// keeps its link down 6 times longer than up. Off by default (the schedules of a seed do
+    /// not change).
+    pub long_partitions: bool,
     /// Where the JSON result goes (none: not written).
     pub out_dir: Option<PathBuf>,
 }
@@ -260,7 +269,7 @@ impl Busy {
     }
 }
 
-fn schedule(seed: u64, dur_ms: u64, short: bool, only: &[Fault]) -> Schedule {
+fn schedule(seed: u64, dur_ms: u64, short: bool, long: bool, only: &[Fault]) -> Schedule {
     let mut rng = StdRng::seed_from_u64(seed);
     let n = REGIONS.len();
     let kinds: BTreeSet<Fault> = if only.is_empty() {
@@ -299,6 +308,14 @@ fn schedule(seed: u64, dur_ms: u64, short: bool, only: &[Fault]) -> Schedule {
         rng.gen_range(1_000..hi)
     };
     let scale = |ms: u64| if short { ms / 2 } else { ms };
+    // Partitions: the same draws, longer when asked.
+    let part = |ms: u64| {
+        if long {
+            scale(ms) + LONG_PARTITION_EXTRA_MS
+        } else {
+            scale(ms)
+        }
+    };
 
     if kinds.contains(&Fault::Latency) {
         at(
@@ -310,7 +327,7 @@ fn schedule(seed: u64, dur_ms: u64, short: bool, only: &[Fault]) -> Schedule {
     }
     if kinds.contains(&Fault::LinkDown) {
         let r = rng.gen_range(0..n);
-        let len = scale(rng.gen_range(3_000..6_000));
+        let len = part(rng.gen_range(3_000..6_000));
         let t = start_for(&mut rng, len);
         at(&mut steps, t, Act::Isolate(r));
         at(&mut steps, t + len, Act::Rejoin(r));
@@ -318,14 +335,14 @@ fn schedule(seed: u64, dur_ms: u64, short: bool, only: &[Fault]) -> Schedule {
     if kinds.contains(&Fault::OneWay) {
         let a = rng.gen_range(0..n);
         let b = (a + rng.gen_range(1..n)) % n;
-        let len = scale(rng.gen_range(3_000..6_000));
+        let len = part(rng.gen_range(3_000..6_000));
         let t = start_for(&mut rng, len);
         at(&mut steps, t, Act::Block(a, b));
         at(&mut steps, t + len, Act::Unblock(a, b));
     }
     if kinds.contains(&Fault::Flap) {
         let r = rng.gen_range(0..n);
-        let len = scale(rng.gen_range(4_000..8_000));
+        let len = part(rng.gen_range(4_000..8_000));
         let t0 = start_for(&mut rng, len);
         let mut t = t0;
         let mut down = true;
@@ -340,14 +357,16 @@ fn schedule(seed: u64, dur_ms: u64, short: bool, only: &[Fault]) -> Schedule {
                 },
             );
             down = !down;
-            t += rng.gen_range(200..500);
+            let d = rng.gen_range(200..500);
+            // `down` now names the next step: the link is down until then.
+            t += if long && !down { d * 6 } else { d };
         }
         at(&mut steps, t, Act::Rejoin(r));
     }
     if kinds.contains(&Fault::Bridge) {
         let b = rng.gen_range(0..n);
         let (a, c) = ((b + 1) % n, (b + 2) % n);
-        let len = scale(rng.gen_range(4_000..8_000));
+        let len = part(rng.gen_range(4_000..8_000));
         let t = start_for(&mut rng, len);
         at(&mut steps, t, Act::Split(a, c));
         at(&mut steps, t + len, Act::Unsplit(a, c));
@@ -1048,7 +1067,7 @@ pub async fn run(o: &ChaosOptions) -> Result<ChaosResult, ChaosError> {
         .duration
         .unwrap_or_else(|| Duration::from_secs(rng.gen_range(30..=60)));
     let dur_ms = u64::try_from(dur.as_millis()).unwrap_or(u64::MAX);
-    let sch = schedule(o.seed, dur_ms, o.short, &o.only);
+    let sch = schedule(o.seed, dur_ms, o.short, o.long_partitions, &o.only);
 
     let mut opts = ClusterOptions::new(o.exe.clone(), &REGIONS)?;
     opts.netns = true;
@@ -1208,8 +1227,8 @@ mod tests {
     #[test]
     fn a_seed_gives_one_schedule_and_busy_windows_do_not_overlap() {
         for seed in 0..50 {
-            let a = schedule(seed, 45_000, false, &[]);
-            let b = schedule(seed, 45_000, false, &[]);
+            let a = schedule(seed, 45_000, false, false, &[]);
+            let b = schedule(seed, 45_000, false, false, &[]);
             assert_eq!(a.kinds, b.kinds);
             assert_eq!(
                 format!("{:?}", a.steps),
@@ -1250,10 +1269,39 @@ mod tests {
     }
 
     #[test]
+    fn long_partitions_outlast_the_ping_time_out() {
+        let only = [Fault::LinkDown, Fault::OneWay, Fault::Bridge];
+        for seed in 0..20 {
+            let a = schedule(seed, 40_000, false, true, &only);
+            let at = |f: &dyn Fn(&Act) -> bool| a.steps.iter().find(|s| f(&s.act)).map(|s| s.at_ms);
+            let pairs = [
+                (
+                    at(&|x| matches!(x, Act::Isolate(_))),
+                    at(&|x| matches!(x, Act::Rejoin(_))),
+                ),
+                (
+                    at(&|x| matches!(x, Act::Block(..))),
+                    at(&|x| matches!(x, Act::Unblock(..))),
+                ),
+                (
+                    at(&|x| matches!(x, Act::Split(..))),
+                    at(&|x| matches!(x, Act::Unsplit(..))),
+                ),
+            ];
+            for (from, to) in pairs {
+                let (Some(from), Some(to)) = (from, to) else {
+                    panic!("seed {seed}: a partition is missing");
+                };
+                assert!(to - from >= LONG_PARTITION_EXTRA_MS, "seed {seed}");
+            }
+        }
+    }
+
+    #[test]
     fn thirty_seeds_cover_every_kind_five_times() {
         let mut count = std::collections::BTreeMap::new();
         for seed in 1..=30 {
-            for k in schedule(seed, 45_000, false, &[]).kinds {
+            for k in schedule(seed, 45_000, false, false, &[]).kinds {
                 *count.entry(k).or_insert(0) += 1;
             }
         }

@@ -22,6 +22,7 @@ async fn short_run(seed: u64, only: &[Fault]) {
         duration: Some(Duration::from_secs(12)),
         short: true,
         only: only.to_vec(),
+        long_partitions: false,
         out_dir: Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos")),
     };
     let r = chaos::run(&o).await.expect("chaos run");

@@ -1,7 +1,7 @@
 //! Randomized real-network fault schedules (issue 15), run by `scripts/chaos.sh`:
 //!
 //! ```text
-//! walletd-chaos --runs N --seed S [--duration-s D] [--short] [--only KIND,…] [--exe PATH] [--out DIR]
+//! walletd-chaos --runs N --seed S [--duration-s D] [--short] [--long-partitions] [--only KIND,…] [--exe PATH] [--out DIR]
 //! ```
 //!
 //! Run `k` (0-based) uses seed `S + k`: the schedule (fault kinds, regions, times) and the
@@ -38,6 +38,9 @@ struct Args {
     /// Short runs: shorter pauses, fewer faults (what the test suite runs).
     #[arg(long)]
     short: bool,
+    /// Partitions past libp2p's ping time-out (12 s longer), so connections drop.
+    #[arg(long)]
+    long_partitions: bool,
     /// Only these fault kinds, comma-separated (e.g. kill9_loop,disk_full).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             duration: args.duration_s.map(Duration::from_secs),
             short: args.short,
             only: only.clone(),
+            long_partitions: args.long_partitions,
             out_dir: Some(args.out.clone()),
         };
         let r = rt.block_on(chaos::run(&o));
@@ -167,6 +171,9 @@ fn main() -> ExitCode {
         }
         if args.short {
             cmd.push_str(" --short");
+        }
+        if args.long_partitions {
+            cmd.push_str(" --long-partitions");
         }
         if !args.only.is_empty() {
             cmd.push_str(&format!(" --only {}", args.only.join(",")));
