@@ -39,6 +39,8 @@ pub const JITTER_MS_DEFAULT: u64 = 10;
 const CHUNK_BYTES_MAX: usize = 16 * 1024;
 /// Chunks in flight per direction (back-pressure beyond this).
 const CHUNKS_IN_FLIGHT_MAX: usize = 256;
+/// Pause after a failed accept.
+const ACCEPT_RETRY_MS: u64 = 50;
 /// Connect time-out of the proxy's outgoing connection.
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
 
@@ -177,6 +179,8 @@ async fn accept_loop(
     let mut conn = 0u64;
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
+            // Out of descriptors or the like: do not spin.
+            tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
             continue;
         };
         conn += 1;
