@@ -47,6 +47,9 @@ pub const DISK_TMPFS_MB: u64 = 64;
 pub const LONG_PAUSE_MS: u64 = 11_000;
 /// A pause in a short run (shorter than the run).
 pub const SHORT_PAUSE_MS: u64 = 3_000;
+/// A clock beyond the bound is judged only if its region could reach a peer at least this
+/// long while skewed (heartbeats go every 250 ms).
+pub const BEYOND_REACH_MIN_MS: u64 = 1_000;
 /// Bound of the checker's wait for convergence.
 pub const CONVERGE_TIMEOUT_S: u64 = 90;
 /// Bound of the wait for a restore from peers.
@@ -669,6 +672,13 @@ struct Run {
     clock: Option<FakeClock>,
     /// Clock faults being watched.
     watches: Vec<SkewWatch>,
+    /// Regions whose link is down, and one-way blocks in force (for `reachable`).
+    isolated: BTreeSet<usize>,
+    blocked: BTreeSet<(usize, usize)>,
+    /// The region skewed beyond the bound, while it is; how long it could reach a peer.
+    beyond: Option<usize>,
+    beyond_reach_ms: u64,
+    tick_at: u64,
     /// Every region's client.
     clients: Vec<Client>,
     extra: Vec<CheckOutcome>,
@@ -722,16 +732,55 @@ impl Run {
         }
     }
 
+    /// Region `r` is running and not paused, nor taken down by a fault.
+    fn is_up(&self, r: usize) -> bool {
+        self.down_since.get(r).is_some_and(Option::is_none)
+            && self.c.regions.get(r).is_some_and(|p| p.running())
+    }
+
+    /// Region `r` can exchange messages with at least one peer that is up.
+    fn reachable(&self, r: usize) -> bool {
+        self.is_up(r)
+            && !self.isolated.contains(&r)
+            && (0..self.c.regions.len()).any(|p| {
+                p != r
+                    && self.is_up(p)
+                    && !self.isolated.contains(&p)
+                    && !self.blocked.contains(&(r, p))
+                    && !self.blocked.contains(&(p, r))
+            })
+    }
+
+    /// Accounts the time since the last step: how long the region skewed beyond the bound
+    /// could reach a peer (other faults may have cut it off for the whole window).
+    fn tick(&mut self) {
+        let now = ms_since(self.t0);
+        if let Some(r) = self.beyond {
+            if self.reachable(r) {
+                self.beyond_reach_ms += now.saturating_sub(self.tick_at);
+            }
+        }
+        self.tick_at = now;
+    }
+
     /// The verdict of a clock fault from the peers' `clock_skew` reports.
     fn judge(&mut self, f: Fault, r: usize, grew: Vec<String>) {
         let name = REGIONS.get(r).copied().unwrap_or("?");
         if f == Fault::SkewBeyond {
-            let p = if grew.is_empty() {
-                vec![format!(
-                    "{name} more than {CHAOS_MAX_CLOCK_SKEW_MS} ms ahead, and no peer refused its events or heartbeats"
-                )]
-            } else {
+            let reach = self.beyond_reach_ms;
+            let p = if !grew.is_empty() {
                 Vec::new()
+            } else if reach < BEYOND_REACH_MIN_MS {
+                // Cut off from every peer (partitions, pauses, kills) nearly all the time it
+                // was skewed: nobody could refuse anything. Not judged, and said so.
+                self.note(format!(
+                    "{name} beyond the bound not judged: it could reach a peer for only {reach} ms of it"
+                ));
+                Vec::new()
+            } else {
+                vec![format!(
+                    "{name} more than {CHAOS_MAX_CLOCK_SKEW_MS} ms ahead for a while it could reach a peer ({reach} ms), and no peer refused its events or heartbeats"
+                )]
             };
             self.note(format!(
                 "{name} beyond the bound: peers' clock_skew reports {grew:?}"
@@ -768,6 +817,7 @@ impl Run {
 
     async fn apply(&mut self, act: Act) -> Result<(), ChaosError> {
         let name = |r: usize| REGIONS.get(r).copied().unwrap_or("?");
+        self.tick();
         match act {
             Act::Latency(d, j) => {
                 self.latency.set(d, j);
@@ -776,28 +826,36 @@ impl Run {
             }
             Act::Isolate(r) => {
                 self.c.fabric_mut()?.isolate(r)?;
+                self.isolated.insert(r);
                 self.note(format!("{} link down", name(r)));
             }
             Act::Rejoin(r) => {
                 self.c.fabric_mut()?.rejoin(r)?;
+                self.isolated.remove(&r);
                 self.note(format!("{} link up", name(r)));
             }
             Act::Block(a, b) => {
                 self.c.fabric_mut()?.block(a, b)?;
+                self.blocked.insert((a, b));
                 self.injected.insert(Fault::OneWay);
                 self.note(format!("{}->{} blocked", name(a), name(b)));
             }
             Act::Unblock(a, b) => {
                 self.c.fabric_mut()?.unblock(a, b)?;
+                self.blocked.remove(&(a, b));
                 self.note(format!("{}->{} unblocked", name(a), name(b)));
             }
             Act::Split(a, c) => {
                 self.c.fabric_mut()?.split_pair(a, c)?;
+                self.blocked.insert((a, c));
+                self.blocked.insert((c, a));
                 self.injected.insert(Fault::Bridge);
                 self.note(format!("bridge: {} and {} cut", name(a), name(c)));
             }
             Act::Unsplit(a, c) => {
                 self.c.fabric_mut()?.unsplit_pair(a, c)?;
+                self.blocked.remove(&(a, c));
+                self.blocked.remove(&(c, a));
                 self.note(format!("bridge: {} and {} rejoined", name(a), name(c)));
             }
             Act::Kill(r) => {
@@ -832,6 +890,14 @@ impl Run {
                 if starting && self.clock.is_some() {
                     let w = SkewWatch::start(self.clients.clone(), r, f).await;
                     self.watches.push(w);
+                    if f == Fault::SkewBeyond {
+                        self.tick();
+                        self.beyond = Some(r);
+                        self.beyond_reach_ms = 0;
+                    }
+                }
+                if secs == 0 && f == Fault::SkewBeyond {
+                    self.beyond = None;
                 }
                 let Some(clock) = &self.clock else {
                     return Ok(());
@@ -937,7 +1003,11 @@ impl Run {
 
     /// Undoes every fault and starts every region that is down.
     async fn heal_all(&mut self) -> Result<(), ChaosError> {
+        self.tick();
+        self.beyond = None;
         self.c.fabric_mut()?.heal()?;
+        self.isolated.clear();
+        self.blocked.clear();
         if let Some(c) = &self.clock {
             c.set(0)?;
         }
@@ -1140,6 +1210,11 @@ pub async fn run(o: &ChaosOptions) -> Result<ChaosResult, ChaosError> {
         clock,
         watches: Vec::new(),
         clients: clients.clone(),
+        isolated: BTreeSet::new(),
+        blocked: BTreeSet::new(),
+        beyond: None,
+        beyond_reach_ms: 0,
+        tick_at: 0,
         extra: Vec::new(),
     };
     let mut flap_seen = 0usize;
