@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Randomized real-network fault schedules (issue 15; docs/testing.md "Chaos runs").
 #
-#   scripts/chaos.sh --runs N --seed S [--duration-s D] [--short] [--only KIND,...] [--defects]
+#   scripts/chaos.sh --runs N --seed S [--duration-s D] [--short] [--long-partitions] [--only KIND,...] [--defects]
 #
 # Builds walletd and walletd-chaos (release), then runs N schedules with seeds S..S+N-1 and
 # prints a table and the command that repeats any failing run. --defects builds with the

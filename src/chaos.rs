@@ -982,7 +982,9 @@ impl Run {
                                 Vec::new()
                             }
                         }
-                        Ok((code, _)) => vec![format!("started on a read-only disk ({code:?})")],
+                        Ok((code, _)) => vec![format!(
+                            "exit {code:?} on a read-only disk: a clean stop, no refusal"
+                        )],
                         Err(e) => vec![format!("start on a read-only disk: {e}")],
                     };
                     self.check("storage_refused", p);
@@ -1080,7 +1082,9 @@ impl Run {
                     Vec::new()
                 }
             }
-            Ok((code, _)) => vec![format!("started on a damaged file ({code:?})")],
+            Ok((code, _)) => vec![format!(
+                "exit {code:?} on a damaged file: a clean stop, no refusal"
+            )],
             Err(e) => vec![format!("{e}")],
         };
         self.check("corruption_refused", p);

@@ -42,6 +42,10 @@ pub enum Defect {
     /// Drop remote events older than [`LATE_EVENT_MS`] on arrival, live or pulled, as if the
     /// network were a LAN: fine without latency, a permanent loss with it (`convergence`).
     DropLateEvents,
+    /// A storage error at start (damaged file, read-only file system) ends the process with
+    /// exit 0 and no message, as if it had stopped cleanly (`storage_refused`,
+    /// `corruption_refused`).
+    QuietStorageErrors,
 }
 
 impl Defect {
@@ -55,11 +59,12 @@ impl Defect {
             Defect::IgnoreClockSkew => "ignore_clock_skew",
             Defect::StrictClock => "strict_clock",
             Defect::DropLateEvents => "drop_late_events",
+            Defect::QuietStorageErrors => "quiet_storage_errors",
         }
     }
 
     /// Every defect.
-    pub const ALL: [Defect; 7] = [
+    pub const ALL: [Defect; 8] = [
         Defect::AckBeforeFsync,
         Defect::DropPullAnswers,
         Defect::Spurious503,
@@ -67,6 +72,7 @@ impl Defect {
         Defect::IgnoreClockSkew,
         Defect::StrictClock,
         Defect::DropLateEvents,
+        Defect::QuietStorageErrors,
     ];
 
     /// The defect named `s`.
