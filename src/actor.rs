@@ -23,6 +23,7 @@ use wallet_p2p::{NetEvent, NetHandle};
 
 use crate::clock::{instant_at, now_ms};
 use crate::command::{Command, PolicyFileIgnored, Reply, Shared, SubmitCmd};
+use crate::defects::{self, Defect};
 use crate::idempotency::{IdemCache, Lookup};
 use crate::metrics::{Metrics, NodeGauges, NodeSnapshot, Refusal};
 use crate::render;
@@ -86,6 +87,8 @@ pub struct Actor {
     pulls_sent: BTreeMap<wallet_core::RegionId, u64>,
     /// The policy file was ignored in favour of the recorded seed (shown in the status).
     policy_file_ignored: Option<PolicyFileIgnored>,
+    /// Transactions seen, for the `spurious_503` chaos defect ([`crate::defects`]).
+    spurious: u64,
 }
 
 /// What the actor starts from.
@@ -132,6 +135,7 @@ impl Actor {
             deferred: VecDeque::new(),
             pulls_sent: BTreeMap::new(),
             policy_file_ignored: p.policy_file_ignored,
+            spurious: 0,
         };
         if restoring && p.record_restore {
             a.push_op(WriteOp::Restore(true));
@@ -199,6 +203,10 @@ impl Actor {
                 seq: self.op_seq,
                 ops,
             };
+            if defects::is(Defect::AckBeforeFsync) && !self.waiters.is_empty() {
+                self.waiters.durable(self.op_seq);
+                tokio::time::sleep(Duration::from_millis(defects::ACK_BEFORE_FSYNC_DELAY_MS)).await;
+            }
             let sent = match &self.writer {
                 Some(w) => w.send(batch).await.is_ok(),
                 None => false,
@@ -217,6 +225,9 @@ impl Actor {
         self.shared.storage_failed.store(true, Ordering::Release);
         self.shared.ready.store(false, Ordering::Release);
         tracing::error!("storage failed: answering 503 to every pending request and stopping");
+        if defects::is(Defect::AckOnStorageFailure) {
+            self.waiters.durable(self.op_seq);
+        }
         self.waiters.fail_all(&Reply::error(
             503,
             "storage_unavailable",
@@ -274,6 +285,13 @@ impl Actor {
                 "storage failed; this region acknowledges nothing",
             ));
             return;
+        }
+        if defects::is(Defect::Spurious503) {
+            self.spurious = self.spurious.wrapping_add(1);
+            if self.spurious.is_multiple_of(defects::SPURIOUS_503_EVERY) {
+                let _ = reply.send(Reply::error(503, "chaos_defect", "spurious_503"));
+                return;
+            }
         }
         let now = now_ms();
         // Idempotency at the node edge: the stored result of the first request wins.
@@ -526,7 +544,33 @@ impl Actor {
                 tracing::info!(region = %r, "member disconnected");
                 self.replica.handle_disconnected(now, r);
             }
-            NetEvent::Message { from, msg, .. } => self.replica.handle_message(now, from, msg),
+            NetEvent::Message { from, msg, .. } => {
+                if defects::is(Defect::DropPullAnswers) && matches!(msg, Message::PullAnswer { .. })
+                {
+                    return;
+                }
+                let mut msg = msg;
+                if defects::is(Defect::DropLateEvents) {
+                    let late = |e: &wallet_core::Event| {
+                        now.saturating_sub(e.hlc.millis()) > defects::LATE_EVENT_MS
+                    };
+                    match &mut msg {
+                        Message::Events(evs) | Message::PullAnswer { events: evs, .. } => {
+                            evs.retain(|e| !late(e));
+                        }
+                        _ => {}
+                    }
+                }
+                let now = if defects::is(Defect::IgnoreClockSkew) {
+                    now.saturating_add(86_400_000)
+                } else if defects::is(Defect::StrictClock) {
+                    let bound = crate::chaos::CHAOS_MAX_CLOCK_SKEW_MS;
+                    now.saturating_sub(bound.saturating_sub(defects::STRICT_SKEW_MS))
+                } else {
+                    now
+                };
+                self.replica.handle_message(now, from, msg)
+            }
         }
     }
 

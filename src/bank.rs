@@ -19,7 +19,10 @@
 //!   one reversal per cause, every reversed event's reversal in the feed, the feed equal to
 //!   the compensations in the histories;
 //! - `conservation`: each account's balance equals the signed sum of its history (client
-//!   events plus compensation deltas), and provisional equals settled.
+//!   events plus compensation deltas), and provisional equals settled;
+//! - `no_5xx_outside_downtime`: every 5xx came from a region within one of its own
+//!   downtime windows (the faults that took it down, recorded by the caller:
+//!   [`check_with_downtime`]); a partition, latency or a peer's crash is no excuse.
 //!
 //! The result is a [`BankResult`] (serialisable to JSON) with a one-line [`BankResult::summary`].
 
@@ -76,6 +79,9 @@ pub struct Workload {
     pub duplicate_percent: u32,
     /// Pause between two operations of one worker.
     pub think: Duration,
+    /// The run's time origin: attempts record their times from it, and so do the fault
+    /// windows ([`Downtime`]) the caller passes to [`check_with_downtime`].
+    pub t0: Instant,
 }
 
 impl Default for Workload {
@@ -87,6 +93,7 @@ impl Default for Workload {
             duration: Duration::from_secs(10),
             duplicate_percent: 20,
             think: Duration::from_millis(20),
+            t0: Instant::now(),
         }
     }
 }
@@ -104,6 +111,29 @@ pub struct Attempt {
     pub replayed: bool,
     /// Transport error.
     pub error: Option<String>,
+    /// Sent at, ms after [`Workload::t0`].
+    pub at_ms: u64,
+    /// Answered (or given up) at, ms after [`Workload::t0`].
+    pub end_ms: u64,
+}
+
+/// A window in which region `region` was down on purpose (killed, paused, its disk full,
+/// restoring…): a 5xx from it is allowed only in such a window. Times in ms after
+/// [`Workload::t0`]; a window still open ends at `u64::MAX`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Downtime {
+    /// Region index.
+    pub region: usize,
+    /// Start, ms.
+    pub from_ms: u64,
+    /// End, ms.
+    pub to_ms: u64,
+    /// The fault.
+    pub what: String,
+}
+
+fn ms_since(t0: Instant) -> u64 {
+    u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One operation: a transaction with its key, and every attempt.
@@ -153,7 +183,7 @@ fn usd(cents: i64) -> String {
 }
 
 /// Sends one attempt of `op` to `client` (region `region`).
-async fn attempt(client: &Client, region: usize, op: &Op) -> Attempt {
+async fn attempt(client: &Client, region: usize, op: &Op, t0: Instant) -> Attempt {
     let body = json!({"type": op.kind, "amount": usd(op.cents), "currency": "USD"});
     let url = format!("{}/v1/accounts/{}/transactions", client.url(), op.account);
     let rb = client
@@ -170,6 +200,8 @@ async fn attempt(client: &Client, region: usize, op: &Op) -> Attempt {
         id: None,
         replayed: false,
         error: None,
+        at_ms: ms_since(t0),
+        end_ms: 0,
     };
     match rb.send().await {
         Err(e) => a.error = Some(e.to_string()),
@@ -188,16 +220,17 @@ async fn attempt(client: &Client, region: usize, op: &Op) -> Attempt {
             }
         }
     }
+    a.end_ms = ms_since(t0);
     a
 }
 
 /// Attempts `op` on `first` until an answer below 500 (retries go round the regions).
-async fn drive(clients: &[Client], first: usize, op: &mut Op) {
+async fn drive(clients: &[Client], first: usize, op: &mut Op, t0: Instant) {
     let n = clients.len();
     for k in 0..OP_ATTEMPTS_MAX {
         let r = (first + k) % n;
         let Some(c) = clients.get(r) else { return };
-        let a = attempt(c, r, op).await;
+        let a = attempt(c, r, op, t0).await;
         let done = a.status != 0 && a.status < 500;
         op.attempts.push(a);
         if done {
@@ -226,7 +259,7 @@ pub async fn run_workload(clients: Vec<Client>, w: Workload) -> Result<History, 
             cents: INITIAL_CENTS,
             attempts: Vec::new(),
         };
-        drive(&clients, k % n, &mut op).await;
+        drive(&clients, k % n, &mut op, w.t0).await;
         ops.push(op);
     }
     let deadline = Instant::now() + w.duration;
@@ -257,12 +290,12 @@ pub async fn run_workload(clients: Vec<Client>, w: Workload) -> Result<History, 
                     cents: rng.gen_range(1..=AMOUNT_MAX_USD) * 100,
                     attempts: Vec::new(),
                 };
-                drive(&clients, home, &mut op).await;
+                drive(&clients, home, &mut op, w.t0).await;
                 if n > 1 && rng.gen_range(0..100) < w.duplicate_percent {
                     // The same key and body at another region: a client that failed over.
                     let other = (home + rng.gen_range(1..n)) % n;
                     if let Some(c) = clients.get(other) {
-                        let a = attempt(c, other, &op).await;
+                        let a = attempt(c, other, &op, w.t0).await;
                         op.attempts.push(a);
                     }
                 }
@@ -426,11 +459,23 @@ fn all_settled(v: &RegionView) -> bool {
 }
 
 /// Waits up to `timeout` for every region to show the same settled state, then checks
-/// `h` against it. `clients[i]` is region `i`'s client.
+/// `h` against it. `clients[i]` is region `i`'s client. No region was down on purpose: any
+/// 5xx fails `no_5xx_outside_downtime`.
 pub async fn check(
     clients: &[Client],
     h: &History,
     timeout: Duration,
+) -> Result<BankResult, BankError> {
+    check_with_downtime(clients, h, timeout, &[]).await
+}
+
+/// [`check`], where a 5xx from a region is allowed only within one of its `downtime`
+/// windows (the faults that took it down).
+pub async fn check_with_downtime(
+    clients: &[Client],
+    h: &History,
+    timeout: Duration,
+    downtime: &[Downtime],
 ) -> Result<BankResult, BankError> {
     let deadline = Instant::now() + timeout;
     let mut views;
@@ -445,11 +490,15 @@ pub async fn check(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    evaluate(&views, h)
+    evaluate(&views, h, downtime)
 }
 
 /// The checks over what every region showed at the end.
-fn evaluate(views: &[RegionView], h: &History) -> Result<BankResult, BankError> {
+fn evaluate(
+    views: &[RegionView],
+    h: &History,
+    downtime: &[Downtime],
+) -> Result<BankResult, BankError> {
     let mut checks = Vec::new();
     let first = views
         .first()
@@ -647,6 +696,23 @@ fn evaluate(views: &[RegionView], h: &History) -> Result<BankResult, BankError> 
     }
     checks.push(outcome("conservation", p));
 
+    // no_5xx_outside_downtime: a region answers 5xx only while a fault has it down.
+    let mut p = Vec::new();
+    for o in &h.ops {
+        for a in o.attempts.iter().filter(|a| a.status >= 500) {
+            let excused = downtime
+                .iter()
+                .any(|d| d.region == a.region && a.at_ms <= d.to_ms && a.end_ms >= d.from_ms);
+            if !excused {
+                p.push(format!(
+                    "{}: HTTP {} from #{} at {}-{} ms, outside its downtime",
+                    o.key, a.status, a.region, a.at_ms, a.end_ms
+                ));
+            }
+        }
+    }
+    checks.push(outcome("no_5xx_outside_downtime", p));
+
     let attempts = h.ops.iter().map(|o| o.attempts.len()).sum();
     let all = || h.ops.iter().flat_map(|o| o.attempts.iter());
     Ok(BankResult {
@@ -721,6 +787,8 @@ mod tests {
                 id: acked_as.map(str::to_string),
                 replayed: false,
                 error: None,
+                at_ms: 100,
+                end_ms: 200,
             }],
         }
     }
@@ -769,7 +837,7 @@ mod tests {
     fn a_consistent_run_is_valid() {
         let (hist, h) = good();
         let v = region(hist, vec![], "70.00");
-        let r = evaluate(&[v.clone(), v], &h).unwrap();
+        let r = evaluate(&[v.clone(), v], &h, &[]).unwrap();
         assert!(r.valid, "{:?}", r.checks);
         assert_eq!((r.acked, r.events, r.total_cents), (2, 2, 7_000));
     }
@@ -781,29 +849,32 @@ mod tests {
         hist.pop();
         let v = region(hist, vec![], "100.00");
         assert_eq!(
-            failed(&evaluate(&[v], &h).unwrap()),
+            failed(&evaluate(&[v], &h, &[]).unwrap()),
             ["no_lost_ack", "idempotency"]
         );
         // A phantom event.
         let (mut hist, h) = good();
         hist.push(ev("eu:3", "deposit", "5.00", "nobody"));
         let v = region(hist, vec![], "75.00");
-        assert_eq!(failed(&evaluate(&[v], &h).unwrap()), ["no_phantom"]);
+        assert_eq!(failed(&evaluate(&[v], &h, &[]).unwrap()), ["no_phantom"]);
         // A duplicate that stands twice.
         let (mut hist, h) = good();
         hist.push(ev("us:1", "purchase", "30.00", "k2"));
         let v = region(hist, vec![], "40.00");
-        assert_eq!(failed(&evaluate(&[v], &h).unwrap()), ["idempotency"]);
+        assert_eq!(failed(&evaluate(&[v], &h, &[]).unwrap()), ["idempotency"]);
         // A balance that does not add up.
         let (hist, h) = good();
         let v = region(hist, vec![], "71.00");
-        assert_eq!(failed(&evaluate(&[v], &h).unwrap()), ["conservation"]);
+        assert_eq!(failed(&evaluate(&[v], &h, &[]).unwrap()), ["conservation"]);
         // Regions that disagree.
         let (hist, h) = good();
         let v0 = region(hist.clone(), vec![], "70.00");
         let mut v1 = v0.clone();
         v1.events = json!(3);
-        assert_eq!(failed(&evaluate(&[v0, v1], &h).unwrap()), ["convergence"]);
+        assert_eq!(
+            failed(&evaluate(&[v0, v1], &h, &[]).unwrap()),
+            ["convergence"]
+        );
         // A fee twice in the feed.
         let (mut hist, h) = good();
         let fee = json!({"id": "fee:eu:2", "type": "overdraft_fee", "amount": "5.00",
@@ -811,9 +882,42 @@ mod tests {
         hist.push(fee.clone());
         let v = region(hist, vec![fee.clone(), fee], "65.00");
         assert_eq!(
-            failed(&evaluate(&[v], &h).unwrap()),
+            failed(&evaluate(&[v], &h, &[]).unwrap()),
             ["compensations_exactly_once"]
         );
+    }
+
+    #[test]
+    fn a_5xx_outside_the_regions_downtime_fails() {
+        let (hist, mut h) = good();
+        if let Some(o) = h.ops.get_mut(1) {
+            o.attempts.insert(
+                0,
+                Attempt {
+                    region: 1,
+                    status: 503,
+                    id: None,
+                    replayed: false,
+                    error: None,
+                    at_ms: 1_000,
+                    end_ms: 1_010,
+                },
+            );
+        }
+        let v = region(hist, vec![], "70.00");
+        let r = evaluate(std::slice::from_ref(&v), &h, &[]).unwrap();
+        assert_eq!(failed(&r), ["no_5xx_outside_downtime"]);
+        // Region 1 down from 900 to 1 005 ms: excused; region 0's window does not excuse it.
+        let down = |region| Downtime {
+            region,
+            from_ms: 900,
+            to_ms: 1_005,
+            what: "kill -9".into(),
+        };
+        let r = evaluate(std::slice::from_ref(&v), &h, &[down(0)]).unwrap();
+        assert_eq!(failed(&r), ["no_5xx_outside_downtime"]);
+        let r = evaluate(&[v], &h, &[down(1)]).unwrap();
+        assert!(r.valid, "{:?}", r.checks);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! to it over HTTP ([`Client`]). Its children are killed when it is dropped, so an error, a
 //! panic or Ctrl-C never leaves a region behind. With [`ClusterOptions::netns`] each region
 //! runs in its own network namespace ([`crate::netns`]) and faults are injected from outside
-//! ([`LocalCluster::fabric_mut`], [`LocalCluster::kill`], [`LocalCluster::pause`]).
+//! ([`LocalCluster::fabric_mut`], [`LocalCluster::kill`], [`LocalCluster::pause`]);
+//! [`LocalCluster::route_through_proxies`] adds latency ([`crate::latency`]) and
+//! [`LocalCluster::set_env`] starts a region under libfaketime ([`crate::chaos`]).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -109,6 +111,9 @@ pub enum ClusterError {
         /// What does not match.
         reason: String,
     },
+    /// The delaying proxy ([`crate::latency`]).
+    #[error(transparent)]
+    Latency(#[from] crate::latency::LatencyError),
 }
 
 /// One request and its answer, as an [`AnswerCheck`] sees them.
@@ -248,6 +253,8 @@ pub struct RegionProc {
     pub log: PathBuf,
     out: PathBuf,
     child: Option<Child>,
+    /// Extra environment of its process (e.g. libfaketime's, for clock faults).
+    env: Vec<(String, String)>,
 }
 
 impl RegionProc {
@@ -285,6 +292,9 @@ pub struct LocalCluster {
     http: reqwest::Client,
     scan_secrets_on_drop: bool,
     check: Option<AnswerCheck>,
+    /// Delaying proxies between the regions ([`Self::route_through_proxies`]); dropped
+    /// (stopped) after the regions are killed, before the fabric.
+    proxies: Vec<crate::latency::DelayProxy>,
     /// Declared last: dropped after the regions are killed.
     fabric: Option<NetnsFabric>,
 }
@@ -626,6 +636,7 @@ impl LocalCluster {
                 log: dir.join(format!("{}.log", r.region)),
                 out: dir.join(format!("{}.out", r.region)),
                 child: None,
+                env: Vec::new(),
             })
             .collect();
         let http = http_client_resolving(file.ca.as_deref().map(Path::new), None, &resolve)?;
@@ -647,6 +658,7 @@ impl LocalCluster {
             http,
             scan_secrets_on_drop,
             check,
+            proxies: Vec::new(),
             fabric,
         })
     }
@@ -700,6 +712,7 @@ impl LocalCluster {
             .args(&self.run_args)
             .arg(&r.config)
             .env("RUST_LOG", &self.log_filter)
+            .envs(r.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(log)
@@ -811,6 +824,72 @@ impl LocalCluster {
         }
     }
 
+    /// Sets the extra environment of region `i`'s process from its next start on (empty:
+    /// none). The fault harness starts a region under libfaketime this way.
+    pub fn set_env(&mut self, i: usize, env: Vec<(String, String)>) -> Result<(), ClusterError> {
+        self.region(i)?;
+        if let Some(r) = self.regions.get_mut(i) {
+            r.env = env;
+        }
+        Ok(())
+    }
+
+    /// Rewrites region `i`'s config file with `f` (read at its next start).
+    pub fn rewrite_config(
+        &self,
+        i: usize,
+        f: impl FnOnce(&str) -> String,
+    ) -> Result<(), ClusterError> {
+        let path = &self.region(i)?.config;
+        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+        std::fs::write(path, f(&text)).map_err(|e| io_err(path, e))
+    }
+
+    /// Relays every inter-region libp2p connection through a delaying TCP proxy
+    /// ([`crate::latency`]): for each ordered pair (i, j) a proxy in `i`'s namespace, and
+    /// `i`'s config names it as `j`'s address. Call before the regions start, from a tokio
+    /// runtime (the proxies run on it). Needs the network-namespace fabric. The configs
+    /// dial and listen on TCP only, so QUIC is not used around the proxies.
+    pub fn route_through_proxies(
+        &mut self,
+        latency: std::sync::Arc<crate::latency::Latency>,
+    ) -> Result<(), ClusterError> {
+        let fabric = self.fabric.as_ref().ok_or_else(|| {
+            ClusterError::Netns(crate::netns::NetnsError::Args(
+                "proxies need the network-namespace fabric".into(),
+            ))
+        })?;
+        let n = self.regions.len();
+        let ports: Vec<u16> = (0..n).map(|j| self.p2p_port(j)).collect::<Result<_, _>>()?;
+        let mut proxies = Vec::new();
+        for i in 0..n {
+            let mut rewrites = Vec::new();
+            for (j, port) in ports.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let ip = fabric.get_region(j)?.peer_ip;
+                let target = std::net::SocketAddr::from((ip, *port));
+                let tag = u64::try_from(i * n + j).unwrap_or(0);
+                let p =
+                    crate::latency::DelayProxy::start(fabric.ns(i)?, target, latency.clone(), tag)?;
+                rewrites.push((
+                    format!("\"/ip4/{ip}/tcp/{port}\""),
+                    format!("\"/ip4/127.0.0.1/tcp/{}\"", p.listen.port()),
+                ));
+                proxies.push(p);
+            }
+            // Only member j's entry holds j's address (i's own listen line is i's).
+            self.rewrite_config(i, |t| {
+                rewrites
+                    .iter()
+                    .fold(t.to_string(), |t, (from, to)| t.replace(from, to))
+            })?;
+        }
+        self.proxies = proxies;
+        Ok(())
+    }
+
     /// The network-namespace fabric, when the cluster runs in namespaces.
     pub fn fabric(&self) -> Option<&NetnsFabric> {
         self.fabric.as_ref()
@@ -847,7 +926,7 @@ impl LocalCluster {
 
     /// The exit status of region `i` if its process has exited (it is then no longer
     /// running); `None` while it runs or when it was not started.
-    fn reap(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+    pub fn reap(&mut self, i: usize) -> Option<std::process::ExitStatus> {
         let r = self.regions.get_mut(i)?;
         let st = r.child.as_mut()?.try_wait().ok().flatten()?;
         r.child = None;
@@ -1073,6 +1152,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.kill_all();
+        self.proxies.clear();
         if self.scan_secrets_on_drop && !std::thread::panicking() {
             let leaks: Vec<PathBuf> = [self.token.clone(), self.admin_token.clone()]
                 .iter()

@@ -37,16 +37,19 @@
 
 pub mod actor;
 pub mod bank;
+pub mod chaos;
 pub mod clock;
 pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod console;
+pub mod defects;
 pub mod demo;
 pub mod http;
 pub mod idempotency;
 pub mod init;
 pub mod keygen;
+pub mod latency;
 pub mod metrics;
 pub mod netns;
 pub mod node;

@@ -272,6 +272,11 @@ impl NetnsFabric {
         Ok(me)
     }
 
+    /// Region `i`'s namespace and addresses.
+    pub fn get_region(&self, i: usize) -> Result<&NsRegion, NetnsError> {
+        self.get(i)
+    }
+
     fn get(&self, i: usize) -> Result<&NsRegion, NetnsError> {
         self.regions
             .get(i)
@@ -317,6 +322,19 @@ impl NetnsFabric {
         ip_in(self.ns(from)?, &["route", "del", "blackhole", &dst])?;
         self.blocks.retain(|b| *b != (from, to));
         Ok(())
+    }
+
+    /// Bridge partition: regions `a` and `c` do not see each other (blackhole routes both
+    /// ways), while every other region still sees both (e.g. B sees A and C).
+    pub fn split_pair(&mut self, a: usize, c: usize) -> Result<(), NetnsError> {
+        self.block(a, c)?;
+        self.block(c, a)
+    }
+
+    /// Undoes [`NetnsFabric::split_pair`].
+    pub fn unsplit_pair(&mut self, a: usize, c: usize) -> Result<(), NetnsError> {
+        self.unblock(a, c)?;
+        self.unblock(c, a)
     }
 
     /// True when a TCP connection from region `from`'s namespace to region `to`'s region

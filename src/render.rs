@@ -156,7 +156,7 @@ impl TxType {
     }
 }
 
-/// The type of an event: a client transaction, or a policy change.
+/// The type of an event: a client transaction, a policy change, or a membership change.
 #[derive(Serialize, ToSchema, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
@@ -166,6 +166,7 @@ pub enum EventType {
     Withdrawal,
     Refund,
     Policy,
+    Membership,
 }
 
 /// The status of an event.
@@ -328,7 +329,10 @@ fn event_fields(event: &Event, with_account: bool) -> EventFields {
     let mut f = EventFields {
         id: event.id.to_string(),
         account: None,
-        kind: EventType::Policy,
+        kind: match &event.body {
+            wallet_core::Body::Membership(_) => EventType::Membership,
+            _ => EventType::Policy,
+        },
         amount: None,
         currency: None,
         reference: None,

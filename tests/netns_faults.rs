@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use wallet::bank::{self, Workload};
+use wallet::bank::{self, Downtime, Workload};
 
 const EU: usize = 0;
 const US: usize = 1;
@@ -56,6 +56,15 @@ async fn bank_survives_link_down_partition_kill9_and_pause_in_namespaces() {
         duration: Duration::from_secs(12),
         ..Workload::default()
     };
+    let wt0 = w.t0;
+    let ms = move || u64::try_from(wt0.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut downtime = Vec::new();
+    let window = |region, from_ms, what: &str| Downtime {
+        region,
+        from_ms,
+        to_ms: ms(),
+        what: what.into(),
+    };
     let workload = tokio::spawn(bank::run_workload(clients.clone(), w));
     let mut faults = Vec::new();
     let mut log = |what: String| {
@@ -70,16 +79,20 @@ async fn bank_survives_link_down_partition_kill9_and_pause_in_namespaces() {
     log("ap isolated (bridge port down)".into());
     assert!(!probe(&c, EU, AP) && !probe(&c, AP, US), "ap is cut off");
     sleep_ms(2_000).await;
+    let from = ms();
     c.kill(US);
     log("us kill -9".into());
     sleep_ms(1_500).await;
     c.start(US).await.expect("restart us");
+    downtime.push(window(US, from, "kill -9"));
     log("us restarted".into());
     sleep_ms(1_000).await;
+    let from = ms();
     c.pause(EU).expect("pause");
     log("eu SIGSTOP".into());
     sleep_ms(1_500).await;
     c.resume(EU).expect("resume");
+    downtime.push(window(EU, from, "SIGSTOP"));
     log("eu SIGCONT".into());
     sleep_ms(1_000).await;
     // The partition was real: while ap was away, neither side got the other's new events.
@@ -118,7 +131,7 @@ async fn bank_survives_link_down_partition_kill9_and_pause_in_namespaces() {
 
     let h = workload.await.expect("workload task").expect("workload");
     wait_connected(&c, &[EU, US, AP]).await;
-    let mut r = bank::check(&clients, &h, Duration::from_secs(30))
+    let mut r = bank::check_with_downtime(&clients, &h, Duration::from_secs(30), &downtime)
         .await
         .expect("checker");
     r.faults = faults;

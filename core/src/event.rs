@@ -1,12 +1,13 @@
 //! Events: the immutable facts every region replicates (SPEC §2), and the compensations the
 //! settled fold derives from them (SPEC §5).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::id::{check_idempotency_key, check_reference, AccountId, EventId, Hlc};
+use crate::id::{check_idempotency_key, check_reference, AccountId, EventId, Hlc, RegionId};
 pub use crate::kind::Kind;
 use crate::money::{Amount, Currency};
 use crate::policy::Policy;
@@ -51,6 +52,129 @@ pub enum Body {
     Tx(Tx),
     /// A new overdraft policy, in force for events after this one in the total order.
     Policy(Box<Policy>),
+    /// A membership change (SPEC §10, docs/design/membership.md). Added after `Policy`, so
+    /// the bytes of the earlier variants are unchanged. Boxed: rare, and larger than a
+    /// transaction, it must not make every event bigger.
+    Membership(Box<Change>),
+}
+
+/// Most regions one retire names, and most regions an acknowledgement or a remaining set
+/// lists.
+pub const MEMBERSHIP_REGIONS_MAX: usize = 64;
+/// Longest key a join or a rotation carries, in bytes.
+pub const MEMBERSHIP_KEY_MAX: usize = 256;
+/// Longest opaque `meta` of a join (walletd: peer id and addresses), in bytes.
+pub const MEMBERSHIP_META_MAX: usize = 4096;
+/// Longest retire reason, in bytes.
+pub const MEMBERSHIP_REASON_MAX: usize = 512;
+
+/// A membership change: a signed, replicated event that applies from its HLC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// `region` becomes a member. Its events must have an HLC above this event's; its
+    /// contribution to the watermark starts at this event's HLC.
+    Join {
+        /// The new region.
+        region: RegionId,
+        /// Its public key, valid for its events above this event's HLC.
+        key: Box<[u8]>,
+        /// Opaque to the core (walletd: peer id and addresses).
+        meta: Box<[u8]>,
+    },
+    /// Retires `regions`. Every region of `remaining` acknowledges it with a
+    /// [`Change::RetireAck`]; the cut of each retired region is the highest seq any of them
+    /// held.
+    Retire {
+        /// The regions retired.
+        regions: BTreeSet<RegionId>,
+        /// The members that must acknowledge: the issuer's members in force when it issued
+        /// the retire, less `regions` (the issuer included).
+        remaining: BTreeSet<RegionId>,
+        /// Free text for operators.
+        reason: Box<str>,
+    },
+    /// A remaining member's acknowledgement of a retire: how far it held each retired
+    /// region's log, gap-free and without contested seqs. It applies no event of those
+    /// regions above `held` until the cut is known.
+    RetireAck {
+        /// The retire acknowledged.
+        retire: EventId,
+        /// Per retired region, the seq held.
+        held: BTreeMap<RegionId, u64>,
+    },
+    /// The issuing region's own new key: its events above this event's HLC verify against
+    /// it.
+    RotateKey {
+        /// The new public key.
+        key: Box<[u8]>,
+    },
+}
+
+impl Change {
+    /// Checks the fields that need no replica state.
+    pub fn validate(&self, origin: RegionId) -> Result<(), InvalidEvent> {
+        let bad = |s: &str| Err(InvalidEvent::Membership(s.into()));
+        fn names_ok<'a>(mut set: impl Iterator<Item = &'a RegionId>) -> bool {
+            set.all(|r| r.is_valid())
+        }
+        match self {
+            Change::Join { region, key, meta } => {
+                if !region.is_valid() || *region == origin {
+                    return bad("a join names another valid region");
+                }
+                if key.is_empty() || key.len() > MEMBERSHIP_KEY_MAX {
+                    return bad("join key is empty or too long");
+                }
+                if meta.len() > MEMBERSHIP_META_MAX {
+                    return bad("join meta is too long");
+                }
+                Ok(())
+            }
+            Change::Retire {
+                regions,
+                remaining,
+                reason,
+            } => {
+                if regions.is_empty() || regions.len() > MEMBERSHIP_REGIONS_MAX {
+                    return bad("a retire names 1 to 64 regions");
+                }
+                if remaining.len() > MEMBERSHIP_REGIONS_MAX {
+                    return bad("too many remaining members");
+                }
+                if !names_ok(regions.iter()) || !names_ok(remaining.iter()) {
+                    return bad("region name is not valid");
+                }
+                if !remaining.contains(&origin) || regions.contains(&origin) {
+                    return bad("the issuer of a retire is a remaining member");
+                }
+                if regions.iter().any(|r| remaining.contains(r)) {
+                    return bad("a region is both retired and remaining");
+                }
+                if reason.len() > MEMBERSHIP_REASON_MAX {
+                    return bad("retire reason is too long");
+                }
+                Ok(())
+            }
+            Change::RetireAck { retire, held } => {
+                if retire.seq == 0 || !retire.origin.is_valid() {
+                    return bad("acknowledges no valid retire");
+                }
+                if held.is_empty() || held.len() > MEMBERSHIP_REGIONS_MAX {
+                    return bad("an acknowledgement lists 1 to 64 regions");
+                }
+                if !names_ok(held.keys()) {
+                    return bad("region name is not valid");
+                }
+                Ok(())
+            }
+            Change::RotateKey { key } => {
+                if key.is_empty() || key.len() > MEMBERSHIP_KEY_MAX {
+                    return bad("rotated key is empty or too long");
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// An immutable event, as issued by its origin and replicated to every region.
@@ -95,6 +219,9 @@ pub enum InvalidEvent {
     /// A policy that does not validate.
     #[error("policy is not valid: {0}")]
     Policy(String),
+    /// A membership change that does not validate.
+    #[error("membership change is not valid: {0}")]
+    Membership(String),
 }
 
 impl Event {
@@ -107,7 +234,15 @@ impl Event {
     pub fn tx(&self) -> Option<&Tx> {
         match &self.body {
             Body::Tx(t) => Some(t),
-            Body::Policy(_) => None,
+            Body::Policy(_) | Body::Membership(_) => None,
+        }
+    }
+
+    /// The membership change, if this is one.
+    pub fn change(&self) -> Option<&Change> {
+        match &self.body {
+            Body::Membership(c) => Some(c),
+            _ => None,
         }
     }
 
@@ -158,6 +293,7 @@ impl Event {
             Body::Policy(p) => p
                 .validate()
                 .map_err(|e| InvalidEvent::Policy(e.to_string())),
+            Body::Membership(c) => c.validate(self.id.origin),
         }
     }
 }

@@ -65,12 +65,12 @@ pub mod testing;
 pub mod wire;
 
 pub use crdts::VClock;
-pub use event::{Body, CompKind, Compensation, Event, Kind, OrderKey, Tx};
+pub use event::{Body, Change, CompKind, Compensation, Event, Kind, OrderKey, Tx};
 pub use id::{AccountId, Clock, EventId, Hlc, IdError, RegionId};
 pub use money::{Amount, AmountError, Currency};
 pub use policy::{Action, FeePer, Overdraft, Policy, PolicyDocument, PolicyError, PolicyHash};
 pub use replica::{
-    Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, MemberStatus, Message,
-    NoAuth, Output, PolicyVersionInfo, Record, Replica, Report, SignedHeartbeat, Stats, Status,
-    SubmitError, Submitted, TxRequest,
+    Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, KeyHistory, MemberStatus,
+    MembershipError, MembershipStats, Message, NoAuth, Output, PolicyVersionInfo, Record, Replica,
+    Report, RetireInfo, SignedHeartbeat, Stats, Status, SubmitError, Submitted, TxRequest,
 };

@@ -453,6 +453,17 @@ where
                 }
                 continue;
             }
+            // Membership changes move no money; they settle like any event.
+            Body::Membership(_) => {
+                if settled {
+                    out.settled += 1;
+                    out.statuses
+                        .insert(e.id, ModelStatus::Settled { fee: None });
+                } else {
+                    out.statuses.insert(e.id, ModelStatus::Provisional);
+                }
+                continue;
+            }
             Body::Tx(tx) => tx,
         };
         let delta = signed(tx);

@@ -312,7 +312,11 @@ fn i5_broken_promise_blocks_the_origin_in_either_arrival_order() {
 // ---- 6. a member that always looks ahead ----------------------------------------------------
 
 #[test]
-fn i6_heartbeat_naming_a_non_member_is_refused_and_frozen_origins_count_for_nothing() {
+fn i6_heartbeat_naming_a_non_member_is_kept_without_it_and_frozen_origins_count_for_nothing() {
+    // Until issue 12 such a heartbeat was refused whole. Since regions join by event, a peer
+    // that applied a join names the new region before this region has applied it: the
+    // heartbeat is kept, without the region this region does not know, so a non-member
+    // still never looks ahead (and the peer does not look silent).
     let mut c = Cluster::new(&["eu", "us"], Policy::zero());
     let us = region("us");
     let mut vv = VClock::new();
@@ -338,15 +342,12 @@ fn i6_heartbeat_naming_a_non_member_is_refused_and_frozen_origins_count_for_noth
         })
         .collect();
     assert!(
-        reports.iter().any(
-            |x| matches!(x, Report::Rejected { reason, .. } if reason.contains("not a member"))
-        ),
+        !reports.iter().any(|x| matches!(x, Report::Rejected { .. })),
         "{reports:?}"
     );
-    assert!(
-        r.member_vv(us).is_none(),
-        "a refused heartbeat is not remembered"
-    );
+    let kept = r.member_vv(us).expect("the heartbeat is remembered");
+    assert_eq!(kept.get(&region("zz")), 0, "without the non-member");
+    assert_eq!(kept.get(&us), u64::MAX);
     // Counting what a member holds never overflows, and ignores non-members.
     let mut two = VClock::new();
     two.dots.insert(us, u64::MAX);

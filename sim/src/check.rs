@@ -76,6 +76,12 @@ pub struct Invariants {
     /// Every pull the network lost was replaced by the time `2 × PULL_LOST_AFTER_HEARTBEATS`
     /// heartbeats of its member showing a gap had arrived.
     pub pull_given_up: bool,
+    /// Membership (docs/design/membership.md): every remaining region holds the cut of every
+    /// retired region that the design's rule derives from the acknowledgements in its log
+    /// (the highest seq acknowledged by every member the retire names), and exactly that
+    /// region's log up to it; no region ever settled an event of a retired region above its
+    /// cut; and a retired region never stalls settlement after its cut.
+    pub membership: bool,
 }
 
 impl Invariants {
@@ -100,10 +106,11 @@ impl Invariants {
             && self.pull_chain
             && self.pull_backoff
             && self.pull_given_up
+            && self.membership
     }
 
     /// Every invariant by name, in JSON order.
-    pub fn named(&self) -> [(&'static str, bool); 19] {
+    pub fn named(&self) -> [(&'static str, bool); 20] {
         [
             ("convergence", self.convergence),
             ("no_loss", self.no_loss),
@@ -124,6 +131,7 @@ impl Invariants {
             ("pull_chain", self.pull_chain),
             ("pull_backoff", self.pull_backoff),
             ("pull_given_up", self.pull_given_up),
+            ("membership", self.membership),
         ]
     }
 }
@@ -209,6 +217,7 @@ fn same_event(x: &Event, y: &Event) -> bool {
         (Body::Policy(x), Body::Policy(y)) => {
             wallet_core::wire::encode_value(x) == wallet_core::wire::encode_value(y)
         }
+        (Body::Membership(x), Body::Membership(y)) => x == y,
         _ => false,
     };
     x.id == y.id && x.hlc == y.hlc && x.sig == y.sig && same_body(&x.body, &y.body)
@@ -284,6 +293,61 @@ struct Ctx<'a> {
     /// events need not reach honest regions, which froze it; idempotency judges settled
     /// events only, as settlement is frozen).
     byzantine: Option<RegionId>,
+    /// Retired regions and their cuts, by the reference rule ([`reference_cuts`]): their
+    /// acknowledged events above the cut are what a retire gives up, and the retired
+    /// regions' own replicas are out of the comparisons.
+    retired: BTreeMap<RegionId, u64>,
+}
+
+/// The cut of every retired region, by the rule of docs/design/membership.md applied to the
+/// events one region holds: a retire `(regions, remaining)` is complete once the log of
+/// every member of `remaining` holds an acknowledgement of it (its first one counts); the
+/// cut of each retired region is then the highest seq acknowledged. The first complete
+/// retire of a region in total order sets its cut.
+pub fn reference_cuts(r: &Replica, regions: &[RegionId]) -> BTreeMap<RegionId, u64> {
+    use wallet_core::Change;
+    let mut retires: Vec<&Event> = all_events(r, regions)
+        .into_iter()
+        .filter(|e| matches!(e.change(), Some(Change::Retire { .. })))
+        .collect();
+    retires.sort_by(|a, b| testing::model_order(a, b));
+    let mut cuts = BTreeMap::new();
+    for e in retires {
+        let Some(Change::Retire {
+            regions: retired,
+            remaining,
+            ..
+        }) = e.change()
+        else {
+            continue;
+        };
+        let mut acks = Vec::new();
+        for a in remaining {
+            let first = r
+                .origin_events(*a, 0)
+                .iter()
+                .find_map(|x| match x.change() {
+                    Some(Change::RetireAck { retire, held }) if *retire == e.id => Some(held),
+                    _ => None,
+                });
+            match first {
+                Some(held) => acks.push(held),
+                None => break,
+            }
+        }
+        if acks.len() != remaining.len() {
+            continue;
+        }
+        for g in retired {
+            let cut = acks
+                .iter()
+                .map(|h| h.get(g).copied().unwrap_or(0))
+                .max()
+                .unwrap_or(0);
+            cuts.entry(*g).or_insert(cut);
+        }
+    }
+    cuts
 }
 
 /// Per-region checks: durable-prefix order, no loss, conservation, one compensation per
@@ -300,9 +364,17 @@ fn node_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
             ),
         );
     }
-    // No loss.
+    // No loss (a retired region's own log is not checked: it is out of the cluster).
+    let retired_node = ctx.retired.contains_key(&n.id);
     for (id, logical) in ctx.acked {
+        if retired_node {
+            break;
+        }
         if ctx.byzantine.is_some_and(|b| b == id.origin && b != n.id) {
+            continue;
+        }
+        // Acknowledged by a retired region above its cut: what the retire gives up.
+        if ctx.retired.get(&id.origin).is_some_and(|c| id.seq > *c) {
             continue;
         }
         let key = ctx.keys.get(*logical as usize).and_then(|k| k.as_deref());
@@ -560,7 +632,7 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     let any_reverse = std::iter::once(ctx.policy)
         .chain(changes.iter().filter_map(|e| match &e.body {
             Body::Policy(p) => Some(&**p),
-            Body::Tx(_) => None,
+            Body::Tx(_) | Body::Membership(_) => None,
         }))
         .any(|p| p.rules.iter().any(|r| r.action == Action::Reverse));
     let mut accounts: Vec<AccountId> = r0.all_balances().into_iter().map(|(a, _, _)| a).collect();
@@ -713,18 +785,43 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         }
     }
     let active = sim.byzantine_active();
+    let retired_idx = sim.retired_regions();
+    // The reference cuts, from the first region that is not retired.
+    let live0 = (0..n_nodes).find(|i| !retired_idx.contains(i)).unwrap_or(0);
+    let live0_node = if live0 % 2 == 0 {
+        &even[live0 / 2].1
+    } else {
+        &odd[live0 / 2].1
+    };
+    let retired: BTreeMap<RegionId, u64> = {
+        let cuts = reference_cuts(&live0_node.replica, &sim.cfg.regions);
+        retired_idx
+            .iter()
+            .map(|i| {
+                let id = sim.cfg.regions[*i];
+                (id, cuts.get(&id).copied().unwrap_or(u64::MAX))
+            })
+            .collect()
+    };
     let ctx = Ctx {
         regions: &sim.cfg.regions,
         acked: &sim.acked,
         keys: &sim.workload.keys,
         policy: &sim.cfg.policy,
         byzantine: active.map(|b| sim.cfg.regions[b]),
+        retired: retired.clone(),
     };
-    // The history checks run on the second region, or the first honest one.
+    // The history checks run on the second region, or the first honest one that is not
+    // retired.
     let hist = if active == Some(1) || n_nodes < 2 {
         usize::from(active == Some(0))
     } else {
         1
+    };
+    let hist = if retired_idx.contains(&hist) {
+        live0
+    } else {
+        hist
     };
     type PerNode = Vec<(usize, Failures)>;
     let (even, odd, per_even, per_odd, folded, view0, history) = std::thread::scope(|s| {
@@ -835,12 +932,21 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         f.extend(fi);
     }
     byzantine_checks(sim, &mut f);
-    if let Some(b) = active {
+    membership_checks(sim, &retired, &mut f);
+    if let Some(b) = active.filter(|b| !retired_idx.contains(b)) {
         settled_prefixes_agree(sim, b, &mut f);
         return finish(sim, f, &folded);
     }
-    let r0 = &sim.nodes[0].replica;
-    for n in &sim.nodes[1..] {
+    // Retired regions are out of the cluster: the others are compared.
+    let live: Vec<&Node> = (0..sim.nodes.len())
+        .filter(|i| !retired_idx.contains(i))
+        .map(|i| &sim.nodes[i])
+        .collect();
+    let Some((first_live, rest_live)) = live.split_first() else {
+        return finish(sim, f, &folded);
+    };
+    let r0 = &first_live.replica;
+    for n in rest_live.iter().copied() {
         if same_snapshot(&n.replica, r0, &sim.cfg.regions) {
             continue;
         }
@@ -852,7 +958,7 @@ pub fn check(sim: &mut Sim) -> CheckResult {
                 format!(
                     "{} differs from {}: {} vs {} events, {} vs {} feed entries, snapshot {} vs {} bytes",
                     n.id,
-                    sim.nodes[0].id,
+                    first_live.id,
                     n.replica.event_count(),
                     r0.event_count(),
                     n.replica.feed_len(),
@@ -871,7 +977,7 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         .iter()
         .map(Compensation::id)
         .collect();
-    for n in &sim.nodes {
+    for n in &live {
         let feed = n.replica.feed(0, usize::MAX);
         let ids: Vec<String> = feed.iter().map(Compensation::id).collect();
         if ids != ids0 {
@@ -880,7 +986,7 @@ pub fn check(sim: &mut Sim) -> CheckResult {
                 format!(
                     "{} has compensation ids different from {} ({} vs {})",
                     n.id,
-                    sim.nodes[0].id,
+                    first_live.id,
                     ids.len(),
                     ids0.len()
                 ),
@@ -888,6 +994,89 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         }
     }
     finish(sim, f, &folded)
+}
+
+/// `membership`: for every retired region, every remaining region knows the reference cut
+/// (the rule applied to its own log agrees with the first remaining region's), holds exactly
+/// the retired region's log up to it, never settled an event of it above it (over the whole
+/// run, `Sim::max_settled`), and settles everything it holds (a retired region never stalls
+/// settlement after its cut).
+fn membership_checks(sim: &Sim, retired: &BTreeMap<RegionId, u64>, f: &mut Failures) {
+    if retired.is_empty() {
+        return;
+    }
+    let ids = &sim.cfg.regions;
+    for (i, n) in sim.nodes.iter().enumerate() {
+        if retired.contains_key(&n.id) {
+            continue;
+        }
+        let r = &n.replica;
+        let own = reference_cuts(r, ids);
+        for (g, cut) in retired {
+            if *cut == u64::MAX {
+                f.add(
+                    "membership",
+                    format!("the retire of {g} never completed (an acknowledgement is missing)"),
+                );
+                continue;
+            }
+            if own.get(g) != Some(cut) || r.cut(*g) != Some(*cut) {
+                f.add(
+                    "membership",
+                    format!(
+                        "{}: cut of {g} is {:?} (by the rule on its log: {:?}), the reference says {cut}",
+                        n.id,
+                        r.cut(*g),
+                        own.get(g)
+                    ),
+                );
+            }
+            if r.version_vector().get(g) != *cut {
+                f.add(
+                    "membership",
+                    format!(
+                        "{} holds {g}'s log up to {}, its cut is {cut}",
+                        n.id,
+                        r.version_vector().get(g)
+                    ),
+                );
+            }
+            let gi = ids.iter().position(|x| x == g).unwrap_or(0);
+            let settled = sim
+                .max_settled
+                .get(i)
+                .and_then(|m| m.get(gi))
+                .copied()
+                .unwrap_or(0);
+            if settled > *cut {
+                f.add(
+                    "membership",
+                    format!(
+                        "{} settled {g}:{settled}, above the cut {cut}: the cut voided a settled event",
+                        n.id
+                    ),
+                );
+            }
+        }
+        if r.settlement_blocked() {
+            f.add(
+                "membership",
+                format!("{}: settlement blocked at the end", n.id),
+            );
+        }
+        let max = all_events(r, ids).iter().map(|e| e.hlc).max();
+        if max.is_some_and(|m| r.watermark() < m) {
+            f.add(
+                "membership",
+                format!(
+                    "{}: watermark {:?} below its last event {:?} at the end",
+                    n.id,
+                    r.watermark(),
+                    max
+                ),
+            );
+        }
+    }
 }
 
 /// `detection` (Byzantine seeds): every honest region that was handed a forged item or
@@ -1072,6 +1261,7 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
         pull_chain: f.ok("pull_chain"),
         pull_backoff: f.ok("pull_backoff"),
         pull_given_up: f.ok("pull_given_up"),
+        membership: f.ok("membership"),
     };
     CheckResult {
         invariants,
@@ -1445,6 +1635,17 @@ pub fn after_input(sim: &mut Sim, i: usize) {
         }
     }
     let n = sim.nodes.len();
+    // The highest seq of each origin this region ever had settled (`membership`).
+    for o in 0..n {
+        let origin = sim.cfg.regions[o];
+        let r = &sim.nodes[i].replica;
+        let settled = r
+            .origin_events(origin, 0)
+            .partition_point(|e| r.is_settled(&e.key())) as u64;
+        if let Some(m) = sim.max_settled.get_mut(i).and_then(|m| m.get_mut(o)) {
+            *m = (*m).max(settled);
+        }
+    }
     let w = sim.nodes[i].replica.watermark();
     if w > sim.during.checked_wm[i] {
         sim.during.checked_wm[i] = w;
@@ -1452,7 +1653,15 @@ pub fn after_input(sim: &mut Sim, i: usize) {
         // No region settles past what every member durably promised.
         for x in 0..n {
             let (hb, ev) = promised(sim, x);
-            if w > hb.max(ev) {
+            // A retired member whose log up to its cut is held counts no more; one not a
+            // member here yet does not count; a joined one is complete up to its join.
+            let xid = sim.nodes[x].id;
+            let r = &sim.nodes[i].replica;
+            if retired_and_held(sim, i, x) || !r.is_member(xid) {
+                continue;
+            }
+            let joined = r.joined_at(xid).unwrap_or(Hlc::ZERO);
+            if w > hb.max(ev).max(joined) {
                 let (now, me, them) = (sim.now, sim.nodes[i].id, sim.nodes[x].id);
                 sim.during.fail(
                     "watermark_promised",
@@ -1478,6 +1687,14 @@ pub fn after_input(sim: &mut Sim, i: usize) {
     }
 }
 
+/// Region `i` knows the cut of member `x` and holds `x`'s log up to it.
+fn retired_and_held(sim: &Sim, i: usize, x: usize) -> bool {
+    let r = &sim.nodes[i].replica;
+    let origin = sim.cfg.regions[x];
+    r.cut(origin)
+        .is_some_and(|c| r.version_vector().get(&origin) >= c)
+}
+
 /// SPEC §5: region `r`'s watermark is at most the HLC of the first event of `x` it lacks.
 fn check_complete(sim: &mut Sim, r: usize, x: usize) {
     let w = sim.nodes[r].replica.watermark();
@@ -1490,6 +1707,14 @@ fn check_complete(sim: &mut Sim, r: usize, x: usize) {
         return;
     };
     if next.hlc <= w {
+        // An event of a retired member above its cut: refused everywhere.
+        if sim.nodes[r]
+            .replica
+            .cut(origin)
+            .is_some_and(|c| next.id.seq > c)
+        {
+            return;
+        }
         // An event the Byzantine member's forged promise denied: the lie, not the region.
         let denied = sim.during.forged_promises[x]
             .iter()

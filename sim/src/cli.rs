@@ -271,6 +271,11 @@ pub struct ReplicaArgs {
     /// 12.5%; 0: never]
     #[arg(long, value_name = "SHARE", value_parser = parse_ppm)]
     pub byzantine: Option<u32>,
+    /// Share of seeds with random membership changes (a region retired by another, half
+    /// the time cut off just before; a key rotation), drawn from the seed; only with random
+    /// faults, no Byzantine member and 3 regions or more [default: 20%; 0: never]
+    #[arg(long, value_name = "SHARE", value_parser = parse_ppm)]
+    pub membership: Option<u32>,
     /// Run the replica's own check_invariants() every N inputs, on the region that took the
     /// input [default: 2000; 0: only after restarts and at the end]
     #[arg(long, value_name = "N")]
@@ -501,6 +506,7 @@ impl Args {
         put("--anti-entropy", r.anti_entropy.map(|n| n.to_string()));
         put("--pull-limit", r.pull_limit.map(|n| n.to_string()));
         put("--byzantine", r.byzantine.map(render_ppm));
+        put("--membership", r.membership.map(render_ppm));
         put(
             "--self-check-every",
             r.self_check_every.map(|n| n.to_string()),
@@ -652,6 +658,9 @@ pub fn build(a: Args) -> Result<Options, CliError> {
     }
     if let Some(v) = r.byzantine {
         base.byzantine_ppm = v;
+    }
+    if let Some(v) = r.membership {
+        base.membership_ppm = v;
     }
     base.inject = r.inject_bug.map(Bug::inject);
     base.chart_account = a.output.account.clone();

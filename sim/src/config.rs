@@ -193,6 +193,9 @@ pub struct SimConfig {
     pub byzantine_ppm: u32,
     /// A Byzantine member pinned by the caller (tests), whatever the share.
     pub byzantine: Option<ByzantinePlan>,
+    /// Share of seeds with random membership changes, ppm (`--membership`; see
+    /// `engine::membership_plan`).
+    pub membership_ppm: u32,
 }
 
 /// Default share of seeds with a Byzantine member: 1 in 8.
@@ -288,6 +291,7 @@ impl SimConfig {
             self_check_every: crate::check::SELF_CHECK_EVERY_DEFAULT,
             byzantine_ppm: BYZANTINE_PPM_DEFAULT,
             byzantine: None,
+            membership_ppm: crate::engine::MEMBERSHIP_PPM_DEFAULT,
         }
     }
 }

@@ -324,6 +324,58 @@ pub struct Sim {
     pub floor_credits: Vec<Option<(AccountId, Currency, Amount)>>,
     /// The Byzantine member, in a Byzantine seed.
     pub byz: Option<Byz>,
+    /// The membership changes issued (scripted, random, and the retire that resolves a
+    /// Byzantine seed), in the order they were tried.
+    pub membership: Vec<MembershipChange>,
+    /// Per region and origin, the highest seq of that origin the region ever had settled (a
+    /// cut must never void it: `check::membership_checks`).
+    pub max_settled: Vec<Vec<u64>>,
+}
+
+/// A membership change the run tried, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// Simulated time, ms.
+    pub at_ms: u64,
+    /// The change.
+    pub action: Action,
+    /// Where it came from: `scenario`, `random` or `byzantine` (the end of a Byzantine seed).
+    pub source: &'static str,
+    /// The event issued, or why not.
+    pub outcome: Result<EventId, String>,
+}
+
+/// Share of seeds with random membership changes (a retire of a random region by another,
+/// and a key rotation), ppm: drawn from the seed's own `membership` stream, only in runs with
+/// random faults, no scripted faults, no Byzantine member and at least 3 regions.
+pub const MEMBERSHIP_PPM_DEFAULT: u32 = 200_000;
+
+/// The random membership changes of a seed (its own `membership` stream): maybe a retire
+/// of a random region by another one, half the time cut off from the rest just before; maybe
+/// a key rotation.
+pub fn membership_plan(cfg: &SimConfig, end_ms: u64, byzantine: bool) -> Vec<(u64, Action)> {
+    let mut rng = Rng::new(cfg.seed, b"membership");
+    let n = cfg.regions.len();
+    let eligible = cfg.faults.enabled && !cfg.scenario.has_faults() && n >= 3 && !byzantine;
+    let mut out = Vec::new();
+    if !eligible {
+        return out;
+    }
+    if rng.chance(cfg.membership_ppm) {
+        let r = rng.below(n as u64) as usize;
+        let issuer = (r + 1 + rng.below(n as u64 - 1) as usize) % n;
+        let at = rng.range(end_ms / 4, end_ms * 3 / 4);
+        if rng.below(2) == 0 {
+            let others: Vec<usize> = (0..n).filter(|j| *j != r).collect();
+            out.push((at.saturating_sub(1), Action::Split(vec![vec![r], others])));
+        }
+        out.push((at, Action::Retire(issuer, vec![r])));
+    }
+    if rng.chance(cfg.membership_ppm) {
+        let r = rng.below(n as u64) as usize;
+        out.push((rng.range(end_ms / 8, end_ms * 7 / 8), Action::RotateKey(r)));
+    }
+    out
 }
 
 /// A debit sent to the floor that became a new event.
@@ -383,7 +435,9 @@ pub fn draw_byzantine(cfg: &SimConfig, end_ms: u64) -> (Option<ByzantinePlan>, R
     if let Some(p) = cfg.byzantine {
         return ((p.region < n).then_some(p), rng);
     }
-    let eligible = cfg.faults.enabled && !cfg.scenario.has_faults() && n >= 2;
+    let scripted_membership = cfg.scenario.steps.iter().any(|s| s.action.is_membership());
+    let eligible =
+        cfg.faults.enabled && !cfg.scenario.has_faults() && !scripted_membership && n >= 2;
     if !eligible || !rng.chance(cfg.byzantine_ppm) {
         return (None, rng);
     }
@@ -418,8 +472,38 @@ pub fn to_cents(d: Decimal) -> i64 {
     (d * Decimal::ONE_HUNDRED).trunc().to_i64().unwrap_or(0)
 }
 
+/// Regions a scenario `join` line adds: not founding members; each starts down and joining.
+pub fn late_regions(cfg: &SimConfig) -> Vec<usize> {
+    let mut out: Vec<usize> = cfg
+        .scenario
+        .steps
+        .iter()
+        .filter_map(|s| match s.action {
+            Action::Join(_, r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
-    let mut c = Config::new(me, cfg.regions.clone(), cfg.policy.clone());
+    // The founding members leave out the regions a scenario joins later; a joining region
+    // names the founding members and itself, and learns of the others from the history.
+    let late: Vec<RegionId> = late_regions(cfg)
+        .into_iter()
+        .filter_map(|i| cfg.regions.get(i).copied())
+        .collect();
+    let joining = late.contains(&me);
+    let members: Vec<RegionId> = cfg
+        .regions
+        .iter()
+        .copied()
+        .filter(|r| *r == me || !late.contains(r))
+        .collect();
+    let mut c = Config::new(me, members, cfg.policy.clone());
+    c.joining = joining;
     c.cluster = "wallet-sim".into();
     c.anti_entropy_interval_ms = cfg.anti_entropy_ms;
     c.pull_batch_events = cfg.pull_limit;
@@ -561,6 +645,7 @@ impl Sim {
         workload.add_conflicts(&cfg, &partition_windows(n, &faults));
         let policy_plan = crate::policygen::plan_changes(&cfg, workload.end_ms);
         let (byz_plan, byz_rng) = draw_byzantine(&cfg, workload.end_ms);
+        let membership = membership_plan(&cfg, workload.end_ms, byz_plan.is_some());
         let byz = byz_plan.map(|plan| Byz {
             plan,
             rng: byz_rng,
@@ -661,13 +746,15 @@ impl Sim {
             floor_landings: Vec::new(),
             floor_credits: vec![None; logical],
             byz,
+            membership: Vec::new(),
+            max_settled: vec![vec![0; n]; n],
             workload,
             cfg,
         };
         if let Some(at) = sim.byz.as_ref().map(|b| b.plan.at_ms) {
             sim.push(at, Ev::Byz);
         }
-        for (at, a) in faults {
+        for (at, a) in faults.into_iter().chain(membership) {
             sim.push(at, Ev::Fault(a));
         }
         for k in 0..sim.policy_plan.len() {
@@ -684,6 +771,17 @@ impl Sim {
             for b in 0..n {
                 if a != b {
                     sim.tell_connected(a, b);
+                }
+            }
+        }
+        // Regions a scenario joins later start down, their links cut (not a crash).
+        for r in late_regions(&sim.cfg) {
+            sim.nodes[r].up = false;
+            sim.nodes[r].inc += 1;
+            sim.down_since[r] = Some(0);
+            for j in 0..n {
+                if j != r {
+                    sim.cut(r, j);
                 }
             }
         }
@@ -1209,6 +1307,7 @@ impl Sim {
                 events.extend(r.origin_events(*o, 0).iter().filter(|e| match &e.body {
                     wallet_core::Body::Tx(t) => t.account == a && t.currency == c,
                     wallet_core::Body::Policy(_) => true,
+                    wallet_core::Body::Membership(_) => false,
                 }));
             }
             let m = wallet_core::testing::model_at(&self.cfg.policy, events, Some(r.watermark()));
@@ -1286,8 +1385,81 @@ impl Sim {
             }
             Action::Wipe(r) => self.wipe(r),
             Action::Restore(r) => self.restart(r),
+            Action::Retire(..) | Action::RotateKey(_) | Action::Join(..) => {
+                let source = if self.cfg.scenario.steps.iter().any(|s| s.action == a) {
+                    "scenario"
+                } else {
+                    "random"
+                };
+                self.change_membership(a, source);
+            }
             Action::Tx { .. } | Action::Policy(..) => {}
         }
+    }
+
+    /// Issues a membership change at its region; it replicates like any event.
+    fn change_membership(&mut self, a: Action, source: &'static str) {
+        let issuer = match &a {
+            Action::Retire(i, _) | Action::RotateKey(i) | Action::Join(i, _) => *i,
+            _ => return,
+        };
+        let outcome = if self.nodes.get(issuer).is_none_or(|n| !n.up) {
+            Err("region down".to_string())
+        } else {
+            let now_l = self.local_now(issuer);
+            let regions = self.cfg.regions.clone();
+            let r = &mut self.nodes[issuer].replica;
+            let res = match &a {
+                Action::Retire(_, rs) => r.retire(
+                    now_l,
+                    rs.iter().filter_map(|x| regions.get(*x).copied()).collect(),
+                    format!("{source} retire"),
+                ),
+                Action::RotateKey(_) => {
+                    let key = format!("{}-key-at-{}", regions[issuer], self.now);
+                    r.rotate_key(now_l, key.into_bytes())
+                }
+                Action::Join(_, j) => match regions.get(*j) {
+                    Some(name) => {
+                        r.join(now_l, *name, format!("{name}-key").into_bytes(), Vec::new())
+                    }
+                    None => return,
+                },
+                _ => return,
+            };
+            res.map_err(|e| e.to_string())
+        };
+        if outcome.is_ok() {
+            self.drain(issuer);
+        }
+        // The joined region starts now (joining: it pulls the history, its join included).
+        if let (Ok(_), Action::Join(_, j)) = (&outcome, &a) {
+            self.restart(*j);
+        }
+        self.membership.push(MembershipChange {
+            at_ms: self.now,
+            action: a,
+            source,
+            outcome,
+        });
+    }
+
+    /// The retire that ends a Byzantine seed was tried.
+    fn byzantine_retire_tried(&self) -> bool {
+        self.membership.iter().any(|m| m.source == "byzantine")
+    }
+
+    /// Regions named by a retire that was issued (whether or not its cut is known yet).
+    pub fn retired_regions(&self) -> std::collections::BTreeSet<usize> {
+        self.membership
+            .iter()
+            .filter(|c| c.outcome.is_ok())
+            .filter_map(|c| match &c.action {
+                Action::Retire(_, rs) => Some(rs.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
     }
 
     /// Issues a planned policy change at its region (`Replica::submit_policy`); it is
@@ -1625,18 +1797,35 @@ impl Sim {
 
     /// True when every region is up, holds the same events, and its watermark passes every
     /// event.
+    ///
+    /// Retired regions are left out (a retired region issues nothing more and its events
+    /// above the cut are refused): the others must hold the same events, the cut of every
+    /// retired region included, and settle everything.
     pub fn converged(&self) -> bool {
         if self.nodes.iter().any(|n| !n.up) {
             return false;
         }
-        if let Some(b) = self.byzantine_active() {
-            return self.converged_byzantine(b);
+        let retired = self.retired_regions();
+        if let Some(b) = self.byzantine_active().filter(|b| !retired.contains(b)) {
+            // Not until the retire that ends the seed was tried (if it could not be issued,
+            // the member stays frozen and the adapted checks apply).
+            return self.byzantine_retire_tried() && self.converged_byzantine(b);
         }
-        let Some(first) = self.nodes.first() else {
+        let live: Vec<&Node> = (0..self.nodes.len())
+            .filter(|i| !retired.contains(i))
+            .map(|i| &self.nodes[i])
+            .collect();
+        let Some(first) = live.first() else {
             return true;
         };
         let vv = first.replica.version_vector();
-        if self.nodes.iter().any(|n| n.replica.version_vector() != vv) {
+        if live.iter().any(|n| n.replica.version_vector() != vv) {
+            return false;
+        }
+        if retired.iter().any(|r| {
+            live.iter()
+                .any(|n| n.replica.cut(self.cfg.regions[*r]).is_none())
+        }) {
             return false;
         }
         let mut max_hlc = Hlc::ZERO;
@@ -1645,8 +1834,7 @@ impl Sim {
                 max_hlc = max_hlc.max(e.hlc);
             }
         }
-        self.nodes
-            .iter()
+        live.iter()
             .all(|n| n.replica.watermark() >= max_hlc && n.lag_q.is_empty() && n.acks.is_empty())
     }
 
@@ -1678,6 +1866,17 @@ impl Sim {
         while self.now < deadline {
             let t = self.now + 250;
             self.run_until(t);
+            // A Byzantine seed ends the way an operator ends it: once every honest region
+            // holds the evidence, an honest region retires the member, and settlement
+            // resumes without it.
+            if let Some(b) = self.byzantine_active() {
+                if !self.byzantine_retire_tried() && self.converged_byzantine(b) {
+                    if let Some(issuer) = (0..self.nodes.len()).find(|i| *i != b) {
+                        self.change_membership(Action::Retire(issuer, vec![b]), "byzantine");
+                    }
+                    continue;
+                }
+            }
             if self.converged() {
                 self.converged_at = Some(self.now);
                 break;
@@ -1851,7 +2050,7 @@ impl Sim {
             let mut f = e.clone();
             match &mut f.body {
                 Body::Tx(tx) => tx.reference = Some("byzantine second version".into()),
-                Body::Policy(_) => f.hlc = Hlc(f.hlc.0 + 1),
+                Body::Policy(_) | Body::Membership(_) => f.hlc = Hlc(f.hlc.0 + 1),
             }
             let Some(byz) = self.byz.as_mut() else {
                 return;

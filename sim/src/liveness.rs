@@ -109,7 +109,13 @@ impl PullWatch {
 
 fn discarded(r: &Replica) -> u64 {
     let s = r.stats();
-    s.rejected.saturating_add(s.dropped)
+    // Events of a retired region above its cut are refused, dropped from the buffer or
+    // voided: gone legitimately, like a rejected event.
+    let m = r.membership_stats();
+    s.rejected
+        .saturating_add(s.dropped)
+        .saturating_add(m.refused_above_cut)
+        .saturating_add(m.voided)
 }
 
 fn lacks_from(r: &Replica, member: RegionId) -> bool {

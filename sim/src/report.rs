@@ -109,6 +109,24 @@ pub fn summary(r: &RunResult) -> String {
         fl.settled_below,
         fl.settled_above
     );
+    if !r.membership_changes.is_empty() {
+        let list: Vec<String> = r
+            .membership_changes
+            .iter()
+            .map(|c| {
+                let cut = c
+                    .cut
+                    .as_ref()
+                    .map(|k| format!(", cut {k}"))
+                    .unwrap_or_default();
+                format!(
+                    "{} ms {} ({}, {}{cut})",
+                    c.at_ms, c.change, c.source, c.outcome
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "  membership changes: {}", list.join("; "));
+    }
     if !r.policy_changes.is_empty() {
         let list: Vec<String> = r
             .policy_changes

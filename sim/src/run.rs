@@ -182,6 +182,24 @@ pub struct RunResult {
     pub policy_toml: Option<String>,
     /// Policy changes.
     pub policy_changes: Vec<JsonChange>,
+    /// Membership changes.
+    pub membership_changes: Vec<JsonMembership>,
+}
+
+/// A membership change of a run, in the JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct JsonMembership {
+    /// Simulated time, ms.
+    pub at_ms: u64,
+    /// `retire eu ap`, `rotate-key us`, `join eu sa` (issuer first, as a scenario line).
+    pub change: String,
+    /// `scenario`, `random` or `byzantine` (the retire that ends a Byzantine seed).
+    pub source: &'static str,
+    /// `issued <event id>` or why not.
+    pub outcome: String,
+    /// For a retire: the cut of each retired region at the end, as the first remaining
+    /// region holds it (`ap:12`), or `none` when it never became known.
+    pub cut: Option<String>,
 }
 
 /// A policy change of a run, in the JSON.
@@ -215,6 +233,8 @@ pub struct JsonRun<'a> {
     pub policy_toml: Option<&'a str>,
     /// Policy changes issued during the run.
     pub policy_changes: &'a [JsonChange],
+    /// Membership changes tried during the run.
+    pub membership_changes: &'a [JsonMembership],
     /// Workload digest (hex): equal digests, identical request streams.
     pub workload: String,
     /// Invariants.
@@ -234,6 +254,7 @@ impl RunResult {
             policy_hash: self.policy_hash.clone(),
             policy_toml: self.policy_toml.as_deref(),
             policy_changes: &self.policy_changes,
+            membership_changes: &self.membership_changes,
             workload: format!("{:016x}", self.workload_digest),
             invariants: self.check.invariants,
             failures: self
@@ -294,6 +315,7 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
             toml: c.toml.clone(),
         })
         .collect();
+    let membership_changes = membership_json(&sim);
     let wall = started.elapsed();
     let w = &sim.workload;
     let transactions = u64::from(w.logical);
@@ -421,5 +443,52 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         policy_hash,
         policy_toml,
         policy_changes,
+        membership_changes,
     }
+}
+
+/// The membership changes of a run, for the JSON and the summary.
+fn membership_json(sim: &crate::engine::Sim) -> Vec<JsonMembership> {
+    use crate::scenario::Action;
+    let names = &sim.cfg.regions;
+    let name = |i: &usize| names.get(*i).map(|r| r.to_string()).unwrap_or_default();
+    let retired = sim.retired_regions();
+    let witness = (0..sim.nodes.len()).find(|i| !retired.contains(i));
+    sim.membership
+        .iter()
+        .map(|c| {
+            let (change, cut) = match &c.action {
+                Action::Retire(i, rs) => {
+                    let list: Vec<String> = rs.iter().map(name).collect();
+                    let cut = witness.filter(|_| c.outcome.is_ok()).map(|w| {
+                        rs.iter()
+                            .map(|r| {
+                                let cut =
+                                    names.get(*r).and_then(|id| sim.nodes[w].replica.cut(*id));
+                                match cut {
+                                    Some(k) => format!("{}:{k}", name(r)),
+                                    None => format!("{}:none", name(r)),
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    });
+                    (format!("retire {} {}", name(i), list.join(",")), cut)
+                }
+                Action::RotateKey(i) => (format!("rotate-key {}", name(i)), None),
+                Action::Join(i, j) => (format!("join {} {}", name(i), name(j)), None),
+                other => (format!("{other:?}"), None),
+            };
+            JsonMembership {
+                at_ms: c.at_ms,
+                change,
+                source: c.source,
+                outcome: match &c.outcome {
+                    Ok(id) => format!("issued {id}"),
+                    Err(e) => e.clone(),
+                },
+                cut,
+            }
+        })
+        .collect()
 }

@@ -16,6 +16,10 @@
 //! t=15s   policy us ../policies/fee.toml    # us issues a policy change (a file, relative
 //! t=30s   policy eu generated               #   to the scenario's directory, or drawn)
 //! t=2s    purchase eu alice 500 JPY         # another currency than the scenario's
+//! t=20s   retire eu ap                      # eu retires ap (`retire eu ap,sa`: two at once)
+//! t=25s   rotate-key us                     # us rotates its own key
+//! t=8s    join eu sa                        # eu adds sa, which stays out of the cluster
+//!                                           #   (down, not a member) until then
 //! ```
 //!
 //! Times are `ms`, `s` or `m`, decimals allowed (`1.5s`) if they land on a whole millisecond.
@@ -82,6 +86,24 @@ pub enum Action {
     /// The region starts again on an empty disk and first pulls its own history back from
     /// its peers (`Config::restore`): `restore us`.
     Restore(usize),
+    /// The first region retires the others (`Replica::retire`): `retire eu ap,sa`.
+    Retire(usize, Vec<usize>),
+    /// The region rotates its own key (`Replica::rotate_key`): `rotate-key us`.
+    RotateKey(usize),
+    /// The first region issues the join of the second (`Replica::join`); the second is not
+    /// a founding member: it stays down until then, and starts joining (`Config::joining`)
+    /// now: `join eu sa`.
+    Join(usize, usize),
+}
+
+impl Action {
+    /// A membership change (not a fault: it leaves random faults on, like a policy change).
+    pub fn is_membership(&self) -> bool {
+        matches!(
+            self,
+            Action::Retire(..) | Action::RotateKey(_) | Action::Join(..)
+        )
+    }
 }
 
 /// The policy a scripted change issues.
@@ -115,9 +137,9 @@ pub struct Scenario {
 impl Scenario {
     /// True if the scenario scripts any fault (split, crash, skew).
     pub fn has_faults(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| !matches!(s.action, Action::Tx { .. } | Action::Policy(..)))
+        self.steps.iter().any(|s| {
+            !matches!(s.action, Action::Tx { .. } | Action::Policy(..)) && !s.action.is_membership()
+        })
     }
 
     /// Loads the policy files of `policy` steps: a relative path is taken from `dir` (the
@@ -361,6 +383,34 @@ pub fn parse(
                     ))
                 }
             },
+            "retire" => match words.as_slice() {
+                [issuer, list] => {
+                    let issuer = region_index(regions, issuer, line)?;
+                    let mut out = Vec::new();
+                    for r in list.split(',') {
+                        let r = region_index(regions, r.trim(), line)?;
+                        if r == issuer {
+                            return Err(err(line, "a region cannot retire itself"));
+                        }
+                        if !out.contains(&r) {
+                            out.push(r);
+                        }
+                    }
+                    Action::Retire(issuer, out)
+                }
+                _ => return Err(err(line, "expected `retire <issuer> <region>[,<region>...]`")),
+            },
+            "rotate-key" => Action::RotateKey(one_region("rotate-key")?),
+            "join" => match words.as_slice() {
+                [issuer, r] => {
+                    let (issuer, r) = (region_index(regions, issuer, line)?, region_index(regions, r, line)?);
+                    if issuer == r {
+                        return Err(err(line, "a region cannot join itself"));
+                    }
+                    Action::Join(issuer, r)
+                }
+                _ => return Err(err(line, "expected `join <issuer> <region>`")),
+            },
             "deposit" | "purchase" | "withdrawal" | "refund" => {
                 let kind = Kind::parse(verb).ok_or_else(|| err(line, "unknown kind"))?;
                 // An optional currency code after the amount.
@@ -404,7 +454,7 @@ pub fn parse(
                 return Err(err(
                     line,
                     format!(
-                        "unknown action {other:?}: expected split, isolate, heal, crash, restart, wipe, restore, skew, fsync, hold-events, policy, deposit, purchase, withdrawal or refund"
+                        "unknown action {other:?}: expected split, isolate, heal, crash, restart, wipe, restore, skew, fsync, hold-events, policy, retire, rotate-key, join, deposit, purchase, withdrawal or refund"
                     ),
                 ))
             }

@@ -57,7 +57,8 @@ fn run(cfg: SimConfig) -> (Sim, CheckResult) {
 
 /// What every scripted detection must show: the lie reached both honest regions, each holds
 /// evidence against us, us is frozen there (its later events are not applied), and every
-/// invariant holds.
+/// invariant holds. The run ends with a retire of us (issue 12): settlement resumes on both
+/// honest regions, at the same cut, and the evidence stays readable.
 fn detected(sim: &Sim, c: &CheckResult) {
     assert!(c.invariants.all(), "{:?}", c.failures);
     assert!(sim.converged_at.is_some());
@@ -78,8 +79,14 @@ fn detected(sim: &Sim, c: &CheckResult) {
             sim.nodes[r].replica.version_vector().get(&us)
                 < sim.nodes[US].replica.version_vector().get(&us)
         );
-        assert!(sim.nodes[r].replica.settlement_blocked());
+        assert!(!sim.nodes[r].replica.settlement_blocked());
+        assert!(sim.nodes[r].replica.cut(us).is_some());
+        assert_eq!(sim.nodes[r].replica.cut(us), sim.nodes[EU].replica.cut(us));
     }
+    assert!(sim
+        .membership
+        .iter()
+        .any(|m| m.source == "byzantine" && m.outcome.is_ok()));
     assert!(reports(sim, "equivocation") >= 2);
 }
 
@@ -97,8 +104,15 @@ fn an_equivocating_member_is_detected_by_every_honest_region() {
             .evidence()
             .iter()
             .any(|e| matches!(e, Evidence::Conflicting(..))));
-        // The honest regions keep us's first version.
+        // us's first version had settled before its second version arrived (the member
+        // signs a second version of its last durable event): an acknowledgement never
+        // counts less than what its region settled, so the cut keeps the first version, and
+        // the honest regions keep it.
+        let us = sim.cfg.regions[US];
+        let cut = sim.nodes[r].replica.cut(us).expect("a cut");
+        assert!(cut >= orig.id.seq, "cut {cut}");
         assert_eq!(sim.nodes[r].replica.event(orig.id), Some(orig));
+        assert!(sim.nodes[r].replica.is_settled(&orig.key()));
     }
 }
 
@@ -119,8 +133,10 @@ fn a_member_that_breaks_its_promise_is_detected_by_every_honest_region() {
                 .any(|x| matches!(x, Evidence::BrokenPromise { .. })),
             "{ev:?}"
         );
-        // Neither honest region holds the event the promise denied.
+        // Neither honest region holds the event the promise denied, and the cut is below it.
         assert!(sim.nodes[r].replica.event(e.id).is_none());
+        let us = sim.cfg.regions[US];
+        assert!(sim.nodes[r].replica.cut(us).is_some_and(|c| c < e.id.seq));
     }
 }
 

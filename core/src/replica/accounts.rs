@@ -125,6 +125,60 @@ impl Accounts {
         }
     }
 
+    /// Takes back a voided event (above a retired region's cut, never settled): its effect
+    /// on the provisional balance and its place in its account's history. Its idempotency
+    /// key's index entry names an event no longer held, which every lookup skips.
+    pub(crate) fn unapply(&mut self, id: EventId, tx: &crate::event::Tx) {
+        let Some(acct) = self.map.get_mut(&tx.account) else {
+            return;
+        };
+        if let Some(seqs) = acct.events.get_mut(&id.origin) {
+            seqs.retain(|q| *q != id.seq);
+        }
+        if let Some(st) = acct.balances.get_mut(&tx.currency) {
+            if !st.provisional_frozen {
+                match st.bal.provisional.checked_sub(tx.delta()) {
+                    Some(v) => st.bal.provisional = v,
+                    None => st.provisional_frozen = true,
+                }
+            }
+        }
+    }
+
+    /// After voiding: an (account, currency) that no event held any longer names, and an
+    /// account with no event and no feed entry left, are removed, so that a region that
+    /// voided events holds the same balances as one that never held them.
+    pub(crate) fn forget_if_unused(
+        &mut self,
+        logs: &Logs,
+        account: &AccountId,
+        currency: Currency,
+    ) {
+        let Some(acct) = self.map.get(account) else {
+            return;
+        };
+        let used = acct.events.iter().any(|(origin, seqs)| {
+            seqs.iter().any(|seq| {
+                logs.event(EventId {
+                    origin: *origin,
+                    seq: *seq,
+                })
+                .and_then(Event::tx)
+                .is_some_and(|t| t.currency == currency)
+            })
+        });
+        let has_comps = !acct.comps.is_empty();
+        if used || has_comps {
+            return;
+        }
+        if let Some(acct) = self.map.get_mut(account) {
+            acct.balances.remove(&currency);
+            if acct.balances.is_empty() && acct.events.values().all(Vec::is_empty) {
+                self.map.remove(account);
+            }
+        }
+    }
+
     /// The state of one (account, currency), if any.
     pub(crate) fn state(&self, account: &AccountId, currency: Currency) -> Option<&BalanceState> {
         self.map.get(account)?.balances.get(&currency)

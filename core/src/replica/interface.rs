@@ -99,17 +99,27 @@ pub enum Report {
         /// Who.
         from: RegionId,
     },
+    /// A membership change took effect (a cut is known), or could not (a second cut that
+    /// differs, a cut below a settled event: settlement stops), or was ignored. Added after
+    /// `UnknownMember`.
+    Membership {
+        /// The membership event concerned.
+        event: EventId,
+        /// What happened.
+        what: String,
+    },
 }
 
 impl Report {
     /// Every kind, in a fixed order: for metrics that list each one, even at zero.
-    pub const KINDS: [&'static str; 6] = [
+    pub const KINDS: [&'static str; 7] = [
         "rejected",
         "clock_skew",
         "equivocation",
         "policy_mismatch",
         "overflow",
         "unknown_member",
+        "membership",
     ];
 
     /// A short stable name of the kind (a metric label). A new variant gets a new name here,
@@ -122,6 +132,7 @@ impl Report {
             Report::PolicyMismatch { .. } => "policy_mismatch",
             Report::Overflow { .. } => "overflow",
             Report::UnknownMember { .. } => "unknown_member",
+            Report::Membership { .. } => "membership",
         }
     }
 
@@ -178,6 +189,9 @@ pub enum SubmitError {
     /// A policy change that does not validate.
     #[error("invalid policy: {0}")]
     Policy(#[from] crate::policy::PolicyError),
+    /// A membership change refused, or this region is retired.
+    #[error("membership: {0}")]
+    Membership(#[from] super::members::MembershipError),
 }
 
 /// The result of an accepted command.

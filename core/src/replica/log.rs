@@ -33,6 +33,13 @@ pub(crate) struct Member {
     pub(crate) policy: Option<PolicyHash>,
     pub(crate) heard: bool,
     pub(crate) equivocated: bool,
+    /// The highest seq applied for now: while a retire of this region waits for its cut, the
+    /// seq this region acknowledged (or held when it applied the retire); then the cut.
+    pub(crate) cap: Option<u64>,
+    /// Retired: its cut, once every remaining member acknowledged.
+    pub(crate) cut: Option<u64>,
+    /// The HLC of its join; `None` for a founding member.
+    pub(crate) joined: Option<Hlc>,
 }
 
 /// Every member's log.
@@ -113,6 +120,22 @@ impl Logs {
         true
     }
 
+    /// Removes an origin's events above `keep` (a cut), newest first, and returns them;
+    /// the version vector follows.
+    pub(crate) fn truncate(&mut self, origin: RegionId, keep: u64) -> Vec<Event> {
+        let Some(m) = self.members.get_mut(&origin) else {
+            return Vec::new();
+        };
+        let at = usize::try_from(keep).unwrap_or(usize::MAX).min(m.log.len());
+        let removed = m.log.split_off(at);
+        if m.log.is_empty() {
+            self.vv.dots.remove(&origin);
+        } else {
+            self.vv.dots.insert(origin, m.log.len() as u64);
+        }
+        removed
+    }
+
     /// The events a peer with version vector `theirs` is missing, origin by origin, at most
     /// `limit`: for each origin in `upto` only those below that seq (the peer holds the
     /// rest), and of `me` only the first `own_durable` (only durable own events leave).
@@ -134,6 +157,9 @@ impl Logs {
             } else {
                 m.log.len() as u64
             };
+            // Never above a cut, even where it was not truncated (this region's own log, once
+            // it is retired).
+            let held = held.min(m.cut.unwrap_or(u64::MAX));
             let held = match upto.get(r) {
                 0 => held,
                 first_buffered => held.min(first_buffered - 1),
@@ -153,13 +179,22 @@ impl Logs {
     }
 
     /// How many events `theirs` holds that these logs lack and could apply: origins that are
-    /// not members, or frozen after equivocation, count nothing. Saturating.
+    /// not members, or frozen after equivocation (until retired), count nothing, and nothing
+    /// above a retired or retiring region's cap. Saturating.
     pub(crate) fn events_lacking(&self, theirs: &VClock<RegionId>) -> u64 {
         theirs
             .dots
             .iter()
-            .filter(|(o, _)| self.members.get(o).is_some_and(|m| !m.equivocated))
-            .map(|(o, s)| s.saturating_sub(self.vv.get(o)))
+            .filter_map(|(o, s)| {
+                let m = self.members.get(o)?;
+                if m.equivocated && m.cut.is_none() {
+                    return None;
+                }
+                Some(
+                    (*s).min(m.cap.unwrap_or(u64::MAX))
+                        .saturating_sub(self.vv.get(o)),
+                )
+            })
             .fold(0u64, u64::saturating_add)
     }
 

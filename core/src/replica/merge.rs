@@ -47,6 +47,7 @@ impl Replica {
         for e in events {
             self.merge_one(now_ms, from, e);
         }
+        self.issue_owed_acks(now_ms);
         self.advance();
     }
 
@@ -63,8 +64,14 @@ impl Replica {
     pub(super) fn merge_one(&mut self, now_ms: u64, from: RegionId, e: Event) {
         let id = e.id;
         let origin = id.origin;
-        if !self.logs.members.contains_key(&origin) {
+        let Some(m) = self.logs.members.get(&origin) else {
             self.reject(id, from, "origin is not a member".into());
+            return;
+        };
+        // Above a retired region's cut: refused everywhere, counted (not reported one by
+        // one: a retired region that is still up may send many).
+        if m.cut.is_some_and(|c| id.seq > c) {
+            self.membership.stats.refused_above_cut += 1;
             return;
         }
         // The common case first: an exact copy of an event of another origin already held,
@@ -112,7 +119,9 @@ impl Replica {
             return;
         };
         let next = m.log.len() as u64 + 1;
-        if id.seq > next {
+        // Of a region being retired, nothing above what this region acknowledged is applied
+        // until the cut is known: buffered like an event behind a gap.
+        if id.seq > next || m.cap.is_some_and(|c| id.seq > c) {
             if let Some(p) = m.pending.get(&id.seq) {
                 if p.hlc == e.hlc && p.body == e.body {
                     self.stats.duplicates += 1;
@@ -143,9 +152,20 @@ impl Replica {
             return;
         }
         self.apply_remote(from, e);
-        // Drain whatever the gap was holding back.
+        self.drain_pending_from(from, origin);
+    }
+
+    /// Applies whatever an origin's buffer holds that is now next (up to its cap).
+    pub(super) fn drain_pending(&mut self, origin: RegionId) {
+        self.drain_pending_from(origin, origin);
+    }
+
+    fn drain_pending_from(&mut self, from: RegionId, origin: RegionId) {
         while let Some(p) = self.logs.members.get_mut(&origin).and_then(|m| {
             let next = m.log.len() as u64 + 1;
+            if m.cap.is_some_and(|c| next > c) {
+                return None;
+            }
             m.pending.remove(&next)
         }) {
             if !self.apply_remote(from, p) {
@@ -161,7 +181,9 @@ impl Replica {
         let Some(m) = self.logs.members.get(&origin) else {
             return false;
         };
-        if m.equivocated {
+        // A frozen origin applies nothing more, except, once it is retired, its history up to
+        // the cut (which counts no contested seq).
+        if m.equivocated && m.cut.is_none_or(|c| e.id.seq > c) {
             return false;
         }
         if let Some(prev) = m.log.last() {
@@ -316,17 +338,14 @@ impl Replica {
             self.reject(hb_id, from, "heartbeat with a bad signature".into());
             return;
         }
-        // A version vector naming a non-member would make that member look ahead forever.
-        if let Some(o) = hb
-            .vv
+        // A version vector naming a region that is not a member here (yet: a join this
+        // region has not applied) is kept without it: a non-member must not look ahead
+        // forever, and the peer must not look silent because it knows a newer member.
+        // (The signed heartbeat itself stays whole: it may become evidence.)
+        let mut known_vv = hb.vv.clone();
+        known_vv
             .dots
-            .keys()
-            .find(|o| !self.logs.members.contains_key(o))
-        {
-            let reason = format!("heartbeat names {o}, which is not a member");
-            self.reject(hb_id, from, reason);
-            return;
-        }
+            .retain(|o, _| self.logs.members.contains_key(o));
         if hb.hlc.millis() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
             self.report(Report::ClockSkew {
                 from,
@@ -384,7 +403,7 @@ impl Replica {
         };
         let hb_hlc = shb.hb.hlc;
         let hb_seq = shb.hb.seq;
-        m.vv = shb.hb.vv.clone();
+        m.vv = known_vv;
         if (m.log.len() as u64) >= hb_seq && hb_hlc > m.covered {
             m.covering = Some(shb.clone());
         }
@@ -415,7 +434,7 @@ impl Replica {
             .logs
             .members
             .iter()
-            .filter(|(r, _)| **r != me)
+            .filter(|(r, m)| **r != me && m.cut.is_none() && m.cap.is_none())
             .all(|(_, m)| m.heard && m.vv.get(&me) <= mine);
         if done {
             self.restoring = false;

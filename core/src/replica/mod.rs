@@ -15,6 +15,7 @@ mod interface;
 mod invariants;
 mod keys;
 mod log;
+mod members;
 mod merge;
 pub mod pull;
 mod query;
@@ -27,11 +28,13 @@ pub use accounts::Balance;
 use durability::{Awaiting, Durability};
 pub use interface::{Output, Record, Report, SubmitError, Submitted, TxRequest};
 use log::Logs;
+use members::Membership;
+pub use members::{MembershipError, MembershipStats, RetireInfo};
 use pull::PullScheduler;
 pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
 use settle::Settlement;
 
-pub use crate::auth::{Authenticator, NoAuth};
+pub use crate::auth::{Authenticator, KeyHistory, NoAuth};
 use crate::event::{Body, Event, Tx};
 use crate::id::{Clock, EventId, Hlc, RegionId};
 pub use crate::message::{Evidence, Heartbeat, Message, SignedHeartbeat};
@@ -80,6 +83,10 @@ pub struct Config {
     /// Started on an empty disk in an existing cluster: accept nothing until this region's
     /// own history has been pulled back from every peer.
     pub restore: bool,
+    /// A new region joining an existing cluster (`members` names every region the history
+    /// holds, retired ones included): it issues nothing, and announces nothing, until it has
+    /// pulled and applied its own join event.
+    pub joining: bool,
 }
 
 impl Config {
@@ -97,6 +104,7 @@ impl Config {
             auth: Box::new(NoAuth),
             recorded_policy: None,
             restore: false,
+            joining: false,
         }
     }
 }
@@ -118,6 +126,10 @@ pub struct Replica {
     pull: PullScheduler,
     outputs: VecDeque<Output>,
     restoring: bool,
+    /// Joining: waits for its own join event (`Config::joining`).
+    joining: bool,
+    /// Joins, retires and their acknowledgements and cuts.
+    membership: Membership,
     policy_broken: bool,
     history_policy_adopted: bool,
     evidence: Vec<Evidence>,
@@ -135,6 +147,8 @@ impl Replica {
         let has_peers = cfg.members.iter().any(|m| *m != cfg.region);
         let mut r = Replica {
             restoring: cfg.restore && has_peers,
+            joining: cfg.joining,
+            membership: Membership::default(),
             settle: Settlement::new(cfg.policy.clone()),
             seed_hash,
             clock: Clock::new(ceiling),
@@ -217,14 +231,16 @@ impl Replica {
         self.restoring
     }
 
-    /// True if a policy mismatch or an equivocation stops settlement.
+    /// True if a policy mismatch, an equivocation (of a region not retired), a broken cut
+    /// or this region's own retirement stops settlement.
     pub fn settlement_blocked(&self) -> bool {
         self.policy_broken
-            || self
-                .logs
-                .members
-                .values()
-                .any(|m| m.equivocated || m.policy.is_some_and(|p| p != self.seed_hash))
+            || self.membership.broken
+            || self.membership.retired_self
+            || self.logs.members.values().any(|m| {
+                !m.retired_complete()
+                    && (m.equivocated || m.policy.is_some_and(|p| p != self.seed_hash))
+            })
     }
 
     /// After a restart whose policy file differs from the recorded history
@@ -289,6 +305,7 @@ impl Replica {
     /// Time passes: issues a heartbeat when one is due (and the clock ceiling allows).
     /// A spurious call does nothing harmful.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.issue_owed_acks(now_ms);
         if now_ms >= self.dur.next_heartbeat_ms {
             self.dur.next_heartbeat_ms = now_ms.saturating_add(self.cfg.heartbeat_interval_ms);
             self.heartbeat(now_ms);
@@ -298,8 +315,9 @@ impl Replica {
 
     fn heartbeat(&mut self, now_ms: u64) {
         // A region restoring its history from peers promises nothing: its clock may still
-        // be below HLCs its previous incarnation issued.
-        if self.restoring {
+        // be below HLCs its previous incarnation issued. A joining region does not know its
+        // join HLC yet; a retired one promises nothing more.
+        if self.restoring || self.joining || self.membership.retired_self {
             return;
         }
         let own_seq = self.own_log_len();
@@ -454,9 +472,7 @@ impl Replica {
     /// it was issued. A new event is emitted as [`Output::Persist`]; acknowledge the client
     /// only after [`Replica::handle_persisted`] covers it.
     pub fn submit(&mut self, now_ms: u64, req: TxRequest) -> Result<Submitted, SubmitError> {
-        if self.restoring {
-            return Err(SubmitError::Restoring);
-        }
+        self.can_issue()?;
         // Everything a peer checks in `Event::validate`, checked before anything is issued;
         // the event carries the amount at the currency's scale (`100` parsed without minor
         // units becomes `100.00` in USD), as peers require.
@@ -522,16 +538,10 @@ impl Replica {
                 currency: req.currency,
             });
         }
-        let hlc = self.clock.tick(now_ms);
-        let id = EventId {
-            origin: self.cfg.region,
-            seq: self.own_log_len() + 1,
-        };
         let account = self.accounts.intern(req.account);
-        let mut event = Event {
-            id,
-            hlc,
-            body: Body::Tx(Tx {
+        let id = self.issue_own(
+            now_ms,
+            Body::Tx(Tx {
                 account,
                 kind: req.kind,
                 amount: canonical,
@@ -539,19 +549,30 @@ impl Replica {
                 idempotency_key: req.idempotency_key.map(Into::into),
                 reference: req.reference.map(Into::into),
             }),
-            sig: Box::new([]),
-        };
-        event.sig = self.cfg.auth.sign_event(&event, &self.cfg.cluster).into();
-        self.apply_own(event);
+        );
         Ok(Submitted::New(id))
     }
 
     /// Issues a policy change: it applies to events after it in the total order, once settled.
     pub fn submit_policy(&mut self, now_ms: u64, policy: Policy) -> Result<EventId, SubmitError> {
-        if self.restoring {
+        self.can_issue()?;
+        policy.validate()?;
+        Ok(self.issue_own(now_ms, Body::Policy(Box::new(policy))))
+    }
+
+    /// Refuses to issue anything while restoring or joining, or once retired.
+    fn can_issue(&self) -> Result<(), SubmitError> {
+        if self.restoring || self.joining {
             return Err(SubmitError::Restoring);
         }
-        policy.validate()?;
+        if self.membership.retired_self {
+            return Err(MembershipError::Retired.into());
+        }
+        Ok(())
+    }
+
+    /// Issues the next own event with this body: stamped, signed, applied, to be persisted.
+    fn issue_own(&mut self, now_ms: u64, body: Body) -> EventId {
         let hlc = self.clock.tick(now_ms);
         let id = EventId {
             origin: self.cfg.region,
@@ -560,12 +581,12 @@ impl Replica {
         let mut event = Event {
             id,
             hlc,
-            body: Body::Policy(Box::new(policy)),
+            body,
             sig: Box::new([]),
         };
         event.sig = self.cfg.auth.sign_event(&event, &self.cfg.cluster).into();
         self.apply_own(event);
-        Ok(id)
+        id
     }
 
     fn apply_own(&mut self, event: Event) {
@@ -582,6 +603,23 @@ impl Replica {
     pub fn load(&mut self, events: Vec<Event>) {
         let mut sorted = events;
         sorted.sort_by_key(|e| (e.id.origin, e.id.seq));
+        // Regions joined by an event reloaded here are members before any of their events
+        // is (the join's own apply below finds them and only binds their key).
+        for e in &sorted {
+            if let Some(crate::event::Change::Join { region, .. }) = e.change() {
+                if !self.logs.members.contains_key(region) && e.validate().is_ok() {
+                    self.logs.members.insert(
+                        *region,
+                        log::Member {
+                            covered: e.hlc,
+                            joined: Some(e.hlc),
+                            ..log::Member::default()
+                        },
+                    );
+                }
+            }
+        }
+        self.membership.loading = true;
         // The order keys go into the unsettled index at the end, in one sorted bulk build,
         // rather than one tree insert per event.
         let mut keys = Vec::with_capacity(sorted.len());
@@ -620,6 +658,7 @@ impl Replica {
         }
         self.dur.own_durable_seq = self.own_log_len();
         self.dur.own_gossiped_seq = self.dur.own_durable_seq;
+        self.membership_after_load();
     }
 
     /// After [`Replica::load`]: settles up to the watermark recorded before the restart, so
@@ -668,7 +707,12 @@ impl Replica {
             return false;
         }
         self.accounts.index(&self.logs, &mut event);
-        self.logs.push(event)
+        let change = event.change().cloned().map(|c| (event.id, event.hlc, c));
+        let pushed = self.logs.push(event);
+        if let (true, Some((id, hlc, c))) = (pushed, change) {
+            self.note_membership(id, hlc, c);
+        }
+        pushed
     }
 
     // ---- watermark and settled fold --------------------------------------------------------
@@ -679,7 +723,8 @@ impl Replica {
         }
         let mut w = self.dur.announced;
         for (r, m) in &self.logs.members {
-            if *r == self.cfg.region {
+            // A retired region whose log up to its cut is held no longer stalls anything.
+            if *r == self.cfg.region || m.retired_complete() {
                 continue;
             }
             if m.policy != Some(self.seed_hash) {

@@ -54,6 +54,12 @@ pub struct MemberStatus {
     pub equivocated: bool,
     /// Buffered out-of-order events.
     pub pending: u64,
+    /// The HLC of its join (`None`: a founding member).
+    pub joined: Option<Hlc>,
+    /// Highest seq applied for now while a retire of it waits for its cut.
+    pub held_back_above: Option<u64>,
+    /// Its cut, once retired.
+    pub cut: Option<u64>,
 }
 
 /// One version of the policy history (SPEC §6): version 1 is the seed (the policy file
@@ -323,6 +329,9 @@ impl Replica {
                 },
                 equivocated: m.equivocated,
                 pending: m.pending.len() as u64,
+                joined: m.joined,
+                held_back_above: if m.cut.is_none() { m.cap } else { None },
+                cut: m.cut,
             })
             .collect()
     }

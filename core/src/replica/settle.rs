@@ -157,6 +157,9 @@ impl Settlement {
                 self.applied_cache.clear();
                 return;
             }
+            // Membership changes took effect when they were applied (members, cuts, keys);
+            // the fold has nothing to do with them.
+            Body::Membership(_) => return,
             Body::Tx(tx) => tx,
         };
         // An account always exists once an event of it is held.

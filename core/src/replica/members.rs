@@ -1,0 +1,551 @@
+//! Membership change (SPEC §10, docs/design/membership.md): joins, retires with their
+//! acknowledgements and cuts, key rotation, and the members in force.
+//!
+//! | rule | where |
+//! |---|---|
+//! | a join adds the region with `covered` = the join's HLC; its events at or below it are refused | [`Replica::note_membership`], `merge_one` (covered) |
+//! | every member of a retire's `remaining` acknowledges it with the seq it holds of each retired region (contested seqs not counted, settled ones always) | [`Replica::issue_owed_acks`] |
+//! | after applying a retire (or acknowledging it), events of a retired region above the seq held are buffered, not applied | `Member::cap`, `merge_one` |
+//! | the cut is the highest seq acknowledged, once every remaining member acknowledged | [`Replica::try_cut`] |
+//! | events above the cut are refused everywhere and counted; unsettled ones held here are voided | [`Replica::apply_cut`] |
+//! | a retired region stops stalling the watermark once its log up to the cut is held | `compute_watermark` |
+//! | a region's own rotated key verifies its events above the rotation's HLC | [`Authenticator::set_key`] |
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::event::{Body, Change};
+use crate::id::{EventId, Hlc, RegionId};
+
+use super::log::Member;
+use super::{Replica, Report, SubmitError};
+
+/// Why a membership change is refused before it is issued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipError {
+    /// The region is a member already, or was one (retired names are not reused).
+    #[error("region {0} is or was a member already")]
+    AlreadyMember(RegionId),
+    /// The region is not a member in force.
+    #[error("region {0} is not a member in force")]
+    NotAMember(RegionId),
+    /// A region cannot retire itself: another member retires it.
+    #[error("a region cannot retire itself")]
+    RetireSelf,
+    /// The region is named by a retire whose cut is not known yet.
+    #[error("region {0} is already being retired")]
+    RetirePending(RegionId),
+    /// This region is retired.
+    #[error("this region is retired")]
+    Retired,
+    /// The change does not validate (empty set, key too long, ...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A retire as this region knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RetireState {
+    pub(crate) hlc: Hlc,
+    pub(crate) regions: BTreeSet<RegionId>,
+    pub(crate) remaining: BTreeSet<RegionId>,
+    pub(crate) reason: Box<str>,
+    pub(crate) cut: Option<BTreeMap<RegionId, u64>>,
+}
+
+/// Membership counters (monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MembershipStats {
+    /// Events of a retired region above its cut, refused.
+    pub refused_above_cut: u64,
+    /// Unsettled events held here above a cut, voided when the cut became known.
+    pub voided: u64,
+    /// Cuts computed here.
+    pub cuts: u64,
+}
+
+/// What a status page shows of a retire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetireInfo {
+    /// The retire event.
+    pub id: EventId,
+    /// Its HLC.
+    pub hlc: Hlc,
+    /// The regions retired.
+    pub regions: Vec<RegionId>,
+    /// The members that must acknowledge.
+    pub remaining: Vec<RegionId>,
+    /// Why.
+    pub reason: String,
+    /// Acknowledgements held: acker -> (retired region -> seq held).
+    pub acks: BTreeMap<RegionId, BTreeMap<RegionId, u64>>,
+    /// The members whose acknowledgement is still missing.
+    pub missing: Vec<RegionId>,
+    /// The cut per retired region, once every acknowledgement is held.
+    pub cut: Option<BTreeMap<RegionId, u64>>,
+}
+
+/// The membership history this region holds.
+#[derive(Debug, Default)]
+pub(crate) struct Membership {
+    pub(crate) retires: BTreeMap<EventId, RetireState>,
+    /// Acknowledgements by retire id (held before or after the retire itself): acker ->
+    /// held. The first one of an acker (in its log order) counts.
+    pub(crate) acks: BTreeMap<EventId, BTreeMap<RegionId, BTreeMap<RegionId, u64>>>,
+    /// Inside [`Replica::load`]: state is registered, cuts wait for the end.
+    pub(crate) loading: bool,
+    /// This region is retired (a cut names it): it issues nothing more.
+    pub(crate) retired_self: bool,
+    /// A cut below an event settled here, or two cuts of one region that disagree: what was
+    /// settled cannot be voided, so settlement stops and an operator acts.
+    pub(crate) broken: bool,
+    pub(crate) stats: MembershipStats,
+}
+
+impl Member {
+    /// Retired, and its log up to the cut held: it no longer counts for the watermark.
+    pub(crate) fn retired_complete(&self) -> bool {
+        self.cut.is_some_and(|c| self.log.len() as u64 >= c)
+    }
+}
+
+impl Replica {
+    // ---- commands ------------------------------------------------------------------------
+
+    /// Issues a join of `region` with its public key; `meta` is opaque (walletd: peer id
+    /// and addresses). The region's events must have an HLC above the join's.
+    pub fn join(
+        &mut self,
+        now_ms: u64,
+        region: RegionId,
+        key: Vec<u8>,
+        meta: Vec<u8>,
+    ) -> Result<EventId, SubmitError> {
+        self.can_issue()?;
+        if self.logs.members.contains_key(&region) {
+            return Err(MembershipError::AlreadyMember(region).into());
+        }
+        let change = Change::Join {
+            region,
+            key: key.into(),
+            meta: meta.into(),
+        };
+        self.issue_change(now_ms, change)
+    }
+
+    /// Issues a retire of `regions` (other members in force). Every other member in force
+    /// acknowledges it; the cut of each region is then the highest seq any of them held.
+    pub fn retire(
+        &mut self,
+        now_ms: u64,
+        regions: BTreeSet<RegionId>,
+        reason: String,
+    ) -> Result<EventId, SubmitError> {
+        self.can_issue()?;
+        let pending = self.retiring();
+        for r in &regions {
+            if *r == self.cfg.region {
+                return Err(MembershipError::RetireSelf.into());
+            }
+            if pending.contains(r) {
+                return Err(MembershipError::RetirePending(*r).into());
+            }
+            if !self.members_in_force().contains(r) {
+                return Err(MembershipError::NotAMember(*r).into());
+            }
+        }
+        let remaining: BTreeSet<RegionId> = self
+            .members_in_force()
+            .into_iter()
+            .filter(|r| !regions.contains(r) && !pending.contains(r))
+            .collect();
+        let change = Change::Retire {
+            regions,
+            remaining,
+            reason: reason.into(),
+        };
+        let id = self.issue_change(now_ms, change)?;
+        self.issue_owed_acks(now_ms);
+        Ok(id)
+    }
+
+    /// Issues a rotation of this region's own key: its events above the rotation's HLC are
+    /// signed with the new key (the host's [`Authenticator`](crate::Authenticator) must sign
+    /// with it from then on) and verify against it everywhere.
+    pub fn rotate_key(&mut self, now_ms: u64, key: Vec<u8>) -> Result<EventId, SubmitError> {
+        self.can_issue()?;
+        self.issue_change(now_ms, Change::RotateKey { key: key.into() })
+    }
+
+    fn issue_change(&mut self, now_ms: u64, change: Change) -> Result<EventId, SubmitError> {
+        change
+            .validate(self.cfg.region)
+            .map_err(|e| MembershipError::Invalid(e.to_string()))?;
+        Ok(self.issue_own(now_ms, Body::Membership(Box::new(change))))
+    }
+
+    /// Acknowledges every retire this region must acknowledge and has not yet: called after
+    /// merges and on timeouts (an acknowledgement lost in a crash is issued again).
+    pub(super) fn issue_owed_acks(&mut self, now_ms: u64) {
+        if self.restoring || self.joining || self.membership.retired_self {
+            return;
+        }
+        let me = self.cfg.region;
+        let owed: Vec<(EventId, BTreeSet<RegionId>)> = self
+            .membership
+            .retires
+            .iter()
+            .filter(|(id, st)| {
+                st.cut.is_none()
+                    && st.remaining.contains(&me)
+                    && !self
+                        .membership
+                        .acks
+                        .get(id)
+                        .is_some_and(|a| a.contains_key(&me))
+            })
+            .map(|(id, st)| (*id, st.regions.clone()))
+            .collect();
+        for (retire, regions) in owed {
+            let held: BTreeMap<RegionId, u64> =
+                regions.iter().map(|r| (*r, self.ack_held(*r))).collect();
+            // Cannot fail: the fields were checked when the retire was applied.
+            let _ = self.issue_change(now_ms, Change::RetireAck { retire, held });
+        }
+    }
+
+    /// The seq this region acknowledges of `region`: its gap-free log, less any seq that
+    /// evidence contests (and what follows it), but never less than what it settled.
+    fn ack_held(&self, region: RegionId) -> u64 {
+        let Some(m) = self.logs.members.get(&region) else {
+            return 0;
+        };
+        let len = m.log.len() as u64;
+        let contested = self
+            .evidence
+            .iter()
+            .filter(|ev| ev.origin() == region)
+            .map(|ev| ev.id().seq)
+            .min();
+        let uncontested = match contested {
+            Some(s) => len.min(s.saturating_sub(1)),
+            None => len,
+        };
+        let settled = m.log.partition_point(|e| self.settle.is_settled(&e.key())) as u64;
+        uncontested.max(settled)
+    }
+
+    // ---- applying membership events -----------------------------------------------------
+
+    /// A membership event just entered the log (own, remote or reloaded).
+    pub(super) fn note_membership(&mut self, id: EventId, hlc: Hlc, change: Change) {
+        let me = self.cfg.region;
+        match change {
+            Change::Join { region, key, .. } => {
+                self.cfg.auth.set_key(region, hlc, &key);
+                if region == me {
+                    if let Some(m) = self.logs.members.get_mut(&me) {
+                        m.joined = Some(hlc);
+                    }
+                    self.clock.observe(hlc);
+                    self.joining = false;
+                    return;
+                }
+                match self.logs.members.get(&region) {
+                    Some(m) if m.joined == Some(hlc) => {}
+                    Some(_) => self.report(Report::Membership {
+                        event: id,
+                        what: format!("join of {region} ignored: it is or was a member"),
+                    }),
+                    None => {
+                        self.logs.members.insert(
+                            region,
+                            Member {
+                                covered: hlc,
+                                joined: Some(hlc),
+                                ..Member::default()
+                            },
+                        );
+                    }
+                }
+            }
+            Change::Retire {
+                regions,
+                remaining,
+                reason,
+            } => {
+                if self.membership.retires.contains_key(&id) {
+                    return;
+                }
+                if !remaining.contains(&me) && !self.membership.loading {
+                    // Not asked to acknowledge (joined later, or retired itself): apply
+                    // nothing more of the retired regions until the cut is known.
+                    for r in &regions {
+                        self.hold_at_log(*r);
+                    }
+                }
+                self.membership.retires.insert(
+                    id,
+                    RetireState {
+                        hlc,
+                        regions,
+                        remaining,
+                        reason,
+                        cut: None,
+                    },
+                );
+                self.try_cut(id);
+            }
+            Change::RetireAck { retire, held } => {
+                let acks = self.membership.acks.entry(retire).or_default();
+                if acks.contains_key(&id.origin) {
+                    return;
+                }
+                if id.origin == me {
+                    for (r, s) in &held {
+                        if let Some(m) = self.logs.members.get_mut(r) {
+                            if m.cut.is_none() {
+                                m.cap = Some(m.cap.map_or(*s, |c| c.min(*s)));
+                            }
+                        }
+                    }
+                }
+                acks.insert(id.origin, held);
+                self.try_cut(retire);
+            }
+            Change::RotateKey { key } => self.cfg.auth.set_key(id.origin, hlc, &key),
+        }
+    }
+
+    /// Applies nothing more of `region` than what its log holds now, until its cut is known.
+    fn hold_at_log(&mut self, region: RegionId) {
+        if let Some(m) = self.logs.members.get_mut(&region) {
+            if m.cut.is_none() {
+                let len = m.log.len() as u64;
+                m.cap = Some(m.cap.map_or(len, |c| c.min(len)));
+            }
+        }
+    }
+
+    /// At the end of [`Replica::load`]: holds and cuts from the reloaded history.
+    pub(super) fn membership_after_load(&mut self) {
+        self.membership.loading = false;
+        let me = self.cfg.region;
+        let pending: Vec<(EventId, BTreeSet<RegionId>, bool)> = self
+            .membership
+            .retires
+            .iter()
+            .map(|(id, st)| (*id, st.regions.clone(), st.remaining.contains(&me)))
+            .collect();
+        for (id, regions, acker) in pending {
+            if !acker {
+                for r in &regions {
+                    self.hold_at_log(*r);
+                }
+            }
+            self.try_cut(id);
+        }
+    }
+
+    /// Computes the cut of a retire once every remaining member acknowledged it.
+    fn try_cut(&mut self, retire: EventId) {
+        if self.membership.loading {
+            return;
+        }
+        let Some(st) = self.membership.retires.get(&retire) else {
+            return;
+        };
+        if st.cut.is_some() {
+            return;
+        }
+        let Some(acks) = self.membership.acks.get(&retire) else {
+            return;
+        };
+        if !st.remaining.iter().all(|r| acks.contains_key(r)) {
+            return;
+        }
+        let cut: BTreeMap<RegionId, u64> = st
+            .regions
+            .iter()
+            .map(|r| {
+                let c = st
+                    .remaining
+                    .iter()
+                    .filter_map(|a| acks.get(a).and_then(|h| h.get(r)).copied())
+                    .max()
+                    .unwrap_or(0);
+                (*r, c)
+            })
+            .collect();
+        if let Some(st) = self.membership.retires.get_mut(&retire) {
+            st.cut = Some(cut.clone());
+        }
+        self.membership.stats.cuts += 1;
+        for (r, c) in cut {
+            self.apply_cut(retire, r, c);
+        }
+    }
+
+    /// The cut of `region` is `cut`: events above it are voided here (unsettled) and refused
+    /// from now on; buffered ones up to it are applied.
+    fn apply_cut(&mut self, retire: EventId, region: RegionId, cut: u64) {
+        let me = self.cfg.region;
+        let Some(m) = self.logs.members.get_mut(&region) else {
+            return;
+        };
+        if let Some(old) = m.cut {
+            if old != cut {
+                self.membership.broken = true;
+                self.report(Report::Membership {
+                    event: retire,
+                    what: format!("second cut of {region} at {cut} differs from {old}"),
+                });
+            }
+            return;
+        }
+        m.cut = Some(cut);
+        m.cap = Some(cut);
+        self.report(Report::Membership {
+            event: retire,
+            what: format!("{region} retired: cut at seq {cut}"),
+        });
+        if region == me {
+            self.membership.retired_self = true;
+            return;
+        }
+        let len = self.logs.len_of(region);
+        if len > cut {
+            let settled_above = self
+                .logs
+                .origin_events(region, cut)
+                .iter()
+                .any(|e| self.settle.is_settled(&e.key()));
+            if settled_above {
+                self.membership.broken = true;
+                self.report(Report::Membership {
+                    event: retire,
+                    what: format!("cut of {region} at {cut} is below an event settled here"),
+                });
+                return;
+            }
+            let voided = self.logs.truncate(region, cut);
+            for e in &voided {
+                self.settle.unsettled.remove(&e.key());
+                if let Some(tx) = e.tx() {
+                    self.accounts.unapply(e.id, tx);
+                }
+                self.membership.stats.voided += 1;
+            }
+            for e in &voided {
+                if let Some(tx) = e.tx() {
+                    self.accounts
+                        .forget_if_unused(&self.logs, &tx.account, tx.currency);
+                }
+            }
+        }
+        if let Some(m) = self.logs.members.get_mut(&region) {
+            let dropped = m.pending.split_off(&cut.saturating_add(1));
+            self.membership.stats.refused_above_cut += dropped.len() as u64;
+            m.pending_hb.retain(|seq, _| *seq <= cut);
+        }
+        self.drain_pending(region);
+    }
+
+    // ---- queries ---------------------------------------------------------------------------
+
+    /// The members in force now: every member (this region included) whose cut is not
+    /// known, joined ones once their join is applied here.
+    pub fn members_in_force(&self) -> Vec<RegionId> {
+        self.logs
+            .members
+            .iter()
+            .filter(|(_, m)| m.cut.is_none())
+            .map(|(r, _)| *r)
+            .collect()
+    }
+
+    /// Was `region` a member in force at `hlc`, as far as this region knows: joined at or
+    /// before it (founding members from the start) and not retired by a retire at or
+    /// before it.
+    pub fn member_at(&self, region: RegionId, hlc: Hlc) -> bool {
+        let Some(m) = self.logs.members.get(&region) else {
+            return false;
+        };
+        if m.joined.is_some_and(|j| j > hlc) {
+            return false;
+        }
+        !self
+            .membership
+            .retires
+            .values()
+            .any(|st| st.cut.is_some() && st.hlc <= hlc && st.regions.contains(&region))
+    }
+
+    /// Regions named by a retire whose cut is not known yet.
+    pub fn retiring(&self) -> BTreeSet<RegionId> {
+        self.membership
+            .retires
+            .values()
+            .filter(|st| st.cut.is_none())
+            .flat_map(|st| st.regions.iter().copied())
+            .collect()
+    }
+
+    /// Is `region` a member here (in force or retired): founding, or joined by an event
+    /// this region applied.
+    pub fn is_member(&self, region: RegionId) -> bool {
+        self.logs.members.contains_key(&region)
+    }
+
+    /// The HLC of `region`'s join, if it joined by an event this region applied (`None`
+    /// for a founding member or a stranger).
+    pub fn joined_at(&self, region: RegionId) -> Option<Hlc> {
+        self.logs.members.get(&region).and_then(|m| m.joined)
+    }
+
+    /// The cut of a retired region, once known.
+    pub fn cut(&self, region: RegionId) -> Option<u64> {
+        self.logs.members.get(&region).and_then(|m| m.cut)
+    }
+
+    /// Every retire held, in id order, with its acknowledgements and cut.
+    pub fn retires(&self) -> Vec<RetireInfo> {
+        self.membership
+            .retires
+            .iter()
+            .map(|(id, st)| {
+                let acks = self.membership.acks.get(id).cloned().unwrap_or_default();
+                RetireInfo {
+                    id: *id,
+                    hlc: st.hlc,
+                    regions: st.regions.iter().copied().collect(),
+                    remaining: st.remaining.iter().copied().collect(),
+                    reason: st.reason.to_string(),
+                    missing: st
+                        .remaining
+                        .iter()
+                        .filter(|r| !acks.contains_key(r))
+                        .copied()
+                        .collect(),
+                    acks,
+                    cut: st.cut.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// True once a cut names this region: it issues nothing more.
+    pub fn is_retired(&self) -> bool {
+        self.membership.retired_self
+    }
+
+    /// True until this joining region has applied its own join.
+    pub fn is_joining(&self) -> bool {
+        self.joining
+    }
+
+    /// Membership counters.
+    pub fn membership_stats(&self) -> MembershipStats {
+        self.membership.stats
+    }
+}

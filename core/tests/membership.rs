@@ -1,0 +1,764 @@
+//! Membership change (SPEC §10, docs/design/membership.md): joins, retires and their cuts,
+//! key rotation, and resolving an equivocation by a retire. Unit tests on the multi-replica
+//! harness, and property tests: a retire while partitioned never unsettles a settled event;
+//! the cut is the same on every replica whatever the delivery order; a retired region never
+//! stalls the watermark after its cut; events verify against the key valid at their HLC.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use proptest::prelude::*;
+use wallet_core::*;
+
+fn fee_policy() -> Policy {
+    Policy::from_toml("[default]\naction = \"fee\"\nfee = { flat = \"5.00\" }\n").unwrap()
+}
+
+fn set(names: &[&str]) -> BTreeSet<RegionId> {
+    names.iter().map(|n| region(n)).collect()
+}
+
+/// Persists, delivers, pulls and heartbeats among the regions of `live` only (the others
+/// are cut off), `rounds` times.
+fn run(c: &mut Cluster, live: &[usize], rounds: usize) {
+    for _ in 0..rounds {
+        c.persist_all();
+        c.deliver_all();
+        for &a in live {
+            for &b in live {
+                c.anti_entropy(a, b);
+            }
+        }
+        c.persist_all();
+        c.deliver_all();
+        c.tick(300);
+        c.persist_all();
+        c.deliver_all();
+    }
+}
+
+/// Highest HLC of any event held by the regions of `live`.
+fn max_hlc_of(c: &Cluster, live: &[usize]) -> Hlc {
+    live.iter()
+        .flat_map(|&i| all_events(&c.nodes[i].replica))
+        .map(|e| e.hlc)
+        .max()
+        .unwrap_or(Hlc::ZERO)
+}
+
+/// Cuts `out` off from everyone else (side 1).
+fn isolate(c: &mut Cluster, out: usize) {
+    c.partition(1u8 << out);
+}
+
+fn deposit(c: &mut Cluster, i: usize, account: &str, amount: &str) {
+    c.submit(i, req(account, Kind::Deposit, amount, Currency::USD))
+        .unwrap();
+}
+
+fn purchase(c: &mut Cluster, i: usize, account: &str, amount: &str) -> Option<EventId> {
+    c.submit(i, req(account, Kind::Purchase, amount, Currency::USD))
+        .ok()
+        .map(Submitted::id)
+}
+
+/// An unsigned deposit of 1.00 USD to alice, as `origin`'s event `seq` at `hlc`.
+fn unsigned_deposit(origin: &str, seq: u64, hlc: Hlc) -> Event {
+    Event {
+        id: EventId {
+            origin: region(origin),
+            seq,
+        },
+        hlc,
+        body: Body::Tx(Tx {
+            account: acct("alice"),
+            kind: Kind::Deposit,
+            amount: Amount::parse("1", Currency::USD).unwrap(),
+            currency: Currency::USD,
+            idempotency_key: None,
+            reference: None,
+        }),
+        sig: Box::new([]),
+    }
+}
+
+/// Regions `a` and `b` hold byte-identical ledgers.
+fn same(c: &Cluster, a: usize, b: usize) {
+    assert_eq!(
+        snapshot(&c.nodes[a].replica),
+        snapshot(&c.nodes[b].replica),
+        "{} and {} differ",
+        c.names[a],
+        c.names[b]
+    );
+}
+
+/// eu, us and ap, with ap's deposit of 50 to bob settled everywhere.
+fn three_settled() -> Cluster {
+    let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
+    deposit(&mut c, 2, "bob", "50");
+    assert!(c.settle_all());
+    c
+}
+
+fn replica_of(c: &mut Cluster, i: usize) -> &mut Replica {
+    &mut c.nodes[i].replica
+}
+
+#[test]
+fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
+    let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
+    let (eu, us, ap) = (0, 1, 2);
+    deposit(&mut c, eu, "alice", "100");
+    deposit(&mut c, ap, "bob", "50");
+    assert!(c.settle_all());
+    isolate(&mut c, ap);
+    // ap keeps taking payments nobody else will hold.
+    for _ in 0..3 {
+        purchase(&mut c, ap, "bob", "1").unwrap();
+    }
+    purchase(&mut c, eu, "alice", "10").unwrap();
+    run(&mut c, &[eu, us], 3);
+    // Stalled on ap.
+    let target = max_hlc_of(&c, &[eu, us]);
+    assert!(c.nodes[eu].replica.watermark() < target);
+    let ap_held = c.nodes[eu].replica.version_vector().get(&region("ap"));
+    let now = c.local_now(eu);
+    let retire = replica_of(&mut c, eu)
+        .retire(now, set(&["ap"]), "partitioned for good".into())
+        .unwrap();
+    c.drain(eu);
+    run(&mut c, &[eu, us], 4);
+    for i in [eu, us] {
+        let r = &c.nodes[i].replica;
+        assert_eq!(r.cut(region("ap")), Some(ap_held), "{}", c.names[i]);
+        assert!(!r.settlement_blocked());
+        assert!(r.watermark() >= max_hlc_of(&c, &[eu, us]), "{}", c.names[i]);
+        assert!(!r.members_in_force().contains(&region("ap")));
+        let info = &r.retires()[0];
+        assert_eq!(info.id, retire);
+        assert!(info.missing.is_empty());
+        r.check_invariants().unwrap();
+    }
+    // New traffic settles without ap.
+    purchase(&mut c, us, "alice", "5").unwrap();
+    run(&mut c, &[eu, us], 3);
+    assert!(c.nodes[eu].replica.watermark() >= max_hlc_of(&c, &[eu, us]));
+    same(&c, eu, us);
+    // ap comes back: its events above the cut are refused everywhere and counted; it
+    // learns it is retired and takes nothing more.
+    c.heal();
+    run(&mut c, &[eu, us, ap], 4);
+    for i in [eu, us] {
+        let r = &c.nodes[i].replica;
+        assert_eq!(r.version_vector().get(&region("ap")), ap_held);
+        assert!(r.membership_stats().refused_above_cut > 0);
+    }
+    same(&c, eu, us);
+    assert!(c.nodes[ap].replica.is_retired());
+    assert!(matches!(
+        c.submit(ap, req("bob", Kind::Deposit, "1", Currency::USD)),
+        Err(SubmitError::Membership(MembershipError::Retired))
+    ));
+}
+
+#[test]
+fn the_cut_is_the_highest_seq_any_remaining_member_held() {
+    // us holds more of ap than eu does; eu retires ap; the cut is us's, and eu fetches the
+    // rest from us (relayed, signed by ap).
+    let mut c = three_settled();
+    let (eu, us, ap) = (0, 1, 2);
+    // ap and us together, eu alone.
+    isolate(&mut c, eu);
+    for _ in 0..4 {
+        purchase(&mut c, ap, "bob", "1").unwrap();
+    }
+    run(&mut c, &[us, ap], 2);
+    let us_held = c.nodes[us].replica.version_vector().get(&region("ap"));
+    assert_eq!(us_held, 5);
+    // Now ap is cut off, eu and us talk again.
+    isolate(&mut c, ap);
+    let now = c.local_now(eu);
+    replica_of(&mut c, eu)
+        .retire(now, set(&["ap"]), "gone".into())
+        .unwrap();
+    c.drain(eu);
+    run(&mut c, &[eu, us], 4);
+    for i in [eu, us] {
+        let r = &c.nodes[i].replica;
+        assert_eq!(r.cut(region("ap")), Some(us_held));
+        assert_eq!(r.version_vector().get(&region("ap")), us_held);
+        assert!(r.watermark() >= max_hlc_of(&c, &[eu, us]));
+    }
+    same(&c, eu, us);
+}
+
+#[test]
+fn a_region_that_joins_catches_up_and_takes_traffic() {
+    let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
+    let (eu, us, ap) = (0, 1, 2);
+    // eu and us are the founding members; ap's own configuration names all three and
+    // waits for its join.
+    for i in [eu, us] {
+        let cfg = Config::new(c.names[i], vec![region("eu"), region("us")], fee_policy());
+        c.nodes[i].replica = Replica::new(cfg, Hlc::ZERO);
+    }
+    let mut cfg = c.config(region("ap"));
+    cfg.joining = true;
+    c.nodes[ap].replica = Replica::new(cfg, Hlc::ZERO);
+    c.connect_all(None);
+    deposit(&mut c, eu, "alice", "100");
+    run(&mut c, &[eu, us, ap], 2);
+    purchase(&mut c, us, "alice", "30").unwrap();
+    run(&mut c, &[eu, us, ap], 2);
+    assert!(c.nodes[ap].replica.is_joining());
+    assert!(matches!(
+        c.submit(ap, req("alice", Kind::Deposit, "1", Currency::USD)),
+        Err(SubmitError::Restoring)
+    ));
+    let now = c.local_now(eu);
+    let join = replica_of(&mut c, eu)
+        .join(now, region("ap"), b"ap-key".to_vec(), b"meta".to_vec())
+        .unwrap();
+    c.drain(eu);
+    let join_hlc = c.nodes[eu].replica.event(join).unwrap().hlc;
+    run(&mut c, &[eu, us, ap], 4);
+    assert!(!c.nodes[ap].replica.is_joining());
+    // ap takes traffic; everything settles everywhere, ap included.
+    purchase(&mut c, ap, "alice", "20").unwrap();
+    deposit(&mut c, ap, "carol", "7");
+    run(&mut c, &[eu, us, ap], 4);
+    let target = max_hlc_of(&c, &[eu, us, ap]);
+    for i in [eu, us, ap] {
+        let r = &c.nodes[i].replica;
+        assert!(r.watermark() >= target, "{}", c.names[i]);
+        assert_eq!(r.members_in_force().len(), 3);
+        assert!(r.member_at(region("ap"), join_hlc));
+        assert!(!r.member_at(region("ap"), Hlc(join_hlc.0 - 1)));
+        r.check_invariants().unwrap();
+        check_against_model(&fee_policy(), r).unwrap();
+    }
+    same(&c, eu, ap);
+    same(&c, us, ap);
+    // An event of ap at or below its join HLC is refused.
+    let early = unsigned_deposit(
+        "ap",
+        c.nodes[us].replica.version_vector().get(&region("ap")) + 1,
+        join_hlc,
+    );
+    let before = c.nodes[us].replica.stats().rejected;
+    let now = c.local_now(us);
+    replica_of(&mut c, us).handle_events(now, region("ap"), vec![early]);
+    c.drain(us);
+    assert_eq!(c.nodes[us].replica.stats().rejected, before + 1);
+    // Joining twice, or a retired name, is refused at the issuer.
+    let now = c.local_now(us);
+    assert!(matches!(
+        replica_of(&mut c, us).join(now, region("ap"), b"k".to_vec(), vec![]),
+        Err(SubmitError::Membership(MembershipError::AlreadyMember(_)))
+    ));
+}
+
+#[test]
+fn a_retire_survives_a_crash_of_every_member() {
+    let mut c = three_settled();
+    let (eu, us, ap) = (0, 1, 2);
+    isolate(&mut c, ap);
+    purchase(&mut c, ap, "bob", "1").unwrap();
+    let now = c.local_now(us);
+    replica_of(&mut c, us)
+        .retire(now, set(&["ap"]), "gone".into())
+        .unwrap();
+    c.drain(us);
+    run(&mut c, &[eu, us], 3);
+    let cut = c.nodes[eu].replica.cut(region("ap"));
+    assert!(cut.is_some());
+    c.crash(eu);
+    c.crash(us);
+    isolate(&mut c, ap);
+    run(&mut c, &[eu, us], 3);
+    for i in [eu, us] {
+        assert_eq!(c.nodes[i].replica.cut(region("ap")), cut);
+        assert!(!c.nodes[i].replica.settlement_blocked());
+        c.nodes[i].replica.check_invariants().unwrap();
+    }
+    purchase(&mut c, eu, "bob", "2").unwrap();
+    run(&mut c, &[eu, us], 3);
+    assert!(c.nodes[us].replica.watermark() >= max_hlc_of(&c, &[eu, us]));
+}
+
+#[test]
+fn retire_refuses_self_unknown_and_pending() {
+    let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
+    let now = c.local_now(0);
+    let r = replica_of(&mut c, 0);
+    assert!(matches!(
+        r.retire(now, set(&["eu"]), String::new()),
+        Err(SubmitError::Membership(MembershipError::RetireSelf))
+    ));
+    assert!(matches!(
+        r.retire(now, set(&["xx"]), String::new()),
+        Err(SubmitError::Membership(MembershipError::NotAMember(_)))
+    ));
+    r.retire(now, set(&["ap"]), String::new()).unwrap();
+    assert!(matches!(
+        r.retire(now + 1, set(&["ap"]), String::new()),
+        Err(SubmitError::Membership(MembershipError::RetirePending(_)))
+    ));
+    assert_eq!(r.retiring(), set(&["ap"]));
+}
+
+/// A toy signer: a "signature" is an FNV-1a hash of the key and the bytes (the secret is
+/// the public key). Keeps the key history like a real one must.
+struct ToyAuth {
+    me: RegionId,
+    keys: KeyHistory,
+}
+
+fn toy_sig(key: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.iter().chain([0u8].iter()).chain(bytes) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.to_be_bytes().to_vec()
+}
+
+impl Authenticator for ToyAuth {
+    fn sign(&self, _: &[u8]) -> Vec<u8> {
+        Vec::new() // never used: every signature is made at an HLC
+    }
+    fn verify(&self, _: RegionId, _: &[u8], _: &[u8]) -> bool {
+        false
+    }
+    fn verify_at(&self, origin: RegionId, hlc: Hlc, bytes: &[u8], sig: &[u8]) -> bool {
+        self.keys
+            .at(origin, hlc)
+            .is_some_and(|k| toy_sig(k, bytes) == sig)
+    }
+    fn set_key(&mut self, region: RegionId, from: Hlc, key: &[u8]) {
+        self.keys.set(region, from, key);
+    }
+    fn sign_event(&self, event: &Event, cluster: &str) -> Vec<u8> {
+        let key = self.keys.at(self.me, event.hlc).unwrap_or_default();
+        toy_sig(key, &event.signing_bytes(cluster))
+    }
+    fn sign_heartbeat(&self, hb: &Heartbeat, cluster: &str) -> Vec<u8> {
+        let key = self.keys.at(self.me, hb.hlc).unwrap_or_default();
+        toy_sig(key, &hb.signing_bytes(cluster))
+    }
+}
+
+fn toy_cluster(names: &[&str]) -> Cluster {
+    let mut c = Cluster::new(names, fee_policy());
+    for i in 0..c.nodes.len() {
+        let me = c.names[i];
+        let mut keys = KeyHistory::new();
+        for n in &c.names {
+            keys.set(*n, Hlc::ZERO, format!("{n}-key-1").as_bytes());
+        }
+        let mut cfg = c.config(me);
+        cfg.auth = Box::new(ToyAuth { me, keys });
+        c.nodes[i].replica = Replica::new(cfg, Hlc::ZERO);
+    }
+    c.connect_all(None);
+    c
+}
+
+fn toy_replica(me: &str) -> Replica {
+    let mut keys = KeyHistory::new();
+    for n in ["eu", "us"] {
+        keys.set(region(n), Hlc::ZERO, format!("{n}-key-1").as_bytes());
+    }
+    let mut cfg = Config::new(region(me), vec![region("eu"), region("us")], fee_policy());
+    cfg.auth = Box::new(ToyAuth {
+        me: region(me),
+        keys,
+    });
+    Replica::new(cfg, Hlc::ZERO)
+}
+
+fn signed_with(key: &[u8], mut e: Event) -> Event {
+    e.sig = toy_sig(key, &e.signing_bytes("default")).into();
+    e
+}
+
+#[test]
+fn after_a_rotation_events_verify_against_the_new_key_only() {
+    let mut c = toy_cluster(&["eu", "us"]);
+    let (eu, us) = (0, 1);
+    deposit(&mut c, eu, "alice", "100");
+    run(&mut c, &[eu, us], 2);
+    let now = c.local_now(eu);
+    let rot = replica_of(&mut c, eu)
+        .rotate_key(now, b"eu-key-2".to_vec())
+        .unwrap();
+    c.drain(eu);
+    let rot_hlc = c.nodes[eu].replica.event(rot).unwrap().hlc;
+    // eu, signing with the new key from then on (its authenticator learnt it when the
+    // rotation applied), keeps settling with us.
+    purchase(&mut c, eu, "alice", "10").unwrap();
+    run(&mut c, &[eu, us], 3);
+    let target = max_hlc_of(&c, &[eu, us]);
+    assert!(c.nodes[us].replica.watermark() >= target);
+    assert_eq!(c.nodes[us].replica.stats().rejected, 0);
+    same(&c, eu, us);
+    // A forgery above the rotation signed with the old (compromised) key is refused; the
+    // same event signed with the new key is accepted.
+    let next = c.nodes[us].replica.version_vector().get(&region("eu")) + 1;
+    let e = unsigned_deposit("eu", next, Hlc::from_millis(c.local_now(us) + 1_000));
+    assert!(e.hlc > rot_hlc);
+    let now = c.local_now(us);
+    let forged = signed_with(b"eu-key-1", e.clone());
+    replica_of(&mut c, us).handle_events(now, region("eu"), vec![forged]);
+    c.drain(us);
+    assert_eq!(c.nodes[us].replica.stats().rejected, 1);
+    assert_eq!(
+        c.nodes[us].replica.version_vector().get(&region("eu")),
+        next - 1
+    );
+    let genuine = signed_with(b"eu-key-2", e);
+    replica_of(&mut c, us).handle_events(now, region("eu"), vec![genuine]);
+    c.drain(us);
+    assert_eq!(
+        c.nodes[us].replica.version_vector().get(&region("eu")),
+        next
+    );
+}
+
+#[test]
+fn a_restarted_region_verifies_with_the_key_history_it_reloads() {
+    let mut c = toy_cluster(&["eu", "us"]);
+    let (eu, us) = (0, 1);
+    let now = c.local_now(eu);
+    replica_of(&mut c, eu)
+        .rotate_key(now, b"eu-key-2".to_vec())
+        .unwrap();
+    c.drain(eu);
+    deposit(&mut c, eu, "alice", "3");
+    run(&mut c, &[eu, us], 2);
+    // us restarts with only the founding keys: the rotation in its reloaded log binds the
+    // new one again, so eu's later events still verify.
+    let mut keys = KeyHistory::new();
+    for n in ["eu", "us"] {
+        keys.set(region(n), Hlc::ZERO, format!("{n}-key-1").as_bytes());
+    }
+    let n = &c.nodes[us];
+    let mut cfg = c.config(region("us"));
+    cfg.auth = Box::new(ToyAuth {
+        me: region("us"),
+        keys,
+    });
+    let mut r = Replica::new(cfg, n.disk_ceiling);
+    r.load(n.disk_events.clone());
+    r.restore_watermark(n.disk_watermark);
+    c.nodes[us].replica = r;
+    c.connect_all(None);
+    deposit(&mut c, eu, "alice", "4");
+    run(&mut c, &[eu, us], 3);
+    assert_eq!(c.nodes[us].replica.stats().rejected, 0);
+    same(&c, eu, us);
+}
+
+#[test]
+fn an_equivocating_region_is_resolved_by_retiring_it() {
+    let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
+    let (eu, us, ap) = (0, 1, 2);
+    deposit(&mut c, ap, "bob", "50");
+    deposit(&mut c, eu, "bob", "5");
+    assert!(c.settle_all());
+    // ap signs two different events under one id, one to eu and one to us.
+    isolate(&mut c, ap);
+    // Each version opens an account nobody else has: once both are voided, neither may
+    // be left behind (a balance of zero on one region and none on the other would differ).
+    deposit(&mut c, ap, "zed", "1");
+    c.persist_all();
+    let a = c.nodes[ap].replica.origin_events(region("ap"), 1)[0].clone();
+    let mut b = a.clone();
+    if let Body::Tx(tx) = &mut b.body {
+        tx.account = acct("yan");
+    }
+    // eu gets both (and proves it); us gets the second only.
+    for (i, e) in [(eu, a.clone()), (eu, b.clone()), (us, b)] {
+        let now = c.local_now(i);
+        replica_of(&mut c, i).handle_events(now, region("ap"), vec![e]);
+        c.drain(i);
+    }
+    run(&mut c, &[eu, us], 3);
+    for i in [eu, us] {
+        assert!(c.nodes[i].replica.settlement_blocked(), "{}", c.names[i]);
+    }
+    purchase(&mut c, eu, "bob", "2").unwrap();
+    let now = c.local_now(eu);
+    replica_of(&mut c, eu)
+        .retire(now, set(&["ap"]), "equivocated".into())
+        .unwrap();
+    c.drain(eu);
+    run(&mut c, &[eu, us], 4);
+    for i in [eu, us] {
+        let r = &c.nodes[i].replica;
+        // The contested seq is not counted: the cut is the seq below it.
+        assert_eq!(r.cut(region("ap")), Some(a.id.seq - 1), "{}", c.names[i]);
+        assert!(!r.settlement_blocked(), "{}", c.names[i]);
+        assert!(r.watermark() >= max_hlc_of(&c, &[eu, us]));
+        assert!(!r.evidence().is_empty(), "the evidence stays readable");
+        r.check_invariants().unwrap();
+    }
+    same(&c, eu, us);
+}
+
+#[test]
+fn membership_events_round_trip_and_old_variants_keep_their_bytes() {
+    let e = Event {
+        id: EventId {
+            origin: region("eu"),
+            seq: 3,
+        },
+        hlc: Hlc(7),
+        body: Body::Membership(Box::new(Change::RetireAck {
+            retire: EventId {
+                origin: region("us"),
+                seq: 2,
+            },
+            held: BTreeMap::from([(region("ap"), 9)]),
+        })),
+        sig: Box::new([]),
+    };
+    let bytes = postcard::to_stdvec(&e).unwrap();
+    assert_eq!(postcard::from_bytes::<Event>(&bytes).unwrap(), e);
+    // Body's variant tags: Tx 0, Policy 1, Membership 2 (appended).
+    let tag = |b: &Body| postcard::to_stdvec(b).unwrap()[0];
+    assert_eq!(tag(&Body::Policy(Box::new(Policy::zero()))), 1);
+    assert_eq!(tag(&e.body), 2);
+}
+
+// ---- properties ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit {
+        region: u8,
+        account: u8,
+        debit: bool,
+        cents: u16,
+    },
+    Deliver {
+        nth: u16,
+    },
+    Partition {
+        mask: u8,
+    },
+    Heal,
+    Persist {
+        region: u8,
+    },
+    Tick,
+    AntiEntropy {
+        from: u8,
+        to: u8,
+    },
+    Crash {
+        region: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..4, 0u8..2, any::<bool>(), 1u16..3000)
+            .prop_map(|(region, account, debit, cents)| Op::Submit { region, account, debit, cents }),
+        6 => any::<u16>().prop_map(|nth| Op::Deliver { nth }),
+        1 => (1u8..15).prop_map(|mask| Op::Partition { mask }),
+        1 => Just(Op::Heal),
+        2 => (0u8..4).prop_map(|region| Op::Persist { region }),
+        2 => Just(Op::Tick),
+        1 => (0u8..4, 0u8..4).prop_map(|(from, to)| Op::AntiEntropy { from, to }),
+        1 => (0u8..4).prop_map(|region| Op::Crash { region }),
+    ]
+}
+
+fn apply(c: &mut Cluster, op: &Op) {
+    let n = c.nodes.len();
+    match op {
+        Op::Submit {
+            region,
+            account,
+            debit,
+            cents,
+        } => {
+            let i = *region as usize % n;
+            let kind = if *debit {
+                Kind::Purchase
+            } else {
+                Kind::Deposit
+            };
+            let amount = format!("{}.{:02}", cents / 100, cents % 100);
+            let account = ["alice", "bob"][*account as usize % 2];
+            let _ = c.submit(i, req(account, kind, &amount, Currency::USD));
+        }
+        Op::Deliver { nth } => c.deliver(*nth as usize),
+        Op::Partition { mask } => c.partition(*mask),
+        Op::Heal => c.heal(),
+        Op::Persist { region } => c.persist(*region as usize % n, usize::MAX),
+        Op::Tick => c.tick(100),
+        Op::AntiEntropy { from, to } => c.anti_entropy(*from as usize % n, *to as usize % n),
+        Op::Crash { region } => c.crash(*region as usize % n),
+    }
+}
+
+fn cases(default: u32) -> u32 {
+    std::env::var("CORE_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
+
+    /// A retire issued at any point of a random run (partitions, any delivery order,
+    /// partial persistence) never unsettles a settled event, the cut is the same on every
+    /// remaining replica, and once the rest heals the retired region never stalls the
+    /// watermark: everything the remaining regions hold settles, identically.
+    #[test]
+    fn a_retire_never_unsettles_and_its_cut_agrees(
+        before in prop::collection::vec(op(), 0..60),
+        after in prop::collection::vec(op(), 0..60),
+        retired in 0usize..4,
+        issuer_offset in 1usize..4,
+        two in any::<bool>(),
+    ) {
+        let mut c = Cluster::new(&["eu", "us", "ap", "sa"], fee_policy());
+        let issuer = (retired + issuer_offset) % 4;
+        // Sometimes a second region (neither the first nor the issuer) is retired with it.
+        let second = (0..4).find(|i| *i != retired && *i != issuer).filter(|_| two);
+        for o in &before {
+            apply(&mut c, o);
+            c.check_never_retracts().map_err(TestCaseError::fail)?;
+        }
+        let now = c.local_now(issuer);
+        let retired_name = c.names[retired];
+        let mut names = BTreeSet::from([retired_name]);
+        names.extend(second.map(|s| c.names[s]));
+        c.nodes[issuer]
+            .replica
+            .retire(now, names, "property".into())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        c.drain(issuer);
+        // Answered (like any admin call) once durable: a crash does not take it back.
+        c.persist(issuer, usize::MAX);
+        for o in &after {
+            apply(&mut c, o);
+            c.check_never_retracts().map_err(TestCaseError::fail)?;
+        }
+        // The retired regions are gone for good; the others heal.
+        let gone: u8 = (1u8 << retired) | second.map_or(0, |s| 1u8 << s);
+        c.partition(gone);
+        let live: Vec<usize> = (0..4).filter(|i| gone & (1u8 << i) == 0).collect();
+        for _ in 0..8 {
+            run(&mut c, &live, 1);
+            c.check_never_retracts().map_err(TestCaseError::fail)?;
+        }
+        if let Some(s) = second {
+            let other = c.names[s];
+            let cuts: Vec<Option<u64>> =
+                live.iter().map(|&i| c.nodes[i].replica.cut(other)).collect();
+            prop_assert!(cuts[0].is_some() && cuts.iter().all(|k| *k == cuts[0]), "{cuts:?}");
+        }
+        let cuts: Vec<Option<u64>> =
+            live.iter().map(|&i| c.nodes[i].replica.cut(retired_name)).collect();
+        prop_assert!(cuts[0].is_some(), "no cut: {:?}", c.nodes[live[0]].replica.retires());
+        prop_assert!(cuts.iter().all(|k| *k == cuts[0]), "cuts differ: {cuts:?}");
+        let target = max_hlc_of(&c, &live);
+        for &i in &live {
+            let r = &c.nodes[i].replica;
+            prop_assert!(!r.settlement_blocked(), "{} blocked", c.names[i]);
+            prop_assert!(r.watermark() >= target, "{} stalled after the cut", c.names[i]);
+            prop_assert_eq!(r.version_vector().get(&retired_name), cuts[0].unwrap_or(0));
+            r.check_invariants().map_err(TestCaseError::fail)?;
+            check_against_model(&fee_policy(), r).map_err(TestCaseError::fail)?;
+        }
+        let first = snapshot(&c.nodes[live[0]].replica);
+        for &i in &live[1..] {
+            prop_assert!(snapshot(&c.nodes[i].replica) == first, "{} differs", c.names[i]);
+        }
+        // Nothing a remaining region acknowledged to a client is lost (the retired region's
+        // own acknowledgements above the cut are what a retire gives up).
+        for &i in &live {
+            for id in c.nodes[i].acked.clone() {
+                prop_assert!(c.nodes[live[0]].replica.event(id).is_some(), "lost {id}");
+            }
+        }
+    }
+
+    /// The key valid at an HLC is the one set at the highest point below it, whatever the
+    /// order the points were set in.
+    #[test]
+    fn the_key_at_an_hlc_is_the_last_one_set_below_it(
+        points in prop::collection::btree_set(1u64..1000, 0..8),
+        order in any::<u64>(),
+        probes in prop::collection::vec(1u64..1100, 1..20),
+    ) {
+        let eu = region("eu");
+        let mut pts: Vec<u64> = points.iter().copied().collect();
+        // Set in a shuffled order (the replica sets them in log order; the history must
+        // not care).
+        let len = pts.len().max(1);
+        pts.rotate_left((order as usize) % len);
+        let mut h = KeyHistory::new();
+        h.set(eu, Hlc::ZERO, b"k0");
+        for p in &pts {
+            h.set(eu, Hlc(*p), format!("k{p}").as_bytes());
+        }
+        for probe in probes {
+            let model = points.iter().copied().filter(|p| *p < probe).max();
+            let want = match model {
+                Some(p) => format!("k{p}"),
+                None => "k0".to_string(),
+            };
+            prop_assert_eq!(h.at(eu, Hlc(probe)), Some(want.as_bytes()));
+        }
+    }
+
+    /// Through replicas: after random rotations by eu, every event eu issued verifies at us
+    /// (against the key valid at its HLC), and an event re-signed with any other key of the
+    /// history does not.
+    #[test]
+    fn events_verify_against_the_key_valid_at_their_hlc(
+        steps in prop::collection::vec(any::<bool>(), 1..20),
+    ) {
+        let mut c = toy_cluster(&["eu", "us"]);
+        let (eu, us) = (0, 1);
+        let mut keys: Vec<(Hlc, Vec<u8>)> = vec![(Hlc::ZERO, b"eu-key-1".to_vec())];
+        for (k, rotate) in steps.iter().enumerate() {
+            c.tick(5);
+            if *rotate {
+                let key = format!("eu-key-r{k}").into_bytes();
+                let now = c.local_now(eu);
+                let id = c.nodes[eu].replica.rotate_key(now, key.clone()).unwrap();
+                c.drain(eu);
+                keys.push((c.nodes[eu].replica.event(id).unwrap().hlc, key));
+            } else {
+                deposit(&mut c, eu, "alice", "1");
+            }
+        }
+        run(&mut c, &[eu, us], 2);
+        prop_assert_eq!(c.nodes[us].replica.stats().rejected, 0);
+        let held = c.nodes[us].replica.origin_events(region("eu"), 0).to_vec();
+        prop_assert_eq!(held.len(), steps.len());
+        // A fresh replica given eu's log with event j re-signed by another key of the
+        // history refuses exactly that event (and so holds j events).
+        for j in 0..held.len() {
+            let valid = keys.iter().rfind(|(h, _)| *h < held[j].hlc).unwrap();
+            for (_, k) in keys.iter().filter(|(_, k)| *k != valid.1) {
+                let mut fresh = toy_replica("us");
+                let mut batch = held[..j].to_vec();
+                batch.push(signed_with(k, held[j].clone()));
+                fresh.handle_events(u64::MAX / 4, region("eu"), batch);
+                prop_assert_eq!(fresh.stats().rejected, 1);
+                prop_assert_eq!(fresh.version_vector().get(&region("eu")), j as u64);
+            }
+        }
+    }
+}
