@@ -277,7 +277,7 @@ class Postgres:
                 total += sum(int(v) for v in fields[11:15])
         return total / tick
 
-    def bench(self, work, script, accounts, clients, seconds, port=None):
+    def bench(self, work, script, accounts, clients, seconds, port=None, jobs=2):
         name = f"pgb-{script}-{accounts}-{clients}-{port or 0}"
         f = work / f"{name}.sql"
         f.write_text(PG_SCRIPTS[script])
@@ -286,7 +286,7 @@ class Postgres:
         cpu0 = self.cpu()
         host = ["-h", "127.0.0.1", "-p", str(port)] if port else ["-h", self.sock, "-p", str(self.port)]
         out = subprocess.run(
-            ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2",
+            ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", str(jobs),
              "-T", str(seconds), "-D", f"naccounts={accounts}", "-f", str(f),
              "-l", "--log-prefix", str(logdir / "l"), "-U", "postgres"] + host + ["bench"],
             capture_output=True, text=True,
@@ -476,7 +476,7 @@ def svg_chart(rows, path):
         'font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         '<text x="10" y="20" font-size="14" font-weight="bold">'
-        "durable debits per second (log scale), one run, one machine</text>",
+        "durable debits per second, or balance reads where named (log scale), one run, one machine</text>",
     ]
     for i, r in enumerate(rows):
         y = 40 + i * (bar_h + gap)
@@ -602,11 +602,13 @@ def main():
             add("pg naive sum", label, 1, 8, pg.bench(work, script, 1, 8, S))
         if not args.skip_remote:
             # Connections through the proxy take several round trips each to open, so
-            # this run is at least 20 s to reach its steady state.
+            # this run is at least 20 s, with one pgbench thread per client: a pgbench
+            # thread opens its clients' connections one after another and serves none of
+            # them meanwhile, which with 2 threads held every transaction for ~13 s.
             proxy = DelayProxy(pg.port, 0.050)
             try:
                 add("pg row lock, 100 ms away", "1000 accounts", 1000, C,
-                    pg.bench(work, "rowlock", 1000, C, max(S, 20), port=proxy.port))
+                    pg.bench(work, "rowlock", 1000, C, max(S, 20), port=proxy.port, jobs=C))
             finally:
                 proxy.close()
     finally:
