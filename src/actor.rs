@@ -89,6 +89,10 @@ pub struct Actor {
     policy_file_ignored: Option<PolicyFileIgnored>,
     /// Transactions seen, for the `spurious_503` chaos defect ([`crate::defects`]).
     spurious: u64,
+    /// Retired members (cut known) taken off the transport's allowlist.
+    removed: std::collections::BTreeSet<wallet_core::RegionId>,
+    /// Members in force when the allowlist was last brought up to date.
+    in_force: usize,
 }
 
 /// What the actor starts from.
@@ -136,6 +140,8 @@ impl Actor {
             pulls_sent: BTreeMap::new(),
             policy_file_ignored: p.policy_file_ignored,
             spurious: 0,
+            removed: std::collections::BTreeSet::new(),
+            in_force: usize::MAX,
         };
         if restoring && p.record_restore {
             a.push_op(WriteOp::Restore(true));
@@ -184,11 +190,33 @@ impl Actor {
                 }
             }
         }
+        self.sync_allowlist().await;
         if self.restoring && !self.replica.is_restoring() {
             self.restoring = false;
             self.shared.restoring.store(false, Ordering::Release);
             self.push_op(WriteOp::Restore(false));
             tracing::info!("restore complete: own history pulled back from every peer");
+        }
+    }
+
+    /// Takes the members whose cut the replica knows off the transport's allowlist: the
+    /// core decides who is retired; the node only follows its applied membership.
+    async fn sync_allowlist(&mut self) {
+        let in_force = self.replica.members_in_force().len();
+        if in_force == self.in_force {
+            return;
+        }
+        self.in_force = in_force;
+        let me = self.replica.region();
+        for m in self.replica.members() {
+            if m.region != me
+                && !self.removed.contains(&m.region)
+                && self.replica.cut(m.region).is_some()
+            {
+                tracing::warn!(region = %m.region, "member retired (cut known): no longer dialed, its connections refused");
+                self.net.remove_member(m.region).await;
+                self.removed.insert(m.region);
+            }
         }
     }
 
@@ -354,6 +382,9 @@ impl Actor {
                     }
                     SubmitError::Restoring => (503, "restoring", Refusal::Restoring),
                     SubmitError::Frozen { .. } => (409, "account_frozen", Refusal::Frozen),
+                    SubmitError::Membership(wallet_core::MembershipError::Retired) => {
+                        (409, "region_retired", Refusal::Retired)
+                    }
                     _ => (409, "balance_overflow", Refusal::Overflow),
                 };
                 self.metrics.refused(why);
@@ -408,6 +439,51 @@ impl Actor {
             }
             Err(e) => {
                 let _ = reply.send(Reply::error(409, "policy_refused", &e.to_string()));
+            }
+        }
+    }
+
+    /// A retire of `region` issued here: a replicated event, answered once durable here
+    /// with the acknowledgements it waits for. The rules are the core's (`Replica::retire`).
+    fn retire_member(
+        &mut self,
+        region: wallet_core::RegionId,
+        reason: String,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        use wallet_core::MembershipError as M;
+        if self.failed {
+            let _ = reply.send(Reply::error(
+                503,
+                "storage_unavailable",
+                "storage failed; this region acknowledges nothing",
+            ));
+            return;
+        }
+        let regions = std::iter::once(region).collect();
+        match self.replica.retire(now_ms(), regions, reason) {
+            Ok(id) => {
+                while let Some(out) = self.replica.poll_output() {
+                    match out {
+                        Output::Persist { index, record } => {
+                            self.push_op(WriteOp::Record { index, record });
+                        }
+                        other => self.deferred.push_back(other),
+                    }
+                }
+                tracing::warn!(id = %id, retired = %region, "retire submitted");
+                let answer = Reply::json(201, render::retire_submitted_body(&self.replica, id));
+                self.waiters.answer_after(self.op_seq, reply, answer, false);
+            }
+            Err(e) => {
+                let (status, code) = match &e {
+                    SubmitError::Restoring => (503, "restoring"),
+                    SubmitError::Membership(M::NotAMember(_)) => (404, "not_a_member"),
+                    SubmitError::Membership(M::Retired) => (409, "region_retired"),
+                    SubmitError::Membership(M::Invalid(_)) => (400, "invalid_region"),
+                    _ => (409, "membership_refused"),
+                };
+                let _ = reply.send(Reply::error(status, code, &e.to_string()));
             }
         }
     }
@@ -523,6 +599,14 @@ impl Actor {
                         .map(|p| (p.file_hash, p.recorded_hash)),
                 );
                 let _ = reply.send(Reply::json(200, body));
+            }
+            Command::RetireMember {
+                region,
+                reason,
+                reply,
+            } => self.retire_member(region, reason, reply),
+            Command::Members { reply } => {
+                let _ = reply.send(Reply::json(200, render::members_body(r)));
             }
             Command::Faults { isolate, reply } => {
                 let list: Vec<String> = isolate.iter().map(|r| r.to_string()).collect();

@@ -172,6 +172,10 @@ impl NetHandle {
     pub async fn set_isolated(&self, regions: BTreeSet<RegionId>) {
         self.command(Command::Isolate(regions), 0).await;
     }
+    /// A retired member (its cut known): stop dialing it and refuse its connections.
+    pub async fn remove_member(&self, region: RegionId) {
+        self.command(Command::Remove(region), 0).await;
+    }
     /// Members currently connected.
     pub fn connected(&self) -> BTreeSet<RegionId> {
         self.shared.connected()

@@ -1,0 +1,233 @@
+//! Membership change over real processes (issue 12): a region isolated and killed is retired
+//! at another region under client load; the remaining two acknowledge, the cut is known,
+//! settlement resumes without the retired region, nothing the remaining regions acknowledged
+//! is lost, and they converge.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const EU: usize = 0;
+const US: usize = 1;
+const AP: usize = 2;
+const ALL: [usize; 3] = [EU, US, AP];
+const REMAINING: [usize; 2] = [EU, US];
+
+fn accounts(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|k| format!("{prefix}-{k}")).collect()
+}
+
+/// Client load: 1.00 deposits on `accts` at the regions `at` until stopped; every
+/// acknowledged id is recorded.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn load(c: &LocalCluster, at: &[usize], accts: &[String]) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let http = c.client(0).expect("client").http().clone();
+    let urls: Vec<String> = at.iter().map(|i| c.regions[*i].http.clone()).collect();
+    let token = c.token.clone();
+    let accts = accts.to_vec();
+    let task = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let url = &urls[n % urls.len()];
+                let a = &accts[n % accts.len()];
+                n += 1;
+                let r = http
+                    .post(format!("{url}/v1/accounts/{a}/transactions"))
+                    .bearer_auth(&token)
+                    .json(&json!({"type": "deposit", "amount": "1.00", "currency": "USD"}))
+                    .send()
+                    .await
+                    .expect("the loaded regions stay up");
+                assert_eq!(r.status().as_u16(), 201);
+                let body: Value = r.json().await.expect("json");
+                acked
+                    .lock()
+                    .expect("lock")
+                    .push(body["id"].as_str().expect("id").to_string());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    Load { stop, acked, task }
+}
+
+impl Load {
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("load");
+        let v = self.acked.lock().expect("lock").clone();
+        v
+    }
+}
+
+async fn members(c: &LocalCluster, i: usize) -> Value {
+    let a = c.get_admin(i, "/v1/admin/members").await.expect("members");
+    assert_eq!(a.status, 200, "{}", a.json);
+    a.json
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_retired_while_partitioned_no_longer_stalls_settlement() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start_all().await.expect("start");
+    wait_connected(&c, &ALL).await;
+    let loaded = accounts("load", 6);
+    let traffic = load(&c, &REMAINING, &loaded);
+
+    // ap takes traffic and settles with the others, then is cut off and killed.
+    for k in 0..3 {
+        let r = c
+            .tx(AP, "ap-acct", "deposit", "10", "USD", Some(&format!("ap-{k}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.json);
+    }
+    eventually(&c, "ap's deposits to settle at eu", WAIT, || async {
+        matches!(balance(&c, EU, "ap-acct").await, Some((_, s)) if s == "30.00")
+    })
+    .await;
+    c.isolate("ap").await.unwrap();
+    // Acknowledged at ap while it is cut off: never replicated, lost with ap (SPEC §10).
+    let lost = c
+        .tx(AP, "ap-acct", "deposit", "5", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(lost.status, 201, "{}", lost.json);
+    c.kill(AP);
+
+    // Settlement is stalled on ap: a deposit at eu stays provisional.
+    let stalled = c
+        .tx(EU, "probe", "deposit", "1", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(stalled.status, 201, "{}", stalled.json);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        balance(&c, EU, "probe").await,
+        Some(("1.00".into(), "0.00".into())),
+        "settlement should be stalled on ap before the retire"
+    );
+    let stalled_wm = hlc(&status(&c, EU).await["watermark"]);
+
+    // Refusals: a region cannot retire itself; a name that is not a region; not a member.
+    let admin = c.admin(US).unwrap();
+    let me = admin.delete("/v1/admin/members/us").await.unwrap();
+    assert_eq!(
+        (me.status, error_code_of(&me.json)),
+        (409, "membership_refused".into())
+    );
+    let bad = admin.delete("/v1/admin/members/NOT_A_REGION").await.unwrap();
+    assert_eq!(
+        (bad.status, error_code_of(&bad.json)),
+        (400, "invalid_region".into())
+    );
+    let unknown = admin.delete("/v1/admin/members/sa").await.unwrap();
+    assert_eq!(
+        (unknown.status, error_code_of(&unknown.json)),
+        (404, "not_a_member".into())
+    );
+    let client = c.client(US).unwrap();
+    let forbidden = client.delete("/v1/admin/members/ap").await.unwrap();
+    assert_eq!(forbidden.status, 403, "{}", forbidden.json);
+
+    // The retire, issued at us while the load runs.
+    let r = admin.delete("/v1/admin/members/ap").await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    println!("retire answer: {}", r.json);
+    let retire_id = r.json["id"].as_str().unwrap().to_string();
+    assert_eq!(r.json["retire"]["regions"], json!(["ap"]));
+    assert_eq!(r.json["retire"]["remaining"], json!(["eu", "us"]));
+    // A second retire of ap while the first is pending (or done) is refused.
+    let again = admin.delete("/v1/admin/members/ap").await.unwrap();
+    assert!(
+        [404, 409].contains(&again.status),
+        "second retire: {} {}",
+        again.status,
+        again.json
+    );
+
+    // Both remaining members acknowledge; the cut is known and the same on both.
+    eventually(&c, "the cut of ap at eu and us", WAIT, || async {
+        for i in REMAINING {
+            if members(&c, i).await["cuts"]["ap"].as_u64().is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let m_eu = members(&c, EU).await;
+    let m_us = members(&c, US).await;
+    println!("members at eu: {m_eu}");
+    assert_eq!(m_eu["in_force"], json!(["eu", "us"]));
+    assert_eq!(m_eu["cuts"], m_us["cuts"]);
+    assert_eq!(m_eu["retires"], m_us["retires"]);
+    let retire = &m_eu["retires"][0];
+    assert_eq!(retire["id"], retire_id.as_str());
+    assert_eq!(retire["missing"], json!([]));
+    // ap's three settled deposits are history; the one acknowledged while cut off is not.
+    assert_eq!(m_eu["cuts"]["ap"].as_u64(), Some(3));
+
+    // Settlement resumes: the probe settles, the watermark moves past the stall.
+    eventually(&c, "the probe to settle at eu", WAIT, || async {
+        matches!(balance(&c, EU, "probe").await, Some((_, s)) if s == "1.00")
+    })
+    .await;
+    assert!(hlc(&status(&c, EU).await["watermark"]) > stalled_wm);
+
+    // The allowlist: ap is no longer connected (and not dialed) at eu and us.
+    for i in REMAINING {
+        let s = status(&c, i).await;
+        assert_eq!(member(&s, "ap")["connected"], false, "{s}");
+    }
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = traffic.finish().await;
+    let mut all = loaded.clone();
+    all.push("ap-acct".into());
+    all.push("probe".into());
+    wait_converged(&c, "eu and us to converge", &REMAINING, &all).await;
+
+    // No loss: every acknowledged load event is in both histories.
+    let mut held = std::collections::BTreeSet::new();
+    for a in &loaded {
+        for e in c.history(US, a).await.unwrap() {
+            held.insert(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    for id in &acked {
+        assert!(held.contains(id), "{id} acknowledged but not held");
+    }
+    assert_eq!(held.len(), acked.len());
+    assert_eq!(
+        balance(&c, US, "ap-acct").await,
+        Some(("30.00".into(), "30.00".into()))
+    );
+    for i in REMAINING {
+        assert_eq!(status(&c, i).await["settlement_blocked"], false);
+    }
+    println!(
+        "acknowledged load events {} (eu and us), cut of ap {}, lost at ap {}",
+        acked.len(),
+        m_eu["cuts"]["ap"],
+        lost.json["id"]
+    );
+}
+
+fn error_code_of(v: &Value) -> String {
+    v["error"]["code"].as_str().unwrap_or_default().to_string()
+}
