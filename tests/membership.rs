@@ -220,11 +220,43 @@ async fn a_region_retired_while_partitioned_no_longer_stalls_settlement() {
     for i in REMAINING {
         assert_eq!(status(&c, i).await["settlement_blocked"], false);
     }
+
+    // ap comes back: eu and us no longer dial it and refuse its connections (the
+    // allowlist follows the applied retire); ap:4 never enters their history.
+    let refused_before: Vec<u64> = {
+        let mut v = Vec::new();
+        for i in REMAINING {
+            v.push(metric_of(&c, i, "walletd_p2p_refused_peers_total").await);
+        }
+        v
+    };
+    start(&mut c, AP).await;
+    eventually(&c, "eu and us to refuse ap's connections", WAIT, || async {
+        for (k, i) in REMAINING.iter().enumerate() {
+            if metric_of(&c, *i, "walletd_p2p_refused_peers_total").await <= refused_before[k] {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in REMAINING {
+        let s = status(&c, i).await;
+        assert_eq!(member(&s, "ap")["connected"], false, "{s}");
+        assert_eq!(s["version_vector"]["ap"], 3, "{s}");
+    }
+    let s = status(&c, AP).await;
+    for r in ["eu", "us"] {
+        assert_eq!(member(&s, r)["connected"], false, "{s}");
+    }
+    wait_converged(&c, "eu and us to stay converged", &REMAINING, &all).await;
     println!(
-        "acknowledged load events {} (eu and us), cut of ap {}, lost at ap {}",
+        "acknowledged load events {} (eu and us), cut of ap {}, lost at ap {}, refused peers before ap's restart {:?}",
         acked.len(),
         m_eu["cuts"]["ap"],
-        lost.json["id"]
+        lost.json["id"],
+        refused_before
     );
 }
 
