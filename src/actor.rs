@@ -34,6 +34,9 @@ use crate::waiters::Waiters;
 pub const COMMANDS_PER_BATCH_MAX: usize = 1_024;
 /// How long the actor lets the 503 answers leave before it exits after a storage failure.
 pub const STORAGE_FAILURE_EXIT_DELAY_MS: u64 = 200;
+/// How long after learning a member's cut this region keeps talking to it (so that a
+/// retired region that is alive learns its cut too) before taking it off the allowlist.
+pub const RETIRED_MEMBER_GRACE_MS: u64 = 5_000;
 /// Exit code after a storage failure (EX_SOFTWARE).
 pub const STORAGE_FAILURE_EXIT_CODE: i32 = 70;
 
@@ -93,6 +96,8 @@ pub struct Actor {
     removed: std::collections::BTreeSet<wallet_core::RegionId>,
     /// Members in force when the allowlist was last brought up to date.
     in_force: usize,
+    /// Retired members (cut known) to take off the allowlist, with when (wall-clock ms).
+    retiring: BTreeMap<wallet_core::RegionId, u64>,
 }
 
 /// What the actor starts from.
@@ -142,6 +147,7 @@ impl Actor {
             spurious: 0,
             removed: std::collections::BTreeSet::new(),
             in_force: usize::MAX,
+            retiring: BTreeMap::new(),
         };
         if restoring && p.record_restore {
             a.push_op(WriteOp::Restore(true));
@@ -199,24 +205,42 @@ impl Actor {
         }
     }
 
-    /// Takes the members whose cut the replica knows off the transport's allowlist: the
-    /// core decides who is retired; the node only follows its applied membership.
+    /// Takes the members whose cut the replica knows off the transport's allowlist, a grace
+    /// period ([`RETIRED_MEMBER_GRACE_MS`]) after this region learnt the cut: the core
+    /// decides who is retired; the node only follows its applied membership. The grace lets
+    /// the acknowledgements in flight reach the retired region, so that, if it is alive, it
+    /// learns its cut and answers `region_retired` (its events above the cut are refused by
+    /// the core whatever it sends meanwhile).
     async fn sync_allowlist(&mut self) {
         let in_force = self.replica.members_in_force().len();
-        if in_force == self.in_force {
+        if in_force != self.in_force {
+            self.in_force = in_force;
+            let me = self.replica.region();
+            let due = now_ms().saturating_add(RETIRED_MEMBER_GRACE_MS);
+            for m in self.replica.members() {
+                if m.region != me
+                    && !self.removed.contains(&m.region)
+                    && self.replica.cut(m.region).is_some()
+                {
+                    self.retiring.entry(m.region).or_insert(due);
+                }
+            }
+        }
+        if self.retiring.is_empty() {
             return;
         }
-        self.in_force = in_force;
-        let me = self.replica.region();
-        for m in self.replica.members() {
-            if m.region != me
-                && !self.removed.contains(&m.region)
-                && self.replica.cut(m.region).is_some()
-            {
-                tracing::warn!(region = %m.region, "member retired (cut known): no longer dialed, its connections refused");
-                self.net.remove_member(m.region).await;
-                self.removed.insert(m.region);
-            }
+        let now = now_ms();
+        let due: Vec<wallet_core::RegionId> = self
+            .retiring
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(r, _)| *r)
+            .collect();
+        for r in due {
+            self.retiring.remove(&r);
+            tracing::warn!(region = %r, "member retired (cut known): no longer dialed, its connections refused");
+            self.net.remove_member(r).await;
+            self.removed.insert(r);
         }
     }
 
@@ -388,7 +412,15 @@ impl Actor {
                     _ => (409, "balance_overflow", Refusal::Overflow),
                 };
                 self.metrics.refused(why);
-                let answer = Reply::error(status, code, &e.to_string());
+                let message = match why {
+                    Refusal::Retired => {
+                        "this region has been retired from the cluster and accepts \
+                        no more transactions: send them to another region"
+                            .to_string()
+                    }
+                    _ => e.to_string(),
+                };
+                let answer = Reply::error(status, code, &message);
                 if status == 422 && key.is_some() {
                     // A refusal is a result too: a retry gets the same 422, durably.
                     let seq = self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);

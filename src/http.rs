@@ -1058,7 +1058,8 @@ async fn retire_member(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(region) = path.map_err(|e| error(400, "invalid_region", &e.body_text()))?;
-    let region = RegionId::new(&region).map_err(|e| error(400, "invalid_region", &e.to_string()))?;
+    let region =
+        RegionId::new(&region).map_err(|e| error(400, "invalid_region", &e.to_string()))?;
     let reason = "retired by an operator (DELETE /v1/admin/members)".to_string();
     Ok(ask(&st, |reply| Command::RetireMember {
         region,

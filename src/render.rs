@@ -936,7 +936,11 @@ fn retire_view(i: &wallet_core::RetireInfo) -> RetireView {
         regions: names(&i.regions),
         remaining: names(&i.remaining),
         reason: i.reason.clone(),
-        acks: i.acks.iter().map(|(r, m)| (r.to_string(), seqs(m))).collect(),
+        acks: i
+            .acks
+            .iter()
+            .map(|(r, m)| (r.to_string(), seqs(m)))
+            .collect(),
         missing: names(&i.missing),
         cut: i.cut.as_ref().map(seqs),
     }
@@ -965,11 +969,7 @@ pub fn members_body(r: &Replica) -> String {
         .filter_map(|m| r.cut(m.region).map(|c| (m.region.to_string(), c)))
         .collect();
     to_json(&MembersBody {
-        in_force: r
-            .members_in_force()
-            .iter()
-            .map(|m| m.to_string())
-            .collect(),
+        in_force: r.members_in_force().iter().map(|m| m.to_string()).collect(),
         cuts,
         retires: r.retires().iter().map(retire_view).collect(),
         retired: r.is_retired(),

@@ -91,7 +91,14 @@ async fn a_region_retired_while_partitioned_no_longer_stalls_settlement() {
     // ap takes traffic and settles with the others, then is cut off and killed.
     for k in 0..3 {
         let r = c
-            .tx(AP, "ap-acct", "deposit", "10", "USD", Some(&format!("ap-{k}")))
+            .tx(
+                AP,
+                "ap-acct",
+                "deposit",
+                "10",
+                "USD",
+                Some(&format!("ap-{k}")),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 201, "{}", r.json);
@@ -130,7 +137,10 @@ async fn a_region_retired_while_partitioned_no_longer_stalls_settlement() {
         (me.status, error_code_of(&me.json)),
         (409, "membership_refused".into())
     );
-    let bad = admin.delete("/v1/admin/members/NOT_A_REGION").await.unwrap();
+    let bad = admin
+        .delete("/v1/admin/members/NOT_A_REGION")
+        .await
+        .unwrap();
     assert_eq!(
         (bad.status, error_code_of(&bad.json)),
         (400, "invalid_region".into())
@@ -258,6 +268,60 @@ async fn a_region_retired_while_partitioned_no_longer_stalls_settlement() {
         lost.json["id"],
         refused_before
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_region_retired_learns_its_cut_and_refuses_with_region_retired() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start_all().await.expect("start");
+    wait_connected(&c, &ALL).await;
+    let r = c.tx(AP, "a", "deposit", "10", "USD", None).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+
+    let r = c
+        .admin(US)
+        .unwrap()
+        .delete("/v1/admin/members/ap")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    // ap is alive: it applies the retire, acknowledges nothing (it is the one retired),
+    // learns its cut from eu's and us's acknowledgements, and refuses clients.
+    eventually(&c, "ap to know it is retired", WAIT, || async {
+        members(&c, AP).await["retired"] == true
+    })
+    .await;
+    let refused = c.tx(AP, "a", "deposit", "1", "USD", None).await.unwrap();
+    assert_eq!(
+        (refused.status, error_code_of(&refused.json)),
+        (409, "region_retired".into()),
+        "{}",
+        refused.json
+    );
+    println!("a transaction at retired ap: {}", refused.json);
+    // Its history up to the cut stays: ap:1 is settled at eu and us.
+    eventually(&c, "ap's deposit to settle at eu and us", WAIT, || async {
+        for i in REMAINING {
+            if !matches!(balance(&c, i, "a").await, Some((_, s)) if s == "10.00") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // After the grace period eu and us drop ap from their allowlist.
+    eventually(&c, "eu and us to disconnect ap", WAIT, || async {
+        for i in REMAINING {
+            if member(&status(&c, i).await, "ap")["connected"] != false {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let r = c.tx(EU, "a", "deposit", "1", "USD", None).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    wait_converged(&c, "eu and us to converge", &REMAINING, &["a".to_string()]).await;
 }
 
 fn error_code_of(v: &Value) -> String {
