@@ -98,6 +98,10 @@ pub struct Actor {
     in_force: usize,
     /// Retired members (cut known) to take off the allowlist, with when (wall-clock ms).
     retiring: BTreeMap<wallet_core::RegionId, u64>,
+    /// Where a rotated signing key goes to the authenticator.
+    key_stage: wallet_p2p::KeyStage,
+    /// The rotated signing key's file.
+    rotated_key: std::path::PathBuf,
 }
 
 /// What the actor starts from.
@@ -120,6 +124,10 @@ pub struct ActorParts {
     pub record_restore: bool,
     /// The config's policy file differs from the recorded seed policy (which is in force).
     pub policy_file_ignored: Option<PolicyFileIgnored>,
+    /// Where a rotated signing key goes to the authenticator.
+    pub key_stage: wallet_p2p::KeyStage,
+    /// The rotated signing key's file (0600, next to the identity key).
+    pub rotated_key: std::path::PathBuf,
 }
 
 impl Actor {
@@ -148,6 +156,8 @@ impl Actor {
             removed: std::collections::BTreeSet::new(),
             in_force: usize::MAX,
             retiring: BTreeMap::new(),
+            key_stage: p.key_stage,
+            rotated_key: p.rotated_key,
         };
         if restoring && p.record_restore {
             a.push_op(WriteOp::Restore(true));
@@ -520,6 +530,63 @@ impl Actor {
         }
     }
 
+    /// Rotates this region's signing key: a new ed25519 key, written (0600, atomically) before
+    /// the rotation event is issued, staged in the authenticator, which signs with it from
+    /// the rotation on (`Replica::rotate_key`: the rules are the core's).
+    fn rotate_key(&mut self, reply: oneshot::Sender<Reply>) {
+        use wallet_core::MembershipError as M;
+        if self.failed {
+            let _ = reply.send(Reply::error(
+                503,
+                "storage_unavailable",
+                "storage failed; this region acknowledges nothing",
+            ));
+            return;
+        }
+        let kp = libp2p::identity::Keypair::generate_ed25519();
+        let old = match wallet_p2p::replace_key_file(&self.rotated_key, &kp) {
+            Ok(old) => old,
+            Err(e) => {
+                tracing::error!(error = %e, "could not write the rotated key");
+                let _ = reply.send(Reply::error(
+                    503,
+                    "storage_unavailable",
+                    &format!("could not write the rotated key: {e}"),
+                ));
+                return;
+            }
+        };
+        let public = wallet_p2p::membership_key_of(&kp);
+        self.key_stage.stage(kp);
+        match self.replica.rotate_key(now_ms(), public.clone()) {
+            Ok(id) => {
+                while let Some(out) = self.replica.poll_output() {
+                    match out {
+                        Output::Persist { index, record } => {
+                            self.push_op(WriteOp::Record { index, record });
+                        }
+                        other => self.deferred.push_back(other),
+                    }
+                }
+                let hlc = self.replica.event(id).map(|e| e.hlc);
+                tracing::warn!(id = %id, key = %hex::encode(&public), "signing key rotated");
+                let answer = Reply::json(201, render::key_rotated_body(id, hlc, &public));
+                self.waiters.answer_after(self.op_seq, reply, answer, false);
+            }
+            Err(e) => {
+                if let Err(re) = wallet_p2p::restore_key_file(&self.rotated_key, old.as_deref()) {
+                    tracing::error!(error = %re, "could not put the previous rotated key back");
+                }
+                let (status, code) = match &e {
+                    SubmitError::Restoring => (503, "restoring"),
+                    SubmitError::Membership(M::Retired) => (409, "region_retired"),
+                    _ => (409, "membership_refused"),
+                };
+                let _ = reply.send(Reply::error(status, code, &e.to_string()));
+            }
+        }
+    }
+
     /// One transaction or compensation by the id a client gave.
     fn transaction(&self, id: &str) -> Reply {
         let not_found = || {
@@ -637,6 +704,7 @@ impl Actor {
                 reason,
                 reply,
             } => self.retire_member(region, reason, reply),
+            Command::RotateKey { reply } => self.rotate_key(reply),
             Command::Members { reply } => {
                 let _ = reply.send(Reply::json(200, render::members_body(r)));
             }

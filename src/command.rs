@@ -129,6 +129,12 @@ pub enum Command {
         /// Answer.
         reply: oneshot::Sender<Reply>,
     },
+    /// Rotate this region's signing key (admin): a new key, kept 0600 next to the identity
+    /// key, bound by a replicated rotation event, answered once durable here.
+    RotateKey {
+        /// Answer.
+        reply: oneshot::Sender<Reply>,
+    },
     /// Members in force, retires with their acknowledgements, cuts (admin).
     Members {
         /// Answer.

@@ -320,6 +320,7 @@ fn route_name(path: Option<&str>) -> &'static str {
         Some("/v1/admin/policy") => "/v1/admin/policy",
         Some("/v1/policy") => "/v1/policy",
         Some("/v1/admin/members") => "/v1/admin/members",
+        Some("/v1/admin/key") => "/v1/admin/key",
         Some("/v1/admin/members/{region}") => "/v1/admin/members/{region}",
         Some("/metrics") => "/metrics",
         Some("/healthz") => "/healthz",
@@ -386,6 +387,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_policy))
         .routes(routes!(get_members))
         .routes(routes!(retire_member))
+        .routes(routes!(rotate_key))
 }
 
 /// The unauthenticated routes, outside the `/v1` limits.
@@ -1067,6 +1069,22 @@ async fn retire_member(
         reply,
     })
     .await)
+}
+
+/// Rotates this region's signing key: a new ed25519 key (kept 0600 next to the identity
+/// key), bound by a replicated rotation event; this region's events above it are signed with
+/// the new key, and every member verifies an event against the key valid at its HLC.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/key",
+    tag = "admin",
+    responses(
+        (status = 201, description = "The rotation event, durable here", body = render::KeyRotated),
+        (status = 409, description = "`membership_refused`, `region_retired`", body = ErrorBody),
+    )
+)]
+async fn rotate_key(State(st): State<AppState>) -> Response {
+    ask(&st, |reply| Command::RotateKey { reply }).await
 }
 
 /// Cuts replication with regions off, or heals (only with `[faults] enabled = true`).

@@ -996,6 +996,29 @@ pub fn retire_submitted_body(r: &Replica, id: EventId) -> String {
     })
 }
 
+/// `201` of `POST /v1/admin/key`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotated {
+    /// The rotation event's id.
+    #[schema(value_type = EventIdText)]
+    pub id: String,
+    /// Its HLC: this region's events above it are signed with the new key.
+    #[schema(value_type = Option<HlcText>, required = true)]
+    pub hlc: Option<String>,
+    /// The new public key (hex of its protobuf encoding).
+    pub key: String,
+}
+
+/// `POST /v1/admin/key`: the rotation event, once durable here.
+pub fn key_rotated_body(id: EventId, hlc: Option<Hlc>, key: &[u8]) -> String {
+    to_json(&KeyRotated {
+        id: id.to_string(),
+        hlc: hlc.map(|h| h.to_string()),
+        key: hex::encode(key),
+    })
+}
+
 /// `GET /v1/admin/evidence`.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

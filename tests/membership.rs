@@ -335,6 +335,108 @@ async fn a_live_region_retired_learns_its_cut_and_refuses_with_region_retired() 
     wait_converged(&c, "eu and us to converge", &REMAINING, &["a".to_string()]).await;
 }
 
+/// Every file under `dir` whose name ends with `suffix`.
+fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_ending(&p, suffix));
+        } else if p.to_string_lossy().ends_with(suffix) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_under_load_verifies_at_the_peers_and_survives_a_restart() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start_all().await.expect("start");
+    wait_connected(&c, &ALL).await;
+    let loaded = accounts("load", 6);
+    let traffic = load(&c, &ALL, &loaded);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let admin = c.admin(EU).unwrap();
+    let r = admin.post_typed("/v1/admin/key", "", "").await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    println!("rotation: {}", r.json);
+    let rotation = r.json["id"].as_str().unwrap().to_string();
+    let rotation_seq: u64 = rotation.trim_start_matches("eu:").parse().unwrap();
+    let forbidden = c
+        .client(EU)
+        .unwrap()
+        .post_typed("/v1/admin/key", "", "")
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status, 403, "{}", forbidden.json);
+    // The new key is kept 0600 for a restart.
+    let files = files_ending(&c.dir, ".rotated");
+    assert_eq!(files.len(), 1, "{files:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{files:?}");
+    }
+
+    // eu's events after the rotation (signed with the new key) are accepted and settle at
+    // us and ap.
+    let after = c.tx(EU, "after", "deposit", "3", "USD", None).await.unwrap();
+    assert_eq!(after.status, 201, "{}", after.json);
+    let after_seq: u64 = after.json["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("eu:")
+        .parse()
+        .unwrap();
+    assert!(after_seq > rotation_seq);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = traffic.finish().await;
+    let mut all = loaded.clone();
+    all.push("after".into());
+    wait_converged(&c, "the three regions to converge after the rotation", &ALL, &all).await;
+    for i in [US, AP] {
+        let vv = status(&c, i).await["version_vector"]["eu"].as_u64().unwrap();
+        assert!(vv >= after_seq, "region {i} holds eu up to {vv}");
+    }
+
+    // eu restarts: it signs with the rotated key again (replayed from its log and the key
+    // file), and its new events still verify at the peers.
+    assert!(term(&mut c, EU).await);
+    start(&mut c, EU).await;
+    wait_connected(&c, &ALL).await;
+    let again = c.tx(EU, "restart", "deposit", "4", "USD", None).await.unwrap();
+    assert_eq!(again.status, 201, "{}", again.json);
+    all.push("restart".into());
+    wait_converged(&c, "the three regions to converge after eu's restart", &ALL, &all).await;
+
+    // No loss.
+    let mut held = std::collections::BTreeSet::new();
+    for a in &loaded {
+        for e in c.history(AP, a).await.unwrap() {
+            held.insert(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    for id in &acked {
+        assert!(held.contains(id), "{id} acknowledged but not held");
+    }
+    assert_eq!(held.len(), acked.len());
+    for i in ALL {
+        assert_eq!(status(&c, i).await["settlement_blocked"], false);
+    }
+    println!(
+        "rotation {rotation}; acknowledged load events {}; after rotation {}, after restart {}",
+        acked.len(),
+        after.json["id"],
+        again.json["id"]
+    );
+}
+
 fn error_code_of(v: &Value) -> String {
     v["error"]["code"].as_str().unwrap_or_default().to_string()
 }
