@@ -386,7 +386,10 @@ async fn a_key_rotated_under_load_verifies_at_the_peers_and_survives_a_restart()
 
     // eu's events after the rotation (signed with the new key) are accepted and settle at
     // us and ap.
-    let after = c.tx(EU, "after", "deposit", "3", "USD", None).await.unwrap();
+    let after = c
+        .tx(EU, "after", "deposit", "3", "USD", None)
+        .await
+        .unwrap();
     assert_eq!(after.status, 201, "{}", after.json);
     let after_seq: u64 = after.json["id"]
         .as_str()
@@ -399,9 +402,17 @@ async fn a_key_rotated_under_load_verifies_at_the_peers_and_survives_a_restart()
     let acked = traffic.finish().await;
     let mut all = loaded.clone();
     all.push("after".into());
-    wait_converged(&c, "the three regions to converge after the rotation", &ALL, &all).await;
+    wait_converged(
+        &c,
+        "the three regions to converge after the rotation",
+        &ALL,
+        &all,
+    )
+    .await;
     for i in [US, AP] {
-        let vv = status(&c, i).await["version_vector"]["eu"].as_u64().unwrap();
+        let vv = status(&c, i).await["version_vector"]["eu"]
+            .as_u64()
+            .unwrap();
         assert!(vv >= after_seq, "region {i} holds eu up to {vv}");
     }
 
@@ -410,10 +421,19 @@ async fn a_key_rotated_under_load_verifies_at_the_peers_and_survives_a_restart()
     assert!(term(&mut c, EU).await);
     start(&mut c, EU).await;
     wait_connected(&c, &ALL).await;
-    let again = c.tx(EU, "restart", "deposit", "4", "USD", None).await.unwrap();
+    let again = c
+        .tx(EU, "restart", "deposit", "4", "USD", None)
+        .await
+        .unwrap();
     assert_eq!(again.status, 201, "{}", again.json);
     all.push("restart".into());
-    wait_converged(&c, "the three regions to converge after eu's restart", &ALL, &all).await;
+    wait_converged(
+        &c,
+        "the three regions to converge after eu's restart",
+        &ALL,
+        &all,
+    )
+    .await;
 
     // No loss.
     let mut held = std::collections::BTreeSet::new();

@@ -251,8 +251,7 @@ impl KeyStage {
 
     fn take_if(&self, public: &[u8]) -> Option<Keypair> {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if g
-            .as_ref()
+        if g.as_ref()
             .is_some_and(|k| k.public().encode_protobuf() == public)
         {
             g.take()
