@@ -34,6 +34,9 @@ use crate::waiters::Waiters;
 pub const COMMANDS_PER_BATCH_MAX: usize = 1_024;
 /// How long the actor lets the 503 answers leave before it exits after a storage failure.
 pub const STORAGE_FAILURE_EXIT_DELAY_MS: u64 = 200;
+/// How long after learning a member's cut this region keeps talking to it (so that a
+/// retired region that is alive learns its cut too) before taking it off the allowlist.
+pub const RETIRED_MEMBER_GRACE_MS: u64 = 5_000;
 /// Exit code after a storage failure (EX_SOFTWARE).
 pub const STORAGE_FAILURE_EXIT_CODE: i32 = 70;
 
@@ -89,6 +92,16 @@ pub struct Actor {
     policy_file_ignored: Option<PolicyFileIgnored>,
     /// Transactions seen, for the `spurious_503` chaos defect ([`crate::defects`]).
     spurious: u64,
+    /// Retired members (cut known) taken off the transport's allowlist.
+    removed: std::collections::BTreeSet<wallet_core::RegionId>,
+    /// Members in force when the allowlist was last brought up to date.
+    in_force: usize,
+    /// Retired members (cut known) to take off the allowlist, with when (wall-clock ms).
+    retiring: BTreeMap<wallet_core::RegionId, u64>,
+    /// Where a rotated signing key goes to the authenticator.
+    key_stage: wallet_p2p::KeyStage,
+    /// The rotated signing key's file.
+    rotated_key: std::path::PathBuf,
 }
 
 /// What the actor starts from.
@@ -111,6 +124,10 @@ pub struct ActorParts {
     pub record_restore: bool,
     /// The config's policy file differs from the recorded seed policy (which is in force).
     pub policy_file_ignored: Option<PolicyFileIgnored>,
+    /// Where a rotated signing key goes to the authenticator.
+    pub key_stage: wallet_p2p::KeyStage,
+    /// The rotated signing key's file (0600, next to the identity key).
+    pub rotated_key: std::path::PathBuf,
 }
 
 impl Actor {
@@ -136,6 +153,11 @@ impl Actor {
             pulls_sent: BTreeMap::new(),
             policy_file_ignored: p.policy_file_ignored,
             spurious: 0,
+            removed: std::collections::BTreeSet::new(),
+            in_force: usize::MAX,
+            retiring: BTreeMap::new(),
+            key_stage: p.key_stage,
+            rotated_key: p.rotated_key,
         };
         if restoring && p.record_restore {
             a.push_op(WriteOp::Restore(true));
@@ -184,11 +206,51 @@ impl Actor {
                 }
             }
         }
+        self.sync_allowlist().await;
         if self.restoring && !self.replica.is_restoring() {
             self.restoring = false;
             self.shared.restoring.store(false, Ordering::Release);
             self.push_op(WriteOp::Restore(false));
             tracing::info!("restore complete: own history pulled back from every peer");
+        }
+    }
+
+    /// Takes the members whose cut the replica knows off the transport's allowlist, a grace
+    /// period ([`RETIRED_MEMBER_GRACE_MS`]) after this region learnt the cut: the core
+    /// decides who is retired; the node only follows its applied membership. The grace lets
+    /// the acknowledgements in flight reach the retired region, so that, if it is alive, it
+    /// learns its cut and answers `region_retired` (its events above the cut are refused by
+    /// the core whatever it sends meanwhile).
+    async fn sync_allowlist(&mut self) {
+        let in_force = self.replica.members_in_force().len();
+        if in_force != self.in_force {
+            self.in_force = in_force;
+            let me = self.replica.region();
+            let due = now_ms().saturating_add(RETIRED_MEMBER_GRACE_MS);
+            for m in self.replica.members() {
+                if m.region != me
+                    && !self.removed.contains(&m.region)
+                    && self.replica.cut(m.region).is_some()
+                {
+                    self.retiring.entry(m.region).or_insert(due);
+                }
+            }
+        }
+        if self.retiring.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let due: Vec<wallet_core::RegionId> = self
+            .retiring
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(r, _)| *r)
+            .collect();
+        for r in due {
+            self.retiring.remove(&r);
+            tracing::warn!(region = %r, "member retired (cut known): no longer dialed, its connections refused");
+            self.net.remove_member(r).await;
+            self.removed.insert(r);
         }
     }
 
@@ -354,10 +416,21 @@ impl Actor {
                     }
                     SubmitError::Restoring => (503, "restoring", Refusal::Restoring),
                     SubmitError::Frozen { .. } => (409, "account_frozen", Refusal::Frozen),
+                    SubmitError::Membership(wallet_core::MembershipError::Retired) => {
+                        (409, "region_retired", Refusal::Retired)
+                    }
                     _ => (409, "balance_overflow", Refusal::Overflow),
                 };
                 self.metrics.refused(why);
-                let answer = Reply::error(status, code, &e.to_string());
+                let message = match why {
+                    Refusal::Retired => {
+                        "this region has been retired from the cluster and accepts \
+                        no more transactions: send them to another region"
+                            .to_string()
+                    }
+                    _ => e.to_string(),
+                };
+                let answer = Reply::error(status, code, &message);
                 if status == 422 && key.is_some() {
                     // A refusal is a result too: a retry gets the same 422, durably.
                     let seq = self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
@@ -408,6 +481,108 @@ impl Actor {
             }
             Err(e) => {
                 let _ = reply.send(Reply::error(409, "policy_refused", &e.to_string()));
+            }
+        }
+    }
+
+    /// A retire of `region` issued here: a replicated event, answered once durable here
+    /// with the acknowledgements it waits for. The rules are the core's (`Replica::retire`).
+    fn retire_member(
+        &mut self,
+        region: wallet_core::RegionId,
+        reason: String,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        use wallet_core::MembershipError as M;
+        if self.failed {
+            let _ = reply.send(Reply::error(
+                503,
+                "storage_unavailable",
+                "storage failed; this region acknowledges nothing",
+            ));
+            return;
+        }
+        let regions = std::iter::once(region).collect();
+        match self.replica.retire(now_ms(), regions, reason) {
+            Ok(id) => {
+                while let Some(out) = self.replica.poll_output() {
+                    match out {
+                        Output::Persist { index, record } => {
+                            self.push_op(WriteOp::Record { index, record });
+                        }
+                        other => self.deferred.push_back(other),
+                    }
+                }
+                tracing::warn!(id = %id, retired = %region, "retire submitted");
+                let answer = Reply::json(201, render::retire_submitted_body(&self.replica, id));
+                self.waiters.answer_after(self.op_seq, reply, answer, false);
+            }
+            Err(e) => {
+                let (status, code) = match &e {
+                    SubmitError::Restoring => (503, "restoring"),
+                    SubmitError::Membership(M::NotAMember(_)) => (404, "not_a_member"),
+                    SubmitError::Membership(M::Retired) => (409, "region_retired"),
+                    SubmitError::Membership(M::Invalid(_)) => (400, "invalid_region"),
+                    _ => (409, "membership_refused"),
+                };
+                let _ = reply.send(Reply::error(status, code, &e.to_string()));
+            }
+        }
+    }
+
+    /// Rotates this region's signing key: a new ed25519 key, written (0600, atomically) before
+    /// the rotation event is issued, staged in the authenticator, which signs with it from
+    /// the rotation on (`Replica::rotate_key`: the rules are the core's).
+    fn rotate_key(&mut self, reply: oneshot::Sender<Reply>) {
+        use wallet_core::MembershipError as M;
+        if self.failed {
+            let _ = reply.send(Reply::error(
+                503,
+                "storage_unavailable",
+                "storage failed; this region acknowledges nothing",
+            ));
+            return;
+        }
+        let kp = libp2p::identity::Keypair::generate_ed25519();
+        let old = match wallet_p2p::replace_key_file(&self.rotated_key, &kp) {
+            Ok(old) => old,
+            Err(e) => {
+                tracing::error!(error = %e, "could not write the rotated key");
+                let _ = reply.send(Reply::error(
+                    503,
+                    "storage_unavailable",
+                    &format!("could not write the rotated key: {e}"),
+                ));
+                return;
+            }
+        };
+        let public = wallet_p2p::membership_key_of(&kp);
+        self.key_stage.stage(kp);
+        match self.replica.rotate_key(now_ms(), public.clone()) {
+            Ok(id) => {
+                while let Some(out) = self.replica.poll_output() {
+                    match out {
+                        Output::Persist { index, record } => {
+                            self.push_op(WriteOp::Record { index, record });
+                        }
+                        other => self.deferred.push_back(other),
+                    }
+                }
+                let hlc = self.replica.event(id).map(|e| e.hlc);
+                tracing::warn!(id = %id, key = %hex::encode(&public), "signing key rotated");
+                let answer = Reply::json(201, render::key_rotated_body(id, hlc, &public));
+                self.waiters.answer_after(self.op_seq, reply, answer, false);
+            }
+            Err(e) => {
+                if let Err(re) = wallet_p2p::restore_key_file(&self.rotated_key, old.as_deref()) {
+                    tracing::error!(error = %re, "could not put the previous rotated key back");
+                }
+                let (status, code) = match &e {
+                    SubmitError::Restoring => (503, "restoring"),
+                    SubmitError::Membership(M::Retired) => (409, "region_retired"),
+                    _ => (409, "membership_refused"),
+                };
+                let _ = reply.send(Reply::error(status, code, &e.to_string()));
             }
         }
     }
@@ -519,6 +694,15 @@ impl Actor {
                         .map(|p| (p.file_hash, p.recorded_hash)),
                 );
                 let _ = reply.send(Reply::json(200, body));
+            }
+            Command::RetireMember {
+                region,
+                reason,
+                reply,
+            } => self.retire_member(region, reason, reply),
+            Command::RotateKey { reply } => self.rotate_key(reply),
+            Command::Members { reply } => {
+                let _ = reply.send(Reply::json(200, render::members_body(r)));
             }
             Command::Faults { isolate, reply } => {
                 let list: Vec<String> = isolate.iter().map(|r| r.to_string()).collect();

@@ -438,6 +438,14 @@ impl Client {
         Ok((status, text))
     }
 
+    /// `DELETE path` (no body).
+    pub async fn delete(&self, path: &str) -> Result<Answer, ClusterError> {
+        let rb = self.authed(self.http.delete(format!("{}{path}", self.url)));
+        self.exchange("DELETE", path, None, "", rb)
+            .await
+            .map(Client::answer)
+    }
+
     /// `POST path` with `body` as JSON, and an `Idempotency-Key` if given.
     pub async fn post(
         &self,

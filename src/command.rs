@@ -115,6 +115,26 @@ pub enum Command {
         /// Answer.
         reply: oneshot::Sender<Reply>,
     },
+    /// Retire a member (admin): a replicated retire event, answered once durable here.
+    RetireMember {
+        /// The region to retire.
+        region: RegionId,
+        /// Why (recorded in the event).
+        reason: String,
+        /// Answer.
+        reply: oneshot::Sender<Reply>,
+    },
+    /// Rotate this region's signing key (admin): a new key, kept 0600 next to the identity
+    /// key, bound by a replicated rotation event, answered once durable here.
+    RotateKey {
+        /// Answer.
+        reply: oneshot::Sender<Reply>,
+    },
+    /// Members in force, retires with their acknowledgements, cuts (admin).
+    Members {
+        /// Answer.
+        reply: oneshot::Sender<Reply>,
+    },
     /// Fault injection: isolate regions (empty heals).
     Faults {
         /// Regions to cut off.

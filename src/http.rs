@@ -319,6 +319,9 @@ fn route_name(path: Option<&str>) -> &'static str {
         Some("/v1/admin/evidence") => "/v1/admin/evidence",
         Some("/v1/admin/policy") => "/v1/admin/policy",
         Some("/v1/policy") => "/v1/policy",
+        Some("/v1/admin/members") => "/v1/admin/members",
+        Some("/v1/admin/key") => "/v1/admin/key",
+        Some("/v1/admin/members/{region}") => "/v1/admin/members/{region}",
         Some("/metrics") => "/metrics",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
@@ -382,6 +385,9 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(evidence))
         .routes(routes!(post_policy))
         .routes(routes!(get_policy))
+        .routes(routes!(get_members))
+        .routes(routes!(retire_member))
+        .routes(routes!(rotate_key))
 }
 
 /// The unauthenticated routes, outside the `/v1` limits.
@@ -656,7 +662,7 @@ fn fingerprint(b: &TxBody) -> [u8; 32] {
         (status = 400, description = "`invalid_json`, `invalid_amount`, `amount_scale`, \
             `unknown_currency`, `invalid_type`, `invalid_account`, `invalid_reference`, \
             `invalid_idempotency_key`", body = ErrorBody),
-        (status = 409, description = "`idempotency_conflict`, `account_frozen`, `balance_overflow`",
+        (status = 409, description = "`idempotency_conflict`, `account_frozen`, `balance_overflow`, `region_retired` (this region was retired: send to another region)",
             body = ErrorBody),
         (status = 422, description = "`insufficient_funds` (and only that); replayed with \
             `Idempotent-Replayed: true` on a retry with the same key",
@@ -1019,6 +1025,66 @@ pub(crate) fn parse_policy_body(
         wallet_core::Policy::from_toml(text)
     };
     policy.map_err(|e| invalid(e.to_string()))
+}
+
+/// Membership as this region has applied it: members in force, retires with the
+/// acknowledgements they wait for, cuts.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/members",
+    tag = "admin",
+    responses((status = 200, description = "Membership", body = render::MembersBody))
+)]
+async fn get_members(State(st): State<AppState>) -> Response {
+    ask(&st, |reply| Command::Members { reply }).await
+}
+
+/// Retires a member (a replicated retire event issued here). Every remaining member
+/// acknowledges it with the seq it holds of the retired region; the cut (the highest) is
+/// known once every acknowledgement is held, and settlement then goes on without it.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/members/{region}",
+    tag = "admin",
+    params(("region" = String, Path, description = "The region to retire")),
+    responses(
+        (status = 201, description = "The retire event, durable here", body = render::RetireSubmitted),
+        (status = 400, description = "`invalid_region`", body = ErrorBody),
+        (status = 404, description = "`not_a_member`: not a member in force", body = ErrorBody),
+        (status = 409, description = "`membership_refused` (this region itself, a retire \
+            already pending), `region_retired` (this region is retired)", body = ErrorBody),
+    )
+)]
+async fn retire_member(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(region) = path.map_err(|e| error(400, "invalid_region", &e.body_text()))?;
+    let region =
+        RegionId::new(&region).map_err(|e| error(400, "invalid_region", &e.to_string()))?;
+    let reason = "retired by an operator (DELETE /v1/admin/members)".to_string();
+    Ok(ask(&st, |reply| Command::RetireMember {
+        region,
+        reason,
+        reply,
+    })
+    .await)
+}
+
+/// Rotates this region's signing key: a new ed25519 key (kept 0600 next to the identity
+/// key), bound by a replicated rotation event; this region's events above it are signed with
+/// the new key, and every member verifies an event against the key valid at its HLC.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/key",
+    tag = "admin",
+    responses(
+        (status = 201, description = "The rotation event, durable here", body = render::KeyRotated),
+        (status = 409, description = "`membership_refused`, `region_retired`", body = ErrorBody),
+    )
+)]
+async fn rotate_key(State(st): State<AppState>) -> Response {
+    ask(&st, |reply| Command::RotateKey { reply }).await
 }
 
 /// Cuts replication with regions off, or heals (only with `[faults] enabled = true`).

@@ -50,6 +50,8 @@ pub enum Refusal {
     Frozen,
     /// 409 overflow.
     Overflow,
+    /// 409 this region is retired.
+    Retired,
     /// 400/413 invalid request.
     Invalid,
 }
@@ -72,6 +74,7 @@ impl Refusal {
             Refusal::Restoring => "restoring",
             Refusal::Frozen => "account_frozen",
             Refusal::Overflow => "balance_overflow",
+            Refusal::Retired => "region_retired",
             Refusal::Invalid => "invalid_request",
         }
     }

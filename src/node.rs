@@ -125,6 +125,15 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         cfg.members.iter().map(|m| (m.region, m.peer_id)).collect();
     let auth = wallet_p2p::Ed25519Auth::new(keypair.clone(), &member_ids)
         .map_err(|e| NodeError::Net(format!("config error: members: {e}")))?;
+    // A rotated signing key (POST /v1/admin/key): staged, and signed with again once the
+    // replica replays the rotation event that binds it.
+    let key_stage = auth.key_stage();
+    let rotated_key = wallet_p2p::rotated_key_path(&cfg.identity_key);
+    if let Some(kp) = wallet_p2p::load_rotated_key(&rotated_key)
+        .map_err(|e| NodeError::Net(format!("rotated key: {e}")))?
+    {
+        key_stage.stage(kp);
+    }
     // Anti-entropy settings (periodic pull, pull batch) are the core's defaults: the scheduler
     // is the core's, and walletd only moves its messages, time and connection events.
     let rcfg = wallet_core::Config {
@@ -220,6 +229,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         idem: IdemCache::restore(loaded.idem),
         record_restore: loaded.fresh,
         policy_file_ignored,
+        key_stage,
+        rotated_key,
     });
     let actor = actor::spawn(actor, net_rx, done_rx);
     shared.ready.store(true, Ordering::Release);

@@ -72,6 +72,9 @@ pub enum ErrorCode {
     AccountFrozen,
     BalanceOverflow,
     PolicyRefused,
+    RegionRetired,
+    NotAMember,
+    MembershipRefused,
     PayloadTooLarge,
     UnsupportedMediaType,
     InsufficientFunds,
@@ -889,6 +892,130 @@ pub fn policy_submitted_body(id: EventId, hash: PolicyHash, hlc: Option<Hlc>) ->
         hash: hex::encode(hash.0),
         hlc: hlc.map(|h| h.to_string()),
         status: TxStatus::Provisional,
+    })
+}
+
+/// A retire as this region knows it.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetireView {
+    /// The retire event's id.
+    #[schema(value_type = EventIdText)]
+    pub id: String,
+    /// Its HLC.
+    #[schema(value_type = HlcText)]
+    pub hlc: String,
+    /// The regions retired.
+    #[schema(value_type = Vec<RegionIdText>)]
+    pub regions: Vec<String>,
+    /// The members that must acknowledge it (named by the issuer).
+    #[schema(value_type = Vec<RegionIdText>)]
+    pub remaining: Vec<String>,
+    /// Why.
+    pub reason: String,
+    /// Acknowledgements held: acknowledging member -> retired region -> the seq it held.
+    pub acks: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Members whose acknowledgement is still missing (the cut waits for them).
+    #[schema(value_type = Vec<RegionIdText>)]
+    pub missing: Vec<String>,
+    /// Retired region -> its last seq in history, once every acknowledgement is held.
+    #[schema(required = true)]
+    pub cut: Option<BTreeMap<String, u64>>,
+}
+
+fn retire_view(i: &wallet_core::RetireInfo) -> RetireView {
+    let names = |v: &[RegionId]| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    let seqs = |m: &BTreeMap<RegionId, u64>| {
+        m.iter()
+            .map(|(r, s)| (r.to_string(), *s))
+            .collect::<BTreeMap<_, _>>()
+    };
+    RetireView {
+        id: i.id.to_string(),
+        hlc: i.hlc.to_string(),
+        regions: names(&i.regions),
+        remaining: names(&i.remaining),
+        reason: i.reason.clone(),
+        acks: i
+            .acks
+            .iter()
+            .map(|(r, m)| (r.to_string(), seqs(m)))
+            .collect(),
+        missing: names(&i.missing),
+        cut: i.cut.as_ref().map(seqs),
+    }
+}
+
+/// `GET /v1/admin/members`: membership as this region has applied it.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MembersBody {
+    /// Members in force (not retired), this region included.
+    #[schema(value_type = Vec<RegionIdText>)]
+    pub in_force: Vec<String>,
+    /// Retired region -> its cut (last seq in history).
+    pub cuts: BTreeMap<String, u64>,
+    /// Every retire held, in id order.
+    pub retires: Vec<RetireView>,
+    /// This region has been retired (it accepts no more transactions).
+    pub retired: bool,
+}
+
+/// `GET /v1/admin/members`.
+pub fn members_body(r: &Replica) -> String {
+    let cuts = r
+        .members()
+        .iter()
+        .filter_map(|m| r.cut(m.region).map(|c| (m.region.to_string(), c)))
+        .collect();
+    to_json(&MembersBody {
+        in_force: r.members_in_force().iter().map(|m| m.to_string()).collect(),
+        cuts,
+        retires: r.retires().iter().map(retire_view).collect(),
+        retired: r.is_retired(),
+    })
+}
+
+/// `201` of `DELETE /v1/admin/members/{region}`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetireSubmitted {
+    /// The retire event's id.
+    #[schema(value_type = EventIdText)]
+    pub id: String,
+    /// The retire with its acknowledgements so far (null if this region does not hold it).
+    #[schema(required = true)]
+    pub retire: Option<RetireView>,
+}
+
+/// `DELETE /v1/admin/members/{region}`: the retire, once durable here.
+pub fn retire_submitted_body(r: &Replica, id: EventId) -> String {
+    to_json(&RetireSubmitted {
+        id: id.to_string(),
+        retire: r.retires().iter().find(|i| i.id == id).map(retire_view),
+    })
+}
+
+/// `201` of `POST /v1/admin/key`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotated {
+    /// The rotation event's id.
+    #[schema(value_type = EventIdText)]
+    pub id: String,
+    /// Its HLC: this region's events above it are signed with the new key.
+    #[schema(value_type = Option<HlcText>, required = true)]
+    pub hlc: Option<String>,
+    /// The new public key (hex of its protobuf encoding).
+    pub key: String,
+}
+
+/// `POST /v1/admin/key`: the rotation event, once durable here.
+pub fn key_rotated_body(id: EventId, hlc: Option<Hlc>, key: &[u8]) -> String {
+    to_json(&KeyRotated {
+        id: id.to_string(),
+        hlc: hlc.map(|h| h.to_string()),
+        key: hex::encode(key),
     })
 }
 

@@ -16,7 +16,7 @@ pub use libp2p::metrics::Registry;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use wallet_core::wire::{encode_message, MESSAGE_BYTES_MAX};
-use wallet_core::{Authenticator, Message, RegionId};
+use wallet_core::{Authenticator, KeyHistory, Message, RegionId};
 
 pub mod codec;
 mod net;
@@ -173,6 +173,10 @@ impl NetHandle {
     pub async fn set_isolated(&self, regions: BTreeSet<RegionId>) {
         self.command(Command::Isolate(regions), 0).await;
     }
+    /// A retired member (its cut known): stop dialing it and refuse its connections.
+    pub async fn remove_member(&self, region: RegionId) {
+        self.command(Command::Remove(region), 0).await;
+    }
     /// Members currently connected.
     pub fn connected(&self) -> BTreeSet<RegionId> {
         self.shared.connected()
@@ -236,10 +240,45 @@ pub fn load_or_create_keypair(path: &Path) -> Result<Keypair, NetError> {
 }
 
 /// Signs events with this region's ed25519 key and verifies members' signatures with the
-/// public keys embedded in their peer ids.
+/// public keys embedded in their peer ids, or, after a key change (a join or a rotation the
+/// replica applied, [`Authenticator::set_key`]), with the key valid at the event's HLC
+/// ([`KeyHistory`]). This region signs with a rotated key once the replica has applied the
+/// rotation event binding it (the key is staged first, [`KeyStage`]).
 pub struct Ed25519Auth {
     keypair: Keypair,
     members: Vec<(RegionId, libp2p::identity::PublicKey)>,
+    history: KeyHistory,
+    staged: KeyStage,
+}
+
+/// A key staged for this region's next rotation, shared between the node and its
+/// authenticator: the authenticator signs with it from the moment the replica applies the
+/// rotation event whose key it is.
+#[derive(Clone, Default)]
+pub struct KeyStage(Arc<std::sync::Mutex<Option<Keypair>>>);
+
+impl KeyStage {
+    /// Stages `keypair`.
+    pub fn stage(&self, keypair: Keypair) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(keypair);
+    }
+
+    fn take_if(&self, public: &[u8]) -> Option<Keypair> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.as_ref()
+            .is_some_and(|k| k.public().encode_protobuf() == public)
+        {
+            g.take()
+        } else {
+            None
+        }
+    }
+}
+
+/// The bytes a membership event carries as a region's key: the protobuf encoding of its
+/// ed25519 public key.
+pub fn membership_key_of(keypair: &Keypair) -> Vec<u8> {
+    keypair.public().encode_protobuf()
 }
 
 /// The ed25519 public key embedded in a peer id (identity multihash of the protobuf-encoded
@@ -277,7 +316,19 @@ impl Ed25519Auth {
         Ok(Ed25519Auth {
             keypair,
             members: out,
+            history: KeyHistory::new(),
+            staged: KeyStage::default(),
         })
+    }
+
+    /// The stage through which a rotated key reaches this authenticator.
+    pub fn key_stage(&self) -> KeyStage {
+        self.staged.clone()
+    }
+
+    /// The public key this region signs with now.
+    pub fn signing_key(&self) -> Vec<u8> {
+        membership_key_of(&self.keypair)
     }
 }
 
@@ -291,11 +342,100 @@ impl Authenticator for Ed25519Auth {
             .find(|(r, _)| *r == origin)
             .is_some_and(|(_, pk)| pk.verify(bytes, sig))
     }
+    fn verify_at(&self, origin: RegionId, hlc: wallet_core::Hlc, bytes: &[u8], sig: &[u8]) -> bool {
+        match self.history.at(origin, hlc) {
+            Some(k) => libp2p::identity::PublicKey::try_decode_protobuf(k)
+                .is_ok_and(|pk| pk.verify(bytes, sig)),
+            // Below any key change: the key the member was configured with.
+            None => self.verify(origin, bytes, sig),
+        }
+    }
+    fn set_key(&mut self, region: RegionId, from: wallet_core::Hlc, key: &[u8]) {
+        self.history.set(region, from, key);
+        if let Some(kp) = self.staged.take_if(key) {
+            tracing::info!(%region, "signing with the rotated key from now on");
+            self.keypair = kp;
+        }
+    }
 }
 
 /// Maps a key file's public key to its peer id.
 pub fn peer_id_of(keypair: &Keypair) -> PeerId {
     keypair.public().to_peer_id()
+}
+
+/// The file a rotated signing key is kept in, next to the identity key.
+pub fn rotated_key_path(identity_key: &Path) -> std::path::PathBuf {
+    let mut name = identity_key.as_os_str().to_owned();
+    name.push(".rotated");
+    std::path::PathBuf::from(name)
+}
+
+/// Loads a rotated signing key if the file exists.
+pub fn load_rotated_key(path: &Path) -> Result<Option<Keypair>, NetError> {
+    let kerr = |reason: String| NetError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map(Some)
+            .map_err(|e| kerr(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(kerr(e.to_string())),
+    }
+}
+
+/// Writes `keypair` to `path` (0600), replacing what is there atomically (a temporary file,
+/// synced, renamed over it, the directory synced). Returns the bytes it replaced, if any.
+pub fn replace_key_file(path: &Path, keypair: &Keypair) -> Result<Option<Vec<u8>>, NetError> {
+    let kerr = |reason: String| NetError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = keypair
+        .to_protobuf_encoding()
+        .map_err(|e| kerr(e.to_string()))?;
+    let old = match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(kerr(e.to_string())),
+    };
+    write_key_bytes(path, &bytes).map_err(|e| kerr(e.to_string()))?;
+    Ok(old)
+}
+
+/// Puts back what [`replace_key_file`] replaced (`None`: removes the file).
+pub fn restore_key_file(path: &Path, old: Option<&[u8]>) -> Result<(), NetError> {
+    let kerr = |reason: String| NetError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
+    match old {
+        Some(b) => write_key_bytes(path, b).map_err(|e| kerr(e.to_string())),
+        None => match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(kerr(e.to_string())),
+        },
+    }
+}
+
+fn write_key_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    write_private(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Writes a secret file created 0600 (never readable by others, not even for an instant).

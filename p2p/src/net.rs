@@ -64,6 +64,7 @@ pub(crate) enum Command {
     Broadcast(Arc<Vec<u8>>),
     Send(RegionId, Arc<Vec<u8>>),
     Isolate(BTreeSet<RegionId>),
+    Remove(RegionId),
     Raw(RegionId, Vec<u8>),
     Shutdown,
 }
@@ -464,6 +465,7 @@ impl Task {
                 }
             },
             Command::Isolate(set) => self.isolate(set),
+            Command::Remove(r) => self.remove(r),
             Command::Raw(to, bytes) => {
                 if let Some(p) = self.by_region.get(&to) {
                     let _ = self
@@ -584,6 +586,24 @@ impl Task {
         }
         for r in after.difference(&before) {
             self.emit(NetEvent::Connected(*r));
+        }
+        self.publish_connected();
+    }
+
+    /// A retired member: taken off the allowlist and the peer table (never dialed again,
+    /// its connections refused), its queue dropped, its connections closed.
+    fn remove(&mut self, region: RegionId) {
+        let Some(pid) = self.by_region.remove(&region) else {
+            return;
+        };
+        let was_visible = self.visible().contains(&region);
+        self.drop_queue(pid);
+        self.peers.remove(&pid);
+        self.swarm.behaviour_mut().allow.disallow_peer(pid);
+        let _ = self.swarm.disconnect_peer_id(pid);
+        tracing::info!(region = %self.region, removed = %region, "member removed from the allowlist");
+        if was_visible {
+            self.emit(NetEvent::Disconnected(region));
         }
         self.publish_connected();
     }

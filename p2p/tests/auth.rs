@@ -143,3 +143,74 @@ fn a_replica_refuses_forged_events_and_accepts_the_genuine_one() {
     rus.handle_events(1_000, eu.name, vec![e]);
     assert_eq!(rus.stats().remote_applied, 1);
 }
+
+/// Key rotation (SPEC §10): a signature verifies against the key valid at its HLC; this
+/// region signs with a staged key once the rotation binding it is applied, not before.
+#[test]
+fn a_rotated_key_verifies_above_its_hlc_only_and_is_signed_with_once_applied() {
+    let (eu, us) = regions();
+    let new = Keypair::generate_ed25519();
+    let new_pub = wallet_p2p::membership_key_of(&new);
+    let mut eu_auth = auth(&eu.key, &[&eu, &us]);
+    let mut us_auth = auth(&us.key, &[&eu, &us]);
+    let at = Hlc::from_millis;
+    let bytes = b"payload";
+
+    // Staged but not applied: eu still signs with its identity key.
+    eu_auth.key_stage().stage(new.clone());
+    let old_sig = eu_auth.sign(bytes);
+    assert!(us_auth.verify_at(eu.name, at(50), bytes, &old_sig));
+    assert_eq!(
+        eu_auth.signing_key(),
+        wallet_p2p::membership_key_of(&eu.key)
+    );
+
+    // The rotation at HLC 100 is applied on both sides.
+    eu_auth.set_key(eu.name, at(100), &new_pub);
+    us_auth.set_key(eu.name, at(100), &new_pub);
+    assert_eq!(eu_auth.signing_key(), new_pub);
+    let new_sig = eu_auth.sign(bytes);
+    // Above the rotation: the new key only.
+    assert!(us_auth.verify_at(eu.name, at(101), bytes, &new_sig));
+    assert!(!us_auth.verify_at(eu.name, at(101), bytes, &old_sig));
+    // At or below it: the old key only.
+    assert!(us_auth.verify_at(eu.name, at(100), bytes, &old_sig));
+    assert!(!us_auth.verify_at(eu.name, at(99), bytes, &new_sig));
+    // Another region's keys are untouched.
+    let us_sig = us_auth.sign(bytes);
+    assert!(eu_auth.verify_at(us.name, at(101), bytes, &us_sig));
+    // A key that is not staged does not change what eu signs with.
+    let other = Keypair::generate_ed25519();
+    eu_auth.set_key(eu.name, at(200), &wallet_p2p::membership_key_of(&other));
+    assert_eq!(eu_auth.signing_key(), new_pub);
+}
+
+/// The rotated key file: written 0600, replaced atomically, put back or removed.
+#[test]
+fn the_rotated_key_file_is_private_and_replaced_atomically() {
+    let dir = std::env::temp_dir().join(format!("wallet-rotated-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = wallet_p2p::rotated_key_path(&dir.join("identity.key"));
+    assert!(wallet_p2p::load_rotated_key(&path).unwrap().is_none());
+    let k1 = Keypair::generate_ed25519();
+    assert!(wallet_p2p::replace_key_file(&path, &k1).unwrap().is_none());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let k2 = Keypair::generate_ed25519();
+    let old = wallet_p2p::replace_key_file(&path, &k2).unwrap();
+    let loaded = wallet_p2p::load_rotated_key(&path).unwrap().unwrap();
+    assert_eq!(loaded.public(), k2.public());
+    wallet_p2p::restore_key_file(&path, old.as_deref()).unwrap();
+    let loaded = wallet_p2p::load_rotated_key(&path).unwrap().unwrap();
+    assert_eq!(loaded.public(), k1.public());
+    wallet_p2p::restore_key_file(&path, None).unwrap();
+    assert!(wallet_p2p::load_rotated_key(&path).unwrap().is_none());
+    std::fs::write(&path, b"not a key").unwrap();
+    assert!(wallet_p2p::load_rotated_key(&path).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

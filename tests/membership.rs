@@ -1,0 +1,462 @@
+//! Membership change over real processes (issue 12): a region isolated and killed is retired
+//! at another region under client load; the remaining two acknowledge, the cut is known,
+//! settlement resumes without the retired region, nothing the remaining regions acknowledged
+//! is lost, and they converge.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const EU: usize = 0;
+const US: usize = 1;
+const AP: usize = 2;
+const ALL: [usize; 3] = [EU, US, AP];
+const REMAINING: [usize; 2] = [EU, US];
+
+fn accounts(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|k| format!("{prefix}-{k}")).collect()
+}
+
+/// Client load: 1.00 deposits on `accts` at the regions `at` until stopped; every
+/// acknowledged id is recorded.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn load(c: &LocalCluster, at: &[usize], accts: &[String]) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let http = c.client(0).expect("client").http().clone();
+    let urls: Vec<String> = at.iter().map(|i| c.regions[*i].http.clone()).collect();
+    let token = c.token.clone();
+    let accts = accts.to_vec();
+    let task = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let url = &urls[n % urls.len()];
+                let a = &accts[n % accts.len()];
+                n += 1;
+                let r = http
+                    .post(format!("{url}/v1/accounts/{a}/transactions"))
+                    .bearer_auth(&token)
+                    .json(&json!({"type": "deposit", "amount": "1.00", "currency": "USD"}))
+                    .send()
+                    .await
+                    .expect("the loaded regions stay up");
+                assert_eq!(r.status().as_u16(), 201);
+                let body: Value = r.json().await.expect("json");
+                acked
+                    .lock()
+                    .expect("lock")
+                    .push(body["id"].as_str().expect("id").to_string());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    Load { stop, acked, task }
+}
+
+impl Load {
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("load");
+        let v = self.acked.lock().expect("lock").clone();
+        v
+    }
+}
+
+async fn members(c: &LocalCluster, i: usize) -> Value {
+    let a = c.get_admin(i, "/v1/admin/members").await.expect("members");
+    assert_eq!(a.status, 200, "{}", a.json);
+    a.json
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_retired_while_partitioned_no_longer_stalls_settlement() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start_all().await.expect("start");
+    wait_connected(&c, &ALL).await;
+    let loaded = accounts("load", 6);
+    let traffic = load(&c, &REMAINING, &loaded);
+
+    // ap takes traffic and settles with the others, then is cut off and killed.
+    for k in 0..3 {
+        let r = c
+            .tx(
+                AP,
+                "ap-acct",
+                "deposit",
+                "10",
+                "USD",
+                Some(&format!("ap-{k}")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.json);
+    }
+    eventually(&c, "ap's deposits to settle at eu", WAIT, || async {
+        matches!(balance(&c, EU, "ap-acct").await, Some((_, s)) if s == "30.00")
+    })
+    .await;
+    c.isolate("ap").await.unwrap();
+    // Acknowledged at ap while it is cut off: never replicated, lost with ap (SPEC §10).
+    let lost = c
+        .tx(AP, "ap-acct", "deposit", "5", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(lost.status, 201, "{}", lost.json);
+    c.kill(AP);
+
+    // Settlement is stalled on ap: a deposit at eu stays provisional.
+    let stalled = c
+        .tx(EU, "probe", "deposit", "1", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(stalled.status, 201, "{}", stalled.json);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        balance(&c, EU, "probe").await,
+        Some(("1.00".into(), "0.00".into())),
+        "settlement should be stalled on ap before the retire"
+    );
+    let stalled_wm = hlc(&status(&c, EU).await["watermark"]);
+
+    // Refusals: a region cannot retire itself; a name that is not a region; not a member.
+    let admin = c.admin(US).unwrap();
+    let me = admin.delete("/v1/admin/members/us").await.unwrap();
+    assert_eq!(
+        (me.status, error_code_of(&me.json)),
+        (409, "membership_refused".into())
+    );
+    let bad = admin
+        .delete("/v1/admin/members/NOT_A_REGION")
+        .await
+        .unwrap();
+    assert_eq!(
+        (bad.status, error_code_of(&bad.json)),
+        (400, "invalid_region".into())
+    );
+    let unknown = admin.delete("/v1/admin/members/sa").await.unwrap();
+    assert_eq!(
+        (unknown.status, error_code_of(&unknown.json)),
+        (404, "not_a_member".into())
+    );
+    let client = c.client(US).unwrap();
+    let forbidden = client.delete("/v1/admin/members/ap").await.unwrap();
+    assert_eq!(forbidden.status, 403, "{}", forbidden.json);
+
+    // The retire, issued at us while the load runs.
+    let r = admin.delete("/v1/admin/members/ap").await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    println!("retire answer: {}", r.json);
+    let retire_id = r.json["id"].as_str().unwrap().to_string();
+    assert_eq!(r.json["retire"]["regions"], json!(["ap"]));
+    assert_eq!(r.json["retire"]["remaining"], json!(["eu", "us"]));
+    // A second retire of ap while the first is pending (or done) is refused.
+    let again = admin.delete("/v1/admin/members/ap").await.unwrap();
+    // (409 while pending, 404 if the cut is known already.)
+    assert!(
+        matches!(
+            (again.status, error_code_of(&again.json).as_str()),
+            (409, "membership_refused") | (404, "not_a_member")
+        ),
+        "second retire: {} {}",
+        again.status,
+        again.json
+    );
+
+    // Both remaining members acknowledge; the cut is known and the same on both.
+    eventually(&c, "the cut of ap at eu and us", WAIT, || async {
+        for i in REMAINING {
+            if members(&c, i).await["cuts"]["ap"].as_u64().is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let m_eu = members(&c, EU).await;
+    let m_us = members(&c, US).await;
+    println!("members at eu: {m_eu}");
+    assert_eq!(m_eu["in_force"], json!(["eu", "us"]));
+    assert_eq!(m_eu["cuts"], m_us["cuts"]);
+    assert_eq!(m_eu["retires"], m_us["retires"]);
+    let retire = &m_eu["retires"][0];
+    assert_eq!(retire["id"], retire_id.as_str());
+    assert_eq!(retire["missing"], json!([]));
+    // ap's three settled deposits are history; the one acknowledged while cut off is not.
+    assert_eq!(m_eu["cuts"]["ap"].as_u64(), Some(3));
+
+    // Once retired, ap is not a member in force any more.
+    let done = admin.delete("/v1/admin/members/ap").await.unwrap();
+    assert_eq!(
+        (done.status, error_code_of(&done.json)),
+        (404, "not_a_member".into())
+    );
+
+    // Settlement resumes: the probe settles, the watermark moves past the stall.
+    eventually(&c, "the probe to settle at eu", WAIT, || async {
+        matches!(balance(&c, EU, "probe").await, Some((_, s)) if s == "1.00")
+    })
+    .await;
+    assert!(hlc(&status(&c, EU).await["watermark"]) > stalled_wm);
+
+    // The allowlist: ap is no longer connected (and not dialed) at eu and us.
+    for i in REMAINING {
+        let s = status(&c, i).await;
+        assert_eq!(member(&s, "ap")["connected"], false, "{s}");
+    }
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = traffic.finish().await;
+    let mut all = loaded.clone();
+    all.push("ap-acct".into());
+    all.push("probe".into());
+    wait_converged(&c, "eu and us to converge", &REMAINING, &all).await;
+
+    // No loss: every acknowledged load event is in both histories.
+    let mut held = std::collections::BTreeSet::new();
+    for a in &loaded {
+        for e in c.history(US, a).await.unwrap() {
+            held.insert(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    for id in &acked {
+        assert!(held.contains(id), "{id} acknowledged but not held");
+    }
+    assert_eq!(held.len(), acked.len());
+    assert_eq!(
+        balance(&c, US, "ap-acct").await,
+        Some(("30.00".into(), "30.00".into()))
+    );
+    for i in REMAINING {
+        assert_eq!(status(&c, i).await["settlement_blocked"], false);
+    }
+
+    // ap comes back: eu and us no longer dial it and refuse its connections (the
+    // allowlist follows the applied retire); ap:4 never enters their history.
+    let refused_before: Vec<u64> = {
+        let mut v = Vec::new();
+        for i in REMAINING {
+            v.push(metric_of(&c, i, "walletd_p2p_refused_peers_total").await);
+        }
+        v
+    };
+    start(&mut c, AP).await;
+    eventually(&c, "eu and us to refuse ap's connections", WAIT, || async {
+        for (k, i) in REMAINING.iter().enumerate() {
+            if metric_of(&c, *i, "walletd_p2p_refused_peers_total").await <= refused_before[k] {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in REMAINING {
+        let s = status(&c, i).await;
+        assert_eq!(member(&s, "ap")["connected"], false, "{s}");
+        assert_eq!(s["version_vector"]["ap"], 3, "{s}");
+    }
+    let s = status(&c, AP).await;
+    for r in ["eu", "us"] {
+        assert_eq!(member(&s, r)["connected"], false, "{s}");
+    }
+    wait_converged(&c, "eu and us to stay converged", &REMAINING, &all).await;
+    println!(
+        "acknowledged load events {} (eu and us), cut of ap {}, lost at ap {}, refused peers before ap's restart {:?}",
+        acked.len(),
+        m_eu["cuts"]["ap"],
+        lost.json["id"],
+        refused_before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_region_retired_learns_its_cut_and_refuses_with_region_retired() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start_all().await.expect("start");
+    wait_connected(&c, &ALL).await;
+    let r = c.tx(AP, "a", "deposit", "10", "USD", None).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+
+    let r = c
+        .admin(US)
+        .unwrap()
+        .delete("/v1/admin/members/ap")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    // ap is alive: it applies the retire, acknowledges nothing (it is the one retired),
+    // learns its cut from eu's and us's acknowledgements, and refuses clients.
+    eventually(&c, "ap to know it is retired", WAIT, || async {
+        members(&c, AP).await["retired"] == true
+    })
+    .await;
+    let refused = c.tx(AP, "a", "deposit", "1", "USD", None).await.unwrap();
+    assert_eq!(
+        (refused.status, error_code_of(&refused.json)),
+        (409, "region_retired".into()),
+        "{}",
+        refused.json
+    );
+    println!("a transaction at retired ap: {}", refused.json);
+    // Its history up to the cut stays: ap:1 is settled at eu and us.
+    eventually(&c, "ap's deposit to settle at eu and us", WAIT, || async {
+        for i in REMAINING {
+            if !matches!(balance(&c, i, "a").await, Some((_, s)) if s == "10.00") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // After the grace period eu and us drop ap from their allowlist.
+    eventually(&c, "eu and us to disconnect ap", WAIT, || async {
+        for i in REMAINING {
+            if member(&status(&c, i).await, "ap")["connected"] != false {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let r = c.tx(EU, "a", "deposit", "1", "USD", None).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    wait_converged(&c, "eu and us to converge", &REMAINING, &["a".to_string()]).await;
+}
+
+/// Every file under `dir` whose name ends with `suffix`.
+fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_ending(&p, suffix));
+        } else if p.to_string_lossy().ends_with(suffix) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_under_load_verifies_at_the_peers_and_survives_a_restart() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start_all().await.expect("start");
+    wait_connected(&c, &ALL).await;
+    let loaded = accounts("load", 6);
+    let traffic = load(&c, &ALL, &loaded);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let admin = c.admin(EU).unwrap();
+    let r = admin.post_typed("/v1/admin/key", "", "").await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    println!("rotation: {}", r.json);
+    let rotation = r.json["id"].as_str().unwrap().to_string();
+    let rotation_seq: u64 = rotation.trim_start_matches("eu:").parse().unwrap();
+    let forbidden = c
+        .client(EU)
+        .unwrap()
+        .post_typed("/v1/admin/key", "", "")
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status, 403, "{}", forbidden.json);
+    // The new key is kept 0600 for a restart.
+    let files = files_ending(&c.dir, ".rotated");
+    assert_eq!(files.len(), 1, "{files:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{files:?}");
+    }
+
+    // eu's events after the rotation (signed with the new key) are accepted and settle at
+    // us and ap.
+    let after = c
+        .tx(EU, "after", "deposit", "3", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(after.status, 201, "{}", after.json);
+    let after_seq: u64 = after.json["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("eu:")
+        .parse()
+        .unwrap();
+    assert!(after_seq > rotation_seq);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = traffic.finish().await;
+    let mut all = loaded.clone();
+    all.push("after".into());
+    wait_converged(
+        &c,
+        "the three regions to converge after the rotation",
+        &ALL,
+        &all,
+    )
+    .await;
+    for i in [US, AP] {
+        let vv = status(&c, i).await["version_vector"]["eu"]
+            .as_u64()
+            .unwrap();
+        assert!(vv >= after_seq, "region {i} holds eu up to {vv}");
+    }
+
+    // eu restarts: it signs with the rotated key again (replayed from its log and the key
+    // file), and its new events still verify at the peers.
+    assert!(term(&mut c, EU).await);
+    start(&mut c, EU).await;
+    wait_connected(&c, &ALL).await;
+    let again = c
+        .tx(EU, "restart", "deposit", "4", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(again.status, 201, "{}", again.json);
+    all.push("restart".into());
+    wait_converged(
+        &c,
+        "the three regions to converge after eu's restart",
+        &ALL,
+        &all,
+    )
+    .await;
+
+    // No loss.
+    let mut held = std::collections::BTreeSet::new();
+    for a in &loaded {
+        for e in c.history(AP, a).await.unwrap() {
+            held.insert(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    for id in &acked {
+        assert!(held.contains(id), "{id} acknowledged but not held");
+    }
+    assert_eq!(held.len(), acked.len());
+    for i in ALL {
+        assert_eq!(status(&c, i).await["settlement_blocked"], false);
+    }
+    println!(
+        "rotation {rotation}; acknowledged load events {}; after rotation {}, after restart {}",
+        acked.len(),
+        after.json["id"],
+        again.json["id"]
+    );
+}
+
+fn error_code_of(v: &Value) -> String {
+    v["error"]["code"].as_str().unwrap_or_default().to_string()
+}
