@@ -6,7 +6,9 @@
 //! ap is named by host name (a hosts file in each namespace stands in for DNS). Checked: the
 //! configs carry no path of the machine that wrote them; every region binds 0.0.0.0 (TCP and
 //! QUIC) and advertises its host's address or name; the three connect (ap dialed by name); a deposit at
-//! eu and a purchase at us replicate to every region and settle with the same balances.
+//! eu and a purchase at us replicate to every region and settle with the same balances; then the
+//! guide's rolling upgrade (each region stopped and started in turn while the others take
+//! payments) and its backup procedure (copies of stopped regions, all restored together).
 //! Skips, saying why, where network namespaces are not permitted.
 
 mod common;
@@ -218,4 +220,138 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
         "three hosts connected; deposit at eu and purchase at us settled everywhere: 70.00 USD"
     );
     assert!(Path::new(&copies[0]).join("data").is_dir());
+
+    // 5. "Upgrading one region at a time": each region in turn stopped with SIGTERM (exit 0),
+    // a payment taken by another region while it is away, the region started again from its
+    // directory, and back (connected, heard) on every region before the next one. (The binary
+    // is the same one: what is exercised is the procedure, not a format change.)
+    for (k, region) in REGIONS.iter().enumerate() {
+        assert_eq!(c.stop(k).await, Some(0), "{}: SIGTERM exits 0", region);
+        let other = (k + 1) % REGIONS.len();
+        let a = c
+            .tx(
+                other,
+                "dep-alice",
+                "purchase",
+                "1.00",
+                "USD",
+                Some(&format!("upgrade-{k}")),
+            )
+            .await
+            .expect("purchase while a region is away");
+        assert_eq!(
+            a.status, 201,
+            "{} accepts while {} is away: {}",
+            REGIONS[other], region, a.json
+        );
+        c.start(k).await.expect("start the upgraded region");
+        eventually(
+            &c,
+            "every region to see the upgraded one back",
+            WAIT,
+            || async {
+                let mut all = true;
+                for i in 0..REGIONS.len() {
+                    all &= sees(&c, i, &REGIONS).await;
+                }
+                all
+            },
+        )
+        .await;
+    }
+    wait_converged(
+        &c,
+        "the rolling upgrade's payments to settle",
+        &[0, 1, 2],
+        &accounts,
+    )
+    .await;
+    for (k, region) in REGIONS.iter().enumerate() {
+        assert_eq!(
+            balance(&c, k, "dep-alice").await,
+            Some(("67.00".into(), "67.00".into())),
+            "{}: after the rolling upgrade",
+            region
+        );
+    }
+    println!("rolling upgrade: each region stopped (exit 0) and back in turn; 3 payments taken meanwhile; 67.00 USD settled everywhere");
+
+    // 6. "Backups of a live database", for what they are for (losing every region at once):
+    // copies taken with the regions stopped, a payment after them, then every region restored
+    // from its copy and started together: they converge on what the copies hold.
+    let mut backups = Vec::new();
+    for (k, region) in REGIONS.iter().enumerate() {
+        assert_eq!(c.stop(k).await, Some(0), "{}: SIGTERM exits 0", region);
+    }
+    for k in 0..REGIONS.len() {
+        let data = c.data_dir(k).expect("data dir");
+        let backup = PathBuf::from(format!("{}.backup", data.display()));
+        run(Command::new("cp").arg("-a").arg(&data).arg(&backup));
+        backups.push((data, backup));
+    }
+    c.start_all().await.expect("start after the backup");
+    eventually(
+        &c,
+        "every region connected after the backup",
+        WAIT,
+        || async {
+            let mut all = true;
+            for i in 0..REGIONS.len() {
+                all &= sees(&c, i, &REGIONS).await;
+            }
+            all
+        },
+    )
+    .await;
+    let a = c
+        .tx(
+            0,
+            "dep-alice",
+            "purchase",
+            "5.00",
+            "USD",
+            Some("after-backup"),
+        )
+        .await
+        .expect("purchase after the backup");
+    assert_eq!(a.status, 201, "{}", a.json);
+    wait_converged(
+        &c,
+        "the payment after the backup to settle",
+        &[0, 1, 2],
+        &accounts,
+    )
+    .await;
+    assert_eq!(
+        balance(&c, 2, "dep-alice").await,
+        Some(("62.00".into(), "62.00".into()))
+    );
+    for (k, region) in REGIONS.iter().enumerate() {
+        assert_eq!(c.stop(k).await, Some(0), "{}: SIGTERM exits 0", region);
+    }
+    for (data, backup) in &backups {
+        std::fs::remove_dir_all(data).expect("remove the lost data dir");
+        run(Command::new("cp").arg("-a").arg(backup).arg(data));
+    }
+    c.start_all()
+        .await
+        .expect("start every region from its backup");
+    wait_converged(
+        &c,
+        "the restored regions to converge",
+        &[0, 1, 2],
+        &accounts,
+    )
+    .await;
+    for (k, region) in REGIONS.iter().enumerate() {
+        assert_eq!(
+            balance(&c, k, "dep-alice").await,
+            Some(("67.00".into(), "67.00".into())),
+            "{}: restored from the backup (the later 5.00 purchase is lost)",
+            region
+        );
+        let h = c.history(k, "dep-alice").await.expect("history");
+        assert_eq!(h.len(), 5, "{h:?}");
+    }
+    println!("backup: copies of three stopped regions, a payment after them, every region restored from its copy: 67.00 USD everywhere, the later payment gone");
 }
