@@ -37,6 +37,39 @@ fn listening(ns: &str, proto: &str) -> String {
     run(Command::new("ip").args(["netns", "exec", ns, "ss", "-Hln", proto]))
 }
 
+/// Waits until every region sees every other connected, heard and with the same policy.
+async fn all_connected(c: &LocalCluster, what: &str) {
+    eventually(c, what, WAIT, || async {
+        let mut all = true;
+        for i in 0..REGIONS.len() {
+            all &= sees(c, i, &REGIONS).await;
+        }
+        all
+    })
+    .await;
+}
+
+/// Waits until the three regions converge with `dep-alice` settled, then asserts its USD
+/// balance is `amount` (provisional and settled) on each.
+async fn settled_everywhere(c: &LocalCluster, what: &str, amount: &str) {
+    let accounts = vec!["dep-alice".to_string()];
+    wait_converged(c, what, &[0, 1, 2], &accounts).await;
+    for (k, region) in REGIONS.iter().enumerate() {
+        assert_eq!(
+            balance(c, k, "dep-alice").await,
+            Some((amount.to_string(), amount.to_string())),
+            "{region}: {what}"
+        );
+    }
+}
+
+/// Stops every region with SIGTERM; each must exit 0.
+async fn stop_all(c: &mut LocalCluster) {
+    for (k, region) in REGIONS.iter().enumerate() {
+        assert_eq!(c.stop(k).await, Some(0), "{region}: SIGTERM exits 0");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
     if let Err(e) = wallet::netns::probe() {
@@ -245,44 +278,16 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
             REGIONS[other], region, a.json
         );
         c.start(k).await.expect("start the upgraded region");
-        eventually(
-            &c,
-            "every region to see the upgraded one back",
-            WAIT,
-            || async {
-                let mut all = true;
-                for i in 0..REGIONS.len() {
-                    all &= sees(&c, i, &REGIONS).await;
-                }
-                all
-            },
-        )
-        .await;
+        all_connected(&c, "every region to see the upgraded one back").await;
     }
-    wait_converged(
-        &c,
-        "the rolling upgrade's payments to settle",
-        &[0, 1, 2],
-        &accounts,
-    )
-    .await;
-    for (k, region) in REGIONS.iter().enumerate() {
-        assert_eq!(
-            balance(&c, k, "dep-alice").await,
-            Some(("67.00".into(), "67.00".into())),
-            "{}: after the rolling upgrade",
-            region
-        );
-    }
+    settled_everywhere(&c, "after the rolling upgrade", "67.00").await;
     println!("rolling upgrade: each region stopped (exit 0) and back in turn; 3 payments taken meanwhile; 67.00 USD settled everywhere");
 
     // 6. "Backups of a live database", for what they are for (losing every region at once):
     // copies taken with the regions stopped, a payment after them, then every region restored
     // from its copy and started together: they converge on what the copies hold.
     let mut backups = Vec::new();
-    for (k, region) in REGIONS.iter().enumerate() {
-        assert_eq!(c.stop(k).await, Some(0), "{}: SIGTERM exits 0", region);
-    }
+    stop_all(&mut c).await;
     for k in 0..REGIONS.len() {
         let data = c.data_dir(k).expect("data dir");
         let backup = PathBuf::from(format!("{}.backup", data.display()));
@@ -290,19 +295,7 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
         backups.push((data, backup));
     }
     c.start_all().await.expect("start after the backup");
-    eventually(
-        &c,
-        "every region connected after the backup",
-        WAIT,
-        || async {
-            let mut all = true;
-            for i in 0..REGIONS.len() {
-                all &= sees(&c, i, &REGIONS).await;
-            }
-            all
-        },
-    )
-    .await;
+    all_connected(&c, "every region connected after the backup").await;
     let a = c
         .tx(
             0,
@@ -326,9 +319,7 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
         balance(&c, 2, "dep-alice").await,
         Some(("62.00".into(), "62.00".into()))
     );
-    for (k, region) in REGIONS.iter().enumerate() {
-        assert_eq!(c.stop(k).await, Some(0), "{}: SIGTERM exits 0", region);
-    }
+    stop_all(&mut c).await;
     for (data, backup) in &backups {
         std::fs::remove_dir_all(data).expect("remove the lost data dir");
         run(Command::new("cp").arg("-a").arg(backup).arg(data));
@@ -336,20 +327,13 @@ async fn three_hosts_in_namespaces_follow_the_deployment_guide() {
     c.start_all()
         .await
         .expect("start every region from its backup");
-    wait_converged(
+    settled_everywhere(
         &c,
-        "the restored regions to converge",
-        &[0, 1, 2],
-        &accounts,
+        "restored from the backup (the later 5.00 purchase is lost)",
+        "67.00",
     )
     .await;
-    for (k, region) in REGIONS.iter().enumerate() {
-        assert_eq!(
-            balance(&c, k, "dep-alice").await,
-            Some(("67.00".into(), "67.00".into())),
-            "{}: restored from the backup (the later 5.00 purchase is lost)",
-            region
-        );
+    for k in 0..REGIONS.len() {
         let h = c.history(k, "dep-alice").await.expect("history");
         assert_eq!(h.len(), 5, "{h:?}");
     }

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -22,58 +20,6 @@ fn accounts(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|k| format!("{prefix}-{k}")).collect()
 }
 
-/// Client load: 1.00 deposits on `accts` at the regions `at` until stopped; every
-/// acknowledged id is recorded.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn load(c: &LocalCluster, at: &[usize], accts: &[String]) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let http = c.client(0).expect("client").http().clone();
-    let urls: Vec<String> = at.iter().map(|i| c.regions[*i].http.clone()).collect();
-    let token = c.token.clone();
-    let accts = accts.to_vec();
-    let task = {
-        let (stop, acked) = (stop.clone(), acked.clone());
-        tokio::spawn(async move {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let url = &urls[n % urls.len()];
-                let a = &accts[n % accts.len()];
-                n += 1;
-                let r = http
-                    .post(format!("{url}/v1/accounts/{a}/transactions"))
-                    .bearer_auth(&token)
-                    .json(&json!({"type": "deposit", "amount": "1.00", "currency": "USD"}))
-                    .send()
-                    .await
-                    .expect("the loaded regions stay up");
-                assert_eq!(r.status().as_u16(), 201);
-                let body: Value = r.json().await.expect("json");
-                acked
-                    .lock()
-                    .expect("lock")
-                    .push(body["id"].as_str().expect("id").to_string());
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    Load { stop, acked, task }
-}
-
-impl Load {
-    async fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("load");
-        let v = self.acked.lock().expect("lock").clone();
-        v
-    }
-}
-
 async fn members(c: &LocalCluster, i: usize) -> Value {
     let a = c.get_admin(i, "/v1/admin/members").await.expect("members");
     assert_eq!(a.status, 200, "{}", a.json);
@@ -86,7 +32,7 @@ async fn a_region_retired_while_partitioned_no_longer_stalls_settlement() {
     c.start_all().await.expect("start");
     wait_connected(&c, &ALL).await;
     let loaded = accounts("load", 6);
-    let traffic = load(&c, &REMAINING, &loaded);
+    let traffic = deposit_load(&c, &REMAINING, &loaded);
 
     // ap takes traffic and settles with the others, then is cut off and killed.
     for k in 0..3 {
@@ -358,7 +304,7 @@ async fn a_key_rotated_under_load_verifies_at_the_peers_and_survives_a_restart()
     c.start_all().await.expect("start");
     wait_connected(&c, &ALL).await;
     let loaded = accounts("load", 6);
-    let traffic = load(&c, &ALL, &loaded);
+    let traffic = deposit_load(&c, &ALL, &loaded);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let admin = c.admin(EU).unwrap();

@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use futures::future::join_all;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const EU: usize = 0;
 const US: usize = 1;
@@ -66,59 +64,6 @@ async fn double_spend(c: &LocalCluster, accts: &[String]) {
     c.heal().await.unwrap();
 }
 
-/// Client load: 1.00 deposits on `load-*` accounts at every region until stopped; every
-/// acknowledged id is recorded.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn load(c: &LocalCluster, accts: &[String]) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    // The harness's client: it trusts the cluster's local CA (the regions serve HTTPS).
-    let http = c.client(0).expect("client").http().clone();
-    let urls: Vec<String> = c.regions.iter().map(|r| r.http.clone()).collect();
-    let token = c.token.clone();
-    let accts = accts.to_vec();
-    let task = {
-        let (stop, acked) = (stop.clone(), acked.clone());
-        tokio::spawn(async move {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let url = &urls[n % urls.len()];
-                let a = &accts[n % accts.len()];
-                n += 1;
-                let r = http
-                    .post(format!("{url}/v1/accounts/{a}/transactions"))
-                    .bearer_auth(&token)
-                    .json(&json!({"type": "deposit", "amount": "1.00", "currency": "USD"}))
-                    .send()
-                    .await
-                    .expect("every region stays up");
-                assert_eq!(r.status().as_u16(), 201);
-                let body: Value = r.json().await.expect("json");
-                acked
-                    .lock()
-                    .expect("lock")
-                    .push(body["id"].as_str().expect("id").to_string());
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    Load { stop, acked, task }
-}
-
-impl Load {
-    async fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("load");
-        let v = self.acked.lock().expect("lock").clone();
-        v
-    }
-}
-
 /// GET /v1/policy's raw body at region `i`.
 async fn policy_raw(c: &LocalCluster, i: usize) -> String {
     let (st, body) = c.get_raw(i, "/v1/policy").await.expect("policy");
@@ -134,7 +79,8 @@ async fn a_policy_change_mid_run_applies_from_its_place_in_the_total_order() {
     let loaded = accounts("load", 6);
     let before = accounts("v1", 3);
     let after = accounts("v2", 3);
-    let traffic = load(&c, &loaded);
+    let all: Vec<usize> = (0..c.regions.len()).collect();
+    let traffic = deposit_load(&c, &all, &loaded);
 
     // Version 1 (init's 5.00 fee): a double spend on every `v1-*` account.
     fund(&c, &before).await;

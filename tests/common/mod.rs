@@ -350,3 +350,59 @@ pub async fn cut_off_every_region(c: &LocalCluster) {
     })
     .await;
 }
+
+/// Client load: 1.00 USD deposits on `accts` (in turn) at the regions `at` (in turn) until
+/// [`Load::finish`]; every acknowledged id is recorded. A refused or failed deposit panics:
+/// the loaded regions must stay up.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub fn deposit_load(c: &LocalCluster, at: &[usize], accts: &[String]) -> Load {
+    use std::sync::atomic::Ordering;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    // The harness's client: it trusts the cluster's local CA (the regions serve HTTPS).
+    let http = c.client(0).expect("client").http().clone();
+    let urls: Vec<String> = at.iter().map(|i| c.regions[*i].http.clone()).collect();
+    let token = c.token.clone();
+    let accts = accts.to_vec();
+    let task = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let url = &urls[n % urls.len()];
+                let a = &accts[n % accts.len()];
+                n += 1;
+                let r = http
+                    .post(format!("{url}/v1/accounts/{a}/transactions"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"type": "deposit", "amount": "1.00", "currency": "USD"}))
+                    .send()
+                    .await
+                    .expect("the loaded regions stay up");
+                assert_eq!(r.status().as_u16(), 201);
+                let body: Value = r.json().await.expect("json");
+                acked
+                    .lock()
+                    .expect("lock")
+                    .push(body["id"].as_str().expect("id").to_string());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    Load { stop, acked, task }
+}
+
+impl Load {
+    /// Stops the load and returns every acknowledged id.
+    pub async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("load");
+        let v = self.acked.lock().expect("lock").clone();
+        v
+    }
+}
