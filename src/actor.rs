@@ -165,6 +165,19 @@ impl Actor {
         a
     }
 
+    /// Queues the records the replica just produced for a local submission (its event, in
+    /// order) for the writer; every other output waits in `deferred` for the main loop.
+    fn queue_own_records(&mut self) {
+        while let Some(out) = self.replica.poll_output() {
+            match out {
+                Output::Persist { index, record } => {
+                    self.push_op(WriteOp::Record { index, record });
+                }
+                other => self.deferred.push_back(other),
+            }
+        }
+    }
+
     fn push_op(&mut self, op: WriteOp) -> u64 {
         self.op_seq += 1;
         self.pending_ops.push(op);
@@ -383,14 +396,7 @@ impl Actor {
         match result {
             Ok(s) => {
                 // Queue the event's record before the idempotency record.
-                while let Some(out) = self.replica.poll_output() {
-                    match out {
-                        Output::Persist { index, record } => {
-                            self.push_op(WriteOp::Record { index, record });
-                        }
-                        other => self.deferred.push_back(other),
-                    }
-                }
+                self.queue_own_records();
                 let id = s.id();
                 let bal = self.replica.balance(&account, currency);
                 let body = match self.replica.event(id) {
@@ -456,14 +462,7 @@ impl Actor {
         let hash = policy.hash();
         match self.replica.submit_policy(now_ms(), policy) {
             Ok(id) => {
-                while let Some(out) = self.replica.poll_output() {
-                    match out {
-                        Output::Persist { index, record } => {
-                            self.push_op(WriteOp::Record { index, record });
-                        }
-                        other => self.deferred.push_back(other),
-                    }
-                }
+                self.queue_own_records();
                 let hlc = self.replica.event(id).map(|e| e.hlc);
                 tracing::info!(id = %id, hash = %hex::encode(hash.0), "policy change submitted");
                 let answer = Reply::json(201, render::policy_submitted_body(id, hash, hlc));
@@ -505,14 +504,7 @@ impl Actor {
         let regions = std::iter::once(region).collect();
         match self.replica.retire(now_ms(), regions, reason) {
             Ok(id) => {
-                while let Some(out) = self.replica.poll_output() {
-                    match out {
-                        Output::Persist { index, record } => {
-                            self.push_op(WriteOp::Record { index, record });
-                        }
-                        other => self.deferred.push_back(other),
-                    }
-                }
+                self.queue_own_records();
                 tracing::warn!(id = %id, retired = %region, "retire submitted");
                 let answer = Reply::json(201, render::retire_submitted_body(&self.replica, id));
                 self.waiters.answer_after(self.op_seq, reply, answer, false);
@@ -560,14 +552,7 @@ impl Actor {
         self.key_stage.stage(kp);
         match self.replica.rotate_key(now_ms(), public.clone()) {
             Ok(id) => {
-                while let Some(out) = self.replica.poll_output() {
-                    match out {
-                        Output::Persist { index, record } => {
-                            self.push_op(WriteOp::Record { index, record });
-                        }
-                        other => self.deferred.push_back(other),
-                    }
-                }
+                self.queue_own_records();
                 let hlc = self.replica.event(id).map(|e| e.hlc);
                 tracing::warn!(id = %id, key = %hex::encode(&public), "signing key rotated");
                 let answer = Reply::json(201, render::key_rotated_body(id, hlc, &public));
