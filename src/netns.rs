@@ -75,6 +75,18 @@ fn ip(args: &[&str]) -> Result<String, NetnsError> {
 }
 
 /// Runs `ip args…` inside namespace `ns`.
+/// A veth pair: `outer` stays in the root namespace (down, for the caller to attach), its peer
+/// moves into `ns`, is renamed `inner`, gets `addr` (CIDR) and is brought up.
+fn veth_into(ns: &str, outer: &str, inner: &str, addr: &str) -> Result<(), NetnsError> {
+    let tmp = format!("{outer}n");
+    ip(&["link", "add", outer, "type", "veth", "peer", "name", &tmp])?;
+    ip(&["link", "set", &tmp, "netns", ns])?;
+    ip_in(ns, &["link", "set", &tmp, "name", inner])?;
+    ip_in(ns, &["addr", "add", addr, "dev", inner])?;
+    ip_in(ns, &["link", "set", inner, "up"])?;
+    Ok(())
+}
+
 fn ip_in(ns: &str, args: &[&str]) -> Result<String, NetnsError> {
     let mut a = vec!["netns", "exec", ns, "ip"];
     a.extend_from_slice(args);
@@ -175,45 +187,11 @@ impl NetnsFabric {
         ip(&["netns", "add", ns])?;
         ip_in(ns, &["link", "set", "lo", "up"])?;
         // Region network: a veth pair, one end on the bridge, the other in the namespace.
-        let tmp = format!("{}n", r.bridge_port);
-        ip(&[
-            "link",
-            "add",
-            &r.bridge_port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &tmp,
-        ])?;
-        ip(&["link", "set", &tmp, "netns", ns])?;
-        ip_in(ns, &["link", "set", &tmp, "name", "peer0"])?;
-        ip_in(
-            ns,
-            &["addr", "add", &format!("{}/24", r.peer_ip), "dev", "peer0"],
-        )?;
-        ip_in(ns, &["link", "set", "peer0", "up"])?;
+        veth_into(ns, &r.bridge_port, "peer0", &format!("{}/24", r.peer_ip))?;
         ip(&["link", "set", &r.bridge_port, "master", &self.bridge])?;
         ip(&["link", "set", &r.bridge_port, "up"])?;
         // Client link: a point-to-point /30 between the root namespace and the region.
-        let tmp = format!("{}n", r.client_port);
-        ip(&[
-            "link",
-            "add",
-            &r.client_port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &tmp,
-        ])?;
-        ip(&["link", "set", &tmp, "netns", ns])?;
-        ip_in(ns, &["link", "set", &tmp, "name", "cli0"])?;
-        ip_in(
-            ns,
-            &["addr", "add", &format!("{}/30", r.client_ip), "dev", "cli0"],
-        )?;
-        ip_in(ns, &["link", "set", "cli0", "up"])?;
+        veth_into(ns, &r.client_port, "cli0", &format!("{}/30", r.client_ip))?;
         ip(&[
             "addr",
             "add",
