@@ -165,6 +165,20 @@ impl Actor {
         a
     }
 
+    /// `reply`, to answer a write with, unless storage has failed: then the write is answered
+    /// 503 `storage_unavailable` here (this region acknowledges nothing) and `None` returned.
+    fn unless_failed(&self, reply: oneshot::Sender<Reply>) -> Option<oneshot::Sender<Reply>> {
+        if self.failed {
+            let _ = reply.send(Reply::error(
+                503,
+                "storage_unavailable",
+                "storage failed; this region acknowledges nothing",
+            ));
+            return None;
+        }
+        Some(reply)
+    }
+
     /// Queues the records the replica just produced for a local submission (its event, in
     /// order) for the writer; every other output waits in `deferred` for the main loop.
     fn queue_own_records(&mut self) {
@@ -353,14 +367,9 @@ impl Actor {
             fingerprint,
             reply,
         } = cmd;
-        if self.failed {
-            let _ = reply.send(Reply::error(
-                503,
-                "storage_unavailable",
-                "storage failed; this region acknowledges nothing",
-            ));
+        let Some(reply) = self.unless_failed(reply) else {
             return;
-        }
+        };
         if defects::is(Defect::Spurious503) {
             self.spurious = self.spurious.wrapping_add(1);
             if self.spurious.is_multiple_of(defects::SPURIOUS_503_EVERY) {
@@ -451,14 +460,9 @@ impl Actor {
     /// A policy change: a replicated policy event, answered once it is durable here (like a
     /// transaction). It applies from its place in the total order once settled.
     fn submit_policy(&mut self, policy: wallet_core::Policy, reply: oneshot::Sender<Reply>) {
-        if self.failed {
-            let _ = reply.send(Reply::error(
-                503,
-                "storage_unavailable",
-                "storage failed; this region acknowledges nothing",
-            ));
+        let Some(reply) = self.unless_failed(reply) else {
             return;
-        }
+        };
         let hash = policy.hash();
         match self.replica.submit_policy(now_ms(), policy) {
             Ok(id) => {
@@ -493,14 +497,9 @@ impl Actor {
         reply: oneshot::Sender<Reply>,
     ) {
         use wallet_core::MembershipError as M;
-        if self.failed {
-            let _ = reply.send(Reply::error(
-                503,
-                "storage_unavailable",
-                "storage failed; this region acknowledges nothing",
-            ));
+        let Some(reply) = self.unless_failed(reply) else {
             return;
-        }
+        };
         let regions = std::iter::once(region).collect();
         match self.replica.retire(now_ms(), regions, reason) {
             Ok(id) => {
@@ -527,14 +526,9 @@ impl Actor {
     /// the rotation on (`Replica::rotate_key`: the rules are the core's).
     fn rotate_key(&mut self, reply: oneshot::Sender<Reply>) {
         use wallet_core::MembershipError as M;
-        if self.failed {
-            let _ = reply.send(Reply::error(
-                503,
-                "storage_unavailable",
-                "storage failed; this region acknowledges nothing",
-            ));
+        let Some(reply) = self.unless_failed(reply) else {
             return;
-        }
+        };
         let kp = libp2p::identity::Keypair::generate_ed25519();
         let old = match wallet_p2p::replace_key_file(&self.rotated_key, &kp) {
             Ok(old) => old,
