@@ -133,6 +133,21 @@ def created(status, payload, what):
     return payload
 
 
+def create_and_retry(c, acct, kind, amount, key, reference):
+    """Sends a transaction, prints it, then sends it again with the same key and body: the
+    retry must give back the same event, marked as replayed. Returns the event."""
+    s, h, d = c.transaction(acct, kind, amount, "USD", key, reference)
+    ev = created(s, d, kind)
+    print("%s %s %s %s balance %s" % (kind, ev["id"], ev["amount"], ev["currency"],
+                                     ev["balance"]["provisional"]))
+    s, h, d = c.transaction(acct, kind, amount, "USD", key, reference)
+    again = created(s, d, kind + " retry")
+    expect(again["id"] == ev["id"], "%s retry made a new event %s" % (kind, again["id"]))
+    expect(h.get("Idempotent-Replayed") == "true", "%s retry not marked as replayed" % kind)
+    print("%s retry %s replayed" % (kind, again["id"]))
+    return ev
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=os.environ.get("WALLET_URL"), help="region base URL")
@@ -152,29 +167,10 @@ def main():
     acct = a.account
     print("account %s at %s" % (acct, c.url))
 
-    # A deposit and its retry: the same key and body give back the same event.
-    dkey = acct + "-deposit-1"
-    s, h, d = c.transaction(acct, "deposit", "100.00", "USD", dkey, "top-up")
-    dep = created(s, d, "deposit")
-    print("deposit %s %s %s balance %s" % (dep["id"], dep["amount"], dep["currency"],
-                                          dep["balance"]["provisional"]))
-    s, h, d = c.transaction(acct, "deposit", "100.00", "USD", dkey, "top-up")
-    again = created(s, d, "deposit retry")
-    expect(again["id"] == dep["id"], "deposit retry made a new event %s" % again["id"])
-    expect(h.get("Idempotent-Replayed") == "true", "deposit retry not marked as replayed")
-    print("deposit retry %s replayed" % again["id"])
-
-    # A purchase and its retry.
+    # A deposit and a purchase, each sent twice: the same key and body give back the same event.
+    create_and_retry(c, acct, "deposit", "100.00", acct + "-deposit-1", "top-up")
     pkey = acct + "-order-7781"
-    s, h, d = c.transaction(acct, "purchase", "30.10", "USD", pkey, "order 7781")
-    pur = created(s, d, "purchase")
-    print("purchase %s %s %s balance %s" % (pur["id"], pur["amount"], pur["currency"],
-                                           pur["balance"]["provisional"]))
-    s, h, d = c.transaction(acct, "purchase", "30.10", "USD", pkey, "order 7781")
-    again = created(s, d, "purchase retry")
-    expect(again["id"] == pur["id"], "purchase retry made a new event %s" % again["id"])
-    expect(h.get("Idempotent-Replayed") == "true", "purchase retry not marked as replayed")
-    print("purchase retry %s replayed" % again["id"])
+    create_and_retry(c, acct, "purchase", "30.10", pkey, "order 7781")
 
     # The same key with another body is refused: a new attempt needs a new key.
     s, h, d = c.transaction(acct, "purchase", "99.00", "USD", pkey, "order 7781")
