@@ -442,20 +442,13 @@ where
     for e in order {
         let settled = settled_upto.is_none_or(|w| e.hlc.0 <= w);
         let tx = match &e.body {
-            Body::Policy(p) => {
+            // Policy and membership changes move no money; they settle like any event, and a
+            // settled policy applies from its place in the order.
+            Body::Policy(_) | Body::Membership(_) => {
                 if settled {
-                    policies.push(p);
-                    out.settled += 1;
-                    out.statuses
-                        .insert(e.id, ModelStatus::Settled { fee: None });
-                } else {
-                    out.statuses.insert(e.id, ModelStatus::Provisional);
-                }
-                continue;
-            }
-            // Membership changes move no money; they settle like any event.
-            Body::Membership(_) => {
-                if settled {
+                    if let Body::Policy(p) = &e.body {
+                        policies.push(p);
+                    }
                     out.settled += 1;
                     out.statuses
                         .insert(e.id, ModelStatus::Settled { fee: None });
