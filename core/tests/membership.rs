@@ -237,6 +237,17 @@ fn a_region_that_joins_catches_up_and_takes_traffic() {
         assert_eq!(r.members_in_force().len(), 3);
         assert!(r.member_at(region("ap"), join_hlc));
         assert!(!r.member_at(region("ap"), Hlc(join_hlc.0 - 1)));
+        // Every region (ap too) knows the join's metadata, for its host to reach ap.
+        let joins = r.joins();
+        assert_eq!(joins.len(), 1, "{}", c.names[i]);
+        assert_eq!(
+            (joins[0].id, joins[0].hlc, joins[0].region),
+            (join, join_hlc, region("ap"))
+        );
+        assert_eq!(
+            (&joins[0].key[..], &joins[0].meta[..]),
+            (&b"ap-key"[..], &b"meta"[..])
+        );
         r.check_invariants().unwrap();
         check_against_model(&fee_policy(), r).unwrap();
     }

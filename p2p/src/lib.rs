@@ -177,6 +177,11 @@ impl NetHandle {
     pub async fn remove_member(&self, region: RegionId) {
         self.command(Command::Remove(region), 0).await;
     }
+    /// A member that joined (a join the replica applied): allow its connections and dial
+    /// it. Nothing changes for a region or peer id already known.
+    pub async fn add_member(&self, member: MemberAddr) {
+        self.command(Command::Add(member), 0).await;
+    }
     /// Members currently connected.
     pub fn connected(&self) -> BTreeSet<RegionId> {
         self.shared.connected()

@@ -24,7 +24,7 @@ use wallet_core::wire::{decode_message, MESSAGE_BYTES_MAX};
 use wallet_core::RegionId;
 
 use crate::codec::{Frame, MsgCodec, ACK_DROPPED, ACK_OK, BATCH_MESSAGES_MAX};
-use crate::{NetConfig, NetError, NetEvent, NetHandle, NetStats};
+use crate::{MemberAddr, NetConfig, NetError, NetEvent, NetHandle, NetStats};
 
 /// First redial delay after a member went away or a dial failed.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
@@ -65,6 +65,7 @@ pub(crate) enum Command {
     Send(RegionId, Arc<Vec<u8>>),
     Isolate(BTreeSet<RegionId>),
     Remove(RegionId),
+    Add(MemberAddr),
     Raw(RegionId, Vec<u8>),
     Shutdown,
 }
@@ -261,6 +262,37 @@ struct Task {
     metrics: NetMetrics,
 }
 
+/// The connection limits for `members` peers (recomputed when a member joins).
+fn limits_for(members: usize) -> ConnectionLimits {
+    let members = u32::try_from(members).unwrap_or(u32::MAX);
+    ConnectionLimits::default()
+        .with_max_pending_incoming(Some(PENDING_INCOMING_MAX))
+        .with_max_pending_outgoing(Some(members.saturating_mul(2).max(2)))
+        .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
+        .with_max_established_incoming(Some(
+            members.saturating_mul(CONNECTIONS_PER_PEER_MAX).max(1),
+        ))
+        .with_max_established(Some(
+            members.saturating_mul(2 * CONNECTIONS_PER_PEER_MAX).max(2),
+        ))
+}
+
+impl Peer {
+    fn new(m: &MemberAddr) -> Peer {
+        Peer {
+            region: m.region,
+            addrs: m.addrs.clone(),
+            conns: 0,
+            dialing: false,
+            next_dial: None,
+            backoff: BACKOFF_INITIAL,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            in_flight: None,
+        }
+    }
+}
+
 /// Builds the swarm, starts listening and dialing, and spawns the task.
 pub(crate) fn start(
     cfg: NetConfig,
@@ -282,18 +314,7 @@ pub(crate) fn start(
         if by_region.insert(m.region, m.peer_id).is_some() {
             return Err(terr(format!("region {} is listed twice", m.region)));
         }
-        let peer = Peer {
-            region: m.region,
-            addrs: m.addrs.clone(),
-            conns: 0,
-            dialing: false,
-            next_dial: None,
-            backoff: BACKOFF_INITIAL,
-            queue: VecDeque::new(),
-            queued_bytes: 0,
-            in_flight: None,
-        };
-        if peers.insert(m.peer_id, peer).is_some() {
+        if peers.insert(m.peer_id, Peer::new(m)).is_some() {
             return Err(terr(format!(
                 "peer id {} is listed for two regions",
                 m.peer_id
@@ -305,19 +326,7 @@ pub(crate) fn start(
     for p in peers.keys() {
         allow.allow_peer(*p);
     }
-    let members = u32::try_from(peers.len()).unwrap_or(u32::MAX);
-    let limits = connection_limits::Behaviour::new(
-        ConnectionLimits::default()
-            .with_max_pending_incoming(Some(PENDING_INCOMING_MAX))
-            .with_max_pending_outgoing(Some(members.saturating_mul(2).max(2)))
-            .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
-            .with_max_established_incoming(Some(
-                members.saturating_mul(CONNECTIONS_PER_PEER_MAX).max(1),
-            ))
-            .with_max_established(Some(
-                members.saturating_mul(2 * CONNECTIONS_PER_PEER_MAX).max(2),
-            )),
-    );
+    let limits = connection_limits::Behaviour::new(limits_for(peers.len()));
     let shared = Arc::new(Shared::default());
     let msg = request_response::Behaviour::with_codec(
         MsgCodec::new(
@@ -466,6 +475,7 @@ impl Task {
             },
             Command::Isolate(set) => self.isolate(set),
             Command::Remove(r) => self.remove(r),
+            Command::Add(m) => self.add(&m),
             Command::Raw(to, bytes) => {
                 if let Some(p) = self.by_region.get(&to) {
                     let _ = self
@@ -606,6 +616,29 @@ impl Task {
             self.emit(NetEvent::Disconnected(region));
         }
         self.publish_connected();
+    }
+
+    /// A member that joined after this transport started: allowed (its connections are
+    /// accepted), dialed now, and counted in the connection limits. A region already in the
+    /// table, this region itself, or a peer id already used by another region is left alone.
+    fn add(&mut self, m: &MemberAddr) {
+        if m.region == self.region
+            || m.peer_id == *self.swarm.local_peer_id()
+            || self.by_region.contains_key(&m.region)
+            || self.peers.contains_key(&m.peer_id)
+        {
+            return;
+        }
+        let mut peer = Peer::new(m);
+        peer.next_dial = Some(Instant::now());
+        self.peers.insert(m.peer_id, peer);
+        self.by_region.insert(m.region, m.peer_id);
+        let b = self.swarm.behaviour_mut();
+        b.allow.allow_peer(m.peer_id);
+        *b.limits.limits_mut() = limits_for(self.peers.len());
+        tracing::info!(region = %self.region, added = %m.region, peer = %m.peer_id,
+            "member added to the allowlist");
+        self.redial();
     }
 
     fn schedule_redial(&mut self, pid: PeerId) {

@@ -368,3 +368,49 @@ async fn quic_members_exchange_messages() {
     nodes[0].net.broadcast(tagged(9)).await;
     assert_eq!(nodes[1].next_message().await.0, specs[0].region);
 }
+
+#[tokio::test]
+async fn a_member_added_later_is_allowed_dialed_and_reached() {
+    let eu = Spec::new("eu");
+    let us = Spec::new("us");
+    let sa = Spec::new("sa");
+    let founders = vec![eu.clone(), us.clone()];
+    let mut neu = start(&eu, &founders, "test");
+    let mut nus = start(&us, &founders, "test");
+    neu.wait_connected(&[us.region]).await;
+    nus.wait_connected(&[eu.region]).await;
+
+    // sa knows every member; eu does not know sa yet: its connections are refused.
+    let mut nsa = start(&sa, &[eu.clone(), us.clone(), sa.clone()], "test");
+    wait_until("eu refuses sa before the add", || {
+        neu.net.stats().refused_peers > 0
+    })
+    .await;
+    assert!(!neu.net.connected().contains(&sa.region));
+
+    // After the add at eu (with sa's address: eu dials it) and at us (none: sa dials us),
+    // both exchange messages with sa.
+    neu.net.add_member(sa.member()).await;
+    let mut no_addr = sa.member();
+    no_addr.addrs.clear();
+    nus.net.add_member(no_addr).await;
+    neu.wait_connected(&[sa.region]).await;
+    nus.wait_connected(&[sa.region]).await;
+    nsa.wait_connected(&[eu.region, us.region]).await;
+    neu.net.send(sa.region, tagged(11)).await;
+    assert_eq!(nsa.next_message().await.0, eu.region);
+    nsa.net.send(us.region, tagged(12)).await;
+    let (from, tag, _) = nus.next_message().await;
+    assert_eq!((from, tag), (sa.region, 12));
+
+    // Adding a known region again (or this region itself) changes nothing.
+    neu.net.add_member(us.member()).await;
+    neu.net.add_member(eu.member()).await;
+    nsa.net.send(eu.region, tagged(13)).await;
+    let (from, tag, _) = neu.next_message().await;
+    assert_eq!((from, tag), (sa.region, 13));
+    assert_eq!(
+        neu.net.connected(),
+        BTreeSet::from([us.region, sa.region])
+    );
+}

@@ -85,9 +85,27 @@ pub struct RetireInfo {
     pub cut: Option<BTreeMap<RegionId, u64>>,
 }
 
+/// A join this region applied: what a host needs to reach the new member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinInfo {
+    /// The join event.
+    pub id: EventId,
+    /// Its HLC: the region's events are above it.
+    pub hlc: Hlc,
+    /// The region joined.
+    pub region: RegionId,
+    /// Its key at the join.
+    pub key: Vec<u8>,
+    /// The join's opaque metadata (walletd: peer id and addresses).
+    pub meta: Vec<u8>,
+}
+
 /// The membership history this region holds.
 #[derive(Debug, Default)]
 pub(crate) struct Membership {
+    /// Joins applied, by region: the first one applied for a region (a later join of a
+    /// region that is or was a member is ignored, as the join itself is).
+    pub(crate) joins: BTreeMap<RegionId, JoinInfo>,
     pub(crate) retires: BTreeMap<EventId, RetireState>,
     /// Acknowledgements by retire id (held before or after the retire itself): acker ->
     /// held. The first one of an acker (in its log order) counts.
@@ -241,8 +259,26 @@ impl Replica {
     pub(super) fn note_membership(&mut self, id: EventId, hlc: Hlc, change: Change) {
         let me = self.cfg.region;
         match change {
-            Change::Join { region, key, .. } => {
+            Change::Join { region, key, meta } => {
                 self.cfg.auth.set_key(region, hlc, &key);
+                let applied = region == me
+                    || self
+                        .logs
+                        .members
+                        .get(&region)
+                        .is_none_or(|m| m.joined == Some(hlc));
+                if applied {
+                    self.membership
+                        .joins
+                        .entry(region)
+                        .or_insert_with(|| JoinInfo {
+                            id,
+                            hlc,
+                            region,
+                            key: key.to_vec(),
+                            meta: meta.to_vec(),
+                        });
+                }
                 if region == me {
                     if let Some(m) = self.logs.members.get_mut(&me) {
                         m.joined = Some(hlc);
@@ -501,6 +537,13 @@ impl Replica {
     /// for a founding member or a stranger).
     pub fn joined_at(&self, region: RegionId) -> Option<Hlc> {
         self.logs.members.get(&region).and_then(|m| m.joined)
+    }
+
+    /// Every join this region applied (itself included, for a region that joined), by
+    /// region: the host reads the metadata it put in (walletd: peer id and addresses) to
+    /// reach a member that joined after it was configured.
+    pub fn joins(&self) -> Vec<JoinInfo> {
+        self.membership.joins.values().cloned().collect()
     }
 
     /// The cut of a retired region, once known.

@@ -29,7 +29,7 @@ use durability::{Awaiting, Durability};
 pub use interface::{Output, Record, Report, SubmitError, Submitted, TxRequest};
 use log::Logs;
 use members::Membership;
-pub use members::{MembershipError, MembershipStats, RetireInfo};
+pub use members::{JoinInfo, MembershipError, MembershipStats, RetireInfo};
 use pull::PullScheduler;
 pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
 use settle::Settlement;
