@@ -95,7 +95,12 @@ pub struct Actor {
     /// Retired members (cut known) taken off the transport's allowlist.
     removed: std::collections::BTreeSet<wallet_core::RegionId>,
     /// Members in force when the allowlist was last brought up to date.
-    in_force: usize,
+    in_force: Vec<wallet_core::RegionId>,
+    /// Every member's peer id the transport knows (configured, then joined): a join must
+    /// not reuse one.
+    peers: BTreeMap<wallet_core::RegionId, libp2p::PeerId>,
+    /// Waiting for its own join event (readiness says `joining`).
+    joining: bool,
     /// Retired members (cut known) to take off the allowlist, with when (wall-clock ms).
     retiring: BTreeMap<wallet_core::RegionId, u64>,
     /// Where a rotated signing key goes to the authenticator.
@@ -128,6 +133,8 @@ pub struct ActorParts {
     pub key_stage: wallet_p2p::KeyStage,
     /// The rotated signing key's file (0600, next to the identity key).
     pub rotated_key: std::path::PathBuf,
+    /// The configured members' peer ids.
+    pub peers: BTreeMap<wallet_core::RegionId, libp2p::PeerId>,
 }
 
 impl Actor {
@@ -135,6 +142,8 @@ impl Actor {
     pub fn new(p: ActorParts) -> Actor {
         let restoring = p.replica.is_restoring();
         p.shared.restoring.store(restoring, Ordering::Release);
+        let joining = p.replica.is_joining();
+        p.shared.joining.store(joining, Ordering::Release);
         let mut a = Actor {
             replica: p.replica,
             net: p.net,
@@ -154,7 +163,9 @@ impl Actor {
             policy_file_ignored: p.policy_file_ignored,
             spurious: 0,
             removed: std::collections::BTreeSet::new(),
-            in_force: usize::MAX,
+            in_force: Vec::new(),
+            peers: p.peers,
+            joining,
             retiring: BTreeMap::new(),
             key_stage: p.key_stage,
             rotated_key: p.rotated_key,
@@ -234,6 +245,11 @@ impl Actor {
             }
         }
         self.sync_allowlist().await;
+        if self.joining && !self.replica.is_joining() {
+            self.joining = false;
+            self.shared.joining.store(false, Ordering::Release);
+            tracing::warn!("own join event applied: this region is a member and takes traffic");
+        }
         if self.restoring && !self.replica.is_restoring() {
             self.restoring = false;
             self.shared.restoring.store(false, Ordering::Release);
@@ -249,9 +265,10 @@ impl Actor {
     /// learns its cut and answers `region_retired` (its events above the cut are refused by
     /// the core whatever it sends meanwhile).
     async fn sync_allowlist(&mut self) {
-        let in_force = self.replica.members_in_force().len();
+        let in_force = self.replica.members_in_force();
         if in_force != self.in_force {
             self.in_force = in_force;
+            self.add_joined().await;
             let me = self.replica.region();
             let due = now_ms().saturating_add(RETIRED_MEMBER_GRACE_MS);
             for m in self.replica.members() {
@@ -278,6 +295,26 @@ impl Actor {
             tracing::warn!(region = %r, "member retired (cut known): no longer dialed, its connections refused");
             self.net.remove_member(r).await;
             self.removed.insert(r);
+        }
+    }
+
+    /// Adds the members that joined (a join the replica applied, this region's own
+    /// excepted) to the transport: allowed and dialed at the addresses the join names.
+    async fn add_joined(&mut self) {
+        let me = self.replica.region();
+        for j in self.replica.joins() {
+            if j.region == me || self.peers.contains_key(&j.region) {
+                continue;
+            }
+            let Some(m) = crate::join::JoinMeta::member(j.region, &j.meta) else {
+                tracing::error!(region = %j.region, id = %j.id,
+                    "join without a peer id walletd can read: the region is not dialed");
+                continue;
+            };
+            tracing::warn!(region = %j.region, peer = %m.peer_id, id = %j.id,
+                "member joined: allowed and dialed");
+            self.peers.insert(j.region, m.peer_id);
+            self.net.add_member(m).await;
         }
     }
 
@@ -429,6 +466,7 @@ impl Actor {
                     SubmitError::IdempotencyConflict { .. } => {
                         (409, "idempotency_conflict", Refusal::IdempotencyConflict)
                     }
+                    SubmitError::Restoring if self.joining => (503, "joining", Refusal::Restoring),
                     SubmitError::Restoring => (503, "restoring", Refusal::Restoring),
                     SubmitError::Frozen { .. } => (409, "account_frozen", Refusal::Frozen),
                     SubmitError::Membership(wallet_core::MembershipError::Retired) => {
@@ -443,6 +481,10 @@ impl Actor {
                         no more transactions: send them to another region"
                             .to_string()
                     }
+                    _ if code == "joining" => "this region is joining the cluster: it takes \
+                        transactions once a member has issued its join (POST /v1/admin/members) \
+                        and it has pulled it"
+                        .to_string(),
                     _ => e.to_string(),
                 };
                 let answer = Reply::error(status, code, &message);
@@ -488,11 +530,63 @@ impl Actor {
         }
     }
 
-    /// A retire of `region` issued here: a replicated event, answered once durable here
+    /// A join of a new region issued here: a replicated event, answered once durable here.
+    /// Every region that applies it allows and dials the new region ([`Self::add_joined`]).
+    /// The rules are the core's (`Replica::join`); a peer id another member uses is refused
+    /// here (the transport authenticates a region by it).
+    fn join_member(&mut self, req: crate::join::JoinRequest, reply: oneshot::Sender<Reply>) {
+        use wallet_core::MembershipError as M;
+        let Some(reply) = self.unless_failed(reply) else {
+            return;
+        };
+        let in_use = self
+            .peers
+            .iter()
+            .find(|(r, p)| **p == req.peer_id && **r != req.region);
+        if let Some((r, _)) = in_use {
+            let _ = reply.send(Reply::error(
+                409,
+                "peer_id_in_use",
+                &format!("peer id {} is member {r}'s", req.peer_id),
+            ));
+            return;
+        }
+        let meta = req.meta();
+        match self
+            .replica
+            .join(now_ms(), req.region, req.key.clone(), meta.encode())
+        {
+            Ok(id) => {
+                self.queue_own_records();
+                let hlc = self.replica.event(id).map(|e| e.hlc);
+                tracing::warn!(id = %id, joined = %req.region, peer = %req.peer_id, "join submitted");
+                let answer = Reply::json(201, render::join_submitted_body(id, hlc, &req));
+                self.waiters.answer_after(self.op_seq, reply, answer, false);
+            }
+            Err(e) => {
+                let (status, code) = match &e {
+                    SubmitError::Restoring => (503, "restoring"),
+                    SubmitError::Membership(M::AlreadyMember(r))
+                        if self.replica.cut(*r).is_some()
+                            || self.replica.retiring().contains(r) =>
+                    {
+                        (409, "region_was_retired")
+                    }
+                    SubmitError::Membership(M::AlreadyMember(_)) => (409, "already_member"),
+                    SubmitError::Membership(M::Retired) => (409, "region_retired"),
+                    SubmitError::Membership(M::Invalid(_)) => (400, "invalid_key"),
+                    _ => (409, "membership_refused"),
+                };
+                let _ = reply.send(Reply::error(status, code, &e.to_string()));
+            }
+        }
+    }
+
+    /// A retire of `regions` issued here: a replicated event, answered once durable here
     /// with the acknowledgements it waits for. The rules are the core's (`Replica::retire`).
     fn retire_member(
         &mut self,
-        region: wallet_core::RegionId,
+        regions: std::collections::BTreeSet<wallet_core::RegionId>,
         reason: String,
         reply: oneshot::Sender<Reply>,
     ) {
@@ -500,11 +594,10 @@ impl Actor {
         let Some(reply) = self.unless_failed(reply) else {
             return;
         };
-        let regions = std::iter::once(region).collect();
-        match self.replica.retire(now_ms(), regions, reason) {
+        match self.replica.retire(now_ms(), regions.clone(), reason) {
             Ok(id) => {
                 self.queue_own_records();
-                tracing::warn!(id = %id, retired = %region, "retire submitted");
+                tracing::warn!(id = %id, retired = ?regions, "retire submitted");
                 let answer = Reply::json(201, render::retire_submitted_body(&self.replica, id));
                 self.waiters.answer_after(self.op_seq, reply, answer, false);
             }
@@ -674,11 +767,12 @@ impl Actor {
                 );
                 let _ = reply.send(Reply::json(200, body));
             }
+            Command::JoinMember { req, reply } => self.join_member(req, reply),
             Command::RetireMember {
-                region,
+                regions,
                 reason,
                 reply,
-            } => self.retire_member(region, reason, reply),
+            } => self.retire_member(regions, reason, reply),
             Command::RotateKey { reply } => self.rotate_key(reply),
             Command::Members { reply } => {
                 let _ = reply.send(Reply::json(200, render::members_body(r)));

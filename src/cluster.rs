@@ -671,6 +671,45 @@ impl LocalCluster {
         })
     }
 
+    /// Writes a new region's config with `walletd join`'s library function (from region
+    /// 0's config: same cluster, policy, tokens and CA), adds it to the cluster and returns
+    /// its index and the `POST /v1/admin/members` body that adds it. Starts nothing and
+    /// issues no join: the caller posts the body to a member and starts the region.
+    pub fn add_region(
+        &mut self,
+        region: &str,
+    ) -> Result<(usize, crate::join::JoinBody), ClusterError> {
+        if self.fabric.is_some() {
+            return Err(ClusterError::Netns(crate::netns::NetnsError::Args(
+                "adding a region to a cluster in network namespaces".into(),
+            )));
+        }
+        let from = self.region(0)?.config.clone();
+        let region_id = init::parse_regions(region)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| InitError::Args("no region".into()))?;
+        let j = crate::join::make_config(&crate::join::JoinOptions {
+            from,
+            region: region_id,
+            dir: self.dir.clone(),
+            http_listen: None,
+            p2p_listen: None,
+            advertise: None,
+            ca_key: None,
+        })?;
+        self.regions.push(RegionProc {
+            region: region.to_string(),
+            http: j.http.clone(),
+            config: j.config.clone(),
+            log: self.dir.join(format!("{region}.log")),
+            out: self.dir.join(format!("{region}.out")),
+            child: None,
+            env: Vec::new(),
+        });
+        Ok((self.regions.len() - 1, j.body))
+    }
+
     /// Index of a region by name.
     pub fn index(&self, region: &str) -> Option<usize> {
         self.regions.iter().position(|r| r.region == region)

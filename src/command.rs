@@ -115,10 +115,17 @@ pub enum Command {
         /// Answer.
         reply: oneshot::Sender<Reply>,
     },
-    /// Retire a member (admin): a replicated retire event, answered once durable here.
+    /// Add a member (admin): a replicated join event, answered once durable here.
+    JoinMember {
+        /// The new region, its peer id, key and addresses, checked.
+        req: crate::join::JoinRequest,
+        /// Answer.
+        reply: oneshot::Sender<Reply>,
+    },
+    /// Retire members (admin): one replicated retire event, answered once durable here.
     RetireMember {
-        /// The region to retire.
-        region: RegionId,
+        /// The regions to retire (one event: two unreachable regions must go together).
+        regions: BTreeSet<RegionId>,
         /// Why (recorded in the event).
         reason: String,
         /// Answer.
@@ -164,6 +171,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Restoring own history from peers.
     pub restoring: AtomicBool,
+    /// Joining the cluster: waiting for its own join event (`walletd join`).
+    pub joining: AtomicBool,
     /// Storage failed: nothing more is acknowledged.
     pub storage_failed: AtomicBool,
 }

@@ -68,6 +68,8 @@ struct RawConfig {
     data_dir: String,
     #[serde(default)]
     restore: bool,
+    #[serde(default)]
+    join: bool,
     max_clock_skew_ms: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
     http: RawHttp,
@@ -260,6 +262,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Restore this region's history from its peers when started on an empty disk.
     pub restore: bool,
+    /// A region joining a running cluster (`walletd join`): it issues nothing and refuses
+    /// clients until it has pulled and applied its own join event (SPEC §10).
+    pub join: bool,
     /// Largest tolerated lead of a remote HLC over local time.
     pub max_clock_skew_ms: u64,
     /// Heartbeat period.
@@ -652,6 +657,7 @@ impl NodeConfig {
             identity_key: resolve(base, &raw.identity_key),
             data_dir: resolve(base, &raw.data_dir),
             restore: raw.restore,
+            join: raw.join,
             max_clock_skew_ms,
             heartbeat_interval_ms,
             http_listen,

@@ -385,7 +385,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(evidence))
         .routes(routes!(post_policy))
         .routes(routes!(get_policy))
-        .routes(routes!(get_members))
+        .routes(routes!(get_members, join_member))
         .routes(routes!(retire_member))
         .routes(routes!(rotate_key))
 }
@@ -1039,14 +1039,43 @@ async fn get_members(State(st): State<AppState>) -> Response {
     ask(&st, |reply| Command::Members { reply }).await
 }
 
-/// Retires a member (a replicated retire event issued here). Every remaining member
-/// acknowledges it with the seq it holds of the retired region; the cut (the highest) is
-/// known once every acknowledgement is held, and settlement then goes on without it.
+/// Adds a region to the cluster (a replicated join event issued here). Every region that
+/// applies it allows and dials the new region; the new region (started with the config
+/// `walletd join` wrote) pulls the history and takes traffic once it holds its join.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/members",
+    tag = "admin",
+    request_body(content = crate::join::JoinBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The join event, durable here", body = render::JoinSubmitted),
+        (status = 400, description = "`invalid_json`, `invalid_region`, `invalid_peer_id`, \
+            `invalid_key` (the peer id embeds no ed25519 key, or another than `public_key`), \
+            `invalid_address`", body = ErrorBody),
+        (status = 409, description = "`already_member`, `region_was_retired` (a retired \
+            region's name is not reused), `peer_id_in_use`, `region_retired` (this region \
+            is retired)", body = ErrorBody),
+    )
+)]
+async fn join_member(
+    State(st): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body.map_err(|e| body_error(&st, e))?;
+    let req = crate::join::parse_join_request(&bytes).map_err(|(code, m)| error(400, code, &m))?;
+    Ok(ask(&st, |reply| Command::JoinMember { req, reply }).await)
+}
+
+/// Retires members (one replicated retire event issued here). Every remaining member
+/// acknowledges it with the seq it holds of each retired region; the cut (the highest) is
+/// known once every acknowledgement is held, and settlement then goes on without them.
 #[utoipa::path(
     delete,
     path = "/v1/admin/members/{region}",
     tag = "admin",
-    params(("region" = String, Path, description = "The region to retire")),
+    params(("region" = String, Path, description = "The region to retire, or several \
+        separated by commas (`ap,sa`): retired by one event, so that two unreachable regions \
+        need only the others' acknowledgements")),
     responses(
         (status = 201, description = "The retire event, durable here", body = render::RetireSubmitted),
         (status = 400, description = "`invalid_region`", body = ErrorBody),
@@ -1059,12 +1088,14 @@ async fn retire_member(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(region) = path.map_err(|e| error(400, "invalid_region", &e.body_text()))?;
-    let region =
-        RegionId::new(&region).map_err(|e| error(400, "invalid_region", &e.to_string()))?;
+    let Path(list) = path.map_err(|e| error(400, "invalid_region", &e.body_text()))?;
+    let mut regions = BTreeSet::new();
+    for r in list.split(',') {
+        regions.insert(RegionId::new(r).map_err(|e| error(400, "invalid_region", &e.to_string()))?);
+    }
     let reason = "retired by an operator (DELETE /v1/admin/members)".to_string();
     Ok(ask(&st, |reply| Command::RetireMember {
-        region,
+        regions,
         reason,
         reply,
     })
@@ -1198,7 +1229,7 @@ async fn healthz() -> Response {
     tag = "operations",
     responses(
         (status = 200, description = "Ready", body = render::ReadyBody),
-        (status = 503, description = "`not_ready`, `restoring`, `storage_unavailable`", body = ErrorBody),
+        (status = 503, description = "`not_ready`, `restoring`, `joining`, `storage_unavailable`", body = ErrorBody),
     )
 )]
 async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
@@ -1211,6 +1242,13 @@ async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
             503,
             "restoring",
             "restoring this region's history from its peers",
+        ));
+    }
+    if sh.joining.load(Ordering::Acquire) {
+        return Err(error(
+            503,
+            "joining",
+            "joining the cluster: waiting for its join event (POST /v1/admin/members)",
         ));
     }
     if !sh.ready.load(Ordering::Acquire) {

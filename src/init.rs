@@ -269,7 +269,7 @@ pub enum InitError {
     Key(String),
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> InitError {
+pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> InitError {
     InitError::Io {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -324,7 +324,7 @@ pub fn parse_regions(s: &str) -> Result<Vec<RegionId>, InitError> {
     Ok(out)
 }
 
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     // Paths and ids here never hold quotes or control characters, but escape anyway.
     let mut out = String::from("\"");
     for c in s.chars() {
@@ -604,8 +604,8 @@ pub fn init(opts: &InitOptions) -> Result<ClusterFile, InitError> {
 }
 
 /// A local certificate authority for `init --tls`: `ca.crt` (public) and `ca.key` (0600).
-struct LocalCa {
-    cert: PathBuf,
+pub(crate) struct LocalCa {
+    pub(crate) cert: PathBuf,
     issuer: rcgen::Certificate,
     key: rcgen::KeyPair,
 }
@@ -615,15 +615,35 @@ fn tls_err(e: impl std::fmt::Display) -> InitError {
 }
 
 impl LocalCa {
-    fn new(dir: &Path) -> Result<LocalCa, InitError> {
+    /// The CA's own certificate, self-signed with `key`: the same subject and key each time,
+    /// so that certificates issued by a CA opened again ([`LocalCa::open`]) chain to the
+    /// `ca.crt` written first.
+    fn self_signed(key: &rcgen::KeyPair) -> Result<rcgen::Certificate, InitError> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
-        let key = rcgen::KeyPair::generate().map_err(tls_err)?;
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
         p.distinguished_name
             .push(DnType::CommonName, "walletd local CA");
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = p.self_signed(&key).map_err(tls_err)?;
+        p.self_signed(key).map_err(tls_err)
+    }
+
+    /// The CA `init --tls` wrote: `cert` (`ca.crt`) and its key (`ca.key`), to issue a
+    /// certificate for a region that joins later (`walletd join`).
+    pub(crate) fn open(cert: &Path, key: &Path) -> Result<LocalCa, InitError> {
+        let pem = std::fs::read_to_string(key).map_err(|e| io_err(key, e))?;
+        let key = rcgen::KeyPair::from_pem(&pem).map_err(tls_err)?;
+        let issuer = LocalCa::self_signed(&key)?;
+        Ok(LocalCa {
+            cert: cert.to_path_buf(),
+            issuer,
+            key,
+        })
+    }
+
+    fn new(dir: &Path) -> Result<LocalCa, InitError> {
+        let key = rcgen::KeyPair::generate().map_err(tls_err)?;
+        let issuer = LocalCa::self_signed(&key)?;
         let cert = dir.join("ca.crt");
         std::fs::write(&cert, issuer.pem()).map_err(|e| io_err(&cert, e))?;
         let kpath = dir.join("ca.key");
@@ -633,7 +653,7 @@ impl LocalCa {
     }
 
     /// `<name>.crt` and `<name>.tls.key` (0600) for `names` (IP addresses or DNS names).
-    fn issue(
+    pub(crate) fn issue(
         &self,
         dir: &Path,
         name: &str,

@@ -48,6 +48,7 @@ pub mod demo;
 pub mod http;
 pub mod idempotency;
 pub mod init;
+pub mod join;
 pub mod keygen;
 pub mod latency;
 pub mod metrics;

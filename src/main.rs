@@ -5,6 +5,7 @@
 //! walletd init --region eu=10.0.0.1 --region us=10.0.0.2 --dir DIR   # one directory per host
 //! walletd keygen --out FILE                      # a new identity key; prints its peer id
 //! walletd run --config DIR/eu.toml               # one region
+//! walletd join --region sa --from DIR/eu.toml --dir DIR   # a new region's config
 //! ```
 
 #![forbid(unsafe_code)]
@@ -79,6 +80,36 @@ enum Cmd {
     /// (`--regions`), or one directory per host to copy over (`--region eu=HOST`, repeated;
     /// docs/deployment.md).
     Init(InitArgs),
+    /// Write the config of a new region joining a running cluster, from an existing
+    /// member's config (cluster id, policy, tokens, TLS CA), and print the
+    /// `POST /v1/admin/members` call that adds it (docs/operations.md "Add a region").
+    Join(JoinArgs),
+}
+
+/// `walletd join ...`.
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// The new region's id.
+    #[arg(long)]
+    region: String,
+    /// An existing member's config file.
+    #[arg(long)]
+    from: PathBuf,
+    /// Where to write `<region>.toml`, `<region>.key` and `data/<region>`.
+    #[arg(long)]
+    dir: PathBuf,
+    /// HTTP listen address [default: 127.0.0.1 and a free port].
+    #[arg(long)]
+    http_listen: Option<std::net::SocketAddr>,
+    /// libp2p listen multiaddr [default: /ip4/127.0.0.1/tcp/<free port>].
+    #[arg(long)]
+    p2p_listen: Option<libp2p::Multiaddr>,
+    /// The multiaddr the members dial [default: the listen address].
+    #[arg(long)]
+    advertise: Option<libp2p::Multiaddr>,
+    /// The cluster CA's key, when the cluster serves TLS [default: ca.key next to ca.crt].
+    #[arg(long)]
+    ca_key: Option<PathBuf>,
 }
 
 /// `walletd init ...`.
@@ -257,6 +288,43 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Join(a) => {
+            let region = match wallet_core::RegionId::new(&a.region) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("walletd join: --region: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = wallet::join::JoinOptions {
+                from: a.from,
+                region,
+                dir: a.dir,
+                http_listen: a.http_listen,
+                p2p_listen: a.p2p_listen,
+                advertise: a.advertise,
+                ca_key: a.ca_key,
+            };
+            match wallet::join::make_config(&opts) {
+                Ok(j) => {
+                    println!("{} {} {}", region, j.http, j.config.display());
+                    println!(
+                        "1. add it at any member (admin token in WALLET_ADMIN_TOKEN):\n{}",
+                        j.curl()
+                    );
+                    println!(
+                        "2. start it: walletd run --config {}\n   it pulls the history and \
+                         takes traffic once it holds its join (GET /readyz: 200)",
+                        j.config.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("walletd join: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Init(args) => {
             let opts = match args.options() {
                 Ok(o) => o,

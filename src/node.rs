@@ -143,6 +143,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         auth: Box::new(auth),
         recorded_policy: loaded.recorded_policy,
         restore,
+        // Kept in the config after the join: the reloaded join event ends it again.
+        joining: cfg.join,
         ..wallet_core::Config::new(
             cfg.region,
             cfg.members.iter().map(|m| m.region).collect(),
@@ -231,6 +233,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         policy_file_ignored,
         key_stage,
         rotated_key,
+        peers: cfg.members.iter().map(|m| (m.region, m.peer_id)).collect(),
     });
     let actor = actor::spawn(actor, net_rx, done_rx);
     shared.ready.store(true, Ordering::Release);

@@ -499,7 +499,8 @@ pub fn add_middleware_answers(doc: &mut OpenApi) {
                 "`timeout` (the request did not complete within http.request_timeout_ms, \
                  Retry-After: 1), `overloaded` (http.concurrency_max requests in flight: \
                  answered at once, Retry-After: 1), `unavailable` (shutting down), \
-                 `restoring`, `storage_unavailable`",
+                 `restoring`, `joining` (a region started by `walletd join` that has not \
+                 pulled its join yet), `storage_unavailable`",
                 true,
             );
         }

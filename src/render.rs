@@ -75,6 +75,13 @@ pub enum ErrorCode {
     RegionRetired,
     NotAMember,
     MembershipRefused,
+    InvalidPeerId,
+    InvalidKey,
+    InvalidAddress,
+    AlreadyMember,
+    RegionWasRetired,
+    PeerIdInUse,
+    Joining,
     PayloadTooLarge,
     UnsupportedMediaType,
     InsufficientFunds,
@@ -729,6 +736,8 @@ pub struct StatusBody {
     pub policy_version: u32,
     /// Restoring its own history from its peers.
     pub restoring: bool,
+    /// Joining the cluster: waiting for its own join event (`walletd join`).
+    pub joining: bool,
     /// Events held.
     pub events: u64,
     /// Feed length.
@@ -788,6 +797,7 @@ pub fn status_body(
         policy_hash: hex::encode(r.policy_hash().0),
         policy_version: r.current_policy().0,
         restoring: r.is_restoring(),
+        joining: r.is_joining(),
         events: r.event_count(),
         compensations: r.feed_len(),
         storage_failed,
@@ -959,6 +969,28 @@ pub struct MembersBody {
     pub retires: Vec<RetireView>,
     /// This region has been retired (it accepts no more transactions).
     pub retired: bool,
+    /// Every join applied here (regions added after the cluster was created).
+    pub joins: Vec<JoinView>,
+}
+
+/// A join as `GET /v1/admin/members` shows it.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinView {
+    /// The join event.
+    #[schema(value_type = EventIdText)]
+    pub id: String,
+    /// Its HLC.
+    #[schema(value_type = HlcText)]
+    pub hlc: String,
+    /// The region joined.
+    #[schema(value_type = RegionIdText)]
+    pub region: String,
+    /// Its peer id and addresses, as the join named them (null if not walletd's).
+    #[schema(required = true)]
+    pub peer_id: Option<String>,
+    /// Where the members dial it.
+    pub addrs: Vec<String>,
 }
 
 /// `GET /v1/admin/members`.
@@ -973,6 +1005,22 @@ pub fn members_body(r: &Replica) -> String {
         cuts,
         retires: r.retires().iter().map(retire_view).collect(),
         retired: r.is_retired(),
+        joins: r
+            .joins()
+            .iter()
+            .map(|j| {
+                let m = crate::join::JoinMeta::member(j.region, &j.meta);
+                JoinView {
+                    id: j.id.to_string(),
+                    hlc: j.hlc.to_string(),
+                    region: j.region.to_string(),
+                    peer_id: m.as_ref().map(|m| m.peer_id.to_string()),
+                    addrs: m
+                        .map(|m| m.addrs.iter().map(|a| a.to_string()).collect())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect(),
     })
 }
 
@@ -993,6 +1041,43 @@ pub fn retire_submitted_body(r: &Replica, id: EventId) -> String {
     to_json(&RetireSubmitted {
         id: id.to_string(),
         retire: r.retires().iter().find(|i| i.id == id).map(retire_view),
+    })
+}
+
+/// `201` of `POST /v1/admin/members`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSubmitted {
+    /// The join event's id.
+    #[schema(value_type = EventIdText)]
+    pub id: String,
+    /// Its HLC: the new region's events are above it.
+    #[schema(value_type = Option<HlcText>, required = true)]
+    pub hlc: Option<String>,
+    /// The region joined.
+    #[schema(value_type = RegionIdText)]
+    pub region: String,
+    /// Its libp2p peer id.
+    pub peer_id: String,
+    /// Its public key (hex of its protobuf encoding).
+    pub public_key: String,
+    /// Where the members dial it.
+    pub addrs: Vec<String>,
+}
+
+/// `POST /v1/admin/members`: the join event, once durable here.
+pub fn join_submitted_body(
+    id: EventId,
+    hlc: Option<Hlc>,
+    req: &crate::join::JoinRequest,
+) -> String {
+    to_json(&JoinSubmitted {
+        id: id.to_string(),
+        hlc: hlc.map(|h| h.to_string()),
+        region: req.region.to_string(),
+        peer_id: req.peer_id.to_string(),
+        public_key: hex::encode(&req.key),
+        addrs: req.addrs.iter().map(|a| a.to_string()).collect(),
     })
 }
 

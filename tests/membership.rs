@@ -170,16 +170,7 @@ async fn a_region_retired_while_partitioned_no_longer_stalls_settlement() {
     wait_converged(&c, "eu and us to converge", &REMAINING, &all).await;
 
     // No loss: every acknowledged load event is in both histories.
-    let mut held = std::collections::BTreeSet::new();
-    for a in &loaded {
-        for e in c.history(US, a).await.unwrap() {
-            held.insert(e["id"].as_str().unwrap().to_string());
-        }
-    }
-    for id in &acked {
-        assert!(held.contains(id), "{id} acknowledged but not held");
-    }
-    assert_eq!(held.len(), acked.len());
+    assert_no_loss(&c, US, &loaded, &acked).await;
     assert_eq!(
         balance(&c, US, "ap-acct").await,
         Some(("30.00".into(), "30.00".into()))
@@ -382,16 +373,7 @@ async fn a_key_rotated_under_load_verifies_at_the_peers_and_survives_a_restart()
     .await;
 
     // No loss.
-    let mut held = std::collections::BTreeSet::new();
-    for a in &loaded {
-        for e in c.history(AP, a).await.unwrap() {
-            held.insert(e["id"].as_str().unwrap().to_string());
-        }
-    }
-    for id in &acked {
-        assert!(held.contains(id), "{id} acknowledged but not held");
-    }
-    assert_eq!(held.len(), acked.len());
+    assert_no_loss(&c, AP, &loaded, &acked).await;
     for i in ALL {
         assert_eq!(status(&c, i).await["settlement_blocked"], false);
     }
@@ -405,4 +387,188 @@ async fn a_key_rotated_under_load_verifies_at_the_peers_and_survives_a_restart()
 
 fn error_code_of(v: &Value) -> String {
     v["error"]["code"].as_str().unwrap_or_default().to_string()
+}
+
+/// No loss: region `i` holds, settled, exactly the load events acknowledged on `accounts`.
+async fn assert_no_loss(c: &LocalCluster, i: usize, accounts: &[String], acked: &[String]) {
+    let mut held = std::collections::BTreeSet::new();
+    for a in accounts {
+        for e in c.history(i, a).await.unwrap() {
+            assert_eq!(e["settled"], true, "{e}");
+            held.insert(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    for id in acked {
+        assert!(held.contains(id), "{id} acknowledged but not held");
+    }
+    assert_eq!(held.len(), acked.len());
+}
+
+/// `/readyz` of region `i`: status and error code (empty when ready).
+async fn readiness(c: &LocalCluster, i: usize) -> (u16, String) {
+    let a = c
+        .client(i)
+        .unwrap()
+        .with_token("")
+        .get("/readyz")
+        .await
+        .unwrap();
+    (a.status, error_code_of(&a.json))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_grows_from_three_to_four_under_load_and_the_new_region_takes_traffic() {
+    use wallet::bank::{self, Workload};
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start_all().await.expect("start");
+    wait_connected(&c, &ALL).await;
+
+    // The bank workload (transfers with overdrafts, duplicates sent to two regions) runs
+    // on the three founding regions while the fourth joins.
+    let clients: Vec<_> = ALL.iter().map(|i| c.client(*i).unwrap()).collect();
+    let w = Workload {
+        seed: 12,
+        duration: Duration::from_secs(8),
+        ..Workload::default()
+    };
+    let workload = tokio::spawn(bank::run_workload(clients.clone(), w));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // `walletd join`'s library function writes sa's config from eu's.
+    let (sa, body) = c.add_region("sa").expect("add region");
+    let body = serde_json::to_value(&body).unwrap();
+    println!("join request: {body}");
+    let admin = c.admin(US).unwrap();
+    // Refusals: not admin; a key that is not the peer id's; a member's name; a peer id in
+    // use; a body that is not a join.
+    let forbidden = c
+        .client(US)
+        .unwrap()
+        .post("/v1/admin/members", &body.to_string(), None)
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status, 403, "{}", forbidden.json);
+    let mut bad_key = body.clone();
+    bad_key["public_key"] = json!(hex::encode(wallet_p2p::membership_key_of(
+        &libp2p::identity::Keypair::generate_ed25519()
+    )));
+    let mut dup = body.clone();
+    dup["region"] = json!("us");
+    let eu_cfg = wallet::config::NodeConfig::load(&c.regions[EU].config).unwrap();
+    let eu_peer = json!(eu_cfg.members[EU].peer_id.to_string());
+    let mut reused = body.clone();
+    reused["region"] = json!("xx");
+    reused["peer_id"] = eu_peer.clone();
+    reused.as_object_mut().unwrap().remove("public_key");
+    for (b, want) in [
+        (bad_key, (400, "invalid_key")),
+        (dup, (409, "already_member")),
+        (reused, (409, "peer_id_in_use")),
+        (json!({"region": "sa"}), (400, "invalid_json")),
+    ] {
+        let r = admin
+            .post("/v1/admin/members", &b.to_string(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, error_code_of(&r.json).as_str()),
+            want,
+            "{b}: {}",
+            r.json
+        );
+    }
+
+    // sa starts first: it dials the members, which refuse it until they apply the join;
+    // it is not ready and refuses clients meanwhile.
+    start(&mut c, sa).await;
+    assert_eq!(readiness(&c, sa).await, (503, "joining".into()));
+    let early = c
+        .tx(sa, "early", "deposit", "1", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (early.status, error_code_of(&early.json)),
+        (503, "joining".into()),
+        "{}",
+        early.json
+    );
+    assert_eq!(status(&c, sa).await["joining"], true);
+
+    // The join, issued at us under load.
+    let r = admin
+        .post("/v1/admin/members", &body.to_string(), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    println!("join answer: {}", r.json);
+    let join_id = r.json["id"].as_str().unwrap().to_string();
+    let again = admin
+        .post("/v1/admin/members", &body.to_string(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status, error_code_of(&again.json)),
+        (409, "already_member".into())
+    );
+
+    // Every founding region applies the join and dials sa; sa pulls the history, applies
+    // its own join and becomes ready.
+    eventually(&c, "sa to be ready", WAIT, || async {
+        readiness(&c, sa).await.0 == 200
+    })
+    .await;
+    let all4 = [EU, US, AP, sa];
+    wait_connected(&c, &all4).await;
+    for i in all4 {
+        let m = members(&c, i).await;
+        assert_eq!(m["in_force"], json!(["ap", "eu", "sa", "us"]), "{m}");
+        assert_eq!(m["joins"][0]["id"], join_id.as_str(), "{m}");
+        assert_eq!(m["joins"][0]["peer_id"], body["peer_id"], "{m}");
+    }
+
+    let h = workload.await.expect("workload task").expect("workload");
+    // Caught up: the four regions show the same events, balances and compensations, every
+    // event settled (sa included: it took no traffic yet).
+    let all_clients: Vec<_> = all4.iter().map(|i| c.client(*i).unwrap()).collect();
+    let r = bank::check(&all_clients, &h, Duration::from_secs(40))
+        .await
+        .expect("checker");
+    println!(
+        "bank workload (eu, us, ap), checked on the four: {}",
+        r.summary()
+    );
+    assert!(r.valid, "{}", serde_json::to_string_pretty(&r).unwrap());
+    assert!(r.acked > 0);
+    let wm_before = hlc(&status(&c, sa).await["watermark"]);
+
+    // sa takes traffic itself, with eu; its events settle everywhere.
+    let loaded = accounts("grow", 4);
+    let traffic = deposit_load(&c, &[sa, EU], &loaded);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acked = traffic.finish().await;
+    assert!(acked.iter().any(|id| id.starts_with("sa:")), "{acked:?}");
+    wait_converged(&c, "the four regions to converge", &all4, &loaded).await;
+    assert_no_loss(&c, US, &loaded, &acked).await;
+    let wm_after = hlc(&status(&c, sa).await["watermark"]);
+    assert!(wm_after > wm_before, "{wm_before:?} -> {wm_after:?}");
+    for i in all4 {
+        assert_eq!(status(&c, i).await["settlement_blocked"], false);
+    }
+
+    // eu restarts: its config does not name sa; the join in its history does (it allows
+    // and dials sa again).
+    assert!(term(&mut c, EU).await);
+    start(&mut c, EU).await;
+    wait_connected(&c, &all4).await;
+    let r = c
+        .tx(sa, "grow-0", "deposit", "2", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    wait_converged(&c, "the four regions after eu's restart", &all4, &loaded).await;
+    println!(
+        "join {join_id}; sa's acknowledged deposits {}, all {}; sa watermark {wm_before:?} -> {wm_after:?}",
+        acked.iter().filter(|id| id.starts_with("sa:")).count(),
+        acked.len()
+    );
 }

@@ -71,7 +71,7 @@ pub use money::{Amount, AmountError, Currency};
 pub use policy::{Action, FeePer, Overdraft, Policy, PolicyDocument, PolicyError, PolicyHash};
 pub use replica::{
     Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, JoinInfo, KeyHistory,
-    MemberStatus,
-    MembershipError, MembershipStats, Message, NoAuth, Output, PolicyVersionInfo, Record, Replica,
-    Report, RetireInfo, SignedHeartbeat, Stats, Status, SubmitError, Submitted, TxRequest,
+    MemberStatus, MembershipError, MembershipStats, Message, NoAuth, Output, PolicyVersionInfo,
+    Record, Replica, Report, RetireInfo, SignedHeartbeat, Stats, Status, SubmitError, Submitted,
+    TxRequest,
 };

@@ -409,8 +409,5 @@ async fn a_member_added_later_is_allowed_dialed_and_reached() {
     nsa.net.send(eu.region, tagged(13)).await;
     let (from, tag, _) = neu.next_message().await;
     assert_eq!((from, tag), (sa.region, 13));
-    assert_eq!(
-        neu.net.connected(),
-        BTreeSet::from([us.region, sa.region])
-    );
+    assert_eq!(neu.net.connected(), BTreeSet::from([us.region, sa.region]));
 }
