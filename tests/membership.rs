@@ -572,3 +572,175 @@ async fn a_cluster_grows_from_three_to_four_under_load_and_the_new_region_takes_
         acked.len()
     );
 }
+
+/// The evidence region `i` holds (admin).
+async fn evidence_at(c: &LocalCluster, i: usize) -> Vec<Value> {
+    let a = c.get_admin(i, "/v1/admin/evidence").await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.json);
+    a.json["evidence"].as_array().expect("evidence").clone()
+}
+
+/// `POST /v1/admin/faults` with `body` at region `i`.
+async fn faults_at(c: &LocalCluster, i: usize, body: Value) {
+    let a = c
+        .post(i, "/v1/admin/faults", &body, None, true)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.json);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equivocating_region_restored_from_an_old_backup_is_retired_and_settlement_resumes() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start_all().await.expect("start");
+    wait_connected(&c, &ALL).await;
+    let loaded = accounts("load", 6);
+    let traffic = deposit_load(&c, &REMAINING, &loaded);
+
+    // ap:1..2, settled everywhere; then a backup of ap's data directory (ap stopped).
+    for _ in 0..2 {
+        let r = c
+            .tx(AP, "ap-old", "deposit", "10", "USD", None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.json);
+    }
+    eventually(&c, "ap:1..2 to settle at eu", WAIT, || async {
+        matches!(balance(&c, EU, "ap-old").await, Some((_, s)) if s == "20.00")
+    })
+    .await;
+    assert!(term(&mut c, AP).await);
+    let data = c.data_dir(AP).unwrap();
+    let backup = c.dir.join("ap-backup");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&data)
+        .arg(&backup)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+
+    // ap runs on and issues ap:3..4, which eu and us hold.
+    start(&mut c, AP).await;
+    wait_connected(&c, &ALL).await;
+    for _ in 0..2 {
+        let r = c
+            .tx(AP, "ap-new", "deposit", "7", "USD", None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.json);
+    }
+    eventually(&c, "eu and us to hold ap:4", WAIT, || async {
+        status(&c, EU).await["version_vector"]["ap"] == 4
+            && status(&c, US).await["version_vector"]["ap"] == 4
+    })
+    .await;
+
+    // ap is restored from the old backup and, before it hears from anyone (eu and us drop
+    // its traffic), issues a different ap:3: the same id, signed by ap's key.
+    assert!(term(&mut c, AP).await);
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&backup, &data).unwrap();
+    for i in REMAINING {
+        faults_at(&c, i, json!({"isolate": ["ap"]})).await;
+    }
+    start(&mut c, AP).await;
+    let fork = c
+        .tx(AP, "ap-fork", "deposit", "9", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(fork.status, 201, "{}", fork.json);
+    assert_eq!(fork.json["id"], "ap:3", "{}", fork.json);
+    for i in REMAINING {
+        faults_at(&c, i, json!({"heal": true})).await;
+    }
+
+    // eu and us learn of the two ap:3 (evidence), freeze ap, and settlement stops.
+    eventually(
+        &c,
+        "eu and us to hold evidence against ap",
+        WAIT,
+        || async {
+            for i in REMAINING {
+                if evidence_at(&c, i).await.is_empty()
+                    || status(&c, i).await["settlement_blocked"] != true
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let mut before = Vec::new();
+    for i in REMAINING {
+        before.push(evidence_at(&c, i).await);
+    }
+    let evidence = before[0].clone();
+    println!("evidence at eu: {}", Value::Array(evidence.clone()));
+    assert!(evidence
+        .iter()
+        .all(|e| e["origin"] == "ap" && e["id"] == "ap:3"));
+    c.kill(AP);
+    let probe = c
+        .tx(EU, "probe", "deposit", "1", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(probe.status, 201, "{}", probe.json);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        balance(&c, EU, "probe").await,
+        Some(("1.00".into(), "0.00".into())),
+        "settlement is blocked by the evidence"
+    );
+
+    // The operator retires ap. The cut is the last trusted seq: eu and us settled ap:1..4
+    // before the fork reached them, so those stay; the fork (never applied) is not history.
+    let r = c
+        .admin(US)
+        .unwrap()
+        .delete("/v1/admin/members/ap")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    eventually(&c, "the cut of ap at eu and us", WAIT, || async {
+        for i in REMAINING {
+            if members(&c, i).await["cuts"]["ap"].as_u64().is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let m_eu = members(&c, EU).await;
+    assert_eq!(m_eu["cuts"], members(&c, US).await["cuts"]);
+    println!("cut after the equivocation: {}", m_eu["cuts"]);
+
+    // Settlement resumes on eu and us; the evidence stays readable.
+    eventually(&c, "the probe to settle at eu", WAIT, || async {
+        matches!(balance(&c, EU, "probe").await, Some((_, s)) if s == "1.00")
+    })
+    .await;
+    let acked = traffic.finish().await;
+    let mut all = loaded.clone();
+    all.extend(["ap-old", "ap-new", "ap-fork", "probe"].map(String::from));
+    wait_converged(
+        &c,
+        "eu and us to converge after the retire",
+        &REMAINING,
+        &all,
+    )
+    .await;
+    assert_no_loss(&c, US, &loaded, &acked).await;
+    for (k, i) in REMAINING.iter().copied().enumerate() {
+        assert_eq!(status(&c, i).await["settlement_blocked"], false);
+        assert_eq!(evidence_at(&c, i).await, before[k], "region {i}");
+        assert!(c.history(i, "ap-fork").await.unwrap().is_empty());
+    }
+    println!(
+        "acknowledged load events {}; cut of ap {}; evidence kept {}",
+        acked.len(),
+        m_eu["cuts"]["ap"],
+        evidence.len()
+    );
+}
