@@ -744,3 +744,137 @@ async fn an_equivocating_region_restored_from_an_old_backup_is_retired_and_settl
         evidence.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_regions_down_at_once_are_retired_by_one_call_and_their_names_are_not_reused() {
+    let mut c = cluster(&["eu", "us", "ap", "sa"]);
+    let sa = 3;
+    let all4 = [EU, US, AP, sa];
+    c.start_all().await.expect("start");
+    wait_connected(&c, &all4).await;
+    let loaded = accounts("load", 4);
+    let traffic = deposit_load(&c, &REMAINING, &loaded);
+    for i in [AP, sa] {
+        let r = c.tx(i, "far", "deposit", "5", "USD", None).await.unwrap();
+        assert_eq!(r.status, 201, "{}", r.json);
+    }
+    eventually(
+        &c,
+        "ap's and sa's deposits to settle at eu",
+        WAIT,
+        || async { matches!(balance(&c, EU, "far").await, Some((_, s)) if s == "10.00") },
+    )
+    .await;
+    // ap and sa die together: one retire of one of them would wait for the other's
+    // acknowledgement forever; one retire of both needs only eu's and us's.
+    c.kill(AP);
+    c.kill(sa);
+    let admin = c.admin(EU).unwrap();
+    let bad = admin.delete("/v1/admin/members/ap,,sa").await.unwrap();
+    assert_eq!(
+        (bad.status, error_code_of(&bad.json)),
+        (400, "invalid_region".into())
+    );
+    let r = admin.delete("/v1/admin/members/ap,sa").await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["retire"]["regions"], json!(["ap", "sa"]));
+    assert_eq!(r.json["retire"]["remaining"], json!(["eu", "us"]));
+    eventually(&c, "the cuts of ap and sa at eu and us", WAIT, || async {
+        for i in REMAINING {
+            let m = members(&c, i).await;
+            if m["cuts"]["ap"].as_u64().is_none() || m["cuts"]["sa"].as_u64().is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let m = members(&c, US).await;
+    assert_eq!(m["in_force"], json!(["eu", "us"]));
+    assert_eq!(m["cuts"], json!({"ap": 1, "sa": 1}));
+    assert_eq!(members(&c, EU).await["cuts"], m["cuts"]);
+
+    // A retired region's name is not reused.
+    let kp = libp2p::identity::Keypair::generate_ed25519();
+    let join = json!({"region": "ap", "peer_id": wallet_p2p::peer_id_of(&kp).to_string()});
+    let r = admin
+        .post("/v1/admin/members", &join.to_string(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, error_code_of(&r.json)),
+        (409, "region_was_retired".into()),
+        "{}",
+        r.json
+    );
+
+    // Settlement goes on without them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = traffic.finish().await;
+    let mut all = loaded.clone();
+    all.push("far".into());
+    wait_converged(
+        &c,
+        "eu and us to converge without ap and sa",
+        &REMAINING,
+        &all,
+    )
+    .await;
+    assert_no_loss(&c, EU, &loaded, &acked).await;
+    println!(
+        "retired ap and sa in one call: cuts {}; acknowledged load events {}",
+        m["cuts"],
+        acked.len()
+    );
+}
+
+#[test]
+fn walletd_join_writes_a_joining_config_and_prints_the_call() {
+    let c = cluster(&["eu", "us"]);
+    let out_dir = c.dir.join("new-region");
+    let run = |region: &str| {
+        std::process::Command::new(BIN)
+            .args(["join", "--region", region, "--from"])
+            .arg(&c.regions[0].config)
+            .arg("--dir")
+            .arg(&out_dir)
+            .output()
+            .unwrap()
+    };
+    let o = run("sa");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    println!("{stdout}");
+    assert!(stdout.contains("/v1/admin/members"), "{stdout}");
+    assert!(stdout.contains("$WALLET_ADMIN_TOKEN"), "{stdout}");
+    assert!(
+        !stdout.contains(&c.admin_token),
+        "the admin token is not printed"
+    );
+    let cfg = wallet::config::NodeConfig::load(&out_dir.join("sa.toml")).unwrap();
+    let eu = wallet::config::NodeConfig::load(&c.regions[0].config).unwrap();
+    assert!(cfg.join);
+    assert_eq!(cfg.cluster, eu.cluster);
+    assert_eq!(cfg.policy.hash(), eu.policy.hash());
+    assert!(cfg.tls.is_some());
+    let names: Vec<String> = cfg.members.iter().map(|m| m.region.to_string()).collect();
+    assert_eq!(names, ["eu", "us", "sa"]);
+    let body_line = stdout.lines().find(|l| l.contains("curl")).unwrap();
+    assert!(
+        body_line.contains(&cfg.members[2].peer_id.to_string()),
+        "{body_line}"
+    );
+    // A member's name, or a directory that already holds the region, is refused.
+    let o = run("us");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already a member"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!run("sa").status.success());
+}
