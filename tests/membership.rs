@@ -678,9 +678,9 @@ async fn an_equivocating_region_restored_from_an_old_backup_is_retired_and_settl
     }
     let evidence = before[0].clone();
     println!("evidence at eu: {}", Value::Array(evidence.clone()));
-    assert!(evidence
-        .iter()
-        .all(|e| e["origin"] == "ap" && e["id"] == "ap:3"));
+    // Two ap:3 (conflicting events), or a heartbeat of the restored ap contradicting ap:3 or
+    // ap:4 (a broken promise), whichever arrives first: all against ap.
+    assert!(!evidence.is_empty() && evidence.iter().all(|e| e["origin"] == "ap"));
     c.kill(AP);
     let probe = c
         .tx(EU, "probe", "deposit", "1", "USD", None)
