@@ -417,7 +417,7 @@ async fn readiness(c: &LocalCluster, i: usize) -> (u16, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_grows_from_three_to_four_under_load_and_the_new_region_takes_traffic() {
+async fn a_cluster_grows_from_three_to_five_under_load_and_each_new_region_takes_traffic() {
     use wallet::bank::{self, Workload};
     let mut c = cluster(&["eu", "us", "ap"]);
     c.start_all().await.expect("start");
@@ -428,7 +428,7 @@ async fn a_cluster_grows_from_three_to_four_under_load_and_the_new_region_takes_
     let clients: Vec<_> = ALL.iter().map(|i| c.client(*i).unwrap()).collect();
     let w = Workload {
         seed: 12,
-        duration: Duration::from_secs(8),
+        duration: Duration::from_secs(6),
         ..Workload::default()
     };
     let workload = tokio::spawn(bank::run_workload(clients.clone(), w));
@@ -566,6 +566,34 @@ async fn a_cluster_grows_from_three_to_four_under_load_and_the_new_region_takes_
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
     wait_converged(&c, "the four regions after eu's restart", &all4, &loaded).await;
+
+    // A fifth region, written from eu's config (which does not name sa) and joined at sa:
+    // it learns of sa from sa's join in the history, dials it, and converges with all.
+    let (af, body5) = c.add_region("af").expect("add af");
+    let r = c
+        .admin(sa)
+        .unwrap()
+        .post(
+            "/v1/admin/members",
+            &serde_json::to_string(&body5).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    start(&mut c, af).await;
+    let all5 = [EU, US, AP, sa, af];
+    wait_connected(&c, &all5).await;
+    eventually(&c, "af to be ready", WAIT, || async {
+        readiness(&c, af).await.0 == 200
+    })
+    .await;
+    let r = c
+        .tx(af, "grow-1", "deposit", "3", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    wait_converged(&c, "the five regions", &all5, &loaded).await;
     println!(
         "join {join_id}; sa's acknowledged deposits {}, all {}; sa watermark {wm_before:?} -> {wm_after:?}",
         acked.iter().filter(|id| id.starts_with("sa:")).count(),
