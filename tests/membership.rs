@@ -204,10 +204,20 @@ async fn a_region_retired_while_partitioned_no_longer_stalls_settlement() {
         assert_eq!(member(&s, "ap")["connected"], false, "{s}");
         assert_eq!(s["version_vector"]["ap"], 3, "{s}");
     }
-    let s = status(&c, AP).await;
-    for r in ["eu", "us"] {
-        assert_eq!(member(&s, r)["connected"], false, "{s}");
-    }
+    // ap's side: each redial is authenticated and then dropped by eu's and us's allowlist, so
+    // ap may see a connection for a moment; it holds none for long.
+    eventually(
+        &c,
+        "ap to hold no connection to eu and us",
+        WAIT,
+        || async {
+            let s = status(&c, AP).await;
+            ["eu", "us"]
+                .iter()
+                .all(|r| member(&s, r)["connected"] == false)
+        },
+    )
+    .await;
     wait_converged(&c, "eu and us to stay converged", &REMAINING, &all).await;
     println!(
         "acknowledged load events {} (eu and us), cut of ap {}, lost at ap {}, refused peers before ap's restart {:?}",
@@ -225,6 +235,17 @@ async fn a_live_region_retired_learns_its_cut_and_refuses_with_region_retired() 
     wait_connected(&c, &ALL).await;
     let r = c.tx(AP, "a", "deposit", "10", "USD", None).await.unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
+    // eu and us hold ap:1 before the retire (else the cut may rightly leave it out: on a
+    // loaded machine the retire can overtake ap's push).
+    eventually(&c, "eu and us to hold ap:1", WAIT, || async {
+        for i in REMAINING {
+            if status(&c, i).await["version_vector"]["ap"] != 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
 
     let r = c
         .admin(US)
@@ -762,7 +783,12 @@ async fn an_equivocating_region_restored_from_an_old_backup_is_retired_and_settl
     assert_no_loss(&c, US, &loaded, &acked).await;
     for (k, i) in REMAINING.iter().copied().enumerate() {
         assert_eq!(status(&c, i).await["settlement_blocked"], false);
-        assert_eq!(evidence_at(&c, i).await, before[k], "region {i}");
+        // Every proof held before the retire is still listed (heartbeats of ap in flight
+        // when it was killed may have added more).
+        let after = evidence_at(&c, i).await;
+        for e in &before[k] {
+            assert!(after.contains(e), "region {i} lost evidence {e}");
+        }
         assert!(c.history(i, "ap-fork").await.unwrap().is_empty());
     }
     println!(
