@@ -574,7 +574,8 @@ impl Actor {
                     }
                     SubmitError::Membership(M::AlreadyMember(_)) => (409, "already_member"),
                     SubmitError::Membership(M::Retired) => (409, "region_retired"),
-                    SubmitError::Membership(M::Invalid(_)) => (400, "invalid_key"),
+                    // Lengths are checked before (parse_join_request): not reached.
+                    SubmitError::Membership(M::Invalid(_)) => (400, "invalid_address"),
                     _ => (409, "membership_refused"),
                 };
                 let _ = reply.send(Reply::error(status, code, &e.to_string()));

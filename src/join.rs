@@ -138,6 +138,7 @@ pub fn parse_join_request(bytes: &[u8]) -> Result<JoinRequest, JoinRefusal> {
             format!("at most {JOIN_ADDRS_MAX} addresses"),
         ));
     }
+    // (Their total length is checked below, against what the join can carry.)
     let mut addrs = Vec::new();
     for a in &b.addrs {
         let m: Multiaddr = a
@@ -145,12 +146,23 @@ pub fn parse_join_request(bytes: &[u8]) -> Result<JoinRequest, JoinRefusal> {
             .map_err(|e| ("invalid_address", format!("{a:?} is not a multiaddr: {e}")))?;
         addrs.push(m);
     }
-    Ok(JoinRequest {
+    let req = JoinRequest {
         region,
         peer_id,
         key,
         addrs,
-    })
+    };
+    let meta = req.meta().encode().len();
+    if meta > wallet_core::event::MEMBERSHIP_META_MAX {
+        return Err((
+            "invalid_address",
+            format!(
+                "the addresses take {meta} bytes in the join, more than {}",
+                wallet_core::event::MEMBERSHIP_META_MAX
+            ),
+        ));
+    }
+    Ok(req)
 }
 
 /// Options of `walletd join`.
@@ -446,6 +458,12 @@ mod tests {
             code(serde_json::json!({"region": "sa", "peer_id": peer, "addrs": ["not/an addr"]})),
             "invalid_address"
         );
+        let long = format!("/dns/{}/tcp/1", "a".repeat(1000));
+        let (code5, why) =
+            body(serde_json::json!({"region": "sa", "peer_id": peer, "addrs": vec![long; 5]}))
+                .unwrap_err();
+        assert_eq!(code5, "invalid_address");
+        assert!(why.contains("bytes in the join"), "{why}");
         assert!(JoinMeta::member(ok.region, b"not json").is_none());
     }
 }
