@@ -82,6 +82,10 @@ pub struct Invariants {
     /// region's log up to it; no region ever settled an event of a retired region above its
     /// cut; and a retired region never stalls settlement after its cut.
     pub membership: bool,
+    /// Consistency modes (SPEC §8, §9.4, the reference model's `model_modes`): under home and
+    /// escrow with `refuse`, no client debit takes the settled balance below the floor; a
+    /// home-mode debit is decided only by the home of its time.
+    pub modes: bool,
 }
 
 impl Invariants {
@@ -107,10 +111,11 @@ impl Invariants {
             && self.pull_backoff
             && self.pull_given_up
             && self.membership
+            && self.modes
     }
 
     /// Every invariant by name, in JSON order.
-    pub fn named(&self) -> [(&'static str, bool); 20] {
+    pub fn named(&self) -> [(&'static str, bool); 21] {
         [
             ("convergence", self.convergence),
             ("no_loss", self.no_loss),
@@ -132,6 +137,7 @@ impl Invariants {
             ("pull_backoff", self.pull_backoff),
             ("pull_given_up", self.pull_given_up),
             ("membership", self.membership),
+            ("modes", self.modes),
         ]
     }
 }
@@ -218,6 +224,9 @@ fn same_event(x: &Event, y: &Event) -> bool {
             wallet_core::wire::encode_value(x) == wallet_core::wire::encode_value(y)
         }
         (Body::Membership(x), Body::Membership(y)) => x == y,
+        (Body::Account(x), Body::Account(y)) => {
+            wallet_core::wire::encode_value(x) == wallet_core::wire::encode_value(y)
+        }
         _ => false,
     };
     x.id == y.id && x.hlc == y.hlc && x.sig == y.sig && same_body(&x.body, &y.body)
@@ -632,7 +641,7 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     let any_reverse = std::iter::once(ctx.policy)
         .chain(changes.iter().filter_map(|e| match &e.body {
             Body::Policy(p) => Some(&**p),
-            Body::Tx(_) | Body::Membership(_) => None,
+            Body::Tx(_) | Body::Membership(_) | Body::Account(_) => None,
         }))
         .any(|p| p.rules.iter().any(|r| r.action == Action::Reverse));
     let mut accounts: Vec<AccountId> = r0.all_balances().into_iter().map(|(a, _, _)| a).collect();
@@ -970,6 +979,15 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         }
     }
 
+    // SPEC §8, §9.4: the consistency modes' promises, on the whole settled history.
+    if sim.converged_at.is_some() {
+        let events = all_events(r0, &sim.cfg.regions);
+        let modes = testing::model_modes(&sim.cfg.policy, events);
+        for v in modes.violations.into_iter().take(5) {
+            f.add("modes", v);
+        }
+    }
+
     // 3. The same compensation ids everywhere (each region was compared with the model of
     // its own view above).
     let ids0: Vec<String> = r0
@@ -1262,6 +1280,7 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
         pull_backoff: f.ok("pull_backoff"),
         pull_given_up: f.ok("pull_given_up"),
         membership: f.ok("membership"),
+        modes: f.ok("modes"),
     };
     CheckResult {
         invariants,
@@ -1434,15 +1453,19 @@ impl DuringRun {
 pub struct Before {
     provisional: Decimal,
     floor: Decimal,
+    /// A strict mode (SPEC §8): a debit may be refused although the provisional balance
+    /// would stay at the floor (credits that may still be reversed do not count).
+    strict: bool,
 }
 
 impl Before {
     /// Reads `r` before it handles `req`.
     pub fn of(r: &Replica, req: &TxRequest) -> Before {
+        let rule = testing::model_rule(r.current_policy().1, req.account.as_str(), req.currency);
         Before {
             provisional: r.balance(&req.account, req.currency).provisional,
-            floor: testing::model_rule(r.current_policy().1, req.account.as_str(), req.currency)
-                .floor,
+            floor: rule.floor,
+            strict: rule.rule.mode.is_strict(),
         }
     }
 }
@@ -1516,7 +1539,7 @@ pub fn submitted(
     let Some(after) = after else { return };
     let short = debit && after < before.floor;
     match new {
-        None if !short => during.fail(
+        None if !short && !before.strict => during.fail(
             "acceptance",
             now,
             format!(
@@ -1845,6 +1868,7 @@ mod tests {
         let before = Before {
             provisional: Decimal::from_str_exact(provisional).unwrap(),
             floor: Decimal::ZERO,
+            strict: false,
         };
         submitted(&mut d, 0, 0, &replica(), req, &before, &result);
         d.failures

@@ -35,6 +35,11 @@ impl Replica {
             Message::PullAnswer { events, more } => {
                 self.handle_pull_answer(now_ms, from, events, more)
             }
+            Message::Forward { request, tx } => self.handle_forward(now_ms, from, request, tx),
+            Message::ForwardAnswer { request, result } => {
+                self.handle_forward_answer(from, request, result)
+            }
+            Message::RightsRequest { .. } => {}
         }
     }
 

@@ -159,7 +159,7 @@ impl Settlement {
             }
             // Membership changes took effect when they were applied (members, cuts, keys);
             // the fold has nothing to do with them.
-            Body::Membership(_) => return,
+            Body::Membership(_) | Body::Account(_) => return,
             Body::Tx(tx) => tx,
         };
         // An account always exists once an event of it is held.
