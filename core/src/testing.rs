@@ -154,8 +154,9 @@ pub struct ModelFold {
     pub open_episodes: BTreeMap<(AccountId, Currency), Decimal>,
     /// Episodes that closed on a balance (without their fees) exactly at the floor.
     pub closed_at_floor: u64,
-    /// The causes counted in `overdrafts`, in order.
-    pub overdrawn: Vec<EventId>,
+    /// The causes counted in `overdrafts`, in order, each with its overdraft: the floor minus
+    /// the settled balance right after it.
+    pub overdrawn: Vec<(EventId, Decimal)>,
 }
 
 /// The rule in force for one (account, currency), made concrete for the currency: the line,
@@ -494,7 +495,7 @@ where
             comp = Some((CompKind::Reversal, -delta));
         } else if model_is_debit(tx.kind) && p.bal < rule.floor {
             out.overdrafts += 1;
-            out.overdrawn.push(e.id);
+            out.overdrawn.push((e.id, rule.floor - p.bal));
             let overdrawn = (rule.floor - p.bal).min(amount);
             if rule.action == Action::Reverse && rule.reversible.contains(&tx.kind) {
                 comp = Some((CompKind::Reversal, amount));
@@ -580,6 +581,8 @@ pub struct ModelModes {
     pub strict_pairs: u64,
     /// Client debits of home-mode pairs, each checked against the home's tenure.
     pub home_debits: u64,
+    /// Every region's rights per pair ([`model_rights`]).
+    pub rights: BTreeMap<(AccountId, Currency), BTreeMap<crate::id::RegionId, Decimal>>,
 }
 
 /// SPEC §8 and §9.4 on a whole history (every event settled), for the pairs whose rule is
@@ -606,7 +609,15 @@ where
         _ => None,
     }));
     let fold = model(seed, order.iter().copied());
-    let overdrawn: BTreeSet<EventId> = fold.overdrawn.iter().copied().collect();
+    let overdrawn: BTreeMap<EventId, Decimal> = fold.overdrawn.iter().copied().collect();
+    // Fees charged so far per pair, in order (the hybrid's bound allows for them).
+    let fee_of: BTreeMap<EventId, Decimal> = fold
+        .feed
+        .iter()
+        .filter(|c| c.kind == CompKind::OverdraftFee)
+        .map(|c| (c.cause, -c.delta))
+        .collect();
+    let mut fees_so_far: BTreeMap<(&str, &str), Decimal> = BTreeMap::new();
     let mut out = ModelModes::default();
     // Per pair, its home moves by epoch (the first in the order for an epoch).
     let mut moves_by_pair: BTreeMap<(&str, &str), BTreeMap<u64, &Event>> = BTreeMap::new();
@@ -627,11 +638,16 @@ where
             }
         }
     }
-    // Per pair: the mode if the same strict one (and the same floor) throughout.
+    // Per pair: the mode if the same one (and the same floor) throughout, and not
+    // optimistic.
     let mut strict: BTreeMap<(&str, &str), Option<Mode>> = BTreeMap::new();
     for e in &order {
         let Body::Tx(tx) = &e.body else { continue };
         let pair = (tx.account.as_str(), tx.currency.as_str());
+        let fees_before = fees_so_far.get(&pair).copied().unwrap_or_default();
+        if let Some(f) = fee_of.get(&e.id) {
+            *fees_so_far.entry(pair).or_default() = add(fees_before, *f);
+        }
         let mode = strict.entry(pair).or_insert_with(|| {
             let rules: Vec<ModelRule<'_>> = policies
                 .iter()
@@ -641,13 +657,42 @@ where
             let same = rules
                 .iter()
                 .all(|r| r.rule.mode == first.rule.mode && r.floor == first.floor);
-            (same && first.rule.mode.is_strict()).then(|| first.rule.mode.clone())
+            (same && first.rule.mode != Mode::Optimistic).then(|| first.rule.mode.clone())
         });
         let Some(mode) = mode.clone() else { continue };
         if !model_is_debit(tx.kind) {
             continue;
         }
-        if overdrawn.contains(&e.id) {
+        if let (
+            Mode::Escrow {
+                fallback: crate::policy::Fallback::Optimistic,
+                risk_limit,
+                ..
+            },
+            Some(over),
+        ) = (&mode, overdrawn.get(&e.id))
+        {
+            // The hybrid: the overdraft never exceeds the risk limit (plus the fees the
+            // policy charged on the account before, which no region decided).
+            let limit = add(
+                round_dp(*risk_limit, model_minor_units(tx.currency)),
+                fees_before,
+            );
+            if *over > limit {
+                out.violations.push(format!(
+                    "{} ({} {} on {}) overdrew by {over}, beyond the risk limit {risk_limit} \
+                     (and fees {fees_before})",
+                    e.id,
+                    tx.kind.as_str(),
+                    tx.amount.value(),
+                    pair.0
+                ));
+            }
+        }
+        if !mode.is_strict() {
+            continue;
+        }
+        if overdrawn.contains_key(&e.id) {
             out.violations.push(format!(
                 "{} ({} {} on {}, {}) took the settled balance below the floor",
                 e.id,
@@ -690,7 +735,94 @@ where
             }
         }
     }
-    out.strict_pairs = strict.values().filter(|m| m.is_some()).count() as u64;
+    out.strict_pairs = strict
+        .values()
+        .filter(|m| m.as_ref().is_some_and(Mode::is_strict))
+        .count() as u64;
+    // Rights (escrow, docs/modes.md): they sum to the settled balance of every pair; under
+    // escrow with `refuse` throughout, no region's are negative.
+    let rights = model_rights(&fold, order.iter().copied());
+    for ((account, currency), per) in &rights {
+        let sum = per.values().fold(Decimal::ZERO, |a, b| add(a, *b));
+        let balance = fold
+            .balances
+            .get(&(account.clone(), *currency))
+            .copied()
+            .unwrap_or_default();
+        if sum != balance {
+            out.violations.push(format!(
+                "rights of {account} {currency:?} sum to {sum}, the settled balance is {balance}"
+            ));
+        }
+        let refuse = strict
+            .get(&(account.as_str(), currency.as_str()))
+            .and_then(Option::as_ref)
+            .is_some_and(|m| matches!(m, Mode::Escrow { .. }) && m.is_strict());
+        if refuse {
+            if let Some((r, v)) = per.iter().find(|(_, v)| **v < Decimal::ZERO) {
+                out.violations.push(format!(
+                    "escrow with refuse: {r} holds {v} rights of {account} {currency:?}"
+                ));
+            }
+        }
+    }
+    out.rights = rights;
+    out
+}
+
+/// Every region's spending rights per (account, currency) on a whole, settled history, by the
+/// rules of SPEC §8 and docs/modes.md: a debit takes them from its origin; a credit gives
+/// them to its origin (a credit with an idempotency key only if not reversed as a duplicate:
+/// it could have been, until settled); a fee or a reversal of a debit moves its cause's
+/// origin's; a transfer moves them from its issuer to its target. `fold` is [`model`] of
+/// the same events.
+pub fn model_rights<'a, I>(
+    fold: &ModelFold,
+    events: I,
+) -> BTreeMap<(AccountId, Currency), BTreeMap<crate::id::RegionId, Decimal>>
+where
+    I: IntoIterator<Item = &'a Event>,
+{
+    let comps: BTreeMap<EventId, &ModelComp> = fold
+        .feed
+        .iter()
+        .filter(|c| c.kind != CompKind::IdempotencyConflict)
+        .map(|c| (c.cause, c))
+        .collect();
+    let mut out: BTreeMap<(AccountId, Currency), BTreeMap<crate::id::RegionId, Decimal>> =
+        BTreeMap::new();
+    let mut put = |a: &AccountId, c: Currency, r: crate::id::RegionId, d: Decimal| {
+        let v = out.entry((a.clone(), c)).or_default().entry(r).or_default();
+        *v = add(*v, d);
+    };
+    for e in events {
+        match &e.body {
+            Body::Tx(tx) => {
+                let comp = comps.get(&e.id);
+                let keyed_credit = !model_is_debit(tx.kind) && tx.idempotency_key.is_some();
+                if keyed_credit && comp.is_some_and(|c| c.duplicate) {
+                    continue; // reversed: it never granted rights
+                }
+                put(&tx.account, tx.currency, e.id.origin, signed(tx));
+                if let Some(c) = comp {
+                    put(&tx.account, tx.currency, e.id.origin, c.delta);
+                }
+            }
+            Body::Account(op) => {
+                if let AccountOp::RightsTransfer {
+                    account,
+                    currency,
+                    amount,
+                    to,
+                } = &**op
+                {
+                    put(account, *currency, e.id.origin, -amount.value());
+                    put(account, *currency, *to, amount.value());
+                }
+            }
+            Body::Policy(_) | Body::Membership(_) => {}
+        }
+    }
     out
 }
 

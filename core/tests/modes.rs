@@ -335,3 +335,151 @@ proptest! {
         prop_assert!(fold.feed.iter().all(|x| x.kind != CompKind::OverdraftFee));
     }
 }
+
+const ESCROW: &str = "[default]\nmode = \"escrow\"\nfallback = \"refuse\"\n";
+const HYBRID: &str =
+    "[default]\nmode = \"escrow\"\nfallback = \"optimistic\"\nrisk_limit = \"30\"\n";
+
+#[test]
+fn escrow_spends_local_rights_asks_for_more_and_refuses_after_the_time_out() {
+    let mut c = Cluster::new(&["eu", "us"], Policy::from_toml(ESCROW).unwrap());
+    // A credit without a key gives its region rights at once.
+    c.submit(0, usd("erin", Kind::Deposit, "100")).unwrap();
+    settle(&mut c);
+    assert_eq!(
+        c.nodes[0].replica.rights(&acct("erin"), Currency::USD),
+        dec("100.00")
+    );
+    assert_eq!(
+        c.nodes[1].replica.rights(&acct("erin"), Currency::USD),
+        dec("0")
+    );
+    // eu spends within its rights with no coordination.
+    assert!(matches!(
+        c.submit(0, usd("erin", Kind::Purchase, "30")),
+        Ok(Submitted::New(_))
+    ));
+    // us has none: it asks, eu gives, us decides.
+    let Ok(Submitted::Pending { request }) = c.submit(1, usd("erin", Kind::Purchase, "50")) else {
+        panic!("us waits for rights");
+    };
+    settle(&mut c);
+    c.tick(1);
+    let (r, result) = c.nodes[1].decided.pop().expect("decided");
+    assert_eq!(r, request);
+    assert!(
+        matches!(result, Ok(Submitted::New(id)) if id.origin == region("us")),
+        "{result:?}"
+    );
+    assert_eq!(c.nodes[1].replica.mode_stats().rights_requests, 1);
+    // Across a partition nobody answers: refused for rights once the time-out passes.
+    c.partition(0b10);
+    let Ok(Submitted::Pending { .. }) = c.submit(1, usd("erin", Kind::Purchase, "15")) else {
+        panic!("waits");
+    };
+    c.tick(u64::from(policy::RIGHTS_TIMEOUT_MS_DEFAULT) + 1);
+    assert!(matches!(
+        c.nodes[1].decided.pop(),
+        Some((_, Err(SubmitError::InsufficientRights { .. })))
+    ));
+    for n in &c.nodes {
+        n.replica.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn a_credit_that_may_still_be_reversed_grants_rights_only_once_settled() {
+    let mut c = Cluster::new(&["eu", "us"], Policy::from_toml(ESCROW).unwrap());
+    let mut dep = usd("fay", Kind::Deposit, "100");
+    dep.idempotency_key = Some("d1".into());
+    c.submit(0, dep).unwrap();
+    c.persist_all();
+    assert_eq!(
+        c.nodes[0].replica.rights(&acct("fay"), Currency::USD),
+        dec("0")
+    );
+    assert!(c.settle_all());
+    assert_eq!(
+        c.nodes[0].replica.rights(&acct("fay"), Currency::USD),
+        dec("100.00")
+    );
+    c.nodes[0].replica.check_invariants().unwrap();
+}
+
+#[test]
+fn the_hybrid_accepts_within_its_share_of_the_risk_limit() {
+    let mut c = Cluster::new(&["eu", "us"], Policy::from_toml(HYBRID).unwrap());
+    c.partition(0b10);
+    // Share: 30 / 2 members = 15 below zero per region.
+    let Ok(Submitted::Pending { .. }) = c.submit(1, usd("gus", Kind::Purchase, "10")) else {
+        panic!("waits");
+    };
+    let Ok(Submitted::Pending { .. }) = c.submit(1, usd("gus", Kind::Purchase, "10")) else {
+        panic!("waits");
+    };
+    c.tick(u64::from(policy::RIGHTS_TIMEOUT_MS_DEFAULT) + 1);
+    c.persist_all();
+    let results: Vec<bool> = c.nodes[1].decided.iter().map(|(_, r)| r.is_ok()).collect();
+    assert_eq!(
+        results,
+        vec![true, false],
+        "the first fits the share, the second not"
+    );
+    assert_eq!(c.nodes[1].replica.mode_stats().fallback_accepted, 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("CORE_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)
+    ))]
+
+    /// SPEC §9.4 for escrow (refuse and the hybrid) under any interleaving: no overdraft
+    /// (refuse) or none beyond the risk limit (hybrid), rights never negative (refuse), the
+    /// rights of all regions sum to the balance and match the reference model everywhere.
+    #[test]
+    fn escrow_laws_hold_under_partitions_and_reordering(
+        hybrid in any::<bool>(),
+        ops in proptest::collection::vec((0u8..7, 0u8..3, 1u32..120, 0u8..2, any::<bool>()), 1..70)
+    ) {
+        let policy = Policy::from_toml(if hybrid { HYBRID } else { ESCROW }).unwrap();
+        let mut c = Cluster::new(&["eu", "us", "ap"], policy.clone());
+        for (n, (op, region, amount, account, keyed)) in ops.into_iter().enumerate() {
+            let i = region as usize;
+            let a = ["x", "y"][account as usize];
+            let text = amount.to_string();
+            match op {
+                0 | 1 => {
+                    let mut r = usd(a, Kind::Deposit, &text);
+                    if keyed { r.idempotency_key = Some(format!("k{}", n % 5)); }
+                    let _ = c.submit(i, r);
+                }
+                2 | 3 => { let _ = c.submit(i, usd(a, Kind::Purchase, &text)); }
+                4 => c.partition(amount as u8 & 0b111),
+                5 => c.tick(amount as u64 * 5),
+                _ => {
+                    c.persist_all();
+                    for _ in 0..(amount % 9) { c.deliver(amount as usize); }
+                }
+            }
+            for node in &c.nodes {
+                prop_assert!(node.replica.check_invariants().is_ok(), "{:?}", node.replica.check_invariants());
+            }
+        }
+        c.heal();
+        c.tick(2_000);
+        settle(&mut c);
+        prop_assert!(c.settle_all());
+        let events = all_events(&c.nodes[0].replica, &c.names);
+        let m = testing::model_modes(&policy, events.iter());
+        prop_assert!(m.violations.is_empty(), "{:?}", m.violations);
+        for node in &c.nodes {
+            for ((a, cur), want) in &m.rights {
+                let (have, unspendable) = node.replica.all_rights(a, *cur);
+                prop_assert!(unspendable.is_zero());
+                for (r, v) in have {
+                    prop_assert_eq!(v, want.get(&r).copied().unwrap_or_default());
+                }
+            }
+        }
+    }
+}

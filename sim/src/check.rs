@@ -986,6 +986,27 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         for v in modes.violations.into_iter().take(5) {
             f.add("modes", v);
         }
+        // The replica's rights (derived incrementally) against the model's, per region.
+        for ((a, c), want) in &modes.rights {
+            let (have, unspendable) = r0.all_rights(a, *c);
+            let have: BTreeMap<RegionId, Decimal> =
+                have.into_iter().filter(|(_, d)| !d.is_zero()).collect();
+            let want: BTreeMap<RegionId, Decimal> = want
+                .iter()
+                .filter(|(_, d)| !d.is_zero())
+                .map(|(r, d)| (*r, *d))
+                .collect();
+            if have != want || !unspendable.is_zero() {
+                f.add(
+                    "modes",
+                    format!(
+                        "{} holds rights {have:?} (unsettled keyed credits {unspendable}) of {a} {c:?}, the model derives {want:?}",
+                        first_live.id
+                    ),
+                );
+                break;
+            }
+        }
     }
 
     // 3. The same compensation ids everywhere (each region was compared with the model of

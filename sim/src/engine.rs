@@ -243,6 +243,8 @@ pub struct Counters {
     pub pending_lost: u64,
     /// Home moves issued (by the region that was the account's home).
     pub home_moves: u64,
+    /// Escrow debits refused for rights (`InsufficientRights`).
+    pub refused_rights: u64,
 }
 
 /// Per region: (provisional, settled) in cents, None while the region is down.
@@ -1361,6 +1363,7 @@ impl Sim {
             SubmitError::InsufficientFunds { .. } => self.counters.refused_funds += 1,
             SubmitError::IdempotencyConflict { .. } => self.counters.refused_conflict += 1,
             SubmitError::HomeUnreachable { .. } => self.counters.refused_home += 1,
+            SubmitError::InsufficientRights { .. } => self.counters.refused_rights += 1,
             _ => self.counters.refused_other += 1,
         }
         if let Some(a) = self.logical_refused.get_mut(logical) {

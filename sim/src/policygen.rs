@@ -203,9 +203,12 @@ struct Section {
     cap: Option<Decimal>,
     grace: Option<Decimal>,
     per: Option<&'static str>,
-    /// SPEC §8: `mode` and, for `home`, the home region.
+    /// SPEC §8: `mode` and, for `home`, the home region; for `escrow`, the fallback and
+    /// the risk limit (whole units of the currency).
     mode: Option<&'static str>,
     home: Option<RegionId>,
+    fallback: Option<&'static str>,
+    risk_limit: Option<u32>,
 }
 
 impl Section {
@@ -253,6 +256,12 @@ impl Section {
         }
         if let Some(h) = self.home {
             let _ = writeln!(out, "home = \"{h}\"");
+        }
+        if let Some(f) = self.fallback {
+            let _ = writeln!(out, "fallback = \"{f}\"");
+        }
+        if let Some(r) = self.risk_limit {
+            let _ = writeln!(out, "risk_limit = \"{r}\"");
         }
     }
 }
@@ -513,11 +522,33 @@ fn meaning(s: &Section, d: Option<&Section>) -> Rule {
     };
     // SPEC §8: the mode comes from the section or `[default]` (optimistic when neither says);
     // a home section without its own `home` takes the default's.
-    let mode = match s.mode.or(d.and_then(|d| d.mode)) {
+    // An escrow section's parameters come from the default's when it is escrow too; a
+    // `refuse` one has no risk limit; the time-out is the default 300 ms (never drawn).
+    let d_mode = d.and_then(|d| d.mode);
+    let mode = match s.mode.or(d_mode) {
         Some("home") => match s.home.or(d.and_then(|d| d.home)) {
             Some(home) => Mode::Home { home },
             None => Mode::Optimistic, // never drawn: the parser refuses it
         },
+        Some("escrow") => {
+            let base = d.filter(|_| d_mode == Some("escrow"));
+            let fallback = s.fallback.or(base.and_then(|d| d.fallback));
+            let optimistic = fallback == Some("optimistic");
+            let limit = s.risk_limit.or(base.and_then(|d| d.risk_limit));
+            Mode::Escrow {
+                fallback: if optimistic {
+                    wallet_core::Fallback::Optimistic
+                } else {
+                    wallet_core::Fallback::Refuse
+                },
+                risk_limit: if optimistic {
+                    Decimal::from(limit.unwrap_or(0))
+                } else {
+                    Decimal::ZERO
+                },
+                rights_timeout_ms: wallet_core::policy::RIGHTS_TIMEOUT_MS_DEFAULT,
+            }
+        }
         _ => Mode::Optimistic,
     };
     Rule {
@@ -629,20 +660,36 @@ impl Gen {
         if self.regions.is_empty() || !self.modes.chance(MODES_PPM) {
             return;
         }
-        let n = self.regions.len() as u64;
-        if self.modes.chance(350_000) {
-            d.mode = Some("home");
-            d.home = Some(self.regions[self.modes.below(n) as usize]);
+        match self.modes.below(10) {
+            0..=2 => self.home(d),
+            3..=5 => self.escrow(d),
+            _ => {}
         }
         for r in rules {
             match self.modes.below(20) {
-                0..=6 => {
-                    r.mode = Some("home");
-                    r.home = Some(self.regions[self.modes.below(n) as usize]);
-                }
-                7..=9 => r.mode = Some("optimistic"),
+                0..=4 => self.home(r),
+                5..=9 => self.escrow(r),
+                10..=12 => r.mode = Some("optimistic"),
                 _ => {}
             }
+        }
+    }
+
+    fn home(&mut self, s: &mut Section) {
+        let n = self.regions.len() as u64;
+        s.mode = Some("home");
+        s.home = Some(self.regions[self.modes.below(n) as usize]);
+    }
+
+    /// Escrow with `refuse` or (the hybrid) `optimistic` and a whole risk limit, written out
+    /// every time (so a rule never depends on which of the default's it inherits).
+    fn escrow(&mut self, s: &mut Section) {
+        s.mode = Some("escrow");
+        if self.modes.chance(500_000) {
+            s.fallback = Some("optimistic");
+            s.risk_limit = Some(self.modes.range(1, 300) as u32);
+        } else {
+            s.fallback = Some("refuse");
         }
     }
 }

@@ -218,6 +218,19 @@ pub enum SubmitError {
         /// The current home.
         home: RegionId,
     },
+    /// Escrow: this region's spending rights on the account stay short of the debit after
+    /// asking the members (fallback `refuse`), or beyond its share of the risk limit
+    /// (fallback `optimistic`). Distinct from `InsufficientFunds`: the account may hold the
+    /// money at other regions.
+    #[error("insufficient rights: this region may spend {available} {currency} of the account, requested {requested}")]
+    InsufficientRights {
+        /// This region's rights, rendered (zero if none).
+        available: String,
+        /// The amount asked for, rendered.
+        requested: String,
+        /// Currency.
+        currency: Currency,
+    },
     /// A home move for an account whose policy rule is not in home mode.
     #[error("the account is not in home mode")]
     NotHomeMode,

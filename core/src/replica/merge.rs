@@ -39,8 +39,14 @@ impl Replica {
             Message::ForwardAnswer { request, result } => {
                 self.handle_forward_answer(from, request, result)
             }
-            Message::RightsRequest { .. } => {}
+            Message::RightsRequest {
+                account,
+                currency,
+                amount,
+            } => self.handle_rights_request(now_ms, from, account, currency, amount),
         }
+        // Rights may have come in: a debit waiting for them may go ahead.
+        self.retry_waiting(now_ms);
     }
 
     /// Merges a batch of events (push or anti-entropy answer).

@@ -31,7 +31,7 @@ pub use interface::{Output, Record, Report, SubmitError, Submitted, TxRequest};
 use log::Logs;
 use members::Membership;
 pub use members::{MembershipError, MembershipStats, RetireInfo};
-use modes::{Modes, Route};
+use modes::{Modes, Route, Stage};
 use pull::PullScheduler;
 pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
 use settle::Settlement;
@@ -314,6 +314,7 @@ impl Replica {
             .next_heartbeat_ms
             .min(self.pull.deadline())
             .min(self.modes.deadline())
+            .min(self.modes.rebalance_deadline())
     }
 
     /// Time passes: issues a heartbeat when one is due (and the clock ceiling allows).
@@ -326,6 +327,8 @@ impl Replica {
         }
         self.pull_on_timeout(now_ms);
         self.forward_timeouts(now_ms);
+        self.retry_waiting(now_ms);
+        self.rebalance(now_ms);
     }
 
     fn heartbeat(&mut self, now_ms: u64) {
@@ -491,16 +494,17 @@ impl Replica {
     /// Under a strict consistency mode (SPEC §8) a debit may not be decided here at once: it
     /// is then [`Submitted::Pending`], and its decision comes later as [`Output::Decided`].
     pub fn submit(&mut self, now_ms: u64, req: TxRequest) -> Result<Submitted, SubmitError> {
-        self.decide(now_ms, req, false)
+        self.decide(now_ms, req, Stage::Client)
     }
 
-    /// [`Replica::submit`], or (`forwarded`) a debit a member forwarded here as the home: that
-    /// one is decided here or refused, never forwarded again.
+    /// [`Replica::submit`] at one [`Stage`] of a request: a client's, a debit a member
+    /// forwarded here as the home (decided here or refused, never forwarded again), or a
+    /// debit waiting for escrow rights (tried again, or its fallback applied).
     fn decide(
         &mut self,
         now_ms: u64,
         req: TxRequest,
-        forwarded: bool,
+        stage: Stage,
     ) -> Result<Submitted, SubmitError> {
         self.can_issue()?;
         // Everything a peer checks in `Event::validate`, checked before anything is issued;
@@ -513,7 +517,7 @@ impl Replica {
         if let Some(r) = &req.reference {
             crate::id::check_reference(r)?;
         }
-        let (floor, mode) = {
+        let (mut floor, mode) = {
             let a = self.settle.applied(&req.account, req.currency);
             (a.floor, a.mode.clone())
         };
@@ -557,8 +561,13 @@ impl Replica {
             });
         }
         let mut provisional = state.map(|s| s.bal.provisional).unwrap_or_default();
-        match self.route(&req, &mode, forwarded) {
+        match self.route(&req, &mode, stage == Stage::Forwarded) {
             None => {}
+            Some(Route::Escrow) => {
+                if let Some(waiting) = self.escrow_check(now_ms, &req, &mode, stage, &mut floor)? {
+                    return Ok(waiting);
+                }
+            }
             Some(Route::Strict) => {
                 provisional = self.strict_provisional(&req.account, req.currency)
             }

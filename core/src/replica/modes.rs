@@ -4,11 +4,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use std::collections::BTreeSet;
+
+use rust_decimal::Decimal;
+
 use crate::event::{AccountOp, Body, Event, OrderKey, Tx};
 use crate::id::{AccountId, EventId, RegionId};
 use crate::message::{ForwardResult, Message};
-use crate::money::Currency;
-use crate::policy::Mode;
+use crate::money::{Amount, Currency};
+use crate::policy::{Fallback, Mode};
 
 use super::{Output, Replica, SubmitError, Submitted, TxRequest};
 
@@ -17,6 +21,29 @@ pub const FORWARD_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 /// Most requests a region keeps waiting (forwarded to a home, or waiting for rights); beyond
 /// it a debit that would wait is refused at once with a retryable error.
 pub const PENDING_REQUESTS_MAX: usize = 10_000;
+
+/// How often a region gives spare escrow rights toward where an account spends, ms.
+pub const REBALANCE_INTERVAL_MS: u64 = 1_000;
+
+/// Which step of a client request [`Replica::decide`] is taking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// A client's request at this region.
+    Client,
+    /// A debit a member forwarded here as the home.
+    Forwarded,
+    /// A debit waiting for escrow rights, tried again (still short: it keeps waiting).
+    Retry,
+    /// A debit whose wait for rights timed out: the fallback applies.
+    Fallback,
+}
+
+/// A debit waiting for escrow rights.
+#[derive(Debug, Clone)]
+pub(crate) struct Waiting {
+    pub(crate) req: TxRequest,
+    pub(crate) deadline_ms: u64,
+}
 
 /// A home move held: who issued it, to whom, where it is in the total order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +75,20 @@ pub struct ModeStats {
     pub forwards_decided: u64,
     /// Home moves this region issued.
     pub home_moves: u64,
+    /// Escrow debits accepted within this region's own rights, with no coordination.
+    pub escrow_local: u64,
+    /// Escrow debits that had to ask the members for rights (the synchronous path).
+    pub rights_requests: u64,
+    /// Of those, decided once rights came in (before the time-out).
+    pub rights_arrived: u64,
+    /// Of those, decided by the fallback: refused (`InsufficientRights`).
+    pub fallback_refused: u64,
+    /// Of those, decided by the fallback: accepted within the risk limit (the hybrid).
+    pub fallback_accepted: u64,
+    /// Rights transfers this region issued in answer to a request.
+    pub transfers_given: u64,
+    /// Rights transfers this region issued to rebalance.
+    pub transfers_rebalance: u64,
 }
 
 /// The modes' state of a replica.
@@ -64,6 +105,15 @@ pub(crate) struct Modes {
     pub(crate) stats: ModeStats,
     /// How long to wait for a home's answer, ms.
     pub(crate) forward_timeout_ms: u64,
+    /// Escrow debits waiting for rights, by request id.
+    pub(crate) waiting: BTreeMap<u64, Waiting>,
+    /// Since the last rebalance: per (account, currency), the member that last asked this
+    /// region for rights.
+    pub(crate) demand: BTreeMap<(AccountId, Currency), RegionId>,
+    /// Since the last rebalance: the pairs this region spent from itself.
+    pub(crate) local_spend: BTreeSet<(AccountId, Currency)>,
+    /// When the next rebalance is due (0: not scheduled).
+    pub(crate) next_rebalance_ms: u64,
 }
 
 impl Modes {
@@ -123,11 +173,18 @@ impl Modes {
 
     /// The earliest deadline of a waiting request.
     pub(crate) fn deadline(&self) -> u64 {
-        self.forwarded
-            .values()
-            .map(|f| f.deadline_ms)
-            .min()
-            .unwrap_or(u64::MAX)
+        let f = self.forwarded.values().map(|f| f.deadline_ms).min();
+        let w = self.waiting.values().map(|w| w.deadline_ms).min();
+        f.into_iter().chain(w).min().unwrap_or(u64::MAX)
+    }
+
+    /// When to rebalance: only while some member asked for rights.
+    pub(crate) fn rebalance_deadline(&self) -> u64 {
+        if self.demand.is_empty() {
+            u64::MAX
+        } else {
+            self.next_rebalance_ms
+        }
     }
 }
 
@@ -138,6 +195,8 @@ pub(crate) enum Route {
     Strict,
     /// Forward to this home.
     Forward(RegionId),
+    /// Escrow: within this region's rights.
+    Escrow,
     /// This region is not the home and may not forward (a forwarded request).
     NotHome(RegionId),
 }
@@ -198,7 +257,8 @@ impl Replica {
             return None; // credits are taken anywhere, in every mode
         }
         match mode {
-            Mode::Optimistic | Mode::Escrow { .. } => None,
+            Mode::Optimistic => None,
+            Mode::Escrow { .. } => Some(Route::Escrow),
             Mode::Home { home } => {
                 let (home, _) = self.modes.home_of(&req.account, req.currency, *home);
                 Some(if home == self.cfg.region {
@@ -261,7 +321,7 @@ impl Replica {
         };
         self.modes.stats.forwards_decided += 1;
         let me = self.cfg.region;
-        let result = match self.decide(now_ms, req, true) {
+        let result = match self.decide(now_ms, req, Stage::Forwarded) {
             // Answered once durable here: a crash before that loses the event and the answer
             // together, and the requester times out. A retry (or a duplicated message) that
             // finds an own event not durable yet waits for it too.
@@ -402,5 +462,267 @@ impl Replica {
             }
         }
         p
+    }
+
+    /// This region's spending rights on (account, currency) (SPEC §8): what it may debit
+    /// with no coordination under escrow.
+    pub fn rights(&self, account: &AccountId, currency: Currency) -> Decimal {
+        self.rights_of(account, currency, self.cfg.region)
+    }
+
+    /// Every region's rights on (account, currency), as this region derives them, and the
+    /// credits that grant none yet (keyed, not settled). Their sum is the provisional
+    /// balance.
+    pub fn all_rights(
+        &self,
+        account: &AccountId,
+        currency: Currency,
+    ) -> (Vec<(RegionId, Decimal)>, Decimal) {
+        match self.accounts.state(account, currency) {
+            Some(st) => (
+                st.rights.iter().map(|(r, d)| (*r, *d)).collect(),
+                st.unspendable,
+            ),
+            None => (Vec::new(), Decimal::ZERO),
+        }
+    }
+
+    pub(crate) fn rights_of(
+        &self,
+        account: &AccountId,
+        currency: Currency,
+        r: RegionId,
+    ) -> Decimal {
+        self.accounts
+            .state(account, currency)
+            .and_then(|st| st.rights.get(&r).copied())
+            .unwrap_or_default()
+    }
+
+    /// Escrow's rule for a debit (SPEC §8): within this region's rights it goes on (to the
+    /// floor check); short, a client's debit asks the members and waits (`Some(Pending)`), a
+    /// retried one keeps waiting, and a late one takes the fallback: `refuse`, or (the
+    /// hybrid) accept while this region's rights stay above minus its share of the risk
+    /// limit, the floor lowered by the risk limit.
+    pub(crate) fn escrow_check(
+        &mut self,
+        now_ms: u64,
+        req: &TxRequest,
+        mode: &Mode,
+        stage: Stage,
+        floor: &mut Decimal,
+    ) -> Result<Option<Submitted>, SubmitError> {
+        let Mode::Escrow {
+            fallback,
+            risk_limit,
+            rights_timeout_ms,
+        } = mode
+        else {
+            return Ok(None);
+        };
+        let have = self.rights(&req.account, req.currency);
+        let amount = req.amount.value();
+        let refused = || SubmitError::InsufficientRights {
+            available: req.currency.render(have.max(Decimal::ZERO)),
+            requested: req.currency.render(amount),
+            currency: req.currency,
+        };
+        if amount <= have {
+            self.modes
+                .local_spend
+                .insert((req.account.clone(), req.currency));
+            return Ok(None);
+        }
+        match stage {
+            Stage::Client => {
+                let short = amount
+                    .checked_sub(have.max(Decimal::ZERO))
+                    .ok_or(SubmitError::Overflow)?;
+                self.wait_for_rights(now_ms, req, short, u64::from(*rights_timeout_ms))
+                    .map(Some)
+                    .ok_or_else(refused)
+            }
+            Stage::Retry => Ok(Some(Submitted::Pending { request: 0 })),
+            Stage::Forwarded => Err(refused()),
+            Stage::Fallback => match fallback {
+                Fallback::Refuse => Err(refused()),
+                Fallback::Optimistic => {
+                    // Each member may take the account at most its share of the risk limit
+                    // below its rights: together, never more than the limit below zero.
+                    let members = Decimal::from(self.logs.members.len().max(1) as u64);
+                    let share = (risk_limit / members).round_dp_with_strategy(
+                        req.currency.minor_units(),
+                        rust_decimal::RoundingStrategy::ToZero,
+                    );
+                    let after = have.checked_sub(amount).ok_or(SubmitError::Overflow)?;
+                    if after < -share {
+                        return Err(refused());
+                    }
+                    *floor = floor
+                        .checked_sub(*risk_limit)
+                        .ok_or(SubmitError::Overflow)?;
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    /// Parks a debit until rights come in, and asks every member for the shortfall. `None`
+    /// when too many wait already.
+    fn wait_for_rights(
+        &mut self,
+        now_ms: u64,
+        req: &TxRequest,
+        short: Decimal,
+        timeout_ms: u64,
+    ) -> Option<Submitted> {
+        if self.modes.waiting.len() >= PENDING_REQUESTS_MAX {
+            return None;
+        }
+        let request = self.clock.tick(now_ms).0;
+        self.modes.waiting.insert(
+            request,
+            Waiting {
+                req: req.clone(),
+                deadline_ms: now_ms.saturating_add(timeout_ms),
+            },
+        );
+        self.modes.stats.rights_requests += 1;
+        if let Ok(amount) = Amount::new(short, req.currency) {
+            self.outputs
+                .push_back(Output::Broadcast(Message::RightsRequest {
+                    account: req.account.clone(),
+                    currency: req.currency,
+                    amount,
+                }));
+        }
+        Some(Submitted::Pending { request })
+    }
+
+    /// Tries the debits waiting for rights again; applies the fallback to those whose time
+    /// is up. Each decided one comes out as [`Output::Decided`].
+    pub(crate) fn retry_waiting(&mut self, now_ms: u64) {
+        if self.modes.waiting.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = self.modes.waiting.keys().copied().collect();
+        for request in ids {
+            let Some(w) = self.modes.waiting.get(&request).cloned() else {
+                continue;
+            };
+            let late = now_ms >= w.deadline_ms;
+            let stage = if late { Stage::Fallback } else { Stage::Retry };
+            let before = self.dur.persist_index;
+            let result = self.decide(now_ms, w.req, stage);
+            if matches!(result, Ok(Submitted::Pending { .. })) {
+                continue;
+            }
+            self.modes.waiting.remove(&request);
+            let s = &mut self.modes.stats;
+            match (&result, late) {
+                (Err(SubmitError::InsufficientRights { .. }), true) => s.fallback_refused += 1,
+                (Ok(Submitted::New(_)), true) => s.fallback_accepted += 1,
+                _ => s.rights_arrived += 1,
+            }
+            let issued = self.dur.persist_index > before && matches!(result, Ok(Submitted::New(_)));
+            self.outputs.push_back(Output::Decided {
+                request,
+                result,
+                durable_after: issued.then_some(self.dur.persist_index),
+            });
+        }
+    }
+
+    /// A member is short of rights on (account, currency): give it what this region holds,
+    /// up to what it asked, by a signed, replicated transfer.
+    pub(crate) fn handle_rights_request(
+        &mut self,
+        now_ms: u64,
+        from: RegionId,
+        account: AccountId,
+        currency: Currency,
+        amount: Amount,
+    ) {
+        if !self.is_peer(from) {
+            self.report(super::Report::UnknownMember { from });
+            return;
+        }
+        if self.can_issue().is_err()
+            || !matches!(
+                self.settle.applied(&account, currency).mode,
+                Mode::Escrow { .. }
+            )
+        {
+            return;
+        }
+        self.modes.demand.insert((account.clone(), currency), from);
+        if self.modes.next_rebalance_ms == 0 {
+            self.modes.next_rebalance_ms = now_ms.saturating_add(REBALANCE_INTERVAL_MS);
+        }
+        let give = self.rights(&account, currency).min(amount.value());
+        if self.give_rights(now_ms, account, currency, give, from) {
+            self.modes.stats.transfers_given += 1;
+        }
+    }
+
+    /// Issues a transfer of `amount` rights to `to`, if positive. True if issued.
+    fn give_rights(
+        &mut self,
+        now_ms: u64,
+        account: AccountId,
+        currency: Currency,
+        amount: Decimal,
+        to: RegionId,
+    ) -> bool {
+        if amount <= Decimal::ZERO {
+            return false;
+        }
+        let Ok(amount) = Amount::new(amount, currency) else {
+            return false;
+        };
+        let account = self.accounts.intern(account);
+        self.issue_own(
+            now_ms,
+            Body::Account(Box::new(AccountOp::RightsTransfer {
+                account,
+                currency,
+                amount,
+                to,
+            })),
+        );
+        true
+    }
+
+    /// Background rebalancing (SPEC §8), every [`REBALANCE_INTERVAL_MS`] while members ask:
+    /// for each account a member asked this region rights of, and that this region did not
+    /// spend from itself since, half of this region's rights go to that member. Rights drift
+    /// toward where an account spends, so the synchronous path gets rarer.
+    pub(crate) fn rebalance(&mut self, now_ms: u64) {
+        if self.modes.demand.is_empty() || now_ms < self.modes.next_rebalance_ms {
+            return;
+        }
+        self.modes.next_rebalance_ms = now_ms.saturating_add(REBALANCE_INTERVAL_MS);
+        if self.can_issue().is_err() {
+            return;
+        }
+        let demand = std::mem::take(&mut self.modes.demand);
+        let spent = std::mem::take(&mut self.modes.local_spend);
+        for ((account, currency), to) in demand {
+            if spent.contains(&(account.clone(), currency))
+                || !matches!(
+                    self.settle.applied(&account, currency).mode,
+                    Mode::Escrow { .. }
+                )
+            {
+                continue;
+            }
+            let half = (self.rights(&account, currency) / Decimal::TWO).round_dp_with_strategy(
+                currency.minor_units(),
+                rust_decimal::RoundingStrategy::ToZero,
+            );
+            if self.give_rights(now_ms, account, currency, half, to) {
+                self.modes.stats.transfers_rebalance += 1;
+            }
+        }
     }
 }
