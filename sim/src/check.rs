@@ -163,6 +163,9 @@ pub struct Outcome {
     pub debt_accounts: u64,
     /// Overdraft episodes that closed on a balance without their fees exactly at the floor.
     pub closed_at_floor: u64,
+    /// Money at risk: the largest settled overdraft (floor minus the balance right after a
+    /// client debit) in the workload's main currency (USD).
+    pub max_overdraft: Decimal,
 }
 
 /// What the checker found.
@@ -1252,6 +1255,20 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
     let mut out = Outcome {
         overdrafts: model.overdrafts,
         closed_at_floor: model.closed_at_floor,
+        max_overdraft: model
+            .overdrawn
+            .iter()
+            .filter(|(id, _)| {
+                sim.nodes.first().is_some_and(|n| {
+                    n.replica
+                        .event(*id)
+                        .and_then(Event::tx)
+                        .is_some_and(|t| t.currency == crate::workload::CURRENCY)
+                })
+            })
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or_default(),
         ..Outcome::default()
     };
     if let Some(first) = sim.nodes.first() {

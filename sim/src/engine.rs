@@ -245,6 +245,11 @@ pub struct Counters {
     pub home_moves: u64,
     /// Escrow debits refused for rights (`InsufficientRights`).
     pub refused_rights: u64,
+    /// Escrow debits that waited for rights (the synchronous path; the rest of the pending
+    /// requests were forwarded to a home).
+    pub rights_waits: u64,
+    /// Client debits that reached a region that was up.
+    pub debits: u64,
 }
 
 /// Per region: (provisional, settled) in cents, None while the region is down.
@@ -1294,6 +1299,9 @@ impl Sim {
         }
         let before = crate::check::Before::of(&node.replica, &req);
         let result = node.replica.submit(now_l, req.clone());
+        if kind.is_debit() {
+            self.counters.debits += 1;
+        }
         crate::check::submitted(
             &mut self.during,
             self.now,
@@ -1325,6 +1333,15 @@ impl Sim {
             }
             Ok(Submitted::Pending { request }) => {
                 self.counters.pending += 1;
+                let mode = node
+                    .replica
+                    .current_policy()
+                    .1
+                    .applied(req.account.as_str(), req.currency)
+                    .mode;
+                if matches!(mode, wallet_core::Mode::Escrow { .. }) {
+                    self.counters.rights_waits += 1;
+                }
                 node.pending.insert(request, logical as u32);
             }
             Err(e) => self.refused(logical, &e),

@@ -183,7 +183,11 @@ fn execute(opts: &Options) -> Result<bool, String> {
                     first.seed, first.metrics.transactions, first.workload_digest
                 ));
             }
-            out.push_str(&report::compare_table(chunk));
+            if opts.compare_modes {
+                out.push_str(&report::modes_table(chunk));
+            } else {
+                out.push_str(&report::compare_table(chunk));
+            }
         }
     }
     let total_tx: u64 = results.iter().map(|r| r.metrics.transactions).sum();

@@ -93,6 +93,19 @@ pub struct Metrics {
     pub accept_p50_ms: u64,
     /// Accept latency, 99th percentile.
     pub accept_p99_ms: u64,
+    /// Client debits refused for funds.
+    pub refused_funds: u64,
+    /// Escrow debits refused for rights.
+    pub refused_rights: u64,
+    /// Escrow debits that had to ask for rights (the synchronous path).
+    pub rights_waits: u64,
+    /// Client debits that reached a region.
+    pub debits: u64,
+    /// Rights transfers in the final history (asked for and rebalancing).
+    pub rights_transfers: u64,
+    /// Money at risk: the largest settled USD overdraft (floor minus the balance right after a
+    /// client debit).
+    pub max_overdraft: String,
     /// Credits sent to the floor that found an account in an episode to bring back to it.
     pub floor_credits: u64,
     /// Overdraft episodes that closed on a balance without their fees exactly at the floor
@@ -404,6 +417,24 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         forwarded: c.pending,
         refused_home_unreachable: c.refused_home,
         home_moves: c.home_moves,
+        refused_funds: c.refused_funds,
+        refused_rights: c.refused_rights,
+        rights_waits: c.rights_waits,
+        debits: c.debits,
+        rights_transfers: sim.nodes.first().map_or(0, |n| {
+            sim.cfg
+                .regions
+                .iter()
+                .flat_map(|o| n.replica.origin_events(*o, 0))
+                .filter(|e| {
+                    matches!(
+                        e.account_op(),
+                        Some(wallet_core::event::AccountOp::RightsTransfer { .. })
+                    )
+                })
+                .count() as u64
+        }),
+        max_overdraft: check.outcome.max_overdraft.normalize().to_string(),
         accept_p50_ms: percentile(&accept, 50),
         accept_p99_ms: percentile(&accept, 99),
         floor_credits: c.floor_credits,
