@@ -96,7 +96,7 @@ pub struct ModeStats {
 pub(crate) struct Modes {
     /// Per (account, currency), the home moves held, by epoch: the first in total order when
     /// two name one epoch (which only a broken member can cause).
-    pub(crate) moves: BTreeMap<(AccountId, Currency), BTreeMap<u64, Move>>,
+    pub(crate) moves: BTreeMap<AccountId, BTreeMap<Currency, BTreeMap<u64, Move>>>,
     /// Debits this region forwarded, by request id.
     pub(crate) forwarded: BTreeMap<u64, Forwarded>,
     /// Forwarded debits this region accepted as the home, answered once the event is
@@ -135,7 +135,9 @@ impl Modes {
             };
             let slot = self
                 .moves
-                .entry((account.clone(), *currency))
+                .entry(account.clone())
+                .or_default()
+                .entry(*currency)
                 .or_default()
                 .entry(*epoch)
                 .or_insert(m);
@@ -157,7 +159,7 @@ impl Modes {
         policy_home: RegionId,
     ) -> (RegionId, u64) {
         let mut home = (policy_home, 0);
-        let Some(moves) = self.moves.get(&(account.clone(), currency)) else {
+        let Some(moves) = self.moves.get(account).and_then(|m| m.get(&currency)) else {
             return home;
         };
         for (epoch, m) in moves {
