@@ -43,6 +43,9 @@ pub(crate) struct BalanceState {
     /// Credits with an idempotency key not settled yet: they may still be reversed as
     /// duplicates, so they grant rights only once settled (and not reversed).
     pub(crate) unspendable: Decimal,
+    /// Rights transfers of this pair held: a pair with one is in use even with no
+    /// transaction (see [`Accounts::forget_if_unused`]).
+    pub(crate) transfers: u64,
 }
 
 impl BalanceState {
@@ -126,6 +129,7 @@ impl Accounts {
                     let st = acct.balances.entry(*currency).or_default();
                     st.add_rights(id.origin, -amount.value());
                     st.add_rights(*to, amount.value());
+                    st.transfers += 1;
                 }
             }
             return;
@@ -193,6 +197,28 @@ impl Accounts {
         }
     }
 
+    /// Takes back a voided rights transfer (above a retired region's cut).
+    pub(crate) fn unapply_op(&mut self, id: EventId, op: &crate::event::AccountOp) {
+        let crate::event::AccountOp::RightsTransfer {
+            account,
+            currency,
+            amount,
+            to,
+        } = op
+        else {
+            return;
+        };
+        if let Some(st) = self
+            .map
+            .get_mut(account)
+            .and_then(|a| a.balances.get_mut(currency))
+        {
+            st.add_rights(id.origin, amount.value());
+            st.add_rights(*to, -amount.value());
+            st.transfers = st.transfers.saturating_sub(1);
+        }
+    }
+
     /// After voiding: an (account, currency) that no event held any longer names, and an
     /// account with no event and no feed entry left, are removed, so that a region that
     /// voided events holds the same balances as one that never held them.
@@ -215,13 +241,22 @@ impl Accounts {
                 .is_some_and(|t| t.currency == currency)
             })
         });
-        let has_comps = !acct.comps.is_empty();
-        if used || has_comps {
+        // A compensation in this currency implies a settled event of it, which is held (so
+        // `used`): compensations in other currencies of the account do not keep this pair
+        // (a region that never held the voided event has no such pair), only the account.
+        let transfers = acct
+            .balances
+            .get(&currency)
+            .is_some_and(|st| st.transfers > 0);
+        if used || transfers {
             return;
         }
         if let Some(acct) = self.map.get_mut(account) {
             acct.balances.remove(&currency);
-            if acct.balances.is_empty() && acct.events.values().all(Vec::is_empty) {
+            if acct.balances.is_empty()
+                && acct.events.values().all(Vec::is_empty)
+                && acct.comps.is_empty()
+            {
                 self.map.remove(account);
             }
         }

@@ -147,6 +147,30 @@ impl Modes {
         }
     }
 
+    /// Takes back a voided home move (above a retired region's cut).
+    pub(crate) fn unindex(&mut self, event: &Event) {
+        let Body::Account(op) = &event.body else {
+            return;
+        };
+        if let AccountOp::HomeMove {
+            account,
+            currency,
+            epoch,
+            ..
+        } = &**op
+        {
+            if let Some(by_epoch) = self
+                .moves
+                .get_mut(account)
+                .and_then(|m| m.get_mut(currency))
+            {
+                if by_epoch.get(epoch).is_some_and(|m| m.key == event.key()) {
+                    by_epoch.remove(epoch);
+                }
+            }
+        }
+    }
+
     /// The home of (account, currency) and its epoch, as this region knows it: the policy's
     /// home (epoch 0), then each move of the next epoch issued by the home it moves away from,
     /// as long as the chain has no gap. A region holding move `e` of origin X holds every
