@@ -234,6 +234,12 @@ impl Actor {
                         delta = %c.currency.render(c.delta), policy_version = c.policy_version,
                         position = c.position, "compensation settled");
                 }
+                // TODO(issue 11, walletd session): answer the waiting client (see `submit`).
+                Output::Decided {
+                    request, result, ..
+                } => {
+                    tracing::info!(request, result = ?result, "pending request decided");
+                }
                 Output::Report(r) => {
                     self.metrics.report(r.kind());
                     if r.is_severe() {
@@ -440,12 +446,24 @@ impl Actor {
         let key = req.idempotency_key.clone();
         let result = self.replica.submit(now, req);
         match result {
+            // TODO(issue 11, walletd session): wait for `Output::Decided` (a debit forwarded to
+            // the account's home) and answer the client from it. Until then walletd answers at
+            // once with a retryable 503: the home may still decide the debit, and a retry with
+            // the same Idempotency-Key finds out.
+            Ok(Submitted::Pending { .. }) => {
+                self.queue_own_records();
+                let _ = reply.send(Reply::error(
+                    503,
+                    "mode_not_supported",
+                    "this account's consistency mode (home) is not served by this region yet; \
+                     retry with the same Idempotency-Key",
+                ));
+            }
             Ok(s) => {
                 // Queue the event's record before the idempotency record.
                 self.queue_own_records();
-                let id = s.id();
                 let bal = self.replica.balance(&account, currency);
-                let body = match self.replica.event(id) {
+                let body = match s.id().and_then(|id| self.replica.event(id)) {
                     Some(e) => render::created_body(e, bal),
                     None => render::error_body("internal", "event not found after submit"),
                 };

@@ -121,7 +121,19 @@ fn action_of(a: &wallet_core::policy::Applied) -> String {
     } else {
         a.floor
     };
-    format!("{act}, floor {}", a.currency.render(floor))
+    // The consistency mode (SPEC §8) when not optimistic, so a mode change shows as a change.
+    let mode = match &a.mode {
+        wallet_core::Mode::Optimistic => String::new(),
+        wallet_core::Mode::Home { home } => format!(", home {home}"),
+        wallet_core::Mode::Escrow {
+            fallback: wallet_core::Fallback::Refuse,
+            ..
+        } => ", escrow".into(),
+        wallet_core::Mode::Escrow { risk_limit, .. } => {
+            format!(", hybrid risk {}", a.currency.render(*risk_limit))
+        }
+    };
+    format!("{act}, floor {}{mode}", a.currency.render(floor))
 }
 
 fn outcome(a: &wallet_core::policy::Applied, kind: Kind, overdrawn: Decimal) -> String {

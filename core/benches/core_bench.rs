@@ -1,5 +1,7 @@
 //! wallet-core benchmark: merge throughput, settled-fold throughput, balance reads at 10 vs
-//! 1,000,000 events of history, and resident memory per event held.
+//! 1,000,000 events of history, resident memory per event held, and local acceptance under
+//! each consistency mode (optimistic, escrow within rights, home at the home: issue 11 wants
+//! escrow within 10 % of optimistic).
 //!
 //! Run with `cargo bench -p wallet-core --bench core_bench`. `CORE_BENCH_EVENTS=N` changes
 //! the history length (default 1,000,000); `CORE_BENCH_SIG=64` gives every event a 64-byte
@@ -171,6 +173,34 @@ fn balance_read_ns(r: &Replica, accounts: &[AccountId]) -> f64 {
     t.elapsed().as_secs_f64() * 1e9 / READS as f64
 }
 
+/// Local acceptance: a single-region replica takes `n` purchases of 1.00 on one account
+/// (funded by one credit without a key, so escrow holds the rights here, and the home is here),
+/// each persisted at once. Returns submissions per second.
+fn local_accept(policy: &str, n: u64) -> f64 {
+    let eu = RegionId::new("eu").unwrap();
+    let policy = Policy::from_toml(policy).unwrap();
+    let mut r = Replica::new(Config::new(eu, vec![eu], policy), Hlc::ZERO);
+    let account = AccountId::new("acct-0000").unwrap();
+    let req = |kind: Kind, cents: i64| TxRequest {
+        account: account.clone(),
+        kind,
+        amount: Amount::new(Decimal::new(cents, 2), Currency::USD).unwrap(),
+        currency: Currency::USD,
+        idempotency_key: None,
+        reference: None,
+    };
+    r.submit(1_000, req(Kind::Deposit, (n as i64 + 1) * 100))
+        .unwrap();
+    drain(&mut r);
+    let started = Instant::now();
+    for i in 0..n {
+        let s = r.submit(1_000 + i, req(Kind::Purchase, 100)).unwrap();
+        assert!(matches!(s, Submitted::New(_)), "decided locally");
+        drain(&mut r);
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
 fn main() {
     let n: u64 = std::env::var("CORE_BENCH_EVENTS")
         .ok()
@@ -249,4 +279,20 @@ fn main() {
         per_event
     );
     black_box(&big);
+
+    // Consistency modes: local acceptance, best of 3 each.
+    let accepts = (n / 10).max(1_000);
+    let best = |p: &str| (0..3).map(|_| local_accept(p, accepts)).fold(0.0, f64::max);
+    let optimistic = best("[default]\n");
+    let escrow = best("[default]\nmode = \"escrow\"\n");
+    let home = best("[default]\nmode = \"home\"\nhome = \"eu\"\n");
+    println!("local accept, optimistic:             {optimistic:>12.0} submissions/s  ({accepts} debits)");
+    println!(
+        "local accept, escrow within rights:   {escrow:>12.0} submissions/s  ({:.1} % of optimistic; goal >= 90 %)",
+        100.0 * escrow / optimistic
+    );
+    println!(
+        "local accept, home at the home:       {home:>12.0} submissions/s  ({:.1} % of optimistic)",
+        100.0 * home / optimistic
+    );
 }

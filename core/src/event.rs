@@ -56,6 +56,110 @@ pub enum Body {
     /// the bytes of the earlier variants are unchanged. Boxed: rare, and larger than a
     /// transaction, it must not make every event bigger.
     Membership(Box<Change>),
+    /// Coordination of one account under a strict consistency mode (SPEC §8): a home move
+    /// or a transfer of spending rights. Added after `Membership`; boxed like it.
+    Account(Box<AccountOp>),
+}
+
+/// Highest home epoch of an account: a bound on what a peer may send, not a practical limit.
+pub const HOME_EPOCH_MAX: u64 = 1 << 40;
+
+/// An account-level coordination event (SPEC §8, docs/modes.md). Moves no money: the settled
+/// fold passes over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountOp {
+    /// Home mode: the issuer, the account's home at `epoch - 1`, hands the account to `to`.
+    /// From this event on the issuer refuses (forwards) the account's debits; `to` decides
+    /// them only once it holds every move of the account up to this one.
+    HomeMove {
+        /// The account.
+        account: AccountId,
+        /// The currency: an account's homes are per currency, as its rules are.
+        currency: Currency,
+        /// The new home.
+        to: RegionId,
+        /// 1 for the first move of the account, then one more per move.
+        epoch: u64,
+    },
+    /// Escrow mode: the issuer gives `amount` of its spending rights on (account, currency)
+    /// to `to`. Its rights drop when it issues the event, `to`'s rise when it holds it: the
+    /// union of logs applies it exactly once everywhere.
+    RightsTransfer {
+        /// The account.
+        account: AccountId,
+        /// The currency.
+        currency: Currency,
+        /// How much, positive, at the currency's scale.
+        amount: Amount,
+        /// The receiving region.
+        to: RegionId,
+    },
+}
+
+impl AccountOp {
+    /// The account and currency.
+    pub fn pair(&self) -> (&AccountId, Currency) {
+        match self {
+            AccountOp::HomeMove {
+                account, currency, ..
+            }
+            | AccountOp::RightsTransfer {
+                account, currency, ..
+            } => (account, *currency),
+        }
+    }
+
+    /// Checks the fields that need no replica state.
+    pub fn validate(&self, origin: RegionId) -> Result<(), InvalidEvent> {
+        let bad = |s: &str| Err(InvalidEvent::AccountOp(s.into()));
+        if !self.pair().0.is_valid() {
+            return bad("account id is not valid");
+        }
+        match self {
+            AccountOp::HomeMove {
+                to,
+                epoch,
+                currency,
+                ..
+            } => {
+                if !currency.is_known() {
+                    return Err(InvalidEvent::Currency);
+                }
+                if !to.is_valid() || *to == origin {
+                    return bad("a home move names another valid region");
+                }
+                if *epoch == 0 || *epoch > HOME_EPOCH_MAX {
+                    return bad("a home move's epoch is 1 or more");
+                }
+                Ok(())
+            }
+            AccountOp::RightsTransfer {
+                currency,
+                amount,
+                to,
+                ..
+            } => {
+                if !to.is_valid() || *to == origin {
+                    return bad("a rights transfer names another valid region");
+                }
+                if !currency.is_known() {
+                    return Err(InvalidEvent::Currency);
+                }
+                check_amount(*amount, *currency)
+            }
+        }
+    }
+}
+
+/// A positive amount within the limit, at exactly the currency's scale.
+fn check_amount(amount: Amount, currency: Currency) -> Result<(), InvalidEvent> {
+    let a =
+        Amount::new(amount.value(), currency).map_err(|e| InvalidEvent::Amount(e.to_string()))?;
+    if a.value().scale() == amount.value().scale() {
+        Ok(())
+    } else {
+        Err(InvalidEvent::Amount("not in canonical scale".into()))
+    }
 }
 
 /// Most regions one retire names, and most regions an acknowledgement or a remaining set
@@ -207,6 +311,9 @@ pub enum InvalidEvent {
     /// Account id is not valid.
     #[error("account id is not valid")]
     Account,
+    /// An account operation (home move, rights transfer) that does not validate.
+    #[error("account operation is not valid: {0}")]
+    AccountOp(String),
     /// Unknown currency code.
     #[error("unknown currency")]
     Currency,
@@ -234,7 +341,15 @@ impl Event {
     pub fn tx(&self) -> Option<&Tx> {
         match &self.body {
             Body::Tx(t) => Some(t),
-            Body::Policy(_) | Body::Membership(_) => None,
+            Body::Policy(_) | Body::Membership(_) | Body::Account(_) => None,
+        }
+    }
+
+    /// The account operation, if this is one.
+    pub fn account_op(&self) -> Option<&AccountOp> {
+        match &self.body {
+            Body::Account(op) => Some(op),
+            _ => None,
         }
     }
 
@@ -273,15 +388,7 @@ impl Event {
                 if !tx.currency.is_known() {
                     return Err(InvalidEvent::Currency);
                 }
-                Amount::new(tx.amount.value(), tx.currency)
-                    .map_err(|e| InvalidEvent::Amount(e.to_string()))
-                    .and_then(|a| {
-                        if a.value().scale() == tx.amount.value().scale() {
-                            Ok(())
-                        } else {
-                            Err(InvalidEvent::Amount("not in canonical scale".into()))
-                        }
-                    })?;
+                check_amount(tx.amount, tx.currency)?;
                 if let Some(k) = &tx.idempotency_key {
                     check_idempotency_key(k).map_err(|_| InvalidEvent::Text)?;
                 }
@@ -294,6 +401,7 @@ impl Event {
                 .validate()
                 .map_err(|e| InvalidEvent::Policy(e.to_string())),
             Body::Membership(c) => c.validate(self.id.origin),
+            Body::Account(op) => op.validate(self.id.origin),
         }
     }
 }

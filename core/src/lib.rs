@@ -68,7 +68,9 @@ pub use crdts::VClock;
 pub use event::{Body, Change, CompKind, Compensation, Event, Kind, OrderKey, Tx};
 pub use id::{AccountId, Clock, EventId, Hlc, IdError, RegionId};
 pub use money::{Amount, AmountError, Currency};
-pub use policy::{Action, FeePer, Overdraft, Policy, PolicyDocument, PolicyError, PolicyHash};
+pub use policy::{
+    Action, Fallback, FeePer, Mode, Overdraft, Policy, PolicyDocument, PolicyError, PolicyHash,
+};
 pub use replica::{
     Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, JoinInfo, KeyHistory,
     MemberStatus, MembershipError, MembershipStats, Message, NoAuth, Output, PolicyVersionInfo,

@@ -4,8 +4,9 @@
 use crdts::VClock;
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
-use crate::id::{EventId, Hlc, RegionId};
+use crate::event::{Event, Tx};
+use crate::id::{AccountId, EventId, Hlc, RegionId};
+use crate::money::{Amount, Currency};
 use crate::policy::PolicyHash;
 
 /// A region's periodic announcement: its HLC, its version vector, its seed policy.
@@ -137,5 +138,60 @@ pub enum Message {
         events: Vec<Event>,
         /// More is missing than fitted.
         more: bool,
+    },
+    /// Home mode (SPEC §8): a client debit that arrived at a region that is not the
+    /// account's home, sent to the home to decide. Answered with
+    /// [`Message::ForwardAnswer`] once decided (and, if accepted, durable at the home). Added
+    /// after `PullAnswer`.
+    Forward {
+        /// The sender's id of the request (unique per sender incarnation).
+        request: u64,
+        /// The transaction asked for (what the client sent, amount at the currency's scale).
+        tx: Tx,
+    },
+    /// The home's decision on a [`Message::Forward`].
+    ForwardAnswer {
+        /// The request answered.
+        request: u64,
+        /// What the home decided.
+        result: ForwardResult,
+    },
+    /// Escrow (SPEC §8): the sender is short of spending rights on (account, currency) by
+    /// `amount`; a member with rights to spare answers with a `RightsTransfer` event.
+    RightsRequest {
+        /// The account.
+        account: AccountId,
+        /// The currency.
+        currency: Currency,
+        /// The shortfall.
+        amount: Amount,
+    },
+}
+
+/// What a home decided on a forwarded debit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardResult {
+    /// Accepted (durable at the home): the event, new or (a retry) already known.
+    Accepted {
+        /// The event.
+        id: EventId,
+        /// A retry answered with the event already known.
+        existing: bool,
+    },
+    /// Refused for funds: the home's provisional balance minus the floor, rendered.
+    InsufficientFunds {
+        /// What could be spent, rendered.
+        available: String,
+    },
+    /// The idempotency key is held by this other event with another body.
+    IdempotencyConflict {
+        /// The event holding the key.
+        existing: EventId,
+    },
+    /// The receiver is not (or no longer) the home, or could not decide now (restoring,
+    /// retired, frozen): the sender refuses with a retryable error.
+    Unavailable {
+        /// Why, for logs.
+        reason: String,
     },
 }

@@ -66,10 +66,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
 
-use crate::event::{Body, CompKind, Event, Kind, Tx};
+use crate::event::{AccountOp, Body, CompKind, Event, Kind, Tx};
 use crate::id::{AccountId, EventId, Hlc};
 use crate::money::Currency;
-use crate::policy::{Action, FeePer, Policy, Rule};
+use crate::policy::{Action, FeePer, Mode, Policy, Rule};
 
 /// One feed entry as the model derives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +154,9 @@ pub struct ModelFold {
     pub open_episodes: BTreeMap<(AccountId, Currency), Decimal>,
     /// Episodes that closed on a balance (without their fees) exactly at the floor.
     pub closed_at_floor: u64,
+    /// The causes counted in `overdrafts`, in order, each with its overdraft: the floor minus
+    /// the settled balance right after it.
+    pub overdrawn: Vec<(EventId, Decimal)>,
 }
 
 /// The rule in force for one (account, currency), made concrete for the currency: the line,
@@ -442,9 +445,10 @@ where
     for e in order {
         let settled = settled_upto.is_none_or(|w| e.hlc.0 <= w);
         let tx = match &e.body {
-            // Policy and membership changes move no money; they settle like any event, and a
-            // settled policy applies from its place in the order.
-            Body::Policy(_) | Body::Membership(_) => {
+            // Policy and membership changes, home moves and rights transfers move no money;
+            // they settle like any event, and a settled policy applies from its place in the
+            // order.
+            Body::Policy(_) | Body::Membership(_) | Body::Account(_) => {
                 if settled {
                     if let Body::Policy(p) = &e.body {
                         policies.push(p);
@@ -491,6 +495,7 @@ where
             comp = Some((CompKind::Reversal, -delta));
         } else if model_is_debit(tx.kind) && p.bal < rule.floor {
             out.overdrafts += 1;
+            out.overdrawn.push((e.id, rule.floor - p.bal));
             let overdrawn = (rule.floor - p.bal).min(amount);
             if rule.action == Action::Reverse && rule.reversible.contains(&tx.kind) {
                 comp = Some((CompKind::Reversal, amount));
@@ -562,6 +567,261 @@ where
         }
         out.provisional.insert(key.clone(), add(p.bal, p.pending));
         out.balances.insert(key, p.bal);
+    }
+    out
+}
+
+/// What the consistency modes promise (SPEC §8, §9.4), checked on a whole, settled history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelModes {
+    /// Every broken promise, described.
+    pub violations: Vec<String>,
+    /// (account, currency) pairs under a strict mode (home, or escrow with `refuse`) in every
+    /// policy version of the history, with the same floor: the pairs the promises cover.
+    pub strict_pairs: u64,
+    /// Client debits of home-mode pairs, each checked against the home's tenure.
+    pub home_debits: u64,
+    /// Every region's rights per pair ([`model_rights`]).
+    pub rights: BTreeMap<(AccountId, Currency), BTreeMap<crate::id::RegionId, Decimal>>,
+}
+
+/// SPEC §8 and §9.4 on a whole history (every event settled), for the pairs whose rule is
+/// the same strict mode, with the same floor, under the seed and every policy event (a pair
+/// whose mode or floor changed is out of scope: a region may decide under the old version
+/// while the fold applies the new one):
+/// - **no client debit overdraws**: no non-duplicate debit takes the settled balance below
+///   the floor (`overdrawn` of [`model`]), so no fee and no reversal of a debit;
+/// - **home: one decider at a time**: the homes of a pair are the policy's home (epoch 0)
+///   and the `to` of each home move in epoch order (1, 2, ...; a move of epoch e ≥ 2 counts
+///   only if issued by the home of epoch e − 1). A debit of origin O is legitimate only in
+///   O's tenure as home of some epoch e: after the move that made O home (its HLC is above
+///   that move's, since O decides only once it holds the move) and before O's own move away
+///   (its seq is below that move's in O's log).
+pub fn model_modes<'a, I>(seed: &Policy, events: I) -> ModelModes
+where
+    I: IntoIterator<Item = &'a Event>,
+{
+    let mut order: Vec<&Event> = events.into_iter().collect();
+    order.sort_by(|a, b| model_order(a, b));
+    let mut policies: Vec<&Policy> = vec![seed];
+    policies.extend(order.iter().filter_map(|e| match &e.body {
+        Body::Policy(p) => Some(&**p),
+        _ => None,
+    }));
+    let fold = model(seed, order.iter().copied());
+    let overdrawn: BTreeMap<EventId, Decimal> = fold.overdrawn.iter().copied().collect();
+    // Fees charged so far per pair, in order (the hybrid's bound allows for them).
+    let fee_of: BTreeMap<EventId, Decimal> = fold
+        .feed
+        .iter()
+        .filter(|c| c.kind == CompKind::OverdraftFee)
+        .map(|c| (c.cause, -c.delta))
+        .collect();
+    let mut fees_so_far: BTreeMap<(&str, &str), Decimal> = BTreeMap::new();
+    let mut out = ModelModes::default();
+    // Per pair, its home moves by epoch (the first in the order for an epoch).
+    let mut moves_by_pair: BTreeMap<(&str, &str), BTreeMap<u64, &Event>> = BTreeMap::new();
+    for m in &order {
+        if let Body::Account(op) = &m.body {
+            if let AccountOp::HomeMove {
+                account,
+                currency,
+                epoch,
+                ..
+            } = &**op
+            {
+                moves_by_pair
+                    .entry((account.as_str(), currency.as_str()))
+                    .or_default()
+                    .entry(*epoch)
+                    .or_insert(m);
+            }
+        }
+    }
+    // Per pair: the mode if the same one (and the same floor) throughout, and not
+    // optimistic.
+    let mut strict: BTreeMap<(&str, &str), Option<Mode>> = BTreeMap::new();
+    for e in &order {
+        let Body::Tx(tx) = &e.body else { continue };
+        let pair = (tx.account.as_str(), tx.currency.as_str());
+        let fees_before = fees_so_far.get(&pair).copied().unwrap_or_default();
+        if let Some(f) = fee_of.get(&e.id) {
+            *fees_so_far.entry(pair).or_default() = add(fees_before, *f);
+        }
+        let mode = strict.entry(pair).or_insert_with(|| {
+            let rules: Vec<ModelRule<'_>> = policies
+                .iter()
+                .map(|p| model_rule(p, pair.0, tx.currency))
+                .collect();
+            let first = &rules[0];
+            let same = rules
+                .iter()
+                .all(|r| r.rule.mode == first.rule.mode && r.floor == first.floor);
+            (same && first.rule.mode != Mode::Optimistic).then(|| first.rule.mode.clone())
+        });
+        let Some(mode) = mode.clone() else { continue };
+        if !model_is_debit(tx.kind) {
+            continue;
+        }
+        if let (
+            Mode::Escrow {
+                fallback: crate::policy::Fallback::Optimistic,
+                risk_limit,
+                ..
+            },
+            Some(over),
+        ) = (&mode, overdrawn.get(&e.id))
+        {
+            // The hybrid: the overdraft never exceeds the risk limit (plus the fees the
+            // policy charged on the account before, which no region decided).
+            let limit = add(
+                round_dp(*risk_limit, model_minor_units(tx.currency)),
+                fees_before,
+            );
+            if *over > limit {
+                out.violations.push(format!(
+                    "{} ({} {} on {}) overdrew by {over}, beyond the risk limit {risk_limit} \
+                     (and fees {fees_before})",
+                    e.id,
+                    tx.kind.as_str(),
+                    tx.amount.value(),
+                    pair.0
+                ));
+            }
+        }
+        if !mode.is_strict() {
+            continue;
+        }
+        if overdrawn.contains_key(&e.id) {
+            out.violations.push(format!(
+                "{} ({} {} on {}, {}) took the settled balance below the floor",
+                e.id,
+                tx.kind.as_str(),
+                tx.amount.value(),
+                pair.0,
+                mode.name()
+            ));
+        }
+        if let Mode::Home { home } = mode {
+            out.home_debits += 1;
+            let moves = moves_by_pair.get(&pair);
+            let mut chain: Vec<(&str, Option<&Event>)> = vec![(home.as_str(), None)];
+            for (epoch, m) in moves.into_iter().flatten() {
+                let (prev, _) = chain[chain.len() - 1];
+                if *epoch != chain.len() as u64 || (*epoch > 1 && m.id.origin.as_str() != prev) {
+                    break;
+                }
+                let Body::Account(op) = &m.body else { break };
+                let AccountOp::HomeMove { to, .. } = &**op else {
+                    break;
+                };
+                chain.push((to.as_str(), Some(*m)));
+            }
+            let origin = e.id.origin.as_str();
+            let legit = chain.iter().enumerate().any(|(k, (h, since))| {
+                *h == origin
+                    && since.is_none_or(|m| e.hlc.0 > m.hlc.0)
+                    && chain.get(k + 1).is_none_or(|(_, away)| {
+                        away.is_some_and(|a| a.id.origin.as_str() == origin && e.id.seq < a.id.seq)
+                    })
+            });
+            if !legit {
+                let homes: Vec<&str> = chain.iter().map(|(h, _)| *h).collect();
+                out.violations.push(format!(
+                    "{} (a debit on {} {}) was decided by {origin}, not by the home of its \
+                     time (homes by epoch: {homes:?})",
+                    e.id, pair.0, pair.1
+                ));
+            }
+        }
+    }
+    out.strict_pairs = strict
+        .values()
+        .filter(|m| m.as_ref().is_some_and(Mode::is_strict))
+        .count() as u64;
+    // Rights (escrow, docs/modes.md): they sum to the settled balance of every pair; under
+    // escrow with `refuse` throughout, no region's are negative.
+    let rights = model_rights(&fold, order.iter().copied());
+    for ((account, currency), per) in &rights {
+        let sum = per.values().fold(Decimal::ZERO, |a, b| add(a, *b));
+        let balance = fold
+            .balances
+            .get(&(account.clone(), *currency))
+            .copied()
+            .unwrap_or_default();
+        if sum != balance {
+            out.violations.push(format!(
+                "rights of {account} {currency:?} sum to {sum}, the settled balance is {balance}"
+            ));
+        }
+        let refuse = strict
+            .get(&(account.as_str(), currency.as_str()))
+            .and_then(Option::as_ref)
+            .is_some_and(|m| matches!(m, Mode::Escrow { .. }) && m.is_strict());
+        if refuse {
+            if let Some((r, v)) = per.iter().find(|(_, v)| **v < Decimal::ZERO) {
+                out.violations.push(format!(
+                    "escrow with refuse: {r} holds {v} rights of {account} {currency:?}"
+                ));
+            }
+        }
+    }
+    out.rights = rights;
+    out
+}
+
+/// Every region's spending rights per (account, currency) on a whole, settled history, by the
+/// rules of SPEC §8 and docs/modes.md: a debit takes them from its origin; a credit gives
+/// them to its origin (a credit with an idempotency key only if not reversed as a duplicate:
+/// it could have been, until settled); a fee or a reversal of a debit moves its cause's
+/// origin's; a transfer moves them from its issuer to its target. `fold` is [`model`] of
+/// the same events.
+pub fn model_rights<'a, I>(
+    fold: &ModelFold,
+    events: I,
+) -> BTreeMap<(AccountId, Currency), BTreeMap<crate::id::RegionId, Decimal>>
+where
+    I: IntoIterator<Item = &'a Event>,
+{
+    let comps: BTreeMap<EventId, &ModelComp> = fold
+        .feed
+        .iter()
+        .filter(|c| c.kind != CompKind::IdempotencyConflict)
+        .map(|c| (c.cause, c))
+        .collect();
+    let mut out: BTreeMap<(AccountId, Currency), BTreeMap<crate::id::RegionId, Decimal>> =
+        BTreeMap::new();
+    let mut put = |a: &AccountId, c: Currency, r: crate::id::RegionId, d: Decimal| {
+        let v = out.entry((a.clone(), c)).or_default().entry(r).or_default();
+        *v = add(*v, d);
+    };
+    for e in events {
+        match &e.body {
+            Body::Tx(tx) => {
+                let comp = comps.get(&e.id);
+                let keyed_credit = !model_is_debit(tx.kind) && tx.idempotency_key.is_some();
+                if keyed_credit && comp.is_some_and(|c| c.duplicate) {
+                    continue; // reversed: it never granted rights
+                }
+                put(&tx.account, tx.currency, e.id.origin, signed(tx));
+                if let Some(c) = comp {
+                    put(&tx.account, tx.currency, e.id.origin, c.delta);
+                }
+            }
+            Body::Account(op) => {
+                if let AccountOp::RightsTransfer {
+                    account,
+                    currency,
+                    amount,
+                    to,
+                } = &**op
+                {
+                    put(account, *currency, e.id.origin, -amount.value());
+                    put(account, *currency, *to, amount.value());
+                }
+            }
+            Body::Policy(_) | Body::Membership(_) => {}
+        }
     }
     out
 }

@@ -61,7 +61,7 @@ fn deposit(c: &mut Cluster, i: usize, account: &str, amount: &str) {
 fn purchase(c: &mut Cluster, i: usize, account: &str, amount: &str) -> Option<EventId> {
     c.submit(i, req(account, Kind::Purchase, amount, Currency::USD))
         .ok()
-        .map(Submitted::id)
+        .and_then(Submitted::id)
 }
 
 /// An unsigned deposit of 1.00 USD to alice, as `origin`'s event `seq` at `hlc`.

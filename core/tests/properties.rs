@@ -178,6 +178,7 @@ fn apply(c: &mut Cluster, op: &Op) -> Result<(), TestCaseError> {
                 Ok(Submitted::Existing(_)) => {
                     prop_assert_eq!(c.nodes[i].replica.event_count(), before)
                 }
+                Ok(Submitted::Pending { .. }) => prop_assert!(false, "optimistic never waits"),
                 Err(SubmitError::InsufficientFunds { .. }) => {}
                 // The region already knows the key with another region's body.
                 Err(SubmitError::IdempotencyConflict { .. }) if key.is_some_and(|k| k >= 4) => {}

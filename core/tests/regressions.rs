@@ -13,7 +13,7 @@ fn usd(account: &str, kind: Kind, amount: &str) -> TxRequest {
 /// Submits at region `i` as an isolated region: durable at once, nothing leaves it.
 fn isolated_submit(c: &mut Cluster, i: usize, r: TxRequest) -> EventId {
     c.now += 10;
-    let id = c.submit(i, r).expect("accepted").id();
+    let id = c.submit(i, r).expect("accepted").id().expect("decided");
     c.persist_all();
     c.inflight.clear();
     id

@@ -148,13 +148,13 @@ fn idempotency_key_retry_and_reuse_with_another_body() {
     // A retry returns the original, creates nothing.
     assert_eq!(
         r.submit(1_001, dep.clone()).unwrap(),
-        Submitted::Existing(first.id())
+        Submitted::Existing(first.id().unwrap())
     );
     // "30" and "30.00" are the same body.
     let same = keyed(req("alice", Kind::Deposit, "30.00", Currency::USD), "k1");
     assert_eq!(
         r.submit(1_001, same).unwrap(),
-        Submitted::Existing(first.id())
+        Submitted::Existing(first.id().unwrap())
     );
     assert_eq!(r.event_count(), 1);
     // Reuse with a different body is refused.
@@ -162,7 +162,7 @@ fn idempotency_key_retry_and_reuse_with_another_body() {
     assert_eq!(
         r.submit(1_002, other).unwrap_err(),
         SubmitError::IdempotencyConflict {
-            existing: first.id()
+            existing: first.id().unwrap()
         }
     );
     let mut refd = dep.clone();
@@ -192,7 +192,7 @@ fn malformed_requests_are_refused_before_anything_is_issued() {
     // An amount parsed without minor units is fine in USD and is issued at scale 2.
     let mut yen = req("alice", Kind::Deposit, "100", Currency::JPY);
     yen.currency = Currency::USD;
-    let id = r.submit(1_000, yen).unwrap().id();
+    let id = r.submit(1_000, yen).unwrap().id().unwrap();
     assert_eq!(
         r.event(id).unwrap().tx().unwrap().amount.to_string(),
         "100.00"

@@ -82,6 +82,10 @@ pub struct Invariants {
     /// region's log up to it; no region ever settled an event of a retired region above its
     /// cut; and a retired region never stalls settlement after its cut.
     pub membership: bool,
+    /// Consistency modes (SPEC §8, §9.4, the reference model's `model_modes`): under home and
+    /// escrow with `refuse`, no client debit takes the settled balance below the floor; a
+    /// home-mode debit is decided only by the home of its time.
+    pub modes: bool,
 }
 
 impl Invariants {
@@ -107,10 +111,11 @@ impl Invariants {
             && self.pull_backoff
             && self.pull_given_up
             && self.membership
+            && self.modes
     }
 
     /// Every invariant by name, in JSON order.
-    pub fn named(&self) -> [(&'static str, bool); 20] {
+    pub fn named(&self) -> [(&'static str, bool); 21] {
         [
             ("convergence", self.convergence),
             ("no_loss", self.no_loss),
@@ -132,6 +137,7 @@ impl Invariants {
             ("pull_backoff", self.pull_backoff),
             ("pull_given_up", self.pull_given_up),
             ("membership", self.membership),
+            ("modes", self.modes),
         ]
     }
 }
@@ -157,6 +163,9 @@ pub struct Outcome {
     pub debt_accounts: u64,
     /// Overdraft episodes that closed on a balance without their fees exactly at the floor.
     pub closed_at_floor: u64,
+    /// Money at risk: the largest settled overdraft (floor minus the balance right after a
+    /// client debit) in the workload's main currency (USD).
+    pub max_overdraft: Decimal,
 }
 
 /// What the checker found.
@@ -218,6 +227,9 @@ fn same_event(x: &Event, y: &Event) -> bool {
             wallet_core::wire::encode_value(x) == wallet_core::wire::encode_value(y)
         }
         (Body::Membership(x), Body::Membership(y)) => x == y,
+        (Body::Account(x), Body::Account(y)) => {
+            wallet_core::wire::encode_value(x) == wallet_core::wire::encode_value(y)
+        }
         _ => false,
     };
     x.id == y.id && x.hlc == y.hlc && x.sig == y.sig && same_body(&x.body, &y.body)
@@ -632,7 +644,7 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     let any_reverse = std::iter::once(ctx.policy)
         .chain(changes.iter().filter_map(|e| match &e.body {
             Body::Policy(p) => Some(&**p),
-            Body::Tx(_) | Body::Membership(_) => None,
+            Body::Tx(_) | Body::Membership(_) | Body::Account(_) => None,
         }))
         .any(|p| p.rules.iter().any(|r| r.action == Action::Reverse));
     let mut accounts: Vec<AccountId> = r0.all_balances().into_iter().map(|(a, _, _)| a).collect();
@@ -953,10 +965,17 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         let base = snapshot_bytes(r0, &sim.cfg.regions);
         let bytes = snapshot_bytes(&n.replica, &sim.cfg.regions);
         if bytes != base {
+            let (mine, theirs) = (n.replica.all_balances(), r0.all_balances());
+            let first_diff = mine
+                .iter()
+                .zip(&theirs)
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("; first different balance {a:?} vs {b:?}"))
+                .unwrap_or_else(|| format!("; {} vs {} balances", mine.len(), theirs.len()));
             f.add(
                 "convergence",
                 format!(
-                    "{} differs from {}: {} vs {} events, {} vs {} feed entries, snapshot {} vs {} bytes",
+                    "{} differs from {}: {} vs {} events, {} vs {} feed entries, snapshot {} vs {} bytes{first_diff}",
                     n.id,
                     first_live.id,
                     n.replica.event_count(),
@@ -967,6 +986,38 @@ pub fn check(sim: &mut Sim) -> CheckResult {
                     base.len()
                 ),
             );
+        }
+    }
+
+    // SPEC §8, §9.4: the consistency modes' promises, on the whole settled history. Not in
+    // a Byzantine seed: a strict mode counts credits and transfers its members signed, and
+    // a member that equivocates can have the version a home or a giver relied on dropped.
+    if sim.converged_at.is_some() && sim.byz.is_none() {
+        let events = all_events(r0, &sim.cfg.regions);
+        let modes = testing::model_modes(&sim.cfg.policy, events);
+        for v in modes.violations.into_iter().take(5) {
+            f.add("modes", v);
+        }
+        // The replica's rights (derived incrementally) against the model's, per region.
+        for ((a, c), want) in &modes.rights {
+            let (have, unspendable) = r0.all_rights(a, *c);
+            let have: BTreeMap<RegionId, Decimal> =
+                have.into_iter().filter(|(_, d)| !d.is_zero()).collect();
+            let want: BTreeMap<RegionId, Decimal> = want
+                .iter()
+                .filter(|(_, d)| !d.is_zero())
+                .map(|(r, d)| (*r, *d))
+                .collect();
+            if have != want || !unspendable.is_zero() {
+                f.add(
+                    "modes",
+                    format!(
+                        "{} holds rights {have:?} (unsettled keyed credits {unspendable}) of {a} {c:?}, the model derives {want:?}",
+                        first_live.id
+                    ),
+                );
+                break;
+            }
         }
     }
 
@@ -1213,6 +1264,20 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
     let mut out = Outcome {
         overdrafts: model.overdrafts,
         closed_at_floor: model.closed_at_floor,
+        max_overdraft: model
+            .overdrawn
+            .iter()
+            .filter(|(id, _)| {
+                sim.nodes.first().is_some_and(|n| {
+                    n.replica
+                        .event(*id)
+                        .and_then(Event::tx)
+                        .is_some_and(|t| t.currency == crate::workload::CURRENCY)
+                })
+            })
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or_default(),
         ..Outcome::default()
     };
     if let Some(first) = sim.nodes.first() {
@@ -1262,6 +1327,7 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
         pull_backoff: f.ok("pull_backoff"),
         pull_given_up: f.ok("pull_given_up"),
         membership: f.ok("membership"),
+        modes: f.ok("modes"),
     };
     CheckResult {
         invariants,
@@ -1434,15 +1500,19 @@ impl DuringRun {
 pub struct Before {
     provisional: Decimal,
     floor: Decimal,
+    /// A strict mode (SPEC §8): a debit may be refused although the provisional balance
+    /// would stay at the floor (credits that may still be reversed do not count).
+    strict: bool,
 }
 
 impl Before {
     /// Reads `r` before it handles `req`.
     pub fn of(r: &Replica, req: &TxRequest) -> Before {
+        let rule = testing::model_rule(r.current_policy().1, req.account.as_str(), req.currency);
         Before {
             provisional: r.balance(&req.account, req.currency).provisional,
-            floor: testing::model_rule(r.current_policy().1, req.account.as_str(), req.currency)
-                .floor,
+            floor: rule.floor,
+            strict: rule.rule.mode.is_strict(),
         }
     }
 }
@@ -1516,7 +1586,7 @@ pub fn submitted(
     let Some(after) = after else { return };
     let short = debit && after < before.floor;
     match new {
-        None if !short => during.fail(
+        None if !short && !before.strict => during.fail(
             "acceptance",
             now,
             format!(
@@ -1845,6 +1915,7 @@ mod tests {
         let before = Before {
             provisional: Decimal::from_str_exact(provisional).unwrap(),
             floor: Decimal::ZERO,
+            strict: false,
         };
         submitted(&mut d, 0, 0, &replica(), req, &before, &result);
         d.failures

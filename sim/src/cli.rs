@@ -40,6 +40,11 @@ pub struct PolicyFile {
     pub policy: Policy,
 }
 
+/// One-way inter-region delay with `--compare-modes` unless `--delay` says, ms.
+pub const MODES_DELAY_MS: u64 = 100;
+/// The policy `--compare-modes` puts each mode on, without `--policy`.
+pub const MODES_BASE_POLICY: &str = "[default]\nfee = { flat = \"5.00\" }\n";
+
 /// `--compare-policies A,B,..`.
 #[derive(Debug, Clone)]
 pub struct PolicyList(pub Vec<PolicyFile>);
@@ -133,6 +138,15 @@ pub struct RunArgs {
     /// Run the identical workload and faults under each policy
     #[arg(long, value_name = "A,B", value_parser = policy_list)]
     pub compare_policies: Option<PolicyList>,
+    /// Run the identical workload and faults under each consistency mode (SPEC §8):
+    /// optimistic, escrow (fallback refuse), hybrid (escrow, fallback optimistic within
+    /// --risk-limit), home (the first region); every account, on the --policy file or a flat
+    /// 5.00 fee. The one-way delay defaults to 100 ms.
+    #[arg(long, value_name = "M,N", value_parser = mode_list, conflicts_with = "compare_policies")]
+    pub compare_modes: Option<ModeList>,
+    /// The hybrid's risk limit with --compare-modes, in units of the currency
+    #[arg(long, value_name = "AMOUNT", default_value_t = 100)]
+    pub risk_limit: u32,
     /// Policy changes issued at random times and regions, drawn from the generator
     /// [default: 0 to 2 with a drawn policy, 0 with --policy]
     #[arg(long, value_name = "N")]
@@ -389,6 +403,58 @@ fn policy_file(path: &str) -> Result<PolicyFile, String> {
     })
 }
 
+/// The modes `--compare-modes` knows.
+pub const MODES: [&str; 4] = ["optimistic", "escrow", "hybrid", "home"];
+
+/// `--compare-modes M,N,..`.
+#[derive(Debug, Clone)]
+pub struct ModeList(pub Vec<String>);
+
+fn mode_list(list: &str) -> Result<ModeList, String> {
+    let modes: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .collect();
+    if modes.is_empty() {
+        return Err(format!("expected some of {}", MODES.join(",")));
+    }
+    if let Some(m) = modes.iter().find(|m| !MODES.contains(&m.as_str())) {
+        return Err(format!("{m:?} is not one of {}", MODES.join(",")));
+    }
+    Ok(ModeList(modes))
+}
+
+/// `base` with every rule in `mode` (a name of [`MODES`]).
+pub fn with_mode(
+    base: &Policy,
+    mode: &str,
+    risk_limit: u32,
+    home: wallet_core::RegionId,
+) -> Policy {
+    use wallet_core::{Fallback, Mode};
+    let m = match mode {
+        "escrow" => Mode::Escrow {
+            fallback: Fallback::Refuse,
+            risk_limit: rust_decimal::Decimal::ZERO,
+            rights_timeout_ms: wallet_core::policy::RIGHTS_TIMEOUT_MS_DEFAULT,
+        },
+        "hybrid" => Mode::Escrow {
+            fallback: Fallback::Optimistic,
+            risk_limit: rust_decimal::Decimal::from(risk_limit),
+            rights_timeout_ms: wallet_core::policy::RIGHTS_TIMEOUT_MS_DEFAULT,
+        },
+        "home" => Mode::Home { home },
+        _ => Mode::Optimistic,
+    };
+    let mut p = base.clone();
+    for r in &mut p.rules {
+        r.mode = m.clone();
+    }
+    p
+}
+
 fn policy_list(list: &str) -> Result<PolicyList, String> {
     let files = list
         .split(',')
@@ -527,8 +593,10 @@ pub struct Options {
     pub base: SimConfig,
     /// Policies to run: (label, file path as given, policy).
     pub policies: Vec<(String, Option<String>, Policy)>,
-    /// True with --compare-policies.
+    /// True with --compare-policies or --compare-modes.
     pub compare: bool,
+    /// True with --compare-modes (the table shows the modes' figures).
+    pub compare_modes: bool,
     /// No --policy or --compare-policies: every seed draws its policy from the generator
     /// (`policies` then holds one placeholder entry).
     pub draw: bool,
@@ -615,6 +683,8 @@ pub fn build(a: Args) -> Result<Options, CliError> {
     let fl = &mut base.faults;
     if let Some(v) = f.delay {
         fl.delay_ms = v;
+    } else if a.runs.compare_modes.is_some() {
+        fl.delay_ms = (MODES_DELAY_MS, MODES_DELAY_MS);
     }
     for (slot, v) in [
         (&mut fl.loss_ppm, f.loss),
@@ -684,6 +754,24 @@ pub fn build(a: Args) -> Result<Options, CliError> {
         .into_iter()
         .map(|p| (p.label.clone(), Some(p.path.clone()), p.policy.clone()))
         .collect();
+    if let Some(ModeList(modes)) = &a.runs.compare_modes {
+        let base_policy = match policies.first() {
+            Some((_, _, p)) => p.clone(),
+            None => Policy::from_toml(MODES_BASE_POLICY)
+                .map_err(|e| CliError::Usage(format!("the base policy: {e}")))?,
+        };
+        let home = base.regions[0];
+        policies = modes
+            .iter()
+            .map(|m| {
+                (
+                    m.clone(),
+                    None,
+                    with_mode(&base_policy, m, a.runs.risk_limit, home),
+                )
+            })
+            .collect();
+    }
     let draw = policies.is_empty();
     if draw {
         policies.push(("drawn".into(), None, Policy::zero()));
@@ -707,7 +795,8 @@ pub fn build(a: Args) -> Result<Options, CliError> {
         sweep,
         base,
         policies,
-        compare: a.runs.compare_policies.is_some(),
+        compare: a.runs.compare_policies.is_some() || a.runs.compare_modes.is_some(),
+        compare_modes: a.runs.compare_modes.is_some(),
         draw,
         draw_pull_limit: r.pull_limit.is_none() && f.scenario.is_none(),
         print_policy: a.runs.print_policy,
@@ -741,7 +830,10 @@ pub fn command_line(opts: &Options) -> String {
     } else {
         s.push_str(&format!(" --seed {a}"));
     }
-    if !opts.draw {
+    if opts.compare_modes {
+        let modes: Vec<&str> = opts.policies.iter().map(|(l, _, _)| l.as_str()).collect();
+        s.push_str(&format!(" --compare-modes {}", modes.join(",")));
+    } else if !opts.draw {
         let paths: Vec<&str> = opts
             .policies
             .iter()

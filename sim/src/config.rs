@@ -196,6 +196,8 @@ pub struct SimConfig {
     /// Share of seeds with random membership changes, ppm (`--membership`; see
     /// `engine::membership_plan`).
     pub membership_ppm: u32,
+    /// Drawn policies may use consistency modes (SPEC §8; `policygen::MODES_PPM` of them do).
+    pub draw_modes: bool,
 }
 
 /// Default share of seeds with a Byzantine member: 1 in 8.
@@ -292,6 +294,7 @@ impl SimConfig {
             byzantine_ppm: BYZANTINE_PPM_DEFAULT,
             byzantine: None,
             membership_ppm: crate::engine::MEMBERSHIP_PPM_DEFAULT,
+            draw_modes: true,
         }
     }
 }
@@ -338,11 +341,24 @@ impl SimConfig {
     /// seed, see [`crate::policygen`]): sets `policy`, `policy_name` (`drawn-<hash>`) and
     /// `policy_toml`. Call it after the seed and the account count are set.
     pub fn draw_policy(&mut self) {
-        let d = crate::policygen::draw_seed_policy(self.seed, self.workload.accounts);
+        let d = crate::policygen::draw_seed_policy(
+            self.seed,
+            self.workload.accounts,
+            self.mode_regions(),
+        );
         self.policy = d.policy;
         self.policy_name = d.name;
         self.policy_toml = Some(d.toml);
         self.policy_meant = Some(d.meant);
+    }
+
+    /// The regions a drawn policy may name as homes: none when modes are not drawn.
+    pub fn mode_regions(&self) -> &[RegionId] {
+        if self.draw_modes {
+            &self.regions
+        } else {
+            &[]
+        }
     }
 
     /// True when the seed policy was drawn by the generator.

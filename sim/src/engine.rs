@@ -29,6 +29,9 @@ use crate::rng::Rng;
 use crate::scenario::Action;
 use crate::workload::{Workload, CURRENCY};
 
+/// Random home moves tried per run (each of a random account, in the workload's currency).
+pub const HOME_MOVES_PER_RUN: u32 = 6;
+
 /// Local clocks start here so that a negative skew never goes below zero.
 pub const CLOCK_BASE_MS: u64 = 1_000_000;
 /// Longest the final phase may take to converge, simulated ms.
@@ -70,6 +73,12 @@ enum Ev {
     Byz,
     /// A planned policy change (index into `Sim::policy_plan`).
     Policy(usize),
+    /// A random home move (home mode, SPEC §8): the account's current home hands it to
+    /// another region.
+    HomeMove {
+        account: u32,
+        to: u8,
+    },
     Sample,
 }
 
@@ -153,6 +162,9 @@ pub struct Node {
     /// A `crash-after-pull` is armed: the region crashes right after it answers a pull while
     /// own events are written but not durable.
     crash_armed: bool,
+    /// Client requests the replica answered `Submitted::Pending` (a debit forwarded to its
+    /// home), waiting for `Output::Decided`: request id -> logical request.
+    pending: std::collections::BTreeMap<u64, u32>,
 }
 
 /// The connection between two regions (one per unordered pair).
@@ -223,6 +235,21 @@ pub struct Counters {
     pub floor_credits: u64,
     /// Armed crashes that fired (a pull answered while own events were not durable).
     pub crashes_after_pull: u64,
+    /// Client requests the replica left pending (home mode: forwarded to the home).
+    pub pending: u64,
+    /// Pending requests refused because the home did not answer in time (`HomeUnreachable`).
+    pub refused_home: u64,
+    /// Pending requests lost with a crash of the region that held them (no answer).
+    pub pending_lost: u64,
+    /// Home moves issued (by the region that was the account's home).
+    pub home_moves: u64,
+    /// Escrow debits refused for rights (`InsufficientRights`).
+    pub refused_rights: u64,
+    /// Escrow debits that waited for rights (the synchronous path; the rest of the pending
+    /// requests were forwarded to a home).
+    pub rights_waits: u64,
+    /// Client debits that reached a region that was up.
+    pub debits: u64,
 }
 
 /// Per region: (provisional, settled) in cents, None while the region is down.
@@ -288,6 +315,11 @@ pub struct Sim {
     pub logical_acked: Vec<bool>,
     /// Per logical request: refused by a replica at least once.
     pub logical_refused: Vec<bool>,
+    /// Per logical request: when it was last sent to a region, ms.
+    pub sent_at: Vec<u64>,
+    /// Accept latency of every acknowledged request, ms from its send to its acknowledgement
+    /// (local: the fsync; home mode elsewhere: the round trip to the home and its fsync).
+    pub accept_latencies: Vec<u64>,
     /// Settlement lags (ms from submission to settled at the origin), acked events only.
     pub lags: Vec<u64>,
     /// Counters.
@@ -686,6 +718,7 @@ impl Sim {
                 just_submitted: None,
                 told: vec![false; n],
                 crash_armed: false,
+                pending: std::collections::BTreeMap::new(),
             })
             .collect();
         let chart = if cfg.record_series {
@@ -715,6 +748,8 @@ impl Sim {
             acked: Vec::new(),
             logical_acked: vec![false; logical],
             logical_refused: vec![false; logical],
+            sent_at: vec![0; logical],
+            accept_latencies: Vec::new(),
             lags: Vec::new(),
             counters: Counters::default(),
             series: Series {
@@ -759,6 +794,18 @@ impl Sim {
         }
         for k in 0..sim.policy_plan.len() {
             sim.push(sim.policy_plan[k].at_ms, Ev::Policy(k));
+        }
+        // Home moves, from their own stream: a few per run, of random accounts (a move of an
+        // account whose rule is not in home mode is refused by the core and counted).
+        let mut moves = Rng::new(sim.cfg.seed, b"home-moves");
+        let accounts = sim.workload.accounts.len() as u64;
+        if n > 1 && accounts > 0 {
+            for _ in 0..HOME_MOVES_PER_RUN {
+                let at = moves.range(0, sim.workload.end_ms);
+                let account = moves.below(accounts) as u32;
+                let to = moves.below(n as u64) as u8;
+                sim.push(at, Ev::HomeMove { account, to });
+            }
         }
         // At start every pair is connected.
         for a in 0..n {
@@ -1103,6 +1150,11 @@ impl Sim {
                         }
                     }
                 }
+                Output::Decided {
+                    request,
+                    result,
+                    durable_after,
+                } => self.decided(i, request, result, durable_after),
                 Output::Report(r) => {
                     if let Report::Equivocation { id } = &r {
                         self.during.evidence_announced(i, id.origin);
@@ -1242,8 +1294,14 @@ impl Sim {
             return;
         }
         let now_l = local(self.now, node.skew);
+        if let Some(t) = self.sent_at.get_mut(logical) {
+            *t = self.now;
+        }
         let before = crate::check::Before::of(&node.replica, &req);
         let result = node.replica.submit(now_l, req.clone());
+        if kind.is_debit() {
+            self.counters.debits += 1;
+        }
         crate::check::submitted(
             &mut self.during,
             self.now,
@@ -1271,20 +1329,94 @@ impl Sim {
                 if let Some(a) = self.logical_acked.get_mut(logical) {
                     *a = true;
                 }
+                self.accept_latencies.push(0);
             }
-            Err(e) => {
-                match e {
-                    SubmitError::InsufficientFunds { .. } => self.counters.refused_funds += 1,
-                    SubmitError::IdempotencyConflict { .. } => self.counters.refused_conflict += 1,
-                    _ => self.counters.refused_other += 1,
+            Ok(Submitted::Pending { request }) => {
+                self.counters.pending += 1;
+                let mode = node
+                    .replica
+                    .current_policy()
+                    .1
+                    .applied(req.account.as_str(), req.currency)
+                    .mode;
+                if matches!(mode, wallet_core::Mode::Escrow { .. }) {
+                    self.counters.rights_waits += 1;
                 }
-                if let Some(a) = self.logical_refused.get_mut(logical) {
-                    *a = true;
-                }
+                node.pending.insert(request, logical as u32);
             }
+            Err(e) => self.refused(logical, &e),
         }
         self.drain(region);
         self.nodes[region].just_submitted = None;
+    }
+
+    /// A home move: the up region that holds itself the home of the account (in the
+    /// workload's currency) hands it to region `to`; nothing when none does (not in home
+    /// mode, the home down, or `to` is the home).
+    fn move_home(&mut self, account: usize, to: usize) {
+        let Some(account) = self.workload.accounts.get(account).cloned() else {
+            return;
+        };
+        let to_id = self.cfg.regions[to];
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].up || i == to {
+                continue;
+            }
+            let me = self.nodes[i].id;
+            let now_l = local(self.now, self.nodes[i].skew);
+            let r = &mut self.nodes[i].replica;
+            if r.home(&account, CURRENCY).is_some_and(|(h, _)| h == me)
+                && r.move_home(now_l, account.clone(), CURRENCY, to_id).is_ok()
+            {
+                self.counters.home_moves += 1;
+                self.drain(i);
+                return;
+            }
+        }
+    }
+
+    fn refused(&mut self, logical: usize, e: &SubmitError) {
+        match e {
+            SubmitError::InsufficientFunds { .. } => self.counters.refused_funds += 1,
+            SubmitError::IdempotencyConflict { .. } => self.counters.refused_conflict += 1,
+            SubmitError::HomeUnreachable { .. } => self.counters.refused_home += 1,
+            SubmitError::InsufficientRights { .. } => self.counters.refused_rights += 1,
+            _ => self.counters.refused_other += 1,
+        }
+        if let Some(a) = self.logical_refused.get_mut(logical) {
+            *a = true;
+        }
+    }
+
+    /// `Output::Decided`: a pending request of region `i` is decided. An event issued here is
+    /// acknowledged once durable (`durable_after`), one decided by the home at once (it was
+    /// durable there before the home answered).
+    fn decided(
+        &mut self,
+        i: usize,
+        request: u64,
+        result: Result<Submitted, SubmitError>,
+        durable_after: Option<u64>,
+    ) {
+        let Some(logical) = self.nodes[i].pending.remove(&request) else {
+            return;
+        };
+        match result {
+            Ok(Submitted::New(id) | Submitted::Existing(id)) => match durable_after {
+                Some(idx) => self.nodes[i].acks.push_back((idx, logical, id)),
+                None => {
+                    self.acked.push((id, logical));
+                    if let Some(a) = self.logical_acked.get_mut(logical as usize) {
+                        *a = true;
+                    }
+                    if let Some(t) = self.sent_at.get(logical as usize) {
+                        self.accept_latencies.push(self.now.saturating_sub(*t));
+                    }
+                }
+            },
+            Ok(Submitted::Pending { .. }) => {}
+            Err(e) => self.refused(logical as usize, &e),
+        }
     }
 
     /// A credit to the floor at `region`: the first (account, currency), in order, that its
@@ -1307,7 +1439,7 @@ impl Sim {
                 events.extend(r.origin_events(*o, 0).iter().filter(|e| match &e.body {
                     wallet_core::Body::Tx(t) => t.account == a && t.currency == c,
                     wallet_core::Body::Policy(_) => true,
-                    wallet_core::Body::Membership(_) => false,
+                    wallet_core::Body::Membership(_) | wallet_core::Body::Account(_) => false,
                 }));
             }
             let m = wallet_core::testing::model_at(&self.cfg.policy, events, Some(r.watermark()));
@@ -1554,6 +1686,8 @@ impl Sim {
         node.disk.written = node.disk.durable.clone();
         self.counters.lost_unacked += node.acks.len() as u64;
         node.acks.clear();
+        self.counters.pending_lost += node.pending.len() as u64;
+        node.pending.clear();
         let durable_own = node.disk.durable[r];
         node.lag_q.retain(|(seq, _, _)| *seq <= durable_own);
         // Floor debits lost before durable never happened (their seqs are issued again).
@@ -1668,6 +1802,9 @@ impl Sim {
             if let Some(a) = self.logical_acked.get_mut(logical as usize) {
                 *a = true;
             }
+            if let Some(t) = self.sent_at.get(logical as usize) {
+                self.accept_latencies.push(self.now.saturating_sub(*t));
+            }
         }
         self.drain(i);
     }
@@ -1750,6 +1887,7 @@ impl Sim {
             Ev::Fault(a) => self.fault(a),
             Ev::Byz => self.byz_tick(),
             Ev::Policy(k) => self.change_policy(k),
+            Ev::HomeMove { account, to } => self.move_home(account as usize, to as usize),
             Ev::Sample => {
                 self.sample();
                 self.push(self.now + self.sample_ms, Ev::Sample);
@@ -2050,7 +2188,9 @@ impl Sim {
             let mut f = e.clone();
             match &mut f.body {
                 Body::Tx(tx) => tx.reference = Some("byzantine second version".into()),
-                Body::Policy(_) | Body::Membership(_) => f.hlc = Hlc(f.hlc.0 + 1),
+                Body::Policy(_) | Body::Membership(_) | Body::Account(_) => {
+                    f.hlc = Hlc(f.hlc.0 + 1)
+                }
             }
             let Some(byz) = self.byz.as_mut() else {
                 return;

@@ -66,7 +66,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         for seed in opts.seeds.0..=opts.seeds.1 {
-            let d = wallet_sim::policygen::draw_seed_policy(seed, opts.base.workload.accounts);
+            let d = wallet_sim::policygen::draw_seed_policy(
+                seed,
+                opts.base.workload.accounts,
+                &opts.base.regions,
+            );
             println!("# seed {seed}: {}\n{}", d.name, d.toml);
         }
         return ExitCode::SUCCESS;
@@ -147,7 +151,7 @@ fn execute(opts: &Options) -> Result<bool, String> {
         } else if !opts.quiet && !opts.compare {
             let m = &r.metrics;
             out.push_str(&format!(
-                "seed {:>6}  {}  accepted {} refused {} overdrafts {} fees {} ({}) reversals {} dup-reversals {} lag p99 {} ms  partitions {} crashes {}\n",
+                "seed {:>6}  {}  accepted {} refused {} overdrafts {} fees {} ({}) reversals {} dup-reversals {} lag p99 {} ms  partitions {} crashes {}{}\n",
                 r.seed,
                 if r.check.invariants.all() { "ok    " } else { "FAILED" },
                 m.accepted,
@@ -159,7 +163,15 @@ fn execute(opts: &Options) -> Result<bool, String> {
                 m.duplicate_reversals,
                 m.settle_lag_p99_ms,
                 m.partitions,
-                m.crashes
+                m.crashes,
+                if m.forwarded > 0 || m.home_moves > 0 {
+                    format!(
+                        "  forwarded {} home-unreachable {} home-moves {}",
+                        m.forwarded, m.refused_home_unreachable, m.home_moves
+                    )
+                } else {
+                    String::new()
+                }
             ));
         }
     }
@@ -171,7 +183,11 @@ fn execute(opts: &Options) -> Result<bool, String> {
                     first.seed, first.metrics.transactions, first.workload_digest
                 ));
             }
-            out.push_str(&report::compare_table(chunk));
+            if opts.compare_modes {
+                out.push_str(&report::modes_table(chunk));
+            } else {
+                out.push_str(&report::compare_table(chunk));
+            }
         }
     }
     let total_tx: u64 = results.iter().map(|r| r.metrics.transactions).sum();

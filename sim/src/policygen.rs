@@ -32,7 +32,7 @@ use std::fmt::Write as _;
 
 use rust_decimal::Decimal;
 use wallet_core::policy::{Fee, Rule};
-use wallet_core::{Action, Currency, EventId, FeePer, Kind, Policy};
+use wallet_core::{Action, Currency, EventId, FeePer, Kind, Mode, Policy, RegionId};
 
 use crate::rng::Rng;
 
@@ -203,6 +203,12 @@ struct Section {
     cap: Option<Decimal>,
     grace: Option<Decimal>,
     per: Option<&'static str>,
+    /// SPEC §8: `mode` and, for `home`, the home region; for `escrow`, the fallback and
+    /// the risk limit (whole units of the currency).
+    mode: Option<&'static str>,
+    home: Option<RegionId>,
+    fallback: Option<&'static str>,
+    risk_limit: Option<u32>,
 }
 
 impl Section {
@@ -245,13 +251,32 @@ impl Section {
         if !fee.is_empty() {
             let _ = writeln!(out, "fee = {{ {} }}", fee.join(", "));
         }
+        if let Some(m) = self.mode {
+            let _ = writeln!(out, "mode = \"{m}\"");
+        }
+        if let Some(h) = self.home {
+            let _ = writeln!(out, "home = \"{h}\"");
+        }
+        if let Some(f) = self.fallback {
+            let _ = writeln!(out, "fallback = \"{f}\"");
+        }
+        if let Some(r) = self.risk_limit {
+            let _ = writeln!(out, "risk_limit = \"{r}\"");
+        }
     }
 }
 
 struct Gen {
     rng: Rng,
     accounts: u32,
+    /// The stream the consistency modes are drawn from (`<tag>/modes`): adding modes to the
+    /// generator changed no other draw of a policy.
+    modes: Rng,
+    regions: Vec<RegionId>,
 }
+
+/// Share of drawn policies that use consistency modes (SPEC §8), ppm.
+pub const MODES_PPM: u32 = 400_000;
 
 /// True if `d` has at most `dp` decimal places.
 fn fits(d: Decimal, dp: u32) -> bool {
@@ -434,10 +459,12 @@ impl Gen {
 ///
 /// Panics if the generator wrote a policy the parser refuses (a generator bug; the tests
 /// parse thousands of draws).
-pub fn draw(seed: u64, tag: &[u8], accounts: u32) -> Drawn {
+pub fn draw(seed: u64, tag: &[u8], accounts: u32, regions: &[RegionId]) -> Drawn {
     let mut g = Gen {
         rng: Rng::new(seed, tag),
         accounts,
+        modes: Rng::new(seed, &[tag, b"/modes"].concat()),
+        regions: regions.to_vec(),
     };
     let (toml, meant) = if g.chance(ZERO_PPM) {
         ("[default]\n".to_string(), Policy::zero())
@@ -457,8 +484,8 @@ pub fn draw(seed: u64, tag: &[u8], accounts: u32) -> Drawn {
 }
 
 /// The seed policy of a run: the stream `policy` of its seed.
-pub fn draw_seed_policy(seed: u64, accounts: u32) -> Drawn {
-    draw(seed, b"policy", accounts)
+pub fn draw_seed_policy(seed: u64, accounts: u32, regions: &[RegionId]) -> Drawn {
+    draw(seed, b"policy", accounts, regions)
 }
 
 /// What a section means, resolved against the default's section `d` (None: it is the
@@ -493,7 +520,39 @@ fn meaning(s: &Section, d: Option<&Section>) -> Rule {
         Some("episode") => FeePer::Episode,
         _ => FeePer::Debit,
     };
+    // SPEC §8: the mode comes from the section or `[default]` (optimistic when neither says);
+    // a home section without its own `home` takes the default's.
+    // An escrow section's parameters come from the default's when it is escrow too; a
+    // `refuse` one has no risk limit; the time-out is the default 300 ms (never drawn).
+    let d_mode = d.and_then(|d| d.mode);
+    let mode = match s.mode.or(d_mode) {
+        Some("home") => match s.home.or(d.and_then(|d| d.home)) {
+            Some(home) => Mode::Home { home },
+            None => Mode::Optimistic, // never drawn: the parser refuses it
+        },
+        Some("escrow") => {
+            let base = d.filter(|_| d_mode == Some("escrow"));
+            let fallback = s.fallback.or(base.and_then(|d| d.fallback));
+            let optimistic = fallback == Some("optimistic");
+            let limit = s.risk_limit.or(base.and_then(|d| d.risk_limit));
+            Mode::Escrow {
+                fallback: if optimistic {
+                    wallet_core::Fallback::Optimistic
+                } else {
+                    wallet_core::Fallback::Refuse
+                },
+                risk_limit: if optimistic {
+                    Decimal::from(limit.unwrap_or(0))
+                } else {
+                    Decimal::ZERO
+                },
+                rights_timeout_ms: wallet_core::policy::RIGHTS_TIMEOUT_MS_DEFAULT,
+            }
+        }
+        _ => Mode::Optimistic,
+    };
     Rule {
+        mode,
         tier: s.tier.clone(),
         currency: s.currency,
         action,
@@ -574,6 +633,7 @@ fn text(g: &mut Gen) -> (String, Policy) {
         fix_line(r, Some(&d));
         fix_cap(r, Some(&d));
     }
+    g.draw_modes(&mut d, &mut rules);
     let mut out = String::from("# drawn by wallet-sim's policy generator\n[default]\n");
     d.render(&mut out);
     if !tiers.is_empty() {
@@ -591,6 +651,47 @@ fn text(g: &mut Gen) -> (String, Policy) {
     meant_rules.extend(rules.iter().map(|r| meaning(r, Some(&d))));
     let meant = Policy::new(meant_rules, tiers.into_iter().collect());
     (out, meant)
+}
+
+impl Gen {
+    /// Consistency modes, from their own stream: in [`MODES_PPM`] of the draws, the default
+    /// and each rule may name `home` (with a region) or `optimistic`.
+    fn draw_modes(&mut self, d: &mut Section, rules: &mut [Section]) {
+        if self.regions.is_empty() || !self.modes.chance(MODES_PPM) {
+            return;
+        }
+        match self.modes.below(10) {
+            0..=2 => self.home(d),
+            3..=5 => self.escrow(d),
+            _ => {}
+        }
+        for r in rules {
+            match self.modes.below(20) {
+                0..=4 => self.home(r),
+                5..=9 => self.escrow(r),
+                10..=12 => r.mode = Some("optimistic"),
+                _ => {}
+            }
+        }
+    }
+
+    fn home(&mut self, s: &mut Section) {
+        let n = self.regions.len() as u64;
+        s.mode = Some("home");
+        s.home = Some(self.regions[self.modes.below(n) as usize]);
+    }
+
+    /// Escrow with `refuse` or (the hybrid) `optimistic` and a whole risk limit, written out
+    /// every time (so a rule never depends on which of the default's it inherits).
+    fn escrow(&mut self, s: &mut Section) {
+        s.mode = Some("escrow");
+        if self.modes.chance(500_000) {
+            s.fallback = Some("optimistic");
+            s.risk_limit = Some(self.modes.range(1, 300) as u32);
+        } else {
+            s.fallback = Some("refuse");
+        }
+    }
 }
 
 /// A currency rule inherits the default's amounts: those with more places than the currency
@@ -818,7 +919,7 @@ pub fn plan_changes(cfg: &crate::config::SimConfig, end_ms: u64) -> Vec<PlannedC
             PolicyChange::Generated => {
                 let tag = format!("policy-scripted-{generated}");
                 generated += 1;
-                let d = draw(cfg.seed, tag.as_bytes(), accounts);
+                let d = draw(cfg.seed, tag.as_bytes(), accounts, cfg.mode_regions());
                 (d.name, Some(d.toml), Some(d.policy), Some(d.meant))
             }
         };
@@ -855,7 +956,12 @@ pub fn plan_changes(cfg: &crate::config::SimConfig, end_ms: u64) -> Vec<PlannedC
         for k in 0..count {
             let at_ms = rng.range(0, end_ms);
             let region = rng.below(n) as usize;
-            let d = draw(cfg.seed, format!("policy-change-{k}").as_bytes(), accounts);
+            let d = draw(
+                cfg.seed,
+                format!("policy-change-{k}").as_bytes(),
+                accounts,
+                cfg.mode_regions(),
+            );
             out.push(PlannedChange {
                 at_ms,
                 region,
@@ -877,9 +983,9 @@ mod tests {
 
     #[test]
     fn same_seed_same_text_and_streams_differ() {
-        let a = draw(7, b"policy", 100);
-        let b = draw(7, b"policy", 100);
-        let c = draw(7, b"policy-change-0", 100);
+        let a = draw(7, b"policy", 100, &[]);
+        let b = draw(7, b"policy", 100, &[]);
+        let c = draw(7, b"policy-change-0", 100, &[]);
         assert_eq!(a.toml, b.toml);
         assert_eq!(a.name, b.name);
         assert_ne!(a.toml, c.toml);
@@ -913,7 +1019,7 @@ mod tests {
     #[test]
     fn a_thousand_draws_parse() {
         for seed in 0..1000 {
-            let d = draw(seed, b"policy", 100);
+            let d = draw(seed, b"policy", 100, &[]);
             assert!(d.name.starts_with("drawn-"));
             assert_eq!(Policy::from_toml(&d.toml).ok(), Some(d.policy.clone()));
             assert_eq!(d.policy, d.meant, "seed {seed}:\n{}", d.toml);

@@ -677,7 +677,14 @@ code{{background:#f3f3f3;padding:1px 4px}} .legend span{{margin-right:16px;font-
         }
         h.push_str("</table>");
     }
-    if results.len() > 1 {
+    if results.len() > 1
+        && results
+            .iter()
+            .all(|x| MODE_NAMES.contains(&x.policy.as_str()))
+    {
+        h.push_str("<h2>Consistency modes compared (identical workload and faults)</h2>");
+        h.push_str(&modes_html(results));
+    } else if results.len() > 1 {
         h.push_str("<h2>Policies compared (identical workload and faults)</h2>");
         h.push_str(&compare_table_html(results));
     }
@@ -768,26 +775,76 @@ const COMPARE_HEAD: [&str; 11] = [
     "invariants",
 ];
 
-/// The comparison table as text.
-pub fn compare_table(results: &[RunResult]) -> String {
-    let rows = compare_rows(results);
-    let mut widths: Vec<usize> = COMPARE_HEAD.iter().map(|h| h.len()).collect();
-    for r in &rows {
+/// The labels `--compare-modes` gives its runs.
+const MODE_NAMES: [&str; 4] = ["optimistic", "escrow", "hybrid", "home"];
+
+const MODES_HEAD: [&str; 15] = [
+    "mode",
+    "accepted",
+    "refused funds",
+    "refused rights",
+    "home unreachable",
+    "overdrafts",
+    "fees",
+    "reversals",
+    "money at risk",
+    "accept p50 ms",
+    "accept p99 ms",
+    "rights transfers",
+    "sync rights (% debits)",
+    "bytes replicated",
+    "invariants",
+];
+
+fn modes_rows(results: &[RunResult]) -> Vec<[String; 15]> {
+    results
+        .iter()
+        .map(|r| {
+            let m = &r.metrics;
+            let pct = (m.rights_waits * 1000).checked_div(m.debits).unwrap_or(0);
+            [
+                r.policy.clone(),
+                m.accepted.to_string(),
+                m.refused_funds.to_string(),
+                m.refused_rights.to_string(),
+                m.refused_home_unreachable.to_string(),
+                m.overdrafts.to_string(),
+                m.fees.to_string(),
+                m.reversals.to_string(),
+                m.max_overdraft.clone(),
+                m.accept_p50_ms.to_string(),
+                m.accept_p99_ms.to_string(),
+                m.rights_transfers.to_string(),
+                format!("{} ({}.{}%)", m.rights_waits, pct / 10, pct % 10),
+                m.bytes_replicated.to_string(),
+                if r.check.invariants.all() {
+                    "ok".into()
+                } else {
+                    "FAILED".into()
+                },
+            ]
+        })
+        .collect()
+}
+
+/// The `--compare-modes` table as text: per mode, what it accepted and refused (and why),
+/// the overdrafts, fees and reversals it left, the money at risk, the accept latency, the
+/// rights traffic and the bytes replicated.
+pub fn modes_table(results: &[RunResult]) -> String {
+    text_table(&MODES_HEAD, &modes_rows(results))
+}
+
+/// A table as aligned text: the first column left, the others right.
+fn text_table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.len());
         }
     }
     let mut s = String::new();
-    for (i, h) in COMPARE_HEAD.iter().enumerate() {
-        if i == 0 {
-            let _ = write!(s, "{:<w$}", h, w = widths[i]);
-        } else {
-            let _ = write!(s, "  {:>w$}", h, w = widths[i]);
-        }
-    }
-    s.push('\n');
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
+    let line = |s: &mut String, cells: &mut dyn Iterator<Item = &str>| {
+        for (i, c) in cells.enumerate() {
             if i == 0 {
                 let _ = write!(s, "{:<w$}", c, w = widths[i]);
             } else {
@@ -795,13 +852,76 @@ pub fn compare_table(results: &[RunResult]) -> String {
             }
         }
         s.push('\n');
+    };
+    line(&mut s, &mut head.iter().copied());
+    for r in rows {
+        line(&mut s, &mut r.iter().map(String::as_str));
     }
     s
 }
 
+/// The modes' table and one bar chart per figure.
+fn modes_html(results: &[RunResult]) -> String {
+    let rows = modes_rows(results);
+    let mut s = html_table(&MODES_HEAD, &rows);
+    s.push_str("<div>");
+    // One small bar chart per figure: the leading number of each cell.
+    for (k, head) in MODES_HEAD
+        .iter()
+        .enumerate()
+        .skip(1)
+        .take(MODES_HEAD.len() - 2)
+    {
+        let values: Vec<f64> = rows
+            .iter()
+            .map(|r| {
+                r[k].split([' ', '('])
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+            .collect();
+        let max = values.iter().cloned().fold(0.0_f64, f64::max).max(1e-9);
+        let (w, bar_h, gap) = (260.0, 16.0, 4.0);
+        let height = 22.0 + (bar_h + gap) * values.len() as f64;
+        let _ = write!(
+            s,
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" style="margin:8px 12px 0 0"><text x="0" y="13" font-size="12" font-weight="bold">{}</text>"##,
+            esc(head)
+        );
+        for (i, (v, r)) in values.iter().zip(&rows).enumerate() {
+            let y = 20.0 + (bar_h + gap) * i as f64;
+            let len = (w - 150.0) * v / max;
+            let _ = write!(
+                s,
+                r##"<text x="0" y="{}" font-size="11">{}</text><rect x="70" y="{y}" width="{len:.1}" height="{bar_h}" fill="{}"/><text x="{:.1}" y="{}" font-size="11">{}</text>"##,
+                y + 12.0,
+                esc(&r[0]),
+                COLORS[i % COLORS.len()],
+                74.0 + len,
+                y + 12.0,
+                esc(&r[k])
+            );
+        }
+        s.push_str("</svg>");
+    }
+    s.push_str("</div>");
+    s
+}
+
+/// The comparison table as text.
+pub fn compare_table(results: &[RunResult]) -> String {
+    text_table(&COMPARE_HEAD, &compare_rows(results))
+}
+
 fn compare_table_html(results: &[RunResult]) -> String {
+    html_table(&COMPARE_HEAD, &compare_rows(results))
+}
+
+/// A table as HTML: the first column left, the others right.
+fn html_table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) -> String {
     let mut s = String::from("<table><tr>");
-    for (i, h) in COMPARE_HEAD.iter().enumerate() {
+    for (i, h) in head.iter().enumerate() {
         let _ = write!(
             s,
             "<th{}>{h}</th>",
@@ -809,7 +929,7 @@ fn compare_table_html(results: &[RunResult]) -> String {
         );
     }
     s.push_str("</tr>");
-    for r in compare_rows(results) {
+    for r in rows {
         s.push_str("<tr>");
         for (i, c) in r.iter().enumerate() {
             let _ = write!(

@@ -82,6 +82,30 @@ pub struct Metrics {
     /// Of those, `crash-after-pull` crashes that found their window (a pull answered while
     /// own events were written and not yet durable).
     pub crashes_after_pull: u64,
+    /// Home mode: client requests left pending by the region that took them (forwarded to
+    /// the home).
+    pub forwarded: u64,
+    /// Of those, refused because the home did not answer in time (`home_unreachable`).
+    pub refused_home_unreachable: u64,
+    /// Home moves issued.
+    pub home_moves: u64,
+    /// Accept latency (send to acknowledgement, simulated ms), median.
+    pub accept_p50_ms: u64,
+    /// Accept latency, 99th percentile.
+    pub accept_p99_ms: u64,
+    /// Client debits refused for funds.
+    pub refused_funds: u64,
+    /// Escrow debits refused for rights.
+    pub refused_rights: u64,
+    /// Escrow debits that had to ask for rights (the synchronous path).
+    pub rights_waits: u64,
+    /// Client debits that reached a region.
+    pub debits: u64,
+    /// Rights transfers in the final history (asked for and rebalancing).
+    pub rights_transfers: u64,
+    /// Money at risk: the largest settled USD overdraft (floor minus the balance right after a
+    /// client debit).
+    pub max_overdraft: String,
     /// Credits sent to the floor that found an account in an episode to bring back to it.
     pub floor_credits: u64,
     /// Overdraft episodes that closed on a balance without their fees exactly at the floor
@@ -328,6 +352,8 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         .count() as u64;
     let mut lags = std::mem::take(&mut sim.lags);
     lags.sort_unstable();
+    let mut accept = std::mem::take(&mut sim.accept_latencies);
+    accept.sort_unstable();
     let c = &sim.counters;
     let render = |d: Decimal| CURRENCY.render(d);
     let metrics = Metrics {
@@ -388,6 +414,29 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         partitions: c.partitions,
         crashes: c.crashes,
         crashes_after_pull: c.crashes_after_pull,
+        forwarded: c.pending,
+        refused_home_unreachable: c.refused_home,
+        home_moves: c.home_moves,
+        refused_funds: c.refused_funds,
+        refused_rights: c.refused_rights,
+        rights_waits: c.rights_waits,
+        debits: c.debits,
+        rights_transfers: sim.nodes.first().map_or(0, |n| {
+            sim.cfg
+                .regions
+                .iter()
+                .flat_map(|o| n.replica.origin_events(*o, 0))
+                .filter(|e| {
+                    matches!(
+                        e.account_op(),
+                        Some(wallet_core::event::AccountOp::RightsTransfer { .. })
+                    )
+                })
+                .count() as u64
+        }),
+        max_overdraft: check.outcome.max_overdraft.normalize().to_string(),
+        accept_p50_ms: percentile(&accept, 50),
+        accept_p99_ms: percentile(&accept, 99),
         floor_credits: c.floor_credits,
         episodes_closed_at_floor: check.outcome.closed_at_floor,
         lost_before_durable: c.lost_unacked,

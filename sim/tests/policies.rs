@@ -76,7 +76,7 @@ fn the_generator_covers_every_feature_of_the_policy_language() {
     const N: u64 = 2_000;
     let mut seen: BTreeMap<Feature, u64> = BTreeMap::new();
     for seed in 0..N {
-        let d = draw_seed_policy(seed, 100);
+        let d = draw_seed_policy(seed, 100, &[]);
         // The real parser read it, and the name is its hash.
         assert_eq!(Policy::from_toml(&d.toml).as_ref(), Ok(&d.policy));
         assert_eq!(d.name, format!("drawn-{}", d.policy.hash()));
@@ -103,15 +103,21 @@ fn the_generator_covers_every_feature_of_the_policy_language() {
     }
     // Streams are separate: a change's draw is not the seed policy's.
     assert_ne!(
-        draw(3, b"policy", 100).toml,
-        draw(3, b"policy-change-0", 100).toml
+        draw(3, b"policy", 100, &[]).toml,
+        draw(3, b"policy-change-0", 100, &[]).toml
     );
 }
 
 #[test]
 fn drawn_policies_charge_ties_minimums_and_caps_in_every_currency() {
     let results = runs(1..41, |seed| {
-        let mut cfg = small(seed);
+        // Fee arithmetic: every account optimistic, as before modes were drawn.
+        let mut cfg = SimConfig::new(seed);
+        cfg.workload.accounts = 30;
+        cfg.workload.transactions = 1_500;
+        cfg.byzantine_ppm = 0;
+        cfg.draw_modes = false;
+        cfg.draw_policy();
         cfg.policy_changes = Some(0);
         cfg
     });
@@ -171,7 +177,10 @@ fn the_same_seed_draws_the_same_policy_and_gives_the_same_json() {
     let policy = Policy::from_toml(toml).expect("it parses");
     assert_eq!(v["policy_hash"], policy.hash().to_string());
     assert_eq!(v["policy"], format!("drawn-{}", policy.hash()));
-    assert_eq!(toml, draw_seed_policy(11, 15).toml);
+    assert_eq!(
+        toml,
+        draw_seed_policy(11, 15, &wallet_sim::config::SimConfig::new(11).regions).toml
+    );
     // --print-policy prints the same text.
     let out = bin()
         .args(["--seed", "11", "--accounts", "15", "--print-policy"])

@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, Action, Fee, FeePer, Policy, PolicyError, Rule, POLICY_RULES_MAX};
+use super::{
+    invalid, Action, Fallback, Fee, FeePer, Mode, Policy, PolicyError, Rule, POLICY_RULES_MAX,
+    RIGHTS_TIMEOUT_MS_DEFAULT,
+};
+use crate::id::RegionId;
 use crate::kind::Kind;
 use crate::money::Currency;
 
@@ -44,6 +48,21 @@ struct RuleFile {
     reversible: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fee: Option<FeeFile>,
+    /// SPEC §8: "optimistic", "escrow" or "home".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+    /// Home mode: the home region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    home: Option<String>,
+    /// Escrow mode: "refuse" or "optimistic" (the hybrid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<String>,
+    /// Escrow mode with the optimistic fallback: the most an account may be overdrawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    risk_limit: Option<String>,
+    /// Escrow mode: how long to wait for rights, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rights_timeout_ms: Option<u32>,
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
@@ -74,9 +93,37 @@ fn action_name(a: Action) -> String {
 
 /// A resolved rule as a file section with every field explicit: read back with
 /// [`resolve`], it gives the same rule (the amounts are normalized, as `dec` makes them).
-fn rule_file(r: &Rule) -> RuleFile {
+/// The mode fields are written when the rule or the default (`default_mode`) is not
+/// optimistic, so a policy without modes gives the file it always gave.
+fn rule_file(r: &Rule, default_mode: &Mode) -> RuleFile {
     let line = r.overdraft_line > Decimal::ZERO;
+    let explicit = r.mode != Mode::Optimistic || *default_mode != Mode::Optimistic;
+    let (home, fallback, risk_limit, rights_timeout_ms) = match &r.mode {
+        Mode::Optimistic => (None, None, None, None),
+        Mode::Home { home } => (Some(home.as_str().to_string()), None, None, None),
+        Mode::Escrow {
+            fallback,
+            risk_limit,
+            rights_timeout_ms,
+        } => (
+            None,
+            Some(
+                match fallback {
+                    Fallback::Refuse => "refuse",
+                    Fallback::Optimistic => "optimistic",
+                }
+                .to_string(),
+            ),
+            Some(risk_limit.normalize().to_string()),
+            Some(*rights_timeout_ms),
+        ),
+    };
     RuleFile {
+        mode: explicit.then(|| r.mode.name().to_string()),
+        home,
+        fallback,
+        risk_limit,
+        rights_timeout_ms,
         tier: r.tier.clone(),
         currency: r.currency.map(|c| c.as_str().to_string()),
         action: Some(action_name(r.action)),
@@ -131,7 +178,12 @@ impl Policy {
     /// policy the file format can express (a rule without a cap under a `[default]` with
     /// one cannot be written).
     pub fn to_document(&self) -> PolicyDocument {
-        let mut rules = self.rules.iter().map(rule_file);
+        let default_mode = self
+            .rules
+            .first()
+            .map(|r| r.mode.clone())
+            .unwrap_or_default();
+        let mut rules = self.rules.iter().map(|r| rule_file(r, &default_mode));
         let default = rules.next().unwrap_or_default();
         PolicyDocument(PolicyFile {
             default,
@@ -309,6 +361,7 @@ fn resolve(
             }
         },
     };
+    let mode = resolve_mode(path, r, &base.mode)?;
     Ok(Rule {
         tier: r.tier.clone(),
         currency,
@@ -316,5 +369,91 @@ fn resolve(
         overdraft_line,
         reversible,
         fee,
+        mode,
     })
+}
+
+/// The mode of a section: `mode` and its parameters, each left out taken from `base` (the
+/// resolved default) when that has the same mode. A parameter of another mode is refused.
+fn resolve_mode(path: &str, r: &RuleFile, base: &Mode) -> Result<Mode, PolicyError> {
+    let name = r.mode.as_deref().unwrap_or(base.name());
+    let stray = |field: &str, mode: &str| {
+        Err(invalid(
+            format!("{path}.{field}"),
+            format!("only a rule with mode = \"{mode}\" takes it (this one is {name:?})"),
+        ))
+    };
+    match name {
+        "optimistic" => {
+            if r.home.is_some() {
+                return stray("home", "home");
+            }
+            if r.fallback.is_some() || r.risk_limit.is_some() || r.rights_timeout_ms.is_some() {
+                return stray("fallback", "escrow");
+            }
+            Ok(Mode::Optimistic)
+        }
+        "home" => {
+            if r.fallback.is_some() || r.risk_limit.is_some() || r.rights_timeout_ms.is_some() {
+                return stray("fallback", "escrow");
+            }
+            let home = match (&r.home, base) {
+                (Some(h), _) => {
+                    RegionId::new(h).map_err(|e| invalid(format!("{path}.home"), e.to_string()))?
+                }
+                (None, Mode::Home { home }) => *home,
+                (None, _) => {
+                    return Err(invalid(
+                        format!("{path}.home"),
+                        "mode = \"home\" needs home = \"<region>\"",
+                    ))
+                }
+            };
+            Ok(Mode::Home { home })
+        }
+        "escrow" => {
+            if r.home.is_some() {
+                return stray("home", "home");
+            }
+            let (bf, bl, bt) = match base {
+                Mode::Escrow {
+                    fallback,
+                    risk_limit,
+                    rights_timeout_ms,
+                } => (*fallback, *risk_limit, *rights_timeout_ms),
+                _ => (Fallback::Refuse, Decimal::ZERO, RIGHTS_TIMEOUT_MS_DEFAULT),
+            };
+            let fallback = match r.fallback.as_deref() {
+                None => bf,
+                Some("refuse") => Fallback::Refuse,
+                Some("optimistic") => Fallback::Optimistic,
+                Some(o) => {
+                    return Err(invalid(
+                        format!("{path}.fallback"),
+                        format!("{o:?} is not one of \"refuse\", \"optimistic\""),
+                    ))
+                }
+            };
+            let risk_limit = match &r.risk_limit {
+                Some(v) => dec(&format!("{path}.risk_limit"), v)?,
+                None if fallback == Fallback::Optimistic => bl,
+                None => Decimal::ZERO,
+            };
+            if fallback == Fallback::Refuse && risk_limit > Decimal::ZERO {
+                return Err(invalid(
+                    format!("{path}.risk_limit"),
+                    "a risk limit needs fallback = \"optimistic\"",
+                ));
+            }
+            Ok(Mode::Escrow {
+                fallback,
+                risk_limit,
+                rights_timeout_ms: r.rights_timeout_ms.unwrap_or(bt),
+            })
+        }
+        o => Err(invalid(
+            format!("{path}.mode"),
+            format!("{o:?} is not one of \"optimistic\", \"escrow\", \"home\""),
+        )),
+    }
 }

@@ -24,6 +24,11 @@
 //! tier = "premium"
 //! overdraft_line = "500.00"
 //! action = "reverse"
+//!
+//! [[rule]]
+//! tier = "payouts"
+//! mode = "home"               # "optimistic" (default), "escrow" or "home" (SPEC §8)
+//! home = "eu"
 //! ```
 
 use std::collections::BTreeMap;
@@ -33,6 +38,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::id::RegionId;
 use crate::kind::Kind;
 
 mod file;
@@ -114,6 +120,71 @@ pub struct Fee {
     pub per: FeePer,
 }
 
+/// Default of `rights_timeout_ms`: how long a region waits for rights it asked for before it
+/// applies the escrow fallback, in ms.
+pub const RIGHTS_TIMEOUT_MS_DEFAULT: u32 = 300;
+/// Largest `rights_timeout_ms`, in ms.
+pub const RIGHTS_TIMEOUT_MS_MAX: u32 = 60_000;
+
+/// What an escrow region does with a debit when rights stay short after asking (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fallback {
+    /// Refuse it (`insufficient_rights`).
+    Refuse,
+    /// Accept it against the provisional balance, up to `risk_limit` below the floor, and
+    /// reconcile as in §5: the hybrid.
+    Optimistic,
+}
+
+/// The consistency mode of a rule (SPEC §8). Part of the replicated policy: a policy event
+/// carries the mode of every rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// SPEC §5: accept within the provisional balance, reconcile afterwards.
+    #[default]
+    Optimistic,
+    /// One region decides debits (`home`, or the last `HomeMove` of the account); a debit
+    /// elsewhere is forwarded to it; credits are taken anywhere.
+    Home {
+        /// The home region, until a `HomeMove` of the account says otherwise.
+        home: RegionId,
+    },
+    /// Bounded counter: a region accepts a debit within its own spending rights.
+    Escrow {
+        /// When rights stay short after asking.
+        fallback: Fallback,
+        /// With the optimistic fallback, how far below the floor an account may be taken
+        /// (in the currency of the rule; rounded to it when the rule has no currency).
+        risk_limit: Decimal,
+        /// How long to wait for rights asked for, ms.
+        rights_timeout_ms: u32,
+    },
+}
+
+impl Mode {
+    /// The name in the policy file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Optimistic => "optimistic",
+            Mode::Home { .. } => "home",
+            Mode::Escrow { .. } => "escrow",
+        }
+    }
+
+    /// True for the modes under which no client debit may overdraw (SPEC §9.4): home, and
+    /// escrow with fallback `refuse`.
+    pub fn is_strict(&self) -> bool {
+        matches!(
+            self,
+            Mode::Home { .. }
+                | Mode::Escrow {
+                    fallback: Fallback::Refuse,
+                    ..
+                }
+        )
+    }
+}
+
 /// One resolved rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
@@ -129,6 +200,11 @@ pub struct Rule {
     pub reversible: Vec<Kind>,
     /// Fee arithmetic.
     pub fee: Fee,
+    /// Consistency mode (SPEC §8). Not in the rule's own encoding: a policy carries its
+    /// rules' modes after them, and only when one is not optimistic ([`Policy`]'s
+    /// `Serialize`), so a policy without modes has the bytes and hash it always had.
+    #[serde(skip)]
+    pub mode: Mode,
 }
 
 /// A rule made concrete for one currency: amounts at the currency's scale, except `fee.flat`,
@@ -145,6 +221,8 @@ pub struct Applied {
     pub fee: Fee,
     /// The currency.
     pub currency: Currency,
+    /// Consistency mode, `risk_limit` rounded to the currency.
+    pub mode: Mode,
 }
 
 impl Applied {
@@ -210,7 +288,11 @@ impl Applied {
 }
 
 /// An overdraft policy: rules plus the account-prefix tiers they refer to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded (postcard, hashed, replicated) as `(rules, tiers)` when every rule is optimistic:
+/// the bytes of every policy written before modes existed. Otherwise as `([], (rules, tiers,
+/// modes))`: an empty rule list never validates, so it marks the extended form.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Rules, default first, then in file order.
     pub rules: Vec<Rule>,
@@ -219,8 +301,59 @@ pub struct Policy {
     /// Prefix → position of the first tier (by name) that lists it, built on first use:
     /// finding an account's tier costs one lookup per prefix length of its id, not a scan
     /// of every prefix of every tier. Derived from `tiers`; not serialized, not compared.
-    #[serde(skip)]
     lookup: TierLookup,
+}
+
+impl Serialize for Policy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Policy", 2)?;
+        if self.rules.iter().all(|r| r.mode == Mode::Optimistic) {
+            st.serialize_field("rules", &self.rules)?;
+            st.serialize_field("tiers", &self.tiers)?;
+        } else {
+            let modes: Vec<&Mode> = self.rules.iter().map(|r| &r.mode).collect();
+            st.serialize_field("rules", &[] as &[Rule])?;
+            st.serialize_field("tiers", &(&self.rules, &self.tiers, modes))?;
+        }
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Policy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
+        struct V;
+        type Extended = (Vec<Rule>, BTreeMap<String, Vec<String>>, Vec<Mode>);
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Policy;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a policy")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Policy, A::Error> {
+                use serde::de::Error;
+                let rules: Vec<Rule> = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                if !rules.is_empty() {
+                    let tiers = a
+                        .next_element()?
+                        .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                    return Ok(Policy::new(rules, tiers));
+                }
+                let (mut rules, tiers, modes): Extended = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                if modes.len() != rules.len() {
+                    return Err(A::Error::custom("a policy needs one mode per rule"));
+                }
+                for (r, m) in rules.iter_mut().zip(modes) {
+                    r.mode = m;
+                }
+                Ok(Policy::new(rules, tiers))
+            }
+        }
+        d.deserialize_struct("Policy", &["rules", "tiers"], V)
+    }
 }
 
 /// See [`Policy`]'s `lookup`.
@@ -270,6 +403,7 @@ impl Policy {
                     grace: Decimal::ZERO,
                     per: FeePer::Debit,
                 },
+                mode: Mode::Optimistic,
             }],
             tiers: BTreeMap::new(),
             lookup: TierLookup::default(),
@@ -416,6 +550,41 @@ impl Policy {
                     ));
                 }
             }
+            match &r.mode {
+                Mode::Optimistic => {}
+                Mode::Home { home } => {
+                    if !home.is_valid() {
+                        return Err(invalid(format!("{path}.home"), "not a valid region name"));
+                    }
+                }
+                Mode::Escrow {
+                    risk_limit,
+                    rights_timeout_ms,
+                    ..
+                } => {
+                    if *risk_limit < Decimal::ZERO || *risk_limit > limit {
+                        return Err(invalid(
+                            format!("{path}.risk_limit"),
+                            "must be between 0 and the amount limit",
+                        ));
+                    }
+                    let max = r
+                        .currency
+                        .map_or(POLICY_AMOUNT_SCALE_MAX, |c| c.minor_units());
+                    if risk_limit.normalize().scale() > max {
+                        return Err(invalid(
+                            format!("{path}.risk_limit"),
+                            format!("{risk_limit} has more than {max} decimal places"),
+                        ));
+                    }
+                    if *rights_timeout_ms == 0 || *rights_timeout_ms > RIGHTS_TIMEOUT_MS_MAX {
+                        return Err(invalid(
+                            format!("{path}.rights_timeout_ms"),
+                            format!("must be 1 to {RIGHTS_TIMEOUT_MS_MAX} ms"),
+                        ));
+                    }
+                }
+            }
             if r.fee.percent > Decimal::ONE_HUNDRED {
                 return Err(invalid(
                     format!("{path}.fee.percent"),
@@ -514,6 +683,18 @@ impl Policy {
                 per: best.fee.per,
             },
             currency,
+            mode: match &best.mode {
+                Mode::Escrow {
+                    fallback,
+                    risk_limit,
+                    rights_timeout_ms,
+                } => Mode::Escrow {
+                    fallback: *fallback,
+                    risk_limit: round(*risk_limit),
+                    rights_timeout_ms: *rights_timeout_ms,
+                },
+                m => m.clone(),
+            },
         }
     }
 }

@@ -37,6 +37,36 @@ pub(crate) struct BalanceState {
     pub(crate) frozen: bool,
     /// The provisional sum overflowed: local only, never consulted by the settled fold.
     pub(crate) provisional_frozen: bool,
+    /// Escrow (SPEC §8, docs/modes.md §rights): each region's spending rights, derived from
+    /// the events alone. `Σ rights + unspendable = provisional`.
+    pub(crate) rights: BTreeMap<RegionId, Decimal>,
+    /// Credits with an idempotency key not settled yet: they may still be reversed as
+    /// duplicates, so they grant rights only once settled (and not reversed).
+    pub(crate) unspendable: Decimal,
+    /// Rights transfers of this pair held: a pair with one is in use even with no
+    /// transaction (see [`Accounts::forget_if_unused`]).
+    pub(crate) transfers: u64,
+}
+
+impl BalanceState {
+    /// Moves `region`'s rights by `delta` (an overflow leaves them: the provisional sum,
+    /// which is larger, froze first).
+    pub(crate) fn add_rights(&mut self, region: RegionId, delta: Decimal) {
+        let r = self.rights.entry(region).or_default();
+        if let Some(v) = r.checked_add(delta) {
+            *r = v;
+        }
+    }
+
+    /// A transaction's effect on the rights when it is held (`sign` -1 takes it back).
+    fn rights_on_hold(&mut self, origin: RegionId, tx: &crate::event::Tx, sign: Decimal) {
+        let delta = tx.delta() * sign;
+        if tx.kind.is_debit() || tx.idempotency_key.is_none() {
+            self.add_rights(origin, delta);
+        } else if let Some(v) = self.unspendable.checked_add(delta) {
+            self.unspendable = v;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +114,26 @@ impl Accounts {
     pub(crate) fn index(&mut self, logs: &Logs, event: &mut Event) {
         let key = event.key();
         let id = event.id;
+        if let Body::Account(op) = &event.body {
+            if let crate::event::AccountOp::RightsTransfer {
+                account,
+                currency,
+                amount,
+                to,
+            } = &**op
+            {
+                // The giver's rights drop and the receiver's rise where the event is held: the
+                // union of logs applies it exactly once.
+                let account = self.intern(account.clone());
+                if let Some(acct) = self.map.get_mut(&account) {
+                    let st = acct.balances.entry(*currency).or_default();
+                    st.add_rights(id.origin, -amount.value());
+                    st.add_rights(*to, amount.value());
+                    st.transfers += 1;
+                }
+            }
+            return;
+        }
         let Body::Tx(tx) = &mut event.body else {
             return;
         };
@@ -123,6 +173,7 @@ impl Accounts {
                 None => st.provisional_frozen = true,
             }
         }
+        st.rights_on_hold(id.origin, tx, Decimal::ONE);
     }
 
     /// Takes back a voided event (above a retired region's cut, never settled): its effect
@@ -136,12 +187,35 @@ impl Accounts {
             seqs.retain(|q| *q != id.seq);
         }
         if let Some(st) = acct.balances.get_mut(&tx.currency) {
+            st.rights_on_hold(id.origin, tx, Decimal::NEGATIVE_ONE);
             if !st.provisional_frozen {
                 match st.bal.provisional.checked_sub(tx.delta()) {
                     Some(v) => st.bal.provisional = v,
                     None => st.provisional_frozen = true,
                 }
             }
+        }
+    }
+
+    /// Takes back a voided rights transfer (above a retired region's cut).
+    pub(crate) fn unapply_op(&mut self, id: EventId, op: &crate::event::AccountOp) {
+        let crate::event::AccountOp::RightsTransfer {
+            account,
+            currency,
+            amount,
+            to,
+        } = op
+        else {
+            return;
+        };
+        if let Some(st) = self
+            .map
+            .get_mut(account)
+            .and_then(|a| a.balances.get_mut(currency))
+        {
+            st.add_rights(id.origin, amount.value());
+            st.add_rights(*to, -amount.value());
+            st.transfers = st.transfers.saturating_sub(1);
         }
     }
 
@@ -167,13 +241,22 @@ impl Accounts {
                 .is_some_and(|t| t.currency == currency)
             })
         });
-        let has_comps = !acct.comps.is_empty();
-        if used || has_comps {
+        // A compensation in this currency implies a settled event of it, which is held (so
+        // `used`): compensations in other currencies of the account do not keep this pair
+        // (a region that never held the voided event has no such pair), only the account.
+        let transfers = acct
+            .balances
+            .get(&currency)
+            .is_some_and(|st| st.transfers > 0);
+        if used || transfers {
             return;
         }
         if let Some(acct) = self.map.get_mut(account) {
             acct.balances.remove(&currency);
-            if acct.balances.is_empty() && acct.events.values().all(Vec::is_empty) {
+            if acct.balances.is_empty()
+                && acct.events.values().all(Vec::is_empty)
+                && acct.comps.is_empty()
+            {
                 self.map.remove(account);
             }
         }

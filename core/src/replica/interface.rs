@@ -48,6 +48,18 @@ pub enum Output {
     Compensation(Compensation),
     /// Something an operator must hear about.
     Report(Report),
+    /// A client request that [`Replica::submit`] answered with [`Submitted::Pending`] is
+    /// decided (the home answered a forwarded debit, or it timed out): answer the client with
+    /// `result`, once every record up to `durable_after` (if any) is durable. Added after
+    /// `Report`.
+    Decided {
+        /// The request, as `Submitted::Pending` named it.
+        request: u64,
+        /// The decision.
+        result: Result<Submitted, SubmitError>,
+        /// The persist index of the event, when it was issued here.
+        durable_after: Option<u64>,
+    },
 }
 
 /// Reports of peer misbehaviour, conflicts and stalls. Never panics, never silent.
@@ -192,6 +204,36 @@ pub enum SubmitError {
     /// A membership change refused, or this region is retired.
     #[error("membership: {0}")]
     Membership(#[from] super::members::MembershipError),
+    /// Home mode: the home did not answer a forwarded debit in time (or could not decide
+    /// it). Retryable: the home may still have accepted it; a retry with the same
+    /// idempotency key finds out. Never accepted here instead.
+    #[error("the home region {home} of this account is unreachable; retry later with the same idempotency key")]
+    HomeUnreachable {
+        /// The home.
+        home: RegionId,
+    },
+    /// Home mode: this region is not the home (an admin home move must be made there).
+    #[error("this region is not the home of the account; its home is {home}")]
+    NotHome {
+        /// The current home.
+        home: RegionId,
+    },
+    /// Escrow: this region's spending rights on the account stay short of the debit after
+    /// asking the members (fallback `refuse`), or beyond its share of the risk limit
+    /// (fallback `optimistic`). Distinct from `InsufficientFunds`: the account may hold the
+    /// money at other regions.
+    #[error("insufficient rights: this region may spend {available} {currency} of the account, requested {requested}")]
+    InsufficientRights {
+        /// This region's rights, rendered (zero if none).
+        available: String,
+        /// The amount asked for, rendered.
+        requested: String,
+        /// Currency.
+        currency: Currency,
+    },
+    /// A home move for an account whose policy rule is not in home mode.
+    #[error("the account is not in home mode")]
+    NotHomeMode,
 }
 
 /// The result of an accepted command.
@@ -201,13 +243,20 @@ pub enum Submitted {
     New(EventId),
     /// A retry of an event already known (maybe from another region).
     Existing(EventId),
+    /// Not decided yet (a debit forwarded to its home): the decision comes as
+    /// [`Output::Decided`] with this request id. The host only waits.
+    Pending {
+        /// The request id.
+        request: u64,
+    },
 }
 
 impl Submitted {
-    /// The event id either way.
-    pub fn id(self) -> EventId {
+    /// The event id, once decided.
+    pub fn id(self) -> Option<EventId> {
         match self {
-            Submitted::New(i) | Submitted::Existing(i) => i,
+            Submitted::New(i) | Submitted::Existing(i) => Some(i),
+            Submitted::Pending { .. } => None,
         }
     }
 }

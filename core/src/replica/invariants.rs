@@ -94,6 +94,19 @@ impl Replica {
                     st.bal.settled
                 ));
             }
+            // Escrow rights conservation (SPEC §9.4): every region's rights plus the keyed
+            // credits not settled yet make the provisional balance.
+            let rights = st
+                .rights
+                .values()
+                .try_fold(st.unspendable, |acc, r| acc.checked_add(*r));
+            if !st.frozen && !st.provisional_frozen && rights != Some(st.bal.provisional) {
+                return Err(format!(
+                    "rights of {a} {c} sum to {rights:?} with the unsettled keyed credits, but \
+                     the provisional balance is {}",
+                    st.bal.provisional
+                ));
+            }
         }
         Ok(())
     }

@@ -470,12 +470,21 @@ impl Replica {
                 if let Some(tx) = e.tx() {
                     self.accounts.unapply(e.id, tx);
                 }
+                if let Some(op) = e.account_op() {
+                    self.accounts.unapply_op(e.id, op);
+                    self.modes.unindex(e);
+                }
                 self.membership.stats.voided += 1;
             }
             for e in &voided {
-                if let Some(tx) = e.tx() {
+                let pair = match (e.tx(), e.account_op()) {
+                    (Some(tx), _) => Some((&tx.account, tx.currency)),
+                    (None, Some(op)) => Some(op.pair()),
+                    (None, None) => None,
+                };
+                if let Some((account, currency)) = pair {
                     self.accounts
-                        .forget_if_unused(&self.logs, &tx.account, tx.currency);
+                        .forget_if_unused(&self.logs, account, currency);
                 }
             }
         }

@@ -35,7 +35,18 @@ impl Replica {
             Message::PullAnswer { events, more } => {
                 self.handle_pull_answer(now_ms, from, events, more)
             }
+            Message::Forward { request, tx } => self.handle_forward(now_ms, from, request, tx),
+            Message::ForwardAnswer { request, result } => {
+                self.handle_forward_answer(from, request, result)
+            }
+            Message::RightsRequest {
+                account,
+                currency,
+                amount,
+            } => self.handle_rights_request(now_ms, from, account, currency, amount),
         }
+        // Rights may have come in: a debit waiting for them may go ahead.
+        self.retry_waiting(now_ms);
     }
 
     /// Merges a batch of events (push or anti-entropy answer).

@@ -17,6 +17,7 @@ mod keys;
 mod log;
 mod members;
 mod merge;
+pub mod modes;
 pub mod pull;
 mod query;
 mod settle;
@@ -30,6 +31,7 @@ pub use interface::{Output, Record, Report, SubmitError, Submitted, TxRequest};
 use log::Logs;
 use members::Membership;
 pub use members::{JoinInfo, MembershipError, MembershipStats, RetireInfo};
+use modes::{Modes, Route, Stage};
 use pull::PullScheduler;
 pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
 use settle::Settlement;
@@ -87,6 +89,8 @@ pub struct Config {
     /// holds, retired ones included): it issues nothing, and announces nothing, until it has
     /// pulled and applied its own join event.
     pub joining: bool,
+    /// Home mode: how long to wait for the home's answer to a forwarded debit, ms.
+    pub forward_timeout_ms: u64,
 }
 
 impl Config {
@@ -105,6 +109,7 @@ impl Config {
             recorded_policy: None,
             restore: false,
             joining: false,
+            forward_timeout_ms: modes::FORWARD_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -130,6 +135,8 @@ pub struct Replica {
     joining: bool,
     /// Joins, retires and their acknowledgements and cuts.
     membership: Membership,
+    /// Consistency modes: homes and their moves, forwarded debits (SPEC §8).
+    modes: Modes,
     policy_broken: bool,
     history_policy_adopted: bool,
     evidence: Vec<Evidence>,
@@ -149,6 +156,10 @@ impl Replica {
             restoring: cfg.restore && has_peers,
             joining: cfg.joining,
             membership: Membership::default(),
+            modes: Modes {
+                forward_timeout_ms: cfg.forward_timeout_ms,
+                ..Modes::default()
+            },
             settle: Settlement::new(cfg.policy.clone()),
             seed_hash,
             clock: Clock::new(ceiling),
@@ -299,7 +310,11 @@ impl Replica {
     /// When to call [`Replica::handle_timeout`] next, in physical ms.
     #[must_use]
     pub fn poll_timeout(&self) -> u64 {
-        self.dur.next_heartbeat_ms.min(self.pull.deadline())
+        self.dur
+            .next_heartbeat_ms
+            .min(self.pull.deadline())
+            .min(self.modes.deadline())
+            .min(self.modes.rebalance_deadline())
     }
 
     /// Time passes: issues a heartbeat when one is due (and the clock ceiling allows).
@@ -311,6 +326,9 @@ impl Replica {
             self.heartbeat(now_ms);
         }
         self.pull_on_timeout(now_ms);
+        self.forward_timeouts(now_ms);
+        self.retry_waiting(now_ms);
+        self.rebalance(now_ms);
     }
 
     fn heartbeat(&mut self, now_ms: u64) {
@@ -408,6 +426,7 @@ impl Replica {
         }
         let ceiling_moved = self.dur.ceiling_durable > ceiling_before;
         self.push_own();
+        self.answer_owed();
         // Settle only once the watermark record is durable (it is written after the events it
         // covers): a crash can then never take back a settled event or a compensation.
         if let Some(w) = settle_to {
@@ -471,7 +490,22 @@ impl Replica {
     /// A retry (same account and key, same body) returns the event already known, wherever
     /// it was issued. A new event is emitted as [`Output::Persist`]; acknowledge the client
     /// only after [`Replica::handle_persisted`] covers it.
+    ///
+    /// Under a strict consistency mode (SPEC §8) a debit may not be decided here at once: it
+    /// is then [`Submitted::Pending`], and its decision comes later as [`Output::Decided`].
     pub fn submit(&mut self, now_ms: u64, req: TxRequest) -> Result<Submitted, SubmitError> {
+        self.decide(now_ms, req, Stage::Client)
+    }
+
+    /// [`Replica::submit`] at one [`Stage`] of a request: a client's, a debit a member
+    /// forwarded here as the home (decided here or refused, never forwarded again), or a
+    /// debit waiting for escrow rights (tried again, or its fallback applied).
+    fn decide(
+        &mut self,
+        now_ms: u64,
+        req: TxRequest,
+        stage: Stage,
+    ) -> Result<Submitted, SubmitError> {
         self.can_issue()?;
         // Everything a peer checks in `Event::validate`, checked before anything is issued;
         // the event carries the amount at the currency's scale (`100` parsed without minor
@@ -483,7 +517,10 @@ impl Replica {
         if let Some(r) = &req.reference {
             crate::id::check_reference(r)?;
         }
-        let floor = self.settle.applied(&req.account, req.currency).floor;
+        let (mut floor, mode) = {
+            let a = self.settle.applied(&req.account, req.currency);
+            (a.floor, a.mode.clone())
+        };
         if let (Some(key), Some(acct)) = (&req.idempotency_key, self.accounts.map.get(&req.account))
         {
             if let Some(first) = acct.keys.get(&self.logs.members, key.as_str()) {
@@ -523,7 +560,30 @@ impl Replica {
                 currency: req.currency,
             });
         }
-        let provisional = state.map(|s| s.bal.provisional).unwrap_or_default();
+        let mut provisional = state.map(|s| s.bal.provisional).unwrap_or_default();
+        match self.route(&req, &mode, stage == Stage::Forwarded) {
+            None => {}
+            Some(Route::Escrow) => {
+                if let Some(waiting) = self.escrow_check(now_ms, &req, &mode, stage, &mut floor)? {
+                    return Ok(waiting);
+                }
+            }
+            Some(Route::Strict) => {
+                provisional = self.strict_provisional(&req.account, req.currency)
+            }
+            Some(Route::NotHome(home)) => return Err(SubmitError::NotHome { home }),
+            Some(Route::Forward(home)) => {
+                let tx = Tx {
+                    account: req.account,
+                    kind: req.kind,
+                    amount: canonical,
+                    currency: req.currency,
+                    idempotency_key: req.idempotency_key.map(Into::into),
+                    reference: req.reference.map(Into::into),
+                };
+                return self.forward(now_ms, home, tx);
+            }
+        }
         let after = provisional
             .checked_add(req.kind.signed(req.amount.value()))
             .ok_or(SubmitError::Overflow)?;
@@ -707,6 +767,7 @@ impl Replica {
             return false;
         }
         self.accounts.index(&self.logs, &mut event);
+        self.modes.index(&event);
         let change = event.change().cloned().map(|c| (event.id, event.hlc, c));
         let pushed = self.logs.push(event);
         if let (true, Some((id, hlc, c))) = (pushed, change) {

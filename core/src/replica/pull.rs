@@ -240,7 +240,7 @@ impl Replica {
         };
         self.pull.in_flight = None;
         self.pull.stats.answered += 1;
-        let progress = self.logs.event_count() > p.held_before;
+        let progress = self.others_held() > p.held_before;
         if progress {
             self.pull.backoff.remove(&from);
         } else if more || self.member_lacks(from) {
@@ -338,11 +338,17 @@ impl Replica {
             to,
             sent_ms: now_ms,
             heartbeats: 0,
-            held_before: self.logs.event_count(),
+            held_before: self.others_held(),
         });
         self.pull.stats.sent += 1;
         let msg = self.pull_request(self.cfg.pull_batch_events);
         self.outputs.push_back(Output::Send { to, msg });
+    }
+
+    /// Events held of other origins: what an answer can bring. Own events issued while a pull
+    /// is in flight (a waiting debit decided, a rights transfer) are no progress of it.
+    fn others_held(&self) -> u64 {
+        self.logs.event_count().saturating_sub(self.own_log_len())
     }
 
     /// True when `member`'s last heartbeat shows events this region lacks and could apply.

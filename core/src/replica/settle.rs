@@ -159,7 +159,7 @@ impl Settlement {
             }
             // Membership changes took effect when they were applied (members, cuts, keys);
             // the fold has nothing to do with them.
-            Body::Membership(_) => return,
+            Body::Membership(_) | Body::Account(_) => return,
             Body::Tx(tx) => tx,
         };
         // An account always exists once an event of it is held.
@@ -203,6 +203,7 @@ impl Settlement {
             }
         }
         let account = tx.account.clone();
+        let keyed = tx.idempotency_key.is_some();
         let (kind, amount, currency, delta) = (tx.kind, tx.amount.value(), tx.currency, tx.delta());
         let version = self.current_policy().0;
         self.applied(&account, currency);
@@ -288,10 +289,37 @@ impl Settlement {
             return;
         };
         let comp_delta = comp.map(|(_, d)| d).unwrap_or_default();
+        let keyed_credit = !kind.is_debit() && keyed;
+        if keyed_credit {
+            // Escrow rights: a keyed credit grants its origin rights once settled, unless it
+            // is reversed as a duplicate (docs/modes.md).
+            if let Some(st) = accounts
+                .map
+                .get_mut(&account)
+                .and_then(|a| a.balances.get_mut(&currency))
+            {
+                st.unspendable = st.unspendable.checked_sub(amount).unwrap_or(st.unspendable);
+                if !duplicate {
+                    st.add_rights(id.origin, amount);
+                }
+            }
+        }
         if let Some((kind, delta)) = comp {
-            self.emit(
+            let applied = self.emit(
                 accounts, out, id, hlc, &account, currency, version, kind, delta, None,
             );
+            // A fee or a reversal of a debit moves the rights of the debit's origin.
+            if applied && !keyed_credit {
+                if let Some(st) = accounts
+                    .map
+                    .get_mut(&account)
+                    .and_then(|a| a.balances.get_mut(&currency))
+                {
+                    let mut d = delta;
+                    d.rescale(currency.minor_units());
+                    st.add_rights(id.origin, d);
+                }
+            }
         }
         if let Some(first) = conflict_with {
             self.emit(
@@ -339,7 +367,7 @@ impl Settlement {
         kind: CompKind,
         delta: Decimal,
         related: Option<EventId>,
-    ) {
+    ) -> bool {
         // Every compensation is at the currency's scale, so that adding it to a balance gives
         // the same bytes whatever that balance is (Decimal's sum of a zero and a value keeps the
         // value's scale: `0.00 + 0` would be `0` on a region whose provisional balance happened
@@ -355,7 +383,7 @@ impl Settlement {
             &self.comp_by_cause
         };
         if by_cause.contains_key(&cause) {
-            return;
+            return false;
         }
         let position = self.feed.len() as u64;
         let comp = Compensation {
@@ -370,7 +398,7 @@ impl Settlement {
             position,
         };
         let Some(acct) = accounts.map.get_mut(account) else {
-            return;
+            return false;
         };
         let st = acct.balances.entry(currency).or_default();
         let Some(settled) = st.bal.settled.checked_add(delta) else {
@@ -380,7 +408,7 @@ impl Settlement {
                 currency,
                 at: cause,
             }));
-            return;
+            return false;
         };
         st.bal.settled = settled;
         if !st.provisional_frozen {
@@ -402,6 +430,7 @@ impl Settlement {
             self.feed.push(comp.clone());
             out.push_back(Output::Compensation(comp));
         }
+        true
     }
 }
 

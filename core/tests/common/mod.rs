@@ -61,6 +61,8 @@ pub struct Node {
     /// Own events submitted but not yet durable, with their request.
     pub unacked: BTreeMap<EventId, TxRequest>,
     pub reports: Vec<Report>,
+    /// Pending requests decided (`Output::Decided`): request id and result.
+    pub decided: Vec<(u64, Result<Submitted, SubmitError>)>,
     pub skew_ms: u64,
     /// Longest feed seen, to check that the feed never retracts.
     pub feed_seen: Vec<Compensation>,
@@ -116,6 +118,7 @@ impl Cluster {
                 acked_requests: Vec::new(),
                 unacked: BTreeMap::new(),
                 reports: Vec::new(),
+                decided: Vec::new(),
                 skew_ms: skews.get(i).copied().unwrap_or(0),
                 feed_seen: Vec::new(),
                 settled_seen: BTreeMap::new(),
@@ -156,6 +159,9 @@ impl Cluster {
                 }
                 Output::Compensation(_) => {}
                 Output::Report(r) => self.nodes[i].reports.push(r),
+                Output::Decided {
+                    request, result, ..
+                } => self.nodes[i].decided.push((request, result)),
             }
         }
     }
