@@ -297,6 +297,8 @@ struct Ctx<'a> {
     /// acknowledged events above the cut are what a retire gives up, and the retired
     /// regions' own replicas are out of the comparisons.
     retired: BTreeMap<RegionId, u64>,
+    /// The idempotency key retention (HLC ms): copies further apart are distinct transactions.
+    retention_ms: u64,
 }
 
 /// The cut of every retired region, by the rule of docs/design/membership.md applied to the
@@ -466,10 +468,11 @@ fn view(n: &Node, ctx: &Ctx<'_>) -> View {
 /// The reference model's re-fold of one region's view: the events it holds, settled up to
 /// its watermark.
 fn fold_check(n: &Node, ctx: &Ctx<'_>) -> ModelFold {
-    testing::model_at(
+    testing::model_retained(
         ctx.policy,
         all_events(&n.replica, ctx.regions),
         Some(n.replica.watermark()),
+        ctx.retention_ms,
     )
 }
 
@@ -704,20 +707,30 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
         if evs.len() < 2 {
             continue;
         }
-        let mut origins: Vec<_> = evs.iter().map(|e| e.id.origin).collect();
-        origins.sort();
-        if origins.windows(2).any(|w| w[0] == w[1]) {
-            let ids: Vec<String> = evs.iter().map(|e| e.id.to_string()).collect();
-            f.add(
-                "idempotency",
-                format!(
-                    "key {key:?} of {acct} has two events at one region: {}",
-                    ids.join(", ")
-                ),
-            );
+        // Two events `near` each other: their HLC milliseconds differ by less than the key
+        // retention (issue 13: only then is the later one a copy of the earlier).
+        let near = |a: &Event, b: &Event| {
+            let (x, y) = (a.hlc.millis(), b.hlc.millis());
+            x.abs_diff(y) < ctx.retention_ms
+        };
+        // One region issues a key again only once the retention of its previous use ended.
+        let mut by_origin: Vec<&&Event> = evs.iter().collect();
+        by_origin.sort_by_key(|e| (e.id.origin, e.hlc));
+        for w in by_origin.windows(2) {
+            if w[0].id.origin == w[1].id.origin && near(w[0], w[1]) {
+                f.add(
+                    "idempotency",
+                    format!(
+                        "key {key:?} of {acct} has two events at one region within the \
+                         retention of {} ms: {}, {}",
+                        ctx.retention_ms, w[0].id, w[1].id
+                    ),
+                );
+            }
         }
         // Per body (events with this key and the same body as an earlier one), at most one
-        // stands unreversed, whatever other bodies took the key before it.
+        // stands unreversed within any retention window, whatever other bodies took the key
+        // before it.
         let standing: Vec<&&Event> = evs
             .iter()
             .filter(|e| match r0.status(e.id) {
@@ -741,14 +754,15 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
             for j in &same {
                 done[*j] = true;
             }
-            if same.len() > 1 {
-                let ids: Vec<String> = same.iter().map(|j| standing[*j].id.to_string()).collect();
+            let mut same: Vec<&Event> = same.iter().map(|j| *standing[*j]).collect();
+            same.sort_by_key(|e| e.hlc);
+            if let Some(w) = same.windows(2).find(|w| near(w[0], w[1])) {
                 f.add(
                     "idempotency",
                     format!(
-                        "key {key:?} of {acct}: {} events with the same body stand unreversed ({})",
-                        same.len(),
-                        ids.join(", ")
+                        "key {key:?} of {acct}: {} and {} have the same body, are less than \
+                         the retention of {} ms apart, and both stand unreversed",
+                        w[0].id, w[1].id, ctx.retention_ms
                     ),
                 );
             }
@@ -810,6 +824,7 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         policy: &sim.cfg.policy,
         byzantine: active.map(|b| sim.cfg.regions[b]),
         retired: retired.clone(),
+        retention_ms: sim.cfg.retention_ms(),
     };
     // The history checks run on the second region, or the first honest one that is not
     // retired.

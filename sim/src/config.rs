@@ -196,6 +196,9 @@ pub struct SimConfig {
     /// Share of seeds with random membership changes, ppm (`--membership`; see
     /// `engine::membership_plan`).
     pub membership_ppm: u32,
+    /// The replicas' `Config::idempotency_retention_ms` (None: drawn per seed,
+    /// [`draw_idempotency_retention`]).
+    pub idempotency_retention_ms: Option<u64>,
 }
 
 /// Default share of seeds with a Byzantine member: 1 in 8.
@@ -292,6 +295,7 @@ impl SimConfig {
             byzantine_ppm: BYZANTINE_PPM_DEFAULT,
             byzantine: None,
             membership_ppm: crate::engine::MEMBERSHIP_PPM_DEFAULT,
+            idempotency_retention_ms: None,
         }
     }
 }
@@ -310,7 +314,28 @@ pub fn draw_pull_limit(seed: u64) -> u32 {
     }
 }
 
+/// The idempotency key retention (`Config::idempotency_retention_ms`) a seed runs with when
+/// `--idempotency-retention` is not given: the core's default (24 h, longer than any run) in
+/// half the seeds, else 300, 1 000 or 3 000 ms, so that client retries (100 to 3 000 ms after
+/// the first try) and cross-region copies land on both sides of the edge (from a PRNG stream
+/// of its own, `idem-retention`: no other draw changes with it).
+pub fn draw_idempotency_retention(seed: u64) -> u64 {
+    let mut rng = crate::rng::Rng::new(seed, b"idem-retention");
+    match rng.below(6) {
+        0 => 300,
+        1 => 1_000,
+        2 => 3_000,
+        _ => wallet_core::replica::IDEMPOTENCY_RETENTION_MS_DEFAULT,
+    }
+}
+
 impl SimConfig {
+    /// The idempotency key retention of this run: as given, else drawn from the seed.
+    pub fn retention_ms(&self) -> u64 {
+        self.idempotency_retention_ms
+            .unwrap_or_else(|| draw_idempotency_retention(self.seed))
+    }
+
     /// A scripted run (seed 1): `regions` regions, no random faults (fixed 5 ms links, 1 ms
     /// fsyncs), no generated workload, the zero policy, a cut link noticed after `detect_ms`
     /// and re-established `reconnect_ms` later, and the steps of `script` (in USD where a

@@ -507,6 +507,7 @@ fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
     c.cluster = "wallet-sim".into();
     c.anti_entropy_interval_ms = cfg.anti_entropy_ms;
     c.pull_batch_events = cfg.pull_limit;
+    c.idempotency_retention_ms = cfg.retention_ms();
     c
 }
 
@@ -1310,7 +1311,12 @@ impl Sim {
                     wallet_core::Body::Membership(_) => false,
                 }));
             }
-            let m = wallet_core::testing::model_at(&self.cfg.policy, events, Some(r.watermark()));
+            let m = wallet_core::testing::model_retained(
+                &self.cfg.policy,
+                events,
+                Some(r.watermark()),
+                self.cfg.retention_ms(),
+            );
             let key = (a, c);
             let Some(fees) = m.open_episodes.get(&key).copied() else {
                 continue;

@@ -54,6 +54,8 @@ pub const CEILING_MARGIN_MS: u64 = 2_000;
 pub const EVIDENCE_MAX: usize = 64;
 /// Most heartbeats per member remembered while the log has not reached their seq.
 pub const PENDING_HEARTBEATS_MAX: usize = 32;
+/// Default idempotency key retention: 24 h, as Stripe.
+pub const IDEMPOTENCY_RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1_000;
 /// Evidence held is sent to peers again every this many heartbeats.
 pub const EVIDENCE_RESEND_HEARTBEATS: u32 = 8;
 
@@ -87,6 +89,11 @@ pub struct Config {
     /// holds, retired ones included): it issues nothing, and announces nothing, until it has
     /// pulled and applied its own join event.
     pub joining: bool,
+    /// How long an idempotency key holds, in HLC milliseconds: a copy of a keyed event whose
+    /// HLC is this much or more after the first is a new transaction, not a duplicate (SPEC §5
+    /// as amended by issue 13; docs/protocol.md). Part of the protocol: the same on every
+    /// region, like the policy.
+    pub idempotency_retention_ms: u64,
 }
 
 impl Config {
@@ -105,6 +112,7 @@ impl Config {
             recorded_policy: None,
             restore: false,
             joining: false,
+            idempotency_retention_ms: IDEMPOTENCY_RETENTION_MS_DEFAULT,
         }
     }
 }
@@ -149,7 +157,7 @@ impl Replica {
             restoring: cfg.restore && has_peers,
             joining: cfg.joining,
             membership: Membership::default(),
-            settle: Settlement::new(cfg.policy.clone()),
+            settle: Settlement::new(cfg.policy.clone(), cfg.idempotency_retention_ms),
             seed_hash,
             clock: Clock::new(ceiling),
             logs: Logs::new(cfg.region, &cfg.members),
@@ -222,6 +230,7 @@ impl Replica {
         Stats {
             settled: self.settle.settled_count,
             compensations: self.settle.compensations_count,
+            keys_expired: self.settle.keys_expired,
             ..self.stats
         }
     }
@@ -487,17 +496,11 @@ impl Replica {
         if let (Some(key), Some(acct)) = (&req.idempotency_key, self.accounts.map.get(&req.account))
         {
             if let Some(first) = acct.keys.get(&self.logs.members, key.as_str()) {
-                let same = |id: &EventId| {
-                    self.event(*id).and_then(Event::tx).is_some_and(|t| {
-                        t.kind == req.kind
-                            && t.amount == req.amount
-                            && t.currency == req.currency
-                            && t.reference.as_deref() == req.reference.as_deref()
-                    })
-                };
-                // The first holder in total order, else (after a cross-region conflict) any
-                // other holder with this very body: a retry gets its own original back.
-                let hit = std::iter::once(first)
+                // The holders whose retention has not ended for an event issued now (its HLC
+                // is at least `now`), in total order: the settled fold then agrees with this
+                // answer (`settle::key_live`).
+                let now = self.clock.last().millis().max(now_ms);
+                let mut live: Vec<&Event> = std::iter::once(first)
                     .chain(
                         acct.more_keys
                             .get(key.as_str())
@@ -505,11 +508,29 @@ impl Replica {
                             .flatten()
                             .copied(),
                     )
-                    .find(same);
-                return match hit {
-                    Some(id) => Ok(Submitted::Existing(id)),
-                    None => Err(SubmitError::IdempotencyConflict { existing: first }),
+                    .filter_map(|id| self.event(id))
+                    .filter(|e| {
+                        settle::key_live(e.hlc, Hlc::from_millis(now), self.settle.retention_ms)
+                    })
+                    .collect();
+                live.sort_by_key(|e| e.key());
+                let same = |e: &Event| {
+                    e.tx().is_some_and(|t| {
+                        t.kind == req.kind
+                            && t.amount == req.amount
+                            && t.currency == req.currency
+                            && t.reference.as_deref() == req.reference.as_deref()
+                    })
                 };
+                // The first live holder in total order, else (after a cross-region conflict)
+                // any other holder with this very body: a retry gets its own original back.
+                if let Some(e) = live.iter().find(|e| same(e)) {
+                    return Ok(Submitted::Existing(e.id));
+                }
+                if let Some(e) = live.first() {
+                    return Err(SubmitError::IdempotencyConflict { existing: e.id });
+                }
+                // Every holder's retention ended: a new transaction.
             }
         }
         let state = self

@@ -93,6 +93,8 @@ pub struct Stats {
     pub settled: u64,
     /// Feed entries emitted (compensations and conflict reports).
     pub compensations: u64,
+    /// Idempotency key holders dropped from the index once their retention ended.
+    pub keys_expired: u64,
 }
 
 impl Replica {
@@ -207,6 +209,18 @@ impl Replica {
             .get(account)?
             .keys
             .get(&self.logs.members, key)
+    }
+
+    /// Idempotency key holders indexed, over every account (the first holders and the
+    /// others). O(accounts): for tests and metrics.
+    pub fn idempotency_keys_held(&self) -> u64 {
+        self.accounts
+            .map
+            .values()
+            .map(|a| {
+                a.keys.len() as u64 + a.more_keys.values().map(|v| v.len() as u64).sum::<u64>()
+            })
+            .sum()
     }
 
     /// An account's history (events and feed entries) in total order after `after`.
