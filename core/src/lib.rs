@@ -72,5 +72,6 @@ pub use policy::{Action, FeePer, Overdraft, Policy, PolicyDocument, PolicyError,
 pub use replica::{
     Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, KeyHistory, MemberStatus,
     MembershipError, MembershipStats, Message, NoAuth, Output, PolicyVersionInfo, Record, Replica,
-    Report, RetireInfo, SignedHeartbeat, Stats, Status, SubmitError, Submitted, TxRequest,
+    Report, RetireInfo, SignedHeartbeat, Snapshot, SnapshotBody, Stats, Status, SubmitError,
+    Submitted, TxRequest,
 };

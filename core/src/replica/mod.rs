@@ -20,6 +20,7 @@ mod merge;
 pub mod pull;
 mod query;
 mod settle;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +34,10 @@ pub use members::{MembershipError, MembershipStats, RetireInfo};
 use pull::PullScheduler;
 pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
 use settle::Settlement;
+pub use snapshot::{
+    SnapAccount, SnapBalance, SnapKey, SnapMember, SnapPolicy, Snapshot, SnapshotBody,
+    SNAPSHOT_FORMAT,
+};
 
 pub use crate::auth::{Authenticator, KeyHistory, NoAuth};
 use crate::event::{Body, Event, Tx};
