@@ -105,7 +105,7 @@ pub(crate) struct Membership {
 impl Member {
     /// Retired, and its log up to the cut held: it no longer counts for the watermark.
     pub(crate) fn retired_complete(&self) -> bool {
-        self.cut.is_some_and(|c| self.log.len() as u64 >= c)
+        self.cut.is_some_and(|c| self.len() >= c)
     }
 }
 
@@ -220,7 +220,7 @@ impl Replica {
         let Some(m) = self.logs.members.get(&region) else {
             return 0;
         };
-        let len = m.log.len() as u64;
+        let len = m.len();
         let contested = self
             .evidence
             .iter()
@@ -231,7 +231,7 @@ impl Replica {
             Some(s) => len.min(s.saturating_sub(1)),
             None => len,
         };
-        let settled = m.log.partition_point(|e| self.settle.is_settled(&e.key())) as u64;
+        let settled = m.base + m.log.partition_point(|e| self.settle.is_settled(&e.key())) as u64;
         uncontested.max(settled)
     }
 
@@ -321,7 +321,7 @@ impl Replica {
     fn hold_at_log(&mut self, region: RegionId) {
         if let Some(m) = self.logs.members.get_mut(&region) {
             if m.cut.is_none() {
-                let len = m.log.len() as u64;
+                let len = m.len();
                 m.cap = Some(m.cap.map_or(len, |c| c.min(len)));
             }
         }
@@ -438,8 +438,12 @@ impl Replica {
             }
             for e in &voided {
                 if let Some(tx) = e.tx() {
-                    self.accounts
-                        .forget_if_unused(&self.logs, &tx.account, tx.currency);
+                    // A pair with events dropped into a snapshot is in use.
+                    let pair = (tx.account.clone(), tx.currency);
+                    if !self.settle.compacted_sums.contains_key(&pair) {
+                        self.accounts
+                            .forget_if_unused(&self.logs, &tx.account, tx.currency);
+                    }
                 }
             }
         }

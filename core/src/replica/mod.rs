@@ -369,7 +369,15 @@ impl Replica {
         self.dur.announced = h;
         // Own events leave this region only once durable: the announced version vector says
         // so too, so peers do not pull what they cannot get yet.
+        // Of other origins, only what is durable here: a peer may drop what every member
+        // announced into a snapshot (issue 13), so an announced event must survive a crash.
         let mut vv = self.logs.vv.clone();
+        for (o, seq) in vv.dots.iter_mut() {
+            if *o != self.cfg.region {
+                *seq = (*seq).min(self.dur.remote_durable.get(o).copied().unwrap_or(0));
+            }
+        }
+        vv.dots.retain(|_, seq| *seq > 0);
         if own_seq == 0 {
             vv.dots.remove(&self.cfg.region);
         } else {
@@ -408,7 +416,7 @@ impl Replica {
         let mut settle_to = None;
         for what in self.dur.acknowledge(index) {
             match what {
-                Awaiting::Own(_) | Awaiting::Ceiling(_) => {}
+                Awaiting::Own(_) | Awaiting::Ceiling(_) | Awaiting::Remote(..) => {}
                 Awaiting::Watermark(w) => settle_to = Some(w),
                 Awaiting::Evidence(i) => {
                     // Durable: now it may be reported and shown to peers.
@@ -448,11 +456,7 @@ impl Replica {
                 .logs
                 .members
                 .get(&me)
-                .and_then(|m| {
-                    let a = usize::try_from(from).ok()?;
-                    let b = usize::try_from(to).ok()?;
-                    m.log.get(a..b).map(<[Event]>::to_vec)
-                })
+                .map(|m| m.slice(from, to).to_vec())
                 .unwrap_or_default();
             self.dur.own_gossiped_seq = to;
             self.outputs
@@ -660,11 +664,11 @@ impl Replica {
             let Some(m) = self.logs.members.get(&origin) else {
                 continue;
             };
-            if e.id.seq != m.log.len() as u64 + 1 || e.validate().is_err() {
+            if e.id.seq != m.len() + 1 || e.validate().is_err() {
                 continue;
             }
-            if let Some(prev) = m.log.last() {
-                if e.hlc <= prev.hlc {
+            if let Some(prev) = m.last_hlc() {
+                if e.hlc <= prev {
                     continue;
                 }
             }
@@ -684,6 +688,12 @@ impl Replica {
         }
         self.dur.own_durable_seq = self.own_log_len();
         self.dur.own_gossiped_seq = self.dur.own_durable_seq;
+        // Reloaded events are durable.
+        for (o, seq) in &self.logs.vv.dots {
+            if *o != self.cfg.region {
+                self.dur.remote_durable.insert(*o, *seq);
+            }
+        }
         self.membership_after_load();
     }
 

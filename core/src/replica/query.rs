@@ -95,6 +95,8 @@ pub struct Stats {
     pub compensations: u64,
     /// Idempotency key holders dropped from the index once their retention ended.
     pub keys_expired: u64,
+    /// Snapshots taken by [`Replica::compact`] (events dropped from memory).
+    pub compactions: u64,
 }
 
 impl Replica {
@@ -329,7 +331,7 @@ impl Replica {
             .iter()
             .map(|(r, m)| MemberStatus {
                 region: *r,
-                held: m.log.len() as u64,
+                held: m.len(),
                 covered: if *r == self.cfg.region {
                     self.dur.announced
                 } else {

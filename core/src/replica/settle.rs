@@ -68,6 +68,9 @@ pub(crate) struct Settlement {
     pub(crate) key_expiry: VecDeque<(u64, AccountId, EventId)>,
     /// Keys dropped from the index by expiry.
     pub(crate) keys_expired: u64,
+    /// Per (account, currency), the signed sum of the events dropped into snapshots (for the
+    /// conservation self-check, which can no longer read them).
+    pub(crate) compacted_sums: BTreeMap<(AccountId, Currency), Decimal>,
 }
 
 /// True when a key held by an event at `holder` still counts for an event at `later`
@@ -95,6 +98,7 @@ impl Settlement {
             retention_ms,
             key_expiry: VecDeque::new(),
             keys_expired: 0,
+            compacted_sums: BTreeMap::new(),
         }
     }
 

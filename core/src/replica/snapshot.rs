@@ -189,7 +189,7 @@ impl Replica {
             .logs
             .members
             .iter()
-            .map(|(r, m)| (*r, m.log.partition_point(|e| e.hlc <= at) as u64))
+            .map(|(r, m)| (*r, m.seq_at(at)))
             .collect();
         for (r, m) in &self.logs.members {
             if *r == self.cfg.region || m.retired_complete() || m.joined.is_some_and(|j| j > at) {
@@ -227,15 +227,16 @@ impl Replica {
             .iter()
             .filter(|(_, m)| m.joined.is_none_or(|j| j <= at))
             .map(|(r, m)| {
-                let seq = m.log.partition_point(|e| e.hlc <= at);
-                let hlc = seq
-                    .checked_sub(1)
-                    .and_then(|i| m.log.get(i))
-                    .map_or(Hlc::ZERO, |e| e.hlc);
+                let seq = m.seq_at(at);
+                let hlc = match m.get(seq) {
+                    Some(e) => e.hlc,
+                    None if seq > 0 && seq == m.base => m.base_hlc,
+                    None => Hlc::ZERO,
+                };
                 SnapMember {
                     region: *r,
                     joined: m.joined,
-                    seq: seq as u64,
+                    seq,
                     hlc,
                 }
             })
@@ -307,5 +308,67 @@ impl Replica {
             settled: self.settle.settled_count,
             ext: Vec::new(),
         }
+    }
+
+    /// Takes a snapshot at [`Replica::compaction_point`] and drops every event at or below
+    /// it from memory: per origin, the log keeps only what follows (its base moves up),
+    /// the per-account histories forget the dropped seqs, and dropped events that still hold
+    /// an idempotency key within retention are kept aside for the duplicate rule until their
+    /// retention ends. Balances, fold state, policy history and the feed are unchanged, so
+    /// the replica settles, answers and merges exactly as one that never compacted. Returns
+    /// the snapshot (the host stores it), or None when there is no compaction point.
+    /// O(dropped events + accounts × origins).
+    pub fn compact(&mut self) -> Option<Snapshot> {
+        let snap = self.snapshot()?;
+        let at = snap.body.at;
+        let retention = self.settle.retention_ms;
+        let mut bases: Vec<(RegionId, u64)> = Vec::new();
+        for (r, m) in self.logs.members.iter_mut() {
+            // Keys whose retention ended at the watermark left the index when it settled.
+            m.retained
+                .retain(|_, e| super::settle::key_live(e.hlc, at, retention));
+            let n = m.log.partition_point(|e| e.hlc <= at);
+            if n == 0 {
+                continue;
+            }
+            for e in m.log.drain(..n) {
+                m.base += 1;
+                m.base_hlc = e.hlc;
+                debug_assert_eq!(e.id.seq, m.base);
+                if let Some(tx) = e.tx() {
+                    let sum = self
+                        .settle
+                        .compacted_sums
+                        .entry((tx.account.clone(), tx.currency))
+                        .or_default();
+                    *sum = sum.checked_add(tx.delta()).unwrap_or(*sum);
+                    if tx.idempotency_key.is_some() && super::settle::key_live(e.hlc, at, retention)
+                    {
+                        m.retained.insert(e.id.seq, e);
+                    }
+                }
+            }
+            bases.push((*r, m.base));
+        }
+        for acct in self.accounts.map.values_mut() {
+            for (r, base) in &bases {
+                if let Some(seqs) = acct.events.get_mut(r) {
+                    let n = seqs.partition_point(|q| q <= base);
+                    seqs.drain(..n);
+                }
+            }
+        }
+        self.stats.compactions += 1;
+        Some(snap)
+    }
+
+    /// Events held in memory (those dropped into snapshots are not; dropped ones kept for
+    /// their keys are).
+    pub fn events_in_memory(&self) -> u64 {
+        self.logs
+            .members
+            .values()
+            .map(|m| (m.log.len() + m.retained.len()) as u64)
+            .sum()
     }
 }

@@ -80,6 +80,8 @@ pub struct Cluster {
     /// Extra members that exist in the configuration but have no node (observers).
     pub extra: Vec<RegionId>,
     pub crashes: u64,
+    /// Every replica's `Config::idempotency_retention_ms`.
+    pub retention_ms: u64,
 }
 
 impl Cluster {
@@ -101,6 +103,7 @@ impl Cluster {
             now: 1_000,
             extra,
             crashes: 0,
+            retention_ms: wallet_core::replica::IDEMPOTENCY_RETENTION_MS_DEFAULT,
         };
         for (i, me) in ids.iter().enumerate() {
             let replica = Replica::new(c.config(*me), Hlc::ZERO);
@@ -128,7 +131,9 @@ impl Cluster {
     pub fn config(&self, me: RegionId) -> Config {
         let mut members = self.names.clone();
         members.extend(self.extra.iter().copied());
-        Config::new(me, members, self.seed.clone())
+        let mut cfg = Config::new(me, members, self.seed.clone());
+        cfg.idempotency_retention_ms = self.retention_ms;
+        cfg
     }
 
     pub fn local_now(&self, i: usize) -> u64 {
