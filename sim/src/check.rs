@@ -82,6 +82,11 @@ pub struct Invariants {
     /// region's log up to it; no region ever settled an event of a retired region above its
     /// cut; and a retired region never stalls settlement after its cut.
     pub membership: bool,
+    /// Snapshots (issue 13), checked whenever a region takes one during the run: every
+    /// region that snapshots at one point makes the byte-identical body, it verifies as its
+    /// signer's, and it holds what the reference model folds from that region's history up to
+    /// the point (every non-zero settled balance, the feed length, the settled count).
+    pub snapshots: bool,
 }
 
 impl Invariants {
@@ -107,10 +112,11 @@ impl Invariants {
             && self.pull_backoff
             && self.pull_given_up
             && self.membership
+            && self.snapshots
     }
 
     /// Every invariant by name, in JSON order.
-    pub fn named(&self) -> [(&'static str, bool); 20] {
+    pub fn named(&self) -> [(&'static str, bool); 21] {
         [
             ("convergence", self.convergence),
             ("no_loss", self.no_loss),
@@ -132,6 +138,7 @@ impl Invariants {
             ("pull_backoff", self.pull_backoff),
             ("pull_given_up", self.pull_given_up),
             ("membership", self.membership),
+            ("snapshots", self.snapshots),
         ]
     }
 }
@@ -1277,6 +1284,7 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
         pull_backoff: f.ok("pull_backoff"),
         pull_given_up: f.ok("pull_given_up"),
         membership: f.ok("membership"),
+        snapshots: f.ok("snapshots"),
     };
     CheckResult {
         invariants,
@@ -1348,6 +1356,8 @@ pub struct DuringRun {
     /// Per region: the forged promises it made (the Byzantine member's: seq, HLC); its events
     /// above the seq and at or below the HLC are the ones the promise denied.
     forged_promises: Vec<Vec<(u64, Hlc)>>,
+    /// The first snapshot body seen at each point, and the region that made it.
+    snapshots: BTreeMap<Hlc, (RegionId, Vec<u8>)>,
     /// How many checks ran.
     pub counts: DuringCounts,
 }
@@ -1367,6 +1377,8 @@ pub struct DuringCounts {
     pub watermark_advances: u64,
     /// The anti-entropy liveness checks ([`crate::liveness`]).
     pub liveness: crate::liveness::LivenessCounts,
+    /// Snapshots taken and checked.
+    pub snapshots: u64,
 }
 
 impl DuringRun {
@@ -1385,6 +1397,77 @@ impl DuringRun {
             evidence_announced: vec![BTreeSet::new(); n],
             forged_promises: vec![Vec::new(); n],
             ..DuringRun::default()
+        }
+    }
+
+    /// A region took snapshot `s` during the run, holding `events` (any order): the same body
+    /// as every other region's at that point, its signer's, and the reference model's fold of
+    /// those events up to the point.
+    pub fn snapshot_taken(
+        &mut self,
+        s: &wallet_core::Snapshot,
+        events: &[&Event],
+        policy: &Policy,
+        retention_ms: u64,
+    ) {
+        self.counts.snapshots += 1;
+        let b = &s.body;
+        let mut fail = |d: String| self.failures.push(("snapshots", d));
+        if !s.verify(&wallet_core::NoAuth, "wallet-sim") {
+            fail(format!(
+                "{}'s snapshot at {:?} does not verify",
+                s.signer, b.at
+            ));
+        }
+        let m = testing::model_retained(
+            policy,
+            events.iter().copied().filter(|e| e.hlc <= b.at),
+            None,
+            retention_ms,
+        );
+        let mut got: BTreeMap<(AccountId, Currency), Decimal> = BTreeMap::new();
+        for a in &b.accounts {
+            for x in &a.balances {
+                got.insert((a.account.clone(), x.currency), x.settled);
+            }
+        }
+        let want: BTreeMap<(AccountId, Currency), Decimal> = m
+            .balances
+            .iter()
+            .filter(|(_, v)| !v.is_zero())
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if got
+            .iter()
+            .any(|(k, v)| !v.is_zero() && want.get(k) != Some(v))
+            || want.iter().any(|(k, v)| got.get(k) != Some(v))
+        {
+            fail(format!(
+                "{}'s snapshot at {:?}: settled balances differ from the model's fold",
+                s.signer, b.at
+            ));
+        }
+        if b.feed_len != m.feed.len() as u64 || b.settled != m.settled {
+            fail(format!(
+                "{}'s snapshot at {:?}: feed {} and settled {}, the model {} and {}",
+                s.signer,
+                b.at,
+                b.feed_len,
+                b.settled,
+                m.feed.len(),
+                m.settled
+            ));
+        }
+        let bytes = b.to_bytes();
+        match self.snapshots.get(&b.at) {
+            Some((first, seen)) if *seen != bytes => fail(format!(
+                "{} and {first} make different snapshot bodies at {:?}",
+                s.signer, b.at
+            )),
+            Some(_) => {}
+            None => {
+                self.snapshots.insert(b.at, (s.signer, bytes));
+            }
         }
     }
 

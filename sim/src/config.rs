@@ -199,6 +199,10 @@ pub struct SimConfig {
     /// The replicas' `Config::idempotency_retention_ms` (None: drawn per seed,
     /// [`draw_idempotency_retention`]).
     pub idempotency_retention_ms: Option<u64>,
+    /// Each region takes a snapshot (`Replica::snapshot`) every this many ms of its local
+    /// time and the checker compares it (None: drawn per seed, [`draw_snapshot_every`]; 0:
+    /// never).
+    pub snapshot_every_ms: Option<u64>,
 }
 
 /// Default share of seeds with a Byzantine member: 1 in 8.
@@ -296,6 +300,7 @@ impl SimConfig {
             byzantine: None,
             membership_ppm: crate::engine::MEMBERSHIP_PPM_DEFAULT,
             idempotency_retention_ms: None,
+            snapshot_every_ms: None,
         }
     }
 }
@@ -329,7 +334,21 @@ pub fn draw_idempotency_retention(seed: u64) -> u64 {
     }
 }
 
+/// How often a seed's regions take snapshots when `--snapshot-every` is not given: never in a
+/// quarter of the seeds, else every 1, 3 or 10 s of local time (from a PRNG stream of its own,
+/// `snapshot`).
+pub fn draw_snapshot_every(seed: u64) -> u64 {
+    let mut rng = crate::rng::Rng::new(seed, b"snapshot");
+    [0, 1_000, 3_000, 10_000][rng.below(4) as usize]
+}
+
 impl SimConfig {
+    /// How often regions take snapshots in this run (0: never): as given, else drawn.
+    pub fn snapshot_every(&self) -> u64 {
+        self.snapshot_every_ms
+            .unwrap_or_else(|| draw_snapshot_every(self.seed))
+    }
+
     /// The idempotency key retention of this run: as given, else drawn from the seed.
     pub fn retention_ms(&self) -> u64 {
         self.idempotency_retention_ms

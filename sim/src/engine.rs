@@ -153,6 +153,8 @@ pub struct Node {
     /// A `crash-after-pull` is armed: the region crashes right after it answers a pull while
     /// own events are written but not durable.
     crash_armed: bool,
+    /// Local time of its next snapshot (`SimConfig::snapshot_every_ms`).
+    next_snapshot_ms: u64,
 }
 
 /// The connection between two regions (one per unordered pair).
@@ -687,6 +689,7 @@ impl Sim {
                 just_submitted: None,
                 told: vec![false; n],
                 crash_armed: false,
+                next_snapshot_ms: 0,
             })
             .collect();
         let chart = if cfg.record_series {
@@ -1525,6 +1528,30 @@ impl Sim {
         self.local_now(i)
     }
 
+    /// Every `snapshot_every_ms` of its local time, region `i` takes a snapshot if it has a
+    /// compaction point, and the checker compares it with the others' and the model's.
+    fn maybe_snapshot(&mut self, i: usize, now_l: u64) {
+        let every = self.cfg.snapshot_every();
+        let n = &mut self.nodes[i];
+        if every == 0 || now_l < n.next_snapshot_ms {
+            return;
+        }
+        n.next_snapshot_ms = now_l.saturating_add(every);
+        let n = &self.nodes[i];
+        let Some(s) = n.replica.snapshot() else {
+            return;
+        };
+        let events: Vec<&wallet_core::Event> = self
+            .cfg
+            .regions
+            .iter()
+            .flat_map(|o| n.replica.origin_events(*o, 0))
+            .collect();
+        let retention = self.cfg.retention_ms();
+        self.during
+            .snapshot_taken(&s, &events, &self.cfg.policy, retention);
+    }
+
     /// A crash that also loses the disk: the next start is a restore from the peers.
     fn wipe(&mut self, r: usize) {
         if self.nodes.get(r).is_none_or(|n| !n.up) {
@@ -1749,6 +1776,7 @@ impl Sim {
                     let now_l = local(self.now, n.skew);
                     n.replica.handle_timeout(now_l);
                     self.drain(i);
+                    self.maybe_snapshot(i, now_l);
                 }
             }
             Ev::LinkDown { node, peer, inc } => self.link_down(node as usize, peer as usize, inc),
