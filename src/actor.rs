@@ -393,6 +393,9 @@ impl Actor {
         let Some(key) = key else {
             return self.op_seq;
         };
+        // Every result due goes first, on every insert, so expiry keeps up with any accept
+        // rate; deleted before the new record is written (the key may be one that expired).
+        self.expire_idempotency_at(now);
         let rec = IdemCache::record(fingerprint, answer, now);
         let key: Box<str> = key.into();
         let seq = self.push_op(WriteOp::Idem {
@@ -851,7 +854,11 @@ impl Actor {
     }
 
     fn expire_idempotency(&mut self) {
-        for (account, key) in self.idem.expire(now_ms()) {
+        self.expire_idempotency_at(now_ms());
+    }
+
+    fn expire_idempotency_at(&mut self, now: u64) {
+        for (account, key) in self.idem.expire(now) {
             self.push_op(WriteOp::IdemDelete { account, key });
         }
     }

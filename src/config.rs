@@ -52,6 +52,11 @@ pub enum ConfigError {
     },
 }
 
+/// Shortest idempotency key retention accepted: 1 s.
+pub const IDEMPOTENCY_RETENTION_MS_MIN: u64 = 1_000;
+/// Longest idempotency key retention accepted: 30 days.
+pub const IDEMPOTENCY_RETENTION_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1_000;
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -72,6 +77,7 @@ struct RawConfig {
     join: bool,
     max_clock_skew_ms: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
+    idempotency_retention_ms: Option<u64>,
     http: RawHttp,
     p2p: RawP2p,
     members: Vec<RawMember>,
@@ -269,6 +275,9 @@ pub struct NodeConfig {
     pub max_clock_skew_ms: u64,
     /// Heartbeat period.
     pub heartbeat_interval_ms: u64,
+    /// How long an idempotency key holds, in ms: in the core's key index (by HLC) and in the
+    /// HTTP response cache (by wall clock). The same on every region.
+    pub idempotency_retention_ms: u64,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
     /// Largest request body.
@@ -650,6 +659,20 @@ impl NodeConfig {
                 "must be between 10 and 60000",
             ));
         }
+        let idempotency_retention_ms = raw
+            .idempotency_retention_ms
+            .unwrap_or(wallet_core::replica::IDEMPOTENCY_RETENTION_MS_DEFAULT);
+        if !(IDEMPOTENCY_RETENTION_MS_MIN..=IDEMPOTENCY_RETENTION_MS_MAX)
+            .contains(&idempotency_retention_ms)
+        {
+            return Err(invalid(
+                "idempotency_retention_ms",
+                format!(
+                    "must be between {IDEMPOTENCY_RETENTION_MS_MIN} and \
+                     {IDEMPOTENCY_RETENTION_MS_MAX} (1 s to 30 days)"
+                ),
+            ));
+        }
         Ok(NodeConfig {
             path: path.to_path_buf(),
             region,
@@ -660,6 +683,7 @@ impl NodeConfig {
             join: raw.join,
             max_clock_skew_ms,
             heartbeat_interval_ms,
+            idempotency_retention_ms,
             http_listen,
             body_limit_bytes,
             metrics_listen,
@@ -727,6 +751,19 @@ tokens = ["0123456789abcdef0123"]
         assert_eq!(c.members.len(), 2);
         assert_eq!(c.data_dir, PathBuf::from("/base/data/eu"));
         assert!(c.group_commit);
+    }
+
+    #[test]
+    fn idempotency_retention_defaults_to_a_day_and_is_bounded() {
+        let c = NodeConfig::parse(&text(&pid()), Path::new("x.toml"), Path::new("/")).unwrap();
+        assert_eq!(c.idempotency_retention_ms, 86_400_000);
+        let with = |v: u64| format!("idempotency_retention_ms = {v}\n") + &text(&pid());
+        let c = NodeConfig::parse(&with(60_000), Path::new("x.toml"), Path::new("/")).unwrap();
+        assert_eq!(c.idempotency_retention_ms, 60_000);
+        for bad in [999, IDEMPOTENCY_RETENTION_MS_MAX + 1] {
+            let e = NodeConfig::parse(&with(bad), Path::new("x.toml"), Path::new("/")).unwrap_err();
+            assert!(e.to_string().contains("idempotency_retention_ms"), "{e}");
+        }
     }
 
     #[test]

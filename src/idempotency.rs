@@ -1,11 +1,17 @@
 //! The HTTP response cache for retries: what the first request with an `Idempotency-Key`
-//! got, per account, kept [`IDEMPOTENCY_TTL_MS`] by wall clock.
+//! got, per account, kept for the configured retention (`idempotency_retention_ms`, the same
+//! value as the core's key retention; default 24 h) by wall clock.
 //!
 //! This is host state (the replica keeps its own key index for events): a retry with the same
 //! body is answered with the stored bytes, a retry with another body gets `409`. Each result
-//! is persisted by the actor in the same group commit as its event; expiry is a host timer
-//! armed for the oldest result ([`IdemCache::next_expiry`]), and each expired result is
-//! deleted from storage too.
+//! is persisted by the actor in the same group commit as its event, and each expired result
+//! is deleted from storage too. Expiry keeps up with any accept rate: every insert first
+//! drains every result already due ([`IdemCache::expire`], called by the actor before
+//! each insert; each result is queued
+//! and dropped once, so this costs O(1) amortized per insert), and a host timer armed for the
+//! oldest result ([`IdemCache::next_expiry`]) drains the rest when no request comes. There is
+//! no per-pass cap that a sustained rate could outrun: at most one retention's worth of
+//! results is ever held.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -15,12 +21,6 @@ use wallet_core::AccountId;
 
 use crate::command::Reply;
 use crate::storage::IdemRecord;
-
-/// How long an idempotency result is kept, by wall clock.
-pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1_000;
-/// Most expired results dropped per expiry pass (the next pass follows at once when more are
-/// due, so other inputs are served in between).
-pub const IDEMPOTENCY_EXPIRE_PER_PASS_MAX: usize = 10_000;
 
 struct Entry {
     rec: Arc<IdemRecord>,
@@ -45,19 +45,33 @@ pub enum Lookup {
 }
 
 /// The cache: results by account and key, and their expiry order.
-#[derive(Default)]
 pub struct IdemCache {
     map: BTreeMap<AccountId, BTreeMap<Box<str>, Entry>>,
     /// (created, account, key) in creation order; an entry replaced since is skipped.
     expiry: VecDeque<(u64, AccountId, Box<str>)>,
     count: u64,
+    /// How long a result is kept, wall-clock ms.
+    retention_ms: u64,
 }
 
 impl IdemCache {
+    /// An empty cache keeping results `retention_ms`.
+    pub fn new(retention_ms: u64) -> IdemCache {
+        IdemCache {
+            map: BTreeMap::new(),
+            expiry: VecDeque::new(),
+            count: 0,
+            retention_ms,
+        }
+    }
+
     /// The results read back from storage (already durable: write sequence 0).
-    pub fn restore(mut stored: Vec<(AccountId, String, IdemRecord)>) -> IdemCache {
+    pub fn restore(
+        mut stored: Vec<(AccountId, String, IdemRecord)>,
+        retention_ms: u64,
+    ) -> IdemCache {
         stored.sort_by_key(|(_, _, r)| r.created_ms);
-        let mut c = IdemCache::default();
+        let mut c = IdemCache::new(retention_ms);
         for (account, key, rec) in stored {
             c.insert(account, key.into(), Arc::new(rec), 0);
         }
@@ -85,7 +99,7 @@ impl IdemCache {
         let Some(e) = self.map.get(account).and_then(|m| m.get(key)) else {
             return Lookup::Miss;
         };
-        if now_ms >= e.rec.created_ms.saturating_add(IDEMPOTENCY_TTL_MS) {
+        if now_ms >= e.rec.created_ms.saturating_add(self.retention_ms) {
             return Lookup::Miss;
         }
         if e.rec.fingerprint != *fingerprint {
@@ -129,21 +143,17 @@ impl IdemCache {
     pub fn next_expiry(&self) -> Option<u64> {
         self.expiry
             .front()
-            .map(|(created, _, _)| created.saturating_add(IDEMPOTENCY_TTL_MS))
+            .map(|(created, _, _)| created.saturating_add(self.retention_ms))
     }
 
-    /// Drops results older than the TTL at `now_ms`, at most
-    /// [`IDEMPOTENCY_EXPIRE_PER_PASS_MAX`]; returns them, to delete from storage.
+    /// Drops every result older than the retention at `now_ms` (all of them: no cap that a
+    /// sustained rate could outrun); returns them, to delete from storage.
     pub fn expire(&mut self, now_ms: u64) -> Vec<(AccountId, Box<str>)> {
         let mut out = Vec::new();
-        let mut n = 0;
         while let Some((created, _, _)) = self.expiry.front() {
-            if n >= IDEMPOTENCY_EXPIRE_PER_PASS_MAX
-                || now_ms < created.saturating_add(IDEMPOTENCY_TTL_MS)
-            {
+            if now_ms < created.saturating_add(self.retention_ms) {
                 break;
             }
-            n += 1;
             let Some((created, account, key)) = self.expiry.pop_front() else {
                 break;
             };
@@ -172,6 +182,8 @@ impl IdemCache {
 mod tests {
     use super::*;
 
+    const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1_000;
+
     fn acct(s: &str) -> AccountId {
         AccountId::new(s).expect("account id")
     }
@@ -184,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_retry_replays_the_stored_answer_and_another_body_conflicts() {
-        let mut c = IdemCache::default();
+        let mut c = IdemCache::new(IDEMPOTENCY_TTL_MS);
         put(&mut c, "alice", "k1", 7, 1_000);
         match c.lookup(&acct("alice"), "k1", &[7; 32], 2_000) {
             Lookup::Replay { answer, seq } => {
@@ -211,7 +223,7 @@ mod tests {
 
     #[test]
     fn expiry_drops_results_in_creation_order_and_keeps_a_replaced_one() {
-        let mut c = IdemCache::restore(Vec::new());
+        let mut c = IdemCache::restore(Vec::new(), IDEMPOTENCY_TTL_MS);
         put(&mut c, "alice", "k1", 1, 1_000);
         put(&mut c, "bob", "k2", 2, 2_000);
         put(&mut c, "alice", "k1", 3, 3_000); // replaced: expires with its new time
@@ -226,5 +238,30 @@ mod tests {
         assert_eq!(gone, vec![(acct("alice"), "k1".into())]);
         assert!(c.is_empty());
         assert_eq!(c.next_expiry(), None);
+    }
+
+    #[test]
+    fn expiry_keeps_up_with_twenty_thousand_keyed_requests_a_second() {
+        // Simulated time: 20 keyed results per ms (20 000 a second, four times the old
+        // 5 000-a-second expiry cap) for 10 s, retention 1 s, inserted the way the actor does.
+        const PER_MS: u64 = 20;
+        const RETENTION_MS: u64 = 1_000;
+        let mut c = IdemCache::new(RETENTION_MS);
+        let (mut most, mut deleted) = (0, 0u64);
+        for i in 0..(PER_MS * 10_000) {
+            let now = i / PER_MS;
+            let answer = Reply::json(422, "{}".to_string());
+            let rec = IdemCache::record([1; 32], &answer, now);
+            deleted += c.expire(now).len() as u64;
+            c.insert(acct("alice"), format!("k{i}").into(), rec, i);
+            most = most.max(c.len());
+        }
+        // Never more than one retention's worth (plus the millisecond being filled).
+        assert!(most <= PER_MS * (RETENTION_MS + 1), "held {most}");
+        assert_eq!(deleted + c.len(), PER_MS * 10_000);
+        // The timer drains the rest once no request comes.
+        assert_eq!(c.next_expiry(), Some(9_000 + RETENTION_MS));
+        assert_eq!(c.expire(10_000 + RETENTION_MS).len() as u64, PER_MS * 1_000);
+        assert!(c.is_empty());
     }
 }

@@ -295,4 +295,60 @@ fn main() {
         "local accept, home at the home:       {home:>12.0} submissions/s  ({:.1} % of optimistic)",
         100.0 * home / optimistic
     );
+    drop(big);
+    compaction(&s);
+}
+
+/// Compaction (issue 13): `COMPACT_BENCH_ACCOUNTS` accounts (default 100,000) with four
+/// settled events each; `us` announces holding its whole log, then `compact` folds the settled
+/// history into a snapshot and drops it from memory. Prints the time, the events left in
+/// memory (keyed events within the 24 h key retention stay) and the encoded snapshot's bytes
+/// per account.
+fn compaction(base: &Setup) {
+    let accounts: usize = std::env::var("COMPACT_BENCH_ACCOUNTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let s = Setup {
+        eu: base.eu,
+        us: base.us,
+        accounts: (0..accounts)
+            .map(|i| AccountId::new(&format!("acct-{i:06}")).unwrap())
+            .collect(),
+        sig_len: base.sig_len,
+    };
+    let n = accounts as u64 * 4;
+    let (mut r, _) = merge(&s, n, true);
+    settle(&mut r);
+    let mut vv = VClock::new();
+    vv.dots.insert(s.us, n);
+    let hb = Heartbeat {
+        origin: s.us,
+        hlc: s.event(n).hlc,
+        seq: n,
+        vv,
+        policy: Policy::zero().hash(),
+    };
+    r.handle_heartbeat(
+        4_000,
+        s.us,
+        SignedHeartbeat {
+            hb,
+            sig: Box::new([]),
+        },
+    );
+    drain(&mut r);
+    let before = r.events_in_memory();
+    let t = Instant::now();
+    let snap = r.compact().expect("a compaction point");
+    let spent = t.elapsed().as_secs_f64();
+    let bytes = wire::encode_snapshot(&snap).len();
+    println!(
+        "compaction of {n} settled events over {accounts} accounts: {spent:.3} s; events in \
+         memory {before} -> {} (keyed ones within retention stay); snapshot {} KiB = {:.1} \
+         bytes per account",
+        r.events_in_memory(),
+        bytes / 1024,
+        bytes as f64 / accounts as f64
+    );
 }

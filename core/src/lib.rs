@@ -74,6 +74,6 @@ pub use policy::{
 pub use replica::{
     Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, JoinInfo, KeyHistory,
     MemberStatus, MembershipError, MembershipStats, Message, NoAuth, Output, PolicyVersionInfo,
-    Record, Replica, Report, RetireInfo, SignedHeartbeat, Stats, Status, SubmitError, Submitted,
-    TxRequest,
+    Record, Replica, Report, RetireInfo, SignedHeartbeat, Snapshot, SnapshotBody, Stats, Status,
+    SubmitError, Submitted, TxRequest,
 };

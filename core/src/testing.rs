@@ -38,7 +38,9 @@
 //! - **duplicates and conflicts**: the same (account, key) with the same body (kind, amount
 //!   value, currency, reference, compared field by field here, not with `Tx::same_body`) as
 //!   any earlier event is a duplicate and reversed; else a conflict with the first earlier
-//!   holder is reported;
+//!   holder is reported. Only earlier holders within the key retention count (issue 13): a
+//!   holder at HLC `h` counts for an event at HLC `e` when `e`'s milliseconds (the HLC's high
+//!   48 bits, `hlc >> 16`) are below `h`'s plus the retention ([`model_retained`]);
 //! - **ids and statuses**: compensation ids `fee:<origin>:<seq>`, `rev:..`, `conflict:..`
 //!   formatted here ([`ModelComp::id`]), and each event's status ([`ModelStatus`]):
 //!   provisional, settled (with the id of the fee it caused, if any), or reversed with the id
@@ -426,6 +428,25 @@ pub fn model_at<'a, I>(seed: &Policy, events: I, watermark: Option<Hlc>) -> Mode
 where
     I: IntoIterator<Item = &'a Event>,
 {
+    model_retained(seed, events, watermark, u64::MAX)
+}
+
+/// A holder of an idempotency key: its HLC milliseconds, body and id.
+type Holder<'a> = (u64, &'a Tx, EventId);
+
+/// [`model_at`] with an idempotency key retention of `retention_ms` (issue 13): an earlier
+/// holder of a key counts (as the original of a duplicate, or the first of a conflict) only
+/// when the later event's HLC milliseconds are less than the holder's plus `retention_ms`.
+/// A copy at or past that edge is a new transaction.
+pub fn model_retained<'a, I>(
+    seed: &Policy,
+    events: I,
+    watermark: Option<Hlc>,
+    retention_ms: u64,
+) -> ModelFold
+where
+    I: IntoIterator<Item = &'a Event>,
+{
     let mut order: Vec<&Event> = events.into_iter().collect();
     order.sort_by(|a, b| model_order(a, b));
     let mut ids: BTreeSet<(&[u8], u64)> = BTreeSet::new();
@@ -439,8 +460,8 @@ where
     // Keyed by the account id's text and the currency code.
     let mut pairs: BTreeMap<(&str, &str), (&Tx, Pair)> = BTreeMap::new();
     // Every earlier event holding each (account, key), in total order: the SPEC's `earlier`.
-    let mut holders: BTreeMap<(&str, &str), Vec<&Tx>> = BTreeMap::new();
-    let mut first_holder: BTreeMap<(&str, &str), EventId> = BTreeMap::new();
+    // With each, its HLC milliseconds (the high 48 bits of the HLC, SPEC §2).
+    let mut holders: BTreeMap<(&str, &str), Vec<Holder<'_>>> = BTreeMap::new();
     let mut out = ModelFold::default();
     for e in order {
         let settled = settled_upto.is_none_or(|w| e.hlc.0 <= w);
@@ -479,11 +500,19 @@ where
         let (duplicate, conflict) = match &tx.idempotency_key {
             Some(k) => {
                 let slot = (tx.account.as_str(), &**k);
+                let ms = e.hlc.0 >> 16;
                 let earlier = holders.entry(slot).or_default();
-                let duplicate = earlier.iter().any(|o| same_body(o, tx));
-                earlier.push(tx);
-                let first = *first_holder.entry(slot).or_insert(e.id);
-                let conflict = (!duplicate && first != e.id).then_some(first);
+                let live: Vec<&Holder<'_>> = earlier
+                    .iter()
+                    .filter(|(h, _, _)| ms < h.saturating_add(retention_ms))
+                    .collect();
+                let duplicate = live.iter().any(|(_, o, _)| same_body(o, tx));
+                let conflict = if duplicate {
+                    None
+                } else {
+                    live.first().map(|(_, _, first)| *first)
+                };
+                earlier.push((ms, tx, e.id));
                 (duplicate, conflict)
             }
             None => (false, None),
@@ -601,6 +630,16 @@ pub fn model_modes<'a, I>(seed: &Policy, events: I) -> ModelModes
 where
     I: IntoIterator<Item = &'a Event>,
 {
+    model_modes_retained(seed, events, u64::MAX)
+}
+
+/// [`model_modes`] with an idempotency key retention of `retention_ms` (issue 13; see
+/// [`model_retained`]): a keyed credit copied past the retention is a new transaction, not a
+/// reversed duplicate, so it grants rights like any credit.
+pub fn model_modes_retained<'a, I>(seed: &Policy, events: I, retention_ms: u64) -> ModelModes
+where
+    I: IntoIterator<Item = &'a Event>,
+{
     let mut order: Vec<&Event> = events.into_iter().collect();
     order.sort_by(|a, b| model_order(a, b));
     let mut policies: Vec<&Policy> = vec![seed];
@@ -608,7 +647,7 @@ where
         Body::Policy(p) => Some(&**p),
         _ => None,
     }));
-    let fold = model(seed, order.iter().copied());
+    let fold = model_retained(seed, order.iter().copied(), None, retention_ms);
     let overdrawn: BTreeMap<EventId, Decimal> = fold.overdrawn.iter().copied().collect();
     // Fees charged so far per pair, in order (the hybrid's bound allows for them).
     let fee_of: BTreeMap<EventId, Decimal> = fold
@@ -935,6 +974,28 @@ mod tests {
         assert_eq!(m.feed, vec![conflict, rev]);
         assert_eq!(balance(&m, "alice", Currency::USD), d("70"));
         assert_eq!(m.overdrafts, 0);
+    }
+
+    #[test]
+    fn a_copy_at_the_retention_edge_is_a_new_transaction() {
+        // Retention 1000 ms: b is 999 ms after a (a duplicate), c exactly 1000 ms after b and
+        // 1999 after a (new), d another body 1 ms after c (a conflict with c, not with a).
+        let ms = |m: u64| m << 16;
+        let a = keyed(id("eu", 1), ms(10), Kind::Deposit, "5");
+        let b = keyed(id("us", 1), ms(1_009), Kind::Deposit, "5");
+        let c = keyed(id("us", 2), ms(2_009), Kind::Deposit, "5");
+        let dd = keyed(id("eu", 2), ms(2_010), Kind::Deposit, "6");
+        let m = model_retained(&Policy::zero(), [&a, &b, &c, &dd], None, 1_000);
+        let mut rev = comp(CompKind::Reversal, &b, "-5");
+        rev.duplicate = true;
+        let mut conflict = comp(CompKind::IdempotencyConflict, &dd, "0");
+        conflict.related = Some(c.id);
+        assert_eq!(m.feed, vec![rev, conflict]);
+        assert_eq!(balance(&m, "alice", Currency::USD), d("16"));
+        // With no retention limit, c is a duplicate of a, and d conflicts with a.
+        let m = model(&Policy::zero(), [&a, &b, &c, &dd]);
+        assert_eq!(m.feed.len(), 3);
+        assert_eq!(m.feed[2].related, Some(a.id));
     }
 
     #[test]

@@ -41,7 +41,11 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
-    if bytes.len() > MESSAGE_BYTES_MAX {
+    decode_limited(bytes, MESSAGE_BYTES_MAX)
+}
+
+fn decode_limited<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, WireError> {
+    if bytes.len() > max {
         return Err(WireError::TooLarge(bytes.len()));
     }
     let (&version, rest) = bytes.split_first().ok_or(WireError::Empty)?;
@@ -87,6 +91,21 @@ pub fn encoded_message_len(m: &Message) -> usize {
 /// Decodes a peer message. Events inside are validated by the replica on merge.
 pub fn decode_message(bytes: &[u8]) -> Result<Message, WireError> {
     decode(bytes)
+}
+
+/// Largest encoded snapshot accepted: a snapshot holds every account, so it is allowed to be
+/// much larger than a message (a host streams it in chunks of at most [`MESSAGE_BYTES_MAX`]).
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
+
+/// Encodes a signed snapshot (disk record and wire), versioned like every record.
+pub fn encode_snapshot(s: &crate::replica::Snapshot) -> Vec<u8> {
+    encode(s)
+}
+
+/// Decodes a signed snapshot (at most [`SNAPSHOT_BYTES_MAX`]); the caller verifies it
+/// ([`crate::replica::Snapshot::verify`]).
+pub fn decode_snapshot(bytes: &[u8]) -> Result<crate::replica::Snapshot, WireError> {
+    decode_limited(bytes, SNAPSHOT_BYTES_MAX)
 }
 
 /// Encodes any serializable value in the versioned format (host-side records).

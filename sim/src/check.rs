@@ -86,6 +86,11 @@ pub struct Invariants {
     /// escrow with `refuse`, no client debit takes the settled balance below the floor; a
     /// home-mode debit is decided only by the home of its time.
     pub modes: bool,
+    /// Snapshots (issue 13), checked whenever a region takes one during the run: every
+    /// region that snapshots at one point makes the byte-identical body, it verifies as its
+    /// signer's, and it holds what the reference model folds from that region's history up to
+    /// the point (every non-zero settled balance, the feed length, the settled count).
+    pub snapshots: bool,
 }
 
 impl Invariants {
@@ -112,10 +117,11 @@ impl Invariants {
             && self.pull_given_up
             && self.membership
             && self.modes
+            && self.snapshots
     }
 
     /// Every invariant by name, in JSON order.
-    pub fn named(&self) -> [(&'static str, bool); 21] {
+    pub fn named(&self) -> [(&'static str, bool); 22] {
         [
             ("convergence", self.convergence),
             ("no_loss", self.no_loss),
@@ -138,6 +144,7 @@ impl Invariants {
             ("pull_given_up", self.pull_given_up),
             ("membership", self.membership),
             ("modes", self.modes),
+            ("snapshots", self.snapshots),
         ]
     }
 }
@@ -309,6 +316,8 @@ struct Ctx<'a> {
     /// acknowledged events above the cut are what a retire gives up, and the retired
     /// regions' own replicas are out of the comparisons.
     retired: BTreeMap<RegionId, u64>,
+    /// The idempotency key retention (HLC ms): copies further apart are distinct transactions.
+    retention_ms: u64,
 }
 
 /// The cut of every retired region, by the rule of docs/design/membership.md applied to the
@@ -478,10 +487,11 @@ fn view(n: &Node, ctx: &Ctx<'_>) -> View {
 /// The reference model's re-fold of one region's view: the events it holds, settled up to
 /// its watermark.
 fn fold_check(n: &Node, ctx: &Ctx<'_>) -> ModelFold {
-    testing::model_at(
+    testing::model_retained(
         ctx.policy,
         all_events(&n.replica, ctx.regions),
         Some(n.replica.watermark()),
+        ctx.retention_ms,
     )
 }
 
@@ -716,20 +726,30 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
         if evs.len() < 2 {
             continue;
         }
-        let mut origins: Vec<_> = evs.iter().map(|e| e.id.origin).collect();
-        origins.sort();
-        if origins.windows(2).any(|w| w[0] == w[1]) {
-            let ids: Vec<String> = evs.iter().map(|e| e.id.to_string()).collect();
-            f.add(
-                "idempotency",
-                format!(
-                    "key {key:?} of {acct} has two events at one region: {}",
-                    ids.join(", ")
-                ),
-            );
+        // Two events `near` each other: their HLC milliseconds differ by less than the key
+        // retention (issue 13: only then is the later one a copy of the earlier).
+        let near = |a: &Event, b: &Event| {
+            let (x, y) = (a.hlc.millis(), b.hlc.millis());
+            x.abs_diff(y) < ctx.retention_ms
+        };
+        // One region issues a key again only once the retention of its previous use ended.
+        let mut by_origin: Vec<&&Event> = evs.iter().collect();
+        by_origin.sort_by_key(|e| (e.id.origin, e.hlc));
+        for w in by_origin.windows(2) {
+            if w[0].id.origin == w[1].id.origin && near(w[0], w[1]) {
+                f.add(
+                    "idempotency",
+                    format!(
+                        "key {key:?} of {acct} has two events at one region within the \
+                         retention of {} ms: {}, {}",
+                        ctx.retention_ms, w[0].id, w[1].id
+                    ),
+                );
+            }
         }
         // Per body (events with this key and the same body as an earlier one), at most one
-        // stands unreversed, whatever other bodies took the key before it.
+        // stands unreversed within any retention window, whatever other bodies took the key
+        // before it.
         let standing: Vec<&&Event> = evs
             .iter()
             .filter(|e| match r0.status(e.id) {
@@ -753,14 +773,15 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
             for j in &same {
                 done[*j] = true;
             }
-            if same.len() > 1 {
-                let ids: Vec<String> = same.iter().map(|j| standing[*j].id.to_string()).collect();
+            let mut same: Vec<&Event> = same.iter().map(|j| *standing[*j]).collect();
+            same.sort_by_key(|e| e.hlc);
+            if let Some(w) = same.windows(2).find(|w| near(w[0], w[1])) {
                 f.add(
                     "idempotency",
                     format!(
-                        "key {key:?} of {acct}: {} events with the same body stand unreversed ({})",
-                        same.len(),
-                        ids.join(", ")
+                        "key {key:?} of {acct}: {} and {} have the same body, are less than \
+                         the retention of {} ms apart, and both stand unreversed",
+                        w[0].id, w[1].id, ctx.retention_ms
                     ),
                 );
             }
@@ -822,6 +843,7 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         policy: &sim.cfg.policy,
         byzantine: active.map(|b| sim.cfg.regions[b]),
         retired: retired.clone(),
+        retention_ms: sim.cfg.retention_ms(),
     };
     // The history checks run on the second region, or the first honest one that is not
     // retired.
@@ -994,7 +1016,7 @@ pub fn check(sim: &mut Sim) -> CheckResult {
     // a member that equivocates can have the version a home or a giver relied on dropped.
     if sim.converged_at.is_some() && sim.byz.is_none() {
         let events = all_events(r0, &sim.cfg.regions);
-        let modes = testing::model_modes(&sim.cfg.policy, events);
+        let modes = testing::model_modes_retained(&sim.cfg.policy, events, sim.cfg.retention_ms());
         for v in modes.violations.into_iter().take(5) {
             f.add("modes", v);
         }
@@ -1328,6 +1350,7 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
         pull_given_up: f.ok("pull_given_up"),
         membership: f.ok("membership"),
         modes: f.ok("modes"),
+        snapshots: f.ok("snapshots"),
     };
     CheckResult {
         invariants,
@@ -1399,6 +1422,8 @@ pub struct DuringRun {
     /// Per region: the forged promises it made (the Byzantine member's: seq, HLC); its events
     /// above the seq and at or below the HLC are the ones the promise denied.
     forged_promises: Vec<Vec<(u64, Hlc)>>,
+    /// The first snapshot body seen at each point, and the region that made it.
+    snapshots: BTreeMap<Hlc, (RegionId, Vec<u8>)>,
     /// How many checks ran.
     pub counts: DuringCounts,
 }
@@ -1418,6 +1443,8 @@ pub struct DuringCounts {
     pub watermark_advances: u64,
     /// The anti-entropy liveness checks ([`crate::liveness`]).
     pub liveness: crate::liveness::LivenessCounts,
+    /// Snapshots taken and checked.
+    pub snapshots: u64,
 }
 
 impl DuringRun {
@@ -1436,6 +1463,77 @@ impl DuringRun {
             evidence_announced: vec![BTreeSet::new(); n],
             forged_promises: vec![Vec::new(); n],
             ..DuringRun::default()
+        }
+    }
+
+    /// A region took snapshot `s` during the run, holding `events` (any order): the same body
+    /// as every other region's at that point, its signer's, and the reference model's fold of
+    /// those events up to the point.
+    pub fn snapshot_taken(
+        &mut self,
+        s: &wallet_core::Snapshot,
+        events: &[&Event],
+        policy: &Policy,
+        retention_ms: u64,
+    ) {
+        self.counts.snapshots += 1;
+        let b = &s.body;
+        let mut fail = |d: String| self.failures.push(("snapshots", d));
+        if !s.verify(&wallet_core::NoAuth, "wallet-sim") {
+            fail(format!(
+                "{}'s snapshot at {:?} does not verify",
+                s.signer, b.at
+            ));
+        }
+        let m = testing::model_retained(
+            policy,
+            events.iter().copied().filter(|e| e.hlc <= b.at),
+            None,
+            retention_ms,
+        );
+        let mut got: BTreeMap<(AccountId, Currency), Decimal> = BTreeMap::new();
+        for a in &b.accounts {
+            for x in &a.balances {
+                got.insert((a.account.clone(), x.currency), x.settled);
+            }
+        }
+        let want: BTreeMap<(AccountId, Currency), Decimal> = m
+            .balances
+            .iter()
+            .filter(|(_, v)| !v.is_zero())
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if got
+            .iter()
+            .any(|(k, v)| !v.is_zero() && want.get(k) != Some(v))
+            || want.iter().any(|(k, v)| got.get(k) != Some(v))
+        {
+            fail(format!(
+                "{}'s snapshot at {:?}: settled balances differ from the model's fold",
+                s.signer, b.at
+            ));
+        }
+        if b.feed_len != m.feed.len() as u64 || b.settled != m.settled {
+            fail(format!(
+                "{}'s snapshot at {:?}: feed {} and settled {}, the model {} and {}",
+                s.signer,
+                b.at,
+                b.feed_len,
+                b.settled,
+                m.feed.len(),
+                m.settled
+            ));
+        }
+        let bytes = b.to_bytes();
+        match self.snapshots.get(&b.at) {
+            Some((first, seen)) if *seen != bytes => fail(format!(
+                "{} and {first} make different snapshot bodies at {:?}",
+                s.signer, b.at
+            )),
+            Some(_) => {}
+            None => {
+                self.snapshots.insert(b.at, (s.signer, bytes));
+            }
         }
     }
 

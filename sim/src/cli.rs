@@ -290,6 +290,14 @@ pub struct ReplicaArgs {
     /// faults, no Byzantine member and 3 regions or more [default: 20%; 0: never]
     #[arg(long, value_name = "SHARE", value_parser = parse_ppm)]
     pub membership: Option<u32>,
+    /// idempotency_retention_ms: how long an idempotency key holds (HLC ms) [default: drawn
+    /// per seed: 24 h in half the seeds, else 300, 1000 or 3000]
+    #[arg(long, value_name = "MS", value_parser = at_least_one::<u64>)]
+    pub idempotency_retention: Option<u64>,
+    /// Each region takes a snapshot every MS of its local time, checked against the others'
+    /// and the reference model [default: drawn per seed: never, 1000, 3000 or 10000; 0: never]
+    #[arg(long, value_name = "MS")]
+    pub snapshot_every: Option<u64>,
     /// Run the replica's own check_invariants() every N inputs, on the region that took the
     /// input [default: 2000; 0: only after restarts and at the end]
     #[arg(long, value_name = "N")]
@@ -574,6 +582,11 @@ impl Args {
         put("--byzantine", r.byzantine.map(render_ppm));
         put("--membership", r.membership.map(render_ppm));
         put(
+            "--idempotency-retention",
+            r.idempotency_retention.map(|n| n.to_string()),
+        );
+        put("--snapshot-every", r.snapshot_every.map(|n| n.to_string()));
+        put(
             "--self-check-every",
             r.self_check_every.map(|n| n.to_string()),
         );
@@ -728,6 +741,12 @@ pub fn build(a: Args) -> Result<Options, CliError> {
     }
     if let Some(v) = r.byzantine {
         base.byzantine_ppm = v;
+    }
+    if let Some(v) = r.idempotency_retention {
+        base.idempotency_retention_ms = Some(v);
+    }
+    if let Some(v) = r.snapshot_every {
+        base.snapshot_every_ms = Some(v);
     }
     if let Some(v) = r.membership {
         base.membership_ppm = v;

@@ -198,6 +198,13 @@ pub struct SimConfig {
     pub membership_ppm: u32,
     /// Drawn policies may use consistency modes (SPEC §8; `policygen::MODES_PPM` of them do).
     pub draw_modes: bool,
+    /// The replicas' `Config::idempotency_retention_ms` (None: drawn per seed,
+    /// [`draw_idempotency_retention`]).
+    pub idempotency_retention_ms: Option<u64>,
+    /// Each region takes a snapshot (`Replica::snapshot`) every this many ms of its local
+    /// time and the checker compares it (None: drawn per seed, [`draw_snapshot_every`]; 0:
+    /// never).
+    pub snapshot_every_ms: Option<u64>,
 }
 
 /// Default share of seeds with a Byzantine member: 1 in 8.
@@ -295,6 +302,8 @@ impl SimConfig {
             byzantine: None,
             membership_ppm: crate::engine::MEMBERSHIP_PPM_DEFAULT,
             draw_modes: true,
+            idempotency_retention_ms: None,
+            snapshot_every_ms: None,
         }
     }
 }
@@ -313,7 +322,42 @@ pub fn draw_pull_limit(seed: u64) -> u32 {
     }
 }
 
+/// The idempotency key retention (`Config::idempotency_retention_ms`) a seed runs with when
+/// `--idempotency-retention` is not given: the core's default (24 h, longer than any run) in
+/// half the seeds, else 300, 1 000 or 3 000 ms, so that client retries (100 to 3 000 ms after
+/// the first try) and cross-region copies land on both sides of the edge (from a PRNG stream
+/// of its own, `idem-retention`: no other draw changes with it).
+pub fn draw_idempotency_retention(seed: u64) -> u64 {
+    let mut rng = crate::rng::Rng::new(seed, b"idem-retention");
+    match rng.below(6) {
+        0 => 300,
+        1 => 1_000,
+        2 => 3_000,
+        _ => wallet_core::replica::IDEMPOTENCY_RETENTION_MS_DEFAULT,
+    }
+}
+
+/// How often a seed's regions take snapshots when `--snapshot-every` is not given: never in a
+/// quarter of the seeds, else every 1, 3 or 10 s of local time (from a PRNG stream of its own,
+/// `snapshot`).
+pub fn draw_snapshot_every(seed: u64) -> u64 {
+    let mut rng = crate::rng::Rng::new(seed, b"snapshot");
+    [0, 1_000, 3_000, 10_000][rng.below(4) as usize]
+}
+
 impl SimConfig {
+    /// How often regions take snapshots in this run (0: never): as given, else drawn.
+    pub fn snapshot_every(&self) -> u64 {
+        self.snapshot_every_ms
+            .unwrap_or_else(|| draw_snapshot_every(self.seed))
+    }
+
+    /// The idempotency key retention of this run: as given, else drawn from the seed.
+    pub fn retention_ms(&self) -> u64 {
+        self.idempotency_retention_ms
+            .unwrap_or_else(|| draw_idempotency_retention(self.seed))
+    }
+
     /// A scripted run (seed 1): `regions` regions, no random faults (fixed 5 ms links, 1 ms
     /// fsyncs), no generated workload, the zero policy, a cut link noticed after `detect_ms`
     /// and re-established `reconnect_ms` later, and the steps of `script` (in USD where a

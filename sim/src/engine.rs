@@ -165,6 +165,8 @@ pub struct Node {
     /// Client requests the replica answered `Submitted::Pending` (a debit forwarded to its
     /// home), waiting for `Output::Decided`: request id -> logical request.
     pending: std::collections::BTreeMap<u64, u32>,
+    /// Local time of its next snapshot (`SimConfig::snapshot_every_ms`).
+    next_snapshot_ms: u64,
 }
 
 /// The connection between two regions (one per unordered pair).
@@ -539,6 +541,7 @@ fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
     c.cluster = "wallet-sim".into();
     c.anti_entropy_interval_ms = cfg.anti_entropy_ms;
     c.pull_batch_events = cfg.pull_limit;
+    c.idempotency_retention_ms = cfg.retention_ms();
     c
 }
 
@@ -719,6 +722,7 @@ impl Sim {
                 told: vec![false; n],
                 crash_armed: false,
                 pending: std::collections::BTreeMap::new(),
+                next_snapshot_ms: 0,
             })
             .collect();
         let chart = if cfg.record_series {
@@ -1442,7 +1446,12 @@ impl Sim {
                     wallet_core::Body::Membership(_) | wallet_core::Body::Account(_) => false,
                 }));
             }
-            let m = wallet_core::testing::model_at(&self.cfg.policy, events, Some(r.watermark()));
+            let m = wallet_core::testing::model_retained(
+                &self.cfg.policy,
+                events,
+                Some(r.watermark()),
+                self.cfg.retention_ms(),
+            );
             let key = (a, c);
             let Some(fees) = m.open_episodes.get(&key).copied() else {
                 continue;
@@ -1649,6 +1658,30 @@ impl Sim {
     /// Region `i`'s local clock now (what its replica is handed as `now_ms`).
     pub(crate) fn local_time(&self, i: usize) -> u64 {
         self.local_now(i)
+    }
+
+    /// Every `snapshot_every_ms` of its local time, region `i` takes a snapshot if it has a
+    /// compaction point, and the checker compares it with the others' and the model's.
+    fn maybe_snapshot(&mut self, i: usize, now_l: u64) {
+        let every = self.cfg.snapshot_every();
+        let n = &mut self.nodes[i];
+        if every == 0 || now_l < n.next_snapshot_ms {
+            return;
+        }
+        n.next_snapshot_ms = now_l.saturating_add(every);
+        let n = &self.nodes[i];
+        let Some(s) = n.replica.snapshot() else {
+            return;
+        };
+        let events: Vec<&wallet_core::Event> = self
+            .cfg
+            .regions
+            .iter()
+            .flat_map(|o| n.replica.origin_events(*o, 0))
+            .collect();
+        let retention = self.cfg.retention_ms();
+        self.during
+            .snapshot_taken(&s, &events, &self.cfg.policy, retention);
     }
 
     /// A crash that also loses the disk: the next start is a restore from the peers.
@@ -1880,6 +1913,7 @@ impl Sim {
                     let now_l = local(self.now, n.skew);
                     n.replica.handle_timeout(now_l);
                     self.drain(i);
+                    self.maybe_snapshot(i, now_l);
                 }
             }
             Ev::LinkDown { node, peer, inc } => self.link_down(node as usize, peer as usize, inc),

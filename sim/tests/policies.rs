@@ -379,6 +379,8 @@ fn key_conflicts_and_third_region_retries_work_with_drawn_policies() {
         let mut cfg = small(seed);
         cfg.workload.transactions = 3_000;
         cfg.policy_changes = Some(0);
+        // Every copy below is within the key retention (24 h): the rule without its edge.
+        cfg.idempotency_retention_ms = Some(wallet_core::replica::IDEMPOTENCY_RETENTION_MS_DEFAULT);
         let mut sim = Sim::new(cfg);
         sim.run();
         let c = check(&mut sim);

@@ -80,7 +80,10 @@ fn key_conflicts_are_sent_across_partitions_and_retried_at_a_third_region() {
 fn some_retries_of_a_second_body_settle_as_duplicates_behind_a_key_holder_with_another_body() {
     let mut found = 0;
     for seed in 1..=10 {
-        let mut sim = Sim::new(config(seed));
+        let mut cfg = config(seed);
+        // Every copy below is within the key retention (24 h): the rule without its edge.
+        cfg.idempotency_retention_ms = Some(wallet_core::replica::IDEMPOTENCY_RETENTION_MS_DEFAULT);
+        let mut sim = Sim::new(cfg);
         sim.run();
         let r = &sim.nodes[0].replica;
         let mut by_key: BTreeMap<(String, String), Vec<&Event>> = BTreeMap::new();

@@ -89,6 +89,38 @@ pub(crate) struct AccountState {
     pub(crate) more_keys: BTreeMap<Box<str>, Vec<EventId>>,
 }
 
+impl AccountState {
+    /// `id` no longer holds `key` (its retention ended, SPEC §5 as amended by issue 13): the
+    /// next holder of the key in total order, if any, becomes the first.
+    pub(crate) fn forget_key(&mut self, logs: &Logs, key: &str, id: EventId) {
+        if let Some(others) = self.more_keys.get_mut(key) {
+            if let Some(i) = others.iter().position(|o| *o == id) {
+                others.remove(i);
+                if others.is_empty() {
+                    self.more_keys.remove(key);
+                }
+                return;
+            }
+        }
+        let next = self.more_keys.get(key).and_then(|others| {
+            others
+                .iter()
+                .filter_map(|o| Some((logs.event(*o)?.key(), *o)))
+                .min()
+                .map(|(_, o)| o)
+        });
+        if let Some(n) = next {
+            if let Some(others) = self.more_keys.get_mut(key) {
+                others.retain(|o| *o != n);
+                if others.is_empty() {
+                    self.more_keys.remove(key);
+                }
+            }
+        }
+        self.keys.replace(key, id, next);
+    }
+}
+
 /// Every account.
 #[derive(Debug, Default)]
 pub(crate) struct Accounts {
@@ -241,9 +273,11 @@ impl Accounts {
                 .is_some_and(|t| t.currency == currency)
             })
         });
-        // A compensation in this currency implies a settled event of it, which is held (so
-        // `used`): compensations in other currencies of the account do not keep this pair
-        // (a region that never held the voided event has no such pair), only the account.
+        // Compensations of this pair come from its settled events, which voiding never
+        // touches: with none of its events left, it has none (an account's compensations in
+        // another currency do not keep it: a region that never held the voided event has no
+        // such pair, found by seed 161 once keys expire, and seed 240 with modes). A pair
+        // that a rights transfer moved stays.
         let transfers = acct
             .balances
             .get(&currency)

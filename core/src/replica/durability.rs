@@ -3,9 +3,9 @@
 //! HLC, a watermark that lets events settle, evidence that may be reported) is released when
 //! the host acknowledges it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-use crate::id::Hlc;
+use crate::id::{Hlc, RegionId};
 
 use super::{Output, Record};
 
@@ -20,6 +20,9 @@ pub(crate) enum Awaiting {
     Watermark(Hlc),
     /// Evidence (its position in `evidence`): once durable, reported and sent to peers.
     Evidence(usize),
+    /// A remote event (origin, seq): once durable, heartbeats may announce it (a peer may
+    /// compact history this region announced: it must survive a crash here).
+    Remote(RegionId, u64),
 }
 
 /// Persist indexes and what waits for them; own events' durability; the clock ceiling; the
@@ -36,6 +39,8 @@ pub(crate) struct Durability {
     pub(crate) ceiling_durable: Hlc,
     pub(crate) announced: Hlc,
     pub(crate) next_heartbeat_ms: u64,
+    /// Per remote origin, the highest seq durable here (gap-free: persisted in order).
+    pub(crate) remote_durable: BTreeMap<RegionId, u64>,
 }
 
 impl Durability {
@@ -50,6 +55,7 @@ impl Durability {
             ceiling_durable: ceiling,
             announced: Hlc::ZERO,
             next_heartbeat_ms: 0,
+            remote_durable: BTreeMap::new(),
         }
     }
 
@@ -91,6 +97,10 @@ impl Durability {
             match what {
                 Awaiting::Own(seq) => self.own_durable_seq = self.own_durable_seq.max(seq),
                 Awaiting::Ceiling(h) => self.ceiling_durable = self.ceiling_durable.max(h),
+                Awaiting::Remote(origin, seq) => {
+                    let d = self.remote_durable.entry(origin).or_default();
+                    *d = (*d).max(seq);
+                }
                 Awaiting::Watermark(_) | Awaiting::Evidence(_) => {}
             }
             released.push(what);

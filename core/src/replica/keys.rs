@@ -96,6 +96,62 @@ impl KeyIndex {
         }
     }
 
+    /// `id` no longer holds `key` (its retention ended): `next` (the next holder of the same
+    /// key in total order, if any) takes its place, else the entry goes. An `id` that holds
+    /// nothing here is ignored.
+    pub(crate) fn replace(&mut self, key: &str, id: EventId, next: Option<EventId>) {
+        let code = KeyIndex::code(key);
+        if self.map.get(&code) == Some(&id) {
+            match next {
+                Some(n) => {
+                    self.map.insert(code, n);
+                }
+                None => match self.collided.get_mut(&code) {
+                    // Another key with this code moves up from `collided`.
+                    Some(others) if !others.is_empty() => {
+                        let moved = others.remove(0);
+                        if others.is_empty() {
+                            self.collided.remove(&code);
+                        }
+                        self.map.insert(code, moved);
+                    }
+                    _ => {
+                        self.map.remove(&code);
+                    }
+                },
+            }
+            return;
+        }
+        let Some(others) = self.collided.get_mut(&code) else {
+            return;
+        };
+        if let Some(i) = others.iter().position(|o| *o == id) {
+            match next {
+                Some(n) => others[i] = n,
+                None => {
+                    others.remove(i);
+                    if others.is_empty() {
+                        self.collided.remove(&code);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every holder, ascending (tests).
+    #[cfg(test)]
+    pub(crate) fn holders(&self) -> Vec<EventId> {
+        let mut v: Vec<EventId> = self.map.values().copied().collect();
+        v.extend(self.collided.values().flatten().copied());
+        v.sort();
+        v
+    }
+
+    /// Holders held (for the `idempotency_keys_held` figure).
+    pub(crate) fn len(&self) -> usize {
+        self.map.len() + self.collided.values().map(Vec::len).sum::<usize>()
+    }
+
     /// Adds a key not held yet, for an event that is, or is about to be, in the logs.
     #[cfg(test)]
     pub(crate) fn insert(&mut self, members: &BTreeMap<RegionId, Member>, key: &str, id: EventId) {

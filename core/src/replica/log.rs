@@ -13,7 +13,15 @@ use crate::policy::PolicyHash;
 
 #[derive(Debug, Default)]
 pub(crate) struct Member {
+    /// Its events in memory: seqs `base + 1 ..`, gap-free.
     pub(crate) log: Vec<Event>,
+    /// Events folded into a snapshot and dropped from memory (issue 13): seqs `1 ..= base`.
+    pub(crate) base: u64,
+    /// The HLC of seq `base` (its next event must be above it).
+    pub(crate) base_hlc: Hlc,
+    /// Dropped events that still hold an idempotency key within retention, by seq: kept for
+    /// the duplicate rule only (docs/protocol.md §10, §11).
+    pub(crate) retained: BTreeMap<u64, Event>,
     pub(crate) pending: BTreeMap<u64, Event>,
     /// Highest announced heartbeat, signed: the promise checked on later events, and half of
     /// the evidence when one breaks it.
@@ -40,6 +48,47 @@ pub(crate) struct Member {
     pub(crate) cut: Option<u64>,
     /// The HLC of its join; `None` for a founding member.
     pub(crate) joined: Option<Hlc>,
+}
+
+impl Member {
+    /// Events of this origin held without gaps, dropped ones included: the next seq is one
+    /// more.
+    pub(crate) fn len(&self) -> u64 {
+        self.base + self.log.len() as u64
+    }
+
+    /// The HLC of the last event held (in memory, or dropped into a snapshot).
+    pub(crate) fn last_hlc(&self) -> Option<Hlc> {
+        match self.log.last() {
+            Some(e) => Some(e.hlc),
+            None => (self.base > 0).then_some(self.base_hlc),
+        }
+    }
+
+    /// The event with this seq: in memory, or dropped but retained for its key.
+    pub(crate) fn get(&self, seq: u64) -> Option<&Event> {
+        if seq <= self.base {
+            return self.retained.get(&seq);
+        }
+        let i = usize::try_from(seq - self.base - 1).ok()?;
+        self.log.get(i)
+    }
+
+    /// The events in memory with seqs in `from + 1 ..= to` (those dropped are not).
+    pub(crate) fn slice(&self, from: u64, to: u64) -> &[Event] {
+        let a = usize::try_from(from.saturating_sub(self.base))
+            .unwrap_or(usize::MAX)
+            .min(self.log.len());
+        let b = usize::try_from(to.saturating_sub(self.base))
+            .unwrap_or(usize::MAX)
+            .min(self.log.len());
+        self.log.get(a..b.max(a)).unwrap_or(&[])
+    }
+
+    /// Seqs up to which every event has an HLC at or below `at` (dropped ones included).
+    pub(crate) fn seq_at(&self, at: Hlc) -> u64 {
+        self.base + self.log.partition_point(|e| e.hlc <= at) as u64
+    }
 }
 
 /// Every member's log.
@@ -70,15 +119,12 @@ impl Logs {
 
     /// Events held of one origin, without gaps.
     pub(crate) fn len_of(&self, origin: RegionId) -> u64 {
-        self.members
-            .get(&origin)
-            .map(|m| m.log.len() as u64)
-            .unwrap_or(0)
+        self.members.get(&origin).map(Member::len).unwrap_or(0)
     }
 
     /// Events held, all origins.
     pub(crate) fn event_count(&self) -> u64 {
-        self.members.values().map(|m| m.log.len() as u64).sum()
+        self.members.values().map(Member::len).sum()
     }
 
     /// Events of one origin after `after_seq`, in seq order.
@@ -86,10 +132,7 @@ impl Logs {
         let Some(m) = self.members.get(&origin) else {
             return &[];
         };
-        let from = usize::try_from(after_seq)
-            .unwrap_or(usize::MAX)
-            .min(m.log.len());
-        &m.log[from..]
+        m.slice(after_seq, u64::MAX)
     }
 
     /// Appends the next gap-free event of its origin and advances the version vector.
@@ -100,12 +143,8 @@ impl Logs {
             return false;
         };
         // Gap-free per origin: a bug, not an input, if it does not hold.
-        debug_assert_eq!(
-            event.id.seq,
-            m.log.len() as u64 + 1,
-            "gap in the log of {origin}"
-        );
-        if event.id.seq != m.log.len() as u64 + 1 {
+        debug_assert_eq!(event.id.seq, m.len() + 1, "gap in the log of {origin}");
+        if event.id.seq != m.len() + 1 {
             return false;
         }
         let before = self.vv.get(&origin);
@@ -126,12 +165,14 @@ impl Logs {
         let Some(m) = self.members.get_mut(&origin) else {
             return Vec::new();
         };
-        let at = usize::try_from(keep).unwrap_or(usize::MAX).min(m.log.len());
+        let at = usize::try_from(keep.saturating_sub(m.base))
+            .unwrap_or(usize::MAX)
+            .min(m.log.len());
         let removed = m.log.split_off(at);
-        if m.log.is_empty() {
+        if m.len() == 0 {
             self.vv.dots.remove(&origin);
         } else {
-            self.vv.dots.insert(origin, m.log.len() as u64);
+            self.vv.dots.insert(origin, m.len());
         }
         removed
     }
@@ -153,9 +194,9 @@ impl Logs {
                 break;
             }
             let held = if *r == me {
-                own_durable.min(m.log.len() as u64)
+                own_durable.min(m.len())
             } else {
-                m.log.len() as u64
+                m.len()
             };
             // Never above a cut, even where it was not truncated (this region's own log, once
             // it is retired).
@@ -168,12 +209,10 @@ impl Logs {
             if have >= held {
                 continue;
             }
-            let from = usize::try_from(have).unwrap_or(usize::MAX);
-            let to = usize::try_from(held).unwrap_or(usize::MAX);
+            // Below the base the history is in a snapshot, held by every member that
+            // announced it (the compaction point waits for that): not served here.
             let room = limit.saturating_sub(out.len());
-            if let Some(slice) = m.log.get(from..to) {
-                out.extend(slice.iter().take(room).cloned());
-            }
+            out.extend(m.slice(have, held).iter().take(room).cloned());
         }
         out
     }
@@ -212,7 +251,5 @@ impl Logs {
 
 /// An event by id in the members' logs (a free function, so that it borrows only `members`).
 pub(crate) fn log_event(members: &BTreeMap<RegionId, Member>, id: EventId) -> Option<&Event> {
-    let m = members.get(&id.origin)?;
-    let i = usize::try_from(id.seq.checked_sub(1)?).ok()?;
-    m.log.get(i)
+    members.get(&id.origin)?.get(id.seq)
 }

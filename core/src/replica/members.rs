@@ -123,7 +123,7 @@ pub(crate) struct Membership {
 impl Member {
     /// Retired, and its log up to the cut held: it no longer counts for the watermark.
     pub(crate) fn retired_complete(&self) -> bool {
-        self.cut.is_some_and(|c| self.log.len() as u64 >= c)
+        self.cut.is_some_and(|c| self.len() >= c)
     }
 }
 
@@ -238,7 +238,7 @@ impl Replica {
         let Some(m) = self.logs.members.get(&region) else {
             return 0;
         };
-        let len = m.log.len() as u64;
+        let len = m.len();
         let contested = self
             .evidence
             .iter()
@@ -249,7 +249,7 @@ impl Replica {
             Some(s) => len.min(s.saturating_sub(1)),
             None => len,
         };
-        let settled = m.log.partition_point(|e| self.settle.is_settled(&e.key())) as u64;
+        let settled = m.base + m.log.partition_point(|e| self.settle.is_settled(&e.key())) as u64;
         uncontested.max(settled)
     }
 
@@ -357,7 +357,7 @@ impl Replica {
     fn hold_at_log(&mut self, region: RegionId) {
         if let Some(m) = self.logs.members.get_mut(&region) {
             if m.cut.is_none() {
-                let len = m.log.len() as u64;
+                let len = m.len();
                 m.cap = Some(m.cap.map_or(len, |c| c.min(len)));
             }
         }
@@ -483,8 +483,15 @@ impl Replica {
                     (None, None) => None,
                 };
                 if let Some((account, currency)) = pair {
-                    self.accounts
-                        .forget_if_unused(&self.logs, account, currency);
+                    // A pair with events dropped into a snapshot is in use.
+                    if !self
+                        .settle
+                        .compacted_sums
+                        .contains_key(&(account.clone(), currency))
+                    {
+                        self.accounts
+                            .forget_if_unused(&self.logs, account, currency);
+                    }
                 }
             }
         }

@@ -85,6 +85,12 @@ impl Replica {
             self.membership.stats.refused_above_cut += 1;
             return;
         }
+        // Folded into a snapshot: final on every member, so a copy is a duplicate (a
+        // different event under a compacted id can no longer be shown as evidence).
+        if (1..=m.base).contains(&id.seq) && m.get(id.seq).is_none() {
+            self.stats.duplicates += 1;
+            return;
+        }
         // The common case first: an exact copy of an event of another origin already held,
         // which was checked when it was accepted, so the copy checks too (the signature and
         // validation read only the id, the HLC and the body). Own events were never checked
@@ -129,7 +135,7 @@ impl Replica {
         let Some(m) = self.logs.members.get_mut(&origin) else {
             return;
         };
-        let next = m.log.len() as u64 + 1;
+        let next = m.len() + 1;
         // Of a region being retired, nothing above what this region acknowledged is applied
         // until the cut is known: buffered like an event behind a gap.
         if id.seq > next || m.cap.is_some_and(|c| id.seq > c) {
@@ -173,7 +179,7 @@ impl Replica {
 
     fn drain_pending_from(&mut self, from: RegionId, origin: RegionId) {
         while let Some(p) = self.logs.members.get_mut(&origin).and_then(|m| {
-            let next = m.log.len() as u64 + 1;
+            let next = m.len() + 1;
             if m.cap.is_some_and(|c| next > c) {
                 return None;
             }
@@ -197,8 +203,8 @@ impl Replica {
         if m.equivocated && m.cut.is_none_or(|c| e.id.seq > c) {
             return false;
         }
-        if let Some(prev) = m.log.last() {
-            if e.hlc <= prev.hlc {
+        if let Some(prev) = m.last_hlc() {
+            if e.hlc <= prev {
                 self.reject(e.id, from, "HLC does not increase with seq".into());
                 return false;
             }
@@ -256,7 +262,11 @@ impl Replica {
                 Awaiting::Own(seq),
             );
         } else {
-            self.persist(Record::Event(e.clone()));
+            self.dur.persist_then(
+                &mut self.outputs,
+                Record::Event(e.clone()),
+                Awaiting::Remote(origin, e.id.seq),
+            );
         }
         self.insert(e);
         self.stats.remote_applied += 1;
@@ -389,10 +399,7 @@ impl Replica {
             let Some(m) = self.logs.members.get(&from) else {
                 return;
             };
-            let after = usize::try_from(hb.seq).unwrap_or(usize::MAX);
-            m.log
-                .get(after..)
-                .and_then(|rest| rest.first())
+            m.get(hb.seq.saturating_add(1))
                 .or_else(|| {
                     m.pending
                         .range(hb.seq.saturating_add(1)..)
@@ -415,13 +422,13 @@ impl Replica {
         let hb_hlc = shb.hb.hlc;
         let hb_seq = shb.hb.seq;
         m.vv = known_vv;
-        if (m.log.len() as u64) >= hb_seq && hb_hlc > m.covered {
+        if m.len() >= hb_seq && hb_hlc > m.covered {
             m.covering = Some(shb.clone());
         }
         if m.promise.as_ref().is_none_or(|p| hb_hlc > p.hb.hlc) {
             m.promise = Some(shb);
         }
-        if (m.log.len() as u64) >= hb_seq {
+        if m.len() >= hb_seq {
             m.covered = m.covered.max(hb_hlc);
         } else {
             let slot = m.pending_hb.entry(hb_seq).or_insert(hb_hlc);

@@ -21,6 +21,7 @@ pub mod modes;
 pub mod pull;
 mod query;
 mod settle;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +36,10 @@ use modes::{Modes, Route, Stage};
 use pull::PullScheduler;
 pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
 use settle::Settlement;
+pub use snapshot::{
+    SnapAccount, SnapBalance, SnapKey, SnapMember, SnapPolicy, Snapshot, SnapshotBody,
+    SNAPSHOT_FORMAT,
+};
 
 pub use crate::auth::{Authenticator, KeyHistory, NoAuth};
 use crate::event::{Body, Event, Tx};
@@ -56,6 +61,8 @@ pub const CEILING_MARGIN_MS: u64 = 2_000;
 pub const EVIDENCE_MAX: usize = 64;
 /// Most heartbeats per member remembered while the log has not reached their seq.
 pub const PENDING_HEARTBEATS_MAX: usize = 32;
+/// Default idempotency key retention: 24 h, as Stripe.
+pub const IDEMPOTENCY_RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1_000;
 /// Evidence held is sent to peers again every this many heartbeats.
 pub const EVIDENCE_RESEND_HEARTBEATS: u32 = 8;
 
@@ -91,6 +98,11 @@ pub struct Config {
     pub joining: bool,
     /// Home mode: how long to wait for the home's answer to a forwarded debit, ms.
     pub forward_timeout_ms: u64,
+    /// How long an idempotency key holds, in HLC milliseconds: a copy of a keyed event whose
+    /// HLC is this much or more after the first is a new transaction, not a duplicate (SPEC §5
+    /// as amended by issue 13; docs/protocol.md). Part of the protocol: the same on every
+    /// region, like the policy.
+    pub idempotency_retention_ms: u64,
 }
 
 impl Config {
@@ -110,6 +122,7 @@ impl Config {
             restore: false,
             joining: false,
             forward_timeout_ms: modes::FORWARD_TIMEOUT_MS_DEFAULT,
+            idempotency_retention_ms: IDEMPOTENCY_RETENTION_MS_DEFAULT,
         }
     }
 }
@@ -160,7 +173,7 @@ impl Replica {
                 forward_timeout_ms: cfg.forward_timeout_ms,
                 ..Modes::default()
             },
-            settle: Settlement::new(cfg.policy.clone()),
+            settle: Settlement::new(cfg.policy.clone(), cfg.idempotency_retention_ms),
             seed_hash,
             clock: Clock::new(ceiling),
             logs: Logs::new(cfg.region, &cfg.members),
@@ -233,6 +246,7 @@ impl Replica {
         Stats {
             settled: self.settle.settled_count,
             compensations: self.settle.compensations_count,
+            keys_expired: self.settle.keys_expired,
             ..self.stats
         }
     }
@@ -373,7 +387,15 @@ impl Replica {
         self.dur.announced = h;
         // Own events leave this region only once durable: the announced version vector says
         // so too, so peers do not pull what they cannot get yet.
+        // Of other origins, only what is durable here: a peer may drop what every member
+        // announced into a snapshot (issue 13), so an announced event must survive a crash.
         let mut vv = self.logs.vv.clone();
+        for (o, seq) in vv.dots.iter_mut() {
+            if *o != self.cfg.region {
+                *seq = (*seq).min(self.dur.remote_durable.get(o).copied().unwrap_or(0));
+            }
+        }
+        vv.dots.retain(|_, seq| *seq > 0);
         if own_seq == 0 {
             vv.dots.remove(&self.cfg.region);
         } else {
@@ -412,7 +434,7 @@ impl Replica {
         let mut settle_to = None;
         for what in self.dur.acknowledge(index) {
             match what {
-                Awaiting::Own(_) | Awaiting::Ceiling(_) => {}
+                Awaiting::Own(_) | Awaiting::Ceiling(_) | Awaiting::Remote(..) => {}
                 Awaiting::Watermark(w) => settle_to = Some(w),
                 Awaiting::Evidence(i) => {
                     // Durable: now it may be reported and shown to peers.
@@ -453,11 +475,7 @@ impl Replica {
                 .logs
                 .members
                 .get(&me)
-                .and_then(|m| {
-                    let a = usize::try_from(from).ok()?;
-                    let b = usize::try_from(to).ok()?;
-                    m.log.get(a..b).map(<[Event]>::to_vec)
-                })
+                .map(|m| m.slice(from, to).to_vec())
                 .unwrap_or_default();
             self.dur.own_gossiped_seq = to;
             self.outputs
@@ -524,17 +542,11 @@ impl Replica {
         if let (Some(key), Some(acct)) = (&req.idempotency_key, self.accounts.map.get(&req.account))
         {
             if let Some(first) = acct.keys.get(&self.logs.members, key.as_str()) {
-                let same = |id: &EventId| {
-                    self.event(*id).and_then(Event::tx).is_some_and(|t| {
-                        t.kind == req.kind
-                            && t.amount == req.amount
-                            && t.currency == req.currency
-                            && t.reference.as_deref() == req.reference.as_deref()
-                    })
-                };
-                // The first holder in total order, else (after a cross-region conflict) any
-                // other holder with this very body: a retry gets its own original back.
-                let hit = std::iter::once(first)
+                // The holders whose retention has not ended for an event issued now (its HLC
+                // is at least `now`), in total order: the settled fold then agrees with this
+                // answer (`settle::key_live`).
+                let now = self.clock.last().millis().max(now_ms);
+                let mut live: Vec<&Event> = std::iter::once(first)
                     .chain(
                         acct.more_keys
                             .get(key.as_str())
@@ -542,11 +554,29 @@ impl Replica {
                             .flatten()
                             .copied(),
                     )
-                    .find(same);
-                return match hit {
-                    Some(id) => Ok(Submitted::Existing(id)),
-                    None => Err(SubmitError::IdempotencyConflict { existing: first }),
+                    .filter_map(|id| self.event(id))
+                    .filter(|e| {
+                        settle::key_live(e.hlc, Hlc::from_millis(now), self.settle.retention_ms)
+                    })
+                    .collect();
+                live.sort_by_key(|e| e.key());
+                let same = |e: &Event| {
+                    e.tx().is_some_and(|t| {
+                        t.kind == req.kind
+                            && t.amount == req.amount
+                            && t.currency == req.currency
+                            && t.reference.as_deref() == req.reference.as_deref()
+                    })
                 };
+                // The first live holder in total order, else (after a cross-region conflict)
+                // any other holder with this very body: a retry gets its own original back.
+                if let Some(e) = live.iter().find(|e| same(e)) {
+                    return Ok(Submitted::Existing(e.id));
+                }
+                if let Some(e) = live.first() {
+                    return Err(SubmitError::IdempotencyConflict { existing: e.id });
+                }
+                // Every holder's retention ended: a new transaction.
             }
         }
         let state = self
@@ -694,11 +724,11 @@ impl Replica {
             let Some(m) = self.logs.members.get(&origin) else {
                 continue;
             };
-            if e.id.seq != m.log.len() as u64 + 1 || e.validate().is_err() {
+            if e.id.seq != m.len() + 1 || e.validate().is_err() {
                 continue;
             }
-            if let Some(prev) = m.log.last() {
-                if e.hlc <= prev.hlc {
+            if let Some(prev) = m.last_hlc() {
+                if e.hlc <= prev {
                     continue;
                 }
             }
@@ -718,6 +748,12 @@ impl Replica {
         }
         self.dur.own_durable_seq = self.own_log_len();
         self.dur.own_gossiped_seq = self.dur.own_durable_seq;
+        // Reloaded events are durable.
+        for (o, seq) in &self.logs.vv.dots {
+            if *o != self.cfg.region {
+                self.dur.remote_durable.insert(*o, *seq);
+            }
+        }
         self.membership_after_load();
     }
 

@@ -93,6 +93,10 @@ pub struct Stats {
     pub settled: u64,
     /// Feed entries emitted (compensations and conflict reports).
     pub compensations: u64,
+    /// Idempotency key holders dropped from the index once their retention ended.
+    pub keys_expired: u64,
+    /// Snapshots taken by [`Replica::compact`] (events dropped from memory).
+    pub compactions: u64,
 }
 
 impl Replica {
@@ -209,6 +213,18 @@ impl Replica {
             .get(&self.logs.members, key)
     }
 
+    /// Idempotency key holders indexed, over every account (the first holders and the
+    /// others). O(accounts): for tests and metrics.
+    pub fn idempotency_keys_held(&self) -> u64 {
+        self.accounts
+            .map
+            .values()
+            .map(|a| {
+                a.keys.len() as u64 + a.more_keys.values().map(|v| v.len() as u64).sum::<u64>()
+            })
+            .sum()
+    }
+
     /// An account's history (events and feed entries) in total order after `after`.
     /// O(origins × (log history + limit)): a merge of the account's per-origin lists.
     pub fn entries(
@@ -315,7 +331,7 @@ impl Replica {
             .iter()
             .map(|(r, m)| MemberStatus {
                 region: *r,
-                held: m.log.len() as u64,
+                held: m.len(),
                 covered: if *r == self.cfg.region {
                     self.dur.announced
                 } else {

@@ -60,10 +60,28 @@ pub(crate) struct Settlement {
     pub(crate) settled_count: u64,
     /// Feed entries emitted.
     pub(crate) compensations_count: u64,
+    /// How long an idempotency key is held, in HLC milliseconds ([`key_live`]).
+    pub(crate) retention_ms: u64,
+    /// Settled events holding an idempotency key, in settled order (so by HLC): (HLC ms,
+    /// account, event). Each leaves the key index once the watermark is `retention_ms`
+    /// past it ([`Settlement::expire_keys`]).
+    pub(crate) key_expiry: VecDeque<(u64, AccountId, EventId)>,
+    /// Keys dropped from the index by expiry.
+    pub(crate) keys_expired: u64,
+    /// Per (account, currency), the signed sum of the events dropped into snapshots (for the
+    /// conservation self-check, which can no longer read them).
+    pub(crate) compacted_sums: BTreeMap<(AccountId, Currency), Decimal>,
+}
+
+/// True when a key held by an event at `holder` still counts for an event at `later`
+/// (SPEC §5, issue 13): their HLC milliseconds differ by less than the retention. A pure
+/// function of the two events, so every region decides it alike.
+pub(crate) fn key_live(holder: Hlc, later: Hlc, retention_ms: u64) -> bool {
+    later.millis() < holder.millis().saturating_add(retention_ms)
 }
 
 impl Settlement {
-    pub(crate) fn new(seed: Policy) -> Settlement {
+    pub(crate) fn new(seed: Policy, retention_ms: u64) -> Settlement {
         Settlement {
             unsettled: BTreeSet::new(),
             settled_upto: None,
@@ -77,6 +95,10 @@ impl Settlement {
             replaying: false,
             settled_count: 0,
             compensations_count: 0,
+            retention_ms,
+            key_expiry: VecDeque::new(),
+            keys_expired: 0,
+            compacted_sums: BTreeMap::new(),
         }
     }
 
@@ -113,6 +135,29 @@ impl Settlement {
             self.settled_upto = Some(first);
             self.settled_count += 1;
             self.fold(first, logs, accounts, out);
+        }
+        self.expire_keys(logs, accounts);
+    }
+
+    /// Drops from the key index every settled holder whose retention ended at the watermark:
+    /// any event not settled yet is above the watermark, so no later event can find it live
+    /// ([`key_live`]). A pure function of the settled prefix and the watermark; O(expired).
+    fn expire_keys(&mut self, logs: &Logs, accounts: &mut Accounts) {
+        let now = self.watermark;
+        while let Some((ms, _, _)) = self.key_expiry.front() {
+            if key_live(Hlc::from_millis(*ms), now, self.retention_ms) {
+                break;
+            }
+            let Some((_, account, id)) = self.key_expiry.pop_front() else {
+                break;
+            };
+            let Some(key) = super::keys::key_of(&logs.members, id) else {
+                continue;
+            };
+            if let Some(acct) = accounts.map.get_mut(&account) {
+                acct.forget_key(logs, key, id);
+                self.keys_expired += 1;
+            }
         }
     }
 
@@ -162,6 +207,10 @@ impl Settlement {
             Body::Membership(_) | Body::Account(_) => return,
             Body::Tx(tx) => tx,
         };
+        if tx.idempotency_key.is_some() {
+            self.key_expiry
+                .push_back((hlc.millis(), tx.account.clone(), id));
+        }
         // An account always exists once an event of it is held.
         let Some(acct) = accounts.map.get(&tx.account) else {
             return;
@@ -189,6 +238,9 @@ impl Settlement {
                 };
                 if o.key() >= key {
                     continue; // later in the total order: not settled yet
+                }
+                if !key_live(o.hlc, hlc, self.retention_ms) {
+                    continue; // retention over: the key is free again
                 }
                 if o.tx().is_some_and(|t| t.same_body(tx)) {
                     duplicate = true;
