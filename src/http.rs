@@ -957,6 +957,7 @@ async fn get_policy(State(st): State<AppState>) -> Response {
         (status = 400, description = "`invalid_policy`: the message names the field", body = ErrorBody),
         (status = 409, description = "`policy_refused`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`mode_not_supported`: the policy names a consistency mode (`home`, `escrow`) that walletd does not serve yet", body = ErrorBody),
     )
 )]
 async fn post_policy(
@@ -1024,7 +1025,9 @@ pub(crate) fn parse_policy_body(
     } else {
         wallet_core::Policy::from_toml(text)
     };
-    policy.map_err(|e| invalid(e.to_string()))
+    let policy = policy.map_err(|e| invalid(e.to_string()))?;
+    crate::config::modes_served(&policy).map_err(|m| error(422, "mode_not_supported", &m))?;
+    Ok(policy)
 }
 
 /// Membership as this region has applied it: members in force, retires with the

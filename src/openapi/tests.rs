@@ -382,6 +382,20 @@ fn policy_schema_accepts_what_the_server_accepts() {
 }
 
 #[test]
+fn a_policy_with_a_mode_walletd_does_not_serve_is_422_mode_not_supported() {
+    let headers = HeaderMap::new();
+    for body in [
+        "[default]\nmode = \"home\"\nhome = \"eu\"\n",
+        r#"{"default":{"mode":"escrow","fallback":"refuse"}}"#,
+    ] {
+        let e = crate::http::parse_policy_body(&headers, body.as_bytes()).expect_err(body);
+        assert_eq!((e.status, e.code), (422, "mode_not_supported"), "{body}");
+    }
+    let ok = "[default]\nmode = \"optimistic\"\n";
+    assert!(crate::http::parse_policy_body(&headers, ok.as_bytes()).is_ok());
+}
+
+#[test]
 fn every_operation_has_bearer_auth_and_the_middleware_answers() {
     let doc = document();
     let mut n = 0;
