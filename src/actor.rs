@@ -83,8 +83,12 @@ pub struct Actor {
     restoring: bool,
     failed: bool,
     stopping: bool,
-    /// Outputs drained early (during a submit) and not acted on yet.
+    /// Outputs drained early (during a policy or membership submit) and not acted on yet.
     deferred: VecDeque<Output>,
+    /// Answers to this turn's accepted transactions: they wait for the write batch the turn
+    /// ends with, which holds their events (signed together when the turn's outputs are
+    /// taken, one batch signature) and their idempotency records.
+    turn_answers: Vec<(oneshot::Sender<Reply>, Reply, bool)>,
     /// Pulls the replica sent, per member, counted as they leave (a metric: the pull rate
     /// shows a catch-up that cannot end; their sum is the core's `PullStats::sent`).
     pulls_sent: BTreeMap<wallet_core::RegionId, u64>,
@@ -150,6 +154,7 @@ impl Actor {
             failed: false,
             stopping: false,
             deferred: VecDeque::new(),
+            turn_answers: Vec::new(),
             pulls_sent: BTreeMap::new(),
             policy_file_ignored: p.policy_file_ignored,
             spurious: 0,
@@ -284,6 +289,19 @@ impl Actor {
     /// Acts on the outputs and sends the queued writes to the writer.
     async fn flush(&mut self) {
         self.drain().await;
+        // Every record of this turn is queued now: its answers wait for the batch sent below.
+        let seq = self.op_seq;
+        for (reply, answer, new) in self.turn_answers.drain(..) {
+            if self.failed {
+                let _ = reply.send(Reply::error(
+                    503,
+                    "storage_unavailable",
+                    "the region could not make the request durable",
+                ));
+            } else {
+                self.waiters.answer_after(seq, reply, answer, new);
+            }
+        }
         if !self.pending_ops.is_empty() {
             // The next batch starts with room for as many ops as this one had.
             let room = self.pending_ops.len();
@@ -404,8 +422,8 @@ impl Actor {
         let result = self.replica.submit(now, req);
         match result {
             Ok(s) => {
-                // Queue the event's record before the idempotency record.
-                self.queue_own_records();
+                // The event's record is taken at the end of the turn (`flush`), with the
+                // turn's other events: they are signed together.
                 let id = s.id();
                 let bal = self.replica.balance(&account, currency);
                 let body = match self.replica.event(id) {
@@ -417,9 +435,9 @@ impl Actor {
                 if answer.replayed {
                     self.metrics.replayed();
                 }
-                let seq = self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
+                self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
                 let new = matches!(s, Submitted::New(_));
-                self.waiters.answer_after(seq, reply, answer, new);
+                self.turn_answers.push((reply, answer, new));
             }
             Err(e) => {
                 let (status, code, why) = match &e {

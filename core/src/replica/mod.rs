@@ -125,6 +125,10 @@ pub struct Replica {
     /// Anti-entropy: whom to pull from, when, and when a pull is lost.
     pull: PullScheduler,
     outputs: VecDeque<Output>,
+    /// The first own seq issued but not signed yet (0: none). Own transactions are signed
+    /// together, one batch signature ([`crate::auth::BatchSig`]), before any output leaves
+    /// ([`Replica::poll_output`]).
+    unsigned_from: u64,
     restoring: bool,
     /// Joining: waits for its own join event (`Config::joining`).
     joining: bool,
@@ -155,6 +159,7 @@ impl Replica {
             logs: Logs::new(cfg.region, &cfg.members),
             accounts: Accounts::default(),
             outputs: VecDeque::new(),
+            unsigned_from: 0,
             dur: Durability::new(ceiling),
             pull: PullScheduler::default(),
             policy_broken,
@@ -293,7 +298,44 @@ impl Replica {
     /// The next output, if any. Drain after every input.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.unsigned_from != 0 {
+            self.sign_own();
+        }
         self.outputs.pop_front()
+    }
+
+    /// Signs the own transactions issued since the last output was taken, with one batch
+    /// signature, in the log and in the records queued to persist. Nothing unsigned leaves:
+    /// own events leave the region once durable, after their record was taken.
+    fn sign_own(&mut self) {
+        let from = std::mem::take(&mut self.unsigned_from);
+        let own = self.cfg.region;
+        let Some(m) = self.logs.members.get_mut(&own) else {
+            return;
+        };
+        let Some(events) = from
+            .checked_sub(1)
+            .and_then(|i| m.log.get_mut(usize::try_from(i).ok()?..))
+        else {
+            return;
+        };
+        let sigs = self.cfg.auth.sign_events(events, &self.cfg.cluster);
+        for (e, sig) in events.iter_mut().zip(sigs) {
+            e.sig = sig;
+        }
+        for out in self.outputs.iter_mut() {
+            if let Output::Persist {
+                record: Record::Event(e),
+                ..
+            } = out
+            {
+                if e.id.origin == own && e.id.seq >= from {
+                    if let Some(signed) = m.log.get((e.id.seq - 1) as usize) {
+                        e.sig = signed.sig.clone();
+                    }
+                }
+            }
+        }
     }
 
     /// When to call [`Replica::handle_timeout`] next, in physical ms.
@@ -572,7 +614,14 @@ impl Replica {
     }
 
     /// Issues the next own event with this body: stamped, signed, applied, to be persisted.
+    /// A transaction is signed with the others of its batch when the next output is taken
+    /// ([`Replica::sign_own`]); a policy or membership event (which may change the signing
+    /// key) alone and at once, after the batch before it.
     fn issue_own(&mut self, now_ms: u64, body: Body) -> EventId {
+        let batched = matches!(body, Body::Tx(_));
+        if !batched && self.unsigned_from != 0 {
+            self.sign_own();
+        }
         let hlc = self.clock.tick(now_ms);
         let id = EventId {
             origin: self.cfg.region,
@@ -584,8 +633,17 @@ impl Replica {
             body,
             sig: Box::new([]),
         };
-        event.sig = self.cfg.auth.sign_event(&event, &self.cfg.cluster).into();
+        if batched {
+            if self.unsigned_from == 0 {
+                self.unsigned_from = id.seq;
+            }
+        } else {
+            event.sig = self.cfg.auth.sign_event(&event, &self.cfg.cluster).into();
+        }
         self.apply_own(event);
+        if batched && id.seq + 1 - self.unsigned_from >= crate::auth::SIGN_BATCH_EVENTS_MAX as u64 {
+            self.sign_own();
+        }
         id
     }
 
