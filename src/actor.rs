@@ -85,10 +85,13 @@ pub struct Actor {
     stopping: bool,
     /// Outputs drained early (during a policy or membership submit) and not acted on yet.
     deferred: VecDeque<Output>,
-    /// Answers to this turn's accepted transactions: they wait for the write batch the turn
-    /// ends with, which holds their events (signed together when the turn's outputs are
-    /// taken, one batch signature) and their idempotency records.
+    /// Answers to accepted transactions whose events the replica holds unsigned: they wait
+    /// for the write batch that carries those events (signed together, one batch signature)
+    /// and their idempotency records.
     turn_answers: Vec<(oneshot::Sender<Reply>, Reply, bool)>,
+    /// A write batch is at the writer and not yet reported durable: the next one (and the
+    /// signing of the transactions it carries) waits for it, and grows meanwhile.
+    in_flight: bool,
     /// Pulls the replica sent, per member, counted as they leave (a metric: the pull rate
     /// shows a catch-up that cannot end; their sum is the core's `PullStats::sent`).
     pulls_sent: BTreeMap<wallet_core::RegionId, u64>,
@@ -136,7 +139,9 @@ pub struct ActorParts {
 
 impl Actor {
     /// An actor over a loaded replica.
-    pub fn new(p: ActorParts) -> Actor {
+    pub fn new(mut p: ActorParts) -> Actor {
+        // Own transactions are signed per write batch (`flush`), not one by one.
+        p.replica.hold_signing(true);
         let restoring = p.replica.is_restoring();
         p.shared.restoring.store(restoring, Ordering::Release);
         let mut a = Actor {
@@ -155,6 +160,7 @@ impl Actor {
             stopping: false,
             deferred: VecDeque::new(),
             turn_answers: Vec::new(),
+            in_flight: false,
             pulls_sent: BTreeMap::new(),
             policy_file_ignored: p.policy_file_ignored,
             spurious: 0,
@@ -288,19 +294,29 @@ impl Actor {
 
     /// Acts on the outputs and sends the queued writes to the writer.
     async fn flush(&mut self) {
+        // One batch at the writer at a time: while it commits, records (and the held
+        // transactions, unsigned) gather for the next, which is signed and sent as a whole.
+        if !self.in_flight {
+            self.replica.sign_pending();
+        }
         self.drain().await;
-        // Every record of this turn is queued now: its answers wait for the batch sent below.
-        let seq = self.op_seq;
-        for (reply, answer, new) in self.turn_answers.drain(..) {
-            if self.failed {
+        if self.failed {
+            for (reply, _, _) in self.turn_answers.drain(..) {
                 let _ = reply.send(Reply::error(
                     503,
                     "storage_unavailable",
                     "the region could not make the request durable",
                 ));
-            } else {
-                self.waiters.answer_after(seq, reply, answer, new);
             }
+            return;
+        }
+        if self.in_flight {
+            return;
+        }
+        // Every held event is signed and queued now: its answer waits for this batch.
+        let seq = self.op_seq;
+        for (reply, answer, new) in self.turn_answers.drain(..) {
+            self.waiters.answer_after(seq, reply, answer, new);
         }
         if !self.pending_ops.is_empty() {
             // The next batch starts with room for as many ops as this one had.
@@ -318,7 +334,9 @@ impl Actor {
                 Some(w) => w.send(batch).await.is_ok(),
                 None => false,
             };
-            if !sent {
+            if sent {
+                self.in_flight = true;
+            } else {
                 self.storage_failed();
             }
         }
@@ -346,6 +364,7 @@ impl Actor {
     fn on_disk(&mut self, d: DiskDone) {
         match d {
             DiskDone::Committed { seq, index } => {
+                self.in_flight = false;
                 self.waiters.durable(seq);
                 if index > 0 {
                     self.replica.handle_persisted(index);

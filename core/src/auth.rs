@@ -526,6 +526,74 @@ mod tests {
         assert_eq!(calls, 2);
     }
 
+    fn persisted_events(r: &mut crate::Replica) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(o) = r.poll_output() {
+            if let crate::Output::Persist {
+                record: crate::Record::Event(e),
+                ..
+            } = o
+            {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn held_transactions_are_signed_and_persisted_together() {
+        let mut cfg = crate::Config::new(eu(), vec![eu()], crate::Policy::zero());
+        cfg.auth = Box::new(Toy(eu()));
+        cfg.cluster = "c1".into();
+        let mut r = crate::Replica::new(cfg, Hlc::ZERO);
+        r.hold_signing(true);
+        let deposit = |i: u64| crate::TxRequest {
+            account: AccountId::new("alice").unwrap(),
+            kind: Kind::Deposit,
+            amount: Amount::parse(&format!("{}", i + 1), Currency::USD).unwrap(),
+            currency: Currency::USD,
+            idempotency_key: None,
+            reference: None,
+        };
+        for i in 0..5 {
+            r.submit(1_000 + i, deposit(i)).unwrap();
+        }
+        // Applied, not persisted, not signed.
+        assert!(persisted_events(&mut r).is_empty());
+        assert!(r
+            .event(EventId {
+                origin: eu(),
+                seq: 5
+            })
+            .unwrap()
+            .sig
+            .is_empty());
+        r.sign_pending();
+        let events = persisted_events(&mut r);
+        assert_eq!(
+            events.iter().map(|e| e.id.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        for e in &events {
+            assert_eq!(BatchSig::decode(&e.sig).unwrap().count, 5);
+            assert!(Toy(eu()).verify_event(eu(), e, "c1"));
+            assert_eq!(r.event(e.id).unwrap().sig, e.sig);
+        }
+        // A policy change signs what is held first (one event: a plain signature), then
+        // itself alone.
+        r.submit(2_000, deposit(9)).unwrap();
+        r.submit_policy(2_001, crate::Policy::zero()).unwrap();
+        let events = persisted_events(&mut r);
+        assert_eq!(events.iter().map(|e| e.id.seq).collect::<Vec<_>>(), [6, 7]);
+        assert!(events
+            .iter()
+            .all(|e| BatchSig::decode(&e.sig).is_none() && Toy(eu()).verify_event(eu(), e, "c1")));
+        // Off: each transaction signed as issued.
+        r.hold_signing(false);
+        r.submit(3_000, deposit(3)).unwrap();
+        assert_eq!(persisted_events(&mut r).len(), 1);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
