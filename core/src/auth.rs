@@ -51,17 +51,22 @@ pub trait Authenticator: Send {
                 .collect();
         }
         let leaves: Vec<[u8; 32]> = events.iter().map(|e| leaf_hash(e, cluster)).collect();
-        let root = merkle_root(&leaves);
+        let levels = merkle_levels(leaves);
+        let root = levels
+            .last()
+            .and_then(|l| l.first())
+            .copied()
+            .unwrap_or([0; 32]);
         let origin = events[0].id.origin;
-        let count = leaves.len() as u32;
+        let count = events.len() as u32;
         let root_sig = self.sign(&root_signing_bytes(cluster, origin, count, &root));
-        (0..leaves.len())
+        (0..events.len())
             .map(|i| {
                 BatchSig {
                     root_sig: root_sig.clone(),
                     index: i as u32,
                     count,
-                    proof: merkle_proof(&leaves, i),
+                    proof: proof_in(&levels, i),
                 }
                 .encode()
                 .into()
@@ -318,26 +323,38 @@ fn next_level(level: &[[u8; 32]]) -> Vec<[u8; 32]> {
         .collect()
 }
 
+/// Every level of the Merkle tree over `leaves`, the leaves first, the root (one hash)
+/// last.
+pub fn merkle_levels(leaves: Vec<[u8; 32]>) -> Vec<Vec<[u8; 32]>> {
+    let mut levels = vec![leaves];
+    while let Some(top) = levels.last().filter(|l| l.len() > 1) {
+        let next = next_level(top);
+        levels.push(next);
+    }
+    levels
+}
+
 /// The Merkle root of leaves (at least one).
 pub fn merkle_root(leaves: &[[u8; 32]]) -> [u8; 32] {
-    let mut level = leaves.to_vec();
-    while level.len() > 1 {
-        level = next_level(&level);
-    }
-    level.first().copied().unwrap_or([0; 32])
+    merkle_levels(leaves.to_vec())
+        .last()
+        .and_then(|l| l.first())
+        .copied()
+        .unwrap_or([0; 32])
 }
 
 /// The sibling hashes from leaf `index` up to the root, leaf level first.
 pub fn merkle_proof(leaves: &[[u8; 32]], index: usize) -> Vec<[u8; 32]> {
-    let mut proof = Vec::new();
-    let mut level = leaves.to_vec();
+    proof_in(&merkle_levels(leaves.to_vec()), index)
+}
+
+fn proof_in(levels: &[Vec<[u8; 32]>], index: usize) -> Vec<[u8; 32]> {
+    let mut proof = Vec::with_capacity(levels.len());
     let mut idx = index;
-    while level.len() > 1 {
-        let sib = idx ^ 1;
-        if let Some(h) = level.get(sib) {
+    for level in levels.iter().take(levels.len().saturating_sub(1)) {
+        if let Some(h) = level.get(idx ^ 1) {
             proof.push(*h);
         }
-        level = next_level(&level);
         idx /= 2;
     }
     proof
