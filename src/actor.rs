@@ -83,8 +83,15 @@ pub struct Actor {
     restoring: bool,
     failed: bool,
     stopping: bool,
-    /// Outputs drained early (during a submit) and not acted on yet.
+    /// Outputs drained early (during a policy or membership submit) and not acted on yet.
     deferred: VecDeque<Output>,
+    /// Answers to accepted transactions whose events the replica holds unsigned: they wait
+    /// for the write batch that carries those events (signed together, one batch signature)
+    /// and their idempotency records.
+    turn_answers: Vec<(oneshot::Sender<Reply>, Reply, bool)>,
+    /// A write batch is at the writer and not yet reported durable: the next one (and the
+    /// signing of the transactions it carries) waits for it, and grows meanwhile.
+    in_flight: bool,
     /// Pulls the replica sent, per member, counted as they leave (a metric: the pull rate
     /// shows a catch-up that cannot end; their sum is the core's `PullStats::sent`).
     pulls_sent: BTreeMap<wallet_core::RegionId, u64>,
@@ -139,7 +146,9 @@ pub struct ActorParts {
 
 impl Actor {
     /// An actor over a loaded replica.
-    pub fn new(p: ActorParts) -> Actor {
+    pub fn new(mut p: ActorParts) -> Actor {
+        // Own transactions are signed per write batch (`flush`), not one by one.
+        p.replica.hold_signing(true);
         let restoring = p.replica.is_restoring();
         p.shared.restoring.store(restoring, Ordering::Release);
         let joining = p.replica.is_joining();
@@ -159,6 +168,8 @@ impl Actor {
             failed: false,
             stopping: false,
             deferred: VecDeque::new(),
+            turn_answers: Vec::new(),
+            in_flight: false,
             pulls_sent: BTreeMap::new(),
             policy_file_ignored: p.policy_file_ignored,
             spurious: 0,
@@ -326,7 +337,30 @@ impl Actor {
 
     /// Acts on the outputs and sends the queued writes to the writer.
     async fn flush(&mut self) {
+        // One batch at the writer at a time: while it commits, records (and the held
+        // transactions, unsigned) gather for the next, which is signed and sent as a whole.
+        if !self.in_flight {
+            self.replica.sign_pending();
+        }
         self.drain().await;
+        if self.failed {
+            for (reply, _, _) in self.turn_answers.drain(..) {
+                let _ = reply.send(Reply::error(
+                    503,
+                    "storage_unavailable",
+                    "the region could not make the request durable",
+                ));
+            }
+            return;
+        }
+        if self.in_flight {
+            return;
+        }
+        // Every held event is signed and queued now: its answer waits for this batch.
+        let seq = self.op_seq;
+        for (reply, answer, new) in self.turn_answers.drain(..) {
+            self.waiters.answer_after(seq, reply, answer, new);
+        }
         if !self.pending_ops.is_empty() {
             // The next batch starts with room for as many ops as this one had.
             let room = self.pending_ops.len();
@@ -343,7 +377,9 @@ impl Actor {
                 Some(w) => w.send(batch).await.is_ok(),
                 None => false,
             };
-            if !sent {
+            if sent {
+                self.in_flight = true;
+            } else {
                 self.storage_failed();
             }
         }
@@ -371,6 +407,7 @@ impl Actor {
     fn on_disk(&mut self, d: DiskDone) {
         match d {
             DiskDone::Committed { seq, index } => {
+                self.in_flight = false;
                 self.waiters.durable(seq);
                 if index > 0 {
                     self.replica.handle_persisted(index);
@@ -463,8 +500,8 @@ impl Actor {
                 ));
             }
             Ok(s) => {
-                // Queue the event's record before the idempotency record.
-                self.queue_own_records();
+                // The event's record is taken at the end of the turn (`flush`), with the
+                // turn's other events: they are signed together.
                 let bal = self.replica.balance(&account, currency);
                 let body = match s.id().and_then(|id| self.replica.event(id)) {
                     Some(e) => render::created_body(e, bal),
@@ -475,9 +512,9 @@ impl Actor {
                 if answer.replayed {
                     self.metrics.replayed();
                 }
-                let seq = self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
+                self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
                 let new = matches!(s, Submitted::New(_));
-                self.waiters.answer_after(seq, reply, answer, new);
+                self.turn_answers.push((reply, answer, new));
             }
             Err(e) => {
                 let (status, code, why) = match &e {
@@ -492,6 +529,14 @@ impl Actor {
                     SubmitError::Frozen { .. } => (409, "account_frozen", Refusal::Frozen),
                     SubmitError::Membership(wallet_core::MembershipError::Retired) => {
                         (409, "region_retired", Refusal::Retired)
+                    }
+                    // Consistency modes other than optimistic: walletd refuses a policy that
+                    // names one (`config::modes_served`), so these do not arise yet.
+                    SubmitError::HomeUnreachable { .. }
+                    | SubmitError::NotHome { .. }
+                    | SubmitError::NotHomeMode
+                    | SubmitError::InsufficientRights { .. } => {
+                        (503, "mode_not_supported", Refusal::Invalid)
                     }
                     _ => (409, "balance_overflow", Refusal::Overflow),
                 };

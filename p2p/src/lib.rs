@@ -15,6 +15,7 @@ use libp2p::identity::Keypair;
 pub use libp2p::metrics::Registry;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
+use wallet_core::auth::VerifiedRoots;
 use wallet_core::wire::{encode_message, MESSAGE_BYTES_MAX};
 use wallet_core::{Authenticator, KeyHistory, Message, RegionId};
 
@@ -254,6 +255,8 @@ pub struct Ed25519Auth {
     members: Vec<(RegionId, libp2p::identity::PublicKey)>,
     history: KeyHistory,
     staged: KeyStage,
+    /// Batch roots verified (one signature check per batch of events).
+    roots: VerifiedRoots,
 }
 
 /// A key staged for this region's next rotation, shared between the node and its
@@ -323,6 +326,7 @@ impl Ed25519Auth {
             members: out,
             history: KeyHistory::new(),
             staged: KeyStage::default(),
+            roots: VerifiedRoots::new(),
         })
     }
 
@@ -354,6 +358,25 @@ impl Authenticator for Ed25519Auth {
             // Below any key change: the key the member was configured with.
             None => self.verify(origin, bytes, sig),
         }
+    }
+    fn verify_root(
+        &self,
+        origin: RegionId,
+        hlc: wallet_core::Hlc,
+        bytes: &[u8],
+        sig: &[u8],
+    ) -> bool {
+        // The key checked against: the one valid at the HLC, or the configured one below any
+        // key change (its protobuf bytes); a cache hit means this key verified this root.
+        let key = match self.history.at(origin, hlc) {
+            Some(k) => k.to_vec(),
+            None => match self.members.iter().find(|(r, _)| *r == origin) {
+                Some((_, pk)) => pk.encode_protobuf(),
+                None => return false,
+            },
+        };
+        self.roots
+            .verify(&key, bytes, sig, || self.verify_at(origin, hlc, bytes, sig))
     }
     fn set_key(&mut self, region: RegionId, from: wallet_core::Hlc, key: &[u8]) {
         self.history.set(region, from, key);

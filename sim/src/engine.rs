@@ -287,6 +287,10 @@ struct Scripted {
     wiped: Vec<bool>,
 }
 
+/// Per origin: the seq a log was scanned up to, the HLC of the event there, and the seqs of
+/// the policy events found ([`Sim::policy_events`]).
+type PolicyScan = std::collections::BTreeMap<RegionId, (u64, Option<Hlc>, Vec<u64>)>;
+
 /// The simulator state.
 pub struct Sim {
     /// Configuration.
@@ -356,6 +360,9 @@ pub struct Sim {
     /// Per logical credit sent to the floor: the account, currency and amount its first
     /// send that reached a region chose (retries and copies send the same body).
     pub floor_credits: Vec<Option<(AccountId, Currency, Amount)>>,
+    /// Per region, the policy events of its logs found so far ([`PolicyScan`]): a credit to
+    /// the floor reads them without scanning the whole history again.
+    policy_scans: std::cell::RefCell<Vec<PolicyScan>>,
     /// The Byzantine member, in a Byzantine seed.
     pub byz: Option<Byz>,
     /// The membership changes issued (scripted, random, and the retire that resolves a
@@ -784,6 +791,7 @@ impl Sim {
             floor_amounts: vec![None; logical],
             floor_landings: Vec::new(),
             floor_credits: vec![None; logical],
+            policy_scans: std::cell::RefCell::new(vec![PolicyScan::new(); n]),
             byz,
             membership: Vec::new(),
             max_settled: vec![vec![0; n]; n],
@@ -1428,6 +1436,37 @@ impl Sim {
     /// episode with fees charged, and the amount that brings the provisional balance without
     /// those fees exactly back to the floor of the policy in force there. None when there
     /// is none (or the amount would not be positive).
+    /// The policy events in `region`'s logs of the configured origins. Each origin's log is
+    /// scanned from where the last call stopped; a log that lost its tail (a crash) and grew
+    /// again is scanned afresh (the event at the last scanned seq is not the one seen).
+    fn policy_events(&self, region: usize) -> Vec<&Event> {
+        let r = &self.nodes[region].replica;
+        let mut scans = self.policy_scans.borrow_mut();
+        let Some(scan) = scans.get_mut(region) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for o in &self.cfg.regions {
+            let (upto, last, seqs) = scan.entry(*o).or_default();
+            let at = |seq: u64| r.event(EventId { origin: *o, seq });
+            if *upto > 0 && at(*upto).map(|e| e.hlc) != *last {
+                (*upto, *last) = (0, None);
+                seqs.clear();
+            }
+            let new = r.origin_events(*o, *upto);
+            seqs.extend(
+                new.iter()
+                    .filter(|e| matches!(e.body, Body::Policy(_)))
+                    .map(|e| e.id.seq),
+            );
+            if let Some(e) = new.last() {
+                (*upto, *last) = (e.id.seq, Some(e.hlc));
+            }
+            out.extend(seqs.iter().filter_map(|&q| at(q)));
+        }
+        out
+    }
+
     fn credit_to_floor(&self, region: usize) -> Option<(AccountId, Currency, Amount)> {
         let r = &self.nodes[region].replica;
         let policy = r.current_policy().1;
@@ -1438,14 +1477,21 @@ impl Sim {
             if b.settled >= floor {
                 continue;
             }
-            let mut events = Vec::new();
-            for o in &self.cfg.regions {
-                events.extend(r.origin_events(*o, 0).iter().filter(|e| match &e.body {
-                    wallet_core::Body::Tx(t) => t.account == a && t.currency == c,
-                    wallet_core::Body::Policy(_) => true,
-                    wallet_core::Body::Membership(_) | wallet_core::Body::Account(_) => false,
-                }));
-            }
+            // The pair's transactions (the account's own index, not the whole history) and
+            // every policy event, of the configured origins.
+            let mut events = self.policy_events(region);
+            events.extend(
+                r.entries(&a, None, usize::MAX)
+                    .into_iter()
+                    .filter_map(|(_, entry)| match entry {
+                        wallet_core::Entry::Event { event, .. } => Some(event),
+                        wallet_core::Entry::Compensation(_) => None,
+                    })
+                    .filter(|e| {
+                        self.cfg.regions.contains(&e.id.origin)
+                            && e.tx().is_some_and(|t| t.account == a && t.currency == c)
+                    }),
+            );
             let m = wallet_core::testing::model_retained(
                 &self.cfg.policy,
                 events,

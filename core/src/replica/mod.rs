@@ -143,6 +143,10 @@ pub struct Replica {
     /// Anti-entropy: whom to pull from, when, and when a pull is lost.
     pull: PullScheduler,
     outputs: VecDeque<Output>,
+    /// The host signs own transactions in batches ([`Replica::hold_signing`]).
+    hold_signing: bool,
+    /// The first own seq issued and held unsigned (0: none), see [`Replica::sign_pending`].
+    unsigned_from: u64,
     restoring: bool,
     /// Joining: waits for its own join event (`Config::joining`).
     joining: bool,
@@ -179,6 +183,8 @@ impl Replica {
             logs: Logs::new(cfg.region, &cfg.members),
             accounts: Accounts::default(),
             outputs: VecDeque::new(),
+            hold_signing: false,
+            unsigned_from: 0,
             dur: Durability::new(ceiling),
             pull: PullScheduler::default(),
             policy_broken,
@@ -319,6 +325,52 @@ impl Replica {
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// Holds own transactions unsigned (and unpersisted) until [`Replica::sign_pending`],
+    /// which signs them together: one batch signature ([`crate::auth::BatchSig`]) over up to
+    /// [`crate::auth::SIGN_BATCH_EVENTS_MAX`] events, each still verifiable on its own. The
+    /// host calls `sign_pending` when it is ready to write (walletd: when no commit is in
+    /// flight). Off: each event is signed alone when issued. Turning it off signs what is
+    /// held.
+    pub fn hold_signing(&mut self, on: bool) {
+        self.hold_signing = on;
+        if !on {
+            self.sign_pending();
+        }
+    }
+
+    /// Signs the own transactions held since the last call, and asks the host to persist
+    /// them, in seq order. A held event is in the log and counts in balances, but it has no
+    /// persist record yet and cannot be durable, so it does not leave the region (own events
+    /// leave once durable) and no acknowledgement can wait on a record written before it.
+    pub fn sign_pending(&mut self) {
+        let from = std::mem::take(&mut self.unsigned_from);
+        if from == 0 {
+            return;
+        }
+        let own = self.cfg.region;
+        let Some(m) = self.logs.members.get_mut(&own) else {
+            return;
+        };
+        let Some(events) = usize::try_from(from - 1)
+            .ok()
+            .and_then(|i| m.log.get_mut(i..))
+        else {
+            return;
+        };
+        for chunk in events.chunks_mut(crate::auth::SIGN_BATCH_EVENTS_MAX) {
+            let sigs = self.cfg.auth.sign_events(chunk, &self.cfg.cluster);
+            for (e, sig) in chunk.iter_mut().zip(sigs) {
+                e.sig = sig;
+            }
+        }
+        for e in events.iter() {
+            let idx = self
+                .dur
+                .persist(&mut self.outputs, Record::Event(e.clone()));
+            self.dur.awaiting.push_back((idx, Awaiting::Own(e.id.seq)));
+        }
     }
 
     /// When to call [`Replica::handle_timeout`] next, in physical ms.
@@ -662,7 +714,14 @@ impl Replica {
     }
 
     /// Issues the next own event with this body: stamped, signed, applied, to be persisted.
+    /// Under [`Replica::hold_signing`] a transaction is applied now, and signed and persisted
+    /// with its batch by [`Replica::sign_pending`]; a policy or membership event (which may
+    /// change the signing key) is signed alone and at once, after the batch held before it.
     fn issue_own(&mut self, now_ms: u64, body: Body) -> EventId {
+        let batched = self.hold_signing && matches!(body, Body::Tx(_));
+        if !batched {
+            self.sign_pending();
+        }
         let hlc = self.clock.tick(now_ms);
         let id = EventId {
             origin: self.cfg.region,
@@ -674,8 +733,15 @@ impl Replica {
             body,
             sig: Box::new([]),
         };
-        event.sig = self.cfg.auth.sign_event(&event, &self.cfg.cluster).into();
-        self.apply_own(event);
+        if batched {
+            if self.unsigned_from == 0 {
+                self.unsigned_from = id.seq;
+            }
+            self.insert(event);
+        } else {
+            event.sig = self.cfg.auth.sign_event(&event, &self.cfg.cluster).into();
+            self.apply_own(event);
+        }
         id
     }
 
