@@ -346,6 +346,14 @@ impl<'de> Deserialize<'de> for Policy {
                 if modes.len() != rules.len() {
                     return Err(A::Error::custom("a policy needs one mode per rule"));
                 }
+                // One encoding per policy: the extended form only for a policy with a rule
+                // not optimistic (else it would re-encode in the short form, other bytes,
+                // and a policy with no rule would re-encode as the marker itself).
+                if modes.iter().all(|m| *m == Mode::Optimistic) {
+                    return Err(A::Error::custom(
+                        "the extended policy form is only for a policy with a non-optimistic mode",
+                    ));
+                }
                 for (r, m) in rules.iter_mut().zip(modes) {
                     r.mode = m;
                 }

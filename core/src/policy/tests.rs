@@ -164,3 +164,40 @@ fn first_overdraft_reverse_fee_grace() {
         Some(Overdraft::Nothing)
     );
 }
+
+/// Found by the `wire` fuzz target: a policy event whose policy came in the extended form with
+/// no rule decoded, but re-encoded as the short form's empty rule list, which is the extended
+/// form's marker, so the re-encoding did not decode. The extended form is now accepted only
+/// for a policy with a non-optimistic rule: one encoding per policy.
+#[test]
+fn the_extended_form_is_refused_unless_a_rule_has_a_mode() {
+    type Extended = (Vec<Rule>, BTreeMap<String, Vec<String>>, Vec<Mode>);
+    let empty: (Vec<Rule>, Extended) = (vec![], (vec![], BTreeMap::new(), vec![]));
+    let bytes = postcard::to_allocvec(&empty).unwrap();
+    assert!(postcard::from_bytes::<Policy>(&bytes).is_err());
+
+    let zero = Policy::zero();
+    let optimistic: (Vec<Rule>, Extended) = (
+        vec![],
+        (
+            zero.rules.clone(),
+            zero.tiers.clone(),
+            vec![Mode::Optimistic; zero.rules.len()],
+        ),
+    );
+    let bytes = postcard::to_allocvec(&optimistic).unwrap();
+    assert!(postcard::from_bytes::<Policy>(&bytes).is_err());
+
+    // Every policy, with modes or without, round-trips through its one encoding.
+    for text in [
+        "[default]\n",
+        "[default]\nmode = \"home\"\nhome = \"eu\"\n",
+        "[default]\n[[rule]]\ntier = \"p\"\nmode = \"escrow\"\n[tiers]\np = [\"p-\"]\n",
+    ] {
+        let p = Policy::from_toml(text).unwrap();
+        let bytes = postcard::to_allocvec(&p).unwrap();
+        let again: Policy = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(again, p, "{text}");
+        assert_eq!(postcard::to_allocvec(&again).unwrap(), bytes, "{text}");
+    }
+}
