@@ -628,22 +628,13 @@ impl NodeConfig {
                 ))
             }
         };
-        let policy = Policy::from_toml(&policy_text).map_err(|e| {
-            let field = if raw.policy.file.is_some() {
-                "policy.file"
-            } else {
-                "policy.inline"
-            };
-            invalid(field, e.to_string())
-        })?;
-        if let Err(reason) = modes_served(&policy) {
-            let field = if raw.policy.file.is_some() {
-                "policy.file"
-            } else {
-                "policy.inline"
-            };
-            return Err(invalid(field, reason));
-        }
+        let field = if raw.policy.file.is_some() {
+            "policy.file"
+        } else {
+            "policy.inline"
+        };
+        let policy = Policy::from_toml(&policy_text).map_err(|e| invalid(field, e.to_string()))?;
+        modes_served(&policy).map_err(|reason| invalid(field, reason))?;
         let holds_secrets = !raw.auth.tokens.is_empty() || !raw.auth.admin_tokens.is_empty();
         let tokens = gather_tokens(
             base,

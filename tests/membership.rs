@@ -63,17 +63,12 @@ async fn a_region_retired_while_partitioned_no_longer_stalls_settlement() {
     c.kill(AP);
 
     // Settlement is stalled on ap: a deposit at eu stays provisional.
-    let stalled = c
-        .tx(EU, "probe", "deposit", "1", "USD", None)
-        .await
-        .unwrap();
-    assert_eq!(stalled.status, 201, "{}", stalled.json);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        balance(&c, EU, "probe").await,
-        Some(("1.00".into(), "0.00".into())),
-        "settlement should be stalled on ap before the retire"
-    );
+    probe_stays_provisional(
+        &c,
+        Duration::from_secs(2),
+        "settlement should be stalled on ap before the retire",
+    )
+    .await;
     let stalled_wm = hlc(&status(&c, EU).await["watermark"]);
 
     // Refusals: a region cannot retire itself; a name that is not a region; not a member.
@@ -622,6 +617,22 @@ async fn a_cluster_grows_from_three_to_five_under_load_and_each_new_region_takes
     );
 }
 
+/// Deposits 1.00 USD on `probe` at eu and checks, `wait` later, that it is still provisional
+/// (settlement is stalled: `why`).
+async fn probe_stays_provisional(c: &LocalCluster, wait: Duration, why: &str) {
+    let probe = c
+        .tx(EU, "probe", "deposit", "1", "USD", None)
+        .await
+        .unwrap();
+    assert_eq!(probe.status, 201, "{}", probe.json);
+    tokio::time::sleep(wait).await;
+    assert_eq!(
+        balance(c, EU, "probe").await,
+        Some(("1.00".into(), "0.00".into())),
+        "{why}"
+    );
+}
+
 /// The evidence region `i` holds (admin).
 async fn evidence_at(c: &LocalCluster, i: usize) -> Vec<Value> {
     let a = c.get_admin(i, "/v1/admin/evidence").await.unwrap();
@@ -731,17 +742,12 @@ async fn an_equivocating_region_restored_from_an_old_backup_is_retired_and_settl
     // ap:4 (a broken promise), whichever arrives first: all against ap.
     assert!(!evidence.is_empty() && evidence.iter().all(|e| e["origin"] == "ap"));
     c.kill(AP);
-    let probe = c
-        .tx(EU, "probe", "deposit", "1", "USD", None)
-        .await
-        .unwrap();
-    assert_eq!(probe.status, 201, "{}", probe.json);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        balance(&c, EU, "probe").await,
-        Some(("1.00".into(), "0.00".into())),
-        "settlement is blocked by the evidence"
-    );
+    probe_stays_provisional(
+        &c,
+        Duration::from_secs(1),
+        "settlement is blocked by the evidence",
+    )
+    .await;
 
     // The operator retires ap. The cut is the last trusted seq: eu and us settled ap:1..4
     // before the fork reached them, so those stay; the fork (never applied) is not history.
