@@ -177,11 +177,6 @@ async fn escrow_drained_from_both_sides_of_a_partition_never_goes_below_the_floo
     eprintln!(
         "partition: vault-1 debits {eu_n} at eu, {us_n} at us; card-1 {ceu} at eu, {cus} at us"
     );
-    let m = region_api(&c, 1)
-        .metric("walletd_transactions_refused_total{reason=\"insufficient_rights\"}")
-        .await;
-    assert!(m >= 2, "insufficient_rights refusals counted: {m}");
-
     // Heal: nobody overdrew the vault; no fee, no reversal; rights sum to the balance.
     faults(&c, r#"{"heal":true}"#).await;
     let v = settled_alike(&c, "vault-1").await;
@@ -221,6 +216,10 @@ async fn escrow_drained_from_both_sides_of_a_partition_never_goes_below_the_floo
         "the hybrid overdrew past its risk limit: {k}"
     );
     assert_eq!(rights_sum(&k), dec(k["settled"].as_str().unwrap()), "{k}");
+    let m = region_api(&c, 1)
+        .metric("walletd_transactions_refused_total{reason=\"insufficient_rights\"}")
+        .await;
+    assert!(m >= 2, "insufficient_rights refusals counted: {m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
