@@ -578,8 +578,35 @@ async fn round_trips(walletd: &Path) -> Result<(), String> {
     for (what, (p50, p99, refused)) in rows {
         println!("{what:<34} {p50:>9.1} {p99:>9.1}  {refused:?}");
     }
+    // Where the time goes: the link's round trip (libp2p ping) and a batch's (sent until
+    // acknowledged: a member sends one batch at a time).
+    let text = c.metrics(1).await.map_err(e)?;
+    for (what, name) in [
+        ("ping round trip", "libp2p_ping_rtt_seconds"),
+        ("p2p batch round trip", "walletd_p2p_batch_duration_seconds"),
+    ] {
+        let sum = sample_sum(&text, &format!("{name}_sum"));
+        let count = sample_sum(&text, &format!("{name}_count"));
+        if count > 0.0 {
+            println!(
+                "us: mean {what}: {:.1} ms ({count} samples)",
+                sum / count * 1000.0
+            );
+        }
+    }
     for i in 0..2 {
         c.stop(i).await;
     }
     Ok(())
+}
+
+/// The sum of a metric's samples over its label sets (0 when absent).
+fn sample_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
