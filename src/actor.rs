@@ -283,6 +283,32 @@ impl Actor {
                 Output::Persist { index, record } => {
                     self.push_op(WriteOp::Record { index, record });
                 }
+                // The consistency modes' messages a client waits for skip the replication
+                // queue (their order does not matter: an answer that overtakes the home's event
+                // waits for it in `awaiting_event`).
+                Output::Broadcast(m @ Message::RightsRequest { .. }) => {
+                    self.net.broadcast_now(m).await
+                }
+                Output::Send {
+                    to,
+                    msg: msg @ (Message::Forward { .. } | Message::ForwardAnswer { .. }),
+                } => {
+                    // An accepted forward is answered once its event is durable here: that
+                    // event goes with the answer (a copy of what replication sends anyway;
+                    // the requester drops the duplicate), so the requester need not wait for
+                    // this region's replication queue to answer its client.
+                    if let Message::ForwardAnswer {
+                        result: wallet_core::message::ForwardResult::Accepted { id, .. },
+                        ..
+                    } = &msg
+                    {
+                        if let Some(e) = self.replica.event(*id) {
+                            let events = Message::Events(vec![e.clone()]);
+                            self.net.send_now(to, events).await;
+                        }
+                    }
+                    self.net.send_now(to, msg).await
+                }
                 Output::Broadcast(m) => self.net.broadcast(m).await,
                 Output::Send { to, msg } => {
                     if matches!(msg, Message::Pull { .. } | Message::PullGaps { .. }) {
