@@ -140,6 +140,17 @@ struct Parked {
 const HOME_UNREACHABLE_RETRY_AFTER_S: u64 =
     wallet_core::replica::modes::FORWARD_TIMEOUT_MS_DEFAULT.div_ceil(1_000);
 
+/// True for a batch of events holding a rights transfer.
+fn carries_transfer(m: &Message) -> bool {
+    let Message::Events(evs) = m else {
+        return false;
+    };
+    evs.iter().any(|e| {
+        matches!(&e.body, wallet_core::Body::Account(op)
+            if matches!(**op, wallet_core::event::AccountOp::RightsTransfer { .. }))
+    })
+}
+
 /// The HTTP status, code and metric reason of a refused transaction (`joining`: the region
 /// waits for its own join event).
 fn refusal(e: &SubmitError, joining: bool) -> (u16, &'static str, Refusal) {
@@ -287,6 +298,12 @@ impl Actor {
                 // queue (their order does not matter: an answer that overtakes the home's event
                 // waits for it in `awaiting_event`).
                 Output::Broadcast(m @ Message::RightsRequest { .. }) => {
+                    self.net.broadcast_now(m).await
+                }
+                // Own events carrying a rights transfer (the answer to a member's request):
+                // out of the queue too; a receiver that misses an earlier event buffers them
+                // until replication brings it.
+                Output::Broadcast(m @ Message::Events(_)) if carries_transfer(&m) => {
                     self.net.broadcast_now(m).await
                 }
                 Output::Send {
