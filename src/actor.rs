@@ -698,6 +698,11 @@ impl Actor {
         let Some(reply) = self.unless_failed(reply) else {
             return;
         };
+        let members = self.replica.members_in_force();
+        if let Err(m) = crate::config::homes_are_members(&policy, |h| members.contains(&h)) {
+            let _ = reply.send(Reply::error(400, "invalid_policy", &m));
+            return;
+        }
         let hash = policy.hash();
         match self.replica.submit_policy(now_ms(), policy) {
             Ok(id) => {

@@ -57,6 +57,26 @@ pub const IDEMPOTENCY_RETENTION_MS_MIN: u64 = 1_000;
 /// Longest idempotency key retention accepted: 30 days.
 pub const IDEMPOTENCY_RETENTION_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1_000;
 
+/// A home-mode rule must name a member as its home: else its accounts' debits would be
+/// forwarded to nobody and refused `home_unreachable` everywhere. Checked where a policy enters
+/// walletd (the policy file at start, `POST /v1/admin/policy`).
+pub fn homes_are_members(
+    policy: &Policy,
+    is_member: impl Fn(RegionId) -> bool,
+) -> Result<(), String> {
+    for r in &policy.rules {
+        if let wallet_core::Mode::Home { home } = r.mode {
+            if !is_member(home) {
+                return Err(format!(
+                    "home = \"{home}\" (rule for tier {}) is not a member of the cluster",
+                    r.tier.as_deref().unwrap_or("*"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -609,6 +629,8 @@ impl NodeConfig {
             "policy.inline"
         };
         let policy = Policy::from_toml(&policy_text).map_err(|e| invalid(field, e.to_string()))?;
+        homes_are_members(&policy, |h| members.iter().any(|m: &Member| m.region == h))
+            .map_err(|reason| invalid(field, reason))?;
         let holds_secrets = !raw.auth.tokens.is_empty() || !raw.auth.admin_tokens.is_empty();
         let tokens = gather_tokens(
             base,
@@ -771,6 +793,17 @@ tokens = ["0123456789abcdef0123"]
         .to_string();
         assert!(e.contains("policy.inline"), "{e}");
         assert!(e.contains("lock"), "{e}");
+        let e = NodeConfig::parse(
+            &with("[default]\nmode = \"home\"\nhome = \"ap\"\n"),
+            Path::new("x.toml"),
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("policy.inline") && e.contains("not a member"),
+            "{e}"
+        );
     }
 
     #[test]

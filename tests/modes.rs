@@ -226,6 +226,16 @@ async fn escrow_drained_from_both_sides_of_a_partition_never_goes_below_the_floo
 async fn a_home_debit_elsewhere_is_answered_by_the_home_and_refused_while_it_is_cut_off() {
     let c = eu_and_us().await;
     let us = region_api(&c, 1);
+    // A home must be a member.
+    let r = region_admin(&c, 0)
+        .post_typed(
+            "/v1/admin/policy",
+            "application/toml",
+            &POLICY.replace("home = \"eu\"", "home = \"ap\""),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    assert_eq!(error_code(&r), "invalid_policy");
     // Credits are taken anywhere.
     assert_eq!(us.tx("pay-1", "deposit", "50", None).await.status, 201);
     let e = usd_entry(&c, 1, "pay-1").await;
