@@ -794,6 +794,8 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
 /// during the run found. The per-region work runs on two threads (the regions are moved out
 /// of the simulator for it and put back).
 pub fn check(sim: &mut Sim) -> CheckResult {
+    // Asks the replicas which retires survived: before they are moved out.
+    let retired_idx = sim.retired_regions();
     let mut nodes = std::mem::take(&mut sim.nodes);
     if nodes.is_empty() {
         let mut f = Failures::new();
@@ -818,7 +820,6 @@ pub fn check(sim: &mut Sim) -> CheckResult {
         }
     }
     let active = sim.byzantine_active();
-    let retired_idx = sim.retired_regions();
     // The reference cuts, from the first region that is not retired.
     let live0 = (0..n_nodes).find(|i| !retired_idx.contains(i)).unwrap_or(0);
     let live0_node = if live0 % 2 == 0 {

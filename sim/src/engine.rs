@@ -1636,17 +1636,58 @@ impl Sim {
         self.membership.iter().any(|m| m.source == "byzantine")
     }
 
-    /// Regions named by a retire that was issued (whether or not its cut is known yet).
+    /// Regions named by a retire that was issued and survived ([`Sim::retire_survived`]),
+    /// whether or not its cut is known yet.
     pub fn retired_regions(&self) -> std::collections::BTreeSet<usize> {
+        let held = self.held_retires();
         self.membership
             .iter()
-            .filter(|c| c.outcome.is_ok())
-            .filter_map(|c| match &c.action {
-                Action::Retire(_, rs) => Some(rs.clone()),
+            .filter_map(|c| match (&c.action, &c.outcome) {
+                (Action::Retire(_, rs), Ok(id)) if self.retire_in(&held, *id, rs) => Some(rs),
                 _ => None,
             })
             .flatten()
+            .copied()
             .collect()
+    }
+
+    /// The retire `id` of `regions` (indexes) survived: some region holds it, a running one
+    /// in its log, a crashed one on its disk. A retire lost in its issuer's crash before it
+    /// was durable, and received by no peer, never happened (the issuer uses its seq again
+    /// for another event), so no cut ever comes for it. The replicas are asked
+    /// (`Replica::retires`: a retire enters the membership state with the log, and stays
+    /// there when the log is compacted), never the issue outcome alone.
+    pub fn retire_survived(&self, id: EventId, regions: &[usize]) -> bool {
+        self.retire_in(&self.held_retires(), id, regions)
+    }
+
+    /// Every retire some region holds: its id and the regions it retires, sorted.
+    fn held_retires(&self) -> Vec<(EventId, Vec<RegionId>)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                n.replica.retires().into_iter().filter(|ri| {
+                    n.up || self
+                        .region_index(ri.id.origin)
+                        .is_some_and(|o| ri.id.seq <= n.disk.durable[o])
+                })
+            })
+            .map(|ri| {
+                let mut regions = ri.regions;
+                regions.sort();
+                (ri.id, regions)
+            })
+            .collect()
+    }
+
+    fn retire_in(&self, held: &[(EventId, Vec<RegionId>)], id: EventId, regions: &[usize]) -> bool {
+        let mut want: Vec<RegionId> = regions
+            .iter()
+            .filter_map(|x| self.cfg.regions.get(*x))
+            .copied()
+            .collect();
+        want.sort();
+        held.iter().any(|(h, got)| *h == id && *got == want)
     }
 
     /// Issues a planned policy change at its region (`Replica::submit_policy`); it is
