@@ -256,6 +256,7 @@ impl std::fmt::Debug for RawAuth {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
+    backend: Option<String>,
     group_commit: Option<bool>,
     batch_records_max: Option<usize>,
 }
@@ -329,6 +330,8 @@ pub struct NodeConfig {
     pub tokens: Vec<Secret>,
     /// Admin bearer tokens.
     pub admin_tokens: Vec<Secret>,
+    /// The store (`[storage] backend`, default the log).
+    pub storage_backend: crate::storage::Backend,
     /// Group commit on (default) or one commit per record.
     pub group_commit: bool,
     /// Most records per group commit.
@@ -667,6 +670,11 @@ impl NodeConfig {
                 "must be between 1 and 1000000",
             ));
         }
+        let storage_backend = match raw.storage.backend.as_deref() {
+            None => crate::storage::Backend::default(),
+            Some(b) => crate::storage::Backend::parse(b)
+                .ok_or_else(|| invalid("storage.backend", "must be \"log\" or \"redb\""))?,
+        };
         let max_clock_skew_ms = raw.max_clock_skew_ms.unwrap_or(60_000);
         if !(1..=86_400_000).contains(&max_clock_skew_ms) {
             return Err(invalid(
@@ -720,6 +728,7 @@ impl NodeConfig {
             policy_source,
             tokens,
             admin_tokens,
+            storage_backend,
             group_commit: raw.storage.group_commit.unwrap_or(true),
             commit_batch_records_max,
             faults_enabled: raw.faults.enabled,

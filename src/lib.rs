@@ -51,6 +51,7 @@ pub mod init;
 pub mod join;
 pub mod keygen;
 pub mod latency;
+pub mod logstore;
 pub mod metrics;
 pub mod netns;
 pub mod node;
