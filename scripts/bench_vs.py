@@ -332,7 +332,7 @@ class Postgres:
 
 class Walletd:
     def __init__(self, walletd, work, regions, storage=None):
-        self.dir = work / ("wd-" + "-".join(regions))
+        self.dir = work / ("wd-" + "-".join(regions) + (f"-{storage}" if storage else ""))
         subprocess.run(
             [walletd, "init", "--regions", ",".join(regions), "--dir", str(self.dir)],
             check=True, stdout=subprocess.DEVNULL,

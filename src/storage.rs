@@ -1,6 +1,9 @@
-//! Durable storage on redb, with a group-commit writer thread.
+//! Durable storage: the interface ([`Storage`], [`Backend`]: `[storage] backend`), the redb
+//! store, and the group-commit writer thread. The default backend is the append-only log
+//! ([`crate::logstore`], with its pipelined syncs); redb is the other.
 //!
-//! One file, `<data_dir>/wallet.redb`, four tables:
+//! The redb store: one file, `<data_dir>/wallet.redb`, four tables (the log rebuilds the same
+//! four in memory):
 //! - `events`: `(origin, seq)` -> checksum ‖ `wire::encode_event(event)`;
 //! - `meta`: `"ceiling"`, `"watermark"`, `"policy"` (seed policy hash recorded at first
 //!   start), `"restore"` (a restore from peers is in progress), `"format"`;
