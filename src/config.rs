@@ -787,6 +787,25 @@ tokens = ["0123456789abcdef0123"]
     }
 
     #[test]
+    fn the_storage_backend_defaults_to_the_log_and_an_unknown_one_is_refused() {
+        use crate::storage::Backend;
+        let parse = |extra: &str| {
+            NodeConfig::parse(
+                &format!("{}{extra}", text(&pid())),
+                Path::new("x.toml"),
+                Path::new("/"),
+            )
+        };
+        assert_eq!(parse("").unwrap().storage_backend, Backend::Log);
+        let redb = parse("[storage]\nbackend = \"redb\"\n").unwrap();
+        assert_eq!(redb.storage_backend, Backend::Redb);
+        let e = parse("[storage]\nbackend = \"lsm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.backend"), "{e}");
+    }
+
+    #[test]
     fn a_policy_naming_home_or_escrow_is_refused_with_its_rule() {
         let with = |policy: &str| text(&pid()).replace(POLICY, policy);
         for (policy, mode) in [

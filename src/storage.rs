@@ -1144,6 +1144,21 @@ mod tests {
     }
 
     #[test]
+    fn a_data_dir_keeps_its_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = "region=eu cluster=c";
+        check_data_dir(dir.path(), owner, Backend::Redb).unwrap();
+        let (_s, _) = Storage::open(dir.path(), Backend::Redb).unwrap();
+        let err = check_data_dir(dir.path(), owner, Backend::Log)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds a redb store"), "{err}");
+        assert!(err.contains("backend = \"log\""), "{err}");
+        check_data_dir(dir.path(), owner, Backend::Redb).unwrap();
+        assert_eq!(Backend::in_dir(dir.path()), Backend::Redb);
+    }
+
+    #[test]
     fn seal_and_unseal_detect_flips() {
         let v = seal("events", b"k", b"payload");
         assert_eq!(unseal("events", b"k", &v).unwrap(), b"payload");
