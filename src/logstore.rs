@@ -43,7 +43,7 @@ pub const LOG_FILE_NAME: &str = "wallet.log";
 pub const HEADER_BYTES: u64 = 4_096;
 /// Log format version written in the header.
 pub const LOG_FORMAT: u32 = 1;
-/// Capacity of a new file (header included).
+/// Bytes a new file is zero-filled with after its header (the first growth step).
 pub const INITIAL_CAPACITY: u64 = 1 << 20;
 /// Most bytes one growth adds (the capacity doubles up to this step).
 pub const GROWTH_MAX: u64 = 64 << 20;
