@@ -89,8 +89,9 @@ pub struct Actor {
     /// for the write batch that carries those events (signed together, one batch signature)
     /// and their idempotency records.
     turn_answers: Vec<(oneshot::Sender<Reply>, Reply, bool)>,
-    /// A write batch is at the writer and not yet reported durable: the next one (and the
-    /// signing of the transactions it carries) waits for it, and grows meanwhile.
+    /// A write batch is at the writer and not yet reported durable (redb) or appended (the
+    /// log, whose syncs are pipelined): the next one (and the signing of the transactions it
+    /// carries) waits for it, and grows meanwhile.
     in_flight: bool,
     /// Pulls the replica sent, per member, counted as they leave (a metric: the pull rate
     /// shows a catch-up that cannot end; their sum is the core's `PullStats::sent`).
@@ -508,15 +509,19 @@ impl Actor {
         self.writer = None;
     }
 
-    fn on_disk(&mut self, d: DiskDone) {
+    async fn on_disk(&mut self, d: DiskDone) {
         match d {
             DiskDone::Committed { seq, index } => {
                 self.in_flight = false;
-                self.waiters.durable(seq);
                 if index > 0 {
                     self.replica.handle_persisted(index);
                 }
+                // The next batch leaves for the writer before the answers to this one: the
+                // disk does not wait for them.
+                self.flush().await;
+                self.waiters.durable(seq);
             }
+            DiskDone::Appended => self.in_flight = false,
             DiskDone::Failed => self.storage_failed(),
         }
     }
@@ -1209,10 +1214,10 @@ async fn run(
                 a.expire_idempotency();
             }
             Input::PublishMetrics => {}
-            Input::Disk(d) => a.on_disk(d),
+            Input::Disk(d) => a.on_disk(d).await,
             Input::DiskClosed => {
                 disk_open = false;
-                a.on_disk(DiskDone::Failed);
+                a.on_disk(DiskDone::Failed).await;
             }
         }
         a.flush().await;

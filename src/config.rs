@@ -251,6 +251,7 @@ impl std::fmt::Debug for RawAuth {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
+    backend: Option<String>,
     group_commit: Option<bool>,
     batch_records_max: Option<usize>,
 }
@@ -324,6 +325,8 @@ pub struct NodeConfig {
     pub tokens: Vec<Secret>,
     /// Admin bearer tokens.
     pub admin_tokens: Vec<Secret>,
+    /// The store (`[storage] backend`, default the log).
+    pub storage_backend: crate::storage::Backend,
     /// Group commit on (default) or one commit per record.
     pub group_commit: bool,
     /// Most records per group commit.
@@ -663,6 +666,11 @@ impl NodeConfig {
                 "must be between 1 and 1000000",
             ));
         }
+        let storage_backend = match raw.storage.backend.as_deref() {
+            None => crate::storage::Backend::default(),
+            Some(b) => crate::storage::Backend::parse(b)
+                .ok_or_else(|| invalid("storage.backend", "must be \"log\" or \"redb\""))?,
+        };
         let max_clock_skew_ms = raw.max_clock_skew_ms.unwrap_or(60_000);
         if !(1..=86_400_000).contains(&max_clock_skew_ms) {
             return Err(invalid(
@@ -716,6 +724,7 @@ impl NodeConfig {
             policy_source,
             tokens,
             admin_tokens,
+            storage_backend,
             group_commit: raw.storage.group_commit.unwrap_or(true),
             commit_batch_records_max,
             faults_enabled: raw.faults.enabled,
@@ -771,6 +780,25 @@ tokens = ["0123456789abcdef0123"]
         assert_eq!(c.members.len(), 2);
         assert_eq!(c.data_dir, PathBuf::from("/base/data/eu"));
         assert!(c.group_commit);
+    }
+
+    #[test]
+    fn the_storage_backend_defaults_to_the_log_and_an_unknown_one_is_refused() {
+        use crate::storage::Backend;
+        let parse = |extra: &str| {
+            NodeConfig::parse(
+                &format!("{}{extra}", text(&pid())),
+                Path::new("x.toml"),
+                Path::new("/"),
+            )
+        };
+        assert_eq!(parse("").unwrap().storage_backend, Backend::Log);
+        let redb = parse("[storage]\nbackend = \"redb\"\n").unwrap();
+        assert_eq!(redb.storage_backend, Backend::Redb);
+        let e = parse("[storage]\nbackend = \"lsm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.backend"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -264,8 +263,11 @@ fn check_auth(st: &AppState, req: &Request) -> Result<Option<TokenDigest>, Box<R
     Ok(presented)
 }
 
-/// Auth and the per-token rate limit of `/v1` requests, then the request (the `/v1` routes
-/// add the concurrency limit and the time-out: [`router`]).
+/// The limits of an authenticated `/v1` request, in order: the per-token rate limit (429),
+/// the concurrency limit (`concurrency_max` requests in flight: a new one is answered at
+/// once with 503 `overloaded` rather than queued), the request time-out (503 `timeout`: body
+/// read and handler). Written here rather than as tower layers on the routes: one future per
+/// request instead of four nested services (issue 16, the HTTP share of the profile).
 async fn limited(st: &AppState, req: Request, next: Next) -> Response {
     let key = match check_auth(st, &req) {
         Err(denied) => return *denied,
@@ -285,28 +287,31 @@ async fn limited(st: &AppState, req: Request, next: Next) -> Response {
         }
         return r;
     }
-    next.run(req).await
+    // The concurrency limit with load shedding: no free slot, answered at once.
+    let Ok(_slot) = st.0.in_flight.clone().try_acquire_owned() else {
+        st.0.metrics.http_shed();
+        return limit_error(
+            "overloaded",
+            "http.concurrency_max requests are in flight: retry after 1 s",
+        );
+    };
+    // The request time-out: body read and handler.
+    let timeout = std::time::Duration::from_millis(st.0.limits.request_timeout_ms);
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            st.0.metrics.http_timed_out();
+            limit_error(
+                "timeout",
+                "the request did not complete within http.request_timeout_ms",
+            )
+        }
+    }
 }
 
-/// The JSON answer to an error of the `/v1` limit layers.
-fn layer_error(metrics: &Metrics, e: &tower::BoxError) -> Response {
-    let (code, message) = if e.is::<tower::timeout::error::Elapsed>() {
-        metrics.http_timed_out();
-        (
-            "timeout",
-            "the request did not complete within http.request_timeout_ms".to_string(),
-        )
-    } else if e.is::<tower::load_shed::error::Overloaded>() {
-        metrics.http_shed();
-        (
-            "overloaded",
-            "http.concurrency_max requests are in flight: retry after 1 s".to_string(),
-        )
-    } else {
-        // The routes below the layers never fail (their error type is Infallible).
-        ("unavailable", format!("request failed: {e}"))
-    };
-    let mut r = error(503, code, &message).into_response();
+/// The JSON answer of a `/v1` limit (503 with `Retry-After: 1`).
+fn limit_error(code: &'static str, message: &str) -> Response {
+    let mut r = error(503, code, message).into_response();
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
@@ -408,42 +413,22 @@ fn ops_routes() -> OpenApiRouter<AppState> {
 /// The router with every route, auth, limits and metrics.
 pub fn router(st: AppState) -> Router {
     let limit = st.0.body_limit_bytes;
-    let counters = st.0.metrics.clone();
     let (v1, _) = v1_routes().split_for_parts();
     let (ops, _) = ops_routes().split_for_parts();
-    // The limits of the `/v1` routes, tower layers (outermost first): the errors of the
-    // layers below become JSON answers ([`layer_error`]); the request time-out (tower
-    // `Timeout`: body read and handler); load shedding (tower `LoadShed`): when
-    // `concurrency_max` requests are in flight, a new one is answered at once with 503
-    // `overloaded` rather than queued; the concurrency limit itself (tower
-    // `GlobalConcurrencyLimit`: one semaphore for every `/v1` route). Auth and the rate
-    // limit run before them (`front`), so a refused request takes no slot; `/metrics`,
-    // `/healthz`, `/readyz` and `/openapi.json` are outside them.
-    v1.route_layer(
-        tower::ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(move |e: tower::BoxError| {
-                let counters = counters.clone();
-                async move { layer_error(&counters, &e) }
-            }))
-            .layer(tower::timeout::TimeoutLayer::new(
-                std::time::Duration::from_millis(st.0.limits.request_timeout_ms),
-            ))
-            .layer(tower::load_shed::LoadShedLayer::new())
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
-                st.0.in_flight.clone(),
-            )),
-    )
-    .merge(ops)
-    // The operator console's page and assets: HTML, CSS and JavaScript for a browser, not
-    // the JSON API, so outside the OpenAPI document (docs/api.md, docs/security.md).
-    .route("/ui", get(crate::console::index))
-    .route("/ui/app.js", get(crate::console::app_js))
-    .route("/ui/app.css", get(crate::console::app_css))
-    .fallback(not_found)
-    .method_not_allowed_fallback(method_not_allowed)
-    .layer(DefaultBodyLimit::max(limit))
-    .layer(axum::middleware::from_fn_with_state(st.clone(), front))
-    .with_state(st)
+    // Auth, the rate limit, the concurrency limit and the time-out of the `/v1` routes run in
+    // `front` ([`limited`]), so a refused request takes no slot; `/metrics`, `/healthz`,
+    // `/readyz` and `/openapi.json` are outside them.
+    v1.merge(ops)
+        // The operator console's page and assets: HTML, CSS and JavaScript for a browser, not
+        // the JSON API, so outside the OpenAPI document (docs/api.md, docs/security.md).
+        .route("/ui", get(crate::console::index))
+        .route("/ui/app.js", get(crate::console::app_js))
+        .route("/ui/app.css", get(crate::console::app_css))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(st.clone(), front))
+        .with_state(st)
 }
 
 /// The router of `http.metrics_listen`: `/metrics`, `/healthz`, `/readyz` only.
