@@ -171,7 +171,18 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
              stopped until an operator acts (GET /v1/admin/evidence)"
         );
     }
-    replica.load(loaded.events);
+    match &loaded.snapshot {
+        // After a compaction: the snapshot, then the events stored after it.
+        Some(s) => {
+            replica
+                .restore(s, loaded.events)
+                .map_err(|e| storage::StorageError::Corrupt {
+                    path: Store::file_path(&cfg.data_dir).display().to_string(),
+                    what: format!("meta[snapshot] does not restore: {e}"),
+                })?
+        }
+        None => replica.load(loaded.events),
+    }
     replica.restore_watermark(loaded.watermark);
     if replica.event_count() != n_events as u64 {
         tracing::warn!(

@@ -112,6 +112,7 @@ enum Pend {
     Ceiling(Hlc),
     Watermark(Hlc),
     Evidence(Box<wallet_core::Evidence>),
+    Snapshot(Box<wallet_core::Snapshot>),
 }
 
 /// The simulated disk of one region: what is durable, and what is written but not yet.
@@ -136,6 +137,8 @@ pub struct Disk {
     stalled: bool,
     /// Persist records that broke the per-origin order (a core bug if ever non-zero).
     pub out_of_order: u64,
+    /// The last durable snapshot (`Record::Snapshot`).
+    pub snapshot: Option<Box<wallet_core::Snapshot>>,
 }
 
 /// One simulated region.
@@ -721,6 +724,7 @@ impl Sim {
                     fsync_in_flight: false,
                     stalled: false,
                     out_of_order: 0,
+                    snapshot: None,
                 },
                 timer_at: None,
                 acks: VecDeque::new(),
@@ -1100,6 +1104,7 @@ impl Sim {
                         }
                         Record::Ceiling(h) => Pend::Ceiling(h),
                         Record::Watermark(h) => Pend::Watermark(h),
+                        Record::Snapshot(s) => Pend::Snapshot(s),
                         Record::Evidence(ev) => {
                             self.byz_bias_crash(i);
                             Pend::Evidence(Box::new(ev))
@@ -1869,6 +1874,7 @@ impl Sim {
                 Pend::Ceiling(h) => node.disk.ceiling = node.disk.ceiling.max(h),
                 Pend::Watermark(h) => node.disk.watermark = node.disk.watermark.max(h),
                 Pend::Evidence(ev) => node.disk.evidence.push(*ev),
+                Pend::Snapshot(s) => node.disk.snapshot = Some(s),
             }
         }
         node.replica.handle_persisted(upto);
