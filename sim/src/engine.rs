@@ -532,7 +532,7 @@ pub fn late_regions(cfg: &SimConfig) -> Vec<usize> {
     out
 }
 
-fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
+pub(crate) fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
     // The founding members leave out the regions a scenario joins later; a joining region
     // names the founding members and itself, and learns of the others from the history.
     let late: Vec<RegionId> = late_regions(cfg)
@@ -1733,6 +1733,8 @@ impl Sim {
         let retention = self.cfg.retention_ms();
         self.during
             .snapshot_taken(&s, &events, &self.cfg.policy, retention);
+        let cfg = make_config(&self.cfg, self.nodes[i].id);
+        crate::check::restore_agrees(self, i, &s, cfg);
     }
 
     /// A crash that also loses the disk: the next start is a restore from the peers.
