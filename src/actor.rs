@@ -114,6 +114,9 @@ pub struct Actor {
     key_stage: wallet_p2p::KeyStage,
     /// The rotated signing key's file.
     rotated_key: std::path::PathBuf,
+    /// `compact_every_events` (0: never) and the settled count at the last compaction.
+    compact_every_events: u64,
+    compacted_at: u64,
 }
 
 /// What the actor starts from.
@@ -142,6 +145,8 @@ pub struct ActorParts {
     pub rotated_key: std::path::PathBuf,
     /// The configured members' peer ids.
     pub peers: BTreeMap<wallet_core::RegionId, libp2p::PeerId>,
+    /// Compact after this many more events settled (0: never): `compact_every_events`.
+    pub compact_every_events: u64,
 }
 
 impl Actor {
@@ -180,6 +185,8 @@ impl Actor {
             retiring: BTreeMap::new(),
             key_stage: p.key_stage,
             rotated_key: p.rotated_key,
+            compact_every_events: p.compact_every_events,
+            compacted_at: 0,
         };
         if restoring && p.record_restore {
             a.push_op(WriteOp::Restore(true));
@@ -735,9 +742,22 @@ impl Actor {
                 &format!("no transaction {id:?} in this region"),
             )
         };
+        // Folded into a snapshot (`compact_every_events`): settled, in the balances, gone.
+        let compacted = || {
+            Reply::error(
+                410,
+                "compacted",
+                &format!(
+                    "transaction {id:?} is settled and was compacted into a snapshot on this \
+                     region (compact_every_events): its effect is in the balances, its record \
+                     is no longer served"
+                ),
+            )
+        };
         if let Ok(eid) = EventId::parse(id) {
             return match self.replica.event(eid) {
                 Some(e) => Reply::json(200, render::event_json(e, self.replica.status(eid), true)),
+                None if self.replica.compacted(eid) => compacted(),
                 None => not_found(),
             };
         }
@@ -749,7 +769,11 @@ impl Actor {
             );
         };
         let Some(ev) = self.replica.event(cause) else {
-            return not_found();
+            return if self.replica.compacted(cause) {
+                compacted()
+            } else {
+                not_found()
+            };
         };
         let Some(tx) = ev.tx() else {
             return not_found();
@@ -766,6 +790,23 @@ impl Actor {
                 Reply::json(200, render::comp_json(c, true))
             }
             _ => not_found(),
+        }
+    }
+
+    /// Compacts once `compact_every_events` more events settled since the last compaction
+    /// (docs/protocol.md §11): the settled history every member holds is folded into a
+    /// snapshot, dropped from memory, and (its `Record::Snapshot`) from the database.
+    fn maybe_compact(&mut self) {
+        let settled = self.replica.stats().settled;
+        if self.compact_every_events == 0
+            || settled < self.compacted_at.saturating_add(self.compact_every_events)
+        {
+            return;
+        }
+        if let Some(s) = self.replica.compact() {
+            self.compacted_at = settled;
+            tracing::info!(at = ?s.body.at, accounts = s.body.accounts.len(),
+                events_in_memory = self.replica.events_in_memory(), "compacted");
         }
     }
 
@@ -1016,6 +1057,7 @@ async fn run(
             Input::Timer => {
                 timer_at = u64::MAX;
                 a.replica.handle_timeout(now_ms());
+                a.maybe_compact();
             }
             Input::ExpireIdempotency => {
                 expiry_at = None;

@@ -234,6 +234,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         .with_registry(|reg| wallet_p2p::spawn_with_metrics(net_cfg, reg))
         .map_err(|e| NodeError::Net(e.to_string()))?;
     let actor = Actor::new(ActorParts {
+        compact_every_events: cfg.compact_every_events,
         replica,
         net: net.clone(),
         writer: writer_tx,

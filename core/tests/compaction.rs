@@ -471,3 +471,50 @@ fn restore_refuses_a_snapshot_that_does_not_match() {
         RestoreError::Member(_)
     ));
 }
+
+/// A host that signs own transactions in batches (walletd) may compact while one is held
+/// unsigned: it is above the snapshot (not durable, so never announced), and signing it
+/// afterwards must still persist it. (Found by tests/compaction.rs against walletd: the held
+/// event was looked up by its seq as a position in the compacted log, never written, and
+/// lost at the next restart.)
+#[test]
+fn an_event_held_unsigned_across_a_compaction_is_still_persisted() {
+    let eu = region("eu");
+    let mut r = Replica::new(Config::new(eu, vec![eu], Policy::zero()), Hlc::ZERO);
+    let pump = |r: &mut Replica| {
+        let mut events = Vec::new();
+        while let Some(o) = r.poll_output() {
+            if let Output::Persist { index, record } = o {
+                if let Record::Event(e) = record {
+                    events.push(e.id.seq);
+                }
+                r.handle_persisted(index);
+            }
+        }
+        events
+    };
+    for (i, amount) in ["1.00", "2.00", "3.00"].iter().enumerate() {
+        r.submit(
+            1_000 + i as u64,
+            req("alice", Kind::Deposit, amount, Currency::USD),
+        )
+        .unwrap();
+        pump(&mut r);
+    }
+    for now in [2_000, 3_000, 4_000] {
+        r.handle_timeout(now);
+        pump(&mut r);
+    }
+    r.hold_signing(true);
+    r.submit(5_000, req("alice", Kind::Deposit, "4.00", Currency::USD))
+        .unwrap();
+    assert!(pump(&mut r).is_empty(), "held unsigned: not written yet");
+    let snap = r.compact().expect("the three settled deposits fold");
+    assert_eq!(snap.body.members[0].seq, 3);
+    r.sign_pending();
+    assert_eq!(
+        pump(&mut r),
+        vec![4],
+        "the held event is written once signed"
+    );
+}

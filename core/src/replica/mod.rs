@@ -357,7 +357,9 @@ impl Replica {
         let Some(m) = self.logs.members.get_mut(&own) else {
             return;
         };
-        let Some(events) = usize::try_from(from - 1)
+        // The log holds seqs above its compaction base (unsigned events are never folded:
+        // they are not durable, so no member announced them).
+        let Some(events) = usize::try_from(from.saturating_sub(m.base + 1))
             .ok()
             .and_then(|i| m.log.get_mut(i..))
         else {

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 
 use crate::event::{AccountOp, Body, Event, Tx};
-use crate::id::{AccountId, Hlc, RegionId};
+use crate::id::{AccountId, EventId, Hlc, RegionId};
 use crate::message::Message;
 use crate::money::Currency;
 use crate::snapshot::{
@@ -239,6 +239,16 @@ impl Replica {
             .values()
             .map(|m| (m.log.len() + m.retained.len()) as u64)
             .sum()
+    }
+
+    /// True when event `id` was folded into a snapshot here: no longer served (its effect is
+    /// in the balances). A dropped event kept for its idempotency key is still readable.
+    pub fn compacted(&self, id: EventId) -> bool {
+        self.logs
+            .members
+            .get(&id.origin)
+            .is_some_and(|m| id.seq <= m.base)
+            && self.logs.event(id).is_none()
     }
 
     /// The last snapshot made or restored from, if any.
