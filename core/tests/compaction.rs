@@ -518,3 +518,22 @@ fn an_event_held_unsigned_across_a_compaction_is_still_persisted() {
         "the held event is written once signed"
     );
 }
+
+#[test]
+fn a_snapshot_from_a_peer_that_does_not_verify_is_refused_and_reported() {
+    let mut c = cluster();
+    let _ = c.submit(0, req("alice", Kind::Deposit, "10.00", Currency::USD));
+    assert!(c.settle_all());
+    check_snapshots_agree(&mut c).unwrap();
+    let mut snap = c.nodes[0].replica.compact().expect("a compaction point");
+    snap.body.cluster = "other".into();
+    let mut fresh = Replica::new(c.config(c.names[1]), Hlc::ZERO);
+    fresh.handle_message(10_000, c.names[0], Message::Snapshot(Box::new(snap)));
+    let mut reported = false;
+    while let Some(o) = fresh.poll_output() {
+        reported |= matches!(o, Output::Report(Report::Snapshot { .. }));
+    }
+    assert!(reported, "a refused snapshot is reported");
+    assert_eq!(fresh.event_count(), 0);
+    assert_eq!(fresh.stats().restores, 0);
+}
