@@ -57,29 +57,24 @@ pub const IDEMPOTENCY_RETENTION_MS_MIN: u64 = 1_000;
 /// Longest idempotency key retention accepted: 30 days.
 pub const IDEMPOTENCY_RETENTION_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1_000;
 
-/// The consistency modes walletd serves. The core and the simulator decide all three (SPEC §8,
-/// docs/modes.md), but a region node must also wait for a debit forwarded to the account's home
-/// or for rights asked of its peers, and answer the client from the outcome: that host side is
-/// not built yet (issue 11), so a policy naming `home` or `escrow` is refused where it enters
-/// walletd (the policy file at start, `POST /v1/admin/policy`), with this reason.
-pub fn modes_served(policy: &Policy) -> Result<(), String> {
-    match policy
-        .rules
-        .iter()
-        .find(|r| r.mode != wallet_core::Mode::Optimistic)
-    {
-        None => Ok(()),
-        Some(r) => Err(format!(
-            "mode = \"{}\" (rule for tier {}, currency {}) is not served by walletd yet: only \
-             optimistic accounts are; compare the modes with `wallet-sim --compare-modes` \
-             (docs/modes.md)",
-            r.mode.name(),
-            r.tier.as_deref().unwrap_or("*"),
-            r.currency
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "*".into()),
-        )),
+/// A home-mode rule must name a member as its home: else its accounts' debits would be
+/// forwarded to nobody and refused `home_unreachable` everywhere. Checked where a policy enters
+/// walletd (the policy file at start, `POST /v1/admin/policy`).
+pub fn homes_are_members(
+    policy: &Policy,
+    is_member: impl Fn(RegionId) -> bool,
+) -> Result<(), String> {
+    for r in &policy.rules {
+        if let wallet_core::Mode::Home { home } = r.mode {
+            if !is_member(home) {
+                return Err(format!(
+                    "home = \"{home}\" (rule for tier {}) is not a member of the cluster",
+                    r.tier.as_deref().unwrap_or("*"),
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -639,7 +634,8 @@ impl NodeConfig {
             "policy.inline"
         };
         let policy = Policy::from_toml(&policy_text).map_err(|e| invalid(field, e.to_string()))?;
-        modes_served(&policy).map_err(|reason| invalid(field, reason))?;
+        homes_are_members(&policy, |h| members.iter().any(|m: &Member| m.region == h))
+            .map_err(|reason| invalid(field, reason))?;
         let holds_secrets = !raw.auth.tokens.is_empty() || !raw.auth.admin_tokens.is_empty();
         let tokens = gather_tokens(
             base,
@@ -784,24 +780,36 @@ tokens = ["0123456789abcdef0123"]
     }
 
     #[test]
-    fn a_policy_naming_home_or_escrow_is_refused_with_its_rule() {
+    fn every_mode_is_served_and_a_bad_mode_name_is_refused_naming_the_field() {
         let with = |policy: &str| text(&pid()).replace(POLICY, policy);
-        for (policy, mode) in [
-            ("[default]\nmode = \"home\"\nhome = \"us\"\n", "home"),
-            (
-                "[default]\naction = \"fee\"\n[[rule]]\ntier = \"payout\"\nmode = \"escrow\"\n[tiers]\npayout = [\"po-\"]\n",
-                "escrow",
-            ),
+        for policy in [
+            "[default]\nmode = \"home\"\nhome = \"us\"\n",
+            "[default]\naction = \"fee\"\n[[rule]]\ntier = \"payout\"\nmode = \"escrow\"\n[tiers]\npayout = [\"po-\"]\n",
+            "[default]\nmode = \"optimistic\"\n",
         ] {
-            let e = NodeConfig::parse(&with(policy), Path::new("x.toml"), Path::new("/"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("policy.inline"), "{e}");
-            assert!(e.contains(&format!("mode = \"{mode}\"")), "{e}");
-            assert!(e.contains("not served by walletd"), "{e}");
+            let c = NodeConfig::parse(&with(policy), Path::new("x.toml"), Path::new("/"));
+            assert!(c.is_ok(), "{policy}: {:?}", c.err());
         }
-        let optimistic = with("[default]\nmode = \"optimistic\"\n");
-        assert!(NodeConfig::parse(&optimistic, Path::new("x.toml"), Path::new("/")).is_ok());
+        let e = NodeConfig::parse(
+            &with("[default]\nmode = \"lock\"\n"),
+            Path::new("x.toml"),
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("policy.inline"), "{e}");
+        assert!(e.contains("lock"), "{e}");
+        let e = NodeConfig::parse(
+            &with("[default]\nmode = \"home\"\nhome = \"ap\"\n"),
+            Path::new("x.toml"),
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("policy.inline") && e.contains("not a member"),
+            "{e}"
+        );
     }
 
     #[test]

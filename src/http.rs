@@ -205,6 +205,10 @@ fn reply_response(r: Reply) -> Response {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    if let Some(s) = r.retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
+    }
     resp
 }
 
@@ -388,6 +392,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_members, join_member))
         .routes(routes!(retire_member))
         .routes(routes!(rotate_key))
+        .routes(routes!(move_home))
 }
 
 /// The unauthenticated routes, outside the `/v1` limits.
@@ -664,10 +669,18 @@ fn fingerprint(b: &TxBody) -> [u8; 32] {
             `invalid_idempotency_key`", body = ErrorBody),
         (status = 409, description = "`idempotency_conflict`, `account_frozen`, `balance_overflow`, `region_retired` (this region was retired: send to another region)",
             body = ErrorBody),
-        (status = 422, description = "`insufficient_funds` (and only that); replayed with \
-            `Idempotent-Replayed: true` on a retry with the same key",
+        (status = 422, description = "`insufficient_funds`, or `insufficient_rights` (escrow \
+            mode: this region's spending rights stay short after asking its peers; the account \
+            may hold the money at other regions); replayed with `Idempotent-Replayed: true` on \
+            a retry with the same key",
             body = ErrorBody,
             headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 503, description = "`home_unreachable` (home mode: the account's home did \
+            not answer the forwarded debit in time; never accepted here instead; the home may \
+            still have accepted it: retry with the same Idempotency-Key after Retry-After \
+            seconds), and the answers every route may give",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn post_transaction(
@@ -958,7 +971,6 @@ async fn get_policy(State(st): State<AppState>) -> Response {
         (status = 400, description = "`invalid_policy`: the message names the field", body = ErrorBody),
         (status = 409, description = "`policy_refused`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`mode_not_supported`: the policy names a consistency mode (`home`, `escrow`) that walletd does not serve yet", body = ErrorBody),
     )
 )]
 async fn post_policy(
@@ -1027,7 +1039,6 @@ pub(crate) fn parse_policy_body(
         wallet_core::Policy::from_toml(text)
     };
     let policy = policy.map_err(|e| invalid(e.to_string()))?;
-    crate::config::modes_served(&policy).map_err(|m| error(422, "mode_not_supported", &m))?;
     Ok(policy)
 }
 
@@ -1120,6 +1131,64 @@ async fn retire_member(
 )]
 async fn rotate_key(State(st): State<AppState>) -> Response {
     ask(&st, |reply| Command::RotateKey { reply }).await
+}
+
+/// The body of `POST /v1/admin/accounts/{account}/home`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HomeMoveRequest {
+    /// The new home: another member.
+    #[schema(value_type = crate::openapi::RegionId)]
+    region: String,
+    /// The currency whose home moves (homes are per account and currency).
+    #[schema(value_type = crate::openapi::CurrencyCode)]
+    currency: String,
+}
+
+/// Moves the home of a home-mode account (docs/modes.md): a replicated `HomeMove` event with
+/// the next fencing epoch, issued here, so this region must be the current home; elsewhere
+/// the answer is 409 `not_home` naming the home, where to send the call. From the event on,
+/// this region forwards the account's debits to the new home, which decides them once it
+/// holds the move.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/accounts/{account}/home",
+    tag = "admin",
+    params(("account" = crate::openapi::AccountId, Path, description = "The account")),
+    request_body(content = HomeMoveRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The home move event, durable here", body = render::HomeMoved),
+        (status = 400, description = "`invalid_json`, `invalid_account`, `invalid_region` \
+            (not another member), `unknown_currency`", body = ErrorBody),
+        (status = 409, description = "`not_home`: this region is not the account's home \
+            (the message names it: send the call there); `not_home_mode`: the account is not in \
+            home mode in this currency; `region_retired`", body = ErrorBody),
+    )
+)]
+async fn move_home(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let account = account_of(path)?;
+    let bytes = body.map_err(|e| body_error(&st, e))?;
+    let b: HomeMoveRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            400,
+            "invalid_json",
+            &format!("expected {{\"region\":\"<region>\",\"currency\":\"<code>\"}}: {e}"),
+        )
+    })?;
+    let to = RegionId::new(&b.region).map_err(|e| error(400, "invalid_region", &e.to_string()))?;
+    let currency =
+        Currency::parse(&b.currency).map_err(|e| error(400, "unknown_currency", &e.to_string()))?;
+    Ok(ask(&st, |reply| Command::MoveHome {
+        account,
+        currency,
+        to,
+        reply,
+    })
+    .await)
 }
 
 /// Cuts replication with regions off, or heals (only with `[faults] enabled = true`).
