@@ -115,6 +115,9 @@ pub struct Actor {
     key_stage: wallet_p2p::KeyStage,
     /// The rotated signing key's file.
     rotated_key: std::path::PathBuf,
+    /// `compact_every_events` (0: never) and the settled count at the last compaction.
+    compact_every_events: u64,
+    compacted_at: u64,
     /// Client requests the core answered `Submitted::Pending` (a debit forwarded to its
     /// home, or waiting for escrow rights), by the core's request id: answered from
     /// `Output::Decided`. Bounded by the core (`PENDING_REQUESTS_MAX`), which owns their
@@ -204,6 +207,8 @@ pub struct ActorParts {
     pub rotated_key: std::path::PathBuf,
     /// The configured members' peer ids.
     pub peers: BTreeMap<wallet_core::RegionId, libp2p::PeerId>,
+    /// Compact after this many more events settled (0: never): `compact_every_events`.
+    pub compact_every_events: u64,
 }
 
 impl Actor {
@@ -242,6 +247,8 @@ impl Actor {
             retiring: BTreeMap::new(),
             key_stage: p.key_stage,
             rotated_key: p.rotated_key,
+            compact_every_events: p.compact_every_events,
+            compacted_at: 0,
             parked: BTreeMap::new(),
             awaiting_event: Vec::new(),
         };
@@ -918,9 +925,22 @@ impl Actor {
                 &format!("no transaction {id:?} in this region"),
             )
         };
+        // Folded into a snapshot (`compact_every_events`): settled, in the balances, gone.
+        let compacted = || {
+            Reply::error(
+                410,
+                "compacted",
+                &format!(
+                    "transaction {id:?} is settled and was compacted into a snapshot on this \
+                     region (compact_every_events): its effect is in the balances, its record \
+                     is no longer served"
+                ),
+            )
+        };
         if let Ok(eid) = EventId::parse(id) {
             return match self.replica.event(eid) {
                 Some(e) => Reply::json(200, render::event_json(e, self.replica.status(eid), true)),
+                None if self.replica.compacted(eid) => compacted(),
                 None => not_found(),
             };
         }
@@ -932,7 +952,11 @@ impl Actor {
             );
         };
         let Some(ev) = self.replica.event(cause) else {
-            return not_found();
+            return if self.replica.compacted(cause) {
+                compacted()
+            } else {
+                not_found()
+            };
         };
         let Some(tx) = ev.tx() else {
             return not_found();
@@ -949,6 +973,23 @@ impl Actor {
                 Reply::json(200, render::comp_json(c, true))
             }
             _ => not_found(),
+        }
+    }
+
+    /// Compacts once `compact_every_events` more events settled since the last compaction
+    /// (docs/protocol.md §11): the settled history every member holds is folded into a
+    /// snapshot, dropped from memory, and (its `Record::Snapshot`) from the database.
+    fn maybe_compact(&mut self) {
+        let settled = self.replica.stats().settled;
+        if self.compact_every_events == 0
+            || settled < self.compacted_at.saturating_add(self.compact_every_events)
+        {
+            return;
+        }
+        if let Some(s) = self.replica.compact() {
+            self.compacted_at = settled;
+            tracing::info!(at = ?s.body.at, accounts = s.body.accounts.len(),
+                events_in_memory = self.replica.events_in_memory(), "compacted");
         }
     }
 
@@ -1208,6 +1249,7 @@ async fn run(
             Input::Timer => {
                 timer_at = u64::MAX;
                 a.replica.handle_timeout(now_ms());
+                a.maybe_compact();
             }
             Input::ExpireIdempotency => {
                 expiry_at = None;

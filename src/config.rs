@@ -98,6 +98,8 @@ struct RawConfig {
     max_clock_skew_ms: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
     idempotency_retention_ms: Option<u64>,
+    #[serde(default)]
+    compact_every_events: u64,
     http: RawHttp,
     p2p: RawP2p,
     members: Vec<RawMember>,
@@ -299,6 +301,9 @@ pub struct NodeConfig {
     /// How long an idempotency key holds, in ms: in the core's key index (by HLC) and in the
     /// HTTP response cache (by wall clock). The same on every region.
     pub idempotency_retention_ms: u64,
+    /// Compact (fold the settled history every member holds into a snapshot, drop it from
+    /// memory and the database) after this many more events settled; 0 (the default): never.
+    pub compact_every_events: u64,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
     /// Largest request body.
@@ -712,6 +717,7 @@ impl NodeConfig {
             max_clock_skew_ms,
             heartbeat_interval_ms,
             idempotency_retention_ms,
+            compact_every_events: raw.compact_every_events,
             http_listen,
             body_limit_bytes,
             metrics_listen,

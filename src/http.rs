@@ -863,6 +863,7 @@ async fn balances(
         (status = 200, description = "The event or compensation", body = render::EntryView),
         (status = 400, description = "`invalid_transaction_id`", body = ErrorBody),
         (status = 404, description = "`not_found`: this region does not hold it (yet)", body = ErrorBody),
+        (status = 410, description = "`compacted`: settled and folded into a snapshot on this region (`compact_every_events`); its effect is in the balances", body = ErrorBody),
     )
 )]
 async fn get_transaction(

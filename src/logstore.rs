@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
-use wallet_core::wire::{decode_event, decode_value, encode_event, encode_value};
+use wallet_core::wire::{decode_event, decode_value, encode_event, encode_snapshot, encode_value};
 use wallet_core::{AccountId, Event, Evidence, Record};
 
 use crate::storage::{IdemRecord, Loaded, StorageError, WriteOp};
@@ -385,6 +385,9 @@ impl LogStore {
                     Record::Ceiling(h) => meta("ceiling", h.0),
                     Record::Watermark(h) => meta("watermark", h.0),
                     Record::Evidence(ev) => Other::Evidence(encode_value(ev)),
+                    // The events it folds stay in the file (the log only grows) and are
+                    // skipped on load.
+                    Record::Snapshot(snap) => Other::Meta("snapshot".into(), encode_snapshot(snap)),
                 },
                 WriteOp::Idem { account, key, rec } => {
                     Other::IdemPut(account.as_str().into(), key.to_string(), (**rec).clone())
@@ -579,8 +582,11 @@ impl Tables {
     fn into_loaded(self) -> Result<Loaded, (String, String)> {
         let mut out = Loaded::default();
         crate::storage::apply_meta(&mut out, &self.meta)?;
-        let mut gaps = crate::storage::GapCheck::default();
+        let mut gaps = crate::storage::GapCheck::after(out.snapshot.as_ref());
         for ((origin, seq), e) in self.events {
+            if gaps.folds(&origin, seq) {
+                continue;
+            }
             gaps.check(&origin, seq, &e)?;
             out.events.push(e);
         }

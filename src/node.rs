@@ -172,7 +172,18 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
              stopped until an operator acts (GET /v1/admin/evidence)"
         );
     }
-    replica.load(loaded.events);
+    match &loaded.snapshot {
+        // After a compaction: the snapshot, then the events stored after it.
+        Some(s) => {
+            replica
+                .restore(s, loaded.events)
+                .map_err(|e| storage::StorageError::Corrupt {
+                    path: cfg.storage_backend.file_path(&cfg.data_dir).display().to_string(),
+                    what: format!("meta[snapshot] does not restore: {e}"),
+                })?
+        }
+        None => replica.load(loaded.events),
+    }
     replica.restore_watermark(loaded.watermark);
     if replica.event_count() != n_events as u64 {
         tracing::warn!(
@@ -224,6 +235,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         .with_registry(|reg| wallet_p2p::spawn_with_metrics(net_cfg, reg))
         .map_err(|e| NodeError::Net(e.to_string()))?;
     let actor = Actor::new(ActorParts {
+        compact_every_events: cfg.compact_every_events,
         replica,
         net: net.clone(),
         writer: writer_tx,

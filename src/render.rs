@@ -68,6 +68,7 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    Compacted,
     IdempotencyConflict,
     AccountFrozen,
     BalanceOverflow,

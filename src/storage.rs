@@ -6,7 +6,9 @@
 //! four in memory):
 //! - `events`: `(origin, seq)` -> checksum ‖ `wire::encode_event(event)`;
 //! - `meta`: `"ceiling"`, `"watermark"`, `"policy"` (seed policy hash recorded at first
-//!   start), `"restore"` (a restore from peers is in progress), `"format"`;
+//!   start), `"restore"` (a restore from peers is in progress), `"format"`, `"snapshot"` (the
+//!   last `Record::Snapshot`, `wire::encode_snapshot`: the events it folds are deleted from
+//!   `events` in the same transaction);
 //! - `idempotency`: `(account, key)` -> checksum ‖ encoded [`IdemRecord`];
 //! - `evidence`: `(origin, seq, SHA-256 of the payload)` -> checksum ‖
 //!   `wire::encode_value(evidence)`: proof that a member broke the protocol
@@ -30,8 +32,10 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use wallet_core::wire::{decode_event, decode_value, encode_event, encode_value};
-use wallet_core::{AccountId, Event, Evidence, Hlc, PolicyHash, Record, RegionId};
+use wallet_core::wire::{
+    decode_event, decode_snapshot, decode_value, encode_event, encode_snapshot, encode_value,
+};
+use wallet_core::{AccountId, Event, Evidence, Hlc, PolicyHash, Record, RegionId, Snapshot};
 
 use crate::metrics::Metrics;
 
@@ -117,6 +121,18 @@ pub struct Loaded {
     /// Evidence of protocol violations, by (origin, seq): hand it to
     /// [`wallet_core::Replica::restore_evidence`] before `load`.
     pub evidence: Vec<Evidence>,
+    /// The last snapshot written: start with [`wallet_core::Replica::restore`] from it and
+    /// `events` (which then hold only what follows it), instead of `load`.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// The last seq of `origin` a snapshot folds (0: none).
+fn folded(s: &Snapshot, origin: &str) -> u64 {
+    s.body
+        .members
+        .iter()
+        .find(|m| m.region.as_str() == origin)
+        .map_or(0, |m| m.seq)
 }
 
 /// One write.
@@ -308,17 +324,34 @@ pub(crate) fn apply_meta(
         }
         out.recorded_policy_doc = Some(doc);
     }
+    if let Some(v) = meta.get("snapshot") {
+        out.snapshot = Some(decode_snapshot(v).map_err(|w| (place("snapshot"), w.to_string()))?);
+    }
     Ok(())
 }
 
 /// Checks events read back in (origin, seq) order: each is stored under its own id, and
-/// each origin's log starts at 1 with no gap.
-#[derive(Default)]
-pub(crate) struct GapCheck {
+/// each origin's log starts at 1 (after a snapshot: right after the last seq it folds) with
+/// no gap.
+pub(crate) struct GapCheck<'a> {
     next_seq: BTreeMap<RegionId, u64>,
+    snapshot: Option<&'a Snapshot>,
 }
 
-impl GapCheck {
+impl<'a> GapCheck<'a> {
+    pub(crate) fn after(snapshot: Option<&'a Snapshot>) -> Self {
+        GapCheck {
+            next_seq: BTreeMap::new(),
+            snapshot,
+        }
+    }
+
+    /// Whether the snapshot folds this event (a store that keeps folded events, the log,
+    /// skips them on load).
+    pub(crate) fn folds(&self, origin: &str, seq: u64) -> bool {
+        self.snapshot.is_some_and(|s| seq <= folded(s, origin))
+    }
+
     pub(crate) fn check(
         &mut self,
         origin: &str,
@@ -329,7 +362,8 @@ impl GapCheck {
         if e.id.origin.as_str() != origin || e.id.seq != seq {
             return Err((place(), format!("holds event {}", e.id)));
         }
-        let n = self.next_seq.entry(e.id.origin).or_insert(1);
+        let first = self.snapshot.map_or(0, |s| folded(s, origin)) + 1;
+        let n = self.next_seq.entry(e.id.origin).or_insert(first);
         if e.id.seq != *n {
             return Err((
                 place(),
@@ -715,11 +749,10 @@ impl Store {
         }
         apply_meta(&mut out, &meta_map)
             .map_err(|(place, w)| self.corrupt(format!("{place}: {w}")))?;
-
         let events = txn
             .open_table(EVENTS)
             .map_err(|e| self.corrupt(e.to_string()))?;
-        let mut gaps = GapCheck::default();
+        let mut gaps = GapCheck::after(out.snapshot.as_ref());
         for item in events.iter().map_err(c)? {
             let (k, v) = item.map_err(c)?;
             let (origin, seq) = k.value();
@@ -824,6 +857,16 @@ impl Store {
                     Record::Watermark(h) => {
                         let v = seal("meta", b"watermark", &h.0.to_be_bytes());
                         meta.insert("watermark", v.as_slice()).map_err(s)?;
+                    }
+                    Record::Snapshot(snap) => {
+                        let v = seal("meta", b"snapshot", &encode_snapshot(snap));
+                        meta.insert("snapshot", v.as_slice()).map_err(s)?;
+                        for m in &snap.body.members {
+                            let origin = m.region.as_str();
+                            events
+                                .retain_in((origin, 0u64)..=(origin, m.seq), |_, _| false)
+                                .map_err(s)?;
+                        }
                     }
                     Record::Evidence(ev) => {
                         let id = ev.id();
@@ -1012,6 +1055,70 @@ mod tests {
                 None => panic!("no event"),
             }
         }
+    }
+
+    /// Writes every record the replica asks for, one commit each, and acknowledges it.
+    fn pump(r: &mut Replica, store: &Store) {
+        while let Some(o) = r.poll_output() {
+            if let Output::Persist { index, record } = o {
+                store.commit(&[&WriteOp::Record { index, record }]).unwrap();
+                r.handle_persisted(index);
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_deletes_what_it_folds_and_a_start_restores_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let eu = RegionId::new("eu").unwrap();
+        let cfg = || Config::new(eu, vec![eu], Policy::zero());
+        let alice = AccountId::new("alice").unwrap();
+        let deposit = |r: &mut Replica, now: u64, amount: &str| {
+            r.submit(
+                now,
+                TxRequest {
+                    account: alice.clone(),
+                    kind: Kind::Deposit,
+                    amount: Amount::parse(amount, Currency::USD).unwrap(),
+                    currency: Currency::USD,
+                    idempotency_key: None,
+                    reference: None,
+                },
+            )
+            .unwrap();
+        };
+        let last = {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            let mut r = Replica::new(cfg(), Hlc::ZERO);
+            for (i, amount) in ["1", "2", "3"].iter().enumerate() {
+                deposit(&mut r, 1_000 + i as u64, amount);
+                pump(&mut r, &store);
+            }
+            for now in [2_000, 3_000, 4_000] {
+                r.handle_timeout(now);
+                pump(&mut r, &store);
+            }
+            let snap = r.compact().expect("everything is settled");
+            assert_eq!(snap.body.members[0].seq, 3);
+            pump(&mut r, &store);
+            deposit(&mut r, 5_000, "4");
+            pump(&mut r, &store);
+            r.event_count()
+        };
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        let snap = loaded.snapshot.expect("stored");
+        // Only what follows the snapshot is left in `events`.
+        let seqs: Vec<u64> = loaded.events.iter().map(|e| e.id.seq).collect();
+        assert_eq!(seqs, vec![4]);
+        let mut r = Replica::new(cfg(), loaded.ceiling);
+        r.restore(&snap, loaded.events).unwrap();
+        r.restore_watermark(loaded.watermark);
+        assert_eq!(r.event_count(), last);
+        let b = r.balance(&alice, Currency::USD);
+        assert_eq!(
+            (b.provisional.to_string(), b.settled.to_string()),
+            ("10.00".into(), "6.00".into())
+        );
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub mod message;
 pub mod money;
 pub mod policy;
 pub mod replica;
+pub mod snapshot;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod wire;
@@ -74,6 +75,6 @@ pub use policy::{
 pub use replica::{
     Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, JoinInfo, KeyHistory,
     MemberStatus, MembershipError, MembershipStats, Message, NoAuth, Output, PolicyVersionInfo,
-    Record, Replica, Report, RetireInfo, SignedHeartbeat, Snapshot, SnapshotBody, Stats, Status,
-    SubmitError, Submitted, TxRequest,
+    Record, Replica, Report, RestoreError, RetireInfo, SignedHeartbeat, Snapshot, SnapshotBody,
+    Stats, Status, SubmitError, Submitted, TxRequest,
 };

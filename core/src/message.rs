@@ -166,6 +166,11 @@ pub enum Message {
         /// The shortfall.
         amount: Amount,
     },
+    /// The answer to a `Pull` or `PullGaps` from a member that lacks events below the
+    /// answerer's compaction point (issue 13): the answerer's last signed snapshot, verified
+    /// against its signer's key; the requester installs it and pulls the events after it.
+    /// Added after `RightsRequest`.
+    Snapshot(Box<crate::snapshot::Snapshot>),
 }
 
 /// What a home decided on a forwarded debit.

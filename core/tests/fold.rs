@@ -567,7 +567,7 @@ fn pump_disk(r: &mut Replica, disk: &mut Vec<Event>, wm: &mut Hlc) {
             match record {
                 Record::Event(e) => disk.push(e),
                 Record::Watermark(w) => *wm = w,
-                Record::Ceiling(_) | Record::Evidence(_) => {}
+                Record::Ceiling(_) | Record::Evidence(_) | Record::Snapshot(_) => {}
             }
             r.handle_persisted(index);
         }

@@ -112,6 +112,7 @@ enum Pend {
     Ceiling(Hlc),
     Watermark(Hlc),
     Evidence(Box<wallet_core::Evidence>),
+    Snapshot(Box<wallet_core::Snapshot>),
 }
 
 /// The simulated disk of one region: what is durable, and what is written but not yet.
@@ -136,6 +137,8 @@ pub struct Disk {
     stalled: bool,
     /// Persist records that broke the per-origin order (a core bug if ever non-zero).
     pub out_of_order: u64,
+    /// The last durable snapshot (`Record::Snapshot`).
+    pub snapshot: Option<Box<wallet_core::Snapshot>>,
 }
 
 /// One simulated region.
@@ -528,7 +531,7 @@ pub fn late_regions(cfg: &SimConfig) -> Vec<usize> {
     out
 }
 
-fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
+pub(crate) fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
     // The founding members leave out the regions a scenario joins later; a joining region
     // names the founding members and itself, and learns of the others from the history.
     let late: Vec<RegionId> = late_regions(cfg)
@@ -720,6 +723,7 @@ impl Sim {
                     fsync_in_flight: false,
                     stalled: false,
                     out_of_order: 0,
+                    snapshot: None,
                 },
                 timer_at: None,
                 acks: VecDeque::new(),
@@ -1102,6 +1106,7 @@ impl Sim {
                         }
                         Record::Ceiling(h) => Pend::Ceiling(h),
                         Record::Watermark(h) => Pend::Watermark(h),
+                        Record::Snapshot(s) => Pend::Snapshot(s),
                         Record::Evidence(ev) => {
                             self.byz_bias_crash(i);
                             Pend::Evidence(Box::new(ev))
@@ -1723,6 +1728,8 @@ impl Sim {
         let fold = &mut self.snapshot_fold;
         fold.advance(&n.replica, &self.cfg.regions, s.body.at);
         self.during.snapshot_taken(&s, fold.state());
+        let cfg = make_config(&self.cfg, self.nodes[i].id);
+        crate::check::restore_agrees(self, i, &s, cfg);
     }
 
     /// A crash that also loses the disk: the next start is a restore from the peers.
@@ -1864,6 +1871,7 @@ impl Sim {
                 Pend::Ceiling(h) => node.disk.ceiling = node.disk.ceiling.max(h),
                 Pend::Watermark(h) => node.disk.watermark = node.disk.watermark.max(h),
                 Pend::Evidence(ev) => node.disk.evidence.push(*ev),
+                Pend::Snapshot(s) => node.disk.snapshot = Some(s),
             }
         }
         node.replica.handle_persisted(upto);

@@ -90,6 +90,33 @@ pub(crate) struct AccountState {
 }
 
 impl AccountState {
+    /// Indexes the idempotency key `k` of event `id` (at order key `key`, in `logs`). The key
+    /// maps to the first event holding it in the total order, so a retry finds the same event
+    /// on every region once both are known. The first holder goes to `keys`, any other to
+    /// `more_keys` (only duplicates and conflicts, which are rare).
+    pub(crate) fn index_key(
+        &mut self,
+        logs: &Logs,
+        k: &str,
+        id: EventId,
+        key: crate::event::OrderKey,
+    ) {
+        let other = match self.keys.holder_or_insert(&logs.members, k, id) {
+            None => None,
+            Some(have) => match logs.event(*have).map(|e| e.key() < key) {
+                Some(true) => Some(id),
+                Some(false) => Some(std::mem::replace(have, id)),
+                None => {
+                    *have = id;
+                    None
+                }
+            },
+        };
+        if let Some(other) = other {
+            self.more_keys.entry(k.into()).or_default().push(other);
+        }
+    }
+
     /// `id` no longer holds `key` (its retention ended, SPEC §5 as amended by issue 13): the
     /// next holder of the key in total order, if any, becomes the first.
     pub(crate) fn forget_key(&mut self, logs: &Logs, key: &str, id: EventId) {
@@ -180,23 +207,7 @@ impl Accounts {
         debug_assert!(seqs.last().is_none_or(|&q| q < id.seq));
         seqs.push(id.seq);
         if let Some(k) = &tx.idempotency_key {
-            // The key maps to the first event holding it in the total order, so a retry finds
-            // the same event on every region once both are known. The first holder goes to
-            // `keys`, any other to `more_keys` (only duplicates and conflicts, which are rare).
-            let other = match acct.keys.holder_or_insert(&logs.members, k, id) {
-                None => None,
-                Some(have) => match logs.event(*have).map(|e| e.key() < key) {
-                    Some(true) => Some(id),
-                    Some(false) => Some(std::mem::replace(have, id)),
-                    None => {
-                        *have = id;
-                        None
-                    }
-                },
-            };
-            if let Some(other) = other {
-                acct.more_keys.entry(k.clone()).or_default().push(other);
-            }
+            acct.index_key(logs, k, id, key);
         }
         let st = acct.balances.entry(tx.currency).or_default();
         if !st.provisional_frozen {

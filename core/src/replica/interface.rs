@@ -22,6 +22,10 @@ pub enum Record {
     /// Equivocation evidence: after a restart, hand every one back with
     /// [`Replica::restore_evidence`] so the origin stays frozen.
     Evidence(Evidence),
+    /// A snapshot that replaces every event it folds (per origin, seqs up to its members'
+    /// `seq`): store it and delete those events, atomically. After a restart, hand it to
+    /// [`Replica::restore`] with the events stored after it. Added after `Evidence`.
+    Snapshot(Box<crate::snapshot::Snapshot>),
 }
 
 /// Outputs, drained with [`Replica::poll_output`] after every input.
@@ -120,11 +124,19 @@ pub enum Report {
         /// What happened.
         what: String,
     },
+    /// A snapshot a peer sent was refused (bad signature, another cluster, not applicable).
+    /// Added after `Membership`.
+    Snapshot {
+        /// The peer.
+        from: RegionId,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Report {
     /// Every kind, in a fixed order: for metrics that list each one, even at zero.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "rejected",
         "clock_skew",
         "equivocation",
@@ -132,6 +144,7 @@ impl Report {
         "overflow",
         "unknown_member",
         "membership",
+        "snapshot",
     ];
 
     /// A short stable name of the kind (a metric label). A new variant gets a new name here,
@@ -145,6 +158,7 @@ impl Report {
             Report::Overflow { .. } => "overflow",
             Report::UnknownMember { .. } => "unknown_member",
             Report::Membership { .. } => "membership",
+            Report::Snapshot { .. } => "snapshot",
         }
     }
 

@@ -65,7 +65,8 @@ impl Replica {
             return Err("unsettled index differs from the logs".into());
         }
         for (i, c) in self.settle.feed.iter().enumerate() {
-            if c.position != i as u64 {
+            let i = self.settle.feed_base + i as u64;
+            if c.position != i {
                 return Err(format!("feed entry {i} has position {}", c.position));
             }
             let map = if c.kind == CompKind::IdempotencyConflict {
@@ -73,7 +74,7 @@ impl Replica {
             } else {
                 &self.settle.comp_by_cause
             };
-            if map.get(&c.cause) != Some(&(i as u64)) {
+            if map.get(&c.cause) != Some(&i) {
                 return Err(format!("{} is not indexed by its cause", c.id()));
             }
             add(&mut sums, &c.account, c.currency, c.delta, true);

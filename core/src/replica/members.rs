@@ -117,6 +117,9 @@ pub(crate) struct Membership {
     /// A cut below an event settled here, or two cuts of one region that disagree: what was
     /// settled cannot be voided, so settlement stops and an operator acts.
     pub(crate) broken: bool,
+    /// A key rotation was applied: snapshots do not carry key history yet, so this region
+    /// no longer compacts (issue 13).
+    pub(crate) rotated: bool,
     pub(crate) stats: MembershipStats,
 }
 
@@ -349,7 +352,10 @@ impl Replica {
                 acks.insert(id.origin, held);
                 self.try_cut(retire);
             }
-            Change::RotateKey { key } => self.cfg.auth.set_key(id.origin, hlc, &key),
+            Change::RotateKey { key } => {
+                self.membership.rotated = true;
+                self.cfg.auth.set_key(id.origin, hlc, &key)
+            }
         }
     }
 

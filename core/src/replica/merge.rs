@@ -44,6 +44,7 @@ impl Replica {
                 currency,
                 amount,
             } => self.handle_rights_request(now_ms, from, account, currency, amount),
+            Message::Snapshot(snap) => self.handle_snapshot(now_ms, from, snap),
         }
         // Rights may have come in: a debit waiting for them may go ahead.
         self.retry_waiting(now_ms);

@@ -25,6 +25,10 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub use crate::snapshot::{
+    RestoreError, SnapAccount, SnapBalance, SnapHome, SnapKey, SnapMember, SnapPolicy, SnapRights,
+    Snapshot, SnapshotBody, EXT_HOMES, EXT_RIGHTS, SNAPSHOT_FORMAT,
+};
 use accounts::Accounts;
 pub use accounts::Balance;
 use durability::{Awaiting, Durability};
@@ -36,10 +40,6 @@ use modes::{Modes, Route, Stage};
 use pull::PullScheduler;
 pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
 use settle::Settlement;
-pub use snapshot::{
-    SnapAccount, SnapBalance, SnapKey, SnapMember, SnapPolicy, Snapshot, SnapshotBody,
-    SNAPSHOT_FORMAT,
-};
 
 pub use crate::auth::{Authenticator, KeyHistory, NoAuth};
 use crate::event::{Body, Event, Tx};
@@ -160,6 +160,9 @@ pub struct Replica {
     /// Heartbeats issued since evidence was last sent to peers.
     evidence_resend_heartbeats: u32,
     stats: Stats,
+    /// The last snapshot made ([`Replica::compact`]) or restored from: what a member that
+    /// lacks events below the logs' bases is sent instead (issue 13).
+    snapshot: Option<Box<Snapshot>>,
 }
 
 impl Replica {
@@ -192,6 +195,7 @@ impl Replica {
             evidence: Vec::new(),
             evidence_resend_heartbeats: 0,
             stats: Stats::default(),
+            snapshot: None,
             cfg,
         };
         if let Some(h) = r.cfg.recorded_policy {
@@ -353,7 +357,9 @@ impl Replica {
         let Some(m) = self.logs.members.get_mut(&own) else {
             return;
         };
-        let Some(events) = usize::try_from(from - 1)
+        // The log holds seqs above its compaction base (unsigned events are never folded:
+        // they are not durable, so no member announced them).
+        let Some(events) = usize::try_from(from.saturating_sub(m.base + 1))
             .ok()
             .and_then(|i| m.log.get_mut(i..))
         else {

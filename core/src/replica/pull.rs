@@ -213,6 +213,10 @@ impl Replica {
         if !self.is_peer(from) {
             return;
         }
+        if self.answer_with_snapshot(from, vv) {
+            self.pull.stats.served += 1;
+            return;
+        }
         let limit = limit.clamp(1, PULL_ANSWER_EVENTS_MAX) as usize;
         let mut events = self.missing_for_gaps(vv, upto, limit.saturating_add(1));
         let more = events.len() > limit;

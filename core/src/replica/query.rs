@@ -97,6 +97,11 @@ pub struct Stats {
     pub keys_expired: u64,
     /// Snapshots taken by [`Replica::compact`] (events dropped from memory).
     pub compactions: u64,
+    /// Snapshots restored from or installed ([`Replica::restore`],
+    /// [`Replica::install_snapshot`]).
+    pub restores: u64,
+    /// Pulls answered with a snapshot.
+    pub snapshots_sent: u64,
 }
 
 impl Replica {
@@ -194,7 +199,7 @@ impl Replica {
             .settle
             .comp_by_cause
             .get(&id)
-            .and_then(|i| self.settle.feed.get(usize::try_from(*i).ok()?));
+            .and_then(|i| self.settle.comp_at(*i));
         if !self.is_settled(&e.key()) {
             return Some((Status::Provisional, None));
         }
@@ -240,7 +245,7 @@ impl Replica {
             Some((self.event(EventId { origin, seq })?.key(), 0))
         };
         let comp_key = |position: u64| -> Option<EntryKey> {
-            let c = self.settle.feed.get(usize::try_from(position).ok()?)?;
+            let c = self.settle.comp_at(position)?;
             let sub = if c.kind == CompKind::IdempotencyConflict {
                 2
             } else {
@@ -298,10 +303,7 @@ impl Replica {
                 None => {
                     let p = comps.first().copied().unwrap_or(u64::MAX);
                     comps = comps.get(1..).unwrap_or(&[]);
-                    if let Some(c) = usize::try_from(p)
-                        .ok()
-                        .and_then(|p| self.settle.feed.get(p))
-                    {
+                    if let Some(c) = self.settle.comp_at(p) {
                         out.push((k, Entry::Compensation(c)));
                     }
                 }
@@ -310,9 +312,10 @@ impl Replica {
         out
     }
 
-    /// The compensation feed from position `after` (exclusive), in settled order.
+    /// The compensation feed from position `from`, in settled order (after a restore from a
+    /// snapshot, from the first entry after it at the earliest).
     pub fn feed(&self, from: u64, limit: usize) -> &[Compensation] {
-        let start = usize::try_from(from)
+        let start = usize::try_from(from.saturating_sub(self.settle.feed_base))
             .unwrap_or(usize::MAX)
             .min(self.settle.feed.len());
         let end = start.saturating_add(limit).min(self.settle.feed.len());
@@ -321,7 +324,7 @@ impl Replica {
 
     /// Length of the feed.
     pub fn feed_len(&self) -> u64 {
-        self.settle.feed.len() as u64
+        self.settle.feed_end()
     }
 
     /// Per-member status.

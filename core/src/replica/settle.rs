@@ -45,8 +45,10 @@ pub(crate) struct Settlement {
     pub(crate) watermark: Hlc,
     /// The highest watermark asked to be persisted.
     pub(crate) persisted_watermark: Hlc,
-    /// Compensations and conflict reports, in settled order.
+    /// Compensations and conflict reports, in settled order, from position `feed_base`.
     pub(crate) feed: Vec<Compensation>,
+    /// Feed entries before `feed`: those of a snapshot this replica was restored from.
+    pub(crate) feed_base: u64,
     pub(crate) comp_by_cause: BTreeMap<EventId, u64>,
     pub(crate) conflict_by_cause: BTreeMap<EventId, u64>,
     /// Version 1 is the seed policy; each policy event folded adds the next.
@@ -88,6 +90,7 @@ impl Settlement {
             watermark: Hlc::ZERO,
             persisted_watermark: Hlc::ZERO,
             feed: Vec::new(),
+            feed_base: 0,
             comp_by_cause: BTreeMap::new(),
             conflict_by_cause: BTreeMap::new(),
             policies: vec![PolicyVersion::seed(seed)],
@@ -106,6 +109,17 @@ impl Settlement {
     pub(crate) fn current_policy(&self) -> (u32, &Policy) {
         let p = self.policies.last().unwrap_or_else(|| unreachable_policy());
         (p.version, &p.policy)
+    }
+
+    /// The feed entry at `position`, if held (those before a restore's snapshot are not).
+    pub(crate) fn comp_at(&self, position: u64) -> Option<&Compensation> {
+        self.feed
+            .get(usize::try_from(position.checked_sub(self.feed_base)?).ok()?)
+    }
+
+    /// Feed entries, held or not: the next entry's position.
+    pub(crate) fn feed_end(&self) -> u64 {
+        self.feed_base + self.feed.len() as u64
     }
 
     /// Is the event at this order key settled?
@@ -437,7 +451,7 @@ impl Settlement {
         if by_cause.contains_key(&cause) {
             return false;
         }
-        let position = self.feed.len() as u64;
+        let position = self.feed_end();
         let comp = Compensation {
             kind,
             cause,

@@ -15,165 +15,24 @@
 //! name of its own, deterministic bytes that older readers carry along untouched, or into a
 //! new field with [`SNAPSHOT_FORMAT`] raised.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
-use crate::auth::Authenticator;
-use crate::event::Kind;
+use crate::event::{AccountOp, Body, Event, Tx};
 use crate::id::{AccountId, EventId, Hlc, RegionId};
-use crate::money::{Amount, Currency};
-use crate::policy::{Policy, PolicyHash};
+use crate::message::Message;
+use crate::money::Currency;
+use crate::snapshot::{
+    RestoreError, SnapAccount, SnapBalance, SnapHome, SnapKey, SnapMember, SnapPolicy, SnapRights,
+    Snapshot, SnapshotBody, EXT_HOMES, EXT_RIGHTS, SNAPSHOT_FORMAT,
+};
 
-use super::Replica;
-
-/// The snapshot body's format; raised when a field is added.
-pub const SNAPSHOT_FORMAT: u16 = 1;
-
-/// The settled fold state of one (account, currency) at the snapshot point.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapBalance {
-    /// The currency.
-    pub currency: Currency,
-    /// Settled balance, compensations included.
-    pub settled: Decimal,
-    /// An overdraft episode is open.
-    pub in_episode: bool,
-    /// The open episode's fee was charged.
-    pub episode_fee_charged: bool,
-    /// Fees charged in the open episode.
-    pub episode_fees: Decimal,
-    /// The settled sum overflowed: frozen.
-    pub frozen: bool,
-}
-
-/// One account at the snapshot point.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapAccount {
-    /// The account.
-    pub account: AccountId,
-    /// Its (account, currency) pairs, by currency.
-    pub balances: Vec<SnapBalance>,
-}
-
-/// An idempotency key still within retention at the snapshot point: the settled event that
-/// holds it and the body a later copy is compared with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapKey {
-    /// The account.
-    pub account: AccountId,
-    /// The key.
-    pub key: String,
-    /// The event holding it.
-    pub id: EventId,
-    /// That event's HLC (its retention runs from here).
-    pub hlc: Hlc,
-    /// Its kind.
-    pub kind: Kind,
-    /// Its amount.
-    pub amount: Amount,
-    /// Its currency.
-    pub currency: Currency,
-    /// Its reference.
-    pub reference: Option<String>,
-}
-
-/// A version of the policy history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapPolicy {
-    /// Version (1 is the seed policy).
-    pub version: u32,
-    /// Its hash.
-    pub hash: PolicyHash,
-    /// The policy event and its HLC (`None` for the seed).
-    pub event: Option<(EventId, Hlc)>,
-    /// The policy.
-    pub policy: Policy,
-}
-
-/// One member at the snapshot point.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapMember {
-    /// The region.
-    pub region: RegionId,
-    /// Its join's HLC (`None`: a founding member).
-    pub joined: Option<Hlc>,
-    /// The last of its events at or below the snapshot point (0: none): its part of the
-    /// snapshot's version vector.
-    pub seq: u64,
-    /// That event's HLC ([`Hlc::ZERO`] when none): its next event must be above it.
-    pub hlc: Hlc,
-}
-
-/// What a snapshot holds: the settled state at `at`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotBody {
-    /// [`SNAPSHOT_FORMAT`].
-    pub format: u16,
-    /// The cluster.
-    pub cluster: String,
-    /// The snapshot point: the settled watermark it was taken at.
-    pub at: Hlc,
-    /// The key retention the fold ran with (ms).
-    pub retention_ms: u64,
-    /// Members in force at `at` and the version vector of the history it folds, by region.
-    pub members: Vec<SnapMember>,
-    /// Every account's settled state, by account.
-    pub accounts: Vec<SnapAccount>,
-    /// The policy history, oldest first.
-    pub policies: Vec<SnapPolicy>,
-    /// Keys still within retention at `at`, in settled order.
-    pub keys: Vec<SnapKey>,
-    /// Feed entries before it (the next entry's position).
-    pub feed_len: u64,
-    /// Events settled before it.
-    pub settled: u64,
-    /// Named extensions (per-account state added later), by name.
-    pub ext: Vec<(String, Vec<u8>)>,
-}
-
-/// A signed snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// The state.
-    pub body: SnapshotBody,
-    /// The region that made and signed it.
-    pub signer: RegionId,
-    /// Its signature over [`Snapshot::signing_bytes`].
-    pub sig: Box<[u8]>,
-}
-
-impl SnapshotBody {
-    /// The body's canonical bytes (versioned postcard, as on the wire).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        crate::wire::encode_value(self)
-    }
-}
-
-impl Snapshot {
-    /// What the signature covers: a domain tag, the signer, and the body's bytes (which name
-    /// the cluster, so a snapshot of another cluster does not verify).
-    pub fn signing_bytes(body: &SnapshotBody, signer: RegionId) -> Vec<u8> {
-        let mut out = b"wallet-snapshot\0".to_vec();
-        out.extend_from_slice(signer.as_str().as_bytes());
-        out.push(0);
-        out.extend(body.to_bytes());
-        out
-    }
-
-    /// True when the signature is `signer`'s (the key valid at the snapshot point) and the
-    /// body is of this cluster and format.
-    pub fn verify(&self, auth: &dyn Authenticator, cluster: &str) -> bool {
-        self.body.format == SNAPSHOT_FORMAT
-            && self.body.cluster == cluster
-            && auth.verify_at(
-                self.signer,
-                self.body.at,
-                &Snapshot::signing_bytes(&self.body, self.signer),
-                &self.sig,
-            )
-    }
-}
+use super::accounts::BalanceState;
+use super::durability::{Awaiting, Durability};
+use super::log::Logs;
+use super::settle::PolicyVersion;
+use super::{Config, Record, Replica, Report, Stats};
 
 impl Replica {
     /// The point history may be folded into a snapshot at: the settled watermark, when every
@@ -304,9 +163,9 @@ impl Replica {
             accounts,
             policies,
             keys,
-            feed_len: self.settle.feed.len() as u64,
+            feed_len: self.settle.feed_end(),
             settled: self.settle.settled_count,
-            ext: Vec::new(),
+            ext: self.snapshot_ext(at),
         }
     }
 
@@ -318,7 +177,15 @@ impl Replica {
     /// the replica settles, answers and merges exactly as one that never compacted. Returns
     /// the snapshot (the host stores it), or None when there is no compaction point.
     /// O(dropped events + accounts × origins).
+    ///
+    /// Refused (None) while the membership history holds a join, a retire or a key rotation:
+    /// snapshots do not carry it yet, so a region restored from one could not verify or cut
+    /// as its peers do. The snapshot is also emitted as [`Record::Snapshot`] (store it and
+    /// delete the events it folds) and kept to answer a member that lacks them.
     pub fn compact(&mut self) -> Option<Snapshot> {
+        if !self.compaction_allowed() {
+            return None;
+        }
         let snap = self.snapshot()?;
         let at = snap.body.at;
         let retention = self.settle.retention_ms;
@@ -359,6 +226,8 @@ impl Replica {
             }
         }
         self.stats.compactions += 1;
+        self.persist(Record::Snapshot(Box::new(snap.clone())));
+        self.snapshot = Some(Box::new(snap.clone()));
         Some(snap)
     }
 
@@ -370,5 +239,431 @@ impl Replica {
             .values()
             .map(|m| (m.log.len() + m.retained.len()) as u64)
             .sum()
+    }
+
+    /// True when event `id` was folded into a snapshot here: no longer served (its effect is
+    /// in the balances). A dropped event kept for its idempotency key is still readable.
+    pub fn compacted(&self, id: EventId) -> bool {
+        self.logs
+            .members
+            .get(&id.origin)
+            .is_some_and(|m| id.seq <= m.base)
+            && self.logs.event(id).is_none()
+    }
+
+    /// The last snapshot made or restored from, if any.
+    pub fn last_snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_deref()
+    }
+
+    /// False while the membership history holds what snapshots do not carry yet (joins,
+    /// retires, key rotations): such a region does not compact.
+    pub fn compaction_allowed(&self) -> bool {
+        self.membership.joins.is_empty()
+            && self.membership.retires.is_empty()
+            && !self.membership.rotated
+    }
+
+    /// The extension sections of a body at `at` (the settled watermark): escrow rights and
+    /// home moves of the settled prefix, each only when not empty.
+    fn snapshot_ext(&self, at: Hlc) -> Vec<(String, Vec<u8>)> {
+        let mut ext = Vec::new();
+        let rights = self.settled_rights(at);
+        if !rights.is_empty() {
+            ext.push((EXT_RIGHTS.to_string(), crate::wire::encode_value(&rights)));
+        }
+        let homes = self.settled_homes(at);
+        if !homes.is_empty() {
+            ext.push((EXT_HOMES.to_string(), crate::wire::encode_value(&homes)));
+        }
+        ext
+    }
+
+    /// Escrow rights as the settled prefix alone gives them: the rights held (every event
+    /// held counts when held) less what the events above `at` gave when they were held. The
+    /// settled part of a keyed credit is in the rights already (the fold moved it there), the
+    /// unsettled part is in `unspendable`, which the snapshot does not need (zero at `at`).
+    fn settled_rights(&self, at: Hlc) -> Vec<SnapRights> {
+        type Above = BTreeMap<(AccountId, Currency), (BTreeMap<RegionId, Decimal>, u64)>;
+        let mut above: Above = BTreeMap::new();
+        let give = |above: &mut Above, a: &AccountId, c: Currency, r: RegionId, d: Decimal| {
+            let v = above
+                .entry((a.clone(), c))
+                .or_default()
+                .0
+                .entry(r)
+                .or_default();
+            *v = v.checked_add(d).unwrap_or(*v);
+        };
+        for (origin, m) in &self.logs.members {
+            let from = m.log.partition_point(|e| e.hlc <= at);
+            for e in m.log.get(from..).unwrap_or(&[]) {
+                match &e.body {
+                    Body::Tx(tx) if tx.kind.is_debit() || tx.idempotency_key.is_none() => {
+                        give(&mut above, &tx.account, tx.currency, *origin, tx.delta());
+                    }
+                    Body::Account(op) => {
+                        if let AccountOp::RightsTransfer {
+                            account,
+                            currency,
+                            amount,
+                            to,
+                        } = &**op
+                        {
+                            give(&mut above, account, *currency, *origin, -amount.value());
+                            give(&mut above, account, *currency, *to, amount.value());
+                            above.entry((account.clone(), *currency)).or_default().1 += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (a, acct) in &self.accounts.map {
+            for (c, st) in &acct.balances {
+                let none = (BTreeMap::new(), 0);
+                let (held_above, transfers_above) = above.get(&(a.clone(), *c)).unwrap_or(&none);
+                let rights: Vec<(RegionId, Decimal)> = st
+                    .rights
+                    .iter()
+                    .filter_map(|(r, v)| {
+                        let mut v =
+                            v.checked_sub(held_above.get(r).copied().unwrap_or_default())?;
+                        v.rescale(c.minor_units());
+                        (v != Decimal::ZERO).then_some((*r, v))
+                    })
+                    .collect();
+                let transfers = st.transfers.saturating_sub(*transfers_above);
+                if !rights.is_empty() || transfers > 0 {
+                    out.push(SnapRights {
+                        account: a.clone(),
+                        currency: *c,
+                        transfers,
+                        rights,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The home moves at or below `at` (each the one that counts for its epoch).
+    fn settled_homes(&self, at: Hlc) -> Vec<SnapHome> {
+        let mut out = Vec::new();
+        for (a, by_currency) in &self.modes.moves {
+            for (c, by_epoch) in by_currency {
+                for (epoch, m) in by_epoch {
+                    if m.key.0 <= at {
+                        out.push(SnapHome {
+                            account: a.clone(),
+                            currency: *c,
+                            epoch: *epoch,
+                            key: m.key,
+                            to: m.to,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Restart or bootstrap from a snapshot: on a fresh replica (after
+    /// [`Replica::restore_evidence`], before anything else), installs the settled state of
+    /// `snapshot` (its signature, cluster, members, seed policy and key retention checked
+    /// first: a snapshot that does not match is refused and nothing changes), then
+    /// [`Replica::load`]s `events_after` (the events stored after it; any it folds are
+    /// skipped). The replica then answers, settles and merges as one that folded the whole
+    /// history (checked by `core/tests/compaction.rs`); feed entries before the snapshot
+    /// are not held ([`Replica::feed`] starts after them). Follow with
+    /// [`Replica::restore_watermark`]. O(snapshot + events after).
+    pub fn restore(
+        &mut self,
+        snapshot: &Snapshot,
+        events_after: Vec<Event>,
+    ) -> Result<(), RestoreError> {
+        if self.logs.event_count() > 0 || self.settle.watermark != Hlc::ZERO {
+            return Err(RestoreError::NotFresh);
+        }
+        snapshot.check(&*self.cfg.auth, &self.cfg.cluster)?;
+        let b = &snapshot.body;
+        if b.retention_ms != self.settle.retention_ms {
+            return Err(RestoreError::Retention {
+                ours: self.settle.retention_ms,
+                theirs: b.retention_ms,
+            });
+        }
+        let seed = b.policies.first().map(|p| p.hash);
+        if seed != Some(self.seed_hash) {
+            return Err(RestoreError::Policy {
+                ours: self.seed_hash,
+                theirs: seed.unwrap_or(crate::policy::PolicyHash([0; 32])),
+            });
+        }
+        for m in &b.members {
+            if m.joined.is_some() || !self.logs.members.contains_key(&m.region) {
+                return Err(RestoreError::Member(m.region));
+            }
+        }
+        let base_of = |r: RegionId| b.members.iter().find(|m| m.region == r).map(|m| m.seq);
+        for k in &b.keys {
+            if base_of(k.id.origin).is_none_or(|base| k.id.seq > base) || k.hlc > b.at {
+                return Err(RestoreError::Malformed(format!(
+                    "key of {} is not in the folded history",
+                    k.id
+                )));
+            }
+        }
+        let rights: Vec<SnapRights> = b.ext_section(EXT_RIGHTS)?.unwrap_or_default();
+        let homes: Vec<SnapHome> = b.ext_section(EXT_HOMES)?.unwrap_or_default();
+        let at = b.at;
+        // The logs: bases, version vector, what every member covers.
+        for m in &b.members {
+            if let Some(lm) = self.logs.members.get_mut(&m.region) {
+                lm.base = m.seq;
+                lm.base_hlc = m.hlc;
+            }
+            if m.seq > 0 {
+                self.logs.vv.dots.insert(m.region, m.seq);
+                self.clock.observe(m.hlc);
+            }
+        }
+        for lm in self.logs.members.values_mut() {
+            lm.covered = lm.covered.max(at);
+        }
+        self.clock.observe(at);
+        // Events still holding a key, kept aside as a compacting region keeps them.
+        for k in &b.keys {
+            let e = Event {
+                id: k.id,
+                hlc: k.hlc,
+                body: Body::Tx(Tx {
+                    account: k.account.clone(),
+                    kind: k.kind,
+                    amount: k.amount,
+                    currency: k.currency,
+                    idempotency_key: Some(k.key.as_str().into()),
+                    reference: k.reference.as_deref().map(Into::into),
+                }),
+                sig: Box::new([]),
+            };
+            if let Some(lm) = self.logs.members.get_mut(&k.id.origin) {
+                lm.retained.insert(k.id.seq, e);
+            }
+        }
+        // Balances and fold state.
+        for a in &b.accounts {
+            let account = self.accounts.intern(a.account.clone());
+            for bal in &a.balances {
+                self.settle
+                    .compacted_sums
+                    .insert((account.clone(), bal.currency), bal.settled);
+                if let Some(acct) = self.accounts.map.get_mut(&account) {
+                    let st = acct.balances.entry(bal.currency).or_default();
+                    st.bal.settled = bal.settled;
+                    st.bal.provisional = bal.settled;
+                    st.in_episode = bal.in_episode;
+                    st.episode_fee_charged = bal.episode_fee_charged;
+                    st.episode_fees = bal.episode_fees;
+                    st.frozen = bal.frozen;
+                }
+            }
+        }
+        for r in rights {
+            let account = self.accounts.intern(r.account);
+            if let Some(acct) = self.accounts.map.get_mut(&account) {
+                let st: &mut BalanceState = acct.balances.entry(r.currency).or_default();
+                st.transfers = r.transfers;
+                st.rights = r.rights.into_iter().collect();
+            }
+        }
+        // The key index and its expiry queue, in settled order.
+        for k in &b.keys {
+            let account = self.accounts.intern(k.account.clone());
+            if let Some(acct) = self.accounts.map.get_mut(&account) {
+                acct.index_key(&self.logs, &k.key, k.id, (k.hlc, k.id.origin, k.id.seq));
+            }
+            self.settle
+                .key_expiry
+                .push_back((k.hlc.millis(), account, k.id));
+        }
+        // Settlement: the policy history, the settled prefix, the feed position.
+        self.settle.policies = b
+            .policies
+            .iter()
+            .map(|p| PolicyVersion {
+                version: p.version,
+                policy: p.policy.clone(),
+                hash: p.hash,
+                event: p.event,
+            })
+            .collect();
+        self.settle.applied_cache.clear();
+        self.settle.watermark = at;
+        self.settle.persisted_watermark = at;
+        self.settle.settled_upto = b
+            .members
+            .iter()
+            .filter(|m| m.seq > 0)
+            .map(|m| (m.hlc, m.region, m.seq))
+            .max();
+        self.settle.settled_count = b.settled;
+        self.settle.compensations_count = b.feed_len;
+        self.settle.feed_base = b.feed_len;
+        for h in homes {
+            self.modes
+                .moves
+                .entry(h.account)
+                .or_default()
+                .entry(h.currency)
+                .or_default()
+                .insert(
+                    h.epoch,
+                    super::modes::Move {
+                        key: h.key,
+                        to: h.to,
+                    },
+                );
+        }
+        self.snapshot = Some(Box::new(snapshot.clone()));
+        self.stats.restores += 1;
+        self.load(events_after);
+        Ok(())
+    }
+
+    /// The snapshot to answer a pull with instead of events: when the requester (version
+    /// vector `vv`) lacks events below a log's base, which no member serves any longer.
+    pub(super) fn snapshot_for(&self, vv: &crdts::VClock<RegionId>) -> Option<&Snapshot> {
+        let lacks = self
+            .logs
+            .members
+            .iter()
+            .any(|(r, m)| m.base > 0 && vv.get(r) < m.base);
+        if lacks {
+            self.snapshot.as_deref()
+        } else {
+            None
+        }
+    }
+
+    /// A member answered a pull with its snapshot: verified against its signer's key and,
+    /// when it folds events this region lacks, installed in place of what this region folded
+    /// ([`Replica::install_snapshot`]); then the pull chain goes on from the same member for
+    /// the events after it. A refused snapshot is reported.
+    pub(super) fn handle_snapshot(&mut self, now_ms: u64, from: RegionId, snap: Box<Snapshot>) {
+        if !self.is_peer(from) {
+            self.report(Report::UnknownMember { from });
+            return;
+        }
+        let lacking = snap
+            .body
+            .members
+            .iter()
+            .any(|m| self.logs.len_of(m.region) < m.seq);
+        if lacking && snap.body.at > self.settle.watermark {
+            if let Err(e) = self.install_snapshot(&snap) {
+                self.report(Report::Snapshot {
+                    from,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        self.handle_pull_answer(now_ms, from, Vec::new(), true);
+    }
+
+    /// Replaces this replica's folded state by `snap`'s, keeping the events it holds after
+    /// the snapshot and everything local (persist indexes and what waits for them, own
+    /// events' durability, the pull scheduler, what each member announced, pending outputs,
+    /// counters). Feed entries between this region's feed and the snapshot's are skipped:
+    /// this region never emits them. Emits [`Record::Snapshot`]; the events it folds count
+    /// as durable here once that record is. Refused while own transactions wait to be
+    /// signed, and for a snapshot [`Replica::restore`] refuses (nothing changes then).
+    pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
+        if self.unsigned_from != 0 {
+            return Err(RestoreError::NotFresh);
+        }
+        snap.check(&*self.cfg.auth, &self.cfg.cluster)?;
+        let seq_of = |r: &RegionId| {
+            snap.body
+                .members
+                .iter()
+                .find(|m| m.region == *r)
+                .map_or(0, |m| m.seq)
+        };
+        let mut after = Vec::new();
+        for (r, m) in &self.logs.members {
+            after.extend(m.slice(seq_of(r), u64::MAX).iter().cloned());
+        }
+        let region = self.cfg.region;
+        let placeholder = || Config::new(region, Vec::new(), crate::policy::Policy::zero());
+        let cfg = std::mem::replace(&mut self.cfg, placeholder());
+        let mut fresh = Replica::new(cfg, self.clock.last());
+        fresh.restore_evidence(self.evidence.clone());
+        if let Err(e) = fresh.restore(snap, after) {
+            self.cfg = std::mem::replace(&mut fresh.cfg, placeholder());
+            return Err(e);
+        }
+        // Local state carries over.
+        fresh.dur = std::mem::replace(&mut self.dur, Durability::new(Hlc::ZERO));
+        fresh.pull = std::mem::take(&mut self.pull);
+        fresh.outputs = std::mem::take(&mut self.outputs);
+        fresh.stats = Stats {
+            restores: self.stats.restores + 1,
+            ..self.stats
+        };
+        let moves = std::mem::take(&mut fresh.modes.moves);
+        fresh.modes = std::mem::take(&mut self.modes);
+        fresh.modes.moves = moves;
+        fresh.hold_signing = self.hold_signing;
+        fresh.restoring = self.restoring;
+        fresh.joining = self.joining;
+        fresh.evidence_resend_heartbeats = self.evidence_resend_heartbeats;
+        announced_carry_over(&mut self.logs, &mut fresh.logs);
+        *self = fresh;
+        let idx = self.persist(Record::Snapshot(Box::new(snap.clone())));
+        for m in snap.body.members.iter().filter(|m| m.seq > 0) {
+            let what = if m.region == region {
+                Awaiting::Own(m.seq)
+            } else {
+                Awaiting::Remote(m.region, m.seq)
+            };
+            self.dur.awaiting.push_back((idx, what));
+        }
+        Ok(())
+    }
+
+    /// Answers a pull with the last snapshot when the requester lacks what it folds; true if
+    /// it did.
+    pub(super) fn answer_with_snapshot(
+        &mut self,
+        from: RegionId,
+        vv: &crdts::VClock<RegionId>,
+    ) -> bool {
+        let Some(snap) = self.snapshot_for(vv).cloned() else {
+            return false;
+        };
+        self.stats.snapshots_sent += 1;
+        self.outputs.push_back(super::Output::Send {
+            to: from,
+            msg: Message::Snapshot(Box::new(snap)),
+        });
+        true
+    }
+}
+
+/// What each member announced (promises, version vectors, seed policy) is local knowledge a
+/// snapshot leaves out: it carries over to the replica that installs one.
+fn announced_carry_over(old: &mut Logs, fresh: &mut Logs) {
+    for (r, o) in old.members.iter_mut() {
+        if let Some(f) = fresh.members.get_mut(r) {
+            f.promise = o.promise.take();
+            f.pending_hb = std::mem::take(&mut o.pending_hb);
+            f.covering = o.covering.take();
+            f.vv = std::mem::take(&mut o.vv);
+            f.policy = o.policy;
+            f.heard = o.heard;
+            f.covered = f.covered.max(o.covered);
+        }
     }
 }

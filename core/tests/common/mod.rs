@@ -52,6 +52,8 @@ pub struct Node {
     pub disk_ceiling: Hlc,
     pub disk_watermark: Hlc,
     pub disk_evidence: Vec<Evidence>,
+    /// The last snapshot persisted (`Record::Snapshot`): the events it folds left the disk.
+    pub disk_snapshot: Option<Box<wallet_core::Snapshot>>,
     /// Records written but not yet durable: (index, record).
     pub buffered: Vec<(u64, Record)>,
     /// Own events acknowledged to the client (durable).
@@ -116,6 +118,7 @@ impl Cluster {
                 disk_ceiling: Hlc::ZERO,
                 disk_watermark: Hlc::ZERO,
                 disk_evidence: Vec::new(),
+                disk_snapshot: None,
                 buffered: Vec::new(),
                 acked: BTreeSet::new(),
                 acked_requests: Vec::new(),
@@ -197,6 +200,10 @@ impl Cluster {
                 Record::Ceiling(h) => n.disk_ceiling = n.disk_ceiling.max(h),
                 Record::Watermark(h) => n.disk_watermark = n.disk_watermark.max(h),
                 Record::Evidence(ev) => n.disk_evidence.push(ev),
+                Record::Snapshot(s) => {
+                    n.disk_events.retain(|e| e.id.seq > folded(&s, e.id.origin));
+                    n.disk_snapshot = Some(s);
+                }
             }
         }
         n.replica.handle_persisted(last);
@@ -335,14 +342,25 @@ impl Cluster {
 
     /// Crash and restart from the disk: buffered records and messages to it are lost.
     pub fn crash(&mut self, i: usize) {
+        self.restart(i, false);
+    }
+
+    /// [`Cluster::crash`]; `restore`: with `Config::restore` (after a lost disk).
+    fn restart(&mut self, i: usize, restore: bool) {
         self.crashes += 1;
-        let cfg = self.config(self.names[i]);
+        let mut cfg = self.config(self.names[i]);
+        cfg.restore = restore;
         let n = &mut self.nodes[i];
         n.buffered.clear();
         n.unacked.clear();
         let mut replica = Replica::new(cfg, n.disk_ceiling);
         replica.restore_evidence(n.disk_evidence.clone());
-        replica.load(n.disk_events.clone());
+        match &n.disk_snapshot {
+            Some(s) => replica
+                .restore(s.as_ref(), n.disk_events.clone())
+                .expect("a region's own snapshot restores"),
+            None => replica.load(n.disk_events.clone()),
+        }
         replica.restore_watermark(n.disk_watermark);
         n.replica = replica;
         // A restarted region may reuse the seq of an event it never made durable.
@@ -358,6 +376,20 @@ impl Cluster {
             }
         }
         self.connect_all(Some(i));
+    }
+
+    /// The region loses its disk and starts empty, restoring its own history from peers
+    /// (`Config::restore`): from their events, or their snapshot once they compacted.
+    pub fn wipe(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.disk_events.clear();
+        n.disk_ceiling = Hlc::ZERO;
+        n.disk_watermark = Hlc::ZERO;
+        n.disk_evidence.clear();
+        n.disk_snapshot = None;
+        n.feed_seen.clear();
+        n.settled_seen.clear();
+        self.restart(i, true);
     }
 
     pub fn max_hlc(&self) -> Hlc {
@@ -709,4 +741,13 @@ pub fn check_snapshots_agree(c: &mut Cluster) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The last seq of `origin` a snapshot folds (0: none).
+pub fn folded(s: &wallet_core::Snapshot, origin: RegionId) -> u64 {
+    s.body
+        .members
+        .iter()
+        .find(|m| m.region == origin)
+        .map_or(0, |m| m.seq)
 }
