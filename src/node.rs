@@ -178,7 +178,11 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
             replica
                 .restore(s, loaded.events)
                 .map_err(|e| storage::StorageError::Corrupt {
-                    path: cfg.storage_backend.file_path(&cfg.data_dir).display().to_string(),
+                    path: cfg
+                        .storage_backend
+                        .file_path(&cfg.data_dir)
+                        .display()
+                        .to_string(),
                     what: format!("meta[snapshot] does not restore: {e}"),
                 })?
         }
