@@ -182,6 +182,10 @@ pub enum EventType {
     Refund,
     Policy,
     Membership,
+    /// Home mode: the account's home moved (docs/modes.md).
+    HomeMove,
+    /// Escrow mode: spending rights moved between regions (docs/modes.md).
+    RightsTransfer,
 }
 
 /// The status of an event.
@@ -368,6 +372,20 @@ fn event_fields(event: &Event, with_account: bool) -> EventFields {
         f.currency = Some(tx.currency.to_string());
         f.reference = tx.reference.as_ref().map(|r| r.to_string());
         f.idempotency_key = tx.idempotency_key.as_ref().map(|k| k.to_string());
+    }
+    if let wallet_core::Body::Account(op) = &event.body {
+        let (account, currency) = op.pair();
+        if with_account {
+            f.account = Some(account.to_string());
+        }
+        f.currency = Some(currency.to_string());
+        f.kind = match &**op {
+            wallet_core::AccountOp::HomeMove { .. } => EventType::HomeMove,
+            wallet_core::AccountOp::RightsTransfer { amount, .. } => {
+                f.amount = Some(currency.render(amount.value()));
+                EventType::RightsTransfer
+            }
+        };
     }
     f
 }

@@ -407,7 +407,21 @@ async fn a_home_move_under_load_leaves_no_debit_decided_twice() {
         "debits nobody acknowledged: {by_key:?}"
     );
     // Decided by eu before the move, by us after it (HLC order).
-    let move_hlc = hlc(&eu.get(&format!("/v1/transactions/{move_id}")).await.json["hlc"]);
+    let move_view = eu.get(&format!("/v1/transactions/{move_id}")).await.json;
+    assert_eq!(
+        (
+            &move_view["type"],
+            &move_view["account"],
+            &move_view["currency"]
+        ),
+        (
+            &Value::from("home_move"),
+            &Value::from("pay-2"),
+            &Value::from("USD")
+        ),
+        "{move_view}"
+    );
+    let move_hlc = hlc(&move_view["hlc"]);
     for t in h.iter().filter(|t| t["type"] == "purchase") {
         let id = t["id"].as_str().unwrap();
         if hlc(&t["hlc"]) < move_hlc {

@@ -66,7 +66,7 @@ pub mod testing;
 pub mod wire;
 
 pub use crdts::VClock;
-pub use event::{Body, Change, CompKind, Compensation, Event, Kind, OrderKey, Tx};
+pub use event::{AccountOp, Body, Change, CompKind, Compensation, Event, Kind, OrderKey, Tx};
 pub use id::{AccountId, Clock, EventId, Hlc, IdError, RegionId};
 pub use money::{Amount, AmountError, Currency};
 pub use policy::{
