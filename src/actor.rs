@@ -117,6 +117,8 @@ pub struct Actor {
     rotated_key: std::path::PathBuf,
     /// `compact_every_events` (0: never) and the settled count at the last compaction.
     compact_every_events: u64,
+    /// `forward_timeout_ms`: how long a forwarded debit waits for its home (`Retry-After`).
+    forward_timeout_ms: u64,
     compacted_at: u64,
     /// Client requests the core answered `Submitted::Pending` (a debit forwarded to its
     /// home, or waiting for escrow rights), by the core's request id: answered from
@@ -139,10 +141,11 @@ struct Parked {
     fingerprint: [u8; 32],
 }
 
-/// `Retry-After` of a `home_unreachable` answer: the core's forward time-out, in whole
-/// seconds (at least 1).
-const HOME_UNREACHABLE_RETRY_AFTER_S: u64 =
-    wallet_core::replica::modes::FORWARD_TIMEOUT_MS_DEFAULT.div_ceil(1_000);
+/// `Retry-After` of a `home_unreachable` answer: the forward time-out (`forward_timeout_ms`),
+/// in whole seconds, at least 1.
+fn home_unreachable_retry_after_s(forward_timeout_ms: u64) -> u64 {
+    forward_timeout_ms.div_ceil(1_000).max(1)
+}
 
 /// True for a batch of events holding a rights transfer.
 fn carries_transfer(m: &Message) -> bool {
@@ -209,6 +212,8 @@ pub struct ActorParts {
     pub peers: BTreeMap<wallet_core::RegionId, libp2p::PeerId>,
     /// Compact after this many more events settled (0: never): `compact_every_events`.
     pub compact_every_events: u64,
+    /// The core's forward time-out (`forward_timeout_ms`), for `Retry-After`.
+    pub forward_timeout_ms: u64,
 }
 
 impl Actor {
@@ -248,6 +253,7 @@ impl Actor {
             key_stage: p.key_stage,
             rotated_key: p.rotated_key,
             compact_every_events: p.compact_every_events,
+            forward_timeout_ms: p.forward_timeout_ms,
             compacted_at: 0,
             parked: BTreeMap::new(),
             awaiting_event: Vec::new(),
@@ -693,7 +699,7 @@ impl Actor {
         };
         let mut answer = Reply::error(status, code, &message);
         if why == Refusal::HomeUnreachable {
-            answer.retry_after = Some(HOME_UNREACHABLE_RETRY_AFTER_S);
+            answer.retry_after = Some(home_unreachable_retry_after_s(self.forward_timeout_ms));
         }
         if status == 422 && p.key.is_some() {
             // A refusal is a result too: a retry gets the same 422, durably.

@@ -56,6 +56,10 @@ pub enum ConfigError {
 pub const IDEMPOTENCY_RETENTION_MS_MIN: u64 = 1_000;
 /// Longest idempotency key retention accepted: 30 days.
 pub const IDEMPOTENCY_RETENTION_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1_000;
+/// Shortest forward time-out accepted (home mode): 50 ms.
+pub const FORWARD_TIMEOUT_MS_MIN: u64 = 50;
+/// Longest forward time-out accepted (home mode): 60 s.
+pub const FORWARD_TIMEOUT_MS_MAX: u64 = 60_000;
 
 /// A home-mode rule must name a member as its home: else its accounts' debits would be
 /// forwarded to nobody and refused `home_unreachable` everywhere. Checked where a policy enters
@@ -98,6 +102,7 @@ struct RawConfig {
     max_clock_skew_ms: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
     idempotency_retention_ms: Option<u64>,
+    forward_timeout_ms: Option<u64>,
     #[serde(default)]
     compact_every_events: u64,
     http: RawHttp,
@@ -301,6 +306,9 @@ pub struct NodeConfig {
     /// How long an idempotency key holds, in ms: in the core's key index (by HLC) and in the
     /// HTTP response cache (by wall clock). The same on every region.
     pub idempotency_retention_ms: u64,
+    /// Home mode: how long a debit forwarded to its account's home waits for the answer
+    /// before `503 home_unreachable` (its `Retry-After`, rounded up to whole seconds).
+    pub forward_timeout_ms: u64,
     /// Compact (fold the settled history every member holds into a snapshot, drop it from
     /// memory and the database) after this many more events settled; 0 (the default): never.
     pub compact_every_events: u64,
@@ -706,6 +714,15 @@ impl NodeConfig {
                 ),
             ));
         }
+        let forward_timeout_ms = raw
+            .forward_timeout_ms
+            .unwrap_or(wallet_core::replica::modes::FORWARD_TIMEOUT_MS_DEFAULT);
+        if !(FORWARD_TIMEOUT_MS_MIN..=FORWARD_TIMEOUT_MS_MAX).contains(&forward_timeout_ms) {
+            return Err(invalid(
+                "forward_timeout_ms",
+                format!("must be between {FORWARD_TIMEOUT_MS_MIN} and {FORWARD_TIMEOUT_MS_MAX}"),
+            ));
+        }
         Ok(NodeConfig {
             path: path.to_path_buf(),
             region,
@@ -717,6 +734,7 @@ impl NodeConfig {
             max_clock_skew_ms,
             heartbeat_interval_ms,
             idempotency_retention_ms,
+            forward_timeout_ms,
             compact_every_events: raw.compact_every_events,
             http_listen,
             body_limit_bytes,
@@ -786,6 +804,31 @@ tokens = ["0123456789abcdef0123"]
         assert_eq!(c.members.len(), 2);
         assert_eq!(c.data_dir, PathBuf::from("/base/data/eu"));
         assert!(c.group_commit);
+    }
+
+    #[test]
+    fn the_forward_timeout_defaults_to_the_cores_and_is_bounded() {
+        let parse = |extra: &str| {
+            NodeConfig::parse(
+                &format!("{extra}{}", text(&pid())),
+                Path::new("x.toml"),
+                Path::new("/"),
+            )
+        };
+        assert_eq!(
+            parse("").unwrap().forward_timeout_ms,
+            wallet_core::replica::modes::FORWARD_TIMEOUT_MS_DEFAULT
+        );
+        assert_eq!(
+            parse("forward_timeout_ms = 2500\n")
+                .unwrap()
+                .forward_timeout_ms,
+            2500
+        );
+        for bad in ["forward_timeout_ms = 10\n", "forward_timeout_ms = 600000\n"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("forward_timeout_ms"), "{e}");
+        }
     }
 
     #[test]

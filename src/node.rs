@@ -142,6 +142,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         max_clock_skew_ms: cfg.max_clock_skew_ms,
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         idempotency_retention_ms: cfg.idempotency_retention_ms,
+        forward_timeout_ms: cfg.forward_timeout_ms,
         auth: Box::new(auth),
         recorded_policy: loaded.recorded_policy,
         restore,
@@ -240,6 +241,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         .map_err(|e| NodeError::Net(e.to_string()))?;
     let actor = Actor::new(ActorParts {
         compact_every_events: cfg.compact_every_events,
+        forward_timeout_ms: cfg.forward_timeout_ms,
         replica,
         net: net.clone(),
         writer: writer_tx,

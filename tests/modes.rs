@@ -49,6 +49,9 @@ fn dec(s: &str) -> Decimal {
 /// eu and us started and connected.
 async fn eu_and_us() -> LocalCluster {
     let mut c = cluster_with_policy(&["eu", "us"], POLICY);
+    // us waits 2.5 s for a forwarded debit's answer: `Retry-After: 3` on a 503 from it.
+    c.rewrite_config(1, |t| format!("forward_timeout_ms = 2500\n{t}"))
+        .expect("config");
     start(&mut c, 0).await;
     start(&mut c, 1).await;
     wait_connected(&c, &[0, 1]).await;
@@ -271,7 +274,10 @@ async fn a_home_debit_elsewhere_is_answered_by_the_home_and_refused_while_it_is_
     assert_eq!(r.status, 503, "{}", r.json);
     assert_eq!(error_code(&r), "home_unreachable");
     let after: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!(after >= 1);
+    assert_eq!(
+        after, 3,
+        "Retry-After is us's forward_timeout_ms rounded up"
+    );
     assert_eq!(usd_entry(&c, 1, "pay-1").await["provisional"], "30.00");
     assert!(
         us.metric("walletd_transactions_refused_total{reason=\"home_unreachable\"}")
