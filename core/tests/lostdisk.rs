@@ -312,6 +312,7 @@ proptest! {
     fn a_lost_disk_at_any_point_keeps_every_peer_acknowledged_event(
         before in prop::collection::vec(op(), 5..60),
         after in prop::collection::vec(op(), 0..40),
+        lost_in_flight in any::<bool>(),
     ) {
         let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
         let eu = 0;
@@ -331,6 +332,10 @@ proptest! {
             note(&c, &mut peer_acked);
         }
         let old: Vec<Event> = c.nodes[eu].replica.origin_events(me, 0).to_vec();
+        if lost_in_flight {
+            // What eu had sent but no one received yet is lost too.
+            c.inflight.retain(|(_, from, _)| *from != eu);
+        }
         c.lose_disk(eu);
         for o in &after {
             apply(&mut c, o);
