@@ -82,12 +82,25 @@ pub fn modes_served(policy: &Policy) -> Result<(), String> {
     }
 }
 
+/// A period in ms, `default` when absent, 10 ms to 60 s.
+fn period_ms(field: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if (10..=60_000).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(field, "must be between 10 and 60000"))
+    }
+}
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         reason: reason.into(),
     }
 }
+
+/// Default of `peer_ack_timeout_ms`.
+pub const PEER_ACK_TIMEOUT_MS_DEFAULT: u64 = 2_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +116,8 @@ struct RawConfig {
     max_clock_skew_ms: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
     idempotency_retention_ms: Option<u64>,
+    ack: Option<String>,
+    peer_ack_timeout_ms: Option<u64>,
     http: RawHttp,
     p2p: RawP2p,
     members: Vec<RawMember>,
@@ -303,6 +318,12 @@ pub struct NodeConfig {
     /// How long an idempotency key holds, in ms: in the core's key index (by HLC) and in the
     /// HTTP response cache (by wall clock). The same on every region.
     pub idempotency_retention_ms: u64,
+    /// `ack = "peer"`: a client hears `201` for a new event only once it is durable here and
+    /// at another member (docs/protocol.md §12); `"local"` (the default): here.
+    pub ack_peer: bool,
+    /// With `ack = "peer"`: how long a reply waits for another member's durability before
+    /// it answers `503 peer_ack_timeout` (the event stays accepted).
+    pub peer_ack_timeout_ms: u64,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
     /// Largest request body.
@@ -674,15 +695,11 @@ impl NodeConfig {
                 "must be between 1 and 86400000",
             ));
         }
-        let heartbeat_interval_ms = raw
-            .heartbeat_interval_ms
-            .unwrap_or(wallet_core::replica::HEARTBEAT_INTERVAL_MS_DEFAULT);
-        if !(10..=60_000).contains(&heartbeat_interval_ms) {
-            return Err(invalid(
-                "heartbeat_interval_ms",
-                "must be between 10 and 60000",
-            ));
-        }
+        let heartbeat_interval_ms = period_ms(
+            "heartbeat_interval_ms",
+            raw.heartbeat_interval_ms,
+            wallet_core::replica::HEARTBEAT_INTERVAL_MS_DEFAULT,
+        )?;
         let idempotency_retention_ms = raw
             .idempotency_retention_ms
             .unwrap_or(wallet_core::replica::IDEMPOTENCY_RETENTION_MS_DEFAULT);
@@ -697,6 +714,16 @@ impl NodeConfig {
                 ),
             ));
         }
+        let ack_peer = match raw.ack.as_deref() {
+            None | Some("local") => false,
+            Some("peer") => true,
+            Some(_) => return Err(invalid("ack", "must be \"local\" or \"peer\"")),
+        };
+        let peer_ack_timeout_ms = period_ms(
+            "peer_ack_timeout_ms",
+            raw.peer_ack_timeout_ms,
+            PEER_ACK_TIMEOUT_MS_DEFAULT,
+        )?;
         Ok(NodeConfig {
             path: path.to_path_buf(),
             region,
@@ -708,6 +735,8 @@ impl NodeConfig {
             max_clock_skew_ms,
             heartbeat_interval_ms,
             idempotency_retention_ms,
+            ack_peer,
+            peer_ack_timeout_ms,
             http_listen,
             body_limit_bytes,
             metrics_listen,

@@ -82,6 +82,7 @@ pub enum ErrorCode {
     RegionWasRetired,
     PeerIdInUse,
     Joining,
+    PeerAckTimeout,
     PayloadTooLarge,
     UnsupportedMediaType,
     InsufficientFunds,
