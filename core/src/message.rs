@@ -175,6 +175,9 @@ pub enum Message {
     SealHeld {
         /// The seq held.
         held: u64,
+        /// The answerer's clock (it observed the old epoch's events and heartbeats): the
+        /// seal is stamped above it.
+        hlc: Hlc,
     },
     /// Peer durability (`ack = "peer"`): every event of the receiver up to `seq` is durable
     /// at the sender. Sent to each origin after a persist that made its events durable.

@@ -45,7 +45,7 @@ impl Replica {
                 amount,
             } => self.handle_rights_request(now_ms, from, account, currency, amount),
             Message::SealQuery => self.handle_seal_query(from),
-            Message::SealHeld { held } => self.handle_seal_held(now_ms, from, held),
+            Message::SealHeld { held, hlc } => self.handle_seal_held(now_ms, from, held, hlc),
             Message::Durable { seq } => self.note_peer_durable(from, seq),
         }
         // Rights may have come in: a debit waiting for them may go ahead.

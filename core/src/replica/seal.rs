@@ -3,8 +3,8 @@
 //! | rule | where |
 //! |---|---|
 //! | a rebuilt region (`Config::seal_on_restore`) asks every member in force how far it holds the region's log | [`Replica::seal_queries`] |
-//! | a member answers with its gap-free log less contested seqs (a retire ack's rule) and drops what it buffered of the asker above a gap (old epoch) | [`Replica::handle_seal_query`] |
-//! | once every member answered (or was waived by an operator) and the log up to the highest answer is pulled back, the region issues `Seal { epoch, cut }` as seq `cut + 1`, its HLC above everything it observed plus [`CEILING_MARGIN_MS`] | [`Replica::seal_progress`] |
+//! | a member answers with its gap-free log less contested seqs (a retire ack's rule) and applies nothing of the asker above it until the seal | [`Replica::handle_seal_query`] |
+//! | once every member answered (or was waived by an operator) and the log up to the highest answer is pulled back, the region issues `Seal { epoch, cut }` as seq `cut + 1`, its HLC above everything it observed (the answers carry the answerers' clocks) plus [`CEILING_MARGIN_MS`] | [`Replica::seal_progress`] |
 //! | a member applying a seal voids its unsettled events of the region above the cut | `merge_one`, [`Replica::void_above`] |
 //! | after a persist, each origin whose events became durable here hears how far (`Message::Durable`) | [`Replica::send_durable_acks`] |
 //! | own events are peer-durable up to the highest seq any other member in force reported durable (by `Durable` or a heartbeat) | [`Replica::peer_durable_seq`] |
@@ -63,12 +63,14 @@ impl Replica {
         self.restoring && self.cfg.seal_on_restore
     }
 
-    /// The members a seal waits for: in force, not this region, not waived.
+    /// The members a seal waits for: in force, not this region, not waived, not being
+    /// retired (a retire waits for this region's acknowledgement, which waits for the seal).
     fn seal_askees(&self) -> Vec<RegionId> {
         let me = self.cfg.region;
+        let retiring = self.retiring();
         self.members_in_force()
             .into_iter()
-            .filter(|r| *r != me && !self.sealing.waived.contains(r))
+            .filter(|r| *r != me && !self.sealing.waived.contains(r) && !retiring.contains(r))
             .collect()
     }
 
@@ -88,8 +90,8 @@ impl Replica {
     }
 
     /// A rebuilt member asks how far this region holds its log: answered with the retire
-    /// acknowledgement's rule; what this region buffered of it above a gap is of the old
-    /// epoch (the rebuilt region has issued nothing yet) and is dropped.
+    /// acknowledgement's rule; nothing more of it applies here above the answer until its
+    /// seal arrives (what is buffered then with an HLC below the seal's is dropped).
     pub(super) fn handle_seal_query(&mut self, from: RegionId) {
         if !self.is_peer(from) {
             self.report(Report::UnknownMember { from });
@@ -97,8 +99,6 @@ impl Replica {
         }
         let held = self.ack_held(from);
         if let Some(m) = self.logs.members.get_mut(&from) {
-            let dropped = std::mem::take(&mut m.pending);
-            self.sealing.stats.old_epoch_dropped += dropped.len() as u64;
             // Old-epoch events still in flight must not apply (nor settle) here above the
             // answer: the seal's cut may be this answer.
             m.seal_cap = Some(held);
@@ -106,31 +106,40 @@ impl Replica {
         self.sealing.stats.queries_answered += 1;
         self.outputs.push_back(Output::Send {
             to: from,
-            msg: Message::SealHeld { held },
+            msg: Message::SealHeld {
+                held,
+                hlc: self.clock.last(),
+            },
         });
     }
 
     /// A member's answer to this region's seal query.
-    pub(super) fn handle_seal_held(&mut self, now_ms: u64, from: RegionId, held: u64) {
+    pub(super) fn handle_seal_held(&mut self, now_ms: u64, from: RegionId, held: u64, hlc: Hlc) {
         if !self.is_peer(from) || !self.sealing() {
             return;
         }
+        if hlc.millis() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
+            self.report(Report::ClockSkew {
+                from,
+                remote_ms: hlc.millis(),
+                local_ms: now_ms,
+            });
+            return;
+        }
+        self.clock.observe(hlc);
         self.sealing.answers.insert(from, held);
         self.seal_progress(now_ms);
     }
 
-    /// Seals the old epoch once every member asked has answered (and been heard: its
-    /// heartbeat carries its clock) and this region holds its own log up to the highest
-    /// answer: the seal is then seq `cut + 1`, and the region serves again.
+    /// Seals the old epoch once every member asked has answered (with its clock) and this
+    /// region holds its own log up to the highest answer: the seal is then seq `cut + 1`,
+    /// and the region serves again.
     pub(super) fn seal_progress(&mut self, now_ms: u64) {
         if !self.sealing() {
             return;
         }
         let askees = self.seal_askees();
-        let ready = askees.iter().all(|r| {
-            self.sealing.answers.contains_key(r)
-                && self.logs.members.get(r).is_some_and(|m| m.heard)
-        });
+        let ready = askees.iter().all(|r| self.sealing.answers.contains_key(r));
         if !ready {
             return;
         }
@@ -208,7 +217,7 @@ impl Replica {
         // old epoch.
         if let Some(m) = self.logs.members.get_mut(&id.origin) {
             let before = m.pending.len();
-            m.pending.retain(|_, e| e.hlc > hlc);
+            m.pending.retain(|seq, e| *seq <= cut || e.hlc > hlc);
             self.sealing.stats.old_epoch_dropped += (before - m.pending.len()) as u64;
         }
         if !self.membership.loading {
@@ -235,7 +244,7 @@ impl Replica {
         };
         m.seal_cap = None;
         let before = m.pending.len();
-        m.pending.retain(|_, e| e.hlc > seal.hlc);
+        m.pending.retain(|seq, e| *seq <= cut || e.hlc > seal.hlc);
         let mut dropped = (before - m.pending.len()) as u64;
         let above = m.len().saturating_sub(cut);
         if above > 0 {
@@ -245,6 +254,8 @@ impl Replica {
             dropped += above;
         }
         self.sealing.stats.old_epoch_dropped += dropped;
+        // What the seal query held back up to the cut applies now.
+        self.drain_pending(origin);
         // The voided events' persisted copies stay on disk: a restart drops them again, as it
         // reloads the seal first at its seq (`load`).
         true
