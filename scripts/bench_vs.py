@@ -331,8 +331,8 @@ class Postgres:
 
 
 class Walletd:
-    def __init__(self, walletd, work, regions):
-        self.dir = work / ("wd-" + "-".join(regions))
+    def __init__(self, walletd, work, regions, storage=None):
+        self.dir = work / ("wd-" + "-".join(regions) + (f"-{storage}" if storage else ""))
         subprocess.run(
             [walletd, "init", "--regions", ",".join(regions), "--dir", str(self.dir)],
             check=True, stdout=subprocess.DEVNULL,
@@ -349,6 +349,8 @@ class Walletd:
             text = text.replace(
                 "[http]\n", "[http]\nrate_per_second = 1000000\nrate_burst = 1000000\n", 1
             )
+            if storage:
+                text = text.replace("[storage]\n", f'[storage]\nbackend = "{storage}"\n', 1)
             cfg.write_text(text)
             logf = open(self.dir / f"{r}.log", "w")
             self.procs.append(
@@ -501,7 +503,7 @@ def svg_chart(rows, path):
 
 PROFILE_CATEGORIES = [
     ("ed25519 signing (in the actor)", r"ed25519|curve25519|sha512"),
-    ("redb commit and storage (writer thread)", r"redb::|wallet::storage"),
+    ("storage commit (writer and sync threads: the log or redb)", r"redb::|wallet::storage|wallet::logstore|walletd-sync|walletd-writer"),
     ("JSON and decimal formatting", r"serde_json|rust_decimal"),
     ("wallet-core other than signing", r"wallet_core::"),
     ("HTTP (hyper, axum, tower, rate limit)", r"hyper::|axum|tower|wallet::http"),
@@ -514,7 +516,7 @@ def profile(args, work):
     and the share of walletd's CPU per category."""
     import re
 
-    wd = Walletd(args.walletd, work, ["eu"])
+    wd = Walletd(args.walletd, work, ["eu"], storage=args.storage)
     data = work / "perf.data"
     try:
         wd.fund(1000)
@@ -562,7 +564,10 @@ def main():
         run_proxy(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--walletd", default=str(ROOT / "target/release/walletd"))
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+    ap.add_argument("--walletd", default=str(target / "release/walletd"))
+    ap.add_argument("--storage", default=None,
+                    help="walletd's [storage] backend (log or redb; default: walletd's default)")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--svg", default=str(ROOT / "docs/bench-vs.svg"))
@@ -616,7 +621,7 @@ def main():
 
     for regions in (["eu"], ["eu", "us", "ap"]):
         system = "walletd 1 region" if len(regions) == 1 else "walletd 3 regions"
-        wd = Walletd(args.walletd, work, regions)
+        wd = Walletd(args.walletd, work, regions, storage=args.storage)
         try:
             wd.fund(1000)
             for accounts in (1, 1000):
@@ -636,6 +641,16 @@ def main():
                     wrk(work, wd.http[0], wd.token, 1, 8, S, kind="get", account="acct0"))
         finally:
             wd.stop()
+    # The other storage backend on the main workload, for the storage choice
+    # (docs/operations.md "Storage and durability").
+    other = "log" if args.storage == "redb" else "redb"
+    wd = Walletd(args.walletd, work, ["eu"], storage=other)
+    try:
+        wd.fund(1000)
+        add(f"walletd 1 region, {other}", "1000 accounts", 1000, C,
+            wrk(work, wd.http[0], wd.token, 1000, C, S, cpu=wd.cpu))
+    finally:
+        wd.stop()
 
     def find(system, workload):
         return next((r for r in rows if r["system"] == system and r["workload"] == workload), None)

@@ -93,8 +93,9 @@ pub struct Actor {
     /// member's durability too, at most this long (ms).
     peer_ack_ms: Option<u64>,
     turn_peer_answers: Vec<(oneshot::Sender<Reply>, Reply, u64)>,
-    /// A write batch is at the writer and not yet reported durable: the next one (and the
-    /// signing of the transactions it carries) waits for it, and grows meanwhile.
+    /// A write batch is at the writer and not yet reported durable (redb) or appended (the
+    /// log, whose syncs are pipelined): the next one (and the signing of the transactions it
+    /// carries) waits for it, and grows meanwhile.
     in_flight: bool,
     /// Pulls the replica sent, per member, counted as they leave (a metric: the pull rate
     /// shows a catch-up that cannot end; their sum is the core's `PullStats::sent`).
@@ -118,6 +119,67 @@ pub struct Actor {
     key_stage: wallet_p2p::KeyStage,
     /// The rotated signing key's file.
     rotated_key: std::path::PathBuf,
+    /// Client requests the core answered `Submitted::Pending` (a debit forwarded to its
+    /// home, or waiting for escrow rights), by the core's request id: answered from
+    /// `Output::Decided`. Bounded by the core (`PENDING_REQUESTS_MAX`), which owns their
+    /// time-outs, so every one is decided.
+    parked: BTreeMap<u64, Parked>,
+    /// Debits the home accepted whose event this region does not hold yet (it comes with
+    /// the home's replication, just before the answer): answered once held, or dropped when
+    /// the client is gone (the HTTP request time-out answered it).
+    awaiting_event: Vec<(EventId, bool, Parked)>,
+}
+
+/// A client's transaction request, kept until it is answered.
+#[derive(Debug)]
+struct Parked {
+    reply: oneshot::Sender<Reply>,
+    account: wallet_core::AccountId,
+    currency: wallet_core::Currency,
+    key: Option<String>,
+    fingerprint: [u8; 32],
+}
+
+/// `Retry-After` of a `home_unreachable` answer: the core's forward time-out, in whole
+/// seconds (at least 1).
+const HOME_UNREACHABLE_RETRY_AFTER_S: u64 =
+    wallet_core::replica::modes::FORWARD_TIMEOUT_MS_DEFAULT.div_ceil(1_000);
+
+/// True for a batch of events holding a rights transfer.
+fn carries_transfer(m: &Message) -> bool {
+    let Message::Events(evs) = m else {
+        return false;
+    };
+    evs.iter().any(|e| {
+        matches!(&e.body, wallet_core::Body::Account(op)
+            if matches!(**op, wallet_core::event::AccountOp::RightsTransfer { .. }))
+    })
+}
+
+/// The HTTP status, code and metric reason of a refused transaction (`joining`: the region
+/// waits for its own join event).
+fn refusal(e: &SubmitError, joining: bool) -> (u16, &'static str, Refusal) {
+    match e {
+        SubmitError::InsufficientFunds { .. } => {
+            (422, "insufficient_funds", Refusal::InsufficientFunds)
+        }
+        SubmitError::InsufficientRights { .. } => {
+            (422, "insufficient_rights", Refusal::InsufficientRights)
+        }
+        SubmitError::HomeUnreachable { .. } => (503, "home_unreachable", Refusal::HomeUnreachable),
+        SubmitError::NotHome { .. } => (409, "not_home", Refusal::NotHome),
+        SubmitError::NotHomeMode => (409, "not_home_mode", Refusal::NotHome),
+        SubmitError::IdempotencyConflict { .. } => {
+            (409, "idempotency_conflict", Refusal::IdempotencyConflict)
+        }
+        SubmitError::Restoring if joining => (503, "joining", Refusal::Restoring),
+        SubmitError::Restoring => (503, "restoring", Refusal::Restoring),
+        SubmitError::Frozen { .. } => (409, "account_frozen", Refusal::Frozen),
+        SubmitError::Membership(wallet_core::MembershipError::Retired) => {
+            (409, "region_retired", Refusal::Retired)
+        }
+        _ => (409, "balance_overflow", Refusal::Overflow),
+    }
 }
 
 /// What the actor starts from.
@@ -188,6 +250,8 @@ impl Actor {
             retiring: BTreeMap::new(),
             key_stage: p.key_stage,
             rotated_key: p.rotated_key,
+            parked: BTreeMap::new(),
+            awaiting_event: Vec::new(),
         };
         if restoring && p.record_restore {
             a.push_op(WriteOp::Restore(true));
@@ -239,6 +303,38 @@ impl Actor {
                 Output::Persist { index, record } => {
                     self.push_op(WriteOp::Record { index, record });
                 }
+                // The consistency modes' messages a client waits for skip the replication
+                // queue (their order does not matter: an answer that overtakes the home's event
+                // waits for it in `awaiting_event`).
+                Output::Broadcast(m @ Message::RightsRequest { .. }) => {
+                    self.net.broadcast_now(m).await
+                }
+                // Own events carrying a rights transfer (the answer to a member's request):
+                // out of the queue too; a receiver that misses an earlier event buffers them
+                // until replication brings it.
+                Output::Broadcast(m @ Message::Events(_)) if carries_transfer(&m) => {
+                    self.net.broadcast_now(m).await
+                }
+                Output::Send {
+                    to,
+                    msg: msg @ (Message::Forward { .. } | Message::ForwardAnswer { .. }),
+                } => {
+                    // An accepted forward is answered once its event is durable here: that
+                    // event goes with the answer (a copy of what replication sends anyway;
+                    // the requester drops the duplicate), so the requester need not wait for
+                    // this region's replication queue to answer its client.
+                    if let Message::ForwardAnswer {
+                        result: wallet_core::message::ForwardResult::Accepted { id, .. },
+                        ..
+                    } = &msg
+                    {
+                        if let Some(e) = self.replica.event(*id) {
+                            let events = Message::Events(vec![e.clone()]);
+                            self.net.send_now(to, events).await;
+                        }
+                    }
+                    self.net.send_now(to, msg).await
+                }
                 Output::Broadcast(m) => self.net.broadcast(m).await,
                 Output::Send { to, msg } => {
                     if matches!(msg, Message::Pull { .. } | Message::PullGaps { .. }) {
@@ -253,12 +349,14 @@ impl Actor {
                         delta = %c.currency.render(c.delta), policy_version = c.policy_version,
                         position = c.position, "compensation settled");
                 }
-                // TODO(issue 11, walletd session): answer the waiting client (see `submit`).
+                // A parked client request is decided: answered like one decided at once (an
+                // event issued here waits for its batch, as in `submit`).
                 Output::Decided {
                     request, result, ..
-                } => {
-                    tracing::info!(request, result = ?result, "pending request decided");
-                }
+                } => match self.parked.remove(&request) {
+                    Some(p) => self.answer(p, result, now_ms()),
+                    None => tracing::warn!(request, "a decision for no parked request"),
+                },
                 Output::Report(r) => {
                     self.metrics.report(r.kind());
                     if r.is_severe() {
@@ -269,6 +367,7 @@ impl Actor {
                 }
             }
         }
+        self.answer_held();
         self.sync_allowlist().await;
         if self.peer_ack_ms.is_some() {
             self.waiters
@@ -420,23 +519,33 @@ impl Actor {
         if defects::is(Defect::AckOnStorageFailure) {
             self.waiters.durable(self.op_seq);
         }
-        self.waiters.fail_all(&Reply::error(
+        let failed = Reply::error(
             503,
             "storage_unavailable",
             "the region could not make the request durable",
-        ));
+        );
+        self.waiters.fail_all(&failed);
+        let parked = std::mem::take(&mut self.parked).into_values();
+        let awaiting = std::mem::take(&mut self.awaiting_event).into_iter();
+        for p in parked.chain(awaiting.map(|(_, _, p)| p)) {
+            let _ = p.reply.send(failed.clone());
+        }
         self.writer = None;
     }
 
-    fn on_disk(&mut self, d: DiskDone) {
+    async fn on_disk(&mut self, d: DiskDone) {
         match d {
             DiskDone::Committed { seq, index } => {
                 self.in_flight = false;
-                self.waiters.durable(seq);
                 if index > 0 {
                     self.replica.handle_persisted(index);
                 }
+                // The next batch leaves for the writer before the answers to this one: the
+                // disk does not wait for them.
+                self.flush().await;
+                self.waiters.durable(seq);
             }
+            DiskDone::Appended => self.in_flight = false,
             DiskDone::Failed => self.storage_failed(),
         }
     }
@@ -505,94 +614,118 @@ impl Actor {
                 }
             }
         }
-        let account = req.account.clone();
-        let currency = req.currency;
-        let key = req.idempotency_key.clone();
-        let result = self.replica.submit(now, req);
-        match result {
-            // TODO(issue 11, walletd session): wait for `Output::Decided` (a debit forwarded to
-            // the account's home) and answer the client from it. Until then walletd answers at
-            // once with a retryable 503: the home may still decide the debit, and a retry with
-            // the same Idempotency-Key finds out.
-            Ok(Submitted::Pending { .. }) => {
+        let p = Parked {
+            reply,
+            account: req.account.clone(),
+            currency: req.currency,
+            key: req.idempotency_key.clone(),
+            fingerprint,
+        };
+        match self.replica.submit(now, req) {
+            // Forwarded to the account's home, or waiting for escrow rights: the core decides
+            // it later (or times it out) as `Output::Decided`.
+            Ok(Submitted::Pending { request }) => {
                 self.queue_own_records();
-                let _ = reply.send(Reply::error(
-                    503,
-                    "mode_not_supported",
-                    "this account's consistency mode (home) is not served by this region yet; \
-                     retry with the same Idempotency-Key",
-                ));
+                self.parked.insert(request, p);
             }
-            Ok(s) => {
-                // The event's record is taken at the end of the turn (`flush`), with the
-                // turn's other events: they are signed together.
-                let bal = self.replica.balance(&account, currency);
-                let body = match s.id().and_then(|id| self.replica.event(id)) {
-                    Some(e) => render::created_body(e, bal),
-                    None => render::error_body("internal", "event not found after submit"),
-                };
-                let mut answer = Reply::json(201, body);
-                answer.replayed = matches!(s, Submitted::Existing(_));
-                if answer.replayed {
-                    self.metrics.replayed();
-                }
-                self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
-                match (s, self.peer_ack_ms) {
-                    (Submitted::New(id), Some(_)) => {
-                        self.turn_peer_answers.push((reply, answer, id.seq))
-                    }
-                    (s, _) => {
-                        let new = matches!(s, Submitted::New(_));
-                        self.turn_answers.push((reply, answer, new));
-                    }
-                }
+            result => self.answer(p, result, now),
+        }
+    }
+
+    /// Answers a client's transaction request from the core's decision.
+    fn answer(&mut self, p: Parked, result: Result<Submitted, SubmitError>, now: u64) {
+        match result {
+            Ok(Submitted::Pending { request }) => {
+                // The core never decides a request as pending; keep waiting if it did.
+                tracing::error!(request, "a decision that is still pending");
+                self.parked.insert(request, p);
             }
-            Err(e) => {
-                let (status, code, why) = match &e {
-                    SubmitError::InsufficientFunds { .. } => {
-                        (422, "insufficient_funds", Refusal::InsufficientFunds)
-                    }
-                    SubmitError::IdempotencyConflict { .. } => {
-                        (409, "idempotency_conflict", Refusal::IdempotencyConflict)
-                    }
-                    SubmitError::Restoring if self.joining => (503, "joining", Refusal::Restoring),
-                    SubmitError::Restoring => (503, "restoring", Refusal::Restoring),
-                    SubmitError::Frozen { .. } => (409, "account_frozen", Refusal::Frozen),
-                    SubmitError::Membership(wallet_core::MembershipError::Retired) => {
-                        (409, "region_retired", Refusal::Retired)
-                    }
-                    // Consistency modes other than optimistic: walletd refuses a policy that
-                    // names one (`config::modes_served`), so these do not arise yet.
-                    SubmitError::HomeUnreachable { .. }
-                    | SubmitError::NotHome { .. }
-                    | SubmitError::NotHomeMode
-                    | SubmitError::InsufficientRights { .. } => {
-                        (503, "mode_not_supported", Refusal::Invalid)
-                    }
-                    _ => (409, "balance_overflow", Refusal::Overflow),
-                };
-                self.metrics.refused(why);
-                let message = match why {
-                    Refusal::Retired => {
-                        "this region has been retired from the cluster and accepts \
-                        no more transactions: send them to another region"
-                            .to_string()
-                    }
-                    _ if code == "joining" => "this region is joining the cluster: it takes \
-                        transactions once a member has issued its join (POST /v1/admin/members) \
-                        and it has pulled it"
-                        .to_string(),
-                    _ => e.to_string(),
-                };
-                let answer = Reply::error(status, code, &message);
-                if status == 422 && key.is_some() {
-                    // A refusal is a result too: a retry gets the same 422, durably.
-                    let seq = self.store_idem(&account, key.as_deref(), fingerprint, &answer, now);
-                    self.waiters.answer_after(seq, reply, answer, false);
+            Ok(s) => match s.id() {
+                Some(id) if self.replica.event(id).is_some() => self.accept(p, s, id, now),
+                // Decided at the home: its event comes with the home's replication.
+                Some(id) => self
+                    .awaiting_event
+                    .push((id, matches!(s, Submitted::Existing(_)), p)),
+                None => {}
+            },
+            Err(e) => self.refuse(p, &e, now),
+        }
+    }
+
+    /// An accepted (or replayed) transaction whose event this region holds: answered 201
+    /// with the event once the turn's batch (its record, the idempotency record) is durable.
+    fn accept(&mut self, p: Parked, s: Submitted, id: EventId, now: u64) {
+        let bal = self.replica.balance(&p.account, p.currency);
+        let body = match self.replica.event(id) {
+            Some(e) => render::created_body(e, bal),
+            None => render::error_body("internal", "event not found after submit"),
+        };
+        let mut answer = Reply::json(201, body);
+        answer.replayed = matches!(s, Submitted::Existing(_));
+        if answer.replayed {
+            self.metrics.replayed();
+        }
+        self.store_idem(&p.account, p.key.as_deref(), p.fingerprint, &answer, now);
+        match (s, self.peer_ack_ms) {
+            // `ack = "peer"`: a new own event waits for another member's durability too.
+            (Submitted::New(id), Some(_)) if id.origin == self.replica.region() => {
+                self.turn_peer_answers.push((p.reply, answer, id.seq))
+            }
+            (s, _) => {
+                let new = matches!(s, Submitted::New(_));
+                self.turn_answers.push((p.reply, answer, new));
+            }
+        }
+    }
+
+    /// Answers the debits accepted at their home whose events arrived.
+    fn answer_held(&mut self) {
+        if self.awaiting_event.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        for (id, existing, p) in std::mem::take(&mut self.awaiting_event) {
+            if p.reply.is_closed() {
+                continue;
+            }
+            if self.replica.event(id).is_some() {
+                let s = if existing {
+                    Submitted::Existing(id)
                 } else {
-                    let _ = reply.send(answer);
-                }
+                    Submitted::New(id)
+                };
+                self.accept(p, s, id, now);
+            } else {
+                self.awaiting_event.push((id, existing, p));
             }
+        }
+    }
+
+    /// A refused transaction: its own code and metric; a 422 is a result (kept for retries
+    /// with the same key), a 503 is not (a retry must be decided again).
+    fn refuse(&mut self, p: Parked, e: &SubmitError, now: u64) {
+        let (status, code, why) = refusal(e, self.joining);
+        self.metrics.refused(why);
+        let message = match why {
+            Refusal::Retired => "this region has been retired from the cluster and accepts \
+                no more transactions: send them to another region"
+                .to_string(),
+            _ if code == "joining" => "this region is joining the cluster: it takes \
+                transactions once a member has issued its join (POST /v1/admin/members) \
+                and it has pulled it"
+                .to_string(),
+            _ => e.to_string(),
+        };
+        let mut answer = Reply::error(status, code, &message);
+        if why == Refusal::HomeUnreachable {
+            answer.retry_after = Some(HOME_UNREACHABLE_RETRY_AFTER_S);
+        }
+        if status == 422 && p.key.is_some() {
+            // A refusal is a result too: a retry gets the same 422, durably.
+            let seq = self.store_idem(&p.account, p.key.as_deref(), p.fingerprint, &answer, now);
+            self.waiters.answer_after(seq, p.reply, answer, false);
+        } else {
+            let _ = p.reply.send(answer);
         }
     }
 
@@ -602,6 +735,11 @@ impl Actor {
         let Some(reply) = self.unless_failed(reply) else {
             return;
         };
+        let members = self.replica.members_in_force();
+        if let Err(m) = crate::config::homes_are_members(&policy, |h| members.contains(&h)) {
+            let _ = reply.send(Reply::error(400, "invalid_policy", &m));
+            return;
+        }
         let hash = policy.hash();
         match self.replica.submit_policy(now_ms(), policy) {
             Ok(id) => {
@@ -757,6 +895,52 @@ impl Actor {
         }
     }
 
+    /// An admin home move: the core's `HomeMove` event, issued here (the current home only:
+    /// elsewhere 409 `not_home` names the home), answered once durable here.
+    fn move_home(
+        &mut self,
+        account: wallet_core::AccountId,
+        currency: wallet_core::Currency,
+        to: wallet_core::RegionId,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        let Some(reply) = self.unless_failed(reply) else {
+            return;
+        };
+        match self
+            .replica
+            .move_home(now_ms(), account.clone(), currency, to)
+        {
+            Ok(id) => {
+                self.queue_own_records();
+                let hlc = self.replica.event(id).map(|e| e.hlc.to_string());
+                let epoch = self.replica.home(&account, currency).map_or(0, |h| h.1);
+                tracing::warn!(id = %id, account = %account, currency = %currency, to = %to, epoch,
+                    "home moved");
+                let body = render::HomeMoved {
+                    id: id.to_string(),
+                    hlc,
+                    account: account.to_string(),
+                    currency: currency.to_string(),
+                    home: to.to_string(),
+                    epoch,
+                };
+                let answer = Reply::json(201, render::to_json(&body));
+                self.waiters.answer_after(self.op_seq, reply, answer, false);
+            }
+            Err(e) => {
+                let (status, code) = match &e {
+                    SubmitError::Invalid(_) => (400, "invalid_region"),
+                    _ => {
+                        let (status, code, _) = refusal(&e, self.joining);
+                        (status, code)
+                    }
+                };
+                let _ = reply.send(Reply::error(status, code, &e.to_string()));
+            }
+        }
+    }
+
     /// One transaction or compensation by the id a client gave.
     fn transaction(&self, id: &str) -> Reply {
         let not_found = || {
@@ -811,6 +995,7 @@ impl Actor {
                 awaiting_durability: self.waiters.len(),
                 storage_failed: self.failed,
                 policy_file_ignored: self.policy_file_ignored.is_some(),
+                parked: self.parked.len() + self.awaiting_event.len(),
             },
         )
     }
@@ -820,7 +1005,8 @@ impl Actor {
         match c {
             Command::Submit(cmd) => self.submit(cmd),
             Command::Balances { account, reply } => {
-                let _ = reply.send(Reply::json(200, render::balances_body(r, &account)));
+                let body = render::balances_body(&mut self.replica, &account);
+                let _ = reply.send(Reply::json(200, body));
             }
             Command::Transactions {
                 account,
@@ -850,6 +1036,7 @@ impl Actor {
                     self.failed,
                     self.policy_file_ignored
                         .map(|p| (p.file_hash, p.recorded_hash)),
+                    self.parked.len() + self.awaiting_event.len(),
                 );
                 let _ = reply.send(Reply::json(200, body));
             }
@@ -872,6 +1059,12 @@ impl Actor {
                 reply,
             } => self.retire_member(regions, reason, reply),
             Command::RotateKey { reply } => self.rotate_key(reply),
+            Command::MoveHome {
+                account,
+                currency,
+                to,
+                reply,
+            } => self.move_home(account, currency, to, reply),
             Command::Members { reply } => {
                 let _ = reply.send(Reply::json(200, render::members_body(r)));
             }
@@ -1053,10 +1246,10 @@ async fn run(
                 a.expire_idempotency();
             }
             Input::PublishMetrics => {}
-            Input::Disk(d) => a.on_disk(d),
+            Input::Disk(d) => a.on_disk(d).await,
             Input::DiskClosed => {
                 disk_open = false;
-                a.on_disk(DiskDone::Failed);
+                a.on_disk(DiskDone::Failed).await;
             }
         }
         a.flush().await;

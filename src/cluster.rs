@@ -29,6 +29,9 @@ pub const READY_TIMEOUT_MS: u64 = 60_000;
 pub const STOP_TIMEOUT_MS: u64 = 30_000;
 /// Longest wait for a region that must not start to exit.
 pub const EXIT_TIMEOUT_MS: u64 = 30_000;
+/// Environment variable that makes [`LocalCluster::init`] write `[storage] backend = VALUE`
+/// into every region's config: the tests' matrix over storage backends.
+pub const TEST_STORAGE_ENV: &str = "WALLETD_TEST_STORAGE";
 /// Poll period while waiting.
 pub const POLL_INTERVAL_MS: u64 = 20;
 /// Timeout of one HTTP request.
@@ -593,6 +596,20 @@ impl LocalCluster {
             let path = dir.join("policy.toml");
             std::fs::write(&path, p).map_err(|e| io_err(&path, e))?;
         }
+        // The test matrix over storage backends: `WALLETD_TEST_STORAGE=redb|log` (docs/testing.md).
+        if let Ok(backend) = std::env::var(TEST_STORAGE_ENV) {
+            for r in &file.regions {
+                let path = PathBuf::from(&r.config);
+                let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+                let text = text.replacen(
+                    "[storage]\n",
+                    &format!("[storage]\nbackend = \"{backend}\"\n"),
+                    1,
+                );
+                crate::secret::write_private(&path, text.as_bytes())
+                    .map_err(|e| io_err(&path, e))?;
+            }
+        }
         LocalCluster::adopt(Adopt {
             exe: opts.exe,
             run_args: opts.run_args,
@@ -1016,9 +1033,10 @@ impl LocalCluster {
             .ok_or_else(|| bad(format!("no TCP port in {addr}")))
     }
 
-    /// Region `i`'s database file.
+    /// Region `i`'s store file: the log's, or redb's if that is the one in the data dir.
     pub fn data_file(&self, i: usize) -> Result<PathBuf, ClusterError> {
-        Ok(self.data_dir(i)?.join(crate::storage::DB_FILE_NAME))
+        let dir = self.data_dir(i)?;
+        Ok(crate::storage::Backend::in_dir(&dir).file_path(&dir))
     }
 
     /// Runs region `i` until it exits by itself (a start that must fail): its exit code

@@ -25,6 +25,8 @@ pub struct Reply {
     pub body: Bytes,
     /// An idempotent retry answered with the original result.
     pub replayed: bool,
+    /// `Retry-After` in seconds (a retryable 503 such as `home_unreachable`).
+    pub retry_after: Option<u64>,
 }
 
 impl Reply {
@@ -34,6 +36,7 @@ impl Reply {
             status,
             body: body.into(),
             replayed: false,
+            retry_after: None,
         }
     }
 
@@ -147,6 +150,17 @@ pub enum Command {
         /// Regions to cut off.
         isolate: BTreeSet<RegionId>,
         /// Answer.
+        reply: oneshot::Sender<Reply>,
+    },
+    /// Moves an account's home (home mode) to another member.
+    MoveHome {
+        /// The account.
+        account: AccountId,
+        /// The currency.
+        currency: wallet_core::Currency,
+        /// The new home.
+        to: RegionId,
+        /// Where the answer goes.
         reply: oneshot::Sender<Reply>,
     },
     /// Stop: take no more commands, finish the commits in flight, answer their waiters, exit.

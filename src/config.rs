@@ -57,29 +57,24 @@ pub const IDEMPOTENCY_RETENTION_MS_MIN: u64 = 1_000;
 /// Longest idempotency key retention accepted: 30 days.
 pub const IDEMPOTENCY_RETENTION_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1_000;
 
-/// The consistency modes walletd serves. The core and the simulator decide all three (SPEC §8,
-/// docs/modes.md), but a region node must also wait for a debit forwarded to the account's home
-/// or for rights asked of its peers, and answer the client from the outcome: that host side is
-/// not built yet (issue 11), so a policy naming `home` or `escrow` is refused where it enters
-/// walletd (the policy file at start, `POST /v1/admin/policy`), with this reason.
-pub fn modes_served(policy: &Policy) -> Result<(), String> {
-    match policy
-        .rules
-        .iter()
-        .find(|r| r.mode != wallet_core::Mode::Optimistic)
-    {
-        None => Ok(()),
-        Some(r) => Err(format!(
-            "mode = \"{}\" (rule for tier {}, currency {}) is not served by walletd yet: only \
-             optimistic accounts are; compare the modes with `wallet-sim --compare-modes` \
-             (docs/modes.md)",
-            r.mode.name(),
-            r.tier.as_deref().unwrap_or("*"),
-            r.currency
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "*".into()),
-        )),
+/// A home-mode rule must name a member as its home: else its accounts' debits would be
+/// forwarded to nobody and refused `home_unreachable` everywhere. Checked where a policy enters
+/// walletd (the policy file at start, `POST /v1/admin/policy`).
+pub fn homes_are_members(
+    policy: &Policy,
+    is_member: impl Fn(RegionId) -> bool,
+) -> Result<(), String> {
+    for r in &policy.rules {
+        if let wallet_core::Mode::Home { home } = r.mode {
+            if !is_member(home) {
+                return Err(format!(
+                    "home = \"{home}\" (rule for tier {}) is not a member of the cluster",
+                    r.tier.as_deref().unwrap_or("*"),
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 /// A period in ms, `default` when absent, 10 ms to 60 s.
@@ -271,6 +266,7 @@ impl std::fmt::Debug for RawAuth {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
+    backend: Option<String>,
     group_commit: Option<bool>,
     batch_records_max: Option<usize>,
 }
@@ -350,6 +346,8 @@ pub struct NodeConfig {
     pub tokens: Vec<Secret>,
     /// Admin bearer tokens.
     pub admin_tokens: Vec<Secret>,
+    /// The store (`[storage] backend`, default the log).
+    pub storage_backend: crate::storage::Backend,
     /// Group commit on (default) or one commit per record.
     pub group_commit: bool,
     /// Most records per group commit.
@@ -655,7 +653,8 @@ impl NodeConfig {
             "policy.inline"
         };
         let policy = Policy::from_toml(&policy_text).map_err(|e| invalid(field, e.to_string()))?;
-        modes_served(&policy).map_err(|reason| invalid(field, reason))?;
+        homes_are_members(&policy, |h| members.iter().any(|m: &Member| m.region == h))
+            .map_err(|reason| invalid(field, reason))?;
         let holds_secrets = !raw.auth.tokens.is_empty() || !raw.auth.admin_tokens.is_empty();
         let tokens = gather_tokens(
             base,
@@ -688,6 +687,11 @@ impl NodeConfig {
                 "must be between 1 and 1000000",
             ));
         }
+        let storage_backend = match raw.storage.backend.as_deref() {
+            None => crate::storage::Backend::default(),
+            Some(b) => crate::storage::Backend::parse(b)
+                .ok_or_else(|| invalid("storage.backend", "must be \"log\" or \"redb\""))?,
+        };
         let max_clock_skew_ms = raw.max_clock_skew_ms.unwrap_or(60_000);
         if !(1..=86_400_000).contains(&max_clock_skew_ms) {
             return Err(invalid(
@@ -749,6 +753,7 @@ impl NodeConfig {
             policy_source,
             tokens,
             admin_tokens,
+            storage_backend,
             group_commit: raw.storage.group_commit.unwrap_or(true),
             commit_batch_records_max,
             faults_enabled: raw.faults.enabled,
@@ -807,24 +812,55 @@ tokens = ["0123456789abcdef0123"]
     }
 
     #[test]
-    fn a_policy_naming_home_or_escrow_is_refused_with_its_rule() {
+    fn the_storage_backend_defaults_to_the_log_and_an_unknown_one_is_refused() {
+        use crate::storage::Backend;
+        let parse = |extra: &str| {
+            NodeConfig::parse(
+                &format!("{}{extra}", text(&pid())),
+                Path::new("x.toml"),
+                Path::new("/"),
+            )
+        };
+        assert_eq!(parse("").unwrap().storage_backend, Backend::Log);
+        let redb = parse("[storage]\nbackend = \"redb\"\n").unwrap();
+        assert_eq!(redb.storage_backend, Backend::Redb);
+        let e = parse("[storage]\nbackend = \"lsm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.backend"), "{e}");
+    }
+
+    #[test]
+    fn every_mode_is_served_and_a_bad_mode_name_is_refused_naming_the_field() {
         let with = |policy: &str| text(&pid()).replace(POLICY, policy);
-        for (policy, mode) in [
-            ("[default]\nmode = \"home\"\nhome = \"us\"\n", "home"),
-            (
-                "[default]\naction = \"fee\"\n[[rule]]\ntier = \"payout\"\nmode = \"escrow\"\n[tiers]\npayout = [\"po-\"]\n",
-                "escrow",
-            ),
+        for policy in [
+            "[default]\nmode = \"home\"\nhome = \"us\"\n",
+            "[default]\naction = \"fee\"\n[[rule]]\ntier = \"payout\"\nmode = \"escrow\"\n[tiers]\npayout = [\"po-\"]\n",
+            "[default]\nmode = \"optimistic\"\n",
         ] {
-            let e = NodeConfig::parse(&with(policy), Path::new("x.toml"), Path::new("/"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("policy.inline"), "{e}");
-            assert!(e.contains(&format!("mode = \"{mode}\"")), "{e}");
-            assert!(e.contains("not served by walletd"), "{e}");
+            let c = NodeConfig::parse(&with(policy), Path::new("x.toml"), Path::new("/"));
+            assert!(c.is_ok(), "{policy}: {:?}", c.err());
         }
-        let optimistic = with("[default]\nmode = \"optimistic\"\n");
-        assert!(NodeConfig::parse(&optimistic, Path::new("x.toml"), Path::new("/")).is_ok());
+        let e = NodeConfig::parse(
+            &with("[default]\nmode = \"lock\"\n"),
+            Path::new("x.toml"),
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("policy.inline"), "{e}");
+        assert!(e.contains("lock"), "{e}");
+        let e = NodeConfig::parse(
+            &with("[default]\nmode = \"home\"\nhome = \"ap\"\n"),
+            Path::new("x.toml"),
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("policy.inline") && e.contains("not a member"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -205,6 +204,10 @@ fn reply_response(r: Reply) -> Response {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    if let Some(s) = r.retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
+    }
     resp
 }
 
@@ -260,8 +263,11 @@ fn check_auth(st: &AppState, req: &Request) -> Result<Option<TokenDigest>, Box<R
     Ok(presented)
 }
 
-/// Auth and the per-token rate limit of `/v1` requests, then the request (the `/v1` routes
-/// add the concurrency limit and the time-out: [`router`]).
+/// The limits of an authenticated `/v1` request, in order: the per-token rate limit (429),
+/// the concurrency limit (`concurrency_max` requests in flight: a new one is answered at
+/// once with 503 `overloaded` rather than queued), the request time-out (503 `timeout`: body
+/// read and handler). Written here rather than as tower layers on the routes: one future per
+/// request instead of four nested services (issue 16, the HTTP share of the profile).
 async fn limited(st: &AppState, req: Request, next: Next) -> Response {
     let key = match check_auth(st, &req) {
         Err(denied) => return *denied,
@@ -281,28 +287,31 @@ async fn limited(st: &AppState, req: Request, next: Next) -> Response {
         }
         return r;
     }
-    next.run(req).await
+    // The concurrency limit with load shedding: no free slot, answered at once.
+    let Ok(_slot) = st.0.in_flight.clone().try_acquire_owned() else {
+        st.0.metrics.http_shed();
+        return limit_error(
+            "overloaded",
+            "http.concurrency_max requests are in flight: retry after 1 s",
+        );
+    };
+    // The request time-out: body read and handler.
+    let timeout = std::time::Duration::from_millis(st.0.limits.request_timeout_ms);
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            st.0.metrics.http_timed_out();
+            limit_error(
+                "timeout",
+                "the request did not complete within http.request_timeout_ms",
+            )
+        }
+    }
 }
 
-/// The JSON answer to an error of the `/v1` limit layers.
-fn layer_error(metrics: &Metrics, e: &tower::BoxError) -> Response {
-    let (code, message) = if e.is::<tower::timeout::error::Elapsed>() {
-        metrics.http_timed_out();
-        (
-            "timeout",
-            "the request did not complete within http.request_timeout_ms".to_string(),
-        )
-    } else if e.is::<tower::load_shed::error::Overloaded>() {
-        metrics.http_shed();
-        (
-            "overloaded",
-            "http.concurrency_max requests are in flight: retry after 1 s".to_string(),
-        )
-    } else {
-        // The routes below the layers never fail (their error type is Infallible).
-        ("unavailable", format!("request failed: {e}"))
-    };
-    let mut r = error(503, code, &message).into_response();
+/// The JSON answer of a `/v1` limit (503 with `Retry-After: 1`).
+fn limit_error(code: &'static str, message: &str) -> Response {
+    let mut r = error(503, code, message).into_response();
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
@@ -388,6 +397,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_members, join_member))
         .routes(routes!(retire_member))
         .routes(routes!(rotate_key))
+        .routes(routes!(move_home))
 }
 
 /// The unauthenticated routes, outside the `/v1` limits.
@@ -403,42 +413,22 @@ fn ops_routes() -> OpenApiRouter<AppState> {
 /// The router with every route, auth, limits and metrics.
 pub fn router(st: AppState) -> Router {
     let limit = st.0.body_limit_bytes;
-    let counters = st.0.metrics.clone();
     let (v1, _) = v1_routes().split_for_parts();
     let (ops, _) = ops_routes().split_for_parts();
-    // The limits of the `/v1` routes, tower layers (outermost first): the errors of the
-    // layers below become JSON answers ([`layer_error`]); the request time-out (tower
-    // `Timeout`: body read and handler); load shedding (tower `LoadShed`): when
-    // `concurrency_max` requests are in flight, a new one is answered at once with 503
-    // `overloaded` rather than queued; the concurrency limit itself (tower
-    // `GlobalConcurrencyLimit`: one semaphore for every `/v1` route). Auth and the rate
-    // limit run before them (`front`), so a refused request takes no slot; `/metrics`,
-    // `/healthz`, `/readyz` and `/openapi.json` are outside them.
-    v1.route_layer(
-        tower::ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(move |e: tower::BoxError| {
-                let counters = counters.clone();
-                async move { layer_error(&counters, &e) }
-            }))
-            .layer(tower::timeout::TimeoutLayer::new(
-                std::time::Duration::from_millis(st.0.limits.request_timeout_ms),
-            ))
-            .layer(tower::load_shed::LoadShedLayer::new())
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
-                st.0.in_flight.clone(),
-            )),
-    )
-    .merge(ops)
-    // The operator console's page and assets: HTML, CSS and JavaScript for a browser, not
-    // the JSON API, so outside the OpenAPI document (docs/api.md, docs/security.md).
-    .route("/ui", get(crate::console::index))
-    .route("/ui/app.js", get(crate::console::app_js))
-    .route("/ui/app.css", get(crate::console::app_css))
-    .fallback(not_found)
-    .method_not_allowed_fallback(method_not_allowed)
-    .layer(DefaultBodyLimit::max(limit))
-    .layer(axum::middleware::from_fn_with_state(st.clone(), front))
-    .with_state(st)
+    // Auth, the rate limit, the concurrency limit and the time-out of the `/v1` routes run in
+    // `front` ([`limited`]), so a refused request takes no slot; `/metrics`, `/healthz`,
+    // `/readyz` and `/openapi.json` are outside them.
+    v1.merge(ops)
+        // The operator console's page and assets: HTML, CSS and JavaScript for a browser, not
+        // the JSON API, so outside the OpenAPI document (docs/api.md, docs/security.md).
+        .route("/ui", get(crate::console::index))
+        .route("/ui/app.js", get(crate::console::app_js))
+        .route("/ui/app.css", get(crate::console::app_css))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(st.clone(), front))
+        .with_state(st)
 }
 
 /// The router of `http.metrics_listen`: `/metrics`, `/healthz`, `/readyz` only.
@@ -664,10 +654,18 @@ fn fingerprint(b: &TxBody) -> [u8; 32] {
             `invalid_idempotency_key`", body = ErrorBody),
         (status = 409, description = "`idempotency_conflict`, `account_frozen`, `balance_overflow`, `region_retired` (this region was retired: send to another region)",
             body = ErrorBody),
-        (status = 422, description = "`insufficient_funds` (and only that); replayed with \
-            `Idempotent-Replayed: true` on a retry with the same key",
+        (status = 422, description = "`insufficient_funds`, or `insufficient_rights` (escrow \
+            mode: this region's spending rights stay short after asking its peers; the account \
+            may hold the money at other regions); replayed with `Idempotent-Replayed: true` on \
+            a retry with the same key",
             body = ErrorBody,
             headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 503, description = "`home_unreachable` (home mode: the account's home did \
+            not answer the forwarded debit in time; never accepted here instead; the home may \
+            still have accepted it: retry with the same Idempotency-Key after Retry-After \
+            seconds), and the answers every route may give",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn post_transaction(
@@ -957,7 +955,6 @@ async fn get_policy(State(st): State<AppState>) -> Response {
         (status = 400, description = "`invalid_policy`: the message names the field", body = ErrorBody),
         (status = 409, description = "`policy_refused`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`mode_not_supported`: the policy names a consistency mode (`home`, `escrow`) that walletd does not serve yet", body = ErrorBody),
     )
 )]
 async fn post_policy(
@@ -1026,7 +1023,6 @@ pub(crate) fn parse_policy_body(
         wallet_core::Policy::from_toml(text)
     };
     let policy = policy.map_err(|e| invalid(e.to_string()))?;
-    crate::config::modes_served(&policy).map_err(|m| error(422, "mode_not_supported", &m))?;
     Ok(policy)
 }
 
@@ -1119,6 +1115,64 @@ async fn retire_member(
 )]
 async fn rotate_key(State(st): State<AppState>) -> Response {
     ask(&st, |reply| Command::RotateKey { reply }).await
+}
+
+/// The body of `POST /v1/admin/accounts/{account}/home`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HomeMoveRequest {
+    /// The new home: another member.
+    #[schema(value_type = crate::openapi::RegionId)]
+    region: String,
+    /// The currency whose home moves (homes are per account and currency).
+    #[schema(value_type = crate::openapi::CurrencyCode)]
+    currency: String,
+}
+
+/// Moves the home of a home-mode account (docs/modes.md): a replicated `HomeMove` event with
+/// the next fencing epoch, issued here, so this region must be the current home; elsewhere
+/// the answer is 409 `not_home` naming the home, where to send the call. From the event on,
+/// this region forwards the account's debits to the new home, which decides them once it
+/// holds the move.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/accounts/{account}/home",
+    tag = "admin",
+    params(("account" = crate::openapi::AccountId, Path, description = "The account")),
+    request_body(content = HomeMoveRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The home move event, durable here", body = render::HomeMoved),
+        (status = 400, description = "`invalid_json`, `invalid_account`, `invalid_region` \
+            (not another member), `unknown_currency`", body = ErrorBody),
+        (status = 409, description = "`not_home`: this region is not the account's home \
+            (the message names it: send the call there); `not_home_mode`: the account is not in \
+            home mode in this currency; `region_retired`", body = ErrorBody),
+    )
+)]
+async fn move_home(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let account = account_of(path)?;
+    let bytes = body.map_err(|e| body_error(&st, e))?;
+    let b: HomeMoveRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            400,
+            "invalid_json",
+            &format!("expected {{\"region\":\"<region>\",\"currency\":\"<code>\"}}: {e}"),
+        )
+    })?;
+    let to = RegionId::new(&b.region).map_err(|e| error(400, "invalid_region", &e.to_string()))?;
+    let currency =
+        Currency::parse(&b.currency).map_err(|e| error(400, "unknown_currency", &e.to_string()))?;
+    Ok(ask(&st, |reply| Command::MoveHome {
+        account,
+        currency,
+        to,
+        reply,
+    })
+    .await)
 }
 
 /// Cuts replication with regions off, or heals (only with `[faults] enabled = true`).

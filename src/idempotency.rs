@@ -110,6 +110,7 @@ impl IdemCache {
                 status: e.rec.status,
                 body: Bytes::from(e.rec.body.clone()),
                 replayed: true,
+                retry_after: None,
             },
             seq: e.seq,
         }

@@ -1,7 +1,7 @@
 //! # walletd: the region node of the multi-region wallet
 //!
 //! A region is one long-running process wrapping the sans-IO replica (`wallet_core::Replica`)
-//! with durable storage (redb), an HTTP API (axum), metrics, and the libp2p transport
+//! with durable storage (an append-only log, or redb), an HTTP API (axum), metrics, and the libp2p transport
 //! (`wallet_p2p`). The modules are usable as a library so other front-ends (a `walletd demo`
 //! launcher, the benchmarks, the tests) reuse configuration, `init`, the node and the local
 //! cluster harness.
@@ -19,7 +19,7 @@
 //! actor's requests and replies (imported by [`http`] and [`actor`], which do not import each
 //! other); [`waiters`] holds replies until their commit is durable; [`idempotency`] is the HTTP
 //! response cache for retries; [`render`] the JSON views; [`metrics`] the Prometheus text;
-//! [`storage`] the redb store and its writer thread; [`cluster`] the local cluster harness
+//! [`storage`] the storage interface, the redb store and the writer thread; [`logstore`] the append-only log store (the default); [`cluster`] the local cluster harness
 //! (real region processes) used by [`demo`], the benchmarks and the tests; [`netns`] runs
 //! its regions in network namespaces for faults injected from outside; [`bank`] a
 //! Jepsen-bank-style workload and checker over the HTTP API; [`console`] the operator console
@@ -51,6 +51,7 @@ pub mod init;
 pub mod join;
 pub mod keygen;
 pub mod latency;
+pub mod logstore;
 pub mod metrics;
 pub mod netns;
 pub mod node;

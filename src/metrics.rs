@@ -54,17 +54,25 @@ pub enum Refusal {
     Retired,
     /// 400/413 invalid request.
     Invalid,
+    /// 503 home mode: the account's home did not answer in time (retryable).
+    HomeUnreachable,
+    /// 422 escrow: this region's spending rights stay short (fallback `refuse`).
+    InsufficientRights,
+    /// 409 home mode: not the home (a home move made elsewhere), or not in home mode.
+    NotHome,
 }
 
 impl Refusal {
     /// Every reason, counted from 0.
-    const ALL: [Refusal; 6] = [
+    const ALL: [Refusal; 8] = [
         Refusal::InsufficientFunds,
         Refusal::IdempotencyConflict,
         Refusal::Restoring,
         Refusal::Frozen,
         Refusal::Overflow,
         Refusal::Invalid,
+        Refusal::HomeUnreachable,
+        Refusal::InsufficientRights,
     ];
 
     fn as_str(self) -> &'static str {
@@ -76,6 +84,9 @@ impl Refusal {
             Refusal::Overflow => "balance_overflow",
             Refusal::Retired => "region_retired",
             Refusal::Invalid => "invalid_request",
+            Refusal::HomeUnreachable => "home_unreachable",
+            Refusal::InsufficientRights => "insufficient_rights",
+            Refusal::NotHome => "not_home",
         }
     }
 }
@@ -392,6 +403,25 @@ impl Metrics {
     }
 }
 
+/// The consistency modes' counters (`wallet_core` `ModeStats`), by name: the label values of
+/// `walletd_modes` and the keys of `/v1/status`'s `modes`.
+pub fn mode_counters(s: &wallet_core::replica::modes::ModeStats) -> [(&'static str, u64); 12] {
+    [
+        ("forwarded", s.forwarded),
+        ("forward_answers", s.forward_answers),
+        ("forward_timeouts", s.forward_timeouts),
+        ("forwards_decided", s.forwards_decided),
+        ("home_moves", s.home_moves),
+        ("escrow_local", s.escrow_local),
+        ("rights_requests", s.rights_requests),
+        ("rights_arrived", s.rights_arrived),
+        ("fallback_refused", s.fallback_refused),
+        ("fallback_accepted", s.fallback_accepted),
+        ("transfers_given", s.transfers_given),
+        ("transfers_rebalance", s.transfers_rebalance),
+    ]
+}
+
 /// What the actor knows besides the replica, for a snapshot.
 #[derive(Debug)]
 pub struct NodeGauges<'a> {
@@ -409,6 +439,8 @@ pub struct NodeGauges<'a> {
     pub storage_failed: bool,
     /// The policy file differs from the recorded seed policy and was ignored.
     pub policy_file_ignored: bool,
+    /// Client requests waiting for a decision (forwarded to a home, waiting for rights).
+    pub parked: usize,
 }
 
 /// One member as a snapshot sees it.
@@ -428,7 +460,8 @@ struct MemberSample {
 pub struct NodeSnapshot {
     members: Vec<MemberSample>,
     pull_scheduler: [(&'static str, u64); 10],
-    gauges: [(&'static str, &'static str, u64); 12],
+    gauges: [(&'static str, &'static str, u64); 13],
+    modes: [(&'static str, u64); 12],
     counters: [(&'static str, &'static str, u64); 9],
     replication_bytes: [(&'static str, u64); 2],
     replication_messages: [(&'static str, u64); 2],
@@ -531,7 +564,14 @@ impl NodeSnapshot {
                     "Members of the cluster, this region included",
                     r.members().len() as u64,
                 ),
+                (
+                    "walletd_requests_parked",
+                    "Client requests waiting for a decision (forwarded to a home, waiting for \
+                     escrow rights)",
+                    g.parked as u64,
+                ),
             ],
+            modes: mode_counters(&r.mode_stats()),
             counters: [
                 (
                     "walletd_events_rejected",
@@ -702,6 +742,18 @@ impl Collector for NodeCollector {
             ),
             "event",
             s.pull_scheduler,
+        )?;
+        family(
+            &mut enc,
+            (
+                "walletd_modes",
+                "Consistency modes (wallet_core ModeStats), by event: debits forwarded to a home, \
+                 answered, timed out, decided as the home; home moves; escrow debits within \
+                 rights, rights requests and how they ended; rights transfers given",
+                Kind::Counter,
+            ),
+            "event",
+            s.modes,
         )?;
         for (name, help, v) in s.gauges {
             scalar(&mut enc, (name, help, Kind::Gauge), v)?;
@@ -902,6 +954,7 @@ mod tests {
                 awaiting_durability: 5,
                 storage_failed: false,
                 policy_file_ignored: true,
+                parked: 0,
             },
         ));
         let s = m.encode().unwrap();

@@ -15,7 +15,7 @@ use crate::command::{PolicyFileIgnored, Shared};
 use crate::config::NodeConfig;
 use crate::idempotency::IdemCache;
 use crate::metrics::Metrics;
-use crate::storage::{self, Store};
+use crate::storage::{self, Storage};
 
 /// Start-up failures of the node.
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +82,9 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
     storage::check_data_dir(
         &cfg.data_dir,
         &format!("region={} cluster={}", cfg.region, cfg.cluster),
+        cfg.storage_backend,
     )?;
-    let (store, loaded) = Store::open(&cfg.data_dir)?;
+    let (mut store, loaded) = Storage::open(&cfg.data_dir, cfg.storage_backend)?;
     let file_hash = cfg.policy.hash();
     if loaded.recorded_policy.is_none() {
         store.record_policy(&cfg.policy)?;

@@ -21,7 +21,7 @@ use crate::openapi::{
     SignatureHex, SignedAmount,
 };
 
-fn to_json<T: Serialize>(v: &T) -> String {
+pub(crate) fn to_json<T: Serialize>(v: &T) -> String {
     // Serializing these plain structs (strings, numbers, maps with string keys) cannot fail.
     serde_json::to_string(v).unwrap_or_default()
 }
@@ -86,6 +86,10 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     InsufficientFunds,
+    InsufficientRights,
+    NotHome,
+    NotHomeMode,
+    HomeUnreachable,
     RateLimited,
     Restoring,
     StorageUnavailable,
@@ -579,17 +583,74 @@ pub struct CurrencyBalance {
     /// The settled prefix only.
     #[schema(value_type = SignedAmount)]
     pub settled: String,
+    /// The account's consistency mode in this currency under the latest policy
+    /// (docs/modes.md).
+    #[schema(value_type = String, pattern = "^(optimistic|escrow|home)$")]
+    pub mode: &'static str,
+    /// Escrow mode only: spending rights as this region derives them from the events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub rights: Option<RightsView>,
+    /// Home mode only: the region that decides the account's debits, and its epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub home: Option<HomeView>,
+}
+
+/// Escrow spending rights of an account in one currency (SPEC §8): what each region may debit
+/// with no coordination. Once everything is settled they sum to the settled balance.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RightsView {
+    /// Every region's rights, by region (this one's is what it may debit alone). The same
+    /// on every region once they hold the same events.
+    #[schema(value_type = BTreeMap<String, SignedAmount>)]
+    pub regions: BTreeMap<String, String>,
+    /// Credits with an idempotency key not settled yet: they grant rights once settled.
+    #[schema(value_type = SignedAmount)]
+    pub unspendable: String,
+}
+
+/// The home of an account in one currency (home mode).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HomeView {
+    /// The home region.
+    #[schema(value_type = RegionIdText)]
+    pub region: String,
+    /// The fencing epoch: 0 for the policy's home, then one per home move.
+    pub epoch: u64,
 }
 
 /// `GET /v1/accounts/{id}/balances`.
-pub fn balances_body(r: &Replica, account: &AccountId) -> String {
+pub fn balances_body(r: &mut Replica, account: &AccountId) -> String {
     let balances = r
         .balances(account)
         .into_iter()
-        .map(|(c, b)| CurrencyBalance {
-            currency: c.to_string(),
-            provisional: c.render(b.provisional),
-            settled: c.render(b.settled),
+        .map(|(c, b)| {
+            let mode = r.current_policy().1.applied(account.as_str(), c).mode;
+            let rights = matches!(mode, wallet_core::Mode::Escrow { .. }).then(|| {
+                let (all, unspendable) = r.all_rights(account, c);
+                RightsView {
+                    regions: all
+                        .into_iter()
+                        .map(|(g, d)| (g.to_string(), c.render(d)))
+                        .collect(),
+                    unspendable: c.render(unspendable),
+                }
+            });
+            let home = r.home(account, c).map(|(h, epoch)| HomeView {
+                region: h.to_string(),
+                epoch,
+            });
+            CurrencyBalance {
+                currency: c.to_string(),
+                provisional: c.render(b.provisional),
+                settled: c.render(b.settled),
+                mode: mode.name(),
+                rights,
+                home,
+            }
         })
         .collect();
     to_json(&BalancesBody {
@@ -748,6 +809,10 @@ pub struct StatusBody {
     /// Set when the config's policy file differs from the recorded seed.
     #[schema(required = true)]
     pub policy_file_ignored: Option<PolicyFileIgnored>,
+    /// The consistency modes' counters (docs/modes.md): debits forwarded to a home and their
+    /// answers and time-outs, escrow rights requests and transfers, and `parked`, the client
+    /// requests waiting for a decision now.
+    pub modes: BTreeMap<String, u64>,
 }
 
 fn ignored_view(ignored: Option<(PolicyHash, PolicyHash)>) -> Option<PolicyFileIgnored> {
@@ -765,6 +830,7 @@ pub fn status_body(
     connected: &BTreeSet<RegionId>,
     storage_failed: bool,
     policy_file_ignored: Option<(PolicyHash, PolicyHash)>,
+    parked: usize,
 ) -> String {
     let me = r.region();
     let all = r.members();
@@ -803,6 +869,11 @@ pub fn status_body(
         compensations: r.feed_len(),
         storage_failed,
         policy_file_ignored: ignored_view(policy_file_ignored),
+        modes: crate::metrics::mode_counters(&r.mode_stats())
+            .into_iter()
+            .chain([("parked", parked as u64)])
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
     })
 }
 
@@ -1103,6 +1174,29 @@ pub fn key_rotated_body(id: EventId, hlc: Option<Hlc>, key: &[u8]) -> String {
         hlc: hlc.map(|h| h.to_string()),
         key: hex::encode(key),
     })
+}
+
+/// `POST /v1/admin/accounts/{account}/home`: the home move event, once durable here.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HomeMoved {
+    /// The move event's id.
+    #[schema(value_type = EventIdText)]
+    pub id: String,
+    /// Its HLC.
+    #[schema(value_type = Option<HlcText>, required = true)]
+    pub hlc: Option<String>,
+    /// The account.
+    #[schema(value_type = AccountIdText)]
+    pub account: String,
+    /// The currency.
+    #[schema(value_type = CurrencyCode)]
+    pub currency: String,
+    /// The new home.
+    #[schema(value_type = RegionIdText)]
+    pub home: String,
+    /// The new fencing epoch (the previous home's plus one).
+    pub epoch: u64,
 }
 
 /// `GET /v1/admin/evidence`.

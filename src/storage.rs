@@ -1,6 +1,9 @@
-//! Durable storage on redb, with a group-commit writer thread.
+//! Durable storage: the interface ([`Storage`], [`Backend`]: `[storage] backend`), the redb
+//! store, and the group-commit writer thread. The default backend is the append-only log
+//! ([`crate::logstore`], with its pipelined syncs); redb is the other.
 //!
-//! One file, `<data_dir>/wallet.redb`, four tables:
+//! The redb store: one file, `<data_dir>/wallet.redb`, four tables (the log rebuilds the same
+//! four in memory):
 //! - `events`: `(origin, seq)` -> checksum ‖ `wire::encode_event(event)`;
 //! - `meta`: `"ceiling"`, `"watermark"`, `"policy"` (seed policy hash recorded at first
 //!   start), `"restore"` (a restore from peers is in progress), `"format"`;
@@ -166,6 +169,9 @@ pub enum DiskDone {
         /// Highest persistence index durable (0: none in these batches).
         index: u64,
     },
+    /// The log's pipelined writer appended a batch and a sync thread is free for it: the
+    /// next batch may come now (it is written, and synced, while this one's sync is in flight).
+    Appended,
     /// A commit failed: nothing more can be acknowledged.
     Failed,
 }
@@ -243,7 +249,7 @@ fn event_key_bytes(origin: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-fn evidence_digest(payload: &[u8]) -> [u8; 32] {
+pub(crate) fn evidence_digest(payload: &[u8]) -> [u8; 32] {
     Sha256::digest(payload).into()
 }
 
@@ -258,6 +264,237 @@ fn idem_key_bytes(account: &str, key: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(key.as_bytes());
     k
+}
+
+/// Reads the meta values every store keeps (ceiling, watermark, restore flag, seed policy and
+/// its hash) into `out`; an error names the value and what is wrong with it.
+pub(crate) fn apply_meta(
+    out: &mut Loaded,
+    meta: &BTreeMap<String, Vec<u8>>,
+) -> Result<(), (String, String)> {
+    let place = |name: &str| format!("meta[{name}]");
+    let u64_of = |name: &str| -> Result<Option<u64>, (String, String)> {
+        match meta.get(name) {
+            None => Ok(None),
+            Some(v) => {
+                let a: [u8; 8] = v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| (place(name), format!("has {} bytes, expected 8", v.len())))?;
+                Ok(Some(u64::from_be_bytes(a)))
+            }
+        }
+    };
+    out.ceiling = Hlc(u64_of("ceiling")?.unwrap_or(0));
+    out.watermark = Hlc(u64_of("watermark")?.unwrap_or(0));
+    out.restore_pending = u64_of("restore")?.unwrap_or(0) == 1;
+    if let Some(v) = meta.get("policy") {
+        let a: [u8; 32] = v.as_slice().try_into().map_err(|_| {
+            (
+                place("policy"),
+                format!("has {} bytes, expected 32", v.len()),
+            )
+        })?;
+        out.recorded_policy = Some(PolicyHash(a));
+    }
+    if let Some(v) = meta.get("policy_doc") {
+        let doc: wallet_core::Policy =
+            decode_value(v).map_err(|w| (place("policy_doc"), w.to_string()))?;
+        if Some(doc.hash()) != out.recorded_policy {
+            return Err((
+                place("policy_doc"),
+                "does not match the recorded policy hash".to_string(),
+            ));
+        }
+        out.recorded_policy_doc = Some(doc);
+    }
+    Ok(())
+}
+
+/// Checks events read back in (origin, seq) order: each is stored under its own id, and
+/// each origin's log starts at 1 with no gap.
+#[derive(Default)]
+pub(crate) struct GapCheck {
+    next_seq: BTreeMap<RegionId, u64>,
+}
+
+impl GapCheck {
+    pub(crate) fn check(
+        &mut self,
+        origin: &str,
+        seq: u64,
+        e: &Event,
+    ) -> Result<(), (String, String)> {
+        let place = || format!("events[{origin}:{seq}]");
+        if e.id.origin.as_str() != origin || e.id.seq != seq {
+            return Err((place(), format!("holds event {}", e.id)));
+        }
+        let n = self.next_seq.entry(e.id.origin).or_insert(1);
+        if e.id.seq != *n {
+            return Err((
+                place(),
+                format!("origin {origin} has a gap: expected seq {n}"),
+            ));
+        }
+        *n += 1;
+        Ok(())
+    }
+}
+
+/// Which store a data directory uses (`[storage] backend`; docs/operations.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// redb: a copy-on-write B-tree, one durable transaction per group commit.
+    Redb,
+    /// The append-only log ([`crate::logstore`]): one write and one `fdatasync` per group
+    /// commit in a preallocated file, the tables rebuilt in memory on load.
+    #[default]
+    Log,
+}
+
+impl Backend {
+    /// Its name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Redb => "redb",
+            Backend::Log => "log",
+        }
+    }
+
+    /// Parses a config value.
+    pub fn parse(s: &str) -> Option<Backend> {
+        match s {
+            "redb" => Some(Backend::Redb),
+            "log" => Some(Backend::Log),
+            _ => None,
+        }
+    }
+
+    /// The store's file in a data directory.
+    pub fn file_path(self, dir: &Path) -> PathBuf {
+        match self {
+            Backend::Redb => Store::file_path(dir),
+            Backend::Log => crate::logstore::LogStore::file_path(dir),
+        }
+    }
+
+    /// The backend whose file a data directory holds (redb if `wallet.redb` is there, else
+    /// the log): for tools that read a data dir after the fact.
+    pub fn in_dir(dir: &Path) -> Backend {
+        if Backend::Redb.file_path(dir).exists() {
+            Backend::Redb
+        } else {
+            Backend::Log
+        }
+    }
+
+    fn other(self) -> Backend {
+        match self {
+            Backend::Redb => Backend::Log,
+            Backend::Log => Backend::Redb,
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The open store, whichever the backend: what the node and the writer use.
+#[derive(Debug)]
+pub enum Storage {
+    /// redb.
+    Redb(Store),
+    /// The append-only log.
+    Log(crate::logstore::LogStore),
+}
+
+impl Storage {
+    /// Opens (or creates) the backend's store and reads everything back, verifying it.
+    pub fn open(dir: &Path, backend: Backend) -> Result<(Storage, Loaded), StorageError> {
+        Ok(match backend {
+            Backend::Redb => {
+                let (s, l) = Store::open(dir)?;
+                (Storage::Redb(s), l)
+            }
+            Backend::Log => {
+                let (s, l) = crate::logstore::LogStore::open(dir)?;
+                (Storage::Log(s), l)
+            }
+        })
+    }
+
+    /// Records the seed policy and its hash (first start only).
+    pub fn record_policy(&mut self, policy: &wallet_core::Policy) -> Result<(), StorageError> {
+        match self {
+            Storage::Redb(s) => s.record_policy(policy),
+            Storage::Log(s) => s.record_policy(policy),
+        }
+    }
+
+    /// Makes the operations durable, in order, as one commit.
+    pub fn commit(&mut self, ops: &[&WriteOp]) -> Result<(), StorageError> {
+        match self {
+            Storage::Redb(s) => s.commit(ops),
+            Storage::Log(s) => s.commit(ops),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Storage::Redb(s) => s.path.display().to_string(),
+            Storage::Log(s) => format!("{s:?}"),
+        }
+    }
+}
+
+/// A store file is corrupt.
+pub(crate) fn corrupt_at(path: &Path, what: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        path: path.display().to_string(),
+        what: what.into(),
+    }
+}
+
+/// A write to a store file failed.
+pub(crate) fn write_err_at(path: &Path, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Takes the batches queued behind `first` (up to `records_max` records in all) into
+/// `batches`; returns the highest op sequence number and persistence index in them.
+fn take_queued(
+    rx: &mut mpsc::Receiver<WriteBatch>,
+    first: WriteBatch,
+    batches: &mut Vec<WriteBatch>,
+    records_max: usize,
+) -> (u64, u64) {
+    let mut records = first.ops.len();
+    batches.push(first);
+    while records < records_max {
+        match rx.try_recv() {
+            Ok(b) => {
+                records += b.ops.len();
+                batches.push(b);
+            }
+            Err(_) => break,
+        }
+    }
+    let (mut seq, mut index) = (0, 0);
+    for b in batches.iter() {
+        seq = seq.max(b.seq);
+        for op in &b.ops {
+            if let WriteOp::Record { index: i, .. } = op {
+                index = index.max(*i);
+            }
+        }
+    }
+    (seq, index)
 }
 
 /// The open database.
@@ -286,8 +523,21 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 /// that once held a database still does: a missing or emptied `wallet.redb` next to a marker
 /// means lost data, and starting afresh would reuse sequence numbers. Writes the marker on
 /// first use.
-pub fn check_data_dir(dir: &Path, owner: &str) -> Result<(), StorageError> {
-    let db = Store::file_path(dir);
+pub fn check_data_dir(dir: &Path, owner: &str, backend: Backend) -> Result<(), StorageError> {
+    let db = backend.file_path(dir);
+    let other = backend.other();
+    let other_file = other.file_path(dir);
+    if std::fs::metadata(&other_file).is_ok_and(|m| m.len() > 0) {
+        return Err(StorageError::Open {
+            path: other_file.display().to_string(),
+            reason: format!(
+                "this data dir holds a {other} store but the config says [storage] backend = \"{backend}\": \
+                 a data dir keeps the backend it was created with. Set backend = \"{other}\", or move \
+                 this region to {backend} by starting it on an empty data dir with `restore = true` \
+                 (it pulls its history back from its peers)"
+            ),
+        });
+    }
     let marker = dir.join(MARKER_FILE_NAME);
     let db_len = std::fs::metadata(&db).map(|m| m.len()).ok();
     match std::fs::read_to_string(&marker) {
@@ -304,7 +554,7 @@ pub fn check_data_dir(dir: &Path, owner: &str) -> Result<(), StorageError> {
             if db_len.unwrap_or(0) == 0 {
                 return Err(StorageError::Corrupt {
                     path: db.display().to_string(),
-                    what: "the database file is missing or empty although this data dir was in use (see walletd.marker): its events are lost".into(),
+                    what: "the store's file is missing or empty although this data dir was in use (see walletd.marker): its events are lost".into(),
                 });
             }
             Ok(())
@@ -409,17 +659,11 @@ impl Store {
     }
 
     fn corrupt(&self, what: impl Into<String>) -> StorageError {
-        StorageError::Corrupt {
-            path: self.path.display().to_string(),
-            what: what.into(),
-        }
+        corrupt_at(&self.path, what)
     }
 
     fn write_err(&self, e: impl std::fmt::Display) -> StorageError {
-        StorageError::Write {
-            path: self.path.display().to_string(),
-            reason: e.to_string(),
-        }
+        write_err_at(&self.path, e)
     }
 
     fn load(&self) -> Result<Loaded, StorageError> {
@@ -469,41 +713,13 @@ impl Store {
                 "meta[format] is {format:?}, this release reads format {STORAGE_FORMAT}"
             )));
         }
-        let u64_of = |name: &str| -> Result<Option<u64>, StorageError> {
-            match meta_map.get(name) {
-                None => Ok(None),
-                Some(v) => {
-                    let a: [u8; 8] = v.as_slice().try_into().map_err(|_| {
-                        self.corrupt(format!("meta[{name}] has {} bytes, expected 8", v.len()))
-                    })?;
-                    Ok(Some(u64::from_be_bytes(a)))
-                }
-            }
-        };
-        out.ceiling = Hlc(u64_of("ceiling")?.unwrap_or(0));
-        out.watermark = Hlc(u64_of("watermark")?.unwrap_or(0));
-        out.restore_pending = u64_of("restore")?.unwrap_or(0) == 1;
-        if let Some(v) = meta_map.get("policy") {
-            let a: [u8; 32] = v.as_slice().try_into().map_err(|_| {
-                self.corrupt(format!("meta[policy] has {} bytes, expected 32", v.len()))
-            })?;
-            out.recorded_policy = Some(PolicyHash(a));
-        }
-        if let Some(v) = meta_map.get("policy_doc") {
-            let doc: wallet_core::Policy =
-                decode_value(v).map_err(|w| self.corrupt(format!("meta[policy_doc]: {w}")))?;
-            if Some(doc.hash()) != out.recorded_policy {
-                return Err(self.corrupt(
-                    "meta[policy_doc] does not match the recorded policy hash".to_string(),
-                ));
-            }
-            out.recorded_policy_doc = Some(doc);
-        }
+        apply_meta(&mut out, &meta_map)
+            .map_err(|(place, w)| self.corrupt(format!("{place}: {w}")))?;
 
         let events = txn
             .open_table(EVENTS)
             .map_err(|e| self.corrupt(e.to_string()))?;
-        let mut next_seq: BTreeMap<RegionId, u64> = BTreeMap::new();
+        let mut gaps = GapCheck::default();
         for item in events.iter().map_err(c)? {
             let (k, v) = item.map_err(c)?;
             let (origin, seq) = k.value();
@@ -511,16 +727,8 @@ impl Store {
             let payload = unseal("events", &event_key_bytes(origin, seq), v.value())
                 .map_err(|w| self.corrupt(format!("{where_}: {w}")))?;
             let e = decode_event(payload).map_err(|w| self.corrupt(format!("{where_}: {w}")))?;
-            if e.id.origin.as_str() != origin || e.id.seq != seq {
-                return Err(self.corrupt(format!("{where_}: holds event {}", e.id)));
-            }
-            let n = next_seq.entry(e.id.origin).or_insert(1);
-            if e.id.seq != *n {
-                return Err(self.corrupt(format!(
-                    "{where_}: origin {origin} has a gap: expected seq {n}"
-                )));
-            }
-            *n += 1;
+            gaps.check(origin, seq, &e)
+                .map_err(|(place, w)| self.corrupt(format!("{place}: {w}")))?;
             out.events.push(e);
         }
 
@@ -658,42 +866,26 @@ impl Store {
 /// Starts the writer thread. It owns the store; it stops when every sender is dropped,
 /// after committing everything queued.
 pub fn spawn_writer(
-    store: Store,
+    mut store: Storage,
     group_commit: bool,
     batch_records_max: usize,
     metrics: Arc<Metrics>,
     done: mpsc::UnboundedSender<DiskDone>,
 ) -> Result<(mpsc::Sender<WriteBatch>, std::thread::JoinHandle<()>), StorageError> {
     let (tx, mut rx) = mpsc::channel::<WriteBatch>(WRITER_QUEUE_BATCHES_MAX);
-    let path = store.path.display().to_string();
+    let path = store.describe();
     let handle = std::thread::Builder::new()
         .name("walletd-writer".into())
         .spawn(move || {
+            if let (Storage::Log(log), true) = (&mut store, group_commit) {
+                pipelined_writer(log, &mut rx, batch_records_max, &metrics, done);
+                return;
+            }
             let mut batches: Vec<WriteBatch> = Vec::new();
             while let Some(first) = rx.blocking_recv() {
-                let mut records = first.ops.len();
-                batches.push(first);
-                if group_commit {
-                    while records < batch_records_max {
-                        match rx.try_recv() {
-                            Ok(b) => {
-                                records += b.ops.len();
-                                batches.push(b);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-                let mut seq = 0;
-                let mut index = 0;
-                for b in &batches {
-                    seq = seq.max(b.seq);
-                    for op in &b.ops {
-                        if let WriteOp::Record { index: i, .. } = op {
-                            index = index.max(*i);
-                        }
-                    }
-                }
+                // Without group commit, one batch (then one commit per op) at a time.
+                let max = if group_commit { batch_records_max } else { 1 };
+                let (seq, index) = take_queued(&mut rx, first, &mut batches, max);
                 let started = Instant::now();
                 let result = if group_commit {
                     let ops: Vec<&WriteOp> = batches.iter().flat_map(|b| b.ops.iter()).collect();
@@ -733,6 +925,61 @@ pub fn spawn_writer(
         reason: format!("cannot start the writer thread: {e}"),
     })?;
     Ok((tx, h))
+}
+
+/// Takes every batch queued (up to `batch_records_max` records, like the redb writer) and
+/// appends it to the log at once; the log's sync threads make it durable and report
+/// ([`crate::logstore::Pipeline`]): the next batch is written while a sync is in flight.
+fn pipelined_writer(
+    log: &mut crate::logstore::LogStore,
+    rx: &mut mpsc::Receiver<WriteBatch>,
+    batch_records_max: usize,
+    metrics: &Arc<Metrics>,
+    done: mpsc::UnboundedSender<DiskDone>,
+) {
+    let failed = done.clone();
+    let pipeline = match crate::logstore::Pipeline::start(log, move |d| {
+        let msg = match d {
+            Some((seq, index)) => DiskDone::Committed { seq, index },
+            None => DiskDone::Failed,
+        };
+        done.send(msg).is_ok()
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "storage writer could not start");
+            let _ = failed.send(DiskDone::Failed);
+            return;
+        }
+    };
+    let mut batches: Vec<WriteBatch> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let (seq, index) = take_queued(rx, first, &mut batches, batch_records_max);
+        let started = Instant::now();
+        let ops: Vec<&WriteOp> = batches.iter().flat_map(|b| b.ops.iter()).collect();
+        let result = log.append(&ops);
+        // For the log, the commit metric times the append (its sync runs on a sync thread).
+        metrics.observe_commit(ops.len(), started.elapsed());
+        drop(ops);
+        batches.clear();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "storage append failed; no further acknowledgements");
+            // What was appended before is still made durable and reported, then the failure.
+            pipeline.finish();
+            let _ = failed.send(DiskDone::Failed);
+            return;
+        }
+        if pipeline.failed() {
+            break;
+        }
+        // The actor may send the next batch now if a sync thread is free for it; otherwise
+        // it gathers until a sync returns (larger batches, one signature each).
+        if pipeline.appended(seq, index) && failed.send(DiskDone::Appended).is_err() {
+            break;
+        }
+    }
+    pipeline.finish();
+    tracing::debug!("storage writer stopped");
 }
 
 #[cfg(test)]
@@ -894,6 +1141,21 @@ mod tests {
         }
         let err = Store::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("evidence[eu:1]: checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn a_data_dir_keeps_its_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = "region=eu cluster=c";
+        check_data_dir(dir.path(), owner, Backend::Redb).unwrap();
+        let (_s, _) = Storage::open(dir.path(), Backend::Redb).unwrap();
+        let err = check_data_dir(dir.path(), owner, Backend::Log)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds a redb store"), "{err}");
+        assert!(err.contains("backend = \"log\""), "{err}");
+        check_data_dir(dir.path(), owner, Backend::Redb).unwrap();
+        assert_eq!(Backend::in_dir(dir.path()), Backend::Redb);
     }
 
     #[test]

@@ -360,8 +360,10 @@ pub fn model_fee(rule: &ModelRule<'_>, overdrawn: Decimal) -> Decimal {
 }
 
 /// Fold state of one (account, currency).
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct Pair {
+    account: AccountId,
+    currency: Currency,
     /// Settled balance.
     bal: Decimal,
     /// Sum of the provisional events.
@@ -379,12 +381,18 @@ fn add(a: Decimal, b: Decimal) -> Decimal {
     })
 }
 
-/// Same body for idempotency (SPEC §5): kind, amount, currency, reference.
-fn same_body(a: &Tx, b: &Tx) -> bool {
-    a.kind == b.kind
-        && a.amount.value() == b.amount.value()
-        && a.currency.as_str() == b.currency.as_str()
-        && a.reference.as_deref() == b.reference.as_deref()
+/// Same body for idempotency (SPEC §5): kind, amount, currency, reference, field by field.
+fn same_body_parts(
+    kind: Kind,
+    amount: Decimal,
+    currency: Currency,
+    reference: Option<&str>,
+    b: &Tx,
+) -> bool {
+    kind == b.kind
+        && amount == b.amount.value()
+        && currency.as_str() == b.currency.as_str()
+        && reference == b.reference.as_deref()
 }
 
 /// The signed effect of a transaction on its balance.
@@ -431,8 +439,30 @@ where
     model_retained(seed, events, watermark, u64::MAX)
 }
 
-/// A holder of an idempotency key: its HLC milliseconds, body and id.
-type Holder<'a> = (u64, &'a Tx, EventId);
+/// A holder of an idempotency key: its HLC milliseconds, body (what [`same_body_parts`] compares:
+/// kind, amount value, currency, reference) and id.
+#[derive(Clone)]
+struct Holder {
+    ms: u64,
+    kind: Kind,
+    amount: Decimal,
+    currency: Currency,
+    reference: Option<Box<str>>,
+    id: EventId,
+}
+
+impl Holder {
+    /// Same body as `tx` for idempotency (SPEC §5).
+    fn same_body(&self, tx: &Tx) -> bool {
+        same_body_parts(
+            self.kind,
+            self.amount,
+            self.currency,
+            self.reference.as_deref(),
+            tx,
+        )
+    }
+}
 
 /// [`model_at`] with an idempotency key retention of `retention_ms` (issue 13): an earlier
 /// holder of a key counts (as the original of a duplicate, or the first of a conflict) only
@@ -456,100 +486,262 @@ where
         }
     }
     let settled_upto = watermark.map(|w| w.0);
-    let mut policies: Vec<&Policy> = vec![seed];
-    // Keyed by the account id's text and the currency code.
-    let mut pairs: BTreeMap<(&str, &str), (&Tx, Pair)> = BTreeMap::new();
-    // Every earlier event holding each (account, key), in total order: the SPEC's `earlier`.
-    // With each, its HLC milliseconds (the high 48 bits of the HLC, SPEC §2).
-    let mut holders: BTreeMap<(&str, &str), Vec<Holder<'_>>> = BTreeMap::new();
-    let mut out = ModelFold::default();
+    let mut state = ModelState::new(seed, retention_ms, true);
     for e in order {
-        let settled = settled_upto.is_none_or(|w| e.hlc.0 <= w);
+        if settled_upto.is_none_or(|w| e.hlc.0 <= w) {
+            state.settle(e);
+        } else {
+            state.pend(e);
+        }
+    }
+    state.finish()
+}
+
+/// The value of `key` in `map`, inserted empty when missing (looked up once).
+fn slot<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> &'m mut V {
+    map.entry(key.to_string()).or_default()
+}
+
+/// The settled fold of [`model_retained`] as a state that takes one event at a time: what
+/// the model computes is only ever computed here, whether it refolds a whole event set or
+/// is fed a growing settled prefix (the simulator keeps one per region and feeds it the
+/// events a watermark passes, [`ModelState::settle`] in total order: the caller checks the
+/// order with [`ModelState::follows`] and starts afresh when an event would not come last).
+/// `record: false` keeps only what the balances and episodes need (no statuses, no feed
+/// entries; the feed is counted).
+#[derive(Clone)]
+pub struct ModelState {
+    /// The seed (version 1) and each settled policy event after it, in order.
+    policies: Vec<Policy>,
+    /// By account text, then currency code.
+    pairs: BTreeMap<String, BTreeMap<String, Pair>>,
+    /// Every earlier event holding each key, by account text then key, in total order: the
+    /// SPEC's `earlier`.
+    holders: BTreeMap<String, BTreeMap<String, Vec<Holder>>>,
+    retention_ms: u64,
+    record: bool,
+    feed_len: u64,
+    /// The last event settled: `(hlc, origin name bytes, seq)`.
+    last: Option<(u64, Vec<u8>, u64)>,
+    out: ModelFold,
+}
+
+impl ModelState {
+    /// An empty fold under the seed policy.
+    pub fn new(seed: &Policy, retention_ms: u64, record: bool) -> Self {
+        ModelState {
+            policies: vec![seed.clone()],
+            pairs: BTreeMap::new(),
+            holders: BTreeMap::new(),
+            retention_ms,
+            record,
+            feed_len: 0,
+            last: None,
+            out: ModelFold::default(),
+        }
+    }
+
+    /// `e` comes after every event settled so far in the total order (`model_order`).
+    pub fn follows(&self, e: &Event) -> bool {
+        match &self.last {
+            None => true,
+            Some((h, o, q)) => e
+                .hlc
+                .0
+                .cmp(h)
+                .then_with(|| e.id.origin.as_str().as_bytes().cmp(o))
+                .then_with(|| e.id.seq.cmp(q))
+                .is_gt(),
+        }
+    }
+
+    /// Events settled so far.
+    pub fn settled(&self) -> u64 {
+        self.out.settled
+    }
+
+    /// Feed entries so far (fees, reversals, conflict reports).
+    pub fn feed_len(&self) -> u64 {
+        self.feed_len
+    }
+
+    /// The settled balance of (account, currency) and, when an overdraft episode is open,
+    /// the fees charged in it (SPEC §6); `None` for a pair with no settled transaction yet
+    /// or a provisional one only (balance zero).
+    pub fn pair(&self, account: &str, currency: Currency) -> Option<(Decimal, Option<Decimal>)> {
+        let p = self.pairs.get(account)?.get(currency.as_str())?;
+        Some((p.bal, p.in_episode.then_some(p.episode_fees)))
+    }
+
+    /// The provisional balance of (account, currency) (SPEC §4): its settled balance plus
+    /// every transaction of that pair in `above` (events above the watermark); `None` for a
+    /// pair with no settled transaction.
+    pub fn provisional<'a>(
+        &self,
+        account: &str,
+        currency: Currency,
+        above: impl IntoIterator<Item = &'a Event>,
+    ) -> Option<Decimal> {
+        let (bal, _) = self.pair(account, currency)?;
+        Some(
+            above
+                .into_iter()
+                .filter_map(|e| e.tx())
+                .filter(|tx| {
+                    tx.account.as_str() == account && tx.currency.as_str() == currency.as_str()
+                })
+                .fold(bal, |acc, tx| add(acc, signed(tx))),
+        )
+    }
+
+    /// Every (account, currency) with a transaction and its settled balance.
+    pub fn balances(&self) -> impl Iterator<Item = ((AccountId, Currency), Decimal)> + '_ {
+        self.pairs
+            .values()
+            .flat_map(|m| m.values())
+            .map(|p| ((p.account.clone(), p.currency), p.bal))
+    }
+
+    fn pair_mut(&mut self, tx: &Tx) -> &mut Pair {
+        slot(&mut self.pairs, tx.account.as_str())
+            .entry(tx.currency.as_str().to_string())
+            .or_insert_with(|| Pair {
+                account: tx.account.clone(),
+                currency: tx.currency,
+                bal: Decimal::ZERO,
+                pending: Decimal::ZERO,
+                in_episode: false,
+                charged: false,
+                episode_fees: Decimal::ZERO,
+            })
+    }
+
+    /// A provisional event (above the watermark): it counts in the provisional balance only.
+    pub fn pend(&mut self, e: &Event) {
+        if self.record {
+            self.out.statuses.insert(e.id, ModelStatus::Provisional);
+        }
+        if let Body::Tx(tx) = &e.body {
+            let delta = signed(tx);
+            let p = self.pair_mut(tx);
+            p.pending = add(p.pending, delta);
+        }
+    }
+
+    /// Settles `e`, the next event in total order (docs in [`model_at`]).
+    pub fn settle(&mut self, e: &Event) {
+        self.last = Some((e.hlc.0, e.id.origin.as_str().as_bytes().to_vec(), e.id.seq));
+        self.out.settled += 1;
         let tx = match &e.body {
             // Policy and membership changes, home moves and rights transfers move no money;
             // they settle like any event, and a settled policy applies from its place in the
             // order.
             Body::Policy(_) | Body::Membership(_) | Body::Account(_) => {
-                if settled {
-                    if let Body::Policy(p) = &e.body {
-                        policies.push(p);
-                    }
-                    out.settled += 1;
-                    out.statuses
-                        .insert(e.id, ModelStatus::Settled { fee: None });
-                } else {
-                    out.statuses.insert(e.id, ModelStatus::Provisional);
+                if let Body::Policy(p) = &e.body {
+                    self.policies.push((**p).clone());
                 }
-                continue;
+                if self.record {
+                    self.out
+                        .statuses
+                        .insert(e.id, ModelStatus::Settled { fee: None });
+                }
+                return;
             }
             Body::Tx(tx) => tx,
         };
         let delta = signed(tx);
-        let (_, p) = pairs
-            .entry((tx.account.as_str(), tx.currency.as_str()))
-            .or_insert_with(|| (tx, Pair::default()));
-        if !settled {
-            p.pending = add(p.pending, delta);
-            out.statuses.insert(e.id, ModelStatus::Provisional);
-            continue;
-        }
-        out.settled += 1;
-        let version = u32::try_from(policies.len()).expect("model: policy versions beyond u32");
-        let policy = policies[policies.len() - 1];
-        let rule = model_rule(policy, tx.account.as_str(), tx.currency);
+        let version =
+            u32::try_from(self.policies.len()).expect("model: policy versions beyond u32");
         let (duplicate, conflict) = match &tx.idempotency_key {
             Some(k) => {
-                let slot = (tx.account.as_str(), &**k);
+                let retention_ms = self.retention_ms;
                 let ms = e.hlc.0 >> 16;
-                let earlier = holders.entry(slot).or_default();
-                let live: Vec<&Holder<'_>> = earlier
-                    .iter()
-                    .filter(|(h, _, _)| ms < h.saturating_add(retention_ms))
-                    .collect();
-                let duplicate = live.iter().any(|(_, o, _)| same_body(o, tx));
+                let earlier = slot(slot(&mut self.holders, tx.account.as_str()), k);
+                let live = |h: &&Holder| ms < h.ms.saturating_add(retention_ms);
+                let duplicate = earlier.iter().filter(live).any(|h| h.same_body(tx));
                 let conflict = if duplicate {
                     None
                 } else {
-                    live.first().map(|(_, _, first)| *first)
+                    earlier.iter().find(live).map(|h| h.id)
                 };
-                earlier.push((ms, tx, e.id));
+                earlier.push(Holder {
+                    ms,
+                    kind: tx.kind,
+                    amount: tx.amount.value(),
+                    currency: tx.currency,
+                    reference: tx.reference.clone(),
+                    id: e.id,
+                });
                 (duplicate, conflict)
             }
             None => (false, None),
         };
+        let policy = &self.policies[self.policies.len() - 1];
+        let rule = model_rule(policy, tx.account.as_str(), tx.currency);
+        let (floor, grace, action, reversible, per) = (
+            rule.floor,
+            rule.grace,
+            rule.action,
+            rule.reversible.contains(&tx.kind),
+            rule.per,
+        );
         let amount = tx.amount.value();
-        p.bal = add(p.bal, delta);
+        let mut overdraft = None;
         let mut comp = None;
-        if duplicate {
-            comp = Some((CompKind::Reversal, -delta));
-        } else if model_is_debit(tx.kind) && p.bal < rule.floor {
-            out.overdrafts += 1;
-            out.overdrawn.push((e.id, rule.floor - p.bal));
-            let overdrawn = (rule.floor - p.bal).min(amount);
-            if rule.action == Action::Reverse && rule.reversible.contains(&tx.kind) {
-                comp = Some((CompKind::Reversal, amount));
-            } else {
-                if !p.in_episode {
-                    p.in_episode = true;
-                    p.charged = false;
-                    p.episode_fees = Decimal::ZERO;
-                }
-                // Nothing when the overdrawn amount is at or below the grace.
-                let due = overdrawn > rule.grace && (rule.per == FeePer::Debit || !p.charged);
-                if due {
-                    let fee = model_fee(&rule, overdrawn);
-                    if fee > Decimal::ZERO {
-                        p.charged = true;
-                        p.episode_fees = add(p.episode_fees, fee);
-                        comp = Some((CompKind::OverdraftFee, -fee));
+        let mut fee_rule = None;
+        {
+            let p = self.pair_mut(tx);
+            p.bal = add(p.bal, delta);
+            if duplicate {
+                comp = Some((CompKind::Reversal, -delta));
+            } else if model_is_debit(tx.kind) && p.bal < floor {
+                overdraft = Some(floor - p.bal);
+                let overdrawn = (floor - p.bal).min(amount);
+                if action == Action::Reverse && reversible {
+                    comp = Some((CompKind::Reversal, amount));
+                } else {
+                    if !p.in_episode {
+                        p.in_episode = true;
+                        p.charged = false;
+                        p.episode_fees = Decimal::ZERO;
+                    }
+                    // Nothing when the overdrawn amount is at or below the grace.
+                    let due = overdrawn > grace && (per == FeePer::Debit || !p.charged);
+                    if due {
+                        fee_rule = Some(overdrawn);
                     }
                 }
+            } else if p.in_episode && add(p.bal, p.episode_fees) >= floor {
+                p.in_episode = false;
+                if add(p.bal, p.episode_fees) == floor {
+                    self.out.closed_at_floor += 1;
+                }
             }
-        } else if p.in_episode && add(p.bal, p.episode_fees) >= rule.floor {
-            p.in_episode = false;
-            if add(p.bal, p.episode_fees) == rule.floor {
-                out.closed_at_floor += 1;
+        }
+        if let Some(overdrawn) = fee_rule {
+            let policy = &self.policies[self.policies.len() - 1];
+            let rule = model_rule(policy, tx.account.as_str(), tx.currency);
+            let fee = model_fee(&rule, overdrawn);
+            if fee > Decimal::ZERO {
+                let p = self.pair_mut(tx);
+                p.charged = true;
+                p.episode_fees = add(p.episode_fees, fee);
+                comp = Some((CompKind::OverdraftFee, -fee));
             }
+        }
+        if let Some(o) = overdraft {
+            self.out.overdrafts += 1;
+            if self.record {
+                self.out.overdrawn.push((e.id, o));
+            }
+        }
+        if let Some((_, d)) = comp {
+            let p = self.pair_mut(tx);
+            p.bal = add(p.bal, d);
+        }
+        self.feed_len += u64::from(comp.is_some()) + u64::from(conflict.is_some());
+        if !self.record {
+            return;
         }
         let status = match comp {
             Some((CompKind::Reversal, _)) => ModelStatus::Reversed {
@@ -560,10 +752,9 @@ where
             },
             _ => ModelStatus::Settled { fee: None },
         };
-        out.statuses.insert(e.id, status);
+        self.out.statuses.insert(e.id, status);
         if let Some((kind, d)) = comp {
-            p.bal = add(p.bal, d);
-            out.feed.push(ModelComp {
+            self.out.feed.push(ModelComp {
                 kind,
                 cause: e.id,
                 hlc: e.hlc,
@@ -576,7 +767,7 @@ where
             });
         }
         if let Some(first) = conflict {
-            out.feed.push(ModelComp {
+            self.out.feed.push(ModelComp {
                 kind: CompKind::IdempotencyConflict,
                 cause: e.id,
                 hlc: e.hlc,
@@ -589,15 +780,20 @@ where
             });
         }
     }
-    for (tx, p) in pairs.into_values() {
-        let key = (tx.account.clone(), tx.currency);
-        if p.in_episode {
-            out.open_episodes.insert(key.clone(), p.episode_fees);
+
+    /// The fold so far: balances, provisional balances and open episodes of every pair.
+    pub fn finish(self) -> ModelFold {
+        let mut out = self.out;
+        for p in self.pairs.into_values().flat_map(BTreeMap::into_values) {
+            let key = (p.account, p.currency);
+            if p.in_episode {
+                out.open_episodes.insert(key.clone(), p.episode_fees);
+            }
+            out.provisional.insert(key.clone(), add(p.bal, p.pending));
+            out.balances.insert(key, p.bal);
         }
-        out.provisional.insert(key.clone(), add(p.bal, p.pending));
-        out.balances.insert(key, p.bal);
+        out
     }
-    out
 }
 
 /// What the consistency modes promise (SPEC §8, §9.4), checked on a whole, settled history.

@@ -372,6 +372,9 @@ fn escrow_spends_local_rights_asks_for_more_and_refuses_after_the_time_out() {
         "{result:?}"
     );
     assert_eq!(c.nodes[1].replica.mode_stats().rights_requests, 1);
+    // Only eu's first debit was within its rights (us's came in after asking).
+    assert_eq!(c.nodes[0].replica.mode_stats().escrow_local, 1);
+    assert_eq!(c.nodes[1].replica.mode_stats().escrow_local, 0);
     // Across a partition nobody answers: refused for rights once the time-out passes.
     c.partition(0b10);
     let Ok(Submitted::Pending { .. }) = c.submit(1, usd("erin", Kind::Purchase, "15")) else {

@@ -169,6 +169,21 @@ impl NetHandle {
             self.command(Command::Send(to, bytes), 1).await;
         }
     }
+    /// Sends to one member at once, as a request of its own: not queued behind the member's
+    /// replication batches (one at a time), so not ordered with them. For the messages a
+    /// client waits for (the consistency modes' forwards and their answers), whose order
+    /// does not matter. Dropped if the member is not connected or is isolated.
+    pub async fn send_now(&self, to: RegionId, msg: Message) {
+        if let Some(bytes) = self.encode(&msg) {
+            self.command(Command::Now(Some(to), bytes), 1).await;
+        }
+    }
+    /// [`Self::send_now`] to every connected member (an escrow rights request).
+    pub async fn broadcast_now(&self, msg: Message) {
+        if let Some(bytes) = self.encode(&msg) {
+            self.command(Command::Now(None, bytes), 1).await;
+        }
+    }
     /// Fault injection: stop exchanging traffic with these regions (this region's own id in
     /// the set cuts it off from all). An empty set heals.
     pub async fn set_isolated(&self, regions: BTreeSet<RegionId>) {

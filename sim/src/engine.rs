@@ -292,10 +292,6 @@ struct Scripted {
     restore_pending: Vec<bool>,
 }
 
-/// Per origin: the seq a log was scanned up to, the HLC of the event there, and the seqs of
-/// the policy events found ([`Sim::policy_events`]).
-type PolicyScan = std::collections::BTreeMap<RegionId, (u64, Option<Hlc>, Vec<u64>)>;
-
 /// The simulator state.
 pub struct Sim {
     /// Configuration.
@@ -368,9 +364,12 @@ pub struct Sim {
     /// Per logical credit sent to the floor: the account, currency and amount its first
     /// send that reached a region chose (retries and copies send the same body).
     pub floor_credits: Vec<Option<(AccountId, Currency, Amount)>>,
-    /// Per region, the policy events of its logs found so far ([`PolicyScan`]): a credit to
-    /// the floor reads them without scanning the whole history again.
-    policy_scans: std::cell::RefCell<Vec<PolicyScan>>,
+    /// Per region, the reference model folded over its settled prefix so far: a credit to
+    /// the floor feeds it what the watermark passed since, instead of refolding the history.
+    credit_folds: Vec<crate::prefix::PrefixFold>,
+    /// The reference model folded up to the last snapshot's point, whichever region took
+    /// it (the regions' logs hold the same events below a compaction point).
+    snapshot_fold: crate::prefix::PrefixFold,
     /// The Byzantine member, in a Byzantine seed.
     pub byz: Option<Byz>,
     /// The membership changes issued (scripted, random, and the retire that resolves a
@@ -807,7 +806,10 @@ impl Sim {
             floor_amounts: vec![None; logical],
             floor_landings: Vec::new(),
             floor_credits: vec![None; logical],
-            policy_scans: std::cell::RefCell::new(vec![PolicyScan::new(); n]),
+            credit_folds: (0..n)
+                .map(|_| crate::prefix::PrefixFold::new(&cfg.policy, cfg.retention_ms(), n))
+                .collect(),
+            snapshot_fold: crate::prefix::PrefixFold::new(&cfg.policy, cfg.retention_ms(), n),
             byz,
             membership: Vec::new(),
             max_settled: vec![vec![0; n]; n],
@@ -1473,81 +1475,36 @@ impl Sim {
     /// settled view (by the reference model, which tracks the episodes) has in an overdraft
     /// episode with fees charged, and the amount that brings the provisional balance without
     /// those fees exactly back to the floor of the policy in force there. None when there
-    /// is none (or the amount would not be positive).
-    /// The policy events in `region`'s logs of the configured origins. Each origin's log is
-    /// scanned from where the last call stopped; a log that lost its tail (a crash) and grew
-    /// again is scanned afresh (the event at the last scanned seq is not the one seen).
-    fn policy_events(&self, region: usize) -> Vec<&Event> {
+    /// is none (or the amount would not be positive). The model is the region's
+    /// [`crate::prefix::PrefixFold`], fed what the watermark passed since the last credit.
+    fn credit_to_floor(&mut self, region: usize) -> Option<(AccountId, Currency, Amount)> {
         let r = &self.nodes[region].replica;
-        let mut scans = self.policy_scans.borrow_mut();
-        let Some(scan) = scans.get_mut(region) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for o in &self.cfg.regions {
-            let (upto, last, seqs) = scan.entry(*o).or_default();
-            let at = |seq: u64| r.event(EventId { origin: *o, seq });
-            if *upto > 0 && at(*upto).map(|e| e.hlc) != *last {
-                (*upto, *last) = (0, None);
-                seqs.clear();
-            }
-            let new = r.origin_events(*o, *upto);
-            seqs.extend(
-                new.iter()
-                    .filter(|e| matches!(e.body, Body::Policy(_)))
-                    .map(|e| e.id.seq),
-            );
-            if let Some(e) = new.last() {
-                (*upto, *last) = (e.id.seq, Some(e.hlc));
-            }
-            out.extend(seqs.iter().filter_map(|&q| at(q)));
-        }
-        out
-    }
-
-    fn credit_to_floor(&self, region: usize) -> Option<(AccountId, Currency, Amount)> {
-        let r = &self.nodes[region].replica;
+        let fold = self.credit_folds.get_mut(region)?;
+        // The model's fold of the region's settled prefix, fed what the watermark passed
+        // since the last credit (pairs fold independently: this is each pair's own fold).
+        fold.advance(r, &self.cfg.regions, r.watermark());
         let policy = r.current_policy().1;
-        // Candidates: settled below the floor (an open episode needs it). The model folds
-        // each candidate's events alone (with the policy events): pairs fold independently.
+        let mut above = None;
+        // Candidates: settled below the floor (an open episode needs it).
         for (a, c, b) in r.all_balances() {
             let floor = wallet_core::testing::model_rule(policy, a.as_str(), c).floor;
             if b.settled >= floor {
                 continue;
             }
-            // The pair's transactions (the account's own index, not the whole history) and
-            // every policy event, of the configured origins.
-            let mut events = self.policy_events(region);
-            events.extend(
-                r.entries(&a, None, usize::MAX)
-                    .into_iter()
-                    .filter_map(|(_, entry)| match entry {
-                        wallet_core::Entry::Event { event, .. } => Some(event),
-                        wallet_core::Entry::Compensation(_) => None,
-                    })
-                    .filter(|e| {
-                        self.cfg.regions.contains(&e.id.origin)
-                            && e.tx().is_some_and(|t| t.account == a && t.currency == c)
-                    }),
-            );
-            let m = wallet_core::testing::model_retained(
-                &self.cfg.policy,
-                events,
-                Some(r.watermark()),
-                self.cfg.retention_ms(),
-            );
-            let key = (a, c);
-            let Some(fees) = m.open_episodes.get(&key).copied() else {
+            let Some((_, Some(fees))) = fold.state().pair(a.as_str(), c) else {
                 continue;
             };
             if fees <= Decimal::ZERO {
                 continue;
             }
-            let provisional = m.provisional.get(&key).copied()?;
+            let above = above.get_or_insert_with(|| fold.above(r, &self.cfg.regions));
+            let provisional = fold
+                .state()
+                .provisional(a.as_str(), c, above.iter().copied())?;
             let want = floor.checked_sub(provisional)?.checked_sub(fees)?;
             if want > Decimal::ZERO {
                 if let Ok(x) = Amount::new(want, c) {
-                    return Some((key.0, c, x));
+                    return Some((a, c, x));
                 }
             }
         }
@@ -1674,17 +1631,58 @@ impl Sim {
         self.membership.iter().any(|m| m.source == "byzantine")
     }
 
-    /// Regions named by a retire that was issued (whether or not its cut is known yet).
+    /// Regions named by a retire that was issued and survived ([`Sim::retire_survived`]),
+    /// whether or not its cut is known yet.
     pub fn retired_regions(&self) -> std::collections::BTreeSet<usize> {
+        let held = self.held_retires();
         self.membership
             .iter()
-            .filter(|c| c.outcome.is_ok())
-            .filter_map(|c| match &c.action {
-                Action::Retire(_, rs) => Some(rs.clone()),
+            .filter_map(|c| match (&c.action, &c.outcome) {
+                (Action::Retire(_, rs), Ok(id)) if self.retire_in(&held, *id, rs) => Some(rs),
                 _ => None,
             })
             .flatten()
+            .copied()
             .collect()
+    }
+
+    /// The retire `id` of `regions` (indexes) survived: some region holds it, a running one
+    /// in its log, a crashed one on its disk. A retire lost in its issuer's crash before it
+    /// was durable, and received by no peer, never happened (the issuer uses its seq again
+    /// for another event), so no cut ever comes for it. The replicas are asked
+    /// (`Replica::retires`: a retire enters the membership state with the log, and stays
+    /// there when the log is compacted), never the issue outcome alone.
+    pub fn retire_survived(&self, id: EventId, regions: &[usize]) -> bool {
+        self.retire_in(&self.held_retires(), id, regions)
+    }
+
+    /// Every retire some region holds: its id and the regions it retires, sorted.
+    fn held_retires(&self) -> Vec<(EventId, Vec<RegionId>)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                n.replica.retires().into_iter().filter(|ri| {
+                    n.up || self
+                        .region_index(ri.id.origin)
+                        .is_some_and(|o| ri.id.seq <= n.disk.durable[o])
+                })
+            })
+            .map(|ri| {
+                let mut regions = ri.regions;
+                regions.sort();
+                (ri.id, regions)
+            })
+            .collect()
+    }
+
+    fn retire_in(&self, held: &[(EventId, Vec<RegionId>)], id: EventId, regions: &[usize]) -> bool {
+        let mut want: Vec<RegionId> = regions
+            .iter()
+            .filter_map(|x| self.cfg.regions.get(*x))
+            .copied()
+            .collect();
+        want.sort();
+        held.iter().any(|(h, got)| *h == id && *got == want)
     }
 
     /// Issues a planned policy change at its region (`Replica::submit_policy`); it is
@@ -1757,15 +1755,12 @@ impl Sim {
         let Some(s) = n.replica.snapshot() else {
             return;
         };
-        let events: Vec<&wallet_core::Event> = self
-            .cfg
-            .regions
-            .iter()
-            .flat_map(|o| n.replica.origin_events(*o, 0))
-            .collect();
-        let retention = self.cfg.retention_ms();
-        self.during
-            .snapshot_taken(&s, &events, &self.cfg.policy, retention);
+        // The model's fold of the region's events up to the snapshot's point, fed what the
+        // point passed since the last snapshot (afresh if the point went back, or the logs
+        // differ below it).
+        let fold = &mut self.snapshot_fold;
+        fold.advance(&n.replica, &self.cfg.regions, s.body.at);
+        self.during.snapshot_taken(&s, fold.state());
     }
 
     /// A crash that also loses the disk: the next start is a restore from the peers.

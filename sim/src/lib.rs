@@ -33,6 +33,7 @@ pub mod config;
 pub mod engine;
 pub mod liveness;
 pub mod policygen;
+pub mod prefix;
 pub mod report;
 pub mod rng;
 pub mod run;

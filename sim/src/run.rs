@@ -509,7 +509,15 @@ fn membership_json(sim: &crate::engine::Sim) -> Vec<JsonMembership> {
             let (change, cut) = match &c.action {
                 Action::Retire(i, rs) => {
                     let list: Vec<String> = rs.iter().map(name).collect();
+                    let lost = c
+                        .outcome
+                        .as_ref()
+                        .is_ok_and(|id| !sim.retire_survived(*id, rs));
                     let cut = witness.filter(|_| c.outcome.is_ok()).map(|w| {
+                        if lost {
+                            // Lost in its issuer's crash before it was durable.
+                            return "lost".to_string();
+                        }
                         rs.iter()
                             .map(|r| {
                                 let cut =

@@ -156,3 +156,42 @@ fn random_membership_changes_are_drawn_per_seed_and_hold_every_invariant() {
     }
     assert!(with_retire > 0);
 }
+
+/// A retire lost in its issuer's crash before it was durable, and received by no peer (the
+/// issuer was cut off), never happened: the issuer uses its seq again, no cut ever comes,
+/// and the harness must not wait for one (seed 760 of the 1000-seed sweep). The retired
+/// region stays a member: convergence and no_loss count it.
+#[test]
+fn a_retire_lost_before_it_was_durable_is_not_counted() {
+    let text = "t=1s deposit eu alice 100.00\n\
+                t=2s isolate us\n\
+                t=2500ms fsync us 3s\n\
+                t=3s retire us eu\n\
+                t=3500ms crash us\n\
+                t=4s heal\n\
+                t=4500ms restart us\n\
+                t=4600ms fsync us normal\n\
+                t=5s deposit us alice 1.00\n\
+                t=6s purchase eu alice 2.00\n";
+    let cfg = SimConfig::scripted(3, text, 100, 100).expect("valid scenario");
+    let mut sim = Sim::new(cfg);
+    sim.run();
+    let issued: Vec<_> = sim
+        .membership
+        .iter()
+        .filter_map(|m| match (&m.action, &m.outcome) {
+            (Action::Retire(..), Ok(id)) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(issued.len(), 1, "{:?}", sim.membership);
+    assert!(
+        sim.nodes.iter().all(|n| n.replica.retires().is_empty()),
+        "no region holds the retire"
+    );
+    assert!(sim.converged_at.is_some(), "converged without a cut");
+    assert!(sim.retired_regions().is_empty());
+    assert!(!sim.retire_survived(issued[0], &[0]));
+    let c = check(&mut sim);
+    assert!(c.invariants.all(), "{:?}", c.failures);
+}

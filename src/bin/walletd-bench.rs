@@ -7,9 +7,16 @@
 //! target/release/walletd-bench [--seconds 5] [--clients 64] [--walletd target/release/walletd]
 //! ```
 //!
+//! `--modes` measures the consistency modes instead (docs/modes.md): local acceptance of an
+//! escrow account (within its region's rights) against an optimistic one on one region, then,
+//! with two regions in network namespaces joined by delaying TCP proxies (50 ms each way,
+//! [`wallet::latency`]; needs root), the latency of a debit forwarded to its home and of a
+//! debit that must first fetch escrow rights, against a local one.
+//!
 //! Not a test: it prints figures. The client is a minimal HTTP/1.1 keep-alive client so the
 //! measurement spends its CPU in the server, not in the load generator.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,6 +31,8 @@ struct Args {
     walletd: PathBuf,
     accounts: Vec<usize>,
     modes: Vec<bool>,
+    /// Measure the consistency modes instead.
+    consistency: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -36,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
             .unwrap_or_else(|| PathBuf::from("walletd")),
         accounts: vec![1, 1000],
         modes: vec![true, false],
+        consistency: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,8 +68,9 @@ fn parse_args() -> Result<Args, String> {
                     o => return Err(format!("--group-commit on|off|both, not {o}")),
                 }
             }
+            "--modes" => a.consistency = true,
             "-h" | "--help" => {
-                return Err("usage: walletd-bench [--seconds N] [--clients N] [--walletd PATH] [--accounts 1,1000] [--group-commit on|off|both]".into())
+                return Err("usage: walletd-bench [--seconds N] [--clients N] [--walletd PATH] [--accounts 1,1000] [--group-commit on|off|both] [--modes]".into())
             }
             o => return Err(format!("unknown argument {o}")),
         }
@@ -78,10 +89,15 @@ struct Server {
     pid: String,
 }
 
-async fn start_server(walletd: &Path, group_commit: bool) -> Result<Server, String> {
+async fn start_server(
+    walletd: &Path,
+    group_commit: bool,
+    policy: Option<&str>,
+) -> Result<Server, String> {
     let mut opts =
         ClusterOptions::new(walletd.to_path_buf(), &["eu"]).map_err(|e| e.to_string())?;
     opts.group_commit = group_commit;
+    opts.policy = policy.map(str::to_string);
     opts.faults = false;
     // The benchmark measures the node: plain HTTP, no per-token rate limit.
     opts.tls = false;
@@ -316,6 +332,13 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if args.consistency {
+        if let Err(e) = rt.block_on(modes_bench(&args)) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     println!(
         "walletd-bench: {} clients, {} s per run (after 0.5 s warm-up), purchases of 0.01 USD, walletd={}",
         args.clients,
@@ -337,7 +360,7 @@ fn main() {
     let mut rates: Vec<(bool, usize, f64)> = Vec::new();
     for &gc in &args.modes {
         for &accounts in &args.accounts {
-            let server = match rt.block_on(start_server(&args.walletd, gc)) {
+            let server = match rt.block_on(start_server(&args.walletd, gc, None)) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{e}");
@@ -395,4 +418,195 @@ fn main() {
             }
         }
     }
+}
+
+/// Every `acct*` account (the load's) in escrow mode; `h-*` homed at eu; `e-*` escrow.
+const MODES_POLICY: &str = r#"
+[default]
+action = "fee"
+overdraft_line = "0"
+
+[tiers]
+load = ["acct"]
+home = ["h-"]
+escrow = ["e-"]
+
+[[rule]]
+tier = "load"
+mode = "escrow"
+
+[[rule]]
+tier = "home"
+mode = "home"
+home = "eu"
+
+[[rule]]
+tier = "escrow"
+mode = "escrow"
+rights_timeout_ms = 5000
+"#;
+
+/// One-way delay of the proxies between the regions, ms.
+const PROXY_DELAY_MS: u64 = 50;
+/// Sequential debits per latency figure.
+const ROUND_TRIP_SAMPLES: usize = 30;
+
+/// `--modes`: escrow local acceptance against optimistic, then the synchronous paths' cost
+/// over delaying proxies.
+async fn modes_bench(args: &Args) -> Result<(), String> {
+    let accounts = args.accounts.first().copied().unwrap_or(1);
+    println!(
+        "walletd-bench --modes: local acceptance, {} clients, {} s per run, {accounts} account(s), group commit on, walletd={}",
+        args.clients,
+        args.seconds,
+        args.walletd.display()
+    );
+    println!(
+        "{:<12} {:>12} {:>9} {:>9} {:>8}",
+        "mode", "accepted/s", "p50 ms", "p99 ms", "errors"
+    );
+    let mut rates = Vec::new();
+    for (name, policy) in [("optimistic", None), ("escrow", Some(MODES_POLICY))] {
+        let mut server = start_server(&args.walletd, true, policy).await?;
+        let (mut o, d) = load(&server, accounts, args.clients, args.seconds).await?;
+        o.lat_us.sort_unstable();
+        let rate = o.ok as f64 / d.as_secs_f64();
+        rates.push(rate);
+        println!(
+            "{name:<12} {rate:>12.0} {:>9.2} {:>9.2} {:>8}",
+            pct(&o.lat_us, 50),
+            pct(&o.lat_us, 99),
+            o.other
+        );
+        server.cluster.stop(0).await;
+    }
+    if let [opt, esc] = rates[..] {
+        if opt > 0.0 {
+            println!("escrow / optimistic: {:.1} %", esc / opt * 100.0);
+        }
+    }
+    round_trips(&args.walletd).await
+}
+
+/// Median and p99 of the accepted ones of sequential debits (ms), and the refused ones by
+/// code.
+async fn sequential(
+    c: &wallet::cluster::Client,
+    accounts: impl Fn(usize) -> String,
+    amount: &str,
+) -> Result<(f64, f64, BTreeMap<String, u32>), String> {
+    let mut lat = Vec::with_capacity(ROUND_TRIP_SAMPLES);
+    let mut refused = BTreeMap::new();
+    for i in 0..ROUND_TRIP_SAMPLES {
+        let t = Instant::now();
+        let a = c
+            .tx(&accounts(i), "purchase", amount, "USD", None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if a.status == 201 {
+            lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+        } else {
+            let code = a.json["error"]["code"].as_str().unwrap_or("?").to_string();
+            *refused.entry(format!("{} {code}", a.status)).or_insert(0) += 1;
+        }
+    }
+    lat.sort_unstable();
+    Ok((pct(&lat, 50), pct(&lat, 99), refused))
+}
+
+/// eu and us in network namespaces, every p2p connection through a proxy delaying each
+/// direction by [`PROXY_DELAY_MS`]: debits at us that are local, forwarded to the home eu,
+/// or that fetch escrow rights from eu.
+async fn round_trips(walletd: &Path) -> Result<(), String> {
+    let e = |e: wallet::cluster::ClusterError| e.to_string();
+    let mut opts = ClusterOptions::new(walletd.to_path_buf(), &["eu", "us"]).map_err(e)?;
+    opts.netns = true;
+    opts.faults = false;
+    opts.rate_per_second = Some(0);
+    opts.policy = Some(MODES_POLICY.to_string());
+    let mut c = LocalCluster::init(opts).map_err(e)?;
+    let latency = wallet::latency::Latency::new(PROXY_DELAY_MS, 0, 1);
+    c.route_through_proxies(latency).map_err(e)?;
+    c.start_all().await.map_err(e)?;
+    let (eu, us) = (c.client(0).map_err(e)?, c.client(1).map_err(e)?);
+    let n = ROUND_TRIP_SAMPLES;
+    for (client, account) in [(&us, "o-1".to_string()), (&eu, "h-1".to_string())] {
+        let a = client
+            .tx(&account, "deposit", "1000", "USD", None)
+            .await
+            .map_err(e)?;
+        if a.status != 201 {
+            return Err(format!("deposit {account}: {} {}", a.status, a.json));
+        }
+    }
+    for i in 0..n {
+        eu.tx(&format!("e-{i}"), "deposit", "10", "USD", None)
+            .await
+            .map_err(e)?;
+    }
+    // us must hold every deposit (the home's, for the home's own check it is eu's anyway).
+    let last = format!("/v1/accounts/e-{}/balances", n - 1);
+    wallet::cluster::wait_until("us to hold the deposits", 60_000, || async {
+        let v = us.get_ok(&last).await?;
+        Ok(v["balances"][0]["provisional"] == "10.00")
+    })
+    .await
+    .map_err(e)?;
+    println!(
+        "synchronous paths at us, {PROXY_DELAY_MS} ms each way between the regions \
+         (one round trip = {} ms), {n} sequential debits each:",
+        2 * PROXY_DELAY_MS
+    );
+    println!(
+        "{:<34} {:>9} {:>9}  refused",
+        "debit at us", "p50 ms", "p99 ms"
+    );
+    let rows = [
+        (
+            "local (optimistic)",
+            sequential(&us, |_| "o-1".into(), "0.01").await?,
+        ),
+        (
+            "forwarded to the home eu",
+            sequential(&us, |_| "h-1".into(), "0.01").await?,
+        ),
+        (
+            "escrow, rights fetched from eu",
+            sequential(&us, |i| format!("e-{i}"), "1.00").await?,
+        ),
+    ];
+    for (what, (p50, p99, refused)) in rows {
+        println!("{what:<34} {p50:>9.1} {p99:>9.1}  {refused:?}");
+    }
+    // Where the time goes: the link's round trip (libp2p ping) and a batch's (sent until
+    // acknowledged: a member sends one batch at a time).
+    let text = c.metrics(1).await.map_err(e)?;
+    for (what, name) in [
+        ("ping round trip", "libp2p_ping_rtt_seconds"),
+        ("p2p batch round trip", "walletd_p2p_batch_duration_seconds"),
+    ] {
+        let sum = sample_sum(&text, &format!("{name}_sum"));
+        let count = sample_sum(&text, &format!("{name}_count"));
+        if count > 0.0 {
+            println!(
+                "us: mean {what}: {:.1} ms ({count} samples)",
+                sum / count * 1000.0
+            );
+        }
+    }
+    for i in 0..2 {
+        c.stop(i).await;
+    }
+    Ok(())
+}
+
+/// The sum of a metric's samples over its label sets (0 when absent).
+fn sample_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -402,7 +402,9 @@ async fn bench(args: &Args) -> Result<(), BenchError> {
         c.stop(i).await;
     }
     let data = c.data_dir(eu)?;
-    let (_store, loaded) = wallet::storage::Store::open(&data).map_err(|e| err(e.to_string()))?;
+    let backend = wallet::storage::Backend::in_dir(&data);
+    let (_store, loaded) =
+        wallet::storage::Storage::open(&data, backend).map_err(|e| err(e.to_string()))?;
     let mut whole = 0u64;
     let mut whole_n = 0u64;
     let mut missed = 0u64;

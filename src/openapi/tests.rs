@@ -382,17 +382,25 @@ fn policy_schema_accepts_what_the_server_accepts() {
 }
 
 #[test]
-fn a_policy_with_a_mode_walletd_does_not_serve_is_422_mode_not_supported() {
+fn every_mode_is_served_and_a_bad_mode_name_is_400_invalid_policy() {
     let headers = HeaderMap::new();
     for body in [
         "[default]\nmode = \"home\"\nhome = \"eu\"\n",
         r#"{"default":{"mode":"escrow","fallback":"refuse"}}"#,
+        "[default]\nmode = \"optimistic\"\n",
+    ] {
+        assert!(
+            crate::http::parse_policy_body(&headers, body.as_bytes()).is_ok(),
+            "{body}"
+        );
+    }
+    for body in [
+        "[default]\nmode = \"lock\"\n",
+        r#"{"default":{"mode":"lock"}}"#,
     ] {
         let e = crate::http::parse_policy_body(&headers, body.as_bytes()).expect_err(body);
-        assert_eq!((e.status, e.code), (422, "mode_not_supported"), "{body}");
+        assert_eq!((e.status, e.code), (400, "invalid_policy"), "{body}");
     }
-    let ok = "[default]\nmode = \"optimistic\"\n";
-    assert!(crate::http::parse_policy_body(&headers, ok.as_bytes()).is_ok());
 }
 
 #[test]
@@ -420,7 +428,7 @@ fn every_operation_has_bearer_auth_and_the_middleware_answers() {
             );
         }
     }
-    assert_eq!(n, 19, "operations");
+    assert_eq!(n, 20, "operations");
 }
 
 /// The check the integration tests run on every answer refuses what it must.
@@ -432,8 +440,7 @@ fn the_contract_check_refuses_what_the_document_does_not_allow() {
         c.check("GET", path, None, "", status, ct, answer)
     };
     let balances = "/v1/accounts/a/balances";
-    let body =
-        r#"{"account":"a","balances":[{"currency":"USD","provisional":"-5.00","settled":"0.00"}]}"#;
+    let body = r#"{"account":"a","balances":[{"currency":"USD","provisional":"-5.00","settled":"0.00","mode":"optimistic"}]}"#;
     get(balances, 200, json, body).expect("allowed");
     let refused = [
         (balances, 418, json, body, "an undocumented status"),
@@ -448,7 +455,7 @@ fn the_contract_check_refuses_what_the_document_does_not_allow() {
             balances,
             200,
             json,
-            r#"{"account":"a","balances":[{"currency":"USD","provisional":-5,"settled":"0.00"}]}"#,
+            r#"{"account":"a","balances":[{"currency":"USD","provisional":-5,"settled":"0.00","mode":"optimistic"}]}"#,
             "an amount as a number",
         ),
         (

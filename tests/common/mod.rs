@@ -59,6 +59,16 @@ pub fn cluster(regions: &[&str]) -> LocalCluster {
     LocalCluster::init(o).expect("init")
 }
 
+/// [`cluster`] with `policy` as every region's policy file.
+pub fn cluster_with_policy(regions: &[&str], policy: &str) -> LocalCluster {
+    let mut o = ClusterOptions::new(BIN.into(), regions).expect("options");
+    o.log_filter = "warn".into();
+    o.scan_secrets_on_drop = true;
+    o.check = Some(contract_check());
+    o.policy = Some(policy.to_string());
+    LocalCluster::init(o).expect("init")
+}
+
 /// Starts region `i` and waits for its ready line.
 pub async fn start(c: &mut LocalCluster, i: usize) {
     c.start(i).await.expect("start");

@@ -150,6 +150,22 @@ impl Replica {
             });
             return;
         }
+        // A seal query that arrived after the seal it asked for (resent while the seal was in
+        // flight) held the origin back again: an event above the seal held here is of the new
+        // epoch, and lifts that hold.
+        if let Some(s) = self
+            .sealing
+            .seals
+            .get(&origin)
+            .and_then(|s| s.last())
+            .copied()
+        {
+            if let Some(m) = self.logs.members.get_mut(&origin) {
+                if m.seal_cap.is_some() && s.id.seq <= m.len() && e.hlc > s.hlc {
+                    m.seal_cap = None;
+                }
+            }
+        }
         let Some(m) = self.logs.members.get_mut(&origin) else {
             return;
         };

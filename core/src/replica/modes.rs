@@ -557,6 +557,9 @@ impl Replica {
             self.modes
                 .local_spend
                 .insert((req.account.clone(), req.currency));
+            if stage == Stage::Client {
+                self.modes.stats.escrow_local += 1;
+            }
             return Ok(None);
         }
         match stage {
