@@ -89,6 +89,10 @@ pub struct Actor {
     /// for the write batch that carries those events (signed together, one batch signature)
     /// and their idempotency records.
     turn_answers: Vec<(oneshot::Sender<Reply>, Reply, bool)>,
+    /// `ack = "peer"`: the turn's new events' answers, with their own seq, wait for another
+    /// member's durability too, at most this long (ms).
+    peer_ack_ms: Option<u64>,
+    turn_peer_answers: Vec<(oneshot::Sender<Reply>, Reply, u64)>,
     /// A write batch is at the writer and not yet reported durable (redb) or appended (the
     /// log, whose syncs are pipelined): the next one (and the signing of the transactions it
     /// carries) waits for it, and grows meanwhile.
@@ -214,6 +218,8 @@ pub struct ActorParts {
     pub compact_every_events: u64,
     /// The core's forward time-out (`forward_timeout_ms`), for `Retry-After`.
     pub forward_timeout_ms: u64,
+    /// `ack = "peer"`: its timeout (ms); `None` for `ack = "local"`.
+    pub peer_ack_ms: Option<u64>,
 }
 
 impl Actor {
@@ -241,6 +247,8 @@ impl Actor {
             stopping: false,
             deferred: VecDeque::new(),
             turn_answers: Vec::new(),
+            peer_ack_ms: p.peer_ack_ms,
+            turn_peer_answers: Vec::new(),
             in_flight: false,
             pulls_sent: BTreeMap::new(),
             policy_file_ignored: p.policy_file_ignored,
@@ -374,6 +382,10 @@ impl Actor {
         }
         self.answer_held();
         self.sync_allowlist().await;
+        if self.peer_ack_ms.is_some() {
+            self.waiters
+                .peer_durable(self.replica.peer_durable_seq(), now_ms());
+        }
         if self.joining && !self.replica.is_joining() {
             self.joining = false;
             self.shared.joining.store(false, Ordering::Release);
@@ -383,7 +395,10 @@ impl Actor {
             self.restoring = false;
             self.shared.restoring.store(false, Ordering::Release);
             self.push_op(WriteOp::Restore(false));
-            tracing::info!("restore complete: own history pulled back from every peer");
+            tracing::warn!(
+                epoch = self.replica.epoch(),
+                "restore complete: own history pulled back, old epoch sealed"
+            );
         }
     }
 
@@ -456,7 +471,11 @@ impl Actor {
         }
         self.drain().await;
         if self.failed {
-            for (reply, _, _) in self.turn_answers.drain(..) {
+            let peer = self
+                .turn_peer_answers
+                .drain(..)
+                .map(|(r, a, _)| (r, a, true));
+            for (reply, _, _) in self.turn_answers.drain(..).chain(peer) {
                 let _ = reply.send(Reply::error(
                     503,
                     "storage_unavailable",
@@ -472,6 +491,11 @@ impl Actor {
         let seq = self.op_seq;
         for (reply, answer, new) in self.turn_answers.drain(..) {
             self.waiters.answer_after(seq, reply, answer, new);
+        }
+        let deadline = now_ms().saturating_add(self.peer_ack_ms.unwrap_or(0));
+        for (reply, answer, event) in self.turn_peer_answers.drain(..) {
+            self.waiters
+                .answer_after_peer(seq, (event, deadline), reply, answer);
         }
         if !self.pending_ops.is_empty() {
             // The next batch starts with room for as many ops as this one had.
@@ -655,8 +679,16 @@ impl Actor {
             self.metrics.replayed();
         }
         self.store_idem(&p.account, p.key.as_deref(), p.fingerprint, &answer, now);
-        let new = matches!(s, Submitted::New(_));
-        self.turn_answers.push((p.reply, answer, new));
+        match (s, self.peer_ack_ms) {
+            // `ack = "peer"`: a new own event waits for another member's durability too.
+            (Submitted::New(id), Some(_)) if id.origin == self.replica.region() => {
+                self.turn_peer_answers.push((p.reply, answer, id.seq))
+            }
+            (s, _) => {
+                let new = matches!(s, Submitted::New(_));
+                self.turn_answers.push((p.reply, answer, new));
+            }
+        }
     }
 
     /// Answers the debits accepted at their home whose events arrived.

@@ -1327,6 +1327,23 @@ where
     }
 }
 
+/// Waits up to `timeout_ms` until every region of `c` shows every member up
+/// ([`all_members_up`]).
+pub async fn wait_all_members_up(
+    c: &LocalCluster,
+    timeout_ms: u64,
+) -> Result<Duration, ClusterError> {
+    wait_until("every member connected", timeout_ms, || async move {
+        for i in 0..c.regions.len() {
+            if !all_members_up(&c.status(i).await?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await
+}
+
 /// True when every member in a status body is connected, heard and runs our policy.
 pub fn all_members_up(status: &Value) -> bool {
     status["members"].as_array().is_some_and(|ms| {

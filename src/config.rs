@@ -81,12 +81,25 @@ pub fn homes_are_members(
     Ok(())
 }
 
+/// A period in ms, `default` when absent, 10 ms to 60 s.
+fn period_ms(field: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if (10..=60_000).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(field, "must be between 10 and 60000"))
+    }
+}
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         reason: reason.into(),
     }
 }
+
+/// Default of `peer_ack_timeout_ms`.
+pub const PEER_ACK_TIMEOUT_MS_DEFAULT: u64 = 2_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +118,8 @@ struct RawConfig {
     forward_timeout_ms: Option<u64>,
     #[serde(default)]
     compact_every_events: u64,
+    ack: Option<String>,
+    peer_ack_timeout_ms: Option<u64>,
     http: RawHttp,
     p2p: RawP2p,
     members: Vec<RawMember>,
@@ -312,6 +327,12 @@ pub struct NodeConfig {
     /// Compact (fold the settled history every member holds into a snapshot, drop it from
     /// memory and the database) after this many more events settled; 0 (the default): never.
     pub compact_every_events: u64,
+    /// `ack = "peer"`: a client hears `201` for a new event only once it is durable here and
+    /// at another member (docs/protocol.md §12); `"local"` (the default): here.
+    pub ack_peer: bool,
+    /// With `ack = "peer"`: how long a reply waits for another member's durability before
+    /// it answers `503 peer_ack_timeout` (the event stays accepted).
+    pub peer_ack_timeout_ms: u64,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
     /// Largest request body.
@@ -691,15 +712,11 @@ impl NodeConfig {
                 "must be between 1 and 86400000",
             ));
         }
-        let heartbeat_interval_ms = raw
-            .heartbeat_interval_ms
-            .unwrap_or(wallet_core::replica::HEARTBEAT_INTERVAL_MS_DEFAULT);
-        if !(10..=60_000).contains(&heartbeat_interval_ms) {
-            return Err(invalid(
-                "heartbeat_interval_ms",
-                "must be between 10 and 60000",
-            ));
-        }
+        let heartbeat_interval_ms = period_ms(
+            "heartbeat_interval_ms",
+            raw.heartbeat_interval_ms,
+            wallet_core::replica::HEARTBEAT_INTERVAL_MS_DEFAULT,
+        )?;
         let idempotency_retention_ms = raw
             .idempotency_retention_ms
             .unwrap_or(wallet_core::replica::IDEMPOTENCY_RETENTION_MS_DEFAULT);
@@ -723,6 +740,16 @@ impl NodeConfig {
                 format!("must be between {FORWARD_TIMEOUT_MS_MIN} and {FORWARD_TIMEOUT_MS_MAX}"),
             ));
         }
+        let ack_peer = match raw.ack.as_deref() {
+            None | Some("local") => false,
+            Some("peer") => true,
+            Some(_) => return Err(invalid("ack", "must be \"local\" or \"peer\"")),
+        };
+        let peer_ack_timeout_ms = period_ms(
+            "peer_ack_timeout_ms",
+            raw.peer_ack_timeout_ms,
+            PEER_ACK_TIMEOUT_MS_DEFAULT,
+        )?;
         Ok(NodeConfig {
             path: path.to_path_buf(),
             region,
@@ -736,6 +763,8 @@ impl NodeConfig {
             idempotency_retention_ms,
             forward_timeout_ms,
             compact_every_events: raw.compact_every_events,
+            ack_peer,
+            peer_ack_timeout_ms,
             http_listen,
             body_limit_bytes,
             metrics_listen,

@@ -146,6 +146,10 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         auth: Box::new(auth),
         recorded_policy: loaded.recorded_policy,
         restore,
+        // A restore is a lost disk: the region rejoins under a new origin epoch.
+        seal_on_restore: true,
+        // Origins with `ack = "peer"` hear of their events' durability here at once.
+        durable_acks: true,
         // Kept in the config after the join: the reloaded join event ends it again.
         joining: cfg.join,
         ..wallet_core::Config::new(
@@ -254,6 +258,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         key_stage,
         rotated_key,
         peers: cfg.members.iter().map(|m| (m.region, m.peer_id)).collect(),
+        peer_ack_ms: cfg.ack_peer.then_some(cfg.peer_ack_timeout_ms),
     });
     let actor = actor::spawn(actor, net_rx, done_rx);
     shared.ready.store(true, Ordering::Release);

@@ -500,7 +500,9 @@ pub fn add_middleware_answers(doc: &mut OpenApi) {
                  Retry-After: 1), `overloaded` (http.concurrency_max requests in flight: \
                  answered at once, Retry-After: 1), `unavailable` (shutting down), \
                  `restoring`, `joining` (a region started by `walletd join` that has not \
-                 pulled its join yet), `storage_unavailable`",
+                 pulled its join yet), `storage_unavailable`, `peer_ack_timeout` (with \
+                 `ack = \"peer\"`: durable here but no other member confirmed it in time; the \
+                 transaction stays accepted, a retry with the same Idempotency-Key returns it)",
                 true,
             );
         }

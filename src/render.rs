@@ -83,6 +83,7 @@ pub enum ErrorCode {
     RegionWasRetired,
     PeerIdInUse,
     Joining,
+    PeerAckTimeout,
     PayloadTooLarge,
     UnsupportedMediaType,
     InsufficientFunds,

@@ -4,6 +4,10 @@
 //! one it made durable. An answer that depends on writes up to `seq` waits here until then, and
 //! answers leave in the order they were held (a later write is never durable before an earlier
 //! one, and a replayed answer must not overtake the original).
+//!
+//! With `ack = "peer"` (docs/protocol.md §12) a new event's answer then waits a second time,
+//! until the core reports the event durable at another member too
+//! (`Replica::peer_durable_seq`), or its deadline passes: then `503 peer_ack_timeout`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,11 +22,27 @@ struct Waiter {
     reply: oneshot::Sender<Reply>,
     answer: Reply,
     accepted: bool,
+    /// `ack = "peer"`: the own event seq that must be durable at another member, and until
+    /// when (ms); `None`: answered once local.
+    peer: Option<(u64, u64)>,
+}
+
+/// Answer of a reply whose event was not durable at another member in time.
+pub fn peer_ack_timeout() -> Reply {
+    Reply::error(
+        503,
+        "peer_ack_timeout",
+        "the transaction is durable in this region but no other region confirmed it in time; \
+         it stays accepted: retry with the same Idempotency-Key to get it",
+    )
 }
 
 /// The held replies and the highest durable write sequence number.
 pub struct Waiters {
     queue: VecDeque<Waiter>,
+    /// Durable here, waiting for another member (`ack = "peer"`).
+    peer_queue: VecDeque<Waiter>,
+    peer_durable: u64,
     durable_seq: u64,
     metrics: Arc<Metrics>,
 }
@@ -32,6 +52,8 @@ impl Waiters {
     pub fn new(metrics: Arc<Metrics>) -> Waiters {
         Waiters {
             queue: VecDeque::new(),
+            peer_queue: VecDeque::new(),
+            peer_durable: 0,
             durable_seq: 0,
             metrics,
         }
@@ -42,14 +64,55 @@ impl Waiters {
         self.durable_seq
     }
 
-    /// Replies held.
+    /// Replies held (for local durability, then for a peer's).
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.peer_queue.len()
     }
 
     /// True when no reply is held.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && self.peer_queue.is_empty()
+    }
+
+    /// Like [`Waiters::answer_after`], then (`ack = "peer"`) until own event `event_seq` is
+    /// durable at another member, or `deadline_ms`, whichever comes first.
+    pub fn answer_after_peer(
+        &mut self,
+        seq: u64,
+        (event_seq, deadline_ms): (u64, u64),
+        reply: oneshot::Sender<Reply>,
+        answer: Reply,
+    ) {
+        self.queue.push_back(Waiter {
+            seq,
+            reply,
+            answer,
+            accepted: true,
+            peer: Some((event_seq, deadline_ms)),
+        });
+        self.durable(self.durable_seq);
+    }
+
+    /// Own events up to `seq` are durable at another member; replies past their deadline
+    /// (`now_ms`) answer `503 peer_ack_timeout`.
+    pub fn peer_durable(&mut self, seq: u64, now_ms: u64) {
+        self.peer_durable = self.peer_durable.max(seq);
+        if self.peer_queue.is_empty() {
+            return;
+        }
+        let mut keep = VecDeque::with_capacity(self.peer_queue.len());
+        for w in self.peer_queue.drain(..) {
+            match w.peer {
+                Some((s, _)) if s <= self.peer_durable => {
+                    send(&self.metrics, w.reply, w.answer, w.accepted)
+                }
+                Some((_, deadline)) if deadline <= now_ms => {
+                    let _ = w.reply.send(peer_ack_timeout());
+                }
+                _ => keep.push_back(w),
+            }
+        }
+        self.peer_queue = keep;
     }
 
     /// Sends `answer` once every write up to `seq` is durable: at once when it already is and
@@ -62,13 +125,14 @@ impl Waiters {
         accepted: bool,
     ) {
         if seq <= self.durable_seq && self.queue.is_empty() {
-            self.send(reply, answer, accepted);
+            send(&self.metrics, reply, answer, accepted);
         } else {
             self.queue.push_back(Waiter {
                 seq,
                 reply,
                 answer,
                 accepted,
+                peer: None,
             });
         }
     }
@@ -82,7 +146,10 @@ impl Waiters {
             .is_some_and(|w| w.seq <= self.durable_seq)
         {
             if let Some(w) = self.queue.pop_front() {
-                self.send(w.reply, w.answer, w.accepted);
+                match w.peer {
+                    Some((s, _)) if s > self.peer_durable => self.peer_queue.push_back(w),
+                    _ => send(&self.metrics, w.reply, w.answer, w.accepted),
+                }
             }
         }
     }
@@ -90,18 +157,18 @@ impl Waiters {
     /// Storage failed: every held reply gets `answer` instead (nothing it waited for will
     /// become durable).
     pub fn fail_all(&mut self, answer: &Reply) {
-        for w in self.queue.drain(..) {
+        for w in self.queue.drain(..).chain(self.peer_queue.drain(..)) {
             let _ = w.reply.send(answer.clone());
         }
     }
+}
 
-    fn send(&self, reply: oneshot::Sender<Reply>, answer: Reply, accepted: bool) {
-        if accepted {
-            self.metrics.accepted();
-        }
-        // The client may have gone away: nothing to do then.
-        let _ = reply.send(answer);
+fn send(metrics: &Metrics, reply: oneshot::Sender<Reply>, answer: Reply, accepted: bool) {
+    if accepted {
+        metrics.accepted();
     }
+    // The client may have gone away: nothing to do then.
+    let _ = reply.send(answer);
 }
 
 #[cfg(test)]
@@ -131,6 +198,30 @@ mod tests {
         let mut c = hold(&mut w, 2, 200);
         assert_eq!(c.try_recv().map(|r| r.status).ok(), Some(200));
         assert_eq!(w.durable_seq(), 2);
+    }
+
+    #[test]
+    fn with_ack_peer_a_reply_waits_for_a_peer_or_times_out() {
+        let mut w = Waiters::new(Arc::new(Metrics::new()));
+        let peer = |w: &mut Waiters, seq, event, deadline| {
+            let (tx, rx) = oneshot::channel();
+            w.answer_after_peer(seq, (event, deadline), tx, Reply::json(201, "{}"));
+            rx
+        };
+        let mut a = peer(&mut w, 1, 7, 1_000);
+        let mut b = peer(&mut w, 2, 8, 1_000);
+        w.durable(2);
+        assert!(a.try_recv().is_err(), "answered before a peer held it");
+        w.peer_durable(7, 10);
+        assert_eq!(a.try_recv().map(|r| r.status).ok(), Some(201));
+        assert!(b.try_recv().is_err());
+        w.peer_durable(7, 1_000);
+        assert_eq!(b.try_recv().map(|r| r.status).ok(), Some(503));
+        assert!(w.is_empty());
+        // Already durable at a peer: answered once local.
+        let mut c = peer(&mut w, 3, 7, 5_000);
+        w.durable(3);
+        assert_eq!(c.try_recv().map(|r| r.status).ok(), Some(201));
     }
 
     #[test]

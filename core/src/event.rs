@@ -212,7 +212,21 @@ pub enum Change {
         /// The new public key.
         key: Box<[u8]>,
     },
+    /// The issuing region, rebuilt after a lost disk, starts origin epoch `epoch`: its
+    /// previous epoch is sealed at `cut` (the highest seq of it any member held when asked),
+    /// and this event is seq `cut + 1`, the first of the new epoch. Events of the region
+    /// above `cut` that a member held from the old epoch are voided there (like a retire's
+    /// above its cut). Added after `RotateKey` (docs/protocol.md §12).
+    Seal {
+        /// The new epoch: 2 for the first rebuild, one more per rebuild.
+        epoch: u32,
+        /// The last seq of the previous epochs.
+        cut: u64,
+    },
 }
+
+/// Highest origin epoch a seal may name: a bound on what a peer may send.
+pub const EPOCH_MAX: u32 = 1 << 20;
 
 impl Change {
     /// Checks the fields that need no replica state.
@@ -274,6 +288,12 @@ impl Change {
             Change::RotateKey { key } => {
                 if key.is_empty() || key.len() > MEMBERSHIP_KEY_MAX {
                     return bad("rotated key is empty or too long");
+                }
+                Ok(())
+            }
+            Change::Seal { epoch, .. } => {
+                if *epoch < 2 || *epoch > EPOCH_MAX {
+                    return bad("a seal starts epoch 2 or more");
                 }
                 Ok(())
             }
@@ -400,7 +420,16 @@ impl Event {
             Body::Policy(p) => p
                 .validate()
                 .map_err(|e| InvalidEvent::Policy(e.to_string())),
-            Body::Membership(c) => c.validate(self.id.origin),
+            Body::Membership(c) => {
+                if let Change::Seal { cut, .. } = **c {
+                    if cut.checked_add(1) != Some(self.id.seq) {
+                        return Err(InvalidEvent::Membership(
+                            "a seal is the event right after its cut".into(),
+                        ));
+                    }
+                }
+                c.validate(self.id.origin)
+            }
             Body::Account(op) => op.validate(self.id.origin),
         }
     }

@@ -171,6 +171,25 @@ pub enum Message {
     /// against its signer's key; the requester installs it and pulls the events after it.
     /// Added after `RightsRequest`.
     Snapshot(Box<crate::snapshot::Snapshot>),
+    /// Lost disk (docs/protocol.md §12): the sender, rebuilt on an empty disk, asks how far
+    /// the receiver holds the sender's own log, to seal its old epoch there. Added after
+    /// `RightsRequest`, like the two below.
+    SealQuery,
+    /// The answer to a [`Message::SealQuery`]: the seq of the asker's log the receiver holds
+    /// without gaps (the same rule as a retire's acknowledgement).
+    SealHeld {
+        /// The seq held.
+        held: u64,
+        /// The answerer's clock (it observed the old epoch's events and heartbeats): the
+        /// seal is stamped above it.
+        hlc: Hlc,
+    },
+    /// Peer durability (`ack = "peer"`): every event of the receiver up to `seq` is durable
+    /// at the sender. Sent to each origin after a persist that made its events durable.
+    Durable {
+        /// The highest seq of the receiver's log durable at the sender, gap-free.
+        seq: u64,
+    },
 }
 
 /// What a home decided on a forwarded debit.

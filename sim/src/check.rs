@@ -324,6 +324,49 @@ struct Ctx<'a> {
     retired: BTreeMap<RegionId, u64>,
     /// The idempotency key retention (HLC ms): copies further apart are distinct transactions.
     retention_ms: u64,
+    /// Entries of `acked` lost with their origin's disk: acknowledged in an epoch that a seal
+    /// later ended below their seq ([`lost_with_disk`]).
+    lost_with_disk: BTreeSet<usize>,
+    /// `--ack peer`: no acknowledged event may be lost with a disk.
+    ack_peer: bool,
+}
+
+/// The entries of `acked` lost with a disk (docs/protocol.md §12), by the seals the history
+/// holds: an event its origin acknowledged before a lost disk (`wipes`) and above the cut of
+/// the first seal issued after that loss is not part of the history.
+fn lost_with_disk(
+    r: &Replica,
+    regions: &[RegionId],
+    acked: &[(EventId, u32)],
+    wipes: &[(usize, usize, usize)],
+) -> BTreeSet<usize> {
+    use wallet_core::Change;
+    let mut cuts: BTreeMap<RegionId, Vec<u64>> = BTreeMap::new();
+    for e in all_events(r, regions) {
+        if let Some(Change::Seal { cut, .. }) = e.change() {
+            cuts.entry(e.id.origin).or_default().push(*cut);
+        }
+    }
+    cuts.values_mut().for_each(|v| v.sort_unstable());
+    let mut lost = BTreeSet::new();
+    let mut from: BTreeMap<usize, usize> = BTreeMap::new();
+    for &(w, len, seals_before) in wipes {
+        let Some(origin) = regions.get(w).copied() else {
+            continue;
+        };
+        let start = from.insert(w, len).unwrap_or(0);
+        let cut = cuts
+            .get(&origin)
+            .and_then(|v| v.get(seals_before))
+            .copied()
+            .unwrap_or(u64::MAX);
+        for (k, (id, _)) in acked.iter().enumerate().take(len).skip(start) {
+            if id.origin == origin && id.seq > cut {
+                lost.insert(k);
+            }
+        }
+    }
+    lost
 }
 
 /// The cut of every retired region, by the rule of docs/design/membership.md applied to the
@@ -393,9 +436,20 @@ fn node_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
     }
     // No loss (a retired region's own log is not checked: it is out of the cluster).
     let retired_node = ctx.retired.contains_key(&n.id);
-    for (id, logical) in ctx.acked {
+    for (k, (id, logical)) in ctx.acked.iter().enumerate() {
         if retired_node {
             break;
+        }
+        if ctx.lost_with_disk.contains(&k) {
+            // With ack = "local", what a lost disk takes (its seq is issued again in the new
+            // epoch); with ack = "peer", a loss.
+            if ctx.ack_peer {
+                f.add(
+                    "no_loss",
+                    format!("{id} acknowledged with ack = peer was lost with its origin's disk"),
+                );
+            }
+            continue;
         }
         if ctx.byzantine.is_some_and(|b| b == id.origin && b != n.id) {
             continue;
@@ -843,7 +897,15 @@ pub fn check(sim: &mut Sim) -> CheckResult {
             })
             .collect()
     };
+    let lost = lost_with_disk(
+        &live0_node.replica,
+        &sim.cfg.regions,
+        &sim.acked,
+        &sim.wipes,
+    );
     let ctx = Ctx {
+        lost_with_disk: lost,
+        ack_peer: sim.cfg.ack_peer,
         regions: &sim.cfg.regions,
         acked: &sim.acked,
         keys: &sim.workload.keys,
@@ -1543,9 +1605,15 @@ impl DuringRun {
         }
     }
 
-    /// Region `i` lost its disk: what it announced before is gone with it, legitimately.
+    /// Region `i` lost its disk: what it announced before is gone with it, legitimately;
+    /// and what it emitted: the rebuilt region settles the history again and emits its
+    /// compensations again, which downstream deduplicates by compensation id (SPEC §5;
+    /// docs/operations.md, lost disk).
     pub fn disk_lost(&mut self, i: usize) {
         if let Some(set) = self.evidence_announced.get_mut(i) {
+            set.clear();
+        }
+        if let Some(set) = self.emitted.get_mut(i) {
             set.clear();
         }
     }

@@ -261,6 +261,10 @@ pub struct FaultArgs {
     /// Pull answers lost (on top of --loss) [default: 0]
     #[arg(long, value_name = "PCT", value_parser = parse_ppm)]
     pub pull_answer_loss: Option<u32>,
+    /// Random crashes that also lose the disk: the region rejoins under a new epoch
+    /// [default: 0]
+    #[arg(long, value_name = "PCT", value_parser = parse_ppm)]
+    pub lost_disk: Option<u32>,
     /// ms until each end of a cut link notices [default: 500..4000]
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_range)]
     pub detect: Option<(u64, u64)>,
@@ -298,6 +302,10 @@ pub struct ReplicaArgs {
     /// and the reference model [default: drawn per seed: never, 1000, 3000 or 10000; 0: never]
     #[arg(long, value_name = "MS")]
     pub snapshot_every: Option<u64>,
+    /// Acknowledge a new event once durable at its origin (`local`) or also at another member
+    /// (`peer`) [default: local]
+    #[arg(long, value_name = "LEVEL", value_parser = ["local", "peer"])]
+    pub ack: Option<String>,
     /// Run the replica's own check_invariants() every N inputs, on the region that took the
     /// input [default: 2000; 0: only after restarts and at the end]
     #[arg(long, value_name = "N")]
@@ -574,6 +582,7 @@ impl Args {
             f.scenario.as_ref().map(|p| p.display().to_string()),
         );
         put("--pull-answer-loss", f.pull_answer_loss.map(render_ppm));
+        put("--lost-disk", f.lost_disk.map(render_ppm));
         put("--detect", f.detect.map(render_range));
         put("--reconnect", f.reconnect.map(render_range));
         let r = &self.replica;
@@ -586,6 +595,7 @@ impl Args {
             r.idempotency_retention.map(|n| n.to_string()),
         );
         put("--snapshot-every", r.snapshot_every.map(|n| n.to_string()));
+        put("--ack", r.ack.clone());
         put(
             "--self-check-every",
             r.self_check_every.map(|n| n.to_string()),
@@ -704,6 +714,7 @@ pub fn build(a: Args) -> Result<Options, CliError> {
         (&mut fl.duplicate_ppm, f.duplicate),
         (&mut fl.reorder_ppm, f.reorder),
         (&mut fl.pull_answer_loss_ppm, f.pull_answer_loss),
+        (&mut fl.lost_disk_ppm, f.lost_disk),
     ] {
         if let Some(v) = v {
             *slot = v;
@@ -747,6 +758,9 @@ pub fn build(a: Args) -> Result<Options, CliError> {
     }
     if let Some(v) = r.snapshot_every {
         base.snapshot_every_ms = Some(v);
+    }
+    if let Some(v) = &r.ack {
+        base.ack_peer = v == "peer";
     }
     if let Some(v) = r.membership {
         base.membership_ppm = v;

@@ -110,6 +110,9 @@ pub struct Faults {
     /// Loss of pull answers only (on top of `loss_ppm`), ppm: the pulls arrive, their answers
     /// do not, so the scheduler's give-up and time-out rules must recover.
     pub pull_answer_loss_ppm: u32,
+    /// Share of the random crashes that also lose the disk (the region restarts empty and
+    /// rejoins under a new origin epoch, docs/protocol.md §12), ppm.
+    pub lost_disk_ppm: u32,
 }
 
 impl Default for Faults {
@@ -126,6 +129,7 @@ impl Default for Faults {
             max_skew_ms: 200,
             fsync_ms: (1, 8),
             pull_answer_loss_ppm: 0,
+            lost_disk_ppm: 0,
         }
     }
 }
@@ -145,6 +149,7 @@ impl Faults {
             max_skew_ms: 0,
             fsync_ms: (1, 1),
             pull_answer_loss_ppm: 0,
+            lost_disk_ppm: 0,
         }
     }
 }
@@ -205,6 +210,9 @@ pub struct SimConfig {
     /// time and the checker compares it (None: drawn per seed, [`draw_snapshot_every`]; 0:
     /// never).
     pub snapshot_every_ms: Option<u64>,
+    /// `ack = "peer"`: a new event is acknowledged once durable at its origin and at another
+    /// member (`Replica::peer_durable_seq`); else once durable at its origin.
+    pub ack_peer: bool,
 }
 
 /// Default share of seeds with a Byzantine member: 1 in 8.
@@ -304,6 +312,7 @@ impl SimConfig {
             draw_modes: true,
             idempotency_retention_ms: None,
             snapshot_every_ms: None,
+            ack_peer: false,
         }
     }
 }

@@ -157,6 +157,8 @@ pub struct Node {
     pub disk: Disk,
     timer_at: Option<u64>,
     acks: VecDeque<(u64, u32, EventId)>,
+    /// `ack = "peer"`: own new events durable here, waiting for another member's durability.
+    peer_acks: VecDeque<(u32, EventId)>,
     lag_q: VecDeque<(u64, Hlc, u64)>,
     just_submitted: Option<(EventId, u32)>,
     /// Per peer: this incarnation's replica was told the member is connected (and not yet
@@ -288,6 +290,9 @@ struct Scripted {
     hold_ms: Vec<u64>,
     /// Per region: its disk was lost; the next start is a restore (`Config::restore`).
     wiped: Vec<bool>,
+    /// Per region: a restore began and its seal may not be durable yet: a crash then resumes
+    /// the restore (walletd records it as pending until then).
+    restore_pending: Vec<bool>,
 }
 
 /// The simulator state.
@@ -316,6 +321,9 @@ pub struct Sim {
     faults_on: bool,
     /// Acknowledged events: (id, logical request).
     pub acked: Vec<(EventId, u32)>,
+    /// Lost disks: (region, how many entries `acked` had then, how many seals of the region
+    /// the cluster held then), for the checker's no-loss rule across epochs.
+    pub wipes: Vec<(usize, usize, usize)>,
     /// Per logical request: acknowledged (new durable event or an existing one).
     pub logical_acked: Vec<bool>,
     /// Per logical request: refused by a replica at least once.
@@ -551,6 +559,7 @@ pub(crate) fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
     c.anti_entropy_interval_ms = cfg.anti_entropy_ms;
     c.pull_batch_events = cfg.pull_limit;
     c.idempotency_retention_ms = cfg.retention_ms();
+    c.durable_acks = cfg.ack_peer;
     c
 }
 
@@ -601,6 +610,8 @@ fn fault_schedule(cfg: &SimConfig, end_ms: u64, rng: &mut Rng) -> Vec<(u64, Acti
         0
     });
     let mut armed = Rng::new(cfg.seed, b"crash-after-pull");
+    // Their own stream too: with no lost disk drawn, every other draw stays.
+    let mut lost = Rng::new(cfg.seed, b"lost-disk");
     if n >= 1 && crashes > 0 {
         let slot = dur / u64::from(crashes);
         for k in 0..u64::from(crashes) {
@@ -609,7 +620,9 @@ fn fault_schedule(cfg: &SimConfig, end_ms: u64, rng: &mut Rng) -> Vec<(u64, Acti
             let r = rng.below(n as u64) as usize;
             // A third of the random crashes wait for the window of a pull answered while own
             // events are still being written (their own stream: the other draws stay).
-            let crash = if armed.chance(CRASH_AFTER_PULL_PPM) {
+            let crash = if lost.chance(f.lost_disk_ppm) {
+                Action::Wipe(r)
+            } else if armed.chance(CRASH_AFTER_PULL_PPM) {
                 Action::CrashAfterPull(r)
             } else {
                 Action::Crash(r)
@@ -727,6 +740,7 @@ impl Sim {
                 },
                 timer_at: None,
                 acks: VecDeque::new(),
+                peer_acks: VecDeque::new(),
                 lag_q: VecDeque::new(),
                 just_submitted: None,
                 told: vec![false; n],
@@ -760,6 +774,7 @@ impl Sim {
             next_sub: 0,
             group: vec![0; n],
             acked: Vec::new(),
+            wipes: Vec::new(),
             logical_acked: vec![false; logical],
             logical_refused: vec![false; logical],
             sent_at: vec![0; logical],
@@ -788,6 +803,7 @@ impl Sim {
                 fsync_ms: vec![None; n],
                 hold_ms: vec![0; n * n],
                 wiped: vec![false; n],
+                restore_pending: vec![false; n],
             },
             policy_outcomes: vec![ChangeOutcome::NotYet; policy_plan.len()],
             policy_plan,
@@ -1073,7 +1089,29 @@ impl Sim {
     }
 
     /// Drains a replica's outputs: persist to the simulated disk, send, record.
+    /// `ack = "peer"`: acknowledges the own events another member holds durably.
+    fn release_peer_acks(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let upto = node.replica.peer_durable_seq();
+        while let Some(&(logical, id)) = node.peer_acks.front() {
+            if id.seq > upto {
+                break;
+            }
+            node.peer_acks.pop_front();
+            self.acked.push((id, logical));
+            if let Some(a) = self.logical_acked.get_mut(logical as usize) {
+                *a = true;
+            }
+            if let Some(t) = self.sent_at.get(logical as usize) {
+                self.accept_latencies.push(self.now.saturating_sub(*t));
+            }
+        }
+    }
+
     fn drain(&mut self, i: usize) {
+        if self.cfg.ack_peer {
+            self.release_peer_acks(i);
+        }
         let mut crash_now = false;
         let mut outs = std::mem::take(&mut self.out_buf);
         while let Some(o) = self.nodes[i].replica.poll_output() {
@@ -1737,6 +1775,20 @@ impl Sim {
         if self.nodes.get(r).is_none_or(|n| !n.up) {
             return;
         }
+        let me = self.cfg.regions[r];
+        let seals = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.replica
+                    .seals()
+                    .iter()
+                    .filter(|s| s.id.origin == me)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        self.wipes.push((r, self.acked.len(), seals));
         self.crash(r);
         let disk = &mut self.nodes[r].disk;
         disk.durable.iter_mut().for_each(|d| *d = 0);
@@ -1745,6 +1797,7 @@ impl Sim {
         disk.watermark = Hlc::ZERO;
         disk.evidence.clear();
         self.script.wiped[r] = true;
+        self.script.restore_pending[r] = true;
         self.during.disk_lost(r);
     }
 
@@ -1758,6 +1811,20 @@ impl Sim {
         node.up = false;
         node.crash_armed = false;
         node.inc += 1;
+        // A crash during a restore, or before its seal is durable, resumes the restore.
+        if self.script.restore_pending[r] {
+            let me = node.id;
+            let sealed = !node.replica.is_restoring()
+                && node
+                    .replica
+                    .seals()
+                    .iter()
+                    .rev()
+                    .find(|s| s.id.origin == me)
+                    .is_some_and(|s| s.id.seq <= node.disk.durable[r]);
+            self.script.restore_pending[r] = !sealed;
+            self.script.wiped[r] = !sealed;
+        }
         self.counters.events_duplicate += node.replica.stats().duplicates;
         self.counters.pull.add(&node.replica.pull_stats());
         node.timer_at = None;
@@ -1765,8 +1832,9 @@ impl Sim {
         node.disk.fsync_in_flight = false;
         node.disk.stalled = false;
         node.disk.written = node.disk.durable.clone();
-        self.counters.lost_unacked += node.acks.len() as u64;
+        self.counters.lost_unacked += (node.acks.len() + node.peer_acks.len()) as u64;
         node.acks.clear();
+        node.peer_acks.clear();
         self.counters.pending_lost += node.pending.len() as u64;
         node.pending.clear();
         let durable_own = node.disk.durable[r];
@@ -1798,6 +1866,7 @@ impl Sim {
         // A lost disk: start empty and pull the region's own history back first.
         let wiped = std::mem::take(&mut self.script.wiped[r]);
         cfg.restore = wiped;
+        cfg.seal_on_restore = wiped;
         // The image the disk is rebuilt from: its events move into the new replica (the
         // durable prefix of each origin), no copy.
         let mut replica = Replica::new(cfg, self.nodes[r].disk.ceiling);
@@ -1880,6 +1949,10 @@ impl Sim {
                 break;
             }
             node.acks.pop_front();
+            if self.cfg.ack_peer && id.origin == node.id {
+                node.peer_acks.push_back((logical, id));
+                continue;
+            }
             self.acked.push((id, logical));
             if let Some(a) = self.logical_acked.get_mut(logical as usize) {
                 *a = true;

@@ -181,12 +181,18 @@ fn a_partition_heals_during_a_restore_and_the_history_comes_back() {
     assert!(!sim.nodes[US].replica.is_restoring());
     assert_eq!(reports(&sim, "equivocation"), 0);
     assert!(c.invariants.no_loss);
-    // us's first two events survived the lost disk; the purchase after the restore is us:3.
+    // us's first two events survived the lost disk; us:3 is the seal of its old epoch
+    // (docs/protocol.md §12), and the purchase after the restore is us:4.
     for n in 0..3 {
         assert_eq!(key_of(&sim, n, id("us", 1)).as_deref(), Some("dep-1"));
         assert_eq!(key_of(&sim, n, id("us", 2)).as_deref(), Some("buy-1"));
+        let seal = sim.nodes[n]
+            .replica
+            .event(id("us", 3))
+            .and_then(|e| e.change().cloned());
+        assert_eq!(seal, Some(wallet_core::Change::Seal { epoch: 2, cut: 2 }));
         assert_eq!(
-            key_of(&sim, n, id("us", 3)).as_deref(),
+            key_of(&sim, n, id("us", 4)).as_deref(),
             Some("after-restore")
         );
     }

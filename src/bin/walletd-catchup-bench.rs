@@ -24,9 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wallet::cluster::{
-    all_members_up, metric, wait_until, ClusterError, ClusterOptions, LocalCluster,
-};
+use wallet::cluster::{metric, wait_until, ClusterError, ClusterOptions, LocalCluster};
 
 /// Why a benchmark run failed.
 #[derive(Debug, thiserror::Error)]
@@ -293,16 +291,7 @@ async fn bench(args: &Args) -> Result<(), BenchError> {
     let mut c = LocalCluster::init(opts)?;
     let (eu, us, ap) = (0usize, 1usize, 2usize);
     c.start_all().await?;
-    let cr = &c;
-    wait_until("every member connected", 60_000, || async move {
-        for i in 0..3 {
-            if !all_members_up(&cr.status(i).await?) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })
-    .await?;
+    wallet::cluster::wait_all_members_up(&c, 60_000).await?;
     println!(
         "walletd-catchup-bench: eu, us, ap on 127.0.0.1; {} clients; history {} events, then {} events while us is isolated",
         args.clients, args.history, args.events

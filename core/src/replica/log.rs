@@ -46,11 +46,22 @@ pub(crate) struct Member {
     pub(crate) cap: Option<u64>,
     /// Retired: its cut, once every remaining member acknowledged.
     pub(crate) cut: Option<u64>,
+    /// Rebuilding after a lost disk: the seq this region answered its seal query with;
+    /// nothing above it is applied until its seal arrives (docs/protocol.md §12).
+    pub(crate) seal_cap: Option<u64>,
     /// The HLC of its join; `None` for a founding member.
     pub(crate) joined: Option<Hlc>,
 }
 
 impl Member {
+    /// The highest seq applied for now: a retire's cap, or a seal query's answer.
+    pub(crate) fn applies_up_to(&self) -> Option<u64> {
+        match (self.cap, self.seal_cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Events of this origin held without gaps, dropped ones included: the next seq is one
     /// more.
     pub(crate) fn len(&self) -> u64 {

@@ -198,7 +198,11 @@ impl Replica {
         self.issue_change(now_ms, Change::RotateKey { key: key.into() })
     }
 
-    fn issue_change(&mut self, now_ms: u64, change: Change) -> Result<EventId, SubmitError> {
+    pub(super) fn issue_change(
+        &mut self,
+        now_ms: u64,
+        change: Change,
+    ) -> Result<EventId, SubmitError> {
         change
             .validate(self.cfg.region)
             .map_err(|e| MembershipError::Invalid(e.to_string()))?;
@@ -237,7 +241,7 @@ impl Replica {
 
     /// The seq this region acknowledges of `region`: its gap-free log, less any seq that
     /// evidence contests (and what follows it), but never less than what it settled.
-    fn ack_held(&self, region: RegionId) -> u64 {
+    pub(super) fn ack_held(&self, region: RegionId) -> u64 {
         let Some(m) = self.logs.members.get(&region) else {
             return 0;
         };
@@ -356,6 +360,7 @@ impl Replica {
                 self.membership.rotated = true;
                 self.cfg.auth.set_key(id.origin, hlc, &key)
             }
+            Change::Seal { epoch, cut } => self.note_seal(id, hlc, epoch, cut),
         }
     }
 
@@ -455,6 +460,21 @@ impl Replica {
             self.membership.retired_self = true;
             return;
         }
+        if !self.void_above(retire, region, cut) {
+            return;
+        }
+        if let Some(m) = self.logs.members.get_mut(&region) {
+            let dropped = m.pending.split_off(&cut.saturating_add(1));
+            self.membership.stats.refused_above_cut += dropped.len() as u64;
+            m.pending_hb.retain(|seq, _| *seq <= cut);
+        }
+        self.drain_pending(region);
+    }
+
+    /// Voids the unsettled events of `region` held here above `cut` (a retire's cut, or a
+    /// seal's: docs/protocol.md §8, §12). False, with settlement stopped and a report, when
+    /// one of them is settled here already (what was settled is never voided).
+    pub(super) fn void_above(&mut self, cause: EventId, region: RegionId, cut: u64) -> bool {
         let len = self.logs.len_of(region);
         if len > cut {
             let settled_above = self
@@ -465,10 +485,10 @@ impl Replica {
             if settled_above {
                 self.membership.broken = true;
                 self.report(Report::Membership {
-                    event: retire,
+                    event: cause,
                     what: format!("cut of {region} at {cut} is below an event settled here"),
                 });
-                return;
+                return false;
             }
             let voided = self.logs.truncate(region, cut);
             for e in &voided {
@@ -501,12 +521,7 @@ impl Replica {
                 }
             }
         }
-        if let Some(m) = self.logs.members.get_mut(&region) {
-            let dropped = m.pending.split_off(&cut.saturating_add(1));
-            self.membership.stats.refused_above_cut += dropped.len() as u64;
-            m.pending_hb.retain(|seq, _| *seq <= cut);
-        }
-        self.drain_pending(region);
+        true
     }
 
     // ---- queries ---------------------------------------------------------------------------

@@ -45,6 +45,9 @@ impl Replica {
                 amount,
             } => self.handle_rights_request(now_ms, from, account, currency, amount),
             Message::Snapshot(snap) => self.handle_snapshot(now_ms, from, snap),
+            Message::SealQuery => self.handle_seal_query(from),
+            Message::SealHeld { held, hlc } => self.handle_seal_held(now_ms, from, held, hlc),
+            Message::Durable { seq } => self.note_peer_durable(from, seq),
         }
         // Rights may have come in: a debit waiting for them may go ahead.
         self.retry_waiting(now_ms);
@@ -86,6 +89,14 @@ impl Replica {
             self.membership.stats.refused_above_cut += 1;
             return;
         }
+        // Above a seal's cut and not after the seal: an event of the sealed epoch that no
+        // member held when asked (docs/protocol.md §12): dropped, counted.
+        if let Some(s) = self.sealing.seals.get(&origin).and_then(|s| s.last()) {
+            if id.seq > s.cut && (e.hlc < s.hlc || (e.hlc == s.hlc && id != s.id)) {
+                self.sealing.stats.old_epoch_dropped += 1;
+                return;
+            }
+        }
         // Folded into a snapshot: final on every member, so a copy is a duplicate (a
         // different event under a compacted id can no longer be shown as evidence).
         if (1..=m.base).contains(&id.seq) && m.get(id.seq).is_none() {
@@ -114,6 +125,13 @@ impl Replica {
             self.reject(id, from, err.to_string());
             return;
         }
+        // A seal: what this region holds of the old epoch above the cut is voided first
+        // (unless settled: then the seal stays out), and the seal query's hold is lifted.
+        if let Some(crate::event::Change::Seal { cut, .. }) = e.change() {
+            if origin != self.cfg.region && !self.before_seal(&e, *cut) {
+                return;
+            }
+        }
         // Already held: a duplicate, or two events under one id.
         if let Some(held) = self.event(id) {
             if held.hlc == e.hlc && held.body == e.body {
@@ -133,13 +151,29 @@ impl Replica {
             });
             return;
         }
+        // A seal query that arrived after the seal it asked for (resent while the seal was in
+        // flight) held the origin back again: an event above the seal held here is of the new
+        // epoch, and lifts that hold.
+        if let Some(s) = self
+            .sealing
+            .seals
+            .get(&origin)
+            .and_then(|s| s.last())
+            .copied()
+        {
+            if let Some(m) = self.logs.members.get_mut(&origin) {
+                if m.seal_cap.is_some() && s.id.seq <= m.len() && e.hlc > s.hlc {
+                    m.seal_cap = None;
+                }
+            }
+        }
         let Some(m) = self.logs.members.get_mut(&origin) else {
             return;
         };
         let next = m.len() + 1;
         // Of a region being retired, nothing above what this region acknowledged is applied
         // until the cut is known: buffered like an event behind a gap.
-        if id.seq > next || m.cap.is_some_and(|c| id.seq > c) {
+        if id.seq > next || m.applies_up_to().is_some_and(|c| id.seq > c) {
             if let Some(p) = m.pending.get(&id.seq) {
                 if p.hlc == e.hlc && p.body == e.body {
                     self.stats.duplicates += 1;
@@ -181,7 +215,7 @@ impl Replica {
     fn drain_pending_from(&mut self, from: RegionId, origin: RegionId) {
         while let Some(p) = self.logs.members.get_mut(&origin).and_then(|m| {
             let next = m.len() + 1;
-            if m.cap.is_some_and(|c| next > c) {
+            if m.applies_up_to().is_some_and(|c| next > c) {
                 return None;
             }
             m.pending.remove(&next)
@@ -381,6 +415,7 @@ impl Replica {
             .member_vv(from)
             .is_some_and(|vv| self.logs.events_lacking(vv) > 0);
         let ours = self.seed_hash;
+        let known_vv_me = known_vv.get(&self.cfg.region);
         let Some(m) = self.logs.members.get_mut(&from) else {
             return;
         };
@@ -439,14 +474,20 @@ impl Replica {
             }
         }
         self.clock.observe(hb_hlc);
+        self.note_peer_durable(from, known_vv_me);
         if self.restoring {
             self.check_restored();
+            self.seal_progress(now_ms);
         }
         self.advance();
         self.pull_on_heartbeat(now_ms, from, behind);
     }
 
     pub(super) fn check_restored(&mut self) {
+        // A rebuilt region that seals a new epoch ends its restore with the seal.
+        if self.cfg.seal_on_restore {
+            return;
+        }
         let me = self.cfg.region;
         let mine = self.logs.vv.get(&me);
         let done = self

@@ -20,6 +20,7 @@ mod merge;
 pub mod modes;
 pub mod pull;
 mod query;
+mod seal;
 mod settle;
 mod snapshot;
 #[cfg(test)]
@@ -39,6 +40,8 @@ pub use members::{JoinInfo, MembershipError, MembershipStats, RetireInfo};
 use modes::{Modes, Route, Stage};
 use pull::PullScheduler;
 pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
+use seal::Sealing;
+pub use seal::{SealInfo, SealStats};
 use settle::Settlement;
 
 pub use crate::auth::{Authenticator, KeyHistory, NoAuth};
@@ -98,6 +101,14 @@ pub struct Config {
     pub joining: bool,
     /// Home mode: how long to wait for the home's answer to a forwarded debit, ms.
     pub forward_timeout_ms: u64,
+    /// With `restore`: the disk was lost, so the region ends its restore by sealing its old
+    /// origin epoch at the highest seq any member holds and starting a new one
+    /// (docs/protocol.md §12), instead of resuming the old epoch's seqs.
+    pub seal_on_restore: bool,
+    /// After each persist, tell every origin whose events became durable here how far
+    /// (`Message::Durable`), so an origin with `ack = "peer"` answers its clients one round
+    /// trip after its own write. Off: origins learn it from heartbeats only.
+    pub durable_acks: bool,
     /// How long an idempotency key holds, in HLC milliseconds: a copy of a keyed event whose
     /// HLC is this much or more after the first is a new transaction, not a duplicate (SPEC §5
     /// as amended by issue 13; docs/protocol.md). Part of the protocol: the same on every
@@ -122,6 +133,8 @@ impl Config {
             restore: false,
             joining: false,
             forward_timeout_ms: modes::FORWARD_TIMEOUT_MS_DEFAULT,
+            seal_on_restore: false,
+            durable_acks: false,
             idempotency_retention_ms: IDEMPOTENCY_RETENTION_MS_DEFAULT,
         }
     }
@@ -154,6 +167,8 @@ pub struct Replica {
     membership: Membership,
     /// Consistency modes: homes and their moves, forwarded debits (SPEC §8).
     modes: Modes,
+    /// Origin epochs (seals after a lost disk) and what peers hold durably of own events.
+    sealing: Sealing,
     policy_broken: bool,
     history_policy_adopted: bool,
     evidence: Vec<Evidence>,
@@ -176,6 +191,7 @@ impl Replica {
             restoring: cfg.restore && has_peers,
             joining: cfg.joining,
             membership: Membership::default(),
+            sealing: Sealing::default(),
             modes: Modes {
                 forward_timeout_ms: cfg.forward_timeout_ms,
                 ..Modes::default()
@@ -393,6 +409,7 @@ impl Replica {
     /// A spurious call does nothing harmful.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.issue_owed_acks(now_ms);
+        self.seal_queries(now_ms);
         if now_ms >= self.dur.next_heartbeat_ms {
             self.dur.next_heartbeat_ms = now_ms.saturating_add(self.cfg.heartbeat_interval_ms);
             self.heartbeat(now_ms);
@@ -490,9 +507,13 @@ impl Replica {
     pub fn handle_persisted(&mut self, index: u64) {
         let ceiling_before = self.dur.ceiling_durable;
         let mut settle_to = None;
+        let mut durable_origins = std::collections::BTreeSet::new();
         for what in self.dur.acknowledge(index) {
             match what {
-                Awaiting::Own(_) | Awaiting::Ceiling(_) | Awaiting::Remote(..) => {}
+                Awaiting::Own(_) | Awaiting::Ceiling(_) => {}
+                Awaiting::Remote(origin, _) => {
+                    durable_origins.insert(origin);
+                }
                 Awaiting::Watermark(w) => settle_to = Some(w),
                 Awaiting::Evidence(i) => {
                     // Durable: now it may be reported and shown to peers.
@@ -505,6 +526,7 @@ impl Replica {
             }
         }
         let ceiling_moved = self.dur.ceiling_durable > ceiling_before;
+        self.send_durable_acks(durable_origins);
         self.push_own();
         self.answer_owed();
         // Settle only once the watermark record is durable (it is written after the events it
@@ -764,7 +786,13 @@ impl Replica {
     /// skipped (a second check of what was checked before it was persisted).
     pub fn load(&mut self, events: Vec<Event>) {
         let mut sorted = events;
-        sorted.sort_by_key(|e| (e.id.origin, e.id.seq));
+        // A seal first among the events stored under its seq: the old epoch's event there
+        // was voided when the seal arrived (docs/protocol.md §12), and the old epoch's events
+        // above it are skipped as their HLCs are below the seal's.
+        sorted.sort_by_key(|e| {
+            let seal = matches!(e.change(), Some(crate::event::Change::Seal { .. }));
+            (e.id.origin, e.id.seq, !seal)
+        });
         // Regions joined by an event reloaded here are members before any of their events
         // is (the join's own apply below finds them and only binds their key).
         for e in &sorted {

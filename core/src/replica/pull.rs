@@ -352,6 +352,10 @@ impl Replica {
     /// Events held of other origins: what an answer can bring. Own events issued while a pull
     /// is in flight (a waiting debit decided, a rights transfer) are no progress of it.
     fn others_held(&self) -> u64 {
+        // A restoring region issues nothing: its own history coming back is progress too.
+        if self.restoring {
+            return self.logs.event_count();
+        }
         self.logs.event_count().saturating_sub(self.own_log_len())
     }
 

@@ -257,11 +257,14 @@ impl Replica {
     }
 
     /// False while the membership history holds what snapshots do not carry yet (joins,
-    /// retires, key rotations): such a region does not compact.
+    /// retires, key rotations, the seals of lost disks), or while this region is sealing
+    /// its own old epoch: such a region does not compact.
     pub fn compaction_allowed(&self) -> bool {
         self.membership.joins.is_empty()
             && self.membership.retires.is_empty()
             && !self.membership.rotated
+            && self.sealing.seals.is_empty()
+            && !self.sealing()
     }
 
     /// The extension sections of a body at `at` (the settled watermark): escrow rights and

@@ -86,6 +86,8 @@ pub struct Cluster {
     pub crashes: u64,
     /// Every replica's `Config::idempotency_retention_ms`.
     pub retention_ms: u64,
+    /// Every replica's `Config::durable_acks`.
+    pub durable_acks: bool,
 }
 
 impl Cluster {
@@ -108,6 +110,7 @@ impl Cluster {
             extra,
             crashes: 0,
             retention_ms: wallet_core::replica::IDEMPOTENCY_RETENTION_MS_DEFAULT,
+            durable_acks: false,
         };
         for (i, me) in ids.iter().enumerate() {
             let replica = Replica::new(c.config(*me), Hlc::ZERO);
@@ -134,11 +137,26 @@ impl Cluster {
         c
     }
 
+    /// Like [`Cluster::new`], every replica sending `Message::Durable` after its persists
+    /// (what an origin with `ack = "peer"` waits for).
+    pub fn with_durable_acks(names: &[&str], seed: Policy) -> Cluster {
+        let mut c = Cluster::new(names, seed);
+        c.durable_acks = true;
+        for i in 0..c.nodes.len() {
+            let cfg = c.config(c.names[i]);
+            c.nodes[i].replica = Replica::new(cfg, Hlc::ZERO);
+        }
+        c.inflight.clear();
+        c.connect_all(None);
+        c
+    }
+
     pub fn config(&self, me: RegionId) -> Config {
         let mut members = self.names.clone();
         members.extend(self.extra.iter().copied());
         let mut cfg = Config::new(me, members, self.seed.clone());
         cfg.idempotency_retention_ms = self.retention_ms;
+        cfg.durable_acks = self.durable_acks;
         cfg
     }
 
@@ -390,6 +408,38 @@ impl Cluster {
         n.feed_seen.clear();
         n.settled_seen.clear();
         self.restart(i, true);
+    }
+
+    /// Crash that loses the disk (docs/protocol.md §12): the region restarts empty, with
+    /// `restore` and `seal_on_restore`, and rejoins under a new origin epoch. What it had not
+    /// sent is lost with it.
+    pub fn lose_disk(&mut self, i: usize) {
+        self.crashes += 1;
+        let mut cfg = self.config(self.names[i]);
+        cfg.restore = true;
+        cfg.seal_on_restore = true;
+        let n = &mut self.nodes[i];
+        n.buffered.clear();
+        n.unacked.clear();
+        n.disk_events.clear();
+        n.disk_ceiling = Hlc::ZERO;
+        n.disk_watermark = Hlc::ZERO;
+        n.disk_evidence.clear();
+        n.disk_snapshot = None;
+        n.feed_seen.clear();
+        n.settled_seen.clear();
+        n.replica = Replica::new(cfg, Hlc::ZERO);
+        // What it sent before is still in flight: old-epoch events may arrive late.
+        self.inflight.retain(|(to, _, _)| *to != i);
+        for j in 0..self.nodes.len() {
+            if j != i && self.connected(i, j) {
+                let now = self.local_now(j);
+                let peer = self.names[i];
+                self.nodes[j].replica.handle_disconnected(now, peer);
+                self.drain(j);
+            }
+        }
+        self.connect_all(Some(i));
     }
 
     pub fn max_hlc(&self) -> Hlc {

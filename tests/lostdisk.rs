@@ -1,0 +1,168 @@
+//! Lost disk over real processes and libp2p (docs/protocol.md §12, docs/operations.md): eu
+//! runs with `ack = "peer"` under keyed load, is killed, its data dir removed (`rm -rf`), and
+//! restarted with `restore = true`: it seals its old epoch at the highest seq a peer holds,
+//! serves again under epoch 2, and no event it acknowledged is lost anywhere. Cut off from
+//! its peers, it answers `503 peer_ack_timeout` (the event stays accepted; a retry with the
+//! same key returns it). With `ack = "local"`, what it acknowledged while cut off is lost
+//! with the disk.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+const EU: usize = 0;
+
+/// Kills region `i`, removes its data dir, restarts it with `restore = true`, heals the
+/// faults, and waits until it has sealed its old epoch and is ready.
+async fn rebuild(c: &mut LocalCluster, i: usize) {
+    c.kill(i);
+    std::fs::remove_dir_all(c.data_dir(i).expect("dir")).expect("rm -rf");
+    c.rewrite_config(i, |t| t.replace("restore = false", "restore = true"))
+        .expect("config");
+    start(c, i).await;
+    c.heal().await.expect("heal");
+    eventually(c, "the rebuilt region sealed and ready", WAIT, || async {
+        let a = c.client(i).unwrap().with_token("").get("/readyz").await;
+        a.is_ok_and(|a| a.status == 200)
+    })
+    .await;
+    let log = c.log_tail(i);
+    assert!(log.contains("epoch 2") || log.contains("epoch=2"), "{log}");
+}
+
+/// A keyed USD deposit at region `i`: its answer.
+async fn deposit(c: &LocalCluster, i: usize, account: &str, amount: &str, key: &str) -> Answer {
+    c.tx(i, account, "deposit", amount, "USD", Some(key))
+        .await
+        .expect("tx")
+}
+
+/// [`deposit`], expecting `201`: the event id.
+async fn deposit_ok(c: &LocalCluster, i: usize, account: &str, amount: &str, key: &str) -> String {
+    let r = deposit(c, i, account, amount, key).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    r.json["id"].as_str().expect("id").to_string()
+}
+
+/// Every event id in `accounts`' histories at region `i`.
+async fn ids_at(
+    c: &LocalCluster,
+    i: usize,
+    accounts: &[String],
+) -> std::collections::BTreeSet<String> {
+    let mut held = std::collections::BTreeSet::new();
+    for a in accounts {
+        for e in c.history(i, a).await.expect("history") {
+            held.insert(e["id"].as_str().expect("id").to_string());
+        }
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_with_ack_peer_loses_its_disk_and_rejoins_under_a_new_epoch_losing_nothing() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.rewrite_config(EU, |t| {
+        t.replace("restore = false", "restore = false\nack = \"peer\"")
+    })
+    .expect("config");
+    c.start_all().await.expect("start");
+    wait_connected(&c, &[0, 1, 2]).await;
+    let accounts: Vec<String> = (0..3).map(|i| format!("lost-{i}")).collect();
+
+    // Cut off: durable here only, so no 201 but a 503 after the timeout; the event stays
+    // accepted, and once healed a retry with the same key returns it.
+    c.isolate("eu").await.expect("isolate");
+    let r = deposit(&c, EU, &accounts[0], "1.00", "cut-off").await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (503, "peer_ack_timeout"),
+        "{}",
+        r.json
+    );
+    c.heal().await.expect("heal");
+    wait_connected(&c, &[0, 1, 2]).await;
+    let first = deposit_ok(&c, EU, &accounts[0], "1.00", "cut-off").await;
+
+    // Keyed load on eu until it is killed: every 201 is recorded.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let load = {
+        let client = c.client(EU).expect("client");
+        let (acked, accounts) = (acked.clone(), accounts.clone());
+        tokio::spawn(async move {
+            for n in 0.. {
+                let a = &accounts[n % accounts.len()];
+                let key = format!("k-{n}");
+                match client.tx(a, "deposit", "1.00", "USD", Some(&key)).await {
+                    Ok(r) if r.status == 201 => {
+                        let id = r.json["id"].as_str().expect("id").to_string();
+                        acked.lock().expect("lock").push(id);
+                    }
+                    Ok(r) if r.status == 503 => {}
+                    Ok(r) => panic!("unexpected answer {} {}", r.status, r.json),
+                    Err(_) => return, // killed
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    c.kill(EU);
+    let _ = load.await;
+    let mut acked = acked.lock().expect("lock").clone();
+    println!(
+        "{} events acknowledged with ack = \"peer\" in 4 s",
+        acked.len()
+    );
+    assert!(acked.len() > 5, "too little load: {}", acked.len());
+
+    acked.push(first);
+    // The disk is gone: rm -rf, then a restore.
+    rebuild(&mut c, EU).await;
+    // New events go on above the seal.
+    deposit_ok(&c, EU, &accounts[0], "1.00", "after").await;
+    wait_converged(&c, "convergence after the rebuild", &[0, 1, 2], &accounts).await;
+    // No loss: every event eu acknowledged (ack = "peer") is held everywhere, under its id.
+    // (An event accepted but not yet acknowledged when eu died may be held too.)
+    for i in 0..3 {
+        let held = ids_at(&c, i, &accounts).await;
+        for id in &acked {
+            assert!(held.contains(id), "{id} acknowledged but not held at {i}");
+        }
+        assert!(held.len() > acked.len(), "region {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ack_local_what_a_cut_off_region_acknowledged_is_lost_with_its_disk() {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start_all().await.expect("start");
+    wait_connected(&c, &[0, 1, 2]).await;
+    let accounts = vec!["local-0".to_string()];
+    let kept = deposit_ok(&c, EU, &accounts[0], "10.00", "kept").await;
+    wait_converged(&c, "the first deposit everywhere", &[0, 1, 2], &accounts).await;
+    c.isolate("eu").await.expect("isolate");
+    let mut lost = Vec::new();
+    for k in 0..3 {
+        // ack = "local" answers at once.
+        lost.push(deposit_ok(&c, EU, &accounts[0], "1.00", &format!("lost-{k}")).await);
+    }
+    rebuild(&mut c, EU).await;
+    let after = deposit_ok(&c, EU, &accounts[0], "5.00", "after").await;
+    wait_converged(&c, "convergence after the rebuild", &[0, 1, 2], &accounts).await;
+    println!("acknowledged with ack = \"local\" while cut off, lost with the disk: {lost:?}");
+    for i in 0..3 {
+        let held = ids_at(&c, i, &accounts).await;
+        assert!(held.contains(&kept));
+        assert_eq!(held.len(), 2, "region {i}: {held:?}");
+        assert_eq!(
+            balance(&c, i, &accounts[0]).await.map(|b| b.1),
+            Some("15.00".to_string()),
+            "region {i}"
+        );
+    }
+    // The lost events' seqs were issued again in epoch 2 (the seal is the first of them).
+    assert!(lost.contains(&after), "{after} {lost:?}");
+}
