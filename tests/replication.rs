@@ -147,7 +147,8 @@ async fn a_region_restores_its_history_from_peers_after_losing_its_disk() {
     std::fs::write(&config, text.replace("restore = false", "restore = true")).unwrap();
     start(&mut c, 0).await;
     let eu = region_api(&c, 0);
-    // It pulls its own history back, then accepts again, continuing its own sequence.
+    // It pulls its own history back, seals its old epoch at eu:5 with the seal as eu:6
+    // (docs/protocol.md §12), then accepts again, continuing its own sequence.
     wait_for(
         "eu to finish restoring",
         Duration::from_secs(60),
@@ -160,13 +161,19 @@ async fn a_region_restores_its_history_from_peers_after_losing_its_disk() {
     assert_eq!(eu.balance("erin", "USD").await.unwrap().0, "15.00");
     let r = eu.tx("erin", "purchase", "1.00", None).await;
     assert_eq!(r.status, 201, "{}", r.json);
-    assert_eq!(r.json["id"], "eu:6", "a restored region never reuses a seq");
+    assert_eq!(r.json["id"], "eu:7", "a restored region never reuses a seq");
+    let seal = eu.get("/v1/transactions/eu:6").await;
+    assert_eq!(
+        seal.json["type"], "membership",
+        "eu:6 is the seal: {}",
+        seal.json
+    );
     // A retry of an event issued before the disk loss finds the original.
     let r = eu.tx("erin", "deposit", "1.00", Some("d0")).await;
     assert_eq!(r.status, 201);
     assert_eq!(r.json["id"], "eu:1");
-    wait_for("us to see eu:6", Duration::from_secs(30), || async {
-        us.get("/v1/transactions/eu:6").await.status == 200
+    wait_for("us to see eu:7", Duration::from_secs(30), || async {
+        us.get("/v1/transactions/eu:7").await.status == 200
     })
     .await;
 }
