@@ -198,6 +198,10 @@ pub struct WorkloadArgs {
     /// drawn from) [default: 10%]
     #[arg(long, value_name = "PCT", value_parser = parse_ppm)]
     pub round_share: Option<u32>,
+    /// Requests sent to the account's usual region (its index modulo the regions) rather
+    /// than a uniformly drawn one [default: 0%]
+    #[arg(long, value_name = "PCT", value_parser = parse_ppm)]
+    pub locality: Option<u32>,
     /// Deposits are drawn N times larger [default: 2]
     #[arg(long, value_name = "N")]
     pub deposit_multiplier: Option<u64>,
@@ -557,6 +561,7 @@ impl Args {
         put("--floor-credit-share", w.floor_credit_share.map(render_ppm));
         put("--odd-scale-share", w.odd_scale_share.map(render_ppm));
         put("--round-share", w.round_share.map(render_ppm));
+        put("--locality", w.locality.map(render_ppm));
         put(
             "--deposit-multiplier",
             w.deposit_multiplier.map(|n| n.to_string()),
@@ -692,6 +697,7 @@ pub fn build(a: Args) -> Result<Options, CliError> {
         (&mut wl.floor_credit_ppm, w.floor_credit_share),
         (&mut wl.odd_scale_ppm, w.odd_scale_share),
         (&mut wl.round_ppm, w.round_share),
+        (&mut wl.locality_ppm, w.locality),
     ] {
         if let Some(v) = v {
             *slot = v;

@@ -55,6 +55,10 @@ pub struct Workload {
     pub odd_scale_ppm: u32,
     /// Share of generated debits with a round amount (1.00, 5.00, 10.00, 20.00), ppm.
     pub round_ppm: u32,
+    /// Share of requests sent to the account's usual region (account index modulo the
+    /// regions) instead of a uniformly drawn one, ppm: how local an account's spending is
+    /// (where escrow's rebalancing pays). 0 (the default): every request's region is uniform.
+    pub locality_ppm: u32,
 }
 
 impl Default for Workload {
@@ -80,6 +84,7 @@ impl Default for Workload {
             floor_credit_ppm: 60_000,
             odd_scale_ppm: 10_000,
             round_ppm: 100_000,
+            locality_ppm: 0,
         }
     }
 }

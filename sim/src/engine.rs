@@ -255,6 +255,9 @@ pub struct Counters {
     /// Escrow debits that waited for rights (the synchronous path; the rest of the pending
     /// requests were forwarded to a home).
     pub rights_waits: u64,
+    /// Of those, the ones accepted after the wait: the rights came in, or (the hybrid) the
+    /// fallback accepted within the risk limit. The others were refused.
+    pub rights_waits_served: u64,
     /// Client debits that reached a region that was up.
     pub debits: u64,
 }
@@ -370,6 +373,8 @@ pub struct Sim {
     /// Per region, the reference model folded over its settled prefix so far: a credit to
     /// the floor feeds it what the watermark passed since, instead of refolding the history.
     credit_folds: Vec<crate::prefix::PrefixFold>,
+    /// Pending requests (region, request id) that wait for escrow rights, not for a home.
+    rights_waiting: std::collections::BTreeSet<(usize, u64)>,
     /// The reference model folded up to the last snapshot's point, whichever region took
     /// it (the regions' logs hold the same events below a compaction point).
     snapshot_fold: crate::prefix::PrefixFold,
@@ -810,6 +815,7 @@ impl Sim {
             floor_amounts: vec![None; logical],
             floor_landings: Vec::new(),
             floor_credits: vec![None; logical],
+            rights_waiting: std::collections::BTreeSet::new(),
             credit_folds: (0..n)
                 .map(|_| crate::prefix::PrefixFold::new(&cfg.policy, cfg.retention_ms(), n))
                 .collect(),
@@ -1398,6 +1404,7 @@ impl Sim {
                     .mode;
                 if matches!(mode, wallet_core::Mode::Escrow { .. }) {
                     self.counters.rights_waits += 1;
+                    self.rights_waiting.insert((region, request));
                 }
                 node.pending.insert(request, logical as u32);
             }
@@ -1458,6 +1465,10 @@ impl Sim {
         let Some(logical) = self.nodes[i].pending.remove(&request) else {
             return;
         };
+        let waited_for_rights = self.rights_waiting.remove(&(i, request));
+        if waited_for_rights && matches!(result, Ok(Submitted::New(_))) {
+            self.counters.rights_waits_served += 1;
+        }
         match result {
             Ok(Submitted::New(id) | Submitted::Existing(id)) => match durable_after {
                 Some(idx) => self.nodes[i].acks.push_back((idx, logical, id)),

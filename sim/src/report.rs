@@ -778,7 +778,7 @@ const COMPARE_HEAD: [&str; 11] = [
 /// The labels `--compare-modes` gives its runs.
 const MODE_NAMES: [&str; 4] = ["optimistic", "escrow", "hybrid", "home"];
 
-const MODES_HEAD: [&str; 15] = [
+const MODES_HEAD: [&str; 16] = [
     "mode",
     "accepted",
     "refused funds",
@@ -792,16 +792,20 @@ const MODES_HEAD: [&str; 15] = [
     "accept p99 ms",
     "rights transfers",
     "sync rights (% debits)",
+    "sync accepted (% debits)",
     "bytes replicated",
     "invariants",
 ];
 
-fn modes_rows(results: &[RunResult]) -> Vec<[String; 15]> {
+fn modes_rows(results: &[RunResult]) -> Vec<[String; 16]> {
     results
         .iter()
         .map(|r| {
             let m = &r.metrics;
             let pct = (m.rights_waits * 1000).checked_div(m.debits).unwrap_or(0);
+            let served = (m.rights_waits_served * 1000)
+                .checked_div(m.debits)
+                .unwrap_or(0);
             [
                 r.policy.clone(),
                 m.accepted.to_string(),
@@ -816,6 +820,12 @@ fn modes_rows(results: &[RunResult]) -> Vec<[String; 15]> {
                 m.accept_p99_ms.to_string(),
                 m.rights_transfers.to_string(),
                 format!("{} ({}.{}%)", m.rights_waits, pct / 10, pct % 10),
+                format!(
+                    "{} ({}.{}%)",
+                    m.rights_waits_served,
+                    served / 10,
+                    served % 10
+                ),
                 m.bytes_replicated.to_string(),
                 if r.check.invariants.all() {
                     "ok".into()

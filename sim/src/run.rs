@@ -99,6 +99,8 @@ pub struct Metrics {
     pub refused_rights: u64,
     /// Escrow debits that had to ask for rights (the synchronous path).
     pub rights_waits: u64,
+    /// Of those, accepted after the wait (rights came in, or the hybrid's fallback).
+    pub rights_waits_served: u64,
     /// Client debits that reached a region.
     pub debits: u64,
     /// Rights transfers in the final history (asked for and rebalancing).
@@ -420,6 +422,7 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         refused_funds: c.refused_funds,
         refused_rights: c.refused_rights,
         rights_waits: c.rights_waits,
+        rights_waits_served: c.rights_waits_served,
         debits: c.debits,
         rights_transfers: sim.nodes.first().map_or(0, |n| {
             sim.cfg

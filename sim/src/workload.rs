@@ -173,18 +173,25 @@ impl Workload {
         let mut credit_rng = Rng::new(cfg.seed, b"floor-credit");
         let mut scale_rng = Rng::new(cfg.seed, b"odd-scale");
         let mut round_rng = Rng::new(cfg.seed, b"round-amounts");
+        // Its own stream: without locality the request stream is the one of earlier versions.
+        let mut locality_rng = Rng::new(cfg.seed, b"locality");
         let cur_total: u64 = w.currencies.iter().map(|(_, x)| u64::from(*x)).sum();
         for i in 0..w.transactions {
             if n_accounts == 0 {
                 break;
             }
             let at_ms = i.saturating_mul(1_000) / w.rate.max(1);
-            let region = rng.below(regions) as usize;
+            let drawn = rng.below(regions) as usize;
             let account = if hot > 0 && rng.chance(w.hot_share_ppm) {
                 rng.below(hot)
             } else {
                 rng.below(n_accounts)
             } as u32;
+            let region = if w.locality_ppm > 0 && locality_rng.chance(w.locality_ppm) {
+                (u64::from(account) % regions) as usize
+            } else {
+                drawn
+            };
             let mut pick = rng.below(total_mix);
             let mut kind = Kind::Deposit;
             for (k, share) in Kind::ALL.iter().zip(w.mix) {

@@ -124,3 +124,26 @@ fn some_retries_of_a_second_body_settle_as_duplicates_behind_a_key_holder_with_a
         "{found} duplicates of a second body in 10 seeds"
     );
 }
+
+#[test]
+fn locality_sends_an_accounts_first_requests_to_its_usual_region_and_leaves_the_rest_alone() {
+    let mut cfg = config(3);
+    let uniform = wallet_sim::workload::Workload::generate(&cfg);
+    cfg.workload.locality_ppm = 1_000_000;
+    let local = wallet_sim::workload::Workload::generate(&cfg);
+    let regions = cfg.regions.len();
+    let firsts = |w: &wallet_sim::workload::Workload| -> Vec<(u32, usize)> {
+        w.submissions
+            .iter()
+            .filter(|s| s.attempt == Attempt::First)
+            .map(|s| (s.account, s.region))
+            .collect()
+    };
+    let (u, l) = (firsts(&uniform), firsts(&local));
+    assert_eq!(u.len(), l.len());
+    // Same accounts in the same order (the region comes from its own stream)...
+    assert!(u.iter().zip(&l).all(|(a, b)| a.0 == b.0));
+    // ...every first send at the account's usual region, which the uniform draw is not.
+    assert!(l.iter().all(|(a, r)| *r == *a as usize % regions));
+    assert!(u.iter().any(|(a, r)| *r != *a as usize % regions));
+}
