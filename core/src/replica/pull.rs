@@ -9,7 +9,7 @@
 //! |---|---|
 //! | pull on connect | a member connects and no pull is busy, or the pull in flight was to it (lost with the old connection) |
 //! | clear on disconnect | the member of the pull in flight disconnects |
-//! | chain | an answer says more follows and brought something: pull the same member again |
+//! | chain | an answer says more follows and brought something: pull the same member again (events of other origins; while restoring, own history too, judged by the state when the pull was sent: a seal may end the restore before the answer) |
 //! | next member | an answer ends a chain: pull the member whose heartbeat shows the most events this region lacks |
 //! | heartbeat pull | a member's previous heartbeat already showed a gap (a push was lost), no pull is busy and none went to it within `HEARTBEAT_PULL_SPACING_MS` |
 //! | given up after heartbeats | `PULL_LOST_AFTER_HEARTBEATS` heartbeats from the member arrive while its pull has no answer: pull it again |
