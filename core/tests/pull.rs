@@ -249,3 +249,88 @@ fn a_member_whose_answers_bring_nothing_is_backed_off_and_does_not_starve_the_ot
         "ap's events were not repaired"
     );
 }
+
+/// A rebuilt region (docs/protocol.md §12) that seals while a pull of its restore is in
+/// flight still chains: the answer's events of other origins are progress, though the pull
+/// was sent counting its own history coming back (the restore ended in between).
+#[test]
+fn a_chain_goes_on_across_the_seal_that_ends_a_restore() {
+    let two = |me: &str, restore: bool| {
+        let mut cfg = Config::new(region(me), vec![region("eu"), region("us")], Policy::zero());
+        cfg.pull_batch_events = 2;
+        cfg.restore = restore;
+        cfg.seal_on_restore = restore;
+        Replica::new(cfg, Hlc::ZERO)
+    };
+    let deposits = |r: &mut Replica, n: u64| {
+        for i in 0..n {
+            r.submit(1_000 + i, req("alice", Kind::Deposit, "1", Currency::USD))
+                .unwrap();
+        }
+        sends(r)
+    };
+    // eu's three events reach us; then eu loses its disk. us has five of its own.
+    let mut old_eu = two("eu", false);
+    let mut us = two("us", false);
+    for (_, m) in deposits(&mut old_eu, 3) {
+        us.handle_message(1_100, region("eu"), m);
+    }
+    deposits(&mut us, 5);
+    let mut eu = two("eu", true);
+    assert!(eu.is_restoring());
+    eu.handle_connected(2_000, region("us"));
+    // Chain until eu holds its own history back; the pull sent then stays in flight.
+    let mut pull = None;
+    for _ in 0..10 {
+        let to_us: Vec<Message> = sends(&mut eu)
+            .into_iter()
+            .filter(|(t, m)| {
+                *t == Some(region("us"))
+                    && matches!(m, Message::Pull { .. } | Message::PullGaps { .. })
+            })
+            .map(|(_, m)| m)
+            .collect();
+        let Some(p) = to_us.into_iter().next() else {
+            break;
+        };
+        if eu.version_vector().get(&region("eu")) == 3 {
+            pull = Some(p);
+            break;
+        }
+        us.handle_message(2_001, region("eu"), p);
+        for (_, a) in sends(&mut us) {
+            eu.handle_message(2_002, region("us"), a);
+        }
+    }
+    let pull = pull.expect("a pull in flight once eu's history is back");
+    let others = eu.event_count() - 3;
+    assert!(others < 5, "us's events still to come");
+    // The seal query's round trip ends the restore while the pull is out.
+    eu.handle_timeout(eu.poll_timeout().max(2_003));
+    for (_, q) in sends(&mut eu) {
+        if matches!(q, Message::SealQuery) {
+            us.handle_message(2_004, region("eu"), q);
+        }
+    }
+    for (_, a) in sends(&mut us) {
+        eu.handle_message(2_005, region("us"), a);
+    }
+    assert!(!eu.is_restoring());
+    assert_eq!(eu.epoch(), 2);
+    sends(&mut eu);
+    let sent = eu.pull_stats().sent;
+    // The answer brings us's events and says more follows: eu pulls us again at once.
+    us.handle_message(2_006, region("eu"), pull);
+    let answer = sends(&mut us)
+        .into_iter()
+        .find(|(_, m)| matches!(m, Message::PullAnswer { more: true, .. }))
+        .map(|(_, m)| m)
+        .expect("an answer that says more follows");
+    eu.handle_message(2_007, region("us"), answer);
+    assert!(
+        eu.event_count() - 4 > others,
+        "the answer brought us's events"
+    );
+    assert_eq!(pulls_to(&sends(&mut eu), "us"), 1);
+    assert_eq!(eu.pull_stats().sent, sent + 1);
+}

@@ -110,12 +110,15 @@ impl PullWatch {
 fn discarded(r: &Replica) -> u64 {
     let s = r.stats();
     // Events of a retired region above its cut are refused, dropped from the buffer or
-    // voided: gone legitimately, like a rejected event.
+    // voided: gone legitimately, like a rejected event. So are events of an origin's old
+    // epoch, dropped from the buffer (or voided) when its seal arrives (docs/protocol.md §12):
+    // the seq is asked for again, for the new epoch's event.
     let m = r.membership_stats();
     s.rejected
         .saturating_add(s.dropped)
         .saturating_add(m.refused_above_cut)
         .saturating_add(m.voided)
+        .saturating_add(r.seal_stats().old_epoch_dropped)
 }
 
 fn lacks_from(r: &Replica, member: RegionId) -> bool {

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | pull on connect | a member connects and no pull is busy, or the pull in flight was to it (lost with the old connection) |
 //! | clear on disconnect | the member of the pull in flight disconnects |
-//! | chain | an answer says more follows and brought something: pull the same member again |
+//! | chain | an answer says more follows and brought something: pull the same member again (events of other origins; while restoring, own history too, judged by the state when the pull was sent: a seal may end the restore before the answer) |
 //! | next member | an answer ends a chain: pull the member whose heartbeat shows the most events this region lacks |
 //! | heartbeat pull | a member's previous heartbeat already showed a gap (a push was lost), no pull is busy and none went to it within `HEARTBEAT_PULL_SPACING_MS` |
 //! | given up after heartbeats | `PULL_LOST_AFTER_HEARTBEATS` heartbeats from the member arrive while its pull has no answer: pull it again |
@@ -110,9 +110,14 @@ struct InFlight {
     sent_ms: u64,
     /// Heartbeats from `to` since it was sent.
     heartbeats: u32,
-    /// Events held (all origins) when it was sent: an answer that leaves this unchanged
+    /// Events of other origins held when it was sent: an answer that leaves this unchanged
     /// brought nothing applicable.
     held_before: u64,
+    /// Own events held when it was sent, and whether the region was restoring then (its own
+    /// history coming back is progress too, even if the restore ended meanwhile: a rebuilt
+    /// region's seal).
+    own_before: u64,
+    restoring: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -244,7 +249,8 @@ impl Replica {
         };
         self.pull.in_flight = None;
         self.pull.stats.answered += 1;
-        let progress = self.others_held() > p.held_before;
+        let (others, own) = self.held();
+        let progress = others > p.held_before || (p.restoring && own > p.own_before);
         if progress {
             self.pull.backoff.remove(&from);
         } else if more || self.member_lacks(from) {
@@ -338,25 +344,27 @@ impl Replica {
 
     fn pull_from(&mut self, now_ms: u64, to: RegionId) {
         self.pull.last_pull_ms.insert(to, now_ms);
+        let (held_before, own_before) = self.held();
         self.pull.in_flight = Some(InFlight {
             to,
             sent_ms: now_ms,
             heartbeats: 0,
-            held_before: self.others_held(),
+            held_before,
+            own_before,
+            restoring: self.restoring,
         });
         self.pull.stats.sent += 1;
         let msg = self.pull_request(self.cfg.pull_batch_events);
         self.outputs.push_back(Output::Send { to, msg });
     }
 
-    /// Events held of other origins: what an answer can bring. Own events issued while a pull
-    /// is in flight (a waiting debit decided, a rights transfer) are no progress of it.
-    fn others_held(&self) -> u64 {
-        // A restoring region issues nothing: its own history coming back is progress too.
-        if self.restoring {
-            return self.logs.event_count();
-        }
-        self.logs.event_count().saturating_sub(self.own_log_len())
+    /// Events held of other origins, and own ones: what an answer can bring is the first.
+    /// Own events issued while a pull is in flight (a waiting debit decided, a rights
+    /// transfer) are no progress of it, unless the pull was sent while restoring (a
+    /// restoring region issues nothing: its own history coming back is progress).
+    fn held(&self) -> (u64, u64) {
+        let own = self.own_log_len();
+        (self.logs.event_count().saturating_sub(own), own)
     }
 
     /// True when `member`'s last heartbeat shows events this region lacks and could apply.
