@@ -322,12 +322,21 @@ impl Actor {
                 Output::Broadcast(m @ Message::RightsRequest { .. }) => {
                     self.net.broadcast_now(m).await
                 }
-                // Own events carrying a rights transfer (the answer to a member's request):
-                // out of the queue too; a receiver that misses an earlier event buffers them
-                // until replication brings it.
-                Output::Broadcast(m @ Message::Events(_)) if carries_transfer(&m) => {
+                // Own events carrying a rights transfer (the answer to a member's request),
+                // and with `ack = "peer"` every own event (its client waits for a member's
+                // `Durable`): out of the queue too; a receiver that misses an earlier event
+                // buffers them until replication brings it.
+                Output::Broadcast(m @ Message::Events(_))
+                    if self.peer_ack_ms.is_some() || carries_transfer(&m) =>
+                {
                     self.net.broadcast_now(m).await
                 }
+                // How far this region holds an origin's log durably: a client of that origin
+                // may wait for it (`ack = "peer"`); a maximum, so its order does not matter.
+                Output::Send {
+                    to,
+                    msg: msg @ Message::Durable { .. },
+                } => self.net.send_now(to, msg).await,
                 Output::Send {
                     to,
                     msg: msg @ (Message::Forward { .. } | Message::ForwardAnswer { .. }),
