@@ -72,6 +72,20 @@ pub struct Node {
     pub settled_seen: BTreeMap<EventId, (Status, Option<String>)>,
 }
 
+impl Node {
+    /// Forgets every durable record, and what the harness saw of the feed and settlement:
+    /// the disk is gone.
+    fn clear_disk(&mut self) {
+        self.disk_events.clear();
+        self.disk_ceiling = Hlc::ZERO;
+        self.disk_watermark = Hlc::ZERO;
+        self.disk_evidence.clear();
+        self.disk_snapshot = None;
+        self.feed_seen.clear();
+        self.settled_seen.clear();
+    }
+}
+
 pub struct Cluster {
     pub names: Vec<RegionId>,
     pub nodes: Vec<Node>,
@@ -385,28 +399,14 @@ impl Cluster {
         self.inflight.retain(|(to, _, _)| *to != i);
         self.drain(i);
         // Its peers saw the connection drop and come back.
-        for j in 0..self.nodes.len() {
-            if j != i && self.connected(i, j) {
-                let now = self.local_now(j);
-                let peer = self.names[i];
-                self.nodes[j].replica.handle_disconnected(now, peer);
-                self.drain(j);
-            }
-        }
-        self.connect_all(Some(i));
+        self.reconnect(i);
     }
 
     /// The region loses its disk and starts empty, restoring its own history from peers
     /// (`Config::restore`): from their events, or their snapshot once they compacted.
     pub fn wipe(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        n.disk_events.clear();
-        n.disk_ceiling = Hlc::ZERO;
-        n.disk_watermark = Hlc::ZERO;
-        n.disk_evidence.clear();
-        n.disk_snapshot = None;
-        n.feed_seen.clear();
-        n.settled_seen.clear();
+        n.clear_disk();
         self.restart(i, true);
     }
 
@@ -421,16 +421,15 @@ impl Cluster {
         let n = &mut self.nodes[i];
         n.buffered.clear();
         n.unacked.clear();
-        n.disk_events.clear();
-        n.disk_ceiling = Hlc::ZERO;
-        n.disk_watermark = Hlc::ZERO;
-        n.disk_evidence.clear();
-        n.disk_snapshot = None;
-        n.feed_seen.clear();
-        n.settled_seen.clear();
+        n.clear_disk();
         n.replica = Replica::new(cfg, Hlc::ZERO);
         // What it sent before is still in flight: old-epoch events may arrive late.
         self.inflight.retain(|(to, _, _)| *to != i);
+        self.reconnect(i);
+    }
+
+    /// Region `i`'s peers see its connection drop, then everything reconnects.
+    fn reconnect(&mut self, i: usize) {
         for j in 0..self.nodes.len() {
             if j != i && self.connected(i, j) {
                 let now = self.local_now(j);
