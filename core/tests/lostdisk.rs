@@ -25,31 +25,13 @@ fn deposit(c: &mut Cluster, i: usize, account: &str, amount: &str) -> EventId {
         .unwrap()
 }
 
-/// Persists, delivers, pulls and heartbeats among the regions of `live`, `rounds` times.
-fn run(c: &mut Cluster, live: &[usize], rounds: usize) {
-    for _ in 0..rounds {
-        c.persist_all();
-        c.deliver_all();
-        for &a in live {
-            for &b in live {
-                c.anti_entropy(a, b);
-            }
-        }
-        c.persist_all();
-        c.deliver_all();
-        c.tick(300);
-        c.persist_all();
-        c.deliver_all();
-    }
-}
-
 /// Runs rounds until region `i` is no longer restoring (sealed); false if it did not.
 fn until_sealed(c: &mut Cluster, i: usize, live: &[usize]) -> bool {
     for _ in 0..40 {
         if !c.nodes[i].replica.is_restoring() {
             return true;
         }
-        run(c, live, 1);
+        c.run_among(live, 1);
     }
     !c.nodes[i].replica.is_restoring()
 }
@@ -104,7 +86,7 @@ fn a_rebuilt_region_seals_at_the_highest_seq_any_member_holds_and_issues_above_i
     for _ in 0..3 {
         deposit(&mut c, eu, "alice", "1");
     }
-    run(&mut c, &[eu, us], 2);
+    c.run_among(&[eu, us], 2);
     assert_eq!(c.nodes[eu].replica.peer_durable_seq(), 4);
     // eu alone: two more, acknowledged locally, never sent.
     c.partition(1 << eu);
@@ -169,12 +151,12 @@ fn a_member_waived_while_down_voids_its_old_epoch_events_when_the_seal_arrives()
     c.partition(1 << us);
     deposit(&mut c, eu, "alice", "1");
     deposit(&mut c, eu, "alice", "1");
-    run(&mut c, &[eu, ap], 2);
+    c.run_among(&[eu, ap], 2);
     assert_eq!(c.nodes[ap].replica.version_vector().get(&region("eu")), 3);
     // ap goes down for good; eu loses its disk and comes back beside us.
     c.partition(1 << ap);
     c.lose_disk(eu);
-    run(&mut c, &[eu, us], 3);
+    c.run_among(&[eu, us], 3);
     assert!(c.nodes[eu].replica.is_restoring());
     assert_eq!(c.nodes[eu].replica.seal_missing(), vec![region("ap")]);
     // Not a member in force, or itself: refused.

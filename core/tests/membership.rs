@@ -20,25 +20,6 @@ fn set(names: &[&str]) -> BTreeSet<RegionId> {
     names.iter().map(|n| region(n)).collect()
 }
 
-/// Persists, delivers, pulls and heartbeats among the regions of `live` only (the others
-/// are cut off), `rounds` times.
-fn run(c: &mut Cluster, live: &[usize], rounds: usize) {
-    for _ in 0..rounds {
-        c.persist_all();
-        c.deliver_all();
-        for &a in live {
-            for &b in live {
-                c.anti_entropy(a, b);
-            }
-        }
-        c.persist_all();
-        c.deliver_all();
-        c.tick(300);
-        c.persist_all();
-        c.deliver_all();
-    }
-}
-
 /// Highest HLC of any event held by the regions of `live`.
 fn max_hlc_of(c: &Cluster, live: &[usize]) -> Hlc {
     live.iter()
@@ -120,7 +101,7 @@ fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
         purchase(&mut c, ap, "bob", "1").unwrap();
     }
     purchase(&mut c, eu, "alice", "10").unwrap();
-    run(&mut c, &[eu, us], 3);
+    c.run_among(&[eu, us], 3);
     // Stalled on ap.
     let target = max_hlc_of(&c, &[eu, us]);
     assert!(c.nodes[eu].replica.watermark() < target);
@@ -130,7 +111,7 @@ fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
         .retire(now, set(&["ap"]), "partitioned for good".into())
         .unwrap();
     c.drain(eu);
-    run(&mut c, &[eu, us], 4);
+    c.run_among(&[eu, us], 4);
     for i in [eu, us] {
         let r = &c.nodes[i].replica;
         assert_eq!(r.cut(region("ap")), Some(ap_held), "{}", c.names[i]);
@@ -144,13 +125,13 @@ fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
     }
     // New traffic settles without ap.
     purchase(&mut c, us, "alice", "5").unwrap();
-    run(&mut c, &[eu, us], 3);
+    c.run_among(&[eu, us], 3);
     assert!(c.nodes[eu].replica.watermark() >= max_hlc_of(&c, &[eu, us]));
     same(&c, eu, us);
     // ap comes back: its events above the cut are refused everywhere and counted; it
     // learns it is retired and takes nothing more.
     c.heal();
-    run(&mut c, &[eu, us, ap], 4);
+    c.run_among(&[eu, us, ap], 4);
     for i in [eu, us] {
         let r = &c.nodes[i].replica;
         assert_eq!(r.version_vector().get(&region("ap")), ap_held);
@@ -175,7 +156,7 @@ fn the_cut_is_the_highest_seq_any_remaining_member_held() {
     for _ in 0..4 {
         purchase(&mut c, ap, "bob", "1").unwrap();
     }
-    run(&mut c, &[us, ap], 2);
+    c.run_among(&[us, ap], 2);
     let us_held = c.nodes[us].replica.version_vector().get(&region("ap"));
     assert_eq!(us_held, 5);
     // Now ap is cut off, eu and us talk again.
@@ -185,7 +166,7 @@ fn the_cut_is_the_highest_seq_any_remaining_member_held() {
         .retire(now, set(&["ap"]), "gone".into())
         .unwrap();
     c.drain(eu);
-    run(&mut c, &[eu, us], 4);
+    c.run_among(&[eu, us], 4);
     for i in [eu, us] {
         let r = &c.nodes[i].replica;
         assert_eq!(r.cut(region("ap")), Some(us_held));
@@ -210,9 +191,9 @@ fn a_region_that_joins_catches_up_and_takes_traffic() {
     c.nodes[ap].replica = Replica::new(cfg, Hlc::ZERO);
     c.connect_all(None);
     deposit(&mut c, eu, "alice", "100");
-    run(&mut c, &[eu, us, ap], 2);
+    c.run_among(&[eu, us, ap], 2);
     purchase(&mut c, us, "alice", "30").unwrap();
-    run(&mut c, &[eu, us, ap], 2);
+    c.run_among(&[eu, us, ap], 2);
     assert!(c.nodes[ap].replica.is_joining());
     assert!(matches!(
         c.submit(ap, req("alice", Kind::Deposit, "1", Currency::USD)),
@@ -224,12 +205,12 @@ fn a_region_that_joins_catches_up_and_takes_traffic() {
         .unwrap();
     c.drain(eu);
     let join_hlc = c.nodes[eu].replica.event(join).unwrap().hlc;
-    run(&mut c, &[eu, us, ap], 4);
+    c.run_among(&[eu, us, ap], 4);
     assert!(!c.nodes[ap].replica.is_joining());
     // ap takes traffic; everything settles everywhere, ap included.
     purchase(&mut c, ap, "alice", "20").unwrap();
     deposit(&mut c, ap, "carol", "7");
-    run(&mut c, &[eu, us, ap], 4);
+    c.run_among(&[eu, us, ap], 4);
     let target = max_hlc_of(&c, &[eu, us, ap]);
     for i in [eu, us, ap] {
         let r = &c.nodes[i].replica;
@@ -283,20 +264,20 @@ fn a_retire_survives_a_crash_of_every_member() {
         .retire(now, set(&["ap"]), "gone".into())
         .unwrap();
     c.drain(us);
-    run(&mut c, &[eu, us], 3);
+    c.run_among(&[eu, us], 3);
     let cut = c.nodes[eu].replica.cut(region("ap"));
     assert!(cut.is_some());
     c.crash(eu);
     c.crash(us);
     isolate(&mut c, ap);
-    run(&mut c, &[eu, us], 3);
+    c.run_among(&[eu, us], 3);
     for i in [eu, us] {
         assert_eq!(c.nodes[i].replica.cut(region("ap")), cut);
         assert!(!c.nodes[i].replica.settlement_blocked());
         c.nodes[i].replica.check_invariants().unwrap();
     }
     purchase(&mut c, eu, "bob", "2").unwrap();
-    run(&mut c, &[eu, us], 3);
+    c.run_among(&[eu, us], 3);
     assert!(c.nodes[us].replica.watermark() >= max_hlc_of(&c, &[eu, us]));
 }
 
@@ -401,7 +382,7 @@ fn after_a_rotation_events_verify_against_the_new_key_only() {
     let mut c = toy_cluster(&["eu", "us"]);
     let (eu, us) = (0, 1);
     deposit(&mut c, eu, "alice", "100");
-    run(&mut c, &[eu, us], 2);
+    c.run_among(&[eu, us], 2);
     let now = c.local_now(eu);
     let rot = replica_of(&mut c, eu)
         .rotate_key(now, b"eu-key-2".to_vec())
@@ -411,7 +392,7 @@ fn after_a_rotation_events_verify_against_the_new_key_only() {
     // eu, signing with the new key from then on (its authenticator learnt it when the
     // rotation applied), keeps settling with us.
     purchase(&mut c, eu, "alice", "10").unwrap();
-    run(&mut c, &[eu, us], 3);
+    c.run_among(&[eu, us], 3);
     let target = max_hlc_of(&c, &[eu, us]);
     assert!(c.nodes[us].replica.watermark() >= target);
     assert_eq!(c.nodes[us].replica.stats().rejected, 0);
@@ -449,7 +430,7 @@ fn a_restarted_region_verifies_with_the_key_history_it_reloads() {
         .unwrap();
     c.drain(eu);
     deposit(&mut c, eu, "alice", "3");
-    run(&mut c, &[eu, us], 2);
+    c.run_among(&[eu, us], 2);
     // us restarts with only the founding keys: the rotation in its reloaded log binds the
     // new one again, so eu's later events still verify.
     let mut keys = KeyHistory::new();
@@ -468,7 +449,7 @@ fn a_restarted_region_verifies_with_the_key_history_it_reloads() {
     c.nodes[us].replica = r;
     c.connect_all(None);
     deposit(&mut c, eu, "alice", "4");
-    run(&mut c, &[eu, us], 3);
+    c.run_among(&[eu, us], 3);
     assert_eq!(c.nodes[us].replica.stats().rejected, 0);
     same(&c, eu, us);
 }
@@ -497,7 +478,7 @@ fn an_equivocating_region_is_resolved_by_retiring_it() {
         replica_of(&mut c, i).handle_events(now, region("ap"), vec![e]);
         c.drain(i);
     }
-    run(&mut c, &[eu, us], 3);
+    c.run_among(&[eu, us], 3);
     for i in [eu, us] {
         assert!(c.nodes[i].replica.settlement_blocked(), "{}", c.names[i]);
     }
@@ -507,7 +488,7 @@ fn an_equivocating_region_is_resolved_by_retiring_it() {
         .retire(now, set(&["ap"]), "equivocated".into())
         .unwrap();
     c.drain(eu);
-    run(&mut c, &[eu, us], 4);
+    c.run_among(&[eu, us], 4);
     for i in [eu, us] {
         let r = &c.nodes[i].replica;
         // The contested seq is not counted: the cut is the seq below it.
@@ -668,7 +649,7 @@ proptest! {
         c.partition(gone);
         let live: Vec<usize> = (0..4).filter(|i| gone & (1u8 << i) == 0).collect();
         for _ in 0..8 {
-            run(&mut c, &live, 1);
+            c.run_among(&live, 1);
             c.check_never_retracts().map_err(TestCaseError::fail)?;
         }
         if let Some(s) = second {
@@ -754,7 +735,7 @@ proptest! {
                 deposit(&mut c, eu, "alice", "1");
             }
         }
-        run(&mut c, &[eu, us], 2);
+        c.run_among(&[eu, us], 2);
         prop_assert_eq!(c.nodes[us].replica.stats().rejected, 0);
         let held = c.nodes[us].replica.origin_events(region("eu"), 0).to_vec();
         prop_assert_eq!(held.len(), steps.len());

@@ -441,6 +441,25 @@ impl Cluster {
         self.connect_all(Some(i));
     }
 
+    /// Persists, delivers, pulls and heartbeats among the regions of `live` only (the others
+    /// are cut off), `rounds` times.
+    pub fn run_among(&mut self, live: &[usize], rounds: usize) {
+        for _ in 0..rounds {
+            self.persist_all();
+            self.deliver_all();
+            for &a in live {
+                for &b in live {
+                    self.anti_entropy(a, b);
+                }
+            }
+            self.persist_all();
+            self.deliver_all();
+            self.tick(300);
+            self.persist_all();
+            self.deliver_all();
+        }
+    }
+
     pub fn max_hlc(&self) -> Hlc {
         self.nodes
             .iter()
