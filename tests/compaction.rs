@@ -107,7 +107,7 @@ async fn same_state(c: &LocalCluster, idx: &[usize], accounts: &[String]) -> boo
 /// from a peer's snapshot, sent in chunks of `snapshot_chunk_bytes`. It converges with the
 /// three, holds no acknowledged event less (each is served, or answered 410 `compacted`),
 /// keeps every balance (conservation across the fold), takes traffic, and restarts from the
-/// snapshot it persisted.
+/// snapshot it persisted. Then a founder loses its disk and comes back the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_region_bootstraps_from_a_snapshot_in_chunks_and_converges() {
     use wallet::bank::{self, Workload};
@@ -254,6 +254,20 @@ async fn a_fourth_region_bootstraps_from_a_snapshot_in_chunks_and_converges() {
         same_state(&c, &all4, &accounts).await
     })
     .await;
+
+    // ap loses its disk (`rm -rf`, `restore = true`): it too can only come back through a
+    // snapshot in chunks, then seals its old epoch (docs/protocol.md §12) and converges.
+    let before = balances(&c, 0, &accounts).await;
+    rebuild(&mut c, 2).await;
+    let chunks = snapshot_metric(&c, 2, "chunks_received").await;
+    println!("ap rebuilt from an empty disk: {chunks} chunks");
+    assert!(chunks >= 3, "{chunks} chunks");
+    assert!(snapshot_metric(&c, 2, "transfers_completed").await >= 1);
+    eventually(&c, "the four after ap's rebuild", WAIT, || async {
+        same_state(&c, &all4, &accounts).await
+    })
+    .await;
+    assert_eq!(balances(&c, 2, &accounts).await, before);
 }
 
 fn error_code_of(v: &serde_json::Value) -> String {

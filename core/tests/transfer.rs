@@ -323,3 +323,19 @@ fn a_corrupt_or_forged_snapshot_fails_the_transfer_and_changes_nothing() {
         Some(TransferError::TooLarge(_))
     ));
 }
+
+#[test]
+fn a_region_that_lost_its_disk_seals_its_epoch_after_a_chunked_bootstrap() {
+    let mut c = compacted_cluster();
+    c.lose_disk(2);
+    converge(&mut c, 2);
+    let t = c.nodes[2].replica.snapshot_transfer_stats();
+    assert_eq!((t.completed, t.failed), (1, 0), "{t:?}");
+    assert!(t.chunks_received >= 10, "{t:?}");
+    // It issues again, under its new epoch, and everyone settles it.
+    c.submit(2, req(&account(2), Kind::Deposit, "5.00", Currency::USD))
+        .unwrap();
+    assert!(c.settle_all());
+    let b = balances(&c);
+    assert!(b.iter().all(|x| *x == b[0]), "{b:?}");
+}
