@@ -9,7 +9,9 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use wallet_core::message::SnapshotChunk;
-use wallet_core::replica::{transfer_id, TransferError};
+use wallet_core::replica::{
+    transfer_id, SnapAccount, SnapBalance, TransferError, SNAPSHOT_CHUNK_BYTES_DEFAULT,
+};
 use wallet_core::*;
 
 const CHUNK: usize = 64;
@@ -338,4 +340,74 @@ fn a_region_that_lost_its_disk_seals_its_epoch_after_a_chunked_bootstrap() {
     assert!(c.settle_all());
     let b = balances(&c);
     assert!(b.iter().all(|x| *x == b[0]), "{b:?}");
+}
+
+/// What SPEC §10 needs and one message could not do: a snapshot larger than
+/// `MESSAGE_BYTES_MAX` (here 250,000 accounts with 64-byte names) reaches a region in chunks that each fit
+/// in a message, and installs there. The accounts are added to a real snapshot's body (no
+/// signatures in this harness, so the body stays valid).
+#[test]
+fn a_snapshot_over_the_message_limit_travels_in_chunks_that_each_fit() {
+    let c = compacted_cluster();
+    let mut snap = c.nodes[0].replica.last_snapshot().unwrap().clone();
+    let one = snap.body.accounts[0].balances[0].clone();
+    snap.body.accounts.extend((0..250_000).map(|i| SnapAccount {
+        account: acct(&format!("zz-{}-{i:09}", "customer-account".repeat(3))),
+        balances: vec![SnapBalance {
+            settled: dec("1.00"),
+            ..one.clone()
+        }],
+    }));
+    let len = wire::encode_snapshot(&snap).len();
+    assert!(len > wire::MESSAGE_BYTES_MAX, "{len} bytes");
+    // The sender holds it (restored from it); the receiver lacks everything it folds.
+    let (eu, ap) = (c.names[0], c.names[2]);
+    let mut sender = Replica::new(Config::new(eu, c.names.clone(), Policy::zero()), Hlc::ZERO);
+    sender.restore(&snap, Vec::new()).unwrap();
+    let mut receiver = Replica::new(Config::new(ap, c.names.clone(), Policy::zero()), Hlc::ZERO);
+    let mut to_sender = vec![receiver.pull_request(1_000)];
+    let mut largest = 0;
+    for _ in 0..100 {
+        let mut to_receiver = Vec::new();
+        for m in to_sender.drain(..) {
+            sender.handle_message(20_000, ap, m);
+        }
+        while let Some(o) = sender.poll_output() {
+            if let Output::Send { msg, .. } = o {
+                largest = largest.max(wire::encoded_message_len(&msg));
+                to_receiver.push(msg);
+            }
+        }
+        for m in to_receiver {
+            receiver.handle_message(20_000, eu, m);
+        }
+        while let Some(o) = receiver.poll_output() {
+            match o {
+                Output::Send { msg, .. } => to_sender.push(msg),
+                Output::Persist { index, .. } => receiver.handle_persisted(index),
+                _ => {}
+            }
+        }
+        if to_sender.is_empty() {
+            break;
+        }
+    }
+    let t = receiver.snapshot_transfer_stats();
+    assert_eq!((t.completed, t.failed), (1, 0), "{t:?}");
+    assert_eq!(t.bytes_received, len as u64);
+    assert_eq!(
+        t.chunks_received,
+        len.div_ceil(SNAPSHOT_CHUNK_BYTES_DEFAULT) as u64
+    );
+    assert!(largest <= wire::MESSAGE_BYTES_MAX, "{largest}");
+    assert_eq!(
+        receiver
+            .balance(
+                &acct(&format!("zz-{}-000249999", "customer-account".repeat(3))),
+                Currency::USD
+            )
+            .settled,
+        dec("1.00")
+    );
+    assert_eq!(receiver.watermark(), snap.body.at);
 }
