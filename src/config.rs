@@ -118,6 +118,7 @@ struct RawConfig {
     forward_timeout_ms: Option<u64>,
     #[serde(default)]
     compact_every_events: u64,
+    snapshot_chunk_bytes: Option<usize>,
     ack: Option<String>,
     peer_ack_timeout_ms: Option<u64>,
     http: RawHttp,
@@ -327,6 +328,9 @@ pub struct NodeConfig {
     /// Compact (fold the settled history every member holds into a snapshot, drop it from
     /// memory and the database) after this many more events settled; 0 (the default): never.
     pub compact_every_events: u64,
+    /// Bytes of a snapshot sent to a peer in one p2p message (a new or rebuilt region
+    /// bootstraps from it in chunks): 1 MiB by default, at most 15 MiB.
+    pub snapshot_chunk_bytes: usize,
     /// `ack = "peer"`: a client hears `201` for a new event only once it is durable here and
     /// at another member (docs/protocol.md §12); `"local"` (the default): here.
     pub ack_peer: bool,
@@ -740,6 +744,18 @@ impl NodeConfig {
                 format!("must be between {FORWARD_TIMEOUT_MS_MIN} and {FORWARD_TIMEOUT_MS_MAX}"),
             ));
         }
+        let snapshot_chunk_bytes = raw
+            .snapshot_chunk_bytes
+            .unwrap_or(wallet_core::replica::SNAPSHOT_CHUNK_BYTES_DEFAULT);
+        if !(1..=wallet_core::replica::SNAPSHOT_CHUNK_BYTES_MAX).contains(&snapshot_chunk_bytes) {
+            return Err(invalid(
+                "snapshot_chunk_bytes",
+                format!(
+                    "must be between 1 and {}",
+                    wallet_core::replica::SNAPSHOT_CHUNK_BYTES_MAX
+                ),
+            ));
+        }
         let ack_peer = match raw.ack.as_deref() {
             None | Some("local") => false,
             Some("peer") => true,
@@ -763,6 +779,7 @@ impl NodeConfig {
             idempotency_retention_ms,
             forward_timeout_ms,
             compact_every_events: raw.compact_every_events,
+            snapshot_chunk_bytes,
             ack_peer,
             peer_ack_timeout_ms,
             http_listen,
@@ -922,6 +939,29 @@ tokens = ["0123456789abcdef0123"]
         for bad in [999, IDEMPOTENCY_RETENTION_MS_MAX + 1] {
             let e = NodeConfig::parse(&with(bad), Path::new("x.toml"), Path::new("/")).unwrap_err();
             assert!(e.to_string().contains("idempotency_retention_ms"), "{e}");
+        }
+    }
+
+    #[test]
+    fn snapshot_chunk_bytes_defaults_to_a_mebibyte_and_fits_a_message() {
+        let parse = |extra: &str| {
+            NodeConfig::parse(
+                &(extra.to_string() + &text(&pid())),
+                Path::new("x.toml"),
+                Path::new("/"),
+            )
+        };
+        assert_eq!(parse("").unwrap().snapshot_chunk_bytes, 1 << 20);
+        assert_eq!(
+            parse("snapshot_chunk_bytes = 512\n")
+                .unwrap()
+                .snapshot_chunk_bytes,
+            512
+        );
+        let over = wallet_core::replica::SNAPSHOT_CHUNK_BYTES_MAX + 1;
+        for bad in [0, over] {
+            let e = parse(&format!("snapshot_chunk_bytes = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("snapshot_chunk_bytes"), "{e}");
         }
     }
 

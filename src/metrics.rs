@@ -465,6 +465,8 @@ pub struct NodeSnapshot {
     counters: [(&'static str, &'static str, u64); 9],
     replication_bytes: [(&'static str, u64); 2],
     replication_messages: [(&'static str, u64); 2],
+    snapshot: [(&'static str, u64); 10],
+    snapshot_gauges: [(&'static str, &'static str, u64); 3],
     policy_version: u32,
     policy_hash: String,
 }
@@ -620,10 +622,46 @@ impl NodeSnapshot {
                 ("sent", ns.messages_sent),
                 ("received", ns.messages_received),
             ],
+            snapshot: snapshot_counters(r),
+            snapshot_gauges: [
+                (
+                    "walletd_snapshot_at_ms",
+                    "Point (physical ms) of the last snapshot made or installed (0: none)",
+                    r.last_snapshot().map_or(0, |s| s.body.at.millis()),
+                ),
+                (
+                    "walletd_events_in_memory",
+                    "Events held in memory (compaction drops the folded ones)",
+                    r.events_in_memory(),
+                ),
+                (
+                    "walletd_snapshot_transfer_held_bytes",
+                    "Bytes of a peer's snapshot being reassembled now",
+                    r.snapshot_transfer_held(),
+                ),
+            ],
             policy_version: r.current_policy().0,
             policy_hash: hex::encode(r.policy_hash().0),
         }
     }
+}
+
+/// Snapshots (issue 13): compactions, restores and chunked transfers, both ways.
+fn snapshot_counters(r: &Replica) -> [(&'static str, u64); 10] {
+    let st = r.stats();
+    let t = r.snapshot_transfer_stats();
+    [
+        ("compactions", st.compactions),
+        ("restores", st.restores),
+        ("transfers_started", st.snapshots_sent),
+        ("chunks_sent", t.chunks_sent),
+        ("bytes_sent", t.bytes_sent),
+        ("chunks_received", t.chunks_received),
+        ("bytes_received", t.bytes_received),
+        ("transfers_completed", t.completed),
+        ("transfers_failed", t.failed),
+        ("transfers_restarted", t.restarted),
+    ]
 }
 
 /// A gauge value as prometheus-client encodes it (i64: it refuses `u64::MAX`).
@@ -781,6 +819,21 @@ impl Collector for NodeCollector {
             "direction",
             s.replication_messages,
         )?;
+        family(
+            &mut enc,
+            (
+                "walletd_snapshot",
+                "Snapshots (issue 13), by event: compactions, restores from a snapshot (at start, \
+                 or a peer's installed), transfers started as a sender, chunks and bytes sent and \
+                 received, transfers completed, failed and restarted as a receiver",
+                Kind::Counter,
+            ),
+            "event",
+            s.snapshot,
+        )?;
+        for (name, help, v) in s.snapshot_gauges {
+            scalar(&mut enc, (name, help, Kind::Gauge), v)?;
+        }
         let version = s.policy_version.to_string();
         Info::new([
             ("version", version.as_str()),

@@ -143,6 +143,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         idempotency_retention_ms: cfg.idempotency_retention_ms,
         forward_timeout_ms: cfg.forward_timeout_ms,
+        snapshot_chunk_bytes: cfg.snapshot_chunk_bytes,
         auth: Box::new(auth),
         recorded_policy: loaded.recorded_policy,
         restore,

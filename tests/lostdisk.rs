@@ -15,24 +15,6 @@ use common::*;
 
 const EU: usize = 0;
 
-/// Kills region `i`, removes its data dir, restarts it with `restore = true`, heals the
-/// faults, and waits until it has sealed its old epoch and is ready.
-async fn rebuild(c: &mut LocalCluster, i: usize) {
-    c.kill(i);
-    std::fs::remove_dir_all(c.data_dir(i).expect("dir")).expect("rm -rf");
-    c.rewrite_config(i, |t| t.replace("restore = false", "restore = true"))
-        .expect("config");
-    start(c, i).await;
-    c.heal().await.expect("heal");
-    eventually(c, "the rebuilt region sealed and ready", WAIT, || async {
-        let a = c.client(i).unwrap().with_token("").get("/readyz").await;
-        a.is_ok_and(|a| a.status == 200)
-    })
-    .await;
-    let log = c.log_tail(i);
-    assert!(log.contains("epoch 2") || log.contains("epoch=2"), "{log}");
-}
-
 /// A keyed USD deposit at region `i`: its answer.
 async fn deposit(c: &LocalCluster, i: usize, account: &str, amount: &str, key: &str) -> Answer {
     c.tx(i, account, "deposit", amount, "USD", Some(key))

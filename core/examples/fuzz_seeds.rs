@@ -1,5 +1,5 @@
 //! Writes the seed corpus of the wire and storage fuzz targets (fuzz/seeds/): encoded events
-//! (transactions, a policy event), event pushes, heartbeats and pulls.
+//! (transactions, a policy event), event pushes, heartbeats, pulls and snapshot chunks.
 //!
 //! `cargo run -p wallet-core --example fuzz_seeds -- fuzz/seeds`
 
@@ -75,6 +75,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             policy: policy.hash(),
         }),
         Message::Pull { vv, limit: 4096 },
+        Message::SnapshotChunk(wallet_core::message::SnapshotChunk {
+            transfer: [7; 32],
+            at: Hlc::from_millis(4_000),
+            len: 10,
+            count: 2,
+            index: 1,
+            bytes: vec![1, 2, 3, 4, 5],
+        }),
+        Message::SnapshotChunkRequest {
+            transfer: [7; 32],
+            index: 1,
+        },
     ];
     let wire = out.join("wire");
     let storage = out.join("storage_value");

@@ -190,6 +190,39 @@ pub enum Message {
         /// The highest seq of the receiver's log durable at the sender, gap-free.
         seq: u64,
     },
+    /// One chunk of a signed snapshot's encoded bytes (docs/protocol.md §10, chunked
+    /// transfer): how a pull below the answerer's compaction point is answered, and the
+    /// answer to a [`Message::SnapshotChunkRequest`]. Added after `Durable`.
+    SnapshotChunk(SnapshotChunk),
+    /// The requester of a chunked snapshot asks for chunk `index` of `transfer`; the sender
+    /// answers with it, or with chunk 0 of its current snapshot when `transfer` is no longer
+    /// its snapshot. Added after `SnapshotChunk`.
+    SnapshotChunkRequest {
+        /// The transfer (SHA-256 of the encoded snapshot).
+        transfer: [u8; 32],
+        /// The chunk asked for.
+        index: u32,
+    },
+}
+
+/// A chunk of a snapshot transfer: `bytes` are chunk `index` of `count` of the snapshot's
+/// encoding ([`crate::wire::encode_snapshot`], `len` bytes in all), whose SHA-256 is
+/// `transfer`. The header is the sender's word only: the receiver checks the hash and the
+/// snapshot's signature once every chunk is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The transfer id: SHA-256 of the whole encoding.
+    pub transfer: [u8; 32],
+    /// The snapshot point (a receiver already settled there needs none of it).
+    pub at: Hlc,
+    /// Bytes of the whole encoding.
+    pub len: u64,
+    /// Chunks in all.
+    pub count: u32,
+    /// This chunk's place, from 0.
+    pub index: u32,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
 }
 
 /// What a home decided on a forwarded debit.

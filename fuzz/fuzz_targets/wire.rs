@@ -1,6 +1,6 @@
-//! The wire decoder (events, messages: heartbeats, pushes, pulls, evidence, snapshots; signed
-//! snapshots alone, as stored): any bytes either
-//! decode or give an error, never a panic or an unbounded allocation; whatever decodes
+//! The wire decoder (events, messages: heartbeats, pushes, pulls, evidence, snapshots and
+//! their chunks; signed snapshots alone, as stored): any bytes either decode or give an
+//! error, never a panic or an unbounded allocation; whatever decodes
 //! re-encodes to bytes that decode to the same value.
 #![no_main]
 

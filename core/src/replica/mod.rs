@@ -25,6 +25,7 @@ mod settle;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 pub use crate::snapshot::{
     RestoreError, SnapAccount, SnapBalance, SnapHome, SnapKey, SnapMember, SnapPolicy, SnapRights,
@@ -43,6 +44,10 @@ pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status}
 use seal::Sealing;
 pub use seal::{SealInfo, SealStats};
 use settle::Settlement;
+pub use transfer::{
+    transfer_id, TransferError, TransferStats, SNAPSHOT_CHUNK_BYTES_DEFAULT,
+    SNAPSHOT_CHUNK_BYTES_MAX,
+};
 
 pub use crate::auth::{Authenticator, KeyHistory, NoAuth};
 use crate::event::{Body, Event, Tx};
@@ -114,6 +119,9 @@ pub struct Config {
     /// as amended by issue 13; docs/protocol.md). Part of the protocol: the same on every
     /// region, like the policy.
     pub idempotency_retention_ms: u64,
+    /// Bytes of a snapshot sent in one chunk (`transfer`), at most
+    /// [`SNAPSHOT_CHUNK_BYTES_MAX`]. Local: regions may differ.
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Config {
@@ -136,6 +144,7 @@ impl Config {
             seal_on_restore: false,
             durable_acks: false,
             idempotency_retention_ms: IDEMPOTENCY_RETENTION_MS_DEFAULT,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT,
         }
     }
 }
@@ -178,6 +187,8 @@ pub struct Replica {
     /// The last snapshot made ([`Replica::compact`]) or restored from: what a member that
     /// lacks events below the logs' bases is sent instead (issue 13).
     snapshot: Option<Box<Snapshot>>,
+    /// Snapshot transfers in chunks, both ways.
+    transfer: transfer::Transfers,
 }
 
 impl Replica {
@@ -212,6 +223,7 @@ impl Replica {
             evidence_resend_heartbeats: 0,
             stats: Stats::default(),
             snapshot: None,
+            transfer: transfer::Transfers::default(),
             cfg,
         };
         if let Some(h) = r.cfg.recorded_policy {

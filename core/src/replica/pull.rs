@@ -279,6 +279,15 @@ impl Replica {
         }
     }
 
+    /// A chunk of a snapshot transfer came from `from` (replica/transfer.rs): the pull in
+    /// flight to it goes on, its time-out counted again from now.
+    pub(super) fn pull_goes_on(&mut self, now_ms: u64, from: RegionId) {
+        if let Some(p) = self.pull.in_flight.as_mut().filter(|p| p.to == from) {
+            p.sent_ms = now_ms;
+            p.heartbeats = 0;
+        }
+    }
+
     /// After a heartbeat from `from` was accepted. `behind` says whether its PREVIOUS
     /// heartbeat already showed events this region lacks: what it announces now may still be
     /// in flight as pushes, and pulling it would fetch those events twice.

@@ -21,7 +21,6 @@ use rust_decimal::Decimal;
 
 use crate::event::{AccountOp, Body, Event, Tx};
 use crate::id::{AccountId, EventId, Hlc, RegionId};
-use crate::message::Message;
 use crate::money::Currency;
 use crate::snapshot::{
     RestoreError, SnapAccount, SnapBalance, SnapHome, SnapKey, SnapMember, SnapPolicy, SnapRights,
@@ -559,20 +558,27 @@ impl Replica {
             self.report(Report::UnknownMember { from });
             return;
         }
+        if let Err(e) = self.apply_peer_snapshot(&snap) {
+            self.report(Report::Snapshot {
+                from,
+                reason: e.to_string(),
+            });
+        }
+        self.handle_pull_answer(now_ms, from, Vec::new(), true);
+    }
+
+    /// A member's snapshot (whole, or reassembled from chunks): installed when it folds
+    /// events this region lacks and lies above its watermark, else left aside.
+    pub(super) fn apply_peer_snapshot(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
         let lacking = snap
             .body
             .members
             .iter()
             .any(|m| self.logs.len_of(m.region) < m.seq);
         if lacking && snap.body.at > self.settle.watermark {
-            if let Err(e) = self.install_snapshot(&snap) {
-                self.report(Report::Snapshot {
-                    from,
-                    reason: e.to_string(),
-                });
-            }
+            self.install_snapshot(snap)?;
         }
-        self.handle_pull_answer(now_ms, from, Vec::new(), true);
+        Ok(())
     }
 
     /// Replaces this replica's folded state by `snap`'s, keeping the events it holds after
@@ -636,22 +642,19 @@ impl Replica {
         Ok(())
     }
 
-    /// Answers a pull with the last snapshot when the requester lacks what it folds; true if
-    /// it did.
+    /// Answers a pull with (the first chunk of) the last snapshot when the requester lacks
+    /// what it folds; true if it did.
     pub(super) fn answer_with_snapshot(
         &mut self,
         from: RegionId,
         vv: &crdts::VClock<RegionId>,
     ) -> bool {
-        let Some(snap) = self.snapshot_for(vv).cloned() else {
+        if self.snapshot_for(vv).is_none() {
             return false;
-        };
+        }
         self.stats.snapshots_sent += 1;
-        self.outputs.push_back(super::Output::Send {
-            to: from,
-            msg: Message::Snapshot(Box::new(snap)),
-        });
-        true
+        // In chunks (replica/transfer.rs): a snapshot may exceed one message.
+        self.send_snapshot_chunk(from, None, 0)
     }
 }
 
