@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod actor;
+pub mod archive;
 pub mod bank;
 pub mod chaos;
 pub mod clock;
