@@ -46,6 +46,7 @@ pub mod config;
 pub mod console;
 pub mod defects;
 pub mod demo;
+pub mod history;
 pub mod http;
 pub mod idempotency;
 pub mod init;

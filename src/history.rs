@@ -1,0 +1,312 @@
+//! Reads of the whole history (issue 13): the live part the replica holds joined with the
+//! folded part in the [`Archive`], for `GET /v1/transactions/{id}`,
+//! `GET /v1/accounts/{a}/transactions` and `GET /v1/compensations`; and the batch a
+//! compaction archives.
+//!
+//! The join rule: the archive's last mark `A` (the last snapshot point archived) splits an
+//! account's history. Entries with an HLC at or below `A` come from the archive (they are
+//! final: settled, with their final status and compensations); those above come from the
+//! replica. The same entry keys order both parts, so a page and its cursor are the ones a
+//! never-compacted region gives, and a cursor stays valid across a compaction between two
+//! pages. The feed splits at the replica's first held position.
+
+use wallet_core::{EntryKey, EventId, Hlc, Replica, Status};
+
+use crate::archive::{Archive, ArchiveError, ArchiveRecord, STATUS_REVERSED, STATUS_SETTLED};
+use crate::command::Reply;
+use crate::render::{self, EntryView};
+
+/// What one compaction at `at` archives: every event the replica holds at or below `at`
+/// whose entry key follows `after` (the archive's last), and the feed from `feed_from` up to
+/// its end (the feed at the settled watermark, `at`), in entry-key order; and the feed length.
+pub fn batch(
+    r: &Replica,
+    at: Hlc,
+    after: Option<EntryKey>,
+    feed_from: u64,
+) -> (Vec<ArchiveRecord>, u64) {
+    let mut out: Vec<(EntryKey, ArchiveRecord)> = Vec::new();
+    for m in r.members() {
+        for e in r.origin_events(m.region, 0) {
+            if e.hlc > at {
+                break;
+            }
+            let key = (e.key(), 0);
+            if after.is_some_and(|a| key <= a) {
+                continue;
+            }
+            let (status, comp) = match r.status(e.id) {
+                Some((Status::Reversed, c)) => (STATUS_REVERSED, c.cloned()),
+                Some((_, c)) => (STATUS_SETTLED, c.cloned()),
+                None => (STATUS_SETTLED, None),
+            };
+            out.push((
+                key,
+                ArchiveRecord::Event {
+                    event: e.clone(),
+                    status,
+                    comp,
+                },
+            ));
+        }
+    }
+    let feed_len = r.feed_len();
+    for c in r.feed(feed_from, usize::MAX) {
+        out.push((
+            wallet_core::comp_entry_key(c),
+            ArchiveRecord::Comp(c.clone()),
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    (out.into_iter().map(|(_, r)| r).collect(), feed_len)
+}
+
+/// One compaction with its archive (`maybe_compact`): the batch is appended and made
+/// durable first, then retention runs, and only then the replica folds (and emits the
+/// `Record::Snapshot` that lets the store delete the folded events). Ok(None): nothing to
+/// fold; Err: the archive failed and nothing was folded.
+pub fn archive_and_compact(
+    r: &mut Replica,
+    archive: Option<&mut Archive>,
+    now_ms: u64,
+) -> Result<Option<wallet_core::Snapshot>, ArchiveError> {
+    if !r.compaction_allowed() {
+        return Ok(None);
+    }
+    let Some(at) = r.compaction_point() else {
+        return Ok(None);
+    };
+    if let Some(a) = archive {
+        let feed_from = a.mark().map_or(0, |(_, n)| n);
+        let (records, feed_len) = batch(r, at, a.last_key(), feed_from);
+        a.append(&records, at, feed_len)?;
+        a.expire(now_ms)?;
+    }
+    Ok(r.compact())
+}
+
+fn archive_error(e: &ArchiveError) -> Reply {
+    tracing::error!(error = %e, "archive read failed");
+    Reply::error(
+        500,
+        "archive_unavailable",
+        "the archive of compacted history could not be read on this region",
+    )
+}
+
+fn expired(what: &str) -> Reply {
+    Reply::error(
+        410,
+        "archived_expired",
+        &format!(
+            "{what} is older than this region's archive retention \
+             ([storage] archive_retention_days): its archive segment was deleted"
+        ),
+    )
+}
+
+/// An archived record as the API shows it.
+fn view(r: &ArchiveRecord, with_account: bool) -> Option<EntryView> {
+    match r {
+        ArchiveRecord::Event {
+            event,
+            status,
+            comp,
+        } => {
+            let st = if *status == STATUS_REVERSED {
+                Status::Reversed
+            } else {
+                Status::Settled
+            };
+            Some(EntryView::Event(render::event_view(
+                event,
+                Some((st, comp.as_ref())),
+                with_account,
+            )))
+        }
+        ArchiveRecord::Comp(c) => Some(EntryView::Compensation(render::comp_view(c, with_account))),
+        ArchiveRecord::Mark { .. } => None,
+    }
+}
+
+/// `GET /v1/transactions/{id}`: the replica's, else the archive's; 410 `archived_expired`
+/// below the retention, 410 `compacted` when folded and not in this region's archive (a
+/// region started from a peer's snapshot holds no archive below it).
+pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
+    let not_found = || {
+        Reply::error(
+            404,
+            "not_found",
+            &format!("no transaction {id:?} in this region"),
+        )
+    };
+    let (cause, live) = if let Ok(eid) = EventId::parse(id) {
+        let live = r
+            .event(eid)
+            .map(|e| Reply::json(200, render::event_json(e, r.status(eid), true)));
+        (eid, live)
+    } else {
+        let Some((prefix, cause)) = render::parse_comp_id(id) else {
+            return Reply::error(
+                400,
+                "invalid_transaction_id",
+                "transaction ids look like <region>:<seq> (e.g. eu:12) or fee:/rev:/conflict:<region>:<seq>",
+            );
+        };
+        let live = r.event(cause).map(|ev| {
+            let sub = if prefix == "conflict" { 2 } else { 1 };
+            let found = ev.tx().and_then(|tx| {
+                let key = ev.key();
+                r.entries(&tx.account, Some((key, sub - 1)), 2)
+                    .into_iter()
+                    .find(|(k, _)| *k == (key, sub))
+            });
+            match found {
+                Some((_, wallet_core::Entry::Compensation(c))) if c.id() == id => {
+                    Reply::json(200, render::comp_json(c, true))
+                }
+                _ => not_found(),
+            }
+        });
+        (cause, live)
+    };
+    if let Some(reply) = live {
+        return reply;
+    }
+    if !r.compacted(cause) {
+        return not_found();
+    }
+    if let Some(a) = archive {
+        match a.find(id, cause.origin, cause.seq) {
+            Ok(Some(rec)) => {
+                if let Some(v) = view(&rec, true) {
+                    return Reply::json(200, render::to_json(&v));
+                }
+            }
+            Ok(None) if a.expired().seq(cause.origin, cause.seq) => {
+                return expired(&format!("transaction {id:?}"));
+            }
+            // A compensation id whose cause is archived: the cause caused none.
+            Ok(None) if id != cause.to_string() => {
+                match a.find(&cause.to_string(), cause.origin, cause.seq) {
+                    Ok(Some(_)) => return not_found(),
+                    Ok(None) => {}
+                    Err(e) => return archive_error(&e),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return archive_error(&e),
+        }
+    }
+    Reply::error(
+        410,
+        "compacted",
+        &format!(
+            "transaction {id:?} is settled and was compacted into a snapshot that this region \
+             did not archive (it started from a peer's snapshot, or its archive was removed): \
+             its effect is in the balances, its record is not served here"
+        ),
+    )
+}
+
+/// `GET /v1/accounts/{a}/transactions`: the archive's entries (at or below its mark), then
+/// the replica's (above it), `limit` at a time after the cursor.
+pub fn transactions_body(
+    r: &Replica,
+    archive: Option<&Archive>,
+    account: &wallet_core::AccountId,
+    after: Option<EntryKey>,
+    limit: usize,
+) -> Reply {
+    let want = limit.saturating_add(1);
+    let mut page: Vec<(EntryKey, EntryView)> = Vec::new();
+    let boundary = archive.and_then(|a| a.mark()).map(|(at, _)| at);
+    if let Some(a) = archive {
+        if let (Some(k), Some(top)) = (after, a.expired().key) {
+            if k < top {
+                return expired("the history before this cursor");
+            }
+        }
+        if boundary.is_some() && after.is_none_or(|k| Some(k.0 .0) <= boundary) {
+            match a.account_page(account.as_str(), after, want) {
+                Ok(recs) => {
+                    page.extend(
+                        recs.iter()
+                            .filter_map(|(k, rec)| Some((*k, view(rec, false)?))),
+                    );
+                }
+                Err(e) => return archive_error(&e),
+            }
+        }
+    }
+    // The live part: entries above the boundary (compensations of folded events stay in
+    // the replica's memory until a restart; the archive serves them).
+    let mut cursor = page.last().map(|(k, _)| *k).or(after);
+    while page.len() < want {
+        let live = r.entries(account, cursor, want - page.len());
+        let Some((last, _)) = live.last() else {
+            break;
+        };
+        let (last, got) = (*last, live.len());
+        page.extend(
+            live.iter()
+                .filter(|(k, _)| boundary.is_none_or(|b| k.0 .0 > b))
+                .map(|(k, e)| (*k, render::entry_view(r, e, false))),
+        );
+        cursor = Some(last);
+        if got < want {
+            break;
+        }
+    }
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = if more {
+        page.last().map(|(k, _)| render::entry_cursor(k))
+    } else {
+        None
+    };
+    Reply::json(
+        200,
+        render::to_json(&render::TransactionsPage {
+            account: account.to_string(),
+            transactions: page.into_iter().map(|(_, v)| v).collect(),
+            next,
+        }),
+    )
+}
+
+/// `GET /v1/compensations`: the archive's feed below the replica's first held position,
+/// then the replica's.
+pub fn compensations_body(
+    r: &Replica,
+    archive: Option<&Archive>,
+    after: u64,
+    limit: usize,
+) -> Reply {
+    // The replica holds the feed from `base` (a restart from a snapshot starts it there).
+    let base = r.feed_len() - r.feed(0, usize::MAX).len() as u64;
+    let mut list = Vec::new();
+    if after < base {
+        if let Some(a) = archive {
+            if after < a.expired().feed_end {
+                return expired("the compensation feed before this cursor");
+            }
+            match a.feed_page(after, limit) {
+                Ok(v) => list.extend(v.into_iter().filter(|c| c.position < base)),
+                Err(e) => return archive_error(&e),
+            }
+        }
+    }
+    let from = list.last().map_or(after, |c| c.position + 1);
+    if list.len() < limit {
+        list.extend(r.feed(from.max(base), limit - list.len()).iter().cloned());
+    }
+    let next = list.last().map_or(after, |c| c.position + 1);
+    Reply::json(
+        200,
+        render::to_json(&render::CompensationsPage {
+            compensations: list.iter().map(|c| render::comp_view(c, true)).collect(),
+            next: render::feed_cursor(next),
+        }),
+    )
+}
