@@ -421,6 +421,54 @@ mod tests {
         )
     }
 
+    #[test]
+    fn reads_below_the_retention_answer_410_archived_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 86_400_000;
+        let archive = Archive::open(dir.path(), 4_096, Some(day), 0).unwrap();
+        let mut x = Pair::new(Some(archive));
+        for i in 0..200u32 {
+            x.submit((i % 2) as usize, 0, false, 100 + i);
+            x.pump(true);
+            if i % 10 == 9 {
+                x.tick(true);
+            }
+        }
+        for _ in 0..4 {
+            x.tick(true);
+        }
+        let first = x.page(0, None, 3);
+        let cursor = render::parse_entry_cursor(first["next"].as_str().unwrap());
+        assert_eq!(
+            transaction(&x.reps[0], x.archive.as_ref(), "eu:1").status,
+            200
+        );
+        let a = x.archive.as_mut().unwrap();
+        assert!(a.segments() > 2, "{}", a.segments());
+        // Ten days later every sealed segment is past the retention.
+        assert!(a.expire(10 * day).unwrap() > 0);
+        let r = transaction(&x.reps[0], x.archive.as_ref(), "eu:1");
+        assert_eq!(r.status, 410, "{:?}", r.body);
+        assert!(std::str::from_utf8(&r.body)
+            .unwrap()
+            .contains("archived_expired"));
+        let a = AccountId::new("a0").unwrap();
+        let r = transactions_body(&x.reps[0], x.archive.as_ref(), &a, cursor, 3);
+        assert_eq!(r.status, 410, "{:?}", r.body);
+        // A listing from the start begins at the oldest entry kept (here: all expired but
+        // the active segment's).
+        let kept = x.page(0, None, 1000);
+        let n = kept["transactions"].as_array().unwrap().len();
+        assert!(n < 100, "{n}");
+        // The live part is untouched.
+        x.submit(0, 0, false, 1);
+        x.pump(true);
+        assert_eq!(
+            transaction(&x.reps[0], x.archive.as_ref(), "eu:101").status,
+            200
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         /// Paging archive + live equals paging a region that never compacted: every page,
