@@ -57,7 +57,7 @@ pub fn batch(
             ArchiveRecord::Comp(c.clone()),
         ));
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|a| a.0);
     (out.into_iter().map(|(_, r)| r).collect(), feed_len)
 }
 
@@ -357,12 +357,12 @@ mod tests {
         fn pump(&mut self, deliver: bool) {
             let r = regions();
             loop {
-                for i in 0..2 {
+                for (i, region) in r.iter().enumerate() {
                     while let Some(o) = self.reps[i].poll_output() {
                         match o {
                             Output::Persist { index, .. } => self.reps[i].handle_persisted(index),
-                            Output::Broadcast(m) => self.queue.push((1 - i, r[i], m)),
-                            Output::Send { msg, .. } => self.queue.push((1 - i, r[i], msg)),
+                            Output::Broadcast(m) => self.queue.push((1 - i, *region, m)),
+                            Output::Send { msg, .. } => self.queue.push((1 - i, *region, msg)),
                             _ => {}
                         }
                     }
