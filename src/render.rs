@@ -69,6 +69,8 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     Compacted,
+    ArchivedExpired,
+    ArchiveUnavailable,
     IdempotencyConflict,
     AccountFrozen,
     BalanceOverflow,
