@@ -230,6 +230,8 @@ pub struct Expired {
     pub key: Option<EntryKey>,
     /// Feed positions below this were deleted.
     pub feed_end: u64,
+    /// The last mark deleted (the archive's mark when every segment holding one expired).
+    pub mark: Option<(Hlc, u64)>,
 }
 
 impl Expired {
@@ -245,6 +247,9 @@ impl Expired {
         }
         if let Some((_, hi)) = s.feed {
             self.feed_end = self.feed_end.max(hi + 1);
+        }
+        if s.mark.is_some() {
+            self.mark = s.mark;
         }
     }
 
@@ -511,7 +516,11 @@ impl Archive {
             .write(true)
             .open(&arc)
             .map_err(|e| io_err(&arc, e))?;
-        let mark = segments.iter().rev().find_map(|s| s.summary.mark);
+        let mark = segments
+            .iter()
+            .rev()
+            .find_map(|s| s.summary.mark)
+            .or(expired.mark);
         let last_key = segments
             .iter()
             .rev()
@@ -1023,6 +1032,20 @@ mod tests {
         assert_eq!(a.segments(), 1);
         assert!(a.expired().seq(region("eu"), 30));
         assert_eq!(a.last_key(), batch(3).0.last().and_then(|r| r.entry_key()));
+        assert_eq!(a.mark(), Some((Hlc::from_millis(310), 4)));
+        // A batch cut by a crash in a fresh segment, after the segments with marks expired:
+        // the mark is still known (the next batch's feed starts after it).
+        let mut a = a;
+        a.roll().unwrap();
+        let (v, at) = batch(4);
+        a.append(&v, at, 5).unwrap();
+        assert_eq!(a.expire(20 * day).unwrap(), 1);
+        let path = a.active_path();
+        drop(a);
+        let data = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &data[..data.len() - 10]).unwrap();
+        let a = Archive::open(dir.path(), 1, Some(day), 20 * day).unwrap();
+        assert_eq!(a.bytes(), 0);
         assert_eq!(a.mark(), Some((Hlc::from_millis(310), 4)));
         // No retention: nothing goes.
         let dir = tempfile::tempdir().unwrap();
