@@ -890,6 +890,26 @@ tokens = ["0123456789abcdef0123"]
     }
 
     #[test]
+    fn the_archive_retention_is_off_by_default_and_checked() {
+        let parse = |extra: &str| {
+            NodeConfig::parse(
+                &format!("{}{extra}", text(&pid())),
+                Path::new("x.toml"),
+                Path::new("/"),
+            )
+        };
+        assert_eq!(parse("").unwrap().archive_retention_ms, None);
+        let c = parse("[storage]\narchive_retention_days = 30\n").unwrap();
+        assert_eq!(c.archive_retention_ms, Some(30 * 86_400_000));
+        for bad in ["archive_retention_days = 0", "archive_segment_bytes = 10"] {
+            let e = parse(&format!("[storage]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
+        }
+    }
+
+    #[test]
     fn the_storage_backend_defaults_to_the_log_and_an_unknown_one_is_refused() {
         use crate::storage::Backend;
         let parse = |extra: &str| {

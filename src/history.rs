@@ -469,6 +469,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_region_started_from_a_peer_snapshot_answers_410_compacted_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), 4_096, None, 0).unwrap();
+        let mut x = Pair::new(Some(archive));
+        for i in 0..40u32 {
+            x.submit((i % 2) as usize, 0, false, 100 + i);
+            x.pump(true);
+            if i % 10 == 9 {
+                x.tick(true);
+            }
+        }
+        for _ in 0..4 {
+            x.tick(true);
+        }
+        let snap = x.reps[0].last_snapshot().expect("compacted").clone();
+        // A rebuilt eu: the peer's snapshot, an empty archive.
+        let policy = Policy::from_toml(POLICY).unwrap();
+        let r = regions();
+        let mut z = Replica::new(Config::new(r[0], r.to_vec(), policy), Hlc::ZERO);
+        z.restore(&snap, Vec::new()).unwrap();
+        let empty_dir = tempfile::tempdir().unwrap();
+        let empty = Archive::open(empty_dir.path(), 4_096, None, 0).unwrap();
+        for a in [Some(&empty), None] {
+            let got = transaction(&z, a, "eu:1");
+            assert_eq!(got.status, 410, "{:?}", got.body);
+            assert!(std::str::from_utf8(&got.body)
+                .unwrap()
+                .contains("\"compacted\""));
+        }
+        // The region that compacted it serves it from its archive.
+        assert_eq!(
+            transaction(&x.reps[0], x.archive.as_ref(), "eu:1").status,
+            200
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         /// Paging archive + live equals paging a region that never compacted: every page,
