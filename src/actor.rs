@@ -1014,6 +1014,8 @@ impl Actor {
                 storage_failed: self.failed,
                 policy_file_ignored: self.policy_file_ignored.is_some(),
                 parked: self.parked.len() + self.awaiting_event.len(),
+                archive_bytes: self.archive.as_ref().map_or(0, |a| a.bytes()),
+                archive_failed: self.archive_failed,
             },
         )
     }
