@@ -129,9 +129,11 @@ fn view(r: &ArchiveRecord, with_account: bool) -> Option<EntryView> {
     }
 }
 
-/// `GET /v1/transactions/{id}`: the replica's, else the archive's; 410 `archived_expired`
-/// below the retention, 410 `compacted` when folded and not in this region's archive (a
-/// region started from a peer's snapshot holds no archive below it).
+/// `GET /v1/transactions/{id}`: at or below the archive's last mark from the archive (final,
+/// whole: after a restart the replica keeps only the key of a folded event still within its
+/// idempotency retention, and no compensation below its snapshot), above it from the replica;
+/// 410 `archived_expired` below the retention, 410 `compacted` when folded and not in this
+/// region's archive (a region started from a peer's snapshot holds no archive below it).
 pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
     let not_found = || {
         Reply::error(
@@ -140,11 +142,8 @@ pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
             &format!("no transaction {id:?} in this region"),
         )
     };
-    let (cause, live) = if let Ok(eid) = EventId::parse(id) {
-        let live = r
-            .event(eid)
-            .map(|e| Reply::json(200, render::event_json(e, r.status(eid), true)));
-        (eid, live)
+    let (cause, comp_sub) = if let Ok(eid) = EventId::parse(id) {
+        (eid, None)
     } else {
         let Some((prefix, cause)) = render::parse_comp_id(id) else {
             return Reply::error(
@@ -153,28 +152,36 @@ pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
                 "transaction ids look like <region>:<seq> (e.g. eu:12) or fee:/rev:/conflict:<region>:<seq>",
             );
         };
-        let live = r.event(cause).map(|ev| {
-            let sub = if prefix == "conflict" { 2 } else { 1 };
-            let found = ev.tx().and_then(|tx| {
-                let key = ev.key();
-                r.entries(&tx.account, Some((key, sub - 1)), 2)
-                    .into_iter()
-                    .find(|(k, _)| *k == (key, sub))
-            });
-            match found {
-                Some((_, wallet_core::Entry::Compensation(c))) if c.id() == id => {
-                    Reply::json(200, render::comp_json(c, true))
-                }
-                _ => not_found(),
-            }
-        });
-        (cause, live)
+        (cause, Some(if prefix == "conflict" { 2 } else { 1 }))
     };
-    if let Some(reply) = live {
-        return reply;
-    }
-    if !r.compacted(cause) {
-        return not_found();
+    let live = || -> Reply {
+        let Some(ev) = r.event(cause) else {
+            return not_found();
+        };
+        let Some(sub) = comp_sub else {
+            return Reply::json(200, render::event_json(ev, r.status(cause), true));
+        };
+        let found = ev.tx().and_then(|tx| {
+            let key = ev.key();
+            r.entries(&tx.account, Some((key, sub - 1)), 2)
+                .into_iter()
+                .find(|(k, _)| *k == (key, sub))
+        });
+        match found {
+            Some((_, wallet_core::Entry::Compensation(c))) if c.id() == id => {
+                Reply::json(200, render::comp_json(c, true))
+            }
+            _ => not_found(),
+        }
+    };
+    let boundary = archive.and_then(|a| a.mark()).map(|(at, _)| at);
+    let held = r.event(cause);
+    let archived_range = match held {
+        Some(e) => boundary.is_some_and(|b| e.hlc <= b),
+        None => r.compacted(cause),
+    };
+    if !archived_range {
+        return live();
     }
     if let Some(a) = archive {
         match a.find(id, cause.origin, cause.seq) {
@@ -187,7 +194,7 @@ pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
                 return expired(&format!("transaction {id:?}"));
             }
             // A compensation id whose cause is archived: the cause caused none.
-            Ok(None) if id != cause.to_string() => {
+            Ok(None) if comp_sub.is_some() => {
                 match a.find(&cause.to_string(), cause.origin, cause.seq) {
                     Ok(Some(_)) => return not_found(),
                     Ok(None) => {}
@@ -197,6 +204,9 @@ pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
             Ok(None) => {}
             Err(e) => return archive_error(&e),
         }
+    }
+    if held.is_some() {
+        return live();
     }
     Reply::error(
         410,
@@ -388,7 +398,51 @@ mod tests {
             }
         }
 
+        /// eu restarts as walletd does: from its last snapshot and the events after it
+        /// when it compacted, else from every event; its clock floor is the newest HLC held.
+        fn restart_eu(&mut self) {
+            let old = &self.reps[0];
+            let events: Vec<wallet_core::Event> = old
+                .members()
+                .iter()
+                .flat_map(|m| old.origin_events(m.region, 0).iter().cloned())
+                .collect();
+            let snap = old.last_snapshot().cloned();
+            let ceiling = events
+                .iter()
+                .map(|e| e.hlc)
+                .chain(snap.as_ref().map(|s| s.body.at))
+                .max()
+                .unwrap_or(Hlc::ZERO);
+            let watermark = old.watermark();
+            let r = regions();
+            let policy = Policy::from_toml(POLICY).unwrap();
+            let mut z = Replica::new(Config::new(r[0], r.to_vec(), policy), ceiling);
+            match &snap {
+                Some(s) => z.restore(s, events).unwrap(),
+                None => z.load(events),
+            }
+            z.restore_watermark(watermark);
+            self.reps[0] = z;
+            self.queue.clear();
+            self.reps[0].handle_connected(self.now, r[1]);
+            self.reps[1].handle_disconnected(self.now, r[0]);
+            self.reps[1].handle_connected(self.now, r[0]);
+            self.pump(true);
+        }
+
         fn submit(&mut self, region: usize, account: u8, debit: bool, cents: u32) {
+            self.submit_keyed(region, account, debit, cents, None);
+        }
+
+        fn submit_keyed(
+            &mut self,
+            region: usize,
+            account: u8,
+            debit: bool,
+            cents: u32,
+            key: Option<String>,
+        ) {
             let amount = format!("{}.{:02}", cents / 100, cents % 100);
             let _ = self.reps[region].submit(
                 self.now,
@@ -397,8 +451,8 @@ mod tests {
                     kind: if debit { Kind::Purchase } else { Kind::Deposit },
                     amount: Amount::parse(&amount, Currency::USD).unwrap(),
                     currency: Currency::USD,
-                    idempotency_key: None,
-                    reference: None,
+                    idempotency_key: key,
+                    reference: Some("ref".into()),
                 },
             );
         }
@@ -411,12 +465,19 @@ mod tests {
         }
     }
 
-    /// (region, account, debit, cents, deliver now)
-    type Op = (usize, u8, bool, u32, bool);
+    /// (region, account, debit, cents, deliver now, keyed)
+    type Op = (usize, u8, bool, u32, bool, bool);
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
         proptest::collection::vec(
-            (0..2usize, 0..3u8, any::<bool>(), 1..3_000u32, any::<bool>()),
+            (
+                0..2usize,
+                0..3u8,
+                any::<bool>(),
+                1..3_000u32,
+                any::<bool>(),
+                any::<bool>(),
+            ),
             1..60,
         )
     }
@@ -507,22 +568,28 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
+        #![proptest_config(ProptestConfig::with_cases(128))]
         /// Paging archive + live equals paging a region that never compacted: every page,
         /// the cursors, every transaction and compensation by id, and the feed; with
-        /// compactions between two pages.
+        /// compactions between two pages, and restarts (from the snapshot and the archive).
         #[test]
         fn archive_and_live_page_like_a_never_compacted_region(ops in ops(), limit in 1..7usize) {
             let dir = tempfile::tempdir().unwrap();
             let archive = Archive::open(dir.path(), 4_096, None, 0).unwrap();
             let mut x = Pair::new(Some(archive));
             let mut y = Pair::new(None);
-            for (i, (region, account, debit, cents, deliver)) in ops.iter().enumerate() {
+            for (i, (region, account, debit, cents, deliver, keyed)) in ops.iter().enumerate() {
+                let key = keyed.then(|| format!("k{i}"));
                 for p in [&mut x, &mut y] {
-                    p.submit(*region, *account, *debit, *cents);
+                    p.submit_keyed(*region, *account, *debit, *cents, key.clone());
                     p.pump(*deliver);
                     if i % 4 == 3 {
                         p.tick(*deliver);
+                    }
+                    // A restart (x from its snapshot and archive, y from every event).
+                    if i % 8 == 7 {
+                        p.tick(true);
+                        p.restart_eu();
                     }
                 }
             }
