@@ -24,6 +24,7 @@ use wallet_p2p::{NetEvent, NetHandle};
 use crate::clock::{instant_at, now_ms};
 use crate::command::{Command, PolicyFileIgnored, Reply, Shared, SubmitCmd};
 use crate::defects::{self, Defect};
+use crate::history;
 use crate::idempotency::{IdemCache, Lookup};
 use crate::metrics::{Metrics, NodeGauges, NodeSnapshot, Refusal};
 use crate::render;
@@ -124,6 +125,10 @@ pub struct Actor {
     /// `forward_timeout_ms`: how long a forwarded debit waits for its home (`Retry-After`).
     forward_timeout_ms: u64,
     compacted_at: u64,
+    /// The archive of folded history (None: compaction off), and whether a write to it
+    /// failed (compaction stops).
+    archive: Option<crate::archive::Archive>,
+    archive_failed: bool,
     /// Client requests the core answered `Submitted::Pending` (a debit forwarded to its
     /// home, or waiting for escrow rights), by the core's request id: answered from
     /// `Output::Decided`. Bounded by the core (`PENDING_REQUESTS_MAX`), which owns their
@@ -216,6 +221,8 @@ pub struct ActorParts {
     pub peers: BTreeMap<wallet_core::RegionId, libp2p::PeerId>,
     /// Compact after this many more events settled (0: never): `compact_every_events`.
     pub compact_every_events: u64,
+    /// The archive compaction writes to before it folds (None: compaction off).
+    pub archive: Option<crate::archive::Archive>,
     /// The core's forward time-out (`forward_timeout_ms`), for `Retry-After`.
     pub forward_timeout_ms: u64,
     /// `ack = "peer"`: its timeout (ms); `None` for `ack = "local"`.
@@ -263,6 +270,8 @@ impl Actor {
             compact_every_events: p.compact_every_events,
             forward_timeout_ms: p.forward_timeout_ms,
             compacted_at: 0,
+            archive: p.archive.take(),
+            archive_failed: false,
             parked: BTreeMap::new(),
             awaiting_event: Vec::new(),
         };
@@ -963,66 +972,6 @@ impl Actor {
         }
     }
 
-    /// One transaction or compensation by the id a client gave.
-    fn transaction(&self, id: &str) -> Reply {
-        let not_found = || {
-            Reply::error(
-                404,
-                "not_found",
-                &format!("no transaction {id:?} in this region"),
-            )
-        };
-        // Folded into a snapshot (`compact_every_events`): settled, in the balances, gone.
-        let compacted = || {
-            Reply::error(
-                410,
-                "compacted",
-                &format!(
-                    "transaction {id:?} is settled and was compacted into a snapshot on this \
-                     region (compact_every_events): its effect is in the balances, its record \
-                     is no longer served"
-                ),
-            )
-        };
-        if let Ok(eid) = EventId::parse(id) {
-            return match self.replica.event(eid) {
-                Some(e) => Reply::json(200, render::event_json(e, self.replica.status(eid), true)),
-                None if self.replica.compacted(eid) => compacted(),
-                None => not_found(),
-            };
-        }
-        let Some((prefix, cause)) = render::parse_comp_id(id) else {
-            return Reply::error(
-                400,
-                "invalid_transaction_id",
-                "transaction ids look like <region>:<seq> (e.g. eu:12) or fee:/rev:/conflict:<region>:<seq>",
-            );
-        };
-        let Some(ev) = self.replica.event(cause) else {
-            return if self.replica.compacted(cause) {
-                compacted()
-            } else {
-                not_found()
-            };
-        };
-        let Some(tx) = ev.tx() else {
-            return not_found();
-        };
-        let sub = if prefix == "conflict" { 2 } else { 1 };
-        let key = ev.key();
-        let found = self
-            .replica
-            .entries(&tx.account, Some((key, sub - 1)), 2)
-            .into_iter()
-            .find(|(k, _)| *k == (key, sub));
-        match found {
-            Some((_, wallet_core::Entry::Compensation(c))) if c.id() == id => {
-                Reply::json(200, render::comp_json(c, true))
-            }
-            _ => not_found(),
-        }
-    }
-
     /// Compacts once `compact_every_events` more events settled since the last compaction
     /// (docs/protocol.md §11): the settled history every member holds is folded into a
     /// snapshot, dropped from memory, and (its `Record::Snapshot`) from the database.
@@ -1033,10 +982,23 @@ impl Actor {
         {
             return;
         }
-        if let Some(s) = self.replica.compact() {
-            self.compacted_at = settled;
-            tracing::info!(at = ?s.body.at, accounts = s.body.accounts.len(),
-                events_in_memory = self.replica.events_in_memory(), "compacted");
+        // The archive first (durable), then the fold (`history::archive_and_compact`). An
+        // archive write failure stops compaction, losing nothing.
+        if self.archive_failed {
+            return;
+        }
+        match history::archive_and_compact(&mut self.replica, self.archive.as_mut(), now_ms()) {
+            Ok(Some(s)) => {
+                self.compacted_at = settled;
+                tracing::info!(at = ?s.body.at, accounts = s.body.accounts.len(),
+                    events_in_memory = self.replica.events_in_memory(), "compacted");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "archive write failed: compaction stops on this \
+                    region (the history stays in memory and in the store); fix the disk and restart");
+                self.archive_failed = true;
+            }
         }
     }
 
@@ -1052,6 +1014,8 @@ impl Actor {
                 storage_failed: self.failed,
                 policy_file_ignored: self.policy_file_ignored.is_some(),
                 parked: self.parked.len() + self.awaiting_event.len(),
+                archive_bytes: self.archive.as_ref().map_or(0, |a| a.bytes()),
+                archive_failed: self.archive_failed,
             },
         )
     }
@@ -1070,19 +1034,19 @@ impl Actor {
                 limit,
                 reply,
             } => {
-                let body = render::transactions_body(r, &account, after, limit);
-                let _ = reply.send(Reply::json(200, body));
+                let a = self.archive.as_ref();
+                let _ = reply.send(history::transactions_body(r, a, &account, after, limit));
             }
             Command::Transaction { id, reply } => {
-                let _ = reply.send(self.transaction(&id));
+                let _ = reply.send(history::transaction(r, self.archive.as_ref(), &id));
             }
             Command::Compensations {
                 after,
                 limit,
                 reply,
             } => {
-                let body = render::compensations_body(r, after, limit);
-                let _ = reply.send(Reply::json(200, body));
+                let a = self.archive.as_ref();
+                let _ = reply.send(history::compensations_body(r, a, after, limit));
             }
             Command::Status { reply } => {
                 let body = render::status_body(

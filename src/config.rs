@@ -277,6 +277,8 @@ struct RawStorage {
     backend: Option<String>,
     group_commit: Option<bool>,
     batch_records_max: Option<usize>,
+    archive_retention_days: Option<u64>,
+    archive_segment_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -369,6 +371,11 @@ pub struct NodeConfig {
     pub group_commit: bool,
     /// Most records per group commit.
     pub commit_batch_records_max: usize,
+    /// `[storage] archive_retention_days`, in ms: archive segments older than this are
+    /// deleted (None, the default: keep everything).
+    pub archive_retention_ms: Option<u64>,
+    /// `[storage] archive_segment_bytes`: the archive rolls a segment at this size.
+    pub archive_segment_bytes: u64,
     /// Fault injection endpoint enabled.
     pub faults_enabled: bool,
     /// The config file itself holds tokens (`auth.tokens` or `auth.admin_tokens`): it must
@@ -704,6 +711,26 @@ impl NodeConfig {
                 "must be between 1 and 1000000",
             ));
         }
+        let archive_retention_ms = match raw.storage.archive_retention_days {
+            None => None,
+            Some(d) if (1..=36_500).contains(&d) => Some(d * 86_400_000),
+            Some(_) => {
+                return Err(invalid(
+                    "storage.archive_retention_days",
+                    "must be between 1 and 36500 (leave it out to keep the archive forever)",
+                ))
+            }
+        };
+        let archive_segment_bytes = raw
+            .storage
+            .archive_segment_bytes
+            .unwrap_or(crate::archive::SEGMENT_BYTES_DEFAULT);
+        if !(4_096..=(1 << 30)).contains(&archive_segment_bytes) {
+            return Err(invalid(
+                "storage.archive_segment_bytes",
+                "must be between 4096 and 1073741824",
+            ));
+        }
         let storage_backend = match raw.storage.backend.as_deref() {
             None => crate::storage::Backend::default(),
             Some(b) => crate::storage::Backend::parse(b)
@@ -797,6 +824,8 @@ impl NodeConfig {
             storage_backend,
             group_commit: raw.storage.group_commit.unwrap_or(true),
             commit_batch_records_max,
+            archive_retention_ms,
+            archive_segment_bytes,
             faults_enabled: raw.faults.enabled,
             holds_secrets,
         })
@@ -874,6 +903,26 @@ tokens = ["0123456789abcdef0123"]
         for bad in ["forward_timeout_ms = 10\n", "forward_timeout_ms = 600000\n"] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("forward_timeout_ms"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_archive_retention_is_off_by_default_and_checked() {
+        let parse = |extra: &str| {
+            NodeConfig::parse(
+                &format!("{}{extra}", text(&pid())),
+                Path::new("x.toml"),
+                Path::new("/"),
+            )
+        };
+        assert_eq!(parse("").unwrap().archive_retention_ms, None);
+        let c = parse("[storage]\narchive_retention_days = 30\n").unwrap();
+        assert_eq!(c.archive_retention_ms, Some(30 * 86_400_000));
+        for bad in ["archive_retention_days = 0", "archive_segment_bytes = 10"] {
+            let e = parse(&format!("[storage]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
         }
     }
 

@@ -815,6 +815,8 @@ fn page_params(
         (status = 200, description = "A page", body = render::TransactionsPage),
         (status = 400, description = "`invalid_account`, `invalid_cursor`, `invalid_limit`, \
             `invalid_query`", body = ErrorBody),
+        (status = 410, description = "`archived_expired`: the history before the cursor is older than the archive retention", body = ErrorBody),
+        (status = 500, description = "`archive_unavailable`: the archive of compacted history could not be read", body = ErrorBody),
     )
 )]
 async fn list_transactions(
@@ -863,7 +865,8 @@ async fn balances(
         (status = 200, description = "The event or compensation", body = render::EntryView),
         (status = 400, description = "`invalid_transaction_id`", body = ErrorBody),
         (status = 404, description = "`not_found`: this region does not hold it (yet)", body = ErrorBody),
-        (status = 410, description = "`compacted`: settled and folded into a snapshot on this region (`compact_every_events`); its effect is in the balances", body = ErrorBody),
+        (status = 410, description = "`archived_expired`: older than the archive retention; `compacted`: folded into a snapshot this region did not archive (it started from a peer's snapshot); its effect is in the balances", body = ErrorBody),
+        (status = 500, description = "`archive_unavailable`: the archive of compacted history could not be read", body = ErrorBody),
     )
 )]
 async fn get_transaction(
@@ -888,6 +891,8 @@ async fn get_transaction(
     responses(
         (status = 200, description = "A page of the feed", body = render::CompensationsPage),
         (status = 400, description = "`invalid_cursor`, `invalid_limit`, `invalid_query`", body = ErrorBody),
+        (status = 410, description = "`archived_expired`: the feed before the cursor is older than the archive retention", body = ErrorBody),
+        (status = 500, description = "`archive_unavailable`: the archive of compacted history could not be read", body = ErrorBody),
     )
 )]
 async fn compensations(State(st): State<AppState>, q: Params) -> Result<Response, ApiError> {

@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod actor;
+pub mod archive;
 pub mod bank;
 pub mod chaos;
 pub mod clock;
@@ -45,6 +46,7 @@ pub mod config;
 pub mod console;
 pub mod defects;
 pub mod demo;
+pub mod history;
 pub mod http;
 pub mod idempotency;
 pub mod init;

@@ -92,14 +92,14 @@ fn header(capacity: u64) -> [u8; 24] {
     h
 }
 
-fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
+pub(crate) fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
     let mut c = crc32fast::Hasher::new();
     c.update(&len);
     c.update(payload);
     c.finalize()
 }
 
-fn push_frame(buf: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn push_frame(buf: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_HEAD]);
     payload(buf);

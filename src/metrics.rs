@@ -441,6 +441,10 @@ pub struct NodeGauges<'a> {
     pub policy_file_ignored: bool,
     /// Client requests waiting for a decision (forwarded to a home, waiting for rights).
     pub parked: usize,
+    /// Bytes of records in the archive of compacted history (0: none).
+    pub archive_bytes: u64,
+    /// An archive write failed: compaction stopped.
+    pub archive_failed: bool,
 }
 
 /// One member as a snapshot sees it.
@@ -460,7 +464,7 @@ struct MemberSample {
 pub struct NodeSnapshot {
     members: Vec<MemberSample>,
     pull_scheduler: [(&'static str, u64); 10],
-    gauges: [(&'static str, &'static str, u64); 13],
+    gauges: [(&'static str, &'static str, u64); 15],
     modes: [(&'static str, u64); 12],
     counters: [(&'static str, &'static str, u64); 9],
     replication_bytes: [(&'static str, u64); 2],
@@ -550,6 +554,16 @@ impl NodeSnapshot {
                     "walletd_idempotency_keys",
                     "Idempotency results held",
                     g.idempotency_keys,
+                ),
+                (
+                    "walletd_archive_bytes",
+                    "Bytes of records in the archive of compacted history",
+                    g.archive_bytes,
+                ),
+                (
+                    "walletd_archive_failed",
+                    "An archive write failed and compaction stopped (0/1)",
+                    u64::from(g.archive_failed),
                 ),
                 (
                     "walletd_requests_awaiting_durability",
@@ -1008,6 +1022,8 @@ mod tests {
                 storage_failed: false,
                 policy_file_ignored: true,
                 parked: 0,
+                archive_bytes: 6,
+                archive_failed: false,
             },
         ));
         let s = m.encode().unwrap();
@@ -1019,6 +1035,8 @@ mod tests {
             ("walletd_pull_scheduler_total{event=\"sent\"}", "1"),
             ("walletd_pull_scheduler_total{event=\"on_connect\"}", "1"),
             ("walletd_idempotency_keys", "4"),
+            ("walletd_archive_bytes", "6"),
+            ("walletd_archive_failed", "0"),
             ("walletd_requests_awaiting_durability", "5"),
             ("walletd_events{origin=\"eu\"}", "0"),
             ("walletd_events{origin=\"us\"}", "0"),

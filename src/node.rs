@@ -27,6 +27,9 @@ pub enum NodeError {
     /// Storage cannot be opened or is corrupt.
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
+    /// The archive of compacted history cannot be opened or is corrupt.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
     /// Key or transport problems.
     #[error("{0}")]
     Net(String),
@@ -244,8 +247,21 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
     let (net, net_rx) = metrics
         .with_registry(|reg| wallet_p2p::spawn_with_metrics(net_cfg, reg))
         .map_err(|e| NodeError::Net(e.to_string()))?;
+    // The archive of compacted history: opened when this region compacts, or compacted once.
+    let archive_dir = cfg.data_dir.join(crate::archive::ARCHIVE_DIR_NAME);
+    let archive = if cfg.compact_every_events > 0 || archive_dir.exists() {
+        Some(crate::archive::Archive::open(
+            &cfg.data_dir,
+            cfg.archive_segment_bytes,
+            cfg.archive_retention_ms,
+            crate::clock::now_ms(),
+        )?)
+    } else {
+        None
+    };
     let actor = Actor::new(ActorParts {
         compact_every_events: cfg.compact_every_events,
+        archive,
         forward_timeout_ms: cfg.forward_timeout_ms,
         replica,
         net: net.clone(),

@@ -69,6 +69,8 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     Compacted,
+    ArchivedExpired,
+    ArchiveUnavailable,
     IdempotencyConflict,
     AccountFrozen,
     BalanceOverflow,
@@ -702,30 +704,6 @@ pub struct TransactionsPage {
     pub next: Option<String>,
 }
 
-/// `GET /v1/accounts/{id}/transactions`: at most `limit` entries after the cursor, and the
-/// cursor of the next page (`null` on the last).
-pub fn transactions_body(
-    r: &Replica,
-    account: &AccountId,
-    after: Option<EntryKey>,
-    limit: usize,
-) -> String {
-    let mut page = r.entries(account, after, limit.saturating_add(1));
-    let more = page.len() > limit;
-    page.truncate(limit);
-    let next = if more {
-        page.last().map(|(k, _)| entry_cursor(k))
-    } else {
-        None
-    };
-    let transactions = page.iter().map(|(_, e)| entry_view(r, e, false)).collect();
-    to_json(&TransactionsPage {
-        account: account.to_string(),
-        transactions,
-        next,
-    })
-}
-
 /// A page of the compensation feed.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -735,17 +713,6 @@ pub struct CompensationsPage {
     /// Always a cursor to resume from (the feed only grows).
     #[schema(value_type = Cursor)]
     pub next: String,
-}
-
-/// `GET /v1/compensations`: at most `limit` feed items from position `after`, and the cursor
-/// of the next position (always a cursor: the feed only grows).
-pub fn compensations_body(r: &Replica, after: u64, limit: usize) -> String {
-    let list = r.feed(after, limit);
-    let next = after.saturating_add(list.len() as u64);
-    to_json(&CompensationsPage {
-        compensations: list.iter().map(|c| comp_view(c, true)).collect(),
-        next: feed_cursor(next),
-    })
 }
 
 /// A member as this region sees it.

@@ -73,8 +73,8 @@ pub use policy::{
     Action, Fallback, FeePer, Mode, Overdraft, Policy, PolicyDocument, PolicyError, PolicyHash,
 };
 pub use replica::{
-    Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, JoinInfo, KeyHistory,
-    MemberStatus, MembershipError, MembershipStats, Message, NoAuth, Output, PolicyVersionInfo,
-    Record, Replica, Report, RestoreError, RetireInfo, SignedHeartbeat, Snapshot, SnapshotBody,
-    Stats, Status, SubmitError, Submitted, TxRequest,
+    comp_entry_key, Authenticator, Balance, Config, Entry, EntryKey, Evidence, Heartbeat, JoinInfo,
+    KeyHistory, MemberStatus, MembershipError, MembershipStats, Message, NoAuth, Output,
+    PolicyVersionInfo, Record, Replica, Report, RestoreError, RetireInfo, SignedHeartbeat,
+    Snapshot, SnapshotBody, Stats, Status, SubmitError, Submitted, TxRequest,
 };

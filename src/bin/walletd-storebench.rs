@@ -6,6 +6,7 @@
 //! ```text
 //! cargo build --release --bin walletd-storebench
 //! target/release/walletd-storebench [--commits 400] [--batches 1,8,64] [--only redb|log|log-prealloc]
+//! target/release/walletd-storebench --archive 1000000 [--sig-bytes 234]   # the archive (issue 13)
 //! strace -f -c -e trace=fsync,fdatasync target/release/walletd-storebench --only redb   # syscalls
 //! ```
 //!
@@ -13,6 +14,11 @@
 //! plain signature, or a batch signature of a 32-event batch: `--sig-bytes 234`). The segment
 //! log here is the commit path only (the framing and sync walletd would do); recovery
 //! (indexes rebuilt on load, torn tail truncated) is not exercised.
+//!
+//! `--archive N` measures the archive of compacted history instead ([`wallet::archive`]): N
+//! folded events appended in compaction batches of 1,000 (8 MiB segments), then the bytes per
+//! event on disk (segments and their indexes) and the latency of reading a folded transaction
+//! by id and a page of 50 of an account's history, at random, after a reopen.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -35,6 +41,7 @@ struct Args {
     batches: Vec<usize>,
     only: Option<String>,
     sig_bytes: usize,
+    archive: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         batches: vec![1, 8, 64],
         only: None,
         sig_bytes: 64,
+        archive: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
                 a.sig_bytes = val()?.parse().map_err(|e| format!("--sig-bytes: {e}"))?
             }
             "--only" => a.only = Some(val()?),
+            "--archive" => a.archive = Some(val()?.parse().map_err(|e| format!("--archive: {e}"))?),
             "--batches" => {
                 a.batches = val()?
                     .split(',')
@@ -192,6 +201,11 @@ fn main() {
 fn real_main() -> Result<(), String> {
     let a = parse_args()?;
     let dir = tempfile_dir()?;
+    if let Some(n) = a.archive {
+        let r = archive_bench(&dir, n, a.sig_bytes);
+        let _ = std::fs::remove_dir_all(&dir);
+        return r;
+    }
     println!(
         "| store | events/commit | commits/s | events/s | µs/event | commit p50 µs | commit p99 µs | fsyncs/commit |"
     );
@@ -232,6 +246,84 @@ fn real_main() -> Result<(), String> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `--archive N`: bytes per archived event and read latency of folded history.
+fn archive_bench(dir: &Path, n: u64, sig_bytes: usize) -> Result<(), String> {
+    use wallet::archive::{Archive, ArchiveRecord, SEGMENT_BYTES_DEFAULT, STATUS_SETTLED};
+    const BATCH: u64 = 1_000;
+    let e = |x: wallet::archive::ArchiveError| x.to_string();
+    let mut a = Archive::open(dir, SEGMENT_BYTES_DEFAULT, None, 0).map_err(e)?;
+    let started = Instant::now();
+    let mut seq = 0;
+    while seq < n {
+        let mut recs = Vec::with_capacity(BATCH as usize);
+        for _ in 0..BATCH.min(n - seq) {
+            seq += 1;
+            recs.push(ArchiveRecord::Event {
+                event: event(seq, sig_bytes)?,
+                status: STATUS_SETTLED,
+                comp: None,
+            });
+        }
+        let at = Hlc::from_millis(1_700_000_000_000 + seq);
+        a.append(&recs, at, 0).map_err(e)?;
+    }
+    let append_s = started.elapsed().as_secs_f64();
+    let on_disk: u64 = std::fs::read_dir(a.dir())
+        .map_err(|x| x.to_string())?
+        .flatten()
+        .map(|f| f.metadata().map_or(0, |m| m.len()))
+        .sum();
+    drop(a);
+    let t = Instant::now();
+    let a = Archive::open(dir, SEGMENT_BYTES_DEFAULT, None, 0).map_err(e)?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let origin = RegionId::new("eu").map_err(|x| x.to_string())?;
+    // A fixed LCG: the same ids every run.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        x >> 33
+    };
+    let mut by_id = Vec::new();
+    let mut pages = Vec::new();
+    for _ in 0..2_000 {
+        let s = next() % n + 1;
+        let t = Instant::now();
+        let found = a.find(&format!("eu:{s}"), origin, s).map_err(e)?;
+        by_id.push(t.elapsed().as_secs_f64() * 1e6);
+        if found.is_none() {
+            return Err(format!("eu:{s} not found"));
+        }
+    }
+    for _ in 0..200 {
+        let acct = format!("acct-{:04}", next() % 1000);
+        let t = Instant::now();
+        let page = a.account_page(&acct, None, 50).map_err(e)?;
+        pages.push(t.elapsed().as_secs_f64() * 1e6);
+        if page.is_empty() {
+            return Err(format!("{acct}: empty page"));
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 - 1.0) * p) as usize]
+    };
+    println!("| archived events | segments | bytes/event (records) | bytes/event (on disk, with indexes) | append µs/event | reopen ms | by id p50/p99 µs | page of 50 p50/p99 µs |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {n} | {} | {:.1} | {:.1} | {:.2} | {open_ms:.1} | {:.0} / {:.0} | {:.0} / {:.0} |",
+        a.segments(),
+        a.bytes() as f64 / n as f64,
+        on_disk as f64 / n as f64,
+        append_s * 1e6 / n as f64,
+        pct(&mut by_id, 0.5),
+        pct(&mut by_id, 0.99),
+        pct(&mut pages, 0.5),
+        pct(&mut pages, 0.99),
+    );
     Ok(())
 }
 

@@ -40,7 +40,7 @@ use members::Membership;
 pub use members::{JoinInfo, MembershipError, MembershipStats, RetireInfo};
 use modes::{Modes, Route, Stage};
 use pull::PullScheduler;
-pub use query::{Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
+pub use query::{comp_entry_key, Entry, EntryKey, MemberStatus, PolicyVersionInfo, Stats, Status};
 use seal::Sealing;
 pub use seal::{SealInfo, SealStats};
 use settle::Settlement;

@@ -26,6 +26,17 @@ pub enum Entry<'a> {
 /// Cursor into an account's history: its order key and sub-position.
 pub type EntryKey = (OrderKey, u8);
 
+/// A compensation's place in its account's history: right after its cause (a fee or a
+/// reversal first, then an idempotency conflict report).
+pub fn comp_entry_key(c: &Compensation) -> EntryKey {
+    let sub = if c.kind == CompKind::IdempotencyConflict {
+        2
+    } else {
+        1
+    };
+    ((c.hlc, c.cause.origin, c.cause.seq), sub)
+}
+
 /// A transaction's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -245,13 +256,7 @@ impl Replica {
             Some((self.event(EventId { origin, seq })?.key(), 0))
         };
         let comp_key = |position: u64| -> Option<EntryKey> {
-            let c = self.settle.comp_at(position)?;
-            let sub = if c.kind == CompKind::IdempotencyConflict {
-                2
-            } else {
-                1
-            };
-            Some(((c.hlc, c.cause.origin, c.cause.seq), sub))
+            Some(comp_entry_key(self.settle.comp_at(position)?))
         };
         let past = |k: Option<EntryKey>| match (k, after) {
             (Some(k), Some(a)) => k <= a,
