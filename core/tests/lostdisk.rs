@@ -230,6 +230,75 @@ fn an_origin_learns_peer_durability_one_round_trip_after_its_write() {
     }
 }
 
+/// A debit forwarded to its home (home mode) and decided there: with `ack = "peer"` the
+/// forwarding region answers its client only once it holds the home's event durably itself
+/// (`Replica::durable_at_two`), not on the home's answer alone, which is only as safe as
+/// `ack = "local"` at the home. Shown both ways: the answer is held while the event is
+/// durable at the home only, and such an event is lost with the home's disk; once answered,
+/// it survives under its id.
+#[test]
+fn a_forwarded_debit_is_peer_acknowledged_only_once_durable_at_the_forwarder() {
+    let home_us = Policy::from_toml("[default]\nmode = \"home\"\nhome = \"us\"\n").unwrap();
+    for persisted_at_eu in [false, true] {
+        let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], home_us.clone());
+        let (eu, us, ap) = (0, 1, 2);
+        deposit(&mut c, us, "alice", "100");
+        assert!(c.settle_all());
+        // ap away: only eu can hold the home's next event.
+        c.partition(1 << ap);
+        let Ok(Submitted::Pending { request }) =
+            c.submit(eu, req("alice", Kind::Purchase, "10", Currency::USD))
+        else {
+            panic!("a debit at eu is forwarded to its home us");
+        };
+        c.deliver_all(); // the forward reaches us, which decides it
+        c.persist(us, usize::MAX); // durable at the home: the answer and the event leave
+        c.deliver_all(); // both reach eu
+        let id = EventId {
+            origin: region("us"),
+            seq: 2,
+        };
+        assert!(c.nodes[eu].replica.event(id).is_some(), "applied at eu");
+        assert!(!c.nodes[eu].replica.durable_at_two(id));
+        assert!(
+            c.nodes[eu].decided.is_empty(),
+            "accepted by the home, durable there only: not answered yet"
+        );
+        if persisted_at_eu {
+            c.persist(eu, usize::MAX);
+            assert!(c.nodes[eu].replica.durable_at_two(id));
+            let (r, result) = c.nodes[eu]
+                .decided
+                .pop()
+                .expect("answered once durable at eu");
+            assert_eq!((r, result), (request, Ok(Submitted::New(id))));
+        }
+        let at_decision = c.nodes[us].replica.event(id).cloned().unwrap();
+        // eu crashes (what it had not persisted is gone), then the home loses its disk.
+        c.crash(eu);
+        c.inflight.retain(|(_, from, _)| *from != us);
+        c.lose_disk(us);
+        c.heal(); // ap never saw the event: the links were cut
+        assert!(until_sealed(&mut c, us, &[eu, us, ap]), "{}", dump(&c));
+        let cut = c.nodes[us].replica.seals()[0].cut;
+        assert!(c.settle_all(), "{}", dump(&c));
+        for i in [eu, us, ap] {
+            let held = c.nodes[i].replica.event(id).cloned();
+            if persisted_at_eu {
+                assert_eq!(held.as_ref(), Some(&at_decision), "{id} kept at {i}");
+                assert!(cut >= id.seq);
+                assert_eq!(balance(&c, i, "alice"), "90.00");
+            } else {
+                // Answering on the decision alone would have acknowledged a lost event.
+                assert!(cut < id.seq, "cut {cut}");
+                assert_ne!(held.as_ref(), Some(&at_decision), "{id} lost at {i}");
+                assert_eq!(balance(&c, i, "alice"), "100.00");
+            }
+        }
+        assert!(c.nodes[eu].decided.is_empty(), "nothing answered after");
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Submit {

@@ -109,6 +109,10 @@ pub struct Config {
     /// (`Message::Durable`), so an origin with `ack = "peer"` answers its clients one round
     /// trip after its own write. Off: origins learn it from heartbeats only.
     pub durable_acks: bool,
+    /// This region acknowledges with `ack = "peer"` (docs/protocol.md §12): a debit decided
+    /// at its home is answered once this region holds the event durably too
+    /// ([`Replica::durable_at_two`]), not on the home's answer alone.
+    pub ack_peer: bool,
     /// How long an idempotency key holds, in HLC milliseconds: a copy of a keyed event whose
     /// HLC is this much or more after the first is a new transaction, not a duplicate (SPEC §5
     /// as amended by issue 13; docs/protocol.md). Part of the protocol: the same on every
@@ -135,6 +139,7 @@ impl Config {
             forward_timeout_ms: modes::FORWARD_TIMEOUT_MS_DEFAULT,
             seal_on_restore: false,
             durable_acks: false,
+            ack_peer: false,
             idempotency_retention_ms: IDEMPOTENCY_RETENTION_MS_DEFAULT,
         }
     }
@@ -529,6 +534,7 @@ impl Replica {
         self.send_durable_acks(durable_origins);
         self.push_own();
         self.answer_owed();
+        self.release_held(None);
         // Settle only once the watermark record is durable (it is written after the events it
         // covers): a crash can then never take back a settled event or a compensation.
         if let Some(w) = settle_to {

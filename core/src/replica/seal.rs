@@ -8,6 +8,7 @@
 //! | a member applying a seal voids its unsettled events of the region above the cut | `merge_one`, [`Replica::void_above`] |
 //! | after a persist, each origin whose events became durable here hears how far (`Message::Durable`) | [`Replica::send_durable_acks`] |
 //! | own events are peer-durable up to the highest seq any other member in force reported durable (by `Durable` or a heartbeat) | [`Replica::peer_durable_seq`] |
+//! | with `ack = "peer"`, a debit the home accepted is answered once durable here too (held in `Modes::held`) | [`Replica::durable_at_two`] |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -254,6 +255,11 @@ impl Replica {
             dropped += above;
         }
         self.sealing.stats.old_epoch_dropped += dropped;
+        // The old epoch above the cut is void: the durable log of the origin ends at the cut
+        // (the new epoch's events raise it again as they become durable).
+        if let Some(d) = self.dur.remote_durable.get_mut(&origin) {
+            *d = (*d).min(cut);
+        }
         // What the seal query held back up to the cut applies now.
         self.drain_pending(origin);
         // The voided events' persisted copies stay on disk: a restart drops them again, as it
@@ -302,6 +308,27 @@ impl Replica {
             .max()
             .unwrap_or(0)
             .min(self.dur.own_durable_seq)
+    }
+
+    /// Whether event `id` is durable at two members as far as this region knows: an own event
+    /// here and at another member in force ([`Replica::peer_durable_seq`]); another origin's
+    /// here, in this region's gap-free durable log of it, and at its origin, which sends an
+    /// event only once it is durable there. With `Config::ack_peer` a debit decided at its
+    /// home is answered (`Output::Decided`) only once this holds: a lost disk at the origin
+    /// then cannot take it, since this region answers the seal query with at least its seq.
+    pub fn durable_at_two(&self, id: EventId) -> bool {
+        if id.origin == self.cfg.region {
+            return id.seq <= self.peer_durable_seq();
+        }
+        self.dur
+            .remote_durable
+            .get(&id.origin)
+            .is_some_and(|d| id.seq <= *d)
+    }
+
+    /// Seals applied here, of every origin.
+    pub(crate) fn seal_count(&self) -> usize {
+        self.sealing.seals.values().map(Vec::len).sum()
     }
 
     /// This region's origin epoch: 1 until its first seal, then the epoch that seal started.
