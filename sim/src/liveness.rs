@@ -237,10 +237,17 @@ pub fn pull_lost(sim: &mut Sim, i: usize, from: usize) {
     }
 }
 
+/// Events of origins other than `me` that `r` holds.
+fn others_held(r: &Replica, me: RegionId) -> u64 {
+    r.event_count().saturating_sub(r.version_vector().get(&me))
+}
+
 /// What a delivery looked like before the replica handled it.
 #[derive(Debug)]
 pub struct Before {
-    held: u64,
+    /// Events of other origins held: what an answer brings (an own event the replica issues
+    /// while handling it, e.g. an escrow debit its rights let go ahead, is not).
+    others: u64,
     discarded: u64,
     reports: u64,
     pulls: u64,
@@ -281,7 +288,7 @@ pub fn before_delivery(sim: &mut Sim, to: usize, from: usize, msg: &Message) -> 
         );
     }
     Before {
-        held: r.event_count(),
+        others: others_held(r, me),
         discarded: discarded(r),
         reports: sim.counters.reports.iter().sum(),
         pulls: sim.watch.pulls[to],
@@ -339,13 +346,13 @@ pub fn after_drain(sim: &mut Sim, to: usize, from: usize, b: &Before, connected:
         Kind::Answer { more: true } => {
             let Some(t) = b.tracked else { return };
             let live = now_l < t.sent_local.saturating_add(PULL_TIMEOUT_MS);
-            let brought = r.event_count() > b.held;
+            let brought = others_held(r, me) > b.others;
             if !live || !brought {
                 return;
             }
             sim.during.counts.liveness.chain_answers += 1;
             if !pulled_from(sim) {
-                let n = r.event_count() - b.held;
+                let n = others_held(r, me) - b.others;
                 sim.during.fail(
                     "pull_chain",
                     now,
