@@ -190,6 +190,11 @@ pub enum Message {
         /// The highest seq of the receiver's log durable at the sender, gap-free.
         seq: u64,
     },
+    /// The sender acknowledges its clients with `ack = "peer"`: the receiver sends it
+    /// [`Message::Durable`] after its persists (regions with `ack = "local"` never announce
+    /// this, and are sent none). Sent on connect and every heartbeat period. Added after
+    /// `Durable`.
+    WantDurable,
 }
 
 /// What a home decided on a forwarded debit.

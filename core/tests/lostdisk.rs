@@ -299,6 +299,44 @@ fn a_forwarded_debit_is_peer_acknowledged_only_once_durable_at_the_forwarder() {
     }
 }
 
+/// `Message::Durable` goes only to origins that announced `ack = "peer"`
+/// (`Message::WantDurable`): eu (peer) hears it from us, us (local) hears none from eu, so a
+/// cluster with `ack = "local"` pays nothing.
+#[test]
+fn durable_goes_only_to_origins_that_announced_ack_peer() {
+    let mut c = Cluster::with_durable_acks(&["eu", "us"], fee_policy());
+    let (eu, us) = (0, 1);
+    // us acknowledges locally, but sends `Durable` where asked (walletd's setting).
+    let mut cfg = c.config(region("us"));
+    cfg.ack_peer = false;
+    c.nodes[us].replica = Replica::new(cfg, Hlc::ZERO);
+    c.inflight.clear();
+    c.connect_all(None);
+    c.deliver_all(); // eu's announcement reaches us
+    let at_eu = deposit(&mut c, eu, "alice", "10");
+    let at_us = deposit(&mut c, us, "bob", "10");
+    let mut durable_to = [0usize; 2];
+    for _ in 0..4 {
+        c.persist_all();
+        for (to, _, m) in &c.inflight {
+            if matches!(m, Message::Durable { .. }) {
+                durable_to[*to] += 1;
+            }
+        }
+        c.deliver_all();
+    }
+    assert!(durable_to[eu] > 0, "eu (ack = peer) is told");
+    assert_eq!(durable_to[us], 0, "us (ack = local) is sent no Durable");
+    assert_eq!(c.nodes[eu].replica.peer_durable_seq(), at_eu.seq);
+    // us still learns it from eu's heartbeats.
+    for _ in 0..3 {
+        c.tick(300);
+        c.persist_all();
+        c.deliver_all();
+    }
+    assert_eq!(c.nodes[us].replica.peer_durable_seq(), at_us.seq);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Submit {

@@ -48,6 +48,7 @@ impl Replica {
             Message::SealQuery => self.handle_seal_query(from),
             Message::SealHeld { held, hlc } => self.handle_seal_held(now_ms, from, held, hlc),
             Message::Durable { seq } => self.note_peer_durable(from, seq),
+            Message::WantDurable => self.note_wants_durable(from),
         }
         // Rights may have come in: a debit waiting for them may go ahead.
         self.retry_waiting(now_ms);

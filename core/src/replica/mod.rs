@@ -105,9 +105,10 @@ pub struct Config {
     /// origin epoch at the highest seq any member holds and starting a new one
     /// (docs/protocol.md §12), instead of resuming the old epoch's seqs.
     pub seal_on_restore: bool,
-    /// After each persist, tell every origin whose events became durable here how far
-    /// (`Message::Durable`), so an origin with `ack = "peer"` answers its clients one round
-    /// trip after its own write. Off: origins learn it from heartbeats only.
+    /// After each persist, tell every origin that announced `ack = "peer"`
+    /// (`Message::WantDurable`) and whose events became durable here how far
+    /// (`Message::Durable`), so it answers its clients one round trip after its own write.
+    /// Off: origins learn it from heartbeats only.
     pub durable_acks: bool,
     /// This region acknowledges with `ack = "peer"` (docs/protocol.md §12): a debit decided
     /// at its home is answered once this region holds the event durably too
@@ -418,6 +419,7 @@ impl Replica {
         if now_ms >= self.dur.next_heartbeat_ms {
             self.dur.next_heartbeat_ms = now_ms.saturating_add(self.cfg.heartbeat_interval_ms);
             self.heartbeat(now_ms);
+            self.announce_ack_peer(None);
         }
         self.pull_on_timeout(now_ms);
         self.forward_timeouts(now_ms);

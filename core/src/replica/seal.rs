@@ -6,7 +6,8 @@
 //! | a member answers with its gap-free log less contested seqs (a retire ack's rule) and applies nothing of the asker above it until the seal | [`Replica::handle_seal_query`] |
 //! | once every member answered (or was waived by an operator) and the log up to the highest answer is pulled back, the region issues `Seal { epoch, cut }` as seq `cut + 1`, its HLC above everything it observed (the answers carry the answerers' clocks) plus [`CEILING_MARGIN_MS`] | [`Replica::seal_progress`] |
 //! | a member applying a seal voids its unsettled events of the region above the cut | `merge_one`, [`Replica::void_above`] |
-//! | after a persist, each origin whose events became durable here hears how far (`Message::Durable`) | [`Replica::send_durable_acks`] |
+//! | a region with `ack = "peer"` announces it (`Message::WantDurable`) on connect and every heartbeat period | [`Replica::announce_ack_peer`] |
+//! | after a persist, each origin that announced `ack = "peer"` and whose events became durable here hears how far (`Message::Durable`) | [`Replica::send_durable_acks`] |
 //! | own events are peer-durable up to the highest seq any other member in force reported durable (by `Durable` or a heartbeat) | [`Replica::peer_durable_seq`] |
 //! | with `ack = "peer"`, a debit the home accepted is answered once durable here too (held in `Modes::held`) | [`Replica::durable_at_two`] |
 
@@ -55,6 +56,9 @@ pub(crate) struct Sealing {
     pub(crate) seals: BTreeMap<RegionId, Vec<SealInfo>>,
     /// Per other member, the highest seq of this region's log it reported durable.
     pub(crate) peer_durable: BTreeMap<RegionId, u64>,
+    /// Members that announced `ack = "peer"` (`Message::WantDurable`): the origins sent
+    /// `Message::Durable` after a persist.
+    pub(crate) want_durable: BTreeSet<RegionId>,
     pub(crate) stats: SealStats,
 }
 
@@ -192,7 +196,7 @@ impl Replica {
     /// seal (docs/operations.md, lost-disk runbook).
     pub fn waive_seal_answer(&mut self, now_ms: u64, region: RegionId) -> Result<(), SubmitError> {
         if !self.sealing() {
-            return Err(MembershipError::Invalid("this region is not sealing".into()).into());
+            return Err(MembershipError::NotSealing.into());
         }
         if region == self.cfg.region || !self.members_in_force().contains(&region) {
             return Err(MembershipError::NotAMember(region).into());
@@ -276,7 +280,8 @@ impl Replica {
             return;
         }
         for origin in origins {
-            if !self.is_peer(origin) {
+            // Only to origins with `ack = "peer"`: a cluster with `ack = "local"` pays nothing.
+            if !self.is_peer(origin) || !self.sealing.want_durable.contains(&origin) {
                 continue;
             }
             let seq = self.dur.remote_durable.get(&origin).copied().unwrap_or(0);
@@ -284,6 +289,29 @@ impl Replica {
                 to: origin,
                 msg: Message::Durable { seq },
             });
+        }
+    }
+
+    /// With `ack = "peer"`, on connect (to that member) and every heartbeat period (to all):
+    /// asks the members for `Message::Durable` after their persists.
+    pub(super) fn announce_ack_peer(&mut self, to: Option<RegionId>) {
+        if !self.cfg.ack_peer {
+            return;
+        }
+        self.outputs.push_back(match to {
+            Some(to) => Output::Send {
+                to,
+                msg: Message::WantDurable,
+            },
+            None => Output::Broadcast(Message::WantDurable),
+        });
+    }
+
+    /// A member announced `ack = "peer"`: it hears `Message::Durable` from here from now on
+    /// (in memory: after a restart here, from its next announcement).
+    pub(super) fn note_wants_durable(&mut self, from: RegionId) {
+        if self.is_peer(from) {
+            self.sealing.want_durable.insert(from);
         }
     }
 
