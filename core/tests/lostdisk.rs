@@ -337,6 +337,52 @@ fn durable_goes_only_to_origins_that_announced_ack_peer() {
     assert_eq!(c.nodes[us].replica.peer_durable_seq(), at_us.seq);
 }
 
+/// A seal query resent while the seal was in flight reaches a member after the seal, which
+/// it holds buffered behind a gap (it lacks old-epoch events up to the cut that another member
+/// held): the query must not hold the origin back again, or the events up to the cut, and
+/// with them the seal, never apply (simulator `--lost-disk 50`: seed 57 with `--ack peer`,
+/// 119 and 186 with `--ack local`, never converged).
+#[test]
+fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() {
+    let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
+    let (eu, us, ap) = (0, 1, 2);
+    deposit(&mut c, eu, "alice", "100");
+    assert!(c.settle_all());
+    // us away: ap alone holds eu:2 and eu:3.
+    c.partition(1 << us);
+    deposit(&mut c, eu, "alice", "1");
+    deposit(&mut c, eu, "alice", "1");
+    c.run_among(&[eu, ap], 2);
+    let old: Vec<Event> = c.nodes[ap].replica.origin_events(region("eu"), 0).to_vec();
+    assert_eq!(old.len(), 3);
+    // eu loses its disk and seals with ap's answer (us is waived: still cut off).
+    c.lose_disk(eu);
+    c.run_among(&[eu, ap], 3);
+    c.nodes[eu]
+        .replica
+        .waive_seal_answer(c.now, region("us"))
+        .unwrap();
+    c.drain(eu);
+    assert!(until_sealed(&mut c, eu, &[eu, ap]), "{}", dump(&c));
+    let seal = c.nodes[eu].replica.origin_events(region("eu"), 0)[3].clone();
+    assert_eq!(c.nodes[eu].replica.seals()[0].cut, 3);
+    // At us, by hand: the query, the seal (buffered: us holds eu:1 only), the query again
+    // (resent while the seal was in flight), then the old epoch's eu:2 and eu:3.
+    let now = c.local_now(us);
+    let from = region("eu");
+    let r = &mut c.nodes[us].replica;
+    r.handle_message(now, from, Message::SealQuery);
+    r.handle_message(now, from, Message::Events(vec![seal.clone()]));
+    r.handle_message(now, from, Message::SealQuery);
+    r.handle_message(now, region("ap"), Message::Events(old[1..].to_vec()));
+    assert_eq!(
+        r.version_vector().get(&from),
+        4,
+        "eu:2, eu:3 and the seal apply at us"
+    );
+    assert_eq!(r.seals().len(), 1);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Submit {

@@ -105,8 +105,16 @@ impl Replica {
         let held = self.ack_held(from);
         if let Some(m) = self.logs.members.get_mut(&from) {
             // Old-epoch events still in flight must not apply (nor settle) here above the
-            // answer: the seal's cut may be this answer.
-            m.seal_cap = Some(held);
+            // answer: the seal's cut may be this answer. Unless its seal is here already,
+            // buffered behind a gap (the query was resent while the seal was in flight): the
+            // hold would then keep out the events up to the cut that the seal waits for.
+            let sealed = m
+                .pending
+                .values()
+                .any(|e| matches!(e.change(), Some(Change::Seal { .. })));
+            if !sealed {
+                m.seal_cap = Some(held);
+            }
         }
         self.sealing.stats.queries_answered += 1;
         self.outputs.push_back(Output::Send {
