@@ -881,6 +881,29 @@ impl Actor {
         }
     }
 
+    /// An operator waives a member's seal answer (a member down for good while this region
+    /// is rebuilt after a lost disk): the seal goes ahead without it (`Replica::waive_seal_answer`:
+    /// the rules are the core's).
+    fn waive_seal(&mut self, region: wallet_core::RegionId, reply: oneshot::Sender<Reply>) {
+        use wallet_core::MembershipError as M;
+        match self.replica.waive_seal_answer(now_ms(), region) {
+            Ok(()) => {
+                self.queue_own_records();
+                tracing::warn!(%region, "seal answer waived by an operator");
+                let body = render::seal_waived_body(&self.replica, region);
+                let _ = reply.send(Reply::json(200, body));
+            }
+            Err(e) => {
+                let (status, code) = match &e {
+                    SubmitError::Membership(M::NotAMember(_)) => (404, "not_a_member"),
+                    SubmitError::Membership(M::NotSealing) => (409, "not_sealing"),
+                    _ => (409, "membership_refused"),
+                };
+                let _ = reply.send(Reply::error(status, code, &e.to_string()));
+            }
+        }
+    }
+
     /// Rotates this region's signing key: a new ed25519 key, written (0600, atomically) before
     /// the rotation event is issued, staged in the authenticator, which signs with it from
     /// the rotation on (`Replica::rotate_key`: the rules are the core's).
@@ -1079,6 +1102,7 @@ impl Actor {
                 reply,
             } => self.retire_member(regions, reason, reply),
             Command::RotateKey { reply } => self.rotate_key(reply),
+            Command::WaiveSeal { region, reply } => self.waive_seal(region, reply),
             Command::MoveHome {
                 account,
                 currency,

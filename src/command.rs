@@ -140,6 +140,14 @@ pub enum Command {
         /// Answer.
         reply: oneshot::Sender<Reply>,
     },
+    /// Seal without waiting for `region`'s answer (admin; a member down for good while this
+    /// region is rebuilt after a lost disk: `Replica::waive_seal_answer`).
+    WaiveSeal {
+        /// The member waived.
+        region: RegionId,
+        /// Answer.
+        reply: oneshot::Sender<Reply>,
+    },
     /// Members in force, retires with their acknowledgements, cuts (admin).
     Members {
         /// Answer.

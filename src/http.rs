@@ -330,6 +330,7 @@ fn route_name(path: Option<&str>) -> &'static str {
         Some("/v1/policy") => "/v1/policy",
         Some("/v1/admin/members") => "/v1/admin/members",
         Some("/v1/admin/key") => "/v1/admin/key",
+        Some("/v1/admin/seal/waive") => "/v1/admin/seal/waive",
         Some("/v1/admin/members/{region}") => "/v1/admin/members/{region}",
         Some("/metrics") => "/metrics",
         Some("/healthz") => "/healthz",
@@ -397,6 +398,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_members, join_member))
         .routes(routes!(retire_member))
         .routes(routes!(rotate_key))
+        .routes(routes!(waive_seal))
         .routes(routes!(move_home))
 }
 
@@ -1123,6 +1125,51 @@ async fn rotate_key(State(st): State<AppState>) -> Response {
     ask(&st, |reply| Command::RotateKey { reply }).await
 }
 
+/// A JSON request body of type `T`, or 400 `invalid_json` saying what was `expected`.
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8], expected: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| error(400, "invalid_json", &format!("expected {expected}: {e}")))
+}
+
+/// A region name from a request body, or 400 `invalid_region`.
+fn region_of(name: &str) -> Result<RegionId, ApiError> {
+    RegionId::new(name).map_err(|e| error(400, "invalid_region", &e.to_string()))
+}
+
+/// The body of `POST /v1/admin/seal/waive`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaiveSealRequest {
+    /// The member whose seal answer is waived (down for good).
+    #[schema(value_type = crate::openapi::RegionId)]
+    region: String,
+}
+
+/// Lost disk (docs/operations.md): while this region is rebuilt on an empty disk and waits
+/// for every member's seal answer, seal without `region`'s (a member down for good). Its
+/// old-epoch events above the cut, if it held any, are voided there when it returns.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/seal/waive",
+    tag = "admin",
+    request_body(content = WaiveSealRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Waived: the members the seal still waits for", body = render::SealWaived),
+        (status = 400, description = "`invalid_json`, `invalid_region`", body = ErrorBody),
+        (status = 404, description = "`not_a_member`: not another member in force", body = ErrorBody),
+        (status = 409, description = "`not_sealing`: this region is not restoring after a lost disk", body = ErrorBody),
+    )
+)]
+async fn waive_seal(
+    State(st): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body.map_err(|e| body_error(&st, e))?;
+    let b: WaiveSealRequest = json_body(&bytes, "{\"region\":\"<region>\"}")?;
+    let region = region_of(&b.region)?;
+    Ok(ask(&st, |reply| Command::WaiveSeal { region, reply }).await)
+}
+
 /// The body of `POST /v1/admin/accounts/{account}/home`.
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1162,14 +1209,9 @@ async fn move_home(
 ) -> Result<Response, ApiError> {
     let account = account_of(path)?;
     let bytes = body.map_err(|e| body_error(&st, e))?;
-    let b: HomeMoveRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        error(
-            400,
-            "invalid_json",
-            &format!("expected {{\"region\":\"<region>\",\"currency\":\"<code>\"}}: {e}"),
-        )
-    })?;
-    let to = RegionId::new(&b.region).map_err(|e| error(400, "invalid_region", &e.to_string()))?;
+    let b: HomeMoveRequest =
+        json_body(&bytes, "{\"region\":\"<region>\",\"currency\":\"<code>\"}")?;
+    let to = region_of(&b.region)?;
     let currency =
         Currency::parse(&b.currency).map_err(|e| error(400, "unknown_currency", &e.to_string()))?;
     Ok(ask(&st, |reply| Command::MoveHome {

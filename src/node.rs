@@ -154,6 +154,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
         seal_on_restore: true,
         // Origins with `ack = "peer"` hear of their events' durability here at once.
         durable_acks: true,
+        // `ack = "peer"`: a debit decided at its home is answered once durable here too.
+        ack_peer: cfg.ack_peer,
         // Kept in the config after the join: the reloaded join event ends it again.
         joining: cfg.join,
         ..wallet_core::Config::new(

@@ -78,6 +78,7 @@ pub enum ErrorCode {
     RegionRetired,
     NotAMember,
     MembershipRefused,
+    NotSealing,
     InvalidPeerId,
     InvalidKey,
     InvalidAddress,
@@ -1151,6 +1152,32 @@ pub struct KeyRotated {
     pub hlc: Option<String>,
     /// The new public key (hex of its protobuf encoding).
     pub key: String,
+}
+
+/// `200` of `POST /v1/admin/seal/waive`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SealWaived {
+    /// The member waived.
+    #[schema(value_type = RegionIdText)]
+    pub waived: String,
+    /// The members whose answer the seal still waits for.
+    #[schema(value_type = Vec<RegionIdText>)]
+    pub missing: Vec<String>,
+    /// The epoch this region is in now (still the old one until the seal is issued).
+    pub epoch: u32,
+    /// Still restoring (the seal waits for answers, or for its own history to come back).
+    pub restoring: bool,
+}
+
+/// `POST /v1/admin/seal/waive`: what the seal still waits for.
+pub fn seal_waived_body(r: &Replica, waived: RegionId) -> String {
+    to_json(&SealWaived {
+        waived: waived.to_string(),
+        missing: r.seal_missing().iter().map(|m| m.to_string()).collect(),
+        epoch: r.epoch(),
+        restoring: r.is_restoring(),
+    })
 }
 
 /// `POST /v1/admin/key`: the rotation event, once durable here.

@@ -786,7 +786,7 @@ async fn openapi_document_and_router_agree() {
             }
         }
     }
-    assert_eq!(served.len(), 20, "{served:?}");
+    assert_eq!(served.len(), 21, "{served:?}");
     for p in ["/v1/nope", "/nope", "/v1/accounts/a/nope", "/v1/accounts/a"] {
         let (status, body) = request(&admin, "GET", p).await;
         assert_eq!(status, 404, "{p}: {body}");

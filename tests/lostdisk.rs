@@ -148,3 +148,94 @@ async fn with_ack_local_what_a_cut_off_region_acknowledged_is_lost_with_its_disk
     // The lost events' seqs were issued again in epoch 2 (the seal is the first of them).
     assert!(lost.contains(&after), "{after} {lost:?}");
 }
+
+/// The seal waiver over HTTP (`POST /v1/admin/seal/waive`, docs/operations.md): eu is
+/// rebuilt on an empty disk while ap is down for good; its seal waits for ap's answer (503
+/// `restoring`) until an operator waives ap, then it seals and serves. The refusals: a
+/// region that is not sealing (409 `not_sealing`), a name that is not another member (404
+/// `not_a_member`), a malformed one (400 `invalid_region`), a client token (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_region_whose_peer_is_down_for_good_seals_after_the_waiver() {
+    const AP: usize = 2;
+    let mut c = cluster(&["eu", "us", "ap"]);
+    c.start_all().await.expect("start");
+    wait_connected(&c, &[0, 1, 2]).await;
+    let accounts = vec!["waive-0".to_string()];
+    let kept = deposit_ok(&c, EU, &accounts[0], "10.00", "kept").await;
+    wait_converged(&c, "the first deposit everywhere", &[0, 1, 2], &accounts).await;
+    let waive = |region: &str| format!("{{\"region\":\"{region}\"}}");
+    // Nothing to waive on a region that is not sealing.
+    let admin = c.admin(EU).expect("admin");
+    let r = admin
+        .post("/v1/admin/seal/waive", &waive("ap"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (409, "not_sealing"),
+        "{}",
+        r.json
+    );
+
+    c.kill(AP); // down for good
+    c.kill(EU);
+    std::fs::remove_dir_all(c.data_dir(EU).expect("dir")).expect("rm -rf");
+    c.rewrite_config(EU, |t| t.replace("restore = false", "restore = true"))
+        .expect("config");
+    start(&mut c, EU).await;
+    // It pulls its history back from us but waits for ap's seal answer.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let r = deposit(&c, EU, &accounts[0], "1.00", "while-restoring").await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (503, "restoring"),
+        "{}",
+        r.json
+    );
+    let admin = c.admin(EU).expect("admin");
+    for (body, status, code) in [
+        (waive("eu"), 404, "not_a_member"),
+        (waive("sa"), 404, "not_a_member"),
+        (waive("NOT A REGION"), 400, "invalid_region"),
+        ("{}".to_string(), 400, "invalid_json"),
+    ] {
+        let r = admin
+            .post("/v1/admin/seal/waive", &body, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, error_code(&r).as_str()),
+            (status, code),
+            "{body}: {}",
+            r.json
+        );
+    }
+    let client = c.client(EU).expect("client");
+    let r = client
+        .post("/v1/admin/seal/waive", &waive("ap"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.json);
+    let r = admin
+        .post("/v1/admin/seal/waive", &waive("ap"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["waived"], "ap");
+    eventually(&c, "the rebuilt region sealed and ready", WAIT, || async {
+        let a = c.client(EU).unwrap().with_token("").get("/readyz").await;
+        a.is_ok_and(|a| a.status == 200)
+    })
+    .await;
+    let log = c.log_tail(EU);
+    assert!(log.contains("epoch 2") || log.contains("epoch=2"), "{log}");
+    let after = deposit_ok(&c, EU, &accounts[0], "5.00", "after").await;
+    // ap stays down (a member in force: nothing settles until it is retired), but the new
+    // epoch replicates: us holds the old epoch's deposit and the new one.
+    eventually(&c, "us holds eu's events of both epochs", WAIT, || async {
+        let held = ids_at(&c, 1, &accounts).await;
+        held.contains(&kept) && held.contains(&after)
+    })
+    .await;
+    assert!(ids_at(&c, EU, &accounts).await.contains(&kept));
+}

@@ -203,6 +203,11 @@ pub enum Message {
         /// The chunk asked for.
         index: u32,
     },
+    /// The sender acknowledges its clients with `ack = "peer"`: the receiver sends it
+    /// [`Message::Durable`] after its persists (regions with `ack = "local"` never announce
+    /// this, and are sent none). Sent on connect and every heartbeat period. Added after
+    /// `SnapshotChunkRequest`.
+    WantDurable,
 }
 
 /// A chunk of a snapshot transfer: `bytes` are chunk `index` of `count` of the snapshot's

@@ -230,6 +230,159 @@ fn an_origin_learns_peer_durability_one_round_trip_after_its_write() {
     }
 }
 
+/// A debit forwarded to its home (home mode) and decided there: with `ack = "peer"` the
+/// forwarding region answers its client only once it holds the home's event durably itself
+/// (`Replica::durable_at_two`), not on the home's answer alone, which is only as safe as
+/// `ack = "local"` at the home. Shown both ways: the answer is held while the event is
+/// durable at the home only, and such an event is lost with the home's disk; once answered,
+/// it survives under its id.
+#[test]
+fn a_forwarded_debit_is_peer_acknowledged_only_once_durable_at_the_forwarder() {
+    let home_us = Policy::from_toml("[default]\nmode = \"home\"\nhome = \"us\"\n").unwrap();
+    for persisted_at_eu in [false, true] {
+        let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], home_us.clone());
+        let (eu, us, ap) = (0, 1, 2);
+        deposit(&mut c, us, "alice", "100");
+        assert!(c.settle_all());
+        // ap away: only eu can hold the home's next event.
+        c.partition(1 << ap);
+        let Ok(Submitted::Pending { request }) =
+            c.submit(eu, req("alice", Kind::Purchase, "10", Currency::USD))
+        else {
+            panic!("a debit at eu is forwarded to its home us");
+        };
+        c.deliver_all(); // the forward reaches us, which decides it
+        c.persist(us, usize::MAX); // durable at the home: the answer and the event leave
+        c.deliver_all(); // both reach eu
+        let id = EventId {
+            origin: region("us"),
+            seq: 2,
+        };
+        assert!(c.nodes[eu].replica.event(id).is_some(), "applied at eu");
+        assert!(!c.nodes[eu].replica.durable_at_two(id));
+        assert!(
+            c.nodes[eu].decided.is_empty(),
+            "accepted by the home, durable there only: not answered yet"
+        );
+        if persisted_at_eu {
+            c.persist(eu, usize::MAX);
+            assert!(c.nodes[eu].replica.durable_at_two(id));
+            let (r, result) = c.nodes[eu]
+                .decided
+                .pop()
+                .expect("answered once durable at eu");
+            assert_eq!((r, result), (request, Ok(Submitted::New(id))));
+        }
+        let at_decision = c.nodes[us].replica.event(id).cloned().unwrap();
+        // eu crashes (what it had not persisted is gone), then the home loses its disk.
+        c.crash(eu);
+        c.inflight.retain(|(_, from, _)| *from != us);
+        c.lose_disk(us);
+        c.heal(); // ap never saw the event: the links were cut
+        assert!(until_sealed(&mut c, us, &[eu, us, ap]), "{}", dump(&c));
+        let cut = c.nodes[us].replica.seals()[0].cut;
+        assert!(c.settle_all(), "{}", dump(&c));
+        for i in [eu, us, ap] {
+            let held = c.nodes[i].replica.event(id).cloned();
+            if persisted_at_eu {
+                assert_eq!(held.as_ref(), Some(&at_decision), "{id} kept at {i}");
+                assert!(cut >= id.seq);
+                assert_eq!(balance(&c, i, "alice"), "90.00");
+            } else {
+                // Answering on the decision alone would have acknowledged a lost event.
+                assert!(cut < id.seq, "cut {cut}");
+                assert_ne!(held.as_ref(), Some(&at_decision), "{id} lost at {i}");
+                assert_eq!(balance(&c, i, "alice"), "100.00");
+            }
+        }
+        assert!(c.nodes[eu].decided.is_empty(), "nothing answered after");
+    }
+}
+
+/// `Message::Durable` goes only to origins that announced `ack = "peer"`
+/// (`Message::WantDurable`): eu (peer) hears it from us, us (local) hears none from eu, so a
+/// cluster with `ack = "local"` pays nothing.
+#[test]
+fn durable_goes_only_to_origins_that_announced_ack_peer() {
+    let mut c = Cluster::with_durable_acks(&["eu", "us"], fee_policy());
+    let (eu, us) = (0, 1);
+    // us acknowledges locally, but sends `Durable` where asked (walletd's setting).
+    let mut cfg = c.config(region("us"));
+    cfg.ack_peer = false;
+    c.nodes[us].replica = Replica::new(cfg, Hlc::ZERO);
+    c.inflight.clear();
+    c.connect_all(None);
+    c.deliver_all(); // eu's announcement reaches us
+    let at_eu = deposit(&mut c, eu, "alice", "10");
+    let at_us = deposit(&mut c, us, "bob", "10");
+    let mut durable_to = [0usize; 2];
+    for _ in 0..4 {
+        c.persist_all();
+        for (to, _, m) in &c.inflight {
+            if matches!(m, Message::Durable { .. }) {
+                durable_to[*to] += 1;
+            }
+        }
+        c.deliver_all();
+    }
+    assert!(durable_to[eu] > 0, "eu (ack = peer) is told");
+    assert_eq!(durable_to[us], 0, "us (ack = local) is sent no Durable");
+    assert_eq!(c.nodes[eu].replica.peer_durable_seq(), at_eu.seq);
+    // us still learns it from eu's heartbeats.
+    for _ in 0..3 {
+        c.tick(300);
+        c.persist_all();
+        c.deliver_all();
+    }
+    assert_eq!(c.nodes[us].replica.peer_durable_seq(), at_us.seq);
+}
+
+/// A seal query resent while the seal was in flight reaches a member after the seal, which
+/// it holds buffered behind a gap (it lacks old-epoch events up to the cut that another member
+/// held): the query must not hold the origin back again, or the events up to the cut, and
+/// with them the seal, never apply (simulator `--lost-disk 50`: seed 57 with `--ack peer`,
+/// 119 and 186 with `--ack local`, never converged).
+#[test]
+fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() {
+    let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
+    let (eu, us, ap) = (0, 1, 2);
+    deposit(&mut c, eu, "alice", "100");
+    assert!(c.settle_all());
+    // us away: ap alone holds eu:2 and eu:3.
+    c.partition(1 << us);
+    deposit(&mut c, eu, "alice", "1");
+    deposit(&mut c, eu, "alice", "1");
+    c.run_among(&[eu, ap], 2);
+    let old: Vec<Event> = c.nodes[ap].replica.origin_events(region("eu"), 0).to_vec();
+    assert_eq!(old.len(), 3);
+    // eu loses its disk and seals with ap's answer (us is waived: still cut off).
+    c.lose_disk(eu);
+    c.run_among(&[eu, ap], 3);
+    c.nodes[eu]
+        .replica
+        .waive_seal_answer(c.now, region("us"))
+        .unwrap();
+    c.drain(eu);
+    assert!(until_sealed(&mut c, eu, &[eu, ap]), "{}", dump(&c));
+    let seal = c.nodes[eu].replica.origin_events(region("eu"), 0)[3].clone();
+    assert_eq!(c.nodes[eu].replica.seals()[0].cut, 3);
+    // At us, by hand: the query, the seal (buffered: us holds eu:1 only), the query again
+    // (resent while the seal was in flight), then the old epoch's eu:2 and eu:3.
+    let now = c.local_now(us);
+    let from = region("eu");
+    let r = &mut c.nodes[us].replica;
+    r.handle_message(now, from, Message::SealQuery);
+    r.handle_message(now, from, Message::Events(vec![seal.clone()]));
+    r.handle_message(now, from, Message::SealQuery);
+    r.handle_message(now, region("ap"), Message::Events(old[1..].to_vec()));
+    assert_eq!(
+        r.version_vector().get(&from),
+        4,
+        "eu:2, eu:3 and the seal apply at us"
+    );
+    assert_eq!(r.seals().len(), 1);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Submit {

@@ -565,6 +565,7 @@ pub(crate) fn make_config(cfg: &SimConfig, me: RegionId) -> Config {
     c.pull_batch_events = cfg.pull_limit;
     c.idempotency_retention_ms = cfg.retention_ms();
     c.durable_acks = cfg.ack_peer;
+    c.ack_peer = cfg.ack_peer;
     c
 }
 

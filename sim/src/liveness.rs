@@ -73,6 +73,10 @@ pub struct PullWatch {
     /// A region is being told that a member connected.
     in_connect: bool,
     scratch: Vec<(RegionId, u64)>,
+    /// Events of other origins the last answer brought (lacking before it, held after it):
+    /// an own event the replica issued while handling it (an escrow debit its rights let go
+    /// ahead) is not something the answer brought.
+    brought: u64,
 }
 
 /// How many liveness checks ran (part of the JSON `checks_during_run` object).
@@ -240,7 +244,6 @@ pub fn pull_lost(sim: &mut Sim, i: usize, from: usize) {
 /// What a delivery looked like before the replica handled it.
 #[derive(Debug)]
 pub struct Before {
-    held: u64,
     discarded: u64,
     reports: u64,
     pulls: u64,
@@ -281,7 +284,6 @@ pub fn before_delivery(sim: &mut Sim, to: usize, from: usize, msg: &Message) -> 
         );
     }
     Before {
-        held: r.event_count(),
         discarded: discarded(r),
         reports: sim.counters.reports.iter().sum(),
         pulls: sim.watch.pulls[to],
@@ -297,6 +299,11 @@ pub fn after_handling(sim: &mut Sim, to: usize, from: usize, b: &Before) {
     let now_l = sim.local_time(to);
     let held = r.event_count();
     let clean = discarded(r) == b.discarded;
+    if let Kind::Answer { .. } = b.kind {
+        let vv = r.version_vector();
+        let brought = sim.watch.scratch.iter().filter(|(o, q)| *q <= vv.get(o));
+        sim.watch.brought = brought.count() as u64;
+    }
     if matches!(b.kind, Kind::Events | Kind::Answer { .. }) && clean {
         let vv = r.version_vector();
         let w = &mut sim.watch;
@@ -339,13 +346,12 @@ pub fn after_drain(sim: &mut Sim, to: usize, from: usize, b: &Before, connected:
         Kind::Answer { more: true } => {
             let Some(t) = b.tracked else { return };
             let live = now_l < t.sent_local.saturating_add(PULL_TIMEOUT_MS);
-            let brought = r.event_count() > b.held;
-            if !live || !brought {
+            let n = sim.watch.brought;
+            if !live || n == 0 {
                 return;
             }
             sim.during.counts.liveness.chain_answers += 1;
             if !pulled_from(sim) {
-                let n = r.event_count() - b.held;
                 sim.during.fail(
                     "pull_chain",
                     now,

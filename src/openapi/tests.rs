@@ -428,7 +428,7 @@ fn every_operation_has_bearer_auth_and_the_middleware_answers() {
             );
         }
     }
-    assert_eq!(n, 20, "operations");
+    assert_eq!(n, 21, "operations");
 }
 
 /// The check the integration tests run on every answer refuses what it must.

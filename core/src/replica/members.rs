@@ -41,6 +41,10 @@ pub enum MembershipError {
     /// The change does not validate (empty set, key too long, ...).
     #[error("{0}")]
     Invalid(String),
+    /// A seal answer waived while this region is not sealing (not rebuilt after a lost
+    /// disk, or sealed already).
+    #[error("this region is not restoring after a lost disk: no seal is waiting for answers")]
+    NotSealing,
 }
 
 /// A retire as this region knows it.

@@ -37,7 +37,7 @@ impl Replica {
             }
             Message::Forward { request, tx } => self.handle_forward(now_ms, from, request, tx),
             Message::ForwardAnswer { request, result } => {
-                self.handle_forward_answer(from, request, result)
+                self.handle_forward_answer(now_ms, from, request, result)
             }
             Message::RightsRequest {
                 account,
@@ -52,9 +52,12 @@ impl Replica {
             Message::SnapshotChunkRequest { transfer, index } => {
                 self.handle_chunk_request(from, transfer, index)
             }
+            Message::WantDurable => self.note_wants_durable(from),
         }
         // Rights may have come in: a debit waiting for them may go ahead.
         self.retry_waiting(now_ms);
+        // Another member's durability may release an acceptance held for `ack = "peer"`.
+        self.release_held(Some(now_ms));
     }
 
     /// Merges a batch of events (push or anti-entropy answer).

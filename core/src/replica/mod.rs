@@ -110,10 +110,15 @@ pub struct Config {
     /// origin epoch at the highest seq any member holds and starting a new one
     /// (docs/protocol.md §12), instead of resuming the old epoch's seqs.
     pub seal_on_restore: bool,
-    /// After each persist, tell every origin whose events became durable here how far
-    /// (`Message::Durable`), so an origin with `ack = "peer"` answers its clients one round
-    /// trip after its own write. Off: origins learn it from heartbeats only.
+    /// After each persist, tell every origin that announced `ack = "peer"`
+    /// (`Message::WantDurable`) and whose events became durable here how far
+    /// (`Message::Durable`), so it answers its clients one round trip after its own write.
+    /// Off: origins learn it from heartbeats only.
     pub durable_acks: bool,
+    /// This region acknowledges with `ack = "peer"` (docs/protocol.md §12): a debit decided
+    /// at its home is answered once this region holds the event durably too
+    /// ([`Replica::durable_at_two`]), not on the home's answer alone.
+    pub ack_peer: bool,
     /// How long an idempotency key holds, in HLC milliseconds: a copy of a keyed event whose
     /// HLC is this much or more after the first is a new transaction, not a duplicate (SPEC §5
     /// as amended by issue 13; docs/protocol.md). Part of the protocol: the same on every
@@ -143,6 +148,7 @@ impl Config {
             forward_timeout_ms: modes::FORWARD_TIMEOUT_MS_DEFAULT,
             seal_on_restore: false,
             durable_acks: false,
+            ack_peer: false,
             idempotency_retention_ms: IDEMPOTENCY_RETENTION_MS_DEFAULT,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT,
         }
@@ -425,6 +431,7 @@ impl Replica {
         if now_ms >= self.dur.next_heartbeat_ms {
             self.dur.next_heartbeat_ms = now_ms.saturating_add(self.cfg.heartbeat_interval_ms);
             self.heartbeat(now_ms);
+            self.announce_ack_peer(None);
         }
         self.pull_on_timeout(now_ms);
         self.forward_timeouts(now_ms);
@@ -541,6 +548,7 @@ impl Replica {
         self.send_durable_acks(durable_origins);
         self.push_own();
         self.answer_owed();
+        self.release_held(None);
         // Settle only once the watermark record is durable (it is written after the events it
         // covers): a crash can then never take back a settled event or a compensation.
         if let Some(w) = settle_to {

@@ -60,6 +60,21 @@ pub(crate) struct Forwarded {
     pub(crate) currency: Currency,
     /// The amount asked for, rendered (for an `InsufficientFunds` answer).
     pub(crate) requested: String,
+    /// Seals applied here when it was sent (`ack = "peer"`: an acceptance that a seal may
+    /// have voided is not acknowledged).
+    pub(crate) seals: usize,
+}
+
+/// `ack = "peer"`: a forwarded debit the home accepted, answered once this region holds the
+/// event durably too.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) request: u64,
+    pub(crate) home: RegionId,
+    pub(crate) result: Submitted,
+    pub(crate) deadline_ms: u64,
+    /// Seals applied here when the debit was forwarded.
+    pub(crate) seals: usize,
 }
 
 /// Counters of the modes, for status and metrics.
@@ -102,6 +117,8 @@ pub(crate) struct Modes {
     /// Forwarded debits this region accepted as the home, answered once the event is
     /// durable: (own seq, requester, request id, event id, existing).
     pub(crate) owed: VecDeque<(u64, RegionId, u64, EventId, bool)>,
+    /// `ack = "peer"`: forwarded debits the home accepted, not yet durable here.
+    pub(crate) held: Vec<Held>,
     pub(crate) stats: ModeStats,
     /// How long to wait for a home's answer, ms.
     pub(crate) forward_timeout_ms: u64,
@@ -201,7 +218,8 @@ impl Modes {
     pub(crate) fn deadline(&self) -> u64 {
         let f = self.forwarded.values().map(|f| f.deadline_ms).min();
         let w = self.waiting.values().map(|w| w.deadline_ms).min();
-        f.into_iter().chain(w).min().unwrap_or(u64::MAX)
+        let h = self.held.iter().map(|h| h.deadline_ms).min();
+        f.into_iter().chain(w).chain(h).min().unwrap_or(u64::MAX)
     }
 
     /// When to rebalance: only while some member asked for rights.
@@ -320,6 +338,7 @@ impl Replica {
                 deadline_ms: now_ms.saturating_add(self.modes.forward_timeout_ms),
                 currency: tx.currency,
                 requested: tx.currency.render(tx.amount.value()),
+                seals: self.seal_count(),
             },
         );
         self.modes.stats.forwarded += 1;
@@ -405,6 +424,7 @@ impl Replica {
     /// The home answered a forwarded debit.
     pub(crate) fn handle_forward_answer(
         &mut self,
+        now_ms: u64,
         from: RegionId,
         request: u64,
         result: ForwardResult,
@@ -430,6 +450,19 @@ impl Replica {
             }
             ForwardResult::Unavailable { .. } => Err(SubmitError::HomeUnreachable { home: f.home }),
         };
+        if let (true, &Ok(accepted)) = (self.cfg.ack_peer, &result) {
+            // `ack = "peer"`: the home answered on its own durability; the client hears once
+            // this region holds the event durably too (two members).
+            self.modes.held.push(Held {
+                request,
+                home: f.home,
+                result: accepted,
+                deadline_ms: now_ms.saturating_add(self.modes.forward_timeout_ms),
+                seals: f.seals,
+            });
+            self.release_held(Some(now_ms));
+            return;
+        }
         self.outputs.push_back(Output::Decided {
             request,
             result,
@@ -437,9 +470,41 @@ impl Replica {
         });
     }
 
+    /// `ack = "peer"`: answers the held acceptances whose events are now durable here and at
+    /// another member ([`Replica::durable_at_two`]). One past its deadline, or one a seal
+    /// applied since the debit was forwarded may have voided (an id of an old epoch is
+    /// another event in the new one), is answered `HomeUnreachable`: retryable, and a retry
+    /// with the same idempotency key finds the event if it survived. `now_ms`: None where the
+    /// input carries no time (a persist acknowledgement): no deadline passes.
+    pub(crate) fn release_held(&mut self, now_ms: Option<u64>) {
+        if self.modes.held.is_empty() {
+            return;
+        }
+        let seals = self.seal_count();
+        for h in std::mem::take(&mut self.modes.held) {
+            let result = match h.result.id() {
+                _ if h.seals != seals => Err(SubmitError::HomeUnreachable { home: h.home }),
+                Some(id) if self.durable_at_two(id) => Ok(h.result),
+                _ if now_ms.is_some_and(|t| t >= h.deadline_ms) => {
+                    Err(SubmitError::HomeUnreachable { home: h.home })
+                }
+                _ => {
+                    self.modes.held.push(h);
+                    continue;
+                }
+            };
+            self.outputs.push_back(Output::Decided {
+                request: h.request,
+                result,
+                durable_after: None,
+            });
+        }
+    }
+
     /// Refuses forwarded debits whose answer is late: `HomeUnreachable`, retryable (the home
     /// may still have decided it: a retry with the same idempotency key finds out).
     pub(crate) fn forward_timeouts(&mut self, now_ms: u64) {
+        self.release_held(Some(now_ms));
         let late: Vec<u64> = self
             .modes
             .forwarded

@@ -180,6 +180,7 @@ impl Replica {
             return;
         }
         self.pull.connected.insert(member);
+        self.announce_ack_peer(Some(member));
         let lost = self.pull.in_flight_to(member);
         if lost || !self.pull.busy(now_ms) {
             self.pull.stats.on_connect += 1;

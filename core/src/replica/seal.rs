@@ -6,8 +6,10 @@
 //! | a member answers with its gap-free log less contested seqs (a retire ack's rule) and applies nothing of the asker above it until the seal | [`Replica::handle_seal_query`] |
 //! | once every member answered (or was waived by an operator) and the log up to the highest answer is pulled back, the region issues `Seal { epoch, cut }` as seq `cut + 1`, its HLC above everything it observed (the answers carry the answerers' clocks) plus [`CEILING_MARGIN_MS`] | [`Replica::seal_progress`] |
 //! | a member applying a seal voids its unsettled events of the region above the cut | `merge_one`, [`Replica::void_above`] |
-//! | after a persist, each origin whose events became durable here hears how far (`Message::Durable`) | [`Replica::send_durable_acks`] |
+//! | a region with `ack = "peer"` announces it (`Message::WantDurable`) on connect and every heartbeat period | [`Replica::announce_ack_peer`] |
+//! | after a persist, each origin that announced `ack = "peer"` and whose events became durable here hears how far (`Message::Durable`) | [`Replica::send_durable_acks`] |
 //! | own events are peer-durable up to the highest seq any other member in force reported durable (by `Durable` or a heartbeat) | [`Replica::peer_durable_seq`] |
+//! | with `ack = "peer"`, a debit the home accepted is answered once durable here too (held in `Modes::held`) | [`Replica::durable_at_two`] |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,6 +56,9 @@ pub(crate) struct Sealing {
     pub(crate) seals: BTreeMap<RegionId, Vec<SealInfo>>,
     /// Per other member, the highest seq of this region's log it reported durable.
     pub(crate) peer_durable: BTreeMap<RegionId, u64>,
+    /// Members that announced `ack = "peer"` (`Message::WantDurable`): the origins sent
+    /// `Message::Durable` after a persist.
+    pub(crate) want_durable: BTreeSet<RegionId>,
     pub(crate) stats: SealStats,
 }
 
@@ -100,8 +105,16 @@ impl Replica {
         let held = self.ack_held(from);
         if let Some(m) = self.logs.members.get_mut(&from) {
             // Old-epoch events still in flight must not apply (nor settle) here above the
-            // answer: the seal's cut may be this answer.
-            m.seal_cap = Some(held);
+            // answer: the seal's cut may be this answer. Unless its seal is here already,
+            // buffered behind a gap (the query was resent while the seal was in flight): the
+            // hold would then keep out the events up to the cut that the seal waits for.
+            let sealed = m
+                .pending
+                .values()
+                .any(|e| matches!(e.change(), Some(Change::Seal { .. })));
+            if !sealed {
+                m.seal_cap = Some(held);
+            }
         }
         self.sealing.stats.queries_answered += 1;
         self.outputs.push_back(Output::Send {
@@ -191,7 +204,7 @@ impl Replica {
     /// seal (docs/operations.md, lost-disk runbook).
     pub fn waive_seal_answer(&mut self, now_ms: u64, region: RegionId) -> Result<(), SubmitError> {
         if !self.sealing() {
-            return Err(MembershipError::Invalid("this region is not sealing".into()).into());
+            return Err(MembershipError::NotSealing.into());
         }
         if region == self.cfg.region || !self.members_in_force().contains(&region) {
             return Err(MembershipError::NotAMember(region).into());
@@ -254,6 +267,11 @@ impl Replica {
             dropped += above;
         }
         self.sealing.stats.old_epoch_dropped += dropped;
+        // The old epoch above the cut is void: the durable log of the origin ends at the cut
+        // (the new epoch's events raise it again as they become durable).
+        if let Some(d) = self.dur.remote_durable.get_mut(&origin) {
+            *d = (*d).min(cut);
+        }
         // What the seal query held back up to the cut applies now.
         self.drain_pending(origin);
         // The voided events' persisted copies stay on disk: a restart drops them again, as it
@@ -270,7 +288,8 @@ impl Replica {
             return;
         }
         for origin in origins {
-            if !self.is_peer(origin) {
+            // Only to origins with `ack = "peer"`: a cluster with `ack = "local"` pays nothing.
+            if !self.is_peer(origin) || !self.sealing.want_durable.contains(&origin) {
                 continue;
             }
             let seq = self.dur.remote_durable.get(&origin).copied().unwrap_or(0);
@@ -278,6 +297,29 @@ impl Replica {
                 to: origin,
                 msg: Message::Durable { seq },
             });
+        }
+    }
+
+    /// With `ack = "peer"`, on connect (to that member) and every heartbeat period (to all):
+    /// asks the members for `Message::Durable` after their persists.
+    pub(super) fn announce_ack_peer(&mut self, to: Option<RegionId>) {
+        if !self.cfg.ack_peer {
+            return;
+        }
+        self.outputs.push_back(match to {
+            Some(to) => Output::Send {
+                to,
+                msg: Message::WantDurable,
+            },
+            None => Output::Broadcast(Message::WantDurable),
+        });
+    }
+
+    /// A member announced `ack = "peer"`: it hears `Message::Durable` from here from now on
+    /// (in memory: after a restart here, from its next announcement).
+    pub(super) fn note_wants_durable(&mut self, from: RegionId) {
+        if self.is_peer(from) {
+            self.sealing.want_durable.insert(from);
         }
     }
 
@@ -302,6 +344,27 @@ impl Replica {
             .max()
             .unwrap_or(0)
             .min(self.dur.own_durable_seq)
+    }
+
+    /// Whether event `id` is durable at two members as far as this region knows: an own event
+    /// here and at another member in force ([`Replica::peer_durable_seq`]); another origin's
+    /// here, in this region's gap-free durable log of it, and at its origin, which sends an
+    /// event only once it is durable there. With `Config::ack_peer` a debit decided at its
+    /// home is answered (`Output::Decided`) only once this holds: a lost disk at the origin
+    /// then cannot take it, since this region answers the seal query with at least its seq.
+    pub fn durable_at_two(&self, id: EventId) -> bool {
+        if id.origin == self.cfg.region {
+            return id.seq <= self.peer_durable_seq();
+        }
+        self.dur
+            .remote_durable
+            .get(&id.origin)
+            .is_some_and(|d| id.seq <= *d)
+    }
+
+    /// Seals applied here, of every origin.
+    pub(crate) fn seal_count(&self) -> usize {
+        self.sealing.seals.values().map(Vec::len).sum()
     }
 
     /// This region's origin epoch: 1 until its first seal, then the epoch that seal started.

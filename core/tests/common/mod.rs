@@ -155,7 +155,7 @@ impl Cluster {
     }
 
     /// Like [`Cluster::new`], every replica sending `Message::Durable` after its persists
-    /// (what an origin with `ack = "peer"` waits for).
+    /// (what an origin with `ack = "peer"` waits for) and acknowledging with `ack = "peer"`.
     pub fn with_durable_acks(names: &[&str], seed: Policy) -> Cluster {
         let mut c = Cluster::new(names, seed);
         c.durable_acks = true;
@@ -175,6 +175,7 @@ impl Cluster {
         cfg.idempotency_retention_ms = self.retention_ms;
         cfg.durable_acks = self.durable_acks;
         cfg.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
+        cfg.ack_peer = self.durable_acks;
         cfg
     }
 
