@@ -32,7 +32,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
-use wallet_core::wire::{decode_event, decode_value, encode_event, encode_snapshot, encode_value};
+use wallet_core::wire::{
+    decode_event, decode_snapshot, decode_value, encode_event, encode_snapshot, encode_value,
+};
 use wallet_core::{AccountId, Event, Evidence, Record};
 
 use crate::storage::{IdemRecord, Loaded, StorageError, WriteOp};
@@ -74,6 +76,12 @@ pub struct LogStore {
     capacity: u64,
     /// A commit's frames (reused).
     buf: Vec<u8>,
+    /// Bytes of records the last open or rewrite left (what a rewrite compares growth to).
+    live: u64,
+    /// Fewest bytes of records before a rewrite starts ([`REWRITE_MIN_BYTES`]).
+    rewrite_min: u64,
+    /// The rewrite being prepared on its own thread.
+    job: Option<std::thread::JoinHandle<Result<Prepared, StorageError>>>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -114,6 +122,21 @@ fn push_other(buf: &mut Vec<u8>, o: &Other) {
         b.push(TAG_OTHER);
         b.extend_from_slice(&encode_value(o));
     });
+}
+
+/// Zero-fills `file` from `from` up to `cap`, durably, then records `cap` in its header,
+/// durably (a crash between the two leaves the old capacity, and the zeros past it ignored).
+fn preallocate(file: &File, from: u64, cap: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = from;
+    while off < cap {
+        let n = (cap - off).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    file.sync_data()?;
+    file.write_all_at(&header(cap), 0)?;
+    file.sync_data()
 }
 
 /// One frame read back.
@@ -205,7 +228,17 @@ impl LogStore {
             at: HEADER_BYTES,
             capacity: 0,
             buf: Vec::with_capacity(1 << 16),
+            live: 0,
+            rewrite_min: REWRITE_MIN_BYTES,
+            job: None,
         };
+        // A rewrite cut by a crash before its rename: the log itself is whole, the copy is
+        // dropped (module docs).
+        let partial = dir.join(REWRITE_FILE_NAME);
+        if std::fs::metadata(&partial).is_ok() {
+            tracing::warn!(path = %partial.display(), "dropping an unfinished log rewrite");
+            std::fs::remove_file(&partial).map_err(|e| open_err(e.to_string()))?;
+        }
         if len == 0 {
             store.grow(INITIAL_CAPACITY)?;
             if let Some(parent) = store.path.parent() {
@@ -295,6 +328,7 @@ impl LogStore {
             }
         }
         self.at = at as u64;
+        self.live = self.at - HEADER_BYTES;
         tables
             .into_loaded()
             .map_err(|(place, w)| self.corrupt(format!("{place}: {w}")))
@@ -309,20 +343,7 @@ impl LogStore {
         while cap < want {
             cap = cap.saturating_add(step);
         }
-        let zeros = vec![0u8; 1 << 20];
-        let mut off = self.capacity;
-        while off < cap {
-            let n = (cap - off).min(zeros.len() as u64) as usize;
-            self.file
-                .write_all_at(&zeros[..n], off)
-                .map_err(|e| self.write_err(e))?;
-            off += n as u64;
-        }
-        self.file.sync_data().map_err(|e| self.write_err(e))?;
-        self.file
-            .write_all_at(&header(cap), 0)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| self.write_err(e))?;
+        preallocate(&self.file, self.capacity, cap).map_err(|e| self.write_err(e))?;
         self.capacity = cap;
         Ok(())
     }
@@ -364,13 +385,18 @@ impl LogStore {
     /// Appends the operations' frames in one write and makes them durable (one `fdatasync`).
     pub fn commit(&mut self, ops: &[&WriteOp]) -> Result<(), StorageError> {
         self.append(ops)?;
-        self.sync()
+        self.sync()?;
+        if self.rewrite_ready() {
+            self.finish_rewrite()?;
+        }
+        Ok(())
     }
 
     /// Appends the operations' frames in one write, not yet durable: the pipelined writer
     /// ([`spawn_pipeline`]) syncs on other threads meanwhile.
     pub fn append(&mut self, ops: &[&WriteOp]) -> Result<(), StorageError> {
         self.buf.clear();
+        let mut snapshot = false;
         for op in ops {
             let meta = |k: &str, v: u64| Other::Meta(k.into(), v.to_be_bytes().to_vec());
             let other = match op {
@@ -385,9 +411,12 @@ impl LogStore {
                     Record::Ceiling(h) => meta("ceiling", h.0),
                     Record::Watermark(h) => meta("watermark", h.0),
                     Record::Evidence(ev) => Other::Evidence(encode_value(ev)),
-                    // The events it folds stay in the file (the log only grows) and are
-                    // skipped on load.
-                    Record::Snapshot(snap) => Other::Meta("snapshot".into(), encode_snapshot(snap)),
+                    // The events it folds stay in the file, skipped on load, until a
+                    // rewrite drops them (`maybe_start_rewrite`, below).
+                    Record::Snapshot(snap) => {
+                        snapshot = true;
+                        Other::Meta("snapshot".into(), encode_snapshot(snap))
+                    }
                 },
                 WriteOp::Idem { account, key, rec } => {
                     Other::IdemPut(account.as_str().into(), key.to_string(), (**rec).clone())
@@ -399,8 +428,273 @@ impl LogStore {
             };
             push_other(&mut self.buf, &other);
         }
-        self.append_buf()
+        self.append_buf()?;
+        if snapshot {
+            self.maybe_start_rewrite();
+        }
+        Ok(())
     }
+
+    /// Sets the fewest bytes of records before a rewrite starts (tests and benches).
+    pub fn set_rewrite_min(&mut self, bytes: u64) {
+        self.rewrite_min = bytes;
+    }
+
+    /// Bytes of the file from the header to the end of the last record.
+    pub fn used(&self) -> u64 {
+        self.at
+    }
+
+    /// Starts a rewrite of everything appended so far on a thread of its own when none runs
+    /// and the records have grown past [`REWRITE_MIN_BYTES`] and [`REWRITE_GROWTH_FACTOR`]
+    /// times what the last rewrite (or open) left. Called after a snapshot is appended: the
+    /// rewrite drops the events the last snapshot in that prefix folds.
+    pub fn maybe_start_rewrite(&mut self) {
+        let records = self.at - HEADER_BYTES;
+        if self.job.is_some()
+            || records < self.rewrite_min
+            || records < self.live.saturating_mul(REWRITE_GROWTH_FACTOR)
+        {
+            return;
+        }
+        let (file, path, prefix) = (self.file.clone(), self.path.clone(), self.at);
+        let job = std::thread::Builder::new()
+            .name("walletd-log-rewrite".into())
+            .spawn(move || prepare_rewrite(&file, &path, prefix));
+        match job {
+            Ok(j) => self.job = Some(j),
+            Err(e) => tracing::warn!(error = %e, "cannot start the log rewrite thread"),
+        }
+    }
+
+    /// True when a rewrite's preparation has ended and [`LogStore::finish_rewrite`] may run.
+    pub fn rewrite_ready(&self) -> bool {
+        self.job.as_ref().is_some_and(|j| j.is_finished())
+    }
+
+    /// Installs a prepared rewrite (waiting for its preparation if it is still running):
+    /// copies what was appended since its prefix, makes the copy durable, renames it over the
+    /// log and makes the rename durable. Every appended byte is durable after it. A rewrite
+    /// that fails before its rename is dropped with a warning and the log goes on as it was;
+    /// an error is only returned once the new file is in place but not durably named, which
+    /// the writer treats like a failed sync. The caller must not have a sync in flight on the
+    /// old file that it still expects to cover later appends ([`Pipeline::finish`] first).
+    pub fn finish_rewrite(&mut self) -> Result<Option<RewriteReport>, StorageError> {
+        let Some(job) = self.job.take() else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let prepared = job
+            .join()
+            .unwrap_or_else(|_| Err(self.write_err("the log rewrite thread panicked")));
+        let mut p = match prepared.and_then(|mut p| self.copy_tail(&mut p).map(|()| p)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "log rewrite abandoned; the log goes on unchanged");
+                let _ = std::fs::remove_file(rewrite_path(&self.path));
+                return Ok(None);
+            }
+        };
+        let before = self.at;
+        if let Err(e) = std::fs::rename(&p.path, &self.path) {
+            tracing::warn!(error = %e, "log rewrite abandoned at its rename; the log goes on unchanged");
+            let _ = std::fs::remove_file(&p.path);
+            return Ok(None);
+        }
+        p.path = self.path.clone();
+        self.install(p, before, started)
+    }
+
+    /// Appends what the log holds past the prepared prefix to the new file, durably.
+    fn copy_tail(&self, p: &mut Prepared) -> Result<(), StorageError> {
+        let err = |e: std::io::Error| crate::storage::write_err_at(&p.path, e);
+        let mut tail = vec![0u8; usize::try_from(self.at - p.prefix).unwrap_or(usize::MAX)];
+        self.file
+            .read_exact_at(&mut tail, p.prefix)
+            .map_err(|e| self.write_err(e))?;
+        let want = p.at + tail.len() as u64;
+        if want > p.capacity {
+            let cap = want.saturating_add(INITIAL_CAPACITY);
+            preallocate(&p.file, p.capacity, cap).map_err(err)?;
+            p.capacity = cap;
+        }
+        p.file.write_all_at(&tail, p.at).map_err(err)?;
+        p.file.sync_data().map_err(err)?;
+        p.at = want;
+        Ok(())
+    }
+
+    /// After the rename: makes it durable and switches to the new file.
+    fn install(
+        &mut self,
+        p: Prepared,
+        before: u64,
+        started: std::time::Instant,
+    ) -> Result<Option<RewriteReport>, StorageError> {
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.write_err(e))?;
+        }
+        self.file = Arc::new(p.file);
+        self.at = p.at;
+        self.capacity = p.capacity;
+        self.live = self.at - HEADER_BYTES;
+        let report = RewriteReport {
+            before,
+            after: self.at,
+            tail: p.at - p.compacted,
+            prepare: p.took,
+            pause: started.elapsed(),
+        };
+        tracing::info!(
+            before = report.before,
+            after = report.after,
+            tail = report.tail,
+            prepare_ms = report.prepare.as_millis() as u64,
+            pause_ms = report.pause.as_millis() as u64,
+            "log rewritten"
+        );
+        Ok(Some(report))
+    }
+}
+
+/// Name of the copy a rewrite builds beside the log, renamed over it once complete and
+/// durable; one found at open is an unfinished rewrite and is removed.
+pub const REWRITE_FILE_NAME: &str = "wallet.log.new";
+/// Fewest bytes of records before the log is rewritten.
+pub const REWRITE_MIN_BYTES: u64 = 64 << 20;
+/// The log is rewritten once its records are this many times what the last rewrite left
+/// (so at most about half the file is dead before it is reclaimed).
+pub const REWRITE_GROWTH_FACTOR: u64 = 2;
+
+fn rewrite_path(log: &Path) -> PathBuf {
+    log.with_file_name(REWRITE_FILE_NAME)
+}
+
+/// What one rewrite did.
+#[derive(Debug, Clone, Copy)]
+pub struct RewriteReport {
+    /// Bytes of the log before (header and records).
+    pub before: u64,
+    /// Bytes after.
+    pub after: u64,
+    /// Bytes appended during the preparation, copied by the writer at the switch.
+    pub tail: u64,
+    /// Time the preparation took on its own thread (the writer went on meanwhile).
+    pub prepare: std::time::Duration,
+    /// Time the writer spent on the switch (no append meanwhile).
+    pub pause: std::time::Duration,
+}
+
+/// A rewrite's new file, written and durable up to `at`, not yet named as the log.
+#[derive(Debug)]
+pub struct Prepared {
+    file: File,
+    path: PathBuf,
+    /// Bytes of the old log it holds the live records of.
+    prefix: u64,
+    /// End of the compacted records (before any tail copied).
+    compacted: u64,
+    /// Where the next frame goes.
+    at: u64,
+    capacity: u64,
+    took: std::time::Duration,
+}
+
+/// Builds `wallet.log.new` from the first `prefix` bytes of the log (every record in them
+/// appended): the live records ([`compact_frames`]), zero-filled ahead like a new log, durable.
+fn prepare_rewrite(old: &File, log: &Path, prefix: u64) -> Result<Prepared, StorageError> {
+    let started = std::time::Instant::now();
+    let path = rewrite_path(log);
+    let err = |e: &dyn std::fmt::Display| crate::storage::write_err_at(&path, e);
+    let mut data = vec![0u8; usize::try_from(prefix).unwrap_or(usize::MAX)];
+    old.read_exact_at(&mut data, 0)
+        .map_err(|e| crate::storage::write_err_at(log, e))?;
+    let frames = compact_frames(&data).map_err(|w| crate::storage::corrupt_at(log, w))?;
+    drop(data);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| err(&e))?;
+    file.try_lock().map_err(|e| err(&e))?;
+    let at = HEADER_BYTES + frames.len() as u64;
+    let capacity = at.saturating_add(INITIAL_CAPACITY);
+    file.write_all_at(&frames, HEADER_BYTES)
+        .map_err(|e| err(&e))?;
+    preallocate(&file, at, capacity).map_err(|e| err(&e))?;
+    Ok(Prepared {
+        file,
+        path,
+        prefix,
+        compacted: at,
+        at,
+        capacity,
+        took: started.elapsed(),
+    })
+}
+
+/// The live records of a log's first bytes (`data`, header included, every frame whole), as
+/// frames: every event the last snapshot among them does not fold, the last value of each
+/// meta key, the idempotency results not deleted, every evidence record. Replaying them
+/// gives the same tables as replaying `data`, less the folded events.
+fn compact_frames(data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut meta: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut idem: BTreeMap<(String, String), IdemRecord> = BTreeMap::new();
+    let mut evidence: Vec<&[u8]> = Vec::new();
+    let mut events: Vec<(usize, usize)> = Vec::new();
+    let mut at = HEADER_BYTES as usize;
+    loop {
+        let (payload, next) = match read_frame(data, at) {
+            Frame::Ok(payload, next) => (payload, next),
+            Frame::End => break,
+            Frame::Bad(why, _) => return Err(format!("record at offset {at}: {why}")),
+        };
+        match payload.split_first() {
+            Some((&TAG_EVENT, _)) => events.push((at, next)),
+            Some((&TAG_OTHER, body)) => {
+                match decode_value::<Other>(body).map_err(|e| e.to_string())? {
+                    Other::Meta(k, v) => {
+                        meta.insert(k, v);
+                    }
+                    Other::IdemPut(a, k, rec) => {
+                        idem.insert((a, k), rec);
+                    }
+                    Other::IdemDelete(a, k) => {
+                        idem.remove(&(a, k));
+                    }
+                    Other::Evidence(_) => evidence.push(payload),
+                }
+            }
+            _ => return Err(format!("record at offset {at}: unknown record tag")),
+        }
+        at = next;
+    }
+    let snapshot = match meta.get("snapshot") {
+        Some(v) => Some(decode_snapshot(v).map_err(|e| format!("meta[snapshot]: {e}"))?),
+        None => None,
+    };
+    let gaps = crate::storage::GapCheck::after(snapshot.as_ref());
+    let mut out = Vec::with_capacity(data.len() / 4);
+    for (start, end) in events {
+        let e = decode_event(&data[start + FRAME_HEAD + 1..end]).map_err(|e| e.to_string())?;
+        if !gaps.folds(e.id.origin.as_str(), e.id.seq) {
+            out.extend_from_slice(&data[start..end]);
+        }
+    }
+    for (k, v) in meta {
+        push_other(&mut out, &Other::Meta(k, v));
+    }
+    for ((a, k), rec) in idem {
+        push_other(&mut out, &Other::IdemPut(a, k, rec));
+    }
+    for payload in evidence {
+        push_frame(&mut out, |b| b.extend_from_slice(payload));
+    }
+    Ok(out)
 }
 
 /// Threads that run `fdatasync` for the pipelined writer, at most this many at once: a
@@ -820,5 +1114,200 @@ mod tests {
         drop(s);
         let (_s, l) = LogStore::open(dir.path()).unwrap();
         assert_eq!(l.events, evs);
+    }
+
+    /// Persists what the replica asks for, one commit each, with an idempotency result for
+    /// `key`.
+    fn pump(r: &mut Replica, s: &mut LogStore, key: Option<String>) {
+        while let Some(o) = r.poll_output() {
+            if let Output::Persist { index, record } = o {
+                let rec = WriteOp::Record { index, record };
+                let idem = key.clone().map(|k| WriteOp::Idem {
+                    account: AccountId::new("alice").unwrap(),
+                    key: k.into(),
+                    rec: Arc::new(IdemRecord {
+                        fingerprint: [7; 32],
+                        status: 201,
+                        body: "{}".into(),
+                        created_ms: 5,
+                    }),
+                });
+                let mut ops = vec![&rec];
+                ops.extend(idem.as_ref());
+                s.commit(&ops).unwrap();
+                r.handle_persisted(index);
+            }
+        }
+    }
+
+    fn deposit(r: &mut Replica, s: &mut LogStore, i: u64) {
+        r.submit(
+            1_000 + i,
+            TxRequest {
+                account: AccountId::new("alice").unwrap(),
+                kind: Kind::Deposit,
+                amount: Amount::parse("1", Currency::USD).unwrap(),
+                currency: Currency::USD,
+                idempotency_key: None,
+                reference: Some("MARKER".into()),
+            },
+        )
+        .unwrap();
+        pump(r, s, Some(format!("k{i}")));
+    }
+
+    /// A log with a policy, 40 keyed deposits (keys k0..k39, k0 then deleted), a snapshot
+    /// folding the first 30 (persisted after them), then 10 more deposits.
+    fn compacted_log(dir: &Path) {
+        let eu = RegionId::new("eu").unwrap();
+        let mut r = Replica::new(Config::new(eu, vec![eu], Policy::zero()), Hlc::ZERO);
+        let (mut s, _) = LogStore::open(dir).unwrap();
+        s.record_policy(&Policy::zero()).unwrap();
+        for i in 0..30 {
+            deposit(&mut r, &mut s, i);
+        }
+        for now in [2_000, 3_000, 4_000] {
+            r.handle_timeout(now);
+            pump(&mut r, &mut s, None);
+        }
+        let snap = r.compact().expect("everything is settled");
+        assert_eq!(snap.body.members[0].seq, 30);
+        pump(&mut r, &mut s, None);
+        for i in 30..40 {
+            deposit(&mut r, &mut s, i);
+        }
+        s.commit(&[&delete("k0")]).unwrap();
+    }
+
+    /// What a load reads back, comparable.
+    fn summary(l: &Loaded) -> String {
+        let snap = l.snapshot.as_ref().map(encode_snapshot);
+        format!(
+            "events {:?} idem {:?} ceiling {:?} watermark {:?} policy {:?} doc {} snapshot {} evidence {}",
+            l.events,
+            l.idem,
+            l.ceiling,
+            l.watermark,
+            l.recorded_policy,
+            l.recorded_policy_doc.is_some(),
+            snap.map_or(0, |b| crc32fast::hash(&b)),
+            l.evidence.len()
+        )
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        for f in std::fs::read_dir(from).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_rewrite_drops_the_folded_events_and_loads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        compacted_log(dir.path());
+        let (mut s, before) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(before.events.len(), 10, "the 30 folded events are skipped");
+        let old_used = s.used();
+        s.set_rewrite_min(0);
+        s.live = 0;
+        s.maybe_start_rewrite();
+        let report = s.finish_rewrite().unwrap().expect("a rewrite ran");
+        assert_eq!(report.before, old_used);
+        assert!(report.after < old_used, "{report:?}");
+        drop(s);
+        let bytes = std::fs::read(LogStore::file_path(dir.path())).unwrap();
+        let markers = bytes.windows(6).filter(|w| *w == b"MARKER").count();
+        assert_eq!(markers, 10, "only the events after the snapshot are left");
+        let (_s, after) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(summary(&after), summary(&before));
+        assert_eq!(after.idem.len(), 39, "k0 stays deleted");
+    }
+
+    fn delete(key: &str) -> WriteOp {
+        WriteOp::IdemDelete {
+            account: AccountId::new("alice").unwrap(),
+            key: key.into(),
+        }
+    }
+
+    /// What a log that got `ops` committed after [`compacted_log`] loads, without a rewrite.
+    fn expected_after(base: &Path, ops: &[&WriteOp]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(base, dir.path());
+        let (mut s, _) = LogStore::open(dir.path()).unwrap();
+        for op in ops {
+            s.commit(&[op]).unwrap();
+        }
+        drop(s);
+        summary(&LogStore::open(dir.path()).unwrap().1)
+    }
+
+    /// A crash at each step of a rewrite leaves a log that loads exactly what it held, the
+    /// records appended during the rewrite included, and appends go on after it.
+    #[test]
+    fn a_rewrite_cut_at_any_step_loads_the_same() {
+        let base = tempfile::tempdir().unwrap();
+        compacted_log(base.path());
+        let (during, later) = (delete("k1"), delete("k2"));
+        let want = expected_after(base.path(), &[&during]);
+        let want_later = expected_after(base.path(), &[&during, &later]);
+        assert_ne!(want, want_later);
+        // Cut after: 0 the copy half written, 1 the copy written and durable, 2 the tail
+        // copied, 3 the rename (the rewrite done); 4 done and appended to after.
+        for step in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(base.path(), dir.path());
+            let (mut s, _) = LogStore::open(dir.path()).unwrap();
+            let mut p = prepare_rewrite(&s.file, &s.path, s.at).unwrap();
+            // Appended while the copy was prepared: it reaches the new file as the tail.
+            s.commit(&[&during]).unwrap();
+            let copy = rewrite_path(&s.path);
+            if step == 0 {
+                let len = std::fs::metadata(&copy).unwrap().len();
+                let f = OpenOptions::new().write(true).open(&copy).unwrap();
+                f.set_len(len / 2).unwrap();
+            }
+            if step >= 2 {
+                s.copy_tail(&mut p).unwrap();
+            }
+            if step >= 3 {
+                std::fs::rename(&p.path, &s.path).unwrap();
+                p.path = s.path.clone();
+                s.install(p, 0, std::time::Instant::now()).unwrap();
+            } else {
+                drop(p);
+            }
+            if step == 4 {
+                s.commit(&[&later]).unwrap();
+            }
+            drop(s);
+            let (_s, l) = LogStore::open(dir.path()).unwrap();
+            assert!(!copy.exists(), "step {step}: an unfinished copy is removed");
+            let want = if step == 4 { &want_later } else { &want };
+            assert_eq!(&summary(&l), want, "step {step}");
+            let folded_left = std::fs::read(LogStore::file_path(dir.path()))
+                .unwrap()
+                .windows(6)
+                .filter(|w| *w == b"MARKER")
+                .count();
+            assert_eq!(folded_left, if step >= 3 { 10 } else { 40 }, "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_rewrite_starts_only_after_enough_growth() {
+        let dir = tempfile::tempdir().unwrap();
+        compacted_log(dir.path());
+        let (mut s, _) = LogStore::open(dir.path()).unwrap();
+        s.maybe_start_rewrite();
+        assert!(s.job.is_none(), "below REWRITE_MIN_BYTES");
+        s.set_rewrite_min(0);
+        s.maybe_start_rewrite();
+        assert!(s.job.is_none(), "not yet twice what the open left");
+        s.live = (s.at - HEADER_BYTES) / 2;
+        s.maybe_start_rewrite();
+        assert!(s.job.is_some());
+        assert!(s.finish_rewrite().unwrap().is_some());
     }
 }
