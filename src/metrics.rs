@@ -460,7 +460,7 @@ struct MemberSample {
 pub struct NodeSnapshot {
     members: Vec<MemberSample>,
     pull_scheduler: [(&'static str, u64); 10],
-    gauges: [(&'static str, &'static str, u64); 13],
+    gauges: [(&'static str, &'static str, u64); 15],
     modes: [(&'static str, u64); 12],
     counters: [(&'static str, &'static str, u64); 9],
     replication_bytes: [(&'static str, u64); 2],
@@ -548,6 +548,16 @@ impl NodeSnapshot {
                     "walletd_idempotency_keys",
                     "Idempotency results held",
                     g.idempotency_keys,
+                ),
+                (
+                    "walletd_idempotency_keys_core",
+                    "Idempotency keys held by the core's index (within retention)",
+                    r.idempotency_keys_held(),
+                ),
+                (
+                    "walletd_events_in_memory",
+                    "Events held in memory (those after the last compaction)",
+                    r.events_in_memory(),
                 ),
                 (
                     "walletd_requests_awaiting_durability",
