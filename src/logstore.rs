@@ -603,16 +603,11 @@ pub struct Prepared {
 }
 
 /// Builds `wallet.log.new` from the first `prefix` bytes of the log (every record in them
-/// appended): the live records ([`compact_frames`]), zero-filled ahead like a new log, durable.
+/// appended): the live records ([`compact_into`]), zero-filled ahead like a new log, durable.
 fn prepare_rewrite(old: &File, log: &Path, prefix: u64) -> Result<Prepared, StorageError> {
     let started = std::time::Instant::now();
     let path = rewrite_path(log);
     let err = |e: &dyn std::fmt::Display| crate::storage::write_err_at(&path, e);
-    let mut data = vec![0u8; usize::try_from(prefix).unwrap_or(usize::MAX)];
-    old.read_exact_at(&mut data, 0)
-        .map_err(|e| crate::storage::write_err_at(log, e))?;
-    let frames = compact_frames(&data).map_err(|w| crate::storage::corrupt_at(log, w))?;
-    drop(data);
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -621,10 +616,8 @@ fn prepare_rewrite(old: &File, log: &Path, prefix: u64) -> Result<Prepared, Stor
         .open(&path)
         .map_err(|e| err(&e))?;
     file.try_lock().map_err(|e| err(&e))?;
-    let at = HEADER_BYTES + frames.len() as u64;
+    let at = compact_into(old, prefix, &file).map_err(|w| crate::storage::corrupt_at(log, w))?;
     let capacity = at.saturating_add(INITIAL_CAPACITY);
-    file.write_all_at(&frames, HEADER_BYTES)
-        .map_err(|e| err(&e))?;
     preallocate(&file, at, capacity).map_err(|e| err(&e))?;
     Ok(Prepared {
         file,
@@ -637,64 +630,159 @@ fn prepare_rewrite(old: &File, log: &Path, prefix: u64) -> Result<Prepared, Stor
     })
 }
 
-/// The live records of a log's first bytes (`data`, header included, every frame whole), as
-/// frames: every event the last snapshot among them does not fold, the last value of each
-/// meta key, the idempotency results not deleted, every evidence record. Replaying them
-/// gives the same tables as replaying `data`, less the folded events.
-fn compact_frames(data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut meta: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut idem: BTreeMap<(String, String), IdemRecord> = BTreeMap::new();
-    let mut evidence: Vec<&[u8]> = Vec::new();
-    let mut events: Vec<(usize, usize)> = Vec::new();
-    let mut at = HEADER_BYTES as usize;
-    loop {
-        let (payload, next) = match read_frame(data, at) {
-            Frame::Ok(payload, next) => (payload, next),
-            Frame::End => break,
-            Frame::Bad(why, _) => return Err(format!("record at offset {at}: {why}")),
-        };
-        match payload.split_first() {
-            Some((&TAG_EVENT, _)) => events.push((at, next)),
-            Some((&TAG_OTHER, body)) => {
-                match decode_value::<Other>(body).map_err(|e| e.to_string())? {
-                    Other::Meta(k, v) => {
-                        meta.insert(k, v);
-                    }
-                    Other::IdemPut(a, k, rec) => {
-                        idem.insert((a, k), rec);
-                    }
-                    Other::IdemDelete(a, k) => {
-                        idem.remove(&(a, k));
-                    }
-                    Other::Evidence(_) => evidence.push(payload),
-                }
-            }
-            _ => return Err(format!("record at offset {at}: unknown record tag")),
+/// Bytes a rewrite reads and writes at a time.
+const REWRITE_CHUNK: usize = 1 << 20;
+
+/// Reads a file's frames in order, a chunk at a time (a rewrite never holds the log in memory).
+struct Frames<'a> {
+    file: &'a File,
+    end: u64,
+    base: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Frames<'a> {
+    fn new(file: &'a File, end: u64) -> Frames<'a> {
+        Frames {
+            file,
+            end,
+            base: 0,
+            buf: Vec::new(),
         }
-        at = next;
     }
+
+    /// The bytes `[at, at + len)`, read ahead by a chunk when not in the buffer.
+    fn get(&mut self, at: u64, len: usize) -> Result<&[u8], String> {
+        let want = at.saturating_add(len as u64);
+        if want > self.end {
+            return Err(format!("record at offset {at} runs past the rewrite's end"));
+        }
+        if at < self.base || want > self.base + self.buf.len() as u64 {
+            let n = (self.end - at).min(len.max(REWRITE_CHUNK) as u64) as usize;
+            self.buf.resize(n, 0);
+            self.file
+                .read_exact_at(&mut self.buf, at)
+                .map_err(|e| e.to_string())?;
+            self.base = at;
+        }
+        let off = (at - self.base) as usize;
+        Ok(&self.buf[off..off + len])
+    }
+
+    /// Calls `f(offset, frame, payload)` for each frame from the header to the end.
+    fn each(
+        &mut self,
+        mut f: impl FnMut(u64, &[u8], &[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut at = HEADER_BYTES;
+        while at < self.end {
+            let head = self.get(at, FRAME_HEAD)?;
+            let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let frame = self.get(at, FRAME_HEAD + n)?;
+            match read_frame(frame, 0) {
+                Frame::Ok(payload, len) => {
+                    f(at, &frame[..len], payload)?;
+                    at += len as u64;
+                }
+                Frame::End => break,
+                Frame::Bad(why, _) => return Err(format!("record at offset {at}: {why}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends to a file from the header on, a chunk at a time.
+struct Out<'a> {
+    file: &'a File,
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl Out<'_> {
+    fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= REWRITE_CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.file
+            .write_all_at(&self.buf, self.at)
+            .map_err(|e| e.to_string())?;
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Writes the live records of the log's first `prefix` bytes (every frame in them whole) to
+/// `out` after its header, as frames, and returns where they end: every event the last
+/// snapshot among them does not fold, the last value of each meta key, the idempotency results
+/// not deleted, every evidence record. Replaying them gives the same tables as replaying the
+/// prefix, less the folded events. Two passes over the prefix (the first finds the last
+/// snapshot and the live results, by offset), a chunk in memory at a time.
+fn compact_into(old: &File, prefix: u64, out: &File) -> Result<u64, String> {
+    let mut meta: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut idem: BTreeMap<(String, String), (u64, usize)> = BTreeMap::new();
+    let mut evidence: Vec<(u64, usize)> = Vec::new();
+    let mut frames = Frames::new(old, prefix);
+    frames.each(|at, frame, payload| {
+        let Some((&TAG_OTHER, body)) = payload.split_first() else {
+            return Ok(());
+        };
+        match decode_value::<Other>(body).map_err(|e| format!("record at offset {at}: {e}"))? {
+            Other::Meta(k, v) => {
+                meta.insert(k, v);
+            }
+            Other::IdemPut(a, k, _) => {
+                idem.insert((a, k), (at, frame.len()));
+            }
+            Other::IdemDelete(a, k) => {
+                idem.remove(&(a, k));
+            }
+            Other::Evidence(_) => evidence.push((at, frame.len())),
+        }
+        Ok(())
+    })?;
     let snapshot = match meta.get("snapshot") {
         Some(v) => Some(decode_snapshot(v).map_err(|e| format!("meta[snapshot]: {e}"))?),
         None => None,
     };
     let gaps = crate::storage::GapCheck::after(snapshot.as_ref());
-    let mut out = Vec::with_capacity(data.len() / 4);
-    for (start, end) in events {
-        let e = decode_event(&data[start + FRAME_HEAD + 1..end]).map_err(|e| e.to_string())?;
-        if !gaps.folds(e.id.origin.as_str(), e.id.seq) {
-            out.extend_from_slice(&data[start..end]);
+    let mut w = Out {
+        file: out,
+        at: HEADER_BYTES,
+        buf: Vec::with_capacity(2 * REWRITE_CHUNK),
+    };
+    frames.each(|at, frame, payload| match payload.split_first() {
+        Some((&TAG_EVENT, body)) => {
+            let e = decode_event(body).map_err(|e| format!("record at offset {at}: {e}"))?;
+            if gaps.folds(e.id.origin.as_str(), e.id.seq) {
+                return Ok(());
+            }
+            w.push(frame)
         }
-    }
+        Some((&TAG_OTHER, _)) => Ok(()),
+        _ => Err(format!("record at offset {at}: unknown record tag")),
+    })?;
+    let mut one = Vec::new();
     for (k, v) in meta {
-        push_other(&mut out, &Other::Meta(k, v));
+        one.clear();
+        push_other(&mut one, &Other::Meta(k, v));
+        w.push(&one)?;
     }
-    for ((a, k), rec) in idem {
-        push_other(&mut out, &Other::IdemPut(a, k, rec));
+    // The kept results and evidence, read back in file order.
+    let mut kept: Vec<(u64, usize)> = idem.into_values().chain(evidence).collect();
+    kept.sort_unstable();
+    for (at, len) in kept {
+        let frame = frames.get(at, len)?.to_vec();
+        w.push(&frame)?;
     }
-    for payload in evidence {
-        push_frame(&mut out, |b| b.extend_from_slice(payload));
-    }
-    Ok(out)
+    w.flush()?;
+    Ok(w.at)
 }
 
 /// Threads that run `fdatasync` for the pipelined writer, at most this many at once: a
@@ -1293,6 +1381,23 @@ mod tests {
                 .count();
             assert_eq!(folded_left, if step >= 3 { 10 } else { 40 }, "step {step}");
         }
+    }
+
+    #[test]
+    fn a_rewrite_of_a_log_larger_than_its_chunk_keeps_every_live_record() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &events(10_000));
+        let (mut s, before) = LogStore::open(dir.path()).unwrap();
+        assert!(s.used() > REWRITE_CHUNK as u64, "{}", s.used());
+        s.set_rewrite_min(0);
+        s.live = 0;
+        s.maybe_start_rewrite();
+        let report = s.finish_rewrite().unwrap().expect("a rewrite ran");
+        // Nothing is folded: only the overwritten meta values and the deleted key go.
+        assert!(report.after < report.before, "{report:?}");
+        drop(s);
+        let (_s, after) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(summary(&after), summary(&before));
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub async fn soak(args: &Args) -> Result<(), String> {
     let data: Vec<PathBuf> = (0..n)
         .map(|i| cluster.data_dir(i).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let accounts = args.accounts.first().copied().unwrap_or(1000).max(1);
+    let accounts = args.accounts.last().copied().unwrap_or(1000).max(1);
     {
         let mut c = Conn::open(&addrs[0]).await.map_err(|e| e.to_string())?;
         for a in 0..accounts {
@@ -329,7 +329,7 @@ pub fn restart(args: &Args, at: &[u64]) -> Result<(), String> {
     let mut cluster = soak_cluster(&args.walletd, 1, &dir, 86_400_000)?;
     let config = cluster.regions[0].config.clone();
     let data = cluster.data_dir(0).map_err(|e| e.to_string())?;
-    let accounts = args.accounts.first().copied().unwrap_or(10_000).max(1);
+    let accounts = args.accounts.last().copied().unwrap_or(10_000).max(1);
     let token = cluster.token.clone();
     println!(
         "walletd-bench --restart-at: 1 region, {accounts} accounts, compact_every_events = {SOAK_COMPACT_EVERY}, data in {}",
