@@ -49,8 +49,9 @@ pub const LOG_FORMAT: u32 = 1;
 pub const INITIAL_CAPACITY: u64 = 1 << 20;
 /// Most bytes one growth adds (the capacity doubles up to this step).
 pub const GROWTH_MAX: u64 = 64 << 20;
-/// Largest payload a frame may hold.
-pub const FRAME_PAYLOAD_MAX: usize = 16 << 20;
+/// Largest payload a frame may hold (a snapshot is one frame: its accounts and the keys
+/// within retention; a larger record is a write error, never a frame the log cannot read back).
+pub const FRAME_PAYLOAD_MAX: usize = 1 << 30;
 
 const MAGIC: &[u8; 8] = b"WALLETLG";
 const FRAME_HEAD: usize = 8;
@@ -107,21 +108,29 @@ fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
     c.finalize()
 }
 
-fn push_frame(buf: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+fn push_frame(buf: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) -> Result<(), String> {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_HEAD]);
     payload(buf);
-    let len = u32::try_from(buf.len() - start - FRAME_HEAD).unwrap_or(u32::MAX);
+    let n = buf.len() - start - FRAME_HEAD;
+    if n > FRAME_PAYLOAD_MAX {
+        buf.truncate(start);
+        return Err(format!(
+            "a record of {n} bytes is over the log's frame limit of {FRAME_PAYLOAD_MAX} bytes"
+        ));
+    }
+    let len = u32::try_from(n).unwrap_or(u32::MAX);
     let crc = frame_crc(len.to_le_bytes(), &buf[start + FRAME_HEAD..]);
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
-fn push_other(buf: &mut Vec<u8>, o: &Other) {
+fn push_other(buf: &mut Vec<u8>, o: &Other) -> Result<(), String> {
     push_frame(buf, |b| {
         b.push(TAG_OTHER);
         b.extend_from_slice(&encode_value(o));
-    });
+    })
 }
 
 /// Zero-fills `file` from `from` up to `cap`, durably, then records `cap` in its header,
@@ -376,9 +385,11 @@ impl LogStore {
     pub fn record_policy(&mut self, policy: &wallet_core::Policy) -> Result<(), StorageError> {
         self.buf.clear();
         let hash = policy.hash().0.to_vec();
-        push_other(&mut self.buf, &Other::Meta("policy".into(), hash));
+        push_other(&mut self.buf, &Other::Meta("policy".into(), hash))
+            .map_err(|e| self.write_err(e))?;
         let doc = encode_value(policy);
-        push_other(&mut self.buf, &Other::Meta("policy_doc".into(), doc));
+        push_other(&mut self.buf, &Other::Meta("policy_doc".into(), doc))
+            .map_err(|e| self.write_err(e))?;
         self.append_durably()
     }
 
@@ -405,7 +416,8 @@ impl LogStore {
                         push_frame(&mut self.buf, |b| {
                             b.push(TAG_EVENT);
                             b.extend_from_slice(&encode_event(e));
-                        });
+                        })
+                        .map_err(|e| self.write_err(e))?;
                         continue;
                     }
                     Record::Ceiling(h) => meta("ceiling", h.0),
@@ -426,7 +438,7 @@ impl LogStore {
                 }
                 WriteOp::Restore(on) => meta("restore", u64::from(*on)),
             };
-            push_other(&mut self.buf, &other);
+            push_other(&mut self.buf, &other).map_err(|e| self.write_err(e))?;
         }
         self.append_buf()?;
         if snapshot {
@@ -771,7 +783,7 @@ fn compact_into(old: &File, prefix: u64, out: &File) -> Result<u64, String> {
     let mut one = Vec::new();
     for (k, v) in meta {
         one.clear();
-        push_other(&mut one, &Other::Meta(k, v));
+        push_other(&mut one, &Other::Meta(k, v))?;
         w.push(&one)?;
     }
     // The kept results and evidence, read back in file order.
@@ -1171,6 +1183,21 @@ mod tests {
         bad[HEADER_BYTES as usize + 3] = 0x7f;
         std::fs::write(&path, &bad).unwrap();
         assert!(open_err(dir.path()).contains("beyond the limit"));
+    }
+
+    /// A snapshot with a few hundred thousand keys within retention is one frame of tens
+    /// of MiB (the soak wrote one of 19 MB when the limit was 16 MiB, and its log could no
+    /// longer be opened): what is written must read back.
+    #[test]
+    fn a_frame_of_tens_of_mib_reads_back() {
+        let mut buf = Vec::new();
+        push_frame(&mut buf, |b| b.resize(b.len() + (24 << 20), 7)).unwrap();
+        buf.extend_from_slice(&[0u8; 16]);
+        match read_frame(&buf, 0) {
+            Frame::Ok(p, end) => assert_eq!((p.len(), end), (24 << 20, FRAME_HEAD + (24 << 20))),
+            Frame::End => panic!("end"),
+            Frame::Bad(why, _) => panic!("{why}"),
+        }
     }
 
     #[test]
