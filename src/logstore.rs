@@ -57,6 +57,10 @@ const MAGIC: &[u8; 8] = b"WALLETLG";
 const FRAME_HEAD: usize = 8;
 const TAG_EVENT: u8 = 1;
 const TAG_OTHER: u8 = 2;
+/// A snapshot (`wire::encode_snapshot`, up to `SNAPSHOT_BYTES_MAX`): its own frame, since a
+/// snapshot holding the keys within retention outgrows a value's 16 MiB limit (logs written
+/// before kept it as `Other::Meta("snapshot")`, still read).
+const TAG_SNAPSHOT: u8 = 3;
 
 /// Every record that is not an event (events are framed as their wire encoding, the hot path).
 #[derive(Debug, Serialize, Deserialize)]
@@ -427,7 +431,12 @@ impl LogStore {
                     // rewrite drops them (`maybe_start_rewrite`, below).
                     Record::Snapshot(snap) => {
                         snapshot = true;
-                        Other::Meta("snapshot".into(), encode_snapshot(snap))
+                        push_frame(&mut self.buf, |b| {
+                            b.push(TAG_SNAPSHOT);
+                            b.extend_from_slice(&encode_snapshot(snap));
+                        })
+                        .map_err(|e| self.write_err(e))?;
+                        continue;
                     }
                 },
                 WriteOp::Idem { account, key, rec } => {
@@ -742,8 +751,13 @@ fn compact_into(old: &File, prefix: u64, out: &File) -> Result<u64, String> {
     let mut evidence: Vec<(u64, usize)> = Vec::new();
     let mut frames = Frames::new(old, prefix);
     frames.each(|at, frame, payload| {
-        let Some((&TAG_OTHER, body)) = payload.split_first() else {
-            return Ok(());
+        let body = match payload.split_first() {
+            Some((&TAG_OTHER, body)) => body,
+            Some((&TAG_SNAPSHOT, body)) => {
+                meta.insert("snapshot".into(), body.to_vec());
+                return Ok(());
+            }
+            _ => return Ok(()),
         };
         match decode_value::<Other>(body).map_err(|e| format!("record at offset {at}: {e}"))? {
             Other::Meta(k, v) => {
@@ -777,13 +791,20 @@ fn compact_into(old: &File, prefix: u64, out: &File) -> Result<u64, String> {
             }
             w.push(frame)
         }
-        Some((&TAG_OTHER, _)) => Ok(()),
+        Some((&TAG_OTHER | &TAG_SNAPSHOT, _)) => Ok(()),
         _ => Err(format!("record at offset {at}: unknown record tag")),
     })?;
     let mut one = Vec::new();
     for (k, v) in meta {
         one.clear();
-        push_other(&mut one, &Other::Meta(k, v))?;
+        if k == "snapshot" {
+            push_frame(&mut one, |b| {
+                b.push(TAG_SNAPSHOT);
+                b.extend_from_slice(&v);
+            })?;
+        } else {
+            push_other(&mut one, &Other::Meta(k, v))?;
+        }
         w.push(&one)?;
     }
     // The kept results and evidence, read back in file order.
@@ -949,6 +970,9 @@ impl Tables {
                 let e = decode_event(body).map_err(|e| e.to_string())?;
                 self.events
                     .insert((e.id.origin.as_str().to_string(), e.id.seq), e);
+            }
+            TAG_SNAPSHOT => {
+                self.meta.insert("snapshot".into(), body.to_vec());
             }
             TAG_OTHER => match decode_value::<Other>(body).map_err(|e| e.to_string())? {
                 Other::Meta(k, v) => {
@@ -1198,6 +1222,38 @@ mod tests {
             Frame::End => panic!("end"),
             Frame::Bad(why, _) => panic!("{why}"),
         }
+    }
+
+    /// The soak's snapshots (600k keys within retention, 19 MB) outgrew a value's 16 MiB
+    /// decoding limit: the log could not be opened, nor rewritten. A snapshot is its own frame.
+    #[test]
+    fn a_snapshot_over_16_mib_reads_back_and_survives_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        compacted_log(dir.path());
+        let (mut s, l) = LogStore::open(dir.path()).unwrap();
+        let mut snap = l.snapshot.expect("a snapshot");
+        snap.body.ext.push(("pad".into(), vec![7; 20 << 20]));
+        let op = WriteOp::Record {
+            index: 0,
+            record: Record::Snapshot(Box::new(snap.clone())),
+        };
+        s.commit(&[&op]).unwrap();
+        drop(s);
+        let (mut s, l) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            l.snapshot.map(|x| encode_snapshot(&x)),
+            Some(encode_snapshot(&snap))
+        );
+        s.set_rewrite_min(0);
+        s.live = 0;
+        s.maybe_start_rewrite();
+        assert!(s.finish_rewrite().unwrap().is_some());
+        drop(s);
+        let (_s, l) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            l.snapshot.map(|x| encode_snapshot(&x)),
+            Some(encode_snapshot(&snap))
+        );
     }
 
     #[test]
