@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,8 @@ pub struct LogStore {
     rewrite_min: u64,
     /// The rewrite being prepared on its own thread.
     job: Option<std::thread::JoinHandle<Result<Prepared, StorageError>>>,
+    /// Where the last append ended, for the rewrite thread's catch-up copy.
+    appended: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -244,6 +247,7 @@ impl LogStore {
             live: 0,
             rewrite_min: REWRITE_MIN_BYTES,
             job: None,
+            appended: Arc::default(),
         };
         // A rewrite cut by a crash before its rename: the log itself is whole, the copy is
         // dropped (module docs).
@@ -372,6 +376,7 @@ impl LogStore {
             .write_all_at(&self.buf, self.at)
             .map_err(|e| self.write_err(e))?;
         self.at += n;
+        self.appended.store(self.at, Ordering::Release);
         Ok(())
     }
 
@@ -479,9 +484,10 @@ impl LogStore {
             return;
         }
         let (file, path, prefix) = (self.file.clone(), self.path.clone(), self.at);
+        let appended = self.appended.clone();
         let job = std::thread::Builder::new()
             .name("walletd-log-rewrite".into())
-            .spawn(move || prepare_rewrite(&file, &path, prefix));
+            .spawn(move || prepare_rewrite(&file, &path, prefix, &appended));
         match job {
             Ok(j) => self.job = Some(j),
             Err(e) => tracing::warn!(error = %e, "cannot start the log rewrite thread"),
@@ -528,21 +534,9 @@ impl LogStore {
 
     /// Appends what the log holds past the prepared prefix to the new file, durably.
     fn copy_tail(&self, p: &mut Prepared) -> Result<(), StorageError> {
-        let err = |e: std::io::Error| crate::storage::write_err_at(&p.path, e);
-        let mut tail = vec![0u8; usize::try_from(self.at - p.prefix).unwrap_or(usize::MAX)];
-        self.file
-            .read_exact_at(&mut tail, p.prefix)
-            .map_err(|e| self.write_err(e))?;
-        let want = p.at + tail.len() as u64;
-        if want > p.capacity {
-            let cap = want.saturating_add(INITIAL_CAPACITY);
-            preallocate(&p.file, p.capacity, cap).map_err(err)?;
-            p.capacity = cap;
-        }
-        p.file.write_all_at(&tail, p.at).map_err(err)?;
-        p.file.sync_data().map_err(err)?;
-        p.at = want;
-        Ok(())
+        copy_range(&self.file, p, self.at)
+            .and_then(|()| p.file.sync_data())
+            .map_err(|e| crate::storage::write_err_at(&p.path, e))
     }
 
     /// After the rename: makes it durable and switches to the new file.
@@ -564,7 +558,8 @@ impl LogStore {
         let report = RewriteReport {
             before,
             after: self.at,
-            tail: p.at - p.compacted,
+            tail: p.at - p.compacted - p.caught_up,
+            caught_up: p.caught_up,
             prepare: p.took,
             pause: started.elapsed(),
         };
@@ -572,6 +567,7 @@ impl LogStore {
             before = report.before,
             after = report.after,
             tail = report.tail,
+            caught_up = report.caught_up,
             prepare_ms = report.prepare.as_millis() as u64,
             pause_ms = report.pause.as_millis() as u64,
             "log rewritten"
@@ -602,6 +598,8 @@ pub struct RewriteReport {
     pub after: u64,
     /// Bytes appended during the preparation, copied by the writer at the switch.
     pub tail: u64,
+    /// Bytes appended during the preparation that its thread copied (the catch-up).
+    pub caught_up: u64,
     /// Time the preparation took on its own thread (the writer went on meanwhile).
     pub prepare: std::time::Duration,
     /// Time the writer spent on the switch (no append meanwhile).
@@ -620,15 +618,46 @@ pub struct Prepared {
     /// Where the next frame goes.
     at: u64,
     capacity: u64,
+    /// Bytes past the first prefix the preparation's thread copied.
+    caught_up: u64,
     took: std::time::Duration,
+}
+
+/// The catch-up stops once less than this is left to copy: the writer copies the rest at the
+/// switch (its pause).
+const CATCH_UP_LEFT: u64 = 256 << 10;
+/// Most catch-up rounds (the writer may append as fast as a round copies).
+const CATCH_UP_ROUNDS: usize = 8;
+
+/// Copies the old log's bytes from the prepared prefix to `to` after the new file's last
+/// ones (growing it), and moves both ends on; not durable.
+fn copy_range(old: &File, p: &mut Prepared, to: u64) -> std::io::Result<()> {
+    let mut tail = vec![0u8; usize::try_from(to.saturating_sub(p.prefix)).unwrap_or(usize::MAX)];
+    old.read_exact_at(&mut tail, p.prefix)?;
+    let want = p.at + tail.len() as u64;
+    if want > p.capacity {
+        let cap = want.saturating_add(INITIAL_CAPACITY);
+        preallocate(&p.file, p.capacity, cap)?;
+        p.capacity = cap;
+    }
+    p.file.write_all_at(&tail, p.at)?;
+    p.at = want;
+    p.prefix = p.prefix.max(to);
+    Ok(())
 }
 
 /// Builds `wallet.log.new` from the first `prefix` bytes of the log (every record in them
 /// appended): the live records ([`compact_into`]), zero-filled ahead like a new log, durable.
-fn prepare_rewrite(old: &File, log: &Path, prefix: u64) -> Result<Prepared, StorageError> {
+fn prepare_rewrite(
+    old: &File,
+    log: &Path,
+    prefix: u64,
+    appended: &AtomicU64,
+) -> Result<Prepared, StorageError> {
     let started = std::time::Instant::now();
     let path = rewrite_path(log);
-    let err = |e: &dyn std::fmt::Display| crate::storage::write_err_at(&path, e);
+    let shown = path.clone();
+    let err = |e: &dyn std::fmt::Display| crate::storage::write_err_at(&shown, e);
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -640,15 +669,29 @@ fn prepare_rewrite(old: &File, log: &Path, prefix: u64) -> Result<Prepared, Stor
     let at = compact_into(old, prefix, &file).map_err(|w| crate::storage::corrupt_at(log, w))?;
     let capacity = at.saturating_add(INITIAL_CAPACITY);
     preallocate(&file, at, capacity).map_err(|e| err(&e))?;
-    Ok(Prepared {
+    let mut p = Prepared {
         file,
         path,
         prefix,
         compacted: at,
         at,
         capacity,
-        took: started.elapsed(),
-    })
+        caught_up: 0,
+        took: std::time::Duration::ZERO,
+    };
+    // Catch up with what the writer appended meanwhile, so the switch copies little.
+    for _ in 0..CATCH_UP_ROUNDS {
+        let end = appended.load(Ordering::Acquire);
+        if end.saturating_sub(p.prefix) < CATCH_UP_LEFT {
+            break;
+        }
+        let from = p.at;
+        copy_range(old, &mut p, end).map_err(|e| err(&e))?;
+        p.caught_up += p.at - from;
+    }
+    p.file.sync_data().map_err(|e| err(&e))?;
+    p.took = started.elapsed();
+    Ok(p)
 }
 
 /// Bytes a rewrite reads and writes at a time.
@@ -1022,7 +1065,6 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use wallet_core::{
         Amount, Config, Currency, Hlc, Kind, Output, Policy, RegionId, Replica, TxRequest,
     };
@@ -1430,7 +1472,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             copy_dir(base.path(), dir.path());
             let (mut s, _) = LogStore::open(dir.path()).unwrap();
-            let mut p = prepare_rewrite(&s.file, &s.path, s.at).unwrap();
+            let mut p = prepare_rewrite(&s.file, &s.path, s.at, &AtomicU64::new(0)).unwrap();
             // Appended while the copy was prepared: it reaches the new file as the tail.
             s.commit(&[&during]).unwrap();
             let copy = rewrite_path(&s.path);
@@ -1481,6 +1523,39 @@ mod tests {
         drop(s);
         let (_s, after) = LogStore::open(dir.path()).unwrap();
         assert_eq!(summary(&after), summary(&before));
+    }
+
+    /// What the writer appended while the copy was prepared is copied by the preparing
+    /// thread (the catch-up), not at the switch.
+    #[test]
+    fn the_preparation_catches_up_with_later_appends() {
+        let base = tempfile::tempdir().unwrap();
+        compacted_log(base.path());
+        let ops: Vec<WriteOp> = (0..12_000).map(|i| delete(&format!("gone{i}"))).collect();
+        let refs: Vec<&WriteOp> = ops.iter().collect();
+        let want = expected_after(base.path(), &refs);
+        let (mut s, _) = LogStore::open(base.path()).unwrap();
+        let prefix = s.at;
+        s.commit(&refs).unwrap();
+        assert!(s.at - prefix >= CATCH_UP_LEFT, "{}", s.at - prefix);
+        let mut p = prepare_rewrite(&s.file, &s.path, prefix, &s.appended).unwrap();
+        assert_eq!(
+            p.caught_up,
+            s.at - prefix,
+            "everything appended was caught up"
+        );
+        s.copy_tail(&mut p).unwrap();
+        std::fs::rename(&p.path, &s.path).unwrap();
+        p.path = s.path.clone();
+        let report = s.install(p, 0, std::time::Instant::now()).unwrap();
+        assert_eq!(
+            report.map(|r| r.tail),
+            Some(0),
+            "nothing left for the switch"
+        );
+        drop(s);
+        let (_s, l) = LogStore::open(base.path()).unwrap();
+        assert_eq!(summary(&l), want);
     }
 
     #[test]
