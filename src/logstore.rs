@@ -551,7 +551,12 @@ impl LogStore {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| self.write_err(e))?;
         }
-        self.file = Arc::new(p.file);
+        // Closing the old file frees its blocks (it is unlinked): hundreds of MB take the
+        // file system a while, so that happens off the writer.
+        let old = std::mem::replace(&mut self.file, Arc::new(p.file));
+        let _ = std::thread::Builder::new()
+            .name("walletd-log-close".into())
+            .spawn(move || drop(old));
         self.at = p.at;
         self.capacity = p.capacity;
         self.live = self.at - HEADER_BYTES;
