@@ -602,7 +602,8 @@ impl Archive {
         let mut frames = Vec::with_capacity(records.len() + 1);
         for r in records.iter().chain(std::iter::once(&mark)) {
             let start = buf.len();
-            push_frame(&mut buf, |b| b.extend_from_slice(&encode_value(r)));
+            push_frame(&mut buf, |b| b.extend_from_slice(&encode_value(r)))
+                .map_err(|e| io_err(&self.active_path(), e))?;
             frames.push((r, start as u64, (buf.len() - start) as u64));
         }
         let base = self.active_summary().bytes;
@@ -972,7 +973,7 @@ mod tests {
         let mut cut = Vec::new();
         let (v, _) = batch(2);
         for r in &v[..4] {
-            push_frame(&mut cut, |b| b.extend_from_slice(&encode_value(r)));
+            push_frame(&mut cut, |b| b.extend_from_slice(&encode_value(r))).unwrap();
         }
         let mut data = std::fs::read(&path).unwrap();
         data.extend_from_slice(&cut);

@@ -29,10 +29,13 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
-use wallet_core::wire::{decode_event, decode_value, encode_event, encode_snapshot, encode_value};
+use wallet_core::wire::{
+    decode_event, decode_snapshot, decode_value, encode_event, encode_snapshot, encode_value,
+};
 use wallet_core::{AccountId, Event, Evidence, Record};
 
 use crate::storage::{IdemRecord, Loaded, StorageError, WriteOp};
@@ -47,13 +50,18 @@ pub const LOG_FORMAT: u32 = 1;
 pub const INITIAL_CAPACITY: u64 = 1 << 20;
 /// Most bytes one growth adds (the capacity doubles up to this step).
 pub const GROWTH_MAX: u64 = 64 << 20;
-/// Largest payload a frame may hold.
-pub const FRAME_PAYLOAD_MAX: usize = 16 << 20;
+/// Largest payload a frame may hold (a snapshot is one frame: its accounts and the keys
+/// within retention; a larger record is a write error, never a frame the log cannot read back).
+pub const FRAME_PAYLOAD_MAX: usize = 1 << 30;
 
 const MAGIC: &[u8; 8] = b"WALLETLG";
 const FRAME_HEAD: usize = 8;
 const TAG_EVENT: u8 = 1;
 const TAG_OTHER: u8 = 2;
+/// A snapshot (`wire::encode_snapshot`, up to `SNAPSHOT_BYTES_MAX`): its own frame, since a
+/// snapshot holding the keys within retention outgrows a value's 16 MiB limit (logs written
+/// before kept it as `Other::Meta("snapshot")`, still read).
+const TAG_SNAPSHOT: u8 = 3;
 
 /// Every record that is not an event (events are framed as their wire encoding, the hot path).
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,6 +82,14 @@ pub struct LogStore {
     capacity: u64,
     /// A commit's frames (reused).
     buf: Vec<u8>,
+    /// Bytes of records the last open or rewrite left (what a rewrite compares growth to).
+    live: u64,
+    /// Fewest bytes of records before a rewrite starts ([`REWRITE_MIN_BYTES`]).
+    rewrite_min: u64,
+    /// The rewrite being prepared on its own thread.
+    job: Option<std::thread::JoinHandle<Result<Prepared, StorageError>>>,
+    /// Where the last append ended, for the rewrite thread's catch-up copy.
+    appended: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -99,21 +115,47 @@ pub(crate) fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
     c.finalize()
 }
 
-pub(crate) fn push_frame(buf: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn push_frame(
+    buf: &mut Vec<u8>,
+    payload: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), String> {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_HEAD]);
     payload(buf);
-    let len = u32::try_from(buf.len() - start - FRAME_HEAD).unwrap_or(u32::MAX);
+    let n = buf.len() - start - FRAME_HEAD;
+    if n > FRAME_PAYLOAD_MAX {
+        buf.truncate(start);
+        return Err(format!(
+            "a record of {n} bytes is over the log's frame limit of {FRAME_PAYLOAD_MAX} bytes"
+        ));
+    }
+    let len = u32::try_from(n).unwrap_or(u32::MAX);
     let crc = frame_crc(len.to_le_bytes(), &buf[start + FRAME_HEAD..]);
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
-fn push_other(buf: &mut Vec<u8>, o: &Other) {
+fn push_other(buf: &mut Vec<u8>, o: &Other) -> Result<(), String> {
     push_frame(buf, |b| {
         b.push(TAG_OTHER);
         b.extend_from_slice(&encode_value(o));
-    });
+    })
+}
+
+/// Zero-fills `file` from `from` up to `cap`, durably, then records `cap` in its header,
+/// durably (a crash between the two leaves the old capacity, and the zeros past it ignored).
+fn preallocate(file: &File, from: u64, cap: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = from;
+    while off < cap {
+        let n = (cap - off).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    file.sync_data()?;
+    file.write_all_at(&header(cap), 0)?;
+    file.sync_data()
 }
 
 /// One frame read back.
@@ -205,7 +247,18 @@ impl LogStore {
             at: HEADER_BYTES,
             capacity: 0,
             buf: Vec::with_capacity(1 << 16),
+            live: 0,
+            rewrite_min: REWRITE_MIN_BYTES,
+            job: None,
+            appended: Arc::default(),
         };
+        // A rewrite cut by a crash before its rename: the log itself is whole, the copy is
+        // dropped (module docs).
+        let partial = dir.join(REWRITE_FILE_NAME);
+        if std::fs::metadata(&partial).is_ok() {
+            tracing::warn!(path = %partial.display(), "dropping an unfinished log rewrite");
+            std::fs::remove_file(&partial).map_err(|e| open_err(e.to_string()))?;
+        }
         if len == 0 {
             store.grow(INITIAL_CAPACITY)?;
             if let Some(parent) = store.path.parent() {
@@ -295,6 +348,7 @@ impl LogStore {
             }
         }
         self.at = at as u64;
+        self.live = self.at - HEADER_BYTES;
         tables
             .into_loaded()
             .map_err(|(place, w)| self.corrupt(format!("{place}: {w}")))
@@ -309,20 +363,7 @@ impl LogStore {
         while cap < want {
             cap = cap.saturating_add(step);
         }
-        let zeros = vec![0u8; 1 << 20];
-        let mut off = self.capacity;
-        while off < cap {
-            let n = (cap - off).min(zeros.len() as u64) as usize;
-            self.file
-                .write_all_at(&zeros[..n], off)
-                .map_err(|e| self.write_err(e))?;
-            off += n as u64;
-        }
-        self.file.sync_data().map_err(|e| self.write_err(e))?;
-        self.file
-            .write_all_at(&header(cap), 0)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| self.write_err(e))?;
+        preallocate(&self.file, self.capacity, cap).map_err(|e| self.write_err(e))?;
         self.capacity = cap;
         Ok(())
     }
@@ -338,6 +379,7 @@ impl LogStore {
             .write_all_at(&self.buf, self.at)
             .map_err(|e| self.write_err(e))?;
         self.at += n;
+        self.appended.store(self.at, Ordering::Release);
         Ok(())
     }
 
@@ -355,22 +397,29 @@ impl LogStore {
     pub fn record_policy(&mut self, policy: &wallet_core::Policy) -> Result<(), StorageError> {
         self.buf.clear();
         let hash = policy.hash().0.to_vec();
-        push_other(&mut self.buf, &Other::Meta("policy".into(), hash));
+        push_other(&mut self.buf, &Other::Meta("policy".into(), hash))
+            .map_err(|e| self.write_err(e))?;
         let doc = encode_value(policy);
-        push_other(&mut self.buf, &Other::Meta("policy_doc".into(), doc));
+        push_other(&mut self.buf, &Other::Meta("policy_doc".into(), doc))
+            .map_err(|e| self.write_err(e))?;
         self.append_durably()
     }
 
     /// Appends the operations' frames in one write and makes them durable (one `fdatasync`).
     pub fn commit(&mut self, ops: &[&WriteOp]) -> Result<(), StorageError> {
         self.append(ops)?;
-        self.sync()
+        self.sync()?;
+        if self.rewrite_ready() {
+            self.finish_rewrite()?;
+        }
+        Ok(())
     }
 
     /// Appends the operations' frames in one write, not yet durable: the pipelined writer
     /// ([`spawn_pipeline`]) syncs on other threads meanwhile.
     pub fn append(&mut self, ops: &[&WriteOp]) -> Result<(), StorageError> {
         self.buf.clear();
+        let mut snapshot = false;
         for op in ops {
             let meta = |k: &str, v: u64| Other::Meta(k.into(), v.to_be_bytes().to_vec());
             let other = match op {
@@ -379,15 +428,24 @@ impl LogStore {
                         push_frame(&mut self.buf, |b| {
                             b.push(TAG_EVENT);
                             b.extend_from_slice(&encode_event(e));
-                        });
+                        })
+                        .map_err(|e| self.write_err(e))?;
                         continue;
                     }
                     Record::Ceiling(h) => meta("ceiling", h.0),
                     Record::Watermark(h) => meta("watermark", h.0),
                     Record::Evidence(ev) => Other::Evidence(encode_value(ev)),
-                    // The events it folds stay in the file (the log only grows) and are
-                    // skipped on load.
-                    Record::Snapshot(snap) => Other::Meta("snapshot".into(), encode_snapshot(snap)),
+                    // The events it folds stay in the file, skipped on load, until a
+                    // rewrite drops them (`maybe_start_rewrite`, below).
+                    Record::Snapshot(snap) => {
+                        snapshot = true;
+                        push_frame(&mut self.buf, |b| {
+                            b.push(TAG_SNAPSHOT);
+                            b.extend_from_slice(&encode_snapshot(snap));
+                        })
+                        .map_err(|e| self.write_err(e))?;
+                        continue;
+                    }
                 },
                 WriteOp::Idem { account, key, rec } => {
                     Other::IdemPut(account.as_str().into(), key.to_string(), (**rec).clone())
@@ -397,10 +455,418 @@ impl LogStore {
                 }
                 WriteOp::Restore(on) => meta("restore", u64::from(*on)),
             };
-            push_other(&mut self.buf, &other);
+            push_other(&mut self.buf, &other).map_err(|e| self.write_err(e))?;
         }
-        self.append_buf()
+        self.append_buf()?;
+        if snapshot {
+            self.maybe_start_rewrite();
+        }
+        Ok(())
     }
+
+    /// Sets the fewest bytes of records before a rewrite starts (tests and benches).
+    pub fn set_rewrite_min(&mut self, bytes: u64) {
+        self.rewrite_min = bytes;
+    }
+
+    /// Bytes of the file from the header to the end of the last record.
+    pub fn used(&self) -> u64 {
+        self.at
+    }
+
+    /// Starts a rewrite of everything appended so far on a thread of its own when none runs
+    /// and the records have grown past [`REWRITE_MIN_BYTES`] and [`REWRITE_GROWTH_FACTOR`]
+    /// times what the last rewrite (or open) left. Called after a snapshot is appended: the
+    /// rewrite drops the events the last snapshot in that prefix folds.
+    pub fn maybe_start_rewrite(&mut self) {
+        let records = self.at - HEADER_BYTES;
+        if self.job.is_some()
+            || records < self.rewrite_min
+            || records < self.live.saturating_mul(REWRITE_GROWTH_FACTOR)
+        {
+            return;
+        }
+        let (file, path, prefix) = (self.file.clone(), self.path.clone(), self.at);
+        let appended = self.appended.clone();
+        let job = std::thread::Builder::new()
+            .name("walletd-log-rewrite".into())
+            .spawn(move || prepare_rewrite(&file, &path, prefix, &appended));
+        match job {
+            Ok(j) => self.job = Some(j),
+            Err(e) => tracing::warn!(error = %e, "cannot start the log rewrite thread"),
+        }
+    }
+
+    /// True when a rewrite's preparation has ended and [`LogStore::finish_rewrite`] may run.
+    pub fn rewrite_ready(&self) -> bool {
+        self.job.as_ref().is_some_and(|j| j.is_finished())
+    }
+
+    /// Installs a prepared rewrite (waiting for its preparation if it is still running):
+    /// copies what was appended since its prefix, makes the copy durable, renames it over the
+    /// log and makes the rename durable. Every appended byte is durable after it. A rewrite
+    /// that fails before its rename is dropped with a warning and the log goes on as it was;
+    /// an error is only returned once the new file is in place but not durably named, which
+    /// the writer treats like a failed sync. The caller must not have a sync in flight on the
+    /// old file that it still expects to cover later appends ([`Pipeline::finish`] first).
+    pub fn finish_rewrite(&mut self) -> Result<Option<RewriteReport>, StorageError> {
+        let Some(job) = self.job.take() else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let prepared = job
+            .join()
+            .unwrap_or_else(|_| Err(self.write_err("the log rewrite thread panicked")));
+        let mut p = match prepared.and_then(|mut p| self.copy_tail(&mut p).map(|()| p)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "log rewrite abandoned; the log goes on unchanged");
+                let _ = std::fs::remove_file(rewrite_path(&self.path));
+                return Ok(None);
+            }
+        };
+        let before = self.at;
+        if let Err(e) = std::fs::rename(&p.path, &self.path) {
+            tracing::warn!(error = %e, "log rewrite abandoned at its rename; the log goes on unchanged");
+            let _ = std::fs::remove_file(&p.path);
+            return Ok(None);
+        }
+        p.path = self.path.clone();
+        self.install(p, before, started)
+    }
+
+    /// Appends what the log holds past the prepared prefix to the new file, durably.
+    fn copy_tail(&self, p: &mut Prepared) -> Result<(), StorageError> {
+        copy_range(&self.file, p, self.at)
+            .and_then(|()| p.file.sync_data())
+            .map_err(|e| crate::storage::write_err_at(&p.path, e))
+    }
+
+    /// After the rename: makes it durable and switches to the new file.
+    fn install(
+        &mut self,
+        p: Prepared,
+        before: u64,
+        started: std::time::Instant,
+    ) -> Result<Option<RewriteReport>, StorageError> {
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.write_err(e))?;
+        }
+        // Closing the old file frees its blocks (it is unlinked): hundreds of MB take the
+        // file system a while, so that happens off the writer.
+        let old = std::mem::replace(&mut self.file, Arc::new(p.file));
+        let _ = std::thread::Builder::new()
+            .name("walletd-log-close".into())
+            .spawn(move || drop(old));
+        self.at = p.at;
+        self.capacity = p.capacity;
+        self.live = self.at - HEADER_BYTES;
+        let report = RewriteReport {
+            before,
+            after: self.at,
+            tail: p.at - p.compacted - p.caught_up,
+            caught_up: p.caught_up,
+            prepare: p.took,
+            pause: started.elapsed(),
+        };
+        tracing::info!(
+            before = report.before,
+            after = report.after,
+            tail = report.tail,
+            caught_up = report.caught_up,
+            prepare_ms = report.prepare.as_millis() as u64,
+            pause_ms = report.pause.as_millis() as u64,
+            "log rewritten"
+        );
+        Ok(Some(report))
+    }
+}
+
+/// Name of the copy a rewrite builds beside the log, renamed over it once complete and
+/// durable; one found at open is an unfinished rewrite and is removed.
+pub const REWRITE_FILE_NAME: &str = "wallet.log.new";
+/// Fewest bytes of records before the log is rewritten.
+pub const REWRITE_MIN_BYTES: u64 = 64 << 20;
+/// The log is rewritten once its records are this many times what the last rewrite left
+/// (so at most about half the file is dead before it is reclaimed).
+pub const REWRITE_GROWTH_FACTOR: u64 = 2;
+
+fn rewrite_path(log: &Path) -> PathBuf {
+    log.with_file_name(REWRITE_FILE_NAME)
+}
+
+/// What one rewrite did.
+#[derive(Debug, Clone, Copy)]
+pub struct RewriteReport {
+    /// Bytes of the log before (header and records).
+    pub before: u64,
+    /// Bytes after.
+    pub after: u64,
+    /// Bytes appended during the preparation, copied by the writer at the switch.
+    pub tail: u64,
+    /// Bytes appended during the preparation that its thread copied (the catch-up).
+    pub caught_up: u64,
+    /// Time the preparation took on its own thread (the writer went on meanwhile).
+    pub prepare: std::time::Duration,
+    /// Time the writer spent on the switch (no append meanwhile).
+    pub pause: std::time::Duration,
+}
+
+/// A rewrite's new file, written and durable up to `at`, not yet named as the log.
+#[derive(Debug)]
+pub struct Prepared {
+    file: File,
+    path: PathBuf,
+    /// Bytes of the old log it holds the live records of.
+    prefix: u64,
+    /// End of the compacted records (before any tail copied).
+    compacted: u64,
+    /// Where the next frame goes.
+    at: u64,
+    capacity: u64,
+    /// Bytes past the first prefix the preparation's thread copied.
+    caught_up: u64,
+    took: std::time::Duration,
+}
+
+/// The catch-up stops once less than this is left to copy: the writer copies the rest at the
+/// switch (its pause).
+const CATCH_UP_LEFT: u64 = 256 << 10;
+/// Most catch-up rounds (the writer may append as fast as a round copies).
+const CATCH_UP_ROUNDS: usize = 8;
+
+/// Copies the old log's bytes from the prepared prefix to `to` after the new file's last
+/// ones (growing it), and moves both ends on; not durable.
+fn copy_range(old: &File, p: &mut Prepared, to: u64) -> std::io::Result<()> {
+    let mut tail = vec![0u8; usize::try_from(to.saturating_sub(p.prefix)).unwrap_or(usize::MAX)];
+    old.read_exact_at(&mut tail, p.prefix)?;
+    let want = p.at + tail.len() as u64;
+    if want > p.capacity {
+        let cap = want.saturating_add(INITIAL_CAPACITY);
+        preallocate(&p.file, p.capacity, cap)?;
+        p.capacity = cap;
+    }
+    p.file.write_all_at(&tail, p.at)?;
+    p.at = want;
+    p.prefix = p.prefix.max(to);
+    Ok(())
+}
+
+/// Builds `wallet.log.new` from the first `prefix` bytes of the log (every record in them
+/// appended): the live records ([`compact_into`]), zero-filled ahead like a new log, durable.
+fn prepare_rewrite(
+    old: &File,
+    log: &Path,
+    prefix: u64,
+    appended: &AtomicU64,
+) -> Result<Prepared, StorageError> {
+    let started = std::time::Instant::now();
+    let path = rewrite_path(log);
+    let shown = path.clone();
+    let err = |e: &dyn std::fmt::Display| crate::storage::write_err_at(&shown, e);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| err(&e))?;
+    file.try_lock().map_err(|e| err(&e))?;
+    let at = compact_into(old, prefix, &file).map_err(|w| crate::storage::corrupt_at(log, w))?;
+    let capacity = at.saturating_add(INITIAL_CAPACITY);
+    preallocate(&file, at, capacity).map_err(|e| err(&e))?;
+    let mut p = Prepared {
+        file,
+        path,
+        prefix,
+        compacted: at,
+        at,
+        capacity,
+        caught_up: 0,
+        took: std::time::Duration::ZERO,
+    };
+    // Catch up with what the writer appended meanwhile, so the switch copies little.
+    for _ in 0..CATCH_UP_ROUNDS {
+        let end = appended.load(Ordering::Acquire);
+        if end.saturating_sub(p.prefix) < CATCH_UP_LEFT {
+            break;
+        }
+        let from = p.at;
+        copy_range(old, &mut p, end).map_err(|e| err(&e))?;
+        p.caught_up += p.at - from;
+    }
+    p.file.sync_data().map_err(|e| err(&e))?;
+    p.took = started.elapsed();
+    Ok(p)
+}
+
+/// Bytes a rewrite reads and writes at a time.
+const REWRITE_CHUNK: usize = 1 << 20;
+
+/// Reads a file's frames in order, a chunk at a time (a rewrite never holds the log in memory).
+struct Frames<'a> {
+    file: &'a File,
+    end: u64,
+    base: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Frames<'a> {
+    fn new(file: &'a File, end: u64) -> Frames<'a> {
+        Frames {
+            file,
+            end,
+            base: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The bytes `[at, at + len)`, read ahead by a chunk when not in the buffer.
+    fn get(&mut self, at: u64, len: usize) -> Result<&[u8], String> {
+        let want = at.saturating_add(len as u64);
+        if want > self.end {
+            return Err(format!("record at offset {at} runs past the rewrite's end"));
+        }
+        if at < self.base || want > self.base + self.buf.len() as u64 {
+            let n = (self.end - at).min(len.max(REWRITE_CHUNK) as u64) as usize;
+            self.buf.resize(n, 0);
+            self.file
+                .read_exact_at(&mut self.buf, at)
+                .map_err(|e| e.to_string())?;
+            self.base = at;
+        }
+        let off = (at - self.base) as usize;
+        Ok(&self.buf[off..off + len])
+    }
+
+    /// Calls `f(offset, frame, payload)` for each frame from the header to the end.
+    fn each(
+        &mut self,
+        mut f: impl FnMut(u64, &[u8], &[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut at = HEADER_BYTES;
+        while at < self.end {
+            let head = self.get(at, FRAME_HEAD)?;
+            let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let frame = self.get(at, FRAME_HEAD + n)?;
+            match read_frame(frame, 0) {
+                Frame::Ok(payload, len) => {
+                    f(at, &frame[..len], payload)?;
+                    at += len as u64;
+                }
+                Frame::End => break,
+                Frame::Bad(why, _) => return Err(format!("record at offset {at}: {why}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends to a file from the header on, a chunk at a time.
+struct Out<'a> {
+    file: &'a File,
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl Out<'_> {
+    fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= REWRITE_CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.file
+            .write_all_at(&self.buf, self.at)
+            .map_err(|e| e.to_string())?;
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Writes the live records of the log's first `prefix` bytes (every frame in them whole) to
+/// `out` after its header, as frames, and returns where they end: every event the last
+/// snapshot among them does not fold, the last value of each meta key, the idempotency results
+/// not deleted, every evidence record. Replaying them gives the same tables as replaying the
+/// prefix, less the folded events. Two passes over the prefix (the first finds the last
+/// snapshot and the live results, by offset), a chunk in memory at a time.
+fn compact_into(old: &File, prefix: u64, out: &File) -> Result<u64, String> {
+    let mut meta: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut idem: BTreeMap<(String, String), (u64, usize)> = BTreeMap::new();
+    let mut evidence: Vec<(u64, usize)> = Vec::new();
+    let mut frames = Frames::new(old, prefix);
+    frames.each(|at, frame, payload| {
+        let body = match payload.split_first() {
+            Some((&TAG_OTHER, body)) => body,
+            Some((&TAG_SNAPSHOT, body)) => {
+                meta.insert("snapshot".into(), body.to_vec());
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        match decode_value::<Other>(body).map_err(|e| format!("record at offset {at}: {e}"))? {
+            Other::Meta(k, v) => {
+                meta.insert(k, v);
+            }
+            Other::IdemPut(a, k, _) => {
+                idem.insert((a, k), (at, frame.len()));
+            }
+            Other::IdemDelete(a, k) => {
+                idem.remove(&(a, k));
+            }
+            Other::Evidence(_) => evidence.push((at, frame.len())),
+        }
+        Ok(())
+    })?;
+    let snapshot = match meta.get("snapshot") {
+        Some(v) => Some(decode_snapshot(v).map_err(|e| format!("meta[snapshot]: {e}"))?),
+        None => None,
+    };
+    let gaps = crate::storage::GapCheck::after(snapshot.as_ref());
+    let mut w = Out {
+        file: out,
+        at: HEADER_BYTES,
+        buf: Vec::with_capacity(2 * REWRITE_CHUNK),
+    };
+    frames.each(|at, frame, payload| match payload.split_first() {
+        Some((&TAG_EVENT, body)) => {
+            let e = decode_event(body).map_err(|e| format!("record at offset {at}: {e}"))?;
+            if gaps.folds(e.id.origin.as_str(), e.id.seq) {
+                return Ok(());
+            }
+            w.push(frame)
+        }
+        Some((&TAG_OTHER | &TAG_SNAPSHOT, _)) => Ok(()),
+        _ => Err(format!("record at offset {at}: unknown record tag")),
+    })?;
+    let mut one = Vec::new();
+    for (k, v) in meta {
+        one.clear();
+        if k == "snapshot" {
+            push_frame(&mut one, |b| {
+                b.push(TAG_SNAPSHOT);
+                b.extend_from_slice(&v);
+            })?;
+        } else {
+            push_other(&mut one, &Other::Meta(k, v))?;
+        }
+        w.push(&one)?;
+    }
+    // The kept results and evidence, read back in file order.
+    let mut kept: Vec<(u64, usize)> = idem.into_values().chain(evidence).collect();
+    kept.sort_unstable();
+    for (at, len) in kept {
+        let frame = frames.get(at, len)?.to_vec();
+        w.push(&frame)?;
+    }
+    w.flush()?;
+    Ok(w.at)
 }
 
 /// Threads that run `fdatasync` for the pipelined writer, at most this many at once: a
@@ -556,6 +1022,9 @@ impl Tables {
                 self.events
                     .insert((e.id.origin.as_str().to_string(), e.id.seq), e);
             }
+            TAG_SNAPSHOT => {
+                self.meta.insert("snapshot".into(), body.to_vec());
+            }
             TAG_OTHER => match decode_value::<Other>(body).map_err(|e| e.to_string())? {
                 Other::Meta(k, v) => {
                     self.meta.insert(k, v);
@@ -604,7 +1073,6 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use wallet_core::{
         Amount, Config, Currency, Hlc, Kind, Output, Policy, RegionId, Replica, TxRequest,
     };
@@ -791,6 +1259,53 @@ mod tests {
         assert!(open_err(dir.path()).contains("beyond the limit"));
     }
 
+    /// A snapshot with a few hundred thousand keys within retention is one frame of tens
+    /// of MiB (the soak wrote one of 19 MB when the limit was 16 MiB, and its log could no
+    /// longer be opened): what is written must read back.
+    #[test]
+    fn a_frame_of_tens_of_mib_reads_back() {
+        let mut buf = Vec::new();
+        push_frame(&mut buf, |b| b.resize(b.len() + (24 << 20), 7)).unwrap();
+        buf.extend_from_slice(&[0u8; 16]);
+        match read_frame(&buf, 0) {
+            Frame::Ok(p, end) => assert_eq!((p.len(), end), (24 << 20, FRAME_HEAD + (24 << 20))),
+            Frame::End => panic!("end"),
+            Frame::Bad(why, _) => panic!("{why}"),
+        }
+    }
+
+    /// The soak's snapshots (600k keys within retention, 19 MB) outgrew a value's 16 MiB
+    /// decoding limit: the log could not be opened, nor rewritten. A snapshot is its own frame.
+    #[test]
+    fn a_snapshot_over_16_mib_reads_back_and_survives_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        compacted_log(dir.path());
+        let (mut s, l) = LogStore::open(dir.path()).unwrap();
+        let mut snap = l.snapshot.expect("a snapshot");
+        snap.body.ext.push(("pad".into(), vec![7; 20 << 20]));
+        let op = WriteOp::Record {
+            index: 0,
+            record: Record::Snapshot(Box::new(snap.clone())),
+        };
+        s.commit(&[&op]).unwrap();
+        drop(s);
+        let (mut s, l) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            l.snapshot.map(|x| encode_snapshot(&x)),
+            Some(encode_snapshot(&snap))
+        );
+        s.set_rewrite_min(0);
+        s.live = 0;
+        s.maybe_start_rewrite();
+        assert!(s.finish_rewrite().unwrap().is_some());
+        drop(s);
+        let (_s, l) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            l.snapshot.map(|x| encode_snapshot(&x)),
+            Some(encode_snapshot(&snap))
+        );
+    }
+
     #[test]
     fn a_second_process_cannot_open_the_log() {
         let dir = tempfile::tempdir().unwrap();
@@ -820,5 +1335,250 @@ mod tests {
         drop(s);
         let (_s, l) = LogStore::open(dir.path()).unwrap();
         assert_eq!(l.events, evs);
+    }
+
+    /// Persists what the replica asks for, one commit each, with an idempotency result for
+    /// `key`.
+    fn pump(r: &mut Replica, s: &mut LogStore, key: Option<String>) {
+        while let Some(o) = r.poll_output() {
+            if let Output::Persist { index, record } = o {
+                let rec = WriteOp::Record { index, record };
+                let idem = key.clone().map(|k| WriteOp::Idem {
+                    account: AccountId::new("alice").unwrap(),
+                    key: k.into(),
+                    rec: Arc::new(IdemRecord {
+                        fingerprint: [7; 32],
+                        status: 201,
+                        body: "{}".into(),
+                        created_ms: 5,
+                    }),
+                });
+                let mut ops = vec![&rec];
+                ops.extend(idem.as_ref());
+                s.commit(&ops).unwrap();
+                r.handle_persisted(index);
+            }
+        }
+    }
+
+    fn deposit(r: &mut Replica, s: &mut LogStore, i: u64) {
+        r.submit(
+            1_000 + i,
+            TxRequest {
+                account: AccountId::new("alice").unwrap(),
+                kind: Kind::Deposit,
+                amount: Amount::parse("1", Currency::USD).unwrap(),
+                currency: Currency::USD,
+                idempotency_key: None,
+                reference: Some("MARKER".into()),
+            },
+        )
+        .unwrap();
+        pump(r, s, Some(format!("k{i}")));
+    }
+
+    /// A log with a policy, 40 keyed deposits (keys k0..k39, k0 then deleted), a snapshot
+    /// folding the first 30 (persisted after them), then 10 more deposits.
+    fn compacted_log(dir: &Path) {
+        let eu = RegionId::new("eu").unwrap();
+        let mut r = Replica::new(Config::new(eu, vec![eu], Policy::zero()), Hlc::ZERO);
+        let (mut s, _) = LogStore::open(dir).unwrap();
+        s.record_policy(&Policy::zero()).unwrap();
+        for i in 0..30 {
+            deposit(&mut r, &mut s, i);
+        }
+        for now in [2_000, 3_000, 4_000] {
+            r.handle_timeout(now);
+            pump(&mut r, &mut s, None);
+        }
+        let snap = r.compact().expect("everything is settled");
+        assert_eq!(snap.body.members[0].seq, 30);
+        pump(&mut r, &mut s, None);
+        for i in 30..40 {
+            deposit(&mut r, &mut s, i);
+        }
+        s.commit(&[&delete("k0")]).unwrap();
+    }
+
+    /// What a load reads back, comparable.
+    fn summary(l: &Loaded) -> String {
+        let snap = l.snapshot.as_ref().map(encode_snapshot);
+        format!(
+            "events {:?} idem {:?} ceiling {:?} watermark {:?} policy {:?} doc {} snapshot {} evidence {}",
+            l.events,
+            l.idem,
+            l.ceiling,
+            l.watermark,
+            l.recorded_policy,
+            l.recorded_policy_doc.is_some(),
+            snap.map_or(0, |b| crc32fast::hash(&b)),
+            l.evidence.len()
+        )
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        for f in std::fs::read_dir(from).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_rewrite_drops_the_folded_events_and_loads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        compacted_log(dir.path());
+        let (mut s, before) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(before.events.len(), 10, "the 30 folded events are skipped");
+        let old_used = s.used();
+        s.set_rewrite_min(0);
+        s.live = 0;
+        s.maybe_start_rewrite();
+        let report = s.finish_rewrite().unwrap().expect("a rewrite ran");
+        assert_eq!(report.before, old_used);
+        assert!(report.after < old_used, "{report:?}");
+        drop(s);
+        let bytes = std::fs::read(LogStore::file_path(dir.path())).unwrap();
+        let markers = bytes.windows(6).filter(|w| *w == b"MARKER").count();
+        assert_eq!(markers, 10, "only the events after the snapshot are left");
+        let (_s, after) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(summary(&after), summary(&before));
+        assert_eq!(after.idem.len(), 39, "k0 stays deleted");
+    }
+
+    fn delete(key: &str) -> WriteOp {
+        WriteOp::IdemDelete {
+            account: AccountId::new("alice").unwrap(),
+            key: key.into(),
+        }
+    }
+
+    /// What a log that got `ops` committed after [`compacted_log`] loads, without a rewrite.
+    fn expected_after(base: &Path, ops: &[&WriteOp]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(base, dir.path());
+        let (mut s, _) = LogStore::open(dir.path()).unwrap();
+        for op in ops {
+            s.commit(&[op]).unwrap();
+        }
+        drop(s);
+        summary(&LogStore::open(dir.path()).unwrap().1)
+    }
+
+    /// A crash at each step of a rewrite leaves a log that loads exactly what it held, the
+    /// records appended during the rewrite included, and appends go on after it.
+    #[test]
+    fn a_rewrite_cut_at_any_step_loads_the_same() {
+        let base = tempfile::tempdir().unwrap();
+        compacted_log(base.path());
+        let (during, later) = (delete("k1"), delete("k2"));
+        let want = expected_after(base.path(), &[&during]);
+        let want_later = expected_after(base.path(), &[&during, &later]);
+        assert_ne!(want, want_later);
+        // Cut after: 0 the copy half written, 1 the copy written and durable, 2 the tail
+        // copied, 3 the rename (the rewrite done); 4 done and appended to after.
+        for step in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(base.path(), dir.path());
+            let (mut s, _) = LogStore::open(dir.path()).unwrap();
+            let mut p = prepare_rewrite(&s.file, &s.path, s.at, &AtomicU64::new(0)).unwrap();
+            // Appended while the copy was prepared: it reaches the new file as the tail.
+            s.commit(&[&during]).unwrap();
+            let copy = rewrite_path(&s.path);
+            if step == 0 {
+                let len = std::fs::metadata(&copy).unwrap().len();
+                let f = OpenOptions::new().write(true).open(&copy).unwrap();
+                f.set_len(len / 2).unwrap();
+            }
+            if step >= 2 {
+                s.copy_tail(&mut p).unwrap();
+            }
+            if step >= 3 {
+                std::fs::rename(&p.path, &s.path).unwrap();
+                p.path = s.path.clone();
+                s.install(p, 0, std::time::Instant::now()).unwrap();
+            } else {
+                drop(p);
+            }
+            if step == 4 {
+                s.commit(&[&later]).unwrap();
+            }
+            drop(s);
+            let (_s, l) = LogStore::open(dir.path()).unwrap();
+            assert!(!copy.exists(), "step {step}: an unfinished copy is removed");
+            let want = if step == 4 { &want_later } else { &want };
+            assert_eq!(&summary(&l), want, "step {step}");
+            let folded_left = std::fs::read(LogStore::file_path(dir.path()))
+                .unwrap()
+                .windows(6)
+                .filter(|w| *w == b"MARKER")
+                .count();
+            assert_eq!(folded_left, if step >= 3 { 10 } else { 40 }, "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_rewrite_of_a_log_larger_than_its_chunk_keeps_every_live_record() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &events(10_000));
+        let (mut s, before) = LogStore::open(dir.path()).unwrap();
+        assert!(s.used() > REWRITE_CHUNK as u64, "{}", s.used());
+        s.set_rewrite_min(0);
+        s.live = 0;
+        s.maybe_start_rewrite();
+        let report = s.finish_rewrite().unwrap().expect("a rewrite ran");
+        // Nothing is folded: only the overwritten meta values and the deleted key go.
+        assert!(report.after < report.before, "{report:?}");
+        drop(s);
+        let (_s, after) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(summary(&after), summary(&before));
+    }
+
+    /// What the writer appended while the copy was prepared is copied by the preparing
+    /// thread (the catch-up), not at the switch.
+    #[test]
+    fn the_preparation_catches_up_with_later_appends() {
+        let base = tempfile::tempdir().unwrap();
+        compacted_log(base.path());
+        let ops: Vec<WriteOp> = (0..12_000).map(|i| delete(&format!("gone{i}"))).collect();
+        let refs: Vec<&WriteOp> = ops.iter().collect();
+        let want = expected_after(base.path(), &refs);
+        let (mut s, _) = LogStore::open(base.path()).unwrap();
+        let prefix = s.at;
+        s.commit(&refs).unwrap();
+        assert!(s.at - prefix >= CATCH_UP_LEFT, "{}", s.at - prefix);
+        let mut p = prepare_rewrite(&s.file, &s.path, prefix, &s.appended).unwrap();
+        assert_eq!(
+            p.caught_up,
+            s.at - prefix,
+            "everything appended was caught up"
+        );
+        s.copy_tail(&mut p).unwrap();
+        std::fs::rename(&p.path, &s.path).unwrap();
+        p.path = s.path.clone();
+        let report = s.install(p, 0, std::time::Instant::now()).unwrap();
+        assert_eq!(
+            report.map(|r| r.tail),
+            Some(0),
+            "nothing left for the switch"
+        );
+        drop(s);
+        let (_s, l) = LogStore::open(base.path()).unwrap();
+        assert_eq!(summary(&l), want);
+    }
+
+    #[test]
+    fn a_rewrite_starts_only_after_enough_growth() {
+        let dir = tempfile::tempdir().unwrap();
+        compacted_log(dir.path());
+        let (mut s, _) = LogStore::open(dir.path()).unwrap();
+        s.maybe_start_rewrite();
+        assert!(s.job.is_none(), "below REWRITE_MIN_BYTES");
+        s.set_rewrite_min(0);
+        s.maybe_start_rewrite();
+        assert!(s.job.is_none(), "not yet twice what the open left");
+        s.live = (s.at - HEADER_BYTES) / 2;
+        s.maybe_start_rewrite();
+        assert!(s.job.is_some());
+        assert!(s.finish_rewrite().unwrap().is_some());
     }
 }

@@ -464,7 +464,7 @@ struct MemberSample {
 pub struct NodeSnapshot {
     members: Vec<MemberSample>,
     pull_scheduler: [(&'static str, u64); 10],
-    gauges: [(&'static str, &'static str, u64); 15],
+    gauges: [(&'static str, &'static str, u64); 16],
     modes: [(&'static str, u64); 12],
     counters: [(&'static str, &'static str, u64); 9],
     replication_bytes: [(&'static str, u64); 2],
@@ -564,6 +564,11 @@ impl NodeSnapshot {
                     "walletd_archive_failed",
                     "An archive write failed and compaction stopped (0/1)",
                     u64::from(g.archive_failed),
+                ),
+                (
+                    "walletd_idempotency_keys_core",
+                    "Idempotency keys held by the core's index (within retention)",
+                    r.idempotency_keys_held(),
                 ),
                 (
                     "walletd_requests_awaiting_durability",

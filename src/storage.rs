@@ -981,13 +981,17 @@ fn pipelined_writer(
     done: mpsc::UnboundedSender<DiskDone>,
 ) {
     let failed = done.clone();
-    let pipeline = match crate::logstore::Pipeline::start(log, move |d| {
-        let msg = match d {
-            Some((seq, index)) => DiskDone::Committed { seq, index },
-            None => DiskDone::Failed,
-        };
-        done.send(msg).is_ok()
-    }) {
+    let start = |log: &crate::logstore::LogStore| {
+        let done = done.clone();
+        crate::logstore::Pipeline::start(log, move |d| {
+            let msg = match d {
+                Some((seq, index)) => DiskDone::Committed { seq, index },
+                None => DiskDone::Failed,
+            };
+            done.send(msg).is_ok()
+        })
+    };
+    let mut pipeline = match start(log) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "storage writer could not start");
@@ -1014,6 +1018,21 @@ fn pipelined_writer(
         }
         if pipeline.failed() {
             break;
+        }
+        // A log rewrite prepared off this thread is switched to between two appends: the
+        // syncs in flight end first, then the switch makes everything appended durable.
+        if log.rewrite_ready() {
+            pipeline.finish();
+            let switched = log.finish_rewrite().and_then(|_| start(log));
+            pipeline = match switched {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "log rewrite failed; no further acknowledgements");
+                    let _ = failed.send(DiskDone::Failed);
+                    return;
+                }
+            };
+            let _ = failed.send(DiskDone::Committed { seq, index });
         }
         // The actor may send the next batch now if a sync thread is free for it; otherwise
         // it gathers until a sync returns (larger batches, one signature each).

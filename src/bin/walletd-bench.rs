@@ -13,6 +13,14 @@
 //! [`wallet::latency`]; needs root), the latency of a debit forwarded to its home and of a
 //! debit that must first fetch escrow rights, against a local one.
 //!
+//! `--soak` and `--restart-at N,M` measure bounded storage instead (issue 13; `soak/mod.rs`,
+//! docs/operations.md "Soak"):
+//!
+//! ```text
+//! target/release/walletd-bench --soak --regions 1 --seconds 600 --clients 64 --csv soak-1.csv
+//! target/release/walletd-bench --restart-at 1000000,10000000 --accounts 10000
+//! ```
+//!
 //! Not a test: it prints figures. The client is a minimal HTTP/1.1 keep-alive client so the
 //! measurement spends its CPU in the server, not in the load generator.
 
@@ -24,6 +32,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wallet::cluster::{ClusterOptions, LocalCluster};
 
+mod soak;
+
 #[derive(Debug, Clone)]
 struct Args {
     seconds: u64,
@@ -33,6 +43,16 @@ struct Args {
     modes: Vec<bool>,
     /// Measure the consistency modes instead.
     consistency: bool,
+    /// Run the soak instead (`soak/mod.rs`).
+    soak: bool,
+    /// Regions of the soak.
+    regions: usize,
+    /// The soak's CSV.
+    csv: PathBuf,
+    /// Seconds between the soak's samples.
+    sample: u64,
+    /// Measure restart times at these accepted counts instead.
+    restart_at: Vec<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,6 +66,11 @@ fn parse_args() -> Result<Args, String> {
         accounts: vec![1, 1000],
         modes: vec![true, false],
         consistency: false,
+        soak: false,
+        regions: 1,
+        csv: PathBuf::from("soak.csv"),
+        sample: 5,
+        restart_at: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,13 +94,23 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--modes" => a.consistency = true,
+            "--soak" => a.soak = true,
+            "--regions" => a.regions = val()?.parse().map_err(|e| format!("--regions: {e}"))?,
+            "--csv" => a.csv = PathBuf::from(val()?),
+            "--sample" => a.sample = val()?.parse().map_err(|e| format!("--sample: {e}"))?,
+            "--restart-at" => {
+                a.restart_at = val()?
+                    .split(',')
+                    .map(|s| s.parse::<u64>().map_err(|e| format!("--restart-at: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
             "-h" | "--help" => {
-                return Err("usage: walletd-bench [--seconds N] [--clients N] [--walletd PATH] [--accounts 1,1000] [--group-commit on|off|both] [--modes]".into())
+                return Err("usage: walletd-bench [--seconds N] [--clients N] [--walletd PATH] [--accounts 1,1000] [--group-commit on|off|both] [--modes] [--soak --regions N --csv PATH --sample S] [--restart-at N,M]".into())
             }
             o => return Err(format!("unknown argument {o}")),
         }
     }
-    if a.clients == 0 || a.seconds == 0 {
+    if a.clients == 0 || a.seconds == 0 || a.sample == 0 {
         return Err("--clients and --seconds must be positive".into());
     }
     Ok(a)
@@ -118,6 +153,8 @@ async fn start_server(
 struct Conn {
     s: TcpStream,
     buf: Vec<u8>,
+    /// Where the last response's body starts in `buf`.
+    body_at: usize,
 }
 
 impl Conn {
@@ -127,7 +164,13 @@ impl Conn {
         Ok(Conn {
             s,
             buf: Vec::with_capacity(4096),
+            body_at: 0,
         })
+    }
+
+    /// The last response's body.
+    fn body(&self) -> &[u8] {
+        self.buf.get(self.body_at..).unwrap_or_default()
     }
 
     /// Sends one request and reads one response; returns the status.
@@ -156,6 +199,7 @@ impl Conn {
                     })
                     .unwrap_or(0);
                 let want = end + 4 + len;
+                self.body_at = end + 4;
                 while self.buf.len() < want {
                     let n = self.s.read(&mut tmp).await?;
                     if n == 0 {
@@ -332,6 +376,20 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if !args.restart_at.is_empty() {
+        if let Err(e) = soak::restart(&args, &args.restart_at) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.soak {
+        if let Err(e) = rt.block_on(soak::soak(&args)) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.consistency {
         if let Err(e) = rt.block_on(modes_bench(&args)) {
             eprintln!("{e}");

@@ -1,0 +1,380 @@
+//! `walletd-bench --soak` and `--restart-at`: issue 13's bounded-storage measurements.
+//!
+//! - `--soak`: a [`LocalCluster`] of `--regions` real walletd processes (1 or 3) with
+//!   compaction on and a short key retention takes a steady keyed load from `--clients`
+//!   closed-loop keep-alive connections for `--seconds`, spread over the regions: per ten
+//!   requests five 0.01 USD purchases, three 0.01 USD deposits and two withdrawals far beyond
+//!   any balance (refused, 422), each with a unique `Idempotency-Key`, so the core's key index
+//!   and the HTTP response cache both fill and expire. Every `--sample` seconds it writes one CSV
+//!   row per region: RSS (`/proc/PID/status` VmRSS), data dir bytes, transactions accepted,
+//!   events in memory, keys held (HTTP cache and core index), the client's answers so far and
+//!   the load average. At the end it prints the log rewrites the regions reported.
+//! - `--restart-at 1000000,10000000`: fills one region's data dir through walletd's own node
+//!   (`wallet::node::start` in this process: the actor, the core, the storage writer; no
+//!   HTTP) with purchases over `--accounts` funded accounts and compaction on, and at each
+//!   count stops it and times a real walletd process from spawn to its first `/v1/status`
+//!   answer.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wallet::cluster::{ClusterOptions, LocalCluster};
+use wallet::command::{Command, SubmitCmd};
+use wallet_core::{AccountId, Amount, Currency, Kind, TxRequest};
+
+use super::{sample_sum, Args, Conn};
+
+/// Compaction period of the soak's regions (settled events).
+pub const SOAK_COMPACT_EVERY: u64 = 100_000;
+/// Key retention of the soak's regions (ms): expiry is reached within a run.
+pub const SOAK_RETENTION_MS: u64 = 60_000;
+
+/// Initialises a cluster of the first `n` of eu, us, ap with compaction on and a short key
+/// retention, kept in `dir` (logs included).
+fn soak_cluster(
+    walletd: &Path,
+    n: usize,
+    dir: &Path,
+    retention_ms: u64,
+) -> Result<LocalCluster, String> {
+    let names = ["eu", "us", "ap"];
+    let regions = names.get(..n).ok_or("--regions is 1, 2 or 3")?;
+    let _ = std::fs::remove_dir_all(dir);
+    let mut opts =
+        ClusterOptions::new(walletd.to_path_buf(), regions).map_err(|e| e.to_string())?;
+    opts.dir = Some(dir.to_path_buf());
+    opts.faults = false;
+    opts.tls = false;
+    opts.rate_per_second = Some(0);
+    opts.log_filter = "warn,wallet=info".into();
+    let cluster = LocalCluster::init(opts).map_err(|e| e.to_string())?;
+    for i in 0..n {
+        cluster
+            .rewrite_config(i, |t| {
+                format!(
+                    "idempotency_retention_ms = {retention_ms}\ncompact_every_events = {SOAK_COMPACT_EVERY}\n{t}"
+                )
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(cluster)
+}
+
+/// `host:port` of region `i`.
+fn addr(c: &LocalCluster, i: usize) -> String {
+    c.regions[i].http.trim_start_matches("http://").to_string()
+}
+
+fn request(addr: &str, token: &str, account: &str, kind: &str, amount: &str, key: &str) -> Vec<u8> {
+    let body = format!(r#"{{"type":"{kind}","amount":"{amount}","currency":"USD"}}"#);
+    format!(
+        "POST /v1/accounts/{account}/transactions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nIdempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn get(addr: &str, token: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n")
+        .into_bytes()
+}
+
+/// VmRSS of a process in KiB (0 when gone).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Bytes of the files in a directory (not recursive; a data dir has no subdirectories).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|f| f.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn load1() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[derive(Default)]
+struct Answers {
+    created: AtomicU64,
+    refused: AtomicU64,
+    other: AtomicU64,
+}
+
+/// The soak (module docs).
+pub async fn soak(args: &Args) -> Result<(), String> {
+    let dir = PathBuf::from(format!("/tmp/walletd-soak-{}", args.regions));
+    let mut cluster = soak_cluster(&args.walletd, args.regions, &dir, SOAK_RETENTION_MS)?;
+    cluster.start_all().await.map_err(|e| e.to_string())?;
+    let token = cluster.token.clone();
+    let n = args.regions;
+    let addrs: Vec<String> = (0..n).map(|i| addr(&cluster, i)).collect();
+    let pids: Vec<u32> = (0..n)
+        .map(|i| cluster.regions[i].pid().ok_or("a region is not running"))
+        .collect::<Result<_, _>>()?;
+    let data: Vec<PathBuf> = (0..n)
+        .map(|i| cluster.data_dir(i).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let accounts = args.accounts.last().copied().unwrap_or(1000).max(1);
+    {
+        let mut c = Conn::open(&addrs[0]).await.map_err(|e| e.to_string())?;
+        for a in 0..accounts {
+            let req = request(
+                &addrs[0],
+                &token,
+                &format!("acct{a}"),
+                "deposit",
+                "1000000000.00",
+                &format!("fund-{a}"),
+            );
+            let s = c.request(&req).await.map_err(|e| e.to_string())?;
+            if s != 201 {
+                return Err(format!("funding deposit got {s}"));
+            }
+        }
+    }
+    println!(
+        "walletd-bench --soak: {n} region(s), {} clients, {accounts} accounts, {} s, compact_every_events = {SOAK_COMPACT_EVERY}, idempotency_retention_ms = {SOAK_RETENTION_MS}, data in {}",
+        args.clients,
+        args.seconds,
+        dir.display()
+    );
+    let answers = Arc::new(Answers::default());
+    let started = Instant::now();
+    let end = started + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for w in 0..args.clients {
+        let (addr, token, answers) = (addrs[w % n].clone(), token.clone(), answers.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut c) = Conn::open(&addr).await else {
+                return;
+            };
+            let mut i: u64 = 0;
+            while Instant::now() < end {
+                let account = format!("acct{}", (i as usize * 7919 + w) % accounts);
+                let (kind, amount) = match i % 10 {
+                    0..=4 => ("purchase", "0.01"),
+                    5..=7 => ("deposit", "0.01"),
+                    _ => ("withdrawal", "900000000000.00"),
+                };
+                let req = request(&addr, &token, &account, kind, amount, &format!("s{w}-{i}"));
+                i += 1;
+                match c.request(&req).await {
+                    Ok(201) => answers.created.fetch_add(1, Ordering::Relaxed),
+                    Ok(422) => answers.refused.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => answers.other.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => {
+                        // Reconnect after a closed connection.
+                        answers.other.fetch_add(1, Ordering::Relaxed);
+                        match Conn::open(&addr).await {
+                            Ok(nc) => {
+                                c = nc;
+                                0
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
+            }
+        }));
+    }
+    let mut csv = String::from("t_s,region,rss_kib,data_bytes,accepted,events_in_memory,keys_http,keys_core,client_201,client_422,client_other,load1\n");
+    let mut probes = Vec::new();
+    for a in &addrs {
+        probes.push(Conn::open(a).await.map_err(|e| e.to_string())?);
+    }
+    let mut next = started;
+    loop {
+        let t = next.duration_since(started).as_secs();
+        for i in 0..n {
+            let text = match probes[i].request(&get(&addrs[i], &token, "/metrics")).await {
+                Ok(200) => String::from_utf8_lossy(probes[i].body()).into_owned(),
+                _ => String::new(),
+            };
+            let m = |name: &str| sample_sum(&text, name) as u64;
+            let row = format!(
+                "{t},{},{},{},{},{},{},{},{},{},{},{}\n",
+                cluster.regions[i].region,
+                rss_kib(pids[i]),
+                dir_bytes(&data[i]),
+                m("walletd_transactions_accepted_total"),
+                m("walletd_events_in_memory"),
+                m("walletd_idempotency_keys"),
+                m("walletd_idempotency_keys_core"),
+                answers.created.load(Ordering::Relaxed),
+                answers.refused.load(Ordering::Relaxed),
+                answers.other.load(Ordering::Relaxed),
+                load1()
+            );
+            print!("{row}");
+            csv.push_str(&row);
+        }
+        std::fs::write(&args.csv, &csv).map_err(|e| format!("{}: {e}", args.csv.display()))?;
+        if next >= end {
+            break;
+        }
+        next += Duration::from_secs(args.sample);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next.min(end))).await;
+        if next > end {
+            next = end;
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ok = answers.created.load(Ordering::Relaxed);
+    println!(
+        "answers: {ok} created ({:.0}/s), {} refused (422), {} other; CSV in {}",
+        ok as f64 / secs,
+        answers.refused.load(Ordering::Relaxed),
+        answers.other.load(Ordering::Relaxed),
+        args.csv.display()
+    );
+    for i in 0..n {
+        cluster.stop(i).await;
+        let log = std::fs::read_to_string(&cluster.regions[i].log).unwrap_or_default();
+        for l in log.lines().filter(|l| l.contains("log rewritten")) {
+            println!(
+                "{}: {}",
+                cluster.regions[i].region,
+                l.split("log rewritten").nth(1).unwrap_or_default().trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Submits `count` purchases (after funding `accounts` on the first call) through an
+/// in-process node, `window` in flight; returns how many were accepted.
+async fn fill(config: &Path, accounts: usize, fund: bool, count: u64) -> Result<u64, String> {
+    let cfg = wallet::config::NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let started = wallet::node::start(&cfg).map_err(|e| e.to_string())?;
+    let commands = started.actor.commands.clone();
+    let window = 1024;
+    let mut inflight = VecDeque::with_capacity(window);
+    let mut accepted = 0u64;
+    let req = |account: usize, kind: Kind, amount: &str| -> Result<TxRequest, String> {
+        Ok(TxRequest {
+            account: AccountId::new(&format!("acct{account}")).map_err(|e| e.to_string())?,
+            kind,
+            amount: Amount::parse(amount, Currency::USD).map_err(|e| e.to_string())?,
+            currency: Currency::USD,
+            idempotency_key: None,
+            reference: None,
+        })
+    };
+    let funding = if fund { accounts as u64 } else { 0 };
+    for i in 0..funding + count {
+        let r = if i < funding {
+            req(i as usize, Kind::Deposit, "1000000000.00")?
+        } else {
+            req(
+                (i as usize).wrapping_mul(7919) % accounts,
+                Kind::Purchase,
+                "0.01",
+            )?
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let cmd = Command::Submit(SubmitCmd {
+            req: r,
+            fingerprint: [0; 32],
+            reply: tx,
+        });
+        commands.send(cmd).await.map_err(|_| "the actor stopped")?;
+        inflight.push_back(rx);
+        if inflight.len() >= window {
+            if let Some(rx) = inflight.pop_front() {
+                accepted += u64::from(rx.await.is_ok_and(|r| r.status == 201));
+            }
+        }
+    }
+    for rx in inflight {
+        accepted += u64::from(rx.await.is_ok_and(|r| r.status == 201));
+    }
+    drop(commands);
+    started.actor.shutdown().await;
+    drop(started.net);
+    let _ = started.writer.join();
+    Ok(accepted)
+}
+
+/// `--restart-at` (module docs).
+pub fn restart(args: &Args, at: &[u64]) -> Result<(), String> {
+    let dir = PathBuf::from("/tmp/walletd-restart");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut cluster = soak_cluster(&args.walletd, 1, &dir, 86_400_000)?;
+    let config = cluster.regions[0].config.clone();
+    let data = cluster.data_dir(0).map_err(|e| e.to_string())?;
+    let accounts = args.accounts.last().copied().unwrap_or(10_000).max(1);
+    let token = cluster.token.clone();
+    println!(
+        "walletd-bench --restart-at: 1 region, {accounts} accounts, compact_every_events = {SOAK_COMPACT_EVERY}, data in {}",
+        dir.display()
+    );
+    println!(
+        "{:>12} {:>10} {:>14} {:>12} {:>12}",
+        "accepted", "fill s", "data bytes", "restart ms", "RSS KiB"
+    );
+    let mut total = 0u64;
+    for &target in at {
+        let t = Instant::now();
+        // A runtime per fill: dropping it closes the in-process node's sockets.
+        let fill_rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        total += fill_rt.block_on(fill(
+            &config,
+            accounts,
+            total == 0,
+            target.saturating_sub(total),
+        ))?;
+        drop(fill_rt);
+        let fill_s = t.elapsed().as_secs_f64();
+        let bytes = dir_bytes(&data);
+        let a = addr(&cluster, 0);
+        let t = Instant::now();
+        cluster.spawn(0).map_err(|e| e.to_string())?;
+        let ms = rt.block_on(async {
+            loop {
+                if let Ok(mut c) = Conn::open(&a).await {
+                    if let Ok(200) = c.request(&get(&a, &token, "/v1/status")).await {
+                        return Ok(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                if t.elapsed() > Duration::from_secs(600) {
+                    return Err("not ready after 600 s".to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })?;
+        let rss = cluster.regions[0].pid().map_or(0, rss_kib);
+        println!("{total:>12} {fill_s:>10.1} {bytes:>14} {ms:>12.1} {rss:>12}");
+        rt.block_on(cluster.stop(0));
+    }
+    Ok(())
+}
