@@ -319,8 +319,10 @@ fn toy_sig(key: &[u8], bytes: &[u8]) -> Vec<u8> {
 }
 
 impl Authenticator for ToyAuth {
-    fn sign(&self, _: &[u8]) -> Vec<u8> {
-        Vec::new() // never used: every signature is made at an HLC
+    fn sign(&self, bytes: &[u8]) -> Vec<u8> {
+        // Snapshots: signed with the newest key.
+        let key = self.keys.at(self.me, Hlc(u64::MAX)).unwrap_or_default();
+        toy_sig(key, bytes)
     }
     fn verify(&self, _: RegionId, _: &[u8], _: &[u8]) -> bool {
         false
@@ -452,6 +454,68 @@ fn a_restarted_region_verifies_with_the_key_history_it_reloads() {
     c.run_among(&[eu, us], 3);
     assert_eq!(c.nodes[us].replica.stats().rejected, 0);
     same(&c, eu, us);
+}
+
+/// A snapshot signed after its signer rotated its key restores on a region that knows
+/// only the founding keys: the rotation it carries (issue 13, `EXT_MEMBERSHIP`) verifies
+/// against the old key and binds the new one, which then verifies the snapshot. A
+/// membership section altered after signing is refused.
+#[test]
+fn a_snapshot_carries_the_key_rotations_its_signature_needs() {
+    let mut c = toy_cluster(&["eu", "us"]);
+    let (eu, us) = (0, 1);
+    let now = c.local_now(eu);
+    replica_of(&mut c, eu)
+        .rotate_key(now, b"eu-key-2".to_vec())
+        .unwrap();
+    c.drain(eu);
+    deposit(&mut c, eu, "alice", "3");
+    c.run_among(&[eu, us], 4);
+    let snap = replica_of(&mut c, eu)
+        .compact()
+        .expect("a compaction point");
+    assert!(snap
+        .body
+        .ext
+        .iter()
+        .any(|(n, _)| n == wallet_core::replica::EXT_MEMBERSHIP));
+    let fresh = || {
+        let mut keys = KeyHistory::new();
+        for n in ["eu", "us"] {
+            keys.set(region(n), Hlc::ZERO, format!("{n}-key-1").as_bytes());
+        }
+        let mut cfg = c.config(region("us"));
+        cfg.auth = Box::new(ToyAuth {
+            me: region("us"),
+            keys,
+        });
+        Replica::new(cfg, Hlc::ZERO)
+    };
+    let mut r = fresh();
+    r.restore(&snap, Vec::new()).unwrap();
+    assert_eq!(
+        r.balance(&acct("alice"), Currency::USD).settled,
+        dec("3.00")
+    );
+    // The rotation's key replaced by another: the event no longer verifies.
+    let mut forged = snap.clone();
+    let (_, bytes) = forged
+        .body
+        .ext
+        .iter_mut()
+        .find(|(n, _)| n == wallet_core::replica::EXT_MEMBERSHIP)
+        .unwrap();
+    let mut events: Vec<Event> = wire::decode_value(bytes).unwrap();
+    if let Body::Membership(ch) = &mut events[0].body {
+        **ch = Change::RotateKey {
+            key: b"mallory".to_vec().into(),
+        };
+    }
+    *bytes = wire::encode_value(&events);
+    assert!(matches!(
+        fresh().restore(&forged, Vec::new()),
+        Err(RestoreError::Malformed(_))
+    ));
 }
 
 #[test]
