@@ -293,4 +293,8 @@ pub enum RestoreError {
     /// `restore` on a replica that already holds state.
     #[error("restore needs a fresh replica")]
     NotFresh,
+    /// A retired region (or one the snapshot shows retired) does not install a peer's
+    /// snapshot: it settles nothing more than it had.
+    #[error("this region is retired: it installs no snapshot")]
+    Retired,
 }

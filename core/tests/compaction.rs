@@ -934,3 +934,126 @@ fn snapshots_carry_joins_retires_rotations_and_seals() {
     let n = run_membership(&ops).unwrap();
     assert!(n >= 4, "{n} compactions carried membership history");
 }
+
+/// The index of the first message in flight to node `to` that `pick` accepts.
+fn in_flight(c: &Cluster, to: usize, pick: impl Fn(&Message) -> bool) -> Option<usize> {
+    c.inflight.iter().position(|(t, _, m)| *t == to && pick(m))
+}
+
+/// A region that installs a peer's snapshot keeps the events it had buffered out of order
+/// above it (found by the simulator: they were dropped with the old state, and the region
+/// pulled them again although it had been handed them). Here ap, restoring after a lost
+/// disk, is pushed eu's next event before its pull is answered with eu's snapshot: once the
+/// snapshot is installed the buffered event applies at once.
+#[test]
+fn installing_a_snapshot_keeps_the_events_buffered_above_it() {
+    let mut c = cluster();
+    let (eu, ap) = (0, 2);
+    for i in 0..6u8 {
+        let _ = c.submit(
+            usize::from(i % 3),
+            req("alice", Kind::Deposit, "5.00", Currency::USD),
+        );
+    }
+    assert!(c.settle_all());
+    check_snapshots_agree(&mut c).unwrap();
+    for i in 0..3 {
+        assert!(c.nodes[i].replica.compact().is_some());
+        c.drain(i);
+    }
+    c.persist_all();
+    c.wipe(ap);
+    // Only eu answers ap's pulls: us's requests and answers are dropped.
+    c.inflight.retain(|(to, from, _)| *to != 1 && *from != 1);
+    let Ok(Submitted::New(id)) = c.submit(eu, req("bob", Kind::Deposit, "7.00", Currency::USD))
+    else {
+        panic!("deposit refused");
+    };
+    c.persist(eu, usize::MAX);
+    let k = in_flight(
+        &c,
+        ap,
+        |m| matches!(m, Message::Events(ev) if ev.iter().any(|e| e.id == id)),
+    )
+    .expect("eu pushes its new event to ap");
+    c.deliver(k);
+    assert!(
+        c.nodes[ap].replica.event(id).is_none(),
+        "buffered above a gap"
+    );
+    // eu answers ap's pull with its snapshot.
+    let snapshot = loop {
+        if let Some(k) = in_flight(&c, ap, |m| matches!(m, Message::Snapshot(_))) {
+            break k;
+        }
+        let k = c
+            .inflight
+            .iter()
+            .position(|(to, _, _)| *to == eu)
+            .expect("ap's pull reaches eu");
+        c.deliver(k);
+    };
+    c.deliver(snapshot);
+    assert_eq!(c.nodes[ap].replica.stats().restores, 1, "installed");
+    assert!(
+        c.nodes[ap].replica.event(id).is_some(),
+        "the event buffered above the snapshot applies once it is installed"
+    );
+    c.nodes[ap].replica.check_invariants().unwrap();
+}
+
+/// A retired region does not install a peer's snapshot (found by the simulator: a retired
+/// region that pulled below its peers' fold installed their snapshot and showed balances
+/// settled past its own retirement, which it can never settle itself). ap is retired while cut
+/// off; eu and us settle and compact; when ap comes back its pull is answered with a snapshot,
+/// which it refuses quietly, keeping what it settled.
+#[test]
+fn a_retired_region_does_not_install_a_snapshot() {
+    let mut c = cluster();
+    let (eu, us, ap) = (0, 1, 2);
+    for i in 0..6u8 {
+        let _ = c.submit(
+            usize::from(i % 3),
+            req("alice", Kind::Deposit, "5.00", Currency::USD),
+        );
+    }
+    assert!(c.settle_all());
+    c.partition(1 << ap);
+    let now = c.local_now(eu);
+    c.nodes[eu]
+        .replica
+        .retire(now, [region("ap")].into_iter().collect(), "gone".into())
+        .unwrap();
+    c.drain(eu);
+    for _ in 0..3 {
+        let _ = c.submit(us, req("bob", Kind::Deposit, "2.00", Currency::USD));
+        c.run_among(&[eu, us], 2);
+    }
+    assert!(c.nodes[eu].replica.cut(region("ap")).is_some());
+    for i in [eu, us] {
+        assert!(c.nodes[i].replica.compact().is_some(), "{}", c.names[i]);
+        c.drain(i);
+    }
+    c.persist_all();
+    let before = (
+        c.nodes[ap].replica.watermark(),
+        c.nodes[ap].replica.balance(&acct("alice"), Currency::USD),
+    );
+    c.heal();
+    c.run_among(&[eu, us, ap], 3);
+    let r = &c.nodes[ap].replica;
+    assert!(
+        c.nodes[eu].replica.stats().snapshots_sent > 0,
+        "ap's pull below the fold is answered with the snapshot"
+    );
+    assert_eq!(r.stats().restores, 0, "not installed");
+    assert_eq!(
+        (r.watermark(), r.balance(&acct("alice"), Currency::USD)),
+        before
+    );
+    assert!(!c.nodes[ap]
+        .reports
+        .iter()
+        .any(|x| matches!(x, Report::Snapshot { .. })));
+    r.check_invariants().unwrap();
+}

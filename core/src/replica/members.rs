@@ -493,6 +493,13 @@ impl Replica {
                 self.settle.unsettled.remove(&e.key());
                 if let Some(tx) = e.tx() {
                     self.accounts.unapply(e.id, tx);
+                    // A voided event holds its idempotency key no more.
+                    if let (Some(k), Some(acct)) = (
+                        tx.idempotency_key.as_deref(),
+                        self.accounts.map.get_mut(&tx.account),
+                    ) {
+                        acct.forget_key(&self.logs, k, e.id);
+                    }
                 }
                 if let Some(op) = e.account_op() {
                     self.accounts.unapply_op(e.id, op);

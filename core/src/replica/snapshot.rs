@@ -677,11 +677,17 @@ impl Replica {
             .iter()
             .any(|m| self.logs.len_of(m.region) < m.seq);
         if lacking && snap.body.at > self.settle.watermark {
-            if let Err(e) = self.install_snapshot(&snap) {
-                self.report(Report::Snapshot {
+            match self.install_snapshot(&snap) {
+                Ok(()) => {}
+                Err(RestoreError::Retired) => {
+                    // Settles nothing more: keeps what it settled, and stops this chain.
+                    self.handle_pull_answer(now_ms, from, Vec::new(), false);
+                    return;
+                }
+                Err(e) => self.report(Report::Snapshot {
                     from,
                     reason: e.to_string(),
-                });
+                }),
             }
         }
         self.handle_pull_answer(now_ms, from, Vec::new(), true);
@@ -697,6 +703,9 @@ impl Replica {
     pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
         if self.unsigned_from != 0 {
             return Err(RestoreError::NotFresh);
+        }
+        if self.membership.retired_self {
+            return Err(RestoreError::Retired);
         }
         snap.check_body(&self.cfg.cluster)?;
         let seq_of = |r: &RegionId| {
@@ -715,7 +724,13 @@ impl Replica {
         let cfg = std::mem::replace(&mut self.cfg, placeholder());
         let mut fresh = Replica::new(cfg, self.clock.last());
         fresh.restore_evidence(self.evidence.clone());
-        if let Err(e) = fresh.restore(snap, after) {
+        // A snapshot that shows this region retired is not installed either: a retired
+        // region settles nothing more than it had (docs/protocol.md §11).
+        let restored = match fresh.restore(snap, after) {
+            Ok(()) if fresh.membership.retired_self => Err(RestoreError::Retired),
+            r => r,
+        };
+        if let Err(e) = restored {
             self.cfg = std::mem::replace(&mut fresh.cfg, placeholder());
             return Err(e);
         }
@@ -752,6 +767,10 @@ impl Replica {
             };
             self.dur.awaiting.push_back((idx, what));
         }
+        let origins: Vec<RegionId> = self.logs.members.keys().copied().collect();
+        for origin in origins {
+            self.drain_pending(origin);
+        }
         Ok(())
     }
 
@@ -774,8 +793,9 @@ impl Replica {
     }
 }
 
-/// What each member announced (promises, version vectors, seed policy) is local knowledge a
-/// snapshot leaves out: it carries over to the replica that installs one.
+/// What each member announced (promises, version vectors, seed policy) and the events
+/// buffered out of order are local knowledge a snapshot leaves out: they carry over to the
+/// replica that installs one.
 fn announced_carry_over(old: &mut Logs, fresh: &mut Logs) {
     for (r, o) in old.members.iter_mut() {
         if let Some(f) = fresh.members.get_mut(r) {
@@ -787,6 +807,10 @@ fn announced_carry_over(old: &mut Logs, fresh: &mut Logs) {
             f.heard = o.heard;
             f.covered = f.covered.max(o.covered);
             f.seal_cap = f.seal_cap.or(o.seal_cap);
+            // Events buffered above a gap stay buffered (the snapshot may close the gap).
+            let held = f.len();
+            f.pending = std::mem::take(&mut o.pending);
+            f.pending.retain(|seq, _| *seq > held);
         }
     }
 }
