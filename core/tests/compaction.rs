@@ -940,13 +940,9 @@ fn in_flight(c: &Cluster, to: usize, pick: impl Fn(&Message) -> bool) -> Option<
     c.inflight.iter().position(|(t, _, m)| *t == to && pick(m))
 }
 
-/// A region that installs a peer's snapshot keeps the events it had buffered out of order
-/// above it (found by the simulator: they were dropped with the old state, and the region
-/// pulled them again although it had been handed them). Here ap, restoring after a lost
-/// disk, is pushed eu's next event before its pull is answered with eu's snapshot: once the
-/// snapshot is installed the buffered event applies at once.
-#[test]
-fn installing_a_snapshot_keeps_the_events_buffered_above_it() {
+/// A settled cluster where every region compacted, then ap lost its disk; only eu answers
+/// ap's pulls (us's requests and answers are dropped). Returns it with eu's and ap's indexes.
+fn compacted_then_ap_wiped() -> (Cluster, usize, usize) {
     let mut c = cluster();
     let (eu, ap) = (0, 2);
     for i in 0..6u8 {
@@ -965,6 +961,32 @@ fn installing_a_snapshot_keeps_the_events_buffered_above_it() {
     c.wipe(ap);
     // Only eu answers ap's pulls: us's requests and answers are dropped.
     c.inflight.retain(|(to, from, _)| *to != 1 && *from != 1);
+    (c, eu, ap)
+}
+
+/// Delivers what goes to eu until eu's snapshot answer to ap is in flight: its index.
+fn snapshot_answer(c: &mut Cluster, eu: usize, ap: usize) -> usize {
+    loop {
+        if let Some(k) = in_flight(c, ap, |m| matches!(m, Message::Snapshot(_))) {
+            return k;
+        }
+        let k = c
+            .inflight
+            .iter()
+            .position(|(to, _, _)| *to == eu)
+            .expect("ap's pull reaches eu");
+        c.deliver(k);
+    }
+}
+
+/// A region that installs a peer's snapshot keeps the events it had buffered out of order
+/// above it (found by the simulator: they were dropped with the old state, and the region
+/// pulled them again although it had been handed them). Here ap, restoring after a lost
+/// disk, is pushed eu's next event before its pull is answered with eu's snapshot: once the
+/// snapshot is installed the buffered event applies at once.
+#[test]
+fn installing_a_snapshot_keeps_the_events_buffered_above_it() {
+    let (mut c, eu, ap) = compacted_then_ap_wiped();
     let Ok(Submitted::New(id)) = c.submit(eu, req("bob", Kind::Deposit, "7.00", Currency::USD))
     else {
         panic!("deposit refused");
@@ -982,17 +1004,7 @@ fn installing_a_snapshot_keeps_the_events_buffered_above_it() {
         "buffered above a gap"
     );
     // eu answers ap's pull with its snapshot.
-    let snapshot = loop {
-        if let Some(k) = in_flight(&c, ap, |m| matches!(m, Message::Snapshot(_))) {
-            break k;
-        }
-        let k = c
-            .inflight
-            .iter()
-            .position(|(to, _, _)| *to == eu)
-            .expect("ap's pull reaches eu");
-        c.deliver(k);
-    };
+    let snapshot = snapshot_answer(&mut c, eu, ap);
     c.deliver(snapshot);
     assert_eq!(c.nodes[ap].replica.stats().restores, 1, "installed");
     assert!(
@@ -1064,34 +1076,8 @@ fn a_retired_region_does_not_install_a_snapshot() {
 /// ended the chain with a back-off, and the real answer that said more follows came "late").
 #[test]
 fn a_copy_of_a_snapshot_answer_is_not_the_answer_to_the_next_pull() {
-    let mut c = cluster();
-    let (eu, ap) = (0, 2);
-    for i in 0..6u8 {
-        let _ = c.submit(
-            usize::from(i % 3),
-            req("alice", Kind::Deposit, "5.00", Currency::USD),
-        );
-    }
-    assert!(c.settle_all());
-    check_snapshots_agree(&mut c).unwrap();
-    for i in 0..3 {
-        assert!(c.nodes[i].replica.compact().is_some());
-        c.drain(i);
-    }
-    c.persist_all();
-    c.wipe(ap);
-    c.inflight.retain(|(to, from, _)| *to != 1 && *from != 1);
-    let k = loop {
-        if let Some(k) = in_flight(&c, ap, |m| matches!(m, Message::Snapshot(_))) {
-            break k;
-        }
-        let k = c
-            .inflight
-            .iter()
-            .position(|(to, _, _)| *to == eu)
-            .expect("ap's pull reaches eu");
-        c.deliver(k);
-    };
+    let (mut c, eu, ap) = compacted_then_ap_wiped();
+    let k = snapshot_answer(&mut c, eu, ap);
     c.duplicate(k);
     c.deliver(k);
     assert_eq!(c.nodes[ap].replica.stats().restores, 1, "installed");
