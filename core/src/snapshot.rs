@@ -163,6 +163,12 @@ impl Snapshot {
     /// [`Snapshot::verify`], saying what is wrong: format, cluster, then the signature of
     /// `signer` with its key valid at the snapshot point.
     pub fn check(&self, auth: &dyn Authenticator, cluster: &str) -> Result<(), RestoreError> {
+        self.check_body(cluster)?;
+        self.check_signature(auth)
+    }
+
+    /// Format and cluster of the body.
+    pub fn check_body(&self, cluster: &str) -> Result<(), RestoreError> {
         if self.body.format != SNAPSHOT_FORMAT {
             return Err(RestoreError::Format(self.body.format));
         }
@@ -172,6 +178,11 @@ impl Snapshot {
                 theirs: self.body.cluster.clone(),
             });
         }
+        Ok(())
+    }
+
+    /// The signature of `signer`, with its key valid at the snapshot point.
+    pub fn check_signature(&self, auth: &dyn Authenticator) -> Result<(), RestoreError> {
         let bytes = Snapshot::signing_bytes(&self.body, self.signer);
         if !auth.verify_at(self.signer, self.body.at, &bytes, &self.sig) {
             return Err(RestoreError::Signature(self.signer));
@@ -184,6 +195,14 @@ impl Snapshot {
 pub const EXT_RIGHTS: &str = "rights";
 /// The [`SnapshotBody::ext`] section of home moves: a `Vec<SnapHome>`.
 pub const EXT_HOMES: &str = "homes";
+/// The [`SnapshotBody::ext`] section of the membership history (SPEC §10, docs/protocol.md
+/// §10): a `Vec<Event>`, every membership event at or below the snapshot point (joins,
+/// retires and their acknowledgements, key rotations, seals), by (origin, seq), each with its
+/// origin's signature. A region restored from the snapshot applies them as it would have
+/// when it folded them, so its members, cuts, key history and origin epochs are those of a
+/// region that folded the whole history. Absent when there are none (a body without
+/// membership history keeps the bytes it had before the section existed).
+pub const EXT_MEMBERSHIP: &str = "membership";
 
 /// Escrow spending rights (SPEC §8, docs/modes.md) of one (account, currency) over the settled
 /// prefix: what the events and compensations at or below the snapshot point gave each region.
@@ -247,9 +266,9 @@ pub enum RestoreError {
     /// The signature is not the signer's (or the signer is not known).
     #[error("snapshot signature does not verify against {0}'s key")]
     Signature(RegionId),
-    /// The snapshot names a member this replica's configuration does not, or one that
-    /// joined (membership history is not carried in snapshots yet).
-    #[error("snapshot member {0} is not a founding member of this configuration")]
+    /// The snapshot names a member neither this replica's configuration nor the snapshot's
+    /// membership history makes a member.
+    #[error("snapshot member {0} is neither configured nor joined by its membership history")]
     Member(RegionId),
     /// Its seed policy is not this replica's.
     #[error("snapshot seed policy {theirs} differs from this region's {ours}")]
@@ -267,10 +286,15 @@ pub enum RestoreError {
         /// The snapshot's, ms.
         theirs: u64,
     },
-    /// A field does not hold together (a key above the folded history, a bad ext section).
+    /// A field does not hold together (a key above the folded history, a bad ext section, a
+    /// membership event that does not verify or is not in the folded history).
     #[error("malformed snapshot: {0}")]
     Malformed(String),
     /// `restore` on a replica that already holds state.
     #[error("restore needs a fresh replica")]
     NotFresh,
+    /// A retired region (or one the snapshot shows retired) does not install a peer's
+    /// snapshot: it settles nothing more than it had.
+    #[error("this region is retired: it installs no snapshot")]
+    Retired,
 }

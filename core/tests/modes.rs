@@ -390,6 +390,37 @@ fn escrow_spends_local_rights_asks_for_more_and_refuses_after_the_time_out() {
     }
 }
 
+/// Two copies of one keyed debit wait for rights at us; once rights arrive the first is
+/// accepted (a new event) and the second finds it (`Existing`): that answer too waits until
+/// the event is durable (found by the simulator, seed 166: the copy was acknowledged at once,
+/// the event was lost in a crash before its fsync and its seq reissued).
+#[test]
+fn a_waiting_copy_of_a_keyed_debit_is_answered_once_the_event_is_durable() {
+    let mut c = Cluster::new(&["eu", "us"], Policy::from_toml(ESCROW).unwrap());
+    c.submit(0, usd("erin", Kind::Deposit, "100")).unwrap();
+    settle(&mut c);
+    let debit = keyed(usd("erin", Kind::Purchase, "50"), "k1");
+    for _ in 0..2 {
+        let Ok(Submitted::Pending { .. }) = c.submit(1, debit.clone()) else {
+            panic!("us waits for rights");
+        };
+    }
+    settle(&mut c);
+    c.tick(1);
+    let n = &c.nodes[1];
+    let id = match &n.decided[..] {
+        [(_, Ok(Submitted::New(a))), (_, Ok(Submitted::Existing(b)))] if a == b => *a,
+        other => panic!("{other:?}"),
+    };
+    assert!(n.replica.event(id).is_some(), "the event is held");
+    // Neither answer may go out before the event's record is durable.
+    assert!(
+        n.decided_after.iter().all(Option::is_some),
+        "{:?}",
+        n.decided_after
+    );
+}
+
 #[test]
 fn a_credit_that_may_still_be_reversed_grants_rights_only_once_settled() {
     let mut c = Cluster::new(&["eu", "us"], Policy::from_toml(ESCROW).unwrap());

@@ -95,6 +95,15 @@ pub struct Invariants {
     /// restored from that snapshot plus the events it holds after it agrees with the region,
     /// which never compacted ([`restore_agrees`]).
     pub restore: bool,
+    /// Compaction during the run (issue 13): every region that compacted, or restarted or
+    /// bootstrapped from a snapshot, agrees at the end with a never-compacted shadow of it (a
+    /// replica that loads its whole history, the folded events the checker kept
+    /// included, [`crate::history`]): watermark, version vector, balances, rights, keys,
+    /// settled count, policy history, feed, the status of every event it holds, membership,
+    /// and its own self-check; the folded events were the same at every region that folded
+    /// them, and a region's own snapshot restores. Every other invariant is then checked on
+    /// the shadows, that is, over the whole history.
+    pub compaction: bool,
 }
 
 impl Invariants {
@@ -123,10 +132,11 @@ impl Invariants {
             && self.modes
             && self.snapshots
             && self.restore
+            && self.compaction
     }
 
     /// Every invariant by name, in JSON order.
-    pub fn named(&self) -> [(&'static str, bool); 23] {
+    pub fn named(&self) -> [(&'static str, bool); 24] {
         [
             ("convergence", self.convergence),
             ("no_loss", self.no_loss),
@@ -151,6 +161,7 @@ impl Invariants {
             ("modes", self.modes),
             ("snapshots", self.snapshots),
             ("restore", self.restore),
+            ("compaction", self.compaction),
         ]
     }
 }
@@ -854,6 +865,7 @@ fn history_checks(n: &Node, ctx: &Ctx<'_>) -> Failures {
 /// during the run found. The per-region work runs on two threads (the regions are moved out
 /// of the simulator for it and put back).
 pub fn check(sim: &mut Sim) -> CheckResult {
+    compacted_regions_agree(sim);
     // Asks the replicas which retires survived: before they are moved out.
     let retired_idx = sim.retired_regions();
     let mut nodes = std::mem::take(&mut sim.nodes);
@@ -1421,6 +1433,7 @@ fn finish(sim: &Sim, f: Failures, model: &ModelFold) -> CheckResult {
         modes: f.ok("modes"),
         snapshots: f.ok("snapshots"),
         restore: f.ok("restore"),
+        compaction: f.ok("compaction"),
     };
     CheckResult {
         invariants,
@@ -1442,8 +1455,10 @@ pub struct RestartView {
     watermark: Hlc,
     /// Every settled event: its id, status and the feed position of its compensation.
     settled: Vec<(EventId, Status, Option<u64>)>,
-    /// The whole feed.
+    /// The feed it held (all of it, unless it started from a snapshot: from `feed_from`).
     feed: Vec<Compensation>,
+    /// The position of `feed[0]`.
+    feed_from: u64,
 }
 
 impl RestartView {
@@ -1459,10 +1474,12 @@ impl RestartView {
                 }
             }
         }
+        let feed = old.feed(0, usize::MAX).to_vec();
         RestartView {
             watermark: old.watermark(),
             settled,
-            feed: old.feed(0, usize::MAX).to_vec(),
+            feed_from: old.feed_len() - feed.len() as u64,
+            feed,
         }
     }
 }
@@ -1522,6 +1539,8 @@ pub struct DuringCounts {
     pub snapshots: u64,
     /// Snapshots restored from and compared with the region that took them.
     pub restores: u64,
+    /// Compacted regions compared with their never-compacted shadow at the end.
+    pub compaction_checks: u64,
 }
 
 impl DuringRun {
@@ -1846,7 +1865,8 @@ fn note_durable(sim: &mut Sim, i: usize) {
     let node = &sim.nodes[i];
     let durable = node.disk.durable.get(i).copied().unwrap_or(0);
     if let Some(before) = durable.checked_sub(1) {
-        if let Some(e) = node.replica.origin_events(node.id, before).first() {
+        let log = sim.folded.log(&node.replica, i, node.id);
+        if let Some(e) = usize::try_from(before).ok().and_then(|k| log.get(k)) {
             let h = e.hlc;
             if let Some(d) = sim.during.durable_event.get_mut(i) {
                 *d = (*d).max(h);
@@ -1882,14 +1902,18 @@ pub fn after_input(sim: &mut Sim, i: usize) {
     for o in 0..n {
         let origin = sim.cfg.regions[o];
         let r = &sim.nodes[i].replica;
+        // Events folded into a snapshot were settled.
+        let base = crate::history::base_of(r, origin);
         let log = r.origin_events(origin, 0);
         if let Some(m) = sim.max_settled.get_mut(i).and_then(|m| m.get_mut(o)) {
-            let from = usize::try_from(*m).unwrap_or(usize::MAX).min(log.len());
+            let from = usize::try_from((*m).max(base) - base)
+                .unwrap_or(usize::MAX)
+                .min(log.len());
             let more = log[from..]
                 .iter()
                 .take_while(|e| r.is_settled(&e.key()))
                 .count();
-            *m = (*m).max((from + more) as u64);
+            *m = (*m).max(base + (from + more) as u64);
         }
     }
     let w = sim.nodes[i].replica.watermark();
@@ -1949,7 +1973,8 @@ fn check_complete(sim: &mut Sim, r: usize, x: usize) {
     }
     let origin = sim.nodes[x].id;
     let held = sim.nodes[r].replica.version_vector().get(&origin);
-    let Some(next) = sim.nodes[x].replica.origin_events(origin, held).first() else {
+    let log = sim.folded.log(&sim.nodes[x].replica, x, origin);
+    let Some(next) = usize::try_from(held).ok().and_then(|k| log.get(k)) else {
         return;
     };
     if next.hlc <= w {
@@ -1995,34 +2020,48 @@ pub fn after_restart(sim: &mut Sim, r: usize, before: RestartView) {
             ),
         ));
     }
+    // Feed positions: a region restarted from a snapshot holds the entries after the
+    // snapshot's position only (the ones before are in its fold, checked by `restore` when
+    // it was taken and by `compaction` at the end).
     let feed = rep.feed(0, usize::MAX);
-    if feed.len() < before.feed.len() {
+    let feed_from = rep.feed_len() - feed.len() as u64;
+    let end_before = before.feed_from + before.feed.len() as u64;
+    let at = |k: u64| {
+        k.checked_sub(feed_from)
+            .and_then(|j| feed.get(usize::try_from(j).ok()?))
+    };
+    if rep.feed_len() < end_before {
         bad.push((
             "restart_monotonic",
             format!(
-                "{me}'s feed shrank from {} to {} entries across a restart",
-                before.feed.len(),
-                feed.len()
+                "{me}'s feed shrank from {end_before} to {} entries across a restart",
+                rep.feed_len()
             ),
         ));
     } else if let Some((k, c)) = before
         .feed
         .iter()
         .enumerate()
-        .find(|(k, c)| feed.get(*k) != Some(*c))
+        .map(|(k, c)| (before.feed_from + k as u64, c))
+        .filter(|(k, _)| *k >= feed_from)
+        .find(|(k, c)| at(*k) != Some(*c))
     {
         bad.push((
             "restart_monotonic",
             format!(
                 "{me}'s feed[{k}] was {} before the crash and is {:?} after",
                 c.id(),
-                feed.get(k).map(Compensation::id)
+                at(k).map(Compensation::id)
             ),
         ));
     }
     let mut unsettled = 0u64;
     let mut first: Option<String> = None;
     for (id, st, pos) in &before.settled {
+        // Folded into the snapshot it restarted from: in its fold, no longer served.
+        if rep.compacted(*id) {
+            continue;
+        }
         let now_st = rep.status(*id).map(|(s, c)| (s, c.map(|c| c.position)));
         if now_st != Some((*st, *pos)) {
             unsettled += 1;
@@ -2109,6 +2148,78 @@ pub fn restore_agrees(
     };
     if let Some(d) = bad {
         sim.during.failures.push(("restore", d));
+    }
+}
+
+/// Issue 13, invariant `compaction`, at the end of a run: every region whose logs start
+/// above a base (it compacted, or restarted or bootstrapped from a snapshot) is compared
+/// with a never-compacted shadow: a fresh replica that loads the region's whole history
+/// (the folded events the checker kept, [`crate::history::Folded`], then what the region
+/// holds in memory), with the region's evidence, settled up to its watermark. They must
+/// agree on everything the region holds ([`restored_differs`], and the membership state);
+/// the shadow then takes the region's place for every other check, so that those read
+/// the whole history (the live replica's figures were gathered at the end of the run).
+fn compacted_regions_agree(sim: &mut Sim) {
+    for i in 0..sim.nodes.len() {
+        let live = &sim.nodes[i].replica;
+        let regions = &sim.cfg.regions;
+        if regions
+            .iter()
+            .all(|o| crate::history::base_of(live, *o) == 0)
+        {
+            continue;
+        }
+        let me = live.region();
+        let logs = sim.folded.logs(live, regions);
+        if let Some((o, l)) = regions.iter().zip(&logs).find(|(o, l)| {
+            l.len() as u64 != live.version_vector().get(o)
+                || l.iter_from(0)
+                    .enumerate()
+                    .any(|(k, e)| e.id.seq != k as u64 + 1)
+        }) {
+            sim.during.failures.push((
+                "compaction",
+                format!("{me}'s history of {o} is not whole: {} events", l.len()),
+            ));
+            continue;
+        }
+        let events = sim.folded.all_events(live, regions);
+        let mut shadow = Replica::new(crate::engine::make_config(&sim.cfg, me), Hlc::ZERO);
+        shadow.restore_evidence(live.evidence().to_vec());
+        shadow.load(events);
+        shadow.restore_watermark(live.watermark());
+        let feed_from = live.feed_len() - live.feed(0, usize::MAX).len() as u64;
+        let ids: Vec<EventId> = regions
+            .iter()
+            .flat_map(|o| live.origin_events(*o, 0).iter().map(|e| e.id))
+            .collect();
+        let who = format!("{me} (compacted) against its never-compacted shadow");
+        let membership = |r: &Replica| {
+            let members: Vec<_> = r
+                .members()
+                .iter()
+                .map(|m| (m.region, m.held, m.joined, m.cut))
+                .collect();
+            let joins: Vec<_> = r.joins().iter().map(|j| (j.id, j.hlc, j.region)).collect();
+            let retires: Vec<_> = r.retires().iter().map(|x| (x.id, x.cut.clone())).collect();
+            format!(
+                "{members:?} {joins:?} {retires:?} {:?} {} {}",
+                r.seals(),
+                r.epoch(),
+                r.is_retired()
+            )
+        };
+        let bad = restored_differs(&shadow, live, feed_from, &ids).or_else(|| {
+            let (a, b) = (membership(live), membership(&shadow));
+            (a != b).then(|| format!("membership {a}, shadow {b}"))
+        });
+        sim.during.counts.compaction_checks += 1;
+        if let Some(d) = bad {
+            sim.during
+                .failures
+                .push(("compaction", format!("{who}: {d}")));
+        }
+        std::mem::swap(&mut sim.nodes[i].replica, &mut shadow);
     }
 }
 

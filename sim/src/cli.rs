@@ -306,6 +306,12 @@ pub struct ReplicaArgs {
     /// and the reference model [default: drawn per seed: never, 1000, 3000 or 10000; 0: never]
     #[arg(long, value_name = "MS")]
     pub snapshot_every: Option<u64>,
+    /// Regions compact during the run: a region holding N events in memory or more folds its
+    /// settled history into a snapshot whenever it may, drops it from memory and disk, and
+    /// restarts from the snapshot [default: drawn per seed: never in half the seeds, else 50,
+    /// 200 or 1000; 0: never; never in a Byzantine seed]
+    #[arg(long, value_name = "N")]
+    pub compact_every: Option<u64>,
     /// Acknowledge a new event once durable at its origin (`local`) or also at another member
     /// (`peer`) [default: local]
     #[arg(long, value_name = "LEVEL", value_parser = ["local", "peer"])]
@@ -600,6 +606,7 @@ impl Args {
             r.idempotency_retention.map(|n| n.to_string()),
         );
         put("--snapshot-every", r.snapshot_every.map(|n| n.to_string()));
+        put("--compact-every", r.compact_every.map(|n| n.to_string()));
         put("--ack", r.ack.clone());
         put(
             "--self-check-every",
@@ -764,6 +771,9 @@ pub fn build(a: Args) -> Result<Options, CliError> {
     }
     if let Some(v) = r.snapshot_every {
         base.snapshot_every_ms = Some(v);
+    }
+    if let Some(v) = r.compact_every {
+        base.compact_every = Some(v);
     }
     if let Some(v) = &r.ack {
         base.ack_peer = v == "peer";

@@ -215,6 +215,11 @@ pub struct SimConfig {
     /// time and the checker compares it (None: drawn per seed, [`draw_snapshot_every`]; 0:
     /// never).
     pub snapshot_every_ms: Option<u64>,
+    /// Regions compact during the run (issue 13): a region that holds this many events in
+    /// memory or more compacts (`Replica::compact`) whenever it may, drops the folded events
+    /// from its simulated disk once the snapshot is durable, and restarts from it (None:
+    /// drawn per seed, [`draw_compact_every`]; 0: never). Not in a Byzantine seed.
+    pub compact_every: Option<u64>,
     /// `ack = "peer"`: a new event is acknowledged once durable at its origin and at another
     /// member (`Replica::peer_durable_seq`); else once durable at its origin.
     pub ack_peer: bool,
@@ -317,6 +322,7 @@ impl SimConfig {
             draw_modes: true,
             idempotency_retention_ms: None,
             snapshot_every_ms: None,
+            compact_every: None,
             ack_peer: false,
         }
     }
@@ -359,7 +365,22 @@ pub fn draw_snapshot_every(seed: u64) -> u64 {
     [0, 1_000, 3_000, 10_000][rng.below(4) as usize]
 }
 
+/// How many events in memory make a region compact when `--compact-every` is not given:
+/// never in half the seeds, else 50, 200 or 1 000 (from a PRNG stream of its own, `compact`:
+/// no other draw changes with it).
+pub fn draw_compact_every(seed: u64) -> u64 {
+    let mut rng = crate::rng::Rng::new(seed, b"compact");
+    [0, 0, 0, 50, 200, 1_000][rng.below(6) as usize]
+}
+
 impl SimConfig {
+    /// The events in memory that make a region compact in this run (0: never): as given,
+    /// else drawn.
+    pub fn compact_every(&self) -> u64 {
+        self.compact_every
+            .unwrap_or_else(|| draw_compact_every(self.seed))
+    }
+
     /// How often regions take snapshots in this run (0: never): as given, else drawn.
     pub fn snapshot_every(&self) -> u64 {
         self.snapshot_every_ms

@@ -172,6 +172,11 @@ pub struct Node {
     pending: std::collections::BTreeMap<u64, u32>,
     /// Local time of its next snapshot (`SimConfig::snapshot_every_ms`).
     next_snapshot_ms: u64,
+    /// This incarnation started from a durable snapshot (its replica's `restores` counts it).
+    from_snapshot: bool,
+    /// Events in memory after its last compaction (`SimConfig::compact_every` counts from
+    /// there).
+    compacted_at: u64,
 }
 
 /// The connection between two regions (one per unordered pair).
@@ -236,6 +241,20 @@ pub struct Counters {
     pub restart_feed_entries_hidden: u64,
     /// Restarts after which the region's watermark was lower than before the crash.
     pub restart_watermark_regressions: u64,
+    /// Compactions made during the run (issue 13, `SimConfig::compact_every`).
+    pub compactions: u64,
+    /// Events dropped from memory by those compactions.
+    pub compacted_events: u64,
+    /// Restarts from a durable snapshot plus the events after it.
+    pub restarts_from_snapshot: u64,
+    /// Snapshots a region installed from a peer (`Message::Snapshot`: a bootstrap after a
+    /// lost disk, or a region far behind).
+    pub snapshots_installed: u64,
+    /// Snapshots sent to peers that pulled below a fold.
+    pub snapshots_sent: u64,
+    /// The last compaction's figures: (accounts in the snapshot, its encoded bytes, events in
+    /// memory before, after).
+    pub last_compaction: Option<(u64, u64, u64, u64)>,
     /// Debits sent to the floor whose amount was sized to reach it (the region had room).
     pub floor_sized: u64,
     /// Credits sent to the floor that found an account in an episode to bring back to it.
@@ -378,6 +397,9 @@ pub struct Sim {
     /// The reference model folded up to the last snapshot's point, whichever region took
     /// it (the regions' logs hold the same events below a compaction point).
     snapshot_fold: crate::prefix::PrefixFold,
+    /// Every event a region folded into a snapshot, per origin (the history the checker
+    /// reads below a compacted region's logs, [`crate::history`]).
+    pub folded: crate::history::Folded,
     /// The Byzantine member, in a Byzantine seed.
     pub byz: Option<Byz>,
     /// The membership changes issued (scripted, random, and the retire that resolves a
@@ -753,6 +775,8 @@ impl Sim {
                 crash_armed: false,
                 pending: std::collections::BTreeMap::new(),
                 next_snapshot_ms: 0,
+                from_snapshot: false,
+                compacted_at: 0,
             })
             .collect();
         let chart = if cfg.record_series {
@@ -821,6 +845,7 @@ impl Sim {
                 .map(|_| crate::prefix::PrefixFold::new(&cfg.policy, cfg.retention_ms(), n))
                 .collect(),
             snapshot_fold: crate::prefix::PrefixFold::new(&cfg.policy, cfg.retention_ms(), n),
+            folded: crate::history::Folded::new(n),
             byz,
             membership: Vec::new(),
             max_settled: vec![vec![0; n]; n],
@@ -1151,7 +1176,18 @@ impl Sim {
                         }
                         Record::Ceiling(h) => Pend::Ceiling(h),
                         Record::Watermark(h) => Pend::Watermark(h),
-                        Record::Snapshot(s) => Pend::Snapshot(s),
+                        Record::Snapshot(s) => {
+                            // The events it folds are on the disk in it.
+                            let node = &mut self.nodes[i];
+                            for m in &s.body.members {
+                                if let Some(o) =
+                                    self.cfg.regions.iter().position(|r| *r == m.region)
+                                {
+                                    node.disk.written[o] = node.disk.written[o].max(m.seq);
+                                }
+                            }
+                            Pend::Snapshot(s)
+                        }
                         Record::Evidence(ev) => {
                             self.byz_bias_crash(i);
                             Pend::Evidence(Box::new(ev))
@@ -1499,7 +1535,8 @@ impl Sim {
         let fold = self.credit_folds.get_mut(region)?;
         // The model's fold of the region's settled prefix, fed what the watermark passed
         // since the last credit (pairs fold independently: this is each pair's own fold).
-        fold.advance(r, &self.cfg.regions, r.watermark());
+        let logs = self.folded.logs(r, &self.cfg.regions);
+        fold.advance_logs(&logs, r.watermark());
         let policy = r.current_policy().1;
         let mut above = None;
         // Candidates: settled below the floor (an open episode needs it).
@@ -1514,7 +1551,7 @@ impl Sim {
             if fees <= Decimal::ZERO {
                 continue;
             }
-            let above = above.get_or_insert_with(|| fold.above(r, &self.cfg.regions));
+            let above = above.get_or_insert_with(|| fold.above_logs(&logs));
             let provisional = fold
                 .state()
                 .provisional(a.as_str(), c, above.iter().copied())?;
@@ -1776,10 +1813,56 @@ impl Sim {
         // point passed since the last snapshot (afresh if the point went back, or the logs
         // differ below it).
         let fold = &mut self.snapshot_fold;
-        fold.advance(&n.replica, &self.cfg.regions, s.body.at);
+        fold.advance_logs(&self.folded.logs(&n.replica, &self.cfg.regions), s.body.at);
         self.during.snapshot_taken(&s, fold.state());
         let cfg = make_config(&self.cfg, self.nodes[i].id);
         crate::check::restore_agrees(self, i, &s, cfg);
+    }
+
+    /// Region `i` compacts (issue 13) when it holds `SimConfig::compact_every` events in memory
+    /// or more and the core allows it: the events it folds are kept in the history the
+    /// checker reads ([`crate::history::Folded`]) first, then `Replica::compact` drops them and
+    /// emits the snapshot record (the disk drops them once it is durable).
+    fn maybe_compact(&mut self, i: usize) {
+        let every = self.cfg.compact_every();
+        if every == 0 || self.byz.is_some() {
+            return;
+        }
+        let r = &self.nodes[i].replica;
+        let held = r.events_in_memory();
+        if held < self.nodes[i].compacted_at.saturating_add(every) || !r.compaction_allowed() {
+            return;
+        }
+        let Some(at) = r.compaction_point() else {
+            return;
+        };
+        for (o, origin) in self.cfg.regions.iter().enumerate() {
+            let mem = r.origin_events(*origin, 0);
+            let n = mem.partition_point(|e| e.hlc <= at);
+            if !self.folded.note(o, &mem[..n]) {
+                let me = self.nodes[i].id;
+                self.during.failures.push((
+                    "compaction",
+                    format!("{me} folds {origin}'s events that differ from what another region folded at {at:?}"),
+                ));
+            }
+        }
+        let before = r.events_in_memory();
+        let Some(s) = self.nodes[i].replica.compact() else {
+            return;
+        };
+        let after = self.nodes[i].replica.events_in_memory();
+        self.nodes[i].compacted_at = after;
+        let c = &mut self.counters;
+        c.compactions += 1;
+        c.compacted_events += before.saturating_sub(after);
+        c.last_compaction = Some((
+            s.body.accounts.len() as u64,
+            wallet_core::wire::encode_snapshot(&s).len() as u64,
+            before,
+            after,
+        ));
+        self.drain(i);
     }
 
     /// A crash that also loses the disk: the next start is a restore from the peers.
@@ -1808,6 +1891,7 @@ impl Sim {
         disk.ceiling = Hlc::ZERO;
         disk.watermark = Hlc::ZERO;
         disk.evidence.clear();
+        disk.snapshot = None;
         self.script.wiped[r] = true;
         self.script.restore_pending[r] = true;
         self.during.disk_lost(r);
@@ -1839,6 +1923,10 @@ impl Sim {
         }
         self.counters.events_duplicate += node.replica.stats().duplicates;
         self.counters.pull.add(&node.replica.pull_stats());
+        let st = node.replica.stats();
+        self.counters.snapshots_installed +=
+            st.restores - u64::from(node.from_snapshot).min(st.restores);
+        self.counters.snapshots_sent += st.snapshots_sent;
         node.timer_at = None;
         node.disk.pending.clear();
         node.disk.fsync_in_flight = false;
@@ -1889,15 +1977,32 @@ impl Sim {
         // (re-derived later, with the same ids, once the watermark passes them again).
         let (feed_before, wm_before) = (old.feed_len(), old.watermark());
         let node = &self.nodes[r];
+        // The disk holds its last durable snapshot, if any, and each origin's events after it
+        // up to the durable count: those the image still holds in memory, and below its base
+        // those it folded into a snapshot that was not durable yet (the history kept).
+        let snap = node.disk.snapshot.clone();
+        let bases: Vec<u64> = self
+            .cfg
+            .regions
+            .iter()
+            .map(|o| crate::history::base_of(&old, *o))
+            .collect();
         let mut events = Vec::new();
         for (origin, mut log) in old.into_logs() {
             let Some(o) = self.region_index(origin) else {
                 continue;
             };
-            let n = usize::try_from(node.disk.durable[o])
-                .unwrap_or(usize::MAX)
-                .min(log.len());
-            log.truncate(n);
+            let durable = node.disk.durable[o];
+            let from = snap
+                .as_ref()
+                .map_or(0, |s| crate::history::folded_seq(s, origin));
+            events.extend(
+                self.folded
+                    .range(o, from, durable.min(bases[o]))
+                    .iter()
+                    .cloned(),
+            );
+            log.retain(|e| e.id.seq > from && e.id.seq <= durable);
             events.append(&mut log);
         }
         let node = &mut self.nodes[r];
@@ -1905,7 +2010,20 @@ impl Sim {
         if self.cfg.inject != Some(Inject::ForgetEvidence) {
             replica.restore_evidence(node.disk.evidence.clone());
         }
-        replica.load(events);
+        node.from_snapshot = snap.is_some();
+        match &snap {
+            Some(s) => {
+                self.counters.restarts_from_snapshot += 1;
+                if let Err(e) = replica.restore(s, events) {
+                    let me = node.id;
+                    self.during.failures.push((
+                        "compaction",
+                        format!("{me}'s own snapshot does not restore: {e}"),
+                    ));
+                }
+            }
+            None => replica.load(events),
+        }
         replica.restore_watermark(node.disk.watermark);
         if replica.feed_len() < feed_before {
             self.counters.restart_feed_regressions += 1;
@@ -1952,7 +2070,15 @@ impl Sim {
                 Pend::Ceiling(h) => node.disk.ceiling = node.disk.ceiling.max(h),
                 Pend::Watermark(h) => node.disk.watermark = node.disk.watermark.max(h),
                 Pend::Evidence(ev) => node.disk.evidence.push(*ev),
-                Pend::Snapshot(s) => node.disk.snapshot = Some(s),
+                Pend::Snapshot(s) => {
+                    // The disk drops the events it folds: they are in the snapshot.
+                    for m in &s.body.members {
+                        if let Some(o) = self.cfg.regions.iter().position(|r| *r == m.region) {
+                            node.disk.durable[o] = node.disk.durable[o].max(m.seq);
+                        }
+                    }
+                    node.disk.snapshot = Some(s);
+                }
             }
         }
         node.replica.handle_persisted(upto);
@@ -2048,6 +2174,7 @@ impl Sim {
                     n.replica.handle_timeout(now_l);
                     self.drain(i);
                     self.maybe_snapshot(i, now_l);
+                    self.maybe_compact(i);
                 }
             }
             Ev::LinkDown { node, peer, inc } => self.link_down(node as usize, peer as usize, inc),
@@ -2194,6 +2321,12 @@ impl Sim {
         for n in &self.nodes {
             self.counters.events_duplicate += n.replica.stats().duplicates;
             self.counters.pull.add(&n.replica.pull_stats());
+            let st = n.replica.stats();
+            if n.up {
+                self.counters.snapshots_installed +=
+                    st.restores - u64::from(n.from_snapshot).min(st.restores);
+                self.counters.snapshots_sent += st.snapshots_sent;
+            }
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod history;
 pub mod liveness;
 pub mod policygen;
 pub mod prefix;

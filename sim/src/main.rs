@@ -204,6 +204,9 @@ fn execute(opts: &Options) -> Result<bool, String> {
             u128::from(total_tx) * 1_000_000 / us
         ));
     }
+    if !single {
+        out.push_str(&report::compaction_summary(&results));
+    }
     print!("{out}");
     for r in &results {
         if r.check.invariants.all() {

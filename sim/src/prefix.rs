@@ -11,6 +11,8 @@
 use wallet_core::testing::{model_order, ModelState};
 use wallet_core::{Event, Hlc, Policy, RegionId, Replica};
 
+use crate::history::Log;
+
 /// One region's settled prefix (every event of the configured origins at or below a point,
 /// an HLC), folded by the reference model.
 pub struct PrefixFold {
@@ -44,32 +46,46 @@ impl PrefixFold {
         &self.state
     }
 
-    /// The events of `origins` in `r`'s logs above the point, in each origin's order.
+    /// The events of `origins` in `r`'s logs above the point, in each origin's order
+    /// (`r`'s logs in memory: a region that never compacted).
     pub fn above<'r>(&self, r: &'r Replica, origins: &[RegionId]) -> Vec<&'r Event> {
-        origins
-            .iter()
+        let logs: Vec<Log<'r>> = origins.iter().map(|o| Log::in_memory(r, *o)).collect();
+        self.above_logs(&logs)
+    }
+
+    /// The events of `logs` (one per origin, whole: [`crate::history::Folded::logs`]) above
+    /// the point, in each origin's order.
+    pub fn above_logs<'r>(&self, logs: &[Log<'r>]) -> Vec<&'r Event> {
+        logs.iter()
             .zip(&self.cursors)
-            .flat_map(|(o, (n, _))| r.origin_events(*o, 0).get(*n..).unwrap_or(&[]))
+            .flat_map(|(l, (n, _))| l.iter_from(*n))
             .collect()
     }
 
-    /// Folds up to `upto`: every event of `origins` in `r`'s logs with an HLC at or below it.
+    /// Folds up to `upto`: every event of `origins` in `r`'s logs (in memory) with an HLC at
+    /// or below it.
     pub fn advance(&mut self, r: &Replica, origins: &[RegionId], upto: Hlc) {
-        if upto.0 < self.upto.0 || !self.intact(r, origins) || !self.feed(r, origins, upto) {
+        let logs: Vec<Log<'_>> = origins.iter().map(|o| Log::in_memory(r, *o)).collect();
+        self.advance_logs(&logs, upto);
+    }
+
+    /// Folds up to `upto`: every event of `logs` (one per origin, whole) with an HLC at or
+    /// below it.
+    pub fn advance_logs(&mut self, logs: &[Log<'_>], upto: Hlc) {
+        if upto.0 < self.upto.0 || !self.intact(logs) || !self.feed(logs, upto) {
             self.rebuilds += 1;
             self.state = ModelState::new(&self.policy, self.retention_ms, false);
             self.cursors.iter_mut().for_each(|c| *c = (0, None));
             // From nothing every event comes last: cannot fail.
-            self.feed(r, origins, upto);
+            self.feed(logs, upto);
         }
         self.upto = upto;
     }
 
     /// Each origin's log still holds the events consumed (only a log's tail is ever lost: its
     /// last consumed event is the same).
-    fn intact(&self, r: &Replica, origins: &[RegionId]) -> bool {
-        origins.iter().zip(&self.cursors).all(|(o, (n, last))| {
-            let log = r.origin_events(*o, 0);
+    fn intact(&self, logs: &[Log<'_>]) -> bool {
+        logs.iter().zip(&self.cursors).all(|(log, (n, last))| {
             match (n.checked_sub(1).and_then(|k| log.get(k)), last) {
                 (None, None) => *n == 0,
                 (Some(e), Some((seq, hlc))) => e.id.seq == *seq && e.hlc == *hlc,
@@ -80,15 +96,13 @@ impl PrefixFold {
 
     /// Feeds the new events in total order; false (nothing fed) when one would not come
     /// after every event already folded.
-    fn feed(&mut self, r: &Replica, origins: &[RegionId], upto: Hlc) -> bool {
+    fn feed(&mut self, logs: &[Log<'_>], upto: Hlc) -> bool {
         let mut new: Vec<&Event> = Vec::new();
-        let mut ends = Vec::with_capacity(origins.len());
-        for (o, (n, _)) in origins.iter().zip(&self.cursors) {
-            let log = r.origin_events(*o, 0);
-            let tail = log.get(*n..).unwrap_or(&[]);
-            let k = tail.partition_point(|e| e.hlc.0 <= upto.0);
-            new.extend(&tail[..k]);
-            ends.push(n + k);
+        let mut ends = Vec::with_capacity(logs.len());
+        for (log, (n, _)) in logs.iter().zip(&self.cursors) {
+            let before = new.len();
+            new.extend(log.iter_from(*n).take_while(|e| e.hlc.0 <= upto.0));
+            ends.push(n + (new.len() - before));
         }
         new.sort_by(|a, b| model_order(a, b));
         if new.first().is_some_and(|e| !self.state.follows(e)) {
@@ -97,10 +111,10 @@ impl PrefixFold {
         for e in &new {
             self.state.settle(e);
         }
-        for ((o, c), end) in origins.iter().zip(self.cursors.iter_mut()).zip(ends) {
+        for ((log, c), end) in logs.iter().zip(self.cursors.iter_mut()).zip(ends) {
             let last = end
                 .checked_sub(1)
-                .and_then(|k| r.origin_events(*o, 0).get(k))
+                .and_then(|k| log.get(k))
                 .map(|e| (e.id.seq, e.hlc));
             *c = (end, last);
         }

@@ -28,6 +28,40 @@ fn ms(t: u64) -> String {
     }
 }
 
+/// One line over a sweep (issue 13): how many seeds compacted during their run, the
+/// compactions, restarts from a snapshot and bootstraps from a peer's snapshot, and the
+/// bytes per account and events in memory before and after each seed's last compaction.
+pub fn compaction_summary(results: &[RunResult]) -> String {
+    let cs: Vec<_> = results.iter().map(|r| &r.metrics.compaction).collect();
+    let seeds = cs.iter().filter(|c| c.compactions > 0).count();
+    let sum =
+        |f: &dyn Fn(&crate::run::CompactionMetrics) -> u64| cs.iter().map(|c| f(c)).sum::<u64>();
+    let lasts: Vec<_> = cs.iter().filter_map(|c| c.last.as_ref()).collect();
+    let mut per_account: Vec<u64> = lasts.iter().map(|l| l.bytes_per_account).collect();
+    per_account.sort_unstable();
+    let (before, after): (u64, u64) = lasts.iter().fold((0, 0), |(b, a), l| {
+        (b + l.events_in_memory_before, a + l.events_in_memory_after)
+    });
+    let mut s = format!(
+        "compaction: {seeds} of {} seeds compacted during the run ({} compactions, {} events dropped from memory), {} restarts from a snapshot, {} snapshots installed from a peer ({} sent)",
+        results.len(),
+        sum(&|c| c.compactions),
+        sum(&|c| c.compacted_events),
+        sum(&|c| c.restarts_from_snapshot),
+        sum(&|c| c.snapshots_installed),
+        sum(&|c| c.snapshots_sent),
+    );
+    if let (Some(lo), Some(hi)) = (per_account.first(), per_account.last()) {
+        let _ = write!(
+            s,
+            "; at each seed's last compaction: bytes per account median {} (min {lo}, max {hi}), events in memory {before} -> {after} (sum)",
+            per_account[per_account.len() / 2]
+        );
+    }
+    s.push('\n');
+    s
+}
+
 /// The human summary of one run.
 pub fn summary(r: &RunResult) -> String {
     let m = &r.metrics;
@@ -186,6 +220,29 @@ pub fn summary(r: &RunResult) -> String {
             s,
             "  restarts: {} came back with a lower watermark than before the crash; {} compensations shown before a crash were missing right after the restart (derived again later)",
             m.restart_watermark_regressions, m.restart_feed_entries_hidden
+        );
+    }
+    let c = &m.compaction;
+    if c.compactions > 0 || c.restarts_from_snapshot > 0 || c.snapshots_installed > 0 {
+        let last = c.last.as_ref().map_or(String::new(), |l| {
+            format!(
+                "; the last: {} accounts in a {} byte snapshot = {} bytes per account, events in memory {} -> {}",
+                l.accounts,
+                l.snapshot_bytes,
+                l.bytes_per_account,
+                l.events_in_memory_before,
+                l.events_in_memory_after
+            )
+        });
+        let _ = writeln!(
+            s,
+            "  compaction (every {} events in memory): {} compactions dropped {} events, {} restarts from a snapshot, {} snapshots installed from a peer ({} sent){last}",
+            c.compact_every,
+            c.compactions,
+            c.compacted_events,
+            c.restarts_from_snapshot,
+            c.snapshots_installed,
+            c.snapshots_sent
         );
     }
     let _ = writeln!(

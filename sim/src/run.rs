@@ -130,6 +130,8 @@ pub struct Metrics {
     pub restart_feed_entries_hidden: u64,
     /// How many checks ran during the run (restarts, self-checks, heartbeats, watermarks).
     pub checks_during_run: crate::check::DuringCounts,
+    /// Compaction during the run (issue 13; `--compact-every`).
+    pub compaction: CompactionMetrics,
     /// The Byzantine member of a Byzantine seed (null otherwise).
     pub byzantine: Option<ByzantineMetrics>,
     /// Simulated ms until every region converged after the final heal (None: never).
@@ -308,6 +310,40 @@ fn percentile(sorted: &[u64], p: usize) -> u64 {
     sorted[i]
 }
 
+/// Compaction during a run (issue 13).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CompactionMetrics {
+    /// Events in memory that make a region compact (0: never).
+    pub compact_every: u64,
+    /// Compactions made.
+    pub compactions: u64,
+    /// Events they dropped from memory.
+    pub compacted_events: u64,
+    /// Restarts from a durable snapshot plus the events after it.
+    pub restarts_from_snapshot: u64,
+    /// Snapshots installed from a peer (bootstraps).
+    pub snapshots_installed: u64,
+    /// Snapshots sent to peers that pulled below a fold.
+    pub snapshots_sent: u64,
+    /// The last compaction of the run.
+    pub last: Option<LastCompaction>,
+}
+
+/// The figures of one compaction.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LastCompaction {
+    /// Accounts in the snapshot.
+    pub accounts: u64,
+    /// The snapshot's encoded size.
+    pub snapshot_bytes: u64,
+    /// Bytes per account held after compaction (the snapshot over its accounts).
+    pub bytes_per_account: u64,
+    /// Events the region held in memory before, and after.
+    pub events_in_memory_before: u64,
+    /// After.
+    pub events_in_memory_after: u64,
+}
+
 /// Runs one seed.
 pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
     let started = Instant::now();
@@ -453,6 +489,23 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         restart_watermark_regressions: c.restart_watermark_regressions,
         restart_feed_entries_hidden: c.restart_feed_entries_hidden,
         checks_during_run: sim.during.counts,
+        compaction: CompactionMetrics {
+            compact_every: sim.cfg.compact_every(),
+            compactions: c.compactions,
+            compacted_events: c.compacted_events,
+            restarts_from_snapshot: c.restarts_from_snapshot,
+            snapshots_installed: c.snapshots_installed,
+            snapshots_sent: c.snapshots_sent,
+            last: c
+                .last_compaction
+                .map(|(accounts, bytes, before, after)| LastCompaction {
+                    accounts,
+                    snapshot_bytes: bytes,
+                    bytes_per_account: bytes.checked_div(accounts).unwrap_or(0),
+                    events_in_memory_before: before,
+                    events_in_memory_after: after,
+                }),
+        },
         byzantine: sim.byz.as_ref().map(|b| {
             let r = b.plan.region;
             ByzantineMetrics {

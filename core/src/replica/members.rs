@@ -121,9 +121,10 @@ pub(crate) struct Membership {
     /// A cut below an event settled here, or two cuts of one region that disagree: what was
     /// settled cannot be voided, so settlement stops and an operator acts.
     pub(crate) broken: bool,
-    /// A key rotation was applied: snapshots do not carry key history yet, so this region
-    /// no longer compacts (issue 13).
-    pub(crate) rotated: bool,
+    /// Membership events folded into a snapshot and dropped from the logs (issue 13), by
+    /// (origin, seq): every later snapshot carries them ([`crate::snapshot::EXT_MEMBERSHIP`]).
+    /// As many as membership changes ever made, a handful a year.
+    pub(crate) folded: Vec<crate::event::Event>,
     pub(crate) stats: MembershipStats,
 }
 
@@ -360,10 +361,7 @@ impl Replica {
                 acks.insert(id.origin, held);
                 self.try_cut(retire);
             }
-            Change::RotateKey { key } => {
-                self.membership.rotated = true;
-                self.cfg.auth.set_key(id.origin, hlc, &key)
-            }
+            Change::RotateKey { key } => self.cfg.auth.set_key(id.origin, hlc, &key),
             Change::Seal { epoch, cut } => self.note_seal(id, hlc, epoch, cut),
         }
     }
@@ -499,6 +497,13 @@ impl Replica {
                 self.settle.unsettled.remove(&e.key());
                 if let Some(tx) = e.tx() {
                     self.accounts.unapply(e.id, tx);
+                    // A voided event holds its idempotency key no more.
+                    if let (Some(k), Some(acct)) = (
+                        tx.idempotency_key.as_deref(),
+                        self.accounts.map.get_mut(&tx.account),
+                    ) {
+                        acct.forget_key(&self.logs, k, e.id);
+                    }
                 }
                 if let Some(op) = e.account_op() {
                     self.accounts.unapply_op(e.id, op);

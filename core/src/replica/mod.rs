@@ -29,7 +29,7 @@ mod transfer;
 
 pub use crate::snapshot::{
     RestoreError, SnapAccount, SnapBalance, SnapHome, SnapKey, SnapMember, SnapPolicy, SnapRights,
-    Snapshot, SnapshotBody, EXT_HOMES, EXT_RIGHTS, SNAPSHOT_FORMAT,
+    Snapshot, SnapshotBody, EXT_HOMES, EXT_MEMBERSHIP, EXT_RIGHTS, SNAPSHOT_FORMAT,
 };
 use accounts::Accounts;
 pub use accounts::Balance;

@@ -719,6 +719,12 @@ impl Replica {
                 _ => s.rights_arrived += 1,
             }
             let issued = self.dur.persist_index > before && matches!(result, Ok(Submitted::New(_)));
+            // A copy that found an own event not durable yet (issued for an earlier copy in
+            // this pass, or still in the commit) waits for it too: acknowledged only once
+            // durable (SPEC §3).
+            let found_pending = matches!(result, Ok(Submitted::Existing(id))
+                if id.origin == self.cfg.region && id.seq > self.dur.own_durable_seq);
+            let issued = issued || found_pending;
             self.outputs.push_back(Output::Decided {
                 request,
                 result,

@@ -19,12 +19,12 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
-use crate::event::{AccountOp, Body, Event, Tx};
+use crate::event::{AccountOp, Body, Change, Event, Tx};
 use crate::id::{AccountId, EventId, Hlc, RegionId};
 use crate::money::Currency;
 use crate::snapshot::{
     RestoreError, SnapAccount, SnapBalance, SnapHome, SnapKey, SnapMember, SnapPolicy, SnapRights,
-    Snapshot, SnapshotBody, EXT_HOMES, EXT_RIGHTS, SNAPSHOT_FORMAT,
+    Snapshot, SnapshotBody, EXT_HOMES, EXT_MEMBERSHIP, EXT_RIGHTS, SNAPSHOT_FORMAT,
 };
 
 use super::accounts::BalanceState;
@@ -32,6 +32,17 @@ use super::durability::{Awaiting, Durability};
 use super::log::Logs;
 use super::settle::PolicyVersion;
 use super::{Config, Record, Replica, Report, Stats};
+
+/// What a member's snapshot did here ([`Replica::apply_peer_snapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// Installed in place of what this region folded.
+    Installed,
+    /// Folds events this region lacks but lies at or below its watermark: left aside.
+    Below,
+    /// This region holds every event it folds (a copy, or a late answer): left aside.
+    NotLacking,
+}
 
 impl Replica {
     /// The point history may be folded into a snapshot at: the settled watermark, when every
@@ -177,10 +188,10 @@ impl Replica {
     /// the snapshot (the host stores it), or None when there is no compaction point.
     /// O(dropped events + accounts × origins).
     ///
-    /// Refused (None) while the membership history holds a join, a retire or a key rotation:
-    /// snapshots do not carry it yet, so a region restored from one could not verify or cut
-    /// as its peers do. The snapshot is also emitted as [`Record::Snapshot`] (store it and
-    /// delete the events it folds) and kept to answer a member that lacks them.
+    /// Refused (None) when [`Replica::compaction_allowed`] says so. Membership events dropped
+    /// are kept aside (few) and carried by every later snapshot ([`EXT_MEMBERSHIP`]). The
+    /// snapshot is also emitted as [`Record::Snapshot`] (store it and delete the events it
+    /// folds) and kept to answer a member that lacks them.
     pub fn compact(&mut self) -> Option<Snapshot> {
         if !self.compaction_allowed() {
             return None;
@@ -201,6 +212,10 @@ impl Replica {
                 m.base += 1;
                 m.base_hlc = e.hlc;
                 debug_assert_eq!(e.id.seq, m.base);
+                if e.change().is_some() {
+                    self.membership.folded.push(e);
+                    continue;
+                }
                 if let Some(tx) = e.tx() {
                     let sum = self
                         .settle
@@ -216,6 +231,9 @@ impl Replica {
             }
             bases.push((*r, m.base));
         }
+        self.membership
+            .folded
+            .sort_by_key(|e| (e.id.origin, e.id.seq));
         for acct in self.accounts.map.values_mut() {
             for (r, base) in &bases {
                 if let Some(seqs) = acct.events.get_mut(r) {
@@ -255,21 +273,44 @@ impl Replica {
         self.snapshot.as_deref()
     }
 
-    /// False while the membership history holds what snapshots do not carry yet (joins,
-    /// retires, key rotations, the seals of lost disks), or while this region is sealing
-    /// its own old epoch: such a region does not compact.
+    /// May this region compact now (docs/protocol.md §10)? Snapshots carry the membership
+    /// history (joins, retires and cuts, key rotations, seals), so it is refused only while
+    /// something is not final yet:
+    /// - this region restores its own history, seals its old epoch, or waits for its own
+    ///   join: what it holds is not yet what its peers hold of it;
+    /// - a retire held here waits for its cut, or a member's seal query answered here waits
+    ///   for its seal: the cut is not known, and if it lands below an event settled here
+    ///   settlement stops for an operator, who needs that history (the events, not a fold).
     pub fn compaction_allowed(&self) -> bool {
-        self.membership.joins.is_empty()
-            && self.membership.retires.is_empty()
-            && !self.membership.rotated
-            && self.sealing.seals.is_empty()
-            && !self.sealing()
+        !self.restoring
+            && !self.joining
+            && self.membership.retires.values().all(|st| st.cut.is_some())
+            && self.logs.members.values().all(|m| m.seal_cap.is_none())
     }
 
-    /// The extension sections of a body at `at` (the settled watermark): escrow rights and
-    /// home moves of the settled prefix, each only when not empty.
+    /// The membership events at or below `at` (the settled watermark), by (origin, seq): those
+    /// folded before and those still in the logs.
+    fn settled_membership(&self, at: Hlc) -> Vec<Event> {
+        let mut out = self.membership.folded.clone();
+        for m in self.logs.members.values() {
+            let n = m.log.partition_point(|e| e.hlc <= at);
+            out.extend(m.log[..n].iter().filter(|e| e.change().is_some()).cloned());
+        }
+        out.sort_by_key(|e| (e.id.origin, e.id.seq));
+        out
+    }
+
+    /// The extension sections of a body at `at` (the settled watermark): escrow rights, home
+    /// moves and the membership history of the settled prefix, each only when not empty.
     fn snapshot_ext(&self, at: Hlc) -> Vec<(String, Vec<u8>)> {
         let mut ext = Vec::new();
+        let membership = self.settled_membership(at);
+        if !membership.is_empty() {
+            ext.push((
+                EXT_MEMBERSHIP.to_string(),
+                crate::wire::encode_value(&membership),
+            ));
+        }
         let rights = self.settled_rights(at);
         if !rights.is_empty() {
             ext.push((EXT_RIGHTS.to_string(), crate::wire::encode_value(&rights)));
@@ -388,8 +429,13 @@ impl Replica {
         if self.logs.event_count() > 0 || self.settle.watermark != Hlc::ZERO {
             return Err(RestoreError::NotFresh);
         }
-        snapshot.check(&*self.cfg.auth, &self.cfg.cluster)?;
+        snapshot.check_body(&self.cfg.cluster)?;
         let b = &snapshot.body;
+        let membership: Vec<Event> = b.ext_section(EXT_MEMBERSHIP)?.unwrap_or_default();
+        // The key history first (the signer may have joined or rotated its key): only keys
+        // bound by membership events that verify.
+        self.verify_membership(b, &membership)?;
+        snapshot.check_signature(&*self.cfg.auth)?;
         if b.retention_ms != self.settle.retention_ms {
             return Err(RestoreError::Retention {
                 ours: self.settle.retention_ms,
@@ -404,7 +450,10 @@ impl Replica {
             });
         }
         for m in &b.members {
-            if m.joined.is_some() || !self.logs.members.contains_key(&m.region) {
+            let joined = membership.iter().any(
+                |e| matches!(e.change(), Some(Change::Join { region, .. }) if *region == m.region),
+            );
+            if !joined && !self.logs.members.contains_key(&m.region) {
                 return Err(RestoreError::Member(m.region));
             }
         }
@@ -420,6 +469,9 @@ impl Replica {
         let rights: Vec<SnapRights> = b.ext_section(EXT_RIGHTS)?.unwrap_or_default();
         let homes: Vec<SnapHome> = b.ext_section(EXT_HOMES)?.unwrap_or_default();
         let at = b.at;
+        // The membership history, applied as `load` applies it (cuts and holds wait for the
+        // end of the `load` below).
+        self.apply_folded_membership(membership);
         // The logs: bases, version vector, what every member covers.
         for m in &b.members {
             if let Some(lm) = self.logs.members.get_mut(&m.region) {
@@ -534,6 +586,77 @@ impl Replica {
         Ok(())
     }
 
+    /// Checks a snapshot's membership history before anything is applied: each event is a
+    /// valid membership event of a member, at or below the snapshot point, within what the
+    /// snapshot folds of its origin, and verifies against its origin's key at its HLC (in
+    /// total order, binding the keys of the joins and rotations it verified as it goes, so a
+    /// key the snapshot's signer or a later event needs is known).
+    fn verify_membership(
+        &mut self,
+        b: &SnapshotBody,
+        events: &[Event],
+    ) -> Result<(), RestoreError> {
+        let mut order: Vec<&Event> = events.iter().collect();
+        order.sort_by_key(|e| e.key());
+        for e in order {
+            let folded = b
+                .members
+                .iter()
+                .find(|m| m.region == e.id.origin)
+                .map_or(0, |m| m.seq);
+            let bad =
+                |what: &str| RestoreError::Malformed(format!("membership event {}: {what}", e.id));
+            if e.change().is_none() || e.validate().is_err() {
+                return Err(bad("not a valid membership event"));
+            }
+            if e.hlc > b.at || e.id.seq > folded {
+                return Err(bad("not in the folded history"));
+            }
+            if !self
+                .cfg
+                .auth
+                .verify_event(e.id.origin, e, &self.cfg.cluster)
+            {
+                return Err(bad("signature does not verify"));
+            }
+            match e.change() {
+                Some(Change::Join { region, key, .. }) => {
+                    self.cfg.auth.set_key(*region, e.hlc, key)
+                }
+                Some(Change::RotateKey { key }) => self.cfg.auth.set_key(e.id.origin, e.hlc, key),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a snapshot's membership history (checked by
+    /// [`Replica::verify_membership`]) to a fresh replica, as [`Replica::load`] applies
+    /// reloaded membership events: regions joined become members first, then each event in
+    /// (origin, seq) order; cuts and holds are computed at the end of the `load` that
+    /// follows. The events are kept for the next snapshot.
+    fn apply_folded_membership(&mut self, events: Vec<Event>) {
+        for e in &events {
+            if let Some(Change::Join { region, .. }) = e.change() {
+                self.logs
+                    .members
+                    .entry(*region)
+                    .or_insert_with(|| super::log::Member {
+                        covered: e.hlc,
+                        joined: Some(e.hlc),
+                        ..super::log::Member::default()
+                    });
+            }
+        }
+        self.membership.loading = true;
+        for e in &events {
+            if let Some(c) = e.change() {
+                self.note_membership(e.id, e.hlc, c.clone());
+            }
+        }
+        self.membership.folded = events;
+    }
+
     /// The snapshot to answer a pull with instead of events: when the requester (version
     /// vector `vv`) lacks events below a log's base, which no member serves any longer.
     pub(super) fn snapshot_for(&self, vv: &crdts::VClock<RegionId>) -> Option<&Snapshot> {
@@ -558,27 +681,44 @@ impl Replica {
             self.report(Report::UnknownMember { from });
             return;
         }
-        if let Err(e) = self.apply_peer_snapshot(&snap) {
-            self.report(Report::Snapshot {
+        match self.apply_peer_snapshot(&snap) {
+            // A copy, or a late answer to an earlier pull: this region holds everything it
+            // folds. It is not the answer to the pull in flight, whose answer is on its way
+            // (taking it for that answer cut a chain: simulator seed 168 with --lost-disk).
+            Ok(Applied::NotLacking) => return,
+            Ok(Applied::Installed | Applied::Below) => {}
+            Err(RestoreError::Retired) => {
+                // Settles nothing more: keeps what it settled, and stops this chain.
+                self.handle_pull_answer(now_ms, from, Vec::new(), false);
+                return;
+            }
+            Err(e) => self.report(Report::Snapshot {
                 from,
                 reason: e.to_string(),
-            });
+            }),
         }
         self.handle_pull_answer(now_ms, from, Vec::new(), true);
     }
 
     /// A member's snapshot (whole, or reassembled from chunks): installed when it folds
     /// events this region lacks and lies above its watermark, else left aside.
-    pub(super) fn apply_peer_snapshot(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
+    pub(super) fn apply_peer_snapshot(
+        &mut self,
+        snap: &Snapshot,
+    ) -> Result<Applied, RestoreError> {
         let lacking = snap
             .body
             .members
             .iter()
             .any(|m| self.logs.len_of(m.region) < m.seq);
-        if lacking && snap.body.at > self.settle.watermark {
-            self.install_snapshot(snap)?;
+        if !lacking {
+            return Ok(Applied::NotLacking);
         }
-        Ok(())
+        if snap.body.at <= self.settle.watermark {
+            return Ok(Applied::Below);
+        }
+        self.install_snapshot(snap)?;
+        Ok(Applied::Installed)
     }
 
     /// Replaces this replica's folded state by `snap`'s, keeping the events it holds after
@@ -592,7 +732,10 @@ impl Replica {
         if self.unsigned_from != 0 {
             return Err(RestoreError::NotFresh);
         }
-        snap.check(&*self.cfg.auth, &self.cfg.cluster)?;
+        if self.membership.retired_self {
+            return Err(RestoreError::Retired);
+        }
+        snap.check_body(&self.cfg.cluster)?;
         let seq_of = |r: &RegionId| {
             snap.body
                 .members
@@ -609,7 +752,13 @@ impl Replica {
         let cfg = std::mem::replace(&mut self.cfg, placeholder());
         let mut fresh = Replica::new(cfg, self.clock.last());
         fresh.restore_evidence(self.evidence.clone());
-        if let Err(e) = fresh.restore(snap, after) {
+        // A snapshot that shows this region retired is not installed either: a retired
+        // region settles nothing more than it had (docs/protocol.md §11).
+        let restored = match fresh.restore(snap, after) {
+            Ok(()) if fresh.membership.retired_self => Err(RestoreError::Retired),
+            r => r,
+        };
+        if let Err(e) = restored {
             self.cfg = std::mem::replace(&mut fresh.cfg, placeholder());
             return Err(e);
         }
@@ -626,7 +775,14 @@ impl Replica {
         fresh.modes.moves = moves;
         fresh.hold_signing = self.hold_signing;
         fresh.restoring = self.restoring;
-        fresh.joining = self.joining;
+        // A snapshot that holds this region's own join ends its wait for it.
+        fresh.joining = self.joining && fresh.joining;
+        // What this region asked and heard while sealing, and what peers hold durably of it,
+        // is local; the seals themselves come from the snapshot and the events after it.
+        let seals = std::mem::take(&mut fresh.sealing.seals);
+        fresh.sealing = std::mem::take(&mut self.sealing);
+        fresh.sealing.seals = seals;
+        fresh.membership.stats = self.membership.stats;
         fresh.evidence_resend_heartbeats = self.evidence_resend_heartbeats;
         announced_carry_over(&mut self.logs, &mut fresh.logs);
         *self = fresh;
@@ -638,6 +794,10 @@ impl Replica {
                 Awaiting::Remote(m.region, m.seq)
             };
             self.dur.awaiting.push_back((idx, what));
+        }
+        let origins: Vec<RegionId> = self.logs.members.keys().copied().collect();
+        for origin in origins {
+            self.drain_pending(origin);
         }
         Ok(())
     }
@@ -658,8 +818,9 @@ impl Replica {
     }
 }
 
-/// What each member announced (promises, version vectors, seed policy) is local knowledge a
-/// snapshot leaves out: it carries over to the replica that installs one.
+/// What each member announced (promises, version vectors, seed policy) and the events
+/// buffered out of order are local knowledge a snapshot leaves out: they carry over to the
+/// replica that installs one.
 fn announced_carry_over(old: &mut Logs, fresh: &mut Logs) {
     for (r, o) in old.members.iter_mut() {
         if let Some(f) = fresh.members.get_mut(r) {
@@ -670,6 +831,11 @@ fn announced_carry_over(old: &mut Logs, fresh: &mut Logs) {
             f.policy = o.policy;
             f.heard = o.heard;
             f.covered = f.covered.max(o.covered);
+            f.seal_cap = f.seal_cap.or(o.seal_cap);
+            // Events buffered above a gap stay buffered (the snapshot may close the gap).
+            let held = f.len();
+            f.pending = std::mem::take(&mut o.pending);
+            f.pending.retain(|seq, _| *seq > held);
         }
     }
 }

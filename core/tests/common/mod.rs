@@ -65,6 +65,8 @@ pub struct Node {
     pub reports: Vec<Report>,
     /// Pending requests decided (`Output::Decided`): request id and result.
     pub decided: Vec<(u64, Result<Submitted, SubmitError>)>,
+    /// For each of those, in the same order: the record index the answer waits for.
+    pub decided_after: Vec<Option<u64>>,
     pub skew_ms: u64,
     /// Longest feed seen, to check that the feed never retracts.
     pub feed_seen: Vec<Compensation>,
@@ -145,6 +147,7 @@ impl Cluster {
                 unacked: BTreeMap::new(),
                 reports: Vec::new(),
                 decided: Vec::new(),
+                decided_after: Vec::new(),
                 skew_ms: skews.get(i).copied().unwrap_or(0),
                 feed_seen: Vec::new(),
                 settled_seen: BTreeMap::new(),
@@ -205,8 +208,13 @@ impl Cluster {
                 Output::Compensation(_) => {}
                 Output::Report(r) => self.nodes[i].reports.push(r),
                 Output::Decided {
-                    request, result, ..
-                } => self.nodes[i].decided.push((request, result)),
+                    request,
+                    result,
+                    durable_after,
+                } => {
+                    self.nodes[i].decided.push((request, result));
+                    self.nodes[i].decided_after.push(durable_after);
+                }
             }
         }
     }
