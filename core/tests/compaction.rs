@@ -1091,3 +1091,32 @@ fn a_copy_of_a_snapshot_answer_is_not_the_answer_to_the_next_pull() {
         "the copy answered nothing"
     );
 }
+
+/// A region restarted from its snapshot after sa's retire (cut 0) and ap's lost disk: its
+/// disk still holds sa:1, voided in memory above the cut, below the snapshot point and not
+/// folded: restore skips it (it panicked in settle: proptest regression dbaa38ab).
+#[test]
+fn a_restart_from_a_snapshot_skips_a_stored_copy_voided_by_a_cut() {
+    let submit = |region| {
+        MOp::Base(Op::Submit {
+            region,
+            account: 0,
+            kind: 0,
+            cents: 1,
+            key: None,
+        })
+    };
+    let ops = [
+        submit(3),
+        MOp::RetireSa,
+        MOp::Base(Op::Persist { region: 3 }),
+        MOp::Base(Op::DeliverAll),
+        submit(0),
+        MOp::Base(Op::Persist { region: 2 }),
+        submit(0),
+        MOp::Base(Op::Partition { mask: 4 }),
+        MOp::LoseDisk,
+        submit(3),
+    ];
+    run_membership(&ops).unwrap();
+}
