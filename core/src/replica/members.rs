@@ -509,6 +509,13 @@ impl Replica {
                     self.accounts.unapply_op(e.id, op);
                     self.modes.unindex(e);
                 }
+                // A voided seal (of an epoch lost before its seal reached the member that
+                // answered the next seal query) is no seal: the next one may reuse its id.
+                if let Some(Change::Seal { .. }) = e.change() {
+                    if let Some(seals) = self.sealing.seals.get_mut(&region) {
+                        seals.retain(|s| s.id != e.id);
+                    }
+                }
                 self.membership.stats.voided += 1;
             }
             for e in &voided {
