@@ -707,10 +707,7 @@ impl Replica {
 
     /// A member's snapshot (whole, or reassembled from chunks): installed when it folds
     /// events this region lacks and lies above its watermark, else left aside.
-    pub(super) fn apply_peer_snapshot(
-        &mut self,
-        snap: &Snapshot,
-    ) -> Result<Applied, RestoreError> {
+    pub(super) fn apply_peer_snapshot(&mut self, snap: &Snapshot) -> Result<Applied, RestoreError> {
         let lacking = snap
             .body
             .members

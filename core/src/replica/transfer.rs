@@ -239,8 +239,10 @@ impl Replica {
                 return; // the rest of a transfer dropped or finished: stale
             }
             if c.at <= self.settle.watermark {
-                // Settled there already: nothing in it this region lacks.
-                self.handle_pull_answer(now_ms, from, Vec::new(), true);
+                // Settled there already: nothing in it this region can install. A copy or a
+                // late answer, not the answer to the pull in flight (as a whole snapshot that
+                // folds nothing this region lacks: simulator seed 168); a pull it did answer
+                // times out and the chain goes on.
                 return;
             }
             if self.transfer.inbound.is_some() {
