@@ -386,6 +386,21 @@ mod tests {
             }
         }
 
+        /// `n` deposits alternating between the two regions, a tick after every ten, then
+        /// four more ticks: eu compacts (into its archive, if any) along the way.
+        fn fill(&mut self, n: u32) {
+            for i in 0..n {
+                self.submit((i % 2) as usize, 0, false, 100 + i);
+                self.pump(true);
+                if i % 10 == 9 {
+                    self.tick(true);
+                }
+            }
+            for _ in 0..4 {
+                self.tick(true);
+            }
+        }
+
         fn tick(&mut self, deliver: bool) {
             self.now += 700;
             for i in 0..2 {
@@ -488,16 +503,7 @@ mod tests {
         let day = 86_400_000;
         let archive = Archive::open(dir.path(), 4_096, Some(day), 0).unwrap();
         let mut x = Pair::new(Some(archive));
-        for i in 0..200u32 {
-            x.submit((i % 2) as usize, 0, false, 100 + i);
-            x.pump(true);
-            if i % 10 == 9 {
-                x.tick(true);
-            }
-        }
-        for _ in 0..4 {
-            x.tick(true);
-        }
+        x.fill(200);
         let first = x.page(0, None, 3);
         let cursor = render::parse_entry_cursor(first["next"].as_str().unwrap());
         assert_eq!(
@@ -535,16 +541,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = Archive::open(dir.path(), 4_096, None, 0).unwrap();
         let mut x = Pair::new(Some(archive));
-        for i in 0..40u32 {
-            x.submit((i % 2) as usize, 0, false, 100 + i);
-            x.pump(true);
-            if i % 10 == 9 {
-                x.tick(true);
-            }
-        }
-        for _ in 0..4 {
-            x.tick(true);
-        }
+        x.fill(40);
         let snap = x.reps[0].last_snapshot().expect("compacted").clone();
         // A rebuilt eu: the peer's snapshot, an empty archive.
         let policy = Policy::from_toml(POLICY).unwrap();

@@ -646,15 +646,7 @@ fn apply_m(c: &mut Cluster, op: &MOp, compact: bool, sa_gone: bool) -> (u64, boo
                 .join(now, region("nx"), b"nx-key".to_vec(), vec![]);
             c.drain(EU);
         }
-        MOp::RetireGhost => {
-            let now = c.local_now(US);
-            let _ = c.nodes[US].replica.retire(
-                now,
-                [region("nx")].into_iter().collect(),
-                "never came".into(),
-            );
-            c.drain(US);
-        }
+        MOp::RetireGhost => retire_ghost(c),
         MOp::Rotate { region } => {
             let i = *region as usize % 4;
             if !(sa_gone && i == SA) {
@@ -692,6 +684,17 @@ fn apply_m(c: &mut Cluster, op: &MOp, compact: bool, sa_gone: bool) -> (u64, boo
     (n, gone)
 }
 
+/// us retires the ghost region nx, which never came up.
+fn retire_ghost(c: &mut Cluster) {
+    let now = c.local_now(US);
+    let _ = c.nodes[US].replica.retire(
+        now,
+        [region("nx")].into_iter().collect(),
+        "never came".into(),
+    );
+    c.drain(US);
+}
+
 /// Brings the live regions of both clusters, in lockstep (the same rounds, so the same
 /// clocks), to one settled state: a pending ghost join is retired first.
 fn settle_live(a: &mut Cluster, b: &mut Cluster, sa_gone: bool) -> Result<(), String> {
@@ -704,13 +707,7 @@ fn settle_live(a: &mut Cluster, b: &mut Cluster, sa_gone: bool) -> Result<(), St
             && r.cut(region("nx")).is_none()
             && !r.retiring().contains(&region("nx"))
         {
-            let now = c.local_now(US);
-            let _ = c.nodes[US].replica.retire(
-                now,
-                [region("nx")].into_iter().collect(),
-                "never came".into(),
-            );
-            c.drain(US);
+            retire_ghost(c);
         }
     }
     let settled = |c: &Cluster| {

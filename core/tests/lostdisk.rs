@@ -141,17 +141,24 @@ fn a_rebuilt_region_seals_at_the_highest_seq_any_member_holds_and_issues_above_i
     same(&c, eu, us);
 }
 
-#[test]
-fn a_member_waived_while_down_voids_its_old_epoch_events_when_the_seal_arrives() {
+/// eu, us and ap (peer acks) after eu's 100 settled everywhere; then us is cut off and ap
+/// alone holds eu's next two deposits, eu:2 and eu:3 (unsettled: us's heartbeats do not
+/// reach ap). Returns the cluster and the indexes of eu, us and ap.
+fn ap_alone_holds_eus_last_two() -> (Cluster, usize, usize, usize) {
     let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
     let (eu, us, ap) = (0, 1, 2);
     deposit(&mut c, eu, "alice", "100");
     assert!(c.settle_all());
-    // us away: ap alone holds eu's next two (unsettled: us's heartbeats do not reach ap).
     c.partition(1 << us);
     deposit(&mut c, eu, "alice", "1");
     deposit(&mut c, eu, "alice", "1");
     c.run_among(&[eu, ap], 2);
+    (c, eu, us, ap)
+}
+
+#[test]
+fn a_member_waived_while_down_voids_its_old_epoch_events_when_the_seal_arrives() {
+    let (mut c, eu, us, ap) = ap_alone_holds_eus_last_two();
     assert_eq!(c.nodes[ap].replica.version_vector().get(&region("eu")), 3);
     // ap goes down for good; eu loses its disk and comes back beside us.
     c.partition(1 << ap);
@@ -344,15 +351,7 @@ fn durable_goes_only_to_origins_that_announced_ack_peer() {
 /// 119 and 186 with `--ack local`, never converged).
 #[test]
 fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() {
-    let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
-    let (eu, us, ap) = (0, 1, 2);
-    deposit(&mut c, eu, "alice", "100");
-    assert!(c.settle_all());
-    // us away: ap alone holds eu:2 and eu:3.
-    c.partition(1 << us);
-    deposit(&mut c, eu, "alice", "1");
-    deposit(&mut c, eu, "alice", "1");
-    c.run_among(&[eu, ap], 2);
+    let (mut c, eu, us, ap) = ap_alone_holds_eus_last_two();
     let old: Vec<Event> = c.nodes[ap].replica.origin_events(region("eu"), 0).to_vec();
     assert_eq!(old.len(), 3);
     // eu loses its disk and seals with ap's answer (us is waived: still cut off).

@@ -458,19 +458,25 @@ impl Cluster {
     /// are cut off), `rounds` times.
     pub fn run_among(&mut self, live: &[usize], rounds: usize) {
         for _ in 0..rounds {
-            self.persist_all();
-            self.deliver_all();
-            for &a in live {
-                for &b in live {
-                    self.anti_entropy(a, b);
-                }
-            }
-            self.persist_all();
-            self.deliver_all();
-            self.tick(300);
-            self.persist_all();
-            self.deliver_all();
+            self.round_among(live);
         }
+    }
+
+    /// One round of [`Cluster::run_among`]: persist and deliver, anti-entropy between every
+    /// two regions of `live`, persist and deliver, a 300 ms tick, persist and deliver.
+    fn round_among(&mut self, live: &[usize]) {
+        self.persist_all();
+        self.deliver_all();
+        for &a in live {
+            for &b in live {
+                self.anti_entropy(a, b);
+            }
+        }
+        self.persist_all();
+        self.deliver_all();
+        self.tick(300);
+        self.persist_all();
+        self.deliver_all();
     }
 
     pub fn max_hlc(&self) -> Hlc {
@@ -486,19 +492,9 @@ impl Cluster {
     /// every event. Returns false if that did not happen in a bounded number of rounds.
     pub fn settle_all(&mut self) -> bool {
         self.heal();
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
         for _ in 0..60 {
-            self.persist_all();
-            self.deliver_all();
-            for a in 0..self.nodes.len() {
-                for b in 0..self.nodes.len() {
-                    self.anti_entropy(a, b);
-                }
-            }
-            self.persist_all();
-            self.deliver_all();
-            self.tick(300);
-            self.persist_all();
-            self.deliver_all();
+            self.round_among(&all);
             let target = self.max_hlc();
             let count = self.nodes[0].replica.event_count();
             if self
