@@ -278,6 +278,7 @@ struct RawStorage {
     group_commit: Option<bool>,
     batch_records_max: Option<usize>,
     archive_retention_days: Option<u64>,
+    archive_retention_secs: Option<u64>,
     archive_segment_bytes: Option<u64>,
 }
 
@@ -371,8 +372,9 @@ pub struct NodeConfig {
     pub group_commit: bool,
     /// Most records per group commit.
     pub commit_batch_records_max: usize,
-    /// `[storage] archive_retention_days`, in ms: archive segments older than this are
-    /// deleted (None, the default: keep everything).
+    /// `[storage] archive_retention_days` (or `archive_retention_secs`, for tests and soaks),
+    /// in ms: archive segments older than this are deleted (None, the default: keep
+    /// everything).
     pub archive_retention_ms: Option<u64>,
     /// `[storage] archive_segment_bytes`: the archive rolls a segment at this size.
     pub archive_segment_bytes: u64,
@@ -711,13 +713,29 @@ impl NodeConfig {
                 "must be between 1 and 1000000",
             ));
         }
-        let archive_retention_ms = match raw.storage.archive_retention_days {
-            None => None,
-            Some(d) if (1..=36_500).contains(&d) => Some(d * 86_400_000),
-            Some(_) => {
+        let archive_retention_ms = match (
+            raw.storage.archive_retention_days,
+            raw.storage.archive_retention_secs,
+        ) {
+            (None, None) => None,
+            (Some(d), None) if (1..=36_500).contains(&d) => Some(d * 86_400_000),
+            (Some(_), None) => {
                 return Err(invalid(
                     "storage.archive_retention_days",
                     "must be between 1 and 36500 (leave it out to keep the archive forever)",
+                ))
+            }
+            (None, Some(s)) if (1..=36_500 * 86_400).contains(&s) => Some(s * 1_000),
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "storage.archive_retention_secs",
+                    "must be between 1 and 3153600000 (36500 days)",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "storage.archive_retention_secs",
+                    "set archive_retention_days or archive_retention_secs, not both",
                 ))
             }
         };
@@ -918,12 +936,23 @@ tokens = ["0123456789abcdef0123"]
         assert_eq!(parse("").unwrap().archive_retention_ms, None);
         let c = parse("[storage]\narchive_retention_days = 30\n").unwrap();
         assert_eq!(c.archive_retention_ms, Some(30 * 86_400_000));
-        for bad in ["archive_retention_days = 0", "archive_segment_bytes = 10"] {
+        let c = parse("[storage]\narchive_retention_secs = 90\n").unwrap();
+        assert_eq!(c.archive_retention_ms, Some(90_000));
+        for bad in [
+            "archive_retention_days = 0",
+            "archive_retention_secs = 0",
+            "archive_retention_secs = 3153600001",
+            "archive_segment_bytes = 10",
+        ] {
             let e = parse(&format!("[storage]\n{bad}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
         }
+        let e = parse("[storage]\narchive_retention_days = 1\narchive_retention_secs = 60\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not both"), "{e}");
     }
 
     #[test]

@@ -31,14 +31,19 @@ use super::{sample_sum, Args, Conn};
 pub const SOAK_COMPACT_EVERY: u64 = 100_000;
 /// Key retention of the soak's regions (ms): expiry is reached within a run.
 pub const SOAK_RETENTION_MS: u64 = 60_000;
+/// Archive retention of the soak's regions (`[storage] archive_retention_secs`): whole
+/// archive segments older than this are deleted within a run, so the archive is bounded too.
+pub const SOAK_ARCHIVE_RETENTION_SECS: u64 = 120;
 
-/// Initialises a cluster of the first `n` of eu, us, ap with compaction on and a short key
-/// retention, kept in `dir` (logs included).
+/// Initialises a cluster of the first `n` of eu, us, ap with compaction on, a short key
+/// retention and (`archive_retention_secs`, when given) a short archive retention, kept in
+/// `dir` (logs included).
 fn soak_cluster(
     walletd: &Path,
     n: usize,
     dir: &Path,
     retention_ms: u64,
+    archive_retention_secs: Option<u64>,
 ) -> Result<LocalCluster, String> {
     let names = ["eu", "us", "ap"];
     let regions = names.get(..n).ok_or("--regions is 1, 2 or 3")?;
@@ -54,6 +59,14 @@ fn soak_cluster(
     for i in 0..n {
         cluster
             .rewrite_config(i, |t| {
+                let t = match archive_retention_secs {
+                    Some(s) => t.replacen(
+                        "[storage]\n",
+                        &format!("[storage]\narchive_retention_secs = {s}\n"),
+                        1,
+                    ),
+                    None => t.to_string(),
+                };
                 format!(
                     "idempotency_retention_ms = {retention_ms}\ncompact_every_events = {SOAK_COMPACT_EVERY}\n{t}"
                 )
@@ -94,7 +107,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Bytes of the files in a directory (not recursive; a data dir has no subdirectories).
+/// Bytes of the files directly in a directory (not recursive: a data dir's hot store; its
+/// `archive/` subdirectory is measured on its own).
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -124,7 +138,13 @@ struct Answers {
 /// The soak (module docs).
 pub async fn soak(args: &Args) -> Result<(), String> {
     let dir = PathBuf::from(format!("/tmp/walletd-soak-{}", args.regions));
-    let mut cluster = soak_cluster(&args.walletd, args.regions, &dir, SOAK_RETENTION_MS)?;
+    let mut cluster = soak_cluster(
+        &args.walletd,
+        args.regions,
+        &dir,
+        SOAK_RETENTION_MS,
+        Some(SOAK_ARCHIVE_RETENTION_SECS),
+    )?;
     cluster.start_all().await.map_err(|e| e.to_string())?;
     let token = cluster.token.clone();
     let n = args.regions;
@@ -154,7 +174,7 @@ pub async fn soak(args: &Args) -> Result<(), String> {
         }
     }
     println!(
-        "walletd-bench --soak: {n} region(s), {} clients, {accounts} accounts, {} s, compact_every_events = {SOAK_COMPACT_EVERY}, idempotency_retention_ms = {SOAK_RETENTION_MS}, data in {}",
+        "walletd-bench --soak: {n} region(s), {} clients, {accounts} accounts, {} s, compact_every_events = {SOAK_COMPACT_EVERY}, idempotency_retention_ms = {SOAK_RETENTION_MS}, archive_retention_secs = {SOAK_ARCHIVE_RETENTION_SECS}, data in {}",
         args.clients,
         args.seconds,
         dir.display()
@@ -198,7 +218,7 @@ pub async fn soak(args: &Args) -> Result<(), String> {
             }
         }));
     }
-    let mut csv = String::from("t_s,region,rss_kib,data_bytes,accepted,events_in_memory,keys_http,keys_core,client_201,client_422,client_other,load1\n");
+    let mut csv = String::from("t_s,region,rss_kib,data_bytes,archive_bytes,accepted,events_in_memory,keys_http,keys_core,client_201,client_422,client_other,load1\n");
     let mut probes = Vec::new();
     for a in &addrs {
         probes.push(Conn::open(a).await.map_err(|e| e.to_string())?);
@@ -213,10 +233,11 @@ pub async fn soak(args: &Args) -> Result<(), String> {
             };
             let m = |name: &str| sample_sum(&text, name) as u64;
             let row = format!(
-                "{t},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{t},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 cluster.regions[i].region,
                 rss_kib(pids[i]),
                 dir_bytes(&data[i]),
+                dir_bytes(&data[i].join(wallet::archive::ARCHIVE_DIR_NAME)),
                 m("walletd_transactions_accepted_total"),
                 m("walletd_events_in_memory"),
                 m("walletd_idempotency_keys"),
@@ -265,34 +286,51 @@ pub async fn soak(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Submits `count` purchases (after funding `accounts` on the first call) through an
-/// in-process node, `window` in flight; returns how many were accepted.
-async fn fill(config: &Path, accounts: usize, fund: bool, count: u64) -> Result<u64, String> {
+/// Key retention of the `--restart-at` region (ms): shorter than the fill to 1M, so both
+/// restarts load the keys of the same last seconds (about rate × retention), not every key.
+pub const RESTART_RETENTION_MS: u64 = 10_000;
+
+/// Submits `count` keyed purchases (keys `f{first}`, `f{first + 1}`...; after funding
+/// `accounts` on the first call) through an in-process node, `window` in flight; returns how
+/// many were accepted.
+async fn fill(
+    config: &Path,
+    accounts: usize,
+    fund: bool,
+    first: u64,
+    count: u64,
+) -> Result<u64, String> {
     let cfg = wallet::config::NodeConfig::load(config).map_err(|e| e.to_string())?;
     let started = wallet::node::start(&cfg).map_err(|e| e.to_string())?;
     let commands = started.actor.commands.clone();
     let window = 1024;
     let mut inflight = VecDeque::with_capacity(window);
     let mut accepted = 0u64;
-    let req = |account: usize, kind: Kind, amount: &str| -> Result<TxRequest, String> {
-        Ok(TxRequest {
+    let req = |account: usize, kind: Kind, amount: &str, key: String| {
+        Ok::<_, String>(TxRequest {
             account: AccountId::new(&format!("acct{account}")).map_err(|e| e.to_string())?,
             kind,
             amount: Amount::parse(amount, Currency::USD).map_err(|e| e.to_string())?,
             currency: Currency::USD,
-            idempotency_key: None,
+            idempotency_key: Some(key),
             reference: None,
         })
     };
     let funding = if fund { accounts as u64 } else { 0 };
     for i in 0..funding + count {
         let r = if i < funding {
-            req(i as usize, Kind::Deposit, "1000000000.00")?
+            req(
+                i as usize,
+                Kind::Deposit,
+                "1000000000.00",
+                format!("fund{i}"),
+            )?
         } else {
             req(
                 (i as usize).wrapping_mul(7919) % accounts,
                 Kind::Purchase,
                 "0.01",
+                format!("f{}", first + i),
             )?
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -326,18 +364,18 @@ pub fn restart(args: &Args, at: &[u64]) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let mut cluster = soak_cluster(&args.walletd, 1, &dir, 86_400_000)?;
+    let mut cluster = soak_cluster(&args.walletd, 1, &dir, RESTART_RETENTION_MS, None)?;
     let config = cluster.regions[0].config.clone();
     let data = cluster.data_dir(0).map_err(|e| e.to_string())?;
     let accounts = args.accounts.last().copied().unwrap_or(10_000).max(1);
     let token = cluster.token.clone();
     println!(
-        "walletd-bench --restart-at: 1 region, {accounts} accounts, compact_every_events = {SOAK_COMPACT_EVERY}, data in {}",
+        "walletd-bench --restart-at: 1 region, {accounts} accounts, keyed purchases, compact_every_events = {SOAK_COMPACT_EVERY}, idempotency_retention_ms = {RESTART_RETENTION_MS}, data in {}",
         dir.display()
     );
     println!(
-        "{:>12} {:>10} {:>14} {:>12} {:>12}",
-        "accepted", "fill s", "data bytes", "restart ms", "RSS KiB"
+        "{:>12} {:>10} {:>14} {:>12} {:>12} {:>12}",
+        "accepted", "fill s", "data bytes", "restart ms", "RSS KiB", "keys (core)"
     );
     let mut total = 0u64;
     for &target in at {
@@ -351,6 +389,7 @@ pub fn restart(args: &Args, at: &[u64]) -> Result<(), String> {
             &config,
             accounts,
             total == 0,
+            total,
             target.saturating_sub(total),
         ))?;
         drop(fill_rt);
@@ -373,7 +412,18 @@ pub fn restart(args: &Args, at: &[u64]) -> Result<(), String> {
             }
         })?;
         let rss = cluster.regions[0].pid().map_or(0, rss_kib);
-        println!("{total:>12} {fill_s:>10.1} {bytes:>14} {ms:>12.1} {rss:>12}");
+        let keys = rt.block_on(async {
+            let mut c = Conn::open(&a).await.ok()?;
+            match c.request(&get(&a, &token, "/metrics")).await {
+                Ok(200) => Some(sample_sum(
+                    &String::from_utf8_lossy(c.body()),
+                    "walletd_idempotency_keys_core",
+                ) as u64),
+                _ => None,
+            }
+        });
+        let keys = keys.map_or("?".to_string(), |k| k.to_string());
+        println!("{total:>12} {fill_s:>10.1} {bytes:>14} {ms:>12.1} {rss:>12} {keys:>12}");
         rt.block_on(cluster.stop(0));
     }
     Ok(())
