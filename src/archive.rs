@@ -48,7 +48,9 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 8 << 20;
 /// Largest record payload.
 const RECORD_BYTES_MAX: usize = 16 << 20;
 const FRAME_HEAD: usize = 8;
-const IDX_MAGIC: &[u8; 8] = b"WALARCIX";
+/// Index file magic; version 2 added [`AccountFilter`] (an older `.idx` is rebuilt from
+/// its segment on open).
+const IDX_MAGIC: &[u8; 8] = b"WALARCI2";
 const EXPIRED_FILE: &str = "expired";
 /// Bytes of one index entry: kind u8 ‖ value u64 BE ‖ offset u64 BE.
 const IDX_ENTRY_BYTES: usize = 17;
@@ -181,6 +183,67 @@ pub struct SegmentSummary {
     pub mark: Option<(Hlc, u64)>,
     /// Newest HLC milliseconds of its events (retention).
     pub newest_ms: u64,
+    /// A sealed segment's filter of the accounts it holds (written with its `.idx`): an
+    /// account page opens only the indexes of the segments that may hold the account. None
+    /// for the active segment (its index is in memory).
+    pub accounts: Option<AccountFilter>,
+}
+
+/// A Bloom filter over the FNV hashes of a sealed segment's accounts, about 10 bits per
+/// account (about 1 % false positives: a false positive costs one index lookup).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountFilter {
+    bits: Vec<u64>,
+}
+
+/// Probes per account.
+const FILTER_PROBES: u64 = 7;
+
+impl AccountFilter {
+    /// A filter holding these account hashes.
+    fn of(hashes: impl Iterator<Item = u64> + Clone) -> AccountFilter {
+        let n = hashes.clone().count() as u64;
+        let words = (n * 10).div_ceil(64).max(1).next_power_of_two();
+        let mut f = AccountFilter {
+            bits: vec![0; words as usize],
+        };
+        for h in hashes {
+            for b in f.probes(h) {
+                f.bits[(b / 64) as usize] |= 1 << (b % 64);
+            }
+        }
+        f
+    }
+
+    /// Bit positions of one hash (double hashing).
+    fn probes(&self, h: u64) -> impl Iterator<Item = u64> {
+        let m = self.bits.len() as u64 * 64;
+        // splitmix64's finaliser: a second, independent hash.
+        let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let h2 = (z ^ (z >> 31)) | 1;
+        (0..FILTER_PROBES).map(move |i| h.wrapping_add(i.wrapping_mul(h2)) % m)
+    }
+
+    /// May the segment hold this account hash? (No false negatives.)
+    fn may_hold(&self, h: u64) -> bool {
+        !self.bits.is_empty()
+            && self
+                .probes(h)
+                .all(|b| self.bits[(b / 64) as usize] & (1 << (b % 64)) != 0)
+    }
+}
+
+/// The summary a sealed segment's `.idx` holds: its account filter added.
+fn sealed(mut s: SegmentSummary, entries: &BTreeSet<(u8, u64, u64)>) -> SegmentSummary {
+    let mut accounts: Vec<u64> = entries
+        .range((KIND_ACCOUNT, 0, 0)..=(KIND_ACCOUNT, u64::MAX, u64::MAX))
+        .map(|(_, h, _)| *h)
+        .collect();
+    accounts.dedup();
+    s.accounts = Some(AccountFilter::of(accounts.into_iter()));
+    s
 }
 
 impl SegmentSummary {
@@ -281,6 +344,8 @@ pub struct Archive {
     mark: Option<(Hlc, u64)>,
     /// The last entry key archived.
     last_key: Option<EntryKey>,
+    /// Sealed segments' indexes read by lookups (tests and figures).
+    index_reads: std::sync::atomic::AtomicU64,
 }
 
 fn seg_path(dir: &Path, n: u64, ext: &str) -> PathBuf {
@@ -500,7 +565,9 @@ impl Archive {
                     entries: Some(entries),
                 });
             } else {
-                // A sealed segment without its index (a crash while rolling): write it now.
+                // A sealed segment without its index (a crash while rolling, or an index of an
+                // older version): write it now.
+                let summary = sealed(summary, &entries);
                 write_atomic(&dir, &idx, &encode_idx(&summary, &entries))?;
                 segments.push(Segment {
                     summary,
@@ -535,6 +602,7 @@ impl Archive {
             expired,
             mark,
             last_key,
+            index_reads: Default::default(),
         };
         a.expire(now_ms)?;
         Ok(a)
@@ -574,6 +642,11 @@ impl Archive {
     /// Segments held.
     pub fn segments(&self) -> usize {
         self.segments.len()
+    }
+
+    /// Sealed segments' indexes read by lookups so far.
+    pub fn index_reads(&self) -> u64 {
+        self.index_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn active_path(&self) -> PathBuf {
@@ -636,6 +709,7 @@ impl Archive {
         };
         let n = seg.summary.number;
         let entries = seg.entries.take().unwrap_or_default();
+        seg.summary = sealed(std::mem::take(&mut seg.summary), &entries);
         let idx = seg_path(&self.dir, n, "idx");
         write_atomic(&self.dir, &idx, &encode_idx(&seg.summary, &entries))?;
         let next = seg_path(&self.dir, n + 1, "arc");
@@ -722,6 +796,8 @@ impl Archive {
                 .collect());
         }
         let path = seg_path(&self.dir, seg.summary.number, "idx");
+        self.index_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (_, start) = read_idx_head(&path)?;
         let f = File::open(&path).map_err(|e| io_err(&path, e))?;
         let len = f.metadata().map_err(|e| io_err(&path, e))?.len();
@@ -797,6 +873,9 @@ impl Archive {
                 (None, _) => continue,
                 (Some((_, last)), Some(a)) if last <= a => continue,
                 _ => {}
+            }
+            if s.summary.accounts.as_ref().is_some_and(|f| !f.may_hold(h)) {
+                continue;
             }
             let mut offs = self.lookup(i, KIND_ACCOUNT, h, h)?;
             // One account's entries in file order, which is entry-key order.
@@ -959,6 +1038,57 @@ mod tests {
             assert_eq!(a.feed_page(5, 3).unwrap(), vec![]);
             assert_eq!(a.mark(), Some((Hlc::from_millis(410), 5)));
         }
+    }
+
+    #[test]
+    fn an_account_page_reads_only_the_indexes_of_segments_holding_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        // One batch per segment; batch b holds accounts `a{b}-0` and `a{b}-1` only.
+        let mut a = Archive::open(dir.path(), 1, None, 0).unwrap();
+        for b in 0..40u64 {
+            let v: Vec<ArchiveRecord> = (0..10)
+                .map(|i| {
+                    ev(
+                        "eu",
+                        b * 10 + i + 1,
+                        100 * b + i + 1,
+                        &format!("a{b}-{}", i % 2),
+                    )
+                })
+                .collect();
+            a.append(&v, Hlc::from_millis(100 * b + 10), 0).unwrap();
+        }
+        assert_eq!(a.segments(), 40);
+        let check = |a: &Archive| {
+            for b in [0u64, 7, 38] {
+                let before = a.index_reads();
+                let page = a.account_page(&format!("a{b}-1"), None, 100).unwrap();
+                assert_eq!(page.len(), 5);
+                // Its own segment, and at most one false positive of the filter.
+                let reads = a.index_reads() - before;
+                assert!(
+                    (1..=2).contains(&reads),
+                    "{reads} indexes read for one account"
+                );
+            }
+            let before = a.index_reads();
+            assert!(a.account_page("nobody", None, 100).unwrap().is_empty());
+            assert!(a.index_reads() - before <= 1);
+        };
+        check(&a);
+        // The filters are in the `.idx` files: a reopen reads them back.
+        drop(a);
+        let a = Archive::open(dir.path(), 1, None, 0).unwrap();
+        check(&a);
+        // An index of the older version (no filter) is rebuilt from its segment on open.
+        let idx = seg_path(a.dir(), 7, "idx");
+        drop(a);
+        let mut b = std::fs::read(&idx).unwrap();
+        b[..8].copy_from_slice(b"WALARCIX");
+        std::fs::write(&idx, &b).unwrap();
+        let a = Archive::open(dir.path(), 1, None, 0).unwrap();
+        assert_eq!(&std::fs::read(&idx).unwrap()[..8], IDX_MAGIC);
+        check(&a);
     }
 
     #[test]
