@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use wallet_core::{EventId, Message, Output, Replica, SubmitError, Submitted};
 use wallet_p2p::{NetEvent, NetHandle};
 
+use crate::archiver::Archiver;
 use crate::clock::{instant_at, now_ms};
 use crate::command::{Command, PolicyFileIgnored, Reply, Shared, SubmitCmd};
 use crate::defects::{self, Defect};
@@ -67,6 +68,16 @@ pub enum Input {
     Disk(DiskDone),
     /// The storage writer is gone.
     DiskClosed,
+    /// The archive's thread reports an append.
+    Archive(crate::archiver::Done),
+}
+
+/// The next value of an optional receiver (never, without one or once it is closed).
+async fn recv_some<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The actor: owns the replica and the host state around it.
@@ -125,10 +136,10 @@ pub struct Actor {
     /// `forward_timeout_ms`: how long a forwarded debit waits for its home (`Retry-After`).
     forward_timeout_ms: u64,
     compacted_at: u64,
-    /// The archive of folded history (None: compaction off), and whether a write to it
-    /// failed (compaction stops).
-    archive: Option<crate::archive::Archive>,
-    archive_failed: bool,
+    /// The archive of folded history, on its own thread (None: compaction off), and its
+    /// reports (taken by the loop).
+    archiver: Option<Archiver>,
+    archive_done: Option<mpsc::UnboundedReceiver<crate::archiver::Done>>,
     /// Client requests the core answered `Submitted::Pending` (a debit forwarded to its
     /// home, or waiting for escrow rights), by the core's request id: answered from
     /// `Output::Decided`. Bounded by the core (`PENDING_REQUESTS_MAX`), which owns their
@@ -221,8 +232,9 @@ pub struct ActorParts {
     pub peers: BTreeMap<wallet_core::RegionId, libp2p::PeerId>,
     /// Compact after this many more events settled (0: never): `compact_every_events`.
     pub compact_every_events: u64,
-    /// The archive compaction writes to before it folds (None: compaction off).
-    pub archive: Option<crate::archive::Archive>,
+    /// The archive's thread compaction writes to before it folds (None: compaction off),
+    /// and its reports.
+    pub archive: Option<(Archiver, mpsc::UnboundedReceiver<crate::archiver::Done>)>,
     /// The core's forward time-out (`forward_timeout_ms`), for `Retry-After`.
     pub forward_timeout_ms: u64,
     /// `ack = "peer"`: its timeout (ms); `None` for `ack = "local"`.
@@ -238,6 +250,7 @@ impl Actor {
         p.shared.restoring.store(restoring, Ordering::Release);
         let joining = p.replica.is_joining();
         p.shared.joining.store(joining, Ordering::Release);
+        let (archiver, archive_done) = p.archive.take().unzip();
         let mut a = Actor {
             replica: p.replica,
             net: p.net,
@@ -270,8 +283,8 @@ impl Actor {
             compact_every_events: p.compact_every_events,
             forward_timeout_ms: p.forward_timeout_ms,
             compacted_at: 0,
-            archive: p.archive.take(),
-            archive_failed: false,
+            archiver,
+            archive_done,
             parked: BTreeMap::new(),
             awaiting_event: Vec::new(),
         };
@@ -502,7 +515,9 @@ impl Actor {
             }
             return;
         }
-        if self.in_flight {
+        // While the archive makes the fold's last batch durable, the `Record::Snapshot` that
+        // lets the store drop the folded events waits here, and every write after it.
+        if self.in_flight || self.archiver.as_ref().is_some_and(Archiver::holds_writes) {
             return;
         }
         // Every held event is signed and queued now: its answer waits for this batch.
@@ -1005,22 +1020,48 @@ impl Actor {
         {
             return;
         }
-        // The archive first (durable), then the fold (`history::archive_and_compact`). An
-        // archive write failure stops compaction, losing nothing.
-        if self.archive_failed {
-            return;
-        }
-        match history::archive_and_compact(&mut self.replica, self.archive.as_mut(), now_ms()) {
-            Ok(Some(s)) => {
-                self.compacted_at = settled;
-                tracing::info!(at = ?s.body.at, accounts = s.body.accounts.len(),
-                    events_in_memory = self.replica.events_in_memory(), "compacted");
+        // The archive first (durable, on its thread), then the fold (`crate::archiver`).
+        match self.archiver.as_mut() {
+            Some(a) => {
+                a.start(&self.replica, now_ms());
             }
+            None => {
+                if let Some(s) = self.replica.compact() {
+                    self.compacted(&s);
+                }
+            }
+        }
+    }
+
+    fn compacted(&mut self, s: &wallet_core::Snapshot) {
+        self.compacted_at = self.replica.stats().settled;
+        tracing::info!(at = ?s.body.at, accounts = s.body.accounts.len(),
+            events_in_memory = self.replica.events_in_memory(), "compacted");
+    }
+
+    /// The archive's thread reports an append: the fold's first step is durable (the fold
+    /// runs now), or its last (the held writes go), or it failed.
+    fn on_archive(&mut self, d: crate::archiver::Done) {
+        let Some(a) = self.archiver.as_mut() else {
+            return;
+        };
+        match a.on_done(d, &mut self.replica, now_ms()) {
+            Ok(Some(s)) => self.compacted(&s),
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(error = %e, "archive write failed: compaction stops on this \
-                    region (the history stays in memory and in the store); fix the disk and restart");
-                self.archive_failed = true;
+                tracing::error!(error = %e, "archive write failed after the fold: the folded \
+                    events are not in the archive, so the store must keep them");
+                self.storage_failed();
+            }
+        }
+    }
+
+    /// Answers a read of the history: now, or once the archive's thread has read its part.
+    fn answer_read(&self, reply: oneshot::Sender<Reply>, read: history::Read) {
+        match (read, &self.archiver) {
+            (history::Read::Archive(f), Some(a)) => a.read(f, reply),
+            (read, _) => {
+                let _ = reply.send(read.answer(None));
             }
         }
     }
@@ -1037,8 +1078,8 @@ impl Actor {
                 storage_failed: self.failed,
                 policy_file_ignored: self.policy_file_ignored.is_some(),
                 parked: self.parked.len() + self.awaiting_event.len(),
-                archive_bytes: self.archive.as_ref().map_or(0, |a| a.bytes()),
-                archive_failed: self.archive_failed,
+                archive_bytes: self.archiver.as_ref().map_or(0, Archiver::bytes),
+                archive_failed: self.archiver.as_ref().is_some_and(Archiver::failed),
             },
         )
     }
@@ -1057,19 +1098,23 @@ impl Actor {
                 limit,
                 reply,
             } => {
-                let a = self.archive.as_ref();
-                let _ = reply.send(history::transactions_body(r, a, &account, after, limit));
+                let known = self.archiver.as_ref().map(Archiver::known);
+                let read = history::transactions(r, known, &account, after, limit);
+                self.answer_read(reply, read);
             }
             Command::Transaction { id, reply } => {
-                let _ = reply.send(history::transaction(r, self.archive.as_ref(), &id));
+                let known = self.archiver.as_ref().map(Archiver::known);
+                let read = history::transaction(r, known, &id);
+                self.answer_read(reply, read);
             }
             Command::Compensations {
                 after,
                 limit,
                 reply,
             } => {
-                let a = self.archive.as_ref();
-                let _ = reply.send(history::compensations_body(r, a, after, limit));
+                let known = self.archiver.as_ref().map(Archiver::known);
+                let read = history::compensations(r, known, after, limit);
+                self.answer_read(reply, read);
             }
             Command::Status { reply } => {
                 let body = render::status_body(
@@ -1237,6 +1282,7 @@ async fn run(
     let expiry = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(expiry);
     let mut expiry_at = None;
+    let mut archive_rx = a.archive_done.take();
     a.flush().await;
     loop {
         let due = a.replica.poll_timeout();
@@ -1258,6 +1304,7 @@ async fn run(
                 if n == 0 { Input::CommandsClosed } else { Input::Commands }
             }
             ev = net_rx.recv(), if net_open => ev.map_or(Input::NetClosed, Input::Net),
+            Some(d) = recv_some(&mut archive_rx) => Input::Archive(d),
             _ = &mut timer => Input::Timer,
             _ = &mut expiry, if expiry_at.is_some() => Input::ExpireIdempotency,
             _ = tokio::time::sleep_until(metrics_at + METRICS_PUBLISH_MIN), if metrics_dirty => {
@@ -1292,6 +1339,7 @@ async fn run(
             }
             Input::PublishMetrics => {}
             Input::Disk(d) => a.on_disk(d).await,
+            Input::Archive(d) => a.on_archive(d),
             Input::DiskClosed => {
                 disk_open = false;
                 a.on_disk(DiskDone::Failed).await;

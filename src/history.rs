@@ -9,8 +9,13 @@
 //! replica. The same entry keys order both parts, so a page and its cursor are the ones a
 //! never-compacted region gives, and a cursor stays valid across a compaction between two
 //! pages. The feed splits at the replica's first held position.
+//!
+//! A read is split in two ([`Read`]): the live part is taken from the replica on the actor,
+//! and the archived part, when one is needed, is read on the archive's own thread
+//! ([`crate::archiver`]) against the mark the actor knew ([`Archived`]); its jobs run in
+//! order, so the batch up to that mark is appended before the read runs.
 
-use wallet_core::{EntryKey, EventId, Hlc, Replica, Status};
+use wallet_core::{Compensation, EntryKey, EventId, Hlc, Replica, Status};
 
 use crate::archive::{Archive, ArchiveError, ArchiveRecord, STATUS_REVERSED, STATUS_SETTLED};
 use crate::command::Reply;
@@ -61,28 +66,131 @@ pub fn batch(
     (out.into_iter().map(|(_, r)| r).collect(), feed_len)
 }
 
-/// One compaction with its archive (`maybe_compact`): the batch is appended and made
-/// durable first, then retention runs, and only then the replica folds (and emits the
-/// `Record::Snapshot` that lets the store delete the folded events). Ok(None): nothing to
-/// fold; Err: the archive failed and nothing was folded.
+/// What the archive holds once every batch sent to it is appended: its last mark and last
+/// entry key (the actor's view; the archive's thread applies the batches in order).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Archived {
+    /// The last mark: (snapshot point, feed length).
+    pub mark: Option<(Hlc, u64)>,
+    /// The last entry key.
+    pub last_key: Option<EntryKey>,
+}
+
+impl Archived {
+    /// What `a` holds now.
+    pub fn of(a: &Archive) -> Archived {
+        Archived {
+            mark: a.mark(),
+            last_key: a.last_key(),
+        }
+    }
+
+    /// The snapshot point archived.
+    pub fn at(&self) -> Option<Hlc> {
+        self.mark.map(|(at, _)| at)
+    }
+}
+
+/// One batch for the archive: its records in entry-key order, then a mark at `at`.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The records.
+    pub records: Vec<ArchiveRecord>,
+    /// The snapshot point it archives up to.
+    pub at: Hlc,
+    /// The feed length at `at`.
+    pub feed_len: u64,
+}
+
+impl Batch {
+    /// What the archive holds once this batch is appended after `known`.
+    pub fn applied(&self, known: Archived) -> Archived {
+        Archived {
+            mark: Some((self.at, self.feed_len)),
+            last_key: self
+                .records
+                .iter()
+                .rev()
+                .find_map(ArchiveRecord::entry_key)
+                .or(known.last_key),
+        }
+    }
+}
+
+/// The batch that brings the archive (holding `known`) up to the replica's compaction point,
+/// if the replica may compact now.
+pub fn next_batch(r: &Replica, known: Archived) -> Option<Batch> {
+    if !r.compaction_allowed() {
+        return None;
+    }
+    let at = r.compaction_point()?;
+    let feed_from = known.mark.map_or(0, |(_, n)| n);
+    let (records, feed_len) = batch(r, at, known.last_key, feed_from);
+    Some(Batch {
+        records,
+        at,
+        feed_len,
+    })
+}
+
+/// One compaction with its archive, on this thread (tests; walletd runs the same steps on
+/// the archive's thread, [`crate::archiver`]): the batch is appended and made durable first,
+/// then retention runs, and only then the replica folds (and emits the `Record::Snapshot`
+/// that lets the store delete the folded events). Ok(None): nothing to fold; Err: the archive
+/// failed and nothing was folded.
 pub fn archive_and_compact(
     r: &mut Replica,
     archive: Option<&mut Archive>,
     now_ms: u64,
 ) -> Result<Option<wallet_core::Snapshot>, ArchiveError> {
-    if !r.compaction_allowed() {
-        return Ok(None);
-    }
-    let Some(at) = r.compaction_point() else {
-        return Ok(None);
-    };
     if let Some(a) = archive {
-        let feed_from = a.mark().map_or(0, |(_, n)| n);
-        let (records, feed_len) = batch(r, at, a.last_key(), feed_from);
-        a.append(&records, at, feed_len)?;
+        let Some(b) = next_batch(r, Archived::of(a)) else {
+            return Ok(None);
+        };
+        a.append(&b.records, b.at, b.feed_len)?;
         a.expire(now_ms)?;
+    } else if !r.compaction_allowed() {
+        return Ok(None);
     }
     Ok(r.compact())
+}
+
+/// A read of the history: answered now from the replica, or with a part to read from the
+/// archive on its thread.
+pub enum Read {
+    /// The answer.
+    Now(Reply),
+    /// The answer, once the archive is read.
+    Archive(ArchiveRead),
+}
+
+/// The archived part of a read, run on the archive's thread.
+pub type ArchiveRead = Box<dyn FnOnce(&Archive) -> Reply + Send>;
+
+impl Read {
+    /// Answers on this thread (tests, and tools holding the archive).
+    pub fn answer(self, archive: Option<&Archive>) -> Reply {
+        match (self, archive) {
+            (Read::Now(r), _) => r,
+            (Read::Archive(f), Some(a)) => f(a),
+            (Read::Archive(_), None) => behind(),
+        }
+    }
+}
+
+/// The archive holds less than the mark the actor read against: an append failed (the
+/// region stops acknowledging at the fold, see [`crate::archiver`]).
+fn behind() -> Reply {
+    tracing::error!("archive read below a mark the archive does not hold");
+    Reply::error(
+        500,
+        "archive_unavailable",
+        "the archive of compacted history could not be read on this region",
+    )
+}
+
+fn is_behind(a: &Archive, known: Archived) -> bool {
+    a.mark() < known.mark
 }
 
 fn archive_error(e: &ArchiveError) -> Reply {
@@ -134,29 +242,23 @@ fn view(r: &ArchiveRecord, with_account: bool) -> Option<EntryView> {
 /// idempotency retention, and no compensation below its snapshot), above it from the replica;
 /// 410 `archived_expired` below the retention, 410 `compacted` when folded and not in this
 /// region's archive (a region started from a peer's snapshot holds no archive below it).
-pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
-    let not_found = || {
-        Reply::error(
-            404,
-            "not_found",
-            &format!("no transaction {id:?} in this region"),
-        )
-    };
+pub fn transaction(r: &Replica, archive: Option<Archived>, id: &str) -> Read {
+    let nf = || not_found(id);
     let (cause, comp_sub) = if let Ok(eid) = EventId::parse(id) {
         (eid, None)
     } else {
         let Some((prefix, cause)) = render::parse_comp_id(id) else {
-            return Reply::error(
+            return Read::Now(Reply::error(
                 400,
                 "invalid_transaction_id",
                 "transaction ids look like <region>:<seq> (e.g. eu:12) or fee:/rev:/conflict:<region>:<seq>",
-            );
+            ));
         };
         (cause, Some(if prefix == "conflict" { 2 } else { 1 }))
     };
     let live = || -> Reply {
         let Some(ev) = r.event(cause) else {
-            return not_found();
+            return nf();
         };
         let Some(sub) = comp_sub else {
             return Reply::json(200, render::event_json(ev, r.status(cause), true));
@@ -171,20 +273,33 @@ pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
             Some((_, wallet_core::Entry::Compensation(c))) if c.id() == id => {
                 Reply::json(200, render::comp_json(c, true))
             }
-            _ => not_found(),
+            _ => nf(),
         }
     };
-    let boundary = archive.and_then(|a| a.mark()).map(|(at, _)| at);
+    let boundary = archive.and_then(|a| a.at());
     let held = r.event(cause);
     let archived_range = match held {
         Some(e) => boundary.is_some_and(|b| e.hlc <= b),
         None => r.compacted(cause),
     };
     if !archived_range {
-        return live();
+        return Read::Now(live());
     }
-    if let Some(a) = archive {
-        match a.find(id, cause.origin, cause.seq) {
+    // What to answer when the archive does not hold it.
+    let fallback = if held.is_some() {
+        live()
+    } else {
+        compacted(id)
+    };
+    let Some(known) = archive else {
+        return Read::Now(fallback);
+    };
+    let id = id.to_string();
+    Read::Archive(Box::new(move |a| {
+        if is_behind(a, known) {
+            return behind();
+        }
+        match a.find(&id, cause.origin, cause.seq) {
             Ok(Some(rec)) => {
                 if let Some(v) = view(&rec, true) {
                     return Reply::json(200, render::to_json(&v));
@@ -196,7 +311,7 @@ pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
             // A compensation id whose cause is archived: the cause caused none.
             Ok(None) if comp_sub.is_some() => {
                 match a.find(&cause.to_string(), cause.origin, cause.seq) {
-                    Ok(Some(_)) => return not_found(),
+                    Ok(Some(_)) => return not_found(&id),
                     Ok(None) => {}
                     Err(e) => return archive_error(&e),
                 }
@@ -204,10 +319,19 @@ pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
             Ok(None) => {}
             Err(e) => return archive_error(&e),
         }
-    }
-    if held.is_some() {
-        return live();
-    }
+        fallback
+    }))
+}
+
+fn not_found(id: &str) -> Reply {
+    Reply::error(
+        404,
+        "not_found",
+        &format!("no transaction {id:?} in this region"),
+    )
+}
+
+fn compacted(id: &str) -> Reply {
     Reply::error(
         410,
         "compacted",
@@ -221,53 +345,68 @@ pub fn transaction(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
 
 /// `GET /v1/accounts/{a}/transactions`: the archive's entries (at or below its mark), then
 /// the replica's (above it), `limit` at a time after the cursor.
-pub fn transactions_body(
+pub fn transactions(
     r: &Replica,
-    archive: Option<&Archive>,
+    archive: Option<Archived>,
     account: &wallet_core::AccountId,
     after: Option<EntryKey>,
     limit: usize,
-) -> Reply {
+) -> Read {
     let want = limit.saturating_add(1);
-    let mut page: Vec<(EntryKey, EntryView)> = Vec::new();
-    let boundary = archive.and_then(|a| a.mark()).map(|(at, _)| at);
-    if let Some(a) = archive {
+    let boundary = archive.and_then(|a| a.at());
+    // The live part: entries above the boundary (compensations of folded events stay in
+    // the replica's memory until a restart; the archive serves them). Every archived entry
+    // precedes them.
+    let mut live: Vec<(EntryKey, EntryView)> = Vec::new();
+    let mut cursor = after;
+    while live.len() < want {
+        let asked = want - live.len();
+        let got = r.entries(account, cursor, asked);
+        let Some((last, _)) = got.last() else {
+            break;
+        };
+        let (last, n) = (*last, got.len());
+        live.extend(
+            got.iter()
+                .filter(|(k, _)| boundary.is_none_or(|b| k.0 .0 > b))
+                .map(|(k, e)| (*k, render::entry_view(r, e, false))),
+        );
+        cursor = Some(last);
+        if n < asked {
+            break;
+        }
+    }
+    let account = account.to_string();
+    // The archive is read when the page starts at or below its mark.
+    let (Some(known), Some(b)) = (archive, boundary) else {
+        return Read::Now(page_reply(account, live, limit));
+    };
+    if after.is_some_and(|k| k.0 .0 > b) {
+        return Read::Now(page_reply(account, live, limit));
+    }
+    Read::Archive(Box::new(move |a| {
+        if is_behind(a, known) {
+            return behind();
+        }
         if let (Some(k), Some(top)) = (after, a.expired().key) {
             if k < top {
                 return expired("the history before this cursor");
             }
         }
-        if boundary.is_some() && after.is_none_or(|k| Some(k.0 .0) <= boundary) {
-            match a.account_page(account.as_str(), after, want) {
-                Ok(recs) => {
-                    page.extend(
-                        recs.iter()
-                            .filter_map(|(k, rec)| Some((*k, view(rec, false)?))),
-                    );
-                }
-                Err(e) => return archive_error(&e),
-            }
-        }
-    }
-    // The live part: entries above the boundary (compensations of folded events stay in
-    // the replica's memory until a restart; the archive serves them).
-    let mut cursor = page.last().map(|(k, _)| *k).or(after);
-    while page.len() < want {
-        let live = r.entries(account, cursor, want - page.len());
-        let Some((last, _)) = live.last() else {
-            break;
+        let mut page: Vec<(EntryKey, EntryView)> = match a.account_page(&account, after, want) {
+            Ok(recs) => recs
+                .iter()
+                .filter_map(|(k, rec)| Some((*k, view(rec, false)?)))
+                .collect(),
+            Err(e) => return archive_error(&e),
         };
-        let (last, got) = (*last, live.len());
-        page.extend(
-            live.iter()
-                .filter(|(k, _)| boundary.is_none_or(|b| k.0 .0 > b))
-                .map(|(k, e)| (*k, render::entry_view(r, e, false))),
-        );
-        cursor = Some(last);
-        if got < want {
-            break;
-        }
-    }
+        page.extend(live);
+        page_reply(account, page, limit)
+    }))
+}
+
+/// One page of an account's history: `limit` entries and the cursor after them (if more).
+fn page_reply(account: String, mut page: Vec<(EntryKey, EntryView)>, limit: usize) -> Reply {
     let more = page.len() > limit;
     page.truncate(limit);
     let next = if more {
@@ -278,7 +417,7 @@ pub fn transactions_body(
     Reply::json(
         200,
         render::to_json(&render::TransactionsPage {
-            account: account.to_string(),
+            account,
             transactions: page.into_iter().map(|(_, v)| v).collect(),
             next,
         }),
@@ -287,30 +426,39 @@ pub fn transactions_body(
 
 /// `GET /v1/compensations`: the archive's feed below the replica's first held position,
 /// then the replica's.
-pub fn compensations_body(
-    r: &Replica,
-    archive: Option<&Archive>,
+pub fn compensations(r: &Replica, archive: Option<Archived>, after: u64, limit: usize) -> Read {
+    // The replica holds the feed from `base` (a restart from a snapshot starts it there).
+    let base = r.feed_len() - r.feed(0, usize::MAX).len() as u64;
+    let live: Vec<Compensation> = r.feed(after.max(base), limit).to_vec();
+    let Some(known) = archive.filter(|_| after < base) else {
+        return Read::Now(feed_reply(Vec::new(), live, after, limit));
+    };
+    Read::Archive(Box::new(move |a| {
+        if is_behind(a, known) {
+            return behind();
+        }
+        if after < a.expired().feed_end {
+            return expired("the compensation feed before this cursor");
+        }
+        match a.feed_page(after, limit) {
+            Ok(v) => {
+                let list = v.into_iter().filter(|c| c.position < base).collect();
+                feed_reply(list, live, after, limit)
+            }
+            Err(e) => archive_error(&e),
+        }
+    }))
+}
+
+/// A page of the feed: the archived part, then the live part, `limit` in all.
+fn feed_reply(
+    mut list: Vec<Compensation>,
+    live: Vec<Compensation>,
     after: u64,
     limit: usize,
 ) -> Reply {
-    // The replica holds the feed from `base` (a restart from a snapshot starts it there).
-    let base = r.feed_len() - r.feed(0, usize::MAX).len() as u64;
-    let mut list = Vec::new();
-    if after < base {
-        if let Some(a) = archive {
-            if after < a.expired().feed_end {
-                return expired("the compensation feed before this cursor");
-            }
-            match a.feed_page(after, limit) {
-                Ok(v) => list.extend(v.into_iter().filter(|c| c.position < base)),
-                Err(e) => return archive_error(&e),
-            }
-        }
-    }
-    let from = list.last().map_or(after, |c| c.position + 1);
-    if list.len() < limit {
-        list.extend(r.feed(from.max(base), limit - list.len()).iter().cloned());
-    }
+    let room = limit.saturating_sub(list.len());
+    list.extend(live.into_iter().take(room));
     let next = list.last().map_or(after, |c| c.position + 1);
     Reply::json(
         200,
@@ -324,6 +472,29 @@ pub fn compensations_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn transactions_body(
+        r: &Replica,
+        archive: Option<&Archive>,
+        account: &wallet_core::AccountId,
+        after: Option<EntryKey>,
+        limit: usize,
+    ) -> Reply {
+        transactions(r, archive.map(Archived::of), account, after, limit).answer(archive)
+    }
+
+    fn tx_read(r: &Replica, archive: Option<&Archive>, id: &str) -> Reply {
+        transaction(r, archive.map(Archived::of), id).answer(archive)
+    }
+
+    fn compensations_body(
+        r: &Replica,
+        archive: Option<&Archive>,
+        after: u64,
+        limit: usize,
+    ) -> Reply {
+        compensations(r, archive.map(Archived::of), after, limit).answer(archive)
+    }
     use proptest::prelude::*;
     use wallet_core::{
         AccountId, Amount, Config, Currency, Kind, Message, Output, Policy, RegionId, TxRequest,
@@ -403,6 +574,13 @@ mod tests {
 
         fn tick(&mut self, deliver: bool) {
             self.now += 700;
+            // The archiver's two steps (`crate::archiver`): a batch ahead now, more settles
+            // meanwhile, then the rest up to the point of the fold, and the fold.
+            if let Some(a) = self.archive.as_mut() {
+                if let Some(b) = next_batch(&self.reps[0], Archived::of(a)) {
+                    a.append(&b.records, b.at, b.feed_len).unwrap();
+                }
+            }
             for i in 0..2 {
                 self.reps[i].handle_timeout(self.now);
             }
@@ -497,6 +675,77 @@ mod tests {
         )
     }
 
+    /// The archive's thread (`crate::archiver`): step 1's append and the reads queued behind
+    /// a busy thread leave the caller free; a read runs after the appends sent before it;
+    /// the fold's writes are held until its last batch is durable.
+    #[test]
+    fn the_archive_thread_appends_and_reads_in_order_off_the_caller_and_holds_the_fold() {
+        use crate::archiver::Archiver;
+        use tokio::sync::oneshot;
+        let (mut x, mut y) = (Pair::new(None), Pair::new(None));
+        x.fill(60);
+        y.fill(60);
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), 4_096, None, 0).unwrap();
+        let (mut ar, mut done) = Archiver::spawn(archive).unwrap();
+        // The thread is busy with a read that waits for the gate.
+        let (gate, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (busy_tx, busy_rx) = oneshot::channel();
+        let wait = move |_: &Archive| {
+            let _ = gate_rx.recv();
+            Reply::json(200, "{}")
+        };
+        ar.read(Box::new(wait), busy_tx);
+        // Step 1 is queued behind it and the caller goes on (here it would wait for ever if
+        // the archive ran on the caller's thread).
+        assert!(ar.start(&x.reps[0], x.now));
+        assert!(ar.busy() && !ar.holds_writes());
+        assert!(done.try_recv().is_err());
+        // A read queued now runs after step 1's append: it joins at the mark the caller knows.
+        let a0 = AccountId::new("a0").unwrap();
+        let read = |x: &Pair, ar: &Archiver| {
+            let (tx, rx) = oneshot::channel();
+            match transactions(&x.reps[0], Some(ar.known()), &a0, None, 1000) {
+                Read::Archive(f) => ar.read(f, tx),
+                Read::Now(_) => panic!("below the mark, the archive is read"),
+            }
+            rx
+        };
+        let mut early = read(&x, &ar);
+        let want_early = y.page(0, None, 1000);
+        assert!(early.try_recv().is_err());
+        // More settles at the replica meanwhile.
+        for p in [&mut x, &mut y] {
+            for i in 0..10 {
+                p.submit(i % 2, 0, false, 300 + i as u32);
+                p.pump(true);
+            }
+            p.tick(true);
+            p.tick(true);
+        }
+        gate.send(()).unwrap();
+        assert_eq!(busy_rx.blocking_recv().unwrap().status, 200);
+        // Step 1 is durable: step 2 (the rest) goes and the replica folds; its writes are
+        // held until that batch is durable too.
+        let d = done.blocking_recv().unwrap();
+        let snap = ar.on_done(d, &mut x.reps[0], x.now).unwrap();
+        assert!(snap.is_some(), "the replica folds");
+        assert!(
+            ar.holds_writes(),
+            "the fold's writes wait for its last batch"
+        );
+        let d = done.blocking_recv().unwrap();
+        assert!(ar.on_done(d, &mut x.reps[0], x.now).unwrap().is_none());
+        assert!(!ar.holds_writes() && !ar.busy() && !ar.failed());
+        x.pump(true);
+        let page = |r: Reply| -> serde_json::Value { serde_json::from_slice(&r.body).unwrap() };
+        assert_eq!(page(early.blocking_recv().unwrap()), want_early);
+        // After the fold, a read through the thread pages like a never-compacted region.
+        assert!(x.reps[0].events_in_memory() < y.reps[0].events_in_memory());
+        let late = read(&x, &ar).blocking_recv().unwrap();
+        assert_eq!(page(late), y.page(0, None, 1000));
+    }
+
     #[test]
     fn reads_below_the_retention_answer_410_archived_expired() {
         let dir = tempfile::tempdir().unwrap();
@@ -506,15 +755,12 @@ mod tests {
         x.fill(200);
         let first = x.page(0, None, 3);
         let cursor = render::parse_entry_cursor(first["next"].as_str().unwrap());
-        assert_eq!(
-            transaction(&x.reps[0], x.archive.as_ref(), "eu:1").status,
-            200
-        );
+        assert_eq!(tx_read(&x.reps[0], x.archive.as_ref(), "eu:1").status, 200);
         let a = x.archive.as_mut().unwrap();
         assert!(a.segments() > 2, "{}", a.segments());
         // Ten days later every sealed segment is past the retention.
         assert!(a.expire(10 * day).unwrap() > 0);
-        let r = transaction(&x.reps[0], x.archive.as_ref(), "eu:1");
+        let r = tx_read(&x.reps[0], x.archive.as_ref(), "eu:1");
         assert_eq!(r.status, 410, "{:?}", r.body);
         assert!(std::str::from_utf8(&r.body)
             .unwrap()
@@ -531,7 +777,7 @@ mod tests {
         x.submit(0, 0, false, 1);
         x.pump(true);
         assert_eq!(
-            transaction(&x.reps[0], x.archive.as_ref(), "eu:101").status,
+            tx_read(&x.reps[0], x.archive.as_ref(), "eu:101").status,
             200
         );
     }
@@ -551,17 +797,14 @@ mod tests {
         let empty_dir = tempfile::tempdir().unwrap();
         let empty = Archive::open(empty_dir.path(), 4_096, None, 0).unwrap();
         for a in [Some(&empty), None] {
-            let got = transaction(&z, a, "eu:1");
+            let got = tx_read(&z, a, "eu:1");
             assert_eq!(got.status, 410, "{:?}", got.body);
             assert!(std::str::from_utf8(&got.body)
                 .unwrap()
                 .contains("\"compacted\""));
         }
         // The region that compacted it serves it from its archive.
-        assert_eq!(
-            transaction(&x.reps[0], x.archive.as_ref(), "eu:1").status,
-            200
-        );
+        assert_eq!(tx_read(&x.reps[0], x.archive.as_ref(), "eu:1").status, 200);
     }
 
     proptest! {
@@ -626,13 +869,13 @@ mod tests {
                 .flat_map(|m| y.reps[0].origin_events(m.region, 0).iter().map(|e| e.id))
                 .collect();
             for id in ids {
-                let a = transaction(&x.reps[0], x.archive.as_ref(), &id.to_string());
-                let b = transaction(&y.reps[0], None, &id.to_string());
+                let a = tx_read(&x.reps[0], x.archive.as_ref(), &id.to_string());
+                let b = tx_read(&y.reps[0], None, &id.to_string());
                 prop_assert_eq!((a.status, &a.body), (b.status, &b.body));
             }
             for c in y.reps[0].feed(0, usize::MAX) {
-                let a = transaction(&x.reps[0], x.archive.as_ref(), &c.id());
-                let b = transaction(&y.reps[0], None, &c.id());
+                let a = tx_read(&x.reps[0], x.archive.as_ref(), &c.id());
+                let b = tx_read(&y.reps[0], None, &c.id());
                 prop_assert_eq!((a.status, &a.body), (b.status, &b.body));
             }
             let mut from = 0;

@@ -37,6 +37,7 @@
 
 pub mod actor;
 pub mod archive;
+pub mod archiver;
 pub mod bank;
 pub mod chaos;
 pub mod clock;

@@ -252,11 +252,13 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
     // The archive of compacted history: opened when this region compacts, or compacted once.
     let archive_dir = cfg.data_dir.join(crate::archive::ARCHIVE_DIR_NAME);
     let archive = if cfg.compact_every_events > 0 || archive_dir.exists() {
-        Some(crate::archive::Archive::open(
-            &cfg.data_dir,
-            cfg.archive_segment_bytes,
-            cfg.archive_retention_ms,
-            crate::clock::now_ms(),
+        Some(crate::archiver::Archiver::spawn(
+            crate::archive::Archive::open(
+                &cfg.data_dir,
+                cfg.archive_segment_bytes,
+                cfg.archive_retention_ms,
+                crate::clock::now_ms(),
+            )?,
         )?)
     } else {
         None
