@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Draws the soak's CSVs (walletd-bench --soak) as one SVG: RSS and data dir size per region
-against time, one panel per run, and prints a Markdown table of min/max RSS and size in the
-first and last 3 minutes. Standard library only.
+"""Draws the soak's CSVs (walletd-bench --soak) as one SVG: RSS, the hot store's size (the
+data dir's files) and the archive's size (data_dir/archive) per region against time, one row
+of panels per run, and prints a Markdown table of min/max of each in the first and last 3
+minutes, the accepted rate sustained and the load average. Standard library only.
 
     scripts/soak_plot.py docs/soak.svg soak-1.csv soak-3.csv
 """
@@ -48,18 +49,19 @@ def panel(x0, y0, title, series, unit, scale):
 
 def table(name, by):
     print(f"\n{name}\n")
-    print("| region | RSS MiB first 3 min (min–max) | RSS MiB last 3 min | data MiB first 3 min | data MiB last 3 min | accepted at end | load avg (min–max) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| region | RSS MiB first 3 min | RSS MiB last 3 min | store MiB first 3 min | store MiB last 3 min | archive MiB first 3 min | archive MiB last 3 min | accepted (rate) | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for region, rows in sorted(by.items()):
         t = [int(r["t_s"]) for r in rows]
         end = max(t)
         first = [r for r in rows if int(r["t_s"]) <= 180]
         last = [r for r in rows if int(r["t_s"]) >= end - 180]
-        mib = lambda rs, k, d: (min(int(r[k]) for r in rs) / d, max(int(r[k]) for r in rs) / d)
-        rf, rl = mib(first, "rss_kib", 1024), mib(last, "rss_kib", 1024)
-        df, dl = mib(first, "data_bytes", 1 << 20), mib(last, "data_bytes", 1 << 20)
+        mib = lambda rs, k, d: (min(int(r.get(k) or 0) for r in rs) / d, max(int(r.get(k) or 0) for r in rs) / d)
+        span = lambda rs, k, d: "%.0f–%.0f" % mib(rs, k, d)
         loads = [float(r["load1"]) for r in rows if r["load1"]]
-        print(f"| {region} | {rf[0]:.0f}–{rf[1]:.0f} | {rl[0]:.0f}–{rl[1]:.0f} | {df[0]:.0f}–{df[1]:.0f} | {dl[0]:.0f}–{dl[1]:.0f} | {rows[-1]['accepted']} | {min(loads):.1f}–{max(loads):.1f} |")
+        accepted = int(rows[-1]["accepted"])
+        rate = accepted / end if end else 0
+        print(f"| {region} | {span(first, 'rss_kib', 1024)} | {span(last, 'rss_kib', 1024)} | {span(first, 'data_bytes', 1 << 20)} | {span(last, 'data_bytes', 1 << 20)} | {span(first, 'archive_bytes', 1 << 20)} | {span(last, 'archive_bytes', 1 << 20)} | {accepted:,} ({rate:,.0f}/s) | {min(loads):.1f}–{max(loads):.1f} |")
 
 
 def main():
@@ -71,11 +73,14 @@ def main():
         y0 = 40 + j * (H + 70)
         rss = {r: [(int(x["t_s"]), int(x["rss_kib"]) * 1024) for x in rows] for r, rows in by.items()}
         size = {r: [(int(x["t_s"]), int(x["data_bytes"])) for x in rows] for r, rows in by.items()}
-        parts.append(panel(PAD + 20, y0, f"RSS, {n} region(s)", rss, "MiB", 1 << 20))
-        parts.append(panel(PAD + 20 + W + 90, y0, f"data dir size, {n} region(s)", size, "MiB", 1 << 20))
+        arc = {r: [(int(x["t_s"]), int(x.get("archive_bytes") or 0)) for x in rows] for r, rows in by.items()}
+        label = f"{n} region(s), {f.rsplit('/', 1)[-1]}"
+        parts.append(panel(PAD + 20, y0, f"RSS, {label}", rss, "MiB", 1 << 20))
+        parts.append(panel(PAD + 20 + W + 90, y0, f"hot store size, {label}", size, "MiB", 1 << 20))
+        parts.append(panel(PAD + 20 + 2 * (W + 90), y0, f"archive size, {label}", arc, "MiB", 1 << 20))
         table(f"{f}: {n} region(s)", by)
     height = 40 + len(files) * (H + 70)
-    width = 2 * W + 180
+    width = 3 * W + 270
     svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(parts) + "\n</svg>\n"
     open(out, "w").write(svg)
 

@@ -13,7 +13,8 @@
 //! [`wallet::latency`]; needs root), the latency of a debit forwarded to its home and of a
 //! debit that must first fetch escrow rights, against a local one.
 //!
-//! `--soak` and `--restart-at N,M` measure bounded storage instead (issue 13; `soak/mod.rs`,
+//! `--soak` and `--restart-at N,M` measure bounded storage instead (issue 13; `soak/mod.rs`;
+//! `--restart-at` also times the archive's reopen and reads below its mark;
 //! docs/operations.md "Soak"):
 //!
 //! ```text

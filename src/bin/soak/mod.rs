@@ -1,19 +1,21 @@
 //! `walletd-bench --soak` and `--restart-at`: issue 13's bounded-storage measurements.
 //!
 //! - `--soak`: a [`LocalCluster`] of `--regions` real walletd processes (1 or 3) with
-//!   compaction on and a short key retention takes a steady keyed load from `--clients`
+//!   compaction on, a short key retention and a short archive retention takes a steady keyed load from `--clients`
 //!   closed-loop keep-alive connections for `--seconds`, spread over the regions: per ten
 //!   requests five 0.01 USD purchases, three 0.01 USD deposits and two withdrawals far beyond
 //!   any balance (refused, 422), each with a unique `Idempotency-Key`, so the core's key index
 //!   and the HTTP response cache both fill and expire. Every `--sample` seconds it writes one CSV
-//!   row per region: RSS (`/proc/PID/status` VmRSS), data dir bytes, transactions accepted,
+//!   row per region: RSS (`/proc/PID/status` VmRSS), the hot store's bytes (the data dir's
+//!   files), the archive's bytes (`data_dir/archive`), transactions accepted,
 //!   events in memory, keys held (HTTP cache and core index), the client's answers so far and
 //!   the load average. At the end it prints the log rewrites the regions reported.
 //! - `--restart-at 1000000,10000000`: fills one region's data dir through walletd's own node
 //!   (`wallet::node::start` in this process: the actor, the core, the storage writer; no
-//!   HTTP) with purchases over `--accounts` funded accounts and compaction on, and at each
-//!   count stops it and times a real walletd process from spawn to its first `/v1/status`
-//!   answer.
+//!   HTTP) with keyed purchases over `--accounts` funded accounts and compaction on, and at each
+//!   count stops it, times the archive's open in this process, times a real walletd process
+//!   from spawn to its first `/v1/status` answer, and times reads below the archive's mark
+//!   (account pages from the oldest entry and at a cursor five pages on, transactions by id).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -378,6 +380,8 @@ pub fn restart(args: &Args, at: &[u64]) -> Result<(), String> {
         "accepted", "fill s", "data bytes", "restart ms", "RSS KiB", "keys (core)"
     );
     let mut total = 0u64;
+    let mut reads = Vec::new();
+    let mut opens = Vec::new();
     for &target in at {
         let t = Instant::now();
         // A runtime per fill: dropping it closes the in-process node's sockets.
@@ -395,6 +399,7 @@ pub fn restart(args: &Args, at: &[u64]) -> Result<(), String> {
         drop(fill_rt);
         let fill_s = t.elapsed().as_secs_f64();
         let bytes = dir_bytes(&data);
+        opens.push((total, archive_open(&data)?));
         let a = addr(&cluster, 0);
         let t = Instant::now();
         cluster.spawn(0).map_err(|e| e.to_string())?;
@@ -424,7 +429,128 @@ pub fn restart(args: &Args, at: &[u64]) -> Result<(), String> {
         });
         let keys = keys.map_or("?".to_string(), |k| k.to_string());
         println!("{total:>12} {fill_s:>10.1} {bytes:>14} {ms:>12.1} {rss:>12} {keys:>12}");
+        reads.push((
+            total,
+            rt.block_on(archive_reads(&a, &token, accounts, total))?,
+        ));
         rt.block_on(cluster.stop(0));
     }
+    println!("archive (reopened in this process, before each restart):");
+    println!(
+        "{:>12} {:>14} {:>9} {:>10}",
+        "accepted", "archive bytes", "segments", "open ms"
+    );
+    for (n, (bytes, segments, ms)) in &opens {
+        println!("{n:>12} {bytes:>14} {segments:>9} {ms:>10.1}");
+    }
+    println!(
+        "reads below the archive mark after each restart, {ARCHIVE_READS} sequential GETs each (ms):"
+    );
+    println!(
+        "{:>12} {:<44} {:>8} {:>8} {:>8}",
+        "accepted", "read", "p50", "p99", "max"
+    );
+    for (n, rows) in &reads {
+        for (what, lat) in rows {
+            println!(
+                "{n:>12} {what:<44} {:>8.2} {:>8.2} {:>8.2}",
+                pct_ms(lat, 50),
+                pct_ms(lat, 99),
+                pct_ms(lat, 100)
+            );
+        }
+    }
     Ok(())
+}
+
+/// Sequential GETs per read figure.
+const ARCHIVE_READS: usize = 300;
+
+/// The `p`-th percentile of sorted latencies (µs) in ms.
+fn pct_ms(sorted: &[u32], p: usize) -> f64 {
+    let i = (sorted.len() * p / 100).min(sorted.len().saturating_sub(1));
+    sorted.get(i).map_or(0.0, |v| f64::from(*v) / 1000.0)
+}
+
+/// Opens the data dir's archive as walletd does at start (retention off): its bytes,
+/// segments and the time the open took.
+fn archive_open(data: &Path) -> Result<(u64, usize, f64), String> {
+    let t = Instant::now();
+    let a = wallet::archive::Archive::open(
+        data,
+        wallet::archive::SEGMENT_BYTES_DEFAULT,
+        None,
+        wallet::clock::now_ms(),
+    )
+    .map_err(|e| e.to_string())?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok((a.bytes(), a.segments(), ms))
+}
+
+/// One timed GET answered 200: its latency (µs) and body.
+async fn timed(
+    c: &mut Conn,
+    addr: &str,
+    token: &str,
+    path: &str,
+) -> Result<(u32, serde_json::Value), String> {
+    let t = Instant::now();
+    let s = c
+        .request(&get(addr, token, path))
+        .await
+        .map_err(|e| e.to_string())?;
+    let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+    if s != 200 {
+        return Err(format!("GET {path}: {s}"));
+    }
+    let body = serde_json::from_slice(c.body()).map_err(|e| e.to_string())?;
+    Ok((us, body))
+}
+
+/// Reads of compacted history from a restarted region: an account's first page (its oldest
+/// entries, in the archive), a page at a cursor in its middle, and single transactions by id
+/// from the first tenth of the fill; latencies sorted (µs), per kind.
+async fn archive_reads(
+    addr: &str,
+    token: &str,
+    accounts: usize,
+    total: u64,
+) -> Result<Vec<(String, Vec<u32>)>, String> {
+    let mut c = Conn::open(addr).await.map_err(|e| e.to_string())?;
+    let mut first = Vec::with_capacity(ARCHIVE_READS);
+    let mut middle = Vec::with_capacity(ARCHIVE_READS);
+    let mut by_id = Vec::with_capacity(ARCHIVE_READS);
+    for i in 0..ARCHIVE_READS {
+        let account = format!("acct{}", (i * 37) % accounts);
+        let path = format!("/v1/accounts/{account}/transactions?limit=50");
+        let (us, body) = timed(&mut c, addr, token, &path).await?;
+        first.push(us);
+        // Four pages on: a cursor in the archive.
+        let mut next = body["next"].as_str().map(str::to_string);
+        for _ in 0..4 {
+            let Some(cursor) = next.take() else { break };
+            let path = format!("/v1/accounts/{account}/transactions?limit=50&after={cursor}");
+            let (_, body) = timed(&mut c, addr, token, &path).await?;
+            next = body["next"].as_str().map(str::to_string);
+        }
+        if let Some(cursor) = next {
+            let path = format!("/v1/accounts/{account}/transactions?limit=50&after={cursor}");
+            middle.push(timed(&mut c, addr, token, &path).await?.0);
+        }
+        let seq = 1 + (i as u64 * 7_919) % (total / 10).max(1);
+        let path = format!("/v1/transactions/eu:{seq}");
+        by_id.push(timed(&mut c, addr, token, &path).await?.0);
+    }
+    let mut out = vec![
+        (
+            "account page 1 (limit 50, oldest entries)".to_string(),
+            first,
+        ),
+        ("account page 6 (cursor in the archive)".to_string(), middle),
+        ("GET /v1/transactions/{id} (first 10 %)".to_string(), by_id),
+    ];
+    for (_, v) in &mut out {
+        v.sort_unstable();
+    }
+    Ok(out)
 }
