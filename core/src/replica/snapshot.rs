@@ -280,12 +280,29 @@ impl Replica {
     ///   join: what it holds is not yet what its peers hold of it;
     /// - a retire held here waits for its cut, or a member's seal query answered here waits
     ///   for its seal: the cut is not known, and if it lands below an event settled here
-    ///   settlement stops for an operator, who needs that history (the events, not a fold).
+    ///   settlement stops for an operator, who needs that history (the events, not a fold);
+    /// - a rotation of this region's own key lies at or above the settled watermark: a
+    ///   snapshot verifies against its signer's key valid at its point (all a region that
+    ///   restores from it can know: the membership it carries ends there), but this region
+    ///   signs with its newest key; they agree again once the watermark passes the rotation.
     pub fn compaction_allowed(&self) -> bool {
         !self.restoring
             && !self.joining
             && self.membership.retires.values().all(|st| st.cut.is_some())
             && self.logs.members.values().all(|m| m.seal_cap.is_none())
+            && !self.rotated_at_or_above(self.settle.watermark)
+    }
+
+    /// True when this region holds a rotation of its own key at or above `at`: it then signs
+    /// with a key that is not the one valid at `at` ([`KeyHistory::at`](crate::KeyHistory)
+    /// binds a rotation's key strictly above its HLC).
+    fn rotated_at_or_above(&self, at: Hlc) -> bool {
+        self.logs.members.get(&self.cfg.region).is_some_and(|m| {
+            let from = m.log.partition_point(|e| e.hlc < at);
+            m.log[from..]
+                .iter()
+                .any(|e| matches!(e.change(), Some(Change::RotateKey { .. })))
+        })
     }
 
     /// The membership events at or below `at` (the settled watermark), by (origin, seq): those
