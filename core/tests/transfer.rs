@@ -401,6 +401,47 @@ fn a_region_that_lost_its_disk_seals_its_epoch_after_a_chunked_bootstrap() {
     assert!(b.iter().all(|x| *x == b[0]), "{b:?}");
 }
 
+/// Delivers only what is in flight now (what the deliveries send waits for the next step),
+/// persists, and lets 10 ms pass: one step is one network hop.
+fn hop(c: &mut Cluster) {
+    let n = c.inflight.len();
+    for _ in 0..n {
+        c.deliver(0);
+    }
+    c.persist_all();
+    c.tick(10);
+}
+
+/// Once the last chunk is in and the snapshot installed, the region pulls the events after
+/// it from the same member at once (no back-off: the install is progress): with one network
+/// hop per step they arrive one round trip after the install, long before a heartbeat
+/// (250 ms) or a back-off could send the next pull.
+#[test]
+fn after_installing_a_snapshot_the_events_after_it_arrive_one_round_trip_later() {
+    let mut c = compacted_cluster();
+    load(&mut c, 1);
+    c.persist_all();
+    c.deliver_all();
+    let target = c.nodes[0].replica.version_vector().clone();
+    c.wipe(2);
+    let mut installed = None;
+    for step in 0..200 {
+        hop(&mut c);
+        let r = &c.nodes[2].replica;
+        if installed.is_none() && r.stats().restores == 1 {
+            assert_ne!(*r.version_vector(), target, "the snapshot alone");
+            installed = Some(step);
+        }
+        if *r.version_vector() == target {
+            let after = installed.map(|i| step - i);
+            assert_eq!(after, Some(2), "steps from the install to every event");
+            assert_eq!(r.pull_stats().backoffs, 0);
+            return;
+        }
+    }
+    panic!("never caught up");
+}
+
 /// What SPEC §10 needs and one message could not do: a snapshot larger than
 /// `MESSAGE_BYTES_MAX` (here 250,000 accounts with 64-byte names) reaches a region in chunks that each fit
 /// in a message, and installs there. The accounts are added to a real snapshot's body (no
