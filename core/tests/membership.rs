@@ -942,3 +942,51 @@ proptest! {
         }
     }
 }
+
+/// A retire whose cut never comes (ap, which must acknowledge it, is gone for good and is
+/// retired itself afterwards) stalls the watermark, but no longer compaction below it: every
+/// member in force announced the folded events, and each acknowledger holds none of the
+/// retired region above its acknowledgement, so the cut, the highest of those, lies at or
+/// above every folded event of it (docs/protocol.md §11). A restart from that snapshot, which
+/// carries the retire still waiting, agrees with the region that made it.
+#[test]
+fn a_retire_that_never_gets_its_cut_does_not_block_compaction() {
+    let mut c = Cluster::new(&["eu", "us", "ap", "sa"], fee_policy());
+    let (eu, us) = (0, 1);
+    deposit(&mut c, eu, "alice", "100");
+    assert!(c.settle_all());
+    c.partition(0b1100);
+    purchase(&mut c, eu, "alice", "10").unwrap();
+    c.run_among(&[eu, us], 3);
+    for (gone, why) in [("sa", "gone"), ("ap", "gone too")] {
+        let now = c.local_now(eu);
+        replica_of(&mut c, eu)
+            .retire(now, set(&[gone]), why.into())
+            .unwrap();
+        c.drain(eu);
+        c.run_among(&[eu, us], 4);
+    }
+    let r = &c.nodes[eu].replica;
+    let retires = r.retires();
+    assert_eq!(retires[0].missing, vec![region("ap")]);
+    assert!(retires[0].cut.is_none());
+    assert!(retires[1].cut.is_some());
+    assert!(r.compaction_point().is_some());
+    for i in [eu, us] {
+        assert!(replica_of(&mut c, i).compact().is_some(), "{i} compacts");
+        c.drain(i);
+    }
+    c.run_among(&[eu, us], 2);
+    c.crash(us);
+    c.run_among(&[eu, us], 2);
+    let (a, b) = (&c.nodes[eu].replica, &c.nodes[us].replica);
+    assert_eq!(b.stats().restores, 1);
+    assert_eq!(a.retires(), b.retires());
+    assert_eq!(a.version_vector(), b.version_vector());
+    assert_eq!(
+        b.balance(&acct("alice"), Currency::USD).provisional,
+        dec("90.00")
+    );
+    same(&c, eu, us);
+    b.check_invariants().unwrap();
+}

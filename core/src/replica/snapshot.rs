@@ -274,14 +274,16 @@ impl Replica {
         self.snapshot.as_deref()
     }
 
-    /// May this region compact now (docs/protocol.md §10)? Snapshots carry the membership
+    /// May this region compact now (docs/protocol.md §11)? Snapshots carry the membership
     /// history (joins, retires and cuts, key rotations, seals), so it is refused only while
-    /// something is not final yet:
+    /// something is not final yet (a retire waiting for its cut is not refused: its cut is at
+    /// or above every event the compaction point folds, since each acknowledger announced
+    /// them and holds nothing of the retired region above its acknowledgement):
     /// - this region restores its own history, seals its old epoch, or waits for its own
     ///   join: what it holds is not yet what its peers hold of it;
-    /// - a retire held here waits for its cut, or a member's seal query answered here waits
-    ///   for its seal: the cut is not known, and if it lands below an event settled here
-    ///   settlement stops for an operator, who needs that history (the events, not a fold);
+    /// - a member's seal query answered here waits for its seal: the cut is not known, and if
+    ///   it lands below an event settled here settlement stops for an operator, who needs that
+    ///   history (the events, not a fold);
     /// - a rotation of this region's own key lies at or above the settled watermark: a
     ///   snapshot verifies against its signer's key valid at its point (all a region that
     ///   restores from it can know: the membership it carries ends there), but this region
@@ -289,7 +291,6 @@ impl Replica {
     pub fn compaction_allowed(&self) -> bool {
         !self.restoring
             && !self.joining
-            && self.membership.retires.values().all(|st| st.cut.is_some())
             && self.logs.members.values().all(|m| m.seal_cap.is_none())
             && !self.rotated_at_or_above(self.settle.watermark)
     }
