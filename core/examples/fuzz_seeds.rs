@@ -82,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             count: 2,
             index: 1,
             bytes: vec![1, 2, 3, 4, 5],
+            seqs: vec![(eu, 3)],
         }),
         Message::SnapshotChunkRequest {
             transfer: [7; 32],

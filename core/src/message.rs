@@ -228,6 +228,11 @@ pub struct SnapshotChunk {
     pub index: u32,
     /// Its bytes.
     pub bytes: Vec<u8>,
+    /// The snapshot's version vector: each member of its body with the last seq it folds
+    /// (`SnapMember::seq`), in the body's order. With `at`, what a receiver needs to judge
+    /// the snapshot before it has the body, by the rule it applies to a whole one; the body
+    /// must match it. Added after `bytes` (the chunk messages were never released).
+    pub seqs: Vec<(RegionId, u64)>,
 }
 
 /// What a home decided on a forwarded debit.

@@ -141,6 +141,12 @@ impl SnapshotBody {
     pub fn to_bytes(&self) -> Vec<u8> {
         crate::wire::encode_value(self)
     }
+
+    /// Its version vector: each member with the last seq it folds, in the body's order (what
+    /// a chunked transfer's header carries, [`crate::message::SnapshotChunk::seqs`]).
+    pub fn seqs(&self) -> impl Iterator<Item = (RegionId, u64)> + '_ {
+        self.members.iter().map(|m| (m.region, m.seq))
+    }
 }
 
 impl Snapshot {

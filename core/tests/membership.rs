@@ -345,20 +345,35 @@ impl Authenticator for ToyAuth {
     }
 }
 
+/// A [`ToyAuth`] for `me` that knows every member's founding key.
+fn toy_auth(me: RegionId, names: &[RegionId]) -> Box<dyn Authenticator> {
+    let mut keys = KeyHistory::new();
+    for n in names {
+        keys.set(*n, Hlc::ZERO, format!("{n}-key-1").as_bytes());
+    }
+    Box::new(ToyAuth { me, keys })
+}
+
+/// A cluster whose regions sign with [`ToyAuth`], also after a crash, a wipe or a lost disk.
 fn toy_cluster(names: &[&str]) -> Cluster {
     let mut c = Cluster::new(names, fee_policy());
+    c.auth = Some(toy_auth);
     for i in 0..c.nodes.len() {
-        let me = c.names[i];
-        let mut keys = KeyHistory::new();
-        for n in &c.names {
-            keys.set(*n, Hlc::ZERO, format!("{n}-key-1").as_bytes());
-        }
-        let mut cfg = c.config(me);
-        cfg.auth = Box::new(ToyAuth { me, keys });
-        c.nodes[i].replica = Replica::new(cfg, Hlc::ZERO);
+        c.nodes[i].replica = Replica::new(c.config(c.names[i]), Hlc::ZERO);
     }
+    c.inflight.clear();
     c.connect_all(None);
     c
+}
+
+/// eu (region 0) rotates its key to `eu-key-2`; the rotation's HLC.
+fn rotate_eu(c: &mut Cluster) -> Hlc {
+    let now = c.local_now(0);
+    let rot = replica_of(c, 0)
+        .rotate_key(now, b"eu-key-2".to_vec())
+        .unwrap();
+    c.drain(0);
+    c.nodes[0].replica.event(rot).unwrap().hlc
 }
 
 fn toy_replica(me: &str) -> Replica {
@@ -385,12 +400,7 @@ fn after_a_rotation_events_verify_against_the_new_key_only() {
     let (eu, us) = (0, 1);
     deposit(&mut c, eu, "alice", "100");
     c.run_among(&[eu, us], 2);
-    let now = c.local_now(eu);
-    let rot = replica_of(&mut c, eu)
-        .rotate_key(now, b"eu-key-2".to_vec())
-        .unwrap();
-    c.drain(eu);
-    let rot_hlc = c.nodes[eu].replica.event(rot).unwrap().hlc;
+    let rot_hlc = rotate_eu(&mut c);
     // eu, signing with the new key from then on (its authenticator learnt it when the
     // rotation applied), keeps settling with us.
     purchase(&mut c, eu, "alice", "10").unwrap();
@@ -516,6 +526,113 @@ fn a_snapshot_carries_the_key_rotations_its_signature_needs() {
         fresh().restore(&forged, Vec::new()),
         Err(RestoreError::Malformed(_))
     ));
+}
+
+/// Runs until region `i` installed a snapshot, with `out` cut off (so it comes from the
+/// others), then heals and settles everything: `i` has its history back and every region
+/// holds the same balances.
+fn restore_without(c: &mut Cluster, i: usize, out: usize) {
+    isolate(c, out);
+    for _ in 0..100 {
+        c.persist_all();
+        c.deliver_all();
+        c.tick(300);
+        if c.nodes[i].replica.stats().restores > 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        c.nodes[i].replica.stats().restores,
+        1,
+        "{i} restored from a snapshot"
+    );
+    assert!(c.settle_all());
+    assert!(!c.nodes[i].replica.is_restoring(), "{i} still restoring");
+    for n in &c.nodes {
+        for a in ["alice", "bob", "carol"] {
+            let (x, y) = (
+                n.replica.balance(&acct(a), Currency::USD),
+                c.nodes[0].replica.balance(&acct(a), Currency::USD),
+            );
+            assert_eq!(
+                (x.settled, x.provisional),
+                (y.settled, y.provisional),
+                "{a}"
+            );
+        }
+        assert_eq!(
+            n.replica.version_vector(),
+            c.nodes[0].replica.version_vector()
+        );
+    }
+    assert_eq!(
+        c.nodes[i]
+            .replica
+            .balance(&acct("alice"), Currency::USD)
+            .settled,
+        dec("90.00")
+    );
+    c.nodes[i].replica.check_invariants().unwrap();
+}
+
+/// A snapshot verifies against its signer's key valid at its point, and its signer signs
+/// with the key it holds now (docs/protocol.md §11): the two agree only while no rotation
+/// of the signer's own lies at or above the point, so the signer does not compact then.
+/// A snapshot made before the rotation still bootstraps a fresh region after it; the next
+/// one, once the watermark passed the rotation, is signed with the new key and restores a
+/// region that lost its disk and knows only the founding keys.
+#[test]
+fn a_rotation_above_the_snapshot_point_defers_compaction_and_restores_still_verify() {
+    let mut c = toy_cluster(&["eu", "us", "ap"]);
+    let (eu, us, ap) = (0, 1, 2);
+    deposit(&mut c, eu, "alice", "100");
+    deposit(&mut c, us, "bob", "40");
+    assert!(c.settle_all());
+    for i in 0..3 {
+        assert!(replica_of(&mut c, i).compact().is_some(), "{i} compacts");
+        c.drain(i);
+    }
+    deposit(&mut c, ap, "carol", "7");
+    purchase(&mut c, eu, "alice", "10").unwrap();
+    assert!(c.settle_all());
+    let rot_hlc = rotate_eu(&mut c);
+    // Settled below the rotation, held everywhere: a point to compact at.
+    let point = c.nodes[eu].replica.compaction_point().unwrap();
+    assert!(point < rot_hlc);
+    // eu signs with eu-key-2 now, but eu-key-1 is the key valid at the point.
+    assert!(!c.nodes[eu].replica.compaction_allowed());
+    assert!(replica_of(&mut c, eu).compact().is_none());
+    for i in [us, ap] {
+        assert!(replica_of(&mut c, i).compact().is_some(), "{i} compacts");
+        c.drain(i);
+    }
+    c.persist_all();
+    let first = c.nodes[eu].replica.last_snapshot().unwrap().body.at;
+    assert!(first < point);
+    // A fresh ap, able to pull only from eu, bootstraps from eu's snapshot made before the
+    // rotation and pulls the rotation after it.
+    c.wipe(ap);
+    restore_without(&mut c, ap, us);
+    // The watermark passed the rotation: eu compacts, signing with its new key.
+    assert!(c.nodes[eu].replica.watermark() > rot_hlc);
+    assert!(c.nodes[eu].replica.compaction_allowed());
+    let snap = replica_of(&mut c, eu)
+        .compact()
+        .expect("a compaction point");
+    c.drain(eu);
+    for i in [us, ap] {
+        assert!(replica_of(&mut c, i).compact().is_some(), "{i} compacts");
+        c.drain(i);
+    }
+    c.persist_all();
+    assert!(snap.body.at > rot_hlc);
+    // It restores on a region that knows only the founding keys (the rotation it carries
+    // binds eu-key-2).
+    let mut fresh = Replica::new(c.config(region("us")), Hlc::ZERO);
+    fresh.restore(&snap, Vec::new()).unwrap();
+    // us loses its disk and, able to pull only from eu, restores from that snapshot.
+    c.lose_disk(us);
+    restore_without(&mut c, us, ap);
 }
 
 #[test]
@@ -824,4 +941,52 @@ proptest! {
             }
         }
     }
+}
+
+/// A retire whose cut never comes (ap, which must acknowledge it, is gone for good and is
+/// retired itself afterwards) stalls the watermark, but no longer compaction below it: every
+/// member in force announced the folded events, and each acknowledger holds none of the
+/// retired region above its acknowledgement, so the cut, the highest of those, lies at or
+/// above every folded event of it (docs/protocol.md §11). A restart from that snapshot, which
+/// carries the retire still waiting, agrees with the region that made it.
+#[test]
+fn a_retire_that_never_gets_its_cut_does_not_block_compaction() {
+    let mut c = Cluster::new(&["eu", "us", "ap", "sa"], fee_policy());
+    let (eu, us) = (0, 1);
+    deposit(&mut c, eu, "alice", "100");
+    assert!(c.settle_all());
+    c.partition(0b1100);
+    purchase(&mut c, eu, "alice", "10").unwrap();
+    c.run_among(&[eu, us], 3);
+    for (gone, why) in [("sa", "gone"), ("ap", "gone too")] {
+        let now = c.local_now(eu);
+        replica_of(&mut c, eu)
+            .retire(now, set(&[gone]), why.into())
+            .unwrap();
+        c.drain(eu);
+        c.run_among(&[eu, us], 4);
+    }
+    let r = &c.nodes[eu].replica;
+    let retires = r.retires();
+    assert_eq!(retires[0].missing, vec![region("ap")]);
+    assert!(retires[0].cut.is_none());
+    assert!(retires[1].cut.is_some());
+    assert!(r.compaction_point().is_some());
+    for i in [eu, us] {
+        assert!(replica_of(&mut c, i).compact().is_some(), "{i} compacts");
+        c.drain(i);
+    }
+    c.run_among(&[eu, us], 2);
+    c.crash(us);
+    c.run_among(&[eu, us], 2);
+    let (a, b) = (&c.nodes[eu].replica, &c.nodes[us].replica);
+    assert_eq!(b.stats().restores, 1);
+    assert_eq!(a.retires(), b.retires());
+    assert_eq!(a.version_vector(), b.version_vector());
+    assert_eq!(
+        b.balance(&acct("alice"), Currency::USD).provisional,
+        dec("90.00")
+    );
+    same(&c, eu, us);
+    b.check_invariants().unwrap();
 }

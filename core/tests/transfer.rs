@@ -10,7 +10,8 @@ use common::*;
 use proptest::prelude::*;
 use wallet_core::message::SnapshotChunk;
 use wallet_core::replica::{
-    transfer_id, SnapAccount, SnapBalance, TransferError, SNAPSHOT_CHUNK_BYTES_DEFAULT,
+    transfer_id, SnapAccount, SnapBalance, SnapshotBody, TransferError,
+    SNAPSHOT_CHUNK_BYTES_DEFAULT,
 };
 use wallet_core::*;
 
@@ -48,7 +49,8 @@ fn compact_all(c: &mut Cluster) {
     c.persist_all();
 }
 
-fn compacted_cluster() -> Cluster {
+/// Three regions with `CHUNK`-byte chunks, loaded twice (not settled yet).
+fn loaded_cluster() -> Cluster {
     let mut c = Cluster::new(&["eu", "us", "ap"], Policy::zero());
     c.snapshot_chunk_bytes = CHUNK;
     for i in 0..c.nodes.len() {
@@ -56,6 +58,11 @@ fn compacted_cluster() -> Cluster {
     }
     c.connect_all(None);
     load(&mut c, 2);
+    c
+}
+
+fn compacted_cluster() -> Cluster {
+    let mut c = loaded_cluster();
     compact_all(&mut c);
     c
 }
@@ -224,19 +231,20 @@ fn a_snapshot_replaced_mid_transfer_starts_the_transfer_over() {
     );
 }
 
-/// `snap`'s encoding, cut into chunks as a sender would.
-fn chunks_of(bytes: &[u8], transfer: [u8; 32], at: Hlc) -> Vec<SnapshotChunk> {
+/// `snap`'s encoding, cut into chunks as a sender would, with `body`'s header.
+fn chunks_of(bytes: &[u8], transfer: [u8; 32], body: &SnapshotBody) -> Vec<SnapshotChunk> {
     let count = bytes.len().div_ceil(CHUNK);
     bytes
         .chunks(CHUNK)
         .enumerate()
         .map(|(i, b)| SnapshotChunk {
             transfer,
-            at,
+            at: body.at,
             len: bytes.len() as u64,
             count: count as u32,
             index: i as u32,
             bytes: b.to_vec(),
+            seqs: body.seqs().collect(),
         })
         .collect()
 }
@@ -279,14 +287,14 @@ fn a_corrupt_or_forged_snapshot_fails_the_transfer_and_changes_nothing() {
         let mut cfg = c.config(c.names[2]);
         cfg.auth = Box::new(Tag(c.names[2]));
         let mut r = Replica::new(cfg, Hlc::ZERO);
-        for ch in chunks_of(&good, transfer_id(&good), at) {
+        for ch in chunks_of(&good, transfer_id(&good), &snap.body) {
             r.handle_message(10_000, c.names[0], Message::SnapshotChunk(ch));
         }
         assert_eq!(r.snapshot_transfer_stats().completed, 1);
         assert_eq!(r.watermark(), at);
     }
     // One byte flipped in one chunk: the hash does not match.
-    let mut corrupt = chunks_of(&good, transfer_id(&good), at);
+    let mut corrupt = chunks_of(&good, transfer_id(&good), &snap.body);
     corrupt[3].bytes[5] ^= 1;
     let (r, reports) = send_to_fresh(&c, corrupt);
     assert_eq!(r.snapshot_transfer_error(), Some(&TransferError::Hash));
@@ -296,7 +304,7 @@ fn a_corrupt_or_forged_snapshot_fails_the_transfer_and_changes_nothing() {
     let mut forged = snap.clone();
     forged.body.accounts[0].balances[0].settled = dec("1000000.00");
     let bytes = wire::encode_snapshot(&forged);
-    let (r, reports) = send_to_fresh(&c, chunks_of(&bytes, transfer_id(&bytes), at));
+    let (r, reports) = send_to_fresh(&c, chunks_of(&bytes, transfer_id(&bytes), &forged.body));
     assert!(
         matches!(
             r.snapshot_transfer_error(),
@@ -307,7 +315,7 @@ fn a_corrupt_or_forged_snapshot_fails_the_transfer_and_changes_nothing() {
     );
     assert!(matches!(reports.as_slice(), [Report::Snapshot { .. }]));
     // The last chunk dropped and the rest announced as complete: a length error.
-    let mut short = chunks_of(&good, transfer_id(&good), at);
+    let mut short = chunks_of(&good, transfer_id(&good), &snap.body);
     let n = short.len();
     short[n - 1].bytes.pop();
     let (r, _) = send_to_fresh(&c, short);
@@ -316,7 +324,7 @@ fn a_corrupt_or_forged_snapshot_fails_the_transfer_and_changes_nothing() {
         Some(TransferError::Length { .. })
     ));
     // A header announcing more than the limit.
-    let mut huge = chunks_of(&good, transfer_id(&good), at);
+    let mut huge = chunks_of(&good, transfer_id(&good), &snap.body);
     huge.truncate(1);
     huge[0].len = wire::SNAPSHOT_BYTES_MAX as u64 + 1;
     let (r, _) = send_to_fresh(&c, huge);
@@ -324,6 +332,57 @@ fn a_corrupt_or_forged_snapshot_fails_the_transfer_and_changes_nothing() {
         r.snapshot_transfer_error(),
         Some(TransferError::TooLarge(_))
     ));
+    // The genuine bytes under a header that claims more than the body folds: judged on a
+    // header the body does not match, refused once assembled.
+    let mut claims = chunks_of(&good, transfer_id(&good), &snap.body);
+    for ch in &mut claims {
+        ch.seqs[0].1 += 1;
+    }
+    let (r, _) = send_to_fresh(&c, claims);
+    assert!(matches!(
+        r.snapshot_transfer_error(),
+        Some(TransferError::Malformed(_))
+    ));
+}
+
+/// Chunk 0 is judged by the rule for a whole snapshot (`Replica::snapshot_fit`), from the
+/// version vector in its header: a region that holds every event the snapshot folds, though
+/// it has not settled them (its watermark is below the point), asks for no chunk and holds no
+/// byte; a region that lacks them starts the transfer.
+#[test]
+fn chunk_0_of_a_snapshot_that_folds_nothing_lacking_moves_no_bytes() {
+    let mut c = loaded_cluster();
+    assert!(c.settle_all());
+    let events = all_events(&c.nodes[2].replica);
+    let snap = c.nodes[0].replica.compact().expect("eu compacts");
+    let bytes = wire::encode_snapshot(&snap);
+    let first = chunks_of(&bytes, transfer_id(&bytes), &snap.body).remove(0);
+    let (eu, ap) = (c.names[0], c.names[2]);
+    // ap restarted with every event, before any heartbeat: nothing settled yet.
+    let mut holder = Replica::new(c.config(ap), Hlc::ZERO);
+    holder.load(events);
+    assert!(holder.watermark() < snap.body.at);
+    holder.handle_message(10_000, eu, Message::SnapshotChunk(first.clone()));
+    while let Some(o) = holder.poll_output() {
+        assert!(!matches!(o, Output::Send { .. }), "{o:?}");
+    }
+    assert_eq!(holder.snapshot_transfer_held(), 0);
+    assert_eq!(holder.snapshot_transfer_stats().chunks_received, 0);
+    // A fresh region lacks them: it appends chunk 0 and asks for chunk 1.
+    let mut fresh = Replica::new(c.config(ap), Hlc::ZERO);
+    fresh.handle_message(10_000, eu, Message::SnapshotChunk(first));
+    assert_eq!(fresh.snapshot_transfer_held(), CHUNK as u64);
+    let mut asked = false;
+    while let Some(o) = fresh.poll_output() {
+        if let Output::Send {
+            msg: Message::SnapshotChunkRequest { index: 1, .. },
+            ..
+        } = o
+        {
+            asked = true;
+        }
+    }
+    assert!(asked);
 }
 
 #[test]
@@ -340,6 +399,47 @@ fn a_region_that_lost_its_disk_seals_its_epoch_after_a_chunked_bootstrap() {
     assert!(c.settle_all());
     let b = balances(&c);
     assert!(b.iter().all(|x| *x == b[0]), "{b:?}");
+}
+
+/// Delivers only what is in flight now (what the deliveries send waits for the next step),
+/// persists, and lets 10 ms pass: one step is one network hop.
+fn hop(c: &mut Cluster) {
+    let n = c.inflight.len();
+    for _ in 0..n {
+        c.deliver(0);
+    }
+    c.persist_all();
+    c.tick(10);
+}
+
+/// Once the last chunk is in and the snapshot installed, the region pulls the events after
+/// it from the same member at once (no back-off: the install is progress): with one network
+/// hop per step they arrive one round trip after the install, long before a heartbeat
+/// (250 ms) or a back-off could send the next pull.
+#[test]
+fn after_installing_a_snapshot_the_events_after_it_arrive_one_round_trip_later() {
+    let mut c = compacted_cluster();
+    load(&mut c, 1);
+    c.persist_all();
+    c.deliver_all();
+    let target = c.nodes[0].replica.version_vector().clone();
+    c.wipe(2);
+    let mut installed = None;
+    for step in 0..200 {
+        hop(&mut c);
+        let r = &c.nodes[2].replica;
+        if installed.is_none() && r.stats().restores == 1 {
+            assert_ne!(*r.version_vector(), target, "the snapshot alone");
+            installed = Some(step);
+        }
+        if *r.version_vector() == target {
+            let after = installed.map(|i| step - i);
+            assert_eq!(after, Some(2), "steps from the install to every event");
+            assert_eq!(r.pull_stats().backoffs, 0);
+            return;
+        }
+    }
+    panic!("never caught up");
 }
 
 /// What SPEC §10 needs and one message could not do: a snapshot larger than

@@ -33,10 +33,11 @@ use super::log::Logs;
 use super::settle::PolicyVersion;
 use super::{Config, Record, Replica, Report, Stats};
 
-/// What a member's snapshot did here ([`Replica::apply_peer_snapshot`]).
+/// What a member's snapshot is to this region ([`Replica::snapshot_fit`]), and did here
+/// ([`Replica::apply_peer_snapshot`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Applied {
-    /// Installed in place of what this region folded.
+    /// Installed (to be installed) in place of what this region folded.
     Installed,
     /// Folds events this region lacks but lies at or below its watermark: left aside.
     Below,
@@ -273,19 +274,37 @@ impl Replica {
         self.snapshot.as_deref()
     }
 
-    /// May this region compact now (docs/protocol.md §10)? Snapshots carry the membership
+    /// May this region compact now (docs/protocol.md §11)? Snapshots carry the membership
     /// history (joins, retires and cuts, key rotations, seals), so it is refused only while
-    /// something is not final yet:
+    /// something is not final yet (a retire waiting for its cut is not refused: its cut is at
+    /// or above every event the compaction point folds, since each acknowledger announced
+    /// them and holds nothing of the retired region above its acknowledgement):
     /// - this region restores its own history, seals its old epoch, or waits for its own
     ///   join: what it holds is not yet what its peers hold of it;
-    /// - a retire held here waits for its cut, or a member's seal query answered here waits
-    ///   for its seal: the cut is not known, and if it lands below an event settled here
-    ///   settlement stops for an operator, who needs that history (the events, not a fold).
+    /// - a member's seal query answered here waits for its seal: the cut is not known, and if
+    ///   it lands below an event settled here settlement stops for an operator, who needs that
+    ///   history (the events, not a fold);
+    /// - a rotation of this region's own key lies at or above the settled watermark: a
+    ///   snapshot verifies against its signer's key valid at its point (all a region that
+    ///   restores from it can know: the membership it carries ends there), but this region
+    ///   signs with its newest key; they agree again once the watermark passes the rotation.
     pub fn compaction_allowed(&self) -> bool {
         !self.restoring
             && !self.joining
-            && self.membership.retires.values().all(|st| st.cut.is_some())
             && self.logs.members.values().all(|m| m.seal_cap.is_none())
+            && !self.rotated_at_or_above(self.settle.watermark)
+    }
+
+    /// True when this region holds a rotation of its own key at or above `at`: it then signs
+    /// with a key that is not the one valid at `at` ([`KeyHistory::at`](crate::KeyHistory)
+    /// binds a rotation's key strictly above its HLC).
+    fn rotated_at_or_above(&self, at: Hlc) -> bool {
+        self.logs.members.get(&self.cfg.region).is_some_and(|m| {
+            let from = m.log.partition_point(|e| e.hlc < at);
+            m.log[from..]
+                .iter()
+                .any(|e| matches!(e.change(), Some(Change::RotateKey { .. })))
+        })
     }
 
     /// The membership events at or below `at` (the settled watermark), by (origin, seq): those
@@ -705,22 +724,35 @@ impl Replica {
         self.handle_pull_answer(now_ms, from, Vec::new(), true);
     }
 
-    /// A member's snapshot (whole, or reassembled from chunks): installed when it folds
-    /// events this region lacks and lies above its watermark, else left aside.
+    /// What a member's snapshot at `at`, folding each member's events up to `seqs`, is to
+    /// this region: the one rule for a whole snapshot ([`Replica::apply_peer_snapshot`]) and
+    /// for a chunked one, judged on chunk 0's header before any byte is assembled
+    /// (replica/transfer.rs; the body must match that header). `Installed`: it folds events
+    /// this region lacks above its watermark, so it is to be installed. `NotLacking` is no
+    /// answer to the pull in flight (a copy, or a late answer to an earlier pull: taking it
+    /// for the answer cut a chain, simulator seed 168); the other two are.
+    pub(super) fn snapshot_fit(
+        &self,
+        at: Hlc,
+        seqs: impl IntoIterator<Item = (RegionId, u64)>,
+    ) -> Applied {
+        if !seqs.into_iter().any(|(r, s)| self.logs.len_of(r) < s) {
+            Applied::NotLacking
+        } else if at <= self.settle.watermark {
+            Applied::Below
+        } else {
+            Applied::Installed
+        }
+    }
+
+    /// A member's snapshot (whole, or reassembled from chunks): installed when
+    /// [`Replica::snapshot_fit`] says so, else left aside.
     pub(super) fn apply_peer_snapshot(&mut self, snap: &Snapshot) -> Result<Applied, RestoreError> {
-        let lacking = snap
-            .body
-            .members
-            .iter()
-            .any(|m| self.logs.len_of(m.region) < m.seq);
-        if !lacking {
-            return Ok(Applied::NotLacking);
+        let fit = self.snapshot_fit(snap.body.at, snap.body.seqs());
+        if fit == Applied::Installed {
+            self.install_snapshot(snap)?;
         }
-        if snap.body.at <= self.settle.watermark {
-            return Ok(Applied::Below);
-        }
-        self.install_snapshot(snap)?;
-        Ok(Applied::Installed)
+        Ok(fit)
     }
 
     /// Replaces this replica's folded state by `snap`'s, keeping the events it holds after

@@ -11,12 +11,12 @@
 //! | pull below the sender's fold | chunk 0 of its current snapshot |
 //! | chunk request for its current transfer | that chunk |
 //! | chunk request for another transfer (its snapshot changed meanwhile) | chunk 0 of the current one: the requester starts over |
-//! | chunk 0 of a new transfer (another id or header, or another member) | the requester drops what it assembled and starts this one |
+//! | chunk 0 of a new transfer (another id or header, or another member) | judged on its header (`at` and the version vector `seqs`) by the rule for a whole snapshot ([`Replica::snapshot_fit`]): folds nothing this region lacks, ignored (no answer to the pull in flight); lacking but at or below the watermark, the answer to the pull, bringing nothing; else the requester drops what it assembled and starts this one |
 //! | chunk 0 of the transfer being assembled (a later pull's answer) | resume: ask for the next missing chunk |
 //! | the next chunk expected | appended; the pull in flight goes on (its time-out restarts); next chunk asked for |
 //! | a duplicate or out-of-order chunk | ignored (a lost chunk is asked for again when the next pull, after the pull time-out, is answered with chunk 0) |
 //! | a header that does not hold (count, index, size over [`crate::wire::SNAPSHOT_BYTES_MAX`], more bytes than announced) | the transfer fails |
-//! | the last chunk | hash, decode, then the snapshot's signature and fit ([`Replica::restore`]'s checks): installed, or the transfer fails with nothing changed |
+//! | the last chunk | hash, decode, the body's point and version vector must be the header's, then the snapshot's signature and fit ([`Replica::restore`]'s checks): installed, or the transfer fails with nothing changed |
 //! | a failure | a [`TransferError`], reported ([`Report::Snapshot`]), counted, and the pull ends as an answer that brought nothing (back-off) |
 //!
 //! Memory: the requester holds at most the announced length, itself at most
@@ -30,6 +30,7 @@ use crate::message::{Message, SnapshotChunk};
 use crate::snapshot::{RestoreError, Snapshot};
 use crate::wire::{self, WireError, SNAPSHOT_BYTES_MAX};
 
+use super::snapshot::Applied;
 use super::{Output, Replica, Report};
 
 /// Default size of a snapshot chunk: well under [`crate::wire::MESSAGE_BYTES_MAX`].
@@ -95,6 +96,8 @@ struct Outbound {
     of: (Hlc, RegionId),
     transfer: [u8; 32],
     bytes: Vec<u8>,
+    /// Its version vector, for each chunk's header.
+    seqs: Vec<(RegionId, u64)>,
 }
 
 /// A snapshot being reassembled.
@@ -105,6 +108,7 @@ struct Inbound {
     at: Hlc,
     len: u64,
     count: u32,
+    seqs: Vec<(RegionId, u64)>,
     /// The next chunk expected.
     next: u32,
     bytes: Vec<u8>,
@@ -168,6 +172,7 @@ impl Replica {
                 of,
                 transfer: transfer_id(&bytes),
                 bytes,
+                seqs: snap.body.seqs().collect(),
             });
         }
         let Some(out) = self.transfer.outbound.as_ref() else {
@@ -198,6 +203,7 @@ impl Replica {
             count: u32::try_from(count).unwrap_or(u32::MAX),
             index: u32::try_from(index).unwrap_or(u32::MAX),
             bytes,
+            seqs: out.seqs.clone(),
         };
         self.transfer.stats.chunks_sent += 1;
         self.transfer.stats.bytes_sent += chunk.bytes.len() as u64;
@@ -232,18 +238,24 @@ impl Replica {
         // A transfer is its sender and its whole header: a sender restarted with another
         // chunk size starts a new one.
         let same = self.transfer.inbound.as_ref().is_some_and(|i| {
-            (i.from, i.transfer, i.at, i.len, i.count) == (from, c.transfer, c.at, c.len, c.count)
+            (i.from, i.transfer, i.at, i.len, i.count, &i.seqs)
+                == (from, c.transfer, c.at, c.len, c.count, &c.seqs)
         });
         if !same {
             if c.index != 0 {
                 return; // the rest of a transfer dropped or finished: stale
             }
-            if c.at <= self.settle.watermark {
-                // Settled there already: nothing in it this region can install. A copy or a
-                // late answer, not the answer to the pull in flight (as a whole snapshot that
-                // folds nothing this region lacks: simulator seed 168); a pull it did answer
-                // times out and the chain goes on.
-                return;
+            // Judged on the header by the rule for a whole snapshot (the body must match it).
+            match self.snapshot_fit(c.at, c.seqs.iter().copied()) {
+                Applied::Installed => {}
+                // A copy, or a late answer to an earlier pull: not the answer to the pull in
+                // flight (simulator seed 168), and none of its bytes are needed.
+                Applied::NotLacking => return,
+                // Nothing in it this region can install: the answer, bringing nothing.
+                Applied::Below => {
+                    self.handle_pull_answer(now_ms, from, Vec::new(), true);
+                    return;
+                }
             }
             if self.transfer.inbound.is_some() {
                 self.transfer.stats.restarted += 1;
@@ -254,6 +266,7 @@ impl Replica {
                 at: c.at,
                 len: c.len,
                 count: c.count,
+                seqs: c.seqs.clone(),
                 next: 0,
                 bytes: Vec::new(),
             });
@@ -311,7 +324,7 @@ impl Replica {
         let applied = self.apply_peer_snapshot(&snap);
         self.transfer = mine;
         match applied {
-            Ok(super::snapshot::Applied::NotLacking) => {
+            Ok(Applied::NotLacking) => {
                 // A copy, or a transfer this region no longer needs: not the answer to the
                 // pull in flight (as for a whole snapshot: simulator seed 168).
                 self.transfer.stats.completed += 1;
@@ -363,13 +376,19 @@ fn check_header(c: &SnapshotChunk) -> Result<(), TransferError> {
     Ok(())
 }
 
-/// The reassembled bytes: their hash, then their decoding (the signature is checked when the
-/// snapshot is applied).
+/// The reassembled bytes: their hash, their decoding, and a body that matches the header it
+/// was judged on (the signature is checked when the snapshot is applied).
 fn reassemble(inb: &Inbound) -> Result<Snapshot, TransferError> {
     if transfer_id(&inb.bytes) != inb.transfer {
         return Err(TransferError::Hash);
     }
-    wire::decode_snapshot(&inb.bytes).map_err(TransferError::Decode)
+    let snap = wire::decode_snapshot(&inb.bytes).map_err(TransferError::Decode)?;
+    if snap.body.at != inb.at || !snap.body.seqs().eq(inb.seqs.iter().copied()) {
+        return Err(TransferError::Malformed(
+            "the snapshot's point or version vector is not its header's".into(),
+        ));
+    }
+    Ok(snap)
 }
 
 #[cfg(test)]
@@ -384,6 +403,7 @@ mod tests {
             count,
             index,
             bytes: Vec::new(),
+            seqs: Vec::new(),
         }
     }
 

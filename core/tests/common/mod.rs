@@ -88,6 +88,9 @@ impl Node {
     }
 }
 
+/// Makes a region's authenticator from (region, members).
+pub type MakeAuth = fn(RegionId, &[RegionId]) -> Box<dyn Authenticator>;
+
 pub struct Cluster {
     pub names: Vec<RegionId>,
     pub nodes: Vec<Node>,
@@ -106,6 +109,8 @@ pub struct Cluster {
     pub durable_acks: bool,
     /// Every replica's `Config::snapshot_chunk_bytes`.
     pub snapshot_chunk_bytes: usize,
+    /// Every replica's authenticator, made for (region, members) (None: the default).
+    pub auth: Option<MakeAuth>,
 }
 
 impl Cluster {
@@ -130,6 +135,7 @@ impl Cluster {
             retention_ms: wallet_core::replica::IDEMPOTENCY_RETENTION_MS_DEFAULT,
             durable_acks: false,
             snapshot_chunk_bytes: wallet_core::replica::SNAPSHOT_CHUNK_BYTES_DEFAULT,
+            auth: None,
         };
         for (i, me) in ids.iter().enumerate() {
             let replica = Replica::new(c.config(*me), Hlc::ZERO);
@@ -179,6 +185,9 @@ impl Cluster {
         cfg.durable_acks = self.durable_acks;
         cfg.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
         cfg.ack_peer = self.durable_acks;
+        if let Some(auth) = self.auth {
+            cfg.auth = auth(me, &self.names);
+        }
         cfg
     }
 
