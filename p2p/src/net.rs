@@ -34,6 +34,16 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const QUEUE_MESSAGES_MAX: usize = 4096;
 /// Bytes queued per peer; the oldest messages are dropped beyond it.
 pub const QUEUE_BYTES_MAX: usize = 4 * MESSAGE_BYTES_MAX;
+/// Fast-lane messages (`NetHandle::send_now`) held per peer while it is not connected, sent
+/// when it connects; the oldest are dropped beyond it. With [`HELD_BYTES_MAX`], what is held
+/// fits one batch: the flush is one request, one stream (a connection takes
+/// [`STREAMS_PER_CONNECTION_MAX`] at once).
+pub const HELD_MESSAGES_MAX: usize = BATCH_MESSAGES_MAX;
+/// Bytes held per peer while it is not connected; the oldest messages are dropped beyond it.
+pub const HELD_BYTES_MAX: usize = MESSAGE_BYTES_MAX;
+/// A held message older than this when its peer connects is dropped, not sent: the client
+/// that waited for it has had its answer (a forward times out well before).
+pub const HELD_AGE_MAX: Duration = Duration::from_secs(30);
 /// Events waiting for the node before the swarm stops being polled (back-pressure).
 const PENDING_EVENTS_MAX: usize = 1024;
 /// A batch (up to `MESSAGE_BYTES_MAX`) must be read and acknowledged within this.
@@ -249,6 +259,9 @@ struct Peer {
     queue: VecDeque<Arc<Vec<u8>>>,
     queued_bytes: usize,
     in_flight: Option<InFlight>,
+    /// Fast-lane messages waiting for a connection, with when they were held.
+    held: VecDeque<(Instant, Arc<Vec<u8>>)>,
+    held_bytes: usize,
 }
 
 struct Task {
@@ -291,6 +304,8 @@ impl Peer {
             queue: VecDeque::new(),
             queued_bytes: 0,
             in_flight: None,
+            held: VecDeque::new(),
+            held_bytes: 0,
         }
     }
 }
@@ -501,7 +516,7 @@ impl Task {
                     None => self.peers.keys().copied().collect(),
                 };
                 for pid in targets {
-                    self.send_now(pid, bytes.clone(), to.is_some());
+                    self.send_now(pid, bytes.clone());
                 }
             }
             Command::Shutdown => {}
@@ -509,25 +524,79 @@ impl Task {
     }
 
     /// Sends one message as a request of its own, now (not behind the batch in flight).
-    /// Counted as sent when it leaves; a failure after that is not counted as dropped.
-    fn send_now(&mut self, pid: PeerId, bytes: Arc<Vec<u8>>, counted: bool) {
+    /// Counted as sent when it leaves; a failure after that is not counted as dropped. To a
+    /// member not connected (just after start, during a reconnect) it is held, bounded, and
+    /// sent when the member connects: the core sends a forward or a `Durable` once, and a
+    /// client waits for its answer. Dropped (and counted) while isolated, on overflow, or
+    /// when older than [`HELD_AGE_MAX`] at the connection.
+    fn send_now(&mut self, pid: PeerId, bytes: Arc<Vec<u8>>) {
         let Some(p) = self.peers.get(&pid) else {
             return;
         };
-        let isolated = self.is_isolated(p.region);
-        if isolated || p.conns == 0 {
-            if counted || isolated {
-                self.shared.dropped(1);
-            }
+        if self.is_isolated(p.region) {
+            self.shared.dropped(1);
             return;
         }
-        let len = bytes.len() as u64;
+        if p.conns == 0 {
+            self.hold(pid, bytes);
+            return;
+        }
+        self.request_now(pid, vec![bytes]);
+    }
+
+    /// One request of its own carrying `batch` (at most a batch's bounds), counted as sent.
+    fn request_now(&mut self, pid: PeerId, batch: Vec<Arc<Vec<u8>>>) {
+        let len: usize = batch.iter().map(|m| m.len()).sum();
+        let n = batch.len() as u64;
         self.swarm
             .behaviour_mut()
             .msg
-            .send_request(&pid, Frame::Batch(vec![bytes]));
-        self.shared.messages_sent.fetch_add(1, Ordering::Relaxed);
-        self.shared.bytes_sent.fetch_add(len, Ordering::Relaxed);
+            .send_request(&pid, Frame::Batch(batch));
+        self.shared.messages_sent.fetch_add(n, Ordering::Relaxed);
+        self.shared
+            .bytes_sent
+            .fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// Holds a fast-lane message for a member not connected; the oldest go beyond the bounds.
+    fn hold(&mut self, pid: PeerId, bytes: Arc<Vec<u8>>) {
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        p.held_bytes += bytes.len();
+        p.held.push_back((Instant::now(), bytes));
+        let mut overflow = 0;
+        while p.held.len() > HELD_MESSAGES_MAX || p.held_bytes > HELD_BYTES_MAX {
+            let Some((_, old)) = p.held.pop_front() else {
+                break;
+            };
+            p.held_bytes -= old.len();
+            overflow += 1;
+        }
+        if overflow > 0 {
+            tracing::warn!(to = %p.region, overflow, "member not connected: oldest held messages dropped");
+            self.shared.dropped(overflow);
+        }
+    }
+
+    /// A member connected: its held fast-lane messages go now, in the order they were held,
+    /// as one batch; those older than [`HELD_AGE_MAX`] are dropped.
+    fn send_held(&mut self, pid: PeerId) {
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let held = std::mem::take(&mut p.held);
+        p.held_bytes = 0;
+        let total = held.len();
+        let batch: Vec<Arc<Vec<u8>>> = held
+            .into_iter()
+            .filter(|(at, _)| at.elapsed() <= HELD_AGE_MAX)
+            .map(|(_, m)| m)
+            .collect();
+        self.shared.dropped(total - batch.len());
+        if !batch.is_empty() {
+            self.request_now(pid, batch);
+        }
     }
 
     /// Queues one message for a member; `counted` says whether a message that cannot go
@@ -609,11 +678,14 @@ impl Task {
         }
     }
 
+    /// Drops what waits for a member: its replication queue and its held fast-lane messages.
     fn drop_queue(&mut self, pid: PeerId) {
         if let Some(p) = self.peers.get_mut(&pid) {
-            let n = p.queue.len();
+            let n = p.queue.len() + p.held.len();
             p.queue.clear();
             p.queued_bytes = 0;
+            p.held.clear();
+            p.held_bytes = 0;
             self.shared.dropped(n);
         }
     }
@@ -769,6 +841,7 @@ impl Task {
                     tracing::info!(region = %self.region, peer = %region, "member connected");
                     if !self.is_isolated(region) {
                         self.emit(NetEvent::Connected(region));
+                        self.send_held(peer_id);
                     }
                     self.publish_connected();
                 }

@@ -411,3 +411,45 @@ async fn a_member_added_later_is_allowed_dialed_and_reached() {
     assert_eq!((from, tag), (sa.region, 13));
     assert_eq!(neu.net.connected(), BTreeSet::from([us.region, sa.region]));
 }
+
+/// A fast-lane message to a member not yet connected (just after start) is held and sent
+/// when the member connects; a replication send is dropped (anti-entropy repairs it); beyond
+/// `HELD_MESSAGES_MAX` the oldest held are dropped and counted.
+#[tokio::test]
+async fn fast_lane_messages_to_a_member_not_yet_connected_go_on_connect() {
+    let eu = Spec::new("eu");
+    let us = Spec::new("us");
+    let members = vec![eu.clone(), us.clone()];
+    let neu = start(&eu, &members, "test");
+    // us is not up: eu's dials fail. Two more than the bound: the two oldest go.
+    let sent = wallet_p2p::HELD_MESSAGES_MAX as u32 + 2;
+    for i in 0..sent {
+        neu.net.send_now(us.region, tagged(i)).await;
+    }
+    neu.net.send(us.region, tagged(sent)).await;
+    wait_until(
+        "the replication send and the two oldest held counted",
+        || neu.net.stats().dropped_messages == 3,
+    )
+    .await;
+    assert_eq!(neu.net.stats().messages_sent, 0);
+
+    let mut nus = start(&us, &members, "test");
+    let mut got = Vec::new();
+    while got.len() < wallet_p2p::HELD_MESSAGES_MAX {
+        match nus.next_event().await {
+            wallet_p2p::NetEvent::Message { from, msg, .. } => {
+                assert_eq!(from, eu.region);
+                got.push(tag_of(&msg));
+            }
+            wallet_p2p::NetEvent::Connected(_) | wallet_p2p::NetEvent::Disconnected(_) => {}
+        }
+    }
+    // In the order they were held (one batch).
+    assert_eq!(got, (2..sent).collect::<Vec<u32>>());
+    assert_eq!(neu.net.stats().dropped_messages, 3);
+    assert_eq!(
+        neu.net.stats().messages_sent,
+        wallet_p2p::HELD_MESSAGES_MAX as u64
+    );
+}
