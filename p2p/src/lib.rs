@@ -24,9 +24,9 @@ mod net;
 
 use net::{Command, Shared};
 pub use net::{
-    BACKOFF_INITIAL, BACKOFF_MAX, CONNECTIONS_PER_PEER_MAX, HELD_AGE_MAX, HELD_BYTES_MAX,
-    HELD_MESSAGES_MAX, PEER_INBOUND_BYTES_DEFAULT, PEER_INBOUND_BYTES_MAX, PENDING_INCOMING_MAX,
-    QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX, STREAMS_PER_CONNECTION_MAX,
+    BACKOFF_INITIAL, BACKOFF_MAX, CONNECTIONS_PER_PEER_MAX, FAST_IN_FLIGHT_MAX, HELD_AGE_MAX,
+    HELD_BYTES_MAX, HELD_MESSAGES_MAX, PEER_INBOUND_BYTES_DEFAULT, PEER_INBOUND_BYTES_MAX,
+    PENDING_INCOMING_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX, STREAMS_PER_CONNECTION_MAX,
 };
 
 /// One configured member region.
@@ -173,8 +173,9 @@ impl NetHandle {
     /// Sends to one member at once, as a request of its own: not queued behind the member's
     /// replication batches (one at a time), so not ordered with them. For the messages a
     /// client waits for (the consistency modes' forwards and their answers), whose order
-    /// does not matter. To a member not connected it is held (bounded, for at most
-    /// `HELD_AGE_MAX`) and sent when the member connects; dropped while isolated.
+    /// does not matter. At most `FAST_IN_FLIGHT_MAX` such requests are in flight per member;
+    /// beyond that, and to a member not connected, it is held (bounded, for at most
+    /// `HELD_AGE_MAX`) and goes with the next fast-lane batch; dropped while isolated.
     pub async fn send_now(&self, to: RegionId, msg: Message) {
         if let Some(bytes) = self.encode(&msg) {
             self.command(Command::Now(Some(to), bytes), 1).await;
