@@ -38,7 +38,7 @@ pub const QUEUE_BYTES_MAX: usize = 4 * MESSAGE_BYTES_MAX;
 /// own, not behind the replication batch; beyond this, fast-lane messages wait (are held) and
 /// go together as the next batch. Without a bound a burst opened more streams than a
 /// connection takes ([`STREAMS_PER_CONNECTION_MAX`]) and libp2p dropped the extra ones.
-pub const FAST_IN_FLIGHT_MAX: usize = 2;
+pub const FAST_IN_FLIGHT_MAX: usize = 4;
 /// Fast-lane messages held per member (not connected, or its fast lane full); the oldest
 /// are dropped beyond it.
 pub const HELD_MESSAGES_MAX: usize = QUEUE_MESSAGES_MAX;
