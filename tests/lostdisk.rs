@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -238,4 +239,124 @@ async fn a_rebuilt_region_whose_peer_is_down_for_good_seals_after_the_waiver() {
     })
     .await;
     assert!(ids_at(&c, EU, &accounts).await.contains(&kept));
+}
+
+/// pay-*: home eu (every debit of it is decided at eu; elsewhere it is forwarded there).
+const HOME_EU: &str = r#"
+[default]
+action = "fee"
+overdraft_line = "0"
+
+[tiers]
+pay = ["pay-"]
+
+[[rule]]
+tier = "pay"
+mode = "home"
+home = "eu"
+"#;
+
+/// The id of a debit answered 201 by its home.
+fn forwarded(r: &Answer) -> String {
+    let id = r.json["id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("eu:"), "decided by {id}, not by the home");
+    id
+}
+
+/// A debit forwarded to its home under `ack = "peer"` (docs/operations.md, "Debits forwarded
+/// to their home"): us answers 201 only once it holds the home's event durably itself (two
+/// members: eu and us). ap is cut off, so eu's events reach no member but us. Under keyed
+/// forwarded load at us, and after one more debit us is killed (SIGKILL) the moment its 201
+/// arrives and eu at once too, its data dir removed: what us acknowledged survives only on
+/// us's disk. us restarts from it, eu is rebuilt
+/// (`restore = true`, new epoch, its seal waits for us's answer), ap is healed: every
+/// forwarded debit us acknowledged is held everywhere under its id, and the three regions
+/// agree on every balance. Acknowledging on the home's answer alone (its local durability)
+/// loses the last ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_debit_acknowledged_with_ack_peer_survives_its_homes_lost_disk() {
+    const US: usize = 1;
+    let mut c = cluster_with_policy(&["eu", "us", "ap"], HOME_EU);
+    // The level of the region the client calls is the one that counts.
+    c.rewrite_config(US, |t| {
+        t.replace("restore = false", "restore = false\nack = \"peer\"")
+    })
+    .expect("config");
+    c.start_all().await.expect("start");
+    wait_connected(&c, &[0, 1, 2]).await;
+    let accounts: Vec<String> = (0..4).map(|i| format!("pay-{i}")).collect();
+    for a in &accounts {
+        deposit_ok(&c, EU, a, "1000.00", &format!("fund-{a}")).await;
+    }
+    wait_converged(&c, "the funds everywhere", &[0, 1, 2], &accounts).await;
+    c.isolate("ap").await.expect("isolate");
+
+    // Forwarded debits at us, one loop per account, for 3 s: every 201 recorded.
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for a in accounts.clone() {
+        let client = c.client(US).expect("client");
+        let (acked, stop) = (acked.clone(), stop.clone());
+        loops.push(tokio::spawn(async move {
+            for n in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let key = format!("{a}-{n}");
+                let r = client.tx(&a, "purchase", "1.00", "USD", Some(&key)).await;
+                match r.expect("tx") {
+                    r if r.status == 201 => acked.lock().expect("lock").push((forwarded(&r), key)),
+                    r if r.status == 503 => {}
+                    r => panic!("unexpected answer {} {}", r.status, r.json),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.await.expect("load");
+    }
+    let mut acked = acked.lock().expect("lock").clone();
+    println!(
+        "{} forwarded debits acknowledged at us with ack = \"peer\" in 3 s",
+        acked.len()
+    );
+    assert!(acked.len() > 5, "too little load: {}", acked.len());
+    // One more, and us is killed (SIGKILL) the moment its 201 arrives, eu at once after.
+    let r = c
+        .tx(US, &accounts[0], "purchase", "1.00", "USD", Some("last"))
+        .await
+        .expect("tx");
+    c.kill(US);
+    c.kill(EU);
+    assert_eq!(r.status, 201, "{}", r.json);
+    acked.push((forwarded(&r), "last".to_string()));
+
+    start(&mut c, US).await;
+    rebuild(&mut c, EU).await;
+    wait_connected(&c, &[0, 1, 2]).await;
+    // A debit forwarded after the rebuild is decided by the home in its new epoch.
+    let r = c
+        .tx(US, &accounts[0], "purchase", "1.00", "USD", Some("after"))
+        .await
+        .expect("tx");
+    assert_eq!(r.status, 201, "{}", r.json);
+    wait_converged(&c, "convergence after the rebuild", &[0, 1, 2], &accounts).await;
+    // Under its id and its key: a seq lost with a disk is issued again in the new epoch.
+    for i in 0..3 {
+        let mut held = std::collections::BTreeSet::new();
+        for a in &accounts {
+            for e in c.history(i, a).await.expect("history") {
+                let field = |f: &str| e[f].as_str().unwrap_or_default().to_string();
+                held.insert((field("id"), field("idempotency_key")));
+            }
+        }
+        let lost: Vec<&(String, String)> = acked.iter().filter(|k| !held.contains(*k)).collect();
+        assert!(
+            lost.is_empty(),
+            "acknowledged but not held at {i}: {lost:?}"
+        );
+    }
 }

@@ -24,9 +24,9 @@ mod net;
 
 use net::{Command, Shared};
 pub use net::{
-    BACKOFF_INITIAL, BACKOFF_MAX, CONNECTIONS_PER_PEER_MAX, PEER_INBOUND_BYTES_DEFAULT,
-    PEER_INBOUND_BYTES_MAX, PENDING_INCOMING_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX,
-    STREAMS_PER_CONNECTION_MAX,
+    BACKOFF_INITIAL, BACKOFF_MAX, CONNECTIONS_PER_PEER_MAX, FAST_IN_FLIGHT_MAX, HELD_AGE_MAX,
+    HELD_BYTES_MAX, HELD_MESSAGES_MAX, PEER_INBOUND_BYTES_DEFAULT, PEER_INBOUND_BYTES_MAX,
+    PENDING_INCOMING_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX, STREAMS_PER_CONNECTION_MAX,
 };
 
 /// One configured member region.
@@ -118,8 +118,9 @@ pub struct NetStats {
     /// total), before any handshake work.
     pub limited_connections: u64,
     /// Messages dropped: malformed, oversized, while isolated, oldest of an overflowing
-    /// per-peer queue, or undeliverable (peer not connected, connection lost, not
-    /// acknowledged in time). Anti-entropy repairs every gap this leaves.
+    /// per-peer queue or of the fast-lane messages held for a member not connected (or held
+    /// too long), or undeliverable (replication to a peer not connected, connection lost,
+    /// not acknowledged in time). Anti-entropy repairs every gap this leaves.
     pub dropped_messages: u64,
     /// Inbound batches refused because their peer's connection was over its inbound budget
     /// ([`NetConfig::peer_inbound_bytes_max`]).
@@ -172,13 +173,16 @@ impl NetHandle {
     /// Sends to one member at once, as a request of its own: not queued behind the member's
     /// replication batches (one at a time), so not ordered with them. For the messages a
     /// client waits for (the consistency modes' forwards and their answers), whose order
-    /// does not matter. Dropped if the member is not connected or is isolated.
+    /// does not matter. At most `FAST_IN_FLIGHT_MAX` such requests are in flight per member;
+    /// beyond that, and to a member not connected, it is held (bounded, for at most
+    /// `HELD_AGE_MAX`) and goes with the next fast-lane batch; dropped while isolated.
     pub async fn send_now(&self, to: RegionId, msg: Message) {
         if let Some(bytes) = self.encode(&msg) {
             self.command(Command::Now(Some(to), bytes), 1).await;
         }
     }
-    /// [`Self::send_now`] to every connected member (an escrow rights request).
+    /// [`Self::send_now`] to every member (an escrow rights request, an own event under
+    /// `ack = "peer"`).
     pub async fn broadcast_now(&self, msg: Message) {
         if let Some(bytes) = self.encode(&msg) {
             self.command(Command::Now(None, bytes), 1).await;

@@ -34,23 +34,38 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const QUEUE_MESSAGES_MAX: usize = 4096;
 /// Bytes queued per peer; the oldest messages are dropped beyond it.
 pub const QUEUE_BYTES_MAX: usize = 4 * MESSAGE_BYTES_MAX;
+/// Fast-lane requests (`NetHandle::send_now`) in flight per member. Each is a request of its
+/// own, not behind the replication batch; beyond this, fast-lane messages wait (are held) and
+/// go together as the next batch. Without a bound a burst opened more streams than a
+/// connection takes ([`STREAMS_PER_CONNECTION_MAX`]) and libp2p dropped the extra ones.
+pub const FAST_IN_FLIGHT_MAX: usize = 4;
+/// Fast-lane messages held per member (not connected, or its fast lane full); the oldest
+/// are dropped beyond it.
+pub const HELD_MESSAGES_MAX: usize = QUEUE_MESSAGES_MAX;
+/// Bytes of fast-lane messages held per member; the oldest are dropped beyond it.
+pub const HELD_BYTES_MAX: usize = MESSAGE_BYTES_MAX;
+/// A held message older than this when it could go is dropped, not sent: the client that
+/// waited for it has had its answer (a forward times out well before).
+pub const HELD_AGE_MAX: Duration = Duration::from_secs(30);
 /// Events waiting for the node before the swarm stops being polled (back-pressure).
 const PENDING_EVENTS_MAX: usize = 1024;
 /// A batch (up to `MESSAGE_BYTES_MAX`) must be read and acknowledged within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Concurrent streams per connection (bounds memory: each may hold `MESSAGE_BYTES_MAX`). A
-/// member sends one batch at a time; one more for each direction and a spare.
-pub const STREAMS_PER_CONNECTION_MAX: usize = 3;
+/// Concurrent streams per connection, both directions together (libp2p drops a stream beyond
+/// it). A member has one replication batch and [`FAST_IN_FLIGHT_MAX`] fast-lane requests in
+/// flight, all of which may be on one connection, each way; and a spare. Memory is bounded
+/// by the inbound budget ([`crate::NetConfig::peer_inbound_bytes_max`]), not by this.
+pub const STREAMS_PER_CONNECTION_MAX: usize = 2 * (1 + FAST_IN_FLIGHT_MAX) + 1;
 /// Connections in handshake (noise) at once, all peers together; more are refused before
 /// any cryptography.
 pub const PENDING_INCOMING_MAX: u32 = 16;
 /// Established connections per peer (two when both sides dial at once).
 pub const CONNECTIONS_PER_PEER_MAX: u32 = 2;
-/// The most inbound frame bytes one peer could make this region hold at once without a
-/// budget: its connections times their streams times the largest batch. The budget
-/// ([`crate::NetConfig::peer_inbound_bytes_max`]) is what bounds it.
-pub const PEER_INBOUND_BYTES_MAX: usize =
-    CONNECTIONS_PER_PEER_MAX as usize * STREAMS_PER_CONNECTION_MAX * MESSAGE_BYTES_MAX;
+/// The largest inbound budget a configuration may set
+/// ([`crate::NetConfig::peer_inbound_bytes_max`]): six of the largest batches. Without a
+/// budget, a peer could make this region hold its connections times their streams times the
+/// largest batch.
+pub const PEER_INBOUND_BYTES_MAX: usize = 6 * MESSAGE_BYTES_MAX;
 /// Default inbound budget of a peer: a member sends one batch (at most `MESSAGE_BYTES_MAX`)
 /// at a time, so each of its connections can always take its largest batch.
 pub const PEER_INBOUND_BYTES_DEFAULT: usize = CONNECTIONS_PER_PEER_MAX as usize * MESSAGE_BYTES_MAX;
@@ -115,6 +130,13 @@ impl Shared {
 
     pub fn dropped(&self, n: usize) {
         self.dropped_messages.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// An acknowledged batch: its messages and bytes count as sent.
+    fn sent(&self, f: &InFlight) {
+        self.messages_sent
+            .fetch_add(f.messages as u64, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(f.bytes as u64, Ordering::Relaxed);
     }
 
     fn refused(&self) {
@@ -249,6 +271,12 @@ struct Peer {
     queue: VecDeque<Arc<Vec<u8>>>,
     queued_bytes: usize,
     in_flight: Option<InFlight>,
+    /// Fast-lane messages waiting for a connection or a free fast-lane slot, with when they
+    /// were held.
+    held: VecDeque<(Instant, Arc<Vec<u8>>)>,
+    held_bytes: usize,
+    /// Fast-lane requests in flight (at most [`FAST_IN_FLIGHT_MAX`]).
+    fast_in_flight: Vec<InFlight>,
 }
 
 struct Task {
@@ -262,6 +290,11 @@ struct Task {
     pending: VecDeque<NetEvent>,
     events_open: bool,
     metrics: NetMetrics,
+}
+
+/// Whether a message of `len` bytes fits a batch holding `messages` messages of `bytes`.
+fn fits(messages: usize, bytes: usize, len: usize) -> bool {
+    messages < BATCH_MESSAGES_MAX && (messages == 0 || bytes + len <= MESSAGE_BYTES_MAX)
 }
 
 /// The connection limits for `members` peers (recomputed when a member joins).
@@ -291,6 +324,9 @@ impl Peer {
             queue: VecDeque::new(),
             queued_bytes: 0,
             in_flight: None,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            fast_in_flight: Vec::new(),
         }
     }
 }
@@ -501,33 +537,98 @@ impl Task {
                     None => self.peers.keys().copied().collect(),
                 };
                 for pid in targets {
-                    self.send_now(pid, bytes.clone(), to.is_some());
+                    self.send_now(pid, bytes.clone());
                 }
             }
             Command::Shutdown => {}
         }
     }
 
-    /// Sends one message as a request of its own, now (not behind the batch in flight).
-    /// Counted as sent when it leaves; a failure after that is not counted as dropped.
-    fn send_now(&mut self, pid: PeerId, bytes: Arc<Vec<u8>>, counted: bool) {
+    /// Sends one message on the fast lane: as a request of its own, not behind the
+    /// replication batch in flight, up to [`FAST_IN_FLIGHT_MAX`] at once; beyond that, and to
+    /// a member not connected (just after start, during a reconnect), it is held, bounded,
+    /// and goes with the next fast-lane batch: the core sends a forward or a `Durable` once,
+    /// and a client waits for its answer. Counted as sent when acknowledged; dropped (and
+    /// counted) while isolated, on overflow, when older than [`HELD_AGE_MAX`] before it
+    /// could go, or when its request fails.
+    fn send_now(&mut self, pid: PeerId, bytes: Arc<Vec<u8>>) {
         let Some(p) = self.peers.get(&pid) else {
             return;
         };
-        let isolated = self.is_isolated(p.region);
-        if isolated || p.conns == 0 {
-            if counted || isolated {
-                self.shared.dropped(1);
-            }
+        if self.is_isolated(p.region) {
+            self.shared.dropped(1);
             return;
         }
-        let len = bytes.len() as u64;
-        self.swarm
-            .behaviour_mut()
-            .msg
-            .send_request(&pid, Frame::Batch(vec![bytes]));
-        self.shared.messages_sent.fetch_add(1, Ordering::Relaxed);
-        self.shared.bytes_sent.fetch_add(len, Ordering::Relaxed);
+        self.hold(pid, bytes);
+        self.pump_fast(pid);
+    }
+
+    /// Holds a fast-lane message; the oldest go beyond the bounds.
+    fn hold(&mut self, pid: PeerId, bytes: Arc<Vec<u8>>) {
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        p.held_bytes += bytes.len();
+        p.held.push_back((Instant::now(), bytes));
+        let mut overflow = 0;
+        while p.held.len() > HELD_MESSAGES_MAX || p.held_bytes > HELD_BYTES_MAX {
+            let Some((_, old)) = p.held.pop_front() else {
+                break;
+            };
+            p.held_bytes -= old.len();
+            overflow += 1;
+        }
+        if overflow > 0 {
+            tracing::warn!(to = %p.region, overflow, "fast lane full: oldest held messages dropped");
+            self.shared.dropped(overflow);
+        }
+    }
+
+    /// Sends held fast-lane messages as batches, in the order they were held, while the
+    /// member is connected and visible and its fast lane has a free slot; those held longer
+    /// than [`HELD_AGE_MAX`] are dropped.
+    fn pump_fast(&mut self, pid: PeerId) {
+        let Some(p) = self.peers.get(&pid) else {
+            return;
+        };
+        if p.conns == 0 || self.is_isolated(p.region) {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let mut stale = 0;
+        let mut batches = Vec::new();
+        while p.fast_in_flight.len() + batches.len() < FAST_IN_FLIGHT_MAX {
+            let (mut batch, mut bytes) = (Vec::new(), 0);
+            while let Some((at, m)) = p.held.front() {
+                if !fits(batch.len(), bytes, m.len()) {
+                    break;
+                }
+                let stale_one = at.elapsed() > HELD_AGE_MAX;
+                let Some((_, m)) = p.held.pop_front() else {
+                    break;
+                };
+                p.held_bytes -= m.len();
+                if stale_one {
+                    stale += 1;
+                } else {
+                    bytes += m.len();
+                    batch.push(m);
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            batches.push((batch, bytes));
+        }
+        self.shared.dropped(stale);
+        for (batch, bytes) in batches {
+            let f = self.send_batch(pid, batch, bytes);
+            if let Some(p) = self.peers.get_mut(&pid) {
+                p.fast_in_flight.push(f);
+            }
+        }
     }
 
     /// Queues one message for a member; `counted` says whether a message that cannot go
@@ -583,9 +684,7 @@ impl Task {
         let mut batch = Vec::new();
         let mut bytes = 0;
         while let Some(m) = p.queue.front() {
-            if batch.len() == BATCH_MESSAGES_MAX
-                || (!batch.is_empty() && bytes + m.len() > MESSAGE_BYTES_MAX)
-            {
+            if !fits(batch.len(), bytes, m.len()) {
                 break;
             }
             let Some(m) = p.queue.pop_front() else { break };
@@ -593,27 +692,40 @@ impl Task {
             batch.push(m);
         }
         p.queued_bytes -= bytes;
+        let f = self.send_batch(pid, batch, bytes);
+        if let Some(p) = self.peers.get_mut(&pid) {
+            p.in_flight = Some(f);
+        }
+    }
+
+    /// Sends `batch` (`bytes` in all) to a member as one request: what is now in flight.
+    fn send_batch(&mut self, pid: PeerId, batch: Vec<Arc<Vec<u8>>>, bytes: usize) -> InFlight {
         let messages = batch.len();
         let id = self
             .swarm
             .behaviour_mut()
             .msg
             .send_request(&pid, Frame::Batch(batch));
-        if let Some(p) = self.peers.get_mut(&pid) {
-            p.in_flight = Some(InFlight {
-                id,
-                messages,
-                bytes,
-                sent_at: Instant::now(),
-            });
+        InFlight {
+            id,
+            messages,
+            bytes,
+            sent_at: Instant::now(),
         }
     }
 
-    fn drop_queue(&mut self, pid: PeerId) {
+    /// Drops what waits for a member: its replication queue, and with `fast` its held
+    /// fast-lane messages too (kept across a reconnect, not across isolation or removal).
+    fn drop_queue(&mut self, pid: PeerId, fast: bool) {
         if let Some(p) = self.peers.get_mut(&pid) {
-            let n = p.queue.len();
+            let mut n = p.queue.len();
             p.queue.clear();
             p.queued_bytes = 0;
+            if fast {
+                n += p.held.len();
+                p.held.clear();
+                p.held_bytes = 0;
+            }
             self.shared.dropped(n);
         }
     }
@@ -630,13 +742,20 @@ impl Task {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in cut {
-            self.drop_queue(pid);
+            self.drop_queue(pid, true);
         }
         for r in before.difference(&after) {
             self.emit(NetEvent::Disconnected(*r));
         }
         for r in after.difference(&before) {
             self.emit(NetEvent::Connected(*r));
+        }
+        let healed: Vec<PeerId> = after
+            .iter()
+            .filter_map(|r| self.by_region.get(r).copied())
+            .collect();
+        for pid in healed {
+            self.pump_fast(pid);
         }
         self.publish_connected();
     }
@@ -648,7 +767,7 @@ impl Task {
             return;
         };
         let was_visible = self.visible().contains(&region);
-        self.drop_queue(pid);
+        self.drop_queue(pid, true);
         self.peers.remove(&pid);
         self.swarm.behaviour_mut().allow.disallow_peer(pid);
         let _ = self.swarm.disconnect_peer_id(pid);
@@ -773,6 +892,7 @@ impl Task {
                     self.publish_connected();
                 }
                 self.pump(peer_id);
+                self.pump_fast(peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -790,7 +910,7 @@ impl Task {
                 let region = p.region;
                 let why = cause.as_ref().map(ConnectionError::to_string);
                 tracing::info!(region = %self.region, peer = %region, cause = ?why, "member disconnected");
-                self.drop_queue(peer_id);
+                self.drop_queue(peer_id, false);
                 self.schedule_redial(peer_id);
                 if !self.is_isolated(region) {
                     self.emit(NetEvent::Disconnected(region));
@@ -888,17 +1008,18 @@ impl Task {
                 let Some(p) = self.peers.get_mut(&peer) else {
                     return;
                 };
+                if let Some(i) = p.fast_in_flight.iter().position(|f| f.id == request_id) {
+                    let f = p.fast_in_flight.swap_remove(i);
+                    self.shared.sent(&f);
+                    self.pump_fast(peer);
+                    return;
+                }
                 if p.in_flight.as_ref().is_some_and(|f| f.id == request_id) {
                     if let Some(f) = p.in_flight.take() {
                         self.metrics
                             .batch_duration
                             .observe(f.sent_at.elapsed().as_secs_f64());
-                        self.shared
-                            .messages_sent
-                            .fetch_add(f.messages as u64, Ordering::Relaxed);
-                        self.shared
-                            .bytes_sent
-                            .fetch_add(f.bytes as u64, Ordering::Relaxed);
+                        self.shared.sent(&f);
                     }
                     if response != ACK_OK {
                         tracing::debug!(peer = %p.region, "peer dropped (part of) a batch");
@@ -916,6 +1037,13 @@ impl Task {
                 let Some(p) = self.peers.get_mut(&peer) else {
                     return;
                 };
+                if let Some(i) = p.fast_in_flight.iter().position(|f| f.id == request_id) {
+                    let f = p.fast_in_flight.swap_remove(i);
+                    tracing::info!(peer = %p.region, %error, messages = f.messages, "fast-lane batch not delivered");
+                    self.shared.dropped(f.messages);
+                    self.pump_fast(peer);
+                    return;
+                }
                 if p.in_flight.as_ref().is_some_and(|f| f.id == request_id) {
                     if let Some(f) = p.in_flight.take() {
                         tracing::info!(peer = %p.region, %error, messages = f.messages, "batch not delivered");

@@ -411,3 +411,59 @@ async fn a_member_added_later_is_allowed_dialed_and_reached() {
     assert_eq!((from, tag), (sa.region, 13));
     assert_eq!(neu.net.connected(), BTreeSet::from([us.region, sa.region]));
 }
+
+/// A fast-lane message to a member not yet connected (just after start) is held and sent
+/// when the member connects; a replication send is dropped (anti-entropy repairs it); beyond
+/// `HELD_MESSAGES_MAX` the oldest held are dropped and counted.
+#[tokio::test]
+async fn fast_lane_messages_to_a_member_not_yet_connected_go_on_connect() {
+    let eu = Spec::new("eu");
+    let us = Spec::new("us");
+    let members = vec![eu.clone(), us.clone()];
+    let neu = start(&eu, &members, "test");
+    // us is not up: eu's dials fail. Two more than the bound: the two oldest go.
+    let sent = wallet_p2p::HELD_MESSAGES_MAX as u32 + 2;
+    for i in 0..sent {
+        neu.net.send_now(us.region, tagged(i)).await;
+    }
+    neu.net.send(us.region, tagged(sent)).await;
+    wait_until(
+        "the replication send and the two oldest held counted",
+        || neu.net.stats().dropped_messages == 3,
+    )
+    .await;
+    assert_eq!(neu.net.stats().messages_sent, 0);
+
+    let mut nus = start(&us, &members, "test");
+    let got = nus
+        .fast_messages(eu.region, wallet_p2p::HELD_MESSAGES_MAX)
+        .await;
+    assert_eq!(got, (2..sent).collect::<Vec<u32>>());
+    wait_until("eu's held messages acknowledged", || {
+        neu.net.stats().messages_sent == wallet_p2p::HELD_MESSAGES_MAX as u64
+    })
+    .await;
+    assert_eq!(neu.net.stats().dropped_messages, 3);
+}
+
+/// A burst on the fast lane, more requests than a connection takes streams at once
+/// (`STREAMS_PER_CONNECTION_MAX`), while replication batches flow both ways: every message
+/// arrives (at most `FAST_IN_FLIGHT_MAX` fast-lane requests in flight, the rest batched).
+#[tokio::test]
+async fn a_burst_on_the_fast_lane_arrives_whole() {
+    let (specs, mut n) = cluster(&["eu", "us"]).await;
+    let (eu, us) = (specs[0].region, specs[1].region);
+    const BURST: u32 = 300;
+    for i in 0..BURST {
+        n[0].net.send_now(us, tagged(i)).await;
+        n[1].net.send(eu, tagged(10_000 + i)).await;
+        n[0].net.send(us, tagged(20_000 + i)).await;
+    }
+    let got = n[1].fast_messages(eu, 2 * BURST as usize).await;
+    let want: Vec<u32> = (0..BURST).chain(20_000..20_000 + BURST).collect();
+    assert_eq!(got, want);
+    let back = n[0].fast_messages(us, BURST as usize).await;
+    assert_eq!(back, (10_000..10_000 + BURST).collect::<Vec<u32>>());
+    assert_eq!(n[0].net.stats().dropped_messages, 0);
+    assert_eq!(n[1].net.stats().dropped_messages, 0);
+}

@@ -1,11 +1,16 @@
-//! Acknowledgement latency by `ack` level (issue 13, docs/operations.md): eu, us, ap as real
-//! processes, each in its own network namespace, every inter-region connection through the
-//! delaying TCP proxy (`src/latency.rs`), eu configured with `ack = "local"` or `"peer"`;
-//! `--requests` sequential keyed deposits at eu, and the p50 / p99 / max of their latency.
+//! Acknowledgement latency and the cost of `Message::Durable` by `ack` level (issue 13,
+//! docs/operations.md): eu, us, ap as real processes, each in its own network namespace, every
+//! inter-region connection through the delaying TCP proxy (`src/latency.rs`), all three
+//! configured with `ack = "local"` or all with `"peer"`. Two phases per run:
+//! - `--requests` sequential keyed deposits at eu: p50 / p99 / max of their latency;
+//! - `--clients` concurrent keyed deposit loops spread over the three regions for `--seconds`:
+//!   throughput, p50 / p99 latency, and, from the regions' metrics over the phase, messages
+//!   and bytes sent per accepted event, messages dropped, failed outbound requests.
 //!
 //! ```text
-//! cargo build --bin walletd --bin walletd-ackbench
-//! target/debug/walletd-ackbench [--walletd target/debug/walletd] [--requests 200] [--delays 0,50]
+//! cargo build --release --bin walletd --bin walletd-ackbench
+//! target/release/walletd-ackbench --walletd target/release/walletd [--requests 200]
+//!     [--delays 0,50] [--clients 24] [--seconds 10]
 //! ```
 //!
 //! `--delays` lists one-way delays in ms (50: 100 ms round trip). This is a benchmark that
@@ -17,12 +22,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use wallet::cluster::{ClusterError, ClusterOptions, LocalCluster};
+use wallet::cluster::{metric, ClusterError, ClusterOptions, LocalCluster};
 
 struct Args {
     walletd: PathBuf,
     requests: usize,
     delays: Vec<u64>,
+    clients: usize,
+    seconds: u64,
 }
 
 fn args() -> Result<Args, String> {
@@ -30,6 +37,8 @@ fn args() -> Result<Args, String> {
         walletd: PathBuf::from("target/debug/walletd"),
         requests: 200,
         delays: vec![0, 50],
+        clients: 24,
+        seconds: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -37,6 +46,8 @@ fn args() -> Result<Args, String> {
         match flag.as_str() {
             "--walletd" => a.walletd = PathBuf::from(val()?),
             "--requests" => a.requests = val()?.parse().map_err(|e| format!("--requests: {e}"))?,
+            "--clients" => a.clients = val()?.parse().map_err(|e| format!("--clients: {e}"))?,
+            "--seconds" => a.seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--delays" => {
                 a.delays = val()?
                     .split(',')
@@ -45,7 +56,8 @@ fn args() -> Result<Args, String> {
             }
             _ => {
                 return Err(
-                    "usage: walletd-ackbench [--walletd PATH] [--requests N] [--delays 0,50]"
+                    "usage: walletd-ackbench [--walletd PATH] [--requests N] [--delays 0,50] \
+                     [--clients N] [--seconds S]"
                         .into(),
                 )
             }
@@ -54,24 +66,78 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// One run: the latencies (ms) of `requests` sequential deposits at eu.
-async fn run(a: &Args, ack: &str, delay_ms: u64) -> Result<Vec<f64>, ClusterError> {
+/// What one run measured.
+struct Run {
+    /// Latencies (ms) of the sequential deposits at eu.
+    sequential: Vec<f64>,
+    /// Latencies (ms) of the concurrent phase's 201s.
+    loaded: Vec<f64>,
+    /// Answers other than 201 in the concurrent phase.
+    refused: u64,
+    /// Counters summed over the three regions, over the concurrent phase.
+    counters: Counters,
+}
+
+/// Transport counters summed over the regions (`/metrics`).
+#[derive(Default, Clone, Copy)]
+struct Counters {
+    messages: u64,
+    bytes: u64,
+    dropped: u64,
+    failed: u64,
+}
+
+impl Counters {
+    async fn read(c: &LocalCluster) -> Result<Counters, ClusterError> {
+        let mut t = Counters::default();
+        for i in 0..3 {
+            let m = c.metrics(i).await?;
+            let get = |name: &str| metric(&m, name).unwrap_or(0);
+            t.messages += get("walletd_replication_messages_total{direction=\"sent\"}");
+            t.bytes += get("walletd_replication_bytes_total{direction=\"sent\"}");
+            t.dropped += get("walletd_p2p_dropped_messages_total");
+            t.failed += ["dial_failure", "timeout", "connection_closed", "io"]
+                .iter()
+                .map(|o| {
+                    get(&format!(
+                        "walletd_p2p_requests_total{{direction=\"outbound\",outcome=\"{o}\"}}"
+                    ))
+                })
+                .sum::<u64>();
+        }
+        Ok(t)
+    }
+
+    fn since(self, before: Counters) -> Counters {
+        Counters {
+            messages: self.messages.saturating_sub(before.messages),
+            bytes: self.bytes.saturating_sub(before.bytes),
+            dropped: self.dropped.saturating_sub(before.dropped),
+            failed: self.failed.saturating_sub(before.failed),
+        }
+    }
+}
+
+/// One run, every region on `ack`.
+async fn run(a: &Args, ack: &str, delay_ms: u64) -> Result<Run, ClusterError> {
     let mut o = ClusterOptions::new(a.walletd.clone(), &["eu", "us", "ap"])?;
     o.netns = true;
     o.faults = false;
     o.log_filter = "warn".into();
     let mut c = LocalCluster::init(o)?;
     c.route_through_proxies(wallet::latency::Latency::new(delay_ms, 0, 13))?;
-    c.rewrite_config(0, |t| {
-        t.replace(
-            "restore = false",
-            &format!("restore = false\nack = \"{ack}\""),
-        )
-    })?;
+    for i in 0..3 {
+        c.rewrite_config(i, |t| {
+            t.replace(
+                "restore = false",
+                &format!("restore = false\nack = \"{ack}\""),
+            )
+        })?;
+    }
     c.start_all().await?;
     wallet::cluster::wait_all_members_up(&c, 60_000).await?;
     let client = c.client(0)?;
-    let mut lat = Vec::with_capacity(a.requests);
+    let mut sequential = Vec::with_capacity(a.requests);
     for n in 0..a.requests {
         let t = Instant::now();
         let r = client
@@ -89,10 +155,50 @@ async fn run(a: &Args, ack: &str, delay_ms: u64) -> Result<Vec<f64>, ClusterErro
                 reason: format!("deposit answered {}: {}", r.status, r.json),
             });
         }
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        sequential.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let before = Counters::read(&c).await?;
+    let stop = Instant::now() + Duration::from_secs(a.seconds);
+    let mut loops = Vec::new();
+    for n in 0..a.clients {
+        let client = c.client(n % 3)?;
+        loops.push(tokio::spawn(async move {
+            let (mut lat, mut refused) = (Vec::new(), 0u64);
+            let mut k = 0;
+            while Instant::now() < stop {
+                let t = Instant::now();
+                let key = format!("c{n}-{k}");
+                k += 1;
+                match client
+                    .tx(&format!("load-{n}"), "deposit", "1.00", "USD", Some(&key))
+                    .await
+                {
+                    Ok(r) if r.status == 201 => lat.push(t.elapsed().as_secs_f64() * 1e3),
+                    _ => refused += 1,
+                }
+            }
+            (lat, refused)
+        }));
+    }
+    let (mut loaded, mut refused) = (Vec::new(), 0);
+    for l in loops {
+        let (lat, r) = l.await.map_err(|e| ClusterError::Region {
+            region: "load".into(),
+            reason: e.to_string(),
+        })?;
+        loaded.extend(lat);
+        refused += r;
+    }
+    // Let the last events' replication and `Durable` go out before reading.
+    tokio::time::sleep(Duration::from_millis(500 + 4 * delay_ms)).await;
+    let counters = Counters::read(&c).await?.since(before);
     c.kill_all();
-    Ok(lat)
+    Ok(Run {
+        sequential,
+        loaded,
+        refused,
+        counters,
+    })
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -114,21 +220,25 @@ async fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     println!(
-        "walletd-ackbench: eu, us, ap in namespaces, proxied; {} sequential keyed deposits at eu",
-        a.requests
+        "walletd-ackbench: eu, us, ap in namespaces, proxied, all on one ack level; {} \
+         sequential keyed deposits at eu, then {} clients over the three regions for {} s",
+        a.requests, a.clients, a.seconds
     );
-    println!("ack    one-way delay   p50 ms   p99 ms   max ms");
+    let mut rows = Vec::new();
     for &d in &a.delays {
         for ack in ["local", "peer"] {
             match run(&a, ack, d).await {
-                Ok(mut l) => {
-                    l.sort_by(f64::total_cmp);
+                Ok(mut r) => {
+                    r.sequential.sort_by(f64::total_cmp);
+                    r.loaded.sort_by(f64::total_cmp);
+                    let s = &r.sequential;
                     println!(
-                        "{ack:<6} {d:>7} ms     {:>7.1}  {:>7.1}  {:>7.1}",
-                        pct(&l, 0.5),
-                        pct(&l, 0.99),
-                        l.last().copied().unwrap_or(f64::NAN)
+                        "sequential  {ack:<6} {d:>3} ms: p50 {:.1} p99 {:.1} max {:.1} ms",
+                        pct(s, 0.5),
+                        pct(s, 0.99),
+                        s.last().copied().unwrap_or(f64::NAN)
                     );
+                    rows.push((ack, d, r));
                 }
                 Err(e) => {
                     eprintln!("walletd-ackbench: {ack} at {d} ms: {e}");
@@ -137,6 +247,25 @@ async fn main() -> ExitCode {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+    println!();
+    println!("ack    one-way  seq p50  seq p99 | load/s  load p50  load p99  non-201 | msgs/ev  bytes/ev  dropped  failed");
+    for (ack, d, r) in &rows {
+        let n = r.loaded.len().max(1) as f64;
+        let t = r.counters;
+        println!(
+            "{ack:<6} {d:>4} ms {:>8.1} {:>8.1} | {:>6.0} {:>9.1} {:>9.1} {:>8} | {:>7.2} {:>9.0} {:>8} {:>7}",
+            pct(&r.sequential, 0.5),
+            pct(&r.sequential, 0.99),
+            r.loaded.len() as f64 / a.seconds.max(1) as f64,
+            pct(&r.loaded, 0.5),
+            pct(&r.loaded, 0.99),
+            r.refused,
+            t.messages as f64 / n,
+            t.bytes as f64 / n,
+            t.dropped,
+            t.failed,
+        );
     }
     ExitCode::SUCCESS
 }

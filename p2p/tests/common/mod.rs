@@ -138,6 +138,20 @@ impl Node {
         }
     }
 
+    /// The tags of the next `count` messages, all from `from`, sorted (fast-lane batches
+    /// in flight together may arrive in either order); connection events are skipped.
+    pub async fn fast_messages(&mut self, from: RegionId, count: usize) -> Vec<u32> {
+        let mut got = Vec::with_capacity(count);
+        while got.len() < count {
+            if let NetEvent::Message { from: f, msg, .. } = self.next_event().await {
+                assert_eq!(f, from, "{}: a message from {f}", self.region);
+                got.push(tag_of(&msg));
+            }
+        }
+        got.sort_unstable();
+        got
+    }
+
     /// Waits for `Connected` of each region (other events in between are ignored).
     pub async fn wait_connected(&mut self, regions: &[RegionId]) {
         let mut left: Vec<RegionId> = regions.to_vec();
