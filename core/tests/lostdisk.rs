@@ -344,6 +344,18 @@ fn durable_goes_only_to_origins_that_announced_ack_peer() {
     assert_eq!(c.nodes[us].replica.peer_durable_seq(), at_us.seq);
 }
 
+/// Region `i` loses its disk, runs beside `with` for three rounds (its seal query answered),
+/// and an operator waives the answer of `waived` (down): the seal may then be issued.
+fn lose_disk_and_waive(c: &mut Cluster, i: usize, with: usize, waived: &str) {
+    c.lose_disk(i);
+    c.run_among(&[i, with], 3);
+    c.nodes[i]
+        .replica
+        .waive_seal_answer(c.now, region(waived))
+        .unwrap();
+    c.drain(i);
+}
+
 /// A seal query resent while the seal was in flight reaches a member after the seal, which
 /// it holds buffered behind a gap (it lacks old-epoch events up to the cut that another member
 /// held): the query must not hold the origin back again, or the events up to the cut, and
@@ -355,13 +367,7 @@ fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() 
     let old: Vec<Event> = c.nodes[ap].replica.origin_events(region("eu"), 0).to_vec();
     assert_eq!(old.len(), 3);
     // eu loses its disk and seals with ap's answer (us is waived: still cut off).
-    c.lose_disk(eu);
-    c.run_among(&[eu, ap], 3);
-    c.nodes[eu]
-        .replica
-        .waive_seal_answer(c.now, region("us"))
-        .unwrap();
-    c.drain(eu);
+    lose_disk_and_waive(&mut c, eu, ap, "us");
     assert!(until_sealed(&mut c, eu, &[eu, ap]), "{}", dump(&c));
     let seal = c.nodes[eu].replica.origin_events(region("eu"), 0)[3].clone();
     assert_eq!(c.nodes[eu].replica.seals()[0].cut, 3);
@@ -380,6 +386,53 @@ fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() 
         "eu:2, eu:3 and the seal apply at us"
     );
     assert_eq!(r.seals().len(), 1);
+}
+
+/// A member that answered a seal query holds an old-epoch event buffered behind a gap; the
+/// rebuilt region seals below it and issues a new event under the same id, which overtakes
+/// the seal on the way (held back, or pulled from another member). Two events under one id
+/// buffered while the seal is awaited are the old epoch and the new, not equivocation: the
+/// old one (the lower HLC: the new epoch's are above everything the members observed) is
+/// dropped. Reported as equivocation, the origin settled nothing more anywhere (simulator
+/// `--lost-disk 50 --ack local`, seed 119: us held ap:1451 of the old epoch).
+#[test]
+fn an_old_epoch_event_buffered_at_the_query_is_not_evidence_against_the_new_epoch() {
+    let (mut c, eu, us, ap) = ap_alone_holds_eus_last_two();
+    let old: Vec<Event> = c.nodes[ap].replica.origin_events(region("eu"), 0).to_vec();
+    // ap goes away for good; us, back beside eu, is handed the old eu:3 (buffered: it lacks
+    // eu:2).
+    c.partition(1 << ap);
+    let (now, from) = (c.local_now(us), region("ap"));
+    c.nodes[us]
+        .replica
+        .handle_message(now, from, Message::Events(vec![old[2].clone()]));
+    assert_eq!(c.nodes[us].replica.version_vector().get(&region("eu")), 1);
+    // eu loses its disk, asks us (which answers 1) and seals at 1 with ap waived.
+    lose_disk_and_waive(&mut c, eu, us, "ap");
+    assert!(!c.nodes[eu].replica.is_restoring(), "{}", dump(&c));
+    assert_eq!(c.nodes[eu].replica.seals()[0].cut, 1);
+    let new = deposit(&mut c, eu, "alice", "5");
+    assert_eq!(new.seq, 3);
+    c.persist_all();
+    // The new eu:3 reaches us before the seal, eu:2.
+    c.inflight.retain(|(to, _, _)| *to != us);
+    let mine = c.nodes[eu].replica.origin_events(region("eu"), 0).to_vec();
+    let (seal, fresh) = (mine[1].clone(), mine[2].clone());
+    assert_ne!(fresh, old[2]);
+    let (now, from) = (c.local_now(us), region("eu"));
+    let r = &mut c.nodes[us].replica;
+    r.handle_message(now, from, Message::Events(vec![fresh.clone()]));
+    r.handle_message(now, from, Message::Events(vec![seal]));
+    assert!(r.evidence().is_empty(), "{:?}", r.evidence());
+    assert_eq!(r.version_vector().get(&from), 3);
+    assert_eq!(r.event(new), Some(&fresh));
+    assert!(r.seal_stats().old_epoch_dropped >= 1);
+    assert!(c.settle_all(), "{}", dump(&c));
+    same(&c, eu, us);
+    for i in [eu, us] {
+        check_against_model(&c.seed, &c.nodes[i].replica).unwrap();
+        assert_eq!(balance(&c, i, "alice"), "105.00");
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -186,6 +186,17 @@ impl Replica {
                     self.stats.duplicates += 1;
                     return;
                 }
+                // While the origin's seal is awaited (it asked how far this region holds its
+                // log), two events under one id above the answer are its old epoch and its
+                // new one: the new epoch's HLCs are above everything the members observed, so
+                // the lower one is the old epoch's, dropped like those the seal drops.
+                if m.seal_cap.is_some() {
+                    if e.hlc > p.hlc {
+                        m.pending.insert(id.seq, e);
+                    }
+                    self.sealing.stats.old_epoch_dropped += 1;
+                    return;
+                }
                 // Two different events buffered under one id: keep the first as pending,
                 // report the second; the gap-free apply checks it again.
                 let p = p.clone();
