@@ -344,6 +344,18 @@ fn durable_goes_only_to_origins_that_announced_ack_peer() {
     assert_eq!(c.nodes[us].replica.peer_durable_seq(), at_us.seq);
 }
 
+/// Region `i` loses its disk, runs beside `with` for three rounds (its seal query answered),
+/// and an operator waives the answer of `waived` (down): the seal may then be issued.
+fn lose_disk_and_waive(c: &mut Cluster, i: usize, with: usize, waived: &str) {
+    c.lose_disk(i);
+    c.run_among(&[i, with], 3);
+    c.nodes[i]
+        .replica
+        .waive_seal_answer(c.now, region(waived))
+        .unwrap();
+    c.drain(i);
+}
+
 /// A seal query resent while the seal was in flight reaches a member after the seal, which
 /// it holds buffered behind a gap (it lacks old-epoch events up to the cut that another member
 /// held): the query must not hold the origin back again, or the events up to the cut, and
@@ -355,13 +367,7 @@ fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() 
     let old: Vec<Event> = c.nodes[ap].replica.origin_events(region("eu"), 0).to_vec();
     assert_eq!(old.len(), 3);
     // eu loses its disk and seals with ap's answer (us is waived: still cut off).
-    c.lose_disk(eu);
-    c.run_among(&[eu, ap], 3);
-    c.nodes[eu]
-        .replica
-        .waive_seal_answer(c.now, region("us"))
-        .unwrap();
-    c.drain(eu);
+    lose_disk_and_waive(&mut c, eu, ap, "us");
     assert!(until_sealed(&mut c, eu, &[eu, ap]), "{}", dump(&c));
     let seal = c.nodes[eu].replica.origin_events(region("eu"), 0)[3].clone();
     assert_eq!(c.nodes[eu].replica.seals()[0].cut, 3);
@@ -380,6 +386,100 @@ fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() 
         "eu:2, eu:3 and the seal apply at us"
     );
     assert_eq!(r.seals().len(), 1);
+}
+
+/// us holds eu's old-epoch eu:3 buffered behind a gap (it lacks eu:2) when eu, rebuilt after
+/// a lost disk, asks it how far it holds eu's log: us answers 1, and eu seals at 1 (ap, which
+/// holds eu:2 and eu:3, is down for good and waived). Returns the cluster, eu, us and the old
+/// eu:3; eu's new events are not sent yet.
+fn us_holds_an_old_epoch_event_buffered_when_eu_seals() -> (Cluster, usize, usize, Event) {
+    let (mut c, eu, us, ap) = ap_alone_holds_eus_last_two();
+    let old = c.nodes[ap].replica.origin_events(region("eu"), 0)[2].clone();
+    c.partition(1 << ap);
+    let (now, from) = (c.local_now(us), region("ap"));
+    c.nodes[us]
+        .replica
+        .handle_message(now, from, Message::Events(vec![old.clone()]));
+    assert_eq!(c.nodes[us].replica.version_vector().get(&region("eu")), 1);
+    lose_disk_and_waive(&mut c, eu, us, "ap");
+    assert!(!c.nodes[eu].replica.is_restoring(), "{}", dump(&c));
+    assert_eq!(c.nodes[eu].replica.seals()[0].cut, 1);
+    (c, eu, us, old)
+}
+
+/// After the seal: us holds what eu holds, with no evidence, matching the model, and alice's
+/// settled balance is `alice` (the old epoch above the cut never counts).
+fn us_follows_the_new_epoch(c: &mut Cluster, eu: usize, us: usize, alice: &str) {
+    let r = &c.nodes[us].replica;
+    assert!(r.evidence().is_empty(), "{:?}", r.evidence());
+    assert!(r.seal_stats().old_epoch_dropped >= 1);
+    assert!(c.settle_all(), "{}", dump(c));
+    same(c, eu, us);
+    for i in [eu, us] {
+        check_against_model(&c.seed, &c.nodes[i].replica).unwrap();
+        assert_eq!(balance(c, i, "alice"), alice);
+    }
+}
+
+/// A member that answered a seal query holds an old-epoch event buffered behind a gap; the
+/// rebuilt region seals below it and issues a new event under the same id, which overtakes
+/// the seal on the way (held back, or pulled from another member). Two events under one id
+/// buffered while the seal is awaited are the old epoch and the new, not equivocation: the
+/// old one (the lower HLC: the new epoch's are above everything the members observed) is
+/// dropped. Reported as equivocation, the origin settled nothing more anywhere (simulator
+/// `--lost-disk 50 --ack local`, seed 119: us held ap:1451 of the old epoch).
+#[test]
+fn an_old_epoch_event_buffered_at_the_query_is_not_evidence_against_the_new_epoch() {
+    let (mut c, eu, us, old) = us_holds_an_old_epoch_event_buffered_when_eu_seals();
+    let new = deposit(&mut c, eu, "alice", "5");
+    assert_eq!(new.seq, 3);
+    c.persist_all();
+    // The new eu:3 reaches us before the seal, eu:2.
+    c.inflight.retain(|(to, _, _)| *to != us);
+    let mine = c.nodes[eu].replica.origin_events(region("eu"), 0).to_vec();
+    let (seal, fresh) = (mine[1].clone(), mine[2].clone());
+    assert_ne!(fresh, old);
+    let (now, from) = (c.local_now(us), region("eu"));
+    let r = &mut c.nodes[us].replica;
+    r.handle_message(now, from, Message::Events(vec![fresh.clone()]));
+    r.handle_message(now, from, Message::Events(vec![seal]));
+    assert_eq!(r.version_vector().get(&from), 3);
+    assert_eq!(r.event(new), Some(&fresh));
+    us_follows_the_new_epoch(&mut c, eu, us, "105.00");
+}
+
+/// The same old-epoch event buffered at us, and the new epoch's first heartbeat (promising
+/// nothing more at or below its HLC above the seal's seq) overtakes the seal: the buffered
+/// event is the old epoch's, not a broken promise (simulator `--lost-disk 50 --ack local`,
+/// seed 206: us held ap:1312 of the old epoch when ap's heartbeat for seq 1288 came).
+#[test]
+fn an_old_epoch_event_buffered_at_the_query_is_not_a_broken_promise_of_the_new_epoch() {
+    let (mut c, eu, us, _) = us_holds_an_old_epoch_event_buffered_when_eu_seals();
+    for _ in 0..3 {
+        c.persist_all();
+        c.tick(300);
+    }
+    c.persist_all();
+    // What eu sends us: a heartbeat first.
+    let mut to_us: Vec<Message> = Vec::new();
+    c.inflight.retain(|(to, from, m)| {
+        let mine = *to == us && *from == eu;
+        if mine {
+            to_us.push(m.clone());
+        }
+        !mine
+    });
+    to_us.sort_by_key(|m| !matches!(m, Message::SignedHeartbeat(_)));
+    assert!(
+        matches!(to_us.first(), Some(Message::SignedHeartbeat(h)) if h.hb.seq >= 2),
+        "{to_us:?}"
+    );
+    let (now, from) = (c.local_now(us), region("eu"));
+    for m in to_us {
+        c.nodes[us].replica.handle_message(now, from, m);
+    }
+    c.drain(us);
+    us_follows_the_new_epoch(&mut c, eu, us, "100.00");
 }
 
 #[derive(Debug, Clone)]

@@ -266,7 +266,8 @@ pub struct FaultArgs {
     #[arg(long, value_name = "PCT", value_parser = parse_ppm)]
     pub pull_answer_loss: Option<u32>,
     /// Random crashes that also lose the disk: the region rejoins under a new epoch
-    /// [default: 0]
+    /// [default: drawn per seed: every random crash in a quarter of the seeds, else none;
+    /// 0: never]
     #[arg(long, value_name = "PCT", value_parser = parse_ppm)]
     pub lost_disk: Option<u32>,
     /// ms until each end of a cut link notices [default: 500..4000]
@@ -313,7 +314,7 @@ pub struct ReplicaArgs {
     #[arg(long, value_name = "N")]
     pub compact_every: Option<u64>,
     /// Acknowledge a new event once durable at its origin (`local`) or also at another member
-    /// (`peer`) [default: local]
+    /// (`peer`) [default: local, or drawn with a drawn lost disk: peer in half of those seeds]
     #[arg(long, value_name = "LEVEL", value_parser = ["local", "peer"])]
     pub ack: Option<String>,
     /// Run the replica's own check_invariants() every N inputs, on the region that took the
@@ -638,6 +639,9 @@ pub struct Options {
     /// Each seed draws its pull limit (`config::draw_pull_limit`): no `--pull-limit`, no
     /// `--scenario`.
     pub draw_pull_limit: bool,
+    /// Each seed draws its lost disks and their ack level (`SimConfig::draw_lost_disk`): no
+    /// `--lost-disk`, no `--scenario` (`--ack` still sets the level).
+    pub draw_lost_disk: bool,
     /// --print-policy: print the drawn policy of each seed and exit.
     pub print_policy: bool,
     /// --json PATH.
@@ -848,6 +852,7 @@ pub fn build(a: Args) -> Result<Options, CliError> {
         compare_modes: a.runs.compare_modes.is_some(),
         draw,
         draw_pull_limit: r.pull_limit.is_none() && f.scenario.is_none(),
+        draw_lost_disk: f.lost_disk.is_none() && f.scenario.is_none(),
         print_policy: a.runs.print_policy,
         json: a.output.json.clone(),
         report: a.output.report.clone(),
@@ -958,7 +963,8 @@ mod tests {
             (o.seeds, o.sweep, o.draw, o.compare),
             ((1, 1), false, true, false)
         );
-        assert!(o.draw_pull_limit);
+        assert!(o.draw_pull_limit && o.draw_lost_disk);
+        assert!(!opts(&["--lost-disk", "0"]).draw_lost_disk);
         assert_eq!(
             format!("{:?}", o.base),
             format!("{:?}", {
@@ -982,7 +988,7 @@ mod tests {
             "8",
         ]);
         assert_eq!((o.seeds, o.sweep, o.threads), ((3, 9), true, 1));
-        assert!(o.quiet && o.timing && !o.draw_pull_limit);
+        assert!(o.quiet && o.timing && !o.draw_pull_limit && o.draw_lost_disk);
         assert_eq!(o.base.chart_account.as_deref(), Some("acct-0001"));
         assert_eq!(
             repro(&o, 5, Some("my policy.toml")),

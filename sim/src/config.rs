@@ -373,7 +373,38 @@ pub fn draw_compact_every(seed: u64) -> u64 {
     [0, 0, 0, 50, 200, 1_000][rng.below(6) as usize]
 }
 
+/// Whether a seed loses disks when `--lost-disk` is not given, and at which durability level:
+/// a quarter of the seeds draw lost disks (every random crash of theirs loses its disk:
+/// [`LOST_DISK_DRAWN_PPM`]), half of those with `ack = "peer"` (`Some(true)`), half with
+/// `ack = "local"` (`Some(false)`); None: no lost disk, `ack = "local"`. From a PRNG stream
+/// of its own, `lost-disk-draw`: no other draw changes with it.
+pub fn draw_lost_disk(seed: u64) -> Option<bool> {
+    let mut rng = crate::rng::Rng::new(seed, b"lost-disk-draw");
+    match rng.below(8) {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+/// Share of the random crashes that lose their disk in a seed that draws lost disks.
+pub const LOST_DISK_DRAWN_PPM: u32 = 1_000_000;
+
 impl SimConfig {
+    /// A seed with random faults and no `--lost-disk` draws its lost disks
+    /// ([`draw_lost_disk`]), and their durability level unless `ack_given` (`--ack`).
+    pub fn draw_lost_disk(&mut self, ack_given: bool) {
+        if !self.faults.enabled || self.scenario.has_faults() {
+            return;
+        }
+        if let Some(peer) = draw_lost_disk(self.seed) {
+            self.faults.lost_disk_ppm = LOST_DISK_DRAWN_PPM;
+            if !ack_given {
+                self.ack_peer = peer;
+            }
+        }
+    }
+
     /// The events in memory that make a region compact in this run (0: never): as given,
     /// else drawn.
     pub fn compact_every(&self) -> u64 {
@@ -562,6 +593,35 @@ mod tests {
         assert_eq!(parse_amount_range("1.00..2.5"), Ok((100, 250)));
         assert!(parse_amount_range("0..1").is_err());
         assert!(parse_amount_range("1.001..2").is_err());
+    }
+
+    #[test]
+    fn a_quarter_of_the_seeds_lose_disks_half_of_those_with_ack_peer() {
+        let draws: Vec<Option<bool>> = (1..=4_000).map(draw_lost_disk).collect();
+        let lost = draws.iter().filter(|d| d.is_some()).count();
+        let peer = draws.iter().filter(|d| **d == Some(true)).count();
+        assert!((900..1_100).contains(&lost), "{lost}");
+        assert!((400..600).contains(&peer), "{peer}");
+        // Applied only with random faults; `--ack` keeps its level.
+        let seed = (1..)
+            .find(|s| draw_lost_disk(*s) == Some(true))
+            .unwrap_or(1);
+        let mut c = SimConfig::new(seed);
+        c.draw_lost_disk(false);
+        assert_eq!(
+            (c.faults.lost_disk_ppm, c.ack_peer),
+            (LOST_DISK_DRAWN_PPM, true)
+        );
+        let mut c = SimConfig::new(seed);
+        c.draw_lost_disk(true);
+        assert_eq!(
+            (c.faults.lost_disk_ppm, c.ack_peer),
+            (LOST_DISK_DRAWN_PPM, false)
+        );
+        let mut c = SimConfig::new(seed);
+        c.faults = Faults::none();
+        c.draw_lost_disk(false);
+        assert_eq!((c.faults.lost_disk_ppm, c.ack_peer), (0, false));
     }
 
     #[test]

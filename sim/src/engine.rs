@@ -1895,6 +1895,10 @@ impl Sim {
         self.script.wiped[r] = true;
         self.script.restore_pending[r] = true;
         self.during.disk_lost(r);
+        // What the region had settled is gone with its disk (`membership` counts from here).
+        if let Some(m) = self.max_settled.get_mut(r) {
+            m.fill(0);
+        }
     }
 
     fn crash(&mut self, r: usize) {

@@ -113,6 +113,9 @@ fn execute(opts: &Options) -> Result<bool, String> {
         if opts.draw_pull_limit {
             cfg.pull_limit = wallet_sim::config::draw_pull_limit(seed);
         }
+        if opts.draw_lost_disk {
+            cfg.draw_lost_disk(opts.args.replica.ack.is_some());
+        }
         if opts.draw {
             cfg.draw_policy();
         } else {

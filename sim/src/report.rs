@@ -59,6 +59,21 @@ pub fn compaction_summary(results: &[RunResult]) -> String {
         );
     }
     s.push('\n');
+    let lost = |peer: bool| {
+        results
+            .iter()
+            .filter(|r| r.metrics.lost_disks > 0 && r.metrics.ack_peer == peer)
+            .count()
+    };
+    let _ = writeln!(
+        s,
+        "lost disks: {} of {} seeds lost a disk ({} with ack = local, {} with ack = peer; {} lost disks)",
+        lost(false) + lost(true),
+        results.len(),
+        lost(false),
+        lost(true),
+        results.iter().map(|r| r.metrics.lost_disks).sum::<u64>(),
+    );
     s
 }
 
@@ -91,10 +106,12 @@ pub fn summary(r: &RunResult) -> String {
     );
     let _ = writeln!(
         s,
-        "  faults: partitions {}  crashes {} ({} after a pull)  messages {} (lost {})  replicated {} ({} bytes)  events delivered {} ({} already held)",
+        "  faults: partitions {}  crashes {} ({} after a pull, {} lost the disk; ack = {})  messages {} (lost {})  replicated {} ({} bytes)  events delivered {} ({} already held)",
         m.partitions,
         m.crashes,
         m.crashes_after_pull,
+        m.lost_disks,
+        if m.ack_peer { "peer" } else { "local" },
         m.messages,
         m.messages_lost,
         human_bytes(m.bytes_replicated),

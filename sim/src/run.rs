@@ -82,6 +82,10 @@ pub struct Metrics {
     /// Of those, `crash-after-pull` crashes that found their window (a pull answered while
     /// own events were written and not yet durable).
     pub crashes_after_pull: u64,
+    /// Of those, crashes that lost the disk (`--lost-disk`, drawn, or scripted `wipe`).
+    pub lost_disks: u64,
+    /// The run's durability level: `ack = "peer"`.
+    pub ack_peer: bool,
     /// Home mode: client requests left pending by the region that took them (forwarded to
     /// the home).
     pub forwarded: u64,
@@ -452,6 +456,8 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         partitions: c.partitions,
         crashes: c.crashes,
         crashes_after_pull: c.crashes_after_pull,
+        lost_disks: sim.wipes.len() as u64,
+        ack_peer: sim.cfg.ack_peer,
         forwarded: c.pending,
         refused_home_unreachable: c.refused_home,
         home_moves: c.home_moves,

@@ -186,15 +186,31 @@ impl Replica {
                     self.stats.duplicates += 1;
                     return;
                 }
+                // While the origin's seal is awaited (it asked how far this region holds its
+                // log), two events under one id above the answer are its old epoch and its
+                // new one: the new epoch's HLCs are above everything the members observed, so
+                // the lower one is the old epoch's, dropped like those the seal drops.
+                if m.seal_cap.is_some() {
+                    if e.hlc > p.hlc {
+                        m.pending.insert(id.seq, e);
+                    }
+                    self.sealing.stats.old_epoch_dropped += 1;
+                    return;
+                }
                 // Two different events buffered under one id: keep the first as pending,
                 // report the second; the gap-free apply checks it again.
                 let p = p.clone();
                 self.equivocation(Evidence::Conflicting(p, e));
                 return;
             }
-            // A buffered event that breaks a promise already held is evidence now.
+            // A buffered event that breaks a promise already held is evidence now (while the
+            // seal is awaited: the old epoch's, dropped as above).
             if let Some(shb) = m.promise.as_ref() {
                 if id.seq > shb.hb.seq && e.hlc <= shb.hb.hlc {
+                    if m.seal_cap.is_some() {
+                        self.sealing.stats.old_epoch_dropped += 1;
+                        return;
+                    }
                     let heartbeat = shb.clone();
                     self.equivocation(Evidence::BrokenPromise {
                         heartbeat,
@@ -435,6 +451,17 @@ impl Replica {
                 theirs: hb.policy,
                 ours,
             });
+        }
+        // While the origin's seal is awaited, what is buffered of it above the answer with an
+        // HLC at or below its heartbeat is its old epoch's (the new epoch's HLCs are above
+        // everything the members observed, and a new heartbeat may overtake the seal):
+        // dropped, like those the seal drops, not a broken promise.
+        if let Some(m) = self.logs.members.get_mut(&from) {
+            if m.seal_cap.is_some() {
+                let before = m.pending.len();
+                m.pending.retain(|seq, e| *seq <= hb.seq || e.hlc > hb.hlc);
+                self.sealing.stats.old_epoch_dropped += (before - m.pending.len()) as u64;
+            }
         }
         // An event already held (in the log or buffered) above the heartbeat's seq with an
         // HLC at or below it: the promise is broken, whichever came first.
