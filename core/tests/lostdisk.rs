@@ -382,6 +382,81 @@ fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() 
     assert_eq!(r.seals().len(), 1);
 }
 
+/// Sim seed 128 (`--lost-disk 50 --ack peer`): ap held eu:3 and eu:4 of the old epoch
+/// buffered behind a gap when eu lost its disk; eu sealed at us's answer (cut 2) and issued a
+/// new eu:4, which reached ap before the seal. Two events buffered under eu:4 are one of each
+/// epoch, not evidence: ap must not freeze eu, and must apply the new epoch once the seal and
+/// eu:2 arrive.
+#[test]
+fn a_new_epoch_event_that_overtakes_its_seal_is_no_evidence_against_an_old_one_buffered() {
+    let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
+    let (eu, us, ap) = (0, 1, 2);
+    deposit(&mut c, eu, "alice", "100");
+    assert!(c.settle_all());
+    // ap away: us holds eu:2; eu:3 and eu:4 reach ap only (by hand), never us.
+    c.partition(1 << ap);
+    deposit(&mut c, eu, "alice", "1");
+    c.run_among(&[eu, us], 2);
+    deposit(&mut c, eu, "alice", "7");
+    deposit(&mut c, eu, "alice", "7");
+    c.persist(eu, usize::MAX);
+    c.inflight.retain(|(_, from, _)| *from != eu);
+    let old: Vec<Event> = c.nodes[eu].replica.origin_events(region("eu"), 0).to_vec();
+    assert_eq!(old.len(), 4);
+    let now = c.local_now(ap);
+    c.nodes[ap]
+        .replica
+        .handle_message(now, region("eu"), Message::Events(old[2..].to_vec()));
+    c.drain(ap);
+    assert_eq!(c.nodes[ap].replica.version_vector().get(&region("eu")), 1);
+
+    // eu loses its disk, pulls eu:1..2 back from us; ap answers its seal query by hand (1).
+    c.lose_disk(eu);
+    c.run_among(&[eu, us], 3);
+    let r = &mut c.nodes[ap].replica;
+    r.handle_message(now, region("eu"), Message::SealQuery);
+    let mut answer = None;
+    while let Some(out) = r.poll_output() {
+        if let Output::Send { msg, .. } = out {
+            if matches!(msg, Message::SealHeld { .. }) {
+                answer = Some(msg);
+            }
+        }
+    }
+    let answer = answer.expect("ap answers the seal query");
+    assert!(matches!(answer, Message::SealHeld { held: 1, .. }));
+    let now_eu = c.local_now(eu);
+    c.nodes[eu]
+        .replica
+        .handle_message(now_eu, region("ap"), answer);
+    c.drain(eu);
+    assert!(until_sealed(&mut c, eu, &[eu, us]), "{}", dump(&c));
+    assert_eq!(c.nodes[eu].replica.seals()[0].cut, 2);
+    deposit(&mut c, eu, "alice", "2");
+    c.run_among(&[eu, us], 2);
+    let new: Vec<Event> = c.nodes[eu].replica.origin_events(region("eu"), 0).to_vec();
+    assert_eq!(new.len(), 4);
+    assert_ne!(new[3], old[3], "eu:4 is issued again in epoch 2");
+
+    // At ap: the new eu:4 overtakes the seal, then the seal, then eu:2.
+    let r = &mut c.nodes[ap].replica;
+    let now = c.now + 1;
+    r.handle_message(now, region("eu"), Message::Events(vec![new[3].clone()]));
+    r.handle_message(now, region("eu"), Message::Events(vec![new[2].clone()]));
+    r.handle_message(now, region("us"), Message::Events(vec![new[1].clone()]));
+    assert!(r.evidence().is_empty(), "ap froze eu: {:?}", r.evidence());
+    assert_eq!(r.version_vector().get(&region("eu")), 4, "{}", dump(&c));
+    assert!(c.settle_all(), "{}", dump(&c));
+    for i in [eu, us, ap] {
+        check_against_model(&c.seed, &c.nodes[i].replica).unwrap();
+        assert!(c.nodes[i].replica.evidence().is_empty());
+        // 100 + 1 + 2: the old epoch's eu:3 and eu:4 never count.
+        assert_eq!(balance(&c, i, "alice"), "103.00");
+    }
+    same(&c, eu, ap);
+    same(&c, us, ap);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Submit {

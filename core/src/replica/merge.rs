@@ -6,6 +6,7 @@ use crate::id::{EventId, RegionId};
 use crate::message::{Evidence, Message, SignedHeartbeat};
 
 use super::durability::Awaiting;
+use super::seal::rebuilding_above;
 use super::{
     Record, Replica, Report, EVIDENCE_MAX, PENDING_HEARTBEATS_MAX, PENDING_PER_ORIGIN_MAX,
 };
@@ -184,6 +185,17 @@ impl Replica {
             if let Some(p) = m.pending.get(&id.seq) {
                 if p.hlc == e.hlc && p.body == e.body {
                     self.stats.duplicates += 1;
+                    return;
+                }
+                // Above a seal query's answer, or above the cut of a seal buffered here, the
+                // origin is rebuilding: one of the two is of the old epoch, the other of the
+                // new, which issues its events above every HLC the old one reached
+                // (docs/protocol.md §12). Not evidence: the later HLC stays buffered.
+                if rebuilding_above(m, id.seq) {
+                    if e.hlc > p.hlc {
+                        m.pending.insert(id.seq, e);
+                    }
+                    self.sealing.stats.old_epoch_dropped += 1;
                     return;
                 }
                 // Two different events buffered under one id: keep the first as pending,

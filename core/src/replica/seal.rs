@@ -17,6 +17,7 @@ use crate::event::{Change, Event};
 use crate::id::{EventId, Hlc, RegionId};
 use crate::message::Message;
 
+use super::log::Member;
 use super::{MembershipError, Output, Replica, Report, SubmitError, CEILING_MARGIN_MS};
 
 /// A seal this region applied: one origin epoch ended, the next began.
@@ -60,6 +61,16 @@ pub(crate) struct Sealing {
     /// `Message::Durable` after a persist.
     pub(crate) want_durable: BTreeSet<RegionId>,
     pub(crate) stats: SealStats,
+}
+
+/// Whether seq `seq` of origin `m` may exist twice, once in each of two epochs: this region
+/// answered the origin's seal query below it (the origin is rebuilding), or holds its seal
+/// buffered with a cut below it. Two events buffered under such an id are no evidence.
+pub(super) fn rebuilding_above(m: &Member, seq: u64) -> bool {
+    m.seal_cap.is_some_and(|c| seq > c)
+        || m.pending
+            .values()
+            .any(|e| matches!(e.change(), Some(Change::Seal { cut, .. }) if seq > *cut))
 }
 
 impl Replica {
