@@ -457,6 +457,45 @@ fn a_new_epoch_event_that_overtakes_its_seal_is_no_evidence_against_an_old_one_b
     same(&c, us, ap);
 }
 
+/// Sim seed 37 (`--lost-disk 50 --ack peer`): us answered the seal query of a rebuilt eu
+/// (holding eu:1, eu:3 buffered behind a gap), eu never sealed and was retired, its cut at
+/// eu:3 (ap's acknowledgement). The query's hold must end with the cut: us applies eu:2 and
+/// eu:3 and settles, instead of holding eu's log at its answer for good.
+#[test]
+fn a_retire_cut_ends_the_hold_of_a_seal_query_that_was_never_followed_by_a_seal() {
+    let (mut c, eu, us, ap) = ap_alone_holds_eus_last_two();
+    let old: Vec<Event> = c.nodes[ap].replica.origin_events(region("eu"), 0).to_vec();
+    assert_eq!(old.len(), 3);
+    // At us, by hand: eu:3 (buffered behind the gap at eu:2), then the rebuilt eu's query.
+    let now = c.local_now(us);
+    let r = &mut c.nodes[us].replica;
+    r.handle_message(now, region("ap"), Message::Events(vec![old[2].clone()]));
+    r.handle_message(now, region("eu"), Message::SealQuery);
+    c.drain(us);
+    // eu lost its disk and is gone for good: us retires it.
+    c.partition(1 << eu);
+    c.lose_disk(eu);
+    let now = c.local_now(us);
+    c.nodes[us]
+        .replica
+        .retire(
+            now,
+            [region("eu")].into_iter().collect(),
+            "disk lost for good".into(),
+        )
+        .unwrap();
+    c.drain(us);
+    c.run_among(&[us, ap], 6);
+    for i in [us, ap] {
+        let r = &c.nodes[i].replica;
+        assert_eq!(r.cut(region("eu")), Some(3), "{}", dump(&c));
+        assert_eq!(r.version_vector().get(&region("eu")), 3, "{}", dump(&c));
+        assert!(!r.settlement_blocked(), "{}", dump(&c));
+        r.check_invariants().unwrap();
+    }
+    same(&c, us, ap);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Submit {
