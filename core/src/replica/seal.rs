@@ -79,15 +79,14 @@ impl Replica {
         self.restoring && self.cfg.seal_on_restore
     }
 
-    /// The members a seal waits for: in force, not this region, not waived. A member being
-    /// retired is asked too: it may be the one member that holds this region's last
-    /// peer-acknowledged events (its retire cannot end before this region acknowledges it,
-    /// after the seal; one that is down for good is waived by an operator).
+    /// The members a seal waits for: in force, not this region, not waived, not being
+    /// retired (a retire waits for this region's acknowledgement, which waits for the seal).
     fn seal_askees(&self) -> Vec<RegionId> {
         let me = self.cfg.region;
+        let retiring = self.retiring();
         self.members_in_force()
             .into_iter()
-            .filter(|r| *r != me && !self.sealing.waived.contains(r))
+            .filter(|r| *r != me && !self.sealing.waived.contains(r) && !retiring.contains(r))
             .collect()
     }
 
