@@ -496,6 +496,70 @@ fn a_retire_cut_ends_the_hold_of_a_seal_query_that_was_never_followed_by_a_seal(
     same(&c, us, ap);
 }
 
+/// Sim seed 450 (`--lost-disk 50 --ack peer`): ap alone held us's last events durably (peer
+/// acknowledged), us lost its disk, and eu retired ap meanwhile. While ap is connected the
+/// seal must wait for its answer: sealing at eu's answer, once us had pulled that much back,
+/// lost the acknowledged events, and ap then held two events under their ids. A member being
+/// retired that is cut off is not waited for (its retire waits for us, after the seal: the
+/// wait would never end).
+#[test]
+fn a_member_being_retired_is_asked_before_a_seal() {
+    let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
+    let (eu, us, ap) = (0, 1, 2);
+    deposit(&mut c, us, "alice", "100");
+    assert!(c.settle_all());
+    // eu away: ap alone holds us:2 and us:3, acknowledged with ack = peer.
+    c.partition(1 << eu);
+    deposit(&mut c, us, "alice", "1");
+    deposit(&mut c, us, "alice", "2");
+    c.run_among(&[us, ap], 2);
+    assert_eq!(c.nodes[us].replica.peer_durable_seq(), 3);
+    let acked: Vec<Event> = c.nodes[us].replica.origin_events(region("us"), 0).to_vec();
+    // us loses its disk; eu, still cut off, retires ap.
+    c.lose_disk(us);
+    let now = c.local_now(eu);
+    c.nodes[eu]
+        .replica
+        .retire(now, [region("ap")].into_iter().collect(), "leaving".into())
+        .unwrap();
+    c.drain(eu);
+    c.persist(eu, usize::MAX);
+    // The rebuilt us hears of the retire first (by hand), then everything heals.
+    let retire: Vec<Event> = c.nodes[eu].replica.origin_events(region("eu"), 0).to_vec();
+    let now = c.local_now(us);
+    c.nodes[us]
+        .replica
+        .handle_message(now, region("eu"), Message::Events(retire));
+    c.drain(us);
+    assert!(c.nodes[us].replica.retiring().contains(&region("ap")));
+    // ap is connected: eu's answer (us:1) is not enough, us waits for ap's too.
+    let missing = c.nodes[us].replica.seal_missing();
+    assert!(missing.contains(&region("ap")), "{missing:?}");
+    // Cut off, it is not waited for (its retire waits for us, after the seal).
+    c.partition(1 << ap);
+    assert_eq!(c.nodes[us].replica.seal_missing(), vec![region("eu")]);
+    c.heal();
+    assert!(until_sealed(&mut c, us, &[eu, us, ap]), "{}", dump(&c));
+    assert_eq!(c.nodes[us].replica.seals()[0].cut, 3, "{}", dump(&c));
+    c.run_among(&[eu, us, ap], 6);
+    for i in [eu, us, ap] {
+        let r = &c.nodes[i].replica;
+        assert!(
+            r.evidence().is_empty(),
+            "{}: {:?}",
+            c.names[i],
+            r.evidence()
+        );
+        assert_eq!(
+            r.origin_events(region("us"), 0)[..3],
+            acked[..],
+            "{}",
+            c.names[i]
+        );
+    }
+    same(&c, eu, us);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Submit {

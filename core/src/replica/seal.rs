@@ -79,14 +79,18 @@ impl Replica {
         self.restoring && self.cfg.seal_on_restore
     }
 
-    /// The members a seal waits for: in force, not this region, not waived, not being
-    /// retired (a retire waits for this region's acknowledgement, which waits for the seal).
+    /// The members a seal waits for: in force, not this region, not waived; a member being
+    /// retired only while it is connected. Its retire waits for this region's
+    /// acknowledgement, which waits for the seal, so waiting for one that is down would never
+    /// end; but one that is up may alone hold this region's last peer-acknowledged events.
     fn seal_askees(&self) -> Vec<RegionId> {
         let me = self.cfg.region;
         let retiring = self.retiring();
+        let connected = self.pull.connected();
         self.members_in_force()
             .into_iter()
-            .filter(|r| *r != me && !self.sealing.waived.contains(r) && !retiring.contains(r))
+            .filter(|r| *r != me && !self.sealing.waived.contains(r))
+            .filter(|r| !retiring.contains(r) || connected.contains(r))
             .collect()
     }
 
