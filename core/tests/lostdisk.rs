@@ -382,6 +382,19 @@ fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() 
     assert_eq!(r.seals().len(), 1);
 }
 
+/// eu, us and ap (peer acks) after `origin`'s 100 settled everywhere; then `away` is cut off
+/// and the other two hold `origin`'s next deposit (seq 2).
+fn one_away(origin: usize, away: usize) -> Cluster {
+    let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
+    deposit(&mut c, origin, "alice", "100");
+    assert!(c.settle_all());
+    c.partition(1 << away);
+    deposit(&mut c, origin, "alice", "1");
+    let live: Vec<usize> = (0..3).filter(|i| *i != away).collect();
+    c.run_among(&live, 2);
+    c
+}
+
 /// Sim seed 128 (`--lost-disk 50 --ack peer`): ap held eu:3 and eu:4 of the old epoch
 /// buffered behind a gap when eu lost its disk; eu sealed at us's answer (cut 2) and issued a
 /// new eu:4, which reached ap before the seal. Two events buffered under eu:4 are one of each
@@ -389,14 +402,9 @@ fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() 
 /// eu:2 arrive.
 #[test]
 fn a_new_epoch_event_that_overtakes_its_seal_is_no_evidence_against_an_old_one_buffered() {
-    let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
     let (eu, us, ap) = (0, 1, 2);
-    deposit(&mut c, eu, "alice", "100");
-    assert!(c.settle_all());
     // ap away: us holds eu:2; eu:3 and eu:4 reach ap only (by hand), never us.
-    c.partition(1 << ap);
-    deposit(&mut c, eu, "alice", "1");
-    c.run_among(&[eu, us], 2);
+    let mut c = one_away(eu, ap);
     deposit(&mut c, eu, "alice", "7");
     deposit(&mut c, eu, "alice", "7");
     c.persist(eu, usize::MAX);
@@ -504,13 +512,9 @@ fn a_retire_cut_ends_the_hold_of_a_seal_query_that_was_never_followed_by_a_seal(
 /// wait would never end).
 #[test]
 fn a_member_being_retired_is_asked_before_a_seal() {
-    let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
     let (eu, us, ap) = (0, 1, 2);
-    deposit(&mut c, us, "alice", "100");
-    assert!(c.settle_all());
     // eu away: ap alone holds us:2 and us:3, acknowledged with ack = peer.
-    c.partition(1 << eu);
-    deposit(&mut c, us, "alice", "1");
+    let mut c = one_away(us, eu);
     deposit(&mut c, us, "alice", "2");
     c.run_among(&[us, ap], 2);
     assert_eq!(c.nodes[us].replica.peer_durable_seq(), 3);
