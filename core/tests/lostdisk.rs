@@ -482,6 +482,188 @@ fn an_old_epoch_event_buffered_at_the_query_is_not_a_broken_promise_of_the_new_e
     us_follows_the_new_epoch(&mut c, eu, us, "100.00");
 }
 
+/// eu, us and ap (peer acks) after `origin`'s 100 settled everywhere; then `away` is cut off
+/// and the other two hold `origin`'s next deposit (seq 2).
+fn one_away(origin: usize, away: usize) -> Cluster {
+    let mut c = Cluster::with_durable_acks(&["eu", "us", "ap"], fee_policy());
+    deposit(&mut c, origin, "alice", "100");
+    assert!(c.settle_all());
+    c.partition(1 << away);
+    deposit(&mut c, origin, "alice", "1");
+    let live: Vec<usize> = (0..3).filter(|i| *i != away).collect();
+    c.run_among(&live, 2);
+    c
+}
+
+/// Sim seed 128 (`--lost-disk 50 --ack peer`): ap held eu:3 and eu:4 of the old epoch
+/// buffered behind a gap when eu lost its disk; eu sealed at us's answer (cut 2) and issued a
+/// new eu:4, which reached ap before the seal. Two events buffered under eu:4 are one of each
+/// epoch, not evidence: ap must not freeze eu, and must apply the new epoch once the seal and
+/// eu:2 arrive.
+#[test]
+fn a_new_epoch_event_that_overtakes_its_seal_is_no_evidence_against_an_old_one_buffered() {
+    let (eu, us, ap) = (0, 1, 2);
+    // ap away: us holds eu:2; eu:3 and eu:4 reach ap only (by hand), never us.
+    let mut c = one_away(eu, ap);
+    deposit(&mut c, eu, "alice", "7");
+    deposit(&mut c, eu, "alice", "7");
+    c.persist(eu, usize::MAX);
+    c.inflight.retain(|(_, from, _)| *from != eu);
+    let old: Vec<Event> = c.nodes[eu].replica.origin_events(region("eu"), 0).to_vec();
+    assert_eq!(old.len(), 4);
+    let now = c.local_now(ap);
+    c.nodes[ap]
+        .replica
+        .handle_message(now, region("eu"), Message::Events(old[2..].to_vec()));
+    c.drain(ap);
+    assert_eq!(c.nodes[ap].replica.version_vector().get(&region("eu")), 1);
+
+    // eu loses its disk, pulls eu:1..2 back from us; ap answers its seal query by hand (1).
+    c.lose_disk(eu);
+    c.run_among(&[eu, us], 3);
+    let r = &mut c.nodes[ap].replica;
+    r.handle_message(now, region("eu"), Message::SealQuery);
+    let mut answer = None;
+    while let Some(out) = r.poll_output() {
+        if let Output::Send { msg, .. } = out {
+            if matches!(msg, Message::SealHeld { .. }) {
+                answer = Some(msg);
+            }
+        }
+    }
+    let answer = answer.expect("ap answers the seal query");
+    assert!(matches!(answer, Message::SealHeld { held: 1, .. }));
+    let now_eu = c.local_now(eu);
+    c.nodes[eu]
+        .replica
+        .handle_message(now_eu, region("ap"), answer);
+    c.drain(eu);
+    assert!(until_sealed(&mut c, eu, &[eu, us]), "{}", dump(&c));
+    assert_eq!(c.nodes[eu].replica.seals()[0].cut, 2);
+    deposit(&mut c, eu, "alice", "2");
+    c.run_among(&[eu, us], 2);
+    let new: Vec<Event> = c.nodes[eu].replica.origin_events(region("eu"), 0).to_vec();
+    assert_eq!(new.len(), 4);
+    assert_ne!(new[3], old[3], "eu:4 is issued again in epoch 2");
+
+    // At ap: the new eu:4 overtakes the seal, then the seal, then eu:2.
+    let r = &mut c.nodes[ap].replica;
+    let now = c.now + 1;
+    r.handle_message(now, region("eu"), Message::Events(vec![new[3].clone()]));
+    r.handle_message(now, region("eu"), Message::Events(vec![new[2].clone()]));
+    r.handle_message(now, region("us"), Message::Events(vec![new[1].clone()]));
+    assert!(r.evidence().is_empty(), "ap froze eu: {:?}", r.evidence());
+    assert_eq!(r.version_vector().get(&region("eu")), 4, "{}", dump(&c));
+    assert!(c.settle_all(), "{}", dump(&c));
+    for i in [eu, us, ap] {
+        check_against_model(&c.seed, &c.nodes[i].replica).unwrap();
+        assert!(c.nodes[i].replica.evidence().is_empty());
+        // 100 + 1 + 2: the old epoch's eu:3 and eu:4 never count.
+        assert_eq!(balance(&c, i, "alice"), "103.00");
+    }
+    same(&c, eu, ap);
+    same(&c, us, ap);
+}
+
+/// Sim seed 37 (`--lost-disk 50 --ack peer`): us answered the seal query of a rebuilt eu
+/// (holding eu:1, eu:3 buffered behind a gap), eu never sealed and was retired, its cut at
+/// eu:3 (ap's acknowledgement). The query's hold must end with the cut: us applies eu:2 and
+/// eu:3 and settles, instead of holding eu's log at its answer for good.
+#[test]
+fn a_retire_cut_ends_the_hold_of_a_seal_query_that_was_never_followed_by_a_seal() {
+    let (mut c, eu, us, ap) = ap_alone_holds_eus_last_two();
+    let old: Vec<Event> = c.nodes[ap].replica.origin_events(region("eu"), 0).to_vec();
+    assert_eq!(old.len(), 3);
+    // At us, by hand: eu:3 (buffered behind the gap at eu:2), then the rebuilt eu's query.
+    let now = c.local_now(us);
+    let r = &mut c.nodes[us].replica;
+    r.handle_message(now, region("ap"), Message::Events(vec![old[2].clone()]));
+    r.handle_message(now, region("eu"), Message::SealQuery);
+    c.drain(us);
+    // eu lost its disk and is gone for good: us retires it.
+    c.partition(1 << eu);
+    c.lose_disk(eu);
+    let now = c.local_now(us);
+    c.nodes[us]
+        .replica
+        .retire(
+            now,
+            [region("eu")].into_iter().collect(),
+            "disk lost for good".into(),
+        )
+        .unwrap();
+    c.drain(us);
+    c.run_among(&[us, ap], 6);
+    for i in [us, ap] {
+        let r = &c.nodes[i].replica;
+        assert_eq!(r.cut(region("eu")), Some(3), "{}", dump(&c));
+        assert_eq!(r.version_vector().get(&region("eu")), 3, "{}", dump(&c));
+        assert!(!r.settlement_blocked(), "{}", dump(&c));
+        r.check_invariants().unwrap();
+    }
+    same(&c, us, ap);
+}
+
+/// Sim seed 450 (`--lost-disk 50 --ack peer`): ap alone held us's last events durably (peer
+/// acknowledged), us lost its disk, and eu retired ap meanwhile. While ap is connected the
+/// seal must wait for its answer: sealing at eu's answer, once us had pulled that much back,
+/// lost the acknowledged events, and ap then held two events under their ids. A member being
+/// retired that is cut off is not waited for (its retire waits for us, after the seal: the
+/// wait would never end).
+#[test]
+fn a_member_being_retired_is_asked_before_a_seal() {
+    let (eu, us, ap) = (0, 1, 2);
+    // eu away: ap alone holds us:2 and us:3, acknowledged with ack = peer.
+    let mut c = one_away(us, eu);
+    deposit(&mut c, us, "alice", "2");
+    c.run_among(&[us, ap], 2);
+    assert_eq!(c.nodes[us].replica.peer_durable_seq(), 3);
+    let acked: Vec<Event> = c.nodes[us].replica.origin_events(region("us"), 0).to_vec();
+    // us loses its disk; eu, still cut off, retires ap.
+    c.lose_disk(us);
+    let now = c.local_now(eu);
+    c.nodes[eu]
+        .replica
+        .retire(now, [region("ap")].into_iter().collect(), "leaving".into())
+        .unwrap();
+    c.drain(eu);
+    c.persist(eu, usize::MAX);
+    // The rebuilt us hears of the retire first (by hand), then everything heals.
+    let retire: Vec<Event> = c.nodes[eu].replica.origin_events(region("eu"), 0).to_vec();
+    let now = c.local_now(us);
+    c.nodes[us]
+        .replica
+        .handle_message(now, region("eu"), Message::Events(retire));
+    c.drain(us);
+    assert!(c.nodes[us].replica.retiring().contains(&region("ap")));
+    // ap is connected: eu's answer (us:1) is not enough, us waits for ap's too.
+    let missing = c.nodes[us].replica.seal_missing();
+    assert!(missing.contains(&region("ap")), "{missing:?}");
+    // Cut off, it is not waited for (its retire waits for us, after the seal).
+    c.partition(1 << ap);
+    assert_eq!(c.nodes[us].replica.seal_missing(), vec![region("eu")]);
+    c.heal();
+    assert!(until_sealed(&mut c, us, &[eu, us, ap]), "{}", dump(&c));
+    assert_eq!(c.nodes[us].replica.seals()[0].cut, 3, "{}", dump(&c));
+    c.run_among(&[eu, us, ap], 6);
+    for i in [eu, us, ap] {
+        let r = &c.nodes[i].replica;
+        assert!(
+            r.evidence().is_empty(),
+            "{}: {:?}",
+            c.names[i],
+            r.evidence()
+        );
+        assert_eq!(
+            r.origin_events(region("us"), 0)[..3],
+            acked[..],
+            "{}",
+            c.names[i]
+        );
+    }
+    same(&c, eu, us);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Submit {

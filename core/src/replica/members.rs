@@ -454,6 +454,10 @@ impl Replica {
         }
         m.cut = Some(cut);
         m.cap = Some(cut);
+        // A seal query's hold ends with the cut: every remaining member agreed on the
+        // region's history up to it, and a retired region seals nothing more (its seal, if
+        // any, is at or below the cut and applies in order, or above it and is refused).
+        m.seal_cap = None;
         self.report(Report::Membership {
             event: retire,
             what: format!("{region} retired: cut at seq {cut}"),

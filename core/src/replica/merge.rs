@@ -6,6 +6,7 @@ use crate::id::{EventId, RegionId};
 use crate::message::{Evidence, Message, SignedHeartbeat};
 
 use super::durability::Awaiting;
+use super::seal::rebuilding_above;
 use super::{
     Record, Replica, Report, EVIDENCE_MAX, PENDING_HEARTBEATS_MAX, PENDING_PER_ORIGIN_MAX,
 };
@@ -186,11 +187,11 @@ impl Replica {
                     self.stats.duplicates += 1;
                     return;
                 }
-                // While the origin's seal is awaited (it asked how far this region holds its
-                // log), two events under one id above the answer are its old epoch and its
-                // new one: the new epoch's HLCs are above everything the members observed, so
-                // the lower one is the old epoch's, dropped like those the seal drops.
-                if m.seal_cap.is_some() {
+                // Above a seal query's answer, or above the cut of a seal buffered here, the
+                // origin is rebuilding: one of the two is of the old epoch, the other of the
+                // new, which issues its events above every HLC the old one reached
+                // (docs/protocol.md §12). Not evidence: the later HLC stays buffered.
+                if rebuilding_above(m, id.seq) {
                     if e.hlc > p.hlc {
                         m.pending.insert(id.seq, e);
                     }

@@ -17,6 +17,7 @@ use crate::event::{Change, Event};
 use crate::id::{EventId, Hlc, RegionId};
 use crate::message::Message;
 
+use super::log::Member;
 use super::{MembershipError, Output, Replica, Report, SubmitError, CEILING_MARGIN_MS};
 
 /// A seal this region applied: one origin epoch ended, the next began.
@@ -62,20 +63,34 @@ pub(crate) struct Sealing {
     pub(crate) stats: SealStats,
 }
 
+/// Whether seq `seq` of origin `m` may exist twice, once in each of two epochs: this region
+/// answered the origin's seal query below it (the origin is rebuilding), or holds its seal
+/// buffered with a cut below it. Two events buffered under such an id are no evidence.
+pub(super) fn rebuilding_above(m: &Member, seq: u64) -> bool {
+    m.seal_cap.is_some_and(|c| seq > c)
+        || m.pending
+            .values()
+            .any(|e| matches!(e.change(), Some(Change::Seal { cut, .. }) if seq > *cut))
+}
+
 impl Replica {
     /// Sealing: restoring after a lost disk, to rejoin under a new epoch.
     pub(super) fn sealing(&self) -> bool {
         self.restoring && self.cfg.seal_on_restore
     }
 
-    /// The members a seal waits for: in force, not this region, not waived, not being
-    /// retired (a retire waits for this region's acknowledgement, which waits for the seal).
+    /// The members a seal waits for: in force, not this region, not waived; a member being
+    /// retired only while it is connected. Its retire waits for this region's
+    /// acknowledgement, which waits for the seal, so waiting for one that is down would never
+    /// end; but one that is up may alone hold this region's last peer-acknowledged events.
     fn seal_askees(&self) -> Vec<RegionId> {
         let me = self.cfg.region;
         let retiring = self.retiring();
+        let connected = self.pull.connected();
         self.members_in_force()
             .into_iter()
-            .filter(|r| *r != me && !self.sealing.waived.contains(r) && !retiring.contains(r))
+            .filter(|r| *r != me && !self.sealing.waived.contains(r))
+            .filter(|r| !retiring.contains(r) || connected.contains(r))
             .collect()
     }
 
