@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use wallet_core::Policy;
-use wallet_sim::config::{region_names, SimConfig};
+use wallet_sim::config::{region_names, SimConfig, LOST_DISK_DRAWN_PPM};
 use wallet_sim::run::{run, RunResult};
 
 const SEEDS: u64 = 200;
@@ -39,7 +39,22 @@ fn config(seed: u64, policies: &[(String, Policy)]) -> SimConfig {
     let (name, policy) = &policies[(seed % policies.len() as u64) as usize];
     cfg.policy = policy.clone();
     cfg.policy_name = name.clone();
+    // A quarter of the seeds lose the disk at every crash, half of those with ack = peer
+    // (issue 13; `wallet-sim --seeds` draws its own quarter from the seed).
+    if let Some(peer) = lost_disk(seed) {
+        cfg.faults.lost_disk_ppm = LOST_DISK_DRAWN_PPM;
+        cfg.ack_peer = peer;
+    }
     cfg
+}
+
+/// Whether seed `seed` of this sweep loses its disks, and with ack = peer.
+fn lost_disk(seed: u64) -> Option<bool> {
+    match seed % 8 {
+        3 => Some(false),
+        7 => Some(true),
+        _ => None,
+    }
 }
 
 #[test]
@@ -69,11 +84,16 @@ fn two_hundred_seeds_with_random_faults_keep_every_invariant() {
     for r in &results {
         for (name, detail) in &r.check.failures {
             failed.push(format!(
-                "seed {} policy {}: {name}: {detail}\n  reproduce: cargo run --release -p wallet-sim -- --seed {} --regions {} --accounts 12 --hot-accounts 3 --transactions 240 --rate 40 --retry-share 10 --two-region-share 6 --loss 3 --duplicate 3 --reorder 5{}",
+                "seed {} policy {}: {name}: {detail}\n  reproduce: cargo run --release -p wallet-sim -- --seed {} --regions {} --accounts 12 --hot-accounts 3 --transactions 240 --rate 40 --retry-share 10 --two-region-share 6 --loss 3 --duplicate 3 --reorder 5 --lost-disk {}{}",
                 r.seed,
                 r.policy,
                 r.seed,
                 r.regions.len(),
+                match lost_disk(r.seed) {
+                    Some(true) => "100 --ack peer",
+                    Some(false) => "100 --ack local",
+                    None => "0",
+                },
                 if r.policy == "zero" { String::new() } else { format!(" --policy sim/policies/{}", r.policy) }
             ));
         }
@@ -133,4 +153,15 @@ fn two_hundred_seeds_with_random_faults_keep_every_invariant() {
     println!("compaction: {compacted} seeds compacted, {from_snapshot} restarts from a snapshot, {shadows} shadow checks");
     // (Small workloads: the seeds drawing 1,000 events rarely reach it.)
     assert!(compacted as u64 >= SEEDS / 8 && from_snapshot > 0 && shadows > 0);
+    // Regions lost their disk and rebuilt under a new epoch, at both durability levels.
+    let lost_at = |peer: bool| {
+        results
+            .iter()
+            .filter(|r| r.metrics.ack_peer == peer)
+            .map(|r| r.metrics.lost_disks)
+            .sum::<u64>()
+    };
+    let (local, peer) = (lost_at(false), lost_at(true));
+    println!("lost disks: {local} with ack = local, {peer} with ack = peer");
+    assert!(local > 0 && peer > 0);
 }
