@@ -88,18 +88,23 @@ fn replica_of(c: &mut Cluster, i: usize) -> &mut Replica {
     &mut c.nodes[i].replica
 }
 
+/// eu, us, ap (0, 1, 2): deposits settled everywhere, then ap cut off, taking three
+/// payments nobody else will hold.
+fn settled_then_ap_cut_off_taking_payments(c: &mut Cluster) {
+    deposit(c, 0, "alice", "100");
+    deposit(c, 2, "bob", "50");
+    assert!(c.settle_all());
+    isolate(c, 2);
+    for _ in 0..3 {
+        purchase(c, 2, "bob", "1").unwrap();
+    }
+}
+
 #[test]
 fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
     let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
     let (eu, us, ap) = (0, 1, 2);
-    deposit(&mut c, eu, "alice", "100");
-    deposit(&mut c, ap, "bob", "50");
-    assert!(c.settle_all());
-    isolate(&mut c, ap);
-    // ap keeps taking payments nobody else will hold.
-    for _ in 0..3 {
-        purchase(&mut c, ap, "bob", "1").unwrap();
-    }
+    settled_then_ap_cut_off_taking_payments(&mut c);
     purchase(&mut c, eu, "alice", "10").unwrap();
     c.run_among(&[eu, us], 3);
     // Stalled on ap.
@@ -989,4 +994,78 @@ fn a_retire_that_never_gets_its_cut_does_not_block_compaction() {
     );
     same(&c, eu, us);
     b.check_invariants().unwrap();
+}
+
+/// A retired region that lags is sent a member's snapshot whose point lies above events it
+/// issued while cut off (the remaining members hold it only up to their acknowledgements),
+/// taken before every acknowledgement of the retire: the retired region cannot derive its cut
+/// from it. Installing it dropped those events and handed their seqs out again (simulator
+/// seed 71 with --membership 100% --compact-every 50: ap reissued ap:1313, equivocation
+/// reports at its peers). The region never issues a seq twice, and its own log never goes
+/// back.
+#[test]
+fn a_retired_region_never_installs_a_snapshot_that_folds_its_own_log_short() {
+    let mut c = Cluster::with(&["eu", "us", "ap"], &[], &[5_000, 5_000, 0], fee_policy());
+    let (eu, us, ap) = (0, 1, 2);
+    settled_then_ap_cut_off_taking_payments(&mut c);
+    c.run_among(&[ap], 2);
+    let held = c.nodes[ap].replica.version_vector().get(&region("ap"));
+    let top = max_hlc_of(&c, &[ap]);
+    let now = c.local_now(eu);
+    replica_of(&mut c, eu)
+        .retire(now, set(&["ap"]), "partitioned for good".into())
+        .unwrap();
+    c.drain(eu);
+    // us compacts at a point above ap's own events and below its own acknowledgement.
+    let mut partial = false;
+    for _ in 0..40 {
+        c.run_among(&[eu, us], 1);
+        let Some(s) = c.nodes[us].replica.snapshot() else {
+            continue;
+        };
+        let m: Vec<Event> = s
+            .body
+            .ext_section(wallet_core::snapshot::EXT_MEMBERSHIP)
+            .unwrap()
+            .unwrap_or_default();
+        let acks = m
+            .iter()
+            .filter(|e| matches!(e.change(), Some(Change::RetireAck { .. })))
+            .count();
+        let retire = m
+            .iter()
+            .any(|e| matches!(e.change(), Some(Change::Retire { .. })));
+        if s.body.at >= top && retire && acks == 1 {
+            assert!(replica_of(&mut c, us).compact().is_some());
+            c.drain(us);
+            partial = true;
+            break;
+        }
+    }
+    assert!(partial, "us never compacted between the acknowledgements");
+    // ap comes back and pulls from us alone.
+    c.partition(1u8 << eu);
+    c.run_among(&[us, ap], 6);
+    let _ = c.submit(ap, req("bob", Kind::Deposit, "1", Currency::USD));
+    c.run_among(&[us, ap], 2);
+    c.heal();
+    c.run_among(&[eu, us, ap], 4);
+    let r = &c.nodes[ap].replica;
+    assert!(r.version_vector().get(&region("ap")) >= held);
+    let mut seen: BTreeMap<u64, &Event> = BTreeMap::new();
+    for e in &c.nodes[ap].disk_events {
+        if e.id.origin == region("ap") {
+            if let Some(prev) = seen.insert(e.id.seq, e) {
+                assert_eq!(prev, e, "ap issued {} twice", e.id);
+            }
+        }
+    }
+    for i in [eu, us] {
+        let equivocations = c.nodes[i]
+            .reports
+            .iter()
+            .filter(|r| matches!(r, Report::Equivocation { .. }))
+            .count();
+        assert_eq!(equivocations, 0, "{}", c.names[i]);
+    }
 }

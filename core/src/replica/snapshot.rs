@@ -777,6 +777,19 @@ impl Replica {
                 .find(|m| m.region == *r)
                 .map_or(0, |m| m.seq)
         };
+        // A snapshot that folds this region's own log below events it issued at or before the
+        // point would drop them (`restore` loads only what lies above it) and hand their seqs
+        // out again. Only a retire does that: a remaining member that acknowledged it applies
+        // nothing of this region above its acknowledgement (`cap`), so its watermark passes
+        // them. Refused as from a retired region (simulator seed 71, docs/protocol.md §11).
+        let own = seq_of(&self.cfg.region);
+        if self.logs.members.get(&self.cfg.region).is_some_and(|m| {
+            m.slice(own, u64::MAX)
+                .first()
+                .is_some_and(|e| e.hlc <= snap.body.at)
+        }) {
+            return Err(RestoreError::Retired);
+        }
         let mut after = Vec::new();
         for (r, m) in &self.logs.members {
             after.extend(m.slice(seq_of(r), u64::MAX).iter().cloned());
