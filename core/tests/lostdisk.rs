@@ -604,6 +604,79 @@ fn a_retire_cut_ends_the_hold_of_a_seal_query_that_was_never_followed_by_a_seal(
     same(&c, us, ap);
 }
 
+/// Sim seed 157 (`--membership 100% --compact-every 50`, a lost disk drawn): the region being
+/// retired lost its disk and kept asking the others how far they hold its log. A member that
+/// already applied the retire's cut (3) but held the region's log only up to 1 answered the
+/// query with a hold at 1, which no seal and no cut would ever end: it never applied eu:2
+/// and eu:3 (folded elsewhere meanwhile) and never converged. A query of a region whose cut
+/// is known sets no hold.
+#[test]
+fn a_seal_query_after_the_retire_cut_sets_no_hold() {
+    let (mut c, eu, us, ap) = ap_alone_holds_eus_last_two();
+    // eu loses its disk and is gone; ap retires it. us learns the retire and its cut through
+    // the membership events alone: none of eu's events reach it.
+    c.partition(1 << eu);
+    c.lose_disk(eu);
+    let now = c.local_now(ap);
+    c.nodes[ap]
+        .replica
+        .retire(
+            now,
+            [region("eu")].into_iter().collect(),
+            "disk lost".into(),
+        )
+        .unwrap();
+    c.drain(ap);
+    let eu_name = region("eu");
+    for _ in 0..20 {
+        c.persist_all();
+        c.tick(300);
+        c.persist_all();
+        let flight = std::mem::take(&mut c.inflight);
+        for (to, from, m) in flight {
+            if to == eu || from == eu {
+                continue;
+            }
+            let m = match m {
+                Message::Events(v) => {
+                    Message::Events(v.into_iter().filter(|e| e.id.origin != eu_name).collect())
+                }
+                Message::PullAnswer { events, more } => Message::PullAnswer {
+                    events: events
+                        .into_iter()
+                        .filter(|e| e.id.origin != eu_name)
+                        .collect(),
+                    more,
+                },
+                m => m,
+            };
+            let now = c.local_now(to);
+            let name = c.names[from];
+            c.nodes[to].replica.handle_message(now, name, m);
+            c.drain(to);
+        }
+        if c.nodes[us].replica.cut(eu_name).is_some() {
+            break;
+        }
+    }
+    assert_eq!(c.nodes[us].replica.cut(eu_name), Some(3), "{}", dump(&c));
+    assert_eq!(c.nodes[us].replica.version_vector().get(&eu_name), 1);
+    // The rebuilt eu's query reaches us now (it asks again every heartbeat period).
+    let now = c.local_now(us);
+    c.nodes[us]
+        .replica
+        .handle_message(now, eu_name, Message::SealQuery);
+    c.drain(us);
+    c.run_among(&[us, ap], 6);
+    for i in [us, ap] {
+        let r = &c.nodes[i].replica;
+        assert_eq!(r.version_vector().get(&eu_name), 3, "{}", dump(&c));
+        assert!(!r.settlement_blocked(), "{}", dump(&c));
+        r.check_invariants().unwrap();
+    }
+    same(&c, us, ap);
+}
+
 /// Sim seed 450 (`--lost-disk 50 --ack peer`): ap alone held us's last events durably (peer
 /// acknowledged), us lost its disk, and eu retired ap meanwhile. While ap is connected the
 /// seal must wait for its answer: sealing at eu's answer, once us had pulled that much back,

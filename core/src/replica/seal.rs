@@ -127,7 +127,11 @@ impl Replica {
                 .pending
                 .values()
                 .any(|e| matches!(e.change(), Some(Change::Seal { .. })));
-            if !sealed {
+            // Nor once its retire has its cut: every remaining member agreed on its history
+            // up to the cut, and the hold would keep this region below the cut for good (a
+            // retired region that lost its disk asks again and again; sim seed 157 of
+            // `--membership 100% --compact-every 50`).
+            if !sealed && m.cut.is_none() {
                 m.seal_cap = Some(held);
             }
         }
