@@ -565,6 +565,22 @@ fn a_new_epoch_event_that_overtakes_its_seal_is_no_evidence_against_an_old_one_b
     same(&c, us, ap);
 }
 
+/// eu loses its disk and is cut off for good; `by` retires it.
+fn eu_lost_for_good_and_retired_by(c: &mut Cluster, eu: usize, by: usize) {
+    c.partition(1 << eu);
+    c.lose_disk(eu);
+    let now = c.local_now(by);
+    c.nodes[by]
+        .replica
+        .retire(
+            now,
+            [region("eu")].into_iter().collect(),
+            "disk lost for good".into(),
+        )
+        .unwrap();
+    c.drain(by);
+}
+
 /// Sim seed 37 (`--lost-disk 50 --ack peer`): us answered the seal query of a rebuilt eu
 /// (holding eu:1, eu:3 buffered behind a gap), eu never sealed and was retired, its cut at
 /// eu:3 (ap's acknowledgement). The query's hold must end with the cut: us applies eu:2 and
@@ -581,18 +597,7 @@ fn a_retire_cut_ends_the_hold_of_a_seal_query_that_was_never_followed_by_a_seal(
     r.handle_message(now, region("eu"), Message::SealQuery);
     c.drain(us);
     // eu lost its disk and is gone for good: us retires it.
-    c.partition(1 << eu);
-    c.lose_disk(eu);
-    let now = c.local_now(us);
-    c.nodes[us]
-        .replica
-        .retire(
-            now,
-            [region("eu")].into_iter().collect(),
-            "disk lost for good".into(),
-        )
-        .unwrap();
-    c.drain(us);
+    eu_lost_for_good_and_retired_by(&mut c, eu, us);
     c.run_among(&[us, ap], 6);
     for i in [us, ap] {
         let r = &c.nodes[i].replica;
@@ -615,18 +620,7 @@ fn a_seal_query_after_the_retire_cut_sets_no_hold() {
     let (mut c, eu, us, ap) = ap_alone_holds_eus_last_two();
     // eu loses its disk and is gone; ap retires it. us learns the retire and its cut through
     // the membership events alone: none of eu's events reach it.
-    c.partition(1 << eu);
-    c.lose_disk(eu);
-    let now = c.local_now(ap);
-    c.nodes[ap]
-        .replica
-        .retire(
-            now,
-            [region("eu")].into_iter().collect(),
-            "disk lost".into(),
-        )
-        .unwrap();
-    c.drain(ap);
+    eu_lost_for_good_and_retired_by(&mut c, eu, ap);
     let eu_name = region("eu");
     for _ in 0..20 {
         c.persist_all();

@@ -441,11 +441,7 @@ fn after_a_rotation_events_verify_against_the_new_key_only() {
 fn a_restarted_region_verifies_with_the_key_history_it_reloads() {
     let mut c = toy_cluster(&["eu", "us"]);
     let (eu, us) = (0, 1);
-    let now = c.local_now(eu);
-    replica_of(&mut c, eu)
-        .rotate_key(now, b"eu-key-2".to_vec())
-        .unwrap();
-    c.drain(eu);
+    rotate_eu(&mut c);
     deposit(&mut c, eu, "alice", "3");
     c.run_among(&[eu, us], 2);
     // us restarts with only the founding keys: the rotation in its reloaded log binds the
@@ -479,11 +475,7 @@ fn a_restarted_region_verifies_with_the_key_history_it_reloads() {
 fn a_snapshot_carries_the_key_rotations_its_signature_needs() {
     let mut c = toy_cluster(&["eu", "us"]);
     let (eu, us) = (0, 1);
-    let now = c.local_now(eu);
-    replica_of(&mut c, eu)
-        .rotate_key(now, b"eu-key-2".to_vec())
-        .unwrap();
-    c.drain(eu);
+    rotate_eu(&mut c);
     deposit(&mut c, eu, "alice", "3");
     c.run_among(&[eu, us], 4);
     let snap = replica_of(&mut c, eu)
