@@ -388,6 +388,48 @@ fn a_seal_query_resent_after_the_seal_does_not_block_the_events_up_to_the_cut() 
     assert_eq!(r.seals().len(), 1);
 }
 
+/// Sim seed 366 (`--membership 100% --compact-every 50`, a lost disk drawn): us answered
+/// the rebuilt eu's query with its hold (1), then eu:2 and eu:3 of the old epoch reached it
+/// from ap (buffered: above the hold), and eu's seal (eu:4, cut at 3) was lost on the way.
+/// Its pulls must bring the seal: asking eu only below the buffered eu:2, as for a gap,
+/// brought nothing, for good.
+#[test]
+fn a_pull_brings_the_seal_past_the_old_epoch_run_a_seal_query_held_back() {
+    let (mut c, eu, us, ap) = ap_alone_holds_eus_last_two();
+    let old: Vec<Event> = c.nodes[ap].replica.origin_events(region("eu"), 0).to_vec();
+    lose_disk_and_waive(&mut c, eu, ap, "us");
+    assert!(until_sealed(&mut c, eu, &[eu, ap]), "{}", dump(&c));
+    assert_eq!(c.nodes[eu].replica.seals()[0].cut, 3);
+    c.run_among(&[eu, ap], 2);
+    assert_eq!(c.nodes[ap].replica.seals().len(), 1, "{}", dump(&c));
+    // At us, by hand: the query (resent: it holds us back at 1), then eu:2 and eu:3 from ap.
+    let (now, from) = (c.local_now(us), region("eu"));
+    let r = &mut c.nodes[us].replica;
+    r.handle_message(now, from, Message::SealQuery);
+    r.handle_message(now, region("ap"), Message::Events(old[1..].to_vec()));
+    assert_eq!(r.version_vector().get(&from), 1, "held back at the answer");
+    // us pulls ap: the request asks eu above the buffered run, and the answer brings the seal.
+    let ask = r.pull_request(128);
+    let ap_now = c.local_now(ap);
+    c.nodes[ap]
+        .replica
+        .handle_message(ap_now, region("us"), ask);
+    let ap_r = &mut c.nodes[ap].replica;
+    let answer = std::iter::from_fn(|| ap_r.poll_output())
+        .find_map(|o| match o {
+            Output::Send { to, msg } if to == region("us") => Some(msg),
+            _ => None,
+        })
+        .expect("ap answers the pull");
+    let r = &mut c.nodes[us].replica;
+    r.handle_message(now, region("ap"), answer);
+    assert_eq!(r.seals().len(), 1, "{}", dump(&c));
+    assert_eq!(c.nodes[us].replica.version_vector().get(&from), 4);
+    assert!(c.settle_all(), "{}", dump(&c));
+    same(&c, eu, us);
+    same(&c, eu, ap);
+}
+
 /// us holds eu's old-epoch eu:3 buffered behind a gap (it lacks eu:2) when eu, rebuilt after
 /// a lost disk, asks it how far it holds eu's log: us answers 1, and eu seals at 1 (ap, which
 /// holds eu:2 and eu:3, is down for good and waived). Returns the cluster, eu, us and the old

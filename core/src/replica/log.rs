@@ -248,15 +248,34 @@ impl Logs {
             .fold(0u64, u64::saturating_add)
     }
 
-    /// Per origin, the first seq buffered out of order (what a pull need not bring).
-    pub(crate) fn buffered_from(&self) -> VClock<RegionId> {
+    /// What a pull asks for: per origin, the events held (the version vector) and the first
+    /// seq buffered out of order above them (what a pull need not bring).
+    ///
+    /// An origin held back by a seal query's answer (rebuilding: docs/protocol.md §12) may
+    /// hold a buffered run that starts at its next seq: no gap, the run waits for the seal,
+    /// which lies above it. Asking below the run's start would bring nothing, for good (sim
+    /// seed 366 of `--membership 100% --compact-every 50`: us held eu:1460 and eu:1461 behind
+    /// its answer 1459, and every pull asked eu below 1460). The run counts as held, so the
+    /// pull brings what follows it, the seal among it. A retire's hold is lifted by its cut,
+    /// which comes from the other members, not by the origin's later events: unchanged.
+    pub(crate) fn pull_window(&self) -> (VClock<RegionId>, VClock<RegionId>) {
+        let mut vv = self.vv.clone();
         let mut upto = VClock::new();
         for (r, m) in &self.members {
-            if let Some((&first, _)) = m.pending.first_key_value() {
+            let mut held = m.len();
+            if m.seal_cap.is_some() && m.cap.is_none() {
+                while m.pending.contains_key(&(held + 1)) {
+                    held += 1;
+                }
+                if held > m.len() {
+                    vv.dots.insert(*r, held);
+                }
+            }
+            if let Some((&first, _)) = m.pending.range(held + 1..).next() {
                 upto.dots.insert(*r, first);
             }
         }
-        upto
+        (vv, upto)
     }
 }
 

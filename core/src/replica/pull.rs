@@ -442,8 +442,7 @@ impl Replica {
     /// A pull request: a [`Message::PullGaps`] when events are buffered out of order (so they
     /// are not fetched again), else a plain [`Message::Pull`].
     pub fn pull_request(&self, limit: u32) -> Message {
-        let upto = self.logs.buffered_from();
-        let vv = self.logs.vv.clone();
+        let (vv, upto) = self.logs.pull_window();
         if upto.dots.is_empty() {
             Message::Pull { vv, limit }
         } else {
