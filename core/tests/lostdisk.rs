@@ -524,6 +524,73 @@ fn an_old_epoch_event_buffered_at_the_query_is_not_a_broken_promise_of_the_new_e
     us_follows_the_new_epoch(&mut c, eu, us, "100.00");
 }
 
+/// eu (holding eu:1 and eu:2) writes eu:3 and eu:4, durable locally, and sends neither;
+/// returns its log.
+fn eu_writes_two_unsent(c: &mut Cluster, eu: usize) -> Vec<Event> {
+    deposit(c, eu, "alice", "7");
+    deposit(c, eu, "alice", "7");
+    c.persist(eu, usize::MAX);
+    c.inflight.retain(|(_, from, _)| *from != eu);
+    let old: Vec<Event> = c.nodes[eu].replica.origin_events(region("eu"), 0).to_vec();
+    assert_eq!(old.len(), 4);
+    old
+}
+
+/// ap, waived while away, holds eu:1 only when eu, rebuilt, seals at us's answer (cut 2): the
+/// seal (eu:3) reaches ap buffered behind the gap at eu:2, then the new epoch's heartbeat
+/// (promising nothing more at or below its HLC above eu:3), then the old epoch's eu:4, sent
+/// before the disk was lost and late on the way. eu:4 is of the sealed epoch (above the
+/// buffered seal's cut, below its HLC): dropped, not a broken promise. Reported as one, ap froze
+/// eu and settled nothing more of it.
+#[test]
+fn an_old_epoch_event_after_a_buffered_seal_is_not_a_broken_promise_of_the_new_epoch() {
+    let (eu, us, ap) = (0, 1, 2);
+    let mut c = one_away(eu, ap);
+    // eu:3 and eu:4, acknowledged locally, never delivered.
+    let old = eu_writes_two_unsent(&mut c, eu);
+    c.partition(1 << ap);
+    lose_disk_and_waive(&mut c, eu, us, "ap");
+    assert!(until_sealed(&mut c, eu, &[eu, us]), "{}", dump(&c));
+    assert_eq!(c.nodes[eu].replica.seals()[0].cut, 2);
+    let seal = c.nodes[eu].replica.origin_events(region("eu"), 0)[2].clone();
+    // The new epoch's heartbeat, as eu sends it to us.
+    for _ in 0..3 {
+        c.persist_all();
+        c.tick(300);
+    }
+    c.persist_all();
+    let hb = c
+        .inflight
+        .iter()
+        .find_map(|(to, from, m)| match m {
+            Message::SignedHeartbeat(h) if *to == us && *from == eu && h.hb.seq >= 3 => {
+                Some(m.clone())
+            }
+            _ => None,
+        })
+        .expect("eu heartbeats");
+    // At ap, by hand: the seal (buffered: ap holds eu:1), the heartbeat, the old eu:4.
+    let (now, from) = (c.local_now(ap), region("eu"));
+    let r = &mut c.nodes[ap].replica;
+    r.handle_message(now, from, Message::Events(vec![seal]));
+    assert_eq!(r.version_vector().get(&from), 1);
+    r.handle_message(now, from, hb);
+    r.handle_message(now, from, Message::Events(vec![old[3].clone()]));
+    assert!(r.evidence().is_empty(), "{:?}", r.evidence());
+    assert!(r.seal_stats().old_epoch_dropped >= 1);
+    c.drain(ap);
+    assert!(c.settle_all(), "{}", dump(&c));
+    for i in [eu, us, ap] {
+        let r = &c.nodes[i].replica;
+        assert!(r.evidence().is_empty(), "{}", dump(&c));
+        check_against_model(&c.seed, r).unwrap();
+        // 100 + 1: the old epoch's eu:3 and eu:4 never count.
+        assert_eq!(balance(&c, i, "alice"), "101.00");
+    }
+    same(&c, eu, ap);
+    same(&c, us, ap);
+}
+
 /// eu, us and ap (peer acks) after `origin`'s 100 settled everywhere; then `away` is cut off
 /// and the other two hold `origin`'s next deposit (seq 2).
 fn one_away(origin: usize, away: usize) -> Cluster {
@@ -547,12 +614,7 @@ fn a_new_epoch_event_that_overtakes_its_seal_is_no_evidence_against_an_old_one_b
     let (eu, us, ap) = (0, 1, 2);
     // ap away: us holds eu:2; eu:3 and eu:4 reach ap only (by hand), never us.
     let mut c = one_away(eu, ap);
-    deposit(&mut c, eu, "alice", "7");
-    deposit(&mut c, eu, "alice", "7");
-    c.persist(eu, usize::MAX);
-    c.inflight.retain(|(_, from, _)| *from != eu);
-    let old: Vec<Event> = c.nodes[eu].replica.origin_events(region("eu"), 0).to_vec();
-    assert_eq!(old.len(), 4);
+    let old = eu_writes_two_unsent(&mut c, eu);
     let now = c.local_now(ap);
     c.nodes[ap]
         .replica

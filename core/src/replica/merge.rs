@@ -97,13 +97,12 @@ impl Replica {
             self.membership.stats.refused_above_cut += 1;
             return;
         }
-        // Above a seal's cut and not after the seal: an event of the sealed epoch that no
-        // member held when asked (docs/protocol.md §12): dropped, counted.
-        if let Some(s) = self.sealing.seals.get(&origin).and_then(|s| s.last()) {
-            if id.seq > s.cut && (e.hlc < s.hlc || (e.hlc == s.hlc && id != s.id)) {
-                self.sealing.stats.old_epoch_dropped += 1;
-                return;
-            }
+        // Above a seal's cut and not after the seal (applied, or buffered behind a gap): an
+        // event of the sealed epoch that no member held when asked (docs/protocol.md §12):
+        // dropped, counted.
+        if self.of_a_sealed_epoch(m, &e) {
+            self.sealing.stats.old_epoch_dropped += 1;
+            return;
         }
         // Folded into a snapshot: final on every member, so a copy is a duplicate (a
         // different event under a compacted id can no longer be shown as evidence).
@@ -208,7 +207,7 @@ impl Replica {
             // seal is awaited: the old epoch's, dropped as above).
             if let Some(shb) = m.promise.as_ref() {
                 if id.seq > shb.hb.seq && e.hlc <= shb.hb.hlc {
-                    if m.seal_cap.is_some() {
+                    if rebuilding_above(m, id.seq) {
                         self.sealing.stats.old_epoch_dropped += 1;
                         return;
                     }
@@ -458,9 +457,11 @@ impl Replica {
         // everything the members observed, and a new heartbeat may overtake the seal):
         // dropped, like those the seal drops, not a broken promise.
         if let Some(m) = self.logs.members.get_mut(&from) {
-            if m.seal_cap.is_some() {
+            if let Some(cap) = m.seal_cap {
                 let before = m.pending.len();
-                m.pending.retain(|seq, e| *seq <= hb.seq || e.hlc > hb.hlc);
+                // `rebuilding_above(m, seq)`, with the cap copied out of the borrow.
+                m.pending
+                    .retain(|seq, e| !(*seq > cap && *seq > hb.seq && e.hlc <= hb.hlc));
                 self.sealing.stats.old_epoch_dropped += (before - m.pending.len()) as u64;
             }
         }

@@ -63,17 +63,41 @@ pub(crate) struct Sealing {
     pub(crate) stats: SealStats,
 }
 
-/// Whether seq `seq` of origin `m` may exist twice, once in each of two epochs: this region
-/// answered the origin's seal query below it (the origin is rebuilding), or holds its seal
-/// buffered with a cut below it. Two events buffered under such an id are no evidence.
+/// Whether seq `seq` of origin `m` may exist twice, once in each of two epochs, with no way
+/// to tell them apart yet: this region answered the origin's seal query below it (the origin
+/// is rebuilding) and holds no seal of it. Two events buffered under such an id, or one that
+/// breaks the new epoch's promise, are no evidence: the old epoch's are dropped. Once a seal
+/// is here, applied or buffered, its cut and HLC tell ([`Replica::of_a_sealed_epoch`]).
 pub(super) fn rebuilding_above(m: &Member, seq: u64) -> bool {
     m.seal_cap.is_some_and(|c| seq > c)
-        || m.pending
-            .values()
-            .any(|e| matches!(e.change(), Some(Change::Seal { cut, .. }) if seq > *cut))
+}
+
+/// Whether `e` is of an epoch that `seal` (an event `Change::Seal` with this `cut`) ended:
+/// above the cut and not after the seal.
+fn sealed_by(e: &Event, seal_id: EventId, seal_hlc: Hlc, cut: u64) -> bool {
+    e.id.seq > cut && (e.hlc < seal_hlc || (e.hlc == seal_hlc && e.id != seal_id))
 }
 
 impl Replica {
+    /// Whether `e` (of origin `m`) is of an epoch a seal ended: above the cut of the last
+    /// seal applied here, or of one held buffered behind a gap, and not after it. Buffered
+    /// counts: the seal's cut and HLC are known, signed by the origin, and an old-epoch
+    /// event late on the way would otherwise break the new epoch's promise (a heartbeat that
+    /// overtook the gap) and be taken for evidence.
+    pub(super) fn of_a_sealed_epoch(&self, m: &Member, e: &Event) -> bool {
+        let applied = self
+            .sealing
+            .seals
+            .get(&e.id.origin)
+            .and_then(|s| s.last())
+            .is_some_and(|s| sealed_by(e, s.id, s.hlc, s.cut));
+        applied
+            || m.pending.values().any(|p| match p.change() {
+                Some(Change::Seal { cut, .. }) => sealed_by(e, p.id, p.hlc, *cut),
+                _ => false,
+            })
+    }
+
     /// Sealing: restoring after a lost disk, to rejoin under a new epoch.
     pub(super) fn sealing(&self) -> bool {
         self.restoring && self.cfg.seal_on_restore
