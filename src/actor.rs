@@ -1371,3 +1371,333 @@ async fn run(
     a.writer = None;
     tracing::info!("actor stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    //! The actor's write hold during the archive's batches (docs/operations.md, "The archive
+    //! of compacted history"): the real actor over a real store and a real archive in a
+    //! temporary data dir, driven input by input (never through [`run`], which exits the
+    //! process after a storage failure). Its write batches pass through the test on their
+    //! way to the real writer, and the archive's thread asks the test for each batch's fate.
+
+    use super::*;
+    use crate::archive::{Archive, ArchiveError};
+    use crate::storage::{Backend, Storage};
+    use tokio::sync::oneshot::error::TryRecvError;
+    use wallet_core::{AccountId, Amount, Config, Currency, Hlc, Kind, Policy, Record, RegionId};
+
+    const POLICY: &str = "[default]\naction = \"reverse\"\noverdraft_line = \"0\"\n\
+        reversible = [\"purchase\"]\n";
+    /// Compaction starts once this many events settled.
+    const COMPACT_EVERY_EVENTS: u64 = 10;
+
+    /// What the archive's thread is told to do with one batch.
+    type Verdict = Result<(), ArchiveError>;
+
+    fn disk_full() -> Verdict {
+        Err(ArchiveError::Io {
+            path: "archive".into(),
+            reason: "No space left on device (test)".into(),
+        })
+    }
+
+    struct Rig {
+        /// The fate of each batch the archive's thread takes (it waits for one). Dropped
+        /// first: the thread then ends, and the actor's archiver, dropped next, joins it.
+        verdicts: std::sync::mpsc::Sender<Verdict>,
+        actor: Actor,
+        dir: tempfile::TempDir,
+        /// The actor's write batches, on their way to `store` (the real writer).
+        to_store: mpsc::Receiver<WriteBatch>,
+        store: Option<mpsc::Sender<WriteBatch>>,
+        writer: Option<std::thread::JoinHandle<()>>,
+        disk: mpsc::UnboundedReceiver<DiskDone>,
+        archived: mpsc::UnboundedReceiver<crate::archiver::Done>,
+        /// Highest write sequence number sent to the writer.
+        sent_seq: u64,
+        /// `Record::Snapshot`s that reached the writer (each deletes the events it folds).
+        snapshots: usize,
+        deposits: u32,
+    }
+
+    impl Rig {
+        async fn new() -> Rig {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let eu = RegionId::new("eu").expect("region");
+            let policy = Policy::from_toml(POLICY).expect("policy");
+            let replica = Replica::new(Config::new(eu, vec![eu], policy), Hlc::ZERO);
+            let (storage, loaded) = Storage::open(dir.path(), Backend::Log).expect("store");
+            assert!(loaded.events.is_empty());
+            let metrics = Arc::new(Metrics::new());
+            let (done_tx, disk) = mpsc::unbounded_channel();
+            let (store, writer) =
+                crate::storage::spawn_writer(storage, true, 1_024, metrics.clone(), done_tx)
+                    .expect("writer");
+            let (proxy, to_store) = mpsc::channel(crate::storage::WRITER_QUEUE_BATCHES_MAX);
+            let (net, _net_rx) = wallet_p2p::spawn(wallet_p2p::NetConfig {
+                region: eu,
+                keypair: libp2p::identity::Keypair::generate_ed25519(),
+                listen: Vec::new(),
+                members: Vec::new(),
+                cluster: "test".into(),
+                peer_inbound_bytes_max: wallet_p2p::PEER_INBOUND_BYTES_DEFAULT,
+            })
+            .expect("net");
+            let archive = Archive::open(dir.path(), 1 << 20, None, now_ms()).expect("archive");
+            let (verdicts, verdict_rx) = std::sync::mpsc::channel::<Verdict>();
+            let fault = Box::new(move |_fold: bool| verdict_rx.recv().unwrap_or(Ok(())));
+            let (archiver, archived) =
+                Archiver::spawn_faulty(archive, fault).expect("archive thread");
+            let actor = Actor::new(ActorParts {
+                replica,
+                net,
+                writer: proxy,
+                metrics,
+                shared: Arc::new(Shared::default()),
+                cluster: "test".into(),
+                idem: IdemCache::new(60_000),
+                record_restore: false,
+                policy_file_ignored: None,
+                key_stage: wallet_p2p::KeyStage::default(),
+                rotated_key: dir.path().join("rotated.key"),
+                peers: BTreeMap::new(),
+                compact_every_events: COMPACT_EVERY_EVENTS,
+                archive: None,
+                forward_timeout_ms: 1_000,
+                peer_ack_ms: None,
+            });
+            let mut rig = Rig {
+                actor,
+                dir,
+                to_store,
+                store: Some(store),
+                writer: Some(writer),
+                disk,
+                archived,
+                verdicts,
+                sent_seq: 0,
+                snapshots: 0,
+                deposits: 0,
+            };
+            rig.actor.archiver = Some(archiver);
+            rig
+        }
+
+        /// Flushes the actor's writes and feeds it the writer's reports until everything it
+        /// sent is durable (writes the archive holds stay with the actor).
+        async fn pump(&mut self) {
+            loop {
+                self.actor.flush().await;
+                while let Ok(b) = self.to_store.try_recv() {
+                    self.snapshots += b
+                        .ops
+                        .iter()
+                        .filter(|op| {
+                            matches!(
+                                op,
+                                WriteOp::Record {
+                                    record: Record::Snapshot(_),
+                                    ..
+                                }
+                            )
+                        })
+                        .count();
+                    self.sent_seq = b.seq;
+                    if let Some(s) = &self.store {
+                        s.send(b).await.expect("writer");
+                    }
+                }
+                let durable = self.actor.waiters.durable_seq() >= self.sent_seq;
+                if self.actor.failed || (!self.actor.in_flight && durable) {
+                    return;
+                }
+                let d = self.disk.recv().await.expect("writer report");
+                self.actor.on_disk(d).await;
+            }
+        }
+
+        /// A USD deposit of 1.00 to `acct0`, submitted and pumped: where its answer comes.
+        async fn deposit(&mut self) -> oneshot::Receiver<Reply> {
+            self.deposits += 1;
+            let (reply, rx) = oneshot::channel();
+            let req = wallet_core::TxRequest {
+                account: AccountId::new("acct0").expect("account"),
+                kind: Kind::Deposit,
+                amount: Amount::parse("1.00", Currency::USD).expect("amount"),
+                currency: Currency::USD,
+                // Unkeyed: a keyed event within retention stays in memory after the fold.
+                idempotency_key: None,
+                reference: None,
+            };
+            let fingerprint = [0; 32];
+            self.actor
+                .on_command(Command::Submit(SubmitCmd {
+                    req,
+                    fingerprint,
+                    reply,
+                }))
+                .await;
+            self.pump().await;
+            rx
+        }
+
+        /// `n` deposits, each answered 201 once durable.
+        async fn deposits_ok(&mut self, n: u32) {
+            for _ in 0..n {
+                let mut rx = self.deposit().await;
+                let r = rx.try_recv().expect("answered once durable");
+                assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+            }
+        }
+
+        /// Runs the replica's timer until every event it holds is settled (one region: its
+        /// own heartbeats settle them), then lets the actor start a compaction if it is due.
+        async fn settle(&mut self) {
+            for _ in 0..100 {
+                if self.actor.replica.stats().settled >= self.actor.replica.event_count() {
+                    break;
+                }
+                let due = self.actor.replica.poll_timeout().max(now_ms());
+                self.actor.replica.handle_timeout(due);
+                self.pump().await;
+            }
+            assert_eq!(
+                self.actor.replica.stats().settled,
+                self.actor.replica.event_count(),
+                "everything settles"
+            );
+            self.actor.maybe_compact();
+            self.pump().await;
+        }
+
+        /// Decides the batch the archive's thread waits with, and hands its report to the
+        /// actor.
+        async fn archive_answers(&mut self, v: Verdict) {
+            self.verdicts.send(v).expect("archive thread");
+            let d = self.archived.recv().await.expect("archive report");
+            self.actor.on_archive(d);
+            self.pump().await;
+        }
+
+        fn archiver(&self) -> &Archiver {
+            self.actor.archiver.as_ref().expect("archiver")
+        }
+
+        /// Stops the writer (after what it was sent) and reads the store back from disk:
+        /// (events held, a snapshot recorded).
+        fn reopen(mut self) -> (u64, bool) {
+            self.actor.writer = None;
+            self.store = None;
+            if let Some(w) = self.writer.take() {
+                w.join().expect("writer thread");
+            }
+            let dir = self.dir.path().to_path_buf();
+            drop(self.actor);
+            let (_, loaded) = Storage::open(&dir, Backend::Log).expect("reopen");
+            (loaded.events.len() as u64, loaded.snapshot.is_some())
+        }
+    }
+
+    /// Step 1's batch is at the archive's thread: a compaction is under way, the region goes
+    /// on (`more` deposits answered 201, settled), nothing is folded or held yet.
+    async fn step_one_in_flight(rig: &mut Rig, more: u32) {
+        rig.deposits_ok(COMPACT_EVERY_EVENTS as u32).await;
+        rig.settle().await;
+        assert!(rig.archiver().busy(), "a compaction started");
+        assert!(!rig.archiver().holds_writes());
+        rig.deposits_ok(more).await;
+        rig.settle().await;
+        assert_eq!(rig.snapshots, 0);
+    }
+
+    #[tokio::test]
+    async fn the_fold_s_snapshot_and_later_writes_wait_for_the_archive_s_last_batch() {
+        let mut rig = Rig::new().await;
+        step_one_in_flight(&mut rig, 5).await;
+        let in_memory = rig.actor.replica.events_in_memory();
+        // Step 1 durable: step 2's batch goes to the thread (and stays there) and the
+        // replica folds at once.
+        rig.archive_answers(Ok(())).await;
+        assert!(rig.actor.replica.events_in_memory() < in_memory, "folded");
+        assert!(rig.archiver().holds_writes());
+        // Meanwhile: the snapshot record does not reach the store, nor a write after it, and
+        // a deposit accepted now is not acknowledged.
+        let mut held = rig.deposit().await;
+        assert_eq!(
+            rig.snapshots, 0,
+            "the snapshot reached the store before the archive"
+        );
+        assert_eq!(held.try_recv().err(), Some(TryRecvError::Empty));
+        assert!(!rig.actor.pending_ops.is_empty(), "writes are held");
+        // Step 2 durable: the held writes go, the snapshot first among them.
+        rig.archive_answers(Ok(())).await;
+        assert!(!rig.archiver().busy() && !rig.archiver().failed());
+        assert_eq!(rig.snapshots, 1);
+        assert_eq!(held.try_recv().expect("answered").status, 201);
+        let total = rig.actor.replica.event_count();
+        let (events, snapshot) = rig.reopen();
+        assert!(snapshot, "the snapshot is stored");
+        assert!(
+            events < total,
+            "the folded events left the store: {events} of {total}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_archive_batch_stops_compaction_and_deletes_nothing() {
+        let mut rig = Rig::new().await;
+        step_one_in_flight(&mut rig, 5).await;
+        let in_memory = rig.actor.replica.events_in_memory();
+        rig.archive_answers(disk_full()).await;
+        assert!(rig.archiver().failed() && !rig.archiver().busy());
+        assert!(!rig.archiver().holds_writes());
+        assert_eq!(
+            rig.actor.replica.events_in_memory(),
+            in_memory,
+            "nothing folded"
+        );
+        // The region goes on, and never compacts again.
+        rig.deposits_ok(2 * COMPACT_EVERY_EVENTS as u32).await;
+        rig.settle().await;
+        assert!(
+            !rig.archiver().busy(),
+            "no compaction starts after a failure"
+        );
+        assert_eq!(rig.snapshots, 0);
+        assert!(!rig.actor.failed);
+        let total = rig.actor.replica.event_count();
+        assert_eq!(
+            rig.reopen(),
+            (total, false),
+            "every event stays in the store"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_last_archive_batch_answers_503_and_drops_nothing_from_the_store() {
+        let mut rig = Rig::new().await;
+        step_one_in_flight(&mut rig, 5).await;
+        rig.archive_answers(Ok(())).await;
+        assert!(rig.archiver().holds_writes());
+        let mut held = rig.deposit().await;
+        assert_eq!(held.try_recv().err(), Some(TryRecvError::Empty));
+        let held_events = rig.actor.replica.event_count();
+        rig.archive_answers(disk_full()).await;
+        assert!(rig.actor.failed, "a storage failure");
+        let code = |r: Reply| -> (u16, String) {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+            (
+                r.status,
+                v["error"]["code"].as_str().unwrap_or("").to_string(),
+            )
+        };
+        let unavailable = (503, "storage_unavailable".to_string());
+        assert_eq!(code(held.try_recv().expect("answered")), unavailable);
+        let mut after = rig.deposit().await;
+        assert_eq!(code(after.try_recv().expect("answered")), unavailable);
+        assert_eq!(rig.snapshots, 0, "the snapshot reached the store");
+        // Everything acknowledged is in the store (the held deposit's event was never
+        // written), and no snapshot deleted any of it.
+        assert_eq!(rig.reopen(), (held_events - 1, false));
+    }
+}

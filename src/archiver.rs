@@ -32,6 +32,10 @@ use crate::history::{self, ArchiveRead, Archived, Batch};
 /// Jobs queued for the archive's thread at most (reads beyond it answer 503 `archive_busy`).
 pub const ARCHIVE_JOBS_MAX: usize = 256;
 
+/// A test seam on the archive's thread (tests only: [`Archiver::spawn`] passes none): called
+/// with each append's step before it runs.
+type Fault = Box<dyn FnMut(bool) -> Result<(), ArchiveError> + Send>;
+
 enum Job {
     Append {
         batch: Batch,
@@ -94,6 +98,24 @@ impl Archiver {
     pub fn spawn(
         archive: Archive,
     ) -> Result<(Archiver, mpsc::UnboundedReceiver<Done>), ArchiveError> {
+        Archiver::spawn_with(archive, None)
+    }
+
+    /// [`Archiver::spawn`] with a test seam: the thread calls `fault` with each append's step
+    /// (`true`: the fold's batch) before appending; it may block (the batch stays in flight)
+    /// or answer an error (the append fails and writes nothing).
+    #[cfg(test)]
+    pub(crate) fn spawn_faulty(
+        archive: Archive,
+        fault: Fault,
+    ) -> Result<(Archiver, mpsc::UnboundedReceiver<Done>), ArchiveError> {
+        Archiver::spawn_with(archive, Some(fault))
+    }
+
+    fn spawn_with(
+        archive: Archive,
+        fault: Option<Fault>,
+    ) -> Result<(Archiver, mpsc::UnboundedReceiver<Done>), ArchiveError> {
         let (jobs, rx) = mpsc::channel(ARCHIVE_JOBS_MAX);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let known = Archived::of(&archive);
@@ -101,7 +123,7 @@ impl Archiver {
         let dir = archive.dir().to_path_buf();
         let thread = std::thread::Builder::new()
             .name("archive".into())
-            .spawn(move || work(archive, rx, done_tx))
+            .spawn(move || work(archive, rx, done_tx, fault))
             .map_err(|e| ArchiveError::Io {
                 path: dir.display().to_string(),
                 reason: format!("cannot start the archive's thread: {e}"),
@@ -241,7 +263,12 @@ impl Drop for Archiver {
     }
 }
 
-fn work(mut a: Archive, mut rx: mpsc::Receiver<Job>, done: mpsc::UnboundedSender<Done>) {
+fn work(
+    mut a: Archive,
+    mut rx: mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<Done>,
+    mut fault: Option<Fault>,
+) {
     while let Some(job) = rx.blocking_recv() {
         match job {
             Job::Append {
@@ -249,8 +276,10 @@ fn work(mut a: Archive, mut rx: mpsc::Receiver<Job>, done: mpsc::UnboundedSender
                 now_ms,
                 fold,
             } => {
-                let result = a
-                    .append(&batch.records, batch.at, batch.feed_len)
+                let result = fault
+                    .as_mut()
+                    .map_or(Ok(()), |f| f(fold))
+                    .and_then(|()| a.append(&batch.records, batch.at, batch.feed_len))
                     .and_then(|()| a.expire(now_ms).map(|_| ()));
                 let _ = done.send(Done {
                     fold,

@@ -54,6 +54,31 @@ pub const STORAGE_FORMAT: u8 = 1;
 pub const CHECKSUM_BYTES: usize = 8;
 /// Most write batches queued to the writer (backpressure beyond it).
 pub const WRITER_QUEUE_BATCHES_MAX: usize = 256;
+/// Test seam, in debug builds only (a release ignores it): while the file this variable
+/// names exists, the writer holds every batch it takes, unwritten (tests/lostdisk.rs: a
+/// region whose writes have not reached its disk when it is killed).
+pub const TEST_HOLD_WRITES_ENV: &str = "WALLETD_TEST_HOLD_WRITES";
+/// How often a held writer looks for the file again.
+#[cfg(debug_assertions)]
+const TEST_HOLD_WRITES_POLL_MS: u64 = 5;
+
+/// [`TEST_HOLD_WRITES_ENV`]: returns once the file it names is gone (at once without it).
+fn test_hold_writes() {
+    #[cfg(debug_assertions)]
+    {
+        static FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+        let file = FILE.get_or_init(|| std::env::var_os(TEST_HOLD_WRITES_ENV).map(PathBuf::from));
+        let Some(file) = file else {
+            return;
+        };
+        if file.exists() {
+            tracing::warn!(file = %file.display(), "test seam: writes held while this file exists");
+        }
+        while file.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(TEST_HOLD_WRITES_POLL_MS));
+        }
+    }
+}
 
 /// Storage failures. Corruption is never repaired silently.
 #[derive(Debug, thiserror::Error)]
@@ -926,6 +951,7 @@ pub fn spawn_writer(
             }
             let mut batches: Vec<WriteBatch> = Vec::new();
             while let Some(first) = rx.blocking_recv() {
+                test_hold_writes();
                 // Without group commit, one batch (then one commit per op) at a time.
                 let max = if group_commit { batch_records_max } else { 1 };
                 let (seq, index) = take_queued(&mut rx, first, &mut batches, max);
@@ -1001,6 +1027,7 @@ fn pipelined_writer(
     };
     let mut batches: Vec<WriteBatch> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        test_hold_writes();
         let (seq, index) = take_queued(rx, first, &mut batches, batch_records_max);
         let started = Instant::now();
         let ops: Vec<&WriteOp> = batches.iter().flat_map(|b| b.ops.iter()).collect();
