@@ -1027,6 +1027,73 @@ fn a_retire_whose_acknowledger_is_retired_after_it_cuts_without_it() {
     assert_eq!(a.version_vector(), b.version_vector());
     same(&c, eu, us);
     b.check_invariants().unwrap();
+    // ap and sa come back: what either acknowledges now is above its cut and refused, the
+    // cuts stand; each learns its own cut from a snapshot it refuses (eu and us folded the
+    // retires).
+    c.heal();
+    c.run_among(&[eu, us, ap, sa], 4);
+    assert_eq!(cut_everywhere(&c, &[eu, us], "sa"), Some(1));
+    assert_eq!(cut_everywhere(&c, &[eu, us], "ap"), Some(1));
+    assert_eq!(c.nodes[eu].replica.retires(), c.nodes[us].replica.retires());
+    same(&c, eu, us);
+    for (i, name) in [(ap, "ap"), (sa, "sa")] {
+        let r = &c.nodes[i].replica;
+        assert!(r.is_retired(), "{name}");
+        assert_eq!(r.cut(region(name)), Some(1), "{name}");
+    }
+}
+
+/// A retired region that was cut off takes payments a retire gives up; meanwhile the members
+/// that remain cut it and compact past the retire and its acknowledgements, which no member
+/// serves any longer. Back, it is answered with a snapshot, which it refuses (it folds its
+/// own log short), but it learns its cut from the snapshot's membership history and stops
+/// taking payments (docs/protocol.md §11). Before, it never learned its cut and took every
+/// payment, each given up.
+#[test]
+fn a_retired_region_learns_its_cut_from_a_snapshot_it_refuses() {
+    let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
+    let (eu, us, ap) = (0, 1, 2);
+    settled_then_ap_cut_off_taking_payments(&mut c);
+    let held = c.nodes[eu].replica.version_vector().get(&region("ap"));
+    let now = c.local_now(eu);
+    let retire = replica_of(&mut c, eu)
+        .retire(now, set(&["ap"]), "partitioned for good".into())
+        .unwrap();
+    c.drain(eu);
+    c.run_among(&[eu, us], 4);
+    purchase(&mut c, us, "alice", "5").unwrap();
+    c.run_among(&[eu, us], 3);
+    for i in [eu, us] {
+        let s = replica_of(&mut c, i).compact().expect("compacts");
+        let m: Vec<Event> = s
+            .body
+            .ext_section(wallet_core::snapshot::EXT_MEMBERSHIP)
+            .unwrap()
+            .unwrap_or_default();
+        assert!(m.iter().any(|e| e.id == retire), "the retire is folded");
+        assert_eq!(
+            m.iter()
+                .filter(|e| matches!(e.change(), Some(Change::RetireAck { .. })))
+                .count(),
+            2
+        );
+        c.drain(i);
+    }
+    c.run_among(&[eu, us], 2);
+    assert!(!c.nodes[ap].replica.is_retired());
+    c.heal();
+    c.run_among(&[eu, us, ap], 4);
+    let r = &c.nodes[ap].replica;
+    assert!(r.is_retired(), "ap learned its cut");
+    assert_eq!(r.cut(region("ap")), Some(held));
+    assert_eq!(r.membership_stats().cuts_from_snapshot, 1);
+    assert_eq!(r.stats().restores, 0, "nothing installed");
+    assert_eq!(r.retires()[0].cut, c.nodes[eu].replica.retires()[0].cut);
+    assert!(matches!(
+        c.submit(ap, req("bob", Kind::Deposit, "1", Currency::USD)),
+        Err(SubmitError::Membership(MembershipError::Retired))
+    ));
+    same(&c, eu, us);
 }
 
 /// ap acknowledges the retire of sa, holding more of sa than eu and us, then is cut off and

@@ -69,6 +69,9 @@ pub struct MembershipStats {
     /// Acknowledgers a cut computed here did not wait for: retired themselves, their log up
     /// to their own cut held, with no acknowledgement at or below that cut.
     pub acks_excused: u64,
+    /// Cuts of this region's own retire learned from a peer's snapshot it refused (the
+    /// retire folded out of every member's log).
+    pub cuts_from_snapshot: u64,
 }
 
 /// What a status page shows of a retire.
@@ -502,6 +505,45 @@ impl Replica {
         }
         // A retired region's cut may excuse it from another retire's acknowledgements.
         self.cut_waiting_retires();
+    }
+
+    /// A retired region that refuses a peer's snapshot ([`Replica::install_snapshot`]) may
+    /// never get the retire and acknowledgements that name it otherwise: folded into the
+    /// peers' snapshots, no member serves them any longer. `fresh`, restored from that
+    /// snapshot (its membership history verified), knows them: each retire whose cut names
+    /// this region is taken from it with its acknowledgements and cut, and the cut applied
+    /// here, so this region stops issuing as any retired region does. Nothing else of the
+    /// snapshot is taken (the balances stay this region's).
+    pub(super) fn learn_own_cut(&mut self, fresh: &Replica) {
+        let me = self.cfg.region;
+        if self.membership.retired_self || !fresh.membership.retired_self {
+            return;
+        }
+        for (id, st) in &fresh.membership.retires {
+            let Some(cut) = st.cut.clone().filter(|c| c.contains_key(&me)) else {
+                continue;
+            };
+            if self
+                .membership
+                .retires
+                .get(id)
+                .is_some_and(|s| s.cut.is_some())
+            {
+                continue;
+            }
+            self.membership.retires.insert(*id, st.clone());
+            if let Some(acks) = fresh.membership.acks.get(id) {
+                let held = self.membership.acks.entry(*id).or_default();
+                for (a, ack) in acks {
+                    held.entry(*a).or_insert_with(|| ack.clone());
+                }
+            }
+            self.membership.stats.cuts += 1;
+            self.membership.stats.cuts_from_snapshot += 1;
+            for (r, c) in cut {
+                self.apply_cut(*id, r, c);
+            }
+        }
     }
 
     /// The cut of `region` is `cut`: events above it are voided here (unsettled) and refused
