@@ -88,6 +88,16 @@ fn replica_of(c: &mut Cluster, i: usize) -> &mut Replica {
     &mut c.nodes[i].replica
 }
 
+/// Region `i` retires `names`; its outputs are drained.
+fn retire_by(c: &mut Cluster, i: usize, names: &[&str], why: &str) -> EventId {
+    let now = c.local_now(i);
+    let id = replica_of(c, i)
+        .retire(now, set(names), why.into())
+        .unwrap();
+    c.drain(i);
+    id
+}
+
 /// eu, us, ap (0, 1, 2): deposits settled everywhere, then ap cut off, taking three
 /// payments nobody else will hold.
 fn settled_then_ap_cut_off_taking_payments(c: &mut Cluster) {
@@ -111,11 +121,7 @@ fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
     let target = max_hlc_of(&c, &[eu, us]);
     assert!(c.nodes[eu].replica.watermark() < target);
     let ap_held = c.nodes[eu].replica.version_vector().get(&region("ap"));
-    let now = c.local_now(eu);
-    let retire = replica_of(&mut c, eu)
-        .retire(now, set(&["ap"]), "partitioned for good".into())
-        .unwrap();
-    c.drain(eu);
+    let retire = retire_by(&mut c, eu, &["ap"], "partitioned for good");
     c.run_among(&[eu, us], 4);
     for i in [eu, us] {
         let r = &c.nodes[i].replica;
@@ -166,11 +172,7 @@ fn the_cut_is_the_highest_seq_any_remaining_member_held() {
     assert_eq!(us_held, 5);
     // Now ap is cut off, eu and us talk again.
     isolate(&mut c, ap);
-    let now = c.local_now(eu);
-    replica_of(&mut c, eu)
-        .retire(now, set(&["ap"]), "gone".into())
-        .unwrap();
-    c.drain(eu);
+    retire_by(&mut c, eu, &["ap"], "gone");
     c.run_among(&[eu, us], 4);
     for i in [eu, us] {
         let r = &c.nodes[i].replica;
@@ -667,11 +669,7 @@ fn an_equivocating_region_is_resolved_by_retiring_it() {
         assert!(c.nodes[i].replica.settlement_blocked(), "{}", c.names[i]);
     }
     purchase(&mut c, eu, "bob", "2").unwrap();
-    let now = c.local_now(eu);
-    replica_of(&mut c, eu)
-        .retire(now, set(&["ap"]), "equivocated".into())
-        .unwrap();
-    c.drain(eu);
+    retire_by(&mut c, eu, &["ap"], "equivocated");
     c.run_among(&[eu, us], 4);
     for i in [eu, us] {
         let r = &c.nodes[i].replica;
@@ -982,11 +980,7 @@ fn a_retire_whose_acknowledger_is_retired_after_it_cuts_without_it() {
     purchase(&mut c, sa, "bob", "1").unwrap();
     c.run_among(&[eu, us], 3);
     for (gone, why) in [("sa", "gone"), ("ap", "gone too")] {
-        let now = c.local_now(eu);
-        replica_of(&mut c, eu)
-            .retire(now, set(&[gone]), why.into())
-            .unwrap();
-        c.drain(eu);
+        retire_by(&mut c, eu, &[gone], why);
         c.run_among(&[eu, us], 4);
     }
     assert_eq!(cut_everywhere(&c, &[eu, us], "sa"), Some(1));
@@ -1055,11 +1049,7 @@ fn a_retired_region_learns_its_cut_from_a_snapshot_it_refuses() {
     let (eu, us, ap) = (0, 1, 2);
     settled_then_ap_cut_off_taking_payments(&mut c);
     let held = c.nodes[eu].replica.version_vector().get(&region("ap"));
-    let now = c.local_now(eu);
-    let retire = replica_of(&mut c, eu)
-        .retire(now, set(&["ap"]), "partitioned for good".into())
-        .unwrap();
-    c.drain(eu);
+    let retire = retire_by(&mut c, eu, &["ap"], "partitioned for good");
     c.run_among(&[eu, us], 4);
     purchase(&mut c, us, "alice", "5").unwrap();
     c.run_among(&[eu, us], 3);
@@ -1118,11 +1108,7 @@ fn an_acknowledgement_before_the_acknowledgers_own_cut_counts() {
     c.run_among(&[ap, sa, jp], 2);
     assert_eq!(c.nodes[ap].replica.version_vector().get(&region("sa")), 4);
     // eu retires sa; eu and us acknowledge what they hold of it (1).
-    let now = c.local_now(eu);
-    replica_of(&mut c, eu)
-        .retire(now, set(&["sa"]), "gone".into())
-        .unwrap();
-    c.drain(eu);
+    retire_by(&mut c, eu, &["sa"], "gone");
     c.run_among(&[eu, us], 3);
     // ap comes over and acknowledges 4; jp never does.
     c.partition(0b11000);
@@ -1137,11 +1123,7 @@ fn an_acknowledgement_before_the_acknowledgers_own_cut_counts() {
     );
     // ap is cut off again and retired with jp.
     c.partition(0b11100);
-    let now = c.local_now(eu);
-    replica_of(&mut c, eu)
-        .retire(now, set(&["ap", "jp"]), "gone too".into())
-        .unwrap();
-    c.drain(eu);
+    retire_by(&mut c, eu, &["ap", "jp"], "gone too");
     c.run_among(&[eu, us], 4);
     let ap_cut = cut_everywhere(&c, &[eu, us], "ap").expect("ap's cut");
     assert_eq!(cut_everywhere(&c, &[eu, us], "jp"), Some(1));
@@ -1195,11 +1177,7 @@ fn a_retired_region_never_installs_a_snapshot_that_folds_its_own_log_short() {
     c.run_among(&[ap], 2);
     let held = c.nodes[ap].replica.version_vector().get(&region("ap"));
     let top = max_hlc_of(&c, &[ap]);
-    let now = c.local_now(eu);
-    replica_of(&mut c, eu)
-        .retire(now, set(&["ap"]), "partitioned for good".into())
-        .unwrap();
-    c.drain(eu);
+    retire_by(&mut c, eu, &["ap"], "partitioned for good");
     // us compacts at a point above ap's own events and below its own acknowledgement.
     let mut partial = false;
     for _ in 0..40 {
