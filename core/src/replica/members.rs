@@ -544,6 +544,8 @@ impl Replica {
                 self.apply_cut(*id, r, c);
             }
         }
+        // Its own cut may excuse it from another retire's acknowledgements.
+        self.cut_waiting_retires();
     }
 
     /// The cut of `region` is `cut`: events above it are voided here (unsettled) and refused
