@@ -88,6 +88,16 @@ fn replica_of(c: &mut Cluster, i: usize) -> &mut Replica {
     &mut c.nodes[i].replica
 }
 
+/// Region `i` retires `names`; its outputs are drained.
+fn retire_by(c: &mut Cluster, i: usize, names: &[&str], why: &str) -> EventId {
+    let now = c.local_now(i);
+    let id = replica_of(c, i)
+        .retire(now, set(names), why.into())
+        .unwrap();
+    c.drain(i);
+    id
+}
+
 /// eu, us, ap (0, 1, 2): deposits settled everywhere, then ap cut off, taking three
 /// payments nobody else will hold.
 fn settled_then_ap_cut_off_taking_payments(c: &mut Cluster) {
@@ -111,11 +121,7 @@ fn retiring_a_partitioned_region_lets_settlement_resume_without_it() {
     let target = max_hlc_of(&c, &[eu, us]);
     assert!(c.nodes[eu].replica.watermark() < target);
     let ap_held = c.nodes[eu].replica.version_vector().get(&region("ap"));
-    let now = c.local_now(eu);
-    let retire = replica_of(&mut c, eu)
-        .retire(now, set(&["ap"]), "partitioned for good".into())
-        .unwrap();
-    c.drain(eu);
+    let retire = retire_by(&mut c, eu, &["ap"], "partitioned for good");
     c.run_among(&[eu, us], 4);
     for i in [eu, us] {
         let r = &c.nodes[i].replica;
@@ -166,11 +172,7 @@ fn the_cut_is_the_highest_seq_any_remaining_member_held() {
     assert_eq!(us_held, 5);
     // Now ap is cut off, eu and us talk again.
     isolate(&mut c, ap);
-    let now = c.local_now(eu);
-    replica_of(&mut c, eu)
-        .retire(now, set(&["ap"]), "gone".into())
-        .unwrap();
-    c.drain(eu);
+    retire_by(&mut c, eu, &["ap"], "gone");
     c.run_among(&[eu, us], 4);
     for i in [eu, us] {
         let r = &c.nodes[i].replica;
@@ -667,11 +669,7 @@ fn an_equivocating_region_is_resolved_by_retiring_it() {
         assert!(c.nodes[i].replica.settlement_blocked(), "{}", c.names[i]);
     }
     purchase(&mut c, eu, "bob", "2").unwrap();
-    let now = c.local_now(eu);
-    replica_of(&mut c, eu)
-        .retire(now, set(&["ap"]), "equivocated".into())
-        .unwrap();
-    c.drain(eu);
+    retire_by(&mut c, eu, &["ap"], "equivocated");
     c.run_among(&[eu, us], 4);
     for i in [eu, us] {
         let r = &c.nodes[i].replica;
@@ -940,35 +938,76 @@ proptest! {
     }
 }
 
-/// A retire whose cut never comes (ap, which must acknowledge it, is gone for good and is
-/// retired itself afterwards) stalls the watermark, but no longer compaction below it: every
-/// member in force announced the folded events, and each acknowledger holds none of the
-/// retired region above its acknowledgement, so the cut, the highest of those, lies at or
-/// above every folded event of it (docs/protocol.md §11). A restart from that snapshot, which
-/// carries the retire still waiting, agrees with the region that made it.
+/// The cut of `region` known to every region of `at`, the same everywhere.
+fn cut_everywhere(c: &Cluster, at: &[usize], region_name: &str) -> Option<u64> {
+    let cuts: BTreeSet<Option<u64>> = at
+        .iter()
+        .map(|&i| c.nodes[i].replica.cut(region(region_name)))
+        .collect();
+    assert_eq!(cuts.len(), 1, "cuts of {region_name} differ: {cuts:?}");
+    cuts.into_iter().next().flatten()
+}
+
+/// Every region of `live` settled everything it holds, agrees with the first, and with the
+/// reference model.
+fn settled_and_agree(c: &Cluster, live: &[usize]) {
+    let top = max_hlc_of(c, live);
+    for &i in live {
+        let r = &c.nodes[i].replica;
+        assert!(!r.settlement_blocked(), "{} blocked", c.names[i]);
+        assert!(r.watermark() >= top, "{} lags", c.names[i]);
+        check_against_model(&c.seed, r).unwrap();
+        r.check_invariants().unwrap();
+        same(c, live[0], i);
+    }
+}
+
+/// sa is retired while ap, which must acknowledge it, is cut off with it; then ap is retired
+/// too. ap, retired with its log up to its cut held by eu and us, is no longer waited for:
+/// the retire of sa cuts from eu's and us's acknowledgements, settlement goes on, and
+/// compaction with it; a restart from the snapshot agrees (docs/protocol.md §8, §11). Before
+/// the rule, the retire of sa waited for ap for good and held the watermark at it.
 #[test]
-fn a_retire_that_never_gets_its_cut_does_not_block_compaction() {
+fn a_retire_whose_acknowledger_is_retired_after_it_cuts_without_it() {
     let mut c = Cluster::new(&["eu", "us", "ap", "sa"], fee_policy());
-    let (eu, us) = (0, 1);
+    let (eu, us, ap, sa) = (0, 1, 2, 3);
     deposit(&mut c, eu, "alice", "100");
+    deposit(&mut c, ap, "carol", "20");
+    deposit(&mut c, sa, "bob", "50");
     assert!(c.settle_all());
     c.partition(0b1100);
     purchase(&mut c, eu, "alice", "10").unwrap();
+    purchase(&mut c, sa, "bob", "1").unwrap();
     c.run_among(&[eu, us], 3);
     for (gone, why) in [("sa", "gone"), ("ap", "gone too")] {
-        let now = c.local_now(eu);
-        replica_of(&mut c, eu)
-            .retire(now, set(&[gone]), why.into())
-            .unwrap();
-        c.drain(eu);
+        retire_by(&mut c, eu, &[gone], why);
         c.run_among(&[eu, us], 4);
     }
-    let r = &c.nodes[eu].replica;
-    let retires = r.retires();
-    assert_eq!(retires[0].missing, vec![region("ap")]);
-    assert!(retires[0].cut.is_none());
-    assert!(retires[1].cut.is_some());
-    assert!(r.compaction_point().is_some());
+    assert_eq!(cut_everywhere(&c, &[eu, us], "sa"), Some(1));
+    assert_eq!(cut_everywhere(&c, &[eu, us], "ap"), Some(1));
+    for i in [eu, us] {
+        let r = &c.nodes[i].replica;
+        let retires = r.retires();
+        assert!(retires[0].missing.is_empty(), "{:?}", retires[0]);
+        assert_eq!(
+            retires[0].acks.keys().copied().collect::<Vec<_>>(),
+            vec![region("eu"), region("us")]
+        );
+        assert_eq!(r.membership_stats().acks_excused, 1);
+    }
+    settled_and_agree(&c, &[eu, us]);
+    // Settlement goes on without them.
+    purchase(&mut c, us, "alice", "5").unwrap();
+    c.run_among(&[eu, us], 3);
+    settled_and_agree(&c, &[eu, us]);
+    assert_eq!(
+        c.nodes[eu]
+            .replica
+            .balance(&acct("alice"), Currency::USD)
+            .settled,
+        dec("85.00")
+    );
+    // Compaction folds past the retires; a restart from the snapshot agrees.
     for i in [eu, us] {
         assert!(replica_of(&mut c, i).compact().is_some(), "{i} compacts");
         c.drain(i);
@@ -980,12 +1019,147 @@ fn a_retire_that_never_gets_its_cut_does_not_block_compaction() {
     assert_eq!(b.stats().restores, 1);
     assert_eq!(a.retires(), b.retires());
     assert_eq!(a.version_vector(), b.version_vector());
-    assert_eq!(
-        b.balance(&acct("alice"), Currency::USD).provisional,
-        dec("90.00")
-    );
     same(&c, eu, us);
     b.check_invariants().unwrap();
+    // ap and sa come back: what either acknowledges now is above its cut and refused, the
+    // cuts stand; each learns its own cut from a snapshot it refuses (eu and us folded the
+    // retires).
+    c.heal();
+    c.run_among(&[eu, us, ap, sa], 4);
+    assert_eq!(cut_everywhere(&c, &[eu, us], "sa"), Some(1));
+    assert_eq!(cut_everywhere(&c, &[eu, us], "ap"), Some(1));
+    assert_eq!(c.nodes[eu].replica.retires(), c.nodes[us].replica.retires());
+    same(&c, eu, us);
+    for (i, name) in [(ap, "ap"), (sa, "sa")] {
+        let r = &c.nodes[i].replica;
+        assert!(r.is_retired(), "{name}");
+        assert_eq!(r.cut(region(name)), Some(1), "{name}");
+    }
+}
+
+/// A retired region that was cut off takes payments a retire gives up; meanwhile the members
+/// that remain cut it and compact past the retire and its acknowledgements, which no member
+/// serves any longer. Back, it is answered with a snapshot, which it refuses (it folds its
+/// own log short), but it learns its cut from the snapshot's membership history and stops
+/// taking payments (docs/protocol.md §11). Before, it never learned its cut and took every
+/// payment, each given up.
+#[test]
+fn a_retired_region_learns_its_cut_from_a_snapshot_it_refuses() {
+    let mut c = Cluster::new(&["eu", "us", "ap"], fee_policy());
+    let (eu, us, ap) = (0, 1, 2);
+    settled_then_ap_cut_off_taking_payments(&mut c);
+    let held = c.nodes[eu].replica.version_vector().get(&region("ap"));
+    let retire = retire_by(&mut c, eu, &["ap"], "partitioned for good");
+    c.run_among(&[eu, us], 4);
+    purchase(&mut c, us, "alice", "5").unwrap();
+    c.run_among(&[eu, us], 3);
+    for i in [eu, us] {
+        let s = replica_of(&mut c, i).compact().expect("compacts");
+        let m: Vec<Event> = s
+            .body
+            .ext_section(wallet_core::snapshot::EXT_MEMBERSHIP)
+            .unwrap()
+            .unwrap_or_default();
+        assert!(m.iter().any(|e| e.id == retire), "the retire is folded");
+        assert_eq!(
+            m.iter()
+                .filter(|e| matches!(e.change(), Some(Change::RetireAck { .. })))
+                .count(),
+            2
+        );
+        c.drain(i);
+    }
+    c.run_among(&[eu, us], 2);
+    assert!(!c.nodes[ap].replica.is_retired());
+    c.heal();
+    c.run_among(&[eu, us, ap], 4);
+    let r = &c.nodes[ap].replica;
+    assert!(r.is_retired(), "ap learned its cut");
+    assert_eq!(r.cut(region("ap")), Some(held));
+    assert_eq!(r.membership_stats().cuts_from_snapshot, 1);
+    assert_eq!(r.stats().restores, 0, "nothing installed");
+    assert_eq!(r.retires()[0].cut, c.nodes[eu].replica.retires()[0].cut);
+    assert!(matches!(
+        c.submit(ap, req("bob", Kind::Deposit, "1", Currency::USD)),
+        Err(SubmitError::Membership(MembershipError::Retired))
+    ));
+    same(&c, eu, us);
+}
+
+/// ap acknowledges the retire of sa, holding more of sa than eu and us, then is cut off and
+/// retired; jp, which must acknowledge too, never does and is retired with it. ap's
+/// acknowledgement lies below its cut, in the history every region holds: it counts, and the
+/// cut of sa is what ap held; jp is not waited for (docs/protocol.md §8). Before the rule the
+/// retire of sa waited for jp for good.
+#[test]
+fn an_acknowledgement_before_the_acknowledgers_own_cut_counts() {
+    let mut c = Cluster::new(&["eu", "us", "ap", "sa", "jp"], fee_policy());
+    let (eu, us, ap, sa, jp) = (0, 1, 2, 3, 4);
+    deposit(&mut c, eu, "alice", "100");
+    deposit(&mut c, ap, "carol", "20");
+    deposit(&mut c, sa, "bob", "50");
+    deposit(&mut c, jp, "dave", "10");
+    assert!(c.settle_all());
+    // ap, sa and jp apart: sa takes three payments, ap and jp hold them.
+    c.partition(0b11100);
+    for _ in 0..3 {
+        purchase(&mut c, sa, "bob", "1").unwrap();
+    }
+    c.run_among(&[ap, sa, jp], 2);
+    assert_eq!(c.nodes[ap].replica.version_vector().get(&region("sa")), 4);
+    // eu retires sa; eu and us acknowledge what they hold of it (1).
+    retire_by(&mut c, eu, &["sa"], "gone");
+    c.run_among(&[eu, us], 3);
+    // ap comes over and acknowledges 4; jp never does.
+    c.partition(0b11000);
+    c.run_among(&[eu, us, ap], 3);
+    let info = &c.nodes[eu].replica.retires()[0];
+    assert_eq!(info.missing, vec![region("jp")]);
+    assert_eq!(
+        info.acks
+            .get(&region("ap"))
+            .and_then(|h| h.get(&region("sa"))),
+        Some(&4)
+    );
+    // ap is cut off again and retired with jp.
+    c.partition(0b11100);
+    retire_by(&mut c, eu, &["ap", "jp"], "gone too");
+    c.run_among(&[eu, us], 4);
+    let ap_cut = cut_everywhere(&c, &[eu, us], "ap").expect("ap's cut");
+    assert_eq!(cut_everywhere(&c, &[eu, us], "jp"), Some(1));
+    assert_eq!(cut_everywhere(&c, &[eu, us], "sa"), Some(4));
+    for i in [eu, us] {
+        let r = &c.nodes[i].replica;
+        let info = &r.retires()[0];
+        assert!(info.missing.is_empty());
+        assert_eq!(info.acks.len(), 3, "eu, us and ap count");
+        assert!(r.membership_stats().acks_excused >= 1);
+    }
+    // ap's acknowledgement is at or below its cut: every region holds it.
+    let ack_seq = all_events(&c.nodes[eu].replica)
+        .iter()
+        .find(|e| {
+            e.id.origin == region("ap") && matches!(e.change(), Some(Change::RetireAck { .. }))
+        })
+        .map(|e| e.id.seq)
+        .expect("ap's acknowledgement");
+    assert!(ack_seq <= ap_cut);
+    // eu and us fetch sa's log up to its cut from the retired regions, and settle.
+    c.heal();
+    c.run_among(&[eu, us, ap, sa, jp], 4);
+    for i in [eu, us] {
+        assert_eq!(
+            c.nodes[i].replica.version_vector().get(&region("sa")),
+            4,
+            "{}",
+            c.names[i]
+        );
+    }
+    assert_eq!(cut_everywhere(&c, &[eu, us, ap, sa, jp], "sa"), Some(4));
+    settled_and_agree(&c, &[eu, us]);
+    for i in [ap, sa, jp] {
+        assert!(c.nodes[i].replica.is_retired(), "{}", c.names[i]);
+    }
 }
 
 /// A retired region that lags is sent a member's snapshot whose point lies above events it
@@ -1003,11 +1177,7 @@ fn a_retired_region_never_installs_a_snapshot_that_folds_its_own_log_short() {
     c.run_among(&[ap], 2);
     let held = c.nodes[ap].replica.version_vector().get(&region("ap"));
     let top = max_hlc_of(&c, &[ap]);
-    let now = c.local_now(eu);
-    replica_of(&mut c, eu)
-        .retire(now, set(&["ap"]), "partitioned for good".into())
-        .unwrap();
-    c.drain(eu);
+    retire_by(&mut c, eu, &["ap"], "partitioned for good");
     // us compacts at a point above ap's own events and below its own acknowledgement.
     let mut partial = false;
     for _ in 0..40 {

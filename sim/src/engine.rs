@@ -430,7 +430,11 @@ pub const MEMBERSHIP_PPM_DEFAULT: u32 = 200_000;
 
 /// The random membership changes of a seed (its own `membership` stream): maybe a retire
 /// of a random region by another one, half the time cut off from the rest just before; maybe
-/// a key rotation.
+/// a key rotation. A retire of a region cut off has, half the time (drawn from a stream of its
+/// own, `membership-acker`, so the other draws stay), a member that must acknowledge it cut
+/// off with the region, and retired too by the same issuer soon after, while the first retire
+/// still waits for its acknowledgement (docs/protocol.md §8: the acknowledger, once retired
+/// with its log up to its cut held, is no longer waited for).
 pub fn membership_plan(cfg: &SimConfig, end_ms: u64, byzantine: bool) -> Vec<(u64, Action)> {
     let mut rng = Rng::new(cfg.seed, b"membership");
     let n = cfg.regions.len();
@@ -443,11 +447,21 @@ pub fn membership_plan(cfg: &SimConfig, end_ms: u64, byzantine: bool) -> Vec<(u6
         let r = rng.below(n as u64) as usize;
         let issuer = (r + 1 + rng.below(n as u64 - 1) as usize) % n;
         let at = rng.range(end_ms / 4, end_ms * 3 / 4);
+        let mut acker = None;
         if rng.below(2) == 0 {
-            let others: Vec<usize> = (0..n).filter(|j| *j != r).collect();
-            out.push((at.saturating_sub(1), Action::Split(vec![vec![r], others])));
+            let mut second = Rng::new(cfg.seed, b"membership-acker");
+            if second.below(2) == 0 {
+                let k = second.below(n as u64 - 2) as usize;
+                acker = (0..n).filter(|j| *j != r && *j != issuer).nth(k);
+            }
+            let gone: Vec<usize> = (0..n).filter(|j| *j == r || Some(*j) == acker).collect();
+            let others: Vec<usize> = (0..n).filter(|j| !gone.contains(j)).collect();
+            out.push((at.saturating_sub(1), Action::Split(vec![gone, others])));
         }
         out.push((at, Action::Retire(issuer, vec![r])));
+        if let Some(a) = acker {
+            out.push((at + 1_000, Action::Retire(issuer, vec![a])));
+        }
     }
     if rng.chance(cfg.membership_ppm) {
         let r = rng.below(n as u64) as usize;

@@ -74,6 +74,19 @@ pub fn compaction_summary(results: &[RunResult]) -> String {
         lost(true),
         results.iter().map(|r| r.metrics.lost_disks).sum::<u64>(),
     );
+    let seeds = |f: &dyn Fn(&crate::run::Metrics) -> u64| {
+        let hit: Vec<u64> = results.iter().map(|r| f(&r.metrics)).collect();
+        (
+            hit.iter().filter(|x| **x > 0).count(),
+            hit.iter().sum::<u64>(),
+        )
+    };
+    let (excused, excused_n) = seeds(&|m| m.acks_excused);
+    let (learned, learned_n) = seeds(&|m| m.cuts_from_snapshot);
+    let _ = writeln!(
+        s,
+        "retires: {excused} seeds cut a retire without an acknowledger retired after it ({excused_n} acknowledgements not waited for, over the regions); {learned} seeds had a retired region learn its cut from a snapshot it refused ({learned_n} times)",
+    );
     s
 }
 

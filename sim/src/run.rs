@@ -86,6 +86,13 @@ pub struct Metrics {
     pub lost_disks: u64,
     /// The run's durability level: `ack = "peer"`.
     pub ack_peer: bool,
+    /// Retire acknowledgements not waited for, summed over the regions at the end: the
+    /// acknowledger was retired itself with its log up to its cut held
+    /// (`MembershipStats::acks_excused`).
+    pub acks_excused: u64,
+    /// Retired regions that learned their cut from a peer's snapshot they refused
+    /// (`MembershipStats::cuts_from_snapshot`, summed over the regions at the end).
+    pub cuts_from_snapshot: u64,
     /// Home mode: client requests left pending by the region that took them (forwarded to
     /// the home).
     pub forwarded: u64,
@@ -359,6 +366,12 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
     let regions = cfg.regions.iter().map(|r| r.to_string()).collect();
     let mut sim = Sim::new(cfg);
     sim.run();
+    // Read before the checks, which put never-compacted shadows in place of the regions.
+    let membership_stats: Vec<_> = sim
+        .nodes
+        .iter()
+        .map(|n| n.replica.membership_stats())
+        .collect();
     let check_started = Instant::now();
     let check = check(&mut sim);
     let check_wall = check_started.elapsed();
@@ -458,6 +471,8 @@ pub fn run(cfg: SimConfig, timing: bool) -> RunResult {
         crashes_after_pull: c.crashes_after_pull,
         lost_disks: sim.wipes.len() as u64,
         ack_peer: sim.cfg.ack_peer,
+        acks_excused: membership_stats.iter().map(|m| m.acks_excused).sum(),
+        cuts_from_snapshot: membership_stats.iter().map(|m| m.cuts_from_snapshot).sum(),
         forwarded: c.pending,
         refused_home_unreachable: c.refused_home,
         home_moves: c.home_moves,

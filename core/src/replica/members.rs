@@ -6,7 +6,7 @@
 //! | a join adds the region with `covered` = the join's HLC; its events at or below it are refused | [`Replica::note_membership`], `merge_one` (covered) |
 //! | every member of a retire's `remaining` acknowledges it with the seq it holds of each retired region (contested seqs not counted, settled ones always) | [`Replica::issue_owed_acks`] |
 //! | after applying a retire (or acknowledging it), events of a retired region above the seq held are buffered, not applied | `Member::cap`, `merge_one` |
-//! | the cut is the highest seq acknowledged, once every remaining member acknowledged | [`Replica::try_cut`] |
+//! | the cut is the highest seq acknowledged, once every remaining member acknowledged or is retired itself with its log up to its cut held (its acknowledgement counts if at or below that cut) | [`Replica::try_cut`], [`Replica::ack_of`] |
 //! | events above the cut are refused everywhere and counted; unsettled ones held here are voided | [`Replica::apply_cut`] |
 //! | a retired region stops stalling the watermark once its log up to the cut is held | `compute_watermark` |
 //! | a region's own rotated key verifies its events above the rotation's HLC | [`Authenticator::set_key`] |
@@ -66,6 +66,12 @@ pub struct MembershipStats {
     pub voided: u64,
     /// Cuts computed here.
     pub cuts: u64,
+    /// Acknowledgers a cut computed here did not wait for: retired themselves, their log up
+    /// to their own cut held, with no acknowledgement at or below that cut.
+    pub acks_excused: u64,
+    /// Cuts of this region's own retire learned from a peer's snapshot it refused (the
+    /// retire folded out of every member's log).
+    pub cuts_from_snapshot: u64,
 }
 
 /// What a status page shows of a retire.
@@ -81,9 +87,11 @@ pub struct RetireInfo {
     pub remaining: Vec<RegionId>,
     /// Why.
     pub reason: String,
-    /// Acknowledgements held: acker -> (retired region -> seq held).
+    /// Acknowledgements that count: acker -> (retired region -> seq held). One of an
+    /// acknowledger retired with a cut below it does not.
     pub acks: BTreeMap<RegionId, BTreeMap<RegionId, u64>>,
-    /// The members whose acknowledgement is still missing.
+    /// The members whose acknowledgement is still awaited (an acknowledger retired with its
+    /// log up to its cut held here is not).
     pub missing: Vec<RegionId>,
     /// The cut per retired region, once every acknowledgement is held.
     pub cut: Option<BTreeMap<RegionId, u64>>,
@@ -104,6 +112,25 @@ pub struct JoinInfo {
     pub meta: Vec<u8>,
 }
 
+/// An acknowledgement of a retire: the seq of the `RetireAck` event in its acknowledger's log
+/// and what it held of each retired region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ack {
+    pub(crate) seq: u64,
+    pub(crate) held: BTreeMap<RegionId, u64>,
+}
+
+/// What a member of a retire's `remaining` gives its cut ([`Replica::ack_of`]).
+enum AckOf<'a> {
+    /// Its acknowledgement counts.
+    Counted(&'a BTreeMap<RegionId, u64>),
+    /// Not waited for: retired itself, its log up to its cut held here, and no
+    /// acknowledgement of it at or below that cut (one above never arrives everywhere).
+    Excused,
+    /// Still awaited.
+    Waiting,
+}
+
 /// The membership history this region holds.
 #[derive(Debug, Default)]
 pub(crate) struct Membership {
@@ -111,9 +138,9 @@ pub(crate) struct Membership {
     /// region that is or was a member is ignored, as the join itself is).
     pub(crate) joins: BTreeMap<RegionId, JoinInfo>,
     pub(crate) retires: BTreeMap<EventId, RetireState>,
-    /// Acknowledgements by retire id (held before or after the retire itself): acker ->
-    /// held. The first one of an acker (in its log order) counts.
-    pub(crate) acks: BTreeMap<EventId, BTreeMap<RegionId, BTreeMap<RegionId, u64>>>,
+    /// Acknowledgements by retire id (held before or after the retire itself), by acker.
+    /// The first one of an acker (in its log order) is kept.
+    pub(crate) acks: BTreeMap<EventId, BTreeMap<RegionId, Ack>>,
     /// Inside [`Replica::load`]: state is registered, cuts wait for the end.
     pub(crate) loading: bool,
     /// This region is retired (a cut names it): it issues nothing more.
@@ -215,8 +242,11 @@ impl Replica {
     }
 
     /// Acknowledges every retire this region must acknowledge and has not yet: called after
-    /// merges and on timeouts (an acknowledgement lost in a crash is issued again).
+    /// merges and on timeouts (an acknowledgement lost in a crash is issued again). First
+    /// cuts the retires that no longer wait ([`Replica::cut_waiting_retires`]: what was just
+    /// merged may complete the log of a retired acknowledger).
     pub(super) fn issue_owed_acks(&mut self, now_ms: u64) {
+        self.cut_waiting_retires();
         if self.restoring || self.joining || self.membership.retired_self {
             return;
         }
@@ -358,7 +388,7 @@ impl Replica {
                         }
                     }
                 }
-                acks.insert(id.origin, held);
+                acks.insert(id.origin, Ack { seq: id.seq, held });
                 self.try_cut(retire);
             }
             Change::RotateKey { key } => self.cfg.auth.set_key(id.origin, hlc, &key),
@@ -380,23 +410,59 @@ impl Replica {
     pub(super) fn membership_after_load(&mut self) {
         self.membership.loading = false;
         let me = self.cfg.region;
-        let pending: Vec<(EventId, BTreeSet<RegionId>, bool)> = self
+        let held: Vec<BTreeSet<RegionId>> = self
+            .membership
+            .retires
+            .values()
+            .filter(|st| !st.remaining.contains(&me))
+            .map(|st| st.regions.clone())
+            .collect();
+        for r in held.iter().flatten() {
+            self.hold_at_log(*r);
+        }
+        self.cut_waiting_retires();
+    }
+
+    /// Tries to cut every retire whose cut is not known yet (a handful at most): each cut
+    /// may end another retire's wait for an acknowledger it retired.
+    pub(super) fn cut_waiting_retires(&mut self) {
+        if self.membership.loading {
+            return;
+        }
+        let waiting: Vec<EventId> = self
             .membership
             .retires
             .iter()
-            .map(|(id, st)| (*id, st.regions.clone(), st.remaining.contains(&me)))
+            .filter(|(_, st)| st.cut.is_none())
+            .map(|(id, _)| *id)
             .collect();
-        for (id, regions, acker) in pending {
-            if !acker {
-                for r in &regions {
-                    self.hold_at_log(*r);
-                }
-            }
+        for id in waiting {
             self.try_cut(id);
         }
     }
 
-    /// Computes the cut of a retire once every remaining member acknowledged it.
+    /// What `acker`, a member of a retire's `remaining`, gives its cut, from its
+    /// acknowledgement (`acks`, the retire's). The rule (docs/protocol.md §8): an
+    /// acknowledgement counts unless its acker was retired with a cut below it (an event above
+    /// a cut is refused everywhere, so only some regions ever held it); an acknowledger
+    /// retired with a known cut, whose log up to it this region holds, is not waited for: an
+    /// acknowledgement at or below its cut is in that log, so it is held here and counts, and
+    /// none above it ever will. Every region thus counts the same acknowledgements, whatever
+    /// order it learned the cuts in.
+    fn ack_of<'a>(&self, acks: Option<&'a BTreeMap<RegionId, Ack>>, acker: RegionId) -> AckOf<'a> {
+        let ack = acks.and_then(|a| a.get(&acker));
+        let m = self.logs.members.get(&acker);
+        match (ack, m.and_then(|m| m.cut)) {
+            (Some(a), None) => AckOf::Counted(&a.held),
+            (Some(a), Some(cut)) if a.seq <= cut => AckOf::Counted(&a.held),
+            _ if m.is_some_and(Member::retired_complete) => AckOf::Excused,
+            _ => AckOf::Waiting,
+        }
+    }
+
+    /// Computes the cut of a retire once every remaining member acknowledged it or is no
+    /// longer waited for ([`Replica::ack_of`]): per retired region, the highest seq an
+    /// acknowledgement that counts held.
     fn try_cut(&mut self, retire: EventId) {
         if self.membership.loading {
             return;
@@ -407,20 +473,23 @@ impl Replica {
         if st.cut.is_some() {
             return;
         }
-        let Some(acks) = self.membership.acks.get(&retire) else {
-            return;
-        };
-        if !st.remaining.iter().all(|r| acks.contains_key(r)) {
-            return;
+        let acks = self.membership.acks.get(&retire);
+        let mut counted = Vec::new();
+        let mut excused = 0;
+        for a in &st.remaining {
+            match self.ack_of(acks, *a) {
+                AckOf::Counted(held) => counted.push(held),
+                AckOf::Excused => excused += 1,
+                AckOf::Waiting => return,
+            }
         }
         let cut: BTreeMap<RegionId, u64> = st
             .regions
             .iter()
             .map(|r| {
-                let c = st
-                    .remaining
+                let c = counted
                     .iter()
-                    .filter_map(|a| acks.get(a).and_then(|h| h.get(r)).copied())
+                    .filter_map(|h| h.get(r).copied())
                     .max()
                     .unwrap_or(0);
                 (*r, c)
@@ -430,9 +499,53 @@ impl Replica {
             st.cut = Some(cut.clone());
         }
         self.membership.stats.cuts += 1;
+        self.membership.stats.acks_excused += excused;
         for (r, c) in cut {
             self.apply_cut(retire, r, c);
         }
+        // A retired region's cut may excuse it from another retire's acknowledgements.
+        self.cut_waiting_retires();
+    }
+
+    /// A retired region that refuses a peer's snapshot ([`Replica::install_snapshot`]) may
+    /// never get the retire and acknowledgements that name it otherwise: folded into the
+    /// peers' snapshots, no member serves them any longer. `fresh`, restored from that
+    /// snapshot (its membership history verified), knows them: each retire whose cut names
+    /// this region is taken from it with its acknowledgements and cut, and the cut applied
+    /// here, so this region stops issuing as any retired region does. Nothing else of the
+    /// snapshot is taken (the balances stay this region's).
+    pub(super) fn learn_own_cut(&mut self, fresh: &Replica) {
+        let me = self.cfg.region;
+        if self.membership.retired_self || !fresh.membership.retired_self {
+            return;
+        }
+        for (id, st) in &fresh.membership.retires {
+            let Some(cut) = st.cut.clone().filter(|c| c.contains_key(&me)) else {
+                continue;
+            };
+            if self
+                .membership
+                .retires
+                .get(id)
+                .is_some_and(|s| s.cut.is_some())
+            {
+                continue;
+            }
+            self.membership.retires.insert(*id, st.clone());
+            if let Some(acks) = fresh.membership.acks.get(id) {
+                let held = self.membership.acks.entry(*id).or_default();
+                for (a, ack) in acks {
+                    held.entry(*a).or_insert_with(|| ack.clone());
+                }
+            }
+            self.membership.stats.cuts += 1;
+            self.membership.stats.cuts_from_snapshot += 1;
+            for (r, c) in cut {
+                self.apply_cut(*id, r, c);
+            }
+        }
+        // Its own cut may excuse it from another retire's acknowledgements.
+        self.cut_waiting_retires();
     }
 
     /// The cut of `region` is `cut`: events above it are voided here (unsettled) and refused
@@ -614,19 +727,25 @@ impl Replica {
             .retires
             .iter()
             .map(|(id, st)| {
-                let acks = self.membership.acks.get(id).cloned().unwrap_or_default();
+                let held = self.membership.acks.get(id);
+                let mut acks = BTreeMap::new();
+                let mut missing = Vec::new();
+                for a in &st.remaining {
+                    match self.ack_of(held, *a) {
+                        AckOf::Counted(h) => {
+                            acks.insert(*a, h.clone());
+                        }
+                        AckOf::Excused => {}
+                        AckOf::Waiting => missing.push(*a),
+                    }
+                }
                 RetireInfo {
                     id: *id,
                     hlc: st.hlc,
                     regions: st.regions.iter().copied().collect(),
                     remaining: st.remaining.iter().copied().collect(),
                     reason: st.reason.to_string(),
-                    missing: st
-                        .remaining
-                        .iter()
-                        .filter(|r| !acks.contains_key(r))
-                        .copied()
-                        .collect(),
+                    missing,
                     acks,
                     cut: st.cut.clone(),
                 }

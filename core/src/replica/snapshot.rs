@@ -783,16 +783,16 @@ impl Replica {
         // nothing of this region above its acknowledgement (`cap`), so its watermark passes
         // them. Refused as from a retired region (simulator seed 71, docs/protocol.md §11).
         let own = seq_of(&self.cfg.region);
-        if self.logs.members.get(&self.cfg.region).is_some_and(|m| {
+        let folds_own_short = self.logs.members.get(&self.cfg.region).is_some_and(|m| {
             m.slice(own, u64::MAX)
                 .first()
                 .is_some_and(|e| e.hlc <= snap.body.at)
-        }) {
-            return Err(RestoreError::Retired);
-        }
+        });
         let mut after = Vec::new();
-        for (r, m) in &self.logs.members {
-            after.extend(m.slice(seq_of(r), u64::MAX).iter().cloned());
+        if !folds_own_short {
+            for (r, m) in &self.logs.members {
+                after.extend(m.slice(seq_of(r), u64::MAX).iter().cloned());
+            }
         }
         let region = self.cfg.region;
         let placeholder = || Config::new(region, Vec::new(), crate::policy::Policy::zero());
@@ -800,13 +800,21 @@ impl Replica {
         let mut fresh = Replica::new(cfg, self.clock.last());
         fresh.restore_evidence(self.evidence.clone());
         // A snapshot that shows this region retired is not installed either: a retired
-        // region settles nothing more than it had (docs/protocol.md §11).
-        let restored = match fresh.restore(snap, after) {
-            Ok(()) if fresh.membership.retired_self => Err(RestoreError::Retired),
-            r => r,
+        // region settles nothing more than it had (docs/protocol.md §11). Its membership
+        // history, verified by `restore`, still tells this region its cut, which may be
+        // folded out of every member's log: it learns it from there.
+        let restored = fresh.restore(snap, after);
+        let verified = restored.is_ok();
+        let refused = if folds_own_short || (verified && fresh.membership.retired_self) {
+            Err(RestoreError::Retired)
+        } else {
+            restored
         };
-        if let Err(e) = restored {
+        if let Err(e) = refused {
             self.cfg = std::mem::replace(&mut fresh.cfg, placeholder());
+            if verified {
+                self.learn_own_cut(&fresh);
+            }
             return Err(e);
         }
         // Local state carries over.
