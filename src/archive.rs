@@ -60,6 +60,10 @@ const KIND_ID: u8 = 1;
 const KIND_ACCOUNT: u8 = 2;
 const KIND_FEED: u8 = 3;
 
+/// Records served to a peer's backfill: each as archived (CRC-32 and payload), and whether
+/// nothing more is held ([`Archive::records_after`]).
+pub type Served = (Vec<(u32, Vec<u8>)>, bool);
+
 /// One archived record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ArchiveRecord {
@@ -346,6 +350,12 @@ pub struct Archive {
     last_key: Option<EntryKey>,
     /// Sealed segments' indexes read by lookups (tests and figures).
     index_reads: std::sync::atomic::AtomicU64,
+    /// The history below this region's bootstrap snapshot, fetched from a peer
+    /// ([`crate::backfill`], `archive/below/`): read before this archive, once complete.
+    below: Option<Box<Archive>>,
+    /// A backfill is under way: this archive holds nothing at or below this point yet, and
+    /// serves no peer a range that starts there.
+    floor: Option<Hlc>,
 }
 
 fn seg_path(dir: &Path, n: u64, ext: &str) -> PathBuf {
@@ -469,6 +479,33 @@ impl Archive {
         now_ms: u64,
     ) -> Result<Archive, ArchiveError> {
         let dir = data_dir.join(ARCHIVE_DIR_NAME);
+        let mut a = Archive::open_dir(&dir, segment_bytes, retention_ms, now_ms)?;
+        // The history below a bootstrap snapshot (`crate::backfill`): read once complete.
+        match crate::backfill::Target::state(&dir) {
+            Ok(crate::backfill::BelowState::Complete) => {
+                let below = Archive::open_dir(
+                    &crate::backfill::below_dir(&dir),
+                    segment_bytes,
+                    retention_ms,
+                    now_ms,
+                )?;
+                a.set_below(below);
+            }
+            Ok(crate::backfill::BelowState::Pending(at)) => a.floor = Some(at),
+            Ok(crate::backfill::BelowState::None) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(a)
+    }
+
+    /// Opens (or creates) an archive in `dir` itself (the backfill's `archive/below/`).
+    pub fn open_dir(
+        dir: &Path,
+        segment_bytes: u64,
+        retention_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Archive, ArchiveError> {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         let mut numbers: Vec<u64> = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
@@ -603,9 +640,99 @@ impl Archive {
             mark,
             last_key,
             index_reads: Default::default(),
+            below: None,
+            floor: None,
         };
         a.expire(now_ms)?;
         Ok(a)
+    }
+
+    /// Reads the complete history below this region's bootstrap snapshot from `below` (the
+    /// backfill's archive) before this one: lookups, pages and the feed span both, and a
+    /// peer's backfill is served from both.
+    pub fn set_below(&mut self, below: Archive) {
+        self.below = Some(Box::new(below));
+        self.floor = None;
+    }
+
+    /// A backfill of the history below `at` is under way: serve no peer below it.
+    pub fn set_floor(&mut self, at: Hlc) {
+        if self.below.is_none() {
+            self.floor = Some(at);
+        }
+    }
+
+    /// Does this archive (with what lies below it) hold the history from the start?
+    pub fn from_start(&self) -> bool {
+        self.floor.is_none()
+    }
+
+    /// The archive parts, oldest first: the backfilled history, then this region's own.
+    fn parts(&self) -> impl Iterator<Item = &Archive> {
+        self.below
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(self))
+    }
+
+    /// At most about `max_bytes` of archived records (as stored: CRC-32 and payload) whose
+    /// entry keys follow `after`, at or below `at`, in entry-key order, for a peer's
+    /// backfill ([`crate::backfill`]); `done` when nothing more at or below `at` is held.
+    /// None when this archive cannot serve from `after`: retention deleted part of it, or it
+    /// lacks the history below its own bootstrap snapshot.
+    pub fn records_after(
+        &self,
+        after: Option<EntryKey>,
+        at: Hlc,
+        max_bytes: usize,
+    ) -> Result<Option<Served>, ArchiveError> {
+        if self.floor.is_some() {
+            return Ok(None);
+        }
+        for p in self.parts() {
+            if let Some(top) = p.expired.key {
+                if after.is_none_or(|k| k < top) {
+                    return Ok(None);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for p in self.parts() {
+            for s in &p.segments {
+                match (s.summary.keys, after) {
+                    (None, _) => continue,
+                    (Some((_, last)), Some(a)) if last <= a => continue,
+                    _ => {}
+                }
+                let path = seg_path(&p.dir, s.summary.number, "arc");
+                let data = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+                // Only whole frames the summary counts (the active segment's tail may be
+                // an append under way on this thread: never, but the bound is cheap).
+                let data = data.get(..s.summary.bytes as usize).unwrap_or(&data);
+                let (records, _, bad) = scan(data);
+                if let Some((off, why)) = bad {
+                    return Err(corrupt(&path, format!("at byte {off}: {why}")));
+                }
+                for (r, off, len) in records {
+                    let Some(k) = r.entry_key() else { continue };
+                    if after.is_some_and(|a| k <= a) {
+                        continue;
+                    }
+                    if k.0 .0 > at {
+                        return Ok(Some((out, true)));
+                    }
+                    let frame = &data[off as usize..(off + len) as usize];
+                    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+                    out.push((crc, frame[FRAME_HEAD..].to_vec()));
+                    bytes += frame.len();
+                    if bytes >= max_bytes {
+                        return Ok(Some((out, false)));
+                    }
+                }
+            }
+        }
+        Ok(Some((out, true)))
     }
 
     /// The archive's directory.
@@ -617,11 +744,13 @@ impl Archive {
     /// the point, and the feed below the length, is archived (or expired).
     pub fn mark(&self) -> Option<(Hlc, u64)> {
         self.mark
+            .or_else(|| self.below.as_ref().and_then(|b| b.mark()))
     }
 
     /// The last entry key archived: a batch holds only what follows it.
     pub fn last_key(&self) -> Option<EntryKey> {
         self.last_key
+            .or_else(|| self.below.as_ref().and_then(|b| b.last_key()))
     }
 
     /// What retention deleted.
@@ -841,6 +970,20 @@ impl Archive {
         origin: RegionId,
         seq: u64,
     ) -> Result<Option<ArchiveRecord>, ArchiveError> {
+        for p in self.parts() {
+            if let Some(r) = p.find_here(id, origin, seq)? {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    fn find_here(
+        &self,
+        id: &str,
+        origin: RegionId,
+        seq: u64,
+    ) -> Result<Option<ArchiveRecord>, ArchiveError> {
         let h = fnv(id);
         for (i, s) in self.segments.iter().enumerate() {
             if !s.summary.holds_seq(origin, seq) {
@@ -858,6 +1001,22 @@ impl Archive {
 
     /// At most `limit` records of an account's history after `after`, in entry-key order.
     pub fn account_page(
+        &self,
+        account: &str,
+        after: Option<EntryKey>,
+        limit: usize,
+    ) -> Result<Vec<(EntryKey, ArchiveRecord)>, ArchiveError> {
+        let mut out = Vec::new();
+        for p in self.parts() {
+            if out.len() >= limit {
+                break;
+            }
+            out.extend(p.account_page_here(account, after, limit - out.len())?);
+        }
+        Ok(out)
+    }
+
+    fn account_page_here(
         &self,
         account: &str,
         after: Option<EntryKey>,
@@ -898,6 +1057,18 @@ impl Archive {
     /// At most `limit` compensations of the feed from position `from`, in feed order,
     /// stopping at the first position the archive does not hold.
     pub fn feed_page(&self, from: u64, limit: usize) -> Result<Vec<Compensation>, ArchiveError> {
+        let mut out: Vec<Compensation> = Vec::new();
+        for p in self.parts() {
+            if out.len() >= limit {
+                break;
+            }
+            let next = out.last().map_or(from, |c| c.position + 1);
+            out.extend(p.feed_page_here(next, limit - out.len())?);
+        }
+        Ok(out)
+    }
+
+    fn feed_page_here(&self, from: u64, limit: usize) -> Result<Vec<Compensation>, ArchiveError> {
         let mut out: Vec<Compensation> = Vec::new();
         let mut next = from;
         for (i, s) in self.segments.iter().enumerate() {
