@@ -822,3 +822,516 @@ impl Host {
         self.fetch.as_ref().map(|(f, _)| f.progress())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::identity::Keypair;
+    use proptest::prelude::*;
+    use wallet_core::{AccountId, Amount, Body, CompKind, Compensation, Currency, Event, EventId};
+    use wallet_p2p::{peer_id_of, Ed25519Auth};
+
+    const CLUSTER: &str = "c1";
+
+    fn region(s: &str) -> RegionId {
+        RegionId::new(s).unwrap()
+    }
+
+    /// eu's and us's keys, and a verifier knowing both.
+    struct Keys {
+        eu: Ed25519Auth,
+        us: Ed25519Auth,
+        members: Vec<(RegionId, libp2p::PeerId)>,
+    }
+
+    impl Keys {
+        fn new() -> Keys {
+            let (eu, us) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+            let members = vec![
+                (region("eu"), peer_id_of(&eu)),
+                (region("us"), peer_id_of(&us)),
+            ];
+            Keys {
+                eu: Ed25519Auth::new(eu, &members).unwrap(),
+                us: Ed25519Auth::new(us, &members).unwrap(),
+                members,
+            }
+        }
+
+        fn verifier(&self) -> Box<dyn Authenticator> {
+            Box::new(Ed25519Auth::new(Keypair::generate_ed25519(), &self.members).unwrap())
+        }
+    }
+
+    /// eu's deposit `seq` at HLC ms `10·seq` on account `a{seq % 3}`, signed by `signer`.
+    fn event(seq: u64, cents: i64, signer: &Ed25519Auth) -> Event {
+        let mut e = Event {
+            id: EventId {
+                origin: region("eu"),
+                seq,
+            },
+            hlc: Hlc::from_millis(10 * seq),
+            body: Body::Tx(wallet_core::Tx {
+                account: AccountId::new(&format!("a{}", seq % 3)).unwrap(),
+                kind: wallet_core::Kind::Deposit,
+                amount: Amount::parse(
+                    &format!("{}.{:02}", cents / 100, cents % 100),
+                    Currency::USD,
+                )
+                .unwrap(),
+                currency: Currency::USD,
+                idempotency_key: None,
+                reference: None,
+            }),
+            sig: Box::new([]),
+        };
+        e.sig = signer.sign_event(&e, CLUSTER).into();
+        e
+    }
+
+    fn fee(e: &Event, position: u64) -> Compensation {
+        Compensation {
+            kind: CompKind::OverdraftFee,
+            cause: e.id,
+            hlc: e.hlc,
+            account: e.tx().unwrap().account.clone(),
+            currency: Currency::USD,
+            delta: rust_decimal::Decimal::new(-100, 2),
+            policy_version: 1,
+            position,
+            related: None,
+        }
+    }
+
+    /// A founder's archive of eu:1..=n in batches of 5 (every 4th event caused a fee), in
+    /// segments of one batch: its records, and the target of a snapshot at eu:`upto`.
+    fn founder(
+        dir: &Path,
+        keys: &Keys,
+        n: u64,
+        upto: u64,
+    ) -> (Archive, Vec<ArchiveRecord>, Target) {
+        let mut a = Archive::open_dir(dir, 1, None, 0).unwrap();
+        let mut all = Vec::new();
+        let mut feed = 0;
+        let mut feed_at_upto = 0;
+        for b in 0..n.div_ceil(5) {
+            let mut batch = Vec::new();
+            for seq in (5 * b + 1)..=(5 * b + 5).min(n) {
+                let e = event(seq, 100 + seq as i64, &keys.eu);
+                let comp = (seq % 4 == 0).then(|| fee(&e, feed));
+                batch.push(ArchiveRecord::Event {
+                    event: e,
+                    status: STATUS_SETTLED,
+                    comp: comp.clone(),
+                });
+                if let Some(c) = comp {
+                    batch.push(ArchiveRecord::Comp(c));
+                    feed += 1;
+                }
+                if seq == upto {
+                    feed_at_upto = feed;
+                }
+            }
+            let at = Hlc::from_millis(10 * (5 * b + 5).min(n));
+            a.append(&batch, at, feed).unwrap();
+            all.extend(batch);
+        }
+        let target = Target {
+            at: Hlc::from_millis(10 * upto),
+            feed_len: feed_at_upto,
+            seqs: vec![(region("eu"), upto), (region("us"), 0)],
+        };
+        (a, all, target)
+    }
+
+    /// Frames of a chunk as `serve` sends them.
+    fn frames(m: BackfillMsg) -> (Vec<(u32, Vec<u8>)>, bool) {
+        match m {
+            BackfillMsg::Chunk { frames, done, .. } => (frames, done),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn frame(r: &ArchiveRecord) -> (u32, Vec<u8>) {
+        let p = encode_value(r);
+        let len = (p.len() as u32).to_le_bytes();
+        (crate::logstore::frame_crc(len, &p), p)
+    }
+
+    #[test]
+    fn chunks_served_from_segments_rebuild_the_history_below_the_snapshot_and_read_below() {
+        let keys = Keys::new();
+        let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // The founder archived eu:1..=40; the snapshot is at eu:30.
+        let (a, all, target) = founder(src.path(), &keys, 40, 30);
+        assert!(a.segments() >= 8);
+        let mut staging = Archive::open_dir(&below_dir(dst.path()), 1, None, 0).unwrap();
+        let mut c = Checker::new(target.clone(), keys.verifier(), CLUSTER);
+        let mut chunks = 0;
+        loop {
+            // Small chunks: a few records each, across segment boundaries.
+            let (f, done) = frames(serve(&a, target.at, c.last_key(), 300));
+            let recs = c.check(&f).unwrap();
+            if let Some(k) = c.last_key().filter(|_| !recs.is_empty()) {
+                staging.append(&recs, k.0 .0, c.comps()).unwrap();
+                chunks += 1;
+            }
+            if done {
+                break;
+            }
+        }
+        assert!(chunks > 5, "{chunks} chunks");
+        assert!(c.complete(), "{c:?}");
+        // Exactly the records at or below the snapshot, in order.
+        let below: Vec<&ArchiveRecord> = all
+            .iter()
+            .filter(|r| r.entry_key().unwrap().0 .0 <= target.at)
+            .collect();
+        let (got, _) = staging
+            .records_after(None, Hlc::from_millis(u64::MAX >> 20), 1 << 20)
+            .unwrap()
+            .unwrap();
+        let got: Vec<ArchiveRecord> = got.iter().map(|(_, p)| decode_value(p).unwrap()).collect();
+        assert_eq!(got.iter().collect::<Vec<_>>(), below);
+        staging.append(&[], target.at, target.feed_len).unwrap();
+        // A resume rebuilds the checker's state from what is staged.
+        let again = Checker::resume(target.clone(), keys.verifier(), CLUSTER, &staging).unwrap();
+        assert_eq!((again.last_key(), again.comps()), (c.last_key(), c.comps()));
+        assert!(again.complete());
+        drop(staging);
+        // Attached below this region's own archive (eu:31.. as if it compacted after its
+        // bootstrap): lookups, account pages and the feed span both parts.
+        std::fs::write(below_dir(dst.path()).join(COMPLETE_FILE), b"x").unwrap();
+        let mut own = Archive::open_dir(dst.path(), 1, None, 0).unwrap();
+        let above: Vec<ArchiveRecord> = all
+            .iter()
+            .filter(|r| r.entry_key().unwrap().0 .0 > target.at)
+            .cloned()
+            .collect();
+        own.append(&above, Hlc::from_millis(400), 10).unwrap();
+        drop(own);
+        let mut merged = Archive::open_dir(dst.path(), 1, None, 0).unwrap();
+        merged.set_below(Archive::open_dir(&below_dir(dst.path()), 1, None, 0).unwrap());
+        for id in [1u64, 12, 30, 31, 40] {
+            assert!(merged
+                .find(&format!("eu:{id}"), region("eu"), id)
+                .unwrap()
+                .is_some());
+        }
+        for acct in ["a0", "a1", "a2"] {
+            let want: Vec<_> = a.account_page(acct, None, 1000).unwrap();
+            let mut got = Vec::new();
+            let mut after = None;
+            loop {
+                let p = merged.account_page(acct, after, 4).unwrap();
+                let Some((k, _)) = p.last() else { break };
+                after = Some(*k);
+                got.extend(p);
+            }
+            assert_eq!(got, want, "{acct}");
+        }
+        assert_eq!(
+            merged.feed_page(0, 100).unwrap(),
+            a.feed_page(0, 100).unwrap()
+        );
+        assert_eq!(merged.mark(), Some((Hlc::from_millis(400), 10)));
+        // A peer's backfill is served from both parts too.
+        let (f, done) = frames(serve(&merged, Hlc::from_millis(400), None, u32::MAX));
+        assert!(done);
+        assert_eq!(f.len(), all.len());
+    }
+
+    #[test]
+    fn a_forged_or_damaged_record_is_refused_and_nothing_of_its_chunk_counts() {
+        let keys = Keys::new();
+        let src = tempfile::tempdir().unwrap();
+        let (a, _, target) = founder(src.path(), &keys, 20, 20);
+        let (good, _) = frames(serve(&a, target.at, None, u32::MAX));
+        let fresh = || Checker::new(target.clone(), keys.verifier(), CLUSTER);
+        assert!(fresh().check(&good).is_ok());
+        let refused = |f: Vec<(u32, Vec<u8>)>| -> String {
+            let mut c = fresh();
+            let e = c.check(&f).unwrap_err();
+            assert_eq!((c.last_key(), c.comps()), (None, 0), "nothing counts");
+            e.why
+        };
+        // A flipped byte: the CRC.
+        let mut f = good.clone();
+        f[3].1[10] ^= 1;
+        assert!(refused(f).contains("CRC"));
+        // Bytes that do not decode (with a matching CRC).
+        let mut f = good.clone();
+        f[2] = {
+            let p = vec![1, 0xff, 0xff, 0xff];
+            (
+                crate::logstore::frame_crc((p.len() as u32).to_le_bytes(), &p),
+                p,
+            )
+        };
+        assert!(!refused(f).is_empty());
+        // An amount changed by the sender (the CRC made to match): the signature.
+        let mut f = good.clone();
+        let mut e = event(3, 100_000, &keys.eu);
+        e.sig = event(3, 103, &keys.eu).sig;
+        f[2] = frame(&ArchiveRecord::Event {
+            event: e,
+            status: STATUS_SETTLED,
+            comp: None,
+        });
+        assert!(refused(f).contains("signature"), "the forged event");
+        // eu's event signed with us's key.
+        let mut f = good.clone();
+        f[2] = frame(&ArchiveRecord::Event {
+            event: event(3, 103, &keys.us),
+            status: STATUS_SETTLED,
+            comp: None,
+        });
+        assert!(refused(f).contains("signature"));
+        // Out of order, a repeat, a mark, a bad status.
+        let mut f = good.clone();
+        f.swap(1, 2);
+        assert!(refused(f).contains("increase"));
+        let mut f = good.clone();
+        f.insert(2, f[1].clone());
+        assert!(refused(f).contains("increase"));
+        let mut f = good.clone();
+        f.push(frame(&ArchiveRecord::Mark {
+            at: Hlc::ZERO,
+            feed_len: 0,
+        }));
+        assert!(refused(f).contains("mark"));
+        let mut f = good.clone();
+        f[0] = frame(&ArchiveRecord::Event {
+            event: event(1, 101, &keys.eu),
+            status: 7,
+            comp: None,
+        });
+        assert!(refused(f).contains("status"));
+        // Above the snapshot: its point, its seqs, its feed.
+        let small = Target {
+            at: Hlc::from_millis(100),
+            feed_len: 1,
+            seqs: vec![(region("eu"), 10)],
+        };
+        let mut c = Checker::new(small, keys.verifier(), CLUSTER);
+        let e = c.check(&good).unwrap_err();
+        assert!(e.why.contains("above"), "{e}");
+        assert_eq!(c.last_key(), None);
+    }
+
+    #[test]
+    fn target_and_state_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Target::state(dir.path()).unwrap(), BelowState::None);
+        let t = Target {
+            at: Hlc::from_millis(77),
+            feed_len: 3,
+            seqs: vec![(region("eu"), 9)],
+        };
+        t.write(dir.path()).unwrap();
+        assert_eq!(Target::read(dir.path()).unwrap(), Some(t.clone()));
+        assert_eq!(
+            Target::state(dir.path()).unwrap(),
+            BelowState::Pending(t.at)
+        );
+        // A damaged target is an error, not a panic and not a silent restart.
+        let p = below_dir(dir.path()).join(TARGET_FILE);
+        let mut b = std::fs::read(&p).unwrap();
+        b[6] ^= 1;
+        std::fs::write(&p, &b).unwrap();
+        assert!(Target::read(dir.path()).is_err());
+    }
+
+    /// The fetch thread against in-process peers: `answer(peer, request)` plays each peer.
+    fn run_fetch(
+        dir: &Path,
+        target: &Target,
+        keys: &Keys,
+        peers: &[&str],
+        mut answer: impl FnMut(RegionId, Option<EntryKey>) -> Option<BackfillMsg>,
+        stop_after: Option<usize>,
+    ) -> (Progress, Vec<(RegionId, Option<EntryKey>)>) {
+        let (req_tx, req_rx) = mpsc::channel();
+        let send: Send = Box::new(move |to, m| {
+            let _ = req_tx.send((to, m));
+        });
+        let f = Fetch::spawn(
+            target.clone(),
+            Params {
+                archive_dir: dir.to_path_buf(),
+                segment_bytes: 1,
+                auth: keys.verifier(),
+                cluster: CLUSTER.into(),
+                peers: peers.iter().map(|p| region(p)).collect(),
+                send,
+                timeout: Duration::from_millis(200),
+            },
+        )
+        .unwrap();
+        let mut asked = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while f.progress().complete.is_none() && Instant::now() < deadline {
+            if stop_after.is_some_and(|n| f.progress().chunks as usize >= n) {
+                break;
+            }
+            let Ok((to, m)) = req_rx.recv_timeout(Duration::from_millis(50)) else {
+                continue;
+            };
+            let BackfillMsg::Want { after, .. } = m else {
+                panic!("{m:?}")
+            };
+            asked.push((to, after));
+            if let Some(a) = answer(to, after) {
+                f.answer(to, a);
+            }
+        }
+        let p = f.progress();
+        f.join();
+        (p, asked)
+    }
+
+    #[test]
+    fn the_fetch_refuses_a_forging_peer_for_good_skips_a_lacking_one_and_resumes() {
+        let keys = Keys::new();
+        let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, all, target) = founder(src.path(), &keys, 60, 50);
+        target.write(dst.path()).unwrap();
+        let (us, ap) = (region("us"), region("ap"));
+        // us forges its second chunk; ap lacks the range (it is backfilling itself); eu
+        // answers nothing at first (timed out), then honestly. Stopped after 3 chunks.
+        let mut us_chunks = 0;
+        let mut eu_calls = 0;
+        let serve_all = |after| serve(&a, target.at, after, 200);
+        let (p, asked) = run_fetch(
+            dst.path(),
+            &target,
+            &keys,
+            &["us", "ap", "eu"],
+            |to, after| {
+                if to == us {
+                    us_chunks += 1;
+                    let (mut f, done) = frames(serve_all(after));
+                    if us_chunks == 2 {
+                        // The chunk's first event with its amount changed, its signature
+                        // kept (the CRC made to match).
+                        let Ok(ArchiveRecord::Event {
+                            event: e,
+                            status,
+                            comp,
+                        }) = decode_value::<ArchiveRecord>(&f[0].1)
+                        else {
+                            panic!("an event first")
+                        };
+                        let mut forged = event(e.id.seq, 99_999, &keys.eu);
+                        forged.sig = e.sig;
+                        f[0] = frame(&ArchiveRecord::Event {
+                            event: forged,
+                            status,
+                            comp,
+                        });
+                    }
+                    Some(BackfillMsg::Chunk {
+                        after,
+                        frames: f,
+                        done,
+                    })
+                } else if to == ap {
+                    Some(BackfillMsg::Missing { after })
+                } else {
+                    eu_calls += 1;
+                    (eu_calls > 1).then(|| serve_all(after))
+                }
+            },
+            Some(3),
+        );
+        assert_eq!(p.refused, vec![us], "the forging peer");
+        assert!(p.complete.is_none());
+        assert!(p.chunks >= 3, "{p:?}");
+        // us is asked no more after its forged chunk.
+        let last_us = asked.iter().rposition(|(r, _)| *r == us).unwrap();
+        assert_eq!(asked.iter().filter(|(r, _)| *r == us).count(), 2);
+        assert!(asked[last_us + 1..].iter().all(|(r, _)| *r != us));
+        assert!(asked.iter().any(|(r, _)| *r == ap));
+        // A restart resumes after the last chunk appended: the first request starts there.
+        let staged = Archive::open_dir(&below_dir(dst.path()), 1, None, 0).unwrap();
+        let resume_at = staged.last_key();
+        assert!(resume_at.is_some());
+        drop(staged);
+        let (p, asked) = run_fetch(
+            dst.path(),
+            &target,
+            &keys,
+            &["eu"],
+            |_, after| Some(serve_all(after)),
+            None,
+        );
+        assert_eq!(asked[0].1, resume_at);
+        let ((at, feed_len), _) = p.complete.expect("complete");
+        assert_eq!((at, feed_len), (target.at, target.feed_len));
+        assert_eq!(Target::state(dst.path()).unwrap(), BelowState::Complete);
+        // Every record below the snapshot once, in order.
+        let staged = Archive::open_dir(&below_dir(dst.path()), 1, None, 0).unwrap();
+        let (got, _) = staged
+            .records_after(None, target.at, usize::MAX)
+            .unwrap()
+            .unwrap();
+        let got: Vec<ArchiveRecord> = got.iter().map(|(_, p)| decode_value(p).unwrap()).collect();
+        let want: Vec<ArchiveRecord> = all
+            .into_iter()
+            .filter(|r| r.entry_key().unwrap().0 .0 <= target.at)
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(staged.mark(), Some((target.at, target.feed_len)));
+    }
+
+    #[test]
+    fn a_region_backfilling_or_past_its_retention_serves_missing() {
+        let keys = Keys::new();
+        let src = tempfile::tempdir().unwrap();
+        let (mut a, _, target) = founder(src.path(), &keys, 20, 20);
+        a.set_floor(Hlc::from_millis(100));
+        assert_eq!(
+            serve(&a, target.at, None, 1000),
+            BackfillMsg::Missing { after: None }
+        );
+        let src = tempfile::tempdir().unwrap();
+        let mut a = Archive::open_dir(src.path(), 1, Some(1), 0).unwrap();
+        let (_, all, _) = founder(tempfile::tempdir().unwrap().path(), &keys, 20, 20);
+        for r in all.chunks(5) {
+            a.append(r, r.last().unwrap().entry_key().unwrap().0 .0, 0)
+                .unwrap();
+        }
+        assert!(a.expire(u64::MAX >> 4).unwrap() > 0);
+        assert!(matches!(
+            serve(&a, target.at, None, 1000),
+            BackfillMsg::Missing { .. }
+        ));
+    }
+
+    proptest! {
+        /// Bytes a peer sends never crash the receiver: a message that does not decode is an
+        /// error, and frames of any content are refused or verified, never a panic.
+        #[test]
+        fn arbitrary_bytes_from_a_peer_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            crc in any::<u32>(),
+            fix_crc in any::<bool>(),
+        ) {
+            let _ = decode_value::<BackfillMsg>(&bytes);
+            let mut with_version = vec![1u8];
+            with_version.extend_from_slice(&bytes);
+            let _ = decode_value::<BackfillMsg>(&with_version);
+            let crc = if fix_crc {
+                crate::logstore::frame_crc((with_version.len() as u32).to_le_bytes(), &with_version)
+            } else {
+                crc
+            };
+            let t = Target { at: Hlc::from_millis(1 << 40), feed_len: 5, seqs: vec![] };
+            let keys_members: Vec<(RegionId, libp2p::PeerId)> = Vec::new();
+            let auth = Ed25519Auth::new(Keypair::generate_ed25519(), &keys_members).unwrap();
+            let mut c = Checker::new(t, Box::new(auth), CLUSTER);
+            let _ = c.check(&[(crc, with_version)]);
+        }
+    }
+}
