@@ -699,22 +699,23 @@ impl Archive {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for p in self.parts() {
-            for s in &p.segments {
+            for (i, s) in p.segments.iter().enumerate() {
                 match (s.summary.keys, after) {
                     (None, _) => continue,
                     (Some((_, last)), Some(a)) if last <= a => continue,
                     _ => {}
                 }
+                // Read from the record `after` when this segment holds it (found through
+                // the index), frame by frame: a chunk costs its own bytes, not a segment's.
+                let mut off = match (s.summary.keys, after) {
+                    (Some((first, _)), Some(a)) if first <= a => p.offset_of(i, a)?.unwrap_or(0),
+                    _ => 0,
+                };
                 let path = seg_path(&p.dir, s.summary.number, "arc");
-                let data = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
-                // Only whole frames the summary counts (the active segment's tail may be
-                // an append under way on this thread: never, but the bound is cheap).
-                let data = data.get(..s.summary.bytes as usize).unwrap_or(&data);
-                let (records, _, bad) = scan(data);
-                if let Some((off, why)) = bad {
-                    return Err(corrupt(&path, format!("at byte {off}: {why}")));
-                }
-                for (r, off, len) in records {
+                let f = File::open(&path).map_err(|e| io_err(&path, e))?;
+                while off < s.summary.bytes {
+                    let (r, crc, payload) = read_frame(&f, &path, off)?;
+                    off += (FRAME_HEAD + payload.len()) as u64;
                     let Some(k) = r.entry_key() else { continue };
                     if after.is_some_and(|a| k <= a) {
                         continue;
@@ -722,10 +723,8 @@ impl Archive {
                     if k.0 .0 > at {
                         return Ok(Some((out, true)));
                     }
-                    let frame = &data[off as usize..(off + len) as usize];
-                    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-                    out.push((crc, frame[FRAME_HEAD..].to_vec()));
-                    bytes += frame.len();
+                    bytes += FRAME_HEAD + payload.len();
+                    out.push((crc, payload));
                     if bytes >= max_bytes {
                         return Ok(Some((out, false)));
                     }
@@ -897,23 +896,51 @@ impl Archive {
     fn read_at(&self, number: u64, offset: u64) -> Result<ArchiveRecord, ArchiveError> {
         let path = seg_path(&self.dir, number, "arc");
         let f = File::open(&path).map_err(|e| io_err(&path, e))?;
-        let mut head = [0u8; FRAME_HEAD];
-        f.read_exact_at(&mut head, offset)
-            .map_err(|e| io_err(&path, e))?;
-        let len = [head[0], head[1], head[2], head[3]];
-        let n = u32::from_le_bytes(len) as usize;
-        if n == 0 || n > RECORD_BYTES_MAX {
-            return Err(corrupt(&path, format!("bad frame length at byte {offset}")));
-        }
-        let mut payload = vec![0u8; n];
-        f.read_exact_at(&mut payload, offset + FRAME_HEAD as u64)
-            .map_err(|e| io_err(&path, e))?;
-        if u32::from_le_bytes([head[4], head[5], head[6], head[7]]) != frame_crc(len, &payload) {
-            return Err(corrupt(&path, format!("CRC-32 mismatch at byte {offset}")));
-        }
-        decode_value(&payload).map_err(|e| corrupt(&path, e.to_string()))
+        read_frame(&f, &path, offset).map(|(r, _, _)| r)
     }
 
+    /// The offset of the record with entry key `key` in segment `i`, found through its
+    /// index (the event `origin:seq` of the key: a compensation follows its cause in
+    /// the same batch), if it is there.
+    fn offset_of(&self, i: usize, key: EntryKey) -> Result<Option<u64>, ArchiveError> {
+        let ((_, origin, seq), _) = key;
+        let h = fnv(&format!("{origin}:{seq}"));
+        let number = self.segments[i].summary.number;
+        for off in self.lookup(i, KIND_ID, h, h)? {
+            if self.read_at(number, off)?.entry_key() == Some((key.0, 0)) {
+                return Ok(Some(off));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The frame at `offset` of an open segment file: its record, CRC-32 and payload.
+fn read_frame(
+    f: &File,
+    path: &Path,
+    offset: u64,
+) -> Result<(ArchiveRecord, u32, Vec<u8>), ArchiveError> {
+    let mut head = [0u8; FRAME_HEAD];
+    f.read_exact_at(&mut head, offset)
+        .map_err(|e| io_err(path, e))?;
+    let len = [head[0], head[1], head[2], head[3]];
+    let n = u32::from_le_bytes(len) as usize;
+    if n == 0 || n > RECORD_BYTES_MAX {
+        return Err(corrupt(path, format!("bad frame length at byte {offset}")));
+    }
+    let mut payload = vec![0u8; n];
+    f.read_exact_at(&mut payload, offset + FRAME_HEAD as u64)
+        .map_err(|e| io_err(path, e))?;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if crc != frame_crc(len, &payload) {
+        return Err(corrupt(path, format!("CRC-32 mismatch at byte {offset}")));
+    }
+    let r = decode_value(&payload).map_err(|e| corrupt(path, e.to_string()))?;
+    Ok((r, crc, payload))
+}
+
+impl Archive {
     /// Offsets of the index entries of `kind` with value in `lo..=hi` in segment `i`, in
     /// (value, offset) order.
     fn lookup(&self, i: usize, kind: u8, lo: u64, hi: u64) -> Result<Vec<u64>, ArchiveError> {

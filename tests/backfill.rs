@@ -4,7 +4,8 @@
 //! back from a peer's snapshot. Without the backfill it would answer 410 `compacted` for the
 //! history below that snapshot; with it, it fetches that history from its peers in chunks,
 //! verifies it, and serves every account's full history, every transaction by id and the
-//! whole compensation feed exactly as a founder does, also after a restart.
+//! whole compensation feed exactly as a founder does, also after a restart. A fourth region
+//! that joins (and does not compact) bootstraps the same way and backfills too.
 
 mod common;
 
@@ -42,7 +43,7 @@ async fn two_pages(c: &LocalCluster, i: usize, account: &str, limit: usize) -> V
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuilt_region_backfills_the_history_below_its_snapshot_from_its_peers() {
+async fn a_rebuilt_and_a_new_region_backfill_the_history_below_their_snapshots() {
     use wallet::bank::{self, Workload};
     let mut c = compacting_cluster(15, 4096).await;
     let clients: Vec<_> = (0..3).map(|i| c.client(i).unwrap()).collect();
@@ -94,13 +95,7 @@ async fn a_rebuilt_region_backfills_the_history_below_its_snapshot_from_its_peer
         "ap serves the whole history {:?} after its rebuild",
         started.elapsed()
     );
-    // It was the backfill: its archive below the snapshot is complete.
-    let below = c
-        .data_dir(AP)
-        .expect("data dir")
-        .join(wallet::archive::ARCHIVE_DIR_NAME)
-        .join(wallet::backfill::BELOW_DIR);
-    assert!(below.join("complete").exists(), "{}", below.display());
+    assert_backfilled(&c, AP);
     // Pages of a few entries, with their cursors, byte for byte.
     for a in accounts.iter().take(3) {
         assert_eq!(two_pages(&c, AP, a, 3).await, two_pages(&c, EU, a, 3).await);
@@ -132,6 +127,57 @@ async fn a_rebuilt_region_backfills_the_history_below_its_snapshot_from_its_peer
         everything(&c, AP, &accounts).await,
         everything(&c, EU, &accounts).await
     );
+
+    // A fourth region joins (it does not compact: its archive opens for the backfill) and
+    // bootstraps from a snapshot: it too serves the whole history, ap being one of its
+    // peers (a backfilled archive is served on).
+    let (sa, body) = c.add_region("sa").expect("add region");
+    start(&mut c, sa).await;
+    let started = std::time::Instant::now();
+    let r = c
+        .admin(1)
+        .unwrap()
+        .post(
+            "/v1/admin/members",
+            &serde_json::to_string(&body).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    wait_connected(&c, &[0, 1, 2, sa]).await;
+    eventually(
+        &c,
+        "sa to serve the whole history as eu does",
+        WAIT,
+        || async {
+            let (Some(a), Some(e)) = (
+                everything(&c, sa, &accounts).await,
+                everything(&c, EU, &accounts).await,
+            ) else {
+                return false;
+            };
+            a == e
+        },
+    )
+    .await;
+    println!(
+        "sa serves the whole history {:?} after its start",
+        started.elapsed()
+    );
+    assert_backfilled(&c, sa);
+    let r = c.get(sa, "/v1/transactions/eu:1").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+}
+
+/// It was the backfill: region `i`'s archive below its snapshot is complete.
+fn assert_backfilled(c: &LocalCluster, i: usize) {
+    let below = c
+        .data_dir(i)
+        .expect("data dir")
+        .join(wallet::archive::ARCHIVE_DIR_NAME)
+        .join(wallet::backfill::BELOW_DIR);
+    assert!(below.join("complete").exists(), "{}", below.display());
 }
 
 /// Every read of the three regions, once they agree.
