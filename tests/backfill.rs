@@ -76,21 +76,7 @@ async fn a_rebuilt_and_a_new_region_backfill_the_history_below_their_snapshots()
     rebuild(&mut c, AP).await;
     wait_connected(&c, &[0, 1, 2]).await;
     let started = std::time::Instant::now();
-    eventually(
-        &c,
-        "ap to serve the whole history as eu does",
-        WAIT,
-        || async {
-            let (Some(a), Some(e)) = (
-                everything(&c, AP, &accounts).await,
-                everything(&c, EU, &accounts).await,
-            ) else {
-                return false;
-            };
-            a == e
-        },
-    )
-    .await;
+    serves_as_eu(&c, AP, &accounts).await;
     println!(
         "ap serves the whole history {:?} after its rebuild",
         started.elapsed()
@@ -131,36 +117,10 @@ async fn a_rebuilt_and_a_new_region_backfill_the_history_below_their_snapshots()
     // A fourth region joins (it does not compact: its archive opens for the backfill) and
     // bootstraps from a snapshot: it too serves the whole history, ap being one of its
     // peers (a backfilled archive is served on).
-    let (sa, body) = c.add_region("sa").expect("add region");
-    start(&mut c, sa).await;
     let started = std::time::Instant::now();
-    let r = c
-        .admin(1)
-        .unwrap()
-        .post(
-            "/v1/admin/members",
-            &serde_json::to_string(&body).unwrap(),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.json);
+    let sa = join_region(&mut c, "sa").await;
     wait_connected(&c, &[0, 1, 2, sa]).await;
-    eventually(
-        &c,
-        "sa to serve the whole history as eu does",
-        WAIT,
-        || async {
-            let (Some(a), Some(e)) = (
-                everything(&c, sa, &accounts).await,
-                everything(&c, EU, &accounts).await,
-            ) else {
-                return false;
-            };
-            a == e
-        },
-    )
-    .await;
+    serves_as_eu(&c, sa, &accounts).await;
     println!(
         "sa serves the whole history {:?} after its start",
         started.elapsed()
@@ -178,6 +138,25 @@ fn assert_backfilled(c: &LocalCluster, i: usize) {
         .join(wallet::archive::ARCHIVE_DIR_NAME)
         .join(wallet::backfill::BELOW_DIR);
     assert!(below.join("complete").exists(), "{}", below.display());
+}
+
+/// Waits until region `i` serves every read as eu does.
+async fn serves_as_eu(c: &LocalCluster, i: usize, accounts: &[String]) {
+    eventually(
+        c,
+        "the region to serve the whole history as eu does",
+        WAIT,
+        || async {
+            let (Some(a), Some(e)) = (
+                everything(c, i, accounts).await,
+                everything(c, EU, accounts).await,
+            ) else {
+                return false;
+            };
+            a == e
+        },
+    )
+    .await;
 }
 
 /// Every read of the three regions, once they agree.

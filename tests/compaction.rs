@@ -181,19 +181,7 @@ async fn a_fourth_region_bootstraps_from_a_snapshot_in_chunks_and_converges() {
     })
     .await;
     // The fourth region joins (issue 12's path) and bootstraps.
-    let (sa, body) = c.add_region("sa").expect("add region");
-    start(&mut c, sa).await;
-    let r = c
-        .admin(1)
-        .unwrap()
-        .post(
-            "/v1/admin/members",
-            &serde_json::to_string(&body).unwrap(),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.json);
+    let sa = join_region(&mut c, "sa").await;
     let all4 = [0, 1, 2, sa];
     let mut accounts = h.accounts.clone();
     accounts.extend(loaded.iter().cloned());

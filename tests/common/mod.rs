@@ -88,6 +88,25 @@ pub async fn compacting_cluster(every: u64, segment_bytes: u64) -> LocalCluster 
     c
 }
 
+/// A new region `name` added to the cluster, started, and joined through member #1's
+/// `POST /v1/admin/members` (issue 12's path): its index.
+pub async fn join_region(c: &mut LocalCluster, name: &str) -> usize {
+    let (i, body) = c.add_region(name).expect("add region");
+    start(c, i).await;
+    let r = c
+        .admin(1)
+        .unwrap()
+        .post(
+            "/v1/admin/members",
+            &serde_json::to_string(&body).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    i
+}
+
 /// Starts region `i` and waits for its ready line.
 pub async fn start(c: &mut LocalCluster, i: usize) {
     c.start(i).await.expect("start");
