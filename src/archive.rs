@@ -303,20 +303,31 @@ pub struct Expired {
 
 impl Expired {
     fn absorb(&mut self, s: &SegmentSummary) {
-        for (o, _, hi) in &s.seqs {
-            match self.seqs.iter_mut().find(|(r, _)| r == o) {
-                Some((_, top)) => *top = (*top).max(*hi),
-                None => self.seqs.push((*o, *hi)),
-            }
-        }
-        if let Some((_, last)) = s.keys {
-            self.key = Some(self.key.map_or(last, |k| k.max(last)));
-        }
-        if let Some((_, hi)) = s.feed {
-            self.feed_end = self.feed_end.max(hi + 1);
-        }
+        self.merge(&Expired {
+            seqs: s.seqs.iter().map(|(o, _, hi)| (*o, *hi)).collect(),
+            key: s.keys.map(|(_, last)| last),
+            feed_end: s.feed.map_or(0, |(_, hi)| hi + 1),
+            mark: None,
+        });
         if s.mark.is_some() {
             self.mark = s.mark;
+        }
+    }
+
+    /// Adds what `o` deleted.
+    pub fn merge(&mut self, o: &Expired) {
+        for (r, hi) in &o.seqs {
+            match self.seqs.iter_mut().find(|(x, _)| x == r) {
+                Some((_, top)) => *top = (*top).max(*hi),
+                None => self.seqs.push((*r, *hi)),
+            }
+        }
+        if let Some(k) = o.key {
+            self.key = Some(self.key.map_or(k, |m| m.max(k)));
+        }
+        self.feed_end = self.feed_end.max(o.feed_end);
+        if self.mark.is_none() {
+            self.mark = o.mark;
         }
     }
 
@@ -753,8 +764,30 @@ impl Archive {
     }
 
     /// What retention deleted.
-    pub fn expired(&self) -> &Expired {
-        &self.expired
+    pub fn expired(&self) -> Expired {
+        let mut x = self.expired.clone();
+        if let Some(b) = &self.below {
+            x.merge(&b.expired());
+        }
+        x
+    }
+
+    /// Records `x` as deleted (a backfill that starts where its peers' retention ended:
+    /// reads below answer 410 `archived_expired`, as on those peers).
+    pub fn skip_to(&mut self, x: &Expired) -> Result<(), ArchiveError> {
+        self.expired.merge(x);
+        self.write_expired()?;
+        if let Some(k) = x.key {
+            self.last_key = Some(self.last_key.map_or(k, |l| l.max(k)));
+        }
+        Ok(())
+    }
+
+    fn write_expired(&self) -> Result<(), ArchiveError> {
+        let body = encode_value(&self.expired);
+        let mut b = crc32fast::hash(&body).to_le_bytes().to_vec();
+        b.extend_from_slice(&body);
+        write_atomic(&self.dir, &self.dir.join(EXPIRED_FILE), &b)
     }
 
     /// Bytes of records held, over every segment.
@@ -872,10 +905,7 @@ impl Archive {
         {
             let s = self.segments.remove(0).summary;
             self.expired.absorb(&s);
-            let body = encode_value(&self.expired);
-            let mut b = crc32fast::hash(&body).to_le_bytes().to_vec();
-            b.extend_from_slice(&body);
-            write_atomic(&self.dir, &self.dir.join(EXPIRED_FILE), &b)?;
+            self.write_expired()?;
             for ext in ["arc", "idx"] {
                 let p = seg_path(&self.dir, s.number, ext);
                 match std::fs::remove_file(&p) {

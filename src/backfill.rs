@@ -44,7 +44,9 @@ use serde::{Deserialize, Serialize};
 use wallet_core::wire::{decode_value, encode_value};
 use wallet_core::{Authenticator, Change, EntryKey, Hlc, Message, RegionId, Snapshot};
 
-use crate::archive::{Archive, ArchiveError, ArchiveRecord, STATUS_REVERSED, STATUS_SETTLED};
+use crate::archive::{
+    Archive, ArchiveError, ArchiveRecord, Expired, STATUS_REVERSED, STATUS_SETTLED,
+};
 use crate::archiver::Archiver;
 
 /// The backfill's directory inside the archive's.
@@ -183,6 +185,8 @@ pub enum BackfillMsg {
     Missing {
         /// The request's `after`.
         after: Option<EntryKey>,
+        /// What its retention deleted, when that is why: the requester may start above it.
+        expired: Option<Expired>,
     },
 }
 
@@ -196,7 +200,7 @@ impl BackfillMsg {
         match self {
             BackfillMsg::Want { after, .. }
             | BackfillMsg::Chunk { after, .. }
-            | BackfillMsg::Missing { after } => *after,
+            | BackfillMsg::Missing { after, .. } => *after,
         }
     }
 }
@@ -210,10 +214,19 @@ pub fn serve(a: &Archive, at: Hlc, after: Option<EntryKey>, max_bytes: u32) -> B
             frames,
             done,
         },
-        Ok(None) => BackfillMsg::Missing { after },
+        // Retention deleted what follows `after` (an archive still backfilling itself says
+        // only that it lacks it).
+        Ok(None) => BackfillMsg::Missing {
+            after,
+            expired: Some(a.expired())
+                .filter(|x| a.from_start() && x.key.is_some_and(|k| after.is_none_or(|a| a < k))),
+        },
         Err(e) => {
             tracing::error!(error = %e, "archive read for a peer's backfill failed");
-            BackfillMsg::Missing { after }
+            BackfillMsg::Missing {
+                after,
+                expired: None,
+            }
         }
     }
 }
@@ -272,6 +285,7 @@ impl Checker {
         staging: &Archive,
     ) -> Result<Checker, ArchiveError> {
         let mut c = Checker::new(target, auth, cluster);
+        c.skip(&staging.expired());
         while let Some((frames, done)) = staging.records_after(c.last_key, c.target.at, 1 << 20)? {
             let mut n = 0;
             for r in frames
@@ -307,6 +321,19 @@ impl Checker {
             ArchiveRecord::Comp(_) => self.comps += 1,
             ArchiveRecord::Mark { .. } => {}
         }
+    }
+
+    /// Starts above what a peer's retention deleted (`x`): its last key, its seqs and its
+    /// feed count as held (reads of them answer 410 `archived_expired`).
+    pub fn skip(&mut self, x: &Expired) {
+        if let Some(k) = x.key {
+            self.last_key = Some(self.last_key.map_or(k, |l| l.max(k)));
+        }
+        for (o, hi) in &x.seqs {
+            let t = self.tops.entry(*o).or_insert(0);
+            *t = (*t).max(*hi);
+        }
+        self.comps = self.comps.max(x.feed_end);
     }
 
     /// The last entry key verified.
@@ -523,6 +550,8 @@ fn fetch(
     tracing::info!(at = ?target.at, after = ?checker.last_key(), "archive backfill started");
     let mut refused: BTreeSet<RegionId> = BTreeSet::new();
     let mut lacking: BTreeSet<RegionId> = BTreeSet::new();
+    // What the peers' retention deleted above the cursor, this round.
+    let mut floors: Vec<Expired> = Vec::new();
     let mut pause = PAUSE_MIN;
     loop {
         if stop.load(Ordering::Acquire) {
@@ -549,6 +578,18 @@ fn fetch(
                     "archive backfill: every peer sent records that do not verify; stopped"
                 );
                 return Ok(());
+            }
+            // No peer holds what follows the cursor, and some deleted it by retention: start
+            // above the lowest of their floors (the most history any of them kept), as
+            // deleted (410 `archived_expired` below, as on those peers).
+            if let Some(x) = floors.iter().min_by_key(|x| x.key).cloned() {
+                tracing::warn!(peer_floor = ?x.key, "archive backfill: the history below this \
+                    point was deleted by every answering peer's retention; starting above it");
+                checker.skip(&x);
+                staging.skip_to(&x)?;
+                floors.clear();
+                lacking.clear();
+                continue;
             }
             // Every peer was tried without progress: pause, then try them again.
             if let Err(mpsc::RecvTimeoutError::Disconnected) = rx.recv_timeout(pause) {
@@ -606,7 +647,12 @@ fn fetch(
                     }
                 }
             },
-            Some(_) => {
+            Some(BackfillMsg::Missing { expired, .. }) => {
+                floors
+                    .extend(expired.filter(|x| x.key.is_some_and(|k| after.is_none_or(|a| a < k))));
+                lacking.insert(peer);
+            }
+            Some(BackfillMsg::Want { .. }) => {
                 lacking.insert(peer);
             }
             None => {
@@ -782,8 +828,11 @@ impl Host {
                 if !archiver.is_some_and(|a| a.run(job)) {
                     let net = self.net.clone();
                     tokio::spawn(async move {
-                        net.send(from, BackfillMsg::Missing { after }.to_message())
-                            .await
+                        let m = BackfillMsg::Missing {
+                            after,
+                            expired: None,
+                        };
+                        net.send(from, m.to_message()).await
                     });
                 }
             }
@@ -1237,7 +1286,10 @@ mod tests {
                         done,
                     })
                 } else if to == ap {
-                    Some(BackfillMsg::Missing { after })
+                    Some(BackfillMsg::Missing {
+                        after,
+                        expired: None,
+                    })
                 } else {
                     eu_calls += 1;
                     (eu_calls > 1).then(|| serve_all(after))
@@ -1286,27 +1338,66 @@ mod tests {
     }
 
     #[test]
-    fn a_region_backfilling_or_past_its_retention_serves_missing() {
+    fn a_backfilling_region_serves_missing_and_a_fetch_starts_above_the_peers_retention() {
         let keys = Keys::new();
         let src = tempfile::tempdir().unwrap();
         let (mut a, _, target) = founder(src.path(), &keys, 20, 20);
         a.set_floor(Hlc::from_millis(100));
         assert_eq!(
             serve(&a, target.at, None, 1000),
-            BackfillMsg::Missing { after: None }
+            BackfillMsg::Missing {
+                after: None,
+                expired: None
+            }
         );
+        // A peer whose retention deleted all but its active segment (eu:16..=20).
         let src = tempfile::tempdir().unwrap();
         let mut a = Archive::open_dir(src.path(), 1, Some(1), 0).unwrap();
         let (_, all, _) = founder(tempfile::tempdir().unwrap().path(), &keys, 20, 20);
-        for r in all.chunks(5) {
-            a.append(r, r.last().unwrap().entry_key().unwrap().0 .0, 0)
+        let mut feed = 0;
+        for r in all.chunks(6) {
+            feed += r
+                .iter()
+                .filter(|r| matches!(r, ArchiveRecord::Comp(_)))
+                .count() as u64;
+            a.append(r, r.last().unwrap().entry_key().unwrap().0 .0, feed)
                 .unwrap();
         }
         assert!(a.expire(u64::MAX >> 4).unwrap() > 0);
-        assert!(matches!(
-            serve(&a, target.at, None, 1000),
-            BackfillMsg::Missing { .. }
-        ));
+        let floor = a.expired();
+        assert!(floor.key.is_some());
+        match serve(&a, target.at, None, 1000) {
+            BackfillMsg::Missing {
+                expired: Some(x), ..
+            } => assert_eq!(x, floor),
+            other => panic!("{other:?}"),
+        }
+        // The fetch starts above it: what the peer kept, once; the rest recorded as deleted.
+        let dst = tempfile::tempdir().unwrap();
+        target.write(dst.path()).unwrap();
+        let (p, asked) = run_fetch(
+            dst.path(),
+            &target,
+            &keys,
+            &["us"],
+            |_, after| Some(serve(&a, target.at, after, 300)),
+            None,
+        );
+        assert!(p.complete.is_some(), "{p:?}");
+        assert_eq!(asked[0].1, None);
+        assert_eq!(asked[1].1, floor.key);
+        let staged = Archive::open_dir(&below_dir(dst.path()), 1, None, 0).unwrap();
+        assert_eq!(staged.expired(), floor);
+        let kept = a
+            .records_after(floor.key, target.at, usize::MAX)
+            .unwrap()
+            .unwrap();
+        let got = staged
+            .records_after(floor.key, target.at, usize::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.0, kept.0);
+        assert!(!got.0.is_empty());
     }
 
     proptest! {
