@@ -1089,6 +1089,11 @@ impl Actor {
                 parked: self.parked.len() + self.awaiting_event.len(),
                 archive_bytes: self.archiver.as_ref().map_or(0, Archiver::bytes),
                 archive_failed: self.archiver.as_ref().is_some_and(Archiver::failed),
+                backfill: self
+                    .backfill
+                    .as_ref()
+                    .map(crate::backfill::Host::gauges)
+                    .unwrap_or_default(),
             },
         )
     }

@@ -684,6 +684,19 @@ pub struct Host {
     /// The transport.
     pub net: wallet_p2p::NetHandle,
     fetch: Option<(Fetch, Target)>,
+    /// What the metrics show once the fetch is attached (or found complete at start).
+    done: Gauges,
+}
+
+/// The backfill's gauges (`walletd_backfill_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Gauges {
+    /// 0 none, 1 fetching, 2 complete, 3 stopped on an error.
+    pub state: u8,
+    /// Records fetched and verified in this process.
+    pub records: u64,
+    /// Peers refused for a record that does not verify.
+    pub refused_peers: u64,
 }
 
 impl std::fmt::Debug for Host {
@@ -715,6 +728,26 @@ impl Host {
             peers,
             net,
             fetch: None,
+            done: Gauges::default(),
+        }
+    }
+
+    /// Its gauges.
+    pub fn gauges(&self) -> Gauges {
+        let Some((f, _)) = &self.fetch else {
+            return self.done;
+        };
+        let p = f.progress();
+        Gauges {
+            state: if p.failed.is_some() {
+                3
+            } else if p.complete.is_some() {
+                2
+            } else {
+                1
+            },
+            records: p.records,
+            refused_peers: p.refused.len() as u64,
         }
     }
 
@@ -755,8 +788,12 @@ impl Host {
             {
                 self.start(t)
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "archive backfill cannot resume"),
+            Ok(Some(_)) => self.done.state = 2,
+            Ok(None) => {}
+            Err(e) => {
+                self.done.state = 3;
+                tracing::error!(error = %e, "archive backfill cannot resume")
+            }
         }
     }
 
@@ -862,6 +899,10 @@ impl Host {
         });
         if a.run(attach) {
             a.note_below(at, feed_len, last);
+            self.done = Gauges {
+                state: 2,
+                ..self.gauges()
+            };
             self.fetch = None;
         }
     }

@@ -67,10 +67,15 @@ async fn a_rebuilt_and_a_new_region_backfill_the_history_below_their_snapshots()
         accounts.len(),
         feed_len
     );
-    assert!(
-        metric_of(&c, EU, "walletd_snapshot_total{event=\"compactions\"}").await > 0,
-        "eu compacted"
-    );
+    eventually(&c, "every region to compact", WAIT, || async {
+        for i in 0..3 {
+            if metric_of(&c, i, "walletd_snapshot_total{event=\"compactions\"}").await == 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
 
     // ap loses its disk and comes back from a peer's snapshot.
     rebuild(&mut c, AP).await;
@@ -82,6 +87,11 @@ async fn a_rebuilt_and_a_new_region_backfill_the_history_below_their_snapshots()
         started.elapsed()
     );
     assert_backfilled(&c, AP);
+    let records = metric_of(&c, AP, "walletd_backfill_records").await;
+    println!("ap backfilled {records} records");
+    assert!(records > 0);
+    assert_eq!(metric_of(&c, AP, "walletd_backfill_state").await, 2);
+    assert_eq!(metric_of(&c, AP, "walletd_backfill_refused_peers").await, 0);
     // Pages of a few entries, with their cursors, byte for byte.
     for a in accounts.iter().take(3) {
         assert_eq!(two_pages(&c, AP, a, 3).await, two_pages(&c, EU, a, 3).await);
@@ -109,6 +119,7 @@ async fn a_rebuilt_and_a_new_region_backfill_the_history_below_their_snapshots()
     start(&mut c, AP).await;
     let r = c.get(AP, "/v1/transactions/eu:1").await.unwrap();
     assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(metric_of(&c, AP, "walletd_backfill_state").await, 2);
     assert_eq!(
         everything(&c, AP, &accounts).await,
         everything(&c, EU, &accounts).await
