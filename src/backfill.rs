@@ -60,6 +60,8 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pause after every peer was tried without progress doubles up to this.
 pub const PAUSE_MAX: Duration = Duration::from_secs(30);
 const PAUSE_MIN: Duration = Duration::from_millis(500);
+/// Answers queued for the fetch thread at most.
+const ANSWERS_QUEUED_MAX: usize = 4;
 
 /// The backfill's directory under the archive directory.
 pub fn below_dir(archive_dir: &Path) -> PathBuf {
@@ -467,7 +469,7 @@ pub struct Progress {
 /// The fetch thread's handle: answers go in, progress comes out.
 #[derive(Debug)]
 pub struct Fetch {
-    answers: Option<mpsc::Sender<(RegionId, BackfillMsg)>>,
+    answers: Option<mpsc::SyncSender<(RegionId, BackfillMsg)>>,
     progress: Arc<Mutex<Progress>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -478,7 +480,9 @@ impl Fetch {
     pub fn spawn(target: Target, p: Params) -> Result<Fetch, ArchiveError> {
         let dir = below_dir(&p.archive_dir);
         let staging = Archive::open_dir(&dir, p.segment_bytes, None, 0)?;
-        let (tx, rx) = mpsc::channel();
+        // Answers wait here while a chunk is verified: a few at most (one is asked for at
+        // a time; what a peer sends unasked beyond that is dropped).
+        let (tx, rx) = mpsc::sync_channel(ANSWERS_QUEUED_MAX);
         let progress = Arc::new(Mutex::new(Progress::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (pr, st) = (progress.clone(), stop.clone());
@@ -504,7 +508,7 @@ impl Fetch {
     /// An answer from a peer.
     pub fn answer(&self, from: RegionId, m: BackfillMsg) {
         if let Some(a) = &self.answers {
-            let _ = a.send((from, m));
+            let _ = a.try_send((from, m));
         }
     }
 
