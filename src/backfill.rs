@@ -2,7 +2,8 @@
 //! or one rebuilt after its data dir was lost) holds no archive below that snapshot. It
 //! fetches that history from its peers over libp2p, in the background, and keeps it in
 //! `<data_dir>/archive/below/`, an archive of its own ([`Archive`]), which reads consult
-//! before this region's archive once it is complete (docs/protocol.md §11.4).
+//! before this region's archive once it is complete (docs/protocol.md §11, *Backfill*;
+//! docs/operations.md, "Archive backfill").
 //!
 //! ```text
 //! <data_dir>/archive/below/target      the bootstrap snapshot's point, feed length, seqs
@@ -581,6 +582,7 @@ fn fetch(
                 tracing::error!(
                     "archive backfill: every peer sent records that do not verify; stopped"
                 );
+                lock(progress).failed = Some("every peer sent records that do not verify".into());
                 return Ok(());
             }
             // No peer holds what follows the cursor, and some deleted it by retention: start
