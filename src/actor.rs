@@ -140,6 +140,7 @@ pub struct Actor {
     /// reports (taken by the loop).
     archiver: Option<Archiver>,
     archive_done: Option<mpsc::UnboundedReceiver<crate::archiver::Done>>,
+    backfill: Option<crate::backfill::Host>,
     /// Client requests the core answered `Submitted::Pending` (a debit forwarded to its
     /// home, or waiting for escrow rights), by the core's request id: answered from
     /// `Output::Decided`. Bounded by the core (`PENDING_REQUESTS_MAX`), which owns their
@@ -239,6 +240,8 @@ pub struct ActorParts {
     pub forward_timeout_ms: u64,
     /// `ack = "peer"`: its timeout (ms); `None` for `ack = "local"`.
     pub peer_ack_ms: Option<u64>,
+    /// The archive backfill after a bootstrap from a peer's snapshot ([`crate::backfill`]).
+    pub backfill: Option<crate::backfill::Host>,
 }
 
 impl Actor {
@@ -285,6 +288,7 @@ impl Actor {
             compacted_at: 0,
             archiver,
             archive_done,
+            backfill: p.backfill,
             parked: BTreeMap::new(),
             awaiting_event: Vec::new(),
         };
@@ -336,6 +340,11 @@ impl Actor {
         {
             match out {
                 Output::Persist { index, record } => {
+                    if let (wallet_core::Record::Snapshot(s), Some(b)) =
+                        (&record, self.backfill.as_mut())
+                    {
+                        b.on_snapshot(s, &mut self.archiver);
+                    }
                     self.push_op(WriteOp::Record { index, record });
                 }
                 // The consistency modes' messages a client waits for skip the replication
@@ -1080,6 +1089,11 @@ impl Actor {
                 parked: self.parked.len() + self.awaiting_event.len(),
                 archive_bytes: self.archiver.as_ref().map_or(0, Archiver::bytes),
                 archive_failed: self.archiver.as_ref().is_some_and(Archiver::failed),
+                backfill: self
+                    .backfill
+                    .as_ref()
+                    .map(crate::backfill::Host::gauges)
+                    .unwrap_or_default(),
             },
         )
     }
@@ -1180,6 +1194,15 @@ impl Actor {
             NetEvent::Disconnected(r) => {
                 tracing::info!(region = %r, "member disconnected");
                 self.replica.handle_disconnected(now, r);
+            }
+            NetEvent::Message {
+                from,
+                msg: Message::Archive(bytes),
+                ..
+            } => {
+                if let Some(b) = &self.backfill {
+                    b.on_message(from, &bytes, self.archiver.as_ref());
+                }
             }
             NetEvent::Message { from, msg, .. } => {
                 if defects::is(Defect::DropPullAnswers) && matches!(msg, Message::PullAnswer { .. })
@@ -1332,6 +1355,9 @@ async fn run(
                 timer_at = u64::MAX;
                 a.replica.handle_timeout(now_ms());
                 a.maybe_compact();
+                if let Some(b) = a.backfill.as_mut() {
+                    b.poll(&mut a.archiver);
+                }
             }
             Input::ExpireIdempotency => {
                 expiry_at = None;

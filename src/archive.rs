@@ -60,6 +60,10 @@ const KIND_ID: u8 = 1;
 const KIND_ACCOUNT: u8 = 2;
 const KIND_FEED: u8 = 3;
 
+/// Records served to a peer's backfill: each as archived (CRC-32 and payload), and whether
+/// nothing more is held ([`Archive::records_after`]).
+pub type Served = (Vec<(u32, Vec<u8>)>, bool);
+
 /// One archived record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ArchiveRecord {
@@ -299,20 +303,31 @@ pub struct Expired {
 
 impl Expired {
     fn absorb(&mut self, s: &SegmentSummary) {
-        for (o, _, hi) in &s.seqs {
-            match self.seqs.iter_mut().find(|(r, _)| r == o) {
-                Some((_, top)) => *top = (*top).max(*hi),
-                None => self.seqs.push((*o, *hi)),
-            }
-        }
-        if let Some((_, last)) = s.keys {
-            self.key = Some(self.key.map_or(last, |k| k.max(last)));
-        }
-        if let Some((_, hi)) = s.feed {
-            self.feed_end = self.feed_end.max(hi + 1);
-        }
+        self.merge(&Expired {
+            seqs: s.seqs.iter().map(|(o, _, hi)| (*o, *hi)).collect(),
+            key: s.keys.map(|(_, last)| last),
+            feed_end: s.feed.map_or(0, |(_, hi)| hi + 1),
+            mark: None,
+        });
         if s.mark.is_some() {
             self.mark = s.mark;
+        }
+    }
+
+    /// Adds what `o` deleted.
+    pub fn merge(&mut self, o: &Expired) {
+        for (r, hi) in &o.seqs {
+            match self.seqs.iter_mut().find(|(x, _)| x == r) {
+                Some((_, top)) => *top = (*top).max(*hi),
+                None => self.seqs.push((*r, *hi)),
+            }
+        }
+        if let Some(k) = o.key {
+            self.key = Some(self.key.map_or(k, |m| m.max(k)));
+        }
+        self.feed_end = self.feed_end.max(o.feed_end);
+        if self.mark.is_none() {
+            self.mark = o.mark;
         }
     }
 
@@ -346,6 +361,12 @@ pub struct Archive {
     last_key: Option<EntryKey>,
     /// Sealed segments' indexes read by lookups (tests and figures).
     index_reads: std::sync::atomic::AtomicU64,
+    /// The history below this region's bootstrap snapshot, fetched from a peer
+    /// ([`crate::backfill`], `archive/below/`): read before this archive, once complete.
+    below: Option<Box<Archive>>,
+    /// A backfill is under way: this archive holds nothing at or below this point yet, and
+    /// serves no peer a range that starts there.
+    floor: Option<Hlc>,
 }
 
 fn seg_path(dir: &Path, n: u64, ext: &str) -> PathBuf {
@@ -469,6 +490,33 @@ impl Archive {
         now_ms: u64,
     ) -> Result<Archive, ArchiveError> {
         let dir = data_dir.join(ARCHIVE_DIR_NAME);
+        let mut a = Archive::open_dir(&dir, segment_bytes, retention_ms, now_ms)?;
+        // The history below a bootstrap snapshot (`crate::backfill`): read once complete.
+        match crate::backfill::Target::state(&dir) {
+            Ok(crate::backfill::BelowState::Complete) => {
+                let below = Archive::open_dir(
+                    &crate::backfill::below_dir(&dir),
+                    segment_bytes,
+                    retention_ms,
+                    now_ms,
+                )?;
+                a.set_below(below);
+            }
+            Ok(crate::backfill::BelowState::Pending(at)) => a.floor = Some(at),
+            Ok(crate::backfill::BelowState::None) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(a)
+    }
+
+    /// Opens (or creates) an archive in `dir` itself (the backfill's `archive/below/`).
+    pub fn open_dir(
+        dir: &Path,
+        segment_bytes: u64,
+        retention_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Archive, ArchiveError> {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         let mut numbers: Vec<u64> = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
@@ -603,9 +651,98 @@ impl Archive {
             mark,
             last_key,
             index_reads: Default::default(),
+            below: None,
+            floor: None,
         };
         a.expire(now_ms)?;
         Ok(a)
+    }
+
+    /// Reads the complete history below this region's bootstrap snapshot from `below` (the
+    /// backfill's archive) before this one: lookups, pages and the feed span both, and a
+    /// peer's backfill is served from both.
+    pub fn set_below(&mut self, below: Archive) {
+        self.below = Some(Box::new(below));
+        self.floor = None;
+    }
+
+    /// A backfill of the history below `at` is under way: serve no peer below it.
+    pub fn set_floor(&mut self, at: Hlc) {
+        if self.below.is_none() {
+            self.floor = Some(at);
+        }
+    }
+
+    /// Does this archive (with what lies below it) hold the history from the start?
+    pub fn from_start(&self) -> bool {
+        self.floor.is_none()
+    }
+
+    /// The archive parts, oldest first: the backfilled history, then this region's own.
+    fn parts(&self) -> impl Iterator<Item = &Archive> {
+        self.below
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(self))
+    }
+
+    /// At most about `max_bytes` of archived records (as stored: CRC-32 and payload) whose
+    /// entry keys follow `after`, at or below `at`, in entry-key order, for a peer's
+    /// backfill ([`crate::backfill`]); `done` when nothing more at or below `at` is held.
+    /// None when this archive cannot serve from `after`: retention deleted part of it, or it
+    /// lacks the history below its own bootstrap snapshot.
+    pub fn records_after(
+        &self,
+        after: Option<EntryKey>,
+        at: Hlc,
+        max_bytes: usize,
+    ) -> Result<Option<Served>, ArchiveError> {
+        if self.floor.is_some() {
+            return Ok(None);
+        }
+        for p in self.parts() {
+            if let Some(top) = p.expired.key {
+                if after.is_none_or(|k| k < top) {
+                    return Ok(None);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for p in self.parts() {
+            for (i, s) in p.segments.iter().enumerate() {
+                match (s.summary.keys, after) {
+                    (None, _) => continue,
+                    (Some((_, last)), Some(a)) if last <= a => continue,
+                    _ => {}
+                }
+                // Read from the record `after` when this segment holds it (found through
+                // the index), frame by frame: a chunk costs its own bytes, not a segment's.
+                let mut off = match (s.summary.keys, after) {
+                    (Some((first, _)), Some(a)) if first <= a => p.offset_of(i, a)?.unwrap_or(0),
+                    _ => 0,
+                };
+                let path = seg_path(&p.dir, s.summary.number, "arc");
+                let f = File::open(&path).map_err(|e| io_err(&path, e))?;
+                while off < s.summary.bytes {
+                    let (r, crc, payload) = read_frame(&f, &path, off)?;
+                    off += (FRAME_HEAD + payload.len()) as u64;
+                    let Some(k) = r.entry_key() else { continue };
+                    if after.is_some_and(|a| k <= a) {
+                        continue;
+                    }
+                    if k.0 .0 > at {
+                        return Ok(Some((out, true)));
+                    }
+                    bytes += FRAME_HEAD + payload.len();
+                    out.push((crc, payload));
+                    if bytes >= max_bytes {
+                        return Ok(Some((out, false)));
+                    }
+                }
+            }
+        }
+        Ok(Some((out, true)))
     }
 
     /// The archive's directory.
@@ -617,16 +754,40 @@ impl Archive {
     /// the point, and the feed below the length, is archived (or expired).
     pub fn mark(&self) -> Option<(Hlc, u64)> {
         self.mark
+            .or_else(|| self.below.as_ref().and_then(|b| b.mark()))
     }
 
     /// The last entry key archived: a batch holds only what follows it.
     pub fn last_key(&self) -> Option<EntryKey> {
         self.last_key
+            .or_else(|| self.below.as_ref().and_then(|b| b.last_key()))
     }
 
     /// What retention deleted.
-    pub fn expired(&self) -> &Expired {
-        &self.expired
+    pub fn expired(&self) -> Expired {
+        let mut x = self.expired.clone();
+        if let Some(b) = &self.below {
+            x.merge(&b.expired());
+        }
+        x
+    }
+
+    /// Records `x` as deleted (a backfill that starts where its peers' retention ended:
+    /// reads below answer 410 `archived_expired`, as on those peers).
+    pub fn skip_to(&mut self, x: &Expired) -> Result<(), ArchiveError> {
+        self.expired.merge(x);
+        self.write_expired()?;
+        if let Some(k) = x.key {
+            self.last_key = Some(self.last_key.map_or(k, |l| l.max(k)));
+        }
+        Ok(())
+    }
+
+    fn write_expired(&self) -> Result<(), ArchiveError> {
+        let body = encode_value(&self.expired);
+        let mut b = crc32fast::hash(&body).to_le_bytes().to_vec();
+        b.extend_from_slice(&body);
+        write_atomic(&self.dir, &self.dir.join(EXPIRED_FILE), &b)
     }
 
     /// Bytes of records held, over every segment.
@@ -744,10 +905,7 @@ impl Archive {
         {
             let s = self.segments.remove(0).summary;
             self.expired.absorb(&s);
-            let body = encode_value(&self.expired);
-            let mut b = crc32fast::hash(&body).to_le_bytes().to_vec();
-            b.extend_from_slice(&body);
-            write_atomic(&self.dir, &self.dir.join(EXPIRED_FILE), &b)?;
+            self.write_expired()?;
             for ext in ["arc", "idx"] {
                 let p = seg_path(&self.dir, s.number, ext);
                 match std::fs::remove_file(&p) {
@@ -768,23 +926,51 @@ impl Archive {
     fn read_at(&self, number: u64, offset: u64) -> Result<ArchiveRecord, ArchiveError> {
         let path = seg_path(&self.dir, number, "arc");
         let f = File::open(&path).map_err(|e| io_err(&path, e))?;
-        let mut head = [0u8; FRAME_HEAD];
-        f.read_exact_at(&mut head, offset)
-            .map_err(|e| io_err(&path, e))?;
-        let len = [head[0], head[1], head[2], head[3]];
-        let n = u32::from_le_bytes(len) as usize;
-        if n == 0 || n > RECORD_BYTES_MAX {
-            return Err(corrupt(&path, format!("bad frame length at byte {offset}")));
-        }
-        let mut payload = vec![0u8; n];
-        f.read_exact_at(&mut payload, offset + FRAME_HEAD as u64)
-            .map_err(|e| io_err(&path, e))?;
-        if u32::from_le_bytes([head[4], head[5], head[6], head[7]]) != frame_crc(len, &payload) {
-            return Err(corrupt(&path, format!("CRC-32 mismatch at byte {offset}")));
-        }
-        decode_value(&payload).map_err(|e| corrupt(&path, e.to_string()))
+        read_frame(&f, &path, offset).map(|(r, _, _)| r)
     }
 
+    /// The offset of the record with entry key `key` in segment `i`, found through its
+    /// index (the event `origin:seq` of the key: a compensation follows its cause in
+    /// the same batch), if it is there.
+    fn offset_of(&self, i: usize, key: EntryKey) -> Result<Option<u64>, ArchiveError> {
+        let ((_, origin, seq), _) = key;
+        let h = fnv(&format!("{origin}:{seq}"));
+        let number = self.segments[i].summary.number;
+        for off in self.lookup(i, KIND_ID, h, h)? {
+            if self.read_at(number, off)?.entry_key() == Some((key.0, 0)) {
+                return Ok(Some(off));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The frame at `offset` of an open segment file: its record, CRC-32 and payload.
+fn read_frame(
+    f: &File,
+    path: &Path,
+    offset: u64,
+) -> Result<(ArchiveRecord, u32, Vec<u8>), ArchiveError> {
+    let mut head = [0u8; FRAME_HEAD];
+    f.read_exact_at(&mut head, offset)
+        .map_err(|e| io_err(path, e))?;
+    let len = [head[0], head[1], head[2], head[3]];
+    let n = u32::from_le_bytes(len) as usize;
+    if n == 0 || n > RECORD_BYTES_MAX {
+        return Err(corrupt(path, format!("bad frame length at byte {offset}")));
+    }
+    let mut payload = vec![0u8; n];
+    f.read_exact_at(&mut payload, offset + FRAME_HEAD as u64)
+        .map_err(|e| io_err(path, e))?;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if crc != frame_crc(len, &payload) {
+        return Err(corrupt(path, format!("CRC-32 mismatch at byte {offset}")));
+    }
+    let r = decode_value(&payload).map_err(|e| corrupt(path, e.to_string()))?;
+    Ok((r, crc, payload))
+}
+
+impl Archive {
     /// Offsets of the index entries of `kind` with value in `lo..=hi` in segment `i`, in
     /// (value, offset) order.
     fn lookup(&self, i: usize, kind: u8, lo: u64, hi: u64) -> Result<Vec<u64>, ArchiveError> {
@@ -841,6 +1027,20 @@ impl Archive {
         origin: RegionId,
         seq: u64,
     ) -> Result<Option<ArchiveRecord>, ArchiveError> {
+        for p in self.parts() {
+            if let Some(r) = p.find_here(id, origin, seq)? {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    fn find_here(
+        &self,
+        id: &str,
+        origin: RegionId,
+        seq: u64,
+    ) -> Result<Option<ArchiveRecord>, ArchiveError> {
         let h = fnv(id);
         for (i, s) in self.segments.iter().enumerate() {
             if !s.summary.holds_seq(origin, seq) {
@@ -858,6 +1058,22 @@ impl Archive {
 
     /// At most `limit` records of an account's history after `after`, in entry-key order.
     pub fn account_page(
+        &self,
+        account: &str,
+        after: Option<EntryKey>,
+        limit: usize,
+    ) -> Result<Vec<(EntryKey, ArchiveRecord)>, ArchiveError> {
+        let mut out = Vec::new();
+        for p in self.parts() {
+            if out.len() >= limit {
+                break;
+            }
+            out.extend(p.account_page_here(account, after, limit - out.len())?);
+        }
+        Ok(out)
+    }
+
+    fn account_page_here(
         &self,
         account: &str,
         after: Option<EntryKey>,
@@ -898,6 +1114,18 @@ impl Archive {
     /// At most `limit` compensations of the feed from position `from`, in feed order,
     /// stopping at the first position the archive does not hold.
     pub fn feed_page(&self, from: u64, limit: usize) -> Result<Vec<Compensation>, ArchiveError> {
+        let mut out: Vec<Compensation> = Vec::new();
+        for p in self.parts() {
+            if out.len() >= limit {
+                break;
+            }
+            let next = out.last().map_or(from, |c| c.position + 1);
+            out.extend(p.feed_page_here(next, limit - out.len())?);
+        }
+        Ok(out)
+    }
+
+    fn feed_page_here(&self, from: u64, limit: usize) -> Result<Vec<Compensation>, ArchiveError> {
         let mut out: Vec<Compensation> = Vec::new();
         let mut next = from;
         for (i, s) in self.segments.iter().enumerate() {

@@ -43,6 +43,8 @@ enum Job {
         fold: bool,
     },
     Read(ArchiveRead, oneshot::Sender<Reply>),
+    /// Host work on the archive (the backfill: serving a peer, attaching what was fetched).
+    Run(Box<dyn FnOnce(&mut Archive) + Send>),
 }
 
 /// The thread's report on an append.
@@ -88,6 +90,7 @@ impl std::fmt::Debug for Job {
                 .field("fold", fold)
                 .finish(),
             Job::Read(..) => f.write_str("Read"),
+            Job::Run(..) => f.write_str("Run"),
         }
     }
 }
@@ -237,6 +240,34 @@ impl Archiver {
         Ok(r.compact())
     }
 
+    /// Queues host work on the archive's thread, behind what is queued; false when the
+    /// queue is full (the caller answers "busy").
+    pub fn run(&self, f: Box<dyn FnOnce(&mut Archive) + Send>) -> bool {
+        match self.jobs.as_ref().map(|j| j.try_reserve()) {
+            Some(Ok(permit)) => {
+                permit.send(Job::Run(f));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The backfilled history below the bootstrap snapshot (mark `at`, `feed_len`, last
+    /// entry key `last`) is attached by a job queued before any read that joins at it.
+    pub fn note_below(
+        &mut self,
+        at: wallet_core::Hlc,
+        feed_len: u64,
+        last: Option<wallet_core::EntryKey>,
+    ) {
+        if self.known.mark.is_none() {
+            self.known.mark = Some((at, feed_len));
+        }
+        if self.known.last_key.is_none() {
+            self.known.last_key = last;
+        }
+    }
+
     /// Queues the archived part of a read; its answer goes to `reply`. A full queue answers
     /// 503 `archive_busy`.
     pub fn read(&self, f: ArchiveRead, reply: oneshot::Sender<Reply>) {
@@ -291,6 +322,7 @@ fn work(
             Job::Read(f, reply) => {
                 let _ = reply.send(f(&a));
             }
+            Job::Run(f) => f(&mut a),
         }
     }
 }

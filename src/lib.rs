@@ -38,6 +38,7 @@
 pub mod actor;
 pub mod archive;
 pub mod archiver;
+pub mod backfill;
 pub mod bank;
 pub mod chaos;
 pub mod clock;

@@ -445,6 +445,8 @@ pub struct NodeGauges<'a> {
     pub archive_bytes: u64,
     /// An archive write failed: compaction stopped.
     pub archive_failed: bool,
+    /// The archive backfill ([`crate::backfill::Gauges`]).
+    pub backfill: crate::backfill::Gauges,
 }
 
 /// One member as a snapshot sees it.
@@ -464,7 +466,7 @@ struct MemberSample {
 pub struct NodeSnapshot {
     members: Vec<MemberSample>,
     pull_scheduler: [(&'static str, u64); 10],
-    gauges: [(&'static str, &'static str, u64); 16],
+    gauges: [(&'static str, &'static str, u64); 19],
     modes: [(&'static str, u64); 12],
     counters: [(&'static str, &'static str, u64); 9],
     replication_bytes: [(&'static str, u64); 2],
@@ -564,6 +566,22 @@ impl NodeSnapshot {
                     "walletd_archive_failed",
                     "An archive write failed and compaction stopped (0/1)",
                     u64::from(g.archive_failed),
+                ),
+                (
+                    "walletd_backfill_state",
+                    "Archive backfill below a bootstrap snapshot: 0 none, 1 fetching, 2 complete, \
+                     3 stopped on an error",
+                    u64::from(g.backfill.state),
+                ),
+                (
+                    "walletd_backfill_records",
+                    "Records the archive backfill fetched and verified (this process)",
+                    g.backfill.records,
+                ),
+                (
+                    "walletd_backfill_refused_peers",
+                    "Peers the archive backfill refused for a record that does not verify",
+                    g.backfill.refused_peers,
                 ),
                 (
                     "walletd_idempotency_keys_core",
@@ -1029,6 +1047,11 @@ mod tests {
                 parked: 0,
                 archive_bytes: 6,
                 archive_failed: false,
+                backfill: crate::backfill::Gauges {
+                    state: 1,
+                    records: 8,
+                    refused_peers: 0,
+                },
             },
         ));
         let s = m.encode().unwrap();
@@ -1042,6 +1065,8 @@ mod tests {
             ("walletd_idempotency_keys", "4"),
             ("walletd_archive_bytes", "6"),
             ("walletd_archive_failed", "0"),
+            ("walletd_backfill_state", "1"),
+            ("walletd_backfill_records", "8"),
             ("walletd_requests_awaiting_durability", "5"),
             ("walletd_events{origin=\"eu\"}", "0"),
             ("walletd_events{origin=\"us\"}", "0"),

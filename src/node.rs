@@ -127,6 +127,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
     };
     let member_ids: Vec<(wallet_core::RegionId, libp2p::PeerId)> =
         cfg.members.iter().map(|m| (m.region, m.peer_id)).collect();
+    let keypair_for_backfill = keypair.clone();
     let auth = wallet_p2p::Ed25519Auth::new(keypair.clone(), &member_ids)
         .map_err(|e| NodeError::Net(format!("config error: members: {e}")))?;
     // A rotated signing key (POST /v1/admin/key): staged, and signed with again once the
@@ -263,7 +264,27 @@ pub fn start(cfg: &NodeConfig) -> Result<Started, NodeError> {
     } else {
         None
     };
+    // The archive backfill (a bootstrap from a peer's snapshot): verifies with the
+    // configured members' keys, and resumes a fetch under way.
+    let backfill_auth = wallet_p2p::Ed25519Auth::new(keypair_for_backfill, &member_ids)
+        .map_err(|e| NodeError::Net(format!("config error: members: {e}")))?;
+    let mut backfill = crate::backfill::Host::new(
+        cfg.data_dir.clone(),
+        cfg.archive_segment_bytes,
+        cfg.archive_retention_ms,
+        cfg.region,
+        cfg.cluster.clone(),
+        Box::new(backfill_auth),
+        cfg.members
+            .iter()
+            .map(|m| m.region)
+            .filter(|r| *r != cfg.region)
+            .collect(),
+        net.clone(),
+    );
+    backfill.resume();
     let actor = Actor::new(ActorParts {
+        backfill: Some(backfill),
         compact_every_events: cfg.compact_every_events,
         archive,
         forward_timeout_ms: cfg.forward_timeout_ms,

@@ -181,19 +181,7 @@ async fn a_fourth_region_bootstraps_from_a_snapshot_in_chunks_and_converges() {
     })
     .await;
     // The fourth region joins (issue 12's path) and bootstraps.
-    let (sa, body) = c.add_region("sa").expect("add region");
-    start(&mut c, sa).await;
-    let r = c
-        .admin(1)
-        .unwrap()
-        .post(
-            "/v1/admin/members",
-            &serde_json::to_string(&body).unwrap(),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.json);
+    let sa = join_region(&mut c, "sa").await;
     let all4 = [0, 1, 2, sa];
     let mut accounts = h.accounts.clone();
     accounts.extend(loaded.iter().cloned());
@@ -310,19 +298,7 @@ async fn bank_checks_hold_across_compaction_a_partition_and_a_kill() {
     use wallet::bank::{self, Downtime, Workload};
     const EU: usize = 0;
     const US: usize = 1;
-    let mut c = cluster(&["eu", "us", "ap"]);
-    for i in 0..3 {
-        c.rewrite_config(i, |t| {
-            format!("compact_every_events = 15\n{t}").replacen(
-                "[storage]\n",
-                "[storage]\narchive_segment_bytes = 4096\n",
-                1,
-            )
-        })
-        .expect("config");
-    }
-    c.start_all().await.expect("start");
-    wait_connected(&c, &[0, 1, 2]).await;
+    let mut c = compacting_cluster(15, 4096).await;
     let clients: Vec<_> = (0..3).map(|i| c.client(i).unwrap()).collect();
     let w = Workload {
         seed: 13,

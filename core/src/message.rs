@@ -208,6 +208,10 @@ pub enum Message {
     /// this, and are sent none). Sent on connect and every heartbeat period. Added after
     /// `SnapshotChunkRequest`.
     WantDurable,
+    /// Host traffic the replica ignores: walletd's archive backfill (docs/protocol.md §11,
+    /// *Backfill*), its own versioned encoding inside. A region bootstrapped from a peer's
+    /// snapshot fetches the archived history below it with these. Added after `WantDurable`.
+    Archive(Vec<u8>),
 }
 
 /// A chunk of a snapshot transfer: `bytes` are chunk `index` of `count` of the snapshot's

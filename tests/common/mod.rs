@@ -69,6 +69,44 @@ pub fn cluster_with_policy(regions: &[&str], policy: &str) -> LocalCluster {
     LocalCluster::init(o).expect("init")
 }
 
+/// [`cluster`] of eu, us and ap, each compacting every `every` settled events into an
+/// archive of `segment_bytes` segments, started and connected.
+pub async fn compacting_cluster(every: u64, segment_bytes: u64) -> LocalCluster {
+    let mut c = cluster(&["eu", "us", "ap"]);
+    for i in 0..3 {
+        c.rewrite_config(i, |t| {
+            format!("compact_every_events = {every}\n{t}").replacen(
+                "[storage]\n",
+                &format!("[storage]\narchive_segment_bytes = {segment_bytes}\n"),
+                1,
+            )
+        })
+        .expect("config");
+    }
+    c.start_all().await.expect("start");
+    wait_connected(&c, &[0, 1, 2]).await;
+    c
+}
+
+/// A new region `name` added to the cluster, started, and joined through member #1's
+/// `POST /v1/admin/members` (issue 12's path): its index.
+pub async fn join_region(c: &mut LocalCluster, name: &str) -> usize {
+    let (i, body) = c.add_region(name).expect("add region");
+    start(c, i).await;
+    let r = c
+        .admin(1)
+        .unwrap()
+        .post(
+            "/v1/admin/members",
+            &serde_json::to_string(&body).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    i
+}
+
 /// Starts region `i` and waits for its ready line.
 pub async fn start(c: &mut LocalCluster, i: usize) {
     c.start(i).await.expect("start");

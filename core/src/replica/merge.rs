@@ -54,6 +54,8 @@ impl Replica {
                 self.handle_chunk_request(from, transfer, index)
             }
             Message::WantDurable => self.note_wants_durable(from),
+            // Host traffic (walletd's archive backfill): not the replica's.
+            Message::Archive(_) => {}
         }
         // Rights may have come in: a debit waiting for them may go ahead.
         self.retry_waiting(now_ms);
