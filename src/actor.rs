@@ -1489,6 +1489,7 @@ mod tests {
                 peers: BTreeMap::new(),
                 compact_every_events: COMPACT_EVERY_EVENTS,
                 archive: None,
+                backfill: None,
                 forward_timeout_ms: 1_000,
                 peer_ack_ms: None,
             });
