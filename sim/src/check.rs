@@ -2006,12 +2006,10 @@ fn check_complete(sim: &mut Sim, r: usize, x: usize) {
     };
     if next.hlc <= w {
         // An event of a retired member above its cut: refused everywhere, never of a member
-        // in force (SPEC §10). The cut is one fact, the same wherever it is computed; a
-        // region that installed a peer's snapshot holds the signer's watermark, which the
-        // signer passed knowing the cut, and learns the cut once the acknowledgements after
-        // the snapshot reach it (sim `--membership 100% --compact-every 50 --lost-disk 50%`
-        // seed 107: ap, rebuilt, installed eu's snapshot past us:294, above us's cut at 293,
-        // with eu's acknowledgement still on its way). A cut that voids a settled event is
+        // in force (SPEC §10). The cut is taken from any region that computed it, as in
+        // `retired_and_held` (seed 107 of `--membership 100% --compact-every 50 --lost-disk
+        // 50%`: ap, rebuilt, installed eu's snapshot past us:294, above us's cut at 293, with
+        // eu's acknowledgement still on its way). A cut that voids a settled event is
         // `membership`'s failure (`max_settled`), not this one's.
         if known_cuts(sim, origin).any(|c| next.id.seq > c) {
             return;

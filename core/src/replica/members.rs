@@ -131,6 +131,16 @@ enum AckOf<'a> {
     Waiting,
 }
 
+/// A retire's `remaining`, by what each gives its cut ([`Replica::ack_tally`]).
+struct AckTally<'a> {
+    /// Acknowledgers whose acknowledgement counts, with what it held of each retired region.
+    counted: BTreeMap<RegionId, &'a BTreeMap<RegionId, u64>>,
+    /// How many are not waited for.
+    excused: u64,
+    /// Those still awaited.
+    waiting: Vec<RegionId>,
+}
+
 /// The membership history this region holds.
 #[derive(Debug, Default)]
 pub(crate) struct Membership {
@@ -460,6 +470,30 @@ impl Replica {
         }
     }
 
+    /// A retire's `remaining` sorted by [`Replica::ack_of`]: the one tally behind its cut
+    /// ([`Replica::try_cut`]) and what a status page shows of it ([`Replica::retires`]).
+    fn ack_tally<'a>(
+        &self,
+        st: &RetireState,
+        acks: Option<&'a BTreeMap<RegionId, Ack>>,
+    ) -> AckTally<'a> {
+        let mut tally = AckTally {
+            counted: BTreeMap::new(),
+            excused: 0,
+            waiting: Vec::new(),
+        };
+        for a in &st.remaining {
+            match self.ack_of(acks, *a) {
+                AckOf::Counted(held) => {
+                    tally.counted.insert(*a, held);
+                }
+                AckOf::Excused => tally.excused += 1,
+                AckOf::Waiting => tally.waiting.push(*a),
+            }
+        }
+        tally
+    }
+
     /// Computes the cut of a retire once every remaining member acknowledged it or is no
     /// longer waited for ([`Replica::ack_of`]): per retired region, the highest seq an
     /// acknowledgement that counts held.
@@ -473,22 +507,17 @@ impl Replica {
         if st.cut.is_some() {
             return;
         }
-        let acks = self.membership.acks.get(&retire);
-        let mut counted = Vec::new();
-        let mut excused = 0;
-        for a in &st.remaining {
-            match self.ack_of(acks, *a) {
-                AckOf::Counted(held) => counted.push(held),
-                AckOf::Excused => excused += 1,
-                AckOf::Waiting => return,
-            }
+        let tally = self.ack_tally(st, self.membership.acks.get(&retire));
+        if !tally.waiting.is_empty() {
+            return;
         }
         let cut: BTreeMap<RegionId, u64> = st
             .regions
             .iter()
             .map(|r| {
-                let c = counted
-                    .iter()
+                let c = tally
+                    .counted
+                    .values()
                     .filter_map(|h| h.get(r).copied())
                     .max()
                     .unwrap_or(0);
@@ -499,7 +528,7 @@ impl Replica {
             st.cut = Some(cut.clone());
         }
         self.membership.stats.cuts += 1;
-        self.membership.stats.acks_excused += excused;
+        self.membership.stats.acks_excused += tally.excused;
         for (r, c) in cut {
             self.apply_cut(retire, r, c);
         }
@@ -727,18 +756,13 @@ impl Replica {
             .retires
             .iter()
             .map(|(id, st)| {
-                let held = self.membership.acks.get(id);
-                let mut acks = BTreeMap::new();
-                let mut missing = Vec::new();
-                for a in &st.remaining {
-                    match self.ack_of(held, *a) {
-                        AckOf::Counted(h) => {
-                            acks.insert(*a, h.clone());
-                        }
-                        AckOf::Excused => {}
-                        AckOf::Waiting => missing.push(*a),
-                    }
-                }
+                let tally = self.ack_tally(st, self.membership.acks.get(id));
+                let acks = tally
+                    .counted
+                    .into_iter()
+                    .map(|(a, h)| (a, h.clone()))
+                    .collect();
+                let missing = tally.waiting;
                 RetireInfo {
                     id: *id,
                     hlc: st.hlc,

@@ -188,11 +188,11 @@ impl Replica {
                     self.stats.duplicates += 1;
                     return;
                 }
-                // Above a seal query's answer, or above the cut of a seal buffered here, the
-                // origin is rebuilding: one of the two is of the old epoch, the other of the
-                // new, which issues its events above every HLC the old one reached
-                // (docs/protocol.md §12). Not evidence: the later HLC stays buffered.
-                if rebuilding_above(m, id.seq) {
+                // Above a seal query's answer, with no seal of the origin here, the origin is
+                // rebuilding: one of the two is of the old epoch, the other of the new, which
+                // issues its events above every HLC the old one reached (docs/protocol.md
+                // §12). Not evidence: the later HLC stays buffered.
+                if rebuilding_above(m.seal_cap, id.seq) {
                     if e.hlc > p.hlc {
                         m.pending.insert(id.seq, e);
                     }
@@ -209,7 +209,7 @@ impl Replica {
             // seal is awaited: the old epoch's, dropped as above).
             if let Some(shb) = m.promise.as_ref() {
                 if id.seq > shb.hb.seq && e.hlc <= shb.hb.hlc {
-                    if rebuilding_above(m, id.seq) {
+                    if rebuilding_above(m.seal_cap, id.seq) {
                         self.sealing.stats.old_epoch_dropped += 1;
                         return;
                     }
@@ -459,11 +459,12 @@ impl Replica {
         // everything the members observed, and a new heartbeat may overtake the seal):
         // dropped, like those the seal drops, not a broken promise.
         if let Some(m) = self.logs.members.get_mut(&from) {
-            if let Some(cap) = m.seal_cap {
+            let cap = m.seal_cap;
+            if cap.is_some() {
                 let before = m.pending.len();
-                // `rebuilding_above(m, seq)`, with the cap copied out of the borrow.
-                m.pending
-                    .retain(|seq, e| !(*seq > cap && *seq > hb.seq && e.hlc <= hb.hlc));
+                m.pending.retain(|seq, e| {
+                    !(rebuilding_above(cap, *seq) && *seq > hb.seq && e.hlc <= hb.hlc)
+                });
                 self.sealing.stats.old_epoch_dropped += (before - m.pending.len()) as u64;
             }
         }

@@ -63,13 +63,14 @@ pub(crate) struct Sealing {
     pub(crate) stats: SealStats,
 }
 
-/// Whether seq `seq` of origin `m` may exist twice, once in each of two epochs, with no way
-/// to tell them apart yet: this region answered the origin's seal query below it (the origin
-/// is rebuilding) and holds no seal of it. Two events buffered under such an id, or one that
+/// Whether seq `seq` of an origin whose seal-query hold here is `seal_cap`
+/// (`Member::seal_cap`) may exist twice, once in each of two epochs, with no way to tell
+/// them apart yet: this region answered the origin's seal query below it (the origin is
+/// rebuilding) and holds no seal of it. Two events buffered under such an id, or one that
 /// breaks the new epoch's promise, are no evidence: the old epoch's are dropped. Once a seal
 /// is here, applied or buffered, its cut and HLC tell ([`Replica::of_a_sealed_epoch`]).
-pub(super) fn rebuilding_above(m: &Member, seq: u64) -> bool {
-    m.seal_cap.is_some_and(|c| seq > c)
+pub(super) fn rebuilding_above(seal_cap: Option<u64>, seq: u64) -> bool {
+    seal_cap.is_some_and(|c| seq > c)
 }
 
 /// Whether `e` is of an epoch that `seal` (an event `Change::Seal` with this `cut`) ended:
